@@ -1,0 +1,28 @@
+"""Image-dataset pipeline on Apache Beam: manifests -> fetch -> hashes -> Parquet + blobs."""
+import setuptools
+
+BEAM_VERSION = "2.77.0"  # the Dockerfile's SDK image must use the same version
+
+setuptools.setup(
+    name="beam-image-datasets",
+    version="0.1.0",
+    description="Clean, deduplicated, labelled image datasets from public URL manifests, on Apache Beam",
+    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    package_data={"pipelines": ["sample/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        f"apache-beam[gcp]=={BEAM_VERSION}",
+        "pillow>=10",
+        "imagehash>=4.3",
+        "pyarrow>=14",
+        "google-cloud-storage>=2.10",
+        "aiohttp>=3.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "gcp-storage-emulator>=2024.8",
+        ],
+    },
+)
