@@ -1,0 +1,25 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both build the venv from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv bench bench-dedup clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import apache_beam, PIL, imagehash, pyarrow, aiohttp, pytest"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pipelines.ingest --demo --output demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) demo-out deploy/build

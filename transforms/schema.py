@@ -1,0 +1,129 @@
+"""The row every stage passes along, and the Parquet schema of OUT/images/.
+
+A row is a plain dict: cheap to pickle between Beam stages and easy to extend. Keys starting
+with "_" are internal (expected hashes, fetched bytes) and never reach Parquet.
+shared CONTRACT.md is the source of truth for the public columns; extend, never rename.
+"""
+import datetime
+
+import pyarrow as pa
+
+# Row statuses of OUT/images (CONTRACT.md). Every status but OK carries an `error` text.
+OK = "ok"
+HTTP_ERROR = "http_error"
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection_error"
+INVALID_URL = "invalid_url"
+BLOCKED = "blocked"
+OPTED_OUT = "opted_out"
+NOT_IMAGE = "not_image"
+TOO_LARGE = "too_large"
+DECODE_ERROR = "decode_error"
+HASH_MISMATCH = "hash_mismatch"
+
+STATUSES = (
+    OK, HTTP_ERROR, TIMEOUT, CONNECTION_ERROR, INVALID_URL, BLOCKED, OPTED_OUT,
+    NOT_IMAGE, TOO_LARGE, DECODE_ERROR, HASH_MISMATCH,
+)
+
+DATASETS = ("cc3m", "cc12m", "openimages", "imagenet_captions", "zero")
+
+LABEL_TYPE = pa.struct([
+    ("id", pa.string()),
+    ("name", pa.string()),
+    ("confidence", pa.float32()),
+    ("source", pa.string()),
+])
+
+LONG_CAPTIONS_TYPE = pa.struct([
+    ("raw", pa.string()),
+    ("short_instructblip", pa.string()),
+    ("long_instructblip", pa.string()),
+    ("short_sharegpt4v", pa.string()),
+    ("long_sharegpt4v", pa.string()),
+    ("short_llava", pa.string()),
+    ("long_llava", pa.string()),
+])
+
+# Order matters only for readability of the files; readers select by name.
+IMAGE_FIELDS = [
+    # identity (CONTRACT.md)
+    ("dataset", pa.string()),
+    ("key", pa.string()),
+    ("url", pa.string()),
+    ("caption", pa.string()),
+    # fetch outcome (CONTRACT.md)
+    ("status", pa.string()),
+    ("http_status", pa.int32()),
+    ("error", pa.string()),
+    # content (CONTRACT.md)
+    ("sha256", pa.string()),
+    ("md5", pa.string()),
+    ("phash", pa.string()),
+    ("dhash", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("blob", pa.string()),
+    ("labels", pa.list_(LABEL_TYPE)),
+    ("cluster_id", pa.string()),
+    ("is_canonical", pa.bool_()),
+    ("fetched_at", pa.timestamp("us", tz="UTC")),
+    # extensions
+    ("format", pa.string()),            # PIL format name: JPEG, PNG, WEBP, ...
+    ("content_type", pa.string()),      # as the server sent it
+    ("size_bytes", pa.int64()),         # body length after transfer decoding
+    ("final_url", pa.string()),         # after redirects
+    ("etag", pa.string()),              # for conditional requests of refresh
+    ("last_modified", pa.string()),
+    ("fetch_ms", pa.int32()),           # wall time of the fetch, retries included
+    ("attempts", pa.int32()),           # HTTP attempts made (retries of 429/5xx)
+    ("expected_sha256", pa.string()),   # from the CC12M hash list, hex
+    ("expected_md5", pa.string()),      # from the hash list or Open Images OriginalMD5, hex
+    ("source_file", pa.string()),       # manifest file the row came from
+    ("source_line", pa.int64()),        # 1-based physical line where the record starts
+    # dataset-specific metadata (null where the dataset has none)
+    ("rotation", pa.float32()),         # Open Images Rotation (0/90/180/270), null for NaN
+    ("license", pa.string()),
+    ("author", pa.string()),
+    ("title", pa.string()),
+    ("description", pa.string()),
+    ("tags", pa.list_(pa.string())),
+    ("keywords", pa.string()),
+    ("page_url", pa.string()),
+    ("query", pa.string()),
+    ("long_captions", LONG_CAPTIONS_TYPE),
+    ("negative_labels", pa.list_(LABEL_TYPE)),  # human-verified negatives (confidence 0)
+]
+
+IMAGE_SCHEMA = pa.schema(IMAGE_FIELDS)
+IMAGE_COLUMNS = [name for name, _ in IMAGE_FIELDS]
+_LIST_COLUMNS = {"labels", "tags", "negative_labels"}
+
+
+def new_row(dataset, key, url=None, caption=None, **fields):
+    """A row with every public column present (None / [] where unknown)."""
+    row = {name: None for name in IMAGE_COLUMNS}
+    for name in _LIST_COLUMNS:
+        row[name] = []
+    row.update(dataset=dataset, key=key, url=url, caption=caption)
+    row.update(fields)
+    return row
+
+
+def fail(row, status, error, http_status=None):
+    """Mark `row` failed in place and return it; `error` is short and human-readable."""
+    assert status in STATUSES and status != OK, status
+    row["status"] = status
+    row["error"] = error
+    if http_status is not None:
+        row["http_status"] = http_status
+    return row
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def to_parquet_record(row):
+    """Only the public columns, in schema order; internal "_" keys dropped."""
+    return {name: row.get(name) for name in IMAGE_COLUMNS}
