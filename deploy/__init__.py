@@ -1,0 +1,1 @@
+"""Deployment tooling: Dataflow defaults, Flex Template metadata, offline job-spec rendering."""
