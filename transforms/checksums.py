@@ -6,6 +6,7 @@ rather than held in memory as a side input on every worker.
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.files import open_stream
 from transforms.manifests import md5_hex, sha256_hex
 
 
@@ -26,7 +27,7 @@ class ReadHashFile(beam.DoFn):
         self._malformed = beam.metrics.Metrics.counter("hash_list", "malformed_lines")
 
     def process(self, path):
-        with FileSystems.open(path) as binary:
+        with open_stream(path) as binary:
             for entry in parse_hash_list(binary):
                 if entry is None:
                     self._malformed.inc()

@@ -41,6 +41,9 @@ def inspect_image(body, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(body))
     except UnidentifiedImageError:
+        kind = _claimed_format(body)
+        if kind:  # the signature of an image, but a header PIL cannot read: corrupt, not "not an image"
+            return ImageCheck(schema.DECODE_ERROR, f"corrupt {kind} header", fmt=kind)
         return ImageCheck(schema.NOT_IMAGE, f"not a recognised image format (starts {body[:12]!r})")
     except Image.DecompressionBombError as exc:
         return ImageCheck(schema.DECODE_ERROR, f"decompression bomb: {exc}")
@@ -68,6 +71,19 @@ def inspect_image(body, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
     except Exception as exc:  # truncated or corrupt pixel data
         check.status, check.error = schema.DECODE_ERROR, f"cannot decode {fmt} pixels: {exc}"
     return check
+
+
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _claimed_format(body):
+    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, name in _SIGNATURES:
+        if body.startswith(signature):
+            return name
+    return None
 
 
 def verify_and_hash(row, max_pixels=DEFAULT_MAX_PIXELS, draft=True):

@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
+from transforms.files import open_stream
 
 
 def _lines(binary):
@@ -159,7 +160,7 @@ class ParseManifestFile(beam.DoFn):
     def process(self, spec):
         kind, path, key_prefix = spec
         parse = self._parsers[kind]
-        with FileSystems.open(path) as binary:  # compression (.gz) detected from the name
+        with open_stream(path) as binary:
             for row in parse(binary, path, key_prefix):
                 self._rows.inc()
                 if row.get("status"):
