@@ -1,0 +1,28 @@
+"""Shared fixtures: a real loopback web server and helpers to run pipelines locally."""
+import os
+
+import pytest
+
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+from pipelines.sample import SampleWebServer  # noqa: E402
+
+
+@pytest.fixture
+def web():
+    """A real HTTP server on 127.0.0.1; tests set `web.routes[path] = Reply(...)`."""
+    with SampleWebServer() as server:
+        yield server
+
+
+def local_options(**extra):
+    """Beam options for a fast in-process run (tests only; jobs default to multi-processing)."""
+    args = ["--runner=FnApiRunner"]
+    for name, value in extra.items():
+        if isinstance(value, (list, tuple)):
+            args += [f"--{name}={v}" for v in value]
+        elif value is True:
+            args.append(f"--{name}")
+        else:
+            args.append(f"--{name}={value}")
+    return args

@@ -1,0 +1,205 @@
+"""Reading URL manifests into rows, one row per manifest record, malformed records included.
+
+Each parser is a generator over an open binary file, so a 12M-line manifest streams through a
+worker without being held in memory. Keys are `dataset:native id`; line-numbered datasets add the
+file name when a dataset has several files, so keys stay unique across the run.
+"""
+import base64
+import binascii
+import csv
+import io
+import math
+import os
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import schema
+from transforms.files import open_stream
+
+
+def _lines(binary):
+    """(1-based line number, text) with the newline removed; bad UTF-8 is replaced, not fatal."""
+    for number, raw in enumerate(binary, start=1):
+        yield number, raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+def _none_if_blank(text):
+    text = (text or "").strip()
+    return text or None
+
+
+def parse_cc3m(binary, source, key_prefix):
+    """CC3M TSV: caption TAB url, no header. Split on the LAST tab: captions may hold anything."""
+    for number, line in _lines(binary):
+        if not line.strip():
+            continue
+        key = f"{key_prefix}{number}"
+        caption, sep, url = line.rpartition("\t")
+        row = schema.new_row("cc3m", key, url.strip() if sep else None, _none_if_blank(caption) if sep else None,
+                             source_file=source, source_line=number)
+        if not sep:
+            schema.fail(row, schema.INVALID_URL, "malformed line: expected caption<TAB>url")
+            row["caption"] = _none_if_blank(line)
+        yield row
+
+
+def parse_cc12m(binary, source, key_prefix):
+    """CC12M TSV: url TAB caption, no header. Split on the FIRST tab."""
+    for number, line in _lines(binary):
+        if not line.strip():
+            continue
+        url, sep, caption = line.partition("\t")
+        row = schema.new_row("cc12m", f"{key_prefix}{number}", url.strip(), _none_if_blank(caption),
+                             source_file=source, source_line=number)
+        if not sep:
+            schema.fail(row, schema.INVALID_URL, "malformed line: expected url<TAB>caption")
+        yield row
+
+
+def md5_hex(value):
+    """Hex MD5 from hex (32 chars) or base64 of the binary digest (24 chars); None if neither."""
+    return _digest_hex(value, 16)
+
+
+def sha256_hex(value):
+    """Hex SHA-256 from hex (64 chars) or base64 of the binary digest (44 chars); None if neither."""
+    return _digest_hex(value, 32)
+
+
+def _digest_hex(value, size):
+    value = (value or "").strip()
+    if len(value) == 2 * size:
+        try:
+            return bytes.fromhex(value).hex()
+        except ValueError:
+            return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == size else None
+
+
+def _rotation(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def parse_openimages(binary, source, key_prefix):
+    """Open Images image list: RFC-4180 CSV with a header; every column-set version, by name."""
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
+    reader = csv.reader(text)
+    header = next(reader, None)
+    if header is None:
+        return
+    columns = {name.strip(): i for i, name in enumerate(header)}
+    next_line = reader.line_num + 1
+    for record in reader:
+        number, next_line = next_line, reader.line_num + 1
+        if not any(field.strip() for field in record):
+            continue
+        fields = {name: record[i] if i < len(record) else None for name, i in columns.items()}
+        image_id = _none_if_blank(fields.get("ImageID"))
+        key = f"openimages:{image_id}" if image_id else f"{key_prefix}line{number}"
+        row = schema.new_row(
+            "openimages", key, _none_if_blank(fields.get("OriginalURL")), None,
+            source_file=source, source_line=number,
+            page_url=_none_if_blank(fields.get("OriginalLandingURL")),
+            license=_none_if_blank(fields.get("License")),
+            author=_none_if_blank(fields.get("Author")),
+            title=_none_if_blank(fields.get("Title")),
+            rotation=_rotation(fields.get("Rotation")),
+        )
+        original_md5 = _none_if_blank(fields.get("OriginalMD5"))
+        if original_md5:
+            row["expected_md5"] = md5_hex(original_md5)
+        if "OriginalURL" not in columns:
+            schema.fail(row, schema.INVALID_URL, "header has no OriginalURL column")
+        elif len(record) != len(header):
+            schema.fail(row, schema.INVALID_URL,
+                        f"malformed record: {len(record)} fields, header has {len(header)}")
+        elif not image_id:
+            schema.fail(row, schema.INVALID_URL, "record has no ImageID")
+        elif original_md5 and row["expected_md5"] is None:
+            schema.fail(row, schema.INVALID_URL, f"OriginalMD5 {original_md5!r} is not an MD5 digest")
+        yield row
+
+
+class ManifestParsers:
+    """KIND -> parser(binary file, source path, key prefix) -> rows.
+
+    A registry object rather than module state, so a job can add parsers (JSON datasets) and
+    pickle the whole table along with the DoFn.
+    """
+
+    def __init__(self, extra=None):
+        self.parsers = {"cc3m": parse_cc3m, "cc12m": parse_cc12m, "openimages": parse_openimages}
+        self.parsers.update(extra or {})
+
+    def __contains__(self, kind):
+        return kind in self.parsers
+
+    def __getitem__(self, kind):
+        return self.parsers[kind]
+
+
+class ParseManifestFile(beam.DoFn):
+    """(kind, path, key prefix) -> rows of that file, streamed."""
+
+    def __init__(self, parsers):
+        self._parsers = parsers
+
+    def setup(self):
+        self._rows = beam.metrics.Metrics.counter("manifest", "rows")
+        self._malformed = beam.metrics.Metrics.counter("manifest", "malformed")
+
+    def process(self, spec):
+        kind, path, key_prefix = spec
+        parse = self._parsers[kind]
+        with open_stream(path) as binary:
+            for row in parse(binary, path, key_prefix):
+                self._rows.inc()
+                if row.get("status"):
+                    self._malformed.inc()
+                yield row
+
+
+def expand_manifests(manifests, parsers):
+    """[(kind, pattern)] -> [(kind, path, key prefix)], matched now so a typo fails at launch."""
+    files = []
+    for kind, pattern in manifests:
+        if kind not in parsers:
+            raise ValueError(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
+        matched = sorted(m.path for result in FileSystems.match([pattern]) for m in result.metadata_list)
+        if not matched:
+            raise ValueError(f"no file matches {kind}={pattern}")
+        files.extend((kind, path) for path in matched)
+    per_kind = {}
+    for kind, _ in files:
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+    # Line-numbered keys need the file name once a dataset has several files.
+    return [(kind, path, f"{kind}:{os.path.basename(path)}:" if per_kind[kind] > 1 else f"{kind}:")
+            for kind, path in files]
+
+
+class ReadManifests(beam.PTransform):
+    """[(kind, pattern)] -> one row per manifest record, spread across workers."""
+
+    def __init__(self, manifests, parsers=None):
+        super().__init__()
+        self._parsers = parsers or ManifestParsers()
+        self._files = expand_manifests(manifests, self._parsers)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ManifestFiles" >> beam.Create(self._files)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers))
+            # Without this, Dataflow fuses the whole fetch onto the worker that read the file.
+            | "SpreadRows" >> beam.Reshuffle()
+        )
