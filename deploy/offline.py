@@ -94,10 +94,18 @@ class GcsEmulator:
                               client_options={"api_endpoint": self.endpoint})
 
     def bucket(self, name):
-        """The bucket `name`, created if it does not exist yet."""
+        """The bucket `name`, created if it does not exist yet.
+
+        Created as deploy/bootstrap.sh creates the real one: without soft delete, which would
+        bill every temp file of a job for a week (Beam warns about it).
+        """
         client = self.client()
         bucket = client.lookup_bucket(name)
-        return bucket if bucket is not None else client.create_bucket(name)
+        if bucket is None:
+            bucket = client.create_bucket(name)
+            bucket.soft_delete_policy.retention_duration_seconds = 0
+            bucket.patch()
+        return bucket
 
     def wipe(self):
         """Delete every bucket and object."""

@@ -1,0 +1,84 @@
+"""Flex Template entry: Dataflow template parameters -> a job's own command line.
+
+Dataflow's launcher runs the image's FLEX_TEMPLATE_PYTHON_PY_FILE (deploy/flex_main.py) with
+every template parameter as `--name=value`. Parameter names are option dests (`max_bytes`), as
+Beam's own options are spelled; the jobs' flags are spelled with dashes (`--max-bytes`), and
+argparse would silently ignore `--max_bytes=...`. The launcher also passes booleans as values
+(`--ignore_robots=true`) and has one value per name, so a repeatable option takes a
+comma-separated list. `to_job_argv` rewrites exactly those; Beam's options pass through.
+
+A job is a module `pipelines.<job>` with `run(argv)`, `main(argv) -> exit code` and one
+PipelineOptions subclass.
+"""
+import argparse
+import importlib
+import inspect
+import os
+import sys
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+TRUE = ("true", "1", "yes")
+FALSE = ("false", "0", "no", "")
+
+
+def job_module(job):
+    return importlib.import_module(f"pipelines.{job}")
+
+
+def options_class(module):
+    """The PipelineOptions subclass a job module defines."""
+    found = [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+             if issubclass(obj, PipelineOptions) and obj is not PipelineOptions
+             and obj.__module__ == module.__name__]
+    if len(found) != 1:
+        raise TypeError(f"{module.__name__} defines {len(found)} PipelineOptions subclasses, expected 1")
+    return found[0]
+
+
+def option_actions(options_cls):
+    """{dest: argparse action} of the options the class itself adds, in declaration order."""
+    parser = argparse.ArgumentParser(add_help=False)
+    options_cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return {action.dest: action for action in parser._actions if action.option_strings}  # noqa: SLF001
+
+
+def is_flag(action):
+    """store_true / store_false: no value on the command line."""
+    return action.nargs == 0
+
+
+def is_repeatable(action):
+    return isinstance(action, argparse._AppendAction)  # pylint: disable=protected-access
+
+
+def long_flag(action):
+    return next(s for s in action.option_strings if s.startswith("--"))
+
+
+def to_job_argv(argv, actions):
+    """Rewrites `--dest=value` arguments naming one of `actions` into the job's own flags."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        action = actions.get(name.replace("-", "_"))
+        if not sep or action is None:
+            out.append(arg)
+        elif is_flag(action):
+            truth = value.strip().lower()
+            if truth not in TRUE + FALSE:
+                raise ValueError(f"--{name} takes true or false, got {value!r}")
+            if (truth in TRUE) == bool(action.const):
+                out.append(long_flag(action))
+        elif is_repeatable(action):
+            out.extend(f"{long_flag(action)}={item.strip()}" for item in value.split(",") if item.strip())
+        else:
+            out.append(f"{long_flag(action)}={value}")
+    return out
+
+
+def main(argv=None, job=None):
+    job = job or os.environ["BEAM_JOB"]
+    module = job_module(job)
+    argv = sys.argv[1:] if argv is None else argv
+    return module.main(to_job_argv(argv, option_actions(options_class(module))))
