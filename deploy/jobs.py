@@ -51,7 +51,7 @@ class Param:
     regex: str
     param_type: str = "TEXT"      # google.dataflow.v1beta3.ParameterType
     required: bool = False
-    help: str = ""                # when the option's own help is missing or needs a Dataflow note
+    help: str = ""                # replaces the option's own help: for Dataflow, or where it has none
     sample: str = None            # value in the offline spec render; {bucket} = the emulator bucket
     reads: bool = False           # the sample names gs:// objects the job opens at construction
 
@@ -62,37 +62,39 @@ def listed(item):
 
 
 KIND = "(?:" + "|".join(schema.DATASETS) + ")"
-GCS_URI = r"gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](?:/[^,\s]*)?"
+GCS_URI = r"gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](?:/[^,\s]*)?"  # bucket: 3-222 chars
 GCS = rf"^{GCS_URI}$"
 CIDR = r"[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?"
 INT = r"^[0-9]+$"
 FLOAT = r"^[0-9]+(?:\.[0-9]+)?$"
 BOOL = r"^(?:true|false)$"
 
-ON_DATAFLOW = "On Dataflow a gs:// path: workers cannot see local files."
-
 # By option dest; options whose type says it all (int, float, flags) need no entry.
 PARAMS = {
     "manifest": Param("Manifests", listed(f"{KIND}={GCS_URI}"), required=True, reads=True,
-                      help=f"KIND=PATH, KIND one of {', '.join(schema.DATASETS)}; several comma-separated. "
-                           "PATH may be a glob; .gz is read transparently.",
+                      help=f"Manifests to ingest as KIND=PATH, comma-separated; KIND is one of "
+                           f"{', '.join(schema.DATASETS)}; PATH a gs:// path or glob, .gz read transparently",
                       sample="cc3m=gs://{bucket}/manifests/cc3m.tsv,cc12m=gs://{bucket}/manifests/cc12m.tsv,"
                              "openimages=gs://{bucket}/manifests/openimages.csv"),
     "output": Param("Output folder", GCS, "GCS_WRITE_FOLDER", required=True,
-                    help="Gets images/*.parquet, blobs/ and summary.json.", sample="gs://{bucket}/out"),
+                    help="Output folder (gs://): gets images/*.parquet, blobs/ and summary.json",
+                    sample="gs://{bucket}/out"),
     "cc12m_hashes": Param("CC12M hash list", GCS, "GCS_READ_FILE", reads=True,
                           sample="gs://{bucket}/manifests/cc12m_hashes.tsv"),
-    "openimages_labels": Param("Open Images labels", listed(GCS_URI), help="Several comma-separated."),
+    "openimages_labels": Param("Open Images labels", listed(GCS_URI),
+                               help="Open Images image-level labels CSVs, comma-separated"),
     "openimages_classes": Param("Open Images classes", GCS, "GCS_READ_FILE"),
     "cc3m_labels": Param("CC3M labels", GCS, "GCS_READ_FILE"),
     "long_captions": Param("DreamLIP long captions", GCS, "GCS_READ_FILE"),
-    "imagenet_root": Param("ImageNet train root", GCS, "GCS_READ_FOLDER", help=ON_DATAFLOW),
+    "imagenet_root": Param("ImageNet train root", GCS, "GCS_READ_FOLDER",
+                           help="ILSVRC train root on gs://: <root>/<wnid>/<filename>"),
     "imagenet_synsets": Param("ImageNet synset mapping", GCS, "GCS_READ_FILE"),
     "allow_network": Param("Extra allowed networks", listed(CIDR),
-                           help="CIDRs, comma-separated. Private and loopback networks are refused unless listed."),
-    "user_agent": Param("User-Agent", r"^[ -~]+$", help="User-Agent header of every image request."),
+                           help="Networks (CIDR) also allowed to be fetched from, comma-separated; by default only "
+                                "public addresses are fetched"),
+    "user_agent": Param("User-Agent", r"^[ -~]+$", help="User-Agent header of every image request"),
     "dataset_priority": Param("Dataset priority", listed(KIND)),
-    "max_redirects": Param("Max redirects", INT, "NUMBER", help="Redirects followed per request."),
+    "max_redirects": Param("Max redirects", INT, "NUMBER", help="Redirects followed per request"),
 }
 
 # Beam worker options declared as parameters too, so that launch bodies may set them.
@@ -125,12 +127,10 @@ def param_for(action):
 
 
 def _help_text(action, param):
-    parts = []
-    if action.help:
-        text = action.help % {"default": action.default} if "%(" in action.help else action.help
-        parts.append(text[0].upper() + text[1:].rstrip(".") + ".")
-    if param.help:
-        parts.append(param.help)
+    text = param.help or action.help or ""
+    if "%(" in text:
+        text = text % {"default": action.default}
+    parts = [text.rstrip(".") + "."] if text else []
     default = action.default
     if default not in (None, False, []) and not flex_template.is_flag(action):
         parts.append(f"Default: {default}.")

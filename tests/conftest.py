@@ -8,6 +8,10 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 from pipelines.sample import SampleWebServer  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "dataflow: builds a Dataflow job offline (seconds each; -m 'not dataflow' skips)")
+
+
 @pytest.fixture
 def web():
     """A real HTTP server on 127.0.0.1; tests set `web.routes[path] = Reply(...)`."""
