@@ -20,8 +20,8 @@ from transforms.dedup import DEFAULT_PRIORITY, Dedup
 from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages
 from transforms.hashing import DEFAULT_MAX_PIXELS, HashImages
 from transforms.manifests import ManifestParsers, ReadManifests
-from transforms.sinks import WriteBlobs, WriteImageTable, WriteSummary, assign_blob_uri, join_path, read_json, \
-    StatusCounts
+from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteImageTable, WriteSummary, assign_blob_uri, \
+    join_path, read_json
 
 DEMO_TIMEOUT = 3.0
 
@@ -87,12 +87,6 @@ def fetch_config(opts):
     )
 
 
-def drop_body(row):
-    row = dict(row)
-    row.pop("_body", None)
-    return row
-
-
 def build_pipeline(pipeline, opts, started_at):
     """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
     out = opts.output
@@ -105,21 +99,17 @@ def build_pipeline(pipeline, opts, started_at):
         | "Fetch" >> FetchImages(fetch_config(opts))
         | "Hash" >> HashImages(opts.max_pixels)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
+        | "StoreBlobs" >> StoreBlobs()
     )
-    blobs = fetched | "WriteBlobs" >> WriteBlobs()
-    deduped = (
-        fetched
-        | "DropBytes" >> beam.Map(drop_body)
-        | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
-    )
+    deduped = fetched | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
     final = deduped["rows"]
     written = final | "WriteImages" >> WriteImageTable(out)
-    blob_count = blobs | "CountBlobs" >> beam.combiners.Count.Globally()
+    blob_count = final | "CountBlobs" >> CountBlobs()
     duplicates = (
         deduped["stats"]
         | "DupStats" >> beam.combiners.ToList()
-        | "WithBlobs" >> beam.Map(lambda stats, blobs_written: dict(*(stats or [{}]), blobs_written=blobs_written),
-                                  blobs_written=beam.pvalue.AsSingleton(blob_count))
+        | "WithBlobs" >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs),
+                                  blobs=beam.pvalue.AsSingleton(blob_count))
     )
     _ = {
         "counts": final | "Counts" >> StatusCounts(),
@@ -176,7 +166,7 @@ def report(out):
     summary = read_json(join_path(out, "summary.json"))
     print(f"\ningest: {summary['rows']} rows in {summary['timings']['wall_seconds']:.1f}s -> {out}")
     print(f"  images:  {join_path(out, 'images')}/*.parquet")
-    print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs_written', 0)} stored)")
+    print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs', 0)} distinct images)")
     print(f"  summary: {join_path(out, 'summary.json')}\n")
     print(common.format_status_table(summary["counts"], schema.STATUSES))
 
