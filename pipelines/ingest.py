@@ -17,7 +17,7 @@ from pipelines import common, sample
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
-from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages
+from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages, user_agent
 from transforms.hashing import DEFAULT_MAX_PIXELS, HashImages
 from transforms.manifests import ManifestParsers, ReadManifests
 from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteImageTable, WriteSummary, assign_blob_uri, \
@@ -57,8 +57,15 @@ class IngestOptions(PipelineOptions):
         parser.add_argument("--max-retry-after", type=float, default=10.0,
                             help="longest Retry-After honoured; longer makes the row fail")
         parser.add_argument("--concurrency", type=int, default=64, help="requests in flight per worker thread")
-        parser.add_argument("--per-host", type=int, default=8, help="connections in flight per host")
+        parser.add_argument("--per-host", type=int, default=8, help="requests in flight per host per worker process")
+        parser.add_argument("--max-rate", type=float, default=0.0,
+                            help="requests started per second per worker process (0: no limit)")
+        parser.add_argument("--host-failure-limit", type=int, default=10,
+                            help="consecutive timeouts/connection errors before a host's URLs are skipped")
+        parser.add_argument("--host-cooldown", type=float, default=60.0,
+                            help="seconds a failing host is skipped before it is tried again")
         parser.add_argument("--user-agent", default=DEFAULT_USER_AGENT)
+        parser.add_argument("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")
         parser.add_argument("--ignore-robots", action="store_true",
                             help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
         # dedup
@@ -82,7 +89,9 @@ def fetch_config(opts):
     return FetchConfig(
         timeout=opts.timeout, max_bytes=opts.max_bytes, max_redirects=opts.max_redirects,
         retries=opts.retries, max_retry_after=opts.max_retry_after, concurrency=opts.concurrency,
-        per_host=opts.per_host, user_agent=opts.user_agent, allow_networks=tuple(opts.allow_network),
+        per_host=opts.per_host, max_rate=opts.max_rate, host_failure_limit=opts.host_failure_limit,
+        host_cooldown=opts.host_cooldown, user_agent=user_agent(opts.contact, opts.user_agent),
+        allow_networks=tuple(opts.allow_network),
         honor_robots=not opts.ignore_robots,
     )
 

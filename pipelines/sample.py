@@ -41,7 +41,9 @@ class SampleWebServer:
     def __init__(self, routes=None, host="127.0.0.1", port=0):
         self.routes = dict(routes or {})
         self.hits = {}
-        self.requests = []
+        self.requests = []          # (method, path, headers, monotonic start time)
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         handler = _make_handler(self)
         self._server = _Server((host, port), handler)
@@ -56,7 +58,7 @@ class SampleWebServer:
         with self._lock:
             count = self.hits.get(path, 0)
             self.hits[path] = count + 1
-            self.requests.append((method, path, dict(headers)))
+            self.requests.append((method, path, dict(headers), time.monotonic()))
             reply = self.routes.get(path)
         if reply is None:
             return Reply(404, b"not found", {"Content-Type": "text/plain"})
@@ -105,6 +107,16 @@ def _make_handler(server):
             self._answer(head=False)
 
         def _answer(self, head):
+            with server._lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                self._reply(head)
+            finally:
+                with server._lock:
+                    server.in_flight -= 1
+
+        def _reply(self, head):
             path = self.path.split("?", 1)[0]
             reply = server._next_reply(path, self.command, self.headers)
             if reply.delay:
