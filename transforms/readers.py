@@ -68,8 +68,10 @@ def text_stream(fileobj, newline=""):
 
 
 def sniff(fileobj, size=4096):
-    """(first non-blank character or '', stream positioned at the start) for form detection."""
+    """(first non-blank character or '', stream at the start, past any UTF-8 BOM)."""
     stream = binary_stream(fileobj)
+    if stream.peek(3)[:3] == b"\xef\xbb\xbf":
+        stream.read(3)  # ijson would reject it
     head = stream.peek(size)[:size]
     text = head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
     return (text[:1], stream)
