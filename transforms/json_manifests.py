@@ -5,22 +5,26 @@ that yield rows made by schema.new_row, streaming: the 463K-object imagenet_capt
 goes through ijson item by item, never json.load. A malformed record becomes a row with status
 invalid_url and an `error`, never an exception and never a lost record. A file that stops being
 JSON part-way (truncated, corrupt) yields one invalid row saying where reading stopped, since
-nothing after that point can be delimited.
+nothing after that point can be delimited. Both accept either form of file: a first non-blank
+character `[` means one (or several) JSON arrays, streamed by ijson; anything else is read as
+one record a line (JSONL; blank lines skipped; a line that is not JSON is one invalid row).
+source_file is the file's path; source_line is the line of a JSONL record and null for array
+elements (ijson gives no positions). Records without a usable id get the key
+`<dataset>:<source_file>#<line or array index>`.
 
 ImageNet-Captions (one JSON array of {filename, wnid, title, description, tags}):
   key `imagenet_captions:<filename>`; no URL, the image is `<imagenet_root>/<wnid>/<filename>`,
   set as both `url` and `_read_path` (the fetch stage reads it through FileSystems).
   caption: title, the tags joined by spaces, and description, in that order; inside each part
   every run of whitespace (\\n, \\r, tabs included) becomes one space; empty parts are left out and
-  the rest joined by one space (the concatenation ImageNet-Captions' authors trained on); null
-  when all three are empty. `title`, `description` and `tags` keep the text exactly as given.
+  the rest joined by one space (the title + tags + description text commonly trained on);
+  null when all three are empty. `title`, `description` and `tags` keep the text exactly as given.
   labels: [{id: wnid, name: class name from LOC_synset_mapping.txt (null if not listed),
-  confidence 1.0, source "imagenet"}].
-  source_line is null: the records are elements of one array and ijson gives no positions.
+  confidence 1.0, source "imagenet"}]. A filename or wnid holding a path separator or `..`
+  never becomes a path (invalid row).
 
 CCMB Zero (records {Url, Title, Content, Keywords, ImageKey, ImageUrl, ImageQuery}):
-  a file whose first character is `[` is one JSON array (or several arrays in a row), otherwise
-  one record a line (JSONL; blank lines skipped). key `zero:<ImageKey>`; url = ImageUrl;
+  key `zero:<ImageKey>` (a numeric ImageKey is written as text); url = ImageUrl;
   caption = Title exactly as given (null when empty); page_url = Url, description = Content,
   keywords = Keywords (a list is joined with ","), query = ImageQuery; title = Title.
   Chinese text is kept as decoded, never escaped or normalised.
@@ -123,6 +127,8 @@ def parse_imagenet_captions(fileobj, source_name, imagenet_root, synsets=None):
     synsets: {wnid: class name} or None. JSON lines are accepted too.
     """
     synsets = synsets or {}
+    # resolved once per file: looking the filesystem up per record cost a third of the parse
+    join = FileSystems.get_filesystem(imagenet_root).join if imagenet_root else None
     for record, line_no, position, error in iter_json_records(fileobj):
         if error:
             row = schema.new_row(IMAGENET_CAPTIONS,
@@ -130,10 +136,11 @@ def parse_imagenet_captions(fileobj, source_name, imagenet_root, synsets=None):
                                  source_file=source_name, source_line=line_no)
             yield _invalid(row, error)
         else:
-            yield _imagenet_row(record, line_no, position, source_name, imagenet_root, synsets)
+            yield _imagenet_row(record, line_no, position, source_name, imagenet_root, join,
+                                synsets)
 
 
-def _imagenet_row(record, line_no, position, source_name, imagenet_root, synsets):
+def _imagenet_row(record, line_no, position, source_name, imagenet_root, join, synsets):
     if not isinstance(record, dict):
         row = schema.new_row(IMAGENET_CAPTIONS,
                              _position_key(IMAGENET_CAPTIONS, source_name, position),
@@ -148,7 +155,7 @@ def _imagenet_row(record, line_no, position, source_name, imagenet_root, synsets
            else _position_key(IMAGENET_CAPTIONS, source_name, position))
     path = None
     if filename and wnid and imagenet_root and _safe_path_part(filename) and _safe_path_part(wnid):
-        path = FileSystems.join(imagenet_root, wnid, filename)
+        path = join(imagenet_root, wnid, filename)
     labels = []
     if wnid:
         labels.append({"id": wnid, "name": synsets.get(wnid), "confidence": 1.0,
