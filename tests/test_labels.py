@@ -348,7 +348,8 @@ def test_join_long_captions_by_url(tmp_path):
                 d["cc12m:3"], d["zero:1"]]
     with TestPipeline(runner="FnApiRunner") as p:
         out = (p | beam.Create(rows)
-               | labels.JoinLongCaptions(str(tmp_path / "*_long.csv*")))
+               | labels.JoinLongCaptions([str(tmp_path / "cc3m_long.csv"),
+                                         str(tmp_path / "cc12m_*.csv.gz")]))
         assert_that(out, equal_to(expected))
 
 

@@ -34,7 +34,6 @@ import re
 
 import apache_beam as beam
 import ijson
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -259,7 +258,10 @@ class _ParseFileFn(beam.DoFn):
 
 
 class ReadImageNetCaptions(beam.PTransform):
-    """Rows of imagenet_captions.json file(s) (path or glob); synsets_path: LOC_synset_mapping."""
+    """Rows of imagenet_captions.json files (path, glob or list).
+
+    imagenet_root: ILSVRC train root; synsets_path: LOC_synset_mapping.txt or None.
+    """
 
     def __init__(self, pattern, imagenet_root, synsets_path=None):
         super().__init__()
@@ -273,14 +275,13 @@ class ReadImageNetCaptions(beam.PTransform):
             synsets = pbegin | "ReadSynsets" >> ReadSynsets(self._synsets_path)
             side = (beam.pvalue.AsDict(synsets),)
         return (pbegin
-                | "Match" >> fileio.MatchFiles(self._pattern)
-                | "Open" >> fileio.ReadMatches()
+                | "Open" >> readers.OpenFiles(self._pattern)
                 | "Parse" >> beam.ParDo(
                     _ParseFileFn(IMAGENET_CAPTIONS, imagenet_root=self._root), *side))
 
 
 class ReadZero(beam.PTransform):
-    """Rows of CCMB Zero file(s) (path or glob), JSONL or JSON arrays."""
+    """Rows of CCMB Zero files (path, glob or list), JSONL or JSON arrays."""
 
     def __init__(self, pattern):
         super().__init__()
@@ -288,6 +289,5 @@ class ReadZero(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "Match" >> fileio.MatchFiles(self._pattern)
-                | "Open" >> fileio.ReadMatches()
+                | "Open" >> readers.OpenFiles(self._pattern)
                 | "Parse" >> beam.ParDo(_ParseFileFn(ZERO)))

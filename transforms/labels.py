@@ -28,7 +28,6 @@ import logging
 import math
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
 from transforms import readers
@@ -143,7 +142,7 @@ class _ParseClassFileFn(beam.DoFn):
 
 
 class ReadOpenImagesClasses(beam.PTransform):
-    """PCollection of (mid, name) from dict.csv / class-descriptions files (path or glob)."""
+    """PCollection of (mid, name) from dict.csv / class-descriptions files (path, glob or list)."""
 
     def __init__(self, pattern):
         super().__init__()
@@ -151,8 +150,7 @@ class ReadOpenImagesClasses(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "Match" >> fileio.MatchFiles(self._pattern)
-                | "Open" >> fileio.ReadMatches()
+                | "Open" >> readers.OpenFiles(self._pattern)
                 | "Parse" >> beam.ParDo(_ParseClassFileFn()))
 
 
@@ -234,14 +232,13 @@ class ReadOpenImagesLabels(beam.PTransform):
 
     def __init__(self, label_paths):
         super().__init__()
-        self._paths = [label_paths] if isinstance(label_paths, str) else list(label_paths)
+        self._paths = label_paths
 
     def expand(self, pbegin):
-        # ReadFromText splits uncompressed files across workers; lines are self-describing.
-        reads = [pbegin | f"Read{i}" >> beam.io.ReadFromTextWithFilename(path)
-                 for i, path in enumerate(self._paths)]
-        lines = reads[0] if len(reads) == 1 else reads | "Lines" >> beam.Flatten()
-        return lines | "Parse" >> beam.ParDo(_ParseOpenImagesLabelsFn())
+        # Lines are self-describing, so files can be split across workers (ReadFromText).
+        return (pbegin
+                | "Read" >> readers.ReadLines(self._paths, with_filename=True)
+                | "Parse" >> beam.ParDo(_ParseOpenImagesLabelsFn()))
 
 
 def build_openimages_labels(records, class_names):
@@ -438,7 +435,7 @@ class _ParseCC3MLabelsFn(beam.DoFn):
 
 
 class ReadCC3MLabels(beam.PTransform):
-    """PCollection of (url, [label dicts]) from the CC3M labels TSV (path or glob)."""
+    """PCollection of (url, [label dicts]) from CC3M labels TSVs (path, glob or list)."""
 
     def __init__(self, pattern):
         super().__init__()
@@ -446,7 +443,7 @@ class ReadCC3MLabels(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "Read" >> beam.io.ReadFromText(self._pattern)
+                | "Read" >> readers.ReadLines(self._pattern)
                 | "Parse" >> beam.ParDo(_ParseCC3MLabelsFn()))
 
 
@@ -471,7 +468,11 @@ def _attach_cc3m(row, label_lists):
 
 
 class JoinCC3MLabels(beam.PTransform):
-    """CC3M rows get `labels` (source "cc3m", id = MID, name = label) by URL from the TSV."""
+    """CC3M rows get `labels` (source "cc3m", id = MID, name = label) by URL.
+
+    path: the Image Labels TSV (path, glob or list). Label lists of different lengths are
+    counted (counter labels/cc3m_labels_length_mismatch) and that line's labels skipped.
+    """
 
     def __init__(self, path):
         super().__init__()
@@ -531,7 +532,7 @@ class _ParseLongCaptionsFn(beam.DoFn):
 
 
 class ReadLongCaptions(beam.PTransform):
-    """PCollection of (url, long_captions dict) from DreamLIP CSVs (path or glob), streamed."""
+    """PCollection of (url, long_captions dict) from DreamLIP CSVs (path, glob or list)."""
 
     def __init__(self, pattern):
         super().__init__()
@@ -539,8 +540,7 @@ class ReadLongCaptions(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "Match" >> fileio.MatchFiles(self._pattern)
-                | "Open" >> fileio.ReadMatches()
+                | "Open" >> readers.OpenFiles(self._pattern)
                 | "Parse" >> beam.ParDo(_ParseLongCaptionsFn())
                 # one file is read by one worker: spread its records before the join
                 | "Spread" >> beam.Reshuffle())
@@ -559,7 +559,7 @@ def _attach_long_captions(row, captions_list):
 
 
 class JoinLongCaptions(beam.PTransform):
-    """Rows get the `long_captions` struct by URL from a DreamLIP CSV.
+    """Rows get the `long_captions` struct by URL from DreamLIP CSVs (path, glob or list).
 
     datasets: the row datasets to join (default: every row with a URL; DreamLIP covers CC3M and
     CC12M, whose URLs overlap).
@@ -598,7 +598,7 @@ def parse_synsets(fileobj):
 
 
 class ReadSynsets(beam.PTransform):
-    """PCollection of (wnid, class name) from LOC_synset_mapping.txt (path or glob)."""
+    """PCollection of (wnid, class name) from LOC_synset_mapping.txt (path, glob or list)."""
 
     def __init__(self, pattern):
         super().__init__()
@@ -606,8 +606,7 @@ class ReadSynsets(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "Match" >> fileio.MatchFiles(self._pattern)
-                | "Open" >> fileio.ReadMatches()
+                | "Open" >> readers.OpenFiles(self._pattern)
                 | "Parse" >> beam.FlatMap(lambda f: parse_synsets(f.open())))
 
 

@@ -6,6 +6,8 @@ csv module and ijson can stream from it record by record, never loading a whole 
 """
 import io
 
+import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
@@ -75,3 +77,39 @@ def sniff(fileobj, size=4096):
     head = stream.peek(size)[:size]
     text = head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
     return (text[:1], stream)
+
+
+def as_patterns(paths):
+    """One path/glob or a list of them (repeatable options) -> list."""
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+class OpenFiles(beam.PTransform):
+    """PCollection of fileio.ReadableFile for every file matched by one or more paths/globs."""
+
+    def __init__(self, paths):
+        super().__init__()
+        self._patterns = as_patterns(paths)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Patterns" >> beam.Create(self._patterns)
+                | "Match" >> fileio.MatchAll()
+                | "Open" >> fileio.ReadMatches())
+
+
+class ReadLines(beam.PTransform):
+    """Lines of one or more paths/globs, as (filename, line) when with_filename.
+
+    ReadFromText splits uncompressed files across workers: for one-record-a-line formats only.
+    """
+
+    def __init__(self, paths, with_filename=False):
+        super().__init__()
+        self._patterns = as_patterns(paths)
+        self._with_filename = with_filename
+
+    def expand(self, pbegin):
+        read = beam.io.ReadFromTextWithFilename if self._with_filename else beam.io.ReadFromText
+        reads = [pbegin | f"Read{i}" >> read(p) for i, p in enumerate(self._patterns)]
+        return reads[0] if len(reads) == 1 else reads | "Lines" >> beam.Flatten()
