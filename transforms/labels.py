@@ -130,9 +130,6 @@ class _ParseClassFileFn(beam.DoFn):
     def __init__(self):
         self.classes = Metrics.counter(NAMESPACE, "openimages_classes")
 
-    def setup(self):
-        csv.field_size_limit(_CSV_FIELD_LIMIT)
-
     def process(self, readable_file):
         form = None
         for form, mid, name in read_class_descriptions(readable_file.open()):
