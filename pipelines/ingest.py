@@ -19,6 +19,7 @@ from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
 from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages, user_agent
 from transforms.hashing import DEFAULT_MAX_PIXELS, HashImages
+from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.manifests import ManifestParsers, ReadManifests
 from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteImageTable, WriteSummary, assign_blob_uri, \
     join_path, read_json
@@ -100,9 +101,18 @@ def build_pipeline(pipeline, opts, started_at):
     """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
     out = opts.output
     manifests = parse_manifest_args(opts.manifest)
-    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, ManifestParsers())
+    synsets = load_synsets(opts.imagenet_synsets) if opts.imagenet_synsets else None
+    parsers = ManifestParsers(opts.imagenet_root, synsets)
+    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers)
+    # Joins run on the small pre-fetch rows: no image bytes cross their shuffles.
     if opts.cc12m_hashes:
         rows = rows | "PublishedHashes" >> AttachExpectedHashes(opts.cc12m_hashes)
+    if opts.openimages_labels:
+        rows = rows | "OpenImagesLabels" >> JoinOpenImagesLabels(opts.openimages_labels, opts.openimages_classes)
+    if opts.cc3m_labels:
+        rows = rows | "CC3MLabels" >> JoinCC3MLabels(opts.cc3m_labels)
+    if opts.long_captions:
+        rows = rows | "LongCaptions" >> JoinLongCaptions(opts.long_captions)
     fetched = (
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
@@ -142,8 +152,16 @@ def demo_inputs(opts):
         with tempfile.TemporaryDirectory(prefix="ingest-demo-") as workdir:
             files = sample.render_templates(server, workdir)
             opts.manifest = [f"cc3m={files['cc3m.tsv']}", f"cc12m={files['cc12m.tsv']}",
-                             f"openimages={files['openimages.csv']}"]
+                             f"openimages={files['openimages.csv']}", f"zero={files['zero.jsonl']}",
+                             f"imagenet_captions={files['imagenet_captions.json']}"]
             opts.cc12m_hashes = files["cc12m_hashes.tsv"]
+            opts.openimages_labels = [files["openimages-labels-machine.csv"], files["openimages-labels-human.csv"],
+                                      files["machine_ann_2016_08-labels.csv"]]
+            opts.openimages_classes = files["openimages-class-descriptions.csv"]
+            opts.cc3m_labels = files["cc3m-labels.tsv"]
+            opts.long_captions = files["dreamlip-long-captions.csv"]
+            opts.imagenet_root = sample.write_imagenet_root(workdir)
+            opts.imagenet_synsets = files["LOC_synset_mapping.txt"]
             opts.allow_network = list(opts.allow_network) + ["127.0.0.1/32"]
             opts.timeout = min(opts.timeout, DEMO_TIMEOUT)
             print(f"demo: serving the bundled sample at {server.base}", flush=True)
