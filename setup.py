@@ -17,6 +17,7 @@ setuptools.setup(
         "pyarrow>=14",
         "google-cloud-storage>=2.10",
         "aiohttp>=3.9",
+        "ijson>=3.2",  # streams the 463K-object imagenet_captions.json array
     ],
     extras_require={
         "test": [

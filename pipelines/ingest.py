@@ -17,11 +17,12 @@ from pipelines import common, sample
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
-from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages
+from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages, user_agent
 from transforms.hashing import DEFAULT_MAX_PIXELS, HashImages
+from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.manifests import ManifestParsers, ReadManifests
-from transforms.sinks import WriteBlobs, WriteImageTable, WriteSummary, assign_blob_uri, join_path, read_json, \
-    StatusCounts
+from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteImageTable, WriteSummary, assign_blob_uri, \
+    join_path, read_json
 
 DEMO_TIMEOUT = 3.0
 
@@ -57,8 +58,15 @@ class IngestOptions(PipelineOptions):
         parser.add_argument("--max-retry-after", type=float, default=10.0,
                             help="longest Retry-After honoured; longer makes the row fail")
         parser.add_argument("--concurrency", type=int, default=64, help="requests in flight per worker thread")
-        parser.add_argument("--per-host", type=int, default=8, help="connections in flight per host")
+        parser.add_argument("--per-host", type=int, default=8, help="requests in flight per host per worker process")
+        parser.add_argument("--max-rate", type=float, default=0.0,
+                            help="requests started per second per worker process (0: no limit)")
+        parser.add_argument("--host-failure-limit", type=int, default=10,
+                            help="consecutive timeouts/connection errors before a host's URLs are skipped")
+        parser.add_argument("--host-cooldown", type=float, default=60.0,
+                            help="seconds a failing host is skipped before it is tried again")
         parser.add_argument("--user-agent", default=DEFAULT_USER_AGENT)
+        parser.add_argument("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")
         parser.add_argument("--ignore-robots", action="store_true",
                             help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
         # dedup
@@ -82,44 +90,45 @@ def fetch_config(opts):
     return FetchConfig(
         timeout=opts.timeout, max_bytes=opts.max_bytes, max_redirects=opts.max_redirects,
         retries=opts.retries, max_retry_after=opts.max_retry_after, concurrency=opts.concurrency,
-        per_host=opts.per_host, user_agent=opts.user_agent, allow_networks=tuple(opts.allow_network),
+        per_host=opts.per_host, max_rate=opts.max_rate, host_failure_limit=opts.host_failure_limit,
+        host_cooldown=opts.host_cooldown, user_agent=user_agent(opts.contact, opts.user_agent),
+        allow_networks=tuple(opts.allow_network),
         honor_robots=not opts.ignore_robots,
     )
-
-
-def drop_body(row):
-    row = dict(row)
-    row.pop("_body", None)
-    return row
 
 
 def build_pipeline(pipeline, opts, started_at):
     """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
     out = opts.output
     manifests = parse_manifest_args(opts.manifest)
-    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, ManifestParsers())
+    synsets = load_synsets(opts.imagenet_synsets) if opts.imagenet_synsets else None
+    parsers = ManifestParsers(opts.imagenet_root, synsets)
+    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers)
+    # Joins run on the small pre-fetch rows: no image bytes cross their shuffles.
     if opts.cc12m_hashes:
         rows = rows | "PublishedHashes" >> AttachExpectedHashes(opts.cc12m_hashes)
+    if opts.openimages_labels:
+        rows = rows | "OpenImagesLabels" >> JoinOpenImagesLabels(opts.openimages_labels, opts.openimages_classes)
+    if opts.cc3m_labels:
+        rows = rows | "CC3MLabels" >> JoinCC3MLabels(opts.cc3m_labels)
+    if opts.long_captions:
+        rows = rows | "LongCaptions" >> JoinLongCaptions(opts.long_captions)
     fetched = (
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
         | "Hash" >> HashImages(opts.max_pixels)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
+        | "StoreBlobs" >> StoreBlobs()
     )
-    blobs = fetched | "WriteBlobs" >> WriteBlobs()
-    deduped = (
-        fetched
-        | "DropBytes" >> beam.Map(drop_body)
-        | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
-    )
+    deduped = fetched | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
     final = deduped["rows"]
     written = final | "WriteImages" >> WriteImageTable(out)
-    blob_count = blobs | "CountBlobs" >> beam.combiners.Count.Globally()
+    blob_count = final | "CountBlobs" >> CountBlobs()
     duplicates = (
         deduped["stats"]
         | "DupStats" >> beam.combiners.ToList()
-        | "WithBlobs" >> beam.Map(lambda stats, blobs_written: dict(*(stats or [{}]), blobs_written=blobs_written),
-                                  blobs_written=beam.pvalue.AsSingleton(blob_count))
+        | "WithBlobs" >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs),
+                                  blobs=beam.pvalue.AsSingleton(blob_count))
     )
     _ = {
         "counts": final | "Counts" >> StatusCounts(),
@@ -143,8 +152,16 @@ def demo_inputs(opts):
         with tempfile.TemporaryDirectory(prefix="ingest-demo-") as workdir:
             files = sample.render_templates(server, workdir)
             opts.manifest = [f"cc3m={files['cc3m.tsv']}", f"cc12m={files['cc12m.tsv']}",
-                             f"openimages={files['openimages.csv']}"]
+                             f"openimages={files['openimages.csv']}", f"zero={files['zero.jsonl']}",
+                             f"imagenet_captions={files['imagenet_captions.json']}"]
             opts.cc12m_hashes = files["cc12m_hashes.tsv"]
+            opts.openimages_labels = [files["openimages-labels-machine.csv"], files["openimages-labels-human.csv"],
+                                      files["machine_ann_2016_08-labels.csv"]]
+            opts.openimages_classes = files["openimages-class-descriptions.csv"]
+            opts.cc3m_labels = files["cc3m-labels.tsv"]
+            opts.long_captions = files["dreamlip-long-captions.csv"]
+            opts.imagenet_root = sample.write_imagenet_root(workdir)
+            opts.imagenet_synsets = files["LOC_synset_mapping.txt"]
             opts.allow_network = list(opts.allow_network) + ["127.0.0.1/32"]
             opts.timeout = min(opts.timeout, DEMO_TIMEOUT)
             print(f"demo: serving the bundled sample at {server.base}", flush=True)
@@ -176,7 +193,7 @@ def report(out):
     summary = read_json(join_path(out, "summary.json"))
     print(f"\ningest: {summary['rows']} rows in {summary['timings']['wall_seconds']:.1f}s -> {out}")
     print(f"  images:  {join_path(out, 'images')}/*.parquet")
-    print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs_written', 0)} stored)")
+    print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs', 0)} distinct images)")
     print(f"  summary: {join_path(out, 'summary.json')}\n")
     print(common.format_status_table(summary["counts"], schema.STATUSES))
 

@@ -11,12 +11,14 @@ import dataclasses
 import email.utils
 import threading
 import time
+import weakref
 
 import aiohttp
 import apache_beam as beam
 import yarl
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
 
 from transforms import schema
 from transforms.netguard import AddressPolicy, BlockedAddressError, GuardedResolver
@@ -24,7 +26,15 @@ from transforms.netguard import AddressPolicy, BlockedAddressError, GuardedResol
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
-DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (+https://github.com/; dataset research crawler)"
+DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (image dataset research crawler)"
+CONNECTION_FAILURES = frozenset({schema.TIMEOUT, schema.CONNECTION_ERROR})
+
+
+def user_agent(contact=None, base=DEFAULT_USER_AGENT):
+    """An honest User-Agent: what we are, and how a site owner reaches whoever runs the crawl."""
+    if not contact:
+        return base
+    return base[:-1] + f"; contact: {contact})" if base.endswith(")") else f"{base} (contact: {contact})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +46,11 @@ class FetchConfig:
     backoff: float = 0.5              # first retry delay; doubles each attempt
     max_retry_after: float = 10.0     # a longer Retry-After is not waited for: the row fails
     concurrency: int = 64             # requests in flight per DoFn instance
-    per_host: int = 8                 # connections in flight per host
+    per_host: int = 8                 # requests in flight per host
+    max_rate: float = 0.0             # requests started per second per worker process; 0 = unlimited
+    host_failure_limit: int = 10      # consecutive timeouts/connection errors before a host is skipped
+    host_cooldown: float = 60.0       # seconds a failing host is skipped before one probe is let through
+    max_host_interval: float = 30.0   # slowest pace the adaptive per-host rate falls to
     user_agent: str = DEFAULT_USER_AGENT
     allow_networks: tuple = ()
     honor_robots: bool = True
@@ -55,6 +69,7 @@ class FetchResult:
     attempts: int = 0
     elapsed_ms: int = 0
     retry_after: float = None  # only meaningful while deciding on a retry
+    skipped: bool = False      # failed without a request: the host is short-circuited
 
     def retryable(self):
         return self.status == schema.HTTP_ERROR and self.http_status in RETRY_STATUSES
@@ -95,6 +110,80 @@ def robots_opt_out(header_values, agent_token):
     return None
 
 
+class HostGate:
+    """Politeness toward one host (host:port), kept on the fetcher's event loop (no locks needed).
+
+    - at most `per_host` requests in flight;
+    - an adaptive gap between request starts: doubled (or set to Retry-After) on 429/503, shrunk by a
+      quarter on each success, so a host that pushes back is slowed down and recovers later;
+    - a circuit breaker: after `limit` consecutive timeouts/connection errors the host's remaining
+      URLs fail at once for `cooldown` seconds (doubling while it keeps failing), instead of each
+      burning a whole deadline; then requests go through again, and one more failure closes it
+      for twice as long.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        self.slots = asyncio.Semaphore(config.per_host)
+        self.interval = 0.0
+        self._next_start = 0.0
+        self.failures = 0
+        self._open_until = 0.0
+        self._cooldown = config.host_cooldown
+        self.last_failure = None
+
+    def short_circuit(self, now):
+        """The failure to report without trying, or None to go ahead."""
+        if self.failures >= self._config.host_failure_limit and now < self._open_until:
+            status, error = self.last_failure
+            return FetchResult(status, f"host skipped after {self.failures} consecutive failures"
+                                       f" (last: {error})", skipped=True)
+        return None
+
+    async def wait_turn(self):
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next_start)
+        self._next_start = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    def record(self, result, now):
+        config = self._config
+        if result.status in CONNECTION_FAILURES:
+            self.failures += 1
+            self.last_failure = (result.status, result.error)
+            if self.failures >= config.host_failure_limit:
+                self._open_until = now + self._cooldown
+                self._cooldown = min(self._cooldown * 2, 3600.0)
+            return
+        self.failures = 0
+        self._cooldown = config.host_cooldown
+        if result.http_status in (429, 503):
+            slower = max(self.interval * 2, 0.25, result.retry_after or 0.0)
+            self.interval = min(slower, config.max_host_interval)
+        elif self.interval:
+            self.interval = self.interval * 0.75 if self.interval > 0.01 else 0.0
+
+
+class RateLimit:
+    """Evenly spaced request starts: at most `rate` per second (0 = no limit)."""
+
+    def __init__(self, rate):
+        self._gap = 1.0 / rate if rate and rate > 0 else 0.0
+        self._next = 0.0
+
+    async def wait(self):
+        if not self._gap:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next)
+        self._next = start + self._gap
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
 class Fetcher:
     """A pool of concurrent HTTP fetches on a private event loop thread.
 
@@ -110,16 +199,20 @@ class Fetcher:
         self._thread.start()
         self._session = self._run(self._open_session())
         self._file_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+        # Shared per process (see FetchDoFn): closed when the last DoFn lets go of it.
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._session,
+                                           self._file_pool)
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     async def _open_session(self):
         self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._hosts = {}
+        self._rate = RateLimit(self.config.max_rate)
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self._policy),
             limit=self.config.concurrency,
-            limit_per_host=self.config.per_host,
             ttl_dns_cache=300,
         )
         # trust_env=False: a proxy from the environment would bypass the address policy.
@@ -152,43 +245,69 @@ class Fetcher:
         return FetchResult(schema.OK, body=body, final_url=path, attempts=1, elapsed_ms=_ms_since(started))
 
     def close(self):
-        if self._loop.is_closed():
-            return
-        self._run(self._session.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-        self._file_pool.shutdown(wait=False)
+        self._finalizer()
+
+    def _gate(self, url):
+        try:
+            parsed = yarl.URL(url)
+            name = f"{parsed.host}:{parsed.port}" if parsed.host else None
+        except (ValueError, TypeError):
+            name = None
+        if name is None:
+            return None
+        gate = self._hosts.get(name)
+        if gate is None:
+            gate = self._hosts[name] = HostGate(self.config)
+        return gate
 
     async def fetch(self, url, method="GET", headers=None):
         """One URL to one FetchResult; never raises."""
         started = time.monotonic()
-        async with self._slots:
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    async with asyncio.timeout(self.config.timeout):
-                        result = await self._attempt(url, method, headers)
-                except TimeoutError:
-                    result = FetchResult(schema.TIMEOUT,
-                                         f"no complete response within --timeout {self.config.timeout:g}s")
-                except Exception as exc:  # the last line of defence: a row, never a crash
-                    result = FetchResult(schema.CONNECTION_ERROR, f"unexpected error: {_short(exc)}")
-                if not result.retryable() or attempt > self.config.retries:
+        gate = self._gate(url)
+        attempt = 0
+        while True:
+            result = await self._polite_attempt(gate, url, method, headers)
+            if result.skipped:
+                break
+            attempt += 1
+            if not result.retryable() or attempt > self.config.retries:
+                break
+            delay = self.config.backoff * (2 ** (attempt - 1))
+            if result.retry_after is not None:
+                if result.retry_after > self.config.max_retry_after:
+                    result.error += (f"; Retry-After {result.retry_after:g}s exceeds"
+                                     f" --max-retry-after {self.config.max_retry_after:g}s")
                     break
-                delay = self.config.backoff * (2 ** (attempt - 1))
-                if result.retry_after is not None:
-                    if result.retry_after > self.config.max_retry_after:
-                        result.error += (f"; Retry-After {result.retry_after:g}s exceeds"
-                                         f" --max-retry-after {self.config.max_retry_after:g}s")
-                        break
-                    delay = max(delay, result.retry_after)
-                await asyncio.sleep(delay)
+                delay = max(delay, result.retry_after)
+            await asyncio.sleep(delay)
         result.attempts = attempt
         result.elapsed_ms = _ms_since(started)
         result.retry_after = None
         return result
+
+    async def _polite_attempt(self, gate, url, method, headers):
+        async with self._slots:
+            if gate is None:
+                return await self._deadline_attempt(url, method, headers)
+            async with gate.slots:
+                # Checked once a slot is ours: the failures may have piled up while we queued.
+                skipped = gate.short_circuit(asyncio.get_running_loop().time())
+                if skipped:
+                    return skipped
+                await gate.wait_turn()
+                await self._rate.wait()
+                result = await self._deadline_attempt(url, method, headers)
+                gate.record(result, asyncio.get_running_loop().time())
+                return result
+
+    async def _deadline_attempt(self, url, method, headers):
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                return await self._attempt(url, method, headers)
+        except TimeoutError:
+            return FetchResult(schema.TIMEOUT, f"no complete response within --timeout {self.config.timeout:g}s")
+        except Exception as exc:  # the last line of defence: a row, never a crash
+            return FetchResult(schema.CONNECTION_ERROR, f"unexpected error: {_short(exc)}")
 
     async def _attempt(self, url, method, headers):
         current = url
@@ -285,6 +404,21 @@ class Fetcher:
         return FetchResult(schema.OK, body=b"".join(chunks), **info)
 
 
+def _shut_down(loop, thread, session, file_pool):
+    if loop.is_closed():
+        return
+    if threading.current_thread() is not thread:
+        try:
+            asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=10)
+        except Exception:  # best effort: the process may be exiting
+            pass
+    loop.call_soon_threadsafe(loop.stop)
+    if threading.current_thread() is not thread:
+        thread.join(timeout=10)
+        loop.close()
+    file_pool.shutdown(wait=False)
+
+
 def _short(exc, limit=200):
     text = str(exc) or type(exc).__name__
     return text if len(text) <= limit else text[:limit] + "..."
@@ -315,14 +449,18 @@ def apply_result(row, result, fetched_at):
 class FetchDoFn(beam.DoFn):
     """Fetches each row's URL (or `_read_path`) with a bounded pool, emitting rows as they finish.
 
-    Rows that already carry a status (a malformed manifest line) pass straight through.
+    Rows that already carry a status (a malformed manifest line) pass straight through. All DoFn
+    instances of a worker process share one Fetcher, so per-host limits and the global rate hold
+    per process however many threads the runner gives the stage.
     """
 
     def __init__(self, config):
         self._config = config
+        self._shared = shared.Shared()
 
     def setup(self):
-        self._fetcher = Fetcher(self._config)
+        config = self._config
+        self._fetcher = self._shared.acquire(lambda: Fetcher(config))
         self._statuses = {s: beam.metrics.Metrics.counter("fetch", s) for s in schema.STATUSES}
         self._latency = beam.metrics.Metrics.distribution("fetch", "latency_ms")
         self._bytes = beam.metrics.Metrics.counter("fetch", "bytes")
@@ -363,9 +501,7 @@ class FetchDoFn(beam.DoFn):
             yield apply_result(row, result, schema.utc_now())
 
     def teardown(self):
-        fetcher = getattr(self, "_fetcher", None)
-        if fetcher is not None:
-            fetcher.close()
+        self._fetcher = None  # the shared Fetcher closes itself once no instance holds it
 
 
 class FetchImages(beam.PTransform):

@@ -1,5 +1,7 @@
 """Writing the dataset: Parquet rows, content-addressed blobs, summary.json. Local or gs://."""
+import collections
 import json
+import os
 import time
 
 import apache_beam as beam
@@ -21,51 +23,72 @@ def blob_uri(out_dir, sha256, fmt=None):
     return join_path(out_dir, "blobs", sha256[:2], sha256[2:4], name)
 
 
-class WriteBlobDoFn(beam.DoFn):
-    """Writes one blob unless it exists. Idempotent, so a retried bundle rewrites the same bytes."""
+class StoreBlobDoFn(beam.DoFn):
+    """Stores each ok row's bytes at its content address, then drops them from the row.
+
+    Runs fused with the fetch, so image bytes never cross a shuffle (a shuffle of bodies would hold
+    the whole dataset in the local runner's memory). Each blob is written once: skipped when a
+    recent row of this worker stored it or when it already exists; if two workers race on the same
+    bytes, both write aside and rename onto the same name, leaving one identical blob. Idempotent,
+    so a retried bundle rewrites nothing that is there.
+    """
+
+    _RECENT = 100_000  # shas remembered per worker: about 8 MB
 
     def setup(self):
         self._written = beam.metrics.Metrics.counter("blobs", "written")
         self._existing = beam.metrics.Metrics.counter("blobs", "already_stored")
         self._bytes = beam.metrics.Metrics.counter("blobs", "bytes_written")
+        self._recent = collections.OrderedDict()
 
-    def process(self, item):
-        uri, body = item
-        if FileSystems.exists(uri):
+    def process(self, row):
+        body = row.pop("_body", None)
+        uri = row.get("blob")
+        if body is not None and uri:
+            self._store(uri, body)
+        yield row
+
+    def _store(self, uri, body):
+        if uri in self._recent:
+            self._recent.move_to_end(uri)
             self._existing.inc()
             return
-        # Write aside then rename: a reader never sees half a blob, even on local disk.
-        temporary = f"{uri}.tmp-{time.monotonic_ns()}"
-        with FileSystems.create(temporary) as handle:
-            handle.write(body)
-        try:
-            FileSystems.rename([temporary], [uri])
-        except Exception:
-            if not FileSystems.exists(uri):
-                raise
-            FileSystems.delete([temporary])  # another worker stored the same bytes first
-        self._written.inc()
-        self._bytes.inc(len(body))
-        yield uri
+        if FileSystems.exists(uri):
+            self._existing.inc()
+        else:
+            # Write aside then rename: a reader never sees half a blob, even on local disk.
+            temporary = f"{uri}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+            with FileSystems.create(temporary) as handle:
+                handle.write(body)
+            try:
+                FileSystems.rename([temporary], [uri])
+            except Exception:
+                if not FileSystems.exists(uri):
+                    raise
+                FileSystems.delete([temporary])  # another worker stored the same bytes first
+            self._written.inc()
+            self._bytes.inc(len(body))
+        self._recent[uri] = True
+        if len(self._recent) > self._RECENT:
+            self._recent.popitem(last=False)
 
 
-class WriteBlobs(beam.PTransform):
-    """Rows carrying `_body` -> each distinct sha256 written once under OUT/blobs/."""
+class StoreBlobs(beam.PTransform):
+    """Rows with `_body` in; the same rows out without it, their bytes stored under OUT/blobs/."""
 
     def expand(self, rows):
-        return (
-            rows
-            | "WithBytes" >> beam.FlatMap(lambda row: [(row["blob"], row["_body"])] if row.get("_body") else [])
-            # One copy per blob crosses the shuffle: the combine is lifted before it.
-            | "OnePerBlob" >> beam.CombinePerKey(_any_one)
-            | "Store" >> beam.ParDo(WriteBlobDoFn())
-        )
+        return rows | "StoreOnce" >> beam.ParDo(StoreBlobDoFn())
 
 
-def _any_one(values):
-    for value in values:
-        return value
-    return None
+@beam.ptransform_fn
+def CountBlobs(rows):  # noqa: N802 (a PTransform)
+    """Distinct blobs the rows point at."""
+    return (
+        rows
+        | "BlobUris" >> beam.FlatMap(lambda row: [row["blob"]] if row.get("blob") else [])
+        | "Distinct" >> beam.Distinct()
+        | "Count" >> beam.combiners.Count.Globally()
+    )
 
 
 def assign_blob_uri(row, out_dir):
