@@ -23,3 +23,5 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out deploy/build
+
+include deploy/deploy.mk

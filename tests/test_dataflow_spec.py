@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.dataflow, pytest.mark.timeout(300)]
 
 # Steps each job's spec must hold, in graph order (read, fetch, write).
 STEPS = {
-    "ingest": ["ReadManifests", "Fetch", "Hash", "WriteBlobs", "WriteImages", "WriteSummary"],
+    "ingest": ["ReadManifests", "Fetch", "Hash", "StoreBlobs", "WriteImages", "WriteSummary"],
 }
 DEFAULTS = jobs.load_defaults(environ={})
 

@@ -21,6 +21,7 @@ INGEST_VALUES = [
     ("max_bytes", ["33554432"], ["32MB", "1.5"]),
     ("ignore_robots", ["true", "false"], ["yes", "True"]),
     ("user_agent", ["research-crawler/1.0 (+https://example.org)"], ["bad\r\nX-Injected: 1", ""]),
+    ("contact", ["data-team@example.org", "https://example.org/crawler"], ["a b", "x\ny"]),
     ("dataset_priority", ["openimages,cc12m,cc3m"], ["openimages;cc12m", "laion"]),
     ("number_of_worker_harness_threads", ["4"], ["four", "-4"]),
 ]
