@@ -8,9 +8,9 @@
 . "$(dirname "$0")/env.sh"
 jobs=("$@")
 [[ ${#jobs[@]} -gt 0 ]] || mapfile -t jobs < <(all_jobs)
-mkdir -p "$DEPLOY_DIR/build"
+mkdir -p "$BUILD_DIR"
 for job in "${jobs[@]}"; do
-  spec="$DEPLOY_DIR/build/$job-template.json"
+  spec="$BUILD_DIR/$job-template.json"
   deploy_py template-spec "$job" --image "$(image_for "$job")" > "$spec"
   gcloud storage cp "$spec" "$(template_for "$job")"
   echo "$(template_for "$job") -> $(image_for "$job")"

@@ -22,6 +22,7 @@ fi
 : "${WORKER_SA:=beam-images-worker@${PROJECT}.iam.gserviceaccount.com}"
 : "${SCHEDULER_SA:=beam-images-scheduler@${PROJECT}.iam.gserviceaccount.com}"
 : "${PY:=$ROOT_DIR/.venv/bin/python}"
+: "${BUILD_DIR:=$DEPLOY_DIR/build}"            # rendered specs and request bodies
 # shellcheck disable=SC2034  # used by the scripts that source this file
 DATAFLOW_API="https://dataflow.googleapis.com/v1b3/projects/${PROJECT}/locations/${REGION}"
 
