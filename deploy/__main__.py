@@ -6,6 +6,8 @@
     launch-body JOB --template GS --image IMAGE --bucket B [--service-account SA]
                 [--job-name NAME] [--param NAME=VALUE ...]
                                           a flexTemplates:launch body, checked against the metadata
+    size --rows M --hours N --rate R [--vcpus-per-worker 4] [--utilization 0.8]
+                                          vCPUs and workers for M rows in N hours (deploy/README.md)
 """
 import argparse
 import sys
@@ -56,6 +58,12 @@ def parser():
     launch.add_argument("--job-name", help="default: the job's name")
     launch.add_argument("--param", dest="parameters", action="append", default=[], type=_assignment,
                         metavar="NAME=VALUE", help="a template parameter (repeatable)")
+    size = commands.add_parser("size")
+    size.add_argument("--rows", type=int, required=True)
+    size.add_argument("--hours", type=float, required=True)
+    size.add_argument("--rate", type=float, required=True, help="measured rows/s per vCPU (bench/)")
+    size.add_argument("--vcpus-per-worker", type=int, default=4)
+    size.add_argument("--utilization", type=float, default=0.8)
     return top
 
 
@@ -78,6 +86,10 @@ def main(argv=None):
             print("launch body refused:\n  " + "\n  ".join(problems), file=sys.stderr)
             return 2
         sys.stdout.write(jobs.to_json(body))
+    elif args.command == "size":
+        vcpus, workers = jobs.sizing(args.rows, args.hours, args.rate, args.utilization, args.vcpus_per_worker)
+        print(f"{vcpus} vCPUs = {workers} workers of {args.vcpus_per_worker} vCPUs"
+              f" (DATAFLOW_MAX_WORKERS={workers})")
     return 0
 
 

@@ -7,6 +7,7 @@ image tag, template spec, offline spec render and launch bodies follow.
 import dataclasses
 import functools
 import json
+import math
 import os
 import pathlib
 import re
@@ -102,11 +103,15 @@ PARAMS = {
     "max_redirects": Param("Max redirects", INT, "NUMBER", help="Redirects followed per request"),
 }
 
-# Beam worker options declared as parameters too, so that launch bodies may set them.
+# Beam worker options declared as parameters too, so that launch requests may set them.
 BEAM_PARAMS = {
     "number_of_worker_harness_threads": Param(
         "Threads per SDK process", INT, "NUMBER",
         help="Bundles each Python SDK process works on at once (deploy/dataflow.env explains the default)."),
+    "sdk_container_image": Param(
+        "Worker image", r"^[a-z0-9][-a-z0-9.]*(?::[0-9]+)?/[^\s,]+$",
+        help="Container image of the workers: the job's own image (deploy/build_image.sh). Launch requests "
+             "made by deploy/ set it in the environment instead."),
 }
 
 # Job options that are not template parameters, and why.
@@ -263,6 +268,12 @@ def launch_problems(body, metadata):
                          for regex in declared[name].get("regexes", []) if not re.fullmatch(regex, value)]
     problems += [f"{name}: required" for name, p in declared.items() if not p.get("isOptional") and name not in given]
     return problems
+
+
+def sizing(rows, hours, rate, utilization=0.8, vcpus_per_worker=4):
+    """(vCPUs, workers) to process `rows` in `hours` at `rate` rows/s per vCPU (deploy/README.md)."""
+    vcpus = math.ceil(rows / (rate * 3600 * hours * utilization))
+    return vcpus, math.ceil(vcpus / vcpus_per_worker)
 
 
 # ---- offline render ---------------------------------------------------------------------------

@@ -24,6 +24,8 @@ INGEST_VALUES = [
     ("contact", ["data-team@example.org", "https://example.org/crawler"], ["a b", "x\ny"]),
     ("dataset_priority", ["openimages,cc12m,cc3m"], ["openimages;cc12m", "laion"]),
     ("number_of_worker_harness_threads", ["4"], ["four", "-4"]),
+    ("sdk_container_image", ["us-central1-docker.pkg.dev/p/beam-images/ingest:v1", "localhost:5000/img@sha256:ab"],
+     ["ingest:v1", "gcr.io/p/img:v1,other"]),
 ]
 
 
@@ -113,3 +115,10 @@ def test_defaults_file_is_read_and_overridden_by_the_environment(tmp_path):
                                                         "DATAFLOW_MACHINE_TYPE": "n2-standard-4"}
     assert jobs.load_defaults(env_file, environ={"DATAFLOW_MAX_WORKERS": "200"})["DATAFLOW_MAX_WORKERS"] == "200"
     assert set(jobs.load_defaults(environ={})) == set(jobs.WORKER_SETTINGS) | {"DATAFLOW_REGION"}
+
+
+def test_sizing_arithmetic_of_the_readme():
+    # CC12M in 6 h at R = 10 rows/s/vCPU, U = 0.8: 12,423,374 / 172,800 = 71.9 -> 72 vCPUs, 18 workers.
+    assert jobs.sizing(12_423_374, 6, 10) == (72, 18)
+    assert jobs.sizing(12_423_374, 2, 10) == (216, 54)
+    assert jobs.sizing(3_318_333, 2, 10, vcpus_per_worker=8) == (58, 8)
