@@ -21,8 +21,9 @@ from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages, user_
 from transforms.hashing import DEFAULT_MAX_PIXELS, HashImages
 from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.manifests import ManifestParsers, ReadManifests
-from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteImageTable, WriteSummary, assign_blob_uri, \
-    join_path, read_json
+from transforms.resume import MergeWithPrevious, parse_retry_statuses
+from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
+from transforms.table import ReadImageTable, RetireFiles, WriteImageTable, list_table_files
 
 DEMO_TIMEOUT = 3.0
 
@@ -69,6 +70,11 @@ class IngestOptions(PipelineOptions):
         parser.add_argument("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")
         parser.add_argument("--ignore-robots", action="store_true",
                             help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
+        # resume
+        parser.add_argument("--resume", action="store_true",
+                            help="keep OUT's settled rows, fetch only the others again, write a complete new table")
+        parser.add_argument("--retry-status", default=None, metavar="S1,S2",
+                            help="with --resume: the statuses fetched again (default: every status but ok)")
         # dedup
         parser.add_argument("--max-distance", type=int, default=None,
                             help="pHash Hamming distance at or under which two images are near-duplicates")
@@ -100,7 +106,52 @@ def fetch_config(opts):
 def build_pipeline(pipeline, opts, started_at):
     """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
     out = opts.output
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
+    previous_files = list_table_files(out)  # replaced by this run's, once those are written
+    if opts.resume and not previous_files:
+        raise ValueError(f"--resume: no table to resume in {join_path(out, 'images')}")
+    rows = read_manifest_rows(pipeline, opts)
+    carried = None
+    if opts.resume:
+        merged = rows | "MergePrevious" >> MergeWithPrevious(
+            pipeline | "PreviousRun" >> ReadImageTable(previous_files), parse_retry_statuses(opts.retry_status))
+        rows, carried = merged["fetch"], merged["carry"]
+    fetched = (
+        rows
+        | "Fetch" >> FetchImages(fetch_config(opts))
+        | "Hash" >> HashImages(opts.max_pixels)
+        | "BlobUri" >> beam.Map(assign_blob_uri, out)
+        | "StoreBlobs" >> StoreBlobs()
+    )
+    if carried is not None:
+        fetched = (fetched, carried) | "WithCarried" >> beam.Flatten()
+    deduped = fetched | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
+    final = deduped["rows"]
+    written = final | "WriteImages" >> WriteImageTable(out, run_id)
+    _ = written | "RetirePrevious" >> RetireFiles(previous_files)
+    blob_count = final | "CountBlobs" >> CountBlobs()
+    duplicates = (
+        deduped["stats"]
+        | "DupStats" >> beam.combiners.ToList()
+        | "WithBlobs" >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs),
+                                  blobs=beam.pvalue.AsSingleton(blob_count))
+    )
+    summary_inputs = {"counts": final | "Counts" >> StatusCounts(), "duplicates": duplicates, "written": written}
+    if carried is not None:
+        summary_inputs["resume"] = (
+            (carried | "CountCarried" >> beam.combiners.Count.Globally())
+            | "ResumeFigures" >> beam.Map(lambda n, total: {"carried": n, "fetched": total - n},
+                                          total=beam.pvalue.AsSingleton(
+                                              final | "CountAll" >> beam.combiners.Count.Globally())))
+    _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
+    return final
+
+
+def read_manifest_rows(pipeline, opts):
+    """Manifest rows with their published hashes, labels and captions joined (none without manifests)."""
     manifests = parse_manifest_args(opts.manifest)
+    if not manifests:
+        return pipeline | "NoManifests" >> beam.Create([])
     synsets = load_synsets(opts.imagenet_synsets) if opts.imagenet_synsets else None
     parsers = ManifestParsers(opts.imagenet_root, synsets)
     rows = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers)
@@ -113,34 +164,12 @@ def build_pipeline(pipeline, opts, started_at):
         rows = rows | "CC3MLabels" >> JoinCC3MLabels(opts.cc3m_labels)
     if opts.long_captions:
         rows = rows | "LongCaptions" >> JoinLongCaptions(opts.long_captions)
-    fetched = (
-        rows
-        | "Fetch" >> FetchImages(fetch_config(opts))
-        | "Hash" >> HashImages(opts.max_pixels)
-        | "BlobUri" >> beam.Map(assign_blob_uri, out)
-        | "StoreBlobs" >> StoreBlobs()
-    )
-    deduped = fetched | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
-    final = deduped["rows"]
-    written = final | "WriteImages" >> WriteImageTable(out)
-    blob_count = final | "CountBlobs" >> CountBlobs()
-    duplicates = (
-        deduped["stats"]
-        | "DupStats" >> beam.combiners.ToList()
-        | "WithBlobs" >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs),
-                                  blobs=beam.pvalue.AsSingleton(blob_count))
-    )
-    _ = {
-        "counts": final | "Counts" >> StatusCounts(),
-        "duplicates": duplicates,
-        "written": written,
-    } | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
-    return final
+    return rows
 
 
 def _options_snapshot(opts):
     keep = ("manifest", "timeout", "max_bytes", "max_pixels", "retries", "concurrency", "per_host",
-            "allow_network", "max_distance", "dataset_priority", "cc12m_hashes", "demo")
+            "allow_network", "max_distance", "dataset_priority", "cc12m_hashes", "demo", "resume", "retry_status")
     return {name: getattr(opts, name, None) for name in keep}
 
 
@@ -176,8 +205,8 @@ def run(argv=None):
     common.apply_local_defaults(options)
     if not opts.output:
         raise SystemExit("ingest: --output is required")
-    if not opts.manifest and not opts.demo:
-        raise SystemExit("ingest: give at least one --manifest KIND=PATH, or --demo")
+    if not opts.manifest and not opts.demo and not opts.resume:
+        raise SystemExit("ingest: give at least one --manifest KIND=PATH, --resume, or --demo")
     started_at = time.time()
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
         pipeline = beam.Pipeline(options=options)
