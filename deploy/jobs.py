@@ -63,6 +63,7 @@ def listed(item):
 
 
 KIND = "(?:" + "|".join(schema.DATASETS) + ")"
+STATUS = "(?:" + "|".join(schema.STATUSES) + ")"
 GCS_URI = r"gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](?:/[^,\s]*)?"  # bucket: 3-222 chars
 GCS = rf"^{GCS_URI}$"
 CIDR = r"[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?"
@@ -100,6 +101,7 @@ PARAMS = {
     "user_agent": Param("User-Agent", r"^[ -~]+$", help="User-Agent header of every image request"),
     "contact": Param("Contact", r"^[!-~]+$", sample="data-team@example.org"),
     "dataset_priority": Param("Dataset priority", listed(KIND)),
+    "retry_status": Param("Statuses to fetch again", listed(STATUS)),
     "max_redirects": Param("Max redirects", INT, "NUMBER", help="Redirects followed per request"),
 }
 

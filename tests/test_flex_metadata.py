@@ -22,6 +22,8 @@ INGEST_VALUES = [
     ("ignore_robots", ["true", "false"], ["yes", "True"]),
     ("user_agent", ["research-crawler/1.0 (+https://example.org)"], ["bad\r\nX-Injected: 1", ""]),
     ("contact", ["data-team@example.org", "https://example.org/crawler"], ["a b", "x\ny"]),
+    ("retry_status", ["timeout,http_error", "connection_error"], ["timeout;http_error", "dead", "timeout,"]),
+    ("resume", ["true", "false"], ["1"]),
     ("dataset_priority", ["openimages,cc12m,cc3m"], ["openimages;cc12m", "laion"]),
     ("number_of_worker_harness_threads", ["4"], ["four", "-4"]),
     ("sdk_container_image", ["us-central1-docker.pkg.dev/p/beam-images/ingest:v1", "localhost:5000/img@sha256:ab"],
