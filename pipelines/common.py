@@ -20,6 +20,14 @@ def apply_local_defaults(options):
     return options
 
 
+def wait_for(result, options):
+    """Waits for the job unless --no_wait_until_finish (Beam's option, honoured as `with Pipeline`
+    honours it): a Flex Template launcher must return once the job is submitted."""
+    if not options.view_as(StandardOptions).no_wait_until_finish:
+        result.wait_until_finish()
+    return result
+
+
 def is_local(options):
     return options.view_as(StandardOptions).runner in ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
 

@@ -6,6 +6,7 @@ Beam's own options are spelled; the jobs' flags are spelled with dashes (`--max-
 argparse would silently ignore `--max_bytes=...`. The launcher also passes booleans as values
 (`--ignore_robots=true`) and has one value per name, so a repeatable option takes a
 comma-separated list. `to_job_argv` rewrites exactly those; Beam's options pass through.
+The launcher must return once the job is submitted, hence --no_wait_until_finish.
 
 A job is a module `pipelines.<job>` with `run(argv)`, `main(argv) -> exit code` and one
 PipelineOptions subclass.
@@ -81,4 +82,5 @@ def main(argv=None, job=None):
     job = job or os.environ["BEAM_JOB"]
     module = job_module(job)
     argv = sys.argv[1:] if argv is None else argv
-    return module.main(to_job_argv(argv, option_actions(options_class(module))))
+    job_argv = to_job_argv(argv, option_actions(options_class(module)))
+    return module.main(job_argv + ["--no_wait_until_finish"])

@@ -211,8 +211,7 @@ def run(argv=None):
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
         pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, opts, started_at)
-        result = pipeline.run()
-        result.wait_until_finish()
+        result = common.wait_for(pipeline.run(), options)
     if common.is_local(options):
         report(opts.output)
     return result

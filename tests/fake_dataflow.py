@@ -26,9 +26,11 @@ class Request:
 
 
 class FakeDataflow:
-    """Jobs are created DONE, so DataflowRunner's wait_until_finish returns at once."""
+    """Jobs are created in `state`: DONE (the default) lets DataflowRunner's wait_until_finish
+    return at once; RUNNING would make it poll."""
 
-    def __init__(self):
+    def __init__(self, state="JOB_STATE_DONE"):
+        self.state = state
         self.requests = []
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -50,9 +52,9 @@ class FakeDataflow:
     def _answer(self, method, path, body):
         route = path.split("?")[0]
         if method == "POST" and route.endswith("/jobs"):
-            return 200, dict(body, id=JOB_ID, currentState="JOB_STATE_DONE")
+            return 200, dict(body, id=JOB_ID, currentState=self.state)
         if method == "GET" and re.search(r"/jobs/[^/]+$", route):
-            return 200, {"id": JOB_ID, "currentState": "JOB_STATE_DONE"}
+            return 200, {"id": JOB_ID, "currentState": self.state}
         if method == "GET" and route.endswith(("/messages", "/metrics")):
             return 200, {}
         return 404, {"error": {"code": 404, "message": f"fake Dataflow has no {method} {route}"}}

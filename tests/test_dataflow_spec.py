@@ -12,7 +12,7 @@ from deploy import jobs, render_spec
 from tests.fake_dataflow import JOB_ID, FakeDataflow
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (fixture)
 
-pytestmark = [pytest.mark.dataflow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.dataflow, pytest.mark.timeout(120)]
 
 # Steps each job's spec must hold, in graph order (read, fetch, write).
 STEPS = {
@@ -131,3 +131,16 @@ def test_ingest_submission_request(gcs_emulator):
     assert set(STEPS["ingest"]) <= names
     # Nothing but the job creation was needed: the fake answered it DONE.
     assert [r.method for r in api.requests] == ["POST"]
+
+
+def test_flex_launch_returns_once_the_job_is_submitted(gcs_emulator):
+    """On a Flex Template launcher the job must not be waited for (--no_wait_until_finish, which
+    pipelines/flex_template.py passes): one request, no polling of a running job."""
+    job = jobs.JOBS["ingest"]
+    parameters = render_spec.stage_sample_inputs(job, gcs_emulator, "nowait-bucket")
+    argv = render_spec.runner_argv(job, parameters, DEFAULTS, project="my-project", bucket="nowait-bucket",
+                                   image="r/p/ingest:v1", job_name="ingest-nowait")
+    with FakeDataflow(state="JOB_STATE_RUNNING") as api:
+        result = job.run(argv + [f"--dataflow_endpoint={api.endpoint}", "--no_wait_until_finish"])
+    assert result.job_id() == JOB_ID
+    assert [(r.method, r.path.split("?")[0].rsplit("/", 1)[-1]) for r in api.requests] == [("POST", "jobs")]

@@ -66,4 +66,5 @@ def test_flex_main_runs_the_job_named_by_the_image(monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(jobs.DEPLOY_DIR / "flex_main.py"), run_name="__main__")
     assert exit_.value.code == 0
-    assert seen == [["--manifest=cc3m=gs://b/a.tsv", "--ignore-robots", "--runner=DataflowRunner"]]
+    assert seen == [["--manifest=cc3m=gs://b/a.tsv", "--ignore-robots", "--runner=DataflowRunner",
+                     "--no_wait_until_finish"]]
