@@ -23,7 +23,7 @@ from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLa
 from transforms.manifests import ManifestParsers, ReadManifests
 from transforms.resume import MergeWithPrevious, parse_retry_statuses
 from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
-from transforms.table import ReadImageTable, RetireFiles, WriteImageTable, list_table_files
+from transforms.table import ReadImageTable, RetireFiles, WriteImageTable, list_orphan_shards, list_table_files
 
 DEMO_TIMEOUT = 3.0
 
@@ -125,10 +125,17 @@ def build_pipeline(pipeline, opts, started_at):
     )
     if carried is not None:
         fetched = (fetched, carried) | "WithCarried" >> beam.Flatten()
-    deduped = fetched | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
+    # Only a small projection of each row goes through dedup's shuffles; the full rows are
+    # streamed to Parquet shards and get their cluster columns when the shards are finalised.
+    deduped = (
+        fetched
+        | "DedupFields" >> beam.Map(dedup_projection)
+        | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
+    )
     final = deduped["rows"]
-    written = final | "WriteImages" >> WriteImageTable(out, run_id)
-    _ = written | "RetirePrevious" >> RetireFiles(previous_files)
+    clusters = final | "ClusterColumns" >> beam.FlatMap(cluster_columns)
+    written = fetched | "WriteImages" >> WriteImageTable(out, run_id, clusters)
+    _ = written | "RetirePrevious" >> RetireFiles(previous_files + list_orphan_shards(out))
     blob_count = final | "CountBlobs" >> CountBlobs()
     duplicates = (
         deduped["stats"]
@@ -145,6 +152,21 @@ def build_pipeline(pipeline, opts, started_at):
                                               final | "CountAll" >> beam.combiners.Count.Globally())))
     _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
     return final
+
+
+DEDUP_FIELDS = ("key", "dataset", "url", "final_url", "status", "http_status", "sha256", "md5", "phash", "dhash",
+                "width", "height", "blob", "fetched_at", "format", "size_bytes")
+
+
+def dedup_projection(row):
+    return {name: row.get(name) for name in DEDUP_FIELDS}
+
+
+def cluster_columns(row):
+    """(key, cluster columns) for rows that belong to a cluster; the rest take the defaults."""
+    if row.get("cluster_id") is None and not row.get("is_placeholder"):
+        return []
+    return [(row["key"], (row["cluster_id"], bool(row.get("is_canonical")), bool(row.get("is_placeholder"))))]
 
 
 def read_manifest_rows(pipeline, opts):
