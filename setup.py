@@ -17,6 +17,7 @@ setuptools.setup(
         "pyarrow>=14",
         "google-cloud-storage>=2.10",
         "aiohttp>=3.9",
+        "matplotlib>=3.7",  # OUT/report.html plots (Agg, SVG)
     ],
     extras_require={
         "test": [

@@ -12,14 +12,18 @@ import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.runners.runner import PipelineState
 
-from pipelines import common, sample
+from pipelines import common, metrics, progress, sample
+from pipelines.report import write_report
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
 from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages
 from transforms.hashing import DEFAULT_MAX_PIXELS, HashImages
 from transforms.manifests import ManifestParsers, ReadManifests
+from transforms.progress import RecordProgress
 from transforms.sinks import WriteBlobs, WriteImageTable, WriteSummary, assign_blob_uri, join_path, read_json, \
     StatusCounts
 
@@ -66,6 +70,12 @@ class IngestOptions(PipelineOptions):
                             help="pHash Hamming distance at or under which two images are near-duplicates")
         parser.add_argument("--dataset-priority", default=",".join(DEFAULT_PRIORITY),
                             help="which dataset's row is canonical when resolution ties")
+        # progress and report (docs/progress.md)
+        parser.add_argument("--no-progress", dest="progress", action="store_false",
+                            help="no live progress line on stderr (local runs)")
+        parser.add_argument("--progress-interval", type=float, default=10.0,
+                            help="seconds between progress lines when stderr is not a terminal")
+        parser.add_argument("--no-report", dest="html_report", action="store_false", help="no OUT/report.html")
 
 
 def parse_manifest_args(values):
@@ -93,7 +103,7 @@ def drop_body(row):
     return row
 
 
-def build_pipeline(pipeline, opts, started_at):
+def build_pipeline(pipeline, opts, started_at, progress_dir=None):
     """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
     out = opts.output
     manifests = parse_manifest_args(opts.manifest)
@@ -104,6 +114,7 @@ def build_pipeline(pipeline, opts, started_at):
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
         | "Hash" >> HashImages(opts.max_pixels)
+        | "Progress" >> RecordProgress(progress_dir)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
     )
     blobs = fetched | "WriteBlobs" >> WriteBlobs()
@@ -164,9 +175,15 @@ def run(argv=None):
     started_at = time.time()
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
         pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, opts, started_at)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with progress.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
+                                   enabled=opts.progress and common.is_local(options)) as live:
+            build_pipeline(pipeline, opts, started_at, live.directory)
+            live.start()
+            result = pipeline.run()
+            result.wait_until_finish()
+    metrics.record_run_metrics(result, opts.output)
+    if opts.html_report and result.state == PipelineState.DONE:
+        write_report(opts.output)
     if common.is_local(options):
         report(opts.output)
     return result
@@ -177,7 +194,10 @@ def report(out):
     print(f"\ningest: {summary['rows']} rows in {summary['timings']['wall_seconds']:.1f}s -> {out}")
     print(f"  images:  {join_path(out, 'images')}/*.parquet")
     print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs_written', 0)} stored)")
-    print(f"  summary: {join_path(out, 'summary.json')}\n")
+    print(f"  summary: {join_path(out, 'summary.json')}")
+    if FileSystems.exists(join_path(out, "report.html")):
+        print(f"  report:  {join_path(out, 'report.html')}")
+    print()
     print(common.format_status_table(summary["counts"], schema.STATUSES))
 
 
