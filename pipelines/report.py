@@ -372,8 +372,8 @@ th, td { padding: 4px 8px; border-bottom: 1px solid #eceef2; text-align: right; 
 table.status th { font-size: 12px; vertical-align: bottom; }
 .blocks { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
 .blocks h3 { font-size: 13px; margin: 10px 0 4px; }
-th:first-child, td:first-child { text-align: left; }
-td.text { text-align: left; max-width: 640px; overflow-wrap: anywhere; }
+th:first-child, td:first-child { text-align: left; white-space: nowrap; }
+.text { text-align: left; max-width: 640px; overflow-wrap: anywhere; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
 .empty { color: #8a93a3; font-style: italic; }
 """
@@ -411,7 +411,7 @@ def _kv_table(mapping, header=("name", "value")):
     if not mapping:
         return '<p class="empty">none</p>'
     rows = "".join(f"<tr><td>{_e(k)}</td><td class=\"text\">{_e(_fmt(v))}</td></tr>" for k, v in mapping.items())
-    return f"<table><tr><th>{_e(header[0])}</th><th>{_e(header[1])}</th></tr>{rows}</table>"
+    return f'<table><tr><th>{_e(header[0])}</th><th class="text">{_e(header[1])}</th></tr>{rows}</table>'
 
 
 def _status_table(counts):
@@ -437,7 +437,7 @@ def _errors_table(errors, limit=12):
         f'<tr><td><span class="swatch" style="background:{STATUS_COLORS.get(s, OTHER_COLOR)}"></span>{_e(s)}</td>'
         f'<td class="text">{_e(e)}</td><td>{n:,}</td></tr>'
         for (s, e), n in errors.most_common(limit))
-    return f"<table><tr><th>status</th><th>error</th><th>rows</th></tr>{rows}</table>"
+    return f'<table><tr><th>status</th><th class="text">error</th><th>rows</th></tr>{rows}</table>'
 
 
 def _metrics_tables(section):
