@@ -102,15 +102,16 @@ def format_line(totals, total_rows, elapsed, rate, final=False):
         head = f"{done:,}/{total_rows:,} rows ({min(100.0, 100.0 * done / total_rows):.1f}%)"
     else:
         head = f"{done:,} rows"
-    parts = [f"progress: {head}", f"{rate:,.1f} rows/s", ok_text, size, f"elapsed {human_duration(elapsed)}"]
     if total_rows and done >= total_rows:
         # The rows are all settled; what is left is the shuffle-heavy tail (dedup, Parquet, summary).
-        parts.append("all rows fetched; writing outputs")
+        eta = "all rows fetched, writing outputs"
     elif total_rows and rate > 0:
-        parts.append(f"ETA {human_duration((total_rows - done) / rate)}")
+        eta = f"ETA {human_duration((total_rows - done) / rate)}"
     else:
-        parts.append("ETA -")
-    return "  ".join(parts)
+        eta = "ETA -"
+    # Most useful first: a narrow terminal cuts the end of the line.
+    return "  ".join([f"progress: {head}", f"{rate:,.1f} rows/s", ok_text, eta, size,
+                      f"elapsed {human_duration(elapsed)}"])
 
 
 class RateMeter:
@@ -208,6 +209,8 @@ class LiveProgress:
     def _emit(self, line, final=False):
         try:
             if self._tty:
+                # A line longer than the terminal wraps, and \r would then rewrite only its last part.
+                line = line[:max(shutil.get_terminal_size((160, 24)).columns - 1, 20)]
                 pad = " " * max(self._last_width - len(line), 0)
                 self._stream.write("\r" + line + pad + ("\n" if final else ""))
                 self._last_width = 0 if final else len(line)

@@ -277,8 +277,9 @@ def plot_stacked_histogram(edges, layers, xlabel, formatter):
     bottom = np.zeros(len(series[0]))
     widths = np.diff(edges)
     for (label, color, _), counts in zip(layers, series):
-        axes.bar(edges[:-1], counts, width=widths, bottom=bottom, align="edge", color=color, label=label,
-                 edgecolor="white", linewidth=0.5)
+        drawn = counts > 0  # empty bins are no patches: fewer to lay out and to write
+        axes.bar(edges[:-1][drawn], counts[drawn], width=widths[drawn], bottom=bottom[drawn], align="edge",
+                 color=color, label=label, edgecolor="white", linewidth=0.5)
         bottom += counts
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(FuncFormatter(formatter))
