@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.runner import PipelineState
 
 from pipelines import common, metrics, progress, sample
-from pipelines.report import write_report
+from pipelines.report import try_write_report
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
@@ -183,7 +183,7 @@ def run(argv=None):
             result.wait_until_finish()
     metrics.record_run_metrics(result, opts.output)
     if opts.html_report and result.state == PipelineState.DONE:
-        write_report(opts.output)
+        try_write_report(opts.output)
     if common.is_local(options):
         report(opts.output)
     return result

@@ -566,6 +566,17 @@ def write_report(out, top_hosts=20):
     return path
 
 
+def try_write_report(out, top_hosts=20):
+    """write_report for the end of a job: the data is already written, so a failing report is a
+    warning on stderr (rerun `python -m pipelines.report OUT`), not a failed job."""
+    try:
+        return write_report(out, top_hosts)
+    except Exception as exc:  # noqa: BLE001 (any failure here must not fail a finished run)
+        print(f"report: not written ({type(exc).__name__}: {exc}); rerun python -m pipelines.report {out}",
+              file=sys.stderr)
+        return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pipelines.report",
                                      description="Write OUT/report.html from OUT/summary.json and OUT/images.")
