@@ -12,8 +12,11 @@ import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.runners.runner import PipelineState
 
-from pipelines import common, sample
+from pipelines import common, metrics, progress, sample
+from pipelines.report import try_write_report
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
@@ -24,6 +27,7 @@ from transforms.manifests import ManifestParsers, ReadManifests
 from transforms.resume import MergeWithPrevious, parse_retry_statuses
 from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
 from transforms.table import ReadImageTable, RetireFiles, WriteImageTable, list_orphan_shards, list_table_files
+from transforms.progress import RecordProgress
 
 DEMO_TIMEOUT = 3.0
 
@@ -80,6 +84,12 @@ class IngestOptions(PipelineOptions):
                             help="pHash Hamming distance at or under which two images are near-duplicates")
         parser.add_argument("--dataset-priority", default=",".join(DEFAULT_PRIORITY),
                             help="which dataset's row is canonical when resolution ties")
+        # progress and report (docs/progress.md)
+        parser.add_argument("--no-progress", dest="progress", action="store_false",
+                            help="no live progress line on stderr (local runs)")
+        parser.add_argument("--progress-interval", type=float, default=10.0,
+                            help="seconds between progress lines when stderr is not a terminal")
+        parser.add_argument("--no-report", dest="html_report", action="store_false", help="no OUT/report.html")
 
 
 def parse_manifest_args(values):
@@ -103,7 +113,7 @@ def fetch_config(opts):
     )
 
 
-def build_pipeline(pipeline, opts, started_at):
+def build_pipeline(pipeline, opts, started_at, progress_dir=None):
     """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
     out = opts.output
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
@@ -120,6 +130,7 @@ def build_pipeline(pipeline, opts, started_at):
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
         | "Hash" >> HashImages(opts.max_pixels)
+        | "Progress" >> RecordProgress(progress_dir)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
         | "StoreBlobs" >> StoreBlobs()
     )
@@ -232,9 +243,15 @@ def run(argv=None):
     started_at = time.time()
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
         pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, opts, started_at)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with progress.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
+                                   enabled=opts.progress and common.is_local(options)) as live:
+            build_pipeline(pipeline, opts, started_at, live.directory)
+            live.start()
+            result = pipeline.run()
+            result.wait_until_finish()
+    metrics.record_run_metrics(result, opts.output)
+    if opts.html_report and result.state == PipelineState.DONE:
+        try_write_report(opts.output)
     if common.is_local(options):
         report(opts.output)
     return result
@@ -245,7 +262,10 @@ def report(out):
     print(f"\ningest: {summary['rows']} rows in {summary['timings']['wall_seconds']:.1f}s -> {out}")
     print(f"  images:  {join_path(out, 'images')}/*.parquet")
     print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs', 0)} distinct images)")
-    print(f"  summary: {join_path(out, 'summary.json')}\n")
+    print(f"  summary: {join_path(out, 'summary.json')}")
+    if FileSystems.exists(join_path(out, "report.html")):
+        print(f"  report:  {join_path(out, 'report.html')}")
+    print()
     print(common.format_status_table(summary["counts"], schema.STATUSES))
 
 
