@@ -119,6 +119,10 @@ BEAM_PARAMS = {
 # Job options that are not template parameters, and why.
 LOCAL_ONLY = {
     "demo": "serves the bundled sample from the launching machine's loopback, which Dataflow workers cannot reach",
+    "progress": "the live progress line is drawn on the launching terminal; the Dataflow console shows progress",
+    "progress_interval": "the live progress line is drawn on the launching terminal",
+    "html_report": "report.html is written by the process that waited for the job; a Flex Template launch does "
+                   "not wait (deploy/README.md, Reading a job)",
 }
 
 

@@ -3,6 +3,7 @@ import logging
 import os
 
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 
 def apply_local_defaults(options):
@@ -26,6 +27,13 @@ def wait_for(result, options):
     if not options.view_as(StandardOptions).no_wait_until_finish:
         result.wait_until_finish()
     return result
+
+
+def job_done(result):
+    """The job ran and finished successfully: not still running (a launcher that did not wait),
+    and not merely written as a template (DataflowRunner with --template_location reports DONE
+    with no job behind it)."""
+    return getattr(result, "has_job", True) and result.state == PipelineState.DONE
 
 
 def is_local(options):

@@ -12,8 +12,10 @@ import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
 
-from pipelines import common, sample
+from pipelines import common, metrics, progress, sample
+from pipelines.report import try_write_report
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
@@ -23,7 +25,8 @@ from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLa
 from transforms.manifests import ManifestParsers, ReadManifests
 from transforms.resume import MergeWithPrevious, parse_retry_statuses
 from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
-from transforms.table import ReadImageTable, RetireFiles, WriteImageTable, list_table_files
+from transforms.table import ReadImageTable, RetireFiles, WriteImageTable, list_orphan_shards, list_table_files
+from transforms.progress import RecordProgress
 
 DEMO_TIMEOUT = 3.0
 
@@ -80,6 +83,12 @@ class IngestOptions(PipelineOptions):
                             help="pHash Hamming distance at or under which two images are near-duplicates")
         parser.add_argument("--dataset-priority", default=",".join(DEFAULT_PRIORITY),
                             help="which dataset's row is canonical when resolution ties")
+        # progress and report (docs/progress.md)
+        parser.add_argument("--no-progress", dest="progress", action="store_false",
+                            help="no live progress line on stderr (local runs)")
+        parser.add_argument("--progress-interval", type=float, default=10.0,
+                            help="seconds between progress lines when stderr is not a terminal")
+        parser.add_argument("--no-report", dest="html_report", action="store_false", help="no OUT/report.html")
 
 
 def parse_manifest_args(values):
@@ -103,7 +112,7 @@ def fetch_config(opts):
     )
 
 
-def build_pipeline(pipeline, opts, started_at):
+def build_pipeline(pipeline, opts, started_at, progress_dir=None):
     """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
     out = opts.output
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
@@ -120,15 +129,23 @@ def build_pipeline(pipeline, opts, started_at):
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
         | "Hash" >> HashImages(opts.max_pixels)
+        | "Progress" >> RecordProgress(progress_dir)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
         | "StoreBlobs" >> StoreBlobs()
     )
     if carried is not None:
         fetched = (fetched, carried) | "WithCarried" >> beam.Flatten()
-    deduped = fetched | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
+    # Only a small projection of each row goes through dedup's shuffles; the full rows are
+    # streamed to Parquet shards and get their cluster columns when the shards are finalised.
+    deduped = (
+        fetched
+        | "DedupFields" >> beam.Map(dedup_projection)
+        | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
+    )
     final = deduped["rows"]
-    written = final | "WriteImages" >> WriteImageTable(out, run_id)
-    _ = written | "RetirePrevious" >> RetireFiles(previous_files)
+    clusters = final | "ClusterColumns" >> beam.FlatMap(cluster_columns)
+    written = fetched | "WriteImages" >> WriteImageTable(out, run_id, clusters)
+    _ = written | "RetirePrevious" >> RetireFiles(previous_files + list_orphan_shards(out))
     blob_count = final | "CountBlobs" >> CountBlobs()
     duplicates = (
         deduped["stats"]
@@ -145,6 +162,21 @@ def build_pipeline(pipeline, opts, started_at):
                                               final | "CountAll" >> beam.combiners.Count.Globally())))
     _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
     return final
+
+
+DEDUP_FIELDS = ("key", "dataset", "url", "final_url", "status", "http_status", "sha256", "md5", "phash", "dhash",
+                "width", "height", "blob", "fetched_at", "format", "size_bytes")
+
+
+def dedup_projection(row):
+    return {name: row.get(name) for name in DEDUP_FIELDS}
+
+
+def cluster_columns(row):
+    """(key, cluster columns) for rows that belong to a cluster; the rest take the defaults."""
+    if row.get("cluster_id") is None and not row.get("is_placeholder"):
+        return []
+    return [(row["key"], (row["cluster_id"], bool(row.get("is_canonical")), bool(row.get("is_placeholder"))))]
 
 
 def read_manifest_rows(pipeline, opts):
@@ -210,8 +242,15 @@ def run(argv=None):
     started_at = time.time()
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
         pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, opts, started_at)
-        result = common.wait_for(pipeline.run(), options)
+        with progress.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
+                                   enabled=opts.progress and common.is_local(options)) as live:
+            build_pipeline(pipeline, opts, started_at, live.directory)
+            live.start()
+            result = common.wait_for(pipeline.run(), options)
+    if common.job_done(result):
+        metrics.record_run_metrics(result, opts.output)
+        if opts.html_report:
+            try_write_report(opts.output)
     if common.is_local(options):
         report(opts.output)
     return result
@@ -222,7 +261,10 @@ def report(out):
     print(f"\ningest: {summary['rows']} rows in {summary['timings']['wall_seconds']:.1f}s -> {out}")
     print(f"  images:  {join_path(out, 'images')}/*.parquet")
     print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs', 0)} distinct images)")
-    print(f"  summary: {join_path(out, 'summary.json')}\n")
+    print(f"  summary: {join_path(out, 'summary.json')}")
+    if FileSystems.exists(join_path(out, "report.html")):
+        print(f"  report:  {join_path(out, 'report.html')}")
+    print()
     print(common.format_status_table(summary["counts"], schema.STATUSES))
 
 

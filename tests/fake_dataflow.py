@@ -26,11 +26,12 @@ class Request:
 
 
 class FakeDataflow:
-    """Jobs are created in `state`: DONE (the default) lets DataflowRunner's wait_until_finish
-    return at once; RUNNING would make it poll."""
+    """Jobs are created, and stay, RUNNING: submit with --no_wait_until_finish, as the Flex
+    Template launcher does (waiting would poll for ever)."""
 
-    def __init__(self, state="JOB_STATE_DONE"):
-        self.state = state
+    STATE = "JOB_STATE_RUNNING"
+
+    def __init__(self):
         self.requests = []
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -52,9 +53,9 @@ class FakeDataflow:
     def _answer(self, method, path, body):
         route = path.split("?")[0]
         if method == "POST" and route.endswith("/jobs"):
-            return 200, dict(body, id=JOB_ID, currentState=self.state)
+            return 200, dict(body, id=JOB_ID, currentState=self.STATE)
         if method == "GET" and re.search(r"/jobs/[^/]+$", route):
-            return 200, {"id": JOB_ID, "currentState": self.state}
+            return 200, {"id": JOB_ID, "currentState": self.STATE}
         if method == "GET" and route.endswith(("/messages", "/metrics")):
             return 200, {}
         return 404, {"error": {"code": 404, "message": f"fake Dataflow has no {method} {route}"}}

@@ -119,6 +119,7 @@ def test_a_crash_mid_bundle_then_a_rerun_gives_every_row_once(web, manifest, tmp
     assert len(rows) == 11
     ok = {r["blob"] for r in rows.values() if r["status"] == schema.OK}
     assert set(blobs_intact(out)) == ok
+    assert not glob.glob(os.path.join(out, "_tmp-*", "*"))  # the crashed run's shards are gone
 
 
 def test_every_bundle_replayed_still_gives_every_row_once(web, manifest, tmp_path):

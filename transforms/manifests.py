@@ -215,6 +215,10 @@ class ReadManifests(beam.PTransform):
             | "ManifestFiles" >> beam.Create(self._files)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers))
-            # Without this, Dataflow fuses the whole fetch onto the worker that read the file.
+            # Without a reshuffle, Dataflow fuses the whole fetch onto the worker that read the
+            # file. Rows cross it in batches: a runner's cost per shuffled element is far above
+            # a row's size, and the local runner holds every shuffled element in memory.
+            | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=256)
             | "SpreadRows" >> beam.Reshuffle()
+            | "Unbatch" >> beam.FlatMap(lambda batch: batch)
         )
