@@ -122,7 +122,7 @@ LOCAL_ONLY = {
     "progress": "the live progress line is drawn on the launching terminal; the Dataflow console shows progress",
     "progress_interval": "the live progress line is drawn on the launching terminal",
     "html_report": "report.html is written by the process that waited for the job; a Flex Template launch does "
-                   "not wait (deploy/README.md, Reading a job)",
+                   "not wait: python -m pipelines.report OUT writes it afterwards (deploy/README.md)",
 }
 
 
@@ -168,13 +168,13 @@ def template_metadata(job):
         if dest in LOCAL_ONLY:
             continue
         param = param_for(action)
-        default = action.default
         if flex_template.is_flag(action):
-            default = "true" if default else "false"
-        elif default in (None, []) or isinstance(default, list):
+            default = "true" if action.default else "false"
+        elif action.default is None or isinstance(action.default, list):
             default = None
-        parameters.append(_parameter(dest, param, _help_text(action, param),
-                                     None if default is None else str(default)))
+        else:
+            default = str(action.default)
+        parameters.append(_parameter(dest, param, _help_text(action, param), default))
     parameters += [_parameter(name, param, param.help) for name, param in BEAM_PARAMS.items()]
     return {"name": f"beam-image-datasets {job.name}", "description": job.description, "parameters": parameters}
 
