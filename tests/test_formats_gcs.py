@@ -1,48 +1,23 @@
 """The side files and JSON manifests read from gs:// (gcp-storage-emulator on loopback)."""
 import gzip
 import os
-import socket
 
 import apache_beam as beam
 import pytest
-from apache_beam.io.gcp import gcsio
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from tests.gcs_emulator import gcs_emulator  # noqa: F401
 from transforms import json_manifests, labels, schema
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 BUCKET = "formats-test"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    server_mod = pytest.importorskip("gcp_storage_emulator.server")
-    port = _free_port()
-    server = server_mod.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def gcs(emulator, monkeypatch):
-    """An anonymous storage client on the emulator, for Beam's gcsio and for uploads."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    monkeypatch.setenv("NO_GCE_CHECK", "true")
-    from google.cloud import storage
-    # Beam would first spend ~25 s looking for real credentials; there are none here.
-    monkeypatch.setattr(gcsio, "create_storage_client",
-                        lambda *a, **k: storage.Client.create_anonymous_client())
-    bucket = storage.Client.create_anonymous_client().bucket(BUCKET)
+def gcs(gcs_emulator):
+    """Uploads a fixture file (optionally gzipped) and returns its gs:// path."""
+    bucket = gcs_emulator.bucket(BUCKET)
 
     def upload(name, blob_name, compress=False):
         with open(os.path.join(FIXTURES, name), "rb") as f:

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pipelines import report
+from tests.gcs_emulator import gcs_emulator  # noqa: F401
 from tests.synthetic_out import make_rows, write_out
 from transforms import schema
 
@@ -105,23 +106,9 @@ def test_command_line(synthetic, tmp_path, capsys):
 # --- gs:// through Beam's filesystems, against a loopback GCS emulator -------------------------------
 
 @pytest.fixture
-def gcs(monkeypatch):
-    from apache_beam.internal.gcp import auth
-    from gcp_storage_emulator.server import create_server
-
-    with socket.socket() as probe:  # a free loopback port for the emulator
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="reports")
-    server.start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        # No credentials on a test machine: make Beam's client anonymous rather than retry google.auth.
-        monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
-        monkeypatch.setattr(auth._Credentials, "_credentials", None)
-        yield "gs://reports"
-    finally:
-        server.stop()
+def gcs(gcs_emulator):
+    gcs_emulator.bucket("reports")
+    return "gs://reports"
 
 
 def test_report_reads_and_writes_gs(synthetic, gcs):

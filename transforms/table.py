@@ -173,6 +173,10 @@ class RemoveDirectory(beam.PTransform):
 
 
 def _delete_tree(directory, done):
+    # On GCS a "directory" is only a name prefix: delete what is under it, then (locally) the folder.
+    files = [m.path for r in FileSystems.match([join_path(directory, "*")]) for m in r.metadata_list]
+    if files:
+        FileSystems.delete(files)
     if FileSystems.exists(directory):
         FileSystems.delete([directory])
     return directory
