@@ -207,6 +207,10 @@ def test_long_unreachable_streaks_become_dead_and_revivals_are_noticed():
     back = judge(snap, got(jpeg(1)), row, None, params)
     assert back["status"] == refresh.ALIVE and back["revived"] and back["consecutive_failures"] == 0
     assert back["previous_status"] == refresh.DEAD and back["dead_since"] is None
+    # once dead, any failure keeps it dead (a 5xx does not make a dead URL merely unreachable)
+    dead = {"status": refresh.DEAD, "consecutive_failures": 4, "previous_nights": 4, "dead_since": NIGHT}
+    still = judge(snap, failed(schema.HTTP_ERROR, 503), dead, None, params)
+    assert (still["status"], still["newly_dead"], still["dead_since"]) == (refresh.DEAD, False, NIGHT)
     never = refresh.RefreshParams(night=NIGHT, unreachable_dead_after=0)
     previous = {"status": refresh.UNREACHABLE, "consecutive_failures": 400, "previous_nights": 400}
     assert judge(snap, failed(schema.TIMEOUT), previous, None, never)["status"] == refresh.UNREACHABLE
@@ -521,6 +525,11 @@ def test_one_night_gives_each_url_its_verdict(world):
     assert summary["revived"] == 1 and summary["newly_dead"] == 8
     hosts = ds.dataset(os.path.join(out, "hosts")).to_table().to_pylist()
     assert {h["host"]: h["rows"] for h in hosts} == {"127.0.0.1": 18, "localhost": 1, "(no host)": 1}
+    assert summary["by_host"]["hosts"] == 3 and summary["by_host"]["top"][0]["host"] == "127.0.0.1"
+    top = summary["by_host"]["top"][0]
+    assert top["success_rate"] == pytest.approx(top[refresh.ALIVE] / 18)
+    assert summary["success_rate"]["success_rate"] == pytest.approx(7 / 20)
+    assert summary["success_rate"]["by_dataset"]["cc12m"]["success_rate"] == 1.0
 
 
 def test_three_nights_with_history(world):
@@ -588,3 +597,76 @@ def test_three_nights_with_history(world):
 def test_the_snapshot_is_never_touched(world):
     world["night"]("touch-check", "2030-04-01", str(world["tmp"] / "history-2"))
     assert tree_digest(world["snapshot"]) == world["before"]
+
+
+# ---- the same job on gs:// (gcp-storage-emulator on loopback) -------------------------------------------
+
+GCS_BUCKET = "refresh-test"
+
+
+@pytest.fixture
+def gcs(monkeypatch):
+    server_mod = pytest.importorskip("gcp_storage_emulator.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.create_server("127.0.0.1", port, in_memory=True, default_bucket=GCS_BUCKET)
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        from apache_beam.io.gcp import gcsio
+        from google.cloud import storage
+        # Beam would first spend ~25 s looking for real credentials; there are none here.
+        monkeypatch.setattr(gcsio, "create_storage_client", lambda *a, **k: storage.Client.create_anonymous_client())
+        yield storage.Client.create_anonymous_client().bucket(GCS_BUCKET)
+    finally:
+        server.stop()
+
+
+def test_snapshot_output_and_history_on_gcs(gcs, web, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+    web.routes["/a.jpg"] = Reply(200, jpeg(1), JPEG)
+    web.routes["/b.jpg"] = Reply(200, jpeg(2), JPEG)
+    image = jpeg(3)
+    gcs.blob("imagenet/train/n01/x.JPEG").upload_from_string(image)
+    fetched = datetime.datetime(2030, 1, 1, tzinfo=UTC)
+    rows = []
+    for key, url, body in (("cc3m:1", web.url("/a.jpg"), jpeg(1)), ("cc3m:2", web.url("/b.jpg"), jpeg(2)),
+                           ("imagenet_captions:x.JPEG", f"gs://{GCS_BUCKET}/imagenet/train/n01/x.JPEG", image)):
+        sha256, phash = picture_of(body)
+        rows.append(schema.new_row(key.split(":")[0], key, url=url, status=schema.OK, sha256=sha256, phash=phash,
+                                   size_bytes=len(body), fetched_at=fetched))
+    local = tmp_path / "part-0.parquet"
+    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema.IMAGE_SCHEMA), local)
+    gcs.blob("snap/images/part-0.parquet").upload_from_filename(str(local))
+    snapshot_blob = gcs.get_blob("snap/images/part-0.parquet").md5_hash
+
+    def night(date, output):
+        refresh_job.run(local_options(snapshot=f"gs://{GCS_BUCKET}/snap", output=f"gs://{GCS_BUCKET}/{output}",
+                                      history=f"gs://{GCS_BUCKET}/history", night=date,
+                                      **{"allow-network": "127.0.0.1/32", "timeout": 2.0, "retries": 0}))
+        tables = [pq.read_table(FileSystems.open(m.path)) for m in
+                  FileSystems.match([f"gs://{GCS_BUCKET}/{output}/status/*.parquet"])[0].metadata_list]
+        return {r["key"]: r for t in tables for r in t.to_pylist()}
+
+    first = night("2030-02-01", "r1")
+    assert {k: (r["status"], r["method"]) for k, r in first.items()} == {
+        "cc3m:1": (refresh.ALIVE, refresh.HEAD_GET), "cc3m:2": (refresh.ALIVE, refresh.HEAD_GET),
+        "imagenet_captions:x.JPEG": (refresh.ALIVE, refresh.FILE)}
+    web.routes["/b.jpg"] = Reply(404)
+    gcs.blob("imagenet/train/n01/x.JPEG").delete()
+    second = night("2030-02-02", "r2")
+    assert {k: r["status"] for k, r in second.items()} == {
+        "cc3m:1": refresh.ALIVE, "cc3m:2": refresh.DEAD, "imagenet_captions:x.JPEG": refresh.DEAD}
+    assert second["cc3m:1"]["previous_nights"] == 1 and second["cc3m:2"]["newly_dead"]
+    assert refresh.complete_nights(f"gs://{GCS_BUCKET}/history") == [datetime.date(2030, 2, 1),
+                                                                      datetime.date(2030, 2, 2)]
+    summary = json.loads(FileSystems.open(f"gs://{GCS_BUCKET}/r2/summary.json").read())
+    assert summary["previous_night"] == "2030-02-01" and summary["newly_dead"] == 2
+    # the same night again into the same places: replaced, not added to
+    assert night("2030-02-02", "r2") == {k: dict(r, checked_at=mock.ANY) for k, r in second.items()}
+    night_files = FileSystems.match([f"gs://{GCS_BUCKET}/history/2030-02-02/*.parquet"])[0].metadata_list
+    assert sum(pq.read_table(FileSystems.open(m.path)).num_rows for m in night_files) == 3
+    assert gcs.get_blob("snap/images/part-0.parquet").md5_hash == snapshot_blob

@@ -431,13 +431,14 @@ def observe(entry, check, detected, params):
     return obs
 
 
-def verdict_of(kind, failure, consecutive_failures, params):
-    """The night's verdict from the observation and the failure streak (tonight included)."""
+def verdict_of(kind, failure, consecutive_failures, params, previous_status=None):
+    """The night's verdict from the observation, the failure streak (tonight included) and last
+    night's verdict: a dead URL stays dead while it keeps failing, whatever the failure."""
     if kind in ("same", "new"):
         return ALIVE
     if kind == "changed":
         return CHANGED
-    if failure == UNFETCHABLE:
+    if failure == UNFETCHABLE or previous_status == DEAD:
         return DEAD
     if failure == GONE and consecutive_failures >= max(params.dead_after, 1):
         return DEAD
@@ -451,13 +452,14 @@ def judge(entry, check, previous, detected, params):
     obs = observe(entry, check, detected, params)
     failed = obs["kind"] == "failed"
     consecutive = ((previous or {}).get("consecutive_failures") or 0) + 1 if failed else 0
-    verdict = verdict_of(obs["kind"], obs["failure"], consecutive, params)
+    previous_status = (previous or {}).get("status")
+    verdict = verdict_of(obs["kind"], obs["failure"], consecutive, params, previous_status)
     reason = obs["reason"]
     if failed and verdict == UNREACHABLE and obs["failure"] == GONE:
         reason += f" (failed {consecutive} night(s) in a row; dead after {params.dead_after})"
     elif failed and verdict == DEAD and obs["failure"] == TRANSIENT:
-        reason += f" (failed {consecutive} nights in a row; dead after {params.unreachable_dead_after})"
-    previous_status = (previous or {}).get("status")
+        reason += (" (dead since an earlier night, still failing)" if previous_status == DEAD else
+                   f" (failed {consecutive} nights in a row; dead after {params.unreachable_dead_after})")
     before = previous_status or ingest_verdict(entry)
     dead_since = None
     if verdict == DEAD:
@@ -873,8 +875,8 @@ def _add_counts(dicts):
     return dict(total)
 
 
-def build_refresh_summary(totals, hosts, urls, placeholders, night, previous, started_at, finished_at,
-                          top_hosts=100, options=None):
+def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, night, previous, started_at,
+                          finished_at, options=None):
     """summary.json of a refresh night (docs/refresh.md, "summary.json")."""
     counts = totals["counts"]
     verdict_totals = {v: sum(per.get(v, 0) for per in counts.values()) for v in VERDICTS}
@@ -888,7 +890,7 @@ def build_refresh_summary(totals, hosts, urls, placeholders, night, previous, st
     rot = totals["rot"]
     all_rot = [sum(v[i] for v in rot.values()) for i in range(3)] if rot else [0, 0, 0.0]
     flags = totals["flags"]
-    ranked = sorted(hosts, key=lambda h: (-h["rows"], h["host"]))
+    ranked = sorted(top_hosts, key=lambda h: (-h["rows"], h["host"]))
     elapsed = max(finished_at - started_at, 1e-9)
     return {
         "job": "refresh",
@@ -907,7 +909,7 @@ def build_refresh_summary(totals, hosts, urls, placeholders, night, previous, st
         "urls": dict(sorted(urls.items())),
         "success_rate": dict(rates(verdict_totals),
                              by_dataset={d: rates(per) for d, per in sorted(counts.items())}),
-        "by_host": {"hosts": len(hosts), "top": ranked[:top_hosts]},
+        "by_host": {"hosts": host_count, "top": ranked},
         "link_rot": dict(link_rot(*all_rot), by_dataset={d: link_rot(*v) for d, v in sorted(rot.items())}),
         "placeholders_detected": [{"sha256": sha, "urls": n} for sha, n in sorted(placeholders, key=lambda p: -p[1])],
         "timings": {"started_at": datetime.datetime.fromtimestamp(started_at, datetime.timezone.utc)
@@ -932,22 +934,24 @@ class SummarizeRefresh(beam.PTransform):
         totals = rows | "Totals" >> beam.CombineGlobally(RefreshTotals())
         urls = (checked | "UrlStats" >> beam.Map(url_stats)
                 | "SumUrlStats" >> beam.CombineGlobally(_add_counts))
+        # Only the top hosts reach the single summary writer: there can be hundreds of thousands.
+        top = hosts | "TopHosts" >> beam.combiners.Top.Of(self._top_hosts, key=lambda h: (h["rows"], h["host"]))
+        host_count = hosts | "CountHosts" >> beam.combiners.Count.Globally()
         path = join_path(self._out_dir, "summary.json")
-        night, previous, started_at = self._night, self._previous, self._started_at
-        top_hosts, options = self._top_hosts, self._options
+        night, previous, started_at, options = self._night, self._previous, self._started_at, self._options
 
-        def write(_, totals, hosts, urls, placeholders, written):
-            summary = build_refresh_summary(totals, hosts, urls, placeholders, night, previous, started_at,
-                                            time.time(), top_hosts, options)
+        def write(_, totals, top, host_count, urls, placeholders, written):
+            summary = build_refresh_summary(totals, top, host_count, urls, placeholders, night, previous,
+                                            started_at, time.time(), options)
             summary["written"] = sorted(f.split("/")[-1] for f in written)
             return write_json(path, summary)
 
         return (
             rows.pipeline
             | "Once" >> beam.Create([None])
-            | "Write" >> beam.Map(write, totals=beam.pvalue.AsSingleton(totals), hosts=beam.pvalue.AsList(hosts),
+            | "Write" >> beam.Map(write, totals=beam.pvalue.AsSingleton(totals), top=beam.pvalue.AsSingleton(top),
+                                  host_count=beam.pvalue.AsSingleton(host_count),
                                   urls=beam.pvalue.AsSingleton(urls),
                                   placeholders=beam.pvalue.AsList(placeholders),
                                   written=beam.pvalue.AsList(written))
         )
-
