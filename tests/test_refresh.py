@@ -132,7 +132,7 @@ def test_a_304_nobody_asked_for_proves_nothing():
     (blank_gif(), None, {}, {}, "blank"),
     (placeholder_png(), "https://s.yimg.com/pw/images/en-us/photo_unavailable.png", {}, {}, "Flickr"),
     (placeholder_png(), "https://i.imgur.com/removed.png", {}, {}, "Imgur"),
-    (placeholder_png(), None, {hashlib.sha256(placeholder_png()).hexdigest(): 3}, {}, "replaced 3 URLs"),
+    (placeholder_png(), None, {hashlib.sha256(placeholder_png()).hexdigest(): 3}, {}, "replaced 3 different"),
     (placeholder_png(), None, {}, {"placeholder_sha256": frozenset([hashlib.sha256(placeholder_png()).hexdigest()])},
      "known placeholder"),
 ])
@@ -249,7 +249,8 @@ def test_head_settles_only_failures(result, settles):
 
 def test_placeholder_votes_come_only_from_urls_whose_picture_was_replaced():
     replaced = got(placeholder_png())
-    assert refresh.placeholder_votes([entry(body=jpeg(1))], replaced, PARAMS) == [replaced["sha256"]]
+    snap = entry(body=jpeg(1))
+    assert refresh.placeholder_votes([snap], replaced, PARAMS) == [(replaced["sha256"], snap["sha256"])]
     assert refresh.placeholder_votes([entry(body=placeholder_png())], replaced, PARAMS) == []
     assert refresh.placeholder_votes([entry(status=schema.HTTP_ERROR)], replaced, PARAMS) == []
     assert refresh.placeholder_votes([entry()], failed(schema.HTTP_ERROR, 404), PARAMS) == []
@@ -346,6 +347,18 @@ def test_check_urls_makes_one_cheap_request_per_distinct_url(web):
     assert web.hits == {"/etag.jpg": 1, "/plain.jpg": 2, "/no-head.jpg": 2, "/missing.jpg": 1}
     conditional = [h for (m, path, h, _t) in web.requests if path == "/etag.jpg"]
     assert conditional[0].get("If-None-Match") == '"x"'
+
+
+def test_find_placeholders_counts_replaced_pictures_not_mirrors():
+    banner, update = placeholder_png(), jpeg(50)
+    checked = [{"entries": [entry(f"cc3m:{n}", f"http://h/{n}.jpg", body=jpeg(n))], "check": got(banner)}
+               for n in range(3)]
+    # three mirrors of one photo, all replaced by the same new version: a change, not a placeholder
+    checked += [{"entries": [entry(f"cc12m:{n}", f"http://m{n}/p.jpg", body=jpeg(7))], "check": got(update)}
+                for n in range(3)]
+    with BeamPipeline(runner="FnApiRunner") as p:
+        found = p | beam.Create(checked) | refresh.FindPlaceholders(PARAMS)
+        assert_that(found, equal_to([(hashlib.sha256(banner).hexdigest(), 3)]))
 
 
 def history_row(key, night, status, failures=0):
@@ -509,7 +522,7 @@ def test_one_night_gives_each_url_its_verdict(world):
     assert rows["cc3m:9"]["bytes_changed"] is True and rows["cc3m:9"]["phash_distance"] <= 6
     assert rows["cc3m:2"]["bytes_changed"] is False
     assert all(rows[f"cc3m:{n}"]["placeholder"] for n in (10, 11, 12, 14))
-    assert "replaced 3 URLs" in rows["cc3m:10"]["error"] and "blank" in rows["cc3m:14"]["error"]
+    assert "replaced 3 different pictures" in rows["cc3m:10"]["error"] and "blank" in rows["cc3m:14"]["error"]
     assert "soft 404" in rows["cc3m:15"]["error"] and "no such name" in rows["cc3m:18"]["error"]
     assert rows["cc3m:6"]["failure"] == refresh.TRANSIENT and "timeout" in rows["cc3m:6"]["error"]
     assert rows["cc3m:16"]["revived"] and not rows["cc3m:3"]["revived"]
@@ -521,7 +534,7 @@ def test_one_night_gives_each_url_its_verdict(world):
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["verdict_totals"] == {refresh.ALIVE: 7, refresh.CHANGED: 2, refresh.UNREACHABLE: 2,
                                          refresh.DEAD: 9}
-    assert summary["urls"]["urls"] == 18 and summary["placeholders_detected"][0]["urls"] == 3
+    assert summary["urls"]["urls"] == 18 and summary["placeholders_detected"][0]["replaced_pictures"] == 3
     assert summary["revived"] == 1 and summary["newly_dead"] == 8
     hosts = ds.dataset(os.path.join(out, "hosts")).to_table().to_pylist()
     assert {h["host"]: h["rows"] for h in hosts} == {"127.0.0.1": 18, "localhost": 1, "(no host)": 1}

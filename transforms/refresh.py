@@ -353,7 +353,7 @@ def known_url_placeholder(final_url):
 
 
 def placeholder_reason(sha256, phash, final_url, detected, params):
-    """Why tonight's picture is a placeholder, or None. `detected`: {sha256: URLs} of the many-URLs rule."""
+    """Why tonight's picture is a placeholder, or None. `detected`: {sha256: n} of the many-URLs rule."""
     if sha256 and sha256 in params.placeholder_sha256:
         return f"known placeholder picture (sha256 {sha256[:12]}...)"
     if phash and phash in params.placeholder_phash:
@@ -363,7 +363,7 @@ def placeholder_reason(sha256, phash, final_url, detected, params):
     if what:
         return f"redirected to the {what} picture ({final_url})"
     if sha256 and detected and sha256 in detected:
-        return f"placeholder: the same picture replaced {detected[sha256]} URLs' different pictures"
+        return f"placeholder: the same picture replaced {detected[sha256]} different pictures tonight"
     return None
 
 
@@ -376,14 +376,15 @@ def same_picture(entry, sha256, phash, params):
 
 
 def placeholder_votes(entries, check, params):
-    """The many-URLs rule: a URL votes for tonight's picture when it served a readable picture other
-    than the one the snapshot holds for it. A picture with --placeholder-min-urls votes is a
-    placeholder (Flickr's 'photo unavailable', a host's 'image removed' banner)."""
+    """The many-URLs rule: a URL that served a readable picture other than the one the snapshot holds
+    for it votes (tonight's sha256, the snapshot's sha256). A picture that replaced at least
+    --placeholder-min-urls *different* snapshot pictures is a placeholder (Flickr's 'photo
+    unavailable', a host's 'image removed' banner); mirrors of one photo updated alike count once."""
     if check.get("image_status") != schema.OK or not check.get("sha256"):
         return []
     for entry in entries:
         if has_baseline(entry) and not same_picture(entry, check["sha256"], check["phash"], params)[0]:
-            return [check["sha256"]]
+            return [(check["sha256"], entry["sha256"])]
     return []
 
 
@@ -594,8 +595,8 @@ class CheckUrls(beam.PTransform):
 
 
 class FindPlaceholders(beam.PTransform):
-    """Checked URLs -> (sha256, URLs) for each picture that replaced at least
-    params.placeholder_min_urls URLs' different pictures tonight."""
+    """Checked URLs -> (sha256, n) for each picture that replaced n >= params.placeholder_min_urls
+    different snapshot pictures tonight."""
 
     def __init__(self, params):
         super().__init__()
@@ -608,6 +609,8 @@ class FindPlaceholders(beam.PTransform):
             checked
             | "Votes" >> beam.FlatMap(lambda item: placeholder_votes(item["entries"], item["check"], params)
                                       if minimum else [])
+            | "OnePerReplacedPicture" >> beam.Distinct()
+            | "ServedPicture" >> beam.Keys()
             | "CountVotes" >> beam.combiners.Count.PerElement()
             | "Enough" >> beam.Filter(lambda kv: kv[1] >= minimum)
         )
@@ -911,7 +914,7 @@ def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, nig
                              by_dataset={d: rates(per) for d, per in sorted(counts.items())}),
         "by_host": {"hosts": host_count, "top": ranked},
         "link_rot": dict(link_rot(*all_rot), by_dataset={d: link_rot(*v) for d, v in sorted(rot.items())}),
-        "placeholders_detected": [{"sha256": sha, "urls": n} for sha, n in sorted(placeholders, key=lambda p: -p[1])],
+        "placeholders_detected": [{"sha256": sha, "replaced_pictures": n} for sha, n in sorted(placeholders, key=lambda p: -p[1])],
         "timings": {"started_at": datetime.datetime.fromtimestamp(started_at, datetime.timezone.utc)
                     .strftime("%Y-%m-%dT%H:%M:%SZ"), "wall_seconds": round(elapsed, 3),
                     "rows_per_second": round(rows / elapsed, 2)},
