@@ -130,10 +130,12 @@ def test_a_304_nobody_asked_for_proves_nothing():
 
 @pytest.mark.parametrize("body, final_url, detected, extra, expect", [
     (blank_gif(), None, {}, {}, "blank"),
-    (placeholder_png(), "https://s.yimg.com/pw/images/en-us/photo_unavailable.png", {}, {}, "Flickr"),
-    (placeholder_png(), "https://i.imgur.com/removed.png", {}, {}, "Imgur"),
-    (placeholder_png(), None, {hashlib.sha256(placeholder_png()).hexdigest(): 3}, {}, "replaced 3 different"),
-    (placeholder_png(), None, {}, {"placeholder_sha256": frozenset([hashlib.sha256(placeholder_png()).hexdigest()])},
+    (jpeg(5), "https://s.yimg.com/pw/images/en-us/photo_unavailable.png", {}, {}, "Flickr"),
+    (jpeg(5), "https://i.imgur.com/removed.png", {}, {}, "Imgur"),
+    (jpeg(5), "http://example.com/static/no-image.png", {}, {}, "named like a placeholder"),
+    (placeholder_png(), None, {}, {}, "bundled sample"),
+    (jpeg(5), None, {hashlib.sha256(jpeg(5)).hexdigest(): 3}, {}, "replaced 3 different"),
+    (jpeg(5), None, {}, {"placeholder_sha256": frozenset([hashlib.sha256(jpeg(5)).hexdigest()])},
      "known placeholder"),
 ])
 def test_placeholders_are_dead(body, final_url, detected, extra, expect):
@@ -144,10 +146,19 @@ def test_placeholders_are_dead(body, final_url, detected, extra, expect):
     assert expect in row["error"]
 
 
+def test_a_photo_url_named_like_a_placeholder_is_not_one_unless_redirected_there():
+    url = "http://example.com/placeholder-kittens.jpg"
+    assert judge(entry(url=url, body=jpeg(1)), got(jpeg(1), final_url=url))["status"] == refresh.ALIVE
+
+
+def test_the_known_list_holds_the_bundled_samples_placeholder():
+    assert inspect_image(placeholder_png()).phash in {p.phash for p in refresh.KNOWN_PLACEHOLDERS}
+
+
 def test_a_placeholder_that_was_already_the_snapshot_picture_is_dead_too():
-    snap = entry(body=placeholder_png())
-    detected = {snap["sha256"]: 5}
-    assert judge(snap, got(placeholder_png()), None, detected)["status"] == refresh.DEAD
+    snap = entry(body=jpeg(6))
+    assert judge(snap, got(jpeg(6)))["status"] == refresh.ALIVE
+    assert judge(snap, got(jpeg(6)), None, {snap["sha256"]: 5})["status"] == refresh.DEAD
 
 
 def test_soft_404_and_unreadable_pictures():
@@ -409,12 +420,12 @@ def install_ingest_web(web):
     """What the web served at ingest: every route an image."""
     images = {name: jpeg(seed) for seed, name in enumerate(
         ["etag", "plain", "dead", "gone", "down", "slow", "replaced", "replaced-etag", "recompressed", "a", "b", "c",
-         "head-refused", "blank", "soft404", "dns"])}
+         "head-refused", "blank", "soft404", "dns", "d", "direct"])}
     for name, body in images.items():
         headers = dict(JPEG)
         if name in ("etag", "replaced-etag"):
             headers["ETag"] = f'"{name}-v1"'
-        path = f"/flickr/{name}.jpg" if name in "abc" else f"/{name}.jpg"
+        path = f"/flickr/{name}.jpg" if name in ("a", "b", "c", "d") else f"/{name}.jpg"
         web.routes[path] = Reply(200, body, headers)
     web.routes["/was-404.jpg"] = Reply(404, b"no", {"Content-Type": "text/plain"})
     return images
@@ -433,9 +444,14 @@ def change_the_web(web, images):
     web.routes["/replaced.jpg"] = Reply(200, jpeg(40), JPEG)
     web.routes["/replaced-etag.jpg"] = Reply(200, jpeg(41), dict(JPEG, ETag='"replaced-etag-v2"'))
     web.routes["/recompressed.jpg"] = Reply(200, encode(picture(8).resize((200, 150)), "JPEG", quality=60), JPEG)
-    web.routes["/photo_unavailable.png"] = Reply(200, placeholder_png(), {"Content-Type": "image/png"})
+    # a, b, c: one banner replaced three different pictures (the many-URLs rule; nothing known about it)
+    web.routes["/static/banner.jpg"] = Reply(200, jpeg(43), JPEG)
     for name in "abc":
-        web.routes[f"/flickr/{name}.jpg"] = Reply(302, b"", {"Location": "/photo_unavailable.png"})
+        web.routes[f"/flickr/{name}.jpg"] = Reply(302, b"", {"Location": "/static/banner.jpg"})
+    # d: a redirect to a file named like a placeholder; direct: the known placeholder served in place
+    web.routes["/flickr/d.jpg"] = Reply(302, b"", {"Location": "/pw/photo_unavailable.png"})
+    web.routes["/pw/photo_unavailable.png"] = Reply(200, jpeg(44), JPEG)
+    web.routes["/direct.jpg"] = Reply(200, placeholder_png(), {"Content-Type": "image/png"})
     head_refused = images["head-refused"]
     web.routes["/head-refused.jpg"] = lambda method, headers, n: (
         Reply(405, b"", {"Allow": "GET"}) if method == "HEAD" else Reply(200, head_refused, JPEG))
@@ -449,7 +465,8 @@ def write_manifests(tmp_path, web):
     paths = ["/etag.jpg", "/plain.jpg", "/dead.jpg", "/gone.jpg", "/down.jpg", "/slow.jpg", "/replaced.jpg",
              "/replaced-etag.jpg", "/recompressed.jpg", "/flickr/a.jpg", "/flickr/b.jpg", "/flickr/c.jpg",
              "/head-refused.jpg", "/blank.jpg", "/soft404.jpg", "/was-404.jpg"]
-    urls = [b + p for p in paths] + ["ftp://example.com/x.jpg", f"http://localhost:{web.port}/dns.jpg"]
+    urls = [b + p for p in paths] + ["ftp://example.com/x.jpg", f"http://localhost:{web.port}/dns.jpg",
+                                     b + "/flickr/d.jpg", b + "/direct.jpg"]
     (tmp_path / "cc3m.tsv").write_text("".join(f"caption {n}\t{u}\n" for n, u in enumerate(urls)))
     # the same URLs under other keys: one request per URL and night, a row per key
     (tmp_path / "cc12m.tsv").write_text(f"{b}/plain.jpg\tagain\n{b}/etag.jpg\tagain\n")
@@ -467,6 +484,7 @@ EXPECTED = {
     "cc3m:13": (refresh.ALIVE, refresh.HEAD_GET), "cc3m:14": (refresh.DEAD, refresh.HEAD_GET),
     "cc3m:15": (refresh.DEAD, refresh.HEAD_GET), "cc3m:16": (refresh.ALIVE, refresh.HEAD_GET),
     "cc3m:17": (refresh.DEAD, refresh.NOT_CHECKED), "cc3m:18": (refresh.DEAD, refresh.HEAD),
+    "cc3m:19": (refresh.DEAD, refresh.HEAD_GET), "cc3m:20": (refresh.DEAD, refresh.HEAD_GET),
     "cc12m:1": (refresh.ALIVE, refresh.HEAD_GET), "cc12m:2": (refresh.ALIVE, refresh.CONDITIONAL),
 }
 
@@ -521,8 +539,9 @@ def test_one_night_gives_each_url_its_verdict(world):
     assert rows["cc3m:1"]["http_status"] == 304 and rows["cc3m:1"]["sha256"] == ingested["cc3m:1"]["sha256"]
     assert rows["cc3m:9"]["bytes_changed"] is True and rows["cc3m:9"]["phash_distance"] <= 6
     assert rows["cc3m:2"]["bytes_changed"] is False
-    assert all(rows[f"cc3m:{n}"]["placeholder"] for n in (10, 11, 12, 14))
+    assert all(rows[f"cc3m:{n}"]["placeholder"] for n in (10, 11, 12, 14, 19, 20))
     assert "replaced 3 different pictures" in rows["cc3m:10"]["error"] and "blank" in rows["cc3m:14"]["error"]
+    assert "named like a placeholder" in rows["cc3m:19"]["error"] and "bundled" in rows["cc3m:20"]["error"]
     assert "soft 404" in rows["cc3m:15"]["error"] and "no such name" in rows["cc3m:18"]["error"]
     assert rows["cc3m:6"]["failure"] == refresh.TRANSIENT and "timeout" in rows["cc3m:6"]["error"]
     assert rows["cc3m:16"]["revived"] and not rows["cc3m:3"]["revived"]
@@ -533,15 +552,15 @@ def test_one_night_gives_each_url_its_verdict(world):
     assert "/dns.jpg" not in hits
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["verdict_totals"] == {refresh.ALIVE: 7, refresh.CHANGED: 2, refresh.UNREACHABLE: 2,
-                                         refresh.DEAD: 9}
-    assert summary["urls"]["urls"] == 18 and summary["placeholders_detected"][0]["replaced_pictures"] == 3
-    assert summary["revived"] == 1 and summary["newly_dead"] == 8
+                                         refresh.DEAD: 11}
+    assert summary["urls"]["urls"] == 20 and summary["placeholders_detected"][0]["replaced_pictures"] == 3
+    assert summary["revived"] == 1 and summary["newly_dead"] == 10
     hosts = ds.dataset(os.path.join(out, "hosts")).to_table().to_pylist()
-    assert {h["host"]: h["rows"] for h in hosts} == {"127.0.0.1": 18, "localhost": 1, "(no host)": 1}
+    assert {h["host"]: h["rows"] for h in hosts} == {"127.0.0.1": 20, "localhost": 1, "(no host)": 1}
     assert summary["by_host"]["hosts"] == 3 and summary["by_host"]["top"][0]["host"] == "127.0.0.1"
     top = summary["by_host"]["top"][0]
-    assert top["success_rate"] == pytest.approx(top[refresh.ALIVE] / 18)
-    assert summary["success_rate"]["success_rate"] == pytest.approx(7 / 20)
+    assert top["success_rate"] == pytest.approx(top[refresh.ALIVE] / 20)
+    assert summary["success_rate"]["success_rate"] == pytest.approx(7 / 22)
     assert summary["success_rate"]["by_dataset"]["cc12m"]["success_rate"] == 1.0
 
 
@@ -567,7 +586,7 @@ def test_three_nights_with_history(world):
     assert second["cc3m:5"]["status"] == refresh.UNREACHABLE and second["cc3m:5"]["consecutive_failures"] == 2
     assert second["cc3m:7"]["previous_status"] == refresh.CHANGED and second["cc3m:1"]["previous_nights"] == 1
     summary2 = json.load(open(os.path.join(out2, "summary.json")))
-    assert summary2["previous_night"] == "2030-03-01" and summary2["newly_dead"] == 8
+    assert summary2["previous_night"] == "2030-03-01" and summary2["newly_dead"] == 10
     assert summary2["newly_changed"] == 0 and summary2["changed"] == 2
 
     # the same night again: the same verdicts, the night's history replaced (not appended), night 1 untouched

@@ -77,13 +77,15 @@ class Placeholder:
     phash: str = None
 
 
-# Pictures that stand in for a photo that is gone. A uniform picture (a 1x1 spacer GIF, a blank
-# frame) has pHash 0 or 8000000000000000 whatever its size and colour: no photo looks like that.
-# Site-specific placeholders are recognised by where the URL redirects (below), by the
-# many-URLs rule (`placeholder_votes`), or by hashes given with --placeholder.
+# Pictures that stand in for a photo that is gone (exact pHash match). A uniform picture (a 1x1
+# spacer GIF, a blank frame) has pHash 0 or 8000000000000000 whatever its size and colour: no photo
+# looks like that. Site-specific placeholders are recognised by where the URL redirects (below), by
+# the many-URLs rule (`placeholder_votes`), or by hashes given with --placeholder.
 KNOWN_PLACEHOLDERS = (
     Placeholder("blank picture", phash="0000000000000000"),
     Placeholder("blank picture", phash="8000000000000000"),
+    # pipelines/sample.py: placeholder_png(), the bundled sample's stand-in for Flickr's picture
+    Placeholder("'photo unavailable' picture of the bundled sample", phash="e93192c6ce93396c"),
 )
 
 # (host suffix, path pattern, what): where hosts send requests for images they no longer serve.
@@ -93,6 +95,12 @@ KNOWN_PLACEHOLDER_URLS = (
     ("staticflickr.com", re.compile(r"/photo_unavailable[^/]*$"), "Flickr 'photo unavailable'"),
     ("imgur.com", re.compile(r"^/removed\.(?:png|jpg|gif)$"), "Imgur 'removed'"),
 )
+
+# Any host: a redirect whose target file is named like a placeholder ("photo_unavailable.png",
+# "no-image.gif", "placeholder.jpg", ...). Only after a redirect: a photo's own URL may say anything.
+PLACEHOLDER_FILE_NAME = re.compile(
+    r"(?:unavailable|placeholder|no[-_]?image|no[-_]?photo|not[-_]?found|removed)[^/]*\.(?:png|jpe?g|gif|webp)$",
+    re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +348,8 @@ def classify_failure(status, http_status=None, name_not_found=False):
     return TRANSIENT  # timeout, too_large, decode_error
 
 
-def known_url_placeholder(final_url):
+def known_url_placeholder(final_url, url=None):
+    """What placeholder the redirect target `final_url` of `url` is, or None."""
     try:
         parts = urllib.parse.urlsplit(final_url or "")
     except ValueError:
@@ -348,20 +357,23 @@ def known_url_placeholder(final_url):
     host = (parts.hostname or "").lower()
     for suffix, pattern, what in KNOWN_PLACEHOLDER_URLS:
         if (host == suffix or host.endswith("." + suffix)) and pattern.search(parts.path):
-            return what
+            return f"the {what} picture"
+    redirected = url is not None and (final_url or "").strip() != (url or "").strip()
+    if redirected and PLACEHOLDER_FILE_NAME.search(parts.path):
+        return "a picture named like a placeholder"
     return None
 
 
-def placeholder_reason(sha256, phash, final_url, detected, params):
+def placeholder_reason(sha256, phash, final_url, detected, params, url=None):
     """Why tonight's picture is a placeholder, or None. `detected`: {sha256: n} of the many-URLs rule."""
     if sha256 and sha256 in params.placeholder_sha256:
         return f"known placeholder picture (sha256 {sha256[:12]}...)"
     if phash and phash in params.placeholder_phash:
         names = [p.name for p in KNOWN_PLACEHOLDERS if p.phash == phash]
         return f"{names[0] if names else 'known placeholder'} (pHash {phash})"
-    what = known_url_placeholder(final_url)
+    what = known_url_placeholder(final_url, url)
     if what:
-        return f"redirected to the {what} picture ({final_url})"
+        return f"redirected to {what} ({final_url})"
     if sha256 and detected and sha256 in detected:
         return f"placeholder: the same picture replaced {detected[sha256]} different pictures tonight"
     return None
@@ -413,7 +425,7 @@ def observe(entry, check, detected, params):
             return failed(TRANSIENT, f"picture unreadable: {check.get('image_error')}")
         sha256, phash, how = check["sha256"], check["phash"], None
     obs.update(sha256=sha256, phash=phash)
-    why = placeholder_reason(sha256, phash, check.get("final_url"), detected, params)
+    why = placeholder_reason(sha256, phash, check.get("final_url"), detected, params, entry.get("url"))
     if why:
         obs["placeholder"] = True
         return failed(GONE, why)
