@@ -129,7 +129,8 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at):
     entries = pipeline | "ReadSnapshots" >> refresh.ReadSnapshots(
         [(root, pattern) for root, pattern in snapshots])
     checked = entries | "CheckUrls" >> refresh.CheckUrls(common.fetch_config(opts), params)
-    placeholders = checked | "FindPlaceholders" >> refresh.FindPlaceholders(params)
+    found = checked | "FindPlaceholders" >> refresh.FindPlaceholders(params)
+    placeholders = found["placeholders"]
     history = refresh.ReadHistory(opts.history, params.night)
     previous = pipeline | "ReadHistory" >> history
     rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> refresh.Judge(params)
@@ -138,7 +139,8 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at):
     _ = hosts | "WriteHosts" >> refresh.WriteHostTable(join_path(out, "hosts"))
     if opts.history:
         _ = rows | "WriteHistory" >> refresh.WriteHistory(opts.history, params.night)
-    _ = {"rows": rows, "checked": checked, "hosts": hosts, "placeholders": placeholders, "written": written} | \
+    _ = {"rows": rows, "checked": checked, "hosts": hosts, "placeholders": placeholders,
+         "frequent": found["frequent"], "written": written} | \
         "WriteSummary" >> refresh.SummarizeRefresh(out, params.night, history.previous, started_at,
                                                    opts.summary_hosts, _options_snapshot(opts, params))
     return rows

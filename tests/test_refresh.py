@@ -259,9 +259,11 @@ def test_head_settles_only_failures(result, settles):
 
 
 def test_placeholder_votes_come_only_from_urls_whose_picture_was_replaced():
-    replaced = got(placeholder_png())
+    replaced = got(placeholder_png(), final_url="http://example.com/gone.png")
     snap = entry(body=jpeg(1))
-    assert refresh.placeholder_votes([snap], replaced, PARAMS) == [(replaced["sha256"], snap["sha256"])]
+    assert refresh.placeholder_votes([snap], replaced, PARAMS) == [(replaced["sha256"], snap["sha256"], True)]
+    in_place = got(placeholder_png())
+    assert refresh.placeholder_votes([snap], in_place, PARAMS) == [(in_place["sha256"], snap["sha256"], False)]
     assert refresh.placeholder_votes([entry(body=placeholder_png())], replaced, PARAMS) == []
     assert refresh.placeholder_votes([entry(status=schema.HTTP_ERROR)], replaced, PARAMS) == []
     assert refresh.placeholder_votes([entry()], failed(schema.HTTP_ERROR, 404), PARAMS) == []
@@ -360,16 +362,24 @@ def test_check_urls_makes_one_cheap_request_per_distinct_url(web):
     assert conditional[0].get("If-None-Match") == '"x"'
 
 
-def test_find_placeholders_counts_replaced_pictures_not_mirrors():
-    banner, update = placeholder_png(), jpeg(50)
-    checked = [{"entries": [entry(f"cc3m:{n}", f"http://h/{n}.jpg", body=jpeg(n))], "check": got(banner)}
-               for n in range(3)]
-    # three mirrors of one photo, all replaced by the same new version: a change, not a placeholder
-    checked += [{"entries": [entry(f"cc12m:{n}", f"http://m{n}/p.jpg", body=jpeg(7))], "check": got(update)}
-                for n in range(3)]
+def test_find_placeholders_counts_replaced_pictures_behind_redirects():
+    banner, update, in_place = jpeg(50), jpeg(51), jpeg(52)
+
+    def replaced(key, url, before, now, final_url):
+        return {"entries": [entry(key, url, body=before)], "check": got(now, final_url=final_url)}
+
+    # three different pictures, each URL redirected to one banner: a placeholder
+    checked = [replaced(f"cc3m:{n}", f"http://h/{n}.jpg", jpeg(n), banner, "http://h/banner.jpg") for n in range(3)]
+    # three mirrors of one photo, all redirected to the same new version: a change, not a placeholder
+    checked += [replaced(f"cc12m:{n}", f"http://m{n}/p.jpg", jpeg(7), update, "http://m/new.jpg") for n in range(3)]
+    # four different pictures replaced in place by one picture: listed as frequent, not a placeholder
+    checked += [replaced(f"zero:{n}", f"http://z/{n}.jpg", jpeg(10 + n), in_place, f"http://z/{n}.jpg")
+                for n in range(4)]
+    sha = lambda body: hashlib.sha256(body).hexdigest()  # noqa: E731
     with BeamPipeline(runner="FnApiRunner") as p:
         found = p | beam.Create(checked) | refresh.FindPlaceholders(PARAMS)
-        assert_that(found, equal_to([(hashlib.sha256(banner).hexdigest(), 3)]))
+        assert_that(found["placeholders"], equal_to([(sha(banner), 3)]), label="placeholders")
+        assert_that(found["frequent"], equal_to([[(sha(in_place), 4), (sha(banner), 3)]]), label="frequent")
 
 
 def history_row(key, night, status, failures=0):
@@ -553,7 +563,9 @@ def test_one_night_gives_each_url_its_verdict(world):
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["verdict_totals"] == {refresh.ALIVE: 7, refresh.CHANGED: 2, refresh.UNREACHABLE: 2,
                                          refresh.DEAD: 11}
-    assert summary["urls"]["urls"] == 20 and summary["placeholders_detected"][0]["replaced_pictures"] == 3
+    assert summary["urls"]["urls"] == 20 and summary["placeholders_detected"] == [
+        {"sha256": hashlib.sha256(jpeg(43)).hexdigest(), "replaced_pictures": 3}]
+    assert summary["frequent_replacements"][0] == summary["placeholders_detected"][0]
     assert summary["revived"] == 1 and summary["newly_dead"] == 10
     hosts = ds.dataset(os.path.join(out, "hosts")).to_table().to_pylist()
     assert {h["host"]: h["rows"] for h in hosts} == {"127.0.0.1": 20, "localhost": 1, "(no host)": 1}

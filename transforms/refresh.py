@@ -388,15 +388,19 @@ def same_picture(entry, sha256, phash, params):
 
 
 def placeholder_votes(entries, check, params):
-    """The many-URLs rule: a URL that served a readable picture other than the one the snapshot holds
-    for it votes (tonight's sha256, the snapshot's sha256). A picture that replaced at least
-    --placeholder-min-urls *different* snapshot pictures is a placeholder (Flickr's 'photo
-    unavailable', a host's 'image removed' banner); mirrors of one photo updated alike count once."""
+    """The many-URLs rule. A URL votes (tonight's sha256, its snapshot sha256, redirected) when it
+    served a readable picture other than the one the snapshot holds for it. A picture that
+    *redirected* URLs were sent to in place of at least --placeholder-min-urls different snapshot
+    pictures is a placeholder (Flickr's 'photo unavailable', a host's 'image removed' banner);
+    mirrors of one photo updated alike count once. Votes without a redirect only feed the summary's
+    list of frequent replacement pictures (a placeholder served in place shows up there)."""
     if check.get("image_status") != schema.OK or not check.get("sha256"):
         return []
+    url = (entries[0].get("url") or "").strip() if entries else ""
+    redirected = bool(check.get("final_url")) and check["final_url"].strip() != url
     for entry in entries:
         if has_baseline(entry) and not same_picture(entry, check["sha256"], check["phash"], params)[0]:
-            return [(check["sha256"], entry["sha256"])]
+            return [(check["sha256"], entry["sha256"], redirected)]
     return []
 
 
@@ -607,25 +611,41 @@ class CheckUrls(beam.PTransform):
 
 
 class FindPlaceholders(beam.PTransform):
-    """Checked URLs -> (sha256, n) for each picture that replaced n >= params.placeholder_min_urls
-    different snapshot pictures tonight."""
+    """Checked URLs -> {"placeholders": (sha256, n) for each picture redirected URLs were sent to in
+    place of n >= params.placeholder_min_urls different snapshot pictures tonight,
+    "frequent": [(sha256, n)], the 10 pictures that replaced the most different pictures (n >= 2),
+    redirected or not}."""
 
-    def __init__(self, params):
+    def __init__(self, params, top=10):
         super().__init__()
         self._params = params
+        self._top = top
 
     def expand(self, checked):
         params = self._params
         minimum = params.placeholder_min_urls
-        return (
+        votes = (
             checked
-            | "Votes" >> beam.FlatMap(lambda item: placeholder_votes(item["entries"], item["check"], params)
-                                      if minimum else [])
+            | "Votes" >> beam.FlatMap(lambda item: placeholder_votes(item["entries"], item["check"], params))
             | "OnePerReplacedPicture" >> beam.Distinct()
-            | "ServedPicture" >> beam.Keys()
+        )
+        placeholders = (
+            votes
+            | "Redirected" >> beam.Filter(lambda vote: vote[2] and minimum > 0)
+            | "ServedPicture" >> beam.Map(lambda vote: vote[0])
             | "CountVotes" >> beam.combiners.Count.PerElement()
             | "Enough" >> beam.Filter(lambda kv: kv[1] >= minimum)
         )
+        frequent = (
+            votes
+            | "AnyVote" >> beam.Map(lambda vote: (vote[0], vote[1]))
+            | "OncePerPair" >> beam.Distinct()
+            | "Picture" >> beam.Keys()
+            | "CountAll" >> beam.combiners.Count.PerElement()
+            | "Repeated" >> beam.Filter(lambda kv: kv[1] >= 2)
+            | "Top" >> beam.combiners.Top.Of(self._top, key=lambda kv: (kv[1], kv[0]))
+        )
+        return {"placeholders": placeholders, "frequent": frequent}
 
 
 class Judge(beam.PTransform):
@@ -890,8 +910,8 @@ def _add_counts(dicts):
     return dict(total)
 
 
-def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, night, previous, started_at,
-                          finished_at, options=None):
+def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, frequent, night, previous,
+                          started_at, finished_at, options=None):
     """summary.json of a refresh night (docs/refresh.md, "summary.json")."""
     counts = totals["counts"]
     verdict_totals = {v: sum(per.get(v, 0) for per in counts.values()) for v in VERDICTS}
@@ -926,7 +946,10 @@ def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, nig
                              by_dataset={d: rates(per) for d, per in sorted(counts.items())}),
         "by_host": {"hosts": host_count, "top": ranked},
         "link_rot": dict(link_rot(*all_rot), by_dataset={d: link_rot(*v) for d, v in sorted(rot.items())}),
-        "placeholders_detected": [{"sha256": sha, "replaced_pictures": n} for sha, n in sorted(placeholders, key=lambda p: -p[1])],
+        "placeholders_detected": [{"sha256": sha, "replaced_pictures": n}
+                                  for sha, n in sorted(placeholders, key=lambda p: (-p[1], p[0]))],
+        "frequent_replacements": [{"sha256": sha, "replaced_pictures": n}
+                                  for sha, n in sorted(frequent, key=lambda p: (-p[1], p[0]))],
         "timings": {"started_at": datetime.datetime.fromtimestamp(started_at, datetime.timezone.utc)
                     .strftime("%Y-%m-%dT%H:%M:%SZ"), "wall_seconds": round(elapsed, 3),
                     "rows_per_second": round(rows / elapsed, 2)},
@@ -945,7 +968,7 @@ class SummarizeRefresh(beam.PTransform):
 
     def expand(self, inputs):
         rows, checked, hosts = inputs["rows"], inputs["checked"], inputs["hosts"]
-        placeholders, written = inputs["placeholders"], inputs["written"]
+        placeholders, frequent, written = inputs["placeholders"], inputs["frequent"], inputs["written"]
         totals = rows | "Totals" >> beam.CombineGlobally(RefreshTotals())
         urls = (checked | "UrlStats" >> beam.Map(url_stats)
                 | "SumUrlStats" >> beam.CombineGlobally(_add_counts))
@@ -955,8 +978,8 @@ class SummarizeRefresh(beam.PTransform):
         path = join_path(self._out_dir, "summary.json")
         night, previous, started_at, options = self._night, self._previous, self._started_at, self._options
 
-        def write(_, totals, top, host_count, urls, placeholders, written):
-            summary = build_refresh_summary(totals, top, host_count, urls, placeholders, night, previous,
+        def write(_, totals, top, host_count, urls, placeholders, frequent, written):
+            summary = build_refresh_summary(totals, top, host_count, urls, placeholders, frequent, night, previous,
                                             started_at, time.time(), options)
             summary["written"] = sorted(f.split("/")[-1] for f in written)
             return write_json(path, summary)
@@ -968,5 +991,6 @@ class SummarizeRefresh(beam.PTransform):
                                   host_count=beam.pvalue.AsSingleton(host_count),
                                   urls=beam.pvalue.AsSingleton(urls),
                                   placeholders=beam.pvalue.AsList(placeholders),
+                                  frequent=beam.pvalue.AsSingleton(frequent),
                                   written=beam.pvalue.AsList(written))
         )
