@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-dedup clean
+.PHONY: demo test venv bench bench-dedup clean chromium
 
 venv: $(STAMP)
 
@@ -12,13 +12,17 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import apache_beam, PIL, imagehash, pyarrow, aiohttp, pytest"
+	$(PY) -c "import apache_beam, PIL, imagehash, pyarrow, aiohttp, ijson, matplotlib, pytest"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m pipelines.ingest --demo --output demo-out
 
-test: $(STAMP)
+# The report test renders OUT/report.html in headless Chromium (Debian's package, installed if missing).
+chromium:
+	sh scripts/ensure_chromium.sh
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q tests
 
 clean:

@@ -18,6 +18,7 @@ setuptools.setup(
         "google-cloud-storage>=2.10",
         "aiohttp>=3.9",
         "ijson>=3.2",  # streams the 463K-object imagenet_captions.json array
+        "matplotlib>=3.7",  # OUT/report.html plots (Agg, SVG)
     ],
     extras_require={
         "test": [

@@ -12,16 +12,22 @@ import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.runners.runner import PipelineState
 
-from pipelines import common, sample
+from pipelines import common, metrics, progress, sample
+from pipelines.report import try_write_report
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
 from transforms.fetch import FetchImages
 from transforms.hashing import HashImages
+from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.manifests import ManifestParsers, ReadManifests
-from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteImageTable, WriteSummary, assign_blob_uri, \
-    join_path, read_json
+from transforms.resume import MergeWithPrevious, parse_retry_statuses
+from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
+from transforms.table import ReadImageTable, RetireFiles, WriteImageTable, list_orphan_shards, list_table_files
+from transforms.progress import RecordProgress
 
 DEMO_TIMEOUT = 3.0
 
@@ -44,11 +50,22 @@ class IngestOptions(PipelineOptions):
         parser.add_argument("--imagenet-root", help="ILSVRC train root: <root>/<wnid>/<filename>")
         parser.add_argument("--imagenet-synsets", help="LOC_synset_mapping.txt")
         common.add_network_arguments(parser)
+        # resume
+        parser.add_argument("--resume", action="store_true",
+                            help="keep OUT's settled rows, fetch only the others again, write a complete new table")
+        parser.add_argument("--retry-status", default=None, metavar="S1,S2",
+                            help="with --resume: the statuses fetched again (default: every status but ok)")
         # dedup
         common.add_argument_once(parser, "--max-distance", type=int, default=None,
                                  help="pHash Hamming distance at or under which two images are near-duplicates")
         parser.add_argument("--dataset-priority", default=",".join(DEFAULT_PRIORITY),
                             help="which dataset's row is canonical when resolution ties")
+        # progress and report (docs/progress.md)
+        parser.add_argument("--no-progress", dest="progress", action="store_false",
+                            help="no live progress line on stderr (local runs)")
+        parser.add_argument("--progress-interval", type=float, default=10.0,
+                            help="seconds between progress lines when stderr is not a terminal")
+        parser.add_argument("--no-report", dest="html_report", action="store_false", help="no OUT/report.html")
 
 
 def parse_manifest_args(values):
@@ -64,23 +81,40 @@ def parse_manifest_args(values):
 fetch_config = common.fetch_config  # kept importable from here
 
 
-def build_pipeline(pipeline, opts, started_at):
+def build_pipeline(pipeline, opts, started_at, progress_dir=None):
     """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
     out = opts.output
-    manifests = parse_manifest_args(opts.manifest)
-    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, ManifestParsers())
-    if opts.cc12m_hashes:
-        rows = rows | "PublishedHashes" >> AttachExpectedHashes(opts.cc12m_hashes)
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
+    previous_files = list_table_files(out)  # replaced by this run's, once those are written
+    if opts.resume and not previous_files:
+        raise ValueError(f"--resume: no table to resume in {join_path(out, 'images')}")
+    rows = read_manifest_rows(pipeline, opts)
+    carried = None
+    if opts.resume:
+        merged = rows | "MergePrevious" >> MergeWithPrevious(
+            pipeline | "PreviousRun" >> ReadImageTable(previous_files), parse_retry_statuses(opts.retry_status))
+        rows, carried = merged["fetch"], merged["carry"]
     fetched = (
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
         | "Hash" >> HashImages(opts.max_pixels)
+        | "Progress" >> RecordProgress(progress_dir)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
         | "StoreBlobs" >> StoreBlobs()
     )
-    deduped = fetched | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
+    if carried is not None:
+        fetched = (fetched, carried) | "WithCarried" >> beam.Flatten()
+    # Only a small projection of each row goes through dedup's shuffles; the full rows are
+    # streamed to Parquet shards and get their cluster columns when the shards are finalised.
+    deduped = (
+        fetched
+        | "DedupFields" >> beam.Map(dedup_projection)
+        | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
+    )
     final = deduped["rows"]
-    written = final | "WriteImages" >> WriteImageTable(out)
+    clusters = final | "ClusterColumns" >> beam.FlatMap(cluster_columns)
+    written = fetched | "WriteImages" >> WriteImageTable(out, run_id, clusters)
+    _ = written | "RetirePrevious" >> RetireFiles(previous_files + list_orphan_shards(out))
     blob_count = final | "CountBlobs" >> CountBlobs()
     duplicates = (
         deduped["stats"]
@@ -88,17 +122,55 @@ def build_pipeline(pipeline, opts, started_at):
         | "WithBlobs" >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs),
                                   blobs=beam.pvalue.AsSingleton(blob_count))
     )
-    _ = {
-        "counts": final | "Counts" >> StatusCounts(),
-        "duplicates": duplicates,
-        "written": written,
-    } | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
+    summary_inputs = {"counts": final | "Counts" >> StatusCounts(), "duplicates": duplicates, "written": written}
+    if carried is not None:
+        summary_inputs["resume"] = (
+            (carried | "CountCarried" >> beam.combiners.Count.Globally())
+            | "ResumeFigures" >> beam.Map(lambda n, total: {"carried": n, "fetched": total - n},
+                                          total=beam.pvalue.AsSingleton(
+                                              final | "CountAll" >> beam.combiners.Count.Globally())))
+    _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
     return final
+
+
+DEDUP_FIELDS = ("key", "dataset", "url", "final_url", "status", "http_status", "sha256", "md5", "phash", "dhash",
+                "width", "height", "blob", "fetched_at", "format", "size_bytes")
+
+
+def dedup_projection(row):
+    return {name: row.get(name) for name in DEDUP_FIELDS}
+
+
+def cluster_columns(row):
+    """(key, cluster columns) for rows that belong to a cluster; the rest take the defaults."""
+    if row.get("cluster_id") is None and not row.get("is_placeholder"):
+        return []
+    return [(row["key"], (row["cluster_id"], bool(row.get("is_canonical")), bool(row.get("is_placeholder"))))]
+
+
+def read_manifest_rows(pipeline, opts):
+    """Manifest rows with their published hashes, labels and captions joined (none without manifests)."""
+    manifests = parse_manifest_args(opts.manifest)
+    if not manifests:
+        return pipeline | "NoManifests" >> beam.Create([])
+    synsets = load_synsets(opts.imagenet_synsets) if opts.imagenet_synsets else None
+    parsers = ManifestParsers(opts.imagenet_root, synsets)
+    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers)
+    # Joins run on the small pre-fetch rows: no image bytes cross their shuffles.
+    if opts.cc12m_hashes:
+        rows = rows | "PublishedHashes" >> AttachExpectedHashes(opts.cc12m_hashes)
+    if opts.openimages_labels:
+        rows = rows | "OpenImagesLabels" >> JoinOpenImagesLabels(opts.openimages_labels, opts.openimages_classes)
+    if opts.cc3m_labels:
+        rows = rows | "CC3MLabels" >> JoinCC3MLabels(opts.cc3m_labels)
+    if opts.long_captions:
+        rows = rows | "LongCaptions" >> JoinLongCaptions(opts.long_captions)
+    return rows
 
 
 def _options_snapshot(opts):
     keep = ("manifest", "timeout", "max_bytes", "max_pixels", "retries", "concurrency", "per_host",
-            "allow_network", "max_distance", "dataset_priority", "cc12m_hashes", "demo")
+            "allow_network", "max_distance", "dataset_priority", "cc12m_hashes", "demo", "resume", "retry_status")
     return {name: getattr(opts, name, None) for name in keep}
 
 
@@ -110,8 +182,16 @@ def demo_inputs(opts):
         with tempfile.TemporaryDirectory(prefix="ingest-demo-") as workdir:
             files = sample.render_templates(server, workdir)
             opts.manifest = [f"cc3m={files['cc3m.tsv']}", f"cc12m={files['cc12m.tsv']}",
-                             f"openimages={files['openimages.csv']}"]
+                             f"openimages={files['openimages.csv']}", f"zero={files['zero.jsonl']}",
+                             f"imagenet_captions={files['imagenet_captions.json']}"]
             opts.cc12m_hashes = files["cc12m_hashes.tsv"]
+            opts.openimages_labels = [files["openimages-labels-machine.csv"], files["openimages-labels-human.csv"],
+                                      files["machine_ann_2016_08-labels.csv"]]
+            opts.openimages_classes = files["openimages-class-descriptions.csv"]
+            opts.cc3m_labels = files["cc3m-labels.tsv"]
+            opts.long_captions = files["dreamlip-long-captions.csv"]
+            opts.imagenet_root = sample.write_imagenet_root(workdir)
+            opts.imagenet_synsets = files["LOC_synset_mapping.txt"]
             opts.allow_network = list(opts.allow_network) + ["127.0.0.1/32"]
             opts.timeout = min(opts.timeout, DEMO_TIMEOUT)
             print(f"demo: serving the bundled sample at {server.base}", flush=True)
@@ -126,14 +206,20 @@ def run(argv=None):
     common.apply_local_defaults(options)
     if not opts.output:
         raise SystemExit("ingest: --output is required")
-    if not opts.manifest and not opts.demo:
-        raise SystemExit("ingest: give at least one --manifest KIND=PATH, or --demo")
+    if not opts.manifest and not opts.demo and not opts.resume:
+        raise SystemExit("ingest: give at least one --manifest KIND=PATH, --resume, or --demo")
     started_at = time.time()
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
         pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, opts, started_at)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with progress.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
+                                   enabled=opts.progress and common.is_local(options)) as live:
+            build_pipeline(pipeline, opts, started_at, live.directory)
+            live.start()
+            result = pipeline.run()
+            result.wait_until_finish()
+    metrics.record_run_metrics(result, opts.output)
+    if opts.html_report and result.state == PipelineState.DONE:
+        try_write_report(opts.output)
     if common.is_local(options):
         report(opts.output)
     return result
@@ -144,7 +230,10 @@ def report(out):
     print(f"\ningest: {summary['rows']} rows in {summary['timings']['wall_seconds']:.1f}s -> {out}")
     print(f"  images:  {join_path(out, 'images')}/*.parquet")
     print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs', 0)} distinct images)")
-    print(f"  summary: {join_path(out, 'summary.json')}\n")
+    print(f"  summary: {join_path(out, 'summary.json')}")
+    if FileSystems.exists(join_path(out, "report.html")):
+        print(f"  report:  {join_path(out, 'report.html')}")
+    print()
     print(common.format_status_table(summary["counts"], schema.STATUSES))
 
 

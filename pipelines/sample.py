@@ -215,6 +215,11 @@ def demo_routes(timeout):
     routes["/img/p05-small.jpg"] = Reply(200, jpeg(5, (240, 180), 70), {"Content-Type": "image/jpeg"})
     routes["/img/p08.png"] = Reply(200, encode(picture(8), "PNG"), {"Content-Type": "image/png"})
     # Failures, one of each kind.
+    # The other datasets' sample files name these (pipelines/sample/README-formats.md).
+    for n in range(3):
+        routes[f"/cc3m/{n}.jpg"] = Reply(200, jpeg(30 + n), {"Content-Type": "image/jpeg"})
+        routes[f"/zero/{n}.jpg"] = Reply(200, jpeg(40 + n), {"Content-Type": "image/jpeg"})
+    routes["/cc12m/0.jpg"] = Reply(200, jpeg(33), {"Content-Type": "image/jpeg"})
     routes["/photo_unavailable.png"] = Reply(200, placeholder_png(), {"Content-Type": "image/png"})
     for n in range(3):
         routes[f"/flickr/gone{n}.jpg"] = Reply(302, b"", {"Location": "/photo_unavailable.png"})
@@ -254,12 +259,30 @@ def render_templates(server, out_dir):
         values[f"sha256b64_{name}"] = base64.b64encode(hashlib.sha256(body).digest()).decode()
     written = {}
     for name in sorted(os.listdir(SAMPLE_DIR)):
-        if not name.endswith(".tmpl"):
+        if name.endswith(".md"):
             continue
         with open(os.path.join(SAMPLE_DIR, name), encoding="utf-8") as handle:
             text = handle.read()
-        target = os.path.join(out_dir, name[:-len(".tmpl")])
+        if name.endswith(".tmpl"):  # our manifests: str.format fields for address and digests
+            name, text = name[:-len(".tmpl")], text.format(**values)
+        else:  # the side files in real formats: only the port placeholder (they hold braces)
+            text = text.replace("{port}", str(server.port))
+        target = os.path.join(out_dir, name)
         with open(target, "w", encoding="utf-8") as handle:
-            handle.write(text.format(**values))
-        written[name[:-len(".tmpl")]] = target
+            handle.write(text)
+        written[name] = target
     return written
+
+
+IMAGENET_SAMPLE = {"n01440764": "n01440764_10026.JPEG", "n01443537": "n01443537_1000.JPEG",
+                   "n02085620": "n02085620_10074.JPEG"}
+
+
+def write_imagenet_root(out_dir):
+    """An ILSVRC-style <root>/<wnid>/<file> tree for the ImageNet-Captions sample."""
+    root = os.path.join(out_dir, "imagenet", "train")
+    for n, (wnid, filename) in enumerate(sorted(IMAGENET_SAMPLE.items())):
+        os.makedirs(os.path.join(root, wnid), exist_ok=True)
+        with open(os.path.join(root, wnid, filename), "wb") as handle:
+            handle.write(jpeg(50 + n, (500, 375)))
+    return root

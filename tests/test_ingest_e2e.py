@@ -196,6 +196,15 @@ def test_demo_command_runs_on_the_default_local_runner(tmp_path):
     assert summary["rows"] == sum(sum(v.values()) for v in summary["counts"].values())
     statuses = summary["status_totals"]
     assert set(statuses) == set(schema.STATUSES), rendered  # the sample shows every status
+    assert set(summary["counts"]) == set(schema.DATASETS)  # and every dataset
+    rows = read_rows(str(out))
+    oi = rows["openimages:0006400c1c224e19"]
+    assert {l["name"] for l in oi["labels"]} >= {"Tree", "Building"}
+    assert all(l["confidence"] > 0 for l in oi["labels"]) and oi["negative_labels"]
+    assert [l["name"] for l in rows["imagenet_captions:n01440764_10026.JPEG"]["labels"]] == ["tench, Tinca tinca"]
+    assert rows["zero:5a45524f00000001"]["caption"] == "熊猫宝宝吃竹子"
+    assert any(r["long_captions"] for r in rows.values())
+    assert any(l["source"] == "cc3m" for r in rows.values() for l in r["labels"])
 
 
 def test_missing_manifest_is_a_message_not_a_traceback(tmp_path):

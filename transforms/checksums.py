@@ -6,7 +6,7 @@ rather than held in memory as a side input on every worker.
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.files import open_stream
+from transforms.readers import open_stream
 from transforms.manifests import md5_hex, sha256_hex
 
 

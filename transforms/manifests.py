@@ -7,6 +7,7 @@ file name when a dataset has several files, so keys stay unique across the run.
 import base64
 import binascii
 import csv
+import functools
 import io
 import math
 import os
@@ -14,8 +15,8 @@ import os
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import schema
-from transforms.files import open_stream
+from transforms import json_manifests, schema
+from transforms.readers import open_stream
 
 
 def _lines(binary):
@@ -129,16 +130,30 @@ def parse_openimages(binary, source, key_prefix):
         yield row
 
 
+def parse_zero_manifest(binary, source, _key_prefix):
+    """CCMB Zero JSON (lines or arrays); keys come from ImageKey."""
+    return json_manifests.parse_zero(binary, source)
+
+
+def parse_imagenet_manifest(binary, source, _key_prefix, imagenet_root=None, synsets=None):
+    """ImageNet-Captions JSON; images are read from imagenet_root, not fetched over HTTP."""
+    return json_manifests.parse_imagenet_captions(binary, source, imagenet_root, synsets)
+
+
 class ManifestParsers:
     """KIND -> parser(binary file, source path, key prefix) -> rows.
 
-    A registry object rather than module state, so a job can add parsers (JSON datasets) and
-    pickle the whole table along with the DoFn.
+    A table object rather than module state, so a job can configure parsers (ImageNet's root and
+    class names) and pickle the whole table along with the DoFn.
     """
 
-    def __init__(self, extra=None):
-        self.parsers = {"cc3m": parse_cc3m, "cc12m": parse_cc12m, "openimages": parse_openimages}
-        self.parsers.update(extra or {})
+    def __init__(self, imagenet_root=None, imagenet_synsets=None):
+        self.parsers = {
+            "cc3m": parse_cc3m, "cc12m": parse_cc12m, "openimages": parse_openimages,
+            "zero": parse_zero_manifest,
+            "imagenet_captions": functools.partial(parse_imagenet_manifest, imagenet_root=imagenet_root,
+                                                   synsets=imagenet_synsets),
+        }
 
     def __contains__(self, kind):
         return kind in self.parsers
@@ -200,6 +215,10 @@ class ReadManifests(beam.PTransform):
             | "ManifestFiles" >> beam.Create(self._files)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers))
-            # Without this, Dataflow fuses the whole fetch onto the worker that read the file.
+            # Without a reshuffle, Dataflow fuses the whole fetch onto the worker that read the
+            # file. Rows cross it in batches: a runner's cost per shuffled element is far above
+            # a row's size, and the local runner holds every shuffled element in memory.
+            | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=256)
             | "SpreadRows" >> beam.Reshuffle()
+            | "Unbatch" >> beam.FlatMap(lambda batch: batch)
         )

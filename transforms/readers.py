@@ -4,6 +4,7 @@ Beam's FileSystems.open returns objects that are not full `io` streams (Compress
 `writable()`, so io.TextIOWrapper refuses it); `RawReader` adapts anything with read(n) so the
 csv module and ijson can stream from it record by record, never loading a whole file.
 """
+import contextlib
 import io
 
 import apache_beam as beam
@@ -55,6 +56,13 @@ def open_path(path):
 def binary_stream(fileobj, prefix=b""):
     """A buffered binary stream over `fileobj` (binary or text file-like)."""
     return io.BufferedReader(RawReader(fileobj, prefix), buffer_size=_CHUNK)
+
+
+@contextlib.contextmanager
+def open_stream(path):
+    """`path` as an ordinary iterable, buffered binary stream, closed on exit."""
+    with binary_stream(open_path(path)) as stream:
+        yield stream
 
 
 def text_stream(fileobj, newline=""):

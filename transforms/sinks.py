@@ -97,28 +97,6 @@ def assign_blob_uri(row, out_dir):
     return row
 
 
-class WriteImageTable(beam.PTransform):
-    """Rows -> OUT/images/part-*.parquet with the contract's schema. Returns the written file names."""
-
-    def __init__(self, out_dir, num_shards=0):
-        super().__init__()
-        self._out_dir = out_dir
-        self._num_shards = num_shards
-
-    def expand(self, rows):
-        return (
-            rows
-            | "PublicColumns" >> beam.Map(schema.to_parquet_record)
-            | "Parquet" >> beam.io.WriteToParquet(
-                join_path(self._out_dir, "images", "part"),
-                schema.IMAGE_SCHEMA,
-                file_name_suffix=".parquet",
-                num_shards=self._num_shards,
-                record_batch_size=1000,
-            )
-        )
-
-
 @beam.ptransform_fn
 def StatusCounts(rows):  # noqa: N802 (a PTransform)
     """Rows -> one dict {dataset: {status: n}}."""
@@ -138,7 +116,7 @@ def _nest_counts(pairs):
     return table
 
 
-def build_summary(counts, duplicates, started_at, job, options_snapshot):
+def build_summary(counts, extras, started_at, job, options_snapshot):
     totals = {}
     for per_status in counts.values():
         for status, count in per_status.items():
@@ -151,7 +129,7 @@ def build_summary(counts, duplicates, started_at, job, options_snapshot):
         "counts": counts,
         "status_totals": dict(sorted(totals.items())),
         "ok_fraction": round(totals.get(schema.OK, 0) / rows, 4) if rows else None,
-        "duplicates": duplicates,
+        **extras,
         "timings": {
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
             "wall_seconds": round(elapsed, 3),
@@ -183,17 +161,20 @@ class WriteSummary(beam.PTransform):
         self._options = options_snapshot or {}
 
     def expand(self, inputs):
-        counts, duplicates, written = inputs["counts"], inputs["duplicates"], inputs["written"]
+        """inputs: "counts" (StatusCounts), "written" (file names to wait for), and any other
+        name -> a one-element PCollection, placed in the summary under that name."""
         path = join_path(self._out_dir, "summary.json")
         started_at, job, options = self._started_at, self._job, self._options
+        names = sorted(name for name in inputs if name not in ("counts", "written"))
+        side = {f"extra_{name}": beam.pvalue.AsSingleton(inputs[name]) for name in names}
+
+        def write(_, counts, written, **extras):
+            extras = {name: extras[f"extra_{name}"] for name in names}
+            return write_json(path, build_summary(counts, extras, started_at, job, options))
+
         return (
-            counts.pipeline
+            inputs["counts"].pipeline
             | "Once" >> beam.Create([None])
-            | "Write" >> beam.Map(
-                lambda _, counts, duplicates, written: write_json(
-                    path, build_summary(counts, duplicates, started_at, job, options)),
-                counts=beam.pvalue.AsSingleton(counts),
-                duplicates=beam.pvalue.AsSingleton(duplicates),
-                written=beam.pvalue.AsList(written),
-            )
+            | "Write" >> beam.Map(write, counts=beam.pvalue.AsSingleton(inputs["counts"]),
+                                  written=beam.pvalue.AsList(inputs["written"]), **side)
         )
