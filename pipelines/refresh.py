@@ -12,7 +12,6 @@ import sys
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import common
@@ -82,18 +81,21 @@ def _inside(path, root):
 
 
 def resolve(opts):
-    """Checked settings from the options: (snapshots [(root, pattern)], night, RefreshParams)."""
+    """Checked settings from the options: (snapshots [(root, pattern, columns)], RefreshParams)."""
     if not opts.output:
         raise ValueError("--output is required")
     if not opts.snapshot:
         raise ValueError("give at least one --snapshot OUT (an ingest output)")
-    snapshots = [snapshot_pattern(v) for v in opts.snapshot]
-    for root, pattern in snapshots:
+    snapshots = []
+    for root, pattern in (snapshot_pattern(v) for v in opts.snapshot):
         for name, path in (("--output", opts.output), ("--history", opts.history)):
             if path and (_inside(path, root) or _inside(root, path)):
                 raise ValueError(f"{name} {path} overlaps the snapshot {root}: a refresh never writes there")
-        if not FileSystems.match([pattern])[0].metadata_list:
-            raise ValueError(f"--snapshot {root}: no Parquet files match {pattern}")
+        try:
+            columns = refresh.snapshot_columns(pattern)
+        except ValueError as exc:
+            raise ValueError(f"--snapshot {root}: {exc}") from None
+        snapshots.append((root, pattern, columns))
     if opts.history and _norm(opts.history) == _norm(opts.output):
         raise ValueError("--history and --output must be different directories")
     for name in ("dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
@@ -126,8 +128,7 @@ def prepare_outputs(out, history, night):
 def build_pipeline(pipeline, opts, snapshots, params, started_at):
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection."""
     out = opts.output
-    entries = pipeline | "ReadSnapshots" >> refresh.ReadSnapshots(
-        [(root, pattern) for root, pattern in snapshots])
+    entries = pipeline | "ReadSnapshots" >> refresh.ReadSnapshots(snapshots)
     checked = entries | "CheckUrls" >> refresh.CheckUrls(common.fetch_config(opts), params)
     found = checked | "FindPlaceholders" >> refresh.FindPlaceholders(params)
     placeholders = found["placeholders"]

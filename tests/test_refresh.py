@@ -161,6 +161,32 @@ def test_a_placeholder_that_was_already_the_snapshot_picture_is_dead_too():
     assert judge(snap, got(jpeg(6)), None, {snap["sha256"]: 5})["status"] == refresh.DEAD
 
 
+def test_a_picture_the_snapshot_marked_a_placeholder_stays_dead():
+    snap = entry(body=jpeg(6), is_placeholder=True)
+    row = judge(snap, got(jpeg(6)))
+    assert row["status"] == refresh.DEAD and row["placeholder"] and "is_placeholder" in row["error"]
+    assert judge(snap, got(jpeg(7)))["status"] == refresh.CHANGED  # the URL now has a real picture
+
+
+def test_snapshots_written_before_a_column_existed_are_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    old_schema = pa.schema([f for f in schema.IMAGE_SCHEMA if f.name not in ("is_placeholder", "etag")])
+    sha256, phash = picture_of(jpeg(1))
+    record = dict(dataset="cc3m", key="cc3m:1", url="http://h/a.jpg", status=schema.OK, sha256=sha256, phash=phash)
+    pq.write_table(pa.Table.from_pylist([record], old_schema), tmp_path / "part-0.parquet")
+    pattern = str(tmp_path / "*.parquet")
+    columns = refresh.snapshot_columns(pattern)
+    assert "etag" not in columns and "is_placeholder" not in columns and "last_modified" in columns
+    with BeamPipeline(runner="FnApiRunner") as p:
+        entries = p | refresh.ReadSnapshots([("old", pattern)])
+        assert_that(entries | beam.Map(lambda e: (e["key"], e["etag"], e["is_placeholder"], e["sha256"])),
+                    equal_to([("cc3m:1", None, False, sha256)]))
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="not an ingest"):
+        refresh.snapshot_columns(str(tmp_path / "other.parquet"))
+
+
 def test_soft_404_and_unreadable_pictures():
     page = got(b"<html>Sorry, this photo was removed</html>", content_type="text/html")
     row = judge(entry(), page)

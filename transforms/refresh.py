@@ -65,7 +65,8 @@ DEFAULT_PLACEHOLDER_MIN_URLS = 3
 DAYS_PER_MONTH = 30.4375
 
 SNAPSHOT_COLUMNS = ["dataset", "key", "url", "status", "http_status", "error", "sha256", "phash", "etag",
-                    "last_modified", "size_bytes", "fetched_at", "final_url"]
+                    "last_modified", "size_bytes", "fetched_at", "final_url", "is_placeholder"]
+REQUIRED_SNAPSHOT_COLUMNS = ("key", "url", "status")
 HISTORY_COLUMNS = ["key", "night", "status", "consecutive_failures", "previous_nights", "dead_since"]
 COMPLETE_MARKER = "_COMPLETE"
 
@@ -157,8 +158,28 @@ def snapshot_entry(row, snapshot=None, order=0):
         "ingest_status": row.get("status"), "ingest_http_status": row.get("http_status"),
         "ingest_error": row.get("error"), "sha256": row.get("sha256"), "phash": row.get("phash"),
         "etag": row.get("etag"), "last_modified": row.get("last_modified"), "size_bytes": row.get("size_bytes"),
-        "fetched_at": row.get("fetched_at"), "snapshot": snapshot, "order": order,
+        "fetched_at": row.get("fetched_at"), "is_placeholder": bool(row.get("is_placeholder")),
+        "snapshot": snapshot, "order": order,
     }
+
+
+def snapshot_columns(pattern):
+    """The SNAPSHOT_COLUMNS a snapshot's files hold (read from the first file's footer): tables
+    written before a column existed are still read. Raises ValueError if the files are not an ingest
+    table."""
+    import pyarrow.parquet as pq
+    files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    if not files:
+        raise ValueError(f"no Parquet files match {pattern}")
+    try:
+        with FileSystems.open(files[0]) as handle:
+            names = set(pq.read_schema(handle).names)
+    except Exception as exc:
+        raise ValueError(f"{files[0]} is not a readable Parquet file: {exc}") from None
+    missing = [c for c in REQUIRED_SNAPSHOT_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"{files[0]} has no {', '.join(missing)} column: not an ingest images/ table")
+    return [c for c in SNAPSHOT_COLUMNS if c in names]
 
 
 def has_baseline(entry):
@@ -437,6 +458,9 @@ def observe(entry, check, detected, params):
         obs.update(kind="new", reason=(how or "serves a picture") + "; the snapshot has none to compare with")
         return obs
     same, bytes_changed, distance = same_picture(entry, sha256, phash, params)
+    if same and entry.get("is_placeholder"):
+        obs["placeholder"] = True
+        return failed(GONE, "the snapshot already judged this picture a placeholder (is_placeholder)")
     obs.update(bytes_changed=bytes_changed if same else None, phash_distance=distance)
     if how and sha256 == entry["sha256"]:
         obs.update(kind="same", reason=how)
@@ -509,14 +533,15 @@ class ReadSnapshots(beam.PTransform):
 
     def __init__(self, patterns):
         super().__init__()
-        self._patterns = list(patterns)  # [(label, file pattern)]
+        # [(label, file pattern, columns)]; columns None: looked up in the files (snapshot_columns)
+        self._patterns = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in patterns]
 
     def expand(self, pbegin):
         parts = []
-        for order, (label, pattern) in enumerate(self._patterns):
+        for order, (label, pattern, columns) in enumerate(self._patterns):
             parts.append(
                 pbegin
-                | f"Read{order}" >> beam.io.ReadFromParquet(pattern, columns=SNAPSHOT_COLUMNS)
+                | f"Read{order}" >> beam.io.ReadFromParquet(pattern, columns=columns or snapshot_columns(pattern))
                 | f"Entries{order}" >> beam.Map(snapshot_entry, label, order))
         return (
             parts | "AllSnapshots" >> beam.Flatten()
