@@ -1,9 +1,64 @@
-"""What every job shares: the local runner default, log noise, and the closing status table."""
+"""What every job shares: the local runner default, the network options, log noise, and the closing
+status table."""
+import argparse
 import logging
 import os
 
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
+
+from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, user_agent
+from transforms.hashing import DEFAULT_MAX_PIXELS
+
+
+def add_argument_once(parser, *flags, **kwargs):
+    """parser.add_argument, unless one of `flags` is already there.
+
+    Jobs share flags (--output, the network options). Beam parses the options of every
+    PipelineOptions subclass imported in the process into one parser (get_all_options, called by
+    pipeline.run), and argparse refuses a flag defined twice; so a flag several jobs define must be
+    added through here, with the same type in every job. Each job's own view still parses its own
+    definition (PipelineOptions builds a view's parser from that class alone).
+    """
+    try:
+        return parser.add_argument(*flags, **kwargs)
+    except argparse.ArgumentError:
+        return None
+
+
+def add_network_arguments(parser):
+    """The fetch options of every job that goes on the web (ingest, refresh): one definition, so the
+    jobs keep the same politeness, address policy and deadlines."""
+    add = lambda *flags, **kwargs: add_argument_once(parser, *flags, **kwargs)  # noqa: E731
+    add("--allow-network", action="append", default=[], metavar="CIDR",
+        help="also allow fetching from this network (repeatable); by default only public addresses are fetched")
+    add("--timeout", type=float, default=20.0, help="whole-request deadline in seconds, redirects and body included")
+    add("--max-bytes", type=int, default=32 * 1024 * 1024, help="body size cap")
+    add("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are refused as decompression bombs")
+    add("--max-redirects", type=int, default=5)
+    add("--retries", type=int, default=2, help="extra attempts after 429 or 5xx")
+    add("--max-retry-after", type=float, default=10.0, help="longest Retry-After honoured; longer makes the row fail")
+    add("--concurrency", type=int, default=64, help="requests in flight per worker thread")
+    add("--per-host", type=int, default=8, help="requests in flight per host per worker process")
+    add("--max-rate", type=float, default=0.0, help="requests started per second per worker process (0: no limit)")
+    add("--host-failure-limit", type=int, default=10,
+        help="consecutive timeouts/connection errors before a host's URLs are skipped")
+    add("--host-cooldown", type=float, default=60.0, help="seconds a failing host is skipped before it is tried again")
+    add("--user-agent", default=DEFAULT_USER_AGENT)
+    add("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")
+    add("--ignore-robots", action="store_true", help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
+
+
+def fetch_config(opts):
+    """FetchConfig from the options add_network_arguments defined."""
+    return FetchConfig(
+        timeout=opts.timeout, max_bytes=opts.max_bytes, max_redirects=opts.max_redirects,
+        retries=opts.retries, max_retry_after=opts.max_retry_after, concurrency=opts.concurrency,
+        per_host=opts.per_host, max_rate=opts.max_rate, host_failure_limit=opts.host_failure_limit,
+        host_cooldown=opts.host_cooldown, user_agent=user_agent(opts.contact, opts.user_agent),
+        allow_networks=tuple(opts.allow_network),
+        honor_robots=not opts.ignore_robots,
+    )
 
 
 def apply_local_defaults(options):

@@ -19,8 +19,8 @@ from pipelines.report import try_write_report
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
 from transforms.dedup import DEFAULT_PRIORITY, Dedup
-from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, FetchImages, user_agent
-from transforms.hashing import DEFAULT_MAX_PIXELS, HashImages
+from transforms.fetch import FetchImages
+from transforms.hashing import HashImages
 from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.manifests import ManifestParsers, ReadManifests
 from transforms.resume import MergeWithPrevious, parse_retry_statuses
@@ -36,7 +36,7 @@ class IngestOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         parser.add_argument("--manifest", action="append", default=[], metavar="KIND=PATH",
                             help="a manifest to ingest (repeatable); KIND is one of " + ", ".join(schema.DATASETS))
-        parser.add_argument("--output", help="output directory, local or gs://")
+        common.add_argument_once(parser, "--output", help="output directory, local or gs://")
         parser.add_argument("--demo", action="store_true",
                             help="ingest the bundled sample, served from a loopback server started here")
         # side inputs
@@ -48,39 +48,15 @@ class IngestOptions(PipelineOptions):
         parser.add_argument("--long-captions", help="DreamLIP long-caption CSV keyed by URL")
         parser.add_argument("--imagenet-root", help="ILSVRC train root: <root>/<wnid>/<filename>")
         parser.add_argument("--imagenet-synsets", help="LOC_synset_mapping.txt")
-        # network
-        parser.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
-                            help="also allow fetching from this network (repeatable); by default only public"
-                                 " addresses are fetched")
-        parser.add_argument("--timeout", type=float, default=20.0,
-                            help="whole-request deadline in seconds, redirects and body included")
-        parser.add_argument("--max-bytes", type=int, default=32 * 1024 * 1024, help="body size cap")
-        parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                            help="larger images are refused as decompression bombs")
-        parser.add_argument("--max-redirects", type=int, default=5)
-        parser.add_argument("--retries", type=int, default=2, help="extra attempts after 429 or 5xx")
-        parser.add_argument("--max-retry-after", type=float, default=10.0,
-                            help="longest Retry-After honoured; longer makes the row fail")
-        parser.add_argument("--concurrency", type=int, default=64, help="requests in flight per worker thread")
-        parser.add_argument("--per-host", type=int, default=8, help="requests in flight per host per worker process")
-        parser.add_argument("--max-rate", type=float, default=0.0,
-                            help="requests started per second per worker process (0: no limit)")
-        parser.add_argument("--host-failure-limit", type=int, default=10,
-                            help="consecutive timeouts/connection errors before a host's URLs are skipped")
-        parser.add_argument("--host-cooldown", type=float, default=60.0,
-                            help="seconds a failing host is skipped before it is tried again")
-        parser.add_argument("--user-agent", default=DEFAULT_USER_AGENT)
-        parser.add_argument("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")
-        parser.add_argument("--ignore-robots", action="store_true",
-                            help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
+        common.add_network_arguments(parser)
         # resume
         parser.add_argument("--resume", action="store_true",
                             help="keep OUT's settled rows, fetch only the others again, write a complete new table")
         parser.add_argument("--retry-status", default=None, metavar="S1,S2",
                             help="with --resume: the statuses fetched again (default: every status but ok)")
         # dedup
-        parser.add_argument("--max-distance", type=int, default=None,
-                            help="pHash Hamming distance at or under which two images are near-duplicates")
+        common.add_argument_once(parser, "--max-distance", type=int, default=None,
+                                 help="pHash Hamming distance at or under which two images are near-duplicates")
         parser.add_argument("--dataset-priority", default=",".join(DEFAULT_PRIORITY),
                             help="which dataset's row is canonical when resolution ties")
         # progress and report (docs/progress.md)
@@ -101,15 +77,7 @@ def parse_manifest_args(values):
     return manifests
 
 
-def fetch_config(opts):
-    return FetchConfig(
-        timeout=opts.timeout, max_bytes=opts.max_bytes, max_redirects=opts.max_redirects,
-        retries=opts.retries, max_retry_after=opts.max_retry_after, concurrency=opts.concurrency,
-        per_host=opts.per_host, max_rate=opts.max_rate, host_failure_limit=opts.host_failure_limit,
-        host_cooldown=opts.host_cooldown, user_agent=user_agent(opts.contact, opts.user_agent),
-        allow_networks=tuple(opts.allow_network),
-        honor_robots=not opts.ignore_robots,
-    )
+fetch_config = common.fetch_config  # kept importable from here
 
 
 def build_pipeline(pipeline, opts, started_at, progress_dir=None):

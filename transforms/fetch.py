@@ -9,6 +9,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import email.utils
+import socket
 import threading
 import time
 import weakref
@@ -70,6 +71,7 @@ class FetchResult:
     elapsed_ms: int = 0
     retry_after: float = None  # only meaningful while deciding on a retry
     skipped: bool = False      # failed without a request: the host is short-circuited
+    name_not_found: bool = False  # DNS says the host name does not exist (not a temporary failure)
 
     def retryable(self):
         return self.status == schema.HTTP_ERROR and self.http_status in RETRY_STATUSES
@@ -227,6 +229,11 @@ class Fetcher:
     def submit(self, url, method="GET", headers=None):
         return asyncio.run_coroutine_threadsafe(self.fetch(url, method, headers), self._loop)
 
+    def run_soon(self, coro):
+        """Schedule a coroutine (several `fetch` calls in sequence, say) on the fetcher's loop;
+        returns a concurrent.futures.Future. Thread-safe."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     def submit_read(self, path):
         """Read a file through Beam's filesystems (local or gs://) with the same body cap."""
         return self._file_pool.submit(self._read_file, path)
@@ -346,8 +353,11 @@ class Fetcher:
             except aiohttp.ClientConnectorDNSError as exc:
                 if isinstance(exc.os_error, BlockedAddressError):
                     return FetchResult(schema.BLOCKED, str(exc.os_error), last_status, final_url=current)
-                return FetchResult(schema.CONNECTION_ERROR, f"DNS lookup failed for {target.host}",
-                                   last_status, final_url=current)
+                gone = _name_not_found(exc.os_error)
+                return FetchResult(schema.CONNECTION_ERROR,
+                                   f"DNS lookup failed for {target.host}"
+                                   + (": no such name" if gone else ""),
+                                   last_status, final_url=current, name_not_found=gone)
             except aiohttp.InvalidURL as exc:
                 return FetchResult(schema.INVALID_URL, f"invalid URL: {_short(exc)}", last_status,
                                    final_url=current)
@@ -417,6 +427,18 @@ def _shut_down(loop, thread, session, file_pool):
         thread.join(timeout=10)
         loop.close()
     file_pool.shutdown(wait=False)
+
+
+# getaddrinfo's answers for a name that does not exist (NXDOMAIN, or no address records), as opposed
+# to EAI_AGAIN and friends, which say the lookup itself failed and may work later.
+_NAME_GONE_ERRNOS = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name))
+
+
+def _name_not_found(error):
+    for candidate in (error, getattr(error, "__cause__", None)):
+        if isinstance(candidate, socket.gaierror) and candidate.errno in _NAME_GONE_ERRNOS:
+            return True
+    return False
 
 
 def _short(exc, limit=200):

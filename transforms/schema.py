@@ -129,3 +129,43 @@ def utc_now():
 def to_parquet_record(row):
     """Only the public columns, in schema order; internal "_" keys dropped."""
     return {name: row.get(name) for name in IMAGE_COLUMNS}
+
+
+# --- REFRESH_OUT/status/ and the refresh history: one row per snapshot key and night --------------
+# (CONTRACT.md names url, key, dataset, status, http_status, checked_at, sha256, phash; the rest
+# are extensions, documented in docs/refresh.md.)
+REFRESH_FIELDS = [
+    ("night", pa.date32()),               # the night the verdict is for (--night)
+    ("dataset", pa.string()),
+    ("key", pa.string()),
+    ("url", pa.string()),
+    ("host", pa.string()),
+    ("status", pa.string()),              # alive, changed, unreachable, dead
+    ("http_status", pa.int32()),          # last HTTP status of the night's check (304 for not-modified)
+    ("checked_at", pa.timestamp("us", tz="UTC")),
+    ("sha256", pa.string()),              # tonight's bytes (the snapshot's when the server said 304)
+    ("phash", pa.string()),
+    ("error", pa.string()),               # why, for unreachable and dead
+    ("reason", pa.string()),              # why, for every verdict
+    ("method", pa.string()),              # none, conditional, head, head+get, get, file
+    ("requests", pa.int32()),             # HTTP requests made for the URL tonight, retries included
+    ("failure", pa.string()),             # gone, transient, unfetchable; null when the check succeeded
+    ("bytes_changed", pa.bool_()),        # alive with other bytes (re-encoded, resized)
+    ("phash_distance", pa.int32()),       # to the snapshot's pHash, when both are known
+    ("placeholder", pa.bool_()),          # tonight's picture is a known or detected placeholder
+    ("final_url", pa.string()),           # after redirects
+    ("consecutive_failures", pa.int32()),  # nights in a row (tonight included) the check failed
+    ("previous_nights", pa.int32()),      # earlier nights of the history with a verdict for this key
+    ("previous_status", pa.string()),     # verdict of the latest earlier night, null without history
+    ("newly_dead", pa.bool_()),
+    ("revived", pa.bool_()),
+    ("dead_since", pa.date32()),          # first night of the current dead streak
+    ("ingest_status", pa.string()),       # the snapshot row's status
+    ("ingest_sha256", pa.string()),
+    ("ingest_phash", pa.string()),
+    ("ingest_fetched_at", pa.timestamp("us", tz="UTC")),
+    ("snapshot", pa.string()),            # the --snapshot the row came from
+]
+
+REFRESH_SCHEMA = pa.schema(REFRESH_FIELDS)
+REFRESH_COLUMNS = [name for name, _ in REFRESH_FIELDS]
