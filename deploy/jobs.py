@@ -39,6 +39,8 @@ class Job:
 JOBS = {job.name: job for job in (
     Job("ingest", "URL manifests of image-text datasets -> Parquet rows (one per manifest row, failures "
                   "included), content-addressed image blobs and summary.json."),
+    Job("refresh", "Nightly re-check of every URL of an ingest output: alive, changed, dead or unreachable, "
+                   "with history across nights."),
 )}
 
 
@@ -55,6 +57,7 @@ class Param:
     help: str = ""                # replaces the option's own help: for Dataflow, or where it has none
     sample: str = None            # value in the offline spec render; {bucket} = the emulator bucket
     reads: bool = False           # the sample names gs:// objects the job opens at construction
+    sample_table: bool = False    # ... and they are ingest outputs: <uri>/images/*.parquet is read
 
 
 def listed(item):
@@ -78,6 +81,17 @@ PARAMS = {
                            f"{', '.join(schema.DATASETS)}; PATH a gs:// path or glob, .gz read transparently",
                       sample="cc3m=gs://{bucket}/manifests/cc3m.tsv,cc12m=gs://{bucket}/manifests/cc12m.tsv,"
                              "openimages=gs://{bucket}/manifests/openimages.csv"),
+    "snapshot": Param("Snapshots", listed(GCS_URI), required=True, reads=True, sample_table=True,
+                      help="Ingest outputs (gs:// folders holding images/*.parquet) whose URLs are re-checked, "
+                           "comma-separated",
+                      sample="gs://{bucket}/snapshot"),
+    "history": Param("History folder", GCS, "GCS_WRITE_FOLDER",
+                     help="Dated, append-only record of earlier nights (gs:// folder)",
+                     sample="gs://{bucket}/history"),
+    "night": Param("Night", r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                   help="The night checked, YYYY-MM-DD (default: today, UTC); re-running a night replaces it"),
+    "placeholder": Param("Placeholder hashes", listed(r"[0-9a-f]{16}|[0-9a-f]{64}"),
+                         help="Extra placeholder pictures: pHash (16 hex) or sha256 (64 hex), comma-separated"),
     "output": Param("Output folder", GCS, "GCS_WRITE_FOLDER", required=True,
                     help="Output folder (gs://): gets images/*.parquet, blobs/ and summary.json",
                     sample="gs://{bucket}/out"),
@@ -288,6 +302,12 @@ def sample_parameters(job, bucket):
     """Parameter values of the offline spec render: every parameter PARAMS gives a sample for."""
     return {dest: PARAMS[dest].sample.format(bucket=bucket)
             for dest in job.actions if dest in PARAMS and PARAMS[dest].sample}
+
+
+def sample_tables(job, parameters):
+    """gs:// ingest outputs among the samples, which need a real images/*.parquet at construction."""
+    return [uri for dest, value in parameters.items() if dest in PARAMS and PARAMS[dest].sample_table
+            for uri in re.findall(GCS_URI, value)]
 
 
 def sample_inputs(job, parameters):

@@ -11,15 +11,19 @@ traffic leaves 127.0.0.0/8 and no cloud account is needed.
 """
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import os
 import pathlib
 import sys
 
+import pyarrow.parquet as pq
+
 from deploy import jobs
 from deploy.offline import OFFLINE_ENV, OFFLINE_PROJECT, offline_gcs
 from pipelines import flex_template
+from transforms import schema
 
 OFFLINE_BUCKET = "offline-bucket"
 
@@ -57,9 +61,20 @@ def stage_sample_inputs(job, emulator, bucket=OFFLINE_BUCKET):
     template parameters of the render (samples from deploy/jobs.py PARAMS)."""
     gcs_bucket = emulator.bucket(bucket)
     parameters = jobs.sample_parameters(job, bucket)
+    tables = set(jobs.sample_tables(job, parameters))
     for uri in jobs.sample_inputs(job, parameters):
-        gcs_bucket.blob(uri.split("/", 3)[3]).upload_from_string(b"placeholder: opened only at run time\n")
+        name = uri.split("/", 3)[3]
+        if uri in tables:  # an ingest output: the job reads its Parquet schema while building the graph
+            gcs_bucket.blob(f"{name}/images/part-0.parquet").upload_from_string(_empty_table())
+        else:
+            gcs_bucket.blob(name).upload_from_string(b"placeholder: opened only at run time\n")
     return parameters
+
+
+def _empty_table():
+    buffer = io.BytesIO()
+    pq.write_table(schema.IMAGE_SCHEMA.empty_table(), buffer)
+    return buffer.getvalue()
 
 
 def runner_argv(job, parameters, defaults, *, project, bucket, image, job_name, region=None):

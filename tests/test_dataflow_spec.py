@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.dataflow, pytest.mark.timeout(120)]
 # Steps each job's spec must hold, in graph order (read, fetch, write).
 STEPS = {
     "ingest": ["ReadManifests", "Fetch", "Hash", "StoreBlobs", "WriteImages", "WriteSummary"],
+    "refresh": ["ReadSnapshots", "CheckUrls", "Judge", "WriteStatus", "WriteSummary"],
 }
 DEFAULTS = jobs.load_defaults(environ={})
 
