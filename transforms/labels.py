@@ -286,9 +286,8 @@ class _AttachFn(beam.DoFn):
     def process(self, element, *side_inputs):
         _key, grouped = element
         rows = grouped[_ROWS]
-        if not rows:
-            return  # side records for rows not in this run
-        values = list(grouped[_SIDE])
+        # No rows: side records for rows not in this run, and nothing to yield.
+        values = list(grouped[_SIDE]) if rows else []
         for row in rows:
             if values:
                 self.joined.inc()
