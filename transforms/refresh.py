@@ -1,6 +1,6 @@
 """Nightly refresh of an ingest snapshot: which URLs died, which changed picture, since last night.
 
-One verdict per snapshot key and night (docs/refresh.md has the full rules):
+One verdict per snapshot key and night (README.md, "Nightly refresh" has the full rules):
 
     alive        the same picture (same bytes, or re-encoded bytes within --max-distance of pHash)
     changed      another picture
@@ -58,7 +58,7 @@ HEAD_REFUSED = frozenset({405, 501})
 BASELINE_STATUSES = frozenset({schema.OK, schema.HASH_MISMATCH})  # rows whose picture was hashed
 NOT_RECHECKED = frozenset({schema.INVALID_URL, schema.BLOCKED})
 
-DEFAULT_MAX_DISTANCE = 6       # same picture at or under this pHash distance (docs/refresh.md)
+DEFAULT_MAX_DISTANCE = 6       # same picture at or under this pHash distance (README.md, "Nightly refresh")
 DEFAULT_DEAD_AFTER = 1
 DEFAULT_UNREACHABLE_DEAD_AFTER = 30
 DEFAULT_PLACEHOLDER_MIN_URLS = 3
@@ -220,7 +220,7 @@ def ingest_verdict(entry):
 # ---- the check of one URL -------------------------------------------------------------------------
 
 def plan_check(url, entries, params):
-    """How to check one distinct URL, cheapest first (docs/refresh.md, "Requests").
+    """How to check one distinct URL, cheapest first (README.md, "Nightly refresh", "Requests").
 
     - every row of the URL was invalid_url/blocked at ingest: no request;
     - not http(s) but read at ingest (ImageNet files): look the file up;
@@ -937,7 +937,7 @@ def _add_counts(dicts):
 
 def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, frequent, night, previous,
                           started_at, finished_at, options=None):
-    """summary.json of a refresh night (docs/refresh.md, "summary.json")."""
+    """summary.json of a refresh night (README.md, "Nightly refresh", "summary.json")."""
     counts = totals["counts"]
     verdict_totals = {v: sum(per.get(v, 0) for per in counts.values()) for v in VERDICTS}
     rows = sum(verdict_totals.values())
