@@ -59,7 +59,7 @@ class IngestOptions(PipelineOptions):
                                  help="pHash Hamming distance at or under which two images are near-duplicates")
         parser.add_argument("--dataset-priority", default=",".join(DEFAULT_PRIORITY),
                             help="which dataset's row is canonical when resolution ties")
-        # progress and report (docs/progress.md)
+        # progress and report (README.md, Progress)
         parser.add_argument("--no-progress", dest="progress", action="store_false",
                             help="no live progress line on stderr (local runs)")
         parser.add_argument("--progress-interval", type=float, default=10.0,
