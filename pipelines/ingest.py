@@ -3,9 +3,7 @@
     python -m pipelines.ingest --manifest cc3m=Train_GCC-training.tsv --output OUT [options]
     python -m pipelines.ingest --demo --output demo-out
 """
-import argparse
 import contextlib
-import os
 import sys
 import tempfile
 import time

@@ -10,7 +10,6 @@ from google.protobuf import json_format
 
 from deploy import jobs, render_spec
 from tests.fake_dataflow import JOB_ID, FakeDataflow
-from tests.gcs_emulator import gcs_emulator  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.dataflow, pytest.mark.timeout(120)]
 

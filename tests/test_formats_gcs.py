@@ -7,7 +7,6 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.gcs_emulator import gcs_emulator  # noqa: F401
 from transforms import json_manifests, labels, schema
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

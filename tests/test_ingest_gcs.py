@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 from pipelines import ingest
 from pipelines.sample import Reply, jpeg
 from tests.conftest import local_options
-from tests.gcs_emulator import gcs_emulator  # noqa: F401
 from transforms import schema
 
 BUCKET = "ingest-e2e"

@@ -5,7 +5,6 @@ import itertools
 import os
 import re
 import shutil
-import socket
 import subprocess
 import xml.etree.ElementTree as ET
 
@@ -13,7 +12,6 @@ import pytest
 from PIL import Image
 
 from pipelines import report
-from tests.gcs_emulator import gcs_emulator  # noqa: F401
 from tests.synthetic_out import make_rows, write_out
 from transforms import schema
 

@@ -35,10 +35,9 @@ import re
 import apache_beam as beam
 import ijson
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from transforms import readers, schema
-from transforms.labels import IMAGENET, ReadSynsets
+from transforms.labels import IMAGENET, load_synsets
 
 IMAGENET_CAPTIONS = "imagenet_captions"
 ZERO = "zero"
@@ -234,31 +233,12 @@ def _keywords(value):
 # ---------------------------------------------------------------------------------------------
 # Beam wrappers: pattern -> rows
 
-class _ParseFileFn(beam.DoFn):
-    """One manifest file -> its rows; counts rows and invalid records per dataset."""
-
-    def __init__(self, dataset, **parse_kwargs):
-        self._dataset = dataset
-        self._kwargs = parse_kwargs
-        self.rows = Metrics.counter(NAMESPACE, f"{dataset}_rows")
-        self.invalid = Metrics.counter(NAMESPACE, f"{dataset}_invalid")
-
-    def process(self, readable_file, synsets=None):
-        path = readable_file.metadata.path
-        if self._dataset == IMAGENET_CAPTIONS:
-            parsed = parse_imagenet_captions(readable_file.open(), path, synsets=synsets,
-                                             **self._kwargs)
-        else:
-            parsed = parse_zero(readable_file.open(), path)
-        for row in parsed:
-            self.rows.inc()
-            if row["status"] == schema.INVALID_URL:
-                self.invalid.inc()
-            yield row
+def _patterns(pattern):
+    return [pattern] if isinstance(pattern, str) else list(pattern)
 
 
 class ReadImageNetCaptions(beam.PTransform):
-    """Rows of imagenet_captions.json files (path, glob or list).
+    """Rows of imagenet_captions.json files (path, glob or list), through ReadManifests.
 
     imagenet_root: ILSVRC train root; synsets_path: LOC_synset_mapping.txt or None.
     """
@@ -270,24 +250,19 @@ class ReadImageNetCaptions(beam.PTransform):
         self._synsets_path = synsets_path
 
     def expand(self, pbegin):
-        side = ()
-        if self._synsets_path:
-            synsets = pbegin | "ReadSynsets" >> ReadSynsets(self._synsets_path)
-            side = (beam.pvalue.AsDict(synsets),)
-        return (pbegin
-                | "Open" >> readers.OpenFiles(self._pattern)
-                | "Parse" >> beam.ParDo(
-                    _ParseFileFn(IMAGENET_CAPTIONS, imagenet_root=self._root), *side))
+        from transforms.manifests import ManifestParsers, ReadManifests  # manifests imports this module
+        synsets = load_synsets(self._synsets_path) if self._synsets_path else None
+        return pbegin | "Read" >> ReadManifests([(IMAGENET_CAPTIONS, p) for p in _patterns(self._pattern)],
+                                                ManifestParsers(self._root, synsets))
 
 
 class ReadZero(beam.PTransform):
-    """Rows of CCMB Zero files (path, glob or list), JSONL or JSON arrays."""
+    """Rows of CCMB Zero files (path, glob or list), JSONL or JSON arrays, through ReadManifests."""
 
     def __init__(self, pattern):
         super().__init__()
         self._pattern = pattern
 
     def expand(self, pbegin):
-        return (pbegin
-                | "Open" >> readers.OpenFiles(self._pattern)
-                | "Parse" >> beam.ParDo(_ParseFileFn(ZERO)))
+        from transforms.manifests import ReadManifests  # manifests imports this module
+        return pbegin | "Read" >> ReadManifests([(ZERO, p) for p in _patterns(self._pattern)])
