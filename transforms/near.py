@@ -287,6 +287,7 @@ class _RouteToShards(beam.DoFn):
         self._plan = plan
 
     def process(self, batch):
+        beam.metrics.Metrics.counter("dedup", "near_nodes").inc(len(batch))
         phash = np.fromiter((_int(p) for p, _ in batch), dtype=np.uint64, count=len(batch))
         # A missing dHash travels as 0 (NO_DHASH), see NearDuplicatePairs.
         dhash = np.fromiter((_int(d) or 0 for _, d in batch), dtype=np.uint64, count=len(batch))

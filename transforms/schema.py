@@ -93,6 +93,8 @@ IMAGE_FIELDS = [
     ("query", pa.string()),
     ("long_captions", LONG_CAPTIONS_TYPE),
     ("negative_labels", pa.list_(LABEL_TYPE)),  # human-verified negatives (confidence 0)
+    # dedup (transforms/dedup.py)
+    ("is_placeholder", pa.bool_()),     # the picture is a placeholder served for many dead URLs
 ]
 
 IMAGE_SCHEMA = pa.schema(IMAGE_FIELDS)
