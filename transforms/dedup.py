@@ -263,15 +263,19 @@ class _Cluster(beam.DoFn):
         }
 
 
+def _lower(value):
+    return value.strip().lower() if isinstance(value, str) and value.strip() else None
+
+
 def _member(row):
     return {
         "key": str(row.get("key")),
         "dataset": row.get("dataset"),
         "url": row.get("url"),
         "status": row.get("status"),
-        "sha256": row.get("sha256"),
-        "phash": row.get("phash"),
-        "dhash": row.get("dhash"),
+        "sha256": _lower(row.get("sha256")),
+        "phash": _lower(row.get("phash")),
+        "dhash": _lower(row.get("dhash")),
         "width": row.get("width"),
         "height": row.get("height"),
         "distance": None,
@@ -362,12 +366,11 @@ def _finish_stats(stats, config):
 # --- the transform -----------------------------------------------------------------------------
 
 def _slim(row):
-    sha256 = row.get("sha256")
     return {
         "key": row.get("key"),
         "vertex": _vertex(row),
         "nurl": normalize_url(row.get("url")),
-        "sha256": sha256.strip().lower() if isinstance(sha256, str) and sha256.strip() else None,
+        "sha256": _lower(row.get("sha256")),
     }
 
 
