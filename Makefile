@@ -23,3 +23,4 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out deploy/build
+include bench/bench.mk

@@ -79,7 +79,14 @@ def check_invariants(rows_in, rows_out, clusters):
         members = by_cluster[c["cluster_id"]]
         assert len(members) == c["size"] >= 2
         assert [m["key"] for m in members if m["is_canonical"]] == [c["canonical_key"]]
-        assert sorted(m["key"] for m in members) == sorted(m["key"] for m in c["members"])
+        listed = [m["key"] for m in c["members"]]
+        assert len(listed) == c["members_listed"] and listed[0] == c["canonical_key"]
+        assert sum(c["datasets"].values()) == c["size"]
+        assert sum(c["matches"].values()) == c["size"] - 1
+        if c["members_listed"] == c["size"]:
+            assert sorted(m["key"] for m in members) == sorted(listed)
+        else:  # capped: a subset of the members, the canonical first
+            assert set(listed) <= {m["key"] for m in members}
     return by_cluster
 
 

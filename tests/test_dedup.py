@@ -176,12 +176,14 @@ def test_skewed_hash_and_placeholders(tmp_path):
                     phash=random_hash(rng), dhash=random_hash(rng)))
     # near the placeholder's pHash: placeholders stay out of the near search
     rows.append(row("zero:nearblank", "zero", phash=flip(blank[0], [3]), dhash=random_hash(rng)))
-    rows_out, clusters, stats, counters = run_dedup(rows, tmp_path)
+    rows_out, clusters, stats, counters = run_dedup(rows, tmp_path, max_listed_members=100)
     by_cluster = check_invariants(rows, rows_out, clusters)
     cid = cluster_of(rows_out)
     assert cid["openimages:real"] is None and cid["zero:nearblank"] is None
     placeholder = [c for c in clusters if c["is_placeholder"]]
     assert len(placeholder) == 1 and placeholder[0]["size"] == 3000
+    assert placeholder[0]["members_listed"] in (100, 101)  # the record is capped
+    assert placeholder[0]["matches"] == {"placeholder": 2999}
     assert all(r["is_placeholder"] for r in by_cluster[placeholder[0]["cluster_id"]])
     real = [c for c in clusters if not c["is_placeholder"]]
     assert len(real) == 1 and real[0]["size"] == 2000

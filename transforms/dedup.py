@@ -192,41 +192,70 @@ class _Cluster(beam.DoFn):
     """(component, rows) -> rows with cluster columns set, plus one cluster record."""
     CLUSTERS = "clusters"
 
-    def __init__(self, dataset_priority, max_distance, dhash_max_distance):
+    def __init__(self, dataset_priority, max_distance, dhash_max_distance, max_listed):
         self._priority = tuple(dataset_priority)
         self._max_distance = max_distance
         self._dhash_max = dhash_max_distance
+        self._max_listed = max_listed
 
     def process(self, element):
         component, rows = element
         placeholder = component.startswith(_PLACEHOLDER)
-        best = best_index = None
-        min_key = None
-        members = []
-        # Pass 1 keeps only slim member facts; pass 2 re-reads the (re-iterable) group.
+        best = best_index = canonical = min_key = None
+        listed = {}  # row index -> member facts, for at most max_listed rows (+ the canonical)
+        datasets = {}
+        # Pass 1 keeps slim facts of a bounded number of rows; pass 2 re-reads the
+        # (re-iterable) group, so a 1M-row placeholder never sits in memory twice.
         for i, row in enumerate(rows):
             sort_key = canonical_sort_key(row, self._priority)
+            member = None
             if best is None or sort_key < best:
-                best, best_index = sort_key, i
+                member = _member(row)
+                best, best_index, canonical = sort_key, i, member
+            if len(listed) < self._max_listed:
+                listed[i] = member or _member(row)
             key = str(row.get("key"))
             min_key = key if min_key is None or key < min_key else min_key
-            members.append(_member(row))
-        canonical = members[best_index]
+            datasets[row.get("dataset")] = datasets.get(row.get("dataset"), 0) + 1
+        listed.setdefault(best_index, canonical)
         if placeholder:
             cluster_id = _cluster_id("placeholder:" + component[2:])
         else:
             cluster_id = _cluster_id(min_key)
-        for i, member in enumerate(members):
+        matches = {}
+        max_distance = None
+        size = 0
+        for i, row in enumerate(rows):
+            size += 1
+            member = listed.get(i) or _member(row)
             member["distance"] = _hamming(member["phash"], canonical["phash"])
             member["dhash_distance"] = _hamming(member["dhash"], canonical["dhash"])
-            member["match"] = "canonical" if i == best_index else (
-                "placeholder" if placeholder else self._match(member, canonical))
-        for i, row in enumerate(rows):
+            if i == best_index:
+                member["match"] = "canonical"
+            else:
+                member["match"] = "placeholder" if placeholder else self._match(member, canonical)
+                matches[member["match"]] = matches.get(member["match"], 0) + 1
+            if member["distance"] is not None:
+                max_distance = max(max_distance or 0, member["distance"])
             yield dict(row, cluster_id=cluster_id, is_canonical=(i == best_index),
                        is_placeholder=placeholder)
         _counter("placeholder_clusters" if placeholder else "clusters").inc()
-        yield beam.pvalue.TaggedOutput(self.CLUSTERS, self._record(
-            cluster_id, canonical, members, placeholder))
+        members = sorted(listed.values(), key=lambda m: (m["match"] != "canonical", m["key"]))
+        for m in members:
+            del m["_nurl"], m["_vertex"]
+        yield beam.pvalue.TaggedOutput(self.CLUSTERS, {
+            "cluster_id": cluster_id,
+            "canonical_key": canonical["key"],
+            "is_placeholder": placeholder,
+            "size": size,
+            "kind": "placeholder" if placeholder else (
+                "near" if set(matches) & {"near", "transitive"} else "exact"),
+            "datasets": datasets,
+            "matches": matches,
+            "max_distance": max_distance,
+            "members_listed": len(members),
+            "members": members,
+        })
 
     def _match(self, member, canonical):
         if member["sha256"] and member["sha256"] == canonical["sha256"]:
@@ -241,26 +270,6 @@ class _Cluster(beam.DoFn):
             if dd is None or self._dhash_max is None or dd <= self._dhash_max:
                 return "near"
         return "transitive"
-
-    def _record(self, cluster_id, canonical, members, placeholder):
-        members.sort(key=lambda m: (m["match"] != "canonical", m["key"]))
-        datasets = {}
-        for m in members:
-            datasets[m["dataset"]] = datasets.get(m["dataset"], 0) + 1
-            del m["_nurl"], m["_vertex"]
-        distances = [m["distance"] for m in members if m["distance"] is not None]
-        kinds = {m["match"] for m in members} - {"canonical"}
-        return {
-            "cluster_id": cluster_id,
-            "canonical_key": canonical["key"],
-            "is_placeholder": placeholder,
-            "size": len(members),
-            "kind": "placeholder" if placeholder else (
-                "near" if kinds & {"near", "transitive"} else "exact"),
-            "datasets": datasets,
-            "max_distance": max(distances) if distances else None,
-            "members": members,
-        }
 
 
 def _lower(value):
@@ -304,9 +313,7 @@ def _cluster_stats(record):
         "matches": {},
         "within_dataset": {}, "across_datasets": {},
     }
-    for m in record["members"]:
-        if m["match"] != "canonical":
-            stats["matches"][m["match"]] = stats["matches"].get(m["match"], 0) + 1
+    stats["matches"] = dict(record["matches"])
     datasets = sorted(record["datasets"], key=_dataset_order)
     for d in datasets:
         n = record["datasets"][d]
@@ -389,13 +396,15 @@ class Dedup(beam.PTransform):
     placeholder_min_urls / placeholder_hashes: placeholder recognition.
     cc_rounds: large/small-star rounds before the exact union-find finish.
     bands / shard_bits: override the near-search geometry (transforms.near.BandPlan).
+    max_listed_members: members listed per cluster record (the canonical always is); `size`
+        and the counts stay exact, and rows carry cluster_id whatever the cap.
     """
 
     def __init__(self, max_distance=DEFAULT_MAX_DISTANCE,
                  dataset_priority=DEFAULT_DATASET_PRIORITY,
                  dhash_max_distance=DEFAULT_DHASH_MAX_DISTANCE,
                  placeholder_min_urls=DEFAULT_PLACEHOLDER_MIN_URLS, placeholder_hashes=(),
-                 cc_rounds=6, bands=None, shard_bits=3):
+                 cc_rounds=6, bands=None, shard_bits=3, max_listed_members=10000):
         super().__init__()
         self._max_distance = int(max_distance)
         self._priority = tuple(dataset_priority)
@@ -403,6 +412,7 @@ class Dedup(beam.PTransform):
         self._min_urls = int(placeholder_min_urls)
         self._known = tuple(placeholder_hashes)
         self._rounds = cc_rounds
+        self._max_listed = int(max_listed_members)
         self._near = NearDuplicatePairs(self._max_distance, dhash_max_distance, bands=bands,
                                         shard_bits=shard_bits)
 
@@ -453,7 +463,7 @@ class Dedup(beam.PTransform):
             assigned.clustered
             | "GroupClusters" >> beam.GroupByKey()
             | "Cluster" >> beam.ParDo(_Cluster(self._priority, self._max_distance,
-                                               self._dhash_max)).with_outputs(
+                                               self._dhash_max, self._max_listed)).with_outputs(
                 _Cluster.CLUSTERS, main="rows")
         )
         out_rows = (assigned[_Assign.SINGLE], clustered.rows) | "AllRows" >> beam.Flatten()
@@ -480,8 +490,9 @@ class WriteDuplicates(beam.PTransform):
 
     JSON Lines because members are a variable-length nested list and the files are meant to be
     read by people and `jq` as much as by programs. Fields: cluster_id, canonical_key,
-    is_placeholder, size, kind (exact | near | placeholder), datasets {name: rows}, max_distance,
-    members [{key, dataset, url, status, sha256, phash, dhash, width, height, distance,
+    is_placeholder, size, kind (exact | near | placeholder), datasets {name: rows}, matches
+    {match: rows}, max_distance, members_listed (<= Dedup's max_listed_members, 10000 by
+    default: a 500K-row placeholder is not one 100 MB line), members [{key, dataset, url, status, sha256, phash, dhash, width, height, distance,
     dhash_distance, match}] with the canonical first; distance = pHash (dhash_distance = dHash)
     Hamming distance to the canonical row; match = canonical | sha256 | url | phash | near |
     transitive (linked only through other members) | placeholder.
