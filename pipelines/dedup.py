@@ -29,9 +29,11 @@ from transforms.dedup import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTAN
 class DedupOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", action="append", required=True,
-                            help="an ingest output directory (OUT); repeatable")
-        parser.add_argument("--output", required=True, help="output directory (OUT3)")
+        # Not required=True: Beam parses every PipelineOptions subclass for every pipeline in
+        # the process, so a required flag here would break unrelated jobs; run() checks them.
+        parser.add_argument("--input", action="append", default=None,
+                            help="an ingest output directory (OUT); repeatable, required")
+        parser.add_argument("--output", default=None, help="output directory (OUT3), required")
         parser.add_argument("--max-distance", dest="max_distance", type=int,
                             default=DEFAULT_MAX_DISTANCE,
                             help="pHash Hamming distance at or under which two images are "
@@ -155,6 +157,8 @@ def pipeline_options(argv):
 def run(argv=None):
     options = pipeline_options(argv if argv is not None else sys.argv[1:])
     opts = options.view_as(DedupOptions)
+    if not opts.input or not opts.output:
+        raise SystemExit("pipelines.dedup: --input OUT (repeatable) and --output OUT3 are required")
     pipeline = beam.Pipeline(options=options)
     build(pipeline, opts)
     result = pipeline.run()

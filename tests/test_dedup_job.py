@@ -101,3 +101,12 @@ def test_job_command_line_default_local_runner(tmp_path):
                    check=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)),
                    capture_output=True)
     _check(out3)
+
+
+def test_job_requires_input_and_output_without_breaking_other_pipelines():
+    import pytest
+    from apache_beam.options.pipeline_options import PipelineOptions
+    with pytest.raises(SystemExit, match="--input"):
+        job.run(["--output", "somewhere", "--runner", "FnApiRunner"])
+    # DedupOptions is registered process-wide: another job's options must still parse
+    assert PipelineOptions(["--runner", "FnApiRunner"]).view_as(job.DedupOptions).input is None
