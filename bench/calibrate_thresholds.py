@@ -17,9 +17,10 @@ import skimage
 from PIL import Image, ImageEnhance, ImageOps
 
 PHOTOS = ["astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png",
-          "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg",
-          "ihc.png", "microaneurysms.png", "moon.png", "motorcycle_left.png", "page.png",
-          "retina.jpg", "rocket.jpg", "text.png", "cell.png", "horse.png", "logo.png"]
+          "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png",
+          "hubble_deep_field.jpg", "ihc.png", "microaneurysms.png", "moon.png",
+          "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png", "cell.png",
+          "horse.png", "logo.png"]
 
 
 def _jpeg(img, quality):

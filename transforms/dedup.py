@@ -492,8 +492,9 @@ class WriteDuplicates(beam.PTransform):
     read by people and `jq` as much as by programs. Fields: cluster_id, canonical_key,
     is_placeholder, size, kind (exact | near | placeholder), datasets {name: rows}, matches
     {match: rows}, max_distance, members_listed (<= Dedup's max_listed_members, 10000 by
-    default: a 500K-row placeholder is not one 100 MB line), members [{key, dataset, url, status, sha256, phash, dhash, width, height, distance,
-    dhash_distance, match}] with the canonical first; distance = pHash (dhash_distance = dHash)
+    default: a 500K-row placeholder is not one 100 MB line), members [{key, dataset, url,
+    status, sha256, phash, dhash, width, height, distance, dhash_distance, match}] with the
+    canonical first; distance = pHash (dhash_distance = dHash)
     Hamming distance to the canonical row; match = canonical | sha256 | url | phash | near |
     transitive (linked only through other members) | placeholder.
     Works on any Beam filesystem (local, gs://).

@@ -9,8 +9,8 @@ exact up to the threshold, not probabilistic. The arithmetic:
   differs in <= r bits. Searching every band for band values within radius r therefore finds
   every pair at distance <= k. Each candidate is then checked on the full 64 bits (and on dHash).
 * Per band of b bits a hash probes V(b, r) = sum_{i<=r} C(b, i) band values, each an exact lookup
-  in a table sorted by band value, and meets about U / 2^b owners per lookup (U distinct hashes,
-  for evenly spread bits). `plan_bands` picks m to minimise
+  (two reads of a dense offsets table of the shard) that meets about U / 2^b owners (U distinct
+  hashes, for evenly spread bits). `plan_bands` picks m to minimise
       m * V(64/m, r) * (1 + U / 2^(64/m) * pair_cost)
   For the default k=8 this gives m=3, r=2: bands of 22/21/21 bits, 232 probes per band, about
   700 lookups per hash, and ~0.5 candidates per lookup at U=1M, i.e. O(U) work instead of O(U^2).
@@ -24,7 +24,8 @@ of its own prefix (V(s, r) shards), with the flips left over (r minus the prefix
 the low bits inside the shard. The shuffle carries numpy arrays of (hash, dhash) per batch, so
 the element count is batches x shards, not hashes x probes. Inside a shard, lookups and checks
 are vectorised with numpy and processed in bounded chunks, so a crowded bucket costs memory in
-proportion to the chunk, not to the square of its size.
+proportion to the chunk, not to the square of its size (its TIME still grows with the number
+of distinct hashes sharing a band value times their probes: exact recall has to check them).
 
 Each unordered pair is emitted once: only from the query side with (query < owner), and only in
 the lowest-numbered band in which the pair is within r (later bands skip it).
@@ -129,7 +130,8 @@ class BandPlan:
         hashes = np.asarray(hashes, dtype=np.uint64)
         out = np.zeros_like(hashes)
         for byte in range(8):
-            out |= self._lut[byte][((hashes >> np.uint64(8 * byte)) & np.uint64(255)).astype(np.intp)]
+            index = ((hashes >> np.uint64(8 * byte)) & np.uint64(255)).astype(np.intp)
+            out |= self._lut[byte][index]
         return out
 
     def band(self, permuted, j):
