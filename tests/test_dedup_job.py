@@ -110,3 +110,70 @@ def test_job_requires_input_and_output_without_breaking_other_pipelines():
         job.run(["--output", "somewhere", "--runner", "FnApiRunner"])
     # DedupOptions is registered process-wide: another job's options must still parse
     assert PipelineOptions(["--runner", "FnApiRunner"]).view_as(job.DedupOptions).input is None
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_CONNECTS = []  # (active flag, addresses) for the audit hook below; hooks cannot be removed
+
+
+def _audit(event, args):
+    if event == "socket.connect" and _CONNECTS and _CONNECTS[0] is True:
+        _CONNECTS.append(args[1])
+
+
+sys.addaudithook(_audit)
+
+
+def test_job_on_gcs_emulator(tmp_path, monkeypatch):
+    """gs:// in and out, against gcp-storage-emulator on loopback with anonymous credentials;
+    every socket the test opens goes to loopback."""
+    import google.auth
+    from apache_beam.internal.gcp import auth as beam_auth
+    from gcp_storage_emulator.server import create_server
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NO_GCE_CHECK", "true")
+        monkeypatch.setattr(google.auth, "default",
+                            lambda *a, **k: (AnonymousCredentials(), "test-project"))
+        monkeypatch.setattr(beam_auth._Credentials, "_credentials_init", False)
+        client = storage.Client(project="test-project", credentials=AnonymousCredentials())
+        bucket = client.create_bucket("dedup-test")
+        local = _inputs(tmp_path)
+        for i, root in enumerate(local):
+            for path in glob.glob(os.path.join(root, "images", "*.parquet")):
+                name = f"out{i + 1}/images/{os.path.basename(path)}"
+                bucket.blob(name).upload_from_filename(path)
+        _CONNECTS[:] = [True]
+        try:
+            job.run(["--input", "gs://dedup-test/out1", "--input", "gs://dedup-test/out2",
+                     "--output", "gs://dedup-test/out3", "--runner", "FnApiRunner",
+                     "--project", "test-project"])
+        finally:
+            addresses, _CONNECTS[:] = _CONNECTS[1:], []
+        hosts = {a[0] if isinstance(a, tuple) else str(a) for a in addresses}
+        assert hosts and all(h.startswith("127.") or h in ("localhost", "::1") or h.startswith("/")
+                             for h in hosts), hosts
+        out3 = tmp_path / "downloaded"
+        names = sorted(b.name for b in client.list_blobs("dedup-test", prefix="out3/"))
+        assert "out3/summary.json" in names
+        assert any(n.startswith("out3/images/") and n.endswith(".parquet") for n in names)
+        assert any(n.startswith("out3/duplicates/clusters-") for n in names)
+        for name in names:
+            target = out3 / name[len("out3/"):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            bucket.blob(name).download_to_filename(str(target))
+        _check(str(out3))
+    finally:
+        server.stop()
