@@ -2,6 +2,8 @@
 
 How rows are matched (each a graph edge; clusters are connected components):
   * exact URL: same `normalize_url(url)` (any status: failed rows still dedup by URL);
+    rows with a pHash take part in the picture matches below whatever their status (the
+    status only matters to the canonical choice);
   * exact bytes: same sha256;
   * same picture: same pHash and dHash. Rows with one (phash, dhash) are ONE vertex of the
     graph, so thousands of rows with one hash cost one vertex, never a quadratic bucket;
@@ -174,13 +176,21 @@ class _Assign(beam.DoFn):
         elif labels:
             component = labels[0]
         else:
-            rows = list(rows)
-            if len(rows) == 1:
+            # No edge: a cluster only if the picture has several rows. Peek at two rows
+            # instead of listing a group that may hold a million.
+            rows = iter(rows)
+            first = next(rows, None)
+            if first is None:  # no rows and no label: cannot happen, but never crash
+                return
+            second = next(rows, None)
+            if second is None:
                 _counter("unique_rows").inc()
                 yield beam.pvalue.TaggedOutput(self.SINGLE, dict(
-                    rows[0], cluster_id=None, is_canonical=True, is_placeholder=False))
+                    first, cluster_id=None, is_canonical=True, is_placeholder=False))
                 return
             component = vertex  # one picture, several rows, no other match
+            yield component, first
+            yield component, second
         for row in rows:
             yield component, row
 
