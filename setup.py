@@ -17,6 +17,7 @@ setuptools.setup(
         "pyarrow>=14",
         "google-cloud-storage>=2.10",
         "aiohttp>=3.9",
+        "numpy>=2.0",  # dedup's near search: np.bitwise_count (Beam itself allows numpy<2.5)
     ],
     extras_require={
         "test": [
