@@ -29,3 +29,4 @@ clean:
 	rm -rf $(VENV) demo-out deploy/build
 
 include deploy/deploy.mk
+include bench/bench.mk

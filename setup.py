@@ -19,6 +19,7 @@ setuptools.setup(
         "aiohttp>=3.9",
         "ijson>=3.2",  # streams the 463K-object imagenet_captions.json array
         "matplotlib>=3.7",  # OUT/report.html plots (Agg, SVG)
+        "numpy>=2.0",  # dedup's near search: np.bitwise_count (Beam itself allows numpy<2.5)
     ],
     extras_require={
         "test": [

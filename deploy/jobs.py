@@ -92,6 +92,9 @@ PARAMS = {
                    help="The night checked, YYYY-MM-DD (default: today, UTC); re-running a night replaces it"),
     "placeholder": Param("Placeholder hashes", listed(r"[0-9a-f]{16}|[0-9a-f]{64}"),
                          help="Extra placeholder pictures: pHash (16 hex) or sha256 (64 hex), comma-separated"),
+    "placeholder_hashes": Param("Placeholder pictures", listed(r"[0-9a-f]{16}|[0-9a-f]{64}"),
+                                help="pHash (16 hex) or sha256 (64 hex) of pictures served in place of removed photos, "
+                                     "comma-separated: their rows are flagged placeholders, not duplicates"),
     "output": Param("Output folder", GCS, "GCS_WRITE_FOLDER", required=True,
                     help="Output folder (gs://): gets images/*.parquet, blobs/ and summary.json",
                     sample="gs://{bucket}/out"),

@@ -3,10 +3,13 @@ status table."""
 import argparse
 import logging
 import os
+import sys
 
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from transforms.dedup import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
+                              DEFAULT_PLACEHOLDER_MIN_URLS, Dedup)
 from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, user_agent
 from transforms.hashing import DEFAULT_MAX_PIXELS
 
@@ -24,6 +27,36 @@ def add_argument_once(parser, *flags, **kwargs):
         return parser.add_argument(*flags, **kwargs)
     except argparse.ArgumentError:
         return None
+
+
+def add_dedup_arguments(parser):
+    """Dedup options of ingest and dedup, defined once (see add_argument_once)."""
+    add = lambda *flags, **kwargs: add_argument_once(parser, *flags, **kwargs)  # noqa: E731
+    add("--max-distance", type=int, default=None,
+        help=f"pHash Hamming distance at or under which two images are near-duplicates"
+             f" (default {DEFAULT_MAX_DISTANCE})")
+    add("--dhash-max-distance", type=int, default=DEFAULT_DHASH_MAX_DISTANCE,
+        help="dHash distance confirming a near match; -1 turns the confirmation off")
+    add("--dataset-priority", default=",".join(DEFAULT_DATASET_PRIORITY),
+        help="comma-separated tie-break of the canonical row after resolution")
+    add("--placeholder-min-urls", type=int, default=DEFAULT_PLACEHOLDER_MIN_URLS,
+        help="one picture at this many distinct URLs is a placeholder, not a duplicate")
+    add("--placeholder-hash", dest="placeholder_hashes", action="append", default=[],
+        help="sha256 or pHash of a known placeholder picture; repeatable")
+    add("--cc-rounds", type=int, default=6, help="large/small-star rounds before the exact union-find finish")
+    add("--shard-bits", type=int, default=3, help="near search: 2^s shards per band")
+
+
+def dedup_transform(opts):
+    """The Dedup transform the dedup options describe."""
+    dhash_max = opts.dhash_max_distance if opts.dhash_max_distance is None or opts.dhash_max_distance >= 0 \
+        else None
+    return Dedup(
+        max_distance=DEFAULT_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
+        dataset_priority=tuple(d.strip() for d in opts.dataset_priority.split(",") if d.strip()),
+        dhash_max_distance=dhash_max, placeholder_min_urls=opts.placeholder_min_urls,
+        placeholder_hashes=tuple(opts.placeholder_hashes or ()), cc_rounds=opts.cc_rounds,
+        shard_bits=opts.shard_bits)
 
 
 def add_network_arguments(parser):
@@ -61,7 +94,7 @@ def fetch_config(opts):
     )
 
 
-def apply_local_defaults(options):
+def apply_local_defaults(options, argv=()):
     """With no --runner, run locally on every core through the FnApi runner.
 
     Plain DirectRunner first tries to download the Prism runner, which hangs offline; naming the
@@ -69,10 +102,16 @@ def apply_local_defaults(options):
     """
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
-        standard.runner = "DirectRunner"
+        # The DirectRunner's engine, named directly: DirectRunner itself first tries to download
+        # the Prism runner whenever the graph looks Prism-compatible, which hangs offline.
+        standard.runner = "FnApiRunner"
+        argv = sys.argv[1:] if argv is None else argv  # PipelineOptions(None) reads sys.argv too
+        given = lambda flag: any(arg == flag or arg.startswith(flag + "=") for arg in argv)  # noqa: E731
         direct = options.view_as(DirectOptions)
-        direct.direct_running_mode = "multi_processing"
-        direct.direct_num_workers = direct.direct_num_workers or os.cpu_count() or 2
+        if not given("--direct_running_mode"):  # Beam's default is one process: one core
+            direct.direct_running_mode = "multi_processing"
+        if not given("--direct_num_workers"):  # Beam's default is 1
+            direct.direct_num_workers = os.cpu_count() or 2
     return options
 
 

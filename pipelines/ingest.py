@@ -16,7 +16,7 @@ from pipelines import common, metrics, progress, sample
 from pipelines.report import try_write_report
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
-from transforms.dedup import DEFAULT_PRIORITY, Dedup
+from transforms.dedup import WriteDuplicates
 from transforms.fetch import FetchImages
 from transforms.hashing import HashImages
 from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
@@ -53,10 +53,7 @@ class IngestOptions(PipelineOptions):
         parser.add_argument("--retry-status", default=None, metavar="S1,S2",
                             help="with --resume: the statuses fetched again (default: every status but ok)")
         # dedup
-        common.add_argument_once(parser, "--max-distance", type=int, default=None,
-                                 help="pHash Hamming distance at or under which two images are near-duplicates")
-        parser.add_argument("--dataset-priority", default=",".join(DEFAULT_PRIORITY),
-                            help="which dataset's row is canonical when resolution ties")
+        common.add_dedup_arguments(parser)
         # progress and report (README.md, Progress)
         parser.add_argument("--no-progress", dest="progress", action="store_false",
                             help="no live progress line on stderr (local runs)")
@@ -106,10 +103,11 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None):
     deduped = (
         fetched
         | "DedupFields" >> beam.Map(dedup_projection)
-        | "Dedup" >> Dedup(opts.max_distance, tuple(opts.dataset_priority.split(",")))
+        | "Dedup" >> common.dedup_transform(opts)
     )
     final = deduped["rows"]
     clusters = final | "ClusterColumns" >> beam.FlatMap(cluster_columns)
+    _ = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
     written = fetched | "WriteImages" >> WriteImageTable(out, run_id, clusters)
     _ = written | "RetirePrevious" >> RetireFiles(previous_files + list_orphan_shards(out))
     blob_count = final | "CountBlobs" >> CountBlobs()
@@ -200,7 +198,7 @@ def demo_inputs(opts):
 def run(argv=None):
     options = PipelineOptions(argv)
     opts = options.view_as(IngestOptions)
-    common.apply_local_defaults(options)
+    common.apply_local_defaults(options, argv)
     if not opts.output:
         raise SystemExit("ingest: --output is required")
     if not opts.manifest and not opts.demo and not opts.resume:

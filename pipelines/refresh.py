@@ -45,7 +45,7 @@ class RefreshOptions(PipelineOptions):
         parser.add_argument("--placeholder", action="append", default=[], metavar="HASH",
                             help="sha256 (64 hex) or pHash (16 hex) of a placeholder picture served in place of"
                                  " removed photos (repeatable); added to the built-in list")
-        parser.add_argument("--placeholder-min-urls", type=int, default=refresh.DEFAULT_PLACEHOLDER_MIN_URLS,
+        common.add_argument_once(parser, "--placeholder-min-urls", type=int, default=refresh.DEFAULT_PLACEHOLDER_MIN_URLS,
                             metavar="K", help="a picture that replaced the different pictures of at least K URLs"
                                               " tonight is a placeholder; 0: off")
         parser.add_argument("--no-head", action="store_true",
@@ -158,7 +158,7 @@ def _options_snapshot(opts, params):
 def run(argv=None):
     options = PipelineOptions(argv)
     opts = options.view_as(RefreshOptions)
-    common.apply_local_defaults(options)
+    common.apply_local_defaults(options, argv)
     snapshots, params = resolve(opts)
     started_at = time.time()
     prepare_outputs(opts.output, opts.history, params.night)

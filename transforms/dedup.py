@@ -1,102 +1,524 @@
-"""Exact-duplicate clustering (stand-in until the scalable near-duplicate Dedup lands).
+"""Exact and near-duplicate clustering of image rows, across datasets (issue 3).
 
-Rows sharing a normalized URL or a sha256 share a cluster_id. Union-find in one combine: fine
-for test and demo sizes only.
+How rows are matched (each a graph edge; clusters are connected components):
+  * exact URL: same `normalize_url(url)` (any status: failed rows still dedup by URL);
+    rows with a pHash take part in the picture matches below whatever their status (the
+    status only matters to the canonical choice);
+  * exact bytes: same sha256;
+  * same picture: same pHash and dHash. Rows with one (phash, dhash) are ONE vertex of the
+    graph, so thousands of rows with one hash cost one vertex, never a quadratic bucket;
+  * near: pHash Hamming distance <= max_distance AND, where both rows have a dHash,
+    dHash distance <= dhash_max_distance (the confirmation cuts chance pHash collisions).
+    Candidates come from `transforms.near` (multi-index banding with bit-flip probing, recall
+    guaranteed up to the threshold, arithmetic in that module).
+
+Default thresholds (64-bit imagehash pHash/dHash): max_distance=8 catches re-encodes, resizes
+and small crops (typically 0-6 bits) while a chance pair of unrelated 64-bit hashes lands within
+8 bits with probability ~3e-10; requiring dHash <= 16 as well (chance ~3e-5, independent) brings
+the expected chance matches among 25M distinct hashes below one.
+
+Placeholders: one picture served for many dead URLs (Flickr's "photo unavailable"), or a blank
+image. A (phash, dhash) group spanning >= placeholder_min_urls distinct normalised URLs, or whose
+sha256/phash is in `placeholder_hashes`, is a placeholder. Its rows form ONE cluster flagged
+is_placeholder (cluster record and row column), take part in no other match (so a dead URL that
+also appears in another dataset is not merged into a real photo's cluster), are kept out of the
+near search, and are reported separately in stats, not as duplicates. Like every cluster it has
+exactly one is_canonical row (same policy); consumers drop rows with is_placeholder.
+
+Canonical row of a cluster (deterministic): status "ok" first, then the largest width*height,
+then the earliest dataset in `dataset_priority` (unknown datasets last), then the smallest key.
+cluster_id: first 16 hex digits of sha1(smallest member key) for real clusters, of
+sha1("placeholder:" + pHash + dHash) for placeholders; the same input always gives the same ids.
+Keys must be unique in the input (the standalone job enforces it).
 """
 import hashlib
-import urllib.parse
+import itertools
+import json
+import re
+import typing
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
-DEFAULT_PRIORITY = ("openimages", "cc12m", "cc3m", "imagenet_captions", "zero")
+from transforms import schema
+from transforms.components import ConnectedComponents
+from transforms.near import NearDuplicatePairs
+from transforms.urls import normalize_url
+
+__all__ = [
+    "Dedup", "WriteDuplicates", "normalize_url", "canonical_sort_key", "DEFAULT_MAX_DISTANCE",
+    "DEFAULT_DHASH_MAX_DISTANCE", "DEFAULT_DATASET_PRIORITY", "DEFAULT_PLACEHOLDER_MIN_URLS",
+]
+
+DEFAULT_MAX_DISTANCE = 8
+DEFAULT_DHASH_MAX_DISTANCE = 16
+DEFAULT_DATASET_PRIORITY = ("openimages", "cc12m", "cc3m", "imagenet_captions", "zero")
+DEFAULT_PLACEHOLDER_MIN_URLS = 50
+
+MATCH_KINDS = ("sha256", "url", "phash", "near", "transitive")
+
+_NS = "dedup"
+_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+_PLACEHOLDER = "x"  # component-key prefix of placeholder groups (vertices start with p or k)
 
 
-def normalize_url(url):
-    if not url:
+def _counter(name):
+    return beam.metrics.Metrics.counter(_NS, name)
+
+
+def _hex16(value):
+    if not isinstance(value, str):
         return None
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-    except ValueError:
-        return url.strip()
-    host = (parts.hostname or "").lower()
-    port = parts.port if parts.port not in (None, 80, 443) else None
-    netloc = f"{host}:{port}" if port else host
-    return urllib.parse.urlunsplit(("", netloc, parts.path or "/", parts.query, ""))
+    value = value.strip().lower()
+    return value if _HEX16.match(value) else None
+
+
+def _vertex(row):
+    """Graph vertex of a row: its (phash, dhash) picture, or the row itself without a pHash.
+
+    A dHash of all zeros (a flat image: no gradient) is treated as missing, as in the search.
+    """
+    phash = _hex16(row.get("phash"))
+    if phash is None:
+        return "k" + str(row.get("key"))
+    dhash = _hex16(row.get("dhash"))
+    if dhash is None or dhash == "0" * 16:
+        dhash = ""
+    return "p" + phash + dhash
+
+
+def _vertex_of_ints(phash, dhash):
+    return "p%016x" % phash + ("%016x" % dhash if dhash else "")
+
+
+def _cluster_id(text):
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def canonical_sort_key(row, dataset_priority=DEFAULT_DATASET_PRIORITY):
+    """Smallest sorts first = canonical: ok status, largest area, dataset priority, key."""
+    priority = list(dataset_priority)
+    dataset = row.get("dataset")
+    rank = priority.index(dataset) if dataset in priority else len(priority)
+    area = (row.get("width") or 0) * (row.get("height") or 0)
+    return (row.get("status") != schema.OK, -area, rank, str(row.get("key")))
+
+
+def _hamming(a, b):
+    a, b = _hex16(a), _hex16(b)
+    if a is None or b is None:
+        return None
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+# --- step 1: picture groups, placeholders, search nodes ---------------------------------------
+
+@beam.typehints.with_output_types(typing.Tuple[str, typing.Optional[str]])
+class _PictureGroups(beam.DoFn):
+    """(vertex, [(normalised url, sha256)]) -> search node or placeholder marker."""
+    PLACEHOLDER = "placeholder"
+
+    def __init__(self, min_urls, known_hashes):
+        self._min_urls = min_urls
+        self._known = frozenset(h.strip().lower() for h in known_hashes)
+
+    def process(self, element):
+        vertex, members = element
+        phash, dhash = vertex[1:17], vertex[17:] or None
+        known = phash in self._known or (dhash is not None and dhash in self._known)
+        urls = set()
+        for nurl, sha256 in members:
+            if nurl is not None and len(urls) < self._min_urls:
+                urls.add(nurl)
+            if sha256 and sha256.lower() in self._known:
+                known = True
+        if known or len(urls) >= self._min_urls:
+            _counter("placeholder_groups").inc()
+            yield beam.pvalue.TaggedOutput(
+                self.PLACEHOLDER, (vertex, _cluster_id("placeholder:" + vertex[1:])))
+            return
+        yield phash, dhash
+
+
+# --- step 2: exact URL / sha256 groups ---------------------------------------------------------
+
+def _exact_keys(slim):
+    if slim["nurl"] is not None:
+        yield ("u", slim["nurl"]), slim["vertex"]
+    if slim["sha256"]:
+        yield ("s", slim["sha256"]), slim["vertex"]
+
+
+def _star_edges(element, placeholders):
+    """All distinct vertices of one URL or sha256 linked to the smallest: a star, not a clique."""
+    _group, vertices = element
+    distinct = {v for v in vertices if v not in placeholders}
+    if len(distinct) > 1:
+        hub = min(distinct)
+        for v in distinct:
+            if v != hub:
+                yield v, hub
+
+
+# --- step 5: rows meet their component -------------------------------------------------------
+
+@beam.typehints.with_output_types(typing.Tuple[str, typing.Any])
+class _Assign(beam.DoFn):
+    """(vertex, {rows, label}) -> (component, row) for clustered rows, final rows otherwise."""
+    SINGLE = "single"
+
+    def process(self, element, placeholders):
+        vertex, grouped = element
+        rows = grouped["rows"]
+        labels = list(grouped["label"])
+        if vertex in placeholders:
+            component = _PLACEHOLDER + vertex
+        elif labels:
+            component = labels[0]
+        else:
+            # No edge: a cluster only if the picture has several rows. Peek at two rows
+            # instead of listing a group that may hold a million.
+            rows = iter(rows)
+            first = next(rows, None)
+            if first is None:  # no rows and no label: cannot happen, but never crash
+                return
+            second = next(rows, None)
+            if second is None:
+                _counter("unique_rows").inc()
+                yield beam.pvalue.TaggedOutput(self.SINGLE, dict(
+                    first, cluster_id=None, is_canonical=True, is_placeholder=False))
+                return
+            component = vertex  # one picture, several rows, no other match
+            yield component, first
+            yield component, second
+        for row in rows:
+            yield component, row
+
+
+# --- step 6: one cluster -----------------------------------------------------------------------
+
+@beam.typehints.with_output_types(typing.Dict[str, typing.Any])
+class _Cluster(beam.DoFn):
+    """(component, rows) -> rows with cluster columns set, plus one cluster record."""
+    CLUSTERS = "clusters"
+
+    def __init__(self, dataset_priority, max_distance, dhash_max_distance, max_listed):
+        self._priority = tuple(dataset_priority)
+        self._max_distance = max_distance
+        self._dhash_max = dhash_max_distance
+        self._max_listed = max_listed
+
+    def process(self, element):
+        component, rows = element
+        placeholder = component.startswith(_PLACEHOLDER)
+        best = best_index = canonical = min_key = None
+        listed = {}  # row index -> member facts, for at most max_listed rows (+ the canonical)
+        datasets = {}
+        # Pass 1 keeps slim facts of a bounded number of rows; pass 2 re-reads the
+        # (re-iterable) group, so a 1M-row placeholder never sits in memory twice.
+        for i, row in enumerate(rows):
+            sort_key = canonical_sort_key(row, self._priority)
+            member = None
+            if best is None or sort_key < best:
+                member = _member(row)
+                best, best_index, canonical = sort_key, i, member
+            if len(listed) < self._max_listed:
+                listed[i] = member or _member(row)
+            key = str(row.get("key"))
+            min_key = key if min_key is None or key < min_key else min_key
+            datasets[row.get("dataset")] = datasets.get(row.get("dataset"), 0) + 1
+        listed.setdefault(best_index, canonical)
+        if placeholder:
+            cluster_id = _cluster_id("placeholder:" + component[2:])
+        else:
+            cluster_id = _cluster_id(min_key)
+        matches = {}
+        max_distance = None
+        size = 0
+        for i, row in enumerate(rows):
+            size += 1
+            member = listed.get(i) or _member(row)
+            member["distance"] = _hamming(member["phash"], canonical["phash"])
+            member["dhash_distance"] = _hamming(member["dhash"], canonical["dhash"])
+            if i == best_index:
+                member["match"] = "canonical"
+            else:
+                member["match"] = "placeholder" if placeholder else self._match(member, canonical)
+                matches[member["match"]] = matches.get(member["match"], 0) + 1
+            if member["distance"] is not None:
+                max_distance = max(max_distance or 0, member["distance"])
+            yield dict(row, cluster_id=cluster_id, is_canonical=(i == best_index),
+                       is_placeholder=placeholder)
+        _counter("placeholder_clusters" if placeholder else "clusters").inc()
+        members = sorted(listed.values(), key=lambda m: (m["match"] != "canonical", m["key"]))
+        for m in members:
+            del m["_nurl"], m["_vertex"]
+        yield beam.pvalue.TaggedOutput(self.CLUSTERS, {
+            "cluster_id": cluster_id,
+            "canonical_key": canonical["key"],
+            "is_placeholder": placeholder,
+            "size": size,
+            "kind": "placeholder" if placeholder else (
+                "near" if set(matches) & {"near", "transitive"} else "exact"),
+            "datasets": datasets,
+            "matches": matches,
+            "max_distance": max_distance,
+            "members_listed": len(members),
+            "members": members,
+        })
+
+    def _match(self, member, canonical):
+        if member["sha256"] and member["sha256"] == canonical["sha256"]:
+            return "sha256"
+        if member["_nurl"] is not None and member["_nurl"] == canonical["_nurl"]:
+            return "url"
+        if member["_vertex"] == canonical["_vertex"] and member["_vertex"].startswith("p"):
+            return "phash"
+        distance = member["distance"]
+        if distance is not None and distance <= self._max_distance:
+            dd = member["dhash_distance"]
+            if dd is None or self._dhash_max is None or dd <= self._dhash_max:
+                return "near"
+        return "transitive"
+
+
+def _lower(value):
+    return value.strip().lower() if isinstance(value, str) and value.strip() else None
+
+
+def _member(row):
+    return {
+        "key": str(row.get("key")),
+        "dataset": row.get("dataset"),
+        "url": row.get("url"),
+        "status": row.get("status"),
+        "sha256": _lower(row.get("sha256")),
+        "phash": _lower(row.get("phash")),
+        "dhash": _lower(row.get("dhash")),
+        "width": row.get("width"),
+        "height": row.get("height"),
+        "distance": None,
+        "dhash_distance": None,
+        "_nurl": normalize_url(row.get("url")),
+        "_vertex": _vertex(row),
+    }
+
+
+# --- stats -------------------------------------------------------------------------------------
+
+def _dataset_order(name):
+    order = list(schema.DATASETS)
+    return (order.index(name) if name in order else len(order), str(name))
+
+
+def _cluster_stats(record):
+    """One cluster's contribution to summary.json (summed by _SumStats)."""
+    size = record["size"]
+    if record["is_placeholder"]:
+        return {"placeholder_groups": 1, "placeholder_rows": size,
+                "placeholder_rows_by_dataset": dict(record["datasets"])}
+    stats = {
+        "clusters": 1, "duplicated_rows": size, "redundant_rows": size - 1,
+        f"{record['kind']}_clusters": 1,
+        "matches": {},
+        "within_dataset": {}, "across_datasets": {},
+    }
+    stats["matches"] = dict(record["matches"])
+    datasets = sorted(record["datasets"], key=_dataset_order)
+    for d in datasets:
+        n = record["datasets"][d]
+        if n > 1:
+            stats["within_dataset"][d] = {"clusters": 1, "rows": n}
+    for a, b in itertools.combinations(datasets, 2):
+        stats["across_datasets"][f"{a}|{b}"] = {
+            "clusters": 1, "rows": record["datasets"][a] + record["datasets"][b]}
+    return stats
+
+
+def _add(into, other):
+    for k, v in other.items():
+        if isinstance(v, dict):
+            _add(into.setdefault(k, {}), v)
+        else:
+            into[k] = into.get(k, 0) + v
+    return into
+
+
+class _SumStats(beam.CombineFn):
+    """Sums nested dicts of counts into one dict."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, element):
+        return _add(acc, element)
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for acc in accumulators:
+            _add(merged, acc)
+        return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _finish_stats(stats, config):
+    out = {"rows": 0, "clusters": 0, "duplicated_rows": 0, "redundant_rows": 0,
+           "exact_clusters": 0, "near_clusters": 0,
+           "matches": {k: 0 for k in MATCH_KINDS},
+           "within_dataset": {}, "across_datasets": {}, "near_pairs": 0,
+           "placeholder_groups": 0, "placeholder_rows": 0, "placeholder_rows_by_dataset": {}}
+    _add(out, stats)
+    out["within_dataset"] = dict(sorted(out["within_dataset"].items(),
+                                        key=lambda kv: _dataset_order(kv[0])))
+    out["across_datasets"] = dict(sorted(
+        out["across_datasets"].items(),
+        key=lambda kv: tuple(_dataset_order(d) for d in kv[0].split("|"))))
+    out["config"] = config
+    return out
+
+
+# --- the transform -----------------------------------------------------------------------------
+
+def _slim(row):
+    return {
+        "key": row.get("key"),
+        "vertex": _vertex(row),
+        "nurl": normalize_url(row.get("url")),
+        "sha256": _lower(row.get("sha256")),
+    }
+
+
+def _near_edge(pair):
+    pa, da, pb, db, _pdist, _ddist = pair
+    return _vertex_of_ints(pa, da), _vertex_of_ints(pb, db)
 
 
 class Dedup(beam.PTransform):
-    def __init__(self, max_distance=None, dataset_priority=DEFAULT_PRIORITY):
+    """Rows -> {"rows": rows with cluster_id/is_canonical/is_placeholder, "clusters": cluster
+    records (see WriteDuplicates), "stats": one dict for summary.json}.
+
+    max_distance: pHash Hamming distance at or under which two pictures are near-duplicates.
+    dhash_max_distance: dHash confirmation threshold (None: pHash alone).
+    dataset_priority: tie-break of the canonical policy (see module docstring).
+    placeholder_min_urls / placeholder_hashes: placeholder recognition.
+    cc_rounds: large/small-star rounds before the exact union-find finish.
+    bands / shard_bits: override the near-search geometry (transforms.near.BandPlan).
+    max_listed_members: members listed per cluster record (the canonical always is); `size`
+        and the counts stay exact, and rows carry cluster_id whatever the cap.
+    """
+
+    def __init__(self, max_distance=DEFAULT_MAX_DISTANCE,
+                 dataset_priority=DEFAULT_DATASET_PRIORITY,
+                 dhash_max_distance=DEFAULT_DHASH_MAX_DISTANCE,
+                 placeholder_min_urls=DEFAULT_PLACEHOLDER_MIN_URLS, placeholder_hashes=(),
+                 cc_rounds=6, bands=None, shard_bits=3, max_listed_members=10000):
         super().__init__()
+        self._max_distance = int(max_distance)
         self._priority = tuple(dataset_priority)
+        self._dhash_max = dhash_max_distance
+        self._min_urls = int(placeholder_min_urls)
+        self._known = tuple(placeholder_hashes)
+        self._rounds = cc_rounds
+        self._max_listed = int(max_listed_members)
+        self._near = NearDuplicatePairs(self._max_distance, dhash_max_distance, bands=bands,
+                                        shard_bits=shard_bits)
+
+    def config(self):
+        return {
+            "max_distance": self._max_distance,
+            "dhash_max_distance": self._dhash_max,
+            "dataset_priority": list(self._priority),
+            "placeholder_min_urls": self._min_urls,
+            "near_search": self._near.plan.describe(),
+            "cc_rounds": self._rounds,
+        }
 
     def expand(self, rows):
-        keyed = rows | "ByKey" >> beam.Map(lambda row: (row["key"], row))
-        links = (
-            rows
-            | "Links" >> beam.FlatMap(lambda r: [(("u", normalize_url(r["url"])), r["key"])] +
-                                      ([(("s", r["sha256"]), r["key"])] if r.get("sha256") else []))
-            | "GroupLinks" >> beam.GroupByKey()
-            | "Multi" >> beam.Filter(lambda kv: len(set(kv[1])) > 1)
-            | "Sets" >> beam.Map(lambda kv: sorted(set(kv[1])))
-            | "AllSets" >> beam.combiners.ToList()
-            | "UnionFind" >> beam.FlatMap(_components)
+        slim = rows | "Slim" >> beam.Map(_slim)
+
+        pictures = (
+            slim
+            | "OnlyPictures" >> beam.Filter(lambda s: s["vertex"].startswith("p"))
+            | "ByPicture" >> beam.Map(lambda s: (s["vertex"], (s["nurl"], s["sha256"])))
+            | "GroupPictures" >> beam.GroupByKey()
+            | "Pictures" >> beam.ParDo(_PictureGroups(self._min_urls, self._known)).with_outputs(
+                _PictureGroups.PLACEHOLDER, main="nodes")
         )
-        priority = self._priority
+        placeholders = beam.pvalue.AsDict(pictures[_PictureGroups.PLACEHOLDER])
+
+        exact_edges = (
+            slim
+            | "ExactKeys" >> beam.FlatMap(_exact_keys)
+            | "GroupExact" >> beam.GroupByKey()
+            | "StarEdges" >> beam.FlatMap(_star_edges, placeholders=placeholders)
+        )
+        near_pairs = pictures.nodes | "NearSearch" >> self._near
+        near_edges = near_pairs | "NearEdges" >> beam.Map(_near_edge)
+        labels = (
+            (exact_edges, near_edges)
+            | "AllEdges" >> beam.Flatten()
+            | "Components" >> ConnectedComponents(rounds=self._rounds)
+        )
+
+        assigned = (
+            {"rows": rows | "ByVertex" >> beam.Map(lambda r: (_vertex(r), r)), "label": labels}
+            | "RowsMeetLabels" >> beam.CoGroupByKey()
+            | "Assign" >> beam.ParDo(_Assign(), placeholders=placeholders).with_outputs(
+                _Assign.SINGLE, main="clustered")
+        )
         clustered = (
-            {"row": keyed, "cluster": links}
-            | "Join" >> beam.CoGroupByKey()
-            | "Assign" >> beam.FlatMap(lambda kv: [dict(r, cluster_id=(list(kv[1]["cluster"]) or [None])[0])
-                                                   for r in kv[1]["row"]])
+            assigned.clustered
+            | "GroupClusters" >> beam.GroupByKey()
+            | "Cluster" >> beam.ParDo(_Cluster(self._priority, self._max_distance,
+                                               self._dhash_max, self._max_listed)).with_outputs(
+                _Cluster.CLUSTERS, main="rows")
         )
-        singles = clustered | "Singles" >> beam.Filter(lambda r: r["cluster_id"] is None) \
-            | "MarkSingle" >> beam.Map(lambda r: dict(r, is_canonical=True))
-        grouped = (
-            clustered
-            | "Members" >> beam.Filter(lambda r: r["cluster_id"] is not None)
-            | "ByCluster" >> beam.Map(lambda r: (r["cluster_id"], r))
-            | "GroupCluster" >> beam.GroupByKey()
+        out_rows = (assigned[_Assign.SINGLE], clustered.rows) | "AllRows" >> beam.Flatten()
+        clusters = clustered[_Cluster.CLUSTERS]
+
+        partials = (
+            clusters | "ClusterStats" >> beam.Map(_cluster_stats),
+            rows | "CountRows" >> beam.combiners.Count.Globally()
+            | "RowsStat" >> beam.Map(lambda n: {"rows": n}),
+            near_pairs | "CountNear" >> beam.combiners.Count.Globally()
+            | "NearStat" >> beam.Map(lambda n: {"near_pairs": n}),
         )
-        members = grouped | "Canonical" >> beam.FlatMap(_mark_canonical, priority)
-        out_rows = (singles, members) | "AllRows" >> beam.Flatten()
-        clusters = grouped | "Describe" >> beam.Map(lambda kv: {"cluster_id": kv[0],
-                                                                "members": sorted(r["key"] for r in kv[1])})
-        stats = clusters | "Stats" >> beam.combiners.Count.Globally() \
-            | "StatsDict" >> beam.Map(lambda n: {"clusters": n})
+        stats = (
+            partials
+            | "AllStats" >> beam.Flatten()
+            | "SumStats" >> beam.CombineGlobally(_SumStats())
+            | "FinishStats" >> beam.Map(_finish_stats, self.config())
+        )
         return {"rows": out_rows, "clusters": clusters, "stats": stats}
 
 
-def _components(sets):
-    parent = {}
+class WriteDuplicates(beam.PTransform):
+    """Cluster records -> OUT/duplicates/clusters-SSSSS-of-NNNNN.jsonl (one JSON object a line).
 
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    JSON Lines because members are a variable-length nested list and the files are meant to be
+    read by people and `jq` as much as by programs. Fields: cluster_id, canonical_key,
+    is_placeholder, size, kind (exact | near | placeholder), datasets {name: rows}, matches
+    {match: rows}, max_distance, members_listed (<= Dedup's max_listed_members, 10000 by
+    default: a 500K-row placeholder is not one 100 MB line), members [{key, dataset, url,
+    status, sha256, phash, dhash, width, height, distance, dhash_distance, match}] with the
+    canonical first; distance = pHash (dhash_distance = dHash)
+    Hamming distance to the canonical row; match = canonical | sha256 | url | phash | near |
+    transitive (linked only through other members) | placeholder.
+    Works on any Beam filesystem (local, gs://).
+    """
 
-    for members in sets:
-        root = find(members[0])
-        for m in members[1:]:
-            other = find(m)
-            if other != root:
-                parent[max(root, other)] = min(root, other)
-                root = min(root, other)
-    groups = {}
-    for x in list(parent):
-        groups.setdefault(find(x), []).append(x)
-    for root, keys in groups.items():
-        cid = hashlib.sha1(root.encode()).hexdigest()[:16]
-        for k in keys:
-            yield k, cid
+    def __init__(self, out_dir, num_shards=0):
+        super().__init__()
+        self._prefix = FileSystems.join(out_dir, "duplicates", "clusters")
+        self._num_shards = num_shards
 
-
-def _mark_canonical(kv, priority):
-    rows = list(kv[1])
-
-    def rank(r):
-        ds = priority.index(r["dataset"]) if r["dataset"] in priority else len(priority)
-        return (r["status"] != "ok", -((r.get("width") or 0) * (r.get("height") or 0)), ds, r["key"])
-
-    best = min(rows, key=rank)
-    for r in rows:
-        yield dict(r, is_canonical=r is best)
+    def expand(self, clusters):
+        return (
+            clusters
+            | "ToJson" >> beam.Map(lambda c: json.dumps(c, ensure_ascii=False, sort_keys=False))
+            | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl",
+                                             num_shards=self._num_shards)
+        )

@@ -1,0 +1,133 @@
+"""Re-cluster one or more ingest outputs together (shared CONTRACT.md):
+
+    python -m pipelines.dedup --input OUT [--input OUT2 ...] --output OUT3 [--max-distance K]
+
+Reads OUT*/images/*.parquet, writes OUT3/images/*.parquet (every input row, with cluster_id,
+is_canonical and is_placeholder set anew), OUT3/duplicates/clusters-*.jsonl and OUT3/summary.json.
+Inputs ingested at different times may hold the same key: the row with the newest fetched_at
+is kept (rows without fetched_at count as oldest; a tie goes to the input listed last) and
+summary.json reports how many rows were replaced ("replaced_rows"). Paths may be local or gs://.
+Without --runner the job runs locally on every core (pipelines.common.apply_local_defaults).
+"""
+import datetime
+import json
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import common
+from transforms import schema
+from transforms.dedup import WriteDuplicates
+
+
+class DedupOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        # Not required=True: Beam parses every PipelineOptions subclass for every pipeline in
+        # the process, so a required flag here would break unrelated jobs; run() checks them.
+        parser.add_argument("--input", action="append", default=None,
+                            help="an ingest output directory (OUT); repeatable, required")
+        common.add_argument_once(parser, "--output", help="output directory (OUT3), required")
+        common.add_dedup_arguments(parser)
+
+
+def _newest_key(indexed_row):
+    index, row = indexed_row
+    fetched = row.get("fetched_at")
+    if isinstance(fetched, datetime.datetime) and fetched.tzinfo is None:
+        fetched = fetched.replace(tzinfo=datetime.timezone.utc)
+    return (fetched is not None, fetched or datetime.datetime.min.replace(
+        tzinfo=datetime.timezone.utc), index)
+
+
+class _Newest(beam.DoFn):
+    """(key, [(input index, row)]) -> the newest row; counts the others as replaced."""
+    REPLACED = "replaced"
+
+    def process(self, element):
+        _key, versions = element
+        versions = list(versions)
+        yield max(versions, key=_newest_key)[1]
+        for _ in versions[1:]:
+            beam.metrics.Metrics.counter("dedup", "replaced_rows").inc()
+            yield beam.pvalue.TaggedOutput(self.REPLACED, 1)
+
+
+class ReadImages(beam.PTransform):
+    """Every OUT/images/*.parquet of each input, one row per key (newest fetched_at wins)."""
+
+    def __init__(self, inputs):
+        super().__init__()
+        self._inputs = list(inputs)
+
+    def expand(self, pbegin):
+        tagged = []
+        for i, root in enumerate(self._inputs):
+            pattern = FileSystems.join(root, "images", "*.parquet")
+            tagged.append(
+                pbegin
+                | f"Read{i}" >> beam.io.ReadFromParquet(pattern)
+                | f"Tag{i}" >> beam.Map(lambda row, i=i: (row["key"], (i, row))))
+        return (
+            tagged
+            | "AllInputs" >> beam.Flatten()
+            | "GroupByKey" >> beam.GroupByKey()
+            | "Newest" >> beam.ParDo(_Newest()).with_outputs(_Newest.REPLACED, main="rows")
+        )
+
+
+class _WriteJson(beam.DoFn):
+    def __init__(self, path):
+        self._path = path
+
+    def process(self, document):
+        with FileSystems.create(self._path, mime_type="application/json") as f:
+            f.write(json.dumps(document, indent=2, sort_keys=False, default=str).encode("utf-8"))
+        yield self._path
+
+
+def _summary(stats, replaced, inputs, output):
+    return dict({"job": "dedup", "inputs": inputs, "output": output,
+                 "replaced_rows": replaced}, **stats)
+
+
+def build(pipeline, opts):
+    """The job's graph on `pipeline`; returns the Dedup outputs."""
+    read = pipeline | "ReadImages" >> ReadImages(opts.input)
+    result = read.rows | "Dedup" >> common.dedup_transform(opts)
+    (result["rows"]
+     | "ToRecord" >> beam.Map(schema.to_parquet_record)
+     | "WriteImages" >> beam.io.WriteToParquet(
+         FileSystems.join(opts.output, "images", "part"), schema.IMAGE_SCHEMA,
+         file_name_suffix=".parquet", record_batch_size=64))
+    result["clusters"] | "WriteDuplicates" >> WriteDuplicates(opts.output)
+    replaced = read[_Newest.REPLACED] | "CountReplaced" >> beam.combiners.Count.Globally()
+    (result["stats"]
+     | "Summary" >> beam.Map(_summary, replaced=beam.pvalue.AsSingleton(replaced),
+                             inputs=list(opts.input), output=opts.output)
+     | "WriteSummary" >> beam.ParDo(_WriteJson(FileSystems.join(opts.output, "summary.json"))))
+    return result
+
+
+def pipeline_options(argv):
+    return common.apply_local_defaults(PipelineOptions(argv), argv)
+
+
+def run(argv=None):
+    options = pipeline_options(argv if argv is not None else sys.argv[1:])
+    opts = options.view_as(DedupOptions)
+    if not opts.input or not opts.output:
+        raise SystemExit("pipelines.dedup: --input OUT (repeatable) and --output OUT3 are required")
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, opts)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
