@@ -12,6 +12,7 @@ from transforms.dedup import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTAN
                               DEFAULT_PLACEHOLDER_MIN_URLS, Dedup)
 from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, user_agent
 from transforms.hashing import DEFAULT_MAX_PIXELS
+from transforms.placeholders import known_placeholder_hashes
 
 
 def add_argument_once(parser, *flags, **kwargs):
@@ -42,7 +43,8 @@ def add_dedup_arguments(parser):
     add("--placeholder-min-urls", type=int, default=DEFAULT_PLACEHOLDER_MIN_URLS,
         help="one picture at this many distinct URLs is a placeholder, not a duplicate")
     add("--placeholder-hash", dest="placeholder_hashes", action="append", default=[],
-        help="sha256 or pHash of a known placeholder picture; repeatable")
+        help="sha256 or pHash of a placeholder picture, added to the built-in list "
+             "(transforms/placeholders.py); repeatable")
     add("--cc-rounds", type=int, default=6, help="large/small-star rounds before the exact union-find finish")
     add("--shard-bits", type=int, default=3, help="near search: 2^s shards per band")
 
@@ -55,7 +57,8 @@ def dedup_transform(opts):
         max_distance=DEFAULT_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
         dataset_priority=tuple(d.strip() for d in opts.dataset_priority.split(",") if d.strip()),
         dhash_max_distance=dhash_max, placeholder_min_urls=opts.placeholder_min_urls,
-        placeholder_hashes=tuple(opts.placeholder_hashes or ()), cc_rounds=opts.cc_rounds,
+        placeholder_hashes=known_placeholder_hashes() + tuple(opts.placeholder_hashes or ()),
+        cc_rounds=opts.cc_rounds,
         shard_bits=opts.shard_bits)
 
 

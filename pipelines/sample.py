@@ -211,8 +211,10 @@ def demo_routes(timeout):
     # The same photo again: identical bytes elsewhere, resized, re-encoded as PNG.
     routes["/mirror/p01.jpg"] = routes["/img/p01.jpg"]
     routes["/mirror/p02.jpg"] = routes["/img/p02.jpg"]
-    routes["/img/p03-small.jpg"] = Reply(200, jpeg(3, (160, 120), 75), {"Content-Type": "image/jpeg"})
-    routes["/img/p05-small.jpg"] = Reply(200, jpeg(5, (240, 180), 70), {"Content-Type": "image/jpeg"})
+    routes["/img/p03-small.jpg"] = Reply(200, encode(picture(3).resize((160, 120)), "JPEG", quality=75),
+                                         {"Content-Type": "image/jpeg"})
+    routes["/img/p05-small.jpg"] = Reply(200, encode(picture(5).resize((240, 180)), "JPEG", quality=70),
+                                         {"Content-Type": "image/jpeg"})
     routes["/img/p08.png"] = Reply(200, encode(picture(8), "PNG"), {"Content-Type": "image/png"})
     # Failures, one of each kind.
     # The other datasets' sample files name these (pipelines/sample/README-formats.md).

@@ -197,6 +197,10 @@ def test_demo_command_runs_on_the_default_local_runner(tmp_path):
     statuses = summary["status_totals"]
     assert set(statuses) == set(schema.STATUSES), rendered  # the sample shows every status
     assert set(summary["counts"]) == set(schema.DATASETS)  # and every dataset
+    dups = summary["duplicates"]
+    assert dups["near_clusters"] >= 2  # resized copies and a PNG of a JPEG
+    assert dups["across_datasets"]["cc3m|cc12m"]["rows"] >= 4
+    assert (dups["placeholder_groups"], dups["placeholder_rows"]) == (1, 3)  # the Flickr-like picture
     rows = read_rows(str(out))
     oi = rows["openimages:0006400c1c224e19"]
     assert {l["name"] for l in oi["labels"]} >= {"Tree", "Building"}

@@ -43,6 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import schema
 from transforms.components import ConnectedComponents
 from transforms.near import NearDuplicatePairs
+from transforms.placeholders import known_placeholder_hashes
 from transforms.urls import normalize_url
 
 __all__ = [
@@ -413,7 +414,8 @@ class Dedup(beam.PTransform):
     def __init__(self, max_distance=DEFAULT_MAX_DISTANCE,
                  dataset_priority=DEFAULT_DATASET_PRIORITY,
                  dhash_max_distance=DEFAULT_DHASH_MAX_DISTANCE,
-                 placeholder_min_urls=DEFAULT_PLACEHOLDER_MIN_URLS, placeholder_hashes=(),
+                 placeholder_min_urls=DEFAULT_PLACEHOLDER_MIN_URLS,
+                 placeholder_hashes=known_placeholder_hashes(),
                  cc_rounds=6, bands=None, shard_bits=3, max_listed_members=10000):
         super().__init__()
         self._max_distance = int(max_distance)

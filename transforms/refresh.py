@@ -30,6 +30,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from transforms import schema
+from transforms.placeholders import KNOWN_PLACEHOLDERS
 from transforms.fetch import Fetcher
 from transforms.hashing import DEFAULT_MAX_PIXELS, inspect_image
 from transforms.sinks import join_path, write_json
@@ -70,24 +71,6 @@ REQUIRED_SNAPSHOT_COLUMNS = ("key", "url", "status")
 HISTORY_COLUMNS = ["key", "night", "status", "consecutive_failures", "previous_nights", "dead_since"]
 COMPLETE_MARKER = "_COMPLETE"
 
-
-@dataclasses.dataclass(frozen=True)
-class Placeholder:
-    name: str
-    sha256: str = None
-    phash: str = None
-
-
-# Pictures that stand in for a photo that is gone (exact pHash match). A uniform picture (a 1x1
-# spacer GIF, a blank frame) has pHash 0 or 8000000000000000 whatever its size and colour: no photo
-# looks like that. Site-specific placeholders are recognised by where the URL redirects (below), by
-# the many-URLs rule (`placeholder_votes`), or by hashes given with --placeholder.
-KNOWN_PLACEHOLDERS = (
-    Placeholder("blank picture", phash="0000000000000000"),
-    Placeholder("blank picture", phash="8000000000000000"),
-    # pipelines/sample.py: placeholder_png(), the bundled sample's stand-in for Flickr's picture
-    Placeholder("'photo unavailable' picture of the bundled sample", phash="e93192c6ce93396c"),
-)
 
 # (host suffix, path pattern, what): where hosts send requests for images they no longer serve.
 KNOWN_PLACEHOLDER_URLS = (
