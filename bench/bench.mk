@@ -1,0 +1,51 @@
+# `make bench` and friends: img2dataset 1.47 against our ingest on one generated corpus served by
+# nginx on loopback (bench/README.md). Include it at the END of the Makefile (`include bench/bench.mk`):
+# it uses the Makefile's PYTHON, VENV, PY and STAMP; the defaults below only serve a standalone
+# `make -f bench/bench.mk`.
+PYTHON ?= python3
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+STAMP ?= $(VENV)/.installed
+
+# The peer lives apart: img2dataset's dependency pins conflict with Beam's.
+I2D_VENV ?= .venv-img2dataset
+I2D_STAMP := $(I2D_VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+# Extra options: BENCH_ARGS for run_bench.py (e.g. --count 10000 --repeat 3),
+# BENCH_OURS_ARGS for our ingest (e.g. --direct_num_workers=2), space-separated.
+BENCH_ARGS ?=
+BENCH_OURS_ARGS ?=
+
+.PHONY: bench bench-sweep bench-floor bench-venvs bench-nginx
+
+bench-venvs: $(I2D_STAMP) $(BENCH_STAMP)
+
+$(I2D_STAMP): bench/requirements-img2dataset.txt
+	$(PYTHON) -m venv $(I2D_VENV)
+	$(I2D_VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(I2D_VENV)/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements-img2dataset.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(I2D_VENV)/bin/python -c "import img2dataset"
+	touch $@
+
+# psutil (tree sampling) and py-spy (profiling) in the project venv: the `bench` extra of setup.py.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import psutil"
+	touch $@
+
+# nginx from Debian's packages; apt-get update only when the plain install fails.
+bench-nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+		apt-get install -y -q nginx || (apt-get update -q && apt-get install -y -q nginx)
+
+bench: bench-venvs bench-nginx
+	$(PY) bench/run_bench.py --peer-python $(I2D_VENV)/bin/python --our-python $(PY) \
+		$(BENCH_ARGS) $(addprefix --ours-arg=,$(BENCH_OURS_ARGS))
+
+# img2dataset's processes x threads x shard size on this machine (how PEER_BEST was chosen).
+bench-sweep: bench-venvs bench-nginx
+	$(PY) bench/run_bench.py --peer-python $(I2D_VENV)/bin/python --sweep --repeat 2 $(BENCH_ARGS)
+
+bench-floor: $(BENCH_STAMP)
+	$(PY) bench/make_corpus.py
+	$(PY) bench/cpu_floor.py --sample 0 --json bench/work/cpu_floor.json
