@@ -98,18 +98,23 @@ def _worker_chunk(args):
     return hi - lo
 
 
-def _two_core(name, blobs, processes=2):
-    """Measured wall-clock images/s of a composite floor on `processes` worker processes."""
+def _two_core(name, blobs, processes=2, tries=3):
+    """Measured wall-clock images/s of a composite floor on `processes` worker processes.
+
+    Best of `tries`: other load on the machine can only slow a try down, never speed it up.
+    """
     ctx = multiprocessing.get_context("fork")
     n = len(blobs)
     step = max(1, n // (processes * 8))
     chunks = [(name, lo, min(n, lo + step)) for lo in range(0, n, step)]
     with ctx.Pool(processes, initializer=_init_worker, initargs=(blobs,)) as pool:
         pool.map(_worker_chunk, [(name, 0, min(n, processes))] * processes)  # warm up imports
-        t0 = time.perf_counter()
-        done = sum(pool.map(_worker_chunk, chunks, chunksize=1))
-        wall = time.perf_counter() - t0
-    return done / wall
+        best = 0.0
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            done = sum(pool.map(_worker_chunk, chunks, chunksize=1))
+            best = max(best, done / (time.perf_counter() - t0))
+    return best
 
 
 def load_sample(corpus, sample):
@@ -207,7 +212,7 @@ def print_table(r, out=sys.stdout):
           f"{2 * row['images_per_s_1core']:>10.1f}")
     for kind in ("full", "draft"):
         for cores, ips in r[f"floor_{kind}_images_per_s_measured"].items():
-            p(f"FLOOR {kind}, measured on {cores} (2 processes, wall clock): {ips:.1f} images/s")
+            p(f"FLOOR {kind}, measured on {cores} (2 processes, wall clock, best of 3): {ips:.1f} images/s")
     if "draft_vs_full_hash_agreement" in r:
         p("draft-decode hashes vs full-decode hashes (Hamming bits):")
         for s, a in r["draft_vs_full_hash_agreement"].items():
