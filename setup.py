@@ -27,5 +27,10 @@ setuptools.setup(
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
         ],
+        # bench/: the harness samples process trees (psutil); py-spy profiles the pipeline.
+        "bench": [
+            "psutil>=5.9",
+            "py-spy>=0.3",
+        ],
     },
 )

@@ -1,7 +1,58 @@
-# Benchmarks of the dedup stage. Included from the Makefile (`include bench/bench.mk`), which
-# defines PYTHON, PY and STAMP.
+# `make bench` and friends: img2dataset 1.47 against our ingest on one generated corpus served by
+# nginx on loopback (bench/README.md). Include it at the END of the Makefile (`include bench/bench.mk`):
+# it uses the Makefile's PYTHON, VENV, PY and STAMP; the defaults below only serve a standalone
+# `make -f bench/bench.mk`.
+PYTHON ?= python3
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+STAMP ?= $(VENV)/.installed
+
+# The peer lives apart: img2dataset's dependency pins conflict with Beam's.
+I2D_VENV ?= .venv-img2dataset
+I2D_STAMP := $(I2D_VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+# Extra options: BENCH_ARGS for run_bench.py (e.g. --count 10000 --repeat 3),
+# BENCH_OURS_ARGS for our ingest (e.g. --direct_num_workers=2), space-separated.
+BENCH_ARGS ?=
+BENCH_OURS_ARGS ?=
+
+.PHONY: bench bench-sweep bench-floor bench-venvs bench-nginx
+
+bench-venvs: $(I2D_STAMP) $(BENCH_STAMP)
+
+$(I2D_STAMP): bench/requirements-img2dataset.txt
+	$(PYTHON) -m venv $(I2D_VENV)
+	$(I2D_VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(I2D_VENV)/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements-img2dataset.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(I2D_VENV)/bin/python -c "import img2dataset"
+	touch $@
+
+# psutil (tree sampling) and py-spy (profiling) in the project venv: the `bench` extra of setup.py.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import psutil"
+	touch $@
+
+# nginx from Debian's packages; apt-get update only when the plain install fails.
+bench-nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+		apt-get install -y -q nginx || (apt-get update -q && apt-get install -y -q nginx)
+
+bench: bench-venvs bench-nginx
+	$(PY) bench/run_bench.py --peer-python $(I2D_VENV)/bin/python --our-python $(PY) \
+		$(BENCH_ARGS) $(addprefix --ours-arg=,$(BENCH_OURS_ARGS))
+
+# img2dataset's processes x threads x shard size on this machine (how PEER_BEST was chosen).
+bench-sweep: bench-venvs bench-nginx
+	$(PY) bench/run_bench.py --peer-python $(I2D_VENV)/bin/python --sweep --repeat 2 $(BENCH_ARGS)
+
+bench-floor: $(BENCH_STAMP)
+	$(PY) bench/make_corpus.py
+	$(PY) bench/cpu_floor.py --sample 0 --json bench/work/cpu_floor.json
+
+# ---- the dedup stage (make bench-dedup) ----------------------------------------------------------
 BENCH_VENV ?= .venv-bench
-BENCH_STAMP := $(BENCH_VENV)/.installed
+DEDUP_BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_DEDUP_ARGS ?= --wait-quiet 120
 
 .PHONY: bench-dedup bench-venv bench-dedup-calibrate
@@ -9,9 +60,9 @@ BENCH_DEDUP_ARGS ?= --wait-quiet 120
 # imagededup for the comparison, in its own venv: its PyPI metadata pulls torch/torchvision
 # (GBs) for CNN features its hash search never touches, so it is installed --no-deps with only
 # what hashing + search import (bench/requirements-bench.txt); see bench/imagededup_run.py.
-bench-venv: $(BENCH_STAMP)
+bench-venv: $(DEDUP_BENCH_STAMP)
 
-$(BENCH_STAMP): bench/requirements-bench.txt
+$(DEDUP_BENCH_STAMP): bench/requirements-bench.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check --no-deps imagededup==0.3.3.post2 2>&1 | grep -v "^WARNING: Location" || true
 	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements-bench.txt 2>&1 | grep -v "^WARNING: Location" || true
@@ -19,9 +70,9 @@ $(BENCH_STAMP): bench/requirements-bench.txt
 	touch $@
 
 # ~10 min on 2 cores: Dedup at 100K/300K/1M (+ 1M pHash-only), imagededup at 10K/20K.
-bench-dedup: $(STAMP) $(BENCH_STAMP)
+bench-dedup: $(STAMP) $(DEDUP_BENCH_STAMP)
 	$(PY) -m bench.bench_dedup $(BENCH_DEDUP_ARGS)
 
 # Where the default thresholds come from (real photos shipped with scikit-image), ~5 s.
-bench-dedup-calibrate: $(BENCH_STAMP)
+bench-dedup-calibrate: $(DEDUP_BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench.calibrate_thresholds
