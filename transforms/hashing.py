@@ -63,7 +63,7 @@ def inspect_image(body, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if draft and fmt == "JPEG":
-                image.draft("RGB", _DRAFT_SIZE)
+                image.draft("L", _DRAFT_SIZE)  # grayscale straight from the DCT: no colour conversion
             image.load()
             gray = image.convert("L")
             check.phash = str(imagehash.phash(gray))
