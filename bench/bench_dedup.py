@@ -22,39 +22,12 @@ import threading
 import time
 
 from bench import synth
+from bench.proctree import tree_rss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORK = os.path.join(HERE, "work")
 BENCH_PY = os.path.join(ROOT, ".venv-bench", "bin", "python")
-
-
-def _children():
-    kids = {}
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(pid))
-    return kids
-
-
-def _tree_rss_kb(root):
-    kids, total, todo = _children(), 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo += kids.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 def wait_quiet(limit_seconds, threshold=0.7):
@@ -80,7 +53,7 @@ def measured(cmd):
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
+            peak[0] = max(peak[0], tree_rss(proc.pid) // 1024)
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -21,6 +21,8 @@ import time
 
 from PIL import Image
 
+from bench.proctree import tree_rss
+
 
 def small_jpeg(seed):
     rng = random.Random(seed)
@@ -57,29 +59,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     request_queue_size = 1024
-
-
-def tree_rss(pid):
-    """Resident bytes of a process and all its descendants, from /proc."""
-    total, stack = 0, [pid]
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    while stack:
-        current = stack.pop()
-        try:
-            with open(f"/proc/{current}/statm") as handle:
-                total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-        stack.extend(children.get(current, []))
-    return total
 
 
 def measure(rows, workdir, port):
