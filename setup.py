@@ -17,6 +17,8 @@ setuptools.setup(
         "pyarrow>=14",
         "google-cloud-storage>=2.10",
         "aiohttp>=3.9",
+        "brotli>=1.1",  # aiohttp decodes Content-Encoding: br only with it
+        "backports.zstd>=1.0; python_version < '3.14'",  # ... and zstd only with this
         "ijson>=3.2",  # streams the 463K-object imagenet_captions.json array
         "matplotlib>=3.7",  # OUT/report.html plots (Agg, SVG)
         "numpy>=2.0",  # dedup's near search: np.bitwise_count (Beam itself allows numpy<2.5)

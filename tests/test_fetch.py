@@ -58,14 +58,23 @@ def test_redirect_to_a_refused_address_is_blocked(web, fetch):
     assert result.status == schema.BLOCKED and "127.0.0.2" in result.error
 
 
-def test_redirect_to_metadata_by_name_is_blocked(web, fetch):
+def test_a_name_reaches_only_its_allowed_addresses(web, fetch):
     web.routes["/jump"] = Reply(302, headers={"Location": "http://localhost:%d/a.jpg" % web.port})
     web.routes["/a.jpg"] = Reply(200, IMAGE, JPEG)
-    result = fetch("/jump", allow_networks=("127.0.0.1/32",))
-    # localhost may resolve to ::1 too, which is not allowed: a name is refused as a whole.
-    assert result.status in (schema.BLOCKED, schema.OK)
-    result = fetch("/jump", allow_networks=())
-    assert result.status == schema.BLOCKED
+    # localhost is 127.0.0.1 and ::1; only the allowed 127.0.0.1 is handed to the connector.
+    assert fetch("/jump", allow_networks=("127.0.0.1/32",)).status == schema.OK
+    result = fetch(f"http://localhost:{web.port}/a.jpg", allow_networks=())
+    assert result.status == schema.BLOCKED and "localhost" in result.error
+    assert web.hits["/a.jpg"] == 1
+
+
+@pytest.mark.parametrize("host", ["2130706433", "127.1", "0x7f.0.0.1", "0177.0.0.1"])
+def test_legacy_numeric_hosts_are_judged_by_the_address_they_mean(web, fetch, host):
+    web.routes["/a.jpg"] = Reply(200, IMAGE, JPEG)
+    url = f"http://{host}:{web.port}/a.jpg"
+    assert fetch(url, allow_networks=()).status == schema.BLOCKED
+    assert fetch(url, allow_networks=("127.0.0.1/32",)).status == schema.OK
+    assert fetch("http://2852039166/latest").status == schema.BLOCKED  # 169.254.169.254
 
 
 def test_loopback_is_refused_without_allow_network(web, fetch):
@@ -139,10 +148,23 @@ def test_gzip_bomb_is_capped_after_decoding(web, fetch):
     assert result.status == schema.TOO_LARGE
 
 
-def test_content_encoding_is_decoded(web, fetch):
-    web.routes["/gz.jpg"] = Reply(200, gzip.compress(IMAGE), dict(JPEG, **{"Content-Encoding": "gzip"}))
-    result = fetch("/gz.jpg")
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+def test_content_encoding_is_decoded(web, fetch, encoding):
+    import zlib
+
+    import brotli
+    from backports import zstd
+    encode = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress,
+              "zstd": zstd.compress}[encoding]
+    web.routes["/enc.jpg"] = Reply(200, encode(IMAGE), dict(JPEG, **{"Content-Encoding": encoding}))
+    result = fetch("/enc.jpg")
     assert result.status == schema.OK and result.body == IMAGE
+
+
+def test_corrupt_encoded_body_is_decode_error(web, fetch):
+    web.routes["/bad.jpg"] = Reply(200, b"\x1f\x8b\x08\x00garbage" * 20, dict(JPEG, **{"Content-Encoding": "gzip"}))
+    result = fetch("/bad.jpg")
+    assert result.status == schema.DECODE_ERROR, result.error
 
 
 def test_body_cut_short_is_connection_error(web, fetch):

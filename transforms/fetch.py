@@ -22,7 +22,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from transforms import schema
-from transforms.netguard import AddressPolicy, BlockedAddressError, GuardedResolver
+from transforms.netguard import AddressPolicy, BlockedAddressError, GuardedResolver, legacy_ipv4
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -331,6 +331,9 @@ class Fetcher:
                                    last_status, final_url=current)
             if not target.host:
                 return FetchResult(schema.INVALID_URL, "URL has no host", last_status, final_url=current)
+            canonical = legacy_ipv4(target.host)
+            if canonical:  # 2130706433 is 127.0.0.1: judge and connect by the address it means
+                target = target.with_host(canonical)
             refusal = self._policy.check_literal(target.host)
             if refusal:
                 return FetchResult(schema.BLOCKED, refusal, last_status, final_url=current)

@@ -65,11 +65,28 @@ class AddressPolicy:
         return self.refusal(host.strip("[]"))
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves with getaddrinfo and refuses the whole name if any address is refused.
+def legacy_ipv4(host):
+    """The dotted quad a legacy numeric host means ("2130706433", "127.1", "0x7f.0.0.1"), else None.
 
-    Refusing on any (not filtering) means a name that mixes public and internal addresses is
-    never half-trusted.
+    getaddrinfo and browsers read these as IPv4 addresses; aiohttp refuses to connect to them, so
+    the fetcher judges them by the address they stand for and connects to its canonical form.
+    """
+    if not host or ":" in host or not all(part and part[0].isdigit() for part in host.split(".")):
+        return None
+    try:
+        packed = socket.inet_aton(host)
+    except OSError:
+        return None
+    canonical = socket.inet_ntoa(packed)
+    return canonical if canonical != host else None
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with getaddrinfo and hands aiohttp only the addresses the policy allows.
+
+    aiohttp connects to exactly what this returns, so a refused address is never contacted
+    (`localhost` with 127.0.0.1/32 allowed reaches 127.0.0.1, never ::1); a name with no
+    allowed address is refused as a whole.
     """
 
     def __init__(self, policy):
@@ -78,11 +95,10 @@ class GuardedResolver(AbstractResolver):
 
     async def resolve(self, host, port=0, family=socket.AF_INET):
         results = await self._resolver.resolve(host, port, family)
-        for result in results:
-            reason = self._policy.refusal(result["host"])
-            if reason:
-                raise BlockedAddressError(f"{host} resolves to {reason}")
-        return results
+        allowed = [result for result in results if self._policy.refusal(result["host"]) is None]
+        if not allowed:
+            raise BlockedAddressError(f"{host} resolves to {self._policy.refusal(results[0]['host'])}")
+        return allowed
 
     async def close(self):
         await self._resolver.close()
