@@ -117,6 +117,12 @@ def test_too_long_retry_after_is_not_waited_for(web, fetch):
     assert web.hits["/later.jpg"] == 1
 
 
+def test_unprompted_304_is_an_http_error_not_an_empty_ok(web, fetch):
+    web.routes["/304.jpg"] = Reply(304, b"")
+    result = fetch("/304.jpg")
+    assert (result.status, result.http_status) == (schema.HTTP_ERROR, 304)
+
+
 def test_404_is_not_retried(web, fetch):
     result = fetch("/missing.jpg")
     assert (result.status, result.http_status, web.hits["/missing.jpg"]) == (schema.HTTP_ERROR, 404, 1)

@@ -35,6 +35,11 @@ def test_cc12m_url_first_split_on_first_tab():
     assert rows[1]["status"] == schema.INVALID_URL and rows[1]["url"] == "http://a/2.jpg"
 
 
+def test_utf8_bom_is_not_part_of_the_first_row():
+    rows = list(parse_cc12m(io.BytesIO(b"\xef\xbb\xbfhttp://a/1.jpg\tcap\n"), "mem", "cc12m:"))
+    assert rows[0]["url"] == "http://a/1.jpg"
+
+
 def test_bad_utf8_is_replaced_not_fatal():
     rows = list(parse_cc3m(io.BytesIO(b"caf\xe9\thttp://a/1.jpg\n"), "mem", "cc3m:"))
     assert rows[0]["caption"] == "caf\ufffd" and rows[0]["status"] is None

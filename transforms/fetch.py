@@ -352,7 +352,7 @@ class Fetcher:
                             return FetchResult(schema.INVALID_URL, f"bad redirect Location: {_short(exc)}",
                                                response.status, final_url=current)
                         continue
-                    return await self._read_response(response, current, method)
+                    return await self._read_response(response, current, method, _is_conditional(headers))
             except aiohttp.ClientConnectorDNSError as exc:
                 if isinstance(exc.os_error, BlockedAddressError):
                     return FetchResult(schema.BLOCKED, str(exc.os_error), last_status, final_url=current)
@@ -382,7 +382,7 @@ class Fetcher:
         return FetchResult(schema.HTTP_ERROR, f"more than {self.config.max_redirects} redirects",
                            last_status, final_url=current)
 
-    async def _read_response(self, response, url, method):
+    async def _read_response(self, response, url, method, conditional):
         info = dict(
             http_status=response.status,
             content_type=response.headers.get("Content-Type"),
@@ -394,8 +394,8 @@ class Fetcher:
             directive = robots_opt_out(response.headers.getall("X-Robots-Tag", []), self._agent_token)
             if directive:
                 return FetchResult(schema.OPTED_OUT, f"X-Robots-Tag: {directive}", **info)
-        if response.status == 304:
-            return FetchResult(schema.OK, **info)  # conditional request: unchanged, no body
+        if response.status == 304 and conditional:
+            return FetchResult(schema.OK, **info)  # unchanged since the validators we sent: no body
         if not 200 <= response.status < 300:
             result = FetchResult(schema.HTTP_ERROR, f"HTTP {response.status} {response.reason or ''}".strip(),
                                  **info)
@@ -415,6 +415,12 @@ class Fetcher:
                 return FetchResult(schema.TOO_LARGE, f"body exceeds --max-bytes {cap}", **info)
             chunks.append(chunk)
         return FetchResult(schema.OK, body=b"".join(chunks), **info)
+
+
+def _is_conditional(headers):
+    """A 304 means "unchanged" only as the answer to If-None-Match / If-Modified-Since."""
+    names = {name.lower() for name in (headers or {})}
+    return bool(names & {"if-none-match", "if-modified-since"})
 
 
 def _shut_down(loop, thread, session, file_pool):

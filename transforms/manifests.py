@@ -22,6 +22,8 @@ from transforms.readers import open_stream
 def _lines(binary):
     """(1-based line number, text) with the newline removed; bad UTF-8 is replaced, not fatal."""
     for number, raw in enumerate(binary, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first caption or URL
         yield number, raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
 
 
