@@ -78,7 +78,7 @@ def add_network_arguments(parser):
     add("--per-host", type=int, default=8, help="requests in flight per host per worker process")
     add("--max-rate", type=float, default=0.0, help="requests started per second per worker process (0: no limit)")
     add("--host-failure-limit", type=int, default=10,
-        help="consecutive timeouts/connection errors before a host's URLs are skipped")
+        help="consecutive failures to connect (refused, DNS, connect timeout) before a host's URLs are skipped")
     add("--host-cooldown", type=float, default=60.0, help="seconds a failing host is skipped before it is tried again")
     add("--user-agent", default=DEFAULT_USER_AGENT)
     add("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")

@@ -57,27 +57,52 @@ def test_429_spaces_out_the_next_requests_to_that_host(web):
     assert min(gaps) >= 0.5, gaps  # paced by the Retry-After the host asked for (easing off slowly)
 
 
-def test_a_failing_host_is_short_circuited(web):
-    for n in range(15):
-        web.routes[f"/hang{n}.jpg"] = Reply(200, IMAGE, JPEG, delay=1.0)
-    results = fetch_all(web, [f"/hang{n}.jpg" for n in range(15)], timeout=0.3, per_host=1,
-                        host_failure_limit=3, host_cooldown=60)
-    assert all(r.status == schema.TIMEOUT for r in results)
-    skipped = [r for r in results if r.error.startswith("host skipped")]
-    assert len(skipped) == 12 and sum(web.hits.values()) == 3
-    assert "consecutive failures" in skipped[0].error
+def _closed_port():
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
-def test_host_is_tried_again_after_cooldown(web):
-    web.routes["/a.jpg"] = [Reply(200, IMAGE, JPEG, delay=1.0), Reply(200, IMAGE, JPEG)]
-    fetcher = Fetcher(FetchConfig(allow_networks=("127.0.0.1/32",), timeout=0.3, host_failure_limit=1,
-                                  host_cooldown=0.5))
+def test_a_host_that_cannot_be_reached_is_short_circuited():
+    port = _closed_port()  # nothing listens: every attempt is refused
+    fetcher = Fetcher(FetchConfig(allow_networks=("127.0.0.1/32",), timeout=2.0, per_host=1,
+                                  host_failure_limit=3, host_cooldown=60))
     try:
-        assert fetcher.submit(web.url("/a.jpg")).result(timeout=30).status == schema.TIMEOUT
-        assert fetcher.submit(web.url("/a.jpg")).result(timeout=30).error.startswith("host skipped")
-        import time
-        time.sleep(0.6)
-        assert fetcher.submit(web.url("/a.jpg")).result(timeout=30).status == schema.OK
+        results = [f.result(timeout=30) for f in [fetcher.submit(f"http://127.0.0.1:{port}/{n}.jpg")
+                                                   for n in range(15)]]
+    finally:
+        fetcher.close()
+    assert all(r.status == schema.CONNECTION_ERROR for r in results)
+    skipped = [r for r in results if r.error.startswith("host skipped")]
+    assert len(skipped) == 12 and sum(r.attempts for r in results) == 3
+    assert "consecutive failures" in skipped[0].error and "cannot connect" in skipped[0].error
+
+
+def test_a_slow_but_alive_host_is_never_short_circuited(web):
+    for n in range(6):
+        web.routes[f"/hang{n}.jpg"] = Reply(200, IMAGE, JPEG, delay=1.0)
+    web.routes["/fine.jpg"] = Reply(200, IMAGE, JPEG)
+    results = fetch_all(web, [f"/hang{n}.jpg" for n in range(6)] + ["/fine.jpg"], timeout=0.3, per_host=1,
+                        host_failure_limit=3)
+    assert [r.status for r in results] == [schema.TIMEOUT] * 6 + [schema.OK]
+    assert not any(r.error and r.error.startswith("host skipped") for r in results)
+    assert sum(web.hits.values()) == 7  # every URL was really tried
+
+
+def test_host_is_tried_again_after_cooldown():
+    port = _closed_port()
+    fetcher = Fetcher(FetchConfig(allow_networks=("127.0.0.1/32",), timeout=1.0, host_failure_limit=1,
+                                  host_cooldown=0.5))
+    url = f"http://127.0.0.1:{port}/a.jpg"
+    try:
+        assert fetcher.submit(url).result(timeout=30).status == schema.CONNECTION_ERROR
+        assert fetcher.submit(url).result(timeout=30).error.startswith("host skipped")
+        from pipelines.sample import SampleWebServer
+        with SampleWebServer({"/a.jpg": Reply(200, IMAGE, JPEG)}, port=port):
+            import time
+            time.sleep(0.6)
+            assert fetcher.submit(url).result(timeout=30).status == schema.OK
     finally:
         fetcher.close()
 

@@ -28,7 +28,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (image dataset research crawler)"
-CONNECTION_FAILURES = frozenset({schema.TIMEOUT, schema.CONNECTION_ERROR})
 
 
 def user_agent(contact=None, base=DEFAULT_USER_AGENT):
@@ -49,7 +48,7 @@ class FetchConfig:
     concurrency: int = 64             # requests in flight per DoFn instance
     per_host: int = 8                 # requests in flight per host
     max_rate: float = 0.0             # requests started per second per worker process; 0 = unlimited
-    host_failure_limit: int = 10      # consecutive timeouts/connection errors before a host is skipped
+    host_failure_limit: int = 10      # consecutive failures to connect before a host is skipped
     host_cooldown: float = 60.0       # seconds a failing host is skipped before one probe is let through
     max_host_interval: float = 30.0   # slowest pace the adaptive per-host rate falls to
     user_agent: str = DEFAULT_USER_AGENT
@@ -71,6 +70,7 @@ class FetchResult:
     elapsed_ms: int = 0
     retry_after: float = None  # only meaningful while deciding on a retry
     skipped: bool = False      # failed without a request: the host is short-circuited
+    unconnectable: bool = False  # no connection could be made at all (for the host's breaker)
     name_not_found: bool = False  # DNS says the host name does not exist (not a temporary failure)
 
     def retryable(self):
@@ -118,10 +118,12 @@ class HostGate:
     - at most `per_host` requests in flight;
     - an adaptive gap between request starts: doubled (or set to Retry-After) on 429/503, shrunk by a
       quarter on each success, so a host that pushes back is slowed down and recovers later;
-    - a circuit breaker: after `limit` consecutive timeouts/connection errors the host's remaining
-      URLs fail at once for `cooldown` seconds (doubling while it keeps failing), instead of each
-      burning a whole deadline; then requests go through again, and one more failure closes it
-      for twice as long.
+    - a circuit breaker: after `limit` consecutive attempts that could not connect at all (refused,
+      reset before answering, connect timeout) the host's remaining URLs fail at once for
+      `cooldown` seconds (doubling while it keeps failing), instead of each burning a whole
+      deadline; then requests go through again, and one more failure closes it for twice as
+      long. A host that accepts connections is never short-circuited, however slow some of its
+      answers: a slow URL costs only itself.
     """
 
     def __init__(self, config):
@@ -152,7 +154,7 @@ class HostGate:
 
     def record(self, result, now):
         config = self._config
-        if result.status in CONNECTION_FAILURES:
+        if result.unconnectable:
             self.failures += 1
             self.last_failure = (result.status, result.error)
             if self.failures >= config.host_failure_limit:
@@ -222,7 +224,9 @@ class Fetcher:
             connector=connector,
             trust_env=False,
             headers={"User-Agent": self.config.user_agent, "Accept": "image/*,*/*;q=0.8"},
-            timeout=aiohttp.ClientTimeout(total=None),
+            # A connect deadline inside the whole-request one tells "host unreachable" (which feeds
+            # the host's breaker) apart from "slow answer" (which costs only its own URL).
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(self.config.timeout * 0.8, 10.0)),
             auto_decompress=True,
         )
 
@@ -360,13 +364,16 @@ class Fetcher:
                 return FetchResult(schema.CONNECTION_ERROR,
                                    f"DNS lookup failed for {target.host}"
                                    + (": no such name" if gone else ""),
-                                   last_status, final_url=current, name_not_found=gone)
+                                   last_status, final_url=current, name_not_found=gone, unconnectable=True)
             except aiohttp.InvalidURL as exc:
                 return FetchResult(schema.INVALID_URL, f"invalid URL: {_short(exc)}", last_status,
                                    final_url=current)
             except aiohttp.ClientConnectorError as exc:
                 return FetchResult(schema.CONNECTION_ERROR, f"cannot connect: {_short(exc.os_error)}",
-                                   last_status, final_url=current)
+                                   last_status, final_url=current, unconnectable=True)
+            except aiohttp.ConnectionTimeoutError:
+                return FetchResult(schema.TIMEOUT, f"could not connect to {target.host} in time", last_status,
+                                   final_url=current, unconnectable=True)
             except aiohttp.ClientPayloadError as exc:
                 if "compress" in str(exc).lower() or "decod" in str(exc).lower():
                     return FetchResult(schema.DECODE_ERROR, f"bad Content-Encoding body: {_short(exc)}",
