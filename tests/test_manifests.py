@@ -97,3 +97,25 @@ def test_unmatched_manifest_fails_at_construction(tmp_path):
         ReadManifests([("cc3m", str(tmp_path / "missing.tsv"))])
     with pytest.raises(ValueError, match="unknown manifest kind"):
         ReadManifests([("laion", str(tmp_path))])
+
+
+def test_repeated_ids_and_repeated_files_keep_keys_unique(tmp_path):
+    header = "ImageID,OriginalURL\n"
+    (tmp_path / "a.csv").write_text(header + "00000000000000aa,http://a/1.jpg\n00000000000000bb,http://a/2.jpg\n"
+                                    "00000000000000aa,http://a/3.jpg\n")
+    (tmp_path / "c.tsv").write_text("cap\thttp://c/1.jpg\n")
+    with TestPipeline(runner="FnApiRunner") as p:
+        rows = p | ReadManifests([("openimages", str(tmp_path / "a.csv")), ("cc3m", str(tmp_path / "c.tsv")),
+                                  ("cc3m", str(tmp_path / "c.tsv"))], ManifestParsers())
+        assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
+            ("openimages:00000000000000aa", "http://a/1.jpg"), ("openimages:00000000000000bb", "http://a/2.jpg"),
+            ("openimages:00000000000000aa@a.csv:4", "http://a/3.jpg"), ("cc3m:1", "http://c/1.jpg")]))
+
+
+def test_repeated_keys_inside_a_json_array_are_made_unique(tmp_path):
+    (tmp_path / "z.json").write_text('[{"ImageKey": "k1", "ImageUrl": "http://z/1.jpg"},'
+                                     ' {"ImageKey": "k1", "ImageUrl": "http://z/2.jpg"}]')
+    with TestPipeline(runner="FnApiRunner") as p:
+        rows = p | ReadManifests([("zero", str(tmp_path / "z.json"))], ManifestParsers())
+        assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
+            ("zero:k1", "http://z/1.jpg"), ("zero:k1@z.json:#2", "http://z/2.jpg")]))

@@ -178,7 +178,8 @@ class ParseManifestFile(beam.DoFn):
         kind, path, key_prefix = spec
         parse = self._parsers[kind]
         with open_stream(path) as binary:
-            for row in parse(binary, path, key_prefix):
+            for ordinal, row in enumerate(parse(binary, path, key_prefix), start=1):
+                row["_ordinal"] = ordinal
                 self._rows.inc()
                 if row.get("status"):
                     self._malformed.inc()
@@ -194,13 +195,57 @@ def expand_manifests(manifests, parsers):
         matched = sorted(m.path for result in FileSystems.match([pattern]) for m in result.metadata_list)
         if not matched:
             raise ValueError(f"no file matches {kind}={pattern}")
-        files.extend((kind, path) for path in matched)
+        # A file named twice (two --manifest flags, overlapping globs) is read once.
+        files.extend((kind, path) for path in matched if (kind, path) not in files)
     per_kind = {}
     for kind, _ in files:
         per_kind[kind] = per_kind.get(kind, 0) + 1
     # Line-numbered keys need the file name once a dataset has several files.
     return [(kind, path, f"{kind}:{os.path.basename(path)}:" if per_kind[kind] > 1 else f"{kind}:")
             for kind, path in files]
+
+
+LINE_KEYED = frozenset({"cc3m", "cc12m"})  # keys from line numbers: unique by construction
+
+
+def _position(row):
+    """Where a record stands: (file, ordinal of the record in its file)."""
+    return (row.get("source_file") or "", row.get("_ordinal") or 0)
+
+
+def _first_and_count(positions):
+    positions = list(positions)
+    return (min(p for p, _ in positions), sum(n for _, n in positions))
+
+
+class UniqueKeys(beam.PTransform):
+    """Keys stay unique when a manifest repeats an ImageID, ImageKey or filename.
+
+    The first occurrence (by file, then line) keeps `dataset:id`; each later one becomes
+    `dataset:id@file:line`, deterministic across runs. Only rows of ID-keyed datasets are counted
+    (a key-only combine: no row crosses a shuffle).
+    """
+
+    def expand(self, rows):
+        parts = rows | "ByKeying" >> beam.Partition(lambda row, _: 0 if row["dataset"] in LINE_KEYED else 1, 2)
+        repeated = (
+            parts[1]
+            | "Positions" >> beam.Map(lambda row: (row["key"], (_position(row), 1)))
+            | "FirstAndCount" >> beam.CombinePerKey(_first_and_count)
+            | "Repeated" >> beam.Filter(lambda item: item[1][1] > 1)
+            | "FirstOnly" >> beam.Map(lambda item: (item[0], item[1][0]))
+        )
+        renamed = parts[1] | "Rename" >> beam.Map(_rename_repeat, first=beam.pvalue.AsDict(repeated))
+        return (parts[0], renamed) | "AllRows" >> beam.Flatten()
+
+
+def _rename_repeat(row, first):
+    key = row["key"]
+    if key in first and _position(row) != tuple(first[key]):
+        file, ordinal = _position(row)
+        where = row.get("source_line") or f"#{ordinal}"  # records of a JSON array have no line
+        row["key"] = f"{key}@{os.path.basename(file)}:{where}"
+    return row
 
 
 class ReadManifests(beam.PTransform):
@@ -217,6 +262,7 @@ class ReadManifests(beam.PTransform):
             | "ManifestFiles" >> beam.Create(self._files)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers))
+            | "UniqueKeys" >> UniqueKeys()
             # Without a reshuffle, Dataflow fuses the whole fetch onto the worker that read the
             # file. Rows cross it in batches: a runner's cost per shuffled element is far above
             # a row's size, and the local runner holds every shuffled element in memory.
