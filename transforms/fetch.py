@@ -484,7 +484,41 @@ def apply_result(row, result, fetched_at):
     return row
 
 
-class FetchDoFn(beam.DoFn):
+class BoundedFuturesDoFn(beam.DoFn):
+    """Keeps many futures in flight and emits each element's output when its future completes.
+
+    process() hands a future to `_track`; once `max_pending` wait, it blocks for the first to finish
+    (the pool stays full, memory stays bounded); finish_bundle drains the rest. Subclasses say
+    what a completed future becomes in `_completed(context, result)`.
+    """
+
+    def __init__(self, max_pending):
+        self._max_pending = max_pending
+
+    def start_bundle(self):
+        self._pending = collections.OrderedDict()
+
+    def _track(self, future, context):
+        self._pending[future] = context
+        if len(self._pending) >= self._max_pending:
+            concurrent.futures.wait(list(self._pending), return_when=concurrent.futures.FIRST_COMPLETED)
+        yield from self._drain(block=False)
+
+    def finish_bundle(self):
+        for output in self._drain(block=True):
+            yield GlobalWindows.windowed_value(output)
+
+    def _drain(self, block):
+        done = list(self._pending) if block else [f for f in self._pending if f.done()]
+        for future in done:
+            context = self._pending.pop(future)
+            yield self._completed(context, future.result())
+
+    def _completed(self, context, result):
+        raise NotImplementedError
+
+
+class FetchDoFn(BoundedFuturesDoFn):
     """Fetches each row's URL (or `_read_path`) with a bounded pool, emitting rows as they finish.
 
     Rows that already carry a status (a malformed manifest line) pass straight through. All DoFn
@@ -493,6 +527,7 @@ class FetchDoFn(beam.DoFn):
     """
 
     def __init__(self, config):
+        super().__init__(max_pending=config.concurrency * 2)
         self._config = config
         self._shared = shared.Shared()
 
@@ -502,9 +537,6 @@ class FetchDoFn(beam.DoFn):
         self._statuses = {s: beam.metrics.Metrics.counter("fetch", s) for s in schema.STATUSES}
         self._latency = beam.metrics.Metrics.distribution("fetch", "latency_ms")
         self._bytes = beam.metrics.Metrics.counter("fetch", "bytes")
-
-    def start_bundle(self):
-        self._pending = collections.OrderedDict()
 
     def process(self, row):
         if row.get("status"):
@@ -517,26 +549,14 @@ class FetchDoFn(beam.DoFn):
             return
         else:
             future = self._fetcher.submit(row["url"].strip())
-        self._pending[future] = row
-        if len(self._pending) >= self._config.concurrency * 2:
-            # Keep the pool full but bound memory: wait for at least one to finish.
-            concurrent.futures.wait(list(self._pending), return_when=concurrent.futures.FIRST_COMPLETED)
-        yield from self._drain(block=False)
+        yield from self._track(future, row)
 
-    def finish_bundle(self):
-        for row in self._drain(block=True):
-            yield GlobalWindows.windowed_value(row)
-
-    def _drain(self, block):
-        done = list(self._pending) if block else [f for f in self._pending if f.done()]
-        for future in done:
-            row = self._pending.pop(future)
-            result = future.result()
-            self._statuses[result.status].inc()
-            self._latency.update(result.elapsed_ms)
-            if result.body:
-                self._bytes.inc(len(result.body))
-            yield apply_result(row, result, schema.utc_now())
+    def _completed(self, row, result):
+        self._statuses[result.status].inc()
+        self._latency.update(result.elapsed_ms)
+        if result.body:
+            self._bytes.inc(len(result.body))
+        return apply_result(row, result, schema.utc_now())
 
     def teardown(self):
         self._fetcher = None  # the shared Fetcher closes itself once no instance holds it

@@ -138,17 +138,9 @@ class _ParseClassFileFn(beam.DoFn):
         logging.info("class names %s read as %s", readable_file.metadata.path, form)
 
 
-class ReadOpenImagesClasses(beam.PTransform):
+def ReadOpenImagesClasses(pattern):  # noqa: N802 (returns a PTransform; named like one)
     """PCollection of (mid, name) from dict.csv / class-descriptions files (path, glob or list)."""
-
-    def __init__(self, pattern):
-        super().__init__()
-        self._pattern = pattern
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Open" >> readers.OpenFiles(self._pattern)
-                | "Parse" >> beam.ParDo(_ParseClassFileFn()))
+    return readers.ParseFiles(pattern, beam.ParDo(_ParseClassFileFn()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,18 +216,12 @@ class _ParseOpenImagesLabelsFn(beam.DoFn):
             yield image_id, (mid, conf, source)
 
 
-class ReadOpenImagesLabels(beam.PTransform):
-    """PCollection of (ImageID, (mid, confidence, source)) from label files (paths or globs)."""
+def ReadOpenImagesLabels(label_paths):  # noqa: N802
+    """PCollection of (ImageID, (mid, confidence, source)) from label files (paths or globs).
 
-    def __init__(self, label_paths):
-        super().__init__()
-        self._paths = label_paths
-
-    def expand(self, pbegin):
-        # Lines are self-describing, so files can be split across workers (ReadFromText).
-        return (pbegin
-                | "Read" >> readers.ReadLines(self._paths, with_filename=True)
-                | "Parse" >> beam.ParDo(_ParseOpenImagesLabelsFn()))
+    Lines are self-describing, so files can be split across workers (ReadFromText).
+    """
+    return readers.ParseFiles(label_paths, beam.ParDo(_ParseOpenImagesLabelsFn()), lines=True, with_filename=True)
 
 
 def build_openimages_labels(records, class_names):
@@ -430,17 +416,9 @@ class _ParseCC3MLabelsFn(beam.DoFn):
             logging.warning(fmt, err, line[:200])
 
 
-class ReadCC3MLabels(beam.PTransform):
+def ReadCC3MLabels(pattern):  # noqa: N802
     """PCollection of (url, [label dicts]) from CC3M labels TSVs (path, glob or list)."""
-
-    def __init__(self, pattern):
-        super().__init__()
-        self._pattern = pattern
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Read" >> readers.ReadLines(self._pattern)
-                | "Parse" >> beam.ParDo(_ParseCC3MLabelsFn()))
+    return readers.ParseFiles(pattern, beam.ParDo(_ParseCC3MLabelsFn()), lines=True)
 
 
 def _cc3m_url(row):
@@ -527,19 +505,12 @@ class _ParseLongCaptionsFn(beam.DoFn):
             yield url, captions
 
 
-class ReadLongCaptions(beam.PTransform):
-    """PCollection of (url, long_captions dict) from DreamLIP CSVs (path, glob or list)."""
+def ReadLongCaptions(pattern):  # noqa: N802
+    """PCollection of (url, long_captions dict) from DreamLIP CSVs (path, glob or list).
 
-    def __init__(self, pattern):
-        super().__init__()
-        self._pattern = pattern
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Open" >> readers.OpenFiles(self._pattern)
-                | "Parse" >> beam.ParDo(_ParseLongCaptionsFn())
-                # one file is read by one worker: spread its records before the join
-                | "Spread" >> beam.Reshuffle())
+    One file is read by one worker (records span lines): its records are spread before the join.
+    """
+    return readers.ParseFiles(pattern, beam.ParDo(_ParseLongCaptionsFn()), spread=True)
 
 
 def _long_caption_rank(captions):
@@ -593,17 +564,9 @@ def parse_synsets(fileobj):
         yield wnid, name.strip()
 
 
-class ReadSynsets(beam.PTransform):
+def ReadSynsets(pattern):  # noqa: N802
     """PCollection of (wnid, class name) from LOC_synset_mapping.txt (path, glob or list)."""
-
-    def __init__(self, pattern):
-        super().__init__()
-        self._pattern = pattern
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Open" >> readers.OpenFiles(self._pattern)
-                | "Parse" >> beam.FlatMap(lambda f: parse_synsets(f.open())))
+    return readers.ParseFiles(pattern, beam.FlatMap(lambda f: parse_synsets(f.open())))
 
 
 def load_synsets(path):

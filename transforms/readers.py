@@ -121,3 +121,29 @@ class ReadLines(beam.PTransform):
         read = beam.io.ReadFromTextWithFilename if self._with_filename else beam.io.ReadFromText
         reads = [pbegin | f"Read{i}" >> read(p) for i, p in enumerate(self._patterns)]
         return reads[0] if len(reads) == 1 else reads | "Lines" >> beam.Flatten()
+
+
+class ParseFiles(beam.PTransform):
+    """Files of one or more paths/globs through `parse` (a PTransform, usually a ParDo).
+
+    lines=False: `parse` gets fileio.ReadableFile objects (record formats: CSV with quoted
+    newlines, JSON); lines=True: it gets lines (ReadFromText, which splits big files across
+    workers), as (filename, line) with with_filename. spread=True reshuffles what `parse`
+    yields, for files one worker reads whole.
+    """
+
+    def __init__(self, paths, parse, lines=False, with_filename=False, spread=False):
+        super().__init__()
+        self._paths = paths
+        self._parse = parse
+        self._lines = lines
+        self._with_filename = with_filename
+        self._spread = spread
+
+    def expand(self, pbegin):
+        if self._lines:
+            source = pbegin | "Read" >> ReadLines(self._paths, with_filename=self._with_filename)
+        else:
+            source = pbegin | "Open" >> OpenFiles(self._paths)
+        parsed = source | "Parse" >> self._parse
+        return parsed | "Spread" >> beam.Reshuffle() if self._spread else parsed

@@ -26,12 +26,11 @@ import apache_beam as beam
 import imagehash
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from transforms import schema
 from transforms.placeholders import KNOWN_PLACEHOLDERS
-from transforms.fetch import Fetcher
+from transforms.fetch import BoundedFuturesDoFn, Fetcher
 from transforms.hashing import DEFAULT_MAX_PIXELS, inspect_image
 from transforms.sinks import join_path, write_json
 
@@ -534,7 +533,7 @@ class ReadSnapshots(beam.PTransform):
         )
 
 
-class CheckUrlsDoFn(beam.DoFn):
+class CheckUrlsDoFn(BoundedFuturesDoFn):
     """(url, [entries]) -> {"url", "entries", "check"}: one check per distinct URL, many in flight.
 
     Shares the ingest Fetcher (address policy after DNS and every redirect, per-host caps, adaptive
@@ -542,6 +541,7 @@ class CheckUrlsDoFn(beam.DoFn):
     """
 
     def __init__(self, config, params):
+        super().__init__(max_pending=config.concurrency * 2)
         self._config = config
         self._params = params
         self._shared = shared.Shared()
@@ -554,9 +554,6 @@ class CheckUrlsDoFn(beam.DoFn):
                          for m in (NOT_CHECKED, CONDITIONAL, HEAD, HEAD_GET, GET, FILE)}
         self._requests = beam.metrics.Metrics.counter("refresh", "requests")
 
-    def start_bundle(self):
-        self._pending = collections.OrderedDict()
-
     def process(self, element):
         url, entries = element
         entries = sorted(entries, key=lambda e: e["key"])
@@ -568,23 +565,13 @@ class CheckUrlsDoFn(beam.DoFn):
             future = self._files.submit(check_file, plan, self._params.max_pixels)
         else:
             future = self._fetcher.run_soon(run_plan(self._fetcher, plan))
-        self._pending[future] = (url, entries, plan)
-        if len(self._pending) >= self._config.concurrency * 2:
-            concurrent.futures.wait(list(self._pending), return_when=concurrent.futures.FIRST_COMPLETED)
-        yield from self._drain(block=False)
+        yield from self._track(future, (url, entries, plan))
 
-    def finish_bundle(self):
-        for item in self._drain(block=True):
-            yield GlobalWindows.windowed_value(item)
-
-    def _drain(self, block):
-        done = list(self._pending) if block else [f for f in self._pending if f.done()]
-        for future in done:
-            url, entries, plan = self._pending.pop(future)
-            outcome = future.result()
-            # Hashing happens here, on the DoFn's thread, never on the fetcher's event loop.
-            check = outcome if plan["method"] == FILE else finish_check(plan, outcome, self._params.max_pixels)
-            yield self._emit(url, entries, check)
+    def _completed(self, context, outcome):
+        url, entries, plan = context
+        # Hashing happens here, on the DoFn's thread, never on the fetcher's event loop.
+        check = outcome if plan["method"] == FILE else finish_check(plan, outcome, self._params.max_pixels)
+        return self._emit(url, entries, check)
 
     def _emit(self, url, entries, check):
         self._methods[check["method"]].inc()
