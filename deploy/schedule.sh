@@ -2,7 +2,8 @@
 # Launch JOB every night from its Flex Template, with the launch request rendered and checked here.
 #   Cloud Scheduler (default): an HTTP job POSTs the request to the Flex Template launch API as
 #     SCHEDULER_SA (which may launch jobs that run as WORKER_SA). The body is fixed: every night
-#     gets the same parameters, so the same output folder.
+#     gets the same parameters; put {night} in refresh's output (output=gs://B/refresh/{night})
+#     to give each night its own folder.
 #   Airflow (COMPOSER_ENVIRONMENT=name): uploads deploy/airflow/nightly_refresh_dag.py and the
 #     request to the environment's DAGs folder; each run then writes under <output>/<date>/.
 #     SCHEDULE="0 2 * * *" bash deploy/schedule.sh refresh snapshot=gs://B/out output=gs://B/refresh

@@ -84,6 +84,9 @@ def resolve(opts):
     """Checked settings from the options: (snapshots [(root, pattern, columns)], RefreshParams)."""
     if not opts.output:
         raise ValueError("--output is required")
+    # "{night}" in --output names each night's folder, so one fixed schedule (Cloud Scheduler posts
+    # the same body every night) still gives every night its own output.
+    opts.output = opts.output.replace("{night}", refresh.parse_night(opts.night).isoformat())
     if not opts.snapshot:
         raise ValueError("give at least one --snapshot OUT (an ingest output)")
     snapshots = []

@@ -740,3 +740,10 @@ def test_snapshot_output_and_history_on_gcs(gcs, web, tmp_path):
     night_files = FileSystems.match([f"gs://{GCS_BUCKET}/history/2030-02-02/*.parquet"])[0].metadata_list
     assert sum(pq.read_table(FileSystems.open(m.path)).num_rows for m in night_files) == 3
     assert gcs.get_blob("snap/images/part-0.parquet").md5_hash == snapshot_blob
+
+
+def test_night_in_the_output_path_gives_each_night_its_folder(world):
+    world["night"]("dated/{night}", night="2030-01-05")
+    dated = os.path.join(world["tmp"], "dated", "2030-01-05")
+    assert os.path.exists(os.path.join(dated, "summary.json"))
+    assert read_status(dated)  # one row per snapshot key, under the night's own folder
