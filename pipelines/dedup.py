@@ -7,7 +7,8 @@ is_canonical and is_placeholder set anew), OUT3/duplicates/clusters-*.jsonl and 
 Inputs ingested at different times may hold the same key: the row with the newest fetched_at
 is kept (rows without fetched_at count as oldest; a tie goes to the input listed last) and
 summary.json reports how many rows were replaced ("replaced_rows"). Paths may be local or gs://.
-Without --runner the job runs locally on every core (pipelines.common.apply_local_defaults).
+Without --runner the job runs locally with one worker process per core
+(pipelines.common.apply_local_defaults).
 """
 import datetime
 import json
@@ -113,7 +114,7 @@ def build(pipeline, opts):
 
 
 def pipeline_options(argv):
-    return common.apply_local_defaults(PipelineOptions(argv), argv)
+    return common.apply_local_defaults(PipelineOptions(argv), argv, worker_processes=True)
 
 
 def run(argv=None):

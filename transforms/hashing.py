@@ -3,8 +3,10 @@
 The decode is guarded: dimensions are read from the header and checked against a pixel budget
 before any pixel is decoded, so a decompression bomb costs a header parse, not gigabytes.
 """
+import concurrent.futures
 import hashlib
 import io
+import os
 import warnings
 
 import apache_beam as beam
@@ -12,6 +14,7 @@ import imagehash
 from PIL import Image, UnidentifiedImageError
 
 from transforms import schema
+from transforms.fetch import BoundedFuturesDoFn
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ 10000 x 10000; larger is treated as a decompression bomb
 
@@ -116,22 +119,40 @@ def _hash_mismatch(row):
     return None
 
 
-class HashDoFn(beam.DoFn):
-    def __init__(self, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
+class HashDoFn(BoundedFuturesDoFn):
+    """Verifies and hashes fetched bodies on a small thread pool.
+
+    Pillow releases the GIL while it decodes and resizes, and hashlib while it digests, so threads
+    put every core of the process to work on the bodies while this DoFn's thread moves rows on.
+    """
+
+    def __init__(self, max_pixels=DEFAULT_MAX_PIXELS, draft=True, threads=None):
+        super().__init__(max_pending=64)
         self._max_pixels = max_pixels
         self._draft = draft
+        self._threads = threads
 
     def setup(self):
         self._outcomes = {s: beam.metrics.Metrics.counter("verify", s) for s in schema.STATUSES}
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads or os.cpu_count() or 2,
+                                                           thread_name_prefix="hash")
 
     def process(self, row):
-        fetched_ok = row.get("status") == schema.OK and row.get("_body") is not None
-        row = verify_and_hash(row, self._max_pixels, self._draft)
-        if fetched_ok:
-            self._outcomes[row["status"]].inc()
+        if row.get("status") != schema.OK or row.get("_body") is None:
+            yield row  # nothing fetched: nothing to verify
+            return
+        yield from self._track(self._pool.submit(verify_and_hash, row, self._max_pixels, self._draft), None)
+
+    def _completed(self, _context, row):
+        self._outcomes[row["status"]].inc()
         if row["status"] != schema.OK:
             row["_body"] = None  # only images that pass every check are stored
-        yield row
+        return row
+
+    def teardown(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 class HashImages(beam.PTransform):
