@@ -17,7 +17,7 @@ import numpy as np
 
 from bench import synth
 from pipelines.dedup import pipeline_options
-from transforms.dedup import Dedup
+from transforms.dedup import Dedup, SumNestedCounts
 
 CHUNK = 20000
 
@@ -67,33 +67,6 @@ def _purity(element):
             "clusters_seen": 1}
 
 
-class _Sum(beam.CombineFn):
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, x):
-        return _add(acc, x)
-
-    def merge_accumulators(self, accs):
-        accs = iter(accs)
-        out = next(accs)
-        for a in accs:
-            _add(out, a)
-        return out
-
-    def extract_output(self, acc):
-        return acc
-
-
-def _add(into, other):
-    for key, v in other.items():
-        if isinstance(v, dict):
-            _add(into.setdefault(key, {}), v)
-        else:
-            into[key] = into.get(key, 0) + v
-    return into
-
-
 def _write(doc, path):
     with open(path, "w") as f:
         json.dump(doc, f)
@@ -133,7 +106,7 @@ def main(argv=None):
                   | "ByCluster" >> beam.GroupByKey()
                   | "Purity" >> beam.Map(_purity))
         evaluation = ((per_group, purity, rows_out) | beam.Flatten()
-                      | "SumEval" >> beam.CombineGlobally(_Sum()))
+                      | "SumEval" >> beam.CombineGlobally(SumNestedCounts()))
         (evaluation | "JoinStats" >> beam.Map(
             lambda e, s: {"evaluation": e, "stats": s}, s=beam.pvalue.AsSingleton(out["stats"]))
          | "Write" >> beam.Map(_write, os.path.join(workdir, "eval-tmp.json")))

@@ -47,7 +47,7 @@ from transforms.placeholders import known_placeholder_hashes
 from transforms.urls import normalize_url
 
 __all__ = [
-    "Dedup", "WriteDuplicates", "normalize_url", "canonical_sort_key", "DEFAULT_MAX_DISTANCE",
+    "Dedup", "WriteDuplicates", "SumNestedCounts", "normalize_url", "canonical_sort_key", "DEFAULT_MAX_DISTANCE",
     "DEFAULT_DHASH_MAX_DISTANCE", "DEFAULT_DATASET_PRIORITY", "DEFAULT_PLACEHOLDER_MIN_URLS",
 ]
 
@@ -313,7 +313,7 @@ def _dataset_order(name):
 
 
 def _cluster_stats(record):
-    """One cluster's contribution to summary.json (summed by _SumStats)."""
+    """One cluster's contribution to summary.json (summed by SumNestedCounts)."""
     size = record["size"]
     if record["is_placeholder"]:
         return {"placeholder_groups": 1, "placeholder_rows": size,
@@ -345,7 +345,7 @@ def _add(into, other):
     return into
 
 
-class _SumStats(beam.CombineFn):
+class SumNestedCounts(beam.CombineFn):
     """Sums nested dicts of counts into one dict."""
 
     def create_accumulator(self):
@@ -491,7 +491,7 @@ class Dedup(beam.PTransform):
         stats = (
             partials
             | "AllStats" >> beam.Flatten()
-            | "SumStats" >> beam.CombineGlobally(_SumStats())
+            | "SumStats" >> beam.CombineGlobally(SumNestedCounts())
             | "FinishStats" >> beam.Map(_finish_stats, self.config())
         )
         return {"rows": out_rows, "clusters": clusters, "stats": stats}

@@ -129,8 +129,7 @@ class HostGate:
     def __init__(self, config):
         self._config = config
         self.slots = asyncio.Semaphore(config.per_host)
-        self.interval = 0.0
-        self._next_start = 0.0
+        self._pacer = Pacer()
         self.failures = 0
         self._open_until = 0.0
         self._cooldown = config.host_cooldown
@@ -144,13 +143,17 @@ class HostGate:
                                        f" (last: {error})", skipped=True)
         return None
 
+    @property
+    def interval(self):
+        """Seconds between request starts to this host, as the host's answers set it."""
+        return self._pacer.gap
+
+    @interval.setter
+    def interval(self, seconds):
+        self._pacer.gap = seconds
+
     async def wait_turn(self):
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._next_start)
-        self._next_start = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
+        await self._pacer.wait()
 
     def record(self, result, now):
         config = self._config
@@ -170,20 +173,23 @@ class HostGate:
             self.interval = self.interval * 0.75 if self.interval > 0.01 else 0.0
 
 
-class RateLimit:
-    """Evenly spaced request starts: at most `rate` per second (0 = no limit)."""
+class Pacer:
+    """Evenly spaced starts: each wait() returns at least `gap` seconds after the previous one's."""
 
-    def __init__(self, rate):
-        self._gap = 1.0 / rate if rate and rate > 0 else 0.0
+    def __init__(self, gap=0.0):
+        self.gap = gap
         self._next = 0.0
 
+    @classmethod
+    def per_second(cls, rate):
+        """At most `rate` starts per second (0 or None: no limit)."""
+        return cls(1.0 / rate if rate and rate > 0 else 0.0)
+
     async def wait(self):
-        if not self._gap:
-            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         start = max(now, self._next)
-        self._next = start + self._gap
+        self._next = start + self.gap
         if start > now:
             await asyncio.sleep(start - now)
 
@@ -213,7 +219,7 @@ class Fetcher:
     async def _open_session(self):
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._hosts = {}
-        self._rate = RateLimit(self.config.max_rate)
+        self._rate = Pacer.per_second(self.config.max_rate)
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self._policy),
             limit=self.config.concurrency,

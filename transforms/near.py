@@ -150,22 +150,11 @@ class BandPlan:
         permuted = self.permute(phash)
         for j in range(self.bands):
             prefix = self.prefix(self.band(permuted, j), j)
-            order = np.argsort(prefix, kind="stable")
-            sorted_prefix = prefix[order]
-            shards, starts = np.unique(sorted_prefix, return_index=True)
-            ends = np.append(starts[1:], len(order))
-            for shard, lo, hi in zip(shards.tolist(), starts.tolist(), ends.tolist()):
-                idx = order[lo:hi]
+            for shard, idx in _split_by(prefix):
                 yield (j, shard), "o", phash[idx], dhash[idx]
             for masks in self._prefix_masks:
                 for mask in masks:
-                    target = prefix ^ np.uint64(mask)
-                    order = np.argsort(target, kind="stable")
-                    sorted_target = target[order]
-                    shards, starts = np.unique(sorted_target, return_index=True)
-                    ends = np.append(starts[1:], len(order))
-                    for shard, lo, hi in zip(shards.tolist(), starts.tolist(), ends.tolist()):
-                        idx = order[lo:hi]
+                    for shard, idx in _split_by(prefix ^ np.uint64(mask)):
                         yield (j, shard), "q", phash[idx], dhash[idx]
 
     def search_shard(self, j, shard, owners, queries, dhash_max_distance=None,
@@ -363,3 +352,12 @@ class NearDuplicatePairs(beam.PTransform):
             | "GroupShards" >> beam.GroupByKey()
             | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max))
         )
+
+
+def _split_by(values):
+    """(value, indices holding it) for each distinct value, indices in their original order."""
+    order = np.argsort(values, kind="stable")
+    distinct, starts = np.unique(values[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    for value, lo, hi in zip(distinct.tolist(), starts.tolist(), ends.tolist()):
+        yield value, order[lo:hi]
