@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from transforms.dedup import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
-                              DEFAULT_PLACEHOLDER_MIN_URLS, Dedup)
+                              DEFAULT_PLACEHOLDER_MIN_URLS, Dedup, DedupShards)
 from transforms.fetch import DEFAULT_USER_AGENT, FetchConfig, user_agent
 from transforms.hashing import DEFAULT_MAX_PIXELS
 from transforms.placeholders import known_placeholder_hashes
@@ -49,11 +49,11 @@ def add_dedup_arguments(parser):
     add("--shard-bits", type=int, default=3, help="near search: 2^s shards per band")
 
 
-def dedup_transform(opts):
-    """The Dedup transform the dedup options describe."""
+def dedup_transform(opts, from_shards=False):
+    """The Dedup transform the dedup options describe (DedupShards for rows kept in table shards)."""
     dhash_max = opts.dhash_max_distance if opts.dhash_max_distance is None or opts.dhash_max_distance >= 0 \
         else None
-    return Dedup(
+    return (DedupShards if from_shards else Dedup)(
         max_distance=DEFAULT_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
         dataset_priority=tuple(d.strip() for d in opts.dataset_priority.split(",") if d.strip()),
         dhash_max_distance=dhash_max, placeholder_min_urls=opts.placeholder_min_urls,
@@ -140,6 +140,13 @@ def job_done(result):
 
 def is_local(options):
     return options.view_as(StandardOptions).runner in ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
+
+
+def one_local_process(options):
+    """A local run whose bundles all run in this one process: nothing to gain from spreading rows."""
+    direct = options.view_as(DirectOptions)
+    return is_local(options) and (direct.direct_running_mode != "multi_processing"
+                                  or (direct.direct_num_workers or 1) <= 1)
 
 
 def format_status_table(counts, statuses):

@@ -16,14 +16,15 @@ from pipelines import common, metrics, progress, sample
 from pipelines.report import try_write_report
 from transforms import schema
 from transforms.checksums import AttachExpectedHashes
-from transforms.dedup import WriteDuplicates
+from transforms.dedup import WriteDuplicates, slim_row
 from transforms.fetch import FetchImages
 from transforms.hashing import HashImages
 from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.manifests import ManifestParsers, ReadManifests
 from transforms.resume import MergeWithPrevious, parse_retry_statuses
 from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
-from transforms.table import ReadImageTable, RetireFiles, WriteImageTable, list_orphan_shards, list_table_files
+from transforms.table import FinalizeTable, ReadImageTable, RetireFiles, WriteTableShards, list_orphan_shards, \
+    list_table_files
 from transforms.progress import RecordProgress
 
 DEMO_TIMEOUT = 3.0
@@ -75,14 +76,17 @@ def parse_manifest_args(values):
 fetch_config = common.fetch_config  # kept importable from here
 
 
-def build_pipeline(pipeline, opts, started_at, progress_dir=None):
-    """Adds the ingest graph to `pipeline`; returns the final rows PCollection."""
+def build_pipeline(pipeline, opts, started_at, progress_dir=None, spread_rows=True):
+    """Adds the ingest graph to `pipeline`; returns the rows PCollection (without cluster columns).
+
+    spread_rows: shuffle the manifest rows across workers before the fetch (see ReadManifests).
+    """
     out = opts.output
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
     previous_files = list_table_files(out)  # replaced by this run's, once those are written
     if opts.resume and not previous_files:
         raise ValueError(f"--resume: no table to resume in {join_path(out, 'images')}")
-    rows = read_manifest_rows(pipeline, opts)
+    rows = read_manifest_rows(pipeline, opts, spread_rows)
     carried = None
     if opts.resume:
         merged = rows | "MergePrevious" >> MergeWithPrevious(
@@ -98,59 +102,49 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None):
     )
     if carried is not None:
         fetched = (fetched, carried) | "WithCarried" >> beam.Flatten()
-    # Only a small projection of each row goes through dedup's shuffles; the full rows are
-    # streamed to Parquet shards and get their cluster columns when the shards are finalised.
+    # Full rows never cross a shuffle (the local runner holds whatever crosses one in memory):
+    # they stream into temporary Parquet shards; dedup sees a slim projection, re-reads only the
+    # rows of clusters from the shards, and the shards get their cluster columns when finalised.
+    shards = fetched | "WriteShards" >> WriteTableShards(out, run_id)
     deduped = (
-        fetched
-        | "DedupFields" >> beam.Map(dedup_projection)
-        | "Dedup" >> common.dedup_transform(opts)
+        {"slim": fetched | "DedupKeys" >> beam.Map(slim_row), "shards": shards}
+        | "Dedup" >> common.dedup_transform(opts, from_shards=True)
     )
-    final = deduped["rows"]
-    clusters = final | "ClusterColumns" >> beam.FlatMap(cluster_columns)
+    clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
     _ = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
-    written = fetched | "WriteImages" >> WriteImageTable(out, run_id, clusters)
+    written = shards | "WriteImages" >> FinalizeTable(out, run_id, clusters)
     _ = written | "RetirePrevious" >> RetireFiles(previous_files + list_orphan_shards(out))
-    blob_count = final | "CountBlobs" >> CountBlobs()
+    blob_count = fetched | "CountBlobs" >> CountBlobs()
     duplicates = (
         deduped["stats"]
         | "DupStats" >> beam.combiners.ToList()
         | "WithBlobs" >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs),
                                   blobs=beam.pvalue.AsSingleton(blob_count))
     )
-    summary_inputs = {"counts": final | "Counts" >> StatusCounts(), "duplicates": duplicates, "written": written}
+    summary_inputs = {"counts": fetched | "Counts" >> StatusCounts(), "duplicates": duplicates, "written": written}
     if carried is not None:
         summary_inputs["resume"] = (
             (carried | "CountCarried" >> beam.combiners.Count.Globally())
             | "ResumeFigures" >> beam.Map(lambda n, total: {"carried": n, "fetched": total - n},
                                           total=beam.pvalue.AsSingleton(
-                                              final | "CountAll" >> beam.combiners.Count.Globally())))
+                                              fetched | "CountAll" >> beam.combiners.Count.Globally())))
     _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
-    return final
-
-
-DEDUP_FIELDS = ("key", "dataset", "url", "final_url", "status", "http_status", "sha256", "md5", "phash", "dhash",
-                "width", "height", "blob", "fetched_at", "format", "size_bytes")
-
-
-def dedup_projection(row):
-    return {name: row.get(name) for name in DEDUP_FIELDS}
+    return fetched
 
 
 def cluster_columns(row):
-    """(key, cluster columns) for rows that belong to a cluster; the rest take the defaults."""
-    if row.get("cluster_id") is None and not row.get("is_placeholder"):
-        return []
+    """(key, cluster columns) of a clustered row."""
     return [(row["key"], (row["cluster_id"], bool(row.get("is_canonical")), bool(row.get("is_placeholder"))))]
 
 
-def read_manifest_rows(pipeline, opts):
+def read_manifest_rows(pipeline, opts, spread_rows=True):
     """Manifest rows with their published hashes, labels and captions joined (none without manifests)."""
     manifests = parse_manifest_args(opts.manifest)
     if not manifests:
         return pipeline | "NoManifests" >> beam.Create([])
     synsets = load_synsets(opts.imagenet_synsets) if opts.imagenet_synsets else None
     parsers = ManifestParsers(opts.imagenet_root, synsets)
-    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers)
+    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers, spread_rows)
     # Joins run on the small pre-fetch rows: no image bytes cross their shuffles.
     if opts.cc12m_hashes:
         rows = rows | "PublishedHashes" >> AttachExpectedHashes(opts.cc12m_hashes)
@@ -208,7 +202,8 @@ def run(argv=None):
         pipeline = beam.Pipeline(options=options)
         with progress.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
                                    enabled=opts.progress and common.is_local(options)) as live:
-            build_pipeline(pipeline, opts, started_at, live.directory)
+            build_pipeline(pipeline, opts, started_at, live.directory,
+                           spread_rows=not common.one_local_process(options))
             live.start()
             result = common.wait_for(pipeline.run(), options)
     if common.job_done(result):

@@ -8,7 +8,8 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms import schema
-from transforms.dedup import Dedup, WriteDuplicates
+from transforms.dedup import Dedup, DedupShards, WriteDuplicates, slim_row
+from transforms.table import WriteTableShards
 
 
 def flip(hex16, bits):
@@ -49,6 +50,36 @@ def run_dedup(rows, tmp_path, **options):
     (result["stats"]
      | "StatsJson" >> beam.Map(json.dumps)
      | "WriteStats" >> beam.io.WriteToText(os.path.join(out, "stats"), file_name_suffix=".json"))
+    return _finish(p, out)
+
+
+def run_dedup_shards(rows, tmp_path, shard_rows=7, **options):
+    """Like run_dedup, through DedupShards: rows written to Parquet shards of `shard_rows` rows,
+    dedup on their slim projection and members read back from the shards. Only clustered rows
+    come out."""
+    out = str(tmp_path / "out")
+    p = beam.Pipeline(runner="FnApiRunner")
+    rows_in = p | beam.Create(rows, reshuffle=False)
+    shards = rows_in | WriteTableShards(out, "test", shard_rows=shard_rows)
+    result = {"slim": rows_in | beam.Map(slim_row), "shards": shards} | DedupShards(**options)
+    (result["rows"]
+     | "RowJson" >> beam.Map(lambda r: json.dumps(r, default=str))
+     | "WriteRows" >> beam.io.WriteToText(os.path.join(out, "rows"), file_name_suffix=".jsonl"))
+    result["clusters"] | WriteDuplicates(out)
+    (result["stats"]
+     | "StatsJson" >> beam.Map(json.dumps)
+     | "WriteStats" >> beam.io.WriteToText(os.path.join(out, "stats"), file_name_suffix=".json"))
+    (shards | beam.combiners.Count.Globally() | "ShardCount" >> beam.Map(str)
+     | "WriteShardCount" >> beam.io.WriteToText(os.path.join(out, "shards"), file_name_suffix=".txt"))
+    result = _finish(p, out)
+    return result + (int(_lines(out, "shards-*.txt")[0]),)
+
+
+def _lines(out, pattern):
+    return [line.strip() for path in sorted(glob.glob(os.path.join(out, pattern))) for line in open(path)]
+
+
+def _finish(p, out):
     run = p.run()
     run.wait_until_finish()
     counters = {c.key.metric.name: c.committed

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from tests.dedup_helpers import (at_distance, check_invariants, cluster_of, flip, random_hash,
-                                 row, run_dedup)
+                                 row, run_dedup, run_dedup_shards)
 from transforms.dedup import DEFAULT_MAX_DISTANCE, canonical_sort_key, normalize_url
 
 K = DEFAULT_MAX_DISTANCE
@@ -246,3 +246,35 @@ def test_canonical_sort_key_unknown_dataset_and_missing_size():
 ])
 def test_normalize_url(url, expected):
     assert normalize_url(url) == expected
+
+
+def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path):
+    """The ingest's DedupShards (slim rows in, members re-read from Parquet shards) finds the
+    same clusters, cluster columns and stats as Dedup on the full rows."""
+    rng = random.Random(9)
+    rows = [row(f"cc12m:ph{i}", "cc12m", url=f"http://f{i}.example/x", phash="8000000000000000",
+                dhash="0000000000000000", sha256="dead") for i in range(60)]  # a placeholder
+    rows += [row("cc3m:u1", url="http://Flickr.example/a.jpg", status="timeout"),
+             row("cc12m:u1", "cc12m", url="https://flickr.example:443/a.jpg", status="timeout"),
+             row("cc3m:s1", phash=random_hash(rng), dhash=random_hash(rng), sha256="f00d"),
+             row("cc12m:s1", "cc12m", phash=random_hash(rng), dhash=random_hash(rng), sha256="F00D"),
+             # one picture at two URLs, no other match: a cluster of its own vertex
+             row("openimages:p1", "openimages", phash="00ff00ff00ff00ff", dhash="1234567812345678"),
+             row("cc3m:p1", phash="00ff00ff00ff00ff", dhash="1234567812345678")]
+    for t in range(5):  # near pairs across datasets
+        ph, dh = random_hash(rng), random_hash(rng)
+        rows += [row(f"cc3m:n{t}", phash=ph, dhash=dh),
+                 row(f"zero:n{t}", "zero", phash=at_distance(ph, 4, rng), dhash=at_distance(dh, 3, rng))]
+    rows += [row(f"cc3m:alone{i}", phash=random_hash(rng), dhash=random_hash(rng)) for i in range(40)]
+    rows_all, clusters, stats, _ = run_dedup(rows, tmp_path / "rows")
+    rows_clustered, clusters_s, stats_s, _, shards = run_dedup_shards(rows, tmp_path / "shards", shard_rows=7)
+    assert shards >= len(rows) // 7  # members really came from many shards
+    check_invariants(rows, rows_all, clusters)
+    columns = lambda r: (r["cluster_id"], r["is_canonical"], r["is_placeholder"])  # noqa: E731
+    expected = {r["key"]: columns(r) for r in rows_all if r["cluster_id"] is not None}
+    assert len(expected) == 60 + 2 + 2 + 2 + 10
+    assert {r["key"]: columns(r) for r in rows_clustered} == expected
+    assert len(rows_clustered) == len(expected)  # each clustered row once
+    by_id = lambda cs: {c["cluster_id"]: c for c in cs}  # noqa: E731
+    assert by_id(clusters_s) == by_id(clusters)
+    assert stats_s == stats

@@ -3,6 +3,7 @@ import io
 import os
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -99,14 +100,15 @@ def test_unmatched_manifest_fails_at_construction(tmp_path):
         ReadManifests([("laion", str(tmp_path))])
 
 
-def test_repeated_ids_and_repeated_files_keep_keys_unique(tmp_path):
+@pytest.mark.parametrize("spread_rows", [True, False], ids=["spread", "streamed"])
+def test_repeated_ids_and_repeated_files_keep_keys_unique(tmp_path, spread_rows):
     header = "ImageID,OriginalURL\n"
     (tmp_path / "a.csv").write_text(header + "00000000000000aa,http://a/1.jpg\n00000000000000bb,http://a/2.jpg\n"
                                     "00000000000000aa,http://a/3.jpg\n")
     (tmp_path / "c.tsv").write_text("cap\thttp://c/1.jpg\n")
     with TestPipeline(runner="FnApiRunner") as p:
         rows = p | ReadManifests([("openimages", str(tmp_path / "a.csv")), ("cc3m", str(tmp_path / "c.tsv")),
-                                  ("cc3m", str(tmp_path / "c.tsv"))], ManifestParsers())
+                                  ("cc3m", str(tmp_path / "c.tsv"))], ManifestParsers(), spread_rows)
         assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
             ("openimages:00000000000000aa", "http://a/1.jpg"), ("openimages:00000000000000bb", "http://a/2.jpg"),
             ("openimages:00000000000000aa@a.csv:4", "http://a/3.jpg"), ("cc3m:1", "http://c/1.jpg")]))

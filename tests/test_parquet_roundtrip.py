@@ -88,3 +88,22 @@ def test_joined_rows_round_trip_through_parquet(tmp_path):
     cuirass = got["imagenet_captions:n03146219_27278.JPEG"]
     assert cuirass["tags"] == ["cuirasse", "musée-de-la-préhistoire", "saint-germain-en-laye"]
     assert "_read_path" not in cuirass  # internal keys never reach Parquet
+
+
+def test_table_shards_roll_over_and_finalise_every_row_once(tmp_path):
+    """One bundle of 23 rows, shards of 5 rows: 5 part files, each row once, cluster columns joined."""
+    from transforms.table import FinalizeTable, WriteTableShards
+    out = str(tmp_path / "out")
+    rows = [schema.new_row("cc3m", f"cc3m:{i}", f"http://h/{i}.jpg", status="ok") for i in range(23)]
+    with TestPipeline(runner="FnApiRunner") as p:
+        shards = p | beam.Create(rows, reshuffle=False) | WriteTableShards(out, "run", shard_rows=5)
+        clusters = p | "Clusters" >> beam.Create([("cc3m:3", ("c1", True, False)), ("cc3m:17", ("c1", False, False))])
+        _ = shards | FinalizeTable(out, "run", clusters)
+    files = sorted(glob.glob(os.path.join(out, "images", "*.parquet")))
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    assert len(files) == 5
+    assert sorted(table.column("key").to_pylist()) == sorted(r["key"] for r in rows)
+    found = {r["key"]: (r["cluster_id"], r["is_canonical"]) for r in table.to_pylist()}
+    assert found["cc3m:3"] == ("c1", True) and found["cc3m:17"] == ("c1", False)
+    assert found["cc3m:0"] == (None, True)
+    assert not glob.glob(os.path.join(out, "_tmp-*"))  # the temporary shards are gone

@@ -47,7 +47,7 @@ from transforms.placeholders import known_placeholder_hashes
 from transforms.urls import normalize_url
 
 __all__ = [
-    "Dedup", "WriteDuplicates", "SumNestedCounts", "normalize_url", "canonical_sort_key", "DEFAULT_MAX_DISTANCE",
+    "Dedup", "DedupShards", "slim_row", "WriteDuplicates", "SumNestedCounts", "normalize_url", "canonical_sort_key", "DEFAULT_MAX_DISTANCE",
     "DEFAULT_DHASH_MAX_DISTANCE", "DEFAULT_DATASET_PRIORITY", "DEFAULT_PLACEHOLDER_MIN_URLS",
 ]
 
@@ -116,8 +116,10 @@ def _hamming(a, b):
 
 @beam.typehints.with_output_types(typing.Tuple[str, typing.Optional[str]])
 class _PictureGroups(beam.DoFn):
-    """(vertex, [(normalised url, sha256)]) -> search node or placeholder marker."""
+    """(vertex, [(normalised url digest, sha256 is a known placeholder)]) -> search node,
+    placeholder marker, several-rows marker."""
     PLACEHOLDER = "placeholder"
+    SEVERAL = "several"  # one picture, several rows: a cluster even without any other match
 
     def __init__(self, min_urls, known_hashes):
         self._min_urls = min_urls
@@ -128,26 +130,35 @@ class _PictureGroups(beam.DoFn):
         phash, dhash = vertex[1:17], vertex[17:] or None
         known = phash in self._known or (dhash is not None and dhash in self._known)
         urls = set()
-        for nurl, sha256 in members:
+        rows = 0
+        for nurl, known_sha256 in members:
+            rows += 1
             if nurl is not None and len(urls) < self._min_urls:
                 urls.add(nurl)
-            if sha256 and sha256.lower() in self._known:
-                known = True
+            known = known or known_sha256
         if known or len(urls) >= self._min_urls:
             _counter("placeholder_groups").inc()
             yield beam.pvalue.TaggedOutput(
                 self.PLACEHOLDER, (vertex, _cluster_id("placeholder:" + vertex[1:])))
             return
+        if rows > 1:
+            yield beam.pvalue.TaggedOutput(self.SEVERAL, vertex)
         yield phash, dhash
 
 
 # --- step 2: exact URL / sha256 groups ---------------------------------------------------------
 
+def _digest(kind, text):
+    # 96-bit digests stand for URLs and sha256s in the shuffles: 4x smaller, and a chance
+    # collision among 10^8 values has odds ~1e-13.
+    return kind + hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+
+
 def _exact_keys(slim):
     if slim["nurl"] is not None:
-        yield ("u", slim["nurl"]), slim["vertex"]
+        yield slim["nurl"], slim["vertex"]
     if slim["sha256"]:
-        yield ("s", slim["sha256"]), slim["vertex"]
+        yield _digest(b"s", slim["sha256"]), slim["vertex"]
 
 
 def _star_edges(element, placeholders):
@@ -163,37 +174,26 @@ def _star_edges(element, placeholders):
 
 # --- step 5: rows meet their component -------------------------------------------------------
 
-@beam.typehints.with_output_types(typing.Tuple[str, typing.Any])
-class _Assign(beam.DoFn):
-    """(vertex, {rows, label}) -> (component, row) for clustered rows, final rows otherwise."""
-    SINGLE = "single"
+_RANK_PLACEHOLDER, _RANK_EDGE, _RANK_PICTURE = 0, 1, 2
 
-    def process(self, element, placeholders):
-        vertex, grouped = element
-        rows = grouped["rows"]
-        labels = list(grouped["label"])
-        if vertex in placeholders:
-            component = _PLACEHOLDER + vertex
-        elif labels:
-            component = labels[0]
-        else:
-            # No edge: a cluster only if the picture has several rows. Peek at two rows
-            # instead of listing a group that may hold a million.
-            rows = iter(rows)
-            first = next(rows, None)
-            if first is None:  # no rows and no label: cannot happen, but never crash
-                return
-            second = next(rows, None)
-            if second is None:
-                _counter("unique_rows").inc()
-                yield beam.pvalue.TaggedOutput(self.SINGLE, dict(
-                    first, cluster_id=None, is_canonical=True, is_placeholder=False))
-                return
-            component = vertex  # one picture, several rows, no other match
-            yield component, first
-            yield component, second
-        for row in rows:
-            yield component, row
+
+def _choose_component(candidates):
+    """A vertex's component: placeholder group, else its connected component, else its own picture."""
+    return min(candidates)
+
+
+def _labelled(row, components):
+    """(component, row) for a row in a cluster; nothing for a row that is alone."""
+    found = components.get(_vertex(row))
+    if found is not None:
+        yield found[1], row
+
+
+def _single(row, components):
+    if _vertex(row) in components:
+        return []
+    _counter("unique_rows").inc()
+    return [dict(row, cluster_id=None, is_canonical=True, is_placeholder=False)]
 
 
 # --- step 6: one cluster -----------------------------------------------------------------------
@@ -383,11 +383,13 @@ def _finish_stats(stats, config):
 
 # --- the transform -----------------------------------------------------------------------------
 
-def _slim(row):
+def slim_row(row):
+    """What dedup needs of a row to find its matches: key, graph vertex, normalised URL (digest), sha256."""
+    nurl = normalize_url(row.get("url"))
     return {
         "key": row.get("key"),
         "vertex": _vertex(row),
-        "nurl": normalize_url(row.get("url")),
+        "nurl": None if nurl is None else _digest(b"u", nurl),
         "sha256": _lower(row.get("sha256")),
     }
 
@@ -439,17 +441,31 @@ class Dedup(beam.PTransform):
         }
 
     def expand(self, rows):
-        slim = rows | "Slim" >> beam.Map(_slim)
+        slim = rows | "Slim" >> beam.Map(slim_row)
+        found = self.find_components(slim)
+        components = beam.pvalue.AsDict(found["components"])
+        members = rows | "Members" >> beam.FlatMap(_labelled, components=components)
+        singles = rows | "Singles" >> beam.FlatMap(_single, components=components)
+        clustered = self.cluster(members)
+        out_rows = (singles, clustered["rows"]) | "AllRows" >> beam.Flatten()
+        stats = self.stats(clustered["clusters"], slim, found["near_pairs"])
+        return {"rows": out_rows, "clusters": clustered["clusters"], "stats": stats}
 
+    def find_components(self, slim):
+        """Slim rows -> {"components": (vertex, (rank, component)) for every vertex in a cluster,
+        "near_pairs": the near search's pairs}. Vertices not listed are alone."""
         pictures = (
             slim
             | "OnlyPictures" >> beam.Filter(lambda s: s["vertex"].startswith("p"))
-            | "ByPicture" >> beam.Map(lambda s: (s["vertex"], (s["nurl"], s["sha256"])))
+            | "ByPicture" >> beam.Map(
+                lambda s, known: (s["vertex"], (s["nurl"], bool(s["sha256"]) and s["sha256"] in known)),
+                frozenset(h.strip().lower() for h in self._known))
             | "GroupPictures" >> beam.GroupByKey()
             | "Pictures" >> beam.ParDo(_PictureGroups(self._min_urls, self._known)).with_outputs(
-                _PictureGroups.PLACEHOLDER, main="nodes")
+                _PictureGroups.PLACEHOLDER, _PictureGroups.SEVERAL, main="nodes")
         )
-        placeholders = beam.pvalue.AsDict(pictures[_PictureGroups.PLACEHOLDER])
+        placeholder_groups = pictures[_PictureGroups.PLACEHOLDER]
+        placeholders = beam.pvalue.AsDict(placeholder_groups)
 
         exact_edges = (
             slim
@@ -464,37 +480,75 @@ class Dedup(beam.PTransform):
             | "AllEdges" >> beam.Flatten()
             | "Components" >> ConnectedComponents(rounds=self._rounds)
         )
-
-        assigned = (
-            {"rows": rows | "ByVertex" >> beam.Map(lambda r: (_vertex(r), r)), "label": labels}
-            | "RowsMeetLabels" >> beam.CoGroupByKey()
-            | "Assign" >> beam.ParDo(_Assign(), placeholders=placeholders).with_outputs(
-                _Assign.SINGLE, main="clustered")
+        # Only vertices in a cluster are listed, so the map stays as small as the duplicates.
+        components = (
+            (placeholder_groups | "PlaceholderRank" >> beam.MapTuple(
+                lambda vertex, _: (vertex, (_RANK_PLACEHOLDER, _PLACEHOLDER + vertex))),
+             labels | "EdgeRank" >> beam.MapTuple(lambda vertex, label: (vertex, (_RANK_EDGE, label))),
+             pictures[_PictureGroups.SEVERAL] | "PictureRank" >> beam.Map(
+                 lambda vertex: (vertex, (_RANK_PICTURE, vertex))))
+            | "AllComponents" >> beam.Flatten()
+            | "OneComponent" >> beam.CombinePerKey(_choose_component)
         )
+        return {"components": components, "near_pairs": near_pairs}
+
+    def cluster(self, members):
+        """(component, row) -> {"rows": member rows with cluster columns, "clusters": records}."""
         clustered = (
-            assigned.clustered
+            members
             | "GroupClusters" >> beam.GroupByKey()
             | "Cluster" >> beam.ParDo(_Cluster(self._priority, self._max_distance,
                                                self._dhash_max, self._max_listed)).with_outputs(
                 _Cluster.CLUSTERS, main="rows")
         )
-        out_rows = (assigned[_Assign.SINGLE], clustered.rows) | "AllRows" >> beam.Flatten()
-        clusters = clustered[_Cluster.CLUSTERS]
+        return {"rows": clustered.rows, "clusters": clustered[_Cluster.CLUSTERS]}
 
+    def stats(self, clusters, slim, near_pairs):
         partials = (
             clusters | "ClusterStats" >> beam.Map(_cluster_stats),
-            rows | "CountRows" >> beam.combiners.Count.Globally()
+            slim | "CountRows" >> beam.combiners.Count.Globally()
             | "RowsStat" >> beam.Map(lambda n: {"rows": n}),
             near_pairs | "CountNear" >> beam.combiners.Count.Globally()
             | "NearStat" >> beam.Map(lambda n: {"near_pairs": n}),
         )
-        stats = (
+        return (
             partials
             | "AllStats" >> beam.Flatten()
             | "SumStats" >> beam.CombineGlobally(SumNestedCounts())
             | "FinishStats" >> beam.Map(_finish_stats, self.config())
         )
-        return {"rows": out_rows, "clusters": clusters, "stats": stats}
+
+
+class DedupShards(Dedup):
+    """Dedup for rows that are already in Parquet shards (the ingest): the full rows never cross
+    a shuffle (the local runner holds whatever crosses one in memory).
+
+    Input {"slim": slim_row() of every row, "shards": paths of the shards holding the rows}.
+    Output {"rows": the rows of clusters only, with their cluster columns (rows not listed are
+    alone: cluster_id None, is_canonical True, is_placeholder False), "clusters", "stats"}.
+    """
+
+    def expand(self, inputs):
+        found = self.find_components(inputs["slim"])
+        members = inputs["shards"] | "Members" >> beam.FlatMap(
+            _shard_members, components=beam.pvalue.AsDict(found["components"]))
+        clustered = self.cluster(members)
+        stats = self.stats(clustered["clusters"], inputs["slim"], found["near_pairs"])
+        return {"rows": clustered["rows"], "clusters": clustered["clusters"], "stats": stats}
+
+
+MEMBER_FIELDS = ("key", "dataset", "url", "status", "sha256", "phash", "dhash", "width", "height")
+
+
+def _shard_members(path, components):
+    if not components:
+        return
+    import pyarrow.parquet as pq  # only the ingest's workers need it here
+    with FileSystems.open(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        for batch in parquet.iter_batches(batch_size=4096, columns=list(MEMBER_FIELDS)):
+            for row in batch.to_pylist():
+                yield from _labelled(row, components)
 
 
 class WriteDuplicates(beam.PTransform):

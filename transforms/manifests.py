@@ -167,8 +167,9 @@ class ManifestParsers:
 class ParseManifestFile(beam.DoFn):
     """(kind, path, key prefix) -> rows of that file, streamed."""
 
-    def __init__(self, parsers):
+    def __init__(self, parsers, counted=True):
         self._parsers = parsers
+        self._counted = counted  # False for a second pass over the same files
 
     def setup(self):
         self._rows = beam.metrics.Metrics.counter("manifest", "rows")
@@ -180,9 +181,10 @@ class ParseManifestFile(beam.DoFn):
         with open_stream(path) as binary:
             for ordinal, row in enumerate(parse(binary, path, key_prefix), start=1):
                 row["_ordinal"] = ordinal
-                self._rows.inc()
-                if row.get("status"):
-                    self._malformed.inc()
+                if self._counted:
+                    self._rows.inc()
+                    if row.get("status"):
+                        self._malformed.inc()
                 yield row
 
 
@@ -218,25 +220,30 @@ def _first_and_count(positions):
     return (min(p for p, _ in positions), sum(n for _, n in positions))
 
 
-class UniqueKeys(beam.PTransform):
-    """Keys stay unique when a manifest repeats an ImageID, ImageKey or filename.
+class RepeatedKeys(beam.PTransform):
+    """Manifest files -> (key, position of its first occurrence) for keys that occur more than once.
 
-    The first occurrence (by file, then line) keeps `dataset:id`; each later one becomes
-    `dataset:id@file:line`, deterministic across runs. Only rows of ID-keyed datasets are counted
-    (a key-only combine: no row crosses a shuffle).
+    Keys stay unique when a manifest repeats an ImageID, ImageKey or filename: the first occurrence
+    (by file, then line) keeps `dataset:id`; each later one becomes `dataset:id@file:line`,
+    deterministic across runs (`_rename_repeat`). This is a pass of its own over the files of
+    ID-keyed datasets, so that only keys and positions cross a shuffle and the rows themselves
+    stream from the file into the fetch (the local runner holds what crosses a shuffle in memory).
     """
 
-    def expand(self, rows):
-        parts = rows | "ByKeying" >> beam.Partition(lambda row, _: 0 if row["dataset"] in LINE_KEYED else 1, 2)
-        repeated = (
-            parts[1]
+    def __init__(self, parsers):
+        super().__init__()
+        self._parsers = parsers
+
+    def expand(self, files):
+        return (
+            files
+            | "IdKeyedFiles" >> beam.Filter(lambda spec: spec[0] not in LINE_KEYED)
+            | "Keys" >> beam.ParDo(ParseManifestFile(self._parsers, counted=False))
             | "Positions" >> beam.Map(lambda row: (row["key"], (_position(row), 1)))
             | "FirstAndCount" >> beam.CombinePerKey(_first_and_count)
             | "Repeated" >> beam.Filter(lambda item: item[1][1] > 1)
             | "FirstOnly" >> beam.Map(lambda item: (item[0], item[1][0]))
         )
-        renamed = parts[1] | "Rename" >> beam.Map(_rename_repeat, first=beam.pvalue.AsDict(repeated))
-        return (parts[0], renamed) | "AllRows" >> beam.Flatten()
 
 
 def _rename_repeat(row, first):
@@ -249,23 +256,37 @@ def _rename_repeat(row, first):
 
 
 class ReadManifests(beam.PTransform):
-    """[(kind, pattern)] -> one row per manifest record, spread across workers."""
+    """[(kind, pattern)] -> one row per manifest record.
 
-    def __init__(self, manifests, parsers=None):
+    spread_rows: cross a shuffle so that the fetch spreads over workers (Dataflow fuses it onto
+    the worker that read the file otherwise). Off for a local run in one process, where the rows
+    then stream from the file into the fetch instead of being held in memory all at once.
+    """
+
+    def __init__(self, manifests, parsers=None, spread_rows=True):
         super().__init__()
         self._parsers = parsers or ManifestParsers()
         self._files = expand_manifests(manifests, self._parsers)
+        self._spread_rows = spread_rows
 
     def expand(self, pbegin):
-        return (
+        files = (
             pbegin
             | "ManifestFiles" >> beam.Create(self._files)
             | "SpreadFiles" >> beam.Reshuffle()
+        )
+        repeated = files | "RepeatedKeys" >> RepeatedKeys(self._parsers)
+        rows = (
+            files
             | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers))
-            | "UniqueKeys" >> UniqueKeys()
-            # Without a reshuffle, Dataflow fuses the whole fetch onto the worker that read the
-            # file. Rows cross it in batches: a runner's cost per shuffled element is far above
-            # a row's size, and the local runner holds every shuffled element in memory.
+            | "UniqueKeys" >> beam.Map(_rename_repeat, first=beam.pvalue.AsDict(repeated))
+        )
+        if not self._spread_rows:
+            return rows
+        # Rows cross the shuffle in batches: a runner's cost per shuffled element is far above a
+        # row's size.
+        return (
+            rows
             | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=256)
             | "SpreadRows" >> beam.Reshuffle()
             | "Unbatch" >> beam.FlatMap(lambda batch: batch)

@@ -66,22 +66,29 @@ class ReadImageTable(beam.PTransform):
 
 
 class WriteShardsDoFn(beam.DoFn):
-    """Rows -> temporary Parquet shards, one per bundle; yields each shard's path."""
+    """Rows -> temporary Parquet shards of at most `shard_rows` rows; yields each shard's path.
 
-    def __init__(self, tmp_dir, batch_rows=2000):
+    A bundle can hold a whole manifest (the local runner makes one bundle of a stage's input), so
+    shards are closed at a fixed size: finalising one then needs memory for one shard only.
+    """
+
+    def __init__(self, tmp_dir, batch_rows=2000, shard_rows=20000):
         self._tmp_dir = tmp_dir
-        self._batch_rows = batch_rows
+        self._batch_rows = min(batch_rows, shard_rows)
+        self._shard_rows = shard_rows
 
     def setup(self):
         self._rows_written = beam.metrics.Metrics.counter("table", "rows_written")
 
     def start_bundle(self):
-        self._buffer, self._writer, self._handle, self._path = [], None, None, None
+        self._buffer, self._writer, self._handle, self._path, self._in_shard = [], None, None, None, 0
 
     def process(self, row):
         self._buffer.append(schema.to_parquet_record(row))
         if len(self._buffer) >= self._batch_rows:
             self._flush()
+            if self._in_shard >= self._shard_rows:
+                yield self._close()
 
     def _flush(self):
         if not self._buffer:
@@ -92,14 +99,19 @@ class WriteShardsDoFn(beam.DoFn):
             self._writer = pq.ParquetWriter(self._handle, schema.IMAGE_SCHEMA, compression="zstd")
         self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=schema.IMAGE_SCHEMA))
         self._rows_written.inc(len(self._buffer))
+        self._in_shard += len(self._buffer)
         self._buffer = []
+
+    def _close(self):
+        self._writer.close()
+        self._handle.close()
+        path, self._writer, self._handle, self._path, self._in_shard = self._path, None, None, None, 0
+        return path
 
     def finish_bundle(self):
         self._flush()
         if self._writer is not None:
-            self._writer.close()
-            self._handle.close()
-            yield GlobalWindows.windowed_value(self._path)
+            yield GlobalWindows.windowed_value(self._close())
 
 
 def final_name(images_dir, run_id, shard_path):
@@ -128,11 +140,28 @@ def finalize_shard(shard_path, assignments, images_dir, run_id):
     return target
 
 
-class WriteImageTable(beam.PTransform):
-    """Rows -> OUT/images/part-<run>-<shard>.parquet, cluster columns joined from `clusters`.
+def temporary_dir(out_dir, run_id):
+    return join_path(out_dir, f"_tmp-{run_id}")
+
+
+class WriteTableShards(beam.PTransform):
+    """Rows -> paths of temporary Parquet shards in OUT/_tmp-<run> (phase 1)."""
+
+    def __init__(self, out_dir, run_id, shard_rows=20000):
+        super().__init__()
+        self._tmp_dir = temporary_dir(out_dir, run_id)
+        self._shard_rows = shard_rows
+
+    def expand(self, rows):
+        return rows | "Shards" >> beam.ParDo(WriteShardsDoFn(self._tmp_dir, shard_rows=self._shard_rows))
+
+
+class FinalizeTable(beam.PTransform):
+    """Shard paths -> OUT/images/part-<run>-<shard>.parquet, cluster columns joined from `clusters`
+    (phase 2); removes the temporary directory after. Returns the final file names.
 
     `clusters`: (key, (cluster_id, is_canonical, is_placeholder)) for rows in a cluster only; rows
-    not listed get (None, True, False). Returns the final file names.
+    not listed get (None, True, False).
     """
 
     def __init__(self, out_dir, run_id, clusters):
@@ -141,18 +170,15 @@ class WriteImageTable(beam.PTransform):
         self._run_id = run_id
         self._clusters = clusters
 
-    def expand(self, rows):
-        tmp_dir = join_path(self._out_dir, f"_tmp-{self._run_id}")
+    def expand(self, shards):
         images_dir = join_path(self._out_dir, "images")
-        run_id = self._run_id
-        shards = rows | "Shards" >> beam.ParDo(WriteShardsDoFn(tmp_dir))
         final = (
             shards
             | "SpreadShards" >> beam.Reshuffle()
             | "Finalize" >> beam.Map(finalize_shard, assignments=beam.pvalue.AsDict(self._clusters),
-                                     images_dir=images_dir, run_id=run_id)
+                                     images_dir=images_dir, run_id=self._run_id)
         )
-        _ = final | "DropTemporary" >> RemoveDirectory(tmp_dir)
+        _ = final | "DropTemporary" >> RemoveDirectory(temporary_dir(self._out_dir, self._run_id))
         return final
 
 
