@@ -175,12 +175,15 @@ class ParseManifestFile(beam.DoFn):
         self._rows = beam.metrics.Metrics.counter("manifest", "rows")
         self._malformed = beam.metrics.Metrics.counter("manifest", "malformed")
 
-    def process(self, spec):
+    def process(self, spec, repeated=None):
+        """repeated: RepeatedKeys as a dict, to rename later occurrences of a key while parsing."""
         kind, path, key_prefix = spec
         parse = self._parsers[kind]
         with open_stream(path) as binary:
             for ordinal, row in enumerate(parse(binary, path, key_prefix), start=1):
                 row["_ordinal"] = ordinal
+                if repeated:
+                    _rename_repeat(row, repeated)
                 if self._counted:
                     self._rows.inc()
                     if row.get("status"):
@@ -276,11 +279,10 @@ class ReadManifests(beam.PTransform):
             | "SpreadFiles" >> beam.Reshuffle()
         )
         repeated = files | "RepeatedKeys" >> RepeatedKeys(self._parsers)
-        rows = (
-            files
-            | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers))
-            | "UniqueKeys" >> beam.Map(_rename_repeat, first=beam.pvalue.AsDict(repeated))
-        )
+        # The parse itself takes the side input: a step of its own after the parse would make
+        # the runner hold every parsed row until the side input is ready.
+        rows = files | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers),
+                                                    repeated=beam.pvalue.AsDict(repeated))
         if not self._spread_rows:
             return rows
         # Rows cross the shuffle in batches: a runner's cost per shuffled element is far above a

@@ -158,7 +158,7 @@ class BandPlan:
                         yield (j, shard), "q", phash[idx], dhash[idx]
 
     def search_shard(self, j, shard, owners, queries, dhash_max_distance=None,
-                     chunk_pairs=1 << 22, chunk_probes=1 << 22):
+                     chunk_pairs=1 << 20, chunk_probes=1 << 20):
         """Pairs within the threshold between queries and owners of shard (band j, shard).
 
         owners/queries: (phash uint64 array, dhash uint64 array, has_dhash bool array).
