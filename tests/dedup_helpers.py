@@ -43,14 +43,7 @@ def run_dedup(rows, tmp_path, **options):
     out = str(tmp_path / "out")
     p = beam.Pipeline(runner="FnApiRunner")
     result = p | beam.Create(rows, reshuffle=False) | Dedup(**options)
-    (result["rows"]
-     | "RowJson" >> beam.Map(lambda r: json.dumps(r, default=str))
-     | "WriteRows" >> beam.io.WriteToText(os.path.join(out, "rows"), file_name_suffix=".jsonl"))
-    result["clusters"] | WriteDuplicates(out)
-    (result["stats"]
-     | "StatsJson" >> beam.Map(json.dumps)
-     | "WriteStats" >> beam.io.WriteToText(os.path.join(out, "stats"), file_name_suffix=".json"))
-    return _finish(p, out)
+    return _finish(p, result, out)
 
 
 def run_dedup_shards(rows, tmp_path, shard_rows=7, **options):
@@ -62,6 +55,18 @@ def run_dedup_shards(rows, tmp_path, shard_rows=7, **options):
     rows_in = p | beam.Create(rows, reshuffle=False)
     shards = rows_in | WriteTableShards(out, "test", shard_rows=shard_rows)
     result = {"slim": rows_in | beam.Map(slim_row), "shards": shards} | DedupShards(**options)
+    (shards | beam.combiners.Count.Globally() | "ShardCount" >> beam.Map(str)
+     | "WriteShardCount" >> beam.io.WriteToText(os.path.join(out, "shards"), file_name_suffix=".txt"))
+    found = _finish(p, result, out)
+    return found + (int(_lines(out, "shards-*.txt")[0]),)
+
+
+def _lines(out, pattern):
+    return [line.strip() for path in sorted(glob.glob(os.path.join(out, pattern))) for line in open(path)]
+
+
+def _finish(p, result, out):
+    """Writes Dedup's outputs under `out`, runs the pipeline, reads them back."""
     (result["rows"]
      | "RowJson" >> beam.Map(lambda r: json.dumps(r, default=str))
      | "WriteRows" >> beam.io.WriteToText(os.path.join(out, "rows"), file_name_suffix=".jsonl"))
@@ -69,17 +74,6 @@ def run_dedup_shards(rows, tmp_path, shard_rows=7, **options):
     (result["stats"]
      | "StatsJson" >> beam.Map(json.dumps)
      | "WriteStats" >> beam.io.WriteToText(os.path.join(out, "stats"), file_name_suffix=".json"))
-    (shards | beam.combiners.Count.Globally() | "ShardCount" >> beam.Map(str)
-     | "WriteShardCount" >> beam.io.WriteToText(os.path.join(out, "shards"), file_name_suffix=".txt"))
-    result = _finish(p, out)
-    return result + (int(_lines(out, "shards-*.txt")[0]),)
-
-
-def _lines(out, pattern):
-    return [line.strip() for path in sorted(glob.glob(os.path.join(out, pattern))) for line in open(path)]
-
-
-def _finish(p, out):
     run = p.run()
     run.wait_until_finish()
     counters = {c.key.metric.name: c.committed
