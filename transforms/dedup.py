@@ -123,7 +123,7 @@ class _PictureGroups(beam.DoFn):
 
     def __init__(self, min_urls, known_hashes):
         self._min_urls = min_urls
-        self._known = frozenset(h.strip().lower() for h in known_hashes)
+        self._known = frozenset(known_hashes)  # lower-case, stripped (Dedup normalises them)
 
     def process(self, element):
         vertex, members = element
@@ -174,26 +174,22 @@ def _star_edges(element, placeholders):
 
 # --- step 5: rows meet their component -------------------------------------------------------
 
+# A vertex's component, the smallest rank wins: placeholder group, else its connected
+# component, else its own picture (several rows, no other match).
 _RANK_PLACEHOLDER, _RANK_EDGE, _RANK_PICTURE = 0, 1, 2
+_SINGLE = "single"
 
 
-def _choose_component(candidates):
-    """A vertex's component: placeholder group, else its connected component, else its own picture."""
-    return min(candidates)
-
-
-def _labelled(row, components):
-    """(component, row) for a row in a cluster; nothing for a row that is alone."""
+def _place(row, components, singles=True):
+    """(component, row) for a row in a cluster; a row alone gets its final cluster columns
+    (tagged output `single`), or nothing when singles=False."""
     found = components.get(_vertex(row))
     if found is not None:
         yield found[1], row
-
-
-def _single(row, components):
-    if _vertex(row) in components:
-        return []
-    _counter("unique_rows").inc()
-    return [dict(row, cluster_id=None, is_canonical=True, is_placeholder=False)]
+    elif singles:
+        _counter("unique_rows").inc()
+        yield beam.pvalue.TaggedOutput(_SINGLE, dict(row, cluster_id=None, is_canonical=True,
+                                                     is_placeholder=False))
 
 
 # --- step 6: one cluster -----------------------------------------------------------------------
@@ -424,7 +420,7 @@ class Dedup(beam.PTransform):
         self._priority = tuple(dataset_priority)
         self._dhash_max = dhash_max_distance
         self._min_urls = int(placeholder_min_urls)
-        self._known = tuple(placeholder_hashes)
+        self._known = frozenset(h.strip().lower() for h in placeholder_hashes)
         self._rounds = cc_rounds
         self._max_listed = int(max_listed_members)
         self._near = NearDuplicatePairs(self._max_distance, dhash_max_distance, bands=bands,
@@ -444,10 +440,10 @@ class Dedup(beam.PTransform):
         slim = rows | "Slim" >> beam.Map(slim_row)
         found = self.find_components(slim)
         components = beam.pvalue.AsDict(found["components"])
-        members = rows | "Members" >> beam.FlatMap(_labelled, components=components)
-        singles = rows | "Singles" >> beam.FlatMap(_single, components=components)
-        clustered = self.cluster(members)
-        out_rows = (singles, clustered["rows"]) | "AllRows" >> beam.Flatten()
+        placed = rows | "Place" >> beam.FlatMap(_place, components=components).with_output_types(
+            typing.Tuple[str, typing.Any]).with_outputs(_SINGLE, main="members")
+        clustered = self.cluster(placed.members)
+        out_rows = (placed[_SINGLE], clustered["rows"]) | "AllRows" >> beam.Flatten()
         stats = self.stats(clustered["clusters"], slim, found["near_pairs"])
         return {"rows": out_rows, "clusters": clustered["clusters"], "stats": stats}
 
@@ -459,7 +455,7 @@ class Dedup(beam.PTransform):
             | "OnlyPictures" >> beam.Filter(lambda s: s["vertex"].startswith("p"))
             | "ByPicture" >> beam.Map(
                 lambda s, known: (s["vertex"], (s["nurl"], bool(s["sha256"]) and s["sha256"] in known)),
-                frozenset(h.strip().lower() for h in self._known))
+                self._known)
             | "GroupPictures" >> beam.GroupByKey()
             | "Pictures" >> beam.ParDo(_PictureGroups(self._min_urls, self._known)).with_outputs(
                 _PictureGroups.PLACEHOLDER, _PictureGroups.SEVERAL, main="nodes")
@@ -488,7 +484,7 @@ class Dedup(beam.PTransform):
              pictures[_PictureGroups.SEVERAL] | "PictureRank" >> beam.Map(
                  lambda vertex: (vertex, (_RANK_PICTURE, vertex))))
             | "AllComponents" >> beam.Flatten()
-            | "OneComponent" >> beam.CombinePerKey(_choose_component)
+            | "OneComponent" >> beam.CombinePerKey(min)
         )
         return {"components": components, "near_pairs": near_pairs}
 
@@ -548,7 +544,7 @@ def _shard_members(path, components):
         parquet = pq.ParquetFile(handle)
         for batch in parquet.iter_batches(batch_size=4096, columns=list(MEMBER_FIELDS)):
             for row in batch.to_pylist():
-                yield from _labelled(row, components)
+                yield from _place(row, components, singles=False)
 
 
 class WriteDuplicates(beam.PTransform):
