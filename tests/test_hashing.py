@@ -5,7 +5,7 @@ from PIL import Image
 
 from pipelines.sample import encode, jpeg, picture, pixel_bomb_png
 from transforms import schema
-from transforms.hashing import inspect_image, verify_and_hash
+from transforms.hashing import hash_hex, inspect_image, verify_and_hash
 
 
 def fetched(body, **fields):
@@ -83,3 +83,10 @@ def test_published_hash_mismatch():
 def test_failed_rows_pass_through_untouched():
     row = schema.fail(schema.new_row("cc3m", "cc3m:1", "http://x"), schema.TIMEOUT, "slow")
     assert verify_and_hash(row) == row
+
+
+def test_hash_hex_is_imagehash_string():
+    for seed in range(6):
+        image = Image.open(__import__("io").BytesIO(jpeg(seed, (300 + 40 * seed, 200))))
+        for h in (imagehash.phash(image), imagehash.dhash(image)):
+            assert hash_hex(h) == str(h)

@@ -41,6 +41,7 @@ class StoreBlobDoFn(beam.DoFn):
         self._existing = beam.metrics.Metrics.counter("blobs", "already_stored")
         self._bytes = beam.metrics.Metrics.counter("blobs", "bytes_written")
         self._recent = collections.OrderedDict()
+        self._directories = set()  # OUT/blobs/ab/cd already made by this worker: at most 65,536
 
     def process(self, row):
         body = row.pop("_body", None)
@@ -54,24 +55,44 @@ class StoreBlobDoFn(beam.DoFn):
             self._recent.move_to_end(uri)
             self._existing.inc()
             return
-        if FileSystems.exists(uri):
+        local = "://" not in uri
+        if os.path.exists(uri) if local else FileSystems.exists(uri):
             self._existing.inc()
         else:
             # Write aside then rename: a reader never sees half a blob, even on local disk.
             temporary = f"{uri}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-            with FileSystems.create(temporary) as handle:
-                handle.write(body)
-            try:
-                FileSystems.rename([temporary], [uri])
-            except Exception:
-                if not FileSystems.exists(uri):
-                    raise
-                FileSystems.delete([temporary])  # another worker stored the same bytes first
+            if local:
+                self._write_local(temporary, uri, body)
+            else:
+                self._write_remote(temporary, uri, body)
             self._written.inc()
             self._bytes.inc(len(body))
         self._recent[uri] = True
         if len(self._recent) > self._RECENT:
             self._recent.popitem(last=False)
+
+    def _write_local(self, temporary, uri, body):
+        # Plain os calls: Beam's FileSystems costs ~0.3 ms of CPU a blob in makedirs and wrappers,
+        # a tenth of an image's whole budget. Same bytes under the same name, so a race between
+        # two workers replacing each other's file leaves one identical blob.
+        directory = os.path.dirname(uri)
+        if directory not in self._directories:
+            os.makedirs(directory, exist_ok=True)
+            self._directories.add(directory)
+        with open(temporary, "wb") as handle:
+            handle.write(body)
+        os.replace(temporary, uri)
+
+    @staticmethod
+    def _write_remote(temporary, uri, body):
+        with FileSystems.create(temporary) as handle:
+            handle.write(body)
+        try:
+            FileSystems.rename([temporary], [uri])
+        except Exception:
+            if not FileSystems.exists(uri):
+                raise
+            FileSystems.delete([temporary])  # another worker stored the same bytes first
 
 
 class StoreBlobs(beam.PTransform):
