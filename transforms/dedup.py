@@ -38,6 +38,7 @@ import re
 import typing
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
@@ -75,13 +76,14 @@ def _hex16(value):
 
 
 def _vertex(row):
-    """Graph vertex of a row: its (phash, dhash) picture, or the row itself without a pHash.
+    """Graph vertex of a row: its (phash, dhash) picture, or the row itself (a digest of its key)
+    without a pHash.
 
     A dHash of all zeros (a flat image: no gradient) is treated as missing, as in the search.
     """
     phash = _hex16(row.get("phash"))
-    if phash is None:
-        return "k" + str(row.get("key"))
+    if phash is None:  # 128 bits of the key: fixed size, so it packs into the key records below
+        return "k" + hashlib.blake2b(str(row.get("key")).encode("utf-8"), digest_size=16).hexdigest()
     dhash = _hex16(row.get("dhash"))
     if dhash is None or dhash == "0" * 16:
         dhash = ""
@@ -112,54 +114,140 @@ def _hamming(a, b):
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-# --- step 1: picture groups, placeholders, search nodes ---------------------------------------
+# --- steps 1-2: compact key records, grouped by shard ----------------------------------------
+#
+# Every row contributes a picture record (its vertex, URL digest, known-placeholder sha256) and
+# one exact-key record per URL / sha256 digest. They cross the shuffle as numpy arrays of fixed
+# size records, a few hundred per shard and batch, instead of one Python tuple per row: the local
+# runner keeps a shuffle's whole input in memory, where a tuple per row costs ~300 bytes and a
+# record 30. A shard's records are then grouped with numpy sorts.
 
-@beam.typehints.with_output_types(typing.Tuple[str, typing.Optional[str]])
-class _PictureGroups(beam.DoFn):
-    """(vertex, [(normalised url digest, sha256 is a known placeholder)]) -> search node,
-    placeholder marker, several-rows marker."""
-    PLACEHOLDER = "placeholder"
-    SEVERAL = "several"  # one picture, several rows: a cluster even without any other match
+KEY_SHARDS = 256
 
-    def __init__(self, min_urls, known_hashes):
-        self._min_urls = min_urls
-        self._known = frozenset(known_hashes)  # lower-case, stripped (Dedup normalises them)
-
-    def process(self, element):
-        vertex, members = element
-        phash, dhash = vertex[1:17], vertex[17:] or None
-        known = phash in self._known or (dhash is not None and dhash in self._known)
-        urls = set()
-        rows = 0
-        for nurl, known_sha256 in members:
-            rows += 1
-            if nurl is not None and len(urls) < self._min_urls:
-                urls.add(nurl)
-            known = known or known_sha256
-        if known or len(urls) >= self._min_urls:
-            _counter("placeholder_groups").inc()
-            yield beam.pvalue.TaggedOutput(
-                self.PLACEHOLDER, (vertex, _cluster_id("placeholder:" + vertex[1:])))
-            return
-        if rows > 1:
-            yield beam.pvalue.TaggedOutput(self.SEVERAL, vertex)
-        yield phash, dhash
-
-
-# --- step 2: exact URL / sha256 groups ---------------------------------------------------------
 
 def _digest(kind, text):
     # 96-bit digests stand for URLs and sha256s in the shuffles: 4x smaller, and a chance
     # collision among 10^8 values has odds ~1e-13.
     return kind + hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+_PICTURE_RECORD = np.dtype([("phash", "<u8"), ("dhash", "<u8"), ("nurl", "S13"), ("known", "?")])
+_EXACT_RECORD = np.dtype([("key", "S13"), ("kind", "S1"), ("a", "<u8"), ("b", "<u8")])
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads (phash, dhash) over shards
 
 
-def _exact_keys(slim):
-    if slim["nurl"] is not None:
-        yield slim["nurl"], slim["vertex"]
-    if slim["sha256"]:
-        yield _digest(b"s", slim["sha256"]), slim["vertex"]
+def _vertex_parts(vertex):
+    """'p' + pHash [+ dHash] or 'k' + 128-bit key digest -> (kind, a, b) with two 64-bit ints."""
+    return vertex[0], int(vertex[1:17], 16), int(vertex[17:33], 16) if len(vertex) > 17 else 0
 
+
+def _vertex_of_parts(kind, a, b):
+    if kind == "k":
+        return "k%016x%016x" % (a, b)
+    return _vertex_of_ints(a, b)
+
+
+def _by_shard(kind, records, shards):
+    order = np.argsort(shards, kind="stable")
+    values, starts = np.unique(shards[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    for shard, lo, hi in zip(values.tolist(), starts.tolist(), ends.tolist()):
+        yield (kind, shard), records[order[lo:hi]]
+
+
+@beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
+class _KeyRecords(beam.DoFn):
+    """A batch of slim rows -> (("p", shard), picture records), (("x", shard), exact-key records)."""
+
+    def __init__(self, known_hashes, shards=KEY_SHARDS):
+        self._known = frozenset(known_hashes)
+        self._shards = shards
+
+    def process(self, batch):
+        pictures, exact = [], []
+        for slim in batch:
+            kind, a, b = _vertex_parts(slim["vertex"])
+            nurl, sha256 = slim["nurl"], slim["sha256"]
+            if kind == "p":
+                pictures.append((a, b, nurl or b"", bool(sha256) and sha256 in self._known))
+            if nurl is not None:
+                exact.append((nurl, kind, a, b))
+            if sha256:
+                exact.append((_digest(b"s", sha256), kind, a, b))
+        if pictures:
+            records = np.array(pictures, dtype=_PICTURE_RECORD)
+            with np.errstate(over="ignore"):
+                mixed = (records["phash"] ^ records["dhash"]) * _MIX
+            yield from _by_shard("p", records, mixed % np.uint64(self._shards))
+        if exact:
+            records = np.array(exact, dtype=_EXACT_RECORD)
+            # The digests are uniform already: their first byte after the kind picks the shard.
+            first = np.ascontiguousarray(records["key"]).view(np.uint8).reshape(
+                -1, _EXACT_RECORD["key"].itemsize)[:, 1]
+            yield from _by_shard("x", records, first.astype(np.int64) % self._shards)
+
+
+@beam.typehints.with_output_types(typing.Tuple[typing.Any, typing.Any])
+class _KeyShard(beam.DoFn):
+    """One shard's records -> what the graph needs of them.
+
+    Picture shards: the search nodes as (pHash array, dHash array) of every non-placeholder picture
+    (main output), `placeholder` (vertex, cluster id) of placeholder pictures, `several` vertex of
+    a picture with several rows (a cluster even without any other match).
+    Exact shards: `exact` (key digest, [vertices]) for a URL or sha256 shared by several vertices.
+    """
+    PLACEHOLDER = "placeholder"
+    SEVERAL = "several"
+    EXACT = "exact"
+
+    def __init__(self, min_urls, known_hashes):
+        self._min_urls = min_urls
+        self._known = np.array(sorted({int(h, 16) for h in known_hashes if _HEX16.match(h)}), dtype=np.uint64)
+
+    def process(self, element):
+        (kind, _shard), parts = element
+        records = np.concatenate(list(parts))
+        if kind == "p":
+            yield from self._pictures(records)
+        else:
+            yield from self._exact(records)
+
+    def _pictures(self, r):
+        r = r[np.lexsort((r["nurl"], r["dhash"], r["phash"]))]
+        n = len(r)
+        new_vertex = np.ones(n, dtype=bool)
+        new_vertex[1:] = (r["phash"][1:] != r["phash"][:-1]) | (r["dhash"][1:] != r["dhash"][:-1])
+        starts = np.flatnonzero(new_vertex)
+        rows = np.diff(np.append(starts, n))
+        new_url = new_vertex.copy()
+        new_url[1:] |= r["nurl"][1:] != r["nurl"][:-1]
+        urls = np.add.reduceat((new_url & (r["nurl"] != b"")).astype(np.int64), starts)
+        phash, dhash = r["phash"][starts], r["dhash"][starts]
+        known = (np.logical_or.reduceat(r["known"], starts) | np.isin(phash, self._known)
+                 | ((dhash != 0) & np.isin(dhash, self._known)))
+        placeholder = known | (urls >= self._min_urls)
+        for p, d in zip(phash[placeholder].tolist(), dhash[placeholder].tolist()):
+            _counter("placeholder_groups").inc()
+            vertex = _vertex_of_ints(p, d)
+            yield beam.pvalue.TaggedOutput(self.PLACEHOLDER, (vertex, _cluster_id("placeholder:" + vertex[1:])))
+        several = (rows > 1) & ~placeholder
+        for p, d in zip(phash[several].tolist(), dhash[several].tolist()):
+            yield beam.pvalue.TaggedOutput(self.SEVERAL, _vertex_of_ints(p, d))
+        if not placeholder.all():
+            yield phash[~placeholder], dhash[~placeholder]
+
+    def _exact(self, r):
+        r = np.unique(r)  # distinct (key, vertex), sorted by key
+        new_key = np.ones(len(r), dtype=bool)
+        new_key[1:] = r["key"][1:] != r["key"][:-1]
+        starts = np.flatnonzero(new_key)
+        vertices = np.diff(np.append(starts, len(r)))
+        for lo, count in zip(starts[vertices > 1].tolist(), vertices[vertices > 1].tolist()):
+            group = r[lo:lo + count]
+            yield beam.pvalue.TaggedOutput(self.EXACT, (group["key"][0], [
+                _vertex_of_parts(k.decode(), a, b)
+                for k, a, b in zip(group["kind"].tolist(), group["a"].tolist(), group["b"].tolist())]))
+
+
+# --- step 2: exact URL / sha256 groups: stars ---------------------------------------------
 
 def _star_edges(element, placeholders):
     """All distinct vertices of one URL or sha256 linked to the smallest: a star, not a clique."""
@@ -424,7 +512,7 @@ class Dedup(beam.PTransform):
         self._rounds = cc_rounds
         self._max_listed = int(max_listed_members)
         self._near = NearDuplicatePairs(self._max_distance, dhash_max_distance, bands=bands,
-                                        shard_bits=shard_bits)
+                                        shard_bits=shard_bits, arrays=True)
 
     def config(self):
         return {
@@ -450,26 +538,18 @@ class Dedup(beam.PTransform):
     def find_components(self, slim):
         """Slim rows -> {"components": (vertex, (rank, component)) for every vertex in a cluster,
         "near_pairs": the near search's pairs}. Vertices not listed are alone."""
-        pictures = (
+        shards = (
             slim
-            | "OnlyPictures" >> beam.Filter(lambda s: s["vertex"].startswith("p"))
-            | "ByPicture" >> beam.Map(
-                lambda s, known: (s["vertex"], (s["nurl"], bool(s["sha256"]) and s["sha256"] in known)),
-                self._known)
-            | "GroupPictures" >> beam.GroupByKey()
-            | "Pictures" >> beam.ParDo(_PictureGroups(self._min_urls, self._known)).with_outputs(
-                _PictureGroups.PLACEHOLDER, _PictureGroups.SEVERAL, main="nodes")
+            | "BatchKeys" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
+            | "KeyRecords" >> beam.ParDo(_KeyRecords(self._known))
+            | "GroupKeyShards" >> beam.GroupByKey()
+            | "KeyShards" >> beam.ParDo(_KeyShard(self._min_urls, self._known)).with_outputs(
+                _KeyShard.PLACEHOLDER, _KeyShard.SEVERAL, _KeyShard.EXACT, main="nodes")
         )
-        placeholder_groups = pictures[_PictureGroups.PLACEHOLDER]
+        placeholder_groups = shards[_KeyShard.PLACEHOLDER]
         placeholders = beam.pvalue.AsDict(placeholder_groups)
-
-        exact_edges = (
-            slim
-            | "ExactKeys" >> beam.FlatMap(_exact_keys)
-            | "GroupExact" >> beam.GroupByKey()
-            | "StarEdges" >> beam.FlatMap(_star_edges, placeholders=placeholders)
-        )
-        near_pairs = pictures.nodes | "NearSearch" >> self._near
+        exact_edges = shards[_KeyShard.EXACT] | "StarEdges" >> beam.FlatMap(_star_edges, placeholders=placeholders)
+        near_pairs = shards.nodes | "NearSearch" >> self._near
         near_edges = near_pairs | "NearEdges" >> beam.Map(_near_edge)
         labels = (
             (exact_edges, near_edges)
@@ -481,7 +561,7 @@ class Dedup(beam.PTransform):
             (placeholder_groups | "PlaceholderRank" >> beam.MapTuple(
                 lambda vertex, _: (vertex, (_RANK_PLACEHOLDER, _PLACEHOLDER + vertex))),
              labels | "EdgeRank" >> beam.MapTuple(lambda vertex, label: (vertex, (_RANK_EDGE, label))),
-             pictures[_PictureGroups.SEVERAL] | "PictureRank" >> beam.Map(
+             shards[_KeyShard.SEVERAL] | "PictureRank" >> beam.Map(
                  lambda vertex: (vertex, (_RANK_PICTURE, vertex))))
             | "AllComponents" >> beam.Flatten()
             | "OneComponent" >> beam.CombinePerKey(min)

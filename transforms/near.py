@@ -278,10 +278,13 @@ class _RouteToShards(beam.DoFn):
         self._plan = plan
 
     def process(self, batch):
-        beam.metrics.Metrics.counter("dedup", "near_nodes").inc(len(batch))
-        phash = np.fromiter((_int(p) for p, _ in batch), dtype=np.uint64, count=len(batch))
-        # A missing dHash travels as 0 (NO_DHASH), see NearDuplicatePairs.
-        dhash = np.fromiter((_int(d) or 0 for _, d in batch), dtype=np.uint64, count=len(batch))
+        if isinstance(batch, tuple):  # (pHash array, dHash array) already
+            phash, dhash = batch
+        else:
+            phash = np.fromiter((_int(p) for p, _ in batch), dtype=np.uint64, count=len(batch))
+            # A missing dHash travels as 0 (NO_DHASH), see NearDuplicatePairs.
+            dhash = np.fromiter((_int(d) or 0 for _, d in batch), dtype=np.uint64, count=len(batch))
+        beam.metrics.Metrics.counter("dedup", "near_nodes").inc(len(phash))
         for key, role, p, d in self._plan.route(phash, dhash):
             if role == "o":
                 beam.metrics.Metrics.counter("dedup", "near_owner_records").inc(len(p))
@@ -326,15 +329,17 @@ class NearDuplicatePairs(beam.PTransform):
     """PCollection of DISTINCT (phash, dhash) -> every pair within the thresholds, once.
 
     Input elements: (phash, dhash) as 16-hex-digit strings or ints; dhash may be None (then the
-    pair is judged on pHash alone). Output: (phash_a, dhash_a, phash_b, dhash_b, phash_distance,
+    pair is judged on pHash alone). With arrays=True, batches instead: (phash array, dhash array)
+    of uint64, a missing dHash as 0. Output: (phash_a, dhash_a, phash_b, dhash_b, phash_distance,
     dhash_distance) as ints with (phash_a, dhash_a) < (phash_b, dhash_b); dhash_distance is -1
     where either dhash is missing. A dHash of exactly 0 is treated as missing (a flat image has
     no gradient to compare).
     """
 
     def __init__(self, max_distance, dhash_max_distance=None, bands=None, shard_bits=3,
-                 batch_size=8192):
+                 batch_size=8192, arrays=False):
         super().__init__()
+        self._arrays = arrays
         self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
         self._dhash_max = dhash_max_distance
         self._batch_size = batch_size
@@ -344,10 +349,11 @@ class NearDuplicatePairs(beam.PTransform):
         return self._plan
 
     def expand(self, nodes):
+        if not self._arrays:
+            nodes = nodes | "Batch" >> beam.BatchElements(min_batch_size=min(256, self._batch_size),
+                                                          max_batch_size=self._batch_size)
         return (
             nodes
-            | "Batch" >> beam.BatchElements(min_batch_size=min(256, self._batch_size),
-                                            max_batch_size=self._batch_size)
             | "RouteToShards" >> beam.ParDo(_RouteToShards(self._plan))
             | "GroupShards" >> beam.GroupByKey()
             | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max))
