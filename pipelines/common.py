@@ -46,11 +46,18 @@ def add_dedup_arguments(parser):
         help="sha256 or pHash of a placeholder picture, added to the built-in list "
              "(transforms/placeholders.py); repeatable")
     add("--cc-rounds", type=int, default=6, help="large/small-star rounds before the exact union-find finish")
-    add("--shard-bits", type=int, default=3, help="near search: 2^s shards per band")
+    add("--shard-bits", type=int, default=None,
+        help="near search: 2^s shards per band (default 3; 0 in a one-process local run, where shards "
+             "add no parallelism and each costs another in-memory copy of the query hashes)")
 
 
-def dedup_transform(opts, from_shards=False):
-    """The Dedup transform the dedup options describe (DedupShards for rows kept in table shards)."""
+def dedup_transform(opts, from_shards=False, one_process=False):
+    """The Dedup transform the dedup options describe (DedupShards for rows kept in table shards).
+
+    one_process: the job runs locally in one process (one_local_process), where the near search
+    is not sharded unless --shard-bits says so.
+    """
+    shard_bits = opts.shard_bits if opts.shard_bits is not None else (0 if one_process else 3)
     dhash_max = opts.dhash_max_distance if opts.dhash_max_distance is None or opts.dhash_max_distance >= 0 \
         else None
     return (DedupShards if from_shards else Dedup)(
@@ -59,7 +66,7 @@ def dedup_transform(opts, from_shards=False):
         dhash_max_distance=dhash_max, placeholder_min_urls=opts.placeholder_min_urls,
         placeholder_hashes=known_placeholder_hashes() + tuple(opts.placeholder_hashes or ()),
         cc_rounds=opts.cc_rounds,
-        shard_bits=opts.shard_bits)
+        shard_bits=shard_bits)
 
 
 def add_network_arguments(parser):

@@ -76,11 +76,14 @@ def parse_manifest_args(values):
 fetch_config = common.fetch_config  # kept importable from here
 
 
-def build_pipeline(pipeline, opts, started_at, progress_dir=None, spread_rows=True):
+def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=False):
     """Adds the ingest graph to `pipeline`; returns the rows PCollection (without cluster columns).
 
-    spread_rows: shuffle the manifest rows across workers before the fetch (see ReadManifests).
+    one_process: a local run in this one process (common.one_local_process). The manifest rows
+    then stream into the fetch instead of being shuffled across workers (see ReadManifests), and
+    the near search is not sharded.
     """
+    spread_rows = not one_process
     out = opts.output
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
     previous_files = list_table_files(out)  # replaced by this run's, once those are written
@@ -108,7 +111,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, spread_rows=Tr
     shards = fetched | "WriteShards" >> WriteTableShards(out, run_id)
     deduped = (
         {"slim": fetched | "DedupKeys" >> beam.Map(slim_row), "shards": shards}
-        | "Dedup" >> common.dedup_transform(opts, from_shards=True)
+        | "Dedup" >> common.dedup_transform(opts, from_shards=True, one_process=one_process)
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
     _ = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
@@ -203,7 +206,7 @@ def run(argv=None):
         with progress.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
                                    enabled=opts.progress and common.is_local(options)) as live:
             build_pipeline(pipeline, opts, started_at, live.directory,
-                           spread_rows=not common.one_local_process(options))
+                           one_process=common.one_local_process(options))
             live.start()
             result = common.wait_for(pipeline.run(), options)
     if common.job_done(result):

@@ -40,6 +40,7 @@ import typing
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms import schema
 from transforms.components import ConnectedComponents
@@ -189,8 +190,8 @@ class _KeyRecords(beam.DoFn):
 class _KeyShard(beam.DoFn):
     """One shard's records -> what the graph needs of them.
 
-    Picture shards: the search nodes as (pHash array, dHash array) of every non-placeholder picture
-    (main output), `placeholder` (vertex, cluster id) of placeholder pictures, `several` vertex of
+    Picture shards: the search nodes as (pHash array, dHash array) batches of every non-placeholder
+    picture (main output), `placeholder` (vertex, cluster id) of placeholder pictures, `several` vertex of
     a picture with several rows (a cluster even without any other match).
     Exact shards: `exact` (key digest, [vertices]) for a URL or sha256 shared by several vertices.
     """
@@ -202,6 +203,12 @@ class _KeyShard(beam.DoFn):
         self._min_urls = min_urls
         self._known = np.array(sorted({int(h, 16) for h in known_hashes if _HEX16.match(h)}), dtype=np.uint64)
 
+    NODE_BATCH = 8192  # search nodes go on in batches this big: a shard's few hundred would
+    # multiply the near search's routed records (one per band and shard) by as many batches
+
+    def start_bundle(self):
+        self._nodes, self._node_count = [], 0
+
     def process(self, element):
         (kind, _shard), parts = element
         records = np.concatenate(list(parts))
@@ -209,6 +216,18 @@ class _KeyShard(beam.DoFn):
             yield from self._pictures(records)
         else:
             yield from self._exact(records)
+        if self._node_count >= self.NODE_BATCH:
+            yield self._take_nodes()
+
+    def finish_bundle(self):
+        if self._node_count:
+            yield GlobalWindows.windowed_value(self._take_nodes())
+
+    def _take_nodes(self):
+        phash = np.concatenate([p for p, _ in self._nodes])
+        dhash = np.concatenate([d for _, d in self._nodes])
+        self._nodes, self._node_count = [], 0
+        return phash, dhash
 
     def _pictures(self, r):
         r = r[np.lexsort((r["nurl"], r["dhash"], r["phash"]))]
@@ -232,7 +251,8 @@ class _KeyShard(beam.DoFn):
         for p, d in zip(phash[several].tolist(), dhash[several].tolist()):
             yield beam.pvalue.TaggedOutput(self.SEVERAL, _vertex_of_ints(p, d))
         if not placeholder.all():
-            yield phash[~placeholder], dhash[~placeholder]
+            self._nodes.append((phash[~placeholder], dhash[~placeholder]))
+            self._node_count += int((~placeholder).sum())
 
     def _exact(self, r):
         r = np.unique(r)  # distinct (key, vertex), sorted by key

@@ -35,7 +35,7 @@ class StoreBlobDoFn(beam.DoFn):
     so a retried bundle rewrites nothing that is there.
     """
 
-    _RECENT = 100_000  # shas remembered per worker: about 8 MB
+    _RECENT = 20_000  # blobs remembered per worker, by a 12-byte digest of the URI: ~3 MB
 
     def setup(self):
         self._written = beam.metrics.Metrics.counter("blobs", "written")
@@ -52,8 +52,9 @@ class StoreBlobDoFn(beam.DoFn):
         yield row
 
     def _store(self, uri, body):
-        if uri in self._recent:
-            self._recent.move_to_end(uri)
+        recent = hashlib.blake2b(uri.encode(), digest_size=12).digest()
+        if recent in self._recent:
+            self._recent.move_to_end(recent)
             self._existing.inc()
             return
         local = "://" not in uri
@@ -68,7 +69,7 @@ class StoreBlobDoFn(beam.DoFn):
                 self._write_remote(temporary, uri, body)
             self._written.inc()
             self._bytes.inc(len(body))
-        self._recent[uri] = True
+        self._recent[recent] = True
         if len(self._recent) > self._RECENT:
             self._recent.popitem(last=False)
 
