@@ -107,3 +107,25 @@ def test_table_shards_roll_over_and_finalise_every_row_once(tmp_path):
     assert found["cc3m:3"] == ("c1", True) and found["cc3m:17"] == ("c1", False)
     assert found["cc3m:0"] == (None, True)
     assert not glob.glob(os.path.join(out, "_tmp-*"))  # the temporary shards are gone
+
+
+def test_finalising_a_shard_streams_it_in_batches(tmp_path):
+    """A shard read back in batches smaller than it: every row once, in order, its cluster columns
+    from its own batch (a row in the third batch gets its cluster, not a neighbour's)."""
+    from transforms.table import finalize_shard
+    rows = [schema.new_row("cc3m", f"cc3m:{i}", f"http://h/{i}.jpg", status="ok") for i in range(11)]
+    shard = str(tmp_path / "shard.parquet")
+    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA),
+                   shard, row_group_size=4)
+    images = tmp_path / "images"
+    images.mkdir()
+    target = finalize_shard(shard, {"cc3m:1": ("c1", True, False), "cc3m:9": ("c1", False, True)},
+                            str(images), "run", batch_rows=3)
+    table = pq.read_table(target)
+    assert table.schema.equals(schema.IMAGE_SCHEMA, check_metadata=False)
+    got = table.to_pylist()
+    assert [r["key"] for r in got] == [r["key"] for r in rows]
+    assert [(r["cluster_id"], r["is_canonical"], r["is_placeholder"]) for r in got] == [
+        ("c1", True, False) if r["key"] == "cc3m:1" else ("c1", False, True) if r["key"] == "cc3m:9"
+        else (None, True, False) for r in rows]
+    assert os.listdir(images) == [os.path.basename(target)]  # no temporary file left

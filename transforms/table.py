@@ -120,24 +120,29 @@ def final_name(images_dir, run_id, shard_path):
     return join_path(images_dir, f"{PART_PREFIX}-{run_id}-{digest}.parquet")
 
 
-def finalize_shard(shard_path, assignments, images_dir, run_id):
-    """Copies a shard to OUT/images with the cluster columns from `assignments` (key -> tuple)."""
-    with FileSystems.open(shard_path) as handle:
-        table = pq.read_table(handle)
-    keys = table.column("key").to_pylist()
-    found = [assignments.get(key) for key in keys]
+def finalize_shard(shard_path, assignments, images_dir, run_id, batch_rows=5000):
+    """Copies a shard to OUT/images with the cluster columns from `assignments` (key -> tuple).
+
+    Streamed in batches of `batch_rows`: memory holds one batch, not the shard.
+    """
+    target = final_name(images_dir, run_id, shard_path)
+    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.open(shard_path) as source, FileSystems.create(temporary) as handle:
+        with pq.ParquetWriter(handle, schema.IMAGE_SCHEMA, compression="zstd") as writer:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_rows):
+                writer.write_table(_with_cluster_columns(pa.Table.from_batches([batch]), assignments))
+    FileSystems.rename([temporary], [target])
+    return target
+
+
+def _with_cluster_columns(table, assignments):
+    found = [assignments.get(key) for key in table.column("key").to_pylist()]
     for position, name in enumerate(CLUSTER_COLUMNS):
         default = True if name == "is_canonical" else (False if name == "is_placeholder" else None)
         values = [value[position] if value is not None else default for value in found]
-        index = table.schema.get_field_index(name)
-        table = table.set_column(index, schema.IMAGE_SCHEMA.field(name),
-                                 pa.array(values, type=schema.IMAGE_SCHEMA.field(name).type))
-    target = final_name(images_dir, run_id, shard_path)
-    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temporary) as handle:
-        pq.write_table(table, handle, compression="zstd")
-    FileSystems.rename([temporary], [target])
-    return target
+        field = schema.IMAGE_SCHEMA.field(name)
+        table = table.set_column(table.schema.get_field_index(name), field, pa.array(values, type=field.type))
+    return table
 
 
 def temporary_dir(out_dir, run_id):
