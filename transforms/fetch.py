@@ -5,10 +5,10 @@ concurrent requests per DoFn instance, so a worker's CPU stays busy decoding and
 network waits. `FetchImages` feeds it from a DoFn and emits rows as their fetches complete.
 """
 import asyncio
-import collections
 import concurrent.futures
 import dataclasses
 import email.utils
+import queue
 import socket
 import threading
 import time
@@ -493,21 +493,24 @@ def apply_result(row, result, fetched_at):
 class BoundedFuturesDoFn(beam.DoFn):
     """Keeps many futures in flight and emits each element's output when its future completes.
 
-    process() hands a future to `_track`; once `max_pending` wait, it blocks for the first to finish
-    (the pool stays full, memory stays bounded); finish_bundle drains the rest. Subclasses say
-    what a completed future becomes in `_completed(context, result)`.
+    process() hands a future to `_track`; once `max_pending` wait, it blocks for the next to finish
+    (the pool stays full, memory stays bounded); finish_bundle drains the rest. Finished futures
+    arrive on a queue from their done-callbacks, so each element costs O(1), not a scan of every
+    pending future. Subclasses say what a completed future becomes in `_completed(context, result)`.
     """
 
     def __init__(self, max_pending):
         self._max_pending = max_pending
 
     def start_bundle(self):
-        self._pending = collections.OrderedDict()
+        self._pending = {}
+        self._finished = queue.SimpleQueue()
 
     def _track(self, future, context):
         self._pending[future] = context
+        future.add_done_callback(self._finished.put)
         if len(self._pending) >= self._max_pending:
-            concurrent.futures.wait(list(self._pending), return_when=concurrent.futures.FIRST_COMPLETED)
+            yield self._complete(self._finished.get())
         yield from self._drain(block=False)
 
     def finish_bundle(self):
@@ -515,10 +518,15 @@ class BoundedFuturesDoFn(beam.DoFn):
             yield GlobalWindows.windowed_value(output)
 
     def _drain(self, block):
-        done = list(self._pending) if block else [f for f in self._pending if f.done()]
-        for future in done:
-            context = self._pending.pop(future)
-            yield self._completed(context, future.result())
+        while self._pending:
+            try:
+                future = self._finished.get(block=block)
+            except queue.Empty:
+                return
+            yield self._complete(future)
+
+    def _complete(self, future):
+        return self._completed(self._pending.pop(future), future.result())
 
     def _completed(self, context, result):
         raise NotImplementedError
