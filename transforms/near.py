@@ -158,7 +158,7 @@ class BandPlan:
                         yield (j, shard), "q", phash[idx], dhash[idx]
 
     def search_shard(self, j, shard, owners, queries, dhash_max_distance=None,
-                     chunk_pairs=1 << 20, chunk_probes=1 << 20):
+                     chunk_pairs=1 << 20, chunk_probes=1 << 18):
         """Pairs within the threshold between queries and owners of shard (band j, shard).
 
         owners/queries: (phash uint64 array, dhash uint64 array, has_dhash bool array).
@@ -182,11 +182,13 @@ class BandPlan:
         budget = self.radius - np.bitwise_count(self.prefix(q_band, j) ^ np.uint64(shard)).astype(
             np.int64)
         if low_bits <= 24:
-            # Dense offsets table (CSR): lookup of a low value is two array reads, ~10x faster
-            # than a binary search. At most 2^24 entries (128 MiB); bands are ~21 bits here.
-            counts = np.bincount(o_low.astype(np.intp), minlength=1 << low_bits)
-            starts = np.zeros(len(counts) + 1, dtype=np.int64)
-            np.cumsum(counts, out=starts[1:])
+            # Dense offsets table (CSR): lookup of a low value is two array reads, ~7x faster
+            # than a binary search. 2^low_bits + 1 int32 entries (16 MiB at 22 bits), built in
+            # place from the owners' distinct values, so no table-sized temporary.
+            values, counts = np.unique(o_low, return_counts=True)
+            starts = np.zeros((1 << low_bits) + 1, dtype=np.int32 if len(o_low) < 2**31 else np.int64)
+            starts[values.astype(np.intp) + 1] = counts
+            np.cumsum(starts, out=starts)
 
             def lookup(probes):
                 probes = probes.astype(np.intp)
