@@ -51,11 +51,12 @@ def add_dedup_arguments(parser):
              "add no parallelism and each costs another in-memory copy of the query hashes)")
 
 
-def dedup_transform(opts, from_shards=False, one_process=False):
+def dedup_transform(opts, from_shards=False, one_process=False, spill_dir=None):
     """The Dedup transform the dedup options describe (DedupShards for rows kept in table shards).
 
     one_process: the job runs locally in one process (one_local_process), where the near search
     is not sharded unless --shard-bits says so.
+    spill_dir: local directory for dedup's on-disk shuffle (transforms.spill); local runs only.
     """
     shard_bits = opts.shard_bits if opts.shard_bits is not None else (0 if one_process else 3)
     dhash_max = opts.dhash_max_distance if opts.dhash_max_distance is None or opts.dhash_max_distance >= 0 \
@@ -66,7 +67,7 @@ def dedup_transform(opts, from_shards=False, one_process=False):
         dhash_max_distance=dhash_max, placeholder_min_urls=opts.placeholder_min_urls,
         placeholder_hashes=known_placeholder_hashes() + tuple(opts.placeholder_hashes or ()),
         cc_rounds=opts.cc_rounds,
-        shard_bits=shard_bits)
+        shard_bits=shard_bits, spill_dir=spill_dir)
 
 
 def add_network_arguments(parser):

@@ -24,7 +24,7 @@ from transforms.manifests import ManifestParsers, ReadManifests
 from transforms.resume import MergeWithPrevious, parse_retry_statuses
 from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
 from transforms.table import FinalizeTable, ReadImageTable, RetireFiles, WriteTableShards, list_orphan_shards, \
-    list_table_files
+    list_table_files, temporary_dir
 from transforms.progress import RecordProgress
 
 DEMO_TIMEOUT = 3.0
@@ -80,8 +80,9 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     """Adds the ingest graph to `pipeline`; returns the rows PCollection (without cluster columns).
 
     one_process: a local run in this one process (common.one_local_process). The manifest rows
-    then stream into the fetch instead of being shuffled across workers (see ReadManifests), and
-    the near search is not sharded.
+    then stream into the fetch instead of being shuffled across workers (see ReadManifests), the
+    near search is not sharded, and dedup's keys are grouped through local files rather than in
+    the runner's memory (transforms.spill).
     """
     spread_rows = not one_process
     out = opts.output
@@ -111,7 +112,8 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     shards = fetched | "WriteShards" >> WriteTableShards(out, run_id)
     deduped = (
         {"slim": fetched | "DedupKeys" >> beam.Map(slim_row), "shards": shards}
-        | "Dedup" >> common.dedup_transform(opts, from_shards=True, one_process=one_process)
+        | "Dedup" >> common.dedup_transform(opts, from_shards=True, one_process=one_process,
+                                            spill_dir=spill_directory(out, run_id) if one_process else None)
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
     _ = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
@@ -133,6 +135,14 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
                                               fetched | "CountAll" >> beam.combiners.Count.Globally())))
     _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
     return fetched
+
+
+def spill_directory(out, run_id):
+    """Where a local run spills dedup's keys: inside the run's temporary folder when OUT is local
+    (removed with it), else a local temporary folder (Dedup removes it when done)."""
+    if "://" not in out:
+        return join_path(temporary_dir(out, run_id), "spill")
+    return tempfile.mkdtemp(prefix="ingest-spill-")
 
 
 def cluster_columns(row):

@@ -1,5 +1,6 @@
 """Dedup transform on the real Beam runner: planted pairs, thresholds, chains, skew, exact
 matches, placeholders, canonical policy, stats."""
+import os
 import random
 
 import pytest
@@ -248,9 +249,11 @@ def test_normalize_url(url, expected):
     assert normalize_url(url) == expected
 
 
-def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path):
+@pytest.mark.parametrize("spill", [False, True], ids=["runner-shuffle", "spilled-to-files"])
+def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path, spill):
     """The ingest's DedupShards (slim rows in, members re-read from Parquet shards) finds the
-    same clusters, cluster columns and stats as Dedup on the full rows."""
+    same clusters, cluster columns and stats as Dedup on the full rows; also with its keys and
+    routed hashes grouped through spill files (a local run), which are gone afterwards."""
     rng = random.Random(9)
     rows = [row(f"cc12m:ph{i}", "cc12m", url=f"http://f{i}.example/x", phash="8000000000000000",
                 dhash="0000000000000000", sha256="dead") for i in range(60)]  # a placeholder
@@ -267,7 +270,12 @@ def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path):
                  row(f"zero:n{t}", "zero", phash=at_distance(ph, 4, rng), dhash=at_distance(dh, 3, rng))]
     rows += [row(f"cc3m:alone{i}", phash=random_hash(rng), dhash=random_hash(rng)) for i in range(40)]
     rows_all, clusters, stats, _ = run_dedup(rows, tmp_path / "rows")
-    rows_clustered, clusters_s, stats_s, _, shards = run_dedup_shards(rows, tmp_path / "shards", shard_rows=7)
+    spill_dir = str(tmp_path / "spill") if spill else None
+    rows_clustered, clusters_s, stats_s, counters, shards = run_dedup_shards(
+        rows, tmp_path / "shards", shard_rows=7, spill_dir=spill_dir)
+    if spill:
+        assert counters.get("bytes", 0) > 0  # the records really went through files (spill/bytes)
+        assert not os.path.exists(spill_dir)
     assert shards >= len(rows) // 7  # members really came from many shards
     check_invariants(rows, rows_all, clusters)
     columns = lambda r: (r["cluster_id"], r["is_canonical"], r["is_placeholder"])  # noqa: E731

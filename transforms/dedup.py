@@ -34,6 +34,7 @@ Keys must be unique in the input (the standalone job enforces it).
 import hashlib
 import itertools
 import json
+import os
 import re
 import typing
 
@@ -46,6 +47,8 @@ from transforms import schema
 from transforms.components import ConnectedComponents
 from transforms.near import NearDuplicatePairs
 from transforms.placeholders import known_placeholder_hashes
+from transforms.spill import GroupRecords
+from transforms.table import RemoveDirectory
 from transforms.urls import normalize_url
 
 __all__ = [
@@ -133,6 +136,10 @@ def _digest(kind, text):
 _PICTURE_RECORD = np.dtype([("phash", "<u8"), ("dhash", "<u8"), ("nurl", "S13"), ("known", "?")])
 _EXACT_RECORD = np.dtype([("key", "S13"), ("kind", "S1"), ("a", "<u8"), ("b", "<u8")])
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads (phash, dhash) over shards
+
+
+def _key_record_dtype(key):
+    return _PICTURE_RECORD if key[0] == "p" else _EXACT_RECORD
 
 
 def _vertex_parts(vertex):
@@ -522,8 +529,9 @@ class Dedup(beam.PTransform):
                  dhash_max_distance=DEFAULT_DHASH_MAX_DISTANCE,
                  placeholder_min_urls=DEFAULT_PLACEHOLDER_MIN_URLS,
                  placeholder_hashes=known_placeholder_hashes(),
-                 cc_rounds=6, bands=None, shard_bits=3, max_listed_members=10000):
+                 cc_rounds=6, bands=None, shard_bits=3, max_listed_members=10000, spill_dir=None):
         super().__init__()
+        self._spill_dir = spill_dir
         self._max_distance = int(max_distance)
         self._priority = tuple(dataset_priority)
         self._dhash_max = dhash_max_distance
@@ -532,7 +540,10 @@ class Dedup(beam.PTransform):
         self._rounds = cc_rounds
         self._max_listed = int(max_listed_members)
         self._near = NearDuplicatePairs(self._max_distance, dhash_max_distance, bands=bands,
-                                        shard_bits=shard_bits, arrays=True)
+                                        shard_bits=shard_bits, arrays=True, spill_dir=self._spill("near"))
+
+    def _spill(self, name):
+        return None if self._spill_dir is None else os.path.join(self._spill_dir, name)
 
     def config(self):
         return {
@@ -562,7 +573,7 @@ class Dedup(beam.PTransform):
             slim
             | "BatchKeys" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
             | "KeyRecords" >> beam.ParDo(_KeyRecords(self._known))
-            | "GroupKeyShards" >> beam.GroupByKey()
+            | "GroupKeyShards" >> GroupRecords(self._spill("keys"), dtype_of=_key_record_dtype)
             | "KeyShards" >> beam.ParDo(_KeyShard(self._min_urls, self._known)).with_outputs(
                 _KeyShard.PLACEHOLDER, _KeyShard.SEVERAL, _KeyShard.EXACT, main="nodes")
         )
@@ -586,6 +597,8 @@ class Dedup(beam.PTransform):
             | "AllComponents" >> beam.Flatten()
             | "OneComponent" >> beam.CombinePerKey(min)
         )
+        if self._spill_dir is not None:  # every reader of the spilled records is upstream of this
+            _ = components | "DropSpill" >> RemoveDirectory(self._spill_dir)
         return {"components": components, "near_pairs": near_pairs}
 
     def cluster(self, members):

@@ -38,8 +38,12 @@ from itertools import combinations
 import apache_beam as beam
 import numpy as np
 
+from transforms.spill import GroupRecords
+
 HASH_BITS = 64
 NO_DHASH = np.uint64(0)
+# One routed hash: an owner of its (band, shard) or a query into it.
+ROUTED_RECORD = np.dtype([("owner", "?"), ("phash", "<u8"), ("dhash", "<u8")])
 
 # Relative cost of checking one candidate pair vs one sorted-table lookup (measured roughly:
 # a vectorised xor+popcount is ~20x cheaper than a searchsorted probe).
@@ -292,7 +296,9 @@ class _RouteToShards(beam.DoFn):
                 beam.metrics.Metrics.counter("dedup", "near_owner_records").inc(len(p))
             else:
                 beam.metrics.Metrics.counter("dedup", "near_query_records").inc(len(p))
-            yield key, (role, p, d)
+            records = np.empty(len(p), dtype=ROUTED_RECORD)
+            records["owner"], records["phash"], records["dhash"] = role == "o", p, d
+            yield key, records
 
 
 class _SearchShard(beam.DoFn):
@@ -302,16 +308,12 @@ class _SearchShard(beam.DoFn):
 
     def process(self, element):
         (j, shard), parts = element
-        owners = [[], []]
-        queries = [[], []]
-        for role, p, d in parts:
-            target = owners if role == "o" else queries
-            target[0].append(p)
-            target[1].append(d)
-        if not owners[0] or not queries[0]:
+        records = np.concatenate(list(parts))
+        owner = records["owner"]
+        if not owner.any() or owner.all():
             return
-        o = _arrays(owners)
-        q = _arrays(queries)
+        o = _arrays(records[owner])
+        q = _arrays(records[~owner])
         pairs = beam.metrics.Metrics.counter("dedup", "near_pairs")
         for qp, qd, op, od, pdist, ddist in self._plan.search_shard(j, shard, o, q,
                                                                    self._dhash_max):
@@ -321,9 +323,8 @@ class _SearchShard(beam.DoFn):
                 yield row
 
 
-def _arrays(parts):
-    p = np.concatenate(parts[0])
-    d = np.concatenate(parts[1])
+def _arrays(records):
+    p, d = records["phash"], records["dhash"]
     return p, d, d != NO_DHASH
 
 
@@ -336,12 +337,15 @@ class NearDuplicatePairs(beam.PTransform):
     dhash_distance) as ints with (phash_a, dhash_a) < (phash_b, dhash_b); dhash_distance is -1
     where either dhash is missing. A dHash of exactly 0 is treated as missing (a flat image has
     no gradient to compare).
+    spill_dir: a local directory the routed hashes are grouped through (transforms.spill; local
+    runs only), instead of the runner's in-memory GroupByKey.
     """
 
     def __init__(self, max_distance, dhash_max_distance=None, bands=None, shard_bits=3,
-                 batch_size=8192, arrays=False):
+                 batch_size=8192, arrays=False, spill_dir=None):
         super().__init__()
         self._arrays = arrays
+        self._spill_dir = spill_dir
         self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
         self._dhash_max = dhash_max_distance
         self._batch_size = batch_size
@@ -357,7 +361,7 @@ class NearDuplicatePairs(beam.PTransform):
         return (
             nodes
             | "RouteToShards" >> beam.ParDo(_RouteToShards(self._plan))
-            | "GroupShards" >> beam.GroupByKey()
+            | "GroupShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: ROUTED_RECORD)
             | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max))
         )
 

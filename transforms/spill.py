@@ -1,0 +1,93 @@
+"""A GroupByKey for numpy records that keeps them in files: the on-disk shuffle of local runs.
+
+The local FnApi runner holds each shuffle's whole input in memory, encoded and decoded (several
+copies), so any per-row shuffle makes a local run's memory grow with the manifest. Dedup's keys
+and the near search's hashes are fixed-size numpy records; on a local runner (one machine, one
+filesystem) they can go through files instead: each bundle appends its records to one file per
+key, only the file paths cross the runner's shuffle, and the consumer of a key reads its files
+back. Memory then holds a bundle's write buffer and one key's records, whatever the row count.
+Dataflow's shuffle is on disk already; there the plain GroupByKey is used (files written by one
+worker's local disk are not visible to another).
+
+Exactly once: a bundle's paths are emitted only from its finish_bundle, so the files of a failed
+and retried bundle are never read (they are removed with the directory).
+"""
+import os
+import uuid
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.transforms.window import GlobalWindows
+
+
+class SpillRecords(beam.DoFn):
+    """(key, record array) -> at the end of the bundle, (key, path) of the file holding all the
+    bundle's records of that key. Buffered writes: all buffers go to disk past `flush_bytes`."""
+
+    def __init__(self, directory, flush_bytes=4 << 20):
+        self._directory = directory
+        self._flush_bytes = flush_bytes
+
+    def setup(self):
+        self._spilled = beam.metrics.Metrics.counter("spill", "bytes")
+
+    def start_bundle(self):
+        self._buffers, self._paths, self._buffered = {}, {}, 0
+
+    def process(self, element):
+        key, records = element
+        data = records.tobytes()
+        self._buffers.setdefault(key, []).append(data)
+        self._buffered += len(data)
+        if self._buffered >= self._flush_bytes:
+            self._flush()
+
+    def _flush(self):
+        for key, parts in self._buffers.items():
+            path = self._paths.get(key)
+            if path is None:
+                if not self._paths:  # made on the first write: a DoFn set up but never fed leaves nothing
+                    os.makedirs(self._directory, exist_ok=True)
+                name = "-".join(map(str, key)) if isinstance(key, tuple) else str(key)
+                path = self._paths[key] = os.path.join(self._directory, f"{name}-{uuid.uuid4().hex}.bin")
+            with open(path, "ab") as handle:
+                handle.writelines(parts)
+        self._spilled.inc(self._buffered)
+        self._buffers, self._buffered = {}, 0
+
+    def finish_bundle(self):
+        self._flush()
+        for key, path in self._paths.items():
+            yield GlobalWindows.windowed_value((key, path))
+
+
+def load_records(paths, dtype):
+    """The records of every file, one array."""
+    parts = [np.fromfile(path, dtype=dtype) for path in paths]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+class GroupRecords(beam.PTransform):
+    """(key, record array) -> (key, [record arrays]) like GroupByKey, through files in `directory`
+    when one is given (local runs only), else through the runner's GroupByKey.
+
+    dtype_of(key): the record dtype of a key's arrays (files hold raw records, no header).
+    The directory is not removed here: its owner removes it once the consumers are done.
+    """
+
+    def __init__(self, directory=None, dtype_of=None, flush_bytes=4 << 20):
+        super().__init__()
+        self._directory = directory
+        self._dtype_of = dtype_of
+        self._flush_bytes = flush_bytes
+
+    def expand(self, records):
+        if self._directory is None:
+            return records | "Group" >> beam.GroupByKey()
+        dtype_of = self._dtype_of
+        return (
+            records
+            | "Spill" >> beam.ParDo(SpillRecords(self._directory, self._flush_bytes))
+            | "GroupPaths" >> beam.GroupByKey()
+            | "Load" >> beam.MapTuple(lambda key, paths: (key, [load_records(sorted(paths), dtype_of(key))]))
+        )
