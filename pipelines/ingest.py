@@ -9,6 +9,7 @@ import tempfile
 import time
 
 import apache_beam as beam
+import pyarrow
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.io.filesystems import FileSystems
 
@@ -211,6 +212,11 @@ def run(argv=None):
     if not opts.manifest and not opts.demo and not opts.resume:
         raise SystemExit("ingest: give at least one --manifest KIND=PATH, --resume, or --demo")
     started_at = time.time()
+    if common.one_local_process(options):
+        # Arrow's default mimalloc pool keeps the pages of freed buffers: +60 MB of RSS measured
+        # for finalising one 20K-row shard, against +30 MB with the system allocator, which
+        # gives them back. On Dataflow the workers' own defaults stay.
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
         pipeline = beam.Pipeline(options=options)
         with progress.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,

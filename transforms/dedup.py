@@ -522,6 +522,9 @@ class Dedup(beam.PTransform):
     bands / shard_bits: override the near-search geometry (transforms.near.BandPlan).
     max_listed_members: members listed per cluster record (the canonical always is); `size`
         and the counts stay exact, and rows carry cluster_id whatever the cap.
+    spill_dir: a local directory through which the per-row key records and the near search's
+        routed hashes are grouped (transforms.spill), removed when done; local runs only. None:
+        the runner's GroupByKey (Dataflow's shuffle is on disk already).
     """
 
     def __init__(self, max_distance=DEFAULT_MAX_DISTANCE,
