@@ -124,7 +124,8 @@ def _hamming(a, b):
 # one exact-key record per URL / sha256 digest. They cross the shuffle as numpy arrays of fixed
 # size records, a few hundred per shard and batch, instead of one Python tuple per row: the local
 # runner keeps a shuffle's whole input in memory, where a tuple per row costs ~300 bytes and a
-# record 30. A shard's records are then grouped with numpy sorts.
+# record 30 (and with spill_dir they go through files instead, transforms.spill). A shard's
+# records are then grouped with numpy sorts.
 
 KEY_SHARDS = 256
 
@@ -133,6 +134,8 @@ def _digest(kind, text):
     # 96-bit digests stand for URLs and sha256s in the shuffles: 4x smaller, and a chance
     # collision among 10^8 values has odds ~1e-13.
     return kind + hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+
+
 _PICTURE_RECORD = np.dtype([("phash", "<u8"), ("dhash", "<u8"), ("nurl", "S13"), ("known", "?")])
 _EXACT_RECORD = np.dtype([("key", "S13"), ("kind", "S1"), ("a", "<u8"), ("b", "<u8")])
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads (phash, dhash) over shards
