@@ -47,7 +47,7 @@ from transforms import schema
 from transforms.components import ConnectedComponents
 from transforms.near import NearDuplicatePairs
 from transforms.placeholders import known_placeholder_hashes
-from transforms.spill import GroupRecords
+from transforms.spill import GroupRecords, split_by
 from transforms.table import RemoveDirectory
 from transforms.urls import normalize_url
 
@@ -157,11 +157,8 @@ def _vertex_of_parts(kind, a, b):
 
 
 def _by_shard(kind, records, shards):
-    order = np.argsort(shards, kind="stable")
-    values, starts = np.unique(shards[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
-    for shard, lo, hi in zip(values.tolist(), starts.tolist(), ends.tolist()):
-        yield (kind, shard), records[order[lo:hi]]
+    for shard, indices in split_by(shards):
+        yield (kind, shard), records[indices]
 
 
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])

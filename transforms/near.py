@@ -38,7 +38,7 @@ from itertools import combinations
 import apache_beam as beam
 import numpy as np
 
-from transforms.spill import GroupRecords
+from transforms.spill import GroupRecords, split_by
 
 HASH_BITS = 64
 NO_DHASH = np.uint64(0)
@@ -154,11 +154,11 @@ class BandPlan:
         permuted = self.permute(phash)
         for j in range(self.bands):
             prefix = self.prefix(self.band(permuted, j), j)
-            for shard, idx in _split_by(prefix):
+            for shard, idx in split_by(prefix):
                 yield (j, shard), "o", phash[idx], dhash[idx]
             for masks in self._prefix_masks:
                 for mask in masks:
-                    for shard, idx in _split_by(prefix ^ np.uint64(mask)):
+                    for shard, idx in split_by(prefix ^ np.uint64(mask)):
                         yield (j, shard), "q", phash[idx], dhash[idx]
 
     def search_shard(self, j, shard, owners, queries, dhash_max_distance=None,
@@ -364,12 +364,3 @@ class NearDuplicatePairs(beam.PTransform):
             | "GroupShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: ROUTED_RECORD)
             | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max))
         )
-
-
-def _split_by(values):
-    """(value, indices holding it) for each distinct value, indices in their original order."""
-    order = np.argsort(values, kind="stable")
-    distinct, starts = np.unique(values[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
-    for value, lo, hi in zip(distinct.tolist(), starts.tolist(), ends.tolist()):
-        yield value, order[lo:hi]

@@ -10,6 +10,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
+from transforms.spill import split_by
 
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif",
                "MPO": "jpg", "ICO": "ico", "AVIF": "avif", "HEIF": "heic"}
@@ -127,8 +128,8 @@ def CountBlobs(rows, shards=64):  # noqa: N802 (a PTransform)
 def _digests_by_shard(digests, shards):
     records = np.array(digests, dtype="S12")
     shard_of = np.frombuffer(records.tobytes(), dtype=np.uint8)[::12].astype(np.int64) % shards
-    for shard in np.unique(shard_of).tolist():
-        yield shard, records[shard_of == shard]
+    for shard, indices in split_by(shard_of):
+        yield shard, records[indices]
 
 
 def assign_blob_uri(row, out_dir):

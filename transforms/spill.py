@@ -61,6 +61,15 @@ class SpillRecords(beam.DoFn):
             yield GlobalWindows.windowed_value((key, path))
 
 
+def split_by(values):
+    """(value, indices holding it) for each distinct value, indices in their original order."""
+    order = np.argsort(values, kind="stable")
+    distinct, starts = np.unique(values[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    for value, lo, hi in zip(distinct.tolist(), starts.tolist(), ends.tolist()):
+        yield value, order[lo:hi]
+
+
 def load_records(paths, dtype):
     """The records of every file, one array."""
     parts = [np.fromfile(path, dtype=dtype) for path in paths]
