@@ -8,7 +8,7 @@ setuptools.setup(
     version="0.1.0",
     description="Clean, deduplicated, labelled image datasets from public URL manifests, on Apache Beam",
     packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
-    package_data={"pipelines": ["sample/*"]},
+    package_data={"pipelines.demo": ["sample/*"]},
     python_requires=">=3.10",
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",

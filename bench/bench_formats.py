@@ -14,7 +14,9 @@ import os
 import resource
 import time
 
-from transforms import json_manifests, labels, readers
+from transforms.io import json_manifests
+from transforms.io import labels
+from transforms.io import readers
 
 
 def _rss_mb():

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import refresh as refresh_job
-from pipelines.sample import Reply, SampleWebServer, encode, jpeg, picture
+from pipelines.demo.sample_site import Reply, SampleWebServer, encode, jpeg, picture
 from transforms import schema
 from transforms.hashing import inspect_image
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from bench import synth
 from pipelines.dedup import pipeline_options
-from transforms.dedup import Dedup, SumNestedCounts
+from transforms.clustering.clusters import Dedup, SumNestedCounts
 
 CHUNK = 20000
 

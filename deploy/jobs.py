@@ -1,6 +1,6 @@
 """The Dataflow jobs of the project: registry, worker defaults, Flex Template metadata, launch bodies.
 
-Adding a job is one entry in JOBS: its module (pipelines/<name>.py, see pipelines/flex_template.py)
+Adding a job is one entry in JOBS: its module (pipelines/<name>.py, see pipelines/launch/flex_template.py)
 supplies the options; PARAMS says how each option is labelled and validated for Dataflow; the
 image tag, template spec, offline spec render and launch bodies follow.
 """
@@ -12,7 +12,7 @@ import os
 import pathlib
 import re
 
-from pipelines import flex_template
+from pipelines.launch import flex_template
 from transforms import schema
 
 DEPLOY_DIR = pathlib.Path(__file__).resolve().parent

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from deploy import jobs
 from deploy.offline import OFFLINE_ENV, OFFLINE_PROJECT, offline_gcs
-from pipelines import flex_template
+from pipelines.launch import flex_template
 from transforms import schema
 
 OFFLINE_BUCKET = "offline-bucket"

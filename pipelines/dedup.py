@@ -8,7 +8,7 @@ Inputs ingested at different times may hold the same key: the row with the newes
 is kept (rows without fetched_at count as oldest; a tie goes to the input listed last) and
 summary.json reports how many rows were replaced ("replaced_rows"). Paths may be local or gs://.
 Without --runner the job runs locally with one worker process per core
-(pipelines.common.apply_local_defaults).
+(pipelines.launch.job_runner.apply_local_defaults).
 """
 import datetime
 import json
@@ -19,9 +19,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import common
+from pipelines.launch import job_runner
 from transforms import schema
-from transforms.dedup import WriteDuplicates
+from transforms.clustering.clusters import WriteDuplicates
 
 
 class DedupOptions(PipelineOptions):
@@ -31,8 +31,8 @@ class DedupOptions(PipelineOptions):
         # the process, so a required flag here would break unrelated jobs; run() checks them.
         parser.add_argument("--input", action="append", default=None,
                             help="an ingest output directory (OUT); repeatable, required")
-        common.add_argument_once(parser, "--output", help="output directory (OUT3), required")
-        common.add_dedup_arguments(parser)
+        job_runner.add_argument_once(parser, "--output", help="output directory (OUT3), required")
+        job_runner.add_dedup_arguments(parser)
 
 
 def _newest_key(indexed_row):
@@ -98,7 +98,7 @@ def _summary(stats, replaced, inputs, output):
 def build(pipeline, opts):
     """The job's graph on `pipeline`; returns the Dedup outputs."""
     read = pipeline | "ReadImages" >> ReadImages(opts.input)
-    result = read.rows | "Dedup" >> common.dedup_transform(opts)
+    result = read.rows | "Dedup" >> job_runner.dedup_transform(opts)
     (result["rows"]
      | "ToRecord" >> beam.Map(schema.to_parquet_record)
      | "WriteImages" >> beam.io.WriteToParquet(
@@ -114,7 +114,7 @@ def build(pipeline, opts):
 
 
 def pipeline_options(argv):
-    return common.apply_local_defaults(PipelineOptions(argv), argv, worker_processes=True)
+    return job_runner.apply_local_defaults(PipelineOptions(argv), argv, worker_processes=True)
 
 
 def run(argv=None):

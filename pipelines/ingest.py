@@ -13,20 +13,23 @@ import pyarrow
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import common, metrics, progress, sample
-from pipelines.report import try_write_report
+from pipelines.launch import job_runner
+from pipelines.report import run_metrics
+from pipelines.report import progress_line
+from pipelines.demo import sample_site
+from pipelines.report.html_report import try_write_report
 from transforms import schema
-from transforms.checksums import AttachExpectedHashes
-from transforms.dedup import WriteDuplicates, slim_row
-from transforms.fetch import FetchImages
+from transforms.io.checksums import AttachExpectedHashes
+from transforms.clustering.clusters import WriteDuplicates, slim_row
+from transforms.fetch.client import FetchImages
 from transforms.hashing import HashImages
-from transforms.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
-from transforms.manifests import ManifestParsers, ReadManifests
-from transforms.resume import MergeWithPrevious, parse_retry_statuses
-from transforms.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
-from transforms.table import FinalizeTable, ReadImageTable, RetireFiles, WriteTableShards, list_orphan_shards, \
+from transforms.io.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
+from transforms.io.manifests import ManifestParsers, ReadManifests
+from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
+from transforms.io.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
+from transforms.io.table import FinalizeTable, ReadImageTable, RetireFiles, WriteTableShards, list_orphan_shards, \
     list_table_files, temporary_dir
-from transforms.progress import RecordProgress
+from transforms.record_progress import RecordProgress
 
 DEMO_TIMEOUT = 3.0
 
@@ -36,7 +39,7 @@ class IngestOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         parser.add_argument("--manifest", action="append", default=[], metavar="KIND=PATH",
                             help="a manifest to ingest (repeatable); KIND is one of " + ", ".join(schema.DATASETS))
-        common.add_argument_once(parser, "--output", help="output directory, local or gs://")
+        job_runner.add_argument_once(parser, "--output", help="output directory, local or gs://")
         parser.add_argument("--demo", action="store_true",
                             help="ingest the bundled sample, served from a loopback server started here")
         # side inputs
@@ -48,14 +51,14 @@ class IngestOptions(PipelineOptions):
         parser.add_argument("--long-captions", help="DreamLIP long-caption CSV keyed by URL")
         parser.add_argument("--imagenet-root", help="ILSVRC train root: <root>/<wnid>/<filename>")
         parser.add_argument("--imagenet-synsets", help="LOC_synset_mapping.txt")
-        common.add_network_arguments(parser)
+        job_runner.add_network_arguments(parser)
         # resume
         parser.add_argument("--resume", action="store_true",
                             help="keep OUT's settled rows, fetch only the others again, write a complete new table")
         parser.add_argument("--retry-status", default=None, metavar="S1,S2",
                             help="with --resume: the statuses fetched again (default: every status but ok)")
         # dedup
-        common.add_dedup_arguments(parser)
+        job_runner.add_dedup_arguments(parser)
         # progress and report (README.md, Progress)
         parser.add_argument("--no-progress", dest="progress", action="store_false",
                             help="no live progress line on stderr (local runs)")
@@ -74,16 +77,16 @@ def parse_manifest_args(values):
     return manifests
 
 
-fetch_config = common.fetch_config  # kept importable from here
+fetch_config = job_runner.fetch_config  # kept importable from here
 
 
 def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=False):
     """Adds the ingest graph to `pipeline`; returns the rows PCollection (without cluster columns).
 
-    one_process: a local run in this one process (common.one_local_process). The manifest rows
+    one_process: a local run in this one process (job_runner.one_local_process). The manifest rows
     then stream into the fetch instead of being shuffled across workers (see ReadManifests), the
     near search is not sharded, and dedup's keys are grouped through local files rather than in
-    the runner's memory (transforms.spill).
+    the runner's memory (transforms.clustering.spill).
     """
     spread_rows = not one_process
     out = opts.output
@@ -113,7 +116,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     shards = fetched | "WriteShards" >> WriteTableShards(out, run_id)
     deduped = (
         {"slim": fetched | "DedupKeys" >> beam.Map(slim_row), "shards": shards}
-        | "Dedup" >> common.dedup_transform(opts, from_shards=True, one_process=one_process,
+        | "Dedup" >> job_runner.dedup_transform(opts, from_shards=True, one_process=one_process,
                                             spill_dir=spill_directory(out, run_id) if one_process else None)
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
@@ -180,10 +183,10 @@ def _options_snapshot(opts):
 @contextlib.contextmanager
 def demo_inputs(opts):
     """Serves the bundled sample on loopback and points the options at it."""
-    server = sample.SampleWebServer(sample.demo_routes(DEMO_TIMEOUT)).start()
+    server = sample_site.SampleWebServer(sample_site.demo_routes(DEMO_TIMEOUT)).start()
     try:
         with tempfile.TemporaryDirectory(prefix="ingest-demo-") as workdir:
-            files = sample.render_templates(server, workdir)
+            files = sample_site.render_templates(server, workdir)
             opts.manifest = [f"cc3m={files['cc3m.tsv']}", f"cc12m={files['cc12m.tsv']}",
                              f"openimages={files['openimages.csv']}", f"zero={files['zero.jsonl']}",
                              f"imagenet_captions={files['imagenet_captions.json']}"]
@@ -193,7 +196,7 @@ def demo_inputs(opts):
             opts.openimages_classes = files["openimages-class-descriptions.csv"]
             opts.cc3m_labels = files["cc3m-labels.tsv"]
             opts.long_captions = files["dreamlip-long-captions.csv"]
-            opts.imagenet_root = sample.write_imagenet_root(workdir)
+            opts.imagenet_root = sample_site.write_imagenet_root(workdir)
             opts.imagenet_synsets = files["LOC_synset_mapping.txt"]
             opts.allow_network = list(opts.allow_network) + ["127.0.0.1/32"]
             opts.timeout = min(opts.timeout, DEMO_TIMEOUT)
@@ -206,30 +209,30 @@ def demo_inputs(opts):
 def run(argv=None):
     options = PipelineOptions(argv)
     opts = options.view_as(IngestOptions)
-    common.apply_local_defaults(options, argv)
+    job_runner.apply_local_defaults(options, argv)
     if not opts.output:
         raise SystemExit("ingest: --output is required")
     if not opts.manifest and not opts.demo and not opts.resume:
         raise SystemExit("ingest: give at least one --manifest KIND=PATH, --resume, or --demo")
     started_at = time.time()
-    if common.one_local_process(options):
+    if job_runner.one_local_process(options):
         # Arrow's default mimalloc pool keeps the pages of freed buffers: +60 MB of RSS measured
         # for finalising one 20K-row shard, against +30 MB with the system allocator, which
         # gives them back. On Dataflow the workers' own defaults stay.
         pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
         pipeline = beam.Pipeline(options=options)
-        with progress.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
-                                   enabled=opts.progress and common.is_local(options)) as live:
+        with progress_line.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
+                                   enabled=opts.progress and job_runner.is_local(options)) as live:
             build_pipeline(pipeline, opts, started_at, live.directory,
-                           one_process=common.one_local_process(options))
+                           one_process=job_runner.one_local_process(options))
             live.start()
-            result = common.wait_for(pipeline.run(), options)
-    if common.job_done(result):
-        metrics.record_run_metrics(result, opts.output)
+            result = job_runner.wait_for(pipeline.run(), options)
+    if job_runner.job_done(result):
+        run_metrics.record_run_metrics(result, opts.output)
         if opts.html_report:
             try_write_report(opts.output)
-    if common.is_local(options):
+    if job_runner.is_local(options):
         report(opts.output)
     return result
 
@@ -243,11 +246,11 @@ def report(out):
     if FileSystems.exists(join_path(out, "report.html")):
         print(f"  report:  {join_path(out, 'report.html')}")
     print()
-    print(common.format_status_table(summary["counts"], schema.STATUSES))
+    print(job_runner.format_status_table(summary["counts"], schema.STATUSES))
 
 
 def main(argv=None):
-    common.quiet_local_logs()
+    job_runner.quiet_local_logs()
     try:
         run(argv if argv is not None else sys.argv[1:])
     except ValueError as exc:  # bad options and unmatched manifests: a message, not a traceback

@@ -14,9 +14,9 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import common
-from transforms import refresh
-from transforms.sinks import join_path, read_json
+from pipelines.launch import job_runner
+from transforms.liveness import verdicts
+from transforms.io.sinks import join_path, read_json
 
 
 class RefreshOptions(PipelineOptions):
@@ -25,27 +25,27 @@ class RefreshOptions(PipelineOptions):
         parser.add_argument("--snapshot", action="append", default=[], metavar="OUT",
                             help="an ingest output to re-check (repeatable): its images/*.parquet are read;"
                                  " a path ending in .parquet or holding a glob is read as given")
-        common.add_argument_once(parser, "--output", help="refresh output directory, local or gs://")
+        job_runner.add_argument_once(parser, "--output", help="refresh output directory, local or gs://")
         parser.add_argument("--history", metavar="PATH",
                             help="history directory (local or gs://): one sub-directory per night, read for"
                                  " the failure streaks and revivals, tonight's added")
         parser.add_argument("--night", metavar="YYYY-MM-DD",
                             help="the night the verdicts are for (default: today, UTC); re-running a night"
                                  " replaces that night's history entry")
-        parser.add_argument("--dead-after", type=int, default=refresh.DEFAULT_DEAD_AFTER, metavar="N",
+        parser.add_argument("--dead-after", type=int, default=verdicts.DEFAULT_DEAD_AFTER, metavar="N",
                             help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
                                  " 451, DNS name gone, placeholder, soft 404), before it is dead; unreachable"
                                  " until then")
-        parser.add_argument("--unreachable-dead-after", type=int, default=refresh.DEFAULT_UNREACHABLE_DEAD_AFTER,
+        parser.add_argument("--unreachable-dead-after", type=int, default=verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER,
                             metavar="N", help="nights in a row of any failure (timeouts, 5xx) after which a URL is"
                                               " dead anyway; 0: never")
-        common.add_argument_once(parser, "--max-distance", type=int, default=None,
+        job_runner.add_argument_once(parser, "--max-distance", type=int, default=None,
                                  help="pHash Hamming distance at or under which tonight's picture is the same"
-                                      f" picture (default {refresh.DEFAULT_MAX_DISTANCE})")
+                                      f" picture (default {verdicts.DEFAULT_MAX_DISTANCE})")
         parser.add_argument("--placeholder", action="append", default=[], metavar="HASH",
                             help="sha256 (64 hex) or pHash (16 hex) of a placeholder picture served in place of"
                                  " removed photos (repeatable); added to the built-in list")
-        common.add_argument_once(parser, "--placeholder-min-urls", type=int, default=refresh.DEFAULT_PLACEHOLDER_MIN_URLS,
+        job_runner.add_argument_once(parser, "--placeholder-min-urls", type=int, default=verdicts.DEFAULT_PLACEHOLDER_MIN_URLS,
                             metavar="K", help="a picture that replaced the different pictures of at least K URLs"
                                               " tonight is a placeholder; 0: off")
         parser.add_argument("--no-head", action="store_true",
@@ -53,7 +53,7 @@ class RefreshOptions(PipelineOptions):
                                  " HEAD first")
         parser.add_argument("--summary-hosts", type=int, default=100, metavar="N",
                             help="hosts listed in summary.json (most rows first); hosts/ has them all")
-        common.add_network_arguments(parser)
+        job_runner.add_network_arguments(parser)
 
 
 def snapshot_pattern(value):
@@ -86,7 +86,7 @@ def resolve(opts):
         raise ValueError("--output is required")
     # "{night}" in --output names each night's folder, so one fixed schedule (Cloud Scheduler posts
     # the same body every night) still gives every night its own output.
-    opts.output = opts.output.replace("{night}", refresh.parse_night(opts.night).isoformat())
+    opts.output = opts.output.replace("{night}", verdicts.parse_night(opts.night).isoformat())
     if not opts.snapshot:
         raise ValueError("give at least one --snapshot OUT (an ingest output)")
     snapshots = []
@@ -95,7 +95,7 @@ def resolve(opts):
             if path and (_inside(path, root) or _inside(root, path)):
                 raise ValueError(f"{name} {path} overlaps the snapshot {root}: a refresh never writes there")
         try:
-            columns = refresh.snapshot_columns(pattern)
+            columns = verdicts.snapshot_columns(pattern)
         except ValueError as exc:
             raise ValueError(f"--snapshot {root}: {exc}") from None
         snapshots.append((root, pattern, columns))
@@ -104,15 +104,15 @@ def resolve(opts):
     for name in ("dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
         if getattr(opts, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")
-    extra = [refresh.parse_placeholder(v) for v in opts.placeholder]
-    params = refresh.RefreshParams(
-        night=refresh.parse_night(opts.night),
-        max_distance=refresh.DEFAULT_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
+    extra = [verdicts.parse_placeholder(v) for v in opts.placeholder]
+    params = verdicts.RefreshParams(
+        night=verdicts.parse_night(opts.night),
+        max_distance=verdicts.DEFAULT_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
         dead_after=max(opts.dead_after, 1),
         unreachable_dead_after=opts.unreachable_dead_after,
         placeholder_min_urls=opts.placeholder_min_urls,
         placeholder_sha256=frozenset(h for kind, h in extra if kind == "sha256"),
-        placeholder_phash=refresh.RefreshParams.placeholder_phash | {h for kind, h in extra if kind == "phash"},
+        placeholder_phash=verdicts.RefreshParams.placeholder_phash | {h for kind, h in extra if kind == "phash"},
         head_first=not opts.no_head,
         max_pixels=opts.max_pixels,
     )
@@ -122,30 +122,30 @@ def resolve(opts):
 def prepare_outputs(out, history, night):
     """Re-running a night replaces its files rather than adding shards next to the old ones."""
     for part in ("status", "hosts"):
-        refresh.delete_matching(join_path(out, part, "*"))
-    refresh.delete_matching(join_path(out, "summary.json"))
+        verdicts.delete_matching(join_path(out, part, "*"))
+    verdicts.delete_matching(join_path(out, "summary.json"))
     if history:
-        refresh.clear_night(history, night)
+        verdicts.clear_night(history, night)
 
 
 def build_pipeline(pipeline, opts, snapshots, params, started_at):
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection."""
     out = opts.output
-    entries = pipeline | "ReadSnapshots" >> refresh.ReadSnapshots(snapshots)
-    checked = entries | "CheckUrls" >> refresh.CheckUrls(common.fetch_config(opts), params)
-    found = checked | "FindPlaceholders" >> refresh.FindPlaceholders(params)
+    entries = pipeline | "ReadSnapshots" >> verdicts.ReadSnapshots(snapshots)
+    checked = entries | "CheckUrls" >> verdicts.CheckUrls(job_runner.fetch_config(opts), params)
+    found = checked | "FindPlaceholders" >> verdicts.FindPlaceholders(params)
     placeholders = found["placeholders"]
-    history = refresh.ReadHistory(opts.history, params.night)
+    history = verdicts.ReadHistory(opts.history, params.night)
     previous = pipeline | "ReadHistory" >> history
-    rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> refresh.Judge(params)
-    written = rows | "WriteStatus" >> refresh.WriteStatusTable(join_path(out, "status"))
-    hosts = rows | "Hosts" >> refresh.HostTable()
-    _ = hosts | "WriteHosts" >> refresh.WriteHostTable(join_path(out, "hosts"))
+    rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> verdicts.Judge(params)
+    written = rows | "WriteStatus" >> verdicts.WriteStatusTable(join_path(out, "status"))
+    hosts = rows | "Hosts" >> verdicts.HostTable()
+    _ = hosts | "WriteHosts" >> verdicts.WriteHostTable(join_path(out, "hosts"))
     if opts.history:
-        _ = rows | "WriteHistory" >> refresh.WriteHistory(opts.history, params.night)
+        _ = rows | "WriteHistory" >> verdicts.WriteHistory(opts.history, params.night)
     _ = {"rows": rows, "checked": checked, "hosts": hosts, "placeholders": placeholders,
          "frequent": found["frequent"], "written": written} | \
-        "WriteSummary" >> refresh.SummarizeRefresh(out, params.night, history.previous, started_at,
+        "WriteSummary" >> verdicts.SummarizeRefresh(out, params.night, history.previous, started_at,
                                                    opts.summary_hosts, _options_snapshot(opts, params))
     return rows
 
@@ -161,7 +161,7 @@ def _options_snapshot(opts, params):
 def run(argv=None):
     options = PipelineOptions(argv)
     opts = options.view_as(RefreshOptions)
-    common.apply_local_defaults(options, argv)
+    job_runner.apply_local_defaults(options, argv)
     snapshots, params = resolve(opts)
     started_at = time.time()
     prepare_outputs(opts.output, opts.history, params.night)
@@ -169,7 +169,7 @@ def run(argv=None):
     build_pipeline(pipeline, opts, snapshots, params, started_at)
     result = pipeline.run()
     result.wait_until_finish()
-    if common.is_local(options):
+    if job_runner.is_local(options):
         report(opts.output)
     return result
 
@@ -187,7 +187,7 @@ def report(out):
     print(f"  success rate {'-' if rate is None else f'{rate:.1%}'}, link rot per month"
           f" {'- (under a day since ingest)' if per_month is None else f'{per_month:.2%}'}")
     print(f"  status:  {join_path(out, 'status')}/*.parquet\n  summary: {join_path(out, 'summary.json')}\n")
-    print(common.format_status_table(summary["counts"], refresh.VERDICTS))
+    print(job_runner.format_status_table(summary["counts"], verdicts.VERDICTS))
 
 
 def main(argv=None):
@@ -198,7 +198,7 @@ def main(argv=None):
         RefreshOptions._add_argparse_args(parser)  # pylint: disable=protected-access
         parser.print_help()
         return 0
-    common.quiet_local_logs()
+    job_runner.quiet_local_logs()
     try:
         run(argv)
     except ValueError as exc:  # bad options, missing snapshot: a message, not a traceback

@@ -5,7 +5,7 @@ import pytest
 
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
-from pipelines.sample import SampleWebServer  # noqa: E402
+from pipelines.demo.sample_site import SampleWebServer  # noqa: E402
 from tests.gcs_emulator import gcs_emulator  # noqa: E402,F401  (a fixture for every test module)
 
 

@@ -8,8 +8,8 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms import schema
-from transforms.dedup import Dedup, DedupShards, WriteDuplicates, slim_row
-from transforms.table import WriteTableShards
+from transforms.clustering.clusters import Dedup, DedupShards, WriteDuplicates, slim_row
+from transforms.io.table import WriteTableShards
 
 
 def flip(hex16, bits):

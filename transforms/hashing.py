@@ -15,7 +15,7 @@ import numpy
 from PIL import Image, UnidentifiedImageError
 
 from transforms import schema
-from transforms.fetch import BoundedFuturesDoFn
+from transforms.fetch.client import BoundedFuturesDoFn
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ 10000 x 10000; larger is treated as a decompression bomb
 

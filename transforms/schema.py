@@ -93,7 +93,7 @@ IMAGE_FIELDS = [
     ("query", pa.string()),
     ("long_captions", LONG_CAPTIONS_TYPE),
     ("negative_labels", pa.list_(LABEL_TYPE)),  # human-verified negatives (confidence 0)
-    # dedup (transforms/dedup.py)
+    # dedup (transforms/clustering/clusters.py)
     ("is_placeholder", pa.bool_()),     # the picture is a placeholder served for many dead URLs
 ]
 

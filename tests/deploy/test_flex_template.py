@@ -1,0 +1,71 @@
+"""Flex Template parameters reach the jobs' own flags (pipelines/launch/flex_template.py, deploy/flex_main.py)."""
+import runpy
+
+import pytest
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from deploy import jobs
+from pipelines import ingest
+from pipelines.launch import flex_template
+
+INGEST = flex_template.option_actions(ingest.IngestOptions)
+
+
+def parsed(argv):
+    return PipelineOptions(argv).view_as(ingest.IngestOptions)
+
+
+def test_dest_names_become_the_jobs_dashed_flags():
+    argv = flex_template.to_job_argv(["--cc12m_hashes=gs://b/h.tsv", "--max_bytes=1024", "--output=gs://b/o"], INGEST)
+    assert argv == ["--cc12m-hashes=gs://b/h.tsv", "--max-bytes=1024", "--output=gs://b/o"]
+    opts = parsed(argv)
+    assert (opts.cc12m_hashes, opts.max_bytes, opts.output) == ("gs://b/h.tsv", 1024, "gs://b/o")
+
+
+def test_without_translation_argparse_would_drop_the_value():
+    # Why the translation exists: Beam ignores an unknown spelling instead of failing.
+    assert parsed(["--cc12m_hashes=gs://b/h.tsv"]).cc12m_hashes is None
+
+
+def test_repeatable_options_take_a_comma_separated_list():
+    argv = flex_template.to_job_argv(["--manifest=cc3m=gs://b/a.tsv, cc12m=gs://b/c.tsv",
+                                      "--allow_network=10.0.0.0/8,fd00::/8"], INGEST)
+    opts = parsed(argv)
+    assert opts.manifest == ["cc3m=gs://b/a.tsv", "cc12m=gs://b/c.tsv"]
+    assert opts.allow_network == ["10.0.0.0/8", "fd00::/8"]
+
+
+def test_boolean_parameters_become_flags_or_nothing():
+    assert flex_template.to_job_argv(["--ignore_robots=true"], INGEST) == ["--ignore-robots"]
+    assert flex_template.to_job_argv(["--ignore_robots=false"], INGEST) == []
+    assert parsed(flex_template.to_job_argv(["--ignore_robots=TRUE"], INGEST)).ignore_robots is True
+    with pytest.raises(ValueError, match="true or false"):
+        flex_template.to_job_argv(["--ignore_robots=maybe"], INGEST)
+
+
+def test_beam_options_and_other_arguments_pass_through():
+    argv = ["--runner=DataflowRunner", "--project=p", "--number_of_worker_harness_threads=4", "positional",
+            "--output", "gs://b/o"]
+    assert flex_template.to_job_argv(argv, INGEST) == argv
+    assert PipelineOptions(argv).view_as(GoogleCloudOptions).project == "p"
+
+
+@pytest.mark.parametrize("name", sorted(jobs.JOBS))
+def test_every_job_follows_the_module_convention(name):
+    module = flex_template.job_module(name)
+    assert callable(module.run) and callable(module.main)
+    options = flex_template.options_class(module)
+    assert set(flex_template.option_actions(options)) == set(jobs.JOBS[name].actions)
+
+
+def test_flex_main_runs_the_job_named_by_the_image(monkeypatch):
+    seen = []
+    monkeypatch.setattr(ingest, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setenv("BEAM_JOB", "ingest")
+    monkeypatch.setattr("sys.argv", ["main.py", "--manifest=cc3m=gs://b/a.tsv", "--ignore_robots=true",
+                                     "--runner=DataflowRunner"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(jobs.DEPLOY_DIR / "flex_main.py"), run_name="__main__")
+    assert exit_.value.code == 0
+    assert seen == [["--manifest=cc3m=gs://b/a.tsv", "--ignore-robots", "--runner=DataflowRunner",
+                     "--no_wait_until_finish"]]

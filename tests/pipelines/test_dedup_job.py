@@ -1,0 +1,181 @@
+"""The standalone job end to end: Parquet in, Parquet + duplicates + summary.json out."""
+import datetime
+import glob
+import json
+import os
+
+from tests.paths import REPO
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import dedup as job
+from tests.dedup_helpers import row
+from transforms import schema
+
+UTC = datetime.timezone.utc
+
+
+def _write_out(root, rows, name="part-0.parquet"):
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    table = pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows],
+                                 schema=schema.IMAGE_SCHEMA)
+    pq.write_table(table, os.path.join(root, "images", name))
+
+
+def _stamp(r, day, **extra):
+    r["fetched_at"] = datetime.datetime(2024, 1, day, tzinfo=UTC)
+    r["caption"] = f"seen on day {day}"
+    r["labels"] = [{"id": "/m/01", "name": "cat", "confidence": 1.0, "source": "human"}]
+    r.update(extra)
+    return r
+
+
+def _inputs(tmp_path):
+    ph, dh = "0f0f0f0f0f0f0f0f", "1234123412341234"
+    out1 = [  # ingested in January
+        _stamp(row("cc3m:1", "cc3m", url="http://a.example/1.jpg", phash=ph, dhash=dh), 1),
+        _stamp(row("cc3m:2", "cc3m", url="http://a.example/2.jpg", status="timeout"), 1),
+        _stamp(row("cc3m:3", "cc3m", phash="ffffffff00000000", dhash="0101010101010101"), 1),
+    ]
+    out2 = [  # a later run: CC12M, plus a re-fetch of cc3m:2 that now worked
+        _stamp(row("cc12m:1", "cc12m", url="https://A.example/1.jpg", phash=ph, dhash=dh,
+                   width=640, height=480), 5),
+        _stamp(row("cc12m:2", "cc12m", phash="0f0f0f0f0f0f0f0e", dhash=dh), 5),
+        _stamp(row("cc3m:2", "cc3m", url="http://a.example/2.jpg", phash="aaaaaaaaaaaaaaaa",
+                   dhash="5555555555555555"), 9),
+    ]
+    _write_out(str(tmp_path / "out1"), out1)
+    _write_out(str(tmp_path / "out2"), out2[:2], "part-0.parquet")
+    _write_out(str(tmp_path / "out2"), out2[2:], "part-1.parquet")
+    return [str(tmp_path / "out1"), str(tmp_path / "out2")]
+
+
+def _check(out3):
+    table = pq.read_table(glob.glob(os.path.join(out3, "images", "*.parquet")))
+    assert table.schema.equals(schema.IMAGE_SCHEMA)
+    rows = {r["key"]: r for r in table.to_pylist()}
+    assert sorted(rows) == ["cc12m:1", "cc12m:2", "cc3m:1", "cc3m:2", "cc3m:3"]
+    assert rows["cc3m:2"]["status"] == "ok"  # the newer fetch replaced the older one
+    assert rows["cc3m:2"]["fetched_at"] == datetime.datetime(2024, 1, 9, tzinfo=UTC)
+    cid = rows["cc3m:1"]["cluster_id"]
+    assert cid is not None and rows["cc12m:1"]["cluster_id"] == rows["cc12m:2"]["cluster_id"] == cid
+    assert [k for k, r in rows.items() if r["is_canonical"] and r["cluster_id"]] == ["cc12m:1"]
+    assert rows["cc3m:3"]["cluster_id"] is None and rows["cc3m:3"]["is_canonical"] is True
+    assert rows["cc3m:2"]["cluster_id"] is None
+    assert rows["cc12m:1"]["labels"][0]["name"] == "cat"  # other columns pass through
+    assert rows["cc12m:1"]["caption"] == "seen on day 5"
+
+    lines = []
+    for path in glob.glob(os.path.join(out3, "duplicates", "clusters-*.jsonl")):
+        lines += [json.loads(line) for line in open(path) if line.strip()]
+    assert len(lines) == 1 and lines[0]["cluster_id"] == cid and lines[0]["size"] == 3
+    assert {m["key"]: m["match"] for m in lines[0]["members"]} == {
+        "cc12m:1": "canonical", "cc3m:1": "url", "cc12m:2": "near"}
+
+    summary = json.load(open(os.path.join(out3, "summary.json")))
+    assert summary["rows"] == 5 and summary["replaced_rows"] == 1
+    assert summary["clusters"] == 1 and summary["duplicated_rows"] == 3
+    assert summary["across_datasets"] == {"cc3m|cc12m": {"clusters": 1, "rows": 3}}
+    assert summary["within_dataset"] == {"cc12m": {"clusters": 1, "rows": 2}}
+
+
+def test_job_end_to_end(tmp_path):
+    inputs = _inputs(tmp_path)
+    out3 = str(tmp_path / "out3")
+    job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3,
+             "--runner", "FnApiRunner"])
+    _check(out3)
+
+
+def test_job_command_line_default_local_runner(tmp_path):
+    """`python -m pipelines.dedup` as a user runs it: the default multi-process local runner."""
+    inputs = _inputs(tmp_path)
+    out3 = str(tmp_path / "out3")
+    options = job.pipeline_options(["--input", "x", "--output", "y"])
+    assert options.get_all_options()["runner"] == "FnApiRunner"
+    assert options.get_all_options()["direct_running_mode"] == "multi_processing"
+    assert options.get_all_options()["direct_num_workers"] == 2
+    subprocess.run([sys.executable, "-m", "pipelines.dedup", "--input", inputs[0],
+                    "--input", inputs[1], "--output", out3, "--max-distance", "8"],
+                   check=True, timeout=300, cwd=REPO,
+                   capture_output=True)
+    _check(out3)
+
+
+def test_job_requires_input_and_output_without_breaking_other_pipelines():
+    import pytest
+    from apache_beam.options.pipeline_options import PipelineOptions
+    with pytest.raises(SystemExit, match="--input"):
+        job.run(["--output", "somewhere", "--runner", "FnApiRunner"])
+    # DedupOptions is registered process-wide: another job's options must still parse
+    assert PipelineOptions(["--runner", "FnApiRunner"]).view_as(job.DedupOptions).input is None
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_CONNECTS = []  # (active flag, addresses) for the audit hook below; hooks cannot be removed
+
+
+def _audit(event, args):
+    if event == "socket.connect" and _CONNECTS and _CONNECTS[0] is True:
+        _CONNECTS.append(args[1])
+
+
+sys.addaudithook(_audit)
+
+
+def test_job_on_gcs_emulator(tmp_path, monkeypatch):
+    """gs:// in and out, against gcp-storage-emulator on loopback with anonymous credentials;
+    every socket the test opens goes to loopback."""
+    import google.auth
+    from apache_beam.internal.gcp import auth as beam_auth
+    from gcp_storage_emulator.server import create_server
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NO_GCE_CHECK", "true")
+        monkeypatch.setattr(google.auth, "default",
+                            lambda *a, **k: (AnonymousCredentials(), "test-project"))
+        monkeypatch.setattr(beam_auth._Credentials, "_credentials_init", False)
+        client = storage.Client(project="test-project", credentials=AnonymousCredentials())
+        bucket = client.create_bucket("dedup-test")
+        local = _inputs(tmp_path)
+        for i, root in enumerate(local):
+            for path in glob.glob(os.path.join(root, "images", "*.parquet")):
+                name = f"out{i + 1}/images/{os.path.basename(path)}"
+                bucket.blob(name).upload_from_filename(path)
+        _CONNECTS[:] = [True]
+        try:
+            job.run(["--input", "gs://dedup-test/out1", "--input", "gs://dedup-test/out2",
+                     "--output", "gs://dedup-test/out3", "--runner", "FnApiRunner",
+                     "--project", "test-project"])
+        finally:
+            addresses, _CONNECTS[:] = _CONNECTS[1:], []
+        hosts = {a[0] if isinstance(a, tuple) else str(a) for a in addresses}
+        assert hosts and all(h.startswith("127.") or h in ("localhost", "::1") or h.startswith("/")
+                             for h in hosts), hosts
+        out3 = tmp_path / "downloaded"
+        names = sorted(b.name for b in client.list_blobs("dedup-test", prefix="out3/"))
+        assert "out3/summary.json" in names
+        assert any(n.startswith("out3/images/") and n.endswith(".parquet") for n in names)
+        assert any(n.startswith("out3/duplicates/clusters-") for n in names)
+        for name in names:
+            target = out3 / name[len("out3/"):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            bucket.blob(name).download_to_filename(str(target))
+        _check(str(out3))
+    finally:
+        server.stop()

@@ -1,0 +1,108 @@
+"""Near-duplicate search: exactly the brute-force pair set, each pair once, for several
+thresholds and geometries, in numpy and through Beam."""
+import random
+from collections import defaultdict
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.clustering.near_search import BandPlan, NearDuplicatePairs, plan_bands, volume
+
+
+def _dense_hashes(n, seed):
+    """Hashes in tight families (random walks from a few seeds), so that many pairs fall at
+    every distance up to ~16: a hard case for banding, unlike uniform random hashes."""
+    rng = random.Random(seed)
+    out = set()
+    seeds = [rng.getrandbits(64) for _ in range(max(1, n // 40))]
+    while len(out) < n:
+        h = rng.choice(seeds)
+        for _ in range(rng.randint(0, 8)):
+            h ^= 1 << rng.randrange(64)
+        out.add((h, rng.getrandbits(64) | 1))
+    return sorted(out)
+
+
+def _brute(nodes, k, dmax):
+    p = np.array([a for a, _ in nodes], dtype=np.uint64)
+    d = np.array([b for _, b in nodes], dtype=np.uint64)
+    pairs = set()
+    for i in range(len(nodes)):
+        pd = np.bitwise_count(p[i] ^ p[i + 1:])
+        dd = np.bitwise_count(d[i] ^ d[i + 1:])
+        ok = pd <= k
+        if dmax is not None:
+            ok &= dd <= dmax
+        for j in np.nonzero(ok)[0]:
+            a, b = nodes[i], nodes[i + 1 + j]
+            pairs.add((min(a, b), max(a, b)))
+    return pairs
+
+
+def _search(nodes, plan, dmax):
+    shards = defaultdict(lambda: ([], [], [], []))
+    p = np.array([a for a, _ in nodes], dtype=np.uint64)
+    d = np.array([b for _, b in nodes], dtype=np.uint64)
+    for start in range(0, len(nodes), 97):  # several batches, as BatchElements would make
+        for (j, s), role, pp, dd in plan.route(p[start:start + 97], d[start:start + 97]):
+            e = shards[(j, s)]
+            (e[0] if role == "o" else e[2]).append(pp)
+            (e[1] if role == "o" else e[3]).append(dd)
+    found = []
+    for (j, s), (op, od, qp, qd) in shards.items():
+        if not op or not qp:
+            continue
+        op, od, qp, qd = (np.concatenate(x) for x in (op, od, qp, qd))
+        for a, b, c, e, pd, dd in plan.search_shard(j, s, (op, od, od != 0), (qp, qd, qd != 0),
+                                                   dmax, chunk_pairs=50, chunk_probes=500):
+            found += [((w, x), (y, z)) for w, x, y, z in zip(a.tolist(), b.tolist(),
+                                                            c.tolist(), e.tolist())]
+    return found
+
+
+@pytest.mark.parametrize("k,bands,shard_bits,dmax", [
+    (8, None, 3, None), (8, None, 3, 30), (8, 4, 2, None), (3, None, 4, None),
+    (0, None, 3, None), (11, None, 2, None), (5, 2, 0, None),
+])
+def test_search_equals_brute_force(k, bands, shard_bits, dmax):
+    nodes = _dense_hashes(1200, seed=k)
+    plan = BandPlan(k, bands=bands, shard_bits=shard_bits)
+    found = _search(nodes, plan, dmax)
+    assert len(found) == len(set(found))  # each pair once
+    assert all(a < b for a, b in found)
+    expected = _brute(nodes, k, dmax)
+    assert len(expected) > 50  # the data really has near pairs
+    assert set(found) == expected
+
+
+def test_plan_guarantee_and_cost_choice():
+    for k in range(0, 20):
+        m, r = plan_bands(k)
+        assert m * (r + 1) > k  # pigeonhole: some band within r for any pair within k
+    assert plan_bands(8) == (3, 2)
+    plan = BandPlan(8)
+    assert plan.sizes == [22, 21, 21]
+    assert plan.describe()["probes_per_hash"] == sum(volume(b, 2) for b in (22, 21, 21))
+
+
+def test_permutation_keeps_distances():
+    plan = BandPlan(8)
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2 ** 63, 500, dtype=np.uint64) * np.uint64(2)
+    b = rng.integers(0, 2 ** 63, 500, dtype=np.uint64)
+    assert (np.bitwise_count(plan.permute(a) ^ plan.permute(b)) == np.bitwise_count(a ^ b)).all()
+    assert len(set(plan.permute(a).tolist())) == len(set(a.tolist()))
+
+
+def test_beam_transform_matches_brute_force():
+    nodes = _dense_hashes(600, seed=21)
+    expected = sorted(_brute(nodes, 8, 20))
+    with TestPipeline(runner="FnApiRunner") as p:
+        pairs = (p
+                 | beam.Create([("%016x" % a, "%016x" % b) for a, b in nodes])
+                 | NearDuplicatePairs(8, dhash_max_distance=20, batch_size=64)
+                 | beam.Map(lambda t: ((t[0], t[1]), (t[2], t[3]))))
+        assert_that(pairs, equal_to(expected))

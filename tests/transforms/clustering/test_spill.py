@@ -1,0 +1,45 @@
+"""GroupRecords through files groups numpy records exactly like the runner's GroupByKey."""
+import os
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.clustering.spill import GroupRecords
+
+RECORD = np.dtype([("a", "<u8"), ("tag", "S3")])
+
+
+def batches():
+    # 40 batches over 3 keys, each batch a few records: many appends per key and file.
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(40):
+        records = np.zeros(int(rng.integers(1, 20)), dtype=RECORD)
+        records["a"] = rng.integers(0, 2**63, len(records), dtype=np.uint64)
+        records["tag"] = b"t%d" % (i % 7)
+        out.append((("k", i % 3), records))
+    return out
+
+
+def as_sorted_tuples(element):
+    key, parts = element
+    records = np.concatenate(list(parts))
+    return key, sorted(zip(records["a"].tolist(), records["tag"].tolist()))
+
+
+def test_grouping_through_files_equals_group_by_key(tmp_path):
+    expected = {}
+    for key, records in batches():
+        expected.setdefault(key, []).extend(zip(records["a"].tolist(), records["tag"].tolist()))
+    expected = [(key, sorted(values)) for key, values in expected.items()]
+    spill = str(tmp_path / "spill")
+    with TestPipeline(runner="FnApiRunner") as p:
+        records = p | beam.Create(batches(), reshuffle=True)  # several bundles
+        through_files = records | "Files" >> GroupRecords(spill, dtype_of=lambda _key: RECORD, flush_bytes=200)
+        in_memory = records | "Memory" >> GroupRecords(None)
+        assert_that(through_files | "F" >> beam.Map(as_sorted_tuples), equal_to(expected), label="files")
+        assert_that(in_memory | "M" >> beam.Map(as_sorted_tuples), equal_to(expected), label="memory")
+    # one file per key and bundle, appended to at every flush (200 bytes: most batches)
+    assert os.listdir(spill) and all(name.endswith(".bin") for name in os.listdir(spill))

@@ -1,0 +1,123 @@
+import gzip
+import io
+import os
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms import schema
+from transforms.io.manifests import ManifestParsers, ReadManifests, md5_hex, parse_cc3m, parse_cc12m, parse_openimages, \
+    sha256_hex
+
+from tests.paths import FIXTURES
+
+
+def parse(parser, text, prefix):
+    return list(parser(io.BytesIO(text.encode("utf-8")), "mem", prefix))
+
+
+def test_cc3m_caption_first_split_on_last_tab_and_hash_is_not_a_comment():
+    rows = parse(parse_cc3m, "# a caption\twith a tab\thttp://a/1.jpg\n... dots\thttp://a/2.jpg\r\n"
+                             "no tab here\n\n\thttp://a/4.jpg\n", "cc3m:")
+    assert [(r["key"], r["caption"], r["url"], r["status"]) for r in rows] == [
+        ("cc3m:1", "# a caption\twith a tab", "http://a/1.jpg", None),
+        ("cc3m:2", "... dots", "http://a/2.jpg", None),
+        ("cc3m:3", "no tab here", None, schema.INVALID_URL),
+        ("cc3m:5", None, "http://a/4.jpg", None),
+    ]
+    assert rows[2]["error"].startswith("malformed line")
+
+
+def test_cc12m_url_first_split_on_first_tab():
+    rows = parse(parse_cc12m, "http://a/1.jpg\t<PERSON> with\ttab\nhttp://a/2.jpg\n", "cc12m:")
+    assert (rows[0]["url"], rows[0]["caption"]) == ("http://a/1.jpg", "<PERSON> with\ttab")
+    assert rows[1]["status"] == schema.INVALID_URL and rows[1]["url"] == "http://a/2.jpg"
+
+
+def test_utf8_bom_is_not_part_of_the_first_row():
+    rows = list(parse_cc12m(io.BytesIO(b"\xef\xbb\xbfhttp://a/1.jpg\tcap\n"), "mem", "cc12m:"))
+    assert rows[0]["url"] == "http://a/1.jpg"
+
+
+def test_bad_utf8_is_replaced_not_fatal():
+    rows = list(parse_cc3m(io.BytesIO(b"caf\xe9\thttp://a/1.jpg\n"), "mem", "cc3m:"))
+    assert rows[0]["caption"] == "caf\ufffd" and rows[0]["status"] is None
+
+
+def test_openimages_real_rows_by_header_name():
+    with open(os.path.join(FIXTURES, "openimages_image_ids_sample.csv"), "rb") as handle:
+        rows = list(parse_openimages(handle, "f", "openimages:"))
+    assert len(rows) == 18 and all(r["status"] is None for r in rows)
+    first = rows[0]
+    assert first["key"] == "openimages:0006400c1c224e19"
+    assert first["url"].startswith("https://c2.staticflickr.com/")
+    assert first["expected_md5"] == md5_hex("pDSYaFytmWu7/qeVPjoryQ==")
+    assert first["rotation"] == 0.0 and rows[2]["rotation"] is None  # NaN
+    assert first["title"] == "Fireworks and Morey's Pier in North Wildwood July 2007"
+
+
+def test_openimages_oldest_column_set_and_quoted_fields():
+    text = ('ImageID,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title\n'
+            '000002b66c9c498e,http://a/1.jpg,http://p,lic,http://u,"Doe, ""J""","Zoë\nline two"\n'
+            '000002b97e5471a0,http://a/2.jpg,http://p,lic\n')
+    rows = parse(parse_openimages, text, "openimages:")
+    assert rows[0]["author"] == 'Doe, "J"' and rows[0]["title"] == "Zoë\nline two"
+    assert rows[0]["expected_md5"] is None and rows[0]["status"] is None
+    assert rows[1]["source_line"] == 4  # the quoted newline moved it down a line
+    assert rows[1]["status"] == schema.INVALID_URL and "4 fields" in rows[1]["error"]
+
+
+def test_md5_and_sha256_accept_hex_and_base64():
+    assert md5_hex("0Sad+xMj2ttXM1U8meEJ0A==") == "d1269dfb1323dadb5733553c99e109d0"
+    assert md5_hex("D1269DFB1323DADB5733553C99E109D0") == "d1269dfb1323dadb5733553c99e109d0"
+    assert md5_hex("nonsense") is None
+    digest = bytes(range(32))
+    import base64
+    assert sha256_hex(base64.b64encode(digest).decode()) == digest.hex()
+    assert sha256_hex(digest.hex()) == digest.hex()
+
+
+def test_read_manifests_gz_and_keys_unique_across_files(tmp_path):
+    (tmp_path / "a.tsv").write_text("cap\thttp://a/1.jpg\ncap\thttp://a/2.jpg\n")
+    with gzip.open(tmp_path / "b.tsv.gz", "wt") as handle:
+        handle.write("cap\thttp://b/1.jpg\n")
+    (tmp_path / "c.txt").write_text("http://c/1.jpg\tcap\n")
+    with TestPipeline(runner="FnApiRunner") as p:
+        rows = p | ReadManifests([("cc3m", str(tmp_path / "*.tsv*")), ("cc12m", str(tmp_path / "c.txt"))],
+                                 ManifestParsers())
+        assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
+            ("cc3m:a.tsv:1", "http://a/1.jpg"), ("cc3m:a.tsv:2", "http://a/2.jpg"),
+            ("cc3m:b.tsv.gz:1", "http://b/1.jpg"), ("cc12m:1", "http://c/1.jpg")]))
+
+
+def test_unmatched_manifest_fails_at_construction(tmp_path):
+    import pytest
+    with pytest.raises(ValueError, match="no file matches"):
+        ReadManifests([("cc3m", str(tmp_path / "missing.tsv"))])
+    with pytest.raises(ValueError, match="unknown manifest kind"):
+        ReadManifests([("laion", str(tmp_path))])
+
+
+@pytest.mark.parametrize("spread_rows", [True, False], ids=["spread", "streamed"])
+def test_repeated_ids_and_repeated_files_keep_keys_unique(tmp_path, spread_rows):
+    header = "ImageID,OriginalURL\n"
+    (tmp_path / "a.csv").write_text(header + "00000000000000aa,http://a/1.jpg\n00000000000000bb,http://a/2.jpg\n"
+                                    "00000000000000aa,http://a/3.jpg\n")
+    (tmp_path / "c.tsv").write_text("cap\thttp://c/1.jpg\n")
+    with TestPipeline(runner="FnApiRunner") as p:
+        rows = p | ReadManifests([("openimages", str(tmp_path / "a.csv")), ("cc3m", str(tmp_path / "c.tsv")),
+                                  ("cc3m", str(tmp_path / "c.tsv"))], ManifestParsers(), spread_rows)
+        assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
+            ("openimages:00000000000000aa", "http://a/1.jpg"), ("openimages:00000000000000bb", "http://a/2.jpg"),
+            ("openimages:00000000000000aa@a.csv:4", "http://a/3.jpg"), ("cc3m:1", "http://c/1.jpg")]))
+
+
+def test_repeated_keys_inside_a_json_array_are_made_unique(tmp_path):
+    (tmp_path / "z.json").write_text('[{"ImageKey": "k1", "ImageUrl": "http://z/1.jpg"},'
+                                     ' {"ImageKey": "k1", "ImageUrl": "http://z/2.jpg"}]')
+    with TestPipeline(runner="FnApiRunner") as p:
+        rows = p | ReadManifests([("zero", str(tmp_path / "z.json"))], ManifestParsers())
+        assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
+            ("zero:k1", "http://z/1.jpg"), ("zero:k1@z.json:#2", "http://z/2.jpg")]))

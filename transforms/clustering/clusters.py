@@ -1,0 +1,692 @@
+"""Exact and near-duplicate clustering of image rows, across datasets (issue 3).
+
+How rows are matched (each a graph edge; clusters are connected components):
+  * exact URL: same `normalize_url(url)` (any status: failed rows still dedup by URL);
+    rows with a pHash take part in the picture matches below whatever their status (the
+    status only matters to the canonical choice);
+  * exact bytes: same sha256;
+  * same picture: same pHash and dHash. Rows with one (phash, dhash) are ONE vertex of the
+    graph, so thousands of rows with one hash cost one vertex, never a quadratic bucket;
+  * near: pHash Hamming distance <= max_distance AND, where both rows have a dHash,
+    dHash distance <= dhash_max_distance (the confirmation cuts chance pHash collisions).
+    Candidates come from `transforms.clustering.near_search` (multi-index banding with bit-flip probing, recall
+    guaranteed up to the threshold, arithmetic in that module).
+
+Default thresholds (64-bit imagehash pHash/dHash): max_distance=8 catches re-encodes, resizes
+and small crops (typically 0-6 bits) while a chance pair of unrelated 64-bit hashes lands within
+8 bits with probability ~3e-10; requiring dHash <= 16 as well (chance ~3e-5, independent) brings
+the expected chance matches among 25M distinct hashes below one.
+
+Placeholders: one picture served for many dead URLs (Flickr's "photo unavailable"), or a blank
+image. A (phash, dhash) group spanning >= placeholder_min_urls distinct normalised URLs, or whose
+sha256/phash is in `placeholder_hashes`, is a placeholder. Its rows form ONE cluster flagged
+is_placeholder (cluster record and row column), take part in no other match (so a dead URL that
+also appears in another dataset is not merged into a real photo's cluster), are kept out of the
+near search, and are reported separately in stats, not as duplicates. Like every cluster it has
+exactly one is_canonical row (same policy); consumers drop rows with is_placeholder.
+
+Canonical row of a cluster (deterministic): status "ok" first, then the largest width*height,
+then the earliest dataset in `dataset_priority` (unknown datasets last), then the smallest key.
+cluster_id: first 16 hex digits of sha1(smallest member key) for real clusters, of
+sha1("placeholder:" + pHash + dHash) for placeholders; the same input always gives the same ids.
+Keys must be unique in the input (the standalone job enforces it).
+"""
+import hashlib
+import itertools
+import json
+import os
+import re
+import typing
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms import schema
+from transforms.clustering.components import ConnectedComponents
+from transforms.clustering.near_search import NearDuplicatePairs
+from transforms.clustering.placeholders import known_placeholder_hashes
+from transforms.clustering.spill import GroupRecords, split_by
+from transforms.io.table import RemoveDirectory
+from transforms.clustering.urls import normalize_url
+
+__all__ = [
+    "Dedup", "DedupShards", "slim_row", "WriteDuplicates", "SumNestedCounts", "normalize_url", "canonical_sort_key", "DEFAULT_MAX_DISTANCE",
+    "DEFAULT_DHASH_MAX_DISTANCE", "DEFAULT_DATASET_PRIORITY", "DEFAULT_PLACEHOLDER_MIN_URLS",
+]
+
+DEFAULT_MAX_DISTANCE = 8
+DEFAULT_DHASH_MAX_DISTANCE = 16
+DEFAULT_DATASET_PRIORITY = ("openimages", "cc12m", "cc3m", "imagenet_captions", "zero")
+DEFAULT_PLACEHOLDER_MIN_URLS = 50
+
+MATCH_KINDS = ("sha256", "url", "phash", "near", "transitive")
+
+_NS = "dedup"
+_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+_PLACEHOLDER = "x"  # component-key prefix of placeholder groups (vertices start with p or k)
+
+
+def _counter(name):
+    return beam.metrics.Metrics.counter(_NS, name)
+
+
+def _hex16(value):
+    if not isinstance(value, str):
+        return None
+    value = value.strip().lower()
+    return value if _HEX16.match(value) else None
+
+
+def _vertex(row):
+    """Graph vertex of a row: its (phash, dhash) picture, or the row itself (a digest of its key)
+    without a pHash.
+
+    A dHash of all zeros (a flat image: no gradient) is treated as missing, as in the search.
+    """
+    phash = _hex16(row.get("phash"))
+    if phash is None:  # 128 bits of the key: fixed size, so it packs into the key records below
+        return "k" + hashlib.blake2b(str(row.get("key")).encode("utf-8"), digest_size=16).hexdigest()
+    dhash = _hex16(row.get("dhash"))
+    if dhash is None or dhash == "0" * 16:
+        dhash = ""
+    return "p" + phash + dhash
+
+
+def _vertex_of_ints(phash, dhash):
+    return "p%016x" % phash + ("%016x" % dhash if dhash else "")
+
+
+def _cluster_id(text):
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def canonical_sort_key(row, dataset_priority=DEFAULT_DATASET_PRIORITY):
+    """Smallest sorts first = canonical: ok status, largest area, dataset priority, key."""
+    priority = list(dataset_priority)
+    dataset = row.get("dataset")
+    rank = priority.index(dataset) if dataset in priority else len(priority)
+    area = (row.get("width") or 0) * (row.get("height") or 0)
+    return (row.get("status") != schema.OK, -area, rank, str(row.get("key")))
+
+
+def _hamming(a, b):
+    a, b = _hex16(a), _hex16(b)
+    if a is None or b is None:
+        return None
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+# --- steps 1-2: compact key records, grouped by shard ----------------------------------------
+#
+# Every row contributes a picture record (its vertex, URL digest, known-placeholder sha256) and
+# one exact-key record per URL / sha256 digest. They cross the shuffle as numpy arrays of fixed
+# size records, a few hundred per shard and batch, instead of one Python tuple per row: the local
+# runner keeps a shuffle's whole input in memory, where a tuple per row costs ~300 bytes and a
+# record 30 (and with spill_dir they go through files instead, transforms.clustering.spill). A shard's
+# records are then grouped with numpy sorts.
+
+KEY_SHARDS = 256
+
+
+def _digest(kind, text):
+    # 96-bit digests stand for URLs and sha256s in the shuffles: 4x smaller, and a chance
+    # collision among 10^8 values has odds ~1e-13.
+    return kind + hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+
+
+_PICTURE_RECORD = np.dtype([("phash", "<u8"), ("dhash", "<u8"), ("nurl", "S13"), ("known", "?")])
+_EXACT_RECORD = np.dtype([("key", "S13"), ("kind", "S1"), ("a", "<u8"), ("b", "<u8")])
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads (phash, dhash) over shards
+
+
+def _key_record_dtype(key):
+    return _PICTURE_RECORD if key[0] == "p" else _EXACT_RECORD
+
+
+def _vertex_parts(vertex):
+    """'p' + pHash [+ dHash] or 'k' + 128-bit key digest -> (kind, a, b) with two 64-bit ints."""
+    return vertex[0], int(vertex[1:17], 16), int(vertex[17:33], 16) if len(vertex) > 17 else 0
+
+
+def _vertex_of_parts(kind, a, b):
+    if kind == "k":
+        return "k%016x%016x" % (a, b)
+    return _vertex_of_ints(a, b)
+
+
+def _by_shard(kind, records, shards):
+    for shard, indices in split_by(shards):
+        yield (kind, shard), records[indices]
+
+
+@beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
+class _KeyRecords(beam.DoFn):
+    """A batch of slim rows -> (("p", shard), picture records), (("x", shard), exact-key records)."""
+
+    def __init__(self, known_hashes, shards=KEY_SHARDS):
+        self._known = frozenset(known_hashes)
+        self._shards = shards
+
+    def process(self, batch):
+        pictures, exact = [], []
+        for slim in batch:
+            kind, a, b = _vertex_parts(slim["vertex"])
+            nurl, sha256 = slim["nurl"], slim["sha256"]
+            if kind == "p":
+                pictures.append((a, b, nurl or b"", bool(sha256) and sha256 in self._known))
+            if nurl is not None:
+                exact.append((nurl, kind, a, b))
+            if sha256:
+                exact.append((_digest(b"s", sha256), kind, a, b))
+        if pictures:
+            records = np.array(pictures, dtype=_PICTURE_RECORD)
+            with np.errstate(over="ignore"):
+                mixed = (records["phash"] ^ records["dhash"]) * _MIX
+            yield from _by_shard("p", records, mixed % np.uint64(self._shards))
+        if exact:
+            records = np.array(exact, dtype=_EXACT_RECORD)
+            # The digests are uniform already: their first byte after the kind picks the shard.
+            first = np.ascontiguousarray(records["key"]).view(np.uint8).reshape(
+                -1, _EXACT_RECORD["key"].itemsize)[:, 1]
+            yield from _by_shard("x", records, first.astype(np.int64) % self._shards)
+
+
+@beam.typehints.with_output_types(typing.Tuple[typing.Any, typing.Any])
+class _KeyShard(beam.DoFn):
+    """One shard's records -> what the graph needs of them.
+
+    Picture shards: the search nodes as (pHash array, dHash array) batches of every non-placeholder
+    picture (main output), `placeholder` (vertex, cluster id) of placeholder pictures, `several` vertex of
+    a picture with several rows (a cluster even without any other match).
+    Exact shards: `exact` (key digest, [vertices]) for a URL or sha256 shared by several vertices.
+    """
+    PLACEHOLDER = "placeholder"
+    SEVERAL = "several"
+    EXACT = "exact"
+
+    def __init__(self, min_urls, known_hashes):
+        self._min_urls = min_urls
+        self._known = np.array(sorted({int(h, 16) for h in known_hashes if _HEX16.match(h)}), dtype=np.uint64)
+
+    NODE_BATCH = 8192  # search nodes go on in batches this big: a shard's few hundred would
+    # multiply the near search's routed records (one per band and shard) by as many batches
+
+    def start_bundle(self):
+        self._nodes, self._node_count = [], 0
+
+    def process(self, element):
+        (kind, _shard), parts = element
+        records = np.concatenate(list(parts))
+        if kind == "p":
+            yield from self._pictures(records)
+        else:
+            yield from self._exact(records)
+        if self._node_count >= self.NODE_BATCH:
+            yield self._take_nodes()
+
+    def finish_bundle(self):
+        if self._node_count:
+            yield GlobalWindows.windowed_value(self._take_nodes())
+
+    def _take_nodes(self):
+        phash = np.concatenate([p for p, _ in self._nodes])
+        dhash = np.concatenate([d for _, d in self._nodes])
+        self._nodes, self._node_count = [], 0
+        return phash, dhash
+
+    def _pictures(self, r):
+        r = r[np.lexsort((r["nurl"], r["dhash"], r["phash"]))]
+        n = len(r)
+        new_vertex = np.ones(n, dtype=bool)
+        new_vertex[1:] = (r["phash"][1:] != r["phash"][:-1]) | (r["dhash"][1:] != r["dhash"][:-1])
+        starts = np.flatnonzero(new_vertex)
+        rows = np.diff(np.append(starts, n))
+        new_url = new_vertex.copy()
+        new_url[1:] |= r["nurl"][1:] != r["nurl"][:-1]
+        urls = np.add.reduceat((new_url & (r["nurl"] != b"")).astype(np.int64), starts)
+        phash, dhash = r["phash"][starts], r["dhash"][starts]
+        known = (np.logical_or.reduceat(r["known"], starts) | np.isin(phash, self._known)
+                 | ((dhash != 0) & np.isin(dhash, self._known)))
+        placeholder = known | (urls >= self._min_urls)
+        for p, d in zip(phash[placeholder].tolist(), dhash[placeholder].tolist()):
+            _counter("placeholder_groups").inc()
+            vertex = _vertex_of_ints(p, d)
+            yield beam.pvalue.TaggedOutput(self.PLACEHOLDER, (vertex, _cluster_id("placeholder:" + vertex[1:])))
+        several = (rows > 1) & ~placeholder
+        for p, d in zip(phash[several].tolist(), dhash[several].tolist()):
+            yield beam.pvalue.TaggedOutput(self.SEVERAL, _vertex_of_ints(p, d))
+        if not placeholder.all():
+            self._nodes.append((phash[~placeholder], dhash[~placeholder]))
+            self._node_count += int((~placeholder).sum())
+
+    def _exact(self, r):
+        r = np.unique(r)  # distinct (key, vertex), sorted by key
+        new_key = np.ones(len(r), dtype=bool)
+        new_key[1:] = r["key"][1:] != r["key"][:-1]
+        starts = np.flatnonzero(new_key)
+        vertices = np.diff(np.append(starts, len(r)))
+        for lo, count in zip(starts[vertices > 1].tolist(), vertices[vertices > 1].tolist()):
+            group = r[lo:lo + count]
+            yield beam.pvalue.TaggedOutput(self.EXACT, (group["key"][0], [
+                _vertex_of_parts(k.decode(), a, b)
+                for k, a, b in zip(group["kind"].tolist(), group["a"].tolist(), group["b"].tolist())]))
+
+
+# --- step 2: exact URL / sha256 groups: stars ---------------------------------------------
+
+def _star_edges(element, placeholders):
+    """All distinct vertices of one URL or sha256 linked to the smallest: a star, not a clique."""
+    _group, vertices = element
+    distinct = {v for v in vertices if v not in placeholders}
+    if len(distinct) > 1:
+        hub = min(distinct)
+        for v in distinct:
+            if v != hub:
+                yield v, hub
+
+
+# --- step 5: rows meet their component -------------------------------------------------------
+
+# A vertex's component, the smallest rank wins: placeholder group, else its connected
+# component, else its own picture (several rows, no other match).
+_RANK_PLACEHOLDER, _RANK_EDGE, _RANK_PICTURE = 0, 1, 2
+_SINGLE = "single"
+
+
+def _place(row, components, singles=True):
+    """(component, row) for a row in a cluster; a row alone gets its final cluster columns
+    (tagged output `single`), or nothing when singles=False."""
+    found = components.get(_vertex(row))
+    if found is not None:
+        yield found[1], row
+    elif singles:
+        _counter("unique_rows").inc()
+        yield beam.pvalue.TaggedOutput(_SINGLE, dict(row, cluster_id=None, is_canonical=True,
+                                                     is_placeholder=False))
+
+
+# --- step 6: one cluster -----------------------------------------------------------------------
+
+@beam.typehints.with_output_types(typing.Dict[str, typing.Any])
+class _Cluster(beam.DoFn):
+    """(component, rows) -> rows with cluster columns set, plus one cluster record."""
+    CLUSTERS = "clusters"
+
+    def __init__(self, dataset_priority, max_distance, dhash_max_distance, max_listed):
+        self._priority = tuple(dataset_priority)
+        self._max_distance = max_distance
+        self._dhash_max = dhash_max_distance
+        self._max_listed = max_listed
+
+    def process(self, element):
+        component, rows = element
+        placeholder = component.startswith(_PLACEHOLDER)
+        best = best_index = canonical = min_key = None
+        listed = {}  # row index -> member facts, for at most max_listed rows (+ the canonical)
+        datasets = {}
+        # Pass 1 keeps slim facts of a bounded number of rows; pass 2 re-reads the
+        # (re-iterable) group, so a 1M-row placeholder never sits in memory twice.
+        for i, row in enumerate(rows):
+            sort_key = canonical_sort_key(row, self._priority)
+            member = None
+            if best is None or sort_key < best:
+                member = _member(row)
+                best, best_index, canonical = sort_key, i, member
+            if len(listed) < self._max_listed:
+                listed[i] = member or _member(row)
+            key = str(row.get("key"))
+            min_key = key if min_key is None or key < min_key else min_key
+            datasets[row.get("dataset")] = datasets.get(row.get("dataset"), 0) + 1
+        listed.setdefault(best_index, canonical)
+        if placeholder:
+            cluster_id = _cluster_id("placeholder:" + component[2:])
+        else:
+            cluster_id = _cluster_id(min_key)
+        matches = {}
+        max_distance = None
+        size = 0
+        for i, row in enumerate(rows):
+            size += 1
+            member = listed.get(i) or _member(row)
+            member["distance"] = _hamming(member["phash"], canonical["phash"])
+            member["dhash_distance"] = _hamming(member["dhash"], canonical["dhash"])
+            if i == best_index:
+                member["match"] = "canonical"
+            else:
+                member["match"] = "placeholder" if placeholder else self._match(member, canonical)
+                matches[member["match"]] = matches.get(member["match"], 0) + 1
+            if member["distance"] is not None:
+                max_distance = max(max_distance or 0, member["distance"])
+            yield dict(row, cluster_id=cluster_id, is_canonical=(i == best_index),
+                       is_placeholder=placeholder)
+        _counter("placeholder_clusters" if placeholder else "clusters").inc()
+        members = sorted(listed.values(), key=lambda m: (m["match"] != "canonical", m["key"]))
+        for m in members:
+            del m["_nurl"], m["_vertex"]
+        yield beam.pvalue.TaggedOutput(self.CLUSTERS, {
+            "cluster_id": cluster_id,
+            "canonical_key": canonical["key"],
+            "is_placeholder": placeholder,
+            "size": size,
+            "kind": "placeholder" if placeholder else (
+                "near" if set(matches) & {"near", "transitive"} else "exact"),
+            "datasets": datasets,
+            "matches": matches,
+            "max_distance": max_distance,
+            "members_listed": len(members),
+            "members": members,
+        })
+
+    def _match(self, member, canonical):
+        if member["sha256"] and member["sha256"] == canonical["sha256"]:
+            return "sha256"
+        if member["_nurl"] is not None and member["_nurl"] == canonical["_nurl"]:
+            return "url"
+        if member["_vertex"] == canonical["_vertex"] and member["_vertex"].startswith("p"):
+            return "phash"
+        distance = member["distance"]
+        if distance is not None and distance <= self._max_distance:
+            dd = member["dhash_distance"]
+            if dd is None or self._dhash_max is None or dd <= self._dhash_max:
+                return "near"
+        return "transitive"
+
+
+def _lower(value):
+    return value.strip().lower() if isinstance(value, str) and value.strip() else None
+
+
+def _member(row):
+    return {
+        "key": str(row.get("key")),
+        "dataset": row.get("dataset"),
+        "url": row.get("url"),
+        "status": row.get("status"),
+        "sha256": _lower(row.get("sha256")),
+        "phash": _lower(row.get("phash")),
+        "dhash": _lower(row.get("dhash")),
+        "width": row.get("width"),
+        "height": row.get("height"),
+        "distance": None,
+        "dhash_distance": None,
+        "_nurl": normalize_url(row.get("url")),
+        "_vertex": _vertex(row),
+    }
+
+
+# --- stats -------------------------------------------------------------------------------------
+
+def _dataset_order(name):
+    order = list(schema.DATASETS)
+    return (order.index(name) if name in order else len(order), str(name))
+
+
+def _cluster_stats(record):
+    """One cluster's contribution to summary.json (summed by SumNestedCounts)."""
+    size = record["size"]
+    if record["is_placeholder"]:
+        return {"placeholder_groups": 1, "placeholder_rows": size,
+                "placeholder_rows_by_dataset": dict(record["datasets"])}
+    stats = {
+        "clusters": 1, "duplicated_rows": size, "redundant_rows": size - 1,
+        f"{record['kind']}_clusters": 1,
+        "matches": {},
+        "within_dataset": {}, "across_datasets": {},
+    }
+    stats["matches"] = dict(record["matches"])
+    datasets = sorted(record["datasets"], key=_dataset_order)
+    for d in datasets:
+        n = record["datasets"][d]
+        if n > 1:
+            stats["within_dataset"][d] = {"clusters": 1, "rows": n}
+    for a, b in itertools.combinations(datasets, 2):
+        stats["across_datasets"][f"{a}|{b}"] = {
+            "clusters": 1, "rows": record["datasets"][a] + record["datasets"][b]}
+    return stats
+
+
+def _add(into, other):
+    for k, v in other.items():
+        if isinstance(v, dict):
+            _add(into.setdefault(k, {}), v)
+        else:
+            into[k] = into.get(k, 0) + v
+    return into
+
+
+class SumNestedCounts(beam.CombineFn):
+    """Sums nested dicts of counts into one dict."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, element):
+        return _add(acc, element)
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for acc in accumulators:
+            _add(merged, acc)
+        return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _finish_stats(stats, config):
+    out = {"rows": 0, "clusters": 0, "duplicated_rows": 0, "redundant_rows": 0,
+           "exact_clusters": 0, "near_clusters": 0,
+           "matches": {k: 0 for k in MATCH_KINDS},
+           "within_dataset": {}, "across_datasets": {}, "near_pairs": 0,
+           "placeholder_groups": 0, "placeholder_rows": 0, "placeholder_rows_by_dataset": {}}
+    _add(out, stats)
+    out["within_dataset"] = dict(sorted(out["within_dataset"].items(),
+                                        key=lambda kv: _dataset_order(kv[0])))
+    out["across_datasets"] = dict(sorted(
+        out["across_datasets"].items(),
+        key=lambda kv: tuple(_dataset_order(d) for d in kv[0].split("|"))))
+    out["config"] = config
+    return out
+
+
+# --- the transform -----------------------------------------------------------------------------
+
+def slim_row(row):
+    """What dedup needs of a row to find its matches: key, graph vertex, normalised URL (digest), sha256."""
+    nurl = normalize_url(row.get("url"))
+    return {
+        "key": row.get("key"),
+        "vertex": _vertex(row),
+        "nurl": None if nurl is None else _digest(b"u", nurl),
+        "sha256": _lower(row.get("sha256")),
+    }
+
+
+def _near_edge(pair):
+    pa, da, pb, db, _pdist, _ddist = pair
+    return _vertex_of_ints(pa, da), _vertex_of_ints(pb, db)
+
+
+class Dedup(beam.PTransform):
+    """Rows -> {"rows": rows with cluster_id/is_canonical/is_placeholder, "clusters": cluster
+    records (see WriteDuplicates), "stats": one dict for summary.json}.
+
+    max_distance: pHash Hamming distance at or under which two pictures are near-duplicates.
+    dhash_max_distance: dHash confirmation threshold (None: pHash alone).
+    dataset_priority: tie-break of the canonical policy (see module docstring).
+    placeholder_min_urls / placeholder_hashes: placeholder recognition.
+    cc_rounds: large/small-star rounds before the exact union-find finish.
+    bands / shard_bits: override the near-search geometry (transforms.clustering.near_search.BandPlan).
+    max_listed_members: members listed per cluster record (the canonical always is); `size`
+        and the counts stay exact, and rows carry cluster_id whatever the cap.
+    spill_dir: a local directory through which the per-row key records and the near search's
+        routed hashes are grouped (transforms.clustering.spill), removed when done; local runs only. None:
+        the runner's GroupByKey (Dataflow's shuffle is on disk already).
+    """
+
+    def __init__(self, max_distance=DEFAULT_MAX_DISTANCE,
+                 dataset_priority=DEFAULT_DATASET_PRIORITY,
+                 dhash_max_distance=DEFAULT_DHASH_MAX_DISTANCE,
+                 placeholder_min_urls=DEFAULT_PLACEHOLDER_MIN_URLS,
+                 placeholder_hashes=known_placeholder_hashes(),
+                 cc_rounds=6, bands=None, shard_bits=3, max_listed_members=10000, spill_dir=None):
+        super().__init__()
+        self._spill_dir = spill_dir
+        self._max_distance = int(max_distance)
+        self._priority = tuple(dataset_priority)
+        self._dhash_max = dhash_max_distance
+        self._min_urls = int(placeholder_min_urls)
+        self._known = frozenset(h.strip().lower() for h in placeholder_hashes)
+        self._rounds = cc_rounds
+        self._max_listed = int(max_listed_members)
+        self._near = NearDuplicatePairs(self._max_distance, dhash_max_distance, bands=bands,
+                                        shard_bits=shard_bits, arrays=True, spill_dir=self._spill("near"))
+
+    def _spill(self, name):
+        return None if self._spill_dir is None else os.path.join(self._spill_dir, name)
+
+    def config(self):
+        return {
+            "max_distance": self._max_distance,
+            "dhash_max_distance": self._dhash_max,
+            "dataset_priority": list(self._priority),
+            "placeholder_min_urls": self._min_urls,
+            "near_search": self._near.plan.describe(),
+            "cc_rounds": self._rounds,
+        }
+
+    def expand(self, rows):
+        slim = rows | "Slim" >> beam.Map(slim_row)
+        found = self.find_components(slim)
+        components = beam.pvalue.AsDict(found["components"])
+        placed = rows | "Place" >> beam.FlatMap(_place, components=components).with_output_types(
+            typing.Tuple[str, typing.Any]).with_outputs(_SINGLE, main="members")
+        clustered = self.cluster(placed.members)
+        out_rows = (placed[_SINGLE], clustered["rows"]) | "AllRows" >> beam.Flatten()
+        stats = self.stats(clustered["clusters"], slim, found["near_pairs"])
+        return {"rows": out_rows, "clusters": clustered["clusters"], "stats": stats}
+
+    def find_components(self, slim):
+        """Slim rows -> {"components": (vertex, (rank, component)) for every vertex in a cluster,
+        "near_pairs": the near search's pairs}. Vertices not listed are alone."""
+        shards = (
+            slim
+            | "BatchKeys" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
+            | "KeyRecords" >> beam.ParDo(_KeyRecords(self._known))
+            | "GroupKeyShards" >> GroupRecords(self._spill("keys"), dtype_of=_key_record_dtype)
+            | "KeyShards" >> beam.ParDo(_KeyShard(self._min_urls, self._known)).with_outputs(
+                _KeyShard.PLACEHOLDER, _KeyShard.SEVERAL, _KeyShard.EXACT, main="nodes")
+        )
+        placeholder_groups = shards[_KeyShard.PLACEHOLDER]
+        placeholders = beam.pvalue.AsDict(placeholder_groups)
+        exact_edges = shards[_KeyShard.EXACT] | "StarEdges" >> beam.FlatMap(_star_edges, placeholders=placeholders)
+        near_pairs = shards.nodes | "NearSearch" >> self._near
+        near_edges = near_pairs | "NearEdges" >> beam.Map(_near_edge)
+        labels = (
+            (exact_edges, near_edges)
+            | "AllEdges" >> beam.Flatten()
+            | "Components" >> ConnectedComponents(rounds=self._rounds)
+        )
+        # Only vertices in a cluster are listed, so the map stays as small as the duplicates.
+        components = (
+            (placeholder_groups | "PlaceholderRank" >> beam.MapTuple(
+                lambda vertex, _: (vertex, (_RANK_PLACEHOLDER, _PLACEHOLDER + vertex))),
+             labels | "EdgeRank" >> beam.MapTuple(lambda vertex, label: (vertex, (_RANK_EDGE, label))),
+             shards[_KeyShard.SEVERAL] | "PictureRank" >> beam.Map(
+                 lambda vertex: (vertex, (_RANK_PICTURE, vertex))))
+            | "AllComponents" >> beam.Flatten()
+            | "OneComponent" >> beam.CombinePerKey(min)
+        )
+        if self._spill_dir is not None:  # every reader of the spilled records is upstream of this
+            _ = components | "DropSpill" >> RemoveDirectory(self._spill_dir)
+        return {"components": components, "near_pairs": near_pairs}
+
+    def cluster(self, members):
+        """(component, row) -> {"rows": member rows with cluster columns, "clusters": records}."""
+        clustered = (
+            members
+            | "GroupClusters" >> beam.GroupByKey()
+            | "Cluster" >> beam.ParDo(_Cluster(self._priority, self._max_distance,
+                                               self._dhash_max, self._max_listed)).with_outputs(
+                _Cluster.CLUSTERS, main="rows")
+        )
+        return {"rows": clustered.rows, "clusters": clustered[_Cluster.CLUSTERS]}
+
+    def stats(self, clusters, slim, near_pairs):
+        partials = (
+            clusters | "ClusterStats" >> beam.Map(_cluster_stats),
+            slim | "CountRows" >> beam.combiners.Count.Globally()
+            | "RowsStat" >> beam.Map(lambda n: {"rows": n}),
+            near_pairs | "CountNear" >> beam.combiners.Count.Globally()
+            | "NearStat" >> beam.Map(lambda n: {"near_pairs": n}),
+        )
+        return (
+            partials
+            | "AllStats" >> beam.Flatten()
+            | "SumStats" >> beam.CombineGlobally(SumNestedCounts())
+            | "FinishStats" >> beam.Map(_finish_stats, self.config())
+        )
+
+
+class DedupShards(Dedup):
+    """Dedup for rows that are already in Parquet shards (the ingest): the full rows never cross
+    a shuffle (the local runner holds whatever crosses one in memory).
+
+    Input {"slim": slim_row() of every row, "shards": paths of the shards holding the rows}.
+    Output {"rows": the rows of clusters only, with their cluster columns (rows not listed are
+    alone: cluster_id None, is_canonical True, is_placeholder False), "clusters", "stats"}.
+    """
+
+    def expand(self, inputs):
+        found = self.find_components(inputs["slim"])
+        members = inputs["shards"] | "Members" >> beam.FlatMap(
+            _shard_members, components=beam.pvalue.AsDict(found["components"]))
+        clustered = self.cluster(members)
+        stats = self.stats(clustered["clusters"], inputs["slim"], found["near_pairs"])
+        return {"rows": clustered["rows"], "clusters": clustered["clusters"], "stats": stats}
+
+
+MEMBER_FIELDS = ("key", "dataset", "url", "status", "sha256", "phash", "dhash", "width", "height")
+
+
+def _shard_members(path, components):
+    if not components:
+        return
+    import pyarrow.parquet as pq  # only the ingest's workers need it here
+    with FileSystems.open(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        for batch in parquet.iter_batches(batch_size=4096, columns=list(MEMBER_FIELDS)):
+            for row in batch.to_pylist():
+                yield from _place(row, components, singles=False)
+
+
+class WriteDuplicates(beam.PTransform):
+    """Cluster records -> OUT/duplicates/clusters-SSSSS-of-NNNNN.jsonl (one JSON object a line).
+
+    JSON Lines because members are a variable-length nested list and the files are meant to be
+    read by people and `jq` as much as by programs. Fields: cluster_id, canonical_key,
+    is_placeholder, size, kind (exact | near | placeholder), datasets {name: rows}, matches
+    {match: rows}, max_distance, members_listed (<= Dedup's max_listed_members, 10000 by
+    default: a 500K-row placeholder is not one 100 MB line), members [{key, dataset, url,
+    status, sha256, phash, dhash, width, height, distance, dhash_distance, match}] with the
+    canonical first; distance = pHash (dhash_distance = dHash)
+    Hamming distance to the canonical row; match = canonical | sha256 | url | phash | near |
+    transitive (linked only through other members) | placeholder.
+    Works on any Beam filesystem (local, gs://).
+    """
+
+    def __init__(self, out_dir, num_shards=0):
+        super().__init__()
+        self._prefix = FileSystems.join(out_dir, "duplicates", "clusters")
+        self._num_shards = num_shards
+
+    def expand(self, clusters):
+        return (
+            clusters
+            | "ToJson" >> beam.Map(lambda c: json.dumps(c, ensure_ascii=False, sort_keys=False))
+            | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl",
+                                             num_shards=self._num_shards)
+        )

@@ -1,0 +1,366 @@
+"""Near-duplicate candidate search over 64-bit perceptual hashes, without all-pairs comparison.
+
+The scheme is multi-index hashing (pigeonhole banding) with bit-flip probing, and its recall is
+exact up to the threshold, not probabilistic. The arithmetic:
+
+* The 64 hash bits are split into `m` disjoint bands (sizes differ by at most one bit).
+* If two hashes differ in d <= k bits and every band differed in r+1 bits or more, d would be at
+  least m*(r+1). So with r = floor(k / m) (and then m*(r+1) > k) at least ONE band of the pair
+  differs in <= r bits. Searching every band for band values within radius r therefore finds
+  every pair at distance <= k. Each candidate is then checked on the full 64 bits (and on dHash).
+* Per band of b bits a hash probes V(b, r) = sum_{i<=r} C(b, i) band values, each an exact lookup
+  (two reads of a dense offsets table of the shard) that meets about U / 2^b owners (U distinct
+  hashes, for evenly spread bits). `plan_bands` picks m to minimise
+      m * V(64/m, r) * (1 + U / 2^(64/m) * pair_cost)
+  For the default k=8 this gives m=3, r=2: bands of 22/21/21 bits, 232 probes per band, about
+  700 lookups per hash, and ~0.5 candidates per lookup at U=1M, i.e. O(U) work instead of O(U^2).
+* pHash bits are DCT coefficients in row-major order, so neighbouring bits are correlated and
+  bit 0 (DC) is nearly always set. Bands take every m-th bit (interleaved) so each band mixes
+  low and high frequencies and buckets stay even. A permutation keeps Hamming distances.
+
+Distribution (Beam): each band is cut into 2^s shards by the top s bits of the band value. A hash
+is the OWNER of one shard per band and is sent as a QUERY to every shard whose prefix is within r
+of its own prefix (V(s, r) shards), with the flips left over (r minus the prefix flips) spent on
+the low bits inside the shard. The shuffle carries numpy arrays of (hash, dhash) per batch, so
+the element count is batches x shards, not hashes x probes. Inside a shard, lookups and checks
+are vectorised with numpy and processed in bounded chunks, so a crowded bucket costs memory in
+proportion to the chunk, not to the square of its size (its TIME still grows with the number
+of distinct hashes sharing a band value times their probes: exact recall has to check them).
+
+Each unordered pair is emitted once: only from the query side with (query < owner), and only in
+the lowest-numbered band in which the pair is within r (later bands skip it).
+Identical hashes are the caller's business: pass DISTINCT (phash, dhash) values; thousands of
+rows with one hash are one node here, so they cannot blow up a bucket quadratically.
+"""
+import math
+from itertools import combinations
+
+import apache_beam as beam
+import numpy as np
+
+from transforms.clustering.spill import GroupRecords, split_by
+
+HASH_BITS = 64
+NO_DHASH = np.uint64(0)
+# One routed hash: an owner of its (band, shard) or a query into it.
+ROUTED_RECORD = np.dtype([("owner", "?"), ("phash", "<u8"), ("dhash", "<u8")])
+
+# Relative cost of checking one candidate pair vs one sorted-table lookup (measured roughly:
+# a vectorised xor+popcount is ~20x cheaper than a searchsorted probe).
+_PAIR_COST = 0.05
+
+
+def volume(bits, radius):
+    """V(b, r): how many b-bit values lie within Hamming distance r of a given one."""
+    return sum(math.comb(bits, i) for i in range(radius + 1))
+
+
+def plan_bands(max_distance, expected_hashes=1 << 24):
+    """(m, r): band count and per-band probe radius with guaranteed recall up to max_distance.
+
+    Any m works with r = max_distance // m (see the module docstring); m is chosen to minimise
+    the estimated lookups + candidate checks for `expected_hashes` distinct hashes (default 16M,
+    CC12M scale). Bands narrower than 8 bits are never used: their buckets would be huge.
+    """
+    if not 0 <= max_distance < HASH_BITS:
+        raise ValueError(f"max_distance must be in [0, {HASH_BITS}), got {max_distance}")
+    best = None
+    for m in range(1, HASH_BITS // 8 + 1):
+        r = max_distance // m
+        b = HASH_BITS / m
+        cost = m * volume(int(b), r) * (1 + expected_hashes / 2.0 ** b * _PAIR_COST)
+        if best is None or cost < best[0]:
+            best = (cost, m, r)
+    return best[1], best[2]
+
+
+class BandPlan:
+    """The fixed geometry of one search: bands, shards, bit permutation and probe masks."""
+
+    def __init__(self, max_distance, bands=None, shard_bits=3, expected_hashes=1 << 24):
+        if bands is None:
+            bands, radius = plan_bands(max_distance, expected_hashes)
+        else:
+            if not 1 <= bands <= HASH_BITS:
+                raise ValueError(f"bands must be in [1, 64], got {bands}")
+            radius = max_distance // bands
+        assert bands * (radius + 1) > max_distance  # the pigeonhole guarantee
+        self.max_distance = max_distance
+        self.bands = bands
+        self.radius = radius
+        # Band j holds the bits i with i % m == j (interleaved), packed into a contiguous
+        # field of the permuted hash: band 0 in the low bits, band m-1 in the high bits.
+        self.sizes = [len(range(j, HASH_BITS, bands)) for j in range(bands)]
+        self.offsets = [sum(self.sizes[:j]) for j in range(bands)]
+        self.shard_bits = max(0, min(shard_bits, min(self.sizes)))
+        position = {}
+        for j in range(bands):
+            for t, i in enumerate(range(j, HASH_BITS, bands)):
+                position[i] = self.offsets[j] + t
+        # Byte lookup tables: permuting a hash is 8 table lookups and ORs, vectorised.
+        self._lut = np.zeros((8, 256), dtype=np.uint64)
+        for byte in range(8):
+            for value in range(256):
+                out = 0
+                for bit in range(8):
+                    if value >> bit & 1:
+                        out |= 1 << position[8 * byte + bit]
+                self._lut[byte, value] = out
+        self.band_masks = [np.uint64(((1 << s) - 1) << o) for s, o in zip(self.sizes, self.offsets)]
+        # Probe masks over the low (in-shard) bits of each band, by popcount.
+        self._low_masks = {}
+        for j in range(bands):
+            low = self.sizes[j] - self.shard_bits
+            self._low_masks[j] = [_masks(low, t) for t in range(radius + 1)]
+        self._prefix_masks = [_masks(self.shard_bits, t) for t in range(radius + 1)]
+
+    def __getstate__(self):  # small to pickle: rebuild the tables on the worker
+        return (self.max_distance, self.bands, self.shard_bits)
+
+    def __setstate__(self, state):
+        max_distance, bands, shard_bits = state
+        self.__init__(max_distance, bands=bands, shard_bits=shard_bits)
+
+    def describe(self):
+        return {
+            "max_distance": self.max_distance, "bands": self.bands, "radius": self.radius,
+            "band_bits": self.sizes, "shard_bits": self.shard_bits,
+            "shards": self.bands << self.shard_bits,
+            "probes_per_hash": sum(volume(s, self.radius) for s in self.sizes),
+            "query_copies_per_hash": self.bands * volume(self.shard_bits, self.radius),
+        }
+
+    def permute(self, hashes):
+        hashes = np.asarray(hashes, dtype=np.uint64)
+        out = np.zeros_like(hashes)
+        for byte in range(8):
+            index = ((hashes >> np.uint64(8 * byte)) & np.uint64(255)).astype(np.intp)
+            out |= self._lut[byte][index]
+        return out
+
+    def band(self, permuted, j):
+        return (permuted >> np.uint64(self.offsets[j])) & np.uint64((1 << self.sizes[j]) - 1)
+
+    def prefix(self, band_values, j):
+        return band_values >> np.uint64(self.sizes[j] - self.shard_bits)
+
+    def route(self, phash, dhash):
+        """Yield ((band, shard), role, phash, dhash) numpy slices for one batch of hashes.
+
+        role "o" (owner) once per band; role "q" (query) once per shard within r of the prefix.
+        """
+        phash = np.asarray(phash, dtype=np.uint64)
+        dhash = np.asarray(dhash, dtype=np.uint64)
+        permuted = self.permute(phash)
+        for j in range(self.bands):
+            prefix = self.prefix(self.band(permuted, j), j)
+            for shard, idx in split_by(prefix):
+                yield (j, shard), "o", phash[idx], dhash[idx]
+            for masks in self._prefix_masks:
+                for mask in masks:
+                    for shard, idx in split_by(prefix ^ np.uint64(mask)):
+                        yield (j, shard), "q", phash[idx], dhash[idx]
+
+    def search_shard(self, j, shard, owners, queries, dhash_max_distance=None,
+                     chunk_pairs=1 << 20, chunk_probes=1 << 18):
+        """Pairs within the threshold between queries and owners of shard (band j, shard).
+
+        owners/queries: (phash uint64 array, dhash uint64 array, has_dhash bool array).
+        Yields (phash_q, dhash_q, phash_o, dhash_o, pdist, ddist) arrays per chunk, with the
+        pair-once rules of the module docstring applied.
+        """
+        o_p, o_d, o_has = owners
+        q_p, q_d, q_has = queries
+        if len(o_p) == 0 or len(q_p) == 0:
+            return
+        low_bits = self.sizes[j] - self.shard_bits
+        low_mask = np.uint64((1 << low_bits) - 1)
+        o_perm = self.permute(o_p)
+        o_low = self.band(o_perm, j) & low_mask
+        order = np.argsort(o_low, kind="stable")
+        o_p, o_d, o_has, o_perm, o_low = (a[order] for a in (o_p, o_d, o_has, o_perm, o_low))
+        q_perm = self.permute(q_p)
+        q_band = self.band(q_perm, j)
+        q_low = q_band & low_mask
+        # Flips already spent reaching this shard's prefix; the rest goes to the low bits.
+        budget = self.radius - np.bitwise_count(self.prefix(q_band, j) ^ np.uint64(shard)).astype(
+            np.int64)
+        if low_bits <= 24:
+            # Dense offsets table (CSR): lookup of a low value is two array reads, ~7x faster
+            # than a binary search. 2^low_bits + 1 int32 entries (16 MiB at 22 bits), built in
+            # place from the owners' distinct values, so no table-sized temporary.
+            values, counts = np.unique(o_low, return_counts=True)
+            starts = np.zeros((1 << low_bits) + 1, dtype=np.int32 if len(o_low) < 2**31 else np.int64)
+            starts[values.astype(np.intp) + 1] = counts
+            np.cumsum(starts, out=starts)
+
+            def lookup(probes):
+                probes = probes.astype(np.intp)
+                lo = starts[probes]
+                return lo, starts[probes + 1]
+        else:
+            def lookup(probes):
+                return (np.searchsorted(o_low, probes, side="left"),
+                        np.searchsorted(o_low, probes, side="right"))
+        earlier = self.band_masks[:j]
+        for b in range(self.radius + 1):
+            sel = np.nonzero(budget == b)[0]
+            if len(sel) == 0:
+                continue
+            masks = np.array([m for t in range(b + 1) for m in self._low_masks[j][t]],
+                             dtype=np.uint64)
+            step = max(1, chunk_probes // len(masks))  # bounds memory: queries x masks
+            for start in range(0, len(sel), step):
+                qi = sel[start:start + step]
+                probes = q_low[qi][:, None] ^ masks[None, :]
+                lo, hi = lookup(probes)
+                row, _col = np.nonzero(hi > lo)
+                if len(row) == 0:
+                    continue
+                hit = hi > lo
+                probe_q, lo, hi = qi[row], lo[hit], hi[hit]
+                for pq, po in _expand(probe_q, lo, hi, chunk_pairs):
+                    yield from self._check(pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has,
+                                           o_perm, earlier, dhash_max_distance)
+
+    def _check(self, pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has, o_perm, earlier,
+               dhash_max_distance):
+        qp, qd, op, od = q_p[pq], q_d[pq], o_p[po], o_d[po]
+        # Pair once: query strictly below owner in (phash, dhash) order (also drops self).
+        ok = (qp < op) | ((qp == op) & (qd < od))
+        x = q_perm[pq] ^ o_perm[po]
+        pdist = np.bitwise_count(x).astype(np.int64)
+        ok &= pdist <= self.max_distance
+        for mask in earlier:  # found in an earlier band: that band emits it
+            ok &= np.bitwise_count(x & mask) > self.radius
+        both = q_has[pq] & o_has[po]
+        ddist = np.where(both, np.bitwise_count(qd ^ od).astype(np.int64), -1)
+        if dhash_max_distance is not None:
+            ok &= ~both | (ddist <= dhash_max_distance)
+        if ok.any():
+            yield qp[ok], qd[ok], op[ok], od[ok], pdist[ok], ddist[ok]
+
+
+def _masks(bits, popcount):
+    """All `bits`-wide masks with exactly `popcount` bits set."""
+    return [sum(1 << i for i in c) for c in combinations(range(bits), popcount)]
+
+
+def _expand(probe_q, lo, hi, chunk_pairs):
+    """Yield (query index, owner index) arrays for every owner in [lo, hi) of each probe,
+    at most about chunk_pairs at a time (a huge bucket is sliced, never materialised whole)."""
+    counts = hi - lo
+    start = 0
+    n = len(counts)
+    while start < n:
+        csum = np.cumsum(counts[start:])
+        stop = start + max(1, int(np.searchsorted(csum, chunk_pairs, side="right")))
+        if counts[start] > chunk_pairs:  # one crowded bucket: slice it
+            for s in range(int(lo[start]), int(hi[start]), chunk_pairs):
+                e = min(s + chunk_pairs, int(hi[start]))
+                yield np.full(e - s, probe_q[start]), np.arange(s, e)
+            start += 1
+            continue
+        c = counts[start:stop]
+        total = int(c.sum())
+        pq = np.repeat(probe_q[start:stop], c)
+        # owner index = lo of its probe + position within the probe's run
+        offsets = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
+        po = np.repeat(lo[start:stop], c) + offsets
+        yield pq, po
+        start = stop
+
+
+def _int(hex_or_int):
+    if hex_or_int is None:
+        return None
+    if isinstance(hex_or_int, str):
+        return int(hex_or_int, 16)
+    return int(hex_or_int)
+
+
+class _RouteToShards(beam.DoFn):
+    def __init__(self, plan):
+        self._plan = plan
+
+    def process(self, batch):
+        if isinstance(batch, tuple):  # (pHash array, dHash array) already
+            phash, dhash = batch
+        else:
+            phash = np.fromiter((_int(p) for p, _ in batch), dtype=np.uint64, count=len(batch))
+            # A missing dHash travels as 0 (NO_DHASH), see NearDuplicatePairs.
+            dhash = np.fromiter((_int(d) or 0 for _, d in batch), dtype=np.uint64, count=len(batch))
+        beam.metrics.Metrics.counter("dedup", "near_nodes").inc(len(phash))
+        for key, role, p, d in self._plan.route(phash, dhash):
+            if role == "o":
+                beam.metrics.Metrics.counter("dedup", "near_owner_records").inc(len(p))
+            else:
+                beam.metrics.Metrics.counter("dedup", "near_query_records").inc(len(p))
+            records = np.empty(len(p), dtype=ROUTED_RECORD)
+            records["owner"], records["phash"], records["dhash"] = role == "o", p, d
+            yield key, records
+
+
+class _SearchShard(beam.DoFn):
+    def __init__(self, plan, dhash_max_distance):
+        self._plan = plan
+        self._dhash_max = dhash_max_distance
+
+    def process(self, element):
+        (j, shard), parts = element
+        records = np.concatenate(list(parts))
+        owner = records["owner"]
+        if not owner.any() or owner.all():
+            return
+        o = _arrays(records[owner])
+        q = _arrays(records[~owner])
+        pairs = beam.metrics.Metrics.counter("dedup", "near_pairs")
+        for qp, qd, op, od, pdist, ddist in self._plan.search_shard(j, shard, o, q,
+                                                                   self._dhash_max):
+            pairs.inc(len(qp))
+            for row in zip(qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(),
+                           ddist.tolist()):
+                yield row
+
+
+def _arrays(records):
+    p, d = records["phash"], records["dhash"]
+    return p, d, d != NO_DHASH
+
+
+class NearDuplicatePairs(beam.PTransform):
+    """PCollection of DISTINCT (phash, dhash) -> every pair within the thresholds, once.
+
+    Input elements: (phash, dhash) as 16-hex-digit strings or ints; dhash may be None (then the
+    pair is judged on pHash alone). With arrays=True, batches instead: (phash array, dhash array)
+    of uint64, a missing dHash as 0. Output: (phash_a, dhash_a, phash_b, dhash_b, phash_distance,
+    dhash_distance) as ints with (phash_a, dhash_a) < (phash_b, dhash_b); dhash_distance is -1
+    where either dhash is missing. A dHash of exactly 0 is treated as missing (a flat image has
+    no gradient to compare).
+    spill_dir: a local directory the routed hashes are grouped through (transforms.clustering.spill; local
+    runs only), instead of the runner's in-memory GroupByKey.
+    """
+
+    def __init__(self, max_distance, dhash_max_distance=None, bands=None, shard_bits=3,
+                 batch_size=8192, arrays=False, spill_dir=None):
+        super().__init__()
+        self._arrays = arrays
+        self._spill_dir = spill_dir
+        self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
+        self._dhash_max = dhash_max_distance
+        self._batch_size = batch_size
+
+    @property
+    def plan(self):
+        return self._plan
+
+    def expand(self, nodes):
+        if not self._arrays:
+            nodes = nodes | "Batch" >> beam.BatchElements(min_batch_size=min(256, self._batch_size),
+                                                          max_batch_size=self._batch_size)
+        return (
+            nodes
+            | "RouteToShards" >> beam.ParDo(_RouteToShards(self._plan))
+            | "GroupShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: ROUTED_RECORD)
+            | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max))
+        )

@@ -1,0 +1,587 @@
+"""Fetching image bytes over HTTP(S), safely and concurrently, as a Beam stage.
+
+`Fetcher` owns one asyncio loop in a background thread and one aiohttp session: a bounded pool of
+concurrent requests per DoFn instance, so a worker's CPU stays busy decoding and hashing while the
+network waits. `FetchImages` feeds it from a DoFn and emits rows as their fetches complete.
+"""
+import asyncio
+import concurrent.futures
+import dataclasses
+import email.utils
+import queue
+import socket
+import threading
+import time
+import weakref
+
+import aiohttp
+import apache_beam as beam
+import yarl
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
+
+from transforms import schema
+from transforms.fetch.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver, legacy_ipv4
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (image dataset research crawler)"
+
+
+def user_agent(contact=None, base=DEFAULT_USER_AGENT):
+    """An honest User-Agent: what we are, and how a site owner reaches whoever runs the crawl."""
+    if not contact:
+        return base
+    return base[:-1] + f"; contact: {contact})" if base.endswith(")") else f"{base} (contact: {contact})"
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchConfig:
+    timeout: float = 20.0             # seconds for one attempt: connect, redirects, headers, body
+    max_bytes: int = 32 * 1024 * 1024  # body cap after Content-Encoding decoding
+    max_redirects: int = 5
+    retries: int = 2                  # extra attempts for 429 and 5xx
+    backoff: float = 0.5              # first retry delay; doubles each attempt
+    max_retry_after: float = 10.0     # a longer Retry-After is not waited for: the row fails
+    concurrency: int = 64             # requests in flight per DoFn instance
+    per_host: int = 8                 # requests in flight per host
+    max_rate: float = 0.0             # requests started per second per worker process; 0 = unlimited
+    host_failure_limit: int = 10      # consecutive failures to connect before a host is skipped
+    host_cooldown: float = 60.0       # seconds a failing host is skipped before one probe is let through
+    max_host_interval: float = 30.0   # slowest pace the adaptive per-host rate falls to
+    user_agent: str = DEFAULT_USER_AGENT
+    allow_networks: tuple = ()
+    honor_robots: bool = True
+
+
+@dataclasses.dataclass
+class FetchResult:
+    status: str
+    error: str = None
+    http_status: int = None
+    body: bytes = None
+    content_type: str = None
+    etag: str = None
+    last_modified: str = None
+    final_url: str = None
+    attempts: int = 0
+    elapsed_ms: int = 0
+    retry_after: float = None  # only meaningful while deciding on a retry
+    skipped: bool = False      # failed without a request: the host is short-circuited
+    unconnectable: bool = False  # no connection could be made at all (for the host's breaker)
+    name_not_found: bool = False  # DNS says the host name does not exist (not a temporary failure)
+
+    def retryable(self):
+        return self.status == schema.HTTP_ERROR and self.http_status in RETRY_STATUSES
+
+
+def parse_retry_after(value):
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def robots_opt_out(header_values, agent_token):
+    """The X-Robots-Tag directive that opts this image out of AI datasets, or None.
+
+    A value may be scoped to one crawler ("otherbot: noai"); such values bind only that crawler.
+    """
+    for value in header_values:
+        scope, sep, rest = value.partition(":")
+        directives = value
+        if sep and scope.strip().lower() not in OPT_OUT_DIRECTIVES and " " not in scope.strip():
+            if scope.strip().lower() not in (agent_token, "*"):
+                continue
+            directives = rest
+        for directive in directives.split(","):
+            directive = directive.strip().lower()
+            if directive in OPT_OUT_DIRECTIVES:
+                return directive
+    return None
+
+
+class HostGate:
+    """Politeness toward one host (host:port), kept on the fetcher's event loop (no locks needed).
+
+    - at most `per_host` requests in flight;
+    - an adaptive gap between request starts: doubled (or set to Retry-After) on 429/503, shrunk by a
+      quarter on each success, so a host that pushes back is slowed down and recovers later;
+    - a circuit breaker: after `limit` consecutive attempts that could not connect at all (refused,
+      reset before answering, connect timeout) the host's remaining URLs fail at once for
+      `cooldown` seconds (doubling while it keeps failing), instead of each burning a whole
+      deadline; then requests go through again, and one more failure closes it for twice as
+      long. A host that accepts connections is never short-circuited, however slow some of its
+      answers: a slow URL costs only itself.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        self.slots = asyncio.Semaphore(config.per_host)
+        self._pacer = Pacer()
+        self.failures = 0
+        self._open_until = 0.0
+        self._cooldown = config.host_cooldown
+        self.last_failure = None
+
+    def short_circuit(self, now):
+        """The failure to report without trying, or None to go ahead."""
+        if self.failures >= self._config.host_failure_limit and now < self._open_until:
+            status, error = self.last_failure
+            return FetchResult(status, f"host skipped after {self.failures} consecutive failures"
+                                       f" (last: {error})", skipped=True)
+        return None
+
+    @property
+    def interval(self):
+        """Seconds between request starts to this host, as the host's answers set it."""
+        return self._pacer.gap
+
+    @interval.setter
+    def interval(self, seconds):
+        self._pacer.gap = seconds
+
+    async def wait_turn(self):
+        await self._pacer.wait()
+
+    def record(self, result, now):
+        config = self._config
+        if result.unconnectable:
+            self.failures += 1
+            self.last_failure = (result.status, result.error)
+            if self.failures >= config.host_failure_limit:
+                self._open_until = now + self._cooldown
+                self._cooldown = min(self._cooldown * 2, 3600.0)
+            return
+        self.failures = 0
+        self._cooldown = config.host_cooldown
+        if result.http_status in (429, 503):
+            slower = max(self.interval * 2, 0.25, result.retry_after or 0.0)
+            self.interval = min(slower, config.max_host_interval)
+        elif self.interval:
+            self.interval = self.interval * 0.75 if self.interval > 0.01 else 0.0
+
+
+class Pacer:
+    """Evenly spaced starts: each wait() returns at least `gap` seconds after the previous one's."""
+
+    def __init__(self, gap=0.0):
+        self.gap = gap
+        self._next = 0.0
+
+    @classmethod
+    def per_second(cls, rate):
+        """At most `rate` starts per second (0 or None: no limit)."""
+        return cls(1.0 / rate if rate and rate > 0 else 0.0)
+
+    async def wait(self):
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next)
+        self._next = start + self.gap
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class Fetcher:
+    """A pool of concurrent HTTP fetches on a private event loop thread.
+
+    `submit` is thread-safe and returns a concurrent.futures.Future of FetchResult.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self._policy = AddressPolicy(config.allow_networks)
+        self._agent_token = config.user_agent.split("/", 1)[0].strip().lower()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fetcher", daemon=True)
+        self._thread.start()
+        self._session = self._run(self._open_session())
+        self._file_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+        # Shared per process (see FetchDoFn): closed when the last DoFn lets go of it.
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._session,
+                                           self._file_pool)
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _open_session(self):
+        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._hosts = {}
+        self._rate = Pacer.per_second(self.config.max_rate)
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self._policy),
+            limit=self.config.concurrency,
+            ttl_dns_cache=300,
+        )
+        # trust_env=False: a proxy from the environment would bypass the address policy.
+        return aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,
+            headers={"User-Agent": self.config.user_agent, "Accept": "image/*,*/*;q=0.8"},
+            # A connect deadline inside the whole-request one tells "host unreachable" (which feeds
+            # the host's breaker) apart from "slow answer" (which costs only its own URL).
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(self.config.timeout * 0.8, 10.0)),
+            auto_decompress=True,
+        )
+
+    def submit(self, url, method="GET", headers=None):
+        return asyncio.run_coroutine_threadsafe(self.fetch(url, method, headers), self._loop)
+
+    def run_soon(self, coro):
+        """Schedule a coroutine (several `fetch` calls in sequence, say) on the fetcher's loop;
+        returns a concurrent.futures.Future. Thread-safe."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def submit_read(self, path):
+        """Read a file through Beam's filesystems (local or gs://) with the same body cap."""
+        return self._file_pool.submit(self._read_file, path)
+
+    def _read_file(self, path):
+        started = time.monotonic()
+        try:
+            with FileSystems.open(path) as handle:
+                body = handle.read(self.config.max_bytes + 1)
+        except Exception as exc:  # a missing or unreadable file is a row status, not a crash
+            return FetchResult(schema.CONNECTION_ERROR, f"cannot read {path}: {_short(exc)}",
+                               final_url=path, attempts=1, elapsed_ms=_ms_since(started))
+        if len(body) > self.config.max_bytes:
+            return FetchResult(schema.TOO_LARGE, f"file larger than --max-bytes {self.config.max_bytes}",
+                               final_url=path, attempts=1, elapsed_ms=_ms_since(started))
+        return FetchResult(schema.OK, body=body, final_url=path, attempts=1, elapsed_ms=_ms_since(started))
+
+    def close(self):
+        self._finalizer()
+
+    def _gate(self, url):
+        try:
+            parsed = yarl.URL(url)
+            name = f"{parsed.host}:{parsed.port}" if parsed.host else None
+        except (ValueError, TypeError):
+            name = None
+        if name is None:
+            return None
+        gate = self._hosts.get(name)
+        if gate is None:
+            gate = self._hosts[name] = HostGate(self.config)
+        return gate
+
+    async def fetch(self, url, method="GET", headers=None):
+        """One URL to one FetchResult; never raises."""
+        started = time.monotonic()
+        gate = self._gate(url)
+        attempt = 0
+        while True:
+            result = await self._polite_attempt(gate, url, method, headers)
+            if result.skipped:
+                break
+            attempt += 1
+            if not result.retryable() or attempt > self.config.retries:
+                break
+            delay = self.config.backoff * (2 ** (attempt - 1))
+            if result.retry_after is not None:
+                if result.retry_after > self.config.max_retry_after:
+                    result.error += (f"; Retry-After {result.retry_after:g}s exceeds"
+                                     f" --max-retry-after {self.config.max_retry_after:g}s")
+                    break
+                delay = max(delay, result.retry_after)
+            await asyncio.sleep(delay)
+        result.attempts = attempt
+        result.elapsed_ms = _ms_since(started)
+        result.retry_after = None
+        return result
+
+    async def _polite_attempt(self, gate, url, method, headers):
+        async with self._slots:
+            if gate is None:
+                return await self._deadline_attempt(url, method, headers)
+            async with gate.slots:
+                # Checked once a slot is ours: the failures may have piled up while we queued.
+                skipped = gate.short_circuit(asyncio.get_running_loop().time())
+                if skipped:
+                    return skipped
+                await gate.wait_turn()
+                await self._rate.wait()
+                result = await self._deadline_attempt(url, method, headers)
+                gate.record(result, asyncio.get_running_loop().time())
+                return result
+
+    async def _deadline_attempt(self, url, method, headers):
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                return await self._attempt(url, method, headers)
+        except TimeoutError:
+            return FetchResult(schema.TIMEOUT, f"no complete response within --timeout {self.config.timeout:g}s")
+        except Exception as exc:  # the last line of defence: a row, never a crash
+            return FetchResult(schema.CONNECTION_ERROR, f"unexpected error: {_short(exc)}")
+
+    async def _attempt(self, url, method, headers):
+        current = url
+        last_status = None
+        for _hop in range(self.config.max_redirects + 1):
+            try:
+                target = yarl.URL(current)
+            except (ValueError, TypeError) as exc:
+                return FetchResult(schema.INVALID_URL, f"unparseable URL: {_short(exc)}", last_status,
+                                   final_url=current)
+            if target.scheme not in ("http", "https"):
+                what = f"scheme {target.scheme!r}" if target.scheme else "no scheme"
+                return FetchResult(schema.INVALID_URL, f"{what}: only http and https are fetched",
+                                   last_status, final_url=current)
+            if not target.host:
+                return FetchResult(schema.INVALID_URL, "URL has no host", last_status, final_url=current)
+            canonical = legacy_ipv4(target.host)
+            if canonical:  # 2130706433 is 127.0.0.1: judge and connect by the address it means
+                target = target.with_host(canonical)
+            refusal = self._policy.check_literal(target.host)
+            if refusal:
+                return FetchResult(schema.BLOCKED, refusal, last_status, final_url=current)
+            try:
+                async with self._session.request(method, target, headers=headers,
+                                                 allow_redirects=False) as response:
+                    last_status = response.status
+                    if response.status in REDIRECT_STATUSES:
+                        location = response.headers.get("Location")
+                        if not location:
+                            return FetchResult(schema.HTTP_ERROR, f"HTTP {response.status} without Location",
+                                               response.status, final_url=current)
+                        try:
+                            current = str(response.url.join(yarl.URL(location)))
+                        except (ValueError, TypeError) as exc:
+                            return FetchResult(schema.INVALID_URL, f"bad redirect Location: {_short(exc)}",
+                                               response.status, final_url=current)
+                        continue
+                    return await self._read_response(response, current, method, _is_conditional(headers))
+            except aiohttp.ClientConnectorDNSError as exc:
+                if isinstance(exc.os_error, BlockedAddressError):
+                    return FetchResult(schema.BLOCKED, str(exc.os_error), last_status, final_url=current)
+                gone = _name_not_found(exc.os_error)
+                return FetchResult(schema.CONNECTION_ERROR,
+                                   f"DNS lookup failed for {target.host}"
+                                   + (": no such name" if gone else ""),
+                                   last_status, final_url=current, name_not_found=gone, unconnectable=True)
+            except aiohttp.InvalidURL as exc:
+                return FetchResult(schema.INVALID_URL, f"invalid URL: {_short(exc)}", last_status,
+                                   final_url=current)
+            except aiohttp.ClientConnectorError as exc:
+                return FetchResult(schema.CONNECTION_ERROR, f"cannot connect: {_short(exc.os_error)}",
+                                   last_status, final_url=current, unconnectable=True)
+            except aiohttp.ConnectionTimeoutError:
+                return FetchResult(schema.TIMEOUT, f"could not connect to {target.host} in time", last_status,
+                                   final_url=current, unconnectable=True)
+            except aiohttp.ClientPayloadError as exc:
+                if "compress" in str(exc).lower() or "decod" in str(exc).lower():
+                    return FetchResult(schema.DECODE_ERROR, f"bad Content-Encoding body: {_short(exc)}",
+                                       last_status, final_url=current)
+                return FetchResult(schema.CONNECTION_ERROR, f"body cut short: {_short(exc)}", last_status,
+                                   final_url=current)
+            except aiohttp.ClientResponseError as exc:
+                return FetchResult(schema.CONNECTION_ERROR, f"invalid HTTP response: {_short(exc)}",
+                                   last_status, final_url=current)
+            except (aiohttp.ClientError, OSError) as exc:
+                return FetchResult(schema.CONNECTION_ERROR, f"{type(exc).__name__}: {_short(exc)}",
+                                   last_status, final_url=current)
+        return FetchResult(schema.HTTP_ERROR, f"more than {self.config.max_redirects} redirects",
+                           last_status, final_url=current)
+
+    async def _read_response(self, response, url, method, conditional):
+        info = dict(
+            http_status=response.status,
+            content_type=response.headers.get("Content-Type"),
+            etag=response.headers.get("ETag"),
+            last_modified=response.headers.get("Last-Modified"),
+            final_url=url,
+        )
+        if self.config.honor_robots:
+            directive = robots_opt_out(response.headers.getall("X-Robots-Tag", []), self._agent_token)
+            if directive:
+                return FetchResult(schema.OPTED_OUT, f"X-Robots-Tag: {directive}", **info)
+        if response.status == 304 and conditional:
+            return FetchResult(schema.OK, **info)  # unchanged since the validators we sent: no body
+        if not 200 <= response.status < 300:
+            result = FetchResult(schema.HTTP_ERROR, f"HTTP {response.status} {response.reason or ''}".strip(),
+                                 **info)
+            result.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return result
+        if method == "HEAD":
+            return FetchResult(schema.OK, **info)
+        cap = self.config.max_bytes
+        if response.content_length is not None and response.content_length > cap and \
+                "Content-Encoding" not in response.headers:
+            return FetchResult(schema.TOO_LARGE, f"Content-Length {response.content_length} exceeds"
+                                                 f" --max-bytes {cap}", **info)
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            size += len(chunk)
+            if size > cap:
+                return FetchResult(schema.TOO_LARGE, f"body exceeds --max-bytes {cap}", **info)
+            chunks.append(chunk)
+        return FetchResult(schema.OK, body=b"".join(chunks), **info)
+
+
+def _is_conditional(headers):
+    """A 304 means "unchanged" only as the answer to If-None-Match / If-Modified-Since."""
+    names = {name.lower() for name in (headers or {})}
+    return bool(names & {"if-none-match", "if-modified-since"})
+
+
+def _shut_down(loop, thread, session, file_pool):
+    if loop.is_closed():
+        return
+    if threading.current_thread() is not thread:
+        try:
+            asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=10)
+        except Exception:  # best effort: the process may be exiting
+            pass
+    loop.call_soon_threadsafe(loop.stop)
+    if threading.current_thread() is not thread:
+        thread.join(timeout=10)
+        loop.close()
+    file_pool.shutdown(wait=False)
+
+
+# getaddrinfo's answers for a name that does not exist (NXDOMAIN, or no address records), as opposed
+# to EAI_AGAIN and friends, which say the lookup itself failed and may work later.
+_NAME_GONE_ERRNOS = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name))
+
+
+def _name_not_found(error):
+    for candidate in (error, getattr(error, "__cause__", None)):
+        if isinstance(candidate, socket.gaierror) and candidate.errno in _NAME_GONE_ERRNOS:
+            return True
+    return False
+
+
+def _short(exc, limit=200):
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _ms_since(started):
+    return int((time.monotonic() - started) * 1000)
+
+
+def apply_result(row, result, fetched_at):
+    """Copy a FetchResult onto a row; the body rides along as the internal `_body`."""
+    row.update(
+        status=result.status,
+        error=result.error,
+        http_status=result.http_status,
+        content_type=result.content_type,
+        etag=result.etag,
+        last_modified=result.last_modified,
+        final_url=result.final_url,
+        attempts=result.attempts,
+        fetch_ms=result.elapsed_ms,
+        fetched_at=fetched_at,
+    )
+    row["_body"] = result.body
+    return row
+
+
+class BoundedFuturesDoFn(beam.DoFn):
+    """Keeps many futures in flight and emits each element's output when its future completes.
+
+    process() hands a future to `_track`; once `max_pending` wait, it blocks for the next to finish
+    (the pool stays full, memory stays bounded); finish_bundle drains the rest. Finished futures
+    arrive on a queue from their done-callbacks, so each element costs O(1), not a scan of every
+    pending future. Subclasses say what a completed future becomes in `_completed(context, result)`.
+    """
+
+    def __init__(self, max_pending):
+        self._max_pending = max_pending
+
+    def start_bundle(self):
+        self._pending = {}
+        self._finished = queue.SimpleQueue()
+
+    def _track(self, future, context):
+        self._pending[future] = context
+        future.add_done_callback(self._finished.put)
+        if len(self._pending) >= self._max_pending:
+            yield self._complete(self._finished.get())
+        yield from self._drain(block=False)
+
+    def finish_bundle(self):
+        for output in self._drain(block=True):
+            yield GlobalWindows.windowed_value(output)
+
+    def _drain(self, block):
+        while self._pending:
+            try:
+                future = self._finished.get(block=block)
+            except queue.Empty:
+                return
+            yield self._complete(future)
+
+    def _complete(self, future):
+        return self._completed(self._pending.pop(future), future.result())
+
+    def _completed(self, context, result):
+        raise NotImplementedError
+
+
+class FetchDoFn(BoundedFuturesDoFn):
+    """Fetches each row's URL (or `_read_path`) with a bounded pool, emitting rows as they finish.
+
+    Rows that already carry a status (a malformed manifest line) pass straight through. All DoFn
+    instances of a worker process share one Fetcher, so per-host limits and the global rate hold
+    per process however many threads the runner gives the stage.
+    """
+
+    def __init__(self, config):
+        super().__init__(max_pending=config.concurrency * 2)
+        self._config = config
+        self._shared = shared.Shared()
+
+    def setup(self):
+        config = self._config
+        self._fetcher = self._shared.acquire(lambda: Fetcher(config))
+        self._statuses = {s: beam.metrics.Metrics.counter("fetch", s) for s in schema.STATUSES}
+        self._latency = beam.metrics.Metrics.distribution("fetch", "latency_ms")
+        self._bytes = beam.metrics.Metrics.counter("fetch", "bytes")
+
+    def process(self, row):
+        if row.get("status"):
+            yield row
+            return
+        if row.get("_read_path"):
+            future = self._fetcher.submit_read(row["_read_path"])
+        elif not (row.get("url") or "").strip():
+            yield schema.fail(row, schema.INVALID_URL, "empty URL")
+            return
+        else:
+            future = self._fetcher.submit(row["url"].strip())
+        yield from self._track(future, row)
+
+    def _completed(self, row, result):
+        self._statuses[result.status].inc()
+        self._latency.update(result.elapsed_ms)
+        if result.body:
+            self._bytes.inc(len(result.body))
+        return apply_result(row, result, schema.utc_now())
+
+    def teardown(self):
+        self._fetcher = None  # the shared Fetcher closes itself once no instance holds it
+
+
+class FetchImages(beam.PTransform):
+    """Rows in, rows out with status, HTTP facts and the internal `_body` bytes."""
+
+    def __init__(self, config):
+        super().__init__()
+        self._config = config
+
+    def expand(self, rows):
+        return rows | "FetchUrls" >> beam.ParDo(FetchDoFn(self._config))

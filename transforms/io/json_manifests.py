@@ -1,0 +1,230 @@
+"""Manifests of the two JSON datasets: ImageNet-Captions and the CCMB Zero corpus.
+
+Both parsers are generators over one binary file object (what Beam's FileSystems / fileio give)
+that yield rows made by schema.new_row, streaming: the 463K-object imagenet_captions.json array
+goes through ijson item by item, never json.load. A malformed record becomes a row with status
+invalid_url and an `error`, never an exception and never a lost record. A file that stops being
+JSON part-way (truncated, corrupt) yields one invalid row saying where reading stopped, since
+nothing after that point can be delimited. Both accept either form of file: a first non-blank
+character `[` means one (or several) JSON arrays, streamed by ijson; anything else is read as
+one record a line (JSONL; blank lines skipped; a line that is not JSON is one invalid row).
+source_file is the file's path; source_line is the line of a JSONL record and null for array
+elements (ijson gives no positions). Records without a usable id get the key
+`<dataset>:<source_file>#<line or array index>`.
+
+ImageNet-Captions (one JSON array of {filename, wnid, title, description, tags}):
+  key `imagenet_captions:<filename>`; no URL, the image is `<imagenet_root>/<wnid>/<filename>`,
+  set as both `url` and `_read_path` (the fetch stage reads it through FileSystems).
+  caption: title, the tags joined by spaces, and description, in that order; inside each part
+  every run of whitespace (\\n, \\r, tabs included) becomes one space; empty parts are left out and
+  the rest joined by one space (the title + tags + description text commonly trained on);
+  null when all three are empty. `title`, `description` and `tags` keep the text exactly as given.
+  labels: [{id: wnid, name: class name from LOC_synset_mapping.txt (null if not listed),
+  confidence 1.0, source "imagenet"}]. A filename or wnid holding a path separator or `..`
+  never becomes a path (invalid row).
+
+CCMB Zero (records {Url, Title, Content, Keywords, ImageKey, ImageUrl, ImageQuery}):
+  key `zero:<ImageKey>` (a numeric ImageKey is written as text); url = ImageUrl;
+  caption = Title exactly as given (null when empty); page_url = Url, description = Content,
+  keywords = Keywords (a list is joined with ","), query = ImageQuery; title = Title.
+  Chinese text is kept as decoded, never escaped or normalised.
+"""
+import json
+import re
+
+import ijson
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import schema
+from transforms.io import readers
+from transforms.io.labels import IMAGENET
+
+IMAGENET_CAPTIONS = "imagenet_captions"
+ZERO = "zero"
+NAMESPACE = "json_manifests"
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _squash(text):
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def imagenet_caption(title, tags, description):
+    """The caption rule of ImageNet-Captions rows (see the module docstring)."""
+    parts = [_squash(title or ""), _squash(" ".join(tags or ())), _squash(description or "")]
+    caption = " ".join(p for p in parts if p)
+    return caption or None
+
+
+def _invalid(row, error):
+    return schema.fail(row, schema.INVALID_URL, error)
+
+
+def _position_key(dataset, source_name, position):
+    # records without a usable native id still need a run-unique key
+    return f"{dataset}:{source_name}#{position}"
+
+
+def _text_field(record, name, required=False):
+    """(value, error): a JSON string or number as text; None when absent/null."""
+    value = record.get(name)
+    if value is None:
+        return None, (f"missing {name}" if required else None)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None, f"{name} is {type(value).__name__}, not a string"
+    value = value if isinstance(value, str) else str(value)
+    if required and not value.strip():
+        return None, f"empty {name}"
+    return value, None
+
+
+def _safe_path_part(value):
+    return value not in (".", "..") and "/" not in value and "\\" not in value
+
+
+def iter_json_records(fileobj):
+    """(record, line_no, position, error) of a JSON-array file or a JSON-lines file.
+
+    The form is decided by the first character: `[` starts one (or several) top-level arrays,
+    streamed by ijson (line_no None, position = index); anything else is read one record a line
+    (position = line_no). A line that is not JSON gives (None, line_no, line_no, error); an array
+    file that stops being JSON gives one final (None, None, "<next index>-", error).
+    """
+    first, stream = readers.sniff(fileobj)
+    if first == "[":
+        index = -1
+        try:
+            items = ijson.items(stream, "item", use_float=True, multiple_values=True)
+            for index, record in enumerate(items):
+                yield record, None, index, None
+        except ijson.JSONError as err:
+            yield (None, None, f"{index + 1}-",
+                   _squash(f"not JSON after {index + 1} records: {err}")[:300])
+        return
+    # LF only: a stray CR inside a record must not split it
+    for line_no, line in enumerate(readers.text_stream(stream, newline="\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line, strict=False)  # strict=False: raw tabs inside strings
+        except ValueError as err:
+            yield None, line_no, line_no, _squash(f"line {line_no} is not JSON: {err}")[:300]
+            continue
+        yield record, line_no, line_no, None
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet-Captions
+
+def parse_imagenet_captions(fileobj, source_name, imagenet_root, synsets=None):
+    """Rows of an imagenet_captions.json array (see the module docstring for the rules).
+
+    fileobj: binary file object; source_name: its path (source_file column and fallback keys);
+    imagenet_root: ILSVRC train root (local or gs://) holding <wnid>/<filename>;
+    synsets: {wnid: class name} or None. JSON lines are accepted too.
+    """
+    synsets = synsets or {}
+    # resolved once per file: looking the filesystem up per record cost a third of the parse
+    join = FileSystems.get_filesystem(imagenet_root).join if imagenet_root else None
+    for record, line_no, position, error in iter_json_records(fileobj):
+        if error:
+            row = schema.new_row(IMAGENET_CAPTIONS,
+                                 _position_key(IMAGENET_CAPTIONS, source_name, position),
+                                 source_file=source_name, source_line=line_no)
+            yield _invalid(row, error)
+        else:
+            yield _imagenet_row(record, line_no, position, source_name, imagenet_root, join,
+                                synsets)
+
+
+def _imagenet_row(record, line_no, position, source_name, imagenet_root, join, synsets):
+    if not isinstance(record, dict):
+        row = schema.new_row(IMAGENET_CAPTIONS,
+                             _position_key(IMAGENET_CAPTIONS, source_name, position),
+                             source_file=source_name, source_line=line_no)
+        return _invalid(row, f"record is a JSON {type(record).__name__}, not an object")
+    filename, err_f = _text_field(record, "filename", required=True)
+    wnid, err_w = _text_field(record, "wnid", required=True)
+    title, err_t = _text_field(record, "title")
+    description, err_d = _text_field(record, "description")
+    tags, err_g = _tags(record.get("tags"))
+    key = (f"{IMAGENET_CAPTIONS}:{filename}" if filename
+           else _position_key(IMAGENET_CAPTIONS, source_name, position))
+    path = None
+    if filename and wnid and imagenet_root and _safe_path_part(filename) and _safe_path_part(wnid):
+        path = join(imagenet_root, wnid, filename)
+    labels = []
+    if wnid:
+        labels.append({"id": wnid, "name": synsets.get(wnid), "confidence": 1.0,
+                       "source": IMAGENET})
+    row = schema.new_row(
+        IMAGENET_CAPTIONS, key, url=path,
+        caption=imagenet_caption(title, tags, description),
+        title=title, description=description, tags=tags, labels=labels,
+        source_file=source_name, source_line=line_no)
+    row["_read_path"] = path
+    error = err_f or err_w or err_t or err_d or err_g
+    if error is None and path is None:
+        error = ("no --imagenet-root given" if not imagenet_root
+                 else f"filename {filename!r} or wnid {wnid!r} is not a plain file name")
+    return _invalid(row, error) if error else row
+
+
+def _tags(value):
+    """(list of str, error)."""
+    if value is None:
+        return [], None
+    if isinstance(value, str):
+        return [value], None
+    if isinstance(value, list):
+        return [t if isinstance(t, str) else json.dumps(t, ensure_ascii=False)
+                for t in value], None
+    return [], f"tags is {type(value).__name__}, not a list"
+
+
+# ---------------------------------------------------------------------------------------------
+# CCMB Zero
+
+def parse_zero(fileobj, source_name):
+    """Rows of a Zero file, JSON lines or JSON array(s) (see the module docstring)."""
+    for record, line_no, position, error in iter_json_records(fileobj):
+        if error:
+            row = schema.new_row(ZERO, _position_key(ZERO, source_name, position),
+                                 source_file=source_name, source_line=line_no)
+            yield _invalid(row, error)
+        else:
+            yield _zero_row(record, source_name, line_no, position)
+
+
+def _zero_row(record, source_name, line_no, position):
+    if not isinstance(record, dict):
+        row = schema.new_row(ZERO, _position_key(ZERO, source_name, position),
+                             source_file=source_name, source_line=line_no)
+        return _invalid(row, f"record is a JSON {type(record).__name__}, not an object")
+    image_key, err_k = _text_field(record, "ImageKey", required=True)
+    image_url, err_u = _text_field(record, "ImageUrl", required=True)
+    title, err_t = _text_field(record, "Title")
+    content, err_c = _text_field(record, "Content")
+    page_url, err_p = _text_field(record, "Url")
+    query, err_q = _text_field(record, "ImageQuery")
+    keywords, err_w = _keywords(record.get("Keywords"))
+    key = f"{ZERO}:{image_key}" if image_key else _position_key(ZERO, source_name, position)
+    row = schema.new_row(
+        ZERO, key, url=image_url,
+        caption=title if title and title.strip() else None,
+        title=title, description=content, keywords=keywords, page_url=page_url, query=query,
+        source_file=source_name, source_line=line_no)
+    error = err_k or err_u or err_t or err_c or err_p or err_q or err_w
+    return _invalid(row, error) if error else row
+
+
+def _keywords(value):
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, list):
+        return ",".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                        for v in value), None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value), None
+    return None, f"Keywords is {type(value).__name__}, not a string"

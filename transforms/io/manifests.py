@@ -1,0 +1,329 @@
+"""Reading URL manifests into rows, one row per manifest record, malformed records included.
+
+Each parser is a generator over an open binary file, so a 12M-line manifest streams through a
+worker without being held in memory. Keys are `dataset:native id`; line-numbered datasets add the
+file name when a dataset has several files, so keys stay unique across the run.
+"""
+import base64
+import binascii
+import csv
+import functools
+import io
+import math
+import os
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import schema
+from transforms.io import json_manifests, labels
+from transforms.io.readers import open_stream
+
+
+def _lines(binary):
+    """(1-based line number, text) with the newline removed; bad UTF-8 is replaced, not fatal."""
+    for number, raw in enumerate(binary, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first caption or URL
+        yield number, raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+def _none_if_blank(text):
+    text = (text or "").strip()
+    return text or None
+
+
+def parse_cc3m(binary, source, key_prefix):
+    """CC3M TSV: caption TAB url, no header. Split on the LAST tab: captions may hold anything."""
+    for number, line in _lines(binary):
+        if not line.strip():
+            continue
+        key = f"{key_prefix}{number}"
+        caption, sep, url = line.rpartition("\t")
+        row = schema.new_row("cc3m", key, url.strip() if sep else None, _none_if_blank(caption) if sep else None,
+                             source_file=source, source_line=number)
+        if not sep:
+            schema.fail(row, schema.INVALID_URL, "malformed line: expected caption<TAB>url")
+            row["caption"] = _none_if_blank(line)
+        yield row
+
+
+def parse_cc12m(binary, source, key_prefix):
+    """CC12M TSV: url TAB caption, no header. Split on the FIRST tab."""
+    for number, line in _lines(binary):
+        if not line.strip():
+            continue
+        url, sep, caption = line.partition("\t")
+        row = schema.new_row("cc12m", f"{key_prefix}{number}", url.strip(), _none_if_blank(caption),
+                             source_file=source, source_line=number)
+        if not sep:
+            schema.fail(row, schema.INVALID_URL, "malformed line: expected url<TAB>caption")
+        yield row
+
+
+def md5_hex(value):
+    """Hex MD5 from hex (32 chars) or base64 of the binary digest (24 chars); None if neither."""
+    return _digest_hex(value, 16)
+
+
+def sha256_hex(value):
+    """Hex SHA-256 from hex (64 chars) or base64 of the binary digest (44 chars); None if neither."""
+    return _digest_hex(value, 32)
+
+
+def _digest_hex(value, size):
+    value = (value or "").strip()
+    if len(value) == 2 * size:
+        try:
+            return bytes.fromhex(value).hex()
+        except ValueError:
+            return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == size else None
+
+
+def _rotation(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def parse_openimages(binary, source, key_prefix):
+    """Open Images image list: RFC-4180 CSV with a header; every column-set version, by name."""
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
+    reader = csv.reader(text)
+    header = next(reader, None)
+    if header is None:
+        return
+    columns = {name.strip(): i for i, name in enumerate(header)}
+    next_line = reader.line_num + 1
+    for record in reader:
+        number, next_line = next_line, reader.line_num + 1
+        if not any(field.strip() for field in record):
+            continue
+        fields = {name: record[i] if i < len(record) else None for name, i in columns.items()}
+        image_id = _none_if_blank(fields.get("ImageID"))
+        key = f"openimages:{image_id}" if image_id else f"{key_prefix}line{number}"
+        row = schema.new_row(
+            "openimages", key, _none_if_blank(fields.get("OriginalURL")), None,
+            source_file=source, source_line=number,
+            page_url=_none_if_blank(fields.get("OriginalLandingURL")),
+            license=_none_if_blank(fields.get("License")),
+            author=_none_if_blank(fields.get("Author")),
+            title=_none_if_blank(fields.get("Title")),
+            rotation=_rotation(fields.get("Rotation")),
+        )
+        original_md5 = _none_if_blank(fields.get("OriginalMD5"))
+        if original_md5:
+            row["expected_md5"] = md5_hex(original_md5)
+        if "OriginalURL" not in columns:
+            schema.fail(row, schema.INVALID_URL, "header has no OriginalURL column")
+        elif len(record) != len(header):
+            schema.fail(row, schema.INVALID_URL,
+                        f"malformed record: {len(record)} fields, header has {len(header)}")
+        elif not image_id:
+            schema.fail(row, schema.INVALID_URL, "record has no ImageID")
+        elif original_md5 and row["expected_md5"] is None:
+            schema.fail(row, schema.INVALID_URL, f"OriginalMD5 {original_md5!r} is not an MD5 digest")
+        yield row
+
+
+def parse_zero_manifest(binary, source, _key_prefix):
+    """CCMB Zero JSON (lines or arrays); keys come from ImageKey."""
+    return json_manifests.parse_zero(binary, source)
+
+
+def parse_imagenet_manifest(binary, source, _key_prefix, imagenet_root=None, synsets=None):
+    """ImageNet-Captions JSON; images are read from imagenet_root, not fetched over HTTP."""
+    return json_manifests.parse_imagenet_captions(binary, source, imagenet_root, synsets)
+
+
+class ManifestParsers:
+    """KIND -> parser(binary file, source path, key prefix) -> rows.
+
+    A table object rather than module state, so a job can configure parsers (ImageNet's root and
+    class names) and pickle the whole table along with the DoFn.
+    """
+
+    def __init__(self, imagenet_root=None, imagenet_synsets=None):
+        self.parsers = {
+            "cc3m": parse_cc3m, "cc12m": parse_cc12m, "openimages": parse_openimages,
+            "zero": parse_zero_manifest,
+            "imagenet_captions": functools.partial(parse_imagenet_manifest, imagenet_root=imagenet_root,
+                                                   synsets=imagenet_synsets),
+        }
+
+    def __contains__(self, kind):
+        return kind in self.parsers
+
+    def __getitem__(self, kind):
+        return self.parsers[kind]
+
+
+class ParseManifestFile(beam.DoFn):
+    """(kind, path, key prefix) -> rows of that file, streamed."""
+
+    def __init__(self, parsers, counted=True):
+        self._parsers = parsers
+        self._counted = counted  # False for a second pass over the same files
+
+    def setup(self):
+        self._rows = beam.metrics.Metrics.counter("manifest", "rows")
+        self._malformed = beam.metrics.Metrics.counter("manifest", "malformed")
+
+    def process(self, spec, repeated=None):
+        """repeated: RepeatedKeys as a dict, to rename later occurrences of a key while parsing."""
+        kind, path, key_prefix = spec
+        parse = self._parsers[kind]
+        with open_stream(path) as binary:
+            for ordinal, row in enumerate(parse(binary, path, key_prefix), start=1):
+                row["_ordinal"] = ordinal
+                if repeated:
+                    _rename_repeat(row, repeated)
+                if self._counted:
+                    self._rows.inc()
+                    if row.get("status"):
+                        self._malformed.inc()
+                yield row
+
+
+def expand_manifests(manifests, parsers):
+    """[(kind, pattern)] -> [(kind, path, key prefix)], matched now so a typo fails at launch."""
+    files = []
+    for kind, pattern in manifests:
+        if kind not in parsers:
+            raise ValueError(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
+        matched = sorted(m.path for result in FileSystems.match([pattern]) for m in result.metadata_list)
+        if not matched:
+            raise ValueError(f"no file matches {kind}={pattern}")
+        # A file named twice (two --manifest flags, overlapping globs) is read once.
+        files.extend((kind, path) for path in matched if (kind, path) not in files)
+    per_kind = {}
+    for kind, _ in files:
+        per_kind[kind] = per_kind.get(kind, 0) + 1
+    # Line-numbered keys need the file name once a dataset has several files.
+    return [(kind, path, f"{kind}:{os.path.basename(path)}:" if per_kind[kind] > 1 else f"{kind}:")
+            for kind, path in files]
+
+
+LINE_KEYED = frozenset({"cc3m", "cc12m"})  # keys from line numbers: unique by construction
+
+
+def _position(row):
+    """Where a record stands: (file, ordinal of the record in its file)."""
+    return (row.get("source_file") or "", row.get("_ordinal") or 0)
+
+
+def _first_and_count(positions):
+    positions = list(positions)
+    return (min(p for p, _ in positions), sum(n for _, n in positions))
+
+
+class RepeatedKeys(beam.PTransform):
+    """Manifest files -> (key, position of its first occurrence) for keys that occur more than once.
+
+    Keys stay unique when a manifest repeats an ImageID, ImageKey or filename: the first occurrence
+    (by file, then line) keeps `dataset:id`; each later one becomes `dataset:id@file:line`,
+    deterministic across runs (`_rename_repeat`). This is a pass of its own over the files of
+    ID-keyed datasets, so that only keys and positions cross a shuffle and the rows themselves
+    stream from the file into the fetch (the local runner holds what crosses a shuffle in memory).
+    """
+
+    def __init__(self, parsers):
+        super().__init__()
+        self._parsers = parsers
+
+    def expand(self, files):
+        return (
+            files
+            | "IdKeyedFiles" >> beam.Filter(lambda spec: spec[0] not in LINE_KEYED)
+            | "Keys" >> beam.ParDo(ParseManifestFile(self._parsers, counted=False))
+            | "Positions" >> beam.Map(lambda row: (row["key"], (_position(row), 1)))
+            | "FirstAndCount" >> beam.CombinePerKey(_first_and_count)
+            | "Repeated" >> beam.Filter(lambda item: item[1][1] > 1)
+            | "FirstOnly" >> beam.Map(lambda item: (item[0], item[1][0]))
+        )
+
+
+def _rename_repeat(row, first):
+    key = row["key"]
+    if key in first and _position(row) != tuple(first[key]):
+        file, ordinal = _position(row)
+        where = row.get("source_line") or f"#{ordinal}"  # records of a JSON array have no line
+        row["key"] = f"{key}@{os.path.basename(file)}:{where}"
+    return row
+
+
+class ReadManifests(beam.PTransform):
+    """[(kind, pattern)] -> one row per manifest record.
+
+    spread_rows: cross a shuffle so that the fetch spreads over workers (Dataflow fuses it onto
+    the worker that read the file otherwise). Off for a local run in one process, where the rows
+    then stream from the file into the fetch instead of being held in memory all at once.
+    """
+
+    def __init__(self, manifests, parsers=None, spread_rows=True):
+        super().__init__()
+        self._parsers = parsers or ManifestParsers()
+        self._files = expand_manifests(manifests, self._parsers)
+        self._spread_rows = spread_rows
+
+    def expand(self, pbegin):
+        files = (
+            pbegin
+            | "ManifestFiles" >> beam.Create(self._files)
+            | "SpreadFiles" >> beam.Reshuffle()
+        )
+        repeated = files | "RepeatedKeys" >> RepeatedKeys(self._parsers)
+        # The parse itself takes the side input: a step of its own after the parse would make
+        # the runner hold every parsed row until the side input is ready.
+        rows = files | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers),
+                                                    repeated=beam.pvalue.AsDict(repeated))
+        if not self._spread_rows:
+            return rows
+        # Rows cross the shuffle in batches: a runner's cost per shuffled element is far above a
+        # row's size.
+        return (
+            rows
+            | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=256)
+            | "SpreadRows" >> beam.Reshuffle()
+            | "Unbatch" >> beam.FlatMap(lambda batch: batch)
+        )
+
+
+def _patterns(pattern):
+    return [pattern] if isinstance(pattern, str) else list(pattern)
+
+
+class ReadImageNetCaptions(beam.PTransform):
+    """Rows of imagenet_captions.json files (path, glob or list), through ReadManifests.
+
+    imagenet_root: ILSVRC train root; synsets_path: LOC_synset_mapping.txt or None.
+    """
+
+    def __init__(self, pattern, imagenet_root, synsets_path=None):
+        super().__init__()
+        self._pattern = pattern
+        self._root = imagenet_root
+        self._synsets_path = synsets_path
+
+    def expand(self, pbegin):
+        synsets = labels.load_synsets(self._synsets_path) if self._synsets_path else None
+        return pbegin | "Read" >> ReadManifests([(json_manifests.IMAGENET_CAPTIONS, p) for p in _patterns(self._pattern)],
+                                                ManifestParsers(self._root, synsets))
+
+
+class ReadZero(beam.PTransform):
+    """Rows of CCMB Zero files (path, glob or list), JSONL or JSON arrays, through ReadManifests."""
+
+    def __init__(self, pattern):
+        super().__init__()
+        self._pattern = pattern
+
+    def expand(self, pbegin):
+        return pbegin | "Read" >> ReadManifests([(json_manifests.ZERO, p) for p in _patterns(self._pattern)])

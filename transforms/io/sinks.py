@@ -1,0 +1,221 @@
+"""Writing the dataset: Parquet rows, content-addressed blobs, summary.json. Local or gs://."""
+import collections
+import hashlib
+import json
+import os
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import schema
+from transforms.clustering.spill import split_by
+
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif",
+               "MPO": "jpg", "ICO": "ico", "AVIF": "avif", "HEIF": "heic"}
+
+
+def join_path(base, *parts):
+    return FileSystems.join(base.rstrip("/"), *parts)
+
+
+def blob_uri(out_dir, sha256, fmt=None):
+    """OUT/blobs/ab/cd/<sha256>.<ext>: two fan-out levels keep directory listings small."""
+    name = f"{sha256}.{_EXTENSIONS.get(fmt or '', 'bin')}"
+    return join_path(out_dir, "blobs", sha256[:2], sha256[2:4], name)
+
+
+class StoreBlobDoFn(beam.DoFn):
+    """Stores each ok row's bytes at its content address, then drops them from the row.
+
+    Runs fused with the fetch, so image bytes never cross a shuffle (a shuffle of bodies would hold
+    the whole dataset in the local runner's memory). Each blob is written once: skipped when a
+    recent row of this worker stored it or when it already exists; if two workers race on the same
+    bytes, both write aside and rename onto the same name, leaving one identical blob. Idempotent,
+    so a retried bundle rewrites nothing that is there.
+    """
+
+    _RECENT = 20_000  # blobs remembered per worker, by a 12-byte digest of the URI: ~3 MB
+
+    def setup(self):
+        self._written = beam.metrics.Metrics.counter("blobs", "written")
+        self._existing = beam.metrics.Metrics.counter("blobs", "already_stored")
+        self._bytes = beam.metrics.Metrics.counter("blobs", "bytes_written")
+        self._recent = collections.OrderedDict()
+        self._directories = set()  # OUT/blobs/ab/cd already made by this worker: at most 65,536
+
+    def process(self, row):
+        body = row.pop("_body", None)
+        uri = row.get("blob")
+        if body is not None and uri:
+            self._store(uri, body)
+        yield row
+
+    def _store(self, uri, body):
+        recent = hashlib.blake2b(uri.encode(), digest_size=12).digest()
+        if recent in self._recent:
+            self._recent.move_to_end(recent)
+            self._existing.inc()
+            return
+        local = "://" not in uri
+        if os.path.exists(uri) if local else FileSystems.exists(uri):
+            self._existing.inc()
+        else:
+            # Write aside then rename: a reader never sees half a blob, even on local disk.
+            temporary = f"{uri}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+            if local:
+                self._write_local(temporary, uri, body)
+            else:
+                self._write_remote(temporary, uri, body)
+            self._written.inc()
+            self._bytes.inc(len(body))
+        self._recent[recent] = True
+        if len(self._recent) > self._RECENT:
+            self._recent.popitem(last=False)
+
+    def _write_local(self, temporary, uri, body):
+        # Plain os calls: Beam's FileSystems costs ~0.3 ms of CPU a blob in makedirs and wrappers,
+        # a tenth of an image's whole budget. Same bytes under the same name, so a race between
+        # two workers replacing each other's file leaves one identical blob.
+        directory = os.path.dirname(uri)
+        if directory not in self._directories:
+            os.makedirs(directory, exist_ok=True)
+            self._directories.add(directory)
+        with open(temporary, "wb") as handle:
+            handle.write(body)
+        os.replace(temporary, uri)
+
+    @staticmethod
+    def _write_remote(temporary, uri, body):
+        with FileSystems.create(temporary) as handle:
+            handle.write(body)
+        try:
+            FileSystems.rename([temporary], [uri])
+        except Exception:
+            if not FileSystems.exists(uri):
+                raise
+            FileSystems.delete([temporary])  # another worker stored the same bytes first
+
+
+class StoreBlobs(beam.PTransform):
+    """Rows with `_body` in; the same rows out without it, their bytes stored under OUT/blobs/."""
+
+    def expand(self, rows):
+        return rows | "StoreOnce" >> beam.ParDo(StoreBlobDoFn())
+
+
+@beam.ptransform_fn
+def CountBlobs(rows, shards=64):  # noqa: N802 (a PTransform)
+    """Distinct blobs the rows point at.
+
+    96-bit digests of the URIs cross the shuffle as numpy arrays, a batch per shard: the local
+    runner holds a shuffle's whole input in memory, 12 bytes a row this way instead of a Python
+    object per row as with beam.Distinct.
+    """
+    return (
+        rows
+        | "BlobUris" >> beam.FlatMap(lambda row: [hashlib.blake2b(row["blob"].encode(), digest_size=12).digest()]
+                                     if row.get("blob") else [])
+        | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
+        | "ToShards" >> beam.FlatMap(_digests_by_shard, shards)
+        | "GroupShards" >> beam.GroupByKey()
+        | "DistinctInShard" >> beam.MapTuple(lambda _shard, parts: len(np.unique(np.concatenate(list(parts)))))
+        | "Count" >> beam.CombineGlobally(sum)
+    )
+
+
+def _digests_by_shard(digests, shards):
+    records = np.array(digests, dtype="S12")
+    shard_of = np.frombuffer(records.tobytes(), dtype=np.uint8)[::12].astype(np.int64) % shards
+    for shard, indices in split_by(shard_of):
+        yield shard, records[indices]
+
+
+def assign_blob_uri(row, out_dir):
+    if row.get("status") == schema.OK and row.get("sha256"):
+        row["blob"] = blob_uri(out_dir, row["sha256"], row.get("format"))
+    return row
+
+
+@beam.ptransform_fn
+def StatusCounts(rows):  # noqa: N802 (a PTransform)
+    """Rows -> one dict {dataset: {status: n}}."""
+    return (
+        rows
+        | "DatasetStatus" >> beam.Map(lambda row: ((row["dataset"], row["status"]), 1))
+        | "CountEach" >> beam.CombinePerKey(sum)
+        | "AllCounts" >> beam.combiners.ToList()
+        | "AsTable" >> beam.Map(_nest_counts)
+    )
+
+
+def _nest_counts(pairs):
+    table = {}
+    for (dataset, status), count in sorted(pairs):
+        table.setdefault(dataset, {})[status] = count
+    return table
+
+
+def build_summary(counts, extras, started_at, job, options_snapshot):
+    totals = {}
+    for per_status in counts.values():
+        for status, count in per_status.items():
+            totals[status] = totals.get(status, 0) + count
+    rows = sum(totals.values())
+    elapsed = max(time.time() - started_at, 1e-9)
+    return {
+        "job": job,
+        "rows": rows,
+        "counts": counts,
+        "status_totals": dict(sorted(totals.items())),
+        "ok_fraction": round(totals.get(schema.OK, 0) / rows, 4) if rows else None,
+        **extras,
+        "timings": {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+            "wall_seconds": round(elapsed, 3),
+            "rows_per_second": round(rows / elapsed, 2),
+        },
+        "options": options_snapshot,
+    }
+
+
+def write_json(path, payload):
+    with FileSystems.create(path) as handle:
+        handle.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    return path
+
+
+def read_json(path):
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+class WriteSummary(beam.PTransform):
+    """OUT/summary.json, written once the tables it describes are finalised."""
+
+    def __init__(self, out_dir, started_at, job, options_snapshot=None):
+        super().__init__()
+        self._out_dir = out_dir
+        self._started_at = started_at
+        self._job = job
+        self._options = options_snapshot or {}
+
+    def expand(self, inputs):
+        """inputs: "counts" (StatusCounts), "written" (file names to wait for), and any other
+        name -> a one-element PCollection, placed in the summary under that name."""
+        path = join_path(self._out_dir, "summary.json")
+        started_at, job, options = self._started_at, self._job, self._options
+        names = sorted(name for name in inputs if name not in ("counts", "written"))
+        side = {f"extra_{name}": beam.pvalue.AsSingleton(inputs[name]) for name in names}
+
+        def write(_, counts, written, **extras):
+            extras = {name: extras[f"extra_{name}"] for name in names}
+            return write_json(path, build_summary(counts, extras, started_at, job, options))
+
+        return (
+            inputs["counts"].pipeline
+            | "Once" >> beam.Create([None])
+            | "Write" >> beam.Map(write, counts=beam.pvalue.AsSingleton(inputs["counts"]),
+                                  written=beam.pvalue.AsList(inputs["written"]), **side)
+        )

@@ -1,0 +1,234 @@
+"""The OUT/images table: reading a previous run's rows, writing this run's, retiring the old files.
+
+Writing is two-phase so that full rows never cross a shuffle (a runner buffers what crosses one;
+the local runner holds it all in memory):
+  1. `WriteShards`, fused with the fetch, streams each bundle's rows into a temporary Parquet shard;
+  2. once the duplicate clusters are known (computed from a small projection of the rows),
+     `FinalizeShards` rewrites each shard into OUT/images with cluster_id / is_canonical set.
+Each run writes its part files under a run-unique prefix and deletes the files it found at launch
+only after its own are final, so a re-run or resume never mixes generations, and a failed run
+leaves the previous table whole. A failed bundle's shards are orphans in the run's temporary
+directory, which is removed at the end: only shards of committed bundles reach OUT/images.
+"""
+import hashlib
+import os
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms import schema
+from transforms.io.sinks import join_path
+
+CLUSTER_COLUMNS = ("cluster_id", "is_canonical", "is_placeholder")
+
+PART_PREFIX = "part"
+
+
+def list_table_files(out_dir):
+    """The Parquet files of OUT/images, sorted; [] if there is no table yet."""
+    pattern = join_path(out_dir, "images", "*.parquet")
+    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+
+def list_orphan_shards(out_dir):
+    """Shards a crashed run left in its temporary directory."""
+    pattern = join_path(out_dir, "_tmp-*", "*")
+    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+
+def restore_row(record):
+    """A Parquet record back into a full row (columns added since it was written get defaults)."""
+    row = schema.new_row(record.get("dataset"), record.get("key"))
+    for name, value in record.items():
+        if name in row and value is not None:
+            row[name] = value
+    return row
+
+
+class ReadImageTable(beam.PTransform):
+    """Rows of the given OUT/images Parquet files (listed at construction)."""
+
+    def __init__(self, files):
+        super().__init__()
+        self._files = list(files)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Files" >> beam.Create(self._files)
+            | "Read" >> beam.io.ReadAllFromParquet()
+            | "Restore" >> beam.Map(restore_row)
+        )
+
+
+class WriteShardsDoFn(beam.DoFn):
+    """Rows -> temporary Parquet shards of at most `shard_rows` rows; yields each shard's path.
+
+    A bundle can hold a whole manifest (the local runner makes one bundle of a stage's input), so
+    shards are closed at a fixed size: finalising one then needs memory for one shard only.
+    """
+
+    def __init__(self, tmp_dir, batch_rows=2000, shard_rows=20000):
+        self._tmp_dir = tmp_dir
+        self._batch_rows = min(batch_rows, shard_rows)
+        self._shard_rows = shard_rows
+
+    def setup(self):
+        self._rows_written = beam.metrics.Metrics.counter("table", "rows_written")
+
+    def start_bundle(self):
+        self._buffer, self._writer, self._handle, self._path, self._in_shard = [], None, None, None, 0
+
+    def process(self, row):
+        self._buffer.append(schema.to_parquet_record(row))
+        if len(self._buffer) >= self._batch_rows:
+            self._flush()
+            if self._in_shard >= self._shard_rows:
+                yield self._close()
+
+    def _flush(self):
+        if not self._buffer:
+            return
+        if self._writer is None:
+            self._path = join_path(self._tmp_dir, f"shard-{uuid.uuid4().hex}.parquet")
+            self._handle = FileSystems.create(self._path)
+            self._writer = pq.ParquetWriter(self._handle, schema.IMAGE_SCHEMA, compression="zstd")
+        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=schema.IMAGE_SCHEMA))
+        self._rows_written.inc(len(self._buffer))
+        self._in_shard += len(self._buffer)
+        self._buffer = []
+
+    def _close(self):
+        self._writer.close()
+        self._handle.close()
+        path, self._writer, self._handle, self._path, self._in_shard = self._path, None, None, None, 0
+        return path
+
+    def finish_bundle(self):
+        self._flush()
+        if self._writer is not None:
+            yield GlobalWindows.windowed_value(self._close())
+
+
+def final_name(images_dir, run_id, shard_path):
+    """Deterministic per shard, so a retried finalisation overwrites rather than duplicates."""
+    digest = hashlib.sha1(os.path.basename(shard_path).encode()).hexdigest()[:16]
+    return join_path(images_dir, f"{PART_PREFIX}-{run_id}-{digest}.parquet")
+
+
+def finalize_shard(shard_path, assignments, images_dir, run_id, batch_rows=5000):
+    """Copies a shard to OUT/images with the cluster columns from `assignments` (key -> tuple).
+
+    Streamed in batches of `batch_rows`: memory holds one batch, not the shard.
+    """
+    target = final_name(images_dir, run_id, shard_path)
+    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.open(shard_path) as source, FileSystems.create(temporary) as handle:
+        with pq.ParquetWriter(handle, schema.IMAGE_SCHEMA, compression="zstd") as writer:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_rows):
+                writer.write_table(_with_cluster_columns(pa.Table.from_batches([batch]), assignments))
+    FileSystems.rename([temporary], [target])
+    return target
+
+
+def _with_cluster_columns(table, assignments):
+    found = [assignments.get(key) for key in table.column("key").to_pylist()]
+    for position, name in enumerate(CLUSTER_COLUMNS):
+        default = True if name == "is_canonical" else (False if name == "is_placeholder" else None)
+        values = [value[position] if value is not None else default for value in found]
+        field = schema.IMAGE_SCHEMA.field(name)
+        table = table.set_column(table.schema.get_field_index(name), field, pa.array(values, type=field.type))
+    return table
+
+
+def temporary_dir(out_dir, run_id):
+    return join_path(out_dir, f"_tmp-{run_id}")
+
+
+class WriteTableShards(beam.PTransform):
+    """Rows -> paths of temporary Parquet shards in OUT/_tmp-<run> (phase 1)."""
+
+    def __init__(self, out_dir, run_id, shard_rows=20000):
+        super().__init__()
+        self._tmp_dir = temporary_dir(out_dir, run_id)
+        self._shard_rows = shard_rows
+
+    def expand(self, rows):
+        return rows | "Shards" >> beam.ParDo(WriteShardsDoFn(self._tmp_dir, shard_rows=self._shard_rows))
+
+
+class FinalizeTable(beam.PTransform):
+    """Shard paths -> OUT/images/part-<run>-<shard>.parquet, cluster columns joined from `clusters`
+    (phase 2); removes the temporary directory after. Returns the final file names.
+
+    `clusters`: (key, (cluster_id, is_canonical, is_placeholder)) for rows in a cluster only; rows
+    not listed get (None, True, False).
+    """
+
+    def __init__(self, out_dir, run_id, clusters):
+        super().__init__()
+        self._out_dir = out_dir
+        self._run_id = run_id
+        self._clusters = clusters
+
+    def expand(self, shards):
+        images_dir = join_path(self._out_dir, "images")
+        final = (
+            shards
+            | "SpreadShards" >> beam.Reshuffle()
+            | "Finalize" >> beam.Map(finalize_shard, assignments=beam.pvalue.AsDict(self._clusters),
+                                     images_dir=images_dir, run_id=self._run_id)
+        )
+        _ = final | "DropTemporary" >> RemoveDirectory(temporary_dir(self._out_dir, self._run_id))
+        return final
+
+
+class RemoveDirectory(beam.PTransform):
+    """Deletes `directory` once the input PCollection is complete (it is a side input)."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self._directory = directory
+
+    def expand(self, done):
+        directory = self._directory
+        return (
+            done.pipeline
+            | "Once" >> beam.Create([directory])
+            | "Delete" >> beam.Map(_delete_tree, done=beam.pvalue.AsList(done))
+        )
+
+
+def _delete_tree(directory, done):
+    # On GCS a "directory" is only a name prefix: delete what is under it, then (locally) the folder.
+    files = [m.path for r in FileSystems.match([join_path(directory, "*")]) for m in r.metadata_list]
+    if files:
+        FileSystems.delete(files)
+    if FileSystems.exists(directory):
+        FileSystems.delete([directory])
+    return directory
+
+
+class RetireFiles(beam.PTransform):
+    """Deletes `stale` files once `written` (this run's files) exist; never one of `written`."""
+
+    def __init__(self, stale):
+        super().__init__()
+        self._stale = list(stale)
+
+    def expand(self, written):
+        return (
+            written.pipeline
+            | "Stale" >> beam.Create(self._stale)
+            | "Delete" >> beam.Map(_delete_unless_written, written=beam.pvalue.AsList(written))
+        )
+
+
+def _delete_unless_written(path, written):
+    if path not in set(written) and FileSystems.exists(path):
+        FileSystems.delete([path])
+    return path
