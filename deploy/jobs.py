@@ -161,6 +161,8 @@ def param_for(action):
 
 def _help_text(action, param):
     text = param.help or action.help or ""
+    if action.default not in (None, False, []):  # the --help text says its default; here "Default: X." does
+        text = re.sub(r"\s*\(default [^()]*\)$", "", text)
     if "%(" in text:
         text = text % {"default": action.default}
     parts = [text.rstrip(".") + "."] if text else []

@@ -12,27 +12,45 @@ Without --runner the job runs locally with one worker process per core
 """
 import datetime
 import json
-import logging
+import os
 import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner
+from pipelines.launch import job_runner, preflight
 from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates
+from transforms.clustering.dedup_settings import DedupSettings
+from transforms.errors import BadInput
+from transforms.io.sinks import join_path, read_json
+
+
+# Columns every input row needs: the grouping key, and what the canonical choice reads.
+REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
 
 
 class DedupOptions(PipelineOptions):
+    """The dedup job's own options: inputs, output, and the dedup group (DedupSettings)."""
+
     @classmethod
     def _add_argparse_args(cls, parser):
         # Not required=True: Beam parses every PipelineOptions subclass for every pipeline in
         # the process, so a required flag here would break unrelated jobs; run() checks them.
-        parser.add_argument("--input", action="append", default=None,
+        inputs = parser.add_argument_group("inputs")
+        inputs.add_argument("--input", action="append", default=None,
                             help="an ingest output directory (OUT); repeatable, required")
-        job_runner.add_argument_once(parser, "--output", help="output directory (OUT3), required")
-        job_runner.add_dedup_arguments(parser)
+        output = parser.add_argument_group("output")
+        job_runner.add_argument_once(output, "--output", help="output directory (OUT3), required")
+        DedupSettings.add_arguments(parser)
+
+
+JOB = job_runner.Job(
+    usage="python -m pipelines.dedup --input OUT [--input OUT2 ...] --output OUT3 [options]",
+    name="dedup", options=DedupOptions, worker_processes=True,
+    description="Re-cluster one or more ingest outputs together: OUT3/images/*.parquet (every input row, "
+                "cluster columns set anew), OUT3/duplicates/, OUT3/summary.json.")
 
 
 def _newest_key(indexed_row):
@@ -98,7 +116,7 @@ def _summary(stats, replaced, inputs, output):
 def build(pipeline, opts):
     """The job's graph on `pipeline`; returns the Dedup outputs."""
     read = pipeline | "ReadImages" >> ReadImages(opts.input)
-    result = read.rows | "Dedup" >> job_runner.dedup_transform(opts)
+    result = read.rows | "Dedup" >> DedupSettings.from_options(opts).transform()
     (result["rows"]
      | "ToRecord" >> beam.Map(schema.to_parquet_record)
      | "WriteImages" >> beam.io.WriteToParquet(
@@ -114,21 +132,45 @@ def build(pipeline, opts):
 
 
 def pipeline_options(argv):
+    """PipelineOptions with the dedup job's local defaults (one worker process per core)."""
     return job_runner.apply_local_defaults(PipelineOptions(argv), argv, worker_processes=True)
 
 
-def run(argv=None):
-    options = pipeline_options(argv if argv is not None else sys.argv[1:])
-    opts = options.view_as(DedupOptions)
+def check_inputs(opts):
+    """Before the pipeline: every --input is an ingest output whose Parquet footers read and hold
+    the REQUIRED_COLUMNS; OUT3 can be written and is none of the inputs."""
     if not opts.input or not opts.output:
-        raise SystemExit("pipelines.dedup: --input OUT (repeatable) and --output OUT3 are required")
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, opts)
-    result = pipeline.run()
-    result.wait_until_finish()
-    return result
+        raise BadInput("--input OUT (repeatable) and --output OUT3 are required")
+    for root in opts.input:
+        preflight.check_table("--input", root, REQUIRED_COLUMNS)
+    DedupSettings.from_options(opts)
+    norm = lambda path: path.rstrip("/") if "://" in path else os.path.abspath(path)  # noqa: E731
+    if norm(opts.output) in {norm(root) for root in opts.input}:
+        raise BadInput(f"--output {opts.output} is one of the inputs: the dedup job never writes over an input")
+    preflight.check_output_dir(opts.output)
+
+
+def summary_lines(out):
+    """Prints the closing summary of a local run from OUT3/summary.json."""
+    summary = read_json(join_path(out, "summary.json"))
+    print(f"\ndedup: {summary.get('rows', '?')} rows, {summary.get('clusters', '?')} clusters,"
+          f" {summary.get('replaced_rows', 0)} rows replaced by a newer version -> {out}")
+    print(f"  images:     {join_path(out, 'images')}/*.parquet")
+    print(f"  duplicates: {join_path(out, 'duplicates')}/")
+    print(f"  summary:    {join_path(out, 'summary.json')}")
+
+
+def run(argv=None):
+    """The dedup job: parses argv, checks the inputs, runs and waits; returns the PipelineResult."""
+    options, opts = JOB.parse(argv)
+    check_inputs(opts)
+    return JOB.execute(options, lambda pipeline: build(pipeline, opts), opts.output, summary=summary_lines)
+
+
+def main(argv=None) -> int:
+    """`python -m pipelines.dedup`: the exit status (0 done, 2 bad input, 1 environment, 130 Ctrl-C)."""
+    return JOB.main(run, argv)
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
-    run()
+    sys.exit(main())

@@ -13,15 +13,15 @@ import pyarrow
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.launch import job_runner
-from pipelines.report import run_metrics
+from pipelines.launch import job_runner, preflight
 from pipelines.report import progress_line
 from pipelines.demo import sample_site
-from pipelines.report.html_report import try_write_report
 from transforms import schema
 from transforms.io.checksums import AttachExpectedHashes
 from transforms.clustering.clusters import WriteDuplicates, slim_row
-from transforms.fetch.client import FetchImages
+from transforms.clustering.dedup_settings import DedupSettings
+from transforms.errors import BadInput
+from transforms.fetch.client import FetchConfig, FetchImages
 from transforms.hashing import HashImages
 from transforms.io.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.io.manifests import ManifestParsers, ReadManifests
@@ -35,49 +35,62 @@ DEMO_TIMEOUT = 3.0
 
 
 class IngestOptions(PipelineOptions):
+    """The ingest's own options, in the groups of docs/ingest.md."""
+
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--manifest", action="append", default=[], metavar="KIND=PATH",
+        inputs = parser.add_argument_group("inputs", "the manifests and their side files (local, gs://, globs, .gz)")
+        inputs.add_argument("--manifest", action="append", default=[], metavar="KIND=PATH",
                             help="a manifest to ingest (repeatable); KIND is one of " + ", ".join(schema.DATASETS))
-        job_runner.add_argument_once(parser, "--output", help="output directory, local or gs://")
-        parser.add_argument("--demo", action="store_true",
+        output = parser.add_argument_group("output", "where the table, blobs and summary go")
+        job_runner.add_argument_once(output, "--output", help="output directory, local or gs://")
+        inputs.add_argument("--demo", action="store_true",
                             help="ingest the bundled sample, served from a loopback server started here")
-        # side inputs
-        parser.add_argument("--cc12m-hashes", help="CC12M hash list: url TAB sha256 TAB md5 (hex or base64)")
-        parser.add_argument("--openimages-labels", action="append", default=[],
+        inputs.add_argument("--cc12m-hashes", help="CC12M hash list: url TAB sha256 TAB md5 (hex or base64)")
+        inputs.add_argument("--openimages-labels", action="append", default=[],
                             help="Open Images image-level labels CSV (repeatable)")
-        parser.add_argument("--openimages-classes", help="dict.csv or class-descriptions CSV: mid,name")
-        parser.add_argument("--cc3m-labels", help="CC3M Image_Labels_Subset TSV")
-        parser.add_argument("--long-captions", help="DreamLIP long-caption CSV keyed by URL")
-        parser.add_argument("--imagenet-root", help="ILSVRC train root: <root>/<wnid>/<filename>")
-        parser.add_argument("--imagenet-synsets", help="LOC_synset_mapping.txt")
-        job_runner.add_network_arguments(parser)
-        # resume
-        parser.add_argument("--resume", action="store_true",
+        inputs.add_argument("--openimages-classes", help="dict.csv or class-descriptions CSV: mid,name")
+        inputs.add_argument("--cc3m-labels", help="CC3M Image_Labels_Subset TSV")
+        inputs.add_argument("--long-captions", help="DreamLIP long-caption CSV keyed by URL")
+        inputs.add_argument("--imagenet-root", help="ILSVRC train root: <root>/<wnid>/<filename>")
+        inputs.add_argument("--imagenet-synsets", help="LOC_synset_mapping.txt")
+        FetchConfig.add_arguments(parser)
+        output.add_argument("--resume", action="store_true",
                             help="keep OUT's settled rows, fetch only the others again, write a complete new table")
-        parser.add_argument("--retry-status", default=None, metavar="S1,S2",
+        output.add_argument("--retry-status", default=None, metavar="S1,S2",
                             help="with --resume: the statuses fetched again (default: every status but ok)")
-        # dedup
-        job_runner.add_dedup_arguments(parser)
-        # progress and report (README.md, Progress)
-        parser.add_argument("--no-progress", dest="progress", action="store_false",
-                            help="no live progress line on stderr (local runs)")
-        parser.add_argument("--progress-interval", type=float, default=10.0,
-                            help="seconds between progress lines when stderr is not a terminal")
-        parser.add_argument("--no-report", dest="html_report", action="store_false", help="no OUT/report.html")
+        DedupSettings.add_arguments(parser)
+        # progress and report (docs/progress-and-report.md)
+        progress = parser.add_argument_group("progress and report")
+        progress.add_argument("--no-progress", dest="progress", action="store_false",
+                              help="no live progress line on stderr (local runs)")
+        progress.add_argument("--progress-interval", type=float, default=10.0,
+                              help="seconds between progress lines when stderr is not a terminal (default 10)")
+        progress.add_argument("--no-report", dest="html_report", action="store_false", help="no OUT/report.html")
+
+
+JOB = job_runner.Job(
+    usage="python -m pipelines.ingest --manifest KIND=PATH [--manifest KIND=PATH ...] --output OUT [options]",
+    name="ingest", options=IngestOptions,
+    description="URL manifests -> fetched, verified, hashed, deduplicated rows: OUT/images/*.parquet, "
+                "OUT/blobs/, OUT/duplicates/, OUT/summary.json, OUT/report.html.",
+    interrupted="OUT keeps its last finished table; rerun with --resume to continue")
 
 
 def parse_manifest_args(values):
     manifests = []
     for value in values:
         kind, sep, path = value.partition("=")
-        if not sep or not path:
-            raise ValueError(f"--manifest takes KIND=PATH, got {value!r}")
+        if not sep or not path.strip():
+            raise BadInput(f"--manifest takes KIND=PATH, got {value!r}")
+        if kind.strip() not in schema.DATASETS:
+            raise BadInput(f"--manifest {value}: unknown KIND {kind.strip()!r}; expected one of "
+                           f"{', '.join(schema.DATASETS)}")
         manifests.append((kind.strip(), path.strip()))
     return manifests
 
 
-fetch_config = job_runner.fetch_config  # kept importable from here
+fetch_config = FetchConfig.from_options  # kept importable from here
 
 
 def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=False):
@@ -93,7 +106,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
     previous_files = list_table_files(out)  # replaced by this run's, once those are written
     if opts.resume and not previous_files:
-        raise ValueError(f"--resume: no table to resume in {join_path(out, 'images')}")
+        raise BadInput(f"--resume: no table to resume in {join_path(out, 'images')}")
     rows = read_manifest_rows(pipeline, opts, spread_rows)
     carried = None
     if opts.resume:
@@ -116,8 +129,9 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     shards = fetched | "WriteShards" >> WriteTableShards(out, run_id)
     deduped = (
         {"slim": fetched | "DedupKeys" >> beam.Map(slim_row), "shards": shards}
-        | "Dedup" >> job_runner.dedup_transform(opts, from_shards=True, one_process=one_process,
-                                            spill_dir=spill_directory(out, run_id) if one_process else None)
+        | "Dedup" >> DedupSettings.from_options(opts).transform(
+            from_shards=True, one_process=one_process,
+            spill_dir=spill_directory(out, run_id) if one_process else None)
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
     _ = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
@@ -206,35 +220,51 @@ def demo_inputs(opts):
         server.stop()
 
 
-def run(argv=None):
-    options = PipelineOptions(argv)
-    opts = options.view_as(IngestOptions)
-    job_runner.apply_local_defaults(options, argv)
+def check_inputs(opts):
+    """What can be checked before the pipeline starts: the manifests and side files exist and are
+    files, the option values make sense, OUT can be written (each a one-line BadInput or
+    EnvironmentFailure naming the path)."""
     if not opts.output:
-        raise SystemExit("ingest: --output is required")
+        raise BadInput("--output is required")
     if not opts.manifest and not opts.demo and not opts.resume:
-        raise SystemExit("ingest: give at least one --manifest KIND=PATH, --resume, or --demo")
+        raise BadInput("give at least one --manifest KIND=PATH, --resume, or --demo")
+    if not opts.demo:  # --demo writes its own files
+        for kind, pattern in parse_manifest_args(opts.manifest):
+            preflight.check_input_files(f"--manifest {kind}={pattern}", pattern)
+        for flag in ("cc12m_hashes", "openimages_classes", "cc3m_labels", "long_captions", "imagenet_synsets"):
+            preflight.check_input_file("--" + flag.replace("_", "-"), getattr(opts, flag))
+        for path in opts.openimages_labels:
+            preflight.check_input_file("--openimages-labels", path)
+        preflight.check_input_file("--imagenet-root", opts.imagenet_root, directory=True)
+    if opts.retry_status:
+        parse_retry_statuses(opts.retry_status)
+    if opts.progress_interval <= 0:
+        raise BadInput(f"--progress-interval must be above 0, got {opts.progress_interval}")
+    FetchConfig.from_options(opts)
+    DedupSettings.from_options(opts)
+    preflight.check_output_dir(opts.output)
+
+
+def run(argv=None):
+    """The ingest job: parses argv, checks the inputs, runs and waits (unless --no_wait_until_finish);
+    returns the PipelineResult. Raises on failure (main() turns that into one line)."""
+    options, opts = JOB.parse(argv)
+    check_inputs(opts)
     started_at = time.time()
-    if job_runner.one_local_process(options):
+    one_process = job_runner.one_local_process(options)
+    if one_process:
         # Arrow's default mimalloc pool keeps the pages of freed buffers: +60 MB of RSS measured
         # for finalising one 20K-row shard, against +30 MB with the system allocator, which
         # gives them back. On Dataflow the workers' own defaults stay.
         pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
-        pipeline = beam.Pipeline(options=options)
         with progress_line.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
-                                   enabled=opts.progress and job_runner.is_local(options)) as live:
-            build_pipeline(pipeline, opts, started_at, live.directory,
-                           one_process=job_runner.one_local_process(options))
-            live.start()
-            result = job_runner.wait_for(pipeline.run(), options)
-    if job_runner.job_done(result):
-        run_metrics.record_run_metrics(result, opts.output)
-        if opts.html_report:
-            try_write_report(opts.output)
-    if job_runner.is_local(options):
-        report(opts.output)
-    return result
+                                        enabled=opts.progress and job_runner.is_local(options)) as live:
+            def build(pipeline):
+                build_pipeline(pipeline, opts, started_at, live.directory, one_process=one_process)
+                live.start()
+
+            return JOB.execute(options, build, opts.output, summary=report, html_report=opts.html_report)
 
 
 def report(out):
@@ -249,14 +279,9 @@ def report(out):
     print(job_runner.format_status_table(summary["counts"], schema.STATUSES))
 
 
-def main(argv=None):
-    job_runner.quiet_local_logs()
-    try:
-        run(argv if argv is not None else sys.argv[1:])
-    except ValueError as exc:  # bad options and unmatched manifests: a message, not a traceback
-        print(f"ingest: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv=None) -> int:
+    """`python -m pipelines.ingest`: the exit status (0 done, 2 bad input, 1 environment, 130 Ctrl-C)."""
+    return JOB.main(run, argv)
 
 
 if __name__ == "__main__":

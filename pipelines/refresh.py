@@ -6,7 +6,6 @@ Writes REFRESH_OUT/status/*.parquet (one row per snapshot key), REFRESH_OUT/host
 row per host), REFRESH_OUT/summary.json and, with --history, HISTORY/<night>/. Never writes under a
 snapshot. README.md, "Nightly refresh" has the verdict rules and every option.
 """
-import argparse
 import os
 import sys
 import time
@@ -14,46 +13,69 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner
+from pipelines.launch import job_runner, preflight
+from transforms.fetch.client import FetchConfig
 from transforms.liveness import verdicts
 from transforms.io.sinks import join_path, read_json
 
 
+# The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
+# 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
+# recognise one picture served again.
+REFRESH_SAME_PICTURE_MAX_DISTANCE = verdicts.DEFAULT_MAX_DISTANCE
+REFRESH_PLACEHOLDER_MIN_URLS = verdicts.DEFAULT_PLACEHOLDER_MIN_URLS
+
+
 class RefreshOptions(PipelineOptions):
+    """The refresh job's own options, in groups (docs/refresh.md)."""
+
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--snapshot", action="append", default=[], metavar="OUT",
+        inputs = parser.add_argument_group("inputs")
+        inputs.add_argument("--snapshot", action="append", default=[], metavar="OUT",
                             help="an ingest output to re-check (repeatable): its images/*.parquet are read;"
                                  " a path ending in .parquet or holding a glob is read as given")
-        job_runner.add_argument_once(parser, "--output", help="refresh output directory, local or gs://")
-        parser.add_argument("--history", metavar="PATH",
+        output = parser.add_argument_group("output")
+        job_runner.add_argument_once(output, "--output", help="refresh output directory, local or gs://")
+        output.add_argument("--history", metavar="PATH",
                             help="history directory (local or gs://): one sub-directory per night, read for"
                                  " the failure streaks and revivals, tonight's added")
-        parser.add_argument("--night", metavar="YYYY-MM-DD",
+        output.add_argument("--night", metavar="YYYY-MM-DD",
                             help="the night the verdicts are for (default: today, UTC); re-running a night"
                                  " replaces that night's history entry")
-        parser.add_argument("--dead-after", type=int, default=verdicts.DEFAULT_DEAD_AFTER, metavar="N",
-                            help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
-                                 " 451, DNS name gone, placeholder, soft 404), before it is dead; unreachable"
-                                 " until then")
-        parser.add_argument("--unreachable-dead-after", type=int, default=verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER,
-                            metavar="N", help="nights in a row of any failure (timeouts, 5xx) after which a URL is"
-                                              " dead anyway; 0: never")
-        job_runner.add_argument_once(parser, "--max-distance", type=int, default=None,
-                                 help="pHash Hamming distance at or under which tonight's picture is the same"
-                                      f" picture (default {verdicts.DEFAULT_MAX_DISTANCE})")
-        parser.add_argument("--placeholder", action="append", default=[], metavar="HASH",
-                            help="sha256 (64 hex) or pHash (16 hex) of a placeholder picture served in place of"
-                                 " removed photos (repeatable); added to the built-in list")
-        job_runner.add_argument_once(parser, "--placeholder-min-urls", type=int, default=verdicts.DEFAULT_PLACEHOLDER_MIN_URLS,
-                            metavar="K", help="a picture that replaced the different pictures of at least K URLs"
-                                              " tonight is a placeholder; 0: off")
-        parser.add_argument("--no-head", action="store_true",
-                            help="GET at once where the snapshot recorded no ETag/Last-Modified, instead of"
-                                 " HEAD first")
-        parser.add_argument("--summary-hosts", type=int, default=100, metavar="N",
-                            help="hosts listed in summary.json (most rows first); hosts/ has them all")
-        job_runner.add_network_arguments(parser)
+        rules = parser.add_argument_group("verdicts", "when a URL is dead, changed or a placeholder")
+        rules.add_argument("--dead-after", type=int, default=verdicts.DEFAULT_DEAD_AFTER, metavar="N",
+                           help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
+                                " 451, DNS name gone, placeholder, soft 404), before it is dead; unreachable"
+                                f" until then (default {verdicts.DEFAULT_DEAD_AFTER})")
+        rules.add_argument("--unreachable-dead-after", type=int, default=verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER,
+                           metavar="N", help="nights in a row of any failure (timeouts, 5xx) after which a URL is"
+                                             f" dead anyway; 0: never (default {verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER})")
+        job_runner.add_argument_once(rules, "--max-distance", type=int, default=None,
+                                     help="pHash Hamming distance at or under which tonight's picture is the same"
+                                          f" picture (default {REFRESH_SAME_PICTURE_MAX_DISTANCE} in the refresh;"
+                                          " the dedup job's default differs)")
+        rules.add_argument("--placeholder", action="append", default=[], metavar="HASH",
+                           help="sha256 (64 hex) or pHash (16 hex) of a placeholder picture served in place of"
+                                " removed photos (repeatable); added to the built-in list")
+        job_runner.add_argument_once(rules, "--placeholder-min-urls", type=int, default=REFRESH_PLACEHOLDER_MIN_URLS,
+                                     metavar="K", help="a picture that replaced the different pictures of at least K"
+                                                       f" URLs tonight is a placeholder; 0: off (default"
+                                                       f" {REFRESH_PLACEHOLDER_MIN_URLS} in the refresh)")
+        rules.add_argument("--no-head", action="store_true",
+                           help="GET at once where the snapshot recorded no ETag/Last-Modified, instead of"
+                                " HEAD first")
+        output.add_argument("--summary-hosts", type=int, default=100, metavar="N",
+                            help="hosts listed in summary.json (most rows first); hosts/ has them all (default 100)")
+        FetchConfig.add_arguments(parser)
+
+
+JOB = job_runner.Job(
+    usage="python -m pipelines.refresh --snapshot OUT --output REFRESH_OUT [options]",
+    name="refresh", options=RefreshOptions,
+    description="Re-check every URL of an ingest snapshot: one verdict per key for the night "
+                "(REFRESH_OUT/status/, hosts/, summary.json; HISTORY/<night>/ with --history).",
+    interrupted="rerun the same command (a night's re-run replaces that night)")
 
 
 def snapshot_pattern(value):
@@ -107,7 +129,7 @@ def resolve(opts):
     extra = [verdicts.parse_placeholder(v) for v in opts.placeholder]
     params = verdicts.RefreshParams(
         night=verdicts.parse_night(opts.night),
-        max_distance=verdicts.DEFAULT_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
+        max_distance=REFRESH_SAME_PICTURE_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
         dead_after=max(opts.dead_after, 1),
         unreachable_dead_after=opts.unreachable_dead_after,
         placeholder_min_urls=opts.placeholder_min_urls,
@@ -132,7 +154,7 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at):
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection."""
     out = opts.output
     entries = pipeline | "ReadSnapshots" >> verdicts.ReadSnapshots(snapshots)
-    checked = entries | "CheckUrls" >> verdicts.CheckUrls(job_runner.fetch_config(opts), params)
+    checked = entries | "CheckUrls" >> verdicts.CheckUrls(FetchConfig.from_options(opts), params)
     found = checked | "FindPlaceholders" >> verdicts.FindPlaceholders(params)
     placeholders = found["placeholders"]
     history = verdicts.ReadHistory(opts.history, params.night)
@@ -159,19 +181,17 @@ def _options_snapshot(opts, params):
 
 
 def run(argv=None):
-    options = PipelineOptions(argv)
-    opts = options.view_as(RefreshOptions)
-    job_runner.apply_local_defaults(options, argv)
+    """The refresh job: parses argv, checks the snapshots, runs and waits; returns the PipelineResult."""
+    options, opts = JOB.parse(argv)
     snapshots, params = resolve(opts)
+    for root, pattern, _columns in snapshots:  # every footer, not only the first file's
+        preflight.check_table("--snapshot", root, verdicts.REQUIRED_SNAPSHOT_COLUMNS, pattern)
+    FetchConfig.from_options(opts)
+    preflight.check_output_dir(opts.output)
     started_at = time.time()
     prepare_outputs(opts.output, opts.history, params.night)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, opts, snapshots, params, started_at)
-    result = pipeline.run()
-    result.wait_until_finish()
-    if job_runner.is_local(options):
-        report(opts.output)
-    return result
+    return JOB.execute(options, lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at),
+                       opts.output, summary=report)
 
 
 def report(out):
@@ -190,21 +210,9 @@ def report(out):
     print(job_runner.format_status_table(summary["counts"], verdicts.VERDICTS))
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:  # Beam's own parser would print an empty help
-        parser = argparse.ArgumentParser(prog="python -m pipelines.refresh",
-                                         description=__doc__.split("\n\n")[0])
-        RefreshOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-        parser.print_help()
-        return 0
-    job_runner.quiet_local_logs()
-    try:
-        run(argv)
-    except ValueError as exc:  # bad options, missing snapshot: a message, not a traceback
-        print(f"refresh: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv=None) -> int:
+    """`python -m pipelines.refresh`: the exit status (0 done, 2 bad input, 1 environment, 130 Ctrl-C)."""
+    return JOB.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,37 @@
-"""What every job shares: the local runner default, the network options, log noise, and the closing
-status table."""
+"""What every job shares: one entry point (`Job`: options, local defaults, run and wait, metrics,
+report, the printed summary, the exit status), the local runner default, log noise, Ctrl-C, and
+the closing status table.
+
+A job module (pipelines/<job>.py) defines one PipelineOptions subclass, a `JOB = Job(...)`, a
+`run(argv) -> PipelineResult` built on `JOB.parse` and `JOB.execute`, and
+`main(argv) -> int` = `JOB.main(run, argv)`; `if __name__ == "__main__": sys.exit(main())`.
+"""
+from __future__ import annotations
+
 import argparse
+import contextlib
+import dataclasses
+import io
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 
-from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-from apache_beam.runners.runner import PipelineState
+import apache_beam as beam
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
-                              DEFAULT_PLACEHOLDER_MIN_URLS, Dedup, DedupShards)
-from transforms.fetch.client import DEFAULT_USER_AGENT, FetchConfig, user_agent
-from transforms.hashing import DEFAULT_MAX_PIXELS
-from transforms.clustering.placeholders import known_placeholder_hashes
+from pipelines.launch import failures
+from transforms.errors import BadInput
+
+BEAM_OPTIONS_POINTER = (
+    "Beam pipeline options (--runner, --project, --region, --temp_location, --direct_num_workers, ...) are"
+    " accepted too; see https://beam.apache.org/documentation/runners/dataflow/ and"
+    " https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html")
+DEBUG_ENV = "BEAM_IMAGES_DEBUG"
+
 
 
 def add_argument_once(parser, *flags, **kwargs):
@@ -31,78 +50,28 @@ def add_argument_once(parser, *flags, **kwargs):
 
 
 def add_dedup_arguments(parser):
-    """Dedup options of ingest and dedup, defined once (see add_argument_once)."""
-    add = lambda *flags, **kwargs: add_argument_once(parser, *flags, **kwargs)  # noqa: E731
-    add("--max-distance", type=int, default=None,
-        help=f"pHash Hamming distance at or under which two images are near-duplicates"
-             f" (default {DEFAULT_MAX_DISTANCE})")
-    add("--dhash-max-distance", type=int, default=DEFAULT_DHASH_MAX_DISTANCE,
-        help="dHash distance confirming a near match; -1 turns the confirmation off")
-    add("--dataset-priority", default=",".join(DEFAULT_DATASET_PRIORITY),
-        help="comma-separated tie-break of the canonical row after resolution")
-    add("--placeholder-min-urls", type=int, default=DEFAULT_PLACEHOLDER_MIN_URLS,
-        help="one picture at this many distinct URLs is a placeholder, not a duplicate")
-    add("--placeholder-hash", dest="placeholder_hashes", action="append", default=[],
-        help="sha256 or pHash of a placeholder picture, added to the built-in list "
-             "(transforms/clustering/placeholders.py); repeatable")
-    add("--cc-rounds", type=int, default=6, help="large/small-star rounds before the exact union-find finish")
-    add("--shard-bits", type=int, default=None,
-        help="near search: 2^s shards per band (default 3; 0 in a one-process local run, where shards "
-             "add no parallelism and each costs another in-memory copy of the query hashes)")
+    """The dedup option group; kept for callers of the old name (transforms.clustering.dedup_settings)."""
+    from transforms.clustering.dedup_settings import DedupSettings
+    DedupSettings.add_arguments(parser)
 
 
 def dedup_transform(opts, from_shards=False, one_process=False, spill_dir=None):
-    """The Dedup transform the dedup options describe (DedupShards for rows kept in table shards).
-
-    one_process: the job runs locally in one process (one_local_process), where the near search
-    is not sharded unless --shard-bits says so.
-    spill_dir: local directory for dedup's on-disk shuffle (transforms.clustering.spill); local runs only.
-    """
-    shard_bits = opts.shard_bits if opts.shard_bits is not None else (0 if one_process else 3)
-    dhash_max = opts.dhash_max_distance if opts.dhash_max_distance is None or opts.dhash_max_distance >= 0 \
-        else None
-    return (DedupShards if from_shards else Dedup)(
-        max_distance=DEFAULT_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
-        dataset_priority=tuple(d.strip() for d in opts.dataset_priority.split(",") if d.strip()),
-        dhash_max_distance=dhash_max, placeholder_min_urls=opts.placeholder_min_urls,
-        placeholder_hashes=known_placeholder_hashes() + tuple(opts.placeholder_hashes or ()),
-        cc_rounds=opts.cc_rounds,
-        shard_bits=shard_bits, spill_dir=spill_dir)
+    """The Dedup transform the dedup options describe; kept for callers of the old name
+    (DedupSettings.from_options(opts).transform(...))."""
+    from transforms.clustering.dedup_settings import DedupSettings
+    return DedupSettings.from_options(opts).transform(from_shards, one_process, spill_dir)
 
 
 def add_network_arguments(parser):
-    """The fetch options of every job that goes on the web (ingest, refresh): one definition, so the
-    jobs keep the same politeness, address policy and deadlines."""
-    add = lambda *flags, **kwargs: add_argument_once(parser, *flags, **kwargs)  # noqa: E731
-    add("--allow-network", action="append", default=[], metavar="CIDR",
-        help="also allow fetching from this network (repeatable); by default only public addresses are fetched")
-    add("--timeout", type=float, default=20.0, help="whole-request deadline in seconds, redirects and body included")
-    add("--max-bytes", type=int, default=32 * 1024 * 1024, help="body size cap")
-    add("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are refused as decompression bombs")
-    add("--max-redirects", type=int, default=5)
-    add("--retries", type=int, default=2, help="extra attempts after 429 or 5xx")
-    add("--max-retry-after", type=float, default=10.0, help="longest Retry-After honoured; longer makes the row fail")
-    add("--concurrency", type=int, default=64, help="requests in flight per worker thread")
-    add("--per-host", type=int, default=8, help="requests in flight per host per worker process")
-    add("--max-rate", type=float, default=0.0, help="requests started per second per worker process (0: no limit)")
-    add("--host-failure-limit", type=int, default=10,
-        help="consecutive failures to connect (refused, DNS, connect timeout) before a host's URLs are skipped")
-    add("--host-cooldown", type=float, default=60.0, help="seconds a failing host is skipped before it is tried again")
-    add("--user-agent", default=DEFAULT_USER_AGENT)
-    add("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")
-    add("--ignore-robots", action="store_true", help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
+    """The network option group; kept for callers of the old name (FetchConfig.add_arguments)."""
+    from transforms.fetch.client import FetchConfig
+    FetchConfig.add_arguments(parser)
 
 
 def fetch_config(opts):
-    """FetchConfig from the options add_network_arguments defined."""
-    return FetchConfig(
-        timeout=opts.timeout, max_bytes=opts.max_bytes, max_redirects=opts.max_redirects,
-        retries=opts.retries, max_retry_after=opts.max_retry_after, concurrency=opts.concurrency,
-        per_host=opts.per_host, max_rate=opts.max_rate, host_failure_limit=opts.host_failure_limit,
-        host_cooldown=opts.host_cooldown, user_agent=user_agent(opts.contact, opts.user_agent),
-        allow_networks=tuple(opts.allow_network),
-        honor_robots=not opts.ignore_robots,
-    )
+    """FetchConfig from the network options; kept for callers of the old name (FetchConfig.from_options)."""
+    from transforms.fetch.client import FetchConfig
+    return FetchConfig.from_options(opts)
 
 
 def apply_local_defaults(options, argv=None, worker_processes=False):
@@ -180,3 +149,210 @@ def quiet_local_logs():
     """The local job service relays every worker warning (unparsed job options and the like)."""
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+
+
+# ---- the job entry point --------------------------------------------------------------------------
+
+class _OptionParser(argparse.ArgumentParser):
+    """The job's own options alone: --help, and a check of their values before Beam sees them
+    (argparse's error() would print the usage and a second line; here it is one BadInput)."""
+
+    def error(self, message: str):
+        raise BadInput(message)
+
+
+class _OneLineLogs(logging.Formatter):
+    """Log records as one line each: no traceback, no multi-line message (without --debug)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return failures.one_line(super().format(record))
+
+
+class _DropBeamErrors(logging.Filter):
+    """Beam logs a failing bundle at ERROR with the worker's traceback as its text; the job reports
+    the failure itself in one line, so those records are not repeated."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.name.startswith("apache_beam"))
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the local runner's worker processes and theirs), from /proc."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                children = [int(c) for c in handle.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child] + _descendants(child)
+    return found
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(line: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT) stops the job at once: `line` on stderr, the local runner's worker processes
+    killed, exit status 130. The runner's threads (fetch loop, thread pools, gRPC) would otherwise
+    keep the process alive and print their tracebacks; OUT stays as two-phase writes leave it
+    (the last finished table in place, this run's temporary files to be cleared by the next run).
+    Only the main thread can install a handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum, _frame):
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 (exiting anyway)
+            pass
+        os.write(2, (line + "\n").encode())
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        os._exit(failures.INTERRUPTED)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def quiet_errors() -> Iterator[None]:
+    """Without --debug: log records one line each (Beam's failing-bundle records dropped), Python
+    warnings through the log, and exceptions in threads or at interpreter exit not printed (the job
+    prints its own one line)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineLogs("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_DropBeamErrors())
+    saved = (root.handlers[:], sys.unraisablehook, threading.excepthook)
+    root.handlers[:] = [handler]
+    logging.captureWarnings(True)
+    sys.unraisablehook = lambda _unraisable: None
+    threading.excepthook = lambda _args: None
+    try:
+        yield
+    finally:
+        root.handlers[:], sys.unraisablehook, threading.excepthook = saved
+        logging.captureWarnings(False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One job's entry point: the shared way to parse, run, report and exit.
+
+    name: the job's name, first word of every line it prints on failure ("ingest: ...").
+    options: the job's PipelineOptions subclass (its _add_argparse_args adds the option groups).
+    description: the first line of --help.
+    worker_processes: local default of one worker process per core (apply_local_defaults).
+    interrupted: what the Ctrl-C line says after "<name>: interrupted; ".
+    usage: the first line of --help (the command with its required options).
+    """
+
+    name: str
+    options: type
+    description: str
+    worker_processes: bool = False
+    interrupted: str = "rerun the same command to start again"
+    usage: str | None = None
+
+    def help_parser(self) -> argparse.ArgumentParser:
+        """The job's own options, grouped as the docs group them, and a pointer to Beam's."""
+        parser = _OptionParser(prog=f"python -m pipelines.{self.name}", description=self.description,
+                               usage=self.usage, epilog=BEAM_OPTIONS_POINTER, allow_abbrev=False)
+        self.options._add_argparse_args(parser)  # pylint: disable=protected-access
+        developer = parser.add_argument_group("developer")
+        developer.add_argument("--debug", action="store_true",
+                               help=f"on failure, show the full traceback instead of one line (or {DEBUG_ENV}=1)")
+        return parser
+
+    def parse(self, argv: list[str] | None = None) -> tuple[PipelineOptions, PipelineOptions]:
+        """argv -> (the pipeline options with local defaults applied, the job's own view).
+
+        Args:
+            argv: the command line without the program name (default sys.argv[1:]).
+        Returns:
+            (PipelineOptions, view_as(self.options)); raises BadInput for a malformed value.
+        """
+        argv = list(sys.argv[1:] if argv is None else argv)
+        self.help_parser().parse_known_args(argv)  # type errors of our own options: one line
+        options = PipelineOptions(argv)
+        with contextlib.redirect_stderr(io.StringIO()) as told:
+            try:
+                options.get_all_options()  # Beam's own options: argparse would print two lines and exit
+            except SystemExit:
+                last = (told.getvalue().strip().splitlines() or ["bad option"])[-1]
+                raise BadInput(last.split(": error: ", 1)[-1]) from None
+        apply_local_defaults(options, argv, worker_processes=self.worker_processes)
+        return options, options.view_as(self.options)
+
+    def execute(self, options: PipelineOptions, build: Callable[[beam.Pipeline], object], output: str | None = None,
+                summary: Callable[[str], None] | None = None, html_report: bool = False) -> PipelineResult:
+        """Builds the graph, runs it and waits (unless --no_wait_until_finish), merges the run's Beam
+        metrics into OUTPUT/summary.json, writes OUTPUT/report.html and prints the summary.
+
+        Args:
+            options: from parse().
+            build: adds the job's steps to the pipeline it is given.
+            output: the job's output directory (metrics and report go there; None: neither).
+            summary: prints the closing summary of a local run from `output`.
+            html_report: write OUTPUT/report.html (pipelines.report) once the run is done.
+        Returns:
+            The PipelineResult (not finished when the launcher did not wait).
+        """
+        pipeline = beam.Pipeline(options=options)
+        build(pipeline)
+        try:
+            result = wait_for(pipeline.run(), options)
+        except Exception as exc:
+            failures.mark_pipeline_failure(exc)
+            raise
+        if job_done(result) and output is not None:
+            from pipelines.report import run_metrics  # pipelines.report imports matplotlib: only when used
+            run_metrics.record_run_metrics(result, output)
+            if html_report:
+                from pipelines.report.html_report import try_write_report
+                try_write_report(output)
+        if summary is not None and output is not None and is_local(options):
+            summary(output)
+        return result
+
+    def main(self, run: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
+        """The job's command: --help, then run(argv) with every failure mapped to one line on stderr
+        ("<job>: <what>") and an exit status: 0 done, 2 bad input or usage, 1 environment or books,
+        130 interrupted. --debug (or BEAM_IMAGES_DEBUG=1) re-raises with the full traceback.
+
+        Args:
+            run: the job's run(argv).
+            argv: the command line without the program name (default sys.argv[1:]).
+        Returns:
+            The exit status.
+        """
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        argv = [arg for arg in argv if arg != "--debug"]
+        if "-h" in argv or "--help" in argv:  # Beam's own parser would print an empty usage line
+            self.help_parser().print_help()
+            return 0
+        quiet_local_logs()
+        with stop_on_interrupt(f"{self.name}: interrupted; {self.interrupted}"), \
+                (contextlib.nullcontext() if debug else quiet_errors()):
+            try:
+                run(argv)
+            except BaseException as exc:  # noqa: BLE001 (every failure ends as one line)
+                if debug:
+                    raise
+                status, line = failures.describe(exc)
+                if status == failures.INTERRUPTED:
+                    line = f"interrupted; {self.interrupted}"
+                print(f"{self.name}: {line}", file=sys.stderr, flush=True)
+                return status
+        return 0

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from pipelines import dedup as job
 from tests.dedup_helpers import row
 from transforms import schema
+from transforms.errors import BadInput
 
 UTC = datetime.timezone.utc
 
@@ -108,7 +109,7 @@ def test_job_command_line_default_local_runner(tmp_path):
 def test_job_requires_input_and_output_without_breaking_other_pipelines():
     import pytest
     from apache_beam.options.pipeline_options import PipelineOptions
-    with pytest.raises(SystemExit, match="--input"):
+    with pytest.raises(BadInput, match="--input"):
         job.run(["--output", "somewhere", "--runner", "FnApiRunner"])
     # DedupOptions is registered process-wide: another job's options must still parse
     assert PipelineOptions(["--runner", "FnApiRunner"]).view_as(job.DedupOptions).input is None

@@ -4,6 +4,7 @@
 concurrent requests per DoFn instance, so a worker's CPU stays busy decoding and hashing while the
 network waits. `FetchImages` feeds it from a DoFn and emits rows as their fetches complete.
 """
+import argparse
 import asyncio
 import concurrent.futures
 import dataclasses
@@ -22,6 +23,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.fetch.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver, legacy_ipv4
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -54,6 +56,74 @@ class FetchConfig:
     user_agent: str = DEFAULT_USER_AGENT
     allow_networks: tuple = ()
     honor_robots: bool = True
+
+    @staticmethod
+    def add_arguments(parser: "argparse._ActionsContainer") -> None:
+        """Adds the network options (a "network" group) to a job's parser: one definition, so every
+        job that goes on the web (ingest, refresh) keeps the same politeness, address policy and
+        deadlines. A flag already there is skipped (Beam parses every job's options into one parser).
+
+        Args:
+            parser: an argparse parser (Beam's or the job's --help parser).
+        """
+        from transforms.hashing import DEFAULT_MAX_PIXELS  # here: transforms.hashing imports this module
+
+        group = parser.add_argument_group("network", "what is fetched, how fast and how politely")
+
+        def add(*flags, **kwargs):
+            try:
+                group.add_argument(*flags, **kwargs)
+            except argparse.ArgumentError:  # defined by another job's options in this process
+                pass
+
+        add("--allow-network", action="append", default=[], metavar="CIDR",
+            help="also allow fetching from this network (repeatable); by default only public addresses are fetched")
+        add("--timeout", type=float, default=20.0,
+            help="whole-request deadline in seconds, redirects and body included (default 20)")
+        add("--max-bytes", type=int, default=32 * 1024 * 1024, help="body size cap in bytes (default 32 MiB)")
+        add("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+            help=f"larger images are refused as decompression bombs (default {DEFAULT_MAX_PIXELS})")
+        add("--max-redirects", type=int, default=5, help="default 5")
+        add("--retries", type=int, default=2, help="extra attempts after 429 or 5xx (default 2)")
+        add("--max-retry-after", type=float, default=10.0,
+            help="longest Retry-After honoured in seconds; longer makes the row fail (default 10)")
+        add("--concurrency", type=int, default=64, help="requests in flight per worker thread (default 64)")
+        add("--per-host", type=int, default=8, help="requests in flight per host per worker process (default 8)")
+        add("--max-rate", type=float, default=0.0,
+            help="requests started per second per worker process (default 0: no limit)")
+        add("--host-failure-limit", type=int, default=10,
+            help="consecutive failures to connect (refused, DNS, connect timeout) before a host's URLs are"
+                 " skipped (default 10)")
+        add("--host-cooldown", type=float, default=60.0,
+            help="seconds a failing host is skipped before it is tried again (default 60)")
+        add("--user-agent", default=DEFAULT_USER_AGENT, help=f"default {DEFAULT_USER_AGENT!r}")
+        add("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")
+        add("--ignore-robots", action="store_true", help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
+
+    @classmethod
+    def from_options(cls, opts: object) -> "FetchConfig":
+        """The FetchConfig the options of add_arguments describe.
+
+        Args:
+            opts: parsed options (a PipelineOptions view or an argparse Namespace).
+        Returns:
+            The config; raises transforms.errors.BadInput for a value out of range.
+        """
+        for name in ("timeout", "max_bytes", "max_redirects", "retries", "max_retry_after", "concurrency",
+                     "per_host", "max_rate", "host_failure_limit", "host_cooldown", "max_pixels"):
+            value = getattr(opts, name)
+            positive = name in ("timeout", "max_bytes", "concurrency", "per_host", "max_pixels")
+            if value is None or value < 0 or (positive and value == 0):
+                flag = "--" + name.replace("_", "-")
+                raise BadInput(f"{flag} must be {'above' if positive else 'at least'} 0, got {value}")
+        return cls(
+            timeout=opts.timeout, max_bytes=opts.max_bytes, max_redirects=opts.max_redirects,
+            retries=opts.retries, max_retry_after=opts.max_retry_after, concurrency=opts.concurrency,
+            per_host=opts.per_host, max_rate=opts.max_rate, host_failure_limit=opts.host_failure_limit,
+            host_cooldown=opts.host_cooldown, user_agent=user_agent(opts.contact, opts.user_agent),
+            allow_networks=tuple(opts.allow_network),
+            honor_robots=not opts.ignore_robots,
+        )
 
 
 @dataclasses.dataclass

@@ -1,0 +1,159 @@
+"""Checks a job makes before its pipeline starts: what is cheap to check here (paths, Parquet
+footers and schemas) fails in one line naming the file, instead of deep inside the runner.
+
+Each check raises transforms.errors.BadInput (exit 2: the user's input) or EnvironmentFailure
+(exit 1: permission, read-only file system, full disk). Paths may be local or gs://; remote paths
+are checked through Beam's FileSystems (existence, footers), local ones with os as well.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import os
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
+from transforms.errors import BadInput, EnvironmentFailure
+
+__all__ = ["check_input_file", "check_input_files", "check_output_dir", "check_table"]
+
+GLOB_CHARS = "*?["
+
+
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in GLOB_CHARS)
+
+
+def _matches(pattern: str) -> list[str]:
+    try:
+        results = FileSystems.match([pattern])
+    except Exception:  # noqa: BLE001 (Beam raises BeamIOError for "nothing matched" on some filesystems)
+        return []
+    return sorted(m.path for r in results for m in r.metadata_list)
+
+
+def check_input_files(flag: str, pattern: str) -> list[str]:
+    """The files `pattern` (a path or a glob, local or gs://) names; each must be a readable file.
+
+    Args:
+        flag: how the user gave it, for the message ("--manifest cc3m=x.tsv").
+        pattern: the path or glob.
+    Returns:
+        The matched paths, sorted.
+    """
+    if not _remote(pattern) and not _is_glob(pattern):
+        if os.path.isdir(pattern):
+            raise BadInput(f"{flag}: {pattern} is a directory, not a file")
+        if not os.path.exists(pattern):
+            raise BadInput(f"{flag}: no file matches {pattern} (no such file)")
+    matched = _matches(pattern)
+    if not matched:
+        raise BadInput(f"{flag}: no file matches {pattern}")
+    for path in matched:
+        if not _remote(path):
+            if os.path.isdir(path):
+                raise BadInput(f"{flag}: {path} is a directory, not a file")
+            try:
+                with open(path, "rb") as handle:
+                    handle.read(1)
+            except OSError as exc:
+                raise BadInput(f"{flag}: cannot read {path} ({exc.strerror or exc})") from None
+    return matched
+
+
+def check_input_file(flag: str, path: str | None, directory: bool = False) -> None:
+    """One side input: a file (or, with directory=True, a folder) that must exist.
+
+    Args:
+        flag: the option's name, for the message.
+        path: its value (None: not given, nothing to check).
+        directory: the option names a folder.
+    """
+    if not path:
+        return
+    if directory:
+        if not _remote(path) and not os.path.isdir(path):
+            raise BadInput(f"{flag}: {path} is not a directory")
+        return
+    check_input_files(flag, path)
+
+
+def check_output_dir(path: str | None, flag: str = "--output") -> None:
+    """The output directory can be written: not an existing file; created if missing (locally).
+
+    Args:
+        path: the output directory, local or gs:// (remote ones are not probed here).
+        flag: the option's name, for the message.
+    """
+    if not path:
+        raise BadInput(f"{flag} is required")
+    if _remote(path):
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BadInput(f"{flag} {path} is an existing file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        code = exc.errno if exc.errno in ENVIRONMENT_ERRNOS else errno.EACCES
+        raise EnvironmentFailure(f"{flag}: {ENVIRONMENT_ERRNOS[code]}: {exc.filename or path}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(path) else errno.EACCES
+        raise EnvironmentFailure(f"{flag}: {ENVIRONMENT_ERRNOS[code]}: {path}")
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _columns(path: str) -> list[str]:
+    import pyarrow.parquet as pq
+    with FileSystems.open(path) as handle:
+        return pq.read_schema(handle).names
+
+
+def check_table(flag: str, root: str, required: tuple[str, ...], pattern: str | None = None) -> list[str]:
+    """An ingest output's table: ROOT/images/*.parquet exists, each footer reads, each file holds
+    the `required` columns.
+
+    Args:
+        flag: the option naming it ("--input", "--snapshot").
+        root: the ingest output (OUT).
+        required: the columns the job needs.
+        pattern: the Parquet files, when not ROOT/images/*.parquet.
+    Returns:
+        The table's files, sorted.
+    """
+    if not _remote(root) and not _is_glob(root):
+        if not os.path.exists(root):
+            raise BadInput(f"{flag} {root}: no such directory")
+        if not os.path.isdir(root) and not root.endswith(".parquet"):
+            raise BadInput(f"{flag} {root} is a file, not an ingest output directory")
+    pattern = pattern or FileSystems.join(root, "images", "*.parquet")
+    files = _matches(pattern)
+    if not files:
+        raise BadInput(f"{flag} {root} is not an ingest output: no files match {pattern}")
+
+    def read(path: str) -> tuple[str, list[str] | None, str]:
+        try:
+            return path, _columns(path), ""
+        except Exception as exc:  # noqa: BLE001 (any unreadable footer is the same mistake)
+            return path, None, one_line(str(exc)) or type(exc).__name__
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        footers = list(pool.map(read, files))
+    for path, names, error in footers:
+        if names is None:
+            raise BadInput(f"{flag}: {path} is not a readable Parquet file ({error})")
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise BadInput(f"{flag}: {path} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}:"
+                           f" not an ingest images/ table")
+    return files

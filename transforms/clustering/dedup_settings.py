@@ -1,0 +1,119 @@
+"""The dedup options of the ingest and dedup jobs, beside the transform they configure.
+
+`DedupSettings.add_arguments(parser)` adds the "dedup" option group to a job's parser;
+`DedupSettings.from_options(opts)` reads it back (checked), and `.transform()` builds the Dedup /
+DedupShards PTransform it describes. The defaults carry the job in their names: the refresh job's
+"same picture" distance (pipelines/refresh.py, REFRESH_SAME_PICTURE_MAX_DISTANCE) is another
+threshold with another default.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
+                                            DEFAULT_PLACEHOLDER_MIN_URLS, Dedup, DedupShards)
+from transforms.clustering.placeholders import known_placeholder_hashes
+from transforms.errors import BadInput
+
+__all__ = ["DEDUP_CC_ROUNDS", "DEDUP_DHASH_MAX_DISTANCE", "DEDUP_MAX_DISTANCE", "DEDUP_PLACEHOLDER_MIN_URLS",
+           "DedupSettings"]
+
+DEDUP_MAX_DISTANCE = DEFAULT_MAX_DISTANCE              # pHash distance of near-duplicates (8)
+DEDUP_DHASH_MAX_DISTANCE = DEFAULT_DHASH_MAX_DISTANCE  # dHash confirmation (16)
+DEDUP_PLACEHOLDER_MIN_URLS = DEFAULT_PLACEHOLDER_MIN_URLS  # one picture at this many URLs: placeholder (50)
+DEDUP_CC_ROUNDS = 6
+
+
+def _add_once(group: argparse._ArgumentGroup, *flags: str, **kwargs: object) -> None:
+    """group.add_argument unless the flag is there already: Beam parses the options of every job
+    imported in the process into one parser, and ingest and dedup both define these."""
+    try:
+        group.add_argument(*flags, **kwargs)
+    except argparse.ArgumentError:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DedupSettings:
+    """What the dedup options say; `transform()` builds the PTransform."""
+
+    max_distance: int = DEDUP_MAX_DISTANCE
+    dhash_max_distance: int | None = DEDUP_DHASH_MAX_DISTANCE
+    dataset_priority: tuple = DEFAULT_DATASET_PRIORITY
+    placeholder_min_urls: int = DEDUP_PLACEHOLDER_MIN_URLS
+    placeholder_hashes: tuple = ()
+    cc_rounds: int = DEDUP_CC_ROUNDS
+    shard_bits: int | None = None
+
+    @staticmethod
+    def add_arguments(parser: argparse._ActionsContainer) -> None:
+        """Adds the "dedup" option group.
+
+        Args:
+            parser: an argparse parser (Beam's or the job's --help parser).
+        """
+        group = parser.add_argument_group("dedup", "how near-duplicates and placeholders are found")
+        add = lambda *flags, **kwargs: _add_once(group, *flags, **kwargs)  # noqa: E731
+        add("--max-distance", type=int, default=None, metavar="K",
+            help=f"pHash Hamming distance at or under which two images are near-duplicates"
+                 f" (default {DEDUP_MAX_DISTANCE})")
+        add("--dhash-max-distance", type=int, default=DEDUP_DHASH_MAX_DISTANCE, metavar="K",
+            help=f"dHash distance confirming a near match; -1 turns the confirmation off"
+                 f" (default {DEDUP_DHASH_MAX_DISTANCE})")
+        add("--dataset-priority", default=",".join(DEFAULT_DATASET_PRIORITY),
+            help=f"comma-separated tie-break of the canonical row after resolution (default {','.join(DEFAULT_DATASET_PRIORITY)})")
+        add("--placeholder-min-urls", type=int, default=DEDUP_PLACEHOLDER_MIN_URLS, metavar="N",
+            help=f"one picture at this many distinct URLs is a placeholder, not a duplicate"
+                 f" (default {DEDUP_PLACEHOLDER_MIN_URLS})")
+        add("--placeholder-hash", dest="placeholder_hashes", action="append", default=[], metavar="HASH",
+            help="sha256 or pHash of a placeholder picture, added to the built-in list "
+                 "(transforms/clustering/placeholders.py); repeatable")
+        add("--cc-rounds", type=int, default=DEDUP_CC_ROUNDS,
+            help=f"large/small-star rounds before the exact union-find finish (default {DEDUP_CC_ROUNDS})")
+        add("--shard-bits", type=int, default=None,
+            help="near search: 2^s shards per band (default 3; 0 in a one-process local run, where shards "
+                 "add no parallelism and each costs another in-memory copy of the query hashes)")
+
+    @classmethod
+    def from_options(cls, opts: object) -> DedupSettings:
+        """The settings the options of add_arguments describe.
+
+        Args:
+            opts: parsed options (a PipelineOptions view or an argparse Namespace).
+        Returns:
+            The settings; raises transforms.errors.BadInput for a value out of range.
+        """
+        max_distance = DEDUP_MAX_DISTANCE if opts.max_distance is None else opts.max_distance
+        if not 0 <= max_distance <= 64:
+            raise BadInput(f"--max-distance must be between 0 and 64 (pHash bits), got {max_distance}")
+        for name in ("placeholder_min_urls", "cc_rounds"):
+            if getattr(opts, name) < 0:
+                raise BadInput(f"--{name.replace('_', '-')} must not be negative, got {getattr(opts, name)}")
+        if opts.shard_bits is not None and not 0 <= opts.shard_bits <= 16:
+            raise BadInput(f"--shard-bits must be between 0 and 16, got {opts.shard_bits}")
+        dhash = opts.dhash_max_distance
+        priority = tuple(d.strip() for d in opts.dataset_priority.split(",") if d.strip())
+        return cls(max_distance=max_distance, dhash_max_distance=dhash if dhash is None or dhash >= 0 else None,
+                   dataset_priority=priority, placeholder_min_urls=opts.placeholder_min_urls,
+                   placeholder_hashes=tuple(opts.placeholder_hashes or ()), cc_rounds=opts.cc_rounds,
+                   shard_bits=opts.shard_bits)
+
+    def transform(self, from_shards: bool = False, one_process: bool = False,
+                  spill_dir: str | None = None) -> Dedup:
+        """The Dedup transform these settings describe.
+
+        Args:
+            from_shards: rows kept in table shards (the ingest): DedupShards.
+            one_process: the job runs locally in one process, where the near search is not sharded
+                unless --shard-bits says so.
+            spill_dir: local directory for dedup's on-disk shuffle (transforms.clustering.spill).
+        Returns:
+            A Dedup (or DedupShards) PTransform.
+        """
+        shard_bits = self.shard_bits if self.shard_bits is not None else (0 if one_process else 3)
+        return (DedupShards if from_shards else Dedup)(
+            max_distance=self.max_distance, dataset_priority=self.dataset_priority,
+            dhash_max_distance=self.dhash_max_distance, placeholder_min_urls=self.placeholder_min_urls,
+            placeholder_hashes=known_placeholder_hashes() + self.placeholder_hashes,
+            cc_rounds=self.cc_rounds, shard_bits=shard_bits, spill_dir=spill_dir)
