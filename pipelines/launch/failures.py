@@ -77,16 +77,20 @@ def one_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def _os_error_line(code: int, detail: str, filename: str | None = None) -> str:
+def _os_error_line(code: int, detail: str, filename: str | None = None, where: str | None = None) -> str:
     what = ENVIRONMENT_ERRNOS.get(code) or f"storage unreachable (errno {code})"
-    return f"{what}: {filename}" if filename else f"{what} ({one_line(detail)})"
+    if filename:
+        return f"{what}: {filename}"
+    return f"{what} writing under {where}" if where else f"{what} ({one_line(detail)})"
 
 
-def describe(exc: BaseException) -> tuple[int, str]:
+def describe(exc: BaseException, where: str | None = None) -> tuple[int, str]:
     """(exit status, one line without the job's name) for the exception a job ended with.
 
     Args:
         exc: the exception (with its __cause__/__context__ chain as raised).
+        where: the job's output directory, named when an OSError carries no file name (a write
+            into an open file: "no space left on device writing under OUT").
     Returns:
         (2, ...) for the user's input, (1, ...) for the environment, the books or the unexpected,
         (130, "interrupted") for Ctrl-C.
@@ -99,7 +103,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
             return e.exit_status, one_line(str(e))
     for e in chain:
         if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-            return 1, _os_error_line(e.errno, e.strerror or str(e), e.filename)
+            return 1, _os_error_line(e.errno, e.strerror or str(e), e.filename, where)
     for e in chain:  # a worker process's traceback, as text
         found = _JOB_FAILURE_LINE.findall(str(e))
         if found:
@@ -108,12 +112,12 @@ def describe(exc: BaseException) -> tuple[int, str]:
         for _kind, code, detail in reversed(_OS_ERROR_LINE.findall(str(e))):
             if int(code) in ENVIRONMENT_ERRNOS:
                 path = re.search(r": '([^']+)'$", detail)
-                return 1, _os_error_line(int(code), detail, path.group(1) if path else None)
+                return 1, _os_error_line(int(code), detail, path.group(1) if path else None, where)
     for e in chain:
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS or type(e).__name__ in _STORAGE_TYPES:
             return 1, f"storage unreachable: {one_line(str(e)) or type(e).__name__}"
         if "No space left on device" in str(e):
-            return 1, f"no space left on device ({one_line(str(e))})"
+            return 1, _os_error_line(errno.ENOSPC, str(e), None, where)
     in_pipeline = any(PIPELINE_NOTE in getattr(e, "__notes__", ()) for e in chain)
     if isinstance(exc, ValueError) and not in_pipeline:
         return 2, one_line(str(exc))

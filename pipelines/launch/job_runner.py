@@ -177,6 +177,17 @@ class _DropBeamErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and record.name.startswith("apache_beam"))
 
 
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The last value of `flag` on a command line (`--flag=V` or `--flag V`), without parsing it all."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+        elif arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process below `pid` (the local runner's worker processes and theirs), from /proc."""
     found = []
@@ -350,7 +361,7 @@ class Job:
             except BaseException as exc:  # noqa: BLE001 (every failure ends as one line)
                 if debug:
                     raise
-                status, line = failures.describe(exc)
+                status, line = failures.describe(exc, where=_flag_value(argv, "--output"))
                 if status == failures.INTERRUPTED:
                     line = f"interrupted; {self.interrupted}"
                 print(f"{self.name}: {line}", file=sys.stderr, flush=True)
