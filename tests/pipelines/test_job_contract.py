@@ -1,0 +1,407 @@
+"""The job contract, from the command line as a user runs it: `python -m pipelines.<job> ...`.
+
+Every bad input: exit 2 and exactly one stderr line naming the file, column or option, no
+traceback. The environment (read-only or forbidden output, full disk): exit 1, one line naming the
+path. --help lists each job's option groups; --debug keeps the traceback; Ctrl-C stops a running
+ingest within 2 s with one line (exit 130), leaves no worker process, and --resume afterwards
+completes the table. Also: failures.describe unwraps what the FnApi runner makes of a DoFn's
+exception (in this process and in a worker process).
+"""
+import concurrent.futures
+import contextlib
+import errno
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.demo.sample_site import Reply, jpeg
+from pipelines.launch import failures
+from tests.paths import REPO
+from transforms.errors import BadInput, BooksUnbalanced
+
+JPEG = {"Content-Type": "image/jpeg"}
+NOBODY = 65534
+
+
+def job(name, *args, env=None, timeout=240, as_nobody=False):
+    """Runs `python -m pipelines.<name> args` from the repository; the finished process."""
+    environment = {k: v for k, v in os.environ.items() if k != "BEAM_IMAGES_DEBUG"}
+    environment.update(PYTHONPATH=REPO, **(env or {}))
+    preexec = None
+    if as_nobody:
+        environment["HOME"] = tempfile.gettempdir()
+
+        def preexec():
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+    return subprocess.run([sys.executable, "-m", f"pipelines.{name}", *map(str, args)], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec)
+
+
+def assert_one_line(done, status, *fragments):
+    """Exit `status`, exactly one line on stderr holding every fragment, no traceback."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == status, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1, done.stderr[-3000:]
+    for fragment in fragments:
+        assert str(fragment) in lines[0], lines[0]
+    return lines[0]
+
+
+def write_table(path, columns):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({c: pa.array(["x"], pa.string()) for c in columns}), path)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Files for the bad-input cases: nothing here is ever fetched (every check fails first)."""
+    root = tmp_path_factory.mktemp("contract")
+    (root / "m.tsv").write_text("hello\thttp://127.0.0.2/x.jpg\n")
+    (root / "adir").mkdir()
+    (root / "afile").write_text("not a directory\n")
+    (root / "corrupt" / "images").mkdir(parents=True)
+    (root / "corrupt" / "images" / "part-0.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    write_table(root / "keyonly" / "images" / "part-0.parquet", ["key"])
+    write_table(root / "table" / "images" / "part-0.parquet", ["key", "dataset", "url", "status"])
+    (root / "empty-out").mkdir()
+    return root
+
+
+# (job, arguments ({t} = the inputs folder), exit status, fragments of the one line)
+BAD_INPUT = {
+    "ingest-missing-manifest": ("ingest", ["--manifest", "cc3m={t}/nope.tsv", "--output", "{t}/o"], 2,
+                                ["--manifest", "{t}/nope.tsv", "no file matches"]),
+    "ingest-directory-manifest": ("ingest", ["--manifest", "cc3m={t}/adir", "--output", "{t}/o"], 2,
+                                  ["{t}/adir", "is a directory"]),
+    "ingest-glob-matching-nothing": ("ingest", ["--manifest", "cc3m={t}/*.nothing", "--output", "{t}/o"], 2,
+                                     ["no file matches {t}/*.nothing"]),
+    "ingest-output-is-a-file": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/afile"], 2,
+                                ["--output {t}/afile", "existing file"]),
+    "ingest-unknown-kind": ("ingest", ["--manifest", "laion={t}/m.tsv", "--output", "{t}/o"], 2,
+                            ["'laion'", "cc3m"]),
+    "ingest-not-a-number": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--timeout", "soon"], 2,
+                            ["--timeout", "'soon'"]),
+    "ingest-out-of-range": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--concurrency", "0"], 2,
+                            ["--concurrency must be above 0"]),
+    "ingest-beam-option": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o",
+                                      "--direct_num_workers=many"], 2, ["--direct_num_workers", "'many'"]),
+    "ingest-missing-side-file": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o",
+                                            "--cc12m-hashes", "{t}/hashes.tsv"], 2, ["--cc12m-hashes", "{t}/hashes.tsv"]),
+    "ingest-nothing-to-do": ("ingest", ["--output", "{t}/o"], 2, ["--manifest"]),
+    "ingest-resume-without-table": ("ingest", ["--resume", "--output", "{t}/empty-out"], 2,
+                                    ["no table to resume", "{t}/empty-out/images"]),
+    "dedup-missing-input": ("dedup", ["--input", "{t}/nope", "--output", "{t}/o3"], 2, ["--input {t}/nope"]),
+    "dedup-not-an-ingest-output": ("dedup", ["--input", "{t}/adir", "--output", "{t}/o3"], 2,
+                                   ["{t}/adir is not an ingest output", "images/*.parquet"]),
+    "dedup-corrupt-parquet": ("dedup", ["--input", "{t}/corrupt", "--output", "{t}/o3"], 2,
+                              ["{t}/corrupt/images/part-0.parquet", "not a readable Parquet file"]),
+    "dedup-missing-columns": ("dedup", ["--input", "{t}/keyonly", "--output", "{t}/o3"], 2,
+                              ["{t}/keyonly/images/part-0.parquet", "dataset, url, status"]),
+    "dedup-output-is-a-file": ("dedup", ["--input", "{t}/table", "--output", "{t}/afile"], 2,
+                               ["--output {t}/afile", "existing file"]),
+    "dedup-output-is-an-input": ("dedup", ["--input", "{t}/table", "--output", "{t}/table"], 2,
+                                 ["--output {t}/table", "one of the inputs"]),
+    "dedup-bad-distance": ("dedup", ["--input", "{t}/table", "--output", "{t}/o3", "--max-distance", "99"], 2,
+                           ["--max-distance", "99"]),
+    "dedup-no-output": ("dedup", ["--input", "{t}/table"], 2, ["--output"]),
+    "refresh-not-an-ingest-output": ("refresh", ["--snapshot", "{t}/adir", "--output", "{t}/r"], 2,
+                                     ["--snapshot {t}/adir", "images/*.parquet"]),
+    "refresh-corrupt-parquet": ("refresh", ["--snapshot", "{t}/corrupt", "--output", "{t}/r"], 2,
+                                ["{t}/corrupt/images/part-0.parquet", "not a readable Parquet file"]),
+    "refresh-missing-columns": ("refresh", ["--snapshot", "{t}/keyonly", "--output", "{t}/r"], 2,
+                                ["{t}/keyonly/images/part-0.parquet", "url, status"]),
+    "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
+}
+
+
+# A case per job also runs as `python -m` (the imports take seconds of CPU each: the rest call the
+# same main() in this process, which is all `python -m pipelines.<job>` does after its imports).
+AS_SUBPROCESS = ("ingest-missing-manifest", "dedup-corrupt-parquet", "refresh-missing-columns")
+
+
+def run_main(name, args, capsys):
+    """main(args) of pipelines.<name> in this process, as CompletedProcess (stderr captured)."""
+    module = importlib.import_module(f"pipelines.{name}")
+    capsys.readouterr()
+    status = module.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, captured.out, captured.err)
+
+
+@pytest.fixture(scope="module")
+def subprocess_runs(inputs):
+    """The AS_SUBPROCESS cases, run at once."""
+    def one(case):
+        name, args, _status, _fragments = BAD_INPUT[case]
+        return case, job(name, *(a.format(t=inputs) for a in args))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(one, AS_SUBPROCESS))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_and_exit_2(case, inputs, capsys):
+    name, args, status, fragments = BAD_INPUT[case]
+    done = run_main(name, [a.format(t=inputs) for a in args], capsys)
+    assert_one_line(done, status, *(f.format(t=inputs) for f in fragments))
+
+
+@pytest.mark.parametrize("case", AS_SUBPROCESS)
+def test_bad_input_from_the_command_line(case, inputs, subprocess_runs):
+    _name, _args, status, fragments = BAD_INPUT[case]
+    assert_one_line(subprocess_runs[case], status, *(f.format(t=inputs) for f in fragments))
+
+
+def test_nothing_is_written_for_bad_input(inputs, capsys):
+    for case in BAD_INPUT:
+        name, args, _status, _fragments = BAD_INPUT[case]
+        run_main(name, [a.format(t=inputs) for a in args], capsys)
+    # The checks run before anything is created: no OUT for a run that was refused over its inputs.
+    assert not (inputs / "o").exists() and not (inputs / "o3").exists() and not (inputs / "r").exists()
+
+
+HELP = [
+    ("ingest", ["inputs:", "output:", "network:", "dedup:", "progress and report:", "developer:"],
+     ["--manifest KIND=PATH", "--cc12m-hashes", "--resume", "--timeout", "--allow-network", "--max-distance",
+      "--placeholder-min-urls", "--no-progress", "--no-report", "--debug"], "default 8"),
+    ("dedup", ["inputs:", "output:", "dedup:", "developer:"],
+     ["--input", "--output", "--max-distance", "--dataset-priority", "--debug"], "default 8"),
+    ("refresh", ["inputs:", "output:", "verdicts:", "network:", "developer:"],
+     ["--snapshot", "--history", "--night", "--dead-after", "--max-distance", "--timeout", "--debug"], "default 6"),
+]
+
+
+def check_help(name, text, groups, options, distance):
+    assert text.startswith(f"usage: python -m pipelines.{name} ")
+    for heading in groups:
+        assert f"\n{heading}\n" in text, heading
+    for option in options:
+        assert option in text, option
+    # Each job says its own default distance (dedup groups pictures; refresh recognises one).
+    assert distance in text.split("--max-distance", 1)[1].split("\n  --", 1)[0]
+    # Beam's own options are pointed to, not dumped.
+    assert "Beam pipeline options (--runner, --project, --region" in text
+    assert "beam.apache.org" in text
+    assert "--dataflow_endpoint" not in text and "--sdk_container_image" not in text
+
+
+@pytest.mark.parametrize("name, groups, options, distance", HELP)
+def test_help_lists_the_jobs_own_options_by_group(name, groups, options, distance, capsys):
+    done = run_main(name, ["--help"], capsys)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    check_help(name, done.stdout, groups, options, distance)
+
+
+def test_help_from_the_command_line():
+    done = job("ingest", "--help")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    check_help(*HELP[0][:1], done.stdout, *HELP[0][1:])
+
+
+def test_debug_keeps_the_traceback(inputs):
+    from pipelines import dedup
+    with pytest.raises(BadInput, match="not a readable Parquet file"):
+        dedup.main(["--input", str(inputs / "corrupt"), "--output", str(inputs / "o-debug"), "--debug"])
+    done = job("ingest", "--manifest", f"cc3m={inputs}/nope.tsv", "--output", inputs / "o-debug",
+               env={"BEAM_IMAGES_DEBUG": "1"})
+    assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr
+    assert "transforms.errors.BadInput" in done.stderr
+
+
+# ---- the environment ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def mounted_tmpfs(where, options):
+    """A small tmpfs at `where` (root only); skips the test where mounting is not allowed."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_read_only_output_is_exit_1_naming_the_path(inputs, tmp_path):
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        done = job("ingest", "--manifest", f"cc3m={inputs}/m.tsv", "--output", ro / "out")
+        assert_one_line(done, 1, "read-only file system", ro / "out")
+
+
+@pytest.fixture
+def world_dir():
+    """A folder another user can reach (pytest's own tmp folders are private to root)."""
+    path = tempfile.mkdtemp(prefix="job-contract-")
+    os.chmod(path, 0o755)
+    yield path
+    subprocess.run(["rm", "-rf", path])
+
+
+def test_forbidden_output_and_unreadable_manifest(world_dir):
+    if os.geteuid() == 0:  # root reads and writes anything: run the job as nobody
+        as_nobody = True
+        try:
+            subprocess.run([sys.executable, "-c", "0"], preexec_fn=lambda: os.setuid(NOBODY), check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            pytest.skip(f"this Python cannot run as another user here ({exc})")
+    else:
+        as_nobody = False
+    manifest = os.path.join(world_dir, "m.tsv")
+    with open(manifest, "w") as handle:
+        handle.write("hello\thttp://127.0.0.2/x.jpg\n")
+    locked = os.path.join(world_dir, "locked")
+    os.mkdir(locked, 0o555)
+    os.chmod(locked, 0o555)
+    done = job("ingest", "--manifest", f"cc3m={manifest}", "--output", os.path.join(locked, "out"),
+               as_nobody=as_nobody)
+    assert_one_line(done, 1, "permission denied", os.path.join(locked, "out"))
+    os.chmod(manifest, 0o000)
+    done = job("ingest", "--manifest", f"cc3m={manifest}", "--output", os.path.join(world_dir, "out"),
+               as_nobody=as_nobody)
+    assert_one_line(done, 2, "cannot read", manifest)
+
+
+def test_full_disk_is_exit_1_naming_the_output(web, tmp_path):
+    lines = []
+    for n in range(8):
+        web.routes[f"/big{n}.jpg"] = Reply(200, jpeg(n, size=(800, 600)), JPEG)  # ~25 KB each
+        lines.append(f"photo {n}\t{web.url(f'/big{n}.jpg')}")
+    (tmp_path / "cc3m.tsv").write_text("\n".join(lines) + "\n")
+    with mounted_tmpfs(tmp_path / "small", "size=96k") as small:
+        done = job("ingest", "--manifest", f"cc3m={tmp_path}/cc3m.tsv", "--output", small / "out",
+                   "--allow-network", "127.0.0.1/32", "--no-progress", "--no-report")
+        assert_one_line(done, 1, "no space left on device", small / "out")
+
+
+# ---- Ctrl-C -------------------------------------------------------------------------------------
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _descendants(pid):
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as handle:
+            for child in map(int, handle.read().split()):
+                found += [child] + _descendants(child)
+    return found
+
+
+def keys_of(out):
+    return sorted(ds.dataset(os.path.join(out, "images"), format="parquet").to_table().column("key").to_pylist())
+
+
+def test_ctrl_c_stops_at_once_with_one_line_and_resume_completes(web, tmp_path):
+    lines = []
+    for n in range(6):
+        web.routes[f"/ok{n}.jpg"] = Reply(200, jpeg(n), JPEG)
+        lines.append(f"photo {n}\t{web.url(f'/ok{n}.jpg')}")
+    web.routes["/later.jpg"] = Reply(404, b"")
+    lines.append(f"later\t{web.url('/later.jpg')}")
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    common = ["--output", str(out), "--allow-network", "127.0.0.1/32", "--no-progress", "--no-report",
+              "--timeout", "120", "--retries", "0"]
+    assert job("ingest", "--manifest", f"cc3m={manifest}", *common).returncode == 0
+    first = keys_of(out)
+    assert len(first) == 7
+
+    # The resume fetches /later.jpg again, which now hangs: interrupt it while it waits.
+    web.routes["/later.jpg"] = Reply(200, jpeg(9), JPEG, delay=60)
+    environment = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.ingest", "--resume", "--manifest",
+                                f"cc3m={manifest}", *common], cwd=REPO, env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while web.hits.get("/later.jpg", 0) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert web.hits.get("/later.jpg", 0) >= 2, "the resume never fetched /later.jpg"
+        children = _descendants(process.pid)
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert elapsed < 2.0, f"took {elapsed:.1f}s to stop"
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("ingest: interrupted") and "--resume" in line
+    time.sleep(0.5)
+    assert [pid for pid in children if _alive(pid)] == []
+    assert keys_of(out) == first  # the last finished table is still whole
+
+    web.routes["/later.jpg"] = Reply(200, jpeg(9), JPEG)
+    done = job("ingest", "--resume", "--manifest", f"cc3m={manifest}", *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert keys_of(out) == first
+    statuses = ds.dataset(os.path.join(out, "images"), format="parquet").to_table().column("status").to_pylist()
+    assert statuses == ["ok"] * 7
+
+
+# ---- what the runner makes of a DoFn's exception -------------------------------------------------
+
+def _fail(kind, path):
+    def fail(_element):
+        if kind == "bad":
+            raise BadInput(f"{path}: line 3 is not a row")
+        if kind == "books":
+            raise BooksUnbalanced(f"{path}: 3 records read, 2 rows written")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    return fail
+
+
+@pytest.mark.parametrize("mode", ["in_process", "multi_processing"])
+def test_describe_unwraps_what_the_runner_raises(mode, tmp_path):
+    args = ["--runner=FnApiRunner"]
+    if mode == "multi_processing":
+        args += ["--direct_running_mode=multi_processing", "--direct_num_workers=1"]
+    kinds = ["bad", "nospace"] if mode == "in_process" else ["books"]
+    for kind in kinds:
+        path = str(tmp_path / f"{kind}.tsv")
+        with pytest.raises(Exception) as raised:
+            with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
+                _ = pipeline | beam.Create([1]) | "Fail" >> beam.Map(_fail(kind, path))
+        if mode == "multi_processing":  # the worker's traceback as the text of a RuntimeError
+            assert type(raised.value) is RuntimeError and "Traceback" in str(raised.value)
+        status, line = failures.describe(raised.value)
+        expected = {"bad": (2, f"{path}: line 3 is not a row"),
+                    "books": (1, f"{path}: 3 records read, 2 rows written"),
+                    "nospace": (1, f"no space left on device: {path}")}[kind]
+        assert (status, line) == expected
+
+
+def test_describe_classifies_driver_errors():
+    assert failures.describe(ValueError("--night must be YYYY-MM-DD"))[0] == 2
+    pipeline_bug = ValueError("bad row")
+    failures.mark_pipeline_failure(pipeline_bug)
+    status, line = failures.describe(pipeline_bug)
+    assert status == 1 and "unexpected ValueError" in line and "--debug" in line
+    assert failures.describe(PermissionError(errno.EACCES, "Permission denied", "/x/y")) == \
+        (1, "permission denied: /x/y")
+    assert failures.describe(KeyboardInterrupt())[0] == 130
+    assert failures.describe(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"))[0] == 1
