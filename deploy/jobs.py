@@ -55,7 +55,7 @@ class Param:
     param_type: str = "TEXT"      # google.dataflow.v1beta3.ParameterType
     required: bool = False
     help: str = ""                # replaces the option's own help: for Dataflow, or where it has none
-    sample: str = None            # value in the offline spec render; {bucket} = the emulator bucket
+    sample: str | None = None         # value in the offline spec render; {bucket} = the emulator bucket
     reads: bool = False           # the sample names gs:// objects the job opens at construction
     sample_table: bool = False    # ... and they are ingest outputs: <uri>/images/*.parquet is read
 

@@ -31,7 +31,7 @@ class Reply:
     headers: dict = dataclasses.field(default_factory=dict)
     delay: float = 0.0          # before the status line
     drip: float = 0.0           # seconds between 1 KiB chunks of the body
-    cut_after: int = None       # send this many body bytes, then close (declared length kept)
+    cut_after: int | None = None       # send this many body bytes, then close (declared length kept)
 
 
 class SampleWebServer:

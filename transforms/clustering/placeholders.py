@@ -6,8 +6,8 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class Placeholder:
     name: str
-    sha256: str = None
-    phash: str = None
+    sha256: str | None = None
+    phash: str | None = None
 
 
 # Pictures that stand in for a photo that is gone (exact pHash match). A uniform picture (a 1x1

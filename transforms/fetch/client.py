@@ -59,16 +59,16 @@ class FetchConfig:
 @dataclasses.dataclass
 class FetchResult:
     status: str
-    error: str = None
-    http_status: int = None
-    body: bytes = None
-    content_type: str = None
-    etag: str = None
-    last_modified: str = None
-    final_url: str = None
+    error: str | None = None
+    http_status: int | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    final_url: str | None = None
     attempts: int = 0
     elapsed_ms: int = 0
-    retry_after: float = None  # only meaningful while deciding on a retry
+    retry_after: float | None = None  # only meaningful while deciding on a retry
     skipped: bool = False      # failed without a request: the host is short-circuited
     unconnectable: bool = False  # no connection could be made at all (for the host's breaker)
     name_not_found: bool = False  # DNS says the host name does not exist (not a temporary failure)
