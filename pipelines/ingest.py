@@ -59,7 +59,7 @@ class IngestOptions(PipelineOptions):
                             help="with --resume: the statuses fetched again (default: every status but ok)")
         # dedup
         job_runner.add_dedup_arguments(parser)
-        # progress and report (README.md, Progress)
+        # progress and report (docs/progress-and-report.md)
         parser.add_argument("--no-progress", dest="progress", action="store_false",
                             help="no live progress line on stderr (local runs)")
         parser.add_argument("--progress-interval", type=float, default=10.0,

@@ -133,7 +133,7 @@ def to_parquet_record(row):
 
 # --- REFRESH_OUT/status/ and the refresh history: one row per snapshot key and night --------------
 # (CONTRACT.md names url, key, dataset, status, http_status, checked_at, sha256, phash; the rest
-# are extensions, documented in README.md, "Nightly refresh".)
+# are extensions, documented in docs/refresh.md.)
 REFRESH_FIELDS = [
     ("night", pa.date32()),               # the night the verdict is for (--night)
     ("dataset", pa.string()),
