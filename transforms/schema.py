@@ -125,7 +125,7 @@ def new_row(dataset: str, key: str, url: str | None = None, caption: str | None 
     return row
 
 
-def fail(row: Row, status: str, error: str, http_status: int | None = None) -> Row:
+def fail(row: Row, status: str, error: str | None, http_status: int | None = None) -> Row:
     """Mark `row` failed in place and return it; `error` is short and human-readable."""
     assert status in STATUSES and status != OK, status
     row["status"] = status

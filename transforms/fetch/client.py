@@ -3,16 +3,28 @@
 `Fetcher` owns one asyncio loop in a background thread and one aiohttp session: a bounded pool of
 concurrent requests per DoFn instance, so a worker's CPU stays busy decoding and hashing while the
 network waits. `FetchImages` feeds it from a DoFn and emits rows as their fetches complete.
+
+Public transforms (rows are `schema.Row` dicts):
+
+- `FetchImages(config)`: rows -> the same rows with `status`, HTTP facts and the body as `_body`;
+  rows that already carry a status pass through.
+- `FetchDoFn(config)`: the DoFn under it; `BoundedFuturesDoFn(max_pending)`: its base, shared with
+  `transforms.hashing.HashDoFn` (futures in flight, outputs as they complete).
 """
+from __future__ import annotations
+
 import asyncio
 import concurrent.futures
 import dataclasses
+import datetime
 import email.utils
 import queue
 import socket
 import threading
 import time
 import weakref
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 import aiohttp
 import apache_beam as beam
@@ -24,13 +36,17 @@ from apache_beam.utils import shared
 from transforms import schema
 from transforms.fetch.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver, legacy_ipv4
 
+__all__ = ["REDIRECT_STATUSES", "RETRY_STATUSES", "OPT_OUT_DIRECTIVES", "DEFAULT_USER_AGENT", "user_agent",
+           "FetchConfig", "FetchResult", "parse_retry_after", "robots_opt_out", "HostGate", "Pacer", "Fetcher",
+           "apply_result", "BoundedFuturesDoFn", "FetchDoFn", "FetchImages"]
+
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (image dataset research crawler)"
 
 
-def user_agent(contact=None, base=DEFAULT_USER_AGENT):
+def user_agent(contact: str | None = None, base: str = DEFAULT_USER_AGENT) -> str:
     """An honest User-Agent: what we are, and how a site owner reaches whoever runs the crawl."""
     if not contact:
         return base
@@ -39,6 +55,8 @@ def user_agent(contact=None, base=DEFAULT_USER_AGENT):
 
 @dataclasses.dataclass(frozen=True)
 class FetchConfig:
+    """What a fetch may do and how politely: one per job, built from the network options."""
+
     timeout: float = 20.0             # seconds for one attempt: connect, redirects, headers, body
     max_bytes: int = 32 * 1024 * 1024  # body cap after Content-Encoding decoding
     max_redirects: int = 5
@@ -58,6 +76,8 @@ class FetchConfig:
 
 @dataclasses.dataclass
 class FetchResult:
+    """The outcome of one URL (or file) fetch: a row status, HTTP facts and the body."""
+
     status: str
     error: str | None = None
     http_status: int | None = None
@@ -77,7 +97,7 @@ class FetchResult:
         return self.status == schema.HTTP_ERROR and self.http_status in RETRY_STATUSES
 
 
-def parse_retry_after(value):
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
     if not value:
         return None
@@ -93,7 +113,7 @@ def parse_retry_after(value):
     return max(0.0, when.timestamp() - time.time())
 
 
-def robots_opt_out(header_values, agent_token):
+def robots_opt_out(header_values: Iterable[str], agent_token: str) -> str | None:
     """The X-Robots-Tag directive that opts this image out of AI datasets, or None.
 
     A value may be scoped to one crawler ("otherbot: noai"); such values bind only that crawler.
@@ -126,16 +146,16 @@ class HostGate:
       answers: a slow URL costs only itself.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: FetchConfig) -> None:
         self._config = config
         self.slots = asyncio.Semaphore(config.per_host)
         self._pacer = Pacer()
         self.failures = 0
         self._open_until = 0.0
         self._cooldown = config.host_cooldown
-        self.last_failure = None
+        self.last_failure: tuple[str, str | None] = ("", None)  # (status, error), set by the first failure
 
-    def short_circuit(self, now):
+    def short_circuit(self, now: float) -> FetchResult | None:
         """The failure to report without trying, or None to go ahead."""
         if self.failures >= self._config.host_failure_limit and now < self._open_until:
             status, error = self.last_failure
@@ -155,7 +175,8 @@ class HostGate:
     async def wait_turn(self):
         await self._pacer.wait()
 
-    def record(self, result, now):
+    def record(self, result: FetchResult, now: float) -> None:
+        """Adjusts the host's pace and circuit breaker to one attempt's outcome."""
         config = self._config
         if result.unconnectable:
             self.failures += 1
@@ -176,12 +197,12 @@ class HostGate:
 class Pacer:
     """Evenly spaced starts: each wait() returns at least `gap` seconds after the previous one's."""
 
-    def __init__(self, gap=0.0):
+    def __init__(self, gap: float = 0.0) -> None:
         self.gap = gap
         self._next = 0.0
 
     @classmethod
-    def per_second(cls, rate):
+    def per_second(cls, rate: float | None) -> Pacer:
         """At most `rate` starts per second (0 or None: no limit)."""
         return cls(1.0 / rate if rate and rate > 0 else 0.0)
 
@@ -200,7 +221,7 @@ class Fetcher:
     `submit` is thread-safe and returns a concurrent.futures.Future of FetchResult.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: FetchConfig) -> None:
         self.config = config
         self._policy = AddressPolicy(config.allow_networks)
         self._agent_token = config.user_agent.split("/", 1)[0].strip().lower()
@@ -236,15 +257,16 @@ class Fetcher:
             auto_decompress=True,
         )
 
-    def submit(self, url, method="GET", headers=None):
+    def submit(self, url: str, method: str = "GET", headers: dict[str, str] | None = None) -> concurrent.futures.Future:
+        """Fetch `url` on the fetcher's loop; a Future of FetchResult. Thread-safe."""
         return asyncio.run_coroutine_threadsafe(self.fetch(url, method, headers), self._loop)
 
-    def run_soon(self, coro):
+    def run_soon(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
         """Schedule a coroutine (several `fetch` calls in sequence, say) on the fetcher's loop;
         returns a concurrent.futures.Future. Thread-safe."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def submit_read(self, path):
+    def submit_read(self, path: str) -> concurrent.futures.Future:
         """Read a file through Beam's filesystems (local or gs://) with the same body cap."""
         return self._file_pool.submit(self._read_file, path)
 
@@ -261,7 +283,8 @@ class Fetcher:
                                final_url=path, attempts=1, elapsed_ms=_ms_since(started))
         return FetchResult(schema.OK, body=body, final_url=path, attempts=1, elapsed_ms=_ms_since(started))
 
-    def close(self):
+    def close(self) -> None:
+        """Closes the session and stops the loop thread (also done when the Fetcher is collected)."""
         self._finalizer()
 
     def _gate(self, url):
@@ -472,7 +495,7 @@ def _ms_since(started):
     return int((time.monotonic() - started) * 1000)
 
 
-def apply_result(row, result, fetched_at):
+def apply_result(row: schema.Row, result: FetchResult, fetched_at: datetime.datetime) -> schema.Row:
     """Copy a FetchResult onto a row; the body rides along as the internal `_body`."""
     row.update(
         status=result.status,
@@ -499,7 +522,7 @@ class BoundedFuturesDoFn(beam.DoFn):
     pending future. Subclasses say what a completed future becomes in `_completed(context, result)`.
     """
 
-    def __init__(self, max_pending):
+    def __init__(self, max_pending: int) -> None:
         self._max_pending = max_pending
 
     def start_bundle(self):
@@ -540,7 +563,7 @@ class FetchDoFn(BoundedFuturesDoFn):
     per process however many threads the runner gives the stage.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: FetchConfig) -> None:
         super().__init__(max_pending=config.concurrency * 2)
         self._config = config
         self._shared = shared.Shared()
@@ -579,7 +602,7 @@ class FetchDoFn(BoundedFuturesDoFn):
 class FetchImages(beam.PTransform):
     """Rows in, rows out with status, HTTP facts and the internal `_body` bytes."""
 
-    def __init__(self, config):
+    def __init__(self, config: FetchConfig) -> None:
         super().__init__()
         self._config = config
 
