@@ -23,6 +23,8 @@ from pipelines.launch import job_runner
 from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates
 
+__all__ = ["DedupOptions", "ReadImages", "build", "pipeline_options", "run"]
+
 
 class DedupOptions(PipelineOptions):
     @classmethod

@@ -14,6 +14,10 @@ from transforms.fetch.client import DEFAULT_USER_AGENT, FetchConfig, user_agent
 from transforms.hashing import DEFAULT_MAX_PIXELS
 from transforms.clustering.placeholders import known_placeholder_hashes
 
+__all__ = ["add_argument_once", "add_dedup_arguments", "dedup_transform", "add_network_arguments", "fetch_config",
+           "apply_local_defaults", "wait_for", "job_done", "is_local", "one_local_process", "format_status_table",
+           "quiet_local_logs"]
+
 
 def add_argument_once(parser, *flags, **kwargs):
     """parser.add_argument, unless one of `flags` is already there.
