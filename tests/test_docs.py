@@ -20,7 +20,7 @@ TOP_FILES = ("Makefile", "Dockerfile", "setup.py", "pyproject.toml", "README.md"
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # A path under a project folder; stops before a placeholder (`<job>`, `{night}`, `*`).
-PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./-]*)(?![\w<{*./-])" % "|".join(TOP_DIRS))
+PATH = re.compile(r"(?<![\w./-])((?:" + "|".join(TOP_DIRS) + r")/[\w./-]*)(?![\w<{*./-])")
 # Paths that commands create (a benchmark's work folder given on its command line).
 CREATED = {"bench/work-12k"}
 CODE_SPAN = re.compile(r"`([^`\n]+)`")

@@ -95,7 +95,8 @@ def human_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def format_line(totals: dict[str, Any], total_rows: int | None, elapsed: float, rate: float, final: bool = False) -> str:
+def format_line(totals: dict[str, Any], total_rows: int | None, elapsed: float, rate: float,
+                final: bool = False) -> str:
     """One progress line from aggregated tallies."""
     done = totals["rows"]
     ok = totals["statuses"].get("ok", 0)
