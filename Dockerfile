@@ -2,7 +2,7 @@
 # launcher that builds and submits them (the launcher's python uses the very packages the workers
 # run). deploy/build_image.sh builds one tag per job: `--build-arg JOB=ingest` (or refresh); the
 # tags share every layer and differ only in BEAM_JOB, the job the launcher runs.
-# Static checks of this file: tests/test_dockerfile.py. Sizing and use: deploy/README.md.
+# Static checks of this file: tests/test_dockerfile.py. Sizing and use: docs/dataflow.md.
 
 # The Beam version must be setup.py's BEAM_VERSION: the worker boot program below and the SDK
 # installed from setup.py speak one protocol version.

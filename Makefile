@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-dedup clean chromium
+.PHONY: demo test lint venv bench bench-dedup clean chromium
 
 venv: $(STAMP)
 
@@ -12,7 +12,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import apache_beam, PIL, imagehash, pyarrow, aiohttp, ijson, matplotlib, pytest"
+	$(PY) -c "import apache_beam, PIL, imagehash, pyarrow, aiohttp, ijson, matplotlib, pytest, ruff, mypy"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,7 +22,14 @@ demo: $(STAMP)
 chromium:
 	sh scripts/ensure_chromium.sh
 
-test: $(STAMP) chromium
+# Style, format and types of the code, configured in pyproject.toml. `make test` runs it first.
+LINT_PATHS := pipelines transforms deploy
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy $(LINT_PATHS)
+
+test: $(STAMP) chromium lint
 	$(PY) -m pytest -q tests
 
 clean:

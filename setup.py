@@ -28,6 +28,9 @@ setuptools.setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
+            # `make lint` (configured in pyproject.toml): style, format and types.
+            "ruff>=0.6",
+            "mypy>=1.10",
         ],
         # bench/: the harness samples process trees (psutil); py-spy profiles the pipeline.
         "bench": [

@@ -7,7 +7,7 @@
                 [--job-name NAME] [--param NAME=VALUE ...]
                                           a flexTemplates:launch body, checked against the metadata
     size --rows M --hours N --rate R [--vcpus-per-worker 4] [--utilization 0.8]
-                                          vCPUs and workers for M rows in N hours (README.md, Running on Google Cloud Dataflow)
+                                          vCPUs and workers for M rows in N hours (docs/dataflow.md, Sizing)
 """
 import argparse
 import sys

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up of a project for the Dataflow jobs (idempotent): APIs, bucket, image repository,
-# worker and scheduler service accounts with the roles they need. deploy/README.md explains each.
+# worker and scheduler service accounts with the roles they need. docs/dataflow.md explains each.
 #     PROJECT=my-project bash deploy/bootstrap.sh
 # shellcheck source=deploy/env.sh
 . "$(dirname "$0")/env.sh"

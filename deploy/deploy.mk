@@ -1,4 +1,4 @@
-# Dataflow targets (README.md, "Running on Google Cloud Dataflow"). Included by the Makefile, after $(PY) and $(STAMP).
+# Dataflow targets (docs/dataflow.md). Included by the Makefile, after $(PY) and $(STAMP).
 # Offline: dataflow-spec, dataflow-metadata. The others call gcloud on PROJECT (deploy/env.sh names
 # everything; override with PROJECT=... BUCKET=... TAG=... JOB=... on the command line).
 .PHONY: dataflow-spec dataflow-metadata dataflow-bootstrap dataflow-image dataflow-template \

@@ -55,7 +55,7 @@ class Param:
     param_type: str = "TEXT"      # google.dataflow.v1beta3.ParameterType
     required: bool = False
     help: str = ""                # replaces the option's own help: for Dataflow, or where it has none
-    sample: str = None            # value in the offline spec render; {bucket} = the emulator bucket
+    sample: str | None = None         # value in the offline spec render; {bucket} = the emulator bucket
     reads: bool = False           # the sample names gs:// objects the job opens at construction
     sample_table: bool = False    # ... and they are ingest outputs: <uri>/images/*.parquet is read
 
@@ -139,7 +139,7 @@ LOCAL_ONLY = {
     "progress": "the live progress line is drawn on the launching terminal; the Dataflow console shows progress",
     "progress_interval": "the live progress line is drawn on the launching terminal",
     "html_report": "report.html is written by the process that waited for the job; a Flex Template launch does "
-                   "not wait: python -m pipelines.report OUT writes it afterwards (README.md, Running on Google Cloud Dataflow)",
+                   "not wait: python -m pipelines.report OUT writes it afterwards (docs/dataflow.md)",
 }
 
 
@@ -296,7 +296,7 @@ def launch_problems(body, metadata):
 
 
 def sizing(rows, hours, rate, utilization=0.8, vcpus_per_worker=4):
-    """(vCPUs, workers) to process `rows` in `hours` at `rate` rows/s per vCPU (README.md, Running on Google Cloud Dataflow)."""
+    """(vCPUs, workers) to process `rows` in `hours` at `rate` rows/s per vCPU (docs/dataflow.md, Sizing)."""
     vcpus = math.ceil(rows / (rate * 3600 * hours * utilization))
     return vcpus, math.ceil(vcpus / vcpus_per_worker)
 

@@ -30,6 +30,8 @@ from transforms.io.sinks import join_path, read_json
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
 
+__all__ = ["DedupOptions", "ReadImages", "build", "pipeline_options", "run"]
+
 
 class DedupOptions(PipelineOptions):
     """The dedup job's own options: inputs, output, and the dedup group (DedupSettings)."""

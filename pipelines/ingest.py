@@ -31,6 +31,9 @@ from transforms.io.table import FinalizeTable, ReadImageTable, RetireFiles, Writ
     list_table_files, temporary_dir
 from transforms.record_progress import RecordProgress
 
+__all__ = ["IngestOptions", "parse_manifest_args", "fetch_config", "build_pipeline", "spill_directory",
+           "cluster_columns", "read_manifest_rows", "demo_inputs", "run", "report", "main"]
+
 DEMO_TIMEOUT = 3.0
 
 

@@ -10,7 +10,6 @@ import os
 import sys
 import time
 
-import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner, preflight

@@ -2,7 +2,12 @@
 
 The decode is guarded: dimensions are read from the header and checked against a pixel budget
 before any pixel is decoded, so a decompression bomb costs a header parse, not gigabytes.
+
+Public transform: `HashImages(max_pixels)`: fetched rows (`schema.Row` with `_body`) -> the same
+rows with sha256, md5, pHash, dHash, size, format and their final status (`HashDoFn` under it).
 """
+from __future__ import annotations
+
 import concurrent.futures
 import hashlib
 import io
@@ -15,7 +20,9 @@ import numpy
 from PIL import Image, UnidentifiedImageError
 
 from transforms import schema
-from transforms.fetch.client import BoundedFuturesDoFn
+from transforms.bounded_futures import BoundedFuturesDoFn
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageCheck", "inspect_image", "hash_hex", "verify_and_hash", "HashDoFn", "HashImages"]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ 10000 x 10000; larger is treated as a decompression bomb
 
@@ -31,13 +38,14 @@ class ImageCheck:
 
     __slots__ = ("status", "error", "format", "width", "height", "phash", "dhash")
 
-    def __init__(self, status=schema.OK, error=None, fmt=None, width=None, height=None,
-                 phash=None, dhash=None):
+    def __init__(self, status: str = schema.OK, error: str | None = None, fmt: str | None = None,
+                 width: int | None = None, height: int | None = None, phash: str | None = None,
+                 dhash: str | None = None) -> None:
         self.status, self.error, self.format = status, error, fmt
         self.width, self.height, self.phash, self.dhash = width, height, phash, dhash
 
 
-def inspect_image(body, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
+def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> ImageCheck:
     """Decode `body` safely and compute its perceptual hashes. Never raises."""
     if not body:
         return ImageCheck(schema.NOT_IMAGE, "empty body")
@@ -78,7 +86,7 @@ def inspect_image(body, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
     return check
 
 
-def hash_hex(image_hash):
+def hash_hex(image_hash: imagehash.ImageHash) -> str:
     """str(image_hash) for a hash of a multiple of 8 bits, without imagehash's per-bit string join."""
     return numpy.packbits(image_hash.hash.flatten()).tobytes().hex()
 
@@ -96,7 +104,7 @@ def _claimed_format(body):
     return None
 
 
-def verify_and_hash(row, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
+def verify_and_hash(row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> schema.Row:
     """Fill the content columns of a fetched row and settle its final status."""
     body = row.get("_body")
     if row.get("status") != schema.OK or body is None:
@@ -133,7 +141,7 @@ class HashDoFn(BoundedFuturesDoFn):
     put every core of the process to work on the bodies while this DoFn's thread moves rows on.
     """
 
-    def __init__(self, max_pixels=DEFAULT_MAX_PIXELS, draft=True, threads=None):
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, threads: int | None = None) -> None:
         super().__init__(max_pending=64)
         self._max_pixels = max_pixels
         self._draft = draft
@@ -165,7 +173,7 @@ class HashDoFn(BoundedFuturesDoFn):
 class HashImages(beam.PTransform):
     """Fetched rows in; rows out with sha256, md5, pHash, dHash, size, format and a final status."""
 
-    def __init__(self, max_pixels=DEFAULT_MAX_PIXELS, draft=True):
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> None:
         super().__init__()
         self._max_pixels = max_pixels
         self._draft = draft

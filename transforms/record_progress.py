@@ -6,13 +6,22 @@ per dataset, bytes and latency per status); given a directory (local runs only) 
 DoFn instance's cumulative tallies to DIR/<pid>-<id>.json about once a second, because the driver
 of a local run cannot query metrics until `pipeline.run()` returns, and in multi-processing mode the
 DoFns live in worker subprocesses.
+
+Public transform: `RecordProgress(progress_dir)`: rows (`schema.Row`) -> the same rows, counted
+(`RecordProgressDoFn` under it; `ProgressTally` is what it writes).
 """
+from __future__ import annotations
+
 import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 
 import apache_beam as beam
+
+__all__ = ["ROWS_NAMESPACE", "DATASET_NAMESPACE", "BYTES_NAMESPACE", "LATENCY_NAMESPACE", "SIZE_NAMESPACE",
+           "ProgressTally", "RecordProgressDoFn", "RecordProgress"]
 
 ROWS_NAMESPACE = "rows"                   # rows/<status>: final status of every row
 DATASET_NAMESPACE = "rows_by_dataset"     # rows_by_dataset/<dataset>.<status>
@@ -27,26 +36,26 @@ class ProgressTally:
     Retried bundles count again: this is a progress gauge, not an audit (summary.json is).
     """
 
-    def __init__(self, directory, interval=1.0, clock=time.monotonic):
+    def __init__(self, directory: str, interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.json")
         self.rows = 0
         self.bytes = 0
-        self.statuses = {}
+        self.statuses: dict[str, int] = {}
         self._interval = interval
         self._clock = clock
         self._next_flush = clock() + interval
 
-    def add(self, status, size=0):
+    def add(self, status: str, size: int = 0) -> None:
         self.rows += 1
         self.bytes += size or 0
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if self._clock() >= self._next_flush:
             self.flush()
 
-    def snapshot(self):
+    def snapshot(self) -> dict:
         return {"rows": self.rows, "bytes": self.bytes, "statuses": dict(self.statuses), "updated": time.time()}
 
-    def flush(self):
+    def flush(self) -> None:
         """Write aside then rename, so the reader never sees half a file. Never raises: the driver may
         already have removed the directory at the end of the run."""
         self._next_flush = self._clock() + self._interval
@@ -60,7 +69,9 @@ class ProgressTally:
 
 
 class RecordProgressDoFn(beam.DoFn):
-    def __init__(self, progress_dir=None, interval=1.0):
+    """Rows in, the same rows out; counts Beam metrics and feeds a ProgressTally when given a directory."""
+
+    def __init__(self, progress_dir: str | None = None, interval: float = 1.0) -> None:
         self._progress_dir = progress_dir
         self._interval = interval
 
@@ -108,7 +119,7 @@ class RecordProgressDoFn(beam.DoFn):
 class RecordProgress(beam.PTransform):
     """Rows in, the same rows out; counts metrics and (with `progress_dir`) writes live tallies."""
 
-    def __init__(self, progress_dir=None, interval=1.0):
+    def __init__(self, progress_dir: str | None = None, interval: float = 1.0) -> None:
         super().__init__()
         self._progress_dir = progress_dir
         self._interval = interval

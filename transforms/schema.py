@@ -5,8 +5,21 @@ with "_" are internal (expected hashes, fetched bytes) and never reach Parquet.
 shared CONTRACT.md is the source of truth for the public columns; extend, never rename.
 """
 import datetime
+from typing import Any
 
 import pyarrow as pa
+
+__all__ = [
+    "OK", "HTTP_ERROR", "TIMEOUT", "CONNECTION_ERROR", "INVALID_URL", "BLOCKED", "OPTED_OUT", "NOT_IMAGE",
+    "TOO_LARGE", "DECODE_ERROR", "HASH_MISMATCH", "STATUSES", "DATASETS", "Row",
+    "LABEL_TYPE", "LONG_CAPTIONS_TYPE", "IMAGE_FIELDS", "IMAGE_SCHEMA", "IMAGE_COLUMNS",
+    "new_row", "fail", "utc_now", "to_parquet_record",
+    "REFRESH_FIELDS", "REFRESH_SCHEMA", "REFRESH_COLUMNS",
+]
+
+# The element type of every row PCollection: a plain dict with every IMAGE_COLUMNS name (new_row)
+# plus internal keys starting with "_" (`_body`, `_read_path`, ...) that never reach Parquet.
+Row = dict[str, Any]
 
 # Row statuses of OUT/images (CONTRACT.md). Every status but OK carries an `error` text.
 OK = "ok"
@@ -102,9 +115,9 @@ IMAGE_COLUMNS = [name for name, _ in IMAGE_FIELDS]
 _LIST_COLUMNS = {"labels", "tags", "negative_labels"}
 
 
-def new_row(dataset, key, url=None, caption=None, **fields):
+def new_row(dataset: str, key: str, url: str | None = None, caption: str | None = None, **fields: Any) -> Row:
     """A row with every public column present (None / [] where unknown)."""
-    row = {name: None for name in IMAGE_COLUMNS}
+    row: Row = {name: None for name in IMAGE_COLUMNS}
     for name in _LIST_COLUMNS:
         row[name] = []
     row.update(dataset=dataset, key=key, url=url, caption=caption)
@@ -112,7 +125,7 @@ def new_row(dataset, key, url=None, caption=None, **fields):
     return row
 
 
-def fail(row, status, error, http_status=None):
+def fail(row: Row, status: str, error: str | None, http_status: int | None = None) -> Row:
     """Mark `row` failed in place and return it; `error` is short and human-readable."""
     assert status in STATUSES and status != OK, status
     row["status"] = status
@@ -122,7 +135,8 @@ def fail(row, status, error, http_status=None):
     return row
 
 
-def utc_now():
+def utc_now() -> datetime.datetime:
+    """Now, timezone-aware UTC (the `fetched_at` / `checked_at` clock)."""
     return datetime.datetime.now(datetime.timezone.utc)
 
 
@@ -133,7 +147,7 @@ def to_parquet_record(row):
 
 # --- REFRESH_OUT/status/ and the refresh history: one row per snapshot key and night --------------
 # (CONTRACT.md names url, key, dataset, status, http_status, checked_at, sha256, phash; the rest
-# are extensions, documented in README.md, "Nightly refresh".)
+# are extensions, documented in docs/refresh.md.)
 REFRESH_FIELDS = [
     ("night", pa.date32()),               # the night the verdict is for (--night)
     ("dataset", pa.string()),

@@ -5,6 +5,8 @@ templates (pipelines/demo/sample/*.tmpl, `{base}` standing for http://127.0.0.1:
 `SampleWebServer` is a real threaded HTTP server with scripted answers (errors, slow bodies,
 redirect loops, encodings, opt-outs) and is reused by the tests.
 """
+from __future__ import annotations
+
 import base64
 import dataclasses
 import gzip
@@ -18,30 +20,38 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 from PIL import Image, ImageDraw
+
+__all__ = ["SAMPLE_DIR", "Reply", "SampleWebServer", "picture", "encode", "jpeg", "placeholder_png", "pixel_bomb_png",
+           "gzip_bomb", "demo_routes", "md5_base64", "render_templates", "IMAGENET_SAMPLE", "write_imagenet_root"]
 
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
 
 
 @dataclasses.dataclass
 class Reply:
+    """One scripted answer: status, body, headers, and how (slowly, cut short) it is sent."""
+
     status: int = 200
     body: bytes = b""
     headers: dict = dataclasses.field(default_factory=dict)
     delay: float = 0.0          # before the status line
     drip: float = 0.0           # seconds between 1 KiB chunks of the body
-    cut_after: int = None       # send this many body bytes, then close (declared length kept)
+    cut_after: int | None = None       # send this many body bytes, then close (declared length kept)
 
 
 class SampleWebServer:
     """Threaded HTTP/1.1 server on 127.0.0.1. routes: path -> Reply or list of Reply (served in turn,
     the last one repeating). Counts hits per path for tests of retries and resume."""
 
-    def __init__(self, routes=None, host="127.0.0.1", port=0):
+    def __init__(self, routes: dict[str, Reply | list[Reply] | Callable[..., Reply]] | None = None,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
         self.routes = dict(routes or {})
-        self.hits = {}
-        self.requests = []          # (method, path, headers, monotonic start time)
+        self.hits: dict[str, int] = {}
+        self.requests: list[tuple] = []          # (method, path, headers, monotonic start time)
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -49,9 +59,10 @@ class SampleWebServer:
         self._server = _Server((host, port), handler)
         self.port = self._server.server_address[1]
         self.base = f"http://{host}:{self.port}"
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
-    def url(self, path):
+    def url(self, path: str) -> str:
+        """The absolute URL of `path` on this server."""
         return self.base + path
 
     def _next_reply(self, path, method, headers):
@@ -68,12 +79,14 @@ class SampleWebServer:
             return reply[min(count, len(reply) - 1)]
         return reply
 
-    def start(self):
+    def start(self) -> SampleWebServer:
+        """Serves in a daemon thread; returns self."""
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 
-    def stop(self):
+    def stop(self) -> None:
+        """Stops serving and closes the socket."""
         self._server.shutdown()
         self._server.server_close()
 
@@ -149,7 +162,7 @@ def _make_handler(server):
 
 # --- generated pictures ---------------------------------------------------------------------
 
-def picture(seed, size=(320, 240)):
+def picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     """A deterministic photo-like picture: gradient sky, shapes, noise."""
     rng = random.Random(seed)
     width, height = size
@@ -168,17 +181,19 @@ def picture(seed, size=(320, 240)):
     return image
 
 
-def encode(image, fmt="JPEG", **params):
+def encode(image: Image.Image, fmt: str = "JPEG", **params: Any) -> bytes:
+    """`image` encoded as `fmt` with Pillow's save parameters."""
     buffer = io.BytesIO()
     image.save(buffer, fmt, **params)
     return buffer.getvalue()
 
 
-def jpeg(seed, size=(320, 240), quality=90):
+def jpeg(seed: int, size: tuple[int, int] = (320, 240), quality: int = 90) -> bytes:
+    """The JPEG bytes of `picture(seed, size)`."""
     return encode(picture(seed, size), "JPEG", quality=quality)
 
 
-def placeholder_png():
+def placeholder_png() -> bytes:
     """Like Flickr's 'This photo is no longer available': one picture for many dead URLs."""
     image = Image.new("RGB", (500, 374), (238, 238, 238))
     draw = ImageDraw.Draw(image)
@@ -187,7 +202,7 @@ def placeholder_png():
     return encode(image, "PNG")
 
 
-def pixel_bomb_png(width=40000, height=40000):
+def pixel_bomb_png(width: int = 40000, height: int = 40000) -> bytes:
     """A valid PNG header announcing width x height pixels, with almost no data behind it."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -196,15 +211,16 @@ def pixel_bomb_png(width=40000, height=40000):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def gzip_bomb(size):
+def gzip_bomb(size: int) -> bytes:
+    """A gzip body that inflates to `size` bytes."""
     return gzip.compress(b"\0" * size, compresslevel=9)
 
 
 # --- the demo sample --------------------------------------------------------------------------
 
-def demo_routes(timeout):
+def demo_routes(timeout: float) -> dict[str, Any]:
     """Every path the demo manifests name, with the answer a real web would give."""
-    routes = {}
+    routes: dict[str, Any] = {}
     for seed in range(24):
         routes[f"/img/p{seed:02d}.jpg"] = Reply(200, jpeg(seed), {"Content-Type": "image/jpeg",
                                                                    "ETag": f'"p{seed:02d}"'})
@@ -242,11 +258,12 @@ def demo_routes(timeout):
     return routes
 
 
-def md5_base64(body):
+def md5_base64(body: bytes) -> str:
+    """The base64 MD5 of `body`, as Open Images' OriginalMD5 writes it."""
     return base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
-def render_templates(server, out_dir):
+def render_templates(server: SampleWebServer, out_dir: str) -> dict[str, str]:
     """Writes the demo manifests with the server's address and the real digests filled in."""
     os.makedirs(out_dir, exist_ok=True)
     digests = {}
@@ -280,7 +297,7 @@ IMAGENET_SAMPLE = {"n01440764": "n01440764_10026.JPEG", "n01443537": "n01443537_
                    "n02085620": "n02085620_10074.JPEG"}
 
 
-def write_imagenet_root(out_dir):
+def write_imagenet_root(out_dir: str) -> str:
     """An ILSVRC-style <root>/<wnid>/<file> tree for the ImageNet-Captions sample."""
     root = os.path.join(out_dir, "imagenet", "train")
     for n, (wnid, filename) in enumerate(sorted(IMAGENET_SAMPLE.items())):

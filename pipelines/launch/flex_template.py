@@ -11,23 +11,31 @@ The launcher must return once the job is submitted, hence --no_wait_until_finish
 A job is a module `pipelines.<job>` with `run(argv)`, `main(argv) -> exit code` and one
 PipelineOptions subclass.
 """
+from __future__ import annotations
+
 import argparse
 import importlib
 import inspect
 import os
 import sys
+import types
+from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
+
+__all__ = ["TRUE", "FALSE", "job_module", "options_class", "option_actions", "is_flag", "is_repeatable", "long_flag",
+           "to_job_argv", "main"]
 
 TRUE = ("true", "1", "yes")
 FALSE = ("false", "0", "no", "")
 
 
-def job_module(job):
+def job_module(job: str) -> types.ModuleType:
+    """The module `pipelines.<job>`."""
     return importlib.import_module(f"pipelines.{job}")
 
 
-def options_class(module):
+def options_class(module: types.ModuleType) -> type[PipelineOptions]:
     """The PipelineOptions subclass a job module defines."""
     found = [obj for _, obj in inspect.getmembers(module, inspect.isclass)
              if issubclass(obj, PipelineOptions) and obj is not PipelineOptions
@@ -37,27 +45,29 @@ def options_class(module):
     return found[0]
 
 
-def option_actions(options_cls):
+def option_actions(options_cls: type[PipelineOptions]) -> dict[str, argparse.Action]:
     """{dest: argparse action} of the options the class itself adds, in declaration order."""
     parser = argparse.ArgumentParser(add_help=False)
-    options_cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    options_cls._add_argparse_args(parser)  # type: ignore[arg-type]  # a plain parser lists the options
     return {action.dest: action for action in parser._actions if action.option_strings}  # noqa: SLF001
 
 
-def is_flag(action):
+def is_flag(action: argparse.Action) -> bool:
     """store_true / store_false: no value on the command line."""
     return action.nargs == 0
 
 
-def is_repeatable(action):
+def is_repeatable(action: argparse.Action) -> bool:
+    """An `append` option: one value per occurrence."""
     return isinstance(action, argparse._AppendAction)  # pylint: disable=protected-access
 
 
-def long_flag(action):
+def long_flag(action: argparse.Action) -> str:
+    """The option's `--long-form` spelling."""
     return next(s for s in action.option_strings if s.startswith("--"))
 
 
-def to_job_argv(argv, actions):
+def to_job_argv(argv: Sequence[str], actions: dict[str, argparse.Action]) -> list[str]:
     """Rewrites `--dest=value` arguments naming one of `actions` into the job's own flags."""
     out = []
     for arg in argv:
@@ -78,7 +88,8 @@ def to_job_argv(argv, actions):
     return out
 
 
-def main(argv=None, job=None):
+def main(argv: list[str] | None = None, job: str | None = None) -> int:
+    """Runs `job` (default: $BEAM_JOB) with the template parameters in `argv` as its own flags."""
     job = job or os.environ["BEAM_JOB"]
     module = job_module(job)
     argv = sys.argv[1:] if argv is None else argv

@@ -33,6 +33,10 @@ BEAM_OPTIONS_POINTER = (
 DEBUG_ENV = "BEAM_IMAGES_DEBUG"
 
 
+__all__ = ["add_argument_once", "add_dedup_arguments", "dedup_transform", "add_network_arguments", "fetch_config",
+           "apply_local_defaults", "wait_for", "job_done", "is_local", "one_local_process", "format_status_table",
+           "quiet_local_logs"]
+
 
 def add_argument_once(parser, *flags, **kwargs):
     """parser.add_argument, unless one of `flags` is already there.

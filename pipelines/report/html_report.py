@@ -10,7 +10,13 @@ mailed, archived next to the data, or opened from a bucket.
 Why matplotlib rather than hand-written SVG: log-scaled histograms, stacked bars, heatmaps with
 legends and readable ticks are a lot of fiddly code to own; matplotlib is the well-kept standard,
 renders headless, and SVG output (glyphs as paths) looks the same in every browser.
+
+Public: `write_report(out)` (and `try_write_report`, its never-failing form for the end of a job),
+`read_table_stats` / `TableStats` (one pass over the table), `render_html`, the `plot_*` functions
+(each returns a base64 SVG, or None when there is nothing to plot) and `main` (the command line).
 """
+from __future__ import annotations
+
 import argparse
 import base64
 import collections
@@ -19,6 +25,8 @@ import html
 import io
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +40,10 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 from pipelines.report.progress_line import human_bytes
 from transforms import schema
 from transforms.io.sinks import join_path, read_json
+
+__all__ = ["REPORT_NAME", "STATUS_COLORS", "TableStats", "parquet_files", "read_table_stats", "plot_status_by_dataset",
+           "plot_hosts", "plot_stacked_histogram", "plot_latency", "plot_sizes", "plot_pair_matrix",
+           "plot_named_values", "render_html", "write_report", "try_write_report", "main"]
 
 REPORT_NAME = "report.html"
 COLUMNS = ("dataset", "status", "url", "error", "size_bytes", "fetch_ms", "cluster_id", "is_canonical")
@@ -57,15 +69,18 @@ REJECTED_COLOR = "#d98c5f"
 class TableStats:
     """Aggregates of the images table, accumulated one record batch at a time."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rows = 0
-        self.counts = collections.defaultdict(collections.Counter)     # dataset -> status -> n
-        self.hosts = {}                                                  # host -> [rows, ok]
-        self.errors = collections.Counter()                              # (status, error) -> n
+        # dataset -> status -> n
+        self.counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.hosts: dict[str, list[int]] = {}                            # host -> [rows, ok]
+        self.errors: collections.Counter[tuple[str, str]] = collections.Counter()  # (status, error) -> n
         self.size_ok = np.zeros(len(SIZE_EDGES) - 1, dtype=np.int64)
         self.size_rejected = np.zeros(len(SIZE_EDGES) - 1, dtype=np.int64)
-        self.latency = collections.defaultdict(lambda: np.zeros(len(LATENCY_EDGES) - 1, dtype=np.int64))
-        self.clusters = collections.defaultdict(collections.Counter)   # cluster_id -> dataset -> n
+        self.latency: dict[str, np.ndarray] = collections.defaultdict(
+            lambda: np.zeros(len(LATENCY_EDGES) - 1, dtype=np.int64))
+        # cluster_id -> dataset -> n
+        self.clusters: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.non_canonical = 0
 
     def add_batch(self, batch):
@@ -157,12 +172,12 @@ def _histogram(values, edges):
     return np.histogram(array, bins=edges)[0].astype(np.int64)
 
 
-def parquet_files(out):
+def parquet_files(out: str) -> list[str]:
     pattern = join_path(out, "images", "*.parquet")
     return sorted(m.path for result in FileSystems.match([pattern]) for m in result.metadata_list)
 
 
-def read_table_stats(out, batch_size=65536):
+def read_table_stats(out: str, batch_size: int = 65536) -> TableStats:
     stats = TableStats()
     for path in parquet_files(out):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -197,7 +212,7 @@ def _ordered_statuses(present):
     return known + sorted(s for s in present if s not in schema.STATUSES)
 
 
-def plot_status_by_dataset(counts):
+def plot_status_by_dataset(counts: dict[str, dict[str, int]]) -> str | None:
     datasets = sorted(counts)
     statuses = _ordered_statuses({s for per in counts.values() for s in per})
     if not datasets or not statuses:
@@ -224,7 +239,7 @@ def plot_status_by_dataset(counts):
     return _svg(figure)
 
 
-def plot_hosts(hosts, top):
+def plot_hosts(hosts: dict[str, list[int]], top: int) -> str | None:
     if not hosts:
         return None
     chosen = sorted(hosts.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
@@ -267,7 +282,8 @@ def _trimmed(edges, series):
     return edges[lo:hi + 1], [s[lo:hi] for s in series]
 
 
-def plot_stacked_histogram(edges, layers, xlabel, formatter):
+def plot_stacked_histogram(edges: np.ndarray, layers: list[tuple[str, str, np.ndarray]], xlabel: str,
+                           formatter: Callable[..., str]) -> str | None:
     """layers: [(label, colour, counts)] stacked on a log x axis."""
     layers = [layer for layer in layers if np.any(layer[2])]
     if not layers:
@@ -290,19 +306,19 @@ def plot_stacked_histogram(edges, layers, xlabel, formatter):
     return _svg(figure)
 
 
-def plot_latency(latency):
+def plot_latency(latency: dict[str, np.ndarray]) -> str | None:
     statuses = _ordered_statuses(set(latency))
     layers = [(s, STATUS_COLORS.get(s, OTHER_COLOR), latency[s]) for s in statuses]
     return plot_stacked_histogram(LATENCY_EDGES, layers, "fetch time, retries included (log scale)", _ms_label)
 
 
-def plot_sizes(stats):
+def plot_sizes(stats: TableStats) -> str | None:
     layers = [("ok", STATUS_COLORS[schema.OK], stats.size_ok),
               ("fetched, then rejected", REJECTED_COLOR, stats.size_rejected)]
     return plot_stacked_histogram(SIZE_EDGES, layers, "body size (log scale)", _bytes_label)
 
 
-def plot_pair_matrix(pairs):
+def plot_pair_matrix(pairs: dict[tuple[str, str], int]) -> str | None:
     if not pairs:
         return None
     names = sorted({a for a, _ in pairs} | {b for _, b in pairs})
@@ -328,7 +344,7 @@ def plot_pair_matrix(pairs):
     return _svg(figure)
 
 
-def plot_named_values(values, xlabel, title=None):
+def plot_named_values(values: dict[str, float], xlabel: str, title: str | None = None) -> str | None:
     """A dict of numbers (a generic "duplicates" entry) as horizontal bars."""
     items = [(str(k), v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not items:
@@ -490,10 +506,10 @@ def _duplicates_body(duplicates, stats):
     return "".join(parts)
 
 
-def render_html(summary, stats, out, top_hosts=20):
+def render_html(summary: dict[str, Any], stats: TableStats, out: str, top_hosts: int = 20) -> str:
     counts = summary.get("counts") or {d: dict(per) for d, per in stats.counts.items()}
     rows = summary.get("rows", stats.rows)
-    totals = collections.Counter()
+    totals: collections.Counter[str] = collections.Counter()
     for per in counts.values():
         totals.update(per)
     ok_pct = f"{100.0 * totals.get(schema.OK, 0) / rows:.1f}%" if rows else "-"
@@ -555,7 +571,7 @@ def render_html(summary, stats, out, top_hosts=20):
 """
 
 
-def write_report(out, top_hosts=20):
+def write_report(out: str, top_hosts: int = 20) -> str:
     """Reads OUT/summary.json and OUT/images/*.parquet, writes OUT/report.html; returns its path."""
     summary = read_json(join_path(out, "summary.json"))
     stats = read_table_stats(out)
@@ -566,7 +582,7 @@ def write_report(out, top_hosts=20):
     return path
 
 
-def try_write_report(out, top_hosts=20):
+def try_write_report(out: str, top_hosts: int = 20) -> str | None:
     """write_report for the end of a job: the data is already written, so a failing report is a
     warning on stderr (rerun `python -m pipelines.report OUT`), not a failed job."""
     try:
@@ -577,7 +593,7 @@ def try_write_report(out, top_hosts=20):
         return None
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.report",
                                      description="Write OUT/report.html from OUT/summary.json and OUT/images.")
     parser.add_argument("out", help="an ingest output directory, local or gs://")

@@ -11,6 +11,8 @@ The total is the manifests' record count, counted in the background from local f
 with a header one less, approximate when quoted fields span lines). For gs:// manifests and
 record formats that are not line-based it is unknown, and the line shows no ETA.
 """
+from __future__ import annotations
+
 import collections
 import glob
 import json
@@ -20,15 +22,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
+from typing import IO, Any
 
 from transforms.io.readers import open_stream
+
+__all__ = ["LINE_KINDS", "RATE_WINDOW", "count_file_lines", "count_manifest_rows", "aggregate", "human_bytes",
+           "human_duration", "format_line", "RateMeter", "LiveProgress"]
 
 # Manifest kinds whose records are lines, and how many header lines each file has.
 LINE_KINDS = {"cc3m": 0, "cc12m": 0, "openimages": 1}
 RATE_WINDOW = 15.0  # seconds of history behind rows/s and the ETA
 
 
-def count_file_lines(path):
+def count_file_lines(path: str) -> int:
     """Newline count of a local file (.gz read transparently); a last line without one counts."""
     lines, last = 0, b"\n"
     with open_stream(path) as handle:
@@ -41,7 +48,7 @@ def count_file_lines(path):
     return lines + (last != b"\n")
 
 
-def count_manifest_rows(manifests):
+def count_manifest_rows(manifests: Iterable[tuple[str, str]]) -> int | None:
     """[(kind, path or glob)] -> approximate record total, or None when any part cannot be counted
     cheaply (gs://, formats that are not line-based)."""
     total = 0
@@ -56,9 +63,9 @@ def count_manifest_rows(manifests):
     return total
 
 
-def aggregate(directory):
+def aggregate(directory: str) -> dict[str, Any]:
     """Sum the tally files of every DoFn instance: {rows, bytes, statuses, workers}."""
-    totals = {"rows": 0, "bytes": 0, "statuses": {}, "workers": 0}
+    totals: dict[str, Any] = {"rows": 0, "bytes": 0, "statuses": {}, "workers": 0}
     for path in glob.glob(os.path.join(directory, "*.json")):
         try:
             with open(path, encoding="utf-8") as handle:
@@ -73,7 +80,7 @@ def aggregate(directory):
     return totals
 
 
-def human_bytes(n):
+def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -81,14 +88,15 @@ def human_bytes(n):
     return f"{n:.1f} TB"
 
 
-def human_duration(seconds):
+def human_duration(seconds: float) -> str:
     seconds = int(round(max(seconds, 0)))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def format_line(totals, total_rows, elapsed, rate, final=False):
+def format_line(totals: dict[str, Any], total_rows: int | None, elapsed: float, rate: float,
+                final: bool = False) -> str:
     """One progress line from aggregated tallies."""
     done = totals["rows"]
     ok = totals["statuses"].get("ok", 0)
@@ -117,11 +125,12 @@ def format_line(totals, total_rows, elapsed, rate, final=False):
 class RateMeter:
     """rows/s over the last `window` seconds (the whole run until the window fills)."""
 
-    def __init__(self, window=RATE_WINDOW):
+    def __init__(self, window: float = RATE_WINDOW) -> None:
         self._window = window
-        self._samples = collections.deque()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
 
-    def update(self, now, done):
+    def update(self, now: float, done: int) -> float:
+        """Records `done` rows at time `now`; returns the rate over the window."""
         self._samples.append((now, done))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self._window:
             self._samples.popleft()
@@ -136,10 +145,10 @@ class LiveProgress:
     call `start()` just before `pipeline.run()`, so a run that fails while building prints nothing.
     """
 
-    def __init__(self, manifests=(), enabled=True, stream=None, interval=1.0, plain_interval=10.0,
-                 total_rows=None):
+    def __init__(self, manifests: Iterable[tuple[str, str]] = (), enabled: bool = True, stream: IO[str] | None = None,
+                 interval: float = 1.0, plain_interval: float = 10.0, total_rows: int | None = None) -> None:
         self.enabled = enabled
-        self.directory = None
+        self.directory: str | None = None
         self._manifests = list(manifests)
         self._stream = stream if stream is not None else sys.stderr
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
@@ -147,10 +156,10 @@ class LiveProgress:
         self._plain_interval = plain_interval
         self._total = total_rows
         self._stop = threading.Event()
-        self._threads = []
+        self._threads: list[threading.Thread] = []
         self._last_width = 0
         self._rate = RateMeter()
-        self._started = None
+        self._started: float | None = None
 
     def __enter__(self):
         if self.enabled:

@@ -5,11 +5,16 @@ launcher waits for the job. A launcher that does not wait (a Flex Template launc
 job is submitted) never gets here: summary.json then stays as the pipeline wrote it, without the
 "metrics" section, and the job's counters are in the Dataflow console / `gcloud dataflow metrics`.
 """
-import logging
+from __future__ import annotations
 
-from apache_beam.runners.runner import PipelineState
+import logging
+from typing import Any
+
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from transforms.io.sinks import join_path, read_json, write_json
+
+__all__ = ["metrics_section", "query_metrics", "merge_into_summary", "record_run_metrics"]
 
 LOG = logging.getLogger(__name__)
 
@@ -35,10 +40,11 @@ def _merge_distribution(into, dist):
     return into
 
 
-def metrics_section(results):
+def metrics_section(results: dict[str, list]) -> dict[str, dict]:
     """MetricResults.query() output -> {"counters": {ns: {name: n}}, "distributions": {ns: {name:
     {count, sum, min, max, mean}}}}, summed over the steps that report the same metric."""
-    counters, distributions = {}, {}
+    counters: dict[str, dict[str, Any]] = {}
+    distributions: dict[str, dict[str, Any]] = {}
     for result in results.get("counters", []):
         metric = result.key.metric
         per = counters.setdefault(metric.namespace, {})
@@ -62,7 +68,7 @@ def metrics_section(results):
     }
 
 
-def query_metrics(pipeline_result):
+def query_metrics(pipeline_result: PipelineResult) -> dict[str, dict] | None:
     """The metrics section of a finished run, or None where the runner cannot say."""
     try:
         return metrics_section(pipeline_result.metrics().query())
@@ -71,7 +77,7 @@ def query_metrics(pipeline_result):
         return None
 
 
-def merge_into_summary(out, section):
+def merge_into_summary(out: str, section: dict[str, Any]) -> dict[str, Any]:
     """Adds `section` to OUT/summary.json as "metrics" (local or gs://). Returns the summary."""
     path = join_path(out, "summary.json")
     summary = read_json(path)
@@ -80,7 +86,7 @@ def merge_into_summary(out, section):
     return summary
 
 
-def record_run_metrics(pipeline_result, out):
+def record_run_metrics(pipeline_result: PipelineResult, out: str) -> dict[str, Any] | None:
     """After `wait_until_finish()`: merge the run's metrics into OUT/summary.json. Skipped (None
     returned) when the job has not finished successfully, e.g. a launcher that did not wait."""
     state = getattr(pipeline_result, "state", None)

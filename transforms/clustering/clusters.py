@@ -30,13 +30,25 @@ then the earliest dataset in `dataset_priority` (unknown datasets last), then th
 cluster_id: first 16 hex digits of sha1(smallest member key) for real clusters, of
 sha1("placeholder:" + pHash + dHash) for placeholders; the same input always gives the same ids.
 Keys must be unique in the input (the standalone job enforces it).
+
+Public transforms (rows are `schema.Row` dicts):
+
+- `Dedup(...)`: rows -> {"rows": every row with cluster_id / is_canonical / is_placeholder,
+  "clusters": one cluster record dict per cluster, "stats": one dict for summary.json}.
+- `DedupShards(...)`: {"slim": `slim_row` dicts, "shards": `str` shard paths} -> {"rows": the rows
+  of clusters only, "clusters", "stats"} (the ingest: full rows stay in their shards).
+- `WriteDuplicates(out_dir)`: cluster records -> `str` paths of OUT/duplicates/clusters-*.jsonl.
 """
+from __future__ import annotations
+
 import hashlib
 import itertools
 import json
 import os
 import re
 import typing
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -52,8 +64,8 @@ from transforms.io.table import RemoveDirectory
 from transforms.clustering.urls import normalize_url
 
 __all__ = [
-    "Dedup", "DedupShards", "slim_row", "WriteDuplicates", "SumNestedCounts", "normalize_url", "canonical_sort_key", "DEFAULT_MAX_DISTANCE",
-    "DEFAULT_DHASH_MAX_DISTANCE", "DEFAULT_DATASET_PRIORITY", "DEFAULT_PLACEHOLDER_MIN_URLS",
+    "Dedup", "DedupShards", "slim_row", "WriteDuplicates", "SumNestedCounts", "normalize_url", "canonical_sort_key",
+    "DEFAULT_MAX_DISTANCE", "DEFAULT_DHASH_MAX_DISTANCE", "DEFAULT_DATASET_PRIORITY", "DEFAULT_PLACEHOLDER_MIN_URLS",
 ]
 
 DEFAULT_MAX_DISTANCE = 8
@@ -102,7 +114,7 @@ def _cluster_id(text):
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def canonical_sort_key(row, dataset_priority=DEFAULT_DATASET_PRIORITY):
+def canonical_sort_key(row: schema.Row, dataset_priority: Sequence[str] = DEFAULT_DATASET_PRIORITY) -> tuple:
     """Smallest sorts first = canonical: ok status, largest area, dataset priority, key."""
     priority = list(dataset_priority)
     dataset = row.get("dataset")
@@ -527,12 +539,13 @@ class Dedup(beam.PTransform):
         the runner's GroupByKey (Dataflow's shuffle is on disk already).
     """
 
-    def __init__(self, max_distance=DEFAULT_MAX_DISTANCE,
-                 dataset_priority=DEFAULT_DATASET_PRIORITY,
-                 dhash_max_distance=DEFAULT_DHASH_MAX_DISTANCE,
-                 placeholder_min_urls=DEFAULT_PLACEHOLDER_MIN_URLS,
-                 placeholder_hashes=known_placeholder_hashes(),
-                 cc_rounds=6, bands=None, shard_bits=3, max_listed_members=10000, spill_dir=None):
+    def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE,
+                 dataset_priority: Sequence[str] = DEFAULT_DATASET_PRIORITY,
+                 dhash_max_distance: int | None = DEFAULT_DHASH_MAX_DISTANCE,
+                 placeholder_min_urls: int = DEFAULT_PLACEHOLDER_MIN_URLS,
+                 placeholder_hashes: Iterable[str] = known_placeholder_hashes(),
+                 cc_rounds: int = 6, bands: int | None = None, shard_bits: int = 3,
+                 max_listed_members: int = 10000, spill_dir: str | None = None) -> None:
         super().__init__()
         self._spill_dir = spill_dir
         self._max_distance = int(max_distance)
@@ -548,7 +561,8 @@ class Dedup(beam.PTransform):
     def _spill(self, name):
         return None if self._spill_dir is None else os.path.join(self._spill_dir, name)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
+        """The thresholds and search geometry, as summary.json reports them."""
         return {
             "max_distance": self._max_distance,
             "dhash_max_distance": self._dhash_max,
@@ -616,6 +630,7 @@ class Dedup(beam.PTransform):
         return {"rows": clustered.rows, "clusters": clustered[_Cluster.CLUSTERS]}
 
     def stats(self, clusters, slim, near_pairs):
+        """Cluster records, slim rows and near pairs -> one summary dict (duplicates figures)."""
         partials = (
             clusters | "ClusterStats" >> beam.Map(_cluster_stats),
             slim | "CountRows" >> beam.combiners.Count.Globally()
@@ -678,7 +693,7 @@ class WriteDuplicates(beam.PTransform):
     Works on any Beam filesystem (local, gs://).
     """
 
-    def __init__(self, out_dir, num_shards=0):
+    def __init__(self, out_dir: str, num_shards: int = 0) -> None:
         super().__init__()
         self._prefix = FileSystems.join(out_dir, "duplicates", "clusters")
         self._num_shards = num_shards

@@ -16,10 +16,15 @@ SoCC 2014), each one GroupByKey over the edges, and then finished exactly:
   unions the two p's, so a whole component ends with one root, the minimum vertex.
 After enough rounds the residual is empty (counter `cc_residual_edges`), so the single-worker
 step only ever sees the leftovers of unusually deep graphs.
+
+Public transform: `ConnectedComponents(rounds)`: edges `(u, v)` -> `(vertex, component label)` for
+every vertex of an edge (`UnionFind` is the exact finish, a CombineFn).
 """
 import typing
 
 import apache_beam as beam
+
+__all__ = ["UnionFind", "ConnectedComponents"]
 
 _NS = "dedup"
 
@@ -130,7 +135,7 @@ class ConnectedComponents(beam.PTransform):
     rounds run before the exact finish; more rounds shrink the single-worker residual.
     """
 
-    def __init__(self, rounds=6):
+    def __init__(self, rounds: int = 6) -> None:
         super().__init__()
         self._rounds = rounds
 

@@ -31,14 +31,23 @@ Each unordered pair is emitted once: only from the query side with (query < owne
 the lowest-numbered band in which the pair is within r (later bands skip it).
 Identical hashes are the caller's business: pass DISTINCT (phash, dhash) values; thousands of
 rows with one hash are one node here, so they cannot blow up a bucket quadratically.
+
+Public transform: `NearDuplicatePairs(max_distance, dhash_max_distance)`: distinct `(phash, dhash)`
+-> `(phash_a, dhash_a, phash_b, dhash_b, phash_distance, dhash_distance)` int tuples, each pair once
+(`BandPlan` is its geometry, `plan_bands` / `volume` its arithmetic).
 """
+from __future__ import annotations
+
 import math
 from itertools import combinations
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 
 from transforms.clustering.spill import GroupRecords, split_by
+
+__all__ = ["HASH_BITS", "NO_DHASH", "ROUTED_RECORD", "volume", "plan_bands", "BandPlan", "NearDuplicatePairs"]
 
 HASH_BITS = 64
 NO_DHASH = np.uint64(0)
@@ -50,12 +59,12 @@ ROUTED_RECORD = np.dtype([("owner", "?"), ("phash", "<u8"), ("dhash", "<u8")])
 _PAIR_COST = 0.05
 
 
-def volume(bits, radius):
+def volume(bits: int, radius: int) -> int:
     """V(b, r): how many b-bit values lie within Hamming distance r of a given one."""
     return sum(math.comb(bits, i) for i in range(radius + 1))
 
 
-def plan_bands(max_distance, expected_hashes=1 << 24):
+def plan_bands(max_distance: int, expected_hashes: int = 1 << 24) -> tuple[int, int]:
     """(m, r): band count and per-band probe radius with guaranteed recall up to max_distance.
 
     Any m works with r = max_distance // m (see the module docstring); m is chosen to minimise
@@ -64,12 +73,12 @@ def plan_bands(max_distance, expected_hashes=1 << 24):
     """
     if not 0 <= max_distance < HASH_BITS:
         raise ValueError(f"max_distance must be in [0, {HASH_BITS}), got {max_distance}")
-    best = None
+    best: tuple[float, int, int] = (math.inf, 0, 0)  # (cost, m, r)
     for m in range(1, HASH_BITS // 8 + 1):
         r = max_distance // m
         b = HASH_BITS / m
         cost = m * volume(int(b), r) * (1 + expected_hashes / 2.0 ** b * _PAIR_COST)
-        if best is None or cost < best[0]:
+        if cost < best[0]:
             best = (cost, m, r)
     return best[1], best[2]
 
@@ -77,7 +86,8 @@ def plan_bands(max_distance, expected_hashes=1 << 24):
 class BandPlan:
     """The fixed geometry of one search: bands, shards, bit permutation and probe masks."""
 
-    def __init__(self, max_distance, bands=None, shard_bits=3, expected_hashes=1 << 24):
+    def __init__(self, max_distance: int, bands: int | None = None, shard_bits: int = 3,
+                 expected_hashes: int = 1 << 24) -> None:
         if bands is None:
             bands, radius = plan_bands(max_distance, expected_hashes)
         else:
@@ -121,7 +131,8 @@ class BandPlan:
         max_distance, bands, shard_bits = state
         self.__init__(max_distance, bands=bands, shard_bits=shard_bits)
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
+        """The geometry as summary.json reports it."""
         return {
             "max_distance": self.max_distance, "bands": self.bands, "radius": self.radius,
             "band_bits": self.sizes, "shard_bits": self.shard_bits,
@@ -341,8 +352,9 @@ class NearDuplicatePairs(beam.PTransform):
     runs only), instead of the runner's in-memory GroupByKey.
     """
 
-    def __init__(self, max_distance, dhash_max_distance=None, bands=None, shard_bits=3,
-                 batch_size=8192, arrays=False, spill_dir=None):
+    def __init__(self, max_distance: int, dhash_max_distance: int | None = None, bands: int | None = None,
+                 shard_bits: int = 3, batch_size: int = 8192, arrays: bool = False,
+                 spill_dir: str | None = None) -> None:
         super().__init__()
         self._arrays = arrays
         self._spill_dir = spill_dir

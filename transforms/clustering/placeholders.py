@@ -2,12 +2,16 @@
 duplicates) and refresh (a URL serving one is dead)."""
 import dataclasses
 
+__all__ = ["Placeholder", "KNOWN_PLACEHOLDERS", "known_placeholder_hashes"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Placeholder:
+    """A known stand-in picture: a name, and its sha256 and/or pHash (hex)."""
+
     name: str
-    sha256: str = None
-    phash: str = None
+    sha256: str | None = None
+    phash: str | None = None
 
 
 # Pictures that stand in for a photo that is gone (exact pHash match). A uniform picture (a 1x1
@@ -22,6 +26,6 @@ KNOWN_PLACEHOLDERS = (
 )
 
 
-def known_placeholder_hashes():
+def known_placeholder_hashes() -> tuple[str, ...]:
     """pHashes and sha256s of KNOWN_PLACEHOLDERS, as dedup's `placeholder_hashes` takes them."""
     return tuple(h for p in KNOWN_PLACEHOLDERS for h in (p.phash, p.sha256) if h)

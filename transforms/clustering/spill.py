@@ -11,20 +11,29 @@ worker's local disk are not visible to another).
 
 Exactly once: a bundle's paths are emitted only from its finish_bundle, so the files of a failed
 and retried bundle are never read (they are removed with the directory).
+
+Public transform: `GroupRecords(directory, dtype_of)`: `(key, numpy record array)` ->
+`(key, [record arrays])` (`SpillRecords` is its DoFn; `split_by` and `load_records` its helpers).
 """
+from __future__ import annotations
+
 import os
 import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
+
+__all__ = ["SpillRecords", "split_by", "load_records", "GroupRecords"]
 
 
 class SpillRecords(beam.DoFn):
     """(key, record array) -> at the end of the bundle, (key, path) of the file holding all the
     bundle's records of that key. Buffered writes: all buffers go to disk past `flush_bytes`."""
 
-    def __init__(self, directory, flush_bytes=4 << 20):
+    def __init__(self, directory: str, flush_bytes: int = 4 << 20) -> None:
         self._directory = directory
         self._flush_bytes = flush_bytes
 
@@ -61,7 +70,7 @@ class SpillRecords(beam.DoFn):
             yield GlobalWindows.windowed_value((key, path))
 
 
-def split_by(values):
+def split_by(values: np.ndarray) -> Iterator[tuple[Any, np.ndarray]]:
     """(value, indices holding it) for each distinct value, indices in their original order."""
     order = np.argsort(values, kind="stable")
     distinct, starts = np.unique(values[order], return_index=True)
@@ -70,7 +79,7 @@ def split_by(values):
         yield value, order[lo:hi]
 
 
-def load_records(paths, dtype):
+def load_records(paths: Iterable[str], dtype: np.dtype) -> np.ndarray:
     """The records of every file, one array."""
     parts = [np.fromfile(path, dtype=dtype) for path in paths]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
@@ -84,7 +93,8 @@ class GroupRecords(beam.PTransform):
     The directory is not removed here: its owner removes it once the consumers are done.
     """
 
-    def __init__(self, directory=None, dtype_of=None, flush_bytes=4 << 20):
+    def __init__(self, directory: str | None = None, dtype_of: Callable[[Any], np.dtype] | None = None,
+                 flush_bytes: int = 4 << 20) -> None:
         super().__init__()
         self._directory = directory
         self._dtype_of = dtype_of

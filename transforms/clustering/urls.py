@@ -1,10 +1,14 @@
-"""URL normalisation for exact-URL deduplication."""
+"""URL normalisation for exact-URL deduplication. No transforms: `normalize_url` is a pure function."""
+from __future__ import annotations
+
 from urllib.parse import urlsplit
+
+__all__ = ["normalize_url"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def normalize_url(url):
+def normalize_url(url: str | None) -> str | None:
     """The form under which two manifest URLs count as the same image address.
 
     * surrounding whitespace stripped;

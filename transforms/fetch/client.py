@@ -3,28 +3,43 @@
 `Fetcher` owns one asyncio loop in a background thread and one aiohttp session: a bounded pool of
 concurrent requests per DoFn instance, so a worker's CPU stays busy decoding and hashing while the
 network waits. `FetchImages` feeds it from a DoFn and emits rows as their fetches complete.
+
+Public transforms (rows are `schema.Row` dicts):
+
+- `FetchImages(config)`: rows -> the same rows with `status`, HTTP facts and the body as `_body`;
+  rows that already carry a status pass through.
+- `FetchDoFn(config)`: the DoFn under it (a `transforms.bounded_futures.BoundedFuturesDoFn`).
 """
+from __future__ import annotations
+
 import argparse
 import asyncio
 import concurrent.futures
 import dataclasses
+import datetime
 import email.utils
-import queue
 import socket
 import threading
 import time
 import weakref
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 import aiohttp
 import apache_beam as beam
 import yarl
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from transforms import schema
+from transforms.bounded_futures import BoundedFuturesDoFn
 from transforms.errors import BadInput
+from transforms.hashing import DEFAULT_MAX_PIXELS
 from transforms.fetch.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver, legacy_ipv4
+
+__all__ = ["REDIRECT_STATUSES", "RETRY_STATUSES", "OPT_OUT_DIRECTIVES", "DEFAULT_USER_AGENT", "user_agent",
+           "FetchConfig", "FetchResult", "parse_retry_after", "robots_opt_out", "HostGate", "Pacer", "Fetcher",
+           "apply_result", "FetchDoFn", "FetchImages"]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -32,7 +47,7 @@ OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (image dataset research crawler)"
 
 
-def user_agent(contact=None, base=DEFAULT_USER_AGENT):
+def user_agent(contact: str | None = None, base: str = DEFAULT_USER_AGENT) -> str:
     """An honest User-Agent: what we are, and how a site owner reaches whoever runs the crawl."""
     if not contact:
         return base
@@ -41,6 +56,8 @@ def user_agent(contact=None, base=DEFAULT_USER_AGENT):
 
 @dataclasses.dataclass(frozen=True)
 class FetchConfig:
+    """What a fetch may do and how politely: one per job, built from the network options."""
+
     timeout: float = 20.0             # seconds for one attempt: connect, redirects, headers, body
     max_bytes: int = 32 * 1024 * 1024  # body cap after Content-Encoding decoding
     max_redirects: int = 5
@@ -66,8 +83,6 @@ class FetchConfig:
         Args:
             parser: an argparse parser (Beam's or the job's --help parser).
         """
-        from transforms.hashing import DEFAULT_MAX_PIXELS  # here: transforms.hashing imports this module
-
         group = parser.add_argument_group("network", "what is fetched, how fast and how politely")
 
         def add(*flags, **kwargs):
@@ -128,17 +143,19 @@ class FetchConfig:
 
 @dataclasses.dataclass
 class FetchResult:
+    """The outcome of one URL (or file) fetch: a row status, HTTP facts and the body."""
+
     status: str
-    error: str = None
-    http_status: int = None
-    body: bytes = None
-    content_type: str = None
-    etag: str = None
-    last_modified: str = None
-    final_url: str = None
+    error: str | None = None
+    http_status: int | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    final_url: str | None = None
     attempts: int = 0
     elapsed_ms: int = 0
-    retry_after: float = None  # only meaningful while deciding on a retry
+    retry_after: float | None = None  # only meaningful while deciding on a retry
     skipped: bool = False      # failed without a request: the host is short-circuited
     unconnectable: bool = False  # no connection could be made at all (for the host's breaker)
     name_not_found: bool = False  # DNS says the host name does not exist (not a temporary failure)
@@ -147,7 +164,7 @@ class FetchResult:
         return self.status == schema.HTTP_ERROR and self.http_status in RETRY_STATUSES
 
 
-def parse_retry_after(value):
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
     if not value:
         return None
@@ -163,7 +180,7 @@ def parse_retry_after(value):
     return max(0.0, when.timestamp() - time.time())
 
 
-def robots_opt_out(header_values, agent_token):
+def robots_opt_out(header_values: Iterable[str], agent_token: str) -> str | None:
     """The X-Robots-Tag directive that opts this image out of AI datasets, or None.
 
     A value may be scoped to one crawler ("otherbot: noai"); such values bind only that crawler.
@@ -196,16 +213,16 @@ class HostGate:
       answers: a slow URL costs only itself.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: FetchConfig) -> None:
         self._config = config
         self.slots = asyncio.Semaphore(config.per_host)
         self._pacer = Pacer()
         self.failures = 0
         self._open_until = 0.0
         self._cooldown = config.host_cooldown
-        self.last_failure = None
+        self.last_failure: tuple[str, str | None] = ("", None)  # (status, error), set by the first failure
 
-    def short_circuit(self, now):
+    def short_circuit(self, now: float) -> FetchResult | None:
         """The failure to report without trying, or None to go ahead."""
         if self.failures >= self._config.host_failure_limit and now < self._open_until:
             status, error = self.last_failure
@@ -225,7 +242,8 @@ class HostGate:
     async def wait_turn(self):
         await self._pacer.wait()
 
-    def record(self, result, now):
+    def record(self, result: FetchResult, now: float) -> None:
+        """Adjusts the host's pace and circuit breaker to one attempt's outcome."""
         config = self._config
         if result.unconnectable:
             self.failures += 1
@@ -246,12 +264,12 @@ class HostGate:
 class Pacer:
     """Evenly spaced starts: each wait() returns at least `gap` seconds after the previous one's."""
 
-    def __init__(self, gap=0.0):
+    def __init__(self, gap: float = 0.0) -> None:
         self.gap = gap
         self._next = 0.0
 
     @classmethod
-    def per_second(cls, rate):
+    def per_second(cls, rate: float | None) -> Pacer:
         """At most `rate` starts per second (0 or None: no limit)."""
         return cls(1.0 / rate if rate and rate > 0 else 0.0)
 
@@ -270,7 +288,7 @@ class Fetcher:
     `submit` is thread-safe and returns a concurrent.futures.Future of FetchResult.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: FetchConfig) -> None:
         self.config = config
         self._policy = AddressPolicy(config.allow_networks)
         self._agent_token = config.user_agent.split("/", 1)[0].strip().lower()
@@ -306,15 +324,16 @@ class Fetcher:
             auto_decompress=True,
         )
 
-    def submit(self, url, method="GET", headers=None):
+    def submit(self, url: str, method: str = "GET", headers: dict[str, str] | None = None) -> concurrent.futures.Future:
+        """Fetch `url` on the fetcher's loop; a Future of FetchResult. Thread-safe."""
         return asyncio.run_coroutine_threadsafe(self.fetch(url, method, headers), self._loop)
 
-    def run_soon(self, coro):
+    def run_soon(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
         """Schedule a coroutine (several `fetch` calls in sequence, say) on the fetcher's loop;
         returns a concurrent.futures.Future. Thread-safe."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def submit_read(self, path):
+    def submit_read(self, path: str) -> concurrent.futures.Future:
         """Read a file through Beam's filesystems (local or gs://) with the same body cap."""
         return self._file_pool.submit(self._read_file, path)
 
@@ -331,7 +350,8 @@ class Fetcher:
                                final_url=path, attempts=1, elapsed_ms=_ms_since(started))
         return FetchResult(schema.OK, body=body, final_url=path, attempts=1, elapsed_ms=_ms_since(started))
 
-    def close(self):
+    def close(self) -> None:
+        """Closes the session and stops the loop thread (also done when the Fetcher is collected)."""
         self._finalizer()
 
     def _gate(self, url):
@@ -542,7 +562,7 @@ def _ms_since(started):
     return int((time.monotonic() - started) * 1000)
 
 
-def apply_result(row, result, fetched_at):
+def apply_result(row: schema.Row, result: FetchResult, fetched_at: datetime.datetime) -> schema.Row:
     """Copy a FetchResult onto a row; the body rides along as the internal `_body`."""
     row.update(
         status=result.status,
@@ -560,48 +580,6 @@ def apply_result(row, result, fetched_at):
     return row
 
 
-class BoundedFuturesDoFn(beam.DoFn):
-    """Keeps many futures in flight and emits each element's output when its future completes.
-
-    process() hands a future to `_track`; once `max_pending` wait, it blocks for the next to finish
-    (the pool stays full, memory stays bounded); finish_bundle drains the rest. Finished futures
-    arrive on a queue from their done-callbacks, so each element costs O(1), not a scan of every
-    pending future. Subclasses say what a completed future becomes in `_completed(context, result)`.
-    """
-
-    def __init__(self, max_pending):
-        self._max_pending = max_pending
-
-    def start_bundle(self):
-        self._pending = {}
-        self._finished = queue.SimpleQueue()
-
-    def _track(self, future, context):
-        self._pending[future] = context
-        future.add_done_callback(self._finished.put)
-        if len(self._pending) >= self._max_pending:
-            yield self._complete(self._finished.get())
-        yield from self._drain(block=False)
-
-    def finish_bundle(self):
-        for output in self._drain(block=True):
-            yield GlobalWindows.windowed_value(output)
-
-    def _drain(self, block):
-        while self._pending:
-            try:
-                future = self._finished.get(block=block)
-            except queue.Empty:
-                return
-            yield self._complete(future)
-
-    def _complete(self, future):
-        return self._completed(self._pending.pop(future), future.result())
-
-    def _completed(self, context, result):
-        raise NotImplementedError
-
-
 class FetchDoFn(BoundedFuturesDoFn):
     """Fetches each row's URL (or `_read_path`) with a bounded pool, emitting rows as they finish.
 
@@ -610,7 +588,7 @@ class FetchDoFn(BoundedFuturesDoFn):
     per process however many threads the runner gives the stage.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: FetchConfig) -> None:
         super().__init__(max_pending=config.concurrency * 2)
         self._config = config
         self._shared = shared.Shared()
@@ -649,7 +627,7 @@ class FetchDoFn(BoundedFuturesDoFn):
 class FetchImages(beam.PTransform):
     """Rows in, rows out with status, HTTP facts and the internal `_body` bytes."""
 
-    def __init__(self, config):
+    def __init__(self, config: FetchConfig) -> None:
         super().__init__()
         self._config = config
 

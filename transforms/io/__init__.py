@@ -1,0 +1,11 @@
+"""Reading the inputs and writing the outputs of a run.
+
+- `readers`: local, gs:// and .gz files as streams; `OpenFiles`, `ReadLines`, `ParseFiles`.
+- `manifests`, `json_manifests`: one streaming parser per manifest format; `ReadManifests`.
+- `labels`, `checksums`: dataset side files joined onto rows before the fetch.
+- `resume`: which rows of a previous run are carried and which fetched again.
+- `sinks`: content-addressed blobs, status counts, summary.json, path and JSON helpers.
+- `table`: the two-phase OUT/images Parquet write and the retirement of the previous table.
+"""
+
+__all__ = ["checksums", "json_manifests", "labels", "manifests", "readers", "resume", "sinks", "table"]

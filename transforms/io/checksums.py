@@ -2,16 +2,31 @@
 
 The hash list has as many rows as the manifest (12M), so it is joined with CoGroupByKey on the URL
 rather than held in memory as a side input on every worker.
+
+Public transforms:
+
+- `AttachExpectedHashes(hash_list_pattern, dataset)`: rows -> the same rows, `expected_sha256` and
+  `expected_md5` set on rows of `dataset` whose URL the list names.
+- `ReadHashFile` (DoFn): hash-list path -> `(url, (sha256 hex, md5 hex))` per valid line.
 """
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.io.readers import open_stream
 from transforms.io.manifests import md5_hex, sha256_hex
 
+__all__ = ["parse_hash_list", "ReadHashFile", "AttachExpectedHashes"]
 
-def parse_hash_list(binary):
-    """url TAB sha256 TAB md5 lines -> (url, (sha256 hex, md5 hex)); hex or base64 accepted."""
+
+def parse_hash_list(binary: Iterable[bytes]) -> Iterator[tuple[str, tuple[str | None, str | None]] | None]:
+    """url TAB sha256 TAB md5 lines -> (url, (sha256 hex, md5 hex)); hex or base64 accepted.
+
+    A malformed line (no URL, no readable digest) yields None, so the caller can count it.
+    """
     for raw in binary:
         fields = raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace").split("\t")
         if len(fields) < 2 or not fields[0].strip():
@@ -23,6 +38,8 @@ def parse_hash_list(binary):
 
 
 class ReadHashFile(beam.DoFn):
+    """Hash-list path -> (url, (sha256 hex, md5 hex)) per line; malformed lines are counted."""
+
     def setup(self):
         self._malformed = beam.metrics.Metrics.counter("hash_list", "malformed_lines")
 
@@ -38,7 +55,7 @@ class ReadHashFile(beam.DoFn):
 class AttachExpectedHashes(beam.PTransform):
     """Sets expected_sha256 / expected_md5 on rows of `dataset` whose URL is in the hash list."""
 
-    def __init__(self, hash_list_pattern, dataset="cc12m"):
+    def __init__(self, hash_list_pattern: str, dataset: str = "cc12m") -> None:
         super().__init__()
         self._paths = sorted(m.path for r in FileSystems.match([hash_list_pattern]) for m in r.metadata_list)
         if not self._paths:

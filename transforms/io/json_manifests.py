@@ -28,9 +28,16 @@ CCMB Zero (records {Url, Title, Content, Keywords, ImageKey, ImageUrl, ImageQuer
   caption = Title exactly as given (null when empty); page_url = Url, description = Content,
   keywords = Keywords (a list is joined with ","), query = ImageQuery; title = Title.
   Chinese text is kept as decoded, never escaped or normalised.
+
+No transforms here: `transforms.io.manifests.ReadManifests` (or `ReadImageNetCaptions`, `ReadZero`)
+runs these parsers; each yields `schema.Row` dicts.
 """
+from __future__ import annotations
+
 import json
 import re
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import ijson
 from apache_beam.io.filesystems import FileSystems
@@ -43,6 +50,9 @@ IMAGENET_CAPTIONS = "imagenet_captions"
 ZERO = "zero"
 NAMESPACE = "json_manifests"
 
+__all__ = ["IMAGENET_CAPTIONS", "ZERO", "NAMESPACE", "imagenet_caption", "iter_json_records",
+           "parse_imagenet_captions", "parse_zero"]
+
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -50,7 +60,7 @@ def _squash(text):
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def imagenet_caption(title, tags, description):
+def imagenet_caption(title: str | None, tags: Iterable[str] | None, description: str | None) -> str | None:
     """The caption rule of ImageNet-Captions rows (see the module docstring)."""
     parts = [_squash(title or ""), _squash(" ".join(tags or ())), _squash(description or "")]
     caption = " ".join(p for p in parts if p)
@@ -83,7 +93,7 @@ def _safe_path_part(value):
     return value not in (".", "..") and "/" not in value and "\\" not in value
 
 
-def iter_json_records(fileobj):
+def iter_json_records(fileobj: Any) -> Iterator[tuple[Any, int | None, int | str, str | None]]:
     """(record, line_no, position, error) of a JSON-array file or a JSON-lines file.
 
     The form is decided by the first character: `[` starts one (or several) top-level arrays,
@@ -117,7 +127,8 @@ def iter_json_records(fileobj):
 # ---------------------------------------------------------------------------------------------
 # ImageNet-Captions
 
-def parse_imagenet_captions(fileobj, source_name, imagenet_root, synsets=None):
+def parse_imagenet_captions(fileobj: Any, source_name: str, imagenet_root: str | None,
+                            synsets: dict[str, str] | None = None) -> Iterator[schema.Row]:
     """Rows of an imagenet_captions.json array (see the module docstring for the rules).
 
     fileobj: binary file object; source_name: its path (source_file column and fallback keys);
@@ -186,7 +197,7 @@ def _tags(value):
 # ---------------------------------------------------------------------------------------------
 # CCMB Zero
 
-def parse_zero(fileobj, source_name):
+def parse_zero(fileobj: Any, source_name: str) -> Iterator[schema.Row]:
     """Rows of a Zero file, JSON lines or JSON array(s) (see the module docstring)."""
     for record, line_no, position, error in iter_json_records(fileobj):
         if error:

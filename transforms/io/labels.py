@@ -22,15 +22,43 @@ Joins: the label files are far larger than any worker's memory (tens of millions
 label rows), so rows and labels meet in a CoGroupByKey keyed by ImageID or URL; only the small
 class-name table (~20K) is a side input. Rows a join does not concern pass through untouched, and
 every input row comes out exactly once.
+
+Public transforms (rows are `schema.Row` dicts; a pattern is a path, glob or list of them):
+
+- `JoinOpenImagesLabels(label_paths, classes_path)`: rows -> the same rows, Open Images rows with
+  `labels` and `negative_labels`.
+- `JoinCC3MLabels(path)`: rows -> the same rows, CC3M rows with `labels`.
+- `JoinLongCaptions(path, datasets)`: rows -> the same rows, with `long_captions`.
+- `JoinRowsByKey(side, key_fn, attach, counter_name)`: the generic join under the three above.
+- `ReadOpenImagesClasses(pattern)`: PBegin -> `(mid, name)`.
+- `ReadOpenImagesLabels(paths)`: PBegin -> `(image_id, (mid, confidence, source))`.
+- `ReadCC3MLabels(pattern)`: PBegin -> `(url, [label dict])`.
+- `ReadLongCaptions(pattern)`: PBegin -> `(url, long_captions dict)`.
+- `ReadSynsets(pattern)`: PBegin -> `(wnid, class name)`.
 """
+from __future__ import annotations
+
 import csv
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms import schema
 from transforms.io import readers
+
+__all__ = [
+    "NAMESPACE", "OPENIMAGES", "CC3M", "IMAGENET", "MACHINE", "HUMAN", "FORM_DICT_V1", "FORM_CLASS_DESCRIPTIONS",
+    "FORM_HEADER", "LONG_CAPTION_COLUMNS", "LONG_CAPTION_FIELDS", "DREAMLIP_URL_COLUMN",
+    "class_file_form", "parse_class_descriptions", "read_class_descriptions", "ReadOpenImagesClasses",
+    "source_from_path", "parse_openimages_label_line", "is_negative", "ReadOpenImagesLabels",
+    "build_openimages_labels", "JoinRowsByKey", "openimages_image_id", "JoinOpenImagesLabels",
+    "LabelListMismatch", "parse_cc3m_labels_line", "ReadCC3MLabels", "JoinCC3MLabels",
+    "parse_long_captions", "ReadLongCaptions", "JoinLongCaptions", "parse_synsets", "ReadSynsets", "load_synsets",
+]
 
 NAMESPACE = "labels"
 
@@ -75,7 +103,7 @@ def _confidence(text):
 # ---------------------------------------------------------------------------------------------
 # Open Images class names
 
-def class_file_form(first_record, first_raw_line=""):
+def class_file_form(first_record: Sequence[str] | None, first_raw_line: str = "") -> str:
     """Which class-name form a file is, from its first CSV record and that record's raw text."""
     first = (first_record[0] if first_record else "").lstrip("\ufeff").strip()
     if first and not first.startswith("/"):
@@ -85,13 +113,13 @@ def class_file_form(first_record, first_raw_line=""):
     return FORM_CLASS_DESCRIPTIONS
 
 
-def parse_class_descriptions(fileobj):
+def parse_class_descriptions(fileobj: Any) -> Iterator[tuple[str, str]]:
     """(mid, display name) pairs of any class-name file form; fileobj is a binary stream."""
     for _form, mid, name in read_class_descriptions(fileobj):
         yield mid, name
 
 
-def read_class_descriptions(fileobj):
+def read_class_descriptions(fileobj: Any) -> Iterator[tuple[str, str, str]]:
     """(form, mid, name) triples: like parse_class_descriptions, with the detected file form."""
     text = readers.text_stream(fileobj)
     first_line = text.readline()
@@ -138,7 +166,7 @@ class _ParseClassFileFn(beam.DoFn):
         logging.info("class names %s read as %s", readable_file.metadata.path, form)
 
 
-def ReadOpenImagesClasses(pattern):  # noqa: N802 (returns a PTransform; named like one)
+def ReadOpenImagesClasses(pattern: str | Sequence[str]) -> beam.PTransform:  # noqa: N802 (returns a PTransform)
     """PCollection of (mid, name) from dict.csv / class-descriptions files (path, glob or list)."""
     return readers.ParseFiles(pattern, beam.ParDo(_ParseClassFileFn()))
 
@@ -146,12 +174,12 @@ def ReadOpenImagesClasses(pattern):  # noqa: N802 (returns a PTransform; named l
 # ---------------------------------------------------------------------------------------------
 # Open Images image-level labels
 
-def source_from_path(path):
+def source_from_path(path: str | None) -> str:
     """Source of a wide-form label file, which has no Source column (human_ann_... -> human)."""
     return HUMAN if HUMAN in (path or "").lower() else MACHINE
 
 
-def parse_openimages_label_line(line, default_source=MACHINE):
+def parse_openimages_label_line(line: str, default_source: str = MACHINE) -> list[tuple[str, str, float, str]]:
     """(image_id, mid, confidence, source) tuples of one label-file line, any header form.
 
     Header and blank lines give []. A line that is none of the forms raises ValueError.
@@ -187,7 +215,7 @@ def parse_openimages_label_line(line, default_source=MACHINE):
     return [(image_id, mid, _confidence(conf), source.lower())]
 
 
-def is_negative(source, confidence):
+def is_negative(source: str, confidence: float) -> bool:
     """Human-verified negative: any non-machine source with confidence 0."""
     return confidence == 0.0 and source != MACHINE
 
@@ -216,7 +244,7 @@ class _ParseOpenImagesLabelsFn(beam.DoFn):
             yield image_id, (mid, conf, source)
 
 
-def ReadOpenImagesLabels(label_paths):  # noqa: N802
+def ReadOpenImagesLabels(label_paths: str | Sequence[str]) -> beam.PTransform:  # noqa: N802
     """PCollection of (ImageID, (mid, confidence, source)) from label files (paths or globs).
 
     Lines are self-describing, so files can be split across workers (ReadFromText).
@@ -224,7 +252,8 @@ def ReadOpenImagesLabels(label_paths):  # noqa: N802
     return readers.ParseFiles(label_paths, beam.ParDo(_ParseOpenImagesLabelsFn()), lines=True, with_filename=True)
 
 
-def build_openimages_labels(records, class_names):
+def build_openimages_labels(records: Iterable[tuple[str, float, str]],
+                            class_names: dict[str, str] | None) -> tuple[list[dict], list[dict]]:
     """(labels, negative_labels) lists from (mid, confidence, source) records of one image.
 
     Exact duplicates (the same file given twice) collapse; order is by confidence, then source,
@@ -290,7 +319,8 @@ class JoinRowsByKey(beam.PTransform):
     key None, and matched rows, come out exactly once each.
     """
 
-    def __init__(self, side, key_fn, attach, counter_name, side_inputs=()):
+    def __init__(self, side: beam.PCollection, key_fn: Callable[[schema.Row], Any | None],
+                 attach: Callable[..., schema.Row], counter_name: str, side_inputs: Sequence[Any] = ()) -> None:
         super().__init__()
         self._side = side
         self._key_fn = key_fn
@@ -309,7 +339,7 @@ class JoinRowsByKey(beam.PTransform):
         return (joined, split[_OTHER]) | "Merge" >> beam.Flatten()
 
 
-def openimages_image_id(row):
+def openimages_image_id(row: schema.Row) -> str | None:
     """ImageID of an Open Images row (key "openimages:<ImageID>"), None for other rows."""
     if row.get("dataset") != OPENIMAGES or not row.get("key"):
         return None
@@ -333,7 +363,7 @@ class JoinOpenImagesLabels(beam.PTransform):
     classes_path: dict.csv or any class-descriptions file (names become label `name`), or None.
     """
 
-    def __init__(self, label_paths, classes_path=None):
+    def __init__(self, label_paths: str | Sequence[str], classes_path: str | None = None) -> None:
         super().__init__()
         self._label_paths = label_paths
         self._classes_path = classes_path
@@ -355,7 +385,7 @@ class LabelListMismatch(ValueError):
     """labels, MIDs and confidences of one CC3M line differ in length."""
 
 
-def parse_cc3m_labels_line(line):
+def parse_cc3m_labels_line(line: str) -> tuple[str, list[dict]]:
     """(url, [label dicts]) of one CC3M labels TSV line.
 
     Raises LabelListMismatch when the three lists differ in length and ValueError for a line
@@ -416,7 +446,7 @@ class _ParseCC3MLabelsFn(beam.DoFn):
             logging.warning(fmt, err, line[:200])
 
 
-def ReadCC3MLabels(pattern):  # noqa: N802
+def ReadCC3MLabels(pattern: str | Sequence[str]) -> beam.PTransform:  # noqa: N802
     """PCollection of (url, [label dicts]) from CC3M labels TSVs (path, glob or list)."""
     return readers.ParseFiles(pattern, beam.ParDo(_ParseCC3MLabelsFn()), lines=True)
 
@@ -448,7 +478,7 @@ class JoinCC3MLabels(beam.PTransform):
     counted (counter labels/cc3m_labels_length_mismatch) and that line's labels skipped.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | Sequence[str]) -> None:
         super().__init__()
         self._path = path
 
@@ -460,7 +490,7 @@ class JoinCC3MLabels(beam.PTransform):
 # ---------------------------------------------------------------------------------------------
 # DreamLIP long captions
 
-def parse_long_captions(fileobj):
+def parse_long_captions(fileobj: Any) -> Iterator[tuple[str, dict[str, str | None]]]:
     """(url, long_captions dict) per record of a DreamLIP CSV; empty fields become None.
 
     Records, not lines: quoted fields may hold newlines, commas and quotes. Columns are found by
@@ -505,7 +535,7 @@ class _ParseLongCaptionsFn(beam.DoFn):
             yield url, captions
 
 
-def ReadLongCaptions(pattern):  # noqa: N802
+def ReadLongCaptions(pattern: str | Sequence[str]) -> beam.PTransform:  # noqa: N802
     """PCollection of (url, long_captions dict) from DreamLIP CSVs (path, glob or list).
 
     One file is read by one worker (records span lines): its records are spread before the join.
@@ -532,7 +562,7 @@ class JoinLongCaptions(beam.PTransform):
     CC12M, whose URLs overlap).
     """
 
-    def __init__(self, path, datasets=None):
+    def __init__(self, path: str | Sequence[str], datasets: Iterable[str] | None = None) -> None:
         super().__init__()
         self._path = path
         self._datasets = frozenset(datasets) if datasets else None
@@ -554,7 +584,7 @@ class JoinLongCaptions(beam.PTransform):
 # ---------------------------------------------------------------------------------------------
 # ImageNet synsets
 
-def parse_synsets(fileobj):
+def parse_synsets(fileobj: Any) -> Iterator[tuple[str, str]]:
     """(wnid, class name) pairs of LOC_synset_mapping.txt: split on the first space."""
     for line in readers.text_stream(fileobj):
         line = line.strip()
@@ -564,12 +594,12 @@ def parse_synsets(fileobj):
         yield wnid, name.strip()
 
 
-def ReadSynsets(pattern):  # noqa: N802
+def ReadSynsets(pattern: str | Sequence[str]) -> beam.PTransform:  # noqa: N802
     """PCollection of (wnid, class name) from LOC_synset_mapping.txt (path, glob or list)."""
     return readers.ParseFiles(pattern, beam.FlatMap(lambda f: parse_synsets(f.open())))
 
 
-def load_synsets(path):
+def load_synsets(path: str) -> dict[str, str]:
     """{wnid: name} read at construction time (1,000 lines), for callers outside a pipeline."""
     with readers.open_path(path) as f:
         return dict(parse_synsets(f))

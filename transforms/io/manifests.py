@@ -3,7 +3,17 @@
 Each parser is a generator over an open binary file, so a 12M-line manifest streams through a
 worker without being held in memory. Keys are `dataset:native id`; line-numbered datasets add the
 file name when a dataset has several files, so keys stay unique across the run.
+
+Public transforms (rows are `schema.Row` dicts):
+
+- `ReadManifests([(kind, pattern)], parsers, spread_rows)`: PBegin -> one row per manifest record.
+- `ReadImageNetCaptions(pattern, imagenet_root, synsets_path)`, `ReadZero(pattern)`: PBegin -> rows
+  of one JSON dataset, through ReadManifests.
+- `RepeatedKeys(parsers)`: `(kind, path, key prefix)` -> `(key, (file, ordinal))` of keys that repeat.
+- `ParseManifestFile(parsers)` (DoFn): `(kind, path, key prefix)` -> rows of that file, streamed.
 """
+from __future__ import annotations
+
 import base64
 import binascii
 import csv
@@ -11,6 +21,8 @@ import functools
 import io
 import math
 import os
+from collections.abc import Iterator, Sequence
+from typing import IO
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -18,6 +30,10 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import schema
 from transforms.io import json_manifests, labels
 from transforms.io.readers import open_stream
+
+__all__ = ["parse_cc3m", "parse_cc12m", "parse_openimages", "parse_zero_manifest", "parse_imagenet_manifest",
+           "md5_hex", "sha256_hex", "ManifestParsers", "ParseManifestFile", "expand_manifests", "LINE_KEYED",
+           "RepeatedKeys", "ReadManifests", "ReadImageNetCaptions", "ReadZero"]
 
 
 def _lines(binary):
@@ -33,7 +49,7 @@ def _none_if_blank(text):
     return text or None
 
 
-def parse_cc3m(binary, source, key_prefix):
+def parse_cc3m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[schema.Row]:
     """CC3M TSV: caption TAB url, no header. Split on the LAST tab: captions may hold anything."""
     for number, line in _lines(binary):
         if not line.strip():
@@ -48,7 +64,7 @@ def parse_cc3m(binary, source, key_prefix):
         yield row
 
 
-def parse_cc12m(binary, source, key_prefix):
+def parse_cc12m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[schema.Row]:
     """CC12M TSV: url TAB caption, no header. Split on the FIRST tab."""
     for number, line in _lines(binary):
         if not line.strip():
@@ -61,12 +77,12 @@ def parse_cc12m(binary, source, key_prefix):
         yield row
 
 
-def md5_hex(value):
+def md5_hex(value: str | None) -> str | None:
     """Hex MD5 from hex (32 chars) or base64 of the binary digest (24 chars); None if neither."""
     return _digest_hex(value, 16)
 
 
-def sha256_hex(value):
+def sha256_hex(value: str | None) -> str | None:
     """Hex SHA-256 from hex (64 chars) or base64 of the binary digest (44 chars); None if neither."""
     return _digest_hex(value, 32)
 
@@ -93,7 +109,7 @@ def _rotation(value):
     return None if math.isnan(number) else number
 
 
-def parse_openimages(binary, source, key_prefix):
+def parse_openimages(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[schema.Row]:
     """Open Images image list: RFC-4180 CSV with a header; every column-set version, by name."""
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
     reader = csv.reader(text)
@@ -133,12 +149,13 @@ def parse_openimages(binary, source, key_prefix):
         yield row
 
 
-def parse_zero_manifest(binary, source, _key_prefix):
+def parse_zero_manifest(binary: IO[bytes], source: str, _key_prefix: str) -> Iterator[schema.Row]:
     """CCMB Zero JSON (lines or arrays); keys come from ImageKey."""
     return json_manifests.parse_zero(binary, source)
 
 
-def parse_imagenet_manifest(binary, source, _key_prefix, imagenet_root=None, synsets=None):
+def parse_imagenet_manifest(binary: IO[bytes], source: str, _key_prefix: str, imagenet_root: str | None = None,
+                            synsets: dict[str, str] | None = None) -> Iterator[schema.Row]:
     """ImageNet-Captions JSON; images are read from imagenet_root, not fetched over HTTP."""
     return json_manifests.parse_imagenet_captions(binary, source, imagenet_root, synsets)
 
@@ -150,7 +167,7 @@ class ManifestParsers:
     class names) and pickle the whole table along with the DoFn.
     """
 
-    def __init__(self, imagenet_root=None, imagenet_synsets=None):
+    def __init__(self, imagenet_root: str | None = None, imagenet_synsets: dict[str, str] | None = None) -> None:
         self.parsers = {
             "cc3m": parse_cc3m, "cc12m": parse_cc12m, "openimages": parse_openimages,
             "zero": parse_zero_manifest,
@@ -168,7 +185,7 @@ class ManifestParsers:
 class ParseManifestFile(beam.DoFn):
     """(kind, path, key prefix) -> rows of that file, streamed."""
 
-    def __init__(self, parsers, counted=True):
+    def __init__(self, parsers: ManifestParsers, counted: bool = True) -> None:
         self._parsers = parsers
         self._counted = counted  # False for a second pass over the same files
 
@@ -192,9 +209,9 @@ class ParseManifestFile(beam.DoFn):
                 yield row
 
 
-def expand_manifests(manifests, parsers):
+def expand_manifests(manifests: Sequence[tuple[str, str]], parsers: ManifestParsers) -> list[tuple[str, str, str]]:
     """[(kind, pattern)] -> [(kind, path, key prefix)], matched now so a typo fails at launch."""
-    files = []
+    files: list[tuple[str, str]] = []
     for kind, pattern in manifests:
         if kind not in parsers:
             raise ValueError(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
@@ -203,7 +220,7 @@ def expand_manifests(manifests, parsers):
             raise ValueError(f"no file matches {kind}={pattern}")
         # A file named twice (two --manifest flags, overlapping globs) is read once.
         files.extend((kind, path) for path in matched if (kind, path) not in files)
-    per_kind = {}
+    per_kind: dict[str, int] = {}
     for kind, _ in files:
         per_kind[kind] = per_kind.get(kind, 0) + 1
     # Line-numbered keys need the file name once a dataset has several files.
@@ -234,7 +251,7 @@ class RepeatedKeys(beam.PTransform):
     stream from the file into the fetch (the local runner holds what crosses a shuffle in memory).
     """
 
-    def __init__(self, parsers):
+    def __init__(self, parsers: ManifestParsers) -> None:
         super().__init__()
         self._parsers = parsers
 
@@ -267,7 +284,8 @@ class ReadManifests(beam.PTransform):
     then stream from the file into the fetch instead of being held in memory all at once.
     """
 
-    def __init__(self, manifests, parsers=None, spread_rows=True):
+    def __init__(self, manifests: Sequence[tuple[str, str]], parsers: ManifestParsers | None = None,
+                 spread_rows: bool = True) -> None:
         super().__init__()
         self._parsers = parsers or ManifestParsers()
         self._files = expand_manifests(manifests, self._parsers)
@@ -306,7 +324,8 @@ class ReadImageNetCaptions(beam.PTransform):
     imagenet_root: ILSVRC train root; synsets_path: LOC_synset_mapping.txt or None.
     """
 
-    def __init__(self, pattern, imagenet_root, synsets_path=None):
+    def __init__(self, pattern: str | Sequence[str], imagenet_root: str | None,
+                 synsets_path: str | None = None) -> None:
         super().__init__()
         self._pattern = pattern
         self._root = imagenet_root
@@ -321,7 +340,7 @@ class ReadImageNetCaptions(beam.PTransform):
 class ReadZero(beam.PTransform):
     """Rows of CCMB Zero files (path, glob or list), JSONL or JSON arrays, through ReadManifests."""
 
-    def __init__(self, pattern):
+    def __init__(self, pattern: str | Sequence[str]) -> None:
         super().__init__()
         self._pattern = pattern
 

@@ -3,13 +3,26 @@
 Beam's FileSystems.open returns objects that are not full `io` streams (CompressedFile has no
 `writable()`, so io.TextIOWrapper refuses it); `RawReader` adapts anything with read(n) so the
 csv module and ijson can stream from it record by record, never loading a whole file.
+
+Public transforms (a "paths" argument is one path/glob or a list of them):
+
+- `OpenFiles(paths)`: PBegin -> `fileio.ReadableFile` per matched file.
+- `ReadLines(paths, with_filename)`: PBegin -> `str` lines, or `(filename, line)` tuples.
+- `ParseFiles(paths, parse, ...)`: PBegin -> whatever `parse` yields from those files or lines.
 """
+from __future__ import annotations
+
 import contextlib
 import io
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+
+__all__ = ["RawReader", "open_path", "binary_stream", "open_stream", "text_stream", "sniff", "as_patterns",
+           "OpenFiles", "ReadLines", "ParseFiles"]
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
 
@@ -17,7 +30,7 @@ _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
 class RawReader(io.RawIOBase):
     """A raw binary stream over any object with read(n), optionally after `prefix` bytes."""
 
-    def __init__(self, source, prefix=b""):
+    def __init__(self, source: Any, prefix: bytes = b"") -> None:
         super().__init__()
         self._source = source
         self._prefix = prefix
@@ -48,24 +61,24 @@ class RawReader(io.RawIOBase):
                 super().close()
 
 
-def open_path(path):
+def open_path(path: str) -> IO[bytes]:
     """Binary stream of a local or gs:// path; .gz/.bz2/... decompressed by extension."""
     return FileSystems.open(path, mime_type="application/octet-stream")
 
 
-def binary_stream(fileobj, prefix=b""):
+def binary_stream(fileobj: Any, prefix: bytes = b"") -> io.BufferedReader:
     """A buffered binary stream over `fileobj` (binary or text file-like)."""
     return io.BufferedReader(RawReader(fileobj, prefix), buffer_size=_CHUNK)
 
 
 @contextlib.contextmanager
-def open_stream(path):
+def open_stream(path: str) -> Iterator[io.BufferedReader]:
     """`path` as an ordinary iterable, buffered binary stream, closed on exit."""
     with binary_stream(open_path(path)) as stream:
         yield stream
 
 
-def text_stream(fileobj, newline=""):
+def text_stream(fileobj: Any, newline: str = "") -> io.TextIOBase:
     """UTF-8 text over `fileobj`: BOM dropped, bad bytes replaced (never a crash).
 
     newline="" (the csv module's need) leaves line ends untranslated; "\n" splits on LF only,
@@ -77,7 +90,7 @@ def text_stream(fileobj, newline=""):
                             newline=newline)
 
 
-def sniff(fileobj, size=4096):
+def sniff(fileobj: Any, size: int = 4096) -> tuple[str, io.BufferedReader]:
     """(first non-blank character or '', stream at the start, past any UTF-8 BOM)."""
     stream = binary_stream(fileobj)
     if stream.peek(3)[:3] == b"\xef\xbb\xbf":
@@ -87,7 +100,7 @@ def sniff(fileobj, size=4096):
     return (text[:1], stream)
 
 
-def as_patterns(paths):
+def as_patterns(paths: str | Sequence[str]) -> list[str]:
     """One path/glob or a list of them (repeatable options) -> list."""
     return [paths] if isinstance(paths, str) else list(paths)
 
@@ -95,7 +108,7 @@ def as_patterns(paths):
 class OpenFiles(beam.PTransform):
     """PCollection of fileio.ReadableFile for every file matched by one or more paths/globs."""
 
-    def __init__(self, paths):
+    def __init__(self, paths: str | Sequence[str]) -> None:
         super().__init__()
         self._patterns = as_patterns(paths)
 
@@ -112,7 +125,7 @@ class ReadLines(beam.PTransform):
     ReadFromText splits uncompressed files across workers: for one-record-a-line formats only.
     """
 
-    def __init__(self, paths, with_filename=False):
+    def __init__(self, paths: str | Sequence[str], with_filename: bool = False) -> None:
         super().__init__()
         self._patterns = as_patterns(paths)
         self._with_filename = with_filename
@@ -132,7 +145,8 @@ class ParseFiles(beam.PTransform):
     yields, for files one worker reads whole.
     """
 
-    def __init__(self, paths, parse, lines=False, with_filename=False, spread=False):
+    def __init__(self, paths: str | Sequence[str], parse: beam.PTransform, lines: bool = False,
+                 with_filename: bool = False, spread: bool = False) -> None:
         super().__init__()
         self._paths = paths
         self._parse = parse

@@ -1,7 +1,15 @@
-"""Resuming an ingest: keep the rows a previous run settled, fetch only the rest again."""
+"""Resuming an ingest: keep the rows a previous run settled, fetch only the rest again.
+
+Public transform: `MergeWithPrevious(previous, retry_statuses)`: manifest rows (`schema.Row`) ->
+{"carry": previous rows kept as they are, "fetch": rows to fetch again}.
+"""
+from __future__ import annotations
+
 import apache_beam as beam
 
 from transforms import schema
+
+__all__ = ["FETCH_OUTCOME_COLUMNS", "reset_for_refetch", "parse_retry_statuses", "MergeWithPrevious"]
 
 # Everything a fetch decides; reset before a row is fetched again. Manifest and join columns stay.
 FETCH_OUTCOME_COLUMNS = (
@@ -11,14 +19,15 @@ FETCH_OUTCOME_COLUMNS = (
 )
 
 
-def reset_for_refetch(row):
+def reset_for_refetch(row: schema.Row) -> schema.Row:
+    """A copy of `row` with every fetch outcome cleared, ready to be fetched again."""
     row = dict(row)
     for name in FETCH_OUTCOME_COLUMNS:
         row[name] = None
     return row
 
 
-def parse_retry_statuses(text):
+def parse_retry_statuses(text: str | None) -> frozenset[str]:
     """'timeout,connection_error' -> frozenset; None or '' -> every status but ok."""
     if not text:
         return frozenset(s for s in schema.STATUSES if s != schema.OK)
@@ -63,7 +72,7 @@ class MergeWithPrevious(beam.PTransform):
     longer list are kept: a resume never loses rows.
     """
 
-    def __init__(self, previous, retry_statuses):
+    def __init__(self, previous: beam.PCollection, retry_statuses: frozenset[str]) -> None:
         super().__init__()
         self._previous = previous
         self._retry = retry_statuses

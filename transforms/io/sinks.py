@@ -1,9 +1,21 @@
-"""Writing the dataset: Parquet rows, content-addressed blobs, summary.json. Local or gs://."""
+"""Writing the dataset: content-addressed blobs, summary.json, and the path and JSON helpers. Local or gs://.
+
+Public transforms (rows are `schema.Row` dicts):
+
+- `StoreBlobs()`: rows with `_body` -> the same rows without it, `ok` bodies stored under OUT/blobs/.
+- `CountBlobs(shards)`: rows -> one `int`, the distinct blobs they point at.
+- `StatusCounts()`: rows -> one `{dataset: {status: n}}` dict.
+- `WriteSummary(out_dir, started_at, job, options)`: {"counts", "written", extras...} -> the path of
+  OUT/summary.json, once written.
+"""
+from __future__ import annotations
+
 import collections
 import hashlib
 import json
 import os
 import time
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -12,15 +24,19 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import schema
 from transforms.clustering.spill import split_by
 
+__all__ = ["join_path", "blob_uri", "StoreBlobDoFn", "StoreBlobs", "CountBlobs", "assign_blob_uri", "StatusCounts",
+           "build_summary", "write_json", "read_json", "WriteSummary"]
+
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif",
                "MPO": "jpg", "ICO": "ico", "AVIF": "avif", "HEIF": "heic"}
 
 
-def join_path(base, *parts):
+def join_path(base: str, *parts: str) -> str:
+    """`base`/`parts` for local paths and gs:// alike (a trailing slash on `base` is harmless)."""
     return FileSystems.join(base.rstrip("/"), *parts)
 
 
-def blob_uri(out_dir, sha256, fmt=None):
+def blob_uri(out_dir: str, sha256: str, fmt: str | None = None) -> str:
     """OUT/blobs/ab/cd/<sha256>.<ext>: two fan-out levels keep directory listings small."""
     name = f"{sha256}.{_EXTENSIONS.get(fmt or '', 'bin')}"
     return join_path(out_dir, "blobs", sha256[:2], sha256[2:4], name)
@@ -133,6 +149,7 @@ def _digests_by_shard(digests, shards):
 
 
 def assign_blob_uri(row, out_dir):
+    """Sets `blob` to the content address of an `ok` row with a sha256; returns the row."""
     if row.get("status") == schema.OK and row.get("sha256"):
         row["blob"] = blob_uri(out_dir, row["sha256"], row.get("format"))
     return row
@@ -157,8 +174,10 @@ def _nest_counts(pairs):
     return table
 
 
-def build_summary(counts, extras, started_at, job, options_snapshot):
-    totals = {}
+def build_summary(counts: dict[str, dict[str, int]], extras: dict[str, Any], started_at: float, job: str,
+                  options_snapshot: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's content: counts by dataset x status, totals, `extras`, timings and options."""
+    totals: dict[str, int] = {}
     for per_status in counts.values():
         for status, count in per_status.items():
             totals[status] = totals.get(status, 0) + count
@@ -180,13 +199,15 @@ def build_summary(counts, extras, started_at, job, options_snapshot):
     }
 
 
-def write_json(path, payload):
+def write_json(path: str, payload: Any) -> str:
+    """Writes `payload` as indented JSON to a local or gs:// path; returns the path."""
     with FileSystems.create(path) as handle:
         handle.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode("utf-8"))
     return path
 
 
-def read_json(path):
+def read_json(path: str) -> Any:
+    """The JSON document at a local or gs:// path."""
     with FileSystems.open(path) as handle:
         return json.loads(handle.read().decode("utf-8"))
 
@@ -194,7 +215,8 @@ def read_json(path):
 class WriteSummary(beam.PTransform):
     """OUT/summary.json, written once the tables it describes are finalised."""
 
-    def __init__(self, out_dir, started_at, job, options_snapshot=None):
+    def __init__(self, out_dir: str, started_at: float, job: str,
+                 options_snapshot: dict[str, Any] | None = None) -> None:
         super().__init__()
         self._out_dir = out_dir
         self._started_at = started_at

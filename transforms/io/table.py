@@ -2,17 +2,29 @@
 
 Writing is two-phase so that full rows never cross a shuffle (a runner buffers what crosses one;
 the local runner holds it all in memory):
-  1. `WriteShards`, fused with the fetch, streams each bundle's rows into a temporary Parquet shard;
+  1. `WriteTableShards`, fused with the fetch, streams each bundle's rows into a temporary Parquet shard;
   2. once the duplicate clusters are known (computed from a small projection of the rows),
-     `FinalizeShards` rewrites each shard into OUT/images with cluster_id / is_canonical set.
+     `FinalizeTable` rewrites each shard into OUT/images with cluster_id / is_canonical set.
 Each run writes its part files under a run-unique prefix and deletes the files it found at launch
 only after its own are final, so a re-run or resume never mixes generations, and a failed run
 leaves the previous table whole. A failed bundle's shards are orphans in the run's temporary
 directory, which is removed at the end: only shards of committed bundles reach OUT/images.
+
+Public transforms (rows are `schema.Row` dicts):
+
+- `ReadImageTable(files)`: PBegin -> the rows of those OUT/images Parquet files.
+- `WriteTableShards(out_dir, run_id)`: rows -> `str` paths of temporary shards (phase 1).
+- `FinalizeTable(out_dir, run_id, clusters)`: shard paths -> `str` final file names (phase 2);
+  `clusters` is a PCollection of `(key, (cluster_id, is_canonical, is_placeholder))`.
+- `RetireFiles(stale)`: this run's file names -> the `stale` paths, each deleted unless written now.
+- `RemoveDirectory(directory)`: any PCollection -> `directory`, deleted once the input is complete.
 """
+from __future__ import annotations
+
 import hashlib
 import os
 import uuid
+from collections.abc import Iterable
 
 import apache_beam as beam
 import pyarrow as pa
@@ -27,14 +39,18 @@ CLUSTER_COLUMNS = ("cluster_id", "is_canonical", "is_placeholder")
 
 PART_PREFIX = "part"
 
+__all__ = ["CLUSTER_COLUMNS", "PART_PREFIX", "list_table_files", "list_orphan_shards", "restore_row", "ReadImageTable",
+           "WriteShardsDoFn", "final_name", "finalize_shard", "temporary_dir", "WriteTableShards", "FinalizeTable",
+           "RemoveDirectory", "RetireFiles"]
 
-def list_table_files(out_dir):
+
+def list_table_files(out_dir: str) -> list[str]:
     """The Parquet files of OUT/images, sorted; [] if there is no table yet."""
     pattern = join_path(out_dir, "images", "*.parquet")
     return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
 
 
-def list_orphan_shards(out_dir):
+def list_orphan_shards(out_dir: str) -> list[str]:
     """Shards a crashed run left in its temporary directory."""
     pattern = join_path(out_dir, "_tmp-*", "*")
     return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
@@ -52,7 +68,7 @@ def restore_row(record):
 class ReadImageTable(beam.PTransform):
     """Rows of the given OUT/images Parquet files (listed at construction)."""
 
-    def __init__(self, files):
+    def __init__(self, files: Iterable[str]) -> None:
         super().__init__()
         self._files = list(files)
 
@@ -72,7 +88,7 @@ class WriteShardsDoFn(beam.DoFn):
     shards are closed at a fixed size: finalising one then needs memory for one shard only.
     """
 
-    def __init__(self, tmp_dir, batch_rows=2000, shard_rows=20000):
+    def __init__(self, tmp_dir: str, batch_rows: int = 2000, shard_rows: int = 20000) -> None:
         self._tmp_dir = tmp_dir
         self._batch_rows = min(batch_rows, shard_rows)
         self._shard_rows = shard_rows
@@ -114,7 +130,7 @@ class WriteShardsDoFn(beam.DoFn):
             yield GlobalWindows.windowed_value(self._close())
 
 
-def final_name(images_dir, run_id, shard_path):
+def final_name(images_dir: str, run_id: str, shard_path: str) -> str:
     """Deterministic per shard, so a retried finalisation overwrites rather than duplicates."""
     digest = hashlib.sha1(os.path.basename(shard_path).encode()).hexdigest()[:16]
     return join_path(images_dir, f"{PART_PREFIX}-{run_id}-{digest}.parquet")
@@ -145,14 +161,15 @@ def _with_cluster_columns(table, assignments):
     return table
 
 
-def temporary_dir(out_dir, run_id):
+def temporary_dir(out_dir: str, run_id: str) -> str:
+    """OUT/_tmp-<run>: where a run's shards wait for their cluster columns."""
     return join_path(out_dir, f"_tmp-{run_id}")
 
 
 class WriteTableShards(beam.PTransform):
     """Rows -> paths of temporary Parquet shards in OUT/_tmp-<run> (phase 1)."""
 
-    def __init__(self, out_dir, run_id, shard_rows=20000):
+    def __init__(self, out_dir: str, run_id: str, shard_rows: int = 20000) -> None:
         super().__init__()
         self._tmp_dir = temporary_dir(out_dir, run_id)
         self._shard_rows = shard_rows
@@ -169,7 +186,7 @@ class FinalizeTable(beam.PTransform):
     not listed get (None, True, False).
     """
 
-    def __init__(self, out_dir, run_id, clusters):
+    def __init__(self, out_dir: str, run_id: str, clusters: beam.PCollection) -> None:
         super().__init__()
         self._out_dir = out_dir
         self._run_id = run_id
@@ -190,7 +207,7 @@ class FinalizeTable(beam.PTransform):
 class RemoveDirectory(beam.PTransform):
     """Deletes `directory` once the input PCollection is complete (it is a side input)."""
 
-    def __init__(self, directory):
+    def __init__(self, directory: str) -> None:
         super().__init__()
         self._directory = directory
 
@@ -216,7 +233,7 @@ def _delete_tree(directory, done):
 class RetireFiles(beam.PTransform):
     """Deletes `stale` files once `written` (this run's files) exist; never one of `written`."""
 
-    def __init__(self, stale):
+    def __init__(self, stale: Iterable[str]) -> None:
         super().__init__()
         self._stale = list(stale)
 

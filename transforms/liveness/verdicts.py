@@ -30,7 +30,8 @@ from apache_beam.utils import shared
 
 from transforms import schema
 from transforms.clustering.placeholders import KNOWN_PLACEHOLDERS
-from transforms.fetch.client import BoundedFuturesDoFn, Fetcher
+from transforms.bounded_futures import BoundedFuturesDoFn
+from transforms.fetch.client import Fetcher
 from transforms.hashing import DEFAULT_MAX_PIXELS, inspect_image
 from transforms.io.sinks import join_path, write_json
 
