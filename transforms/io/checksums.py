@@ -36,6 +36,10 @@ class ReadHashFile(beam.DoFn):
                     yield entry
 
 
+HASH_CONFLICT_RULE = ("entries of one URL that disagree on sha256 or md5 give no expected hash;"
+                      " agreeing entries are merged")
+
+
 class AttachExpectedHashes(beam.PTransform):
     """Sets expected_sha256 / expected_md5 on rows of `dataset` whose URL is in the hash list.
 

@@ -1,5 +1,6 @@
 """Writing the dataset: Parquet rows, content-addressed blobs, summary.json. Local or gs://."""
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +39,11 @@ class StoreBlobDoFn(beam.DoFn):
 
     _RECENT = 20_000  # blobs remembered per worker, by a 12-byte digest of the URI: ~3 MB
 
+    def __init__(self, tmp_dir=None):
+        # Temporaries go to the run's OUT/_tmp-<run>/blobs/ when given: a crashed run's half
+        # written blobs are then removed with that folder by the next run (table.remove_stale_leftovers).
+        self._tmp_dir = tmp_dir
+
     def setup(self):
         self._written = beam.metrics.Metrics.counter("blobs", "written")
         self._existing = beam.metrics.Metrics.counter("blobs", "already_stored")
@@ -64,6 +70,8 @@ class StoreBlobDoFn(beam.DoFn):
         else:
             # Write aside then rename: a reader never sees half a blob, even on local disk.
             temporary = f"{uri}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+            if self._tmp_dir:
+                temporary = join_path(self._tmp_dir, "blobs", os.path.basename(temporary))
             if local:
                 self._write_local(temporary, uri, body)
             else:
@@ -78,13 +86,18 @@ class StoreBlobDoFn(beam.DoFn):
         # Plain os calls: Beam's FileSystems costs ~0.3 ms of CPU a blob in makedirs and wrappers,
         # a tenth of an image's whole budget. Same bytes under the same name, so a race between
         # two workers replacing each other's file leaves one identical blob.
-        directory = os.path.dirname(uri)
-        if directory not in self._directories:
-            os.makedirs(directory, exist_ok=True)
-            self._directories.add(directory)
-        with open(temporary, "wb") as handle:
-            handle.write(body)
-        os.replace(temporary, uri)
+        for directory in (os.path.dirname(uri), os.path.dirname(temporary)):
+            if directory not in self._directories:
+                os.makedirs(directory, exist_ok=True)
+                self._directories.add(directory)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(body)
+            os.replace(temporary, uri)
+        except OSError:
+            with contextlib.suppress(OSError):  # a full disk leaves no half blob behind
+                os.remove(temporary)
+            raise
 
     @staticmethod
     def _write_remote(temporary, uri, body):
@@ -99,10 +112,17 @@ class StoreBlobDoFn(beam.DoFn):
 
 
 class StoreBlobs(beam.PTransform):
-    """Rows with `_body` in; the same rows out without it, their bytes stored under OUT/blobs/."""
+    """Rows with `_body` in; the same rows out without it, their bytes stored under OUT/blobs/.
+
+    tmp_dir: the run's temporary folder (table.temporary_dir), where blobs are written aside.
+    """
+
+    def __init__(self, tmp_dir=None):
+        super().__init__()
+        self._tmp_dir = tmp_dir
 
     def expand(self, rows):
-        return rows | "StoreOnce" >> beam.ParDo(StoreBlobDoFn())
+        return rows | "StoreOnce" >> beam.ParDo(StoreBlobDoFn(self._tmp_dir))
 
 
 @beam.ptransform_fn
