@@ -12,9 +12,12 @@ import sys
 import time
 
 import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner
+from transforms.io.lease import output_lease
 from transforms.liveness import verdicts
 from transforms.io.sinks import join_path, read_json
 
@@ -54,6 +57,23 @@ class RefreshOptions(PipelineOptions):
         parser.add_argument("--summary-hosts", type=int, default=100, metavar="N",
                             help="hosts listed in summary.json (most rows first); hosts/ has them all")
         job_runner.add_network_arguments(parser)
+        job_runner.add_argument_once(parser, "--force-unlock", action="store_true",
+                                     help="take REFRESH_OUT's lease even though another run seems to hold it (only"
+                                          " when that run is known to be dead)")
+
+
+def snapshots_hold_rows(snapshots):
+    """False when every snapshot table is empty (an empty manifest's ingest): nothing to check.
+
+    Reads Parquet footers only, and stops at the first file holding a row.
+    """
+    for _root, pattern, _columns in snapshots:
+        for match in FileSystems.match([pattern]):
+            for meta in match.metadata_list:
+                with FileSystems.open(meta.path) as handle:
+                    if pq.ParquetFile(handle).metadata.num_rows:
+                        return True
+    return False
 
 
 def snapshot_pattern(value):
@@ -163,12 +183,17 @@ def run(argv=None):
     opts = options.view_as(RefreshOptions)
     job_runner.apply_local_defaults(options, argv)
     snapshots, params = resolve(opts)
+    if not snapshots_hold_rows(snapshots):
+        print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
+        return None
     started_at = time.time()
-    prepare_outputs(opts.output, opts.history, params.night)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, opts, snapshots, params, started_at)
-    result = pipeline.run()
-    result.wait_until_finish()
+    # Why: one writer per REFRESH_OUT (docs/integrity.md), held until the summary is written.
+    with output_lease(opts.output, "refresh", force_unlock=opts.force_unlock):
+        prepare_outputs(opts.output, opts.history, params.night)
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, opts, snapshots, params, started_at)
+        result = pipeline.run()
+        result.wait_until_finish()
     if job_runner.is_local(options):
         report(opts.output)
     return result
