@@ -380,3 +380,23 @@ def test_a_lost_row_fails_the_run_with_the_books_in_one_line(web, tmp_path, caps
     line = _one_line(capsys)
     assert f"the books do not balance: {manifest}: 6 records read, 5 rows written" in line
     assert not _summary(out)["books"]["balanced"]
+
+
+def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    row = schema.new_row("cc3m", "cc3m:1", "http://127.0.0.2/1.jpg", status=schema.OK, sha256="1" * 64,
+                         phash="0" * 16)
+    pq.write_table(pa_table([row]), out / "images" / "part-0.parquet")
+    out3, refresh_out = str(tmp_path / "out3"), str(tmp_path / "refresh")
+    with lease_module.output_lease(out3, "ingest"), lease_module.output_lease(refresh_out, "refresh"):
+        with pytest.raises(ValueError, match=f"{out3} is being written by ingest"):
+            dedup.run(local_options(input=str(out), output=out3))
+        capsys.readouterr()
+        assert refresh.main(local_options(snapshot=str(out), output=refresh_out)) == 2
+        assert f"{refresh_out} is being written by refresh" in _one_line(capsys)
+
+
+def pa_table(rows):
+    import pyarrow as pa
+    return pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
