@@ -108,7 +108,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     read = read_manifest_rows(pipeline, opts, spread_rows)
     rows = read["rows"]
     carried = None
-    kept = pipeline | "NoPreviousRows" >> beam.Create([])
+    kept = None
     if opts.resume:
         merged = rows | "MergePrevious" >> MergeWithPrevious(
             pipeline | "PreviousRun" >> ReadImageTable(previous_files), parse_retry_statuses(opts.retry_status))
@@ -140,8 +140,10 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     written = table["files"]
     _ = written | "RetirePrevious" >> RetireFiles(previous_files)
     # Why: the books (records read per manifest file = rows written) are checked by the job itself.
-    books = ({"records": read["records"], "kept": kept, "written": table["counts"], "truncated": read["truncated"]}
-             | "Books" >> BalanceBooks())
+    books_inputs = {"records": read["records"], "written": table["counts"], "truncated": read["truncated"]}
+    if kept is not None:
+        books_inputs["kept"] = kept
+    books = books_inputs | "Books" >> BalanceBooks()
     blob_count = fetched | "CountBlobs" >> CountBlobs()
     duplicates = (
         deduped["stats"]
@@ -162,8 +164,9 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
             | "ResumeFigures" >> beam.Map(lambda n, total: {"carried": n, "fetched": total - n},
                                           total=beam.pvalue.AsSingleton(
                                               fetched | "CountAll" >> beam.combiners.Count.Globally())))
-    summary = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
-    _ = summary | "CheckBooks" >> beam.Map(check_books, books=beam.pvalue.AsSingleton(books))
+    # The books are checked right after summary.json is written, in the same step (check_books).
+    _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts),
+                                                        check=check_books)
     return fetched
 
 

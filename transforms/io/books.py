@@ -49,16 +49,16 @@ def balance(records, kept, written, truncated=()):
             "truncated": sorted(truncated, key=lambda t: t["path"])}
 
 
-def check_books(_, books):
+def check_books(summary):
     """Raises BooksUnbalanced naming the first file whose rows written differ from its records.
 
     Args:
-        _: the element that orders this check after summary.json is written (ignored).
-        books: balance()'s result.
+        summary: the summary.json document, with balance()'s result under "books".
 
     Returns:
         books, when they balance.
     """
+    books = summary["books"]
     if books["balanced"]:
         return books
     for entry in books["files"]:
@@ -72,17 +72,21 @@ def check_books(_, books):
 
 
 class BalanceBooks(beam.PTransform):
-    """{"records", "kept", "written", "truncated"} PCollections -> one books dict (balance()).
+    """{"records", "written", "truncated"[, "kept"]} PCollections -> one books dict (balance()).
 
-    "kept" holds one source_file per kept row; they are counted per file before they meet.
+    "kept" (--resume only) holds one source_file per kept row; they are counted per file before
+    they meet.
     """
 
     def expand(self, inputs):
-        inputs = dict(inputs, kept=inputs["kept"] | "CountKept" >> beam.combiners.Count.PerElement())
-        side = {name: beam.pvalue.AsList(inputs[name]) for name in ("records", "kept", "written", "truncated")}
+        inputs = dict(inputs)
+        if "kept" in inputs:
+            inputs["kept"] = inputs["kept"] | "CountKept" >> beam.combiners.Count.PerElement()
+        side = {name: beam.pvalue.AsList(inputs[name]) for name in ("records", "kept", "written", "truncated")
+                if name in inputs}
         pipeline = inputs["written"].pipeline
         return (
             pipeline
             | "Once" >> beam.Create([None])
-            | "Balance" >> beam.Map(lambda _, **lists: balance(**lists), **side)
+            | "Balance" >> beam.Map(lambda _, **lists: balance(**dict({"kept": []}, **lists)), **side)
         )

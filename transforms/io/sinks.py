@@ -214,24 +214,31 @@ def read_json(path):
 class WriteSummary(beam.PTransform):
     """OUT/summary.json, written once the tables it describes are finalised."""
 
-    def __init__(self, out_dir, started_at, job, options_snapshot=None):
+    def __init__(self, out_dir, started_at, job, options_snapshot=None, check=None):
+        """check: called with the summary once it is written (e.g. books.check_books, which raises
+        when the books do not balance, failing the run with summary.json in place)."""
         super().__init__()
         self._out_dir = out_dir
         self._started_at = started_at
         self._job = job
         self._options = options_snapshot or {}
+        self._check = check
 
     def expand(self, inputs):
         """inputs: "counts" (StatusCounts), "written" (file names to wait for), and any other
         name -> a one-element PCollection, placed in the summary under that name."""
         path = join_path(self._out_dir, "summary.json")
-        started_at, job, options = self._started_at, self._job, self._options
+        started_at, job, options, check = self._started_at, self._job, self._options, self._check
         names = sorted(name for name in inputs if name not in ("counts", "written"))
         side = {f"extra_{name}": beam.pvalue.AsSingleton(inputs[name]) for name in names}
 
         def write(_, counts, written, **extras):
             extras = {name: extras[f"extra_{name}"] for name in names}
-            return write_json(path, build_summary(counts, extras, started_at, job, options))
+            summary = build_summary(counts, extras, started_at, job, options)
+            write_json(path, summary)
+            if check is not None:
+                check(summary)
+            return path
 
         return (
             inputs["counts"].pipeline
