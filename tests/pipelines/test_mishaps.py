@@ -400,3 +400,23 @@ def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
 def pa_table(rows):
     import pyarrow as pa
     return pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
+
+
+def test_resume_keeps_every_row_of_an_old_output_whose_keys_collided():
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
+    old = [schema.new_row("cc3m", "cc3m:part-0.tsv:1", f"http://127.0.0.2/{year}.jpg", status=schema.OK,
+                          source_file=f"/in/{year}/part-0.tsv") for year in (2024, 2025)]
+    new = [schema.new_row("cc3m", "cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg",
+                          source_file="/in/2024/part-0.tsv"),
+           schema.new_row("cc3m", "cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg", source_file="/in/x/part-0.tsv")]
+    with beam.Pipeline("FnApiRunner") as pipeline:
+        merged = (pipeline | "New" >> beam.Create(new)) | MergeWithPrevious(
+            pipeline | "Old" >> beam.Create(old), parse_retry_statuses(None))
+        assert_that(merged["carry"] | "CarriedUrls" >> beam.Map(lambda r: r["url"]),
+                    equal_to(["http://127.0.0.2/2024.jpg", "http://127.0.0.2/2025.jpg"]), label="Carried")
+        assert_that(merged["fetch"] | "FetchedKeys" >> beam.Map(lambda r: (r["key"], r["url"])),
+                    equal_to([("cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg"),
+                              ("cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg")]), label="Fetched")
+        assert_that(merged["kept"], equal_to(["/in/2024/part-0.tsv", "/in/2025/part-0.tsv"]), label="Kept")

@@ -44,7 +44,17 @@ class _Choose(beam.DoFn):
     def process(self, item):
         _key, grouped = item
         new = next(iter(grouped["new"]), None)
-        old = next(iter(grouped["old"]), None)
+        olds = list(grouped["old"])
+        if len(olds) > 1:
+            # An output of an earlier version whose keys collided: which old row a record matches
+            # is unknown, so every old row is kept as it is (none is lost), the record fetched anew.
+            for old in olds:
+                yield from self._keep(old)
+            if new is not None:
+                self._new.inc()
+                yield beam.pvalue.TaggedOutput(self.FETCH, new)
+            return
+        old = olds[0] if olds else None
         if old is not None and new is None:
             # Why: a row no manifest lists any more is kept; the books count it as read from OUT.
             yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
@@ -56,6 +66,15 @@ class _Choose(beam.DoFn):
         elif new is not None:
             (self._refetched if old is not None else self._new).inc()
             yield beam.pvalue.TaggedOutput(self.FETCH, new)
+        else:
+            self._refetched.inc()
+            yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
+
+    def _keep(self, old):
+        yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
+        if old["status"] not in self._retry:
+            self._carried.inc()
+            yield old
         else:
             self._refetched.inc()
             yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
