@@ -14,14 +14,20 @@ import datetime
 import json
 import os
 import sys
+import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner, preflight
-from transforms import schema
+from pipelines.launch import job_runner
 from transforms.clustering.clusters import WriteDuplicates
+from transforms.errors import BooksUnbalanced
+from transforms.io.lease import output_lease
+from transforms.io.table import (FinalizeTable, RetireFiles, WriteTableShards, list_duplicates_files,
+                                 list_table_files, remove_stale_leftovers)
+from pipelines.launch import preflight
 from transforms.clustering.dedup_settings import DedupSettings
 from transforms.errors import BadInput
 from transforms.io.sinks import join_path, read_json
@@ -45,6 +51,9 @@ class DedupOptions(PipelineOptions):
                             help="an ingest output directory (OUT); repeatable, required")
         output = parser.add_argument_group("output")
         job_runner.add_argument_once(output, "--output", help="output directory (OUT3), required")
+        job_runner.add_argument_once(output, "--force-unlock", action="store_true",
+                                     help="take OUT3's lease even though another run seems to hold it (only when"
+                                          " that run is known to be dead)")
         DedupSettings.add_arguments(parser)
 
 
@@ -65,16 +74,28 @@ def _newest_key(indexed_row):
 
 
 class _Newest(beam.DoFn):
-    """(key, [(input index, row)]) -> the newest row; counts the others as replaced."""
+    """(key, [(input index, row)]) -> the newest row; counts the others as replaced.
+
+    Only versions from different inputs replace each other. An input holding one key twice (an
+    output of an earlier ingest whose keys collided) keeps all its rows: they are distinct
+    records; each such key is counted on REPEATED for a warning.
+    """
     REPLACED = "replaced"
+    REPEATED = "repeated"
 
     def process(self, element):
         _key, versions = element
         versions = list(versions)
-        yield max(versions, key=_newest_key)[1]
-        for _ in versions[1:]:
-            beam.metrics.Metrics.counter("dedup", "replaced_rows").inc()
-            yield beam.pvalue.TaggedOutput(self.REPLACED, 1)
+        winner = max(versions, key=_newest_key)[0]
+        indices = [index for index, _ in versions]
+        if len(set(indices)) < len(indices):
+            yield beam.pvalue.TaggedOutput(self.REPEATED, 1)
+        for index, row in versions:
+            if index == winner:
+                yield row
+            else:
+                beam.metrics.Metrics.counter("dedup", "replaced_rows").inc()
+                yield beam.pvalue.TaggedOutput(self.REPLACED, 1)
 
 
 class ReadImages(beam.PTransform):
@@ -92,11 +113,17 @@ class ReadImages(beam.PTransform):
                 pbegin
                 | f"Read{i}" >> beam.io.ReadFromParquet(pattern)
                 | f"Tag{i}" >> beam.Map(lambda row, i=i: (row["key"], (i, row))))
+        all_rows = tagged | "AllInputs" >> beam.Flatten()
+        # Why: the books' "in" side, rows read per input.
+        self.rows_in = (
+            all_rows
+            | "InputOf" >> beam.Map(lambda item: item[1][0])
+            | "CountPerInput" >> beam.combiners.Count.PerElement()
+        )
         return (
-            tagged
-            | "AllInputs" >> beam.Flatten()
+            all_rows
             | "GroupByKey" >> beam.GroupByKey()
-            | "Newest" >> beam.ParDo(_Newest()).with_outputs(_Newest.REPLACED, main="rows")
+            | "Newest" >> beam.ParDo(_Newest()).with_outputs(_Newest.REPLACED, _Newest.REPEATED, main="rows")
         )
 
 
@@ -110,26 +137,96 @@ class _WriteJson(beam.DoFn):
         yield self._path
 
 
-def _summary(stats, replaced, inputs, output):
+def _summary(stats, replaced, inputs, output, books, repeated=0, warnings=()):
+    warnings = list(warnings)
+    if repeated:
+        warnings.append(f"{repeated} keys occur more than once within one input (an ingest output whose keys"
+                        " collided): all their rows are kept")
     return dict({"job": "dedup", "inputs": inputs, "output": output,
-                 "replaced_rows": replaced}, **stats)
+                 "replaced_rows": replaced, "books": books, "warnings": warnings}, **stats)
 
 
-def build(pipeline, opts):
-    """The job's graph on `pipeline`; returns the Dedup outputs."""
-    read = pipeline | "ReadImages" >> ReadImages(opts.input)
+def dedup_books(rows_in, written, replaced, inputs):
+    """Rows read per input against rows written + rows replaced by a newer version of their key.
+
+    Args:
+        rows_in: [(input index, rows read)].
+        written: FinalizeTable's counts, [{"path", "rows", ...}].
+        replaced: rows replaced.
+        inputs: the --input values, in order.
+
+    Returns:
+        {"inputs": [{"path", "rows"}], "rows_in", "rows_out", "replaced", "balanced"}.
+    """
+    per_input = dict(rows_in)
+    total_in = sum(per_input.values())
+    rows_out = sum(part["rows"] for part in written)
+    return {"inputs": [{"path": path, "rows": per_input.get(i, 0)} for i, path in enumerate(inputs)],
+            "rows_in": total_in, "rows_out": rows_out, "replaced": replaced,
+            "balanced": total_in == rows_out + replaced}
+
+
+def check_dedup_books(_, books):
+    """Raises BooksUnbalanced unless rows in = rows out + replaced."""
+    if not books["balanced"]:
+        raise BooksUnbalanced(f"the books do not balance: {books['rows_in']} rows read from"
+                              f" {', '.join(i['path'] for i in books['inputs'])}, {books['rows_out']} rows written"
+                              f" to {books.get('output', 'OUT3')} + {books['replaced']} replaced")
+    return books
+
+
+def phash_warnings(inputs):
+    """One warning per input whose table has no phash column (near duplicates cannot be found)."""
+    warnings = []
+    for root in inputs:
+        files = list_table_files(root)
+        if not files:
+            continue
+        with FileSystems.open(files[0]) as handle:
+            names = pq.ParquetFile(handle).schema_arrow.names
+        if "phash" not in names:
+            warnings.append(f"{root}: the table has no phash column: its rows are matched by URL and sha256"
+                            " only, never as near duplicates")
+    return warnings
+
+
+def build(pipeline, opts, run_id=None, warnings=()):
+    """The job's graph on `pipeline`; returns the Dedup outputs.
+
+    OUT3's images/ and duplicates/ are replaced two-phase, like the ingest's: this run's parts are
+    written under a run-unique name, and the files OUT3 held at launch are deleted only after.
+    """
+    out = opts.output
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    previous_files = list_table_files(out)
+    previous_duplicates = list_duplicates_files(out)
+    reader = ReadImages(opts.input)
+    read = pipeline | "ReadImages" >> reader
     result = read.rows | "Dedup" >> DedupSettings.from_options(opts).transform()
-    (result["rows"]
-     | "ToRecord" >> beam.Map(schema.to_parquet_record)
-     | "WriteImages" >> beam.io.WriteToParquet(
-         FileSystems.join(opts.output, "images", "part"), schema.IMAGE_SCHEMA,
-         file_name_suffix=".parquet", record_batch_size=64))
-    result["clusters"] | "WriteDuplicates" >> WriteDuplicates(opts.output)
+    shards = result["rows"] | "WriteShards" >> WriteTableShards(out, run_id)
+    # Why: the rows already carry their cluster columns; phase 2 only moves them into images/.
+    table = shards | "WriteImages" >> FinalizeTable(out, run_id, None, with_counts=True)
+    _ = table["files"] | "RetirePrevious" >> RetireFiles(previous_files)
+    duplicates_files = result["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
+    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates)
     replaced = read[_Newest.REPLACED] | "CountReplaced" >> beam.combiners.Count.Globally()
-    (result["stats"]
-     | "Summary" >> beam.Map(_summary, replaced=beam.pvalue.AsSingleton(replaced),
-                             inputs=list(opts.input), output=opts.output)
-     | "WriteSummary" >> beam.ParDo(_WriteJson(FileSystems.join(opts.output, "summary.json"))))
+    repeated = read[_Newest.REPEATED] | "CountRepeated" >> beam.combiners.Count.Globally()
+    books = (
+        pipeline
+        | "Once" >> beam.Create([None])
+        | "Books" >> beam.Map(lambda _, rows_in, written, replaced: dedup_books(rows_in, written, replaced,
+                                                                              list(opts.input)),
+                              rows_in=beam.pvalue.AsList(reader.rows_in),
+                              written=beam.pvalue.AsList(table["counts"]),
+                              replaced=beam.pvalue.AsSingleton(replaced))
+    )
+    summary = (
+        result["stats"]
+        | "Summary" >> beam.Map(_summary, replaced=beam.pvalue.AsSingleton(replaced),
+                                inputs=list(opts.input), output=out, books=beam.pvalue.AsSingleton(books),
+                                repeated=beam.pvalue.AsSingleton(repeated), warnings=list(warnings))
+        | "WriteSummary" >> beam.ParDo(_WriteJson(FileSystems.join(out, "summary.json"))))
+    _ = summary | "CheckBooks" >> beam.Map(check_dedup_books, books=beam.pvalue.AsSingleton(books))
     return result
 
 
@@ -166,7 +263,14 @@ def run(argv=None):
     """The dedup job: parses argv, checks the inputs, runs and waits; returns the PipelineResult."""
     options, opts = JOB.parse(argv)
     check_inputs(opts)
-    return JOB.execute(options, lambda pipeline: build(pipeline, opts), opts.output, summary=summary_lines)
+    warnings = phash_warnings(opts.input)
+    for warning in warnings:
+        print(f"dedup: warning: {warning}", file=sys.stderr)
+    # Why: one writer per OUT3; stale leftovers of failed runs are removed under the lease.
+    with output_lease(opts.output, "dedup", force_unlock=opts.force_unlock):
+        remove_stale_leftovers(opts.output)
+        return JOB.execute(options, lambda pipeline: build(pipeline, opts, warnings=warnings), opts.output,
+                           summary=summary_lines)
 
 
 def main(argv=None) -> int:

@@ -17,18 +17,20 @@ from pipelines.launch import job_runner, preflight
 from pipelines.report import progress_line
 from pipelines.demo import sample_site
 from transforms import schema
-from transforms.io.checksums import AttachExpectedHashes
+from transforms.errors import BadInput
+from transforms.io.checksums import HASH_CONFLICT_RULE, AttachExpectedHashes
 from transforms.clustering.clusters import WriteDuplicates, slim_row
 from transforms.clustering.dedup_settings import DedupSettings
-from transforms.errors import BadInput
 from transforms.fetch.client import FetchConfig, FetchImages
 from transforms.hashing import HashImages
 from transforms.io.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.io.manifests import ManifestParsers, ReadManifests
 from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
 from transforms.io.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
-from transforms.io.table import FinalizeTable, ReadImageTable, RetireFiles, WriteTableShards, list_orphan_shards, \
-    list_table_files, temporary_dir
+from transforms.io.books import BalanceBooks, check_books
+from transforms.io.lease import output_lease
+from transforms.io.table import FinalizeTable, ReadImageTable, RetireFiles, WriteTableShards, list_duplicates_files, \
+    list_table_files, remove_stale_leftovers, temporary_dir
 from transforms.record_progress import RecordProgress
 
 __all__ = ["IngestOptions", "parse_manifest_args", "fetch_config", "build_pipeline", "spill_directory",
@@ -62,6 +64,13 @@ class IngestOptions(PipelineOptions):
                             help="keep OUT's settled rows, fetch only the others again, write a complete new table")
         output.add_argument("--retry-status", default=None, metavar="S1,S2",
                             help="with --resume: the statuses fetched again (default: every status but ok)")
+        # integrity (docs/integrity.md)
+        output.add_argument("--accept-truncated", action="store_true",
+                            help="ingest the records of a cut-short or corrupt compressed manifest up to the cut,"
+                                 " recorded in summary.json, instead of failing")
+        job_runner.add_argument_once(output, "--force-unlock", action="store_true",
+                                     help="take OUT's lease even though another run seems to hold it (only when"
+                                          " that run is known to be dead)")
         DedupSettings.add_arguments(parser)
         # progress and report (docs/progress-and-report.md)
         progress = parser.add_argument_group("progress and report")
@@ -110,19 +119,22 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     previous_files = list_table_files(out)  # replaced by this run's, once those are written
     if opts.resume and not previous_files:
         raise BadInput(f"--resume: no table to resume in {join_path(out, 'images')}")
-    rows = read_manifest_rows(pipeline, opts, spread_rows)
+    previous_duplicates = list_duplicates_files(out)
+    read = read_manifest_rows(pipeline, opts, spread_rows)
+    rows = read["rows"]
     carried = None
+    kept = None
     if opts.resume:
         merged = rows | "MergePrevious" >> MergeWithPrevious(
             pipeline | "PreviousRun" >> ReadImageTable(previous_files), parse_retry_statuses(opts.retry_status))
-        rows, carried = merged["fetch"], merged["carry"]
+        rows, carried, kept = merged["fetch"], merged["carry"], merged["kept"]
     fetched = (
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
         | "Hash" >> HashImages(opts.max_pixels)
         | "Progress" >> RecordProgress(progress_dir)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
-        | "StoreBlobs" >> StoreBlobs()
+        | "StoreBlobs" >> StoreBlobs(temporary_dir(out, run_id))
     )
     if carried is not None:
         fetched = (fetched, carried) | "WithCarried" >> beam.Flatten()
@@ -137,9 +149,17 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
             spill_dir=spill_directory(out, run_id) if one_process else None)
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
-    _ = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
-    written = shards | "WriteImages" >> FinalizeTable(out, run_id, clusters)
-    _ = written | "RetirePrevious" >> RetireFiles(previous_files + list_orphan_shards(out))
+    duplicates_files = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
+    # Why: a re-run with another shard count must not leave the old clusters-* files beside the new.
+    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates)
+    table = shards | "WriteImages" >> FinalizeTable(out, run_id, clusters, with_counts=True)
+    written = table["files"]
+    _ = written | "RetirePrevious" >> RetireFiles(previous_files)
+    # Why: the books (records read per manifest file = rows written) are checked by the job itself.
+    books_inputs = {"records": read["records"], "written": table["counts"], "truncated": read["truncated"]}
+    if kept is not None:
+        books_inputs["kept"] = kept
+    books = books_inputs | "Books" >> BalanceBooks()
     blob_count = fetched | "CountBlobs" >> CountBlobs()
     duplicates = (
         deduped["stats"]
@@ -147,14 +167,22 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
         | "WithBlobs" >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs),
                                   blobs=beam.pvalue.AsSingleton(blob_count))
     )
-    summary_inputs = {"counts": fetched | "Counts" >> StatusCounts(), "duplicates": duplicates, "written": written}
+    summary_inputs = {"counts": fetched | "Counts" >> StatusCounts(), "duplicates": duplicates, "written": written,
+                      "books": books}
+    if "hash_conflicts" in read:
+        summary_inputs["hash_list"] = (
+            read["hash_conflicts"]
+            | "CountConflicts" >> beam.combiners.Count.Globally()
+            | "HashListFigures" >> beam.Map(lambda n: {"conflicting_urls": n, "rule": HASH_CONFLICT_RULE}))
     if carried is not None:
         summary_inputs["resume"] = (
             (carried | "CountCarried" >> beam.combiners.Count.Globally())
             | "ResumeFigures" >> beam.Map(lambda n, total: {"carried": n, "fetched": total - n},
                                           total=beam.pvalue.AsSingleton(
                                               fetched | "CountAll" >> beam.combiners.Count.Globally())))
-    _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts))
+    # The books are checked right after summary.json is written, in the same step (check_books).
+    _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts),
+                                                        check=check_books)
     return fetched
 
 
@@ -172,28 +200,40 @@ def cluster_columns(row):
 
 
 def read_manifest_rows(pipeline, opts, spread_rows=True):
-    """Manifest rows with their published hashes, labels and captions joined (none without manifests)."""
+    """Manifest rows with their published hashes, labels and captions joined (none without manifests).
+
+    Returns:
+        {"rows", "records" ({"path", "records"} per manifest file), "truncated" (cut compressed
+        files kept with --accept-truncated)}, and "hash_conflicts" (URLs) with --cc12m-hashes.
+    """
     manifests = parse_manifest_args(opts.manifest)
     if not manifests:
-        return pipeline | "NoManifests" >> beam.Create([])
+        return {name: pipeline | f"NoManifests{name.title()}" >> beam.Create([])
+                for name in ("rows", "records", "truncated")}
     synsets = load_synsets(opts.imagenet_synsets) if opts.imagenet_synsets else None
     parsers = ManifestParsers(opts.imagenet_root, synsets)
-    rows = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers, spread_rows)
+    read = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers, spread_rows,
+                                                       accept_truncated=opts.accept_truncated, with_books=True)
+    rows = read["rows"]
     # Joins run on the small pre-fetch rows: no image bytes cross their shuffles.
     if opts.cc12m_hashes:
-        rows = rows | "PublishedHashes" >> AttachExpectedHashes(opts.cc12m_hashes)
+        joined = rows | "PublishedHashes" >> AttachExpectedHashes(opts.cc12m_hashes, with_conflicts=True)
+        rows = joined["rows"]
+        read["hash_conflicts"] = joined["conflicts"]
     if opts.openimages_labels:
         rows = rows | "OpenImagesLabels" >> JoinOpenImagesLabels(opts.openimages_labels, opts.openimages_classes)
     if opts.cc3m_labels:
         rows = rows | "CC3MLabels" >> JoinCC3MLabels(opts.cc3m_labels)
     if opts.long_captions:
         rows = rows | "LongCaptions" >> JoinLongCaptions(opts.long_captions)
-    return rows
+    read["rows"] = rows
+    return read
 
 
 def _options_snapshot(opts):
     keep = ("manifest", "timeout", "max_bytes", "max_pixels", "retries", "concurrency", "per_host",
-            "allow_network", "max_distance", "dataset_priority", "cc12m_hashes", "demo", "resume", "retry_status")
+            "allow_network", "max_distance", "dataset_priority", "cc12m_hashes", "demo", "resume", "retry_status",
+            "accept_truncated")
     return {name: getattr(opts, name, None) for name in keep}
 
 
@@ -260,14 +300,18 @@ def run(argv=None):
         # for finalising one 20K-row shard, against +30 MB with the system allocator, which
         # gives them back. On Dataflow the workers' own defaults stay.
         pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
-        with progress_line.LiveProgress(parse_manifest_args(opts.manifest), plain_interval=opts.progress_interval,
-                                        enabled=opts.progress and job_runner.is_local(options)) as live:
-            def build(pipeline):
-                build_pipeline(pipeline, opts, started_at, live.directory, one_process=one_process)
-                live.start()
+    # Why: one writer per OUT; the lease is held until the table, summary and report are written.
+    with output_lease(opts.output, "ingest", force_unlock=opts.force_unlock):
+        remove_stale_leftovers(opts.output)
+        with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
+            with progress_line.LiveProgress(parse_manifest_args(opts.manifest),
+                                            plain_interval=opts.progress_interval,
+                                            enabled=opts.progress and job_runner.is_local(options)) as live:
+                def build(pipeline):
+                    build_pipeline(pipeline, opts, started_at, live.directory, one_process=one_process)
+                    live.start()
 
-            return JOB.execute(options, build, opts.output, summary=report, html_report=opts.html_report)
+                return JOB.execute(options, build, opts.output, summary=report, html_report=opts.html_report)
 
 
 def report(out):

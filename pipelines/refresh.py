@@ -10,9 +10,14 @@ import os
 import sys
 import time
 
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner, preflight
+from pipelines.launch import job_runner
+from transforms.io.lease import output_lease
+
+from pipelines.launch import preflight
 from transforms.fetch.client import FetchConfig
 from transforms.liveness import verdicts
 from transforms.io.sinks import join_path, read_json
@@ -66,6 +71,9 @@ class RefreshOptions(PipelineOptions):
                                 " HEAD first")
         output.add_argument("--summary-hosts", type=int, default=100, metavar="N",
                             help="hosts listed in summary.json (most rows first); hosts/ has them all (default 100)")
+        job_runner.add_argument_once(output, "--force-unlock", action="store_true",
+                                     help="take REFRESH_OUT's lease even though another run seems to hold it (only"
+                                          " when that run is known to be dead)")
         FetchConfig.add_arguments(parser)
 
 
@@ -75,6 +83,20 @@ JOB = job_runner.Job(
     description="Re-check every URL of an ingest snapshot: one verdict per key for the night "
                 "(REFRESH_OUT/status/, hosts/, summary.json; HISTORY/<night>/ with --history).",
     interrupted="rerun the same command (a night's re-run replaces that night)")
+
+
+def snapshots_hold_rows(snapshots):
+    """False when every snapshot table is empty (an empty manifest's ingest): nothing to check.
+
+    Reads Parquet footers only, and stops at the first file holding a row.
+    """
+    for _root, pattern, _columns in snapshots:
+        for match in FileSystems.match([pattern]):
+            for meta in match.metadata_list:
+                with FileSystems.open(meta.path) as handle:
+                    if pq.ParquetFile(handle).metadata.num_rows:
+                        return True
+    return False
 
 
 def snapshot_pattern(value):
@@ -187,10 +209,15 @@ def run(argv=None):
         preflight.check_table("--snapshot", root, verdicts.REQUIRED_SNAPSHOT_COLUMNS, pattern)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
+    if not snapshots_hold_rows(snapshots):
+        print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
+        return None
     started_at = time.time()
-    prepare_outputs(opts.output, opts.history, params.night)
-    return JOB.execute(options, lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at),
-                       opts.output, summary=report)
+    # Why: one writer per REFRESH_OUT (docs/integrity.md), held until the summary is written.
+    with output_lease(opts.output, "refresh", force_unlock=opts.force_unlock):
+        prepare_outputs(opts.output, opts.history, params.night)
+        return JOB.execute(options, lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at),
+                           opts.output, summary=report)
 
 
 def report(out):

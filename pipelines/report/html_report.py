@@ -26,7 +26,6 @@ import io
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -374,6 +373,7 @@ header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
 header .sub { color: #b8c0cf; font-size: 13px; word-break: break-all; }
 main { padding: 20px 28px 40px; max-width: 1400px; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin-bottom: 18px; }
+.notice { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 8px 12px; margin: 0 0 12px; }
 .card { background: #fff; border-radius: 8px; padding: 12px 16px; min-width: 130px;
         box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 .card .v { font-size: 24px; font-weight: 600; }
@@ -506,7 +506,18 @@ def _duplicates_body(duplicates, stats):
     return "".join(parts)
 
 
-def render_html(summary: dict[str, Any], stats: TableStats, out: str, top_hosts: int = 20) -> str:
+def integrity_notices(summary):
+    """One line per integrity event summary.json records: a cut compressed manifest kept with
+    --accept-truncated, books that do not balance (docs/integrity.md)."""
+    books = summary.get("books") or {}
+    lines = [f"Truncated manifest: {t['path']} ended after line {t['last_line']} ({t['rows']:,} records kept,"
+             f" --accept-truncated): {t['reason']}" for t in books.get("truncated") or []]
+    if books and not books.get("balanced", True):
+        lines.append(f"The books do not balance: {books.get('rows_in')} rows in, {books.get('rows_out')} rows out.")
+    return lines
+
+
+def render_html(summary, stats, out, top_hosts=20):
     counts = summary.get("counts") or {d: dict(per) for d, per in stats.counts.items()}
     rows = summary.get("rows", stats.rows)
     totals: collections.Counter[str] = collections.Counter()
@@ -558,6 +569,7 @@ def render_html(summary: dict[str, Any], stats: TableStats, out: str, top_hosts:
     ]
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"{summary.get('job', 'ingest')} report"
+    notices = "".join(f'<p class="notice">{_e(line)}</p>' for line in integrity_notices(summary))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -565,7 +577,7 @@ def render_html(summary: dict[str, Any], stats: TableStats, out: str, top_hosts:
 <body><header><h1>{_e(title)}</h1>
 <div class="sub">{_e(out)} &middot; started {_e(timings.get('started_at', '?'))} &middot; generated {generated}</div>
 </header><main>
-<div class="cards">{card_html}</div>
+{notices}<div class="cards">{card_html}</div>
 <div class="grid">{''.join(sections)}</div>
 </main></body></html>
 """

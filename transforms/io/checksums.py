@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.errors import BadInput
 from transforms.io.readers import open_stream
 from transforms.io.manifests import md5_hex, sha256_hex
 
@@ -52,15 +53,27 @@ class ReadHashFile(beam.DoFn):
                     yield entry
 
 
-class AttachExpectedHashes(beam.PTransform):
-    """Sets expected_sha256 / expected_md5 on rows of `dataset` whose URL is in the hash list."""
+HASH_CONFLICT_RULE = ("entries of one URL that disagree on sha256 or md5 give no expected hash;"
+                      " agreeing entries are merged")
 
-    def __init__(self, hash_list_pattern: str, dataset: str = "cc12m") -> None:
+
+class AttachExpectedHashes(beam.PTransform):
+    """Sets expected_sha256 / expected_md5 on rows of `dataset` whose URL is in the hash list.
+
+    Several entries for one URL (a list concatenated from two sources): entries that agree, a
+    field left blank agreeing with any value, are merged; entries that disagree on the sha256 or
+    the md5 are a conflict: the URL's rows get no expected hash (nothing says which entry is right,
+    and a wrong one would fail a good image), and the URL is counted. The same whatever order the
+    entries arrive in. with_conflicts: return {"rows", "conflicts"} (one URL per conflict).
+    """
+
+    def __init__(self, hash_list_pattern, dataset="cc12m", with_conflicts=False):
         super().__init__()
         self._paths = sorted(m.path for r in FileSystems.match([hash_list_pattern]) for m in r.metadata_list)
         if not self._paths:
-            raise ValueError(f"no file matches --cc12m-hashes {hash_list_pattern}")
+            raise BadInput(f"no file matches --cc12m-hashes {hash_list_pattern}")
         self._dataset = dataset
+        self._with_conflicts = with_conflicts
 
     def expand(self, rows):
         dataset = self._dataset
@@ -74,16 +87,41 @@ class AttachExpectedHashes(beam.PTransform):
         joined = (
             {"rows": tagged[0] | "KeyByUrl" >> beam.Map(lambda row: (row["url"], row)), "hashes": hashes}
             | "JoinHashes" >> beam.CoGroupByKey()
-            | "SetExpected" >> beam.FlatMap(_set_expected)
+            | "SetExpected" >> beam.ParDo(_SetExpected()).with_outputs(_SetExpected.CONFLICTS, main="rows")
         )
-        return (joined, tagged[1]) | "Rejoin" >> beam.Flatten()
+        rows = (joined.rows, tagged[1]) | "Rejoin" >> beam.Flatten()
+        if not self._with_conflicts:
+            return rows
+        return {"rows": rows, "conflicts": joined[_SetExpected.CONFLICTS]}
 
 
-def _set_expected(item):
-    _url, grouped = item
-    hashes = list(grouped["hashes"])
-    for row in grouped["rows"]:
-        if hashes:
-            # Several entries for one URL: the first wins; they describe the same file.
-            row["expected_sha256"], row["expected_md5"] = hashes[0]
-        yield row
+def merge_hash_entries(entries):
+    """[(sha256, md5)] of one URL -> ((sha256, md5), conflict?); order-independent.
+
+    Blank fields agree with anything; two different non-blank values of a field are a conflict,
+    which gives (None, None).
+    """
+    shas = {sha for sha, _ in entries if sha}
+    md5s = {md5 for _, md5 in entries if md5}
+    if len(shas) > 1 or len(md5s) > 1:
+        return (None, None), True
+    return (next(iter(shas), None), next(iter(md5s), None)), False
+
+
+class _SetExpected(beam.DoFn):
+    CONFLICTS = "conflicts"
+
+    def process(self, item):
+        url, grouped = item
+        entries = list(grouped["hashes"])
+        rows = grouped["rows"]
+        if not entries:
+            yield from rows
+            return
+        (sha, md5), conflict = merge_hash_entries(entries)
+        if conflict:
+            beam.metrics.Metrics.counter("hash_list", "conflicting_urls").inc()
+            yield beam.pvalue.TaggedOutput(self.CONFLICTS, url)
+        for row in rows:
+            row["expected_sha256"], row["expected_md5"] = sha, md5
+            yield row

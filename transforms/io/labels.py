@@ -339,13 +339,18 @@ class JoinRowsByKey(beam.PTransform):
         return (joined, split[_OTHER]) | "Merge" >> beam.Flatten()
 
 
-def openimages_image_id(row: schema.Row) -> str | None:
-    """ImageID of an Open Images row (key "openimages:<ImageID>"), None for other rows."""
+def openimages_image_id(row):
+    """ImageID of an Open Images row (key "openimages:<ImageID>"), None for other rows.
+
+    A repeated ImageID's later rows are keyed "openimages:<ImageID>@<file>:<line>"
+    (manifests._rename_repeat): they carry the same image's labels, so the suffix is dropped.
+    """
     if row.get("dataset") != OPENIMAGES or not row.get("key"):
         return None
     key = row["key"]
     prefix = OPENIMAGES + ":"
-    return key[len(prefix):] if key.startswith(prefix) else key
+    image_id = key[len(prefix):] if key.startswith(prefix) else key
+    return image_id.split("@", 1)[0]
 
 
 def _attach_openimages(row, records, class_names=None):

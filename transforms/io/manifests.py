@@ -23,13 +23,15 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import IO
+import posixpath
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.io import json_manifests, labels
-from transforms.io.readers import open_stream
+from transforms.io.readers import CompressedInputError, open_stream
 
 __all__ = ["parse_cc3m", "parse_cc12m", "parse_openimages", "parse_zero_manifest", "parse_imagenet_manifest",
            "md5_hex", "sha256_hex", "ManifestParsers", "ParseManifestFile", "expand_manifests", "LINE_KEYED",
@@ -183,11 +185,21 @@ class ManifestParsers:
 
 
 class ParseManifestFile(beam.DoFn):
-    """(kind, path, key prefix) -> rows of that file, streamed."""
+    """(kind, path, key prefix, label) -> rows of that file, streamed.
 
-    def __init__(self, parsers: ManifestParsers, counted: bool = True) -> None:
+    A compressed file cut short or corrupt (readers.CompressedInputError) fails the run naming
+    the file and its last good line; with accept_truncated the rows read before the cut are kept
+    and the cut is reported on the TRUNCATED output as {"path", "last_line", "rows", "reason"}.
+    Every file also yields {"path", "records"} on the RECORDS output: the books' "in" side.
+    """
+
+    RECORDS = "records"
+    TRUNCATED = "truncated"
+
+    def __init__(self, parsers, counted=True, accept_truncated=False):
         self._parsers = parsers
         self._counted = counted  # False for a second pass over the same files
+        self._accept_truncated = accept_truncated
 
     def setup(self):
         self._rows = beam.metrics.Metrics.counter("manifest", "rows")
@@ -195,36 +207,98 @@ class ParseManifestFile(beam.DoFn):
 
     def process(self, spec, repeated=None):
         """repeated: RepeatedKeys as a dict, to rename later occurrences of a key while parsing."""
-        kind, path, key_prefix = spec
+        kind, path, key_prefix, label = spec
         parse = self._parsers[kind]
-        with open_stream(path) as binary:
-            for ordinal, row in enumerate(parse(binary, path, key_prefix), start=1):
-                row["_ordinal"] = ordinal
-                if repeated:
-                    _rename_repeat(row, repeated)
-                if self._counted:
-                    self._rows.inc()
-                    if row.get("status"):
-                        self._malformed.inc()
-                yield row
+        records, last_line = 0, 0
+        try:
+            with open_stream(path) as binary:
+                for ordinal, row in enumerate(parse(binary, path, key_prefix), start=1):
+                    row["_ordinal"] = ordinal
+                    if repeated:
+                        _rename_repeat(row, repeated, label)
+                    if self._counted:
+                        self._rows.inc()
+                        if row.get("status"):
+                            self._malformed.inc()
+                    records, last_line = ordinal, row.get("source_line") or ordinal
+                    yield row
+        except CompressedInputError as exc:
+            where = f"after line {last_line}" if last_line else "before its first line"
+            if not self._accept_truncated:
+                raise BadInput(f"manifest {path}: compressed file is truncated or corrupt {where}"
+                               f" ({exc.reason}); --accept-truncated ingests the {records} records"
+                               " read before it") from None
+            if self._counted:
+                yield beam.pvalue.TaggedOutput(self.TRUNCATED, {
+                    "path": path, "last_line": last_line, "rows": records, "reason": exc.reason})
+        if self._counted:
+            yield beam.pvalue.TaggedOutput(self.RECORDS, {"path": path, "records": records})
 
 
-def expand_manifests(manifests: Sequence[tuple[str, str]], parsers: ManifestParsers) -> list[tuple[str, str, str]]:
-    """[(kind, pattern)] -> [(kind, path, key prefix)], matched now so a typo fails at launch."""
-    files: list[tuple[str, str]] = []
+def normalise_path(path):
+    """One spelling per file: absolute and normalised locally (`a/../a/x` -> `/cwd/a/x`);
+    `//`, `.` and `..` resolved in a gs:// object name."""
+    if "://" in path:
+        scheme, rest = path.split("://", 1)
+        bucket, _, name = rest.partition("/")
+        name = posixpath.normpath("/" + name).lstrip("/")
+        return f"{scheme}://{bucket}/{name}"
+    return os.path.abspath(path)
+
+
+def _identity(path):
+    """Two paths of one file have one identity: symlinks resolved locally."""
+    return path if "://" in path else os.path.realpath(path)
+
+
+def file_labels(paths):
+    """Normalised paths -> {path: label}: the path relative to the paths' common folder.
+
+    One file: its basename. Files of one folder: their basenames (the keys of earlier versions);
+    files of several folders: `2024/part-0.tsv`, `2025/part-0.tsv`, unambiguous.
+    """
+    if len(paths) == 1:
+        return {paths[0]: posixpath.basename(paths[0])}
+    remote = [p for p in paths if "://" in p]
+    if remote and len(remote) != len(paths):  # local and gs:// files of one dataset: full names
+        return {p: p for p in paths}
+    folders = [posixpath.dirname(p) for p in paths]
+    if remote:
+        schemes = {p.split("://", 1)[0] + "://" for p in paths}
+        if len(schemes) > 1:
+            return {p: p for p in paths}
+        scheme = schemes.pop()
+        root = posixpath.commonpath([f[len(scheme) - 1:] for f in folders])  # keeps the leading "/"
+        return {p: posixpath.relpath(p[len(scheme) - 1:], root) for p in paths}
+    root = os.path.commonpath(folders)
+    return {p: os.path.relpath(p, root).replace(os.sep, "/") for p in paths}
+
+
+def expand_manifests(manifests, parsers):
+    """[(kind, pattern)] -> [(kind, path, key prefix, label)], matched now so a typo fails at launch.
+
+    A file reached by two names (two --manifest flags, overlapping globs, `a/../a/x.tsv`, a
+    symlink) is read once. Line-numbered keys name the file by its label (file_labels) once a
+    dataset has several files, so files of the same name in different folders never share a key.
+    """
+    files, seen = [], set()
     for kind, pattern in manifests:
         if kind not in parsers:
-            raise ValueError(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
-        matched = sorted(m.path for result in FileSystems.match([pattern]) for m in result.metadata_list)
+            raise BadInput(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
+        matched = sorted(normalise_path(m.path) for result in FileSystems.match([pattern])
+                         for m in result.metadata_list)
         if not matched:
-            raise ValueError(f"no file matches {kind}={pattern}")
-        # A file named twice (two --manifest flags, overlapping globs) is read once.
-        files.extend((kind, path) for path in matched if (kind, path) not in files)
-    per_kind: dict[str, int] = {}
-    for kind, _ in files:
-        per_kind[kind] = per_kind.get(kind, 0) + 1
-    # Line-numbered keys need the file name once a dataset has several files.
-    return [(kind, path, f"{kind}:{os.path.basename(path)}:" if per_kind[kind] > 1 else f"{kind}:")
+            raise BadInput(f"no file matches {kind}={pattern}")
+        for path in matched:
+            if (kind, _identity(path)) not in seen:
+                seen.add((kind, _identity(path)))
+                files.append((kind, path))
+    per_kind = {}
+    for kind, path in files:
+        per_kind.setdefault(kind, []).append(path)
+    labels_of = {kind: file_labels(paths) for kind, paths in per_kind.items()}
+    return [(kind, path, f"{kind}:{labels_of[kind][path]}:" if len(per_kind[kind]) > 1 else f"{kind}:",
+             labels_of[kind][path])
             for kind, path in files]
 
 
@@ -251,15 +325,17 @@ class RepeatedKeys(beam.PTransform):
     stream from the file into the fetch (the local runner holds what crosses a shuffle in memory).
     """
 
-    def __init__(self, parsers: ManifestParsers) -> None:
+    def __init__(self, parsers, accept_truncated=False):
         super().__init__()
         self._parsers = parsers
+        self._accept_truncated = accept_truncated
 
     def expand(self, files):
         return (
             files
             | "IdKeyedFiles" >> beam.Filter(lambda spec: spec[0] not in LINE_KEYED)
-            | "Keys" >> beam.ParDo(ParseManifestFile(self._parsers, counted=False))
+            | "Keys" >> beam.ParDo(ParseManifestFile(self._parsers, counted=False,
+                                                     accept_truncated=self._accept_truncated))
             | "Positions" >> beam.Map(lambda row: (row["key"], (_position(row), 1)))
             | "FirstAndCount" >> beam.CombinePerKey(_first_and_count)
             | "Repeated" >> beam.Filter(lambda item: item[1][1] > 1)
@@ -267,12 +343,13 @@ class RepeatedKeys(beam.PTransform):
         )
 
 
-def _rename_repeat(row, first):
+def _rename_repeat(row, first, label):
+    """label: the file's label (file_labels), unambiguous among the run's files of the dataset."""
     key = row["key"]
     if key in first and _position(row) != tuple(first[key]):
-        file, ordinal = _position(row)
+        _file, ordinal = _position(row)
         where = row.get("source_line") or f"#{ordinal}"  # records of a JSON array have no line
-        row["key"] = f"{key}@{os.path.basename(file)}:{where}"
+        row["key"] = f"{key}@{label}:{where}"
     return row
 
 
@@ -282,14 +359,22 @@ class ReadManifests(beam.PTransform):
     spread_rows: cross a shuffle so that the fetch spreads over workers (Dataflow fuses it onto
     the worker that read the file otherwise). Off for a local run in one process, where the rows
     then stream from the file into the fetch instead of being held in memory all at once.
+    accept_truncated: keep what a cut compressed file held (ParseManifestFile) instead of failing.
+    with_books: return {"rows", "records", "truncated"} (ParseManifestFile's outputs), not the rows.
     """
 
-    def __init__(self, manifests: Sequence[tuple[str, str]], parsers: ManifestParsers | None = None,
-                 spread_rows: bool = True) -> None:
+    def __init__(self, manifests, parsers=None, spread_rows=True, accept_truncated=False, with_books=False):
         super().__init__()
         self._parsers = parsers or ManifestParsers()
         self._files = expand_manifests(manifests, self._parsers)
         self._spread_rows = spread_rows
+        self._accept_truncated = accept_truncated
+        self._with_books = with_books
+
+    @property
+    def files(self):
+        """[(kind, path, key prefix, label)] of the matched manifest files."""
+        return list(self._files)
 
     def expand(self, pbegin):
         files = (
@@ -297,21 +382,27 @@ class ReadManifests(beam.PTransform):
             | "ManifestFiles" >> beam.Create(self._files)
             | "SpreadFiles" >> beam.Reshuffle()
         )
-        repeated = files | "RepeatedKeys" >> RepeatedKeys(self._parsers)
+        repeated = files | "RepeatedKeys" >> RepeatedKeys(self._parsers, self._accept_truncated)
         # The parse itself takes the side input: a step of its own after the parse would make
         # the runner hold every parsed row until the side input is ready.
-        rows = files | "ParseRecords" >> beam.ParDo(ParseManifestFile(self._parsers),
-                                                    repeated=beam.pvalue.AsDict(repeated))
-        if not self._spread_rows:
+        parsed = files | "ParseRecords" >> beam.ParDo(
+            ParseManifestFile(self._parsers, accept_truncated=self._accept_truncated),
+            repeated=beam.pvalue.AsDict(repeated)).with_outputs(
+                ParseManifestFile.RECORDS, ParseManifestFile.TRUNCATED, main="rows")
+        rows = parsed.rows
+        if self._spread_rows:
+            # Rows cross the shuffle in batches: a runner's cost per shuffled element is far above
+            # a row's size.
+            rows = (
+                rows
+                | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=256)
+                | "SpreadRows" >> beam.Reshuffle()
+                | "Unbatch" >> beam.FlatMap(lambda batch: batch)
+            )
+        if not self._with_books:
             return rows
-        # Rows cross the shuffle in batches: a runner's cost per shuffled element is far above a
-        # row's size.
-        return (
-            rows
-            | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=256)
-            | "SpreadRows" >> beam.Reshuffle()
-            | "Unbatch" >> beam.FlatMap(lambda batch: batch)
-        )
+        return {"rows": rows, "records": parsed[ParseManifestFile.RECORDS],
+                "truncated": parsed[ParseManifestFile.TRUNCATED]}
 
 
 def _patterns(pattern):

@@ -12,17 +12,23 @@ Public transforms (a "paths" argument is one path/glob or a list of them):
 """
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import io
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import Any
+import lzma
+import zlib
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 __all__ = ["RawReader", "open_path", "binary_stream", "open_stream", "text_stream", "sniff", "as_patterns",
            "OpenFiles", "ReadLines", "ParseFiles"]
+from transforms.errors import BadInput
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
 
@@ -61,8 +67,130 @@ class RawReader(io.RawIOBase):
                 super().close()
 
 
-def open_path(path: str) -> IO[bytes]:
-    """Binary stream of a local or gs:// path; .gz/.bz2/... decompressed by extension."""
+class CompressedInputError(BadInput):
+    """A compressed file ends before its end-of-stream marker, or its data is corrupt."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: compressed file is truncated or corrupt ({reason})")
+        self.path = path
+        self.reason = reason
+
+
+class _ZstdReader:
+    """Zstandard frames read to their end: python-zstandard's stream_reader ends quietly at a cut."""
+
+    def __init__(self, raw):
+        import zstandard  # noqa: PLC0415 (optional, only for .zst files)
+        self._zstd = zstandard
+        self._raw = raw
+        self._decoder = zstandard.ZstdDecompressor().decompressobj()
+        self._started = False  # bytes of the current frame were fed
+        self._pending = b""
+
+    def read(self, size=-1):
+        while not self._pending:
+            chunk = self._raw.read(_CHUNK)
+            if not chunk:
+                if self._started and not self._decoder.eof:
+                    raise EOFError("zstd frame ended before its end marker")
+                return b""
+            while chunk:
+                self._started = True
+                try:
+                    self._pending += self._decoder.decompress(chunk)
+                except self._zstd.ZstdError as exc:
+                    raise ValueError(str(exc)) from None
+                chunk = b""
+                if self._decoder.eof:  # next frame, if any
+                    chunk = self._decoder.unused_data
+                    self._decoder = self._zstd.ZstdDecompressor().decompressobj()
+                    self._started = False
+        size = len(self._pending) if size is None or size < 0 else size
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def close(self):
+        self._raw.close()
+
+
+_DECOMPRESSORS = {
+    CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    CompressionTypes.BZIP2: lambda raw: bz2.BZ2File(raw, mode="rb"),
+    CompressionTypes.LZMA: lambda raw: lzma.LZMAFile(raw, mode="rb"),
+    CompressionTypes.ZSTD: _ZstdReader,
+}
+
+
+class CheckedDecompressor:
+    """read(n) over a decompressing file: a cut or corrupt stream raises CompressedInputError.
+
+    Beam's CompressedFile stops quietly where a .gz or .bz2 is cut short (the last half-line then
+    reads as a record); python's own decompressors raise EOFError there, which this turns into a
+    BadInput naming the file.
+    """
+
+    _PIECE = 64 * 1024
+
+    def __init__(self, path, raw, compression):
+        self._path = path
+        self._raw = raw
+        self._stream = _DECOMPRESSORS[compression](raw)
+        self._failure = None  # raised on the read after the one that returned the last good bytes
+
+    def read(self, size=-1):
+        """Up to `size` bytes; every byte decompressed before a failure is returned first."""
+        if self._failure is not None:
+            raise self._failure
+        size = 1 << 62 if size is None or size < 0 else size
+        pieces, got = [], 0
+        read_piece = getattr(self._stream, "read1", self._stream.read)
+        while got < size:
+            try:
+                piece = self._checked(read_piece, min(self._PIECE, size - got))
+            except CompressedInputError as exc:
+                if not pieces:
+                    raise
+                self._failure = exc
+                break
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    def _checked(self, read, size):
+        try:
+            return read(size)
+        except EOFError as exc:
+            raise CompressedInputError(self._path, f"cut short: {exc}") from None
+        except (zlib.error, gzip.BadGzipFile, lzma.LZMAError, ValueError) as exc:
+            raise CompressedInputError(self._path, f"corrupt: {exc}") from None
+        except OSError as exc:
+            if "Invalid data stream" in str(exc):  # bz2
+                raise CompressedInputError(self._path, f"corrupt: {exc}") from None
+            raise
+
+    def close(self):
+        try:
+            self._stream.close()
+        finally:
+            self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_path(path):
+    """Binary stream of a local or gs:// path; .gz/.bz2/.xz/.zst decompressed by extension, to the
+    end-of-stream marker (CheckedDecompressor); other compressions through Beam."""
+    compression = CompressionTypes.detect_compression_type(path)
+    if compression in _DECOMPRESSORS:
+        raw = FileSystems.open(path, mime_type="application/octet-stream",
+                               compression_type=CompressionTypes.UNCOMPRESSED)
+        return CheckedDecompressor(path, raw, compression)
     return FileSystems.open(path, mime_type="application/octet-stream")
 
 

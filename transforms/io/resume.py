@@ -40,6 +40,7 @@ def parse_retry_statuses(text: str | None) -> frozenset[str]:
 
 class _Choose(beam.DoFn):
     FETCH = "fetch"
+    KEPT = "kept"
 
     def __init__(self, retry_statuses):
         self._retry = retry_statuses
@@ -52,13 +53,37 @@ class _Choose(beam.DoFn):
     def process(self, item):
         _key, grouped = item
         new = next(iter(grouped["new"]), None)
-        old = next(iter(grouped["old"]), None)
+        olds = list(grouped["old"])
+        if len(olds) > 1:
+            # An output of an earlier version whose keys collided: which old row a record matches
+            # is unknown, so every old row is kept as it is (none is lost), the record fetched anew.
+            for old in olds:
+                yield from self._keep(old)
+            if new is not None:
+                self._new.inc()
+                yield beam.pvalue.TaggedOutput(self.FETCH, new)
+            return
+        old = olds[0] if olds else None
+        if old is not None and new is None:
+            # Why: a row no manifest lists any more is kept; the books count it as read from OUT.
+            yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
         if old is not None and old["status"] not in self._retry:
             self._carried.inc()
+            if new is not None:  # the record's place in this run's manifests
+                old["source_file"], old["source_line"] = new.get("source_file"), new.get("source_line")
             yield old
         elif new is not None:
             (self._refetched if old is not None else self._new).inc()
             yield beam.pvalue.TaggedOutput(self.FETCH, new)
+        else:
+            self._refetched.inc()
+            yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
+
+    def _keep(self, old):
+        yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
+        if old["status"] not in self._retry:
+            self._carried.inc()
+            yield old
         else:
             self._refetched.inc()
             yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
@@ -69,7 +94,8 @@ class MergeWithPrevious(beam.PTransform):
 
     By key: a previous row whose status is not retried is carried as it is; otherwise the
     manifest's row (or the previous row, reset) is fetched again. Previous rows the manifests no
-    longer list are kept: a resume never loses rows.
+    longer list are kept: a resume never loses rows; "kept" has the source_file of each (the
+    books count them as rows read from OUT).
     """
 
     def __init__(self, previous: beam.PCollection, retry_statuses: frozenset[str]) -> None:
@@ -82,6 +108,6 @@ class MergeWithPrevious(beam.PTransform):
         chosen = (
             {"new": keyed("KeyNew", new_rows), "old": keyed("KeyOld", self._previous)}
             | "ByKey" >> beam.CoGroupByKey()
-            | "Choose" >> beam.ParDo(_Choose(self._retry)).with_outputs(_Choose.FETCH, main="carry")
+            | "Choose" >> beam.ParDo(_Choose(self._retry)).with_outputs(_Choose.FETCH, _Choose.KEPT, main="carry")
         )
-        return {"carry": chosen.carry, "fetch": chosen[_Choose.FETCH]}
+        return {"carry": chosen.carry, "fetch": chosen[_Choose.FETCH], "kept": chosen[_Choose.KEPT]}

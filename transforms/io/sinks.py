@@ -11,6 +11,7 @@ Public transforms (rows are `schema.Row` dicts):
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -54,6 +55,11 @@ class StoreBlobDoFn(beam.DoFn):
 
     _RECENT = 20_000  # blobs remembered per worker, by a 12-byte digest of the URI: ~3 MB
 
+    def __init__(self, tmp_dir=None):
+        # Temporaries go to the run's OUT/_tmp-<run>/blobs/ when given: a crashed run's half
+        # written blobs are then removed with that folder by the next run (table.remove_stale_leftovers).
+        self._tmp_dir = tmp_dir
+
     def setup(self):
         self._written = beam.metrics.Metrics.counter("blobs", "written")
         self._existing = beam.metrics.Metrics.counter("blobs", "already_stored")
@@ -80,6 +86,8 @@ class StoreBlobDoFn(beam.DoFn):
         else:
             # Write aside then rename: a reader never sees half a blob, even on local disk.
             temporary = f"{uri}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+            if self._tmp_dir:
+                temporary = join_path(self._tmp_dir, "blobs", os.path.basename(temporary))
             if local:
                 self._write_local(temporary, uri, body)
             else:
@@ -94,13 +102,18 @@ class StoreBlobDoFn(beam.DoFn):
         # Plain os calls: Beam's FileSystems costs ~0.3 ms of CPU a blob in makedirs and wrappers,
         # a tenth of an image's whole budget. Same bytes under the same name, so a race between
         # two workers replacing each other's file leaves one identical blob.
-        directory = os.path.dirname(uri)
-        if directory not in self._directories:
-            os.makedirs(directory, exist_ok=True)
-            self._directories.add(directory)
-        with open(temporary, "wb") as handle:
-            handle.write(body)
-        os.replace(temporary, uri)
+        for directory in (os.path.dirname(uri), os.path.dirname(temporary)):
+            if directory not in self._directories:
+                os.makedirs(directory, exist_ok=True)
+                self._directories.add(directory)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(body)
+            os.replace(temporary, uri)
+        except OSError:
+            with contextlib.suppress(OSError):  # a full disk leaves no half blob behind
+                os.remove(temporary)
+            raise
 
     @staticmethod
     def _write_remote(temporary, uri, body):
@@ -115,10 +128,17 @@ class StoreBlobDoFn(beam.DoFn):
 
 
 class StoreBlobs(beam.PTransform):
-    """Rows with `_body` in; the same rows out without it, their bytes stored under OUT/blobs/."""
+    """Rows with `_body` in; the same rows out without it, their bytes stored under OUT/blobs/.
+
+    tmp_dir: the run's temporary folder (table.temporary_dir), where blobs are written aside.
+    """
+
+    def __init__(self, tmp_dir=None):
+        super().__init__()
+        self._tmp_dir = tmp_dir
 
     def expand(self, rows):
-        return rows | "StoreOnce" >> beam.ParDo(StoreBlobDoFn())
+        return rows | "StoreOnce" >> beam.ParDo(StoreBlobDoFn(self._tmp_dir))
 
 
 @beam.ptransform_fn
@@ -215,25 +235,31 @@ def read_json(path: str) -> Any:
 class WriteSummary(beam.PTransform):
     """OUT/summary.json, written once the tables it describes are finalised."""
 
-    def __init__(self, out_dir: str, started_at: float, job: str,
-                 options_snapshot: dict[str, Any] | None = None) -> None:
+    def __init__(self, out_dir, started_at, job, options_snapshot=None, check=None):
+        """check: called with the summary once it is written (e.g. books.check_books, which raises
+        when the books do not balance, failing the run with summary.json in place)."""
         super().__init__()
         self._out_dir = out_dir
         self._started_at = started_at
         self._job = job
         self._options = options_snapshot or {}
+        self._check = check
 
     def expand(self, inputs):
         """inputs: "counts" (StatusCounts), "written" (file names to wait for), and any other
         name -> a one-element PCollection, placed in the summary under that name."""
         path = join_path(self._out_dir, "summary.json")
-        started_at, job, options = self._started_at, self._job, self._options
+        started_at, job, options, check = self._started_at, self._job, self._options, self._check
         names = sorted(name for name in inputs if name not in ("counts", "written"))
         side = {f"extra_{name}": beam.pvalue.AsSingleton(inputs[name]) for name in names}
 
         def write(_, counts, written, **extras):
             extras = {name: extras[f"extra_{name}"] for name in names}
-            return write_json(path, build_summary(counts, extras, started_at, job, options))
+            summary = build_summary(counts, extras, started_at, job, options)
+            write_json(path, summary)
+            if check is not None:
+                check(summary)
+            return path
 
         return (
             inputs["counts"].pipeline

@@ -21,6 +21,7 @@ Public transforms (rows are `schema.Row` dicts):
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import uuid
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
@@ -54,6 +56,41 @@ def list_orphan_shards(out_dir: str) -> list[str]:
     """Shards a crashed run left in its temporary directory."""
     pattern = join_path(out_dir, "_tmp-*", "*")
     return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+
+def list_duplicates_files(out_dir):
+    """OUT/duplicates/clusters-*.jsonl of an earlier run: replaced by this run's once written."""
+    pattern = join_path(out_dir, "duplicates", "clusters-*")
+    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+
+STALE_PATTERNS = (
+    "_tmp-*/**",                 # a failed run's shards, spill files and blob temporaries
+    "images/*.tmp-*",            # a part file cut short while being finalised
+    "images/beam-temp-*/**",     # Beam's own temporaries (earlier dedup versions)
+    "duplicates/beam-temp-*/**",
+)
+
+
+def remove_stale_leftovers(out_dir):
+    """Deletes what failed or interrupted runs left in OUT; call it holding OUT's lease.
+
+    Returns:
+        The number of files removed.
+    """
+    removed = 0
+    for pattern in STALE_PATTERNS:
+        files = [m.path for r in FileSystems.match([join_path(out_dir, pattern)]) for m in r.metadata_list]
+        if files:
+            FileSystems.delete(files)
+            removed += len(files)
+    if "://" not in out_dir:  # local folders stay behind once empty; object stores have none
+        import glob  # noqa: PLC0415
+        import shutil  # noqa: PLC0415
+        for pattern in ("_tmp-*", "images/beam-temp-*", "duplicates/beam-temp-*"):
+            for folder in glob.glob(os.path.join(out_dir, pattern)):
+                shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
 def restore_row(record):
@@ -137,18 +174,40 @@ def final_name(images_dir: str, run_id: str, shard_path: str) -> str:
 
 
 def finalize_shard(shard_path, assignments, images_dir, run_id, batch_rows=5000):
-    """Copies a shard to OUT/images with the cluster columns from `assignments` (key -> tuple).
+    """Copies a shard to OUT/images with the cluster columns from `assignments` (key -> tuple;
+    None: the shard's own cluster columns are kept).
 
     Streamed in batches of `batch_rows`: memory holds one batch, not the shard.
+
+    Returns:
+        {"path": the final file, "rows": rows written, "per_file": {source_file: rows}}; the
+        books' "out" side.
     """
     target = final_name(images_dir, run_id, shard_path)
     temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    per_file = collections.Counter()
     with FileSystems.open(shard_path) as source, FileSystems.create(temporary) as handle:
         with pq.ParquetWriter(handle, schema.IMAGE_SCHEMA, compression="zstd") as writer:
             for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_rows):
-                writer.write_table(_with_cluster_columns(pa.Table.from_batches([batch]), assignments))
+                table = pa.Table.from_batches([batch])
+                if assignments is not None:
+                    table = _with_cluster_columns(table, assignments)
+                writer.write_table(table)
+                for entry in pc.value_counts(table.column("source_file")).to_pylist():
+                    per_file[entry["values"] or ""] += entry["counts"]
     FileSystems.rename([temporary], [target])
-    return target
+    return {"path": target, "rows": sum(per_file.values()), "per_file": dict(per_file)}
+
+
+def write_empty_part(images_dir, run_id, finalized):
+    """OUT/images/part-<run>-empty.parquet, zero rows, full schema, when no shard was finalised:
+    an empty manifest is an empty dataset that readers (dedup, refresh, export) accept."""
+    if finalized:
+        return []
+    target = join_path(images_dir, f"{PART_PREFIX}-{run_id}-empty.parquet")
+    with FileSystems.create(target) as handle:
+        pq.write_table(schema.IMAGE_SCHEMA.empty_table(), handle, compression="zstd")
+    return [{"path": target, "rows": 0, "per_file": {}}]
 
 
 def _with_cluster_columns(table, assignments):
@@ -180,28 +239,41 @@ class WriteTableShards(beam.PTransform):
 
 class FinalizeTable(beam.PTransform):
     """Shard paths -> OUT/images/part-<run>-<shard>.parquet, cluster columns joined from `clusters`
-    (phase 2); removes the temporary directory after. Returns the final file names.
+    (phase 2); removes the temporary directory after. Returns the final file names, or with
+    with_counts {"files": names, "counts": finalize_shard's dicts}. No shard at all (an empty
+    input) gives one empty part file with the full schema.
 
     `clusters`: (key, (cluster_id, is_canonical, is_placeholder)) for rows in a cluster only; rows
-    not listed get (None, True, False).
+    not listed get (None, True, False). None: the rows already carry their cluster columns.
     """
 
-    def __init__(self, out_dir: str, run_id: str, clusters: beam.PCollection) -> None:
+    def __init__(self, out_dir, run_id, clusters, with_counts=False):
         super().__init__()
         self._out_dir = out_dir
         self._run_id = run_id
         self._clusters = clusters
+        self._with_counts = with_counts
 
     def expand(self, shards):
         images_dir = join_path(self._out_dir, "images")
-        final = (
+        assignments = beam.pvalue.AsDict(self._clusters) if self._clusters is not None else None
+        finalized = (
             shards
             | "SpreadShards" >> beam.Reshuffle()
-            | "Finalize" >> beam.Map(finalize_shard, assignments=beam.pvalue.AsDict(self._clusters),
+            | "Finalize" >> beam.Map(finalize_shard, assignments=assignments,
                                      images_dir=images_dir, run_id=self._run_id)
         )
+        # Why: zero rows must still leave a table with the full schema, not a missing folder.
+        empty = (
+            shards.pipeline
+            | "Once" >> beam.Create([None])
+            | "EmptyTable" >> beam.FlatMap(lambda _, done, run_id: write_empty_part(images_dir, run_id, done),
+                                           done=beam.pvalue.AsList(finalized), run_id=self._run_id)
+        )
+        counts = (finalized, empty) | "AllParts" >> beam.Flatten()
+        final = counts | "Names" >> beam.Map(lambda written: written["path"])
         _ = final | "DropTemporary" >> RemoveDirectory(temporary_dir(self._out_dir, self._run_id))
-        return final
+        return {"files": final, "counts": counts} if self._with_counts else final
 
 
 class RemoveDirectory(beam.PTransform):

@@ -121,3 +121,14 @@ def test_repeated_keys_inside_a_json_array_are_made_unique(tmp_path):
         rows = p | ReadManifests([("zero", str(tmp_path / "z.json"))], ManifestParsers())
         assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
             ("zero:k1", "http://z/1.jpg"), ("zero:k1@z.json:#2", "http://z/2.jpg")]))
+
+
+def test_file_labels_name_each_file_unambiguously():
+    from transforms.io.manifests import file_labels, normalise_path
+    assert file_labels(["/d/2024/part-0.tsv"]) == {"/d/2024/part-0.tsv": "part-0.tsv"}
+    assert file_labels(["/d/a.tsv", "/d/b.tsv"]) == {"/d/a.tsv": "a.tsv", "/d/b.tsv": "b.tsv"}
+    assert file_labels(["/d/2024/p.tsv", "/d/2025/p.tsv", "/d/2025/x/p.tsv"]) == {
+        "/d/2024/p.tsv": "2024/p.tsv", "/d/2025/p.tsv": "2025/p.tsv", "/d/2025/x/p.tsv": "2025/x/p.tsv"}
+    assert file_labels(["gs://b/m/2024/p.tsv", "gs://b/m/2025/p.tsv"]) == {
+        "gs://b/m/2024/p.tsv": "2024/p.tsv", "gs://b/m/2025/p.tsv": "2025/p.tsv"}
+    assert normalise_path("gs://b/m//a/../a/./p.tsv") == "gs://b/m/a/p.tsv"

@@ -121,8 +121,10 @@ def test_finalising_a_shard_streams_it_in_batches(tmp_path):
                    shard, row_group_size=4)
     images = tmp_path / "images"
     images.mkdir()
-    target = finalize_shard(shard, {"cc3m:1": ("c1", True, False), "cc3m:9": ("c1", False, True)},
-                            str(images), "run", batch_rows=3)
+    written = finalize_shard(shard, {"cc3m:1": ("c1", True, False), "cc3m:9": ("c1", False, True)},
+                             str(images), "run", batch_rows=3)
+    target = written["path"]
+    assert written["rows"] == 11 and written["per_file"] == {"": 11}  # the books' count (no source_file)
     table = pq.read_table(target)
     assert table.schema.equals(schema.IMAGE_SCHEMA, check_metadata=False)
     got = table.to_pylist()

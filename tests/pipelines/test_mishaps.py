@@ -1,0 +1,422 @@
+"""Ordinary mishaps replayed end to end against the loopback server (docs/integrity.md).
+
+Each case asserts what the books promise: rows in = rows out, every key once, every blob's
+sha256 = its name, and for a refusal the exit status and the one line that says why.
+"""
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import dedup, ingest, refresh
+from pipelines.demo.sample_site import Reply, jpeg
+from tests.conftest import local_options
+from tests.paths import REPO
+from transforms import schema
+from transforms.io import lease as lease_module
+from transforms.io import table as table_module
+from transforms.io.checksums import merge_hash_entries
+from transforms.io.readers import CompressedInputError, open_stream
+
+LOOPBACK = "127.0.0.1/32"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _serve(web, count, prefix="p", **reply):
+    """`count` distinct JPEGs at /<prefix><n>.jpg; returns their URLs."""
+    urls = []
+    for n in range(count):
+        web.routes[f"/{prefix}{n}.jpg"] = Reply(200, jpeg(hash((prefix, n)) % 10_000),
+                                                {"Content-Type": "image/jpeg"}, **reply)
+        urls.append(web.url(f"/{prefix}{n}.jpg"))
+    return urls
+
+
+def _cc3m_lines(urls, tag="photo"):
+    return "".join(f"{tag} {n}\t{url}\n" for n, url in enumerate(urls))
+
+
+def _table(out):
+    files = table_module.list_table_files(out)
+    assert files, f"no table in {out}"
+    return pq.read_table(files).to_pylist()
+
+
+def _summary(out):
+    with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _assert_whole(out, expected_rows):
+    """Rows out = rows in, every key once, intact blobs, balanced books, nothing stale."""
+    rows = _table(out)
+    keys = [r["key"] for r in rows]
+    assert len(rows) == expected_rows
+    assert len(set(keys)) == len(keys), "a key occurs twice"
+    for row in rows:
+        if row["blob"]:
+            with open(row["blob"], "rb") as handle:
+                assert hashlib.sha256(handle.read()).hexdigest() == os.path.basename(row["blob"]).split(".")[0]
+    books = _summary(out)["books"]
+    assert books["balanced"] and books["rows_in"] == books["rows_out"] == expected_rows
+    leftovers = [name for name in os.listdir(out) if name.startswith("_tmp-") or name == lease_module.LEASE_NAME]
+    assert not leftovers, leftovers
+    return rows
+
+
+def _ingest(out, manifests, *extra, **options):
+    args = local_options(manifest=manifests, output=out, **{"allow-network": LOOPBACK, "no-progress": True,
+                                                            "no-report": True, "retries": 0, **options})
+    return ingest.main(args + list(extra))
+
+
+def _one_line(capsys):
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    return err[0]
+
+
+# --- truncated and corrupt compressed manifests ------------------------------------------------
+
+def _gzip_of(text):
+    return gzip.compress(text.encode("utf-8"), mtime=0)
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.3, 0.55, 0.8, 0.97])
+def test_a_cut_gzip_is_refused_at_every_cut_point(tmp_path, fraction):
+    text = "".join(f"caption {n}\thttp://127.0.0.2/{n}.jpg\n" for n in range(1, 4001))
+    data = _gzip_of(text)
+    path = tmp_path / "cut.tsv.gz"
+    path.write_bytes(data[:int(len(data) * fraction)])
+    lines = []
+    with pytest.raises(CompressedInputError) as failure:
+        with open_stream(str(path)) as stream:
+            lines.extend(stream)
+    assert str(path) in str(failure.value) and "end-of-stream" in str(failure.value)
+    # every line handed out before the failure is whole: no half-line ever becomes a record
+    assert all(line.endswith(b"\n") for line in lines)
+    assert [line.decode() for line in lines] == text.splitlines(keepends=True)[:len(lines)]
+
+
+def test_cut_bz2_xz_zst_and_corrupt_gzip_are_refused(tmp_path):
+    import bz2
+    import lzma
+    import zstandard
+    text = "".join(f"caption {n}\thttp://127.0.0.2/{n}.jpg\n" for n in range(1, 3001)).encode()
+    cases = {"cut.tsv.bz2": bz2.compress(text)[:-40], "cut.tsv.xz": lzma.compress(text)[:-40],
+             "cut.tsv.zst": zstandard.ZstdCompressor().compress(text)[:-40]}
+    whole = _gzip_of(text.decode())
+    cases["corrupt.tsv.gz"] = whole[:200] + bytes(64) + whole[264:]
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CompressedInputError, match=name):
+            with open_stream(str(tmp_path / name)) as stream:
+                for _ in stream:
+                    pass
+
+
+def test_truncated_gzip_manifest_fails_the_ingest_in_one_line_then_is_kept_on_request(web, tmp_path, capsys):
+    urls = _serve(web, 30)
+    data = _gzip_of(_cc3m_lines(urls))
+    manifest = tmp_path / "cc3m.tsv.gz"
+    manifest.write_bytes(data[:len(data) * 2 // 3])
+    with gzip.open(manifest, "rt") as handle:  # what a reader can get out of it: whole lines only
+        readable = []
+        with pytest.raises(EOFError):
+            for line in handle:
+                readable.append(line)
+    whole = sum(1 for line in readable if line.endswith("\n"))
+    assert 0 < whole < 30
+
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc3m={manifest}") == 2
+    line = _one_line(capsys)
+    assert str(manifest) in line and f"after line {whole}" in line and "--accept-truncated" in line
+    assert not os.path.exists(os.path.join(out, "images")) and not os.path.exists(os.path.join(out, "_LEASE"))
+
+    assert _ingest(out, f"cc3m={manifest}", "--accept-truncated") == 0
+    rows = _assert_whole(out, whole)
+    assert all(r["status"] == schema.OK for r in rows)  # no half-line became an invalid_url row
+    truncated = _summary(out)["books"]["truncated"]
+    assert [(t["path"], t["last_line"], t["rows"]) for t in truncated] == [(str(manifest), whole, whole)]
+
+
+# --- keys: same-named files, one file under two names -------------------------------------------
+
+def test_same_named_files_in_three_folders_keep_every_row_and_a_file_named_twice_is_read_once(web, tmp_path):
+    out = str(tmp_path / "out")
+    manifests = []
+    for year in ("2023", "2024", "2025"):
+        folder = tmp_path / "in" / year
+        folder.mkdir(parents=True)
+        (folder / "part-0.tsv").write_text(_cc3m_lines(_serve(web, 4, prefix=f"y{year}-")))
+        manifests.append(f"cc3m={folder / 'part-0.tsv'}")
+    # the 2024 file again, through `..` and through a symlink: read once
+    manifests.append(f"cc3m={tmp_path / 'in' / '2023' / '..' / '2024' / 'part-0.tsv'}")
+    os.symlink(tmp_path / "in" / "2025" / "part-0.tsv", tmp_path / "alias.tsv")
+    manifests.append(f"cc3m={tmp_path / 'alias.tsv'}")
+    # leftovers of a failed run, removed by this one
+    for stale in ("_tmp-19700101T000000/spill/k/0.npy", "_tmp-19700101T000000/blobs/ab.jpg.tmp-1-2",
+                  "duplicates/beam-temp-clusters-0/x", "images/part-x.parquet.tmp-0",
+                  "duplicates/clusters-00003-of-00009.jsonl"):
+        os.makedirs(os.path.dirname(os.path.join(out, stale)), exist_ok=True)
+        open(os.path.join(out, stale), "w").close()
+
+    assert _ingest(out, manifests) == 0
+    rows = _assert_whole(out, 12)
+    assert sorted({r["key"].rsplit(":", 1)[0] for r in rows}) == [
+        "cc3m:2023/part-0.tsv", "cc3m:2024/part-0.tsv", "cc3m:2025/part-0.tsv"]
+    assert all(r["status"] == schema.OK for r in rows)
+    files = _summary(out)["books"]["files"]
+    assert [(f["records"], f["rows"]) for f in files] == [(4, 4)] * 3
+    assert not os.path.exists(os.path.join(out, "images", "part-x.parquet.tmp-0"))
+    assert os.listdir(os.path.join(out, "duplicates")) == ["clusters-00000-of-00001.jsonl"]
+
+
+# --- one writer per OUT ------------------------------------------------------------------------
+
+def _start_ingest(args):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.Popen([sys.executable, "-m", "pipelines.ingest", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for(path, process, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_second_run_on_a_busy_out_refuses_at_once_and_the_first_writes_a_whole_table(web, tmp_path, capsys):
+    urls = _serve(web, 12, delay=0.4)  # slow enough that the first run still holds OUT
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls))
+    out = str(tmp_path / "out")
+    first = _start_ingest(["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK,
+                           "--no-progress", "--no-report", "--concurrency", "2", "--per-host", "2"])
+    try:
+        _wait_for(os.path.join(out, lease_module.LEASE_NAME), first)
+        started = time.monotonic()
+        assert _ingest(out, f"cc3m={manifest}") == 2
+        assert time.monotonic() - started < 5
+        line = _one_line(capsys)
+        assert f"{out} is being written by ingest (pid {first.pid} on " in line and "--force-unlock" in line
+        assert first.wait(timeout=120) == 0, first.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    _assert_whole(out, 12)
+
+
+def test_kill_9_leaves_a_stale_lease_that_the_next_resume_breaks(web, tmp_path):
+    urls = _serve(web, 10)
+    web.routes["/flaky.jpg"] = [Reply(503), Reply(200, jpeg(77), {"Content-Type": "image/jpeg"}, delay=30)]
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls + [web.url("/flaky.jpg")]))
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc3m={manifest}") == 0  # 10 ok, the flaky one failed
+
+    resumed = _start_ingest(["--manifest", f"cc3m={manifest}", "--output", out, "--resume", "--allow-network",
+                             LOOPBACK, "--no-progress", "--no-report", "--timeout", "60"])
+    try:
+        deadline = time.monotonic() + 90
+        while web.hits.get("/flaky.jpg", 0) < 2:  # the resume is fetching the flaky row again
+            assert resumed.poll() is None, resumed.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(resumed.pid, signal.SIGKILL)
+        resumed.wait()
+    with open(os.path.join(out, lease_module.LEASE_NAME), encoding="utf-8") as handle:
+        assert json.load(handle)["pid"] == resumed.pid  # left behind by the killed run
+
+    web.routes["/flaky.jpg"] = Reply(200, jpeg(77), {"Content-Type": "image/jpeg"})
+    assert _ingest(out, f"cc3m={manifest}", "--resume") == 0
+    rows = _assert_whole(out, 11)
+    assert all(r["status"] == schema.OK for r in rows)
+
+
+def test_a_live_lease_is_taken_only_with_force_unlock(tmp_path):
+    out = str(tmp_path / "out")
+    with lease_module.output_lease(out, "first"):
+        with pytest.raises(ValueError, match="being written by first"):
+            with lease_module.output_lease(out, "second"):
+                pass
+        with lease_module.output_lease(out, "second", force_unlock=True) as holder:
+            assert holder.job == "second"
+    assert not os.path.exists(os.path.join(out, lease_module.LEASE_NAME))
+
+
+def test_gcs_lease_refuses_a_live_holder_and_is_released(gcs_emulator):
+    # The emulator ignores if_generation_match, so only the read-first refusal and the release
+    # are tested here; the precondition itself is GCS's (docs/integrity.md).
+    gcs_emulator.bucket("lease-test")
+    out = "gs://lease-test/out"
+    with lease_module.output_lease(out, "first"):
+        blob = gcs_emulator.client().bucket("lease-test").get_blob("out/_LEASE")
+        assert json.loads(blob.download_as_bytes())["job"] == "first"
+        with pytest.raises(ValueError, match="being written by first"):
+            with lease_module.output_lease(out, "second"):
+                pass
+    assert gcs_emulator.client().bucket("lease-test").get_blob("out/_LEASE") is None
+    with lease_module.output_lease(out, "expired", ttl_seconds=-1):  # already expired: the next run takes it
+        with lease_module.output_lease(out, "next") as holder:
+            assert holder.job == "next"
+
+
+# --- empty input -------------------------------------------------------------------------------
+
+def test_an_empty_manifest_is_an_empty_dataset_for_ingest_dedup_and_refresh(tmp_path, capsys):
+    manifest = tmp_path / "empty.tsv"
+    manifest.write_text("")
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc3m={manifest}") == 0
+    files = table_module.list_table_files(out)
+    assert len(files) == 1 and pq.read_table(files[0]).schema.equals(schema.IMAGE_SCHEMA)
+    assert pq.read_table(files[0]).num_rows == 0
+    assert _summary(out)["books"] == {"files": [{"path": str(manifest), "records": 0, "rows": 0}], "rows_in": 0,
+                                      "rows_out": 0, "balanced": True, "truncated": []}
+
+    out3 = str(tmp_path / "out3")
+    dedup.run(local_options(input=out, output=out3))
+    assert pq.read_table(table_module.list_table_files(out3)).num_rows == 0
+    assert _summary(out3)["books"]["balanced"]
+
+    capsys.readouterr()
+    assert refresh.main(local_options(snapshot=out, output=str(tmp_path / "refresh"))) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert printed == [f"refresh: nothing to check: {out} holds no rows"]
+
+
+# --- dedup: two-phase replacement, books, missing phash -------------------------------------------
+
+def test_dedup_rerun_replaces_old_shards_and_warns_of_a_table_without_phash(tmp_path, capsys):
+    import pyarrow as pa
+    rows = [schema.new_row("cc3m", f"cc3m:{n}", f"http://127.0.0.2/{n}.jpg", status=schema.OK,
+                           sha256=f"{n:064x}", source_file="m.tsv", source_line=n) for n in range(1, 9)]
+    slim = [{name: r[name] for name in ("dataset", "key", "url", "status", "sha256")} for r in rows]
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(slim), out / "images" / "part-0.parquet")  # no phash column
+    out3 = tmp_path / "out3"
+    (out3 / "images").mkdir(parents=True)
+    (out3 / "duplicates").mkdir()
+    # a previous dedup run's shards, of another shard count
+    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows[:3]], schema=schema.IMAGE_SCHEMA),
+                   out3 / "images" / "part-00000-of-00005.parquet")
+    (out3 / "duplicates" / "clusters-00004-of-00005.jsonl").write_text("{}\n")
+
+    dedup.run(local_options(input=str(out), output=str(out3)))
+    err = capsys.readouterr().err
+    assert f"dedup: warning: {out}: the table has no phash column" in err
+    table = pq.read_table(table_module.list_table_files(str(out3))).to_pylist()
+    assert sorted(r["key"] for r in table) == sorted(r["key"] for r in rows)  # 8 rows, each once
+    assert not (out3 / "images" / "part-00000-of-00005.parquet").exists()
+    assert not (out3 / "duplicates" / "clusters-00004-of-00005.jsonl").exists()
+    summary = _summary(str(out3))
+    assert summary["books"]["balanced"] and summary["books"]["rows_in"] == 8 == summary["books"]["rows_out"]
+    assert len(summary["warnings"]) == 1 and "no phash column" in summary["warnings"][0]
+
+
+# --- joins -----------------------------------------------------------------------------------
+
+def test_labels_join_on_repeated_image_ids_and_conflicting_hash_entries_give_no_expected_hash(tmp_path):
+    oi = tmp_path / "oi"
+    for part, ids in (("a", ["000000000000000a", "000000000000000b"]), ("b", ["000000000000000a"])):
+        (oi / part).mkdir(parents=True)
+        (oi / part / "images.csv").write_text("ImageID,OriginalURL\n" + "".join(
+            f"{image_id},http://127.0.0.2/{image_id}.jpg\n" for image_id in ids))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID,Source,LabelName,Confidence\n000000000000000a,human,/m/cat,1\n"
+                      "000000000000000b,human,/m/dog,1\n")
+    cc12m = tmp_path / "cc12m.tsv"
+    cc12m.write_text("http://127.0.0.2/x.jpg\tx\nhttp://127.0.0.2/y.jpg\ty\n")
+    hashes = tmp_path / "hashes.tsv"
+    sha_x1, sha_x2, sha_y = "1" * 64, "2" * 64, "3" * 64
+    hashes.write_text(f"http://127.0.0.2/x.jpg\t{sha_x1}\nhttp://127.0.0.2/y.jpg\t{sha_y}\n"
+                      f"http://127.0.0.2/x.jpg\t{sha_x2}\nhttp://127.0.0.2/y.jpg\t{sha_y}\n")
+    out = str(tmp_path / "out")
+    assert _ingest(out, [f"openimages={oi}/*/images.csv", f"cc12m={cc12m}"],
+                   **{"openimages-labels": str(labels), "cc12m-hashes": str(hashes)}) == 0
+    rows = {r["key"]: r for r in _assert_whole(out, 5)}
+    repeat = "openimages:000000000000000a@b/images.csv:2"
+    assert set(rows) == {"openimages:000000000000000a", repeat, "openimages:000000000000000b",
+                         "cc12m:1", "cc12m:2"}
+    assert [label["id"] for label in rows[repeat]["labels"]] == ["/m/cat"]
+    assert [label["id"] for label in rows["openimages:000000000000000a"]["labels"]] == ["/m/cat"]
+    assert rows["cc12m:1"]["expected_sha256"] is None  # two entries disagree: no expected hash
+    assert rows["cc12m:2"]["expected_sha256"] == sha_y  # two entries agree
+    assert _summary(out)["hash_list"]["conflicting_urls"] == 1
+    entries = [(sha_x1, None), (sha_x2, "a" * 32)]
+    assert merge_hash_entries(entries) == merge_hash_entries(entries[::-1]) == ((None, None), True)
+    assert merge_hash_entries([(sha_y, None), (None, "b" * 32)]) == ((sha_y, "b" * 32), False)
+
+
+# --- the books check itself ----------------------------------------------------------------------
+
+def test_a_lost_row_fails_the_run_with_the_books_in_one_line(web, tmp_path, capsys, monkeypatch):
+    urls = _serve(web, 6)
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls))
+    original = table_module.WriteShardsDoFn.process
+
+    def lose_one(self, row):
+        if row["key"] != "cc3m:4":
+            yield from original(self, row)
+
+    monkeypatch.setattr(table_module.WriteShardsDoFn, "process", lose_one)
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc3m={manifest}") == 1
+    line = _one_line(capsys)
+    assert f"the books do not balance: {manifest}: 6 records read, 5 rows written" in line
+    assert not _summary(out)["books"]["balanced"]
+
+
+def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    row = schema.new_row("cc3m", "cc3m:1", "http://127.0.0.2/1.jpg", status=schema.OK, sha256="1" * 64,
+                         phash="0" * 16)
+    pq.write_table(pa_table([row]), out / "images" / "part-0.parquet")
+    out3, refresh_out = str(tmp_path / "out3"), str(tmp_path / "refresh")
+    with lease_module.output_lease(out3, "ingest"), lease_module.output_lease(refresh_out, "refresh"):
+        with pytest.raises(ValueError, match=f"{out3} is being written by ingest"):
+            dedup.run(local_options(input=str(out), output=out3))
+        capsys.readouterr()
+        assert refresh.main(local_options(snapshot=str(out), output=refresh_out)) == 2
+        assert f"{refresh_out} is being written by refresh" in _one_line(capsys)
+
+
+def pa_table(rows):
+    import pyarrow as pa
+    return pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
+
+
+def test_resume_keeps_every_row_of_an_old_output_whose_keys_collided():
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
+    old = [schema.new_row("cc3m", "cc3m:part-0.tsv:1", f"http://127.0.0.2/{year}.jpg", status=schema.OK,
+                          source_file=f"/in/{year}/part-0.tsv") for year in (2024, 2025)]
+    new = [schema.new_row("cc3m", "cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg",
+                          source_file="/in/2024/part-0.tsv"),
+           schema.new_row("cc3m", "cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg", source_file="/in/x/part-0.tsv")]
+    with beam.Pipeline("FnApiRunner") as pipeline:
+        merged = (pipeline | "New" >> beam.Create(new)) | MergeWithPrevious(
+            pipeline | "Old" >> beam.Create(old), parse_retry_statuses(None))
+        assert_that(merged["carry"] | "CarriedUrls" >> beam.Map(lambda r: r["url"]),
+                    equal_to(["http://127.0.0.2/2024.jpg", "http://127.0.0.2/2025.jpg"]), label="Carried")
+        assert_that(merged["fetch"] | "FetchedKeys" >> beam.Map(lambda r: (r["key"], r["url"])),
+                    equal_to([("cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg"),
+                              ("cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg")]), label="Fetched")
+        assert_that(merged["kept"], equal_to(["/in/2024/part-0.tsv", "/in/2025/part-0.tsv"]), label="Kept")

@@ -1,0 +1,243 @@
+"""One writer per output directory: a run holds a lease on OUT while it writes there.
+
+Locally the lease is OUT/_LEASE, created with O_CREAT|O_EXCL (one creator wins, atomically) and
+holding the holder's PID, host, job and start time. A lease whose PID is gone on this same host
+is stale (a run killed with kill -9) and is broken by the next run. On gs:// the lease is the
+object OUT/_LEASE, created with a does-not-exist precondition (if_generation_match=0) and an
+expiry time: a lease past its expiry is stale (its holder stopped renewing it). A holder renews
+it every `ttl / 3` seconds from a daemon thread.
+
+A second run refuses at once with BadInput (exit 2), naming the holder; `--force-unlock` removes
+a lease that is known to be dead (say a run on another machine that crashed). docs/integrity.md.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+from transforms.errors import BadInput, EnvironmentFailure
+
+LEASE_NAME = "_LEASE"
+DEFAULT_TTL_SECONDS = 15 * 60  # gs:// only: renewed every 5 minutes while the run lives
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Who holds a lease."""
+
+    token: str
+    pid: int
+    host: str
+    job: str
+    started_at: float
+    expires_at: float = 0.0  # gs:// leases only; 0: no expiry (local leases, judged by the PID)
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at))
+        return f"{self.job} (pid {self.pid} on {self.host}, started {started})"
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Holder":
+        try:
+            fields = json.loads(data.decode("utf-8"))
+            return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls) if f.name in fields})
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            return cls(token="?", pid=0, host="?", job="unreadable lease", started_at=0.0)
+
+
+def lease_path(out: str) -> str:
+    return f"{out.rstrip('/')}/{LEASE_NAME}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _refusal(out: str, holder: Holder) -> BadInput:
+    return BadInput(f"{out} is being written by {holder.describe()}; wait for it to end, or if no such run is"
+                    f" alive, run again with --force-unlock")
+
+
+class _LocalLease:
+    def __init__(self, out: str):
+        self.out = out
+        self.path = lease_path(out)
+
+    def acquire(self, holder: Holder, force: bool) -> None:
+        try:
+            os.makedirs(self.out, exist_ok=True)
+        except FileExistsError:
+            raise BadInput(f"--output {self.out} is a file, not a directory") from None
+        except PermissionError as exc:
+            raise EnvironmentFailure(f"cannot create {self.out}: {exc.strerror}") from None
+        if not os.path.isdir(self.out):
+            raise BadInput(f"--output {self.out} is a file, not a directory")
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                current = self._read()
+                if current is None:
+                    continue  # released meanwhile
+                stale = current.host == holder.host and not _pid_alive(current.pid)
+                if not (force or stale):
+                    raise _refusal(self.out, current) from None
+                self._break(current)
+                continue
+            except PermissionError as exc:
+                raise EnvironmentFailure(f"cannot write in {self.out}: {exc.strerror}") from None
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(holder.to_json())
+            return
+        raise EnvironmentFailure(f"cannot take the lease {self.path}: it keeps changing")
+
+    def _read(self):
+        try:
+            with open(self.path, "rb") as handle:
+                return Holder.from_json(handle.read())
+        except FileNotFoundError:
+            return None
+
+    def _break(self, current: Holder) -> None:
+        # Renamed aside rather than deleted: of two runs breaking the same stale lease, one
+        # rename succeeds and the other finds nothing to rename; both then race on O_EXCL.
+        aside = f"{self.path}.broken-{uuid.uuid4().hex}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        broken = self._read_file(aside)
+        if broken.token != current.token:  # a fresh lease was taken meanwhile: put it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            os.remove(aside)
+            raise _refusal(self.out, broken)
+        os.remove(aside)
+
+    @staticmethod
+    def _read_file(path):
+        with open(path, "rb") as handle:
+            return Holder.from_json(handle.read())
+
+    def renew(self, holder: Holder) -> bool:
+        return True  # local leases do not expire
+
+    def release(self, holder: Holder) -> None:
+        current = self._read()
+        if current is not None and current.token == holder.token:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+
+
+class _GcsLease:
+    def __init__(self, out: str):
+        from google.cloud import storage  # noqa: PLC0415 (only for gs:// outputs)
+        from google.api_core import exceptions  # noqa: PLC0415
+        self.out = out
+        self._exceptions = exceptions
+        bucket, _, prefix = out[len("gs://"):].partition("/")
+        name = f"{prefix.rstrip('/')}/{LEASE_NAME}" if prefix.strip("/") else LEASE_NAME
+        self._blob_name = name
+        self._bucket = storage.Client().bucket(bucket)
+        self._generation = None
+
+    def acquire(self, holder: Holder, force: bool) -> None:
+        for _ in range(3):
+            existing = self._bucket.get_blob(self._blob_name)
+            if existing is not None:
+                current = Holder.from_json(existing.download_as_bytes())
+                if not force and current.expires_at > time.time():
+                    raise _refusal(self.out, current)
+                try:  # expired (or forced): remove exactly that generation
+                    existing.delete(if_generation_match=existing.generation)
+                except (self._exceptions.PreconditionFailed, self._exceptions.NotFound):
+                    continue
+            blob = self._bucket.blob(self._blob_name)
+            try:
+                blob.upload_from_string(holder.to_json(), content_type="application/json", if_generation_match=0)
+            except self._exceptions.PreconditionFailed:
+                continue  # another run created it first: read who
+            self._generation = blob.generation
+            return
+        existing = self._bucket.get_blob(self._blob_name)
+        if existing is not None:
+            raise _refusal(self.out, Holder.from_json(existing.download_as_bytes()))
+        raise EnvironmentFailure(f"cannot take the lease {lease_path(self.out)}: it keeps changing")
+
+    def renew(self, holder: Holder) -> bool:
+        blob = self._bucket.blob(self._blob_name)
+        try:
+            blob.upload_from_string(holder.to_json(), content_type="application/json",
+                                    if_generation_match=self._generation)
+        except (self._exceptions.PreconditionFailed, self._exceptions.NotFound):
+            return False  # broken by --force-unlock elsewhere
+        self._generation = blob.generation
+        return True
+
+    def release(self, holder: Holder) -> None:
+        existing = self._bucket.get_blob(self._blob_name)
+        if existing is None or Holder.from_json(existing.download_as_bytes()).token != holder.token:
+            return
+        with contextlib.suppress(self._exceptions.PreconditionFailed, self._exceptions.NotFound):
+            existing.delete(if_generation_match=existing.generation)
+
+
+@contextlib.contextmanager
+def output_lease(out: str, job: str, force_unlock: bool = False, ttl_seconds: float = DEFAULT_TTL_SECONDS):
+    """Holds the lease on `out` for the `with` block; released on the way out, failure included.
+
+    Args:
+        out: the output directory, local or gs:// (created if missing, locally).
+        job: the job's name, shown to a run refused by this lease.
+        force_unlock: take the lease even if another run seems to hold it.
+        ttl_seconds: gs:// only: how long the lease lives without renewal.
+
+    Returns:
+        A context manager yielding the Holder.
+
+    Raises:
+        BadInput: another live run holds the lease, or `out` is a file.
+        EnvironmentFailure: the lease cannot be written (permissions).
+    """
+    if "://" in out and not out.startswith("gs://"):
+        yield None  # other file systems: no lease (documented)
+        return
+    now = time.time()
+    remote = out.startswith("gs://")
+    holder = Holder(token=uuid.uuid4().hex, pid=os.getpid(), host=socket.gethostname(), job=job,
+                    started_at=now, expires_at=now + ttl_seconds if remote else 0.0)
+    lease = _GcsLease(out) if remote else _LocalLease(out)
+    lease.acquire(holder, force_unlock)
+    stop = threading.Event()
+    renewer = None
+    if remote:
+        def renew():
+            current = holder
+            while not stop.wait(ttl_seconds / 3):
+                current = dataclasses.replace(current, expires_at=time.time() + ttl_seconds)
+                if not lease.renew(current):
+                    return
+        renewer = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        renewer.start()
+    try:
+        yield holder
+    finally:
+        stop.set()
+        if renewer is not None:
+            renewer.join(timeout=5)
+        lease.release(holder)
