@@ -30,6 +30,9 @@ BIG_MODULES = {
                                        "HTML around them; splitting would only scatter the page",
     "transforms/fetch/client.py": "the Fetcher's event loop, its politeness state (HostGate, Pacer) and redirects "
                                   "share one asyncio loop; the DoFns that feed it are ~100 lines of it",
+    "transforms/io/manifests.py": "one streaming parser per text format beside ReadManifests, which reads them "
+                                  "with the books' record counts and the truncation rule; the JSON formats live "
+                                  "apart (json_manifests.py)",
     "transforms/io/labels.py": "five side-file formats, each parser next to its join (20-60 lines each) over one "
                                "generic JoinRowsByKey",
 }

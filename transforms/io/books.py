@@ -13,6 +13,8 @@ import apache_beam as beam
 
 from transforms.errors import BooksUnbalanced
 
+__all__ = ["BalanceBooks", "balance", "check_books"]
+
 
 def balance(records, kept, written, truncated=()):
     """The books as a summary.json section.

@@ -21,6 +21,8 @@ import uuid
 
 from transforms.errors import BadInput, EnvironmentFailure
 
+__all__ = ["DEFAULT_TTL_SECONDS", "LEASE_NAME", "Holder", "lease_path", "output_lease"]
+
 LEASE_NAME = "_LEASE"
 DEFAULT_TTL_SECONDS = 15 * 60  # gs:// only: renewed every 5 minutes while the run lives
 
