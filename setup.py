@@ -28,6 +28,9 @@ setuptools.setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
+            # tests/pipelines/test_export.py reads the export back with the real loaders
+            "webdataset>=0.2.90",
+            "datasets>=2.14",
         ],
         # bench/: the harness samples process trees (psutil); py-spy profiles the pipeline.
         "bench": [
