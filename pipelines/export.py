@@ -18,7 +18,7 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.launch import job_runner
 from transforms.errors import BadInput, BooksUnbalanced, JobFailure
@@ -27,6 +27,7 @@ from transforms.export.hf_parquet_shards import HfParquetShardDoFn
 from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
 from transforms.export.shard_writer import AssignShards, shard_records_in_order
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
+from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.sinks import join_path, read_json, write_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, temporary_dir
 
@@ -212,12 +213,24 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id):
     )
 
 
+def _settle_user_agent(options):
+    """Beam's --user_agent (used only to download jars) and the fetch jobs' --user-agent share the
+    dest `user_agent`. In a process that imported a fetch job (deploy.render_spec renders every job
+    in one), the merged parser reports Beam's None as a non-default value and DataflowRunner refuses
+    a None display value. Export fetches nothing: give it the project's User-Agent, as the fetch
+    jobs do."""
+    setup = options.view_as(SetupOptions)
+    if setup.user_agent is None:
+        setup.user_agent = DEFAULT_USER_AGENT
+
+
 def run(argv=None):
     """Builds and runs the export; returns the PipelineResult. Raises JobFailure subclasses."""
     argv = list(sys.argv[1:] if argv is None else argv)
     check_argv(argv)
     options = PipelineOptions(argv)
     job_runner.apply_local_defaults(options, argv)
+    _settle_user_agent(options)
     config = export_config(options.view_as(ExportOptions))
     files = selection.check_table_files(config.input)
     started_at = time.time()
