@@ -253,7 +253,7 @@ def load_hint(summary):
     if summary["format"] == "webdataset":
         pattern = join_path(out, names[0] if len(names) == 1 else
                             f"{{{names[0].split('.')[0]}..{names[-1].split('.')[0]}}}.tar") if names else out
-        return f'import webdataset as wds; ds = wds.WebDataset("{pattern}").decode("pil")'
+        return f'import webdataset as wds; ds = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")'
     return f'import datasets; ds = datasets.load_dataset("parquet", data_files="{join_path(out, "*.parquet")}")'
 
 
