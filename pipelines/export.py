@@ -174,7 +174,7 @@ def _write_summary(_, config, started_at, rows_read, skipped_counts, shards):
     summary = summarize(config, started_at, rows_read, skipped_counts, shards)
     path = write_json(join_path(config.output, "summary.json"), summary)
     if not summary["books_balanced"]:
-        raise BooksUnbalanced(f"export books do not balance: {summary['rows_read']} rows read,"
+        raise BooksUnbalanced(f"books do not balance: {summary['rows_read']} rows read,"
                               f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped"
                               f" ({path})")
     return path
@@ -240,7 +240,7 @@ def run(argv=None):
     if job_runner.job_done(result):
         summary = read_json(join_path(config.output, "summary.json"))
         if not summary["books_balanced"]:  # the pipeline raised already; a second guard for other runners
-            raise BooksUnbalanced(f"export books do not balance: see {join_path(config.output, 'summary.json')}")
+            raise BooksUnbalanced(f"books do not balance: see {join_path(config.output, 'summary.json')}")
         if job_runner.is_local(options):
             print(report(summary))
     return result

@@ -251,3 +251,23 @@ def test_bad_input_from_the_command_line(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "missing column(s)" in lines[0], done.stderr
     assert not (tmp_path / "exp").exists()
+
+
+def test_a_lost_row_fails_the_books_with_exit_1(ingested, tmp_path, capsys, monkeypatch):
+    """The job counts rows read apart from its selection: a row lost on the way is exit 1, one line."""
+    out, rows, _ = ingested
+    process = export._Select.process
+
+    def lossy(self, row):
+        if row["key"] == min(r["key"] for r in rows if selection.skip_reason(r) is None):
+            return iter(())  # dropped without a reason
+        return process(self, row)
+
+    monkeypatch.setattr(export._Select, "process", lossy)
+    status = export.main(local_options(input=out, output=str(tmp_path / "exp"), format="webdataset"))
+    err = capsys.readouterr().err
+    assert status == 1
+    lines = [line for line in err.splitlines() if line.startswith("export: ")]
+    assert len(lines) == 1 and "books do not balance" in lines[0] and f"{len(rows)} rows read" in lines[0], err
+    summary = json.load(open(tmp_path / "exp" / "summary.json"))
+    assert summary["books_balanced"] is False and summary["rows_read"] == len(rows)
