@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, export_image
-from transforms.io.sinks import join_path
+from transforms.io.sinks import blob_uri, join_path
 
 __all__ = ["AssignShards", "ShardWriterDoFn", "read_blob", "sample_key", "shard_name"]
 
@@ -129,11 +129,16 @@ class ShardWriterDoFn(beam.DoFn):
 
     extension = "bin"
 
-    def __init__(self, output_dir: str, tmp_dir: str, resize: ResizeConfig, threads: Optional[int] = None):
+    def __init__(self, output_dir: str, tmp_dir: str, resize: ResizeConfig, threads: Optional[int] = None,
+                 input_dir: Optional[str] = None):
+        """Args: output_dir: EXP; tmp_dir: where shards are written before the rename; resize: the
+        image settings; threads: blob readers and resizers (default: one per core); input_dir: OUT,
+        whose blobs/ is tried when a row's blob is not where the row says (OUT copied or moved)."""
         self._output_dir = output_dir
         self._tmp_dir = tmp_dir
         self._resize = resize
         self._threads = threads
+        self._input_dir = input_dir
 
     def setup(self):
         threads = self._threads or os.cpu_count() or 2
@@ -187,13 +192,23 @@ class ShardWriterDoFn(beam.DoFn):
         try:
             if not uri:
                 raise ResizeError("the row has no blob")
-            data = read_blob(uri)
+            data = self._read(uri, record)
             if record.get("sha256") and hashlib.sha256(data).hexdigest() != record["sha256"]:
                 raise ResizeError("the blob's bytes are not the row's sha256")
             return export_image(data, self._resize, original_extension(record))
         except (OSError, ResizeError) as exc:
             _LOG.warning("export: %s skipped, blob %s unreadable: %s", record.get("key"), uri, exc)
             return None
+
+    def _read(self, uri: str, record: dict) -> bytes:
+        try:
+            return read_blob(uri)
+        except OSError:
+            moved = self._input_dir and record.get("sha256") and blob_uri(self._input_dir, record["sha256"],
+                                                                          record.get("format"))
+            if not moved or moved == uri:
+                raise
+            return read_blob(moved)
 
     # -- the format -------------------------------------------------------------------------------
     def open_shard(self, handle):  # pragma: no cover (abstract)

@@ -112,3 +112,19 @@ def test_hf_shard_rows(tmp_path, blobs):
     images = table.column("image").to_pylist()
     assert [i["path"] for i in images] == ["000000000.jpg", "000000001.jpg"]
     assert [hashlib.sha256(i["bytes"]).hexdigest() for i in images] == [b["sha256"] for b in blobs[:2]]
+
+
+def test_a_moved_output_is_read_from_its_own_blobs(tmp_path, blobs):
+    """OUT copied elsewhere: the rows' blob paths are stale, OUT/blobs/ab/cd/<sha256>.jpg is read."""
+    from transforms.io.sinks import blob_uri
+    moved = blobs[0]
+    target = blob_uri(str(tmp_path / "copied-out"), moved["sha256"], "JPEG")
+    os.makedirs(os.path.dirname(target))
+    os.rename(moved["blob"], target)
+    dofn = WebDatasetShardDoFn(str(tmp_path / "exp"), str(tmp_path / "exp" / "_tmp"), ResizeConfig(), threads=1,
+                               input_dir=str(tmp_path / "copied-out"))
+    (record,) = write_shard(dofn, [(0, moved)])
+    assert record["samples"] == 1 and record["unreadable_blob"] == 0
+    dofn = WebDatasetShardDoFn(str(tmp_path / "exp2"), str(tmp_path / "exp2" / "_tmp"), ResizeConfig(), threads=1)
+    (record,) = write_shard(dofn, [(0, moved)])
+    assert record["samples"] == 0 and record["unreadable_blob"] == 1
