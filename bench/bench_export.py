@@ -154,6 +154,7 @@ def main(argv=None):
     ap.add_argument("--our-python", default=sys.executable)
     ap.add_argument("--peer-python", default=os.path.join(ROOT, ".venv-img2dataset", "bin", "python"))
     args = ap.parse_args(argv)
+    args.peer_python, args.our_python = os.path.abspath(args.peer_python), os.path.abspath(args.our_python)
     if not os.path.exists(args.peer_python):
         raise SystemExit(f"no img2dataset venv at {args.peer_python}: `make bench-venvs` (bench/bench.mk) creates it")
     paths = make_corpus.build(args.count, workdir=args.workdir)
