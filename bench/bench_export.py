@@ -12,7 +12,9 @@ Both sides start from the same images on local disk (bench/make_corpus.py's phot
 Two settings: no resize (original bytes; img2dataset with `disable_all_reencoding`) and a resize
 to --size N in --mode (both re-encode JPEG at quality 95, never upscaling: img2dataset's
 `resize_only_if_bigger`). Wall time is the whole process, start-up included, the median of
---repeat runs alternating the order; images/s = images written / wall time. Results:
+--repeat runs alternating the order; images/s = images written / wall time. A run of each side
+on --startup-count images measures the fixed costs (interpreter, imports, Beam's graph and
+stages); the marginal figures are the full run's minus those, per extra image. Results:
 bench/work/export_bench.json and a table; the ratios are ours / img2dataset.
 
     python -m bench.bench_export [--count 1000] [--size 256] [--mode center_crop] [--repeat 2]
@@ -149,6 +151,8 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--mode", default="center_crop", choices=("keep_ratio", "center_crop", "border"))
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--startup-count", type=int, default=20,
+                    help="images of the start-up runs that measure fixed costs (0: none)")
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 2, help="img2dataset's processes")
     ap.add_argument("--workdir", default=os.path.join(HERE, "work"))
     ap.add_argument("--our-python", default=sys.executable)
@@ -159,46 +163,70 @@ def main(argv=None):
         raise SystemExit(f"no img2dataset venv at {args.peer_python}: `make bench-venvs` (bench/bench.mk) creates it")
     paths = make_corpus.build(args.count, workdir=args.workdir)
     truth = make_corpus.read_truth(paths)
+    small = dict(sorted(truth.items())[:args.startup_count])
     root = os.path.join(args.workdir, "export")
     subprocess.run(["rm", "-rf", root], check=True)
-    out = os.path.join(root, "out")
+    out, out_small = os.path.join(root, "out"), os.path.join(root, "out-small")
     count = write_input(truth, paths["corpus"], out)
+    write_input(small, paths["corpus"], out_small)
     shard_size = max(1, count // (4 * args.processes))  # 4 shards per process, as run_bench.py's peer
     results = {"count": count, "size": args.size, "mode": args.mode, "shard_size": shard_size,
-               "cpus": os.cpu_count(), "settings": {}}
+               "startup_count": len(small), "cpus": os.cpu_count(), "settings": {}}
+
+    def measure(side, mode, label, subset, table):
+        exp = os.path.join(root, f"{side}-{mode}-{label}")
+        if side == "ours":
+            result = run_ours(args.our_python, table, exp, shard_size, args.size, mode)
+        else:
+            result = run_peer(args.peer_python, subset, paths["corpus"], exp, shard_size, args.size, mode,
+                              args.processes, root)
+        result["images_per_s"] = round(result["images"] / result["wall_s"], 1)
+        result["cpu_ms_per_image"] = round(1000 * result["cpu_s"] / max(result["images"], 1), 2)
+        print(f"{mode:>11} {side:<11} {label}: {result['images']} images in {result['wall_s']} s"
+              f" = {result['images_per_s']} images/s, {result['cpu_s']} CPU s", flush=True)
+        subprocess.run(["rm", "-rf", exp], check=True)
+        return result
+
     for mode in ("no", args.mode):
         runs = {"ours": [], "img2dataset": []}
+        startup = {}
         for r in range(args.repeat):
             order = ("ours", "img2dataset") if r % 2 == 0 else ("img2dataset", "ours")
             for side in order:
-                exp = os.path.join(root, f"{side}-{mode}-{r}")
-                if side == "ours":
-                    result = run_ours(args.our_python, out, exp, shard_size, args.size, mode)
-                else:
-                    result = run_peer(args.peer_python, truth, paths["corpus"], exp, shard_size, args.size, mode,
-                                      args.processes, root)
-                result["images_per_s"] = round(result["images"] / result["wall_s"], 1)
-                result["cpu_ms_per_image"] = round(1000 * result["cpu_s"] / max(result["images"], 1), 2)
-                runs[side].append(result)
-                print(f"{mode:>11} {side:<11} run {r + 1}: {result['images']} images in {result['wall_s']} s"
-                      f" = {result['images_per_s']} images/s, {result['cpu_ms_per_image']} CPU ms/image", flush=True)
-                subprocess.run(["rm", "-rf", exp], check=True)
-        median = {side: statistics.median(x["images_per_s"] for x in runs[side]) for side in runs}
-        cpu = {side: statistics.median(x["cpu_ms_per_image"] for x in runs[side]) for side in runs}
-        results["settings"][mode] = {"runs": runs, "median_images_per_s": median, "median_cpu_ms_per_image": cpu,
-                                     "ratio_ours_over_img2dataset": round(median["ours"] / median["img2dataset"], 2),
-                                     "cpu_ratio_ours_over_img2dataset": round(cpu["ours"] / cpu["img2dataset"], 2)}
+                runs[side].append(measure(side, mode, f"run {r + 1}", truth, out))
+        for side in ("ours", "img2dataset"):
+            # start-up and fixed costs: the same job on a handful of images
+            startup[side] = measure(side, mode, "start-up", small, out_small) if small else None
+        setting = {"runs": runs, "startup": startup}
+        for side in runs:
+            wall = statistics.median(x["wall_s"] for x in runs[side])
+            cpu = statistics.median(x["cpu_s"] for x in runs[side])
+            figures = {"images_per_s": round(count / wall, 1), "cpu_ms_per_image": round(1000 * cpu / count, 2)}
+            if startup[side]:
+                extra = count - startup[side]["images"]
+                figures.update(
+                    startup_wall_s=startup[side]["wall_s"], startup_cpu_s=startup[side]["cpu_s"],
+                    marginal_images_per_s=round(extra / max(wall - startup[side]["wall_s"], 1e-9), 1),
+                    marginal_cpu_ms_per_image=round(1000 * (cpu - startup[side]["cpu_s"]) / extra, 2))
+            setting[side] = figures
+        setting["ratios_ours_over_img2dataset"] = {
+            name: round(setting["ours"][name] / setting["img2dataset"][name], 2)
+            for name in setting["ours"] if name in setting["img2dataset"] and setting["img2dataset"][name]}
+        results["settings"][mode] = setting
     path = os.path.join(args.workdir, "export_bench.json")
     with open(path, "w") as handle:
         json.dump(results, handle, indent=2)
-    print(f"\n{count} images, {os.cpu_count()} cores, shards of {shard_size}; median of {args.repeat} runs (images/s)")
-    print(f"{'setting':<20}{'ours':>8}{'img2dataset':>13}{'ratio':>7}   CPU ms/image: {'ours':>6}{'img2dataset':>13}"
-          f"{'ratio':>7}")
-    for mode, s in results["settings"].items():
+    print(f"\n{count} images, {os.cpu_count()} cores, shards of {shard_size}; median of {args.repeat} runs;"
+          f" start-up = the same job on {len(small)} images; marginal = (full - start-up) / extra images")
+    names = ("images_per_s", "cpu_ms_per_image", "startup_wall_s", "startup_cpu_s", "marginal_images_per_s",
+             "marginal_cpu_ms_per_image")
+    print(f"{'setting':<18}{'figure':<28}{'ours':>10}{'img2dataset':>13}{'ours/i2d':>10}")
+    for mode, setting in results["settings"].items():
         label = "no resize" if mode == "no" else f"{mode} {args.size}"
-        speed, cpu = s["median_images_per_s"], s["median_cpu_ms_per_image"]
-        print(f"{label:<20}{speed['ours']:>8}{speed['img2dataset']:>13}{s['ratio_ours_over_img2dataset']:>7}"
-              f"   {'':>13}{cpu['ours']:>6}{cpu['img2dataset']:>13}{s['cpu_ratio_ours_over_img2dataset']:>7}")
+        for name in names:
+            if name in setting["ours"]:
+                print(f"{label:<18}{name:<28}{setting['ours'][name]:>10}{setting['img2dataset'][name]:>13}"
+                      f"{setting['ratios_ours_over_img2dataset'].get(name, '-'):>10}")
     print(f"-> {path}")
     return 0
 
