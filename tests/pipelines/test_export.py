@@ -274,3 +274,18 @@ def test_a_lost_row_fails_the_books_with_exit_1(ingested, tmp_path, capsys, monk
     assert len(lines) == 1 and "books do not balance" in lines[0] and f"{len(rows)} rows read" in lines[0], err
     summary = json.load(open(tmp_path / "exp" / "summary.json"))
     assert summary["books_balanced"] is False and summary["rows_read"] == len(rows)
+
+
+def test_template_parameters_reach_the_job():
+    """What the Flex Template launcher passes (dest names, booleans as values) becomes the job's config."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipelines.launch import flex_template
+    from transforms.export.resize import ResizeConfig
+    actions = flex_template.option_actions(export.ExportOptions)
+    argv = flex_template.to_job_argv(
+        ["--input=gs://b/out", "--output=gs://b/exp", "--format=hf-parquet", "--resize=64", "--resize_mode=border",
+         "--upscale=true", "--include=all", "--shard_size=500", "--encode_format=webp", "--encode_quality=80"], actions)
+    export.check_argv(argv)
+    config = export.export_config(PipelineOptions(argv).view_as(export.ExportOptions))
+    assert config == export.ExportConfig("gs://b/out", "gs://b/exp", "hf-parquet", "all", 500,
+                                         ResizeConfig(64, "border", "webp", 80, upscale=True))
