@@ -250,9 +250,11 @@ def load_hint(summary):
     """How to read the export back, for the report and docs/export.md."""
     out = summary["output"]
     names = [s["name"] for s in summary["shards"]]
+    if not names:
+        return "nothing to load: no row was exported"
     if summary["format"] == "webdataset":
         pattern = join_path(out, names[0] if len(names) == 1 else
-                            f"{{{names[0].split('.')[0]}..{names[-1].split('.')[0]}}}.tar") if names else out
+                            f"{{{names[0].split('.')[0]}..{names[-1].split('.')[0]}}}.tar")
         return f'import webdataset as wds; ds = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")'
     return f'import datasets; ds = datasets.load_dataset("parquet", data_files="{join_path(out, "*.parquet")}")'
 

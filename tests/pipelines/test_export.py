@@ -289,3 +289,14 @@ def test_template_parameters_reach_the_job():
     config = export.export_config(PipelineOptions(argv).view_as(export.ExportOptions))
     assert config == export.ExportConfig("gs://b/out", "gs://b/exp", "hf-parquet", "all", 500,
                                          ResizeConfig(64, "border", "webp", 80, upscale=True))
+
+
+def test_nothing_to_export_is_an_empty_export_with_balanced_books(tmp_path):
+    from tests.synthetic_out import make_rows, write_out
+    rows = [r for r in make_rows(60) if r["status"] != "ok"]
+    write_out(str(tmp_path / "out"), rows)
+    exp, summary = run_export(tmp_path, str(tmp_path / "out"), "hf-parquet")
+    assert summary["rows_read"] == len(rows) == summary["skipped"]["not_ok"] > 0
+    assert summary["exported"] == 0 and summary["shards"] == [] and summary["books_balanced"]
+    assert os.listdir(exp) == ["summary.json"]
+    assert export.load_hint(summary).startswith("nothing to load")
