@@ -1,6 +1,6 @@
 # One image, two roles: the Beam SDK worker image of the Dataflow jobs, and the Flex Template
 # launcher that builds and submits them (the launcher's python uses the very packages the workers
-# run). deploy/build_image.sh builds one tag per job: `--build-arg JOB=ingest` (or refresh); the
+# run). deploy/build_image.sh builds one tag per job: `--build-arg JOB=ingest` (refresh, export); the
 # tags share every layer and differ only in BEAM_JOB, the job the launcher runs.
 # Static checks of this file: tests/test_dockerfile.py. Sizing and use: docs/dataflow.md.
 

@@ -17,6 +17,8 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(PY) -m pipelines.ingest --demo --output demo-out
+	$(PY) -m pipelines.export --input demo-out --output demo-out/export --format webdataset \
+		--resize 224 --resize-mode center_crop --shard-size 16
 
 # The report test renders OUT/report.html in headless Chromium (Debian's package, installed if missing).
 chromium:

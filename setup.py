@@ -31,6 +31,9 @@ setuptools.setup(
             # `make lint` (configured in pyproject.toml): style, format and types.
             "ruff>=0.6",
             "mypy>=1.10",
+            # tests/pipelines/test_export.py reads the export back with the real loaders
+            "webdataset>=0.2.90",
+            "datasets>=2.14",
         ],
         # bench/: the harness samples process trees (psutil); py-spy profiles the pipeline.
         "bench": [

@@ -76,3 +76,13 @@ bench-dedup: $(STAMP) $(DEDUP_BENCH_STAMP)
 # Where the default thresholds come from (real photos shipped with scikit-image), ~5 s.
 bench-dedup-calibrate: $(DEDUP_BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench.calibrate_thresholds
+
+# ---- the export stage (make bench-export) ---------------------------------------------------------
+# Export throughput (images/s and CPU ms/image), no resize and a 256 px resize, against img2dataset's
+# Resizer + WebDataset writer on the same corpus files in the same run (bench/bench_export.py).
+BENCH_EXPORT_ARGS ?= --count 1000 --repeat 2
+
+.PHONY: bench-export
+
+bench-export: $(STAMP) $(I2D_STAMP)
+	$(PY) -m bench.bench_export --peer-python $(I2D_VENV)/bin/python $(BENCH_EXPORT_ARGS)

@@ -41,6 +41,8 @@ JOBS = {job.name: job for job in (
                   "included), content-addressed image blobs and summary.json."),
     Job("refresh", "Nightly re-check of every URL of an ingest output: alive, changed, dead or unreachable, "
                    "with history across nights."),
+    Job("export", "An ingest or dedup output -> training-ready shards: WebDataset tar or Hugging Face Parquet, "
+                  "deduplicated, optionally resized, with summary.json."),
 )}
 
 
@@ -122,6 +124,31 @@ PARAMS = {
     "max_redirects": Param("Max redirects", INT, "NUMBER", help="Redirects followed per request"),
 }
 
+# Parameters of one job whose dest means something else there (looked up before PARAMS).
+JOB_PARAMS = {
+    "export": {
+        "input": Param("Input folder", GCS, "GCS_READ_FOLDER", required=True, reads=True, sample_table=True,
+                       help="An ingest or dedup output (gs:// folder holding images/*.parquet)",
+                       sample="gs://{bucket}/out"),
+        "output": Param("Export folder", GCS, "GCS_WRITE_FOLDER", required=True,
+                        help="Export folder (gs://): gets 00000.tar, ... or 00000.parquet, ... and summary.json",
+                        sample="gs://{bucket}/export"),
+        "format": Param("Shard format", r"^(?:webdataset|hf-parquet)$", required=True, sample="webdataset",
+                        help="webdataset (tar shards) or hf-parquet (Parquet shards for Hugging Face datasets)"),
+        "resize": Param("Resize to N pixels", INT, "NUMBER", sample="256",
+                        help="Target size in pixels, see the resize mode; absent: the original bytes"),
+        "resize_mode": Param("Resize mode", r"^(?:keep_ratio|center_crop|border|no)$", sample="center_crop"),
+        "include": Param("Rows included", r"^(?:canonical|all)$"),
+        "encode_format": Param("Encoding of resized images", r"^(?:jpg|webp|png)$"),
+    },
+}
+
+
+def job_param(job_name, dest):
+    """The Param of option `dest` in job `job_name` (JOB_PARAMS, then PARAMS), or None."""
+    return JOB_PARAMS.get(job_name, {}).get(dest) or PARAMS.get(dest)
+
+
 # Beam worker options declared as parameters too, so that launch requests may set them.
 BEAM_PARAMS = {
     "number_of_worker_harness_threads": Param(
@@ -155,8 +182,8 @@ def _inferred(action):
     raise KeyError(f"option --{action.dest} needs an entry in deploy/jobs.py PARAMS (label, regex)")
 
 
-def param_for(action):
-    return PARAMS.get(action.dest) or _inferred(action)
+def param_for(action, job_name=None):
+    return job_param(job_name, action.dest) or _inferred(action)
 
 
 def _help_text(action, param):
@@ -186,7 +213,7 @@ def template_metadata(job):
     for dest, action in job.actions.items():
         if dest in LOCAL_ONLY:
             continue
-        param = param_for(action)
+        param = param_for(action, job.name)
         if flex_template.is_flag(action):
             default = "true" if action.default else "false"
         elif action.default is None or isinstance(action.default, list):
@@ -305,17 +332,17 @@ def sizing(rows, hours, rate, utilization=0.8, vcpus_per_worker=4):
 
 def sample_parameters(job, bucket):
     """Parameter values of the offline spec render: every parameter PARAMS gives a sample for."""
-    return {dest: PARAMS[dest].sample.format(bucket=bucket)
-            for dest in job.actions if dest in PARAMS and PARAMS[dest].sample}
+    return {dest: job_param(job.name, dest).sample.format(bucket=bucket)
+            for dest in job.actions if job_param(job.name, dest) and job_param(job.name, dest).sample}
 
 
 def sample_tables(job, parameters):
     """gs:// ingest outputs among the samples, which need a real images/*.parquet at construction."""
-    return [uri for dest, value in parameters.items() if dest in PARAMS and PARAMS[dest].sample_table
+    return [uri for dest, value in parameters.items() if job_param(job.name, dest) and job_param(job.name, dest).sample_table
             for uri in re.findall(GCS_URI, value)]
 
 
 def sample_inputs(job, parameters):
     """gs:// objects the job opens while its graph is built (manifests matched, hash lists read)."""
-    return [uri for dest, value in parameters.items() if dest in PARAMS and PARAMS[dest].reads
+    return [uri for dest, value in parameters.items() if job_param(job.name, dest) and job_param(job.name, dest).reads
             for uri in re.findall(GCS_URI, value)]

@@ -13,4 +13,4 @@ if sys.argv[:1] == ["-m"]:  # Python is locating a job module run with -m: Ctrl-
 
     early_interrupt.install()
 
-__all__ = ["dedup", "demo", "ingest", "launch", "refresh", "report"]
+__all__ = ["dedup", "demo", "export", "ingest", "launch", "refresh", "report"]

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.dataflow, pytest.mark.timeout(120)]
 STEPS = {
     "ingest": ["ReadManifests", "Fetch", "Hash", "StoreBlobs", "WriteImages", "WriteSummary"],
     "refresh": ["ReadSnapshots", "CheckUrls", "Judge", "WriteStatus", "WriteSummary"],
+    "export": ["ReadTable", "Select", "AssignShards", "WriteShards", "WriteSummary"],
 }
 DEFAULTS = jobs.load_defaults(environ={})
 
@@ -72,6 +73,8 @@ def test_spec_passes_the_template_parameters_through(rendered, name):
     assert rendered[name].parameters
     for dest, value in rendered[name].parameters.items():
         expected = value.split(",") if jobs.flex_template.is_repeatable(actions[dest]) else value
+        if actions[dest].type in (int, float):  # numbers travel as JSON numbers
+            expected = actions[dest].type(value)
         assert options[dest] == expected, dest
     assert options["region"] == DEFAULTS["DATAFLOW_REGION"] and options["project"] == "offline-project"
 

@@ -75,6 +75,14 @@ def test_ingest_requires_manifests_and_output_only():
     assert {n for n, p in parameters("ingest").items() if not p["isOptional"]} == {"manifest", "output"}
 
 
+def test_export_requires_input_output_and_format_only():
+    params = parameters("export")
+    assert {n for n, p in params.items() if not p["isOptional"]} == {"input", "output", "format"}
+    assert "summary.json" in params["output"]["helpText"] and "blobs" not in params["output"]["helpText"]
+    assert re.fullmatch(params["format"]["regexes"][0], "hf-parquet")
+    assert not re.fullmatch(params["format"]["regexes"][0], "tfrecord")
+
+
 @pytest.mark.parametrize("dest, good, bad", INGEST_VALUES)
 def test_ingest_regexes_accept_and_refuse(dest, good, bad):
     (regex,) = parameters("ingest")[dest]["regexes"]

@@ -1,0 +1,285 @@
+"""Export an ingest or dedup output as training-ready shards (shared CONTRACT.md, docs/export.md):
+
+    python -m pipelines.export --input OUT --output EXP --format webdataset|hf-parquet [--resize N]
+        [--resize-mode keep_ratio|center_crop|border|no] [--include canonical|all] [--shard-size ROWS]
+        [--encode-format jpg|webp|png] [--encode-quality Q] [--upscale]
+
+Writes EXP/00000.tar, ... (WebDataset) or EXP/00000.parquet, ... (Hugging Face Parquet) and
+EXP/summary.json (rows read, exported, skipped by reason, the shards). Shards from an earlier
+export into EXP are removed once this run's are final. Paths may be local or gs://. Exit status:
+0 done; 2 bad input or options (one line); 1 the books do not balance or the environment failed.
+"""
+import dataclasses
+import re
+import sys
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from pipelines.launch import job_runner
+from transforms.errors import BadInput, BooksUnbalanced
+from transforms.export import selection
+from transforms.export.hf_parquet_shards import HfParquetShardDoFn
+from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
+from transforms.export.shard_writer import AssignShards, shard_records_in_order
+from transforms.export.webdataset_shards import WebDatasetShardDoFn
+from transforms.fetch.client import DEFAULT_USER_AGENT
+from transforms.io.sinks import join_path, read_json, write_json
+from transforms.io.lease import output_lease
+from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, temporary_dir
+
+__all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run", "summarize"]
+
+FORMATS = {"webdataset": WebDatasetShardDoFn, "hf-parquet": HfParquetShardDoFn}
+DEFAULT_SHARD_SIZE = 10_000  # img2dataset's number_sample_per_shard
+_SHARD_FILE = re.compile(r"^[0-9]{5,}\.(?:tar|parquet)$")
+
+
+class ExportOptions(PipelineOptions):
+    """The export's own options (docs/export.md)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        # Not required=True: Beam parses every PipelineOptions subclass for every pipeline in the
+        # process; export_config() checks them and says what is missing in one line.
+        inputs = parser.add_argument_group("inputs")
+        job_runner.add_argument_once(inputs, "--input", help="an ingest or dedup output (OUT), required")
+        output = parser.add_argument_group("output", "where the shards and summary go, and their form")
+        job_runner.add_argument_once(output, "--output", help="output directory (EXP), required")
+        job_runner.add_argument_once(output, "--force-unlock", action="store_true",
+                                     help="take EXP's lease even though another run seems to hold it (only when"
+                                          " that run is known to be dead)")
+        parser = output
+        parser.add_argument("--format", choices=sorted(FORMATS),
+                            help="webdataset (EXP/*.tar) or hf-parquet (EXP/*.parquet), required")
+        parser.add_argument("--resize", type=int, default=None, metavar="N",
+                            help="target size in pixels (see --resize-mode); absent: original bytes")
+        parser.add_argument("--resize-mode", choices=RESIZE_MODES, default=None,
+                            help="keep_ratio (smaller side = N), center_crop (N x N), border (N x N padded) or"
+                                 " no (original bytes); default keep_ratio with --resize, no without")
+        parser.add_argument("--upscale", action="store_true",
+                            help="also enlarge images smaller than N (by default an image is never upscaled)")
+        parser.add_argument("--include", choices=selection.INCLUDE_CHOICES, default="canonical",
+                            help="canonical: the canonical row of each duplicate cluster; all: every ok row"
+                                 " (placeholders are never exported)")
+        parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="ROWS",
+                            help="samples per shard (the last shard holds the rest)")
+        parser.add_argument("--encode-format", choices=ENCODE_FORMATS, default="jpg",
+                            help="format of resized images (original bytes are kept with no resize)")
+        parser.add_argument("--encode-quality", type=int, default=None, metavar="Q",
+                            help="1-100 for jpg and webp (default 95), compression level 0-9 for png (default 6)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What one export does, checked (export_config)."""
+
+    input: str
+    output: str
+    export_format: str
+    include: str
+    shard_size: int
+    resize: ResizeConfig
+
+
+def export_config(opts: ExportOptions) -> ExportConfig:
+    """The checked configuration of the options.
+
+    Args:
+        opts: the parsed ExportOptions.
+
+    Returns:
+        ExportConfig.
+
+    Raises:
+        BadInput: a required option is missing or a value is out of range.
+    """
+    missing = [flag for flag, value in (("--input OUT", opts.input), ("--output EXP", opts.output),
+                                        ("--format webdataset|hf-parquet", opts.format)) if not value]
+    if missing:
+        raise BadInput(f"{' and '.join(missing)} required")
+    if opts.shard_size is None or opts.shard_size < 1:
+        raise BadInput(f"--shard-size must be >= 1, got {opts.shard_size}")
+    if opts.input.rstrip("/") == opts.output.rstrip("/"):
+        raise BadInput("--output must not be the --input directory")
+    mode = opts.resize_mode or ("keep_ratio" if opts.resize is not None else "no")
+    try:
+        resize = ResizeConfig(size=opts.resize, mode=mode, encode_format=opts.encode_format,
+                              encode_quality=opts.encode_quality, upscale=bool(opts.upscale))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    return ExportConfig(opts.input, opts.output, opts.format, opts.include, opts.shard_size, resize)
+
+
+JOB = job_runner.Job(
+    usage="python -m pipelines.export --input OUT --output EXP --format webdataset|hf-parquet [options]",
+    name="export", options=ExportOptions,
+    description="An ingest or dedup output as training-ready shards: EXP/*.tar (WebDataset) or EXP/*.parquet "
+                "(Hugging Face), resized and deduplicated, and EXP/summary.json.",
+    interrupted="EXP keeps its previous shards; rerun the same command")
+
+
+def stale_shards(output):
+    """Shard files already in EXP (an earlier export): removed once this run's shards are final."""
+    try:
+        found = FileSystems.match([join_path(output, "*")])[0].metadata_list
+    except Exception:  # noqa: BLE001 (no EXP yet)
+        return []
+    return sorted(m.path for m in found if _SHARD_FILE.match(m.path.rstrip("/").rsplit("/", 1)[-1]))
+
+
+class _Select(beam.DoFn):
+    """Row -> its export record, or its skip reason on the "skipped" output."""
+
+    SKIPPED = "skipped"
+
+    def __init__(self, include):
+        self._include = include
+
+    def process(self, row):
+        reason = selection.skip_reason(row, self._include)
+        if reason is None:
+            yield selection.export_record(row)
+        else:
+            yield beam.pvalue.TaggedOutput(self.SKIPPED, reason)
+
+
+def summarize(config, started_at, rows_read, skipped_counts, shards):
+    """summary.json's content; the books: rows read = exported + skipped by every reason."""
+    shards = shard_records_in_order(shards)
+    skipped = selection.count_reasons(skipped_counts)
+    skipped[selection.UNREADABLE_BLOB] += sum(s["unreadable_blob"] for s in shards)
+    exported = sum(s["samples"] for s in shards)
+    elapsed = max(time.time() - started_at, 1e-9)
+    resize = config.resize
+    return {
+        "job": "export",
+        "input": config.input,
+        "output": config.output,
+        "format": config.export_format,
+        "include": config.include,
+        "resize": {"size": resize.size, "mode": resize.mode, "upscale": resize.upscale,
+                   "encode_format": resize.encode_format if resize.resizes else None,
+                   "encode_quality": resize.quality if resize.resizes else None},
+        "shard_size": config.shard_size,
+        "rows_read": rows_read,
+        "exported": exported,
+        "skipped": skipped,
+        "books_balanced": rows_read == exported + sum(skipped.values()),
+        "shards": [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for s in shards],
+        "shard_count": len(shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "timings": {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+                    "wall_seconds": round(elapsed, 3), "images_per_second": round(exported / elapsed, 2)},
+    }
+
+
+def _write_summary(_, config, started_at, rows_read, skipped_counts, shards):
+    summary = summarize(config, started_at, rows_read, skipped_counts, shards)
+    path = write_json(join_path(config.output, "summary.json"), summary)
+    if not summary["books_balanced"]:
+        raise BooksUnbalanced(f"books do not balance: {summary['rows_read']} rows read,"
+                              f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped"
+                              f" ({path})")
+    return path
+
+
+def build_pipeline(pipeline, config, files, stale, started_at, run_id):
+    """The export graph on `pipeline`; returns the PCollection of summary.json's path."""
+    tmp_dir = temporary_dir(config.output, run_id)
+    writer = FORMATS[config.export_format](config.output, tmp_dir, config.resize, input_dir=config.input)
+    rows = pipeline | "ReadTable" >> ReadImageTable(files)
+    # why: every row gets a verdict (selected or a skip reason), so that the books can balance
+    judged = rows | "Select" >> beam.ParDo(_Select(config.include)).with_outputs(_Select.SKIPPED, main="selected")
+    # why: rows read, counted apart from the selection, is the left side of the books
+    rows_read = rows | "CountRead" >> beam.combiners.Count.Globally()
+    skipped = judged[_Select.SKIPPED] | "CountSkipped" >> beam.combiners.Count.PerElement()
+    # why: deterministic shards (same input, same shards and sample keys), exact sizes
+    shards = (
+        judged.selected
+        | "AssignShards" >> AssignShards(config.shard_size)
+        # why: blobs are read and resized where the shard is written: image bytes never cross a shuffle
+        | "WriteShards" >> beam.ParDo(writer)
+    )
+    # why: attempts of failed bundles leave orphans in the temporary directory only
+    _ = shards | "DropTemporary" >> RemoveDirectory(tmp_dir)
+    # why: an earlier export's shards would otherwise mix with this one's
+    _ = (shards | "ShardPaths" >> beam.Map(lambda record: record["path"])
+         | "RetireStale" >> RetireFiles(stale))
+    return (
+        pipeline
+        | "Once" >> beam.Create([None])
+        # why: written last, from every count; fails the job when the books do not balance
+        | "WriteSummary" >> beam.Map(_write_summary, config=config, started_at=started_at,
+                                     rows_read=beam.pvalue.AsSingleton(rows_read),
+                                     skipped_counts=beam.pvalue.AsList(skipped),
+                                     shards=beam.pvalue.AsList(shards))
+    )
+
+
+def _settle_user_agent(options):
+    """Beam's --user_agent (used only to download jars) and the fetch jobs' --user-agent share the
+    dest `user_agent`. In a process that imported a fetch job (deploy.render_spec renders every job
+    in one), the merged parser reports Beam's None as a non-default value and DataflowRunner refuses
+    a None display value. Export fetches nothing: give it the project's User-Agent, as the fetch
+    jobs do."""
+    setup = options.view_as(SetupOptions)
+    if setup.user_agent is None:
+        setup.user_agent = DEFAULT_USER_AGENT
+
+
+def run(argv=None):
+    """The export job: parses argv, checks the inputs, runs and waits (unless --no_wait_until_finish);
+    returns the PipelineResult. Raises JobFailure subclasses (main() turns them into one line)."""
+    options, opts = JOB.parse(argv)
+    _settle_user_agent(options)
+    config = export_config(opts)
+    files = selection.check_table_files(config.input)
+    started_at = time.time()
+    # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
+    with output_lease(config.output, "export", force_unlock=opts.force_unlock):
+        return JOB.execute(
+            options, lambda pipeline: build_pipeline(pipeline, config, files, stale_shards(config.output),
+                                                     started_at, uuid.uuid4().hex[:12]),
+            config.output, summary=print_report)
+
+
+def print_report(output):
+    """Prints the closing summary of a local run from EXP/summary.json."""
+    print(report(read_json(join_path(output, "summary.json"))))
+
+
+def load_hint(summary):
+    """How to read the export back, for the report and docs/export.md."""
+    out = summary["output"]
+    names = [s["name"] for s in summary["shards"]]
+    if not names:
+        return "nothing to load: no row was exported"
+    if summary["format"] == "webdataset":
+        pattern = join_path(out, names[0] if len(names) == 1 else
+                            f"{{{names[0].split('.')[0]}..{names[-1].split('.')[0]}}}.tar")
+        return f'import webdataset as wds; ds = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")'
+    return f'import datasets; ds = datasets.load_dataset("parquet", data_files="{join_path(out, "*.parquet")}")'
+
+
+def report(summary):
+    """A few lines for the terminal: the books, the shards, how to load them."""
+    skipped = ", ".join(f"{reason} {n}" for reason, n in summary["skipped"].items() if n) or "none"
+    size = summary["bytes"] / 1e6
+    return (f"\nexport: {summary['rows_read']} rows read, {summary['exported']} exported ({summary['format']}),"
+            f" skipped: {skipped}; {summary['timings']['wall_seconds']:.1f}s -> {summary['output']}\n"
+            f"  shards:  {summary['shard_count']} ({size:.1f} MB)\n"
+            f"  summary: {join_path(summary['output'], 'summary.json')}\n"
+            f"  load:    {load_hint(summary)}\n")
+
+
+def main(argv=None) -> int:
+    """`python -m pipelines.export`: the exit status (0 done, 2 bad input, 1 environment or books, 130 Ctrl-C)."""
+    return JOB.main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Resize modes with img2dataset's meanings, never upscaling unless asked; encoding; bad images."""
+import hashlib
+import io
+
+import pytest
+from PIL import Image
+
+from pipelines.demo.sample_site import encode, jpeg, picture, pixel_bomb_png
+from transforms.export.resize import ResizeConfig, ResizeError, export_image, target_geometry
+
+
+def decoded(exported):
+    image = Image.open(io.BytesIO(exported.data))
+    image.load()
+    return image
+
+
+@pytest.mark.parametrize("mode, size, original, final", [
+    ("keep_ratio", 100, (400, 200), (200, 100)),
+    ("keep_ratio", 100, (150, 300), (100, 200)),
+    ("keep_ratio", 100, (100, 300), (100, 300)),     # smaller side already N: untouched size
+    ("keep_ratio", 100, (90, 70), (90, 70)),         # never upscaled
+    ("center_crop", 100, (400, 200), (100, 100)),
+    ("center_crop", 100, (150, 300), (100, 100)),
+    ("center_crop", 100, (90, 300), (90, 300)),      # smaller side under N: as img2dataset, untouched
+    ("border", 100, (400, 200), (100, 100)),
+    ("border", 100, (80, 300), (100, 100)),
+    ("border", 100, (90, 70), (90, 70)),             # larger side under N: untouched
+])
+def test_geometry_and_real_sizes(mode, size, original, final):
+    config = ResizeConfig(size=size, mode=mode)
+    assert target_geometry(*original, config)[1] == final
+    out = export_image(jpeg(1, original), config)
+    assert decoded(out).size == final == (out.width, out.height)
+    assert (out.original_width, out.original_height) == original
+    assert out.extension == "jpg" and decoded(out).format == "JPEG"
+
+
+@pytest.mark.parametrize("mode, final", [("keep_ratio", (400, 200)), ("center_crop", (200, 200)),
+                                         ("border", (200, 200))])
+def test_upscale_only_when_asked(mode, final):
+    small = jpeg(2, (100, 50))
+    assert decoded(export_image(small, ResizeConfig(size=200, mode=mode))).size == (100, 50)
+    assert decoded(export_image(small, ResizeConfig(size=200, mode=mode, upscale=True))).size == final
+
+
+def test_border_pads_white_and_keeps_the_picture_centred():
+    wide = Image.new("RGB", (400, 200), (255, 0, 0))
+    out = decoded(export_image(encode(wide, "PNG"), ResizeConfig(size=100, mode="border", encode_format="png")))
+    assert out.size == (100, 100)
+    assert out.getpixel((50, 5)) == (255, 255, 255) and out.getpixel((50, 95)) == (255, 255, 255)
+    assert out.getpixel((50, 50)) == (255, 0, 0)
+
+
+def test_no_resize_keeps_the_bytes():
+    data = encode(picture(4, (120, 90)), "PNG")
+    out = export_image(data, ResizeConfig(), extension="png")
+    assert out.data is data and hashlib.sha256(out.data).digest() == hashlib.sha256(data).digest()
+    assert (out.width, out.height, out.extension) == (120, 90, "png")
+
+
+@pytest.mark.parametrize("fmt, pil", [("jpg", "JPEG"), ("webp", "WEBP"), ("png", "PNG")])
+def test_encode_formats_and_transparency(fmt, pil):
+    rgba = picture(5, (300, 200)).convert("RGBA")
+    rgba.putalpha(0)  # fully transparent: white after export
+    out = export_image(encode(rgba, "PNG"), ResizeConfig(size=100, mode="keep_ratio", encode_format=fmt))
+    image = decoded(out)
+    assert image.format == pil and out.extension == fmt and image.mode == "RGB"
+    assert min(image.getpixel((75, 50))) >= 250
+
+
+def test_quality_changes_the_bytes():
+    data = jpeg(6, (640, 480))
+    low = export_image(data, ResizeConfig(size=200, mode="keep_ratio", encode_quality=20))
+    high = export_image(data, ResizeConfig(size=200, mode="keep_ratio", encode_quality=95))
+    assert len(low.data) < len(high.data)
+
+
+@pytest.mark.parametrize("data", [b"not an image", jpeg(7, (300, 200))[:600]])
+def test_undecodable_images_raise(data):
+    with pytest.raises(ResizeError):
+        export_image(data, ResizeConfig(size=100, mode="keep_ratio"))
+
+
+def test_pixel_limit():
+    with pytest.raises(ResizeError, match="over the limit"):
+        export_image(pixel_bomb_png(5000, 5000), ResizeConfig(size=100, mode="keep_ratio", max_pixels=10_000_000))
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"size": None, "mode": "border"}, "needs --resize"),
+    ({"size": 0, "mode": "keep_ratio"}, "needs --resize"),
+    ({"size": 64, "mode": "no"}, "give no --resize"),
+    ({"size": 64, "mode": "stretch"}, "resize mode"),
+    ({"size": 64, "mode": "border", "encode_format": "gif"}, "encode format"),
+    ({"size": 64, "mode": "border", "encode_format": "png", "encode_quality": 10}, "0-9"),
+    ({"size": 64, "mode": "border", "encode_quality": 0}, "1-100"),
+])
+def test_bad_settings(kwargs, says):
+    with pytest.raises(ValueError, match=says):
+        ResizeConfig(**kwargs)

@@ -1,0 +1,237 @@
+"""Deterministic shard assignment and two-phase shard writing, shared by both export formats.
+
+Assignment (`AssignShards`): every selected row gets a global index 0..n-1 in a fixed order (a
+stable hash of its key picks a bucket, buckets in order, keys sorted within one), and shard
+`index // shard_size`. The same input always gives the same shards, each of exactly shard_size
+rows but the last, and the same sample keys (the index, zero-padded: no dots, unique); the hash
+mixes datasets and sources across shards, as training wants.
+
+Writing (`ShardWriterDoFn`): a shard is written under EXP/_tmp-<run>/ and renamed onto its
+deterministic final name EXP/<shard:05d>.<ext> once complete. A retried bundle writes the same
+shard again and renames it onto the same name: never a duplicate, never half a shard visible
+under a final name. Blobs are read and resized on a thread pool (Pillow and hashlib release the
+GIL), a bounded window ahead of the writer, so a shard's images are never all in memory.
+"""
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import math
+import os
+import posixpath
+import uuid
+from typing import Iterable, Iterator, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, export_image
+from transforms.io.sinks import blob_uri, join_path
+
+__all__ = ["AssignShards", "ShardWriterDoFn", "read_blob", "sample_key", "shard_name"]
+
+_LOG = logging.getLogger(__name__)
+
+# Original format (the table's `format`, Pillow's name) -> extension of an untouched export.
+_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+               "TIFF": "tiff", "ICO": "ico", "AVIF": "avif"}
+
+
+def sample_key(index: int) -> str:
+    """The WebDataset key of the sample with global index `index`: digits only (no dots)."""
+    return f"{index:09d}"
+
+
+def shard_name(shard: int, extension: str) -> str:
+    """EXP/<name> of shard number `shard`: 00000.tar, 00001.tar, ... as img2dataset names them."""
+    return f"{shard:05d}.{extension}"
+
+
+def _bucket_count(total: int, bucket_rows: int) -> int:
+    return max(1, math.ceil(total / bucket_rows))
+
+
+def _bucket_of(key: str, buckets: int) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") % buckets
+
+
+def _keyed_by_bucket(record, total, bucket_rows):
+    return _bucket_of(record["key"], _bucket_count(total, bucket_rows)), record
+
+
+def _index_bucket(element, sizes, shard_size):
+    bucket, records = element
+    offset = sum(count for other, count in sizes.items() if other < bucket)
+    for position, record in enumerate(sorted(records, key=lambda r: r["key"])):
+        index = offset + position
+        yield index // shard_size, (index, record)
+
+
+class AssignShards(beam.PTransform):
+    """Records (dicts with a unique "key") -> (shard number, [(global index, record), ...]).
+
+    Args:
+        shard_size: rows per shard (the last shard holds the rest).
+        bucket_rows: rows per bucket of the first grouping (a bucket is sorted in memory).
+
+    Returns:
+        A PCollection of (shard, items); items in any order (sort by index).
+    """
+
+    def __init__(self, shard_size: int, bucket_rows: int = 20_000):
+        super().__init__()
+        if shard_size < 1:
+            raise ValueError(f"shard size must be >= 1, got {shard_size}")
+        self._shard_size = shard_size
+        self._bucket_rows = bucket_rows
+
+    def expand(self, records):
+        # why: the bucket count follows the row count, so a bucket's sort stays small at any scale
+        total = records | "CountRows" >> beam.combiners.Count.Globally()
+        keyed = records | "Bucket" >> beam.Map(_keyed_by_bucket, total=beam.pvalue.AsSingleton(total),
+                                               bucket_rows=self._bucket_rows)
+        # why: a bucket's first index is the number of rows in the buckets before it
+        sizes = keyed | "BucketIds" >> beam.Keys() | "BucketSizes" >> beam.combiners.Count.PerElement()
+        return (
+            keyed
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "Index" >> beam.FlatMap(_index_bucket, sizes=beam.pvalue.AsDict(sizes), shard_size=self._shard_size)
+            # why: a shard's rows can come from two buckets
+            | "GroupShards" >> beam.GroupByKey()
+        )
+
+
+def read_blob(uri: str) -> bytes:
+    """The bytes at `uri`: a local path (read directly, cheaper than Beam's wrappers) or gs://."""
+    if "://" not in uri:
+        with open(uri, "rb") as handle:
+            return handle.read()
+    with FileSystems.open(uri, compression_type="uncompressed") as handle:
+        return handle.read()
+
+
+def original_extension(record: dict) -> str:
+    """File extension of a row's original bytes: from its format, else from its blob's name."""
+    ext = _EXTENSIONS.get(record.get("format") or "")
+    if ext:
+        return ext
+    name = posixpath.basename(record.get("blob") or "")
+    return name.rsplit(".", 1)[-1].lower() if "." in name else "bin"
+
+
+class ShardWriterDoFn(beam.DoFn):
+    """(shard, items) -> a shard file in EXP and its record for summary.json.
+
+    Subclasses write the format: `extension`, `open_shard(handle)`, `write_sample(writer, key,
+    record, image)` and `close_shard(writer)`. The record yielded:
+    {"name", "path", "samples", "bytes", "unreadable_blob", "first_index", "last_index"}.
+    """
+
+    extension = "bin"
+
+    def __init__(self, output_dir: str, tmp_dir: str, resize: ResizeConfig, threads: Optional[int] = None,
+                 input_dir: Optional[str] = None):
+        """Args: output_dir: EXP; tmp_dir: where shards are written before the rename; resize: the
+        image settings; threads: blob readers and resizers (default: one per core); input_dir: OUT,
+        whose blobs/ is tried when a row's blob is not where the row says (OUT copied or moved)."""
+        self._output_dir = output_dir
+        self._tmp_dir = tmp_dir
+        self._resize = resize
+        self._threads = threads
+        self._input_dir = input_dir
+
+    def setup(self):
+        threads = self._threads or os.cpu_count() or 2
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="export")
+        self._window = 4 * threads
+        self._samples = beam.metrics.Metrics.counter("export", "samples")
+        self._unreadable = beam.metrics.Metrics.counter("export", "unreadable_blob")
+        self._bytes = beam.metrics.Metrics.counter("export", "bytes")
+
+    def teardown(self):
+        self._pool.shutdown(wait=False)
+
+    def process(self, element):
+        shard, items = element
+        items = sorted(items, key=lambda item: item[0])
+        name = shard_name(shard, self.extension)
+        final = join_path(self._output_dir, name)
+        temporary = join_path(self._tmp_dir, f"{name}-{uuid.uuid4().hex}")
+        samples = unreadable = 0
+        with FileSystems.create(temporary, compression_type="uncompressed") as handle:
+            writer = self.open_shard(handle)
+            for index, record, image in self._prepared(items):
+                if image is None:
+                    unreadable += 1
+                    continue
+                self.write_sample(writer, sample_key(index), record, image)
+                samples += 1
+            self.close_shard(writer)
+        FileSystems.rename([temporary], [final])  # onto the same name on a retry: overwritten, not doubled
+        size = FileSystems.match([final])[0].metadata_list[0].size_in_bytes
+        self._samples.inc(samples)
+        self._unreadable.inc(unreadable)
+        self._bytes.inc(size)
+        yield {"name": name, "path": final, "samples": samples, "bytes": size, "unreadable_blob": unreadable,
+               "first_index": items[0][0] if items else None, "last_index": items[-1][0] if items else None}
+
+    def _prepared(self, items: List[Tuple[int, dict]]) -> Iterator[Tuple[int, dict, Optional[ExportedImage]]]:
+        window = collections.deque()
+        for index, record in items:
+            window.append((index, record, self._pool.submit(self._prepare, record)))
+            if len(window) >= self._window:
+                index_, record_, future = window.popleft()
+                yield index_, record_, future.result()
+        while window:
+            index_, record_, future = window.popleft()
+            yield index_, record_, future.result()
+
+    def _prepare(self, record: dict) -> Optional[ExportedImage]:
+        """The exported image of one record, None when its blob is unreadable (logged)."""
+        uri = record.get("blob")
+        try:
+            if not uri:
+                raise ResizeError("the row has no blob")
+            data = self._read(uri, record)
+            if record.get("sha256") and hashlib.sha256(data).hexdigest() != record["sha256"]:
+                raise ResizeError("the blob's bytes are not the row's sha256")
+            return export_image(data, self._resize, original_extension(record))
+        except (OSError, ResizeError) as exc:
+            _LOG.warning("export: %s skipped, blob %s unreadable: %s", record.get("key"), uri, exc)
+            return None
+
+    def _read(self, uri: str, record: dict) -> bytes:
+        try:
+            return read_blob(uri)
+        except OSError:
+            moved = self._input_dir and record.get("sha256") and blob_uri(self._input_dir, record["sha256"],
+                                                                          record.get("format"))
+            if not moved or moved == uri:
+                raise
+            return read_blob(moved)
+
+    # -- the format -------------------------------------------------------------------------------
+    def open_shard(self, handle):  # pragma: no cover (abstract)
+        raise NotImplementedError
+
+    def write_sample(self, writer, key: str, record: dict, image: ExportedImage):  # pragma: no cover
+        raise NotImplementedError
+
+    def close_shard(self, writer):  # pragma: no cover
+        raise NotImplementedError
+
+
+def sample_metadata(key: str, record: dict, image: ExportedImage) -> dict:
+    """The per-sample metadata both formats carry (the WebDataset .json, the Parquet columns)."""
+    return {
+        "key": record["key"], "sample_key": key, "dataset": record.get("dataset"), "url": record.get("url"),
+        "caption": record.get("caption"), "sha256": record.get("sha256"), "phash": record.get("phash"),
+        "width": image.width, "height": image.height,
+        "original_width": image.original_width, "original_height": image.original_height,
+        "labels": [dict(label) for label in record.get("labels") or []],
+        "cluster_id": record.get("cluster_id"),
+    }
+
+
+def shard_records_in_order(records: Iterable[dict]) -> List[dict]:
+    return sorted(records, key=lambda r: r["name"])
