@@ -18,6 +18,7 @@ import os
 import pathlib
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deploy import jobs
@@ -65,15 +66,17 @@ def stage_sample_inputs(job, emulator, bucket=OFFLINE_BUCKET):
     for uri in jobs.sample_inputs(job, parameters):
         name = uri.split("/", 3)[3]
         if uri in tables:  # an ingest output: the job reads its Parquet schema while building the graph
-            gcs_bucket.blob(f"{name}/images/part-0.parquet").upload_from_string(_empty_table())
+            gcs_bucket.blob(f"{name}/images/part-0.parquet").upload_from_string(_sample_table())
         else:
             gcs_bucket.blob(name).upload_from_string(b"placeholder: opened only at run time\n")
     return parameters
 
 
-def _empty_table():
+def _sample_table():
+    """A one-row table: an empty one is a finished job (the refresh has "nothing to check")."""
+    row = schema.new_row("cc3m", "cc3m:1", "https://example.com/a.jpg", status=schema.OK)
     buffer = io.BytesIO()
-    pq.write_table(schema.IMAGE_SCHEMA.empty_table(), buffer)
+    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(row)], schema=schema.IMAGE_SCHEMA), buffer)
     return buffer.getvalue()
 
 
