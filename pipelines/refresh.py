@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner
-from transforms.liveness import verdicts
+from transforms.liveness import checks, history, summary, verdicts
 from transforms.io.sinks import join_path, read_json
 
 
@@ -95,7 +95,7 @@ def resolve(opts):
             if path and (_inside(path, root) or _inside(root, path)):
                 raise ValueError(f"{name} {path} overlaps the snapshot {root}: a refresh never writes there")
         try:
-            columns = verdicts.snapshot_columns(pattern)
+            columns = checks.snapshot_columns(pattern)
         except ValueError as exc:
             raise ValueError(f"--snapshot {root}: {exc}") from None
         snapshots.append((root, pattern, columns))
@@ -119,33 +119,33 @@ def resolve(opts):
     return snapshots, params
 
 
-def prepare_outputs(out, history, night):
+def prepare_outputs(out, history_dir, night):
     """Re-running a night replaces its files rather than adding shards next to the old ones."""
     for part in ("status", "hosts"):
-        verdicts.delete_matching(join_path(out, part, "*"))
-    verdicts.delete_matching(join_path(out, "summary.json"))
-    if history:
-        verdicts.clear_night(history, night)
+        history.delete_matching(join_path(out, part, "*"))
+    history.delete_matching(join_path(out, "summary.json"))
+    if history_dir:
+        history.clear_night(history_dir, night)
 
 
 def build_pipeline(pipeline, opts, snapshots, params, started_at):
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection."""
     out = opts.output
-    entries = pipeline | "ReadSnapshots" >> verdicts.ReadSnapshots(snapshots)
-    checked = entries | "CheckUrls" >> verdicts.CheckUrls(job_runner.fetch_config(opts), params)
-    found = checked | "FindPlaceholders" >> verdicts.FindPlaceholders(params)
+    entries = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
+    checked = entries | "CheckUrls" >> checks.CheckUrls(job_runner.fetch_config(opts), params)
+    found = checked | "FindPlaceholders" >> checks.FindPlaceholders(params)
     placeholders = found["placeholders"]
-    history = verdicts.ReadHistory(opts.history, params.night)
-    previous = pipeline | "ReadHistory" >> history
-    rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> verdicts.Judge(params)
-    written = rows | "WriteStatus" >> verdicts.WriteStatusTable(join_path(out, "status"))
-    hosts = rows | "Hosts" >> verdicts.HostTable()
-    _ = hosts | "WriteHosts" >> verdicts.WriteHostTable(join_path(out, "hosts"))
+    read_history = history.ReadHistory(opts.history, params.night)
+    previous = pipeline | "ReadHistory" >> read_history
+    rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> checks.Judge(params)
+    written = rows | "WriteStatus" >> checks.WriteStatusTable(join_path(out, "status"))
+    hosts = rows | "Hosts" >> checks.HostTable()
+    _ = hosts | "WriteHosts" >> checks.WriteHostTable(join_path(out, "hosts"))
     if opts.history:
-        _ = rows | "WriteHistory" >> verdicts.WriteHistory(opts.history, params.night)
+        _ = rows | "WriteHistory" >> history.WriteHistory(opts.history, params.night)
     _ = {"rows": rows, "checked": checked, "hosts": hosts, "placeholders": placeholders,
          "frequent": found["frequent"], "written": written} | \
-        "WriteSummary" >> verdicts.SummarizeRefresh(out, params.night, history.previous, started_at,
+        "WriteSummary" >> summary.SummarizeRefresh(out, params.night, read_history.previous, started_at,
                                                    opts.summary_hosts, _options_snapshot(opts, params))
     return rows
 
