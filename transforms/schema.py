@@ -95,6 +95,9 @@ IMAGE_FIELDS = [
     ("negative_labels", pa.list_(LABEL_TYPE)),  # human-verified negatives (confidence 0)
     # dedup (transforms/clustering/clusters.py)
     ("is_placeholder", pa.bool_()),     # the picture is a placeholder served for many dead URLs
+    # width/height are as displayed (EXIF orientation applied); these are as stored in the file
+    ("stored_width", pa.int32()),
+    ("stored_height", pa.int32()),
 ]
 
 IMAGE_SCHEMA = pa.schema(IMAGE_FIELDS)
