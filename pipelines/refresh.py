@@ -34,8 +34,12 @@ class RefreshOptions(PipelineOptions):
                                  " replaces that night's history entry")
         parser.add_argument("--dead-after", type=int, default=verdicts.DEFAULT_DEAD_AFTER, metavar="N",
                             help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
-                                 " 451, DNS name gone, placeholder, soft 404), before it is dead; unreachable"
-                                 " until then")
+                                 " 451, placeholder, soft 404), before it is dead; unreachable until then"
+                                 f" (default {verdicts.DEFAULT_DEAD_AFTER}; the ingest fetch counts as the night"
+                                 " before the first)")
+        parser.add_argument("--host-dead-after", type=int, default=verdicts.DEFAULT_HOST_DEAD_AFTER, metavar="N",
+                            help="the same for 'no such host name' and 'connection refused' answers"
+                                 f" (default {verdicts.DEFAULT_HOST_DEAD_AFTER})")
         parser.add_argument("--unreachable-dead-after", type=int, default=verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER,
                             metavar="N", help="nights in a row of any failure (timeouts, 5xx) after which a URL is"
                                               " dead anyway; 0: never")
@@ -101,7 +105,7 @@ def resolve(opts):
         snapshots.append((root, pattern, columns))
     if opts.history and _norm(opts.history) == _norm(opts.output):
         raise ValueError("--history and --output must be different directories")
-    for name in ("dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
+    for name in ("dead_after", "host_dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
         if getattr(opts, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")
     extra = [verdicts.parse_placeholder(v) for v in opts.placeholder]
@@ -109,6 +113,7 @@ def resolve(opts):
         night=verdicts.parse_night(opts.night),
         max_distance=verdicts.DEFAULT_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
         dead_after=max(opts.dead_after, 1),
+        host_dead_after=max(opts.host_dead_after, 1),
         unreachable_dead_after=opts.unreachable_dead_after,
         placeholder_min_urls=opts.placeholder_min_urls,
         placeholder_sha256=frozenset(h for kind, h in extra if kind == "sha256"),
@@ -151,7 +156,7 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at):
 
 
 def _options_snapshot(opts, params):
-    keep = ("snapshot", "history", "dead_after", "unreachable_dead_after", "placeholder", "placeholder_min_urls",
+    keep = ("snapshot", "history", "dead_after", "host_dead_after", "unreachable_dead_after", "placeholder", "placeholder_min_urls",
             "no_head", "timeout", "max_bytes", "retries", "concurrency", "per_host", "max_rate", "allow_network")
     snapshot = {name: getattr(opts, name, None) for name in keep}
     snapshot.update(night=params.night.isoformat(), max_distance=params.max_distance)

@@ -29,7 +29,9 @@ from transforms.hashing import inspect_image
 
 JPEG = {"Content-Type": "image/jpeg"}
 NIGHT = datetime.date(2030, 3, 1)
-PARAMS = verdicts.RefreshParams(night=NIGHT)
+# Most rule tests look at one night's evidence: dead at the first 'gone' answer. The defaults (more
+# nights) have their own tests below.
+PARAMS = verdicts.RefreshParams(night=NIGHT, dead_after=1, host_dead_after=1)
 UTC = datetime.timezone.utc
 
 
@@ -84,7 +86,7 @@ def judge(snapshot_entry, check, previous=None, detected=None, params=PARAMS):
     (schema.HTTP_ERROR, 429, False, verdicts.TRANSIENT),
     (schema.TIMEOUT, None, False, verdicts.TRANSIENT),
     (schema.CONNECTION_ERROR, None, False, verdicts.TRANSIENT),
-    (schema.CONNECTION_ERROR, None, True, verdicts.GONE),
+    (schema.CONNECTION_ERROR, None, True, verdicts.NO_HOST),
     (schema.BLOCKED, None, False, verdicts.GONE),
     (schema.OPTED_OUT, 200, False, verdicts.GONE),
     (schema.TOO_LARGE, 200, False, verdicts.TRANSIENT),
@@ -142,7 +144,7 @@ def test_a_304_nobody_asked_for_proves_nothing():
      "known placeholder"),
 ])
 def test_placeholders_are_dead(body, final_url, detected, extra, expect):
-    params = verdicts.RefreshParams(night=NIGHT, **extra)
+    params = dataclasses.replace(PARAMS, **extra)
     row = judge(entry(body=jpeg(1)), got(body, final_url=final_url or "http://example.com/a.jpg"), None, detected,
                 params)
     assert row["status"] == verdicts.DEAD and row["placeholder"] is True and row["failure"] == verdicts.GONE
@@ -355,7 +357,7 @@ def test_dns_name_gone_is_told_apart_from_a_failed_lookup():
             fetcher.close()
     assert gone.status == flaky.status == schema.CONNECTION_ERROR
     assert gone.name_not_found and not flaky.name_not_found
-    assert verdicts.classify_failure(gone.status, None, gone.name_not_found) == verdicts.GONE
+    assert verdicts.classify_failure(gone.status, None, gone.name_not_found) == verdicts.NO_HOST
     assert verdicts.classify_failure(flaky.status, None, flaky.name_not_found) == verdicts.TRANSIENT
 
 
@@ -512,7 +514,7 @@ def write_manifests(tmp_path, web):
     return {f"cc3m:{n + 1}": u for n, u in enumerate(urls)}
 
 
-# key -> (verdict, method) on the first night, default options (dead after one 'gone' night)
+# key -> (verdict, method) on the first night, dead after one 'gone' night (--dead-after 1 --host-dead-after 1)
 EXPECTED = {
     "cc3m:1": (verdicts.ALIVE, verdicts.CONDITIONAL), "cc3m:2": (verdicts.ALIVE, verdicts.HEAD_GET),
     "cc3m:3": (verdicts.DEAD, verdicts.HEAD), "cc3m:4": (verdicts.DEAD, verdicts.HEAD),
@@ -570,7 +572,7 @@ def world(tmp_path_factory):
 
 
 def test_one_night_gives_each_url_its_verdict(world):
-    out, hits = world["night"]("one-night")
+    out, hits = world["night"]("one-night", **{"dead-after": 1, "host-dead-after": 1})
     rows = read_status(out)
     assert {k: (r["status"], r["method"]) for k, r in rows.items()} == EXPECTED
     ingested = {r["key"]: r for r in ds.dataset(os.path.join(world["snapshot"], "images")).to_table().to_pylist()}
@@ -609,7 +611,7 @@ def test_three_nights_with_history(world):
     run, history = world["night"], str(world["tmp"] / "history")
     web, images = world["web"], world["images"]
     nights = [datetime.date(2030, 3, d) for d in (1, 2, 3)]
-    options = {"dead-after": 2}
+    options = {"dead-after": 2, "host-dead-after": 2}
 
     out1, _ = run("night1", nights[0].isoformat(), history, **options)
     first = read_status(out1)

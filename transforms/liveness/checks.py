@@ -24,7 +24,7 @@ __all__ = [
 
 
 SNAPSHOT_COLUMNS = ["dataset", "key", "url", "status", "http_status", "error", "sha256", "phash", "etag",
-                    "last_modified", "size_bytes", "fetched_at", "final_url", "is_placeholder"]
+                    "last_modified", "size_bytes", "fetched_at", "final_url", "is_placeholder", "content_type"]
 REQUIRED_SNAPSHOT_COLUMNS = ("key", "url", "status")
 
 

@@ -4,6 +4,7 @@ verdict rules (`verdicts.observe`) read.
 """
 import datetime
 import hashlib
+import time
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -11,10 +12,10 @@ from transforms import schema
 from transforms.hashing import DEFAULT_MAX_PIXELS, inspect_image
 from transforms.liveness.verdicts import (
     EPOCH, CONDITIONAL, FILE, GET, GONE_HTTP_STATUSES, HEAD, HEAD_GET, HEAD_REFUSED, NOT_CHECKED, NOT_RECHECKED,
-    has_baseline, is_http)
+    claims_image, has_baseline, has_undecodable_baseline, is_http)
 
 __all__ = [
-    "plan_check", "head_settles", "run_plan", "new_check", "finish_check", "check_file",
+    "LISTING_ATTEMPTS", "LISTING_BACKOFF_SECONDS", "look_up_file", "looks_like_image", "plan_check", "head_settles", "run_plan", "new_check", "finish_check", "check_file",
 ]
 
 
@@ -38,8 +39,10 @@ def plan_check(url, entries, params):
         sizes = {e.get("size_bytes") for e in entries if has_baseline(e)}
         plan["size_bytes"] = sizes.pop() if len(sizes) == 1 else None
         return plan
-    pictures = {e["sha256"] for e in entries if has_baseline(e)}
-    with_validators = sorted((e for e in entries if has_baseline(e) and (e.get("etag") or e.get("last_modified"))),
+    # rows whose bytes the snapshot holds: a decoded picture, or an image we could not decode (SVG, HEIC)
+    kept = [e for e in entries if has_baseline(e) or has_undecodable_baseline(e)]
+    pictures = {e["sha256"] for e in kept}
+    with_validators = sorted((e for e in kept if e.get("etag") or e.get("last_modified")),
                              key=lambda e: e.get("fetched_at") or EPOCH)
     if len(pictures) == 1 and with_validators:
         latest = with_validators[-1]
@@ -87,16 +90,37 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+# Signatures of image formats the decoder does not read: a body starting so is a picture we cannot
+# check, not a soft 404 (HEIC/AVIF are ISO-BMFF "ftyp" boxes; JPEG XL; SVG is XML).
+_UNDECODED_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")
+_FTYP_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def looks_like_image(content_type, body):
+    """The Content-Type (image/*) or the first bytes say a picture, decodable or not."""
+    if claims_image(content_type):
+        return True
+    head = (body or b"")[:512]
+    if head[4:8] == b"ftyp" and head[8:12] in _FTYP_BRANDS:
+        return True
+    if head.startswith(_UNDECODED_SIGNATURES):
+        return True
+    text = head.lstrip().lower()
+    return text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text)
+
+
 def _picture(check, body, max_pixels):
     check["sha256"] = hashlib.sha256(body).hexdigest()
     image = inspect_image(body, max_pixels)
-    check.update(image_status=image.status, image_error=image.error, phash=image.phash)
+    check.update(image_status=image.status, image_error=image.error, phash=image.phash,
+                 image_like=image.status != schema.NOT_IMAGE or looks_like_image(check.get("content_type"), body))
     return check
 
 
 def new_check(plan, method=None):
     return {"method": method or plan["method"], "requests": 0, "status": None, "http_status": None, "error": None,
-            "final_url": None, "content_type": None, "name_not_found": False, "not_modified": False,
+            "final_url": None, "content_type": None, "name_not_found": False, "refused": False,
+            "not_modified": False, "image_like": False,
             "validated_sha256": plan.get("validated_sha256"), "validated_phash": plan.get("validated_phash"),
             "sha256": None, "phash": None, "image_status": None, "image_error": None, "checked_at": _now()}
 
@@ -110,7 +134,7 @@ def finish_check(plan, steps, max_pixels=DEFAULT_MAX_PIXELS):
     check = new_check(plan, label)
     check.update(requests=sum(r.attempts for _, r in steps), status=last.status, http_status=last.http_status,
                  error=last.error, final_url=last.final_url, content_type=last.content_type,
-                 name_not_found=bool(last.name_not_found))
+                 name_not_found=bool(last.name_not_found), refused=bool(getattr(last, "refused", False)))
     if last.status == schema.OK:
         if last.http_status == 304:
             check["not_modified"] = plan["method"] == CONDITIONAL
@@ -121,20 +145,64 @@ def finish_check(plan, steps, max_pixels=DEFAULT_MAX_PIXELS):
     return check
 
 
+LISTING_ATTEMPTS = 3        # a file look-up that raises is retried this many times in all
+LISTING_BACKOFF_SECONDS = 0.5
+
+
+def look_up_file(path: str, attempts: int = LISTING_ATTEMPTS, backoff: float = LISTING_BACKOFF_SECONDS):
+    """The metadata of one file, or None when the filesystem says it does not exist.
+
+    A look-up that raises (a storage outage, a throttled listing, a permission hiccup) is retried;
+    only an answer counts: a file is missing when a listing matched nothing and, asked directly,
+    the filesystem says it does not exist.
+
+    Args:
+        path: a file path Beam's FileSystems reads (local, gs://, ...).
+        attempts: look-ups in all before giving up.
+        backoff: seconds before the second attempt, doubled for each next one.
+    Returns:
+        the FileMetadata, or None when the file does not exist.
+    Raises:
+        OSError: every attempt raised (the caller reports the check as transient).
+    """
+    error = None
+    for attempt in range(max(attempts, 1)):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            matches = FileSystems.match([path])[0].metadata_list
+            if matches:
+                return matches[0]
+            if not FileSystems.exists(path):
+                return None
+            error = f"{path} exists but its listing is empty"
+        except Exception as exc:  # some filesystems raise for a missing file: ask directly
+            error = f"{type(exc).__name__}: {exc}"
+            try:
+                if not FileSystems.exists(path):
+                    return None
+            except Exception as again:
+                error = f"{type(again).__name__}: {again}"
+    raise OSError(f"cannot look up {path} after {max(attempts, 1)} attempts: {error}"[:300])
+
+
 def check_file(plan, max_pixels=DEFAULT_MAX_PIXELS):
-    """A file row (ImageNet): gone when missing; the same size as at ingest counts as the same file
+    """A file row (ImageNet): gone when the filesystem says it does not exist; a look-up that keeps
+    failing is a transient failure (never 'gone'); the same size as at ingest counts as the same file
     (reading 1.2M files every night to hash them would cost more than the answer is worth);
     otherwise read and compared like a download."""
     check = new_check(plan, FILE)
     path = plan["url"]
     check["final_url"] = path
     try:
-        matches = FileSystems.match([path])[0].metadata_list
-    except Exception:  # a missing file raises on some filesystems, matches nothing on others
-        matches = []
-    if not matches:
+        found = look_up_file(path)
+    except OSError as exc:
+        check.update(status=schema.CONNECTION_ERROR, error=str(exc))
+        return check
+    if found is None:
         check.update(status=schema.HTTP_ERROR, http_status=404, error=f"file {path} no longer exists")
         return check
+    matches = [found]
     size = matches[0].size_in_bytes
     if plan.get("size_bytes") is not None and size == plan["size_bytes"]:
         check.update(status=schema.OK, not_modified=True)

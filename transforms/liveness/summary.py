@@ -57,6 +57,7 @@ class RefreshTotals(beam.CombineFn):
         flags["newly_changed"] += row["status"] == CHANGED and row.get("previous_status") != CHANGED
         flags["bytes_changed"] += row["status"] == ALIVE and bool(row["bytes_changed"])
         flags["placeholder"] += bool(row["placeholder"])
+        flags["picture_unchecked"] += bool(row.get("picture_unchecked"))
         acc["methods"][row["method"]] += 1
         if row.get("ingest_status") in BASELINE_STATUSES:
             rot = acc["rot"].setdefault(row["dataset"], [0, 0, 0.0])
@@ -127,6 +128,7 @@ def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, fre
         "newly_changed": flags.get("newly_changed", 0),
         "bytes_changed": flags.get("bytes_changed", 0),
         "placeholder_rows": flags.get("placeholder", 0),
+        "picture_unchecked": flags.get("picture_unchecked", 0),
         "methods": dict(sorted(totals["methods"].items())),
         "urls": dict(sorted(urls.items())),
         "success_rate": dict(rates(verdict_totals),

@@ -29,7 +29,8 @@ __all__ = [
     "BASELINE_STATUSES", "NOT_RECHECKED", "DEFAULT_MAX_DISTANCE", "DEFAULT_DEAD_AFTER",
     "DEFAULT_UNREACHABLE_DEAD_AFTER", "DEFAULT_PLACEHOLDER_MIN_URLS", "KNOWN_PLACEHOLDER_URLS",
     "PLACEHOLDER_FILE_NAME", "RefreshParams", "parse_placeholder", "parse_night", "host_of", "is_http",
-    "snapshot_entry", "has_baseline", "EPOCH", "entry_rank", "best_entry", "url_group", "ingest_verdict",
+    "snapshot_entry", "has_baseline", "EPOCH", "entry_rank", "best_entry", "url_group", "ingest_failure", "ingest_night", "claims_image",
+    "has_undecodable_baseline", "NO_HOST", "DEFAULT_HOST_DEAD_AFTER",
     "phash_distance", "classify_failure", "known_url_placeholder", "placeholder_reason", "same_picture",
     "placeholder_votes", "observe", "verdict_of", "judge",
 ]
@@ -41,9 +42,10 @@ UNREACHABLE = "unreachable"
 DEAD = "dead"
 VERDICTS = (ALIVE, CHANGED, UNREACHABLE, DEAD)
 
-# Kinds of failed check.
-GONE = "gone"                # the server or DNS says the image is not there
-TRANSIENT = "transient"      # could not tell tonight: timeout, 5xx, connection failure, ...
+# Kinds of failed check (docs/refresh.md, "Verdicts": which are evidence, after how many nights).
+GONE = "gone"                # the server says the image is not there: 404/410/451, a placeholder, a soft 404
+NO_HOST = "no_host"          # DNS says the name does not exist, or the host refuses connections
+TRANSIENT = "transient"      # could not tell tonight: timeout, 5xx, 403, 429, reset, unreadable listing, ...
 UNFETCHABLE = "unfetchable"  # never requested: the snapshot row's URL is invalid or refused
 
 # How a URL was checked.
@@ -59,7 +61,8 @@ HEAD_REFUSED = frozenset({405, 501})
 BASELINE_STATUSES = frozenset({schema.OK, schema.HASH_MISMATCH})  # rows whose picture was hashed
 NOT_RECHECKED = frozenset({schema.INVALID_URL, schema.BLOCKED})
 DEFAULT_MAX_DISTANCE = 6       # same picture at or under this pHash distance (docs/refresh.md)
-DEFAULT_DEAD_AFTER = 1
+DEFAULT_DEAD_AFTER = 2            # nights of 'gone' answers (docs/refresh.md, "Why these defaults")
+DEFAULT_HOST_DEAD_AFTER = 4       # nights of 'no such name' / 'connection refused'
 DEFAULT_UNREACHABLE_DEAD_AFTER = 30
 DEFAULT_PLACEHOLDER_MIN_URLS = 3
 
@@ -84,6 +87,7 @@ class RefreshParams:
     night: datetime.date
     max_distance: int = DEFAULT_MAX_DISTANCE
     dead_after: int = DEFAULT_DEAD_AFTER
+    host_dead_after: int = DEFAULT_HOST_DEAD_AFTER
     unreachable_dead_after: int = DEFAULT_UNREACHABLE_DEAD_AFTER  # 0: never
     placeholder_min_urls: int = DEFAULT_PLACEHOLDER_MIN_URLS      # 0: no many-URLs rule
     placeholder_sha256: frozenset = frozenset()
@@ -133,9 +137,22 @@ def snapshot_entry(row, snapshot=None, order=0):
         "ingest_status": row.get("status"), "ingest_http_status": row.get("http_status"),
         "ingest_error": row.get("error"), "sha256": row.get("sha256"), "phash": row.get("phash"),
         "etag": row.get("etag"), "last_modified": row.get("last_modified"), "size_bytes": row.get("size_bytes"),
+        "ingest_content_type": row.get("content_type"),
         "fetched_at": row.get("fetched_at"), "is_placeholder": bool(row.get("is_placeholder")),
         "snapshot": snapshot, "order": order,
     }
+
+def claims_image(content_type):
+    """The Content-Type says a picture (image/*), whether or not we can decode that format."""
+    return (content_type or "").strip().lower().startswith("image/")
+
+
+def has_undecodable_baseline(entry):
+    """The snapshot holds this key's bytes but could not decode them (SVG, HEIC, ...: `not_image` at
+    ingest with an image/* Content-Type): unchanged bytes are alive, with the picture not checked."""
+    return (entry.get("ingest_status") == schema.NOT_IMAGE and bool(entry.get("sha256"))
+            and claims_image(entry.get("ingest_content_type")))
+
 
 def has_baseline(entry):
     """The snapshot holds this key's picture: the refresh compares against it."""
@@ -160,16 +177,35 @@ def url_group(entry):
     return url if url else "\0" + str(entry.get("key"))
 
 
-def ingest_verdict(entry):
-    """The snapshot row read as a verdict: the 'before' of a key's first refresh night."""
+def ingest_failure(entry):
+    """What the ingest fetch of a key observed, as a failure kind; None when it served the picture
+    (or bytes we keep as the picture, see has_undecodable_baseline)."""
     status = entry.get("ingest_status")
-    if status in BASELINE_STATUSES:
-        return ALIVE
+    if status in BASELINE_STATUSES or has_undecodable_baseline(entry):
+        return None
+    if status in NOT_RECHECKED:
+        return UNFETCHABLE
     if status == schema.HTTP_ERROR and entry.get("ingest_http_status") in GONE_HTTP_STATUSES:
-        return DEAD
-    if status in NOT_RECHECKED or status in (schema.OPTED_OUT, schema.NOT_IMAGE):
-        return DEAD
-    return UNREACHABLE
+        return GONE
+    if status in (schema.OPTED_OUT, schema.NOT_IMAGE):
+        return GONE
+    return TRANSIENT
+
+
+def ingest_night(entry, params):
+    """The ingest fetch judged as the night before a key's first refresh night (docs/refresh.md,
+    "The first night"): the same rules as any night, with a streak of one if it failed.
+
+    Args:
+        entry: the key's snapshot entry (snapshot_entry()).
+        params: the night's RefreshParams (the same --dead-after applies to the ingest fetch).
+    Returns:
+        {"status": verdict, "consecutive_failures": 0 or 1}, a stand-in for a history row.
+    """
+    failure = ingest_failure(entry)
+    if failure is None:
+        return {"status": ALIVE, "consecutive_failures": 0}
+    return {"status": verdict_of("failed", failure, 1, params), "consecutive_failures": 1}
 
 # ---- verdicts ---------------------------------------------------------------------------------------
 
@@ -179,12 +215,23 @@ def phash_distance(a, b):
     return imagehash.hex_to_hash(a) - imagehash.hex_to_hash(b)
 
 
-def classify_failure(status, http_status=None, name_not_found=False):
-    """A failed check -> GONE (the image is not there) or TRANSIENT (could not tell tonight)."""
+def classify_failure(status: str, http_status: int | None = None, name_not_found: bool = False,
+                     refused: bool = False) -> str:
+    """A failed check -> its kind: GONE (the server says the image is not there), NO_HOST (no such
+    name, connection refused: evidence, but slower to trust) or TRANSIENT (could not tell tonight).
+
+    Args:
+        status: the check's row status (schema.HTTP_ERROR, schema.TIMEOUT, ...).
+        http_status: the last HTTP status, if any.
+        name_not_found: DNS said the name does not exist (not a failed lookup).
+        refused: the host refused the TCP connection.
+    Returns:
+        GONE, NO_HOST or TRANSIENT.
+    """
     if status == schema.HTTP_ERROR:
-        return GONE if http_status in GONE_HTTP_STATUSES else TRANSIENT
+        return GONE if http_status in GONE_HTTP_STATUSES else TRANSIENT  # 403, 429, 5xx: transient
     if status == schema.CONNECTION_ERROR:
-        return GONE if name_not_found else TRANSIENT
+        return NO_HOST if (name_not_found or refused) else TRANSIENT      # resets, TLS, cut bodies
     if status in (schema.BLOCKED, schema.INVALID_URL, schema.OPTED_OUT, schema.NOT_IMAGE):
         return GONE
     return TRANSIENT  # timeout, too_large, decode_error
@@ -249,26 +296,39 @@ def placeholder_votes(entries, check, params):
 def observe(entry, check, detected, params):
     """What tonight's check says about one key, before the history rules."""
     obs = {"kind": None, "failure": None, "reason": None, "sha256": None, "phash": None,
-           "bytes_changed": None, "phash_distance": None, "placeholder": False}
+           "bytes_changed": None, "phash_distance": None, "placeholder": False, "picture_unchecked": False}
 
     def failed(kind, reason):
         obs.update(kind="failed", failure=kind, reason=reason)
+        return obs
+
+    def unchecked(sha256, how):  # live, the bytes vouched for, but nothing to decode and compare
+        what = entry.get("ingest_content_type") or check.get("content_type") or "this format"
+        obs.update(kind="unchecked", sha256=sha256, picture_unchecked=True,
+                   reason=f"{how}; the picture was not checked (cannot decode {what})")
         return obs
 
     if check["method"] == NOT_CHECKED:
         detail = f" ({entry.get('ingest_error')})" if entry.get("ingest_error") else ""
         return failed(UNFETCHABLE, f"not re-checked: {entry.get('ingest_status')} at ingest{detail}")
     if check["status"] != schema.OK:
-        kind = classify_failure(check["status"], check.get("http_status"), check.get("name_not_found"))
+        kind = classify_failure(check["status"], check.get("http_status"), check.get("name_not_found"),
+                                check.get("refused"))
         return failed(kind, check.get("error") or check["status"])
     if check["not_modified"]:
         sha256, phash = check.get("validated_sha256") or entry.get("sha256"), check.get("validated_phash") or entry.get("phash")
         how = "file unchanged (same size)" if check["method"] == FILE else "304 Not Modified"
+        if not phash and has_undecodable_baseline(entry):
+            return unchecked(sha256, how)
     else:
-        if check.get("image_status") == schema.NOT_IMAGE:
+        if check.get("image_status") != schema.OK and check.get("sha256") and check["sha256"] == entry.get("sha256"):
+            return unchecked(check["sha256"], "same bytes as the snapshot")
+        if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
             return failed(GONE, f"soft 404: serves {check.get('content_type') or 'no Content-Type'}, not an image")
-        if check.get("image_status") != schema.OK:
-            return failed(TRANSIENT, f"picture unreadable: {check.get('image_error')}")
+        if check.get("image_status") != schema.OK:  # a format we cannot decode, or a broken picture
+            return failed(TRANSIENT, f"picture not checked: {check.get('image_error')}"
+                                     f" ({check.get('content_type') or 'no Content-Type'}), bytes differ from the"
+                                     " snapshot's")
         sha256, phash, how = check["sha256"], check["phash"], None
     obs.update(sha256=sha256, phash=phash)
     why = placeholder_reason(sha256, phash, check.get("final_url"), detected, params, entry.get("url"))
@@ -293,16 +353,29 @@ def observe(entry, check, detected, params):
     return obs
 
 
-def verdict_of(kind, failure, consecutive_failures, params, previous_status=None):
-    """The night's verdict from the observation, the failure streak (tonight included) and last
-    night's verdict: a dead URL stays dead while it keeps failing, whatever the failure."""
-    if kind in ("same", "new"):
+def verdict_of(kind: str, failure: str | None, consecutive_failures: int, params: RefreshParams,
+               previous_status: str | None = None) -> str:
+    """The night's verdict from the observation, the failure streak (tonight included) and the
+    night before's verdict: a dead URL stays dead while it keeps failing, whatever the failure.
+
+    Args:
+        kind: observe()'s kind: "same", "new", "unchecked", "changed" or "failed".
+        failure: the failure kind (GONE, NO_HOST, TRANSIENT, UNFETCHABLE) when failed.
+        consecutive_failures: failed nights in a row, tonight included.
+        params: --dead-after, --host-dead-after, --unreachable-dead-after.
+        previous_status: the verdict of the night before (ingest_night() on a first night).
+    Returns:
+        ALIVE, CHANGED, UNREACHABLE or DEAD.
+    """
+    if kind in ("same", "new", "unchecked"):
         return ALIVE
     if kind == "changed":
         return CHANGED
     if failure == UNFETCHABLE or previous_status == DEAD:
         return DEAD
     if failure == GONE and consecutive_failures >= max(params.dead_after, 1):
+        return DEAD
+    if failure == NO_HOST and consecutive_failures >= max(params.host_dead_after, 1):
         return DEAD
     if params.unreachable_dead_after and consecutive_failures >= params.unreachable_dead_after:
         return DEAD
@@ -313,16 +386,21 @@ def judge(entry, check, previous, detected, params):
     """One status row: a snapshot key, tonight's check of its URL, and its latest history row (or None)."""
     obs = observe(entry, check, detected, params)
     failed = obs["kind"] == "failed"
-    consecutive = ((previous or {}).get("consecutive_failures") or 0) + 1 if failed else 0
     previous_status = (previous or {}).get("status")
-    verdict = verdict_of(obs["kind"], obs["failure"], consecutive, params, previous_status)
+    # No history row: the ingest fetch is the night before (docs/refresh.md, "The first night").
+    before_row = previous if previous is not None else ingest_night(entry, params)
+    before = before_row.get("status")
+    consecutive = (before_row.get("consecutive_failures") or 0) + 1 if failed else 0
+    verdict = verdict_of(obs["kind"], obs["failure"], consecutive, params, before)
     reason = obs["reason"]
-    if failed and verdict == UNREACHABLE and obs["failure"] == GONE:
-        reason += f" (failed {consecutive} night(s) in a row; dead after {params.dead_after})"
+    since = "" if previous is not None or consecutive <= 1 else ", the ingest fetch included"
+    if failed and verdict == UNREACHABLE and obs["failure"] in (GONE, NO_HOST):
+        after = params.dead_after if obs["failure"] == GONE else params.host_dead_after
+        reason += f" (failed {consecutive} night(s) in a row{since}; dead after {after})"
+    elif failed and verdict == DEAD and before == DEAD:
+        reason += " (dead since an earlier night, still failing)"
     elif failed and verdict == DEAD and obs["failure"] == TRANSIENT:
-        reason += (" (dead since an earlier night, still failing)" if previous_status == DEAD else
-                   f" (failed {consecutive} nights in a row; dead after {params.unreachable_dead_after})")
-    before = previous_status or ingest_verdict(entry)
+        reason += f" (failed {consecutive} nights in a row{since}; dead after {params.unreachable_dead_after})"
     dead_since = None
     if verdict == DEAD:
         dead_since = previous.get("dead_since") if previous and previous_status == DEAD else None
@@ -335,6 +413,7 @@ def judge(entry, check, previous, detected, params):
         "method": check["method"], "requests": check.get("requests") or 0, "failure": obs["failure"],
         "bytes_changed": obs["bytes_changed"], "phash_distance": obs["phash_distance"],
         "placeholder": obs["placeholder"], "final_url": check.get("final_url"),
+        "picture_unchecked": obs["picture_unchecked"],
         "consecutive_failures": consecutive,
         "previous_nights": ((previous.get("previous_nights") or 0) + 1) if previous else 0,
         "previous_status": previous_status,
