@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner
 from transforms.liveness import checks, history, summary, verdicts
+from transforms.errors import JobFailure
 from transforms.io.sinks import join_path, read_json
 
 
@@ -125,7 +126,9 @@ def resolve(opts):
 
 
 def prepare_outputs(out, history_dir, night):
-    """Re-running a night replaces its files rather than adding shards next to the old ones."""
+    """Re-running a night replaces its files rather than adding shards next to the old ones. Any
+    error listing or deleting raises EnvironmentFailure (old shards beside new ones would be read
+    as one night)."""
     for part in ("status", "hosts"):
         history.delete_matching(join_path(out, part, "*"))
     history.delete_matching(join_path(out, "summary.json"))
@@ -133,14 +136,15 @@ def prepare_outputs(out, history_dir, night):
         history.clear_night(history_dir, night)
 
 
-def build_pipeline(pipeline, opts, snapshots, params, started_at):
-    """Adds the refresh graph to `pipeline`; returns the status rows PCollection."""
+def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=None):
+    """Adds the refresh graph to `pipeline`; returns the status rows PCollection. `read_history`: a
+    history.ReadHistory built (and so checked) before the outputs were prepared."""
     out = opts.output
     entries = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
     checked = entries | "CheckUrls" >> checks.CheckUrls(job_runner.fetch_config(opts), params)
     found = checked | "FindPlaceholders" >> checks.FindPlaceholders(params)
     placeholders = found["placeholders"]
-    read_history = history.ReadHistory(opts.history, params.night)
+    read_history = read_history or history.ReadHistory(opts.history, params.night)
     previous = pipeline | "ReadHistory" >> read_history
     rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> checks.Judge(params)
     written = rows | "WriteStatus" >> checks.WriteStatusTable(join_path(out, "status"))
@@ -169,12 +173,15 @@ def run(argv=None):
     job_runner.apply_local_defaults(options, argv)
     snapshots, params = resolve(opts)
     started_at = time.time()
+    # The history is listed and checked before anything is deleted: a storage error stops here.
+    read_history = history.ReadHistory(opts.history, params.night)
     prepare_outputs(opts.output, opts.history, params.night)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, opts, snapshots, params, started_at)
-    result = pipeline.run()
-    result.wait_until_finish()
-    if job_runner.is_local(options):
+    build_pipeline(pipeline, opts, snapshots, params, started_at, read_history)
+    # A Flex Template launcher (and Airflow's operator behind it) passes --no_wait_until_finish:
+    # return once the job is submitted.
+    result = job_runner.wait_for(pipeline.run(), options)
+    if job_runner.is_local(options) and job_runner.job_done(result):
         report(opts.output)
     return result
 
@@ -206,6 +213,9 @@ def main(argv=None):
     job_runner.quiet_local_logs()
     try:
         run(argv)
+    except JobFailure as exc:  # history or output storage failed: one line naming the path
+        print(f"refresh: {exc}", file=sys.stderr)
+        return exc.exit_status
     except ValueError as exc:  # bad options, missing snapshot: a message, not a traceback
         print(f"refresh: {exc}", file=sys.stderr)
         return 2
