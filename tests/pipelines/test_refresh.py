@@ -721,7 +721,8 @@ def test_snapshot_output_and_history_on_gcs(gcs, web, tmp_path):
     def night(date, output):
         refresh_job.run(local_options(snapshot=f"gs://{GCS_BUCKET}/snap", output=f"gs://{GCS_BUCKET}/{output}",
                                       history=f"gs://{GCS_BUCKET}/history", night=date,
-                                      **{"allow-network": "127.0.0.1/32", "timeout": 2.0, "retries": 0}))
+                                      **{"allow-network": "127.0.0.1/32", "timeout": 2.0, "retries": 0,
+                                         "dead-after": 1}))
         tables = [pq.read_table(FileSystems.open(m.path)) for m in
                   FileSystems.match([f"gs://{GCS_BUCKET}/{output}/status/*.parquet"])[0].metadata_list]
         return {r["key"]: r for t in tables for r in t.to_pylist()}
@@ -736,6 +737,8 @@ def test_snapshot_output_and_history_on_gcs(gcs, web, tmp_path):
     assert {k: r["status"] for k, r in second.items()} == {
         "cc3m:1": verdicts.ALIVE, "cc3m:2": verdicts.DEAD, "imagenet_captions:x.JPEG": verdicts.DEAD}
     assert second["cc3m:1"]["previous_nights"] == 1 and second["cc3m:2"]["newly_dead"]
+    # a file gone from gs:// is a 'gone' answer (the look-up worked), not a failed look-up
+    assert second["imagenet_captions:x.JPEG"]["failure"] == verdicts.GONE
     assert liveness_history.complete_nights(f"gs://{GCS_BUCKET}/history") == [datetime.date(2030, 2, 1),
                                                                       datetime.date(2030, 2, 2)]
     summary = json.loads(FileSystems.open(f"gs://{GCS_BUCKET}/r2/summary.json").read())

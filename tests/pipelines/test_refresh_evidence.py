@@ -253,3 +253,22 @@ def test_output_preparation_errors_fail_the_run(tmp_path):
             liveness_history.clear_night(history, NIGHT)
     refresh_job.prepare_outputs(str(out), history, NIGHT)  # and when storage works, it clears
     assert not os.listdir(out / "status") and not os.listdir(os.path.join(history, NIGHT.isoformat()))
+
+
+def test_a_16_bit_photo_is_judged_alive_not_a_blank_placeholder():
+    """The issue's first case: a 16-bit greyscale photo used to hash as the blank picture, be
+    flagged a placeholder and be judged dead at its live URL."""
+    import io
+
+    import numpy
+    from PIL import Image
+    from pipelines.demo.sample_site import picture
+    grey = numpy.asarray(picture(12).convert("L"), dtype=numpy.uint16) * 257
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, "PNG")
+    body = buffer.getvalue()
+    snap = entry(body=body, content_type="image/png")
+    assert snap["phash"] not in DEFAULTS.placeholder_phash
+    strict = dataclasses.replace(DEFAULTS, dead_after=1)
+    row = verdicts.judge(snap, got(body, "image/png"), None, {}, strict)
+    assert (row["status"], row["placeholder"], row["picture_unchecked"]) == (A, False, False)
