@@ -4,7 +4,7 @@
 
 Writes REFRESH_OUT/status/*.parquet (one row per snapshot key), REFRESH_OUT/hosts/*.parquet (one
 row per host), REFRESH_OUT/summary.json and, with --history, HISTORY/<night>/. Never writes under a
-snapshot. README.md, "Nightly refresh" has the verdict rules and every option.
+snapshot. docs/refresh.md has the verdict rules and every option.
 """
 import argparse
 import os

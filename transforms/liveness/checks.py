@@ -28,10 +28,17 @@ SNAPSHOT_COLUMNS = ["dataset", "key", "url", "status", "http_status", "error", "
 REQUIRED_SNAPSHOT_COLUMNS = ("key", "url", "status")
 
 
-def snapshot_columns(pattern):
+def snapshot_columns(pattern: str) -> list[str]:
     """The SNAPSHOT_COLUMNS a snapshot's files hold (read from the first file's footer): tables
-    written before a column existed are still read. Raises ValueError if the files are not an ingest
-    table."""
+    written before a column existed are still read.
+
+    Args:
+        pattern: the snapshot's Parquet file pattern.
+    Returns:
+        the columns to read.
+    Raises:
+        ValueError: no file matches, or the files are not an ingest table.
+    """
     import pyarrow.parquet as pq
     files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     if not files:

@@ -19,8 +19,15 @@ __all__ = [
 ]
 
 
-def plan_check(url, entries, params):
+def plan_check(url: str, entries: list, params) -> dict:
     """How to check one distinct URL, cheapest first (docs/refresh.md, "Requests").
+
+    Args:
+        url: the URL as the snapshot wrote it.
+        entries: the snapshot entries of every key listing it.
+        params: the night's RefreshParams (head_first).
+    Returns:
+        {"url", "method", "headers", "validated_sha256", "validated_phash", "size_bytes"}.
 
     - every row of the URL was invalid_url/blocked at ingest: no request;
     - not http(s) but read at ingest (ImageNet files): look the file up;
@@ -96,8 +103,15 @@ _UNDECODED_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")
 _FTYP_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
 
 
-def looks_like_image(content_type, body):
-    """The Content-Type (image/*) or the first bytes say a picture, decodable or not."""
+def looks_like_image(content_type: str | None, body: bytes | None) -> bool:
+    """The Content-Type (image/*) or the first bytes say a picture, decodable or not.
+
+    Args:
+        content_type: the response's Content-Type.
+        body: the response body.
+    Returns:
+        True for an image/* type or an SVG, HEIC/AVIF or JPEG XL signature.
+    """
     if claims_image(content_type):
         return True
     head = (body or b"")[:512]
@@ -125,8 +139,16 @@ def new_check(plan, method=None):
             "sha256": None, "phash": None, "image_status": None, "image_error": None, "checked_at": _now()}
 
 
-def finish_check(plan, steps, max_pixels=DEFAULT_MAX_PIXELS):
-    """[(method, FetchResult)] of a plan -> the check dict (hashing the body, if any)."""
+def finish_check(plan: dict, steps: list, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """The check dict of a plan's requests, hashing the body, if any.
+
+    Args:
+        plan: plan_check()'s plan.
+        steps: [(method, FetchResult)] from run_plan().
+        max_pixels: the decode budget.
+    Returns:
+        the check (new_check()'s keys, filled).
+    """
     methods = [m for m, _ in steps]
     label = plan["method"] if plan["method"] == CONDITIONAL else (
         HEAD_GET if methods == ["HEAD", "GET"] else HEAD if methods == ["HEAD"] else GET)
@@ -186,7 +208,7 @@ def look_up_file(path: str, attempts: int = LISTING_ATTEMPTS, backoff: float = L
     raise OSError(f"cannot look up {path} after {max(attempts, 1)} attempts: {error}"[:300])
 
 
-def check_file(plan, max_pixels=DEFAULT_MAX_PIXELS):
+def check_file(plan: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """A file row (ImageNet): gone when the filesystem says it does not exist; a look-up that keeps
     failing is a transient failure (never 'gone'); the same size as at ingest counts as the same file
     (reading 1.2M files every night to hash them would cost more than the answer is worth);

@@ -142,12 +142,12 @@ def snapshot_entry(row, snapshot=None, order=0):
         "snapshot": snapshot, "order": order,
     }
 
-def claims_image(content_type):
+def claims_image(content_type: str | None) -> bool:
     """The Content-Type says a picture (image/*), whether or not we can decode that format."""
     return (content_type or "").strip().lower().startswith("image/")
 
 
-def has_undecodable_baseline(entry):
+def has_undecodable_baseline(entry: dict) -> bool:
     """The snapshot holds this key's bytes but could not decode them (SVG, HEIC, ...: `not_image` at
     ingest with an image/* Content-Type): unchanged bytes are alive, with the picture not checked."""
     return (entry.get("ingest_status") == schema.NOT_IMAGE and bool(entry.get("sha256"))
@@ -177,7 +177,7 @@ def url_group(entry):
     return url if url else "\0" + str(entry.get("key"))
 
 
-def ingest_failure(entry):
+def ingest_failure(entry: dict) -> str | None:
     """What the ingest fetch of a key observed, as a failure kind; None when it served the picture
     (or bytes we keep as the picture, see has_undecodable_baseline)."""
     status = entry.get("ingest_status")
@@ -192,7 +192,7 @@ def ingest_failure(entry):
     return TRANSIENT
 
 
-def ingest_night(entry, params):
+def ingest_night(entry: dict, params: RefreshParams) -> dict:
     """The ingest fetch judged as the night before a key's first refresh night (docs/refresh.md,
     "The first night"): the same rules as any night, with a streak of one if it failed.
 
@@ -293,8 +293,18 @@ def placeholder_votes(entries, check, params):
     return []
 
 
-def observe(entry, check, detected, params):
-    """What tonight's check says about one key, before the history rules."""
+def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> dict:
+    """What tonight's check says about one key, before the history rules.
+
+    Args:
+        entry: the key's snapshot entry (snapshot_entry()).
+        check: tonight's check of its URL (plans.finish_check(), plans.check_file()).
+        detected: {sha256: n} of the many-URLs placeholder rule.
+        params: the night's settings.
+    Returns:
+        {"kind": "same" | "new" | "unchecked" | "changed" | "failed", "failure", "reason", "sha256",
+        "phash", "bytes_changed", "phash_distance", "placeholder", "picture_unchecked"}.
+    """
     obs = {"kind": None, "failure": None, "reason": None, "sha256": None, "phash": None,
            "bytes_changed": None, "phash_distance": None, "placeholder": False, "picture_unchecked": False}
 
@@ -382,8 +392,19 @@ def verdict_of(kind: str, failure: str | None, consecutive_failures: int, params
     return UNREACHABLE
 
 
-def judge(entry, check, previous, detected, params):
-    """One status row: a snapshot key, tonight's check of its URL, and its latest history row (or None)."""
+def judge(entry: dict, check: dict, previous: dict | None, detected: dict, params: RefreshParams) -> dict:
+    """One status row: a snapshot key, tonight's check of its URL, and its latest history row.
+
+    Args:
+        entry: the key's snapshot entry (snapshot_entry()).
+        check: tonight's check of its URL.
+        previous: the key's row of the latest earlier night, or None (then the ingest fetch is
+            the night before: ingest_night()).
+        detected: {sha256: n} of the many-URLs placeholder rule.
+        params: the night's settings.
+    Returns:
+        the row, with the columns of schema.REFRESH_SCHEMA.
+    """
     obs = observe(entry, check, detected, params)
     failed = obs["kind"] == "failed"
     previous_status = (previous or {}).get("status")
