@@ -272,3 +272,11 @@ def test_a_16_bit_photo_is_judged_alive_not_a_blank_placeholder():
     strict = dataclasses.replace(DEFAULTS, dead_after=1)
     row = verdicts.judge(snap, got(body, "image/png"), None, {}, strict)
     assert (row["status"], row["placeholder"], row["picture_unchecked"]) == (A, False, False)
+
+
+def test_the_same_web_page_as_at_ingest_is_no_live_picture():
+    page = b"<html>This photo was removed</html>"
+    snap = entry(schema.NOT_IMAGE, page, content_type="text/html")
+    assert verdicts.ingest_failure(snap) == verdicts.GONE  # a soft 404 at ingest already
+    row = verdicts.judge(snap, got(page, "text/html"), None, {}, DEFAULTS)
+    assert (row["status"], row["picture_unchecked"], row["consecutive_failures"]) == (D, False, 2)

@@ -331,7 +331,8 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         if not phash and has_undecodable_baseline(entry):
             return unchecked(sha256, how)
     else:
-        if check.get("image_status") != schema.OK and check.get("sha256") and check["sha256"] == entry.get("sha256"):
+        if (check.get("image_status") != schema.OK and check.get("image_like") and check.get("sha256")
+                and check["sha256"] == entry.get("sha256")):  # an SVG, a HEIC...: not the same HTML page
             return unchecked(check["sha256"], "same bytes as the snapshot")
         if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
             return failed(GONE, f"soft 404: serves {check.get('content_type') or 'no Content-Type'}, not an image")
