@@ -8,6 +8,7 @@ import numpy
 from PIL import Image
 
 from pipelines.demo.sample_site import encode, picture
+from tests.dedup_helpers import run_dedup
 from transforms import schema
 from transforms.clustering.clusters import DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE
 from transforms.clustering.placeholders import KNOWN_PLACEHOLDERS
@@ -90,15 +91,27 @@ def test_exif_orientation_is_applied_and_dimensions_are_as_displayed():
     assert imagehash.hex_to_hash(straight.phash) - ignored > DEFAULT_MAX_DISTANCE
 
 
-def test_a_16_bit_photo_its_8_bit_copy_and_a_rotated_copy_are_one_cluster():
+def test_a_16_bit_photo_its_8_bit_copy_and_a_rotated_copy_are_one_cluster(tmp_path):
     eight = grey(7)
-    members = [inspect_image(png16(eight * 257)),
-               inspect_image(encode(Image.fromarray(eight.astype(numpy.uint8), "L"), "JPEG", quality=85)),
-               inspect_image(sideways_jpeg(Image.fromarray(eight.astype(numpy.uint8), "L")))]
+    bodies = {"cc3m:16bit": png16(eight * 257),
+              "cc12m:8bit": encode(Image.fromarray(eight.astype(numpy.uint8), "L"), "JPEG", quality=85),
+              "zero:rotated": sideways_jpeg(Image.fromarray(eight.astype(numpy.uint8), "L")),
+              "cc3m:other": encode(picture(70).convert("L"), "PNG")}
+    rows = []
+    for key, body in bodies.items():
+        row = verify_and_hash(fetched(body))
+        row.update(dataset=key.split(":")[0], key=key, url=f"http://x/{key}", _body=None)
+        rows.append(row)
+    members = rows[:3]
     for a in members:
         for b in members:  # dedup's pair rule (transforms/clustering/clusters.py): pHash and dHash
-            assert distance(a.phash, b.phash) <= DEFAULT_MAX_DISTANCE
-            assert distance(a.dhash, b.dhash) <= DEFAULT_DHASH_MAX_DISTANCE
+            assert distance(a["phash"], b["phash"]) <= DEFAULT_MAX_DISTANCE
+            assert distance(a["dhash"], b["dhash"]) <= DEFAULT_DHASH_MAX_DISTANCE
+    # and the real Dedup transform puts them in one cluster, without the unrelated picture
+    out, _clusters, _stats, _counters = run_dedup(rows, tmp_path)
+    cluster = {r["key"]: r["cluster_id"] for r in out}
+    assert cluster["cc3m:16bit"] and cluster["cc3m:16bit"] == cluster["cc12m:8bit"] == cluster["zero:rotated"]
+    assert cluster["cc3m:other"] != cluster["cc3m:16bit"]
 
 
 def test_cmyk_jpeg_hashes_like_its_rgb_copy():
