@@ -140,3 +140,6 @@ def test_a_flaky_night_kills_no_live_url_and_the_next_night_finds_them_all_alive
     assert second["verdicts"][verdicts.ALIVE] == URLS, second
     assert all(r["consecutive_failures"] == 0 and not r["revived"] and not r["newly_dead"] for r in rows2)
     assert second["one_request_share"] == pytest.approx(0.5, abs=0.01)  # the conditional half
+    summary = json.load(open(os.path.join(out1, "summary.json")))
+    assert summary["urls"]["urls_one_request"] == first["judged_with_one_request"]
+    assert summary["verdict_totals"][verdicts.DEAD] == 0

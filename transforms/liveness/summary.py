@@ -88,7 +88,8 @@ class RefreshTotals(beam.CombineFn):
 
 def url_stats(checked):
     check = checked["check"]
-    return {"urls": 1, "requests": check.get("requests") or 0, f"urls_{check['method']}": 1}
+    requests = check.get("requests") or 0
+    return {"urls": 1, "requests": requests, f"urls_{check['method']}": 1, "urls_one_request": int(requests == 1)}
 
 
 def _add_counts(dicts):
