@@ -4,7 +4,7 @@
 
 Writes REFRESH_OUT/status/*.parquet (one row per snapshot key), REFRESH_OUT/hosts/*.parquet (one
 row per host), REFRESH_OUT/summary.json and, with --history, HISTORY/<night>/. Never writes under a
-snapshot. README.md, "Nightly refresh" has the verdict rules and every option.
+snapshot. docs/refresh.md has the verdict rules and every option.
 """
 import os
 import sys
@@ -20,12 +20,15 @@ from transforms.io.lease import output_lease
 from pipelines.launch import preflight
 from transforms.fetch.client import FetchConfig
 from transforms.liveness import verdicts
+from transforms.liveness import checks, history, summary
 from transforms.io.sinks import join_path, read_json
 
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
 # 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
 # recognise one picture served again.
+__all__ = ["JOB", "RefreshOptions", "build_pipeline", "main", "prepare_outputs", "resolve", "run"]
+
 REFRESH_SAME_PICTURE_MAX_DISTANCE = verdicts.DEFAULT_MAX_DISTANCE
 REFRESH_PLACEHOLDER_MIN_URLS = verdicts.DEFAULT_PLACEHOLDER_MIN_URLS
 
@@ -50,8 +53,12 @@ class RefreshOptions(PipelineOptions):
         rules = parser.add_argument_group("verdicts", "when a URL is dead, changed or a placeholder")
         rules.add_argument("--dead-after", type=int, default=verdicts.DEFAULT_DEAD_AFTER, metavar="N",
                            help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
-                                " 451, DNS name gone, placeholder, soft 404), before it is dead; unreachable"
-                                f" until then (default {verdicts.DEFAULT_DEAD_AFTER})")
+                                " 451, placeholder, soft 404), before it is dead; unreachable until then"
+                                f" (default {verdicts.DEFAULT_DEAD_AFTER}; the ingest fetch counts as the night"
+                                " before the first)")
+        rules.add_argument("--host-dead-after", type=int, default=verdicts.DEFAULT_HOST_DEAD_AFTER, metavar="N",
+                           help="the same for 'no such host name' and 'connection refused' answers"
+                                f" (default {verdicts.DEFAULT_HOST_DEAD_AFTER})")
         rules.add_argument("--unreachable-dead-after", type=int, default=verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER,
                            metavar="N", help="nights in a row of any failure (timeouts, 5xx) after which a URL is"
                                              f" dead anyway; 0: never (default {verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER})")
@@ -138,13 +145,13 @@ def resolve(opts):
             if path and (_inside(path, root) or _inside(root, path)):
                 raise ValueError(f"{name} {path} overlaps the snapshot {root}: a refresh never writes there")
         try:
-            columns = verdicts.snapshot_columns(pattern)
+            columns = checks.snapshot_columns(pattern)
         except ValueError as exc:
             raise ValueError(f"--snapshot {root}: {exc}") from None
         snapshots.append((root, pattern, columns))
     if opts.history and _norm(opts.history) == _norm(opts.output):
         raise ValueError("--history and --output must be different directories")
-    for name in ("dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
+    for name in ("dead_after", "host_dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
         if getattr(opts, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")
     extra = [verdicts.parse_placeholder(v) for v in opts.placeholder]
@@ -152,6 +159,7 @@ def resolve(opts):
         night=verdicts.parse_night(opts.night),
         max_distance=REFRESH_SAME_PICTURE_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
         dead_after=max(opts.dead_after, 1),
+        host_dead_after=max(opts.host_dead_after, 1),
         unreachable_dead_after=opts.unreachable_dead_after,
         placeholder_min_urls=opts.placeholder_min_urls,
         placeholder_sha256=frozenset(h for kind, h in extra if kind == "sha256"),
@@ -162,39 +170,42 @@ def resolve(opts):
     return snapshots, params
 
 
-def prepare_outputs(out, history, night):
-    """Re-running a night replaces its files rather than adding shards next to the old ones."""
+def prepare_outputs(out, history_dir, night):
+    """Re-running a night replaces its files rather than adding shards next to the old ones. Any
+    error listing or deleting raises EnvironmentFailure (old shards beside new ones would be read
+    as one night)."""
     for part in ("status", "hosts"):
-        verdicts.delete_matching(join_path(out, part, "*"))
-    verdicts.delete_matching(join_path(out, "summary.json"))
-    if history:
-        verdicts.clear_night(history, night)
+        history.delete_matching(join_path(out, part, "*"))
+    history.delete_matching(join_path(out, "summary.json"))
+    if history_dir:
+        history.clear_night(history_dir, night)
 
 
-def build_pipeline(pipeline, opts, snapshots, params, started_at):
-    """Adds the refresh graph to `pipeline`; returns the status rows PCollection."""
+def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=None):
+    """Adds the refresh graph to `pipeline`; returns the status rows PCollection. `read_history`: a
+    history.ReadHistory built (and so checked) before the outputs were prepared."""
     out = opts.output
-    entries = pipeline | "ReadSnapshots" >> verdicts.ReadSnapshots(snapshots)
-    checked = entries | "CheckUrls" >> verdicts.CheckUrls(FetchConfig.from_options(opts), params)
-    found = checked | "FindPlaceholders" >> verdicts.FindPlaceholders(params)
+    entries = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
+    checked = entries | "CheckUrls" >> checks.CheckUrls(FetchConfig.from_options(opts), params)
+    found = checked | "FindPlaceholders" >> checks.FindPlaceholders(params)
     placeholders = found["placeholders"]
-    history = verdicts.ReadHistory(opts.history, params.night)
-    previous = pipeline | "ReadHistory" >> history
-    rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> verdicts.Judge(params)
-    written = rows | "WriteStatus" >> verdicts.WriteStatusTable(join_path(out, "status"))
-    hosts = rows | "Hosts" >> verdicts.HostTable()
-    _ = hosts | "WriteHosts" >> verdicts.WriteHostTable(join_path(out, "hosts"))
+    read_history = read_history or history.ReadHistory(opts.history, params.night)
+    previous = pipeline | "ReadHistory" >> read_history
+    rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> checks.Judge(params)
+    written = rows | "WriteStatus" >> checks.WriteStatusTable(join_path(out, "status"))
+    hosts = rows | "Hosts" >> checks.HostTable()
+    _ = hosts | "WriteHosts" >> checks.WriteHostTable(join_path(out, "hosts"))
     if opts.history:
-        _ = rows | "WriteHistory" >> verdicts.WriteHistory(opts.history, params.night)
+        _ = rows | "WriteHistory" >> history.WriteHistory(opts.history, params.night)
     _ = {"rows": rows, "checked": checked, "hosts": hosts, "placeholders": placeholders,
          "frequent": found["frequent"], "written": written} | \
-        "WriteSummary" >> verdicts.SummarizeRefresh(out, params.night, history.previous, started_at,
+        "WriteSummary" >> summary.SummarizeRefresh(out, params.night, read_history.previous, started_at,
                                                    opts.summary_hosts, _options_snapshot(opts, params))
     return rows
 
 
 def _options_snapshot(opts, params):
-    keep = ("snapshot", "history", "dead_after", "unreachable_dead_after", "placeholder", "placeholder_min_urls",
+    keep = ("snapshot", "history", "dead_after", "host_dead_after", "unreachable_dead_after", "placeholder", "placeholder_min_urls",
             "no_head", "timeout", "max_bytes", "retries", "concurrency", "per_host", "max_rate", "allow_network")
     snapshot = {name: getattr(opts, name, None) for name in keep}
     snapshot.update(night=params.night.isoformat(), max_distance=params.max_distance)
@@ -213,11 +224,14 @@ def run(argv=None):
         print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
         return None
     started_at = time.time()
+    # The history is listed and checked before anything is deleted: a storage error stops here.
+    read_history = history.ReadHistory(opts.history, params.night)
     # Why: one writer per REFRESH_OUT (docs/integrity.md), held until the summary is written.
     with output_lease(opts.output, "refresh", force_unlock=opts.force_unlock):
         prepare_outputs(opts.output, opts.history, params.night)
-        return JOB.execute(options, lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at),
-                           opts.output, summary=report)
+        return JOB.execute(
+            options, lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at, read_history),
+            opts.output, summary=report)
 
 
 def report(out):

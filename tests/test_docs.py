@@ -107,7 +107,4 @@ def test_code_cites_docs_pages_that_exist():
                 problems.append(f"{path.relative_to(ROOT)}: {page} does not exist")
         if re.search(r"(?<![\w/-])README\.md, ", text):
             problems.append(f"{path.relative_to(ROOT)}: cites a section of README.md (now in docs/)")
-    # transforms/liveness and pipelines/refresh.py are being split on another branch: their
-    # references are fixed with the split.
-    problems = [p for p in problems if "liveness" not in p and "pipelines/refresh.py" not in p]
     assert not problems, problems

@@ -36,13 +36,15 @@ _DRAFT_SIZE = (128, 128)
 class ImageCheck:
     """Outcome of inspecting one body."""
 
-    __slots__ = ("status", "error", "format", "width", "height", "phash", "dhash")
+    __slots__ = ("status", "error", "format", "width", "height", "phash", "dhash", "stored_width", "stored_height")
 
     def __init__(self, status: str = schema.OK, error: str | None = None, fmt: str | None = None,
                  width: int | None = None, height: int | None = None, phash: str | None = None,
                  dhash: str | None = None) -> None:
         self.status, self.error, self.format = status, error, fmt
         self.width, self.height, self.phash, self.dhash = width, height, phash, dhash
+        # width/height are as displayed (EXIF orientation applied); these are as stored in the file
+        self.stored_width, self.stored_height = width, height
 
 
 def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> ImageCheck:
@@ -65,6 +67,9 @@ def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draf
     fmt = image.format
     width, height = image.size
     check = ImageCheck(fmt=fmt, width=width, height=height)
+    orientation = exif_orientation(image)
+    if orientation in _SWAPS_AXES:  # a viewer shows it turned a quarter: width and height swap
+        check.width, check.height = height, width
     if width <= 0 or height <= 0:
         check.status, check.error = schema.DECODE_ERROR, f"invalid dimensions {width}x{height}"
         return check
@@ -78,12 +83,98 @@ def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draf
             if draft and fmt == "JPEG":
                 image.draft("L", _DRAFT_SIZE)  # grayscale straight from the DCT: no colour conversion
             image.load()
-            # imagehash converts to "L" itself; converting here too would copy the pixels twice.
+            # What a viewer sees: upright, 8 bits, transparency over white. Modes imagehash converts
+            # faithfully ("L", "RGB", a plain "P") pass through: converting to "L" here too would
+            # copy the pixels twice.
+            image = to_viewable(image, orientation)
             check.phash = hash_hex(imagehash.phash(image))
             check.dhash = hash_hex(imagehash.dhash(image))
     except Exception as exc:  # truncated or corrupt pixel data
         check.status, check.error = schema.DECODE_ERROR, f"cannot decode {fmt} pixels: {exc}"
     return check
+
+
+# EXIF Orientation tag (0x0112) -> the transpose that shows the picture upright.
+_ORIENTATION_TAG = 0x0112
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+_HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_MIN_GREY_LEVELS = 64  # a high-bit picture spanning fewer 8-bit levels than this is stretched to full range
+
+
+def exif_orientation(image: Image.Image) -> int | None:
+    """The EXIF Orientation (1-8) of an opened image, read from its header; None if absent or unreadable.
+
+    Args:
+        image: an opened, not necessarily loaded, PIL image.
+    Returns:
+        1-8, or None.
+    """
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG)
+    except Exception:  # a corrupt EXIF block: the picture is still shown as stored
+        return None
+    return value if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def to_viewable(image: Image.Image, orientation: int | None = None) -> Image.Image:
+    """The picture a viewer sees, ready for hashing: EXIF orientation applied; 16-bit, 32-bit and
+    float pixels scaled to 8 bits (not clipped at 255); transparency composited over white; CMYK as
+    RGB. An animated image is its first frame (the one PIL opens on).
+
+    Args:
+        image: a loaded PIL image (a JPEG may have been draft-decoded).
+        orientation: its EXIF orientation (exif_orientation(), read before the load).
+    Returns:
+        an image in a mode imagehash converts faithfully ("L", "RGB", "P", "1", ...).
+    """
+    mode = image.mode
+    if mode in _HIGH_BIT_MODES:
+        image = _to_8_bits(image)
+    elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba).convert("RGB")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    if orientation in _UPRIGHT:
+        image = image.transpose(_UPRIGHT[orientation])
+    return image
+
+
+def _to_8_bits(image):
+    """A one-channel high-bit image ("I;16*", "I", "F") -> "L", its nominal range mapped onto 0-255:
+    0-65535 for 16-bit pixels (what any 8-bit copy of the file holds); for "I" and "F", 0-1 (float),
+    0-255 or 0-65535, whichever holds the values. A picture that would span fewer than
+    _MIN_GREY_LEVELS levels that way (12-bit sensor data, a dark scan), or whose values fit no
+    nominal range, is stretched from its own min to max instead of being crushed to a blank."""
+    values = numpy.asarray(image, dtype=numpy.float64)
+    finite = values[numpy.isfinite(values)]
+    if finite.size == 0:
+        return Image.new("L", image.size, 0)
+    low, high = float(finite.min()), float(finite.max())
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    elif image.mode == "F" and low >= 0.0 and high <= 1.0:
+        top = 1.0
+    elif low >= 0.0 and high <= 255.0:
+        top = 255.0
+    elif low >= 0.0 and high <= 65535.0:
+        top = 65535.0
+    else:
+        top = None
+    if top is not None and (high - low) * 255.0 / top >= _MIN_GREY_LEVELS:
+        low, span = 0.0, top
+    else:
+        span = high - low
+    if span <= 0:
+        scaled = numpy.zeros_like(values)
+    else:
+        scaled = (numpy.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) * (255.0 / span)
+    return Image.fromarray(numpy.clip(numpy.rint(scaled), 0, 255).astype(numpy.uint8), "L")
 
 
 def hash_hex(image_hash: imagehash.ImageHash) -> str:
@@ -114,6 +205,7 @@ def verify_and_hash(row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft
     row["md5"] = hashlib.md5(body).hexdigest()
     check = inspect_image(body, max_pixels, draft)
     row.update(format=check.format, width=check.width, height=check.height,
+               stored_width=check.stored_width, stored_height=check.stored_height,
                phash=check.phash, dhash=check.dhash)
     if check.status == schema.NOT_IMAGE:
         content_type = row.get("content_type") or "no Content-Type"

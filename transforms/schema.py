@@ -108,6 +108,9 @@ IMAGE_FIELDS = [
     ("negative_labels", pa.list_(LABEL_TYPE)),  # human-verified negatives (confidence 0)
     # dedup (transforms/clustering/clusters.py)
     ("is_placeholder", pa.bool_()),     # the picture is a placeholder served for many dead URLs
+    # width/height are as displayed (EXIF orientation applied); these are as stored in the file
+    ("stored_width", pa.int32()),
+    ("stored_height", pa.int32()),
 ]
 
 IMAGE_SCHEMA = pa.schema(IMAGE_FIELDS)
@@ -168,6 +171,7 @@ REFRESH_FIELDS = [
     ("phash_distance", pa.int32()),       # to the snapshot's pHash, when both are known
     ("placeholder", pa.bool_()),          # tonight's picture is a known or detected placeholder
     ("final_url", pa.string()),           # after redirects
+    ("picture_unchecked", pa.bool_()),    # alive on unchanged bytes of a picture we cannot decode (SVG, HEIC)
     ("consecutive_failures", pa.int32()),  # nights in a row (tonight included) the check failed
     ("previous_nights", pa.int32()),      # earlier nights of the history with a verdict for this key
     ("previous_status", pa.string()),     # verdict of the latest earlier night, null without history

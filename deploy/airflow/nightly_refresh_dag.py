@@ -3,7 +3,9 @@
 The launch request is the one deploy/schedule.sh renders and checks against the template's
 metadata; it lies beside this file as nightly_refresh_launch.json (`COMPOSER_ENVIRONMENT=...
 bash deploy/schedule.sh refresh ...` uploads both). Each run gets its own Dataflow job name and
-writes under <output>/<run date>/, so nights do not overwrite each other.
+writes under <output>/<logical date>/, and the refresh is told the same date as its `night`: the
+folder and the history night always agree, and clearing an old DAG run re-runs that night only
+(its folder and HISTORY/<that date>/), never today's.
 
 Airflow Variables: beam_images_project (required), beam_images_region (default us-central1).
 """
@@ -17,14 +19,24 @@ from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexT
 LAUNCH_FILE = pathlib.Path(__file__).with_name("nightly_refresh_launch.json")
 SCHEDULE = "0 2 * * *"  # 02:00 UTC, after the day's ingest runs
 DATED_PARAMETERS = ("output",)
+NIGHT_PARAMETER = {"refresh": "night"}  # jobs told which night they are for: the run's logical date
+
+
+def job_of(launch):
+    """The job a launch request starts: its template file's name (gs://.../templates/refresh.json)."""
+    return launch.get("containerSpecGcsPath", "").rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
 
 
 def nightly_body(body):
-    """`body` with a job name and output folder of the run's own (Airflow renders the {{ }})."""
+    """`body` with a job name, an output folder and (refresh) a night of the run's own, all from the
+    run's logical date {{ ds }} (Airflow renders the {{ }})."""
     launch = dict(body["launchParameter"])
     launch["jobName"] = launch["jobName"] + "-{{ ds_nodash }}"
     launch["parameters"] = {name: value.rstrip("/") + "/{{ ds }}" if name in DATED_PARAMETERS else value
                             for name, value in launch["parameters"].items()}
+    night = NIGHT_PARAMETER.get(job_of(launch))
+    if night:
+        launch["parameters"][night] = "{{ ds }}"
     return {"launchParameter": launch}
 
 

@@ -15,6 +15,7 @@ import http.server
 import io
 import os
 import random
+import socket
 import socketserver
 import struct
 import threading
@@ -40,7 +41,8 @@ class Reply:
     headers: dict = dataclasses.field(default_factory=dict)
     delay: float = 0.0          # before the status line
     drip: float = 0.0           # seconds between 1 KiB chunks of the body
-    cut_after: int | None = None       # send this many body bytes, then close (declared length kept)
+    cut_after: int | None = None      # send this many body bytes, then close (declared length kept)
+    reset: bool = False         # no answer: the connection is reset (TCP RST) before any status line
 
 
 class SampleWebServer:
@@ -134,6 +136,11 @@ def _make_handler(server):
             reply = server._next_reply(path, self.command, self.headers)
             if reply.delay:
                 time.sleep(reply.delay)
+            if reply.reset:
+                # SO_LINGER 0: close() sends a RST instead of a FIN, as a crashed or overloaded server does
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return
             try:
                 self.send_response(reply.status)
                 headers = {"Content-Length": str(len(reply.body))}

@@ -1,12 +1,14 @@
 """Flex Template parameters reach the jobs' own flags (pipelines/launch/flex_template.py, deploy/flex_main.py)."""
 import runpy
+import threading
 
 import pytest
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from deploy import jobs
+from deploy import jobs, render_spec
 from pipelines import ingest
 from pipelines.launch import flex_template
+from tests.fake_dataflow import FakeDataflow
 
 INGEST = flex_template.option_actions(ingest.IngestOptions)
 
@@ -69,3 +71,30 @@ def test_flex_main_runs_the_job_named_by_the_image(monkeypatch):
     assert exit_.value.code == 0
     assert seen == [["--manifest=cc3m=gs://b/a.tsv", "--ignore-robots", "--runner=DataflowRunner",
                      "--no_wait_until_finish"]]
+
+
+@pytest.mark.dataflow
+@pytest.mark.timeout(180)
+def test_the_refresh_launcher_returns_once_the_job_is_submitted(gcs_emulator, monkeypatch):
+    """As Dataflow's launcher runs it (flex_main -> flex_template.main, which adds
+    --no_wait_until_finish), the refresh submits its job to a fake Dataflow endpoint whose job stays
+    RUNNING for ever, and returns: it never polls the job's messages as wait_until_finish would."""
+    job = jobs.JOBS["refresh"]
+    bucket = "refresh-launch"
+    parameters = render_spec.stage_sample_inputs(job, gcs_emulator, bucket)
+    parameters["night"] = "2030-03-01"
+    argv = render_spec.runner_argv(job, parameters, jobs.load_defaults(), project="my-project", bucket=bucket,
+                                   image="europe-west4-docker.pkg.dev/p/r/refresh:1", job_name="refresh-nightly",
+                                   region="europe-west4")
+    outcome = {}
+    with FakeDataflow() as api:
+        launcher = threading.Thread(target=lambda: outcome.update(
+            code=flex_template.main(argv + [f"--dataflow_endpoint={api.endpoint}"], job="refresh")), daemon=True)
+        launcher.start()
+        launcher.join(timeout=150)
+        assert not launcher.is_alive(), "the launcher is still waiting for a job that runs for ever"
+    assert outcome["code"] == 0
+    (request,) = api.requests_to("/jobs")
+    assert request.body["name"] == "refresh-nightly"
+    assert request.body["environment"]["sdkPipelineOptions"]["options"]["night"] == "2030-03-01"
+    assert not api.requests_to("/messages", method="GET")

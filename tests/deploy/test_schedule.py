@@ -65,11 +65,11 @@ def option(call, name):
     return call[call.index(name) + 1]
 
 
-def check_body(body):
-    assert jobs.launch_problems(body, jobs.template_metadata(jobs.JOBS[JOB])) == []
+def check_body(body, job=JOB):
+    assert jobs.launch_problems(body, jobs.template_metadata(jobs.JOBS[job])) == []
     launch = body["launchParameter"]
     defaults = jobs.load_defaults(environ={})
-    assert launch["containerSpecGcsPath"] == f"gs://my-project-beam-images/templates/{JOB}.json"
+    assert launch["containerSpecGcsPath"] == f"gs://my-project-beam-images/templates/{job}.json"
     assert launch["environment"] == jobs.launch_environment(
         defaults, bucket="my-project-beam-images", image=IMAGE,
         service_account="beam-images-worker@my-project.iam.gserviceaccount.com")
@@ -175,6 +175,43 @@ def test_airflow_dag_launches_the_checked_request_each_night(gcloud, monkeypatch
     assert launch["jobName"] == f"{JOB}-nightly-20260314"
     assert launch["parameters"]["output"] == "gs://my-data/nightly/2026-03-14"
     assert launch["parameters"]["manifest"] == PARAMS[0].partition("=")[2]
+
+
+REFRESH_PARAMS = ["snapshot=gs://my-data/out", "output=gs://my-data/refresh", "history=gs://my-data/history"]
+
+
+def test_airflow_refresh_night_is_the_logical_date_that_names_the_folder(gcloud, monkeypatch):
+    """The night the refresh judges and the folder it writes come from one date, the run's logical
+    date: a run cleared and re-run weeks later re-does that night (HISTORY/<that date>/), not today."""
+    result, _calls = gcloud("refresh", *REFRESH_PARAMS, COMPOSER_ENVIRONMENT="composer-1")
+    assert result.returncode == 0, result.stderr
+    dag_copy = gcloud.build_dir / DAG_FILE.name
+    dag_copy.write_text(DAG_FILE.read_text())
+    _namespace, operators = load_dag(dag_copy, monkeypatch)
+    (operator,) = operators
+    for ds in ("2026-03-14", "2026-02-01"):  # tonight's run, and an old run cleared and re-run today
+        launch = check_body(render(operator["body"], ds=ds, ds_nodash=ds.replace("-", "")), job="refresh")
+        assert launch["parameters"]["night"] == ds
+        assert launch["parameters"]["output"] == f"gs://my-data/refresh/{ds}"
+        assert launch["parameters"]["history"] == "gs://my-data/history"  # one history, a folder per night
+    # ingest has no night: its request is left without one (the template would refuse it)
+    ingest_body = json.loads((gcloud.build_dir / "nightly_refresh_launch.json").read_text())
+    ingest_body["launchParameter"]["containerSpecGcsPath"] = "gs://b/templates/ingest.json"
+    namespace = runpy.run_path(str(dag_copy))
+    assert "night" not in namespace["nightly_body"](ingest_body)["launchParameter"]["parameters"]
+
+
+def test_cloud_scheduler_refresh_body_leaves_the_night_to_the_launch_date(gcloud):
+    """Cloud Scheduler posts one fixed body: no night in it, so the job takes the launch date (UTC),
+    and "{night}" in the output gives each night its own folder named by that same date."""
+    params = REFRESH_PARAMS[:1] + ["output=gs://my-data/refresh/{night}"] + REFRESH_PARAMS[2:]
+    result, calls = gcloud("refresh", *params)
+    assert result.returncode == 0, result.stderr
+    (create,) = [c for c in calls if c[:4] == ["scheduler", "jobs", "create", "http"]]
+    launch = check_body(json.loads(pathlib.Path(option(create, "--message-body-from-file")).read_text()),
+                        job="refresh")
+    assert "night" not in launch["parameters"]
+    assert launch["parameters"]["output"] == "gs://my-data/refresh/{night}"
 
 
 def test_deploy_scripts_parse():

@@ -22,13 +22,16 @@ from pipelines.demo.sample_site import Reply, SampleWebServer, encode, jpeg, pic
 from tests.conftest import local_options
 from transforms import schema
 from transforms.fetch import address_policy
-from transforms.liveness import verdicts
+from transforms.liveness import checks, plans, summary, verdicts
+from transforms.liveness import history as liveness_history
 from transforms.fetch.client import FetchConfig, Fetcher, FetchResult
 from transforms.hashing import inspect_image
 
 JPEG = {"Content-Type": "image/jpeg"}
 NIGHT = datetime.date(2030, 3, 1)
-PARAMS = verdicts.RefreshParams(night=NIGHT)
+# Most rule tests look at one night's evidence: dead at the first 'gone' answer. The defaults (more
+# nights) have their own tests below.
+PARAMS = verdicts.RefreshParams(night=NIGHT, dead_after=1, host_dead_after=1)
 UTC = datetime.timezone.utc
 
 
@@ -51,7 +54,7 @@ def entry(key="cc3m:1", url="http://example.com/a.jpg", status=schema.OK, body=N
 
 def got(body, http_status=200, final_url="http://example.com/a.jpg", method=verdicts.GET, **fields):
     """A check that downloaded `body`."""
-    check = verdicts.new_check({"method": method})
+    check = plans.new_check({"method": method})
     check.update(status=schema.OK, http_status=http_status, final_url=final_url, requests=1)
     image = inspect_image(body)
     check.update(sha256=hashlib.sha256(body).hexdigest(), phash=image.phash, image_status=image.status,
@@ -61,7 +64,7 @@ def got(body, http_status=200, final_url="http://example.com/a.jpg", method=verd
 
 
 def failed(status, http_status=None, **fields):
-    check = verdicts.new_check({"method": verdicts.HEAD})
+    check = plans.new_check({"method": verdicts.HEAD})
     check.update(status=status, http_status=http_status, error=f"{status} {http_status}", requests=1)
     check.update(fields)
     return check
@@ -83,7 +86,7 @@ def judge(snapshot_entry, check, previous=None, detected=None, params=PARAMS):
     (schema.HTTP_ERROR, 429, False, verdicts.TRANSIENT),
     (schema.TIMEOUT, None, False, verdicts.TRANSIENT),
     (schema.CONNECTION_ERROR, None, False, verdicts.TRANSIENT),
-    (schema.CONNECTION_ERROR, None, True, verdicts.GONE),
+    (schema.CONNECTION_ERROR, None, True, verdicts.NO_HOST),
     (schema.BLOCKED, None, False, verdicts.GONE),
     (schema.OPTED_OUT, 200, False, verdicts.GONE),
     (schema.TOO_LARGE, 200, False, verdicts.TRANSIENT),
@@ -115,8 +118,8 @@ def test_another_picture_is_changed_and_the_threshold_decides():
 
 def test_not_modified_is_alive_with_the_snapshot_hashes():
     snap = entry(body=jpeg(1), etag='"v1"')
-    plan = verdicts.plan_check(snap["url"], [snap], PARAMS)
-    check = verdicts.finish_check(plan, [("GET", FetchResult(schema.OK, http_status=304, attempts=1))])
+    plan = plans.plan_check(snap["url"], [snap], PARAMS)
+    check = plans.finish_check(plan, [("GET", FetchResult(schema.OK, http_status=304, attempts=1))])
     row = judge(snap, check)
     assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.CONDITIONAL, 304)
     assert (row["sha256"], row["phash"]) == (snap["sha256"], snap["phash"]) and row["bytes_changed"] is False
@@ -124,8 +127,8 @@ def test_not_modified_is_alive_with_the_snapshot_hashes():
 
 def test_a_304_nobody_asked_for_proves_nothing():
     snap = entry(body=jpeg(1))
-    plan = verdicts.plan_check(snap["url"], [snap], PARAMS)
-    check = verdicts.finish_check(plan, [("HEAD", FetchResult(schema.OK, http_status=200, attempts=1)),
+    plan = plans.plan_check(snap["url"], [snap], PARAMS)
+    check = plans.finish_check(plan, [("HEAD", FetchResult(schema.OK, http_status=200, attempts=1)),
                                         ("GET", FetchResult(schema.OK, http_status=304, attempts=1))])
     assert judge(snap, check)["status"] == verdicts.UNREACHABLE
 
@@ -141,7 +144,7 @@ def test_a_304_nobody_asked_for_proves_nothing():
      "known placeholder"),
 ])
 def test_placeholders_are_dead(body, final_url, detected, extra, expect):
-    params = verdicts.RefreshParams(night=NIGHT, **extra)
+    params = dataclasses.replace(PARAMS, **extra)
     row = judge(entry(body=jpeg(1)), got(body, final_url=final_url or "http://example.com/a.jpg"), None, detected,
                 params)
     assert row["status"] == verdicts.DEAD and row["placeholder"] is True and row["failure"] == verdicts.GONE
@@ -178,15 +181,15 @@ def test_snapshots_written_before_a_column_existed_are_read(tmp_path):
     record = dict(dataset="cc3m", key="cc3m:1", url="http://h/a.jpg", status=schema.OK, sha256=sha256, phash=phash)
     pq.write_table(pa.Table.from_pylist([record], old_schema), tmp_path / "part-0.parquet")
     pattern = str(tmp_path / "*.parquet")
-    columns = verdicts.snapshot_columns(pattern)
+    columns = checks.snapshot_columns(pattern)
     assert "etag" not in columns and "is_placeholder" not in columns and "last_modified" in columns
     with BeamPipeline(runner="FnApiRunner") as p:
-        entries = p | verdicts.ReadSnapshots([("old", pattern)])
+        entries = p | checks.ReadSnapshots([("old", pattern)])
         assert_that(entries | beam.Map(lambda e: (e["key"], e["etag"], e["is_placeholder"], e["sha256"])),
                     equal_to([("cc3m:1", None, False, sha256)]))
     pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(ValueError, match="not an ingest"):
-        verdicts.snapshot_columns(str(tmp_path / "other.parquet"))
+        checks.snapshot_columns(str(tmp_path / "other.parquet"))
 
 
 def test_soft_404_and_unreadable_pictures():
@@ -200,9 +203,9 @@ def test_soft_404_and_unreadable_pictures():
 def test_rows_invalid_or_blocked_at_ingest_are_dead_without_a_request():
     for status in (schema.INVALID_URL, schema.BLOCKED):
         snap = entry(url="ftp://x/y.jpg", status=status, error="nope")
-        plan = verdicts.plan_check(snap["url"], [snap], PARAMS)
+        plan = plans.plan_check(snap["url"], [snap], PARAMS)
         assert plan["method"] == verdicts.NOT_CHECKED
-        row = judge(snap, verdicts.new_check(plan), None, None,
+        row = judge(snap, plans.new_check(plan), None, None,
                     verdicts.RefreshParams(night=NIGHT, dead_after=5))
         assert row["status"] == verdicts.DEAD and row["method"] == "none" and row["requests"] == 0
         assert row["failure"] == verdicts.UNFETCHABLE and f"{status} at ingest (nope)" in row["error"]
@@ -210,7 +213,7 @@ def test_rows_invalid_or_blocked_at_ingest_are_dead_without_a_request():
 
 def test_rows_that_failed_at_ingest_are_rechecked_and_can_revive():
     snap = entry(status=schema.HTTP_ERROR, http_status=404)
-    assert verdicts.plan_check(snap["url"], [snap], PARAMS)["method"] == verdicts.HEAD
+    assert plans.plan_check(snap["url"], [snap], PARAMS)["method"] == verdicts.HEAD
     row = judge(snap, got(jpeg(3)))
     assert row["status"] == verdicts.ALIVE and row["revived"] is True and row["bytes_changed"] is None
     still = judge(snap, failed(schema.HTTP_ERROR, 404))
@@ -257,18 +260,18 @@ def test_long_unreachable_streaks_become_dead_and_revivals_are_noticed():
 
 def test_plans_are_cheap_first():
     with_etag = entry(etag='"a"', last_modified="Wed, 01 Jan 2030 00:00:00 GMT")
-    plan = verdicts.plan_check(with_etag["url"], [with_etag], PARAMS)
+    plan = plans.plan_check(with_etag["url"], [with_etag], PARAMS)
     assert plan["method"] == verdicts.CONDITIONAL
     assert plan["headers"] == {"If-None-Match": '"a"', "If-Modified-Since": "Wed, 01 Jan 2030 00:00:00 GMT"}
     bare = entry()
-    assert verdicts.plan_check(bare["url"], [bare], PARAMS)["method"] == verdicts.HEAD
+    assert plans.plan_check(bare["url"], [bare], PARAMS)["method"] == verdicts.HEAD
     no_head = verdicts.RefreshParams(night=NIGHT, head_first=False)
-    assert verdicts.plan_check(bare["url"], [bare], no_head)["method"] == verdicts.GET
+    assert plans.plan_check(bare["url"], [bare], no_head)["method"] == verdicts.GET
     # two keys of one URL recorded different pictures: no validator can vouch for both
     other = entry(key="cc12m:1", body=jpeg(2), etag='"b"')
-    assert verdicts.plan_check(bare["url"], [with_etag, other], PARAMS)["method"] == verdicts.HEAD
+    assert plans.plan_check(bare["url"], [with_etag, other], PARAMS)["method"] == verdicts.HEAD
     image_file = entry(url="/data/train/n01/x.JPEG", size_bytes=1234)
-    assert verdicts.plan_check(image_file["url"], [image_file], PARAMS)["method"] == verdicts.FILE
+    assert plans.plan_check(image_file["url"], [image_file], PARAMS)["method"] == verdicts.FILE
 
 
 @pytest.mark.parametrize("result, settles", [
@@ -283,7 +286,7 @@ def test_plans_are_cheap_first():
     (FetchResult(schema.OPTED_OUT, http_status=200), True),
 ])
 def test_head_settles_only_failures(result, settles):
-    assert verdicts.head_settles(result) is settles
+    assert plans.head_settles(result) is settles
 
 
 def test_placeholder_votes_come_only_from_urls_whose_picture_was_replaced():
@@ -306,12 +309,12 @@ def test_a_key_in_several_snapshots_keeps_its_best_row():
 
 def test_link_rot_per_month():
     fetched = datetime.datetime(2030, 1, 1, tzinfo=UTC)
-    months = verdicts.months_between(fetched, datetime.date(2030, 3, 1))
-    assert months == pytest.approx(60 / verdicts.DAYS_PER_MONTH)
-    rot = verdicts.link_rot(100, 6, 100 * months)
+    months = summary.months_between(fetched, datetime.date(2030, 3, 1))
+    assert months == pytest.approx(60 / summary.DAYS_PER_MONTH)
+    rot = summary.link_rot(100, 6, 100 * months)
     assert rot["dead_fraction"] == 0.06 and rot["per_month"] == pytest.approx(0.06 / months, rel=1e-4)
-    assert verdicts.link_rot(10, 1, 10 * 0.001)["per_month"] is None  # under a day since ingest
-    assert verdicts.link_rot(0, 0, 0.0)["per_month"] is None
+    assert summary.link_rot(10, 1, 10 * 0.001)["per_month"] is None  # under a day since ingest
+    assert summary.link_rot(0, 0, 0.0)["per_month"] is None
 
 
 def test_option_values_are_checked(tmp_path):
@@ -354,7 +357,7 @@ def test_dns_name_gone_is_told_apart_from_a_failed_lookup():
             fetcher.close()
     assert gone.status == flaky.status == schema.CONNECTION_ERROR
     assert gone.name_not_found and not flaky.name_not_found
-    assert verdicts.classify_failure(gone.status, None, gone.name_not_found) == verdicts.GONE
+    assert verdicts.classify_failure(gone.status, None, gone.name_not_found) == verdicts.NO_HOST
     assert verdicts.classify_failure(flaky.status, None, flaky.name_not_found) == verdicts.TRANSIENT
 
 
@@ -374,7 +377,7 @@ def test_check_urls_makes_one_cheap_request_per_distinct_url(web):
                entry("cc3m:4", web.url("/missing.jpg"), body=body)]
     config = FetchConfig(allow_networks=("127.0.0.1/32",), timeout=5.0, retries=0)
     with BeamPipeline(runner="FnApiRunner") as p:
-        checked = p | beam.Create(entries) | verdicts.CheckUrls(config, PARAMS)
+        checked = p | beam.Create(entries) | checks.CheckUrls(config, PARAMS)
         summary = checked | beam.Map(lambda item: (item["url"].rsplit("/", 1)[-1], sorted(e["key"] for e in item["entries"]),
                                                    item["check"]["method"], item["check"]["http_status"],
                                                    item["check"]["sha256"]))
@@ -405,7 +408,7 @@ def test_find_placeholders_counts_replaced_pictures_behind_redirects():
                 for n in range(4)]
     sha = lambda body: hashlib.sha256(body).hexdigest()  # noqa: E731
     with BeamPipeline(runner="FnApiRunner") as p:
-        found = p | beam.Create(checked) | verdicts.FindPlaceholders(PARAMS)
+        found = p | beam.Create(checked) | checks.FindPlaceholders(PARAMS)
         assert_that(found["placeholders"], equal_to([(sha(banner), 3)]), label="placeholders")
         assert_that(found["frequent"], equal_to([[(sha(in_place), 4), (sha(banner), 3)]]), label="frequent")
 
@@ -421,20 +424,20 @@ def test_history_is_one_directory_per_night_and_only_complete_nights_are_read(tm
     for night, status in zip(nights, (verdicts.ALIVE, verdicts.UNREACHABLE, verdicts.DEAD)):
         with BeamPipeline(runner="FnApiRunner") as p:
             _ = (p | beam.Create([history_row("cc3m:1", night, status), history_row("cc3m:2", night, verdicts.ALIVE)])
-                 | verdicts.WriteHistory(history, night))
-    assert verdicts.complete_nights(history) == nights
+                 | liveness_history.WriteHistory(history, night))
+    assert liveness_history.complete_nights(history) == nights
     assert json.load(open(os.path.join(history, "2030-01-02", "_COMPLETE")))["rows"] == 2
-    assert verdicts.previous_night(history, datetime.date(2030, 1, 3)) == nights[1]  # a re-run of the 3rd
-    assert verdicts.previous_night(history, datetime.date(2030, 1, 1)) is None
+    assert liveness_history.previous_night(history, datetime.date(2030, 1, 3)) == nights[1]  # a re-run of the 3rd
+    assert liveness_history.previous_night(history, datetime.date(2030, 1, 1)) is None
     os.remove(os.path.join(history, "2030-01-03", "_COMPLETE"))  # a night whose write did not finish
-    assert verdicts.previous_night(history, datetime.date(2030, 1, 9)) == nights[1]
+    assert liveness_history.previous_night(history, datetime.date(2030, 1, 9)) == nights[1]
     with BeamPipeline(runner="FnApiRunner") as p:
-        rows = p | verdicts.ReadHistory(history, datetime.date(2030, 1, 9))
+        rows = p | liveness_history.ReadHistory(history, datetime.date(2030, 1, 9))
         assert_that(rows | beam.MapTuple(lambda key, row: (key, row["status"], row["night"])),
                     equal_to([("cc3m:1", verdicts.UNREACHABLE, nights[1]), ("cc3m:2", verdicts.ALIVE, nights[1])]))
-    verdicts.clear_night(history, nights[1])
+    liveness_history.clear_night(history, nights[1])
     assert os.listdir(os.path.join(history, "2030-01-02")) == []
-    assert verdicts.complete_nights(history) == nights[:1]
+    assert liveness_history.complete_nights(history) == nights[:1]
 
 
 # ---- end to end: ingest, change the web, three nights ----------------------------------------------------
@@ -511,7 +514,7 @@ def write_manifests(tmp_path, web):
     return {f"cc3m:{n + 1}": u for n, u in enumerate(urls)}
 
 
-# key -> (verdict, method) on the first night, default options (dead after one 'gone' night)
+# key -> (verdict, method) on the first night, dead after one 'gone' night (--dead-after 1 --host-dead-after 1)
 EXPECTED = {
     "cc3m:1": (verdicts.ALIVE, verdicts.CONDITIONAL), "cc3m:2": (verdicts.ALIVE, verdicts.HEAD_GET),
     "cc3m:3": (verdicts.DEAD, verdicts.HEAD), "cc3m:4": (verdicts.DEAD, verdicts.HEAD),
@@ -569,7 +572,7 @@ def world(tmp_path_factory):
 
 
 def test_one_night_gives_each_url_its_verdict(world):
-    out, hits = world["night"]("one-night")
+    out, hits = world["night"]("one-night", **{"dead-after": 1, "host-dead-after": 1})
     rows = read_status(out)
     assert {k: (r["status"], r["method"]) for k, r in rows.items()} == EXPECTED
     ingested = {r["key"]: r for r in ds.dataset(os.path.join(world["snapshot"], "images")).to_table().to_pylist()}
@@ -608,7 +611,7 @@ def test_three_nights_with_history(world):
     run, history = world["night"], str(world["tmp"] / "history")
     web, images = world["web"], world["images"]
     nights = [datetime.date(2030, 3, d) for d in (1, 2, 3)]
-    options = {"dead-after": 2}
+    options = {"dead-after": 2, "host-dead-after": 2}
 
     out1, _ = run("night1", nights[0].isoformat(), history, **options)
     first = read_status(out1)
@@ -718,7 +721,8 @@ def test_snapshot_output_and_history_on_gcs(gcs, web, tmp_path):
     def night(date, output):
         refresh_job.run(local_options(snapshot=f"gs://{GCS_BUCKET}/snap", output=f"gs://{GCS_BUCKET}/{output}",
                                       history=f"gs://{GCS_BUCKET}/history", night=date,
-                                      **{"allow-network": "127.0.0.1/32", "timeout": 2.0, "retries": 0}))
+                                      **{"allow-network": "127.0.0.1/32", "timeout": 2.0, "retries": 0,
+                                         "dead-after": 1}))
         tables = [pq.read_table(FileSystems.open(m.path)) for m in
                   FileSystems.match([f"gs://{GCS_BUCKET}/{output}/status/*.parquet"])[0].metadata_list]
         return {r["key"]: r for t in tables for r in t.to_pylist()}
@@ -733,7 +737,9 @@ def test_snapshot_output_and_history_on_gcs(gcs, web, tmp_path):
     assert {k: r["status"] for k, r in second.items()} == {
         "cc3m:1": verdicts.ALIVE, "cc3m:2": verdicts.DEAD, "imagenet_captions:x.JPEG": verdicts.DEAD}
     assert second["cc3m:1"]["previous_nights"] == 1 and second["cc3m:2"]["newly_dead"]
-    assert verdicts.complete_nights(f"gs://{GCS_BUCKET}/history") == [datetime.date(2030, 2, 1),
+    # a file gone from gs:// is a 'gone' answer (the look-up worked), not a failed look-up
+    assert second["imagenet_captions:x.JPEG"]["failure"] == verdicts.GONE
+    assert liveness_history.complete_nights(f"gs://{GCS_BUCKET}/history") == [datetime.date(2030, 2, 1),
                                                                       datetime.date(2030, 2, 2)]
     summary = json.loads(FileSystems.open(f"gs://{GCS_BUCKET}/r2/summary.json").read())
     assert summary["previous_night"] == "2030-02-01" and summary["newly_dead"] == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import concurrent.futures
 import dataclasses
 import datetime
@@ -159,6 +160,7 @@ class FetchResult:
     skipped: bool = False      # failed without a request: the host is short-circuited
     unconnectable: bool = False  # no connection could be made at all (for the host's breaker)
     name_not_found: bool = False  # DNS says the host name does not exist (not a temporary failure)
+    refused: bool = False  # the host actively refused the TCP connection (ECONNREFUSED)
 
     def retryable(self):
         return self.status == schema.HTTP_ERROR and self.http_status in RETRY_STATUSES
@@ -408,15 +410,18 @@ class Fetcher:
                 return result
 
     async def _deadline_attempt(self, url, method, headers):
+        seen = {}  # the status line, once it arrived: a timeout in the body still records it
         try:
             async with asyncio.timeout(self.config.timeout):
-                return await self._attempt(url, method, headers)
+                return await self._attempt(url, method, headers, seen)
         except TimeoutError:
-            return FetchResult(schema.TIMEOUT, f"no complete response within --timeout {self.config.timeout:g}s")
+            return FetchResult(schema.TIMEOUT, f"no complete response within --timeout {self.config.timeout:g}s",
+                               seen.get("status"), final_url=seen.get("url"))
         except Exception as exc:  # the last line of defence: a row, never a crash
             return FetchResult(schema.CONNECTION_ERROR, f"unexpected error: {_short(exc)}")
 
-    async def _attempt(self, url, method, headers):
+    async def _attempt(self, url, method, headers, seen=None):
+        seen = {} if seen is None else seen
         current = url
         last_status = None
         for _hop in range(self.config.max_redirects + 1):
@@ -441,6 +446,7 @@ class Fetcher:
                 async with self._session.request(method, target, headers=headers,
                                                  allow_redirects=False) as response:
                     last_status = response.status
+                    seen.update(status=response.status, url=current)
                     if response.status in REDIRECT_STATUSES:
                         location = response.headers.get("Location")
                         if not location:
@@ -466,7 +472,8 @@ class Fetcher:
                                    final_url=current)
             except aiohttp.ClientConnectorError as exc:
                 return FetchResult(schema.CONNECTION_ERROR, f"cannot connect: {_short(exc.os_error)}",
-                                   last_status, final_url=current, unconnectable=True)
+                                   last_status, final_url=current, unconnectable=True,
+                                   refused=_refused(exc.os_error))
             except aiohttp.ConnectionTimeoutError:
                 return FetchResult(schema.TIMEOUT, f"could not connect to {target.host} in time", last_status,
                                    final_url=current, unconnectable=True)
@@ -544,6 +551,11 @@ def _shut_down(loop, thread, session, file_pool):
 # getaddrinfo's answers for a name that does not exist (NXDOMAIN, or no address records), as opposed
 # to EAI_AGAIN and friends, which say the lookup itself failed and may work later.
 _NAME_GONE_ERRNOS = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name))
+
+
+def _refused(error):
+    """The host answered the connection attempt with a refusal (nothing listens on the port)."""
+    return isinstance(error, ConnectionRefusedError) or getattr(error, "errno", None) == errno.ECONNREFUSED
 
 
 def _name_not_found(error):

@@ -226,3 +226,22 @@ def test_many_concurrent_fetches_all_complete(web):
     assert [r.status for r in results] == [schema.OK] * 40
     # 40 requests of 0.2 s each, in parallel: far less than the 8 s they would take in series.
     assert max(r.elapsed_ms for r in results) < 4000
+
+
+def test_a_timeout_after_the_status_line_keeps_the_status(web, fetch):
+    # the status line and headers arrive at once, then the body drips past the deadline
+    web.routes["/slow-body.jpg"] = Reply(200, IMAGE, JPEG, drip=0.2)
+    result = fetch("/slow-body.jpg", timeout=0.5, retries=0)
+    assert result.status == schema.TIMEOUT and result.http_status == 200
+    assert result.final_url == web.url("/slow-body.jpg")
+    web.routes["/slow-head.jpg"] = Reply(200, IMAGE, JPEG, delay=1.0)  # nothing arrived: nothing to record
+    assert fetch("/slow-head.jpg", timeout=0.5, retries=0).http_status is None
+
+
+def test_a_refused_connection_is_flagged(fetch):
+    import socket
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = fetch(f"http://127.0.0.1:{port}/a.jpg", retries=0)
+    assert result.status == schema.CONNECTION_ERROR and result.refused and not result.name_not_found

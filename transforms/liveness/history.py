@@ -1,0 +1,202 @@
+"""The refresh history: one directory per night, HISTORY/<YYYY-MM-DD>/part-*.parquet + _COMPLETE.
+A night reads the latest complete night before it and writes only its own directory.
+"""
+import datetime
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.errors import EnvironmentFailure
+from transforms.io.sinks import join_path, read_json, write_json
+from transforms.liveness.checks import WriteStatusTable
+
+__all__ = [
+    "HISTORY_COLUMNS", "COMPLETE_MARKER", "night_dir", "complete_nights", "night_files", "previous_night", "clear_night",
+    "delete_matching", "ReadHistory", "WriteHistory",
+]
+
+
+HISTORY_COLUMNS = ["key", "night", "status", "consecutive_failures", "previous_nights", "dead_since"]
+COMPLETE_MARKER = "_COMPLETE"
+
+
+def night_dir(history, night):
+    return join_path(history, night.isoformat())
+
+
+def complete_nights(history: str) -> list[datetime.date]:
+    """Nights of the history whose write finished (their _COMPLETE marker exists), oldest first.
+
+    Args:
+        history: the --history directory.
+    Returns:
+        the complete nights; [] when the history has none yet (the first night).
+    Raises:
+        EnvironmentFailure: the history could not be listed. Taking that as "no history" would
+            restart every failure streak and dead_since, and tonight's write would make it permanent.
+    """
+    pattern = join_path(history, "*", COMPLETE_MARKER)
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list  # a missing directory matches nothing
+    except Exception as exc:
+        raise EnvironmentFailure(f"cannot list the history {history} ({pattern}): {_short(exc)}") from None
+    nights = []
+    for meta in found:
+        name = meta.path.rstrip("/").split("/")[-2]
+        try:
+            nights.append(datetime.date.fromisoformat(name))
+        except ValueError:
+            continue
+    return sorted(set(nights))
+
+
+def previous_night(history: str, night: datetime.date) -> datetime.date | None:
+    """The latest complete night strictly before `night`, or None: a re-run of a night reads what
+    the first run read, whatever nights were written since.
+
+    Args:
+        history: the --history directory (None or "": no history).
+        night: tonight.
+    Returns:
+        the night to build on, or None on a first night.
+    Raises:
+        EnvironmentFailure: the history could not be listed.
+    """
+    earlier = [n for n in complete_nights(history) if n < night] if history else []
+    return earlier[-1] if earlier else None
+
+
+def night_files(history: str, night: datetime.date) -> list[str]:
+    """The Parquet files of a complete night, checked before the job starts: the ones its _COMPLETE
+    marker lists must all be there and readable, with the history columns.
+
+    Args:
+        history: the --history directory.
+        night: a complete night (complete_nights()).
+    Returns:
+        the files' paths, sorted.
+    Raises:
+        EnvironmentFailure: the marker, a listed file or its footer cannot be read (one line naming it).
+    """
+    import pyarrow.parquet as pq
+    directory = night_dir(history, night)
+    marker = join_path(directory, COMPLETE_MARKER)
+    try:
+        listed = read_json(marker)["files"]
+    except Exception as exc:
+        raise EnvironmentFailure(f"cannot read the history marker {marker}: {_short(exc)}") from None
+    try:
+        present = {m.path.rstrip("/").split("/")[-1]: m.path
+                   for m in FileSystems.match([join_path(directory, "*.parquet")])[0].metadata_list}
+    except Exception as exc:
+        raise EnvironmentFailure(f"cannot list the history night {directory}: {_short(exc)}") from None
+    missing = sorted(set(listed) - set(present))
+    if missing:
+        raise EnvironmentFailure(f"history night {directory} is damaged: {join_path(directory, missing[0])}"
+                                 f" is listed in {COMPLETE_MARKER} but missing"
+                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    paths = sorted(present[name] for name in listed)
+    for path in paths:
+        try:
+            with FileSystems.open(path) as handle:
+                names = set(pq.read_schema(handle).names)
+        except Exception as exc:
+            raise EnvironmentFailure(f"cannot read the history file {path}: {_short(exc)}") from None
+        absent = [c for c in HISTORY_COLUMNS if c not in names]
+        if absent:
+            raise EnvironmentFailure(f"the history file {path} has no {', '.join(absent)} column")
+    return paths
+
+
+def clear_night(history: str, night: datetime.date) -> None:
+    """Before a night is (re)written: its marker first (readers skip it from then on), then its files.
+
+    Args:
+        history: the --history directory.
+        night: the night about to be written.
+    Raises:
+        EnvironmentFailure: something could not be removed (old shards would sit beside new ones).
+    """
+    directory = night_dir(history, night)
+    marker = join_path(directory, COMPLETE_MARKER)
+    try:
+        if FileSystems.exists(marker):
+            FileSystems.delete([marker])
+    except Exception as exc:
+        raise EnvironmentFailure(f"cannot remove {marker} before re-writing the night: {_short(exc)}") from None
+    delete_matching(join_path(directory, "*"))
+
+
+def delete_matching(pattern: str) -> None:
+    """Deletes the files matching `pattern` and checks they are gone.
+
+    Args:
+        pattern: a FileSystems glob.
+    Raises:
+        EnvironmentFailure: the listing or a delete failed, or files remain (one line naming them).
+    """
+    try:
+        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+        if paths:
+            FileSystems.delete(paths)
+        left = [m.path for m in FileSystems.match([pattern])[0].metadata_list] if paths else []
+    except Exception as exc:
+        raise EnvironmentFailure(f"cannot clear {pattern}: {_short(exc)}") from None
+    if left:
+        raise EnvironmentFailure(f"cannot clear {pattern}: {left[0]} is still there"
+                                 + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
+
+
+def _short(exc, limit=300):
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class ReadHistory(beam.PTransform):
+    """(key, history row) of the latest complete night before `night`; nothing without one.
+
+    The history is listed and the night's files checked at construction (in the driver), so a
+    storage error fails the job with one line before anything is written (see night_files)."""
+
+    def __init__(self, history, night):
+        super().__init__()
+        self._history = history
+        self._night = night
+        self.previous = previous_night(history, night) if history else None
+        self._files = night_files(history, self.previous) if self.previous else []
+
+    def expand(self, pbegin):
+        if self.previous is None:
+            return pbegin | "NoHistory" >> beam.Create([])
+        return (
+            pbegin
+            | "NightFiles" >> beam.Create(self._files)
+            # why: exactly the files the night's marker lists, not whatever else sits in the folder
+            | "ReadNight" >> beam.io.ReadAllFromParquet(columns=HISTORY_COLUMNS)
+            | "ByKey" >> beam.Map(lambda row: (row["key"], row))
+        )
+
+class WriteHistory(beam.PTransform):
+    """Status rows -> HISTORY/<night>/part-*.parquet, then HISTORY/<night>/_COMPLETE once the files
+    are final. Append-only across nights: only this night's directory is written (cleared first by
+    clear_night at construction, so a re-run replaces the night instead of adding to it)."""
+
+    def __init__(self, history, night):
+        super().__init__()
+        self._history = history
+        self._night = night
+
+    def expand(self, rows):
+        directory = night_dir(self._history, self._night)
+        written = rows | "NightFiles" >> WriteStatusTable(directory)
+        count = rows | "CountRows" >> beam.combiners.Count.Globally()
+        marker = join_path(directory, COMPLETE_MARKER)
+        night = self._night.isoformat()
+        return (
+            rows.pipeline
+            | "Once" >> beam.Create([None])
+            | "Marker" >> beam.Map(
+                lambda _, files, n: write_json(marker, {"night": night, "rows": n,
+                                                        "files": sorted(f.split("/")[-1] for f in files)}),
+                files=beam.pvalue.AsList(written), n=beam.pvalue.AsSingleton(count))
+        )
