@@ -425,3 +425,19 @@ def test_describe_classifies_driver_errors():
         (1, "permission denied: /x/y")
     assert failures.describe(KeyboardInterrupt())[0] == 130
     assert failures.describe(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"))[0] == 1
+
+
+def test_a_listing_that_fails_is_the_environment_not_a_missing_file(monkeypatch):
+    from apache_beam.io.filesystem import BeamIOError
+    from google.api_core.exceptions import RetryError
+
+    from pipelines.launch import preflight
+    from transforms.errors import EnvironmentFailure
+
+    def unreachable(patterns):
+        raise BeamIOError("Match operation failed", {patterns[0]: RetryError("Timeout of 120.0s exceeded", None)})
+    monkeypatch.setattr(preflight.FileSystems, "match", unreachable)
+    with pytest.raises(EnvironmentFailure) as raised:
+        preflight.check_input_files("--manifest cc3m=gs://b/m.tsv", "gs://b/m.tsv")
+    assert failures.describe(raised.value) == (
+        1, "storage unreachable: cannot list gs://b/m.tsv (RetryError: Timeout of 120.0s exceeded, last exception: None)")
