@@ -220,9 +220,10 @@ def stop_on_interrupt(line: str) -> Iterator[None]:
     def stop(_signum, _frame):
         try:
             sys.stdout.flush()
+            fd = sys.stderr.fileno()  # the terminal, also while quiet_errors keeps fd 2 from workers
         except Exception:  # noqa: BLE001 (exiting anyway)
-            pass
-        os.write(2, (line + "\n").encode())
+            fd = 2
+        os.write(fd, (line + "\n").encode())
         for pid in _descendants(os.getpid()):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -239,7 +240,41 @@ def stop_on_interrupt(line: str) -> Iterator[None]:
 def quiet_errors() -> Iterator[None]:
     """Without --debug: log records one line each (Beam's failing-bundle records dropped), Python
     warnings through the log, and exceptions in threads or at interpreter exit not printed (the job
-    prints its own one line)."""
+    prints its own one line). The local runner's worker processes inherit file descriptor 2 and print
+    a failing bundle's traceback there: fd 2 goes to /dev/null while sys.stderr (this process's
+    lines) keeps writing to the real stderr; not done when sys.stderr is not fd 2 (captured)."""
+    with _workers_stderr_to_devnull():
+        with _one_line_logs():
+            yield
+
+
+@contextlib.contextmanager
+def _workers_stderr_to_devnull() -> Iterator[None]:
+    try:
+        redirect = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured or replaced stream
+        redirect = False
+    if not redirect:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    previous = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, encoding=previous.encoding, errors="backslashreplace", closefd=False)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _one_line_logs() -> Iterator[None]:
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineLogs("%(levelname)s %(name)s: %(message)s"))

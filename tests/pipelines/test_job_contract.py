@@ -12,6 +12,7 @@ import contextlib
 import errno
 import importlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.demo.sample_site import Reply, jpeg
 from pipelines.launch import failures
 from tests.paths import REPO
+from transforms import schema
 from transforms.errors import BadInput, BooksUnbalanced
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -305,6 +307,22 @@ def test_full_disk_is_exit_1_naming_the_output(web, tmp_path):
         done = job("ingest", "--manifest", f"cc3m={tmp_path}/cc3m.tsv", "--output", small / "out",
                    "--allow-network", "127.0.0.1/32", "--no-progress", "--no-report")
         assert_one_line(done, 1, "no space left on device", small / "out")
+
+
+def test_full_disk_in_a_worker_process_is_one_line_too(tmp_path):
+    """The dedup job runs worker processes, which print a failing bundle's traceback to the stderr
+    they inherit: the job keeps them off the terminal and says what happened in one line."""
+    from tests.dedup_helpers import random_hash, row
+    rng = random.Random(7)
+    rows = [row(f"cc3m:{n}", phash=random_hash(rng), dhash=random_hash(rng)) for n in range(300)]
+    for r in rows:
+        r["caption"] = "a caption long enough to fill a small disk " * 4
+    (tmp_path / "in" / "images").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA),
+                   tmp_path / "in" / "images" / "part-0.parquet")
+    with mounted_tmpfs(tmp_path / "small", "size=12k") as small:
+        done = job("dedup", "--input", tmp_path / "in", "--output", small / "out3", "--direct_num_workers=1")
+        assert_one_line(done, 1, "no space left on device", small / "out3")
 
 
 # ---- Ctrl-C -------------------------------------------------------------------------------------
