@@ -36,7 +36,7 @@ class RefreshOptions(PipelineOptions):
                             help="an ingest output to re-check (repeatable): its images/*.parquet are read;"
                                  " a path ending in .parquet or holding a glob is read as given")
         output = parser.add_argument_group("output")
-        job_runner.add_argument_once(output, "--output", help="refresh output directory, local or gs://")
+        job_runner.add_argument_once(output, "--output", metavar="REFRESH_OUT", help="refresh output directory, local or gs://")
         output.add_argument("--history", metavar="PATH",
                             help="history directory (local or gs://): one sub-directory per night, read for"
                                  " the failure streaks and revivals, tonight's added")

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 
@@ -27,9 +28,9 @@ from pipelines.launch import failures
 from transforms.errors import BadInput
 
 BEAM_OPTIONS_POINTER = (
-    "Beam pipeline options (--runner, --project, --region, --temp_location, --direct_num_workers, ...) are"
-    " accepted too; see https://beam.apache.org/documentation/runners/dataflow/ and"
-    " https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html")
+    "Beam pipeline options (--runner, --project, --region, --temp_location, --direct_num_workers, ...)\n"
+    "are accepted too; see https://beam.apache.org/documentation/runners/dataflow/ and\n"
+    "https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html")
 DEBUG_ENV = "BEAM_IMAGES_DEBUG"
 
 
@@ -312,8 +313,9 @@ class Job:
 
     def help_parser(self) -> argparse.ArgumentParser:
         """The job's own options, grouped as the docs group them, and a pointer to Beam's."""
-        parser = _OptionParser(prog=f"python -m pipelines.{self.name}", description=self.description,
-                               usage=self.usage, epilog=BEAM_OPTIONS_POINTER, allow_abbrev=False)
+        parser = _OptionParser(prog=f"python -m pipelines.{self.name}", description=textwrap.fill(self.description, 100),
+                               usage=self.usage, epilog=BEAM_OPTIONS_POINTER, allow_abbrev=False,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
         self.options._add_argparse_args(parser)  # pylint: disable=protected-access
         developer = parser.add_argument_group("developer")
         developer.add_argument("--debug", action="store_true",
