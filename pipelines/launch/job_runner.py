@@ -191,7 +191,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 def _descendants(pid: int) -> list[int]:
     """Every process below `pid` (the local runner's worker processes and theirs), from /proc."""
-    found = []
+    found: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -305,7 +305,7 @@ class Job:
     """
 
     name: str
-    options: type
+    options: type[PipelineOptions]
     description: str
     worker_processes: bool = False
     interrupted: str = "rerun the same command to start again"
@@ -313,10 +313,11 @@ class Job:
 
     def help_parser(self) -> argparse.ArgumentParser:
         """The job's own options, grouped as the docs group them, and a pointer to Beam's."""
-        parser = _OptionParser(prog=f"python -m pipelines.{self.name}", description=textwrap.fill(self.description, 100),
+        parser = _OptionParser(prog=f"python -m pipelines.{self.name}",
+                               description=textwrap.fill(self.description, 100),
                                usage=self.usage, epilog=BEAM_OPTIONS_POINTER, allow_abbrev=False,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-        self.options._add_argparse_args(parser)  # pylint: disable=protected-access
+        self.options._add_argparse_args(parser)  # type: ignore[arg-type]  # pylint: disable=protected-access
         developer = parser.add_argument_group("developer")
         developer.add_argument("--debug", action="store_true",
                                help=f"on failure, show the full traceback instead of one line (or {DEBUG_ENV}=1)")

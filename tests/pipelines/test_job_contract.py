@@ -101,7 +101,8 @@ BAD_INPUT = {
     "ingest-beam-option": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o",
                                       "--direct_num_workers=many"], 2, ["--direct_num_workers", "'many'"]),
     "ingest-missing-side-file": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o",
-                                            "--cc12m-hashes", "{t}/hashes.tsv"], 2, ["--cc12m-hashes", "{t}/hashes.tsv"]),
+                                            "--cc12m-hashes", "{t}/hashes.tsv"], 2,
+                                 ["--cc12m-hashes", "{t}/hashes.tsv"]),
     "ingest-nothing-to-do": ("ingest", ["--output", "{t}/o"], 2, ["--manifest"]),
     "ingest-resume-without-table": ("ingest", ["--resume", "--output", "{t}/empty-out"], 2,
                                     ["no table to resume", "{t}/empty-out/images"]),
@@ -458,4 +459,5 @@ def test_a_listing_that_fails_is_the_environment_not_a_missing_file(monkeypatch)
     with pytest.raises(EnvironmentFailure) as raised:
         preflight.check_input_files("--manifest cc3m=gs://b/m.tsv", "gs://b/m.tsv")
     assert failures.describe(raised.value) == (
-        1, "storage unreachable: cannot list gs://b/m.tsv (RetryError: Timeout of 120.0s exceeded, last exception: None)")
+        1, "storage unreachable: cannot list gs://b/m.tsv"
+           " (RetryError: Timeout of 120.0s exceeded, last exception: None)")

@@ -13,6 +13,7 @@ import queue
 import socket
 import threading
 import time
+import typing
 import weakref
 
 import aiohttp
@@ -101,7 +102,7 @@ class FetchConfig:
         add("--ignore-robots", action="store_true", help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
 
     @classmethod
-    def from_options(cls, opts: object) -> "FetchConfig":
+    def from_options(cls, opts: typing.Any) -> "FetchConfig":
         """The FetchConfig the options of add_arguments describe.
 
         Args:
