@@ -47,10 +47,10 @@ class DedupOptions(PipelineOptions):
         # Not required=True: Beam parses every PipelineOptions subclass for every pipeline in
         # the process, so a required flag here would break unrelated jobs; run() checks them.
         inputs = parser.add_argument_group("inputs")
-        inputs.add_argument("--input", action="append", default=None,
+        inputs.add_argument("--input", action="append", default=None, metavar="OUT",
                             help="an ingest output directory (OUT); repeatable, required")
         output = parser.add_argument_group("output")
-        job_runner.add_argument_once(output, "--output", help="output directory (OUT3), required")
+        job_runner.add_argument_once(output, "--output", metavar="OUT3", help="output directory (OUT3), required")
         job_runner.add_argument_once(output, "--force-unlock", action="store_true",
                                      help="take OUT3's lease even though another run seems to hold it (only when"
                                           " that run is known to be dead)")

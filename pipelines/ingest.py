@@ -48,7 +48,7 @@ class IngestOptions(PipelineOptions):
         inputs.add_argument("--manifest", action="append", default=[], metavar="KIND=PATH",
                             help="a manifest to ingest (repeatable); KIND is one of " + ", ".join(schema.DATASETS))
         output = parser.add_argument_group("output", "where the table, blobs and summary go")
-        job_runner.add_argument_once(output, "--output", help="output directory, local or gs://")
+        job_runner.add_argument_once(output, "--output", metavar="OUT", help="output directory, local or gs://")
         inputs.add_argument("--demo", action="store_true",
                             help="ingest the bundled sample, served from a loopback server started here")
         inputs.add_argument("--cc12m-hashes", help="CC12M hash list: url TAB sha256 TAB md5 (hex or base64)")

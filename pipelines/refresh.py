@@ -43,7 +43,8 @@ class RefreshOptions(PipelineOptions):
                             help="an ingest output to re-check (repeatable): its images/*.parquet are read;"
                                  " a path ending in .parquet or holding a glob is read as given")
         output = parser.add_argument_group("output")
-        job_runner.add_argument_once(output, "--output", help="refresh output directory, local or gs://")
+        job_runner.add_argument_once(output, "--output", metavar="REFRESH_OUT",
+                                     help="refresh output directory, local or gs://")
         output.add_argument("--history", metavar="PATH",
                             help="history directory (local or gs://): one sub-directory per night, read for"
                                  " the failure streaks and revivals, tonight's added")
@@ -61,7 +62,8 @@ class RefreshOptions(PipelineOptions):
                                 f" (default {verdicts.DEFAULT_HOST_DEAD_AFTER})")
         rules.add_argument("--unreachable-dead-after", type=int, default=verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER,
                            metavar="N", help="nights in a row of any failure (timeouts, 5xx) after which a URL is"
-                                             f" dead anyway; 0: never (default {verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER})")
+                                             " dead anyway; 0: never"
+                                             f" (default {verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER})")
         job_runner.add_argument_once(rules, "--max-distance", type=int, default=None,
                                      help="pHash Hamming distance at or under which tonight's picture is the same"
                                           f" picture (default {REFRESH_SAME_PICTURE_MAX_DISTANCE} in the refresh;"

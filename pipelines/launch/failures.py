@@ -59,7 +59,7 @@ def mark_pipeline_failure(exc: BaseException) -> None:
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """exc, its causes and contexts, and the exceptions a BeamIOError holds, each once."""
     seen: set[int] = set()
-    todo = [exc]
+    todo: list[BaseException | None] = [exc]
     while todo:
         current = todo.pop(0)
         if current is None or id(current) in seen:

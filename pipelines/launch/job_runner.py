@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 
@@ -27,9 +28,9 @@ from pipelines.launch import failures
 from transforms.errors import BadInput
 
 BEAM_OPTIONS_POINTER = (
-    "Beam pipeline options (--runner, --project, --region, --temp_location, --direct_num_workers, ...) are"
-    " accepted too; see https://beam.apache.org/documentation/runners/dataflow/ and"
-    " https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html")
+    "Beam pipeline options (--runner, --project, --region, --temp_location, --direct_num_workers, ...)\n"
+    "are accepted too; see https://beam.apache.org/documentation/runners/dataflow/ and\n"
+    "https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html")
 DEBUG_ENV = "BEAM_IMAGES_DEBUG"
 
 
@@ -194,7 +195,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 def _descendants(pid: int) -> list[int]:
     """Every process below `pid` (the local runner's worker processes and theirs), from /proc."""
-    found = []
+    found: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -224,9 +225,10 @@ def stop_on_interrupt(line: str) -> Iterator[None]:
     def stop(_signum, _frame):
         try:
             sys.stdout.flush()
+            fd = sys.stderr.fileno()  # the terminal, also while quiet_errors keeps fd 2 from workers
         except Exception:  # noqa: BLE001 (exiting anyway)
-            pass
-        os.write(2, (line + "\n").encode())
+            fd = 2
+        os.write(fd, (line + "\n").encode())
         for pid in _descendants(os.getpid()):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -243,7 +245,41 @@ def stop_on_interrupt(line: str) -> Iterator[None]:
 def quiet_errors() -> Iterator[None]:
     """Without --debug: log records one line each (Beam's failing-bundle records dropped), Python
     warnings through the log, and exceptions in threads or at interpreter exit not printed (the job
-    prints its own one line)."""
+    prints its own one line). The local runner's worker processes inherit file descriptor 2 and print
+    a failing bundle's traceback there: fd 2 goes to /dev/null while sys.stderr (this process's
+    lines) keeps writing to the real stderr; not done when sys.stderr is not fd 2 (captured)."""
+    with _workers_stderr_to_devnull():
+        with _one_line_logs():
+            yield
+
+
+@contextlib.contextmanager
+def _workers_stderr_to_devnull() -> Iterator[None]:
+    try:
+        redirect = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured or replaced stream
+        redirect = False
+    if not redirect:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    previous = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, encoding=previous.encoding, errors="backslashreplace", closefd=False)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _one_line_logs() -> Iterator[None]:
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineLogs("%(levelname)s %(name)s: %(message)s"))
@@ -273,7 +309,7 @@ class Job:
     """
 
     name: str
-    options: type
+    options: type[PipelineOptions]
     description: str
     worker_processes: bool = False
     interrupted: str = "rerun the same command to start again"
@@ -281,9 +317,11 @@ class Job:
 
     def help_parser(self) -> argparse.ArgumentParser:
         """The job's own options, grouped as the docs group them, and a pointer to Beam's."""
-        parser = _OptionParser(prog=f"python -m pipelines.{self.name}", description=self.description,
-                               usage=self.usage, epilog=BEAM_OPTIONS_POINTER, allow_abbrev=False)
-        self.options._add_argparse_args(parser)  # pylint: disable=protected-access
+        parser = _OptionParser(prog=f"python -m pipelines.{self.name}",
+                               description=textwrap.fill(self.description, 100),
+                               usage=self.usage, epilog=BEAM_OPTIONS_POINTER, allow_abbrev=False,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.options._add_argparse_args(parser)  # type: ignore[arg-type]  # pylint: disable=protected-access
         developer = parser.add_argument_group("developer")
         developer.add_argument("--debug", action="store_true",
                                help=f"on failure, show the full traceback instead of one line (or {DEBUG_ENV}=1)")

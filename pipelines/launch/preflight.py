@@ -30,10 +30,16 @@ def _is_glob(path: str) -> bool:
 
 
 def _matches(pattern: str) -> list[str]:
+    """The paths `pattern` matches (none: an empty list). A listing that fails (storage unreachable,
+    no credentials, permission) is the environment's failure, not "no file": EnvironmentFailure."""
     try:
         results = FileSystems.match([pattern])
-    except Exception:  # noqa: BLE001 (Beam raises BeamIOError for "nothing matched" on some filesystems)
-        return []
+    except Exception as exc:  # noqa: BLE001 (Beam wraps each path's failure in one BeamIOError)
+        details = getattr(exc, "exception_details", None) or {}
+        cause = next((e for e in details.values() if isinstance(e, BaseException)), exc)
+        what = one_line(str(cause)) or type(cause).__name__
+        raise EnvironmentFailure(f"storage unreachable: cannot list {pattern} ({type(cause).__name__}: {what})") \
+            from exc
     return sorted(m.path for r in results for m in r.metadata_list)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import importlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.demo.sample_site import Reply, jpeg
 from pipelines.launch import failures
 from tests.paths import REPO
+from transforms import schema
 from transforms.errors import BadInput, BooksUnbalanced
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -99,7 +101,8 @@ BAD_INPUT = {
     "ingest-beam-option": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o",
                                       "--direct_num_workers=many"], 2, ["--direct_num_workers", "'many'"]),
     "ingest-missing-side-file": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o",
-                                            "--cc12m-hashes", "{t}/hashes.tsv"], 2, ["--cc12m-hashes", "{t}/hashes.tsv"]),
+                                            "--cc12m-hashes", "{t}/hashes.tsv"], 2,
+                                 ["--cc12m-hashes", "{t}/hashes.tsv"]),
     "ingest-nothing-to-do": ("ingest", ["--output", "{t}/o"], 2, ["--manifest"]),
     "ingest-resume-without-table": ("ingest", ["--resume", "--output", "{t}/empty-out"], 2,
                                     ["no table to resume", "{t}/empty-out/images"]),
@@ -307,6 +310,22 @@ def test_full_disk_is_exit_1_naming_the_output(web, tmp_path):
         assert_one_line(done, 1, "no space left on device", small / "out")
 
 
+def test_full_disk_in_a_worker_process_is_one_line_too(tmp_path):
+    """The dedup job runs worker processes, which print a failing bundle's traceback to the stderr
+    they inherit: the job keeps them off the terminal and says what happened in one line."""
+    from tests.dedup_helpers import random_hash, row
+    rng = random.Random(7)
+    rows = [row(f"cc3m:{n}", phash=random_hash(rng), dhash=random_hash(rng)) for n in range(300)]
+    for r in rows:
+        r["caption"] = "a caption long enough to fill a small disk " * 4
+    (tmp_path / "in" / "images").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA),
+                   tmp_path / "in" / "images" / "part-0.parquet")
+    with mounted_tmpfs(tmp_path / "small", "size=12k") as small:
+        done = job("dedup", "--input", tmp_path / "in", "--output", small / "out3", "--direct_num_workers=1")
+        assert_one_line(done, 1, "no space left on device", small / "out3")
+
+
 # ---- Ctrl-C -------------------------------------------------------------------------------------
 
 def _alive(pid):
@@ -425,3 +444,20 @@ def test_describe_classifies_driver_errors():
         (1, "permission denied: /x/y")
     assert failures.describe(KeyboardInterrupt())[0] == 130
     assert failures.describe(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"))[0] == 1
+
+
+def test_a_listing_that_fails_is_the_environment_not_a_missing_file(monkeypatch):
+    from apache_beam.io.filesystem import BeamIOError
+    from google.api_core.exceptions import RetryError
+
+    from pipelines.launch import preflight
+    from transforms.errors import EnvironmentFailure
+
+    def unreachable(patterns):
+        raise BeamIOError("Match operation failed", {patterns[0]: RetryError("Timeout of 120.0s exceeded", None)})
+    monkeypatch.setattr(preflight.FileSystems, "match", unreachable)
+    with pytest.raises(EnvironmentFailure) as raised:
+        preflight.check_input_files("--manifest cc3m=gs://b/m.tsv", "gs://b/m.tsv")
+    assert failures.describe(raised.value) == (
+        1, "storage unreachable: cannot list gs://b/m.tsv"
+           " (RetryError: Timeout of 120.0s exceeded, last exception: None)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
                                             DEFAULT_PLACEHOLDER_MIN_URLS, Dedup, DedupShards)
@@ -25,7 +26,7 @@ DEDUP_PLACEHOLDER_MIN_URLS = DEFAULT_PLACEHOLDER_MIN_URLS  # one picture at this
 DEDUP_CC_ROUNDS = 6
 
 
-def _add_once(group: argparse._ArgumentGroup, *flags: str, **kwargs: object) -> None:
+def _add_once(group: argparse._ArgumentGroup, *flags: str, **kwargs: Any) -> None:
     """group.add_argument unless the flag is there already: Beam parses the options of every job
     imported in the process into one parser, and ingest and dedup both define these."""
     try:
@@ -62,7 +63,8 @@ class DedupSettings:
             help=f"dHash distance confirming a near match; -1 turns the confirmation off"
                  f" (default {DEDUP_DHASH_MAX_DISTANCE})")
         add("--dataset-priority", default=",".join(DEFAULT_DATASET_PRIORITY),
-            help=f"comma-separated tie-break of the canonical row after resolution (default {','.join(DEFAULT_DATASET_PRIORITY)})")
+            help=f"comma-separated tie-break of the canonical row after resolution"
+                 f" (default {','.join(DEFAULT_DATASET_PRIORITY)})")
         add("--placeholder-min-urls", type=int, default=DEDUP_PLACEHOLDER_MIN_URLS, metavar="N",
             help=f"one picture at this many distinct URLs is a placeholder, not a duplicate"
                  f" (default {DEDUP_PLACEHOLDER_MIN_URLS})")
@@ -76,7 +78,7 @@ class DedupSettings:
                  "add no parallelism and each costs another in-memory copy of the query hashes)")
 
     @classmethod
-    def from_options(cls, opts: object) -> DedupSettings:
+    def from_options(cls, opts: Any) -> DedupSettings:
         """The settings the options of add_arguments describe.
 
         Args:

@@ -22,6 +22,7 @@ import email.utils
 import socket
 import threading
 import time
+import typing
 import weakref
 from collections.abc import Coroutine, Iterable
 from typing import Any
@@ -117,7 +118,7 @@ class FetchConfig:
         add("--ignore-robots", action="store_true", help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
 
     @classmethod
-    def from_options(cls, opts: object) -> "FetchConfig":
+    def from_options(cls, opts: typing.Any) -> "FetchConfig":
         """The FetchConfig the options of add_arguments describe.
 
         Args:
