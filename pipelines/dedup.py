@@ -7,6 +7,8 @@ is_canonical and is_placeholder set anew), OUT3/duplicates/clusters-*.jsonl and 
 Inputs ingested at different times may hold the same key: the row with the newest fetched_at
 is kept (rows without fetched_at count as oldest; a tie goes to the input listed last) and
 summary.json reports how many rows were replaced ("replaced_rows"). Paths may be local or gs://.
+OUT3's images/ and duplicates/ are replaced two-phase, the books (rows in = rows out + replaced)
+are checked, and OUT3 is leased while the job writes (docs/integrity.md).
 Without --runner the job runs locally with one worker process per core
 (pipelines.launch.job_runner.apply_local_defaults).
 """
