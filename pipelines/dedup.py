@@ -12,6 +12,7 @@ are checked, and OUT3 is leased while the job writes (docs/integrity.md).
 Without --runner the job runs locally with one worker process per core
 (pipelines.launch.job_runner.apply_local_defaults).
 """
+import contextlib
 import datetime
 import json
 import logging
@@ -224,8 +225,10 @@ def run(argv=None):
     for warning in warnings:
         print(f"dedup: warning: {warning}", file=sys.stderr)
     # Why: one writer per OUT3; stale leftovers of failed runs are removed under the lease.
-    with output_lease(opts.output, "dedup", force_unlock=opts.force_unlock):
-        remove_stale_leftovers(opts.output)
+    with contextlib.nullcontext() if job_runner.builds_template_only(options) else \
+            output_lease(opts.output, "dedup", force_unlock=opts.force_unlock):
+        if job_runner.waits_for_job(options):
+            remove_stale_leftovers(opts.output)
         pipeline = beam.Pipeline(options=options)
         build(pipeline, opts, warnings=warnings)
         result = pipeline.run()

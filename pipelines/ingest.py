@@ -262,8 +262,10 @@ def run(argv=None):
         # gives them back. On Dataflow the workers' own defaults stay.
         pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     # Why: one writer per OUT; the lease is held until the table, summary and report are written.
-    with output_lease(opts.output, "ingest", force_unlock=opts.force_unlock):
-        remove_stale_leftovers(opts.output)
+    with contextlib.nullcontext() if job_runner.builds_template_only(options) else \
+            output_lease(opts.output, "ingest", force_unlock=opts.force_unlock):
+        if job_runner.waits_for_job(options):
+            remove_stale_leftovers(opts.output)
         with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
             pipeline = beam.Pipeline(options=options)
             with progress_line.LiveProgress(parse_manifest_args(opts.manifest),

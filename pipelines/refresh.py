@@ -7,6 +7,7 @@ row per host), REFRESH_OUT/summary.json and, with --history, HISTORY/<night>/. N
 snapshot. README.md, "Nightly refresh" has the verdict rules and every option.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -183,12 +184,14 @@ def run(argv=None):
     opts = options.view_as(RefreshOptions)
     job_runner.apply_local_defaults(options, argv)
     snapshots, params = resolve(opts)
-    if not snapshots_hold_rows(snapshots):
+    template_only = job_runner.builds_template_only(options)
+    if not template_only and not snapshots_hold_rows(snapshots):
         print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
         return None
     started_at = time.time()
     # Why: one writer per REFRESH_OUT (docs/integrity.md), held until the summary is written.
-    with output_lease(opts.output, "refresh", force_unlock=opts.force_unlock):
+    with contextlib.nullcontext() if template_only else \
+            output_lease(opts.output, "refresh", force_unlock=opts.force_unlock):
         prepare_outputs(opts.output, opts.history, params.night)
         pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, opts, snapshots, params, started_at)

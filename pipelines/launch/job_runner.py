@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
@@ -180,3 +180,15 @@ def quiet_local_logs():
     """The local job service relays every worker warning (unparsed job options and the like)."""
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+
+
+def builds_template_only(options):
+    """--template_location: the runner writes a template and runs nothing, so there is no OUT to
+    lease or clean, and the inputs are only samples."""
+    return bool(options.view_as(GoogleCloudOptions).template_location)
+
+
+def waits_for_job(options):
+    """The driver stays until the job ends (not a template build, not --no_wait_until_finish): only
+    then may it clear what failed runs left in OUT, since no job it launched earlier still writes."""
+    return not builds_template_only(options) and not options.view_as(StandardOptions).no_wait_until_finish
