@@ -7,6 +7,8 @@ is_canonical and is_placeholder set anew), OUT3/duplicates/clusters-*.jsonl and 
 Inputs ingested at different times may hold the same key: the row with the newest fetched_at
 is kept (rows without fetched_at count as oldest; a tie goes to the input listed last) and
 summary.json reports how many rows were replaced ("replaced_rows"). Paths may be local or gs://.
+OUT3's images/ and duplicates/ are replaced two-phase, the books (rows in = rows out + replaced)
+are checked, and OUT3 is leased while the job writes (docs/integrity.md).
 Without --runner the job runs locally with one worker process per core
 (pipelines.launch.job_runner.apply_local_defaults).
 """
@@ -24,7 +26,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import job_runner
 from transforms.clustering.clusters import WriteDuplicates
 from transforms.errors import BooksUnbalanced
-from transforms.io.lease import output_lease
 from transforms.io.table import (FinalizeTable, RetireFiles, WriteTableShards, list_duplicates_files,
                                  list_table_files, remove_stale_leftovers)
 from pipelines.launch import preflight
@@ -267,8 +268,7 @@ def run(argv=None):
     for warning in warnings:
         print(f"dedup: warning: {warning}", file=sys.stderr)
     # Why: one writer per OUT3; stale leftovers of failed runs are removed under the lease.
-    with output_lease(opts.output, "dedup", force_unlock=opts.force_unlock):
-        remove_stale_leftovers(opts.output)
+    with job_runner.leased_output(options, opts.output, "dedup", opts.force_unlock, clear=remove_stale_leftovers):
         return JOB.execute(options, lambda pipeline: build(pipeline, opts, warnings=warnings), opts.output,
                            summary=summary_lines)
 

@@ -28,7 +28,6 @@ from transforms.export.shard_writer import AssignShards, shard_records_in_order
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.sinks import join_path, read_json, write_json
-from transforms.io.lease import output_lease
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, temporary_dir
 
 __all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run", "summarize"]
@@ -240,7 +239,7 @@ def run(argv=None):
     files = selection.check_table_files(config.input)
     started_at = time.time()
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
-    with output_lease(config.output, "export", force_unlock=opts.force_unlock):
+    with job_runner.leased_output(options, config.output, "export", opts.force_unlock):
         return JOB.execute(
             options, lambda pipeline: build_pipeline(pipeline, config, files, stale_shards(config.output),
                                                      started_at, uuid.uuid4().hex[:12]),

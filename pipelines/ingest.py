@@ -28,7 +28,6 @@ from transforms.io.manifests import ManifestParsers, ReadManifests
 from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
 from transforms.io.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
 from transforms.io.books import BalanceBooks, check_books
-from transforms.io.lease import output_lease
 from transforms.io.table import FinalizeTable, ReadImageTable, RetireFiles, WriteTableShards, list_duplicates_files, \
     list_table_files, remove_stale_leftovers, temporary_dir
 from transforms.record_progress import RecordProgress
@@ -301,8 +300,7 @@ def run(argv=None):
         # gives them back. On Dataflow the workers' own defaults stay.
         pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     # Why: one writer per OUT; the lease is held until the table, summary and report are written.
-    with output_lease(opts.output, "ingest", force_unlock=opts.force_unlock):
-        remove_stale_leftovers(opts.output)
+    with job_runner.leased_output(options, opts.output, "ingest", opts.force_unlock, clear=remove_stale_leftovers):
         with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
             with progress_line.LiveProgress(parse_manifest_args(opts.manifest),
                                             plain_interval=opts.progress_interval,

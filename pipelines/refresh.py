@@ -15,7 +15,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner
-from transforms.io.lease import output_lease
 
 from pipelines.launch import preflight
 from transforms.fetch.client import FetchConfig
@@ -222,14 +221,14 @@ def run(argv=None):
         preflight.check_table("--snapshot", root, verdicts.REQUIRED_SNAPSHOT_COLUMNS, pattern)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
-    if not snapshots_hold_rows(snapshots):
+    if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):
         print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
         return None
     started_at = time.time()
     # The history is listed and checked before anything is deleted: a storage error stops here.
     read_history = history.ReadHistory(opts.history, params.night)
     # Why: one writer per REFRESH_OUT (docs/integrity.md), held until the summary is written.
-    with output_lease(opts.output, "refresh", force_unlock=opts.force_unlock):
+    with job_runner.leased_output(options, opts.output, "refresh", opts.force_unlock):
         prepare_outputs(opts.output, opts.history, params.night)
         return JOB.execute(
             options, lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at, read_history),

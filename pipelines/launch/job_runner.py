@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipelines.launch import failures
@@ -154,6 +154,44 @@ def quiet_local_logs():
     """The local job service relays every worker warning (unparsed job options and the like)."""
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+
+
+def builds_template_only(options: PipelineOptions) -> bool:
+    """--template_location: the runner writes a template and runs nothing, so there is no OUT to
+    lease or clean, and the inputs are only samples."""
+    return bool(options.view_as(GoogleCloudOptions).template_location)
+
+
+def waits_for_job(options: PipelineOptions) -> bool:
+    """The driver stays until the job ends (not a template build, not --no_wait_until_finish): only
+    then may it clear what failed runs left in OUT, since no job it launched earlier still writes."""
+    return not builds_template_only(options) and not options.view_as(StandardOptions).no_wait_until_finish
+
+
+@contextlib.contextmanager
+def leased_output(options: PipelineOptions, out: str, job: str, force_unlock: bool = False,
+                  clear: Callable[[str], object] | None = None) -> Iterator[None]:
+    """One writer per output directory (docs/integrity.md): holds OUT's lease while the job writes.
+
+    A template build writes nothing and takes no lease. `clear(out)` (what failed or interrupted runs
+    left) runs under the lease, and only when this driver waits for its job: a launcher that returns
+    at once cannot know that no job it started earlier still writes there.
+
+    Args:
+        options: the job's pipeline options.
+        out: the output directory, local or gs://.
+        job: the job's name, recorded in the lease.
+        force_unlock: take the lease although another run seems to hold it.
+        clear: removes stale leftovers of earlier runs from `out`.
+    """
+    if builds_template_only(options):
+        yield
+        return
+    from transforms.io.lease import output_lease
+    with output_lease(out, job, force_unlock=force_unlock):
+        if clear is not None and waits_for_job(options):
+            clear(out)
+        yield
 
 
 # ---- the job entry point --------------------------------------------------------------------------

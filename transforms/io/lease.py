@@ -223,8 +223,13 @@ def output_lease(out: str, job: str, force_unlock: bool = False, ttl_seconds: fl
     remote = out.startswith("gs://")
     holder = Holder(token=uuid.uuid4().hex, pid=os.getpid(), host=socket.gethostname(), job=job,
                     started_at=now, expires_at=now + ttl_seconds if remote else 0.0)
-    lease = _GcsLease(out) if remote else _LocalLease(out)
-    lease.acquire(holder, force_unlock)
+    try:
+        lease = _GcsLease(out) if remote else _LocalLease(out)
+        lease.acquire(holder, force_unlock)
+    except (BadInput, EnvironmentFailure):
+        raise
+    except Exception as exc:  # storage unreachable, no credentials: one line, exit 1
+        raise EnvironmentFailure(f"cannot take the lease {lease_path(out)}: {type(exc).__name__}: {exc}") from None
     stop = threading.Event()
     renewer = None
     if remote:
