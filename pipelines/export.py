@@ -190,6 +190,7 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id):
     """The export graph on `pipeline`; returns the PCollection of summary.json's path."""
     tmp_dir = temporary_dir(config.output, run_id)
     writer = FORMATS[config.export_format](config.output, tmp_dir, config.resize, input_dir=config.input)
+    # why: the whole table, one row per manifest row; columns an older table lacks get defaults
     rows = pipeline | "ReadTable" >> ReadImageTable(files)
     # why: every row gets a verdict (selected or a skip reason), so that the books can balance
     judged = rows | "Select" >> beam.ParDo(_Select(config.include)).with_outputs(_Select.SKIPPED, main="selected")

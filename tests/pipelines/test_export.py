@@ -91,9 +91,12 @@ def read_webdataset(exp):
     return [sample for sample in dataset]
 
 
-def read_hf(exp, tmp_path):
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
+def read_hf(exp, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     import datasets
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # read at import: set them if imported before
+        monkeypatch.setattr(datasets.config, name, True)
     files = sorted(glob.glob(os.path.join(exp, "*.parquet")))
     return datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf-cache"))
 
@@ -172,11 +175,11 @@ def expected_size(mode, width, height):
     return (width, height) if max(width, height) <= N else (N, N)
 
 
-def test_hf_parquet_resized_and_original(ingested, tmp_path):
+def test_hf_parquet_resized_and_original(ingested, tmp_path, monkeypatch):
     out, rows, unreadable = ingested
     exp, summary = run_export(tmp_path, out, "hf-parquet", f"--resize={N}", "--resize-mode=center_crop",
                               "--encode-format=webp", "--shard-size=2")
-    dataset = read_hf(exp, tmp_path)
+    dataset = read_hf(exp, tmp_path, monkeypatch)
     assert sorted(dataset["key"]) == sorted(expected_keys(rows, "canonical", unreadable))
     assert summary["exported"] == len(dataset) and summary["shard_count"] == len(glob.glob(os.path.join(exp, "*.parquet")))
     by_key = {r["key"]: r for r in rows}
