@@ -122,6 +122,8 @@ def run(argv=None):
     opts = options.view_as(DedupOptions)
     if not opts.input or not opts.output:
         raise SystemExit("pipelines.dedup: --input OUT (repeatable) and --output OUT3 are required")
+    # A remote runner's workers cannot open this machine's files: refused before anything runs.
+    job_runner.require_shared_paths(options, {"--input": opts.input, "--output": opts.output})
     pipeline = beam.Pipeline(options=options)
     build(pipeline, opts)
     result = pipeline.run()

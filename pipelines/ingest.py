@@ -19,6 +19,7 @@ from pipelines.report import progress_line
 from pipelines.demo import sample_site
 from pipelines.report.html_report import try_write_report
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.io.checksums import AttachExpectedHashes
 from transforms.clustering.clusters import WriteDuplicates, slim_row
 from transforms.fetch.client import FetchImages
@@ -206,6 +207,19 @@ def demo_inputs(opts):
         server.stop()
 
 
+def check_remote_inputs(options, opts):
+    """With a remote runner, refuses (BadInput) inputs its workers cannot read: local paths, --demo."""
+    if opts.demo and not job_runner.is_local(options):
+        raise BadInput("--demo serves the sample from this machine's loopback and temporary files, which "
+                       "remote workers cannot reach: run it with the local runner")
+    job_runner.require_shared_paths(options, {
+        "--output": opts.output, "--manifest": [path for _, path in parse_manifest_args(opts.manifest)],
+        "--cc12m-hashes": opts.cc12m_hashes, "--openimages-labels": opts.openimages_labels,
+        "--openimages-classes": opts.openimages_classes, "--cc3m-labels": opts.cc3m_labels,
+        "--long-captions": opts.long_captions, "--imagenet-root": opts.imagenet_root,
+        "--imagenet-synsets": opts.imagenet_synsets})
+
+
 def run(argv=None):
     options = PipelineOptions(argv)
     opts = options.view_as(IngestOptions)
@@ -214,6 +228,7 @@ def run(argv=None):
         raise SystemExit("ingest: --output is required")
     if not opts.manifest and not opts.demo and not opts.resume:
         raise SystemExit("ingest: give at least one --manifest KIND=PATH, --resume, or --demo")
+    check_remote_inputs(options, opts)
     started_at = time.time()
     if job_runner.one_local_process(options):
         # Arrow's default mimalloc pool keeps the pages of freed buffers: +60 MB of RSS measured

@@ -162,13 +162,16 @@ def run(argv=None):
     options = PipelineOptions(argv)
     opts = options.view_as(RefreshOptions)
     job_runner.apply_local_defaults(options, argv)
+    # Before anything is read: a remote runner's workers cannot open this machine's files.
+    job_runner.require_shared_paths(options, {"--snapshot": [root for root, _ in map(snapshot_pattern, opts.snapshot)],
+                                              "--output": opts.output, "--history": opts.history})
     snapshots, params = resolve(opts)
     started_at = time.time()
     prepare_outputs(opts.output, opts.history, params.night)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, opts, snapshots, params, started_at)
-    result = pipeline.run()
-    result.wait_until_finish()
+    # A Flex Template launcher passes --no_wait_until_finish and must return once submitted.
+    result = job_runner.wait_for(pipeline.run(), options)
     if job_runner.is_local(options):
         report(opts.output)
     return result
