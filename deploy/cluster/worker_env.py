@@ -31,6 +31,18 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CACHE_DIR = pathlib.Path(os.environ.get("CLUSTER_CACHE", REPO / "deploy" / "build" / "cluster"))
 # What the image's build context holds (.dockerignore): the package's sources and two deploy files.
 CONTEXT_FILES = ("setup.py", "pipelines", "transforms", "deploy/flex_main.py", "deploy/wheel_requirements.py")
+# The Dockerfile's build stage as this module reproduces it (ensure_worker_env refuses to run if the
+# Dockerfile says something else: carry the change over here first).
+DOCKERFILE_BUILD_STAGE = (
+    "ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
+    "COPY deploy/wheel_requirements.py /usr/local/bin/",
+    "COPY setup.py ./",
+    "RUN pip wheel --no-deps --wheel-dir /tmp/meta .  && python /usr/local/bin/wheel_requirements.py /tmp/meta/*.whl"
+    " > /tmp/requirements.txt  && pip install --ignore-installed --prefix=/deps -r /tmp/requirements.txt",
+    "COPY pipelines pipelines",
+    "COPY transforms transforms",
+    "RUN pip install --no-deps --prefix=/pkg .",
+)
 BUILD_TOOLS = ("setuptools", "wheel")  # pip builds the package in an isolated env: offline, they come from the wheelhouse
 
 
@@ -171,6 +183,9 @@ def ensure_worker_env(run_dir: pathlib.Path, log_path: pathlib.Path = None) -> W
     Returns:
         The WorkerEnv.
     """
+    if tuple(dockerfile_build_commands()) != DOCKERFILE_BUILD_STAGE:
+        raise RuntimeError("the Dockerfile's build stage changed: reproduce it in deploy/cluster/worker_env.py "
+                           "(DOCKERFILE_BUILD_STAGE and the build functions) before running the cluster")
     root = CACHE_DIR / f"worker-env-{cache_key()}"
     done = root / ".complete"
     log_path = log_path or run_dir / "worker-env.log"
