@@ -65,15 +65,15 @@ class WorkerEnv:
         return pathlib.Path(found[0])
 
 
-def dockerfile_build_commands(dockerfile: pathlib.Path = REPO / "Dockerfile") -> list[str]:
+def dockerfile_build_commands(dockerfile: pathlib.Path = None) -> list[str]:
     """The RUN and COPY instructions of the Dockerfile's build stage, continuation lines joined.
 
     Args:
-        dockerfile: the Dockerfile.
+        dockerfile: the Dockerfile (default: the repository's).
     Returns:
         The instructions, in order, from `FROM ... AS build` to the next FROM.
     """
-    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    text = re.sub(r"\\\n\s*", " ", (dockerfile or REPO / "Dockerfile").read_text())
     commands, in_build = [], False
     for line in text.splitlines():
         line = line.strip()
