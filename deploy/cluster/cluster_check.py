@@ -212,7 +212,7 @@ class Launcher:
     def locally(self, job: str, params: dict, run: JobRun, label: str, extra=()) -> None:
         """Runs `job` with the local runner (the checkout, the launcher's venv) on the same inputs."""
         args = job_argv(job, params)
-        env = dict(os.environ, **self.cluster.gcs.env, **self.cluster.metadata.env, PYTHONPATH=str(REPO))
+        env = {**os.environ, **self.cluster.gcs.env, **self.cluster.metadata.env, "PYTHONPATH": str(REPO)}
         log = self.run_dir / f"local-{label}.log"
         started = time.monotonic()
         with open(log, "wb") as out:
@@ -266,6 +266,7 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
     """The whole check (see the module docstring); returns the report."""
     from pipelines.demo import sample_site
     run_dir.mkdir(parents=True, exist_ok=True)
+    quiet_emulator()
     report = {"run_dir": str(run_dir), "workers": workers, "jobs": {}}
     started = time.monotonic()
     worker_env = ensure_worker_env(run_dir)
@@ -352,6 +353,12 @@ def compare_export(client, cluster_uri: str, local_uri: str) -> list:
         differences.append(f"export tar members: {len(members[0])} on the cluster, {len(members[1])} locally, "
                            f"{sum(members[0].get(k) != v for k, v in members[1].items())} differ")
     return differences
+
+
+def quiet_emulator() -> None:
+    """The emulator warns once per object it serves; its log is not this check's."""
+    import logging
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
 
 
 def main(argv=None) -> int:

@@ -8,8 +8,8 @@ What runs where, and what they share:
   its own mount namespace (`unshare -m`): private tmpfs on /tmp, the checkout, the launcher's
   working folder and the launcher's venv hidden; its `python` (PATH) is the worker environment
   built like the image (worker_env.py), bind-mounted at /mnt/env, the package prefix at /mnt/pkg.
-  Every bundle runs on one of `workers` SDK processes (Beam's direct_num_workers, which the job
-  service's runner honours), so a file one worker writes locally is not there for the other.
+  Each stage's bundles are spread over `workers` SDK processes (JOB_SERVICE below), so a file one
+  worker writes locally is not there for the other.
 So launcher and workers share only gs:// (and loopback sockets: the web server being crawled).
 Everything listens on 127.0.0.1, except the worker pool's gRPC server, which Beam binds to [::]
 (no option changes it); every connection to it comes from loopback.
@@ -39,6 +39,23 @@ for dir in $CLUSTER_HIDE; do
 done
 cd /
 exec python -m apache_beam.runners.worker.worker_pool_main --service_port="$CLUSTER_POOL_PORT"
+"""
+
+
+# Beam's job service runs every job on an FnApiRunner made with one worker per environment
+# (direct_num_workers is read only by FnApiRunner.run_pipeline, not by run_via_runner_api); this
+# wrapper makes it `workers`, so each stage's bundles are spread over that many SDK processes.
+JOB_SERVICE = r"""
+import sys
+from apache_beam.runners.portability import local_job_service_main
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+workers = int(sys.argv.pop(1))
+base_init = fn_runner.FnApiRunner.__init__
+def init(self, *args, **kwargs):
+    base_init(self, *args, **kwargs)
+    self._num_workers = workers
+fn_runner.FnApiRunner.__init__ = init
+local_job_service_main.run(sys.argv[1:])
 """
 
 
@@ -110,7 +127,7 @@ class PortableCluster:
         service_dir.mkdir(exist_ok=True)
         log = self.run_dir / "job-service.log"
         service = self._spawn(
-            [str(self.worker_env.python), "-m", "apache_beam.runners.portability.local_job_service_main",
+            [str(self.worker_env.python), "-c", JOB_SERVICE, str(self.workers),
              "--port", str(self.job_port), "--staging_dir", str(service_dir / "staging")],
             log, cwd=service_dir, env=self.service_env())
         wait_port(self.job_port, 60, service, log)
@@ -174,7 +191,7 @@ class PortableCluster:
         """Beam options that send a job here."""
         return ["--runner=PortableRunner", f"--job_endpoint=localhost:{self.job_port}",
                 "--environment_type=EXTERNAL", f"--environment_config=localhost:{self.pool_port}",
-                f"--direct_num_workers={self.workers}", f"--project={self.gcs.project}"]
+                f"--project={self.gcs.project}"]
 
     # ---- jobs -----------------------------------------------------------------------------------
     def _stub(self):
