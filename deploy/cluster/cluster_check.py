@@ -48,6 +48,7 @@ class JobRun:
     local_seconds: float = None     # the same job with the local runner, process start to exit
     differences: list = dataclasses.field(default_factory=list)
     skipped: str = None
+    figures: dict = dataclasses.field(default_factory=dict)  # from the cluster's summary.json
 
 
 # ---- storage helpers -------------------------------------------------------------------------------
@@ -276,6 +277,8 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
     try:
         with PortableCluster(worker_env, run_dir / "cluster", workers=workers) as cluster:
             report["cluster_start_seconds"] = round(time.monotonic() - started - worker_env.seconds, 1)
+            mounts = cluster.worker_mounts()
+            report["worker_mounts"] = {path: mount_of(mounts, path) for path in ("/tmp", *cluster.hide, "/mnt/env")}
             launcher = Launcher(cluster, run_dir)
             client = cluster.gcs.client()
             inputs = stage_demo_inputs(cluster, server, run_dir)
@@ -290,6 +293,8 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
                                  extra=("--no-progress", "--no-report"))
                 run.differences = compare_outputs(client, "ingest", out_uri("cluster", "ingest"),
                                                   out_uri("local", "ingest"))
+                run.figures = figures(client, out_uri("cluster", "ingest"), ("rows", "counts"))
+                run.figures["blobs"] = len([n for n in listing(client, out_uri("cluster", "ingest")) if n.startswith("blobs/")])
             snapshot = out_uri("cluster", "ingest")
 
             if "dedup" in jobs:
@@ -299,6 +304,10 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
                 launcher.locally("dedup", dict(params, output=out_uri("local", "dedup")), run, "dedup")
                 run.differences = compare_outputs(client, "dedup", out_uri("cluster", "dedup"),
                                                   out_uri("local", "dedup"))
+                dedup_files = listing(client, out_uri("cluster", "dedup"))
+                run.figures = {"clusters": len(jsonl_records(dedup_files, "duplicates", snapshot)),
+                               "rows": len(parquet_rows({n: d for n, d in dedup_files.items() if n.startswith("images/")},
+                                                        snapshot))}
 
             if "refresh" in jobs:
                 run = runs["refresh"] = JobRun("refresh")
@@ -313,6 +322,8 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
                         how("refresh", params, run, f"refresh-{n}")
                     run.differences += compare_outputs(client, f"refresh night {n}", out_uri("cluster", f"refresh-{n}"),
                                                        out_uri("local", f"refresh-{n}"))
+                    run.figures[night] = figures(client, out_uri("cluster", f"refresh-{n}"),
+                                                 ("rows", "previous_night", "newly_dead", "changed", "revived"))
                 run.differences += compare_outputs(client, "refresh history", out_uri("cluster", "history"),
                                                    out_uri("local", "history"))
 
@@ -335,6 +346,19 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
         report["total_seconds"] = round(time.monotonic() - started, 1)
         (run_dir / "cluster-report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def mount_of(mounts: dict, path: str) -> str:
+    """'TYPE at MOUNT POINT' of the deepest mount holding `path`."""
+    point = max((p for p in mounts if path == p or path.startswith(p.rstrip("/") + "/")), key=len)
+    return f"{mounts[point]} at {point}"
+
+
+def figures(client, uri: str, fields) -> dict:
+    """Some fields of an output's summary.json (what the report quotes)."""
+    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    summary = json.loads(client.bucket(bucket).blob(f"{prefix}/summary.json").download_as_bytes())
+    return {field: summary.get(field) for field in fields}
 
 
 def compare_export(client, cluster_uri: str, local_uri: str) -> list:

@@ -172,6 +172,16 @@ class PortableCluster:
         self._processes.append(process)
         return process
 
+    def worker_mounts(self) -> dict:
+        """{mount point: filesystem type} as the worker pool (and so every worker) sees them."""
+        pool = self._processes[-1]
+        mounts = {}
+        for line in pathlib.Path(f"/proc/{pool.pid}/mountinfo").read_text().splitlines():
+            fields = line.split()
+            dash = fields.index("-")
+            mounts[fields[4]] = fields[dash + 1]  # a later mount over the same point wins
+        return mounts
+
     # ---- what launchers and services get --------------------------------------------------------
     def service_env(self) -> dict:
         """A clean environment for cluster processes: no PYTHONPATH, gs:// to the emulator,

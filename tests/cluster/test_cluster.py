@@ -54,3 +54,27 @@ def test_export_runs_or_says_why_not(report):
         assert not (pathlib.Path(worker_env.REPO) / "pipelines" / "export.py").exists()
     else:
         assert run["differences"] == []
+
+
+def test_the_runs_did_real_work(report):
+    """Equal outputs mean something only if there were outputs: every dataset fetched, clusters
+    found, and the second night saw what changed on the web."""
+    ingest = report["jobs"]["ingest"]["figures"]
+    assert ingest["rows"] == 54 and ingest["blobs"] > 20
+    assert sorted(ingest["counts"]) == ["cc12m", "cc3m", "imagenet_captions", "openimages", "zero"]
+    assert all(per.get("ok", 0) > 0 for per in ingest["counts"].values())
+    dedup = report["jobs"]["dedup"]["figures"]
+    assert dedup["rows"] == 54 and dedup["clusters"] > 0
+    first, second = (report["jobs"]["refresh"]["figures"][night] for night in cluster_check.NIGHTS)
+    assert first["previous_night"] is None and second["previous_night"] == cluster_check.NIGHTS[0]
+    assert second["newly_dead"] >= 1 and second["changed"] >= 1
+
+
+def test_workers_ran_in_their_own_mount_namespace(report):
+    mounts = report["worker_mounts"]
+    env = mounts.pop("/mnt/env")
+    assert env.endswith(" at /mnt/env") and not env.startswith("tmpfs"), env  # the bind-mounted worker env
+    assert mounts.pop("/tmp") == "tmpfs at /tmp"
+    assert str(worker_env.REPO) in mounts
+    for path, mount in mounts.items():  # the checkout, the launcher's venv, the launcher's folders
+        assert mount.startswith("tmpfs at "), (path, mount)
