@@ -35,4 +35,6 @@ include bench/bench.mk
 # two external workers in private mount namespaces, gs:// through the emulator. Needs root (unshare).
 # The first run builds the worker environment (deploy/build/cluster/, reused after).
 cluster-test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m cluster tests/cluster
+	rm -f deploy/build/cluster/cluster-report.json
+	$(PY) -m pytest -q -p no:cacheprovider -m cluster tests/cluster; status=$$?; \
+	  $(PY) -m deploy.cluster.cluster_check --print-report deploy/build/cluster/cluster-report.json; exit $$status

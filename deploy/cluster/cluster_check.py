@@ -31,10 +31,11 @@ import tempfile
 import time
 
 from deploy.cluster.portable_cluster import ClusterError, PortableCluster, tail
-from deploy.cluster.worker_env import REPO, ensure_worker_env
+from deploy.cluster.worker_env import CACHE_DIR, REPO, ensure_worker_env
 
 BUCKET = "cluster-check"
-DEMO_TIMEOUT = 6.0  # the demo's slow route answers after this + 1 s; every other route at once
+DEMO_TIMEOUT = 10.0  # the demo's slow route answers after this + 1 s; every other route at once (loaded machines)
+LAST_REPORT = CACHE_DIR / "cluster-report.json"  # the last run's, printed by `make cluster-test`
 VOLATILE = re.compile(r"(_at|_ms|_seconds|seconds|elapsed)$")
 NIGHTS = ("2026-01-01", "2026-01-02")
 
@@ -168,6 +169,13 @@ def job_argv(job: str, params: dict) -> list[str]:
     return flex_template.to_job_argv([f"--{name}={value}" for name, value in params.items()], actions)
 
 
+def worker_errors(log: pathlib.Path, lines: int = 6) -> str:
+    """The last ERROR lines of the workers' log (each names the step that failed)."""
+    found = [line for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+             if line.startswith("ERROR:")]
+    return "\n".join(line[:600] for line in found[-lines:]) or tail(log)
+
+
 def is_flex_job(job: str) -> bool:
     from deploy import jobs
     return job in jobs.JOBS
@@ -206,7 +214,8 @@ class Launcher:
             raise ClusterError(f"{label}: the launcher exited {done.returncode}:\n{tail(log)}")
         job_id, state = self.cluster.wait_for_new_job()
         if state != "DONE":
-            raise ClusterError(f"{label}: job {job_id} ended {state}:\n{tail(self.cluster.run_dir / 'job-service.log', 60)}")
+            raise ClusterError(f"{label}: job {job_id} ended {state}; the workers' last errors:\n"
+                               f"{worker_errors(self.cluster.run_dir / 'worker-pool.log')}")
         run.launch_seconds = round((run.launch_seconds or 0) + launched - started, 2)
         run.cluster_seconds = round((run.cluster_seconds or 0) + time.monotonic() - started, 2)
 
@@ -344,7 +353,9 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
     finally:
         server.stop()
         report["total_seconds"] = round(time.monotonic() - started, 1)
-        (run_dir / "cluster-report.json").write_text(json.dumps(report, indent=2))
+        for path in (run_dir / "cluster-report.json", LAST_REPORT):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -385,13 +396,34 @@ def quiet_emulator() -> None:
     logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
 
 
+def summary_lines(report: dict) -> list[str]:
+    """The report in a few lines: per job, launcher / cluster / local seconds and the verdict."""
+    env = report.get("worker_env", {})
+    lines = [f"cluster: worker env {'reused' if env.get('reused') else 'built'} ({env.get('build_seconds')}s incl. "
+             f"the package), cluster up in {report.get('cluster_start_seconds')}s, total {report.get('total_seconds')}s"]
+    for name, run in report.get("jobs", {}).items():
+        if run["skipped"]:
+            lines.append(f"  {name}: skipped: {run['skipped']}")
+            continue
+        verdict = "outputs equal" if not run["differences"] else f"{len(run['differences'])} differences"
+        lines.append(f"  {name}: launcher {run['launch_seconds']}s, on the cluster {run['cluster_seconds']}s, "
+                     f"local runner {run['local_seconds']}s: {verdict}")
+        lines += [f"    {d}" for d in run["differences"]]
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--print-report", metavar="JSON", help="print the summary of a saved report and exit")
     parser.add_argument("--run-dir", help="where logs and the run's package go (default: a new temporary folder)")
     parser.add_argument("--jobs", default="ingest,dedup,refresh,export",
                         help="the jobs to check (ingest always runs: the others read its output)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.print_report:
+        if os.path.exists(args.print_report):
+            print("\n".join(summary_lines(json.loads(pathlib.Path(args.print_report).read_text()))))
+        return 0
     run_dir = pathlib.Path(args.run_dir or tempfile.mkdtemp(prefix="cluster-check-"))
     try:
         report = run_all(run_dir, tuple(args.jobs.split(",")), args.workers)
@@ -399,6 +431,7 @@ def main(argv=None) -> int:
         print(f"cluster: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2))
+    print("\n".join(summary_lines(report)))
     return 1 if any(j["differences"] for j in report["jobs"].values()) else 0
 
 

@@ -6,8 +6,9 @@ What runs where, and what they share:
   job through the Job API from `--runner=PortableRunner` and runs its graph on the workers;
 - an external worker pool (`worker_pool_main`, `--environment_type=EXTERNAL`) started from `/` in
   its own mount namespace (`unshare -m`): private tmpfs on /tmp, the checkout, the launcher's
-  working folder and the launcher's venv hidden; its `python` (PATH) is the worker environment
-  built like the image (worker_env.py), bind-mounted at /mnt/env, the package prefix at /mnt/pkg.
+  working folder and the launcher's venv hidden; its Python is the worker environment built like
+  the image (worker_env.py), bind-mounted at /mnt/env, the package prefix at /mnt/pkg; each SDK
+  worker it starts runs in a further namespace of its own, with its own /tmp.
   Each stage's bundles are spread over `workers` SDK processes (JOB_SERVICE below), so a file one
   worker writes locally is not there for the other.
 So launcher and workers share only gs:// (and loopback sockets: the web server being crawled).
@@ -27,18 +28,25 @@ from deploy.cluster.worker_env import REPO, WorkerEnv
 from deploy.offline import LOOPBACK, GcsEmulator, free_port
 
 TERMINAL = ("DONE", "FAILED", "CANCELLED", "DRAINED", "UPDATED")
+# The pool's namespace hides the launcher's files; each worker it starts (with `python` from PATH)
+# goes through /mnt/bin/python into a namespace of its own with a /tmp of its own: two workers are
+# two machines, and a file one of them writes locally is not there for the other.
 NAMESPACE_SCRIPT = r"""
 set -e
 mount -t tmpfs cluster-scratch /mnt
-mkdir -p /mnt/env /mnt/pkg
+mkdir -p /mnt/env /mnt/pkg /mnt/bin
 mount --bind "$CLUSTER_ENV_DIR" /mnt/env
 mount --bind "$CLUSTER_PKG_DIR" /mnt/pkg
-mount -t tmpfs worker-tmp /tmp
+mount -t tmpfs pool-tmp /tmp
 for dir in $CLUSTER_HIDE; do
   if [ -d "$dir" ]; then mount -t tmpfs hidden "$dir"; fi
 done
+printf '%s\n' '#!/bin/sh' \
+  'exec unshare --mount --propagation private sh -c '"'"'mount -t tmpfs worker-tmp /tmp && cd / && exec /mnt/env/bin/python "$@"'"'"' worker "$@"' \
+  > /mnt/bin/python
+chmod +x /mnt/bin/python
 cd /
-exec python -m apache_beam.runners.worker.worker_pool_main --service_port="$CLUSTER_POOL_PORT"
+PATH="/mnt/bin:$PATH" exec /mnt/env/bin/python -m apache_beam.runners.worker.worker_pool_main --service_port="$CLUSTER_POOL_PORT"
 """
 
 
