@@ -219,14 +219,14 @@ class Launcher:
         run.launch_seconds = round((run.launch_seconds or 0) + launched - started, 2)
         run.cluster_seconds = round((run.cluster_seconds or 0) + time.monotonic() - started, 2)
 
-    def locally(self, job: str, params: dict, run: JobRun, label: str, extra=()) -> None:
+    def locally(self, job: str, params: dict, run: JobRun, label: str) -> None:
         """Runs `job` with the local runner (the checkout, the launcher's venv) on the same inputs."""
         args = job_argv(job, params)
         env = {**os.environ, **self.cluster.gcs.env, **self.cluster.metadata.env, "PYTHONPATH": str(REPO)}
         log = self.run_dir / f"local-{label}.log"
         started = time.monotonic()
         with open(log, "wb") as out:
-            done = subprocess.run([sys.executable, "-m", f"pipelines.{job}", *args, *extra], cwd=REPO, env=env,
+            done = subprocess.run([sys.executable, "-m", f"pipelines.{job}", *args], cwd=REPO, env=env,
                                   stdout=out, stderr=subprocess.STDOUT, timeout=600)
         if done.returncode != 0:
             raise ClusterError(f"{label} (local runner) exited {done.returncode}:\n{tail(log)}")
@@ -293,17 +293,16 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
             inputs = stage_demo_inputs(cluster, server, run_dir)
             runs = {}
 
-            if True:  # the others read its output
-                run = runs["ingest"] = JobRun("ingest")
-                server.hits.clear()
-                launcher.on_cluster("ingest", dict(inputs, output=out_uri("cluster", "ingest")), run, "ingest")
-                server.hits.clear()  # the flaky route answers 503 first again
-                launcher.locally("ingest", dict(inputs, output=out_uri("local", "ingest")), run, "ingest",
-                                 extra=("--no-progress", "--no-report"))
-                run.differences = compare_outputs(client, "ingest", out_uri("cluster", "ingest"),
-                                                  out_uri("local", "ingest"))
-                run.figures = figures(client, out_uri("cluster", "ingest"), ("rows", "counts"))
-                run.figures["blobs"] = len([n for n in listing(client, out_uri("cluster", "ingest")) if n.startswith("blobs/")])
+            # ingest always runs: the other jobs read its output.
+            run = runs["ingest"] = JobRun("ingest")
+            server.hits.clear()
+            launcher.on_cluster("ingest", dict(inputs, output=out_uri("cluster", "ingest")), run, "ingest")
+            server.hits.clear()  # the flaky route answers 503 first again
+            launcher.locally("ingest", dict(inputs, output=out_uri("local", "ingest")), run, "ingest")
+            run.differences = compare_outputs(client, "ingest", out_uri("cluster", "ingest"),
+                                              out_uri("local", "ingest"))
+            run.figures = figures(client, out_uri("cluster", "ingest"), ("rows", "counts"))
+            run.figures["blobs"] = len([n for n in listing(client, out_uri("cluster", "ingest")) if n.startswith("blobs/")])
             snapshot = out_uri("cluster", "ingest")
 
             if "dedup" in jobs:
