@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv bench bench-dedup clean chromium
+.PHONY: demo test lint venv bench bench-dedup clean chromium cluster-test
 
 venv: $(STAMP)
 
@@ -39,3 +39,11 @@ clean:
 
 include deploy/deploy.mk
 include bench/bench.mk
+
+# Every job on an offline Dataflow-like cluster (deploy/cluster/, docs/dataflow.md): job service,
+# two external workers in private mount namespaces, gs:// through the emulator. Needs root (unshare).
+# The first run builds the worker environment (deploy/build/cluster/, reused after).
+cluster-test: $(STAMP)
+	rm -f deploy/build/cluster/cluster-report.json
+	$(PY) -m pytest -q -p no:cacheprovider -m cluster tests/cluster; status=$$?; \
+	  $(PY) -m deploy.cluster.cluster_check --print-report deploy/build/cluster/cluster-report.json; exit $$status

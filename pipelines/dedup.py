@@ -264,6 +264,8 @@ def run(argv=None):
     """The dedup job: parses argv, checks the inputs, runs and waits; returns the PipelineResult."""
     options, opts = JOB.parse(argv)
     check_inputs(opts)
+    # A remote runner's workers cannot open this machine's files: refused before anything runs.
+    job_runner.require_shared_paths(options, {"--input": opts.input, "--output": opts.output})
     warnings = phash_warnings(opts.input)
     for warning in warnings:
         print(f"dedup: warning: {warning}", file=sys.stderr)

@@ -237,6 +237,8 @@ def run(argv=None):
     options, opts = JOB.parse(argv)
     _settle_user_agent(options)
     config = export_config(opts)
+    # A remote runner's workers cannot open this machine's files: refused before anything runs.
+    job_runner.require_shared_paths(options, {"--input": config.input, "--output": config.output})
     files = selection.check_table_files(config.input)
     started_at = time.time()
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.

@@ -266,6 +266,19 @@ def check_inputs(opts):
     """What can be checked before the pipeline starts: the manifests and side files exist and are
     files, the option values make sense, OUT can be written (each a one-line BadInput or
     EnvironmentFailure naming the path)."""
+def check_remote_inputs(options, opts):
+    """With a remote runner, refuses (BadInput) inputs its workers cannot read: local paths, --demo."""
+    if opts.demo and not job_runner.is_local(options):
+        raise BadInput("--demo serves the sample from this machine's loopback and temporary files, which "
+                       "remote workers cannot reach: run it with the local runner")
+    job_runner.require_shared_paths(options, {
+        "--output": opts.output, "--manifest": [path for _, path in parse_manifest_args(opts.manifest)],
+        "--cc12m-hashes": opts.cc12m_hashes, "--openimages-labels": opts.openimages_labels,
+        "--openimages-classes": opts.openimages_classes, "--cc3m-labels": opts.cc3m_labels,
+        "--long-captions": opts.long_captions, "--imagenet-root": opts.imagenet_root,
+        "--imagenet-synsets": opts.imagenet_synsets})
+
+
     if not opts.output:
         raise BadInput("--output is required")
     if not opts.manifest and not opts.demo and not opts.resume:
@@ -292,6 +305,7 @@ def run(argv=None):
     returns the PipelineResult. Raises on failure (main() turns that into one line)."""
     options, opts = JOB.parse(argv)
     check_inputs(opts)
+    check_remote_inputs(options, opts)
     started_at = time.time()
     one_process = job_runner.one_local_process(options)
     if one_process:

@@ -217,6 +217,9 @@ def run(argv=None):
     """The refresh job: parses argv, checks the snapshots, runs and waits; returns the PipelineResult."""
     options, opts = JOB.parse(argv)
     snapshots, params = resolve(opts)
+    # Before anything is read: a remote runner's workers cannot open this machine's files.
+    job_runner.require_shared_paths(options, {"--snapshot": [root for root, _, _ in snapshots],
+                                              "--output": opts.output, "--history": opts.history})
     for root, pattern, _columns in snapshots:  # every footer, not only the first file's
         preflight.check_table("--snapshot", root, verdicts.REQUIRED_SNAPSHOT_COLUMNS, pattern)
     FetchConfig.from_options(opts)

@@ -11,6 +11,18 @@ from tests.gcs_emulator import gcs_emulator  # noqa: E402,F401  (a fixture for e
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "dataflow: builds a Dataflow job offline (seconds each; -m 'not dataflow' skips)")
+    config.addinivalue_line("markers", "cluster: runs every job on the offline cluster (minutes; `make cluster-test`, "
+                                       "or -m cluster; skipped otherwise)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The cluster test runs only when asked for (-m cluster): it takes minutes."""
+    if "cluster" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="the offline cluster test: run `make cluster-test` (or pytest -m cluster)")
+    for item in items:
+        if item.get_closest_marker("cluster") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

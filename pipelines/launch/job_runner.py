@@ -124,6 +124,36 @@ def is_local(options):
     return options.view_as(StandardOptions).runner in ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
 
 
+def is_shared_path(path):
+    """A path every worker of a remote runner can open: a URL of a filesystem other than file://
+    (gs://, s3://, ...), not a path on the launching machine."""
+    scheme, sep, _ = path.partition("://")
+    return bool(sep) and scheme.lower() not in ("", "file")
+
+
+def require_shared_paths(options, paths):
+    """With a remote runner, refuses at submission any path the workers could not open.
+
+    A Dataflow worker is another machine: a local manifest, side file or output folder would be
+    read (or written) by the launcher at most, and the job would fail on its workers after they
+    started, or write where nobody looks. Local runs accept anything.
+
+    Args:
+        options: the job's PipelineOptions (its runner decides).
+        paths: {flag as the user spells it: a path, a list of paths, or None}.
+    Raises:
+        BadInput: one line naming the first flag with a local path.
+    """
+    if is_local(options):
+        return
+    runner = options.view_as(StandardOptions).runner
+    for flag, values in paths.items():
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value and not is_shared_path(value):
+                raise BadInput(f"{flag} must be gs:// for a remote runner ({runner}), got {value}: "
+                               f"its workers cannot read this machine's files")
+
+
 def one_local_process(options):
     """A local run whose bundles all run in this one process: nothing to gain from spreading rows."""
     direct = options.view_as(DirectOptions)
