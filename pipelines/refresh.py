@@ -221,7 +221,7 @@ def run(argv=None):
     job_runner.require_shared_paths(options, {"--snapshot": [root for root, _, _ in snapshots],
                                               "--output": opts.output, "--history": opts.history})
     for root, pattern, _columns in snapshots:  # every footer, not only the first file's
-        preflight.check_table("--snapshot", root, verdicts.REQUIRED_SNAPSHOT_COLUMNS, pattern)
+        preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
     if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):
