@@ -33,6 +33,8 @@ BIG_MODULES = {
     "transforms/io/manifests.py": "one streaming parser per text format beside ReadManifests, which reads them "
                                   "with the books' record counts and the truncation rule; the JSON formats live "
                                   "apart (json_manifests.py)",
+    "deploy/cluster/cluster_check.py": "the offline cluster check end to end: staging the demo on gs://, one "
+                                       "launch and one local run per job, and the comparison of their outputs",
     "transforms/io/labels.py": "five side-file formats, each parser next to its join (20-60 lines each) over one "
                                "generic JoinRowsByKey",
 }

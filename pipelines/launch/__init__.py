@@ -1,3 +1,10 @@
-"""Starting jobs: `job_runner` (what every job shares) and `flex_template` (the Dataflow Flex Template entry)."""
+"""Starting jobs.
 
-__all__ = ["flex_template", "job_runner"]
+- `job_runner`: what every job shares: `Job` (parse, execute, main), local defaults, the lease.
+- `preflight`: checks of paths and Parquet footers before a pipeline starts.
+- `failures`: any failure -> one line and an exit status.
+- `console`: one-line logs, quiet worker processes, Ctrl-C; `early_interrupt`: Ctrl-C while importing.
+- `flex_template`: the Dataflow Flex Template entry (template parameters -> a job's command line).
+"""
+
+__all__ = ["console", "early_interrupt", "failures", "flex_template", "job_runner", "preflight"]

@@ -1,6 +1,6 @@
 """Ctrl-C while `python -m pipelines.<job>` is still importing (Beam's imports take seconds): one
 line and exit 130 instead of a KeyboardInterrupt traceback. Installed by pipelines/__init__.py only
-when Python runs a job module with -m; the job's own handler (job_runner.stop_on_interrupt)
+when Python runs a job module with -m; the job's own handler (console.stop_on_interrupt)
 replaces it once the job starts."""
 import os
 import signal

@@ -1,6 +1,7 @@
 """What every job shares: one entry point (`Job`: options, local defaults, run and wait, metrics,
-report, the printed summary, the exit status), the local runner default, log noise, Ctrl-C, and
-the closing status table.
+report, the printed summary, the exit status), the local runner default, the output lease, the
+remote-path check and the closing status table. The terminal side (one-line logs, Ctrl-C) is
+`pipelines/launch/console.py`.
 
 A job module (pipelines/<job>.py) defines one PipelineOptions subclass, a `JOB = Job(...)`, a
 `run(argv) -> PipelineResult` built on `JOB.parse` and `JOB.execute`, and
@@ -12,19 +13,16 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import logging
 import os
-import signal
 import sys
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from pipelines.launch import failures
+from pipelines.launch import console, failures
 from transforms.errors import BadInput
 
 BEAM_OPTIONS_POINTER = (
@@ -34,9 +32,9 @@ BEAM_OPTIONS_POINTER = (
 DEBUG_ENV = "BEAM_IMAGES_DEBUG"
 
 
-__all__ = ["add_argument_once", "add_dedup_arguments", "dedup_transform", "add_network_arguments", "fetch_config",
-           "apply_local_defaults", "wait_for", "job_done", "is_local", "one_local_process", "format_status_table",
-           "quiet_local_logs"]
+__all__ = ["Job", "add_argument_once", "apply_local_defaults", "builds_template_only", "format_status_table",
+           "is_local", "is_shared_path", "job_done", "leased_output", "one_local_process", "require_shared_paths",
+           "wait_for", "waits_for_job"]
 
 
 def add_argument_once(parser, *flags, **kwargs):
@@ -52,31 +50,6 @@ def add_argument_once(parser, *flags, **kwargs):
         return parser.add_argument(*flags, **kwargs)
     except argparse.ArgumentError:
         return None
-
-
-def add_dedup_arguments(parser):
-    """The dedup option group; kept for callers of the old name (transforms.clustering.dedup_settings)."""
-    from transforms.clustering.dedup_settings import DedupSettings
-    DedupSettings.add_arguments(parser)
-
-
-def dedup_transform(opts, from_shards=False, one_process=False, spill_dir=None):
-    """The Dedup transform the dedup options describe; kept for callers of the old name
-    (DedupSettings.from_options(opts).transform(...))."""
-    from transforms.clustering.dedup_settings import DedupSettings
-    return DedupSettings.from_options(opts).transform(from_shards, one_process, spill_dir)
-
-
-def add_network_arguments(parser):
-    """The network option group; kept for callers of the old name (FetchConfig.add_arguments)."""
-    from transforms.fetch.client import FetchConfig
-    FetchConfig.add_arguments(parser)
-
-
-def fetch_config(opts):
-    """FetchConfig from the network options; kept for callers of the old name (FetchConfig.from_options)."""
-    from transforms.fetch.client import FetchConfig
-    return FetchConfig.from_options(opts)
 
 
 def apply_local_defaults(options, argv=None, worker_processes=False):
@@ -180,12 +153,6 @@ def format_status_table(counts, statuses):
     return "\n".join(lines)
 
 
-def quiet_local_logs():
-    """The local job service relays every worker warning (unparsed job options and the like)."""
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
-
-
 def builds_template_only(options: PipelineOptions) -> bool:
     """--template_location: the runner writes a template and runs nothing, so there is no OUT to
     lease or clean, and the inputs are only samples."""
@@ -234,22 +201,6 @@ class _OptionParser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
-class _OneLineLogs(logging.Formatter):
-    """Log records as one line each: no traceback, no multi-line message (without --debug)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return failures.one_line(super().format(record))
-
-
-class _DropBeamErrors(logging.Filter):
-    """Beam logs a failing bundle at ERROR with the worker's traceback as its text; the job reports
-    the failure itself in one line, so those records are not repeated."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and record.name.startswith("apache_beam"))
-
-
 def _flag_value(argv: list[str], flag: str) -> str | None:
     """The last value of `flag` on a command line (`--flag=V` or `--flag V`), without parsing it all."""
     value = None
@@ -259,109 +210,6 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
         elif arg == flag and i + 1 < len(argv):
             value = argv[i + 1]
     return value
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (the local runner's worker processes and theirs), from /proc."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                children = [int(c) for c in handle.read().split()]
-        except OSError:
-            continue
-        for child in children:
-            found += [child] + _descendants(child)
-    return found
-
-
-@contextlib.contextmanager
-def stop_on_interrupt(line: str) -> Iterator[None]:
-    """Ctrl-C (SIGINT) stops the job at once: `line` on stderr, the local runner's worker processes
-    killed, exit status 130. The runner's threads (fetch loop, thread pools, gRPC) would otherwise
-    keep the process alive and print their tracebacks; OUT stays as two-phase writes leave it
-    (the last finished table in place, this run's temporary files to be cleared by the next run).
-    Only the main thread can install a handler; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(_signum, _frame):
-        try:
-            sys.stdout.flush()
-            fd = sys.stderr.fileno()  # the terminal, also while quiet_errors keeps fd 2 from workers
-        except Exception:  # noqa: BLE001 (exiting anyway)
-            fd = 2
-        os.write(fd, (line + "\n").encode())
-        for pid in _descendants(os.getpid()):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        os._exit(failures.INTERRUPTED)
-
-    previous = signal.signal(signal.SIGINT, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def quiet_errors() -> Iterator[None]:
-    """Without --debug: log records one line each (Beam's failing-bundle records dropped), Python
-    warnings through the log, and exceptions in threads or at interpreter exit not printed (the job
-    prints its own one line). The local runner's worker processes inherit file descriptor 2 and print
-    a failing bundle's traceback there: fd 2 goes to /dev/null while sys.stderr (this process's
-    lines) keeps writing to the real stderr; not done when sys.stderr is not fd 2 (captured)."""
-    with _workers_stderr_to_devnull():
-        with _one_line_logs():
-            yield
-
-
-@contextlib.contextmanager
-def _workers_stderr_to_devnull() -> Iterator[None]:
-    try:
-        redirect = sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):  # a captured or replaced stream
-        redirect = False
-    if not redirect:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    previous = sys.stderr
-    sys.stderr = open(saved, "w", buffering=1, encoding=previous.encoding, errors="backslashreplace", closefd=False)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        sys.stderr = previous
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-@contextlib.contextmanager
-def _one_line_logs() -> Iterator[None]:
-    root = logging.getLogger()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineLogs("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_DropBeamErrors())
-    saved = (root.handlers[:], sys.unraisablehook, threading.excepthook)
-    root.handlers[:] = [handler]
-    logging.captureWarnings(True)
-    sys.unraisablehook = lambda _unraisable: None
-    threading.excepthook = lambda _args: None
-    try:
-        yield
-    finally:
-        root.handlers[:], sys.unraisablehook, threading.excepthook = saved
-        logging.captureWarnings(False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,9 +311,9 @@ class Job:
         if "-h" in argv or "--help" in argv:  # Beam's own parser would print an empty usage line
             self.help_parser().print_help()
             return 0
-        quiet_local_logs()
-        with stop_on_interrupt(f"{self.name}: interrupted; {self.interrupted}"), \
-                (contextlib.nullcontext() if debug else quiet_errors()):
+        console.quiet_local_logs()
+        with console.stop_on_interrupt(f"{self.name}: interrupted; {self.interrupted}"), \
+                (contextlib.nullcontext() if debug else console.quiet_errors()):
             try:
                 run(argv)
             except BaseException as exc:  # noqa: BLE001 (every failure ends as one line)

@@ -1,0 +1,142 @@
+"""How a job talks to the terminal: log records as one line each, no tracebacks from the local
+runner's worker processes, and Ctrl-C as one line and exit 130 (docs/ingest.md, "What can go
+wrong"). Used by `job_runner.Job.main`; `--debug` turns all of it off.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+from pipelines.launch import failures
+
+__all__ = ["quiet_errors", "quiet_local_logs", "stop_on_interrupt"]
+
+
+def quiet_local_logs():
+    """The local job service relays every worker warning (unparsed job options and the like)."""
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+
+
+class _OneLineLogs(logging.Formatter):
+    """Log records as one line each: no traceback, no multi-line message (without --debug)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return failures.one_line(super().format(record))
+
+
+class _DropBeamErrors(logging.Filter):
+    """Beam logs a failing bundle at ERROR with the worker's traceback as its text; the job reports
+    the failure itself in one line, so those records are not repeated."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.name.startswith("apache_beam"))
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the local runner's worker processes and theirs), from /proc."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                children = [int(c) for c in handle.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child] + _descendants(child)
+    return found
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(line: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT) stops the job at once: `line` on stderr, the local runner's worker processes
+    killed, exit status 130. The runner's threads (fetch loop, thread pools, gRPC) would otherwise
+    keep the process alive and print their tracebacks; OUT stays as two-phase writes leave it
+    (the last finished table in place, this run's temporary files to be cleared by the next run).
+    Only the main thread can install a handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum, _frame):
+        try:
+            sys.stdout.flush()
+            fd = sys.stderr.fileno()  # the terminal, also while quiet_errors keeps fd 2 from workers
+        except Exception:  # noqa: BLE001 (exiting anyway)
+            fd = 2
+        os.write(fd, (line + "\n").encode())
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        os._exit(failures.INTERRUPTED)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def quiet_errors() -> Iterator[None]:
+    """Without --debug: log records one line each (Beam's failing-bundle records dropped), Python
+    warnings through the log, and exceptions in threads or at interpreter exit not printed (the job
+    prints its own one line). The local runner's worker processes inherit file descriptor 2 and print
+    a failing bundle's traceback there: fd 2 goes to /dev/null while sys.stderr (this process's
+    lines) keeps writing to the real stderr; not done when sys.stderr is not fd 2 (captured)."""
+    with _workers_stderr_to_devnull():
+        with _one_line_logs():
+            yield
+
+
+@contextlib.contextmanager
+def _workers_stderr_to_devnull() -> Iterator[None]:
+    try:
+        redirect = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured or replaced stream
+        redirect = False
+    if not redirect:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    previous = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, encoding=previous.encoding, errors="backslashreplace", closefd=False)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _one_line_logs() -> Iterator[None]:
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineLogs("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_DropBeamErrors())
+    saved = (root.handlers[:], sys.unraisablehook, threading.excepthook)
+    root.handlers[:] = [handler]
+    logging.captureWarnings(True)
+    sys.unraisablehook = lambda _unraisable: None
+    threading.excepthook = lambda _args: None
+    try:
+        yield
+    finally:
+        root.handlers[:], sys.unraisablehook, threading.excepthook = saved
+        logging.captureWarnings(False)
