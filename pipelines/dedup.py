@@ -263,9 +263,9 @@ def summary_lines(out):
 def run(argv=None):
     """The dedup job: parses argv, checks the inputs, runs and waits; returns the PipelineResult."""
     options, opts = JOB.parse(argv)
-    check_inputs(opts)
-    # A remote runner's workers cannot open this machine's files: refused before anything runs.
+    # A remote runner's workers cannot open this machine's files: refused before anything is read.
     job_runner.require_shared_paths(options, {"--input": opts.input, "--output": opts.output})
+    check_inputs(opts)
     warnings = phash_warnings(opts.input)
     for warning in warnings:
         print(f"dedup: warning: {warning}", file=sys.stderr)

@@ -262,10 +262,6 @@ def demo_inputs(opts):
         server.stop()
 
 
-def check_inputs(opts):
-    """What can be checked before the pipeline starts: the manifests and side files exist and are
-    files, the option values make sense, OUT can be written (each a one-line BadInput or
-    EnvironmentFailure naming the path)."""
 def check_remote_inputs(options, opts):
     """With a remote runner, refuses (BadInput) inputs its workers cannot read: local paths, --demo."""
     if opts.demo and not job_runner.is_local(options):
@@ -279,6 +275,10 @@ def check_remote_inputs(options, opts):
         "--imagenet-synsets": opts.imagenet_synsets})
 
 
+def check_inputs(opts):
+    """What can be checked before the pipeline starts: the manifests and side files exist and are
+    files, the option values make sense, OUT can be written (each a one-line BadInput or
+    EnvironmentFailure naming the path)."""
     if not opts.output:
         raise BadInput("--output is required")
     if not opts.manifest and not opts.demo and not opts.resume:
@@ -304,8 +304,9 @@ def run(argv=None):
     """The ingest job: parses argv, checks the inputs, runs and waits (unless --no_wait_until_finish);
     returns the PipelineResult. Raises on failure (main() turns that into one line)."""
     options, opts = JOB.parse(argv)
-    check_inputs(opts)
+    # A remote runner's workers cannot open this machine's files: refused before anything is read.
     check_remote_inputs(options, opts)
+    check_inputs(opts)
     started_at = time.time()
     one_process = job_runner.one_local_process(options)
     if one_process:

@@ -216,10 +216,10 @@ def _options_snapshot(opts, params):
 def run(argv=None):
     """The refresh job: parses argv, checks the snapshots, runs and waits; returns the PipelineResult."""
     options, opts = JOB.parse(argv)
-    snapshots, params = resolve(opts)
     # Before anything is read: a remote runner's workers cannot open this machine's files.
-    job_runner.require_shared_paths(options, {"--snapshot": [root for root, _, _ in snapshots],
+    job_runner.require_shared_paths(options, {"--snapshot": [snapshot_pattern(v)[0] for v in opts.snapshot or []],
                                               "--output": opts.output, "--history": opts.history})
+    snapshots, params = resolve(opts)
     for root, pattern, _columns in snapshots:  # every footer, not only the first file's
         preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
     FetchConfig.from_options(opts)
