@@ -54,7 +54,7 @@ def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draf
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(body))
+            image: Image.Image = Image.open(io.BytesIO(body))
     except UnidentifiedImageError:
         kind = _claimed_format(body)
         if kind:  # the signature of an image, but a header PIL cannot read: corrupt, not "not an image"

@@ -44,11 +44,11 @@ NIGHTS = ("2026-01-01", "2026-01-02")
 class JobRun:
     """One job run on the cluster and locally."""
     name: str
-    launch_seconds: float = None    # the launcher process, submit to exit (it does not wait)
-    cluster_seconds: float = None   # launcher start to the job DONE on the cluster
-    local_seconds: float = None     # the same job with the local runner, process start to exit
+    launch_seconds: float | None = None    # the launcher process, submit to exit (it does not wait)
+    cluster_seconds: float | None = None   # launcher start to the job DONE on the cluster
+    local_seconds: float | None = None     # the same job with the local runner, process start to exit
     differences: list = dataclasses.field(default_factory=list)
-    skipped: str = None
+    skipped: str | None = None
     figures: dict = dataclasses.field(default_factory=dict)  # from the cluster's summary.json
 
 
@@ -381,7 +381,11 @@ def compare_export(client, cluster_uri: str, local_uri: str) -> list:
         for name, data in listing(client, uri).items():
             if name.endswith(".tar"):
                 with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                    found.update({m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()})
+                    for member in tar.getmembers():
+                        if member.isfile():
+                            content = tar.extractfile(member)
+                            assert content is not None  # a regular file's member always has its data
+                            found[member.name] = content.read()
         members.append(found)
     if members[0] != members[1]:
         differences.append(f"export tar members: {len(members[0])} on the cluster, {len(members[1])} locally, "

@@ -60,7 +60,7 @@ class MetadataStub:
         self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
     @property
     def env(self) -> dict:

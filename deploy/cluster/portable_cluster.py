@@ -71,7 +71,8 @@ class ClusterError(RuntimeError):
     """The cluster could not start, or a job on it did not finish DONE."""
 
 
-def wait_port(port: int, seconds: float, process: subprocess.Popen = None, log: pathlib.Path = None) -> None:
+def wait_port(port: int, seconds: float, process: subprocess.Popen | None = None,
+              log: pathlib.Path | None = None) -> None:
     """Waits until something accepts connections on localhost:`port`.
 
     Args:
@@ -92,7 +93,7 @@ def wait_port(port: int, seconds: float, process: subprocess.Popen = None, log: 
     raise ClusterError(f"nothing listens on {port} after {seconds:.0f}s: {tail(log)}")
 
 
-def tail(path: pathlib.Path, lines: int = 30) -> str:
+def tail(path: pathlib.Path | None, lines: int = 30) -> str:
     """The last `lines` lines of a log file ('' if there is none)."""
     if path is None or not path.exists():
         return ""
@@ -121,9 +122,10 @@ class PortableCluster:
         self.hide = tuple(hide) if hide is not None else (str(REPO), os.path.realpath(sys.prefix), str(self.run_dir))
         self.gcs = GcsEmulator()
         self.metadata = MetadataStub(self.gcs.project)
-        self.job_port = self.pool_port = None
-        self._processes = []
-        self._seen_jobs = set()
+        self.job_port: int | None = None
+        self.pool_port: int | None = None
+        self._processes: list[subprocess.Popen] = []
+        self._seen_jobs: set[str] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "PortableCluster":

@@ -65,7 +65,7 @@ class WorkerEnv:
         return pathlib.Path(found[0])
 
 
-def dockerfile_build_commands(dockerfile: pathlib.Path = None) -> list[str]:
+def dockerfile_build_commands(dockerfile: pathlib.Path | None = None) -> list[str]:
     """The RUN and COPY instructions of the Dockerfile's build stage, continuation lines joined.
 
     Args:
@@ -174,7 +174,7 @@ def build_package(venv: pathlib.Path, wheelhouse: pathlib.Path, run_dir: pathlib
     return pkg
 
 
-def ensure_worker_env(run_dir: pathlib.Path, log_path: pathlib.Path = None) -> WorkerEnv:
+def ensure_worker_env(run_dir: pathlib.Path, log_path: pathlib.Path | None = None) -> WorkerEnv:
     """The cached dependency environment (built on first use) plus this run's package prefix.
 
     Args:

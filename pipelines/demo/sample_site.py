@@ -179,7 +179,7 @@ def picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for y in range(height):
         t = y / max(height - 1, 1)
-        draw.line([(0, y), (width, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        draw.line([(0, y), (width, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
     for _ in range(rng.randrange(4, 9)):
         x0, y0 = rng.randrange(width), rng.randrange(height)
         x1, y1 = x0 + rng.randrange(20, width // 2), y0 + rng.randrange(20, height // 2)

@@ -140,15 +140,17 @@ def format_status_table(counts, statuses):
     datasets = sorted(counts)
     width = max([len("dataset"), len("total")] + [len(d) for d in datasets])
     cols = [max(len(s), 5) for s in present]
-    lines = ["  ".join(["dataset".ljust(width)] + [s.rjust(c) for s, c in zip(present, cols)] + ["total".rjust(6)])]
+    lines = ["  ".join(["dataset".ljust(width)] + [s.rjust(c) for s, c in zip(present, cols, strict=True)]
+                       + ["total".rjust(6)])]
     grand = {s: 0 for s in present}
     for dataset in datasets:
         per = counts[dataset]
         for s in present:
             grand[s] += per.get(s, 0)
-        lines.append("  ".join([dataset.ljust(width)] + [str(per.get(s, 0)).rjust(c) for s, c in zip(present, cols)]
+        lines.append("  ".join([dataset.ljust(width)]
+                               + [str(per.get(s, 0)).rjust(c) for s, c in zip(present, cols, strict=True)]
                                + [str(sum(per.values())).rjust(6)]))
-    lines.append("  ".join(["total".ljust(width)] + [str(grand[s]).rjust(c) for s, c in zip(present, cols)]
+    lines.append("  ".join(["total".ljust(width)] + [str(grand[s]).rjust(c) for s, c in zip(present, cols, strict=True)]
                            + [str(sum(grand.values())).rjust(6)]))
     return "\n".join(lines)
 

@@ -291,7 +291,7 @@ def plot_stacked_histogram(edges: np.ndarray, layers: list[tuple[str, str, np.nd
     figure, axes = _figure(5.4, 3.2)
     bottom = np.zeros(len(series[0]))
     widths = np.diff(edges)
-    for (label, color, _), counts in zip(layers, series):
+    for (label, color, _), counts in zip(layers, series, strict=True):
         drawn = counts > 0  # empty bins are no patches: fewer to lay out and to write
         axes.bar(edges[:-1][drawn], counts[drawn], width=widths[drawn], bottom=bottom[drawn], align="edge",
                  color=color, label=label, edgecolor="white", linewidth=0.5)

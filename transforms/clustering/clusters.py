@@ -107,7 +107,7 @@ def _vertex(row):
 
 
 def _vertex_of_ints(phash, dhash):
-    return "p%016x" % phash + ("%016x" % dhash if dhash else "")
+    return f"p{phash:016x}" + (f"{dhash:016x}" if dhash else "")
 
 
 def _cluster_id(text):
@@ -164,7 +164,7 @@ def _vertex_parts(vertex):
 
 def _vertex_of_parts(kind, a, b):
     if kind == "k":
-        return "k%016x%016x" % (a, b)
+        return f"k{a:016x}{b:016x}"
     return _vertex_of_ints(a, b)
 
 
@@ -262,12 +262,12 @@ class _KeyShard(beam.DoFn):
         known = (np.logical_or.reduceat(r["known"], starts) | np.isin(phash, self._known)
                  | ((dhash != 0) & np.isin(dhash, self._known)))
         placeholder = known | (urls >= self._min_urls)
-        for p, d in zip(phash[placeholder].tolist(), dhash[placeholder].tolist()):
+        for p, d in zip(phash[placeholder].tolist(), dhash[placeholder].tolist(), strict=True):
             _counter("placeholder_groups").inc()
             vertex = _vertex_of_ints(p, d)
             yield beam.pvalue.TaggedOutput(self.PLACEHOLDER, (vertex, _cluster_id("placeholder:" + vertex[1:])))
         several = (rows > 1) & ~placeholder
-        for p, d in zip(phash[several].tolist(), dhash[several].tolist()):
+        for p, d in zip(phash[several].tolist(), dhash[several].tolist(), strict=True):
             yield beam.pvalue.TaggedOutput(self.SEVERAL, _vertex_of_ints(p, d))
         if not placeholder.all():
             self._nodes.append((phash[~placeholder], dhash[~placeholder]))
@@ -279,11 +279,11 @@ class _KeyShard(beam.DoFn):
         new_key[1:] = r["key"][1:] != r["key"][:-1]
         starts = np.flatnonzero(new_key)
         vertices = np.diff(np.append(starts, len(r)))
-        for lo, count in zip(starts[vertices > 1].tolist(), vertices[vertices > 1].tolist()):
+        for lo, count in zip(starts[vertices > 1].tolist(), vertices[vertices > 1].tolist(), strict=True):
             group = r[lo:lo + count]
             yield beam.pvalue.TaggedOutput(self.EXACT, (group["key"][0], [
                 _vertex_of_parts(k.decode(), a, b)
-                for k, a, b in zip(group["kind"].tolist(), group["a"].tolist(), group["b"].tolist())]))
+                for k, a, b in zip(group["kind"].tolist(), group["a"].tolist(), group["b"].tolist(), strict=True)]))
 
 
 # --- step 2: exact URL / sha256 groups: stars ---------------------------------------------

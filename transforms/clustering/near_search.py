@@ -116,7 +116,7 @@ class BandPlan:
                     if value >> bit & 1:
                         out |= 1 << position[8 * byte + bit]
                 self._lut[byte, value] = out
-        self.band_masks = [np.uint64(((1 << s) - 1) << o) for s, o in zip(self.sizes, self.offsets)]
+        self.band_masks = [np.uint64(((1 << s) - 1) << o) for s, o in zip(self.sizes, self.offsets, strict=True)]
         # Probe masks over the low (in-shard) bits of each band, by popcount.
         self._low_masks = {}
         for j in range(bands):
@@ -329,9 +329,8 @@ class _SearchShard(beam.DoFn):
         for qp, qd, op, od, pdist, ddist in self._plan.search_shard(j, shard, o, q,
                                                                    self._dhash_max):
             pairs.inc(len(qp))
-            for row in zip(qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(),
-                           ddist.tolist()):
-                yield row
+            yield from zip(qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(), ddist.tolist(),
+                           strict=True)
 
 
 def _arrays(records):

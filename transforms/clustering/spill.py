@@ -75,7 +75,7 @@ def split_by(values: np.ndarray) -> Iterator[tuple[Any, np.ndarray]]:
     order = np.argsort(values, kind="stable")
     distinct, starts = np.unique(values[order], return_index=True)
     ends = np.append(starts[1:], len(order))
-    for value, lo, hi in zip(distinct.tolist(), starts.tolist(), ends.tolist()):
+    for value, lo, hi in zip(distinct.tolist(), starts.tolist(), ends.tolist(), strict=True):
         yield value, order[lo:hi]
 
 

@@ -116,6 +116,7 @@ def target_geometry(width: int, height: int, config: ResizeConfig) -> Tuple[Opti
     n = config.size
     if config.mode == "no":
         return None, (width, height)
+    assert n is not None  # ResizeConfig gives every mode but "no" a size
     if config.mode in ("keep_ratio", "center_crop"):
         if min(width, height) <= n and not (config.upscale and min(width, height) < n):
             return None, (width, height)
@@ -142,7 +143,7 @@ def export_image(data: bytes, config: ResizeConfig, extension: str = "jpg") -> E
         ResizeError: the bytes are not a decodable image, or it has more than config.max_pixels.
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > config.max_pixels:
             raise ResizeError(f"{width}x{height} pixels is over the limit of {config.max_pixels}")

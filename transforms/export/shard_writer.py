@@ -176,6 +176,7 @@ class ShardWriterDoFn(beam.DoFn):
                "first_index": items[0][0] if items else None, "last_index": items[-1][0] if items else None}
 
     def _prepared(self, items: List[Tuple[int, dict]]) -> Iterator[Tuple[int, dict, Optional[ExportedImage]]]:
+        window: collections.deque[Tuple[int, dict, concurrent.futures.Future[Optional[ExportedImage]]]]
         window = collections.deque()
         for index, record in items:
             window.append((index, record, self._pool.submit(self._prepare, record)))

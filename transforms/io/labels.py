@@ -160,7 +160,8 @@ class _ParseClassFileFn(beam.DoFn):
 
     def process(self, readable_file):
         form = None
-        for form, mid, name in read_class_descriptions(readable_file.open()):
+        for row_form, mid, name in read_class_descriptions(readable_file.open()):
+            form = row_form  # the last row's, logged below
             self.classes.inc()
             yield (mid, name)
         logging.info("class names %s read as %s", readable_file.metadata.path, form)
@@ -410,7 +411,7 @@ def parse_cc3m_labels_line(line: str) -> tuple[str, list[dict]]:
         raise LabelListMismatch(
             f"{len(names)} labels, {len(mids)} MIDs, {len(confs)} confidences")
     return url, [_label(mid, name, _confidence(conf), CC3M)
-                 for name, mid, conf in zip(names, mids, confs)]
+                 for name, mid, conf in zip(names, mids, confs, strict=True)]
 
 
 def _comma_list(text):

@@ -148,7 +148,9 @@ class _LocalLease:
 
 class _GcsLease:
     def __init__(self, out: str):
-        from google.cloud import storage  # noqa: PLC0415 (only for gs:// outputs)
+        # Not `from google.cloud import storage`: checking the whole tree, mypy reports that the namespace
+        # package google.cloud has no attribute `storage` (google-cloud-storage ships no type information).
+        import google.cloud.storage as storage  # noqa: PLC0415 (only for gs:// outputs)
         from google.api_core import exceptions  # noqa: PLC0415
         self.out = out
         self._exceptions = exceptions

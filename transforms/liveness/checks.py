@@ -235,7 +235,7 @@ def host_counts(row):
 
 def host_record(host, counts):
     record = {"host": host, "rows": sum(counts)}
-    record.update(zip(VERDICTS, counts))
+    record.update(zip(VERDICTS, counts, strict=True))
     record["success_rate"] = round(record[ALIVE] / record["rows"], 6) if record["rows"] else None
     return record
 
@@ -243,7 +243,7 @@ def host_record(host, counts):
 def _sum_tuples(tuples):
     total = None
     for t in tuples:
-        total = t if total is None else tuple(a + b for a, b in zip(total, t))
+        total = t if total is None else tuple(a + b for a, b in zip(total, t, strict=True))
     return total or (0,) * len(VERDICTS)
 
 

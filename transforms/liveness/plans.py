@@ -5,6 +5,7 @@ verdict rules (`verdicts.observe`) read.
 import datetime
 import hashlib
 import time
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -36,7 +37,7 @@ def plan_check(url: str, entries: list, params) -> dict:
     - otherwise HEAD first (dead URLs settle without a body), then GET when HEAD cannot settle it;
       GET straight away with head_first=False.
     """
-    plan = {"url": (url or "").strip(), "method": GET, "headers": None,
+    plan: dict[str, Any] = {"url": (url or "").strip(), "method": GET, "headers": None,
             "validated_sha256": None, "validated_phash": None, "size_bytes": None}
     if all(e.get("ingest_status") in NOT_RECHECKED for e in entries) or not plan["url"]:
         plan["method"] = NOT_CHECKED

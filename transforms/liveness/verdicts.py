@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import re
 import urllib.parse
+from typing import Any
 
 import imagehash
 
@@ -305,7 +306,7 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         {"kind": "same" | "new" | "unchecked" | "changed" | "failed", "failure", "reason", "sha256",
         "phash", "bytes_changed", "phash_distance", "placeholder", "picture_unchecked"}.
     """
-    obs = {"kind": None, "failure": None, "reason": None, "sha256": None, "phash": None,
+    obs: dict[str, Any] = {"kind": None, "failure": None, "reason": None, "sha256": None, "phash": None,
            "bytes_changed": None, "phash_distance": None, "placeholder": False, "picture_unchecked": False}
 
     def failed(kind, reason):
@@ -322,8 +323,8 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         detail = f" ({entry.get('ingest_error')})" if entry.get("ingest_error") else ""
         return failed(UNFETCHABLE, f"not re-checked: {entry.get('ingest_status')} at ingest{detail}")
     if check["status"] != schema.OK:
-        kind = classify_failure(check["status"], check.get("http_status"), check.get("name_not_found"),
-                                check.get("refused"))
+        kind = classify_failure(check["status"], check.get("http_status"), bool(check.get("name_not_found")),
+                                bool(check.get("refused")))
         return failed(kind, check.get("error") or check["status"])
     if check["not_modified"]:
         sha256, phash = check.get("validated_sha256") or entry.get("sha256"), check.get("validated_phash") or entry.get("phash")
