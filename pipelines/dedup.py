@@ -10,10 +10,11 @@ summary.json reports how many rows were replaced ("replaced_rows"). Paths may be
 Without --runner the job runs locally with one worker process per core
 (pipelines.launch.job_runner.apply_local_defaults).
 """
-import datetime
 import json
 import logging
+import os
 import sys
+import tempfile
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -22,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import job_runner
 from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates
+from transforms.clustering.table_dedup import DedupTables, ListTables, NewestRows
 
 
 class DedupOptions(PipelineOptions):
@@ -33,51 +35,6 @@ class DedupOptions(PipelineOptions):
                             help="an ingest output directory (OUT); repeatable, required")
         job_runner.add_argument_once(parser, "--output", help="output directory (OUT3), required")
         job_runner.add_dedup_arguments(parser)
-
-
-def _newest_key(indexed_row):
-    index, row = indexed_row
-    fetched = row.get("fetched_at")
-    if isinstance(fetched, datetime.datetime) and fetched.tzinfo is None:
-        fetched = fetched.replace(tzinfo=datetime.timezone.utc)
-    return (fetched is not None, fetched or datetime.datetime.min.replace(
-        tzinfo=datetime.timezone.utc), index)
-
-
-class _Newest(beam.DoFn):
-    """(key, [(input index, row)]) -> the newest row; counts the others as replaced."""
-    REPLACED = "replaced"
-
-    def process(self, element):
-        _key, versions = element
-        versions = list(versions)
-        yield max(versions, key=_newest_key)[1]
-        for _ in versions[1:]:
-            beam.metrics.Metrics.counter("dedup", "replaced_rows").inc()
-            yield beam.pvalue.TaggedOutput(self.REPLACED, 1)
-
-
-class ReadImages(beam.PTransform):
-    """Every OUT/images/*.parquet of each input, one row per key (newest fetched_at wins)."""
-
-    def __init__(self, inputs):
-        super().__init__()
-        self._inputs = list(inputs)
-
-    def expand(self, pbegin):
-        tagged = []
-        for i, root in enumerate(self._inputs):
-            pattern = FileSystems.join(root, "images", "*.parquet")
-            tagged.append(
-                pbegin
-                | f"Read{i}" >> beam.io.ReadFromParquet(pattern)
-                | f"Tag{i}" >> beam.Map(lambda row, i=i: (row["key"], (i, row))))
-        return (
-            tagged
-            | "AllInputs" >> beam.Flatten()
-            | "GroupByKey" >> beam.GroupByKey()
-            | "Newest" >> beam.ParDo(_Newest()).with_outputs(_Newest.REPLACED, main="rows")
-        )
 
 
 class _WriteJson(beam.DoFn):
@@ -97,15 +54,23 @@ def _summary(stats, replaced, inputs, output):
 
 def build(pipeline, opts):
     """The job's graph on `pipeline`; returns the Dedup outputs."""
-    read = pipeline | "ReadImages" >> ReadImages(opts.input)
-    result = read.rows | "Dedup" >> job_runner.dedup_transform(opts)
+    options = pipeline.options
+    # why: a local run groups its per-row records through files (the local runner holds a
+    # shuffle in memory); Dataflow's shuffle is on disk already. Dedup removes it when done.
+    spill = tempfile.mkdtemp(prefix="dedup-spill-") if job_runner.is_local(options) else None
+    files = pipeline | "ListTables" >> ListTables(opts.input)
+    # why: one row per key (newest fetched_at wins), decided on 40-byte key records, not rows
+    newest = files | "Newest" >> NewestRows(None if spill is None else os.path.join(spill, "newest"))
+    # why: rows stream from the files; only clustered rows cross a shuffle
+    result = {"files": files, "skip": newest["skip"]} | "Dedup" >> DedupTables(job_runner.dedup_transform(
+        opts, one_process=job_runner.one_local_process(options), spill_dir=spill))
     (result["rows"]
      | "ToRecord" >> beam.Map(schema.to_parquet_record)
      | "WriteImages" >> beam.io.WriteToParquet(
          FileSystems.join(opts.output, "images", "part"), schema.IMAGE_SCHEMA,
          file_name_suffix=".parquet", record_batch_size=64))
     result["clusters"] | "WriteDuplicates" >> WriteDuplicates(opts.output)
-    replaced = read[_Newest.REPLACED] | "CountReplaced" >> beam.combiners.Count.Globally()
+    replaced = newest["replaced"] | "CountReplaced" >> beam.CombineGlobally(sum)
     (result["stats"]
      | "Summary" >> beam.Map(_summary, replaced=beam.pvalue.AsSingleton(replaced),
                              inputs=list(opts.input), output=opts.output)
