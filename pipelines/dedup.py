@@ -15,15 +15,16 @@ import logging
 import os
 import sys
 import tempfile
+import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner
-from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates
-from transforms.clustering.table_dedup import DedupTables, ListTables, NewestRows
+from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
+from transforms.io.table import RetireFiles, list_table_files
 
 
 class DedupOptions(PipelineOptions):
@@ -63,12 +64,14 @@ def build(pipeline, opts):
     newest = files | "Newest" >> NewestRows(None if spill is None else os.path.join(spill, "newest"))
     # why: rows stream from the files; only clustered rows cross a shuffle
     result = {"files": files, "skip": newest["skip"]} | "Dedup" >> DedupTables(job_runner.dedup_transform(
-        opts, one_process=job_runner.one_local_process(options), spill_dir=spill))
-    (result["rows"]
-     | "ToRecord" >> beam.Map(schema.to_parquet_record)
-     | "WriteImages" >> beam.io.WriteToParquet(
-         FileSystems.join(opts.output, "images", "part"), schema.IMAGE_SCHEMA,
-         file_name_suffix=".parquet", record_batch_size=64))
+        opts, one_process=job_runner.one_local_process(options), spill_dir=spill), rows=False)
+    # why: the table is copied file by file in Arrow batches with the cluster columns set (Beam's
+    # WriteToParquet takes a side input, so a local run buffers its whole input in memory)
+    previous_files = list_table_files(opts.output)
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    written = files | "WriteImages" >> CopyTables(opts.output, run_id, newest["skip"], result["cluster_columns"])
+    _ = (written | "WrittenPaths" >> beam.Map(lambda w: w["path"])
+         | "RetirePrevious" >> RetireFiles(previous_files))
     result["clusters"] | "WriteDuplicates" >> WriteDuplicates(opts.output)
     replaced = newest["replaced"] | "CountReplaced" >> beam.CombineGlobally(sum)
     (result["stats"]

@@ -20,11 +20,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.clustering.clusters import Dedup, _place, _SINGLE, slim_row
+from transforms.clustering.clusters import MEMBER_FIELDS, Dedup, _place, slim_row
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.errors import BadInput
 
-__all__ = ["ListTables", "NewestRows", "DedupTables", "newest_order", "file_id"]
+__all__ = ["ListTables", "NewestRows", "DedupTables", "CopyTables", "copy_table_file", "newest_order", "file_id"]
 
 KEY_RECORD = np.dtype([("key", "S16"), ("stamp", "<i8"), ("input", "<i4"), ("file", "<i8"), ("row", "<u4")])
 KEY_SHARDS = 256
@@ -196,36 +196,130 @@ def _slim_rows(element, skip):
         yield slim_row(row)
 
 
-def _placed_rows(element, skip, components):
+def _member_rows(element, skip, components):
+    """(component, member facts) of the kept rows of one file that are in a cluster."""
+    _index, path = element
+    if not components:
+        return
+    for row in _kept_rows(path, list(MEMBER_FIELDS), skip):
+        yield from _place(row, components, singles=False)
+
+
+def _final_rows(element, skip, clustered):
+    """Every kept row of one file with its cluster columns (alone: no cluster, canonical)."""
     _index, path = element
     for row in _kept_rows(path, None, skip):
-        yield from _place(row, components)
+        row["cluster_id"], row["is_canonical"], row["is_placeholder"] = clustered.get(row["key"], _ALONE)
+        yield row
+
+
+_ALONE = (None, True, False)
+
+
+def _cluster_columns(row):
+    return row["key"], (row["cluster_id"], bool(row.get("is_canonical")), bool(row.get("is_placeholder")))
 
 
 class DedupTables(beam.PTransform):
-    """Dedup over rows kept in Parquet files, streamed from them (no full row in a shuffle
-    except those of clusters).
+    """Dedup over rows kept in Parquet files, streamed from them: no full row crosses a shuffle
+    (the local runner holds whatever crosses one in memory, and so does a Flatten of two stages).
 
     Input {"files": (input index, path) of every table file, "skip": NewestRows' skip lists}.
-    Output: as Dedup's, {"rows": every kept row with cluster columns, "clusters", "stats"}.
+    Output {"cluster_columns": (key, (cluster_id, is_canonical, is_placeholder)) of the rows in a
+    cluster (rows not listed are alone: (None, True, False)), "clusters", "stats"}, and with
+    rows=True also "rows": every kept row with its cluster columns, as Dedup's.
 
     dedup: the configured Dedup whose steps run here (job_runner.dedup_transform).
+    rows: also make the rows (a pass over every column of every row: leave it off when the
+        table is copied at the Arrow level instead, `CopyTables`).
     """
 
-    def __init__(self, dedup: Dedup):
+    def __init__(self, dedup: Dedup, rows: bool = True):
         super().__init__()
         self._dedup = dedup
+        self._rows = rows
 
     def expand(self, inputs):
         files, skip = inputs["files"], beam.pvalue.AsMultiMap(inputs["skip"])
         # why: pass 2, only the dedup columns of each kept row, for the graph
         slim = files | "SlimRows" >> beam.FlatMap(_slim_rows, skip=skip)
         found = self._dedup.find_components(slim)
-        # why: pass 3, every kept row meets its component; only clustered rows go on to a shuffle
-        placed = files | "PlaceRows" >> beam.FlatMap(
-            _placed_rows, skip=skip, components=beam.pvalue.AsDict(found["components"])).with_output_types(
-            typing.Tuple[str, typing.Any]).with_outputs(_SINGLE, main="members")
-        clustered = self._dedup.cluster(placed.members)
-        out_rows = (placed[_SINGLE], clustered["rows"]) | "AllRows" >> beam.Flatten()
+        # why: pass 3, the facts the cluster records need, of clustered rows only
+        members = files | "MemberRows" >> beam.FlatMap(
+            _member_rows, skip=skip, components=beam.pvalue.AsDict(found["components"])).with_output_types(
+            typing.Tuple[str, typing.Any])
+        clustered = self._dedup.cluster(members)
+        columns = clustered["rows"] | "ClusterColumns" >> beam.Map(_cluster_columns)
         stats = self._dedup.stats(clustered["clusters"], slim, found["near_pairs"])
-        return {"rows": out_rows, "clusters": clustered["clusters"], "stats": stats}
+        out = {"cluster_columns": columns, "clusters": clustered["clusters"], "stats": stats}
+        if self._rows:
+            # why: pass 4, every kept row once with its columns: one stage, so rows stream on
+            out["rows"] = files | "FinalRows" >> beam.FlatMap(
+                _final_rows, skip=skip, clustered=beam.pvalue.AsDict(columns))
+        return out
+
+
+def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=READ_BATCH):
+    """One input file -> OUT/images/part-<run>-<file id>.parquet: its kept rows, every column
+    of IMAGE_SCHEMA (missing ones null), cluster columns from `assignments`.
+
+    Arrow batches in and out (no Python row objects); written under a temporary name, then
+    renamed, so a retried copy overwrites rather than duplicates.
+
+    Args:
+        element: (input index, path) of the input file.
+        skip: NewestRows' skip lists (file id -> row number arrays).
+        assignments: key -> (cluster_id, is_canonical, is_placeholder) of clustered rows.
+        images_dir: OUT/images.
+        run_id: names this run's files.
+    Returns:
+        {"path": the file written, "rows": rows copied}.
+    """
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms import schema
+    from transforms.io.table import _with_cluster_columns
+
+    _index, path = element
+    skipped = _skipped(path, skip)
+    target = FileSystems.join(images_dir, f"part-{run_id}-{file_id(path):016x}.parquet")
+    temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+    copied = 0
+    with FileSystems.create(temporary) as handle:
+        with pq.ParquetWriter(handle, schema.IMAGE_SCHEMA, compression="zstd") as writer:
+            for first, batch in _batches(path, None):
+                if skipped:
+                    keep = np.array([i not in skipped for i in range(first, first + batch.num_rows)], dtype=bool)
+                    batch = batch.filter(pa.array(keep))
+                names = batch.schema.names
+                columns = [batch.column(names.index(f.name)).cast(f.type) if f.name in names
+                           else pa.nulls(batch.num_rows, f.type) for f in schema.IMAGE_SCHEMA]
+                table = pa.Table.from_arrays(columns, schema=schema.IMAGE_SCHEMA)
+                writer.write_table(_with_cluster_columns(table, assignments))
+                copied += table.num_rows
+    FileSystems.rename([temporary], [target])
+    beam.metrics.Metrics.counter("table", "rows_written").inc(copied)
+    return {"path": target, "rows": copied}
+
+
+class CopyTables(beam.PTransform):
+    """(input index, path) of the input files -> {"path", "rows"} of each file written to
+    OUT/images (see copy_table_file): the dedup job's output table, copied file by file.
+
+    skip: NewestRows' skip lists; cluster_columns: DedupTables' cluster_columns.
+    """
+
+    def __init__(self, out_dir: str, run_id: str, skip, cluster_columns):
+        super().__init__()
+        self._images_dir = FileSystems.join(out_dir, "images")
+        self._run_id = run_id
+        self._skip = skip
+        self._columns = cluster_columns
+
+    def expand(self, files):
+        return files | "Copy" >> beam.Map(
+            copy_table_file, skip=beam.pvalue.AsMultiMap(self._skip),
+            assignments=beam.pvalue.AsDict(self._columns), images_dir=self._images_dir, run_id=self._run_id)
