@@ -76,3 +76,10 @@ bench-dedup: $(STAMP) $(DEDUP_BENCH_STAMP)
 # Where the default thresholds come from (real photos shipped with scikit-image), ~5 s.
 bench-dedup-calibrate: $(DEDUP_BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench.calibrate_thresholds
+
+# The standalone dedup job against faiss's IndexBinaryMultiHash on the same hashes, side by side
+# (bench/bench_dedup_job.py): wall and peak RSS of each process tree. faiss-cpu: the bench extra.
+BENCH_DEDUP_JOB_ARGS ?= --sizes 1000000
+.PHONY: bench-dedup-job
+bench-dedup-job: $(BENCH_STAMP)
+	$(PY) -m bench.bench_dedup_job $(BENCH_DEDUP_JOB_ARGS)

@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,10 @@ REFETCHED = 2000
 
 
 def measured(cmd):
-    """Run cmd from the repository root; (exit code, wall seconds, peak tree RSS MiB, stderr tail)."""
+    """Run cmd from the repository root; (exit code, wall seconds, peak tree RSS MiB, stderr tail,
+    CPU seconds: user+sys of the process and every descendant it reaped)."""
     env = dict(os.environ, PYTHONPATH=ROOT)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = [0]
@@ -64,7 +67,10 @@ def measured(cmd):
     _, err = proc.communicate()
     stop.set()
     sampler.join()
-    return proc.returncode, time.time() - started, peak[0] / 2 ** 20, err.decode(errors="replace")[-3000:]
+    wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return proc.returncode, wall, peak[0] / 2 ** 20, err.decode(errors="replace")[-3000:], cpu
 
 
 def hash_file(n, k):
@@ -159,35 +165,37 @@ def run_size(n, k, job_args, threads):
     out = os.path.join(WORK, f"dedup-job-{n}", "out")
     shutil.rmtree(out, ignore_errors=True)
     load = round(os.getloadavg()[0], 2)
-    code, wall, rss, err = measured([sys.executable, "-m", "pipelines.dedup", "--input", in1, "--input", in2,
-                                     "--output", out, "--max-distance", str(k), *job_args])
+    code, wall, rss, err, cpu = measured([sys.executable, "-m", "pipelines.dedup", "--input", in1, "--input", in2,
+                                          "--output", out, "--max-distance", str(k), *job_args])
     if code:
         raise SystemExit(f"pipelines.dedup at {n} rows failed ({code}):\n{err}")
-    ours = {"wall_seconds": round(wall, 1), "peak_rss_mib": round(rss), "load_at_start": load,
+    ours = {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "peak_rss_mib": round(rss),
+            "load_at_start": load, "load_at_end": round(os.getloadavg()[0], 2),
             "command_args": job_args, **evaluate(out, n)}
     shutil.rmtree(out, ignore_errors=True)
     result = os.path.join(WORK, f"faiss-{n}.json")
     load = round(os.getloadavg()[0], 2)
-    code, wall, rss, err = measured([sys.executable, "-m", "bench.faiss_run", "--data", hash_file(n, k),
-                                     "--result", result, "--max-distance", str(k), "--threads", str(threads)])
+    code, wall, rss, err, cpu = measured([sys.executable, "-m", "bench.faiss_run", "--data", hash_file(n, k),
+                                          "--result", result, "--max-distance", str(k), "--threads", str(threads)])
     if code:
         raise SystemExit(f"faiss at {n} rows failed ({code}):\n{err}")
     with open(result) as handle:
         peer = json.load(handle)
-    peer.update(process_wall_seconds=round(wall, 1), peak_rss_mib=round(rss), load_at_start=load)
+    peer.update(process_wall_seconds=round(wall, 1), process_cpu_seconds=round(cpu, 1), peak_rss_mib=round(rss),
+                load_at_start=load, load_at_end=round(os.getloadavg()[0], 2))
     return {"rows": n, "ours": ours, "faiss": peer,
             "wall_ratio_vs_faiss_search": round(ours["wall_seconds"] / peer["search_seconds"], 2),
             "rss_ratio_vs_faiss": round(ours["peak_rss_mib"] / max(1, peer["peak_rss_mib"]), 2)}
 
 
 def _markdown(runs):
-    lines = ["| rows | ours wall s | ours peak RSS MiB | faiss search s (process s) | faiss peak RSS MiB |"
+    lines = ["| rows | ours wall s (CPU s) | ours peak RSS MiB | faiss search s (process s) | faiss peak RSS MiB |"
              " wall ours / faiss search | recall ours / faiss | replaced | load |",
              "|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in runs:
         o, f = r["ours"], r["faiss"]
         lines.append(
-            f"| {r['rows']:,} | {o['wall_seconds']} | {o['peak_rss_mib']} | {f['search_seconds']} "
+            f"| {r['rows']:,} | {o['wall_seconds']} ({o.get('cpu_seconds')}) | {o['peak_rss_mib']} | {f['search_seconds']} "
             f"({f['process_wall_seconds']}) | {f['peak_rss_mib']} | x{r['wall_ratio_vs_faiss_search']} | "
             f"{o['recalled_pairs']}/{o['planted_pairs']} / {f['recalled']}/{f['planted']} | "
             f"{o['replaced_rows']} | {o['load_at_start']} / {f['load_at_start']} |")

@@ -24,7 +24,7 @@ from transforms.clustering.clusters import MEMBER_FIELDS, Dedup, _place, slim_ro
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.errors import BadInput
 
-__all__ = ["ListTables", "NewestRows", "DedupTables", "CopyTables", "copy_table_file", "newest_order", "file_id"]
+__all__ = ["CopyTables", "DedupTables", "ListTables", "NewestRows", "copy_table_file", "file_id", "newest_order"]
 
 KEY_RECORD = np.dtype([("key", "S16"), ("stamp", "<i8"), ("input", "<i4"), ("file", "<i8"), ("row", "<u4")])
 KEY_SHARDS = 256

@@ -13,7 +13,12 @@ import pytest
 from pipelines import dedup as job
 from tests.dedup_helpers import row
 from transforms import schema
-from transforms.clustering.table_dedup import KEY_RECORD, NO_STAMP, _ListFiles, newest_order
+from transforms.clustering.table_dedup import (
+    KEY_RECORD,
+    NO_STAMP,
+    _ListFiles,
+    newest_order,
+)
 from transforms.errors import BadInput
 
 UTC = datetime.timezone.utc
