@@ -103,3 +103,29 @@ def test_job_replaced_rows_take_no_part_in_clusters_and_every_column_is_kept(tmp
              "--runner", "FnApiRunner"])
     again = pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet")))
     assert sorted(again.column("key").to_pylist()) == sorted(rows)
+
+
+def test_job_keeps_every_row_of_a_key_an_input_holds_twice_and_its_books_balance(tmp_path, capsys):
+    """Only versions from other inputs replace a row: in1 holds cc3m:1 twice (both kept, it has
+    the newest version) and cc3m:2 twice (both replaced by in2's newer one)."""
+    in1 = [_day(row("cc3m:1", url="http://x.example/1a.jpg", phash="0000000000000001"), 5),
+           _day(row("cc3m:1", url="http://x.example/1b.jpg", phash="1000000000000000"), 5),
+           _day(row("cc3m:2", url="http://x.example/2a.jpg", phash="00000000ffffffff"), 1),
+           _day(row("cc3m:2", url="http://x.example/2b.jpg", phash="ffffffff00000000"), 1)]
+    in2 = [_day(row("cc3m:1", url="http://x.example/1c.jpg", phash="0f0f0f0f00000000"), 2),
+           _day(row("cc3m:2", url="http://x.example/2c.jpg", phash="00000000f0f0f0f0"), 3)]
+    _write(str(tmp_path / "in1"), in1)
+    _write(str(tmp_path / "in2"), in2)
+    out = str(tmp_path / "out")
+    job.run(["--input", str(tmp_path / "in1"), "--input", str(tmp_path / "in2"), "--output", out,
+             "--runner", "FnApiRunner"])
+    table = pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet"))).to_pylist()
+    assert sorted((r["key"], r["url"]) for r in table) == [
+        ("cc3m:1", "http://x.example/1a.jpg"), ("cc3m:1", "http://x.example/1b.jpg"),
+        ("cc3m:2", "http://x.example/2c.jpg")]
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["replaced_rows"] == 3
+    assert summary["books"]["inputs"] == [{"path": str(tmp_path / "in1"), "rows": 4},
+                                          {"path": str(tmp_path / "in2"), "rows": 2}]
+    assert summary["books"]["rows_out"] == 3 and summary["books"]["balanced"]
+    assert any("2 keys occur more than once within one input" in w for w in summary["warnings"])
