@@ -39,6 +39,7 @@ setuptools.setup(
         "bench": [
             "psutil>=5.9",
             "py-spy>=0.3",
+            "faiss-cpu>=1.8",  # bench/faiss_run.py: the peer of the dedup job (IndexBinaryMultiHash)
         ],
     },
 )

@@ -77,6 +77,13 @@ bench-dedup: $(STAMP) $(DEDUP_BENCH_STAMP)
 bench-dedup-calibrate: $(DEDUP_BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench.calibrate_thresholds
 
+# The standalone dedup job against faiss's IndexBinaryMultiHash on the same hashes, side by side
+# (bench/bench_dedup_job.py): wall and peak RSS of each process tree. faiss-cpu: the bench extra.
+BENCH_DEDUP_JOB_ARGS ?= --sizes 1000000
+.PHONY: bench-dedup-job
+bench-dedup-job: $(BENCH_STAMP)
+	$(PY) -m bench.bench_dedup_job $(BENCH_DEDUP_JOB_ARGS)
+
 # ---- the export stage (make bench-export) ---------------------------------------------------------
 # Export throughput (images/s and CPU ms/image), no resize and a 256 px resize, against img2dataset's
 # Resizer + WebDataset writer on the same corpus files in the same run (bench/bench_export.py).

@@ -12,10 +12,10 @@ are checked, and OUT3 is leased while the job writes (docs/integrity.md).
 Without --runner the job runs locally with one worker process per core
 (pipelines.launch.job_runner.apply_local_defaults).
 """
-import datetime
 import json
 import os
 import sys
+import tempfile
 import time
 
 import apache_beam as beam
@@ -25,9 +25,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner
 from transforms.clustering.clusters import WriteDuplicates
+from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
 from transforms.errors import BooksUnbalanced
-from transforms.io.table import (FinalizeTable, RetireFiles, WriteTableShards, list_duplicates_files,
-                                 list_table_files, remove_stale_leftovers)
+from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
 from pipelines.launch import preflight
 from transforms.clustering.dedup_settings import DedupSettings
 from transforms.errors import BadInput
@@ -37,7 +37,7 @@ from transforms.io.sinks import join_path, read_json
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
 
-__all__ = ["DedupOptions", "ReadImages", "build", "pipeline_options", "run"]
+__all__ = ["DedupOptions", "build", "pipeline_options", "run"]
 
 
 class DedupOptions(PipelineOptions):
@@ -65,69 +65,6 @@ JOB = job_runner.Job(
                 "cluster columns set anew), OUT3/duplicates/, OUT3/summary.json.")
 
 
-def _newest_key(indexed_row):
-    index, row = indexed_row
-    fetched = row.get("fetched_at")
-    if isinstance(fetched, datetime.datetime) and fetched.tzinfo is None:
-        fetched = fetched.replace(tzinfo=datetime.timezone.utc)
-    return (fetched is not None, fetched or datetime.datetime.min.replace(
-        tzinfo=datetime.timezone.utc), index)
-
-
-class _Newest(beam.DoFn):
-    """(key, [(input index, row)]) -> the newest row; counts the others as replaced.
-
-    Only versions from different inputs replace each other. An input holding one key twice (an
-    output of an earlier ingest whose keys collided) keeps all its rows: they are distinct
-    records; each such key is counted on REPEATED for a warning.
-    """
-    REPLACED = "replaced"
-    REPEATED = "repeated"
-
-    def process(self, element):
-        _key, versions = element
-        versions = list(versions)
-        winner = max(versions, key=_newest_key)[0]
-        indices = [index for index, _ in versions]
-        if len(set(indices)) < len(indices):
-            yield beam.pvalue.TaggedOutput(self.REPEATED, 1)
-        for index, row in versions:
-            if index == winner:
-                yield row
-            else:
-                beam.metrics.Metrics.counter("dedup", "replaced_rows").inc()
-                yield beam.pvalue.TaggedOutput(self.REPLACED, 1)
-
-
-class ReadImages(beam.PTransform):
-    """Every OUT/images/*.parquet of each input, one row per key (newest fetched_at wins)."""
-
-    def __init__(self, inputs):
-        super().__init__()
-        self._inputs = list(inputs)
-
-    def expand(self, pbegin):
-        tagged = []
-        for i, root in enumerate(self._inputs):
-            pattern = FileSystems.join(root, "images", "*.parquet")
-            tagged.append(
-                pbegin
-                | f"Read{i}" >> beam.io.ReadFromParquet(pattern)
-                | f"Tag{i}" >> beam.Map(lambda row, i=i: (row["key"], (i, row))))
-        all_rows = tagged | "AllInputs" >> beam.Flatten()
-        # Why: the books' "in" side, rows read per input.
-        self.rows_in = (
-            all_rows
-            | "InputOf" >> beam.Map(lambda item: item[1][0])
-            | "CountPerInput" >> beam.combiners.Count.PerElement()
-        )
-        return (
-            all_rows
-            | "GroupByKey" >> beam.GroupByKey()
-            | "Newest" >> beam.ParDo(_Newest()).with_outputs(_Newest.REPLACED, _Newest.REPEATED, main="rows")
-        )
-
-
 class _WriteJson(beam.DoFn):
     def __init__(self, path):
         self._path = path
@@ -151,15 +88,17 @@ def dedup_books(rows_in, written, replaced, inputs):
     """Rows read per input against rows written + rows replaced by a newer version of their key.
 
     Args:
-        rows_in: [(input index, rows read)].
-        written: FinalizeTable's counts, [{"path", "rows", ...}].
+        rows_in: [(input index, rows read)] (an index may come several times: summed).
+        written: CopyTables' counts, [{"path", "rows"}], one per file written.
         replaced: rows replaced.
         inputs: the --input values, in order.
 
     Returns:
         {"inputs": [{"path", "rows"}], "rows_in", "rows_out", "replaced", "balanced"}.
     """
-    per_input = dict(rows_in)
+    per_input = {}
+    for index, rows in rows_in:
+        per_input[index] = per_input.get(index, 0) + rows
     total_in = sum(per_input.values())
     rows_out = sum(part["rows"] for part in written)
     return {"inputs": [{"path": path, "rows": per_input.get(i, 0)} for i, path in enumerate(inputs)],
@@ -192,33 +131,43 @@ def phash_warnings(inputs):
 
 
 def build(pipeline, opts, run_id=None, warnings=()):
-    """The job's graph on `pipeline`; returns the Dedup outputs.
+    """The job's graph on `pipeline`; returns the DedupTables outputs.
 
-    OUT3's images/ and duplicates/ are replaced two-phase, like the ingest's: this run's parts are
-    written under a run-unique name, and the files OUT3 held at launch are deleted only after.
+    Rows stream from the input files in passes (transforms.clustering.table_dedup): no full row
+    crosses a shuffle. OUT3's images/ and duplicates/ are replaced two-phase, like the ingest's:
+    this run's files are written under a run-unique name (each first as a temporary, renamed once
+    whole), and the files OUT3 held at launch are deleted only after.
     """
     out = opts.output
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     previous_files = list_table_files(out)
     previous_duplicates = list_duplicates_files(out)
-    reader = ReadImages(opts.input)
-    read = pipeline | "ReadImages" >> reader
-    result = read.rows | "Dedup" >> DedupSettings.from_options(opts).transform()
-    shards = result["rows"] | "WriteShards" >> WriteTableShards(out, run_id)
-    # Why: the rows already carry their cluster columns; phase 2 only moves them into images/.
-    table = shards | "WriteImages" >> FinalizeTable(out, run_id, None, with_counts=True)
-    _ = table["files"] | "RetirePrevious" >> RetireFiles(previous_files)
+    # why: a local run groups its per-row records through files (the local runner holds a
+    # shuffle in memory); Dataflow's shuffle is on disk already. Dedup removes it when done.
+    spill = tempfile.mkdtemp(prefix="dedup-spill-") if job_runner.is_local(pipeline.options) else None
+    files = pipeline | "ListTables" >> ListTables(opts.input)
+    # why: one row per key (newest fetched_at wins), decided on 40-byte key records, not rows
+    newest = files | "Newest" >> NewestRows(None if spill is None else os.path.join(spill, "newest"))
+    dedup = DedupSettings.from_options(opts).transform(
+        one_process=job_runner.one_local_process(pipeline.options), spill_dir=spill)
+    # why: rows stream from the files; only clustered rows cross a shuffle
+    result = {"files": files, "skip": newest["skip"]} | "Dedup" >> DedupTables(dedup, rows=False)
+    # why: the table is copied file by file in Arrow batches with the cluster columns set (Beam's
+    # WriteToParquet takes a side input, so a local run buffers its whole input in memory)
+    written = files | "WriteImages" >> CopyTables(out, run_id, newest["skip"], result["cluster_columns"])
+    _ = (written | "WrittenPaths" >> beam.Map(lambda w: w["path"])
+         | "RetirePrevious" >> RetireFiles(previous_files))
     duplicates_files = result["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
     _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates)
-    replaced = read[_Newest.REPLACED] | "CountReplaced" >> beam.combiners.Count.Globally()
-    repeated = read[_Newest.REPEATED] | "CountRepeated" >> beam.combiners.Count.Globally()
+    replaced = newest["replaced"] | "CountReplaced" >> beam.CombineGlobally(sum)
+    repeated = newest["repeated"] | "CountRepeated" >> beam.CombineGlobally(sum)
     books = (
         pipeline
         | "Once" >> beam.Create([None])
         | "Books" >> beam.Map(lambda _, rows_in, written, replaced: dedup_books(rows_in, written, replaced,
                                                                               list(opts.input)),
-                              rows_in=beam.pvalue.AsList(reader.rows_in),
-                              written=beam.pvalue.AsList(table["counts"]),
+                              rows_in=beam.pvalue.AsList(newest["rows_in"] | "RowsPerInput" >> beam.CombinePerKey(sum)),
+                              written=beam.pvalue.AsList(written),
                               replaced=beam.pvalue.AsSingleton(replaced))
     )
     summary = (
