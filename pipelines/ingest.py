@@ -103,7 +103,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     fetched = (
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
-        | "Hash" >> HashImages(opts.max_pixels)
+        | "Hash" >> HashImages(opts.max_pixels, views=job_runner.parse_views(opts.views))
         | "Progress" >> RecordProgress(progress_dir)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
         | "StoreBlobs" >> StoreBlobs()

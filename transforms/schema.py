@@ -95,6 +95,17 @@ IMAGE_FIELDS = [
     ("negative_labels", pa.list_(LABEL_TYPE)),  # human-verified negatives (confidence 0)
     # dedup (transforms/clustering/clusters.py)
     ("is_placeholder", pa.bool_()),     # the picture is a placeholder served for many dead URLs
+    # views of the picture (transforms/hashing.py VIEWS, docs/duplicates.md): pHash / dHash of the
+    # mirrored picture, of the picture without uniform borders (null: no border), of the centre
+    # 85 % and of the centre 75 %
+    ("phash_mirror", pa.string()),
+    ("dhash_mirror", pa.string()),
+    ("phash_trim", pa.string()),
+    ("dhash_trim", pa.string()),
+    ("phash_crop", pa.string()),
+    ("dhash_crop", pa.string()),
+    ("phash_centre", pa.string()),
+    ("dhash_centre", pa.string()),
 ]
 
 IMAGE_SCHEMA = pa.schema(IMAGE_FIELDS)

@@ -9,7 +9,9 @@ from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
-                              DEFAULT_PLACEHOLDER_MIN_URLS, Dedup, DedupShards)
+                              DEFAULT_MATCH_VIEWS, DEFAULT_PLACEHOLDER_MIN_URLS, VIEW_NAMES, Dedup, DedupShards)
+from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE
+from transforms.errors import BadInput
 from transforms.fetch.client import DEFAULT_USER_AGENT, FetchConfig, user_agent
 from transforms.hashing import DEFAULT_MAX_PIXELS
 from transforms.clustering.placeholders import known_placeholder_hashes
@@ -45,10 +47,39 @@ def add_dedup_arguments(parser):
     add("--placeholder-hash", dest="placeholder_hashes", action="append", default=[],
         help="sha256 or pHash of a placeholder picture, added to the built-in list "
              "(transforms/clustering/placeholders.py); repeatable")
+    add("--views", default=",".join(DEFAULT_MATCH_VIEWS),
+        help=f"picture views computed at hash time and matched through, comma-separated from "
+             f"{','.join(VIEW_NAMES)}, or 'none' (docs/duplicates.md)")
+    add("--view-max-distance", type=int, default=DEFAULT_VIEW_MAX_DISTANCE,
+        help="pHash distance at or under which two view keys meet (their dHashes confirm)")
     add("--cc-rounds", type=int, default=6, help="large/small-star rounds before the exact union-find finish")
     add("--shard-bits", type=int, default=None,
         help="near search: 2^s shards per band (default 3; 0 in a one-process local run, where shards "
              "add no parallelism and each costs another in-memory copy of the query hashes)")
+
+
+def parse_views(text):
+    """--views: comma-separated view names or 'none' -> tuple of names.
+
+    Args:
+        text: the option's value (None: the default views).
+
+    Returns:
+        The view names in VIEW_NAMES order.
+
+    Raises:
+        BadInput: an unknown view name.
+    """
+    if text is None:
+        return DEFAULT_MATCH_VIEWS
+    names = {v.strip().lower() for v in text.split(",") if v.strip()}
+    if names in ({"none"}, set()):
+        return ()
+    unknown = names - set(VIEW_NAMES)
+    if unknown:
+        raise BadInput(f"--views: unknown view {', '.join(sorted(unknown))}; "
+                       f"known: {', '.join(VIEW_NAMES)} or none")
+    return tuple(v for v in VIEW_NAMES if v in names)
 
 
 def dedup_transform(opts, from_shards=False, one_process=False, spill_dir=None):
@@ -67,7 +98,10 @@ def dedup_transform(opts, from_shards=False, one_process=False, spill_dir=None):
         dhash_max_distance=dhash_max, placeholder_min_urls=opts.placeholder_min_urls,
         placeholder_hashes=known_placeholder_hashes() + tuple(opts.placeholder_hashes or ()),
         cc_rounds=opts.cc_rounds,
-        shard_bits=shard_bits, spill_dir=spill_dir)
+        shard_bits=shard_bits, spill_dir=spill_dir,
+        views=parse_views(getattr(opts, "views", None)),
+        view_max_distance=DEFAULT_VIEW_MAX_DISTANCE if getattr(opts, "view_max_distance", None) is None
+        else opts.view_max_distance)
 
 
 def add_network_arguments(parser):
