@@ -55,7 +55,7 @@ BENCH_VENV ?= .venv-bench
 DEDUP_BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_DEDUP_ARGS ?= --wait-quiet 120
 
-.PHONY: bench-dedup bench-venv bench-dedup-calibrate
+.PHONY: bench-dedup bench-venv bench-dedup-calibrate bench-dedup-quality
 
 # imagededup for the comparison, in its own venv: its PyPI metadata pulls torch/torchvision
 # (GBs) for CNN features its hash search never touches, so it is installed --no-deps with only
@@ -76,3 +76,11 @@ bench-dedup: $(STAMP) $(DEDUP_BENCH_STAMP)
 # Where the default thresholds come from (real photos shipped with scikit-image), ~5 s.
 bench-dedup-calibrate: $(DEDUP_BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench.calibrate_thresholds
+
+# Near-duplicate quality on real photographs (issue 14, docs/duplicates.md): tiles of the photos
+# inside the scikit-image / scikit-learn wheels, copies by everyday edits, served on loopback as
+# CC3M + CC12M manifests, ingested with default options and with --views none, and imagededup's
+# PHash on the same files. ~5-10 min on 2 cores. BENCH_QUALITY_ARGS: e.g. --max-photos 5.
+BENCH_QUALITY_ARGS ?=
+bench-dedup-quality: $(BENCH_STAMP) $(DEDUP_BENCH_STAMP)
+	$(PY) -m bench.bench_dedup_quality $(BENCH_QUALITY_ARGS)

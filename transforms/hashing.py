@@ -158,10 +158,8 @@ def trim_borders(gray):
     h, w = pixels.shape
     if h < 8 or w < 8:
         return None
-    flat_rows = (pixels.max(axis=1) - pixels.min(axis=1)) <= _TRIM_RANGE
-    flat_cols = (pixels.max(axis=0) - pixels.min(axis=0)) <= _TRIM_RANGE
-    top, bottom = _run_length(flat_rows), h - _run_length(flat_rows[::-1])
-    left, right = _run_length(flat_cols), w - _run_length(flat_cols[::-1])
+    top, bottom = _bar_length(pixels), h - _bar_length(pixels[::-1])
+    left, right = _bar_length(pixels.T), w - _bar_length(pixels.T[::-1])
     if bottom - top < h * _TRIM_KEEP or right - left < w * _TRIM_KEEP:
         return None
     if h - (bottom - top) < h * _TRIM_MIN and w - (right - left) < w * _TRIM_MIN:
@@ -169,10 +167,19 @@ def trim_borders(gray):
     return gray.crop((left, top, right, bottom))
 
 
-def _run_length(flags):
-    """How many leading entries of a bool array are True."""
-    false = numpy.flatnonzero(~flags)
-    return int(false[0]) if len(false) else len(flags)
+def _bar_length(lines):
+    """How many leading lines (rows of a 2-D array) form one bar: every pixel of them within
+    _TRIM_RANGE grey levels of each other, and the first line after them clearly different (on
+    average more than _TRIM_RANGE away from the bar's level within 3 lines, JPEG ringing at the
+    edge allowed for): a sky's slow gradient is no bar."""
+    spread = numpy.maximum.accumulate(lines.max(axis=1)) - numpy.minimum.accumulate(lines.min(axis=1))
+    over = numpy.flatnonzero(spread > _TRIM_RANGE)
+    n = int(over[0]) if len(over) else len(lines)
+    if 0 < n < len(lines):
+        level = numpy.median(lines[:n])
+        if numpy.abs(lines[n:n + 3] - level).mean(axis=1).max() <= _TRIM_RANGE:
+            return 0
+    return n
 
 
 def hash_hex(image_hash):

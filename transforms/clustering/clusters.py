@@ -25,7 +25,8 @@ also appears in another dataset is not merged into a real photo's cluster), are 
 near search, and are reported separately in stats, not as duplicates. Like every cluster it has
 exactly one is_canonical row (same policy); consumers drop rows with is_placeholder.
 
-Canonical row of a cluster (deterministic): status "ok" first, then the largest width*height,
+Canonical row of a cluster (deterministic): status "ok" first, then a row without uniform borders
+(no phash_trim view: not letterboxed or padded) before one with, then the largest width*height,
 then the earliest dataset in `dataset_priority` (unknown datasets last), then the smallest key.
 cluster_id: first 16 hex digits of sha1(smallest member key) for real clusters, of
 sha1("placeholder:" + pHash + dHash) for placeholders; the same input always gives the same ids.
@@ -107,12 +108,14 @@ def _cluster_id(text):
 
 
 def canonical_sort_key(row, dataset_priority=DEFAULT_DATASET_PRIORITY):
-    """Smallest sorts first = canonical: ok status, largest area, dataset priority, key."""
+    """Smallest sorts first = canonical: ok status, no letterbox bars or padding (a trim view),
+    largest area, dataset priority, key."""
     priority = list(dataset_priority)
     dataset = row.get("dataset")
     rank = priority.index(dataset) if dataset in priority else len(priority)
     area = (row.get("width") or 0) * (row.get("height") or 0)
-    return (row.get("status") != schema.OK, -area, rank, str(row.get("key")))
+    bordered = _hex16(row.get("phash_trim")) is not None  # its bars would count as area
+    return (row.get("status") != schema.OK, bordered, -area, rank, str(row.get("key")))
 
 
 def _hamming(a, b):
