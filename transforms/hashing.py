@@ -43,6 +43,7 @@ _CROP_KEEP = {"crop": 0.85, "centre": 0.75}
 _TRIM_RANGE = 12
 _TRIM_MIN = 0.03
 _TRIM_KEEP = 0.25
+_TRIM_PAIR = 0.02
 
 
 class ImageCheck:
@@ -151,20 +152,29 @@ def trim_borders(gray):
         gray: a PIL image in mode "L".
 
     Returns:
-        The trimmed PIL image, or None when there is no border worth trimming (under 3 % of
-        each side) or the trim would keep under a quarter of a side (a flat picture).
+        The trimmed PIL image, or None when there is no pair of opposite bars worth trimming
+        (together under 3 % of the side) or the trim would keep under a quarter of a side.
     """
     pixels = numpy.asarray(gray, dtype=numpy.int16)
     h, w = pixels.shape
     if h < 8 or w < 8:
         return None
-    top, bottom = _bar_length(pixels), h - _bar_length(pixels[::-1])
-    left, right = _bar_length(pixels.T), w - _bar_length(pixels.T[::-1])
+    top, bottom = _bars(_bar_length(pixels), _bar_length(pixels[::-1]), h)
+    left, right = _bars(_bar_length(pixels.T), _bar_length(pixels.T[::-1]), w)
     if bottom - top < h * _TRIM_KEEP or right - left < w * _TRIM_KEEP:
         return None
     if h - (bottom - top) < h * _TRIM_MIN and w - (right - left) < w * _TRIM_MIN:
         return None
     return gray.crop((left, top, right, bottom))
+
+
+def _bars(first, last, size):
+    """(start, stop) of the picture between two opposite bars: letterbox bars, pillarbox bars and
+    padding come in pairs of about the same width (within 2 % of the side); a one-sided flat band
+    is a sky or a wall, part of the picture."""
+    if first and last and abs(first - last) <= max(2, _TRIM_PAIR * size):
+        return first, size - last
+    return 0, size
 
 
 def _bar_length(lines):
