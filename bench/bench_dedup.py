@@ -85,7 +85,11 @@ def run_dedup(n, k, extra=(), views_data=False):
     with open(result) as f:
         doc = json.load(f)
     ev = doc["evaluation"]
-    planted = sum(ev["planted"].values())
+    ev.setdefault("planted", {})
+    ev.setdefault("recalled", {})
+    planted = sum(ev["planted"].values()) or 1
+    if ev.get("rows_out") != n:  # the evaluation must see every row, else its figures mean little
+        print(f"WARNING: {n:,} rows in, the evaluation saw {ev.get('rows_out')} rows out", file=sys.stderr)
     return {
         "rows": n, "wall_seconds": round(wall, 1), "pipeline_seconds": doc["wall_seconds"],
         "load_at_start": LOADS[-1], "load_at_end": round(os.getloadavg()[0], 2),
