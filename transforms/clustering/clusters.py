@@ -626,7 +626,10 @@ class Dedup(beam.PTransform):
             raise ValueError(f"unknown views {sorted(unknown)}; known: {', '.join(VIEW_NAMES)}")
         self._views = tuple(v for v in VIEW_NAMES if v in views)
         self._view_max = int(view_max_distance)
-        self._view_search = ViewPairs(self._view_max, dhash_max_distance, shard_bits=shard_bits,
+        # At most 2 shards per band for the views: each query key is copied to every shard within
+        # its radius of its prefix (4 at 3 shard bits, 2 at 1), and view keys are 4 a picture;
+        # a view query's probes are few (radius 1), so fewer, larger shards cost little time.
+        self._view_search = ViewPairs(self._view_max, dhash_max_distance, shard_bits=min(shard_bits, 1),
                                       spill_dir=self._spill("views")) if self._views else None
         self._max_distance = int(max_distance)
         self._priority = tuple(dataset_priority)
