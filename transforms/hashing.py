@@ -58,8 +58,9 @@ class ImageCheck:
         self.views = views or {}  # view name -> (phash hex, dhash hex), see VIEWS
 
 
-def inspect_image(body, max_pixels=DEFAULT_MAX_PIXELS, draft=True, views=DEFAULT_VIEWS):
-    """Decode `body` safely and compute its perceptual hashes (and those of `views`). Never raises."""
+def inspect_image(body, max_pixels=DEFAULT_MAX_PIXELS, draft=True, views=()):
+    """Decode `body` safely and compute its perceptual hashes (and those of `views`, none unless
+    asked: the refresh compares plain hashes only). Never raises."""
     if not body:
         return ImageCheck(schema.NOT_IMAGE, "empty body")
     try:
