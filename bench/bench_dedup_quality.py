@@ -186,7 +186,7 @@ def main(argv=None):
             results["runs"][name] = result
             print(f"{name}: {seconds:.1f} s, recall {result['recall']}", flush=True)
     finally:
-        web.stop() if hasattr(web, "stop") else None
+        web.stop()
     if not args.no_imagededup:
         if not os.path.exists(BENCH_PY):
             raise SystemExit(f"{BENCH_PY} missing: run `make bench-venv` first")

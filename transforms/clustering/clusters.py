@@ -571,7 +571,7 @@ class _ViewNodes(beam.DoFn):
             views, vertex = slim.get("views"), slim["vertex"]
             if views is None or vertex[0] != "p" or vertex in placeholders or vertex in seen:
                 continue
-            kind, a, b = _vertex_parts(vertex)
+            _kind, a, b = _vertex_parts(vertex)
             seen[vertex] = (a, b) + views
         if not seen:
             return
