@@ -82,5 +82,14 @@ bench-dedup-calibrate: $(DEDUP_BENCH_STAMP)
 # CC3M + CC12M manifests, ingested with default options and with --views none, and imagededup's
 # PHash on the same files. ~5-10 min on 2 cores. BENCH_QUALITY_ARGS: e.g. --max-photos 5.
 BENCH_QUALITY_ARGS ?=
-bench-dedup-quality: $(BENCH_STAMP) $(DEDUP_BENCH_STAMP)
+QUALITY_STAMP := $(VENV)/.quality-installed
+
+# The photos come from these wheels (the `bench` extra); a venv made before they joined it gets them here.
+$(QUALITY_STAMP): $(BENCH_STAMP)
+	$(PY) -c "import skimage, sklearn" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check \
+		"scikit-image>=0.22" "scikit-learn>=1.3" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import skimage, sklearn"
+	touch $@
+
+bench-dedup-quality: $(QUALITY_STAMP) $(DEDUP_BENCH_STAMP)
 	$(PY) -m bench.bench_dedup_quality $(BENCH_QUALITY_ARGS)
