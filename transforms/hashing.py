@@ -22,8 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_VIEWS", "VIEWS", "ImageCheck", "inspect_image", "picture_views", "centre_crop",
-           "trim_borders", "hash_hex", "verify_and_hash", "HashDoFn", "HashImages"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_VIEWS", "VIEWS", "ImageCheck", "inspect_image", "picture_views",
+           "centre_crop", "trim_borders", "hash_hex", "verify_and_hash", "HashDoFn", "HashImages"]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ 10000 x 10000; larger is treated as a decompression bomb
 
@@ -80,7 +80,7 @@ def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draf
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(body))
+            image: Image.Image = Image.open(io.BytesIO(body))
     except UnidentifiedImageError:
         kind = _claimed_format(body)
         if kind:  # the signature of an image, but a header PIL cannot read: corrupt, not "not an image"

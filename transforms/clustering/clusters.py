@@ -631,7 +631,8 @@ class Dedup(beam.PTransform):
                  placeholder_hashes: Iterable[str] = known_placeholder_hashes(),
                  cc_rounds: int = 6, bands: int | None = None, shard_bits: int = 3,
                  max_listed_members: int = 10000, spill_dir: str | None = None,
-                 views: Sequence[str] = DEFAULT_MATCH_VIEWS, view_max_distance: int = DEFAULT_VIEW_MAX_DISTANCE) -> None:
+                 views: Sequence[str] = DEFAULT_MATCH_VIEWS,
+                 view_max_distance: int = DEFAULT_VIEW_MAX_DISTANCE) -> None:
         super().__init__()
         self._spill_dir = spill_dir
         unknown = set(views) - set(VIEW_NAMES)
@@ -668,7 +669,7 @@ class Dedup(beam.PTransform):
             "cc_rounds": self._rounds,
             "views": list(self._views),
             "view_max_distance": self._view_max if self._views else None,
-            "view_search": self._view_search.plan.describe() if self._views else None,
+            "view_search": self._view_search.plan.describe() if self._view_search else None,
         }
 
     def expand(self, rows):

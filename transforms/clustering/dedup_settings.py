@@ -12,8 +12,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
-                                            DEFAULT_MATCH_VIEWS, DEFAULT_PLACEHOLDER_MIN_URLS, VIEW_NAMES, Dedup,
+from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MATCH_VIEWS,
+                                            DEFAULT_MAX_DISTANCE, DEFAULT_PLACEHOLDER_MIN_URLS, VIEW_NAMES, Dedup,
                                             DedupShards)
 from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE
 from transforms.clustering.placeholders import known_placeholder_hashes
