@@ -40,6 +40,9 @@ setuptools.setup(
             "psutil>=5.9",
             "py-spy>=0.3",
             "faiss-cpu>=1.8",  # bench/faiss_run.py: the peer of the dedup job (IndexBinaryMultiHash)
+            # make bench-dedup-quality: the labelled set is cut from the photos these wheels ship
+            "scikit-image>=0.22",
+            "scikit-learn>=1.3",
         ],
     },
 )

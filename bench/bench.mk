@@ -55,7 +55,7 @@ BENCH_VENV ?= .venv-bench
 DEDUP_BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_DEDUP_ARGS ?= --wait-quiet 120
 
-.PHONY: bench-dedup bench-venv bench-dedup-calibrate
+.PHONY: bench-dedup bench-venv bench-dedup-calibrate bench-dedup-quality
 
 # imagededup for the comparison, in its own venv: its PyPI metadata pulls torch/torchvision
 # (GBs) for CNN features its hash search never touches, so it is installed --no-deps with only
@@ -93,3 +93,20 @@ BENCH_EXPORT_ARGS ?= --count 1000 --repeat 2
 
 bench-export: $(STAMP) $(I2D_STAMP)
 	$(PY) -m bench.bench_export --peer-python $(I2D_VENV)/bin/python $(BENCH_EXPORT_ARGS)
+
+# Near-duplicate quality on real photographs (issue 14, docs/duplicates.md): tiles of the photos
+# inside the scikit-image / scikit-learn wheels, copies by everyday edits, served on loopback as
+# CC3M + CC12M manifests, ingested with default options and with --views none, and imagededup's
+# PHash on the same files. ~5-10 min on 2 cores. BENCH_QUALITY_ARGS: e.g. --max-photos 5.
+BENCH_QUALITY_ARGS ?=
+QUALITY_STAMP := $(VENV)/.quality-installed
+
+# The photos come from these wheels (the `bench` extra); a venv made before they joined it gets them here.
+$(QUALITY_STAMP): $(BENCH_STAMP)
+	$(PY) -c "import skimage, sklearn" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check \
+		"scikit-image>=0.22" "scikit-learn>=1.3" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import skimage, sklearn"
+	touch $@
+
+bench-dedup-quality: $(QUALITY_STAMP) $(DEDUP_BENCH_STAMP)
+	$(PY) -m bench.bench_dedup_quality $(BENCH_QUALITY_ARGS)

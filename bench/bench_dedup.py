@@ -66,25 +66,30 @@ def measured(cmd):
     return proc.returncode, time.time() - started, peak[0] / 1024
 
 
-def data_file(n, k):
+def data_file(n, k, views=False):
     os.makedirs(WORK, exist_ok=True)
-    path = os.path.join(WORK, f"hashes-{n}-k{k}.npz")
+    path = os.path.join(WORK, f"hashes-{n}-k{k}{'-views' if views else ''}.npz")
     if not os.path.exists(path):
-        synth.save(path, synth.generate(n, k=k))
+        synth.save(path, synth.generate(n, k=k, views=views))
     return path
 
 
-def run_dedup(n, k, extra=()):
-    result = os.path.join(WORK, f"dedup-{n}{''.join(extra).replace('-', '_')}.json")
+def run_dedup(n, k, extra=(), views_data=False):
+    tag = ''.join(extra).replace('-', '_') + ("_viewdata" if views_data else "")
+    result = os.path.join(WORK, f"dedup-{n}{tag}.json")
     code, wall, rss = measured([sys.executable, "-m", "bench.dedup_run", "--data",
-                                data_file(n, k), "--result", result, "--max-distance", str(k),
+                                data_file(n, k, views_data), "--result", result, "--max-distance", str(k),
                                 *extra])
     if code:
         raise SystemExit(f"dedup run at {n} failed")
     with open(result) as f:
         doc = json.load(f)
     ev = doc["evaluation"]
-    planted = sum(ev["planted"].values())
+    ev.setdefault("planted", {})
+    ev.setdefault("recalled", {})
+    planted = sum(ev["planted"].values()) or 1
+    if ev.get("rows_out") != n:  # the evaluation must see every row, else its figures mean little
+        print(f"WARNING: {n:,} rows in, the evaluation saw {ev.get('rows_out')} rows out", file=sys.stderr)
     return {
         "rows": n, "wall_seconds": round(wall, 1), "pipeline_seconds": doc["wall_seconds"],
         "load_at_start": LOADS[-1], "load_at_end": round(os.getloadavg()[0], 2),
@@ -102,6 +107,10 @@ def run_dedup(n, k, extra=()):
         "same_url_group": {"rows": ev.get("sameurl_rows"), "clusters": ev.get("sameurl_clusters")},
         "near_pairs": doc["stats"]["near_pairs"], "clusters": doc["stats"]["clusters"],
         "dhash_confirmation": doc["dhash"],
+        "views": doc.get("views"),
+        "view_recall_by_view_distance": {v: f"{ev.get('view_recalled', {}).get(v, 0)}/{n_}"
+                                         for v, n_ in sorted(ev.get("view_planted", {}).items())},
+        "view_pairs": doc["stats"].get("view_pairs"),
     }
 
 
@@ -131,6 +140,10 @@ def main():
     parser.add_argument("--no-dhash-size", type=int, default=1000000,
                         help="also run this size with pHash only, to show what dHash removes "
                              "(0: skip)")
+    parser.add_argument("--views-size", type=int, default=0,
+                        help="also run this size on hashes with picture views (issue 14), with the "
+                             "views matched and with --views none, side by side (0: skip)")
+    parser.add_argument("--only-views", action="store_true", help="only the --views-size runs")
     parser.add_argument("--wait-quiet", type=int, default=0,
                         help="before each run wait up to this many seconds for load < 0.7")
     args = parser.parse_args()
@@ -140,6 +153,17 @@ def main():
     small = [int(s) for s in args.imagededup_sizes.split(",") if s]
     report = {"max_distance": k, "cores": os.cpu_count(), "dedup": [], "imagededup": [],
               "dedup_at_imagededup_sizes": []}
+    if args.views_size:
+        report["views"] = [run_dedup(args.views_size, k, ("--views", "none"), views_data=True),
+                           run_dedup(args.views_size, k, (), views_data=True)]
+        for r in report["views"]:
+            print(json.dumps(r), flush=True)
+        a, b = report["views"]
+        report["views_cost"] = {"time_ratio": round(b["pipeline_seconds"] / a["pipeline_seconds"], 2),
+                                "peak_rss_ratio": round(b["peak_rss_mib"] / a["peak_rss_mib"], 2)}
+        print(json.dumps(report["views_cost"]), flush=True)
+    if args.only_views:
+        small, sizes, args.no_dhash_size = [], [], 0
     for n in small:
         report["dedup_at_imagededup_sizes"].append(run_dedup(n, k))
         report["imagededup"].append(run_imagededup(n, k))
@@ -186,6 +210,10 @@ def _markdown(report):
         return (f"{r['false_merges']} false merges ({r['false_matched_rows']} unrelated rows "
                 "clustered)" if r["false_merges"] or r["false_matched_rows"] else "0")
 
+    for r in report.get("views", []):
+        lines.append(f"| Dedup, hashes with views, --views {','.join(r['views']) or 'none'} | {r['rows']:,} | "
+                     f"{r['recall']:.0%} | {false(r)} | {r['pipeline_seconds']} | {r['peak_rss_mib']} | "
+                     f"{r['load_at_start']} |")
     for r in report["dedup_at_imagededup_sizes"] + report["dedup"]:
         lines.append(f"| Dedup (Beam, local) | {r['rows']:,} | {r['recall']:.0%} | {false(r)} | "
                      f"{r['pipeline_seconds']} | {r['peak_rss_mib']} | {r['load_at_start']} |")

@@ -17,6 +17,7 @@ import numpy as np
 
 from bench import synth
 from pipelines.dedup import pipeline_options
+from transforms.clustering.dedup_settings import parse_views
 from transforms.clustering.clusters import Dedup, SumNestedCounts
 
 CHUNK = 20000
@@ -32,12 +33,17 @@ class _ReadChunk(beam.DoFn):
     def process(self, start):
         d = self._data
         stop = min(start + CHUNK, len(d["key"]))
-        for key, url, p, h in zip(d["key"][start:stop].tolist(), d["url"][start:stop].tolist(),
-                                  d["phash"][start:stop].tolist(),
-                                  d["dhash"][start:stop].tolist()):
-            yield {"key": key, "dataset": key.split(":")[0], "url": url, "status": "ok",
+        views = [(name, d[name][start:stop].tolist()) for name in sorted(d)
+                 if name.startswith(("phash_", "dhash_"))]
+        for i, (key, url, p, h) in enumerate(zip(d["key"][start:stop].tolist(), d["url"][start:stop].tolist(),
+                                                 d["phash"][start:stop].tolist(),
+                                                 d["dhash"][start:stop].tolist())):
+            row = {"key": key, "dataset": key.split(":")[0], "url": url, "status": "ok",
                    "phash": "%016x" % p, "dhash": "%016x" % h, "sha256": None,
                    "width": 256, "height": 256}
+            for name, values in views:  # picture views (synth views=True), 0 = none
+                row[name] = "%016x" % values[i] if values[i] else None
+            yield row
 
 
 def _evaluate_group(element, k):
@@ -49,6 +55,10 @@ def _evaluate_group(element, k):
         d = int(group[1:].split("-")[0])
         found = len(ids) == 1 and None not in ids and len(members) == 2
         return {"planted": {str(d): 1}, "recalled": {str(d): int(found)}}
+    if group.startswith("w"):  # a planted view pair: "w<view>_<d>-<i>"
+        found = len(ids) == 1 and None not in ids and len(members) == 2
+        label = group[1:].split("-")[0]
+        return {"view_planted": {label: 1}, "view_recalled": {label: int(found)}}
     if group in ("skew", "sameurl"):
         return {f"{group}_rows": len(members), f"{group}_clusters": len(ids - {None}),
                 f"{group}_placeholder_rows": sum(1 for m in members if m[2]),
@@ -78,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--result", required=True)
     parser.add_argument("--max-distance", type=int, default=8)
     parser.add_argument("--no-dhash", action="store_true", help="pHash only, no dHash check")
+    parser.add_argument("--views", default=None, help="Dedup views (comma-separated, 'none'); default all")
     args, beam_args = parser.parse_known_args(argv)
     n = int(np.load(args.data, mmap_mode=None)["phash"].shape[0])
     workdir = os.path.dirname(os.path.abspath(args.result))
@@ -87,13 +98,14 @@ def main(argv=None):
         rows = (p | beam.Create(list(range(0, n, CHUNK)))
                 | beam.Reshuffle()
                 | beam.ParDo(_ReadChunk(os.path.abspath(args.data))))
+        views = parse_views(args.views)
         out = rows | Dedup(max_distance=args.max_distance,
-                           dhash_max_distance=None if args.no_dhash else 16)
+                           dhash_max_distance=None if args.no_dhash else 16, views=views)
         # Only rows that can tell something: clustered ones and the planted pairs (unclustered
         # unrelated rows are right by definition), so evaluation stays small next to Dedup.
         marks = (out["rows"]
                  | "Telling" >> beam.Filter(
-                     lambda r: r["cluster_id"] is not None or r["key"].split(":")[1][0] in "pa")
+                     lambda r: r["cluster_id"] is not None or r["key"].split(":")[1][0] in "paw")
                  | "Marks" >> beam.Map(lambda r: (synth.group_of(r["key"]), (
                      r["key"], r["cluster_id"], r["is_placeholder"]))))
         rows_out = (out["rows"] | "CountOut" >> beam.combiners.Count.Globally()
@@ -114,7 +126,8 @@ def main(argv=None):
     with open(os.path.join(workdir, "eval-tmp.json")) as f:
         doc = json.load(f)
     os.remove(os.path.join(workdir, "eval-tmp.json"))
-    doc.update(rows=n, wall_seconds=round(wall, 2), dhash=not args.no_dhash)
+    doc.update(rows=n, wall_seconds=round(wall, 2), dhash=not args.no_dhash,
+               views=list(parse_views(args.views)))
     _write(doc, args.result)
 
 

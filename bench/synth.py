@@ -9,6 +9,10 @@ One set of n rows, deterministic for (n, seed):
   * a same-URL group: `same_url_rows` rows, one URL, one picture (exact, not a placeholder);
                                                                group "sameurl"
   * the rest: unrelated uniformly random 64-bit pHash/dHash;   group "u<i>", expected alone
+With views=True (issue 14) every row also gets the picture views' hashes (uniformly random
+mirror / crop / centre pHash+dHash, a trim view on 5 % of rows) and, per view, pairs planted
+at view distance 0..view_k (row b's plain hashes, or its centre for the centre view, are row a's
+view with some bits flipped):                                  group "w<view>_<d>-<i>", expected merged
 Keys are "<dataset>:<group>:<member>" so evaluation needs no side table.
 """
 import numpy as np
@@ -27,7 +31,11 @@ def _flip(values, distance, rng):
     return out
 
 
-def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000, seed=1):
+VIEWS = ("mirror", "trim", "crop", "centre")
+
+
+def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000, seed=1,
+             views=False, view_k=5):
     rng = np.random.default_rng(seed)
     scale = min(1.0, n / 1_000_000)
     ppd = max(20, int(pairs_per_distance * scale))
@@ -78,8 +86,42 @@ def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000
                             np.full(same, same_d, dtype=np.uint64), rand(rest)])
     # a zero dHash means "none" to the pipeline; random ones are never 0 in practice
     all_d[all_d == 0] = 1
-    return {"key": np.array(keys), "url": np.array(urls), "phash": all_p, "dhash": all_d,
-            "k": k, "pairs_per_distance": ppd, "skew_rows": skew, "same_url_rows": same}
+    out = {"key": np.array(keys), "url": np.array(urls), "phash": all_p, "dhash": all_d,
+           "k": k, "pairs_per_distance": ppd, "skew_rows": skew, "same_url_rows": same}
+    if views:
+        _plant_views(out, rest, view_k, ppd, rng, rand)
+    return out
+
+
+def _plant_views(out, rest, view_k, ppd, rng, rand):
+    """Random views for every row; then, among the unrelated rows, view pairs at 0..view_k."""
+    n = len(out["key"])
+    for view in VIEWS:
+        out[f"phash_{view}"], out[f"dhash_{view}"] = rand(n), rand(n) | np.uint64(1)
+    trimless = rng.random(n) >= 0.05
+    out["phash_trim"][trimless] = 0
+    out["dhash_trim"][trimless] = 0
+    keys = out["key"].astype(object)
+    first = n - rest  # unrelated rows start here; take consecutive (a, b) rows of them
+    pos = first
+    for view in VIEWS:
+        for d in range(view_k + 1):
+            for i in range(ppd):
+                a, b = pos, pos + 1
+                pos += 2
+                target = "centre" if view == "centre" else None
+                source_p, source_d = out[f"phash_{view}"][a], out[f"dhash_{view}"][a]
+                if source_p == 0:
+                    source_p = out[f"phash_{view}"][a] = rand(1)[0] | np.uint64(1)
+                    source_d = out[f"dhash_{view}"][a] = rand(1)[0] | np.uint64(1)
+                flipped = _flip(np.array([source_p], dtype=np.uint64), d, rng)[0]
+                if target:
+                    out["phash_centre"][b], out["dhash_centre"][b] = flipped, source_d
+                else:
+                    out["phash"][b], out["dhash"][b] = flipped, source_d
+                group = f"w{view}_{d}-{i}"
+                keys[a], keys[b] = f"cc3m:{group}:a", f"cc12m:{group}:b"
+    out["key"] = np.array(keys.tolist())
 
 
 def save(path, data):

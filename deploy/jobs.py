@@ -120,6 +120,9 @@ PARAMS = {
     "user_agent": Param("User-Agent", r"^[ -~]+$", help="User-Agent header of every image request"),
     "contact": Param("Contact", r"^[!-~]+$", sample="data-team@example.org"),
     "dataset_priority": Param("Dataset priority", listed(KIND)),
+    "views": Param("Picture views", r"^(?:none|(?:mirror|trim|crop|centre)(?:,(?:mirror|trim|crop|centre))*)$",
+                   help="Picture views computed at hash time and matched through (docs/duplicates.md), "
+                        "comma-separated from mirror, trim, crop, centre, or none"),
     "retry_status": Param("Statuses to fetch again", listed(STATUS)),
     "max_redirects": Param("Max redirects", INT, "NUMBER", help="Redirects followed per request"),
 }

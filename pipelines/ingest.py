@@ -130,7 +130,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     fetched = (
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
-        | "Hash" >> HashImages(opts.max_pixels)
+        | "Hash" >> HashImages(opts.max_pixels, views=DedupSettings.from_options(opts).views)
         | "Progress" >> RecordProgress(progress_dir)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
         | "StoreBlobs" >> StoreBlobs(temporary_dir(out, run_id))

@@ -76,8 +76,9 @@ def _finish(p, result, out):
      | "WriteStats" >> beam.io.WriteToText(os.path.join(out, "stats"), file_name_suffix=".json"))
     run = p.run()
     run.wait_until_finish()
-    counters = {c.key.metric.name: c.committed
-                for c in run.metrics().query(MetricsFilter())["counters"]}
+    counters = {}
+    for c in run.metrics().query(MetricsFilter())["counters"]:  # summed over steps (spill/bytes of several)
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
     return (_read(out, "rows-*.jsonl"), _read(out, "duplicates/clusters-*.jsonl"),
             _read(out, "stats-*.json")[0], counters)
 

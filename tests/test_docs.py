@@ -22,7 +22,8 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # A path under a project folder; stops before a placeholder (`<job>`, `{night}`, `*`).
 PATH = re.compile(r"(?<![\w./-])((?:" + "|".join(TOP_DIRS) + r")/[\w./-]*)(?![\w<{*./-])")
 # Paths that commands create (a benchmark's work folder given on its command line).
-CREATED = {"bench/work-12k", "bench/work/dedup-job-100000/in1", "bench/work/dedup-job-1m-oneproc.json"}
+CREATED = {"bench/work-12k", "bench/work/dedup-job-100000/in1", "bench/work/dedup-job-1m-oneproc.json",
+           "bench/work/dedup-quality/results.json"}
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 CODE_FILES = [p for d in ("pipelines", "transforms", "deploy") for p in (ROOT / d).rglob("*")
               if p.suffix in (".py", ".sh", ".mk", ".env")] + [ROOT / "Makefile", ROOT / "Dockerfile"]

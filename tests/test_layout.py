@@ -24,10 +24,17 @@ MAX_LINES = 400
 BIG_MODULES = {
     "transforms/liveness/verdicts.py": "the verdict rules as pure functions, each with the docstring that states "
                                        "the rule; the placeholder rules need the verdict constants (a split cycles)",
-    "transforms/clustering/clusters.py": "the dedup transform: vertices, key records, star edges, cluster assembly "
-                                         "and stats share private record layouts that a split would make public",
-    "pipelines/report/html_report.py": "one self-contained page: the table pass, ten short plot functions and the "
-                                       "HTML around them; splitting would only scatter the page",
+    "transforms/clustering/clusters.py": "the dedup transform: vertices, key records, star edges, view matches, "
+                                         "cluster assembly and stats share private record layouts that a split "
+                                         "would make public",
+    "transforms/clustering/near_search.py": "one banded search (BandPlan) and its two users, the plain pHash pairs "
+                                            "and the picture-view pairs (ViewPairs), which route and probe with the "
+                                            "same plan and shard layout",
+    "transforms/hashing.py": "one guarded decode and what is computed from its pixels: the viewable picture "
+                             "(EXIF orientation, 16-bit, alpha), the plain hashes and the picture views",
+    "pipelines/report/html_report.py": "one self-contained page: the table pass, ten short plot functions, the "
+                                       "cluster gallery with its thumbnails and the HTML around them; splitting "
+                                       "would only scatter the page",
     "transforms/fetch/client.py": "the Fetcher's event loop, its politeness state (HostGate, Pacer) and redirects "
                                   "share one asyncio loop; the DoFns that feed it are ~100 lines of it",
     "transforms/io/manifests.py": "one streaming parser per text format beside ReadManifests, which reads them "

@@ -17,12 +17,13 @@ import warnings
 import apache_beam as beam
 import imagehash
 import numpy
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageCheck", "inspect_image", "hash_hex", "verify_and_hash", "HashDoFn", "HashImages"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_VIEWS", "VIEWS", "ImageCheck", "inspect_image", "picture_views",
+           "centre_crop", "trim_borders", "hash_hex", "verify_and_hash", "HashDoFn", "HashImages"]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ 10000 x 10000; larger is treated as a decompression bomb
 
@@ -32,23 +33,48 @@ DEFAULT_MAX_PIXELS = 100_000_000  # ~ 10000 x 10000; larger is treated as a deco
 # image on the bench corpus instead of 2.95 ms at >= 256 px: LANCZOS from a bigger draft is dear.
 _DRAFT_SIZE = (128, 128)
 
+# Views of a picture (docs/duplicates.md): extra pHash/dHash pairs computed from the decoded pixels
+# of the same decode, so copies that a plain pHash misses can meet. Each is a (phash, dhash) pair
+# of 16 hex digits, in the row columns phash_<view> / dhash_<view>, null where the view does not
+# apply (trim of a picture without uniform borders).
+#   mirror: the picture flipped left-right          (a mirrored copy's plain hashes)
+#   trim:   uniform borders cut off                 (letterbox / pillarbox bars, padding)
+#   crop:   the centre 85 % of width and height      (a copy cropped by 10-20 %)
+#   centre: the centre 75 %                          (compared with other centres: corner
+#           watermarks, caption banners, small crops and rotations leave the centre alone)
+VIEWS = ("mirror", "trim", "crop", "centre")
+DEFAULT_VIEWS = VIEWS
+_CROP_KEEP = {"crop": 0.85, "centre": 0.75}
+# trim: a border row/column is "uniform" when its grey levels span at most this much (JPEG ringing
+# next to a bar stays within it); a trim is kept only if it removes at least _TRIM_MIN of a side
+# and keeps at least _TRIM_KEEP of it.
+_TRIM_RANGE = 12
+_TRIM_MIN = 0.03
+_TRIM_KEEP = 0.25
+_TRIM_PAIR = 0.02
+
 
 class ImageCheck:
     """Outcome of inspecting one body."""
 
-    __slots__ = ("status", "error", "format", "width", "height", "phash", "dhash", "stored_width", "stored_height")
+    __slots__ = ("status", "error", "format", "width", "height", "phash", "dhash", "stored_width", "stored_height",
+                 "views")
 
     def __init__(self, status: str = schema.OK, error: str | None = None, fmt: str | None = None,
                  width: int | None = None, height: int | None = None, phash: str | None = None,
-                 dhash: str | None = None) -> None:
+                 dhash: str | None = None, views: dict | None = None) -> None:
         self.status, self.error, self.format = status, error, fmt
         self.width, self.height, self.phash, self.dhash = width, height, phash, dhash
         # width/height are as displayed (EXIF orientation applied); these are as stored in the file
         self.stored_width, self.stored_height = width, height
+        self.views = views or {}  # view name -> (phash hex, dhash hex), see VIEWS
 
 
-def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> ImageCheck:
-    """Decode `body` safely and compute its perceptual hashes. Never raises."""
+def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
+                  views: tuple = ()) -> ImageCheck:
+    """Decode `body` safely and compute its perceptual hashes (and those of `views`, none unless
+    asked: the refresh compares plain hashes only), all of the picture a viewer sees (to_viewable).
+    Never raises."""
     if not body:
         return ImageCheck(schema.NOT_IMAGE, "empty body")
     try:
@@ -87,8 +113,13 @@ def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draf
             # faithfully ("L", "RGB", a plain "P") pass through: converting to "L" here too would
             # copy the pixels twice.
             image = to_viewable(image, orientation)
+            # The views are cut from the viewable picture; with views asked for, one conversion to
+            # "L" serves the plain hashes and every view.
+            if views and image.mode != "L":
+                image = image.convert("L")
             check.phash = hash_hex(imagehash.phash(image))
             check.dhash = hash_hex(imagehash.dhash(image))
+            check.views = picture_views(image, views)
     except Exception as exc:  # truncated or corrupt pixel data
         check.status, check.error = schema.DECODE_ERROR, f"cannot decode {fmt} pixels: {exc}"
     return check
@@ -177,6 +208,96 @@ def _to_8_bits(image):
     return Image.fromarray(numpy.clip(numpy.rint(scaled), 0, 255).astype(numpy.uint8), "L")
 
 
+def picture_views(gray, views=DEFAULT_VIEWS):
+    """The (pHash, dHash) of each view of a decoded picture (see VIEWS).
+
+    Args:
+        gray: the decoded picture, best already in mode "L" (converted otherwise).
+        views: names from VIEWS to compute.
+
+    Returns:
+        {view: (phash hex, dhash hex)} for the views that apply (no "trim" without borders).
+    """
+    unknown = set(views) - set(VIEWS)
+    if unknown:
+        raise ValueError(f"unknown picture views {sorted(unknown)}; known: {', '.join(VIEWS)}")
+    if gray.mode != "L":
+        gray = gray.convert("L")
+    out = {}
+    for view in views:
+        if view == "mirror":
+            picture = ImageOps.mirror(gray)
+        elif view == "trim":
+            picture = trim_borders(gray)
+        else:
+            picture = centre_crop(gray, _CROP_KEEP[view])
+        if picture is not None:
+            out[view] = (hash_hex(imagehash.phash(picture)), hash_hex(imagehash.dhash(picture)))
+    return out
+
+
+def centre_crop(gray, keep):
+    """The centred `keep` fraction of the width and of the height.
+
+    Args:
+        gray: a PIL image.
+        keep: fraction of each side kept, in (0, 1].
+
+    Returns:
+        The cropped PIL image.
+    """
+    w, h = gray.size
+    dw, dh = int(w * (1 - keep) / 2), int(h * (1 - keep) / 2)
+    return gray.crop((dw, dh, max(dw + 1, w - dw), max(dh + 1, h - dh)))
+
+
+def trim_borders(gray):
+    """The picture without its uniform border rows and columns (letterbox bars, padding).
+
+    Args:
+        gray: a PIL image in mode "L".
+
+    Returns:
+        The trimmed PIL image, or None when there is no pair of opposite bars worth trimming
+        (together under 3 % of the side) or the trim would keep under a quarter of a side.
+    """
+    pixels = numpy.asarray(gray, dtype=numpy.int16)
+    h, w = pixels.shape
+    if h < 8 or w < 8:
+        return None
+    top, bottom = _bars(_bar_length(pixels), _bar_length(pixels[::-1]), h)
+    left, right = _bars(_bar_length(pixels.T), _bar_length(pixels.T[::-1]), w)
+    if bottom - top < h * _TRIM_KEEP or right - left < w * _TRIM_KEEP:
+        return None
+    if h - (bottom - top) < h * _TRIM_MIN and w - (right - left) < w * _TRIM_MIN:
+        return None
+    return gray.crop((left, top, right, bottom))
+
+
+def _bars(first, last, size):
+    """(start, stop) of the picture between two opposite bars: letterbox bars, pillarbox bars and
+    padding come in pairs of about the same width (within 2 % of the side); a one-sided flat band
+    is a sky or a wall, part of the picture."""
+    if first and last and abs(first - last) <= max(2, _TRIM_PAIR * size):
+        return first, size - last
+    return 0, size
+
+
+def _bar_length(lines):
+    """How many leading lines (rows of a 2-D array) form one bar: every pixel of them within
+    _TRIM_RANGE grey levels of each other, and the first line after them clearly different (on
+    average more than _TRIM_RANGE away from the bar's level within 3 lines, JPEG ringing at the
+    edge allowed for): a sky's slow gradient is no bar."""
+    spread = numpy.maximum.accumulate(lines.max(axis=1)) - numpy.minimum.accumulate(lines.min(axis=1))
+    over = numpy.flatnonzero(spread > _TRIM_RANGE)
+    n = int(over[0]) if len(over) else len(lines)
+    if 0 < n < len(lines):
+        level = numpy.median(lines[:n])
+        if numpy.abs(lines[n:n + 3] - level).mean(axis=1).max() <= _TRIM_RANGE:
+            return 0
+    return n
+
+
 def hash_hex(image_hash: imagehash.ImageHash) -> str:
     """str(image_hash) for a hash of a multiple of 8 bits, without imagehash's per-bit string join."""
     return numpy.packbits(image_hash.hash.flatten()).tobytes().hex()
@@ -195,7 +316,8 @@ def _claimed_format(body):
     return None
 
 
-def verify_and_hash(row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> schema.Row:
+def verify_and_hash(row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
+                    views: tuple = DEFAULT_VIEWS) -> schema.Row:
     """Fill the content columns of a fetched row and settle its final status."""
     body = row.get("_body")
     if row.get("status") != schema.OK or body is None:
@@ -203,10 +325,12 @@ def verify_and_hash(row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft
     row["size_bytes"] = len(body)
     row["sha256"] = hashlib.sha256(body).hexdigest()
     row["md5"] = hashlib.md5(body).hexdigest()
-    check = inspect_image(body, max_pixels, draft)
+    check = inspect_image(body, max_pixels, draft, views)
     row.update(format=check.format, width=check.width, height=check.height,
                stored_width=check.stored_width, stored_height=check.stored_height,
                phash=check.phash, dhash=check.dhash)
+    for view, (phash, dhash) in check.views.items():
+        row[f"phash_{view}"], row[f"dhash_{view}"] = phash, dhash
     if check.status == schema.NOT_IMAGE:
         content_type = row.get("content_type") or "no Content-Type"
         return schema.fail(row, schema.NOT_IMAGE, f"{content_type}: {check.error}")
@@ -233,11 +357,13 @@ class HashDoFn(BoundedFuturesDoFn):
     put every core of the process to work on the bodies while this DoFn's thread moves rows on.
     """
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, threads: int | None = None) -> None:
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, threads: int | None = None,
+                 views: tuple = DEFAULT_VIEWS) -> None:
         super().__init__(max_pending=64)
         self._max_pixels = max_pixels
         self._draft = draft
         self._threads = threads
+        self._views = tuple(views)
 
     def setup(self):
         self._outcomes = {s: beam.metrics.Metrics.counter("verify", s) for s in schema.STATUSES}
@@ -248,7 +374,8 @@ class HashDoFn(BoundedFuturesDoFn):
         if row.get("status") != schema.OK or row.get("_body") is None:
             yield row  # nothing fetched: nothing to verify
             return
-        yield from self._track(self._pool.submit(verify_and_hash, row, self._max_pixels, self._draft), None)
+        yield from self._track(self._pool.submit(verify_and_hash, row, self._max_pixels, self._draft,
+                                                   self._views), None)
 
     def _completed(self, _context, row):
         self._outcomes[row["status"]].inc()
@@ -263,12 +390,15 @@ class HashDoFn(BoundedFuturesDoFn):
 
 
 class HashImages(beam.PTransform):
-    """Fetched rows in; rows out with sha256, md5, pHash, dHash, size, format and a final status."""
+    """Fetched rows in; rows out with sha256, md5, pHash, dHash (and those of each of `views`),
+    size, format and a final status."""
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True) -> None:
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, views: tuple = DEFAULT_VIEWS) -> None:
         super().__init__()
         self._max_pixels = max_pixels
         self._draft = draft
+        self._views = tuple(views)
 
     def expand(self, rows):
-        return rows | "VerifyAndHash" >> beam.ParDo(HashDoFn(self._max_pixels, self._draft))
+        return rows | "VerifyAndHash" >> beam.ParDo(HashDoFn(self._max_pixels, self._draft,
+                                                             views=self._views))

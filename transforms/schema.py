@@ -111,6 +111,17 @@ IMAGE_FIELDS = [
     # width/height are as displayed (EXIF orientation applied); these are as stored in the file
     ("stored_width", pa.int32()),
     ("stored_height", pa.int32()),
+    # views of the picture (transforms/hashing.py VIEWS, docs/duplicates.md): pHash / dHash of the
+    # mirrored picture, of the picture without uniform borders (null: no border), of the centre
+    # 85 % and of the centre 75 %
+    ("phash_mirror", pa.string()),
+    ("dhash_mirror", pa.string()),
+    ("phash_trim", pa.string()),
+    ("dhash_trim", pa.string()),
+    ("phash_crop", pa.string()),
+    ("dhash_crop", pa.string()),
+    ("phash_centre", pa.string()),
+    ("dhash_centre", pa.string()),
 ]
 
 IMAGE_SCHEMA = pa.schema(IMAGE_FIELDS)

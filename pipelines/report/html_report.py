@@ -23,6 +23,7 @@ import collections
 import datetime
 import html
 import io
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -393,6 +394,14 @@ th:first-child, td:first-child { text-align: left; white-space: nowrap; }
 .text { text-align: left; max-width: 640px; overflow-wrap: anywhere; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
 .empty { color: #8a93a3; font-style: italic; }
+.cluster { border-top: 1px solid #eceef2; padding: 6px 0; }
+.chead { font-size: 12px; color: #3b4252; margin-bottom: 4px; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 6px; }
+.thumbs figure { margin: 0; width: 84px; text-align: center; font-size: 10px; color: #3b4252; }
+.thumbs img, .thumbs .noimg { max-width: 72px; max-height: 72px; border: 3px solid transparent; border-radius: 3px; }
+.thumbs .noimg { width: 72px; height: 72px; background: #eceef2; line-height: 72px; margin: auto; }
+.thumbs figure.canon img { border-color: #f0a030; }
+.badge { display: inline-block; color: #fff; border-radius: 3px; padding: 0 4px; font-size: 9px; }
 """
 
 
@@ -478,6 +487,156 @@ def _metrics_tables(section):
     return '<div class="blocks">' + "".join(parts) + "</div>"
 
 
+# --- cluster gallery (issue 14): pictures of the largest and most distant near-duplicate clusters --
+
+GALLERY_CLUSTERS = 6      # clusters per gallery
+GALLERY_MEMBERS = 8       # thumbnails per cluster
+THUMB_PX = 72             # longest side of an embedded thumbnail
+DATASET_COLORS = {"cc3m": "#3f88c5", "cc12m": "#2e9e48", "openimages": "#d1493f",
+                  "imagenet_captions": "#8c5bb3", "zero": "#f0a030"}
+
+
+def read_cluster_records(out, limit=200_000):
+    """Cluster records of OUT/duplicates/*.jsonl (at most `limit`; none if the run wrote none).
+
+    Args:
+        out: the ingest output directory, local or gs://.
+        limit: stop after this many records (a gallery needs the top few, not all of them).
+
+    Returns:
+        A list of cluster record dicts (transforms.clustering.clusters.WriteDuplicates).
+    """
+    records = []
+    try:
+        matches = FileSystems.match([join_path(out, "duplicates", "clusters-*.jsonl")])[0].metadata_list
+    except Exception:  # noqa: BLE001 - no duplicates directory: no gallery
+        return records
+    for meta in sorted(matches, key=lambda m: m.path):
+        with FileSystems.open(meta.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            for line in io.TextIOWrapper(handle, encoding="utf-8"):
+                if line.strip():
+                    records.append(json.loads(line))
+                    if len(records) >= limit:
+                        return records
+    return records
+
+
+def _thumbnail(out, sha256):
+    """A small JPEG data: URI of the stored blob with this sha256, or None if not stored/decodable."""
+    if not sha256:
+        return None
+    try:
+        from PIL import Image
+        found = FileSystems.match([join_path(out, "blobs", sha256[:2], sha256[2:4], sha256 + "*")])[0]
+        if not found.metadata_list:
+            return None
+        with FileSystems.open(found.metadata_list[0].path,
+                              compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            image = Image.open(io.BytesIO(handle.read()))
+            image.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))
+            image = image.convert("RGB")
+        image.thumbnail((THUMB_PX, THUMB_PX))
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=70)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    except Exception:  # noqa: BLE001 - a picture that cannot be shown is shown as a blank tile
+        return None
+
+
+def _member_distance(member):
+    distance = member.get("view_distance", member.get("distance"))
+    return distance if isinstance(distance, int) else -1
+
+
+def gallery_clusters(records, count=GALLERY_CLUSTERS):
+    """(largest near-duplicate clusters, most distant ones, placeholder groups), `count` each.
+
+    Most distant: the largest distance of a member to its canonical row through the match that
+    joined it (pHash for near matches, the view's pHash distance for view matches).
+    """
+    real = [r for r in records if not r.get("is_placeholder") and r.get("kind") == "near"]
+    largest = sorted(real, key=lambda r: (-r["size"], r["cluster_id"]))[:count]
+    distant = sorted(real, key=lambda r: (-max((_member_distance(m) for m in r["members"]
+                                                 if m.get("match") != "canonical"), default=-1),
+                                          r["cluster_id"]))[:count]
+    placeholders = sorted((r for r in records if r.get("is_placeholder")),
+                          key=lambda r: (-r["size"], r["cluster_id"]))[:count]
+    return largest, distant, placeholders
+
+
+def _shown_members(record, farthest):
+    """The canonical row, then up to GALLERY_MEMBERS - 1 others: the farthest first (farthest),
+    or one of each way of matching in turn, so a gallery shows how the cluster was built."""
+    canonical = [m for m in record["members"] if m.get("match") == "canonical"]
+    others = sorted((m for m in record["members"] if m.get("match") != "canonical"),
+                    key=lambda m: (-_member_distance(m), m["key"]))
+    if not farthest:
+        by_kind = collections.defaultdict(list)
+        for m in others:
+            by_kind[m.get("match")].append(m)
+        others = [m for group in itertools.zip_longest(*by_kind.values()) for m in group if m]
+    return canonical + others[:GALLERY_MEMBERS - len(canonical)]
+
+
+def _cluster_card(out, record, farthest=False):
+    tiles = []
+    for m in _shown_members(record, farthest):
+        uri = _thumbnail(out, m.get("sha256"))
+        canonical = m.get("match") == "canonical"
+        picture = (f'<img src="{uri}" alt="{_e(m["key"])}">' if uri else '<div class="noimg">?</div>')
+        colour = DATASET_COLORS.get(m.get("dataset"), OTHER_COLOR)
+        if canonical:
+            how = "canonical"
+        elif m.get("match") in ("near", "transitive", "phash", "sha256", "url"):
+            how = f'{m["match"]} {m["distance"]}' if m.get("distance") is not None else m["match"]
+        else:  # a view: mirror, trim, crop, centre
+            how = f'view {m["match"]} {m.get("view_distance", "")}'
+        tiles.append(f'<figure class="{"canon" if canonical else ""}" title="{_e(m["key"])} {_e(m.get("url") or "")}">'
+                     f'{picture}<figcaption><span class="badge" style="background:{colour}">'
+                     f'{_e(m.get("dataset"))}</span><br>{_e(how)}</figcaption></figure>')
+    more = record["size"] - min(len(record["members"]), GALLERY_MEMBERS)
+    datasets = ", ".join(f"{_e(d)} {n}" for d, n in record.get("datasets", {}).items())
+    head = (f'<div class="chead"><b>{record["size"]} rows</b> &middot; {datasets} &middot; '
+            f'max pHash distance {_e(record.get("max_distance"))} &middot; <code>{_e(record["cluster_id"])}</code>'
+            + (f" &middot; +{more} more" if more > 0 else "") + "</div>")
+    return f'<div class="cluster">{head}<div class="thumbs">{"".join(tiles)}</div></div>'
+
+
+def _gallery_body(out, records):
+    largest, distant, placeholders = gallery_clusters(records)
+    if not (largest or placeholders):
+        return '<p class="empty">no near-duplicate or placeholder clusters</p>'
+    parts = []
+    for title, group in (("Largest near-duplicate clusters", largest),
+                         ("Most distant near-duplicate clusters", distant),
+                         ("Placeholder groups", placeholders)):
+        parts.append(f"<h3>{_e(title)}</h3>" + ("".join(_cluster_card(out, r, group is distant)
+                                                           for r in group)
+                                                   or '<p class="empty">none</p>'))
+    return "".join(parts)
+
+
+def plot_overlap(across, within):
+    """Rows in clusters shared by two datasets (across) and within one (within), as bars."""
+    items = [(k.replace("|", " | "), v.get("rows", 0), v.get("clusters", 0)) for k, v in (across or {}).items()]
+    items += [(f"{k} only", v.get("rows", 0), v.get("clusters", 0)) for k, v in (within or {}).items()]
+    if not items:
+        return None
+    figure, axes = _figure(6.2, max(1.8, 0.34 * len(items) + 1.0))
+    names = [k for k, _, _ in items]
+    bars = axes.barh(names, [r for _, r, _ in items],
+                     color=["#3f88c5" if "|" in k else "#9fb7d3" for k in names])
+    for bar, (_, rows, clusters) in zip(bars, items):
+        axes.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {clusters:,} clusters",
+                  va="center", fontsize=8)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.invert_yaxis()
+    axes.grid(axis="y", visible=False)
+    axes.set_xlabel("rows in duplicate clusters")
+    axes.set_title("dark: clusters spanning two datasets; light: within one dataset", fontsize=9)
+    return _svg(figure)
+
+
 def _duplicates_body(duplicates, stats):
     """The dedup stage's figures, rendered generically: scalars as cards, dicts of numbers as bars,
     anything else as a table; then the pair matrix and cluster sizes measured from the table."""
@@ -491,8 +650,12 @@ def _duplicates_body(duplicates, stats):
     cards = "".join(f'<div class="card"><div class="v">{_e(_fmt(v))}</div><div class="k">{_e(str(k).replace("_", " "))}</div></div>'
                     for k, v in list(scalars.items()) + list(measured.items()))
     parts = [f'<div class="cards">{cards}</div>']
+    if duplicates.get("across_datasets") or duplicates.get("within_dataset"):
+        parts.append("<h3 style='font-size:13px;margin:10px 0 4px'>overlap of datasets</h3>" +
+                     _plot(plot_overlap(duplicates.get("across_datasets"), duplicates.get("within_dataset")),
+                           "cross-dataset overlap"))
     for key, value in duplicates.items():
-        if key in scalars:
+        if key in scalars or key in ("across_datasets", "within_dataset"):
             continue
         if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
             parts.append(f"<h3 style='font-size:13px;margin:10px 0 4px'>{_e(key)}</h3>" +
@@ -517,7 +680,7 @@ def integrity_notices(summary):
     return lines
 
 
-def render_html(summary, stats, out, top_hosts=20):
+def render_html(summary, stats, out, top_hosts=20, clusters=None):
     counts = summary.get("counts") or {d: dict(per) for d, per in stats.counts.items()}
     rows = summary.get("rows", stats.rows)
     totals: collections.Counter[str] = collections.Counter()
@@ -562,6 +725,10 @@ def render_html(summary, stats, out, top_hosts=20):
                  "<div>" + _plot(plot_named_values({f"{k} rows": v for k, v in sorted(sizes.items())},
                                                    "clusters", "clusters by size"), "cluster sizes") + "</div></div>",
                  wide=True, note="Pairs of rows sharing a cluster_id; cluster sizes are rows per cluster."),
+        _section("Duplicate clusters", _gallery_body(out, clusters or []), wide=True,
+                 note="Thumbnails of the stored blobs; the canonical row is outlined; under each: its "
+                      "dataset and how it joined (pHash distance for near, the view and its distance for "
+                      "mirror/trim/crop/centre matches; transitive: through another member)."),
         _section("Beam metrics", _metrics_tables(metrics), wide=True,
                  note="Summed over steps; committed values where the runner reports them. Per-dataset "
                       "counters (rows_by_dataset) are in summary.json."),
@@ -587,7 +754,7 @@ def write_report(out: str, top_hosts: int = 20) -> str:
     """Reads OUT/summary.json and OUT/images/*.parquet, writes OUT/report.html; returns its path."""
     summary = read_json(join_path(out, "summary.json"))
     stats = read_table_stats(out)
-    page = render_html(summary, stats, out, top_hosts)
+    page = render_html(summary, stats, out, top_hosts, read_cluster_records(out))
     path = join_path(out, REPORT_NAME)
     with FileSystems.create(path, mime_type="text/html") as handle:
         handle.write(page.encode("utf-8"))

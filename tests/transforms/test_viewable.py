@@ -12,7 +12,7 @@ from tests.dedup_helpers import run_dedup
 from transforms import schema
 from transforms.clustering.clusters import DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE
 from transforms.clustering.placeholders import KNOWN_PLACEHOLDERS
-from transforms.hashing import inspect_image, verify_and_hash
+from transforms.hashing import VIEWS, inspect_image, verify_and_hash
 
 BLANK_PHASHES = {p.phash for p in KNOWN_PLACEHOLDERS if p.phash}
 
@@ -152,3 +152,16 @@ def test_an_animated_image_is_its_first_frame():
         alone = inspect_image(encode(first, fmt))
         assert check.status == schema.OK and distance(check.phash, alone.phash) <= 2, fmt
         assert distance(check.phash, inspect_image(encode(second, fmt)).phash) > DEFAULT_MAX_DISTANCE, fmt
+
+
+def test_views_are_cut_from_the_upright_picture():
+    """Picture views (issue 14) are computed after to_viewable: a sideways-stored copy with its EXIF
+    orientation has the views of the upright picture, not of the stored pixels."""
+    upright = picture(6, (320, 240))
+    row = verify_and_hash(fetched(sideways_jpeg(upright)))
+    assert row["status"] == schema.OK
+    straight = inspect_image(encode(upright, "JPEG", quality=90), views=VIEWS)
+    for view in ("mirror", "crop", "centre"):
+        assert distance(row[f"phash_{view}"], straight.views[view][0]) <= 2, view
+    stored = inspect_image(encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90), views=VIEWS)
+    assert distance(row["phash_mirror"], stored.views["mirror"][0]) > DEFAULT_MAX_DISTANCE

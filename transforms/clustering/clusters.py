@@ -25,7 +25,8 @@ also appears in another dataset is not merged into a real photo's cluster), are 
 near search, and are reported separately in stats, not as duplicates. Like every cluster it has
 exactly one is_canonical row (same policy); consumers drop rows with is_placeholder.
 
-Canonical row of a cluster (deterministic): status "ok" first, then the largest width*height,
+Canonical row of a cluster (deterministic): status "ok" first, then a row without uniform borders
+(no phash_trim view: not letterboxed or padded) before one with, then the largest width*height,
 then the earliest dataset in `dataset_priority` (unknown datasets last), then the smallest key.
 cluster_id: first 16 hex digits of sha1(smallest member key) for real clusters, of
 sha1("placeholder:" + pHash + dHash) for placeholders; the same input always gives the same ids.
@@ -57,7 +58,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms import schema
 from transforms.clustering.components import ConnectedComponents
-from transforms.clustering.near_search import NearDuplicatePairs
+from transforms.clustering.near_search import (DEFAULT_VIEW_MAX_DISTANCE, VIEW_SPACES,
+                                               NearDuplicatePairs, ViewPairs)
 from transforms.clustering.placeholders import known_placeholder_hashes
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.io.table import RemoveDirectory
@@ -73,7 +75,10 @@ DEFAULT_DHASH_MAX_DISTANCE = 16
 DEFAULT_DATASET_PRIORITY = ("openimages", "cc12m", "cc3m", "imagenet_captions", "zero")
 DEFAULT_PLACEHOLDER_MIN_URLS = 50
 
-MATCH_KINDS = ("sha256", "url", "phash", "near", "transitive")
+# The views dedup matches through by default (transforms/hashing.py VIEWS, docs/duplicates.md).
+DEFAULT_MATCH_VIEWS = ("mirror", "trim", "crop", "centre")
+VIEW_NAMES = tuple(VIEW_SPACES)
+MATCH_KINDS = ("sha256", "url", "phash", "near") + VIEW_NAMES + ("transitive",)
 
 _NS = "dedup"
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -115,12 +120,14 @@ def _cluster_id(text):
 
 
 def canonical_sort_key(row: schema.Row, dataset_priority: Sequence[str] = DEFAULT_DATASET_PRIORITY) -> tuple:
-    """Smallest sorts first = canonical: ok status, largest area, dataset priority, key."""
+    """Smallest sorts first = canonical: ok status, no letterbox bars or padding (a trim view),
+    largest area, dataset priority, key."""
     priority = list(dataset_priority)
     dataset = row.get("dataset")
     rank = priority.index(dataset) if dataset in priority else len(priority)
     area = (row.get("width") or 0) * (row.get("height") or 0)
-    return (row.get("status") != schema.OK, -area, rank, str(row.get("key")))
+    bordered = _hex16(row.get("phash_trim")) is not None  # its bars would count as area
+    return (row.get("status") != schema.OK, bordered, -area, rank, str(row.get("key")))
 
 
 def _hamming(a, b):
@@ -326,11 +333,14 @@ class _Cluster(beam.DoFn):
     """(component, rows) -> rows with cluster columns set, plus one cluster record."""
     CLUSTERS = "clusters"
 
-    def __init__(self, dataset_priority, max_distance, dhash_max_distance, max_listed):
+    def __init__(self, dataset_priority, max_distance, dhash_max_distance, max_listed,
+                 views=(), view_max_distance=DEFAULT_VIEW_MAX_DISTANCE):
         self._priority = tuple(dataset_priority)
         self._max_distance = max_distance
         self._dhash_max = dhash_max_distance
         self._max_listed = max_listed
+        self._views = tuple(views)
+        self._view_max = view_max_distance
 
     def process(self, element):
         component, rows = element
@@ -376,14 +386,14 @@ class _Cluster(beam.DoFn):
         _counter("placeholder_clusters" if placeholder else "clusters").inc()
         members = sorted(listed.values(), key=lambda m: (m["match"] != "canonical", m["key"]))
         for m in members:
-            del m["_nurl"], m["_vertex"]
+            del m["_nurl"], m["_vertex"], m["_views"]
         yield beam.pvalue.TaggedOutput(self.CLUSTERS, {
             "cluster_id": cluster_id,
             "canonical_key": canonical["key"],
             "is_placeholder": placeholder,
             "size": size,
             "kind": "placeholder" if placeholder else (
-                "near" if set(matches) & {"near", "transitive"} else "exact"),
+                "near" if set(matches) & ({"near", "transitive"} | set(VIEW_NAMES)) else "exact"),
             "datasets": datasets,
             "matches": matches,
             "max_distance": max_distance,
@@ -403,7 +413,35 @@ class _Cluster(beam.DoFn):
             dd = member["dhash_distance"]
             if dd is None or self._dhash_max is None or dd <= self._dhash_max:
                 return "near"
+        view = self._view_match(member, canonical)
+        if view is not None:
+            name, distance, dhash_distance = view
+            member["view_distance"], member["view_dhash_distance"] = distance, dhash_distance
+            return name
         return "transitive"
+
+    def _view_match(self, member, canonical):
+        """(view, pHash distance, dHash distance) of the first view through which the member
+        meets the canonical row directly (either's view against the other's plain hashes, or
+        centre against centre), as the view search would; None if none does."""
+        for view in self._views:
+            if view == "centre":
+                sides = [(member["_views"].get(view), canonical["_views"].get(view))]
+            else:
+                plain_m, plain_c = (member["phash"], member["dhash"]), (canonical["phash"], canonical["dhash"])
+                sides = [(member["_views"].get(view), plain_c), (canonical["_views"].get(view), plain_m)]
+            for a, b in sides:
+                if a is None or b is None:
+                    continue
+                distance = _hamming(a[0], b[0])
+                if distance is None or distance > self._view_max:
+                    continue
+                dd = _hamming(a[1], b[1])
+                if a[1] == "0" * 16 or b[1] == "0" * 16:
+                    dd = None
+                if dd is None or self._dhash_max is None or dd <= self._dhash_max:
+                    return view, distance, dd
+        return None
 
 
 def _lower(value):
@@ -425,6 +463,8 @@ def _member(row):
         "dhash_distance": None,
         "_nurl": normalize_url(row.get("url")),
         "_vertex": _vertex(row),
+        "_views": {v: (_lower(row.get(f"phash_{v}")), _lower(row.get(f"dhash_{v}")))
+                   for v in VIEW_NAMES if _hex16(row.get(f"phash_{v}"))},
     }
 
 
@@ -492,7 +532,7 @@ def _finish_stats(stats, config):
     out = {"rows": 0, "clusters": 0, "duplicated_rows": 0, "redundant_rows": 0,
            "exact_clusters": 0, "near_clusters": 0,
            "matches": {k: 0 for k in MATCH_KINDS},
-           "within_dataset": {}, "across_datasets": {}, "near_pairs": 0,
+           "within_dataset": {}, "across_datasets": {}, "near_pairs": 0, "view_pairs": {},
            "placeholder_groups": 0, "placeholder_rows": 0, "placeholder_rows_by_dataset": {}}
     _add(out, stats)
     out["within_dataset"] = dict(sorted(out["within_dataset"].items(),
@@ -514,7 +554,48 @@ def slim_row(row):
         "vertex": _vertex(row),
         "nurl": None if nurl is None else _digest(b"u", nurl),
         "sha256": _lower(row.get("sha256")),
+        "views": _view_ints(row),
     }
+
+
+def _view_ints(row):
+    """(pHash, dHash) ints of each view in VIEW_NAMES order, flattened, 0 where missing; None for
+    a row without any view (or without a plain pHash: no vertex to match through)."""
+    if _hex16(row.get("phash")) is None:
+        return None
+    out = []
+    for view in VIEW_NAMES:
+        p, d = _hex16(row.get(f"phash_{view}")), _hex16(row.get(f"dhash_{view}"))
+        out += [int(p, 16) if p else 0, int(d, 16) if (p and d) else 0]
+    return tuple(out) if any(out) else None
+
+
+class _ViewNodes(beam.DoFn):
+    """A batch of slim rows -> one (pHash array, dHash array, {view: (pHash, dHash arrays)}) batch
+    of the distinct non-placeholder pictures that have views, for the view search."""
+
+    def __init__(self, views):
+        self._views = tuple(views)
+
+    def process(self, batch, placeholders):
+        seen = {}
+        for slim in batch:
+            views, vertex = slim.get("views"), slim["vertex"]
+            if views is None or vertex[0] != "p" or vertex in placeholders or vertex in seen:
+                continue
+            _kind, a, b = _vertex_parts(vertex)
+            seen[vertex] = (a, b) + views
+        if not seen:
+            return
+        table = np.array(list(seen.values()), dtype=np.uint64)
+        views = {v: (table[:, 2 + 2 * i], table[:, 3 + 2 * i])
+                 for i, v in enumerate(VIEW_NAMES) if v in self._views}
+        yield table[:, 0], table[:, 1], views
+
+
+def _view_edge(pair):
+    pa, da, pb, db = pair[:4]
+    return _vertex_of_ints(pa, da), _vertex_of_ints(pb, db)
 
 
 def _near_edge(pair):
@@ -537,6 +618,10 @@ class Dedup(beam.PTransform):
     spill_dir: a local directory through which the per-row key records and the near search's
         routed hashes are grouped (transforms.clustering.spill), removed when done; local runs only. None:
         the runner's GroupByKey (Dataflow's shuffle is on disk already).
+    views: the picture views matched through (phash_<view>/dhash_<view> columns; default all of
+        mirror, trim, crop, centre; () turns the view search off), docs/duplicates.md.
+    view_max_distance: pHash distance at or under which two view keys meet (dHash of the same
+        views confirms, as dhash_max_distance says).
     """
 
     def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE,
@@ -545,9 +630,21 @@ class Dedup(beam.PTransform):
                  placeholder_min_urls: int = DEFAULT_PLACEHOLDER_MIN_URLS,
                  placeholder_hashes: Iterable[str] = known_placeholder_hashes(),
                  cc_rounds: int = 6, bands: int | None = None, shard_bits: int = 3,
-                 max_listed_members: int = 10000, spill_dir: str | None = None) -> None:
+                 max_listed_members: int = 10000, spill_dir: str | None = None,
+                 views: Sequence[str] = DEFAULT_MATCH_VIEWS,
+                 view_max_distance: int = DEFAULT_VIEW_MAX_DISTANCE) -> None:
         super().__init__()
         self._spill_dir = spill_dir
+        unknown = set(views) - set(VIEW_NAMES)
+        if unknown:
+            raise ValueError(f"unknown views {sorted(unknown)}; known: {', '.join(VIEW_NAMES)}")
+        self._views = tuple(v for v in VIEW_NAMES if v in views)
+        self._view_max = int(view_max_distance)
+        # At most 2 shards per band for the views: each query key is copied to every shard within
+        # its radius of its prefix (4 at 3 shard bits, 2 at 1), and view keys are 4 a picture;
+        # a view query's probes are few (radius 1), so fewer, larger shards cost little time.
+        self._view_search = ViewPairs(self._view_max, dhash_max_distance, shard_bits=min(shard_bits, 1),
+                                      spill_dir=self._spill("views")) if self._views else None
         self._max_distance = int(max_distance)
         self._priority = tuple(dataset_priority)
         self._dhash_max = dhash_max_distance
@@ -570,6 +667,9 @@ class Dedup(beam.PTransform):
             "placeholder_min_urls": self._min_urls,
             "near_search": self._near.plan.describe(),
             "cc_rounds": self._rounds,
+            "views": list(self._views),
+            "view_max_distance": self._view_max if self._views else None,
+            "view_search": self._view_search.plan.describe() if self._view_search else None,
         }
 
     def expand(self, rows):
@@ -580,7 +680,7 @@ class Dedup(beam.PTransform):
             typing.Tuple[str, typing.Any]).with_outputs(_SINGLE, main="members")
         clustered = self.cluster(placed.members)
         out_rows = (placed[_SINGLE], clustered["rows"]) | "AllRows" >> beam.Flatten()
-        stats = self.stats(clustered["clusters"], slim, found["near_pairs"])
+        stats = self.stats(clustered["clusters"], slim, found["near_pairs"], found["view_pairs"])
         return {"rows": out_rows, "clusters": clustered["clusters"], "stats": stats}
 
     def find_components(self, slim):
@@ -599,8 +699,20 @@ class Dedup(beam.PTransform):
         exact_edges = shards[_KeyShard.EXACT] | "StarEdges" >> beam.FlatMap(_star_edges, placeholders=placeholders)
         near_pairs = shards.nodes | "NearSearch" >> self._near
         near_edges = near_pairs | "NearEdges" >> beam.Map(_near_edge)
+        edges = [exact_edges, near_edges]
+        view_pairs = None
+        if self._views:
+            view_pairs = (
+                slim
+                | "BatchViews" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
+                # why: distinct non-placeholder pictures with their view keys, as numpy batches
+                | "ViewNodes" >> beam.ParDo(_ViewNodes(self._views), placeholders=placeholders)
+                # why: copies that pHash misses (mirrored, letterboxed, cropped, captioned)
+                | "ViewSearch" >> self._view_search
+            )
+            edges.append(view_pairs | "ViewEdges" >> beam.Map(_view_edge))
         labels = (
-            (exact_edges, near_edges)
+            tuple(edges)
             | "AllEdges" >> beam.Flatten()
             | "Components" >> ConnectedComponents(rounds=self._rounds)
         )
@@ -616,7 +728,7 @@ class Dedup(beam.PTransform):
         )
         if self._spill_dir is not None:  # every reader of the spilled records is upstream of this
             _ = components | "DropSpill" >> RemoveDirectory(self._spill_dir)
-        return {"components": components, "near_pairs": near_pairs}
+        return {"components": components, "near_pairs": near_pairs, "view_pairs": view_pairs}
 
     def cluster(self, members):
         """(component, row) -> {"rows": member rows with cluster columns, "clusters": records}."""
@@ -624,13 +736,14 @@ class Dedup(beam.PTransform):
             members
             | "GroupClusters" >> beam.GroupByKey()
             | "Cluster" >> beam.ParDo(_Cluster(self._priority, self._max_distance,
-                                               self._dhash_max, self._max_listed)).with_outputs(
+                                               self._dhash_max, self._max_listed, self._views,
+                                               self._view_max)).with_outputs(
                 _Cluster.CLUSTERS, main="rows")
         )
         return {"rows": clustered.rows, "clusters": clustered[_Cluster.CLUSTERS]}
 
-    def stats(self, clusters, slim, near_pairs):
-        """Cluster records, slim rows and near pairs -> one summary dict (duplicates figures)."""
+    def stats(self, clusters, slim, near_pairs, view_pairs=None):
+        """Cluster records, slim rows, near pairs (and view pairs) -> one summary dict (duplicates figures)."""
         partials = (
             clusters | "ClusterStats" >> beam.Map(_cluster_stats),
             slim | "CountRows" >> beam.combiners.Count.Globally()
@@ -638,6 +751,8 @@ class Dedup(beam.PTransform):
             near_pairs | "CountNear" >> beam.combiners.Count.Globally()
             | "NearStat" >> beam.Map(lambda n: {"near_pairs": n}),
         )
+        if view_pairs is not None:
+            partials += (view_pairs | "CountViewPairs" >> beam.Map(lambda p: {"view_pairs": {p[4]: 1}}),)
         return (
             partials
             | "AllStats" >> beam.Flatten()
@@ -660,11 +775,13 @@ class DedupShards(Dedup):
         members = inputs["shards"] | "Members" >> beam.FlatMap(
             _shard_members, components=beam.pvalue.AsDict(found["components"]))
         clustered = self.cluster(members)
-        stats = self.stats(clustered["clusters"], inputs["slim"], found["near_pairs"])
+        stats = self.stats(clustered["clusters"], inputs["slim"], found["near_pairs"],
+                           found["view_pairs"])
         return {"rows": clustered["rows"], "clusters": clustered["clusters"], "stats": stats}
 
 
-MEMBER_FIELDS = ("key", "dataset", "url", "status", "sha256", "phash", "dhash", "width", "height")
+MEMBER_FIELDS = ("key", "dataset", "url", "status", "sha256", "phash", "dhash", "width", "height") + tuple(
+    f"{h}_{v}" for v in VIEW_NAMES for h in ("phash", "dhash"))
 
 
 def _shard_members(path, components):
@@ -673,7 +790,8 @@ def _shard_members(path, components):
     import pyarrow.parquet as pq  # only the ingest's workers need it here
     with FileSystems.open(path) as handle:
         parquet = pq.ParquetFile(handle)
-        for batch in parquet.iter_batches(batch_size=4096, columns=list(MEMBER_FIELDS)):
+        names = set(parquet.schema_arrow.names)  # tables written before the view columns lack them
+        for batch in parquet.iter_batches(batch_size=4096, columns=[c for c in MEMBER_FIELDS if c in names]):
             for row in batch.to_pylist():
                 yield from _place(row, components, singles=False)
 

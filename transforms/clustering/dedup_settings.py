@@ -12,18 +12,45 @@ import argparse
 import dataclasses
 from typing import Any
 
-from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE,
-                                            DEFAULT_PLACEHOLDER_MIN_URLS, Dedup, DedupShards)
+from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MATCH_VIEWS,
+                                            DEFAULT_MAX_DISTANCE, DEFAULT_PLACEHOLDER_MIN_URLS, VIEW_NAMES, Dedup,
+                                            DedupShards)
+from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE
 from transforms.clustering.placeholders import known_placeholder_hashes
 from transforms.errors import BadInput
 
 __all__ = ["DEDUP_CC_ROUNDS", "DEDUP_DHASH_MAX_DISTANCE", "DEDUP_MAX_DISTANCE", "DEDUP_PLACEHOLDER_MIN_URLS",
-           "DedupSettings"]
+           "DEDUP_VIEW_MAX_DISTANCE", "DedupSettings", "parse_views"]
 
 DEDUP_MAX_DISTANCE = DEFAULT_MAX_DISTANCE              # pHash distance of near-duplicates (8)
 DEDUP_DHASH_MAX_DISTANCE = DEFAULT_DHASH_MAX_DISTANCE  # dHash confirmation (16)
 DEDUP_PLACEHOLDER_MIN_URLS = DEFAULT_PLACEHOLDER_MIN_URLS  # one picture at this many URLs: placeholder (50)
 DEDUP_CC_ROUNDS = 6
+DEDUP_VIEW_MAX_DISTANCE = DEFAULT_VIEW_MAX_DISTANCE  # pHash distance at which two view keys meet
+
+
+def parse_views(text: str | None) -> tuple:
+    """--views: comma-separated view names or 'none' -> tuple of names.
+
+    Args:
+        text: the option's value (None: the default views).
+
+    Returns:
+        The view names in VIEW_NAMES order.
+
+    Raises:
+        BadInput: an unknown view name.
+    """
+    if text is None:
+        return DEFAULT_MATCH_VIEWS
+    names = {v.strip().lower() for v in text.split(",") if v.strip()}
+    if names in ({"none"}, set()):
+        return ()
+    unknown = names - set(VIEW_NAMES)
+    if unknown:
+        raise BadInput(f"--views: unknown view {', '.join(sorted(unknown))}; "
+                       f"known: {', '.join(VIEW_NAMES)} or none")
+    return tuple(v for v in VIEW_NAMES if v in names)
 
 
 def _add_once(group: argparse._ArgumentGroup, *flags: str, **kwargs: Any) -> None:
@@ -46,6 +73,8 @@ class DedupSettings:
     placeholder_hashes: tuple = ()
     cc_rounds: int = DEDUP_CC_ROUNDS
     shard_bits: int | None = None
+    views: tuple = DEFAULT_MATCH_VIEWS
+    view_max_distance: int = DEDUP_VIEW_MAX_DISTANCE
 
     @staticmethod
     def add_arguments(parser: argparse._ActionsContainer) -> None:
@@ -71,6 +100,12 @@ class DedupSettings:
         add("--placeholder-hash", dest="placeholder_hashes", action="append", default=[], metavar="HASH",
             help="sha256 or pHash of a placeholder picture, added to the built-in list "
                  "(transforms/clustering/placeholders.py); repeatable")
+        add("--views", default=",".join(DEFAULT_MATCH_VIEWS), metavar="VIEWS",
+            help=f"picture views computed at hash time and matched through, comma-separated from "
+                 f"{','.join(VIEW_NAMES)}, or 'none' (docs/duplicates.md; default {','.join(DEFAULT_MATCH_VIEWS)})")
+        add("--view-max-distance", type=int, default=DEDUP_VIEW_MAX_DISTANCE, metavar="K",
+            help=f"pHash distance at or under which two view keys meet (their dHashes confirm)"
+                 f" (default {DEDUP_VIEW_MAX_DISTANCE})")
         add("--cc-rounds", type=int, default=DEDUP_CC_ROUNDS,
             help=f"large/small-star rounds before the exact union-find finish (default {DEDUP_CC_ROUNDS})")
         add("--shard-bits", type=int, default=None,
@@ -94,12 +129,17 @@ class DedupSettings:
                 raise BadInput(f"--{name.replace('_', '-')} must not be negative, got {getattr(opts, name)}")
         if opts.shard_bits is not None and not 0 <= opts.shard_bits <= 16:
             raise BadInput(f"--shard-bits must be between 0 and 16, got {opts.shard_bits}")
+        view_max = getattr(opts, "view_max_distance", None)
+        view_max = DEDUP_VIEW_MAX_DISTANCE if view_max is None else view_max
+        if not 0 <= view_max <= 64:
+            raise BadInput(f"--view-max-distance must be between 0 and 64 (pHash bits), got {view_max}")
+        views = parse_views(getattr(opts, "views", None))
         dhash = opts.dhash_max_distance
         priority = tuple(d.strip() for d in opts.dataset_priority.split(",") if d.strip())
         return cls(max_distance=max_distance, dhash_max_distance=dhash if dhash is None or dhash >= 0 else None,
                    dataset_priority=priority, placeholder_min_urls=opts.placeholder_min_urls,
                    placeholder_hashes=tuple(opts.placeholder_hashes or ()), cc_rounds=opts.cc_rounds,
-                   shard_bits=opts.shard_bits)
+                   shard_bits=opts.shard_bits, views=views, view_max_distance=view_max)
 
     def transform(self, from_shards: bool = False, one_process: bool = False,
                   spill_dir: str | None = None) -> Dedup:
@@ -118,4 +158,5 @@ class DedupSettings:
             max_distance=self.max_distance, dataset_priority=self.dataset_priority,
             dhash_max_distance=self.dhash_max_distance, placeholder_min_urls=self.placeholder_min_urls,
             placeholder_hashes=known_placeholder_hashes() + self.placeholder_hashes,
-            cc_rounds=self.cc_rounds, shard_bits=shard_bits, spill_dir=spill_dir)
+            cc_rounds=self.cc_rounds, shard_bits=shard_bits, spill_dir=spill_dir,
+            views=self.views, view_max_distance=self.view_max_distance)

@@ -173,12 +173,13 @@ class BandPlan:
                         yield (j, shard), "q", phash[idx], dhash[idx]
 
     def search_shard(self, j, shard, owners, queries, dhash_max_distance=None,
-                     chunk_pairs=1 << 20, chunk_probes=1 << 18):
+                     chunk_pairs=1 << 20, chunk_probes=1 << 18, ordered=True):
         """Pairs within the threshold between queries and owners of shard (band j, shard).
 
         owners/queries: (phash uint64 array, dhash uint64 array, has_dhash bool array).
         Yields (phash_q, dhash_q, phash_o, dhash_o, pdist, ddist) arrays per chunk, with the
-        pair-once rules of the module docstring applied.
+        pair-once rules of the module docstring applied. ordered=False drops the
+        "query below owner" rule (queries and owners are different keys: the view search).
         """
         o_p, o_d, o_has = owners
         q_p, q_d, q_has = queries
@@ -232,13 +233,16 @@ class BandPlan:
                 probe_q, lo, hi = qi[row], lo[hit], hi[hit]
                 for pq, po in _expand(probe_q, lo, hi, chunk_pairs):
                     yield from self._check(pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has,
-                                           o_perm, earlier, dhash_max_distance)
+                                           o_perm, earlier, dhash_max_distance, ordered)
 
     def _check(self, pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has, o_perm, earlier,
-               dhash_max_distance):
+               dhash_max_distance, ordered=True):
         qp, qd, op, od = q_p[pq], q_d[pq], o_p[po], o_d[po]
-        # Pair once: query strictly below owner in (phash, dhash) order (also drops self).
-        ok = (qp < op) | ((qp == op) & (qd < od))
+        if ordered:
+            # Pair once: query strictly below owner in (phash, dhash) order (also drops self).
+            ok = (qp < op) | ((qp == op) & (qd < od))
+        else:
+            ok = np.ones(len(pq), dtype=bool)
         x = q_perm[pq] ^ o_perm[po]
         pdist = np.bitwise_count(x).astype(np.int64)
         ok &= pdist <= self.max_distance
@@ -374,4 +378,173 @@ class NearDuplicatePairs(beam.PTransform):
             | "RouteToShards" >> beam.ParDo(_RouteToShards(self._plan))
             | "GroupShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: ROUTED_RECORD)
             | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max))
+        )
+
+
+# --- the view search (issue 14): extra keys of each picture, docs/duplicates.md -------------------
+#
+# A picture's views (transforms/hashing.py VIEWS) are more 64-bit pHashes of the same decode: of
+# the mirrored picture, without uniform borders, of its centre 85 % and 75 %. A copy that pHash
+# misses meets its original through a view: a mirrored copy's plain pHash is the original's
+# "mirror" view, a letterboxed copy's "trim" view is the original's plain pHash, a 10-20 %
+# cropped copy's plain pHash is close to the original's "crop" view; "centre" views are compared
+# with each other (a corner watermark, a caption banner or a small rotation leaves the centre).
+# So there are two key spaces, each its own banded search with the arithmetic above:
+#   space 0 "plain": owners = the plain pHash of every picture; queries = its mirror, trim and
+#                    crop views;
+#   space 1 "centre": owners and queries = the centre view of every picture.
+# Each record carries the key searched, the dHash of the same view (the confirmation) and the
+# picture's own (pHash, dHash) vertex, so a pair names the two vertices and the view. The plan is
+# its own (view_max_distance, 3 bands: radius 1 for the default 5), which costs ~66 probes a key
+# instead of the plain search's ~700: a view is an exact-ish match of pixels that were there.
+
+VIEW_SPACES = {"mirror": 0, "trim": 0, "crop": 0, "centre": 1}
+VIEW_IDS = {"plain": 0, "mirror": 1, "trim": 2, "crop": 3, "centre": 4}
+VIEW_NAMES = {i: name for name, i in VIEW_IDS.items()}
+# One routed view key: owner or query, which view, the key searched, the dHash of that view,
+# the picture's vertex (plain pHash, plain dHash).
+VIEW_RECORD = np.dtype([("owner", "?"), ("view", "u1"), ("key", "<u8"), ("check", "<u8"),
+                        ("phash", "<u8"), ("dhash", "<u8")])
+DEFAULT_VIEW_MAX_DISTANCE = 5
+
+
+def view_records(phash, dhash, views):
+    """Record arrays of one batch of pictures: (space, records) per key space.
+
+    Args:
+        phash, dhash: uint64 arrays, the pictures' vertices (dHash 0 = missing).
+        views: {view name: (pHash uint64 array, dHash uint64 array)} aligned with phash, a
+            pHash of 0 where the picture has no such view.
+
+    Returns:
+        {space: VIEW_RECORD array}: plain owners and mirror/trim/crop queries in space 0, centre
+        owners and queries in space 1.
+    """
+    phash = np.asarray(phash, dtype=np.uint64)
+    dhash = np.asarray(dhash, dtype=np.uint64)
+    parts = {0: [_view_part(True, "plain", phash, dhash, phash, dhash)], 1: []}
+    for name, (vp, vd) in views.items():
+        vp, vd = np.asarray(vp, dtype=np.uint64), np.asarray(vd, dtype=np.uint64)
+        has = vp != 0
+        if not has.any():
+            continue
+        space = VIEW_SPACES[name]
+        part = _view_part(False, name, vp[has], vd[has], phash[has], dhash[has])
+        parts[space].append(part)
+        if space == 1:  # centre views are compared with each other: owners as well
+            owners = part.copy()
+            owners["owner"] = True
+            parts[space].append(owners)
+    return {space: np.concatenate(p) for space, p in parts.items() if p}
+
+
+def _view_part(owner, view, key, check, phash, dhash):
+    records = np.empty(len(key), dtype=VIEW_RECORD)
+    records["owner"], records["view"] = owner, VIEW_IDS[view]
+    records["key"], records["check"], records["phash"], records["dhash"] = key, check, phash, dhash
+    return records
+
+
+def search_view_shard(plan, j, shard, records, dhash_max_distance=None):
+    """Pairs of different pictures whose view keys are within plan.max_distance in one shard.
+
+    Args:
+        plan: the view search's BandPlan.
+        j, shard: the band and shard these records were routed to.
+        records: VIEW_RECORD array (owners and queries).
+        dhash_max_distance: confirmation on the dHash of the same views (None: none).
+
+    Returns:
+        A list of (phash_a, dhash_a, phash_b, dhash_b, view, distance, dhash_distance) with
+        (phash_a, dhash_a) the querying picture, view its view name; distance -1 never occurs.
+    """
+    owner = records["owner"]
+    if not owner.any() or owner.all():
+        return []
+    o, q = records[owner], records[~owner]
+    index = lambda r: np.arange(len(r), dtype=np.uint64)  # noqa: E731 - records by index
+    none = lambda r: np.zeros(len(r), dtype=bool)  # noqa: E731 - confirmation done below
+    out = []
+    for _qk, qi, _ok, oi, pdist, _dd in plan.search_shard(
+            j, shard, (o["key"], index(o), none(o)), (q["key"], index(q), none(q)), None,
+            ordered=False):
+        qr, orr = q[qi.astype(np.intp)], o[oi.astype(np.intp)]
+        # a picture never matches itself (a symmetric picture's mirror is its plain pHash)
+        keep = (qr["phash"] != orr["phash"]) | (qr["dhash"] != orr["dhash"])
+        centre = qr["view"] == VIEW_IDS["centre"]
+        # centre views meet twice (each is owner and query): keep the pair from its smaller side
+        keep &= ~centre | (qr["phash"] < orr["phash"]) | (
+            (qr["phash"] == orr["phash"]) & (qr["dhash"] < orr["dhash"]))
+        both = (qr["check"] != NO_DHASH) & (orr["check"] != NO_DHASH)
+        ddist = np.where(both, np.bitwise_count(qr["check"] ^ orr["check"]).astype(np.int64), -1)
+        if dhash_max_distance is not None:
+            keep &= ~both | (ddist <= dhash_max_distance)
+        for a, b, view, pd, dd in zip(qr[keep].tolist(), orr[keep].tolist(),
+                                      qr["view"][keep].tolist(), pdist[keep].tolist(),
+                                      ddist[keep].tolist()):
+            out.append((a[4], a[5], b[4], b[5], VIEW_NAMES[view], pd, dd))
+    return out
+
+
+class _RouteViews(beam.DoFn):
+    def __init__(self, plan):
+        self._plan = plan
+
+    def process(self, batch):
+        phash, dhash, views = batch
+        plan = self._plan
+        for space, records in view_records(phash, dhash, views).items():
+            beam.metrics.Metrics.counter("dedup", "view_records").inc(len(records))
+            permuted = plan.permute(records["key"])
+            owners, queries = np.flatnonzero(records["owner"]), np.flatnonzero(~records["owner"])
+            for j in range(plan.bands):
+                prefix = plan.prefix(plan.band(permuted, j), j)
+                for shard, idx in split_by(prefix[owners]):
+                    yield (space, j, shard), records[owners[idx]]
+                for masks in plan._prefix_masks:
+                    for mask in masks:
+                        for shard, idx in split_by(prefix[queries] ^ np.uint64(mask)):
+                            yield (space, j, shard), records[queries[idx]]
+
+
+class _SearchViewShard(beam.DoFn):
+    def __init__(self, plan, dhash_max_distance):
+        self._plan = plan
+        self._dhash_max = dhash_max_distance
+
+    def process(self, element):
+        (_space, j, shard), parts = element
+        pairs = search_view_shard(self._plan, j, shard, np.concatenate(list(parts)), self._dhash_max)
+        beam.metrics.Metrics.counter("dedup", "view_pairs").inc(len(pairs))
+        yield from pairs
+
+
+class ViewPairs(beam.PTransform):
+    """Batches (phash array, dhash array, {view: (phash array, dhash array)}) of DISTINCT
+    pictures -> (phash_a, dhash_a, phash_b, dhash_b, view, distance, dhash_distance) for every
+    picture a whose `view` key is within max_distance of picture b's matching key (b's plain
+    pHash, or b's centre for the centre view) and, where both have one, whose dHashes of those
+    views are within dhash_max_distance. Recall is exact up to max_distance, as in
+    NearDuplicatePairs (same BandPlan arithmetic, one plan per key space).
+    """
+
+    def __init__(self, max_distance=DEFAULT_VIEW_MAX_DISTANCE, dhash_max_distance=None, bands=3,
+                 shard_bits=3, spill_dir=None):
+        super().__init__()
+        self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
+        self._dhash_max = dhash_max_distance
+        self._spill_dir = spill_dir
+
+    @property
+    def plan(self):
+        return self._plan
+
+    def expand(self, batches):
+        return (
+            batches
+            # why: each view key goes to its band shards (owners once, queries within radius)
+            | "RouteViews" >> beam.ParDo(_RouteViews(self._plan))
+            | "GroupViewShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: VIEW_RECORD)
+            # why: exact lookups inside a shard, then self-matches dropped and dHash confirmed
+            | "SearchViewShards" >> beam.ParDo(_SearchViewShard(self._plan, self._dhash_max))
         )

@@ -1,0 +1,77 @@
+"""The view search (issue 14): exactly the brute-force set of view pairs, for every key space."""
+import random
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from transforms.clustering.near_search import (VIEW_SPACES, BandPlan, _RouteViews,
+                                               search_view_shard)
+
+
+def _pictures(n, seed):
+    """n pictures (plain pHash, dHash) and views, many of them within a few bits of another
+    picture's matching key, so pairs exist at every distance up to ~8."""
+    rng = random.Random(seed)
+    plain = [rng.getrandbits(64) for _ in range(n)]
+    dh = [rng.getrandbits(64) | 1 for _ in range(n)]
+    views = {v: ([0] * n, [0] * n) for v in VIEW_SPACES}
+    for i in range(n):
+        for v in VIEW_SPACES:
+            if v == "trim" and rng.random() < 0.7:
+                continue  # most pictures have no border to trim
+            if rng.random() < 0.3:  # near some other picture's plain (or centre) key
+                other = rng.randrange(n)
+                base = views["centre"][0][other] or plain[other] if v == "centre" else plain[other]
+                check = dh[other]
+            else:
+                base, check = rng.getrandbits(64), rng.getrandbits(64)
+            for _ in range(rng.randint(0, 8)):
+                base ^= 1 << rng.randrange(64)
+            views[v][0][i], views[v][1][i] = base or 1, check
+    return plain, dh, views
+
+
+def _brute(plain, dh, views, k, dmax):
+    pairs = set()
+    n = len(plain)
+    for v, (vp, vd) in views.items():
+        for i in range(n):
+            if not vp[i]:
+                continue
+            for j in range(n):
+                if (plain[i], dh[i]) == (plain[j], dh[j]):
+                    continue
+                if v == "centre":
+                    if not vp[j] or (plain[i], dh[i]) > (plain[j], dh[j]):
+                        continue
+                    key, check = vp[j], vd[j]
+                else:
+                    key, check = plain[j], dh[j]
+                if (vp[i] ^ key).bit_count() <= k and (
+                        dmax is None or (vd[i] ^ check).bit_count() <= dmax):
+                    pairs.add((plain[i], dh[i], plain[j], dh[j], v))
+    return pairs
+
+
+@pytest.mark.parametrize("k,dmax,shard_bits", [(5, None, 3), (5, 20, 2), (8, None, 3), (2, None, 0)])
+def test_view_search_equals_brute_force(k, dmax, shard_bits):
+    plain, dh, views = _pictures(300, seed=k + shard_bits)
+    plan = BandPlan(k, bands=3, shard_bits=shard_bits)
+    shards = defaultdict(list)
+    route = _RouteViews(plan)
+    for start in range(0, len(plain), 71):  # several batches, as BatchElements would make
+        sl = slice(start, start + 71)
+        batch = (np.array(plain[sl], dtype=np.uint64), np.array(dh[sl], dtype=np.uint64),
+                 {v: (np.array(p[sl], dtype=np.uint64), np.array(d[sl], dtype=np.uint64))
+                  for v, (p, d) in views.items()})
+        for key, records in route.process(batch):
+            shards[key].append(records)
+    found = []
+    for (_space, j, shard), parts in shards.items():
+        found += [p[:5] for p in search_view_shard(plan, j, shard, np.concatenate(parts), dmax)]
+    expected = _brute(plain, dh, views, k, dmax)
+    assert len(expected) > 40  # the data really has view pairs
+    assert {v for *_, v in expected} == set(VIEW_SPACES)  # of every view
+    assert len(found) == len(set(found))  # each pair once
+    assert set(found) == expected
