@@ -1,14 +1,15 @@
 """Deploy helpers the scripts of deploy/ call: `python -m deploy COMMAND ...`.
 
-    jobs                                  the job names, one a line
-    metadata JOB [--write]                Flex Template metadata (--write: deploy/templates/JOB-metadata.json)
-    template-spec JOB --image IMAGE       the Flex Template spec file to upload to GCS
-    launch-body JOB --template GS --image IMAGE --bucket B [--service-account SA]
-                [--job-name NAME] [--param NAME=VALUE ...]
-                                          a flexTemplates:launch body, checked against the metadata
-    size --rows M --hours N --rate R [--vcpus-per-worker 4] [--utilization 0.8]
-                                          vCPUs and workers for M rows in N hours (docs/dataflow.md, Sizing)
+jobs                                  the job names, one a line
+metadata JOB [--write]                Flex Template metadata (--write: deploy/templates/JOB-metadata.json)
+template-spec JOB --image IMAGE       the Flex Template spec file to upload to GCS
+launch-body JOB --template GS --image IMAGE --bucket B [--service-account SA]
+            [--job-name NAME] [--param NAME=VALUE ...]
+                                      a flexTemplates:launch body, checked against the metadata
+size --rows M --hours N --rate R [--vcpus-per-worker 4] [--utilization 0.8]
+                                      vCPUs and workers for M rows in N hours (docs/dataflow.md, Sizing)
 """
+
 import argparse
 import sys
 
@@ -33,9 +34,13 @@ def build_launch_body(args, defaults=None):
     defaults = defaults or jobs.load_defaults()
     parameters = dict(jobs.worker_parameters(defaults), **dict(args.parameters))
     body = jobs.launch_body(
-        job_name=args.job_name or args.job.name, template=args.template, parameters=parameters,
-        environment=jobs.launch_environment(defaults, bucket=args.bucket, image=args.image,
-                                            service_account=args.service_account))
+        job_name=args.job_name or args.job.name,
+        template=args.template,
+        parameters=parameters,
+        environment=jobs.launch_environment(
+            defaults, bucket=args.bucket, image=args.image, service_account=args.service_account
+        ),
+    )
     return body, jobs.launch_problems(body, jobs.template_metadata(args.job))
 
 
@@ -56,8 +61,15 @@ def parser():
     launch.add_argument("--bucket", required=True, help="bucket of the staging and temp locations")
     launch.add_argument("--service-account", help="worker service account email")
     launch.add_argument("--job-name", help="default: the job's name")
-    launch.add_argument("--param", dest="parameters", action="append", default=[], type=_assignment,
-                        metavar="NAME=VALUE", help="a template parameter (repeatable)")
+    launch.add_argument(
+        "--param",
+        dest="parameters",
+        action="append",
+        default=[],
+        type=_assignment,
+        metavar="NAME=VALUE",
+        help="a template parameter (repeatable)",
+    )
     size = commands.add_parser("size")
     size.add_argument("--rows", type=int, required=True)
     size.add_argument("--hours", type=float, required=True)
@@ -88,8 +100,7 @@ def main(argv=None):
         sys.stdout.write(jobs.to_json(body))
     elif args.command == "size":
         vcpus, workers = jobs.sizing(args.rows, args.hours, args.rate, args.utilization, args.vcpus_per_worker)
-        print(f"{vcpus} vCPUs = {workers} workers of {args.vcpus_per_worker} vCPUs"
-              f" (DATAFLOW_MAX_WORKERS={workers})")
+        print(f"{vcpus} vCPUs = {workers} workers of {args.vcpus_per_worker} vCPUs (DATAFLOW_MAX_WORKERS={workers})")
     return 0
 
 

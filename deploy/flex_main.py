@@ -3,6 +3,7 @@
 Runs the job the image was built for (BEAM_JOB, set by the Dockerfile's JOB build argument)
 with the template parameters mapped onto its own flags: pipelines/launch/flex_template.py.
 """
+
 import sys
 
 from pipelines.launch import flex_template

@@ -4,6 +4,7 @@ Adding a job is one entry in JOBS: its module (pipelines/<name>.py, see pipeline
 supplies the options; PARAMS says how each option is labelled and validated for Dataflow; the
 image tag, template spec, offline spec render and launch bodies follow.
 """
+
 import dataclasses
 import functools
 import json
@@ -36,30 +37,44 @@ class Job:
         return flex_template.job_module(self.name).run(argv)
 
 
-JOBS = {job.name: job for job in (
-    Job("ingest", "URL manifests of image-text datasets -> Parquet rows (one per manifest row, failures "
-                  "included), content-addressed image blobs and summary.json."),
-    Job("refresh", "Nightly re-check of every URL of an ingest output: alive, changed, dead or unreachable, "
-                   "with history across nights."),
-    Job("export", "An ingest or dedup output -> training-ready shards: WebDataset tar or Hugging Face Parquet, "
-                  "deduplicated, optionally resized, with summary.json."),
-)}
+JOBS = {
+    job.name: job
+    for job in (
+        Job(
+            "ingest",
+            "URL manifests of image-text datasets -> Parquet rows (one per manifest row, failures "
+            "included), content-addressed image blobs and summary.json.",
+        ),
+        Job(
+            "refresh",
+            "Nightly re-check of every URL of an ingest output: alive, changed, dead or unreachable, "
+            "with history across nights.",
+        ),
+        Job(
+            "export",
+            "An ingest or dedup output -> training-ready shards: WebDataset tar or Hugging Face Parquet, "
+            "deduplicated, optionally resized, with summary.json.",
+        ),
+    )
+}
 
 
 # ---- parameters -------------------------------------------------------------------------------
 # Regexes are anchored and use only syntax Python and Java (Dataflow's validator) read alike.
 
+
 @dataclasses.dataclass(frozen=True)
 class Param:
     """How Dataflow shows and checks one template parameter."""
+
     label: str
     regex: str
-    param_type: str = "TEXT"      # google.dataflow.v1beta3.ParameterType
+    param_type: str = "TEXT"  # google.dataflow.v1beta3.ParameterType
     required: bool = False
-    help: str = ""                # replaces the option's own help: for Dataflow, or where it has none
-    sample: str | None = None         # value in the offline spec render; {bucket} = the emulator bucket
-    reads: bool = False           # the sample names gs:// objects the job opens at construction
-    sample_table: bool = False    # ... and they are ingest outputs: <uri>/images/*.parquet is read
+    help: str = ""  # replaces the option's own help: for Dataflow, or where it has none
+    sample: str | None = None  # value in the offline spec render; {bucket} = the emulator bucket
+    reads: bool = False  # the sample names gs:// objects the job opens at construction
+    sample_table: bool = False  # ... and they are ingest outputs: <uri>/images/*.parquet is read
 
 
 def listed(item):
@@ -78,51 +93,102 @@ BOOL = r"^(?:true|false)$"
 
 # By option dest; options whose type says it all (int, float, flags) need no entry.
 PARAMS = {
-    "manifest": Param("Manifests", listed(f"{KIND}={GCS_URI}"), required=True, reads=True,
-                      help=f"Manifests to ingest as KIND=PATH, comma-separated; KIND is one of "
-                           f"{', '.join(schema.DATASETS)}; PATH a gs:// path or glob, .gz read transparently",
-                      sample="cc3m=gs://{bucket}/manifests/cc3m.tsv,cc12m=gs://{bucket}/manifests/cc12m.tsv,"
-                             "openimages=gs://{bucket}/manifests/openimages.csv"),
-    "snapshot": Param("Snapshots", listed(GCS_URI), required=True, reads=True, sample_table=True,
-                      help="Ingest outputs (gs:// folders holding images/*.parquet) whose URLs are re-checked, "
-                           "comma-separated",
-                      sample="gs://{bucket}/snapshot"),
-    "history": Param("History folder", GCS, "GCS_WRITE_FOLDER",
-                     help="Dated, append-only record of earlier nights (gs:// folder)",
-                     sample="gs://{bucket}/history"),
-    "night": Param("Night", r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-                   help="The night checked, YYYY-MM-DD (default: today, UTC); re-running a night replaces it"),
-    "placeholder": Param("Placeholder hashes", listed(r"[0-9a-f]{16}|[0-9a-f]{64}"),
-                         help="Extra placeholder pictures: pHash (16 hex) or sha256 (64 hex), comma-separated"),
-    "placeholder_hashes": Param("Placeholder pictures", listed(r"[0-9a-f]{16}|[0-9a-f]{64}"),
-                                help="pHash (16 hex) or sha256 (64 hex) of pictures served in place of removed photos, "
-                                     "comma-separated: their rows are flagged placeholders, not duplicates"),
-    "output": Param("Output folder", GCS, "GCS_WRITE_FOLDER", required=True,
-                    help="Output folder (gs://): gets images/*.parquet, blobs/ and summary.json",
-                    sample="gs://{bucket}/out"),
-    "cc12m_hashes": Param("CC12M hash list", GCS, "GCS_READ_FILE", reads=True,
-                          sample="gs://{bucket}/manifests/cc12m_hashes.tsv"),
-    "openimages_labels": Param("Open Images labels", listed(GCS_URI), reads=True,
-                               help="Open Images image-level labels CSVs, comma-separated",
-                               sample="gs://{bucket}/side/human-labels.csv,gs://{bucket}/side/machine-labels.csv"),
-    "openimages_classes": Param("Open Images classes", GCS, "GCS_READ_FILE", reads=True,
-                                sample="gs://{bucket}/side/class-descriptions.csv"),
-    "cc3m_labels": Param("CC3M labels", GCS, "GCS_READ_FILE", reads=True,
-                         sample="gs://{bucket}/side/Image_Labels_Subset_Train_GCC-Labels-training.tsv"),
-    "long_captions": Param("DreamLIP long captions", GCS, "GCS_READ_FILE", reads=True,
-                           sample="gs://{bucket}/side/dreamlip-long-captions.csv"),
-    "imagenet_root": Param("ImageNet train root", GCS, "GCS_READ_FOLDER",
-                           help="ILSVRC train root on gs://: <root>/<wnid>/<filename>"),
+    "manifest": Param(
+        "Manifests",
+        listed(f"{KIND}={GCS_URI}"),
+        required=True,
+        reads=True,
+        help=f"Manifests to ingest as KIND=PATH, comma-separated; KIND is one of "
+        f"{', '.join(schema.DATASETS)}; PATH a gs:// path or glob, .gz read transparently",
+        sample="cc3m=gs://{bucket}/manifests/cc3m.tsv,cc12m=gs://{bucket}/manifests/cc12m.tsv,"
+        "openimages=gs://{bucket}/manifests/openimages.csv",
+    ),
+    "snapshot": Param(
+        "Snapshots",
+        listed(GCS_URI),
+        required=True,
+        reads=True,
+        sample_table=True,
+        help="Ingest outputs (gs:// folders holding images/*.parquet) whose URLs are re-checked, comma-separated",
+        sample="gs://{bucket}/snapshot",
+    ),
+    "history": Param(
+        "History folder",
+        GCS,
+        "GCS_WRITE_FOLDER",
+        help="Dated, append-only record of earlier nights (gs:// folder)",
+        sample="gs://{bucket}/history",
+    ),
+    "night": Param(
+        "Night",
+        r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        help="The night checked, YYYY-MM-DD (default: today, UTC); re-running a night replaces it",
+    ),
+    "placeholder": Param(
+        "Placeholder hashes",
+        listed(r"[0-9a-f]{16}|[0-9a-f]{64}"),
+        help="Extra placeholder pictures: pHash (16 hex) or sha256 (64 hex), comma-separated",
+    ),
+    "placeholder_hashes": Param(
+        "Placeholder pictures",
+        listed(r"[0-9a-f]{16}|[0-9a-f]{64}"),
+        help="pHash (16 hex) or sha256 (64 hex) of pictures served in place of removed photos, "
+        "comma-separated: their rows are flagged placeholders, not duplicates",
+    ),
+    "output": Param(
+        "Output folder",
+        GCS,
+        "GCS_WRITE_FOLDER",
+        required=True,
+        help="Output folder (gs://): gets images/*.parquet, blobs/ and summary.json",
+        sample="gs://{bucket}/out",
+    ),
+    "cc12m_hashes": Param(
+        "CC12M hash list", GCS, "GCS_READ_FILE", reads=True, sample="gs://{bucket}/manifests/cc12m_hashes.tsv"
+    ),
+    "openimages_labels": Param(
+        "Open Images labels",
+        listed(GCS_URI),
+        reads=True,
+        help="Open Images image-level labels CSVs, comma-separated",
+        sample="gs://{bucket}/side/human-labels.csv,gs://{bucket}/side/machine-labels.csv",
+    ),
+    "openimages_classes": Param(
+        "Open Images classes", GCS, "GCS_READ_FILE", reads=True, sample="gs://{bucket}/side/class-descriptions.csv"
+    ),
+    "cc3m_labels": Param(
+        "CC3M labels",
+        GCS,
+        "GCS_READ_FILE",
+        reads=True,
+        sample="gs://{bucket}/side/Image_Labels_Subset_Train_GCC-Labels-training.tsv",
+    ),
+    "long_captions": Param(
+        "DreamLIP long captions",
+        GCS,
+        "GCS_READ_FILE",
+        reads=True,
+        sample="gs://{bucket}/side/dreamlip-long-captions.csv",
+    ),
+    "imagenet_root": Param(
+        "ImageNet train root", GCS, "GCS_READ_FOLDER", help="ILSVRC train root on gs://: <root>/<wnid>/<filename>"
+    ),
     "imagenet_synsets": Param("ImageNet synset mapping", GCS, "GCS_READ_FILE"),
-    "allow_network": Param("Extra allowed networks", listed(CIDR),
-                           help="Networks (CIDR) also allowed to be fetched from, comma-separated; by default only "
-                                "public addresses are fetched"),
+    "allow_network": Param(
+        "Extra allowed networks",
+        listed(CIDR),
+        help="Networks (CIDR) also allowed to be fetched from, comma-separated; by default only "
+        "public addresses are fetched",
+    ),
     "user_agent": Param("User-Agent", r"^[ -~]+$", help="User-Agent header of every image request"),
     "contact": Param("Contact", r"^[!-~]+$", sample="data-team@example.org"),
     "dataset_priority": Param("Dataset priority", listed(KIND)),
-    "views": Param("Picture views", r"^(?:none|(?:mirror|trim|crop|centre)(?:,(?:mirror|trim|crop|centre))*)$",
-                   help="Picture views computed at hash time and matched through (docs/duplicates.md), "
-                        "comma-separated from mirror, trim, crop, centre, or none"),
+    "views": Param(
+        "Picture views",
+        r"^(?:none|(?:mirror|trim|crop|centre)(?:,(?:mirror|trim|crop|centre))*)$",
+        help="Picture views computed at hash time and matched through (docs/duplicates.md), "
+        "comma-separated from mirror, trim, crop, centre, or none",
+    ),
     "retry_status": Param("Statuses to fetch again", listed(STATUS)),
     "max_redirects": Param("Max redirects", INT, "NUMBER", help="Redirects followed per request"),
 }
@@ -130,16 +196,38 @@ PARAMS = {
 # Parameters of one job whose dest means something else there (looked up before PARAMS).
 JOB_PARAMS = {
     "export": {
-        "input": Param("Input folder", GCS, "GCS_READ_FOLDER", required=True, reads=True, sample_table=True,
-                       help="An ingest or dedup output (gs:// folder holding images/*.parquet)",
-                       sample="gs://{bucket}/out"),
-        "output": Param("Export folder", GCS, "GCS_WRITE_FOLDER", required=True,
-                        help="Export folder (gs://): gets 00000.tar, ... or 00000.parquet, ... and summary.json",
-                        sample="gs://{bucket}/export"),
-        "format": Param("Shard format", r"^(?:webdataset|hf-parquet)$", required=True, sample="webdataset",
-                        help="webdataset (tar shards) or hf-parquet (Parquet shards for Hugging Face datasets)"),
-        "resize": Param("Resize to N pixels", INT, "NUMBER", sample="256",
-                        help="Target size in pixels, see the resize mode; absent: the original bytes"),
+        "input": Param(
+            "Input folder",
+            GCS,
+            "GCS_READ_FOLDER",
+            required=True,
+            reads=True,
+            sample_table=True,
+            help="An ingest or dedup output (gs:// folder holding images/*.parquet)",
+            sample="gs://{bucket}/out",
+        ),
+        "output": Param(
+            "Export folder",
+            GCS,
+            "GCS_WRITE_FOLDER",
+            required=True,
+            help="Export folder (gs://): gets 00000.tar, ... or 00000.parquet, ... and summary.json",
+            sample="gs://{bucket}/export",
+        ),
+        "format": Param(
+            "Shard format",
+            r"^(?:webdataset|hf-parquet)$",
+            required=True,
+            sample="webdataset",
+            help="webdataset (tar shards) or hf-parquet (Parquet shards for Hugging Face datasets)",
+        ),
+        "resize": Param(
+            "Resize to N pixels",
+            INT,
+            "NUMBER",
+            sample="256",
+            help="Target size in pixels, see the resize mode; absent: the original bytes",
+        ),
         "resize_mode": Param("Resize mode", r"^(?:keep_ratio|center_crop|border|no)$", sample="center_crop"),
         "include": Param("Rows included", r"^(?:canonical|all)$"),
         "encode_format": Param("Encoding of resized images", r"^(?:jpg|webp|png)$"),
@@ -155,12 +243,17 @@ def job_param(job_name, dest):
 # Beam worker options declared as parameters too, so that launch requests may set them.
 BEAM_PARAMS = {
     "number_of_worker_harness_threads": Param(
-        "Threads per SDK process", INT, "NUMBER",
-        help="Bundles each Python SDK process works on at once (deploy/dataflow.env explains the default)."),
+        "Threads per SDK process",
+        INT,
+        "NUMBER",
+        help="Bundles each Python SDK process works on at once (deploy/dataflow.env explains the default).",
+    ),
     "sdk_container_image": Param(
-        "Worker image", r"^[a-z0-9][-a-z0-9.]*(?::[0-9]+)?/[^\s,]+$",
+        "Worker image",
+        r"^[a-z0-9][-a-z0-9.]*(?::[0-9]+)?/[^\s,]+$",
         help="Container image of the workers: the job's own image (deploy/build_image.sh). Launch requests "
-             "made by deploy/ set it in the environment instead."),
+        "made by deploy/ set it in the environment instead.",
+    ),
 }
 
 # Job options that are not template parameters, and why.
@@ -169,7 +262,7 @@ LOCAL_ONLY = {
     "progress": "the live progress line is drawn on the launching terminal; the Dataflow console shows progress",
     "progress_interval": "the live progress line is drawn on the launching terminal",
     "html_report": "report.html is written by the process that waited for the job; a Flex Template launch does "
-                   "not wait: python -m pipelines.report OUT writes it afterwards (docs/dataflow.md)",
+    "not wait: python -m pipelines.report OUT writes it afterwards (docs/dataflow.md)",
 }
 
 
@@ -203,8 +296,14 @@ def _help_text(action, param):
 
 
 def _parameter(name, param, help_text, default=None):
-    entry = {"name": name, "label": param.label, "helpText": help_text, "isOptional": not param.required,
-             "regexes": [param.regex], "paramType": param.param_type}
+    entry = {
+        "name": name,
+        "label": param.label,
+        "helpText": help_text,
+        "isOptional": not param.required,
+        "regexes": [param.regex],
+        "paramType": param.param_type,
+    }
     if default is not None:
         entry["defaultValue"] = default
     return entry
@@ -267,17 +366,26 @@ def load_defaults(path=DEFAULTS_FILE, environ=None):
 
 def dataflow_args(defaults, *, project, bucket, image, job_name, region=None):
     """DataflowRunner options for running a job straight from this machine (and the spec render)."""
-    args = ["--runner=DataflowRunner", f"--project={project}", f"--region={region or defaults['DATAFLOW_REGION']}",
-            f"--job_name={job_name}", f"--temp_location=gs://{bucket}/tmp",
-            f"--staging_location=gs://{bucket}/staging", f"--sdk_container_image={image}"]
+    args = [
+        "--runner=DataflowRunner",
+        f"--project={project}",
+        f"--region={region or defaults['DATAFLOW_REGION']}",
+        f"--job_name={job_name}",
+        f"--temp_location=gs://{bucket}/tmp",
+        f"--staging_location=gs://{bucket}/staging",
+        f"--sdk_container_image={image}",
+    ]
     args += [f"--{option}={defaults[key]}" for key, (option, _) in WORKER_SETTINGS.items()]
     return args
 
 
 def launch_environment(defaults, *, bucket, image, service_account=None):
     """The `environment` of a Flex Template launch request (FlexTemplateRuntimeEnvironment JSON)."""
-    env = {"tempLocation": f"gs://{bucket}/tmp", "stagingLocation": f"gs://{bucket}/staging",
-           "sdkContainerImage": image}
+    env = {
+        "tempLocation": f"gs://{bucket}/tmp",
+        "stagingLocation": f"gs://{bucket}/staging",
+        "sdkContainerImage": image,
+    }
     for key, (_, field) in WORKER_SETTINGS.items():
         if field:
             env[field] = int(defaults[key]) if key in INT_SETTINGS else defaults[key]
@@ -293,8 +401,14 @@ def worker_parameters(defaults):
 
 def launch_body(*, job_name, template, parameters, environment):
     """Body of POST .../locations/REGION/flexTemplates:launch (Cloud Scheduler, Airflow, launch.sh)."""
-    return {"launchParameter": {"jobName": job_name, "containerSpecGcsPath": template,
-                                "parameters": dict(parameters), "environment": dict(environment)}}
+    return {
+        "launchParameter": {
+            "jobName": job_name,
+            "containerSpecGcsPath": template,
+            "parameters": dict(parameters),
+            "environment": dict(environment),
+        }
+    }
 
 
 def launch_problems(body, metadata):
@@ -319,8 +433,11 @@ def launch_problems(body, metadata):
         elif not isinstance(value, str):
             problems.append(f"{name}: values travel as strings, got {type(value).__name__}")
         else:
-            problems += [f"{name}: {value!r} does not match {regex}"
-                         for regex in declared[name].get("regexes", []) if not re.fullmatch(regex, value)]
+            problems += [
+                f"{name}: {value!r} does not match {regex}"
+                for regex in declared[name].get("regexes", [])
+                if not re.fullmatch(regex, value)
+            ]
     problems += [f"{name}: required" for name, p in declared.items() if not p.get("isOptional") and name not in given]
     return problems
 
@@ -333,19 +450,31 @@ def sizing(rows, hours, rate, utilization=0.8, vcpus_per_worker=4):
 
 # ---- offline render ---------------------------------------------------------------------------
 
+
 def sample_parameters(job, bucket):
     """Parameter values of the offline spec render: every parameter PARAMS gives a sample for."""
-    return {dest: job_param(job.name, dest).sample.format(bucket=bucket)
-            for dest in job.actions if job_param(job.name, dest) and job_param(job.name, dest).sample}
+    return {
+        dest: job_param(job.name, dest).sample.format(bucket=bucket)
+        for dest in job.actions
+        if job_param(job.name, dest) and job_param(job.name, dest).sample
+    }
 
 
 def sample_tables(job, parameters):
     """gs:// ingest outputs among the samples, which need a real images/*.parquet at construction."""
-    return [uri for dest, value in parameters.items() if job_param(job.name, dest) and job_param(job.name, dest).sample_table
-            for uri in re.findall(GCS_URI, value)]
+    return [
+        uri
+        for dest, value in parameters.items()
+        if job_param(job.name, dest) and job_param(job.name, dest).sample_table
+        for uri in re.findall(GCS_URI, value)
+    ]
 
 
 def sample_inputs(job, parameters):
     """gs:// objects the job opens while its graph is built (manifests matched, hash lists read)."""
-    return [uri for dest, value in parameters.items() if job_param(job.name, dest) and job_param(job.name, dest).reads
-            for uri in re.findall(GCS_URI, value)]
+    return [
+        uri
+        for dest, value in parameters.items()
+        if job_param(job.name, dest) and job_param(job.name, dest).reads
+        for uri in re.findall(GCS_URI, value)
+    ]

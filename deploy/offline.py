@@ -4,6 +4,7 @@ Used by `make dataflow-spec` (deploy/render_spec.py) and by the tests (tests/gcs
 so that gs:// paths and Dataflow job staging work with no cloud and no traffic outside
 127.0.0.0/8.
 """
+
 import contextlib
 import os
 import socket
@@ -65,11 +66,11 @@ class GcsEmulator:
     @property
     def env(self):
         """Environment variables that send gs:// traffic here (and nothing to the cloud)."""
-        return {"STORAGE_EMULATOR_HOST": self.endpoint, "GOOGLE_CLOUD_PROJECT": self.project,
-                **OFFLINE_ENV}
+        return {"STORAGE_EMULATOR_HOST": self.endpoint, "GOOGLE_CLOUD_PROJECT": self.project, **OFFLINE_ENV}
 
     def start(self):
         from gcp_storage_emulator.server import create_server
+
         self.port = free_port()
         self._server = create_server(LOOPBACK, self.port, in_memory=True)
         self._server.start()
@@ -90,8 +91,10 @@ class GcsEmulator:
         """A google-cloud-storage client of this emulator."""
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
-        return storage.Client(project=self.project, credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": self.endpoint})
+
+        return storage.Client(
+            project=self.project, credentials=AnonymousCredentials(), client_options={"api_endpoint": self.endpoint}
+        )
 
     def bucket(self, name):
         """The bucket `name`, created if it does not exist yet.
@@ -115,6 +118,5 @@ class GcsEmulator:
 @contextlib.contextmanager
 def offline_gcs(project=OFFLINE_PROJECT):
     """A running GcsEmulator with this process's environment and credentials pointed at it."""
-    with GcsEmulator(project) as emulator, anonymous_credentials(project), \
-            mock.patch.dict(os.environ, emulator.env):
+    with GcsEmulator(project) as emulator, anonymous_credentials(project), mock.patch.dict(os.environ, emulator.env):
         yield emulator

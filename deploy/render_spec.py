@@ -9,6 +9,7 @@ temp locations are gs:// paths served by a GCS emulator on loopback, credentials
 and the job's parameters go through the same translation as on the Flex Template launcher: no
 traffic leaves 127.0.0.0/8 and no cloud account is needed.
 """
+
 import argparse
 import dataclasses
 import io
@@ -32,9 +33,9 @@ OFFLINE_BUCKET = "offline-bucket"
 @dataclasses.dataclass
 class RenderedSpec:
     job: str
-    spec_path: pathlib.Path       # the job request JSON
-    pipeline_path: pathlib.Path   # the staged pipeline proto (steps), binary
-    parameters: dict              # the template parameters rendered
+    spec_path: pathlib.Path  # the job request JSON
+    pipeline_path: pathlib.Path  # the staged pipeline proto (steps), binary
+    parameters: dict  # the template parameters rendered
     image: str
 
     @property
@@ -43,14 +44,14 @@ class RenderedSpec:
 
     def pipeline(self):
         from apache_beam.portability.api import beam_runner_api_pb2
+
         return beam_runner_api_pb2.Pipeline.FromString(self.pipeline_path.read_bytes())
 
     def top_level_steps(self):
         """Names of the job's top-level transforms, in graph order."""
         proto = self.pipeline()
         transforms = proto.components.transforms
-        return [transforms[t].unique_name for root in proto.root_transform_ids
-                for t in transforms[root].subtransforms]
+        return [transforms[t].unique_name for root in proto.root_transform_ids for t in transforms[root].subtransforms]
 
 
 def offline_image(job, defaults, project=OFFLINE_PROJECT):
@@ -84,9 +85,9 @@ def runner_argv(job, parameters, defaults, *, project, bucket, image, job_name, 
     """DataflowRunner options plus the template `parameters`, translated as the launcher does."""
     parameters = dict(parameters, **jobs.worker_parameters(defaults))
     template_args = [f"--{name}={value}" for name, value in parameters.items()]
-    return (jobs.dataflow_args(defaults, project=project, bucket=bucket, image=image, job_name=job_name,
-                               region=region)
-            + flex_template.to_job_argv(template_args, job.actions))
+    return jobs.dataflow_args(
+        defaults, project=project, bucket=bucket, image=image, job_name=job_name, region=region
+    ) + flex_template.to_job_argv(template_args, job.actions)
 
 
 def render(job, out_dir, emulator, *, defaults=None, project=OFFLINE_PROJECT, image=None, bucket=OFFLINE_BUCKET):
@@ -97,8 +98,9 @@ def render(job, out_dir, emulator, *, defaults=None, project=OFFLINE_PROJECT, im
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path = out_dir / f"{job.name}.json"
     parameters = stage_sample_inputs(job, emulator, bucket)
-    argv = runner_argv(job, parameters, defaults, project=project, bucket=bucket, image=image,
-                       job_name=f"{job.name}-offline")
+    argv = runner_argv(
+        job, parameters, defaults, project=project, bucket=bucket, image=image, job_name=f"{job.name}-offline"
+    )
     job.run(argv + [f"--template_location={spec_path}"])
 
     pipeline_path = out_dir / f"{job.name}.pipeline.pb"
@@ -112,7 +114,7 @@ def pipeline_url(job_request):
 
 
 def read_gcs(emulator, url):
-    bucket, _, name = url[len("gs://"):].partition("/")
+    bucket, _, name = url[len("gs://") :].partition("/")
     return emulator.client().bucket(bucket).blob(name).download_as_bytes()
 
 

@@ -5,6 +5,7 @@ a code change rebuilds only the small layer of the package itself.
 
     python deploy/wheel_requirements.py dist/beam_image_datasets-0.1.0-py3-none-any.whl
 """
+
 import email.parser
 import sys
 import zipfile
@@ -14,8 +15,7 @@ def requirements(wheel_path):
     with zipfile.ZipFile(wheel_path) as wheel:
         name = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = email.parser.Parser().parsestr(wheel.read(name).decode("utf-8"))
-    return [req for req in metadata.get_all("Requires-Dist") or []
-            if "extra" not in req.partition(";")[2]]
+    return [req for req in metadata.get_all("Requires-Dist") or [] if "extra" not in req.partition(";")[2]]
 
 
 if __name__ == "__main__":

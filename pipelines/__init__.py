@@ -6,6 +6,7 @@
 - `report`: the live progress line, Beam metrics in summary.json, OUT/report.html.
 - `demo`: the bundled sample and the loopback web server that serves it.
 """
+
 import sys
 
 if sys.argv[:1] == ["-m"]:  # Python is locating a job module run with -m: Ctrl-C during imports is one line

@@ -12,6 +12,7 @@ are checked, and OUT3 is leased while the job writes (docs/integrity.md).
 Without --runner the job runs locally with one worker process per core
 (pipelines.launch.job_runner.apply_local_defaults).
 """
+
 import json
 import os
 import sys
@@ -19,20 +20,17 @@ import tempfile
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner
+from pipelines.launch import job_runner, preflight
 from transforms.clustering.clusters import WriteDuplicates
-from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
-from transforms.errors import BooksUnbalanced
-from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
-from pipelines.launch import preflight
 from transforms.clustering.dedup_settings import DedupSettings
-from transforms.errors import BadInput
+from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
+from transforms.errors import BadInput, BooksUnbalanced
 from transforms.io.sinks import join_path, read_json
-
+from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
 
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
@@ -48,21 +46,32 @@ class DedupOptions(PipelineOptions):
         # Not required=True: Beam parses every PipelineOptions subclass for every pipeline in
         # the process, so a required flag here would break unrelated jobs; run() checks them.
         inputs = parser.add_argument_group("inputs")
-        inputs.add_argument("--input", action="append", default=None, metavar="OUT",
-                            help="an ingest output directory (OUT); repeatable, required")
+        inputs.add_argument(
+            "--input",
+            action="append",
+            default=None,
+            metavar="OUT",
+            help="an ingest output directory (OUT); repeatable, required",
+        )
         output = parser.add_argument_group("output")
         job_runner.add_argument_once(output, "--output", metavar="OUT3", help="output directory (OUT3), required")
-        job_runner.add_argument_once(output, "--force-unlock", action="store_true",
-                                     help="take OUT3's lease even though another run seems to hold it (only when"
-                                          " that run is known to be dead)")
+        job_runner.add_argument_once(
+            output,
+            "--force-unlock",
+            action="store_true",
+            help="take OUT3's lease even though another run seems to hold it (only when that run is known to be dead)",
+        )
         DedupSettings.add_arguments(parser)
 
 
 JOB = job_runner.Job(
     usage="python -m pipelines.dedup --input OUT [--input OUT2 ...] --output OUT3 [options]",
-    name="dedup", options=DedupOptions, worker_processes=True,
+    name="dedup",
+    options=DedupOptions,
+    worker_processes=True,
     description="Re-cluster one or more ingest outputs together: OUT3/images/*.parquet (every input row, "
-                "cluster columns set anew), OUT3/duplicates/, OUT3/summary.json.")
+    "cluster columns set anew), OUT3/duplicates/, OUT3/summary.json.",
+)
 
 
 class _WriteJson(beam.DoFn):
@@ -78,10 +87,21 @@ class _WriteJson(beam.DoFn):
 def _summary(stats, replaced, inputs, output, books, repeated=0, warnings=()):
     warnings = list(warnings)
     if repeated:
-        warnings.append(f"{repeated} keys occur more than once within one input (an ingest output whose keys"
-                        " collided): all their rows are kept")
-    return dict({"job": "dedup", "inputs": inputs, "output": output,
-                 "replaced_rows": replaced, "books": books, "warnings": warnings}, **stats)
+        warnings.append(
+            f"{repeated} keys occur more than once within one input (an ingest output whose keys"
+            " collided): all their rows are kept"
+        )
+    return dict(
+        {
+            "job": "dedup",
+            "inputs": inputs,
+            "output": output,
+            "replaced_rows": replaced,
+            "books": books,
+            "warnings": warnings,
+        },
+        **stats,
+    )
 
 
 def dedup_books(rows_in, written, replaced, inputs):
@@ -101,17 +121,23 @@ def dedup_books(rows_in, written, replaced, inputs):
         per_input[index] = per_input.get(index, 0) + rows
     total_in = sum(per_input.values())
     rows_out = sum(part["rows"] for part in written)
-    return {"inputs": [{"path": path, "rows": per_input.get(i, 0)} for i, path in enumerate(inputs)],
-            "rows_in": total_in, "rows_out": rows_out, "replaced": replaced,
-            "balanced": total_in == rows_out + replaced}
+    return {
+        "inputs": [{"path": path, "rows": per_input.get(i, 0)} for i, path in enumerate(inputs)],
+        "rows_in": total_in,
+        "rows_out": rows_out,
+        "replaced": replaced,
+        "balanced": total_in == rows_out + replaced,
+    }
 
 
 def check_dedup_books(_, books):
     """Raises BooksUnbalanced unless rows in = rows out + replaced."""
     if not books["balanced"]:
-        raise BooksUnbalanced(f"the books do not balance: {books['rows_in']} rows read from"
-                              f" {', '.join(i['path'] for i in books['inputs'])}, {books['rows_out']} rows written"
-                              f" to {books.get('output', 'OUT3')} + {books['replaced']} replaced")
+        raise BooksUnbalanced(
+            f"the books do not balance: {books['rows_in']} rows read from"
+            f" {', '.join(i['path'] for i in books['inputs'])}, {books['rows_out']} rows written"
+            f" to {books.get('output', 'OUT3')} + {books['replaced']} replaced"
+        )
     return books
 
 
@@ -125,8 +151,10 @@ def phash_warnings(inputs):
         with FileSystems.open(files[0]) as handle:
             names = pq.ParquetFile(handle).schema_arrow.names
         if "phash" not in names:
-            warnings.append(f"{root}: the table has no phash column: its rows are matched by URL and sha256"
-                            " only, never as near duplicates")
+            warnings.append(
+                f"{root}: the table has no phash column: its rows are matched by URL and sha256"
+                " only, never as near duplicates"
+            )
     return warnings
 
 
@@ -149,14 +177,14 @@ def build(pipeline, opts, run_id=None, warnings=()):
     # why: one row per key (newest fetched_at wins), decided on 40-byte key records, not rows
     newest = files | "Newest" >> NewestRows(None if spill is None else os.path.join(spill, "newest"))
     dedup = DedupSettings.from_options(opts).transform(
-        one_process=job_runner.one_local_process(pipeline.options), spill_dir=spill)
+        one_process=job_runner.one_local_process(pipeline.options), spill_dir=spill
+    )
     # why: rows stream from the files; only clustered rows cross a shuffle
     result = {"files": files, "skip": newest["skip"]} | "Dedup" >> DedupTables(dedup, rows=False)
     # why: the table is copied file by file in Arrow batches with the cluster columns set (Beam's
     # WriteToParquet takes a side input, so a local run buffers its whole input in memory)
     written = files | "WriteImages" >> CopyTables(out, run_id, newest["skip"], result["cluster_columns"])
-    _ = (written | "WrittenPaths" >> beam.Map(lambda w: w["path"])
-         | "RetirePrevious" >> RetireFiles(previous_files))
+    _ = written | "WrittenPaths" >> beam.Map(lambda w: w["path"]) | "RetirePrevious" >> RetireFiles(previous_files)
     duplicates_files = result["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
     _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates)
     replaced = newest["replaced"] | "CountReplaced" >> beam.CombineGlobally(sum)
@@ -164,18 +192,28 @@ def build(pipeline, opts, run_id=None, warnings=()):
     books = (
         pipeline
         | "Once" >> beam.Create([None])
-        | "Books" >> beam.Map(lambda _, rows_in, written, replaced: dedup_books(rows_in, written, replaced,
-                                                                              list(opts.input)),
-                              rows_in=beam.pvalue.AsList(newest["rows_in"] | "RowsPerInput" >> beam.CombinePerKey(sum)),
-                              written=beam.pvalue.AsList(written),
-                              replaced=beam.pvalue.AsSingleton(replaced))
+        | "Books"
+        >> beam.Map(
+            lambda _, rows_in, written, replaced: dedup_books(rows_in, written, replaced, list(opts.input)),
+            rows_in=beam.pvalue.AsList(newest["rows_in"] | "RowsPerInput" >> beam.CombinePerKey(sum)),
+            written=beam.pvalue.AsList(written),
+            replaced=beam.pvalue.AsSingleton(replaced),
+        )
     )
     summary = (
         result["stats"]
-        | "Summary" >> beam.Map(_summary, replaced=beam.pvalue.AsSingleton(replaced),
-                                inputs=list(opts.input), output=out, books=beam.pvalue.AsSingleton(books),
-                                repeated=beam.pvalue.AsSingleton(repeated), warnings=list(warnings))
-        | "WriteSummary" >> beam.ParDo(_WriteJson(FileSystems.join(out, "summary.json"))))
+        | "Summary"
+        >> beam.Map(
+            _summary,
+            replaced=beam.pvalue.AsSingleton(replaced),
+            inputs=list(opts.input),
+            output=out,
+            books=beam.pvalue.AsSingleton(books),
+            repeated=beam.pvalue.AsSingleton(repeated),
+            warnings=list(warnings),
+        )
+        | "WriteSummary" >> beam.ParDo(_WriteJson(FileSystems.join(out, "summary.json")))
+    )
     _ = summary | "CheckBooks" >> beam.Map(check_dedup_books, books=beam.pvalue.AsSingleton(books))
     return result
 
@@ -202,8 +240,10 @@ def check_inputs(opts):
 def summary_lines(out):
     """Prints the closing summary of a local run from OUT3/summary.json."""
     summary = read_json(join_path(out, "summary.json"))
-    print(f"\ndedup: {summary.get('rows', '?')} rows, {summary.get('clusters', '?')} clusters,"
-          f" {summary.get('replaced_rows', 0)} rows replaced by a newer version -> {out}")
+    print(
+        f"\ndedup: {summary.get('rows', '?')} rows, {summary.get('clusters', '?')} clusters,"
+        f" {summary.get('replaced_rows', 0)} rows replaced by a newer version -> {out}"
+    )
     print(f"  images:     {join_path(out, 'images')}/*.parquet")
     print(f"  duplicates: {join_path(out, 'duplicates')}/")
     print(f"  summary:    {join_path(out, 'summary.json')}")
@@ -220,8 +260,9 @@ def run(argv=None):
         print(f"dedup: warning: {warning}", file=sys.stderr)
     # Why: one writer per OUT3; stale leftovers of failed runs are removed under the lease.
     with job_runner.leased_output(options, opts.output, "dedup", opts.force_unlock, clear=remove_stale_leftovers):
-        return JOB.execute(options, lambda pipeline: build(pipeline, opts, warnings=warnings), opts.output,
-                           summary=summary_lines)
+        return JOB.execute(
+            options, lambda pipeline: build(pipeline, opts, warnings=warnings), opts.output, summary=summary_lines
+        )
 
 
 def main(argv=None) -> int:

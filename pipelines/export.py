@@ -9,6 +9,7 @@ EXP/summary.json (rows read, exported, skipped by reason, the shards). Shards fr
 export into EXP are removed once this run's are final. Paths may be local or gs://. Exit status:
 0 done; 2 bad input or options (one line); 1 the books do not balance or the environment failed.
 """
+
 import dataclasses
 import re
 import sys
@@ -48,28 +49,62 @@ class ExportOptions(PipelineOptions):
         job_runner.add_argument_once(inputs, "--input", help="an ingest or dedup output (OUT), required")
         output = parser.add_argument_group("output", "where the shards and summary go, and their form")
         job_runner.add_argument_once(output, "--output", help="output directory (EXP), required")
-        job_runner.add_argument_once(output, "--force-unlock", action="store_true",
-                                     help="take EXP's lease even though another run seems to hold it (only when"
-                                          " that run is known to be dead)")
+        job_runner.add_argument_once(
+            output,
+            "--force-unlock",
+            action="store_true",
+            help="take EXP's lease even though another run seems to hold it (only when that run is known to be dead)",
+        )
         parser = output
-        parser.add_argument("--format", choices=sorted(FORMATS),
-                            help="webdataset (EXP/*.tar) or hf-parquet (EXP/*.parquet), required")
-        parser.add_argument("--resize", type=int, default=None, metavar="N",
-                            help="target size in pixels (see --resize-mode); absent: original bytes")
-        parser.add_argument("--resize-mode", choices=RESIZE_MODES, default=None,
-                            help="keep_ratio (smaller side = N), center_crop (N x N), border (N x N padded) or"
-                                 " no (original bytes); default keep_ratio with --resize, no without")
-        parser.add_argument("--upscale", action="store_true",
-                            help="also enlarge images smaller than N (by default an image is never upscaled)")
-        parser.add_argument("--include", choices=selection.INCLUDE_CHOICES, default="canonical",
-                            help="canonical: the canonical row of each duplicate cluster; all: every ok row"
-                                 " (placeholders are never exported)")
-        parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="ROWS",
-                            help="samples per shard (the last shard holds the rest)")
-        parser.add_argument("--encode-format", choices=ENCODE_FORMATS, default="jpg",
-                            help="format of resized images (original bytes are kept with no resize)")
-        parser.add_argument("--encode-quality", type=int, default=None, metavar="Q",
-                            help="1-100 for jpg and webp (default 95), compression level 0-9 for png (default 6)")
+        parser.add_argument(
+            "--format", choices=sorted(FORMATS), help="webdataset (EXP/*.tar) or hf-parquet (EXP/*.parquet), required"
+        )
+        parser.add_argument(
+            "--resize",
+            type=int,
+            default=None,
+            metavar="N",
+            help="target size in pixels (see --resize-mode); absent: original bytes",
+        )
+        parser.add_argument(
+            "--resize-mode",
+            choices=RESIZE_MODES,
+            default=None,
+            help="keep_ratio (smaller side = N), center_crop (N x N), border (N x N padded) or"
+            " no (original bytes); default keep_ratio with --resize, no without",
+        )
+        parser.add_argument(
+            "--upscale",
+            action="store_true",
+            help="also enlarge images smaller than N (by default an image is never upscaled)",
+        )
+        parser.add_argument(
+            "--include",
+            choices=selection.INCLUDE_CHOICES,
+            default="canonical",
+            help="canonical: the canonical row of each duplicate cluster; all: every ok row"
+            " (placeholders are never exported)",
+        )
+        parser.add_argument(
+            "--shard-size",
+            type=int,
+            default=DEFAULT_SHARD_SIZE,
+            metavar="ROWS",
+            help="samples per shard (the last shard holds the rest)",
+        )
+        parser.add_argument(
+            "--encode-format",
+            choices=ENCODE_FORMATS,
+            default="jpg",
+            help="format of resized images (original bytes are kept with no resize)",
+        )
+        parser.add_argument(
+            "--encode-quality",
+            type=int,
+            default=None,
+            metavar="Q",
+            help="1-100 for jpg and webp (default 95), compression level 0-9 for png (default 6)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +131,15 @@ def export_config(opts: ExportOptions) -> ExportConfig:
     Raises:
         BadInput: a required option is missing or a value is out of range.
     """
-    missing = [flag for flag, value in (("--input OUT", opts.input), ("--output EXP", opts.output),
-                                        ("--format webdataset|hf-parquet", opts.format)) if not value]
+    missing = [
+        flag
+        for flag, value in (
+            ("--input OUT", opts.input),
+            ("--output EXP", opts.output),
+            ("--format webdataset|hf-parquet", opts.format),
+        )
+        if not value
+    ]
     if missing:
         raise BadInput(f"{' and '.join(missing)} required")
     if opts.shard_size is None or opts.shard_size < 1:
@@ -106,8 +148,13 @@ def export_config(opts: ExportOptions) -> ExportConfig:
         raise BadInput("--output must not be the --input directory")
     mode = opts.resize_mode or ("keep_ratio" if opts.resize is not None else "no")
     try:
-        resize = ResizeConfig(size=opts.resize, mode=mode, encode_format=opts.encode_format,
-                              encode_quality=opts.encode_quality, upscale=bool(opts.upscale))
+        resize = ResizeConfig(
+            size=opts.resize,
+            mode=mode,
+            encode_format=opts.encode_format,
+            encode_quality=opts.encode_quality,
+            upscale=bool(opts.upscale),
+        )
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     return ExportConfig(opts.input, opts.output, opts.format, opts.include, opts.shard_size, resize)
@@ -115,10 +162,12 @@ def export_config(opts: ExportOptions) -> ExportConfig:
 
 JOB = job_runner.Job(
     usage="python -m pipelines.export --input OUT --output EXP --format webdataset|hf-parquet [options]",
-    name="export", options=ExportOptions,
+    name="export",
+    options=ExportOptions,
     description="An ingest or dedup output as training-ready shards: EXP/*.tar (WebDataset) or EXP/*.parquet "
-                "(Hugging Face), resized and deduplicated, and EXP/summary.json.",
-    interrupted="EXP keeps its previous shards; rerun the same command")
+    "(Hugging Face), resized and deduplicated, and EXP/summary.json.",
+    interrupted="EXP keeps its previous shards; rerun the same command",
+)
 
 
 def stale_shards(output):
@@ -160,9 +209,13 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
         "output": config.output,
         "format": config.export_format,
         "include": config.include,
-        "resize": {"size": resize.size, "mode": resize.mode, "upscale": resize.upscale,
-                   "encode_format": resize.encode_format if resize.resizes else None,
-                   "encode_quality": resize.quality if resize.resizes else None},
+        "resize": {
+            "size": resize.size,
+            "mode": resize.mode,
+            "upscale": resize.upscale,
+            "encode_format": resize.encode_format if resize.resizes else None,
+            "encode_quality": resize.quality if resize.resizes else None,
+        },
         "shard_size": config.shard_size,
         "rows_read": rows_read,
         "exported": exported,
@@ -171,8 +224,11 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
         "shards": [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for s in shards],
         "shard_count": len(shards),
         "bytes": sum(s["bytes"] for s in shards),
-        "timings": {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
-                    "wall_seconds": round(elapsed, 3), "images_per_second": round(exported / elapsed, 2)},
+        "timings": {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+            "wall_seconds": round(elapsed, 3),
+            "images_per_second": round(exported / elapsed, 2),
+        },
     }
 
 
@@ -180,9 +236,11 @@ def _write_summary(_, config, started_at, rows_read, skipped_counts, shards):
     summary = summarize(config, started_at, rows_read, skipped_counts, shards)
     path = write_json(join_path(config.output, "summary.json"), summary)
     if not summary["books_balanced"]:
-        raise BooksUnbalanced(f"books do not balance: {summary['rows_read']} rows read,"
-                              f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped"
-                              f" ({path})")
+        raise BooksUnbalanced(
+            f"books do not balance: {summary['rows_read']} rows read,"
+            f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped"
+            f" ({path})"
+        )
     return path
 
 
@@ -207,16 +265,20 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id):
     # why: attempts of failed bundles leave orphans in the temporary directory only
     _ = shards | "DropTemporary" >> RemoveDirectory(tmp_dir)
     # why: an earlier export's shards would otherwise mix with this one's
-    _ = (shards | "ShardPaths" >> beam.Map(lambda record: record["path"])
-         | "RetireStale" >> RetireFiles(stale))
+    _ = shards | "ShardPaths" >> beam.Map(lambda record: record["path"]) | "RetireStale" >> RetireFiles(stale)
     return (
         pipeline
         | "Once" >> beam.Create([None])
         # why: written last, from every count; fails the job when the books do not balance
-        | "WriteSummary" >> beam.Map(_write_summary, config=config, started_at=started_at,
-                                     rows_read=beam.pvalue.AsSingleton(rows_read),
-                                     skipped_counts=beam.pvalue.AsList(skipped),
-                                     shards=beam.pvalue.AsList(shards))
+        | "WriteSummary"
+        >> beam.Map(
+            _write_summary,
+            config=config,
+            started_at=started_at,
+            rows_read=beam.pvalue.AsSingleton(rows_read),
+            skipped_counts=beam.pvalue.AsList(skipped),
+            shards=beam.pvalue.AsList(shards),
+        )
     )
 
 
@@ -244,9 +306,13 @@ def run(argv=None):
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
     with job_runner.leased_output(options, config.output, "export", opts.force_unlock):
         return JOB.execute(
-            options, lambda pipeline: build_pipeline(pipeline, config, files, stale_shards(config.output),
-                                                     started_at, uuid.uuid4().hex[:12]),
-            config.output, summary=print_report)
+            options,
+            lambda pipeline: build_pipeline(
+                pipeline, config, files, stale_shards(config.output), started_at, uuid.uuid4().hex[:12]
+            ),
+            config.output,
+            summary=print_report,
+        )
 
 
 def print_report(output):
@@ -261,8 +327,9 @@ def load_hint(summary):
     if not names:
         return "nothing to load: no row was exported"
     if summary["format"] == "webdataset":
-        pattern = join_path(out, names[0] if len(names) == 1 else
-                            f"{{{names[0].split('.')[0]}..{names[-1].split('.')[0]}}}.tar")
+        pattern = join_path(
+            out, names[0] if len(names) == 1 else f"{{{names[0].split('.')[0]}..{names[-1].split('.')[0]}}}.tar"
+        )
         return f'import webdataset as wds; ds = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")'
     return f'import datasets; ds = datasets.load_dataset("parquet", data_files="{join_path(out, "*.parquet")}")'
 
@@ -271,11 +338,13 @@ def report(summary):
     """A few lines for the terminal: the books, the shards, how to load them."""
     skipped = ", ".join(f"{reason} {n}" for reason, n in summary["skipped"].items() if n) or "none"
     size = summary["bytes"] / 1e6
-    return (f"\nexport: {summary['rows_read']} rows read, {summary['exported']} exported ({summary['format']}),"
-            f" skipped: {skipped}; {summary['timings']['wall_seconds']:.1f}s -> {summary['output']}\n"
-            f"  shards:  {summary['shard_count']} ({size:.1f} MB)\n"
-            f"  summary: {join_path(summary['output'], 'summary.json')}\n"
-            f"  load:    {load_hint(summary)}\n")
+    return (
+        f"\nexport: {summary['rows_read']} rows read, {summary['exported']} exported ({summary['format']}),"
+        f" skipped: {skipped}; {summary['timings']['wall_seconds']:.1f}s -> {summary['output']}\n"
+        f"  shards:  {summary['shard_count']} ({size:.1f} MB)\n"
+        f"  summary: {join_path(summary['output'], 'summary.json')}\n"
+        f"  load:    {load_hint(summary)}\n"
+    )
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,9 @@
 """Ingest: URL manifests -> fetched, verified, hashed, deduplicated rows; Parquet + blobs + summary.
 
-    python -m pipelines.ingest --manifest cc3m=Train_GCC-training.tsv --output OUT [options]
-    python -m pipelines.ingest --demo --output demo-out
+python -m pipelines.ingest --manifest cc3m=Train_GCC-training.tsv --output OUT [options]
+python -m pipelines.ingest --demo --output demo-out
 """
+
 import contextlib
 import sys
 import tempfile
@@ -10,30 +11,57 @@ import time
 
 import apache_beam as beam
 import pyarrow
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.demo import sample_site
 from pipelines.launch import job_runner, preflight
 from pipelines.report import progress_line
-from pipelines.demo import sample_site
 from transforms import schema
-from transforms.errors import BadInput
-from transforms.io.checksums import HASH_CONFLICT_RULE, AttachExpectedHashes
 from transforms.clustering.clusters import WriteDuplicates, slim_row
 from transforms.clustering.dedup_settings import DedupSettings
+from transforms.errors import BadInput
 from transforms.fetch.client import FetchConfig, FetchImages
 from transforms.hashing import HashImages
+from transforms.io.books import BalanceBooks, check_books
+from transforms.io.checksums import HASH_CONFLICT_RULE, AttachExpectedHashes
 from transforms.io.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.io.manifests import ManifestParsers, ReadManifests
 from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
-from transforms.io.sinks import CountBlobs, StatusCounts, StoreBlobs, WriteSummary, assign_blob_uri, join_path, read_json
-from transforms.io.books import BalanceBooks, check_books
-from transforms.io.table import FinalizeTable, ReadImageTable, RetireFiles, WriteTableShards, list_duplicates_files, \
-    list_table_files, remove_stale_leftovers, temporary_dir
+from transforms.io.sinks import (
+    CountBlobs,
+    StatusCounts,
+    StoreBlobs,
+    WriteSummary,
+    assign_blob_uri,
+    join_path,
+    read_json,
+)
+from transforms.io.table import (
+    FinalizeTable,
+    ReadImageTable,
+    RetireFiles,
+    WriteTableShards,
+    list_duplicates_files,
+    list_table_files,
+    remove_stale_leftovers,
+    temporary_dir,
+)
 from transforms.record_progress import RecordProgress
 
-__all__ = ["IngestOptions", "parse_manifest_args", "fetch_config", "build_pipeline", "spill_directory",
-           "cluster_columns", "read_manifest_rows", "demo_inputs", "run", "report", "main"]
+__all__ = [
+    "IngestOptions",
+    "parse_manifest_args",
+    "fetch_config",
+    "build_pipeline",
+    "spill_directory",
+    "cluster_columns",
+    "read_manifest_rows",
+    "demo_inputs",
+    "run",
+    "report",
+    "main",
+]
 
 DEMO_TIMEOUT = 3.0
 
@@ -44,48 +72,75 @@ class IngestOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         inputs = parser.add_argument_group("inputs", "the manifests and their side files (local, gs://, globs, .gz)")
-        inputs.add_argument("--manifest", action="append", default=[], metavar="KIND=PATH",
-                            help="a manifest to ingest (repeatable); KIND is one of " + ", ".join(schema.DATASETS))
+        inputs.add_argument(
+            "--manifest",
+            action="append",
+            default=[],
+            metavar="KIND=PATH",
+            help="a manifest to ingest (repeatable); KIND is one of " + ", ".join(schema.DATASETS),
+        )
         output = parser.add_argument_group("output", "where the table, blobs and summary go")
         job_runner.add_argument_once(output, "--output", metavar="OUT", help="output directory, local or gs://")
-        inputs.add_argument("--demo", action="store_true",
-                            help="ingest the bundled sample, served from a loopback server started here")
+        inputs.add_argument(
+            "--demo", action="store_true", help="ingest the bundled sample, served from a loopback server started here"
+        )
         inputs.add_argument("--cc12m-hashes", help="CC12M hash list: url TAB sha256 TAB md5 (hex or base64)")
-        inputs.add_argument("--openimages-labels", action="append", default=[],
-                            help="Open Images image-level labels CSV (repeatable)")
+        inputs.add_argument(
+            "--openimages-labels", action="append", default=[], help="Open Images image-level labels CSV (repeatable)"
+        )
         inputs.add_argument("--openimages-classes", help="dict.csv or class-descriptions CSV: mid,name")
         inputs.add_argument("--cc3m-labels", help="CC3M Image_Labels_Subset TSV")
         inputs.add_argument("--long-captions", help="DreamLIP long-caption CSV keyed by URL")
         inputs.add_argument("--imagenet-root", help="ILSVRC train root: <root>/<wnid>/<filename>")
         inputs.add_argument("--imagenet-synsets", help="LOC_synset_mapping.txt")
         FetchConfig.add_arguments(parser)
-        output.add_argument("--resume", action="store_true",
-                            help="keep OUT's settled rows, fetch only the others again, write a complete new table")
-        output.add_argument("--retry-status", default=None, metavar="S1,S2",
-                            help="with --resume: the statuses fetched again (default: every status but ok)")
+        output.add_argument(
+            "--resume",
+            action="store_true",
+            help="keep OUT's settled rows, fetch only the others again, write a complete new table",
+        )
+        output.add_argument(
+            "--retry-status",
+            default=None,
+            metavar="S1,S2",
+            help="with --resume: the statuses fetched again (default: every status but ok)",
+        )
         # integrity (docs/integrity.md)
-        output.add_argument("--accept-truncated", action="store_true",
-                            help="ingest the records of a cut-short or corrupt compressed manifest up to the cut,"
-                                 " recorded in summary.json, instead of failing")
-        job_runner.add_argument_once(output, "--force-unlock", action="store_true",
-                                     help="take OUT's lease even though another run seems to hold it (only when"
-                                          " that run is known to be dead)")
+        output.add_argument(
+            "--accept-truncated",
+            action="store_true",
+            help="ingest the records of a cut-short or corrupt compressed manifest up to the cut,"
+            " recorded in summary.json, instead of failing",
+        )
+        job_runner.add_argument_once(
+            output,
+            "--force-unlock",
+            action="store_true",
+            help="take OUT's lease even though another run seems to hold it (only when that run is known to be dead)",
+        )
         DedupSettings.add_arguments(parser)
         # progress and report (docs/progress-and-report.md)
         progress = parser.add_argument_group("progress and report")
-        progress.add_argument("--no-progress", dest="progress", action="store_false",
-                              help="no live progress line on stderr (local runs)")
-        progress.add_argument("--progress-interval", type=float, default=10.0,
-                              help="seconds between progress lines when stderr is not a terminal (default 10)")
+        progress.add_argument(
+            "--no-progress", dest="progress", action="store_false", help="no live progress line on stderr (local runs)"
+        )
+        progress.add_argument(
+            "--progress-interval",
+            type=float,
+            default=10.0,
+            help="seconds between progress lines when stderr is not a terminal (default 10)",
+        )
         progress.add_argument("--no-report", dest="html_report", action="store_false", help="no OUT/report.html")
 
 
 JOB = job_runner.Job(
     usage="python -m pipelines.ingest --manifest KIND=PATH [--manifest KIND=PATH ...] --output OUT [options]",
-    name="ingest", options=IngestOptions,
+    name="ingest",
+    options=IngestOptions,
     description="URL manifests -> fetched, verified, hashed, deduplicated rows: OUT/images/*.parquet, "
-                "OUT/blobs/, OUT/duplicates/, OUT/summary.json, OUT/report.html.",
-    interrupted="OUT keeps its last finished table; rerun with --resume to continue")
+    "OUT/blobs/, OUT/duplicates/, OUT/summary.json, OUT/report.html.",
+    interrupted="OUT keeps its last finished table; rerun with --resume to continue",
+)
 
 
 def parse_manifest_args(values):
@@ -95,8 +150,9 @@ def parse_manifest_args(values):
         if not sep or not path.strip():
             raise BadInput(f"--manifest takes KIND=PATH, got {value!r}")
         if kind.strip() not in schema.DATASETS:
-            raise BadInput(f"--manifest {value}: unknown KIND {kind.strip()!r}; expected one of "
-                           f"{', '.join(schema.DATASETS)}")
+            raise BadInput(
+                f"--manifest {value}: unknown KIND {kind.strip()!r}; expected one of {', '.join(schema.DATASETS)}"
+            )
         manifests.append((kind.strip(), path.strip()))
     return manifests
 
@@ -125,7 +181,8 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     kept = None
     if opts.resume:
         merged = rows | "MergePrevious" >> MergeWithPrevious(
-            pipeline | "PreviousRun" >> ReadImageTable(previous_files), parse_retry_statuses(opts.retry_status))
+            pipeline | "PreviousRun" >> ReadImageTable(previous_files), parse_retry_statuses(opts.retry_status)
+        )
         rows, carried, kept = merged["fetch"], merged["carry"], merged["kept"]
     fetched = (
         rows
@@ -141,11 +198,11 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     # they stream into temporary Parquet shards; dedup sees a slim projection, re-reads only the
     # rows of clusters from the shards, and the shards get their cluster columns when finalised.
     shards = fetched | "WriteShards" >> WriteTableShards(out, run_id)
-    deduped = (
-        {"slim": fetched | "DedupKeys" >> beam.Map(slim_row), "shards": shards}
-        | "Dedup" >> DedupSettings.from_options(opts).transform(
-            from_shards=True, one_process=one_process,
-            spill_dir=spill_directory(out, run_id) if one_process else None)
+    deduped = {
+        "slim": fetched | "DedupKeys" >> beam.Map(slim_row),
+        "shards": shards,
+    } | "Dedup" >> DedupSettings.from_options(opts).transform(
+        from_shards=True, one_process=one_process, spill_dir=spill_directory(out, run_id) if one_process else None
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
     duplicates_files = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
@@ -163,25 +220,32 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     duplicates = (
         deduped["stats"]
         | "DupStats" >> beam.combiners.ToList()
-        | "WithBlobs" >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs),
-                                  blobs=beam.pvalue.AsSingleton(blob_count))
+        | "WithBlobs"
+        >> beam.Map(lambda stats, blobs: dict(*(stats or [{}]), blobs=blobs), blobs=beam.pvalue.AsSingleton(blob_count))
     )
-    summary_inputs = {"counts": fetched | "Counts" >> StatusCounts(), "duplicates": duplicates, "written": written,
-                      "books": books}
+    summary_inputs = {
+        "counts": fetched | "Counts" >> StatusCounts(),
+        "duplicates": duplicates,
+        "written": written,
+        "books": books,
+    }
     if "hash_conflicts" in read:
         summary_inputs["hash_list"] = (
             read["hash_conflicts"]
             | "CountConflicts" >> beam.combiners.Count.Globally()
-            | "HashListFigures" >> beam.Map(lambda n: {"conflicting_urls": n, "rule": HASH_CONFLICT_RULE}))
+            | "HashListFigures" >> beam.Map(lambda n: {"conflicting_urls": n, "rule": HASH_CONFLICT_RULE})
+        )
     if carried is not None:
         summary_inputs["resume"] = (
-            (carried | "CountCarried" >> beam.combiners.Count.Globally())
-            | "ResumeFigures" >> beam.Map(lambda n, total: {"carried": n, "fetched": total - n},
-                                          total=beam.pvalue.AsSingleton(
-                                              fetched | "CountAll" >> beam.combiners.Count.Globally())))
+            carried | "CountCarried" >> beam.combiners.Count.Globally()
+        ) | "ResumeFigures" >> beam.Map(
+            lambda n, total: {"carried": n, "fetched": total - n},
+            total=beam.pvalue.AsSingleton(fetched | "CountAll" >> beam.combiners.Count.Globally()),
+        )
     # The books are checked right after summary.json is written, in the same step (check_books).
-    _ = summary_inputs | "WriteSummary" >> WriteSummary(out, started_at, "ingest", _options_snapshot(opts),
-                                                        check=check_books)
+    _ = summary_inputs | "WriteSummary" >> WriteSummary(
+        out, started_at, "ingest", _options_snapshot(opts), check=check_books
+    )
     return fetched
 
 
@@ -207,12 +271,15 @@ def read_manifest_rows(pipeline, opts, spread_rows=True):
     """
     manifests = parse_manifest_args(opts.manifest)
     if not manifests:
-        return {name: pipeline | f"NoManifests{name.title()}" >> beam.Create([])
-                for name in ("rows", "records", "truncated")}
+        return {
+            name: pipeline | f"NoManifests{name.title()}" >> beam.Create([])
+            for name in ("rows", "records", "truncated")
+        }
     synsets = load_synsets(opts.imagenet_synsets) if opts.imagenet_synsets else None
     parsers = ManifestParsers(opts.imagenet_root, synsets)
-    read = pipeline | "ReadManifests" >> ReadManifests(manifests, parsers, spread_rows,
-                                                       accept_truncated=opts.accept_truncated, with_books=True)
+    read = pipeline | "ReadManifests" >> ReadManifests(
+        manifests, parsers, spread_rows, accept_truncated=opts.accept_truncated, with_books=True
+    )
     rows = read["rows"]
     # Joins run on the small pre-fetch rows: no image bytes cross their shuffles.
     if opts.cc12m_hashes:
@@ -230,9 +297,23 @@ def read_manifest_rows(pipeline, opts, spread_rows=True):
 
 
 def _options_snapshot(opts):
-    keep = ("manifest", "timeout", "max_bytes", "max_pixels", "retries", "concurrency", "per_host",
-            "allow_network", "max_distance", "dataset_priority", "cc12m_hashes", "demo", "resume", "retry_status",
-            "accept_truncated")
+    keep = (
+        "manifest",
+        "timeout",
+        "max_bytes",
+        "max_pixels",
+        "retries",
+        "concurrency",
+        "per_host",
+        "allow_network",
+        "max_distance",
+        "dataset_priority",
+        "cc12m_hashes",
+        "demo",
+        "resume",
+        "retry_status",
+        "accept_truncated",
+    )
     return {name: getattr(opts, name, None) for name in keep}
 
 
@@ -243,12 +324,19 @@ def demo_inputs(opts):
     try:
         with tempfile.TemporaryDirectory(prefix="ingest-demo-") as workdir:
             files = sample_site.render_templates(server, workdir)
-            opts.manifest = [f"cc3m={files['cc3m.tsv']}", f"cc12m={files['cc12m.tsv']}",
-                             f"openimages={files['openimages.csv']}", f"zero={files['zero.jsonl']}",
-                             f"imagenet_captions={files['imagenet_captions.json']}"]
+            opts.manifest = [
+                f"cc3m={files['cc3m.tsv']}",
+                f"cc12m={files['cc12m.tsv']}",
+                f"openimages={files['openimages.csv']}",
+                f"zero={files['zero.jsonl']}",
+                f"imagenet_captions={files['imagenet_captions.json']}",
+            ]
             opts.cc12m_hashes = files["cc12m_hashes.tsv"]
-            opts.openimages_labels = [files["openimages-labels-machine.csv"], files["openimages-labels-human.csv"],
-                                      files["machine_ann_2016_08-labels.csv"]]
+            opts.openimages_labels = [
+                files["openimages-labels-machine.csv"],
+                files["openimages-labels-human.csv"],
+                files["machine_ann_2016_08-labels.csv"],
+            ]
             opts.openimages_classes = files["openimages-class-descriptions.csv"]
             opts.cc3m_labels = files["cc3m-labels.tsv"]
             opts.long_captions = files["dreamlip-long-captions.csv"]
@@ -265,14 +353,24 @@ def demo_inputs(opts):
 def check_remote_inputs(options, opts):
     """With a remote runner, refuses (BadInput) inputs its workers cannot read: local paths, --demo."""
     if opts.demo and not job_runner.is_local(options):
-        raise BadInput("--demo serves the sample from this machine's loopback and temporary files, which "
-                       "remote workers cannot reach: run it with the local runner")
-    job_runner.require_shared_paths(options, {
-        "--output": opts.output, "--manifest": [path for _, path in parse_manifest_args(opts.manifest)],
-        "--cc12m-hashes": opts.cc12m_hashes, "--openimages-labels": opts.openimages_labels,
-        "--openimages-classes": opts.openimages_classes, "--cc3m-labels": opts.cc3m_labels,
-        "--long-captions": opts.long_captions, "--imagenet-root": opts.imagenet_root,
-        "--imagenet-synsets": opts.imagenet_synsets})
+        raise BadInput(
+            "--demo serves the sample from this machine's loopback and temporary files, which "
+            "remote workers cannot reach: run it with the local runner"
+        )
+    job_runner.require_shared_paths(
+        options,
+        {
+            "--output": opts.output,
+            "--manifest": [path for _, path in parse_manifest_args(opts.manifest)],
+            "--cc12m-hashes": opts.cc12m_hashes,
+            "--openimages-labels": opts.openimages_labels,
+            "--openimages-classes": opts.openimages_classes,
+            "--cc3m-labels": opts.cc3m_labels,
+            "--long-captions": opts.long_captions,
+            "--imagenet-root": opts.imagenet_root,
+            "--imagenet-synsets": opts.imagenet_synsets,
+        },
+    )
 
 
 def check_inputs(opts):
@@ -317,9 +415,12 @@ def run(argv=None):
     # Why: one writer per OUT; the lease is held until the table, summary and report are written.
     with job_runner.leased_output(options, opts.output, "ingest", opts.force_unlock, clear=remove_stale_leftovers):
         with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
-            with progress_line.LiveProgress(parse_manifest_args(opts.manifest),
-                                            plain_interval=opts.progress_interval,
-                                            enabled=opts.progress and job_runner.is_local(options)) as live:
+            with progress_line.LiveProgress(
+                parse_manifest_args(opts.manifest),
+                plain_interval=opts.progress_interval,
+                enabled=opts.progress and job_runner.is_local(options),
+            ) as live:
+
                 def build(pipeline):
                     build_pipeline(pipeline, opts, started_at, live.directory, one_process=one_process)
                     live.start()

@@ -6,6 +6,7 @@ Writes REFRESH_OUT/status/*.parquet (one row per snapshot key), REFRESH_OUT/host
 row per host), REFRESH_OUT/summary.json and, with --history, HISTORY/<night>/. Never writes under a
 snapshot. docs/refresh.md has the verdict rules and every option.
 """
+
 import os
 import sys
 import time
@@ -14,14 +15,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner
-
-from pipelines.launch import preflight
+from pipelines.launch import job_runner, preflight
 from transforms.fetch.client import FetchConfig
-from transforms.liveness import verdicts
-from transforms.liveness import checks, history, summary
 from transforms.io.sinks import join_path, read_json
-
+from transforms.liveness import checks, history, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
 # 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
@@ -38,59 +35,115 @@ class RefreshOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         inputs = parser.add_argument_group("inputs")
-        inputs.add_argument("--snapshot", action="append", default=[], metavar="OUT",
-                            help="an ingest output to re-check (repeatable): its images/*.parquet are read;"
-                                 " a path ending in .parquet or holding a glob is read as given")
+        inputs.add_argument(
+            "--snapshot",
+            action="append",
+            default=[],
+            metavar="OUT",
+            help="an ingest output to re-check (repeatable): its images/*.parquet are read;"
+            " a path ending in .parquet or holding a glob is read as given",
+        )
         output = parser.add_argument_group("output")
-        job_runner.add_argument_once(output, "--output", metavar="REFRESH_OUT",
-                                     help="refresh output directory, local or gs://")
-        output.add_argument("--history", metavar="PATH",
-                            help="history directory (local or gs://): one sub-directory per night, read for"
-                                 " the failure streaks and revivals, tonight's added")
-        output.add_argument("--night", metavar="YYYY-MM-DD",
-                            help="the night the verdicts are for (default: today, UTC); re-running a night"
-                                 " replaces that night's history entry")
+        job_runner.add_argument_once(
+            output, "--output", metavar="REFRESH_OUT", help="refresh output directory, local or gs://"
+        )
+        output.add_argument(
+            "--history",
+            metavar="PATH",
+            help="history directory (local or gs://): one sub-directory per night, read for"
+            " the failure streaks and revivals, tonight's added",
+        )
+        output.add_argument(
+            "--night",
+            metavar="YYYY-MM-DD",
+            help="the night the verdicts are for (default: today, UTC); re-running a night"
+            " replaces that night's history entry",
+        )
         rules = parser.add_argument_group("verdicts", "when a URL is dead, changed or a placeholder")
-        rules.add_argument("--dead-after", type=int, default=verdicts.DEFAULT_DEAD_AFTER, metavar="N",
-                           help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
-                                " 451, placeholder, soft 404), before it is dead; unreachable until then"
-                                f" (default {verdicts.DEFAULT_DEAD_AFTER}; the ingest fetch counts as the night"
-                                " before the first)")
-        rules.add_argument("--host-dead-after", type=int, default=verdicts.DEFAULT_HOST_DEAD_AFTER, metavar="N",
-                           help="the same for 'no such host name' and 'connection refused' answers"
-                                f" (default {verdicts.DEFAULT_HOST_DEAD_AFTER})")
-        rules.add_argument("--unreachable-dead-after", type=int, default=verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER,
-                           metavar="N", help="nights in a row of any failure (timeouts, 5xx) after which a URL is"
-                                             " dead anyway; 0: never"
-                                             f" (default {verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER})")
-        job_runner.add_argument_once(rules, "--max-distance", type=int, default=None,
-                                     help="pHash Hamming distance at or under which tonight's picture is the same"
-                                          f" picture (default {REFRESH_SAME_PICTURE_MAX_DISTANCE} in the refresh;"
-                                          " the dedup job's default differs)")
-        rules.add_argument("--placeholder", action="append", default=[], metavar="HASH",
-                           help="sha256 (64 hex) or pHash (16 hex) of a placeholder picture served in place of"
-                                " removed photos (repeatable); added to the built-in list")
-        job_runner.add_argument_once(rules, "--placeholder-min-urls", type=int, default=REFRESH_PLACEHOLDER_MIN_URLS,
-                                     metavar="K", help="a picture that replaced the different pictures of at least K"
-                                                       f" URLs tonight is a placeholder; 0: off (default"
-                                                       f" {REFRESH_PLACEHOLDER_MIN_URLS} in the refresh)")
-        rules.add_argument("--no-head", action="store_true",
-                           help="GET at once where the snapshot recorded no ETag/Last-Modified, instead of"
-                                " HEAD first")
-        output.add_argument("--summary-hosts", type=int, default=100, metavar="N",
-                            help="hosts listed in summary.json (most rows first); hosts/ has them all (default 100)")
-        job_runner.add_argument_once(output, "--force-unlock", action="store_true",
-                                     help="take REFRESH_OUT's lease even though another run seems to hold it (only"
-                                          " when that run is known to be dead)")
+        rules.add_argument(
+            "--dead-after",
+            type=int,
+            default=verdicts.DEFAULT_DEAD_AFTER,
+            metavar="N",
+            help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
+            " 451, placeholder, soft 404), before it is dead; unreachable until then"
+            f" (default {verdicts.DEFAULT_DEAD_AFTER}; the ingest fetch counts as the night"
+            " before the first)",
+        )
+        rules.add_argument(
+            "--host-dead-after",
+            type=int,
+            default=verdicts.DEFAULT_HOST_DEAD_AFTER,
+            metavar="N",
+            help="the same for 'no such host name' and 'connection refused' answers"
+            f" (default {verdicts.DEFAULT_HOST_DEAD_AFTER})",
+        )
+        rules.add_argument(
+            "--unreachable-dead-after",
+            type=int,
+            default=verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER,
+            metavar="N",
+            help="nights in a row of any failure (timeouts, 5xx) after which a URL is"
+            " dead anyway; 0: never"
+            f" (default {verdicts.DEFAULT_UNREACHABLE_DEAD_AFTER})",
+        )
+        job_runner.add_argument_once(
+            rules,
+            "--max-distance",
+            type=int,
+            default=None,
+            help="pHash Hamming distance at or under which tonight's picture is the same"
+            f" picture (default {REFRESH_SAME_PICTURE_MAX_DISTANCE} in the refresh;"
+            " the dedup job's default differs)",
+        )
+        rules.add_argument(
+            "--placeholder",
+            action="append",
+            default=[],
+            metavar="HASH",
+            help="sha256 (64 hex) or pHash (16 hex) of a placeholder picture served in place of"
+            " removed photos (repeatable); added to the built-in list",
+        )
+        job_runner.add_argument_once(
+            rules,
+            "--placeholder-min-urls",
+            type=int,
+            default=REFRESH_PLACEHOLDER_MIN_URLS,
+            metavar="K",
+            help="a picture that replaced the different pictures of at least K"
+            f" URLs tonight is a placeholder; 0: off (default"
+            f" {REFRESH_PLACEHOLDER_MIN_URLS} in the refresh)",
+        )
+        rules.add_argument(
+            "--no-head",
+            action="store_true",
+            help="GET at once where the snapshot recorded no ETag/Last-Modified, instead of HEAD first",
+        )
+        output.add_argument(
+            "--summary-hosts",
+            type=int,
+            default=100,
+            metavar="N",
+            help="hosts listed in summary.json (most rows first); hosts/ has them all (default 100)",
+        )
+        job_runner.add_argument_once(
+            output,
+            "--force-unlock",
+            action="store_true",
+            help="take REFRESH_OUT's lease even though another run seems to hold it (only"
+            " when that run is known to be dead)",
+        )
         FetchConfig.add_arguments(parser)
 
 
 JOB = job_runner.Job(
     usage="python -m pipelines.refresh --snapshot OUT --output REFRESH_OUT [options]",
-    name="refresh", options=RefreshOptions,
+    name="refresh",
+    options=RefreshOptions,
     description="Re-check every URL of an ingest snapshot: one verdict per key for the night "
-                "(REFRESH_OUT/status/, hosts/, summary.json; HISTORY/<night>/ with --history).",
-    interrupted="rerun the same command (a night's re-run replaces that night)")
+    "(REFRESH_OUT/status/, hosts/, summary.json; HISTORY/<night>/ with --history).",
+    interrupted="rerun the same command (a night's re-run replaces that night)",
+)
 
 
 def snapshots_hold_rows(snapshots):
@@ -198,16 +251,37 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
     _ = hosts | "WriteHosts" >> checks.WriteHostTable(join_path(out, "hosts"))
     if opts.history:
         _ = rows | "WriteHistory" >> history.WriteHistory(opts.history, params.night)
-    _ = {"rows": rows, "checked": checked, "hosts": hosts, "placeholders": placeholders,
-         "frequent": found["frequent"], "written": written} | \
-        "WriteSummary" >> summary.SummarizeRefresh(out, params.night, read_history.previous, started_at,
-                                                   opts.summary_hosts, _options_snapshot(opts, params))
+    _ = {
+        "rows": rows,
+        "checked": checked,
+        "hosts": hosts,
+        "placeholders": placeholders,
+        "frequent": found["frequent"],
+        "written": written,
+    } | "WriteSummary" >> summary.SummarizeRefresh(
+        out, params.night, read_history.previous, started_at, opts.summary_hosts, _options_snapshot(opts, params)
+    )
     return rows
 
 
 def _options_snapshot(opts, params):
-    keep = ("snapshot", "history", "dead_after", "host_dead_after", "unreachable_dead_after", "placeholder", "placeholder_min_urls",
-            "no_head", "timeout", "max_bytes", "retries", "concurrency", "per_host", "max_rate", "allow_network")
+    keep = (
+        "snapshot",
+        "history",
+        "dead_after",
+        "host_dead_after",
+        "unreachable_dead_after",
+        "placeholder",
+        "placeholder_min_urls",
+        "no_head",
+        "timeout",
+        "max_bytes",
+        "retries",
+        "concurrency",
+        "per_host",
+        "max_rate",
+        "allow_network",
+    )
     snapshot = {name: getattr(opts, name, None) for name in keep}
     snapshot.update(night=params.night.isoformat(), max_distance=params.max_distance)
     return snapshot
@@ -217,8 +291,14 @@ def run(argv=None):
     """The refresh job: parses argv, checks the snapshots, runs and waits; returns the PipelineResult."""
     options, opts = JOB.parse(argv)
     # Before anything is read: a remote runner's workers cannot open this machine's files.
-    job_runner.require_shared_paths(options, {"--snapshot": [snapshot_pattern(v)[0] for v in opts.snapshot or []],
-                                              "--output": opts.output, "--history": opts.history})
+    job_runner.require_shared_paths(
+        options,
+        {
+            "--snapshot": [snapshot_pattern(v)[0] for v in opts.snapshot or []],
+            "--output": opts.output,
+            "--history": opts.history,
+        },
+    )
     snapshots, params = resolve(opts)
     for root, pattern, _columns in snapshots:  # every footer, not only the first file's
         preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
@@ -234,22 +314,31 @@ def run(argv=None):
     with job_runner.leased_output(options, opts.output, "refresh", opts.force_unlock):
         prepare_outputs(opts.output, opts.history, params.night)
         return JOB.execute(
-            options, lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at, read_history),
-            opts.output, summary=report)
+            options,
+            lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at, read_history),
+            opts.output,
+            summary=report,
+        )
 
 
 def report(out):
     summary = read_json(join_path(out, "summary.json"))
     rot = summary["link_rot"]
-    print(f"\nrefresh: night {summary['night']}, {summary['rows']} rows, {summary['urls'].get('urls', 0)} URLs,"
-          f" {summary['urls'].get('requests', 0)} requests in {summary['timings']['wall_seconds']:.1f}s -> {out}")
+    print(
+        f"\nrefresh: night {summary['night']}, {summary['rows']} rows, {summary['urls'].get('urls', 0)} URLs,"
+        f" {summary['urls'].get('requests', 0)} requests in {summary['timings']['wall_seconds']:.1f}s -> {out}"
+    )
     print(f"  previous night: {summary['previous_night'] or 'none'}")
-    print(f"  newly dead {summary['newly_dead']}, revived {summary['revived']}, changed {summary['changed']}"
-          f" ({summary['newly_changed']} new), alive with other bytes {summary['bytes_changed']}")
+    print(
+        f"  newly dead {summary['newly_dead']}, revived {summary['revived']}, changed {summary['changed']}"
+        f" ({summary['newly_changed']} new), alive with other bytes {summary['bytes_changed']}"
+    )
     rate = summary["success_rate"]["success_rate"]
     per_month = rot["per_month"]
-    print(f"  success rate {'-' if rate is None else f'{rate:.1%}'}, link rot per month"
-          f" {'- (under a day since ingest)' if per_month is None else f'{per_month:.2%}'}")
+    print(
+        f"  success rate {'-' if rate is None else f'{rate:.1%}'}, link rot per month"
+        f" {'- (under a day since ingest)' if per_month is None else f'{per_month:.2%}'}"
+    )
     print(f"  status:  {join_path(out, 'status')}/*.parquet\n  summary: {join_path(out, 'summary.json')}\n")
     print(job_runner.format_status_table(summary["counts"], verdicts.VERDICTS))
 

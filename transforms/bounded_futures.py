@@ -4,6 +4,7 @@ Shared by the stages that wait on something slow per element: the fetch
 (`transforms.fetch.client.FetchDoFn`), the decode and hashes (`transforms.hashing.HashDoFn`) and the
 refresh's checks (`transforms.liveness`).
 """
+
 from __future__ import annotations
 
 import queue

@@ -6,6 +6,7 @@ before any pixel is decoded, so a decompression bomb costs a header parse, not g
 Public transform: `HashImages(max_pixels)`: fetched rows (`schema.Row` with `_body`) -> the same
 rows with sha256, md5, pHash, dHash, size, format and their final status (`HashDoFn` under it).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -22,8 +23,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_VIEWS", "VIEWS", "ImageCheck", "inspect_image", "picture_views",
-           "centre_crop", "trim_borders", "hash_hex", "verify_and_hash", "HashDoFn", "HashImages"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_VIEWS",
+    "VIEWS",
+    "ImageCheck",
+    "inspect_image",
+    "picture_views",
+    "centre_crop",
+    "trim_borders",
+    "hash_hex",
+    "verify_and_hash",
+    "HashDoFn",
+    "HashImages",
+]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ 10000 x 10000; larger is treated as a decompression bomb
 
@@ -57,12 +70,30 @@ _TRIM_PAIR = 0.02
 class ImageCheck:
     """Outcome of inspecting one body."""
 
-    __slots__ = ("status", "error", "format", "width", "height", "phash", "dhash", "stored_width", "stored_height",
-                 "views")
+    __slots__ = (
+        "status",
+        "error",
+        "format",
+        "width",
+        "height",
+        "phash",
+        "dhash",
+        "stored_width",
+        "stored_height",
+        "views",
+    )
 
-    def __init__(self, status: str = schema.OK, error: str | None = None, fmt: str | None = None,
-                 width: int | None = None, height: int | None = None, phash: str | None = None,
-                 dhash: str | None = None, views: dict | None = None) -> None:
+    def __init__(
+        self,
+        status: str = schema.OK,
+        error: str | None = None,
+        fmt: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        phash: str | None = None,
+        dhash: str | None = None,
+        views: dict | None = None,
+    ) -> None:
         self.status, self.error, self.format = status, error, fmt
         self.width, self.height, self.phash, self.dhash = width, height, phash, dhash
         # width/height are as displayed (EXIF orientation applied); these are as stored in the file
@@ -70,8 +101,9 @@ class ImageCheck:
         self.views = views or {}  # view name -> (phash hex, dhash hex), see VIEWS
 
 
-def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
-                  views: tuple = ()) -> ImageCheck:
+def inspect_image(
+    body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, views: tuple = ()
+) -> ImageCheck:
     """Decode `body` safely and compute its perceptual hashes (and those of `views`, none unless
     asked: the refresh compares plain hashes only), all of the picture a viewer sees (to_viewable).
     Never raises."""
@@ -127,9 +159,15 @@ def inspect_image(body: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draf
 
 # EXIF Orientation tag (0x0112) -> the transpose that shows the picture upright.
 _ORIENTATION_TAG = 0x0112
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
 _HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -293,7 +331,7 @@ def _bar_length(lines):
     n = int(over[0]) if len(over) else len(lines)
     if 0 < n < len(lines):
         level = numpy.median(lines[:n])
-        if numpy.abs(lines[n:n + 3] - level).mean(axis=1).max() <= _TRIM_RANGE:
+        if numpy.abs(lines[n : n + 3] - level).mean(axis=1).max() <= _TRIM_RANGE:
             return 0
     return n
 
@@ -303,8 +341,15 @@ def hash_hex(image_hash: imagehash.ImageHash) -> str:
     return numpy.packbits(image_hash.hash.flatten()).tobytes().hex()
 
 
-_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 
 
 def _claimed_format(body):
@@ -316,8 +361,9 @@ def _claimed_format(body):
     return None
 
 
-def verify_and_hash(row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True,
-                    views: tuple = DEFAULT_VIEWS) -> schema.Row:
+def verify_and_hash(
+    row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, views: tuple = DEFAULT_VIEWS
+) -> schema.Row:
     """Fill the content columns of a fetched row and settle its final status."""
     body = row.get("_body")
     if row.get("status") != schema.OK or body is None:
@@ -326,9 +372,15 @@ def verify_and_hash(row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft
     row["sha256"] = hashlib.sha256(body).hexdigest()
     row["md5"] = hashlib.md5(body).hexdigest()
     check = inspect_image(body, max_pixels, draft, views)
-    row.update(format=check.format, width=check.width, height=check.height,
-               stored_width=check.stored_width, stored_height=check.stored_height,
-               phash=check.phash, dhash=check.dhash)
+    row.update(
+        format=check.format,
+        width=check.width,
+        height=check.height,
+        stored_width=check.stored_width,
+        stored_height=check.stored_height,
+        phash=check.phash,
+        dhash=check.dhash,
+    )
     for view, (phash, dhash) in check.views.items():
         row[f"phash_{view}"], row[f"dhash_{view}"] = phash, dhash
     if check.status == schema.NOT_IMAGE:
@@ -357,8 +409,13 @@ class HashDoFn(BoundedFuturesDoFn):
     put every core of the process to work on the bodies while this DoFn's thread moves rows on.
     """
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, threads: int | None = None,
-                 views: tuple = DEFAULT_VIEWS) -> None:
+    def __init__(
+        self,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        draft: bool = True,
+        threads: int | None = None,
+        views: tuple = DEFAULT_VIEWS,
+    ) -> None:
         super().__init__(max_pending=64)
         self._max_pixels = max_pixels
         self._draft = draft
@@ -367,15 +424,17 @@ class HashDoFn(BoundedFuturesDoFn):
 
     def setup(self):
         self._outcomes = {s: beam.metrics.Metrics.counter("verify", s) for s in schema.STATUSES}
-        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads or os.cpu_count() or 2,
-                                                           thread_name_prefix="hash")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self._threads or os.cpu_count() or 2, thread_name_prefix="hash"
+        )
 
     def process(self, row):
         if row.get("status") != schema.OK or row.get("_body") is None:
             yield row  # nothing fetched: nothing to verify
             return
-        yield from self._track(self._pool.submit(verify_and_hash, row, self._max_pixels, self._draft,
-                                                   self._views), None)
+        yield from self._track(
+            self._pool.submit(verify_and_hash, row, self._max_pixels, self._draft, self._views), None
+        )
 
     def _completed(self, _context, row):
         self._outcomes[row["status"]].inc()
@@ -400,5 +459,4 @@ class HashImages(beam.PTransform):
         self._views = tuple(views)
 
     def expand(self, rows):
-        return rows | "VerifyAndHash" >> beam.ParDo(HashDoFn(self._max_pixels, self._draft,
-                                                             views=self._views))
+        return rows | "VerifyAndHash" >> beam.ParDo(HashDoFn(self._max_pixels, self._draft, views=self._views))

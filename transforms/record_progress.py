@@ -10,6 +10,7 @@ DoFns live in worker subprocesses.
 Public transform: `RecordProgress(progress_dir)`: rows (`schema.Row`) -> the same rows, counted
 (`RecordProgressDoFn` under it; `ProgressTally` is what it writes).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,22 @@ from collections.abc import Callable
 
 import apache_beam as beam
 
-__all__ = ["ROWS_NAMESPACE", "DATASET_NAMESPACE", "BYTES_NAMESPACE", "LATENCY_NAMESPACE", "SIZE_NAMESPACE",
-           "ProgressTally", "RecordProgressDoFn", "RecordProgress"]
+__all__ = [
+    "ROWS_NAMESPACE",
+    "DATASET_NAMESPACE",
+    "BYTES_NAMESPACE",
+    "LATENCY_NAMESPACE",
+    "SIZE_NAMESPACE",
+    "ProgressTally",
+    "RecordProgressDoFn",
+    "RecordProgress",
+]
 
-ROWS_NAMESPACE = "rows"                   # rows/<status>: final status of every row
-DATASET_NAMESPACE = "rows_by_dataset"     # rows_by_dataset/<dataset>.<status>
-BYTES_NAMESPACE = "bytes"                 # bytes/<status>: body bytes of rows that had a body
-LATENCY_NAMESPACE = "latency_ms"          # latency_ms/<status>: distribution of fetch wall time
-SIZE_NAMESPACE = "size_bytes"             # size_bytes/<status>: distribution of body sizes
+ROWS_NAMESPACE = "rows"  # rows/<status>: final status of every row
+DATASET_NAMESPACE = "rows_by_dataset"  # rows_by_dataset/<dataset>.<status>
+BYTES_NAMESPACE = "bytes"  # bytes/<status>: body bytes of rows that had a body
+LATENCY_NAMESPACE = "latency_ms"  # latency_ms/<status>: distribution of fetch wall time
+SIZE_NAMESPACE = "size_bytes"  # size_bytes/<status>: distribution of body sizes
 
 
 class ProgressTally:

@@ -9,6 +9,7 @@ folder and the history night always agree, and clearing an old DAG run re-runs t
 
 Airflow Variables: beam_images_project (required), beam_images_region (default us-central1).
 """
+
 import json
 import pathlib
 from datetime import datetime, timedelta
@@ -32,8 +33,10 @@ def nightly_body(body):
     run's logical date {{ ds }} (Airflow renders the {{ }})."""
     launch = dict(body["launchParameter"])
     launch["jobName"] = launch["jobName"] + "-{{ ds_nodash }}"
-    launch["parameters"] = {name: value.rstrip("/") + "/{{ ds }}" if name in DATED_PARAMETERS else value
-                            for name, value in launch["parameters"].items()}
+    launch["parameters"] = {
+        name: value.rstrip("/") + "/{{ ds }}" if name in DATED_PARAMETERS else value
+        for name, value in launch["parameters"].items()
+    }
     night = NIGHT_PARAMETER.get(job_of(launch))
     if night:
         launch["parameters"][night] = "{{ ds }}"

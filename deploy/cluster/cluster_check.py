@@ -16,6 +16,7 @@ A job the Flex Template registry (deploy/jobs.py JOBS) does not hold is launched
 command (`python -m pipelines.<job>`) in the same environment. The result is a dict (and
 RUN/cluster-report.json): per job its launch, cluster and local seconds and the differences found.
 """
+
 import argparse
 import collections
 import dataclasses
@@ -43,10 +44,11 @@ NIGHTS = ("2026-01-01", "2026-01-02")
 @dataclasses.dataclass
 class JobRun:
     """One job run on the cluster and locally."""
+
     name: str
-    launch_seconds: float | None = None    # the launcher process, submit to exit (it does not wait)
-    cluster_seconds: float | None = None   # launcher start to the job DONE on the cluster
-    local_seconds: float | None = None     # the same job with the local runner, process start to exit
+    launch_seconds: float | None = None  # the launcher process, submit to exit (it does not wait)
+    cluster_seconds: float | None = None  # launcher start to the job DONE on the cluster
+    local_seconds: float | None = None  # the same job with the local runner, process start to exit
     differences: list = dataclasses.field(default_factory=list)
     skipped: str | None = None
     figures: dict = dataclasses.field(default_factory=dict)  # from the cluster's summary.json
@@ -65,14 +67,15 @@ def upload_tree(bucket, local: pathlib.Path, prefix: str) -> str:
 
 def listing(client, uri: str) -> dict:
     """{name relative to uri: bytes} of every object under a gs:// folder."""
-    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
     prefix = prefix.rstrip("/") + "/"
-    return {blob.name[len(prefix):]: blob.download_as_bytes() for blob in client.list_blobs(bucket, prefix=prefix)}
+    return {blob.name[len(prefix) :]: blob.download_as_bytes() for blob in client.list_blobs(bucket, prefix=prefix)}
 
 
 def parquet_rows(files: dict, root: str) -> list:
     """Rows of the Parquet objects among `files`, volatile columns dropped, `root` replaced by <OUT>."""
     import pyarrow.parquet as pq
+
     rows = []
     for name, data in sorted(files.items()):
         if name.endswith(".parquet"):
@@ -97,7 +100,7 @@ def jsonl_records(files: dict, folder: str, root: str) -> list:
     for name, data in files.items():
         if name.startswith(folder + "/") and name.endswith(".jsonl"):
             records += [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-    return sorted((json.dumps(normalise(r, root), sort_keys=True, default=str) for r in records))
+    return sorted(json.dumps(normalise(r, root), sort_keys=True, default=str) for r in records)
 
 
 def compare(name: str, cluster, local, limit: int = 3) -> list:
@@ -107,8 +110,10 @@ def compare(name: str, cluster, local, limit: int = 3) -> list:
     if isinstance(cluster, list) and isinstance(local, list):
         c, lo = collections.Counter(map(_key, cluster)), collections.Counter(map(_key, local))
         only_c, only_l = list((c - lo).elements()), list((lo - c).elements())
-        return [f"{name}: {len(cluster)} on the cluster, {len(local)} locally; only on the cluster "
-                f"{only_c[:limit]}; only locally {only_l[:limit]}"]
+        return [
+            f"{name}: {len(cluster)} on the cluster, {len(local)} locally; only on the cluster "
+            f"{only_c[:limit]}; only locally {only_l[:limit]}"
+        ]
     return [f"{name}: cluster {str(cluster)[:400]} != local {str(local)[:400]}"]
 
 
@@ -129,18 +134,35 @@ def compare_outputs(client, job: str, cluster_uri: str, local_uri: str) -> list:
             differences += compare("blobs", sorted(c_part), sorted(l_part))
             differences += [f"blobs: {n} differs" for n in sorted(set(c_part) & set(l_part)) if c_part[n] != l_part[n]]
         elif any(n.endswith(".parquet") for n in c_part) or any(n.endswith(".parquet") for n in l_part):
-            differences += compare(f"{folder}/*.parquet rows", parquet_rows(c_part, cluster_uri),
-                                   parquet_rows(l_part, local_uri))
+            differences += compare(
+                f"{folder}/*.parquet rows", parquet_rows(c_part, cluster_uri), parquet_rows(l_part, local_uri)
+            )
         elif any(n.endswith(".jsonl") for n in c_part):
-            differences += compare(f"{folder}/*.jsonl", jsonl_records(c_part, folder, cluster_uri),
-                                   jsonl_records(l_part, folder, local_uri))
+            differences += compare(
+                f"{folder}/*.jsonl",
+                jsonl_records(c_part, folder, cluster_uri),
+                jsonl_records(l_part, folder, local_uri),
+            )
         elif folder == "summary.json":
             c_sum, l_sum = (json.loads(p[folder]) if folder in p else {} for p in (c_part, l_part))
-            for field in ("rows", "counts", "verdicts", "link_rot", "newly_dead", "revived", "changed",
-                          "replaced_rows", "exported", "skipped"):
+            for field in (
+                "rows",
+                "counts",
+                "verdicts",
+                "link_rot",
+                "newly_dead",
+                "revived",
+                "changed",
+                "replaced_rows",
+                "exported",
+                "skipped",
+            ):
                 if field in c_sum or field in l_sum:
-                    differences += compare(f"summary.json {field}", normalise(c_sum.get(field), cluster_uri),
-                                           normalise(l_sum.get(field), local_uri))
+                    differences += compare(
+                        f"summary.json {field}",
+                        normalise(c_sum.get(field), cluster_uri),
+                        normalise(l_sum.get(field), local_uri),
+                    )
     return differences
 
 
@@ -165,19 +187,24 @@ def check_parameters(job: str, params: dict) -> None:
 def job_argv(job: str, params: dict) -> list[str]:
     """The job's own command line for template parameters, translated as the Flex Template entry does."""
     from pipelines.launch import flex_template
+
     actions = flex_template.option_actions(flex_template.options_class(flex_template.job_module(job)))
     return flex_template.to_job_argv([f"--{name}={value}" for name, value in params.items()], actions)
 
 
 def worker_errors(log: pathlib.Path, lines: int = 6) -> str:
     """The last ERROR lines of the workers' log (each names the step that failed)."""
-    found = [line for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
-             if line.startswith("ERROR:")]
+    found = [
+        line
+        for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+        if line.startswith("ERROR:")
+    ]
     return "\n".join(line[:600] for line in found[-lines:]) or tail(log)
 
 
 def is_flex_job(job: str) -> bool:
     from deploy import jobs
+
     return job in jobs.JOBS
 
 
@@ -207,15 +234,23 @@ class Launcher:
         log = workdir / "launcher.log"
         started = time.monotonic()
         with open(log, "wb") as out:
-            done = subprocess.run(command + args + self.cluster.pipeline_args(), cwd=workdir, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT, timeout=600)
+            done = subprocess.run(
+                command + args + self.cluster.pipeline_args(),
+                cwd=workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+            )
         launched = time.monotonic()
         if done.returncode != 0:
             raise ClusterError(f"{label}: the launcher exited {done.returncode}:\n{tail(log)}")
         job_id, state = self.cluster.wait_for_new_job()
         if state != "DONE":
-            raise ClusterError(f"{label}: job {job_id} ended {state}; the workers' last errors:\n"
-                               f"{worker_errors(self.cluster.run_dir / 'worker-pool.log')}")
+            raise ClusterError(
+                f"{label}: job {job_id} ended {state}; the workers' last errors:\n"
+                f"{worker_errors(self.cluster.run_dir / 'worker-pool.log')}"
+            )
         run.launch_seconds = round((run.launch_seconds or 0) + launched - started, 2)
         run.cluster_seconds = round((run.cluster_seconds or 0) + time.monotonic() - started, 2)
 
@@ -226,8 +261,14 @@ class Launcher:
         log = self.run_dir / f"local-{label}.log"
         started = time.monotonic()
         with open(log, "wb") as out:
-            done = subprocess.run([sys.executable, "-m", f"pipelines.{job}", *args], cwd=REPO, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT, timeout=600)
+            done = subprocess.run(
+                [sys.executable, "-m", f"pipelines.{job}", *args],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+            )
         if done.returncode != 0:
             raise ClusterError(f"{label} (local runner) exited {done.returncode}:\n{tail(log)}")
         run.local_seconds = round((run.local_seconds or 0) + time.monotonic() - started, 2)
@@ -238,18 +279,27 @@ def stage_demo_inputs(cluster: PortableCluster, server, workdir: pathlib.Path) -
     """Uploads the demo sample (manifests with the server's address, side files, an ImageNet train
     tree) to gs://; returns the ingest parameters naming them (template parameter names)."""
     from pipelines.demo import sample_site
+
     bucket = cluster.gcs.bucket(BUCKET)
     files = sample_site.render_templates(server, str(workdir / "sample"))
     gs = {name: upload_tree(bucket, pathlib.Path(path), f"inputs/{name}") for name, path in files.items()}
-    root = upload_tree(bucket, pathlib.Path(sample_site.write_imagenet_root(str(workdir / "sample"))),
-                       "inputs/imagenet/train")
-    manifests = {"cc3m": "cc3m.tsv", "cc12m": "cc12m.tsv", "openimages": "openimages.csv", "zero": "zero.jsonl",
-                 "imagenet_captions": "imagenet_captions.json"}
+    root = upload_tree(
+        bucket, pathlib.Path(sample_site.write_imagenet_root(str(workdir / "sample"))), "inputs/imagenet/train"
+    )
+    manifests = {
+        "cc3m": "cc3m.tsv",
+        "cc12m": "cc12m.tsv",
+        "openimages": "openimages.csv",
+        "zero": "zero.jsonl",
+        "imagenet_captions": "imagenet_captions.json",
+    }
     return {
         "manifest": ",".join(f"{kind}={gs[name]}" for kind, name in manifests.items()),
         "cc12m_hashes": gs["cc12m_hashes.tsv"],
-        "openimages_labels": ",".join(gs[n] for n in ("openimages-labels-machine.csv", "openimages-labels-human.csv",
-                                                      "machine_ann_2016_08-labels.csv")),
+        "openimages_labels": ",".join(
+            gs[n]
+            for n in ("openimages-labels-machine.csv", "openimages-labels-human.csv", "machine_ann_2016_08-labels.csv")
+        ),
         "openimages_classes": gs["openimages-class-descriptions.csv"],
         "cc3m_labels": gs["cc3m-labels.tsv"],
         "long_captions": gs["dreamlip-long-captions.csv"],
@@ -267,6 +317,7 @@ def out_uri(kind: str, job: str) -> str:
 def night_two_routes(server) -> None:
     """What changed on the web between the two nights: a photo gone, one replaced, one back."""
     from pipelines.demo.sample_site import Reply, jpeg
+
     server.routes["/img/p04.jpg"] = Reply(404, b"gone", {"Content-Type": "text/plain"})
     server.routes["/img/p06.jpg"] = Reply(200, jpeg(99), {"Content-Type": "image/jpeg", "ETag": '"p06-new"'})
     server.routes["/error/500.jpg"] = Reply(200, jpeg(98), {"Content-Type": "image/jpeg"})
@@ -275,13 +326,17 @@ def night_two_routes(server) -> None:
 def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export"), workers: int = 2) -> dict:
     """The whole check (see the module docstring); returns the report."""
     from pipelines.demo import sample_site
+
     run_dir.mkdir(parents=True, exist_ok=True)
     quiet_emulator()
     report = {"run_dir": str(run_dir), "workers": workers, "jobs": {}}
     started = time.monotonic()
     worker_env = ensure_worker_env(run_dir)
-    report["worker_env"] = {"venv": str(worker_env.venv), "reused": worker_env.reused,
-                            "build_seconds": round(worker_env.seconds, 1)}
+    report["worker_env"] = {
+        "venv": str(worker_env.venv),
+        "reused": worker_env.reused,
+        "build_seconds": round(worker_env.seconds, 1),
+    }
     server = sample_site.SampleWebServer(sample_site.demo_routes(DEMO_TIMEOUT)).start()
     try:
         with PortableCluster(worker_env, run_dir / "cluster", workers=workers) as cluster:
@@ -299,10 +354,13 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
             launcher.on_cluster("ingest", dict(inputs, output=out_uri("cluster", "ingest")), run, "ingest")
             server.hits.clear()  # the flaky route answers 503 first again
             launcher.locally("ingest", dict(inputs, output=out_uri("local", "ingest")), run, "ingest")
-            run.differences = compare_outputs(client, "ingest", out_uri("cluster", "ingest"),
-                                              out_uri("local", "ingest"))
+            run.differences = compare_outputs(
+                client, "ingest", out_uri("cluster", "ingest"), out_uri("local", "ingest")
+            )
             run.figures = figures(client, out_uri("cluster", "ingest"), ("rows", "counts"))
-            run.figures["blobs"] = len([n for n in listing(client, out_uri("cluster", "ingest")) if n.startswith("blobs/")])
+            run.figures["blobs"] = len(
+                [n for n in listing(client, out_uri("cluster", "ingest")) if n.startswith("blobs/")]
+            )
             snapshot = out_uri("cluster", "ingest")
 
             if "dedup" in jobs:
@@ -310,12 +368,16 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
                 params = {"input": snapshot}
                 launcher.on_cluster("dedup", dict(params, output=out_uri("cluster", "dedup")), run, "dedup")
                 launcher.locally("dedup", dict(params, output=out_uri("local", "dedup")), run, "dedup")
-                run.differences = compare_outputs(client, "dedup", out_uri("cluster", "dedup"),
-                                                  out_uri("local", "dedup"))
+                run.differences = compare_outputs(
+                    client, "dedup", out_uri("cluster", "dedup"), out_uri("local", "dedup")
+                )
                 dedup_files = listing(client, out_uri("cluster", "dedup"))
-                run.figures = {"clusters": len(jsonl_records(dedup_files, "duplicates", snapshot)),
-                               "rows": len(parquet_rows({n: d for n, d in dedup_files.items() if n.startswith("images/")},
-                                                        snapshot))}
+                run.figures = {
+                    "clusters": len(jsonl_records(dedup_files, "duplicates", snapshot)),
+                    "rows": len(
+                        parquet_rows({n: d for n, d in dedup_files.items() if n.startswith("images/")}, snapshot)
+                    ),
+                }
 
             if "refresh" in jobs:
                 run = runs["refresh"] = JobRun("refresh")
@@ -324,16 +386,25 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
                     if n == 2:
                         night_two_routes(server)
                     for kind, how in (("cluster", launcher.on_cluster), ("local", launcher.locally)):
-                        params = dict(base, night=night, history=out_uri(kind, "history"),
-                                      output=out_uri(kind, f"refresh-{n}"))
+                        params = dict(
+                            base, night=night, history=out_uri(kind, "history"), output=out_uri(kind, f"refresh-{n}")
+                        )
                         server.hits.clear()
                         how("refresh", params, run, f"refresh-{n}")
-                    run.differences += compare_outputs(client, f"refresh night {n}", out_uri("cluster", f"refresh-{n}"),
-                                                       out_uri("local", f"refresh-{n}"))
-                    run.figures[night] = figures(client, out_uri("cluster", f"refresh-{n}"),
-                                                 ("rows", "previous_night", "newly_dead", "changed", "revived"))
-                run.differences += compare_outputs(client, "refresh history", out_uri("cluster", "history"),
-                                                   out_uri("local", "history"))
+                    run.differences += compare_outputs(
+                        client,
+                        f"refresh night {n}",
+                        out_uri("cluster", f"refresh-{n}"),
+                        out_uri("local", f"refresh-{n}"),
+                    )
+                    run.figures[night] = figures(
+                        client,
+                        out_uri("cluster", f"refresh-{n}"),
+                        ("rows", "previous_night", "newly_dead", "changed", "revived"),
+                    )
+                run.differences += compare_outputs(
+                    client, "refresh history", out_uri("cluster", "history"), out_uri("local", "history")
+                )
 
             if "export" in jobs:
                 run = runs["export"] = JobRun("export")
@@ -342,12 +413,15 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
                 else:
                     for fmt in ("webdataset", "hf-parquet"):
                         params = {"input": snapshot, "format": fmt}
-                        launcher.on_cluster("export", dict(params, output=out_uri("cluster", f"export-{fmt}")), run,
-                                            f"export-{fmt}")
-                        launcher.locally("export", dict(params, output=out_uri("local", f"export-{fmt}")), run,
-                                         f"export-{fmt}")
-                        run.differences += compare_export(client, out_uri("cluster", f"export-{fmt}"),
-                                                          out_uri("local", f"export-{fmt}"))
+                        launcher.on_cluster(
+                            "export", dict(params, output=out_uri("cluster", f"export-{fmt}")), run, f"export-{fmt}"
+                        )
+                        launcher.locally(
+                            "export", dict(params, output=out_uri("local", f"export-{fmt}")), run, f"export-{fmt}"
+                        )
+                        run.differences += compare_export(
+                            client, out_uri("cluster", f"export-{fmt}"), out_uri("local", f"export-{fmt}")
+                        )
             report["jobs"] = {name: dataclasses.asdict(r) for name, r in runs.items()}
     finally:
         server.stop()
@@ -366,7 +440,7 @@ def mount_of(mounts: dict, path: str) -> str:
 
 def figures(client, uri: str, fields) -> dict:
     """Some fields of an output's summary.json (what the report quotes)."""
-    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
     summary = json.loads(client.bucket(bucket).blob(f"{prefix}/summary.json").download_as_bytes())
     return {field: summary.get(field) for field in fields}
 
@@ -374,6 +448,7 @@ def figures(client, uri: str, fields) -> dict:
 def compare_export(client, cluster_uri: str, local_uri: str) -> list:
     """Export shards hold the same samples (tar members by name and bytes, Parquet rows)."""
     import tarfile
+
     differences = compare_outputs(client, "export", cluster_uri, local_uri)
     members = []
     for uri in (cluster_uri, local_uri):
@@ -388,29 +463,36 @@ def compare_export(client, cluster_uri: str, local_uri: str) -> list:
                             found[member.name] = content.read()
         members.append(found)
     if members[0] != members[1]:
-        differences.append(f"export tar members: {len(members[0])} on the cluster, {len(members[1])} locally, "
-                           f"{sum(members[0].get(k) != v for k, v in members[1].items())} differ")
+        differences.append(
+            f"export tar members: {len(members[0])} on the cluster, {len(members[1])} locally, "
+            f"{sum(members[0].get(k) != v for k, v in members[1].items())} differ"
+        )
     return differences
 
 
 def quiet_emulator() -> None:
     """The emulator warns once per object it serves; its log is not this check's."""
     import logging
+
     logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
 
 
 def summary_lines(report: dict) -> list[str]:
     """The report in a few lines: per job, launcher / cluster / local seconds and the verdict."""
     env = report.get("worker_env", {})
-    lines = [f"cluster: worker env {'reused' if env.get('reused') else 'built'} ({env.get('build_seconds')}s incl. "
-             f"the package), cluster up in {report.get('cluster_start_seconds')}s, total {report.get('total_seconds')}s"]
+    lines = [
+        f"cluster: worker env {'reused' if env.get('reused') else 'built'} ({env.get('build_seconds')}s incl. "
+        f"the package), cluster up in {report.get('cluster_start_seconds')}s, total {report.get('total_seconds')}s"
+    ]
     for name, run in report.get("jobs", {}).items():
         if run["skipped"]:
             lines.append(f"  {name}: skipped: {run['skipped']}")
             continue
         verdict = "outputs equal" if not run["differences"] else f"{len(run['differences'])} differences"
-        lines.append(f"  {name}: launcher {run['launch_seconds']}s, on the cluster {run['cluster_seconds']}s, "
-                     f"local runner {run['local_seconds']}s: {verdict}")
+        lines.append(
+            f"  {name}: launcher {run['launch_seconds']}s, on the cluster {run['cluster_seconds']}s, "
+            f"local runner {run['local_seconds']}s: {verdict}"
+        )
         lines += [f"    {d}" for d in run["differences"]]
     return lines
 
@@ -419,8 +501,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--print-report", metavar="JSON", help="print the summary of a saved report and exit")
     parser.add_argument("--run-dir", help="where logs and the run's package go (default: a new temporary folder)")
-    parser.add_argument("--jobs", default="ingest,dedup,refresh,export",
-                        help="the jobs to check (ingest always runs: the others read its output)")
+    parser.add_argument(
+        "--jobs",
+        default="ingest,dedup,refresh,export",
+        help="the jobs to check (ingest always runs: the others read its output)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     if args.print_report:

@@ -6,6 +6,7 @@ in-process patch (deploy/offline.anonymous_credentials) cannot reach them. With 
 and GCE_METADATA_IP pointing here, google-auth finds "Compute Engine" credentials at once and gets a
 dummy token, which the GCS emulator ignores.
 """
+
 import http.server
 import json
 import threading
@@ -32,8 +33,11 @@ def _answer(path: str, project: str):
     if path.endswith("/service-accounts/default/scopes"):
         return 200, "text/plain", "\n".join(SCOPES)
     if path.endswith("/service-accounts/default/token"):
-        return 200, "application/json", json.dumps({"access_token": "offline-token", "expires_in": 3600,
-                                                    "token_type": "Bearer"})
+        return (
+            200,
+            "application/json",
+            json.dumps({"access_token": "offline-token", "expires_in": 3600, "token_type": "Bearer"}),
+        )
     return 404, "text/plain", "not found"
 
 

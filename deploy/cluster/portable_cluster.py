@@ -15,6 +15,7 @@ So launcher and workers share only gs:// (and loopback sockets: the web server b
 Everything listens on 127.0.0.1, except the worker pool's gRPC server, which Beam binds to [::]
 (no option changes it); every connection to it comes from loopback.
 """
+
 import os
 import pathlib
 import shutil
@@ -47,7 +48,7 @@ printf '%s\n' '#!/bin/sh' \
 chmod +x /mnt/bin/python
 cd /
 PATH="/mnt/bin:$PATH" exec /mnt/env/bin/python -m apache_beam.runners.worker.worker_pool_main --service_port="$CLUSTER_POOL_PORT"
-"""
+"""  # noqa: E501 (a shell script: its command lines stay whole)
 
 
 # Beam's job service runs every job on an FnApiRunner made with one worker per environment
@@ -71,8 +72,9 @@ class ClusterError(RuntimeError):
     """The cluster could not start, or a job on it did not finish DONE."""
 
 
-def wait_port(port: int, seconds: float, process: subprocess.Popen | None = None,
-              log: pathlib.Path | None = None) -> None:
+def wait_port(
+    port: int, seconds: float, process: subprocess.Popen | None = None, log: pathlib.Path | None = None
+) -> None:
     """Waits until something accepts connections on localhost:`port`.
 
     Args:
@@ -137,17 +139,34 @@ class PortableCluster:
         service_dir.mkdir(exist_ok=True)
         log = self.run_dir / "job-service.log"
         service = self._spawn(
-            [str(self.worker_env.python), "-c", JOB_SERVICE, str(self.workers),
-             "--port", str(self.job_port), "--staging_dir", str(service_dir / "staging")],
-            log, cwd=service_dir, env=self.service_env())
+            [
+                str(self.worker_env.python),
+                "-c",
+                JOB_SERVICE,
+                str(self.workers),
+                "--port",
+                str(self.job_port),
+                "--staging_dir",
+                str(service_dir / "staging"),
+            ],
+            log,
+            cwd=service_dir,
+            env=self.service_env(),
+        )
         wait_port(self.job_port, 60, service, log)
         log = self.run_dir / "worker-pool.log"
-        pool_env = dict(self.service_env(), PATH=f"/mnt/env/bin:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                        PYTHONPATH=f"/mnt/pkg/{self.worker_env.pkg_site.relative_to(self.worker_env.pkg)}",
-                        CLUSTER_ENV_DIR=str(self.worker_env.venv), CLUSTER_PKG_DIR=str(self.worker_env.pkg),
-                        CLUSTER_HIDE=" ".join(self.hide), CLUSTER_POOL_PORT=str(self.pool_port))
-        pool = self._spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", NAMESPACE_SCRIPT],
-                           log, cwd="/", env=pool_env)
+        pool_env = dict(
+            self.service_env(),
+            PATH=f"/mnt/env/bin:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            PYTHONPATH=f"/mnt/pkg/{self.worker_env.pkg_site.relative_to(self.worker_env.pkg)}",
+            CLUSTER_ENV_DIR=str(self.worker_env.venv),
+            CLUSTER_PKG_DIR=str(self.worker_env.pkg),
+            CLUSTER_HIDE=" ".join(self.hide),
+            CLUSTER_POOL_PORT=str(self.pool_port),
+        )
+        pool = self._spawn(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", NAMESPACE_SCRIPT], log, cwd="/", env=pool_env
+        )
         wait_port(self.pool_port, 60, pool, log)
         return self
 
@@ -176,8 +195,7 @@ class PortableCluster:
 
     def _spawn(self, args, log_path, cwd, env):
         log = open(log_path, "ab")  # noqa: SIM115  (kept open by the child)
-        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self._processes.append(process)
         return process
@@ -204,24 +222,33 @@ class PortableCluster:
 
     def launcher_env(self) -> dict:
         """The environment of a launcher: the image's Python (worker env + package prefix)."""
-        return dict(self.service_env(), PYTHONPATH=str(self.worker_env.pkg_site),
-                    PATH=f"{self.worker_env.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+        return dict(
+            self.service_env(),
+            PYTHONPATH=str(self.worker_env.pkg_site),
+            PATH=f"{self.worker_env.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        )
 
     def pipeline_args(self) -> list[str]:
         """Beam options that send a job here."""
-        return ["--runner=PortableRunner", f"--job_endpoint=localhost:{self.job_port}",
-                "--environment_type=EXTERNAL", f"--environment_config=localhost:{self.pool_port}",
-                f"--project={self.gcs.project}"]
+        return [
+            "--runner=PortableRunner",
+            f"--job_endpoint=localhost:{self.job_port}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config=localhost:{self.pool_port}",
+            f"--project={self.gcs.project}",
+        ]
 
     # ---- jobs -----------------------------------------------------------------------------------
     def _stub(self):
         import grpc
         from apache_beam.portability.api import beam_job_api_pb2_grpc
+
         return beam_job_api_pb2_grpc.JobServiceStub(grpc.insecure_channel(f"localhost:{self.job_port}"))
 
     def jobs(self) -> dict:
         """{job id: (job name, state name)} of every job the job service has seen."""
         from apache_beam.portability.api import beam_job_api_pb2
+
         infos = self._stub().GetJobs(beam_job_api_pb2.GetJobsRequest(), timeout=30).job_info
         return {info.job_id: (info.job_name, beam_job_api_pb2.JobState.Enum.Name(info.state)) for info in infos}
 
@@ -239,9 +266,11 @@ class PortableCluster:
             if len(new) > 1:
                 raise ClusterError(f"more than one new job: {sorted(new)}")
             if new:
-                (job_id, (_name, state)), = new.items()
+                ((job_id, (_name, state)),) = new.items()
                 if state in TERMINAL:
                     self._seen_jobs.add(job_id)
                     return job_id, state
             time.sleep(0.5)
-        raise ClusterError(f"no job finished within {seconds:.0f}s; job service: {tail(self.run_dir / 'job-service.log')}")
+        raise ClusterError(
+            f"no job finished within {seconds:.0f}s; job service: {tail(self.run_dir / 'job-service.log')}"
+        )

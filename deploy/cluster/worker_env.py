@@ -16,6 +16,7 @@ itself is built and installed (non-editable) into a fresh prefix on every run: i
 
     python -m deploy.cluster.worker_env          # builds (or reuses) the environment; prints its path
 """
+
 import dataclasses
 import glob
 import hashlib
@@ -43,16 +44,20 @@ DOCKERFILE_BUILD_STAGE = (
     "COPY transforms transforms",
     "RUN pip install --no-deps --prefix=/pkg .",
 )
-BUILD_TOOLS = ("setuptools", "wheel")  # pip builds the package in an isolated env: offline, they come from the wheelhouse
+BUILD_TOOLS = (
+    "setuptools",
+    "wheel",
+)  # pip builds the package in an isolated env: offline, they come from the wheelhouse
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerEnv:
     """A built environment: `venv` holds the dependencies (the image's /deps), `pkg` the package (/pkg)."""
+
     venv: pathlib.Path
     pkg: pathlib.Path
-    seconds: float            # time spent building in this call (0 when fully reused)
-    reused: bool              # the dependency environment came from the cache
+    seconds: float  # time spent building in this call (0 when fully reused)
+    reused: bool  # the dependency environment came from the cache
 
     @property
     def python(self) -> pathlib.Path:
@@ -144,11 +149,27 @@ def build_dependencies(root: pathlib.Path, log) -> pathlib.Path:
     _run(pip + ["wheel", "--no-deps", "--wheel-dir", meta, "."], log, cwd=meta_ctx)
     requirements = work / "requirements.txt"
     with open(requirements, "w") as out:
-        subprocess.run([venv / "bin" / "python", REPO / "deploy" / "wheel_requirements.py",
-                        *glob.glob(str(meta / "*.whl"))], check=True, stdout=out)
+        subprocess.run(
+            [venv / "bin" / "python", REPO / "deploy" / "wheel_requirements.py", *glob.glob(str(meta / "*.whl"))],
+            check=True,
+            stdout=out,
+        )
     _run(pip + ["wheel", "--wheel-dir", wheelhouse, "-r", requirements, *BUILD_TOOLS], log)
-    _run(pip + ["install", "--no-index", "--find-links", wheelhouse, "--ignore-installed",
-                "--prefix", venv, "-r", requirements], log)
+    _run(
+        pip
+        + [
+            "install",
+            "--no-index",
+            "--find-links",
+            wheelhouse,
+            "--ignore-installed",
+            "--prefix",
+            venv,
+            "-r",
+            requirements,
+        ],
+        log,
+    )
     return venv
 
 
@@ -167,8 +188,9 @@ def build_package(venv: pathlib.Path, wheelhouse: pathlib.Path, run_dir: pathlib
     context = copy_context(run_dir / "context")
     pkg = run_dir / "pkg"
     pip = [venv / "bin" / "python", "-m", "pip"]
-    _run(pip + ["install", "--no-index", "--find-links", wheelhouse, "--no-deps", "--prefix", pkg, "."],
-         log, cwd=context)
+    _run(
+        pip + ["install", "--no-index", "--find-links", wheelhouse, "--no-deps", "--prefix", pkg, "."], log, cwd=context
+    )
     site = glob.glob(str(pkg / "lib" / "python3*" / "site-packages"))[0]
     _run(pip + ["check"], log, env=dict(os.environ, PYTHONPATH=site), cwd="/")
     return pkg
@@ -184,8 +206,10 @@ def ensure_worker_env(run_dir: pathlib.Path, log_path: pathlib.Path | None = Non
         The WorkerEnv.
     """
     if tuple(dockerfile_build_commands()) != DOCKERFILE_BUILD_STAGE:
-        raise RuntimeError("the Dockerfile's build stage changed: reproduce it in deploy/cluster/worker_env.py "
-                           "(DOCKERFILE_BUILD_STAGE and the build functions) before running the cluster")
+        raise RuntimeError(
+            "the Dockerfile's build stage changed: reproduce it in deploy/cluster/worker_env.py "
+            "(DOCKERFILE_BUILD_STAGE and the build functions) before running the cluster"
+        )
     root = CACHE_DIR / f"worker-env-{cache_key()}"
     done = root / ".complete"
     log_path = log_path or run_dir / "worker-env.log"
@@ -204,5 +228,6 @@ def ensure_worker_env(run_dir: pathlib.Path, log_path: pathlib.Path | None = Non
 
 if __name__ == "__main__":
     import tempfile
+
     env = ensure_worker_env(pathlib.Path(tempfile.mkdtemp(prefix="worker-env-")))
     print(f"{env.venv} (package: {env.pkg}; {'reused' if env.reused else 'built'} in {env.seconds:.1f}s)")

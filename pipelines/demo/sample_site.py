@@ -5,6 +5,7 @@ templates (pipelines/demo/sample/*.tmpl, `{base}` standing for http://127.0.0.1:
 `SampleWebServer` is a real threaded HTTP server with scripted answers (errors, slow bodies,
 redirect loops, encodings, opt-outs) and is reused by the tests.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,22 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-__all__ = ["SAMPLE_DIR", "Reply", "SampleWebServer", "picture", "encode", "jpeg", "placeholder_png", "pixel_bomb_png",
-           "gzip_bomb", "demo_routes", "md5_base64", "render_templates", "IMAGENET_SAMPLE", "write_imagenet_root"]
+__all__ = [
+    "SAMPLE_DIR",
+    "Reply",
+    "SampleWebServer",
+    "picture",
+    "encode",
+    "jpeg",
+    "placeholder_png",
+    "pixel_bomb_png",
+    "gzip_bomb",
+    "demo_routes",
+    "md5_base64",
+    "render_templates",
+    "IMAGENET_SAMPLE",
+    "write_imagenet_root",
+]
 
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample")
 
@@ -39,21 +54,25 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: dict = dataclasses.field(default_factory=dict)
-    delay: float = 0.0          # before the status line
-    drip: float = 0.0           # seconds between 1 KiB chunks of the body
-    cut_after: int | None = None      # send this many body bytes, then close (declared length kept)
-    reset: bool = False         # no answer: the connection is reset (TCP RST) before any status line
+    delay: float = 0.0  # before the status line
+    drip: float = 0.0  # seconds between 1 KiB chunks of the body
+    cut_after: int | None = None  # send this many body bytes, then close (declared length kept)
+    reset: bool = False  # no answer: the connection is reset (TCP RST) before any status line
 
 
 class SampleWebServer:
     """Threaded HTTP/1.1 server on 127.0.0.1. routes: path -> Reply or list of Reply (served in turn,
     the last one repeating). Counts hits per path for tests of retries and resume."""
 
-    def __init__(self, routes: dict[str, Reply | list[Reply] | Callable[..., Reply]] | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        routes: dict[str, Reply | list[Reply] | Callable[..., Reply]] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.routes = dict(routes or {})
         self.hits: dict[str, int] = {}
-        self.requests: list[tuple] = []          # (method, path, headers, monotonic start time)
+        self.requests: list[tuple] = []  # (method, path, headers, monotonic start time)
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -146,15 +165,15 @@ def _make_handler(server):
                 headers = {"Content-Length": str(len(reply.body))}
                 headers.update(reply.headers)
                 for name, value in headers.items():
-                    for item in (value if isinstance(value, list) else [value]):
+                    for item in value if isinstance(value, list) else [value]:
                         self.send_header(name, item)
                 self.end_headers()
                 if head:
                     return
-                body = reply.body if reply.cut_after is None else reply.body[:reply.cut_after]
+                body = reply.body if reply.cut_after is None else reply.body[: reply.cut_after]
                 if reply.drip:
                     for i in range(0, len(body), 1024):
-                        self.wfile.write(body[i:i + 1024])
+                        self.wfile.write(body[i : i + 1024])
                         self.wfile.flush()
                         time.sleep(reply.drip)
                 else:
@@ -168,6 +187,7 @@ def _make_handler(server):
 
 
 # --- generated pictures ---------------------------------------------------------------------
+
 
 def picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     """A deterministic photo-like picture: gradient sky, shapes, noise."""
@@ -211,8 +231,10 @@ def placeholder_png() -> bytes:
 
 def pixel_bomb_png(width: int = 40000, height: int = 40000) -> bytes:
     """A valid PNG header announcing width x height pixels, with almost no data behind it."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * (width + 1) * 4)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
@@ -225,19 +247,23 @@ def gzip_bomb(size: int) -> bytes:
 
 # --- the demo sample --------------------------------------------------------------------------
 
+
 def demo_routes(timeout: float) -> dict[str, Any]:
     """Every path the demo manifests name, with the answer a real web would give."""
     routes: dict[str, Any] = {}
     for seed in range(24):
-        routes[f"/img/p{seed:02d}.jpg"] = Reply(200, jpeg(seed), {"Content-Type": "image/jpeg",
-                                                                   "ETag": f'"p{seed:02d}"'})
+        routes[f"/img/p{seed:02d}.jpg"] = Reply(
+            200, jpeg(seed), {"Content-Type": "image/jpeg", "ETag": f'"p{seed:02d}"'}
+        )
     # The same photo again: identical bytes elsewhere, resized, re-encoded as PNG.
     routes["/mirror/p01.jpg"] = routes["/img/p01.jpg"]
     routes["/mirror/p02.jpg"] = routes["/img/p02.jpg"]
-    routes["/img/p03-small.jpg"] = Reply(200, encode(picture(3).resize((160, 120)), "JPEG", quality=75),
-                                         {"Content-Type": "image/jpeg"})
-    routes["/img/p05-small.jpg"] = Reply(200, encode(picture(5).resize((240, 180)), "JPEG", quality=70),
-                                         {"Content-Type": "image/jpeg"})
+    routes["/img/p03-small.jpg"] = Reply(
+        200, encode(picture(3).resize((160, 120)), "JPEG", quality=75), {"Content-Type": "image/jpeg"}
+    )
+    routes["/img/p05-small.jpg"] = Reply(
+        200, encode(picture(5).resize((240, 180)), "JPEG", quality=70), {"Content-Type": "image/jpeg"}
+    )
     routes["/img/p08.png"] = Reply(200, encode(picture(8), "PNG"), {"Content-Type": "image/png"})
     # Failures, one of each kind.
     # The other datasets' sample files name these (pipelines/demo/sample/README-formats.md).
@@ -258,10 +284,12 @@ def demo_routes(timeout: float) -> dict[str, Any]:
     routes["/noai/p11.jpg"] = Reply(200, jpeg(11), {"Content-Type": "image/jpeg", "X-Robots-Tag": "noai"})
     routes["/truncated.jpg"] = Reply(200, jpeg(21, (640, 480))[:4000], {"Content-Type": "image/jpeg"})
     routes["/bomb.png"] = Reply(200, pixel_bomb_png(), {"Content-Type": "image/png"})
-    routes["/gzip/p13.jpg"] = Reply(200, gzip.compress(jpeg(13)), {"Content-Type": "image/jpeg",
-                                                                     "Content-Encoding": "gzip"})
-    routes["/gzip-bomb.jpg"] = Reply(200, gzip_bomb(40 * 1024 * 1024), {"Content-Type": "image/jpeg",
-                                                                         "Content-Encoding": "gzip"})
+    routes["/gzip/p13.jpg"] = Reply(
+        200, gzip.compress(jpeg(13)), {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"}
+    )
+    routes["/gzip-bomb.jpg"] = Reply(
+        200, gzip_bomb(40 * 1024 * 1024), {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"}
+    )
     return routes
 
 
@@ -290,7 +318,7 @@ def render_templates(server: SampleWebServer, out_dir: str) -> dict[str, str]:
         with open(os.path.join(SAMPLE_DIR, name), encoding="utf-8") as handle:
             text = handle.read()
         if name.endswith(".tmpl"):  # our manifests: str.format fields for address and digests
-            name, text = name[:-len(".tmpl")], text.format(**values)
+            name, text = name[: -len(".tmpl")], text.format(**values)
         else:  # the side files in real formats: only the port placeholder (they hold braces)
             text = text.replace("{port}", str(server.port))
         target = os.path.join(out_dir, name)
@@ -300,8 +328,11 @@ def render_templates(server: SampleWebServer, out_dir: str) -> dict[str, str]:
     return written
 
 
-IMAGENET_SAMPLE = {"n01440764": "n01440764_10026.JPEG", "n01443537": "n01443537_1000.JPEG",
-                   "n02085620": "n02085620_10074.JPEG"}
+IMAGENET_SAMPLE = {
+    "n01440764": "n01440764_10026.JPEG",
+    "n01443537": "n01443537_1000.JPEG",
+    "n02085620": "n02085620_10074.JPEG",
+}
 
 
 def write_imagenet_root(out_dir: str) -> str:

@@ -2,6 +2,7 @@
 runner's worker processes, and Ctrl-C as one line and exit 130 (docs/ingest.md, "What can go
 wrong"). Used by `job_runner.Job.main`; `--debug` turns all of it off.
 """
+
 from __future__ import annotations
 
 import contextlib

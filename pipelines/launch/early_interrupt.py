@@ -2,6 +2,7 @@
 line and exit 130 instead of a KeyboardInterrupt traceback. Installed by pipelines/__init__.py only
 when Python runs a job module with -m; the job's own handler (console.stop_on_interrupt)
 replaces it once the job starts."""
+
 import os
 import signal
 import sys

@@ -15,6 +15,7 @@ OSError whose errno says the environment failed (exit 1, naming the path), or st
 be reached (exit 1). A ValueError raised before the pipeline started is the user's input (exit 2);
 anything else is unexpected (exit 1, one line, with the hint to rerun with --debug).
 """
+
 from __future__ import annotations
 
 import errno
@@ -44,8 +45,16 @@ STORAGE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errn
 _JOB_FAILURE_LINE = re.compile(r"^transforms\.errors\.(BadInput|EnvironmentFailure|BooksUnbalanced): (.+)$", re.M)
 _OS_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*Error): \[Errno (\d+)\] ([^\n]*)$", re.M)
 _WHILE_RUNNING = re.compile(r" \[while running '[^']*'\]")
-_STORAGE_TYPES = ("ConnectionError", "ServiceUnavailable", "RetryError", "TransportError", "DefaultCredentialsError",
-                  "RefreshError", "MaxRetryError", "NewConnectionError")
+_STORAGE_TYPES = (
+    "ConnectionError",
+    "ServiceUnavailable",
+    "RetryError",
+    "TransportError",
+    "DefaultCredentialsError",
+    "RefreshError",
+    "MaxRetryError",
+    "NewConnectionError",
+)
 _EXIT_STATUS = {"BadInput": 2, "EnvironmentFailure": 1, "BooksUnbalanced": 1}
 
 
@@ -66,8 +75,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        todo.extend(e for e in (getattr(current, "exception_details", None) or {}).values()
-                    if isinstance(e, BaseException))
+        todo.extend(
+            e for e in (getattr(current, "exception_details", None) or {}).values() if isinstance(e, BaseException)
+        )
         todo.extend([current.__cause__, current.__context__])
 
 
@@ -123,5 +133,4 @@ def describe(exc: BaseException, where: str | None = None) -> tuple[int, str]:
         return 2, one_line(str(exc))
     if isinstance(exc, SystemExit):  # a parser's usage error, already printed
         return (exc.code if isinstance(exc.code, int) else 2), one_line(str(exc.code or ""))
-    return 1, (f"unexpected {type(exc).__name__}: {one_line(str(exc))[:300]}"
-               f" (rerun with --debug for the traceback)")
+    return 1, (f"unexpected {type(exc).__name__}: {one_line(str(exc))[:300]} (rerun with --debug for the traceback)")

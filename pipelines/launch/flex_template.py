@@ -11,6 +11,7 @@ The launcher must return once the job is submitted, hence --no_wait_until_finish
 A job is a module `pipelines.<job>` with `run(argv)`, `main(argv) -> exit code` and one
 PipelineOptions subclass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,18 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["TRUE", "FALSE", "job_module", "options_class", "option_actions", "is_flag", "is_repeatable", "long_flag",
-           "to_job_argv", "main"]
+__all__ = [
+    "TRUE",
+    "FALSE",
+    "job_module",
+    "options_class",
+    "option_actions",
+    "is_flag",
+    "is_repeatable",
+    "long_flag",
+    "to_job_argv",
+    "main",
+]
 
 TRUE = ("true", "1", "yes")
 FALSE = ("false", "0", "no", "")
@@ -37,9 +48,11 @@ def job_module(job: str) -> types.ModuleType:
 
 def options_class(module: types.ModuleType) -> type[PipelineOptions]:
     """The PipelineOptions subclass a job module defines."""
-    found = [obj for _, obj in inspect.getmembers(module, inspect.isclass)
-             if issubclass(obj, PipelineOptions) and obj is not PipelineOptions
-             and obj.__module__ == module.__name__]
+    found = [
+        obj
+        for _, obj in inspect.getmembers(module, inspect.isclass)
+        if issubclass(obj, PipelineOptions) and obj is not PipelineOptions and obj.__module__ == module.__name__
+    ]
     if len(found) != 1:
         raise TypeError(f"{module.__name__} defines {len(found)} PipelineOptions subclasses, expected 1")
     return found[0]

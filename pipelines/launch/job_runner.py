@@ -7,6 +7,7 @@ A job module (pipelines/<job>.py) defines one PipelineOptions subclass, a `JOB =
 `run(argv) -> PipelineResult` built on `JOB.parse` and `JOB.execute`, and
 `main(argv) -> int` = `JOB.main(run, argv)`; `if __name__ == "__main__": sys.exit(main())`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,26 @@ from transforms.errors import BadInput
 BEAM_OPTIONS_POINTER = (
     "Beam pipeline options (--runner, --project, --region, --temp_location, --direct_num_workers, ...)\n"
     "are accepted too; see https://beam.apache.org/documentation/runners/dataflow/ and\n"
-    "https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html")
+    "https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html"
+)
 DEBUG_ENV = "BEAM_IMAGES_DEBUG"
 
 
-__all__ = ["Job", "add_argument_once", "apply_local_defaults", "builds_template_only", "format_status_table",
-           "is_local", "is_shared_path", "job_done", "leased_output", "one_local_process", "require_shared_paths",
-           "wait_for", "waits_for_job"]
+__all__ = [
+    "Job",
+    "add_argument_once",
+    "apply_local_defaults",
+    "builds_template_only",
+    "format_status_table",
+    "is_local",
+    "is_shared_path",
+    "job_done",
+    "leased_output",
+    "one_local_process",
+    "require_shared_paths",
+    "wait_for",
+    "waits_for_job",
+]
 
 
 def add_argument_once(parser, *flags, **kwargs):
@@ -123,15 +137,18 @@ def require_shared_paths(options, paths):
     for flag, values in paths.items():
         for value in values if isinstance(values, (list, tuple)) else [values]:
             if value and not is_shared_path(value):
-                raise BadInput(f"{flag} must be gs:// for a remote runner ({runner}), got {value}: "
-                               f"its workers cannot read this machine's files")
+                raise BadInput(
+                    f"{flag} must be gs:// for a remote runner ({runner}), got {value}: "
+                    f"its workers cannot read this machine's files"
+                )
 
 
 def one_local_process(options):
     """A local run whose bundles all run in this one process: nothing to gain from spreading rows."""
     direct = options.view_as(DirectOptions)
-    return is_local(options) and (direct.direct_running_mode != "multi_processing"
-                                  or (direct.direct_num_workers or 1) <= 1)
+    return is_local(options) and (
+        direct.direct_running_mode != "multi_processing" or (direct.direct_num_workers or 1) <= 1
+    )
 
 
 def format_status_table(counts, statuses):
@@ -140,18 +157,30 @@ def format_status_table(counts, statuses):
     datasets = sorted(counts)
     width = max([len("dataset"), len("total")] + [len(d) for d in datasets])
     cols = [max(len(s), 5) for s in present]
-    lines = ["  ".join(["dataset".ljust(width)] + [s.rjust(c) for s, c in zip(present, cols, strict=True)]
-                       + ["total".rjust(6)])]
+    lines = [
+        "  ".join(
+            ["dataset".ljust(width)] + [s.rjust(c) for s, c in zip(present, cols, strict=True)] + ["total".rjust(6)]
+        )
+    ]
     grand = {s: 0 for s in present}
     for dataset in datasets:
         per = counts[dataset]
         for s in present:
             grand[s] += per.get(s, 0)
-        lines.append("  ".join([dataset.ljust(width)]
-                               + [str(per.get(s, 0)).rjust(c) for s, c in zip(present, cols, strict=True)]
-                               + [str(sum(per.values())).rjust(6)]))
-    lines.append("  ".join(["total".ljust(width)] + [str(grand[s]).rjust(c) for s, c in zip(present, cols, strict=True)]
-                           + [str(sum(grand.values())).rjust(6)]))
+        lines.append(
+            "  ".join(
+                [dataset.ljust(width)]
+                + [str(per.get(s, 0)).rjust(c) for s, c in zip(present, cols, strict=True)]
+                + [str(sum(per.values())).rjust(6)]
+            )
+        )
+    lines.append(
+        "  ".join(
+            ["total".ljust(width)]
+            + [str(grand[s]).rjust(c) for s, c in zip(present, cols, strict=True)]
+            + [str(sum(grand.values())).rjust(6)]
+        )
+    )
     return "\n".join(lines)
 
 
@@ -168,8 +197,13 @@ def waits_for_job(options: PipelineOptions) -> bool:
 
 
 @contextlib.contextmanager
-def leased_output(options: PipelineOptions, out: str, job: str, force_unlock: bool = False,
-                  clear: Callable[[str], object] | None = None) -> Iterator[None]:
+def leased_output(
+    options: PipelineOptions,
+    out: str,
+    job: str,
+    force_unlock: bool = False,
+    clear: Callable[[str], object] | None = None,
+) -> Iterator[None]:
     """One writer per output directory (docs/integrity.md): holds OUT's lease while the job writes.
 
     A template build writes nothing and takes no lease. `clear(out)` (what failed or interrupted runs
@@ -187,6 +221,7 @@ def leased_output(options: PipelineOptions, out: str, job: str, force_unlock: bo
         yield
         return
     from transforms.io.lease import output_lease
+
     with output_lease(out, job, force_unlock=force_unlock):
         if clear is not None and waits_for_job(options):
             clear(out)
@@ -194,6 +229,7 @@ def leased_output(options: PipelineOptions, out: str, job: str, force_unlock: bo
 
 
 # ---- the job entry point --------------------------------------------------------------------------
+
 
 class _OptionParser(argparse.ArgumentParser):
     """The job's own options alone: --help, and a check of their values before Beam sees them
@@ -208,7 +244,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     value = None
     for i, arg in enumerate(argv):
         if arg.startswith(flag + "="):
-            value = arg[len(flag) + 1:]
+            value = arg[len(flag) + 1 :]
         elif arg == flag and i + 1 < len(argv):
             value = argv[i + 1]
     return value
@@ -235,14 +271,21 @@ class Job:
 
     def help_parser(self) -> argparse.ArgumentParser:
         """The job's own options, grouped as the docs group them, and a pointer to Beam's."""
-        parser = _OptionParser(prog=f"python -m pipelines.{self.name}",
-                               description=textwrap.fill(self.description, 100),
-                               usage=self.usage, epilog=BEAM_OPTIONS_POINTER, allow_abbrev=False,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = _OptionParser(
+            prog=f"python -m pipelines.{self.name}",
+            description=textwrap.fill(self.description, 100),
+            usage=self.usage,
+            epilog=BEAM_OPTIONS_POINTER,
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         self.options._add_argparse_args(parser)  # type: ignore[arg-type]  # pylint: disable=protected-access
         developer = parser.add_argument_group("developer")
-        developer.add_argument("--debug", action="store_true",
-                               help=f"on failure, show the full traceback instead of one line (or {DEBUG_ENV}=1)")
+        developer.add_argument(
+            "--debug",
+            action="store_true",
+            help=f"on failure, show the full traceback instead of one line (or {DEBUG_ENV}=1)",
+        )
         return parser
 
     def parse(self, argv: list[str] | None = None) -> tuple[PipelineOptions, PipelineOptions]:
@@ -265,8 +308,14 @@ class Job:
         apply_local_defaults(options, argv, worker_processes=self.worker_processes)
         return options, options.view_as(self.options)
 
-    def execute(self, options: PipelineOptions, build: Callable[[beam.Pipeline], object], output: str | None = None,
-                summary: Callable[[str], None] | None = None, html_report: bool = False) -> PipelineResult:
+    def execute(
+        self,
+        options: PipelineOptions,
+        build: Callable[[beam.Pipeline], object],
+        output: str | None = None,
+        summary: Callable[[str], None] | None = None,
+        html_report: bool = False,
+    ) -> PipelineResult:
         """Builds the graph, runs it and waits (unless --no_wait_until_finish), merges the run's Beam
         metrics into OUTPUT/summary.json, writes OUTPUT/report.html and prints the summary.
 
@@ -288,9 +337,11 @@ class Job:
             raise
         if job_done(result) and output is not None:
             from pipelines.report import run_metrics  # pipelines.report imports matplotlib: only when used
+
             run_metrics.record_run_metrics(result, output)
             if html_report:
                 from pipelines.report.html_report import try_write_report
+
                 try_write_report(output)
         if summary is not None and output is not None and is_local(options):
             summary(output)
@@ -314,8 +365,10 @@ class Job:
             self.help_parser().print_help()
             return 0
         console.quiet_local_logs()
-        with console.stop_on_interrupt(f"{self.name}: interrupted; {self.interrupted}"), \
-                (contextlib.nullcontext() if debug else console.quiet_errors()):
+        with (
+            console.stop_on_interrupt(f"{self.name}: interrupted; {self.interrupted}"),
+            contextlib.nullcontext() if debug else console.quiet_errors(),
+        ):
             try:
                 run(argv)
             except BaseException as exc:  # noqa: BLE001 (every failure ends as one line)

@@ -5,6 +5,7 @@ Each check raises transforms.errors.BadInput (exit 2: the user's input) or Envir
 (exit 1: permission, read-only file system, full disk). Paths may be local or gs://; remote paths
 are checked through Beam's FileSystems (existence, footers), local ones with os as well.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -38,8 +39,9 @@ def _matches(pattern: str) -> list[str]:
         details = getattr(exc, "exception_details", None) or {}
         cause = next((e for e in details.values() if isinstance(e, BaseException)), exc)
         what = one_line(str(cause)) or type(cause).__name__
-        raise EnvironmentFailure(f"storage unreachable: cannot list {pattern} ({type(cause).__name__}: {what})") \
-            from exc
+        raise EnvironmentFailure(
+            f"storage unreachable: cannot list {pattern} ({type(cause).__name__}: {what})"
+        ) from exc
     return sorted(m.path for r in results for m in r.metadata_list)
 
 
@@ -121,6 +123,7 @@ def _read_only(path: str) -> bool:
 
 def _columns(path: str) -> list[str]:
     import pyarrow.parquet as pq
+
     with FileSystems.open(path) as handle:
         return pq.read_schema(handle).names
 
@@ -160,6 +163,8 @@ def check_table(flag: str, root: str, required: tuple[str, ...], pattern: str | 
             raise BadInput(f"{flag}: {path} is not a readable Parquet file ({error})")
         missing = [c for c in required if c not in names]
         if missing:
-            raise BadInput(f"{flag}: {path} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}:"
-                           f" not an ingest images/ table")
+            raise BadInput(
+                f"{flag}: {path} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}:"
+                f" not an ingest images/ table"
+            )
     return files

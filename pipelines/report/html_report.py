@@ -15,6 +15,7 @@ Public: `write_report(out)` (and `try_write_report`, its never-failing form for 
 `read_table_stats` / `TableStats` (one pass over the table), `render_html`, the `plot_*` functions
 (each returns a base64 SVG, or None when there is nothing to plot) and `main` (the command line).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,23 +42,45 @@ from pipelines.report.progress_line import human_bytes
 from transforms import schema
 from transforms.io.sinks import join_path, read_json
 
-__all__ = ["REPORT_NAME", "STATUS_COLORS", "TableStats", "parquet_files", "read_table_stats", "plot_status_by_dataset",
-           "plot_hosts", "plot_stacked_histogram", "plot_latency", "plot_sizes", "plot_pair_matrix",
-           "plot_named_values", "render_html", "write_report", "try_write_report", "main"]
+__all__ = [
+    "REPORT_NAME",
+    "STATUS_COLORS",
+    "TableStats",
+    "parquet_files",
+    "read_table_stats",
+    "plot_status_by_dataset",
+    "plot_hosts",
+    "plot_stacked_histogram",
+    "plot_latency",
+    "plot_sizes",
+    "plot_pair_matrix",
+    "plot_named_values",
+    "render_html",
+    "write_report",
+    "try_write_report",
+    "main",
+]
 
 REPORT_NAME = "report.html"
 COLUMNS = ("dataset", "status", "url", "error", "size_bytes", "fetch_ms", "cluster_id", "is_canonical")
 # Fixed log-spaced bins: per-batch histograms add up exactly without a first pass for the range.
-SIZE_EDGES = np.logspace(1, 9, 8 * 4 + 1)       # 10 B .. 1 GB, 4 bins a decade
-LATENCY_EDGES = np.logspace(0, 6, 6 * 4 + 1)    # 1 ms .. 1000 s
-MAX_DISTINCT = 200_000                           # cap on distinct hosts / error texts tracked
+SIZE_EDGES = np.logspace(1, 9, 8 * 4 + 1)  # 10 B .. 1 GB, 4 bins a decade
+LATENCY_EDGES = np.logspace(0, 6, 6 * 4 + 1)  # 1 ms .. 1000 s
+MAX_DISTINCT = 200_000  # cap on distinct hosts / error texts tracked
 HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]+)"
 
 STATUS_COLORS = {
-    schema.OK: "#2e9e48", schema.HTTP_ERROR: "#d1493f", schema.TIMEOUT: "#f0a030",
-    schema.CONNECTION_ERROR: "#8c5bb3", schema.INVALID_URL: "#7f7f7f", schema.BLOCKED: "#3a3a3a",
-    schema.OPTED_OUT: "#3f88c5", schema.NOT_IMAGE: "#e377c2", schema.TOO_LARGE: "#b07a3b",
-    schema.DECODE_ERROR: "#bcbd22", schema.HASH_MISMATCH: "#17becf",
+    schema.OK: "#2e9e48",
+    schema.HTTP_ERROR: "#d1493f",
+    schema.TIMEOUT: "#f0a030",
+    schema.CONNECTION_ERROR: "#8c5bb3",
+    schema.INVALID_URL: "#7f7f7f",
+    schema.BLOCKED: "#3a3a3a",
+    schema.OPTED_OUT: "#3f88c5",
+    schema.NOT_IMAGE: "#e377c2",
+    schema.TOO_LARGE: "#b07a3b",
+    schema.DECODE_ERROR: "#bcbd22",
+    schema.HASH_MISMATCH: "#17becf",
 }
 OTHER_COLOR = "#c7c7c7"
 HIDDEN_COUNTER_NAMESPACES = {"rows_by_dataset"}  # the status table above, again; kept in summary.json
@@ -66,6 +89,7 @@ REJECTED_COLOR = "#d98c5f"
 
 # --- reading -------------------------------------------------------------------------------------
 
+
 class TableStats:
     """Aggregates of the images table, accumulated one record batch at a time."""
 
@@ -73,12 +97,13 @@ class TableStats:
         self.rows = 0
         # dataset -> status -> n
         self.counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        self.hosts: dict[str, list[int]] = {}                            # host -> [rows, ok]
+        self.hosts: dict[str, list[int]] = {}  # host -> [rows, ok]
         self.errors: collections.Counter[tuple[str, str]] = collections.Counter()  # (status, error) -> n
         self.size_ok = np.zeros(len(SIZE_EDGES) - 1, dtype=np.int64)
         self.size_rejected = np.zeros(len(SIZE_EDGES) - 1, dtype=np.int64)
         self.latency: dict[str, np.ndarray] = collections.defaultdict(
-            lambda: np.zeros(len(LATENCY_EDGES) - 1, dtype=np.int64))
+            lambda: np.zeros(len(LATENCY_EDGES) - 1, dtype=np.int64)
+        )
         # cluster_id -> dataset -> n
         self.clusters: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.non_canonical = 0
@@ -117,8 +142,11 @@ class TableStats:
     def _add_hosts(self, urls, is_ok):
         found = pc.extract_regex(pc.fill_null(urls, ""), HOST_PATTERN)
         host = pc.fill_null(pc.utf8_lower(pc.struct_field(found, "host")), "(no host)")
-        grouped = pa.table({"h": host, "ok": pc.cast(is_ok, pa.int64())}).group_by("h").aggregate(
-            [("ok", "sum"), ("ok", "count")])
+        grouped = (
+            pa.table({"h": host, "ok": pc.cast(is_ok, pa.int64())})
+            .group_by("h")
+            .aggregate([("ok", "sum"), ("ok", "count")])
+        )
         for item in grouped.to_pylist():
             entry = self.hosts.get(item["h"])
             if entry is None:
@@ -130,8 +158,11 @@ class TableStats:
 
     def _add_errors(self, status, errors):
         mask = pc.is_valid(errors)
-        grouped = pa.table({"s": pc.filter(status, mask), "e": pc.filter(errors, mask)}).group_by(
-            ["s", "e"]).aggregate([("e", "count")])
+        grouped = (
+            pa.table({"s": pc.filter(status, mask), "e": pc.filter(errors, mask)})
+            .group_by(["s", "e"])
+            .aggregate([("e", "count")])
+        )
         for item in grouped.to_pylist():
             key = (item["s"], item["e"])
             if key in self.errors or len(self.errors) < MAX_DISTINCT:
@@ -141,8 +172,11 @@ class TableStats:
         mask = pc.is_valid(cluster_ids)
         if not pc.any(mask).as_py():
             return
-        grouped = pa.table({"c": pc.filter(cluster_ids, mask), "d": pc.filter(dataset, mask)}).group_by(
-            ["c", "d"]).aggregate([("d", "count")])
+        grouped = (
+            pa.table({"c": pc.filter(cluster_ids, mask), "d": pc.filter(dataset, mask)})
+            .group_by(["c", "d"])
+            .aggregate([("d", "count")])
+        )
         for item in grouped.to_pylist():
             self.clusters[item["c"]][item["d"]] += item["d_count"]
 
@@ -153,7 +187,7 @@ class TableStats:
             names = sorted(members)
             for i, a in enumerate(names):
                 pairs[(a, a)] += members[a] * (members[a] - 1) // 2
-                for b in names[i + 1:]:
+                for b in names[i + 1 :]:
                     pairs[(a, b)] += members[a] * members[b]
         return {key: value for key, value in pairs.items() if value}
 
@@ -191,6 +225,7 @@ def read_table_stats(out: str, batch_size: int = 65536) -> TableStats:
 
 # --- plots ---------------------------------------------------------------------------------------
 
+
 def _svg(figure):
     buffer = io.BytesIO()
     with rc_context({"svg.hashsalt": "report", "svg.fonttype": "path"}):
@@ -223,19 +258,26 @@ def plot_status_by_dataset(counts: dict[str, dict[str, int]]) -> str | None:
         values = np.array([counts[d].get(status, 0) for d in datasets], dtype=float)
         if not values.any():
             continue
-        axes.barh(datasets, values, left=left, color=STATUS_COLORS.get(status, OTHER_COLOR), label=status,
-                  edgecolor="white", linewidth=0.6)
+        axes.barh(
+            datasets,
+            values,
+            left=left,
+            color=STATUS_COLORS.get(status, OTHER_COLOR),
+            label=status,
+            edgecolor="white",
+            linewidth=0.6,
+        )
         left += values
     for y, total in enumerate(left):
         ok = counts[datasets[y]].get(schema.OK, 0)
-        axes.text(total, y, f"  {int(total):,} rows, {100.0 * ok / total:.0f}% ok" if total else "",
-                  va="center", fontsize=9)
+        axes.text(
+            total, y, f"  {int(total):,} rows, {100.0 * ok / total:.0f}% ok" if total else "", va="center", fontsize=9
+        )
     axes.set_xlim(0, max(left.max(), 1) * 1.25)
     axes.invert_yaxis()
     axes.set_xlabel("rows")
     axes.grid(axis="y", visible=False)
-    axes.legend(ncol=min(6, len(statuses)), fontsize=8, frameon=False, loc="lower left",
-                bbox_to_anchor=(0.0, 1.0))
+    axes.legend(ncol=min(6, len(statuses)), fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0))
     return _svg(figure)
 
 
@@ -279,11 +321,12 @@ def _trimmed(edges, series):
     if not nonzero.size:
         return None, None
     lo, hi = max(nonzero[0] - 1, 0), min(nonzero[-1] + 2, len(total))
-    return edges[lo:hi + 1], [s[lo:hi] for s in series]
+    return edges[lo : hi + 1], [s[lo:hi] for s in series]
 
 
-def plot_stacked_histogram(edges: np.ndarray, layers: list[tuple[str, str, np.ndarray]], xlabel: str,
-                           formatter: Callable[..., str]) -> str | None:
+def plot_stacked_histogram(
+    edges: np.ndarray, layers: list[tuple[str, str, np.ndarray]], xlabel: str, formatter: Callable[..., str]
+) -> str | None:
     """layers: [(label, colour, counts)] stacked on a log x axis."""
     layers = [layer for layer in layers if np.any(layer[2])]
     if not layers:
@@ -294,8 +337,17 @@ def plot_stacked_histogram(edges: np.ndarray, layers: list[tuple[str, str, np.nd
     widths = np.diff(edges)
     for (label, color, _), counts in zip(layers, series, strict=True):
         drawn = counts > 0  # empty bins are no patches: fewer to lay out and to write
-        axes.bar(edges[:-1][drawn], counts[drawn], width=widths[drawn], bottom=bottom[drawn], align="edge",
-                 color=color, label=label, edgecolor="white", linewidth=0.5)
+        axes.bar(
+            edges[:-1][drawn],
+            counts[drawn],
+            width=widths[drawn],
+            bottom=bottom[drawn],
+            align="edge",
+            color=color,
+            label=label,
+            edgecolor="white",
+            linewidth=0.5,
+        )
         bottom += counts
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(FuncFormatter(formatter))
@@ -313,8 +365,10 @@ def plot_latency(latency: dict[str, np.ndarray]) -> str | None:
 
 
 def plot_sizes(stats: TableStats) -> str | None:
-    layers = [("ok", STATUS_COLORS[schema.OK], stats.size_ok),
-              ("fetched, then rejected", REJECTED_COLOR, stats.size_rejected)]
+    layers = [
+        ("ok", STATUS_COLORS[schema.OK], stats.size_ok),
+        ("fetched, then rejected", REJECTED_COLOR, stats.size_rejected),
+    ]
     return plot_stacked_histogram(SIZE_EDGES, layers, "body size (log scale)", _bytes_label)
 
 
@@ -335,8 +389,15 @@ def plot_pair_matrix(pairs: dict[tuple[str, str], int]) -> str | None:
     for i in range(len(names)):
         for j in range(len(names)):
             dark = matrix[i, j] > 0.6 * matrix.max()
-            axes.text(j, i, f"{int(matrix[i, j]):,}", ha="center", va="center", fontsize=9,
-                      color="white" if dark else "#222222")
+            axes.text(
+                j,
+                i,
+                f"{int(matrix[i, j]):,}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if dark else "#222222",
+            )
     bar = figure.colorbar(image, ax=axes, shrink=0.8, label="duplicate row pairs")
     bar.locator = MaxNLocator(integer=True)
     bar.update_ticks()
@@ -436,15 +497,18 @@ def _fmt(value):
 def _kv_table(mapping, header=("name", "value")):
     if not mapping:
         return '<p class="empty">none</p>'
-    rows = "".join(f"<tr><td>{_e(k)}</td><td class=\"text\">{_e(_fmt(v))}</td></tr>" for k, v in mapping.items())
+    rows = "".join(f'<tr><td>{_e(k)}</td><td class="text">{_e(_fmt(v))}</td></tr>' for k, v in mapping.items())
     return f'<table><tr><th>{_e(header[0])}</th><th class="text">{_e(header[1])}</th></tr>{rows}</table>'
 
 
 def _status_table(counts):
     datasets = sorted(counts)
     statuses = _ordered_statuses({s for per in counts.values() for s in per})
-    head = "".join(f'<th><span class="swatch" style="background:{STATUS_COLORS.get(s, OTHER_COLOR)}"></span>'
-                   f'{_e(s).replace("_", "_<wbr>")}</th>' for s in statuses)
+    head = "".join(
+        f'<th><span class="swatch" style="background:{STATUS_COLORS.get(s, OTHER_COLOR)}"></span>'
+        f"{_e(s).replace('_', '_<wbr>')}</th>"
+        for s in statuses
+    )
     lines = [f"<tr><th>dataset</th>{head}<th>total</th></tr>"]
     grand = collections.Counter()
     for d in datasets:
@@ -462,14 +526,17 @@ def _errors_table(errors, limit=12):
     rows = "".join(
         f'<tr><td><span class="swatch" style="background:{STATUS_COLORS.get(s, OTHER_COLOR)}"></span>{_e(s)}</td>'
         f'<td class="text">{_e(e)}</td><td>{n:,}</td></tr>'
-        for (s, e), n in errors.most_common(limit))
+        for (s, e), n in errors.most_common(limit)
+    )
     return f'<table><tr><th>status</th><th class="text">error</th><th>rows</th></tr>{rows}</table>'
 
 
 def _metrics_tables(section):
     if not section:
-        return ('<p class="empty">not recorded: the run was not waited for (a Dataflow launch that returns at '
-                'submission) or its runner reports no metrics</p>')
+        return (
+            '<p class="empty">not recorded: the run was not waited for (a Dataflow launch that returns at '
+            "submission) or its runner reports no metrics</p>"
+        )
     parts = []
     counters = section.get("counters") or {}
     for namespace, values in counters.items():
@@ -481,19 +548,26 @@ def _metrics_tables(section):
         lines = ["<tr><th>distribution</th><th>count</th><th>mean</th><th>min</th><th>max</th></tr>"]
         for namespace, values in distributions.items():
             for name, d in values.items():
-                lines.append(f"<tr><td>{_e(namespace)}/{_e(name)}</td><td>{_fmt(d.get('count'))}</td>"
-                             f"<td>{_fmt(d.get('mean'))}</td><td>{_fmt(d.get('min'))}</td><td>{_fmt(d.get('max'))}</td></tr>")
+                lines.append(
+                    f"<tr><td>{_e(namespace)}/{_e(name)}</td><td>{_fmt(d.get('count'))}</td>"
+                    f"<td>{_fmt(d.get('mean'))}</td><td>{_fmt(d.get('min'))}</td><td>{_fmt(d.get('max'))}</td></tr>"
+                )
         parts.append("<div><h3>distributions</h3><table>" + "".join(lines) + "</table></div>")
     return '<div class="blocks">' + "".join(parts) + "</div>"
 
 
 # --- cluster gallery (issue 14): pictures of the largest and most distant near-duplicate clusters --
 
-GALLERY_CLUSTERS = 6      # clusters per gallery
-GALLERY_MEMBERS = 8       # thumbnails per cluster
-THUMB_PX = 72             # longest side of an embedded thumbnail
-DATASET_COLORS = {"cc3m": "#3f88c5", "cc12m": "#2e9e48", "openimages": "#d1493f",
-                  "imagenet_captions": "#8c5bb3", "zero": "#f0a030"}
+GALLERY_CLUSTERS = 6  # clusters per gallery
+GALLERY_MEMBERS = 8  # thumbnails per cluster
+THUMB_PX = 72  # longest side of an embedded thumbnail
+DATASET_COLORS = {
+    "cc3m": "#3f88c5",
+    "cc12m": "#2e9e48",
+    "openimages": "#d1493f",
+    "imagenet_captions": "#8c5bb3",
+    "zero": "#f0a030",
+}
 
 
 def read_cluster_records(out, limit=200_000):
@@ -527,11 +601,11 @@ def _thumbnail(out, sha256):
         return None
     try:
         from PIL import Image
+
         found = FileSystems.match([join_path(out, "blobs", sha256[:2], sha256[2:4], sha256 + "*")])[0]
         if not found.metadata_list:
             return None
-        with FileSystems.open(found.metadata_list[0].path,
-                              compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        with FileSystems.open(found.metadata_list[0].path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             image = Image.open(io.BytesIO(handle.read()))
             image.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))
             image = image.convert("RGB")
@@ -556,11 +630,16 @@ def gallery_clusters(records, count=GALLERY_CLUSTERS):
     """
     real = [r for r in records if not r.get("is_placeholder") and r.get("kind") == "near"]
     largest = sorted(real, key=lambda r: (-r["size"], r["cluster_id"]))[:count]
-    distant = sorted(real, key=lambda r: (-max((_member_distance(m) for m in r["members"]
-                                                 if m.get("match") != "canonical"), default=-1),
-                                          r["cluster_id"]))[:count]
-    placeholders = sorted((r for r in records if r.get("is_placeholder")),
-                          key=lambda r: (-r["size"], r["cluster_id"]))[:count]
+    distant = sorted(
+        real,
+        key=lambda r: (
+            -max((_member_distance(m) for m in r["members"] if m.get("match") != "canonical"), default=-1),
+            r["cluster_id"],
+        ),
+    )[:count]
+    placeholders = sorted((r for r in records if r.get("is_placeholder")), key=lambda r: (-r["size"], r["cluster_id"]))[
+        :count
+    ]
     return largest, distant, placeholders
 
 
@@ -568,14 +647,15 @@ def _shown_members(record, farthest):
     """The canonical row, then up to GALLERY_MEMBERS - 1 others: the farthest first (farthest),
     or one of each way of matching in turn, so a gallery shows how the cluster was built."""
     canonical = [m for m in record["members"] if m.get("match") == "canonical"]
-    others = sorted((m for m in record["members"] if m.get("match") != "canonical"),
-                    key=lambda m: (-_member_distance(m), m["key"]))
+    others = sorted(
+        (m for m in record["members"] if m.get("match") != "canonical"), key=lambda m: (-_member_distance(m), m["key"])
+    )
     if not farthest:
         by_kind = collections.defaultdict(list)
         for m in others:
             by_kind[m.get("match")].append(m)
         others = [m for group in itertools.zip_longest(*by_kind.values()) for m in group if m]
-    return canonical + others[:GALLERY_MEMBERS - len(canonical)]
+    return canonical + others[: GALLERY_MEMBERS - len(canonical)]
 
 
 def _cluster_card(out, record, farthest=False):
@@ -583,22 +663,27 @@ def _cluster_card(out, record, farthest=False):
     for m in _shown_members(record, farthest):
         uri = _thumbnail(out, m.get("sha256"))
         canonical = m.get("match") == "canonical"
-        picture = (f'<img src="{uri}" alt="{_e(m["key"])}">' if uri else '<div class="noimg">?</div>')
+        picture = f'<img src="{uri}" alt="{_e(m["key"])}">' if uri else '<div class="noimg">?</div>'
         colour = DATASET_COLORS.get(m.get("dataset"), OTHER_COLOR)
         if canonical:
             how = "canonical"
         elif m.get("match") in ("near", "transitive", "phash", "sha256", "url"):
-            how = f'{m["match"]} {m["distance"]}' if m.get("distance") is not None else m["match"]
+            how = f"{m['match']} {m['distance']}" if m.get("distance") is not None else m["match"]
         else:  # a view: mirror, trim, crop, centre
-            how = f'view {m["match"]} {m.get("view_distance", "")}'
-        tiles.append(f'<figure class="{"canon" if canonical else ""}" title="{_e(m["key"])} {_e(m.get("url") or "")}">'
-                     f'{picture}<figcaption><span class="badge" style="background:{colour}">'
-                     f'{_e(m.get("dataset"))}</span><br>{_e(how)}</figcaption></figure>')
+            how = f"view {m['match']} {m.get('view_distance', '')}"
+        tiles.append(
+            f'<figure class="{"canon" if canonical else ""}" title="{_e(m["key"])} {_e(m.get("url") or "")}">'
+            f'{picture}<figcaption><span class="badge" style="background:{colour}">'
+            f"{_e(m.get('dataset'))}</span><br>{_e(how)}</figcaption></figure>"
+        )
     more = record["size"] - min(len(record["members"]), GALLERY_MEMBERS)
     datasets = ", ".join(f"{_e(d)} {n}" for d, n in record.get("datasets", {}).items())
-    head = (f'<div class="chead"><b>{record["size"]} rows</b> &middot; {datasets} &middot; '
-            f'max pHash distance {_e(record.get("max_distance"))} &middot; <code>{_e(record["cluster_id"])}</code>'
-            + (f" &middot; +{more} more" if more > 0 else "") + "</div>")
+    head = (
+        f'<div class="chead"><b>{record["size"]} rows</b> &middot; {datasets} &middot; '
+        f"max pHash distance {_e(record.get('max_distance'))} &middot; <code>{_e(record['cluster_id'])}</code>"
+        + (f" &middot; +{more} more" if more > 0 else "")
+        + "</div>"
+    )
     return f'<div class="cluster">{head}<div class="thumbs">{"".join(tiles)}</div></div>'
 
 
@@ -607,12 +692,15 @@ def _gallery_body(out, records):
     if not (largest or placeholders):
         return '<p class="empty">no near-duplicate or placeholder clusters</p>'
     parts = []
-    for title, group in (("Largest near-duplicate clusters", largest),
-                         ("Most distant near-duplicate clusters", distant),
-                         ("Placeholder groups", placeholders)):
-        parts.append(f"<h3>{_e(title)}</h3>" + ("".join(_cluster_card(out, r, group is distant)
-                                                           for r in group)
-                                                   or '<p class="empty">none</p>'))
+    for title, group in (
+        ("Largest near-duplicate clusters", largest),
+        ("Most distant near-duplicate clusters", distant),
+        ("Placeholder groups", placeholders),
+    ):
+        parts.append(
+            f"<h3>{_e(title)}</h3>"
+            + ("".join(_cluster_card(out, r, group is distant) for r in group) or '<p class="empty">none</p>')
+        )
     return "".join(parts)
 
 
@@ -624,11 +712,11 @@ def plot_overlap(across, within):
         return None
     figure, axes = _figure(6.2, max(1.8, 0.34 * len(items) + 1.0))
     names = [k for k, _, _ in items]
-    bars = axes.barh(names, [r for _, r, _ in items],
-                     color=["#3f88c5" if "|" in k else "#9fb7d3" for k in names])
-    for bar, (_, rows, clusters) in zip(bars, items):
-        axes.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {clusters:,} clusters",
-                  va="center", fontsize=8)
+    bars = axes.barh(names, [r for _, r, _ in items], color=["#3f88c5" if "|" in k else "#9fb7d3" for k in names])
+    for bar, (_, _rows, clusters) in zip(bars, items, strict=True):
+        axes.text(
+            bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {clusters:,} clusters", va="center", fontsize=8
+        )
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.invert_yaxis()
     axes.grid(axis="y", visible=False)
@@ -647,23 +735,34 @@ def _duplicates_body(duplicates, stats):
         "rows in clusters": sum(sum(m.values()) for m in stats.clusters.values()),
         "non-canonical rows": stats.non_canonical,
     }
-    cards = "".join(f'<div class="card"><div class="v">{_e(_fmt(v))}</div><div class="k">{_e(str(k).replace("_", " "))}</div></div>'
-                    for k, v in list(scalars.items()) + list(measured.items()))
+    cards = "".join(
+        f'<div class="card"><div class="v">{_e(_fmt(v))}</div><div class="k">{_e(str(k).replace("_", " "))}</div></div>'
+        for k, v in list(scalars.items()) + list(measured.items())
+    )
     parts = [f'<div class="cards">{cards}</div>']
     if duplicates.get("across_datasets") or duplicates.get("within_dataset"):
-        parts.append("<h3 style='font-size:13px;margin:10px 0 4px'>overlap of datasets</h3>" +
-                     _plot(plot_overlap(duplicates.get("across_datasets"), duplicates.get("within_dataset")),
-                           "cross-dataset overlap"))
+        parts.append(
+            "<h3 style='font-size:13px;margin:10px 0 4px'>overlap of datasets</h3>"
+            + _plot(
+                plot_overlap(duplicates.get("across_datasets"), duplicates.get("within_dataset")),
+                "cross-dataset overlap",
+            )
+        )
     for key, value in duplicates.items():
         if key in scalars or key in ("across_datasets", "within_dataset"):
             continue
         if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
-            parts.append(f"<h3 style='font-size:13px;margin:10px 0 4px'>{_e(key)}</h3>" +
-                         _plot(plot_named_values(value, key), key))
+            parts.append(
+                f"<h3 style='font-size:13px;margin:10px 0 4px'>{_e(key)}</h3>"
+                + _plot(plot_named_values(value, key), key)
+            )
         elif isinstance(value, dict):
-            parts.append(f"<h3 style='font-size:13px;margin:10px 0 4px'>{_e(key)}</h3>" +
-                         _kv_table({k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
-                                    for k, v in value.items()}))
+            parts.append(
+                f"<h3 style='font-size:13px;margin:10px 0 4px'>{_e(key)}</h3>"
+                + _kv_table(
+                    {k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for k, v in value.items()}
+                )
+            )
         else:
             parts.append(_kv_table({key: json.dumps(value, default=str)}))
     return "".join(parts)
@@ -673,8 +772,11 @@ def integrity_notices(summary):
     """One line per integrity event summary.json records: a cut compressed manifest kept with
     --accept-truncated, books that do not balance (docs/integrity.md)."""
     books = summary.get("books") or {}
-    lines = [f"Truncated manifest: {t['path']} ended after line {t['last_line']} ({t['rows']:,} records kept,"
-             f" --accept-truncated): {t['reason']}" for t in books.get("truncated") or []]
+    lines = [
+        f"Truncated manifest: {t['path']} ended after line {t['last_line']} ({t['rows']:,} records kept,"
+        f" --accept-truncated): {t['reason']}"
+        for t in books.get("truncated") or []
+    ]
     if books and not books.get("balanced", True):
         lines.append(f"The books do not balance: {books.get('rows_in')} rows in, {books.get('rows_out')} rows out.")
     return lines
@@ -692,46 +794,78 @@ def render_html(summary, stats, out, top_hosts=20, clusters=None):
     fetched_bytes = ((metrics or {}).get("counters", {}).get("fetch", {}) or {}).get("bytes")
     duplicates = summary.get("duplicates") or {}
     cards = [
-        ("rows", _fmt(rows)), ("ok", ok_pct), ("datasets", _fmt(len(counts))),
+        ("rows", _fmt(rows)),
+        ("ok", ok_pct),
+        ("datasets", _fmt(len(counts))),
         ("wall time", f"{timings['wall_seconds']:,.1f} s" if "wall_seconds" in timings else "-"),
         ("rows / s", _fmt(timings.get("rows_per_second", "-"))),
         ("distinct images stored", _fmt(duplicates.get("blobs", "-"))),
     ]
     if fetched_bytes is not None:
         cards.append(("bytes fetched", human_bytes(fetched_bytes)))
-    card_html = "".join(f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>'
-                        for k, v in cards)
+    card_html = "".join(
+        f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>' for k, v in cards
+    )
     pairs = stats.duplicate_pairs()
     sizes = stats.cluster_sizes()
     mismatch = ""
     if stats.rows != rows:
         mismatch = f" The table holds {stats.rows:,} rows; summary.json says {rows:,}."
     sections = [
-        _section("Status by dataset", _plot(plot_status_by_dataset(counts), "status by dataset") +
-                 _status_table(counts), wide=True,
-                 note="Every manifest row is in the table, failures included." + mismatch),
-        _section(f"Success rate by host (top {top_hosts} by rows)",
-                 _plot(plot_hosts(stats.hosts, top_hosts), "success by host"),
-                 note=f"{len(stats.hosts):,} distinct hosts."),
+        _section(
+            "Status by dataset",
+            _plot(plot_status_by_dataset(counts), "status by dataset") + _status_table(counts),
+            wide=True,
+            note="Every manifest row is in the table, failures included." + mismatch,
+        ),
+        _section(
+            f"Success rate by host (top {top_hosts} by rows)",
+            _plot(plot_hosts(stats.hosts, top_hosts), "success by host"),
+            note=f"{len(stats.hosts):,} distinct hosts.",
+        ),
         _section("Most common errors", _errors_table(stats.errors)),
-        _section("Image size", _plot(plot_sizes(stats), "size histogram"),
-                 note="Bytes after transfer decoding; 'rejected' had a body but failed a check "
-                      "(not an image, hash mismatch, corrupt)."),
-        _section("Fetch latency", _plot(plot_latency(stats.latency), "latency histogram"),
-                 note="Wall time per row including redirects and retries, stacked by final status."),
-        _section("Duplicates", _duplicates_body(duplicates, stats) +
-                 "<div class='grid' style='margin-top:8px'>" +
-                 "<div>" + _plot(plot_pair_matrix(pairs), "duplicate pairs by dataset") + "</div>" +
-                 "<div>" + _plot(plot_named_values({f"{k} rows": v for k, v in sorted(sizes.items())},
-                                                   "clusters", "clusters by size"), "cluster sizes") + "</div></div>",
-                 wide=True, note="Pairs of rows sharing a cluster_id; cluster sizes are rows per cluster."),
-        _section("Duplicate clusters", _gallery_body(out, clusters or []), wide=True,
-                 note="Thumbnails of the stored blobs; the canonical row is outlined; under each: its "
-                      "dataset and how it joined (pHash distance for near, the view and its distance for "
-                      "mirror/trim/crop/centre matches; transitive: through another member)."),
-        _section("Beam metrics", _metrics_tables(metrics), wide=True,
-                 note="Summed over steps; committed values where the runner reports them. Per-dataset "
-                      "counters (rows_by_dataset) are in summary.json."),
+        _section(
+            "Image size",
+            _plot(plot_sizes(stats), "size histogram"),
+            note="Bytes after transfer decoding; 'rejected' had a body but failed a check "
+            "(not an image, hash mismatch, corrupt).",
+        ),
+        _section(
+            "Fetch latency",
+            _plot(plot_latency(stats.latency), "latency histogram"),
+            note="Wall time per row including redirects and retries, stacked by final status.",
+        ),
+        _section(
+            "Duplicates",
+            _duplicates_body(duplicates, stats)
+            + "<div class='grid' style='margin-top:8px'>"
+            + "<div>"
+            + _plot(plot_pair_matrix(pairs), "duplicate pairs by dataset")
+            + "</div>"
+            + "<div>"
+            + _plot(
+                plot_named_values({f"{k} rows": v for k, v in sorted(sizes.items())}, "clusters", "clusters by size"),
+                "cluster sizes",
+            )
+            + "</div></div>",
+            wide=True,
+            note="Pairs of rows sharing a cluster_id; cluster sizes are rows per cluster.",
+        ),
+        _section(
+            "Duplicate clusters",
+            _gallery_body(out, clusters or []),
+            wide=True,
+            note="Thumbnails of the stored blobs; the canonical row is outlined; under each: its "
+            "dataset and how it joined (pHash distance for near, the view and its distance for "
+            "mirror/trim/crop/centre matches; transitive: through another member).",
+        ),
+        _section(
+            "Beam metrics",
+            _metrics_tables(metrics),
+            wide=True,
+            note="Summed over steps; committed values where the runner reports them. Per-dataset "
+            "counters (rows_by_dataset) are in summary.json.",
+        ),
         _section("Options", _kv_table(summary.get("options") or {})),
     ]
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -742,10 +876,10 @@ def render_html(summary, stats, out, top_hosts=20, clusters=None):
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)}</title><style>{STYLE}</style></head>
 <body><header><h1>{_e(title)}</h1>
-<div class="sub">{_e(out)} &middot; started {_e(timings.get('started_at', '?'))} &middot; generated {generated}</div>
+<div class="sub">{_e(out)} &middot; started {_e(timings.get("started_at", "?"))} &middot; generated {generated}</div>
 </header><main>
 {notices}<div class="cards">{card_html}</div>
-<div class="grid">{''.join(sections)}</div>
+<div class="grid">{"".join(sections)}</div>
 </main></body></html>
 """
 
@@ -767,14 +901,17 @@ def try_write_report(out: str, top_hosts: int = 20) -> str | None:
     try:
         return write_report(out, top_hosts)
     except Exception as exc:  # noqa: BLE001 (any failure here must not fail a finished run)
-        print(f"report: not written ({type(exc).__name__}: {exc}); rerun python -m pipelines.report {out}",
-              file=sys.stderr)
+        print(
+            f"report: not written ({type(exc).__name__}: {exc}); rerun python -m pipelines.report {out}",
+            file=sys.stderr,
+        )
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.report",
-                                     description="Write OUT/report.html from OUT/summary.json and OUT/images.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.report", description="Write OUT/report.html from OUT/summary.json and OUT/images."
+    )
     parser.add_argument("out", help="an ingest output directory, local or gs://")
     parser.add_argument("--top-hosts", type=int, default=20)
     args = parser.parse_args(argv)

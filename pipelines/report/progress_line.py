@@ -11,6 +11,7 @@ The total is the manifests' record count, counted in the background from local f
 with a header one less, approximate when quoted fields span lines). For gs:// manifests and
 record formats that are not line-based it is unknown, and the line shows no ETA.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,8 +28,18 @@ from typing import IO, Any
 
 from transforms.io.readers import open_stream
 
-__all__ = ["LINE_KINDS", "RATE_WINDOW", "count_file_lines", "count_manifest_rows", "aggregate", "human_bytes",
-           "human_duration", "format_line", "RateMeter", "LiveProgress"]
+__all__ = [
+    "LINE_KINDS",
+    "RATE_WINDOW",
+    "count_file_lines",
+    "count_manifest_rows",
+    "aggregate",
+    "human_bytes",
+    "human_duration",
+    "format_line",
+    "RateMeter",
+    "LiveProgress",
+]
 
 # Manifest kinds whose records are lines, and how many header lines each file has.
 LINE_KINDS = {"cc3m": 0, "cc12m": 0, "openimages": 1}
@@ -95,8 +106,9 @@ def human_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def format_line(totals: dict[str, Any], total_rows: int | None, elapsed: float, rate: float,
-                final: bool = False) -> str:
+def format_line(
+    totals: dict[str, Any], total_rows: int | None, elapsed: float, rate: float, final: bool = False
+) -> str:
     """One progress line from aggregated tallies."""
     done = totals["rows"]
     ok = totals["statuses"].get("ok", 0)
@@ -104,8 +116,7 @@ def format_line(totals: dict[str, Any], total_rows: int | None, elapsed: float, 
     size = human_bytes(totals["bytes"])
     if final:
         average = done / elapsed if elapsed > 0 else 0.0
-        return (f"progress: done, {done:,} rows in {human_duration(elapsed)} ({average:,.1f} rows/s), "
-                f"{ok_text}, {size}")
+        return f"progress: done, {done:,} rows in {human_duration(elapsed)} ({average:,.1f} rows/s), {ok_text}, {size}"
     if total_rows:
         head = f"{done:,}/{total_rows:,} rows ({min(100.0, 100.0 * done / total_rows):.1f}%)"
     else:
@@ -118,8 +129,9 @@ def format_line(totals: dict[str, Any], total_rows: int | None, elapsed: float, 
     else:
         eta = "ETA -"
     # Most useful first: a narrow terminal cuts the end of the line.
-    return "  ".join([f"progress: {head}", f"{rate:,.1f} rows/s", ok_text, eta, size,
-                      f"elapsed {human_duration(elapsed)}"])
+    return "  ".join(
+        [f"progress: {head}", f"{rate:,.1f} rows/s", ok_text, eta, size, f"elapsed {human_duration(elapsed)}"]
+    )
 
 
 class RateMeter:
@@ -145,8 +157,15 @@ class LiveProgress:
     call `start()` just before `pipeline.run()`, so a run that fails while building prints nothing.
     """
 
-    def __init__(self, manifests: Iterable[tuple[str, str]] = (), enabled: bool = True, stream: IO[str] | None = None,
-                 interval: float = 1.0, plain_interval: float = 10.0, total_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        manifests: Iterable[tuple[str, str]] = (),
+        enabled: bool = True,
+        stream: IO[str] | None = None,
+        interval: float = 1.0,
+        plain_interval: float = 10.0,
+        total_rows: int | None = None,
+    ) -> None:
         self.enabled = enabled
         self.directory: str | None = None
         self._manifests = list(manifests)
@@ -219,7 +238,7 @@ class LiveProgress:
         try:
             if self._tty:
                 # A line longer than the terminal wraps, and \r would then rewrite only its last part.
-                line = line[:max(shutil.get_terminal_size((160, 24)).columns - 1, 20)]
+                line = line[: max(shutil.get_terminal_size((160, 24)).columns - 1, 20)]
                 pad = " " * max(self._last_width - len(line), 0)
                 self._stream.write("\r" + line + pad + ("\n" if final else ""))
                 self._last_width = 0 if final else len(line)

@@ -5,6 +5,7 @@ launcher waits for the job. A launcher that does not wait (a Flex Template launc
 job is submitted) never gets here: summary.json then stays as the pipeline wrote it, without the
 "metrics" section, and the job's counters are in the Dataflow console / `gcloud dataflow metrics`.
 """
+
 from __future__ import annotations
 
 import logging

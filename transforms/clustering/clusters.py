@@ -40,6 +40,7 @@ Public transforms (rows are `schema.Row` dicts):
   of clusters only, "clusters", "stats"} (the ingest: full rows stay in their shards).
 - `WriteDuplicates(out_dir)`: cluster records -> `str` paths of OUT/duplicates/clusters-*.jsonl.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,16 +59,24 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms import schema
 from transforms.clustering.components import ConnectedComponents
-from transforms.clustering.near_search import (DEFAULT_VIEW_MAX_DISTANCE, VIEW_SPACES,
-                                               NearDuplicatePairs, ViewPairs)
+from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE, VIEW_SPACES, NearDuplicatePairs, ViewPairs
 from transforms.clustering.placeholders import known_placeholder_hashes
 from transforms.clustering.spill import GroupRecords, split_by
-from transforms.io.table import RemoveDirectory
 from transforms.clustering.urls import normalize_url
+from transforms.io.table import RemoveDirectory
 
 __all__ = [
-    "Dedup", "DedupShards", "slim_row", "WriteDuplicates", "SumNestedCounts", "normalize_url", "canonical_sort_key",
-    "DEFAULT_MAX_DISTANCE", "DEFAULT_DHASH_MAX_DISTANCE", "DEFAULT_DATASET_PRIORITY", "DEFAULT_PLACEHOLDER_MIN_URLS",
+    "Dedup",
+    "DedupShards",
+    "slim_row",
+    "WriteDuplicates",
+    "SumNestedCounts",
+    "normalize_url",
+    "canonical_sort_key",
+    "DEFAULT_MAX_DISTANCE",
+    "DEFAULT_DHASH_MAX_DISTANCE",
+    "DEFAULT_DATASET_PRIORITY",
+    "DEFAULT_PLACEHOLDER_MIN_URLS",
 ]
 
 DEFAULT_MAX_DISTANCE = 8
@@ -180,7 +189,7 @@ def _by_shard(kind, records, shards):
         yield (kind, shard), records[indices]
 
 
-@beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, int], typing.Any])
+@beam.typehints.with_output_types(tuple[tuple[str, int], typing.Any])
 class _KeyRecords(beam.DoFn):
     """A batch of slim rows -> (("p", shard), picture records), (("x", shard), exact-key records)."""
 
@@ -207,12 +216,11 @@ class _KeyRecords(beam.DoFn):
         if exact:
             records = np.array(exact, dtype=_EXACT_RECORD)
             # The digests are uniform already: their first byte after the kind picks the shard.
-            first = np.ascontiguousarray(records["key"]).view(np.uint8).reshape(
-                -1, _EXACT_RECORD["key"].itemsize)[:, 1]
+            first = np.ascontiguousarray(records["key"]).view(np.uint8).reshape(-1, _EXACT_RECORD["key"].itemsize)[:, 1]
             yield from _by_shard("x", records, first.astype(np.int64) % self._shards)
 
 
-@beam.typehints.with_output_types(typing.Tuple[typing.Any, typing.Any])
+@beam.typehints.with_output_types(tuple[typing.Any, typing.Any])
 class _KeyShard(beam.DoFn):
     """One shard's records -> what the graph needs of them.
 
@@ -221,6 +229,7 @@ class _KeyShard(beam.DoFn):
     a picture with several rows (a cluster even without any other match).
     Exact shards: `exact` (key digest, [vertices]) for a URL or sha256 shared by several vertices.
     """
+
     PLACEHOLDER = "placeholder"
     SEVERAL = "several"
     EXACT = "exact"
@@ -266,8 +275,11 @@ class _KeyShard(beam.DoFn):
         new_url[1:] |= r["nurl"][1:] != r["nurl"][:-1]
         urls = np.add.reduceat((new_url & (r["nurl"] != b"")).astype(np.int64), starts)
         phash, dhash = r["phash"][starts], r["dhash"][starts]
-        known = (np.logical_or.reduceat(r["known"], starts) | np.isin(phash, self._known)
-                 | ((dhash != 0) & np.isin(dhash, self._known)))
+        known = (
+            np.logical_or.reduceat(r["known"], starts)
+            | np.isin(phash, self._known)
+            | ((dhash != 0) & np.isin(dhash, self._known))
+        )
         placeholder = known | (urls >= self._min_urls)
         for p, d in zip(phash[placeholder].tolist(), dhash[placeholder].tolist(), strict=True):
             _counter("placeholder_groups").inc()
@@ -287,13 +299,23 @@ class _KeyShard(beam.DoFn):
         starts = np.flatnonzero(new_key)
         vertices = np.diff(np.append(starts, len(r)))
         for lo, count in zip(starts[vertices > 1].tolist(), vertices[vertices > 1].tolist(), strict=True):
-            group = r[lo:lo + count]
-            yield beam.pvalue.TaggedOutput(self.EXACT, (group["key"][0], [
-                _vertex_of_parts(k.decode(), a, b)
-                for k, a, b in zip(group["kind"].tolist(), group["a"].tolist(), group["b"].tolist(), strict=True)]))
+            group = r[lo : lo + count]
+            yield beam.pvalue.TaggedOutput(
+                self.EXACT,
+                (
+                    group["key"][0],
+                    [
+                        _vertex_of_parts(k.decode(), a, b)
+                        for k, a, b in zip(
+                            group["kind"].tolist(), group["a"].tolist(), group["b"].tolist(), strict=True
+                        )
+                    ],
+                ),
+            )
 
 
 # --- step 2: exact URL / sha256 groups: stars ---------------------------------------------
+
 
 def _star_edges(element, placeholders):
     """All distinct vertices of one URL or sha256 linked to the smallest: a star, not a clique."""
@@ -322,19 +344,27 @@ def _place(row, components, singles=True):
         yield found[1], row
     elif singles:
         _counter("unique_rows").inc()
-        yield beam.pvalue.TaggedOutput(_SINGLE, dict(row, cluster_id=None, is_canonical=True,
-                                                     is_placeholder=False))
+        yield beam.pvalue.TaggedOutput(_SINGLE, dict(row, cluster_id=None, is_canonical=True, is_placeholder=False))
 
 
 # --- step 6: one cluster -----------------------------------------------------------------------
 
-@beam.typehints.with_output_types(typing.Dict[str, typing.Any])
+
+@beam.typehints.with_output_types(dict[str, typing.Any])
 class _Cluster(beam.DoFn):
     """(component, rows) -> rows with cluster columns set, plus one cluster record."""
+
     CLUSTERS = "clusters"
 
-    def __init__(self, dataset_priority, max_distance, dhash_max_distance, max_listed,
-                 views=(), view_max_distance=DEFAULT_VIEW_MAX_DISTANCE):
+    def __init__(
+        self,
+        dataset_priority,
+        max_distance,
+        dhash_max_distance,
+        max_listed,
+        views=(),
+        view_max_distance=DEFAULT_VIEW_MAX_DISTANCE,
+    ):
         self._priority = tuple(dataset_priority)
         self._max_distance = max_distance
         self._dhash_max = dhash_max_distance
@@ -381,25 +411,28 @@ class _Cluster(beam.DoFn):
                 matches[member["match"]] = matches.get(member["match"], 0) + 1
             if member["distance"] is not None:
                 max_distance = max(max_distance or 0, member["distance"])
-            yield dict(row, cluster_id=cluster_id, is_canonical=(i == best_index),
-                       is_placeholder=placeholder)
+            yield dict(row, cluster_id=cluster_id, is_canonical=(i == best_index), is_placeholder=placeholder)
         _counter("placeholder_clusters" if placeholder else "clusters").inc()
         members = sorted(listed.values(), key=lambda m: (m["match"] != "canonical", m["key"]))
         for m in members:
             del m["_nurl"], m["_vertex"], m["_views"]
-        yield beam.pvalue.TaggedOutput(self.CLUSTERS, {
-            "cluster_id": cluster_id,
-            "canonical_key": canonical["key"],
-            "is_placeholder": placeholder,
-            "size": size,
-            "kind": "placeholder" if placeholder else (
-                "near" if set(matches) & ({"near", "transitive"} | set(VIEW_NAMES)) else "exact"),
-            "datasets": datasets,
-            "matches": matches,
-            "max_distance": max_distance,
-            "members_listed": len(members),
-            "members": members,
-        })
+        yield beam.pvalue.TaggedOutput(
+            self.CLUSTERS,
+            {
+                "cluster_id": cluster_id,
+                "canonical_key": canonical["key"],
+                "is_placeholder": placeholder,
+                "size": size,
+                "kind": "placeholder"
+                if placeholder
+                else ("near" if set(matches) & ({"near", "transitive"} | set(VIEW_NAMES)) else "exact"),
+                "datasets": datasets,
+                "matches": matches,
+                "max_distance": max_distance,
+                "members_listed": len(members),
+                "members": members,
+            },
+        )
 
     def _match(self, member, canonical):
         if member["sha256"] and member["sha256"] == canonical["sha256"]:
@@ -463,12 +496,16 @@ def _member(row):
         "dhash_distance": None,
         "_nurl": normalize_url(row.get("url")),
         "_vertex": _vertex(row),
-        "_views": {v: (_lower(row.get(f"phash_{v}")), _lower(row.get(f"dhash_{v}")))
-                   for v in VIEW_NAMES if _hex16(row.get(f"phash_{v}"))},
+        "_views": {
+            v: (_lower(row.get(f"phash_{v}")), _lower(row.get(f"dhash_{v}")))
+            for v in VIEW_NAMES
+            if _hex16(row.get(f"phash_{v}"))
+        },
     }
 
 
 # --- stats -------------------------------------------------------------------------------------
+
 
 def _dataset_order(name):
     order = list(schema.DATASETS)
@@ -479,13 +516,19 @@ def _cluster_stats(record):
     """One cluster's contribution to summary.json (summed by SumNestedCounts)."""
     size = record["size"]
     if record["is_placeholder"]:
-        return {"placeholder_groups": 1, "placeholder_rows": size,
-                "placeholder_rows_by_dataset": dict(record["datasets"])}
+        return {
+            "placeholder_groups": 1,
+            "placeholder_rows": size,
+            "placeholder_rows_by_dataset": dict(record["datasets"]),
+        }
     stats = {
-        "clusters": 1, "duplicated_rows": size, "redundant_rows": size - 1,
+        "clusters": 1,
+        "duplicated_rows": size,
+        "redundant_rows": size - 1,
         f"{record['kind']}_clusters": 1,
         "matches": {},
-        "within_dataset": {}, "across_datasets": {},
+        "within_dataset": {},
+        "across_datasets": {},
     }
     stats["matches"] = dict(record["matches"])
     datasets = sorted(record["datasets"], key=_dataset_order)
@@ -494,8 +537,7 @@ def _cluster_stats(record):
         if n > 1:
             stats["within_dataset"][d] = {"clusters": 1, "rows": n}
     for a, b in itertools.combinations(datasets, 2):
-        stats["across_datasets"][f"{a}|{b}"] = {
-            "clusters": 1, "rows": record["datasets"][a] + record["datasets"][b]}
+        stats["across_datasets"][f"{a}|{b}"] = {"clusters": 1, "rows": record["datasets"][a] + record["datasets"][b]}
     return stats
 
 
@@ -529,22 +571,33 @@ class SumNestedCounts(beam.CombineFn):
 
 
 def _finish_stats(stats, config):
-    out = {"rows": 0, "clusters": 0, "duplicated_rows": 0, "redundant_rows": 0,
-           "exact_clusters": 0, "near_clusters": 0,
-           "matches": {k: 0 for k in MATCH_KINDS},
-           "within_dataset": {}, "across_datasets": {}, "near_pairs": 0, "view_pairs": {},
-           "placeholder_groups": 0, "placeholder_rows": 0, "placeholder_rows_by_dataset": {}}
+    out = {
+        "rows": 0,
+        "clusters": 0,
+        "duplicated_rows": 0,
+        "redundant_rows": 0,
+        "exact_clusters": 0,
+        "near_clusters": 0,
+        "matches": {k: 0 for k in MATCH_KINDS},
+        "within_dataset": {},
+        "across_datasets": {},
+        "near_pairs": 0,
+        "view_pairs": {},
+        "placeholder_groups": 0,
+        "placeholder_rows": 0,
+        "placeholder_rows_by_dataset": {},
+    }
     _add(out, stats)
-    out["within_dataset"] = dict(sorted(out["within_dataset"].items(),
-                                        key=lambda kv: _dataset_order(kv[0])))
-    out["across_datasets"] = dict(sorted(
-        out["across_datasets"].items(),
-        key=lambda kv: tuple(_dataset_order(d) for d in kv[0].split("|"))))
+    out["within_dataset"] = dict(sorted(out["within_dataset"].items(), key=lambda kv: _dataset_order(kv[0])))
+    out["across_datasets"] = dict(
+        sorted(out["across_datasets"].items(), key=lambda kv: tuple(_dataset_order(d) for d in kv[0].split("|")))
+    )
     out["config"] = config
     return out
 
 
 # --- the transform -----------------------------------------------------------------------------
+
 
 def slim_row(row):
     """What dedup needs of a row to find its matches: key, graph vertex, normalised URL (digest), sha256."""
@@ -588,8 +641,7 @@ class _ViewNodes(beam.DoFn):
         if not seen:
             return
         table = np.array(list(seen.values()), dtype=np.uint64)
-        views = {v: (table[:, 2 + 2 * i], table[:, 3 + 2 * i])
-                 for i, v in enumerate(VIEW_NAMES) if v in self._views}
+        views = {v: (table[:, 2 + 2 * i], table[:, 3 + 2 * i]) for i, v in enumerate(VIEW_NAMES) if v in self._views}
         yield table[:, 0], table[:, 1], views
 
 
@@ -624,15 +676,21 @@ class Dedup(beam.PTransform):
         views confirms, as dhash_max_distance says).
     """
 
-    def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE,
-                 dataset_priority: Sequence[str] = DEFAULT_DATASET_PRIORITY,
-                 dhash_max_distance: int | None = DEFAULT_DHASH_MAX_DISTANCE,
-                 placeholder_min_urls: int = DEFAULT_PLACEHOLDER_MIN_URLS,
-                 placeholder_hashes: Iterable[str] = known_placeholder_hashes(),
-                 cc_rounds: int = 6, bands: int | None = None, shard_bits: int = 3,
-                 max_listed_members: int = 10000, spill_dir: str | None = None,
-                 views: Sequence[str] = DEFAULT_MATCH_VIEWS,
-                 view_max_distance: int = DEFAULT_VIEW_MAX_DISTANCE) -> None:
+    def __init__(
+        self,
+        max_distance: int = DEFAULT_MAX_DISTANCE,
+        dataset_priority: Sequence[str] = DEFAULT_DATASET_PRIORITY,
+        dhash_max_distance: int | None = DEFAULT_DHASH_MAX_DISTANCE,
+        placeholder_min_urls: int = DEFAULT_PLACEHOLDER_MIN_URLS,
+        placeholder_hashes: Iterable[str] = known_placeholder_hashes(),
+        cc_rounds: int = 6,
+        bands: int | None = None,
+        shard_bits: int = 3,
+        max_listed_members: int = 10000,
+        spill_dir: str | None = None,
+        views: Sequence[str] = DEFAULT_MATCH_VIEWS,
+        view_max_distance: int = DEFAULT_VIEW_MAX_DISTANCE,
+    ) -> None:
         super().__init__()
         self._spill_dir = spill_dir
         unknown = set(views) - set(VIEW_NAMES)
@@ -643,8 +701,11 @@ class Dedup(beam.PTransform):
         # At most 2 shards per band for the views: each query key is copied to every shard within
         # its radius of its prefix (4 at 3 shard bits, 2 at 1), and view keys are 4 a picture;
         # a view query's probes are few (radius 1), so fewer, larger shards cost little time.
-        self._view_search = ViewPairs(self._view_max, dhash_max_distance, shard_bits=min(shard_bits, 1),
-                                      spill_dir=self._spill("views")) if self._views else None
+        self._view_search = (
+            ViewPairs(self._view_max, dhash_max_distance, shard_bits=min(shard_bits, 1), spill_dir=self._spill("views"))
+            if self._views
+            else None
+        )
         self._max_distance = int(max_distance)
         self._priority = tuple(dataset_priority)
         self._dhash_max = dhash_max_distance
@@ -652,8 +713,14 @@ class Dedup(beam.PTransform):
         self._known = frozenset(h.strip().lower() for h in placeholder_hashes)
         self._rounds = cc_rounds
         self._max_listed = int(max_listed_members)
-        self._near = NearDuplicatePairs(self._max_distance, dhash_max_distance, bands=bands,
-                                        shard_bits=shard_bits, arrays=True, spill_dir=self._spill("near"))
+        self._near = NearDuplicatePairs(
+            self._max_distance,
+            dhash_max_distance,
+            bands=bands,
+            shard_bits=shard_bits,
+            arrays=True,
+            spill_dir=self._spill("near"),
+        )
 
     def _spill(self, name):
         return None if self._spill_dir is None else os.path.join(self._spill_dir, name)
@@ -677,7 +744,8 @@ class Dedup(beam.PTransform):
         found = self.find_components(slim)
         components = beam.pvalue.AsDict(found["components"])
         placed = rows | "Place" >> beam.FlatMap(_place, components=components).with_output_types(
-            typing.Tuple[str, typing.Any]).with_outputs(_SINGLE, main="members")
+            tuple[str, typing.Any]
+        ).with_outputs(_SINGLE, main="members")
         clustered = self.cluster(placed.members)
         out_rows = (placed[_SINGLE], clustered["rows"]) | "AllRows" >> beam.Flatten()
         stats = self.stats(clustered["clusters"], slim, found["near_pairs"], found["view_pairs"])
@@ -691,8 +759,10 @@ class Dedup(beam.PTransform):
             | "BatchKeys" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
             | "KeyRecords" >> beam.ParDo(_KeyRecords(self._known))
             | "GroupKeyShards" >> GroupRecords(self._spill("keys"), dtype_of=_key_record_dtype)
-            | "KeyShards" >> beam.ParDo(_KeyShard(self._min_urls, self._known)).with_outputs(
-                _KeyShard.PLACEHOLDER, _KeyShard.SEVERAL, _KeyShard.EXACT, main="nodes")
+            | "KeyShards"
+            >> beam.ParDo(_KeyShard(self._min_urls, self._known)).with_outputs(
+                _KeyShard.PLACEHOLDER, _KeyShard.SEVERAL, _KeyShard.EXACT, main="nodes"
+            )
         )
         placeholder_groups = shards[_KeyShard.PLACEHOLDER]
         placeholders = beam.pvalue.AsDict(placeholder_groups)
@@ -711,18 +781,16 @@ class Dedup(beam.PTransform):
                 | "ViewSearch" >> self._view_search
             )
             edges.append(view_pairs | "ViewEdges" >> beam.Map(_view_edge))
-        labels = (
-            tuple(edges)
-            | "AllEdges" >> beam.Flatten()
-            | "Components" >> ConnectedComponents(rounds=self._rounds)
-        )
+        labels = tuple(edges) | "AllEdges" >> beam.Flatten() | "Components" >> ConnectedComponents(rounds=self._rounds)
         # Only vertices in a cluster are listed, so the map stays as small as the duplicates.
         components = (
-            (placeholder_groups | "PlaceholderRank" >> beam.MapTuple(
-                lambda vertex, _: (vertex, (_RANK_PLACEHOLDER, _PLACEHOLDER + vertex))),
-             labels | "EdgeRank" >> beam.MapTuple(lambda vertex, label: (vertex, (_RANK_EDGE, label))),
-             shards[_KeyShard.SEVERAL] | "PictureRank" >> beam.Map(
-                 lambda vertex: (vertex, (_RANK_PICTURE, vertex))))
+            (
+                placeholder_groups
+                | "PlaceholderRank"
+                >> beam.MapTuple(lambda vertex, _: (vertex, (_RANK_PLACEHOLDER, _PLACEHOLDER + vertex))),
+                labels | "EdgeRank" >> beam.MapTuple(lambda vertex, label: (vertex, (_RANK_EDGE, label))),
+                shards[_KeyShard.SEVERAL] | "PictureRank" >> beam.Map(lambda vertex: (vertex, (_RANK_PICTURE, vertex))),
+            )
             | "AllComponents" >> beam.Flatten()
             | "OneComponent" >> beam.CombinePerKey(min)
         )
@@ -735,10 +803,12 @@ class Dedup(beam.PTransform):
         clustered = (
             members
             | "GroupClusters" >> beam.GroupByKey()
-            | "Cluster" >> beam.ParDo(_Cluster(self._priority, self._max_distance,
-                                               self._dhash_max, self._max_listed, self._views,
-                                               self._view_max)).with_outputs(
-                _Cluster.CLUSTERS, main="rows")
+            | "Cluster"
+            >> beam.ParDo(
+                _Cluster(
+                    self._priority, self._max_distance, self._dhash_max, self._max_listed, self._views, self._view_max
+                )
+            ).with_outputs(_Cluster.CLUSTERS, main="rows")
         )
         return {"rows": clustered.rows, "clusters": clustered[_Cluster.CLUSTERS]}
 
@@ -746,9 +816,9 @@ class Dedup(beam.PTransform):
         """Cluster records, slim rows, near pairs (and view pairs) -> one summary dict (duplicates figures)."""
         partials = (
             clusters | "ClusterStats" >> beam.Map(_cluster_stats),
-            slim | "CountRows" >> beam.combiners.Count.Globally()
-            | "RowsStat" >> beam.Map(lambda n: {"rows": n}),
-            near_pairs | "CountNear" >> beam.combiners.Count.Globally()
+            slim | "CountRows" >> beam.combiners.Count.Globally() | "RowsStat" >> beam.Map(lambda n: {"rows": n}),
+            near_pairs
+            | "CountNear" >> beam.combiners.Count.Globally()
             | "NearStat" >> beam.Map(lambda n: {"near_pairs": n}),
         )
         if view_pairs is not None:
@@ -773,21 +843,23 @@ class DedupShards(Dedup):
     def expand(self, inputs):
         found = self.find_components(inputs["slim"])
         members = inputs["shards"] | "Members" >> beam.FlatMap(
-            _shard_members, components=beam.pvalue.AsDict(found["components"]))
+            _shard_members, components=beam.pvalue.AsDict(found["components"])
+        )
         clustered = self.cluster(members)
-        stats = self.stats(clustered["clusters"], inputs["slim"], found["near_pairs"],
-                           found["view_pairs"])
+        stats = self.stats(clustered["clusters"], inputs["slim"], found["near_pairs"], found["view_pairs"])
         return {"rows": clustered["rows"], "clusters": clustered["clusters"], "stats": stats}
 
 
 MEMBER_FIELDS = ("key", "dataset", "url", "status", "sha256", "phash", "dhash", "width", "height") + tuple(
-    f"{h}_{v}" for v in VIEW_NAMES for h in ("phash", "dhash"))
+    f"{h}_{v}" for v in VIEW_NAMES for h in ("phash", "dhash")
+)
 
 
 def _shard_members(path, components):
     if not components:
         return
     import pyarrow.parquet as pq  # only the ingest's workers need it here
+
     with FileSystems.open(path) as handle:
         parquet = pq.ParquetFile(handle)
         names = set(parquet.schema_arrow.names)  # tables written before the view columns lack them
@@ -820,6 +892,5 @@ class WriteDuplicates(beam.PTransform):
         return (
             clusters
             | "ToJson" >> beam.Map(lambda c: json.dumps(c, ensure_ascii=False, sort_keys=False))
-            | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl",
-                                             num_shards=self._num_shards)
+            | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
         )

@@ -20,6 +20,7 @@ step only ever sees the leftovers of unusually deep graphs.
 Public transform: `ConnectedComponents(rounds)`: edges `(u, v)` -> `(vertex, component label)` for
 every vertex of an edge (`UnionFind` is the exact finish, a CombineFn).
 """
+
 import typing
 
 import apache_beam as beam
@@ -63,9 +64,10 @@ def _small_star(element):
     yield u, m
 
 
-@beam.typehints.with_output_types(typing.Tuple[typing.Any, typing.Any])
+@beam.typehints.with_output_types(tuple[typing.Any, typing.Any])
 class _Settle(beam.DoFn):
     """Per vertex: its pointer p(u), plus (edge, p(u)) so edges can compare both ends."""
+
     LABEL = "label"
 
     def process(self, element):
@@ -163,8 +165,7 @@ class ConnectedComponents(beam.PTransform):
             | "CountResidual" >> beam.Map(_count, "cc_residual_edges")
         )
         roots = residual | "UnionFind" >> beam.CombineGlobally(UnionFind())
-        return settled[_Settle.LABEL] | "Label" >> beam.Map(
-            _final_label, roots=beam.pvalue.AsSingleton(roots))
+        return settled[_Settle.LABEL] | "Label" >> beam.Map(_final_label, roots=beam.pvalue.AsSingleton(roots))
 
 
 def _count(element, name):

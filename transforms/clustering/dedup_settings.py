@@ -6,23 +6,38 @@ DedupShards PTransform it describes. The defaults carry the job in their names: 
 "same picture" distance (pipelines/refresh.py, REFRESH_SAME_PICTURE_MAX_DISTANCE) is another
 threshold with another default.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 from typing import Any
 
-from transforms.clustering.clusters import (DEFAULT_DATASET_PRIORITY, DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MATCH_VIEWS,
-                                            DEFAULT_MAX_DISTANCE, DEFAULT_PLACEHOLDER_MIN_URLS, VIEW_NAMES, Dedup,
-                                            DedupShards)
+from transforms.clustering.clusters import (
+    DEFAULT_DATASET_PRIORITY,
+    DEFAULT_DHASH_MAX_DISTANCE,
+    DEFAULT_MATCH_VIEWS,
+    DEFAULT_MAX_DISTANCE,
+    DEFAULT_PLACEHOLDER_MIN_URLS,
+    VIEW_NAMES,
+    Dedup,
+    DedupShards,
+)
 from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE
 from transforms.clustering.placeholders import known_placeholder_hashes
 from transforms.errors import BadInput
 
-__all__ = ["DEDUP_CC_ROUNDS", "DEDUP_DHASH_MAX_DISTANCE", "DEDUP_MAX_DISTANCE", "DEDUP_PLACEHOLDER_MIN_URLS",
-           "DEDUP_VIEW_MAX_DISTANCE", "DedupSettings", "parse_views"]
+__all__ = [
+    "DEDUP_CC_ROUNDS",
+    "DEDUP_DHASH_MAX_DISTANCE",
+    "DEDUP_MAX_DISTANCE",
+    "DEDUP_PLACEHOLDER_MIN_URLS",
+    "DEDUP_VIEW_MAX_DISTANCE",
+    "DedupSettings",
+    "parse_views",
+]
 
-DEDUP_MAX_DISTANCE = DEFAULT_MAX_DISTANCE              # pHash distance of near-duplicates (8)
+DEDUP_MAX_DISTANCE = DEFAULT_MAX_DISTANCE  # pHash distance of near-duplicates (8)
 DEDUP_DHASH_MAX_DISTANCE = DEFAULT_DHASH_MAX_DISTANCE  # dHash confirmation (16)
 DEDUP_PLACEHOLDER_MIN_URLS = DEFAULT_PLACEHOLDER_MIN_URLS  # one picture at this many URLs: placeholder (50)
 DEDUP_CC_ROUNDS = 6
@@ -48,8 +63,7 @@ def parse_views(text: str | None) -> tuple:
         return ()
     unknown = names - set(VIEW_NAMES)
     if unknown:
-        raise BadInput(f"--views: unknown view {', '.join(sorted(unknown))}; "
-                       f"known: {', '.join(VIEW_NAMES)} or none")
+        raise BadInput(f"--views: unknown view {', '.join(sorted(unknown))}; known: {', '.join(VIEW_NAMES)} or none")
     return tuple(v for v in VIEW_NAMES if v in names)
 
 
@@ -85,32 +99,73 @@ class DedupSettings:
         """
         group = parser.add_argument_group("dedup", "how near-duplicates and placeholders are found")
         add = lambda *flags, **kwargs: _add_once(group, *flags, **kwargs)  # noqa: E731
-        add("--max-distance", type=int, default=None, metavar="K",
+        add(
+            "--max-distance",
+            type=int,
+            default=None,
+            metavar="K",
             help=f"pHash Hamming distance at or under which two images are near-duplicates"
-                 f" (default {DEDUP_MAX_DISTANCE})")
-        add("--dhash-max-distance", type=int, default=DEDUP_DHASH_MAX_DISTANCE, metavar="K",
+            f" (default {DEDUP_MAX_DISTANCE})",
+        )
+        add(
+            "--dhash-max-distance",
+            type=int,
+            default=DEDUP_DHASH_MAX_DISTANCE,
+            metavar="K",
             help=f"dHash distance confirming a near match; -1 turns the confirmation off"
-                 f" (default {DEDUP_DHASH_MAX_DISTANCE})")
-        add("--dataset-priority", default=",".join(DEFAULT_DATASET_PRIORITY),
+            f" (default {DEDUP_DHASH_MAX_DISTANCE})",
+        )
+        add(
+            "--dataset-priority",
+            default=",".join(DEFAULT_DATASET_PRIORITY),
             help=f"comma-separated tie-break of the canonical row after resolution"
-                 f" (default {','.join(DEFAULT_DATASET_PRIORITY)})")
-        add("--placeholder-min-urls", type=int, default=DEDUP_PLACEHOLDER_MIN_URLS, metavar="N",
+            f" (default {','.join(DEFAULT_DATASET_PRIORITY)})",
+        )
+        add(
+            "--placeholder-min-urls",
+            type=int,
+            default=DEDUP_PLACEHOLDER_MIN_URLS,
+            metavar="N",
             help=f"one picture at this many distinct URLs is a placeholder, not a duplicate"
-                 f" (default {DEDUP_PLACEHOLDER_MIN_URLS})")
-        add("--placeholder-hash", dest="placeholder_hashes", action="append", default=[], metavar="HASH",
+            f" (default {DEDUP_PLACEHOLDER_MIN_URLS})",
+        )
+        add(
+            "--placeholder-hash",
+            dest="placeholder_hashes",
+            action="append",
+            default=[],
+            metavar="HASH",
             help="sha256 or pHash of a placeholder picture, added to the built-in list "
-                 "(transforms/clustering/placeholders.py); repeatable")
-        add("--views", default=",".join(DEFAULT_MATCH_VIEWS), metavar="VIEWS",
+            "(transforms/clustering/placeholders.py); repeatable",
+        )
+        add(
+            "--views",
+            default=",".join(DEFAULT_MATCH_VIEWS),
+            metavar="VIEWS",
             help=f"picture views computed at hash time and matched through, comma-separated from "
-                 f"{','.join(VIEW_NAMES)}, or 'none' (docs/duplicates.md; default {','.join(DEFAULT_MATCH_VIEWS)})")
-        add("--view-max-distance", type=int, default=DEDUP_VIEW_MAX_DISTANCE, metavar="K",
+            f"{','.join(VIEW_NAMES)}, or 'none' (docs/duplicates.md; default {','.join(DEFAULT_MATCH_VIEWS)})",
+        )
+        add(
+            "--view-max-distance",
+            type=int,
+            default=DEDUP_VIEW_MAX_DISTANCE,
+            metavar="K",
             help=f"pHash distance at or under which two view keys meet (their dHashes confirm)"
-                 f" (default {DEDUP_VIEW_MAX_DISTANCE})")
-        add("--cc-rounds", type=int, default=DEDUP_CC_ROUNDS,
-            help=f"large/small-star rounds before the exact union-find finish (default {DEDUP_CC_ROUNDS})")
-        add("--shard-bits", type=int, default=None,
+            f" (default {DEDUP_VIEW_MAX_DISTANCE})",
+        )
+        add(
+            "--cc-rounds",
+            type=int,
+            default=DEDUP_CC_ROUNDS,
+            help=f"large/small-star rounds before the exact union-find finish (default {DEDUP_CC_ROUNDS})",
+        )
+        add(
+            "--shard-bits",
+            type=int,
+            default=None,
             help="near search: 2^s shards per band (default 3; 0 in a one-process local run, where shards "
-                 "add no parallelism and each costs another in-memory copy of the query hashes)")
+            "add no parallelism and each costs another in-memory copy of the query hashes)",
+        )
 
     @classmethod
     def from_options(cls, opts: Any) -> DedupSettings:
@@ -136,13 +191,19 @@ class DedupSettings:
         views = parse_views(getattr(opts, "views", None))
         dhash = opts.dhash_max_distance
         priority = tuple(d.strip() for d in opts.dataset_priority.split(",") if d.strip())
-        return cls(max_distance=max_distance, dhash_max_distance=dhash if dhash is None or dhash >= 0 else None,
-                   dataset_priority=priority, placeholder_min_urls=opts.placeholder_min_urls,
-                   placeholder_hashes=tuple(opts.placeholder_hashes or ()), cc_rounds=opts.cc_rounds,
-                   shard_bits=opts.shard_bits, views=views, view_max_distance=view_max)
+        return cls(
+            max_distance=max_distance,
+            dhash_max_distance=dhash if dhash is None or dhash >= 0 else None,
+            dataset_priority=priority,
+            placeholder_min_urls=opts.placeholder_min_urls,
+            placeholder_hashes=tuple(opts.placeholder_hashes or ()),
+            cc_rounds=opts.cc_rounds,
+            shard_bits=opts.shard_bits,
+            views=views,
+            view_max_distance=view_max,
+        )
 
-    def transform(self, from_shards: bool = False, one_process: bool = False,
-                  spill_dir: str | None = None) -> Dedup:
+    def transform(self, from_shards: bool = False, one_process: bool = False, spill_dir: str | None = None) -> Dedup:
         """The Dedup transform these settings describe.
 
         Args:
@@ -155,8 +216,14 @@ class DedupSettings:
         """
         shard_bits = self.shard_bits if self.shard_bits is not None else (0 if one_process else 3)
         return (DedupShards if from_shards else Dedup)(
-            max_distance=self.max_distance, dataset_priority=self.dataset_priority,
-            dhash_max_distance=self.dhash_max_distance, placeholder_min_urls=self.placeholder_min_urls,
+            max_distance=self.max_distance,
+            dataset_priority=self.dataset_priority,
+            dhash_max_distance=self.dhash_max_distance,
+            placeholder_min_urls=self.placeholder_min_urls,
             placeholder_hashes=known_placeholder_hashes() + self.placeholder_hashes,
-            cc_rounds=self.cc_rounds, shard_bits=shard_bits, spill_dir=spill_dir,
-            views=self.views, view_max_distance=self.view_max_distance)
+            cc_rounds=self.cc_rounds,
+            shard_bits=shard_bits,
+            spill_dir=spill_dir,
+            views=self.views,
+            view_max_distance=self.view_max_distance,
+        )

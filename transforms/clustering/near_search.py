@@ -36,6 +36,7 @@ Public transform: `NearDuplicatePairs(max_distance, dhash_max_distance)`: distin
 -> `(phash_a, dhash_a, phash_b, dhash_b, phash_distance, dhash_distance)` int tuples, each pair once
 (`BandPlan` is its geometry, `plan_bands` / `volume` its arithmetic).
 """
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,7 @@ def plan_bands(max_distance: int, expected_hashes: int = 1 << 24) -> tuple[int, 
     for m in range(1, HASH_BITS // 8 + 1):
         r = max_distance // m
         b = HASH_BITS / m
-        cost = m * volume(int(b), r) * (1 + expected_hashes / 2.0 ** b * _PAIR_COST)
+        cost = m * volume(int(b), r) * (1 + expected_hashes / 2.0**b * _PAIR_COST)
         if cost < best[0]:
             best = (cost, m, r)
     return best[1], best[2]
@@ -86,8 +87,9 @@ def plan_bands(max_distance: int, expected_hashes: int = 1 << 24) -> tuple[int, 
 class BandPlan:
     """The fixed geometry of one search: bands, shards, bit permutation and probe masks."""
 
-    def __init__(self, max_distance: int, bands: int | None = None, shard_bits: int = 3,
-                 expected_hashes: int = 1 << 24) -> None:
+    def __init__(
+        self, max_distance: int, bands: int | None = None, shard_bits: int = 3, expected_hashes: int = 1 << 24
+    ) -> None:
         if bands is None:
             bands, radius = plan_bands(max_distance, expected_hashes)
         else:
@@ -134,8 +136,11 @@ class BandPlan:
     def describe(self) -> dict[str, Any]:
         """The geometry as summary.json reports it."""
         return {
-            "max_distance": self.max_distance, "bands": self.bands, "radius": self.radius,
-            "band_bits": self.sizes, "shard_bits": self.shard_bits,
+            "max_distance": self.max_distance,
+            "bands": self.bands,
+            "radius": self.radius,
+            "band_bits": self.sizes,
+            "shard_bits": self.shard_bits,
             "shards": self.bands << self.shard_bits,
             "probes_per_hash": sum(volume(s, self.radius) for s in self.sizes),
             "query_copies_per_hash": self.bands * volume(self.shard_bits, self.radius),
@@ -172,8 +177,17 @@ class BandPlan:
                     for shard, idx in split_by(prefix ^ np.uint64(mask)):
                         yield (j, shard), "q", phash[idx], dhash[idx]
 
-    def search_shard(self, j, shard, owners, queries, dhash_max_distance=None,
-                     chunk_pairs=1 << 20, chunk_probes=1 << 18, ordered=True):
+    def search_shard(
+        self,
+        j,
+        shard,
+        owners,
+        queries,
+        dhash_max_distance=None,
+        chunk_pairs=1 << 20,
+        chunk_probes=1 << 18,
+        ordered=True,
+    ):
         """Pairs within the threshold between queries and owners of shard (band j, shard).
 
         owners/queries: (phash uint64 array, dhash uint64 array, has_dhash bool array).
@@ -195,8 +209,7 @@ class BandPlan:
         q_band = self.band(q_perm, j)
         q_low = q_band & low_mask
         # Flips already spent reaching this shard's prefix; the rest goes to the low bits.
-        budget = self.radius - np.bitwise_count(self.prefix(q_band, j) ^ np.uint64(shard)).astype(
-            np.int64)
+        budget = self.radius - np.bitwise_count(self.prefix(q_band, j) ^ np.uint64(shard)).astype(np.int64)
         if low_bits <= 24:
             # Dense offsets table (CSR): lookup of a low value is two array reads, ~7x faster
             # than a binary search. 2^low_bits + 1 int32 entries (16 MiB at 22 bits), built in
@@ -211,19 +224,19 @@ class BandPlan:
                 lo = starts[probes]
                 return lo, starts[probes + 1]
         else:
+
             def lookup(probes):
-                return (np.searchsorted(o_low, probes, side="left"),
-                        np.searchsorted(o_low, probes, side="right"))
+                return (np.searchsorted(o_low, probes, side="left"), np.searchsorted(o_low, probes, side="right"))
+
         earlier = self.band_masks[:j]
         for b in range(self.radius + 1):
             sel = np.nonzero(budget == b)[0]
             if len(sel) == 0:
                 continue
-            masks = np.array([m for t in range(b + 1) for m in self._low_masks[j][t]],
-                             dtype=np.uint64)
+            masks = np.array([m for t in range(b + 1) for m in self._low_masks[j][t]], dtype=np.uint64)
             step = max(1, chunk_probes // len(masks))  # bounds memory: queries x masks
             for start in range(0, len(sel), step):
-                qi = sel[start:start + step]
+                qi = sel[start : start + step]
                 probes = q_low[qi][:, None] ^ masks[None, :]
                 lo, hi = lookup(probes)
                 row, _col = np.nonzero(hi > lo)
@@ -232,11 +245,13 @@ class BandPlan:
                 hit = hi > lo
                 probe_q, lo, hi = qi[row], lo[hit], hi[hit]
                 for pq, po in _expand(probe_q, lo, hi, chunk_pairs):
-                    yield from self._check(pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has,
-                                           o_perm, earlier, dhash_max_distance, ordered)
+                    yield from self._check(
+                        pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has, o_perm, earlier, dhash_max_distance, ordered
+                    )
 
-    def _check(self, pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has, o_perm, earlier,
-               dhash_max_distance, ordered=True):
+    def _check(
+        self, pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has, o_perm, earlier, dhash_max_distance, ordered=True
+    ):
         qp, qd, op, od = q_p[pq], q_d[pq], o_p[po], o_d[po]
         if ordered:
             # Pair once: query strictly below owner in (phash, dhash) order (also drops self).
@@ -330,11 +345,11 @@ class _SearchShard(beam.DoFn):
         o = _arrays(records[owner])
         q = _arrays(records[~owner])
         pairs = beam.metrics.Metrics.counter("dedup", "near_pairs")
-        for qp, qd, op, od, pdist, ddist in self._plan.search_shard(j, shard, o, q,
-                                                                   self._dhash_max):
+        for qp, qd, op, od, pdist, ddist in self._plan.search_shard(j, shard, o, q, self._dhash_max):
             pairs.inc(len(qp))
-            yield from zip(qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(), ddist.tolist(),
-                           strict=True)
+            yield from zip(
+                qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(), ddist.tolist(), strict=True
+            )
 
 
 def _arrays(records):
@@ -355,9 +370,16 @@ class NearDuplicatePairs(beam.PTransform):
     runs only), instead of the runner's in-memory GroupByKey.
     """
 
-    def __init__(self, max_distance: int, dhash_max_distance: int | None = None, bands: int | None = None,
-                 shard_bits: int = 3, batch_size: int = 8192, arrays: bool = False,
-                 spill_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        max_distance: int,
+        dhash_max_distance: int | None = None,
+        bands: int | None = None,
+        shard_bits: int = 3,
+        batch_size: int = 8192,
+        arrays: bool = False,
+        spill_dir: str | None = None,
+    ) -> None:
         super().__init__()
         self._arrays = arrays
         self._spill_dir = spill_dir
@@ -371,8 +393,9 @@ class NearDuplicatePairs(beam.PTransform):
 
     def expand(self, nodes):
         if not self._arrays:
-            nodes = nodes | "Batch" >> beam.BatchElements(min_batch_size=min(256, self._batch_size),
-                                                          max_batch_size=self._batch_size)
+            nodes = nodes | "Batch" >> beam.BatchElements(
+                min_batch_size=min(256, self._batch_size), max_batch_size=self._batch_size
+            )
         return (
             nodes
             | "RouteToShards" >> beam.ParDo(_RouteToShards(self._plan))
@@ -403,8 +426,9 @@ VIEW_IDS = {"plain": 0, "mirror": 1, "trim": 2, "crop": 3, "centre": 4}
 VIEW_NAMES = {i: name for name, i in VIEW_IDS.items()}
 # One routed view key: owner or query, which view, the key searched, the dHash of that view,
 # the picture's vertex (plain pHash, plain dHash).
-VIEW_RECORD = np.dtype([("owner", "?"), ("view", "u1"), ("key", "<u8"), ("check", "<u8"),
-                        ("phash", "<u8"), ("dhash", "<u8")])
+VIEW_RECORD = np.dtype(
+    [("owner", "?"), ("view", "u1"), ("key", "<u8"), ("check", "<u8"), ("phash", "<u8"), ("dhash", "<u8")]
+)
 DEFAULT_VIEW_MAX_DISTANCE = 5
 
 
@@ -466,22 +490,26 @@ def search_view_shard(plan, j, shard, records, dhash_max_distance=None):
     none = lambda r: np.zeros(len(r), dtype=bool)  # noqa: E731 - confirmation done below
     out = []
     for _qk, qi, _ok, oi, pdist, _dd in plan.search_shard(
-            j, shard, (o["key"], index(o), none(o)), (q["key"], index(q), none(q)), None,
-            ordered=False):
+        j, shard, (o["key"], index(o), none(o)), (q["key"], index(q), none(q)), None, ordered=False
+    ):
         qr, orr = q[qi.astype(np.intp)], o[oi.astype(np.intp)]
         # a picture never matches itself (a symmetric picture's mirror is its plain pHash)
         keep = (qr["phash"] != orr["phash"]) | (qr["dhash"] != orr["dhash"])
         centre = qr["view"] == VIEW_IDS["centre"]
         # centre views meet twice (each is owner and query): keep the pair from its smaller side
-        keep &= ~centre | (qr["phash"] < orr["phash"]) | (
-            (qr["phash"] == orr["phash"]) & (qr["dhash"] < orr["dhash"]))
+        keep &= ~centre | (qr["phash"] < orr["phash"]) | ((qr["phash"] == orr["phash"]) & (qr["dhash"] < orr["dhash"]))
         both = (qr["check"] != NO_DHASH) & (orr["check"] != NO_DHASH)
         ddist = np.where(both, np.bitwise_count(qr["check"] ^ orr["check"]).astype(np.int64), -1)
         if dhash_max_distance is not None:
             keep &= ~both | (ddist <= dhash_max_distance)
-        for a, b, view, pd, dd in zip(qr[keep].tolist(), orr[keep].tolist(),
-                                      qr["view"][keep].tolist(), pdist[keep].tolist(),
-                                      ddist[keep].tolist()):
+        for a, b, view, pd, dd in zip(
+            qr[keep].tolist(),
+            orr[keep].tolist(),
+            qr["view"][keep].tolist(),
+            pdist[keep].tolist(),
+            ddist[keep].tolist(),
+            strict=True,
+        ):
             out.append((a[4], a[5], b[4], b[5], VIEW_NAMES[view], pd, dd))
     return out
 
@@ -528,8 +556,9 @@ class ViewPairs(beam.PTransform):
     NearDuplicatePairs (same BandPlan arithmetic, one plan per key space).
     """
 
-    def __init__(self, max_distance=DEFAULT_VIEW_MAX_DISTANCE, dhash_max_distance=None, bands=3,
-                 shard_bits=3, spill_dir=None):
+    def __init__(
+        self, max_distance=DEFAULT_VIEW_MAX_DISTANCE, dhash_max_distance=None, bands=3, shard_bits=3, spill_dir=None
+    ):
         super().__init__()
         self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
         self._dhash_max = dhash_max_distance

@@ -1,5 +1,6 @@
 """Pictures known to stand in for a photo that is gone: shared by dedup (flagged, not counted as
 duplicates) and refresh (a URL serving one is dead)."""
+
 import dataclasses
 
 __all__ = ["Placeholder", "KNOWN_PLACEHOLDERS", "known_placeholder_hashes"]

@@ -15,6 +15,7 @@ and retried bundle are never read (they are removed with the directory).
 Public transform: `GroupRecords(directory, dtype_of)`: `(key, numpy record array)` ->
 `(key, [record arrays])` (`SpillRecords` is its DoFn; `split_by` and `load_records` its helpers).
 """
+
 from __future__ import annotations
 
 import os
@@ -93,8 +94,12 @@ class GroupRecords(beam.PTransform):
     The directory is not removed here: its owner removes it once the consumers are done.
     """
 
-    def __init__(self, directory: str | None = None, dtype_of: Callable[[Any], np.dtype] | None = None,
-                 flush_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        directory: str | None = None,
+        dtype_of: Callable[[Any], np.dtype] | None = None,
+        flush_bytes: int = 4 << 20,
+    ) -> None:
         super().__init__()
         self._directory = directory
         self._dtype_of = dtype_of

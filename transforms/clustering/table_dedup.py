@@ -13,6 +13,7 @@ Three passes over the files, each one file at a time:
 So memory holds a file's batch, the records of one key shard and the clustered rows, whatever
 the row count.
 """
+
 import hashlib
 import typing
 
@@ -91,6 +92,7 @@ class ListTables(beam.PTransform):
 
 def _open_parquet(path):
     import pyarrow.parquet as pq
+
     try:
         return pq.ParquetFile(FileSystems.open(path))
     except Exception as error:  # pyarrow raises ArrowInvalid/OSError for a damaged footer
@@ -108,6 +110,7 @@ def _batches(path, columns):
     import pyarrow as pa
 
     from transforms import schema
+
     parquet = _open_parquet(path)
     names = parquet.schema_arrow.names
     missing = [c for c in (columns or []) if c not in names]
@@ -118,29 +121,36 @@ def _batches(path, columns):
     first = 0
     for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=present):
         if missing:
-            arrays = [batch.column(present.index(c)) if c in present
-                      else pa.nulls(batch.num_rows, schema.IMAGE_SCHEMA.field(c).type) for c in columns]
+            arrays = [
+                batch.column(present.index(c))
+                if c in present
+                else pa.nulls(batch.num_rows, schema.IMAGE_SCHEMA.field(c).type)
+                for c in columns
+            ]
             batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
         yield first, batch
         first += batch.num_rows
 
 
-@beam.typehints.with_output_types(typing.Tuple[int, typing.Any])
+@beam.typehints.with_output_types(tuple[int, typing.Any])
 class _KeyRecords(beam.DoFn):
     """(input index, path) -> (key shard, KEY_RECORD array) for every row of the file; tagged
     `rows_in`: (input index, rows read) per batch, the books' "in" side."""
+
     ROWS_IN = "rows_in"
 
     def process(self, element):
         import pyarrow as pa
+
         index, path = element
         fid = np.int64(file_id(path))
         for first, batch in _batches(path, ["key", "fetched_at"]):
             n = batch.num_rows
             yield beam.pvalue.TaggedOutput(self.ROWS_IN, (index, n))
             records = np.empty(n, dtype=KEY_RECORD)
-            records["key"] = [hashlib.blake2b(str(k).encode("utf-8"), digest_size=16).digest()
-                              for k in batch.column(0).to_pylist()]
+            records["key"] = [
+                hashlib.blake2b(str(k).encode("utf-8"), digest_size=16).digest() for k in batch.column(0).to_pylist()
+            ]
             stamps = batch.column(1).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
             records["stamp"] = stamps.fill_null(NO_STAMP).to_numpy(zero_copy_only=False)
             records["input"], records["file"] = index, fid
@@ -150,7 +160,7 @@ class _KeyRecords(beam.DoFn):
                 yield s, records[idx]
 
 
-@beam.typehints.with_output_types(typing.Tuple[int, typing.Any])
+@beam.typehints.with_output_types(tuple[int, typing.Any])
 class _Newest(beam.DoFn):
     """(key shard, [KEY_RECORD arrays]) -> (file id, row numbers to skip); tagged `replaced`:
     how many rows of the shard lost to a newer version of their key; tagged `repeated`: how many
@@ -160,6 +170,7 @@ class _Newest(beam.DoFn):
     keeps all its rows of that key (an output of an earlier ingest whose keys collided holds
     distinct records under one key), the other inputs' rows of it are replaced.
     """
+
     REPLACED = "replaced"
     REPEATED = "repeated"
 
@@ -209,8 +220,12 @@ class NewestRows(beam.PTransform):
             | "GroupKeys" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: KEY_RECORD)
             | "Newest" >> beam.ParDo(_Newest()).with_outputs(_Newest.REPLACED, _Newest.REPEATED, main="skip")
         )
-        return {"skip": newest.skip, "replaced": newest[_Newest.REPLACED], "repeated": newest[_Newest.REPEATED],
-                "rows_in": keyed[_KeyRecords.ROWS_IN]}
+        return {
+            "skip": newest.skip,
+            "replaced": newest[_Newest.REPLACED],
+            "repeated": newest[_Newest.REPEATED],
+            "rows_in": keyed[_KeyRecords.ROWS_IN],
+        }
 
 
 def _skipped(path, skip):
@@ -285,8 +300,8 @@ class DedupTables(beam.PTransform):
         found = self._dedup.find_components(slim)
         # why: pass 3, the facts the cluster records need, of clustered rows only
         members = files | "MemberRows" >> beam.FlatMap(
-            _member_rows, skip=skip, components=beam.pvalue.AsDict(found["components"])).with_output_types(
-            typing.Tuple[str, typing.Any])
+            _member_rows, skip=skip, components=beam.pvalue.AsDict(found["components"])
+        ).with_output_types(tuple[str, typing.Any])
         clustered = self._dedup.cluster(members)
         columns = clustered["rows"] | "ClusterColumns" >> beam.Map(_cluster_columns)
         stats = self._dedup.stats(clustered["clusters"], slim, found["near_pairs"])
@@ -294,7 +309,8 @@ class DedupTables(beam.PTransform):
         if self._rows:
             # why: pass 4, every kept row once with its columns: one stage, so rows stream on
             out["rows"] = files | "FinalRows" >> beam.FlatMap(
-                _final_rows, skip=skip, clustered=beam.pvalue.AsDict(columns))
+                _final_rows, skip=skip, clustered=beam.pvalue.AsDict(columns)
+            )
         return out
 
 
@@ -334,8 +350,12 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
                     keep = np.array([i not in skipped for i in range(first, first + batch.num_rows)], dtype=bool)
                     batch = batch.filter(pa.array(keep))
                 names = batch.schema.names
-                columns = [batch.column(names.index(f.name)).cast(f.type) if f.name in names
-                           else pa.nulls(batch.num_rows, f.type) for f in schema.IMAGE_SCHEMA]
+                columns = [
+                    batch.column(names.index(f.name)).cast(f.type)
+                    if f.name in names
+                    else pa.nulls(batch.num_rows, f.type)
+                    for f in schema.IMAGE_SCHEMA
+                ]
                 table = pa.Table.from_arrays(columns, schema=schema.IMAGE_SCHEMA)
                 writer.write_table(_with_cluster_columns(table, assignments))
                 copied += table.num_rows
@@ -360,5 +380,9 @@ class CopyTables(beam.PTransform):
 
     def expand(self, files):
         return files | "Copy" >> beam.Map(
-            copy_table_file, skip=beam.pvalue.AsMultiMap(self._skip),
-            assignments=beam.pvalue.AsDict(self._columns), images_dir=self._images_dir, run_id=self._run_id)
+            copy_table_file,
+            skip=beam.pvalue.AsMultiMap(self._skip),
+            assignments=beam.pvalue.AsDict(self._columns),
+            images_dir=self._images_dir,
+            run_id=self._run_id,
+        )

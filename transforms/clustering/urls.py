@@ -1,4 +1,5 @@
 """URL normalisation for exact-URL deduplication. No transforms: `normalize_url` is a pure function."""
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit

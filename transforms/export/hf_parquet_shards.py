@@ -7,6 +7,7 @@ Written without importing `datasets` (not a dependency of the workers): the meta
 JSON, in the list form every `datasets` release reads. Row groups of `ROW_GROUP_ROWS` rows keep
 a reader's memory to a few MB, as the Hub's own image Parquet files do.
 """
+
 import json
 
 import pyarrow as pa

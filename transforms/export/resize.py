@@ -14,14 +14,19 @@ JPEG sources are decoded at a reduced scale when the target is at least twice sm
 `draft`, the decoder's DCT scaling): the dominant cost of a resize is the decode, and this is what
 makes a resized export faster than decoding full size.
 """
+
 import dataclasses
 import io
-from typing import Optional, Tuple
 
 from PIL import Image
 
 __all__ = [
-    "ENCODE_FORMATS", "ExportedImage", "RESIZE_MODES", "ResizeConfig", "ResizeError", "export_image",
+    "ENCODE_FORMATS",
+    "ExportedImage",
+    "RESIZE_MODES",
+    "ResizeConfig",
+    "ResizeError",
+    "export_image",
     "target_geometry",
 ]
 
@@ -51,10 +56,10 @@ class ResizeConfig:
     max_pixels: larger images are refused as decompression bombs.
     """
 
-    size: Optional[int] = None
+    size: int | None = None
     mode: str = "no"
     encode_format: str = "jpg"
-    encode_quality: Optional[int] = None
+    encode_quality: int | None = None
     upscale: bool = False
     max_pixels: int = 178_956_970
 
@@ -69,8 +74,9 @@ class ResizeConfig:
             raise ValueError(f"--resize-mode {self.mode} needs --resize N with N >= 1, got {self.size}")
         low, high = _QUALITY_RANGE[self.encode_format]
         if self.encode_quality is not None and not low <= self.encode_quality <= high:
-            raise ValueError(f"--encode-quality for {self.encode_format} must be within {low}-{high},"
-                             f" got {self.encode_quality}")
+            raise ValueError(
+                f"--encode-quality for {self.encode_format} must be within {low}-{high}, got {self.encode_quality}"
+            )
 
     @property
     def resizes(self) -> bool:
@@ -93,7 +99,7 @@ class ExportedImage:
     original_height: int
 
 
-def _scaled(width: int, height: int, side: int, by_smaller: bool) -> Tuple[int, int]:
+def _scaled(width: int, height: int, side: int, by_smaller: bool) -> tuple[int, int]:
     """(width, height) scaled so that the smaller (or larger) side is exactly `side`."""
     reference = min(width, height) if by_smaller else max(width, height)
     scale = side / reference
@@ -102,7 +108,7 @@ def _scaled(width: int, height: int, side: int, by_smaller: bool) -> Tuple[int, 
     return max(1, round(width * scale)), side
 
 
-def target_geometry(width: int, height: int, config: ResizeConfig) -> Tuple[Optional[Tuple[int, int]], Tuple[int, int]]:
+def target_geometry(width: int, height: int, config: ResizeConfig) -> tuple[tuple[int, int] | None, tuple[int, int]]:
     """Where an image of width x height goes under `config`.
 
     Args:
@@ -178,7 +184,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _crop_or_pad(image: Image.Image, final: Tuple[int, int], mode: str) -> Image.Image:
+def _crop_or_pad(image: Image.Image, final: tuple[int, int], mode: str) -> Image.Image:
     if image.size == final:
         return image
     width, height = image.size

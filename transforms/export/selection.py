@@ -5,7 +5,8 @@ the canonical row only; rows in no cluster are kept. `--include all`: every ok, 
 A selected row whose blob cannot be read (missing, or bytes that are not the row's sha256 or not an
 image) is skipped later, by the shard writer, as `unreadable_blob`.
 """
-from typing import Iterable, List, Optional, Sequence, Tuple
+
+from collections.abc import Iterable, Sequence
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -14,8 +15,18 @@ from transforms import schema
 from transforms.errors import BadInput
 
 __all__ = [
-    "EXPORT_COLUMNS", "INCLUDE_CHOICES", "NON_CANONICAL", "NOT_OK", "PLACEHOLDER", "REQUIRED_COLUMNS",
-    "SKIP_REASONS", "UNREADABLE_BLOB", "check_table_files", "count_reasons", "export_record", "missing_columns",
+    "EXPORT_COLUMNS",
+    "INCLUDE_CHOICES",
+    "NON_CANONICAL",
+    "NOT_OK",
+    "PLACEHOLDER",
+    "REQUIRED_COLUMNS",
+    "SKIP_REASONS",
+    "UNREADABLE_BLOB",
+    "check_table_files",
+    "count_reasons",
+    "export_record",
+    "missing_columns",
     "skip_reason",
 ]
 
@@ -30,16 +41,41 @@ SKIP_REASONS = (NOT_OK, PLACEHOLDER, NON_CANONICAL, UNREADABLE_BLOB)
 
 # Columns an input table must have to be exported (is_placeholder is optional: tables written
 # before placeholders were flagged have none, and their rows count as not placeholders).
-REQUIRED_COLUMNS = ("dataset", "key", "url", "caption", "status", "sha256", "phash", "width", "height",
-                    "blob", "labels", "cluster_id", "is_canonical")
+REQUIRED_COLUMNS = (
+    "dataset",
+    "key",
+    "url",
+    "caption",
+    "status",
+    "sha256",
+    "phash",
+    "width",
+    "height",
+    "blob",
+    "labels",
+    "cluster_id",
+    "is_canonical",
+)
 
 # What an exported sample carries from its row (the rest of the row stays behind: these cross the
 # shuffle that assigns shards, so they are kept small).
-EXPORT_COLUMNS = ("key", "dataset", "url", "caption", "sha256", "phash", "width", "height", "labels",
-                  "cluster_id", "blob", "format")
+EXPORT_COLUMNS = (
+    "key",
+    "dataset",
+    "url",
+    "caption",
+    "sha256",
+    "phash",
+    "width",
+    "height",
+    "labels",
+    "cluster_id",
+    "blob",
+    "format",
+)
 
 
-def skip_reason(row: dict, include: str = "canonical") -> Optional[str]:
+def skip_reason(row: dict, include: str = "canonical") -> str | None:
     """Why `row` is not exported, or None when it is selected.
 
     Args:
@@ -65,7 +101,7 @@ def export_record(row: dict) -> dict:
     return record
 
 
-def check_table_files(out_dir: str) -> List[str]:
+def check_table_files(out_dir: str) -> list[str]:
     """The Parquet files of OUT/images, after checking that OUT is an export's possible input.
 
     Args:
@@ -94,7 +130,7 @@ def check_table_files(out_dir: str) -> List[str]:
     return files
 
 
-def missing_columns(path: str, required: Sequence[str]) -> List[str]:
+def missing_columns(path: str, required: Sequence[str]) -> list[str]:
     """Required columns absent from the Parquet file at `path`; BadInput if it is not Parquet."""
     try:
         with FileSystems.open(path) as handle:
@@ -104,7 +140,7 @@ def missing_columns(path: str, required: Sequence[str]) -> List[str]:
     return [name for name in required if name not in names]
 
 
-def count_reasons(reasons: Iterable[Tuple[str, int]]) -> dict:
+def count_reasons(reasons: Iterable[tuple[str, int]]) -> dict:
     """[(reason, n)] -> {reason: n} with every SKIP_REASONS key, in order."""
     found = dict(reasons)
     return {reason: int(found.get(reason, 0)) for reason in SKIP_REASONS}

@@ -12,6 +12,7 @@ shard again and renames it onto the same name: never a duplicate, never half a s
 under a final name. Blobs are read and resized on a thread pool (Pillow and hashlib release the
 GIL), a bounded window ahead of the writer, so a shard's images are never all in memory.
 """
+
 import collections
 import concurrent.futures
 import hashlib
@@ -20,7 +21,7 @@ import math
 import os
 import posixpath
 import uuid
-from typing import Iterable, Iterator, List, Optional, Tuple
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -33,8 +34,17 @@ __all__ = ["AssignShards", "ShardWriterDoFn", "read_blob", "sample_key", "shard_
 _LOG = logging.getLogger(__name__)
 
 # Original format (the table's `format`, Pillow's name) -> extension of an untouched export.
-_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
-               "TIFF": "tiff", "ICO": "ico", "AVIF": "avif"}
+_EXTENSIONS = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "ICO": "ico",
+    "AVIF": "avif",
+}
 
 
 def sample_key(index: int) -> str:
@@ -88,8 +98,9 @@ class AssignShards(beam.PTransform):
     def expand(self, records):
         # why: the bucket count follows the row count, so a bucket's sort stays small at any scale
         total = records | "CountRows" >> beam.combiners.Count.Globally()
-        keyed = records | "Bucket" >> beam.Map(_keyed_by_bucket, total=beam.pvalue.AsSingleton(total),
-                                               bucket_rows=self._bucket_rows)
+        keyed = records | "Bucket" >> beam.Map(
+            _keyed_by_bucket, total=beam.pvalue.AsSingleton(total), bucket_rows=self._bucket_rows
+        )
         # why: a bucket's first index is the number of rows in the buckets before it
         sizes = keyed | "BucketIds" >> beam.Keys() | "BucketSizes" >> beam.combiners.Count.PerElement()
         return (
@@ -129,8 +140,14 @@ class ShardWriterDoFn(beam.DoFn):
 
     extension = "bin"
 
-    def __init__(self, output_dir: str, tmp_dir: str, resize: ResizeConfig, threads: Optional[int] = None,
-                 input_dir: Optional[str] = None):
+    def __init__(
+        self,
+        output_dir: str,
+        tmp_dir: str,
+        resize: ResizeConfig,
+        threads: int | None = None,
+        input_dir: str | None = None,
+    ):
         """Args: output_dir: EXP; tmp_dir: where shards are written before the rename; resize: the
         image settings; threads: blob readers and resizers (default: one per core); input_dir: OUT,
         whose blobs/ is tried when a row's blob is not where the row says (OUT copied or moved)."""
@@ -172,11 +189,18 @@ class ShardWriterDoFn(beam.DoFn):
         self._samples.inc(samples)
         self._unreadable.inc(unreadable)
         self._bytes.inc(size)
-        yield {"name": name, "path": final, "samples": samples, "bytes": size, "unreadable_blob": unreadable,
-               "first_index": items[0][0] if items else None, "last_index": items[-1][0] if items else None}
+        yield {
+            "name": name,
+            "path": final,
+            "samples": samples,
+            "bytes": size,
+            "unreadable_blob": unreadable,
+            "first_index": items[0][0] if items else None,
+            "last_index": items[-1][0] if items else None,
+        }
 
-    def _prepared(self, items: List[Tuple[int, dict]]) -> Iterator[Tuple[int, dict, Optional[ExportedImage]]]:
-        window: collections.deque[Tuple[int, dict, concurrent.futures.Future[Optional[ExportedImage]]]]
+    def _prepared(self, items: list[tuple[int, dict]]) -> Iterator[tuple[int, dict, ExportedImage | None]]:
+        window: collections.deque[tuple[int, dict, concurrent.futures.Future[ExportedImage | None]]]
         window = collections.deque()
         for index, record in items:
             window.append((index, record, self._pool.submit(self._prepare, record)))
@@ -187,7 +211,7 @@ class ShardWriterDoFn(beam.DoFn):
             index_, record_, future = window.popleft()
             yield index_, record_, future.result()
 
-    def _prepare(self, record: dict) -> Optional[ExportedImage]:
+    def _prepare(self, record: dict) -> ExportedImage | None:
         """The exported image of one record, None when its blob is unreadable (logged)."""
         uri = record.get("blob")
         try:
@@ -205,8 +229,11 @@ class ShardWriterDoFn(beam.DoFn):
         try:
             return read_blob(uri)
         except OSError:
-            moved = self._input_dir and record.get("sha256") and blob_uri(self._input_dir, record["sha256"],
-                                                                          record.get("format"))
+            moved = (
+                self._input_dir
+                and record.get("sha256")
+                and blob_uri(self._input_dir, record["sha256"], record.get("format"))
+            )
             if not moved or moved == uri:
                 raise
             return read_blob(moved)
@@ -225,14 +252,21 @@ class ShardWriterDoFn(beam.DoFn):
 def sample_metadata(key: str, record: dict, image: ExportedImage) -> dict:
     """The per-sample metadata both formats carry (the WebDataset .json, the Parquet columns)."""
     return {
-        "key": record["key"], "sample_key": key, "dataset": record.get("dataset"), "url": record.get("url"),
-        "caption": record.get("caption"), "sha256": record.get("sha256"), "phash": record.get("phash"),
-        "width": image.width, "height": image.height,
-        "original_width": image.original_width, "original_height": image.original_height,
+        "key": record["key"],
+        "sample_key": key,
+        "dataset": record.get("dataset"),
+        "url": record.get("url"),
+        "caption": record.get("caption"),
+        "sha256": record.get("sha256"),
+        "phash": record.get("phash"),
+        "width": image.width,
+        "height": image.height,
+        "original_width": image.original_width,
+        "original_height": image.original_height,
         "labels": [dict(label) for label in record.get("labels") or []],
         "cluster_id": record.get("cluster_id"),
     }
 
 
-def shard_records_in_order(records: Iterable[dict]) -> List[dict]:
+def shard_records_in_order(records: Iterable[dict]) -> list[dict]:
     return sorted(records, key=lambda r: r["name"])

@@ -6,6 +6,7 @@ table's `key` (the mapping back to OUT/images), dataset, url, caption, sha256 an
 original, width and height after resizing, original_width, original_height, labels, cluster_id.
 Tar members carry a fixed mtime and owner, so a re-run writes byte-identical shards.
 """
+
 import io
 import json
 import tarfile

@@ -9,6 +9,7 @@ returned), so DNS rebinding between check and connect is not possible.
 Public: `AddressPolicy` (the rule), `GuardedResolver` (aiohttp's resolver under it),
 `legacy_ipv4`, `BlockedAddressError`. No Beam transforms here.
 """
+
 from __future__ import annotations
 
 import ipaddress

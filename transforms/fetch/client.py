@@ -10,15 +10,16 @@ Public transforms (rows are `schema.Row` dicts):
   rows that already carry a status pass through.
 - `FetchDoFn(config)`: the DoFn under it (a `transforms.bounded_futures.BoundedFuturesDoFn`).
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import concurrent.futures
 import dataclasses
 import datetime
 import email.utils
+import errno
 import socket
 import threading
 import time
@@ -36,12 +37,26 @@ from apache_beam.utils import shared
 from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
 from transforms.errors import BadInput
-from transforms.hashing import DEFAULT_MAX_PIXELS
 from transforms.fetch.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver, legacy_ipv4
+from transforms.hashing import DEFAULT_MAX_PIXELS
 
-__all__ = ["REDIRECT_STATUSES", "RETRY_STATUSES", "OPT_OUT_DIRECTIVES", "DEFAULT_USER_AGENT", "user_agent",
-           "FetchConfig", "FetchResult", "parse_retry_after", "robots_opt_out", "HostGate", "Pacer", "Fetcher",
-           "apply_result", "FetchDoFn", "FetchImages"]
+__all__ = [
+    "REDIRECT_STATUSES",
+    "RETRY_STATUSES",
+    "OPT_OUT_DIRECTIVES",
+    "DEFAULT_USER_AGENT",
+    "user_agent",
+    "FetchConfig",
+    "FetchResult",
+    "parse_retry_after",
+    "robots_opt_out",
+    "HostGate",
+    "Pacer",
+    "Fetcher",
+    "apply_result",
+    "FetchDoFn",
+    "FetchImages",
+]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -60,24 +75,24 @@ def user_agent(contact: str | None = None, base: str = DEFAULT_USER_AGENT) -> st
 class FetchConfig:
     """What a fetch may do and how politely: one per job, built from the network options."""
 
-    timeout: float = 20.0             # seconds for one attempt: connect, redirects, headers, body
+    timeout: float = 20.0  # seconds for one attempt: connect, redirects, headers, body
     max_bytes: int = 32 * 1024 * 1024  # body cap after Content-Encoding decoding
     max_redirects: int = 5
-    retries: int = 2                  # extra attempts for 429 and 5xx
-    backoff: float = 0.5              # first retry delay; doubles each attempt
-    max_retry_after: float = 10.0     # a longer Retry-After is not waited for: the row fails
-    concurrency: int = 64             # requests in flight per DoFn instance
-    per_host: int = 8                 # requests in flight per host
-    max_rate: float = 0.0             # requests started per second per worker process; 0 = unlimited
-    host_failure_limit: int = 10      # consecutive failures to connect before a host is skipped
-    host_cooldown: float = 60.0       # seconds a failing host is skipped before one probe is let through
-    max_host_interval: float = 30.0   # slowest pace the adaptive per-host rate falls to
+    retries: int = 2  # extra attempts for 429 and 5xx
+    backoff: float = 0.5  # first retry delay; doubles each attempt
+    max_retry_after: float = 10.0  # a longer Retry-After is not waited for: the row fails
+    concurrency: int = 64  # requests in flight per DoFn instance
+    per_host: int = 8  # requests in flight per host
+    max_rate: float = 0.0  # requests started per second per worker process; 0 = unlimited
+    host_failure_limit: int = 10  # consecutive failures to connect before a host is skipped
+    host_cooldown: float = 60.0  # seconds a failing host is skipped before one probe is let through
+    max_host_interval: float = 30.0  # slowest pace the adaptive per-host rate falls to
     user_agent: str = DEFAULT_USER_AGENT
     allow_networks: tuple = ()
     honor_robots: bool = True
 
     @staticmethod
-    def add_arguments(parser: "argparse._ActionsContainer") -> None:
+    def add_arguments(parser: argparse._ActionsContainer) -> None:
         """Adds the network options (a "network" group) to a job's parser: one definition, so every
         job that goes on the web (ingest, refresh) keeps the same politeness, address policy and
         deadlines. A flag already there is skipped (Beam parses every job's options into one parser).
@@ -93,32 +108,61 @@ class FetchConfig:
             except argparse.ArgumentError:  # defined by another job's options in this process
                 pass
 
-        add("--allow-network", action="append", default=[], metavar="CIDR",
-            help="also allow fetching from this network (repeatable); by default only public addresses are fetched")
-        add("--timeout", type=float, default=20.0,
-            help="whole-request deadline in seconds, redirects and body included (default 20)")
+        add(
+            "--allow-network",
+            action="append",
+            default=[],
+            metavar="CIDR",
+            help="also allow fetching from this network (repeatable); by default only public addresses are fetched",
+        )
+        add(
+            "--timeout",
+            type=float,
+            default=20.0,
+            help="whole-request deadline in seconds, redirects and body included (default 20)",
+        )
         add("--max-bytes", type=int, default=32 * 1024 * 1024, help="body size cap in bytes (default 32 MiB)")
-        add("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-            help=f"larger images are refused as decompression bombs (default {DEFAULT_MAX_PIXELS})")
+        add(
+            "--max-pixels",
+            type=int,
+            default=DEFAULT_MAX_PIXELS,
+            help=f"larger images are refused as decompression bombs (default {DEFAULT_MAX_PIXELS})",
+        )
         add("--max-redirects", type=int, default=5, help="default 5")
         add("--retries", type=int, default=2, help="extra attempts after 429 or 5xx (default 2)")
-        add("--max-retry-after", type=float, default=10.0,
-            help="longest Retry-After honoured in seconds; longer makes the row fail (default 10)")
+        add(
+            "--max-retry-after",
+            type=float,
+            default=10.0,
+            help="longest Retry-After honoured in seconds; longer makes the row fail (default 10)",
+        )
         add("--concurrency", type=int, default=64, help="requests in flight per worker thread (default 64)")
         add("--per-host", type=int, default=8, help="requests in flight per host per worker process (default 8)")
-        add("--max-rate", type=float, default=0.0,
-            help="requests started per second per worker process (default 0: no limit)")
-        add("--host-failure-limit", type=int, default=10,
+        add(
+            "--max-rate",
+            type=float,
+            default=0.0,
+            help="requests started per second per worker process (default 0: no limit)",
+        )
+        add(
+            "--host-failure-limit",
+            type=int,
+            default=10,
             help="consecutive failures to connect (refused, DNS, connect timeout) before a host's URLs are"
-                 " skipped (default 10)")
-        add("--host-cooldown", type=float, default=60.0,
-            help="seconds a failing host is skipped before it is tried again (default 60)")
+            " skipped (default 10)",
+        )
+        add(
+            "--host-cooldown",
+            type=float,
+            default=60.0,
+            help="seconds a failing host is skipped before it is tried again (default 60)",
+        )
         add("--user-agent", default=DEFAULT_USER_AGENT, help=f"default {DEFAULT_USER_AGENT!r}")
         add("--contact", help="e-mail or URL added to the User-Agent so site owners can reach you")
         add("--ignore-robots", action="store_true", help="do not honour X-Robots-Tag noai/noimageai (not recommended)")
 
     @classmethod
-    def from_options(cls, opts: typing.Any) -> "FetchConfig":
+    def from_options(cls, opts: typing.Any) -> FetchConfig:
         """The FetchConfig the options of add_arguments describe.
 
         Args:
@@ -126,18 +170,36 @@ class FetchConfig:
         Returns:
             The config; raises transforms.errors.BadInput for a value out of range.
         """
-        for name in ("timeout", "max_bytes", "max_redirects", "retries", "max_retry_after", "concurrency",
-                     "per_host", "max_rate", "host_failure_limit", "host_cooldown", "max_pixels"):
+        for name in (
+            "timeout",
+            "max_bytes",
+            "max_redirects",
+            "retries",
+            "max_retry_after",
+            "concurrency",
+            "per_host",
+            "max_rate",
+            "host_failure_limit",
+            "host_cooldown",
+            "max_pixels",
+        ):
             value = getattr(opts, name)
             positive = name in ("timeout", "max_bytes", "concurrency", "per_host", "max_pixels")
             if value is None or value < 0 or (positive and value == 0):
                 flag = "--" + name.replace("_", "-")
                 raise BadInput(f"{flag} must be {'above' if positive else 'at least'} 0, got {value}")
         return cls(
-            timeout=opts.timeout, max_bytes=opts.max_bytes, max_redirects=opts.max_redirects,
-            retries=opts.retries, max_retry_after=opts.max_retry_after, concurrency=opts.concurrency,
-            per_host=opts.per_host, max_rate=opts.max_rate, host_failure_limit=opts.host_failure_limit,
-            host_cooldown=opts.host_cooldown, user_agent=user_agent(opts.contact, opts.user_agent),
+            timeout=opts.timeout,
+            max_bytes=opts.max_bytes,
+            max_redirects=opts.max_redirects,
+            retries=opts.retries,
+            max_retry_after=opts.max_retry_after,
+            concurrency=opts.concurrency,
+            per_host=opts.per_host,
+            max_rate=opts.max_rate,
+            host_failure_limit=opts.host_failure_limit,
+            host_cooldown=opts.host_cooldown,
+            user_agent=user_agent(opts.contact, opts.user_agent),
             allow_networks=tuple(opts.allow_network),
             honor_robots=not opts.ignore_robots,
         )
@@ -158,7 +220,7 @@ class FetchResult:
     attempts: int = 0
     elapsed_ms: int = 0
     retry_after: float | None = None  # only meaningful while deciding on a retry
-    skipped: bool = False      # failed without a request: the host is short-circuited
+    skipped: bool = False  # failed without a request: the host is short-circuited
     unconnectable: bool = False  # no connection could be made at all (for the host's breaker)
     name_not_found: bool = False  # DNS says the host name does not exist (not a temporary failure)
     refused: bool = False  # the host actively refused the TCP connection (ECONNREFUSED)
@@ -229,8 +291,9 @@ class HostGate:
         """The failure to report without trying, or None to go ahead."""
         if self.failures >= self._config.host_failure_limit and now < self._open_until:
             status, error = self.last_failure
-            return FetchResult(status, f"host skipped after {self.failures} consecutive failures"
-                                       f" (last: {error})", skipped=True)
+            return FetchResult(
+                status, f"host skipped after {self.failures} consecutive failures (last: {error})", skipped=True
+            )
         return None
 
     @property
@@ -301,8 +364,7 @@ class Fetcher:
         self._session = self._run(self._open_session())
         self._file_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
         # Shared per process (see FetchDoFn): closed when the last DoFn lets go of it.
-        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._session,
-                                           self._file_pool)
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._session, self._file_pool)
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -346,11 +408,21 @@ class Fetcher:
             with FileSystems.open(path) as handle:
                 body = handle.read(self.config.max_bytes + 1)
         except Exception as exc:  # a missing or unreadable file is a row status, not a crash
-            return FetchResult(schema.CONNECTION_ERROR, f"cannot read {path}: {_short(exc)}",
-                               final_url=path, attempts=1, elapsed_ms=_ms_since(started))
+            return FetchResult(
+                schema.CONNECTION_ERROR,
+                f"cannot read {path}: {_short(exc)}",
+                final_url=path,
+                attempts=1,
+                elapsed_ms=_ms_since(started),
+            )
         if len(body) > self.config.max_bytes:
-            return FetchResult(schema.TOO_LARGE, f"file larger than --max-bytes {self.config.max_bytes}",
-                               final_url=path, attempts=1, elapsed_ms=_ms_since(started))
+            return FetchResult(
+                schema.TOO_LARGE,
+                f"file larger than --max-bytes {self.config.max_bytes}",
+                final_url=path,
+                attempts=1,
+                elapsed_ms=_ms_since(started),
+            )
         return FetchResult(schema.OK, body=body, final_url=path, attempts=1, elapsed_ms=_ms_since(started))
 
     def close(self) -> None:
@@ -385,8 +457,10 @@ class Fetcher:
             delay = self.config.backoff * (2 ** (attempt - 1))
             if result.retry_after is not None:
                 if result.retry_after > self.config.max_retry_after:
-                    result.error += (f"; Retry-After {result.retry_after:g}s exceeds"
-                                     f" --max-retry-after {self.config.max_retry_after:g}s")
+                    result.error += (
+                        f"; Retry-After {result.retry_after:g}s exceeds"
+                        f" --max-retry-after {self.config.max_retry_after:g}s"
+                    )
                     break
                 delay = max(delay, result.retry_after)
             await asyncio.sleep(delay)
@@ -416,8 +490,12 @@ class Fetcher:
             async with asyncio.timeout(self.config.timeout):
                 return await self._attempt(url, method, headers, seen)
         except TimeoutError:
-            return FetchResult(schema.TIMEOUT, f"no complete response within --timeout {self.config.timeout:g}s",
-                               seen.get("status"), final_url=seen.get("url"))
+            return FetchResult(
+                schema.TIMEOUT,
+                f"no complete response within --timeout {self.config.timeout:g}s",
+                seen.get("status"),
+                final_url=seen.get("url"),
+            )
         except Exception as exc:  # the last line of defence: a row, never a crash
             return FetchResult(schema.CONNECTION_ERROR, f"unexpected error: {_short(exc)}")
 
@@ -429,12 +507,14 @@ class Fetcher:
             try:
                 target = yarl.URL(current)
             except (ValueError, TypeError) as exc:
-                return FetchResult(schema.INVALID_URL, f"unparseable URL: {_short(exc)}", last_status,
-                                   final_url=current)
+                return FetchResult(
+                    schema.INVALID_URL, f"unparseable URL: {_short(exc)}", last_status, final_url=current
+                )
             if target.scheme not in ("http", "https"):
                 what = f"scheme {target.scheme!r}" if target.scheme else "no scheme"
-                return FetchResult(schema.INVALID_URL, f"{what}: only http and https are fetched",
-                                   last_status, final_url=current)
+                return FetchResult(
+                    schema.INVALID_URL, f"{what}: only http and https are fetched", last_status, final_url=current
+                )
             if not target.host:
                 return FetchResult(schema.INVALID_URL, "URL has no host", last_status, final_url=current)
             canonical = legacy_ipv4(target.host)
@@ -444,54 +524,79 @@ class Fetcher:
             if refusal:
                 return FetchResult(schema.BLOCKED, refusal, last_status, final_url=current)
             try:
-                async with self._session.request(method, target, headers=headers,
-                                                 allow_redirects=False) as response:
+                async with self._session.request(method, target, headers=headers, allow_redirects=False) as response:
                     last_status = response.status
                     seen.update(status=response.status, url=current)
                     if response.status in REDIRECT_STATUSES:
                         location = response.headers.get("Location")
                         if not location:
-                            return FetchResult(schema.HTTP_ERROR, f"HTTP {response.status} without Location",
-                                               response.status, final_url=current)
+                            return FetchResult(
+                                schema.HTTP_ERROR,
+                                f"HTTP {response.status} without Location",
+                                response.status,
+                                final_url=current,
+                            )
                         try:
                             current = str(response.url.join(yarl.URL(location)))
                         except (ValueError, TypeError) as exc:
-                            return FetchResult(schema.INVALID_URL, f"bad redirect Location: {_short(exc)}",
-                                               response.status, final_url=current)
+                            return FetchResult(
+                                schema.INVALID_URL,
+                                f"bad redirect Location: {_short(exc)}",
+                                response.status,
+                                final_url=current,
+                            )
                         continue
                     return await self._read_response(response, current, method, _is_conditional(headers))
             except aiohttp.ClientConnectorDNSError as exc:
                 if isinstance(exc.os_error, BlockedAddressError):
                     return FetchResult(schema.BLOCKED, str(exc.os_error), last_status, final_url=current)
                 gone = _name_not_found(exc.os_error)
-                return FetchResult(schema.CONNECTION_ERROR,
-                                   f"DNS lookup failed for {target.host}"
-                                   + (": no such name" if gone else ""),
-                                   last_status, final_url=current, name_not_found=gone, unconnectable=True)
+                return FetchResult(
+                    schema.CONNECTION_ERROR,
+                    f"DNS lookup failed for {target.host}" + (": no such name" if gone else ""),
+                    last_status,
+                    final_url=current,
+                    name_not_found=gone,
+                    unconnectable=True,
+                )
             except aiohttp.InvalidURL as exc:
-                return FetchResult(schema.INVALID_URL, f"invalid URL: {_short(exc)}", last_status,
-                                   final_url=current)
+                return FetchResult(schema.INVALID_URL, f"invalid URL: {_short(exc)}", last_status, final_url=current)
             except aiohttp.ClientConnectorError as exc:
-                return FetchResult(schema.CONNECTION_ERROR, f"cannot connect: {_short(exc.os_error)}",
-                                   last_status, final_url=current, unconnectable=True,
-                                   refused=_refused(exc.os_error))
+                return FetchResult(
+                    schema.CONNECTION_ERROR,
+                    f"cannot connect: {_short(exc.os_error)}",
+                    last_status,
+                    final_url=current,
+                    unconnectable=True,
+                    refused=_refused(exc.os_error),
+                )
             except aiohttp.ConnectionTimeoutError:
-                return FetchResult(schema.TIMEOUT, f"could not connect to {target.host} in time", last_status,
-                                   final_url=current, unconnectable=True)
+                return FetchResult(
+                    schema.TIMEOUT,
+                    f"could not connect to {target.host} in time",
+                    last_status,
+                    final_url=current,
+                    unconnectable=True,
+                )
             except aiohttp.ClientPayloadError as exc:
                 if "compress" in str(exc).lower() or "decod" in str(exc).lower():
-                    return FetchResult(schema.DECODE_ERROR, f"bad Content-Encoding body: {_short(exc)}",
-                                       last_status, final_url=current)
-                return FetchResult(schema.CONNECTION_ERROR, f"body cut short: {_short(exc)}", last_status,
-                                   final_url=current)
+                    return FetchResult(
+                        schema.DECODE_ERROR, f"bad Content-Encoding body: {_short(exc)}", last_status, final_url=current
+                    )
+                return FetchResult(
+                    schema.CONNECTION_ERROR, f"body cut short: {_short(exc)}", last_status, final_url=current
+                )
             except aiohttp.ClientResponseError as exc:
-                return FetchResult(schema.CONNECTION_ERROR, f"invalid HTTP response: {_short(exc)}",
-                                   last_status, final_url=current)
+                return FetchResult(
+                    schema.CONNECTION_ERROR, f"invalid HTTP response: {_short(exc)}", last_status, final_url=current
+                )
             except (aiohttp.ClientError, OSError) as exc:
-                return FetchResult(schema.CONNECTION_ERROR, f"{type(exc).__name__}: {_short(exc)}",
-                                   last_status, final_url=current)
-        return FetchResult(schema.HTTP_ERROR, f"more than {self.config.max_redirects} redirects",
-                           last_status, final_url=current)
+                return FetchResult(
+                    schema.CONNECTION_ERROR, f"{type(exc).__name__}: {_short(exc)}", last_status, final_url=current
+                )
+        return FetchResult(
+            schema.HTTP_ERROR, f"more than {self.config.max_redirects} redirects", last_status, final_url=current
+        )
 
     async def _read_response(self, response, url, method, conditional):
         info = dict(
@@ -508,17 +613,20 @@ class Fetcher:
         if response.status == 304 and conditional:
             return FetchResult(schema.OK, **info)  # unchanged since the validators we sent: no body
         if not 200 <= response.status < 300:
-            result = FetchResult(schema.HTTP_ERROR, f"HTTP {response.status} {response.reason or ''}".strip(),
-                                 **info)
+            result = FetchResult(schema.HTTP_ERROR, f"HTTP {response.status} {response.reason or ''}".strip(), **info)
             result.retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return result
         if method == "HEAD":
             return FetchResult(schema.OK, **info)
         cap = self.config.max_bytes
-        if response.content_length is not None and response.content_length > cap and \
-                "Content-Encoding" not in response.headers:
-            return FetchResult(schema.TOO_LARGE, f"Content-Length {response.content_length} exceeds"
-                                                 f" --max-bytes {cap}", **info)
+        if (
+            response.content_length is not None
+            and response.content_length > cap
+            and "Content-Encoding" not in response.headers
+        ):
+            return FetchResult(
+                schema.TOO_LARGE, f"Content-Length {response.content_length} exceeds --max-bytes {cap}", **info
+            )
         chunks, size = [], 0
         async for chunk in response.content.iter_chunked(256 * 1024):
             size += len(chunk)

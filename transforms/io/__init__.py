@@ -8,4 +8,15 @@
 - `table`: the two-phase OUT/images Parquet write and the retirement of the previous table.
 """
 
-__all__ = ["books", "checksums", "json_manifests", "labels", "lease", "manifests", "readers", "resume", "sinks", "table"]
+__all__ = [
+    "books",
+    "checksums",
+    "json_manifests",
+    "labels",
+    "lease",
+    "manifests",
+    "readers",
+    "resume",
+    "sinks",
+    "table",
+]

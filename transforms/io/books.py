@@ -7,6 +7,7 @@ files are finalised). They balance when records + previous == rows for every fil
 (BooksUnbalanced, exit 1) naming the first file that does not. Cheap: a handful of small dicts
 meet once, no row crosses a shuffle for it.
 """
+
 import collections
 
 import apache_beam as beam
@@ -47,8 +48,13 @@ def balance(records, kept, written, truncated=()):
     rows_in = sum(read.values()) + sum(previous.values())
     rows_out = sum(rows.values())
     balanced = rows_in == rows_out and all(f["records"] + f.get("previous", 0) == f["rows"] for f in files)
-    return {"files": files, "rows_in": rows_in, "rows_out": rows_out, "balanced": balanced,
-            "truncated": sorted(truncated, key=lambda t: t["path"])}
+    return {
+        "files": files,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "balanced": balanced,
+        "truncated": sorted(truncated, key=lambda t: t["path"]),
+    }
 
 
 def check_books(summary):
@@ -67,9 +73,11 @@ def check_books(summary):
         expected = entry["records"] + entry.get("previous", 0)
         if expected != entry["rows"]:
             kept = f" + {entry['previous']} kept from OUT" if entry.get("previous") else ""
-            raise BooksUnbalanced(f"the books do not balance: {entry['path'] or '(no source file)'}:"
-                                  f" {entry['records']} records read{kept}, {entry['rows']} rows written"
-                                  f" (all files: {books['rows_in']} in, {books['rows_out']} out)")
+            raise BooksUnbalanced(
+                f"the books do not balance: {entry['path'] or '(no source file)'}:"
+                f" {entry['records']} records read{kept}, {entry['rows']} rows written"
+                f" (all files: {books['rows_in']} in, {books['rows_out']} out)"
+            )
     raise BooksUnbalanced(f"the books do not balance: {books['rows_in']} rows in, {books['rows_out']} rows out")
 
 
@@ -84,8 +92,11 @@ class BalanceBooks(beam.PTransform):
         inputs = dict(inputs)
         if "kept" in inputs:
             inputs["kept"] = inputs["kept"] | "CountKept" >> beam.combiners.Count.PerElement()
-        side = {name: beam.pvalue.AsList(inputs[name]) for name in ("records", "kept", "written", "truncated")
-                if name in inputs}
+        side = {
+            name: beam.pvalue.AsList(inputs[name])
+            for name in ("records", "kept", "written", "truncated")
+            if name in inputs
+        }
         pipeline = inputs["written"].pipeline
         return (
             pipeline

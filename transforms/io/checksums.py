@@ -9,6 +9,7 @@ Public transforms:
   `expected_md5` set on rows of `dataset` whose URL the list names.
 - `ReadHashFile` (DoFn): hash-list path -> `(url, (sha256 hex, md5 hex))` per valid line.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -17,8 +18,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput
-from transforms.io.readers import open_stream
 from transforms.io.manifests import md5_hex, sha256_hex
+from transforms.io.readers import open_stream
 
 __all__ = ["parse_hash_list", "ReadHashFile", "AttachExpectedHashes"]
 
@@ -53,8 +54,9 @@ class ReadHashFile(beam.DoFn):
                     yield entry
 
 
-HASH_CONFLICT_RULE = ("entries of one URL that disagree on sha256 or md5 give no expected hash;"
-                      " agreeing entries are merged")
+HASH_CONFLICT_RULE = (
+    "entries of one URL that disagree on sha256 or md5 give no expected hash; agreeing entries are merged"
+)
 
 
 class AttachExpectedHashes(beam.PTransform):
@@ -78,12 +80,9 @@ class AttachExpectedHashes(beam.PTransform):
     def expand(self, rows):
         dataset = self._dataset
         tagged = rows | "SplitByDataset" >> beam.Partition(
-            lambda row, _: 0 if row["dataset"] == dataset and not row.get("status") else 1, 2)
-        hashes = (
-            rows.pipeline
-            | "HashFiles" >> beam.Create(self._paths)
-            | "ReadHashes" >> beam.ParDo(ReadHashFile())
+            lambda row, _: 0 if row["dataset"] == dataset and not row.get("status") else 1, 2
         )
+        hashes = rows.pipeline | "HashFiles" >> beam.Create(self._paths) | "ReadHashes" >> beam.ParDo(ReadHashFile())
         joined = (
             {"rows": tagged[0] | "KeyByUrl" >> beam.Map(lambda row: (row["url"], row)), "hashes": hashes}
             | "JoinHashes" >> beam.CoGroupByKey()

@@ -32,6 +32,7 @@ CCMB Zero (records {Url, Title, Content, Keywords, ImageKey, ImageUrl, ImageQuer
 No transforms here: `transforms.io.manifests.ReadManifests` (or `ReadImageNetCaptions`, `ReadZero`)
 runs these parsers; each yields `schema.Row` dicts.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,15 @@ IMAGENET_CAPTIONS = "imagenet_captions"
 ZERO = "zero"
 NAMESPACE = "json_manifests"
 
-__all__ = ["IMAGENET_CAPTIONS", "ZERO", "NAMESPACE", "imagenet_caption", "iter_json_records",
-           "parse_imagenet_captions", "parse_zero"]
+__all__ = [
+    "IMAGENET_CAPTIONS",
+    "ZERO",
+    "NAMESPACE",
+    "imagenet_caption",
+    "iter_json_records",
+    "parse_imagenet_captions",
+    "parse_zero",
+]
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -109,8 +117,7 @@ def iter_json_records(fileobj: Any) -> Iterator[tuple[Any, int | None, int | str
             for index, record in enumerate(items):
                 yield record, None, index, None
         except ijson.JSONError as err:
-            yield (None, None, f"{index + 1}-",
-                   _squash(f"not JSON after {index + 1} records: {err}")[:300])
+            yield (None, None, f"{index + 1}-", _squash(f"not JSON after {index + 1} records: {err}")[:300])
         return
     # LF only: a stray CR inside a record must not split it
     for line_no, line in enumerate(readers.text_stream(stream, newline="\n"), start=1):
@@ -127,8 +134,10 @@ def iter_json_records(fileobj: Any) -> Iterator[tuple[Any, int | None, int | str
 # ---------------------------------------------------------------------------------------------
 # ImageNet-Captions
 
-def parse_imagenet_captions(fileobj: Any, source_name: str, imagenet_root: str | None,
-                            synsets: dict[str, str] | None = None) -> Iterator[schema.Row]:
+
+def parse_imagenet_captions(
+    fileobj: Any, source_name: str, imagenet_root: str | None, synsets: dict[str, str] | None = None
+) -> Iterator[schema.Row]:
     """Rows of an imagenet_captions.json array (see the module docstring for the rules).
 
     fileobj: binary file object; source_name: its path (source_file column and fallback keys);
@@ -140,45 +149,58 @@ def parse_imagenet_captions(fileobj: Any, source_name: str, imagenet_root: str |
     join = FileSystems.get_filesystem(imagenet_root).join if imagenet_root else None
     for record, line_no, position, error in iter_json_records(fileobj):
         if error:
-            row = schema.new_row(IMAGENET_CAPTIONS,
-                                 _position_key(IMAGENET_CAPTIONS, source_name, position),
-                                 source_file=source_name, source_line=line_no)
+            row = schema.new_row(
+                IMAGENET_CAPTIONS,
+                _position_key(IMAGENET_CAPTIONS, source_name, position),
+                source_file=source_name,
+                source_line=line_no,
+            )
             yield _invalid(row, error)
         else:
-            yield _imagenet_row(record, line_no, position, source_name, imagenet_root, join,
-                                synsets)
+            yield _imagenet_row(record, line_no, position, source_name, imagenet_root, join, synsets)
 
 
 def _imagenet_row(record, line_no, position, source_name, imagenet_root, join, synsets):
     if not isinstance(record, dict):
-        row = schema.new_row(IMAGENET_CAPTIONS,
-                             _position_key(IMAGENET_CAPTIONS, source_name, position),
-                             source_file=source_name, source_line=line_no)
+        row = schema.new_row(
+            IMAGENET_CAPTIONS,
+            _position_key(IMAGENET_CAPTIONS, source_name, position),
+            source_file=source_name,
+            source_line=line_no,
+        )
         return _invalid(row, f"record is a JSON {type(record).__name__}, not an object")
     filename, err_f = _text_field(record, "filename", required=True)
     wnid, err_w = _text_field(record, "wnid", required=True)
     title, err_t = _text_field(record, "title")
     description, err_d = _text_field(record, "description")
     tags, err_g = _tags(record.get("tags"))
-    key = (f"{IMAGENET_CAPTIONS}:{filename}" if filename
-           else _position_key(IMAGENET_CAPTIONS, source_name, position))
+    key = f"{IMAGENET_CAPTIONS}:{filename}" if filename else _position_key(IMAGENET_CAPTIONS, source_name, position)
     path = None
     if filename and wnid and imagenet_root and _safe_path_part(filename) and _safe_path_part(wnid):
         path = join(imagenet_root, wnid, filename)
     labels = []
     if wnid:
-        labels.append({"id": wnid, "name": synsets.get(wnid), "confidence": 1.0,
-                       "source": IMAGENET})
+        labels.append({"id": wnid, "name": synsets.get(wnid), "confidence": 1.0, "source": IMAGENET})
     row = schema.new_row(
-        IMAGENET_CAPTIONS, key, url=path,
+        IMAGENET_CAPTIONS,
+        key,
+        url=path,
         caption=imagenet_caption(title, tags, description),
-        title=title, description=description, tags=tags, labels=labels,
-        source_file=source_name, source_line=line_no)
+        title=title,
+        description=description,
+        tags=tags,
+        labels=labels,
+        source_file=source_name,
+        source_line=line_no,
+    )
     row["_read_path"] = path
     error = err_f or err_w or err_t or err_d or err_g
     if error is None and path is None:
-        error = ("no --imagenet-root given" if not imagenet_root
-                 else f"filename {filename!r} or wnid {wnid!r} is not a plain file name")
+        error = (
+            "no --imagenet-root given"
+            if not imagenet_root
+            else f"filename {filename!r} or wnid {wnid!r} is not a plain file name"
+        )
     return _invalid(row, error) if error else row
 
 
@@ -189,20 +211,21 @@ def _tags(value):
     if isinstance(value, str):
         return [value], None
     if isinstance(value, list):
-        return [t if isinstance(t, str) else json.dumps(t, ensure_ascii=False)
-                for t in value], None
+        return [t if isinstance(t, str) else json.dumps(t, ensure_ascii=False) for t in value], None
     return [], f"tags is {type(value).__name__}, not a list"
 
 
 # ---------------------------------------------------------------------------------------------
 # CCMB Zero
 
+
 def parse_zero(fileobj: Any, source_name: str) -> Iterator[schema.Row]:
     """Rows of a Zero file, JSON lines or JSON array(s) (see the module docstring)."""
     for record, line_no, position, error in iter_json_records(fileobj):
         if error:
-            row = schema.new_row(ZERO, _position_key(ZERO, source_name, position),
-                                 source_file=source_name, source_line=line_no)
+            row = schema.new_row(
+                ZERO, _position_key(ZERO, source_name, position), source_file=source_name, source_line=line_no
+            )
             yield _invalid(row, error)
         else:
             yield _zero_row(record, source_name, line_no, position)
@@ -210,8 +233,9 @@ def parse_zero(fileobj: Any, source_name: str) -> Iterator[schema.Row]:
 
 def _zero_row(record, source_name, line_no, position):
     if not isinstance(record, dict):
-        row = schema.new_row(ZERO, _position_key(ZERO, source_name, position),
-                             source_file=source_name, source_line=line_no)
+        row = schema.new_row(
+            ZERO, _position_key(ZERO, source_name, position), source_file=source_name, source_line=line_no
+        )
         return _invalid(row, f"record is a JSON {type(record).__name__}, not an object")
     image_key, err_k = _text_field(record, "ImageKey", required=True)
     image_url, err_u = _text_field(record, "ImageUrl", required=True)
@@ -222,10 +246,18 @@ def _zero_row(record, source_name, line_no, position):
     keywords, err_w = _keywords(record.get("Keywords"))
     key = f"{ZERO}:{image_key}" if image_key else _position_key(ZERO, source_name, position)
     row = schema.new_row(
-        ZERO, key, url=image_url,
+        ZERO,
+        key,
+        url=image_url,
         caption=title if title and title.strip() else None,
-        title=title, description=content, keywords=keywords, page_url=page_url, query=query,
-        source_file=source_name, source_line=line_no)
+        title=title,
+        description=content,
+        keywords=keywords,
+        page_url=page_url,
+        query=query,
+        source_file=source_name,
+        source_line=line_no,
+    )
     error = err_k or err_u or err_t or err_c or err_p or err_q or err_w
     return _invalid(row, error) if error else row
 
@@ -234,8 +266,7 @@ def _keywords(value):
     if value is None or isinstance(value, str):
         return value, None
     if isinstance(value, list):
-        return ",".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-                        for v in value), None
+        return ",".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value), None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value), None
     return None, f"Keywords is {type(value).__name__}, not a string"

@@ -36,6 +36,7 @@ Public transforms (rows are `schema.Row` dicts; a pattern is a path, glob or lis
 - `ReadLongCaptions(pattern)`: PBegin -> `(url, long_captions dict)`.
 - `ReadSynsets(pattern)`: PBegin -> `(wnid, class name)`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,13 +52,40 @@ from transforms import schema
 from transforms.io import readers
 
 __all__ = [
-    "NAMESPACE", "OPENIMAGES", "CC3M", "IMAGENET", "MACHINE", "HUMAN", "FORM_DICT_V1", "FORM_CLASS_DESCRIPTIONS",
-    "FORM_HEADER", "LONG_CAPTION_COLUMNS", "LONG_CAPTION_FIELDS", "DREAMLIP_URL_COLUMN",
-    "class_file_form", "parse_class_descriptions", "read_class_descriptions", "ReadOpenImagesClasses",
-    "source_from_path", "parse_openimages_label_line", "is_negative", "ReadOpenImagesLabels",
-    "build_openimages_labels", "JoinRowsByKey", "openimages_image_id", "JoinOpenImagesLabels",
-    "LabelListMismatch", "parse_cc3m_labels_line", "ReadCC3MLabels", "JoinCC3MLabels",
-    "parse_long_captions", "ReadLongCaptions", "JoinLongCaptions", "parse_synsets", "ReadSynsets", "load_synsets",
+    "NAMESPACE",
+    "OPENIMAGES",
+    "CC3M",
+    "IMAGENET",
+    "MACHINE",
+    "HUMAN",
+    "FORM_DICT_V1",
+    "FORM_CLASS_DESCRIPTIONS",
+    "FORM_HEADER",
+    "LONG_CAPTION_COLUMNS",
+    "LONG_CAPTION_FIELDS",
+    "DREAMLIP_URL_COLUMN",
+    "class_file_form",
+    "parse_class_descriptions",
+    "read_class_descriptions",
+    "ReadOpenImagesClasses",
+    "source_from_path",
+    "parse_openimages_label_line",
+    "is_negative",
+    "ReadOpenImagesLabels",
+    "build_openimages_labels",
+    "JoinRowsByKey",
+    "openimages_image_id",
+    "JoinOpenImagesLabels",
+    "LabelListMismatch",
+    "parse_cc3m_labels_line",
+    "ReadCC3MLabels",
+    "JoinCC3MLabels",
+    "parse_long_captions",
+    "ReadLongCaptions",
+    "JoinLongCaptions",
+    "parse_synsets",
+    "ReadSynsets",
+    "load_synsets",
 ]
 
 NAMESPACE = "labels"
@@ -69,9 +97,9 @@ MACHINE = "machine"
 HUMAN = "human"
 
 # Class-name file forms, as `class_file_form` names them.
-FORM_DICT_V1 = "dict_v1"                     # "/m/05wrt","property"
+FORM_DICT_V1 = "dict_v1"  # "/m/05wrt","property"
 FORM_CLASS_DESCRIPTIONS = "class_descriptions"  # /m/05wrt,property
-FORM_HEADER = "header"                       # LabelName,DisplayName (V6/V7) or id,name
+FORM_HEADER = "header"  # LabelName,DisplayName (V6/V7) or id,name
 
 # DreamLIP header -> long_captions struct field (schema.LONG_CAPTIONS_TYPE).
 LONG_CAPTION_COLUMNS = {
@@ -102,6 +130,7 @@ def _confidence(text):
 
 # ---------------------------------------------------------------------------------------------
 # Open Images class names
+
 
 def class_file_form(first_record: Sequence[str] | None, first_raw_line: str = "") -> str:
     """Which class-name form a file is, from its first CSV record and that record's raw text."""
@@ -175,6 +204,7 @@ def ReadOpenImagesClasses(pattern: str | Sequence[str]) -> beam.PTransform:  # n
 # ---------------------------------------------------------------------------------------------
 # Open Images image-level labels
 
+
 def source_from_path(path: str | None) -> str:
     """Source of a wide-form label file, which has no Source column (human_ann_... -> human)."""
     return HUMAN if HUMAN in (path or "").lower() else MACHINE
@@ -237,8 +267,7 @@ class _ParseOpenImagesLabelsFn(beam.DoFn):
             self.bad.inc()
             if self._warned < 10:  # a few examples in the worker log, not millions
                 self._warned += 1
-                logging.warning("bad Open Images label line in %s: %s (%r)",
-                                filename, err, line[:200])
+                logging.warning("bad Open Images label line in %s: %s (%r)", filename, err, line[:200])
             return
         for image_id, mid, conf, source in records:
             self.parsed.inc()
@@ -253,8 +282,9 @@ def ReadOpenImagesLabels(label_paths: str | Sequence[str]) -> beam.PTransform:  
     return readers.ParseFiles(label_paths, beam.ParDo(_ParseOpenImagesLabelsFn()), lines=True, with_filename=True)
 
 
-def build_openimages_labels(records: Iterable[tuple[str, float, str]],
-                            class_names: dict[str, str] | None) -> tuple[list[dict], list[dict]]:
+def build_openimages_labels(
+    records: Iterable[tuple[str, float, str]], class_names: dict[str, str] | None
+) -> tuple[list[dict], list[dict]]:
     """(labels, negative_labels) lists from (mid, confidence, source) records of one image.
 
     Exact duplicates (the same file given twice) collapse; order is by confidence, then source,
@@ -320,8 +350,14 @@ class JoinRowsByKey(beam.PTransform):
     key None, and matched rows, come out exactly once each.
     """
 
-    def __init__(self, side: beam.PCollection, key_fn: Callable[[schema.Row], Any | None],
-                 attach: Callable[..., schema.Row], counter_name: str, side_inputs: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        side: beam.PCollection,
+        key_fn: Callable[[schema.Row], Any | None],
+        attach: Callable[..., schema.Row],
+        counter_name: str,
+        side_inputs: Sequence[Any] = (),
+    ) -> None:
         super().__init__()
         self._side = side
         self._key_fn = key_fn
@@ -330,13 +366,12 @@ class JoinRowsByKey(beam.PTransform):
         self._side_inputs = side_inputs
 
     def expand(self, rows):
-        split = rows | "KeyRows" >> beam.ParDo(_KeyRowsFn(self._key_fn)).with_outputs(
-            _OTHER, main="keyed")
+        split = rows | "KeyRows" >> beam.ParDo(_KeyRowsFn(self._key_fn)).with_outputs(_OTHER, main="keyed")
         joined = (
             {_ROWS: split.keyed, _SIDE: self._side}
             | "CoGroup" >> beam.CoGroupByKey()
-            | "Attach" >> beam.ParDo(_AttachFn(self._attach, self._counter_name),
-                                     *self._side_inputs))
+            | "Attach" >> beam.ParDo(_AttachFn(self._attach, self._counter_name), *self._side_inputs)
+        )
         return (joined, split[_OTHER]) | "Merge" >> beam.Flatten()
 
 
@@ -350,7 +385,7 @@ def openimages_image_id(row):
         return None
     key = row["key"]
     prefix = OPENIMAGES + ":"
-    image_id = key[len(prefix):] if key.startswith(prefix) else key
+    image_id = key[len(prefix) :] if key.startswith(prefix) else key
     return image_id.split("@", 1)[0]
 
 
@@ -381,11 +416,13 @@ class JoinOpenImagesLabels(beam.PTransform):
             classes = rows.pipeline | "ReadClasses" >> ReadOpenImagesClasses(self._classes_path)
             side_inputs = (beam.pvalue.AsDict(classes),)
         return rows | "Join" >> JoinRowsByKey(
-            labels, openimages_image_id, _attach_openimages, "openimages_labels", side_inputs)
+            labels, openimages_image_id, _attach_openimages, "openimages_labels", side_inputs
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # CC3M Image Labels TSV
+
 
 class LabelListMismatch(ValueError):
     """labels, MIDs and confidences of one CC3M line differ in length."""
@@ -408,10 +445,8 @@ def parse_cc3m_labels_line(line: str) -> tuple[str, list[dict]]:
         raise ValueError("no URL")
     names, mids, confs = (_comma_list(x) for x in (names, mids, confs))
     if not (len(names) == len(mids) == len(confs)):
-        raise LabelListMismatch(
-            f"{len(names)} labels, {len(mids)} MIDs, {len(confs)} confidences")
-    return url, [_label(mid, name, _confidence(conf), CC3M)
-                 for name, mid, conf in zip(names, mids, confs, strict=True)]
+        raise LabelListMismatch(f"{len(names)} labels, {len(mids)} MIDs, {len(confs)} confidences")
+    return url, [_label(mid, name, _confidence(conf), CC3M) for name, mid, conf in zip(names, mids, confs, strict=True)]
 
 
 def _comma_list(text):
@@ -496,6 +531,7 @@ class JoinCC3MLabels(beam.PTransform):
 # ---------------------------------------------------------------------------------------------
 # DreamLIP long captions
 
+
 def parse_long_captions(fileobj: Any) -> Iterator[tuple[str, dict[str, str | None]]]:
     """(url, long_captions dict) per record of a DreamLIP CSV; empty fields become None.
 
@@ -508,11 +544,9 @@ def parse_long_captions(fileobj: Any) -> Iterator[tuple[str, dict[str, str | Non
         return
     names = [h.lstrip("\ufeff").strip().lower() for h in header]
     if DREAMLIP_URL_COLUMN not in names:
-        raise ValueError(f"not a DreamLIP long-caption CSV: header {header!r} "
-                         f"has no 'Image Path' column")
+        raise ValueError(f"not a DreamLIP long-caption CSV: header {header!r} has no 'Image Path' column")
     url_at = names.index(DREAMLIP_URL_COLUMN)
-    columns = [(names.index(col), field) for col, field in LONG_CAPTION_COLUMNS.items()
-               if col in names]
+    columns = [(names.index(col), field) for col, field in LONG_CAPTION_COLUMNS.items() if col in names]
     for record in records:
         if not record:
             continue
@@ -551,8 +585,7 @@ def ReadLongCaptions(pattern: str | Sequence[str]) -> beam.PTransform:  # noqa: 
 
 def _long_caption_rank(captions):
     # a URL listed twice: prefer the fuller record, then a fixed order
-    return (-sum(v is not None for v in captions.values()),
-            [captions[f] or "" for f in LONG_CAPTION_FIELDS])
+    return (-sum(v is not None for v in captions.values()), [captions[f] or "" for f in LONG_CAPTION_FIELDS])
 
 
 def _attach_long_captions(row, captions_list):
@@ -583,12 +616,12 @@ class JoinLongCaptions(beam.PTransform):
             url = row.get("url")
             return url.strip() if url else None
 
-        return rows | "Join" >> JoinRowsByKey(
-            captions, row_url, _attach_long_captions, "long_captions")
+        return rows | "Join" >> JoinRowsByKey(captions, row_url, _attach_long_captions, "long_captions")
 
 
 # ---------------------------------------------------------------------------------------------
 # ImageNet synsets
+
 
 def parse_synsets(fileobj: Any) -> Iterator[tuple[str, str]]:
     """(wnid, class name) pairs of LOC_synset_mapping.txt: split on the first space."""

@@ -10,6 +10,7 @@ it every `ttl / 3` seconds from a daemon thread.
 A second run refuses at once with BadInput (exit 2), naming the holder; `--force-unlock` removes
 a lease that is known to be dead (say a run on another machine that crashed). docs/integrity.md.
 """
+
 import contextlib
 import dataclasses
 import json
@@ -71,8 +72,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _refusal(out: str, holder: Holder) -> BadInput:
-    return BadInput(f"{out} is being written by {holder.describe()}; wait for it to end, or if no such run is"
-                    f" alive, run again with --force-unlock")
+    return BadInput(
+        f"{out} is being written by {holder.describe()}; wait for it to end, or if no such run is"
+        f" alive, run again with --force-unlock"
+    )
 
 
 class _LocalLease:
@@ -152,9 +155,10 @@ class _GcsLease:
         # package google.cloud has no attribute `storage` (google-cloud-storage ships no type information).
         import google.cloud.storage as storage  # noqa: PLC0415 (only for gs:// outputs)
         from google.api_core import exceptions  # noqa: PLC0415
+
         self.out = out
         self._exceptions = exceptions
-        bucket, _, prefix = out[len("gs://"):].partition("/")
+        bucket, _, prefix = out[len("gs://") :].partition("/")
         name = f"{prefix.rstrip('/')}/{LEASE_NAME}" if prefix.strip("/") else LEASE_NAME
         self._blob_name = name
         self._bucket = storage.Client().bucket(bucket)
@@ -186,8 +190,9 @@ class _GcsLease:
     def renew(self, holder: Holder) -> bool:
         blob = self._bucket.blob(self._blob_name)
         try:
-            blob.upload_from_string(holder.to_json(), content_type="application/json",
-                                    if_generation_match=self._generation)
+            blob.upload_from_string(
+                holder.to_json(), content_type="application/json", if_generation_match=self._generation
+            )
         except (self._exceptions.PreconditionFailed, self._exceptions.NotFound):
             return False  # broken by --force-unlock elsewhere
         self._generation = blob.generation
@@ -223,8 +228,14 @@ def output_lease(out: str, job: str, force_unlock: bool = False, ttl_seconds: fl
         return
     now = time.time()
     remote = out.startswith("gs://")
-    holder = Holder(token=uuid.uuid4().hex, pid=os.getpid(), host=socket.gethostname(), job=job,
-                    started_at=now, expires_at=now + ttl_seconds if remote else 0.0)
+    holder = Holder(
+        token=uuid.uuid4().hex,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        job=job,
+        started_at=now,
+        expires_at=now + ttl_seconds if remote else 0.0,
+    )
     try:
         lease = _GcsLease(out) if remote else _LocalLease(out)
         lease.acquire(holder, force_unlock)
@@ -235,12 +246,14 @@ def output_lease(out: str, job: str, force_unlock: bool = False, ttl_seconds: fl
     stop = threading.Event()
     renewer = None
     if remote:
+
         def renew():
             current = holder
             while not stop.wait(ttl_seconds / 3):
                 current = dataclasses.replace(current, expires_at=time.time() + ttl_seconds)
                 if not lease.renew(current):
                     return
+
         renewer = threading.Thread(target=renew, name="lease-renewal", daemon=True)
         renewer.start()
     try:

@@ -12,6 +12,7 @@ Public transforms (rows are `schema.Row` dicts):
 - `RepeatedKeys(parsers)`: `(kind, path, key prefix)` -> `(key, (file, ordinal))` of keys that repeat.
 - `ParseManifestFile(parsers)` (DoFn): `(kind, path, key prefix)` -> rows of that file, streamed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,9 +22,9 @@ import functools
 import io
 import math
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from typing import IO
-import posixpath
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -33,9 +34,23 @@ from transforms.errors import BadInput
 from transforms.io import json_manifests, labels
 from transforms.io.readers import CompressedInputError, open_stream
 
-__all__ = ["parse_cc3m", "parse_cc12m", "parse_openimages", "parse_zero_manifest", "parse_imagenet_manifest",
-           "md5_hex", "sha256_hex", "ManifestParsers", "ParseManifestFile", "expand_manifests", "LINE_KEYED",
-           "RepeatedKeys", "ReadManifests", "ReadImageNetCaptions", "ReadZero"]
+__all__ = [
+    "parse_cc3m",
+    "parse_cc12m",
+    "parse_openimages",
+    "parse_zero_manifest",
+    "parse_imagenet_manifest",
+    "md5_hex",
+    "sha256_hex",
+    "ManifestParsers",
+    "ParseManifestFile",
+    "expand_manifests",
+    "LINE_KEYED",
+    "RepeatedKeys",
+    "ReadManifests",
+    "ReadImageNetCaptions",
+    "ReadZero",
+]
 
 
 def _lines(binary):
@@ -58,8 +73,14 @@ def parse_cc3m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[sche
             continue
         key = f"{key_prefix}{number}"
         caption, sep, url = line.rpartition("\t")
-        row = schema.new_row("cc3m", key, url.strip() if sep else None, _none_if_blank(caption) if sep else None,
-                             source_file=source, source_line=number)
+        row = schema.new_row(
+            "cc3m",
+            key,
+            url.strip() if sep else None,
+            _none_if_blank(caption) if sep else None,
+            source_file=source,
+            source_line=number,
+        )
         if not sep:
             schema.fail(row, schema.INVALID_URL, "malformed line: expected caption<TAB>url")
             row["caption"] = _none_if_blank(line)
@@ -72,8 +93,14 @@ def parse_cc12m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[sch
         if not line.strip():
             continue
         url, sep, caption = line.partition("\t")
-        row = schema.new_row("cc12m", f"{key_prefix}{number}", url.strip(), _none_if_blank(caption),
-                             source_file=source, source_line=number)
+        row = schema.new_row(
+            "cc12m",
+            f"{key_prefix}{number}",
+            url.strip(),
+            _none_if_blank(caption),
+            source_file=source,
+            source_line=number,
+        )
         if not sep:
             schema.fail(row, schema.INVALID_URL, "malformed line: expected url<TAB>caption")
         yield row
@@ -128,8 +155,12 @@ def parse_openimages(binary: IO[bytes], source: str, key_prefix: str) -> Iterato
         image_id = _none_if_blank(fields.get("ImageID"))
         key = f"openimages:{image_id}" if image_id else f"{key_prefix}line{number}"
         row = schema.new_row(
-            "openimages", key, _none_if_blank(fields.get("OriginalURL")), None,
-            source_file=source, source_line=number,
+            "openimages",
+            key,
+            _none_if_blank(fields.get("OriginalURL")),
+            None,
+            source_file=source,
+            source_line=number,
             page_url=_none_if_blank(fields.get("OriginalLandingURL")),
             license=_none_if_blank(fields.get("License")),
             author=_none_if_blank(fields.get("Author")),
@@ -142,8 +173,7 @@ def parse_openimages(binary: IO[bytes], source: str, key_prefix: str) -> Iterato
         if "OriginalURL" not in columns:
             schema.fail(row, schema.INVALID_URL, "header has no OriginalURL column")
         elif len(record) != len(header):
-            schema.fail(row, schema.INVALID_URL,
-                        f"malformed record: {len(record)} fields, header has {len(header)}")
+            schema.fail(row, schema.INVALID_URL, f"malformed record: {len(record)} fields, header has {len(header)}")
         elif not image_id:
             schema.fail(row, schema.INVALID_URL, "record has no ImageID")
         elif original_md5 and row["expected_md5"] is None:
@@ -156,8 +186,13 @@ def parse_zero_manifest(binary: IO[bytes], source: str, _key_prefix: str) -> Ite
     return json_manifests.parse_zero(binary, source)
 
 
-def parse_imagenet_manifest(binary: IO[bytes], source: str, _key_prefix: str, imagenet_root: str | None = None,
-                            synsets: dict[str, str] | None = None) -> Iterator[schema.Row]:
+def parse_imagenet_manifest(
+    binary: IO[bytes],
+    source: str,
+    _key_prefix: str,
+    imagenet_root: str | None = None,
+    synsets: dict[str, str] | None = None,
+) -> Iterator[schema.Row]:
     """ImageNet-Captions JSON; images are read from imagenet_root, not fetched over HTTP."""
     return json_manifests.parse_imagenet_captions(binary, source, imagenet_root, synsets)
 
@@ -171,10 +206,13 @@ class ManifestParsers:
 
     def __init__(self, imagenet_root: str | None = None, imagenet_synsets: dict[str, str] | None = None) -> None:
         self.parsers = {
-            "cc3m": parse_cc3m, "cc12m": parse_cc12m, "openimages": parse_openimages,
+            "cc3m": parse_cc3m,
+            "cc12m": parse_cc12m,
+            "openimages": parse_openimages,
             "zero": parse_zero_manifest,
-            "imagenet_captions": functools.partial(parse_imagenet_manifest, imagenet_root=imagenet_root,
-                                                   synsets=imagenet_synsets),
+            "imagenet_captions": functools.partial(
+                parse_imagenet_manifest, imagenet_root=imagenet_root, synsets=imagenet_synsets
+            ),
         }
 
     def __contains__(self, kind):
@@ -225,12 +263,15 @@ class ParseManifestFile(beam.DoFn):
         except CompressedInputError as exc:
             where = f"after line {last_line}" if last_line else "before its first line"
             if not self._accept_truncated:
-                raise BadInput(f"manifest {path}: compressed file is truncated or corrupt {where}"
-                               f" ({exc.reason}); --accept-truncated ingests the {records} records"
-                               " read before it") from None
+                raise BadInput(
+                    f"manifest {path}: compressed file is truncated or corrupt {where}"
+                    f" ({exc.reason}); --accept-truncated ingests the {records} records"
+                    " read before it"
+                ) from None
             if self._counted:
-                yield beam.pvalue.TaggedOutput(self.TRUNCATED, {
-                    "path": path, "last_line": last_line, "rows": records, "reason": exc.reason})
+                yield beam.pvalue.TaggedOutput(
+                    self.TRUNCATED, {"path": path, "last_line": last_line, "rows": records, "reason": exc.reason}
+                )
         if self._counted:
             yield beam.pvalue.TaggedOutput(self.RECORDS, {"path": path, "records": records})
 
@@ -268,8 +309,8 @@ def file_labels(paths):
         if len(schemes) > 1:
             return {p: p for p in paths}
         scheme = schemes.pop()
-        root = posixpath.commonpath([f[len(scheme) - 1:] for f in folders])  # keeps the leading "/"
-        return {p: posixpath.relpath(p[len(scheme) - 1:], root) for p in paths}
+        root = posixpath.commonpath([f[len(scheme) - 1 :] for f in folders])  # keeps the leading "/"
+        return {p: posixpath.relpath(p[len(scheme) - 1 :], root) for p in paths}
     root = os.path.commonpath(folders)
     return {p: os.path.relpath(p, root).replace(os.sep, "/") for p in paths}
 
@@ -285,8 +326,9 @@ def expand_manifests(manifests, parsers):
     for kind, pattern in manifests:
         if kind not in parsers:
             raise BadInput(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
-        matched = sorted(normalise_path(m.path) for result in FileSystems.match([pattern])
-                         for m in result.metadata_list)
+        matched = sorted(
+            normalise_path(m.path) for result in FileSystems.match([pattern]) for m in result.metadata_list
+        )
         if not matched:
             raise BadInput(f"no file matches {kind}={pattern}")
         for path in matched:
@@ -297,9 +339,15 @@ def expand_manifests(manifests, parsers):
     for kind, path in files:
         per_kind.setdefault(kind, []).append(path)
     labels_of = {kind: file_labels(paths) for kind, paths in per_kind.items()}
-    return [(kind, path, f"{kind}:{labels_of[kind][path]}:" if len(per_kind[kind]) > 1 else f"{kind}:",
-             labels_of[kind][path])
-            for kind, path in files]
+    return [
+        (
+            kind,
+            path,
+            f"{kind}:{labels_of[kind][path]}:" if len(per_kind[kind]) > 1 else f"{kind}:",
+            labels_of[kind][path],
+        )
+        for kind, path in files
+    ]
 
 
 LINE_KEYED = frozenset({"cc3m", "cc12m"})  # keys from line numbers: unique by construction
@@ -334,8 +382,8 @@ class RepeatedKeys(beam.PTransform):
         return (
             files
             | "IdKeyedFiles" >> beam.Filter(lambda spec: spec[0] not in LINE_KEYED)
-            | "Keys" >> beam.ParDo(ParseManifestFile(self._parsers, counted=False,
-                                                     accept_truncated=self._accept_truncated))
+            | "Keys"
+            >> beam.ParDo(ParseManifestFile(self._parsers, counted=False, accept_truncated=self._accept_truncated))
             | "Positions" >> beam.Map(lambda row: (row["key"], (_position(row), 1)))
             | "FirstAndCount" >> beam.CombinePerKey(_first_and_count)
             | "Repeated" >> beam.Filter(lambda item: item[1][1] > 1)
@@ -377,18 +425,14 @@ class ReadManifests(beam.PTransform):
         return list(self._files)
 
     def expand(self, pbegin):
-        files = (
-            pbegin
-            | "ManifestFiles" >> beam.Create(self._files)
-            | "SpreadFiles" >> beam.Reshuffle()
-        )
+        files = pbegin | "ManifestFiles" >> beam.Create(self._files) | "SpreadFiles" >> beam.Reshuffle()
         repeated = files | "RepeatedKeys" >> RepeatedKeys(self._parsers, self._accept_truncated)
         # The parse itself takes the side input: a step of its own after the parse would make
         # the runner hold every parsed row until the side input is ready.
         parsed = files | "ParseRecords" >> beam.ParDo(
             ParseManifestFile(self._parsers, accept_truncated=self._accept_truncated),
-            repeated=beam.pvalue.AsDict(repeated)).with_outputs(
-                ParseManifestFile.RECORDS, ParseManifestFile.TRUNCATED, main="rows")
+            repeated=beam.pvalue.AsDict(repeated),
+        ).with_outputs(ParseManifestFile.RECORDS, ParseManifestFile.TRUNCATED, main="rows")
         rows = parsed.rows
         if self._spread_rows:
             # Rows cross the shuffle in batches: a runner's cost per shuffled element is far above
@@ -401,8 +445,11 @@ class ReadManifests(beam.PTransform):
             )
         if not self._with_books:
             return rows
-        return {"rows": rows, "records": parsed[ParseManifestFile.RECORDS],
-                "truncated": parsed[ParseManifestFile.TRUNCATED]}
+        return {
+            "rows": rows,
+            "records": parsed[ParseManifestFile.RECORDS],
+            "truncated": parsed[ParseManifestFile.TRUNCATED],
+        }
 
 
 def _patterns(pattern):
@@ -415,8 +462,9 @@ class ReadImageNetCaptions(beam.PTransform):
     imagenet_root: ILSVRC train root; synsets_path: LOC_synset_mapping.txt or None.
     """
 
-    def __init__(self, pattern: str | Sequence[str], imagenet_root: str | None,
-                 synsets_path: str | None = None) -> None:
+    def __init__(
+        self, pattern: str | Sequence[str], imagenet_root: str | None, synsets_path: str | None = None
+    ) -> None:
         super().__init__()
         self._pattern = pattern
         self._root = imagenet_root
@@ -424,8 +472,10 @@ class ReadImageNetCaptions(beam.PTransform):
 
     def expand(self, pbegin):
         synsets = labels.load_synsets(self._synsets_path) if self._synsets_path else None
-        return pbegin | "Read" >> ReadManifests([(json_manifests.IMAGENET_CAPTIONS, p) for p in _patterns(self._pattern)],
-                                                ManifestParsers(self._root, synsets))
+        return pbegin | "Read" >> ReadManifests(
+            [(json_manifests.IMAGENET_CAPTIONS, p) for p in _patterns(self._pattern)],
+            ManifestParsers(self._root, synsets),
+        )
 
 
 class ReadZero(beam.PTransform):

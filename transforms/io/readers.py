@@ -10,24 +10,35 @@ Public transforms (a "paths" argument is one path/glob or a list of them):
 - `ReadLines(paths, with_filename)`: PBegin -> `str` lines, or `(filename, line)` tuples.
 - `ParseFiles(paths, parse, ...)`: PBegin -> whatever `parse` yields from those files or lines.
 """
+
 from __future__ import annotations
 
 import bz2
 import contextlib
 import gzip
 import io
-from collections.abc import Iterator, Sequence
-from typing import Any
 import lzma
 import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["RawReader", "open_path", "binary_stream", "open_stream", "text_stream", "sniff", "as_patterns",
-           "OpenFiles", "ReadLines", "ParseFiles"]
+__all__ = [
+    "RawReader",
+    "open_path",
+    "binary_stream",
+    "open_stream",
+    "text_stream",
+    "sniff",
+    "as_patterns",
+    "OpenFiles",
+    "ReadLines",
+    "ParseFiles",
+]
 from transforms.errors import BadInput
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
@@ -81,6 +92,7 @@ class _ZstdReader:
 
     def __init__(self, raw):
         import zstandard  # noqa: PLC0415 (optional, only for .zst files)
+
         self._zstd = zstandard
         self._raw = raw
         self._decoder = zstandard.ZstdDecompressor().decompressobj()
@@ -188,8 +200,9 @@ def open_path(path):
     end-of-stream marker (CheckedDecompressor); other compressions through Beam."""
     compression = CompressionTypes.detect_compression_type(path)
     if compression in _DECOMPRESSORS:
-        raw = FileSystems.open(path, mime_type="application/octet-stream",
-                               compression_type=CompressionTypes.UNCOMPRESSED)
+        raw = FileSystems.open(
+            path, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
+        )
         return CheckedDecompressor(path, raw, compression)
     return FileSystems.open(path, mime_type="application/octet-stream")
 
@@ -214,8 +227,7 @@ def text_stream(fileobj: Any, newline: str = "") -> io.TextIOBase:
     """
     if isinstance(fileobj, io.TextIOBase):
         return fileobj
-    return io.TextIOWrapper(binary_stream(fileobj), encoding="utf-8-sig", errors="replace",
-                            newline=newline)
+    return io.TextIOWrapper(binary_stream(fileobj), encoding="utf-8-sig", errors="replace", newline=newline)
 
 
 def sniff(fileobj: Any, size: int = 4096) -> tuple[str, io.BufferedReader]:
@@ -241,10 +253,12 @@ class OpenFiles(beam.PTransform):
         self._patterns = as_patterns(paths)
 
     def expand(self, pbegin):
-        return (pbegin
-                | "Patterns" >> beam.Create(self._patterns)
-                | "Match" >> fileio.MatchAll()
-                | "Open" >> fileio.ReadMatches())
+        return (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll()
+            | "Open" >> fileio.ReadMatches()
+        )
 
 
 class ReadLines(beam.PTransform):
@@ -273,8 +287,14 @@ class ParseFiles(beam.PTransform):
     yields, for files one worker reads whole.
     """
 
-    def __init__(self, paths: str | Sequence[str], parse: beam.PTransform, lines: bool = False,
-                 with_filename: bool = False, spread: bool = False) -> None:
+    def __init__(
+        self,
+        paths: str | Sequence[str],
+        parse: beam.PTransform,
+        lines: bool = False,
+        with_filename: bool = False,
+        spread: bool = False,
+    ) -> None:
         super().__init__()
         self._paths = paths
         self._parse = parse

@@ -3,6 +3,7 @@
 Public transform: `MergeWithPrevious(previous, retry_statuses)`: manifest rows (`schema.Row`) ->
 {"carry": previous rows kept as they are, "fetch": rows to fetch again}.
 """
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -13,9 +14,27 @@ __all__ = ["FETCH_OUTCOME_COLUMNS", "reset_for_refetch", "parse_retry_statuses",
 
 # Everything a fetch decides; reset before a row is fetched again. Manifest and join columns stay.
 FETCH_OUTCOME_COLUMNS = (
-    "status", "http_status", "error", "sha256", "md5", "phash", "dhash", "width", "height", "blob",
-    "cluster_id", "is_canonical", "fetched_at", "format", "content_type", "size_bytes", "final_url",
-    "etag", "last_modified", "fetch_ms", "attempts",
+    "status",
+    "http_status",
+    "error",
+    "sha256",
+    "md5",
+    "phash",
+    "dhash",
+    "width",
+    "height",
+    "blob",
+    "cluster_id",
+    "is_canonical",
+    "fetched_at",
+    "format",
+    "content_type",
+    "size_bytes",
+    "final_url",
+    "etag",
+    "last_modified",
+    "fetch_ms",
+    "attempts",
 )
 
 

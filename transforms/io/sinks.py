@@ -8,6 +8,7 @@ Public transforms (rows are `schema.Row` dicts):
 - `WriteSummary(out_dir, started_at, job, options)`: {"counts", "written", extras...} -> the path of
   OUT/summary.json, once written.
 """
+
 from __future__ import annotations
 
 import collections
@@ -25,11 +26,32 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import schema
 from transforms.clustering.spill import split_by
 
-__all__ = ["join_path", "blob_uri", "StoreBlobDoFn", "StoreBlobs", "CountBlobs", "assign_blob_uri", "StatusCounts",
-           "build_summary", "write_json", "read_json", "WriteSummary"]
+__all__ = [
+    "join_path",
+    "blob_uri",
+    "StoreBlobDoFn",
+    "StoreBlobs",
+    "CountBlobs",
+    "assign_blob_uri",
+    "StatusCounts",
+    "build_summary",
+    "write_json",
+    "read_json",
+    "WriteSummary",
+]
 
-_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif",
-               "MPO": "jpg", "ICO": "ico", "AVIF": "avif", "HEIF": "heic"}
+_EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tif",
+    "MPO": "jpg",
+    "ICO": "ico",
+    "AVIF": "avif",
+    "HEIF": "heic",
+}
 
 
 def join_path(base: str, *parts: str) -> str:
@@ -151,8 +173,10 @@ def CountBlobs(rows, shards=64):  # noqa: N802 (a PTransform)
     """
     return (
         rows
-        | "BlobUris" >> beam.FlatMap(lambda row: [hashlib.blake2b(row["blob"].encode(), digest_size=12).digest()]
-                                     if row.get("blob") else [])
+        | "BlobUris"
+        >> beam.FlatMap(
+            lambda row: [hashlib.blake2b(row["blob"].encode(), digest_size=12).digest()] if row.get("blob") else []
+        )
         | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
         | "ToShards" >> beam.FlatMap(_digests_by_shard, shards)
         | "GroupShards" >> beam.GroupByKey()
@@ -194,8 +218,13 @@ def _nest_counts(pairs):
     return table
 
 
-def build_summary(counts: dict[str, dict[str, int]], extras: dict[str, Any], started_at: float, job: str,
-                  options_snapshot: dict[str, Any]) -> dict[str, Any]:
+def build_summary(
+    counts: dict[str, dict[str, int]],
+    extras: dict[str, Any],
+    started_at: float,
+    job: str,
+    options_snapshot: dict[str, Any],
+) -> dict[str, Any]:
     """summary.json's content: counts by dataset x status, totals, `extras`, timings and options."""
     totals: dict[str, int] = {}
     for per_status in counts.values():
@@ -264,6 +293,11 @@ class WriteSummary(beam.PTransform):
         return (
             inputs["counts"].pipeline
             | "Once" >> beam.Create([None])
-            | "Write" >> beam.Map(write, counts=beam.pvalue.AsSingleton(inputs["counts"]),
-                                  written=beam.pvalue.AsList(inputs["written"]), **side)
+            | "Write"
+            >> beam.Map(
+                write,
+                counts=beam.pvalue.AsSingleton(inputs["counts"]),
+                written=beam.pvalue.AsList(inputs["written"]),
+                **side,
+            )
         )

@@ -19,6 +19,7 @@ Public transforms (rows are `schema.Row` dicts):
 - `RetireFiles(stale)`: this run's file names -> the `stale` paths, each deleted unless written now.
 - `RemoveDirectory(directory)`: any PCollection -> `directory`, deleted once the input is complete.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,9 +42,22 @@ CLUSTER_COLUMNS = ("cluster_id", "is_canonical", "is_placeholder")
 
 PART_PREFIX = "part"
 
-__all__ = ["CLUSTER_COLUMNS", "PART_PREFIX", "list_table_files", "list_orphan_shards", "restore_row", "ReadImageTable",
-           "WriteShardsDoFn", "final_name", "finalize_shard", "temporary_dir", "WriteTableShards", "FinalizeTable",
-           "RemoveDirectory", "RetireFiles"]
+__all__ = [
+    "CLUSTER_COLUMNS",
+    "PART_PREFIX",
+    "list_table_files",
+    "list_orphan_shards",
+    "restore_row",
+    "ReadImageTable",
+    "WriteShardsDoFn",
+    "final_name",
+    "finalize_shard",
+    "temporary_dir",
+    "WriteTableShards",
+    "FinalizeTable",
+    "RemoveDirectory",
+    "RetireFiles",
+]
 
 
 def list_table_files(out_dir: str) -> list[str]:
@@ -65,9 +79,9 @@ def list_duplicates_files(out_dir):
 
 
 STALE_PATTERNS = (
-    "_tmp-*/**",                 # a failed run's shards, spill files and blob temporaries
-    "images/*.tmp-*",            # a part file cut short while being finalised
-    "images/beam-temp-*/**",     # Beam's own temporaries (earlier dedup versions)
+    "_tmp-*/**",  # a failed run's shards, spill files and blob temporaries
+    "images/*.tmp-*",  # a part file cut short while being finalised
+    "images/beam-temp-*/**",  # Beam's own temporaries (earlier dedup versions)
     "duplicates/beam-temp-*/**",
 )
 
@@ -87,6 +101,7 @@ def remove_stale_leftovers(out_dir):
     if "://" not in out_dir:  # local folders stay behind once empty; object stores have none
         import glob  # noqa: PLC0415
         import shutil  # noqa: PLC0415
+
         for pattern in ("_tmp-*", "images/beam-temp-*", "duplicates/beam-temp-*"):
             for folder in glob.glob(os.path.join(out_dir, pattern)):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -260,15 +275,19 @@ class FinalizeTable(beam.PTransform):
         finalized = (
             shards
             | "SpreadShards" >> beam.Reshuffle()
-            | "Finalize" >> beam.Map(finalize_shard, assignments=assignments,
-                                     images_dir=images_dir, run_id=self._run_id)
+            | "Finalize"
+            >> beam.Map(finalize_shard, assignments=assignments, images_dir=images_dir, run_id=self._run_id)
         )
         # Why: zero rows must still leave a table with the full schema, not a missing folder.
         empty = (
             shards.pipeline
             | "Once" >> beam.Create([None])
-            | "EmptyTable" >> beam.FlatMap(lambda _, done, run_id: write_empty_part(images_dir, run_id, done),
-                                           done=beam.pvalue.AsList(finalized), run_id=self._run_id)
+            | "EmptyTable"
+            >> beam.FlatMap(
+                lambda _, done, run_id: write_empty_part(images_dir, run_id, done),
+                done=beam.pvalue.AsList(finalized),
+                run_id=self._run_id,
+            )
         )
         counts = (finalized, empty) | "AllParts" >> beam.Flatten()
         final = counts | "Names" >> beam.Map(lambda written: written["path"])

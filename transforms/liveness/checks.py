@@ -1,6 +1,7 @@
 """The refresh's Beam stages: snapshots -> one check per distinct URL -> placeholders -> one verdict
 per key -> the status and host tables. The rules they apply are in `verdicts` and `plans`.
 """
+
 import concurrent.futures
 
 import apache_beam as beam
@@ -14,18 +15,56 @@ from transforms.fetch.client import Fetcher
 from transforms.io.sinks import join_path
 from transforms.liveness.plans import check_file, finish_check, new_check, plan_check, run_plan
 from transforms.liveness.verdicts import (
-    ALIVE, CONDITIONAL, FILE, GET, HEAD, HEAD_GET, NOT_CHECKED, VERDICTS, best_entry, judge, placeholder_votes,
-    snapshot_entry, url_group)
+    ALIVE,
+    CONDITIONAL,
+    FILE,
+    GET,
+    HEAD,
+    HEAD_GET,
+    NOT_CHECKED,
+    VERDICTS,
+    best_entry,
+    judge,
+    placeholder_votes,
+    snapshot_entry,
+    url_group,
+)
 
 __all__ = [
-    "SNAPSHOT_COLUMNS", "REQUIRED_SNAPSHOT_COLUMNS", "snapshot_columns", "ReadSnapshots", "CheckUrlsDoFn",
-    "CheckUrls", "FindPlaceholders", "Judge", "WriteStatusTable", "host_counts", "host_record", "HostTable",
-    "HOST_SCHEMA", "WriteHostTable",
+    "SNAPSHOT_COLUMNS",
+    "REQUIRED_SNAPSHOT_COLUMNS",
+    "snapshot_columns",
+    "ReadSnapshots",
+    "CheckUrlsDoFn",
+    "CheckUrls",
+    "FindPlaceholders",
+    "Judge",
+    "WriteStatusTable",
+    "host_counts",
+    "host_record",
+    "HostTable",
+    "HOST_SCHEMA",
+    "WriteHostTable",
 ]
 
 
-SNAPSHOT_COLUMNS = ["dataset", "key", "url", "status", "http_status", "error", "sha256", "phash", "etag",
-                    "last_modified", "size_bytes", "fetched_at", "final_url", "is_placeholder", "content_type"]
+SNAPSHOT_COLUMNS = [
+    "dataset",
+    "key",
+    "url",
+    "status",
+    "http_status",
+    "error",
+    "sha256",
+    "phash",
+    "etag",
+    "last_modified",
+    "size_bytes",
+    "fetched_at",
+    "final_url",
+    "is_placeholder",
+    "content_type",
+]
 REQUIRED_SNAPSHOT_COLUMNS = ("key", "url", "status")
 
 
@@ -41,6 +80,7 @@ def snapshot_columns(pattern: str) -> list[str]:
         ValueError: no file matches, or the files are not an ingest table.
     """
     import pyarrow.parquet as pq
+
     files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     if not files:
         raise ValueError(f"no Parquet files match {pattern}")
@@ -69,9 +109,11 @@ class ReadSnapshots(beam.PTransform):
             parts.append(
                 pbegin
                 | f"Read{order}" >> beam.io.ReadFromParquet(pattern, columns=columns or snapshot_columns(pattern))
-                | f"Entries{order}" >> beam.Map(snapshot_entry, label, order))
+                | f"Entries{order}" >> beam.Map(snapshot_entry, label, order)
+            )
         return (
-            parts | "AllSnapshots" >> beam.Flatten()
+            parts
+            | "AllSnapshots" >> beam.Flatten()
             | "ByKey" >> beam.Map(lambda e: (e["key"], e))
             | "OnePerKey" >> beam.CombinePerKey(best_entry)
             | "Entry" >> beam.Values()
@@ -95,8 +137,10 @@ class CheckUrlsDoFn(BoundedFuturesDoFn):
         config = self._config
         self._fetcher = self._shared.acquire(lambda: Fetcher(config))
         self._files = concurrent.futures.ThreadPoolExecutor(max_workers=8)
-        self._methods = {m: beam.metrics.Metrics.counter("refresh", f"method_{m}")
-                         for m in (NOT_CHECKED, CONDITIONAL, HEAD, HEAD_GET, GET, FILE)}
+        self._methods = {
+            m: beam.metrics.Metrics.counter("refresh", f"method_{m}")
+            for m in (NOT_CHECKED, CONDITIONAL, HEAD, HEAD_GET, GET, FILE)
+        }
         self._requests = beam.metrics.Metrics.counter("refresh", "requests")
 
     def process(self, element):
@@ -199,7 +243,8 @@ class Judge(beam.PTransform):
         checked, previous, placeholders = inputs["checked"], inputs["previous"], inputs["placeholders"]
         params = self._params
         per_key = checked | "PerKey" >> beam.FlatMap(
-            lambda item: [(e["key"], (e, item["check"])) for e in item["entries"]])
+            lambda item: [(e["key"], (e, item["check"])) for e in item["entries"]]
+        )
         return (
             {"now": per_key, "previous": previous}
             | "WithHistory" >> beam.CoGroupByKey()
@@ -213,6 +258,7 @@ def _judge_joined(item, detected, params):
     for entry, check in grouped["now"]:
         yield judge(entry, check, previous, detected, params)
 
+
 class WriteStatusTable(beam.PTransform):
     """Status rows -> <directory>/part-*.parquet; returns the written file names."""
 
@@ -224,8 +270,13 @@ class WriteStatusTable(beam.PTransform):
         return (
             rows
             | "Columns" >> beam.Map(lambda row: {name: row.get(name) for name in schema.REFRESH_COLUMNS})
-            | "Parquet" >> beam.io.WriteToParquet(join_path(self._directory, "part"), schema.REFRESH_SCHEMA,
-                                                  file_name_suffix=".parquet", record_batch_size=1000)
+            | "Parquet"
+            >> beam.io.WriteToParquet(
+                join_path(self._directory, "part"),
+                schema.REFRESH_SCHEMA,
+                file_name_suffix=".parquet",
+                record_batch_size=1000,
+            )
         )
 
 
@@ -259,8 +310,11 @@ class HostTable(beam.PTransform):
         )
 
 
-HOST_SCHEMA = pa.schema([("host", pa.string()), ("rows", pa.int64())] + [(v, pa.int64()) for v in VERDICTS]
-                        + [("success_rate", pa.float64())])
+HOST_SCHEMA = pa.schema(
+    [("host", pa.string()), ("rows", pa.int64())]
+    + [(v, pa.int64()) for v in VERDICTS]
+    + [("success_rate", pa.float64())]
+)
 
 
 class WriteHostTable(beam.PTransform):
@@ -272,4 +326,5 @@ class WriteHostTable(beam.PTransform):
 
     def expand(self, records):
         return records | "Parquet" >> beam.io.WriteToParquet(
-            join_path(self._directory, "part"), HOST_SCHEMA, file_name_suffix=".parquet", record_batch_size=1000)
+            join_path(self._directory, "part"), HOST_SCHEMA, file_name_suffix=".parquet", record_batch_size=1000
+        )

@@ -1,6 +1,7 @@
 """The refresh history: one directory per night, HISTORY/<YYYY-MM-DD>/part-*.parquet + _COMPLETE.
 A night reads the latest complete night before it and writes only its own directory.
 """
+
 import datetime
 
 import apache_beam as beam
@@ -11,8 +12,16 @@ from transforms.io.sinks import join_path, read_json, write_json
 from transforms.liveness.checks import WriteStatusTable
 
 __all__ = [
-    "HISTORY_COLUMNS", "COMPLETE_MARKER", "night_dir", "complete_nights", "night_files", "previous_night", "clear_night",
-    "delete_matching", "ReadHistory", "WriteHistory",
+    "HISTORY_COLUMNS",
+    "COMPLETE_MARKER",
+    "night_dir",
+    "complete_nights",
+    "night_files",
+    "previous_night",
+    "clear_night",
+    "delete_matching",
+    "ReadHistory",
+    "WriteHistory",
 ]
 
 
@@ -79,6 +88,7 @@ def night_files(history: str, night: datetime.date) -> list[str]:
         EnvironmentFailure: the marker, a listed file or its footer cannot be read (one line naming it).
     """
     import pyarrow.parquet as pq
+
     directory = night_dir(history, night)
     marker = join_path(directory, COMPLETE_MARKER)
     try:
@@ -86,15 +96,19 @@ def night_files(history: str, night: datetime.date) -> list[str]:
     except Exception as exc:
         raise EnvironmentFailure(f"cannot read the history marker {marker}: {_short(exc)}") from None
     try:
-        present = {m.path.rstrip("/").split("/")[-1]: m.path
-                   for m in FileSystems.match([join_path(directory, "*.parquet")])[0].metadata_list}
+        present = {
+            m.path.rstrip("/").split("/")[-1]: m.path
+            for m in FileSystems.match([join_path(directory, "*.parquet")])[0].metadata_list
+        }
     except Exception as exc:
         raise EnvironmentFailure(f"cannot list the history night {directory}: {_short(exc)}") from None
     missing = sorted(set(listed) - set(present))
     if missing:
-        raise EnvironmentFailure(f"history night {directory} is damaged: {join_path(directory, missing[0])}"
-                                 f" is listed in {COMPLETE_MARKER} but missing"
-                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise EnvironmentFailure(
+            f"history night {directory} is damaged: {join_path(directory, missing[0])}"
+            f" is listed in {COMPLETE_MARKER} but missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     paths = sorted(present[name] for name in listed)
     for path in paths:
         try:
@@ -143,8 +157,10 @@ def delete_matching(pattern: str) -> None:
     except Exception as exc:
         raise EnvironmentFailure(f"cannot clear {pattern}: {_short(exc)}") from None
     if left:
-        raise EnvironmentFailure(f"cannot clear {pattern}: {left[0]} is still there"
-                                 + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
+        raise EnvironmentFailure(
+            f"cannot clear {pattern}: {left[0]} is still there"
+            + (f" (and {len(left) - 1} more)" if len(left) > 1 else "")
+        )
 
 
 def _short(exc, limit=300):
@@ -176,6 +192,7 @@ class ReadHistory(beam.PTransform):
             | "ByKey" >> beam.Map(lambda row: (row["key"], row))
         )
 
+
 class WriteHistory(beam.PTransform):
     """Status rows -> HISTORY/<night>/part-*.parquet, then HISTORY/<night>/_COMPLETE once the files
     are final. Append-only across nights: only this night's directory is written (cleared first by
@@ -195,8 +212,12 @@ class WriteHistory(beam.PTransform):
         return (
             rows.pipeline
             | "Once" >> beam.Create([None])
-            | "Marker" >> beam.Map(
-                lambda _, files, n: write_json(marker, {"night": night, "rows": n,
-                                                        "files": sorted(f.split("/")[-1] for f in files)}),
-                files=beam.pvalue.AsList(written), n=beam.pvalue.AsSingleton(count))
+            | "Marker"
+            >> beam.Map(
+                lambda _, files, n: write_json(
+                    marker, {"night": night, "rows": n, "files": sorted(f.split("/")[-1] for f in files)}
+                ),
+                files=beam.pvalue.AsList(written),
+                n=beam.pvalue.AsSingleton(count),
+            )
         )

@@ -2,6 +2,7 @@
 a conditional GET, HEAD then GET), the requests on the fetcher's loop, and the check dict the
 verdict rules (`verdicts.observe`) read.
 """
+
 import datetime
 import hashlib
 import time
@@ -12,11 +13,33 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import schema
 from transforms.hashing import DEFAULT_MAX_PIXELS, inspect_image
 from transforms.liveness.verdicts import (
-    EPOCH, CONDITIONAL, FILE, GET, GONE_HTTP_STATUSES, HEAD, HEAD_GET, HEAD_REFUSED, NOT_CHECKED, NOT_RECHECKED,
-    claims_image, has_baseline, has_undecodable_baseline, is_http)
+    CONDITIONAL,
+    EPOCH,
+    FILE,
+    GET,
+    GONE_HTTP_STATUSES,
+    HEAD,
+    HEAD_GET,
+    HEAD_REFUSED,
+    NOT_CHECKED,
+    NOT_RECHECKED,
+    claims_image,
+    has_baseline,
+    has_undecodable_baseline,
+    is_http,
+)
 
 __all__ = [
-    "LISTING_ATTEMPTS", "LISTING_BACKOFF_SECONDS", "look_up_file", "looks_like_image", "plan_check", "head_settles", "run_plan", "new_check", "finish_check", "check_file",
+    "LISTING_ATTEMPTS",
+    "LISTING_BACKOFF_SECONDS",
+    "look_up_file",
+    "looks_like_image",
+    "plan_check",
+    "head_settles",
+    "run_plan",
+    "new_check",
+    "finish_check",
+    "check_file",
 ]
 
 
@@ -37,8 +60,14 @@ def plan_check(url: str, entries: list, params) -> dict:
     - otherwise HEAD first (dead URLs settle without a body), then GET when HEAD cannot settle it;
       GET straight away with head_first=False.
     """
-    plan: dict[str, Any] = {"url": (url or "").strip(), "method": GET, "headers": None,
-            "validated_sha256": None, "validated_phash": None, "size_bytes": None}
+    plan: dict[str, Any] = {
+        "url": (url or "").strip(),
+        "method": GET,
+        "headers": None,
+        "validated_sha256": None,
+        "validated_phash": None,
+        "size_bytes": None,
+    }
     if all(e.get("ingest_status") in NOT_RECHECKED for e in entries) or not plan["url"]:
         plan["method"] = NOT_CHECKED
         return plan
@@ -50,8 +79,9 @@ def plan_check(url: str, entries: list, params) -> dict:
     # rows whose bytes the snapshot holds: a decoded picture, or an image we could not decode (SVG, HEIC)
     kept = [e for e in entries if has_baseline(e) or has_undecodable_baseline(e)]
     pictures = {e["sha256"] for e in kept}
-    with_validators = sorted((e for e in kept if e.get("etag") or e.get("last_modified")),
-                             key=lambda e: e.get("fetched_at") or EPOCH)
+    with_validators = sorted(
+        (e for e in kept if e.get("etag") or e.get("last_modified")), key=lambda e: e.get("fetched_at") or EPOCH
+    )
     if len(pictures) == 1 and with_validators:
         latest = with_validators[-1]
         headers = {}
@@ -59,8 +89,9 @@ def plan_check(url: str, entries: list, params) -> dict:
             headers["If-None-Match"] = latest["etag"]
         if latest.get("last_modified"):
             headers["If-Modified-Since"] = latest["last_modified"]
-        plan.update(method=CONDITIONAL, headers=headers, validated_sha256=latest["sha256"],
-                    validated_phash=latest["phash"])
+        plan.update(
+            method=CONDITIONAL, headers=headers, validated_sha256=latest["sha256"], validated_phash=latest["phash"]
+        )
     elif params.head_first:
         plan["method"] = HEAD
     return plan
@@ -127,17 +158,36 @@ def looks_like_image(content_type: str | None, body: bytes | None) -> bool:
 def _picture(check, body, max_pixels):
     check["sha256"] = hashlib.sha256(body).hexdigest()
     image = inspect_image(body, max_pixels)
-    check.update(image_status=image.status, image_error=image.error, phash=image.phash,
-                 image_like=image.status != schema.NOT_IMAGE or looks_like_image(check.get("content_type"), body))
+    check.update(
+        image_status=image.status,
+        image_error=image.error,
+        phash=image.phash,
+        image_like=image.status != schema.NOT_IMAGE or looks_like_image(check.get("content_type"), body),
+    )
     return check
 
 
 def new_check(plan, method=None):
-    return {"method": method or plan["method"], "requests": 0, "status": None, "http_status": None, "error": None,
-            "final_url": None, "content_type": None, "name_not_found": False, "refused": False,
-            "not_modified": False, "image_like": False,
-            "validated_sha256": plan.get("validated_sha256"), "validated_phash": plan.get("validated_phash"),
-            "sha256": None, "phash": None, "image_status": None, "image_error": None, "checked_at": _now()}
+    return {
+        "method": method or plan["method"],
+        "requests": 0,
+        "status": None,
+        "http_status": None,
+        "error": None,
+        "final_url": None,
+        "content_type": None,
+        "name_not_found": False,
+        "refused": False,
+        "not_modified": False,
+        "image_like": False,
+        "validated_sha256": plan.get("validated_sha256"),
+        "validated_phash": plan.get("validated_phash"),
+        "sha256": None,
+        "phash": None,
+        "image_status": None,
+        "image_error": None,
+        "checked_at": _now(),
+    }
 
 
 def finish_check(plan: dict, steps: list, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
@@ -151,13 +201,23 @@ def finish_check(plan: dict, steps: list, max_pixels: int = DEFAULT_MAX_PIXELS) 
         the check (new_check()'s keys, filled).
     """
     methods = [m for m, _ in steps]
-    label = plan["method"] if plan["method"] == CONDITIONAL else (
-        HEAD_GET if methods == ["HEAD", "GET"] else HEAD if methods == ["HEAD"] else GET)
+    label = (
+        plan["method"]
+        if plan["method"] == CONDITIONAL
+        else (HEAD_GET if methods == ["HEAD", "GET"] else HEAD if methods == ["HEAD"] else GET)
+    )
     _, last = steps[-1]
     check = new_check(plan, label)
-    check.update(requests=sum(r.attempts for _, r in steps), status=last.status, http_status=last.http_status,
-                 error=last.error, final_url=last.final_url, content_type=last.content_type,
-                 name_not_found=bool(last.name_not_found), refused=bool(getattr(last, "refused", False)))
+    check.update(
+        requests=sum(r.attempts for _, r in steps),
+        status=last.status,
+        http_status=last.http_status,
+        error=last.error,
+        final_url=last.final_url,
+        content_type=last.content_type,
+        name_not_found=bool(last.name_not_found),
+        refused=bool(getattr(last, "refused", False)),
+    )
     if last.status == schema.OK:
         if last.http_status == 304:
             check["not_modified"] = plan["method"] == CONDITIONAL
@@ -168,7 +228,7 @@ def finish_check(plan: dict, steps: list, max_pixels: int = DEFAULT_MAX_PIXELS) 
     return check
 
 
-LISTING_ATTEMPTS = 3        # a file look-up that raises is retried this many times in all
+LISTING_ATTEMPTS = 3  # a file look-up that raises is retried this many times in all
 LISTING_BACKOFF_SECONDS = 0.5
 
 

@@ -1,6 +1,7 @@
 """summary.json of a refresh night: counts by dataset x verdict, the night's flags, success rates,
 link rot, hosts, detected placeholders (docs/refresh.md, "summary.json").
 """
+
 import collections
 import datetime
 import time
@@ -11,7 +12,12 @@ from transforms.io.sinks import join_path, write_json
 from transforms.liveness.verdicts import ALIVE, BASELINE_STATUSES, CHANGED, DEAD, VERDICTS
 
 __all__ = [
-    "DAYS_PER_MONTH", "months_between", "link_rot", "RefreshTotals", "url_stats", "build_refresh_summary",
+    "DAYS_PER_MONTH",
+    "months_between",
+    "link_rot",
+    "RefreshTotals",
+    "url_stats",
+    "build_refresh_summary",
     "SummarizeRefresh",
 ]
 
@@ -25,8 +31,7 @@ def months_between(fetched_at, night):
         return None
     if fetched_at.tzinfo is None:
         fetched_at = fetched_at.replace(tzinfo=datetime.timezone.utc)
-    end = datetime.datetime.combine(night + datetime.timedelta(days=1), datetime.time(0),
-                                    tzinfo=datetime.timezone.utc)
+    end = datetime.datetime.combine(night + datetime.timedelta(days=1), datetime.time(0), tzinfo=datetime.timezone.utc)
     return max((end - fetched_at).total_seconds(), 0.0) / 86400.0 / DAYS_PER_MONTH
 
 
@@ -37,9 +42,13 @@ def link_rot(alive_at_ingest, dead_now, months_sum):
         return {"alive_at_ingest": 0, "dead_now": 0, "dead_fraction": None, "mean_months": None, "per_month": None}
     fraction = dead_now / alive_at_ingest
     months = months_sum / alive_at_ingest
-    return {"alive_at_ingest": alive_at_ingest, "dead_now": dead_now, "dead_fraction": round(fraction, 6),
-            "mean_months": round(months, 4),
-            "per_month": round(fraction / months, 6) if months >= 1 / DAYS_PER_MONTH else None}
+    return {
+        "alive_at_ingest": alive_at_ingest,
+        "dead_now": dead_now,
+        "dead_fraction": round(fraction, 6),
+        "mean_months": round(months, 4),
+        "per_month": round(fraction / months, 6) if months >= 1 / DAYS_PER_MONTH else None,
+    }
 
 
 class RefreshTotals(beam.CombineFn):
@@ -83,8 +92,13 @@ class RefreshTotals(beam.CombineFn):
         return out
 
     def extract_output(self, acc):
-        return {"counts": acc["counts"], "flags": dict(acc["flags"]), "methods": dict(acc["methods"]),
-                "rot": acc["rot"]}
+        return {
+            "counts": acc["counts"],
+            "flags": dict(acc["flags"]),
+            "methods": dict(acc["methods"]),
+            "rot": acc["rot"],
+        }
+
 
 def url_stats(checked):
     check = checked["check"]
@@ -99,8 +113,9 @@ def _add_counts(dicts):
     return dict(total)
 
 
-def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, frequent, night, previous,
-                          started_at, finished_at, options=None):
+def build_refresh_summary(
+    totals, top_hosts, host_count, urls, placeholders, frequent, night, previous, started_at, finished_at, options=None
+):
     """summary.json of a refresh night (docs/refresh.md, "summary.json")."""
     counts = totals["counts"]
     verdict_totals = {v: sum(per.get(v, 0) for per in counts.values()) for v in VERDICTS}
@@ -108,8 +123,11 @@ def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, fre
 
     def rates(per):
         n = sum(per.values())
-        return {"rows": n, "success_rate": round(per.get(ALIVE, 0) / n, 6) if n else None,
-                "reachable_rate": round((per.get(ALIVE, 0) + per.get(CHANGED, 0)) / n, 6) if n else None}
+        return {
+            "rows": n,
+            "success_rate": round(per.get(ALIVE, 0) / n, 6) if n else None,
+            "reachable_rate": round((per.get(ALIVE, 0) + per.get(CHANGED, 0)) / n, 6) if n else None,
+        }
 
     rot = totals["rot"]
     all_rot = [sum(v[i] for v in rot.values()) for i in range(3)] if rot else [0, 0, 0.0]
@@ -132,17 +150,22 @@ def build_refresh_summary(totals, top_hosts, host_count, urls, placeholders, fre
         "picture_unchecked": flags.get("picture_unchecked", 0),
         "methods": dict(sorted(totals["methods"].items())),
         "urls": dict(sorted(urls.items())),
-        "success_rate": dict(rates(verdict_totals),
-                             by_dataset={d: rates(per) for d, per in sorted(counts.items())}),
+        "success_rate": dict(rates(verdict_totals), by_dataset={d: rates(per) for d, per in sorted(counts.items())}),
         "by_host": {"hosts": host_count, "top": ranked},
         "link_rot": dict(link_rot(*all_rot), by_dataset={d: link_rot(*v) for d, v in sorted(rot.items())}),
-        "placeholders_detected": [{"sha256": sha, "replaced_pictures": n}
-                                  for sha, n in sorted(placeholders, key=lambda p: (-p[1], p[0]))],
-        "frequent_replacements": [{"sha256": sha, "replaced_pictures": n}
-                                  for sha, n in sorted(frequent, key=lambda p: (-p[1], p[0]))],
-        "timings": {"started_at": datetime.datetime.fromtimestamp(started_at, datetime.timezone.utc)
-                    .strftime("%Y-%m-%dT%H:%M:%SZ"), "wall_seconds": round(elapsed, 3),
-                    "rows_per_second": round(rows / elapsed, 2)},
+        "placeholders_detected": [
+            {"sha256": sha, "replaced_pictures": n} for sha, n in sorted(placeholders, key=lambda p: (-p[1], p[0]))
+        ],
+        "frequent_replacements": [
+            {"sha256": sha, "replaced_pictures": n} for sha, n in sorted(frequent, key=lambda p: (-p[1], p[0]))
+        ],
+        "timings": {
+            "started_at": datetime.datetime.fromtimestamp(started_at, datetime.timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+            "wall_seconds": round(elapsed, 3),
+            "rows_per_second": round(rows / elapsed, 2),
+        },
         "options": options or {},
     }
 
@@ -160,8 +183,7 @@ class SummarizeRefresh(beam.PTransform):
         rows, checked, hosts = inputs["rows"], inputs["checked"], inputs["hosts"]
         placeholders, frequent, written = inputs["placeholders"], inputs["frequent"], inputs["written"]
         totals = rows | "Totals" >> beam.CombineGlobally(RefreshTotals())
-        urls = (checked | "UrlStats" >> beam.Map(url_stats)
-                | "SumUrlStats" >> beam.CombineGlobally(_add_counts))
+        urls = checked | "UrlStats" >> beam.Map(url_stats) | "SumUrlStats" >> beam.CombineGlobally(_add_counts)
         # Only the top hosts reach the single summary writer: there can be hundreds of thousands.
         top = hosts | "TopHosts" >> beam.combiners.Top.Of(self._top_hosts, key=lambda h: (h["rows"], h["host"]))
         host_count = hosts | "CountHosts" >> beam.combiners.Count.Globally()
@@ -169,18 +191,24 @@ class SummarizeRefresh(beam.PTransform):
         night, previous, started_at, options = self._night, self._previous, self._started_at, self._options
 
         def write(_, totals, top, host_count, urls, placeholders, frequent, written):
-            summary = build_refresh_summary(totals, top, host_count, urls, placeholders, frequent, night, previous,
-                                            started_at, time.time(), options)
+            summary = build_refresh_summary(
+                totals, top, host_count, urls, placeholders, frequent, night, previous, started_at, time.time(), options
+            )
             summary["written"] = sorted(f.split("/")[-1] for f in written)
             return write_json(path, summary)
 
         return (
             rows.pipeline
             | "Once" >> beam.Create([None])
-            | "Write" >> beam.Map(write, totals=beam.pvalue.AsSingleton(totals), top=beam.pvalue.AsSingleton(top),
-                                  host_count=beam.pvalue.AsSingleton(host_count),
-                                  urls=beam.pvalue.AsSingleton(urls),
-                                  placeholders=beam.pvalue.AsList(placeholders),
-                                  frequent=beam.pvalue.AsSingleton(frequent),
-                                  written=beam.pvalue.AsList(written))
+            | "Write"
+            >> beam.Map(
+                write,
+                totals=beam.pvalue.AsSingleton(totals),
+                top=beam.pvalue.AsSingleton(top),
+                host_count=beam.pvalue.AsSingleton(host_count),
+                urls=beam.pvalue.AsSingleton(urls),
+                placeholders=beam.pvalue.AsList(placeholders),
+                frequent=beam.pvalue.AsSingleton(frequent),
+                written=beam.pvalue.AsList(written),
+            )
         )

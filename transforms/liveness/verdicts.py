@@ -12,6 +12,7 @@ One verdict per snapshot key and night (docs/refresh.md has the full rules):
 Siblings in this package: `plans` (how one URL is checked, cheapest first), `checks` (the Beam
 stages), `history` (one directory per night) and `summary` (summary.json).
 """
+
 import dataclasses
 import datetime
 import re
@@ -25,15 +26,56 @@ from transforms.clustering.placeholders import KNOWN_PLACEHOLDERS
 from transforms.hashing import DEFAULT_MAX_PIXELS
 
 __all__ = [
-    "ALIVE", "CHANGED", "UNREACHABLE", "DEAD", "VERDICTS", "GONE", "TRANSIENT", "UNFETCHABLE", "NOT_CHECKED",
-    "CONDITIONAL", "HEAD", "HEAD_GET", "GET", "FILE", "GONE_HTTP_STATUSES", "HEAD_REFUSED",
-    "BASELINE_STATUSES", "NOT_RECHECKED", "DEFAULT_MAX_DISTANCE", "DEFAULT_DEAD_AFTER",
-    "DEFAULT_UNREACHABLE_DEAD_AFTER", "DEFAULT_PLACEHOLDER_MIN_URLS", "KNOWN_PLACEHOLDER_URLS",
-    "PLACEHOLDER_FILE_NAME", "RefreshParams", "parse_placeholder", "parse_night", "host_of", "is_http",
-    "snapshot_entry", "has_baseline", "EPOCH", "entry_rank", "best_entry", "url_group", "ingest_failure", "ingest_night", "claims_image",
-    "has_undecodable_baseline", "NO_HOST", "DEFAULT_HOST_DEAD_AFTER",
-    "phash_distance", "classify_failure", "known_url_placeholder", "placeholder_reason", "same_picture",
-    "placeholder_votes", "observe", "verdict_of", "judge",
+    "ALIVE",
+    "CHANGED",
+    "UNREACHABLE",
+    "DEAD",
+    "VERDICTS",
+    "GONE",
+    "TRANSIENT",
+    "UNFETCHABLE",
+    "NOT_CHECKED",
+    "CONDITIONAL",
+    "HEAD",
+    "HEAD_GET",
+    "GET",
+    "FILE",
+    "GONE_HTTP_STATUSES",
+    "HEAD_REFUSED",
+    "BASELINE_STATUSES",
+    "NOT_RECHECKED",
+    "DEFAULT_MAX_DISTANCE",
+    "DEFAULT_DEAD_AFTER",
+    "DEFAULT_UNREACHABLE_DEAD_AFTER",
+    "DEFAULT_PLACEHOLDER_MIN_URLS",
+    "KNOWN_PLACEHOLDER_URLS",
+    "PLACEHOLDER_FILE_NAME",
+    "RefreshParams",
+    "parse_placeholder",
+    "parse_night",
+    "host_of",
+    "is_http",
+    "snapshot_entry",
+    "has_baseline",
+    "EPOCH",
+    "entry_rank",
+    "best_entry",
+    "url_group",
+    "ingest_failure",
+    "ingest_night",
+    "claims_image",
+    "has_undecodable_baseline",
+    "NO_HOST",
+    "DEFAULT_HOST_DEAD_AFTER",
+    "phash_distance",
+    "classify_failure",
+    "known_url_placeholder",
+    "placeholder_reason",
+    "same_picture",
+    "placeholder_votes",
+    "observe",
+    "verdict_of",
+    "judge",
 ]
 
 
@@ -44,26 +86,26 @@ DEAD = "dead"
 VERDICTS = (ALIVE, CHANGED, UNREACHABLE, DEAD)
 
 # Kinds of failed check (docs/refresh.md, "Verdicts": which are evidence, after how many nights).
-GONE = "gone"                # the server says the image is not there: 404/410/451, a placeholder, a soft 404
-NO_HOST = "no_host"          # DNS says the name does not exist, or the host refuses connections
-TRANSIENT = "transient"      # could not tell tonight: timeout, 5xx, 403, 429, reset, unreadable listing, ...
+GONE = "gone"  # the server says the image is not there: 404/410/451, a placeholder, a soft 404
+NO_HOST = "no_host"  # DNS says the name does not exist, or the host refuses connections
+TRANSIENT = "transient"  # could not tell tonight: timeout, 5xx, 403, 429, reset, unreadable listing, ...
 UNFETCHABLE = "unfetchable"  # never requested: the snapshot row's URL is invalid or refused
 
 # How a URL was checked.
 NOT_CHECKED = "none"
 CONDITIONAL = "conditional"  # GET with If-None-Match / If-Modified-Since
-HEAD = "head"                # HEAD alone settled it
+HEAD = "head"  # HEAD alone settled it
 HEAD_GET = "head+get"
 GET = "get"
-FILE = "file"                # a file row (ImageNet): looked up through Beam's filesystems
+FILE = "file"  # a file row (ImageNet): looked up through Beam's filesystems
 
 GONE_HTTP_STATUSES = frozenset({404, 410, 451})
 HEAD_REFUSED = frozenset({405, 501})
 BASELINE_STATUSES = frozenset({schema.OK, schema.HASH_MISMATCH})  # rows whose picture was hashed
 NOT_RECHECKED = frozenset({schema.INVALID_URL, schema.BLOCKED})
-DEFAULT_MAX_DISTANCE = 6       # same picture at or under this pHash distance (docs/refresh.md)
-DEFAULT_DEAD_AFTER = 2            # nights of 'gone' answers (docs/refresh.md, "Why these defaults")
-DEFAULT_HOST_DEAD_AFTER = 4       # nights of 'no such name' / 'connection refused'
+DEFAULT_MAX_DISTANCE = 6  # same picture at or under this pHash distance (docs/refresh.md)
+DEFAULT_DEAD_AFTER = 2  # nights of 'gone' answers (docs/refresh.md, "Why these defaults")
+DEFAULT_HOST_DEAD_AFTER = 4  # nights of 'no such name' / 'connection refused'
 DEFAULT_UNREACHABLE_DEAD_AFTER = 30
 DEFAULT_PLACEHOLDER_MIN_URLS = 3
 
@@ -80,7 +122,8 @@ KNOWN_PLACEHOLDER_URLS = (
 # "no-image.gif", "placeholder.jpg", ...). Only after a redirect: a photo's own URL may say anything.
 PLACEHOLDER_FILE_NAME = re.compile(
     r"(?:unavailable|placeholder|no[-_]?image|no[-_]?photo|not[-_]?found|removed)[^/]*\.(?:png|jpe?g|gif|webp)$",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +133,7 @@ class RefreshParams:
     dead_after: int = DEFAULT_DEAD_AFTER
     host_dead_after: int = DEFAULT_HOST_DEAD_AFTER
     unreachable_dead_after: int = DEFAULT_UNREACHABLE_DEAD_AFTER  # 0: never
-    placeholder_min_urls: int = DEFAULT_PLACEHOLDER_MIN_URLS      # 0: no many-URLs rule
+    placeholder_min_urls: int = DEFAULT_PLACEHOLDER_MIN_URLS  # 0: no many-URLs rule
     placeholder_sha256: frozenset = frozenset()
     placeholder_phash: frozenset = frozenset(p.phash for p in KNOWN_PLACEHOLDERS if p.phash)
     head_first: bool = True
@@ -118,6 +161,7 @@ def parse_night(value):
 
 # ---- snapshot entries -----------------------------------------------------------------------------
 
+
 def host_of(url):
     try:
         return (urllib.parse.urlsplit((url or "").strip()).hostname or "").lower() or None
@@ -133,15 +177,25 @@ def snapshot_entry(row, snapshot=None, order=0):
     """A snapshot (ingest) row reduced to what the refresh needs."""
     url = row.get("url")
     return {
-        "key": row.get("key"), "dataset": row.get("dataset"), "url": url,
+        "key": row.get("key"),
+        "dataset": row.get("dataset"),
+        "url": url,
         "host": host_of(url) if is_http(url) else None,
-        "ingest_status": row.get("status"), "ingest_http_status": row.get("http_status"),
-        "ingest_error": row.get("error"), "sha256": row.get("sha256"), "phash": row.get("phash"),
-        "etag": row.get("etag"), "last_modified": row.get("last_modified"), "size_bytes": row.get("size_bytes"),
+        "ingest_status": row.get("status"),
+        "ingest_http_status": row.get("http_status"),
+        "ingest_error": row.get("error"),
+        "sha256": row.get("sha256"),
+        "phash": row.get("phash"),
+        "etag": row.get("etag"),
+        "last_modified": row.get("last_modified"),
+        "size_bytes": row.get("size_bytes"),
         "ingest_content_type": row.get("content_type"),
-        "fetched_at": row.get("fetched_at"), "is_placeholder": bool(row.get("is_placeholder")),
-        "snapshot": snapshot, "order": order,
+        "fetched_at": row.get("fetched_at"),
+        "is_placeholder": bool(row.get("is_placeholder")),
+        "snapshot": snapshot,
+        "order": order,
     }
+
 
 def claims_image(content_type: str | None) -> bool:
     """The Content-Type says a picture (image/*), whether or not we can decode that format."""
@@ -151,8 +205,11 @@ def claims_image(content_type: str | None) -> bool:
 def has_undecodable_baseline(entry: dict) -> bool:
     """The snapshot holds this key's bytes but could not decode them (SVG, HEIC, ...: `not_image` at
     ingest with an image/* Content-Type): unchanged bytes are alive, with the picture not checked."""
-    return (entry.get("ingest_status") == schema.NOT_IMAGE and bool(entry.get("sha256"))
-            and claims_image(entry.get("ingest_content_type")))
+    return (
+        entry.get("ingest_status") == schema.NOT_IMAGE
+        and bool(entry.get("sha256"))
+        and claims_image(entry.get("ingest_content_type"))
+    )
 
 
 def has_baseline(entry):
@@ -208,7 +265,9 @@ def ingest_night(entry: dict, params: RefreshParams) -> dict:
         return {"status": ALIVE, "consecutive_failures": 0}
     return {"status": verdict_of("failed", failure, 1, params), "consecutive_failures": 1}
 
+
 # ---- verdicts ---------------------------------------------------------------------------------------
+
 
 def phash_distance(a, b):
     if not a or not b:
@@ -216,8 +275,9 @@ def phash_distance(a, b):
     return imagehash.hex_to_hash(a) - imagehash.hex_to_hash(b)
 
 
-def classify_failure(status: str, http_status: int | None = None, name_not_found: bool = False,
-                     refused: bool = False) -> str:
+def classify_failure(
+    status: str, http_status: int | None = None, name_not_found: bool = False, refused: bool = False
+) -> str:
     """A failed check -> its kind: GONE (the server says the image is not there), NO_HOST (no such
     name, connection refused: evidence, but slower to trust) or TRANSIENT (could not tell tonight).
 
@@ -232,7 +292,7 @@ def classify_failure(status: str, http_status: int | None = None, name_not_found
     if status == schema.HTTP_ERROR:
         return GONE if http_status in GONE_HTTP_STATUSES else TRANSIENT  # 403, 429, 5xx: transient
     if status == schema.CONNECTION_ERROR:
-        return NO_HOST if (name_not_found or refused) else TRANSIENT      # resets, TLS, cut bodies
+        return NO_HOST if (name_not_found or refused) else TRANSIENT  # resets, TLS, cut bodies
     if status in (schema.BLOCKED, schema.INVALID_URL, schema.OPTED_OUT, schema.NOT_IMAGE):
         return GONE
     return TRANSIENT  # timeout, too_large, decode_error
@@ -306,8 +366,17 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         {"kind": "same" | "new" | "unchecked" | "changed" | "failed", "failure", "reason", "sha256",
         "phash", "bytes_changed", "phash_distance", "placeholder", "picture_unchecked"}.
     """
-    obs: dict[str, Any] = {"kind": None, "failure": None, "reason": None, "sha256": None, "phash": None,
-           "bytes_changed": None, "phash_distance": None, "placeholder": False, "picture_unchecked": False}
+    obs: dict[str, Any] = {
+        "kind": None,
+        "failure": None,
+        "reason": None,
+        "sha256": None,
+        "phash": None,
+        "bytes_changed": None,
+        "phash_distance": None,
+        "placeholder": False,
+        "picture_unchecked": False,
+    }
 
     def failed(kind, reason):
         obs.update(kind="failed", failure=kind, reason=reason)
@@ -315,32 +384,47 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
 
     def unchecked(sha256, how):  # live, the bytes vouched for, but nothing to decode and compare
         what = entry.get("ingest_content_type") or check.get("content_type") or "this format"
-        obs.update(kind="unchecked", sha256=sha256, picture_unchecked=True,
-                   reason=f"{how}; the picture was not checked (cannot decode {what})")
+        obs.update(
+            kind="unchecked",
+            sha256=sha256,
+            picture_unchecked=True,
+            reason=f"{how}; the picture was not checked (cannot decode {what})",
+        )
         return obs
 
     if check["method"] == NOT_CHECKED:
         detail = f" ({entry.get('ingest_error')})" if entry.get("ingest_error") else ""
         return failed(UNFETCHABLE, f"not re-checked: {entry.get('ingest_status')} at ingest{detail}")
     if check["status"] != schema.OK:
-        kind = classify_failure(check["status"], check.get("http_status"), bool(check.get("name_not_found")),
-                                bool(check.get("refused")))
+        kind = classify_failure(
+            check["status"], check.get("http_status"), bool(check.get("name_not_found")), bool(check.get("refused"))
+        )
         return failed(kind, check.get("error") or check["status"])
     if check["not_modified"]:
-        sha256, phash = check.get("validated_sha256") or entry.get("sha256"), check.get("validated_phash") or entry.get("phash")
+        sha256, phash = (
+            check.get("validated_sha256") or entry.get("sha256"),
+            check.get("validated_phash") or entry.get("phash"),
+        )
         how = "file unchanged (same size)" if check["method"] == FILE else "304 Not Modified"
         if not phash and has_undecodable_baseline(entry):
             return unchecked(sha256, how)
     else:
-        if (check.get("image_status") != schema.OK and check.get("image_like") and check.get("sha256")
-                and check["sha256"] == entry.get("sha256")):  # an SVG, a HEIC...: not the same HTML page
+        if (
+            check.get("image_status") != schema.OK
+            and check.get("image_like")
+            and check.get("sha256")
+            and check["sha256"] == entry.get("sha256")
+        ):  # an SVG, a HEIC...: not the same HTML page
             return unchecked(check["sha256"], "same bytes as the snapshot")
         if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
             return failed(GONE, f"soft 404: serves {check.get('content_type') or 'no Content-Type'}, not an image")
         if check.get("image_status") != schema.OK:  # a format we cannot decode, or a broken picture
-            return failed(TRANSIENT, f"picture not checked: {check.get('image_error')}"
-                                     f" ({check.get('content_type') or 'no Content-Type'}), bytes differ from the"
-                                     " snapshot's")
+            return failed(
+                TRANSIENT,
+                f"picture not checked: {check.get('image_error')}"
+                f" ({check.get('content_type') or 'no Content-Type'}), bytes differ from the"
+                " snapshot's",
+            )
         sha256, phash, how = check["sha256"], check["phash"], None
     obs.update(sha256=sha256, phash=phash)
     why = placeholder_reason(sha256, phash, check.get("final_url"), detected, params, entry.get("url"))
@@ -358,15 +442,20 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
     if how and sha256 == entry["sha256"]:
         obs.update(kind="same", reason=how)
     elif same:
-        obs.update(kind="same", reason="same bytes" if not bytes_changed else
-                   f"same picture, other bytes: pHash distance {distance} <= {params.max_distance}")
+        obs.update(
+            kind="same",
+            reason="same bytes"
+            if not bytes_changed
+            else f"same picture, other bytes: pHash distance {distance} <= {params.max_distance}",
+        )
     else:
         obs.update(kind="changed", reason=f"another picture: pHash distance {distance} > {params.max_distance}")
     return obs
 
 
-def verdict_of(kind: str, failure: str | None, consecutive_failures: int, params: RefreshParams,
-               previous_status: str | None = None) -> str:
+def verdict_of(
+    kind: str, failure: str | None, consecutive_failures: int, params: RefreshParams, previous_status: str | None = None
+) -> str:
     """The night's verdict from the observation, the failure streak (tonight included) and the
     night before's verdict: a dead URL stays dead while it keeps failing, whatever the failure.
 
@@ -429,13 +518,25 @@ def judge(entry: dict, check: dict, previous: dict | None, detected: dict, param
         dead_since = previous.get("dead_since") if previous and previous_status == DEAD else None
         dead_since = dead_since or params.night
     return {
-        "night": params.night, "dataset": entry.get("dataset"), "key": entry.get("key"), "url": entry.get("url"),
-        "host": entry.get("host"), "status": verdict, "http_status": check.get("http_status"),
-        "checked_at": check.get("checked_at"), "sha256": obs["sha256"], "phash": obs["phash"],
-        "error": reason if verdict in (UNREACHABLE, DEAD) else None, "reason": reason,
-        "method": check["method"], "requests": check.get("requests") or 0, "failure": obs["failure"],
-        "bytes_changed": obs["bytes_changed"], "phash_distance": obs["phash_distance"],
-        "placeholder": obs["placeholder"], "final_url": check.get("final_url"),
+        "night": params.night,
+        "dataset": entry.get("dataset"),
+        "key": entry.get("key"),
+        "url": entry.get("url"),
+        "host": entry.get("host"),
+        "status": verdict,
+        "http_status": check.get("http_status"),
+        "checked_at": check.get("checked_at"),
+        "sha256": obs["sha256"],
+        "phash": obs["phash"],
+        "error": reason if verdict in (UNREACHABLE, DEAD) else None,
+        "reason": reason,
+        "method": check["method"],
+        "requests": check.get("requests") or 0,
+        "failure": obs["failure"],
+        "bytes_changed": obs["bytes_changed"],
+        "phash_distance": obs["phash_distance"],
+        "placeholder": obs["placeholder"],
+        "final_url": check.get("final_url"),
         "picture_unchecked": obs["picture_unchecked"],
         "consecutive_failures": consecutive,
         "previous_nights": ((previous.get("previous_nights") or 0) + 1) if previous else 0,
@@ -443,7 +544,9 @@ def judge(entry: dict, check: dict, previous: dict | None, detected: dict, param
         "newly_dead": verdict == DEAD and before != DEAD,
         "revived": verdict in (ALIVE, CHANGED) and before == DEAD,
         "dead_since": dead_since,
-        "ingest_status": entry.get("ingest_status"), "ingest_sha256": entry.get("sha256"),
-        "ingest_phash": entry.get("phash"), "ingest_fetched_at": entry.get("fetched_at"),
+        "ingest_status": entry.get("ingest_status"),
+        "ingest_sha256": entry.get("sha256"),
+        "ingest_phash": entry.get("phash"),
+        "ingest_fetched_at": entry.get("fetched_at"),
         "snapshot": entry.get("snapshot"),
     }
