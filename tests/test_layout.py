@@ -42,6 +42,10 @@ BIG_MODULES = {
                                   "apart (json_manifests.py)",
     "deploy/cluster/cluster_check.py": "the offline cluster check end to end: staging the demo on gs://, one "
                                        "launch and one local run per job, and the comparison of their outputs",
+    "deploy/jobs.py": "the job registry: per job its Flex Template parameters with labels, help and validation "
+                      "regexes, worker defaults and launch bodies, one table each (long since ruff format)",
+    "pipelines/ingest.py": "the ingest job: its option groups, the graph, the input and remote-path checks and the "
+                           "demo inputs; over 400 lines only since ruff format wrapped the option definitions",
     "transforms/io/labels.py": "five side-file formats, each parser next to its join (20-60 lines each) over one "
                                "generic JoinRowsByKey",
 }
