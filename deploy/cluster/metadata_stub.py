@@ -26,18 +26,21 @@ def _answer(path: str, project: str):
         return 200, "text/plain", project
     if path == "/computeMetadata/v1/project/numeric-project-id":
         return 200, "text/plain", "0"
-    if path.endswith("/service-accounts/default"):
-        return 200, "application/json", json.dumps({"email": ACCOUNT, "scopes": SCOPES, "aliases": ["default"]})
-    if path.endswith("/service-accounts/default/email"):
-        return 200, "text/plain", ACCOUNT
-    if path.endswith("/service-accounts/default/scopes"):
-        return 200, "text/plain", "\n".join(SCOPES)
-    if path.endswith("/service-accounts/default/token"):
-        return (
-            200,
-            "application/json",
-            json.dumps({"access_token": "offline-token", "expires_in": 3600, "token_type": "Bearer"}),
-        )
+    # google-auth asks for "default" first, then by the account's email once it knows it.
+    account, _, leaf = path.partition("/service-accounts/")[2].partition("/")
+    if "/service-accounts/" in path and account in ("default", ACCOUNT):
+        if leaf == "":
+            return 200, "application/json", json.dumps({"email": ACCOUNT, "scopes": SCOPES, "aliases": ["default"]})
+        if leaf == "email":
+            return 200, "text/plain", ACCOUNT
+        if leaf == "scopes":
+            return 200, "text/plain", "\n".join(SCOPES)
+        if leaf == "token":
+            return (
+                200,
+                "application/json",
+                json.dumps({"access_token": "offline-token", "expires_in": 3600, "token_type": "Bearer"}),
+            )
     return 404, "text/plain", "not found"
 
 
