@@ -16,13 +16,11 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
-import threading
 import time
 
 from bench import synth
-from bench.proctree import tree_rss
+from bench.proctree import run_sampled
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -47,23 +45,10 @@ def measured(cmd):
     """Run cmd; return (exit code, wall seconds, peak RSS of its process tree in MiB)."""
     LOADS.append(wait_quiet(WAIT_QUIET[0]))
     started = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = [0]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(proc.pid) // 1024)
-            stop.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    stop.set()
-    sampler.join()
-    if proc.returncode:
+    returncode, err, peak = run_sampled(cmd, ROOT)
+    if returncode:
         sys.stderr.write(err.decode(errors="replace")[-4000:])
-    return proc.returncode, time.time() - started, peak[0] / 1024
+    return returncode, time.time() - started, peak / 2**20
 
 
 def data_file(n, k, views=False):

@@ -27,9 +27,7 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -37,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import synth
-from bench.proctree import tree_rss
+from bench.proctree import run_sampled
 from transforms import schema
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,24 +51,11 @@ def measured(cmd):
     env = dict(os.environ, PYTHONPATH=ROOT)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = [0]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(proc.pid))
-            stop.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    stop.set()
-    sampler.join()
+    returncode, err, peak = run_sampled(cmd, ROOT, env)
     wall = time.time() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return proc.returncode, wall, peak[0] / 2 ** 20, err.decode(errors="replace")[-3000:], cpu
+    return returncode, wall, peak / 2 ** 20, err.decode(errors="replace")[-3000:], cpu
 
 
 def hash_file(n, k):

@@ -1,5 +1,7 @@
 """Resident memory of a whole process tree (a job's driver plus its SDK worker processes), from /proc."""
 import os
+import subprocess
+import threading
 
 
 def _children():
@@ -28,3 +30,24 @@ def tree_rss(root):
         except OSError:
             pass
     return total
+
+
+def run_sampled(cmd, cwd, env=None, interval=0.2):
+    """Run cmd to its end, sampling its tree's RSS every `interval` s.
+
+    Returns (exit code, stderr bytes, peak resident bytes of the tree)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            stop.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    return proc.returncode, err, peak[0]
