@@ -149,6 +149,22 @@ def test_truncated_gzip_manifest_fails_the_ingest_in_one_line_then_is_kept_on_re
     assert [(t["path"], t["last_line"], t["rows"]) for t in truncated] == [(str(manifest), whole, whole)]
 
 
+def test_a_cut_gzip_side_file_fails_the_ingest_in_one_line(web, tmp_path, capsys):
+    urls = _serve(web, 6)
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls))
+    # CC3M labels for every row, gzipped, then cut: the rows past the cut would lose their labels.
+    label_lines = "".join(f"caption {n}\t{url}\t/m/0{n}\tthing\t0.9\n" for n, url in enumerate(urls))
+    labels = tmp_path / "labels.tsv.gz"
+    data = _gzip_of(label_lines * 50)
+    labels.write_bytes(data[: len(data) // 2])
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc3m={manifest}", **{"cc3m-labels": str(labels)}) == 2
+    line = _one_line(capsys)
+    assert str(labels) in line and "cut short" in line
+    assert not os.path.exists(os.path.join(out, "images"))
+
+
 # --- keys: same-named files, one file under two names -------------------------------------------
 
 def test_same_named_files_in_three_folders_keep_every_row_and_a_file_named_twice_is_read_once(web, tmp_path):

@@ -6,8 +6,12 @@ csv module and ijson can stream from it record by record, never loading a whole 
 
 Public transforms (a "paths" argument is one path/glob or a list of them):
 
-- `OpenFiles(paths)`: PBegin -> `fileio.ReadableFile` per matched file.
+- `OpenFiles(paths)`: PBegin -> `CheckedFile` per matched file (`.metadata`, `.open()`).
 - `ReadLines(paths, with_filename)`: PBegin -> `str` lines, or `(filename, line)` tuples.
+
+Every compressed input is read to its end-of-stream marker: a .gz, .bz2, .xz or .zst cut short
+fails the job with a `CompressedInputError` naming the file (Beam's own readers would hand on
+the lines before the cut and say nothing).
 - `ParseFiles(paths, parse, ...)`: PBegin -> whatever `parse` yields from those files or lines.
 """
 
@@ -35,6 +39,7 @@ __all__ = [
     "text_stream",
     "sniff",
     "as_patterns",
+    "CheckedFile",
     "OpenFiles",
     "ReadLines",
     "ParseFiles",
@@ -81,8 +86,10 @@ class RawReader(io.RawIOBase):
 class CompressedInputError(BadInput):
     """A compressed file ends before its end-of-stream marker, or its data is corrupt."""
 
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: compressed file is truncated or corrupt ({reason})")
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        # One-argument form: Beam re-raises a DoFn's exception as type(exc)(message + step), and
+        # would turn it into a bare RuntimeError (exit 1, "unexpected") if that call failed.
+        super().__init__(path if reason is None else f"{path}: compressed file is truncated or corrupt ({reason})")
         self.path = path
         self.reason = reason
 
@@ -245,8 +252,27 @@ def as_patterns(paths: str | Sequence[str]) -> list[str]:
     return [paths] if isinstance(paths, str) else list(paths)
 
 
+class CheckedFile:
+    """A matched file whose `open()` reads compressed data to its end (`open_path`).
+
+    fileio.ReadableFile.open() goes through Beam's CompressedFile, which stops quietly where a .gz
+    is cut; parsers given this instead see the cut as a CompressedInputError.
+    """
+
+    def __init__(self, readable: fileio.ReadableFile) -> None:
+        self.metadata = readable.metadata
+
+    def open(self) -> Any:
+        """A binary stream of the file, decompressed by extension (see `open_path`)."""
+        return open_path(self.metadata.path)
+
+
+def _is_compressed(metadata: Any) -> bool:
+    return CompressionTypes.detect_compression_type(metadata.path) in _DECOMPRESSORS
+
+
 class OpenFiles(beam.PTransform):
-    """PCollection of fileio.ReadableFile for every file matched by one or more paths/globs."""
+    """PCollection of `CheckedFile` for every file matched by one or more paths/globs."""
 
     def __init__(self, paths: str | Sequence[str]) -> None:
         super().__init__()
@@ -258,13 +284,30 @@ class OpenFiles(beam.PTransform):
             | "Patterns" >> beam.Create(self._patterns)
             | "Match" >> fileio.MatchAll()
             | "Open" >> fileio.ReadMatches()
+            | "Checked" >> beam.Map(CheckedFile)
         )
+
+
+class _CheckedLinesFn(beam.DoFn):
+    """Lines of one compressed file, read whole and to its end-of-stream marker."""
+
+    def __init__(self, with_filename: bool) -> None:
+        self._with_filename = with_filename
+
+    def process(self, metadata):
+        path = metadata.path
+        with open_stream(path) as binary:
+            for raw in binary:
+                line = raw.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
+                yield (path, line) if self._with_filename else line
 
 
 class ReadLines(beam.PTransform):
     """Lines of one or more paths/globs, as (filename, line) when with_filename.
 
-    ReadFromText splits uncompressed files across workers: for one-record-a-line formats only.
+    Plain files go through ReadAllFromText, which splits big files across workers (for
+    one-record-a-line formats only); compressed files cannot be split anyway, so one worker reads
+    each whole, to its end-of-stream marker.
     """
 
     def __init__(self, paths: str | Sequence[str], with_filename: bool = False) -> None:
@@ -273,9 +316,16 @@ class ReadLines(beam.PTransform):
         self._with_filename = with_filename
 
     def expand(self, pbegin):
-        read = beam.io.ReadFromTextWithFilename if self._with_filename else beam.io.ReadFromText
-        reads = [pbegin | f"Read{i}" >> read(p) for i, p in enumerate(self._patterns)]
-        return reads[0] if len(reads) == 1 else reads | "Lines" >> beam.Flatten()
+        files = pbegin | "Patterns" >> beam.Create(self._patterns) | "Match" >> fileio.MatchAll()
+        # Why the split: a cut .gz must fail the job, and ReadAllFromText would read it quietly.
+        plain, compressed = files | "ByCompression" >> beam.Partition(lambda m, _: int(_is_compressed(m)), 2)
+        plain_lines = (
+            plain
+            | "PlainPaths" >> beam.Map(lambda metadata: metadata.path)
+            | "ReadPlain" >> beam.io.ReadAllFromText(with_filename=self._with_filename)
+        )
+        compressed_lines = compressed | "ReadCompressed" >> beam.ParDo(_CheckedLinesFn(self._with_filename))
+        return (plain_lines, compressed_lines) | "Lines" >> beam.Flatten()
 
 
 class ParseFiles(beam.PTransform):

@@ -376,3 +376,44 @@ def test_synsets_split_on_first_space(tmp_path):
     with TestPipeline(runner="FnApiRunner") as p:
         out = p | labels.ReadSynsets(fixture("LOC_synset_mapping.txt"))
         assert_that(out | beam.Keys(), equal_to(list(synsets)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cut compressed side files: refused, never read up to the cut
+
+
+def _cut_gzip(src, dst_dir, name, keep=0.6):
+    whole = gzipped(src, dst_dir, name)
+    data = open(whole, "rb").read()
+    with open(whole, "wb") as handle:
+        handle.write(data[: int(len(data) * keep)])
+    return whole
+
+
+@pytest.mark.parametrize(
+    "reader, fixture_name",
+    [
+        (labels.ReadOpenImagesClasses, "openimages_v1_dict.csv"),
+        (labels.ReadOpenImagesLabels, "machine_ann_2016_08_labels.csv"),
+        (labels.ReadCC3MLabels, "cc3m_labels.tsv"),
+        (labels.ReadLongCaptions, "dreamlip_long_captions.csv"),
+        (labels.ReadSynsets, "LOC_synset_mapping.txt"),
+    ],
+)
+def test_every_side_file_reader_refuses_a_cut_gzip_and_reads_a_whole_one_like_the_plain_file(
+    tmp_path, reader, fixture_name
+):
+    def same_records(lists):
+        plain, unzipped = (sorted(map(repr, records)) for records in lists)
+        assert plain and plain == unzipped
+
+    whole = gzipped(fixture(fixture_name), tmp_path)
+    with TestPipeline(runner="FnApiRunner") as p:
+        plain = p | "Plain" >> reader(fixture(fixture_name)) | "PlainList" >> beam.combiners.ToList()
+        unzipped = p | "Gzip" >> reader(whole) | "GzipList" >> beam.combiners.ToList()
+        assert_that((plain, unzipped) | beam.Flatten(), same_records)
+
+    cut = _cut_gzip(fixture(fixture_name), tmp_path, "cut-" + fixture_name)
+    with pytest.raises(readers.CompressedInputError, match="cut short"):
+        with TestPipeline(runner="FnApiRunner") as p:
+            _ = p | reader(cut)
