@@ -32,7 +32,6 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from matplotlib import rc_context
 from matplotlib.figure import Figure
@@ -40,6 +39,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from pipelines.report.progress_line import human_bytes
 from transforms import schema
+from transforms.io.checked_parquet import open_table_file, table_batches
 from transforms.io.sinks import join_path, read_json
 
 __all__ = [
@@ -214,12 +214,10 @@ def parquet_files(out: str) -> list[str]:
 def read_table_stats(out: str, batch_size: int = 65536) -> TableStats:
     stats = TableStats()
     for path in parquet_files(out):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            parquet = pq.ParquetFile(handle)
-            present = set(parquet.schema_arrow.names)
-            columns = [c for c in COLUMNS if c in present]
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-                stats.add_batch(batch)
+        present = set(open_table_file(path).schema_arrow.names)
+        columns = [c for c in COLUMNS if c in present]
+        for batch in table_batches(path, columns, batch_size=batch_size):
+            stats.add_batch(batch)
     return stats
 
 

@@ -858,14 +858,12 @@ MEMBER_FIELDS = ("key", "dataset", "url", "status", "sha256", "phash", "dhash", 
 def _shard_members(path, components):
     if not components:
         return
-    import pyarrow.parquet as pq  # only the ingest's workers need it here
+    from transforms.io.checked_parquet import open_table_file, table_batches  # only workers need pyarrow
 
-    with FileSystems.open(path) as handle:
-        parquet = pq.ParquetFile(handle)
-        names = set(parquet.schema_arrow.names)  # tables written before the view columns lack them
-        for batch in parquet.iter_batches(batch_size=4096, columns=[c for c in MEMBER_FIELDS if c in names]):
-            for row in batch.to_pylist():
-                yield from _place(row, components, singles=False)
+    names = set(open_table_file(path).schema_arrow.names)  # tables written before the view columns lack them
+    for batch in table_batches(path, [c for c in MEMBER_FIELDS if c in names]):
+        for row in batch.to_pylist():
+            yield from _place(row, components, singles=False)
 
 
 class WriteDuplicates(beam.PTransform):

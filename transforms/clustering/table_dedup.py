@@ -91,12 +91,9 @@ class ListTables(beam.PTransform):
 
 
 def _open_parquet(path):
-    import pyarrow.parquet as pq
+    from transforms.io.checked_parquet import open_table_file
 
-    try:
-        return pq.ParquetFile(FileSystems.open(path))
-    except Exception as error:  # pyarrow raises ArrowInvalid/OSError for a damaged footer
-        raise BadInput(f"{path}: not a readable Parquet file ({error})") from error
+    return open_table_file(path)
 
 
 # Columns without which a file is no ingest table; any other column asked for may be missing
@@ -110,6 +107,7 @@ def _batches(path, columns):
     import pyarrow as pa
 
     from transforms import schema
+    from transforms.io.checked_parquet import table_batches
 
     parquet = _open_parquet(path)
     names = parquet.schema_arrow.names
@@ -119,7 +117,7 @@ def _batches(path, columns):
         raise BadInput(f"{path}: missing column(s) {', '.join(required)}: not an ingest table")
     present = None if columns is None else [c for c in columns if c in names]
     first = 0
-    for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=present):
+    for batch in table_batches(path, present, batch_size=READ_BATCH):
         if missing:
             arrays = [
                 batch.column(present.index(c))
@@ -333,9 +331,9 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
     import uuid
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from transforms import schema
+    from transforms.io.checked_parquet import table_writer
     from transforms.io.table import _with_cluster_columns
 
     _index, path = element
@@ -344,7 +342,7 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
     temporary = f"{target}.tmp-{uuid.uuid4().hex}"
     copied = 0
     with FileSystems.create(temporary) as handle:
-        with pq.ParquetWriter(handle, schema.IMAGE_SCHEMA, compression="zstd") as writer:
+        with table_writer(handle, schema.IMAGE_SCHEMA) as writer:
             for first, batch in _batches(path, None):
                 if skipped:
                     keep = np.array([i not in skipped for i in range(first, first + batch.num_rows)], dtype=bool)

@@ -61,7 +61,7 @@ class HfParquetShardDoFn(ShardWriterDoFn):
     extension = "parquet"
 
     def open_shard(self, handle):
-        return {"writer": pq.ParquetWriter(handle, HF_SCHEMA, compression="zstd"), "rows": []}
+        return {"writer": pq.ParquetWriter(handle, HF_SCHEMA, compression="zstd", write_page_checksum=True), "rows": []}
 
     def write_sample(self, writer, key: str, record: dict, image: ExportedImage):
         row = sample_metadata(key, record, image)

@@ -31,11 +31,11 @@ from collections.abc import Iterable
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import schema
+from transforms.io.checked_parquet import ReadTableRecords, table_batches, table_writer
 from transforms.io.sinks import join_path
 
 CLUSTER_COLUMNS = ("cluster_id", "is_canonical", "is_placeholder")
@@ -125,12 +125,7 @@ class ReadImageTable(beam.PTransform):
         self._files = list(files)
 
     def expand(self, pbegin):
-        return (
-            pbegin
-            | "Files" >> beam.Create(self._files)
-            | "Read" >> beam.io.ReadAllFromParquet()
-            | "Restore" >> beam.Map(restore_row)
-        )
+        return pbegin | "Read" >> ReadTableRecords(self._files) | "Restore" >> beam.Map(restore_row)
 
 
 class WriteShardsDoFn(beam.DoFn):
@@ -164,7 +159,7 @@ class WriteShardsDoFn(beam.DoFn):
         if self._writer is None:
             self._path = join_path(self._tmp_dir, f"shard-{uuid.uuid4().hex}.parquet")
             self._handle = FileSystems.create(self._path)
-            self._writer = pq.ParquetWriter(self._handle, schema.IMAGE_SCHEMA, compression="zstd")
+            self._writer = table_writer(self._handle, schema.IMAGE_SCHEMA)
         self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=schema.IMAGE_SCHEMA))
         self._rows_written.inc(len(self._buffer))
         self._in_shard += len(self._buffer)
@@ -201,9 +196,9 @@ def finalize_shard(shard_path, assignments, images_dir, run_id, batch_rows=5000)
     target = final_name(images_dir, run_id, shard_path)
     temporary = f"{target}.tmp-{uuid.uuid4().hex}"
     per_file = collections.Counter()
-    with FileSystems.open(shard_path) as source, FileSystems.create(temporary) as handle:
-        with pq.ParquetWriter(handle, schema.IMAGE_SCHEMA, compression="zstd") as writer:
-            for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_rows):
+    with FileSystems.create(temporary) as handle:
+        with table_writer(handle, schema.IMAGE_SCHEMA) as writer:
+            for batch in table_batches(shard_path, batch_size=batch_rows):
                 table = pa.Table.from_batches([batch])
                 if assignments is not None:
                     table = _with_cluster_columns(table, assignments)
@@ -221,7 +216,8 @@ def write_empty_part(images_dir, run_id, finalized):
         return []
     target = join_path(images_dir, f"{PART_PREFIX}-{run_id}-empty.parquet")
     with FileSystems.create(target) as handle:
-        pq.write_table(schema.IMAGE_SCHEMA.empty_table(), handle, compression="zstd")
+        with table_writer(handle, schema.IMAGE_SCHEMA) as writer:
+            writer.write_table(schema.IMAGE_SCHEMA.empty_table())
     return [{"path": target, "rows": 0, "per_file": {}}]
 
 

@@ -12,6 +12,7 @@ from apache_beam.utils import shared
 from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
 from transforms.fetch.client import Fetcher
+from transforms.io.checked_parquet import ReadTableRecords
 from transforms.io.sinks import join_path
 from transforms.liveness.plans import check_file, finish_check, new_check, plan_check, run_plan
 from transforms.liveness.verdicts import (
@@ -108,7 +109,7 @@ class ReadSnapshots(beam.PTransform):
         for order, (label, pattern, columns) in enumerate(self._patterns):
             parts.append(
                 pbegin
-                | f"Read{order}" >> beam.io.ReadFromParquet(pattern, columns=columns or snapshot_columns(pattern))
+                | f"Read{order}" >> ReadTableRecords(pattern, columns=columns or snapshot_columns(pattern))
                 | f"Entries{order}" >> beam.Map(snapshot_entry, label, order)
             )
         return (
