@@ -73,12 +73,16 @@ def run_dedup(n, k, extra=(), views_data=False):
     ev.setdefault("planted", {})
     ev.setdefault("recalled", {})
     planted = sum(ev["planted"].values()) or 1
-    if ev.get("rows_out") != n:  # the evaluation must see every row, else its figures mean little
-        print(f"WARNING: {n:,} rows in, the evaluation saw {ev.get('rows_out')} rows out", file=sys.stderr)
+    counted = doc.get("counters", {}).get("bench/rows_out")
+    if ev.get("rows_out") != n or counted != n:  # the evaluation must see every row, else its figures mean little
+        print(f"WARNING: {n:,} rows in, the evaluation saw {ev.get('rows_out')} rows out "
+              f"(a counter on the rows out: {counted})", file=sys.stderr)
     return {
         "rows": n, "wall_seconds": round(wall, 1), "pipeline_seconds": doc["wall_seconds"],
         "load_at_start": LOADS[-1], "load_at_end": round(os.getloadavg()[0], 2),
         "peak_rss_mib": round(rss), "rows_out": ev.get("rows_out"),
+        "rows_out_counter": doc.get("counters", {}).get("bench/rows_out"),
+        "counters": doc.get("counters"),
         "planted_pairs": planted, "recalled_pairs": sum(ev["recalled"].values()),
         "recall": sum(ev["recalled"].values()) / planted,
         "recall_by_distance": {d: f"{ev['recalled'][d]}/{ev['planted'][d]}"
