@@ -53,7 +53,7 @@ def measured(cmd):
 
 def data_file(n, k, views=False):
     os.makedirs(WORK, exist_ok=True)
-    path = os.path.join(WORK, f"hashes-{n}-k{k}{'-views' if views else ''}.npz")
+    path = os.path.join(WORK, f"hashes-{n}-k{k}{'-views' if views else ''}-v{synth.VERSION}.npz")
     if not os.path.exists(path):
         synth.save(path, synth.generate(n, k=k, views=views))
     return path
