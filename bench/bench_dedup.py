@@ -82,6 +82,7 @@ def run_dedup(n, k, extra=(), views_data=False):
         "load_at_start": LOADS[-1], "load_at_end": round(os.getloadavg()[0], 2),
         "peak_rss_mib": round(rss), "rows_out": ev.get("rows_out"),
         "rows_out_counter": doc.get("counters", {}).get("bench/rows_out"),
+        "rows_lost": n - (counted if counted is not None else ev.get("rows_out") or 0),
         "counters": doc.get("counters"),
         "planted_pairs": planted, "recalled_pairs": sum(ev["recalled"].values()),
         "recall": sum(ev["recalled"].values()) / planted,
@@ -195,16 +196,19 @@ def _markdown(report):
     lines = ["| run | rows | recall | false matches | wall s | peak RSS MiB | load |",
              "|---|---:|---:|---|---:|---:|---:|"]
 
+    def lost(r):  # a run that lost rows out: its figures are not comparable (docs/duplicates.md)
+        return f" (**{r['rows_lost']:,} rows lost**)" if r.get("rows_lost") else ""
+
     def false(r):
         return (f"{r['false_merges']} false merges ({r['false_matched_rows']} unrelated rows "
                 "clustered)" if r["false_merges"] or r["false_matched_rows"] else "0")
 
     for r in report.get("views", []):
-        lines.append(f"| Dedup, hashes with views, --views {','.join(r['views']) or 'none'} | {r['rows']:,} | "
+        lines.append(f"| Dedup, hashes with views, --views {','.join(r['views']) or 'none'}{lost(r)} | {r['rows']:,} | "
                      f"{r['recall']:.0%} | {false(r)} | {r['pipeline_seconds']} | {r['peak_rss_mib']} | "
                      f"{r['load_at_start']} |")
     for r in report["dedup_at_imagededup_sizes"] + report["dedup"]:
-        lines.append(f"| Dedup (Beam, local) | {r['rows']:,} | {r['recall']:.0%} | {false(r)} | "
+        lines.append(f"| Dedup (Beam, local){lost(r)} | {r['rows']:,} | {r['recall']:.0%} | {false(r)} | "
                      f"{r['pipeline_seconds']} | {r['peak_rss_mib']} | {r['load_at_start']} |")
     if "dedup_phash_only" in report:
         r = report["dedup_phash_only"]
