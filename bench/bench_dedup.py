@@ -53,7 +53,7 @@ def measured(cmd):
 
 def data_file(n, k, views=False):
     os.makedirs(WORK, exist_ok=True)
-    path = os.path.join(WORK, f"hashes-{n}-k{k}{'-views' if views else ''}.npz")
+    path = os.path.join(WORK, f"hashes-{n}-k{k}{'-views' if views else ''}-v{synth.VERSION}.npz")
     if not os.path.exists(path):
         synth.save(path, synth.generate(n, k=k, views=views))
     return path
@@ -73,12 +73,17 @@ def run_dedup(n, k, extra=(), views_data=False):
     ev.setdefault("planted", {})
     ev.setdefault("recalled", {})
     planted = sum(ev["planted"].values()) or 1
-    if ev.get("rows_out") != n:  # the evaluation must see every row, else its figures mean little
-        print(f"WARNING: {n:,} rows in, the evaluation saw {ev.get('rows_out')} rows out", file=sys.stderr)
+    counted = doc.get("counters", {}).get("bench/rows_out")
+    if ev.get("rows_out") != n or counted != n:  # the evaluation must see every row, else its figures mean little
+        print(f"WARNING: {n:,} rows in, the evaluation saw {ev.get('rows_out')} rows out "
+              f"(a counter on the rows out: {counted})", file=sys.stderr)
     return {
         "rows": n, "wall_seconds": round(wall, 1), "pipeline_seconds": doc["wall_seconds"],
         "load_at_start": LOADS[-1], "load_at_end": round(os.getloadavg()[0], 2),
         "peak_rss_mib": round(rss), "rows_out": ev.get("rows_out"),
+        "rows_out_counter": doc.get("counters", {}).get("bench/rows_out"),
+        "rows_lost": n - (counted if counted is not None else ev.get("rows_out") or 0),
+        "counters": doc.get("counters"),
         "planted_pairs": planted, "recalled_pairs": sum(ev["recalled"].values()),
         "recall": sum(ev["recalled"].values()) / planted,
         "recall_by_distance": {d: f"{ev['recalled'][d]}/{ev['planted'][d]}"
@@ -191,16 +196,19 @@ def _markdown(report):
     lines = ["| run | rows | recall | false matches | wall s | peak RSS MiB | load |",
              "|---|---:|---:|---|---:|---:|---:|"]
 
+    def lost(r):  # a run that lost rows out: its figures are not comparable (docs/duplicates.md)
+        return f" (**{r['rows_lost']:,} rows lost**)" if r.get("rows_lost") else ""
+
     def false(r):
         return (f"{r['false_merges']} false merges ({r['false_matched_rows']} unrelated rows "
                 "clustered)" if r["false_merges"] or r["false_matched_rows"] else "0")
 
     for r in report.get("views", []):
-        lines.append(f"| Dedup, hashes with views, --views {','.join(r['views']) or 'none'} | {r['rows']:,} | "
+        lines.append(f"| Dedup, hashes with views, --views {','.join(r['views']) or 'none'}{lost(r)} | {r['rows']:,} | "
                      f"{r['recall']:.0%} | {false(r)} | {r['pipeline_seconds']} | {r['peak_rss_mib']} | "
                      f"{r['load_at_start']} |")
     for r in report["dedup_at_imagededup_sizes"] + report["dedup"]:
-        lines.append(f"| Dedup (Beam, local) | {r['rows']:,} | {r['recall']:.0%} | {false(r)} | "
+        lines.append(f"| Dedup (Beam, local){lost(r)} | {r['rows']:,} | {r['recall']:.0%} | {false(r)} | "
                      f"{r['pipeline_seconds']} | {r['peak_rss_mib']} | {r['load_at_start']} |")
     if "dedup_phash_only" in report:
         r = report["dedup_phash_only"]

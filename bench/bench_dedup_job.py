@@ -60,7 +60,7 @@ def measured(cmd):
 
 def hash_file(n, k):
     os.makedirs(WORK, exist_ok=True)
-    path = os.path.join(WORK, f"hashes-{n}-k{k}.npz")
+    path = os.path.join(WORK, f"hashes-{n}-k{k}-v{synth.VERSION}.npz")
     if not os.path.exists(path):
         synth.save(path, synth.generate(n, k=k))
     return path

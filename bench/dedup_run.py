@@ -77,6 +77,21 @@ def _purity(element):
             "clusters_seen": 1}
 
 
+def _count_out(row):
+    beam.metrics.Metrics.counter("bench", "rows_out").inc()
+    return None
+
+
+def _counters(result):
+    """Committed counter values of the run, by name (rows_out and Dedup's own counters)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    out = {}
+    for c in result.metrics().query(MetricsFilter())["counters"]:
+        name = f"{c.key.metric.namespace}/{c.key.metric.name}"
+        out[name] = out.get(name, 0) + (c.committed if c.committed is not None else c.attempted)
+    return out
+
+
 def _write(doc, path):
     with open(path, "w") as f:
         json.dump(doc, f)
@@ -93,6 +108,8 @@ def main(argv=None):
     n = int(np.load(args.data, mmap_mode=None)["phash"].shape[0])
     workdir = os.path.dirname(os.path.abspath(args.result))
     options = pipeline_options(beam_args)
+    # why: one temporary file per run (two runs sharing a directory must not read each other's)
+    tmp = os.path.join(workdir, f"eval-tmp-{os.getpid()}.json")
     started = time.time()
     with beam.Pipeline(options=options) as p:
         rows = (p | beam.Create(list(range(0, n, CHUNK)))
@@ -108,6 +125,9 @@ def main(argv=None):
                      lambda r: r["cluster_id"] is not None or r["key"].split(":")[1][0] in "paw")
                  | "Marks" >> beam.Map(lambda r: (synth.group_of(r["key"]), (
                      r["key"], r["cluster_id"], r["is_placeholder"]))))
+        # why: a second, independent count of the rows out (a metrics counter), to tell a loss of
+        # rows in Dedup from a loss in this evaluation's own combine
+        _ = out["rows"] | "CounterOut" >> beam.Map(_count_out)
         rows_out = (out["rows"] | "CountOut" >> beam.combiners.Count.Globally()
                     | "RowsOut" >> beam.Map(lambda c: {"rows_out": c}))
         per_group = (marks | "ByGroup" >> beam.GroupByKey()
@@ -121,11 +141,12 @@ def main(argv=None):
                       | "SumEval" >> beam.CombineGlobally(SumNestedCounts()))
         (evaluation | "JoinStats" >> beam.Map(
             lambda e, s: {"evaluation": e, "stats": s}, s=beam.pvalue.AsSingleton(out["stats"]))
-         | "Write" >> beam.Map(_write, os.path.join(workdir, "eval-tmp.json")))
+         | "Write" >> beam.Map(_write, tmp))
     wall = time.time() - started
-    with open(os.path.join(workdir, "eval-tmp.json")) as f:
+    with open(tmp) as f:
         doc = json.load(f)
-    os.remove(os.path.join(workdir, "eval-tmp.json"))
+    os.remove(tmp)
+    doc["counters"] = _counters(p.result)  # Pipeline.__exit__ ran it and keeps its result
     doc.update(rows=n, wall_seconds=round(wall, 2), dhash=not args.no_dhash,
                views=list(parse_views(args.views)))
     _write(doc, args.result)

@@ -86,6 +86,12 @@ DEFAULT_PLACEHOLDER_MIN_URLS = 50
 
 # The views dedup matches through by default (transforms/hashing.py VIEWS, docs/duplicates.md).
 DEFAULT_MATCH_VIEWS = ("mirror", "trim", "crop", "centre")
+# With views on (issue 14), the plain search also keeps a pair its probes meet past max_distance,
+# up to max_distance + WIDE_EXTRA bits, when the two dHashes are within WIDE_DHASH_MAX_DISTANCE:
+# two hash families agreeing closely (a 3 % corner crop of a texture: pHash 10, dHash 5-8 away).
+# No pair of different pictures of the quality set passes it (docs/duplicates.md).
+WIDE_EXTRA = 2
+WIDE_DHASH_MAX_DISTANCE = 8
 VIEW_NAMES = tuple(VIEW_SPACES)
 MATCH_KINDS = ("sha256", "url", "phash", "near") + VIEW_NAMES + ("transitive",)
 
@@ -446,6 +452,10 @@ class _Cluster(beam.DoFn):
             dd = member["dhash_distance"]
             if dd is None or self._dhash_max is None or dd <= self._dhash_max:
                 return "near"
+        dd = member["dhash_distance"]
+        if self._views and distance is not None and distance <= self._max_distance + WIDE_EXTRA:
+            if self._dhash_max is not None and dd is not None and dd <= WIDE_DHASH_MAX_DISTANCE:
+                return "near"  # the wide plain rule (WIDE_EXTRA), as the search applies it
         view = self._view_match(member, canonical)
         if view is not None:
             name, distance, dhash_distance = view
@@ -713,6 +723,12 @@ class Dedup(beam.PTransform):
         self._known = frozenset(h.strip().lower() for h in placeholder_hashes)
         self._rounds = cc_rounds
         self._max_listed = int(max_listed_members)
+        # why: with views on, candidates met past max_distance that dHash confirms closely join too
+        self._wide = (
+            (self._max_distance + WIDE_EXTRA, WIDE_DHASH_MAX_DISTANCE)
+            if self._views and dhash_max_distance is not None
+            else None
+        )
         self._near = NearDuplicatePairs(
             self._max_distance,
             dhash_max_distance,
@@ -720,6 +736,7 @@ class Dedup(beam.PTransform):
             shard_bits=shard_bits,
             arrays=True,
             spill_dir=self._spill("near"),
+            wide=self._wide,
         )
 
     def _spill(self, name):
@@ -737,6 +754,7 @@ class Dedup(beam.PTransform):
             "views": list(self._views),
             "view_max_distance": self._view_max if self._views else None,
             "view_search": self._view_search.plan.describe() if self._view_search else None,
+            "near_wide": list(self._wide) if self._wide else None,
         }
 
     def expand(self, rows):

@@ -187,6 +187,7 @@ class BandPlan:
         chunk_pairs=1 << 20,
         chunk_probes=1 << 18,
         ordered=True,
+        wide=None,
     ):
         """Pairs within the threshold between queries and owners of shard (band j, shard).
 
@@ -194,6 +195,8 @@ class BandPlan:
         Yields (phash_q, dhash_q, phash_o, dhash_o, pdist, ddist) arrays per chunk, with the
         pair-once rules of the module docstring applied. ordered=False drops the
         "query below owner" rule (queries and owners are different keys: the view search).
+        wide=(pHash k', dHash d'): also keep a pair the probes met at pHash distance <= k' (beyond
+        max_distance) whose dHashes are both there and within d' (see NearDuplicatePairs).
         """
         o_p, o_d, o_has = owners
         q_p, q_d, q_has = queries
@@ -246,11 +249,38 @@ class BandPlan:
                 probe_q, lo, hi = qi[row], lo[hit], hi[hit]
                 for pq, po in _expand(probe_q, lo, hi, chunk_pairs):
                     yield from self._check(
-                        pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has, o_perm, earlier, dhash_max_distance, ordered
+                        pq,
+                        po,
+                        q_p,
+                        q_d,
+                        q_has,
+                        q_perm,
+                        o_p,
+                        o_d,
+                        o_has,
+                        o_perm,
+                        earlier,
+                        dhash_max_distance,
+                        ordered,
+                        wide,
                     )
 
     def _check(
-        self, pq, po, q_p, q_d, q_has, q_perm, o_p, o_d, o_has, o_perm, earlier, dhash_max_distance, ordered=True
+        self,
+        pq,
+        po,
+        q_p,
+        q_d,
+        q_has,
+        q_perm,
+        o_p,
+        o_d,
+        o_has,
+        o_perm,
+        earlier,
+        dhash_max_distance,
+        ordered=True,
+        wide=None,
     ):
         qp, qd, op, od = q_p[pq], q_d[pq], o_p[po], o_d[po]
         if ordered:
@@ -260,11 +290,14 @@ class BandPlan:
             ok = np.ones(len(pq), dtype=bool)
         x = q_perm[pq] ^ o_perm[po]
         pdist = np.bitwise_count(x).astype(np.int64)
-        ok &= pdist <= self.max_distance
         for mask in earlier:  # found in an earlier band: that band emits it
             ok &= np.bitwise_count(x & mask) > self.radius
         both = q_has[pq] & o_has[po]
         ddist = np.where(both, np.bitwise_count(qd ^ od).astype(np.int64), -1)
+        if wide is None:
+            ok &= pdist <= self.max_distance
+        else:  # a candidate met anyway, past the guarantee: kept only when dHash agrees closely
+            ok &= (pdist <= self.max_distance) | ((pdist <= wide[0]) & both & (ddist <= wide[1]))
         if dhash_max_distance is not None:
             ok &= ~both | (ddist <= dhash_max_distance)
         if ok.any():
@@ -332,9 +365,10 @@ class _RouteToShards(beam.DoFn):
 
 
 class _SearchShard(beam.DoFn):
-    def __init__(self, plan, dhash_max_distance):
+    def __init__(self, plan, dhash_max_distance, wide=None):
         self._plan = plan
         self._dhash_max = dhash_max_distance
+        self._wide = wide
 
     def process(self, element):
         (j, shard), parts = element
@@ -345,7 +379,7 @@ class _SearchShard(beam.DoFn):
         o = _arrays(records[owner])
         q = _arrays(records[~owner])
         pairs = beam.metrics.Metrics.counter("dedup", "near_pairs")
-        for qp, qd, op, od, pdist, ddist in self._plan.search_shard(j, shard, o, q, self._dhash_max):
+        for qp, qd, op, od, pdist, ddist in self._plan.search_shard(j, shard, o, q, self._dhash_max, wide=self._wide):
             pairs.inc(len(qp))
             yield from zip(
                 qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(), ddist.tolist(), strict=True
@@ -368,6 +402,11 @@ class NearDuplicatePairs(beam.PTransform):
     no gradient to compare).
     spill_dir: a local directory the routed hashes are grouped through (transforms.clustering.spill; local
     runs only), instead of the runner's in-memory GroupByKey.
+    wide: (pHash k', dHash d') or None. The probes also meet many pairs past max_distance (every
+    pair that agrees within r bits in some band); with wide, such a pair is kept too when its
+    pHash distance is <= k' and both dHashes are within d' (two hash families agreeing closely:
+    e.g. a 3 % corner crop of a texture, pHash 10 and dHash 5-8 away). Recall is exact up to
+    max_distance only; past it, a pair is found when the probes meet it.
     """
 
     def __init__(
@@ -379,8 +418,10 @@ class NearDuplicatePairs(beam.PTransform):
         batch_size: int = 8192,
         arrays: bool = False,
         spill_dir: str | None = None,
+        wide: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        self._wide = wide
         self._arrays = arrays
         self._spill_dir = spill_dir
         self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
@@ -400,7 +441,7 @@ class NearDuplicatePairs(beam.PTransform):
             nodes
             | "RouteToShards" >> beam.ParDo(_RouteToShards(self._plan))
             | "GroupShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: ROUTED_RECORD)
-            | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max))
+            | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max, self._wide))
         )
 
 

@@ -21,9 +21,11 @@ def planted(tmp_path_factory):
         for t in range(6):
             ph, dh = random_hash(rng), random_hash(rng)
             a = row(f"cc3m:pair{d}-{t}", "cc3m", phash=ph, dhash=dh)
-            # The partner is another dataset's copy: pHash d bits away, dHash a little off.
+            # The partner is another dataset's copy: pHash d bits away, dHash a little off (past
+            # the threshold, 9-16 bits off: looser than the wide rule's 8, see test_wide_rule).
+            dd = rng.randint(0, 6) if d <= K else rng.randint(9, 16)
             b = row(f"cc12m:pair{d}-{t}", "cc12m", phash=at_distance(ph, d, rng),
-                    dhash=at_distance(dh, rng.randint(0, 6), rng))
+                    dhash=at_distance(dh, dd, rng))
             rows += [a, b]
             pairs.append((d, a["key"], b["key"]))
     vetoed = []
@@ -286,3 +288,35 @@ def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path, spill):
     by_id = lambda cs: {c["cluster_id"]: c for c in cs}  # noqa: E731
     assert by_id(clusters_s) == by_id(clusters)
     assert stats_s == stats
+
+
+def test_wide_rule(tmp_path):
+    """With views on, a pair 10 bits apart in pHash (past the threshold) that the probes meet
+    joins when the dHashes are within 8; not with dHash 9 away, not 12 bits apart, not when no
+    band meets it, and not with --views none (the matching before issue 14)."""
+    from transforms.clustering.near_search import BandPlan
+    plan = BandPlan(K)
+    rng = random.Random(14)
+
+    def partner(ph, band_bits):
+        """ph with band_bits[j] bits flipped inside band j (interleaved: bit i is in band i % 3)."""
+        bits = []
+        for j, n in enumerate(band_bits):
+            bits += rng.sample(range(j, 64, plan.bands), n)
+        return flip(ph, bits)
+
+    cases = {"met": ((2, 4, 4), 8, True), "dhash9": ((2, 4, 4), 9, False),
+             "unmet": ((3, 4, 3), 0, False), "twelve": ((2, 5, 5), 0, False)}
+    rows = []
+    for name, (band_bits, dd, _) in cases.items():
+        ph, dh = random_hash(rng), random_hash(rng)
+        rows += [row(f"cc3m:{name}a", phash=ph, dhash=dh),
+                 row(f"cc12m:{name}b", "cc12m", phash=partner(ph, band_bits), dhash=at_distance(dh, dd, rng))]
+    rows_out, clusters, _, _ = run_dedup(rows, tmp_path / "on")
+    check_invariants(rows, rows_out, clusters)
+    cid = cluster_of(rows_out)
+    for name, (_, _, joined) in cases.items():
+        assert (cid[f"cc3m:{name}a"] is not None and cid[f"cc3m:{name}a"] == cid[f"cc12m:{name}b"]) == joined, name
+    assert [m["match"] for c in clusters for m in c["members"]] in (["canonical", "near"], ["near", "canonical"])
+    rows_out, _, _, _ = run_dedup(rows, tmp_path / "off", views=())
+    assert all(c is None for c in cluster_of(rows_out).values())

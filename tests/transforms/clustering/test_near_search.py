@@ -106,3 +106,56 @@ def test_beam_transform_matches_brute_force():
                  | NearDuplicatePairs(8, dhash_max_distance=20, batch_size=64)
                  | beam.Map(lambda t: ((t[0], t[1]), (t[2], t[3]))))
         assert_that(pairs, equal_to(expected))
+
+
+def _met(plan, a, b):
+    """Whether the probes meet the pair (a, b): within plan.radius bits in some band."""
+    x = plan.permute(np.array([a ^ b], dtype=np.uint64))[0]
+    return any(int(np.bitwise_count(x & m)) <= plan.radius for m in plan.band_masks)
+
+
+def test_wide_keeps_met_pairs_past_the_threshold_only_when_dhash_agrees_closely():
+    # families of dense hashes with dHashes close to their family's, so pairs past 8 bits exist
+    # with close and with far dHashes
+    rng = random.Random(3)
+    nodes = set()
+    for _ in range(40):
+        p0, d0 = rng.getrandbits(64), rng.getrandbits(64)
+        for _ in range(30):
+            p, d = p0, d0
+            for _ in range(rng.randint(0, 7)):
+                p ^= 1 << rng.randrange(64)
+            for _ in range(rng.randint(0, 6)):
+                d ^= 1 << rng.randrange(64)
+            nodes.add((p, d | 1))
+    nodes = sorted(nodes)
+    plan = BandPlan(8)
+    expected = _brute(nodes, 8, 16)
+    wide_only = {(a, b) for a, b in _brute(nodes, 10, 8)
+                 if (a[0] ^ b[0]).bit_count() > 8 and _met(plan, a[0], b[0])}
+    assert len(wide_only) > 20  # the data has met pairs at 9-10 bits with close dHashes
+    not_met = {(a, b) for a, b in _brute(nodes, 10, 8) if not _met(plan, a[0], b[0])}
+    assert not_met  # and pairs the probes never meet: past 8 bits recall is not guaranteed
+
+    found = _search_wide(nodes, plan, 16, (10, 8))
+    assert len(found) == len(set(found))
+    assert set(found) == expected | wide_only
+    assert set(_search_wide(nodes, plan, 16, None)) == expected  # without wide: as before
+
+
+def _search_wide(nodes, plan, dmax, wide):
+    p = np.array([a for a, _ in nodes], dtype=np.uint64)
+    d = np.array([b for _, b in nodes], dtype=np.uint64)
+    shards = defaultdict(lambda: ([], [], [], []))
+    for (j, s), role, pp, dd in plan.route(p, d):
+        e = shards[(j, s)]
+        (e[0] if role == "o" else e[2]).append(pp)
+        (e[1] if role == "o" else e[3]).append(dd)
+    found = []
+    for (j, s), (op, od, qp, qd) in shards.items():
+        if not op or not qp:
+            continue
+        op, od, qp, qd = (np.concatenate(x) for x in (op, od, qp, qd))
+        for a, b, c, e, _pd, _dd in plan.search_shard(j, s, (op, od, od != 0), (qp, qd, qd != 0), dmax, wide=wide):
+            found += [((w, x), (y, z)) for w, x, y, z in zip(a.tolist(), b.tolist(), c.tolist(), e.tolist())]
+    return found

@@ -54,7 +54,8 @@ def _brute(plain, dh, views, k, dmax):
     return pairs
 
 
-@pytest.mark.parametrize("k,dmax,shard_bits", [(5, None, 3), (5, 20, 2), (8, None, 3), (2, None, 0)])
+# (5, 16, 1) is Dedup's own view search (test_dedup_searches_the_tested_geometry)
+@pytest.mark.parametrize("k,dmax,shard_bits", [(5, 16, 1), (5, None, 3), (5, 20, 2), (8, None, 3), (2, None, 0)])
 def test_view_search_equals_brute_force(k, dmax, shard_bits):
     plain, dh, views = _pictures(300, seed=k + shard_bits)
     plan = BandPlan(k, bands=3, shard_bits=shard_bits)
@@ -75,3 +76,17 @@ def test_view_search_equals_brute_force(k, dmax, shard_bits):
     assert {v for *_, v in expected} == set(VIEW_SPACES)  # of every view
     assert len(found) == len(set(found))  # each pair once
     assert set(found) == expected
+
+
+def test_dedup_searches_the_tested_geometry():
+    """The recall guarantee holds for every key Dedup indexes: its view search is the geometry
+    tested above against brute force, and its plain search keeps the pigeonhole bound."""
+    from transforms.clustering.clusters import DEFAULT_DHASH_MAX_DISTANCE, Dedup
+    config = Dedup().config()
+    view = config["view_search"]
+    assert (view["max_distance"], view["bands"], view["shard_bits"]) == (5, 3, 1)
+    assert DEFAULT_DHASH_MAX_DISTANCE == 16
+    assert view["bands"] * (view["radius"] + 1) > view["max_distance"]
+    plain = config["near_search"]
+    assert plain["bands"] * (plain["radius"] + 1) > plain["max_distance"] == 8
+    assert set(config["views"]) == set(VIEW_SPACES)  # every view is a searched key by default
