@@ -6,7 +6,7 @@ import copy
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TypeOptions
 
-from pipelines.launch.job_runner import CachedViewOptions
+from pipelines.launch.cached_options import CachedViewOptions
 
 
 def test_a_view_is_made_once_and_shares_the_values():
