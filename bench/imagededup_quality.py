@@ -1,6 +1,6 @@
 """imagededup's PHash on the labelled near-duplicate set (runs in .venv-bench, see bench.mk).
 
-    .venv-bench/bin/python -m bench.imagededup_quality --images DIR --result JSON [--thresholds 10,8]
+    .venv-bench/bin/python -m bench.imagededup_quality --images DIR --result JSON [--thresholds 10,8] [--recursive]
 
 PHash().encode_images(DIR) then find_duplicates(encoding_map=..., max_distance_threshold=t) for
 each threshold: imagededup's own hashing (its pHash) and search, on the same files the ingest
@@ -18,11 +18,12 @@ def main():
     parser.add_argument("--images", required=True)
     parser.add_argument("--result", required=True)
     parser.add_argument("--thresholds", default="10,8")
+    parser.add_argument("--recursive", action="store_true", help="images in subfolders too (img2dataset's files)")
     args = parser.parse_args()
     PHash = _import_phash()
     hasher = PHash(verbose=False)
     started = time.time()
-    encodings = hasher.encode_images(image_dir=args.images)
+    encodings = hasher.encode_images(image_dir=args.images, recursive=args.recursive)
     encode_seconds = time.time() - started
     out = {"encode_seconds": round(encode_seconds, 2), "images": len(encodings), "pairs": {},
            "search_seconds": {}}

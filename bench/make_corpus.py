@@ -151,6 +151,32 @@ def _write_manifests(p, port, seed):
             manh.write(row)
 
 
+def _plan(count, seed):
+    """Which indices are fresh pictures (kind 0) and which copy an earlier one (1 exact, 2 near),
+    decided up front; returns (kinds, fresh indices)."""
+    plan_rng = np.random.default_rng([seed, 999_999_999])
+    kinds = plan_rng.choice(3, size=count, p=[1 - EXACT_DUP_SHARE - NEAR_DUP_SHARE, EXACT_DUP_SHARE, NEAR_DUP_SHARE])
+    kinds[: min(count, 10)] = 0  # duplicates need an earlier original
+    return kinds, [i for i in range(count) if kinds[i] == 0]
+
+
+def _source_of(i, seed, fresh):
+    """The fresh picture that copy i copies, and the generator its near-duplicate edit goes on with."""
+    rng = np.random.default_rng([seed, i, 1])
+    src = fresh[int(rng.integers(len(fresh)))]
+    while src >= i:
+        src = fresh[int(rng.integers(len(fresh)))]
+    return src, rng
+
+
+def duplicate_sources(count=DEFAULT_COUNT, seed=DEFAULT_SEED):
+    """{copy's file name: (its source's file name, "exact_dup" or "near_dup")}: the corpus' true
+    duplicate pairs, from the same plan as build() (no image is rendered)."""
+    kinds, fresh = _plan(count, seed)
+    return {_name(i): (_name(_source_of(i, seed, fresh)[0]), ("fresh", "exact_dup", "near_dup")[kinds[i]])
+            for i in range(count) if kinds[i]}
+
+
 def build(count=DEFAULT_COUNT, port=DEFAULT_PORT, workdir=None, seed=DEFAULT_SEED, processes=None):
     """Create (or reuse) the corpus, truth.tsv and the manifests for `port`; returns the paths dict."""
     workdir = workdir or os.path.join(HERE, "work")
@@ -165,21 +191,14 @@ def build(count=DEFAULT_COUNT, port=DEFAULT_PORT, workdir=None, seed=DEFAULT_SEE
         for name in os.listdir(p["corpus"]):
             os.remove(os.path.join(p["corpus"], name))
     os.makedirs(p["corpus"], exist_ok=True)
-    # Which indices are fresh pictures and which copy an earlier one is decided up front.
-    plan_rng = np.random.default_rng([seed, 999_999_999])
-    kinds = plan_rng.choice(3, size=count, p=[1 - EXACT_DUP_SHARE - NEAR_DUP_SHARE, EXACT_DUP_SHARE, NEAR_DUP_SHARE])
-    kinds[: min(count, 10)] = 0  # duplicates need an earlier original
-    fresh = [i for i in range(count) if kinds[i] == 0]
+    kinds, fresh = _plan(count, seed)
     with multiprocessing.Pool(processes or os.cpu_count()) as pool:
         for _ in pool.imap_unordered(_render_to_file, [(i, seed, p["corpus"]) for i in fresh], chunksize=8):
             pass
     for i in range(count):
         if kinds[i] == 0:
             continue
-        rng = np.random.default_rng([seed, i, 1])
-        src = fresh[int(rng.integers(len(fresh)))]
-        while src >= i:
-            src = fresh[int(rng.integers(len(fresh)))]
+        src, rng = _source_of(i, seed, fresh)
         with open(os.path.join(p["corpus"], _name(src)), "rb") as f:
             data = f.read()
         if kinds[i] == 2:

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import e2e_dedup  # noqa: E402
 import make_corpus  # noqa: E402
 
 # img2dataset's best configuration on this machine (2 cores), from `run_bench.py --sweep`
@@ -408,6 +409,8 @@ def _run_ours(args, p, truth, out_root, tag, nginx):
     r = run_measured(cmd, out + ".log", env=dict(os.environ), cwd=args.ours_root, nginx=nginx,
                      quiet_wait_s=args.wait_quiet)
     r.update(check_ours(out, truth))
+    if args.e2e:
+        r["score"] = e2e_dedup.score(e2e_dedup.groups_of_ours(out), args.sources)
     r.update({"tool": "ours (pipelines.ingest, local runner)", "command": " ".join(cmd), "cwd": args.ours_root})
     r["images_per_s"] = round(r["images_ok"] / r["wall_s"], 1)
     if not args.keep_output:
@@ -458,7 +461,7 @@ def print_report(res, out=sys.stdout):
     s = res["summary"]
     if s.get("ratio_images_per_s") is not None:
         p(f"ratio ours/img2dataset: throughput x{s['ratio_images_per_s']}, peak RSS x{s['ratio_peak_rss']},"
-          f" CPU per image x{s['ratio_cpu_per_image']}  (goal: throughput >= x2)")
+          f" CPU per image x{s['ratio_cpu_per_image']}, wall x{s['wall_speedup']} faster  (issue 16 goals: CPU per image <= x0.7, wall >= x1.3 faster)")
     f = res.get("floor")
     if f:
         fl_full, fl_draft = f["floor_full_images_per_s_2cores_ideal"], f["floor_draft_images_per_s_2cores_ideal"]
@@ -472,7 +475,18 @@ def print_report(res, out=sys.stdout):
             if b and b["images_ok"]:
                 p(f"  {label}: {b['images_per_s']} images/s = {100 * b['images_per_s'] / fl_full:.0f}% of the"
                   f" full-decode floor, {100 * b['images_per_s'] / fl_draft:.0f}% of the draft-decode floor")
-    busy = [r for r in res["peer"] + res["ours"] if r["other_cpu_pct"] > BUSY_PCT]
+    if res.get("e2e_peer"):
+        for i, r in enumerate(res["e2e_peer"]):
+            p(f"e2e img2dataset+imagededup #{i + 1}: wall {r['wall_s']} s (download {r['download']['wall_s']} +"
+              f" imagededup {r['dedup']['wall_s']}), CPU {r['cpu_s']} s, other {r['other_cpu_pct']}%,"
+              f" duplicates {r.get('score')}")
+        b = _best(res["ours"])
+        if b:
+            p(f"e2e ours (the ingest alone): wall {b['wall_s']} s, CPU {b['cpu_s']} s, duplicates {b.get('score')}")
+        if s.get("e2e_speedup") is not None:
+            p(f"e2e speed-up ours vs img2dataset+imagededup: x{s['e2e_speedup']} wall, x{s['e2e_cpu_ratio']} CPU"
+              " (goal: >= x3 faster with equal or better duplicates)")
+    busy = [r for r in res["peer"] + res["ours"] + res.get("e2e_peer", []) if r["other_cpu_pct"] > BUSY_PCT]
     if busy:
         p(f"WARNING: other processes used >10% of the CPUs during {len(busy)} run(s): figures are not reliable,"
           " rerun on a quiet machine")
@@ -486,6 +500,12 @@ def summarize(res):
         s["ratio_images_per_s"] = round(ours["images_per_s"] / peer["images_per_s"], 2)
         s["ratio_peak_rss"] = round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 2)
         s["ratio_cpu_per_image"] = round((ours["cpu_s"] / ours["images_ok"]) / (peer["cpu_s"] / peer["images_ok"]), 2)
+        s["wall_speedup"] = round(peer["wall_s"] / ours["wall_s"], 2)
+    e2e = [r for r in res.get("e2e_peer", []) if r["returncode"] == 0]
+    if e2e and ours:
+        best = min(e2e, key=lambda r: r["wall_s"])
+        s["e2e_speedup"] = round(best["wall_s"] / ours["wall_s"], 2)
+        s["e2e_cpu_ratio"] = round(ours["cpu_s"] / best["cpu_s"], 2)
     return s
 
 
@@ -569,6 +589,12 @@ def main(argv=None):
                     help="run our ingest under py-spy (collapsed stacks in WORKDIR/profile-ours-N.txt); slows it")
     ap.add_argument("--py-spy", default=os.path.join(ROOT, ".venv", "bin", "py-spy"))
     ap.add_argument("--keep-output", action="store_true", help="keep our ingest's output under WORKDIR/runs")
+    ap.add_argument("--e2e", action="store_true",
+                    help="also run img2dataset (files) + imagededup end to end and score both tools' duplicates"
+                         " (bench/e2e_dedup.py)")
+    ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
+                    help="the python of .venv-bench (imagededup), for --e2e")
+    ap.add_argument("--e2e-threshold", type=int, default=10, help="imagededup's max_distance_threshold (its default)")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--skip-probe", action="store_true", help="skip the serve-ceiling probe")
@@ -603,7 +629,7 @@ def main(argv=None):
     if args.peer_shard_size is None:
         args.peer_shard_size = max(1, -(-args.count // (PEER_BEST["shards_per_process"] * args.peer_processes)))
     # abspath, not realpath: a venv's python must keep its venv path. Tools run from other cwds.
-    for name in ("workdir", "peer_python", "our_python", "ours_root", "py_spy"):
+    for name in ("workdir", "peer_python", "our_python", "ours_root", "py_spy", "bench_python"):
         setattr(args, name, os.path.abspath(getattr(args, name)))
     os.makedirs(args.workdir, exist_ok=True)
     out_root = os.path.join(args.workdir, "runs")
@@ -619,8 +645,10 @@ def main(argv=None):
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "corpus": make_corpus.describe(p),
         "memory_method": "psutil: sum over the process tree of RSS and of PSS (smaps_rollup), sampled every 0.2 s",
-        "peer": [], "ours": [],
+        "peer": [], "ours": [], "e2e_peer": [],
     }
+    args.offline_env, args.bench_root = OFFLINE_ENV, ROOT
+    args.sources = e2e_dedup.duplicate_sources_of(make_corpus, args.count) if args.e2e else None
     if not os.path.exists(args.peer_python) and not args.skip_peer:
         sys.exit(f"no img2dataset venv at {args.peer_python}: `make bench-venvs` (bench/bench.mk) creates it")
 
@@ -661,6 +689,14 @@ def main(argv=None):
                 print(f"ours run {i + 1}: {r['images_ok']} ok in {r['wall_s']} s = {r['images_per_s']} images/s,"
                       f" peak RSS {r['peak_rss_mb']} MB (rc {r['returncode']}, log {r['log']})", flush=True)
                 res["ours"].append(r)
+        if args.e2e:
+            for i in range(args.repeat):
+                r = retry_if_busy(args, lambda i=i: e2e_dedup.run_peer_e2e(
+                    args, p, out_root, f"e2e-peer-{i}", nginx, args.sources, run_measured, peer_command,
+                    args.e2e_threshold))
+                print(f"img2dataset + imagededup run {i + 1}: {r['wall_s']} s wall, {r['cpu_s']} CPU s,"
+                      f" score {r.get('score')}", flush=True)
+                res["e2e_peer"].append(r)
 
     if not args.skip_floor:
         fl_json = os.path.join(args.workdir, "cpu_floor.json")

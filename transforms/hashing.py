@@ -18,7 +18,8 @@ import warnings
 import apache_beam as beam
 import imagehash
 import numpy
-from PIL import Image, ImageOps, UnidentifiedImageError
+import scipy.fftpack
+from PIL import Image, UnidentifiedImageError
 
 from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
@@ -149,9 +150,9 @@ def inspect_image(
             # "L" serves the plain hashes and every view.
             if views and image.mode != "L":
                 image = image.convert("L")
-            check.phash = hash_hex(imagehash.phash(image))
-            check.dhash = hash_hex(imagehash.dhash(image))
-            check.views = picture_views(image, views)
+            plain = _thumbnails(image)
+            check.phash, check.dhash = _hashes([plain])[0]
+            check.views = picture_views(image, views, plain) if views else {}
     except Exception as exc:  # truncated or corrupt pixel data
         check.status, check.error = schema.DECODE_ERROR, f"cannot decode {fmt} pixels: {exc}"
     return check
@@ -246,12 +247,14 @@ def _to_8_bits(image):
     return Image.fromarray(numpy.clip(numpy.rint(scaled), 0, 255).astype(numpy.uint8), "L")
 
 
-def picture_views(gray, views=DEFAULT_VIEWS):
-    """The (pHash, dHash) of each view of a decoded picture (see VIEWS).
+def picture_views(gray, views=DEFAULT_VIEWS, plain=None):
+    """The (pHash, dHash) of each view of a decoded picture (see VIEWS), bit for bit what
+    imagehash.phash / imagehash.dhash give on the view's picture.
 
     Args:
         gray: the decoded picture, best already in mode "L" (converted otherwise).
         views: names from VIEWS to compute.
+        plain: _thumbnails(gray) when the caller has them already (the mirror view reuses them).
 
     Returns:
         {view: (phash hex, dhash hex)} for the views that apply (no "trim" without borders).
@@ -261,17 +264,48 @@ def picture_views(gray, views=DEFAULT_VIEWS):
         raise ValueError(f"unknown picture views {sorted(unknown)}; known: {', '.join(VIEWS)}")
     if gray.mode != "L":
         gray = gray.convert("L")
-    out = {}
+    names, thumbnails = [], []
     for view in views:
         if view == "mirror":
-            picture = ImageOps.mirror(gray)
-        elif view == "trim":
-            picture = trim_borders(gray)
+            # LANCZOS resampling commutes with a left-right flip (checked bit for bit on the bench
+            # corpus, tests/transforms/test_picture_views.py): flipping the plain thumbnails
+            # saves the two resizes, the dearest part of a view.
+            p32, d98 = plain if plain is not None else _thumbnails(gray)
+            thumbs = (p32[:, ::-1], d98[:, ::-1])
         else:
-            picture = centre_crop(gray, _CROP_KEEP[view])
-        if picture is not None:
-            out[view] = (hash_hex(imagehash.phash(picture)), hash_hex(imagehash.dhash(picture)))
-    return out
+            picture = trim_borders(gray) if view == "trim" else centre_crop(gray, _CROP_KEEP[view])
+            if picture is None:
+                continue
+            thumbs = _thumbnails(picture)
+        names.append(view)
+        thumbnails.append(thumbs)
+    return dict(zip(names, _hashes(thumbnails), strict=True))
+
+
+_LANCZOS = Image.Resampling.LANCZOS
+
+
+def _thumbnails(picture):
+    """The grey thumbnails imagehash hashes: 32x32 for pHash, 9x8 for dHash (LANCZOS), as arrays."""
+    if picture.mode != "L":
+        picture = picture.convert("L")
+    return numpy.asarray(picture.resize((32, 32), _LANCZOS)), numpy.asarray(picture.resize((9, 8), _LANCZOS))
+
+
+def _hashes(thumbnails):
+    """[(32x32, 9x8 thumbnails)] -> [(phash hex, dhash hex)]: imagehash.phash's and dhash's arithmetic
+    (the same scipy DCT, median and comparisons), on all pictures at once instead of one Python
+    call chain per hash."""
+    if not thumbnails:
+        return []
+    p32 = numpy.stack([t[0] for t in thumbnails])
+    low = scipy.fftpack.dct(scipy.fftpack.dct(p32, axis=1), axis=2)[:, :8, :8].reshape(len(thumbnails), 64)
+    ordered = numpy.sort(low, axis=1)
+    median = (ordered[:, 31] + ordered[:, 32]) / 2  # numpy.median of 64 values
+    phash = numpy.packbits(low > median[:, None], axis=1)
+    d98 = numpy.stack([t[1] for t in thumbnails])
+    dhash = numpy.packbits((d98[:, :, 1:] > d98[:, :, :-1]).reshape(len(thumbnails), 64), axis=1)
+    return [(p.tobytes().hex(), d.tobytes().hex()) for p, d in zip(phash, dhash, strict=True)]
 
 
 def centre_crop(gray, keep):
@@ -303,8 +337,11 @@ def trim_borders(gray):
     h, w = pixels.shape
     if h < 8 or w < 8:
         return None
-    top, bottom = _bars(_bar_length(pixels), _bar_length(pixels[::-1]), h)
-    left, right = _bars(_bar_length(pixels.T), _bar_length(pixels.T[::-1]), w)
+    # Bars come in pairs (_bars): the far side is looked at only when the near one has a bar.
+    first = _bar_length(pixels)
+    top, bottom = _bars(first, _bar_length(pixels[::-1]) if first else 0, h)
+    first = _bar_length(pixels.T)
+    left, right = _bars(first, _bar_length(pixels.T[::-1]) if first else 0, w)
     if bottom - top < h * _TRIM_KEEP or right - left < w * _TRIM_KEEP:
         return None
     if h - (bottom - top) < h * _TRIM_MIN and w - (right - left) < w * _TRIM_MIN:
@@ -326,6 +363,8 @@ def _bar_length(lines):
     _TRIM_RANGE grey levels of each other, and the first line after them clearly different (on
     average more than _TRIM_RANGE away from the bar's level within 3 lines, JPEG ringing at the
     edge allowed for): a sky's slow gradient is no bar."""
+    if int(lines[0].max()) - int(lines[0].min()) > _TRIM_RANGE:
+        return 0  # most pictures: the first line is no bar, the rest need not be scanned
     spread = numpy.maximum.accumulate(lines.max(axis=1)) - numpy.minimum.accumulate(lines.min(axis=1))
     over = numpy.flatnonzero(spread > _TRIM_RANGE)
     n = int(over[0]) if len(over) else len(lines)

@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipelines.launch import console, failures
+from pipelines.launch.cached_options import CachedViewOptions
 from transforms.errors import BadInput
 
 BEAM_OPTIONS_POINTER = (
@@ -328,7 +329,7 @@ class Job:
         Returns:
             The PipelineResult (not finished when the launcher did not wait).
         """
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(options=options.view_as(CachedViewOptions))
         build(pipeline)
         try:
             result = wait_for(pipeline.run(), options)

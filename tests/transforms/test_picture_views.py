@@ -1,5 +1,6 @@
 """Views of a picture computed at hash time (issue 14): each one turns an everyday edit that the
 plain pHash misses into a near match, and only where it applies."""
+
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
@@ -84,3 +85,24 @@ def test_views_can_be_turned_off_and_unknown_ones_are_refused():
     with pytest.raises(ValueError, match="unknown picture views"):
         picture_views(picture(3), ("upside_down",))
     assert set(VIEWS) == {"mirror", "trim", "crop", "centre"}
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_views_are_imagehash_bit_for_bit(seed):
+    # The views are hashed in one batch, the mirror from the flipped plain thumbnails: the hex
+    # strings must stay what imagehash.phash / dhash give on each view's own picture.
+    import imagehash
+
+    from transforms.hashing import centre_crop
+
+    gray = letterbox(picture(seed, (300, 220))).convert("L")
+    expected = {
+        "mirror": ImageOps.mirror(gray),
+        "trim": trim_borders(gray),
+        "crop": centre_crop(gray, 0.85),
+        "centre": centre_crop(gray, 0.75),
+    }
+    assert expected["trim"] is not None
+    got = picture_views(gray, VIEWS)
+    for view, pic in expected.items():
+        assert got[view] == (str(imagehash.phash(pic)), str(imagehash.dhash(pic))), view
