@@ -21,6 +21,7 @@ setuptools.setup(
         "backports.zstd>=1.0; python_version < '3.14'",  # ... and zstd only with this
         "ijson>=3.2",  # streams the 463K-object imagenet_captions.json array
         "matplotlib>=3.7",  # OUT/report.html plots (Agg, SVG)
+        "scipy>=1.10",  # the picture views' DCT (transforms/hashing.py); imagehash needs it too
         "numpy>=2.0",  # dedup's near search: np.bitwise_count (Beam itself allows numpy<2.5)
     ],
     extras_require={
