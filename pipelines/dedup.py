@@ -9,8 +9,10 @@ is kept (rows without fetched_at count as oldest; a tie goes to the input listed
 summary.json reports how many rows were replaced ("replaced_rows"). Paths may be local or gs://.
 OUT3's images/ and duplicates/ are replaced two-phase, the books (rows in = rows out + replaced)
 are checked, and OUT3 is leased while the job writes (docs/integrity.md).
-Without --runner the job runs locally with one worker process per core
-(pipelines.launch.job_runner.apply_local_defaults).
+Without --runner the job runs locally in this one process (pipelines.launch.job_runner
+.apply_local_defaults): one process needs x0.4 the memory and x0.6 the CPU of two worker
+processes (docs/performance.md); `--direct_running_mode=multi_processing --direct_num_workers=N`
+asks for N worker processes.
 """
 
 import json
@@ -68,7 +70,6 @@ JOB = job_runner.Job(
     usage="python -m pipelines.dedup --input OUT [--input OUT2 ...] --output OUT3 [options]",
     name="dedup",
     options=DedupOptions,
-    worker_processes=True,
     description="Re-cluster one or more ingest outputs together: OUT3/images/*.parquet (every input row, "
     "cluster columns set anew), OUT3/duplicates/, OUT3/summary.json.",
 )
@@ -219,8 +220,14 @@ def build(pipeline, opts, run_id=None, warnings=()):
 
 
 def pipeline_options(argv):
-    """PipelineOptions with the dedup job's local defaults (one worker process per core)."""
-    return job_runner.apply_local_defaults(PipelineOptions(argv), argv, worker_processes=True)
+    """PipelineOptions with the dedup job's local defaults (the FnApi runner, in this one process).
+
+    Args:
+        argv: the command line.
+    Returns:
+        The PipelineOptions.
+    """
+    return job_runner.apply_local_defaults(PipelineOptions(argv), argv)
 
 
 def check_inputs(opts):

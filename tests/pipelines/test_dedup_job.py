@@ -92,13 +92,21 @@ def test_job_end_to_end(tmp_path):
 
 
 def test_job_command_line_default_local_runner(tmp_path):
-    """`python -m pipelines.dedup` as a user runs it: the default multi-process local runner."""
+    """`python -m pipelines.dedup` as a user runs it: the local runner in one process (x0.4 the
+    memory of two worker processes, docs/performance.md); worker processes only when asked."""
+    from pipelines.launch import job_runner
     inputs = _inputs(tmp_path)
     out3 = str(tmp_path / "out3")
     options = job.pipeline_options(["--input", "x", "--output", "y"])
     assert options.get_all_options()["runner"] == "FnApiRunner"
+    assert options.get_all_options()["direct_running_mode"] == "in_memory"
+    assert options.get_all_options()["direct_num_workers"] == 1
+    assert job_runner.one_local_process(options)
+    more = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    options = job.pipeline_options(["--input", "x", "--output", "y", *more])
     assert options.get_all_options()["direct_running_mode"] == "multi_processing"
     assert options.get_all_options()["direct_num_workers"] == 2
+    assert not job_runner.one_local_process(options)
     subprocess.run([sys.executable, "-m", "pipelines.dedup", "--input", inputs[0],
                     "--input", inputs[1], "--output", out3, "--max-distance", "8"],
                    check=True, timeout=300, cwd=REPO,
