@@ -650,15 +650,21 @@ class _RouteViews(beam.DoFn):
 
 
 class _SearchViewShard(beam.DoFn):
-    def __init__(self, plan, dhash_max_distance):
+    def __init__(self, plan, dhash_max_distance, query_chunk=QUERY_CHUNK):
         self._plan = plan
         self._dhash_max = dhash_max_distance
+        self._query_chunk = query_chunk
 
     def process(self, element):
         (_space, j, shard), parts = element
-        pairs = search_view_shard(self._plan, j, shard, np.concatenate(list(parts)), self._dhash_max)
-        beam.metrics.Metrics.counter("dedup", "view_pairs").inc(len(pairs))
-        yield from pairs
+        # why: the owners once, the queries `query_chunk` at a time (as _SearchShard): a group's
+        # queries (3-4 view keys a picture) never sit in memory at once
+        owners = [part[part["owner"]] for part in parts]
+        owners = np.concatenate(owners) if owners else np.zeros(0, dtype=VIEW_RECORD)
+        for queries in query_chunks(parts, self._query_chunk):
+            pairs = search_view_shard(self._plan, j, shard, np.concatenate([owners, queries]), self._dhash_max)
+            beam.metrics.Metrics.counter("dedup", "view_pairs").inc(len(pairs))
+            yield from pairs
 
 
 class ViewPairs(beam.PTransform):
@@ -671,12 +677,19 @@ class ViewPairs(beam.PTransform):
     """
 
     def __init__(
-        self, max_distance=DEFAULT_VIEW_MAX_DISTANCE, dhash_max_distance=None, bands=3, shard_bits=3, spill_dir=None
+        self,
+        max_distance=DEFAULT_VIEW_MAX_DISTANCE,
+        dhash_max_distance=None,
+        bands=3,
+        shard_bits=3,
+        spill_dir=None,
+        query_chunk=QUERY_CHUNK,
     ):
         super().__init__()
         self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
         self._dhash_max = dhash_max_distance
         self._spill_dir = spill_dir
+        self._query_chunk = query_chunk
 
     @property
     def plan(self):
@@ -687,7 +700,8 @@ class ViewPairs(beam.PTransform):
             batches
             # why: each view key goes to its band shards (owners once, queries within radius)
             | "RouteViews" >> beam.ParDo(_RouteViews(self._plan))
-            | "GroupViewShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: VIEW_RECORD)
+            | "GroupViewShards"
+            >> GroupRecords(self._spill_dir, dtype_of=lambda _key: VIEW_RECORD, chunk_records=self._query_chunk)
             # why: exact lookups inside a shard, then self-matches dropped and dHash confirmed
-            | "SearchViewShards" >> beam.ParDo(_SearchViewShard(self._plan, self._dhash_max))
+            | "SearchViewShards" >> beam.ParDo(_SearchViewShard(self._plan, self._dhash_max, self._query_chunk))
         )
