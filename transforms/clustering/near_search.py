@@ -70,9 +70,10 @@ ROUTED_RECORD = np.dtype([("owner", "?"), ("phash", "<u8"), ("dhash", "<u8")])
 # The most owners a (band, shard) group should hold (its index: ~25 bytes an owner, ~80 while
 # built): shard_bits_for picks the shard count from the expected hashes so that memory stays
 # flat in the row count; and the queries a group searches at once (17 bytes a record on disk,
-# ~60 while searched).
+# ~60 while searched: 2^20 of them made the near search the one stage that grew from 100K to
+# 1M rows, +140 MiB, bench/stage_memory.py).
 OWNERS_PER_GROUP = 1 << 20
-QUERY_CHUNK = 1 << 20
+QUERY_CHUNK = 1 << 18
 
 # Relative cost of checking one candidate pair vs one sorted-table lookup (measured roughly:
 # a vectorised xor+popcount is ~20x cheaper than a searchsorted probe).
