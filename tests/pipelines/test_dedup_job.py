@@ -89,6 +89,9 @@ def test_job_end_to_end(tmp_path):
     job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3,
              "--runner", "FnApiRunner"])
     _check(out3)
+    assert job.table_rows(inputs) == 6  # from the footers: the near search's shards follow it
+    summary = json.load(open(os.path.join(out3, "summary.json")))
+    assert summary["config"]["near_search"]["shard_bits"] == 0
 
 
 def test_job_command_line_default_local_runner(tmp_path):
