@@ -9,17 +9,25 @@ is kept (rows without fetched_at count as oldest; a tie goes to the input listed
 summary.json reports how many rows were replaced ("replaced_rows"). Paths may be local or gs://.
 OUT3's images/ and duplicates/ are replaced two-phase, the books (rows in = rows out + replaced)
 are checked, and OUT3 is leased while the job writes (docs/integrity.md).
-Without --runner the job runs locally with one worker process per core
-(pipelines.launch.job_runner.apply_local_defaults).
+Without --runner the job runs locally in this one process (pipelines.launch.job_runner
+.apply_local_defaults): one process needs x0.4 the memory and x0.6 the CPU of two worker
+processes (docs/performance.md); `--direct_running_mode=multi_processing --direct_num_workers=N`
+asks for N worker processes.
 """
 
+import contextlib
+import glob
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -35,7 +43,7 @@ from transforms.io.table import RetireFiles, list_duplicates_files, list_table_f
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
 
-__all__ = ["DedupOptions", "build", "pipeline_options", "run"]
+__all__ = ["DedupOptions", "build", "pipeline_options", "run", "spill_directory", "table_rows"]
 
 
 class DedupOptions(PipelineOptions):
@@ -68,7 +76,6 @@ JOB = job_runner.Job(
     usage="python -m pipelines.dedup --input OUT [--input OUT2 ...] --output OUT3 [options]",
     name="dedup",
     options=DedupOptions,
-    worker_processes=True,
     description="Re-cluster one or more ingest outputs together: OUT3/images/*.parquet (every input row, "
     "cluster columns set anew), OUT3/duplicates/, OUT3/summary.json.",
 )
@@ -158,26 +165,104 @@ def phash_warnings(inputs):
     return warnings
 
 
-def build(pipeline, opts, run_id=None, warnings=()):
+def table_rows(inputs):
+    """The rows of the inputs' tables, from their Parquet footers (no data page is read).
+
+    Args:
+        inputs: the --input values (ingest outputs).
+    Returns:
+        The sum of the files' row counts.
+    """
+    rows = 0
+    for root in inputs:
+        for path in list_table_files(root):
+            with FileSystems.open(path) as handle:
+                rows += pq.ParquetFile(handle).metadata.num_rows
+    return rows
+
+
+SPILL_PREFIX = "dedup-spill-"
+
+
+def _remove_stale_spills(directory):
+    """Removes spill directories left by dedup runs that died without cleaning up (killed): those
+    named after a process id that no longer runs."""
+    for path in glob.glob(os.path.join(directory, f"{SPILL_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(SPILL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # alive under another user: not ours to judge
+            pass
+
+
+@contextlib.contextmanager
+def spill_directory(options):
+    """A local run's directory for dedup's on-disk shuffle (TMPDIR/dedup-spill-<pid>-*), removed
+    however the run ends: done, failed, Ctrl-C (whose handler ends the process at once, so it is
+    removed first there) or SIGTERM; and a later run removes what a killed one left. Yields None
+    for a remote runner (its shuffle is on disk already).
+
+    Args:
+        options: the job's PipelineOptions.
+    Yields:
+        The directory's path, or None.
+    """
+    if not job_runner.is_local(options):
+        yield None
+        return
+    _remove_stale_spills(tempfile.gettempdir())
+    path = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+    handlers = {}
+
+    def remove_then(signum, frame):
+        shutil.rmtree(path, ignore_errors=True)
+        previous = handlers[signum]
+        if callable(previous):
+            previous(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    # why: the interrupt handler (console.stop_on_interrupt) ends the process with os._exit,
+    # past every finally: the directory goes first. Only the main thread can set handlers.
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handlers[signum] = signal.signal(signum, remove_then)
+    try:
+        yield path
+    finally:
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None):
     """The job's graph on `pipeline`; returns the DedupTables outputs.
 
     Rows stream from the input files in passes (transforms.clustering.table_dedup): no full row
     crosses a shuffle. OUT3's images/ and duplicates/ are replaced two-phase, like the ingest's:
     this run's files are written under a run-unique name (each first as a temporary, renamed once
     whole), and the files OUT3 held at launch are deleted only after.
+    spill: a local run's spill directory (spill_directory; its owner removes it), None remote.
+    expected_rows: the rows to be read (table_rows), for the near search's shard count.
     """
     out = opts.output
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     previous_files = list_table_files(out)
     previous_duplicates = list_duplicates_files(out)
-    # why: a local run groups its per-row records through files (the local runner holds a
-    # shuffle in memory); Dataflow's shuffle is on disk already. Dedup removes it when done.
-    spill = tempfile.mkdtemp(prefix="dedup-spill-") if job_runner.is_local(pipeline.options) else None
     files = pipeline | "ListTables" >> ListTables(opts.input)
-    # why: one row per key (newest fetched_at wins), decided on 40-byte key records, not rows
+    # why: one row per key (newest fetched_at wins), decided on 40-byte key records, not rows;
+    # a local run groups its per-row records through files (the local runner holds a shuffle in
+    # memory), Dataflow's shuffle is on disk already
     newest = files | "Newest" >> NewestRows(None if spill is None else os.path.join(spill, "newest"))
     dedup = DedupSettings.from_options(opts).transform(
-        one_process=job_runner.one_local_process(pipeline.options), spill_dir=spill
+        one_process=job_runner.one_local_process(pipeline.options), spill_dir=spill, expected_rows=expected_rows
     )
     # why: rows stream from the files; only clustered rows cross a shuffle
     result = {"files": files, "skip": newest["skip"]} | "Dedup" >> DedupTables(dedup, rows=False)
@@ -219,8 +304,14 @@ def build(pipeline, opts, run_id=None, warnings=()):
 
 
 def pipeline_options(argv):
-    """PipelineOptions with the dedup job's local defaults (one worker process per core)."""
-    return job_runner.apply_local_defaults(PipelineOptions(argv), argv, worker_processes=True)
+    """PipelineOptions with the dedup job's local defaults (the FnApi runner, in this one process).
+
+    Args:
+        argv: the command line.
+    Returns:
+        The PipelineOptions.
+    """
+    return job_runner.apply_local_defaults(PipelineOptions(argv), argv)
 
 
 def check_inputs(opts):
@@ -258,10 +349,23 @@ def run(argv=None):
     warnings = phash_warnings(opts.input)
     for warning in warnings:
         print(f"dedup: warning: {warning}", file=sys.stderr)
+    expected_rows = None
+    if job_runner.one_local_process(options):
+        # why: the near search's shards are sized from the rows (memory flat in the row count)
+        expected_rows = table_rows(opts.input)
+        # Arrow's default pool keeps the pages of freed buffers (see the ingest's run()); on
+        # Dataflow the workers' own defaults stay.
+        pa.set_memory_pool(pa.system_memory_pool())
     # Why: one writer per OUT3; stale leftovers of failed runs are removed under the lease.
-    with job_runner.leased_output(options, opts.output, "dedup", opts.force_unlock, clear=remove_stale_leftovers):
+    with (
+        job_runner.leased_output(options, opts.output, "dedup", opts.force_unlock, clear=remove_stale_leftovers),
+        spill_directory(options) as spill,
+    ):
         return JOB.execute(
-            options, lambda pipeline: build(pipeline, opts, warnings=warnings), opts.output, summary=summary_lines
+            options,
+            lambda pipeline: build(pipeline, opts, warnings=warnings, spill=spill, expected_rows=expected_rows),
+            opts.output,
+            summary=summary_lines,
         )
 
 

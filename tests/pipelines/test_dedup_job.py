@@ -89,16 +89,27 @@ def test_job_end_to_end(tmp_path):
     job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3,
              "--runner", "FnApiRunner"])
     _check(out3)
+    assert job.table_rows(inputs) == 6  # from the footers: the near search's shards follow it
+    summary = json.load(open(os.path.join(out3, "summary.json")))
+    assert summary["config"]["near_search"]["shard_bits"] == 0
 
 
 def test_job_command_line_default_local_runner(tmp_path):
-    """`python -m pipelines.dedup` as a user runs it: the default multi-process local runner."""
+    """`python -m pipelines.dedup` as a user runs it: the local runner in one process (x0.4 the
+    memory of two worker processes, docs/performance.md); worker processes only when asked."""
+    from pipelines.launch import job_runner
     inputs = _inputs(tmp_path)
     out3 = str(tmp_path / "out3")
     options = job.pipeline_options(["--input", "x", "--output", "y"])
     assert options.get_all_options()["runner"] == "FnApiRunner"
+    assert options.get_all_options()["direct_running_mode"] == "in_memory"
+    assert options.get_all_options()["direct_num_workers"] == 1
+    assert job_runner.one_local_process(options)
+    more = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    options = job.pipeline_options(["--input", "x", "--output", "y", *more])
     assert options.get_all_options()["direct_running_mode"] == "multi_processing"
     assert options.get_all_options()["direct_num_workers"] == 2
+    assert not job_runner.one_local_process(options)
     subprocess.run([sys.executable, "-m", "pipelines.dedup", "--input", inputs[0],
                     "--input", inputs[1], "--output", out3, "--max-distance", "8"],
                    check=True, timeout=300, cwd=REPO,
@@ -180,3 +191,71 @@ def test_job_on_gcs_emulator(tmp_path, monkeypatch):
         _check(str(out3))
     finally:
         server.stop()
+
+
+def _scratch(tmp_path, monkeypatch):
+    """A TMPDIR of the test's own, so that only this test's spill directories are looked at."""
+    import tempfile
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def test_spill_directory_removed_when_the_job_fails(tmp_path, monkeypatch):
+    """A bundle fails after the key records went to the spill directory: the job fails, and the
+    directory is gone."""
+    import pytest
+    from transforms.clustering import clusters
+    scratch = _scratch(tmp_path, monkeypatch)
+    inputs = _inputs(tmp_path)
+    spilled = []
+
+    def fail(self, element):
+        spilled.extend(str(p) for p in scratch.glob("dedup-spill-*/*"))
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(clusters._KeyShard, "process", fail)
+    with pytest.raises(Exception, match="disk on fire"):
+        job.run(["--input", inputs[0], "--input", inputs[1], "--output", str(tmp_path / "out3"),
+                 "--runner", "FnApiRunner"])
+    assert spilled  # there was something to remove
+    assert not list(scratch.iterdir())
+
+
+def test_spill_directory_removed_on_ctrl_c_and_sigterm(tmp_path):
+    """`python -m pipelines.dedup` interrupted while it runs (Ctrl-C ends the process at once,
+    past any finally; SIGTERM by default too): its spill directory is removed all the same."""
+    import signal
+    import time
+    inputs = _inputs(tmp_path)
+    for signum, status in ((signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)):
+        scratch = tmp_path / f"scratch-{signum}"
+        scratch.mkdir()
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.dedup", "--input", inputs[0],
+                                 "--input", inputs[1], "--output", str(tmp_path / f"out-{signum}")],
+                                cwd=REPO, env=dict(os.environ, TMPDIR=str(scratch)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not list(scratch.glob("dedup-spill-*")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list(scratch.glob("dedup-spill-*")), "the job never made its spill directory"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=120) == status
+        assert not list(scratch.glob("dedup-spill-*"))
+
+
+def test_spill_directory_sweeps_what_killed_runs_left(tmp_path, monkeypatch):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    scratch = _scratch(tmp_path, monkeypatch)
+    dead = scratch / "dedup-spill-999999999-abc"  # above any pid: that run is over
+    alive = scratch / f"dedup-spill-{os.getpid()}-def"  # a run still going: kept
+    other = scratch / "dedup-spill-xyz"  # not named after a process: not ours to judge
+    for folder in (dead, alive, other):
+        (folder / "keys").mkdir(parents=True)
+    with job.spill_directory(PipelineOptions(["--runner", "FnApiRunner"])) as path:
+        assert os.path.isdir(path) and os.path.basename(path).startswith(f"dedup-spill-{os.getpid()}-")
+        assert not dead.exists() and alive.exists() and other.exists()
+    assert not os.path.exists(path)
+    with job.spill_directory(PipelineOptions(["--runner", "DataflowRunner"])) as path:
+        assert path is None

@@ -660,6 +660,12 @@ def _view_edge(pair):
     return _vertex_of_ints(pa, da), _vertex_of_ints(pb, db)
 
 
+def _no_placeholder(pair, placeholders):
+    """A view pair neither of whose pictures is a placeholder (those match nothing)."""
+    pa, da, pb, db = pair[:4]
+    return _vertex_of_ints(pa, da) not in placeholders and _vertex_of_ints(pb, db) not in placeholders
+
+
 def _near_edge(pair):
     pa, da, pb, db, _pdist, _ddist = pair
     return _vertex_of_ints(pa, da), _vertex_of_ints(pb, db)
@@ -793,10 +799,13 @@ class Dedup(beam.PTransform):
             view_pairs = (
                 slim
                 | "BatchViews" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
-                # why: distinct non-placeholder pictures with their view keys, as numpy batches
-                | "ViewNodes" >> beam.ParDo(_ViewNodes(self._views), placeholders=placeholders)
+                # why: distinct pictures with their view keys, as numpy batches; placeholders are
+                # dropped from the pairs below, not here: a side input here would keep this stage
+                # from fusing with the slim rows', and a local runner would hold every slim row
+                | "ViewNodes" >> beam.ParDo(_ViewNodes(self._views), placeholders={})
                 # why: copies that pHash misses (mirrored, letterboxed, cropped, captioned)
                 | "ViewSearch" >> self._view_search
+                | "NoPlaceholderPairs" >> beam.Filter(_no_placeholder, placeholders=placeholders)
             )
             edges.append(view_pairs | "ViewEdges" >> beam.Map(_view_edge))
         labels = tuple(edges) | "AllEdges" >> beam.Flatten() | "Components" >> ConnectedComponents(rounds=self._rounds)

@@ -23,7 +23,7 @@ from transforms.clustering.clusters import (
     Dedup,
     DedupShards,
 )
-from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE
+from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE, shard_bits_for
 from transforms.clustering.placeholders import known_placeholder_hashes
 from transforms.errors import BadInput
 
@@ -163,8 +163,9 @@ class DedupSettings:
             "--shard-bits",
             type=int,
             default=None,
-            help="near search: 2^s shards per band (default 3; 0 in a one-process local run, where shards "
-            "add no parallelism and each costs another in-memory copy of the query hashes)",
+            help="near search: 2^s shards per band (default 3; in a one-process local run as few as keep "
+            "each shard within 2^20 owners: 0 up to 1M rows, where shards add no parallelism and each "
+            "costs another copy of the query hashes)",
         )
 
     @classmethod
@@ -203,18 +204,32 @@ class DedupSettings:
             view_max_distance=view_max,
         )
 
-    def transform(self, from_shards: bool = False, one_process: bool = False, spill_dir: str | None = None) -> Dedup:
+    def transform(
+        self,
+        from_shards: bool = False,
+        one_process: bool = False,
+        spill_dir: str | None = None,
+        expected_rows: int | None = None,
+    ) -> Dedup:
         """The Dedup transform these settings describe.
 
         Args:
             from_shards: rows kept in table shards (the ingest): DedupShards.
             one_process: the job runs locally in one process, where the near search is not sharded
-                unless --shard-bits says so.
+                unless --shard-bits says so, or the rows need it (expected_rows).
             spill_dir: local directory for dedup's on-disk shuffle (transforms.clustering.spill).
+            expected_rows: the rows the job will read, when known (the dedup job's footers): in
+                one process, the near search gets as many shards as keep each shard's owners
+                within near_search.OWNERS_PER_GROUP (shard_bits_for), so memory stays flat.
         Returns:
             A Dedup (or DedupShards) PTransform.
         """
-        shard_bits = self.shard_bits if self.shard_bits is not None else (0 if one_process else 3)
+        if self.shard_bits is not None:
+            shard_bits = self.shard_bits
+        elif one_process:
+            shard_bits = 0 if expected_rows is None else shard_bits_for(expected_rows)
+        else:
+            shard_bits = 3
         return (DedupShards if from_shards else Dedup)(
             max_distance=self.max_distance,
             dataset_priority=self.dataset_priority,

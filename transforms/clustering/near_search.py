@@ -48,12 +48,32 @@ import numpy as np
 
 from transforms.clustering.spill import GroupRecords, split_by
 
-__all__ = ["HASH_BITS", "NO_DHASH", "ROUTED_RECORD", "volume", "plan_bands", "BandPlan", "NearDuplicatePairs"]
+__all__ = [
+    "HASH_BITS",
+    "NO_DHASH",
+    "ROUTED_RECORD",
+    "OWNERS_PER_GROUP",
+    "QUERY_CHUNK",
+    "volume",
+    "plan_bands",
+    "shard_bits_for",
+    "query_chunks",
+    "BandPlan",
+    "NearDuplicatePairs",
+]
 
 HASH_BITS = 64
 NO_DHASH = np.uint64(0)
 # One routed hash: an owner of its (band, shard) or a query into it.
 ROUTED_RECORD = np.dtype([("owner", "?"), ("phash", "<u8"), ("dhash", "<u8")])
+
+# The most owners a (band, shard) group should hold (its index: ~25 bytes an owner, ~80 while
+# built): shard_bits_for picks the shard count from the expected hashes so that memory stays
+# flat in the row count; and the queries a group searches at once (17 bytes a record on disk,
+# ~60 while searched: 2^20 of them made the near search the one stage that grew from 100K to
+# 1M rows, +140 MiB, bench/stage_memory.py).
+OWNERS_PER_GROUP = 1 << 20
+QUERY_CHUNK = 1 << 18
 
 # Relative cost of checking one candidate pair vs one sorted-table lookup (measured roughly:
 # a vectorised xor+popcount is ~20x cheaper than a searchsorted probe).
@@ -82,6 +102,26 @@ def plan_bands(max_distance: int, expected_hashes: int = 1 << 24) -> tuple[int, 
         if cost < best[0]:
             best = (cost, m, r)
     return best[1], best[2]
+
+
+def shard_bits_for(hashes: int, owners_per_group: int = OWNERS_PER_GROUP) -> int:
+    """The fewest shard bits s with at most `owners_per_group` owners in each of the 2^s shards
+    of a band, for `hashes` distinct hashes spread evenly (each band's owners are all hashes).
+
+    Fewer shards cost less: each query is copied to V(s, r) shards of a band. More keep the
+    owner index of a group bounded, whatever the row count.
+
+    Args:
+        hashes: the expected distinct hashes (the row count is an upper bound).
+        owners_per_group: the most owners a group should hold.
+
+    Returns:
+        s, from 0 (one shard per band) to 16.
+    """
+    bits = 0
+    while bits < 16 and hashes > owners_per_group << bits:
+        bits += 1
+    return bits
 
 
 class BandPlan:
@@ -198,21 +238,32 @@ class BandPlan:
         wide=(pHash k', dHash d'): also keep a pair the probes met at pHash distance <= k' (beyond
         max_distance) whose dHashes are both there and within d' (see NearDuplicatePairs).
         """
-        o_p, o_d, o_has = owners
-        q_p, q_d, q_has = queries
-        if len(o_p) == 0 or len(q_p) == 0:
+        if len(owners[0]) == 0 or len(queries[0]) == 0:
             return
+        index = self.owner_index(j, owners)
+        yield from self.search_index(
+            index, shard, queries, dhash_max_distance, chunk_pairs, chunk_probes, ordered, wide=wide
+        )
+
+    def owner_index(self, j, owners):
+        """The lookup index of one shard's owners in band j, built once and searched by any
+        number of query chunks (`search_index`).
+
+        Args:
+            j: the band.
+            owners: (phash uint64 array, dhash uint64 array, has_dhash bool array).
+
+        Returns:
+            An opaque tuple for search_index: the owners sorted by their in-shard band bits and
+            a lookup of those bits (a dense offsets table up to 24 bits, else binary search).
+        """
+        o_p, o_d, o_has = owners
         low_bits = self.sizes[j] - self.shard_bits
         low_mask = np.uint64((1 << low_bits) - 1)
         o_perm = self.permute(o_p)
         o_low = self.band(o_perm, j) & low_mask
         order = np.argsort(o_low, kind="stable")
         o_p, o_d, o_has, o_perm, o_low = (a[order] for a in (o_p, o_d, o_has, o_perm, o_low))
-        q_perm = self.permute(q_p)
-        q_band = self.band(q_perm, j)
-        q_low = q_band & low_mask
-        # Flips already spent reaching this shard's prefix; the rest goes to the low bits.
-        budget = self.radius - np.bitwise_count(self.prefix(q_band, j) ^ np.uint64(shard)).astype(np.int64)
         if low_bits <= 24:
             # Dense offsets table (CSR): lookup of a low value is two array reads, ~7x faster
             # than a binary search. 2^low_bits + 1 int32 entries (16 MiB at 22 bits), built in
@@ -231,6 +282,41 @@ class BandPlan:
             def lookup(probes):
                 return (np.searchsorted(o_low, probes, side="left"), np.searchsorted(o_low, probes, side="right"))
 
+        return j, (o_p, o_d, o_has, o_perm), lookup
+
+    def search_index(
+        self,
+        index,
+        shard,
+        queries,
+        dhash_max_distance=None,
+        chunk_pairs=1 << 20,
+        chunk_probes=1 << 18,
+        ordered=True,
+        wide=None,
+    ):
+        """Pairs within the threshold between `queries` and the owners of `index` (owner_index),
+        as search_shard yields them; memory in proportion to the queries given and the chunks.
+
+        Args:
+            index: owner_index(j, owners) of the shard's owners.
+            shard: the shard (prefix) the queries were routed to.
+            queries: (phash uint64 array, dhash uint64 array, has_dhash bool array).
+            dhash_max_distance, chunk_pairs, chunk_probes, ordered, wide: as search_shard's.
+
+        Yields:
+            (phash_q, dhash_q, phash_o, dhash_o, pdist, ddist) arrays per chunk.
+        """
+        j, (o_p, o_d, o_has, o_perm), lookup = index
+        q_p, q_d, q_has = queries
+        if len(o_p) == 0 or len(q_p) == 0:
+            return
+        low_mask = np.uint64((1 << (self.sizes[j] - self.shard_bits)) - 1)
+        q_perm = self.permute(q_p)
+        q_band = self.band(q_perm, j)
+        q_low = q_band & low_mask
+        # Flips already spent reaching this shard's prefix; the rest goes to the low bits.
+        budget = self.radius - np.bitwise_count(self.prefix(q_band, j) ^ np.uint64(shard)).astype(np.int64)
         earlier = self.band_masks[:j]
         for b in range(self.radius + 1):
             sel = np.nonzero(budget == b)[0]
@@ -365,25 +451,58 @@ class _RouteToShards(beam.DoFn):
 
 
 class _SearchShard(beam.DoFn):
-    def __init__(self, plan, dhash_max_distance, wide=None):
+    """((band, shard), re-iterable of ROUTED_RECORD arrays) -> pairs. Two passes over the group:
+    its owners become one index, then its queries are searched against it `query_chunk` at a
+    time, so memory holds the shard's owners (bounded by the shard count, `shard_bits_for`) and
+    one chunk of queries, however many queries the shard got."""
+
+    def __init__(self, plan, dhash_max_distance, query_chunk=QUERY_CHUNK, wide=None):
         self._plan = plan
         self._dhash_max = dhash_max_distance
+        self._query_chunk = query_chunk
         self._wide = wide
 
     def process(self, element):
         (j, shard), parts = element
-        records = np.concatenate(list(parts))
-        owner = records["owner"]
-        if not owner.any() or owner.all():
+        owners = [part[part["owner"]] for part in parts]
+        owners = np.concatenate(owners) if owners else np.zeros(0, dtype=ROUTED_RECORD)
+        if not len(owners):
             return
-        o = _arrays(records[owner])
-        q = _arrays(records[~owner])
+        index = self._plan.owner_index(j, _arrays(owners))
+        del owners  # the index holds its own sorted copies
         pairs = beam.metrics.Metrics.counter("dedup", "near_pairs")
-        for qp, qd, op, od, pdist, ddist in self._plan.search_shard(j, shard, o, q, self._dhash_max, wide=self._wide):
-            pairs.inc(len(qp))
-            yield from zip(
-                qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(), ddist.tolist(), strict=True
-            )
+        for queries in query_chunks(parts, self._query_chunk):
+            found = self._plan.search_index(index, shard, _arrays(queries), self._dhash_max, wide=self._wide)
+            for qp, qd, op, od, pdist, ddist in found:
+                pairs.inc(len(qp))
+                yield from zip(
+                    qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(), ddist.tolist(), strict=True
+                )
+
+
+def query_chunks(parts, chunk):
+    """The query records (owner False) of ROUTED_RECORD arrays, in arrays of at most `chunk`.
+
+    Args:
+        parts: an iterable of ROUTED_RECORD arrays (a group's, as GroupRecords gives them).
+        chunk: the most records an array yielded holds.
+
+    Yields:
+        ROUTED_RECORD arrays of queries, each of 1..chunk records, in their order in `parts`.
+    """
+    pending, count = [], 0
+    for part in parts:
+        queries = part[~part["owner"]]
+        while len(queries):
+            take = queries[: chunk - count]
+            queries = queries[len(take) :]
+            pending.append(take)
+            count += len(take)
+            if count >= chunk:
+                yield np.concatenate(pending)
+                pending, count = [], 0
+    if count:
+        yield np.concatenate(pending)
 
 
 def _arrays(records):
@@ -407,6 +526,8 @@ class NearDuplicatePairs(beam.PTransform):
     pHash distance is <= k' and both dHashes are within d' (two hash families agreeing closely:
     e.g. a 3 % corner crop of a texture, pHash 10 and dHash 5-8 away). Recall is exact up to
     max_distance only; past it, a pair is found when the probes meet it.
+    query_chunk: the most query records a (band, shard) group searches at once (its queries
+    stream from the spill files or the runner's iterable; its owners are held as one index).
     """
 
     def __init__(
@@ -419,9 +540,11 @@ class NearDuplicatePairs(beam.PTransform):
         arrays: bool = False,
         spill_dir: str | None = None,
         wide: tuple[int, int] | None = None,
+        query_chunk: int = QUERY_CHUNK,
     ) -> None:
         super().__init__()
         self._wide = wide
+        self._query_chunk = query_chunk
         self._arrays = arrays
         self._spill_dir = spill_dir
         self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
@@ -440,8 +563,10 @@ class NearDuplicatePairs(beam.PTransform):
         return (
             nodes
             | "RouteToShards" >> beam.ParDo(_RouteToShards(self._plan))
-            | "GroupShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: ROUTED_RECORD)
-            | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max, self._wide))
+            # why: a group's records stay in its spill files, read back a chunk at a time
+            | "GroupShards"
+            >> GroupRecords(self._spill_dir, dtype_of=lambda _key: ROUTED_RECORD, chunk_records=self._query_chunk)
+            | "SearchShards" >> beam.ParDo(_SearchShard(self._plan, self._dhash_max, self._query_chunk, self._wide))
         )
 
 
@@ -577,15 +702,21 @@ class _RouteViews(beam.DoFn):
 
 
 class _SearchViewShard(beam.DoFn):
-    def __init__(self, plan, dhash_max_distance):
+    def __init__(self, plan, dhash_max_distance, query_chunk=QUERY_CHUNK):
         self._plan = plan
         self._dhash_max = dhash_max_distance
+        self._query_chunk = query_chunk
 
     def process(self, element):
         (_space, j, shard), parts = element
-        pairs = search_view_shard(self._plan, j, shard, np.concatenate(list(parts)), self._dhash_max)
-        beam.metrics.Metrics.counter("dedup", "view_pairs").inc(len(pairs))
-        yield from pairs
+        # why: the owners once, the queries `query_chunk` at a time (as _SearchShard): a group's
+        # queries (3-4 view keys a picture) never sit in memory at once
+        owners = [part[part["owner"]] for part in parts]
+        owners = np.concatenate(owners) if owners else np.zeros(0, dtype=VIEW_RECORD)
+        for queries in query_chunks(parts, self._query_chunk):
+            pairs = search_view_shard(self._plan, j, shard, np.concatenate([owners, queries]), self._dhash_max)
+            beam.metrics.Metrics.counter("dedup", "view_pairs").inc(len(pairs))
+            yield from pairs
 
 
 class ViewPairs(beam.PTransform):
@@ -598,12 +729,19 @@ class ViewPairs(beam.PTransform):
     """
 
     def __init__(
-        self, max_distance=DEFAULT_VIEW_MAX_DISTANCE, dhash_max_distance=None, bands=3, shard_bits=3, spill_dir=None
+        self,
+        max_distance=DEFAULT_VIEW_MAX_DISTANCE,
+        dhash_max_distance=None,
+        bands=3,
+        shard_bits=3,
+        spill_dir=None,
+        query_chunk=QUERY_CHUNK,
     ):
         super().__init__()
         self._plan = BandPlan(max_distance, bands=bands, shard_bits=shard_bits)
         self._dhash_max = dhash_max_distance
         self._spill_dir = spill_dir
+        self._query_chunk = query_chunk
 
     @property
     def plan(self):
@@ -614,7 +752,8 @@ class ViewPairs(beam.PTransform):
             batches
             # why: each view key goes to its band shards (owners once, queries within radius)
             | "RouteViews" >> beam.ParDo(_RouteViews(self._plan))
-            | "GroupViewShards" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: VIEW_RECORD)
+            | "GroupViewShards"
+            >> GroupRecords(self._spill_dir, dtype_of=lambda _key: VIEW_RECORD, chunk_records=self._query_chunk)
             # why: exact lookups inside a shard, then self-matches dropped and dHash confirmed
-            | "SearchViewShards" >> beam.ParDo(_SearchViewShard(self._plan, self._dhash_max))
+            | "SearchViewShards" >> beam.ParDo(_SearchViewShard(self._plan, self._dhash_max, self._query_chunk))
         )

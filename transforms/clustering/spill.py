@@ -13,7 +13,9 @@ Exactly once: a bundle's paths are emitted only from its finish_bundle, so the f
 and retried bundle are never read (they are removed with the directory).
 
 Public transform: `GroupRecords(directory, dtype_of)`: `(key, numpy record array)` ->
-`(key, [record arrays])` (`SpillRecords` is its DoFn; `split_by` and `load_records` its helpers).
+`(key, [record arrays])` (`SpillRecords` is its DoFn; `split_by` and `load_records` its helpers);
+with `chunk_records`, `(key, RecordFiles)` instead: a key's records read back in bounded chunks
+each time they are iterated, for a consumer whose group need not sit in memory at once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-__all__ = ["SpillRecords", "split_by", "load_records", "GroupRecords"]
+__all__ = ["SpillRecords", "split_by", "load_records", "RecordFiles", "GroupRecords"]
 
 
 class SpillRecords(beam.DoFn):
@@ -86,11 +88,34 @@ def load_records(paths: Iterable[str], dtype: np.dtype) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
+class RecordFiles:
+    """The records of a key's spill files, read back in chunks of at most `chunk` records each
+    time it is iterated: a re-iterable whose memory is one chunk, not the key's whole group."""
+
+    def __init__(self, paths: Iterable[str], dtype: np.dtype, chunk: int) -> None:
+        self._paths = list(paths)
+        self._dtype = dtype
+        self._chunk = int(chunk)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for path in self._paths:
+            with open(path, "rb") as handle:
+                while True:
+                    records = np.fromfile(handle, dtype=self._dtype, count=self._chunk)
+                    if not len(records):
+                        break
+                    yield records
+
+
 class GroupRecords(beam.PTransform):
     """(key, record array) -> (key, [record arrays]) like GroupByKey, through files in `directory`
     when one is given (local runs only), else through the runner's GroupByKey.
 
     dtype_of(key): the record dtype of a key's arrays (files hold raw records, no header).
+    chunk_records: with a directory, each key's records come as a RecordFiles (read in chunks
+        of at most this many records at each iteration) instead of one loaded array; without
+        one, the runner's iterable of the arrays as they were emitted. Either can be iterated
+        more than once.
     The directory is not removed here: its owner removes it once the consumers are done.
     """
 
@@ -99,19 +124,25 @@ class GroupRecords(beam.PTransform):
         directory: str | None = None,
         dtype_of: Callable[[Any], np.dtype] | None = None,
         flush_bytes: int = 4 << 20,
+        chunk_records: int | None = None,
     ) -> None:
         super().__init__()
         self._directory = directory
         self._dtype_of = dtype_of
         self._flush_bytes = flush_bytes
+        self._chunk_records = chunk_records
 
     def expand(self, records):
         if self._directory is None:
             return records | "Group" >> beam.GroupByKey()
-        dtype_of = self._dtype_of
+        dtype_of, chunk = self._dtype_of, self._chunk_records
+        if chunk is None:
+            load = lambda key, paths: (key, [load_records(sorted(paths), dtype_of(key))])  # noqa: E731
+        else:
+            load = lambda key, paths: (key, RecordFiles(sorted(paths), dtype_of(key), chunk))  # noqa: E731
         return (
             records
             | "Spill" >> beam.ParDo(SpillRecords(self._directory, self._flush_bytes))
             | "GroupPaths" >> beam.GroupByKey()
-            | "Load" >> beam.MapTuple(lambda key, paths: (key, [load_records(sorted(paths), dtype_of(key))]))
+            | "Load" >> beam.MapTuple(load)
         )

@@ -320,3 +320,30 @@ def test_wide_rule(tmp_path):
     assert [m["match"] for c in clusters for m in c["members"]] in (["canonical", "near"], ["near", "canonical"])
     rows_out, _, _, _ = run_dedup(rows, tmp_path / "off", views=())
     assert all(c is None for c in cluster_of(rows_out).values())
+
+
+def test_placeholders_match_nothing_through_views(tmp_path):
+    """A placeholder picture whose mirror view is another picture's pHash stays out of that
+    picture's cluster (placeholders are dropped from the view pairs), while an ordinary picture
+    with the same view relation is merged."""
+    rng = random.Random(12)
+    blank = ("8000000000000000", "0000000000000000")
+    real_p, real_d = random_hash(rng), random_hash(rng)
+    copy_p, copy_d = random_hash(rng), random_hash(rng)
+    mirrored_p, mirrored_d = random_hash(rng), random_hash(rng)
+    rows = [row("cc3m:real", phash=real_p, dhash=real_d),
+            row("cc3m:copy", phash=copy_p, dhash=copy_d),
+            row("cc12m:mirrored", "cc12m", phash=mirrored_p, dhash=mirrored_d)]
+    rows[2]["phash_mirror"], rows[2]["dhash_mirror"] = copy_p, copy_d  # a mirrored copy of cc3m:copy
+    for i in range(3):  # one picture at 3 URLs (placeholder_min_urls=3) whose mirror is cc3m:real
+        rows.append(row(f"zero:ph{i}", "zero", url=f"http://dead.example/{i}", phash=blank[0], dhash=blank[1]))
+        rows[-1]["phash_mirror"], rows[-1]["dhash_mirror"] = real_p, real_d
+    for r in rows:  # only pictures with views take part in the view search (ingests compute them all)
+        r["phash_centre"], r["dhash_centre"] = random_hash(rng), random_hash(rng)
+    rows_out, clusters, stats, _ = run_dedup(rows, tmp_path, placeholder_min_urls=3)
+    check_invariants(rows, rows_out, clusters)
+    cid = cluster_of(rows_out)
+    assert cid["cc3m:copy"] is not None and cid["cc3m:copy"] == cid["cc12m:mirrored"]
+    assert cid["cc3m:real"] is None
+    assert cid["zero:ph0"] == cid["zero:ph1"] == cid["zero:ph2"] != cid["cc3m:copy"]
+    assert stats["view_pairs"] == {"mirror": 1}

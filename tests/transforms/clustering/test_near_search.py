@@ -9,7 +9,17 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.clustering.near_search import BandPlan, NearDuplicatePairs, plan_bands, volume
+from transforms.clustering.near_search import (
+    OWNERS_PER_GROUP,
+    ROUTED_RECORD,
+    BandPlan,
+    NearDuplicatePairs,
+    _SearchShard,
+    plan_bands,
+    query_chunks,
+    shard_bits_for,
+    volume,
+)
 
 
 def _dense_hashes(n, seed):
@@ -159,3 +169,79 @@ def _search_wide(nodes, plan, dmax, wide):
         for a, b, c, e, _pd, _dd in plan.search_shard(j, s, (op, od, od != 0), (qp, qd, qd != 0), dmax, wide=wide):
             found += [((w, x), (y, z)) for w, x, y, z in zip(a.tolist(), b.tolist(), c.tolist(), e.tolist())]
     return found
+
+
+def test_shard_bits_grow_with_the_hashes_so_groups_stay_bounded():
+    assert shard_bits_for(0) == 0 and shard_bits_for(OWNERS_PER_GROUP) == 0
+    assert shard_bits_for(OWNERS_PER_GROUP + 1) == 1
+    for hashes in (10**5, 10**6, 10**7, 15_700_000, 10**8):
+        bits = shard_bits_for(hashes)
+        assert hashes / 2**bits <= OWNERS_PER_GROUP  # owners of one group, evenly spread
+        assert bits == 0 or hashes / 2**(bits - 1) > OWNERS_PER_GROUP  # and no more shards than that
+    assert shard_bits_for(15_700_000) == 4
+
+
+def test_query_chunks_are_bounded_and_keep_every_query_in_order():
+    parts = []
+    for n in (5, 23, 1, 0, 40):
+        part = np.zeros(n, dtype=ROUTED_RECORD)
+        part["owner"] = np.arange(n) % 3 == 0
+        part["phash"] = np.arange(n) + 100 * len(parts)
+        parts.append(part)
+    chunks = list(query_chunks(parts, 6))
+    assert all(1 <= len(c) <= 6 for c in chunks)
+    assert all(not c["owner"].any() for c in chunks)
+    expected = np.concatenate([p[~p["owner"]] for p in parts])["phash"].tolist()
+    assert np.concatenate(chunks)["phash"].tolist() == expected
+
+
+def _routed_groups(nodes, plan, batch=97):
+    groups = defaultdict(list)
+    p = np.array([a for a, _ in nodes], dtype=np.uint64)
+    d = np.array([b for _, b in nodes], dtype=np.uint64)
+    for start in range(0, len(nodes), batch):
+        for (j, s), role, pp, dd in plan.route(p[start:start + batch], d[start:start + batch]):
+            records = np.zeros(len(pp), dtype=ROUTED_RECORD)
+            records["owner"], records["phash"], records["dhash"] = role == "o", pp, dd
+            groups[(j, s)].append(records)
+    return groups
+
+
+def test_a_group_searches_its_queries_a_chunk_at_a_time(monkeypatch):
+    """The shard search holds its owners as one index and never all its queries at once: with a
+    query chunk of 40, no search sees more than 40 queries, and the pairs are exactly the
+    brute-force pairs."""
+    nodes = _dense_hashes(900, seed=3)
+    plan = BandPlan(8, shard_bits=1)
+    seen = []
+    search_index = BandPlan.search_index
+
+    def spy(self, index, shard, queries, *args, **kwargs):
+        seen.append(len(queries[0]))
+        return search_index(self, index, shard, queries, *args, **kwargs)
+
+    monkeypatch.setattr(BandPlan, "search_index", spy)
+    search = _SearchShard(plan, None, query_chunk=40)
+    found = set()
+    for key, parts in _routed_groups(nodes, plan).items():
+        for a, b, c, e, _pd, _dd in search.process((key, parts)):
+            found.add(((a, b), (c, e)))
+    assert seen and max(seen) <= 40
+    assert sum(seen) == sum(int((~r["owner"]).sum()) for g in _routed_groups(nodes, plan).values() for r in g)
+    assert found == _brute(nodes, 8, None)
+
+
+@pytest.mark.parametrize("shard_bits,chunk", [(0, 64), (2, 29)])
+def test_streaming_through_spill_files_keeps_recall_exact(tmp_path, shard_bits, chunk):
+    """The Beam transform with its groups in spill files read back `chunk` records at a time
+    (a group's queries in several chunks, the last one partial) finds exactly the brute-force
+    pairs, each once."""
+    nodes = _dense_hashes(700, seed=30 + shard_bits)
+    expected = sorted(_brute(nodes, 8, 24))
+    with TestPipeline(runner="FnApiRunner") as p:
+        pairs = (p
+                 | beam.Create([("%016x" % a, "%016x" % b) for a, b in nodes])
+                 | NearDuplicatePairs(8, dhash_max_distance=24, batch_size=64, shard_bits=shard_bits,
+                                      spill_dir=str(tmp_path / "spill"), query_chunk=chunk)
+                 | beam.Map(lambda t: ((t[0], t[1]), (t[2], t[3]))))
+        assert_that(pairs, equal_to(expected))

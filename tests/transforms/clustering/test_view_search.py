@@ -90,3 +90,34 @@ def test_dedup_searches_the_tested_geometry():
     plain = config["near_search"]
     assert plain["bands"] * (plain["radius"] + 1) > plain["max_distance"] == 8
     assert set(config["views"]) == set(VIEW_SPACES)  # every view is a searched key by default
+
+
+def test_view_groups_search_their_queries_a_chunk_at_a_time(monkeypatch):
+    """_SearchViewShard holds a group's owners and searches its queries 37 at a time: no search
+    sees more queries than that, and the pairs are still exactly the brute-force pairs."""
+    from transforms.clustering import near_search
+    plain, dh, views = _pictures(300, seed=9)
+    plan = BandPlan(5, bands=3, shard_bits=1)
+    shards = defaultdict(list)
+    route = _RouteViews(plan)
+    for start in range(0, len(plain), 71):
+        sl = slice(start, start + 71)
+        batch = (np.array(plain[sl], dtype=np.uint64), np.array(dh[sl], dtype=np.uint64),
+                 {v: (np.array(p[sl], dtype=np.uint64), np.array(d[sl], dtype=np.uint64))
+                  for v, (p, d) in views.items()})
+        for key, records in route.process(batch):
+            shards[key].append(records)
+    seen = []
+    search = near_search.search_view_shard
+
+    def spy(plan, j, shard, records, dmax=None):
+        seen.append(int((~records["owner"]).sum()))
+        return search(plan, j, shard, records, dmax)
+
+    monkeypatch.setattr(near_search, "search_view_shard", spy)
+    found = []
+    for key, parts in shards.items():
+        found += [p[:5] for p in near_search._SearchViewShard(plan, None, query_chunk=37).process((key, parts))]
+    assert seen and max(seen) <= 37 and len(seen) > len(shards)
+    expected = _brute(plain, dh, views, 5, None)
+    assert len(found) == len(set(found)) and set(found) == expected

@@ -1,0 +1,16 @@
+"""DedupSettings.transform: the near search's shard count by where and how big the run is."""
+from transforms.clustering.dedup_settings import DedupSettings
+
+
+def _shard_bits(settings, **kwargs):
+    return settings.transform(**kwargs).config()["near_search"]["shard_bits"]
+
+
+def test_one_process_shards_follow_the_expected_rows():
+    settings = DedupSettings()
+    assert _shard_bits(settings, one_process=True) == 0  # rows unknown (the ingest): unsharded
+    assert _shard_bits(settings, one_process=True, expected_rows=1_000_000) == 0
+    assert _shard_bits(settings, one_process=True, expected_rows=10_000_000) == 4
+    assert _shard_bits(settings, one_process=True, expected_rows=15_700_000) == 4
+    assert _shard_bits(settings, one_process=False, expected_rows=15_700_000) == 3  # worker processes, Dataflow
+    assert _shard_bits(DedupSettings(shard_bits=2), one_process=True, expected_rows=10**8) == 2  # --shard-bits wins
