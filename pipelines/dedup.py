@@ -54,7 +54,8 @@ class DedupOptions(PipelineOptions):
         # Not required=True: Beam parses every PipelineOptions subclass for every pipeline in
         # the process, so a required flag here would break unrelated jobs; run() checks them.
         inputs = parser.add_argument_group("inputs")
-        inputs.add_argument(
+        job_runner.add_argument_once(  # export has an --input too (a single OUT): see add_argument_once
+            inputs,
             "--input",
             action="append",
             default=None,

@@ -465,3 +465,20 @@ def test_a_listing_that_fails_is_the_environment_not_a_missing_file(monkeypatch)
     assert failures.describe(raised.value) == (
         1, "storage unreachable: cannot list gs://b/m.tsv"
            " (RetryError: Timeout of 120.0s exceeded, last exception: None)")
+
+
+@pytest.mark.parametrize("order", ["ingest dedup refresh export", "export dedup ingest refresh",
+                                   "refresh export ingest dedup", "dedup export refresh ingest"])
+def test_every_jobs_options_register_together_in_any_import_order(order):
+    """Beam parses every imported PipelineOptions subclass into one parser, in import order: a flag
+    two jobs share (--input of dedup and export, --output, ...) must not conflict whichever comes
+    first (a process importing export before dedup could not run any job)."""
+    import argparse
+
+    classes = {"ingest": "IngestOptions", "dedup": "DedupOptions", "refresh": "RefreshOptions",
+               "export": "ExportOptions"}
+    parser = argparse.ArgumentParser()
+    for name in order.split():
+        module = importlib.import_module(f"pipelines.{name}")
+        getattr(module, classes[name])._add_argparse_args(parser)
+    parser.parse_known_args(["--input", "a", "--output", "b"])
