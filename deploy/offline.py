@@ -8,6 +8,8 @@ so that gs:// paths and Dataflow job staging work with no cloud and no traffic o
 import contextlib
 import os
 import socket
+import threading
+from http import HTTPStatus
 from unittest import mock
 
 LOOPBACK = "127.0.0.1"
@@ -47,6 +49,67 @@ def anonymous_credentials(project=OFFLINE_PROJECT):
         yield
 
 
+def _generation_preconditions(objects, lock):
+    """(insert, delete) handlers of gcp-storage-emulator that honour `ifGenerationMatch`.
+
+    The emulator ignores the precondition, so two writers racing for one object both succeed
+    there, where real GCS answers the second 412: the gs:// output lease (transforms/io/lease.py)
+    relies on that answer, and could not be tested without it. The check and the write happen
+    under one lock, as GCS makes them one step.
+    """
+    from gcp_storage_emulator.exceptions import NotFound
+
+    def generation(storage, bucket, name):
+        try:
+            return int(storage.get_file_obj(bucket, name)["generation"])
+        except NotFound:
+            return 0  # GCS: ifGenerationMatch=0 means "does not exist yet"
+
+    def checked(handler, object_name):
+        def handle(request, response, storage, *args, **kwargs):
+            expected = request.query.get("ifGenerationMatch")
+            if not expected:
+                return handler(request, response, storage, *args, **kwargs)
+            with lock:
+                bucket = request.params["bucket_name"]
+                if generation(storage, bucket, object_name(request)) != int(expected[0]):
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+                    return None
+                return handler(request, response, storage, *args, **kwargs)
+
+        handle.original = handler
+        return handle
+
+    def upload_name(request):
+        if "name" in request.query:
+            return request.query["name"][0]
+        data = request.data
+        return (data.get("meta") or {}).get("name") if "meta" in data else data.get("name")
+
+    return (
+        checked(getattr(objects.insert, "original", objects.insert), upload_name),
+        checked(getattr(objects.delete, "original", objects.delete), lambda request: request.params["object_id"]),
+    )
+
+
+def _install_generation_preconditions():
+    """Puts the precondition-checking handlers in the emulator's route table (once a process)."""
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.handlers import objects
+
+    if hasattr(objects.insert, "original"):
+        return
+    insert, delete = _generation_preconditions(objects, threading.Lock())
+    for _regex, handlers in server.HANDLERS:
+        for method, handler in list(handlers.items()):
+            if handler is objects.insert:
+                handlers[method] = insert
+            elif handler is objects.delete:
+                handlers[method] = delete
+    objects.insert, objects.delete = insert, delete  # the server's fallback route names objects.insert
+
+
 class GcsEmulator:
     """gcp-storage-emulator (GCS JSON API, in memory) serving on 127.0.0.1:<free port>.
 
@@ -71,6 +134,7 @@ class GcsEmulator:
     def start(self):
         from gcp_storage_emulator.server import create_server
 
+        _install_generation_preconditions()
         self.port = free_port()
         self._server = create_server(LOOPBACK, self.port, in_memory=True)
         self._server.start()

@@ -290,6 +290,53 @@ def test_gcs_lease_refuses_a_live_holder_and_is_released(gcs_emulator):
             assert holder.job == "next"
 
 
+def test_gcs_lease_two_runs_that_both_saw_no_lease_cannot_both_take_it(gcs_emulator, monkeypatch):
+    """The race the does-not-exist precondition is for: both runs read "no lease", both create
+    one; GCS (and the emulator, deploy/offline.py) lets exactly one create succeed."""
+    import threading
+
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud import storage
+
+    gcs_emulator.bucket("lease-race")
+    blob = gcs_emulator.client().bucket("lease-race").blob("probe")
+    blob.upload_from_string(b"first", if_generation_match=0)
+    with pytest.raises(PreconditionFailed):  # the emulator honours the precondition at all
+        gcs_emulator.client().bucket("lease-race").blob("probe").upload_from_string(b"x", if_generation_match=0)
+
+    both_looked = threading.Barrier(2, timeout=30)
+    first_look = threading.local()
+    get_blob = storage.Bucket.get_blob
+
+    def racing_get_blob(self, name, *args, **kwargs):
+        if name.endswith("_LEASE") and not getattr(first_look, "done", False):
+            first_look.done = True
+            both_looked.wait()  # each run's first look happens before either writes
+            return None
+        return get_blob(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(storage.Bucket, "get_blob", racing_get_blob)
+    outcomes, holding = [], threading.Barrier(2, timeout=30)
+
+    def run(job):
+        try:
+            with lease_module.output_lease("gs://lease-race/out", job):
+                outcomes.append(("held", job))
+                holding.wait()  # still held while the other run tries
+        except ValueError as refused:
+            outcomes.append(("refused", str(refused)))
+            holding.wait()
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in ("night-a", "night-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(kind for kind, _ in outcomes) == ["held", "refused"], outcomes
+    winner = next(job for kind, job in outcomes if kind == "held")
+    assert f"being written by {winner}" in next(text for kind, text in outcomes if kind == "refused")
+
+
 # --- empty input -------------------------------------------------------------------------------
 
 def test_an_empty_manifest_is_an_empty_dataset_for_ingest_dedup_and_refresh(tmp_path, capsys):
