@@ -214,9 +214,9 @@ def parquet_files(out: str) -> list[str]:
 def read_table_stats(out: str, batch_size: int = 65536) -> TableStats:
     stats = TableStats()
     for path in parquet_files(out):
-        present = set(open_table_file(path).schema_arrow.names)
-        columns = [c for c in COLUMNS if c in present]
-        for batch in table_batches(path, columns, batch_size=batch_size):
+        parquet = open_table_file(path)
+        columns = [c for c in COLUMNS if c in set(parquet.schema_arrow.names)]
+        for batch in table_batches(path, columns, batch_size=batch_size, parquet=parquet):
             stats.add_batch(batch)
     return stats
 

@@ -887,8 +887,9 @@ def _shard_members(path, components):
         return
     from transforms.io.checked_parquet import open_table_file, table_batches  # only workers need pyarrow
 
-    names = set(open_table_file(path).schema_arrow.names)  # tables written before the view columns lack them
-    for batch in table_batches(path, [c for c in MEMBER_FIELDS if c in names]):
+    parquet = open_table_file(path)
+    names = set(parquet.schema_arrow.names)  # tables written before the view columns lack them
+    for batch in table_batches(path, [c for c in MEMBER_FIELDS if c in names], parquet=parquet):
         for row in batch.to_pylist():
             yield from _place(row, components, singles=False)
 

@@ -117,7 +117,7 @@ def _batches(path, columns):
         raise BadInput(f"{path}: missing column(s) {', '.join(required)}: not an ingest table")
     present = None if columns is None else [c for c in columns if c in names]
     first = 0
-    for batch in table_batches(path, present, batch_size=READ_BATCH):
+    for batch in table_batches(path, present, batch_size=READ_BATCH, parquet=parquet):
         if missing:
             arrays = [
                 batch.column(present.index(c))

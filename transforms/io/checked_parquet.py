@@ -64,14 +64,22 @@ def open_table_file(path: str) -> pq.ParquetFile:
         raise DamagedTable(path, f"unreadable footer: {error}") from error
 
 
-def table_batches(path: str, columns: Sequence[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+def table_batches(
+    path: str, columns: Sequence[str] | None = None, batch_size: int = 4096, parquet: pq.ParquetFile | None = None
+) -> Iterator[pa.RecordBatch]:
     """Record batches of `columns` (all if None) of one file, each page verified.
+
+    Args:
+        path: the file (named in the error).
+        columns: the columns to read; None: all of them.
+        batch_size: rows a batch.
+        parquet: the file as `open_table_file(path)` opened it already (its footer read once).
 
     Raises:
         DamagedTable: a page fails its checksum or cannot be decoded (the batches before it were
             yielded; callers fail the job, so none of them is kept).
     """
-    parquet = open_table_file(path)
+    parquet = parquet or open_table_file(path)
     batches = parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns is not None else None)
     while True:
         try:
