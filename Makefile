@@ -25,10 +25,11 @@ chromium:
 	sh scripts/ensure_chromium.sh
 
 # Style, format and types of the code, configured in pyproject.toml. `make test` runs it first.
+# ruff covers the tests and benches too; mypy the shipped packages.
 LINT_PATHS := pipelines transforms deploy
 lint: $(STAMP)
-	$(PY) -m ruff check $(LINT_PATHS)
-	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m ruff check $(LINT_PATHS) tests bench
+	$(PY) -m ruff format --check $(LINT_PATHS) tests bench
 	$(PY) -m mypy $(LINT_PATHS)
 
 test: $(STAMP) chromium lint

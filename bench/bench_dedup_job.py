@@ -20,6 +20,7 @@ The job's output is checked afterwards (not timed): N rows, replaced_rows 2000, 
 planted pairs, no above-threshold pair merged, unrelated rows clustered, the single-hash group one
 placeholder cluster. Results: bench/work/dedup-job-results.json and a Markdown table.
 """
+
 import argparse
 import datetime
 import hashlib
@@ -55,7 +56,7 @@ def measured(cmd):
     wall = time.time() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return returncode, wall, peak / 2 ** 20, err.decode(errors="replace")[-3000:], cpu
+    return returncode, wall, peak / 2**20, err.decode(errors="replace")[-3000:], cpu
 
 
 def hash_file(n, k):
@@ -68,20 +69,28 @@ def hash_file(n, k):
 
 def _table(keys, urls, phash, dhash, day):
     n = len(keys)
-    hexp = ["%016x" % v for v in phash.tolist()]
-    hexd = ["%016x" % v for v in dhash.tolist()]
+    hexp = [f"{v:016x}" for v in phash.tolist()]
+    hexd = [f"{v:016x}" for v in dhash.tolist()]
     columns = {
-        "dataset": [k.split(":", 1)[0] for k in keys], "key": keys, "url": urls,
+        "dataset": [k.split(":", 1)[0] for k in keys],
+        "key": keys,
+        "url": urls,
         "caption": [f"a photo of item {k} seen on a page about something" for k in keys],
-        "status": ["ok"] * n, "http_status": pa.array(np.full(n, 200, dtype=np.int32)),
-        "sha256": [hashlib.sha256((p + d).encode()).hexdigest() for p, d in zip(hexp, hexd)],
-        "phash": hexp, "dhash": hexd,
-        "width": pa.array(np.full(n, 640, dtype=np.int32)), "height": pa.array(np.full(n, 480, dtype=np.int32)),
+        "status": ["ok"] * n,
+        "http_status": pa.array(np.full(n, 200, dtype=np.int32)),
+        "sha256": [hashlib.sha256((p + d).encode()).hexdigest() for p, d in zip(hexp, hexd, strict=False)],
+        "phash": hexp,
+        "dhash": hexd,
+        "width": pa.array(np.full(n, 640, dtype=np.int32)),
+        "height": pa.array(np.full(n, 480, dtype=np.int32)),
         "fetched_at": pa.array(np.full(n, np.datetime64(day, "us")), type=pa.timestamp("us", tz="UTC")),
-        "format": ["JPEG"] * n, "size_bytes": pa.array(np.full(n, 51234, dtype=np.int64)),
+        "format": ["JPEG"] * n,
+        "size_bytes": pa.array(np.full(n, 51234, dtype=np.int64)),
     }
-    arrays = [pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(n, f.type)
-              for f in schema.IMAGE_SCHEMA]
+    arrays = [
+        pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(n, f.type)
+        for f in schema.IMAGE_SCHEMA
+    ]
     return pa.Table.from_arrays(arrays, schema=schema.IMAGE_SCHEMA)
 
 
@@ -99,13 +108,23 @@ def make_inputs(n, k):
         os.makedirs(os.path.join(folder, "images"))
     for i, start in enumerate(range(0, n, SHARD_ROWS)):
         stop = min(n, start + SHARD_ROWS)
-        pq.write_table(_table(keys[start:stop], urls[start:stop], data["phash"][start:stop],
-                              data["dhash"][start:stop], "2024-01-01"),
-                       os.path.join(in1, "images", f"part-{i:05d}.parquet"))
+        pq.write_table(
+            _table(
+                keys[start:stop], urls[start:stop], data["phash"][start:stop], data["dhash"][start:stop], "2024-01-01"
+            ),
+            os.path.join(in1, "images", f"part-{i:05d}.parquet"),
+        )
     unrelated = [i for i, key in enumerate(keys) if synth.group_of(key).startswith("u")][:REFETCHED]
-    pq.write_table(_table([keys[i] for i in unrelated], [urls[i] for i in unrelated],
-                          data["phash"][unrelated], data["dhash"][unrelated], "2024-02-01"),
-                   os.path.join(in2, "images", "part-00000.parquet"))
+    pq.write_table(
+        _table(
+            [keys[i] for i in unrelated],
+            [urls[i] for i in unrelated],
+            data["phash"][unrelated],
+            data["dhash"][unrelated],
+            "2024-02-01",
+        ),
+        os.path.join(in2, "images", "part-00000.parquet"),
+    )
     open(stamp, "w").close()
     return in1, in2
 
@@ -116,10 +135,10 @@ def evaluate(out, n):
     keys = table.column("key").to_pylist()
     cids = table.column("cluster_id").to_pylist()
     flags = table.column("is_placeholder").to_pylist()
-    by_key = dict(zip(keys, cids))
+    by_key = dict(zip(keys, cids, strict=False))
     planted = recalled = above = above_merged = unrelated_clustered = 0
     skew_ids, skew_flagged = set(), 0
-    for key, cid, flag in zip(keys, cids, flags):
+    for key, cid, flag in zip(keys, cids, flags, strict=False):
         group = synth.group_of(key)
         if group.startswith("p") and key.endswith(":a"):
             planted += 1
@@ -136,13 +155,22 @@ def evaluate(out, n):
     newer = datetime.datetime(2024, 2, 1, tzinfo=datetime.timezone.utc)
     with open(os.path.join(out, "summary.json")) as handle:
         summary = json.load(handle)
-    return {"rows_out": len(keys), "distinct_keys": len(by_key), "rows_expected": n,
-            "refetched_rows_kept": sum(1 for t in table.column("fetched_at").to_pylist() if t == newer),
-            "replaced_rows": summary.get("replaced_rows"), "planted_pairs": planted, "recalled_pairs": recalled,
-            "above_threshold_pairs": above, "above_threshold_merged": above_merged,
-            "unrelated_rows_clustered": unrelated_clustered,
-            "skew_clusters": len(skew_ids), "skew_rows_flagged": skew_flagged,
-            "near_pairs": summary.get("near_pairs"), "clusters": summary.get("clusters")}
+    return {
+        "rows_out": len(keys),
+        "distinct_keys": len(by_key),
+        "rows_expected": n,
+        "refetched_rows_kept": sum(1 for t in table.column("fetched_at").to_pylist() if t == newer),
+        "replaced_rows": summary.get("replaced_rows"),
+        "planted_pairs": planted,
+        "recalled_pairs": recalled,
+        "above_threshold_pairs": above,
+        "above_threshold_merged": above_merged,
+        "unrelated_rows_clustered": unrelated_clustered,
+        "skew_clusters": len(skew_ids),
+        "skew_rows_flagged": skew_flagged,
+        "near_pairs": summary.get("near_pairs"),
+        "clusters": summary.get("clusters"),
+    }
 
 
 def run_size(n, k, job_args, threads):
@@ -150,40 +178,86 @@ def run_size(n, k, job_args, threads):
     out = os.path.join(WORK, f"dedup-job-{n}", "out")
     shutil.rmtree(out, ignore_errors=True)
     load = round(os.getloadavg()[0], 2)
-    code, wall, rss, err, cpu = measured([sys.executable, "-m", "pipelines.dedup", "--input", in1, "--input", in2,
-                                          "--output", out, "--max-distance", str(k), *job_args])
+    code, wall, rss, err, cpu = measured(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.dedup",
+            "--input",
+            in1,
+            "--input",
+            in2,
+            "--output",
+            out,
+            "--max-distance",
+            str(k),
+            *job_args,
+        ]
+    )
     if code:
         raise SystemExit(f"pipelines.dedup at {n} rows failed ({code}):\n{err}")
-    ours = {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "peak_rss_mib": round(rss),
-            "load_at_start": load, "load_at_end": round(os.getloadavg()[0], 2),
-            "command_args": job_args, **evaluate(out, n)}
+    ours = {
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "peak_rss_mib": round(rss),
+        "load_at_start": load,
+        "load_at_end": round(os.getloadavg()[0], 2),
+        "command_args": job_args,
+        **evaluate(out, n),
+    }
     shutil.rmtree(out, ignore_errors=True)
     result = os.path.join(WORK, f"faiss-{n}.json")
     load = round(os.getloadavg()[0], 2)
-    code, wall, rss, err, cpu = measured([sys.executable, "-m", "bench.faiss_run", "--data", hash_file(n, k),
-                                          "--result", result, "--max-distance", str(k), "--threads", str(threads)])
+    code, wall, rss, err, cpu = measured(
+        [
+            sys.executable,
+            "-m",
+            "bench.faiss_run",
+            "--data",
+            hash_file(n, k),
+            "--result",
+            result,
+            "--max-distance",
+            str(k),
+            "--threads",
+            str(threads),
+        ]
+    )
     if code:
         raise SystemExit(f"faiss at {n} rows failed ({code}):\n{err}")
     with open(result) as handle:
         peer = json.load(handle)
-    peer.update(process_wall_seconds=round(wall, 1), process_cpu_seconds=round(cpu, 1), peak_rss_mib=round(rss),
-                load_at_start=load, load_at_end=round(os.getloadavg()[0], 2))
-    return {"rows": n, "ours": ours, "faiss": peer,
-            "wall_ratio_vs_faiss_search": round(ours["wall_seconds"] / peer["search_seconds"], 2),
-            "rss_ratio_vs_faiss": round(ours["peak_rss_mib"] / max(1, peer["peak_rss_mib"]), 2)}
+    peer.update(
+        process_wall_seconds=round(wall, 1),
+        process_cpu_seconds=round(cpu, 1),
+        peak_rss_mib=round(rss),
+        load_at_start=load,
+        load_at_end=round(os.getloadavg()[0], 2),
+    )
+    return {
+        "rows": n,
+        "ours": ours,
+        "faiss": peer,
+        "wall_ratio_vs_faiss_search": round(ours["wall_seconds"] / peer["search_seconds"], 2),
+        "rss_ratio_vs_faiss": round(ours["peak_rss_mib"] / max(1, peer["peak_rss_mib"]), 2),
+    }
 
 
 def _markdown(runs):
-    lines = ["| rows | ours wall s (CPU s) | ours peak RSS MiB | faiss search s (process s) | faiss peak RSS MiB |"
-             " wall ours / faiss search | recall ours / faiss | replaced | load |",
-             "|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    lines = [
+        "| rows | ours wall s (CPU s) | ours peak RSS MiB | faiss search s (process s) | faiss peak RSS MiB |"
+        " wall ours / faiss search | recall ours / faiss | replaced | load |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
     for r in runs:
         o, f = r["ours"], r["faiss"]
         lines.append(
-            f"| {r['rows']:,} | {o['wall_seconds']} ({o.get('cpu_seconds')}) | {o['peak_rss_mib']} | {f['search_seconds']} "
+            f"| {r['rows']:,} | {o['wall_seconds']} ({o.get('cpu_seconds')}) | {o['peak_rss_mib']} "
+            f"| {f['search_seconds']} "
             f"({f['process_wall_seconds']}) | {f['peak_rss_mib']} | x{r['wall_ratio_vs_faiss_search']} | "
             f"{o['recalled_pairs']}/{o['planted_pairs']} / {f['recalled']}/{f['planted']} | "
-            f"{o['replaced_rows']} | {o['load_at_start']} / {f['load_at_start']} |")
+            f"{o['replaced_rows']} | {o['load_at_start']} / {f['load_at_start']} |"
+        )
     return "\n".join(lines)
 
 
@@ -191,8 +265,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000000")
     parser.add_argument("--max-distance", type=int, default=8)
-    parser.add_argument("--job-arg", action="append", default=[],
-                        help="extra argument of pipelines.dedup (repeatable, e.g. --job-arg=--direct_num_workers=1)")
+    parser.add_argument(
+        "--job-arg",
+        action="append",
+        default=[],
+        help="extra argument of pipelines.dedup (repeatable, e.g. --job-arg=--direct_num_workers=1)",
+    )
     parser.add_argument("--faiss-threads", type=int, default=0)
     parser.add_argument("--results", default=os.path.join(WORK, "dedup-job-results.json"))
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@
 
 Results: bench/work/dedup-quality/results.json and Markdown tables on stdout.
 """
+
 import argparse
 import collections
 import itertools
@@ -41,12 +42,12 @@ CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 def serve(directory, items):
     """Start a loopback server with every file of the set; returns it."""
     from pipelines.demo.sample_site import Reply, SampleWebServer
+
     routes = {}
     for item in items:
         with open(os.path.join(directory, item["file"]), "rb") as f:
             body = f.read()
-        routes["/" + item["file"]] = Reply(200, body, {
-            "Content-Type": CONTENT_TYPES[item["file"].rsplit(".", 1)[1]]})
+        routes["/" + item["file"]] = Reply(200, body, {"Content-Type": CONTENT_TYPES[item["file"].rsplit(".", 1)[1]]})
     web = SampleWebServer(routes)
     web.start()
     return web
@@ -69,12 +70,29 @@ def write_manifests(web, items, directory):
 def run_ingest(manifests, out, extra=()):
     """The ingest with default options; returns wall seconds."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipelines.ingest", "--manifest", f"cc3m={manifests['cc3m']}",
-           "--manifest", f"cc12m={manifests['cc12m']}", "--output", out,
-           "--allow-network", "127.0.0.1/32", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.ingest",
+        "--manifest",
+        f"cc3m={manifests['cc3m']}",
+        "--manifest",
+        f"cc12m={manifests['cc12m']}",
+        "--output",
+        out,
+        "--allow-network",
+        "127.0.0.1/32",
+        *extra,
+    ]
     started = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     if proc.returncode != 0:
         raise SystemExit(f"ingest failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return time.time() - started
@@ -82,8 +100,11 @@ def run_ingest(manifests, out, extra=()):
 
 def clusters_of_ingest(out):
     """file name -> cluster id (None: alone), from OUT/images."""
-    table = ds.dataset(os.path.join(out, "images"), format="parquet").to_table(
-        columns=["url", "status", "cluster_id"]).to_pylist()
+    table = (
+        ds.dataset(os.path.join(out, "images"), format="parquet")
+        .to_table(columns=["url", "status", "cluster_id"])
+        .to_pylist()
+    )
     bad = [r for r in table if r["status"] != "ok"]
     if bad:
         raise SystemExit(f"{len(bad)} rows not ok, e.g. {bad[0]}")
@@ -125,8 +146,11 @@ def score(items, cluster_of, pairs=None):
         if item["kind"] == "original":
             continue
         hit = together(original[item["group"]], item["file"])
-        for table, key in ((per_edit, item["edit"]), (per_strength, f"{item['edit']} {item['strength']}"),
-                           (per_kind, item["kind"])):
+        for table, key in (
+            (per_edit, item["edit"]),
+            (per_strength, f"{item['edit']} {item['strength']}"),
+            (per_kind, item["kind"]),
+        ):
             n, h = table.get(key, (0, 0))
             table[key] = (n + 1, h + hit)
     members = collections.defaultdict(list)
@@ -141,9 +165,11 @@ def score(items, cluster_of, pairs=None):
     false_merges = sum(1 for m in members.values() if len({group[f] for f in m}) > 1)
     ratio = lambda t: {k: round(h / n, 3) for k, (n, h) in sorted(t.items())}  # noqa: E731
     return {
-        "recall": ratio(per_kind), "recall_by_edit": ratio(per_edit),
+        "recall": ratio(per_kind),
+        "recall_by_edit": ratio(per_edit),
         "recall_by_strength": ratio(per_strength),
-        "pairs": len(judged), "wrong_pairs": wrong,
+        "pairs": len(judged),
+        "wrong_pairs": wrong,
         "precision": round(1 - wrong / len(judged), 4) if judged else 1.0,
         "false_merges": false_merges,
     }
@@ -153,8 +179,11 @@ def summary_views(out):
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     dedup = summary.get("dedup") or summary.get("duplicates") or {}
-    return {"matches": dedup.get("matches"), "view_pairs": dedup.get("view_pairs"),
-            "near_pairs": dedup.get("near_pairs")}
+    return {
+        "matches": dedup.get("matches"),
+        "view_pairs": dedup.get("view_pairs"),
+        "near_pairs": dedup.get("near_pairs"),
+    }
 
 
 def main(argv=None):
@@ -166,12 +195,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sys.path.insert(0, ROOT)
     from bench.dedup_quality_set import build_set
+
     images = os.path.join(args.work, "images")
     shutil.rmtree(images, ignore_errors=True)
     items = build_set(images, args.max_photos)
     groups = len({i["group"] for i in items})
-    print(f"{len(items)} images: {groups} pictures (tiles of {len({i['photo'] for i in items})} photos) "
-          f"and their copies", flush=True)
+    print(
+        f"{len(items)} images: {groups} pictures (tiles of {len({i['photo'] for i in items})} photos) and their copies",
+        flush=True,
+    )
     web = serve(images, items)
     results = {"images": len(items), "pictures": groups, "runs": {}}
     try:
@@ -191,8 +223,11 @@ def main(argv=None):
         if not os.path.exists(BENCH_PY):
             raise SystemExit(f"{BENCH_PY} missing: run `make bench-venv` first")
         result_path = os.path.join(args.work, "imagededup.json")
-        subprocess.run([BENCH_PY, "-m", "bench.imagededup_quality", "--images", images,
-                        "--result", result_path], cwd=ROOT, check=True)
+        subprocess.run(
+            [BENCH_PY, "-m", "bench.imagededup_quality", "--images", images, "--result", result_path],
+            cwd=ROOT,
+            check=True,
+        )
         with open(result_path) as f:
             found = json.load(f)
         files = [i["file"] for i in items]
@@ -218,7 +253,9 @@ def print_tables(results):
     for edit in runs[names[0]]["recall_by_edit"]:
         print(f"| {edit} | " + " | ".join(f"{runs[n]['recall_by_edit'].get(edit, 0):.3f}" for n in names) + " |")
     print("| pairwise precision | " + " | ".join(f"{runs[n]['precision']:.4f}" for n in names) + " |")
-    print("| wrong pairs / pairs | " + " | ".join(f"{runs[n]['wrong_pairs']} / {runs[n]['pairs']}" for n in names) + " |")
+    print(
+        "| wrong pairs / pairs | " + " | ".join(f"{runs[n]['wrong_pairs']} / {runs[n]['pairs']}" for n in names) + " |"
+    )
     print("| false merges | " + " | ".join(str(runs[n]["false_merges"]) for n in names) + " |")
     print("| wall seconds | " + " | ".join(str(runs[n]["wall_seconds"]) for n in names) + " |")
     print("\nby strength:\n")

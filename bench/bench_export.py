@@ -19,6 +19,7 @@ bench/work/export_bench.json and a table; the ratios are ours / img2dataset.
 
     python -m bench.bench_export [--count 1000] [--size 256] [--mode center_crop] [--repeat 2]
 """
+
 import argparse
 import json
 import os
@@ -42,7 +43,7 @@ from transforms import schema  # noqa: E402
 OFFLINE_ENV = {"WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
 
 # The peer: img2dataset's resizer and WebDataset writer over a list of files, one process per core.
-PEER_SCRIPT = r'''
+PEER_SCRIPT = r"""
 import json, multiprocessing, os, sys
 import pyarrow as pa
 from img2dataset.resizer import Resizer
@@ -75,7 +76,7 @@ size = job["shard_size"]
 shards = [(i // size, items[i:i + size]) for i in range(0, len(items), size)]
 with multiprocessing.Pool(job["processes"]) as pool:
     print(json.dumps({"images": sum(pool.imap_unordered(shard, shards))}))
-'''
+"""
 
 
 def write_input(truth, corpus, out):
@@ -83,17 +84,44 @@ def write_input(truth, corpus, out):
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     rows = []
     for i, (name, t) in enumerate(sorted(truth.items())):
-        rows.append(schema.to_parquet_record(schema.new_row(
-            "cc3m", f"cc3m:{i + 1}", f"http://127.0.0.1/img/{name}", f"caption {i}", status=schema.OK,
-            sha256=t["sha256"], phash="0" * 16, width=t["width"], height=t["height"], format="JPEG",
-            blob=os.path.join(corpus, name), is_canonical=True, is_placeholder=False)))
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema.IMAGE_SCHEMA), os.path.join(out, "images", "part-0.parquet"))
+        rows.append(
+            schema.to_parquet_record(
+                schema.new_row(
+                    "cc3m",
+                    f"cc3m:{i + 1}",
+                    f"http://127.0.0.1/img/{name}",
+                    f"caption {i}",
+                    status=schema.OK,
+                    sha256=t["sha256"],
+                    phash="0" * 16,
+                    width=t["width"],
+                    height=t["height"],
+                    format="JPEG",
+                    blob=os.path.join(corpus, name),
+                    is_canonical=True,
+                    is_placeholder=False,
+                )
+            )
+        )
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=schema.IMAGE_SCHEMA), os.path.join(out, "images", "part-0.parquet")
+    )
     return len(rows)
 
 
 def run_ours(python, out, exp, shard_size, size, mode):
-    cmd = [python, "-m", "pipelines.export", "--input", out, "--output", exp, "--format", "webdataset",
-           f"--shard-size={shard_size}"]
+    cmd = [
+        python,
+        "-m",
+        "pipelines.export",
+        "--input",
+        out,
+        "--output",
+        exp,
+        "--format",
+        "webdataset",
+        f"--shard-size={shard_size}",
+    ]
     if mode != "no":
         cmd += [f"--resize={size}", f"--resize-mode={mode}"]
     clock = _Clock()
@@ -103,8 +131,13 @@ def run_ours(python, out, exp, shard_size, size, mode):
         raise SystemExit(f"our export failed ({done.returncode}): {done.stderr[-2000:]}")
     with open(os.path.join(exp, "summary.json")) as handle:
         summary = json.load(handle)
-    return {"images": summary["exported"], "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "job_wall_s": summary["timings"]["wall_seconds"], "bytes": summary["bytes"]}
+    return {
+        "images": summary["exported"],
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "job_wall_s": summary["timings"]["wall_seconds"],
+        "bytes": summary["bytes"],
+    }
 
 
 def run_peer(python, truth, corpus, exp, shard_size, size, mode, processes, workdir):
@@ -117,8 +150,9 @@ def run_peer(python, truth, corpus, exp, shard_size, size, mode, processes, work
     with open(script, "w") as script_file:
         script_file.write(PEER_SCRIPT)
     clock = _Clock()
-    done = subprocess.run([python, script, job_file.name], env=dict(os.environ, **OFFLINE_ENV), cwd="/",
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [python, script, job_file.name], env=dict(os.environ, **OFFLINE_ENV), cwd="/", capture_output=True, text=True
+    )
     wall, cpu = clock.stop()
     os.remove(job_file.name)
     if done.returncode:
@@ -151,8 +185,9 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--mode", default="center_crop", choices=("keep_ratio", "center_crop", "border"))
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--startup-count", type=int, default=20,
-                    help="images of the start-up runs that measure fixed costs (0: none)")
+    ap.add_argument(
+        "--startup-count", type=int, default=20, help="images of the start-up runs that measure fixed costs (0: none)"
+    )
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 2, help="img2dataset's processes")
     ap.add_argument("--workdir", default=os.path.join(HERE, "work"))
     ap.add_argument("--our-python", default=sys.executable)
@@ -163,27 +198,38 @@ def main(argv=None):
         raise SystemExit(f"no img2dataset venv at {args.peer_python}: `make bench-venvs` (bench/bench.mk) creates it")
     paths = make_corpus.build(args.count, workdir=args.workdir)
     truth = make_corpus.read_truth(paths)
-    small = dict(sorted(truth.items())[:args.startup_count])
+    small = dict(sorted(truth.items())[: args.startup_count])
     root = os.path.join(args.workdir, "export")
     subprocess.run(["rm", "-rf", root], check=True)
     out, out_small = os.path.join(root, "out"), os.path.join(root, "out-small")
     count = write_input(truth, paths["corpus"], out)
     write_input(small, paths["corpus"], out_small)
     shard_size = max(1, count // (4 * args.processes))  # 4 shards per process, as run_bench.py's peer
-    results = {"count": count, "size": args.size, "mode": args.mode, "shard_size": shard_size,
-               "startup_count": len(small), "cpus": os.cpu_count(), "settings": {}}
+    results = {
+        "count": count,
+        "size": args.size,
+        "mode": args.mode,
+        "shard_size": shard_size,
+        "startup_count": len(small),
+        "cpus": os.cpu_count(),
+        "settings": {},
+    }
 
     def measure(side, mode, label, subset, table):
         exp = os.path.join(root, f"{side}-{mode}-{label}")
         if side == "ours":
             result = run_ours(args.our_python, table, exp, shard_size, args.size, mode)
         else:
-            result = run_peer(args.peer_python, subset, paths["corpus"], exp, shard_size, args.size, mode,
-                              args.processes, root)
+            result = run_peer(
+                args.peer_python, subset, paths["corpus"], exp, shard_size, args.size, mode, args.processes, root
+            )
         result["images_per_s"] = round(result["images"] / result["wall_s"], 1)
         result["cpu_ms_per_image"] = round(1000 * result["cpu_s"] / max(result["images"], 1), 2)
-        print(f"{mode:>11} {side:<11} {label}: {result['images']} images in {result['wall_s']} s"
-              f" = {result['images_per_s']} images/s, {result['cpu_s']} CPU s", flush=True)
+        print(
+            f"{mode:>11} {side:<11} {label}: {result['images']} images in {result['wall_s']} s"
+            f" = {result['images_per_s']} images/s, {result['cpu_s']} CPU s",
+            flush=True,
+        )
         subprocess.run(["rm", "-rf", exp], check=True)
         return result
 
@@ -205,28 +251,42 @@ def main(argv=None):
             if startup[side]:
                 extra = count - startup[side]["images"]
                 figures.update(
-                    startup_wall_s=startup[side]["wall_s"], startup_cpu_s=startup[side]["cpu_s"],
+                    startup_wall_s=startup[side]["wall_s"],
+                    startup_cpu_s=startup[side]["cpu_s"],
                     marginal_images_per_s=round(extra / max(wall - startup[side]["wall_s"], 1e-9), 1),
-                    marginal_cpu_ms_per_image=round(1000 * (cpu - startup[side]["cpu_s"]) / extra, 2))
+                    marginal_cpu_ms_per_image=round(1000 * (cpu - startup[side]["cpu_s"]) / extra, 2),
+                )
             setting[side] = figures
         setting["ratios_ours_over_img2dataset"] = {
             name: round(setting["ours"][name] / setting["img2dataset"][name], 2)
-            for name in setting["ours"] if name in setting["img2dataset"] and setting["img2dataset"][name]}
+            for name in setting["ours"]
+            if name in setting["img2dataset"] and setting["img2dataset"][name]
+        }
         results["settings"][mode] = setting
     path = os.path.join(args.workdir, "export_bench.json")
     with open(path, "w") as handle:
         json.dump(results, handle, indent=2)
-    print(f"\n{count} images, {os.cpu_count()} cores, shards of {shard_size}; median of {args.repeat} runs;"
-          f" start-up = the same job on {len(small)} images; marginal = (full - start-up) / extra images")
-    names = ("images_per_s", "cpu_ms_per_image", "startup_wall_s", "startup_cpu_s", "marginal_images_per_s",
-             "marginal_cpu_ms_per_image")
+    print(
+        f"\n{count} images, {os.cpu_count()} cores, shards of {shard_size}; median of {args.repeat} runs;"
+        f" start-up = the same job on {len(small)} images; marginal = (full - start-up) / extra images"
+    )
+    names = (
+        "images_per_s",
+        "cpu_ms_per_image",
+        "startup_wall_s",
+        "startup_cpu_s",
+        "marginal_images_per_s",
+        "marginal_cpu_ms_per_image",
+    )
     print(f"{'setting':<18}{'figure':<28}{'ours':>10}{'img2dataset':>13}{'ours/i2d':>10}")
     for mode, setting in results["settings"].items():
         label = "no resize" if mode == "no" else f"{mode} {args.size}"
         for name in names:
             if name in setting["ours"]:
-                print(f"{label:<18}{name:<28}{setting['ours'][name]:>10}{setting['img2dataset'][name]:>13}"
-                      f"{setting['ratios_ours_over_img2dataset'].get(name, '-'):>10}")
+                print(
+                    f"{label:<18}{name:<28}{setting['ours'][name]:>10}{setting['img2dataset'][name]:>13}"
+                    f"{setting['ratios_ours_over_img2dataset'].get(name, '-'):>10}"
+                )
     print(f"-> {path}")
     return 0
 

@@ -7,6 +7,7 @@ One process, one core, no Beam: these are the per-worker costs inside the DoFns.
 reported to show that the 463K-object imagenet_captions.json array is streamed (RSS stays far
 below the file size), not loaded.
 """
+
 import argparse
 import csv
 import json
@@ -14,9 +15,7 @@ import os
 import resource
 import time
 
-from transforms.io import json_manifests
-from transforms.io import labels
-from transforms.io import readers
+from transforms.io import json_manifests, labels, readers
 
 
 def _rss_mb():
@@ -28,9 +27,13 @@ def _write_imagenet(path, n):
         f.write("[\n")
         for i in range(n):
             wnid = f"n{1440764 + i % 1000:08d}"
-            rec = {"filename": f"{wnid}_{i}.JPEG", "title": f"Photo {i}\r\nof a thing",
-                   "tags": ["tag", "musée", f"t{i % 97}"], "description": "line\nline, \"q\"",
-                   "wnid": wnid}
+            rec = {
+                "filename": f"{wnid}_{i}.JPEG",
+                "title": f"Photo {i}\r\nof a thing",
+                "tags": ["tag", "musée", f"t{i % 97}"],
+                "description": 'line\nline, "q"',
+                "wnid": wnid,
+            }
             f.write(("    " if i == 0 else ",\n    ") + json.dumps(rec))
         f.write("\n]\n")
 
@@ -39,30 +42,47 @@ def _write_labels(path, n):
     with open(path, "w", encoding="utf-8") as f:
         f.write("ImageID,Source,LabelName,Confidence\n")
         for i in range(n):
-            f.write(f"{i // 8:016x},{'machine' if i % 3 else 'verification'},/m/0{i % 5000:05d},"
-                    f"{(i % 10) / 10}\n")
+            f.write(f"{i // 8:016x},{'machine' if i % 3 else 'verification'},/m/0{i % 5000:05d},{(i % 10) / 10}\n")
 
 
 def _write_dreamlip(path, n):
     with open(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["Image Path", "raw_caption", "shortIB_captions", "longIB_captions",
-                    "shortSV_captions", "longSV_captions", "shortLLA_captions",
-                    "longLLA_captions"])
-        long = ("A long caption, with commas and \"quotes\",\nspanning lines. " * 4).strip()
+        w.writerow(
+            [
+                "Image Path",
+                "raw_caption",
+                "shortIB_captions",
+                "longIB_captions",
+                "shortSV_captions",
+                "longSV_captions",
+                "shortLLA_captions",
+                "longLLA_captions",
+            ]
+        )
+        long = ('A long caption, with commas and "quotes",\nspanning lines. ' * 4).strip()
         for i in range(n):
-            w.writerow([f"http://127.0.0.1/{i}.jpg", "raw", "short", long, "short", long,
-                        "short", long])
+            w.writerow([f"http://127.0.0.1/{i}.jpg", "raw", "short", long, "short", long, "short", long])
 
 
 def _write_zero(path, n):
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
-            f.write(json.dumps({"Url": f"http://127.0.0.1/p/{i}", "Title": "西湖春天的美景，游客如织",
-                                "Content": "杭州西湖，“人间天堂”。\n春天桃花盛开。",
-                                "Keywords": "西湖,春天", "ImageKey": f"{i:016x}",
-                                "ImageUrl": f"http://127.0.0.1/z/{i}.jpg", "ImageQuery": "西湖"},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "Url": f"http://127.0.0.1/p/{i}",
+                        "Title": "西湖春天的美景，游客如织",
+                        "Content": "杭州西湖，“人间天堂”。\n春天桃花盛开。",
+                        "Keywords": "西湖,春天",
+                        "ImageKey": f"{i:016x}",
+                        "ImageUrl": f"http://127.0.0.1/z/{i}.jpg",
+                        "ImageQuery": "西湖",
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
 
 def _timed(name, path, count_fn):
@@ -70,9 +90,15 @@ def _timed(name, path, count_fn):
     t0 = time.perf_counter()
     n = count_fn(path)
     dt = time.perf_counter() - t0
-    return {"format": name, "records": n, "file_mb": round(os.path.getsize(path) / 2**20, 1),
-            "seconds": round(dt, 2), "records_per_s": round(n / dt),
-            "peak_rss_mb": round(_rss_mb(), 1), "peak_rss_growth_mb": round(_rss_mb() - rss0, 1)}
+    return {
+        "format": name,
+        "records": n,
+        "file_mb": round(os.path.getsize(path) / 2**20, 1),
+        "seconds": round(dt, 2),
+        "records_per_s": round(n / dt),
+        "peak_rss_mb": round(_rss_mb(), 1),
+        "peak_rss_growth_mb": round(_rss_mb() - rss0, 1),
+    }
 
 
 def _count_imagenet(path):

@@ -8,6 +8,7 @@
    in turn (lease, stale sweep, books included in this one).
 Runs alternate between the trees; medians and the ratio this/peer are printed as JSON.
 """
+
 import argparse
 import gzip
 import json
@@ -34,8 +35,9 @@ print(n, time.perf_counter() - start)
 
 def _python(tree, args, **kwargs):
     env = dict(os.environ, PYTHONPATH=tree)
-    return subprocess.run([sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True,
-                          check=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True, check=True, **kwargs
+    )
 
 
 def bench_read(trees, path, repeat):
@@ -44,8 +46,9 @@ def bench_read(trees, path, repeat):
         for name, tree in trees.items():
             lines, seconds = _python(tree, ["-c", READ_SNIPPET, path]).stdout.split()
             times[name].append(float(seconds))
-    return {name: {"lines": int(lines), "median_s": round(statistics.median(t), 3), "runs": t}
-            for name, t in times.items()}
+    return {
+        name: {"lines": int(lines), "median_s": round(statistics.median(t), 3), "runs": t} for name, t in times.items()
+    }
 
 
 def bench_ingest(trees, manifest, workdir, repeat):
@@ -54,8 +57,21 @@ def bench_ingest(trees, manifest, workdir, repeat):
         for name, tree in trees.items():
             out = os.path.join(workdir, f"{name}-{i}")
             start = time.perf_counter()
-            _python(tree, ["-m", "pipelines.ingest", "--manifest", f"cc3m={manifest}", "--output", out,
-                           "--allow-network", "127.0.0.1/32", "--no-progress", "--no-report"])
+            _python(
+                tree,
+                [
+                    "-m",
+                    "pipelines.ingest",
+                    "--manifest",
+                    f"cc3m={manifest}",
+                    "--output",
+                    out,
+                    "--allow-network",
+                    "127.0.0.1/32",
+                    "--no-progress",
+                    "--no-report",
+                ],
+            )
             times[name].append(round(time.perf_counter() - start, 2))
     return {name: {"median_s": statistics.median(t), "runs": t} for name, t in times.items()}
 
@@ -69,6 +85,7 @@ def main():
     args = parser.parse_args()
     sys.path.insert(0, HERE)
     from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg  # noqa: PLC0415
+
     trees = {"this": HERE, "peer": os.path.abspath(args.peer)}
     with tempfile.TemporaryDirectory(prefix="bench-integrity-") as workdir:
         big = os.path.join(workdir, "cc3m.tsv.gz")
@@ -78,17 +95,21 @@ def main():
         read = bench_read(trees, big, args.repeat)
         with SampleWebServer() as web:
             for n in range(args.rows):
-                web.routes[f"/{n}.jpg"] = Reply(200, jpeg(n % 50 + n // 50 * 1000, size=(160, 120)),
-                                                {"Content-Type": "image/jpeg"})
+                web.routes[f"/{n}.jpg"] = Reply(
+                    200, jpeg(n % 50 + n // 50 * 1000, size=(160, 120)), {"Content-Type": "image/jpeg"}
+                )
             manifest = os.path.join(workdir, "rows.tsv")
             with open(manifest, "w", encoding="utf-8") as handle:
                 handle.writelines(f"photo {n}\t{web.url(f'/{n}.jpg')}\n" for n in range(args.rows))
             ingest = bench_ingest(trees, manifest, workdir, args.repeat)
     result = {
-        "read_gz": read, "read_ratio_this_over_peer": round(read["this"]["median_s"] / read["peer"]["median_s"], 3),
+        "read_gz": read,
+        "read_ratio_this_over_peer": round(read["this"]["median_s"] / read["peer"]["median_s"], 3),
         "ingest": ingest,
         "ingest_ratio_this_over_peer": round(ingest["this"]["median_s"] / ingest["peer"]["median_s"], 3),
-        "rows": args.rows, "lines": args.lines, "repeat": args.repeat,
+        "rows": args.rows,
+        "lines": args.lines,
+        "repeat": args.repeat,
     }
     print(json.dumps(result, indent=2))
 

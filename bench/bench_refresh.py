@@ -8,6 +8,7 @@ Builds a snapshot of N rows (no ingest run: rows written straight to Parquet), s
 rows/s, requests per URL and the body bytes the night downloaded against a plain GET of every URL.
 Everything is on 127.0.0.1, so the figures are the job's own overhead, not the Internet's.
 """
+
 import argparse
 import datetime
 import hashlib
@@ -50,23 +51,38 @@ def build(web, n, snapshot_dir, pictures=50):
                 with lock:
                     served["bytes"] += len(out)
             return Reply(200, out, dict(JPEG, ETag=etag) if kind == "etag" else JPEG)
+
         return answer
 
     rows, full = [], 0
     for i in range(n):
         r = i % 50
-        kind = "etag" if r < 30 else "plain" if r < 40 else "dead" if r < 44 else "changed" if r < 47 else "recompressed"
+        kind = (
+            "etag" if r < 30 else "plain" if r < 40 else "dead" if r < 44 else "changed" if r < 47 else "recompressed"
+        )
         path = f"/img/{i}.jpg"
         web.routes[path] = route(kind, i)
         sha256, phash = hashes[i % pictures]
         full += len(bodies[i % pictures]) if kind != "dead" else 0
-        rows.append(schema.to_parquet_record(schema.new_row(
-            "cc12m", f"cc12m:{i + 1}", url=web.url(path), status=schema.OK, sha256=sha256, phash=phash,
-            etag=f'"e{i}"' if kind == "etag" else None, size_bytes=len(bodies[i % pictures]),
-            fetched_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc))))
+        rows.append(
+            schema.to_parquet_record(
+                schema.new_row(
+                    "cc12m",
+                    f"cc12m:{i + 1}",
+                    url=web.url(path),
+                    status=schema.OK,
+                    sha256=sha256,
+                    phash=phash,
+                    etag=f'"e{i}"' if kind == "etag" else None,
+                    size_bytes=len(bodies[i % pictures]),
+                    fetched_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc),
+                )
+            )
+        )
     os.makedirs(os.path.join(snapshot_dir, "images"), exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema.IMAGE_SCHEMA),
-                   os.path.join(snapshot_dir, "images", "part-0.parquet"))
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema.IMAGE_SCHEMA), os.path.join(snapshot_dir, "images", "part-0.parquet")
+    )
     return served, full
 
 
@@ -82,20 +98,38 @@ def main():
         out = os.path.join(args.workdir, "out")
         started = time.time()
         runner = [] if args.runner == "default" else [f"--runner={args.runner}"]
-        refresh_job.run(runner + [f"--snapshot={args.workdir}/snapshot", f"--output={out}",
-                         "--night=2030-02-01", "--allow-network=127.0.0.1/32", "--per-host=64",
-                         "--host-failure-limit=1000000"])
+        refresh_job.run(
+            runner
+            + [
+                f"--snapshot={args.workdir}/snapshot",
+                f"--output={out}",
+                "--night=2030-02-01",
+                "--allow-network=127.0.0.1/32",
+                "--per-host=64",
+                "--host-failure-limit=1000000",
+            ]
+        )
         wall = time.time() - started
         hits = sum(web.hits.values())
     with open(os.path.join(out, "summary.json")) as handle:
         summary = json.load(handle)
-    print(json.dumps({
-        "urls": args.urls, "runner": args.runner, "wall_seconds": round(wall, 2),
-        "rows_per_second": round(args.urls / wall, 1), "requests": hits,
-        "requests_per_url": round(hits / args.urls, 3),
-        "body_bytes_downloaded": served["bytes"], "body_bytes_if_every_url_were_downloaded": full,
-        "verdicts": summary["verdict_totals"], "methods": summary["methods"],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "urls": args.urls,
+                "runner": args.runner,
+                "wall_seconds": round(wall, 2),
+                "rows_per_second": round(args.urls / wall, 1),
+                "requests": hits,
+                "requests_per_url": round(hits / args.urls, 3),
+                "body_bytes_downloaded": served["bytes"],
+                "body_bytes_if_every_url_were_downloaded": full,
+                "verdicts": summary["verdict_totals"],
+                "methods": summary["methods"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ that make web copies differ, vs distances between different photos.
 The photos are the ones scikit-image ships in skimage/data (no download). Hashes are
 imagehash.phash / imagehash.dhash (64 bits), as ingest computes them. Prints a Markdown table.
 """
+
 import io
 import itertools
 import os
@@ -16,11 +17,30 @@ import imagehash
 import skimage
 from PIL import Image, ImageEnhance, ImageOps
 
-PHOTOS = ["astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png",
-          "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png",
-          "hubble_deep_field.jpg", "ihc.png", "microaneurysms.png", "moon.png",
-          "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png", "cell.png",
-          "horse.png", "logo.png"]
+PHOTOS = [
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "color.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "microaneurysms.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+    "cell.png",
+    "horse.png",
+    "logo.png",
+]
 
 
 def _jpeg(img, quality):
@@ -37,8 +57,7 @@ def _crop(img, fraction):
 
 def _pad(img, fraction):
     w, h = img.size
-    return ImageOps.expand(img.convert("RGB"), border=(int(w * fraction), int(h * fraction)),
-                           fill=(255, 255, 255))
+    return ImageOps.expand(img.convert("RGB"), border=(int(w * fraction), int(h * fraction)), fill=(255, 255, 255))
 
 
 EDITS = {
@@ -80,18 +99,21 @@ def main():
     cross_p = [base[a][0] - base[b][0] for a, b in itertools.combinations(base, 2)]
     cross_d = [base[a][1] - base[b][1] for a, b in itertools.combinations(base, 2)]
     print(f"{len(originals)} photos from skimage/data; distances to the unedited photo\n")
-    print("| edit | pHash median | pHash max | pHash <= 8 | dHash median | dHash max | "
-          "dHash max where pHash <= 8 |")
+    print("| edit | pHash median | pHash max | pHash <= 8 | dHash median | dHash max | dHash max where pHash <= 8 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for edit, pd, dd in rows:
         hit = sum(1 for p in pd if p <= 8)
-        confirmed = [d for p, d in zip(pd, dd) if p <= 8]
-        print(f"| {edit} | {statistics.median(pd):g} | {max(pd)} | {hit}/{len(pd)} | "
-              f"{statistics.median(dd):g} | {max(dd)} | {max(confirmed) if confirmed else '-'} |")
-    both = sum(1 for p, d in zip(cross_p, cross_d) if p <= 8 and d <= 16)
-    print(f"| different photos ({len(cross_p)} pairs) | {statistics.median(cross_p):g} | "
-          f"min {min(cross_p)} | {sum(1 for p in cross_p if p <= 8)}/{len(cross_p)} | "
-          f"{statistics.median(cross_d):g} | min {min(cross_d)} | - |")
+        confirmed = [d for p, d in zip(pd, dd, strict=False) if p <= 8]
+        print(
+            f"| {edit} | {statistics.median(pd):g} | {max(pd)} | {hit}/{len(pd)} | "
+            f"{statistics.median(dd):g} | {max(dd)} | {max(confirmed) if confirmed else '-'} |"
+        )
+    both = sum(1 for p, d in zip(cross_p, cross_d, strict=False) if p <= 8 and d <= 16)
+    print(
+        f"| different photos ({len(cross_p)} pairs) | {statistics.median(cross_p):g} | "
+        f"min {min(cross_p)} | {sum(1 for p in cross_p if p <= 8)}/{len(cross_p)} | "
+        f"{statistics.median(cross_d):g} | min {min(cross_d)} | - |"
+    )
     print(f"\ndifferent-photo pairs within pHash<=8 AND dHash<=16: {both}/{len(cross_p)}")
 
 

@@ -21,6 +21,7 @@ a shared machine barely moves them; wall times are in the JSON):
   blob write      writing the bytes to a new file on the bench disk (what blob storage costs)
 It also reports how often pHash/dHash of a draft decode equal those of the full decode.
 """
+
 import argparse
 import hashlib
 import io
@@ -136,7 +137,7 @@ def agreement(blobs, sizes=(32, 64, 128)):
     out = {}
     for s in sizes:
         dp, dd = [], []
-        for (fp, fd), data in zip(full, blobs):
+        for (fp, fd), data in zip(full, blobs, strict=False):
             im = decode_draft(data, s)
             dp.append(int(imagehash.phash(im) - fp))
             dd.append(int(imagehash.dhash(im) - fd))
@@ -156,7 +157,7 @@ def agreement(blobs, sizes=(32, 64, 128)):
 def measure(corpus, sample=1000, processes=2, with_agreement=True):
     names, blobs = load_sample(corpus, sample)
     n = len(blobs)
-    full_imgs = [decode_full(b) for b in blobs]     # decoded once, for hash-only stages
+    full_imgs = [decode_full(b) for b in blobs]  # decoded once, for hash-only stages
     draft_imgs = [decode_draft(b) for b in blobs]
     blobdir = tempfile.mkdtemp(prefix="blobs-", dir=os.path.dirname(corpus))
 
@@ -184,9 +185,14 @@ def measure(corpus, sample=1000, processes=2, with_agreement=True):
             wall, cpu = _time_loop(fn, items)
             # Per-core rates come from CPU time: other load on a shared machine stretches the
             # wall clock of a loop but hardly its CPU time.
-            rows.append({"stage": label, "wall_ms_per_image": round(1000 * wall / n, 3),
-                         "cpu_ms_per_image": round(1000 * cpu / n, 3),
-                         "images_per_s_1core": round(n / max(cpu, 1e-9), 1)})
+            rows.append(
+                {
+                    "stage": label,
+                    "wall_ms_per_image": round(1000 * wall / n, 3),
+                    "cpu_ms_per_image": round(1000 * cpu / n, 3),
+                    "images_per_s_1core": round(n / max(cpu, 1e-9), 1),
+                }
+            )
     finally:
         shutil.rmtree(blobdir, ignore_errors=True)
     del full_imgs, draft_imgs
@@ -209,21 +215,27 @@ def measure(corpus, sample=1000, processes=2, with_agreement=True):
 
 def print_table(r, out=sys.stdout):
     p = lambda *a: print(*a, file=out)  # noqa: E731
-    p(f"CPU floor on {r['sample_images']} corpus images ({r['sample_mb']} MB, mean {r['mean_megapixels']} MP);"
-      f" Pillow {r['pillow']}, imagehash {r['imagehash']}")
+    p(
+        f"CPU floor on {r['sample_images']} corpus images ({r['sample_mb']} MB, mean {r['mean_megapixels']} MP);"
+        f" Pillow {r['pillow']}, imagehash {r['imagehash']}"
+    )
     p(f"{'stage':<68}{'CPU ms/img':>11}{'img/s 1 core':>14}{'x2 cores':>10}")
     for row in r["stages"]:
-        p(f"{row['stage']:<68}{row['cpu_ms_per_image']:>11.3f}{row['images_per_s_1core']:>14.1f}"
-          f"{2 * row['images_per_s_1core']:>10.1f}")
+        p(
+            f"{row['stage']:<68}{row['cpu_ms_per_image']:>11.3f}{row['images_per_s_1core']:>14.1f}"
+            f"{2 * row['images_per_s_1core']:>10.1f}"
+        )
     for kind in ("full", "draft"):
         for cores, ips in r[f"floor_{kind}_images_per_s_measured"].items():
             p(f"FLOOR {kind}, measured on {cores} (2 processes, wall clock, best of 3): {ips:.1f} images/s")
     if "draft_vs_full_hash_agreement" in r:
         p("draft-decode hashes vs full-decode hashes (Hamming bits):")
         for s, a in r["draft_vs_full_hash_agreement"].items():
-            p(f"  draft >= {s:>3} px: pHash identical {a['phash_identical_pct']}%, <=2 bits {a['phash_le2_pct']}%,"
-              f" mean {a['phash_mean_bits']}, max {a['phash_max_bits']};"
-              f" dHash identical {a['dhash_identical_pct']}%, mean {a['dhash_mean_bits']}, max {a['dhash_max_bits']}")
+            p(
+                f"  draft >= {s:>3} px: pHash identical {a['phash_identical_pct']}%, <=2 bits {a['phash_le2_pct']}%,"
+                f" mean {a['phash_mean_bits']}, max {a['phash_max_bits']};"
+                f" dHash identical {a['dhash_identical_pct']}%, mean {a['dhash_mean_bits']}, max {a['dhash_max_bits']}"
+            )
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ of one photo are the hard negatives: same colours, same texture, same lighting, 
 
 kind is "original", "easy" or "hard". Files are written as JPEG/PNG/WebP as the edit says.
 """
+
 import io
 import os
 
@@ -18,10 +19,27 @@ TILE = 256
 MAX_TILES_PER_PHOTO = 4
 
 # Photographs of real scenes and objects (not synthetic test patterns, not near-blank pages).
-SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png",
-                  "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
-                  "microaneurysms.png", "moon.png", "motorcycle_left.png", "retina.jpg",
-                  "rocket.jpg", "cell.png", "clock_motion.png", "color.png", "page.png")
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "microaneurysms.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "cell.png",
+    "clock_motion.png",
+    "color.png",
+    "page.png",
+)
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 
@@ -29,10 +47,12 @@ def photo_paths():
     """Paths of the bundled photographs that exist in the installed wheels."""
     import skimage
     import sklearn
+
     found = []
-    for root, names in ((os.path.join(os.path.dirname(skimage.__file__), "data"), SKIMAGE_PHOTOS),
-                        (os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images"),
-                         SKLEARN_PHOTOS)):
+    for root, names in (
+        (os.path.join(os.path.dirname(skimage.__file__), "data"), SKIMAGE_PHOTOS),
+        (os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images"), SKLEARN_PHOTOS),
+    ):
         for name in names:
             path = os.path.join(root, name)
             if os.path.exists(path):
@@ -112,38 +132,69 @@ def _jpeg(fn, quality=90):
 
 
 EDITS = {
-    "reencode": ("easy", [("q75", _jpeg(lambda im: im, 75)), ("q50", _jpeg(lambda im: im, 50)),
-                          ("q25", _jpeg(lambda im: im, 25))]),
-    "resize": ("easy", [(f"x{s}", _jpeg(lambda im, s=s: im.resize(
-        (int(im.width * s), int(im.height * s)), Image.LANCZOS))) for s in (0.75, 0.5, 0.33)]),
-    "png_webp": ("easy", [("png", lambda im: _encode(im, "PNG")),
-                          ("webp80", lambda im: _encode(im, "WEBP", 80)),
-                          ("webp40", lambda im: _encode(im, "WEBP", 40))]),
-    "brightness": ("easy", [(f"x{s}", _jpeg(lambda im, s=s: ImageEnhance.Brightness(im).enhance(s)))
-                            for s in (1.15, 1.3, 0.8)]),
-    "contrast": ("easy", [(f"x{s}", _jpeg(lambda im, s=s: ImageEnhance.Contrast(im).enhance(s)))
-                          for s in (1.3, 0.7)]),
+    "reencode": (
+        "easy",
+        [("q75", _jpeg(lambda im: im, 75)), ("q50", _jpeg(lambda im: im, 50)), ("q25", _jpeg(lambda im: im, 25))],
+    ),
+    "resize": (
+        "easy",
+        [
+            (f"x{s}", _jpeg(lambda im, s=s: im.resize((int(im.width * s), int(im.height * s)), Image.LANCZOS)))
+            for s in (0.75, 0.5, 0.33)
+        ],
+    ),
+    "png_webp": (
+        "easy",
+        [
+            ("png", lambda im: _encode(im, "PNG")),
+            ("webp80", lambda im: _encode(im, "WEBP", 80)),
+            ("webp40", lambda im: _encode(im, "WEBP", 40)),
+        ],
+    ),
+    "brightness": (
+        "easy",
+        [(f"x{s}", _jpeg(lambda im, s=s: ImageEnhance.Brightness(im).enhance(s))) for s in (1.15, 1.3, 0.8)],
+    ),
+    "contrast": ("easy", [(f"x{s}", _jpeg(lambda im, s=s: ImageEnhance.Contrast(im).enhance(s))) for s in (1.3, 0.7)]),
     "grayscale": ("easy", [("L", _jpeg(lambda im: im.convert("L")))]),
-    "watermark": ("easy", [(f"{int(s * 100)}%", _jpeg(lambda im, s=s: _watermark(im, s)))
-                           for s in (0.06, 0.1)]),
-    "crop3": ("easy", [("centre", _jpeg(lambda im: _crop(im, 0.03))),
-                       ("corner", _jpeg(lambda im: _crop(im, 0.03, "corner")))]),
-    "squash": ("easy", [(f"w{s}", _jpeg(lambda im, s=s: im.resize((int(im.width * s), im.height),
-                                                                 Image.LANCZOS)))
-                        for s in (0.9, 0.8)]),
-    "mirror": ("hard", [("plain", _jpeg(ImageOps.mirror)),
-                        ("q50", _jpeg(ImageOps.mirror, 50)),
-                        ("x0.5", _jpeg(lambda im: ImageOps.mirror(im).resize(
-                            (im.width // 2, im.height // 2), Image.LANCZOS)))]),
-    "crop15": ("hard", [("centre10", _jpeg(lambda im: _crop(im, 0.10))),
-                        ("centre15", _jpeg(lambda im: _crop(im, 0.15))),
-                        ("corner15", _jpeg(lambda im: _crop(im, 0.15, "corner")))]),
-    "letterbox": ("hard", [("16:9 black", _jpeg(lambda im: _letterbox(im, 16 / 9, (0, 0, 0)))),
-                           ("4:3 white", _jpeg(lambda im: _letterbox(im, 4 / 3, (255, 255, 255)))),
-                           ("3:4 black", _jpeg(lambda im: _letterbox(im, 3 / 4, (0, 0, 0))))]),
+    "watermark": ("easy", [(f"{int(s * 100)}%", _jpeg(lambda im, s=s: _watermark(im, s))) for s in (0.06, 0.1)]),
+    "crop3": (
+        "easy",
+        [("centre", _jpeg(lambda im: _crop(im, 0.03))), ("corner", _jpeg(lambda im: _crop(im, 0.03, "corner")))],
+    ),
+    "squash": (
+        "easy",
+        [
+            (f"w{s}", _jpeg(lambda im, s=s: im.resize((int(im.width * s), im.height), Image.LANCZOS)))
+            for s in (0.9, 0.8)
+        ],
+    ),
+    "mirror": (
+        "hard",
+        [
+            ("plain", _jpeg(ImageOps.mirror)),
+            ("q50", _jpeg(ImageOps.mirror, 50)),
+            ("x0.5", _jpeg(lambda im: ImageOps.mirror(im).resize((im.width // 2, im.height // 2), Image.LANCZOS))),
+        ],
+    ),
+    "crop15": (
+        "hard",
+        [
+            ("centre10", _jpeg(lambda im: _crop(im, 0.10))),
+            ("centre15", _jpeg(lambda im: _crop(im, 0.15))),
+            ("corner15", _jpeg(lambda im: _crop(im, 0.15, "corner"))),
+        ],
+    ),
+    "letterbox": (
+        "hard",
+        [
+            ("16:9 black", _jpeg(lambda im: _letterbox(im, 16 / 9, (0, 0, 0)))),
+            ("4:3 white", _jpeg(lambda im: _letterbox(im, 4 / 3, (255, 255, 255)))),
+            ("3:4 black", _jpeg(lambda im: _letterbox(im, 3 / 4, (0, 0, 0)))),
+        ],
+    ),
     "rotate5": ("hard", [(f"{d}deg", _jpeg(lambda im, d=d: _rotate(im, d))) for d in (3, 5, -5)]),
-    "banner": ("hard", [(f"{int(s * 100)}%", _jpeg(lambda im, s=s: _banner(im, s)))
-                        for s in (0.12, 0.2)]),
+    "banner": ("hard", [(f"{int(s * 100)}%", _jpeg(lambda im, s=s: _banner(im, s))) for s in (0.12, 0.2)]),
 }
 
 
@@ -171,10 +222,17 @@ def build_set(directory, max_photos=None):
                     entries.append((edit, kind, label, fn(tile)))
             for edit, kind, label, body in entries:
                 ext = {b"\x89P": "png", b"RI": "webp"}.get(body[:2], "jpg")
-                name = f"{photo}-{t}-{edit}-{label}".replace(":", "x").replace(" ", "_").replace(
-                    "%", "pc").replace(".", "_") + "." + ext
+                name = (
+                    f"{photo}-{t}-{edit}-{label}".replace(":", "x")
+                    .replace(" ", "_")
+                    .replace("%", "pc")
+                    .replace(".", "_")
+                    + "."
+                    + ext
+                )
                 with open(os.path.join(directory, name), "wb") as f:
                     f.write(body)
-                items.append({"file": name, "group": group, "photo": photo, "edit": edit,
-                              "kind": kind, "strength": label})
+                items.append(
+                    {"file": name, "group": group, "photo": photo, "edit": edit, "kind": kind, "strength": label}
+                )
     return items

@@ -7,6 +7,7 @@ Reads the rows from the .npz in chunks inside the pipeline, runs Dedup on the lo
 planted groups inside the pipeline too (nothing is collected on the driver). Writes a JSON
 result: wall time, recall by planted distance, false matches, placeholder handling, stats.
 """
+
 import argparse
 import json
 import os
@@ -17,8 +18,8 @@ import numpy as np
 
 from bench import synth
 from pipelines.dedup import pipeline_options
-from transforms.clustering.dedup_settings import parse_views
 from transforms.clustering.clusters import Dedup, SumNestedCounts
+from transforms.clustering.dedup_settings import parse_views
 
 CHUNK = 20000
 
@@ -33,16 +34,29 @@ class _ReadChunk(beam.DoFn):
     def process(self, start):
         d = self._data
         stop = min(start + CHUNK, len(d["key"]))
-        views = [(name, d[name][start:stop].tolist()) for name in sorted(d)
-                 if name.startswith(("phash_", "dhash_"))]
-        for i, (key, url, p, h) in enumerate(zip(d["key"][start:stop].tolist(), d["url"][start:stop].tolist(),
-                                                 d["phash"][start:stop].tolist(),
-                                                 d["dhash"][start:stop].tolist())):
-            row = {"key": key, "dataset": key.split(":")[0], "url": url, "status": "ok",
-                   "phash": "%016x" % p, "dhash": "%016x" % h, "sha256": None,
-                   "width": 256, "height": 256}
+        views = [(name, d[name][start:stop].tolist()) for name in sorted(d) if name.startswith(("phash_", "dhash_"))]
+        for i, (key, url, p, h) in enumerate(
+            zip(
+                d["key"][start:stop].tolist(),
+                d["url"][start:stop].tolist(),
+                d["phash"][start:stop].tolist(),
+                d["dhash"][start:stop].tolist(),
+                strict=False,
+            )
+        ):
+            row = {
+                "key": key,
+                "dataset": key.split(":")[0],
+                "url": url,
+                "status": "ok",
+                "phash": f"{p:016x}",
+                "dhash": f"{h:016x}",
+                "sha256": None,
+                "width": 256,
+                "height": 256,
+            }
             for name, values in views:  # picture views (synth views=True), 0 = none
-                row[name] = "%016x" % values[i] if values[i] else None
+                row[name] = f"{values[i]:016x}" if values[i] else None
             yield row
 
 
@@ -60,21 +74,25 @@ def _evaluate_group(element, k):
         label = group[1:].split("-")[0]
         return {"view_planted": {label: 1}, "view_recalled": {label: int(found)}}
     if group in ("skew", "sameurl"):
-        return {f"{group}_rows": len(members), f"{group}_clusters": len(ids - {None}),
-                f"{group}_placeholder_rows": sum(1 for m in members if m[2]),
-                f"{group}_unclustered_rows": len(members) - len(clustered)}
+        return {
+            f"{group}_rows": len(members),
+            f"{group}_clusters": len(ids - {None}),
+            f"{group}_placeholder_rows": sum(1 for m in members if m[2]),
+            f"{group}_unclustered_rows": len(members) - len(clustered),
+        }
     # unrelated rows and above-threshold pairs must stay alone
-    return {"false_matched_rows": len(clustered),
-            "above_threshold_pairs": 1 if group.startswith("a") else 0,
-            "above_threshold_merged": 1 if group.startswith("a") and clustered else 0}
+    return {
+        "false_matched_rows": len(clustered),
+        "above_threshold_pairs": 1 if group.startswith("a") else 0,
+        "above_threshold_merged": 1 if group.startswith("a") and clustered else 0,
+    }
 
 
 def _purity(element):
     _cid, groups = element
     groups = set(groups)
     # each extra planted group in a cluster is one wrongful merge (a chance match)
-    return {"impure_clusters": 1 if len(groups) > 1 else 0, "false_merges": len(groups) - 1,
-            "clusters_seen": 1}
+    return {"impure_clusters": 1 if len(groups) > 1 else 0, "false_merges": len(groups) - 1, "clusters_seen": 1}
 
 
 def _count_out(row):
@@ -85,6 +103,7 @@ def _count_out(row):
 def _counters(result):
     """Committed counter values of the run, by name (rows_out and Dedup's own counters)."""
     from apache_beam.metrics.metric import MetricsFilter
+
     out = {}
     for c in result.metrics().query(MetricsFilter())["counters"]:
         name = f"{c.key.metric.namespace}/{c.key.metric.name}"
@@ -112,43 +131,54 @@ def main(argv=None):
     tmp = os.path.join(workdir, f"eval-tmp-{os.getpid()}.json")
     started = time.time()
     with beam.Pipeline(options=options) as p:
-        rows = (p | beam.Create(list(range(0, n, CHUNK)))
-                | beam.Reshuffle()
-                | beam.ParDo(_ReadChunk(os.path.abspath(args.data))))
+        rows = (
+            p
+            | beam.Create(list(range(0, n, CHUNK)))
+            | beam.Reshuffle()
+            | beam.ParDo(_ReadChunk(os.path.abspath(args.data)))
+        )
         views = parse_views(args.views)
-        out = rows | Dedup(max_distance=args.max_distance,
-                           dhash_max_distance=None if args.no_dhash else 16, views=views)
+        out = rows | Dedup(
+            max_distance=args.max_distance, dhash_max_distance=None if args.no_dhash else 16, views=views
+        )
         # Only rows that can tell something: clustered ones and the planted pairs (unclustered
         # unrelated rows are right by definition), so evaluation stays small next to Dedup.
-        marks = (out["rows"]
-                 | "Telling" >> beam.Filter(
-                     lambda r: r["cluster_id"] is not None or r["key"].split(":")[1][0] in "paw")
-                 | "Marks" >> beam.Map(lambda r: (synth.group_of(r["key"]), (
-                     r["key"], r["cluster_id"], r["is_placeholder"]))))
+        marks = (
+            out["rows"]
+            | "Telling" >> beam.Filter(lambda r: r["cluster_id"] is not None or r["key"].split(":")[1][0] in "paw")
+            | "Marks"
+            >> beam.Map(lambda r: (synth.group_of(r["key"]), (r["key"], r["cluster_id"], r["is_placeholder"])))
+        )
         # why: a second, independent count of the rows out (a metrics counter), to tell a loss of
         # rows in Dedup from a loss in this evaluation's own combine
         _ = out["rows"] | "CounterOut" >> beam.Map(_count_out)
-        rows_out = (out["rows"] | "CountOut" >> beam.combiners.Count.Globally()
-                    | "RowsOut" >> beam.Map(lambda c: {"rows_out": c}))
-        per_group = (marks | "ByGroup" >> beam.GroupByKey()
-                     | "EvalGroup" >> beam.Map(_evaluate_group, args.max_distance))
-        purity = (marks
-                  | "ClusterGroup" >> beam.FlatMap(
-                      lambda m: [(m[1][1], m[0])] if m[1][1] is not None else [])
-                  | "ByCluster" >> beam.GroupByKey()
-                  | "Purity" >> beam.Map(_purity))
-        evaluation = ((per_group, purity, rows_out) | beam.Flatten()
-                      | "SumEval" >> beam.CombineGlobally(SumNestedCounts()))
-        (evaluation | "JoinStats" >> beam.Map(
-            lambda e, s: {"evaluation": e, "stats": s}, s=beam.pvalue.AsSingleton(out["stats"]))
-         | "Write" >> beam.Map(_write, tmp))
+        rows_out = (
+            out["rows"]
+            | "CountOut" >> beam.combiners.Count.Globally()
+            | "RowsOut" >> beam.Map(lambda c: {"rows_out": c})
+        )
+        per_group = marks | "ByGroup" >> beam.GroupByKey() | "EvalGroup" >> beam.Map(_evaluate_group, args.max_distance)
+        purity = (
+            marks
+            | "ClusterGroup" >> beam.FlatMap(lambda m: [(m[1][1], m[0])] if m[1][1] is not None else [])
+            | "ByCluster" >> beam.GroupByKey()
+            | "Purity" >> beam.Map(_purity)
+        )
+        evaluation = (
+            (per_group, purity, rows_out) | beam.Flatten() | "SumEval" >> beam.CombineGlobally(SumNestedCounts())
+        )
+        (
+            evaluation
+            | "JoinStats"
+            >> beam.Map(lambda e, s: {"evaluation": e, "stats": s}, s=beam.pvalue.AsSingleton(out["stats"]))
+            | "Write" >> beam.Map(_write, tmp)
+        )
     wall = time.time() - started
     with open(tmp) as f:
         doc = json.load(f)
     os.remove(tmp)
     doc["counters"] = _counters(p.result)  # Pipeline.__exit__ ran it and keeps its result
-    doc.update(rows=n, wall_seconds=round(wall, 2), dhash=not args.no_dhash,
-               views=list(parse_views(args.views)))
+    doc.update(rows=n, wall_seconds=round(wall, 2), dhash=not args.no_dhash, views=list(parse_views(args.views)))
     _write(doc, args.result)
 
 

@@ -14,6 +14,7 @@ exact copy (same bytes) and near copy (resized, re-encoded) is found when the to
 group with its source; a wrongly grouped image is a member of a group that does not belong to the
 group's main true picture. imagededup reports pairs; its groups are their connected components.
 """
+
 import collections
 import glob
 import json
@@ -117,20 +118,35 @@ def run_peer_e2e(args, p, out_root, tag, nginx, sources, measure, peer_command, 
     out = os.path.join(out_root, tag)
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, **args.offline_env}
-    cmd = peer_command(args.peer_python, p["manifest_header"], out, args.peer_processes, args.peer_threads,
-                       args.peer_shard_size)
+    cmd = peer_command(
+        args.peer_python, p["manifest_header"], out, args.peer_processes, args.peer_threads, args.peer_shard_size
+    )
     cmd[cmd.index("--output_format") + 1] = "files"
     download = measure(cmd, out + ".log", env=env, cwd=args.workdir, nginx=nginx, quiet_wait_s=args.wait_quiet)
     download["images_ok"] = len(glob.glob(os.path.join(out, "*", "*.jpg")))
     download["command"] = " ".join(cmd)
     result = out + "-imagededup.json"
-    dedup_cmd = [args.bench_python, "-m", "bench.imagededup_quality", "--images", out, "--result", result,
-                 "--thresholds", str(threshold), "--recursive"]
-    dedup = measure(dedup_cmd, out + "-imagededup.log", cwd=args.bench_root, nginx=nginx,
-                    quiet_wait_s=args.wait_quiet)
+    dedup_cmd = [
+        args.bench_python,
+        "-m",
+        "bench.imagededup_quality",
+        "--images",
+        out,
+        "--result",
+        result,
+        "--thresholds",
+        str(threshold),
+        "--recursive",
+    ]
+    dedup = measure(dedup_cmd, out + "-imagededup.log", cwd=args.bench_root, nginx=nginx, quiet_wait_s=args.wait_quiet)
     dedup["command"] = " ".join(dedup_cmd)
-    r = {"tool": "img2dataset 1.47 (files) + imagededup 0.3.3 PHash", "download": download, "dedup": dedup,
-         "threshold": threshold, "returncode": download["returncode"] or dedup["returncode"]}
+    r = {
+        "tool": "img2dataset 1.47 (files) + imagededup 0.3.3 PHash",
+        "download": download,
+        "dedup": dedup,
+        "threshold": threshold,
+        "returncode": download["returncode"] or dedup["returncode"],
+    }
     for key in ("wall_s", "cpu_s"):
         r[key] = round(download[key] + dedup[key], 2)
     r["other_cpu_pct"] = max(download["other_cpu_pct"], dedup["other_cpu_pct"])

@@ -11,6 +11,7 @@ every hash against all of them within Hamming distance <= k. Timed: the search o
 build is reported apart). It checks the planted pairs' recall so both tools are held to the same
 answer. pHash only: faiss has no dHash confirmation, so its pair count includes chance pairs.
 """
+
 import argparse
 import json
 import time
@@ -28,6 +29,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="OpenMP threads (0: faiss's default, all cores)")
     args = parser.parse_args(argv)
     import faiss  # the bench extra of setup.py
+
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     data = synth.load(args.data)
@@ -44,7 +46,9 @@ def main(argv=None):
     searched = time.time()
     query = np.repeat(np.arange(len(codes)), np.diff(lims.astype(np.int64)))
     keep = query < labels  # each unordered pair once, no self pairs
-    pairs = {(int(a), int(b)) for a, b in zip(distinct[query[keep]].tolist(), distinct[labels[keep]].tolist())}
+    pairs = {
+        (int(a), int(b)) for a, b in zip(distinct[query[keep]].tolist(), distinct[labels[keep]].tolist(), strict=False)
+    }
     planted = recalled = 0
     keys = data["key"]
     phash = data["phash"]
@@ -57,10 +61,17 @@ def main(argv=None):
         planted += 1
         a, b = int(phash[i]), int(phash[i + 1])
         recalled += a == b or (min(a, b), max(a, b)) in pairs
-    doc = {"rows": int(len(keys)), "distinct_hashes": int(len(distinct)),
-           "build_seconds": round(built - started, 2), "search_seconds": round(searched - built, 2),
-           "pairs": int(keep.sum()), "planted": planted, "recalled": recalled,
-           "threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__}
+    doc = {
+        "rows": int(len(keys)),
+        "distinct_hashes": int(len(distinct)),
+        "build_seconds": round(built - started, 2),
+        "search_seconds": round(searched - built, 2),
+        "pairs": int(keep.sum()),
+        "planted": planted,
+        "recalled": recalled,
+        "threads": faiss.omp_get_max_threads(),
+        "faiss": faiss.__version__,
+    }
     with open(args.result, "w") as handle:
         json.dump(doc, handle)
 

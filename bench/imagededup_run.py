@@ -10,6 +10,7 @@ max_distance_threshold=k) with its default Linux search (brute_force_cython, a P
 cores), on the same pHashes our pipeline gets. It compares pHash only (no dHash confirmation,
 no URL/sha256 matching, no clustering): it returns, for every image, its neighbours.
 """
+
 import argparse
 import importlib
 import importlib.util
@@ -30,6 +31,7 @@ def _import_phash():
         module.__path__ = [os.path.join(root, sub)]
         sys.modules["imagededup." + sub] = module
     from imagededup.methods.hashing import PHash
+
     return PHash
 
 
@@ -42,12 +44,12 @@ def main():
     args = parser.parse_args()
     with np.load(args.data) as f:
         keys, phash = f["key"].tolist(), f["phash"]
-    encodings = {k: "%016x" % int(p) for k, p in zip(keys, phash.tolist())}
-    PHash = _import_phash()
+    encodings = {k: f"{int(p):016x}" for k, p in zip(keys, phash.tolist(), strict=False)}
+    PHash = _import_phash()  # noqa: N806 (imagededup's class)
     started = time.time()
     found = PHash(verbose=False).find_duplicates(
-        encoding_map=encodings, max_distance_threshold=args.max_distance, scores=True,
-        search_method=args.search_method)
+        encoding_map=encodings, max_distance_threshold=args.max_distance, scores=True, search_method=args.search_method
+    )
     wall = time.time() - started
     group = {k: k.split(":")[1] for k in keys}
     planted, recalled, false_pairs, skew_pairs, pairs = {}, {}, 0, 0, 0
@@ -65,10 +67,19 @@ def main():
                 elif g in ("skew", "sameurl"):
                     skew_pairs += 1
     with open(args.result, "w") as f:
-        json.dump({"rows": len(keys), "wall_seconds": round(wall, 2), "pairs": pairs,
-                   "false_pairs": false_pairs, "single_hash_group_pairs": skew_pairs,
-                   "planted": planted, "recalled": recalled,
-                   "search_method": args.search_method}, f)
+        json.dump(
+            {
+                "rows": len(keys),
+                "wall_seconds": round(wall, 2),
+                "pairs": pairs,
+                "false_pairs": false_pairs,
+                "single_hash_group_pairs": skew_pairs,
+                "planted": planted,
+                "recalled": recalled,
+                "search_method": args.search_method,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

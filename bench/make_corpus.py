@@ -11,6 +11,7 @@ re-encodes of earlier pictures, so the pipeline's dedup has real clusters to fin
 
     python bench/make_corpus.py [--count 3000] [--port 8089] [--workdir bench/work]
 """
+
 import argparse
 import hashlib
 import io
@@ -27,8 +28,8 @@ DEFAULT_COUNT = 3000
 DEFAULT_SEED = 20240608
 DEFAULT_PORT = 8089
 ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3, 5 / 4)
-EXACT_DUP_SHARE = 0.02   # same bytes under another name
-NEAR_DUP_SHARE = 0.02    # another picture's pixels, resized and re-encoded
+EXACT_DUP_SHARE = 0.02  # same bytes under another name
+NEAR_DUP_SHARE = 0.02  # another picture's pixels, resized and re-encoded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,7 +52,7 @@ def _octave_texture(rng, width, height, octaves):
     acc = np.zeros((height, width), np.float32)
     for k in range(1, octaves + 1):
         w, h = max(2, width >> k), max(2, height >> k)
-        layer = Image.fromarray(rng.normal(0, 3.0 * 1.35 ** k, (h, w)).astype(np.float32), "F")
+        layer = Image.fromarray(rng.normal(0, 3.0 * 1.35**k, (h, w)).astype(np.float32), "F")
         acc += np.asarray(layer.resize((width, height), Image.BICUBIC), np.float32)
     return acc
 
@@ -123,8 +124,16 @@ def _render_to_file(args):
 
 
 def _caption(i, rng):
-    subjects = ("a red ellipse", "a street at dusk", "two shapes on a gradient", "a cloudy sky",
-                "an abstract poster", "a blurred landscape", "a grainy night photo", "a still life")
+    subjects = (
+        "a red ellipse",
+        "a street at dusk",
+        "two shapes on a gradient",
+        "a cloudy sky",
+        "an abstract poster",
+        "a blurred landscape",
+        "a grainy night photo",
+        "a still life",
+    )
     return f"synthetic photo {i:05d} of {subjects[rng.integers(len(subjects))]}"
 
 
@@ -173,8 +182,11 @@ def duplicate_sources(count=DEFAULT_COUNT, seed=DEFAULT_SEED):
     """{copy's file name: (its source's file name, "exact_dup" or "near_dup")}: the corpus' true
     duplicate pairs, from the same plan as build() (no image is rendered)."""
     kinds, fresh = _plan(count, seed)
-    return {_name(i): (_name(_source_of(i, seed, fresh)[0]), ("fresh", "exact_dup", "near_dup")[kinds[i]])
-            for i in range(count) if kinds[i]}
+    return {
+        _name(i): (_name(_source_of(i, seed, fresh)[0]), ("fresh", "exact_dup", "near_dup")[kinds[i]])
+        for i in range(count)
+        if kinds[i]
+    }
 
 
 def build(count=DEFAULT_COUNT, port=DEFAULT_PORT, workdir=None, seed=DEFAULT_SEED, processes=None):

@@ -6,6 +6,7 @@ Serves a distinct small JPEG per URL from a loopback server (generated on reques
 so nothing is stored), runs `python -m pipelines.ingest` on the default local runner (both cores),
 and samples the resident memory of the whole process tree (driver + SDK workers) every 0.2 s.
 """
+
 import argparse
 import http.server
 import io
@@ -67,8 +68,16 @@ def measure(rows, workdir, port):
         for n in range(rows):
             handle.write(f"random picture {n}\thttp://127.0.0.1:{port}/img/{n}.jpg\n")
     out = os.path.join(workdir, f"out-{rows}")
-    command = [sys.executable, "-m", "pipelines.ingest", f"--manifest=cc3m={manifest}", f"--output={out}",
-               "--allow-network=127.0.0.1/32", "--per-host=64", "--concurrency=64"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.ingest",
+        f"--manifest=cc3m={manifest}",
+        f"--output={out}",
+        "--allow-network=127.0.0.1/32",
+        "--per-host=64",
+        "--concurrency=64",
+    ]
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
@@ -81,8 +90,14 @@ def measure(rows, workdir, port):
     wall = time.monotonic() - started
     with open(os.path.join(out, "summary.json")) as handle:
         summary = json.load(handle)
-    return {"rows": rows, "rows_out": summary["rows"], "ok": summary["status_totals"].get("ok", 0),
-            "wall_s": round(wall, 1), "rows_per_s": round(rows / wall, 1), "peak_rss_mb": round(peak / 2**20)}
+    return {
+        "rows": rows,
+        "rows_out": summary["rows"],
+        "ok": summary["status_totals"].get("ok", 0),
+        "wall_s": round(wall, 1),
+        "rows_per_s": round(rows / wall, 1),
+        "peak_rss_mb": round(peak / 2**20),
+    }
 
 
 def main():
@@ -100,8 +115,10 @@ def main():
     base = results[0]
     print(f"\n{'rows':>8} {'wall s':>8} {'rows/s':>8} {'peak RSS MB':>12} {'MB / 1K rows':>13}")
     for r in results:
-        print(f"{r['rows']:>8} {r['wall_s']:>8} {r['rows_per_s']:>8} {r['peak_rss_mb']:>12} "
-              f"{(r['peak_rss_mb'] - base['peak_rss_mb']) / max((r['rows'] - base['rows']) / 1000, 1e-9):>13.2f}")
+        print(
+            f"{r['rows']:>8} {r['wall_s']:>8} {r['rows_per_s']:>8} {r['peak_rss_mb']:>12} "
+            f"{(r['peak_rss_mb'] - base['peak_rss_mb']) / max((r['rows'] - base['rows']) / 1000, 1e-9):>13.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Resident memory of a whole process tree (a job's driver plus its SDK worker processes), from /proc."""
+
 import os
 import subprocess
 import threading

@@ -8,6 +8,7 @@ Prints, as % of all samples (py-spy samples running threads only, so ~CPU time):
   - by the deepest frame in the project's own code (transforms/, pipelines/): which stage costs;
   - by leaf function (self time): which library call the CPU actually sits in.
 """
+
 import argparse
 import collections
 import re
@@ -47,8 +48,11 @@ def main(argv=None):
     total, by_proc, by_project, by_leaf = summarize(args.profile, args.top)
     if not total:
         sys.exit("no samples")
-    for title, counter in (("by process", by_proc), ("by deepest project frame", by_project),
-                           ("by leaf function (self)", by_leaf)):
+    for title, counter in (
+        ("by process", by_proc),
+        ("by deepest project frame", by_project),
+        ("by leaf function (self)", by_leaf),
+    ):
         print(f"\n{title} ({total} samples)")
         for key, n in counter.most_common(args.top):
             print(f"  {100 * n / total:5.1f}%  {key}")

@@ -22,6 +22,7 @@ another server of the machine.
 
     .venv/bin/python bench/run_bench.py [--count 3000] [--repeat 1] [--sweep] ...
 """
+
 import argparse
 import concurrent.futures
 import glob
@@ -52,14 +53,20 @@ import make_corpus  # noqa: E402
 PEER_BEST = {"processes": 2, "threads": 16, "shards_per_process": 4}
 # Environment that keeps img2dataset and its imports offline: no wandb, no update checks.
 OFFLINE_ENV = {
-    "WANDB_MODE": "disabled", "WANDB_DISABLED": "true", "WANDB_SILENT": "true",
-    "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "no_proxy": "*", "NO_PROXY": "*",
+    "WANDB_MODE": "disabled",
+    "WANDB_DISABLED": "true",
+    "WANDB_SILENT": "true",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "no_proxy": "*",
+    "NO_PROXY": "*",
 }
 SAMPLE_EVERY_S = 0.2
 
 
 # ---------------------------------------------------------------------------------------------
 # nginx
+
 
 class Nginx:
     """nginx in the foreground as our child, from bench/nginx.conf, serving the corpus on loopback."""
@@ -79,13 +86,15 @@ class Nginx:
             os.makedirs(os.path.join(self.workdir, "nginx-tmp", sub), exist_ok=True)
         with open(os.path.join(HERE, "nginx.conf")) as f:
             conf = f.read()
-        conf = (conf.replace("@WORKDIR@", self.workdir).replace("@PORT@", str(self.port))
-                .replace("@CORPUS@", self.corpus))
+        conf = (
+            conf.replace("@WORKDIR@", self.workdir).replace("@PORT@", str(self.port)).replace("@CORPUS@", self.corpus)
+        )
         path = os.path.join(self.workdir, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
-        self.proc = subprocess.Popen([exe, "-c", path, "-p", self.workdir + "/"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [exe, "-c", path, "-p", self.workdir + "/"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.time() + 10
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -126,7 +135,7 @@ class Nginx:
                 self.proc.wait()
 
 
-class socket_probe:
+class socket_probe:  # noqa: N801 (used like a function: `with socket_probe(...)`)
     """Context manager yielding True when something already listens on 127.0.0.1:port."""
 
     def __init__(self, port):
@@ -134,6 +143,7 @@ class socket_probe:
 
     def __enter__(self):
         import socket
+
         with socket.socket() as s:
             s.settimeout(0.5)
             return s.connect_ex(("127.0.0.1", self.port)) == 0
@@ -174,12 +184,18 @@ def serve_ceiling(port, names, threads=8):
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         total = sum(pool.map(fetch, chunks))
     wall = time.perf_counter() - t0
-    return {"images": len(names), "wall_s": round(wall, 2), "images_per_s": round(len(names) / wall, 1),
-            "mb_per_s": round(total / wall / 1e6, 1), "client_threads": threads}
+    return {
+        "images": len(names),
+        "wall_s": round(wall, 2),
+        "images_per_s": round(len(names) / wall, 1),
+        "mb_per_s": round(total / wall / 1e6, 1),
+        "client_threads": threads,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # measuring one run
+
 
 class TreeSampler(threading.Thread):
     """Peak summed RSS and PSS of a process tree, sampled every SAMPLE_EVERY_S seconds."""
@@ -238,8 +254,7 @@ def run_measured(cmd, log_path, env=None, cwd=None, timeout=3600, nginx=None, qu
     ng0 = nginx.cpu_seconds() if nginx else 0.0
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
         sampler = TreeSampler(proc.pid)
         sampler.start()
         try:
@@ -278,17 +293,41 @@ def run_measured(cmd, log_path, env=None, cwd=None, timeout=3600, nginx=None, qu
 # ---------------------------------------------------------------------------------------------
 # the two contenders
 
+
 def peer_command(peer_python, manifest_header, out, processes, threads, shard_size, reencode=False):
     exe = os.path.join(os.path.dirname(peer_python), "img2dataset")
     cmd = [
-        exe, "--url_list", manifest_header, "--input_format", "tsv",
-        "--url_col", "url", "--caption_col", "caption",
-        "--output_format", "parquet", "--output_folder", out,
-        "--processes_count", str(processes), "--thread_count", str(threads),
-        "--number_sample_per_shard", str(shard_size),
-        "--resize_mode", "no", "--compute_hash", "sha256",
-        "--disallowed_header_directives", "[]",  # no X-Robots-Tag opt-out check: nothing skipped
-        "--enable_wandb", "False", "--timeout", "30", "--retries", "0",
+        exe,
+        "--url_list",
+        manifest_header,
+        "--input_format",
+        "tsv",
+        "--url_col",
+        "url",
+        "--caption_col",
+        "caption",
+        "--output_format",
+        "parquet",
+        "--output_folder",
+        out,
+        "--processes_count",
+        str(processes),
+        "--thread_count",
+        str(threads),
+        "--number_sample_per_shard",
+        str(shard_size),
+        "--resize_mode",
+        "no",
+        "--compute_hash",
+        "sha256",
+        "--disallowed_header_directives",
+        "[]",  # no X-Robots-Tag opt-out check: nothing skipped
+        "--enable_wandb",
+        "False",
+        "--timeout",
+        "30",
+        "--retries",
+        "0",
     ]
     if not reencode:
         # Keep the original bytes (as our blobs do) and skip EXIF parsing (we do none): the
@@ -310,8 +349,11 @@ def check_peer(out, truth):
                 continue
             ok += 1
             exp = truth.get(_name_of(r["url"]))
-            if exp and r["sha256"] == exp["sha256"] and (r["original_width"], r["original_height"]) == (
-                    exp["width"], exp["height"]):
+            if (
+                exp
+                and r["sha256"] == exp["sha256"]
+                and (r["original_width"], r["original_height"]) == (exp["width"], exp["height"])
+            ):
                 verified += 1
     return {"images_ok": ok, "verified": verified}
 
@@ -325,8 +367,11 @@ def retry_if_busy(args, run):
     for attempt in range(args.retry_busy):
         if r["other_cpu_pct"] <= BUSY_PCT:
             break
-        print(f"  other processes took {r['other_cpu_pct']}% of the CPUs during the run: again"
-              f" ({attempt + 1}/{args.retry_busy})", flush=True)
+        print(
+            f"  other processes took {r['other_cpu_pct']}% of the CPUs during the run: again"
+            f" ({attempt + 1}/{args.retry_busy})",
+            flush=True,
+        )
         discarded = r.get("discarded_busy_runs", 0) + 1
         r = run()
         r["discarded_busy_runs"] = discarded
@@ -334,8 +379,9 @@ def retry_if_busy(args, run):
 
 
 def run_peer(args, p, truth, out_root, tag, processes, threads, shard_size, nginx, reencode=False):
-    return retry_if_busy(args, lambda: _run_peer(args, p, truth, out_root, tag, processes, threads, shard_size,
-                                                 nginx, reencode))
+    return retry_if_busy(
+        args, lambda: _run_peer(args, p, truth, out_root, tag, processes, threads, shard_size, nginx, reencode)
+    )
 
 
 def _run_peer(args, p, truth, out_root, tag, processes, threads, shard_size, nginx, reencode=False):
@@ -345,9 +391,13 @@ def _run_peer(args, p, truth, out_root, tag, processes, threads, shard_size, ngi
     cmd = peer_command(args.peer_python, p["manifest_header"], out, processes, threads, shard_size, reencode)
     r = run_measured(cmd, out + ".log", env=env, cwd=args.workdir, nginx=nginx, quiet_wait_s=args.wait_quiet)
     r.update(check_peer(out, truth))
-    r.update({"tool": "img2dataset 1.47", "config": {"processes": processes, "threads": threads,
-                                                      "shard_size": shard_size, "reencode": reencode},
-              "command": " ".join(cmd)})
+    r.update(
+        {
+            "tool": "img2dataset 1.47",
+            "config": {"processes": processes, "threads": threads, "shard_size": shard_size, "reencode": reencode},
+            "command": " ".join(cmd),
+        }
+    )
     r["images_per_s"] = round(r["images_ok"] / r["wall_s"], 1)
     shutil.rmtree(out, ignore_errors=True)  # parquet holds every image: don't keep 300 MB per run
     return r
@@ -364,8 +414,7 @@ def ours_available(our_python, root):
 
 def check_ours(out, truth):
     """Counts from OUT/images/*.parquet (CONTRACT.md columns), checked against the corpus truth."""
-    res = {"images_ok": 0, "verified": 0, "rows": 0, "with_phash_dhash": 0, "blobs_present": 0,
-           "rows_in_clusters": 0}
+    res = {"images_ok": 0, "verified": 0, "rows": 0, "with_phash_dhash": 0, "blobs_present": 0, "rows_in_clusters": 0}
     files = sorted(glob.glob(os.path.join(out, "images", "*.parquet")))
     for path in files:
         t = pq.read_table(path)
@@ -378,8 +427,11 @@ def check_ours(out, truth):
                 continue
             res["images_ok"] += 1
             exp = truth.get(_name_of(r["url"]))
-            if exp and r.get("sha256") == exp["sha256"] and (r.get("width"), r.get("height")) == (
-                    exp["width"], exp["height"]):
+            if (
+                exp
+                and r.get("sha256") == exp["sha256"]
+                and (r.get("width"), r.get("height")) == (exp["width"], exp["height"])
+            ):
                 res["verified"] += 1
             if r.get("phash") and r.get("dhash"):
                 res["with_phash_dhash"] += 1
@@ -398,16 +450,27 @@ def _run_ours(args, p, truth, out_root, tag, nginx):
     # (e.g. --direct_num_workers=2) come from --ours-arg / BENCH_OURS_ARGS in bench/bench.mk.
     out = os.path.join(out_root, tag)
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [args.our_python, "-m", "pipelines.ingest", "--manifest", f"cc3m={p['manifest']}",
-           "--output", out, "--allow-network", "127.0.0.1/32", "--timeout", str(args.ours_timeout)]
+    cmd = [
+        args.our_python,
+        "-m",
+        "pipelines.ingest",
+        "--manifest",
+        f"cc3m={p['manifest']}",
+        "--output",
+        out,
+        "--allow-network",
+        "127.0.0.1/32",
+        "--timeout",
+        str(args.ours_timeout),
+    ]
     cmd += args.ours_arg
     if args.profile:
         # Sampling profile of the whole tree (Beam workers included); it slows the run a little.
         prof = os.path.join(args.workdir, f"profile-{tag}.txt")
-        cmd = [args.py_spy, "record", "--subprocesses", "--rate", "50", "--format", "raw",
-               "--output", prof, "--"] + cmd
-    r = run_measured(cmd, out + ".log", env=dict(os.environ), cwd=args.ours_root, nginx=nginx,
-                     quiet_wait_s=args.wait_quiet)
+        cmd = [args.py_spy, "record", "--subprocesses", "--rate", "50", "--format", "raw", "--output", prof, "--"] + cmd
+    r = run_measured(
+        cmd, out + ".log", env=dict(os.environ), cwd=args.ours_root, nginx=nginx, quiet_wait_s=args.wait_quiet
+    )
     r.update(check_ours(out, truth))
     if args.e2e:
         r["score"] = e2e_dedup.score(e2e_dedup.groups_of_ours(out), args.sources)
@@ -421,6 +484,7 @@ def _run_ours(args, p, truth, out_root, tag, nginx):
 # ---------------------------------------------------------------------------------------------
 # reporting
 
+
 def _best(runs):
     good = [r for r in runs if r["returncode"] == 0 and r["images_ok"]]
     return max(good, key=lambda r: r["images_per_s"]) if good else (runs[0] if runs else None)
@@ -429,67 +493,91 @@ def _best(runs):
 def _row(label, r):
     if r is None:
         return f"{label:<22} not run"
-    return (f"{label:<22}{r['images_ok']:>6}/{r.get('verified', 0):<6}{r['wall_s']:>9.1f}{r['images_per_s']:>10.1f}"
-            f"{r['peak_rss_mb']:>13.0f}{r['peak_pss_mb']:>10.0f}{r['cpu_s']:>8.1f}{r['other_cpu_pct']:>8.1f}"
-            f"{'' if r['returncode'] == 0 else '  rc=' + str(r['returncode'])}")
+    return (
+        f"{label:<22}{r['images_ok']:>6}/{r.get('verified', 0):<6}{r['wall_s']:>9.1f}{r['images_per_s']:>10.1f}"
+        f"{r['peak_rss_mb']:>13.0f}{r['peak_pss_mb']:>10.0f}{r['cpu_s']:>8.1f}{r['other_cpu_pct']:>8.1f}"
+        f"{'' if r['returncode'] == 0 else '  rc=' + str(r['returncode'])}"
+    )
 
 
 def print_report(res, out=sys.stdout):
     p = lambda *a: print(*a, file=out)  # noqa: E731
     c = res["corpus"]
     p("")
-    p(f"corpus: {c['images']} JPEGs, {c['total_mb']} MB, mean {c['mean_megapixels']} MP, bytes p10/median/p90/max "
-      f"{'/'.join(str(x) for x in c['bytes_p10_median_p90_max'])}; machine: {res['machine']['cpus']} CPUs,"
-      f" {res['machine']['mem_gb']} GB")
+    p(
+        f"corpus: {c['images']} JPEGs, {c['total_mb']} MB, mean {c['mean_megapixels']} MP, bytes p10/median/p90/max "
+        f"{'/'.join(str(x) for x in c['bytes_p10_median_p90_max'])}; machine: {res['machine']['cpus']} CPUs,"
+        f" {res['machine']['mem_gb']} GB"
+    )
     if res.get("serve_ceiling"):
         s = res["serve_ceiling"]
-        p(f"serve ceiling (nginx + bare keep-alive client, no processing): {s['images_per_s']} images/s,"
-          f" {s['mb_per_s']} MB/s")
-    p(f"{'run':<22}{'ok/verified':<13}{'wall s':>9}{'images/s':>10}{'peak RSS MB':>13}{'PSS MB':>10}"
-      f"{'CPU s':>8}{'other%':>8}")
+        p(
+            f"serve ceiling (nginx + bare keep-alive client, no processing): {s['images_per_s']} images/s,"
+            f" {s['mb_per_s']} MB/s"
+        )
+    p(
+        f"{'run':<22}{'ok/verified':<13}{'wall s':>9}{'images/s':>10}{'peak RSS MB':>13}{'PSS MB':>10}"
+        f"{'CPU s':>8}{'other%':>8}"
+    )
     for label, runs in (("img2dataset 1.47", res["peer"]), ("ours", res["ours"])):
         for i, r in enumerate(runs):
             p(_row(label + (f" #{i + 1}" if len(runs) > 1 else ""), r))
     b = _best(res["ours"])
     if b and b["rows"]:
         c = res["corpus"]
-        p(f"ours, work checked in OUT: {b['rows']} rows, {b['with_phash_dhash']} with pHash+dHash, {b['blobs_present']}"
-          f" blobs present, {b['rows_in_clusters']} rows in clusters (corpus: {c['exact_dups']} exact and"
-          f" {c['near_dups']} near duplicates of other images)")
+        p(
+            f"ours, work checked in OUT: {b['rows']} rows, {b['with_phash_dhash']} with pHash+dHash, "
+            f"{b['blobs_present']}"
+            f" blobs present, {b['rows_in_clusters']} rows in clusters (corpus: {c['exact_dups']} exact and"
+            f" {c['near_dups']} near duplicates of other images)"
+        )
     if res.get("ours_skipped"):
         p(f"{'ours':<22} SKIPPED: {res['ours_skipped']}")
     s = res["summary"]
     if s.get("ratio_images_per_s") is not None:
-        p(f"ratio ours/img2dataset: throughput x{s['ratio_images_per_s']}, peak RSS x{s['ratio_peak_rss']},"
-          f" CPU per image x{s['ratio_cpu_per_image']}, wall x{s['wall_speedup']} faster  (issue 16 goals: CPU per image <= x0.7, wall >= x1.3 faster)")
+        p(
+            f"ratio ours/img2dataset: throughput x{s['ratio_images_per_s']}, peak RSS x{s['ratio_peak_rss']},"
+            f" CPU per image x{s['ratio_cpu_per_image']}, wall x{s['wall_speedup']} faster"
+            "  (issue 16 goals: CPU per image <= x0.7, wall >= x1.3 faster)"
+        )
     f = res.get("floor")
     if f:
         fl_full, fl_draft = f["floor_full_images_per_s_2cores_ideal"], f["floor_draft_images_per_s_2cores_ideal"]
         m_full = f["floor_full_images_per_s_measured"]["2cores"]
         m_draft = f["floor_draft_images_per_s_measured"]["2cores"]
-        p(f"CPU floor, 2 cores (decode + pHash + dHash + sha256 + md5, no I/O; bench/cpu_floor.py): full decode"
-          f" {fl_full} images/s, draft decode {fl_draft} images/s (2 x one core's CPU time; measured on 2"
-          f" processes: {m_full} and {m_draft})")
+        p(
+            f"CPU floor, 2 cores (decode + pHash + dHash + sha256 + md5, no I/O; bench/cpu_floor.py): full decode"
+            f" {fl_full} images/s, draft decode {fl_draft} images/s (2 x one core's CPU time; measured on 2"
+            f" processes: {m_full} and {m_draft})"
+        )
         for label, runs in (("img2dataset", res["peer"]), ("ours", res["ours"])):
             b = _best(runs)
             if b and b["images_ok"]:
-                p(f"  {label}: {b['images_per_s']} images/s = {100 * b['images_per_s'] / fl_full:.0f}% of the"
-                  f" full-decode floor, {100 * b['images_per_s'] / fl_draft:.0f}% of the draft-decode floor")
+                p(
+                    f"  {label}: {b['images_per_s']} images/s = {100 * b['images_per_s'] / fl_full:.0f}% of the"
+                    f" full-decode floor, {100 * b['images_per_s'] / fl_draft:.0f}% of the draft-decode floor"
+                )
     if res.get("e2e_peer"):
         for i, r in enumerate(res["e2e_peer"]):
-            p(f"e2e img2dataset+imagededup #{i + 1}: wall {r['wall_s']} s (download {r['download']['wall_s']} +"
-              f" imagededup {r['dedup']['wall_s']}), CPU {r['cpu_s']} s, other {r['other_cpu_pct']}%,"
-              f" duplicates {r.get('score')}")
+            p(
+                f"e2e img2dataset+imagededup #{i + 1}: wall {r['wall_s']} s (download {r['download']['wall_s']} +"
+                f" imagededup {r['dedup']['wall_s']}), CPU {r['cpu_s']} s, other {r['other_cpu_pct']}%,"
+                f" duplicates {r.get('score')}"
+            )
         b = _best(res["ours"])
         if b:
             p(f"e2e ours (the ingest alone): wall {b['wall_s']} s, CPU {b['cpu_s']} s, duplicates {b.get('score')}")
         if s.get("e2e_speedup") is not None:
-            p(f"e2e speed-up ours vs img2dataset+imagededup: x{s['e2e_speedup']} wall, x{s['e2e_cpu_ratio']} CPU"
-              " (goal: >= x3 faster with equal or better duplicates)")
+            p(
+                f"e2e speed-up ours vs img2dataset+imagededup: x{s['e2e_speedup']} wall, x{s['e2e_cpu_ratio']} CPU"
+                " (goal: >= x3 faster with equal or better duplicates)"
+            )
     busy = [r for r in res["peer"] + res["ours"] + res.get("e2e_peer", []) if r["other_cpu_pct"] > BUSY_PCT]
     if busy:
-        p(f"WARNING: other processes used >10% of the CPUs during {len(busy)} run(s): figures are not reliable,"
-          " rerun on a quiet machine")
+        p(
+            f"WARNING: other processes used >10% of the CPUs during {len(busy)} run(s): figures are not reliable,"
+            " rerun on a quiet machine"
+        )
 
 
 def summarize(res):
@@ -512,22 +600,47 @@ def summarize(res):
 # ---------------------------------------------------------------------------------------------
 # sweep of img2dataset's processes x threads x shard size
 
+
 def sweep(args, p, truth, out_root, nginx):
     n = args.count
     rows = []
 
     def one(processes, threads, shard_size):
-        runs = [run_peer(args, p, truth, out_root, f"sweep-p{processes}-t{threads}-s{shard_size}",
-                         processes, threads, shard_size, nginx) for _ in range(args.repeat)]
+        runs = [
+            run_peer(
+                args,
+                p,
+                truth,
+                out_root,
+                f"sweep-p{processes}-t{threads}-s{shard_size}",
+                processes,
+                threads,
+                shard_size,
+                nginx,
+            )
+            for _ in range(args.repeat)
+        ]
         b = _best(runs)
-        row = {"processes": processes, "threads": threads, "shard_size": shard_size,
-               "images_per_s": b["images_per_s"], "wall_s": b["wall_s"], "peak_rss_mb": b["peak_rss_mb"],
-               "peak_pss_mb": b["peak_pss_mb"], "cpu_s": b["cpu_s"], "other_cpu_pct": b["other_cpu_pct"],
-               "images_ok": b["images_ok"], "all_images_per_s": [r["images_per_s"] for r in runs]}
+        row = {
+            "processes": processes,
+            "threads": threads,
+            "shard_size": shard_size,
+            "images_per_s": b["images_per_s"],
+            "wall_s": b["wall_s"],
+            "peak_rss_mb": b["peak_rss_mb"],
+            "peak_pss_mb": b["peak_pss_mb"],
+            "cpu_s": b["cpu_s"],
+            "other_cpu_pct": b["other_cpu_pct"],
+            "images_ok": b["images_ok"],
+            "all_images_per_s": [r["images_per_s"] for r in runs],
+        }
         rows.append(row)
-        print(f"  p={processes} t={threads:<4} shard={shard_size:<5} {row['images_per_s']:>7.1f} images/s"
-              f"  wall {row['wall_s']:>6.1f} s  RSS {row['peak_rss_mb']:>6.0f} MB  other {row['other_cpu_pct']}%"
-              f"  (runs: {row['all_images_per_s']})", flush=True)
+        print(
+            f"  p={processes} t={threads:<4} shard={shard_size:<5} {row['images_per_s']:>7.1f} images/s"
+            f"  wall {row['wall_s']:>6.1f} s  RSS {row['peak_rss_mb']:>6.0f} MB  other {row['other_cpu_pct']}%"
+            f"  (runs: {row['all_images_per_s']})",
+            flush=True,
+        )
         return row
 
     print("sweep stage 1: processes x threads (shard size: 4 shards per process)", flush=True)
@@ -538,16 +651,21 @@ def sweep(args, p, truth, out_root, nginx):
     print("sweep stage 2: shard size at the best processes x threads", flush=True)
     for per_proc in (1, 8):
         size = max(50, -(-n // (per_proc * best["processes"])))
-        if all(r["shard_size"] != size or r["processes"] != best["processes"] or r["threads"] != best["threads"]
-               for r in rows):
+        if all(
+            r["shard_size"] != size or r["processes"] != best["processes"] or r["threads"] != best["threads"]
+            for r in rows
+        ):
             one(best["processes"], best["threads"], size)
     best = max(rows, key=lambda r: r["images_per_s"])
-    print(f"best: processes={best['processes']} threads={best['threads']} shard_size={best['shard_size']}"
-          f" -> {best['images_per_s']} images/s")
+    print(
+        f"best: processes={best['processes']} threads={best['threads']} shard_size={best['shard_size']}"
+        f" -> {best['images_per_s']} images/s"
+    )
     return {"rows": rows, "best": best}
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def reexec_in_netns(argv):
     """Run this script again in a new network namespace that has only loopback (needs root)."""
@@ -576,24 +694,47 @@ def main(argv=None):
     ap.add_argument("--our-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     ap.add_argument("--peer-processes", type=int, default=PEER_BEST["processes"])
     ap.add_argument("--peer-threads", type=int, default=PEER_BEST["threads"])
-    ap.add_argument("--peer-shard-size", type=int, default=None,
-                    help="images per img2dataset shard (default: count / (4 x processes))")
-    ap.add_argument("--peer-reencode", action="store_true",
-                    help="also run img2dataset with its defaults (re-encode every image, parse EXIF)")
-    ap.add_argument("--ours-root", default=ROOT,
-                    help="checkout whose pipelines.ingest is benchmarked (run from there with -m); default: this one")
+    ap.add_argument(
+        "--peer-shard-size",
+        type=int,
+        default=None,
+        help="images per img2dataset shard (default: count / (4 x processes))",
+    )
+    ap.add_argument(
+        "--peer-reencode",
+        action="store_true",
+        help="also run img2dataset with its defaults (re-encode every image, parse EXIF)",
+    )
+    ap.add_argument(
+        "--ours-root",
+        default=ROOT,
+        help="checkout whose pipelines.ingest is benchmarked (run from there with -m); default: this one",
+    )
     ap.add_argument("--ours-timeout", type=float, default=30)
-    ap.add_argument("--ours-arg", action="append", default=[],
-                    help="extra argument for our ingest (repeatable), e.g. --ours-arg=--direct_num_workers=2")
-    ap.add_argument("--profile", action="store_true",
-                    help="run our ingest under py-spy (collapsed stacks in WORKDIR/profile-ours-N.txt); slows it")
+    ap.add_argument(
+        "--ours-arg",
+        action="append",
+        default=[],
+        help="extra argument for our ingest (repeatable), e.g. --ours-arg=--direct_num_workers=2",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="run our ingest under py-spy (collapsed stacks in WORKDIR/profile-ours-N.txt); slows it",
+    )
     ap.add_argument("--py-spy", default=os.path.join(ROOT, ".venv", "bin", "py-spy"))
     ap.add_argument("--keep-output", action="store_true", help="keep our ingest's output under WORKDIR/runs")
-    ap.add_argument("--e2e", action="store_true",
-                    help="also run img2dataset (files) + imagededup end to end and score both tools' duplicates"
-                         " (bench/e2e_dedup.py)")
-    ap.add_argument("--bench-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
-                    help="the python of .venv-bench (imagededup), for --e2e")
+    ap.add_argument(
+        "--e2e",
+        action="store_true",
+        help="also run img2dataset (files) + imagededup end to end and score both tools' duplicates"
+        " (bench/e2e_dedup.py)",
+    )
+    ap.add_argument(
+        "--bench-python",
+        default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
+        help="the python of .venv-bench (imagededup), for --e2e",
+    )
     ap.add_argument("--e2e-threshold", type=int, default=10, help="imagededup's max_distance_threshold (its default)")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
@@ -603,14 +744,30 @@ def main(argv=None):
     ap.add_argument("--sweep", action="store_true", help="sweep img2dataset's processes x threads x shard size")
     ap.add_argument("--sweep-processes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 3, 4])
     ap.add_argument("--sweep-threads", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64])
-    ap.add_argument("--netns", choices=("auto", "on", "off"), default="auto",
-                    help="run inside a loopback-only network namespace (auto: when root and unshare exist)")
-    ap.add_argument("--wait-quiet", type=float, default=120,
-                    help="before each run, wait up to this many seconds for other processes to go idle (0: don't)")
-    ap.add_argument("--retry-busy", type=int, default=2,
-                    help=f"run again (this many times at most) when others took > {BUSY_PCT:.0f}%% of the CPUs")
-    ap.add_argument("--nice", type=int, default=0,
-                    help="niceness of the whole benchmark (root may go negative to outrank background load)")
+    ap.add_argument(
+        "--netns",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run inside a loopback-only network namespace (auto: when root and unshare exist)",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120,
+        help="before each run, wait up to this many seconds for other processes to go idle (0: don't)",
+    )
+    ap.add_argument(
+        "--retry-busy",
+        type=int,
+        default=2,
+        help=f"run again (this many times at most) when others took > {BUSY_PCT:.0f}%% of the CPUs",
+    )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the whole benchmark (root may go negative to outrank background load)",
+    )
     ap.add_argument("--json", default=None, help="results file (default WORKDIR/results.json)")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -640,12 +797,18 @@ def main(argv=None):
     truth = make_corpus.read_truth(p)
     res = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": psutil.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
-                    "python": platform.python_version(), "netns": os.environ.get("BENCH_IN_NETNS") == "1",
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": psutil.cpu_count(),
+            "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+            "netns": os.environ.get("BENCH_IN_NETNS") == "1",
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "corpus": make_corpus.describe(p),
         "memory_method": "psutil: sum over the process tree of RSS and of PSS (smaps_rollup), sampled every 0.2 s",
-        "peer": [], "ours": [], "e2e_peer": [],
+        "peer": [],
+        "ours": [],
+        "e2e_peer": [],
     }
     args.offline_env, args.bench_root = OFFLINE_ENV, ROOT
     args.sources = e2e_dedup.duplicate_sources_of(make_corpus, args.count) if args.e2e else None
@@ -667,41 +830,90 @@ def main(argv=None):
             return 0
         if not args.skip_peer:
             for i in range(args.repeat):
-                r = run_peer(args, p, truth, out_root, f"img2dataset-{i}", args.peer_processes, args.peer_threads,
-                             args.peer_shard_size, nginx)
-                print(f"img2dataset run {i + 1}: {r['images_ok']} ok in {r['wall_s']} s = {r['images_per_s']}"
-                      f" images/s, peak RSS {r['peak_rss_mb']} MB", flush=True)
+                r = run_peer(
+                    args,
+                    p,
+                    truth,
+                    out_root,
+                    f"img2dataset-{i}",
+                    args.peer_processes,
+                    args.peer_threads,
+                    args.peer_shard_size,
+                    nginx,
+                )
+                print(
+                    f"img2dataset run {i + 1}: {r['images_ok']} ok in {r['wall_s']} s = {r['images_per_s']}"
+                    f" images/s, peak RSS {r['peak_rss_mb']} MB",
+                    flush=True,
+                )
                 res["peer"].append(r)
             if args.peer_reencode:
-                r = run_peer(args, p, truth, out_root, "img2dataset-defaults", args.peer_processes,
-                             args.peer_threads, args.peer_shard_size, nginx, reencode=True)
+                r = run_peer(
+                    args,
+                    p,
+                    truth,
+                    out_root,
+                    "img2dataset-defaults",
+                    args.peer_processes,
+                    args.peer_threads,
+                    args.peer_shard_size,
+                    nginx,
+                    reencode=True,
+                )
                 print(f"img2dataset with its defaults (re-encode, EXIF): {r['images_per_s']} images/s", flush=True)
                 res["peer_defaults"] = r
         if args.skip_ours:
             res["ours_skipped"] = "--skip-ours"
         elif not ours_available(args.our_python, args.ours_root):
-            res["ours_skipped"] = (f"pipelines.ingest not importable by {args.our_python} from {args.ours_root};"
-                                   " the hook is run_ours() in bench/run_bench.py")
+            res["ours_skipped"] = (
+                f"pipelines.ingest not importable by {args.our_python} from {args.ours_root};"
+                " the hook is run_ours() in bench/run_bench.py"
+            )
             print(f"ours: SKIPPED: {res['ours_skipped']}", flush=True)
         else:
             for i in range(args.repeat):
                 r = run_ours(args, p, truth, out_root, f"ours-{i}", nginx)
-                print(f"ours run {i + 1}: {r['images_ok']} ok in {r['wall_s']} s = {r['images_per_s']} images/s,"
-                      f" peak RSS {r['peak_rss_mb']} MB (rc {r['returncode']}, log {r['log']})", flush=True)
+                print(
+                    f"ours run {i + 1}: {r['images_ok']} ok in {r['wall_s']} s = {r['images_per_s']} images/s,"
+                    f" peak RSS {r['peak_rss_mb']} MB (rc {r['returncode']}, log {r['log']})",
+                    flush=True,
+                )
                 res["ours"].append(r)
         if args.e2e:
             for i in range(args.repeat):
-                r = retry_if_busy(args, lambda i=i: e2e_dedup.run_peer_e2e(
-                    args, p, out_root, f"e2e-peer-{i}", nginx, args.sources, run_measured, peer_command,
-                    args.e2e_threshold))
-                print(f"img2dataset + imagededup run {i + 1}: {r['wall_s']} s wall, {r['cpu_s']} CPU s,"
-                      f" score {r.get('score')}", flush=True)
+                r = retry_if_busy(
+                    args,
+                    lambda i=i: e2e_dedup.run_peer_e2e(
+                        args,
+                        p,
+                        out_root,
+                        f"e2e-peer-{i}",
+                        nginx,
+                        args.sources,
+                        run_measured,
+                        peer_command,
+                        args.e2e_threshold,
+                    ),
+                )
+                print(
+                    f"img2dataset + imagededup run {i + 1}: {r['wall_s']} s wall, {r['cpu_s']} CPU s,"
+                    f" score {r.get('score')}",
+                    flush=True,
+                )
                 res["e2e_peer"].append(r)
 
     if not args.skip_floor:
         fl_json = os.path.join(args.workdir, "cpu_floor.json")
-        fl_cmd = [args.our_python, os.path.join(HERE, "cpu_floor.py"), "--corpus", p["corpus"],
-                  "--sample", str(args.floor_sample), "--json", fl_json]
+        fl_cmd = [
+            args.our_python,
+            os.path.join(HERE, "cpu_floor.py"),
+            "--corpus",
+            p["corpus"],
+            "--sample",
+            str(args.floor_sample),
+            "--json",
+            fl_json,
+        ]
         print("cpu floor: " + " ".join(fl_cmd), flush=True)
         wait_quiet(args.wait_quiet)
         if subprocess.run(fl_cmd).returncode == 0:

@@ -17,6 +17,7 @@ at view distance 0..view_k (row b's plain hashes, or its centre for the centre v
 view with some bits flipped):                                  group "w<view>_<d>-<i>", expected merged
 Keys are "<dataset>:<group>:<member>" so evaluation needs no side table.
 """
+
 import numpy as np
 
 # Bumped whenever generate() changes what it plants: cached data files carry it in their name.
@@ -40,8 +41,7 @@ def _flip(values, distance, rng):
 VIEWS = ("mirror", "trim", "crop", "centre")
 
 
-def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000, seed=1,
-             views=False, view_k=5):
+def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000, seed=1, views=False, view_k=5):
     rng = np.random.default_rng(seed)
     scale = min(1.0, n / 1_000_000)
     ppd = max(20, int(pairs_per_distance * scale))
@@ -50,7 +50,7 @@ def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000
     keys, phash, dhash, urls = [], [], [], []
 
     def rand(m):
-        return rng.integers(0, 2 ** 64, size=m, dtype=np.uint64, endpoint=False)
+        return rng.integers(0, 2**64, size=m, dtype=np.uint64, endpoint=False)
 
     for d in list(range(0, k + 1)) + [k + 1, k + 2]:
         tag = "p" if d <= k else "a"
@@ -58,13 +58,12 @@ def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000
         b_p = _flip(a_p, d, rng)
         low, high = (9, 17) if d > k else (0, 9)
         b_d = np.array(
-            [_flip(a_d[i:i + 1], int(rng.integers(low, high)), rng)[0] for i in range(ppd)],
-            dtype=np.uint64)
+            [_flip(a_d[i : i + 1], int(rng.integers(low, high)), rng)[0] for i in range(ppd)], dtype=np.uint64
+        )
         for i in range(ppd):
             group = f"{tag}{d}-{i}"
             keys += [f"cc3m:{group}:a", f"cc12m:{group}:b"]
-            urls += [f"http://a{i % 1000}.example/{group}/a.jpg",
-                     f"http://b{i % 1000}.example/{group}/b.jpg"]
+            urls += [f"http://a{i % 1000}.example/{group}/a.jpg", f"http://b{i % 1000}.example/{group}/b.jpg"]
         phash += [a_p, b_p]
         dhash += [a_d, b_d]
     # interleave a/b order into the flat arrays
@@ -73,8 +72,8 @@ def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000
     pos = 0
     for j in range(0, len(phash), 2):
         m = len(phash[j])
-        planted_p[pos:pos + 2 * m:2], planted_p[pos + 1:pos + 2 * m:2] = phash[j], phash[j + 1]
-        planted_d[pos:pos + 2 * m:2], planted_d[pos + 1:pos + 2 * m:2] = dhash[j], dhash[j + 1]
+        planted_p[pos : pos + 2 * m : 2], planted_p[pos + 1 : pos + 2 * m : 2] = phash[j], phash[j + 1]
+        planted_d[pos : pos + 2 * m : 2], planted_d[pos + 1 : pos + 2 * m : 2] = dhash[j], dhash[j + 1]
         pos += 2 * m
     skew_p, skew_d = rand(1)[0], rand(1)[0]
     same_p, same_d = rand(1)[0], rand(1)[0]
@@ -87,14 +86,24 @@ def generate(n, k=8, pairs_per_distance=500, skew_rows=20000, same_url_rows=5000
         raise ValueError(f"n={n} is too small for the planted groups ({len(keys)})")
     keys += [f"{DATASETS[i % 5]}:u{i}:0" for i in range(rest)]
     urls += [f"http://u{i % 5000}.example/{i}.jpg" for i in range(rest)]
-    all_p = np.concatenate([planted_p, np.full(skew, skew_p, dtype=np.uint64),
-                            np.full(same, same_p, dtype=np.uint64), rand(rest)])
-    all_d = np.concatenate([planted_d, np.full(skew, skew_d, dtype=np.uint64),
-                            np.full(same, same_d, dtype=np.uint64), rand(rest)])
+    all_p = np.concatenate(
+        [planted_p, np.full(skew, skew_p, dtype=np.uint64), np.full(same, same_p, dtype=np.uint64), rand(rest)]
+    )
+    all_d = np.concatenate(
+        [planted_d, np.full(skew, skew_d, dtype=np.uint64), np.full(same, same_d, dtype=np.uint64), rand(rest)]
+    )
     # a zero dHash means "none" to the pipeline; random ones are never 0 in practice
     all_d[all_d == 0] = 1
-    out = {"key": np.array(keys), "url": np.array(urls), "phash": all_p, "dhash": all_d,
-           "k": k, "pairs_per_distance": ppd, "skew_rows": skew, "same_url_rows": same}
+    out = {
+        "key": np.array(keys),
+        "url": np.array(urls),
+        "phash": all_p,
+        "dhash": all_d,
+        "k": k,
+        "pairs_per_distance": ppd,
+        "skew_rows": skew,
+        "same_url_rows": same,
+    }
     if views:
         _plant_views(out, rest, view_k, ppd, rng, rand)
     return out

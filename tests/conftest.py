@@ -1,4 +1,5 @@
 """Shared fixtures: a real loopback web server and helpers to run pipelines locally."""
+
 import os
 
 import pytest
@@ -10,9 +11,14 @@ from tests.gcs_emulator import gcs_emulator  # noqa: E402,F401  (a fixture for e
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "dataflow: builds a Dataflow job offline (seconds each; -m 'not dataflow' skips)")
-    config.addinivalue_line("markers", "cluster: runs every job on the offline cluster (minutes; `make cluster-test`, "
-                                       "or -m cluster; skipped otherwise)")
+    config.addinivalue_line(
+        "markers", "dataflow: builds a Dataflow job offline (seconds each; -m 'not dataflow' skips)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "cluster: runs every job on the offline cluster (minutes; `make cluster-test`, "
+        "or -m cluster; skipped otherwise)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

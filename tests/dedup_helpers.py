@@ -1,4 +1,5 @@
 """Shared helpers of the dedup tests: synthetic rows and a runner that reads outputs back."""
+
 import glob
 import json
 import os
@@ -17,7 +18,7 @@ def flip(hex16, bits):
     value = int(hex16, 16)
     for b in bits:
         value ^= 1 << b
-    return "%016x" % value
+    return f"{value:016x}"
 
 
 def at_distance(hex16, distance, rng):
@@ -25,17 +26,25 @@ def at_distance(hex16, distance, rng):
 
 
 def random_hash(rng):
-    return "%016x" % rng.getrandbits(64)
+    return f"{rng.getrandbits(64):016x}"
 
 
-def row(key, dataset="cc3m", url=None, phash=None, dhash=None, sha256=None, status="ok",
-        width=100, height=100):
+def row(key, dataset="cc3m", url=None, phash=None, dhash=None, sha256=None, status="ok", width=100, height=100):
     if url is None:
         url = f"http://img.example/{key.replace(':', '/')}.jpg"
     if status != "ok":
         return schema.new_row(dataset, key, url, status=status, error="failed")
-    return schema.new_row(dataset, key, url, status="ok", phash=phash, dhash=dhash,
-                          sha256=sha256 or f"sha-{key}", width=width, height=height)
+    return schema.new_row(
+        dataset,
+        key,
+        url,
+        status="ok",
+        phash=phash,
+        dhash=dhash,
+        sha256=sha256 or f"sha-{key}",
+        width=width,
+        height=height,
+    )
 
 
 def run_dedup(rows, tmp_path, **options):
@@ -55,8 +64,12 @@ def run_dedup_shards(rows, tmp_path, shard_rows=7, **options):
     rows_in = p | beam.Create(rows, reshuffle=False)
     shards = rows_in | WriteTableShards(out, "test", shard_rows=shard_rows)
     result = {"slim": rows_in | beam.Map(slim_row), "shards": shards} | DedupShards(**options)
-    (shards | beam.combiners.Count.Globally() | "ShardCount" >> beam.Map(str)
-     | "WriteShardCount" >> beam.io.WriteToText(os.path.join(out, "shards"), file_name_suffix=".txt"))
+    (
+        shards
+        | beam.combiners.Count.Globally()
+        | "ShardCount" >> beam.Map(str)
+        | "WriteShardCount" >> beam.io.WriteToText(os.path.join(out, "shards"), file_name_suffix=".txt")
+    )
     found = _finish(p, result, out)
     return found + (int(_lines(out, "shards-*.txt")[0]),)
 
@@ -67,20 +80,28 @@ def _lines(out, pattern):
 
 def _finish(p, result, out):
     """Writes Dedup's outputs under `out`, runs the pipeline, reads them back."""
-    (result["rows"]
-     | "RowJson" >> beam.Map(lambda r: json.dumps(r, default=str))
-     | "WriteRows" >> beam.io.WriteToText(os.path.join(out, "rows"), file_name_suffix=".jsonl"))
+    (
+        result["rows"]
+        | "RowJson" >> beam.Map(lambda r: json.dumps(r, default=str))
+        | "WriteRows" >> beam.io.WriteToText(os.path.join(out, "rows"), file_name_suffix=".jsonl")
+    )
     result["clusters"] | WriteDuplicates(out)
-    (result["stats"]
-     | "StatsJson" >> beam.Map(json.dumps)
-     | "WriteStats" >> beam.io.WriteToText(os.path.join(out, "stats"), file_name_suffix=".json"))
+    (
+        result["stats"]
+        | "StatsJson" >> beam.Map(json.dumps)
+        | "WriteStats" >> beam.io.WriteToText(os.path.join(out, "stats"), file_name_suffix=".json")
+    )
     run = p.run()
     run.wait_until_finish()
     counters = {}
     for c in run.metrics().query(MetricsFilter())["counters"]:  # summed over steps (spill/bytes of several)
         counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
-    return (_read(out, "rows-*.jsonl"), _read(out, "duplicates/clusters-*.jsonl"),
-            _read(out, "stats-*.json")[0], counters)
+    return (
+        _read(out, "rows-*.jsonl"),
+        _read(out, "duplicates/clusters-*.jsonl"),
+        _read(out, "stats-*.json")[0],
+        counters,
+    )
 
 
 def _read(out, pattern):
@@ -120,5 +141,4 @@ def cluster_of(rows_out):
     return {r["key"]: r["cluster_id"] for r in rows_out}
 
 
-__all__ = ["flip", "at_distance", "random_hash", "row", "run_dedup", "check_invariants",
-           "cluster_of", "random"]
+__all__ = ["flip", "at_distance", "random_hash", "row", "run_dedup", "check_invariants", "cluster_of", "random"]

@@ -8,6 +8,7 @@ The endpoint is spelled http://localhost:PORT on purpose: Beam's Dataflow client
 (JSON over HTTP/1.1, recordable here) only when the endpoint contains "localhost", and gRPC to
 any other address. The server listens on 127.0.0.1 only.
 """
+
 import dataclasses
 import http.server
 import json

@@ -14,6 +14,7 @@ google-cloud-storage clients made in this process (and in subprocesses started w
 credentials at once instead of retrying for ~25 s. Subprocesses do not get that patch: run
 Beam in-process (FnApiRunner) when a pipeline touches gs://.
 """
+
 import pytest
 
 from deploy.offline import GcsEmulator, anonymous_credentials

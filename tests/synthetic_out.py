@@ -1,4 +1,5 @@
 """A synthetic ingest output (summary.json + one Parquet file) for report tests, made in memory."""
+
 import json
 import os
 import random
@@ -20,20 +21,25 @@ def make_rows(n=3000, hosts=40, seed=7):
         host_index = min(int(rng.expovariate(0.15)), hosts - 1)
         ok_rate = 0.95 if host_index % 3 else 0.35
         status = schema.OK if rng.random() < ok_rate else rng.choice(FAILURES)
-        row = schema.new_row(dataset, f"{dataset}:{i}", f"https://img{host_index}.example.org/p/{i}.jpg", "a caption",
-                             status=status)
+        row = schema.new_row(
+            dataset, f"{dataset}:{i}", f"https://img{host_index}.example.org/p/{i}.jpg", "a caption", status=status
+        )
         row["fetch_ms"] = int(rng.lognormvariate(5.0, 1.0)) if status != schema.TIMEOUT else 20000
         if status in (schema.OK, schema.NOT_IMAGE, schema.DECODE_ERROR):
             row["size_bytes"] = int(rng.lognormvariate(11.0, 1.2))
         if status != schema.OK:
-            row["error"] = {schema.HTTP_ERROR: "HTTP 404 Not Found", schema.TIMEOUT: "no complete response",
-                            schema.CONNECTION_ERROR: "cannot connect", schema.NOT_IMAGE: "text/html",
-                            schema.DECODE_ERROR: "truncated"}[status]
+            row["error"] = {
+                schema.HTTP_ERROR: "HTTP 404 Not Found",
+                schema.TIMEOUT: "no complete response",
+                schema.CONNECTION_ERROR: "cannot connect",
+                schema.NOT_IMAGE: "text/html",
+                schema.DECODE_ERROR: "truncated",
+            }[status]
         row["is_canonical"] = True
         rows.append(row)
     # clusters: every 25th ok row duplicates the next two rows (often across datasets)
     for i in range(0, n - 2, 25):
-        members = rows[i:i + 3]
+        members = rows[i : i + 3]
         for j, row in enumerate(members):
             row["cluster_id"] = f"c{i}"
             row["is_canonical"] = j == 0
@@ -50,15 +56,23 @@ def write_out(out, rows, with_metrics=True):
     for r in rows:
         counts.setdefault(r["dataset"], {}).setdefault(r["status"], 0)
         counts[r["dataset"]][r["status"]] += 1
-    summary = {"job": "ingest", "rows": len(rows), "counts": counts,
-               "duplicates": {"clusters": sum(1 for r in rows if r["cluster_id"] and r["is_canonical"]),
-                              "blobs": 42, "pairs_by_dataset": {"cc3m|cc12m": 30, "cc3m|cc3m": 5}},
-               "timings": {"started_at": "2026-01-01T00:00:00Z", "wall_seconds": 12.5, "rows_per_second": 240.0},
-               "options": {"timeout": 20.0}}
+    summary = {
+        "job": "ingest",
+        "rows": len(rows),
+        "counts": counts,
+        "duplicates": {
+            "clusters": sum(1 for r in rows if r["cluster_id"] and r["is_canonical"]),
+            "blobs": 42,
+            "pairs_by_dataset": {"cc3m|cc12m": 30, "cc3m|cc3m": 5},
+        },
+        "timings": {"started_at": "2026-01-01T00:00:00Z", "wall_seconds": 12.5, "rows_per_second": 240.0},
+        "options": {"timeout": 20.0},
+    }
     if with_metrics:
-        summary["metrics"] = {"counters": {"fetch": {"ok": 10, "bytes": 123456}},
-                              "distributions": {"fetch": {"latency_ms": {"count": 3, "sum": 30, "min": 5,
-                                                                         "max": 20, "mean": 10.0}}}}
+        summary["metrics"] = {
+            "counters": {"fetch": {"ok": 10, "bytes": 123456}},
+            "distributions": {"fetch": {"latency_ms": {"count": 3, "sum": 30, "min": 5, "max": 20, "mean": 10.0}}},
+        }
     with open(os.path.join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle)
     return summary

@@ -3,6 +3,7 @@
 A page that names `transforms/io/table.py` or links `crawling.md#memory` is checked against the
 working tree, so a moved module or a renamed heading fails here instead of misleading a reader.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -24,8 +25,12 @@ PATH = re.compile(r"(?<![\w./-])((?:" + "|".join(TOP_DIRS) + r")/[\w./-]*)(?![\w
 # Paths that commands create: a benchmark's work folders (gitignored), named in its figures.
 CREATED_UNDER = ("bench/work/", "bench/work-")
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
-CODE_FILES = [p for d in ("pipelines", "transforms", "deploy") for p in (ROOT / d).rglob("*")
-              if p.suffix in (".py", ".sh", ".mk", ".env")] + [ROOT / "Makefile", ROOT / "Dockerfile"]
+CODE_FILES = [
+    p
+    for d in ("pipelines", "transforms", "deploy")
+    for p in (ROOT / d).rglob("*")
+    if p.suffix in (".py", ".sh", ".mk", ".env")
+] + [ROOT / "Makefile", ROOT / "Dockerfile"]
 
 
 def slug(heading: str) -> str:
@@ -54,8 +59,18 @@ def prose(page: pathlib.Path) -> str:
 
 def test_pages_found():
     names = {page.name for page in PAGES}
-    assert {"README.md", "architecture.md", "ingest.md", "crawling.md", "duplicates.md", "refresh.md",
-            "dataflow.md", "performance.md", "progress-and-report.md", "testing.md"} <= names
+    assert {
+        "README.md",
+        "architecture.md",
+        "ingest.md",
+        "crawling.md",
+        "duplicates.md",
+        "refresh.md",
+        "dataflow.md",
+        "performance.md",
+        "progress-and-report.md",
+        "testing.md",
+    } <= names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -77,8 +92,11 @@ def test_relative_links_resolve(page):
 def test_named_paths_exist(page):
     text = prose(page)
     named = set(PATH.findall(text))
-    named |= {span.split(":")[0].split()[0] for span in CODE_SPAN.findall(text)
-              if span.split(":")[0].split() and span.split(":")[0].split()[0] in TOP_FILES}
+    named |= {
+        span.split(":")[0].split()[0]
+        for span in CODE_SPAN.findall(text)
+        if span.split(":")[0].split() and span.split(":")[0].split()[0] in TOP_FILES
+    }
     missing = sorted(p for p in named if not p.startswith(CREATED_UNDER) and not (ROOT / p.rstrip(".")).exists())
     assert named, f"{page.name} names no project path: is the pattern broken?"
     assert not missing, f"{page.name} names paths that do not exist: {missing}"

@@ -5,6 +5,7 @@ transforms/ and deploy/; no import cycle between project modules; `__all__` decl
 package and module of pipelines/ and transforms/ (and naming only what exists); no module over
 400 lines unless it is listed below with its reason.
 """
+
 from __future__ import annotations
 
 import ast
@@ -23,31 +24,31 @@ MAX_LINES = 400
 # split or listed here; a listed module that shrank below the limit must leave the list.
 BIG_MODULES = {
     "transforms/liveness/verdicts.py": "the verdict rules as pure functions, each with the docstring that states "
-                                       "the rule; the placeholder rules need the verdict constants (a split cycles)",
+    "the rule; the placeholder rules need the verdict constants (a split cycles)",
     "transforms/clustering/clusters.py": "the dedup transform: vertices, key records, star edges, view matches, "
-                                         "cluster assembly and stats share private record layouts that a split "
-                                         "would make public",
+    "cluster assembly and stats share private record layouts that a split "
+    "would make public",
     "transforms/clustering/near_search.py": "one banded search (BandPlan) and its two users, the plain pHash pairs "
-                                            "and the picture-view pairs (ViewPairs), which route and probe with the "
-                                            "same plan and shard layout",
+    "and the picture-view pairs (ViewPairs), which route and probe with the "
+    "same plan and shard layout",
     "transforms/hashing.py": "one guarded decode and what is computed from its pixels: the viewable picture "
-                             "(EXIF orientation, 16-bit, alpha), the plain hashes and the picture views",
+    "(EXIF orientation, 16-bit, alpha), the plain hashes and the picture views",
     "pipelines/report/html_report.py": "one self-contained page: the table pass, ten short plot functions, the "
-                                       "cluster gallery with its thumbnails and the HTML around them; splitting "
-                                       "would only scatter the page",
+    "cluster gallery with its thumbnails and the HTML around them; splitting "
+    "would only scatter the page",
     "transforms/fetch/client.py": "the Fetcher's event loop, its politeness state (HostGate, Pacer) and redirects "
-                                  "share one asyncio loop; the DoFns that feed it are ~100 lines of it",
+    "share one asyncio loop; the DoFns that feed it are ~100 lines of it",
     "transforms/io/manifests.py": "one streaming parser per text format beside ReadManifests, which reads them "
-                                  "with the books' record counts and the truncation rule; the JSON formats live "
-                                  "apart (json_manifests.py)",
+    "with the books' record counts and the truncation rule; the JSON formats live "
+    "apart (json_manifests.py)",
     "deploy/cluster/cluster_check.py": "the offline cluster check end to end: staging the demo on gs://, one "
-                                       "launch and one local run per job, and the comparison of their outputs",
+    "launch and one local run per job, and the comparison of their outputs",
     "deploy/jobs.py": "the job registry: per job its Flex Template parameters with labels, help and validation "
-                      "regexes, worker defaults and launch bodies, one table each (long since ruff format)",
+    "regexes, worker defaults and launch bodies, one table each (long since ruff format)",
     "pipelines/ingest.py": "the ingest job: its option groups, the graph, the input and remote-path checks and the "
-                           "demo inputs; over 400 lines only since ruff format wrapped the option definitions",
+    "demo inputs; over 400 lines only since ruff format wrapped the option definitions",
     "transforms/io/labels.py": "five side-file formats, each parser next to its join (20-60 lines each) over one "
-                               "generic JoinRowsByKey",
+    "generic JoinRowsByKey",
 }
 
 # Modules written on other branches at the time of this test (issue 17): they declare `__all__`
@@ -56,8 +57,9 @@ ALL_PENDING: tuple[str, ...] = ()
 
 
 def _modules(packages=PACKAGES):
-    return sorted(p for package in packages for p in (ROOT / package).rglob("*.py")
-                  if "build" not in p.relative_to(ROOT).parts)
+    return sorted(
+        p for package in packages for p in (ROOT / package).rglob("*.py") if "build" not in p.relative_to(ROOT).parts
+    )
 
 
 def _rel(path: pathlib.Path) -> str:
@@ -85,13 +87,12 @@ def _imports(path: pathlib.Path) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
             # `from pkg import module` imports the module; `from module import name` the module.
-            names = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in DOTTED else module
-                     for alias in node.names]
+            names = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in DOTTED else module for alias in node.names]
         else:
             continue
         for name in names:
@@ -169,8 +170,9 @@ def test_no_import_cycles():
 
 def _declared_all(tree: ast.Module) -> list[str] | None:
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
             return list(ast.literal_eval(node.value))
     return None
@@ -190,8 +192,9 @@ def _top_level_names(tree: ast.Module) -> set[str]:
     return names
 
 
-PUBLIC_MODULES = [p for p in _modules(("pipelines", "transforms"))
-                  if p.name != "__main__.py" and not _rel(p).startswith(ALL_PENDING)]
+PUBLIC_MODULES = [
+    p for p in _modules(("pipelines", "transforms")) if p.name != "__main__.py" and not _rel(p).startswith(ALL_PENDING)
+]
 
 
 @pytest.mark.parametrize("path", PUBLIC_MODULES, ids=_rel)
@@ -200,8 +203,11 @@ def test_module_declares_all(path):
     declared = _declared_all(tree)
     assert declared is not None, f"{_rel(path)} has no __all__"
     if path.name == "__init__.py":
-        missing = [n for n in declared
-                   if not (path.parent / f"{n}.py").exists() and not (path.parent / n / "__init__.py").exists()]
+        missing = [
+            n
+            for n in declared
+            if not (path.parent / f"{n}.py").exists() and not (path.parent / n / "__init__.py").exists()
+        ]
     else:
         missing = [n for n in declared if n not in _top_level_names(tree)]
     assert not missing, f"{_rel(path)}: __all__ names what does not exist: {missing}"

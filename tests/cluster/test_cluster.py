@@ -5,6 +5,7 @@ environment built like the image, gs:// through the emulator; outputs equal the 
 Marked `cluster`: `make cluster-test` runs it (minutes: the first run also builds the worker
 environment); plain `pytest tests` skips it unless `-m cluster` is given.
 """
+
 import json
 import os
 import pathlib

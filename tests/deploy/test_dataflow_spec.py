@@ -1,5 +1,6 @@
 """The real Dataflow job of each job, offline: the spec `make dataflow-spec` renders, and the
 request DataflowRunner sends to a fake Dataflow endpoint. gs:// is the GCS emulator."""
+
 import json
 
 import apache_beam
@@ -63,7 +64,9 @@ def test_spec_carries_the_worker_defaults(rendered, name):
     assert pool["diskSizeGb"] == int(DEFAULTS["DATAFLOW_DISK_SIZE_GB"])
     assert pool["numThreadsPerWorker"] == int(DEFAULTS["DATAFLOW_HARNESS_THREADS"])
     assert pool["autoscalingSettings"]["maxNumWorkers"] == int(DEFAULTS["DATAFLOW_MAX_WORKERS"])
-    assert spec["environment"]["tempStoragePrefix"].startswith(f"storage.googleapis.com/{render_spec.OFFLINE_BUCKET}/tmp")
+    assert spec["environment"]["tempStoragePrefix"].startswith(
+        f"storage.googleapis.com/{render_spec.OFFLINE_BUCKET}/tmp"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(jobs.JOBS))
@@ -101,8 +104,16 @@ def test_ingest_submission_request(gcs_emulator):
     bucket = "submit-bucket"
     image = "europe-west4-docker.pkg.dev/my-project/beam-images/ingest:abc123"
     parameters = render_spec.stage_sample_inputs(job, gcs_emulator, bucket)
-    argv = render_spec.runner_argv(job, parameters, DEFAULTS, project="my-project", bucket=bucket, image=image,
-                                   job_name="ingest-nightly-test", region="europe-west4")
+    argv = render_spec.runner_argv(
+        job,
+        parameters,
+        DEFAULTS,
+        project="my-project",
+        bucket=bucket,
+        image=image,
+        job_name="ingest-nightly-test",
+        region="europe-west4",
+    )
     with FakeDataflow() as api:
         result = job.run(argv + [f"--dataflow_endpoint={api.endpoint}", "--no_wait_until_finish"])
 
@@ -126,11 +137,12 @@ def test_ingest_submission_request(gcs_emulator):
     for package in pool["packages"]:
         prefix = f"storage.googleapis.com/{bucket}/"
         assert package["location"].startswith(prefix + "staging/ingest-nightly-test.")
-        staged[package["name"]] = client.bucket(bucket).blob(package["location"][len(prefix):]).download_as_bytes()
+        staged[package["name"]] = client.bucket(bucket).blob(package["location"][len(prefix) :]).download_as_bytes()
     assert "submission_environment_dependencies.txt" in staged and all(staged.values())
     assert b"apache-beam==" in staged["submission_environment_dependencies.txt"]
     pipeline = beam_runner_api_pb2.Pipeline.FromString(
-        render_spec.read_gcs(gcs_emulator, render_spec.pipeline_url(body)))
+        render_spec.read_gcs(gcs_emulator, render_spec.pipeline_url(body))
+    )
     names = {t.unique_name for t in pipeline.components.transforms.values()}
     assert set(STEPS["ingest"]) <= names
 

@@ -1,13 +1,14 @@
 """Static checks of the Dockerfile (no Docker engine runs here, so it is read, not built)."""
+
 import fnmatch
 import json
 import pathlib
-
-from tests.paths import REPO
 import re
 import shlex
 
 import pytest
+
+from tests.paths import REPO
 
 ROOT = pathlib.Path(REPO)
 BUILD_TOOLS = re.compile(r"\b(apt-get|apt|apk|yum|dnf|gcc|g\+\+|clang|make|build-essential|git)\b")
@@ -31,7 +32,7 @@ class Dockerfile:
     def __init__(self, path):
         self.instructions = instructions(path.read_text())
         self.global_args = {}
-        self.stages = []                  # [{"from": image, "name": alias, "ops": [(op, args)]}]
+        self.stages = []  # [{"from": image, "name": alias, "ops": [(op, args)]}]
         for op, args in self.instructions:
             if op == "FROM":
                 image, _, alias = args.partition(" AS ") if " AS " in args else args.partition(" as ")
@@ -78,8 +79,9 @@ def test_beam_sdk_image_has_the_version_setup_py_installs(dockerfile):
 def test_final_image_is_sdk_worker_and_flex_launcher(dockerfile):
     copies = dockerfile.ops(dockerfile.final, "COPY")
     assert "--from=beam_sdk /opt/apache/beam /opt/apache/beam" in copies
-    assert ("--from=launcher /opt/google/dataflow/python_template_launcher "
-            "/opt/google/dataflow/python_template_launcher") in copies
+    assert (
+        "--from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher"
+    ) in copies
     (entrypoint,) = dockerfile.ops(dockerfile.final, "ENTRYPOINT")
     assert json.loads(entrypoint) == ["/opt/apache/beam/boot"]
 
@@ -123,8 +125,11 @@ def test_no_build_tools_in_the_final_image(dockerfile):
 
 
 def test_build_context_holds_what_the_dockerfile_copies(dockerfile):
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
     def included(path):
         verdict = True
@@ -137,11 +142,18 @@ def test_build_context_holds_what_the_dockerfile_copies(dockerfile):
                 verdict = negate
         return verdict
 
-    sources = [shlex.split(args)[0] for stage in dockerfile.stages for args in dockerfile.ops(stage, "COPY")
-               if not args.startswith("--from")]
+    sources = [
+        shlex.split(args)[0]
+        for stage in dockerfile.stages
+        for args in dockerfile.ops(stage, "COPY")
+        if not args.startswith("--from")
+    ]
     assert sources
     for source in sources:
-        files = [p.relative_to(ROOT) for p in (ROOT / source).rglob("*.py")] if (ROOT / source).is_dir() \
+        files = (
+            [p.relative_to(ROOT) for p in (ROOT / source).rglob("*.py")]
+            if (ROOT / source).is_dir()
             else [pathlib.Path(source)]
+        )
         assert files and all(included(str(f)) for f in files), source
     assert not included(".venv/bin/python") and not included("deploy/build/ingest.json")

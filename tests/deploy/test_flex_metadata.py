@@ -1,4 +1,5 @@
 """Flex Template metadata and launch bodies (deploy/jobs.py), checked as Dataflow would check them."""
+
 import re
 
 import pytest
@@ -11,11 +12,23 @@ JOB_NAMES = sorted(jobs.JOBS)
 
 # (parameter, values Dataflow must accept, values it must refuse) for ingest.
 INGEST_VALUES = [
-    ("manifest", ["cc3m=gs://my-bucket/cc3m.tsv", "zero=gs://my-bucket/zero/*.csv.gz,openimages=gs://ab1/o.csv"],
-     ["cc3m=/local/cc3m.tsv", "laion=gs://my-bucket/l.tsv", "gs://my-bucket/cc3m.tsv", "cc3m=gs://b/x.tsv",
-      "cc3m=gs://my-bucket/a.tsv,"]),
+    (
+        "manifest",
+        ["cc3m=gs://my-bucket/cc3m.tsv", "zero=gs://my-bucket/zero/*.csv.gz,openimages=gs://ab1/o.csv"],
+        [
+            "cc3m=/local/cc3m.tsv",
+            "laion=gs://my-bucket/l.tsv",
+            "gs://my-bucket/cc3m.tsv",
+            "cc3m=gs://b/x.tsv",
+            "cc3m=gs://my-bucket/a.tsv,",
+        ],
+    ),
     ("output", ["gs://my-bucket/out", "gs://my.bucket_1"], ["/tmp/out", "gs://My-Bucket/out", "gs://my-bucket/o\n"]),
-    ("openimages_labels", ["gs://my-bucket/a.csv,gs://my-bucket/b.csv"], ["gs://my-bucket/a.csv gs://my-bucket/b.csv", "/local/a.csv"]),
+    (
+        "openimages_labels",
+        ["gs://my-bucket/a.csv,gs://my-bucket/b.csv"],
+        ["gs://my-bucket/a.csv gs://my-bucket/b.csv", "/local/a.csv"],
+    ),
     ("allow_network", ["10.0.0.0/8", "10.0.0.0/8,fd00::/8,192.168.1.7"], ["10.0.0.0/8 ; rm -rf", "any"]),
     ("timeout", ["20", "2.5"], ["-1", "1e3", "twenty"]),
     ("max_bytes", ["33554432"], ["32MB", "1.5"]),
@@ -26,8 +39,11 @@ INGEST_VALUES = [
     ("resume", ["true", "false"], ["1"]),
     ("dataset_priority", ["openimages,cc12m,cc3m"], ["openimages;cc12m", "laion"]),
     ("number_of_worker_harness_threads", ["4"], ["four", "-4"]),
-    ("sdk_container_image", ["us-central1-docker.pkg.dev/p/beam-images/ingest:v1", "localhost:5000/img@sha256:ab"],
-     ["ingest:v1", "gcr.io/p/img:v1,other"]),
+    (
+        "sdk_container_image",
+        ["us-central1-docker.pkg.dev/p/beam-images/ingest:v1", "localhost:5000/img@sha256:ab"],
+        ["ingest:v1", "gcr.io/p/img:v1,other"],
+    ),
 ]
 
 
@@ -42,17 +58,21 @@ def parameters(name):
 @pytest.mark.parametrize("name", JOB_NAMES)
 def test_committed_metadata_is_current(name):
     job = jobs.JOBS[name]
-    assert jobs.metadata_path(job).read_text() == jobs.to_json(jobs.template_metadata(job)), \
+    assert jobs.metadata_path(job).read_text() == jobs.to_json(jobs.template_metadata(job)), (
         "regenerate with `make dataflow-metadata`"
+    )
 
 
 @pytest.mark.parametrize("name", JOB_NAMES)
 def test_metadata_and_spec_parse_as_the_dataflow_api_messages(name):
     job = jobs.JOBS[name]
     json_format.ParseDict(jobs.template_metadata(job), dataflow.TemplateMetadata.pb()())
-    spec = json_format.ParseDict(jobs.container_spec(job, "europe-docker.pkg.dev/p/r/img:1"),
-                                 dataflow.ContainerSpec.pb()())
-    assert spec.image == "europe-docker.pkg.dev/p/r/img:1" and spec.sdk_info.language == dataflow.SDKInfo.Language.PYTHON
+    spec = json_format.ParseDict(
+        jobs.container_spec(job, "europe-docker.pkg.dev/p/r/img:1"), dataflow.ContainerSpec.pb()()
+    )
+    assert (
+        spec.image == "europe-docker.pkg.dev/p/r/img:1" and spec.sdk_info.language == dataflow.SDKInfo.Language.PYTHON
+    )
 
 
 @pytest.mark.parametrize("name", JOB_NAMES)
@@ -94,15 +114,22 @@ def test_ingest_regexes_accept_and_refuse(dest, good, bad):
 
 def test_every_render_sample_is_a_valid_parameter():
     for name, job in jobs.JOBS.items():
-        body = jobs.launch_body(job_name=name, template="gs://my-bucket/t.json",
-                                parameters=jobs.sample_parameters(job, "my-bucket"), environment={})
+        body = jobs.launch_body(
+            job_name=name,
+            template="gs://my-bucket/t.json",
+            parameters=jobs.sample_parameters(job, "my-bucket"),
+            environment={},
+        )
         assert jobs.launch_problems(body, metadata(name)) == []
 
 
 def test_launch_problems_name_each_refusal():
-    body = jobs.launch_body(job_name="ingest", template="gs://my-bucket/t.json",
-                            parameters={"manifest": "cc3m=/local.tsv", "outptu": "gs://my-bucket/o", "timeout": 3},
-                            environment={})
+    body = jobs.launch_body(
+        job_name="ingest",
+        template="gs://my-bucket/t.json",
+        parameters={"manifest": "cc3m=/local.tsv", "outptu": "gs://my-bucket/o", "timeout": 3},
+        environment={},
+    )
     problems = jobs.launch_problems(body, metadata("ingest"))
     assert any(p.startswith("manifest:") and "does not match" in p for p in problems)
     assert "outptu: not a parameter of the template" in problems
@@ -111,9 +138,12 @@ def test_launch_problems_name_each_refusal():
 
 
 def test_launch_problems_catch_a_misspelt_environment_field():
-    body = jobs.launch_body(job_name="ingest", template="gs://my-bucket/t.json",
-                            parameters=jobs.sample_parameters(jobs.JOBS["ingest"], "my-bucket"),
-                            environment={"maxWorker": 5})
+    body = jobs.launch_body(
+        job_name="ingest",
+        template="gs://my-bucket/t.json",
+        parameters=jobs.sample_parameters(jobs.JOBS["ingest"], "my-bucket"),
+        environment={"maxWorker": 5},
+    )
     (problem,) = jobs.launch_problems(body, metadata("ingest"))
     assert problem.startswith("not a launch request") and "maxWorker" in problem
 
@@ -121,8 +151,10 @@ def test_launch_problems_catch_a_misspelt_environment_field():
 def test_defaults_file_is_read_and_overridden_by_the_environment(tmp_path):
     env_file = tmp_path / "dataflow.env"
     env_file.write_text("# comment\nDATAFLOW_MAX_WORKERS=50\n\nDATAFLOW_MACHINE_TYPE=n2-standard-4\n")
-    assert jobs.load_defaults(env_file, environ={}) == {"DATAFLOW_MAX_WORKERS": "50",
-                                                        "DATAFLOW_MACHINE_TYPE": "n2-standard-4"}
+    assert jobs.load_defaults(env_file, environ={}) == {
+        "DATAFLOW_MAX_WORKERS": "50",
+        "DATAFLOW_MACHINE_TYPE": "n2-standard-4",
+    }
     assert jobs.load_defaults(env_file, environ={"DATAFLOW_MAX_WORKERS": "200"})["DATAFLOW_MAX_WORKERS"] == "200"
     assert set(jobs.load_defaults(environ={})) == set(jobs.WORKER_SETTINGS) | {"DATAFLOW_REGION"}
 

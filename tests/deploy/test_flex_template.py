@@ -1,4 +1,5 @@
 """Flex Template parameters reach the jobs' own flags (pipelines/launch/flex_template.py, deploy/flex_main.py)."""
+
 import runpy
 import threading
 
@@ -30,8 +31,9 @@ def test_without_translation_argparse_would_drop_the_value():
 
 
 def test_repeatable_options_take_a_comma_separated_list():
-    argv = flex_template.to_job_argv(["--manifest=cc3m=gs://b/a.tsv, cc12m=gs://b/c.tsv",
-                                      "--allow_network=10.0.0.0/8,fd00::/8"], INGEST)
+    argv = flex_template.to_job_argv(
+        ["--manifest=cc3m=gs://b/a.tsv, cc12m=gs://b/c.tsv", "--allow_network=10.0.0.0/8,fd00::/8"], INGEST
+    )
     opts = parsed(argv)
     assert opts.manifest == ["cc3m=gs://b/a.tsv", "cc12m=gs://b/c.tsv"]
     assert opts.allow_network == ["10.0.0.0/8", "fd00::/8"]
@@ -46,8 +48,14 @@ def test_boolean_parameters_become_flags_or_nothing():
 
 
 def test_beam_options_and_other_arguments_pass_through():
-    argv = ["--runner=DataflowRunner", "--project=p", "--number_of_worker_harness_threads=4", "positional",
-            "--output", "gs://b/o"]
+    argv = [
+        "--runner=DataflowRunner",
+        "--project=p",
+        "--number_of_worker_harness_threads=4",
+        "positional",
+        "--output",
+        "gs://b/o",
+    ]
     assert flex_template.to_job_argv(argv, INGEST) == argv
     assert PipelineOptions(argv).view_as(GoogleCloudOptions).project == "p"
 
@@ -64,13 +72,15 @@ def test_flex_main_runs_the_job_named_by_the_image(monkeypatch):
     seen = []
     monkeypatch.setattr(ingest, "main", lambda argv: seen.append(argv) or 0)
     monkeypatch.setenv("BEAM_JOB", "ingest")
-    monkeypatch.setattr("sys.argv", ["main.py", "--manifest=cc3m=gs://b/a.tsv", "--ignore_robots=true",
-                                     "--runner=DataflowRunner"])
+    monkeypatch.setattr(
+        "sys.argv", ["main.py", "--manifest=cc3m=gs://b/a.tsv", "--ignore_robots=true", "--runner=DataflowRunner"]
+    )
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(jobs.DEPLOY_DIR / "flex_main.py"), run_name="__main__")
     assert exit_.value.code == 0
-    assert seen == [["--manifest=cc3m=gs://b/a.tsv", "--ignore-robots", "--runner=DataflowRunner",
-                     "--no_wait_until_finish"]]
+    assert seen == [
+        ["--manifest=cc3m=gs://b/a.tsv", "--ignore-robots", "--runner=DataflowRunner", "--no_wait_until_finish"]
+    ]
 
 
 @pytest.mark.dataflow
@@ -83,13 +93,24 @@ def test_the_refresh_launcher_returns_once_the_job_is_submitted(gcs_emulator, mo
     bucket = "refresh-launch"
     parameters = render_spec.stage_sample_inputs(job, gcs_emulator, bucket)
     parameters["night"] = "2030-03-01"
-    argv = render_spec.runner_argv(job, parameters, jobs.load_defaults(), project="my-project", bucket=bucket,
-                                   image="europe-west4-docker.pkg.dev/p/r/refresh:1", job_name="refresh-nightly",
-                                   region="europe-west4")
+    argv = render_spec.runner_argv(
+        job,
+        parameters,
+        jobs.load_defaults(),
+        project="my-project",
+        bucket=bucket,
+        image="europe-west4-docker.pkg.dev/p/r/refresh:1",
+        job_name="refresh-nightly",
+        region="europe-west4",
+    )
     outcome = {}
     with FakeDataflow() as api:
-        launcher = threading.Thread(target=lambda: outcome.update(
-            code=flex_template.main(argv + [f"--dataflow_endpoint={api.endpoint}"], job="refresh")), daemon=True)
+        launcher = threading.Thread(
+            target=lambda: outcome.update(
+                code=flex_template.main(argv + [f"--dataflow_endpoint={api.endpoint}"], job="refresh")
+            ),
+            daemon=True,
+        )
         launcher.start()
         launcher.join(timeout=150)
         assert not launcher.is_alive(), "the launcher is still waiting for a job that runs for ever"

@@ -3,11 +3,10 @@
 gcloud is replaced by a recorder on PATH, Airflow by two stub modules: what is checked is the
 request each would send, against the template metadata and the Dataflow API messages.
 """
+
 import json
 import os
 import pathlib
-
-from tests.paths import REPO
 import py_compile
 import runpy
 import subprocess
@@ -18,6 +17,7 @@ import types
 import pytest
 
 from deploy import jobs
+from tests.paths import REPO
 
 ROOT = pathlib.Path(REPO)
 DAG_FILE = ROOT / "deploy" / "airflow" / "nightly_refresh_dag.py"
@@ -34,7 +34,8 @@ def gcloud(tmp_path):
     bin_dir.mkdir()
     log = tmp_path / "gcloud.log"
     fake = bin_dir / "gcloud"
-    fake.write_text(textwrap.dedent(f"""\
+    fake.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import json, sys
         args = sys.argv[1:]
@@ -44,16 +45,28 @@ def gcloud(tmp_path):
             print(json.dumps({{"image": {IMAGE!r}, "sdkInfo": {{"language": "PYTHON"}}}}))
         elif args[:3] == ["scheduler", "jobs", "describe"]:
             sys.exit(1)  # no such job yet
-        """))
+        """)
+    )
     fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PROJECT="my-project", TAG="v7",
-               BUILD_DIR=str(tmp_path / "build"), PY=sys.executable)
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        PROJECT="my-project",
+        TAG="v7",
+        BUILD_DIR=str(tmp_path / "build"),
+        PY=sys.executable,
+    )
     for key in jobs.load_defaults(environ={}):
         env.pop(key, None)  # the file's defaults, not the developer's environment
 
     def run(*args, **extra_env):
-        result = subprocess.run(["bash", str(ROOT / "deploy" / "schedule.sh"), *args], env=dict(env, **extra_env),
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            ["bash", str(ROOT / "deploy" / "schedule.sh"), *args],
+            env=dict(env, **extra_env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         return result, calls
 
@@ -71,8 +84,11 @@ def check_body(body, job=JOB):
     defaults = jobs.load_defaults(environ={})
     assert launch["containerSpecGcsPath"] == f"gs://my-project-beam-images/templates/{job}.json"
     assert launch["environment"] == jobs.launch_environment(
-        defaults, bucket="my-project-beam-images", image=IMAGE,
-        service_account="beam-images-worker@my-project.iam.gserviceaccount.com")
+        defaults,
+        bucket="my-project-beam-images",
+        image=IMAGE,
+        service_account="beam-images-worker@my-project.iam.gserviceaccount.com",
+    )
     assert launch["parameters"]["number_of_worker_harness_threads"] == defaults["DATAFLOW_HARNESS_THREADS"]
     return launch
 
@@ -94,7 +110,8 @@ def test_cloud_scheduler_posts_the_checked_launch_request(gcloud):
 
 def test_cloud_scheduler_job_is_replaced_not_duplicated(gcloud, tmp_path):
     (tmp_path / "bin" / "gcloud").write_text(
-        (tmp_path / "bin" / "gcloud").read_text().replace("sys.exit(1)  # no such job yet", "pass"))
+        (tmp_path / "bin" / "gcloud").read_text().replace("sys.exit(1)  # no such job yet", "pass")
+    )
     result, calls = gcloud(JOB, *PARAMS, SCHEDULE="30 3 * * 1")
     assert result.returncode == 0, result.stderr
     verbs = [c[2] for c in calls if c[:2] == ["scheduler", "jobs"]]
@@ -133,11 +150,17 @@ def load_dag(dag_file, monkeypatch):
 
     modules = {"airflow": types.ModuleType("airflow")}
     modules["airflow"].DAG = DAG
-    for name in ("airflow.providers", "airflow.providers.google", "airflow.providers.google.cloud",
-                 "airflow.providers.google.cloud.operators", "airflow.providers.google.cloud.operators.dataflow"):
+    for name in (
+        "airflow.providers",
+        "airflow.providers.google",
+        "airflow.providers.google.cloud",
+        "airflow.providers.google.cloud.operators",
+        "airflow.providers.google.cloud.operators.dataflow",
+    ):
         modules[name] = types.ModuleType(name)
-    modules["airflow.providers.google.cloud.operators.dataflow"].DataflowStartFlexTemplateOperator = \
-        DataflowStartFlexTemplateOperator
+    modules[
+        "airflow.providers.google.cloud.operators.dataflow"
+    ].DataflowStartFlexTemplateOperator = DataflowStartFlexTemplateOperator
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     namespace = runpy.run_path(str(dag_file))
@@ -148,7 +171,7 @@ def render(value, **context):
     """What Airflow's Jinja does to these fields, for the two macros the DAG uses."""
     text = json.dumps(value)
     for name, replacement in context.items():
-        text = text.replace("{{ %s }}" % name, replacement)
+        text = text.replace(f"{{{{ {name} }}}}", replacement)
     assert "{{" not in text, text
     return json.loads(text)
 
@@ -158,8 +181,21 @@ def test_airflow_dag_launches_the_checked_request_each_night(gcloud, monkeypatch
     assert result.returncode == 0, result.stderr
     imports = [option(c, "--source") for c in calls if c[:4] == ["composer", "environments", "storage", "dags"]]
     assert imports == [str(DAG_FILE), str(gcloud.build_dir / "nightly_refresh_launch.json")]
-    assert ["composer", "environments", "run", "composer-1", "--project", "my-project", "--location", "us-central1",
-            "variables", "set", "--", "beam_images_project", "my-project"] in calls
+    assert [
+        "composer",
+        "environments",
+        "run",
+        "composer-1",
+        "--project",
+        "my-project",
+        "--location",
+        "us-central1",
+        "variables",
+        "set",
+        "--",
+        "beam_images_project",
+        "my-project",
+    ] in calls
     assert not [c for c in calls if c[:2] == ["scheduler", "jobs"]]
 
     # The DAGs folder as Composer has it: the DAG beside the request it launches.
@@ -208,8 +244,7 @@ def test_cloud_scheduler_refresh_body_leaves_the_night_to_the_launch_date(gcloud
     result, calls = gcloud("refresh", *params)
     assert result.returncode == 0, result.stderr
     (create,) = [c for c in calls if c[:4] == ["scheduler", "jobs", "create", "http"]]
-    launch = check_body(json.loads(pathlib.Path(option(create, "--message-body-from-file")).read_text()),
-                        job="refresh")
+    launch = check_body(json.loads(pathlib.Path(option(create, "--message-body-from-file")).read_text()), job="refresh")
     assert "night" not in launch["parameters"]
     assert launch["parameters"]["output"] == "gs://my-data/refresh/{night}"
 
@@ -223,8 +258,9 @@ def test_env_sh_names_and_defaults():
     script = ". deploy/env.sh; image_for ingest; template_for ingest; echo $DATAFLOW_MAX_WORKERS $BUCKET $REGION"
     env = dict(os.environ, PROJECT="p-1", TAG="t1", DATAFLOW_MAX_WORKERS="7")
     env.pop("BUCKET", None), env.pop("REGION", None)
-    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
-                         check=True).stdout.split("\n")
+    out = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=True
+    ).stdout.split("\n")
     defaults = jobs.load_defaults(environ={})
     assert out[0] == f"{defaults['DATAFLOW_REGION']}-docker.pkg.dev/p-1/beam-images/ingest:t1"
     assert out[1] == "gs://p-1-beam-images/templates/ingest.json"

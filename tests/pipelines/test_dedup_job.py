@@ -1,10 +1,9 @@
 """The standalone job end to end: Parquet in, Parquet + duplicates + summary.json out."""
+
 import datetime
 import glob
 import json
 import os
-
-from tests.paths import REPO
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pyarrow.parquet as pq
 
 from pipelines import dedup as job
 from tests.dedup_helpers import row
+from tests.paths import REPO
 from transforms import schema
 from transforms.errors import BadInput
 
@@ -21,8 +21,7 @@ UTC = datetime.timezone.utc
 
 def _write_out(root, rows, name="part-0.parquet"):
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
-    table = pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows],
-                                 schema=schema.IMAGE_SCHEMA)
+    table = pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
     pq.write_table(table, os.path.join(root, "images", name))
 
 
@@ -42,11 +41,11 @@ def _inputs(tmp_path):
         _stamp(row("cc3m:3", "cc3m", phash="ffffffff00000000", dhash="0101010101010101"), 1),
     ]
     out2 = [  # a later run: CC12M, plus a re-fetch of cc3m:2 that now worked
-        _stamp(row("cc12m:1", "cc12m", url="https://A.example/1.jpg", phash=ph, dhash=dh,
-                   width=640, height=480), 5),
+        _stamp(row("cc12m:1", "cc12m", url="https://A.example/1.jpg", phash=ph, dhash=dh, width=640, height=480), 5),
         _stamp(row("cc12m:2", "cc12m", phash="0f0f0f0f0f0f0f0e", dhash=dh), 5),
-        _stamp(row("cc3m:2", "cc3m", url="http://a.example/2.jpg", phash="aaaaaaaaaaaaaaaa",
-                   dhash="5555555555555555"), 9),
+        _stamp(
+            row("cc3m:2", "cc3m", url="http://a.example/2.jpg", phash="aaaaaaaaaaaaaaaa", dhash="5555555555555555"), 9
+        ),
     ]
     _write_out(str(tmp_path / "out1"), out1)
     _write_out(str(tmp_path / "out2"), out2[:2], "part-0.parquet")
@@ -74,7 +73,10 @@ def _check(out3):
         lines += [json.loads(line) for line in open(path) if line.strip()]
     assert len(lines) == 1 and lines[0]["cluster_id"] == cid and lines[0]["size"] == 3
     assert {m["key"]: m["match"] for m in lines[0]["members"]} == {
-        "cc12m:1": "canonical", "cc3m:1": "url", "cc12m:2": "near"}
+        "cc12m:1": "canonical",
+        "cc3m:1": "url",
+        "cc12m:2": "near",
+    }
 
     summary = json.load(open(os.path.join(out3, "summary.json")))
     assert summary["rows"] == 5 and summary["replaced_rows"] == 1
@@ -86,8 +88,7 @@ def _check(out3):
 def test_job_end_to_end(tmp_path):
     inputs = _inputs(tmp_path)
     out3 = str(tmp_path / "out3")
-    job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3,
-             "--runner", "FnApiRunner"])
+    job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3, "--runner", "FnApiRunner"])
     _check(out3)
     assert job.table_rows(inputs) == 6  # from the footers: the near search's shards follow it
     summary = json.load(open(os.path.join(out3, "summary.json")))
@@ -98,6 +99,7 @@ def test_job_command_line_default_local_runner(tmp_path):
     """`python -m pipelines.dedup` as a user runs it: the local runner in one process (x0.4 the
     memory of two worker processes, docs/performance.md); worker processes only when asked."""
     from pipelines.launch import job_runner
+
     inputs = _inputs(tmp_path)
     out3 = str(tmp_path / "out3")
     options = job.pipeline_options(["--input", "x", "--output", "y"])
@@ -110,16 +112,32 @@ def test_job_command_line_default_local_runner(tmp_path):
     assert options.get_all_options()["direct_running_mode"] == "multi_processing"
     assert options.get_all_options()["direct_num_workers"] == 2
     assert not job_runner.one_local_process(options)
-    subprocess.run([sys.executable, "-m", "pipelines.dedup", "--input", inputs[0],
-                    "--input", inputs[1], "--output", out3, "--max-distance", "8"],
-                   check=True, timeout=300, cwd=REPO,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.dedup",
+            "--input",
+            inputs[0],
+            "--input",
+            inputs[1],
+            "--output",
+            out3,
+            "--max-distance",
+            "8",
+        ],
+        check=True,
+        timeout=300,
+        cwd=REPO,
+        capture_output=True,
+    )
     _check(out3)
 
 
 def test_job_requires_input_and_output_without_breaking_other_pipelines():
     import pytest
     from apache_beam.options.pipeline_options import PipelineOptions
+
     with pytest.raises(BadInput, match="--input"):
         job.run(["--output", "somewhere", "--runner", "FnApiRunner"])
     # DedupOptions is registered process-wide: another job's options must still parse
@@ -128,6 +146,7 @@ def test_job_requires_input_and_output_without_breaking_other_pipelines():
 
 def _free_port():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -159,8 +178,7 @@ def test_job_on_gcs_emulator(tmp_path, monkeypatch):
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("NO_GCE_CHECK", "true")
-        monkeypatch.setattr(google.auth, "default",
-                            lambda *a, **k: (AnonymousCredentials(), "test-project"))
+        monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "test-project"))
         monkeypatch.setattr(beam_auth._Credentials, "_credentials_init", False)
         client = storage.Client(project="test-project", credentials=AnonymousCredentials())
         bucket = client.create_bucket("dedup-test")
@@ -171,21 +189,33 @@ def test_job_on_gcs_emulator(tmp_path, monkeypatch):
                 bucket.blob(name).upload_from_filename(path)
         _CONNECTS[:] = [True]
         try:
-            job.run(["--input", "gs://dedup-test/out1", "--input", "gs://dedup-test/out2",
-                     "--output", "gs://dedup-test/out3", "--runner", "FnApiRunner",
-                     "--project", "test-project"])
+            job.run(
+                [
+                    "--input",
+                    "gs://dedup-test/out1",
+                    "--input",
+                    "gs://dedup-test/out2",
+                    "--output",
+                    "gs://dedup-test/out3",
+                    "--runner",
+                    "FnApiRunner",
+                    "--project",
+                    "test-project",
+                ]
+            )
         finally:
             addresses, _CONNECTS[:] = _CONNECTS[1:], []
         hosts = {a[0] if isinstance(a, tuple) else str(a) for a in addresses}
-        assert hosts and all(h.startswith("127.") or h in ("localhost", "::1") or h.startswith("/")
-                             for h in hosts), hosts
+        assert hosts and all(h.startswith("127.") or h in ("localhost", "::1") or h.startswith("/") for h in hosts), (
+            hosts
+        )
         out3 = tmp_path / "downloaded"
         names = sorted(b.name for b in client.list_blobs("dedup-test", prefix="out3/"))
         assert "out3/summary.json" in names
         assert any(n.startswith("out3/images/") and n.endswith(".parquet") for n in names)
         assert any(n.startswith("out3/duplicates/clusters-") for n in names)
         for name in names:
-            target = out3 / name[len("out3/"):]
+            target = out3 / name[len("out3/") :]
             target.parent.mkdir(parents=True, exist_ok=True)
             bucket.blob(name).download_to_filename(str(target))
         _check(str(out3))
@@ -196,6 +226,7 @@ def test_job_on_gcs_emulator(tmp_path, monkeypatch):
 def _scratch(tmp_path, monkeypatch):
     """A TMPDIR of the test's own, so that only this test's spill directories are looked at."""
     import tempfile
+
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -206,7 +237,9 @@ def test_spill_directory_removed_when_the_job_fails(tmp_path, monkeypatch):
     """A bundle fails after the key records went to the spill directory: the job fails, and the
     directory is gone."""
     import pytest
+
     from transforms.clustering import clusters
+
     scratch = _scratch(tmp_path, monkeypatch)
     inputs = _inputs(tmp_path)
     spilled = []
@@ -217,8 +250,9 @@ def test_spill_directory_removed_when_the_job_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(clusters._KeyShard, "process", fail)
     with pytest.raises(Exception, match="disk on fire"):
-        job.run(["--input", inputs[0], "--input", inputs[1], "--output", str(tmp_path / "out3"),
-                 "--runner", "FnApiRunner"])
+        job.run(
+            ["--input", inputs[0], "--input", inputs[1], "--output", str(tmp_path / "out3"), "--runner", "FnApiRunner"]
+        )
     assert spilled  # there was something to remove
     assert not list(scratch.iterdir())
 
@@ -228,14 +262,28 @@ def test_spill_directory_removed_on_ctrl_c_and_sigterm(tmp_path):
     past any finally; SIGTERM by default too): its spill directory is removed all the same."""
     import signal
     import time
+
     inputs = _inputs(tmp_path)
     for signum, status in ((signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)):
         scratch = tmp_path / f"scratch-{signum}"
         scratch.mkdir()
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.dedup", "--input", inputs[0],
-                                 "--input", inputs[1], "--output", str(tmp_path / f"out-{signum}")],
-                                cwd=REPO, env=dict(os.environ, TMPDIR=str(scratch)),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.dedup",
+                "--input",
+                inputs[0],
+                "--input",
+                inputs[1],
+                "--output",
+                str(tmp_path / f"out-{signum}"),
+            ],
+            cwd=REPO,
+            env=dict(os.environ, TMPDIR=str(scratch)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 120
         while not list(scratch.glob("dedup-spill-*")) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
@@ -247,6 +295,7 @@ def test_spill_directory_removed_on_ctrl_c_and_sigterm(tmp_path):
 
 def test_spill_directory_sweeps_what_killed_runs_left(tmp_path, monkeypatch):
     from apache_beam.options.pipeline_options import PipelineOptions
+
     scratch = _scratch(tmp_path, monkeypatch)
     dead = scratch / "dedup-spill-999999999-abc"  # above any pid: that run is over
     alive = scratch / f"dedup-spill-{os.getpid()}-def"  # a run still going: kept

@@ -1,5 +1,6 @@
 """Export end to end: a real ingest on loopback, then both formats and every resize mode, read back
 with the real `webdataset` and `datasets` packages."""
+
 import glob
 import hashlib
 import io
@@ -56,14 +57,31 @@ def ingested(tmp_path_factory):
     """An ingest output with ok rows, clusters, placeholders, failures and one unreadable blob."""
     tmp = tmp_path_factory.mktemp("export-in")
     with SampleWebServer(routes()) as web:
-        paths = ["/wide.jpg", "/tall.jpg", "/same.jpg", "/copy-of-same.jpg", "/near.jpg", "/small.jpg",
-                 "/alpha.png", "/gone-blob.jpg", "/unavailable0.jpg", "/unavailable1.jpg", "/unavailable2.jpg",
-                 "/html", "/dead.jpg"]
+        paths = [
+            "/wide.jpg",
+            "/tall.jpg",
+            "/same.jpg",
+            "/copy-of-same.jpg",
+            "/near.jpg",
+            "/small.jpg",
+            "/alpha.png",
+            "/gone-blob.jpg",
+            "/unavailable0.jpg",
+            "/unavailable1.jpg",
+            "/unavailable2.jpg",
+            "/html",
+            "/dead.jpg",
+        ]
         (tmp / "cc3m.tsv").write_text("".join(f"caption {i}\t{web.url(p)}\n" for i, p in enumerate(paths)))
         (tmp / "cc12m.tsv").write_text(f"{web.url('/wide.jpg')}\twide again, from cc12m\n")
         out = str(tmp / "out")
-        ingest.run(local_options(manifest=[f"cc3m={tmp / 'cc3m.tsv'}", f"cc12m={tmp / 'cc12m.tsv'}"],
-                                 output=out, **{"allow-network": "127.0.0.1/32", "timeout": 5}))
+        ingest.run(
+            local_options(
+                manifest=[f"cc3m={tmp / 'cc3m.tsv'}", f"cc12m={tmp / 'cc12m.tsv'}"],
+                output=out,
+                **{"allow-network": "127.0.0.1/32", "timeout": 5},
+            )
+        )
     rows = read_table(out)
     gone = next(r for r in rows if r["url"].endswith("/gone-blob.jpg"))
     os.remove(gone["blob"])
@@ -72,8 +90,14 @@ def ingested(tmp_path_factory):
 
 def expected_keys(rows, include, unreadable):
     """The selection, computed from the table here (not with the code under test)."""
-    return {r["key"] for r in rows if r["status"] == "ok" and not r["is_placeholder"] and r["key"] != unreadable
-            and (include == "all" or r["cluster_id"] is None or r["is_canonical"])}
+    return {
+        r["key"]
+        for r in rows
+        if r["status"] == "ok"
+        and not r["is_placeholder"]
+        and r["key"] != unreadable
+        and (include == "all" or r["cluster_id"] is None or r["is_canonical"])
+    }
 
 
 def run_export(tmp_path, out, fmt, *extra, name="exp"):
@@ -86,6 +110,7 @@ def run_export(tmp_path, out, fmt, *extra, name="exp"):
 
 def read_webdataset(exp):
     import webdataset as wds
+
     shards = sorted(glob.glob(os.path.join(exp, "*.tar")))
     dataset = wds.WebDataset(shards, shardshuffle=False).decode("pil")
     return [sample for sample in dataset]
@@ -95,6 +120,7 @@ def read_hf(exp, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     import datasets
+
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # read at import: set them if imported before
         monkeypatch.setattr(datasets.config, name, True)
     files = sorted(glob.glob(os.path.join(exp, "*.parquet")))
@@ -130,6 +156,7 @@ def test_webdataset_original_bytes(ingested, tmp_path):
         assert not row["is_placeholder"] and (row["cluster_id"] is None or row["is_canonical"])
     # the original bytes, untouched
     import webdataset as wds
+
     for sample in wds.WebDataset(sorted(glob.glob(os.path.join(exp, "*.tar"))), shardshuffle=False):
         data = sample.get("jpg") or sample.get("png")
         meta = json.loads(sample["json"])
@@ -142,14 +169,13 @@ def test_webdataset_original_bytes(ingested, tmp_path):
     assert sum(s["samples"] for s in summary["shards"]) == len(samples)
     # shards of exactly --shard-size rows but the last (the unreadable blob's row leaves a gap)
     assert len(summary["shards"]) == -(-(len(samples) + 1) // 3)
-    assert [s["name"] for s in summary["shards"]] == sorted(os.listdir(exp))[:len(summary["shards"])]
+    assert [s["name"] for s in summary["shards"]] == sorted(os.listdir(exp))[: len(summary["shards"])]
 
 
 @pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border"])
 def test_webdataset_resize_modes(ingested, tmp_path, mode):
     out, rows, unreadable = ingested
-    exp, summary = run_export(tmp_path, out, "webdataset", f"--resize={N}", f"--resize-mode={mode}",
-                              "--include=all")
+    exp, summary = run_export(tmp_path, out, "webdataset", f"--resize={N}", f"--resize-mode={mode}", "--include=all")
     samples = read_webdataset(exp)
     by_key = {r["key"]: r for r in rows}
     assert sorted(s["json"]["key"] for s in samples) == sorted(expected_keys(rows, "all", unreadable))
@@ -177,11 +203,20 @@ def expected_size(mode, width, height):
 
 def test_hf_parquet_resized_and_original(ingested, tmp_path, monkeypatch):
     out, rows, unreadable = ingested
-    exp, summary = run_export(tmp_path, out, "hf-parquet", f"--resize={N}", "--resize-mode=center_crop",
-                              "--encode-format=webp", "--shard-size=2")
+    exp, summary = run_export(
+        tmp_path,
+        out,
+        "hf-parquet",
+        f"--resize={N}",
+        "--resize-mode=center_crop",
+        "--encode-format=webp",
+        "--shard-size=2",
+    )
     dataset = read_hf(exp, tmp_path, monkeypatch)
     assert sorted(dataset["key"]) == sorted(expected_keys(rows, "canonical", unreadable))
-    assert summary["exported"] == len(dataset) and summary["shard_count"] == len(glob.glob(os.path.join(exp, "*.parquet")))
+    assert summary["exported"] == len(dataset) and summary["shard_count"] == len(
+        glob.glob(os.path.join(exp, "*.parquet"))
+    )
     by_key = {r["key"]: r for r in rows}
     for record in dataset:
         image = record["image"]
@@ -193,8 +228,9 @@ def test_hf_parquet_resized_and_original(ingested, tmp_path, monkeypatch):
     # untouched bytes: the parquet image bytes hash to the row's sha256
     exp2, _ = run_export(tmp_path, out, "hf-parquet", name="exp-original")
     import pyarrow.parquet as pq
+
     table = pq.read_table(sorted(glob.glob(os.path.join(exp2, "*.parquet"))))
-    for image, sha in zip(table.column("image").to_pylist(), table.column("sha256").to_pylist()):
+    for image, sha in zip(table.column("image").to_pylist(), table.column("sha256").to_pylist(), strict=False):
         assert hashlib.sha256(image["bytes"]).hexdigest() == sha
         Image.open(io.BytesIO(image["bytes"])).load()
     assert sorted(table.column("key").to_pylist()) == sorted(expected_keys(rows, "canonical", unreadable))
@@ -212,8 +248,13 @@ def test_rerun_is_deterministic_and_replaces_old_shards(ingested, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipelines.export", "--runner=FnApiRunner", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.export", "--runner=FnApiRunner", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 BAD = [
@@ -221,17 +262,37 @@ BAD = [
     (["--input", "{tmp}/nothing", "--output", "{tmp}/exp", "--format", "webdataset"], "not an ingest or dedup output"),
     (["--input", "{out}", "--output", "{tmp}/exp", "--format", "tfrecord"], "invalid choice"),
     (["--input", "{out}", "--output", "{tmp}/exp", "--format", "webdataset", "--resize", "ten"], "invalid int"),
-    (["--input", "{out}", "--output", "{tmp}/exp", "--format", "webdataset", "--resize-mode", "border"], "needs --resize"),
+    (
+        ["--input", "{out}", "--output", "{tmp}/exp", "--format", "webdataset", "--resize-mode", "border"],
+        "needs --resize",
+    ),
     (["--input", "{out}", "--output", "{tmp}/exp", "--format", "webdataset", "--shard-size", "0"], "--shard-size"),
-    (["--input", "{out}", "--output", "{tmp}/exp", "--format", "webdataset", "--resize", "64",
-      "--encode-quality", "101"], "--encode-quality"),
-    (["--input", "{bad}", "--output", "{tmp}/exp", "--format", "hf-parquet"], "missing column(s) dataset, caption, status, sha256"),
+    (
+        [
+            "--input",
+            "{out}",
+            "--output",
+            "{tmp}/exp",
+            "--format",
+            "webdataset",
+            "--resize",
+            "64",
+            "--encode-quality",
+            "101",
+        ],
+        "--encode-quality",
+    ),
+    (
+        ["--input", "{bad}", "--output", "{tmp}/exp", "--format", "hf-parquet"],
+        "missing column(s) dataset, caption, status, sha256",
+    ),
 ]
 
 
 def _bad_table(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     bad = tmp_path / "bad"
     (bad / "images").mkdir(parents=True)
     pq.write_table(pa.table({"key": ["a"], "url": ["u"]}), str(bad / "images" / "part-0.parquet"))
@@ -283,18 +344,33 @@ def test_template_parameters_reach_the_job():
     """What the Flex Template launcher passes (dest names, booleans as values) becomes the job's config."""
     from pipelines.launch import flex_template
     from transforms.export.resize import ResizeConfig
+
     actions = flex_template.option_actions(export.ExportOptions)
     argv = flex_template.to_job_argv(
-        ["--input=gs://b/out", "--output=gs://b/exp", "--format=hf-parquet", "--resize=64", "--resize_mode=border",
-         "--upscale=true", "--include=all", "--shard_size=500", "--encode_format=webp", "--encode_quality=80"], actions)
+        [
+            "--input=gs://b/out",
+            "--output=gs://b/exp",
+            "--format=hf-parquet",
+            "--resize=64",
+            "--resize_mode=border",
+            "--upscale=true",
+            "--include=all",
+            "--shard_size=500",
+            "--encode_format=webp",
+            "--encode_quality=80",
+        ],
+        actions,
+    )
     _, opts = export.JOB.parse(argv)  # types and choices checked as the job checks them
     config = export.export_config(opts)
-    assert config == export.ExportConfig("gs://b/out", "gs://b/exp", "hf-parquet", "all", 500,
-                                         ResizeConfig(64, "border", "webp", 80, upscale=True))
+    assert config == export.ExportConfig(
+        "gs://b/out", "gs://b/exp", "hf-parquet", "all", 500, ResizeConfig(64, "border", "webp", 80, upscale=True)
+    )
 
 
 def test_nothing_to_export_is_an_empty_export_with_balanced_books(tmp_path):
     from tests.synthetic_out import make_rows, write_out
+
     rows = [r for r in make_rows(60) if r["status"] != "ok"]
     write_out(str(tmp_path / "out"), rows)
     exp, summary = run_export(tmp_path, str(tmp_path / "out"), "hf-parquet")

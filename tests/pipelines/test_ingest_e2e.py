@@ -1,4 +1,5 @@
 """Ingest end to end: manifests in three real formats against a hostile loopback web server."""
+
 import base64
 import glob
 import gzip
@@ -26,72 +27,113 @@ def read_rows(out):
 def install_hostile_routes(web):
     """Every answer a hostile or broken web gives; returns the images served."""
     images = {n: jpeg(n) for n in range(6)}
-    web.routes.update({
-        "/ok0.jpg": Reply(200, images[0], JPEG),
-        "/ok1.jpg": Reply(200, images[1], JPEG),
-        "/copy-of-ok1.jpg": Reply(200, images[1], JPEG),
-        "/ok2.png": Reply(200, encode(picture(2), "PNG"), {"Content-Type": "image/png"}),
-        "/oi.jpg": Reply(200, images[3], JPEG),
-        "/oi-wrong.jpg": Reply(200, images[4], JPEG),
-        "/hashed.jpg": Reply(200, images[5], JPEG),
-        "/redirect": Reply(302, headers={"Location": "/ok0.jpg"}),
-        "/to-internal": Reply(302, headers={"Location": "http://127.0.0.2/x.jpg"}),
-        "/loop": Reply(302, headers={"Location": "/loop"}),
-        "/500": Reply(500, b"no"),
-        "/flaky": [Reply(503, headers={"Retry-After": "0"}), Reply(200, images[2], JPEG)],
-        "/slow": Reply(200, images[0], JPEG, delay=2.5),
-        "/drip": Reply(200, jpeg(9, (900, 700)), JPEG, drip=0.3),
-        "/html": Reply(200, b"<html>moved</html>", {"Content-Type": "text/html"}),
-        "/noai": Reply(200, images[0], dict(JPEG, **{"X-Robots-Tag": "noimageai"})),
-        "/big": Reply(200, b"\xff\xd8\xff" + b"0" * 300_000, JPEG),
-        "/gzbomb": Reply(200, gzip.compress(b"\0" * 3_000_000), dict(JPEG, **{"Content-Encoding": "gzip"})),
-        "/trunc": Reply(200, jpeg(7, (500, 400))[:2500], JPEG),
-        "/bomb": Reply(200, pixel_bomb_png(12000, 12000), {"Content-Type": "image/png"}),
-        "/cut": Reply(200, images[0], JPEG, cut_after=50),
-    })
+    web.routes.update(
+        {
+            "/ok0.jpg": Reply(200, images[0], JPEG),
+            "/ok1.jpg": Reply(200, images[1], JPEG),
+            "/copy-of-ok1.jpg": Reply(200, images[1], JPEG),
+            "/ok2.png": Reply(200, encode(picture(2), "PNG"), {"Content-Type": "image/png"}),
+            "/oi.jpg": Reply(200, images[3], JPEG),
+            "/oi-wrong.jpg": Reply(200, images[4], JPEG),
+            "/hashed.jpg": Reply(200, images[5], JPEG),
+            "/redirect": Reply(302, headers={"Location": "/ok0.jpg"}),
+            "/to-internal": Reply(302, headers={"Location": "http://127.0.0.2/x.jpg"}),
+            "/loop": Reply(302, headers={"Location": "/loop"}),
+            "/500": Reply(500, b"no"),
+            "/flaky": [Reply(503, headers={"Retry-After": "0"}), Reply(200, images[2], JPEG)],
+            "/slow": Reply(200, images[0], JPEG, delay=2.5),
+            "/drip": Reply(200, jpeg(9, (900, 700)), JPEG, drip=0.3),
+            "/html": Reply(200, b"<html>moved</html>", {"Content-Type": "text/html"}),
+            "/noai": Reply(200, images[0], dict(JPEG, **{"X-Robots-Tag": "noimageai"})),
+            "/big": Reply(200, b"\xff\xd8\xff" + b"0" * 300_000, JPEG),
+            "/gzbomb": Reply(200, gzip.compress(b"\0" * 3_000_000), dict(JPEG, **{"Content-Encoding": "gzip"})),
+            "/trunc": Reply(200, jpeg(7, (500, 400))[:2500], JPEG),
+            "/bomb": Reply(200, pixel_bomb_png(12000, 12000), {"Content-Type": "image/png"}),
+            "/cut": Reply(200, images[0], JPEG, cut_after=50),
+        }
+    )
     return images
 
 
 def write_manifests(tmp_path, web, images):
     b = web.base
     cc3m = [
-        ("a photo", f"{b}/ok0.jpg"), ("# not a comment", f"{b}/ok1.jpg"), ("redirected", f"{b}/redirect"),
-        ("dead", f"{b}/dead.jpg"), ("server error", f"{b}/500"), ("flaky", f"{b}/flaky"),
-        ("slow headers", f"{b}/slow"), ("slow body", f"{b}/drip"), ("a web page", f"{b}/html"),
-        ("opted out", f"{b}/noai"), ("too big", f"{b}/big"), ("gzip bomb", f"{b}/gzbomb"),
-        ("truncated", f"{b}/trunc"), ("pixel bomb", f"{b}/bomb"), ("cut", f"{b}/cut"),
-        ("loop", f"{b}/loop"), ("internal", "http://127.0.0.2:8080/x.jpg"),
-        ("metadata", "http://169.254.169.254/computeMetadata/v1/"), ("redirect inside", f"{b}/to-internal"),
-        ("ftp", "ftp://example.com/a.jpg"), ("refused", "http://127.0.0.1:1/a.jpg"),
+        ("a photo", f"{b}/ok0.jpg"),
+        ("# not a comment", f"{b}/ok1.jpg"),
+        ("redirected", f"{b}/redirect"),
+        ("dead", f"{b}/dead.jpg"),
+        ("server error", f"{b}/500"),
+        ("flaky", f"{b}/flaky"),
+        ("slow headers", f"{b}/slow"),
+        ("slow body", f"{b}/drip"),
+        ("a web page", f"{b}/html"),
+        ("opted out", f"{b}/noai"),
+        ("too big", f"{b}/big"),
+        ("gzip bomb", f"{b}/gzbomb"),
+        ("truncated", f"{b}/trunc"),
+        ("pixel bomb", f"{b}/bomb"),
+        ("cut", f"{b}/cut"),
+        ("loop", f"{b}/loop"),
+        ("internal", "http://127.0.0.2:8080/x.jpg"),
+        ("metadata", "http://169.254.169.254/computeMetadata/v1/"),
+        ("redirect inside", f"{b}/to-internal"),
+        ("ftp", "ftp://example.com/a.jpg"),
+        ("refused", "http://127.0.0.1:1/a.jpg"),
         ("png", f"{b}/ok2.png"),
     ]
     (tmp_path / "cc3m.tsv").write_text("".join(f"{c}\t{u}\n" for c, u in cc3m) + "no tab at all\n")
-    cc12m = [f"{b}/ok0.jpg\tsame url as cc3m", f"{b}/copy-of-ok1.jpg\tsame bytes, other url",
-             f"{b}/hashed.jpg\tpublished hash matches", f"{b}/ok2.png\tpublished hash is wrong"]
+    cc12m = [
+        f"{b}/ok0.jpg\tsame url as cc3m",
+        f"{b}/copy-of-ok1.jpg\tsame bytes, other url",
+        f"{b}/hashed.jpg\tpublished hash matches",
+        f"{b}/ok2.png\tpublished hash is wrong",
+    ]
     (tmp_path / "cc12m.tsv").write_text("\n".join(cc12m) + "\n")
     sha_hashed = hashlib.sha256(images[5]).digest()
     (tmp_path / "hashes.tsv").write_text(
-        f"{b}/hashed.jpg\t{base64.b64encode(sha_hashed).decode()}\t\n{b}/ok2.png\t{'ab' * 32}\t\n")
+        f"{b}/hashed.jpg\t{base64.b64encode(sha_hashed).decode()}\t\n{b}/ok2.png\t{'ab' * 32}\t\n"
+    )
     md5 = lambda body: base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: E731
     (tmp_path / "oi.csv").write_text(
         "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,OriginalSize,"
         "OriginalMD5,Thumbnail300KURL,Rotation\n"
         f'0000000000000001,train,{b}/oi.jpg,,,,"Doe, J",Zoë,1,{md5(images[3])},,90\n'
         f"0000000000000002,train,{b}/oi-wrong.jpg,,,,x,y,1,{md5(images[3])},,NaN\n"
-        "0000000000000003,train\n")
+        "0000000000000003,train\n"
+    )
     return len(cc3m) + 1 + len(cc12m) + 3
 
 
 EXPECTED = {
-    "cc3m:1": schema.OK, "cc3m:2": schema.OK, "cc3m:3": schema.OK, "cc3m:4": schema.HTTP_ERROR,
-    "cc3m:5": schema.HTTP_ERROR, "cc3m:6": schema.OK, "cc3m:7": schema.TIMEOUT, "cc3m:8": schema.TIMEOUT,
-    "cc3m:9": schema.NOT_IMAGE, "cc3m:10": schema.OPTED_OUT, "cc3m:11": schema.TOO_LARGE,
-    "cc3m:12": schema.TOO_LARGE, "cc3m:13": schema.DECODE_ERROR, "cc3m:14": schema.DECODE_ERROR,
-    "cc3m:15": schema.CONNECTION_ERROR, "cc3m:16": schema.HTTP_ERROR, "cc3m:17": schema.BLOCKED,
-    "cc3m:18": schema.BLOCKED, "cc3m:19": schema.BLOCKED, "cc3m:20": schema.INVALID_URL,
-    "cc3m:21": schema.CONNECTION_ERROR, "cc3m:22": schema.OK, "cc3m:23": schema.INVALID_URL,
-    "cc12m:1": schema.OK, "cc12m:2": schema.OK, "cc12m:3": schema.OK, "cc12m:4": schema.HASH_MISMATCH,
-    "openimages:0000000000000001": schema.OK, "openimages:0000000000000002": schema.HASH_MISMATCH,
+    "cc3m:1": schema.OK,
+    "cc3m:2": schema.OK,
+    "cc3m:3": schema.OK,
+    "cc3m:4": schema.HTTP_ERROR,
+    "cc3m:5": schema.HTTP_ERROR,
+    "cc3m:6": schema.OK,
+    "cc3m:7": schema.TIMEOUT,
+    "cc3m:8": schema.TIMEOUT,
+    "cc3m:9": schema.NOT_IMAGE,
+    "cc3m:10": schema.OPTED_OUT,
+    "cc3m:11": schema.TOO_LARGE,
+    "cc3m:12": schema.TOO_LARGE,
+    "cc3m:13": schema.DECODE_ERROR,
+    "cc3m:14": schema.DECODE_ERROR,
+    "cc3m:15": schema.CONNECTION_ERROR,
+    "cc3m:16": schema.HTTP_ERROR,
+    "cc3m:17": schema.BLOCKED,
+    "cc3m:18": schema.BLOCKED,
+    "cc3m:19": schema.BLOCKED,
+    "cc3m:20": schema.INVALID_URL,
+    "cc3m:21": schema.CONNECTION_ERROR,
+    "cc3m:22": schema.OK,
+    "cc3m:23": schema.INVALID_URL,
+    "cc12m:1": schema.OK,
+    "cc12m:2": schema.OK,
+    "cc12m:3": schema.OK,
+    "cc12m:4": schema.HASH_MISMATCH,
+    "openimages:0000000000000001": schema.OK,
+    "openimages:0000000000000002": schema.HASH_MISMATCH,
     "openimages:0000000000000003": schema.INVALID_URL,
 }
 
@@ -100,14 +142,28 @@ EXPECTED = {
 def ingested(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ingest")
     from pipelines.demo.sample_site import SampleWebServer
+
     with SampleWebServer() as web:
         images = install_hostile_routes(web)
         manifest_rows = write_manifests(tmp_path, web, images)
         out = str(tmp_path / "out")
-        ingest.run(local_options(
-            manifest=[f"cc3m={tmp_path / 'cc3m.tsv'}", f"cc12m={tmp_path / 'cc12m.tsv'}", f"openimages={tmp_path / 'oi.csv'}"],
-            output=out, **{"cc12m-hashes": tmp_path / "hashes.tsv", "allow-network": "127.0.0.1/32",
-                           "timeout": 1.5, "max-bytes": 200_000, "max-pixels": 50_000_000}))
+        ingest.run(
+            local_options(
+                manifest=[
+                    f"cc3m={tmp_path / 'cc3m.tsv'}",
+                    f"cc12m={tmp_path / 'cc12m.tsv'}",
+                    f"openimages={tmp_path / 'oi.csv'}",
+                ],
+                output=out,
+                **{
+                    "cc12m-hashes": tmp_path / "hashes.tsv",
+                    "allow-network": "127.0.0.1/32",
+                    "timeout": 1.5,
+                    "max-bytes": 200_000,
+                    "max-pixels": 50_000_000,
+                },
+            )
+        )
         return out, manifest_rows, images, dict(web.hits)
 
 
@@ -149,8 +205,9 @@ def test_each_distinct_image_stored_once(ingested):
     out, _, _, _ = ingested
     rows = read_rows(out)
     blobs = glob.glob(os.path.join(out, "blobs", "*", "*", "*"))
-    assert sorted(os.path.basename(p).split(".")[0] for p in blobs) == \
-        sorted({r["sha256"] for r in rows.values() if r["status"] == schema.OK})
+    assert sorted(os.path.basename(p).split(".")[0] for p in blobs) == sorted(
+        {r["sha256"] for r in rows.values() if r["status"] == schema.OK}
+    )
     assert not [p for p in blobs if ".tmp-" in p]
 
 
@@ -187,8 +244,12 @@ def test_summary_counts_match_the_table(ingested):
 
 def test_demo_command_runs_on_the_default_local_runner(tmp_path):
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--demo", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.ingest", "--demo", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dataset" in done.stdout and "total" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -203,15 +264,27 @@ def test_demo_command_runs_on_the_default_local_runner(tmp_path):
     assert (dups["placeholder_groups"], dups["placeholder_rows"]) == (1, 3)  # the Flickr-like picture
     rows = read_rows(str(out))
     oi = rows["openimages:0006400c1c224e19"]
-    assert {l["name"] for l in oi["labels"]} >= {"Tree", "Building"}
-    assert all(l["confidence"] > 0 for l in oi["labels"]) and oi["negative_labels"]
-    assert [l["name"] for l in rows["imagenet_captions:n01440764_10026.JPEG"]["labels"]] == ["tench, Tinca tinca"]
+    assert {item["name"] for item in oi["labels"]} >= {"Tree", "Building"}
+    assert all(item["confidence"] > 0 for item in oi["labels"]) and oi["negative_labels"]
+    assert [item["name"] for item in rows["imagenet_captions:n01440764_10026.JPEG"]["labels"]] == ["tench, Tinca tinca"]
     assert rows["zero:5a45524f00000001"]["caption"] == "熊猫宝宝吃竹子"
     assert any(r["long_captions"] for r in rows.values())
-    assert any(l["source"] == "cc3m" for r in rows.values() for l in r["labels"])
+    assert any(item["source"] == "cc3m" for r in rows.values() for item in r["labels"])
 
 
 def test_missing_manifest_is_a_message_not_a_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--manifest", f"cc3m={tmp_path}/nope.tsv",
-                           "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.ingest",
+            "--manifest",
+            f"cc3m={tmp_path}/nope.tsv",
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "no file matches" in done.stderr and "Traceback" not in done.stderr

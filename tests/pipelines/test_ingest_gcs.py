@@ -1,4 +1,5 @@
 """Ingest end to end with manifests and output on gs:// (GCS emulator on loopback, Beam's gcsio)."""
+
 import hashlib
 import io
 import json
@@ -18,24 +19,35 @@ def test_ingest_reads_and_writes_gs(web, gcs_emulator):
     bodies = {n: jpeg(n) for n in range(3)}
     for n, body in bodies.items():
         web.routes[f"/g{n}.jpg"] = Reply(200, body, {"Content-Type": "image/jpeg"})
-    manifest = "".join(f"{web.url(f'/g{n}.jpg')}\tphoto {n}\n" for n in bodies) + f"{web.url('/g0.jpg')}\tagain\n" \
+    manifest = (
+        "".join(f"{web.url(f'/g{n}.jpg')}\tphoto {n}\n" for n in bodies)
+        + f"{web.url('/g0.jpg')}\tagain\n"
         + f"{web.url('/missing.jpg')}\tdead\n"
+    )
     bucket.blob("manifests/cc12m.tsv").upload_from_string(manifest)
     out = f"gs://{BUCKET}/out"
-    ingest.run(local_options(manifest=f"cc12m=gs://{BUCKET}/manifests/cc12m.tsv", output=out,
-                             **{"allow-network": "127.0.0.1/32", "no-progress": True}))
+    ingest.run(
+        local_options(
+            manifest=f"cc12m=gs://{BUCKET}/manifests/cc12m.tsv",
+            output=out,
+            **{"allow-network": "127.0.0.1/32", "no-progress": True},
+        )
+    )
 
     names = {blob.name for blob in gcs_emulator.client().list_blobs(BUCKET)}
     summary = json.loads(bucket.blob("out/summary.json").download_as_bytes())
     assert summary["counts"] == {"cc12m": {"ok": 4, "http_error": 1}}
-    tables = [pq.read_table(io.BytesIO(bucket.blob(n).download_as_bytes()))
-              for n in names if n.startswith("out/images/") and n.endswith(".parquet")]
+    tables = [
+        pq.read_table(io.BytesIO(bucket.blob(n).download_as_bytes()))
+        for n in names
+        if n.startswith("out/images/") and n.endswith(".parquet")
+    ]
     rows = [r for t in tables for r in t.to_pylist()]
     assert sorted(r["key"] for r in rows) == [f"cc12m:{n}" for n in range(1, 6)]
     blobs = {r["blob"] for r in rows if r["status"] == schema.OK}
     assert len(blobs) == 3 and all(b.startswith(f"gs://{BUCKET}/out/blobs/") for b in blobs)
     for uri in blobs:
-        body = bucket.blob(uri[len(f"gs://{BUCKET}/"):]).download_as_bytes()
+        body = bucket.blob(uri[len(f"gs://{BUCKET}/") :]).download_as_bytes()
         assert hashlib.sha256(body).hexdigest() in uri
     assert not [n for n in names if "/_tmp-" in n or ".tmp-" in n]  # temporary shards and blobs cleaned
     assert "out/report.html" in names

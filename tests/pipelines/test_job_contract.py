@@ -7,6 +7,7 @@ ingest within 2 s with one line (exit 130), leaves no worker process, and --resu
 completes the table. Also: failures.describe unwraps what the FnApi runner makes of a DoFn's
 exception (in this process and in a worker process).
 """
+
 import concurrent.futures
 import contextlib
 import errno
@@ -47,8 +48,16 @@ def job(name, *args, env=None, timeout=240, as_nobody=False):
         def preexec():
             os.setgid(NOBODY)
             os.setuid(NOBODY)
-    return subprocess.run([sys.executable, "-m", f"pipelines.{name}", *map(str, args)], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec)
+
+    return subprocess.run(
+        [sys.executable, "-m", f"pipelines.{name}", *map(str, args)],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec,
+    )
 
 
 def assert_one_line(done, status, *fragments):
@@ -84,52 +93,130 @@ def inputs(tmp_path_factory):
 
 # (job, arguments ({t} = the inputs folder), exit status, fragments of the one line)
 BAD_INPUT = {
-    "ingest-missing-manifest": ("ingest", ["--manifest", "cc3m={t}/nope.tsv", "--output", "{t}/o"], 2,
-                                ["--manifest", "{t}/nope.tsv", "no file matches"]),
-    "ingest-directory-manifest": ("ingest", ["--manifest", "cc3m={t}/adir", "--output", "{t}/o"], 2,
-                                  ["{t}/adir", "is a directory"]),
-    "ingest-glob-matching-nothing": ("ingest", ["--manifest", "cc3m={t}/*.nothing", "--output", "{t}/o"], 2,
-                                     ["no file matches {t}/*.nothing"]),
-    "ingest-output-is-a-file": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/afile"], 2,
-                                ["--output {t}/afile", "existing file"]),
-    "ingest-unknown-kind": ("ingest", ["--manifest", "laion={t}/m.tsv", "--output", "{t}/o"], 2,
-                            ["'laion'", "cc3m"]),
-    "ingest-not-a-number": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--timeout", "soon"], 2,
-                            ["--timeout", "'soon'"]),
-    "ingest-out-of-range": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--concurrency", "0"], 2,
-                            ["--concurrency must be above 0"]),
-    "ingest-beam-option": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o",
-                                      "--direct_num_workers=many"], 2, ["--direct_num_workers", "'many'"]),
-    "ingest-missing-side-file": ("ingest", ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o",
-                                            "--cc12m-hashes", "{t}/hashes.tsv"], 2,
-                                 ["--cc12m-hashes", "{t}/hashes.tsv"]),
+    "ingest-missing-manifest": (
+        "ingest",
+        ["--manifest", "cc3m={t}/nope.tsv", "--output", "{t}/o"],
+        2,
+        ["--manifest", "{t}/nope.tsv", "no file matches"],
+    ),
+    "ingest-directory-manifest": (
+        "ingest",
+        ["--manifest", "cc3m={t}/adir", "--output", "{t}/o"],
+        2,
+        ["{t}/adir", "is a directory"],
+    ),
+    "ingest-glob-matching-nothing": (
+        "ingest",
+        ["--manifest", "cc3m={t}/*.nothing", "--output", "{t}/o"],
+        2,
+        ["no file matches {t}/*.nothing"],
+    ),
+    "ingest-output-is-a-file": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/afile"],
+        2,
+        ["--output {t}/afile", "existing file"],
+    ),
+    "ingest-unknown-kind": ("ingest", ["--manifest", "laion={t}/m.tsv", "--output", "{t}/o"], 2, ["'laion'", "cc3m"]),
+    "ingest-not-a-number": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--timeout", "soon"],
+        2,
+        ["--timeout", "'soon'"],
+    ),
+    "ingest-out-of-range": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--concurrency", "0"],
+        2,
+        ["--concurrency must be above 0"],
+    ),
+    "ingest-beam-option": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--direct_num_workers=many"],
+        2,
+        ["--direct_num_workers", "'many'"],
+    ),
+    "ingest-missing-side-file": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--cc12m-hashes", "{t}/hashes.tsv"],
+        2,
+        ["--cc12m-hashes", "{t}/hashes.tsv"],
+    ),
     "ingest-nothing-to-do": ("ingest", ["--output", "{t}/o"], 2, ["--manifest"]),
-    "ingest-resume-without-table": ("ingest", ["--resume", "--output", "{t}/empty-out"], 2,
-                                    ["no table to resume", "{t}/empty-out/images"]),
+    "ingest-resume-without-table": (
+        "ingest",
+        ["--resume", "--output", "{t}/empty-out"],
+        2,
+        ["no table to resume", "{t}/empty-out/images"],
+    ),
     "dedup-missing-input": ("dedup", ["--input", "{t}/nope", "--output", "{t}/o3"], 2, ["--input {t}/nope"]),
-    "dedup-not-an-ingest-output": ("dedup", ["--input", "{t}/adir", "--output", "{t}/o3"], 2,
-                                   ["{t}/adir is not an ingest output", "images/*.parquet"]),
-    "dedup-corrupt-parquet": ("dedup", ["--input", "{t}/corrupt", "--output", "{t}/o3"], 2,
-                              ["{t}/corrupt/images/part-0.parquet", "not a readable Parquet file"]),
-    "dedup-missing-columns": ("dedup", ["--input", "{t}/keyonly", "--output", "{t}/o3"], 2,
-                              ["{t}/keyonly/images/part-0.parquet", "dataset, url, status"]),
-    "dedup-output-is-a-file": ("dedup", ["--input", "{t}/table", "--output", "{t}/afile"], 2,
-                               ["--output {t}/afile", "existing file"]),
-    "dedup-output-is-an-input": ("dedup", ["--input", "{t}/table", "--output", "{t}/table"], 2,
-                                 ["--output {t}/table", "one of the inputs"]),
-    "dedup-bad-distance": ("dedup", ["--input", "{t}/table", "--output", "{t}/o3", "--max-distance", "99"], 2,
-                           ["--max-distance", "99"]),
-    "dedup-unknown-view": ("dedup", ["--input", "{t}/table", "--output", "{t}/o3", "--views", "mirror,upside_down"], 2,
-                           ["--views", "upside_down"]),
-    "dedup-bad-view-distance": ("dedup", ["--input", "{t}/table", "--output", "{t}/o3", "--view-max-distance", "65"],
-                                2, ["--view-max-distance", "65"]),
+    "dedup-not-an-ingest-output": (
+        "dedup",
+        ["--input", "{t}/adir", "--output", "{t}/o3"],
+        2,
+        ["{t}/adir is not an ingest output", "images/*.parquet"],
+    ),
+    "dedup-corrupt-parquet": (
+        "dedup",
+        ["--input", "{t}/corrupt", "--output", "{t}/o3"],
+        2,
+        ["{t}/corrupt/images/part-0.parquet", "not a readable Parquet file"],
+    ),
+    "dedup-missing-columns": (
+        "dedup",
+        ["--input", "{t}/keyonly", "--output", "{t}/o3"],
+        2,
+        ["{t}/keyonly/images/part-0.parquet", "dataset, url, status"],
+    ),
+    "dedup-output-is-a-file": (
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/afile"],
+        2,
+        ["--output {t}/afile", "existing file"],
+    ),
+    "dedup-output-is-an-input": (
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/table"],
+        2,
+        ["--output {t}/table", "one of the inputs"],
+    ),
+    "dedup-bad-distance": (
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--max-distance", "99"],
+        2,
+        ["--max-distance", "99"],
+    ),
+    "dedup-unknown-view": (
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--views", "mirror,upside_down"],
+        2,
+        ["--views", "upside_down"],
+    ),
+    "dedup-bad-view-distance": (
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--view-max-distance", "65"],
+        2,
+        ["--view-max-distance", "65"],
+    ),
     "dedup-no-output": ("dedup", ["--input", "{t}/table"], 2, ["--output"]),
-    "refresh-not-an-ingest-output": ("refresh", ["--snapshot", "{t}/adir", "--output", "{t}/r"], 2,
-                                     ["--snapshot {t}/adir", "images/*.parquet"]),
-    "refresh-corrupt-parquet": ("refresh", ["--snapshot", "{t}/corrupt", "--output", "{t}/r"], 2,
-                                ["{t}/corrupt/images/part-0.parquet", "not a readable Parquet file"]),
-    "refresh-missing-columns": ("refresh", ["--snapshot", "{t}/keyonly", "--output", "{t}/r"], 2,
-                                ["{t}/keyonly/images/part-0.parquet", "url, status"]),
+    "refresh-not-an-ingest-output": (
+        "refresh",
+        ["--snapshot", "{t}/adir", "--output", "{t}/r"],
+        2,
+        ["--snapshot {t}/adir", "images/*.parquet"],
+    ),
+    "refresh-corrupt-parquet": (
+        "refresh",
+        ["--snapshot", "{t}/corrupt", "--output", "{t}/r"],
+        2,
+        ["{t}/corrupt/images/part-0.parquet", "not a readable Parquet file"],
+    ),
+    "refresh-missing-columns": (
+        "refresh",
+        ["--snapshot", "{t}/keyonly", "--output", "{t}/r"],
+        2,
+        ["{t}/keyonly/images/part-0.parquet", "url, status"],
+    ),
     "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
 }
 
@@ -151,9 +238,11 @@ def run_main(name, args, capsys):
 @pytest.fixture(scope="module")
 def subprocess_runs(inputs):
     """The AS_SUBPROCESS cases, run at once."""
+
     def one(case):
         name, args, _status, _fragments = BAD_INPUT[case]
         return case, job(name, *(a.format(t=inputs) for a in args))
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         return dict(pool.map(one, AS_SUBPROCESS))
 
@@ -180,13 +269,35 @@ def test_nothing_is_written_for_bad_input(inputs, capsys):
 
 
 HELP = [
-    ("ingest", ["inputs:", "output:", "network:", "dedup:", "progress and report:", "developer:"],
-     ["--manifest KIND=PATH", "--cc12m-hashes", "--resume", "--timeout", "--allow-network", "--max-distance",
-      "--placeholder-min-urls", "--no-progress", "--no-report", "--debug"], "default 8"),
-    ("dedup", ["inputs:", "output:", "dedup:", "developer:"],
-     ["--input", "--output", "--max-distance", "--dataset-priority", "--debug"], "default 8"),
-    ("refresh", ["inputs:", "output:", "verdicts:", "network:", "developer:"],
-     ["--snapshot", "--history", "--night", "--dead-after", "--max-distance", "--timeout", "--debug"], "default 6"),
+    (
+        "ingest",
+        ["inputs:", "output:", "network:", "dedup:", "progress and report:", "developer:"],
+        [
+            "--manifest KIND=PATH",
+            "--cc12m-hashes",
+            "--resume",
+            "--timeout",
+            "--allow-network",
+            "--max-distance",
+            "--placeholder-min-urls",
+            "--no-progress",
+            "--no-report",
+            "--debug",
+        ],
+        "default 8",
+    ),
+    (
+        "dedup",
+        ["inputs:", "output:", "dedup:", "developer:"],
+        ["--input", "--output", "--max-distance", "--dataset-priority", "--debug"],
+        "default 8",
+    ),
+    (
+        "refresh",
+        ["inputs:", "output:", "verdicts:", "network:", "developer:"],
+        ["--snapshot", "--history", "--night", "--dead-after", "--max-distance", "--timeout", "--debug"],
+        "default 6",
+    ),
 ]
 
 
@@ -219,22 +330,29 @@ def test_help_from_the_command_line():
 
 def test_debug_keeps_the_traceback(inputs):
     from pipelines import dedup
+
     with pytest.raises(BadInput, match="not a readable Parquet file"):
         dedup.main(["--input", str(inputs / "corrupt"), "--output", str(inputs / "o-debug"), "--debug"])
-    done = job("ingest", "--manifest", f"cc3m={inputs}/nope.tsv", "--output", inputs / "o-debug",
-               env={"BEAM_IMAGES_DEBUG": "1"})
+    done = job(
+        "ingest",
+        "--manifest",
+        f"cc3m={inputs}/nope.tsv",
+        "--output",
+        inputs / "o-debug",
+        env={"BEAM_IMAGES_DEBUG": "1"},
+    )
     assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr
     assert "transforms.errors.BadInput" in done.stderr
 
 
 # ---- the environment ---------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def mounted_tmpfs(where, options):
     """A small tmpfs at `where` (root only); skips the test where mounting is not allowed."""
     where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                          text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
     try:
@@ -261,8 +379,9 @@ def world_dir():
 def nobody_can_run_python():
     """Root reads and writes anything: a permission test runs the job as nobody, where it can."""
     try:
-        subprocess.run([sys.executable, "-c", "0"], preexec_fn=lambda: os.setuid(NOBODY), check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", "0"], preexec_fn=lambda: os.setuid(NOBODY), check=True, capture_output=True
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return True
@@ -297,8 +416,14 @@ def test_unreadable_manifest_is_exit_2(world_dir):
     with open(manifest, "w") as handle:
         handle.write("hello\thttp://127.0.0.2/x.jpg\n")
     os.chmod(manifest, 0o000)
-    done = job("ingest", "--manifest", f"cc3m={manifest}", "--output", os.path.join(world_dir, "out"),
-               as_nobody=os.geteuid() == 0)
+    done = job(
+        "ingest",
+        "--manifest",
+        f"cc3m={manifest}",
+        "--output",
+        os.path.join(world_dir, "out"),
+        as_nobody=os.geteuid() == 0,
+    )
     assert_one_line(done, 2, "cannot read", manifest)
 
 
@@ -309,8 +434,17 @@ def test_full_disk_is_exit_1_naming_the_output(web, tmp_path):
         lines.append(f"photo {n}\t{web.url(f'/big{n}.jpg')}")
     (tmp_path / "cc3m.tsv").write_text("\n".join(lines) + "\n")
     with mounted_tmpfs(tmp_path / "small", "size=96k") as small:
-        done = job("ingest", "--manifest", f"cc3m={tmp_path}/cc3m.tsv", "--output", small / "out",
-                   "--allow-network", "127.0.0.1/32", "--no-progress", "--no-report")
+        done = job(
+            "ingest",
+            "--manifest",
+            f"cc3m={tmp_path}/cc3m.tsv",
+            "--output",
+            small / "out",
+            "--allow-network",
+            "127.0.0.1/32",
+            "--no-progress",
+            "--no-report",
+        )
         assert_one_line(done, 1, "no space left on device", small / "out")
 
 
@@ -318,19 +452,23 @@ def test_full_disk_in_a_worker_process_is_one_line_too(tmp_path):
     """The dedup job runs worker processes, which print a failing bundle's traceback to the stderr
     they inherit: the job keeps them off the terminal and says what happened in one line."""
     from tests.dedup_helpers import random_hash, row
+
     rng = random.Random(7)
     rows = [row(f"cc3m:{n}", phash=random_hash(rng), dhash=random_hash(rng)) for n in range(300)]
     for r in rows:
         r["caption"] = "a caption long enough to fill a small disk " * 4
     (tmp_path / "in" / "images").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA),
-                   tmp_path / "in" / "images" / "part-0.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA),
+        tmp_path / "in" / "images" / "part-0.parquet",
+    )
     with mounted_tmpfs(tmp_path / "small", "size=12k") as small:
         done = job("dedup", "--input", tmp_path / "in", "--output", small / "out3", "--direct_num_workers=1")
         assert_one_line(done, 1, "no space left on device", small / "out3")
 
 
 # ---- Ctrl-C -------------------------------------------------------------------------------------
+
 
 def _alive(pid):
     try:
@@ -363,8 +501,18 @@ def test_ctrl_c_stops_at_once_with_one_line_and_resume_completes(web, tmp_path):
     manifest = tmp_path / "cc3m.tsv"
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    common = ["--output", str(out), "--allow-network", "127.0.0.1/32", "--no-progress", "--no-report",
-              "--timeout", "120", "--retries", "0"]
+    common = [
+        "--output",
+        str(out),
+        "--allow-network",
+        "127.0.0.1/32",
+        "--no-progress",
+        "--no-report",
+        "--timeout",
+        "120",
+        "--retries",
+        "0",
+    ]
     assert job("ingest", "--manifest", f"cc3m={manifest}", *common).returncode == 0
     first = keys_of(out)
     assert len(first) == 7
@@ -372,9 +520,14 @@ def test_ctrl_c_stops_at_once_with_one_line_and_resume_completes(web, tmp_path):
     # The resume fetches /later.jpg again, which now hangs: interrupt it while it waits.
     web.routes["/later.jpg"] = Reply(200, jpeg(9), JPEG, delay=60)
     environment = dict(os.environ, PYTHONPATH=REPO)
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.ingest", "--resume", "--manifest",
-                                f"cc3m={manifest}", *common], cwd=REPO, env=environment,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.ingest", "--resume", "--manifest", f"cc3m={manifest}", *common],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while web.hits.get("/later.jpg", 0) < 2 and process.poll() is None and time.monotonic() < deadline:
@@ -408,6 +561,7 @@ def test_ctrl_c_stops_at_once_with_one_line_and_resume_completes(web, tmp_path):
 
 # ---- what the runner makes of a DoFn's exception -------------------------------------------------
 
+
 def _fail(kind, path):
     def fail(_element):
         if kind == "bad":
@@ -415,6 +569,7 @@ def _fail(kind, path):
         if kind == "books":
             raise BooksUnbalanced(f"{path}: 3 records read, 2 rows written")
         raise OSError(errno.ENOSPC, "No space left on device", path)
+
     return fail
 
 
@@ -432,9 +587,11 @@ def test_describe_unwraps_what_the_runner_raises(mode, tmp_path):
         if mode == "multi_processing":  # the worker's traceback as the text of a RuntimeError
             assert type(raised.value) is RuntimeError and "Traceback" in str(raised.value)
         status, line = failures.describe(raised.value)
-        expected = {"bad": (2, f"{path}: line 3 is not a row"),
-                    "books": (1, f"{path}: 3 records read, 2 rows written"),
-                    "nospace": (1, f"no space left on device: {path}")}[kind]
+        expected = {
+            "bad": (2, f"{path}: line 3 is not a row"),
+            "books": (1, f"{path}: 3 records read, 2 rows written"),
+            "nospace": (1, f"no space left on device: {path}"),
+        }[kind]
         assert (status, line) == expected
 
 
@@ -444,8 +601,10 @@ def test_describe_classifies_driver_errors():
     failures.mark_pipeline_failure(pipeline_bug)
     status, line = failures.describe(pipeline_bug)
     assert status == 1 and "unexpected ValueError" in line and "--debug" in line
-    assert failures.describe(PermissionError(errno.EACCES, "Permission denied", "/x/y")) == \
-        (1, "permission denied: /x/y")
+    assert failures.describe(PermissionError(errno.EACCES, "Permission denied", "/x/y")) == (
+        1,
+        "permission denied: /x/y",
+    )
     assert failures.describe(KeyboardInterrupt())[0] == 130
     assert failures.describe(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"))[0] == 1
 
@@ -459,24 +618,37 @@ def test_a_listing_that_fails_is_the_environment_not_a_missing_file(monkeypatch)
 
     def unreachable(patterns):
         raise BeamIOError("Match operation failed", {patterns[0]: RetryError("Timeout of 120.0s exceeded", None)})
+
     monkeypatch.setattr(preflight.FileSystems, "match", unreachable)
     with pytest.raises(EnvironmentFailure) as raised:
         preflight.check_input_files("--manifest cc3m=gs://b/m.tsv", "gs://b/m.tsv")
     assert failures.describe(raised.value) == (
-        1, "storage unreachable: cannot list gs://b/m.tsv"
-           " (RetryError: Timeout of 120.0s exceeded, last exception: None)")
+        1,
+        "storage unreachable: cannot list gs://b/m.tsv (RetryError: Timeout of 120.0s exceeded, last exception: None)",
+    )
 
 
-@pytest.mark.parametrize("order", ["ingest dedup refresh export", "export dedup ingest refresh",
-                                   "refresh export ingest dedup", "dedup export refresh ingest"])
+@pytest.mark.parametrize(
+    "order",
+    [
+        "ingest dedup refresh export",
+        "export dedup ingest refresh",
+        "refresh export ingest dedup",
+        "dedup export refresh ingest",
+    ],
+)
 def test_every_jobs_options_register_together_in_any_import_order(order):
     """Beam parses every imported PipelineOptions subclass into one parser, in import order: a flag
     two jobs share (--input of dedup and export, --output, ...) must not conflict whichever comes
     first (a process importing export before dedup could not run any job)."""
     import argparse
 
-    classes = {"ingest": "IngestOptions", "dedup": "DedupOptions", "refresh": "RefreshOptions",
-               "export": "ExportOptions"}
+    classes = {
+        "ingest": "IngestOptions",
+        "dedup": "DedupOptions",
+        "refresh": "RefreshOptions",
+        "export": "ExportOptions",
+    }
     parser = argparse.ArgumentParser()
     for name in order.split():
         module = importlib.import_module(f"pipelines.{name}")

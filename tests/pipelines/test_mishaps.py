@@ -3,6 +3,7 @@
 Each case asserts what the books promise: rows in = rows out, every key once, every blob's
 sha256 = its name, and for a refusal the exit status and the one line that says why.
 """
+
 import gzip
 import hashlib
 import json
@@ -30,12 +31,14 @@ LOOPBACK = "127.0.0.1/32"
 
 # --- helpers ----------------------------------------------------------------------------------
 
+
 def _serve(web, count, prefix="p", **reply):
     """`count` distinct JPEGs at /<prefix><n>.jpg; returns their URLs."""
     urls = []
     for n in range(count):
-        web.routes[f"/{prefix}{n}.jpg"] = Reply(200, jpeg(hash((prefix, n)) % 10_000),
-                                                {"Content-Type": "image/jpeg"}, **reply)
+        web.routes[f"/{prefix}{n}.jpg"] = Reply(
+            200, jpeg(hash((prefix, n)) % 10_000), {"Content-Type": "image/jpeg"}, **reply
+        )
         urls.append(web.url(f"/{prefix}{n}.jpg"))
     return urls
 
@@ -73,8 +76,11 @@ def _assert_whole(out, expected_rows):
 
 
 def _ingest(out, manifests, *extra, **options):
-    args = local_options(manifest=manifests, output=out, **{"allow-network": LOOPBACK, "no-progress": True,
-                                                            "no-report": True, "retries": 0, **options})
+    args = local_options(
+        manifest=manifests,
+        output=out,
+        **{"allow-network": LOOPBACK, "no-progress": True, "no-report": True, "retries": 0, **options},
+    )
     return ingest.main(args + list(extra))
 
 
@@ -86,6 +92,7 @@ def _one_line(capsys):
 
 # --- truncated and corrupt compressed manifests ------------------------------------------------
 
+
 def _gzip_of(text):
     return gzip.compress(text.encode("utf-8"), mtime=0)
 
@@ -95,7 +102,7 @@ def test_a_cut_gzip_is_refused_at_every_cut_point(tmp_path, fraction):
     text = "".join(f"caption {n}\thttp://127.0.0.2/{n}.jpg\n" for n in range(1, 4001))
     data = _gzip_of(text)
     path = tmp_path / "cut.tsv.gz"
-    path.write_bytes(data[:int(len(data) * fraction)])
+    path.write_bytes(data[: int(len(data) * fraction)])
     lines = []
     with pytest.raises(CompressedInputError) as failure:
         with open_stream(str(path)) as stream:
@@ -103,16 +110,21 @@ def test_a_cut_gzip_is_refused_at_every_cut_point(tmp_path, fraction):
     assert str(path) in str(failure.value) and "end-of-stream" in str(failure.value)
     # every line handed out before the failure is whole: no half-line ever becomes a record
     assert all(line.endswith(b"\n") for line in lines)
-    assert [line.decode() for line in lines] == text.splitlines(keepends=True)[:len(lines)]
+    assert [line.decode() for line in lines] == text.splitlines(keepends=True)[: len(lines)]
 
 
 def test_cut_bz2_xz_zst_and_corrupt_gzip_are_refused(tmp_path):
     import bz2
     import lzma
+
     import zstandard
+
     text = "".join(f"caption {n}\thttp://127.0.0.2/{n}.jpg\n" for n in range(1, 3001)).encode()
-    cases = {"cut.tsv.bz2": bz2.compress(text)[:-40], "cut.tsv.xz": lzma.compress(text)[:-40],
-             "cut.tsv.zst": zstandard.ZstdCompressor().compress(text)[:-40]}
+    cases = {
+        "cut.tsv.bz2": bz2.compress(text)[:-40],
+        "cut.tsv.xz": lzma.compress(text)[:-40],
+        "cut.tsv.zst": zstandard.ZstdCompressor().compress(text)[:-40],
+    }
     whole = _gzip_of(text.decode())
     cases["corrupt.tsv.gz"] = whole[:200] + bytes(64) + whole[264:]
     for name, data in cases.items():
@@ -127,7 +139,7 @@ def test_truncated_gzip_manifest_fails_the_ingest_in_one_line_then_is_kept_on_re
     urls = _serve(web, 30)
     data = _gzip_of(_cc3m_lines(urls))
     manifest = tmp_path / "cc3m.tsv.gz"
-    manifest.write_bytes(data[:len(data) * 2 // 3])
+    manifest.write_bytes(data[: len(data) * 2 // 3])
     with gzip.open(manifest, "rt") as handle:  # what a reader can get out of it: whole lines only
         readable = []
         with pytest.raises(EOFError):
@@ -167,6 +179,7 @@ def test_a_cut_gzip_side_file_fails_the_ingest_in_one_line(web, tmp_path, capsys
 
 # --- keys: same-named files, one file under two names -------------------------------------------
 
+
 def test_same_named_files_in_three_folders_keep_every_row_and_a_file_named_twice_is_read_once(web, tmp_path):
     out = str(tmp_path / "out")
     manifests = []
@@ -180,16 +193,23 @@ def test_same_named_files_in_three_folders_keep_every_row_and_a_file_named_twice
     os.symlink(tmp_path / "in" / "2025" / "part-0.tsv", tmp_path / "alias.tsv")
     manifests.append(f"cc3m={tmp_path / 'alias.tsv'}")
     # leftovers of a failed run, removed by this one
-    for stale in ("_tmp-19700101T000000/spill/k/0.npy", "_tmp-19700101T000000/blobs/ab.jpg.tmp-1-2",
-                  "duplicates/beam-temp-clusters-0/x", "images/part-x.parquet.tmp-0",
-                  "duplicates/clusters-00003-of-00009.jsonl"):
+    for stale in (
+        "_tmp-19700101T000000/spill/k/0.npy",
+        "_tmp-19700101T000000/blobs/ab.jpg.tmp-1-2",
+        "duplicates/beam-temp-clusters-0/x",
+        "images/part-x.parquet.tmp-0",
+        "duplicates/clusters-00003-of-00009.jsonl",
+    ):
         os.makedirs(os.path.dirname(os.path.join(out, stale)), exist_ok=True)
         open(os.path.join(out, stale), "w").close()
 
     assert _ingest(out, manifests) == 0
     rows = _assert_whole(out, 12)
     assert sorted({r["key"].rsplit(":", 1)[0] for r in rows}) == [
-        "cc3m:2023/part-0.tsv", "cc3m:2024/part-0.tsv", "cc3m:2025/part-0.tsv"]
+        "cc3m:2023/part-0.tsv",
+        "cc3m:2024/part-0.tsv",
+        "cc3m:2025/part-0.tsv",
+    ]
     assert all(r["status"] == schema.OK for r in rows)
     files = _summary(out)["books"]["files"]
     assert [(f["records"], f["rows"]) for f in files] == [(4, 4)] * 3
@@ -199,10 +219,18 @@ def test_same_named_files_in_three_folders_keep_every_row_and_a_file_named_twice
 
 # --- one writer per OUT ------------------------------------------------------------------------
 
+
 def _start_ingest(args):
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.Popen([sys.executable, "-m", "pipelines.ingest", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.ingest", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for(path, process, seconds=120):
@@ -218,8 +246,22 @@ def test_a_second_run_on_a_busy_out_refuses_at_once_and_the_first_writes_a_whole
     manifest = tmp_path / "cc3m.tsv"
     manifest.write_text(_cc3m_lines(urls))
     out = str(tmp_path / "out")
-    first = _start_ingest(["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK,
-                           "--no-progress", "--no-report", "--concurrency", "2", "--per-host", "2"])
+    first = _start_ingest(
+        [
+            "--manifest",
+            f"cc3m={manifest}",
+            "--output",
+            out,
+            "--allow-network",
+            LOOPBACK,
+            "--no-progress",
+            "--no-report",
+            "--concurrency",
+            "2",
+            "--per-host",
+            "2",
+        ]
+    )
     try:
         _wait_for(os.path.join(out, lease_module.LEASE_NAME), first)
         started = time.monotonic()
@@ -242,8 +284,21 @@ def test_kill_9_leaves_a_stale_lease_that_the_next_resume_breaks(web, tmp_path):
     out = str(tmp_path / "out")
     assert _ingest(out, f"cc3m={manifest}") == 0  # 10 ok, the flaky one failed
 
-    resumed = _start_ingest(["--manifest", f"cc3m={manifest}", "--output", out, "--resume", "--allow-network",
-                             LOOPBACK, "--no-progress", "--no-report", "--timeout", "60"])
+    resumed = _start_ingest(
+        [
+            "--manifest",
+            f"cc3m={manifest}",
+            "--output",
+            out,
+            "--resume",
+            "--allow-network",
+            LOOPBACK,
+            "--no-progress",
+            "--no-report",
+            "--timeout",
+            "60",
+        ]
+    )
     try:
         deadline = time.monotonic() + 90
         while web.hits.get("/flaky.jpg", 0) < 2:  # the resume is fetching the flaky row again
@@ -339,6 +394,7 @@ def test_gcs_lease_two_runs_that_both_saw_no_lease_cannot_both_take_it(gcs_emula
 
 # --- empty input -------------------------------------------------------------------------------
 
+
 def test_an_empty_manifest_is_an_empty_dataset_for_ingest_dedup_and_refresh(tmp_path, capsys):
     manifest = tmp_path / "empty.tsv"
     manifest.write_text("")
@@ -347,8 +403,13 @@ def test_an_empty_manifest_is_an_empty_dataset_for_ingest_dedup_and_refresh(tmp_
     files = table_module.list_table_files(out)
     assert len(files) == 1 and pq.read_table(files[0]).schema.equals(schema.IMAGE_SCHEMA)
     assert pq.read_table(files[0]).num_rows == 0
-    assert _summary(out)["books"] == {"files": [{"path": str(manifest), "records": 0, "rows": 0}], "rows_in": 0,
-                                      "rows_out": 0, "balanced": True, "truncated": []}
+    assert _summary(out)["books"] == {
+        "files": [{"path": str(manifest), "records": 0, "rows": 0}],
+        "rows_in": 0,
+        "rows_out": 0,
+        "balanced": True,
+        "truncated": [],
+    }
 
     out3 = str(tmp_path / "out3")
     dedup.run(local_options(input=out, output=out3))
@@ -362,6 +423,7 @@ def test_an_empty_manifest_is_an_empty_dataset_for_ingest_dedup_and_refresh(tmp_
 
 
 # --- a damaged table: a byte flipped inside a Parquet page ----------------------------------------
+
 
 def _flip_bytes_in_column(path, column):
     """Flips 64 bytes in the middle of `column`'s pages: pyarrow alone reads other values back."""
@@ -393,9 +455,7 @@ def test_a_damaged_page_in_a_table_fails_dedup_export_and_refresh_in_one_line(we
     capsys.readouterr()
     runs = {
         "dedup": lambda: dedup.main(local_options(input=out, output=str(tmp_path / "dedup"))),
-        "export": lambda: export.main(
-            local_options(input=out, output=str(tmp_path / "export"), format="webdataset")
-        ),
+        "export": lambda: export.main(local_options(input=out, output=str(tmp_path / "export"), format="webdataset")),
         "refresh": lambda: refresh.main(
             local_options(snapshot=out, output=str(tmp_path / "refresh"), **{"allow-network": LOOPBACK})
         ),
@@ -409,10 +469,22 @@ def test_a_damaged_page_in_a_table_fails_dedup_export_and_refresh_in_one_line(we
 
 # --- dedup: two-phase replacement, books, missing phash -------------------------------------------
 
+
 def test_dedup_rerun_replaces_old_shards_and_warns_of_a_table_without_phash(tmp_path, capsys):
     import pyarrow as pa
-    rows = [schema.new_row("cc3m", f"cc3m:{n}", f"http://127.0.0.2/{n}.jpg", status=schema.OK,
-                           sha256=f"{n:064x}", source_file="m.tsv", source_line=n) for n in range(1, 9)]
+
+    rows = [
+        schema.new_row(
+            "cc3m",
+            f"cc3m:{n}",
+            f"http://127.0.0.2/{n}.jpg",
+            status=schema.OK,
+            sha256=f"{n:064x}",
+            source_file="m.tsv",
+            source_line=n,
+        )
+        for n in range(1, 9)
+    ]
     slim = [{name: r[name] for name in ("dataset", "key", "url", "status", "sha256")} for r in rows]
     out = tmp_path / "out"
     (out / "images").mkdir(parents=True)
@@ -421,8 +493,10 @@ def test_dedup_rerun_replaces_old_shards_and_warns_of_a_table_without_phash(tmp_
     (out3 / "images").mkdir(parents=True)
     (out3 / "duplicates").mkdir()
     # a previous dedup run's shards, of another shard count
-    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows[:3]], schema=schema.IMAGE_SCHEMA),
-                   out3 / "images" / "part-00000-of-00005.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows[:3]], schema=schema.IMAGE_SCHEMA),
+        out3 / "images" / "part-00000-of-00005.parquet",
+    )
     (out3 / "duplicates" / "clusters-00004-of-00005.jsonl").write_text("{}\n")
 
     dedup.run(local_options(input=str(out), output=str(out3)))
@@ -439,28 +513,38 @@ def test_dedup_rerun_replaces_old_shards_and_warns_of_a_table_without_phash(tmp_
 
 # --- joins -----------------------------------------------------------------------------------
 
+
 def test_labels_join_on_repeated_image_ids_and_conflicting_hash_entries_give_no_expected_hash(tmp_path):
     oi = tmp_path / "oi"
     for part, ids in (("a", ["000000000000000a", "000000000000000b"]), ("b", ["000000000000000a"])):
         (oi / part).mkdir(parents=True)
-        (oi / part / "images.csv").write_text("ImageID,OriginalURL\n" + "".join(
-            f"{image_id},http://127.0.0.2/{image_id}.jpg\n" for image_id in ids))
+        (oi / part / "images.csv").write_text(
+            "ImageID,OriginalURL\n" + "".join(f"{image_id},http://127.0.0.2/{image_id}.jpg\n" for image_id in ids)
+        )
     labels = tmp_path / "labels.csv"
-    labels.write_text("ImageID,Source,LabelName,Confidence\n000000000000000a,human,/m/cat,1\n"
-                      "000000000000000b,human,/m/dog,1\n")
+    labels.write_text(
+        "ImageID,Source,LabelName,Confidence\n000000000000000a,human,/m/cat,1\n000000000000000b,human,/m/dog,1\n"
+    )
     cc12m = tmp_path / "cc12m.tsv"
     cc12m.write_text("http://127.0.0.2/x.jpg\tx\nhttp://127.0.0.2/y.jpg\ty\n")
     hashes = tmp_path / "hashes.tsv"
     sha_x1, sha_x2, sha_y = "1" * 64, "2" * 64, "3" * 64
-    hashes.write_text(f"http://127.0.0.2/x.jpg\t{sha_x1}\nhttp://127.0.0.2/y.jpg\t{sha_y}\n"
-                      f"http://127.0.0.2/x.jpg\t{sha_x2}\nhttp://127.0.0.2/y.jpg\t{sha_y}\n")
+    hashes.write_text(
+        f"http://127.0.0.2/x.jpg\t{sha_x1}\nhttp://127.0.0.2/y.jpg\t{sha_y}\n"
+        f"http://127.0.0.2/x.jpg\t{sha_x2}\nhttp://127.0.0.2/y.jpg\t{sha_y}\n"
+    )
     out = str(tmp_path / "out")
-    assert _ingest(out, [f"openimages={oi}/*/images.csv", f"cc12m={cc12m}"],
-                   **{"openimages-labels": str(labels), "cc12m-hashes": str(hashes)}) == 0
+    assert (
+        _ingest(
+            out,
+            [f"openimages={oi}/*/images.csv", f"cc12m={cc12m}"],
+            **{"openimages-labels": str(labels), "cc12m-hashes": str(hashes)},
+        )
+        == 0
+    )
     rows = {r["key"]: r for r in _assert_whole(out, 5)}
     repeat = "openimages:000000000000000a@b/images.csv:2"
-    assert set(rows) == {"openimages:000000000000000a", repeat, "openimages:000000000000000b",
-                         "cc12m:1", "cc12m:2"}
+    assert set(rows) == {"openimages:000000000000000a", repeat, "openimages:000000000000000b", "cc12m:1", "cc12m:2"}
     assert [label["id"] for label in rows[repeat]["labels"]] == ["/m/cat"]
     assert [label["id"] for label in rows["openimages:000000000000000a"]["labels"]] == ["/m/cat"]
     assert rows["cc12m:1"]["expected_sha256"] is None  # two entries disagree: no expected hash
@@ -472,6 +556,7 @@ def test_labels_join_on_repeated_image_ids_and_conflicting_hash_entries_give_no_
 
 
 # --- the books check itself ----------------------------------------------------------------------
+
 
 def test_a_lost_row_fails_the_run_with_the_books_in_one_line(web, tmp_path, capsys, monkeypatch):
     urls = _serve(web, 6)
@@ -494,8 +579,7 @@ def test_a_lost_row_fails_the_run_with_the_books_in_one_line(web, tmp_path, caps
 def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
     out = tmp_path / "out"
     (out / "images").mkdir(parents=True)
-    row = schema.new_row("cc3m", "cc3m:1", "http://127.0.0.2/1.jpg", status=schema.OK, sha256="1" * 64,
-                         phash="0" * 16)
+    row = schema.new_row("cc3m", "cc3m:1", "http://127.0.0.2/1.jpg", status=schema.OK, sha256="1" * 64, phash="0" * 16)
     pq.write_table(pa_table([row]), out / "images" / "part-0.parquet")
     out3, refresh_out = str(tmp_path / "out3"), str(tmp_path / "refresh")
     with lease_module.output_lease(out3, "ingest"), lease_module.output_lease(refresh_out, "refresh"):
@@ -508,24 +592,49 @@ def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
 
 def pa_table(rows):
     import pyarrow as pa
+
     return pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
 
 
 def test_resume_keeps_every_row_of_an_old_output_whose_keys_collided():
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
+
     from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
-    old = [schema.new_row("cc3m", "cc3m:part-0.tsv:1", f"http://127.0.0.2/{year}.jpg", status=schema.OK,
-                          source_file=f"/in/{year}/part-0.tsv") for year in (2024, 2025)]
-    new = [schema.new_row("cc3m", "cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg",
-                          source_file="/in/2024/part-0.tsv"),
-           schema.new_row("cc3m", "cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg", source_file="/in/x/part-0.tsv")]
+
+    old = [
+        schema.new_row(
+            "cc3m",
+            "cc3m:part-0.tsv:1",
+            f"http://127.0.0.2/{year}.jpg",
+            status=schema.OK,
+            source_file=f"/in/{year}/part-0.tsv",
+        )
+        for year in (2024, 2025)
+    ]
+    new = [
+        schema.new_row(
+            "cc3m", "cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg", source_file="/in/2024/part-0.tsv"
+        ),
+        schema.new_row("cc3m", "cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg", source_file="/in/x/part-0.tsv"),
+    ]
     with beam.Pipeline("FnApiRunner") as pipeline:
         merged = (pipeline | "New" >> beam.Create(new)) | MergeWithPrevious(
-            pipeline | "Old" >> beam.Create(old), parse_retry_statuses(None))
-        assert_that(merged["carry"] | "CarriedUrls" >> beam.Map(lambda r: r["url"]),
-                    equal_to(["http://127.0.0.2/2024.jpg", "http://127.0.0.2/2025.jpg"]), label="Carried")
-        assert_that(merged["fetch"] | "FetchedKeys" >> beam.Map(lambda r: (r["key"], r["url"])),
-                    equal_to([("cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg"),
-                              ("cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg")]), label="Fetched")
+            pipeline | "Old" >> beam.Create(old), parse_retry_statuses(None)
+        )
+        assert_that(
+            merged["carry"] | "CarriedUrls" >> beam.Map(lambda r: r["url"]),
+            equal_to(["http://127.0.0.2/2024.jpg", "http://127.0.0.2/2025.jpg"]),
+            label="Carried",
+        )
+        assert_that(
+            merged["fetch"] | "FetchedKeys" >> beam.Map(lambda r: (r["key"], r["url"])),
+            equal_to(
+                [
+                    ("cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg"),
+                    ("cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg"),
+                ]
+            ),
+            label="Fetched",
+        )
         assert_that(merged["kept"], equal_to(["/in/2024/part-0.tsv", "/in/2025/part-0.tsv"]), label="Kept")

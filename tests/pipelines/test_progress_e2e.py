@@ -1,4 +1,5 @@
 """An ingest run with the live progress line on: what it prints, and what it leaves in OUT."""
+
 import json
 import os
 import re
@@ -18,23 +19,31 @@ ROWS = 30
 
 def test_progress_lines_with_sensible_numbers(tmp_path, capfd):
     from pipelines.demo.sample_site import SampleWebServer
+
     with SampleWebServer() as web:
         for n in range(ROWS):
             # Slow answers, one connection at a time: the run lasts a few seconds, long enough for lines.
-            web.routes[f"/p{n}.jpg"] = (Reply(200, jpeg(n % 6), {"Content-Type": "image/jpeg"}, delay=0.12)
-                                        if n % 5 else Reply(404, b"gone", delay=0.12))
+            web.routes[f"/p{n}.jpg"] = (
+                Reply(200, jpeg(n % 6), {"Content-Type": "image/jpeg"}, delay=0.12)
+                if n % 5
+                else Reply(404, b"gone", delay=0.12)
+            )
         (tmp_path / "cc3m.tsv").write_text("".join(f"photo {n}\t{web.base}/p{n}.jpg\n" for n in range(ROWS)))
         out = str(tmp_path / "out")
-        ingest.run(local_options(manifest=f"cc3m={tmp_path / 'cc3m.tsv'}", output=out,
-                                 **{"allow-network": "127.0.0.1/32", "per-host": 1, "concurrency": 2,
-                                    "progress-interval": 0.25}))
+        ingest.run(
+            local_options(
+                manifest=f"cc3m={tmp_path / 'cc3m.tsv'}",
+                output=out,
+                **{"allow-network": "127.0.0.1/32", "per-host": 1, "concurrency": 2, "progress-interval": 0.25},
+            )
+        )
     err = capfd.readouterr().err
     lines = [m.groups() for m in LINE.finditer(err)]
     assert len(lines) >= 3, err
     done = [int(d.replace(",", "")) for d, *_ in lines]
     assert all(int(t.replace(",", "")) == ROWS for _, t, *_ in lines)  # the manifest's rows, counted
-    assert done == sorted(done) and 0 < max(done) <= ROWS, done      # never backwards, never beyond
-    assert any(0 < d < ROWS for d in done), done                     # caught mid-run, not just the end
+    assert done == sorted(done) and 0 < max(done) <= ROWS, done  # never backwards, never beyond
+    assert any(0 < d < ROWS for d in done), done  # caught mid-run, not just the end
     for d, _, pct, rate, ok in lines:
         assert float(pct) == pytest.approx(100.0 * int(d.replace(",", "")) / ROWS, abs=0.06)
         assert float(rate.replace(",", "")) >= 0
@@ -59,8 +68,9 @@ def test_progress_lines_with_sensible_numbers(tmp_path, capfd):
 def test_no_progress_and_no_report(tmp_path, capfd):
     (tmp_path / "cc3m.tsv").write_text("a caption\tftp://example.com/a.jpg\n")
     out = str(tmp_path / "out")
-    ingest.run(local_options(manifest=f"cc3m={tmp_path / 'cc3m.tsv'}", output=out, **{"no-progress": True,
-                                                                                       "no-report": True}))
+    ingest.run(
+        local_options(manifest=f"cc3m={tmp_path / 'cc3m.tsv'}", output=out, **{"no-progress": True, "no-report": True})
+    )
     assert "progress:" not in capfd.readouterr().err
     assert not os.path.exists(os.path.join(out, "report.html"))
     with open(os.path.join(out, "summary.json")) as handle:
@@ -69,8 +79,12 @@ def test_no_progress_and_no_report(tmp_path, capfd):
 
 def test_demo_prints_a_final_progress_line_and_writes_the_report(tmp_path):
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--demo", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.ingest", "--demo", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     final = FINAL.search(done.stderr)

@@ -1,4 +1,5 @@
 """Refresh: the verdict rules alone, the Beam parts alone, and simulated nights end to end."""
+
 import dataclasses
 import datetime
 import glob
@@ -12,9 +13,9 @@ import aiohttp.resolver
 import apache_beam as beam
 import pyarrow.dataset as ds
 import pytest
-from PIL import Image
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
 
 from pipelines import ingest
 from pipelines import refresh as refresh_job
@@ -22,10 +23,10 @@ from pipelines.demo.sample_site import Reply, SampleWebServer, encode, jpeg, pic
 from tests.conftest import local_options
 from transforms import schema
 from transforms.fetch import address_policy
-from transforms.liveness import checks, plans, summary, verdicts
-from transforms.liveness import history as liveness_history
 from transforms.fetch.client import FetchConfig, Fetcher, FetchResult
 from transforms.hashing import inspect_image
+from transforms.liveness import checks, plans, summary, verdicts
+from transforms.liveness import history as liveness_history
 
 JPEG = {"Content-Type": "image/jpeg"}
 NIGHT = datetime.date(2030, 3, 1)
@@ -44,10 +45,18 @@ def picture_of(body):
 
 
 def entry(key="cc3m:1", url="http://example.com/a.jpg", status=schema.OK, body=None, **fields):
-    sha256, phash = picture_of(body if body is not None else jpeg(1)) if status in verdicts.BASELINE_STATUSES \
-        else (None, None)
-    row = dict(key=key, dataset=key.split(":")[0], url=url, status=status, sha256=sha256, phash=phash,
-               fetched_at=datetime.datetime(2030, 1, 1, tzinfo=UTC))
+    sha256, phash = (
+        picture_of(body if body is not None else jpeg(1)) if status in verdicts.BASELINE_STATUSES else (None, None)
+    )
+    row = dict(
+        key=key,
+        dataset=key.split(":")[0],
+        url=url,
+        status=status,
+        sha256=sha256,
+        phash=phash,
+        fetched_at=datetime.datetime(2030, 1, 1, tzinfo=UTC),
+    )
     row.update(fields)
     return verdicts.snapshot_entry(row, "snap")
 
@@ -57,8 +66,9 @@ def got(body, http_status=200, final_url="http://example.com/a.jpg", method=verd
     check = plans.new_check({"method": method})
     check.update(status=schema.OK, http_status=http_status, final_url=final_url, requests=1)
     image = inspect_image(body)
-    check.update(sha256=hashlib.sha256(body).hexdigest(), phash=image.phash, image_status=image.status,
-                 image_error=image.error)
+    check.update(
+        sha256=hashlib.sha256(body).hexdigest(), phash=image.phash, image_status=image.status, image_error=image.error
+    )
     check.update(fields)
     return check
 
@@ -76,21 +86,25 @@ def judge(snapshot_entry, check, previous=None, detected=None, params=PARAMS):
 
 # ---- verdict rules --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("status, http_status, name_gone, kind", [
-    (schema.HTTP_ERROR, 404, False, verdicts.GONE),
-    (schema.HTTP_ERROR, 410, False, verdicts.GONE),
-    (schema.HTTP_ERROR, 451, False, verdicts.GONE),
-    (schema.HTTP_ERROR, 500, False, verdicts.TRANSIENT),
-    (schema.HTTP_ERROR, 503, False, verdicts.TRANSIENT),
-    (schema.HTTP_ERROR, 403, False, verdicts.TRANSIENT),
-    (schema.HTTP_ERROR, 429, False, verdicts.TRANSIENT),
-    (schema.TIMEOUT, None, False, verdicts.TRANSIENT),
-    (schema.CONNECTION_ERROR, None, False, verdicts.TRANSIENT),
-    (schema.CONNECTION_ERROR, None, True, verdicts.NO_HOST),
-    (schema.BLOCKED, None, False, verdicts.GONE),
-    (schema.OPTED_OUT, 200, False, verdicts.GONE),
-    (schema.TOO_LARGE, 200, False, verdicts.TRANSIENT),
-])
+
+@pytest.mark.parametrize(
+    "status, http_status, name_gone, kind",
+    [
+        (schema.HTTP_ERROR, 404, False, verdicts.GONE),
+        (schema.HTTP_ERROR, 410, False, verdicts.GONE),
+        (schema.HTTP_ERROR, 451, False, verdicts.GONE),
+        (schema.HTTP_ERROR, 500, False, verdicts.TRANSIENT),
+        (schema.HTTP_ERROR, 503, False, verdicts.TRANSIENT),
+        (schema.HTTP_ERROR, 403, False, verdicts.TRANSIENT),
+        (schema.HTTP_ERROR, 429, False, verdicts.TRANSIENT),
+        (schema.TIMEOUT, None, False, verdicts.TRANSIENT),
+        (schema.CONNECTION_ERROR, None, False, verdicts.TRANSIENT),
+        (schema.CONNECTION_ERROR, None, True, verdicts.NO_HOST),
+        (schema.BLOCKED, None, False, verdicts.GONE),
+        (schema.OPTED_OUT, 200, False, verdicts.GONE),
+        (schema.TOO_LARGE, 200, False, verdicts.TRANSIENT),
+    ],
+)
 def test_failures_are_gone_or_transient(status, http_status, name_gone, kind):
     assert verdicts.classify_failure(status, http_status, name_gone) == kind
 
@@ -128,25 +142,39 @@ def test_not_modified_is_alive_with_the_snapshot_hashes():
 def test_a_304_nobody_asked_for_proves_nothing():
     snap = entry(body=jpeg(1))
     plan = plans.plan_check(snap["url"], [snap], PARAMS)
-    check = plans.finish_check(plan, [("HEAD", FetchResult(schema.OK, http_status=200, attempts=1)),
-                                        ("GET", FetchResult(schema.OK, http_status=304, attempts=1))])
+    check = plans.finish_check(
+        plan,
+        [
+            ("HEAD", FetchResult(schema.OK, http_status=200, attempts=1)),
+            ("GET", FetchResult(schema.OK, http_status=304, attempts=1)),
+        ],
+    )
     assert judge(snap, check)["status"] == verdicts.UNREACHABLE
 
 
-@pytest.mark.parametrize("body, final_url, detected, extra, expect", [
-    (blank_gif(), None, {}, {}, "blank"),
-    (jpeg(5), "https://s.yimg.com/pw/images/en-us/photo_unavailable.png", {}, {}, "Flickr"),
-    (jpeg(5), "https://i.imgur.com/removed.png", {}, {}, "Imgur"),
-    (jpeg(5), "http://example.com/static/no-image.png", {}, {}, "named like a placeholder"),
-    (placeholder_png(), None, {}, {}, "bundled sample"),
-    (jpeg(5), None, {hashlib.sha256(jpeg(5)).hexdigest(): 3}, {}, "replaced 3 different"),
-    (jpeg(5), None, {}, {"placeholder_sha256": frozenset([hashlib.sha256(jpeg(5)).hexdigest()])},
-     "known placeholder"),
-])
+@pytest.mark.parametrize(
+    "body, final_url, detected, extra, expect",
+    [
+        (blank_gif(), None, {}, {}, "blank"),
+        (jpeg(5), "https://s.yimg.com/pw/images/en-us/photo_unavailable.png", {}, {}, "Flickr"),
+        (jpeg(5), "https://i.imgur.com/removed.png", {}, {}, "Imgur"),
+        (jpeg(5), "http://example.com/static/no-image.png", {}, {}, "named like a placeholder"),
+        (placeholder_png(), None, {}, {}, "bundled sample"),
+        (jpeg(5), None, {hashlib.sha256(jpeg(5)).hexdigest(): 3}, {}, "replaced 3 different"),
+        (
+            jpeg(5),
+            None,
+            {},
+            {"placeholder_sha256": frozenset([hashlib.sha256(jpeg(5)).hexdigest()])},
+            "known placeholder",
+        ),
+    ],
+)
 def test_placeholders_are_dead(body, final_url, detected, extra, expect):
     params = dataclasses.replace(PARAMS, **extra)
-    row = judge(entry(body=jpeg(1)), got(body, final_url=final_url or "http://example.com/a.jpg"), None, detected,
-                params)
+    row = judge(
+        entry(body=jpeg(1)), got(body, final_url=final_url or "http://example.com/a.jpg"), None, detected, params
+    )
     assert row["status"] == verdicts.DEAD and row["placeholder"] is True and row["failure"] == verdicts.GONE
     assert expect in row["error"]
 
@@ -176,6 +204,7 @@ def test_a_picture_the_snapshot_marked_a_placeholder_stays_dead():
 def test_snapshots_written_before_a_column_existed_are_read(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     old_schema = pa.schema([f for f in schema.IMAGE_SCHEMA if f.name not in ("is_placeholder", "etag")])
     sha256, phash = picture_of(jpeg(1))
     record = dict(dataset="cc3m", key="cc3m:1", url="http://h/a.jpg", status=schema.OK, sha256=sha256, phash=phash)
@@ -185,8 +214,10 @@ def test_snapshots_written_before_a_column_existed_are_read(tmp_path):
     assert "etag" not in columns and "is_placeholder" not in columns and "last_modified" in columns
     with BeamPipeline(runner="FnApiRunner") as p:
         entries = p | checks.ReadSnapshots([("old", pattern)])
-        assert_that(entries | beam.Map(lambda e: (e["key"], e["etag"], e["is_placeholder"], e["sha256"])),
-                    equal_to([("cc3m:1", None, False, sha256)]))
+        assert_that(
+            entries | beam.Map(lambda e: (e["key"], e["etag"], e["is_placeholder"], e["sha256"])),
+            equal_to([("cc3m:1", None, False, sha256)]),
+        )
     pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(ValueError, match="not an ingest"):
         checks.snapshot_columns(str(tmp_path / "other.parquet"))
@@ -205,8 +236,7 @@ def test_rows_invalid_or_blocked_at_ingest_are_dead_without_a_request():
         snap = entry(url="ftp://x/y.jpg", status=status, error="nope")
         plan = plans.plan_check(snap["url"], [snap], PARAMS)
         assert plan["method"] == verdicts.NOT_CHECKED
-        row = judge(snap, plans.new_check(plan), None, None,
-                    verdicts.RefreshParams(night=NIGHT, dead_after=5))
+        row = judge(snap, plans.new_check(plan), None, None, verdicts.RefreshParams(night=NIGHT, dead_after=5))
         assert row["status"] == verdicts.DEAD and row["method"] == "none" and row["requests"] == 0
         assert row["failure"] == verdicts.UNFETCHABLE and f"{status} at ingest (nope)" in row["error"]
 
@@ -227,15 +257,25 @@ def test_dead_needs_dead_after_failed_nights_in_a_row():
     snap = entry()
     previous = None
     seen = []
-    for night, check in enumerate([failed(schema.HTTP_ERROR, 500), failed(schema.HTTP_ERROR, 404),
-                                   failed(schema.HTTP_ERROR, 404), failed(schema.HTTP_ERROR, 404)]):
+    for night, check in enumerate(
+        [
+            failed(schema.HTTP_ERROR, 500),
+            failed(schema.HTTP_ERROR, 404),
+            failed(schema.HTTP_ERROR, 404),
+            failed(schema.HTTP_ERROR, 404),
+        ]
+    ):
         params = dataclasses.replace(params, night=NIGHT + datetime.timedelta(days=night))
         row = judge(snap, check, previous, None, params)
         seen.append((row["status"], row["consecutive_failures"], row["newly_dead"]))
         previous = row
     # a 500 then 404s: the streak counts every failed night, the verdict waits for a 'gone' answer
-    assert seen == [(verdicts.UNREACHABLE, 1, False), (verdicts.UNREACHABLE, 2, False),
-                    (verdicts.DEAD, 3, True), (verdicts.DEAD, 4, False)]
+    assert seen == [
+        (verdicts.UNREACHABLE, 1, False),
+        (verdicts.UNREACHABLE, 2, False),
+        (verdicts.DEAD, 3, True),
+        (verdicts.DEAD, 4, False),
+    ]
     assert previous["dead_since"] == NIGHT + datetime.timedelta(days=2)
     assert "dead after 3" in judge(snap, failed(schema.HTTP_ERROR, 404), None, None, params)["error"]
 
@@ -274,17 +314,20 @@ def test_plans_are_cheap_first():
     assert plans.plan_check(image_file["url"], [image_file], PARAMS)["method"] == verdicts.FILE
 
 
-@pytest.mark.parametrize("result, settles", [
-    (FetchResult(schema.OK, http_status=200), False),
-    (FetchResult(schema.HTTP_ERROR, http_status=405), False),
-    (FetchResult(schema.HTTP_ERROR, http_status=501), False),
-    (FetchResult(schema.HTTP_ERROR, http_status=403), False),
-    (FetchResult(schema.HTTP_ERROR, http_status=404), True),
-    (FetchResult(schema.HTTP_ERROR, http_status=410), True),
-    (FetchResult(schema.HTTP_ERROR, http_status=503), True),
-    (FetchResult(schema.TIMEOUT), True),
-    (FetchResult(schema.OPTED_OUT, http_status=200), True),
-])
+@pytest.mark.parametrize(
+    "result, settles",
+    [
+        (FetchResult(schema.OK, http_status=200), False),
+        (FetchResult(schema.HTTP_ERROR, http_status=405), False),
+        (FetchResult(schema.HTTP_ERROR, http_status=501), False),
+        (FetchResult(schema.HTTP_ERROR, http_status=403), False),
+        (FetchResult(schema.HTTP_ERROR, http_status=404), True),
+        (FetchResult(schema.HTTP_ERROR, http_status=410), True),
+        (FetchResult(schema.HTTP_ERROR, http_status=503), True),
+        (FetchResult(schema.TIMEOUT), True),
+        (FetchResult(schema.OPTED_OUT, http_status=200), True),
+    ],
+)
 def test_head_settles_only_failures(result, settles):
     assert plans.head_settles(result) is settles
 
@@ -326,7 +369,10 @@ def test_option_values_are_checked(tmp_path):
         verdicts.parse_night("01/02/2030")
     assert verdicts.parse_night("2030-02-01") == datetime.date(2030, 2, 1)
     assert refresh_job.snapshot_pattern("gs://b/out/") == ("gs://b/out", "gs://b/out/images/*.parquet")
-    assert refresh_job.snapshot_pattern("gs://b/out/images/*.parquet") == ("gs://b/out/images", "gs://b/out/images/*.parquet")
+    assert refresh_job.snapshot_pattern("gs://b/out/images/*.parquet") == (
+        "gs://b/out/images",
+        "gs://b/out/images/*.parquet",
+    )
     snap = tmp_path / "snap"
     (snap / "images").mkdir(parents=True)
     (snap / "images" / "part-0.parquet").write_bytes(b"")
@@ -363,31 +409,46 @@ def test_dns_name_gone_is_told_apart_from_a_failed_lookup():
 
 # ---- Beam parts alone --------------------------------------------------------------------------------
 
+
 def test_check_urls_makes_one_cheap_request_per_distinct_url(web):
     body = jpeg(4)
     web.routes["/etag.jpg"] = lambda method, headers, n: (
-        Reply(304, b"", {"ETag": '"x"'}) if headers.get("If-None-Match") == '"x"' else Reply(200, body, JPEG))
+        Reply(304, b"", {"ETag": '"x"'}) if headers.get("If-None-Match") == '"x"' else Reply(200, body, JPEG)
+    )
     web.routes["/plain.jpg"] = Reply(200, body, JPEG)
     web.routes["/no-head.jpg"] = lambda method, headers, n: Reply(405) if method == "HEAD" else Reply(200, body, JPEG)
-    entries = [entry("cc3m:1", web.url("/etag.jpg"), body=body, etag='"x"'),
-               entry("cc12m:1", web.url("/etag.jpg"), body=body, etag='"x"'),
-               entry("cc3m:2", web.url("/plain.jpg"), body=body),
-               entry("cc12m:2", web.url("/plain.jpg"), body=body),
-               entry("cc3m:3", web.url("/no-head.jpg"), body=body),
-               entry("cc3m:4", web.url("/missing.jpg"), body=body)]
+    entries = [
+        entry("cc3m:1", web.url("/etag.jpg"), body=body, etag='"x"'),
+        entry("cc12m:1", web.url("/etag.jpg"), body=body, etag='"x"'),
+        entry("cc3m:2", web.url("/plain.jpg"), body=body),
+        entry("cc12m:2", web.url("/plain.jpg"), body=body),
+        entry("cc3m:3", web.url("/no-head.jpg"), body=body),
+        entry("cc3m:4", web.url("/missing.jpg"), body=body),
+    ]
     config = FetchConfig(allow_networks=("127.0.0.1/32",), timeout=5.0, retries=0)
     with BeamPipeline(runner="FnApiRunner") as p:
         checked = p | beam.Create(entries) | checks.CheckUrls(config, PARAMS)
-        summary = checked | beam.Map(lambda item: (item["url"].rsplit("/", 1)[-1], sorted(e["key"] for e in item["entries"]),
-                                                   item["check"]["method"], item["check"]["http_status"],
-                                                   item["check"]["sha256"]))
+        summary = checked | beam.Map(
+            lambda item: (
+                item["url"].rsplit("/", 1)[-1],
+                sorted(e["key"] for e in item["entries"]),
+                item["check"]["method"],
+                item["check"]["http_status"],
+                item["check"]["sha256"],
+            )
+        )
         sha = hashlib.sha256(body).hexdigest()
-        assert_that(summary, equal_to([
-            ("etag.jpg", ["cc12m:1", "cc3m:1"], verdicts.CONDITIONAL, 304, None),
-            ("plain.jpg", ["cc12m:2", "cc3m:2"], verdicts.HEAD_GET, 200, sha),
-            ("no-head.jpg", ["cc3m:3"], verdicts.HEAD_GET, 200, sha),
-            ("missing.jpg", ["cc3m:4"], verdicts.HEAD, 404, None),
-        ]))
+        assert_that(
+            summary,
+            equal_to(
+                [
+                    ("etag.jpg", ["cc12m:1", "cc3m:1"], verdicts.CONDITIONAL, 304, None),
+                    ("plain.jpg", ["cc12m:2", "cc3m:2"], verdicts.HEAD_GET, 200, sha),
+                    ("no-head.jpg", ["cc3m:3"], verdicts.HEAD_GET, 200, sha),
+                    ("missing.jpg", ["cc3m:4"], verdicts.HEAD, 404, None),
+                ]
+            ),
+        )
     assert web.hits == {"/etag.jpg": 1, "/plain.jpg": 2, "/no-head.jpg": 2, "/missing.jpg": 1}
     conditional = [h for (m, path, h, _t) in web.requests if path == "/etag.jpg"]
     assert conditional[0].get("If-None-Match") == '"x"'
@@ -404,8 +465,9 @@ def test_find_placeholders_counts_replaced_pictures_behind_redirects():
     # three mirrors of one photo, all redirected to the same new version: a change, not a placeholder
     checked += [replaced(f"cc12m:{n}", f"http://m{n}/p.jpg", jpeg(7), update, "http://m/new.jpg") for n in range(3)]
     # four different pictures replaced in place by one picture: listed as frequent, not a placeholder
-    checked += [replaced(f"zero:{n}", f"http://z/{n}.jpg", jpeg(10 + n), in_place, f"http://z/{n}.jpg")
-                for n in range(4)]
+    checked += [
+        replaced(f"zero:{n}", f"http://z/{n}.jpg", jpeg(10 + n), in_place, f"http://z/{n}.jpg") for n in range(4)
+    ]
     sha = lambda body: hashlib.sha256(body).hexdigest()  # noqa: E731
     with BeamPipeline(runner="FnApiRunner") as p:
         found = p | beam.Create(checked) | checks.FindPlaceholders(PARAMS)
@@ -414,17 +476,28 @@ def test_find_placeholders_counts_replaced_pictures_behind_redirects():
 
 
 def history_row(key, night, status, failures=0):
-    return dict(key=key, night=night, status=status, consecutive_failures=failures, previous_nights=0,
-                dead_since=night if status == verdicts.DEAD else None, dataset="cc3m", url=f"http://h/{key}")
+    return dict(
+        key=key,
+        night=night,
+        status=status,
+        consecutive_failures=failures,
+        previous_nights=0,
+        dead_since=night if status == verdicts.DEAD else None,
+        dataset="cc3m",
+        url=f"http://h/{key}",
+    )
 
 
 def test_history_is_one_directory_per_night_and_only_complete_nights_are_read(tmp_path):
     history = str(tmp_path / "history")
     nights = [datetime.date(2030, 1, d) for d in (1, 2, 3)]
-    for night, status in zip(nights, (verdicts.ALIVE, verdicts.UNREACHABLE, verdicts.DEAD)):
+    for night, status in zip(nights, (verdicts.ALIVE, verdicts.UNREACHABLE, verdicts.DEAD), strict=False):
         with BeamPipeline(runner="FnApiRunner") as p:
-            _ = (p | beam.Create([history_row("cc3m:1", night, status), history_row("cc3m:2", night, verdicts.ALIVE)])
-                 | liveness_history.WriteHistory(history, night))
+            _ = (
+                p
+                | beam.Create([history_row("cc3m:1", night, status), history_row("cc3m:2", night, verdicts.ALIVE)])
+                | liveness_history.WriteHistory(history, night)
+            )
     assert liveness_history.complete_nights(history) == nights
     assert json.load(open(os.path.join(history, "2030-01-02", "_COMPLETE")))["rows"] == 2
     assert liveness_history.previous_night(history, datetime.date(2030, 1, 3)) == nights[1]  # a re-run of the 3rd
@@ -433,14 +506,17 @@ def test_history_is_one_directory_per_night_and_only_complete_nights_are_read(tm
     assert liveness_history.previous_night(history, datetime.date(2030, 1, 9)) == nights[1]
     with BeamPipeline(runner="FnApiRunner") as p:
         rows = p | liveness_history.ReadHistory(history, datetime.date(2030, 1, 9))
-        assert_that(rows | beam.MapTuple(lambda key, row: (key, row["status"], row["night"])),
-                    equal_to([("cc3m:1", verdicts.UNREACHABLE, nights[1]), ("cc3m:2", verdicts.ALIVE, nights[1])]))
+        assert_that(
+            rows | beam.MapTuple(lambda key, row: (key, row["status"], row["night"])),
+            equal_to([("cc3m:1", verdicts.UNREACHABLE, nights[1]), ("cc3m:2", verdicts.ALIVE, nights[1])]),
+        )
     liveness_history.clear_night(history, nights[1])
     assert os.listdir(os.path.join(history, "2030-01-02")) == []
     assert liveness_history.complete_nights(history) == nights[:1]
 
 
 # ---- end to end: ingest, change the web, three nights ----------------------------------------------------
+
 
 class NoLocalhost:
     """The resolver after 'localhost' lost its DNS record: the name no longer exists."""
@@ -459,9 +535,31 @@ class NoLocalhost:
 
 def install_ingest_web(web):
     """What the web served at ingest: every route an image."""
-    images = {name: jpeg(seed) for seed, name in enumerate(
-        ["etag", "plain", "dead", "gone", "down", "slow", "replaced", "replaced-etag", "recompressed", "a", "b", "c",
-         "head-refused", "blank", "soft404", "dns", "d", "direct"])}
+    images = {
+        name: jpeg(seed)
+        for seed, name in enumerate(
+            [
+                "etag",
+                "plain",
+                "dead",
+                "gone",
+                "down",
+                "slow",
+                "replaced",
+                "replaced-etag",
+                "recompressed",
+                "a",
+                "b",
+                "c",
+                "head-refused",
+                "blank",
+                "soft404",
+                "dns",
+                "d",
+                "direct",
+            ]
+        )
+    }
     for name, body in images.items():
         headers = dict(JPEG)
         if name in ("etag", "replaced-etag"):
@@ -476,8 +574,10 @@ def change_the_web(web, images):
     """The web the nights see (EXPECTED below): dead, gone, down, replaced, recompressed, placeholder..."""
     etag_body = images["etag"]
     web.routes["/etag.jpg"] = lambda method, headers, n: (
-        Reply(304, b"", {"ETag": '"etag-v1"'}) if headers.get("If-None-Match") == '"etag-v1"'
-        else Reply(200, etag_body, dict(JPEG, ETag='"etag-v1"')))
+        Reply(304, b"", {"ETag": '"etag-v1"'})
+        if headers.get("If-None-Match") == '"etag-v1"'
+        else Reply(200, etag_body, dict(JPEG, ETag='"etag-v1"'))
+    )
     web.routes["/dead.jpg"] = Reply(404, b"not found", {"Content-Type": "text/plain"})
     web.routes["/gone.jpg"] = Reply(410, b"gone", {"Content-Type": "text/plain"})
     web.routes["/down.jpg"] = Reply(500, b"oops", {"Content-Type": "text/plain"})
@@ -495,7 +595,8 @@ def change_the_web(web, images):
     web.routes["/direct.jpg"] = Reply(200, placeholder_png(), {"Content-Type": "image/png"})
     head_refused = images["head-refused"]
     web.routes["/head-refused.jpg"] = lambda method, headers, n: (
-        Reply(405, b"", {"Allow": "GET"}) if method == "HEAD" else Reply(200, head_refused, JPEG))
+        Reply(405, b"", {"Allow": "GET"}) if method == "HEAD" else Reply(200, head_refused, JPEG)
+    )
     web.routes["/blank.jpg"] = Reply(200, blank_gif(), {"Content-Type": "image/gif"})
     web.routes["/soft404.jpg"] = Reply(200, b"<html>This photo was removed</html>", {"Content-Type": "text/html"})
     web.routes["/was-404.jpg"] = Reply(200, jpeg(42), JPEG)
@@ -503,11 +604,30 @@ def change_the_web(web, images):
 
 def write_manifests(tmp_path, web):
     b = web.base
-    paths = ["/etag.jpg", "/plain.jpg", "/dead.jpg", "/gone.jpg", "/down.jpg", "/slow.jpg", "/replaced.jpg",
-             "/replaced-etag.jpg", "/recompressed.jpg", "/flickr/a.jpg", "/flickr/b.jpg", "/flickr/c.jpg",
-             "/head-refused.jpg", "/blank.jpg", "/soft404.jpg", "/was-404.jpg"]
-    urls = [b + p for p in paths] + ["ftp://example.com/x.jpg", f"http://localhost:{web.port}/dns.jpg",
-                                     b + "/flickr/d.jpg", b + "/direct.jpg"]
+    paths = [
+        "/etag.jpg",
+        "/plain.jpg",
+        "/dead.jpg",
+        "/gone.jpg",
+        "/down.jpg",
+        "/slow.jpg",
+        "/replaced.jpg",
+        "/replaced-etag.jpg",
+        "/recompressed.jpg",
+        "/flickr/a.jpg",
+        "/flickr/b.jpg",
+        "/flickr/c.jpg",
+        "/head-refused.jpg",
+        "/blank.jpg",
+        "/soft404.jpg",
+        "/was-404.jpg",
+    ]
+    urls = [b + p for p in paths] + [
+        "ftp://example.com/x.jpg",
+        f"http://localhost:{web.port}/dns.jpg",
+        b + "/flickr/d.jpg",
+        b + "/direct.jpg",
+    ]
     (tmp_path / "cc3m.tsv").write_text("".join(f"caption {n}\t{u}\n" for n, u in enumerate(urls)))
     # the same URLs under other keys: one request per URL and night, a row per key
     (tmp_path / "cc12m.tsv").write_text(f"{b}/plain.jpg\tagain\n{b}/etag.jpg\tagain\n")
@@ -516,17 +636,28 @@ def write_manifests(tmp_path, web):
 
 # key -> (verdict, method) on the first night, dead after one 'gone' night (--dead-after 1 --host-dead-after 1)
 EXPECTED = {
-    "cc3m:1": (verdicts.ALIVE, verdicts.CONDITIONAL), "cc3m:2": (verdicts.ALIVE, verdicts.HEAD_GET),
-    "cc3m:3": (verdicts.DEAD, verdicts.HEAD), "cc3m:4": (verdicts.DEAD, verdicts.HEAD),
-    "cc3m:5": (verdicts.UNREACHABLE, verdicts.HEAD), "cc3m:6": (verdicts.UNREACHABLE, verdicts.HEAD),
-    "cc3m:7": (verdicts.CHANGED, verdicts.HEAD_GET), "cc3m:8": (verdicts.CHANGED, verdicts.CONDITIONAL),
-    "cc3m:9": (verdicts.ALIVE, verdicts.HEAD_GET), "cc3m:10": (verdicts.DEAD, verdicts.HEAD_GET),
-    "cc3m:11": (verdicts.DEAD, verdicts.HEAD_GET), "cc3m:12": (verdicts.DEAD, verdicts.HEAD_GET),
-    "cc3m:13": (verdicts.ALIVE, verdicts.HEAD_GET), "cc3m:14": (verdicts.DEAD, verdicts.HEAD_GET),
-    "cc3m:15": (verdicts.DEAD, verdicts.HEAD_GET), "cc3m:16": (verdicts.ALIVE, verdicts.HEAD_GET),
-    "cc3m:17": (verdicts.DEAD, verdicts.NOT_CHECKED), "cc3m:18": (verdicts.DEAD, verdicts.HEAD),
-    "cc3m:19": (verdicts.DEAD, verdicts.HEAD_GET), "cc3m:20": (verdicts.DEAD, verdicts.HEAD_GET),
-    "cc12m:1": (verdicts.ALIVE, verdicts.HEAD_GET), "cc12m:2": (verdicts.ALIVE, verdicts.CONDITIONAL),
+    "cc3m:1": (verdicts.ALIVE, verdicts.CONDITIONAL),
+    "cc3m:2": (verdicts.ALIVE, verdicts.HEAD_GET),
+    "cc3m:3": (verdicts.DEAD, verdicts.HEAD),
+    "cc3m:4": (verdicts.DEAD, verdicts.HEAD),
+    "cc3m:5": (verdicts.UNREACHABLE, verdicts.HEAD),
+    "cc3m:6": (verdicts.UNREACHABLE, verdicts.HEAD),
+    "cc3m:7": (verdicts.CHANGED, verdicts.HEAD_GET),
+    "cc3m:8": (verdicts.CHANGED, verdicts.CONDITIONAL),
+    "cc3m:9": (verdicts.ALIVE, verdicts.HEAD_GET),
+    "cc3m:10": (verdicts.DEAD, verdicts.HEAD_GET),
+    "cc3m:11": (verdicts.DEAD, verdicts.HEAD_GET),
+    "cc3m:12": (verdicts.DEAD, verdicts.HEAD_GET),
+    "cc3m:13": (verdicts.ALIVE, verdicts.HEAD_GET),
+    "cc3m:14": (verdicts.DEAD, verdicts.HEAD_GET),
+    "cc3m:15": (verdicts.DEAD, verdicts.HEAD_GET),
+    "cc3m:16": (verdicts.ALIVE, verdicts.HEAD_GET),
+    "cc3m:17": (verdicts.DEAD, verdicts.NOT_CHECKED),
+    "cc3m:18": (verdicts.DEAD, verdicts.HEAD),
+    "cc3m:19": (verdicts.DEAD, verdicts.HEAD_GET),
+    "cc3m:20": (verdicts.DEAD, verdicts.HEAD_GET),
+    "cc12m:1": (verdicts.ALIVE, verdicts.HEAD_GET),
+    "cc12m:2": (verdicts.ALIVE, verdicts.CONDITIONAL),
 }
 
 
@@ -552,14 +683,24 @@ def world(tmp_path_factory):
         images = install_ingest_web(web)
         urls = write_manifests(tmp_path, web)
         snapshot = str(tmp_path / "snapshot")
-        ingest.run(local_options(manifest=[f"cc3m={tmp_path / 'cc3m.tsv'}", f"cc12m={tmp_path / 'cc12m.tsv'}"],
-                                 output=snapshot, **{"allow-network": "127.0.0.1/32", "timeout": 1.0}))
+        ingest.run(
+            local_options(
+                manifest=[f"cc3m={tmp_path / 'cc3m.tsv'}", f"cc12m={tmp_path / 'cc12m.tsv'}"],
+                output=snapshot,
+                **{"allow-network": "127.0.0.1/32", "timeout": 1.0},
+            )
+        )
         before = tree_digest(snapshot)
         change_the_web(web, images)
 
         def night(output, night=None, history=None, **extra):
-            args = {"snapshot": snapshot, "output": str(tmp_path / output), "allow-network": "127.0.0.1/32",
-                    "timeout": 1.0, "retries": 0}
+            args = {
+                "snapshot": snapshot,
+                "output": str(tmp_path / output),
+                "allow-network": "127.0.0.1/32",
+                "timeout": 1.0,
+                "retries": 0,
+            }
             args.update({k: v for k, v in (("night", night), ("history", history)) if v})
             args.update(extra)
             web.hits.clear()
@@ -567,8 +708,15 @@ def world(tmp_path_factory):
                 refresh_job.run(local_options(**args))
             return str(tmp_path / output), dict(web.hits)
 
-        yield {"web": web, "images": images, "urls": urls, "snapshot": snapshot, "before": before,
-               "night": night, "tmp": tmp_path}
+        yield {
+            "web": web,
+            "images": images,
+            "urls": urls,
+            "snapshot": snapshot,
+            "before": before,
+            "night": night,
+            "tmp": tmp_path,
+        }
 
 
 def test_one_night_gives_each_url_its_verdict(world):
@@ -592,10 +740,15 @@ def test_one_night_gives_each_url_its_verdict(world):
     assert hits["/plain.jpg"] == 2 and hits["/etag.jpg"] == 1 and hits["/dead.jpg"] == 1
     assert "/dns.jpg" not in hits
     summary = json.load(open(os.path.join(out, "summary.json")))
-    assert summary["verdict_totals"] == {verdicts.ALIVE: 7, verdicts.CHANGED: 2, verdicts.UNREACHABLE: 2,
-                                         verdicts.DEAD: 11}
+    assert summary["verdict_totals"] == {
+        verdicts.ALIVE: 7,
+        verdicts.CHANGED: 2,
+        verdicts.UNREACHABLE: 2,
+        verdicts.DEAD: 11,
+    }
     assert summary["urls"]["urls"] == 20 and summary["placeholders_detected"] == [
-        {"sha256": hashlib.sha256(jpeg(43)).hexdigest(), "replaced_pictures": 3}]
+        {"sha256": hashlib.sha256(jpeg(43)).hexdigest(), "replaced_pictures": 3}
+    ]
     assert summary["frequent_replacements"][0] == summary["placeholders_detected"][0]
     assert summary["revived"] == 1 and summary["newly_dead"] == 10
     hosts = ds.dataset(os.path.join(out, "hosts")).to_table().to_pylist()
@@ -624,8 +777,12 @@ def test_three_nights_with_history(world):
     second = read_status(out2)
     for key in ("cc3m:3", "cc3m:4", "cc3m:10", "cc3m:18"):
         row = second[key]
-        assert (row["status"], row["consecutive_failures"], row["newly_dead"], row["dead_since"]) == \
-               (verdicts.DEAD, 2, True, nights[1]), key
+        assert (row["status"], row["consecutive_failures"], row["newly_dead"], row["dead_since"]) == (
+            verdicts.DEAD,
+            2,
+            True,
+            nights[1],
+        ), key
     assert second["cc3m:5"]["status"] == verdicts.UNREACHABLE and second["cc3m:5"]["consecutive_failures"] == 2
     assert second["cc3m:7"]["previous_status"] == verdicts.CHANGED and second["cc3m:1"]["previous_nights"] == 1
     summary2 = json.load(open(os.path.join(out2, "summary.json")))
@@ -635,10 +792,23 @@ def test_three_nights_with_history(world):
     # the same night again: the same verdicts, the night's history replaced (not appended), night 1 untouched
     out2b, _ = run("night2-again", nights[1].isoformat(), history, **options)
     again = read_status(out2b)
-    stable = ("status", "method", "http_status", "sha256", "phash", "consecutive_failures", "previous_nights",
-              "previous_status", "newly_dead", "revived", "dead_since", "reason")
-    assert {k: tuple(r[c] for c in stable) for k, r in again.items()} == \
-           {k: tuple(r[c] for c in stable) for k, r in second.items()}
+    stable = (
+        "status",
+        "method",
+        "http_status",
+        "sha256",
+        "phash",
+        "consecutive_failures",
+        "previous_nights",
+        "previous_status",
+        "newly_dead",
+        "revived",
+        "dead_since",
+        "reason",
+    )
+    assert {k: tuple(r[c] for c in stable) for k, r in again.items()} == {
+        k: tuple(r[c] for c in stable) for k, r in second.items()
+    }
     night2 = ds.dataset(os.path.join(history, "2030-03-02"), format="parquet").to_table()
     assert night2.num_rows == len(EXPECTED) and set(night2.column("night").to_pylist()) == {nights[1]}
     assert tree_digest(os.path.join(history, "2030-03-01")) == night1_files
@@ -652,12 +822,19 @@ def test_three_nights_with_history(world):
         web.routes["/dead.jpg"] = Reply(404, b"not found", {"Content-Type": "text/plain"})
         web.routes["/down.jpg"] = Reply(500, b"oops", {"Content-Type": "text/plain"})
     third = read_status(out3)
-    assert (third["cc3m:3"]["status"], third["cc3m:3"]["revived"], third["cc3m:3"]["previous_status"]) == \
-           (verdicts.ALIVE, True, verdicts.DEAD)
+    assert (third["cc3m:3"]["status"], third["cc3m:3"]["revived"], third["cc3m:3"]["previous_status"]) == (
+        verdicts.ALIVE,
+        True,
+        verdicts.DEAD,
+    )
     assert (third["cc3m:5"]["status"], third["cc3m:5"]["revived"]) == (verdicts.ALIVE, False)
     gone = third["cc3m:4"]
-    assert (gone["status"], gone["newly_dead"], gone["dead_since"], gone["consecutive_failures"]) == \
-           (verdicts.DEAD, False, nights[1], 3)
+    assert (gone["status"], gone["newly_dead"], gone["dead_since"], gone["consecutive_failures"]) == (
+        verdicts.DEAD,
+        False,
+        nights[1],
+        3,
+    )
     summary3 = json.load(open(os.path.join(out3, "summary.json")))
     assert summary3["revived"] == 1 and summary3["newly_dead"] == 0 and summary3["previous_night"] == "2030-03-02"
     assert sorted(os.listdir(history)) == ["2030-03-01", "2030-03-02", "2030-03-03"]
@@ -691,6 +868,7 @@ def gcs(monkeypatch):
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
         from apache_beam.io.gcp import gcsio
         from google.cloud import storage
+
         # Beam would first spend ~25 s looking for real credentials; there are none here.
         monkeypatch.setattr(gcsio, "create_storage_client", lambda *a, **k: storage.Client.create_anonymous_client())
         yield storage.Client.create_anonymous_client().bucket(GCS_BUCKET)
@@ -702,45 +880,73 @@ def test_snapshot_output_and_history_on_gcs(gcs, web, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
+
     web.routes["/a.jpg"] = Reply(200, jpeg(1), JPEG)
     web.routes["/b.jpg"] = Reply(200, jpeg(2), JPEG)
     image = jpeg(3)
     gcs.blob("imagenet/train/n01/x.JPEG").upload_from_string(image)
     fetched = datetime.datetime(2030, 1, 1, tzinfo=UTC)
     rows = []
-    for key, url, body in (("cc3m:1", web.url("/a.jpg"), jpeg(1)), ("cc3m:2", web.url("/b.jpg"), jpeg(2)),
-                           ("imagenet_captions:x.JPEG", f"gs://{GCS_BUCKET}/imagenet/train/n01/x.JPEG", image)):
+    for key, url, body in (
+        ("cc3m:1", web.url("/a.jpg"), jpeg(1)),
+        ("cc3m:2", web.url("/b.jpg"), jpeg(2)),
+        ("imagenet_captions:x.JPEG", f"gs://{GCS_BUCKET}/imagenet/train/n01/x.JPEG", image),
+    ):
         sha256, phash = picture_of(body)
-        rows.append(schema.new_row(key.split(":")[0], key, url=url, status=schema.OK, sha256=sha256, phash=phash,
-                                   size_bytes=len(body), fetched_at=fetched))
+        rows.append(
+            schema.new_row(
+                key.split(":")[0],
+                key,
+                url=url,
+                status=schema.OK,
+                sha256=sha256,
+                phash=phash,
+                size_bytes=len(body),
+                fetched_at=fetched,
+            )
+        )
     local = tmp_path / "part-0.parquet"
     pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema.IMAGE_SCHEMA), local)
     gcs.blob("snap/images/part-0.parquet").upload_from_filename(str(local))
     snapshot_blob = gcs.get_blob("snap/images/part-0.parquet").md5_hash
 
     def night(date, output):
-        refresh_job.run(local_options(snapshot=f"gs://{GCS_BUCKET}/snap", output=f"gs://{GCS_BUCKET}/{output}",
-                                      history=f"gs://{GCS_BUCKET}/history", night=date,
-                                      **{"allow-network": "127.0.0.1/32", "timeout": 2.0, "retries": 0,
-                                         "dead-after": 1}))
-        tables = [pq.read_table(FileSystems.open(m.path)) for m in
-                  FileSystems.match([f"gs://{GCS_BUCKET}/{output}/status/*.parquet"])[0].metadata_list]
+        refresh_job.run(
+            local_options(
+                snapshot=f"gs://{GCS_BUCKET}/snap",
+                output=f"gs://{GCS_BUCKET}/{output}",
+                history=f"gs://{GCS_BUCKET}/history",
+                night=date,
+                **{"allow-network": "127.0.0.1/32", "timeout": 2.0, "retries": 0, "dead-after": 1},
+            )
+        )
+        tables = [
+            pq.read_table(FileSystems.open(m.path))
+            for m in FileSystems.match([f"gs://{GCS_BUCKET}/{output}/status/*.parquet"])[0].metadata_list
+        ]
         return {r["key"]: r for t in tables for r in t.to_pylist()}
 
     first = night("2030-02-01", "r1")
     assert {k: (r["status"], r["method"]) for k, r in first.items()} == {
-        "cc3m:1": (verdicts.ALIVE, verdicts.HEAD_GET), "cc3m:2": (verdicts.ALIVE, verdicts.HEAD_GET),
-        "imagenet_captions:x.JPEG": (verdicts.ALIVE, verdicts.FILE)}
+        "cc3m:1": (verdicts.ALIVE, verdicts.HEAD_GET),
+        "cc3m:2": (verdicts.ALIVE, verdicts.HEAD_GET),
+        "imagenet_captions:x.JPEG": (verdicts.ALIVE, verdicts.FILE),
+    }
     web.routes["/b.jpg"] = Reply(404)
     gcs.blob("imagenet/train/n01/x.JPEG").delete()
     second = night("2030-02-02", "r2")
     assert {k: r["status"] for k, r in second.items()} == {
-        "cc3m:1": verdicts.ALIVE, "cc3m:2": verdicts.DEAD, "imagenet_captions:x.JPEG": verdicts.DEAD}
+        "cc3m:1": verdicts.ALIVE,
+        "cc3m:2": verdicts.DEAD,
+        "imagenet_captions:x.JPEG": verdicts.DEAD,
+    }
     assert second["cc3m:1"]["previous_nights"] == 1 and second["cc3m:2"]["newly_dead"]
     # a file gone from gs:// is a 'gone' answer (the look-up worked), not a failed look-up
     assert second["imagenet_captions:x.JPEG"]["failure"] == verdicts.GONE
-    assert liveness_history.complete_nights(f"gs://{GCS_BUCKET}/history") == [datetime.date(2030, 2, 1),
-                                                                      datetime.date(2030, 2, 2)]
+    assert liveness_history.complete_nights(f"gs://{GCS_BUCKET}/history") == [
+        datetime.date(2030, 2, 1),
+        datetime.date(2030, 2, 2),
+    ]
     summary = json.loads(FileSystems.open(f"gs://{GCS_BUCKET}/r2/summary.json").read())
     assert summary["previous_night"] == "2030-02-01" and summary["newly_dead"] == 2
     # the same night again into the same places: replaced, not added to

@@ -1,5 +1,6 @@
 """'Dead' only on evidence, history never silently lost (issue 18): the rules with the default
 settings, the first night, pictures we cannot decode, ImageNet look-ups, history and output errors."""
+
 import dataclasses
 import datetime
 import hashlib
@@ -27,18 +28,30 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect wid
 def entry(status=schema.OK, body=None, http_status=None, content_type="image/jpeg", **fields):
     body = jpeg(1) if body is None else body
     kept = status in verdicts.BASELINE_STATUSES or status == schema.NOT_IMAGE
-    row = dict(key="cc3m:1", dataset="cc3m", url="http://example.com/a.jpg", status=status, http_status=http_status,
-               sha256=hashlib.sha256(body).hexdigest() if kept else None,
-               phash=inspect_image(body).phash if status in verdicts.BASELINE_STATUSES else None,
-               content_type=content_type, fetched_at=datetime.datetime(2030, 1, 1, tzinfo=UTC))
+    row = dict(
+        key="cc3m:1",
+        dataset="cc3m",
+        url="http://example.com/a.jpg",
+        status=status,
+        http_status=http_status,
+        sha256=hashlib.sha256(body).hexdigest() if kept else None,
+        phash=inspect_image(body).phash if status in verdicts.BASELINE_STATUSES else None,
+        content_type=content_type,
+        fetched_at=datetime.datetime(2030, 1, 1, tzinfo=UTC),
+    )
     row.update(fields)
     return verdicts.snapshot_entry(row, "snap")
 
 
 def got(body, content_type="image/jpeg", method=verdicts.GET, http_status=200):
     check = plans.new_check({"method": method})
-    check.update(status=schema.OK, http_status=http_status, final_url="http://example.com/a.jpg", requests=1,
-                 content_type=content_type)
+    check.update(
+        status=schema.OK,
+        http_status=http_status,
+        final_url="http://example.com/a.jpg",
+        requests=1,
+        content_type=content_type,
+    )
     return plans._picture(check, body, 10_000_000)  # pylint: disable=protected-access
 
 
@@ -63,11 +76,15 @@ U, D, A = verdicts.UNREACHABLE, verdicts.DEAD, verdicts.ALIVE
 
 # ---- which observations are evidence, after how many nights -------------------------------------------
 
+
 def test_a_404_is_dead_on_the_second_night_by_default():
     assert verdicts.DEFAULT_DEAD_AFTER == 2 and verdicts.DEFAULT_HOST_DEAD_AFTER == 4
     assert nights(entry(), [failed(schema.HTTP_ERROR, 404)] * 3) == [(U, 1, False), (D, 2, True), (D, 3, False)]
-    assert nights(entry(), [failed(schema.HTTP_ERROR, 410), got(jpeg(1)), failed(schema.HTTP_ERROR, 410)]) == \
-        [(U, 1, False), (A, 0, False), (U, 1, False)]  # a success in between restarts the count
+    assert nights(entry(), [failed(schema.HTTP_ERROR, 410), got(jpeg(1)), failed(schema.HTTP_ERROR, 410)]) == [
+        (U, 1, False),
+        (A, 0, False),
+        (U, 1, False),
+    ]  # a success in between restarts the count
 
 
 @pytest.mark.parametrize("flags", [{"name_not_found": True}, {"refused": True}])
@@ -78,11 +95,19 @@ def test_dns_gone_and_refused_need_more_nights_than_a_404(flags):
     assert seen == [(U, 1, False), (U, 2, False), (U, 3, False), (D, 4, True), (D, 5, False)]
 
 
-@pytest.mark.parametrize("check", [
-    failed(schema.HTTP_ERROR, 403), failed(schema.HTTP_ERROR, 500), failed(schema.HTTP_ERROR, 503),
-    failed(schema.HTTP_ERROR, 429), failed(schema.TIMEOUT), failed(schema.CONNECTION_ERROR),  # a reset
-    failed(schema.TIMEOUT, 200),  # the status line came, the body did not
-], ids=["403", "500", "503", "429", "timeout", "reset", "slow-body"])
+@pytest.mark.parametrize(
+    "check",
+    [
+        failed(schema.HTTP_ERROR, 403),
+        failed(schema.HTTP_ERROR, 500),
+        failed(schema.HTTP_ERROR, 503),
+        failed(schema.HTTP_ERROR, 429),
+        failed(schema.TIMEOUT),
+        failed(schema.CONNECTION_ERROR),  # a reset
+        failed(schema.TIMEOUT, 200),  # the status line came, the body did not
+    ],
+    ids=["403", "500", "503", "429", "timeout", "reset", "slow-body"],
+)
 def test_what_we_could_not_judge_is_unreachable_for_many_nights(check):
     strict = dataclasses.replace(DEFAULTS, dead_after=1, host_dead_after=1)
     seen = nights(entry(), [check] * 10, strict)
@@ -90,6 +115,7 @@ def test_what_we_could_not_judge_is_unreachable_for_many_nights(check):
 
 
 # ---- pictures we cannot decode ------------------------------------------------------------------------------
+
 
 def test_unchanged_bytes_we_cannot_decode_are_alive_with_the_picture_not_checked():
     snap = entry(schema.NOT_IMAGE, SVG, content_type="image/svg+xml", etag='"s1"')
@@ -111,10 +137,11 @@ def test_changed_bytes_we_cannot_decode_are_never_dead():
     assert plans.looks_like_image("application/octet-stream", heic) and plans.looks_like_image(None, SVG)
     assert not plans.looks_like_image("text/html", b"<html>gone</html>")
     strict = dataclasses.replace(DEFAULTS, dead_after=1, host_dead_after=1)
-    for snap, body, content_type in ((entry(schema.NOT_IMAGE, SVG, content_type="image/svg+xml"),
-                                      SVG.replace(b"10", b"20"), "image/svg+xml"),
-                                     (entry(), heic, "application/octet-stream"),  # a JPEG now served as HEIC
-                                     (entry(), heic, "image/heic")):
+    for snap, body, content_type in (
+        (entry(schema.NOT_IMAGE, SVG, content_type="image/svg+xml"), SVG.replace(b"10", b"20"), "image/svg+xml"),
+        (entry(), heic, "application/octet-stream"),  # a JPEG now served as HEIC
+        (entry(), heic, "image/heic"),
+    ):
         row = verdicts.judge(snap, got(body, content_type), None, {}, strict)
         assert (row["status"], row["failure"]) == (U, verdicts.TRANSIENT), content_type
         assert "picture not checked" in row["reason"]
@@ -124,6 +151,7 @@ def test_changed_bytes_we_cannot_decode_are_never_dead():
 
 
 # ---- the first night: the ingest fetch is the night before ----------------------------------------------------
+
 
 def test_first_night_the_ingest_fetch_counts_as_the_night_before():
     was_404 = entry(schema.HTTP_ERROR, http_status=404)
@@ -146,9 +174,9 @@ def test_first_night_the_ingest_fetch_counts_as_the_night_before():
 
 # ---- ImageNet files: a look-up that fails is not a missing file -----------------------------------------------
 
+
 def file_plan(path, size):
-    return {"url": path, "method": verdicts.FILE, "size_bytes": size, "validated_sha256": None,
-            "validated_phash": None}
+    return {"url": path, "method": verdicts.FILE, "size_bytes": size, "validated_sha256": None, "validated_phash": None}
 
 
 def test_a_failing_file_listing_is_retried_then_transient(tmp_path):
@@ -163,17 +191,21 @@ def test_a_failing_file_listing_is_retried_then_transient(tmp_path):
             raise OSError("503 Service Unavailable: listing throttled")
         return real_match(patterns, *args, **kwargs)
 
-    with mock.patch.object(plans, "LISTING_BACKOFF_SECONDS", 0.0), \
-            mock.patch.object(FileSystems, "match", side_effect=flaky_match):
+    with (
+        mock.patch.object(plans, "LISTING_BACKOFF_SECONDS", 0.0),
+        mock.patch.object(FileSystems, "match", side_effect=flaky_match),
+    ):
         check = plans.check_file(file_plan(str(path), len(jpeg(2))))
     assert (check["status"], check["not_modified"], calls["n"]) == (schema.OK, True, 3)
 
     def broken(*_args, **_kwargs):
         raise OSError("403 Forbidden: storage permission hiccup")
 
-    with mock.patch.object(plans, "LISTING_BACKOFF_SECONDS", 0.0), \
-            mock.patch.object(FileSystems, "match", side_effect=broken), \
-            mock.patch.object(FileSystems, "exists", side_effect=broken):
+    with (
+        mock.patch.object(plans, "LISTING_BACKOFF_SECONDS", 0.0),
+        mock.patch.object(FileSystems, "match", side_effect=broken),
+        mock.patch.object(FileSystems, "exists", side_effect=broken),
+    ):
         check = plans.check_file(file_plan(str(path), len(jpeg(2))))
     assert check["status"] == schema.CONNECTION_ERROR and "after 3 attempts" in check["error"]
     row = verdicts.judge(entry(url=str(path)), check, None, {}, dataclasses.replace(DEFAULTS, dead_after=1))
@@ -184,14 +216,18 @@ def test_a_failing_file_listing_is_retried_then_transient(tmp_path):
 
 # ---- history and output errors fail the run, in one line ------------------------------------------------------
 
+
 def write_night(history, night, keys=("cc3m:1",)):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     directory = os.path.join(history, night.isoformat())
     os.makedirs(directory)
-    rows = [{c: None for c in schema.REFRESH_COLUMNS} | {"key": k, "night": night, "status": A,
-                                                         "consecutive_failures": 0, "previous_nights": 0}
-            for k in keys]
+    rows = [
+        {c: None for c in schema.REFRESH_COLUMNS}
+        | {"key": k, "night": night, "status": A, "consecutive_failures": 0, "previous_nights": 0}
+        for k in keys
+    ]
     pq.write_table(pa.Table.from_pylist(rows, schema=schema.REFRESH_SCHEMA), os.path.join(directory, "part-0.parquet"))
     with open(os.path.join(directory, "_COMPLETE"), "w") as handle:
         json.dump({"night": night.isoformat(), "rows": len(rows), "files": ["part-0.parquet"]}, handle)
@@ -224,13 +260,25 @@ def test_the_job_stops_in_one_line_before_deleting_anything(tmp_path, capsys):
     snapshot.mkdir(parents=True)
     import pyarrow as pa
     import pyarrow.parquet as pq
-    pq.write_table(pa.Table.from_pylist([schema.to_parquet_record(schema.new_row("cc3m", "cc3m:1", "http://x/a"))],
-                                        schema=schema.IMAGE_SCHEMA), str(snapshot / "part-0.parquet"))
+
+    pq.write_table(
+        pa.Table.from_pylist(
+            [schema.to_parquet_record(schema.new_row("cc3m", "cc3m:1", "http://x/a"))], schema=schema.IMAGE_SCHEMA
+        ),
+        str(snapshot / "part-0.parquet"),
+    )
     out = tmp_path / "out"
     (out / "status").mkdir(parents=True)
     (out / "status" / "part-old.parquet").write_bytes(b"last run")
-    code = refresh_job.main(["--runner=FnApiRunner", f"--snapshot={tmp_path / 'snapshot'}", f"--output={out}",
-                             f"--history={history}", f"--night={NIGHT.isoformat()}"])
+    code = refresh_job.main(
+        [
+            "--runner=FnApiRunner",
+            f"--snapshot={tmp_path / 'snapshot'}",
+            f"--output={out}",
+            f"--history={history}",
+            f"--night={NIGHT.isoformat()}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "is listed in _COMPLETE but missing" in err
     assert "Traceback" not in err and (out / "status" / "part-old.parquet").exists()  # nothing deleted
@@ -262,7 +310,9 @@ def test_a_16_bit_photo_is_judged_alive_not_a_blank_placeholder():
 
     import numpy
     from PIL import Image
+
     from pipelines.demo.sample_site import picture
+
     grey = numpy.asarray(picture(12).convert("L"), dtype=numpy.uint16) * 257
     buffer = io.BytesIO()
     Image.fromarray(grey).save(buffer, "PNG")

@@ -6,6 +6,7 @@ the next, normal night gives every URL `alive`.
 Measured (printed with -s, written to REFRESH_OUT/flaky-figures.json): dead verdicts for live URLs
 (goal 0) and the share of URLs judged with one request.
 """
+
 import datetime
 import hashlib
 import json
@@ -78,14 +79,32 @@ def write_snapshot(directory, web, bodies):
     fetched_at = datetime.datetime(2030, 1, 1, tzinfo=UTC)
     for n, body in enumerate(bodies):
         check = inspect_image(body)
-        rows.append(schema.to_parquet_record(schema.new_row(
-            "cc3m", f"cc3m:{n + 1}", web.url(f"/p/{n}.jpg"), f"caption {n}", status=schema.OK, http_status=200,
-            sha256=hashlib.sha256(body).hexdigest(), phash=check.phash, dhash=check.dhash, width=check.width,
-            height=check.height, format="JPEG", content_type="image/jpeg", size_bytes=len(body),
-            etag=f'"v{n}"' if n % 2 == 0 else None, fetched_at=fetched_at)))
+        rows.append(
+            schema.to_parquet_record(
+                schema.new_row(
+                    "cc3m",
+                    f"cc3m:{n + 1}",
+                    web.url(f"/p/{n}.jpg"),
+                    f"caption {n}",
+                    status=schema.OK,
+                    http_status=200,
+                    sha256=hashlib.sha256(body).hexdigest(),
+                    phash=check.phash,
+                    dhash=check.dhash,
+                    width=check.width,
+                    height=check.height,
+                    format="JPEG",
+                    content_type="image/jpeg",
+                    size_bytes=len(body),
+                    etag=f'"v{n}"' if n % 2 == 0 else None,
+                    fetched_at=fetched_at,
+                )
+            )
+        )
     os.makedirs(os.path.join(directory, "images"))
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema.IMAGE_SCHEMA),
-                   os.path.join(directory, "images", "part-0.parquet"))
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=schema.IMAGE_SCHEMA), os.path.join(directory, "images", "part-0.parquet")
+    )
 
 
 def figures(out):
@@ -93,9 +112,14 @@ def figures(out):
     urls = len(rows)  # one key per URL here
     one_request = sum(1 for r in rows if r["requests"] == 1)
     counts = {v: sum(1 for r in rows if r["status"] == v) for v in verdicts.VERDICTS}
-    return rows, {"urls": urls, "verdicts": counts, "dead_live_urls": counts[verdicts.DEAD],
-                  "judged_with_one_request": one_request, "one_request_share": round(one_request / urls, 4),
-                  "requests": sum(r["requests"] for r in rows)}
+    return rows, {
+        "urls": urls,
+        "verdicts": counts,
+        "dead_live_urls": counts[verdicts.DEAD],
+        "judged_with_one_request": one_request,
+        "one_request_share": round(one_request / urls, 4),
+        "requests": sum(r["requests"] for r in rows),
+    }
 
 
 @pytest.mark.timeout(240)
@@ -108,9 +132,17 @@ def test_a_flaky_night_kills_no_live_url_and_the_next_night_finds_them_all_alive
 
         def night(date, strict):
             out = str(tmp_path / f"refresh-{date}")
-            args = {"snapshot": str(tmp_path / "snapshot"), "output": out, "history": history, "night": date,
-                    "allow-network": "127.0.0.1/32", "timeout": TIMEOUT, "concurrency": 64, "per-host": 64,
-                    "retries": 1}
+            args = {
+                "snapshot": str(tmp_path / "snapshot"),
+                "output": out,
+                "history": history,
+                "night": date,
+                "allow-network": "127.0.0.1/32",
+                "timeout": TIMEOUT,
+                "concurrency": 64,
+                "per-host": 64,
+                "retries": 1,
+            }
             if strict:  # the harshest settings: one 'gone' answer would be enough to kill
                 args.update({"dead-after": 1, "host-dead-after": 1})
             refresh_job.run(local_options(**args))
@@ -123,8 +155,12 @@ def test_a_flaky_night_kills_no_live_url_and_the_next_night_finds_them_all_alive
 
     rows1, first = figures(out1)
     rows2, second = figures(out2)
-    report = {"failure_rate": FAILURE_RATE, "failures_served": flaky.failures, "flaky_night": first,
-              "normal_night": second}
+    report = {
+        "failure_rate": FAILURE_RATE,
+        "failures_served": flaky.failures,
+        "flaky_night": first,
+        "normal_night": second,
+    }
     with open(tmp_path / "flaky-figures.json", "w") as handle:
         json.dump(report, handle, indent=2)
     print("\nflaky-night figures:", json.dumps(report))

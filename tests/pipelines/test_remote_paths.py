@@ -1,5 +1,6 @@
 """A remote runner's workers cannot open the launching machine's files: the jobs refuse such
 paths at submission, in one line with exit 2, before anything is read or submitted."""
+
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -7,12 +8,23 @@ from pipelines import dedup, ingest, refresh
 from pipelines.launch import flex_template, job_runner
 from transforms.errors import BadInput
 
-REMOTE = ["--runner=PortableRunner", "--job_endpoint=localhost:9", "--environment_type=EXTERNAL",
-          "--environment_config=localhost:9"]
-GS_INGEST = {"output": "gs://b/out", "manifest": "cc3m=gs://b/cc3m.tsv", "cc12m-hashes": "gs://b/h.tsv",
-             "openimages-labels": "gs://b/l.csv", "openimages-classes": "gs://b/c.csv",
-             "cc3m-labels": "gs://b/cl.tsv", "long-captions": "gs://b/lc.csv",
-             "imagenet-root": "gs://b/train", "imagenet-synsets": "gs://b/syn.txt"}
+REMOTE = [
+    "--runner=PortableRunner",
+    "--job_endpoint=localhost:9",
+    "--environment_type=EXTERNAL",
+    "--environment_config=localhost:9",
+]
+GS_INGEST = {
+    "output": "gs://b/out",
+    "manifest": "cc3m=gs://b/cc3m.tsv",
+    "cc12m-hashes": "gs://b/h.tsv",
+    "openimages-labels": "gs://b/l.csv",
+    "openimages-classes": "gs://b/c.csv",
+    "cc3m-labels": "gs://b/cl.tsv",
+    "long-captions": "gs://b/lc.csv",
+    "imagenet-root": "gs://b/train",
+    "imagenet-synsets": "gs://b/syn.txt",
+}
 
 
 def ingest_argv(**overrides):
@@ -29,8 +41,7 @@ def ingest_options(argv):
 def test_ingest_refuses_each_local_path_with_a_remote_runner(flag):
     local = "/data/x" if flag != "manifest" else "cc3m=/data/cc3m.tsv"
     options, opts = ingest_options(ingest_argv(**{flag: local}) + REMOTE)
-    with pytest.raises(BadInput, match=f"^--{flag} must be gs:// for a remote runner \\(PortableRunner\\), "
-                                       f"got /data/"):
+    with pytest.raises(BadInput, match=f"^--{flag} must be gs:// for a remote runner \\(PortableRunner\\), got /data/"):
         ingest.check_remote_inputs(options, opts)
 
 
@@ -47,12 +58,17 @@ def test_ingest_refuses_demo_with_a_remote_runner():
 
 def test_flex_launcher_refuses_a_local_side_file_in_one_line(capsys, tmp_path):
     """The Flex Template entry, with template parameter names, as Dataflow's launcher calls it."""
-    argv = ["--output=gs://b/out", "--manifest=imagenet_captions=gs://b/ic.json",
-            f"--imagenet_root={tmp_path}/train"] + REMOTE
+    argv = [
+        "--output=gs://b/out",
+        "--manifest=imagenet_captions=gs://b/ic.json",
+        f"--imagenet_root={tmp_path}/train",
+    ] + REMOTE
     assert flex_template.main(argv, job="ingest") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"ingest: --imagenet-root must be gs:// for a remote runner (PortableRunner), got "
-                   f"{tmp_path}/train: its workers cannot read this machine's files"]
+    assert err == [
+        f"ingest: --imagenet-root must be gs:// for a remote runner (PortableRunner), got "
+        f"{tmp_path}/train: its workers cannot read this machine's files"
+    ]
     assert not list(tmp_path.iterdir())
 
 
@@ -61,7 +77,8 @@ def test_refresh_refuses_local_snapshot_and_history(capsys):
     assert refresh.main(argv) == 2
     assert capsys.readouterr().err.strip() == (
         "refresh: --history must be gs:// for a remote runner (PortableRunner), got /var/history: "
-        "its workers cannot read this machine's files")
+        "its workers cannot read this machine's files"
+    )
     assert refresh.main(["--snapshot=snap", "--output=gs://b/night"] + REMOTE) == 2
     assert "--snapshot must be gs://" in capsys.readouterr().err
 
@@ -71,7 +88,16 @@ def test_dedup_refuses_a_local_input():
         dedup.run(["--input=gs://b/a", "--input=out-b", "--output=gs://b/c"] + REMOTE)
 
 
-@pytest.mark.parametrize("path,shared", [("gs://b/x", True), ("s3://b/x", True), ("/data/x", False),
-                                         ("relative/x", False), ("file:///data/x", False), ("C:\\x", False)])
+@pytest.mark.parametrize(
+    "path,shared",
+    [
+        ("gs://b/x", True),
+        ("s3://b/x", True),
+        ("/data/x", False),
+        ("relative/x", False),
+        ("file:///data/x", False),
+        ("C:\\x", False),
+    ],
+)
 def test_is_shared_path(path, shared):
     assert job_runner.is_shared_path(path) is shared

@@ -1,4 +1,5 @@
 """Resume, and exactly-once output when bundles fail or run twice."""
+
 import glob
 import hashlib
 import os
@@ -40,16 +41,18 @@ def manifest(web, tmp_path):
     web.routes["/flaky500.jpg"] = [Reply(500, b"down")] * 3 + [Reply(200, jpeg(20), JPEG)]
     web.routes["/flakyslow.jpg"] = [Reply(200, jpeg(21), JPEG, delay=2.0), Reply(200, jpeg(21), JPEG)]
     web.routes["/gone.jpg"] = Reply(404, b"")
-    lines += [f"flaky\t{web.url('/flaky500.jpg')}", f"slow\t{web.url('/flakyslow.jpg')}",
-              f"gone\t{web.url('/gone.jpg')}"]
+    lines += [
+        f"flaky\t{web.url('/flaky500.jpg')}",
+        f"slow\t{web.url('/flakyslow.jpg')}",
+        f"gone\t{web.url('/gone.jpg')}",
+    ]
     path = tmp_path / "cc3m.tsv"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def run(manifest, out, *extra, **options):
-    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "timeout": 1.0, "retries": 2},
-                         **options)
+    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "timeout": 1.0, "retries": 2}, **options)
     if manifest:
         args.append(f"--manifest=cc3m={manifest}")
     ingest.run(args + list(extra))
@@ -86,13 +89,14 @@ def test_retry_status_limits_what_is_fetched_again(web, manifest, tmp_path):
     run(manifest, out)
     run(manifest, out, "--resume", **{"retry-status": "timeout"})
     rows = rows_of(out)
-    assert rows["cc3m:10"]["status"] == schema.OK          # timeout: retried
-    assert rows["cc3m:9"]["status"] == schema.HTTP_ERROR   # http_error: carried
+    assert rows["cc3m:10"]["status"] == schema.OK  # timeout: retried
+    assert rows["cc3m:9"]["status"] == schema.HTTP_ERROR  # http_error: carried
     assert web.hits["/flaky500.jpg"] == 3 and web.hits["/flakyslow.jpg"] == 2
 
 
 def test_unknown_retry_status_is_refused():
     from transforms.io.resume import parse_retry_statuses
+
     with pytest.raises(ValueError, match="unknown status"):
         parse_retry_statuses("timeout,nope")
 

@@ -1,6 +1,7 @@
 """Issue 14 end to end: mirrored, letterboxed, cropped and captioned copies served from loopback
 as CC3M and CC12M rows are clustered with their original through the picture views; a different
 picture and a different tile of the same picture stay alone; the report shows the cluster."""
+
 import glob
 import json
 import os
@@ -49,17 +50,26 @@ def copies():
 def ingested(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("views")
     pictures = copies()
-    routes = {f"/{name}.jpg": Reply(200, encode(image.convert("RGB"), "JPEG", quality=90), JPEG)
-              for name, image in pictures.items()}
+    routes = {
+        f"/{name}.jpg": Reply(200, encode(image.convert("RGB"), "JPEG", quality=90), JPEG)
+        for name, image in pictures.items()
+    }
     with SampleWebServer(routes) as web:
         names = sorted(pictures)
         (tmp / "cc3m.tsv").write_text("".join(f"{n}\t{web.url(f'/{n}.jpg')}\n" for n in names[::2]))
         (tmp / "cc12m.tsv").write_text("".join(f"{web.url(f'/{n}.jpg')}\t{n}\n" for n in names[1::2]))
         out = str(tmp / "out")
-        ingest.run(local_options(manifest=[f"cc3m={tmp / 'cc3m.tsv'}", f"cc12m={tmp / 'cc12m.tsv'}"],
-                                 output=out, **{"allow-network": "127.0.0.1/32"}))
-    rows = {r["url"].rsplit("/", 1)[1][:-4]: r for r in
-            ds.dataset(os.path.join(out, "images"), format="parquet").to_table().to_pylist()}
+        ingest.run(
+            local_options(
+                manifest=[f"cc3m={tmp / 'cc3m.tsv'}", f"cc12m={tmp / 'cc12m.tsv'}"],
+                output=out,
+                **{"allow-network": "127.0.0.1/32"},
+            )
+        )
+    rows = {
+        r["url"].rsplit("/", 1)[1][:-4]: r
+        for r in ds.dataset(os.path.join(out, "images"), format="parquet").to_table().to_pylist()
+    }
     return out, rows
 
 
@@ -81,8 +91,9 @@ def test_hard_copies_join_their_original_and_negatives_stay_alone(ingested):
 
 def test_cluster_record_and_summary_say_which_view_matched(ingested):
     out, rows = ingested
-    records = [json.loads(line) for path in glob.glob(os.path.join(out, "duplicates", "*.jsonl"))
-               for line in open(path)]
+    records = [
+        json.loads(line) for path in glob.glob(os.path.join(out, "duplicates", "*.jsonl")) for line in open(path)
+    ]
     (record,) = [r for r in records if r["cluster_id"] == rows["original"]["cluster_id"]]
     match = {m["key"]: m["match"] for m in record["members"]}
     assert match[rows["mirror"]["key"]] == "canonical"

@@ -75,8 +75,9 @@ def test_published_hash_mismatch():
     assert row["status"] == schema.HASH_MISMATCH and "sha256" in row["error"]
     row = verify_and_hash(fetched(body, expected_md5=hashlib.md5(b"other").hexdigest()))
     assert row["status"] == schema.HASH_MISMATCH and "md5" in row["error"]
-    row = verify_and_hash(fetched(body, expected_sha256=hashlib.sha256(body).hexdigest(),
-                                  expected_md5=hashlib.md5(body).hexdigest()))
+    row = verify_and_hash(
+        fetched(body, expected_sha256=hashlib.sha256(body).hexdigest(), expected_md5=hashlib.md5(body).hexdigest())
+    )
     assert row["status"] == schema.OK
 
 

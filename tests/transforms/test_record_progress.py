@@ -1,4 +1,5 @@
 """The live progress line: tallies written by the pipeline stage, aggregated and printed by the driver."""
+
 import gzip
 import io
 import json
@@ -40,8 +41,12 @@ def test_tally_flushes_about_once_an_interval_and_atomically(tmp_path):
         assert json.load(handle)["rows"] == 2  # the third row waits for the next interval or flush()
     tally.flush()
     with open(tally.path) as handle:
-        assert json.load(handle) | {"updated": 0} == {"rows": 3, "bytes": 150, "statuses": {"ok": 2, "timeout": 1},
-                                                      "updated": 0}
+        assert json.load(handle) | {"updated": 0} == {
+            "rows": 3,
+            "bytes": 150,
+            "statuses": {"ok": 2, "timeout": 1},
+            "updated": 0,
+        }
     assert os.listdir(tmp_path) == [os.path.basename(tally.path)]  # no temporary left behind
 
 
@@ -65,10 +70,20 @@ def test_manifest_rows_are_counted_per_format(tmp_path):
     (tmp_path / "a.tsv").write_text("cap\thttp://x/1\ncap\thttp://x/2\ncap\thttp://x/3")  # no final newline
     (tmp_path / "b.tsv.gz").write_bytes(gzip.compress(b"http://x/1\tc\nhttp://x/2\tc\n"))
     (tmp_path / "oi.csv").write_text("ImageID,OriginalURL\n1,http://x/1\n2,http://x/2\n")
-    assert progress_line.count_manifest_rows([("cc3m", str(tmp_path / "a.tsv")),
-                                         ("cc12m", str(tmp_path / "b.tsv.gz")),
-                                         ("openimages", str(tmp_path / "*.csv"))]) == 3 + 2 + 2
-    assert progress_line.count_manifest_rows([("cc3m", str(tmp_path / "a.tsv")), ("zero", str(tmp_path / "z.json"))]) is None
+    assert (
+        progress_line.count_manifest_rows(
+            [
+                ("cc3m", str(tmp_path / "a.tsv")),
+                ("cc12m", str(tmp_path / "b.tsv.gz")),
+                ("openimages", str(tmp_path / "*.csv")),
+            ]
+        )
+        == 3 + 2 + 2
+    )
+    assert (
+        progress_line.count_manifest_rows([("cc3m", str(tmp_path / "a.tsv")), ("zero", str(tmp_path / "z.json"))])
+        is None
+    )
     assert progress_line.count_manifest_rows([("cc3m", "gs://bucket/a.tsv")]) is None
     assert progress_line.count_manifest_rows([("cc3m", str(tmp_path / "nothing-*.tsv"))]) is None
 
@@ -101,8 +116,9 @@ class TtyBuffer(io.StringIO):
 
 def test_live_progress_prints_plain_lines_then_a_final_one(tmp_path):
     stream = io.StringIO()
-    with progress_line.LiveProgress(enabled=True, stream=stream, interval=0.05, plain_interval=0.1,
-                               total_rows=20) as live:
+    with progress_line.LiveProgress(
+        enabled=True, stream=stream, interval=0.05, plain_interval=0.1, total_rows=20
+    ) as live:
         live.start()
         write_tally(live.directory, "1-a.json", 5, {"ok": 4, "timeout": 1})
         time.sleep(0.4)

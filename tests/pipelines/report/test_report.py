@@ -1,4 +1,5 @@
 """OUT/report.html: figures right, page self-contained, works on gs://, renders in headless Chromium."""
+
 import base64
 import collections
 import itertools
@@ -16,7 +17,9 @@ from tests.synthetic_out import make_rows, write_out
 from transforms import schema
 
 DATA_URI = re.compile(r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"')
-EXTERNAL = re.compile(r"""(?:\b(?:src|href|xlink:href)\s*=\s*["']\s*(?!data:|#)[^"'\s]|url\(\s*["']?\s*(?!data:|#))""", re.I)
+EXTERNAL = re.compile(
+    r"""(?:\b(?:src|href|xlink:href)\s*=\s*["']\s*(?!data:|#)[^"'\s]|url\(\s*["']?\s*(?!data:|#))""", re.I
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +75,25 @@ def test_page_is_self_contained_with_every_plot(synthetic):
         assert ET.fromstring(svg).tag.endswith("svg")
     for text in [page] + svgs:
         assert not EXTERNAL.search(text), EXTERNAL.search(text).group(0)
-    for title in ("Status by dataset", "Success rate by host (top 10 by rows)", "Image size", "Fetch latency",
-                  "Duplicates", "Beam metrics", "Most common errors"):
+    for title in (
+        "Status by dataset",
+        "Success rate by host (top 10 by rows)",
+        "Image size",
+        "Fetch latency",
+        "Duplicates",
+        "Beam metrics",
+        "Most common errors",
+    ):
         assert f"<h2>{title}</h2>" in page
     assert "pairs_by_dataset" in page and "123.5 kB" in page  # generic duplicates key; fetch/bytes counter
     assert "20,000" not in page and "3,000" in page
 
 
 def test_report_of_a_run_without_metrics_or_duplicates_says_so(tmp_path):
-    rows = [schema.new_row("cc3m", "cc3m:1", "http://a/1", status=schema.OK, size_bytes=10, fetch_ms=5),
-            schema.new_row("cc3m", "cc3m:2", "no url", status=schema.INVALID_URL, error="no scheme")]
+    rows = [
+        schema.new_row("cc3m", "cc3m:1", "http://a/1", status=schema.OK, size_bytes=10, fetch_ms=5),
+        schema.new_row("cc3m", "cc3m:2", "no url", status=schema.INVALID_URL, error="no scheme"),
+    ]
     summary = write_out(str(tmp_path), rows, with_metrics=False)
     summary.pop("duplicates")
     stats = html_report.read_table_stats(str(tmp_path))
@@ -103,6 +115,7 @@ def test_command_line(synthetic, tmp_path, capsys):
 
 # --- gs:// through Beam's filesystems, against a loopback GCS emulator -------------------------------
 
+
 @pytest.fixture
 def gcs(gcs_emulator):
     gcs_emulator.bucket("reports")
@@ -111,6 +124,7 @@ def gcs(gcs_emulator):
 
 def test_report_reads_and_writes_gs(synthetic, gcs):
     from apache_beam.io.filesystems import FileSystems
+
     local, rows, _ = synthetic
     remote = f"{gcs}/run1"
     for name in ("summary.json", "images/part-00000-of-00002.parquet", "images/part-00001-of-00002.parquet"):
@@ -123,6 +137,7 @@ def test_report_reads_and_writes_gs(synthetic, gcs):
 
 
 # --- headless Chromium ---------------------------------------------------------------------------
+
 
 def chromium_binary():
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
@@ -138,10 +153,20 @@ def chromium_binary():
 def screenshot(html_path, png_path, profile_dir, size=(1200, 2000)):
     """Render a local page in headless Chromium; nothing but file:// is loaded."""
     command = [
-        chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--hide-scrollbars", f"--user-data-dir={profile_dir}", f"--screenshot={png_path}",
-        f"--window-size={size[0]},{size[1]}", f"file://{html_path}",
+        chromium_binary(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile_dir}",
+        f"--screenshot={png_path}",
+        f"--window-size={size[0]},{size[1]}",
+        f"file://{html_path}",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and os.path.exists(png_path), done.stderr[-2000:]
@@ -149,7 +174,7 @@ def screenshot(html_path, png_path, profile_dir, size=(1200, 2000)):
 
 
 def _hex(color):
-    return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def test_report_renders_in_headless_chromium(synthetic, tmp_path):

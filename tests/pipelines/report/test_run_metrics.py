@@ -1,4 +1,5 @@
 """Beam metrics read back from a finished run and merged into summary.json."""
+
 import json
 
 import apache_beam as beam
@@ -45,6 +46,7 @@ def test_finished_run_metrics_land_in_summary_json(tmp_path):
 
 class NotWaitedFor:
     """What a launcher that returns at submission holds: a job still running."""
+
     state = PipelineState.RUNNING
 
     def metrics(self):

@@ -1,12 +1,21 @@
 """Dedup transform on the real Beam runner: planted pairs, thresholds, chains, skew, exact
 matches, placeholders, canonical policy, stats."""
+
 import os
 import random
 
 import pytest
 
-from tests.dedup_helpers import (at_distance, check_invariants, cluster_of, flip, random_hash,
-                                 row, run_dedup, run_dedup_shards)
+from tests.dedup_helpers import (
+    at_distance,
+    check_invariants,
+    cluster_of,
+    flip,
+    random_hash,
+    row,
+    run_dedup,
+    run_dedup_shards,
+)
 from transforms.clustering.clusters import DEFAULT_MAX_DISTANCE, canonical_sort_key, normalize_url
 
 K = DEFAULT_MAX_DISTANCE
@@ -24,19 +33,20 @@ def planted(tmp_path_factory):
             # The partner is another dataset's copy: pHash d bits away, dHash a little off (past
             # the threshold, 9-16 bits off: looser than the wide rule's 8, see test_wide_rule).
             dd = rng.randint(0, 6) if d <= K else rng.randint(9, 16)
-            b = row(f"cc12m:pair{d}-{t}", "cc12m", phash=at_distance(ph, d, rng),
-                    dhash=at_distance(dh, dd, rng))
+            b = row(f"cc12m:pair{d}-{t}", "cc12m", phash=at_distance(ph, d, rng), dhash=at_distance(dh, dd, rng))
             rows += [a, b]
             pairs.append((d, a["key"], b["key"]))
     vetoed = []
     for t in range(6):  # pHash close but dHash far: a chance pHash collision, not a match
         ph, dh = random_hash(rng), random_hash(rng)
-        rows += [row(f"zero:veto{t}a", "zero", phash=ph, dhash=dh),
-                 row(f"zero:veto{t}b", "zero", phash=at_distance(ph, 3, rng),
-                     dhash=at_distance(dh, 30, rng))]
+        rows += [
+            row(f"zero:veto{t}a", "zero", phash=ph, dhash=dh),
+            row(f"zero:veto{t}b", "zero", phash=at_distance(ph, 3, rng), dhash=at_distance(dh, 30, rng)),
+        ]
         vetoed.append((f"zero:veto{t}a", f"zero:veto{t}b"))
-    unrelated = [row(f"openimages:u{i}", "openimages", phash=random_hash(rng),
-                     dhash=random_hash(rng)) for i in range(1500)]
+    unrelated = [
+        row(f"openimages:u{i}", "openimages", phash=random_hash(rng), dhash=random_hash(rng)) for i in range(1500)
+    ]
     rows += unrelated
     out = run_dedup(rows, tmp_path_factory.mktemp("planted"))
     return rows, pairs, vetoed, unrelated, out
@@ -66,8 +76,7 @@ def test_unrelated_never_merged_and_dhash_vetoes(planted):
     assert all(cid[r["key"]] is None for r in unrelated)
     assert all(cid[a] is None and cid[b] is None for a, b in vetoed)
     assert stats["clusters"] == 6 * (K + 1) == len(clusters)
-    assert stats["across_datasets"] == {"cc3m|cc12m": {"clusters": 6 * (K + 1),
-                                                      "rows": 12 * (K + 1)}}
+    assert stats["across_datasets"] == {"cc3m|cc12m": {"clusters": 6 * (K + 1), "rows": 12 * (K + 1)}}
     # a pair with distance > 0 is a near match; distance 0 is "phash" (same picture) when the
     # dHashes agree too, and near otherwise
     for c in clusters:
@@ -79,12 +88,13 @@ def test_unrelated_never_merged_and_dhash_vetoes(planted):
 def test_threshold_and_dhash_options(tmp_path):
     rng = random.Random(5)
     ph, dh = random_hash(rng), random_hash(rng)
-    rows = [row("cc3m:a", phash=ph, dhash=dh),
-            row("cc3m:b", phash=at_distance(ph, 4, rng), dhash=dh),
-            row("cc3m:c", phash=flip(ph, range(50, 55)), dhash=dh),  # 5 bits from a
-            row("cc3m:d", phash=random_hash(rng), dhash=dh)]
-    rows.append(row("cc3m:e", phash=at_distance(rows[3]["phash"], 2, rng),
-                    dhash=at_distance(dh, 40, rng)))
+    rows = [
+        row("cc3m:a", phash=ph, dhash=dh),
+        row("cc3m:b", phash=at_distance(ph, 4, rng), dhash=dh),
+        row("cc3m:c", phash=flip(ph, range(50, 55)), dhash=dh),  # 5 bits from a
+        row("cc3m:d", phash=random_hash(rng), dhash=dh),
+    ]
+    rows.append(row("cc3m:e", phash=at_distance(rows[3]["phash"], 2, rng), dhash=at_distance(dh, 40, rng)))
     rows_out, clusters, _, _ = run_dedup(rows, tmp_path, max_distance=4, dhash_max_distance=None)
     check_invariants(rows, rows_out, clusters)
     cid = cluster_of(rows_out)
@@ -105,11 +115,14 @@ def test_transitive_chain_across_datasets(tmp_path):
         row("cc12m:1", "cc12m", phash=p1, dhash=dh),
         row("openimages:2", "openimages", phash=p2, dhash=dh, width=50, height=50),
         # ...then by URL to a failed row of ImageNet-Captions, then by sha256 to a Zero row
-        row("imagenet_captions:3", "imagenet_captions",
-            url="HTTPS://IMG.example:443/openimages/2.jpg#top", status="http_error"),
+        row(
+            "imagenet_captions:3",
+            "imagenet_captions",
+            url="HTTPS://IMG.example:443/openimages/2.jpg#top",
+            status="http_error",
+        ),
         row("zero:4", "zero", url="http://img.example/openimages/2.jpg", status="timeout"),
-        row("zero:5", "zero", phash=random_hash(rng), dhash=random_hash(rng),
-            sha256="sha-cc3m:0"),
+        row("zero:5", "zero", phash=random_hash(rng), dhash=random_hash(rng), sha256="sha-cc3m:0"),
         row("zero:6", "zero", phash=random_hash(rng), dhash=random_hash(rng)),  # unrelated
     ]
     rows_out, clusters, stats, _ = run_dedup(rows, tmp_path)
@@ -117,13 +130,24 @@ def test_transitive_chain_across_datasets(tmp_path):
     assert len(clusters) == 1
     (cluster,) = clusters
     assert sorted(m["key"] for m in by_cluster[cluster["cluster_id"]]) == [
-        "cc12m:1", "cc3m:0", "imagenet_captions:3", "openimages:2", "zero:4", "zero:5"]
+        "cc12m:1",
+        "cc3m:0",
+        "imagenet_captions:3",
+        "openimages:2",
+        "zero:4",
+        "zero:5",
+    ]
     assert cluster_of(rows_out)["zero:6"] is None
     match = {m["key"]: m["match"] for m in cluster["members"]}
     assert cluster["canonical_key"] == "cc12m:1"  # ok, largest area, then cc12m before cc3m
-    assert match == {"cc12m:1": "canonical", "cc3m:0": "near", "openimages:2": "near",
-                     "imagenet_captions:3": "transitive", "zero:4": "transitive",
-                     "zero:5": "transitive"}
+    assert match == {
+        "cc12m:1": "canonical",
+        "cc3m:0": "near",
+        "openimages:2": "near",
+        "imagenet_captions:3": "transitive",
+        "zero:4": "transitive",
+        "zero:5": "transitive",
+    }
     assert stats["across_datasets"]["cc3m|cc12m"] == {"clusters": 1, "rows": 2}
     assert stats["within_dataset"] == {"zero": {"clusters": 1, "rows": 2}}
 
@@ -169,14 +193,32 @@ def test_skewed_hash_and_placeholders(tmp_path):
     URL (a real exact cluster): one cluster each, and the search sees each picture once."""
     rng = random.Random(4)
     blank = ("8000000000000000", "0000000000000000")
-    rows = [row(f"cc12m:ph{i}", "cc12m" if i % 2 else "cc3m", url=f"http://f{i % 97}.example/{i}",
-                phash=blank[0], dhash=blank[1], sha256="dead") for i in range(3000)]
-    rows += [row(f"cc3m:same{i}", "cc3m", url="http://one.example/same.jpg",
-                 phash="0f0f0f0f0f0f0f0f", dhash="3333333333333333", sha256="beef")
-             for i in range(2000)]
+    rows = [
+        row(
+            f"cc12m:ph{i}",
+            "cc12m" if i % 2 else "cc3m",
+            url=f"http://f{i % 97}.example/{i}",
+            phash=blank[0],
+            dhash=blank[1],
+            sha256="dead",
+        )
+        for i in range(3000)
+    ]
+    rows += [
+        row(
+            f"cc3m:same{i}",
+            "cc3m",
+            url="http://one.example/same.jpg",
+            phash="0f0f0f0f0f0f0f0f",
+            dhash="3333333333333333",
+            sha256="beef",
+        )
+        for i in range(2000)
+    ]
     # a real photo whose URL also served the placeholder in the other dataset: not merged
-    rows.append(row("openimages:real", "openimages", url="http://f1.example/1",
-                    phash=random_hash(rng), dhash=random_hash(rng)))
+    rows.append(
+        row("openimages:real", "openimages", url="http://f1.example/1", phash=random_hash(rng), dhash=random_hash(rng))
+    )
     # near the placeholder's pHash: placeholders stay out of the near search
     rows.append(row("zero:nearblank", "zero", phash=flip(blank[0], [3]), dhash=random_hash(rng)))
     rows_out, clusters, stats, counters = run_dedup(rows, tmp_path, max_listed_members=100)
@@ -200,8 +242,10 @@ def test_skewed_hash_and_placeholders(tmp_path):
 
 
 def test_known_placeholder_hash_option(tmp_path):
-    rows = [row("cc3m:1", phash="1111111111111111", dhash="2222222222222222", sha256="abc"),
-            row("cc3m:2", phash="1111111111111111", dhash="2222222222222222", sha256="abd")]
+    rows = [
+        row("cc3m:1", phash="1111111111111111", dhash="2222222222222222", sha256="abc"),
+        row("cc3m:2", phash="1111111111111111", dhash="2222222222222222", sha256="abd"),
+    ]
     rows_out, clusters, stats, _ = run_dedup(rows, tmp_path, placeholder_hashes=["ABC"])
     check_invariants(rows, rows_out, clusters)
     assert [c["is_placeholder"] for c in clusters] == [True]
@@ -234,19 +278,22 @@ def test_canonical_sort_key_unknown_dataset_and_missing_size():
     assert canonical_sort_key(b) < canonical_sort_key(a)
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("HTTP://Example.COM/a/B.jpg", "http://example.com/a/B.jpg"),
-    ("https://example.com:443/x?q=1#frag", "http://example.com/x?q=1"),
-    ("http://example.com:80", "http://example.com/"),
-    ("https://example.com:8443/x", "http://example.com:8443/x"),
-    ("http://user:pw@Example.com/x", "http://example.com/x"),
-    ("http://[2001:DB8::1]:80/x", "http://[2001:db8::1]/x"),
-    ("  http://example.com/x  ", "http://example.com/x"),
-    ("n01440764/n01440764_10026.JPEG", "n01440764/n01440764_10026.JPEG"),
-    ("http://example.com:bad/x", "http://example.com:bad/x"),
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("HTTP://Example.COM/a/B.jpg", "http://example.com/a/B.jpg"),
+        ("https://example.com:443/x?q=1#frag", "http://example.com/x?q=1"),
+        ("http://example.com:80", "http://example.com/"),
+        ("https://example.com:8443/x", "http://example.com:8443/x"),
+        ("http://user:pw@Example.com/x", "http://example.com/x"),
+        ("http://[2001:DB8::1]:80/x", "http://[2001:db8::1]/x"),
+        ("  http://example.com/x  ", "http://example.com/x"),
+        ("n01440764/n01440764_10026.JPEG", "n01440764/n01440764_10026.JPEG"),
+        ("http://example.com:bad/x", "http://example.com:bad/x"),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_normalize_url(url, expected):
     assert normalize_url(url) == expected
 
@@ -257,24 +304,38 @@ def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path, spill):
     same clusters, cluster columns and stats as Dedup on the full rows; also with its keys and
     routed hashes grouped through spill files (a local run), which are gone afterwards."""
     rng = random.Random(9)
-    rows = [row(f"cc12m:ph{i}", "cc12m", url=f"http://f{i}.example/x", phash="8000000000000000",
-                dhash="0000000000000000", sha256="dead") for i in range(60)]  # a placeholder
-    rows += [row("cc3m:u1", url="http://Flickr.example/a.jpg", status="timeout"),
-             row("cc12m:u1", "cc12m", url="https://flickr.example:443/a.jpg", status="timeout"),
-             row("cc3m:s1", phash=random_hash(rng), dhash=random_hash(rng), sha256="f00d"),
-             row("cc12m:s1", "cc12m", phash=random_hash(rng), dhash=random_hash(rng), sha256="F00D"),
-             # one picture at two URLs, no other match: a cluster of its own vertex
-             row("openimages:p1", "openimages", phash="00ff00ff00ff00ff", dhash="1234567812345678"),
-             row("cc3m:p1", phash="00ff00ff00ff00ff", dhash="1234567812345678")]
+    rows = [
+        row(
+            f"cc12m:ph{i}",
+            "cc12m",
+            url=f"http://f{i}.example/x",
+            phash="8000000000000000",
+            dhash="0000000000000000",
+            sha256="dead",
+        )
+        for i in range(60)
+    ]  # a placeholder
+    rows += [
+        row("cc3m:u1", url="http://Flickr.example/a.jpg", status="timeout"),
+        row("cc12m:u1", "cc12m", url="https://flickr.example:443/a.jpg", status="timeout"),
+        row("cc3m:s1", phash=random_hash(rng), dhash=random_hash(rng), sha256="f00d"),
+        row("cc12m:s1", "cc12m", phash=random_hash(rng), dhash=random_hash(rng), sha256="F00D"),
+        # one picture at two URLs, no other match: a cluster of its own vertex
+        row("openimages:p1", "openimages", phash="00ff00ff00ff00ff", dhash="1234567812345678"),
+        row("cc3m:p1", phash="00ff00ff00ff00ff", dhash="1234567812345678"),
+    ]
     for t in range(5):  # near pairs across datasets
         ph, dh = random_hash(rng), random_hash(rng)
-        rows += [row(f"cc3m:n{t}", phash=ph, dhash=dh),
-                 row(f"zero:n{t}", "zero", phash=at_distance(ph, 4, rng), dhash=at_distance(dh, 3, rng))]
+        rows += [
+            row(f"cc3m:n{t}", phash=ph, dhash=dh),
+            row(f"zero:n{t}", "zero", phash=at_distance(ph, 4, rng), dhash=at_distance(dh, 3, rng)),
+        ]
     rows += [row(f"cc3m:alone{i}", phash=random_hash(rng), dhash=random_hash(rng)) for i in range(40)]
     rows_all, clusters, stats, _ = run_dedup(rows, tmp_path / "rows")
     spill_dir = str(tmp_path / "spill") if spill else None
     rows_clustered, clusters_s, stats_s, counters, shards = run_dedup_shards(
-        rows, tmp_path / "shards", shard_rows=7, spill_dir=spill_dir)
+        rows, tmp_path / "shards", shard_rows=7, spill_dir=spill_dir
+    )
     if spill:
         assert counters.get("bytes", 0) > 0  # the records really went through files (spill/bytes)
         assert not os.path.exists(spill_dir)
@@ -295,6 +356,7 @@ def test_wide_rule(tmp_path):
     joins when the dHashes are within 8; not with dHash 9 away, not 12 bits apart, not when no
     band meets it, and not with --views none (the matching before issue 14)."""
     from transforms.clustering.near_search import BandPlan
+
     plan = BandPlan(K)
     rng = random.Random(14)
 
@@ -305,13 +367,19 @@ def test_wide_rule(tmp_path):
             bits += rng.sample(range(j, 64, plan.bands), n)
         return flip(ph, bits)
 
-    cases = {"met": ((2, 4, 4), 8, True), "dhash9": ((2, 4, 4), 9, False),
-             "unmet": ((3, 4, 3), 0, False), "twelve": ((2, 5, 5), 0, False)}
+    cases = {
+        "met": ((2, 4, 4), 8, True),
+        "dhash9": ((2, 4, 4), 9, False),
+        "unmet": ((3, 4, 3), 0, False),
+        "twelve": ((2, 5, 5), 0, False),
+    }
     rows = []
     for name, (band_bits, dd, _) in cases.items():
         ph, dh = random_hash(rng), random_hash(rng)
-        rows += [row(f"cc3m:{name}a", phash=ph, dhash=dh),
-                 row(f"cc12m:{name}b", "cc12m", phash=partner(ph, band_bits), dhash=at_distance(dh, dd, rng))]
+        rows += [
+            row(f"cc3m:{name}a", phash=ph, dhash=dh),
+            row(f"cc12m:{name}b", "cc12m", phash=partner(ph, band_bits), dhash=at_distance(dh, dd, rng)),
+        ]
     rows_out, clusters, _, _ = run_dedup(rows, tmp_path / "on")
     check_invariants(rows, rows_out, clusters)
     cid = cluster_of(rows_out)
@@ -331,9 +399,11 @@ def test_placeholders_match_nothing_through_views(tmp_path):
     real_p, real_d = random_hash(rng), random_hash(rng)
     copy_p, copy_d = random_hash(rng), random_hash(rng)
     mirrored_p, mirrored_d = random_hash(rng), random_hash(rng)
-    rows = [row("cc3m:real", phash=real_p, dhash=real_d),
-            row("cc3m:copy", phash=copy_p, dhash=copy_d),
-            row("cc12m:mirrored", "cc12m", phash=mirrored_p, dhash=mirrored_d)]
+    rows = [
+        row("cc3m:real", phash=real_p, dhash=real_d),
+        row("cc3m:copy", phash=copy_p, dhash=copy_d),
+        row("cc12m:mirrored", "cc12m", phash=mirrored_p, dhash=mirrored_d),
+    ]
     rows[2]["phash_mirror"], rows[2]["dhash_mirror"] = copy_p, copy_d  # a mirrored copy of cc3m:copy
     for i in range(3):  # one picture at 3 URLs (placeholder_min_urls=3) whose mirror is cc3m:real
         rows.append(row(f"zero:ph{i}", "zero", url=f"http://dead.example/{i}", phash=blank[0], dhash=blank[1]))

@@ -1,4 +1,5 @@
 """ConnectedComponents: exact labels whatever the number of rounds, and convergence."""
+
 import random
 
 import apache_beam as beam

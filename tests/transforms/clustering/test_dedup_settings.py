@@ -1,4 +1,5 @@
 """DedupSettings.transform: the near search's shard count by where and how big the run is."""
+
 from transforms.clustering.dedup_settings import DedupSettings
 
 

@@ -1,5 +1,6 @@
 """Near-duplicate search: exactly the brute-force pair set, each pair once, for several
 thresholds and geometries, in numpy and through Beam."""
+
 import random
 from collections import defaultdict
 
@@ -41,8 +42,8 @@ def _brute(nodes, k, dmax):
     d = np.array([b for _, b in nodes], dtype=np.uint64)
     pairs = set()
     for i in range(len(nodes)):
-        pd = np.bitwise_count(p[i] ^ p[i + 1:])
-        dd = np.bitwise_count(d[i] ^ d[i + 1:])
+        pd = np.bitwise_count(p[i] ^ p[i + 1 :])
+        dd = np.bitwise_count(d[i] ^ d[i + 1 :])
         ok = pd <= k
         if dmax is not None:
             ok &= dd <= dmax
@@ -57,7 +58,7 @@ def _search(nodes, plan, dmax):
     p = np.array([a for a, _ in nodes], dtype=np.uint64)
     d = np.array([b for _, b in nodes], dtype=np.uint64)
     for start in range(0, len(nodes), 97):  # several batches, as BatchElements would make
-        for (j, s), role, pp, dd in plan.route(p[start:start + 97], d[start:start + 97]):
+        for (j, s), role, pp, dd in plan.route(p[start : start + 97], d[start : start + 97]):
             e = shards[(j, s)]
             (e[0] if role == "o" else e[2]).append(pp)
             (e[1] if role == "o" else e[3]).append(dd)
@@ -66,17 +67,27 @@ def _search(nodes, plan, dmax):
         if not op or not qp:
             continue
         op, od, qp, qd = (np.concatenate(x) for x in (op, od, qp, qd))
-        for a, b, c, e, pd, dd in plan.search_shard(j, s, (op, od, od != 0), (qp, qd, qd != 0),
-                                                   dmax, chunk_pairs=50, chunk_probes=500):
-            found += [((w, x), (y, z)) for w, x, y, z in zip(a.tolist(), b.tolist(),
-                                                            c.tolist(), e.tolist())]
+        for a, b, c, e, _pd, _dd in plan.search_shard(
+            j, s, (op, od, od != 0), (qp, qd, qd != 0), dmax, chunk_pairs=50, chunk_probes=500
+        ):
+            found += [
+                ((w, x), (y, z)) for w, x, y, z in zip(a.tolist(), b.tolist(), c.tolist(), e.tolist(), strict=False)
+            ]
     return found
 
 
-@pytest.mark.parametrize("k,bands,shard_bits,dmax", [
-    (8, None, 3, None), (8, None, 3, 30), (8, 4, 2, None), (3, None, 4, None),
-    (0, None, 3, None), (11, None, 2, None), (5, 2, 0, None),
-])
+@pytest.mark.parametrize(
+    "k,bands,shard_bits,dmax",
+    [
+        (8, None, 3, None),
+        (8, None, 3, 30),
+        (8, 4, 2, None),
+        (3, None, 4, None),
+        (0, None, 3, None),
+        (11, None, 2, None),
+        (5, 2, 0, None),
+    ],
+)
 def test_search_equals_brute_force(k, bands, shard_bits, dmax):
     nodes = _dense_hashes(1200, seed=k)
     plan = BandPlan(k, bands=bands, shard_bits=shard_bits)
@@ -101,8 +112,8 @@ def test_plan_guarantee_and_cost_choice():
 def test_permutation_keeps_distances():
     plan = BandPlan(8)
     rng = np.random.default_rng(1)
-    a = rng.integers(0, 2 ** 63, 500, dtype=np.uint64) * np.uint64(2)
-    b = rng.integers(0, 2 ** 63, 500, dtype=np.uint64)
+    a = rng.integers(0, 2**63, 500, dtype=np.uint64) * np.uint64(2)
+    b = rng.integers(0, 2**63, 500, dtype=np.uint64)
     assert (np.bitwise_count(plan.permute(a) ^ plan.permute(b)) == np.bitwise_count(a ^ b)).all()
     assert len(set(plan.permute(a).tolist())) == len(set(a.tolist()))
 
@@ -111,10 +122,12 @@ def test_beam_transform_matches_brute_force():
     nodes = _dense_hashes(600, seed=21)
     expected = sorted(_brute(nodes, 8, 20))
     with TestPipeline(runner="FnApiRunner") as p:
-        pairs = (p
-                 | beam.Create([("%016x" % a, "%016x" % b) for a, b in nodes])
-                 | NearDuplicatePairs(8, dhash_max_distance=20, batch_size=64)
-                 | beam.Map(lambda t: ((t[0], t[1]), (t[2], t[3]))))
+        pairs = (
+            p
+            | beam.Create([(f"{a:016x}", f"{b:016x}") for a, b in nodes])
+            | NearDuplicatePairs(8, dhash_max_distance=20, batch_size=64)
+            | beam.Map(lambda t: ((t[0], t[1]), (t[2], t[3])))
+        )
         assert_that(pairs, equal_to(expected))
 
 
@@ -141,8 +154,7 @@ def test_wide_keeps_met_pairs_past_the_threshold_only_when_dhash_agrees_closely(
     nodes = sorted(nodes)
     plan = BandPlan(8)
     expected = _brute(nodes, 8, 16)
-    wide_only = {(a, b) for a, b in _brute(nodes, 10, 8)
-                 if (a[0] ^ b[0]).bit_count() > 8 and _met(plan, a[0], b[0])}
+    wide_only = {(a, b) for a, b in _brute(nodes, 10, 8) if (a[0] ^ b[0]).bit_count() > 8 and _met(plan, a[0], b[0])}
     assert len(wide_only) > 20  # the data has met pairs at 9-10 bits with close dHashes
     not_met = {(a, b) for a, b in _brute(nodes, 10, 8) if not _met(plan, a[0], b[0])}
     assert not_met  # and pairs the probes never meet: past 8 bits recall is not guaranteed
@@ -167,7 +179,9 @@ def _search_wide(nodes, plan, dmax, wide):
             continue
         op, od, qp, qd = (np.concatenate(x) for x in (op, od, qp, qd))
         for a, b, c, e, _pd, _dd in plan.search_shard(j, s, (op, od, od != 0), (qp, qd, qd != 0), dmax, wide=wide):
-            found += [((w, x), (y, z)) for w, x, y, z in zip(a.tolist(), b.tolist(), c.tolist(), e.tolist())]
+            found += [
+                ((w, x), (y, z)) for w, x, y, z in zip(a.tolist(), b.tolist(), c.tolist(), e.tolist(), strict=False)
+            ]
     return found
 
 
@@ -177,7 +191,7 @@ def test_shard_bits_grow_with_the_hashes_so_groups_stay_bounded():
     for hashes in (10**5, 10**6, 10**7, 15_700_000, 10**8):
         bits = shard_bits_for(hashes)
         assert hashes / 2**bits <= OWNERS_PER_GROUP  # owners of one group, evenly spread
-        assert bits == 0 or hashes / 2**(bits - 1) > OWNERS_PER_GROUP  # and no more shards than that
+        assert bits == 0 or hashes / 2 ** (bits - 1) > OWNERS_PER_GROUP  # and no more shards than that
     assert shard_bits_for(15_700_000) == 4
 
 
@@ -200,7 +214,7 @@ def _routed_groups(nodes, plan, batch=97):
     p = np.array([a for a, _ in nodes], dtype=np.uint64)
     d = np.array([b for _, b in nodes], dtype=np.uint64)
     for start in range(0, len(nodes), batch):
-        for (j, s), role, pp, dd in plan.route(p[start:start + batch], d[start:start + batch]):
+        for (j, s), role, pp, dd in plan.route(p[start : start + batch], d[start : start + batch]):
             records = np.zeros(len(pp), dtype=ROUTED_RECORD)
             records["owner"], records["phash"], records["dhash"] = role == "o", pp, dd
             groups[(j, s)].append(records)
@@ -239,9 +253,17 @@ def test_streaming_through_spill_files_keeps_recall_exact(tmp_path, shard_bits, 
     nodes = _dense_hashes(700, seed=30 + shard_bits)
     expected = sorted(_brute(nodes, 8, 24))
     with TestPipeline(runner="FnApiRunner") as p:
-        pairs = (p
-                 | beam.Create([("%016x" % a, "%016x" % b) for a, b in nodes])
-                 | NearDuplicatePairs(8, dhash_max_distance=24, batch_size=64, shard_bits=shard_bits,
-                                      spill_dir=str(tmp_path / "spill"), query_chunk=chunk)
-                 | beam.Map(lambda t: ((t[0], t[1]), (t[2], t[3]))))
+        pairs = (
+            p
+            | beam.Create([(f"{a:016x}", f"{b:016x}") for a, b in nodes])
+            | NearDuplicatePairs(
+                8,
+                dhash_max_distance=24,
+                batch_size=64,
+                shard_bits=shard_bits,
+                spill_dir=str(tmp_path / "spill"),
+                query_chunk=chunk,
+            )
+            | beam.Map(lambda t: ((t[0], t[1]), (t[2], t[3])))
+        )
         assert_that(pairs, equal_to(expected))

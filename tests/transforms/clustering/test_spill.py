@@ -1,4 +1,5 @@
 """GroupRecords through files groups numpy records exactly like the runner's GroupByKey."""
+
 import os
 
 import apache_beam as beam
@@ -26,13 +27,13 @@ def batches():
 def as_sorted_tuples(element):
     key, parts = element
     records = np.concatenate(list(parts))
-    return key, sorted(zip(records["a"].tolist(), records["tag"].tolist()))
+    return key, sorted(zip(records["a"].tolist(), records["tag"].tolist(), strict=False))
 
 
 def test_grouping_through_files_equals_group_by_key(tmp_path):
     expected = {}
     for key, records in batches():
-        expected.setdefault(key, []).extend(zip(records["a"].tolist(), records["tag"].tolist()))
+        expected.setdefault(key, []).extend(zip(records["a"].tolist(), records["tag"].tolist(), strict=False))
     expected = [(key, sorted(values)) for key, values in expected.items()]
     spill = str(tmp_path / "spill")
     with TestPipeline(runner="FnApiRunner") as p:
@@ -50,7 +51,7 @@ def test_grouping_in_chunks_reads_bounded_chunks_and_iterates_again(tmp_path):
     they are iterated, and together they are the key's records."""
     expected = {}
     for key, records in batches():
-        expected.setdefault(key, []).extend(zip(records["a"].tolist(), records["tag"].tolist()))
+        expected.setdefault(key, []).extend(zip(records["a"].tolist(), records["tag"].tolist(), strict=False))
     expected = [(key, sorted(values)) for key, values in expected.items()]
 
     def chunked(element):
@@ -61,9 +62,11 @@ def test_grouping_in_chunks_reads_bounded_chunks_and_iterates_again(tmp_path):
         return as_sorted_tuples(element)
 
     with TestPipeline(runner="FnApiRunner") as p:
-        grouped = (p | beam.Create(batches(), reshuffle=True)
-                   | GroupRecords(str(tmp_path / "spill"), dtype_of=lambda _key: RECORD, flush_bytes=200,
-                                  chunk_records=7))
+        grouped = (
+            p
+            | beam.Create(batches(), reshuffle=True)
+            | GroupRecords(str(tmp_path / "spill"), dtype_of=lambda _key: RECORD, flush_bytes=200, chunk_records=7)
+        )
         assert_that(grouped | beam.Map(chunked), equal_to(expected))
 
 

@@ -1,5 +1,6 @@
 """Dedup over Parquet tables (the standalone job's read + dedup): newest-wins on key records,
 replaced rows kept out of the graph, the table copied file by file with every column."""
+
 import datetime
 import glob
 import json
@@ -32,16 +33,24 @@ def _records(rows):
 
 
 def test_newest_order_puts_the_kept_version_last():
-    r = _records([(b"k1", 5, 0, 7, 0), (b"k1", NO_STAMP, 1, 7, 1), (b"k1", 9, 0, 7, 2),
-                  (b"k2", 3, 1, 8, 0), (b"k2", 3, 0, 9, 0),          # tie: the input listed last wins
-                  (b"k3", NO_STAMP, 0, 1, 0), (b"k3", NO_STAMP, 2, 1, 1)])
+    r = _records(
+        [
+            (b"k1", 5, 0, 7, 0),
+            (b"k1", NO_STAMP, 1, 7, 1),
+            (b"k1", 9, 0, 7, 2),
+            (b"k2", 3, 1, 8, 0),
+            (b"k2", 3, 0, 9, 0),  # tie: the input listed last wins
+            (b"k3", NO_STAMP, 0, 1, 0),
+            (b"k3", NO_STAMP, 2, 1, 1),
+        ]
+    )
     ordered = r[newest_order(r)]
     last = {}
     for rec in ordered:
         last[bytes(rec["key"])] = (int(rec["input"]), int(rec["row"]), int(rec["stamp"]))
-    assert last[b"k1"] == (0, 2, 9)       # latest fetched_at, whatever the input
-    assert last[b"k2"][0] == 1            # same fetched_at: the later input
-    assert last[b"k3"][0] == 2            # no fetched_at anywhere: the later input
+    assert last[b"k1"] == (0, 2, 9)  # latest fetched_at, whatever the input
+    assert last[b"k2"][0] == 1  # same fetched_at: the later input
+    assert last[b"k3"][0] == 2  # no fetched_at anywhere: the later input
     assert [bytes(k) for k in ordered["key"]] == [b"k1"] * 3 + [b"k2"] * 2 + [b"k3"] * 2
 
 
@@ -68,23 +77,25 @@ def test_job_replaced_rows_take_no_part_in_clusters_and_every_column_is_kept(tmp
     """k:1's January version shares a URL with k:2; its March version does not. If the replaced
     version reached the graph, k:2 would be clustered with k:1."""
     ph = "0f0f0f0f0f0f0f0f"
-    old = [_day(row("cc3m:1", url="http://x.example/shared.jpg", phash=ph, dhash="1234123412341234"), 1),
-           _day(row("cc3m:2", url="http://x.example/shared.jpg", phash="ffff0000ffff0000",
-                    dhash="0101010101010101"), 1),
-           _day(row("cc3m:3", phash="00ff00ff00ff00ff", dhash="7777777777777777"), 1)]
+    old = [
+        _day(row("cc3m:1", url="http://x.example/shared.jpg", phash=ph, dhash="1234123412341234"), 1),
+        _day(row("cc3m:2", url="http://x.example/shared.jpg", phash="ffff0000ffff0000", dhash="0101010101010101"), 1),
+        _day(row("cc3m:3", phash="00ff00ff00ff00ff", dhash="7777777777777777"), 1),
+    ]
     for r in old:
         r["caption"] = "january"
-    new = [_day(row("cc3m:1", url="http://x.example/moved.jpg", phash="aaaaaaaaaaaaaaaa",
-                    dhash="5555555555555555"), 3),
-           _day(row("cc12m:9", url="http://y.example/9.jpg", phash="00ff00ff00ff00fe",
-                    dhash="7777777777777777"), 3)]
+    new = [
+        _day(row("cc3m:1", url="http://x.example/moved.jpg", phash="aaaaaaaaaaaaaaaa", dhash="5555555555555555"), 3),
+        _day(row("cc12m:9", url="http://y.example/9.jpg", phash="00ff00ff00ff00fe", dhash="7777777777777777"), 3),
+    ]
     new[0]["caption"] = "march"
     _write(str(tmp_path / "in1"), old[:2], "part-0.parquet")
     _write(str(tmp_path / "in1"), old[2:], "part-1.parquet", drop=("license", "is_placeholder"))
     _write(str(tmp_path / "in2"), new, "part-0.parquet")
     out = str(tmp_path / "out")
-    job.run(["--input", str(tmp_path / "in1"), "--input", str(tmp_path / "in2"), "--output", out,
-             "--runner", "FnApiRunner"])
+    job.run(
+        ["--input", str(tmp_path / "in1"), "--input", str(tmp_path / "in2"), "--output", out, "--runner", "FnApiRunner"]
+    )
     table = pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet")))
     assert table.schema.equals(schema.IMAGE_SCHEMA)
     rows = {r["key"]: r for r in table.to_pylist()}
@@ -99,8 +110,9 @@ def test_job_replaced_rows_take_no_part_in_clusters_and_every_column_is_kept(tmp
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["rows"] == 4 and summary["replaced_rows"] == 1 and summary["clusters"] == 1
     # a second run into the same OUT replaces the table rather than adding to it
-    job.run(["--input", str(tmp_path / "in1"), "--input", str(tmp_path / "in2"), "--output", out,
-             "--runner", "FnApiRunner"])
+    job.run(
+        ["--input", str(tmp_path / "in1"), "--input", str(tmp_path / "in2"), "--output", out, "--runner", "FnApiRunner"]
+    )
     again = pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet")))
     assert sorted(again.column("key").to_pylist()) == sorted(rows)
 
@@ -108,24 +120,33 @@ def test_job_replaced_rows_take_no_part_in_clusters_and_every_column_is_kept(tmp
 def test_job_keeps_every_row_of_a_key_an_input_holds_twice_and_its_books_balance(tmp_path, capsys):
     """Only versions from other inputs replace a row: in1 holds cc3m:1 twice (both kept, it has
     the newest version) and cc3m:2 twice (both replaced by in2's newer one)."""
-    in1 = [_day(row("cc3m:1", url="http://x.example/1a.jpg", phash="0000000000000001"), 5),
-           _day(row("cc3m:1", url="http://x.example/1b.jpg", phash="1000000000000000"), 5),
-           _day(row("cc3m:2", url="http://x.example/2a.jpg", phash="00000000ffffffff"), 1),
-           _day(row("cc3m:2", url="http://x.example/2b.jpg", phash="ffffffff00000000"), 1)]
-    in2 = [_day(row("cc3m:1", url="http://x.example/1c.jpg", phash="0f0f0f0f00000000"), 2),
-           _day(row("cc3m:2", url="http://x.example/2c.jpg", phash="00000000f0f0f0f0"), 3)]
+    in1 = [
+        _day(row("cc3m:1", url="http://x.example/1a.jpg", phash="0000000000000001"), 5),
+        _day(row("cc3m:1", url="http://x.example/1b.jpg", phash="1000000000000000"), 5),
+        _day(row("cc3m:2", url="http://x.example/2a.jpg", phash="00000000ffffffff"), 1),
+        _day(row("cc3m:2", url="http://x.example/2b.jpg", phash="ffffffff00000000"), 1),
+    ]
+    in2 = [
+        _day(row("cc3m:1", url="http://x.example/1c.jpg", phash="0f0f0f0f00000000"), 2),
+        _day(row("cc3m:2", url="http://x.example/2c.jpg", phash="00000000f0f0f0f0"), 3),
+    ]
     _write(str(tmp_path / "in1"), in1)
     _write(str(tmp_path / "in2"), in2)
     out = str(tmp_path / "out")
-    job.run(["--input", str(tmp_path / "in1"), "--input", str(tmp_path / "in2"), "--output", out,
-             "--runner", "FnApiRunner"])
+    job.run(
+        ["--input", str(tmp_path / "in1"), "--input", str(tmp_path / "in2"), "--output", out, "--runner", "FnApiRunner"]
+    )
     table = pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet"))).to_pylist()
     assert sorted((r["key"], r["url"]) for r in table) == [
-        ("cc3m:1", "http://x.example/1a.jpg"), ("cc3m:1", "http://x.example/1b.jpg"),
-        ("cc3m:2", "http://x.example/2c.jpg")]
+        ("cc3m:1", "http://x.example/1a.jpg"),
+        ("cc3m:1", "http://x.example/1b.jpg"),
+        ("cc3m:2", "http://x.example/2c.jpg"),
+    ]
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["replaced_rows"] == 3
-    assert summary["books"]["inputs"] == [{"path": str(tmp_path / "in1"), "rows": 4},
-                                          {"path": str(tmp_path / "in2"), "rows": 2}]
+    assert summary["books"]["inputs"] == [
+        {"path": str(tmp_path / "in1"), "rows": 4},
+        {"path": str(tmp_path / "in2"), "rows": 2},
+    ]
     assert summary["books"]["rows_out"] == 3 and summary["books"]["balanced"]
     assert any("2 keys occur more than once within one input" in w for w in summary["warnings"])

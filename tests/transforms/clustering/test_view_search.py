@@ -1,12 +1,12 @@
 """The view search (issue 14): exactly the brute-force set of view pairs, for every key space."""
+
 import random
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
-from transforms.clustering.near_search import (VIEW_SPACES, BandPlan, _RouteViews,
-                                               search_view_shard)
+from transforms.clustering.near_search import VIEW_SPACES, BandPlan, _RouteViews, search_view_shard
 
 
 def _pictures(n, seed):
@@ -48,8 +48,7 @@ def _brute(plain, dh, views, k, dmax):
                     key, check = vp[j], vd[j]
                 else:
                     key, check = plain[j], dh[j]
-                if (vp[i] ^ key).bit_count() <= k and (
-                        dmax is None or (vd[i] ^ check).bit_count() <= dmax):
+                if (vp[i] ^ key).bit_count() <= k and (dmax is None or (vd[i] ^ check).bit_count() <= dmax):
                     pairs.add((plain[i], dh[i], plain[j], dh[j], v))
     return pairs
 
@@ -63,9 +62,11 @@ def test_view_search_equals_brute_force(k, dmax, shard_bits):
     route = _RouteViews(plan)
     for start in range(0, len(plain), 71):  # several batches, as BatchElements would make
         sl = slice(start, start + 71)
-        batch = (np.array(plain[sl], dtype=np.uint64), np.array(dh[sl], dtype=np.uint64),
-                 {v: (np.array(p[sl], dtype=np.uint64), np.array(d[sl], dtype=np.uint64))
-                  for v, (p, d) in views.items()})
+        batch = (
+            np.array(plain[sl], dtype=np.uint64),
+            np.array(dh[sl], dtype=np.uint64),
+            {v: (np.array(p[sl], dtype=np.uint64), np.array(d[sl], dtype=np.uint64)) for v, (p, d) in views.items()},
+        )
         for key, records in route.process(batch):
             shards[key].append(records)
     found = []
@@ -82,6 +83,7 @@ def test_dedup_searches_the_tested_geometry():
     """The recall guarantee holds for every key Dedup indexes: its view search is the geometry
     tested above against brute force, and its plain search keeps the pigeonhole bound."""
     from transforms.clustering.clusters import DEFAULT_DHASH_MAX_DISTANCE, Dedup
+
     config = Dedup().config()
     view = config["view_search"]
     assert (view["max_distance"], view["bands"], view["shard_bits"]) == (5, 3, 1)
@@ -96,15 +98,18 @@ def test_view_groups_search_their_queries_a_chunk_at_a_time(monkeypatch):
     """_SearchViewShard holds a group's owners and searches its queries 37 at a time: no search
     sees more queries than that, and the pairs are still exactly the brute-force pairs."""
     from transforms.clustering import near_search
+
     plain, dh, views = _pictures(300, seed=9)
     plan = BandPlan(5, bands=3, shard_bits=1)
     shards = defaultdict(list)
     route = _RouteViews(plan)
     for start in range(0, len(plain), 71):
         sl = slice(start, start + 71)
-        batch = (np.array(plain[sl], dtype=np.uint64), np.array(dh[sl], dtype=np.uint64),
-                 {v: (np.array(p[sl], dtype=np.uint64), np.array(d[sl], dtype=np.uint64))
-                  for v, (p, d) in views.items()})
+        batch = (
+            np.array(plain[sl], dtype=np.uint64),
+            np.array(dh[sl], dtype=np.uint64),
+            {v: (np.array(p[sl], dtype=np.uint64), np.array(d[sl], dtype=np.uint64)) for v, (p, d) in views.items()},
+        )
         for key, records in route.process(batch):
             shards[key].append(records)
     seen = []

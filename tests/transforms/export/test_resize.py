@@ -1,4 +1,5 @@
 """Resize modes with img2dataset's meanings, never upscaling unless asked; encoding; bad images."""
+
 import hashlib
 import io
 
@@ -15,18 +16,21 @@ def decoded(exported):
     return image
 
 
-@pytest.mark.parametrize("mode, size, original, final", [
-    ("keep_ratio", 100, (400, 200), (200, 100)),
-    ("keep_ratio", 100, (150, 300), (100, 200)),
-    ("keep_ratio", 100, (100, 300), (100, 300)),     # smaller side already N: untouched size
-    ("keep_ratio", 100, (90, 70), (90, 70)),         # never upscaled
-    ("center_crop", 100, (400, 200), (100, 100)),
-    ("center_crop", 100, (150, 300), (100, 100)),
-    ("center_crop", 100, (90, 300), (90, 300)),      # smaller side under N: as img2dataset, untouched
-    ("border", 100, (400, 200), (100, 100)),
-    ("border", 100, (80, 300), (100, 100)),
-    ("border", 100, (90, 70), (90, 70)),             # larger side under N: untouched
-])
+@pytest.mark.parametrize(
+    "mode, size, original, final",
+    [
+        ("keep_ratio", 100, (400, 200), (200, 100)),
+        ("keep_ratio", 100, (150, 300), (100, 200)),
+        ("keep_ratio", 100, (100, 300), (100, 300)),  # smaller side already N: untouched size
+        ("keep_ratio", 100, (90, 70), (90, 70)),  # never upscaled
+        ("center_crop", 100, (400, 200), (100, 100)),
+        ("center_crop", 100, (150, 300), (100, 100)),
+        ("center_crop", 100, (90, 300), (90, 300)),  # smaller side under N: as img2dataset, untouched
+        ("border", 100, (400, 200), (100, 100)),
+        ("border", 100, (80, 300), (100, 100)),
+        ("border", 100, (90, 70), (90, 70)),  # larger side under N: untouched
+    ],
+)
 def test_geometry_and_real_sizes(mode, size, original, final):
     config = ResizeConfig(size=size, mode=mode)
     assert target_geometry(*original, config)[1] == final
@@ -36,8 +40,9 @@ def test_geometry_and_real_sizes(mode, size, original, final):
     assert out.extension == "jpg" and decoded(out).format == "JPEG"
 
 
-@pytest.mark.parametrize("mode, final", [("keep_ratio", (400, 200)), ("center_crop", (200, 200)),
-                                         ("border", (200, 200))])
+@pytest.mark.parametrize(
+    "mode, final", [("keep_ratio", (400, 200)), ("center_crop", (200, 200)), ("border", (200, 200))]
+)
 def test_upscale_only_when_asked(mode, final):
     small = jpeg(2, (100, 50))
     assert decoded(export_image(small, ResizeConfig(size=200, mode=mode))).size == (100, 50)
@@ -87,15 +92,18 @@ def test_pixel_limit():
         export_image(pixel_bomb_png(5000, 5000), ResizeConfig(size=100, mode="keep_ratio", max_pixels=10_000_000))
 
 
-@pytest.mark.parametrize("kwargs, says", [
-    ({"size": None, "mode": "border"}, "needs --resize"),
-    ({"size": 0, "mode": "keep_ratio"}, "needs --resize"),
-    ({"size": 64, "mode": "no"}, "give no --resize"),
-    ({"size": 64, "mode": "stretch"}, "resize mode"),
-    ({"size": 64, "mode": "border", "encode_format": "gif"}, "encode format"),
-    ({"size": 64, "mode": "border", "encode_format": "png", "encode_quality": 10}, "0-9"),
-    ({"size": 64, "mode": "border", "encode_quality": 0}, "1-100"),
-])
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [
+        ({"size": None, "mode": "border"}, "needs --resize"),
+        ({"size": 0, "mode": "keep_ratio"}, "needs --resize"),
+        ({"size": 64, "mode": "no"}, "give no --resize"),
+        ({"size": 64, "mode": "stretch"}, "resize mode"),
+        ({"size": 64, "mode": "border", "encode_format": "gif"}, "encode format"),
+        ({"size": 64, "mode": "border", "encode_format": "png", "encode_quality": 10}, "0-9"),
+        ({"size": 64, "mode": "border", "encode_quality": 0}, "1-100"),
+    ],
+)
 def test_bad_settings(kwargs, says):
     with pytest.raises(ValueError, match=says):
         ResizeConfig(**kwargs)

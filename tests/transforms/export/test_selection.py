@@ -1,4 +1,5 @@
 """Which rows an export holds, and the checks that an input is an ingest output."""
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -9,20 +10,35 @@ from transforms.export import selection
 
 
 def row(key, status="ok", cluster_id=None, is_canonical=True, is_placeholder=False):
-    return schema.new_row("cc3m", key, f"http://a.example/{key}.jpg", "a caption", status=status,
-                          cluster_id=cluster_id, is_canonical=is_canonical, is_placeholder=is_placeholder)
+    return schema.new_row(
+        "cc3m",
+        key,
+        f"http://a.example/{key}.jpg",
+        "a caption",
+        status=status,
+        cluster_id=cluster_id,
+        is_canonical=is_canonical,
+        is_placeholder=is_placeholder,
+    )
 
 
-@pytest.mark.parametrize("r, canonical, everything", [
-    (row("a"), None, None),                                                     # in no cluster
-    (row("b", cluster_id="c1", is_canonical=True), None, None),                 # canonical of its cluster
-    (row("c", cluster_id="c1", is_canonical=False), selection.NON_CANONICAL, None),
-    (row("d", status=schema.HTTP_ERROR), selection.NOT_OK, selection.NOT_OK),
-    (row("e", status=schema.DECODE_ERROR, cluster_id="c2"), selection.NOT_OK, selection.NOT_OK),
-    (row("f", is_placeholder=True), selection.PLACEHOLDER, selection.PLACEHOLDER),
-    (row("g", cluster_id="c3", is_canonical=False, is_placeholder=True), selection.PLACEHOLDER, selection.PLACEHOLDER),
-    (row("h", is_placeholder=None), None, None),                                # tables older than the flag
-])
+@pytest.mark.parametrize(
+    "r, canonical, everything",
+    [
+        (row("a"), None, None),  # in no cluster
+        (row("b", cluster_id="c1", is_canonical=True), None, None),  # canonical of its cluster
+        (row("c", cluster_id="c1", is_canonical=False), selection.NON_CANONICAL, None),
+        (row("d", status=schema.HTTP_ERROR), selection.NOT_OK, selection.NOT_OK),
+        (row("e", status=schema.DECODE_ERROR, cluster_id="c2"), selection.NOT_OK, selection.NOT_OK),
+        (row("f", is_placeholder=True), selection.PLACEHOLDER, selection.PLACEHOLDER),
+        (
+            row("g", cluster_id="c3", is_canonical=False, is_placeholder=True),
+            selection.PLACEHOLDER,
+            selection.PLACEHOLDER,
+        ),
+        (row("h", is_placeholder=None), None, None),  # tables older than the flag
+    ],
+)
 def test_skip_reason(r, canonical, everything):
     assert selection.skip_reason(r) == canonical
     assert selection.skip_reason(r, "canonical") == canonical
@@ -39,7 +55,11 @@ def test_export_record_keeps_only_what_an_export_needs():
 
 def test_count_reasons_lists_every_reason_in_order():
     assert selection.count_reasons([(selection.PLACEHOLDER, 2)]) == {
-        "not_ok": 0, "placeholder": 2, "non_canonical": 0, "unreadable_blob": 0}
+        "not_ok": 0,
+        "placeholder": 2,
+        "non_canonical": 0,
+        "unreadable_blob": 0,
+    }
 
 
 def test_check_table_files(tmp_path):

@@ -1,4 +1,5 @@
 """Deterministic shard assignment, the two-phase shard write, and the Hugging Face schema metadata."""
+
 import hashlib
 import io
 import json
@@ -25,8 +26,12 @@ def assign(keys, shard_size, bucket_rows, tmp_path):
         (out / f"{shard}.json").write_text(json.dumps(sorted((i, r["key"]) for i, r in items)))
 
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
-        _ = (pipeline | beam.Create([{"key": k} for k in keys])
-             | AssignShards(shard_size, bucket_rows=bucket_rows) | beam.MapTuple(dump))
+        _ = (
+            pipeline
+            | beam.Create([{"key": k} for k in keys])
+            | AssignShards(shard_size, bucket_rows=bucket_rows)
+            | beam.MapTuple(dump)
+        )
     return {int(p.stem): [tuple(x) for x in json.loads(p.read_text())] for p in out.iterdir()}
 
 
@@ -59,10 +64,22 @@ def blobs(tmp_path):
         path = tmp_path / "blobs" / f"{n}.jpg"
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data if n != 2 else data[:-10] + b"0123456789")
-        records.append({"key": f"cc3m:{n}", "dataset": "cc3m", "url": f"http://a.example/{n}.jpg",
-                        "caption": f"caption {n}", "sha256": hashlib.sha256(data).hexdigest(), "phash": "0" * 16,
-                        "width": size[0], "height": size[1], "labels": [], "cluster_id": None,
-                        "blob": str(path), "format": "JPEG"})
+        records.append(
+            {
+                "key": f"cc3m:{n}",
+                "dataset": "cc3m",
+                "url": f"http://a.example/{n}.jpg",
+                "caption": f"caption {n}",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "phash": "0" * 16,
+                "width": size[0],
+                "height": size[1],
+                "labels": [],
+                "cluster_id": None,
+                "blob": str(path),
+                "format": "JPEG",
+            }
+        )
     return records
 
 
@@ -85,8 +102,14 @@ def test_webdataset_shard_is_written_aside_then_renamed_and_a_retry_replaces_it(
     with tarfile.open(fileobj=io.BytesIO(first)) as tar:
         names = tar.getnames()
         meta = json.load(tar.extractfile("000000007.json"))
-    assert names == ["000000005.jpg", "000000005.txt", "000000005.json",
-                     "000000007.jpg", "000000007.txt", "000000007.json"]
+    assert names == [
+        "000000005.jpg",
+        "000000005.txt",
+        "000000005.json",
+        "000000007.jpg",
+        "000000007.txt",
+        "000000007.json",
+    ]
     assert meta["key"] == "cc3m:0" and (meta["width"], meta["height"]) == (100, 100)
     assert (meta["original_width"], meta["original_height"]) == (320, 240)
     # a retried bundle: the same shard again, renamed onto the same name, nothing left aside
@@ -105,6 +128,7 @@ def test_hf_schema_carries_the_image_feature():
 
 def test_hf_shard_rows(tmp_path, blobs):
     import pyarrow.parquet as pq
+
     dofn = HfParquetShardDoFn(str(tmp_path / "exp"), str(tmp_path / "exp" / "_tmp"), ResizeConfig(), threads=2)
     (record,) = write_shard(dofn, [(0, blobs[0]), (1, blobs[1])])
     table = pq.read_table(str(tmp_path / "exp" / "00000.parquet"))
@@ -117,12 +141,18 @@ def test_hf_shard_rows(tmp_path, blobs):
 def test_a_moved_output_is_read_from_its_own_blobs(tmp_path, blobs):
     """OUT copied elsewhere: the rows' blob paths are stale, OUT/blobs/ab/cd/<sha256>.jpg is read."""
     from transforms.io.sinks import blob_uri
+
     moved = blobs[0]
     target = blob_uri(str(tmp_path / "copied-out"), moved["sha256"], "JPEG")
     os.makedirs(os.path.dirname(target))
     os.rename(moved["blob"], target)
-    dofn = WebDatasetShardDoFn(str(tmp_path / "exp"), str(tmp_path / "exp" / "_tmp"), ResizeConfig(), threads=1,
-                               input_dir=str(tmp_path / "copied-out"))
+    dofn = WebDatasetShardDoFn(
+        str(tmp_path / "exp"),
+        str(tmp_path / "exp" / "_tmp"),
+        ResizeConfig(),
+        threads=1,
+        input_dir=str(tmp_path / "copied-out"),
+    )
     (record,) = write_shard(dofn, [(0, moved)])
     assert record["samples"] == 1 and record["unreadable_blob"] == 0
     dofn = WebDatasetShardDoFn(str(tmp_path / "exp2"), str(tmp_path / "exp2" / "_tmp"), ResizeConfig(), threads=1)

@@ -6,11 +6,29 @@ import pytest
 from transforms.fetch.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "127.0.0.2", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-    "100.64.0.1", "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "fe80::1",
-    "fc00::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "ff02::1", "::",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.0.0.2",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "ff02::1",
+        "::",
+    ],
+)
 def test_non_public_addresses_are_refused(address):
     assert AddressPolicy().refusal(address) is not None
 

@@ -1,4 +1,5 @@
 """The fetcher against a real loopback server: every failure the contract names."""
+
 import gzip
 
 import pytest
@@ -29,7 +30,9 @@ def fetch(web):
 
 
 def test_ok_returns_the_exact_bytes_and_headers(web, fetch):
-    web.routes["/a.jpg"] = Reply(200, IMAGE, dict(JPEG, ETag='"v1"', **{"Last-Modified": "Sat, 01 Jan 2022 00:00:00 GMT"}))
+    web.routes["/a.jpg"] = Reply(
+        200, IMAGE, dict(JPEG, ETag='"v1"', **{"Last-Modified": "Sat, 01 Jan 2022 00:00:00 GMT"})
+    )
     result = fetch("/a.jpg")
     assert (result.status, result.http_status, result.body) == (schema.OK, 200, IMAGE)
     assert result.etag == '"v1"' and result.last_modified.startswith("Sat")
@@ -59,7 +62,7 @@ def test_redirect_to_a_refused_address_is_blocked(web, fetch):
 
 
 def test_a_name_reaches_only_its_allowed_addresses(web, fetch):
-    web.routes["/jump"] = Reply(302, headers={"Location": "http://localhost:%d/a.jpg" % web.port})
+    web.routes["/jump"] = Reply(302, headers={"Location": f"http://localhost:{web.port}/a.jpg"})
     web.routes["/a.jpg"] = Reply(200, IMAGE, JPEG)
     # localhost is 127.0.0.1 and ::1; only the allowed 127.0.0.1 is handed to the connector.
     assert fetch("/jump", allow_networks=("127.0.0.1/32",)).status == schema.OK
@@ -160,8 +163,8 @@ def test_content_encoding_is_decoded(web, fetch, encoding):
 
     import brotli
     from backports import zstd
-    encode = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress,
-              "zstd": zstd.compress}[encoding]
+
+    encode = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress, "zstd": zstd.compress}[encoding]
     web.routes["/enc.jpg"] = Reply(200, encode(IMAGE), dict(JPEG, **{"Content-Encoding": encoding}))
     result = fetch("/enc.jpg")
     assert result.status == schema.OK and result.body == IMAGE
@@ -189,8 +192,9 @@ def test_unknown_host_is_connection_error(fetch):
     assert result.status == schema.CONNECTION_ERROR
 
 
-@pytest.mark.parametrize("header", ["noai", "noimageai", "noindex, noai", "NoAI", "*: noimageai",
-                                    "beam-image-datasets: noai"])
+@pytest.mark.parametrize(
+    "header", ["noai", "noimageai", "noindex, noai", "NoAI", "*: noimageai", "beam-image-datasets: noai"]
+)
 def test_x_robots_tag_opt_out(web, fetch, header):
     web.routes["/opt.jpg"] = Reply(200, IMAGE, dict(JPEG, **{"X-Robots-Tag": header}))
     result = fetch("/opt.jpg")
@@ -240,6 +244,7 @@ def test_a_timeout_after_the_status_line_keeps_the_status(web, fetch):
 
 def test_a_refused_connection_is_flagged(fetch):
     import socket
+
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -1,4 +1,5 @@
 """Per-host caps, adaptive pacing, failing-host short-circuit, global rate, honest User-Agent."""
+
 import pytest
 
 from pipelines.demo.sample_site import Reply, jpeg
@@ -53,12 +54,13 @@ def test_429_spaces_out_the_next_requests_to_that_host(web):
     finally:
         fetcher.close()
     starts = [t for (_m, path, _h, t) in web.requests if path.startswith("/next")]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert min(gaps) >= 0.5, gaps  # paced by the Retry-After the host asked for (easing off slowly)
 
 
 def _closed_port():
     import socket
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -66,11 +68,13 @@ def _closed_port():
 
 def test_a_host_that_cannot_be_reached_is_short_circuited():
     port = _closed_port()  # nothing listens: every attempt is refused
-    fetcher = Fetcher(FetchConfig(allow_networks=("127.0.0.1/32",), timeout=2.0, per_host=1,
-                                  host_failure_limit=3, host_cooldown=60))
+    fetcher = Fetcher(
+        FetchConfig(allow_networks=("127.0.0.1/32",), timeout=2.0, per_host=1, host_failure_limit=3, host_cooldown=60)
+    )
     try:
-        results = [f.result(timeout=30) for f in [fetcher.submit(f"http://127.0.0.1:{port}/{n}.jpg")
-                                                   for n in range(15)]]
+        results = [
+            f.result(timeout=30) for f in [fetcher.submit(f"http://127.0.0.1:{port}/{n}.jpg") for n in range(15)]
+        ]
     finally:
         fetcher.close()
     assert all(r.status == schema.CONNECTION_ERROR for r in results)
@@ -83,8 +87,9 @@ def test_a_slow_but_alive_host_is_never_short_circuited(web):
     for n in range(6):
         web.routes[f"/hang{n}.jpg"] = Reply(200, IMAGE, JPEG, delay=1.0)
     web.routes["/fine.jpg"] = Reply(200, IMAGE, JPEG)
-    results = fetch_all(web, [f"/hang{n}.jpg" for n in range(6)] + ["/fine.jpg"], timeout=0.3, per_host=1,
-                        host_failure_limit=3)
+    results = fetch_all(
+        web, [f"/hang{n}.jpg" for n in range(6)] + ["/fine.jpg"], timeout=0.3, per_host=1, host_failure_limit=3
+    )
     assert [r.status for r in results] == [schema.TIMEOUT] * 6 + [schema.OK]
     assert not any(r.error and r.error.startswith("host skipped") for r in results)
     assert sum(web.hits.values()) == 7  # every URL was really tried
@@ -92,15 +97,18 @@ def test_a_slow_but_alive_host_is_never_short_circuited(web):
 
 def test_host_is_tried_again_after_cooldown():
     port = _closed_port()
-    fetcher = Fetcher(FetchConfig(allow_networks=("127.0.0.1/32",), timeout=1.0, host_failure_limit=1,
-                                  host_cooldown=0.5))
+    fetcher = Fetcher(
+        FetchConfig(allow_networks=("127.0.0.1/32",), timeout=1.0, host_failure_limit=1, host_cooldown=0.5)
+    )
     url = f"http://127.0.0.1:{port}/a.jpg"
     try:
         assert fetcher.submit(url).result(timeout=30).status == schema.CONNECTION_ERROR
         assert fetcher.submit(url).result(timeout=30).error.startswith("host skipped")
         from pipelines.demo.sample_site import SampleWebServer
+
         with SampleWebServer({"/a.jpg": Reply(200, IMAGE, JPEG)}, port=port):
             import time
+
             time.sleep(0.6)
             assert fetcher.submit(url).result(timeout=30).status == schema.OK
     finally:
@@ -115,8 +123,13 @@ def test_global_rate_limit(web):
     assert starts[-1] - starts[0] >= 9 / 20 - 0.05
 
 
-@pytest.mark.parametrize("contact,expected", [(None, "beam-image-datasets/0.1 (image dataset research crawler)"),
-                                              ("data@example.org", "contact: data@example.org")])
+@pytest.mark.parametrize(
+    "contact,expected",
+    [
+        (None, "beam-image-datasets/0.1 (image dataset research crawler)"),
+        ("data@example.org", "contact: data@example.org"),
+    ],
+)
 def test_user_agent_is_honest_and_carries_the_contact(web, contact, expected):
     web.routes["/ua.jpg"] = Reply(200, IMAGE, JPEG)
     fetch_all(web, ["/ua.jpg"], user_agent=user_agent(contact))

@@ -1,4 +1,5 @@
 """The side files and JSON manifests read from gs:// (gcp-storage-emulator on loopback)."""
+
 import gzip
 import os
 
@@ -7,11 +8,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import schema
-from transforms.io import manifests
-from transforms.io import labels
-
 from tests.paths import FIXTURES
+from transforms import schema
+from transforms.io import labels, manifests
+
 BUCKET = "formats-test"
 
 
@@ -25,6 +25,7 @@ def gcs(gcs_emulator):
             data = f.read()
         bucket.blob(blob_name).upload_from_string(gzip.compress(data) if compress else data)
         return f"gs://{BUCKET}/{blob_name}"
+
     return upload
 
 
@@ -40,22 +41,37 @@ def test_joins_read_side_files_from_gcs(gcs):
         schema.new_row("cc3m", "cc3m:1", url="http://127.0.0.1/cc3m/premiere.jpg"),
     ]
     with TestPipeline(runner="FnApiRunner") as p:
-        out = (p | beam.Create(rows)
-               | labels.JoinOpenImagesLabels(f"gs://{BUCKET}/oi/labels/*", classes)
-               | labels.JoinCC3MLabels(cc3m)
-               | labels.JoinLongCaptions(dreamlip)
-               | beam.Map(lambda r: (r["key"],
-                                     [(l["name"], l["source"]) for l in r["labels"]],
-                                     [l["name"] for l in r["negative_labels"]],
-                                     (r["long_captions"] or {}).get("raw"))))
-        assert_that(out, equal_to([
-            ("openimages:001ad258e358b14a", [("flower", "human"), ("property", "machine")],
-             ["person"], None),
-            # wide form from gs://: its source comes from the object name (human_ann...)
-            ("openimages:000060e3121c7305", [("room", "human")], ["apartment"], None),
-            ("cc3m:1", [("person", "cc3m"), ("premiere", "cc3m"), ("event", "cc3m")], [],
-             "actor attends the premiere of the film"),
-        ]))
+        out = (
+            p
+            | beam.Create(rows)
+            | labels.JoinOpenImagesLabels(f"gs://{BUCKET}/oi/labels/*", classes)
+            | labels.JoinCC3MLabels(cc3m)
+            | labels.JoinLongCaptions(dreamlip)
+            | beam.Map(
+                lambda r: (
+                    r["key"],
+                    [(item["name"], item["source"]) for item in r["labels"]],
+                    [item["name"] for item in r["negative_labels"]],
+                    (r["long_captions"] or {}).get("raw"),
+                )
+            )
+        )
+        assert_that(
+            out,
+            equal_to(
+                [
+                    ("openimages:001ad258e358b14a", [("flower", "human"), ("property", "machine")], ["person"], None),
+                    # wide form from gs://: its source comes from the object name (human_ann...)
+                    ("openimages:000060e3121c7305", [("room", "human")], ["apartment"], None),
+                    (
+                        "cc3m:1",
+                        [("person", "cc3m"), ("premiere", "cc3m"), ("event", "cc3m")],
+                        [],
+                        "actor attends the premiere of the film",
+                    ),
+                ]
+            ),
+        )
 
 
 def test_json_manifests_from_gcs(gcs):
@@ -64,20 +80,30 @@ def test_json_manifests_from_gcs(gcs):
     synsets = gcs("LOC_synset_mapping.txt", "imagenet/LOC_synset_mapping.txt")
     with TestPipeline(runner="FnApiRunner") as p:
         z = p | "Zero" >> manifests.ReadZero(zero)
-        assert_that(z | beam.Map(lambda r: (r["key"], r["caption"], r["source_file"])),
-                    equal_to([("zero:a1b2c3d4e5f60001", "西湖春天的美景，游客如织", zero),
-                              ("zero:a1b2c3d4e5f60002", "熊猫宝宝吃竹子", zero),
-                              ("zero:12345", None, zero),
-                              ("zero:a1b2c3d4e5f60004", "原始\t制表符与回车\r保留", zero)]),
-                    label="zero")
+        assert_that(
+            z | beam.Map(lambda r: (r["key"], r["caption"], r["source_file"])),
+            equal_to(
+                [
+                    ("zero:a1b2c3d4e5f60001", "西湖春天的美景，游客如织", zero),
+                    ("zero:a1b2c3d4e5f60002", "熊猫宝宝吃竹子", zero),
+                    ("zero:12345", None, zero),
+                    ("zero:a1b2c3d4e5f60004", "原始\t制表符与回车\r保留", zero),
+                ]
+            ),
+            label="zero",
+        )
         i = p | "ImageNet" >> manifests.ReadImageNetCaptions(
-            captions, f"gs://{BUCKET}/imagenet/train", synsets_path=synsets)
-        assert_that(i | beam.Map(lambda r: (r["_read_path"], r["labels"][0]["name"])),
-                    equal_to([
-            (f"gs://{BUCKET}/imagenet/train/n03146219/n03146219_27278.JPEG", "cuirass"),
-            (f"gs://{BUCKET}/imagenet/train/n01440764/n01440764_10026.JPEG",
-             "tench, Tinca tinca"),
-            (f"gs://{BUCKET}/imagenet/train/n01443537/n01443537_1000.JPEG",
-             "goldfish, Carassius auratus"),
-            (f"gs://{BUCKET}/imagenet/train/n09999999/n09999999_1.JPEG", None)]),
-                    label="imagenet")
+            captions, f"gs://{BUCKET}/imagenet/train", synsets_path=synsets
+        )
+        assert_that(
+            i | beam.Map(lambda r: (r["_read_path"], r["labels"][0]["name"])),
+            equal_to(
+                [
+                    (f"gs://{BUCKET}/imagenet/train/n03146219/n03146219_27278.JPEG", "cuirass"),
+                    (f"gs://{BUCKET}/imagenet/train/n01440764/n01440764_10026.JPEG", "tench, Tinca tinca"),
+                    (f"gs://{BUCKET}/imagenet/train/n01443537/n01443537_1000.JPEG", "goldfish, Carassius auratus"),
+                    (f"gs://{BUCKET}/imagenet/train/n09999999/n09999999_1.JPEG", None),
+                ]
+            ),
+            label="imagenet",
+        )

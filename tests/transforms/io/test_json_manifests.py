@@ -1,4 +1,5 @@
 """ImageNet-Captions and CCMB Zero manifests: streaming parsers and their Beam wrappers."""
+
 import gzip
 import io
 import itertools
@@ -10,12 +11,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import schema
-from transforms.io import json_manifests, manifests
-from transforms.io import labels
-from transforms.io import readers
-
 from tests.paths import FIXTURES
+from transforms import schema
+from transforms.io import json_manifests, labels, manifests, readers
 
 
 def fixture(name):
@@ -32,19 +30,22 @@ def zero_rows(path, name=None):
         return list(json_manifests.parse_zero(f, name or os.path.basename(path)))
 
 
-SYNSETS = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus",
-           "n03146219": "cuirass"}
+SYNSETS = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus", "n03146219": "cuirass"}
 
 
 # ---------------------------------------------------------------------------------------------
 # ImageNet-Captions
 
+
 def test_imagenet_captions_rows():
     rows = imagenet_rows("imagenet_captions.json", synsets=SYNSETS)
     by_key = {r["key"]: r for r in rows}
     assert list(by_key) == [
-        "imagenet_captions:n03146219_27278.JPEG", "imagenet_captions:n01440764_10026.JPEG",
-        "imagenet_captions:n01443537_1000.JPEG", "imagenet_captions:n09999999_1.JPEG"]
+        "imagenet_captions:n03146219_27278.JPEG",
+        "imagenet_captions:n01440764_10026.JPEG",
+        "imagenet_captions:n01443537_1000.JPEG",
+        "imagenet_captions:n09999999_1.JPEG",
+    ]
     assert all(r["status"] is None and r["error"] is None for r in rows)
     assert all(set(schema.IMAGE_COLUMNS) <= set(r) for r in rows)
 
@@ -53,10 +54,11 @@ def test_imagenet_captions_rows():
     assert cuirass["url"] == cuirass["_read_path"] == path
     assert cuirass["dataset"] == "imagenet_captions"
     assert cuirass["tags"] == ["cuirasse", "musée-de-la-préhistoire", "saint-germain-en-laye"]
-    assert cuirass["caption"] == ("cuirasses cuirasse musée-de-la-préhistoire saint-germain-en-laye"
-                                  " musée des antiquités nationales de Saint Germain en Laye")
-    assert cuirass["labels"] == [{"id": "n03146219", "name": "cuirass", "confidence": 1.0,
-                                  "source": "imagenet"}]
+    assert cuirass["caption"] == (
+        "cuirasses cuirasse musée-de-la-préhistoire saint-germain-en-laye"
+        " musée des antiquités nationales de Saint Germain en Laye"
+    )
+    assert cuirass["labels"] == [{"id": "n03146219", "name": "cuirass", "confidence": 1.0, "source": "imagenet"}]
     assert cuirass["source_file"] == "imagenet_captions.json"
 
     tench = by_key["imagenet_captions:n01440764_10026.JPEG"]
@@ -72,17 +74,19 @@ def test_imagenet_captions_rows():
     assert goldfish["caption"] == 'goldfish aquarium, tank Line one line two, "quoted" tabbed'
 
     unknown = by_key["imagenet_captions:n09999999_1.JPEG"]
-    assert unknown["labels"] == [{"id": "n09999999", "name": None, "confidence": 1.0,
-                                  "source": "imagenet"}]
+    assert unknown["labels"] == [{"id": "n09999999", "name": None, "confidence": 1.0, "source": "imagenet"}]
 
 
-@pytest.mark.parametrize("title, tags, description, caption", [
-    ("A", ["b", "c"], "D", "A b c D"),
-    ("", [], "", None),
-    (" \r\n", [""], "\t", None),
-    ("t", [], "line\r\nnext", "t line next"),
-    (None, None, "only", "only"),
-])
+@pytest.mark.parametrize(
+    "title, tags, description, caption",
+    [
+        ("A", ["b", "c"], "D", "A b c D"),
+        ("", [], "", None),
+        (" \r\n", [""], "\t", None),
+        ("t", [], "line\r\nnext", "t line next"),
+        (None, None, "only", "only"),
+    ],
+)
 def test_imagenet_caption_rule(title, tags, description, caption):
     assert json_manifests.imagenet_caption(title, tags, description) == caption
 
@@ -104,12 +108,14 @@ def test_imagenet_malformed_records_become_invalid_rows():
     rows = imagenet_rows("imagenet_captions_bad.json", synsets=SYNSETS)
     got = [(r["key"], r["status"], r["error"]) for r in rows]
     assert got[0] == ("imagenet_captions:n01440764_1.JPEG", None, None)
-    assert got[1] == ("imagenet_captions:imagenet_captions_bad.json#1", "invalid_url",
-                      "missing filename")
+    assert got[1] == ("imagenet_captions:imagenet_captions_bad.json#1", "invalid_url", "missing filename")
     assert got[2][1] == "invalid_url" and "not a plain file name" in got[2][2]
     assert rows[2]["_read_path"] is None  # ../../etc/passwd never becomes a path to read
-    assert got[3] == ("imagenet_captions:imagenet_captions_bad.json#3", "invalid_url",
-                      "record is a JSON int, not an object")
+    assert got[3] == (
+        "imagenet_captions:imagenet_captions_bad.json#3",
+        "invalid_url",
+        "record is a JSON int, not an object",
+    )
     assert got[4] == ("imagenet_captions:n01443537_2.JPEG", None, None)
     assert rows[4]["tags"] == ["single tag"] and rows[4]["description"] is None
     # the truncated tail: one row saying where reading stopped
@@ -121,8 +127,9 @@ def test_imagenet_malformed_records_become_invalid_rows():
 
 def test_imagenet_array_is_streamed_not_loaded():
     """An endless array: json.load would never return; a streaming parser yields at once."""
-    record = json.dumps({"filename": "n01440764_{}.JPEG", "wnid": "n01440764", "title": "t",
-                         "tags": [], "description": ""}).encode()
+    record = json.dumps(
+        {"filename": "n01440764_{}.JPEG", "wnid": "n01440764", "title": "t", "tags": [], "description": ""}
+    ).encode()
 
     class EndlessArray(io.RawIOBase):
         def __init__(self):
@@ -139,42 +146,46 @@ def test_imagenet_array_is_streamed_not_loaded():
             while len(chunk) < len(buf):
                 chunk += record.replace(b"{}", str(self.n).encode()) + b",\n"
                 self.n += 1
-            chunk = chunk[:len(buf)]
+            chunk = chunk[: len(buf)]
             self.served += len(chunk)
-            buf[:len(chunk)] = chunk
+            buf[: len(chunk)] = chunk
             return len(chunk)
 
     source = EndlessArray()
-    rows = list(itertools.islice(
-        json_manifests.parse_imagenet_captions(source, "endless.json", "/r"), 3))
+    rows = list(itertools.islice(json_manifests.parse_imagenet_captions(source, "endless.json", "/r"), 3))
     assert [r["key"] for r in rows] == [f"imagenet_captions:n01440764_{i}.JPEG" for i in range(3)]
     assert source.served < 10_000_000
 
 
 def test_imagenet_json_lines_accepted(tmp_path):
     path = tmp_path / "captions.jsonl"
-    path.write_text(json.dumps({"filename": "n01440764_7.JPEG", "wnid": "n01440764",
-                                "title": "x", "tags": ["y"], "description": "z"}) + "\n")
+    path.write_text(
+        json.dumps(
+            {"filename": "n01440764_7.JPEG", "wnid": "n01440764", "title": "x", "tags": ["y"], "description": "z"}
+        )
+        + "\n"
+    )
     with readers.open_path(str(path)) as f:
         rows = list(json_manifests.parse_imagenet_captions(f, str(path), "/r"))
     assert [(r["key"], r["caption"], r["source_line"]) for r in rows] == [
-        ("imagenet_captions:n01440764_7.JPEG", "x y z", 1)]
+        ("imagenet_captions:n01440764_7.JPEG", "x y z", 1)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # CCMB Zero
 
+
 def test_zero_json_lines_chinese_intact():
     rows = zero_rows(fixture("zero.jsonl"))
     by_key = {r["key"]: r for r in rows}
-    assert list(by_key) == ["zero:a1b2c3d4e5f60001", "zero:a1b2c3d4e5f60002", "zero:12345",
-                            "zero:a1b2c3d4e5f60004"]
+    assert list(by_key) == ["zero:a1b2c3d4e5f60001", "zero:a1b2c3d4e5f60002", "zero:12345", "zero:a1b2c3d4e5f60004"]
     assert all(r["status"] is None for r in rows)
     first = by_key["zero:a1b2c3d4e5f60001"]
     assert first["dataset"] == "zero"
     assert first["url"] == "http://127.0.0.1/zero/1.jpg"
     assert first["caption"] == first["title"] == "西湖春天的美景，游客如织"
-    assert first["description"] == "杭州西湖，“人间天堂”。\n春天桃花盛开，\"游人\"如织。"
+    assert first["description"] == '杭州西湖，“人间天堂”。\n春天桃花盛开，"游人"如织。'
     assert first["keywords"] == "西湖,春天,旅游"
     assert first["page_url"] == "http://127.0.0.1/page/1.html"
     assert first["query"] == "西湖 春天"
@@ -194,7 +205,8 @@ def test_zero_json_array():
     rows = zero_rows(fixture("zero_array.json"))
     assert [(r["key"], r["caption"], r["source_line"]) for r in rows] == [
         ("zero:b000000000000010", "长城，雪后初晴", None),
-        ("zero:b000000000000011", '故宫的"角楼"', None)]
+        ("zero:b000000000000011", '故宫的"角楼"', None),
+    ]
     assert rows[0]["description"] == "八达岭长城\n雪景"
 
 
@@ -223,8 +235,7 @@ def test_zero_gzip_and_bom(tmp_path):
     array = tmp_path / "zero_array.json.gz"
     with open(fixture("zero_array.json"), "rb") as f:
         array.write_bytes(gzip.compress(b"\xef\xbb\xbf \n" + f.read()))
-    assert [r["key"] for r in zero_rows(str(array))] == [
-        "zero:b000000000000010", "zero:b000000000000011"]
+    assert [r["key"] for r in zero_rows(str(array))] == ["zero:b000000000000010", "zero:b000000000000011"]
 
 
 def test_zero_array_truncated_keeps_what_was_read(tmp_path):
@@ -233,49 +244,75 @@ def test_zero_array_truncated_keeps_what_was_read(tmp_path):
         path.write_bytes(f.read()[:-40])
     rows = zero_rows(str(path))
     assert [(r["key"], r["status"]) for r in rows] == [
-        ("zero:b000000000000010", None), ("zero:cut.json#1-", "invalid_url")]
+        ("zero:b000000000000010", None),
+        ("zero:cut.json#1-", "invalid_url"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Beam wrappers
 
+
 def test_read_zero_pipeline_both_forms():
     with TestPipeline(runner="FnApiRunner") as p:
         rows = p | manifests.ReadZero(os.path.join(FIXTURES, "zero*.json*"))
-        assert_that(rows | beam.Map(lambda r: (r["key"], r["status"])), equal_to([
-            ("zero:a1b2c3d4e5f60001", None), ("zero:a1b2c3d4e5f60002", None),
-            ("zero:12345", None), ("zero:a1b2c3d4e5f60004", None),
-            ("zero:b000000000000010", None), ("zero:b000000000000011", None),
-            ("zero:" + fixture("zero_bad.jsonl") + "#1", "invalid_url"),
-            ("zero:c000000000000001", "invalid_url"),
-            ("zero:" + fixture("zero_bad.jsonl") + "#3", "invalid_url"),
-            ("zero:" + fixture("zero_bad.jsonl") + "#4", "invalid_url"),
-            ("zero:c000000000000003", "invalid_url"),
-            ("zero:c000000000000004", None),
-        ]))
+        assert_that(
+            rows | beam.Map(lambda r: (r["key"], r["status"])),
+            equal_to(
+                [
+                    ("zero:a1b2c3d4e5f60001", None),
+                    ("zero:a1b2c3d4e5f60002", None),
+                    ("zero:12345", None),
+                    ("zero:a1b2c3d4e5f60004", None),
+                    ("zero:b000000000000010", None),
+                    ("zero:b000000000000011", None),
+                    ("zero:" + fixture("zero_bad.jsonl") + "#1", "invalid_url"),
+                    ("zero:c000000000000001", "invalid_url"),
+                    ("zero:" + fixture("zero_bad.jsonl") + "#3", "invalid_url"),
+                    ("zero:" + fixture("zero_bad.jsonl") + "#4", "invalid_url"),
+                    ("zero:c000000000000003", "invalid_url"),
+                    ("zero:c000000000000004", None),
+                ]
+            ),
+        )
 
 
 def test_read_imagenet_captions_pipeline_with_synsets():
     with TestPipeline(runner="FnApiRunner") as p:
         rows = p | manifests.ReadImageNetCaptions(
-            fixture("imagenet_captions.json"), "gs://bucket/train",
-            synsets_path=fixture("LOC_synset_mapping.txt"))
-        assert_that(rows | beam.Map(lambda r: (r["key"], r["_read_path"], r["labels"][0]["name"],
-                                               r["source_file"])),
-                    equal_to([
-            ("imagenet_captions:n03146219_27278.JPEG",
-             "gs://bucket/train/n03146219/n03146219_27278.JPEG", "cuirass",
-             fixture("imagenet_captions.json")),
-            ("imagenet_captions:n01440764_10026.JPEG",
-             "gs://bucket/train/n01440764/n01440764_10026.JPEG", "tench, Tinca tinca",
-             fixture("imagenet_captions.json")),
-            ("imagenet_captions:n01443537_1000.JPEG",
-             "gs://bucket/train/n01443537/n01443537_1000.JPEG", "goldfish, Carassius auratus",
-             fixture("imagenet_captions.json")),
-            ("imagenet_captions:n09999999_1.JPEG",
-             "gs://bucket/train/n09999999/n09999999_1.JPEG", None,
-             fixture("imagenet_captions.json")),
-        ]))
+            fixture("imagenet_captions.json"), "gs://bucket/train", synsets_path=fixture("LOC_synset_mapping.txt")
+        )
+        assert_that(
+            rows | beam.Map(lambda r: (r["key"], r["_read_path"], r["labels"][0]["name"], r["source_file"])),
+            equal_to(
+                [
+                    (
+                        "imagenet_captions:n03146219_27278.JPEG",
+                        "gs://bucket/train/n03146219/n03146219_27278.JPEG",
+                        "cuirass",
+                        fixture("imagenet_captions.json"),
+                    ),
+                    (
+                        "imagenet_captions:n01440764_10026.JPEG",
+                        "gs://bucket/train/n01440764/n01440764_10026.JPEG",
+                        "tench, Tinca tinca",
+                        fixture("imagenet_captions.json"),
+                    ),
+                    (
+                        "imagenet_captions:n01443537_1000.JPEG",
+                        "gs://bucket/train/n01443537/n01443537_1000.JPEG",
+                        "goldfish, Carassius auratus",
+                        fixture("imagenet_captions.json"),
+                    ),
+                    (
+                        "imagenet_captions:n09999999_1.JPEG",
+                        "gs://bucket/train/n09999999/n09999999_1.JPEG",
+                        None,
+                        fixture("imagenet_captions.json"),
+                    ),
+                ]
+            ),
+        )
 
 
 def test_synset_names_match_labels_module():
@@ -283,4 +320,8 @@ def test_synset_names_match_labels_module():
         synsets = dict(labels.parse_synsets(f))
     rows = imagenet_rows("imagenet_captions.json", synsets=synsets)
     assert [r["labels"][0]["name"] for r in rows] == [
-        "cuirass", "tench, Tinca tinca", "goldfish, Carassius auratus", None]
+        "cuirass",
+        "tench, Tinca tinca",
+        "goldfish, Carassius auratus",
+        None,
+    ]

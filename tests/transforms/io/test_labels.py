@@ -1,4 +1,5 @@
 """Label / caption side files of issue 4: parsers on the real formats, and the Beam joins."""
+
 import gzip
 import os
 import shutil
@@ -9,11 +10,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import schema
-from transforms.io import labels
-from transforms.io import readers
-
 from tests.paths import FIXTURES
+from transforms import schema
+from transforms.io import labels, readers
 
 
 def fixture(name):
@@ -40,6 +39,7 @@ def label(mid, name, conf, source):
 # ---------------------------------------------------------------------------------------------
 # Open Images class names
 
+
 def test_v1_dict_csv_all_rows_quoted_ids_and_names():
     rows = list(labels.read_class_descriptions(readers.open_path(fixture("openimages_v1_dict.csv"))))
     assert len(rows) == 7881  # the real V1 file: no header, so no row is lost as one
@@ -53,8 +53,7 @@ def test_v1_dict_csv_all_rows_quoted_ids_and_names():
 
 
 def test_class_descriptions_unquoted_and_quoted_where_needed():
-    rows = list(labels.read_class_descriptions(
-        readers.open_path(fixture("openimages_class-descriptions.csv"))))
+    rows = list(labels.read_class_descriptions(readers.open_path(fixture("openimages_class-descriptions.csv"))))
     assert {form for form, _, _ in rows} == {labels.FORM_CLASS_DESCRIPTIONS}
     names = {mid: name for _, mid, name in rows}
     assert names["/m/011k07"] == "Tortoise"  # the first line is data, not a header
@@ -65,8 +64,7 @@ def test_class_descriptions_unquoted_and_quoted_where_needed():
 
 
 def test_oidv7_header_skipped_and_crlf_stripped():
-    rows = list(labels.read_class_descriptions(
-        readers.open_path(fixture("oidv7-class-descriptions.csv"))))
+    rows = list(labels.read_class_descriptions(readers.open_path(fixture("oidv7-class-descriptions.csv"))))
     assert {form for form, _, _ in rows} == {labels.FORM_HEADER}
     assert ("/m/01g317", "Person") == rows[0][1:]
     assert "LabelName" not in {mid for _, mid, _ in rows}
@@ -74,12 +72,15 @@ def test_oidv7_header_skipped_and_crlf_stripped():
     assert len(rows) == 5
 
 
-@pytest.mark.parametrize("first, raw, form", [
-    (["LabelName", "DisplayName"], "LabelName,DisplayName\r\n", labels.FORM_HEADER),
-    (["id", "name"], "id,name\n", labels.FORM_HEADER),
-    (["/m/05wrt", "property"], '"/m/05wrt","property"\n', labels.FORM_DICT_V1),
-    (["/m/05wrt", "property"], "\ufeff/m/05wrt,property\n", labels.FORM_CLASS_DESCRIPTIONS),
-])
+@pytest.mark.parametrize(
+    "first, raw, form",
+    [
+        (["LabelName", "DisplayName"], "LabelName,DisplayName\r\n", labels.FORM_HEADER),
+        (["id", "name"], "id,name\n", labels.FORM_HEADER),
+        (["/m/05wrt", "property"], '"/m/05wrt","property"\n', labels.FORM_DICT_V1),
+        (["/m/05wrt", "property"], "\ufeff/m/05wrt,property\n", labels.FORM_CLASS_DESCRIPTIONS),
+    ],
+)
 def test_class_file_form_detection(first, raw, form):
     assert labels.class_file_form(first, raw) == form
 
@@ -90,43 +91,57 @@ def test_read_classes_pipeline_over_glob_and_gzip(tmp_path):
     with TestPipeline(runner="FnApiRunner") as p:
         out = p | labels.ReadOpenImagesClasses(str(tmp_path / "*-class-descriptions.csv*"))
         names = out | beam.Filter(lambda kv: kv[0] in ("/m/0cgh4", "/g/11b6vlt4_v", "/m/011k07"))
-        assert_that(names, equal_to([
-            ("/m/0cgh4", "Building"), ("/g/11b6vlt4_v", 'The "Thinker" (sculpture)'),
-            ("/m/011k07", "Tortoise")]))
+        assert_that(
+            names,
+            equal_to(
+                [("/m/0cgh4", "Building"), ("/g/11b6vlt4_v", 'The "Thinker" (sculpture)'), ("/m/011k07", "Tortoise")]
+            ),
+        )
         assert_that(out | beam.combiners.Count.Globally(), equal_to([5 + 9]), label="count")
 
 
 # ---------------------------------------------------------------------------------------------
 # Open Images label lines
 
-@pytest.mark.parametrize("line, source, expected", [
-    ("ImageID,Source,LabelName,Confidence", "machine", []),
-    ("ImageID,Source,Label,Confidence", "machine", []),
-    ("ImageID,Confidence:Label,...", "machine", []),
-    ("\ufeffImageID,Source,LabelName,Confidence", "machine", []),
-    ("", "machine", []),
-    ("000060e3121c7305,machine,/m/06ht1,0.9", "human",  # a Source column wins over the path
-     [("000060e3121c7305", "/m/06ht1", 0.9, "machine")]),
-    ('"000060e3121c7305","Human","/m/06ht1","0"', "machine",
-     [("000060e3121c7305", "/m/06ht1", 0.0, "human")]),
-    ("000060e3121c7305,0.9:/m/06ht1,0.5:/g/11jwzh3_l", "human",
-     [("000060e3121c7305", "/m/06ht1", 0.9, "human"),
-      ("000060e3121c7305", "/g/11jwzh3_l", 0.5, "human")]),
-    ("000060e3121c7305", "machine", []),  # wide form, image without labels
-])
+
+@pytest.mark.parametrize(
+    "line, source, expected",
+    [
+        ("ImageID,Source,LabelName,Confidence", "machine", []),
+        ("ImageID,Source,Label,Confidence", "machine", []),
+        ("ImageID,Confidence:Label,...", "machine", []),
+        ("\ufeffImageID,Source,LabelName,Confidence", "machine", []),
+        ("", "machine", []),
+        (
+            "000060e3121c7305,machine,/m/06ht1,0.9",
+            "human",  # a Source column wins over the path
+            [("000060e3121c7305", "/m/06ht1", 0.9, "machine")],
+        ),
+        ('"000060e3121c7305","Human","/m/06ht1","0"', "machine", [("000060e3121c7305", "/m/06ht1", 0.0, "human")]),
+        (
+            "000060e3121c7305,0.9:/m/06ht1,0.5:/g/11jwzh3_l",
+            "human",
+            [("000060e3121c7305", "/m/06ht1", 0.9, "human"), ("000060e3121c7305", "/g/11jwzh3_l", 0.5, "human")],
+        ),
+        ("000060e3121c7305", "machine", []),  # wide form, image without labels
+    ],
+)
 def test_label_line_forms(line, source, expected):
     assert labels.parse_openimages_label_line(line, source) == expected
 
 
-@pytest.mark.parametrize("line", [
-    "000060e3121c7305,machine,/m/06ht1",
-    "000060e3121c7305,machine,/m/06ht1,high",
-    "000060e3121c7305,machine,/m/06ht1,1.5",
-    "000060e3121c7305,machine,/m/06ht1,nan",
-    "000060e3121c7305,0.9:/m/06ht1,0.9",
-    "000060e3121c7305,x:/m/06ht1",
-    ",machine,/m/06ht1,0.9",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "000060e3121c7305,machine,/m/06ht1",
+        "000060e3121c7305,machine,/m/06ht1,high",
+        "000060e3121c7305,machine,/m/06ht1,1.5",
+        "000060e3121c7305,machine,/m/06ht1,nan",
+        "000060e3121c7305,0.9:/m/06ht1,0.9",
+        "000060e3121c7305,x:/m/06ht1",
+        ",machine,/m/06ht1,0.9",
+    ],
+)
 def test_bad_label_lines_raise_value_error(line):
     with pytest.raises(ValueError):
         labels.parse_openimages_label_line(line)
@@ -140,9 +155,9 @@ def test_source_from_path_of_wide_files():
 # ---------------------------------------------------------------------------------------------
 # Open Images join
 
+
 def _oi_row(image_id, **fields):
-    return schema.new_row("openimages", f"openimages:{image_id}",
-                          url=f"http://127.0.0.1/oi/{image_id}.jpg", **fields)
+    return schema.new_row("openimages", f"openimages:{image_id}", url=f"http://127.0.0.1/oi/{image_id}.jpg", **fields)
 
 
 def test_join_openimages_labels_every_form_negatives_and_passthrough(tmp_path):
@@ -155,7 +170,7 @@ def test_join_openimages_labels_every_form_negatives_and_passthrough(tmp_path):
     ]
     existing = label("/m/x", "kept", 1.0, "other")
     rows = [
-        _oi_row("0006400c1c224e19", caption="Fireworks, \"Morey's\" Pier"),
+        _oi_row("0006400c1c224e19", caption='Fireworks, "Morey\'s" Pier'),
         _oi_row("000adef7197e3118"),
         _oi_row("001ad258e358b14a", rotation=90.0),
         _oi_row("00416784a9cb1756"),
@@ -169,34 +184,47 @@ def test_join_openimages_labels_every_form_negatives_and_passthrough(tmp_path):
     ]
     d = {r["key"]: r for r in rows}
     expected = [
-        dict(d["openimages:0006400c1c224e19"],
-             labels=[label("/m/07j7r", "tree", 1.0, "verification"),
-                     label("/m/07j7r", "tree", 0.9, "machine"),
-                     label("/m/0cgh4", "building", 0.7, "machine")],
-             negative_labels=[label("/m/0bt9lr", "dog", 0.0, "verification")]),
+        dict(
+            d["openimages:0006400c1c224e19"],
+            labels=[
+                label("/m/07j7r", "tree", 1.0, "verification"),
+                label("/m/07j7r", "tree", 0.9, "machine"),
+                label("/m/0cgh4", "building", 0.7, "machine"),
+            ],
+            negative_labels=[label("/m/0bt9lr", "dog", 0.0, "verification")],
+        ),
         # machine confidence 0 (/m/0bt9lr) is neither a label nor a negative
-        dict(d["openimages:000adef7197e3118"],
-             labels=[label("/m/01g317", "person", 1.0, "crowdsource-verification"),
-                     label("/m/01g317", "person", 0.8, "machine")],
-             negative_labels=[label("/m/01c_0l", "ducks, geese and swans", 0.0, "human")]),
-        dict(d["openimages:001ad258e358b14a"],
-             labels=[label("/m/0c9ph5", "flower", 1.0, "human"),
-                     label("/m/05wrt", "property", 0.9, "machine")],
-             negative_labels=[label("/m/01g317", "person", 0.0, "human")]),
+        dict(
+            d["openimages:000adef7197e3118"],
+            labels=[
+                label("/m/01g317", "person", 1.0, "crowdsource-verification"),
+                label("/m/01g317", "person", 0.8, "machine"),
+            ],
+            negative_labels=[label("/m/01c_0l", "ducks, geese and swans", 0.0, "human")],
+        ),
+        dict(
+            d["openimages:001ad258e358b14a"],
+            labels=[label("/m/0c9ph5", "flower", 1.0, "human"), label("/m/05wrt", "property", 0.9, "machine")],
+            negative_labels=[label("/m/01g317", "person", 0.0, "human")],
+        ),
         # /m/0crjs9 is not in the V1 dict: the label stays, without a name
-        dict(d["openimages:00416784a9cb1756"],
-             labels=[label("/m/0crjs9", None, 1.0, "human")]),
-        dict(d["openimages:000060e3121c7305"],
-             labels=[label("/m/06ht1", "room", 1.0, "human"),
-                     label("/m/05wrt", "property", 0.9, "machine"),
-                     label("/m/06ht1", "room", 0.9, "machine"),
-                     label("/m/01l0mw", "home", 0.8, "machine"),
-                     label("/m/01nblt", "apartment", 0.5, "machine")],
-             negative_labels=[label("/m/01nblt", "apartment", 0.0, "human")]),
-        dict(d["openimages:004e02a535337d9b"],
-             labels=[existing, label("/m/0bt9lr", "dog", 1.0, "human"),
-                     label("/m/0bt9lr", "dog", 0.7, "machine")],
-             negative_labels=[label("/m/01g317", "person", 0.0, "human")]),
+        dict(d["openimages:00416784a9cb1756"], labels=[label("/m/0crjs9", None, 1.0, "human")]),
+        dict(
+            d["openimages:000060e3121c7305"],
+            labels=[
+                label("/m/06ht1", "room", 1.0, "human"),
+                label("/m/05wrt", "property", 0.9, "machine"),
+                label("/m/06ht1", "room", 0.9, "machine"),
+                label("/m/01l0mw", "home", 0.8, "machine"),
+                label("/m/01nblt", "apartment", 0.5, "machine"),
+            ],
+            negative_labels=[label("/m/01nblt", "apartment", 0.0, "human")],
+        ),
+        dict(
+            d["openimages:004e02a535337d9b"],
+            labels=[existing, label("/m/0bt9lr", "dog", 1.0, "human"), label("/m/0bt9lr", "dog", 0.7, "machine")],
+            negative_labels=[label("/m/01g317", "person", 0.0, "human")],
+        ),
         d["openimages:0053e4fc02b27650"],
         d["openimages:0099d4cbcd86d84d"],
         d["cc3m:7"],
@@ -204,52 +232,66 @@ def test_join_openimages_labels_every_form_negatives_and_passthrough(tmp_path):
         d[None],
     ]
     p = TestPipeline(runner="FnApiRunner")
-    out = (p | beam.Create(rows)
-           | labels.JoinOpenImagesLabels(label_paths, fixture("openimages_v1_dict.csv")))
+    out = p | beam.Create(rows) | labels.JoinOpenImagesLabels(label_paths, fixture("openimages_v1_dict.csv"))
     assert_that(out, equal_to(expected))
     result = p.run()
     result.wait_until_finish()
     assert counter(result, "openimages_labels_bad_line") == 2
     assert counter(result, "openimages_labels_rows_joined") == 6
     # no human negative ever reaches `labels`
-    assert not any(l["confidence"] == 0.0 for r in expected for l in r["labels"])
+    assert not any(item["confidence"] == 0.0 for r in expected for item in r["labels"])
 
 
 def test_join_openimages_without_class_names_keeps_ids():
     rows = [_oi_row("001ad258e358b14a")]
     with TestPipeline(runner="FnApiRunner") as p:
-        out = (p | beam.Create(rows)
-               | labels.JoinOpenImagesLabels(fixture("openimages_labels_old.csv"))
-               | beam.Map(lambda r: (r["labels"], r["negative_labels"])))
-        assert_that(out, equal_to([(
-            [label("/m/0c9ph5", None, 1.0, "human"), label("/m/05wrt", None, 0.9, "machine")],
-            [label("/m/01g317", None, 0.0, "human")])]))
+        out = (
+            p
+            | beam.Create(rows)
+            | labels.JoinOpenImagesLabels(fixture("openimages_labels_old.csv"))
+            | beam.Map(lambda r: (r["labels"], r["negative_labels"]))
+        )
+        assert_that(
+            out,
+            equal_to(
+                [
+                    (
+                        [label("/m/0c9ph5", None, 1.0, "human"), label("/m/05wrt", None, 0.9, "machine")],
+                        [label("/m/01g317", None, 0.0, "human")],
+                    )
+                ]
+            ),
+        )
 
 
 def test_same_label_file_twice_does_not_duplicate_labels():
     rows = [_oi_row("001ad258e358b14a")]
     path = fixture("openimages_labels_old.csv")
     with TestPipeline(runner="FnApiRunner") as p:
-        out = (p | beam.Create(rows)
-               | labels.JoinOpenImagesLabels([path, path], fixture("oidv7-class-descriptions.csv"))
-               | beam.Map(lambda r: [(l["id"], l["name"], l["source"]) for l in r["labels"]]))
-        assert_that(out, equal_to([[("/m/0c9ph5", None, "human"),
-                                    ("/m/05wrt", None, "machine")]]))
+        out = (
+            p
+            | beam.Create(rows)
+            | labels.JoinOpenImagesLabels([path, path], fixture("oidv7-class-descriptions.csv"))
+            | beam.Map(lambda r: [(item["id"], item["name"], item["source"]) for item in r["labels"]])
+        )
+        assert_that(out, equal_to([[("/m/0c9ph5", None, "human"), ("/m/05wrt", None, "machine")]]))
 
 
 # ---------------------------------------------------------------------------------------------
 # CC3M labels
 
+
 def test_cc3m_labels_lines():
     lines = open(fixture("cc3m_labels.tsv"), encoding="utf-8").read().splitlines()
     url, got = labels.parse_cc3m_labels_line(lines[0])
     assert url == "http://127.0.0.1/cc3m/premiere.jpg"
-    assert got == [label("/m/01g317", "person", 0.97, "cc3m"),
-                   label("/m/03gq5hm", "premiere", 0.91, "cc3m"),
-                   label("/m/081pkj", "event", 0.66, "cc3m")]
+    assert got == [
+        label("/m/01g317", "person", 0.97, "cc3m"),
+        label("/m/03gq5hm", "premiere", 0.91, "cc3m"),
+        label("/m/081pkj", "event", 0.66, "cc3m"),
+    ]
     assert labels.parse_cc3m_labels_line(lines[2]) == ("http://127.0.0.1/cc3m/empty.jpg", [])
-    assert labels.parse_cc3m_labels_line("caption only\thttp://127.0.0.1/x.jpg") == (
-        "http://127.0.0.1/x.jpg", [])
+    assert labels.parse_cc3m_labels_line("caption only\thttp://127.0.0.1/x.jpg") == ("http://127.0.0.1/x.jpg", [])
     with pytest.raises(labels.LabelListMismatch):
         labels.parse_cc3m_labels_line(lines[3])
     assert labels.parse_cc3m_labels_line(lines[4])[0] == "http://127.0.0.1/cc3m/tab.jpg"
@@ -260,6 +302,7 @@ def test_cc3m_labels_lines():
 def test_join_cc3m_labels_by_url(tmp_path):
     def cc3m(n, url):
         return schema.new_row("cc3m", f"cc3m:{n}", url=url, caption=f"caption {n}")
+
     rows = [
         cc3m(1, "http://127.0.0.1/cc3m/premiere.jpg"),
         cc3m(2, "http://127.0.0.1/cc3m/hash.jpg"),
@@ -274,15 +317,19 @@ def test_join_cc3m_labels_by_url(tmp_path):
     ]
     d = {r["key"]: r for r in rows}
     expected = [
-        dict(d["cc3m:1"], labels=[label("/m/01g317", "person", 0.97, "cc3m"),
-                                  label("/m/03gq5hm", "premiere", 0.91, "cc3m"),
-                                  label("/m/081pkj", "event", 0.66, "cc3m")]),
+        dict(
+            d["cc3m:1"],
+            labels=[
+                label("/m/01g317", "person", 0.97, "cc3m"),
+                label("/m/03gq5hm", "premiere", 0.91, "cc3m"),
+                label("/m/081pkj", "event", 0.66, "cc3m"),
+            ],
+        ),
         dict(d["cc3m:2"], labels=[label("/m/01bqvp", "sky", 0.88, "cc3m")]),
         dict(d["cc3m:5"], labels=[label("/m/0bt9lr", "dog", 0.75, "cc3m")]),
     ] + [d[k] for k in ("cc3m:3", "cc3m:4", "cc3m:6", "cc3m:7", "cc3m:8", "cc12m:1")]
     p = TestPipeline(runner="FnApiRunner")
-    out = (p | beam.Create(rows)
-           | labels.JoinCC3MLabels(gzipped(fixture("cc3m_labels.tsv"), tmp_path)))
+    out = p | beam.Create(rows) | labels.JoinCC3MLabels(gzipped(fixture("cc3m_labels.tsv"), tmp_path))
     assert_that(out, equal_to(expected))
     result = p.run()
     result.wait_until_finish()
@@ -297,26 +344,33 @@ def test_join_cc3m_labels_by_url(tmp_path):
 PREMIERE_CAPTIONS = {
     "raw": "actor attends the premiere of the film",
     "short_instructblip": "A man in a suit.",
-    "long_instructblip": ("A man in a dark suit stands on a red carpet,\nsmiling at the cameras. "
-                          'Behind him, a backdrop reads "PREMIERE".'),
+    "long_instructblip": (
+        'A man in a dark suit stands on a red carpet,\nsmiling at the cameras. Behind him, a backdrop reads "PREMIERE".'
+    ),
     "short_sharegpt4v": "A man at a premiere.",
-    "long_sharegpt4v": ("The image shows a man, dressed formally,\nat a film premiere.\n\n"
-                        "Photographers line the carpet."),
+    "long_sharegpt4v": (
+        "The image shows a man, dressed formally,\nat a film premiere.\n\nPhotographers line the carpet."
+    ),
     "short_llava": "A man poses.",
-    "long_llava": ("In the photo a man poses; the mood is festive — café lights, “quotes”, "
-                   "中文字幕 and 🎬."),
+    "long_llava": ("In the photo a man poses; the mood is festive — café lights, “quotes”, 中文字幕 and 🎬."),
 }
 ONLY_CAPTIONS = {
-    "raw": "raw, with comma", "short_instructblip": "short ib", "long_instructblip": "long ib",
-    "short_sharegpt4v": None, "long_sharegpt4v": "long sv", "short_llava": "short lla",
+    "raw": "raw, with comma",
+    "short_instructblip": "short ib",
+    "long_instructblip": "long ib",
+    "short_sharegpt4v": None,
+    "long_sharegpt4v": "long sv",
+    "short_llava": "short lla",
     "long_llava": None,
 }
 
 
 def test_parse_long_captions_records_not_lines():
     got = list(labels.parse_long_captions(readers.open_path(fixture("dreamlip_long_captions.csv"))))
-    assert got == [("http://127.0.0.1/cc3m/premiere.jpg", PREMIERE_CAPTIONS),
-                   ("http://127.0.0.1/cc12m/only.jpg", ONLY_CAPTIONS)]
+    assert got == [
+        ("http://127.0.0.1/cc3m/premiere.jpg", PREMIERE_CAPTIONS),
+        ("http://127.0.0.1/cc12m/only.jpg", ONLY_CAPTIONS),
+    ]
     assert set(PREMIERE_CAPTIONS) == {f.name for f in schema.LONG_CAPTIONS_TYPE}
 
 
@@ -331,9 +385,12 @@ def test_join_long_captions_by_url(tmp_path):
     shutil.copy(fixture("dreamlip_long_captions.csv"), tmp_path / "cc3m_long.csv")
     # a second file (gzipped) with a duplicate of the premiere URL that has fewer captions
     dup = tmp_path / "cc12m_long.csv"
-    dup.write_text("Image Path,raw_caption,shortIB_captions,longIB_captions,shortSV_captions,"
-                   "longSV_captions,shortLLA_captions,longLLA_captions\n"
-                   "http://127.0.0.1/cc3m/premiere.jpg,only raw,,,,,,\n", encoding="utf-8")
+    dup.write_text(
+        "Image Path,raw_caption,shortIB_captions,longIB_captions,shortSV_captions,"
+        "longSV_captions,shortLLA_captions,longLLA_captions\n"
+        "http://127.0.0.1/cc3m/premiere.jpg,only raw,,,,,,\n",
+        encoding="utf-8",
+    )
     gzipped(str(dup), tmp_path)
     os.remove(dup)
     rows = [
@@ -344,29 +401,40 @@ def test_join_long_captions_by_url(tmp_path):
         schema.new_row("zero", "zero:1", url=None),
     ]
     d = {r["key"]: r for r in rows}
-    expected = [dict(d["cc3m:1"], long_captions=PREMIERE_CAPTIONS),
-                dict(d["cc12m:1"], long_captions=PREMIERE_CAPTIONS),
-                dict(d["cc12m:2"], long_captions=ONLY_CAPTIONS),
-                d["cc12m:3"], d["zero:1"]]
+    expected = [
+        dict(d["cc3m:1"], long_captions=PREMIERE_CAPTIONS),
+        dict(d["cc12m:1"], long_captions=PREMIERE_CAPTIONS),
+        dict(d["cc12m:2"], long_captions=ONLY_CAPTIONS),
+        d["cc12m:3"],
+        d["zero:1"],
+    ]
     with TestPipeline(runner="FnApiRunner") as p:
-        out = (p | beam.Create(rows)
-               | labels.JoinLongCaptions([str(tmp_path / "cc3m_long.csv"),
-                                         str(tmp_path / "cc12m_*.csv.gz")]))
+        out = (
+            p
+            | beam.Create(rows)
+            | labels.JoinLongCaptions([str(tmp_path / "cc3m_long.csv"), str(tmp_path / "cc12m_*.csv.gz")])
+        )
         assert_that(out, equal_to(expected))
 
 
 def test_join_long_captions_limited_to_datasets():
-    rows = [schema.new_row("cc3m", "cc3m:1", url="http://127.0.0.1/cc3m/premiere.jpg"),
-            schema.new_row("cc12m", "cc12m:1", url="http://127.0.0.1/cc3m/premiere.jpg")]
+    rows = [
+        schema.new_row("cc3m", "cc3m:1", url="http://127.0.0.1/cc3m/premiere.jpg"),
+        schema.new_row("cc12m", "cc12m:1", url="http://127.0.0.1/cc3m/premiere.jpg"),
+    ]
     with TestPipeline(runner="FnApiRunner") as p:
-        out = (p | beam.Create(rows)
-               | labels.JoinLongCaptions(fixture("dreamlip_long_captions.csv"), datasets=["cc3m"])
-               | beam.Map(lambda r: (r["key"], r["long_captions"] is not None)))
+        out = (
+            p
+            | beam.Create(rows)
+            | labels.JoinLongCaptions(fixture("dreamlip_long_captions.csv"), datasets=["cc3m"])
+            | beam.Map(lambda r: (r["key"], r["long_captions"] is not None))
+        )
         assert_that(out, equal_to([("cc3m:1", True), ("cc12m:1", False)]))
 
 
 # ---------------------------------------------------------------------------------------------
 # ImageNet synsets
+
 
 def test_synsets_split_on_first_space(tmp_path):
     synsets = labels.load_synsets(gzipped(fixture("LOC_synset_mapping.txt"), tmp_path))

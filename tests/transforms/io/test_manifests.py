@@ -7,11 +7,17 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import schema
-from transforms.io.manifests import ManifestParsers, ReadManifests, md5_hex, parse_cc3m, parse_cc12m, parse_openimages, \
-    sha256_hex
-
 from tests.paths import FIXTURES
+from transforms import schema
+from transforms.io.manifests import (
+    ManifestParsers,
+    ReadManifests,
+    md5_hex,
+    parse_cc3m,
+    parse_cc12m,
+    parse_openimages,
+    sha256_hex,
+)
 
 
 def parse(parser, text, prefix):
@@ -19,8 +25,11 @@ def parse(parser, text, prefix):
 
 
 def test_cc3m_caption_first_split_on_last_tab_and_hash_is_not_a_comment():
-    rows = parse(parse_cc3m, "# a caption\twith a tab\thttp://a/1.jpg\n... dots\thttp://a/2.jpg\r\n"
-                             "no tab here\n\n\thttp://a/4.jpg\n", "cc3m:")
+    rows = parse(
+        parse_cc3m,
+        "# a caption\twith a tab\thttp://a/1.jpg\n... dots\thttp://a/2.jpg\r\nno tab here\n\n\thttp://a/4.jpg\n",
+        "cc3m:",
+    )
     assert [(r["key"], r["caption"], r["url"], r["status"]) for r in rows] == [
         ("cc3m:1", "# a caption\twith a tab", "http://a/1.jpg", None),
         ("cc3m:2", "... dots", "http://a/2.jpg", None),
@@ -59,9 +68,11 @@ def test_openimages_real_rows_by_header_name():
 
 
 def test_openimages_oldest_column_set_and_quoted_fields():
-    text = ('ImageID,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title\n'
-            '000002b66c9c498e,http://a/1.jpg,http://p,lic,http://u,"Doe, ""J""","Zoë\nline two"\n'
-            '000002b97e5471a0,http://a/2.jpg,http://p,lic\n')
+    text = (
+        "ImageID,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title\n"
+        '000002b66c9c498e,http://a/1.jpg,http://p,lic,http://u,"Doe, ""J""","Zoë\nline two"\n'
+        "000002b97e5471a0,http://a/2.jpg,http://p,lic\n"
+    )
     rows = parse(parse_openimages, text, "openimages:")
     assert rows[0]["author"] == 'Doe, "J"' and rows[0]["title"] == "Zoë\nline two"
     assert rows[0]["expected_md5"] is None and rows[0]["status"] is None
@@ -75,6 +86,7 @@ def test_md5_and_sha256_accept_hex_and_base64():
     assert md5_hex("nonsense") is None
     digest = bytes(range(32))
     import base64
+
     assert sha256_hex(base64.b64encode(digest).decode()) == digest.hex()
     assert sha256_hex(digest.hex()) == digest.hex()
 
@@ -85,15 +97,25 @@ def test_read_manifests_gz_and_keys_unique_across_files(tmp_path):
         handle.write("cap\thttp://b/1.jpg\n")
     (tmp_path / "c.txt").write_text("http://c/1.jpg\tcap\n")
     with TestPipeline(runner="FnApiRunner") as p:
-        rows = p | ReadManifests([("cc3m", str(tmp_path / "*.tsv*")), ("cc12m", str(tmp_path / "c.txt"))],
-                                 ManifestParsers())
-        assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
-            ("cc3m:a.tsv:1", "http://a/1.jpg"), ("cc3m:a.tsv:2", "http://a/2.jpg"),
-            ("cc3m:b.tsv.gz:1", "http://b/1.jpg"), ("cc12m:1", "http://c/1.jpg")]))
+        rows = p | ReadManifests(
+            [("cc3m", str(tmp_path / "*.tsv*")), ("cc12m", str(tmp_path / "c.txt"))], ManifestParsers()
+        )
+        assert_that(
+            rows | beam.Map(lambda r: (r["key"], r["url"])),
+            equal_to(
+                [
+                    ("cc3m:a.tsv:1", "http://a/1.jpg"),
+                    ("cc3m:a.tsv:2", "http://a/2.jpg"),
+                    ("cc3m:b.tsv.gz:1", "http://b/1.jpg"),
+                    ("cc12m:1", "http://c/1.jpg"),
+                ]
+            ),
+        )
 
 
 def test_unmatched_manifest_fails_at_construction(tmp_path):
     import pytest
+
     with pytest.raises(ValueError, match="no file matches"):
         ReadManifests([("cc3m", str(tmp_path / "missing.tsv"))])
     with pytest.raises(ValueError, match="unknown manifest kind"):
@@ -103,32 +125,57 @@ def test_unmatched_manifest_fails_at_construction(tmp_path):
 @pytest.mark.parametrize("spread_rows", [True, False], ids=["spread", "streamed"])
 def test_repeated_ids_and_repeated_files_keep_keys_unique(tmp_path, spread_rows):
     header = "ImageID,OriginalURL\n"
-    (tmp_path / "a.csv").write_text(header + "00000000000000aa,http://a/1.jpg\n00000000000000bb,http://a/2.jpg\n"
-                                    "00000000000000aa,http://a/3.jpg\n")
+    (tmp_path / "a.csv").write_text(
+        header + "00000000000000aa,http://a/1.jpg\n00000000000000bb,http://a/2.jpg\n00000000000000aa,http://a/3.jpg\n"
+    )
     (tmp_path / "c.tsv").write_text("cap\thttp://c/1.jpg\n")
     with TestPipeline(runner="FnApiRunner") as p:
-        rows = p | ReadManifests([("openimages", str(tmp_path / "a.csv")), ("cc3m", str(tmp_path / "c.tsv")),
-                                  ("cc3m", str(tmp_path / "c.tsv"))], ManifestParsers(), spread_rows)
-        assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
-            ("openimages:00000000000000aa", "http://a/1.jpg"), ("openimages:00000000000000bb", "http://a/2.jpg"),
-            ("openimages:00000000000000aa@a.csv:4", "http://a/3.jpg"), ("cc3m:1", "http://c/1.jpg")]))
+        rows = p | ReadManifests(
+            [
+                ("openimages", str(tmp_path / "a.csv")),
+                ("cc3m", str(tmp_path / "c.tsv")),
+                ("cc3m", str(tmp_path / "c.tsv")),
+            ],
+            ManifestParsers(),
+            spread_rows,
+        )
+        assert_that(
+            rows | beam.Map(lambda r: (r["key"], r["url"])),
+            equal_to(
+                [
+                    ("openimages:00000000000000aa", "http://a/1.jpg"),
+                    ("openimages:00000000000000bb", "http://a/2.jpg"),
+                    ("openimages:00000000000000aa@a.csv:4", "http://a/3.jpg"),
+                    ("cc3m:1", "http://c/1.jpg"),
+                ]
+            ),
+        )
 
 
 def test_repeated_keys_inside_a_json_array_are_made_unique(tmp_path):
-    (tmp_path / "z.json").write_text('[{"ImageKey": "k1", "ImageUrl": "http://z/1.jpg"},'
-                                     ' {"ImageKey": "k1", "ImageUrl": "http://z/2.jpg"}]')
+    (tmp_path / "z.json").write_text(
+        '[{"ImageKey": "k1", "ImageUrl": "http://z/1.jpg"}, {"ImageKey": "k1", "ImageUrl": "http://z/2.jpg"}]'
+    )
     with TestPipeline(runner="FnApiRunner") as p:
         rows = p | ReadManifests([("zero", str(tmp_path / "z.json"))], ManifestParsers())
-        assert_that(rows | beam.Map(lambda r: (r["key"], r["url"])), equal_to([
-            ("zero:k1", "http://z/1.jpg"), ("zero:k1@z.json:#2", "http://z/2.jpg")]))
+        assert_that(
+            rows | beam.Map(lambda r: (r["key"], r["url"])),
+            equal_to([("zero:k1", "http://z/1.jpg"), ("zero:k1@z.json:#2", "http://z/2.jpg")]),
+        )
 
 
 def test_file_labels_name_each_file_unambiguously():
     from transforms.io.manifests import file_labels, normalise_path
+
     assert file_labels(["/d/2024/part-0.tsv"]) == {"/d/2024/part-0.tsv": "part-0.tsv"}
     assert file_labels(["/d/a.tsv", "/d/b.tsv"]) == {"/d/a.tsv": "a.tsv", "/d/b.tsv": "b.tsv"}
     assert file_labels(["/d/2024/p.tsv", "/d/2025/p.tsv", "/d/2025/x/p.tsv"]) == {
-        "/d/2024/p.tsv": "2024/p.tsv", "/d/2025/p.tsv": "2025/p.tsv", "/d/2025/x/p.tsv": "2025/x/p.tsv"}
+        "/d/2024/p.tsv": "2024/p.tsv",
+        "/d/2025/p.tsv": "2025/p.tsv",
+        "/d/2025/x/p.tsv": "2025/x/p.tsv",
+    }
     assert file_labels(["gs://b/m/2024/p.tsv", "gs://b/m/2025/p.tsv"]) == {
-        "gs://b/m/2024/p.tsv": "2024/p.tsv", "gs://b/m/2025/p.tsv": "2025/p.tsv"}
+        "gs://b/m/2024/p.tsv": "2024/p.tsv",
+        "gs://b/m/2025/p.tsv": "2025/p.tsv",
+    }
     assert normalise_path("gs://b/m//a/../a/./p.tsv") == "gs://b/m/a/p.tsv"
