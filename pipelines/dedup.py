@@ -312,7 +312,7 @@ def pipeline_options(argv):
     Returns:
         The PipelineOptions.
     """
-    return job_runner.apply_local_defaults(PipelineOptions(argv), argv)
+    return job_runner.apply_local_defaults(PipelineOptions(argv))
 
 
 def check_inputs(opts):

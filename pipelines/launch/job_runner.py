@@ -67,29 +67,20 @@ def add_argument_once(parser, *flags, **kwargs):
         return None
 
 
-def apply_local_defaults(options, argv=None, worker_processes=False):
+def apply_local_defaults(options):
     """With no --runner, run locally through the FnApi runner, in this one process.
 
     DirectRunner itself first tries to download the Prism runner whenever the graph looks
     Prism-compatible, which hangs offline; so the engine is named directly. One process is the
     fastest local setup measured (`make bench`): the fetch runs on an event-loop thread and the
     decode and hashes on a thread pool (Pillow and hashlib release the GIL), so every core works
-    without worker processes to start and rows to copy between them. Pass
-    --direct_running_mode=multi_processing --direct_num_workers=N for separate worker processes.
-    worker_processes=True (the dedup job: pure-Python CPU work, no I/O to overlap) makes that the
-    default instead, one process per core, unless the command line says otherwise.
+    without worker processes to start and rows to copy between them; for the dedup job it also
+    needs x0.4 the memory (docs/performance.md). Pass --direct_running_mode=multi_processing
+    --direct_num_workers=N for separate worker processes.
     """
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
         standard.runner = "FnApiRunner"
-        if worker_processes:
-            argv = sys.argv[1:] if argv is None else argv
-            given = lambda flag: any(arg == flag or arg.startswith(flag + "=") for arg in argv)  # noqa: E731
-            direct = options.view_as(DirectOptions)
-            if not given("--direct_running_mode"):
-                direct.direct_running_mode = "multi_processing"
-            if not given("--direct_num_workers"):  # Beam's default is 1
-                direct.direct_num_workers = os.cpu_count() or 2
     return options
 
 
@@ -258,7 +249,6 @@ class Job:
     name: the job's name, first word of every line it prints on failure ("ingest: ...").
     options: the job's PipelineOptions subclass (its _add_argparse_args adds the option groups).
     description: the first line of --help.
-    worker_processes: local default of one worker process per core (apply_local_defaults).
     interrupted: what the Ctrl-C line says after "<name>: interrupted; ".
     usage: the first line of --help (the command with its required options).
     """
@@ -266,7 +256,6 @@ class Job:
     name: str
     options: type[PipelineOptions]
     description: str
-    worker_processes: bool = False
     interrupted: str = "rerun the same command to start again"
     usage: str | None = None
 
@@ -306,7 +295,7 @@ class Job:
             except SystemExit:
                 last = (told.getvalue().strip().splitlines() or ["bad option"])[-1]
                 raise BadInput(last.split(": error: ", 1)[-1]) from None
-        apply_local_defaults(options, argv, worker_processes=self.worker_processes)
+        apply_local_defaults(options)
         return options, options.view_as(self.options)
 
     def execute(
