@@ -94,6 +94,14 @@ class IngestOptions(PipelineOptions):
         inputs.add_argument("--imagenet-root", help="ILSVRC train root: <root>/<wnid>/<filename>")
         inputs.add_argument("--imagenet-synsets", help="LOC_synset_mapping.txt")
         FetchConfig.add_arguments(parser)
+        parser.add_argument_group("decode and hashes").add_argument(
+            "--hash-processes",
+            type=int,
+            default=None,
+            metavar="N",
+            help="worker processes that decode and hash the images, per Beam worker process"
+            " (default: one per core; 0: threads inside the Beam worker, slower)",
+        )
         output.add_argument(
             "--resume",
             action="store_true",
@@ -170,6 +178,8 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     """
     spread_rows = not one_process
     out = opts.output
+    if opts.hash_processes is not None and opts.hash_processes < 0:
+        raise BadInput(f"--hash-processes must be at least 0, got {opts.hash_processes}")
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
     previous_files = list_table_files(out)  # replaced by this run's, once those are written
     if opts.resume and not previous_files:
@@ -187,7 +197,8 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     fetched = (
         rows
         | "Fetch" >> FetchImages(fetch_config(opts))
-        | "Hash" >> HashImages(opts.max_pixels, views=DedupSettings.from_options(opts).views)
+        | "Hash"
+        >> HashImages(opts.max_pixels, views=DedupSettings.from_options(opts).views, processes=opts.hash_processes)
         | "Progress" >> RecordProgress(progress_dir)
         | "BlobUri" >> beam.Map(assign_blob_uri, out)
         | "StoreBlobs" >> StoreBlobs(temporary_dir(out, run_id))

@@ -31,7 +31,7 @@ BIG_MODULES = {
     "transforms/clustering/near_search.py": "one banded search (BandPlan) and its two users, the plain pHash pairs "
     "and the picture-view pairs (ViewPairs), which route and probe with the "
     "same plan and shard layout",
-    "transforms/hashing.py": "one guarded decode and what is computed from its pixels: the viewable picture "
+    "transforms/image_checks.py": "one guarded decode and what is computed from its pixels: the viewable picture "
     "(EXIF orientation, 16-bit, alpha), the plain hashes and the picture views",
     "pipelines/report/html_report.py": "one self-contained page: the table pass, ten short plot functions, the "
     "cluster gallery with its thumbnails and the HTML around them; splitting "
@@ -153,7 +153,7 @@ def test_no_module_name_repeats_across_packages():
 
 def test_the_import_graph_is_read():
     graph = import_graph()
-    assert "transforms.schema" in graph["transforms.hashing"]
+    assert "transforms.schema" in graph["transforms.image_checks"]
     assert "pipelines.launch.job_runner" in graph["pipelines.ingest"]
     assert "transforms.io.json_manifests" in graph["transforms.io.manifests"]  # `from pkg import module`
 

@@ -130,6 +130,12 @@ BAD_INPUT = {
         2,
         ["--concurrency must be above 0"],
     ),
+    "ingest-negative-hash-processes": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--hash-processes", "-1"],
+        2,
+        ["--hash-processes must be at least 0"],
+    ),
     "ingest-beam-option": (
         "ingest",
         ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--direct_num_workers=many"],

@@ -24,7 +24,7 @@ from tests.conftest import local_options
 from transforms import schema
 from transforms.fetch import address_policy
 from transforms.fetch.client import FetchConfig, Fetcher, FetchResult
-from transforms.hashing import inspect_image
+from transforms.image_checks import inspect_image
 from transforms.liveness import checks, plans, summary, verdicts
 from transforms.liveness import history as liveness_history
 

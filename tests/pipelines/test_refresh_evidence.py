@@ -15,7 +15,7 @@ from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import jpeg
 from transforms import schema
 from transforms.errors import EnvironmentFailure
-from transforms.hashing import inspect_image
+from transforms.image_checks import inspect_image
 from transforms.liveness import history as liveness_history
 from transforms.liveness import plans, verdicts
 

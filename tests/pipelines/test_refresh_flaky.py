@@ -23,7 +23,7 @@ from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from transforms import schema
-from transforms.hashing import inspect_image
+from transforms.image_checks import inspect_image
 from transforms.liveness import verdicts
 
 URLS = 300

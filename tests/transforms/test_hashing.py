@@ -5,7 +5,7 @@ from PIL import Image
 
 from pipelines.demo.sample_site import encode, jpeg, picture, pixel_bomb_png
 from transforms import schema
-from transforms.hashing import hash_hex, inspect_image, verify_and_hash
+from transforms.image_checks import hash_hex, inspect_image, verify_and_hash
 
 
 def fetched(body, **fields):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from pipelines.demo.sample_site import encode, picture
-from transforms.hashing import VIEWS, inspect_image, picture_views, trim_borders
+from transforms.image_checks import VIEWS, inspect_image, picture_views, trim_borders
 
 
 def hamming(a, b):
@@ -93,7 +93,7 @@ def test_views_are_imagehash_bit_for_bit(seed):
     # strings must stay what imagehash.phash / dhash give on each view's own picture.
     import imagehash
 
-    from transforms.hashing import centre_crop
+    from transforms.image_checks import centre_crop
 
     gray = letterbox(picture(seed, (300, 220))).convert("L")
     expected = {

@@ -13,7 +13,7 @@ from tests.dedup_helpers import run_dedup
 from transforms import schema
 from transforms.clustering.clusters import DEFAULT_DHASH_MAX_DISTANCE, DEFAULT_MAX_DISTANCE
 from transforms.clustering.placeholders import KNOWN_PLACEHOLDERS
-from transforms.hashing import VIEWS, inspect_image, verify_and_hash
+from transforms.image_checks import VIEWS, inspect_image, verify_and_hash
 
 BLANK_PHASHES = {p.phash for p in KNOWN_PLACEHOLDERS if p.phash}
 

@@ -38,7 +38,7 @@ from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
 from transforms.errors import BadInput
 from transforms.fetch.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver, legacy_ipv4
-from transforms.hashing import DEFAULT_MAX_PIXELS
+from transforms.image_checks import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "REDIRECT_STATUSES",

@@ -11,7 +11,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
-from transforms.hashing import DEFAULT_MAX_PIXELS, inspect_image
+from transforms.image_checks import DEFAULT_MAX_PIXELS, inspect_image
 from transforms.liveness.verdicts import (
     CONDITIONAL,
     EPOCH,

@@ -23,7 +23,7 @@ import imagehash
 
 from transforms import schema
 from transforms.clustering.placeholders import KNOWN_PLACEHOLDERS
-from transforms.hashing import DEFAULT_MAX_PIXELS
+from transforms.image_checks import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "ALIVE",

@@ -1,0 +1,114 @@
+"""transforms.hash_workers: the worker processes give verify_and_hash's answers, and a worker that
+dies loses no row (a real crash: a sitecustomize on the workers' PYTHONPATH makes one body kill its
+process, or a worker is killed from outside mid-run)."""
+
+import os
+import signal
+import textwrap
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.demo.sample_site import encode, jpeg, picture, pixel_bomb_png
+from transforms import schema
+from transforms.hash_workers import HashWorkers
+from transforms.hashing import HashImages
+from transforms.image_checks import DEFAULT_MAX_PIXELS, VIEWS, verify_and_hash
+
+KILLER = b"\xff\xd8\xff kill the worker that reads this"
+
+
+def fetched(n, body, **fields):
+    row = schema.new_row("cc3m", f"cc3m:{n}", f"http://x/{n}.jpg", status=schema.OK, **fields)
+    row["_body"] = body
+    return row
+
+
+def bodies():
+    """Pictures, and the bodies that fail each check: not an image, a bomb, a cut JPEG, a wrong hash."""
+    good = [jpeg(seed, (300 + 40 * seed, 200)) for seed in range(10)] + [encode(picture(3), "PNG")]
+    return good + [b"<html>no</html>", pixel_bomb_png(), jpeg(11)[:300]]
+
+
+def expected(rows, views=VIEWS):
+    return [verify_and_hash(dict(r), DEFAULT_MAX_PIXELS, True, views) for r in rows]
+
+
+def without_body(row):
+    return {k: v for k, v in row.items() if k != "_body"}
+
+
+def test_workers_answer_what_verify_and_hash_answers():
+    rows = [fetched(n, b) for n, b in enumerate(bodies())] + [fetched(99, jpeg(1), expected_sha256="0" * 64)]
+    pool = HashWorkers(2, DEFAULT_MAX_PIXELS, True, VIEWS)
+    try:
+        answers = [pool.submit(r) for r in rows]
+        got = [dict(r, **f.result(timeout=60)) for r, f in zip(rows, answers, strict=True)]
+    finally:
+        pool.close()
+    assert [without_body(r) for r in got] == [without_body(r) for r in expected(rows)]
+    statuses = {r["status"] for r in got}
+    assert {schema.OK, schema.NOT_IMAGE, schema.DECODE_ERROR, schema.HASH_MISMATCH} <= statuses
+
+
+@pytest.mark.parametrize("processes", [2, 0])
+def test_the_beam_stage_gives_the_same_rows_with_processes_or_threads(processes):
+    rows = [fetched(n, b) for n, b in enumerate(bodies())]
+    want = [without_body(r) for r in expected(rows)]
+    with TestPipeline() as p:
+        out = p | beam.Create(rows) | HashImages(processes=processes) | beam.Map(without_body)
+        assert_that(out, equal_to(want))
+
+
+@pytest.fixture
+def crashing_workers(tmp_path, monkeypatch):
+    """Workers that die (os._exit) on the KILLER body: a sitecustomize ahead of them on PYTHONPATH."""
+    (tmp_path / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            import transforms.image_checks as checks
+            real = checks.verify_and_hash
+            def verify_and_hash(row, *args):
+                if row.get("_body") == {KILLER!r}:
+                    os._exit(3)
+                return real(row, *args)
+            checks.verify_and_hash = verify_and_hash
+            """
+        )
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+
+def test_a_body_that_kills_its_worker_twice_is_a_decode_error_and_no_row_is_lost(crashing_workers):
+    good = [fetched(n, jpeg(n)) for n in range(12)]
+    rows = good[:5] + [fetched(50, KILLER)] + good[5:]
+    pool = HashWorkers(2, DEFAULT_MAX_PIXELS, True, ())
+    try:
+        got = [dict(r, **pool.submit(r).result(timeout=60)) for r in rows]
+    finally:
+        pool.close()
+    killed = got[5]
+    assert killed["status"] == schema.DECODE_ERROR
+    assert "decoder crashed" in killed["error"] and "exit status 3" in killed["error"]
+    assert killed["size_bytes"] == len(KILLER) and killed["sha256"]
+    want = expected(good, views=())
+    assert [without_body(r) for r in got[:5] + got[6:]] == [without_body(r) for r in want]
+
+
+def test_a_worker_killed_from_outside_is_replaced_and_its_bodies_are_hashed_again():
+    rows = [fetched(n, jpeg(n, (900, 700))) for n in range(40)]
+    pool = HashWorkers(1, DEFAULT_MAX_PIXELS, True, VIEWS)
+    try:
+        answers = [pool.submit(r) for r in rows]
+        answers[0].result(timeout=60)
+        victim = pool._workers[0]._process
+        os.kill(victim.pid, signal.SIGKILL)
+        got = [dict(r, **f.result(timeout=60)) for r, f in zip(rows, answers, strict=True)]
+        assert pool._workers[0]._process.pid != victim.pid
+    finally:
+        pool.close()
+    assert [without_body(r) for r in got] == [without_body(r) for r in expected(rows)]
+    assert victim.poll() is not None
