@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, encode, jpeg, picture
 from transforms import schema
-from transforms.hashing import inspect_image
+from transforms.image_checks import inspect_image
 
 JPEG = {"Content-Type": "image/jpeg"}
 

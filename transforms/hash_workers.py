@@ -122,7 +122,8 @@ class _Worker:
             env=_worker_environment(),
         )
         for stream in (process.stdin, process.stdout):
-            with contextlib.suppress(AttributeError, OSError):  # not Linux, or over the cap: the default
+            with contextlib.suppress(AttributeError, OSError):
+                assert stream is not None  # not Linux, or over the cap: the default
                 fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         threading.Thread(target=self._read, args=(process,), name=f"hash-read-{self._index}", daemon=True).start()
         return process
@@ -242,6 +243,7 @@ def serve(tasks: BinaryIO, answers: BinaryIO) -> None:
         if task is None:
             return
         number, fields, max_pixels, draft, views = task
+        answer: tuple[int, bool, Any]
         try:
             row = verify_and_hash(fields, max_pixels, draft, views)
             row.pop("_body", None)
