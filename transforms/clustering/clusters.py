@@ -745,6 +745,11 @@ class Dedup(beam.PTransform):
             wide=self._wide,
         )
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views matched through (VIEW_NAMES order; () when the view search is off)."""
+        return self._views
+
     def _spill(self, name):
         return None if self._spill_dir is None else os.path.join(self._spill_dir, name)
 
