@@ -95,8 +95,8 @@ def test_dedup_searches_the_tested_geometry():
 
 
 def test_view_groups_search_their_queries_a_chunk_at_a_time(monkeypatch):
-    """_SearchViewShard holds a group's owners and searches its queries 37 at a time: no search
-    sees more queries than that, and the pairs are still exactly the brute-force pairs."""
+    """_SearchViewShard builds a group's owner index once and searches its queries 37 at a time:
+    no search sees more queries than that, and the pairs are still exactly the brute-force pairs."""
     from transforms.clustering import near_search
 
     plain, dh, views = _pictures(300, seed=9)
@@ -112,17 +112,23 @@ def test_view_groups_search_their_queries_a_chunk_at_a_time(monkeypatch):
         )
         for key, records in route.process(batch):
             shards[key].append(records)
-    seen = []
-    search = near_search.search_view_shard
+    seen, built = [], []
+    search, index = near_search.search_view_index, near_search.view_index
 
-    def spy(plan, j, shard, records, dmax=None):
-        seen.append(int((~records["owner"]).sum()))
-        return search(plan, j, shard, records, dmax)
+    def spy(plan, owner_index, shard, queries, dmax=None):
+        seen.append(len(queries))
+        return search(plan, owner_index, shard, queries, dmax)
 
-    monkeypatch.setattr(near_search, "search_view_shard", spy)
+    def spy_index(plan, j, owners):
+        built.append(len(owners))
+        return index(plan, j, owners)
+
+    monkeypatch.setattr(near_search, "search_view_index", spy)
+    monkeypatch.setattr(near_search, "view_index", spy_index)
     found = []
     for key, parts in shards.items():
         found += [p[:5] for p in near_search._SearchViewShard(plan, None, query_chunk=37).process((key, parts))]
     assert seen and max(seen) <= 37 and len(seen) > len(shards)
+    assert len(built) <= len(shards)  # one owner index a group, whatever its query chunks
     expected = _brute(plain, dh, views, 5, None)
     assert len(found) == len(set(found)) and set(found) == expected
