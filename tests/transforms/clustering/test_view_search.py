@@ -53,8 +53,15 @@ def _brute(plain, dh, views, k, dmax):
     return pairs
 
 
-# (5, 16, 1) is Dedup's own view search (test_dedup_searches_the_tested_geometry)
-@pytest.mark.parametrize("k,dmax,shard_bits", [(5, 16, 1), (5, None, 3), (5, 20, 2), (8, None, 3), (2, None, 0)])
+# Dedup's own view search is (5, 16, s) with s its plain search's shard bits: 3 on Dataflow and
+# in worker processes, shard_bits_for(rows) in one process (test_dedup_searches_the_tested_geometry)
+DEDUP_SHARD_BITS = (0, 1, 2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "k,dmax,shard_bits",
+    [(5, 16, s) for s in DEDUP_SHARD_BITS] + [(5, None, 3), (5, 20, 2), (8, None, 3), (2, None, 0), (5, None, 6)],
+)
 def test_view_search_equals_brute_force(k, dmax, shard_bits):
     plain, dh, views = _pictures(300, seed=k + shard_bits)
     plan = BandPlan(k, bands=3, shard_bits=shard_bits)
@@ -83,11 +90,19 @@ def test_dedup_searches_the_tested_geometry():
     """The recall guarantee holds for every key Dedup indexes: its view search is the geometry
     tested above against brute force, and its plain search keeps the pigeonhole bound."""
     from transforms.clustering.clusters import DEFAULT_DHASH_MAX_DISTANCE, Dedup
+    from transforms.clustering.dedup_settings import DedupSettings
 
     config = Dedup().config()
     view = config["view_search"]
-    assert (view["max_distance"], view["bands"], view["shard_bits"]) == (5, 3, 1)
+    assert (view["max_distance"], view["bands"], view["shard_bits"]) == (5, 3, 3)
     assert DEFAULT_DHASH_MAX_DISTANCE == 16
+    # sharded as the plain search, at every row count the job plans for (issue 16)
+    for rows in (None, 100_000, 1_000_000, 3_000_000, 5_000_000, 10_000_000, 15_700_000, 10**9):
+        for one_process in (True, False):
+            got = DedupSettings().transform(one_process=one_process, expected_rows=rows).config()
+            assert got["view_search"]["shard_bits"] == got["near_search"]["shard_bits"]
+            if rows is not None and rows <= 15_700_000:
+                assert got["view_search"]["shard_bits"] in DEDUP_SHARD_BITS  # tested above
     assert view["bands"] * (view["radius"] + 1) > view["max_distance"]
     plain = config["near_search"]
     assert plain["bands"] * (plain["radius"] + 1) > plain["max_distance"] == 8
