@@ -252,8 +252,7 @@ def _kept_rows(path, columns, skip):
 
 
 def slim_columns(views):
-    """The columns slim_row reads: SLIM_COLUMNS and the pHash/dHash of each view matched through
-    (a table without them reads them as nulls: no view search for its rows)."""
+    """SLIM_COLUMNS and each matched view's pHash/dHash: without them the view search sees nothing."""
     return SLIM_COLUMNS + [f"{h}_{view}" for view in views for h in ("phash", "dhash")]
 
 
@@ -309,7 +308,6 @@ class DedupTables(beam.PTransform):
     def expand(self, inputs):
         files, skip = inputs["files"], beam.pvalue.AsMultiMap(inputs["skip"])
         # why: pass 2, only the dedup columns of each kept row, for the graph
-        # (and the view columns: without them the view search sees no picture, issue 16)
         slim = files | "SlimRows" >> beam.FlatMap(_slim_rows, skip=skip, columns=slim_columns(self._dedup.views))
         found = self._dedup.find_components(slim)
         # why: pass 3, the facts the cluster records need, of clustered rows only
