@@ -1,7 +1,7 @@
 """`make bench-dedup-job`: the standalone dedup job (`python -m pipelines.dedup`) against faiss's
 binary multi-hash search on the same hashes, side by side in one run.
 
-    python -m bench.bench_dedup_job [--sizes 1000000[,10000000]] [--job-arg=--direct_num_workers=1]
+    python -m bench.bench_dedup_job [--sizes 1000000[,10000000]] [--views] [--job-arg=--direct_num_workers=1]
 
 For each size N: bench/synth.py's hash set (near pairs planted at every distance 0..k, pairs at
 k+1/k+2 that must not merge, a single-hash placeholder group, a same-URL group, the rest random)
@@ -19,6 +19,14 @@ replaced. Then, one after the other in the same run:
 The job's output is checked afterwards (not timed): N rows, replaced_rows 2000, recall of the
 planted pairs, no above-threshold pair merged, unrelated rows clustered, the single-hash group one
 placeholder cluster. Results: bench/work/dedup-job-results.json and a Markdown table.
+
+With --views (issue 16: the view search at scale), the hash set is synth's views=True one (every
+row has random mirror / crop / centre pHash+dHash, a trim view on 5 % of rows, and view pairs
+planted at view distance 0..5: row b's plain hashes, or its centre view, are row a's view with
+bits flipped), the tables carry the phash_<view>/dhash_<view> columns (inputs in
+bench/work/dedup-job-N-views), the job matches through them (its default --views), `evaluate`
+also counts the planted view pairs found, and faiss is not run (it searches plain pHashes only).
+Without --views, nothing changes: the earlier figures stay reproducible.
 """
 
 import argparse
@@ -59,15 +67,22 @@ def measured(cmd):
     return returncode, wall, peak / 2**20, err.decode(errors="replace")[-3000:], cpu
 
 
-def hash_file(n, k):
+def hash_file(n, k, views=False):
+    """The size-n hash set (bench_dedup.data_file's name, so either bench reuses the other's)."""
     os.makedirs(WORK, exist_ok=True)
-    path = os.path.join(WORK, f"hashes-{n}-k{k}-v{synth.VERSION}.npz")
+    path = os.path.join(WORK, f"hashes-{n}-k{k}{'-views' if views else ''}-v{synth.VERSION}.npz")
     if not os.path.exists(path):
-        synth.save(path, synth.generate(n, k=k))
+        synth.save(path, synth.generate(n, k=k, views=views))
     return path
 
 
-def _table(keys, urls, phash, dhash, day):
+def _hex_or_null(values):
+    """16-digit hex strings, None where the value is 0 (a view the picture lacks)."""
+    return [f"{v:016x}" if v else None for v in values.tolist()]
+
+
+def _table(keys, urls, phash, dhash, day, views=None):
+    """One ingest-output table; views: {column: uint64 array} of phash_<view>/dhash_<view>."""
     n = len(keys)
     hexp = [f"{v:016x}" for v in phash.tolist()]
     hexd = [f"{v:016x}" for v in dhash.tolist()]
@@ -87,6 +102,8 @@ def _table(keys, urls, phash, dhash, day):
         "format": ["JPEG"] * n,
         "size_bytes": pa.array(np.full(n, 51234, dtype=np.int64)),
     }
+    for name, values in (views or {}).items():
+        columns[name] = _hex_or_null(values)
     arrays = [
         pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(n, f.type)
         for f in schema.IMAGE_SCHEMA
@@ -94,15 +111,20 @@ def _table(keys, urls, phash, dhash, day):
     return pa.Table.from_arrays(arrays, schema=schema.IMAGE_SCHEMA)
 
 
-def make_inputs(n, k):
+def _view_columns(data, rows):
+    """{phash_<view>/dhash_<view>: values of `rows`} of a views=True hash set ({} otherwise)."""
+    return {name: data[name][rows] for name in sorted(data) if name.startswith(("phash_", "dhash_"))}
+
+
+def make_inputs(n, k, views=False):
     """(IN1, IN2) ingest outputs of the size-n hash set, made once and reused."""
-    root = os.path.join(WORK, f"dedup-job-{n}")
+    root = os.path.join(WORK, f"dedup-job-{n}{'-views' if views else ''}")
     stamp = os.path.join(root, "done")
     in1, in2 = os.path.join(root, "in1"), os.path.join(root, "in2")
     if os.path.exists(stamp):
         return in1, in2
     shutil.rmtree(root, ignore_errors=True)
-    data = synth.load(hash_file(n, k))
+    data = synth.load(hash_file(n, k, views))
     keys, urls = data["key"].tolist(), data["url"].tolist()
     for folder in (in1, in2):
         os.makedirs(os.path.join(folder, "images"))
@@ -110,7 +132,12 @@ def make_inputs(n, k):
         stop = min(n, start + SHARD_ROWS)
         pq.write_table(
             _table(
-                keys[start:stop], urls[start:stop], data["phash"][start:stop], data["dhash"][start:stop], "2024-01-01"
+                keys[start:stop],
+                urls[start:stop],
+                data["phash"][start:stop],
+                data["dhash"][start:stop],
+                "2024-01-01",
+                _view_columns(data, slice(start, stop)),
             ),
             os.path.join(in1, "images", f"part-{i:05d}.parquet"),
         )
@@ -122,6 +149,7 @@ def make_inputs(n, k):
             data["phash"][unrelated],
             data["dhash"][unrelated],
             "2024-02-01",
+            _view_columns(data, unrelated),
         ),
         os.path.join(in2, "images", "part-00000.parquet"),
     )
@@ -138,12 +166,19 @@ def evaluate(out, n):
     by_key = dict(zip(keys, cids, strict=False))
     planted = recalled = above = above_merged = unrelated_clustered = 0
     skew_ids, skew_flagged = set(), 0
+    view_planted: dict[str, int] = {}
+    view_recalled: dict[str, int] = {}
     for key, cid, flag in zip(keys, cids, flags, strict=False):
         group = synth.group_of(key)
         if group.startswith("p") and key.endswith(":a"):
             planted += 1
             partner = by_key.get(key.replace("cc3m:", "cc12m:")[:-2] + ":b")
             recalled += cid is not None and cid == partner
+        elif group.startswith("w") and key.endswith(":a"):  # a planted view pair: "w<view>_<d>-<i>"
+            view = group[1:].split("_")[0]
+            partner = by_key.get(key.replace("cc3m:", "cc12m:")[:-2] + ":b")
+            view_planted[view] = view_planted.get(view, 0) + 1
+            view_recalled[view] = view_recalled.get(view, 0) + (cid is not None and cid == partner)
         elif group.startswith("a") and key.endswith(":a"):
             above += 1
             above_merged += cid is not None
@@ -155,6 +190,14 @@ def evaluate(out, n):
     newer = datetime.datetime(2024, 2, 1, tzinfo=datetime.timezone.utc)
     with open(os.path.join(out, "summary.json")) as handle:
         summary = json.load(handle)
+    views = {}
+    if view_planted:
+        views = {
+            "view_planted_pairs": sum(view_planted.values()),
+            "view_recalled_pairs": sum(view_recalled.values()),
+            "view_recall_by_view": {v: f"{view_recalled[v]}/{view_planted[v]}" for v in sorted(view_planted)},
+            "view_pairs": summary.get("view_pairs"),
+        }
     return {
         "rows_out": len(keys),
         "distinct_keys": len(by_key),
@@ -170,12 +213,13 @@ def evaluate(out, n):
         "skew_rows_flagged": skew_flagged,
         "near_pairs": summary.get("near_pairs"),
         "clusters": summary.get("clusters"),
+        **views,
     }
 
 
-def run_size(n, k, job_args, threads):
-    in1, in2 = make_inputs(n, k)
-    out = os.path.join(WORK, f"dedup-job-{n}", "out")
+def run_size(n, k, job_args, threads, views=False):
+    in1, in2 = make_inputs(n, k, views)
+    out = os.path.join(os.path.dirname(in1), "out")
     shutil.rmtree(out, ignore_errors=True)
     load = round(os.getloadavg()[0], 2)
     code, wall, rss, err, cpu = measured(
@@ -206,6 +250,8 @@ def run_size(n, k, job_args, threads):
         **evaluate(out, n),
     }
     shutil.rmtree(out, ignore_errors=True)
+    if views:  # faiss searches plain pHashes only: nothing to compare the view search with
+        return {"rows": n, "views": True, "ours": ours}
     result = os.path.join(WORK, f"faiss-{n}.json")
     load = round(os.getloadavg()[0], 2)
     code, wall, rss, err, cpu = measured(
@@ -249,6 +295,8 @@ def _markdown(runs):
         " wall ours / faiss search | recall ours / faiss | replaced | load |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
+    if any(r.get("views") for r in runs):
+        return _markdown_views(runs)
     for r in runs:
         o, f = r["ours"], r["faiss"]
         lines.append(
@@ -257,6 +305,23 @@ def _markdown(runs):
             f"({f['process_wall_seconds']}) | {f['peak_rss_mib']} | x{r['wall_ratio_vs_faiss_search']} | "
             f"{o['recalled_pairs']}/{o['planted_pairs']} / {f['recalled']}/{f['planted']} | "
             f"{o['replaced_rows']} | {o['load_at_start']} / {f['load_at_start']} |"
+        )
+    return "\n".join(lines)
+
+
+def _markdown_views(runs):
+    lines = [
+        "| rows (with views) | ours wall s (CPU s) | ours peak RSS MiB | planted pairs found | view pairs found"
+        " | above-threshold merged | unrelated clustered | load |",
+        "|---:|---:|---:|---|---|---:|---:|---|",
+    ]
+    for r in runs:
+        o = r["ours"]
+        lines.append(
+            f"| {r['rows']:,} | {o['wall_seconds']} ({o.get('cpu_seconds')}) | {o['peak_rss_mib']} "
+            f"| {o['recalled_pairs']}/{o['planted_pairs']} "
+            f"| {o.get('view_recalled_pairs')}/{o.get('view_planted_pairs')} "
+            f"| {o['above_threshold_merged']} | {o['unrelated_rows_clustered']} | {o['load_at_start']} |"
         )
     return "\n".join(lines)
 
@@ -271,14 +336,19 @@ def main(argv=None):
         default=[],
         help="extra argument of pipelines.dedup (repeatable, e.g. --job-arg=--direct_num_workers=1)",
     )
+    parser.add_argument(
+        "--views",
+        action="store_true",
+        help="rows with picture views and planted view pairs; the job matches through them (faiss not run)",
+    )
     parser.add_argument("--faiss-threads", type=int, default=0)
     parser.add_argument("--results", default=os.path.join(WORK, "dedup-job-results.json"))
     args = parser.parse_args(argv)
     runs = []
     for n in [int(s) for s in args.sizes.split(",") if s]:
-        runs.append(run_size(n, args.max_distance, args.job_arg, args.faiss_threads))
+        runs.append(run_size(n, args.max_distance, args.job_arg, args.faiss_threads, args.views))
         print(json.dumps(runs[-1]), flush=True)
-    report = {"cores": os.cpu_count(), "max_distance": args.max_distance, "runs": runs}
+    report = {"cores": os.cpu_count(), "max_distance": args.max_distance, "views": args.views, "runs": runs}
     if len(runs) >= 2:
         a, b = runs[0]["ours"], runs[-1]["ours"]
         report["memory_growth"] = round(b["peak_rss_mib"] / a["peak_rss_mib"], 2)

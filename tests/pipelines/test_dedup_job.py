@@ -308,3 +308,27 @@ def test_spill_directory_sweeps_what_killed_runs_left(tmp_path, monkeypatch):
     assert not os.path.exists(path)
     with job.spill_directory(PipelineOptions(["--runner", "DataflowRunner"])) as path:
         assert path is None
+
+
+def test_job_matches_through_picture_views(tmp_path):
+    """The job reads the view columns (issue 16: it read only the plain hashes, so its view search
+    saw no picture): a mirrored copy, whose plain pHash is its original's mirror view, joins it;
+    with --views none it stays alone."""
+    ph, dh = "0123456789abcdef", "1111222233334444"
+    original = _stamp(row("cc3m:o", "cc3m", phash="f0e1d2c3b4a59687", dhash="7777888899990000"), 1)
+    original.update(phash_mirror=ph, dhash_mirror=dh)
+    mirrored = _stamp(row("cc12m:m", "cc12m", phash=ph, dhash=dh), 2)
+    mirrored.update(phash_crop="5a5a5a5a5a5a5a5a", dhash_crop="a5a5")  # only pictures with views are searched
+    other = _stamp(row("cc12m:x", "cc12m", phash="00ff00ff00ff00ff", dhash="abababababababab"), 2)
+    other.update(phash_mirror="ff00ff00ff00ff00", dhash_mirror="baba")
+    _write_out(str(tmp_path / "in"), [original, mirrored, other])
+    for views, joined in ((None, True), ("none", False)):
+        out = str(tmp_path / f"out-{views}")
+        more = [] if views is None else ["--views", views]
+        job.run(["--input", str(tmp_path / "in"), "--output", out, "--runner", "FnApiRunner", *more])
+        table = pq.read_table(os.path.join(out, "images"), columns=["key", "cluster_id"]).to_pylist()
+        cids = {r["key"]: r["cluster_id"] for r in table}
+        assert (cids["cc3m:o"] is not None and cids["cc3m:o"] == cids["cc12m:m"]) is joined
+        assert cids["cc12m:x"] is None
+        summary = json.load(open(os.path.join(out, "summary.json")))
+        assert summary["view_pairs"] == ({"mirror": 1} if joined else {})

@@ -680,7 +680,8 @@ class Dedup(beam.PTransform):
     dataset_priority: tie-break of the canonical policy (see module docstring).
     placeholder_min_urls / placeholder_hashes: placeholder recognition.
     cc_rounds: large/small-star rounds before the exact union-find finish.
-    bands / shard_bits: override the near-search geometry (transforms.clustering.near_search.BandPlan).
+    bands / shard_bits: override the near-search geometry (transforms.clustering.near_search.BandPlan);
+        shard_bits shards the view search's bands too.
     max_listed_members: members listed per cluster record (the canonical always is); `size`
         and the counts stay exact, and rows carry cluster_id whatever the cap.
     spill_dir: a local directory through which the per-row key records and the near search's
@@ -714,11 +715,13 @@ class Dedup(beam.PTransform):
             raise ValueError(f"unknown views {sorted(unknown)}; known: {', '.join(VIEW_NAMES)}")
         self._views = tuple(v for v in VIEW_NAMES if v in views)
         self._view_max = int(view_max_distance)
-        # At most 2 shards per band for the views: each query key is copied to every shard within
-        # its radius of its prefix (4 at 3 shard bits, 2 at 1), and view keys are 4 a picture;
-        # a view query's probes are few (radius 1), so fewer, larger shards cost little time.
+        # The view search is sharded as the plain search (issue 16): a view group's owners are one
+        # key a picture per band (its plain pHash, or its centre view), as many as the plain
+        # search's, so the same shard bits bound its owner index whatever the row count. The
+        # price is disk (and Dataflow shuffle): each view query key is copied to V(s, 1) = s + 1
+        # shards of a band (the cap of 1 bit, 9aba29c, predates the streamed query chunks).
         self._view_search = (
-            ViewPairs(self._view_max, dhash_max_distance, shard_bits=min(shard_bits, 1), spill_dir=self._spill("views"))
+            ViewPairs(self._view_max, dhash_max_distance, shard_bits=shard_bits, spill_dir=self._spill("views"))
             if self._views
             else None
         )
@@ -744,6 +747,11 @@ class Dedup(beam.PTransform):
             spill_dir=self._spill("near"),
             wide=self._wide,
         )
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views matched through (VIEW_NAMES order; () when the view search is off)."""
+        return self._views
 
     def _spill(self, name):
         return None if self._spill_dir is None else os.path.join(self._spill_dir, name)

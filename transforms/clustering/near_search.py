@@ -651,13 +651,32 @@ def search_view_shard(plan, j, shard, records, dhash_max_distance=None):
     owner = records["owner"]
     if not owner.any() or owner.all():
         return []
-    o, q = records[owner], records[~owner]
-    index = lambda r: np.arange(len(r), dtype=np.uint64)  # noqa: E731 - records by index
-    none = lambda r: np.zeros(len(r), dtype=bool)  # noqa: E731 - confirmation done below
+    return search_view_index(plan, view_index(plan, j, records[owner]), shard, records[~owner], dhash_max_distance)
+
+
+def view_index(plan, j, owners):
+    """The lookup index of one view group's owner records (VIEW_RECORD, owner True) in band j:
+    built once, then searched by any number of query chunks (`search_view_index`)."""
+    positions = np.arange(len(owners), dtype=np.uint64)  # the owner records by position
+    return plan.owner_index(j, (owners["key"], positions, np.zeros(len(owners), dtype=bool))), owners
+
+
+def search_view_index(plan, index, shard, queries, dhash_max_distance=None):
+    """search_view_shard's pairs between `queries` (VIEW_RECORD, owner False) and the owners of
+    `index` (view_index): memory in proportion to the queries given, not the whole group."""
+    owner_index, o = index
+    q = queries
+    if not len(o) or not len(q):
+        return []
+    found = plan.search_index(
+        owner_index,
+        shard,
+        (q["key"], np.arange(len(q), dtype=np.uint64), np.zeros(len(q), dtype=bool)),
+        None,  # confirmation done below, on the views' dHashes
+        ordered=False,
+    )
     out = []
-    for _qk, qi, _ok, oi, pdist, _dd in plan.search_shard(
-        j, shard, (o["key"], index(o), none(o)), (q["key"], index(q), none(q)), None, ordered=False
-    ):
+    for _qk, qi, _ok, oi, pdist, _dd in found:
         qr, orr = q[qi.astype(np.intp)], o[oi.astype(np.intp)]
         # a picture never matches itself (a symmetric picture's mirror is its plain pHash)
         keep = (qr["phash"] != orr["phash"]) | (qr["dhash"] != orr["dhash"])
@@ -711,10 +730,14 @@ class _SearchViewShard(beam.DoFn):
         (_space, j, shard), parts = element
         # why: the owners once, the queries `query_chunk` at a time (as _SearchShard): a group's
         # queries (3-4 view keys a picture) never sit in memory at once
+        # (the owner index built once: it was rebuilt, with two copies of the owners, per chunk)
         owners = [part[part["owner"]] for part in parts]
-        owners = np.concatenate(owners) if owners else np.zeros(0, dtype=VIEW_RECORD)
+        if not owners or not sum(len(o) for o in owners):
+            return
+        index = view_index(self._plan, j, np.concatenate(owners))
+        del owners
         for queries in query_chunks(parts, self._query_chunk):
-            pairs = search_view_shard(self._plan, j, shard, np.concatenate([owners, queries]), self._dhash_max)
+            pairs = search_view_index(self._plan, index, shard, queries, self._dhash_max)
             beam.metrics.Metrics.counter("dedup", "view_pairs").inc(len(pairs))
             yield from pairs
 

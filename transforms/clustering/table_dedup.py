@@ -25,7 +25,16 @@ from transforms.clustering.clusters import MEMBER_FIELDS, Dedup, _place, slim_ro
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.errors import BadInput
 
-__all__ = ["CopyTables", "DedupTables", "ListTables", "NewestRows", "copy_table_file", "file_id", "newest_order"]
+__all__ = [
+    "CopyTables",
+    "DedupTables",
+    "ListTables",
+    "NewestRows",
+    "copy_table_file",
+    "file_id",
+    "newest_order",
+    "slim_columns",
+]
 
 KEY_RECORD = np.dtype([("key", "S16"), ("stamp", "<i8"), ("input", "<i4"), ("file", "<i8"), ("row", "<u4")])
 KEY_SHARDS = 256
@@ -242,9 +251,14 @@ def _kept_rows(path, columns, skip):
                 yield row
 
 
-def _slim_rows(element, skip):
+def slim_columns(views):
+    """SLIM_COLUMNS and each matched view's pHash/dHash: without them the view search sees nothing."""
+    return SLIM_COLUMNS + [f"{h}_{view}" for view in views for h in ("phash", "dhash")]
+
+
+def _slim_rows(element, skip, columns=SLIM_COLUMNS):
     _index, path = element
-    for row in _kept_rows(path, SLIM_COLUMNS, skip):
+    for row in _kept_rows(path, columns, skip):
         yield slim_row(row)
 
 
@@ -294,7 +308,7 @@ class DedupTables(beam.PTransform):
     def expand(self, inputs):
         files, skip = inputs["files"], beam.pvalue.AsMultiMap(inputs["skip"])
         # why: pass 2, only the dedup columns of each kept row, for the graph
-        slim = files | "SlimRows" >> beam.FlatMap(_slim_rows, skip=skip)
+        slim = files | "SlimRows" >> beam.FlatMap(_slim_rows, skip=skip, columns=slim_columns(self._dedup.views))
         found = self._dedup.find_components(slim)
         # why: pass 3, the facts the cluster records need, of clustered rows only
         members = files | "MemberRows" >> beam.FlatMap(
@@ -302,7 +316,7 @@ class DedupTables(beam.PTransform):
         ).with_output_types(tuple[str, typing.Any])
         clustered = self._dedup.cluster(members)
         columns = clustered["rows"] | "ClusterColumns" >> beam.Map(_cluster_columns)
-        stats = self._dedup.stats(clustered["clusters"], slim, found["near_pairs"])
+        stats = self._dedup.stats(clustered["clusters"], slim, found["near_pairs"], found["view_pairs"])
         out = {"cluster_columns": columns, "clusters": clustered["clusters"], "stats": stats}
         if self._rows:
             # why: pass 4, every kept row once with its columns: one stage, so rows stream on

@@ -53,8 +53,15 @@ def _brute(plain, dh, views, k, dmax):
     return pairs
 
 
-# (5, 16, 1) is Dedup's own view search (test_dedup_searches_the_tested_geometry)
-@pytest.mark.parametrize("k,dmax,shard_bits", [(5, 16, 1), (5, None, 3), (5, 20, 2), (8, None, 3), (2, None, 0)])
+# Dedup's own view search is (5, 16, s) with s its plain search's shard bits: 3 on Dataflow and
+# in worker processes, shard_bits_for(rows) in one process (test_dedup_searches_the_tested_geometry)
+DEDUP_SHARD_BITS = (0, 1, 2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "k,dmax,shard_bits",
+    [(5, 16, s) for s in DEDUP_SHARD_BITS] + [(5, None, 3), (5, 20, 2), (8, None, 3), (2, None, 0), (5, None, 6)],
+)
 def test_view_search_equals_brute_force(k, dmax, shard_bits):
     plain, dh, views = _pictures(300, seed=k + shard_bits)
     plan = BandPlan(k, bands=3, shard_bits=shard_bits)
@@ -83,11 +90,19 @@ def test_dedup_searches_the_tested_geometry():
     """The recall guarantee holds for every key Dedup indexes: its view search is the geometry
     tested above against brute force, and its plain search keeps the pigeonhole bound."""
     from transforms.clustering.clusters import DEFAULT_DHASH_MAX_DISTANCE, Dedup
+    from transforms.clustering.dedup_settings import DedupSettings
 
     config = Dedup().config()
     view = config["view_search"]
-    assert (view["max_distance"], view["bands"], view["shard_bits"]) == (5, 3, 1)
+    assert (view["max_distance"], view["bands"], view["shard_bits"]) == (5, 3, 3)
     assert DEFAULT_DHASH_MAX_DISTANCE == 16
+    # sharded as the plain search, at every row count the job plans for (issue 16)
+    for rows in (None, 100_000, 1_000_000, 3_000_000, 5_000_000, 10_000_000, 15_700_000, 10**9):
+        for one_process in (True, False):
+            got = DedupSettings().transform(one_process=one_process, expected_rows=rows).config()
+            assert got["view_search"]["shard_bits"] == got["near_search"]["shard_bits"]
+            if rows is not None and rows <= 15_700_000:
+                assert got["view_search"]["shard_bits"] in DEDUP_SHARD_BITS  # tested above
     assert view["bands"] * (view["radius"] + 1) > view["max_distance"]
     plain = config["near_search"]
     assert plain["bands"] * (plain["radius"] + 1) > plain["max_distance"] == 8
@@ -95,8 +110,8 @@ def test_dedup_searches_the_tested_geometry():
 
 
 def test_view_groups_search_their_queries_a_chunk_at_a_time(monkeypatch):
-    """_SearchViewShard holds a group's owners and searches its queries 37 at a time: no search
-    sees more queries than that, and the pairs are still exactly the brute-force pairs."""
+    """_SearchViewShard builds a group's owner index once and searches its queries 37 at a time:
+    no search sees more queries than that, and the pairs are still exactly the brute-force pairs."""
     from transforms.clustering import near_search
 
     plain, dh, views = _pictures(300, seed=9)
@@ -112,17 +127,23 @@ def test_view_groups_search_their_queries_a_chunk_at_a_time(monkeypatch):
         )
         for key, records in route.process(batch):
             shards[key].append(records)
-    seen = []
-    search = near_search.search_view_shard
+    seen, built = [], []
+    search, index = near_search.search_view_index, near_search.view_index
 
-    def spy(plan, j, shard, records, dmax=None):
-        seen.append(int((~records["owner"]).sum()))
-        return search(plan, j, shard, records, dmax)
+    def spy(plan, owner_index, shard, queries, dmax=None):
+        seen.append(len(queries))
+        return search(plan, owner_index, shard, queries, dmax)
 
-    monkeypatch.setattr(near_search, "search_view_shard", spy)
+    def spy_index(plan, j, owners):
+        built.append(len(owners))
+        return index(plan, j, owners)
+
+    monkeypatch.setattr(near_search, "search_view_index", spy)
+    monkeypatch.setattr(near_search, "view_index", spy_index)
     found = []
     for key, parts in shards.items():
         found += [p[:5] for p in near_search._SearchViewShard(plan, None, query_chunk=37).process((key, parts))]
     assert seen and max(seen) <= 37 and len(seen) > len(shards)
+    assert len(built) <= len(shards)  # one owner index a group, whatever its query chunks
     expected = _brute(plain, dh, views, 5, None)
     assert len(found) == len(set(found)) and set(found) == expected
