@@ -178,8 +178,6 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     """
     spread_rows = not one_process
     out = opts.output
-    if opts.hash_processes is not None and opts.hash_processes < 0:
-        raise BadInput(f"--hash-processes must be at least 0, got {opts.hash_processes}")
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
     previous_files = list_table_files(out)  # replaced by this run's, once those are written
     if opts.resume and not previous_files:
@@ -404,6 +402,8 @@ def check_inputs(opts):
         parse_retry_statuses(opts.retry_status)
     if opts.progress_interval <= 0:
         raise BadInput(f"--progress-interval must be above 0, got {opts.progress_interval}")
+    if opts.hash_processes is not None and opts.hash_processes < 0:
+        raise BadInput(f"--hash-processes must be at least 0, got {opts.hash_processes}")
     FetchConfig.from_options(opts)
     DedupSettings.from_options(opts)
     preflight.check_output_dir(opts.output)
