@@ -13,7 +13,9 @@ its GIL: the Beam process only ships each body over a pipe and gets back a few s
 
 A worker that dies (a decoder crash on a hostile file, an OOM kill) is replaced; each task it held
 is tried once more on another worker, and a body that kills a worker twice becomes a
-`decode_error` row naming the crash, so no row is lost and one bad file cannot stop a job.
+`decode_error` row naming the crash, so no row is lost and one bad file cannot stop a job. A
+worker that ends before it is ready (each says so once its imports are done) is the environment,
+not a file: then every body fails with an EnvironmentFailure (the job's exit 1), none is blamed.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import weakref
 from typing import Any, BinaryIO
 
 from transforms import schema
+from transforms.errors import EnvironmentFailure
 from transforms.image_checks import verify_and_hash
 
 __all__ = ["HashWorkers", "CHECK_INPUTS", "serve"]
@@ -48,6 +51,7 @@ _HEADER = struct.Struct(">Q")
 _AHEAD = 4
 _PIPE_BYTES = 1 << 20  # Linux's default cap for an unprivileged process (/proc/sys/fs/pipe-max-size)
 _ATTEMPTS = 2  # a body that ends two workers is reported, not tried a third time
+_READY = -1  # the number of a worker's first answer, sent once its imports are done
 
 
 class _Task:
@@ -110,6 +114,7 @@ class _Worker:
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(_AHEAD)
         self._held: dict[int, _Task] = {}  # written to the current process, not yet answered
+        self._broken: Exception | None = None  # a worker could not start: every task fails with this
         self._process = self._start()
         self._feeder = threading.Thread(target=self._feed, name=f"hash-feed-{index}", daemon=True)
         self._feeder.start()
@@ -136,23 +141,29 @@ class _Worker:
                 if task is not None:
                     _fail(task, RuntimeError("hash workers stopped"))
                 return
-            frame = pickle.dumps((task.number, task.fields, *self._settings), pickle.HIGHEST_PROTOCOL)
+            if self._broken is not None:
+                _fail(task, self._broken)
+                self._slots.release()
+                continue
             with self._lock:
                 process = self._process
                 self._held[task.number] = task
             try:
-                process.stdin.write(_HEADER.pack(len(frame)) + frame)
-                process.stdin.flush()
+                _write_frame(process.stdin, (task.number, task.fields, *self._settings))
             except (BrokenPipeError, OSError, ValueError):
                 pass  # the reader sees the process end and hands its tasks on
 
     def _read(self, process):
         stream = process.stdout
+        ready = False
         while True:
             answer = _read_frame(stream)
             if answer is None:
                 break
             number, ok, value = answer
+            if number == _READY:
+                ready = True
+                continue
             with self._lock:
                 task = self._held.pop(number, None)
             self._slots.release()
@@ -162,24 +173,34 @@ class _Worker:
                 task.future.set_result(value)
             else:
                 _fail(task, RuntimeError(value))
-        self._ended(process)
+        self._ended(process, ready)
 
-    def _ended(self, process):
-        """The process stopped answering: hand its tasks on (or report them) and start another."""
+    def _ended(self, process, ready):
+        """The process stopped answering: hand its tasks on (or report them) and start another.
+
+        A process that ended before it was ready is the environment (an import that fails, no
+        memory to start), not a body: nothing is retried or blamed on a file, every task fails."""
         status = process.wait()
         with self._lock:
             if process is not self._process:
                 return
             orphans = list(self._held.values())
             self._held.clear()
-            replace = not self._closing.is_set()
+            if not ready and not self._closing.is_set():
+                self._broken = EnvironmentFailure(
+                    f"a hash worker (python -m transforms.hash_workers) exited with status {status} before"
+                    " it was ready; see its error above, or run with --hash-processes 0"
+                )
+            replace = not self._closing.is_set() and self._broken is None
             if replace:
                 self._process = self._start()
         for _ in orphans:
             self._slots.release()
         for task in orphans:
             task.attempts += 1
-            if not replace:
+            if self._broken is not None:
+                _fail(task, self._broken)
+            elif not replace:
                 _fail(task, RuntimeError("hash workers stopped"))
             elif task.attempts < _ATTEMPTS:
                 self._tasks.put(task)
@@ -238,6 +259,7 @@ def serve(tasks: BinaryIO, answers: BinaryIO) -> None:
         tasks: the binary stream tasks arrive on (stdin).
         answers: the binary stream answers go to (stdout).
     """
+    _write_frame(answers, (_READY, True, os.getpid()))
     while True:
         task = _read_frame(tasks)
         if task is None:
@@ -250,9 +272,13 @@ def serve(tasks: BinaryIO, answers: BinaryIO) -> None:
             answer = (number, True, row)
         except Exception as exc:  # a bug, not a bad image: the Beam process fails the job with it
             answer = (number, False, f"{type(exc).__name__}: {exc}")
-        frame = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
-        answers.write(_HEADER.pack(len(frame)) + frame)
-        answers.flush()
+        _write_frame(answers, answer)
+
+
+def _write_frame(stream: BinaryIO, value: Any) -> None:
+    frame = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(frame)) + frame)
+    stream.flush()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.demo.sample_site import encode, jpeg, picture, pixel_bomb_png
 from transforms import schema
+from transforms.errors import EnvironmentFailure
 from transforms.hash_workers import HashWorkers
 from transforms.hashing import HashImages
 from transforms.image_checks import DEFAULT_MAX_PIXELS, VIEWS, verify_and_hash
@@ -112,3 +113,16 @@ def test_a_worker_killed_from_outside_is_replaced_and_its_bodies_are_hashed_agai
         pool.close()
     assert [without_body(r) for r in got] == [without_body(r) for r in expected(rows)]
     assert victim.poll() is not None
+
+
+def test_workers_that_cannot_start_fail_the_job_instead_of_blaming_the_files(tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text("import os\nos._exit(7)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    pool = HashWorkers(2, DEFAULT_MAX_PIXELS, True, ())
+    try:
+        answers = [pool.submit(fetched(n, jpeg(n))) for n in range(6)]
+        for answer in answers:
+            with pytest.raises(EnvironmentFailure, match="exited with status 7 before it was ready"):
+                answer.result(timeout=60)
+    finally:
+        pool.close()
