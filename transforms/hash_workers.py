@@ -120,12 +120,19 @@ class _Worker:
         self._feeder.start()
 
     def _start(self) -> subprocess.Popen:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "transforms.hash_workers"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=_worker_environment(),
-        )
+        # Born with SIGINT blocked (a thread's signal mask is inherited across fork and exec): a
+        # Ctrl-C that reaches the process group while a worker still imports would otherwise
+        # print its KeyboardInterrupt; the Beam process answers Ctrl-C and ends the workers' input.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "transforms.hash_workers"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=_worker_environment(),
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for stream in (process.stdin, process.stdout):
             with contextlib.suppress(AttributeError, OSError):
                 assert stream is not None  # not Linux, or over the cap: the default
@@ -284,4 +291,8 @@ def _write_frame(stream: BinaryIO, value: Any) -> None:
 if __name__ == "__main__":
     # Ctrl-C reaches the whole process group: the Beam process handles it and closes our input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:  # the Beam process is gone: nobody to answer, nothing to report
+        os._exit(0)

@@ -4,7 +4,10 @@ process, or a worker is killed from outside mid-run)."""
 
 import os
 import signal
+import subprocess
+import sys
 import textwrap
+import time
 
 import apache_beam as beam
 import pytest
@@ -126,3 +129,60 @@ def test_workers_that_cannot_start_fail_the_job_instead_of_blaming_the_files(tmp
                 answer.result(timeout=60)
     finally:
         pool.close()
+
+
+def test_workers_exit_when_the_beam_process_is_killed():
+    """kill -9 of the Beam process alone (an OOM kill), its workers ready and waiting for work: they
+    see their input end and exit."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from transforms.hash_workers import HashWorkers; "
+            "from transforms import schema; "
+            "pool = HashWorkers(2, 1000, True, ()); "
+            "[pool.submit({'status': schema.OK, '_body': b'x'}).result() for _ in range(4)]; "
+            "print(*[w._process.pid for w in pool._workers], flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"hash workers {workers} outlived their Beam process"
+        time.sleep(0.1)
+
+
+def _alive(pid):
+    """True while pid runs (a zombie, exited but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_ctrl_c_while_the_workers_start_prints_nothing_from_them():
+    """Ctrl-C reaches the whole process group, workers included, maybe while they still import:
+    they are born with SIGINT blocked, so only the Beam process answers it (here: a handler that
+    does nothing; not SIG_IGN, which the workers would inherit)."""
+    code = (
+        "import os, signal, time; signal.signal(signal.SIGINT, lambda *_: None); "
+        "from transforms import schema; from transforms.hash_workers import HashWorkers; "
+        "pool = HashWorkers(2, 1000, True, ()); time.sleep(0.2); os.killpg(0, signal.SIGINT); "
+        "print(pool.submit({'status': schema.OK, '_body': b'x'}).result()['status'], flush=True); pool.close()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        start_new_session=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.decode().split() == [schema.NOT_IMAGE]
+    assert b"KeyboardInterrupt" not in run.stderr and b"Traceback" not in run.stderr, run.stderr.decode()
