@@ -345,8 +345,8 @@ _SINGLE = "single"
 def _place(row, components, singles=True, placeholder_views=True):
     """(component, row) for a row in a cluster; a row alone gets its final cluster columns
     (tagged output `single`), or nothing when singles=False. placeholder_views=False: a row of a
-    placeholder group goes without its phash_<view>/dhash_<view> columns (its match is
-    "placeholder", its views unused), for callers that only keep the cluster columns of the rows."""
+    placeholder group goes without its view columns but phash_trim (its match is "placeholder":
+    only canonical_sort_key reads a view), for callers that only keep the rows' cluster columns."""
     found = components.get(_vertex(row))
     if found is not None:
         if not placeholder_views and found[1].startswith(_PLACEHOLDER):
@@ -890,7 +890,8 @@ class DedupShards(Dedup):
         return {"rows": clustered["rows"], "clusters": clustered["clusters"], "stats": stats}
 
 
-_VIEW_FIELDS = frozenset(f"{h}_{v}" for v in VIEW_NAMES for h in ("phash", "dhash"))
+# the view columns a placeholder group's rows go without (phash_trim: the canonical policy reads it)
+_VIEW_FIELDS = frozenset(f"{h}_{v}" for v in VIEW_NAMES for h in ("phash", "dhash")) - {"phash_trim"}
 MEMBER_FIELDS = ("key", "dataset", "url", "status", "sha256", "phash", "dhash", "width", "height") + tuple(
     f"{h}_{v}" for v in VIEW_NAMES for h in ("phash", "dhash")
 )
