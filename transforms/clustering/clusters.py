@@ -342,11 +342,16 @@ _RANK_PLACEHOLDER, _RANK_EDGE, _RANK_PICTURE = 0, 1, 2
 _SINGLE = "single"
 
 
-def _place(row, components, singles=True):
+def _place(row, components, singles=True, placeholder_views=True):
     """(component, row) for a row in a cluster; a row alone gets its final cluster columns
-    (tagged output `single`), or nothing when singles=False."""
+    (tagged output `single`), or nothing when singles=False. placeholder_views=False: a row of a
+    placeholder group goes without its view columns but phash_trim (its match is "placeholder":
+    only canonical_sort_key reads a view), for callers that only keep the rows' cluster columns."""
     found = components.get(_vertex(row))
     if found is not None:
+        if not placeholder_views and found[1].startswith(_PLACEHOLDER):
+            # why: the group GroupClusters holds in memory whole; the largest is a placeholder's
+            row = {k: v for k, v in row.items() if k not in _VIEW_FIELDS}
         yield found[1], row
     elif singles:
         _counter("unique_rows").inc()
@@ -885,6 +890,8 @@ class DedupShards(Dedup):
         return {"rows": clustered["rows"], "clusters": clustered["clusters"], "stats": stats}
 
 
+# the view columns a placeholder group's rows go without (phash_trim: the canonical policy reads it)
+_VIEW_FIELDS = frozenset(f"{h}_{v}" for v in VIEW_NAMES for h in ("phash", "dhash")) - {"phash_trim"}
 MEMBER_FIELDS = ("key", "dataset", "url", "status", "sha256", "phash", "dhash", "width", "height") + tuple(
     f"{h}_{v}" for v in VIEW_NAMES for h in ("phash", "dhash")
 )

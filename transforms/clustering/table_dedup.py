@@ -268,7 +268,7 @@ def _member_rows(element, skip, components):
     if not components:
         return
     for row in _kept_rows(path, list(MEMBER_FIELDS), skip):
-        yield from _place(row, components, singles=False)
+        yield from _place(row, components, singles=False, placeholder_views=False)
 
 
 def _final_rows(element, skip, clustered):

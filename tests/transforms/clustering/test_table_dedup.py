@@ -150,3 +150,22 @@ def test_job_keeps_every_row_of_a_key_an_input_holds_twice_and_its_books_balance
     ]
     assert summary["books"]["rows_out"] == 3 and summary["books"]["balanced"]
     assert any("2 keys occur more than once within one input" in w for w in summary["warnings"])
+
+
+def test_placeholder_members_go_without_their_views():
+    """The clustering GroupByKey holds its groups in memory; a placeholder group's rows never use
+    their views (their match is "placeholder"), so the job's member rows drop them but phash_trim
+    (canonical_sort_key reads it); rows of other groups keep them."""
+    from transforms.clustering.clusters import _place, _vertex
+
+    views = {"phash_mirror": "00000000000000ff", "dhash_mirror": "000000000000ff00", "phash_trim": "00000000000000f0"}
+    alone = row("cc3m:1", phash="0" * 15 + "1", dhash="0" * 15 + "2")
+    held = row("cc3m:2", phash="0" * 15 + "3", dhash="0" * 15 + "4")
+    alone.update(views)
+    held.update(views)
+    components = {_vertex(alone): (0, "x" + _vertex(alone)), _vertex(held): (1, _vertex(held))}
+    (c1, r1), (c2, r2) = (next(_place(r, components, singles=False, placeholder_views=False)) for r in (alone, held))
+    assert c1.startswith("x") and "phash_mirror" not in r1 and r1["key"] == "cc3m:1"
+    assert r1["phash_trim"] == views["phash_trim"]  # the canonical policy reads it
+    assert r2["phash_mirror"] == views["phash_mirror"]
+    assert next(_place(alone, components, singles=False))[1]["phash_mirror"] == views["phash_mirror"]
