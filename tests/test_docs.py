@@ -25,11 +25,14 @@ PATH = re.compile(r"(?<![\w./-])((?:" + "|".join(TOP_DIRS) + r")/[\w./-]*)(?![\w
 # Paths that commands create: a benchmark's work folders (gitignored), named in its figures.
 CREATED_UNDER = ("bench/work/", "bench/work-")
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
+# Build output (gitignored) is not the project's code: `make cluster-test` leaves a whole worker
+# venv under deploy/build/, whose packages name paths of their own.
+BUILD_OUTPUT = ROOT / "deploy" / "build"
 CODE_FILES = [
     p
     for d in ("pipelines", "transforms", "deploy")
     for p in (ROOT / d).rglob("*")
-    if p.suffix in (".py", ".sh", ".mk", ".env")
+    if p.suffix in (".py", ".sh", ".mk", ".env") and BUILD_OUTPUT not in p.parents
 ] + [ROOT / "Makefile", ROOT / "Dockerfile"]
 
 
