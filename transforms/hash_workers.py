@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
-import hashlib
 import itertools
 import os
 import pickle
@@ -38,7 +37,7 @@ from typing import Any, BinaryIO
 
 from transforms import schema
 from transforms.errors import EnvironmentFailure
-from transforms.image_checks import verify_and_hash
+from transforms.image_checks import content_digests, verify_and_hash
 
 __all__ = ["HashWorkers", "CHECK_INPUTS", "serve"]
 
@@ -108,7 +107,6 @@ class _Worker:
     """One worker process and the two threads that feed it and read its answers."""
 
     def __init__(self, pool: HashWorkers, index: int) -> None:
-        self._pool_ref = weakref.ref(pool)
         self._settings, self._tasks, self._closing = pool._settings, pool._tasks, pool._closing
         self._index = index
         self._lock = threading.Lock()
@@ -232,10 +230,9 @@ def _fail(task, exc):
 
 def _crashed(fields, status):
     """The content columns of a body whose decode ended two workers: its digests, a decode_error."""
-    body = fields["_body"]
     how = f"signal {-status}" if status < 0 else f"exit status {status}"
-    row = dict(fields, size_bytes=len(body), sha256=hashlib.sha256(body).hexdigest(), md5=hashlib.md5(body).hexdigest())
-    del row["_body"]
+    row = {name: value for name, value in fields.items() if name != "_body"}
+    row.update(content_digests(fields["_body"]))
     return schema.fail(row, schema.DECODE_ERROR, f"the image decoder crashed on this file (worker {how}, twice)")
 
 

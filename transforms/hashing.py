@@ -3,7 +3,7 @@
 Public transform: `HashImages(max_pixels, draft, views, processes)`: fetched rows (`schema.Row` with
 `_body`) -> the same rows with sha256, md5, pHash, dHash (and those of each view), size, format
 and their final status. `HashDoFn` under it hands each body to `transforms.hash_workers` (worker
-processes) or, with workers=0, to a thread pool; the checks themselves are
+processes) or, with processes=0, to a thread pool; the checks themselves are
 `transforms.image_checks.verify_and_hash`.
 """
 

@@ -35,6 +35,7 @@ __all__ = [
     "trim_borders",
     "hash_hex",
     "verify_and_hash",
+    "content_digests",
     "exif_orientation",
     "to_viewable",
 ]
@@ -400,6 +401,11 @@ def _claimed_format(body):
     return None
 
 
+def content_digests(body: bytes) -> dict[str, int | str]:
+    """The columns a body gets whatever its pixels: size_bytes, sha256 and md5 (hex)."""
+    return {"size_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "md5": hashlib.md5(body).hexdigest()}
+
+
 def verify_and_hash(
     row: schema.Row, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True, views: tuple = DEFAULT_VIEWS
 ) -> schema.Row:
@@ -407,9 +413,7 @@ def verify_and_hash(
     body = row.get("_body")
     if row.get("status") != schema.OK or body is None:
         return row
-    row["size_bytes"] = len(body)
-    row["sha256"] = hashlib.sha256(body).hexdigest()
-    row["md5"] = hashlib.md5(body).hexdigest()
+    row.update(content_digests(body))
     check = inspect_image(body, max_pixels, draft, views)
     row.update(
         format=check.format,
