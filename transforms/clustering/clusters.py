@@ -61,7 +61,7 @@ from transforms import schema
 from transforms.clustering.components import ConnectedComponents
 from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE, VIEW_SPACES, NearDuplicatePairs, ViewPairs
 from transforms.clustering.placeholders import known_placeholder_hashes
-from transforms.clustering.spill import GroupRecords, split_by
+from transforms.clustering.spill import GroupEncoded, GroupRecords, split_by
 from transforms.clustering.urls import normalize_url
 from transforms.io.table import RemoveDirectory
 
@@ -676,6 +676,11 @@ def _near_edge(pair):
     return _vertex_of_ints(pa, da), _vertex_of_ints(pb, db)
 
 
+# The spill subdirectories of the search, removed once the components are known; "clusters" (the
+# clustered rows) goes with the whole spill directory when the clusters are done.
+_SEARCH_SPILLS = ("keys", "near", "views")
+
+
 class Dedup(beam.PTransform):
     """Rows -> {"rows": rows with cluster_id/is_canonical/is_placeholder, "clusters": cluster
     records (see WriteDuplicates), "stats": one dict for summary.json}.
@@ -689,9 +694,10 @@ class Dedup(beam.PTransform):
         shard_bits shards the view search's bands too.
     max_listed_members: members listed per cluster record (the canonical always is); `size`
         and the counts stay exact, and rows carry cluster_id whatever the cap.
-    spill_dir: a local directory through which the per-row key records and the near search's
-        routed hashes are grouped (transforms.clustering.spill), removed when done; local runs only. None:
-        the runner's GroupByKey (Dataflow's shuffle is on disk already).
+    spill_dir: a local directory through which the per-row key records, the near and view
+        searches' routed hashes and the clustered rows are grouped (transforms.clustering.spill),
+        removed when done; local runs only. None: the runner's GroupByKey (Dataflow's shuffle is
+        on disk already).
     views: the picture views matched through (phash_<view>/dhash_<view> columns; default all of
         mirror, trim, crop, centre; () turns the view search off), docs/duplicates.md.
     view_max_distance: pHash distance at or under which two view keys meet (dHash of the same
@@ -759,6 +765,7 @@ class Dedup(beam.PTransform):
         return self._views
 
     def _spill(self, name):
+        """The spill subdirectory `name` (one of _SEARCH_SPILLS, or "clusters"); None remote."""
         return None if self._spill_dir is None else os.path.join(self._spill_dir, name)
 
     def config(self) -> dict[str, Any]:
@@ -834,15 +841,17 @@ class Dedup(beam.PTransform):
             | "AllComponents" >> beam.Flatten()
             | "OneComponent" >> beam.CombinePerKey(min)
         )
-        if self._spill_dir is not None:  # every reader of the spilled records is upstream of this
-            _ = components | "DropSpill" >> RemoveDirectory(self._spill_dir)
+        if self._spill_dir is not None:  # every reader of the search's records is upstream of this
+            _ = components | "DropSpill" >> RemoveDirectory(*(self._spill(name) for name in _SEARCH_SPILLS))
         return {"components": components, "near_pairs": near_pairs, "view_pairs": view_pairs}
 
     def cluster(self, members):
         """(component, row) -> {"rows": member rows with cluster columns, "clusters": records}."""
         clustered = (
             members
-            | "GroupClusters" >> beam.GroupByKey()
+            # why through files in a local run: every clustered row crosses this shuffle, and a
+            # local runner would hold them all (encoded, then a group decoded) in memory
+            | "GroupClusters" >> GroupEncoded(self._spill("clusters"))
             | "Cluster"
             >> beam.ParDo(
                 _Cluster(
@@ -850,6 +859,12 @@ class Dedup(beam.PTransform):
                 )
             ).with_outputs(_Cluster.CLUSTERS, main="rows")
         )
+        if self._spill_dir is not None:  # the last reader of the spill: all of it goes once it is done
+            _ = (
+                clustered.rows
+                | "CountClustered" >> beam.combiners.Count.Globally()
+                | "DropClusterSpill" >> RemoveDirectory(self._spill_dir)
+            )
         return {"rows": clustered.rows, "clusters": clustered[_Cluster.CLUSTERS]}
 
     def stats(self, clusters, slim, near_pairs, view_pairs=None):

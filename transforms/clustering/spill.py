@@ -1,4 +1,4 @@
-"""A GroupByKey for numpy records that keeps them in files: the on-disk shuffle of local runs.
+"""GroupByKeys that keep their elements in files: the on-disk shuffle of local runs.
 
 The local FnApi runner holds each shuffle's whole input in memory, encoded and decoded (several
 copies), so any per-row shuffle makes a local run's memory grow with the manifest. Dedup's keys
@@ -16,12 +16,21 @@ Public transform: `GroupRecords(directory, dtype_of)`: `(key, numpy record array
 `(key, [record arrays])` (`SpillRecords` is its DoFn; `split_by` and `load_records` its helpers);
 with `chunk_records`, `(key, RecordFiles)` instead: a key's records read back in bounded chunks
 each time they are iterated, for a consumer whose group need not sit in memory at once.
+
+Public transform: `GroupEncoded(directory, buckets)`: `(key, any picklable value)` -> `(key,
+EncodedGroup)`, for groups of Python objects (dedup's clustered rows): values go pickled into
+one file per bucket of keys and bundle, and a key's group is read back from its byte ranges each
+time it is iterated. Memory holds a bucket's index (a key and two integers a value), never a
+group's values at once, however large a group (a placeholder's) or how many rows are clustered.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import struct
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -29,7 +38,16 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-__all__ = ["SpillRecords", "split_by", "load_records", "RecordFiles", "GroupRecords"]
+__all__ = [
+    "SpillRecords",
+    "split_by",
+    "load_records",
+    "RecordFiles",
+    "GroupRecords",
+    "SpillEncoded",
+    "EncodedGroup",
+    "GroupEncoded",
+]
 
 
 class SpillRecords(beam.DoFn):
@@ -145,4 +163,122 @@ class GroupRecords(beam.PTransform):
             | "Spill" >> beam.ParDo(SpillRecords(self._directory, self._flush_bytes))
             | "GroupPaths" >> beam.GroupByKey()
             | "Load" >> beam.MapTuple(load)
+        )
+
+
+# An encoded element on file: key length, value length (little-endian uint32), pickled key, pickled value.
+_HEADER = struct.Struct("<II")
+
+
+class SpillEncoded(beam.DoFn):
+    """(key, value) -> at the end of the bundle, (bucket, path) of the file holding the bundle's
+    elements whose key falls in that bucket, each pickled (key and value apart, so that a reader
+    indexes keys without decoding values). Buffered writes, as SpillRecords."""
+
+    def __init__(self, directory: str, buckets: int, flush_bytes: int = 4 << 20) -> None:
+        self._directory = directory
+        self._buckets = int(buckets)
+        self._flush_bytes = flush_bytes
+
+    def setup(self):
+        self._spilled = beam.metrics.Metrics.counter("spill", "encoded_bytes")
+
+    def start_bundle(self):
+        self._buffers, self._paths, self._buffered = {}, {}, 0
+
+    def process(self, element):
+        key, value = element
+        key_bytes = pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)
+        value_bytes = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        # why crc32 of the pickled key, not hash(): the bucket must not depend on the process
+        bucket = zlib.crc32(key_bytes) % self._buckets
+        self._buffers.setdefault(bucket, []).extend(
+            (_HEADER.pack(len(key_bytes), len(value_bytes)), key_bytes, value_bytes)
+        )
+        self._buffered += _HEADER.size + len(key_bytes) + len(value_bytes)
+        if self._buffered >= self._flush_bytes:
+            self._flush()
+
+    def _flush(self):
+        for bucket, parts in self._buffers.items():
+            path = self._paths.get(bucket)
+            if path is None:
+                if not self._paths:
+                    os.makedirs(self._directory, exist_ok=True)
+                path = self._paths[bucket] = os.path.join(self._directory, f"{bucket}-{uuid.uuid4().hex}.pkl")
+            with open(path, "ab") as handle:
+                handle.writelines(parts)
+        self._spilled.inc(self._buffered)
+        self._buffers, self._buffered = {}, 0
+
+    def finish_bundle(self):
+        self._flush()
+        for bucket, path in self._paths.items():
+            yield GlobalWindows.windowed_value((bucket, path))
+
+
+class EncodedGroup:
+    """The values of one key: byte ranges of spill files, unpickled one at a time each time it is
+    iterated (a re-iterable, like the runner's grouped values; len() without reading them)."""
+
+    def __init__(self, ranges: list[tuple[str, int, int]]) -> None:
+        self._ranges = ranges  # (path, offset, length), in file order
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    def __iter__(self) -> Iterator[Any]:
+        handle = path = None
+        try:
+            for where, offset, length in self._ranges:
+                if where != path:
+                    if handle is not None:
+                        handle.close()
+                    handle, path = open(where, "rb"), where
+                handle.seek(offset)
+                yield pickle.loads(handle.read(length))
+        finally:
+            if handle is not None:
+                handle.close()
+
+
+def _index_bucket(bucket, paths):
+    """(key, EncodedGroup) for every key in one bucket's files, keys in their pickled order. Reads
+    headers and keys only: the values are skipped (a buffered relative seek) until iterated."""
+    ranges: dict[bytes, list] = {}
+    for path in sorted(paths):
+        with open(path, "rb") as handle:
+            while header := handle.read(_HEADER.size):
+                key_length, value_length = _HEADER.unpack(header)
+                key_bytes = handle.read(key_length)
+                ranges.setdefault(key_bytes, []).append((path, handle.tell(), value_length))
+                handle.seek(value_length, os.SEEK_CUR)
+    for key_bytes in sorted(ranges):
+        yield pickle.loads(key_bytes), EncodedGroup(ranges.pop(key_bytes))
+
+
+class GroupEncoded(beam.PTransform):
+    """(key, value) -> (key, values) like GroupByKey, through files in `directory` when one is
+    given (local runs only: values any picklable object, keys too), else the runner's GroupByKey.
+
+    buckets: how many files a bundle writes at most, and how many keys' indexes are built at
+        once (1 / buckets of the elements' keys each).
+    With a directory, a key's values come as an EncodedGroup (read from disk at each iteration).
+    The directory is not removed here: its owner removes it once the consumers are done.
+    """
+
+    def __init__(self, directory: str | None = None, buckets: int = 64, flush_bytes: int = 4 << 20) -> None:
+        super().__init__()
+        self._directory = directory
+        self._buckets = buckets
+        self._flush_bytes = flush_bytes
+
+    def expand(self, elements):
+        if self._directory is None:
+            return elements | "Group" >> beam.GroupByKey()
+        return (
+            elements
+            | "Spill" >> beam.ParDo(SpillEncoded(self._directory, self._buckets, self._flush_bytes))
+            | "GroupPaths" >> beam.GroupByKey()
+            | "Index" >> beam.FlatMapTuple(_index_bucket)
         )

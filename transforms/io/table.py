@@ -17,7 +17,7 @@ Public transforms (rows are `schema.Row` dicts):
 - `FinalizeTable(out_dir, run_id, clusters)`: shard paths -> `str` final file names (phase 2);
   `clusters` is a PCollection of `(key, (cluster_id, is_canonical, is_placeholder))`.
 - `RetireFiles(stale)`: this run's file names -> the `stale` paths, each deleted unless written now.
-- `RemoveDirectory(directory)`: any PCollection -> `directory`, deleted once the input is complete.
+- `RemoveDirectory(directory, *more)`: any PCollection -> the directories, deleted once the input is complete.
 """
 
 from __future__ import annotations
@@ -292,17 +292,17 @@ class FinalizeTable(beam.PTransform):
 
 
 class RemoveDirectory(beam.PTransform):
-    """Deletes `directory` once the input PCollection is complete (it is a side input)."""
+    """Deletes `directory` (and any `more`) once the input PCollection is complete (it is a side
+    input: keep it small, a count or the like)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *more: str) -> None:
         super().__init__()
-        self._directory = directory
+        self._directories = [directory, *more]
 
     def expand(self, done):
-        directory = self._directory
         return (
             done.pipeline
-            | "Once" >> beam.Create([directory])
+            | "Once" >> beam.Create(self._directories)
             | "Delete" >> beam.Map(_delete_tree, done=beam.pvalue.AsList(done))
         )
 

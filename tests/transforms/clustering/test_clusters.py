@@ -338,6 +338,7 @@ def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path, spill):
     )
     if spill:
         assert counters.get("bytes", 0) > 0  # the records really went through files (spill/bytes)
+        assert counters.get("encoded_bytes", 0) > 0  # and so did the clustered rows
         assert not os.path.exists(spill_dir)
     assert shards >= len(rows) // 7  # members really came from many shards
     check_invariants(rows, rows_all, clusters)
