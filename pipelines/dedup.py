@@ -16,14 +16,9 @@ asks for N worker processes.
 """
 
 import contextlib
-import glob
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
-import threading
 import time
 
 import apache_beam as beam
@@ -32,7 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner, preflight
+from pipelines.launch import job_runner, preflight, scratch
 from transforms.clustering.clusters import WriteDuplicates
 from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
@@ -185,27 +180,11 @@ def table_rows(inputs):
 SPILL_PREFIX = "dedup-spill-"
 
 
-def _remove_stale_spills(directory):
-    """Removes spill directories left by dedup runs that died without cleaning up (killed): those
-    named after a process id that no longer runs."""
-    for path in glob.glob(os.path.join(directory, f"{SPILL_PREFIX}*-*")):
-        pid = os.path.basename(path)[len(SPILL_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except OSError:  # alive under another user: not ours to judge
-            pass
-
-
 @contextlib.contextmanager
 def spill_directory(options):
-    """A local run's directory for dedup's on-disk shuffle (TMPDIR/dedup-spill-<pid>-*), removed
-    however the run ends: done, failed, Ctrl-C (whose handler ends the process at once, so it is
-    removed first there) or SIGTERM; and a later run removes what a killed one left. Yields None
-    for a remote runner (its shuffle is on disk already).
+    """A local run's directory for dedup's on-disk shuffle (TMPDIR/dedup-spill-<pid>-*, see
+    scratch.scratch_directory: removed however the run ends, and what a killed run left is swept).
+    Yields None for a remote runner (its shuffle is on disk already).
 
     Args:
         options: the job's PipelineOptions.
@@ -215,32 +194,8 @@ def spill_directory(options):
     if not job_runner.is_local(options):
         yield None
         return
-    _remove_stale_spills(tempfile.gettempdir())
-    path = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
-    handlers = {}
-
-    def remove_then(signum, frame):
-        shutil.rmtree(path, ignore_errors=True)
-        previous = handlers[signum]
-        if callable(previous):
-            previous(signum, frame)
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        else:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    # why: the interrupt handler (console.stop_on_interrupt) ends the process with os._exit,
-    # past every finally: the directory goes first. Only the main thread can set handlers.
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            handlers[signum] = signal.signal(signum, remove_then)
-    try:
+    with scratch.scratch_directory(SPILL_PREFIX) as path:
         yield path
-    finally:
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None):

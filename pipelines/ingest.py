@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.demo import sample_site
-from pipelines.launch import job_runner, preflight
+from pipelines.launch import job_runner, preflight, scratch
 from pipelines.report import progress_line
 from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates, slim_row
@@ -168,13 +168,14 @@ def parse_manifest_args(values):
 fetch_config = FetchConfig.from_options  # kept importable from here
 
 
-def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=False):
+def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=False, scratch_dir=None):
     """Adds the ingest graph to `pipeline`; returns the rows PCollection (without cluster columns).
 
     one_process: a local run in this one process (job_runner.one_local_process). The manifest rows
     then stream into the fetch instead of being shuffled across workers (see ReadManifests), the
     near search is not sharded, and dedup's keys are grouped through local files rather than in
     the runner's memory (transforms.clustering.spill).
+    scratch_dir: a local directory for those files when OUT is remote (scratch.scratch_directory).
     """
     spread_rows = not one_process
     out = opts.output
@@ -211,7 +212,9 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
         "slim": fetched | "DedupKeys" >> beam.Map(slim_row),
         "shards": shards,
     } | "Dedup" >> DedupSettings.from_options(opts).transform(
-        from_shards=True, one_process=one_process, spill_dir=spill_directory(out, run_id) if one_process else None
+        from_shards=True,
+        one_process=one_process,
+        spill_dir=spill_directory(out, run_id, scratch_dir) if one_process else None,
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
     duplicates_files = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
@@ -258,12 +261,18 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     return fetched
 
 
-def spill_directory(out, run_id):
-    """Where a local run spills dedup's keys: inside the run's temporary folder when OUT is local
-    (removed with it), else a local temporary folder (Dedup removes it when done)."""
+SCRATCH_PREFIX = "ingest-spill-"
+
+
+def spill_directory(out, run_id, scratch_dir=None):
+    """Where a local run spills dedup's keys and clustered rows: inside the run's temporary folder
+    when OUT is local (removed with it), else `scratch_dir`, a local scratch directory that the run
+    removes however it ends (run(): scratch.scratch_directory)."""
     if "://" not in out:
         return join_path(temporary_dir(out, run_id), "spill")
-    return tempfile.mkdtemp(prefix="ingest-spill-")
+    if scratch_dir is None:
+        raise ValueError(f"a local run writing to {out} needs a local scratch directory for its spill")
+    return scratch_dir
 
 
 def cluster_columns(row):
@@ -423,8 +432,13 @@ def run(argv=None):
         # for finalising one 20K-row shard, against +30 MB with the system allocator, which
         # gives them back. On Dataflow the workers' own defaults stay.
         pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    # Why: one writer per OUT; the lease is held until the table, summary and report are written.
-    with job_runner.leased_output(options, opts.output, "ingest", opts.force_unlock, clear=remove_stale_leftovers):
+    # Why: one writer per OUT (the lease, held until the table, summary and report are written);
+    # with a remote OUT, the spill in a local scratch directory that goes however the run ends.
+    remote_spill = one_process and "://" in opts.output
+    with (
+        job_runner.leased_output(options, opts.output, "ingest", opts.force_unlock, clear=remove_stale_leftovers),
+        scratch.scratch_directory(SCRATCH_PREFIX) if remote_spill else contextlib.nullcontext() as scratch_dir,
+    ):
         with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
             with progress_line.LiveProgress(
                 parse_manifest_args(opts.manifest),
@@ -433,7 +447,7 @@ def run(argv=None):
             ) as live:
 
                 def build(pipeline):
-                    build_pipeline(pipeline, opts, started_at, live.directory, one_process=one_process)
+                    build_pipeline(pipeline, opts, started_at, live.directory, one_process, scratch_dir)
                     live.start()
 
                 return JOB.execute(options, build, opts.output, summary=report, html_report=opts.html_report)

@@ -2,9 +2,10 @@
 
 - `job_runner`: what every job shares: `Job` (parse, execute, main), local defaults, the lease.
 - `preflight`: checks of paths and Parquet footers before a pipeline starts.
+- `scratch`: local scratch directories (the on-disk shuffle's), removed however a run ends.
 - `failures`: any failure -> one line and an exit status.
 - `console`: one-line logs, quiet worker processes, Ctrl-C; `early_interrupt`: Ctrl-C while importing.
 - `flex_template`: the Dataflow Flex Template entry (template parameters -> a job's command line).
 """
 
-__all__ = ["console", "early_interrupt", "failures", "flex_template", "job_runner", "preflight"]
+__all__ = ["console", "early_interrupt", "failures", "flex_template", "job_runner", "preflight", "scratch"]

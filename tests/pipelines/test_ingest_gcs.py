@@ -3,8 +3,10 @@
 import hashlib
 import io
 import json
+import tempfile
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, jpeg
@@ -14,7 +16,8 @@ from transforms import schema
 BUCKET = "ingest-e2e"
 
 
-def test_ingest_reads_and_writes_gs(web, gcs_emulator):
+def test_ingest_reads_and_writes_gs(web, gcs_emulator, tmp_path, monkeypatch):
+    scratch = _scratch(tmp_path, monkeypatch)
     bucket = gcs_emulator.bucket(BUCKET)
     bodies = {n: jpeg(n) for n in range(3)}
     for n, body in bodies.items():
@@ -51,3 +54,41 @@ def test_ingest_reads_and_writes_gs(web, gcs_emulator):
         assert hashlib.sha256(body).hexdigest() in uri
     assert not [n for n in names if "/_tmp-" in n or ".tmp-" in n]  # temporary shards and blobs cleaned
     assert "out/report.html" in names
+    assert not list(scratch.iterdir())  # the local spill of a gs:// OUT went with the run
+
+
+def _scratch(tmp_path, monkeypatch):
+    """A TMPDIR of the test's own: the local spill of a run writing to gs:// is made there."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def test_a_failed_ingest_to_gs_leaves_no_local_spill(web, gcs_emulator, tmp_path, monkeypatch):
+    """The run fails after dedup's key records went to its local spill: nothing is left in TMPDIR
+    (it was a folder per run, left behind by every run that did not finish)."""
+    from transforms.clustering import clusters
+
+    scratch = _scratch(tmp_path, monkeypatch)
+    gcs_emulator.bucket("ingest-fails")
+    web.routes["/f.jpg"] = Reply(200, jpeg(7), {"Content-Type": "image/jpeg"})
+    manifest = tmp_path / "cc12m.tsv"
+    manifest.write_text(f"{web.url('/f.jpg')}\tphoto\n")
+    spilled = []
+
+    def fail(self, element):
+        spilled.extend(scratch.glob("ingest-spill-*/*"))
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(clusters._KeyShard, "process", fail)
+    with pytest.raises(Exception, match="disk on fire"):
+        ingest.run(
+            local_options(
+                manifest=f"cc12m={manifest}",
+                output="gs://ingest-fails/out",
+                **{"allow-network": "127.0.0.1/32", "no-progress": True},
+            )
+        )
+    assert spilled  # there was something to remove
+    assert not list(scratch.iterdir())
