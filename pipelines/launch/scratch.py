@@ -19,6 +19,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["remove_stale", "scratch_directory"]
 
@@ -50,7 +51,7 @@ def scratch_directory(prefix: str) -> Iterator[str]:
     """
     remove_stale(tempfile.gettempdir(), prefix)
     path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
-    handlers = {}
+    handlers: dict[int, Any] = {}
 
     def remove_then(signum, frame):
         shutil.rmtree(path, ignore_errors=True)
@@ -71,6 +72,6 @@ def scratch_directory(prefix: str) -> Iterator[str]:
     try:
         yield path
     finally:
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
+        for number, previous in handlers.items():
+            signal.signal(number, previous)
         shutil.rmtree(path, ignore_errors=True)

@@ -26,6 +26,7 @@ group's values at once, however large a group (a placeholder's) or how many rows
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import struct
@@ -228,18 +229,14 @@ class EncodedGroup:
         return len(self._ranges)
 
     def __iter__(self) -> Iterator[Any]:
-        handle = path = None
-        try:
+        with contextlib.ExitStack() as files:
+            handle, path = None, None
             for where, offset, length in self._ranges:
-                if where != path:
-                    if handle is not None:
-                        handle.close()
-                    handle, path = open(where, "rb"), where
+                if handle is None or where != path:
+                    files.close()
+                    handle, path = files.enter_context(open(where, "rb")), where
                 handle.seek(offset)
                 yield pickle.loads(handle.read(length))
-        finally:
-            if handle is not None:
-                handle.close()
 
 
 def _index_bucket(bucket, paths):
