@@ -437,6 +437,17 @@ def _flip_bytes_in_column(path, column):
     open(path, "wb").write(bytes(data))
 
 
+def _flip_last_page_byte(path, column):
+    """Flips the byte before the end of `column`'s chunk: inside its last page's data, whatever
+    the page sizes."""
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
+    end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+    data = bytearray(open(path, "rb").read())
+    data[end - 2] ^= 0x5A
+    open(path, "wb").write(bytes(data))
+
+
 def test_a_damaged_page_in_a_table_fails_dedup_export_and_refresh_in_one_line(web, tmp_path, capsys):
     from pipelines import export
 
@@ -465,6 +476,44 @@ def test_a_damaged_page_in_a_table_fails_dedup_export_and_refresh_in_one_line(we
         assert run() == 2, job
         line = _one_line(capsys)
         assert part in line and "damaged Parquet file" in line, (job, line)
+
+
+def test_a_damaged_history_night_fails_the_next_refresh_in_one_line(web, tmp_path, capsys):
+    """The history is what turns failures into "dead" (--dead-after nights in a row): a flipped
+    byte in a night's page must not read as other statuses or streaks. The refresh's own tables
+    (status, hosts, history) carry page checksums, and the next night verifies them."""
+    from transforms.io.checked_parquet import DamagedTable, table_batches
+
+    urls = _serve(web, 40)
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls))
+    out, history = str(tmp_path / "out"), str(tmp_path / "history")
+
+    def night(day, output):
+        return refresh.main(
+            local_options(
+                snapshot=out,
+                output=str(tmp_path / output),
+                history=history,
+                night=f"2030-01-0{day}",
+                **{"allow-network": LOOPBACK},
+            )
+        )
+
+    assert _ingest(out, f"cc3m={manifest}") == 0
+    assert night(1, "refresh1") == 0
+    [status_part] = [str(p) for p in (tmp_path / "refresh1" / "status").glob("part-*.parquet")]
+    [night_part] = [str(p) for p in (tmp_path / "history" / "2030-01-01").glob("part-*.parquet")]
+    assert os.path.basename(night_part) == "part-00000-of-00001.parquet"
+    assert not [p for p in os.listdir(tmp_path / "refresh1" / "status") if not p.endswith(".parquet")]
+    for part in (status_part, night_part):
+        _flip_last_page_byte(part, "status")  # small files: the middle of a chunk may be a page header
+        with pytest.raises(DamagedTable, match="CRC checksum verification failed"):  # a checksum, not luck
+            list(table_batches(part))
+    capsys.readouterr()
+    assert night(2, "refresh2") == 2
+    line = _one_line(capsys)
+    assert night_part in line and "damaged Parquet file" in line, line
 
 
 # --- dedup: two-phase replacement, books, missing phash -------------------------------------------

@@ -14,10 +14,13 @@ Public surface:
 - `table_batches(path, columns, batch_size)`: record batches, or BadInput at a damaged page.
 - `ReadTableRecords(paths, columns)`: PBegin -> `dict` per row of every file matched by the
   paths/globs (one worker per file, spread by a reshuffle).
+- `WriteTableFiles(directory, arrow_schema)`: rows -> `str` paths of `directory/part-NNNNN-of-MMMMM.parquet`
+  (page checksums; Beam's WriteToParquet cannot write them), exactly once under bundle retries.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,10 +30,11 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms.errors import BadInput
 
-__all__ = ["DamagedTable", "table_writer", "open_table_file", "table_batches", "ReadTableRecords"]
+__all__ = ["DamagedTable", "table_writer", "open_table_file", "table_batches", "ReadTableRecords", "WriteTableFiles"]
 
 
 class DamagedTable(BadInput):
@@ -118,4 +122,86 @@ class ReadTableRecords(beam.PTransform):
             # why: each file is one element; the reshuffle lets several workers read files at once
             | "Spread" >> beam.Reshuffle()
             | "Records" >> beam.FlatMap(_records, columns)
+        )
+
+
+class _WriteBundleFiles(beam.DoFn):
+    """Rows -> at the end of each bundle, the path of the temporary file holding its rows (written
+    `batch_rows` at a time). Paths leave only from finish_bundle: a failed and retried bundle's
+    file is never published (it goes with the temporary directory)."""
+
+    def __init__(self, temp_dir: str, arrow_schema: pa.Schema, batch_rows: int = 5000) -> None:
+        self._temp_dir = temp_dir
+        self._schema = arrow_schema
+        self._batch_rows = batch_rows
+
+    def start_bundle(self):
+        self._rows, self._path, self._handle, self._writer = [], None, None, None
+
+    def process(self, row):
+        self._rows.append(row)
+        if len(self._rows) >= self._batch_rows:
+            self._write()
+
+    def _write(self):
+        if self._writer is None:
+            self._path = FileSystems.join(self._temp_dir, f"{uuid.uuid4().hex}.parquet")
+            self._handle = FileSystems.create(self._path)
+            self._writer = table_writer(self._handle, self._schema)
+        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
+        self._rows = []
+
+    def finish_bundle(self):
+        if self._rows:
+            self._write()
+        if self._writer is not None:
+            self._writer.close()
+            self._handle.close()
+            yield GlobalWindows.windowed_value(self._path)
+
+
+def _publish(temporary: list[str], directory: str, prefix: str, temp_dir: str, arrow_schema: pa.Schema) -> list[str]:
+    """The bundles' files renamed to `prefix`-NNNNN-of-MMMMM.parquet in `directory` (one empty file
+    with the schema when there were no rows); a retry finds the files it renamed already."""
+    temporary = sorted(temporary)
+    if not temporary:
+        temporary = [FileSystems.join(temp_dir, "empty.parquet")]
+        with FileSystems.create(temporary[0]) as handle, table_writer(handle, arrow_schema) as writer:
+            writer.write_table(arrow_schema.empty_table())
+    count = len(temporary)
+    finals = [FileSystems.join(directory, f"{prefix}-{i:05d}-of-{count:05d}.parquet") for i in range(count)]
+    for source, target in zip(temporary, finals, strict=True):
+        if FileSystems.exists(source):
+            FileSystems.rename([source], [target])
+        elif not FileSystems.exists(target):
+            raise OSError(f"{source} vanished before it was renamed to {target}")
+    # what is left there: files of failed bundle attempts, never published
+    leftovers = [m.path for r in FileSystems.match([FileSystems.join(temp_dir, "*")]) for m in r.metadata_list]
+    FileSystems.delete(leftovers + ([temp_dir] if FileSystems.exists(temp_dir) else []))
+    return finals
+
+
+class WriteTableFiles(beam.PTransform):
+    """Rows (dicts of `arrow_schema`'s columns) -> the paths of the files written, each
+    `directory`/`prefix`-NNNNN-of-MMMMM.parquet with a CRC32 per page (table_writer).
+
+    Each bundle writes one temporary file under `directory`/_tmp-<id>/; once all are written they
+    are renamed to their final names and the temporary folder is removed (with the files of failed
+    bundle attempts: a retried bundle's rows are never published twice).
+    """
+
+    def __init__(self, directory: str, arrow_schema: pa.Schema, prefix: str = "part") -> None:
+        super().__init__()
+        self._directory = directory
+        self._schema = arrow_schema
+        self._prefix = prefix
+
+    def expand(self, rows):
+        temp_dir = FileSystems.join(self._directory, f"_tmp-{uuid.uuid4().hex}")
+        return (
+            rows
+            | "BundleFiles" >> beam.ParDo(_WriteBundleFiles(temp_dir, self._schema))
+            # why one list: the final names number all files, and only committed bundles' files are in it
+            | "AllFiles" >> beam.combiners.ToList()
+            | "Publish" >> beam.FlatMap(_publish, self._directory, self._prefix, temp_dir, self._schema)
         )

@@ -12,8 +12,7 @@ from apache_beam.utils import shared
 from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
 from transforms.fetch.client import Fetcher
-from transforms.io.checked_parquet import ReadTableRecords
-from transforms.io.sinks import join_path
+from transforms.io.checked_parquet import ReadTableRecords, WriteTableFiles
 from transforms.liveness.plans import check_file, finish_check, new_check, plan_check, run_plan
 from transforms.liveness.verdicts import (
     ALIVE,
@@ -271,13 +270,9 @@ class WriteStatusTable(beam.PTransform):
         return (
             rows
             | "Columns" >> beam.Map(lambda row: {name: row.get(name) for name in schema.REFRESH_COLUMNS})
-            | "Parquet"
-            >> beam.io.WriteToParquet(
-                join_path(self._directory, "part"),
-                schema.REFRESH_SCHEMA,
-                file_name_suffix=".parquet",
-                record_batch_size=1000,
-            )
+            # why not Beam's WriteToParquet: it cannot store page checksums, and the next night's
+            # streaks are read back from these files (a flipped byte would read as another status)
+            | "Parquet" >> WriteTableFiles(self._directory, schema.REFRESH_SCHEMA)
         )
 
 
@@ -326,6 +321,4 @@ class WriteHostTable(beam.PTransform):
         self._directory = directory
 
     def expand(self, records):
-        return records | "Parquet" >> beam.io.WriteToParquet(
-            join_path(self._directory, "part"), HOST_SCHEMA, file_name_suffix=".parquet", record_batch_size=1000
-        )
+        return records | "Parquet" >> WriteTableFiles(self._directory, HOST_SCHEMA)

@@ -8,6 +8,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import EnvironmentFailure
+from transforms.io.checked_parquet import ReadTableRecords
 from transforms.io.sinks import join_path, read_json, write_json
 from transforms.liveness.checks import WriteStatusTable
 
@@ -186,9 +187,9 @@ class ReadHistory(beam.PTransform):
             return pbegin | "NoHistory" >> beam.Create([])
         return (
             pbegin
-            | "NightFiles" >> beam.Create(self._files)
-            # why: exactly the files the night's marker lists, not whatever else sits in the folder
-            | "ReadNight" >> beam.io.ReadAllFromParquet(columns=HISTORY_COLUMNS)
+            # why: exactly the files the night's marker lists, not whatever else sits in the
+            # folder; pages verified (a damaged page would read as other streaks, other statuses)
+            | "ReadNight" >> ReadTableRecords(self._files, HISTORY_COLUMNS)
             | "ByKey" >> beam.Map(lambda row: (row["key"], row))
         )
 
