@@ -51,36 +51,38 @@ __all__ = [
 ]
 
 
-class SpillRecords(beam.DoFn):
-    """(key, record array) -> at the end of the bundle, (key, path) of the file holding all the
-    bundle's records of that key. Buffered writes: all buffers go to disk past `flush_bytes`."""
+class _BundleFiles(beam.DoFn):
+    """What SpillRecords and SpillEncoded share: byte parts buffered per group (a key, a bucket),
+    all buffers appended to the bundle's file of their group past `flush_bytes`, and at the end of
+    the bundle one (group, path) per file written."""
+
+    _SUFFIX = ".bin"
+    _COUNTER = "bytes"
 
     def __init__(self, directory: str, flush_bytes: int = 4 << 20) -> None:
         self._directory = directory
         self._flush_bytes = flush_bytes
 
     def setup(self):
-        self._spilled = beam.metrics.Metrics.counter("spill", "bytes")
+        self._spilled = beam.metrics.Metrics.counter("spill", self._COUNTER)
 
     def start_bundle(self):
         self._buffers, self._paths, self._buffered = {}, {}, 0
 
-    def process(self, element):
-        key, records = element
-        data = records.tobytes()
-        self._buffers.setdefault(key, []).append(data)
-        self._buffered += len(data)
+    def _append(self, group, parts):
+        self._buffers.setdefault(group, []).extend(parts)
+        self._buffered += sum(len(part) for part in parts)
         if self._buffered >= self._flush_bytes:
             self._flush()
 
     def _flush(self):
-        for key, parts in self._buffers.items():
-            path = self._paths.get(key)
+        for group, parts in self._buffers.items():
+            path = self._paths.get(group)
             if path is None:
                 if not self._paths:  # made on the first write: a DoFn set up but never fed leaves nothing
                     os.makedirs(self._directory, exist_ok=True)
-                name = "-".join(map(str, key)) if isinstance(key, tuple) else str(key)
-                path = self._paths[key] = os.path.join(self._directory, f"{name}-{uuid.uuid4().hex}.bin")
+                name = "-".join(map(str, group)) if isinstance(group, tuple) else str(group)
+                path = self._paths[group] = os.path.join(self._directory, f"{name}-{uuid.uuid4().hex}{self._SUFFIX}")
             with open(path, "ab") as handle:
                 handle.writelines(parts)
         self._spilled.inc(self._buffered)
@@ -88,8 +90,17 @@ class SpillRecords(beam.DoFn):
 
     def finish_bundle(self):
         self._flush()
-        for key, path in self._paths.items():
-            yield GlobalWindows.windowed_value((key, path))
+        for group, path in self._paths.items():
+            yield GlobalWindows.windowed_value((group, path))
+
+
+class SpillRecords(_BundleFiles):
+    """(key, record array) -> at the end of the bundle, (key, path) of the file holding all the
+    bundle's records of that key. Buffered writes: all buffers go to disk past `flush_bytes`."""
+
+    def process(self, element):
+        key, records = element
+        self._append(key, [records.tobytes()])
 
 
 def split_by(values: np.ndarray) -> Iterator[tuple[Any, np.ndarray]]:
@@ -171,21 +182,17 @@ class GroupRecords(beam.PTransform):
 _HEADER = struct.Struct("<II")
 
 
-class SpillEncoded(beam.DoFn):
+class SpillEncoded(_BundleFiles):
     """(key, value) -> at the end of the bundle, (bucket, path) of the file holding the bundle's
     elements whose key falls in that bucket, each pickled (key and value apart, so that a reader
     indexes keys without decoding values). Buffered writes, as SpillRecords."""
 
+    _SUFFIX = ".pkl"
+    _COUNTER = "encoded_bytes"
+
     def __init__(self, directory: str, buckets: int, flush_bytes: int = 4 << 20) -> None:
-        self._directory = directory
+        super().__init__(directory, flush_bytes)
         self._buckets = int(buckets)
-        self._flush_bytes = flush_bytes
-
-    def setup(self):
-        self._spilled = beam.metrics.Metrics.counter("spill", "encoded_bytes")
-
-    def start_bundle(self):
-        self._buffers, self._paths, self._buffered = {}, {}, 0
 
     def process(self, element):
         key, value = element
@@ -193,29 +200,7 @@ class SpillEncoded(beam.DoFn):
         value_bytes = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         # why crc32 of the pickled key, not hash(): the bucket must not depend on the process
         bucket = zlib.crc32(key_bytes) % self._buckets
-        self._buffers.setdefault(bucket, []).extend(
-            (_HEADER.pack(len(key_bytes), len(value_bytes)), key_bytes, value_bytes)
-        )
-        self._buffered += _HEADER.size + len(key_bytes) + len(value_bytes)
-        if self._buffered >= self._flush_bytes:
-            self._flush()
-
-    def _flush(self):
-        for bucket, parts in self._buffers.items():
-            path = self._paths.get(bucket)
-            if path is None:
-                if not self._paths:
-                    os.makedirs(self._directory, exist_ok=True)
-                path = self._paths[bucket] = os.path.join(self._directory, f"{bucket}-{uuid.uuid4().hex}.pkl")
-            with open(path, "ab") as handle:
-                handle.writelines(parts)
-        self._spilled.inc(self._buffered)
-        self._buffers, self._buffered = {}, 0
-
-    def finish_bundle(self):
-        self._flush()
-        for bucket, path in self._paths.items():
-            yield GlobalWindows.windowed_value((bucket, path))
+        self._append(bucket, [_HEADER.pack(len(key_bytes), len(value_bytes)), key_bytes, value_bytes])
 
 
 class EncodedGroup:
