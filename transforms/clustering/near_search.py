@@ -57,6 +57,7 @@ __all__ = [
     "volume",
     "plan_bands",
     "shard_bits_for",
+    "gather_owners",
     "query_chunks",
     "BandPlan",
     "NearDuplicatePairs",
@@ -464,8 +465,7 @@ class _SearchShard(beam.DoFn):
 
     def process(self, element):
         (j, shard), parts = element
-        owners = [part[part["owner"]] for part in parts]
-        owners = np.concatenate(owners) if owners else np.zeros(0, dtype=ROUTED_RECORD)
+        owners = gather_owners(parts, ROUTED_RECORD)
         if not len(owners):
             return
         index = self._plan.owner_index(j, _arrays(owners))
@@ -478,6 +478,27 @@ class _SearchShard(beam.DoFn):
                 yield from zip(
                     qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(), ddist.tolist(), strict=True
                 )
+
+
+def gather_owners(parts, dtype):
+    """The owner records (owner True) of a group's record arrays, as one array.
+
+    Counted first, then copied into an array of that size: the owners are held once, not once
+    as filtered parts and again while concatenated (at 1M owners of 34 bytes, 32 MiB less).
+
+    Args:
+        parts: a re-iterable of record arrays with an "owner" field (GroupRecords' group).
+        dtype: their dtype.
+    Returns:
+        The owner records, in their order in `parts`.
+    """
+    owners = np.empty(sum(int(np.count_nonzero(part["owner"])) for part in parts), dtype=dtype)
+    at = 0
+    for part in parts:
+        mine = part[part["owner"]]
+        owners[at : at + len(mine)] = mine
+        at += len(mine)
+    return owners
 
 
 def query_chunks(parts, chunk):
@@ -731,10 +752,10 @@ class _SearchViewShard(beam.DoFn):
         # why: the owners once, the queries `query_chunk` at a time (as _SearchShard): a group's
         # queries (3-4 view keys a picture) never sit in memory at once
         # (the owner index built once: it was rebuilt, with two copies of the owners, per chunk)
-        owners = [part[part["owner"]] for part in parts]
-        if not owners or not sum(len(o) for o in owners):
+        owners = gather_owners(parts, VIEW_RECORD)
+        if not len(owners):
             return
-        index = view_index(self._plan, j, np.concatenate(owners))
+        index = view_index(self._plan, j, owners)
         del owners
         for queries in query_chunks(parts, self._query_chunk):
             pairs = search_view_index(self._plan, index, shard, queries, self._dhash_max)

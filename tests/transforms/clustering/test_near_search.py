@@ -267,3 +267,17 @@ def test_streaming_through_spill_files_keeps_recall_exact(tmp_path, shard_bits, 
             | beam.Map(lambda t: ((t[0], t[1]), (t[2], t[3])))
         )
         assert_that(pairs, equal_to(expected))
+
+
+def test_gather_owners_keeps_the_owners_of_every_part_in_order():
+    from transforms.clustering.near_search import ROUTED_RECORD, gather_owners
+
+    parts = []
+    for start, size in ((0, 5), (5, 0), (5, 7), (12, 3)):
+        part = np.zeros(size, dtype=ROUTED_RECORD)
+        part["phash"] = np.arange(start, start + size, dtype=np.uint64)
+        part["owner"] = part["phash"] % 3 != 1
+        parts.append(part)
+    owners = gather_owners(parts, ROUTED_RECORD)
+    assert owners["phash"].tolist() == [n for n in range(15) if n % 3 != 1] and owners["owner"].all()
+    assert len(gather_owners([], ROUTED_RECORD)) == 0
