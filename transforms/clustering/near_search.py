@@ -308,9 +308,9 @@ class BandPlan:
         Yields:
             (phash_q, dhash_q, phash_o, dhash_o, pdist, ddist) arrays per chunk.
         """
-        j, (o_p, o_d, o_has, o_perm), lookup = index
+        j, owners, lookup = index
         q_p, q_d, q_has = queries
-        if len(o_p) == 0 or len(q_p) == 0:
+        if len(owners[0]) == 0 or len(q_p) == 0:
             return
         low_mask = np.uint64((1 << (self.sizes[j] - self.shard_bits)) - 1)
         q_perm = self.permute(q_p)
@@ -336,39 +336,14 @@ class BandPlan:
                 probe_q, lo, hi = qi[row], lo[hit], hi[hit]
                 for pq, po in _expand(probe_q, lo, hi, chunk_pairs):
                     yield from self._check(
-                        pq,
-                        po,
-                        q_p,
-                        q_d,
-                        q_has,
-                        q_perm,
-                        o_p,
-                        o_d,
-                        o_has,
-                        o_perm,
-                        earlier,
-                        dhash_max_distance,
-                        ordered,
-                        wide,
+                        pq, po, (q_p, q_d, q_has, q_perm), owners, earlier, dhash_max_distance, ordered, wide
                     )
 
-    def _check(
-        self,
-        pq,
-        po,
-        q_p,
-        q_d,
-        q_has,
-        q_perm,
-        o_p,
-        o_d,
-        o_has,
-        o_perm,
-        earlier,
-        dhash_max_distance,
-        ordered=True,
-        wide=None,
-    ):
+    def _check(self, pq, po, queries, owners, earlier, dhash_max_distance, ordered=True, wide=None):
+        """The candidate pairs (queries[pq], owners[po]) within the thresholds, as arrays (see
+        search_index); `queries` and `owners` are (phash, dhash, has_dhash, permuted phash)."""
+        q_p, q_d, q_has, q_perm = queries
+        o_p, o_d, o_has, o_perm = owners
         qp, qd, op, od = q_p[pq], q_d[pq], o_p[po], o_d[po]
         if ordered:
             # Pair once: query strictly below owner in (phash, dhash) order (also drops self).
