@@ -123,7 +123,11 @@ def test_a_crash_mid_bundle_then_a_rerun_gives_every_row_once(web, manifest, tmp
     rows = rows_of(out)
     assert len(rows) == 11
     ok = {r["blob"] for r in rows.values() if r["status"] == schema.OK}
-    assert set(blobs_intact(out)) == ok
+    on_disk = set(blobs_intact(out))  # every blob whole
+    assert ok <= on_disk
+    # A blob no row points at can only be one the crashed run stored whole: on a loaded machine
+    # (CI beside a long job) the rerun's 1 s timeout can fail a row whose blob the first run kept.
+    assert on_disk - ok <= set(stored), sorted((r["key"], r["status"]) for r in rows.values())
     assert not glob.glob(os.path.join(out, "_tmp-*", "*"))  # the crashed run's shards are gone
 
 
