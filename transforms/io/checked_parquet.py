@@ -33,6 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.errors import BadInput
+from transforms.io.sinks import delete_tree
 
 __all__ = ["DamagedTable", "table_writer", "open_table_file", "table_batches", "ReadTableRecords", "WriteTableFiles"]
 
@@ -175,9 +176,7 @@ def _publish(temporary: list[str], directory: str, prefix: str, temp_dir: str, a
             FileSystems.rename([source], [target])
         elif not FileSystems.exists(target):
             raise OSError(f"{source} vanished before it was renamed to {target}")
-    # what is left there: files of failed bundle attempts, never published
-    leftovers = [m.path for r in FileSystems.match([FileSystems.join(temp_dir, "*")]) for m in r.metadata_list]
-    FileSystems.delete(leftovers + ([temp_dir] if FileSystems.exists(temp_dir) else []))
+    delete_tree(temp_dir)  # what is left there: files of failed bundle attempts, never published
     return finals
 
 

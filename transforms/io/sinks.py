@@ -5,6 +5,7 @@ Public transforms (rows are `schema.Row` dicts):
 - `StoreBlobs()`: rows with `_body` -> the same rows without it, `ok` bodies stored under OUT/blobs/.
 - `CountBlobs(shards)`: rows -> one `int`, the distinct blobs they point at.
 - `StatusCounts()`: rows -> one `{dataset: {status: n}}` dict.
+- `delete_tree(directory)`, `join_path`, `read_json`, `write_json`: path helpers, local or gs://.
 - `WriteSummary(out_dir, started_at, job, options)`: {"counts", "written", extras...} -> the path of
   OUT/summary.json, once written.
 """
@@ -28,6 +29,7 @@ from transforms.clustering.spill import split_by
 
 __all__ = [
     "join_path",
+    "delete_tree",
     "blob_uri",
     "StoreBlobDoFn",
     "StoreBlobs",
@@ -57,6 +59,16 @@ _EXTENSIONS = {
 def join_path(base: str, *parts: str) -> str:
     """`base`/`parts` for local paths and gs:// alike (a trailing slash on `base` is harmless)."""
     return FileSystems.join(base.rstrip("/"), *parts)
+
+
+def delete_tree(directory: str) -> None:
+    """Deletes `directory` and what is under it, local or gs:// (on GCS a "directory" is only a
+    name prefix: what is under it is deleted, then, locally, the folder itself)."""
+    files = [m.path for r in FileSystems.match([join_path(directory, "*")]) for m in r.metadata_list]
+    if files:
+        FileSystems.delete(files)
+    if FileSystems.exists(directory):
+        FileSystems.delete([directory])
 
 
 def blob_uri(out_dir: str, sha256: str, fmt: str | None = None) -> str:

@@ -36,7 +36,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms import schema
 from transforms.io.checked_parquet import ReadTableRecords, table_batches, table_writer
-from transforms.io.sinks import join_path
+from transforms.io.sinks import delete_tree, join_path
 
 CLUSTER_COLUMNS = ("cluster_id", "is_canonical", "is_placeholder")
 
@@ -308,12 +308,7 @@ class RemoveDirectory(beam.PTransform):
 
 
 def _delete_tree(directory, done):
-    # On GCS a "directory" is only a name prefix: delete what is under it, then (locally) the folder.
-    files = [m.path for r in FileSystems.match([join_path(directory, "*")]) for m in r.metadata_list]
-    if files:
-        FileSystems.delete(files)
-    if FileSystems.exists(directory):
-        FileSystems.delete([directory])
+    delete_tree(directory)
     return directory
 
 
