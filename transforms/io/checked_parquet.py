@@ -14,6 +14,8 @@ Public surface:
 - `table_batches(path, columns, batch_size)`: record batches, or BadInput at a damaged page.
 - `ReadTableRecords(paths, columns)`: PBegin -> `dict` per row of every file matched by the
   paths/globs (one worker per file, spread by a reshuffle).
+- `ParquetShardsDoFn(tmp_dir, arrow_schema, ...)`: rows -> paths of temporary files of at most
+  `shard_rows` rows (the ingest's table shards, WriteTableFiles' bundles).
 - `WriteTableFiles(directory, arrow_schema)`: rows -> `str` paths of `directory/part-NNNNN-of-MMMMM.parquet`
   (page checksums; Beam's WriteToParquet cannot write them), exactly once under bundle retries.
 """
@@ -21,7 +23,7 @@ Public surface:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -33,9 +35,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.errors import BadInput
-from transforms.io.sinks import delete_tree
+from transforms.io.sinks import delete_tree, join_path
 
-__all__ = ["DamagedTable", "table_writer", "open_table_file", "table_batches", "ReadTableRecords", "WriteTableFiles"]
+__all__ = [
+    "DamagedTable",
+    "table_writer",
+    "open_table_file",
+    "table_batches",
+    "ReadTableRecords",
+    "ParquetShardsDoFn",
+    "WriteTableFiles",
+]
 
 
 class DamagedTable(BadInput):
@@ -126,39 +136,75 @@ class ReadTableRecords(beam.PTransform):
         )
 
 
-class _WriteBundleFiles(beam.DoFn):
-    """Rows -> at the end of each bundle, the path of the temporary file holding its rows (written
-    `batch_rows` at a time). Paths leave only from finish_bundle: a failed and retried bundle's
-    file is never published (it goes with the temporary directory)."""
+class ParquetShardsDoFn(beam.DoFn):
+    """Rows -> temporary Parquet files (page checksums) of at most `shard_rows` rows in `tmp_dir`;
+    yields each file's path as it is closed.
 
-    def __init__(self, temp_dir: str, arrow_schema: pa.Schema, batch_rows: int = 5000) -> None:
-        self._temp_dir = temp_dir
+    A bundle can hold a whole input (the local runner makes one bundle of a stage's input), so
+    files are closed at a fixed size: reading one back needs memory for one file only. A failed
+    bundle's outputs are never committed, so its files stay orphans in `tmp_dir`.
+
+    Args:
+        tmp_dir: where the files go (its owner removes it).
+        arrow_schema: the files' schema.
+        to_record: row -> the dict written (None: the row as it is).
+        batch_rows: rows buffered before they are written.
+        shard_rows: rows a file holds at most.
+        counter: (namespace, name) of a Beam counter of the rows written, or None.
+    """
+
+    def __init__(
+        self,
+        tmp_dir: str,
+        arrow_schema: pa.Schema,
+        to_record: Callable[[dict], dict] | None = None,
+        batch_rows: int = 2000,
+        shard_rows: int = 20000,
+        counter: tuple[str, str] | None = None,
+    ) -> None:
+        self._tmp_dir = tmp_dir
         self._schema = arrow_schema
-        self._batch_rows = batch_rows
+        self._to_record = to_record
+        self._batch_rows = min(batch_rows, shard_rows)
+        self._shard_rows = shard_rows
+        self._counter_name = counter
+
+    def setup(self):
+        self._rows_written = beam.metrics.Metrics.counter(*self._counter_name) if self._counter_name else None
 
     def start_bundle(self):
-        self._rows, self._path, self._handle, self._writer = [], None, None, None
+        self._buffer, self._writer, self._handle, self._path, self._in_shard = [], None, None, None, 0
 
     def process(self, row):
-        self._rows.append(row)
-        if len(self._rows) >= self._batch_rows:
-            self._write()
+        self._buffer.append(self._to_record(row) if self._to_record else row)
+        if len(self._buffer) >= self._batch_rows:
+            self._flush()
+            if self._in_shard >= self._shard_rows:
+                yield self._close()
 
-    def _write(self):
+    def _flush(self):
+        if not self._buffer:
+            return
         if self._writer is None:
-            self._path = FileSystems.join(self._temp_dir, f"{uuid.uuid4().hex}.parquet")
+            self._path = join_path(self._tmp_dir, f"shard-{uuid.uuid4().hex}.parquet")
             self._handle = FileSystems.create(self._path)
             self._writer = table_writer(self._handle, self._schema)
-        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
-        self._rows = []
+        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self._schema))
+        if self._rows_written is not None:
+            self._rows_written.inc(len(self._buffer))
+        self._in_shard += len(self._buffer)
+        self._buffer = []
+
+    def _close(self):
+        self._writer.close()
+        self._handle.close()
+        path, self._writer, self._handle, self._path, self._in_shard = self._path, None, None, None, 0
+        return path
 
     def finish_bundle(self):
-        if self._rows:
-            self._write()
+        self._flush()
         if self._writer is not None:
-            self._writer.close()
-            self._handle.close()
-            yield GlobalWindows.windowed_value(self._path)
+            yield GlobalWindows.windowed_value(self._close())
 
 
 def _publish(temporary: list[str], directory: str, prefix: str, temp_dir: str, arrow_schema: pa.Schema) -> list[str]:
@@ -184,9 +230,10 @@ class WriteTableFiles(beam.PTransform):
     """Rows (dicts of `arrow_schema`'s columns) -> the paths of the files written, each
     `directory`/`prefix`-NNNNN-of-MMMMM.parquet with a CRC32 per page (table_writer).
 
-    Each bundle writes one temporary file under `directory`/_tmp-<id>/; once all are written they
-    are renamed to their final names and the temporary folder is removed (with the files of failed
-    bundle attempts: a retried bundle's rows are never published twice).
+    Bundles write temporary files of at most 20,000 rows under `directory`/_tmp-<id>/
+    (ParquetShardsDoFn); once all are written they are renamed to their final names and the
+    temporary folder is removed (with the files of failed bundle attempts: a retried bundle's rows
+    are never published twice).
     """
 
     def __init__(self, directory: str, arrow_schema: pa.Schema, prefix: str = "part") -> None:
@@ -199,7 +246,7 @@ class WriteTableFiles(beam.PTransform):
         temp_dir = FileSystems.join(self._directory, f"_tmp-{uuid.uuid4().hex}")
         return (
             rows
-            | "BundleFiles" >> beam.ParDo(_WriteBundleFiles(temp_dir, self._schema))
+            | "BundleFiles" >> beam.ParDo(ParquetShardsDoFn(temp_dir, self._schema))
             # why one list: the final names number all files, and only committed bundles' files are in it
             | "AllFiles" >> beam.combiners.ToList()
             | "Publish" >> beam.FlatMap(_publish, self._directory, self._prefix, temp_dir, self._schema)

@@ -32,10 +32,9 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindows
 
 from transforms import schema
-from transforms.io.checked_parquet import ReadTableRecords, table_batches, table_writer
+from transforms.io.checked_parquet import ParquetShardsDoFn, ReadTableRecords, table_batches, table_writer
 from transforms.io.sinks import delete_tree, join_path
 
 CLUSTER_COLUMNS = ("cluster_id", "is_canonical", "is_placeholder")
@@ -128,53 +127,20 @@ class ReadImageTable(beam.PTransform):
         return pbegin | "Read" >> ReadTableRecords(self._files) | "Restore" >> beam.Map(restore_row)
 
 
-class WriteShardsDoFn(beam.DoFn):
-    """Rows -> temporary Parquet shards of at most `shard_rows` rows; yields each shard's path.
-
-    A bundle can hold a whole manifest (the local runner makes one bundle of a stage's input), so
-    shards are closed at a fixed size: finalising one then needs memory for one shard only.
+class WriteShardsDoFn(ParquetShardsDoFn):
+    """Rows -> temporary Parquet shards of OUT/images rows, at most `shard_rows` rows each;
+    yields each shard's path (checked_parquet.ParquetShardsDoFn, counted as table/rows_written).
     """
 
     def __init__(self, tmp_dir: str, batch_rows: int = 2000, shard_rows: int = 20000) -> None:
-        self._tmp_dir = tmp_dir
-        self._batch_rows = min(batch_rows, shard_rows)
-        self._shard_rows = shard_rows
-
-    def setup(self):
-        self._rows_written = beam.metrics.Metrics.counter("table", "rows_written")
-
-    def start_bundle(self):
-        self._buffer, self._writer, self._handle, self._path, self._in_shard = [], None, None, None, 0
-
-    def process(self, row):
-        self._buffer.append(schema.to_parquet_record(row))
-        if len(self._buffer) >= self._batch_rows:
-            self._flush()
-            if self._in_shard >= self._shard_rows:
-                yield self._close()
-
-    def _flush(self):
-        if not self._buffer:
-            return
-        if self._writer is None:
-            self._path = join_path(self._tmp_dir, f"shard-{uuid.uuid4().hex}.parquet")
-            self._handle = FileSystems.create(self._path)
-            self._writer = table_writer(self._handle, schema.IMAGE_SCHEMA)
-        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=schema.IMAGE_SCHEMA))
-        self._rows_written.inc(len(self._buffer))
-        self._in_shard += len(self._buffer)
-        self._buffer = []
-
-    def _close(self):
-        self._writer.close()
-        self._handle.close()
-        path, self._writer, self._handle, self._path, self._in_shard = self._path, None, None, None, 0
-        return path
-
-    def finish_bundle(self):
-        self._flush()
-        if self._writer is not None:
-            yield GlobalWindows.windowed_value(self._close())
+        super().__init__(
+            tmp_dir,
+            schema.IMAGE_SCHEMA,
+            schema.to_parquet_record,
+            batch_rows,
+            shard_rows,
+            counter=("table", "rows_written"),
+        )
 
 
 def final_name(images_dir: str, run_id: str, shard_path: str) -> str:

@@ -20,7 +20,9 @@ def _write(tmp_path, rows):
 
 
 def test_rows_of_many_bundles_are_written_once_in_numbered_files(tmp_path):
-    rows = [{"key": f"k{i}", "n": i, "note": None if i % 3 else "x" * (i % 50)} for i in range(12000)]
+    rows = [
+        {"key": f"k{i}", "n": i, "note": None if i % 3 else "x" * (i % 50)} for i in range(12345)
+    ]  # no multiple of 2000: a last part-batch
     directory = _write(tmp_path, rows)
     names = sorted(os.listdir(directory))
     count = len(names)
