@@ -13,6 +13,9 @@ Figures of each run:
                 shared pages count once per process, so this over-counts forked workers
   peak PSS      the same with PSS (shared pages split between sharers): closer to real use
   CPU s         user+sys CPU of the whole tree (getrusage of reaped children)
+  CPU by process  the same split by process role (`python -m M`: M; else the script's or
+                executable's name), each process's CPU as last sampled; with the CPU timeline
+                (tree CPU every 0.2 s) in the JSON: where the cores were idle, start-up or tail
   other CPU %   CPU used meanwhile by processes that are neither the run, nginx nor this
                 harness, as % of the machine: above ~10 % the machine was busy, rerun
 
@@ -207,6 +210,17 @@ class TreeSampler(threading.Thread):
         self.peak_rss = self.peak_pss = 0
         self.max_procs = 0
         self.samples = 0
+        self.last_cpu = {}  # pid -> (role, user+sys CPU s when last seen): the CPU split by role
+        self.timeline = []  # (seconds since start, tree CPU s so far): how busy the cores were when
+        self._t0 = time.perf_counter()
+
+    def cpu_by_role(self):
+        """CPU seconds of the tree by process role, as last sampled (misses each process's last
+        SAMPLE_EVERY_S): where a run's CPU went, e.g. the Beam process against its hash workers."""
+        roles = {}
+        for role, cpu in self.last_cpu.values():
+            roles[role] = round(roles.get(role, 0.0) + cpu, 2)
+        return roles
 
     def run(self):
         while not self.stop.is_set():
@@ -220,12 +234,30 @@ class TreeSampler(threading.Thread):
                     m = p.memory_full_info()  # reads smaps_rollup: gives PSS as well as RSS
                     rss += m.rss
                     pss += getattr(m, "pss", m.rss)
+                    if p.pid not in self.last_cpu:
+                        self.last_cpu[p.pid] = (_role(p), 0.0)
+                    t = p.cpu_times()
+                    self.last_cpu[p.pid] = (self.last_cpu[p.pid][0], t.user + t.system)
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     pass
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            spent = sum(cpu for _, cpu in self.last_cpu.values())
+            self.timeline.append((round(time.perf_counter() - self._t0, 2), round(spent, 2)))
             self.max_procs = max(self.max_procs, len(procs))
             self.samples += 1
             self.stop.wait(SAMPLE_EVERY_S)
+
+
+def _role(process):
+    """A process's role in a run: the module of `python -m M`, a script's or executable's name."""
+    try:
+        argv = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "?"
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1]
+    scripts = [a for a in argv[1:] if a.endswith(".py") or "/bin/" in a]
+    return os.path.basename((scripts or argv or ["?"])[0])
 
 
 def _busy_cpu_seconds():
@@ -286,6 +318,8 @@ def run_measured(cmd, log_path, env=None, cwd=None, timeout=3600, nginx=None, qu
         "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
         "peak_pss_mb": round(sampler.peak_pss / 2**20, 1),
         "max_processes": sampler.max_procs,
+        "cpu_by_role_s": sampler.cpu_by_role(),
+        "cpu_timeline": sampler.timeline,
         "log": log_path,
     }
 
@@ -531,6 +565,12 @@ def print_report(res, out=sys.stdout):
             f" blobs present, {b['rows_in_clusters']} rows in clusters (corpus: {c['exact_dups']} exact and"
             f" {c['near_dups']} near duplicates of other images)"
         )
+    for label, runs in (("img2dataset", res["peer"]), ("ours", res["ours"])):
+        b = _best(runs)
+        if b and b.get("cpu_by_role_s"):
+            by_cpu = sorted(b["cpu_by_role_s"].items(), key=lambda kv: -kv[1])
+            roles = ", ".join(f"{role} {cpu}" for role, cpu in by_cpu)
+            p(f"CPU s by process, {label} (sampled): {roles}")
     if res.get("ours_skipped"):
         p(f"{'ours':<22} SKIPPED: {res['ours_skipped']}")
     s = res["summary"]
