@@ -46,6 +46,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
+from transforms.clustering.freed_memory import release_freed_memory
 from transforms.clustering.spill import GroupRecords, split_by
 
 __all__ = [
@@ -453,6 +454,8 @@ class _SearchShard(beam.DoFn):
                 yield from zip(
                     qp.tolist(), qd.tolist(), op.tolist(), od.tolist(), pdist.tolist(), ddist.tolist(), strict=True
                 )
+        del index
+        release_freed_memory()  # why: the group's temporaries would stay resident for the stages after
 
 
 def gather_owners(parts, dtype):
@@ -736,6 +739,8 @@ class _SearchViewShard(beam.DoFn):
             pairs = search_view_index(self._plan, index, shard, queries, self._dhash_max)
             beam.metrics.Metrics.counter("dedup", "view_pairs").inc(len(pairs))
             yield from pairs
+        del index
+        release_freed_memory()  # why: as in _SearchShard
 
 
 class ViewPairs(beam.PTransform):

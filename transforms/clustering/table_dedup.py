@@ -16,12 +16,15 @@ the row count.
 
 import hashlib
 import typing
+import uuid
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.clustering.clusters import MEMBER_FIELDS, Dedup, _place, slim_row
+from transforms.clustering.freed_memory import release_freed_memory
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.errors import BadInput
 
@@ -113,8 +116,6 @@ REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
 def _batches(path, columns):
     """(first row number, record batch) of `columns` of one file (all of them if None); a
     missing column other than REQUIRED_COLUMNS comes as nulls of its IMAGE_SCHEMA type."""
-    import pyarrow as pa
-
     from transforms import schema
     from transforms.io.checked_parquet import table_batches
 
@@ -147,8 +148,6 @@ class _KeyRecords(beam.DoFn):
     ROWS_IN = "rows_in"
 
     def process(self, element):
-        import pyarrow as pa
-
         index, path = element
         fid = np.int64(file_id(path))
         for first, batch in _batches(path, ["key", "fetched_at"]):
@@ -342,15 +341,12 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
     Returns:
         {"path": the file written, "rows": rows copied}.
     """
-    import uuid
-
-    import pyarrow as pa
-
     from transforms import schema
     from transforms.io.checked_parquet import table_writer
     from transforms.io.table import _with_cluster_columns
 
     _index, path = element
+    release_freed_memory()  # why: the searches' freed temporaries would be this copy's floor
     skipped = _skipped(path, skip)
     target = FileSystems.join(images_dir, f"part-{run_id}-{file_id(path):016x}.parquet")
     temporary = f"{target}.tmp-{uuid.uuid4().hex}"

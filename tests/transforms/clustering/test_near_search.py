@@ -10,6 +10,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from transforms.clustering import near_search
 from transforms.clustering.near_search import (
     OWNERS_PER_GROUP,
     ROUTED_RECORD,
@@ -243,6 +244,19 @@ def test_a_group_searches_its_queries_a_chunk_at_a_time(monkeypatch):
     assert seen and max(seen) <= 40
     assert sum(seen) == sum(int((~r["owner"]).sum()) for g in _routed_groups(nodes, plan).values() for r in g)
     assert found == _brute(nodes, 8, None)
+
+
+def test_each_group_hands_its_freed_temporaries_back(monkeypatch):
+    """After each (band, shard) group the search releases the heap's free pages (freed_memory):
+    otherwise its temporaries stay resident under the stages after it."""
+    calls = []
+    monkeypatch.setattr(near_search, "release_freed_memory", lambda: calls.append(1))
+    plan = BandPlan(8, shard_bits=1)
+    groups = _routed_groups(_dense_hashes(300, seed=5), plan)
+    search = _SearchShard(plan, None)
+    for key, parts in groups.items():
+        list(search.process((key, parts)))
+    assert len(calls) == len(groups) > 1
 
 
 @pytest.mark.parametrize("shard_bits,chunk", [(0, 64), (2, 29)])

@@ -140,10 +140,13 @@ def test_view_groups_search_their_queries_a_chunk_at_a_time(monkeypatch):
 
     monkeypatch.setattr(near_search, "search_view_index", spy)
     monkeypatch.setattr(near_search, "view_index", spy_index)
+    released = []
+    monkeypatch.setattr(near_search, "release_freed_memory", lambda: released.append(1))
     found = []
     for key, parts in shards.items():
         found += [p[:5] for p in near_search._SearchViewShard(plan, None, query_chunk=37).process((key, parts))]
     assert seen and max(seen) <= 37 and len(seen) > len(shards)
     assert len(built) <= len(shards)  # one owner index a group, whatever its query chunks
+    assert len(released) == len(built)  # and its temporaries handed back after it (freed_memory)
     expected = _brute(plain, dh, views, 5, None)
     assert len(found) == len(set(found)) and set(found) == expected
