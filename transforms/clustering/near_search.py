@@ -76,7 +76,6 @@ ROUTED_RECORD = np.dtype([("owner", "?"), ("phash", "<u8"), ("dhash", "<u8")])
 # 1M rows, +140 MiB, bench/stage_memory.py).
 OWNERS_PER_GROUP = 1 << 20
 QUERY_CHUNK = 1 << 18
-_SLICE = 1 << 18  # elements a whole-group array operation handles at once (permute, offsets table)
 
 # Relative cost of checking one candidate pair vs one sorted-table lookup (measured roughly:
 # a vectorised xor+popcount is ~20x cheaper than a searchsorted probe).
@@ -191,13 +190,10 @@ class BandPlan:
 
     def permute(self, hashes):
         hashes = np.asarray(hashes, dtype=np.uint64)
-        out = np.zeros(hashes.shape, dtype=np.uint64)
-        # in slices: each byte's lookup makes three temporaries the size of its input
-        for start in range(0, len(hashes), _SLICE):
-            part, into = hashes[start : start + _SLICE], out[start : start + _SLICE]
-            for byte in range(8):
-                index = ((part >> np.uint64(8 * byte)) & np.uint64(255)).astype(np.intp)
-                into |= self._lut[byte][index]
+        out = np.zeros_like(hashes)
+        for byte in range(8):
+            index = ((hashes >> np.uint64(8 * byte)) & np.uint64(255)).astype(np.intp)
+            out |= self._lut[byte][index]
         return out
 
     def band(self, permuted, j):
@@ -257,8 +253,7 @@ class BandPlan:
 
         Args:
             j: the band.
-            owners: (phash uint64 array, dhash uint64 array, has_dhash bool array); dhash None
-                stands for the owners' positions 0..n-1 (view_index), never made whole.
+            owners: (phash uint64 array, dhash uint64 array, has_dhash bool array).
 
         Returns:
             An opaque tuple for search_index: the owners sorted by their in-shard band bits and
@@ -268,27 +263,16 @@ class BandPlan:
         low_bits = self.sizes[j] - self.shard_bits
         low_mask = np.uint64((1 << low_bits) - 1)
         o_perm = self.permute(o_p)
-        o_low = o_perm >> np.uint64(self.offsets[j])  # the band's low bits: band(o_perm, j) & low_mask
-        o_low &= low_mask
+        o_low = self.band(o_perm, j) & low_mask
         order = np.argsort(o_low, kind="stable")
-        # One sorted copy at a time, each unsorted array freed as its copy replaces it: the
-        # build's high-water is the group's (at 1M owners, 82 MiB over the owners before).
-        o_low = o_low[order]
-        o_perm = o_perm[order]
-        o_p = o_p[order]
-        o_d = order.view(np.uint64) if o_d is None else o_d[order]  # None: positions, sorted = order
-        o_has = o_has[order]
-        del order
+        o_p, o_d, o_has, o_perm, o_low = (a[order] for a in (o_p, o_d, o_has, o_perm, o_low))
         if low_bits <= 24:
             # Dense offsets table (CSR): lookup of a low value is two array reads, ~7x faster
-            # than a binary search. 2^low_bits + 1 int32 entries (16 MiB at 22 bits), counted
-            # from the sorted values a slice at a time, so no table- or owner-sized temporary.
+            # than a binary search. 2^low_bits + 1 int32 entries (16 MiB at 22 bits), built in
+            # place from the owners' distinct values, so no table-sized temporary.
+            values, counts = np.unique(o_low, return_counts=True)
             starts = np.zeros((1 << low_bits) + 1, dtype=np.int32 if len(o_low) < 2**31 else np.int64)
-            for start in range(0, len(o_low), _SLICE):
-                part = o_low[start : start + _SLICE]
-                firsts = np.flatnonzero(np.concatenate(([True], part[1:] != part[:-1])))
-                # a run cut by the slice's end counts in both slices: +=, not =
-                starts[part[firsts].astype(np.intp) + 1] += np.diff(firsts, append=len(part)).astype(starts.dtype)
+            starts[values.astype(np.intp) + 1] = counts
             np.cumsum(starts, out=starts)
 
             def lookup(probes):
@@ -672,8 +656,8 @@ def search_view_shard(plan, j, shard, records, dhash_max_distance=None):
 def view_index(plan, j, owners):
     """The lookup index of one view group's owner records (VIEW_RECORD, owner True) in band j:
     built once, then searched by any number of query chunks (`search_view_index`)."""
-    # the dhash slot carries each owner's position in `owners` (None: 0..n-1, see owner_index)
-    return plan.owner_index(j, (owners["key"], None, np.zeros(len(owners), dtype=bool))), owners
+    positions = np.arange(len(owners), dtype=np.uint64)  # the owner records by position
+    return plan.owner_index(j, (owners["key"], positions, np.zeros(len(owners), dtype=bool))), owners
 
 
 def search_view_index(plan, index, shard, queries, dhash_max_distance=None):

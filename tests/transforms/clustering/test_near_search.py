@@ -246,37 +246,6 @@ def test_a_group_searches_its_queries_a_chunk_at_a_time(monkeypatch):
     assert found == _brute(nodes, 8, None)
 
 
-def test_an_index_built_a_few_values_at_a_time_is_the_same_index(monkeypatch):
-    """owner_index and permute work on whole-group arrays in slices (_SLICE): slices of 3, with
-    runs of equal band values cut by a slice's end, give the index of one slice, bit for bit."""
-    plan = BandPlan(8, shard_bits=1)
-    hashes = np.array([h for h, _ in _dense_hashes(400, seed=11)] * 3, dtype=np.uint64)  # runs of 3+
-    owners = (hashes, np.arange(len(hashes), dtype=np.uint64), np.zeros(len(hashes), dtype=bool))
-    probes = np.arange(1 << (plan.sizes[0] - plan.shard_bits), dtype=np.uint64)
-    whole, permuted = plan.owner_index(0, owners), plan.permute(hashes)
-    monkeypatch.setattr(near_search, "_SLICE", 3)
-    sliced = plan.owner_index(0, owners)
-    assert np.array_equal(plan.permute(hashes), permuted)
-    for a, b in zip(whole[1], sliced[1], strict=True):
-        assert np.array_equal(a, b)
-    for a, b in zip(whole[2](probes), sliced[2](probes), strict=True):
-        assert np.array_equal(a, b)
-    lo, hi = sliced[2](probes)
-    assert int((hi - lo).sum()) == len(hashes) and (hi - lo).max() >= 3
-
-
-def test_owner_positions_stand_in_for_an_arange(monkeypatch):
-    """view_index passes None for the owners' positions: the index equals the one built with
-    the positions 0..n-1 spelt out."""
-    plan = BandPlan(5, bands=3, shard_bits=0)
-    hashes = np.array([h for h, _ in _dense_hashes(500, seed=12)], dtype=np.uint64)
-    flags = np.zeros(len(hashes), dtype=bool)
-    spelt = plan.owner_index(1, (hashes, np.arange(len(hashes), dtype=np.uint64), flags))
-    implied = plan.owner_index(1, (hashes, None, flags))
-    for a, b in zip(spelt[1], implied[1], strict=True):
-        assert a.dtype == b.dtype and np.array_equal(a, b)
-
-
 def test_each_group_hands_its_freed_temporaries_back(monkeypatch):
     """After each (band, shard) group the search releases the heap's free pages (freed_memory):
     otherwise its temporaries stay resident under the stages after it."""
