@@ -11,6 +11,7 @@ export into EXP are removed once this run's are final. Paths may be local or gs:
 """
 
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -28,6 +29,7 @@ from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
 from transforms.export.shard_writer import AssignShards, shard_records_in_order
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
+from transforms.io.manifests import normalise_path
 from transforms.io.sinks import join_path, read_json, write_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, temporary_dir
 
@@ -144,8 +146,7 @@ def export_config(opts: ExportOptions) -> ExportConfig:
         raise BadInput(f"{' and '.join(missing)} required")
     if opts.shard_size is None or opts.shard_size < 1:
         raise BadInput(f"--shard-size must be >= 1, got {opts.shard_size}")
-    if opts.input.rstrip("/") == opts.output.rstrip("/"):
-        raise BadInput("--output must not be the --input directory")
+    _check_output_apart(opts.input, opts.output)
     mode = opts.resize_mode or ("keep_ratio" if opts.resize is not None else "no")
     try:
         resize = ResizeConfig(
@@ -158,6 +159,22 @@ def export_config(opts: ExportOptions) -> ExportConfig:
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     return ExportConfig(opts.input, opts.output, opts.format, opts.include, opts.shard_size, resize)
+
+
+def _identity(path: str) -> str:
+    """One spelling per directory: `out`, `./out/`, `/abs/out/.` and a symlink to it are one."""
+    if "://" in path:
+        return normalise_path(path.rstrip("/"))
+    return os.path.realpath(path)
+
+
+def _check_output_apart(input_dir: str, output_dir: str) -> None:
+    """EXP is neither OUT nor inside OUT/images. Why: EXP/summary.json would replace OUT's own, and
+    hf-parquet shards in OUT/images would become rows of the table every later job reads."""
+    out, exp = _identity(input_dir), _identity(output_dir)
+    images = join_path(out, "images")
+    if exp == out or exp == images or exp.startswith(images + "/"):
+        raise BadInput(f"--output {output_dir} must not be the --input directory {input_dir} nor inside its images/")
 
 
 JOB = job_runner.Job(
