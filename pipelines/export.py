@@ -11,6 +11,7 @@ export into EXP are removed once this run's are final. Paths may be local or gs:
 """
 
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -25,11 +26,12 @@ from transforms.errors import BadInput, BooksUnbalanced
 from transforms.export import selection
 from transforms.export.hf_parquet_shards import HfParquetShardDoFn
 from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
-from transforms.export.shard_writer import AssignShards, shard_records_in_order
+from transforms.export.shard_writer import AssignShards, publish_shard, shard_records_in_order
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
+from transforms.io.manifests import normalise_path
 from transforms.io.sinks import join_path, read_json, write_json
-from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, temporary_dir
+from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
 
 __all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run", "summarize"]
 
@@ -144,8 +146,7 @@ def export_config(opts: ExportOptions) -> ExportConfig:
         raise BadInput(f"{' and '.join(missing)} required")
     if opts.shard_size is None or opts.shard_size < 1:
         raise BadInput(f"--shard-size must be >= 1, got {opts.shard_size}")
-    if opts.input.rstrip("/") == opts.output.rstrip("/"):
-        raise BadInput("--output must not be the --input directory")
+    _check_output_apart(opts.input, opts.output)
     mode = opts.resize_mode or ("keep_ratio" if opts.resize is not None else "no")
     try:
         resize = ResizeConfig(
@@ -158,6 +159,22 @@ def export_config(opts: ExportOptions) -> ExportConfig:
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     return ExportConfig(opts.input, opts.output, opts.format, opts.include, opts.shard_size, resize)
+
+
+def _identity(path: str) -> str:
+    """One spelling per directory: `out`, `./out/`, `/abs/out/.` and a symlink to it are one."""
+    if "://" in path:
+        return normalise_path(path.rstrip("/"))
+    return os.path.realpath(path)
+
+
+def _check_output_apart(input_dir: str, output_dir: str) -> None:
+    """EXP is neither OUT nor inside OUT/images. Why: EXP/summary.json would replace OUT's own, and
+    hf-parquet shards in OUT/images would become rows of the table every later job reads."""
+    out, exp = _identity(input_dir), _identity(output_dir)
+    images = join_path(out, "images")
+    if exp == out or exp == images or exp.startswith(images + "/"):
+        raise BadInput(f"--output {output_dir} must not be the --input directory {input_dir} nor inside its images/")
 
 
 JOB = job_runner.Job(
@@ -177,6 +194,14 @@ def stale_shards(output):
     except Exception:  # noqa: BLE001 (no EXP yet)
         return []
     return sorted(m.path for m in found if _SHARD_FILE.match(m.path.rstrip("/").rsplit("/", 1)[-1]))
+
+
+def stale_temporaries(output):
+    """EXP/_tmp-* of earlier runs that were killed (held no lease since): removed at the end."""
+    try:
+        return sorted({path.rsplit("/", 1)[0] for path in list_orphan_shards(output)})
+    except Exception:  # noqa: BLE001 (no EXP yet)
+        return []
 
 
 class _Select(beam.DoFn):
@@ -244,7 +269,7 @@ def _write_summary(_, config, started_at, rows_read, skipped_counts, shards):
     return path
 
 
-def build_pipeline(pipeline, config, files, stale, started_at, run_id):
+def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_temporaries=()):
     """The export graph on `pipeline`; returns the PCollection of summary.json's path."""
     tmp_dir = temporary_dir(config.output, run_id)
     writer = FORMATS[config.export_format](config.output, tmp_dir, config.resize, input_dir=config.input)
@@ -256,14 +281,18 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id):
     rows_read = rows | "CountRead" >> beam.combiners.Count.Globally()
     skipped = judged[_Select.SKIPPED] | "CountSkipped" >> beam.combiners.Count.PerElement()
     # why: deterministic shards (same input, same shards and sample keys), exact sizes
-    shards = (
+    written = (
         judged.selected
         | "AssignShards" >> AssignShards(config.shard_size)
         # why: blobs are read and resized where the shard is written: image bytes never cross a shuffle
         | "WriteShards" >> beam.ParDo(writer)
     )
-    # why: attempts of failed bundles leave orphans in the temporary directory only
-    _ = shards | "DropTemporary" >> RemoveDirectory(tmp_dir)
+    # why: no shard reaches its final name before every shard is written, so an interrupted run
+    # leaves EXP as the earlier export left it (not a mix of two exports)
+    count = written | "CountWritten" >> beam.combiners.Count.Globally()
+    shards = written | "PublishShards" >> beam.Map(publish_shard, written=beam.pvalue.AsSingleton(count))
+    # why: attempts of failed bundles, and runs killed earlier, leave orphans in temporary directories only
+    _ = shards | "DropTemporary" >> RemoveDirectory(tmp_dir, *stale_temporaries)
     # why: an earlier export's shards would otherwise mix with this one's
     _ = shards | "ShardPaths" >> beam.Map(lambda record: record["path"]) | "RetireStale" >> RetireFiles(stale)
     return (
@@ -308,7 +337,13 @@ def run(argv=None):
         return JOB.execute(
             options,
             lambda pipeline: build_pipeline(
-                pipeline, config, files, stale_shards(config.output), started_at, uuid.uuid4().hex[:12]
+                pipeline,
+                config,
+                files,
+                stale_shards(config.output),
+                started_at,
+                uuid.uuid4().hex[:12],
+                stale_temporaries(config.output),
             ),
             config.output,
             summary=print_report,

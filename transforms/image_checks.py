@@ -38,6 +38,7 @@ __all__ = [
     "content_digests",
     "exif_orientation",
     "to_viewable",
+    "SWAPS_AXES",
 ]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~ 10000 x 10000; larger is treated as a decompression bomb
@@ -128,7 +129,7 @@ def inspect_image(
     width, height = image.size
     check = ImageCheck(fmt=fmt, width=width, height=height)
     orientation = exif_orientation(image)
-    if orientation in _SWAPS_AXES:  # a viewer shows it turned a quarter: width and height swap
+    if orientation in SWAPS_AXES:  # a viewer shows it turned a quarter: width and height swap
         check.width, check.height = height, width
     if width <= 0 or height <= 0:
         check.status, check.error = schema.DECODE_ERROR, f"invalid dimensions {width}x{height}"
@@ -170,7 +171,7 @@ _UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_SWAPS_AXES = frozenset({5, 6, 7, 8})
+SWAPS_AXES = frozenset({5, 6, 7, 8})  # orientations a viewer shows turned a quarter
 _HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _MIN_GREY_LEVELS = 64  # a high-bit picture spanning fewer 8-bit levels than this is stretched to full range

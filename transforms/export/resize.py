@@ -20,6 +20,8 @@ import io
 
 from PIL import Image
 
+from transforms.image_checks import SWAPS_AXES, exif_orientation, to_viewable
+
 __all__ = [
     "ENCODE_FORMATS",
     "ExportedImage",
@@ -155,10 +157,16 @@ def export_image(data: bytes, config: ResizeConfig, extension: str = "jpg") -> E
             raise ResizeError(f"{width}x{height} pixels is over the limit of {config.max_pixels}")
         if not config.resizes:
             return ExportedImage(data, extension, width, height, width, height)
+        # why: re-encoding drops the EXIF, so its orientation is applied here or the picture is
+        # exported sideways; sizes are then as displayed, as the table's width and height are
+        orientation = exif_orientation(image)
+        if orientation in SWAPS_AXES:
+            width, height = height, width
         scaled, final = target_geometry(width, height, config)
         if scaled is not None and image.format == "JPEG":
-            image.draft("RGB", scaled)  # DCT scaling: decodes at 1/2, 1/4 or 1/8 when that is still >= scaled
-        image = _to_rgb(image)
+            stored = scaled[::-1] if orientation in SWAPS_AXES else scaled
+            image.draft("RGB", stored)  # DCT scaling: decodes at 1/2, 1/4 or 1/8 when that is still >= scaled
+        image = _to_rgb(image, orientation)
         if scaled is not None:
             image = image.resize(scaled, Image.Resampling.BICUBIC, reducing_gap=3.0)
             image = _crop_or_pad(image, final, config.mode)
@@ -171,17 +179,14 @@ def export_image(data: bytes, config: ResizeConfig, extension: str = "jpg") -> E
     return ExportedImage(buffer.getvalue(), config.encode_format, image.width, image.height, width, height)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, transparent areas on white (what a training loader would see after convert("RGB"))."""
-    if image.mode == "RGB":
-        image.load()
-        return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, BORDER_COLOR)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
+def _to_rgb(image: Image.Image, orientation: int | None) -> Image.Image:
+    """RGB, upright, as ingest sees it (image_checks.to_viewable): transparent areas on white,
+    16-bit pixels scaled to 8 bits rather than clipped to white, CMYK converted."""
+    image = to_viewable(image, orientation)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    image.load()
+    return image
 
 
 def _crop_or_pad(image: Image.Image, final: tuple[int, int], mode: str) -> Image.Image:

@@ -6,11 +6,13 @@ stable hash of its key picks a bucket, buckets in order, keys sorted within one)
 rows but the last, and the same sample keys (the index, zero-padded: no dots, unique); the hash
 mixes datasets and sources across shards, as training wants.
 
-Writing (`ShardWriterDoFn`): a shard is written under EXP/_tmp-<run>/ and renamed onto its
-deterministic final name EXP/<shard:05d>.<ext> once complete. A retried bundle writes the same
-shard again and renames it onto the same name: never a duplicate, never half a shard visible
-under a final name. Blobs are read and resized on a thread pool (Pillow and hashlib release the
-GIL), a bounded window ahead of the writer, so a shard's images are never all in memory.
+Writing (`ShardWriterDoFn`, `publish_shard`): a shard is written under EXP/_tmp-<run>/; once every
+shard is written, each is renamed onto its deterministic final name EXP/<shard:05d>.<ext>. A
+retried bundle writes its shard again under another temporary name and only the committed one is
+renamed: never a duplicate, never half a shard visible under a final name, and an interrupted
+export leaves an earlier export's shards as they were. Blobs are read and resized on a thread pool
+(Pillow and hashlib release the GIL), a bounded window ahead of the writer, so a shard's images are
+never all in memory.
 """
 
 import collections
@@ -29,7 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, export_image
 from transforms.io.sinks import blob_uri, join_path
 
-__all__ = ["AssignShards", "ShardWriterDoFn", "read_blob", "sample_key", "shard_name"]
+__all__ = ["AssignShards", "ShardWriterDoFn", "publish_shard", "read_blob", "sample_key", "shard_name"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -184,14 +186,14 @@ class ShardWriterDoFn(beam.DoFn):
                 self.write_sample(writer, sample_key(index), record, image)
                 samples += 1
             self.close_shard(writer)
-        FileSystems.rename([temporary], [final])  # onto the same name on a retry: overwritten, not doubled
-        size = FileSystems.match([final])[0].metadata_list[0].size_in_bytes
+        size = FileSystems.match([temporary])[0].metadata_list[0].size_in_bytes
         self._samples.inc(samples)
         self._unreadable.inc(unreadable)
         self._bytes.inc(size)
         yield {
             "name": name,
             "path": final,
+            "temporary": temporary,  # renamed onto `path` by publish_shard, once every shard is written
             "samples": samples,
             "bytes": size,
             "unreadable_blob": unreadable,
@@ -247,6 +249,25 @@ class ShardWriterDoFn(beam.DoFn):
 
     def close_shard(self, writer):  # pragma: no cover
         raise NotImplementedError
+
+
+def publish_shard(record: dict, written: int | None = None) -> dict:
+    """Renames a shard written by ShardWriterDoFn from its temporary name onto its final one.
+
+    Run once every shard is written (`written`, their count as a side input, only orders it): why,
+    an export interrupted while writing leaves EXP as the earlier export left it, never its shards
+    half replaced (a mix of two exports, the rows between them doubled or lost). Idempotent: a
+    retried rename finds its shard already in place.
+
+    Returns:
+        The record without its temporary name.
+    """
+    temporary, final = record["temporary"], record["path"]
+    if FileSystems.exists(temporary):
+        FileSystems.rename([temporary], [final])
+    elif not FileSystems.exists(final):
+        raise OSError(f"shard {temporary} vanished before it reached {final}")
+    return {name: value for name, value in record.items() if name != "temporary"}
 
 
 def sample_metadata(key: str, record: dict, image: ExportedImage) -> dict:

@@ -107,3 +107,38 @@ def test_pixel_limit():
 def test_bad_settings(kwargs, says):
     with pytest.raises(ValueError, match=says):
         ResizeConfig(**kwargs)
+
+
+def _upright_with_red_top_left(size=(200, 400)):
+    """A grey picture, as displayed, with a red block in its top-left corner."""
+    image = Image.new("RGB", size, (128, 128, 128))
+    image.paste((255, 0, 0), (0, 0, size[0] // 4, size[1] // 4))
+    return image
+
+
+@pytest.mark.parametrize("mode, final", [("keep_ratio", (96, 192)), ("center_crop", (96, 96)), ("border", (96, 96))])
+def test_exif_orientation_is_applied_before_resizing(mode, final):
+    """A phone photo stored 400x200 with EXIF Orientation 6 is a 200x400 picture (ingest's width and
+    height say so). Re-encoding drops the EXIF, so an export that ignored it gave a sideways image."""
+    shown = _upright_with_red_top_left()
+    stored = shown.transpose(Image.Transpose.ROTATE_90)  # what Orientation 6 turns back upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(stored, "JPEG", exif=exif.tobytes(), quality=95)
+    out = export_image(data, ResizeConfig(size=96, mode=mode))
+    image = decoded(out)
+    assert image.size == final == (out.width, out.height)
+    assert (out.original_width, out.original_height) == (200, 400)
+    if mode == "keep_ratio":
+        red, _, blue = image.getpixel((5, 5))
+        assert red > 200 and blue < 60, image.getpixel((5, 5))  # the red corner is still top-left
+
+
+def test_16_bit_pixels_are_scaled_to_8_bits_not_clipped():
+    """A 16-bit greyscale PNG (a scan, a medical or astronomy image): Pillow's convert("RGB") clips
+    at 255, so a 0-65535 gradient came out all white; ingest scales it (image_checks.to_viewable)."""
+    gradient = Image.new("I;16", (256, 64))
+    gradient.putdata([x * 256 for _ in range(64) for x in range(256)])
+    out = export_image(encode(gradient, "PNG"), ResizeConfig(size=32, mode="keep_ratio"))
+    image = decoded(out).convert("L")
+    assert image.mode == "L" and image.getpixel((1, 16)) < 40 and image.getpixel((126, 16)) > 215

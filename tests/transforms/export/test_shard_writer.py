@@ -13,7 +13,7 @@ import pytest
 from pipelines.demo.sample_site import jpeg
 from transforms.export.hf_parquet_shards import HF_SCHEMA, HfParquetShardDoFn
 from transforms.export.resize import ResizeConfig
-from transforms.export.shard_writer import AssignShards, sample_key
+from transforms.export.shard_writer import AssignShards, publish_shard, sample_key
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 
 
@@ -83,12 +83,13 @@ def blobs(tmp_path):
     return records
 
 
-def write_shard(dofn, items):
+def write_shard(dofn, items, publish=True):
     dofn.setup()
     try:
-        return list(dofn.process((0, items)))
+        records = list(dofn.process((0, items)))
     finally:
         dofn.teardown()
+    return [publish_shard(r) for r in records] if publish else records
 
 
 def test_webdataset_shard_is_written_aside_then_renamed_and_a_retry_replaces_it(tmp_path, blobs):
@@ -112,9 +113,11 @@ def test_webdataset_shard_is_written_aside_then_renamed_and_a_retry_replaces_it(
     ]
     assert meta["key"] == "cc3m:0" and (meta["width"], meta["height"]) == (100, 100)
     assert (meta["original_width"], meta["original_height"]) == (320, 240)
-    # a retried bundle: the same shard again, renamed onto the same name, nothing left aside
-    (again,) = write_shard(dofn, list(reversed(items)))
-    assert (exp / "00000.tar").read_bytes() == first and again == record
+    # a retried bundle: the same shard again, aside until published, then renamed onto the same name
+    (again,) = write_shard(dofn, list(reversed(items)), publish=False)
+    assert os.listdir(tmp) == [os.path.basename(again["temporary"])]
+    assert publish_shard(again) == record and publish_shard(again) == record  # a retried rename too
+    assert (exp / "00000.tar").read_bytes() == first
     assert sorted(os.listdir(exp)) == ["00000.tar", "_tmp-run"] and os.listdir(tmp) == []
 
 

@@ -1,0 +1,159 @@
+"""Export mishaps of a tired operator: EXP spelt as OUT another way or put inside OUT/images, an
+export interrupted while an earlier export's shards are in EXP."""
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipelines import export
+from tests.conftest import local_options
+from tests.paths import REPO
+from transforms import schema
+from transforms.io.sinks import blob_uri
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def write_out(out, count):
+    """An ingest output of `count` ok rows with small, distinct JPEG blobs (keys sort as numbered)."""
+    os.makedirs(os.path.join(out, "images"))
+    rows = []
+    for n in range(count):
+        buffer = io.BytesIO()
+        Image.new("RGB", (80, 60), ((n * 37) % 256, (n * 91) % 256, 128)).save(buffer, "JPEG")
+        data = buffer.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        blob = blob_uri(out, sha, "JPEG")
+        os.makedirs(os.path.dirname(blob), exist_ok=True)
+        with open(blob, "wb") as handle:
+            handle.write(data)
+        rows.append(
+            schema.new_row(
+                "cc3m",
+                f"cc3m:{n:04d}",
+                f"https://example.org/{n}.jpg",
+                f"caption {n}",
+                status=schema.OK,
+                sha256=sha,
+                phash=f"{n:016x}",
+                width=80,
+                height=60,
+                blob=blob,
+                format="JPEG",
+                is_canonical=True,
+            )
+        )
+    table = pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
+    pq.write_table(table, os.path.join(out, "images", "part-0.parquet"))
+    return rows
+
+
+def _files(directory):
+    found = {}
+    for name in sorted(set(os.listdir(directory)) - {"_LEASE"}):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                found[name] = handle.read()
+    return found
+
+
+@pytest.mark.parametrize("spelling", ["{rel}", "{out}/.", "{out}/images", "{out}/images/exp", "{link}"])
+def test_an_output_that_is_the_input_or_inside_its_table_is_refused(tmp_path, capsys, monkeypatch, spelling):
+    """Spelt another way, EXP = OUT would have its summary.json replace OUT's; EXP inside OUT/images
+    would add hf-parquet shards to the table every later job reads. Both: exit 2, nothing written."""
+    out = str(tmp_path / "out")
+    write_out(out, 3)
+    os.symlink(out, tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    before = {name: _files(os.path.join(out, name)) for name in ("", "images")}
+    output = spelling.format(rel="out", out=out, link=str(tmp_path / "link"))
+    status = export.main(local_options(input=out, output=output, format="hf-parquet"))
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "must not be the --input directory" in lines[0], err
+    assert {name: _files(os.path.join(out, name)) for name in ("", "images")} == before
+    assert not os.path.exists(os.path.join(out, "images", "exp"))
+
+
+def test_an_output_beside_or_under_the_input_but_outside_its_table_is_accepted(tmp_path):
+    out = str(tmp_path / "out")
+    write_out(out, 3)
+    assert export.main(local_options(input=out, output=os.path.join(out, "export"), format="webdataset")) == 0
+    assert export.main(local_options(input=out, output=str(tmp_path / "out-export"), format="webdataset")) == 0
+
+
+def _being_read(fifo):
+    """Someone has the pipe open for reading (the export is blocked on it)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        return False
+    return True
+
+
+def _shards_done(exp, before):
+    """Shards this run wrote: still under _tmp-<run>/, or already under a final name."""
+    aside = [
+        name for entry in os.listdir(exp) if entry.startswith("_tmp-") for name in os.listdir(os.path.join(exp, entry))
+    ]
+    replaced = [name for name, data in _files(exp).items() if name.endswith(".tar") and before.get(name) != data]
+    return len(aside) + len(replaced)
+
+
+def test_an_export_killed_midway_leaves_the_earlier_export_whole_and_a_rerun_completes(tmp_path):
+    """kill -9 while the export writes its shards: before, the shards already written had replaced the
+    earlier export's under the same names (EXP a mix of two exports with the old summary.json, and
+    the Ctrl-C line said EXP kept its previous shards). Now no shard is renamed before every one is
+    written. The rerun completes and removes the killed run's temporary directory."""
+    out, exp = str(tmp_path / "out"), str(tmp_path / "exp")
+    rows = write_out(out, 12)
+    assert export.main(local_options(input=out, output=exp, format="webdataset", **{"shard-size": 1})) == 0
+    before = _files(exp)
+    # The row sorting last (the last shard) is read from a pipe nobody writes to: a storage read
+    # that hangs, so the run is surely killed after writing the 11 other shards and before its end.
+    blob = rows[-1]["blob"]
+    with open(blob, "rb") as handle:
+        data = handle.read()
+    os.remove(blob)
+    os.mkfifo(blob)
+    argv = ["--input", out, "--output", exp, "--format", "webdataset", "--shard-size", "1", "--resize", "32"]
+    running = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.export", "--runner=FnApiRunner", *argv],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (_being_read(blob) and _shards_done(exp, before) == 12):
+            assert running.poll() is None, running.communicate()
+            assert time.monotonic() < deadline, (_being_read(blob), _shards_done(exp, before))
+            time.sleep(0.05)
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+    assert _files(exp) == before  # the 12 earlier shards and their summary.json, byte for byte
+
+    os.remove(blob)
+    with open(blob, "wb") as handle:
+        handle.write(data)
+    assert export.main(["--runner=FnApiRunner", *argv]) == 0
+    with open(os.path.join(exp, "summary.json"), encoding="utf-8") as handle:
+        summary = json.load(handle)
+    assert summary["exported"] == 12 and summary["resize"]["size"] == 32 and summary["books_balanced"]
+    assert sorted(os.listdir(exp)) == [f"{n:05d}.tar" for n in range(12)] + ["summary.json"]
