@@ -142,6 +142,18 @@ def parse_openimages(binary: IO[bytes], source: str, key_prefix: str) -> Iterato
     """Open Images image list: RFC-4180 CSV with a header; every column-set version, by name."""
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
     reader = csv.reader(text)
+    try:
+        yield from _openimages_rows(reader, source, key_prefix)
+    except csv.Error as exc:
+        # Why BadInput: the csv module stops the file here (a field past its limit, often a quote
+        # left open that ran on to the next lines), and nothing past it can be delimited.
+        raise BadInput(
+            f"manifest {source}: unreadable CSV at line {reader.line_num} ({exc});"
+            " a quote left open before it runs a field on over the following lines"
+        ) from None
+
+
+def _openimages_rows(reader, source, key_prefix):
     header = next(reader, None)
     if header is None:
         return
