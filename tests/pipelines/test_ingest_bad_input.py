@@ -74,3 +74,16 @@ def test_an_open_images_field_past_the_csv_limit_is_bad_input_naming_file_and_li
     line = _one_line(capsys)
     assert str(manifest) in line and "line 2" in line and "unexpected" not in line
     assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_an_open_images_quote_left_open_is_bad_input_not_records_swallowed(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "images.csv"
+    # The quote opened in a1's Title is never closed: read leniently, b2 and c3 became part of
+    # that title and the run ended with exit 0 and one row for three records.
+    manifest.write_text(f'ImageID,OriginalURL,Title\na1,{urls[0]},"open\nb2,{urls[1]},t\nc3,{urls[2]},t\n')
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"openimages={manifest}") == 2
+    line = _one_line(capsys)
+    assert str(manifest) in line and "quote" in line
+    assert not os.path.exists(os.path.join(out, "images"))

@@ -141,7 +141,9 @@ def _rotation(value):
 def parse_openimages(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[schema.Row]:
     """Open Images image list: RFC-4180 CSV with a header; every column-set version, by name."""
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
-    reader = csv.reader(text)
+    # strict: a quote left open to the end of the file is an error; read leniently, the records
+    # after it silently became one title and were lost with exit 0
+    reader = csv.reader(text, strict=True)
     try:
         yield from _openimages_rows(reader, source, key_prefix)
     except csv.Error as exc:
