@@ -125,7 +125,7 @@ def iter_json_records(fileobj: Any) -> Iterator[tuple[Any, int | None, int | str
             continue
         try:
             record = json.loads(line, strict=False)  # strict=False: raw tabs inside strings
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: a line nested too deep
             yield None, line_no, line_no, _squash(f"line {line_no} is not JSON: {err}")[:300]
             continue
         yield record, line_no, line_no, None

@@ -49,6 +49,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.io import readers
 
 __all__ = [
@@ -532,11 +533,12 @@ class JoinCC3MLabels(beam.PTransform):
 # DreamLIP long captions
 
 
-def parse_long_captions(fileobj: Any) -> Iterator[tuple[str, dict[str, str | None]]]:
+def parse_long_captions(fileobj: Any, source: str = "") -> Iterator[tuple[str, dict[str, str | None]]]:
     """(url, long_captions dict) per record of a DreamLIP CSV; empty fields become None.
 
     Records, not lines: quoted fields may hold newlines, commas and quotes. Columns are found by
-    header name (case and spaces ignored); a file without an `Image Path` column is rejected.
+    header name (case and spaces ignored); a file without an `Image Path` column is rejected with
+    BadInput (exit 2) naming `source`, the file's path: the user gave the wrong file.
     """
     records = csv.reader(readers.text_stream(fileobj))
     header = next(records, None)
@@ -544,7 +546,8 @@ def parse_long_captions(fileobj: Any) -> Iterator[tuple[str, dict[str, str | Non
         return
     names = [h.lstrip("\ufeff").strip().lower() for h in header]
     if DREAMLIP_URL_COLUMN not in names:
-        raise ValueError(f"not a DreamLIP long-caption CSV: header {header!r} has no 'Image Path' column")
+        where = f"--long-captions {source}: " if source else ""
+        raise BadInput(f"{where}not a DreamLIP long-caption CSV: header {header!r} has no 'Image Path' column")
     url_at = names.index(DREAMLIP_URL_COLUMN)
     columns = [(names.index(col), field) for col, field in LONG_CAPTION_COLUMNS.items() if col in names]
     for record in records:
@@ -567,7 +570,7 @@ class _ParseLongCaptionsFn(beam.DoFn):
         csv.field_size_limit(_CSV_FIELD_LIMIT)
 
     def process(self, readable_file):
-        for url, captions in parse_long_captions(readable_file.open()):
+        for url, captions in parse_long_captions(readable_file.open(), readable_file.metadata.path):
             if not url:
                 self.no_url.inc()
                 continue

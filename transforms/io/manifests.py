@@ -141,7 +141,21 @@ def _rotation(value):
 def parse_openimages(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[schema.Row]:
     """Open Images image list: RFC-4180 CSV with a header; every column-set version, by name."""
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
-    reader = csv.reader(text)
+    # strict: a quote left open to the end of the file is an error; read leniently, the records
+    # after it silently became one title and were lost with exit 0
+    reader = csv.reader(text, strict=True)
+    try:
+        yield from _openimages_rows(reader, source, key_prefix)
+    except csv.Error as exc:
+        # Why BadInput: the csv module stops the file here (a field past its limit, often a quote
+        # left open that ran on to the next lines), and nothing past it can be delimited.
+        raise BadInput(
+            f"manifest {source}: unreadable CSV at line {reader.line_num} ({exc});"
+            " a quote left open before it runs a field on over the following lines"
+        ) from None
+
+
+def _openimages_rows(reader, source, key_prefix):
     header = next(reader, None)
     if header is None:
         return
