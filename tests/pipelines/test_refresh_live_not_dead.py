@@ -1,7 +1,9 @@
 """Live URLs the refresh must never call `dead` (found by an audit of the nightly refresh): a real
 loopback web, real snapshots, the real job over several nights with one --history.
 
-- a server that answers 404 to HEAD but serves the picture to GET.
+- a server that answers 404 to HEAD but serves the picture to GET;
+- a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
+  lines): the old URL's history is not the new URL's.
 """
 
 import datetime
@@ -91,3 +93,28 @@ def test_a_url_that_is_really_gone_is_still_dead_after_the_get_confirms_it(tmp_p
     assert [r["failure"] for r in nights] == [verdicts.GONE, verdicts.GONE]
     assert hits == 4  # HEAD and GET each night
 
+
+def test_a_key_whose_url_changed_does_not_inherit_the_old_urls_history(tmp_path):
+    live, other = jpeg(9), jpeg(10)
+    with SampleWebServer() as web:
+        web.routes["/live.jpg"] = [Reply(200, live, JPEG)]
+        web.routes["/other.jpg"] = Reply(200, other, JPEG)
+        # the first manifest: line 1 is a URL that died (404, /removed.jpg is not served)
+        first = write_snapshot(
+            str(tmp_path / "snapshot-1"),
+            [("cc3m:1", web.url("/removed.jpg"), jpeg(11)), ("cc3m:2", web.url("/other.jpg"), other)],
+        )
+        assert night(tmp_path, first, "2030-02-01")["cc3m:1"]["status"] == verdicts.UNREACHABLE
+        assert night(tmp_path, first, "2030-02-02")["cc3m:1"]["status"] == verdicts.DEAD
+        # the manifest, edited (the dead line dropped), ingested again: line 1 is another URL now,
+        # alive at its ingest and failing for the first time tonight (a 503)
+        second = write_snapshot(
+            str(tmp_path / "snapshot-2"),
+            [("cc3m:1", web.url("/live.jpg"), live), ("cc3m:2", web.url("/other.jpg"), other)],
+        )
+        web.routes["/live.jpg"] = Reply(503, b"busy", {"Retry-After": "0"})
+        tonight = night(tmp_path, second, "2030-02-03")
+    row = tonight["cc3m:1"]
+    assert row["status"] == verdicts.UNREACHABLE, row["reason"]
+    assert row["consecutive_failures"] == 1 and row["previous_status"] is None and not row["newly_dead"]
+    assert tonight["cc3m:2"]["status"] == verdicts.ALIVE and tonight["cc3m:2"]["previous_nights"] == 2
