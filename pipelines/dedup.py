@@ -281,6 +281,14 @@ def check_inputs(opts):
     norm = lambda path: path.rstrip("/") if "://" in path else os.path.abspath(path)  # noqa: E731
     if norm(opts.output) in {norm(root) for root in opts.input}:
         raise BadInput(f"--output {opts.output} is one of the inputs: the dedup job never writes over an input")
+    # Why: one table read twice makes every row the newer version of itself, so every row would be
+    # replaced and none written (an empty table over OUT3's). Symlinks resolved, as the ingest does.
+    seen: dict[str, str] = {}
+    for root in opts.input:
+        identity = norm(root) if "://" in root else os.path.realpath(root)
+        if identity in seen:
+            raise BadInput(f"--input {root} is given twice (also as {seen[identity]}): give each ingest output once")
+        seen[identity] = root
     preflight.check_output_dir(opts.output)
 
 

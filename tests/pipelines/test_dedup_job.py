@@ -332,3 +332,21 @@ def test_job_matches_through_picture_views(tmp_path):
         assert cids["cc12m:x"] is None
         summary = json.load(open(os.path.join(out, "summary.json")))
         assert summary["view_pairs"] == ({"mirror": 1} if joined else {})
+
+
+def test_one_input_given_twice_is_refused_and_out3_keeps_its_table(tmp_path, capsys):
+    """`--input out1 --input out1/` (a tired operator's repeated line, a symlink): every row would be
+    its own newer version and be replaced; the run wrote an empty table over OUT3's, then failed
+    its books (exit 1). It is the user's mistake: exit 2, one line, nothing touched."""
+    inputs = _inputs(tmp_path)
+    out3 = str(tmp_path / "out3")
+    job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3, "--runner", "FnApiRunner"])
+    before = sorted(os.listdir(os.path.join(out3, "images")))
+    os.symlink(inputs[0], str(tmp_path / "link"))
+    for again in (inputs[0] + "/", str(tmp_path / "link")):
+        argv = ["--input", inputs[0], "--input", inputs[1], "--input", again, "--output", out3]
+        assert job.main([*argv, "--runner", "FnApiRunner"]) == 2
+        err = capsys.readouterr().err
+        assert "given twice" in err and "Traceback" not in err, err
+        assert sorted(os.listdir(os.path.join(out3, "images"))) == before
+    _check(out3)

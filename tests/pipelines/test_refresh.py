@@ -321,14 +321,15 @@ def test_plans_are_cheap_first():
         (FetchResult(schema.HTTP_ERROR, http_status=405), False),
         (FetchResult(schema.HTTP_ERROR, http_status=501), False),
         (FetchResult(schema.HTTP_ERROR, http_status=403), False),
-        (FetchResult(schema.HTTP_ERROR, http_status=404), True),
-        (FetchResult(schema.HTTP_ERROR, http_status=410), True),
+        (FetchResult(schema.HTTP_ERROR, http_status=404), False),  # evidence: the GET confirms it
+        (FetchResult(schema.HTTP_ERROR, http_status=410), False),
+        (FetchResult(schema.HTTP_ERROR, http_status=429), True),
         (FetchResult(schema.HTTP_ERROR, http_status=503), True),
         (FetchResult(schema.TIMEOUT), True),
         (FetchResult(schema.OPTED_OUT, http_status=200), True),
     ],
 )
-def test_head_settles_only_failures(result, settles):
+def test_head_settles_only_failures_that_are_no_evidence(result, settles):
     assert plans.head_settles(result) is settles
 
 
@@ -445,11 +446,11 @@ def test_check_urls_makes_one_cheap_request_per_distinct_url(web):
                     ("etag.jpg", ["cc12m:1", "cc3m:1"], verdicts.CONDITIONAL, 304, None),
                     ("plain.jpg", ["cc12m:2", "cc3m:2"], verdicts.HEAD_GET, 200, sha),
                     ("no-head.jpg", ["cc3m:3"], verdicts.HEAD_GET, 200, sha),
-                    ("missing.jpg", ["cc3m:4"], verdicts.HEAD, 404, None),
+                    ("missing.jpg", ["cc3m:4"], verdicts.HEAD_GET, 404, None),
                 ]
             ),
         )
-    assert web.hits == {"/etag.jpg": 1, "/plain.jpg": 2, "/no-head.jpg": 2, "/missing.jpg": 1}
+    assert web.hits == {"/etag.jpg": 1, "/plain.jpg": 2, "/no-head.jpg": 2, "/missing.jpg": 2}
     conditional = [h for (m, path, h, _t) in web.requests if path == "/etag.jpg"]
     assert conditional[0].get("If-None-Match") == '"x"'
 
@@ -638,8 +639,8 @@ def write_manifests(tmp_path, web):
 EXPECTED = {
     "cc3m:1": (verdicts.ALIVE, verdicts.CONDITIONAL),
     "cc3m:2": (verdicts.ALIVE, verdicts.HEAD_GET),
-    "cc3m:3": (verdicts.DEAD, verdicts.HEAD),
-    "cc3m:4": (verdicts.DEAD, verdicts.HEAD),
+    "cc3m:3": (verdicts.DEAD, verdicts.HEAD_GET),  # a 404/410 to HEAD is confirmed by the GET
+    "cc3m:4": (verdicts.DEAD, verdicts.HEAD_GET),
     "cc3m:5": (verdicts.UNREACHABLE, verdicts.HEAD),
     "cc3m:6": (verdicts.UNREACHABLE, verdicts.HEAD),
     "cc3m:7": (verdicts.CHANGED, verdicts.HEAD_GET),
@@ -737,7 +738,7 @@ def test_one_night_gives_each_url_its_verdict(world):
     assert rows["cc3m:3"]["newly_dead"] and not rows["cc3m:17"]["newly_dead"]  # invalid at ingest already
     assert {r["url"] for r in rows.values()} == set(world["urls"].values())
     # one request per distinct URL and night, however many keys list it; none for the ftp row
-    assert hits["/plain.jpg"] == 2 and hits["/etag.jpg"] == 1 and hits["/dead.jpg"] == 1
+    assert hits["/plain.jpg"] == 2 and hits["/etag.jpg"] == 1 and hits["/dead.jpg"] == 2
     assert "/dns.jpg" not in hits
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["verdict_totals"] == {

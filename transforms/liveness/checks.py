@@ -256,7 +256,11 @@ def _judge_joined(item, detected, params):
     _key, grouped = item
     previous = next(iter(grouped["previous"]), None)
     for entry, check in grouped["now"]:
-        yield judge(entry, check, previous, detected, params)
+        # Why: a key names a manifest record, not a URL: a re-ingested, edited manifest renumbers its
+        # lines (cc3m:7 is another URL now). Another URL's streak or dead verdict is no evidence
+        # about this one: its first night here, judged from its own ingest fetch.
+        same_url = previous is not None and (previous.get("url") or "").strip() == (entry.get("url") or "").strip()
+        yield judge(entry, check, previous if same_url else None, detected, params)
 
 
 class WriteStatusTable(beam.PTransform):

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-HISTORY_COLUMNS = ["key", "night", "status", "consecutive_failures", "previous_nights", "dead_since"]
+HISTORY_COLUMNS = ["key", "url", "night", "status", "consecutive_failures", "previous_nights", "dead_since"]
 COMPLETE_MARKER = "_COMPLETE"
 
 

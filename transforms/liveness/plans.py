@@ -17,7 +17,6 @@ from transforms.liveness.verdicts import (
     EPOCH,
     FILE,
     GET,
-    GONE_HTTP_STATUSES,
     HEAD,
     HEAD_GET,
     HEAD_REFUSED,
@@ -98,15 +97,17 @@ def plan_check(url: str, entries: list, params) -> dict:
 
 
 def head_settles(head):
-    """True when a HEAD answer is enough: the URL is gone or failing. A 2xx, a refused HEAD
-    (405/501) or another 4xx (servers that mishandle HEAD) needs the GET."""
+    """True when a HEAD answer is enough: the URL is failing. A 2xx, a refused HEAD (405/501), another
+    4xx (servers that mishandle HEAD) or a 404/410/451 needs the GET: a 'gone' answer is evidence
+    that makes a URL dead, and servers whose handlers only know GET answer HEAD with their 404 page
+    while GET serves the picture, so only the GET's answer is taken as evidence."""
     if head.status == schema.OK:
         return False
     if head.status == schema.HTTP_ERROR:
         code = head.http_status or 0
         if code in HEAD_REFUSED:
             return False
-        return code in GONE_HTTP_STATUSES or code >= 500 or code == 429 or 300 <= code < 400
+        return code >= 500 or code == 429 or 300 <= code < 400
     return True  # timeout, connection failure, blocked, invalid redirect, opted out
 
 

@@ -1,0 +1,120 @@
+"""Live URLs the refresh must never call `dead` (found by an audit of the nightly refresh): a real
+loopback web, real snapshots, the real job over several nights with one --history.
+
+- a server that answers 404 to HEAD but serves the picture to GET;
+- a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
+  lines): the old URL's history is not the new URL's.
+"""
+
+import datetime
+import hashlib
+import os
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipelines import refresh as refresh_job
+from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
+from tests.conftest import local_options
+from transforms import schema
+from transforms.image_checks import inspect_image
+from transforms.liveness import verdicts
+
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+def write_snapshot(directory, rows):
+    """An ingest table (as ingest writes it) of `rows`: [(key, url, body)], every row ok, no validator."""
+    records = []
+    for key, url, body in rows:
+        check = inspect_image(body)
+        records.append(
+            schema.to_parquet_record(
+                schema.new_row(
+                    "cc3m",
+                    key,
+                    url,
+                    "a caption",
+                    status=schema.OK,
+                    http_status=200,
+                    sha256=hashlib.sha256(body).hexdigest(),
+                    phash=check.phash,
+                    dhash=check.dhash,
+                    width=check.width,
+                    height=check.height,
+                    format="JPEG",
+                    content_type="image/jpeg",
+                    size_bytes=len(body),
+                    fetched_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc),
+                )
+            )
+        )
+    os.makedirs(os.path.join(directory, "images"))
+    pq.write_table(
+        pa.Table.from_pylist(records, schema=schema.IMAGE_SCHEMA), os.path.join(directory, "images", "part-0.parquet")
+    )
+    return directory
+
+
+def night(tmp_path, snapshot, date):
+    out = str(tmp_path / f"refresh-{date}")
+    args = {
+        "snapshot": snapshot,
+        "output": out,
+        "history": str(tmp_path / "history"),
+        "night": date,
+        "allow-network": "127.0.0.1/32",
+        "timeout": 5,
+        "retries": 0,
+    }
+    refresh_job.run(local_options(**args))
+    rows = ds.dataset(os.path.join(out, "status"), format="parquet").to_table().to_pylist()
+    return {r["key"]: r for r in rows}
+
+
+def test_a_404_to_head_alone_is_no_evidence_when_get_serves_the_picture(tmp_path):
+    body = jpeg(7)
+    with SampleWebServer() as web:
+        # servers whose handlers only know GET: HEAD falls through to their 404 page
+        web.routes["/photo.jpg"] = lambda method, headers, n: Reply(404) if method == "HEAD" else Reply(200, body, JPEG)
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
+        nights = [night(tmp_path, snapshot, d)["cc3m:1"] for d in ("2030-02-01", "2030-02-02", "2030-02-03")]
+    assert [r["status"] for r in nights] == [verdicts.ALIVE] * 3, [r["reason"] for r in nights]
+    assert all(r["method"] == verdicts.HEAD_GET and r["http_status"] == 200 for r in nights)
+
+
+def test_a_url_that_is_really_gone_is_still_dead_after_the_get_confirms_it(tmp_path):
+    with SampleWebServer() as web:
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/gone.jpg"), jpeg(8))])
+        nights = [night(tmp_path, snapshot, d)["cc3m:1"] for d in ("2030-02-01", "2030-02-02")]
+        hits = web.hits["/gone.jpg"]
+    assert [r["status"] for r in nights] == [verdicts.UNREACHABLE, verdicts.DEAD]
+    assert [r["failure"] for r in nights] == [verdicts.GONE, verdicts.GONE]
+    assert hits == 4  # HEAD and GET each night
+
+
+def test_a_key_whose_url_changed_does_not_inherit_the_old_urls_history(tmp_path):
+    live, other = jpeg(9), jpeg(10)
+    with SampleWebServer() as web:
+        web.routes["/live.jpg"] = [Reply(200, live, JPEG)]
+        web.routes["/other.jpg"] = Reply(200, other, JPEG)
+        # the first manifest: line 1 is a URL that died (404, /removed.jpg is not served)
+        first = write_snapshot(
+            str(tmp_path / "snapshot-1"),
+            [("cc3m:1", web.url("/removed.jpg"), jpeg(11)), ("cc3m:2", web.url("/other.jpg"), other)],
+        )
+        assert night(tmp_path, first, "2030-02-01")["cc3m:1"]["status"] == verdicts.UNREACHABLE
+        assert night(tmp_path, first, "2030-02-02")["cc3m:1"]["status"] == verdicts.DEAD
+        # the manifest, edited (the dead line dropped), ingested again: line 1 is another URL now,
+        # alive at its ingest and failing for the first time tonight (a 503)
+        second = write_snapshot(
+            str(tmp_path / "snapshot-2"),
+            [("cc3m:1", web.url("/live.jpg"), live), ("cc3m:2", web.url("/other.jpg"), other)],
+        )
+        web.routes["/live.jpg"] = Reply(503, b"busy", {"Retry-After": "0"})
+        tonight = night(tmp_path, second, "2030-02-03")
+    row = tonight["cc3m:1"]
+    assert row["status"] == verdicts.UNREACHABLE, row["reason"]
+    assert row["consecutive_failures"] == 1 and row["previous_status"] is None and not row["newly_dead"]
+    assert tonight["cc3m:2"]["status"] == verdicts.ALIVE and tonight["cc3m:2"]["previous_nights"] == 2
