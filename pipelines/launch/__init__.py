@@ -1,6 +1,7 @@
 """Starting jobs.
 
 - `job_runner`: what every job shares: `Job` (parse, execute, main), local defaults, the lease.
+- `arguments`: the command-line check: each argument is the job's own option or a Beam option.
 - `preflight`: checks of paths and Parquet footers before a pipeline starts.
 - `scratch`: local scratch directories (the on-disk shuffle's), removed however a run ends.
 - `failures`: any failure -> one line and an exit status.
@@ -8,4 +9,4 @@
 - `flex_template`: the Dataflow Flex Template entry (template parameters -> a job's command line).
 """
 
-__all__ = ["console", "early_interrupt", "failures", "flex_template", "job_runner", "preflight", "scratch"]
+__all__ = ["arguments", "console", "early_interrupt", "failures", "flex_template", "job_runner", "preflight", "scratch"]

@@ -83,6 +83,33 @@ def test_flex_main_runs_the_job_named_by_the_image(monkeypatch):
     ]
 
 
+def test_a_parameter_neither_the_job_nor_beam_knows_stops_the_launcher_in_one_line(capsys, tmp_path):
+    """Before Beam sees it: Beam itself would only log "Discarding unparseable args" and the job
+    would run with the option's default (pipelines/launch/arguments.py)."""
+    argv = ["--snapshot=gs://b/snap", f"--output={tmp_path}/night", "--dead_afer=5", "--runner=FnApiRunner"]
+    assert flex_template.main(argv, job="refresh") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "refresh: unknown option --dead_afer (did you mean --dead-after?)"
+    ]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", sorted(jobs.JOBS))
+def test_every_template_parameter_is_an_option_the_job_accepts(name):
+    """The metadata's parameters are the job's own options or Beam's (worker settings such as
+    number_of_worker_harness_threads): none is refused as unknown when the launcher passes it."""
+    from pipelines.launch import arguments
+
+    module = flex_template.job_module(name)
+    parser = module.JOB.help_parser()
+    arguments.check_known(parser, [])
+    known = {flag for action in parser._actions for flag in action.option_strings}
+    parameters = [p["name"] for p in jobs.template_metadata(jobs.JOBS[name])["parameters"]]
+    own = flex_template.option_actions(flex_template.options_class(module))
+    spelt = [flex_template.long_flag(own[p]) if p in own else f"--{p}" for p in parameters]
+    assert [flag for flag in spelt if flag not in known] == []
+
+
 @pytest.mark.dataflow
 @pytest.mark.timeout(180)
 def test_the_refresh_launcher_returns_once_the_job_is_submitted(gcs_emulator, monkeypatch):

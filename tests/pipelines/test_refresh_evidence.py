@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import jpeg
 from transforms import schema
-from transforms.errors import EnvironmentFailure
+from transforms.errors import BadInput, EnvironmentFailure
 from transforms.image_checks import inspect_image
 from transforms.liveness import history as liveness_history
 from transforms.liveness import plans, verdicts
@@ -243,19 +243,71 @@ def test_history_read_errors_fail_instead_of_starting_over(tmp_path):
     with mock.patch.object(FileSystems, "match", side_effect=OSError("503 backend error")):
         with pytest.raises(EnvironmentFailure, match=r"cannot list the history .*history.*503 backend error"):
             liveness_history.previous_night(history, NIGHT)
-    with open(os.path.join(directory, "part-0.parquet"), "wb") as handle:
-        handle.write(b"PAR1 not really")
-    with pytest.raises(EnvironmentFailure, match=r"cannot read the history file .*2030-02-28/part-0.parquet"):
+    with mock.patch.object(FileSystems, "open", side_effect=OSError("403 forbidden")):
+        with pytest.raises(EnvironmentFailure, match=r"cannot read the history marker .*2030-02-28/_COMPLETE"):
+            liveness_history.ReadHistory(history, NIGHT)
+    part = os.path.join(directory, "part-0.parquet")
+    opened = FileSystems.open
+
+    def open_all_but_the_part(path, **kwargs):
+        if path == part:
+            raise OSError("503 backend error")
+        return opened(path, **kwargs)
+
+    # The marker reads, the night's file does not: the storage failed (exit 1), not the night.
+    with mock.patch.object(FileSystems, "open", side_effect=open_all_but_the_part):
+        with pytest.raises(EnvironmentFailure, match=r"cannot read the history file .*2030-02-28/part-0.parquet"):
+            liveness_history.ReadHistory(history, NIGHT)
+
+
+# A damaged night is the user's to repair (exit 2), like a damaged page of it (test_mishaps) and a
+# damaged input table: a retry cannot help (docs/refresh.md, "History, idempotency").
+DAMAGED_NIGHT = {
+    "footer": (
+        lambda d: open(os.path.join(d, "part-0.parquet"), "wb").write(b"PAR1 not really"),
+        r"2030-02-28/part-0.parquet: damaged Parquet file \(unreadable footer: .*\); restore it",
+    ),
+    "missing file": (
+        lambda d: os.remove(os.path.join(d, "part-0.parquet")),
+        r"2030-02-28/part-0.parquet is listed in _COMPLETE but missing; restore it, or re-run the refresh of 2030-02",
+    ),
+    "marker": (
+        lambda d: open(os.path.join(d, "_COMPLETE"), "w").write('{"night": "2030-02-28"'),
+        r"2030-02-28/_COMPLETE is not a readable marker",
+    ),
+    "columns": (
+        lambda d: pa_write(os.path.join(d, "part-0.parquet"), {"key": ["cc3m:1"]}),
+        r"2030-02-28/part-0.parquet has no url, night, status, .* column: not a history night",
+    ),
+}
+
+
+def pa_write(path, columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_NIGHT))
+def test_a_damaged_history_night_is_bad_input(tmp_path, damage):
+    history = str(tmp_path / "history")
+    directory = write_night(history, NIGHT - datetime.timedelta(days=1))
+    spoil, message = DAMAGED_NIGHT[damage]
+    spoil(directory)
+    with pytest.raises(BadInput, match=message) as failure:
         liveness_history.ReadHistory(history, NIGHT)
-    os.remove(os.path.join(directory, "part-0.parquet"))
-    with pytest.raises(EnvironmentFailure, match=r"2030-02-28/part-0.parquet is listed in _COMPLETE but missing"):
-        liveness_history.ReadHistory(history, NIGHT)
+    assert failure.value.exit_status == 2
 
 
 def test_the_job_stops_in_one_line_before_deleting_anything(tmp_path, capsys):
     history = str(tmp_path / "history")
     directory = write_night(history, NIGHT - datetime.timedelta(days=1))
-    os.remove(os.path.join(directory, "part-0.parquet"))
+    with open(os.path.join(directory, "part-0.parquet"), "r+b") as handle:  # a byte of the footer flipped
+        handle.seek(-10, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-10, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 0xFF]))
     snapshot = tmp_path / "snapshot" / "images"
     snapshot.mkdir(parents=True)
     import pyarrow as pa
@@ -280,7 +332,10 @@ def test_the_job_stops_in_one_line_before_deleting_anything(tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and "is listed in _COMPLETE but missing" in err
+    # A damaged night is the user's to repair: exit 2 (before, an unreadable footer was exit 1 and a
+    # flipped page exit 2); the run stops before anything is deleted.
+    assert code == 2 and err.count("\n") == 1, err
+    assert "2030-02-28/part-0.parquet: damaged Parquet file (unreadable footer" in err, err
     assert "Traceback" not in err and (out / "status" / "part-old.parquet").exists()  # nothing deleted
 
 

@@ -3,13 +3,15 @@ A night reads the latest complete night before it and writes only its own direct
 """
 
 import datetime
+import json
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.errors import EnvironmentFailure
-from transforms.io.checked_parquet import ReadTableRecords
-from transforms.io.sinks import join_path, read_json, write_json
+from transforms.errors import BadInput, EnvironmentFailure
+from transforms.io.checked_parquet import DamagedTable, ReadTableRecords
+from transforms.io.sinks import join_path, write_json
 from transforms.liveness.checks import WriteStatusTable
 
 __all__ = [
@@ -80,22 +82,39 @@ def night_files(history: str, night: datetime.date) -> list[str]:
     """The Parquet files of a complete night, checked before the job starts: the ones its _COMPLETE
     marker lists must all be there and readable, with the history columns.
 
+    A damaged night is the user's to repair (exit 2), as a damaged page of it is when the job reads
+    it and as a damaged input table is (docs/integrity.md): retrying cannot help, restoring the
+    night or re-running that night's refresh does. Storage that cannot be listed or read is the
+    environment (exit 1).
+
     Args:
         history: the --history directory.
         night: a complete night (complete_nights()).
     Returns:
         the files' paths, sorted.
     Raises:
-        EnvironmentFailure: the marker, a listed file or its footer cannot be read (one line naming it).
+        BadInput: the night is damaged: a marker that does not list files, a listed file missing,
+            a footer that does not read (DamagedTable), a file without the history columns.
+        EnvironmentFailure: the marker or a file cannot be opened or read, the night cannot be listed.
     """
     import pyarrow.parquet as pq
 
     directory = night_dir(history, night)
     marker = join_path(directory, COMPLETE_MARKER)
+    repair = f"restore it, or re-run the refresh of {night.isoformat()}"
     try:
-        listed = read_json(marker)["files"]
+        with FileSystems.open(marker) as handle:
+            raw = handle.read()
     except Exception as exc:
         raise EnvironmentFailure(f"cannot read the history marker {marker}: {_short(exc)}") from None
+    try:
+        listed = json.loads(raw.decode("utf-8"))["files"]
+        if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+            raise ValueError("'files' is not a list of file names")
+    except Exception as exc:
+        raise BadInput(
+            f"history night {directory} is damaged: {marker} is not a readable marker ({_short(exc)}); {repair}"
+        ) from None
     try:
         present = {
             m.path.rstrip("/").split("/")[-1]: m.path
@@ -105,21 +124,26 @@ def night_files(history: str, night: datetime.date) -> list[str]:
         raise EnvironmentFailure(f"cannot list the history night {directory}: {_short(exc)}") from None
     missing = sorted(set(listed) - set(present))
     if missing:
-        raise EnvironmentFailure(
+        raise BadInput(
             f"history night {directory} is damaged: {join_path(directory, missing[0])}"
             f" is listed in {COMPLETE_MARKER} but missing"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f"; {repair}"
         )
     paths = sorted(present[name] for name in listed)
     for path in paths:
         try:
-            with FileSystems.open(path) as handle:
-                names = set(pq.read_schema(handle).names)
+            handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
         except Exception as exc:
             raise EnvironmentFailure(f"cannot read the history file {path}: {_short(exc)}") from None
+        with handle:
+            try:
+                names = set(pq.read_schema(handle).names)
+            except Exception as exc:  # noqa: BLE001 (pyarrow has no common base: any footer that fails)
+                raise DamagedTable(path, f"unreadable footer: {_short(exc)}") from None
         absent = [c for c in HISTORY_COLUMNS if c not in names]
         if absent:
-            raise EnvironmentFailure(f"the history file {path} has no {', '.join(absent)} column")
+            raise BadInput(f"the history file {path} has no {', '.join(absent)} column: not a history night; {repair}")
     return paths
 
 
