@@ -239,7 +239,8 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection. `read_history`: a
     history.ReadHistory built (and so checked) before the outputs were prepared."""
     out = opts.output
-    entries = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
+    read = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots, with_books=True)
+    entries = read["entries"]
     checked = entries | "CheckUrls" >> checks.CheckUrls(FetchConfig.from_options(opts), params)
     found = checked | "FindPlaceholders" >> checks.FindPlaceholders(params)
     placeholders = found["placeholders"]
@@ -258,6 +259,9 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
         "placeholders": placeholders,
         "frequent": found["frequent"],
         "written": written,
+        # the books: snapshot rows read = status rows written + rows merged by key (checked there)
+        "rows_in": read["rows_in"],
+        "merged": read["merged"],
     } | "WriteSummary" >> summary.SummarizeRefresh(
         out, params.night, read_history.previous, started_at, opts.summary_hosts, _options_snapshot(opts, params)
     )
@@ -344,7 +348,7 @@ def report(out):
 
 
 def main(argv=None) -> int:
-    """`python -m pipelines.refresh`: the exit status (0 done, 2 bad input, 1 environment, 130 Ctrl-C)."""
+    """`python -m pipelines.refresh`: the exit status (0 done, 2 bad input, 1 environment or books, 130 Ctrl-C)."""
     return JOB.main(run, argv)
 
 

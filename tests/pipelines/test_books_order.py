@@ -9,13 +9,14 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import dedup, ingest
+from pipelines import dedup, ingest, refresh
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
 from tests.dedup_helpers import row
 from transforms import schema
 from transforms.clustering import table_dedup
 from transforms.io import table as table_module
+from transforms.liveness import checks
 
 LOOPBACK = "127.0.0.1/32"
 
@@ -120,3 +121,52 @@ def test_ingest_with_unbalanced_books_leaves_outs_previous_table_whole(web, tmp_
     assert _snapshot(os.path.join(out, "images")) == before
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["books"]["balanced"] is False and summary["table"] == recorded
+
+
+# --- B: the refresh's own books -------------------------------------------------------------------
+
+
+def _two_snapshots(web, tmp_path):
+    """Two ingests of one manifest: every key in both snapshots (the refresh merges them)."""
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_serve_cc3m(web, 6))
+    snapshots = [str(tmp_path / "out-a"), str(tmp_path / "out-b")]
+    for out in snapshots:
+        assert _ingest(out, manifest) == 0
+    return snapshots
+
+
+def _refresh(snapshots, output):
+    return refresh.main(
+        local_options(snapshot=snapshots, output=output, **{"allow-network": LOOPBACK, "retries": 0, "timeout": 5})
+    )
+
+
+def test_refresh_books_balance_with_keys_merged_across_snapshots(web, tmp_path, capsys):
+    snapshots = _two_snapshots(web, tmp_path)
+    output = str(tmp_path / "refresh")
+    assert _refresh(snapshots, output) == 0
+    books = json.load(open(os.path.join(output, "summary.json")))["books"]
+    assert books == {
+        "snapshots": [{"path": snapshots[0], "rows": 6}, {"path": snapshots[1], "rows": 6}],
+        "rows_in": 12,
+        "merged": 6,
+        "rows_out": 6,
+        "balanced": True,
+    }
+
+
+def test_refresh_fails_when_a_status_row_is_lost(web, tmp_path, capsys, monkeypatch):
+    snapshots = _two_snapshots(web, tmp_path)
+    judged = checks._judge_joined
+
+    def lose_one(item, detected, params):
+        return [] if item[0] == "cc3m:4" else judged(item, detected, params)
+
+    monkeypatch.setattr(checks, "_judge_joined", lose_one)
+    output = str(tmp_path / "refresh")
+    capsys.readouterr()
+    assert _refresh(snapshots, output) == 1
+    line = _one_line(capsys, "refresh")
+    assert "the books do not balance: 12 snapshot rows read" in line and "5 status rows written" in line, line
+    assert json.load(open(os.path.join(output, "summary.json")))["books"]["balanced"] is False
