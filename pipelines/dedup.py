@@ -35,7 +35,7 @@ from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTable
 from transforms.errors import BadInput, BooksUnbalanced
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
-from transforms.io.table_record import RECORD, recorded_table, roll_back, table_record
+from transforms.io.table_record import RECORD, check_recorded_table, recorded_table, roll_back, table_record
 
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
@@ -294,7 +294,9 @@ def check_inputs(opts):
     if not opts.input or not opts.output:
         raise BadInput("--input OUT (repeatable) and --output OUT3 are required")
     for root in opts.input:
-        preflight.check_table("--input", root, REQUIRED_COLUMNS)
+        files = preflight.check_table("--input", root, REQUIRED_COLUMNS)
+        # why: a file copied into OUT/images would double its rows in OUT3 (docs/integrity.md)
+        check_recorded_table("--input", root, files)
     DedupSettings.from_options(opts)
     norm = lambda path: path.rstrip("/") if "://" in path else os.path.abspath(path)  # noqa: E731
     if norm(opts.output) in {norm(root) for root in opts.input}:

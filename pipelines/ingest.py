@@ -47,7 +47,7 @@ from transforms.io.table import (
     remove_stale_leftovers,
     temporary_dir,
 )
-from transforms.io.table_record import RECORD, recorded_table, roll_back, table_record
+from transforms.io.table_record import RECORD, check_recorded_table, recorded_table, roll_back, table_record
 from transforms.record_progress import RecordProgress
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "cluster_columns",
     "read_manifest_rows",
     "demo_inputs",
+    "resumed_files",
     "run",
     "report",
     "main",
@@ -192,7 +193,8 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     kept = None
     if opts.resume:
         merged = rows | "MergePrevious" >> MergeWithPrevious(
-            pipeline | "PreviousRun" >> ReadImageTable(previous_files), parse_retry_statuses(opts.retry_status)
+            pipeline | "PreviousRun" >> ReadImageTable(resumed_files(out, previous_files)),
+            parse_retry_statuses(opts.retry_status),
         )
         rows, carried, kept = merged["fetch"], merged["carry"], merged["kept"]
     fetched = (
@@ -275,6 +277,20 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     _ = written | "RetirePrevious" >> RetireFiles(previous_files, after=checked)
     _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates, after=checked)
     return fetched
+
+
+def resumed_files(out, files):
+    """The files of OUT's previous table a --resume reads: those its summary.json records, checked
+    (table_record.check_recorded_table). Files it does not record are parts of a run killed before
+    its summary: left unread (a key would come twice), and retired with the previous table."""
+    kept = check_recorded_table("--resume", out, files, ignore_unrecorded=True)
+    for path in sorted(set(files) - set(kept)):
+        print(
+            f"ingest: warning: {path} is not in {out}/summary.json's table: not read, removed",
+            file=sys.stderr,
+            flush=True,
+        )
+    return kept
 
 
 SCRATCH_PREFIX = "ingest-spill-"

@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import job_runner, preflight
 from transforms.fetch.client import FetchConfig
 from transforms.io.sinks import join_path, read_json
+from transforms.io.table_record import check_recorded_table
 from transforms.liveness import checks, history, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
@@ -305,7 +306,9 @@ def run(argv=None):
     )
     snapshots, params = resolve(opts)
     for root, pattern, _columns in snapshots:  # every footer, not only the first file's
-        preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
+        files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
+        if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
+            check_recorded_table("--snapshot", root, files)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
     if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):
