@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import uuid
 
 import apache_beam as beam
 import pyarrow as pa
@@ -34,6 +35,7 @@ from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTable
 from transforms.errors import BadInput, BooksUnbalanced
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
+from transforms.io.table_record import RECORD, check_recorded_table, recorded_table, roll_back, table_record
 
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
@@ -87,7 +89,9 @@ class _WriteJson(beam.DoFn):
         yield self._path
 
 
-def _summary(stats, replaced, inputs, output, books, repeated=0, warnings=()):
+def _summary(stats, replaced, inputs, output, books, repeated=0, warnings=(), written=(), previous=None):
+    """summary.json; "table" records the files OUT3/images holds (table_record): this run's once
+    the books balance, else the previous table's, which a failed run leaves in place."""
     warnings = list(warnings)
     if repeated:
         warnings.append(
@@ -101,6 +105,7 @@ def _summary(stats, replaced, inputs, output, books, repeated=0, warnings=()):
             "output": output,
             "replaced_rows": replaced,
             "books": books,
+            RECORD: table_record(written) if books["balanced"] else previous,
             "warnings": warnings,
         },
         **stats,
@@ -133,9 +138,11 @@ def dedup_books(rows_in, written, replaced, inputs):
     }
 
 
-def check_dedup_books(_, books):
-    """Raises BooksUnbalanced unless rows in = rows out + replaced."""
+def check_dedup_books(_, books, written=(), previous=()):
+    """Raises BooksUnbalanced unless rows in = rows out + replaced, once this run's table files
+    (`written`) are removed again: OUT3/images keeps the `previous` files, whole."""
     if not books["balanced"]:
+        roll_back(written, keep=previous)
         raise BooksUnbalanced(
             f"the books do not balance: {books['rows_in']} rows read from"
             f" {', '.join(i['path'] for i in books['inputs'])}, {books['rows_out']} rows written"
@@ -209,8 +216,10 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     expected_rows: the rows to be read (table_rows), for the near search's shard count.
     """
     out = opts.output
-    run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    # why: unique per run, so no file of this run can carry a name of the table it replaces
+    run_id = run_id or f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     previous_files = list_table_files(out)
+    previous_record = recorded_table(out, strict=False)[1]
     previous_duplicates = list_duplicates_files(out)
     files = pipeline | "ListTables" >> ListTables(opts.input)
     # why: one row per key (newest fetched_at wins), decided on 40-byte key records, not rows;
@@ -225,9 +234,8 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     # why: the table is copied file by file in Arrow batches with the cluster columns set (Beam's
     # WriteToParquet takes a side input, so a local run buffers its whole input in memory)
     written = files | "WriteImages" >> CopyTables(out, run_id, newest["skip"], result["cluster_columns"])
-    _ = written | "WrittenPaths" >> beam.Map(lambda w: w["path"]) | "RetirePrevious" >> RetireFiles(previous_files)
+    written_paths = written | "WrittenPaths" >> beam.Map(lambda w: w["path"])
     duplicates_files = result["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
-    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates)
     replaced = newest["replaced"] | "CountReplaced" >> beam.CombineGlobally(sum)
     repeated = newest["repeated"] | "CountRepeated" >> beam.CombineGlobally(sum)
     books = (
@@ -252,10 +260,20 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
             books=beam.pvalue.AsSingleton(books),
             repeated=beam.pvalue.AsSingleton(repeated),
             warnings=list(warnings),
+            written=beam.pvalue.AsList(written),
+            previous=previous_record,
         )
         | "WriteSummary" >> beam.ParDo(_WriteJson(FileSystems.join(out, "summary.json")))
     )
-    _ = summary | "CheckBooks" >> beam.Map(check_dedup_books, books=beam.pvalue.AsSingleton(books))
+    checked = summary | "CheckBooks" >> beam.Map(
+        check_dedup_books,
+        books=beam.pvalue.AsSingleton(books),
+        written=beam.pvalue.AsList(written_paths),
+        previous=previous_files,
+    )
+    # why: the previous table and clusters go only once the books balance (docs/integrity.md)
+    _ = written_paths | "RetirePrevious" >> RetireFiles(previous_files, after=checked)
+    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates, after=checked)
     return result
 
 
@@ -276,7 +294,9 @@ def check_inputs(opts):
     if not opts.input or not opts.output:
         raise BadInput("--input OUT (repeatable) and --output OUT3 are required")
     for root in opts.input:
-        preflight.check_table("--input", root, REQUIRED_COLUMNS)
+        files = preflight.check_table("--input", root, REQUIRED_COLUMNS)
+        # why: a file copied into OUT/images would double its rows in OUT3 (docs/integrity.md)
+        check_recorded_table("--input", root, files)
     DedupSettings.from_options(opts)
     norm = lambda path: path.rstrip("/") if "://" in path else os.path.abspath(path)  # noqa: E731
     if norm(opts.output) in {norm(root) for root in opts.input}:

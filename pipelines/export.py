@@ -32,6 +32,7 @@ from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.manifests import normalise_path
 from transforms.io.sinks import join_path, read_json, write_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
+from transforms.io.table_record import check_recorded_table
 
 __all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run", "summarize"]
 
@@ -331,6 +332,8 @@ def run(argv=None):
     # A remote runner's workers cannot open this machine's files: refused before anything runs.
     job_runner.require_shared_paths(options, {"--input": config.input, "--output": config.output})
     files = selection.check_table_files(config.input)
+    # why: a file copied into OUT/images would double its rows in the shards (and their keys)
+    files = check_recorded_table("--input", config.input, files)
     started_at = time.time()
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
     with job_runner.leased_output(options, config.output, "export", opts.force_unlock):

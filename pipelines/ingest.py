@@ -47,6 +47,7 @@ from transforms.io.table import (
     remove_stale_leftovers,
     temporary_dir,
 )
+from transforms.io.table_record import RECORD, check_recorded_table, recorded_table, roll_back, table_record
 from transforms.record_progress import RecordProgress
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "cluster_columns",
     "read_manifest_rows",
     "demo_inputs",
+    "resumed_files",
     "run",
     "report",
     "main",
@@ -180,9 +182,10 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     spread_rows = not one_process
     out = opts.output
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
-    previous_files = list_table_files(out)  # replaced by this run's, once those are written
+    previous_files = list_table_files(out)  # replaced by this run's, once the books balance
     if opts.resume and not previous_files:
         raise BadInput(f"--resume: no table to resume in {join_path(out, 'images')}")
+    previous_record = recorded_table(out, strict=False)[1]
     previous_duplicates = list_duplicates_files(out)
     read = read_manifest_rows(pipeline, opts, spread_rows)
     rows = read["rows"]
@@ -190,7 +193,8 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     kept = None
     if opts.resume:
         merged = rows | "MergePrevious" >> MergeWithPrevious(
-            pipeline | "PreviousRun" >> ReadImageTable(previous_files), parse_retry_statuses(opts.retry_status)
+            pipeline | "PreviousRun" >> ReadImageTable(resumed_files(out, previous_files)),
+            parse_retry_statuses(opts.retry_status),
         )
         rows, carried, kept = merged["fetch"], merged["carry"], merged["kept"]
     fetched = (
@@ -218,11 +222,8 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
     duplicates_files = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
-    # Why: a re-run with another shard count must not leave the old clusters-* files beside the new.
-    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates)
     table = shards | "WriteImages" >> FinalizeTable(out, run_id, clusters, with_counts=True)
     written = table["files"]
-    _ = written | "RetirePrevious" >> RetireFiles(previous_files)
     # Why: the books (records read per manifest file = rows written) are checked by the job itself.
     books_inputs = {"records": read["records"], "written": table["counts"], "truncated": read["truncated"]}
     if kept is not None:
@@ -240,6 +241,13 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
         "duplicates": duplicates,
         "written": written,
         "books": books,
+        # what OUT/images holds: this run's files once the books balance, else the previous table
+        RECORD: books
+        | "TableRecord"
+        >> beam.Map(
+            lambda b, counts: table_record(counts) if b["balanced"] else previous_record,
+            counts=beam.pvalue.AsList(table["counts"]),
+        ),
     }
     if "hash_conflicts" in read:
         summary_inputs["hash_list"] = (
@@ -254,11 +262,35 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
             lambda n, total: {"carried": n, "fetched": total - n},
             total=beam.pvalue.AsSingleton(fetched | "CountAll" >> beam.combiners.Count.Globally()),
         )
-    # The books are checked right after summary.json is written, in the same step (check_books).
-    _ = summary_inputs | "WriteSummary" >> WriteSummary(
-        out, started_at, "ingest", _options_snapshot(opts), check=check_books
+    # The books are checked right after summary.json is written, in the same step (check_books);
+    # unbalanced, this run's table files are removed again and the previous ones stay.
+    checked = summary_inputs | "WriteSummary" >> WriteSummary(
+        out,
+        started_at,
+        "ingest",
+        _options_snapshot(opts),
+        check=check_books,
+        on_failed_check=lambda files: roll_back(files, keep=previous_files),
     )
+    # Why: the previous table goes only once the books balance; a re-run with another shard count
+    # must not leave the old clusters-* files beside the new.
+    _ = written | "RetirePrevious" >> RetireFiles(previous_files, after=checked)
+    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates, after=checked)
     return fetched
+
+
+def resumed_files(out, files):
+    """The files of OUT's previous table a --resume reads: those its summary.json records, checked
+    (table_record.check_recorded_table). Files it does not record are parts of a run killed before
+    its summary: left unread (a key would come twice), and retired with the previous table."""
+    kept = check_recorded_table("--resume", out, files, ignore_unrecorded=True)
+    for path in sorted(set(files) - set(kept)):
+        print(
+            f"ingest: warning: {path} is not in {out}/summary.json's table: not read, removed",
+            file=sys.stderr,
+            flush=True,
+        )
+    return kept
 
 
 SCRATCH_PREFIX = "ingest-spill-"

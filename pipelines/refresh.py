@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import job_runner, preflight
 from transforms.fetch.client import FetchConfig
 from transforms.io.sinks import join_path, read_json
+from transforms.io.table_record import check_recorded_table
 from transforms.liveness import checks, history, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
@@ -239,7 +240,8 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection. `read_history`: a
     history.ReadHistory built (and so checked) before the outputs were prepared."""
     out = opts.output
-    entries = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
+    read = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots, with_books=True)
+    entries = read["entries"]
     checked = entries | "CheckUrls" >> checks.CheckUrls(FetchConfig.from_options(opts), params)
     found = checked | "FindPlaceholders" >> checks.FindPlaceholders(params)
     placeholders = found["placeholders"]
@@ -258,6 +260,9 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
         "placeholders": placeholders,
         "frequent": found["frequent"],
         "written": written,
+        # the books: snapshot rows read = status rows written + rows merged by key (checked there)
+        "rows_in": read["rows_in"],
+        "merged": read["merged"],
     } | "WriteSummary" >> summary.SummarizeRefresh(
         out, params.night, read_history.previous, started_at, opts.summary_hosts, _options_snapshot(opts, params)
     )
@@ -301,7 +306,9 @@ def run(argv=None):
     )
     snapshots, params = resolve(opts)
     for root, pattern, _columns in snapshots:  # every footer, not only the first file's
-        preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
+        files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
+        if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
+            check_recorded_table("--snapshot", root, files)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
     if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):
@@ -344,7 +351,7 @@ def report(out):
 
 
 def main(argv=None) -> int:
-    """`python -m pipelines.refresh`: the exit status (0 done, 2 bad input, 1 environment, 130 Ctrl-C)."""
+    """`python -m pipelines.refresh`: the exit status (0 done, 2 bad input, 1 environment or books, 130 Ctrl-C)."""
     return JOB.main(run, argv)
 
 

@@ -276,21 +276,25 @@ def read_json(path: str) -> Any:
 class WriteSummary(beam.PTransform):
     """OUT/summary.json, written once the tables it describes are finalised."""
 
-    def __init__(self, out_dir, started_at, job, options_snapshot=None, check=None):
+    def __init__(self, out_dir, started_at, job, options_snapshot=None, check=None, on_failed_check=None):
         """check: called with the summary once it is written (e.g. books.check_books, which raises
-        when the books do not balance, failing the run with summary.json in place)."""
+        when the books do not balance, failing the run with summary.json in place).
+        on_failed_check: called with the "written" list before a failed check's error goes on
+        (e.g. removing the files this run wrote, table_record.roll_back)."""
         super().__init__()
         self._out_dir = out_dir
         self._started_at = started_at
         self._job = job
         self._options = options_snapshot or {}
         self._check = check
+        self._on_failed_check = on_failed_check
 
     def expand(self, inputs):
         """inputs: "counts" (StatusCounts), "written" (file names to wait for), and any other
         name -> a one-element PCollection, placed in the summary under that name."""
         path = join_path(self._out_dir, "summary.json")
         started_at, job, options, check = self._started_at, self._job, self._options, self._check
+        on_failed_check = self._on_failed_check
         names = sorted(name for name in inputs if name not in ("counts", "written"))
         side = {f"extra_{name}": beam.pvalue.AsSingleton(inputs[name]) for name in names}
 
@@ -299,7 +303,12 @@ class WriteSummary(beam.PTransform):
             summary = build_summary(counts, extras, started_at, job, options)
             write_json(path, summary)
             if check is not None:
-                check(summary)
+                try:
+                    check(summary)
+                except Exception:
+                    if on_failed_check is not None:
+                        on_failed_check(written)
+                    raise
             return path
 
         return (

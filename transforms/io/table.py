@@ -16,7 +16,8 @@ Public transforms (rows are `schema.Row` dicts):
 - `WriteTableShards(out_dir, run_id)`: rows -> `str` paths of temporary shards (phase 1).
 - `FinalizeTable(out_dir, run_id, clusters)`: shard paths -> `str` final file names (phase 2);
   `clusters` is a PCollection of `(key, (cluster_id, is_canonical, is_placeholder))`.
-- `RetireFiles(stale)`: this run's file names -> the `stale` paths, each deleted unless written now.
+- `RetireFiles(stale, after)`: this run's file names -> the `stale` paths, each deleted unless written now
+  (once `after`, e.g. the books' check, is complete).
 - `RemoveDirectory(directory, *more)`: any PCollection -> the directories, deleted once the input is complete.
 """
 
@@ -279,21 +280,27 @@ def _delete_tree(directory, done):
 
 
 class RetireFiles(beam.PTransform):
-    """Deletes `stale` files once `written` (this run's files) exist; never one of `written`."""
+    """Deletes `stale` files once `written` (this run's files) exist; never one of `written`.
 
-    def __init__(self, stale: Iterable[str]) -> None:
+    after: a PCollection that must be complete first, e.g. the books' check: a run whose books
+    fail never gets this far, so the previous files stay (docs/integrity.md).
+    """
+
+    def __init__(self, stale: Iterable[str], after=None) -> None:
         super().__init__()
         self._stale = list(stale)
+        self._after = after
 
     def expand(self, written):
+        gate = {} if self._after is None else {"after": beam.pvalue.AsList(self._after)}
         return (
             written.pipeline
             | "Stale" >> beam.Create(self._stale)
-            | "Delete" >> beam.Map(_delete_unless_written, written=beam.pvalue.AsList(written))
+            | "Delete" >> beam.Map(_delete_unless_written, written=beam.pvalue.AsList(written), **gate)
         )
 
 
-def _delete_unless_written(path, written):
+def _delete_unless_written(path, written, after=()):
     if path not in set(written) and FileSystems.exists(path):
         FileSystems.delete([path])
     return path

@@ -96,28 +96,52 @@ def snapshot_columns(pattern: str) -> list[str]:
 
 
 class ReadSnapshots(beam.PTransform):
-    """Snapshot Parquet files -> one entry per key (a key in several snapshots: see entry_rank)."""
+    """Snapshot Parquet files -> one entry per key (a key in several snapshots: see entry_rank).
 
-    def __init__(self, patterns):
+    with_books: {"entries", "rows_in": (label, rows read) per snapshot, "merged": rows that were
+    another row's key (summed while merging, apart from the read count)}, the refresh's books.
+    """
+
+    def __init__(self, patterns, with_books=False):
         super().__init__()
         # [(label, file pattern, columns)]; columns None: looked up in the files (snapshot_columns)
         self._patterns = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in patterns]
+        self._with_books = with_books
 
     def expand(self, pbegin):
-        parts = []
+        parts, counts = [], []
         for order, (label, pattern, columns) in enumerate(self._patterns):
-            parts.append(
+            part = (
                 pbegin
                 | f"Read{order}" >> ReadTableRecords(pattern, columns=columns or snapshot_columns(pattern))
                 | f"Entries{order}" >> beam.Map(snapshot_entry, label, order)
             )
-        return (
+            parts.append(part)
+            counts.append(
+                part
+                | f"Count{order}" >> beam.combiners.Count.Globally()
+                | f"Label{order}" >> beam.Map(lambda n, label: (label, n), label)
+            )
+        merged = (
             parts
             | "AllSnapshots" >> beam.Flatten()
-            | "ByKey" >> beam.Map(lambda e: (e["key"], e))
-            | "OnePerKey" >> beam.CombinePerKey(best_entry)
-            | "Entry" >> beam.Values()
+            | "ByKey" >> beam.Map(lambda e: (e["key"], (e, 1)))
+            | "OnePerKey" >> beam.CombinePerKey(_best_counted)
         )
+        entries = merged | "Entry" >> beam.Map(lambda kv: kv[1][0])
+        if not self._with_books:
+            return entries
+        return {
+            "entries": entries,
+            "rows_in": counts | "AllCounts" >> beam.Flatten(),
+            "merged": merged | "Merged" >> beam.Map(lambda kv: kv[1][1] - 1) | "SumMerged" >> beam.CombineGlobally(sum),
+        }
+
+
+def _best_counted(pairs):
+    """(entry, rows) pairs of one key -> (the best entry, rows summed)."""
+    pairs = list(pairs)
+    return best_entry(entry for entry, _ in pairs), sum(n for _, n in pairs)
 
 
 class CheckUrlsDoFn(BoundedFuturesDoFn):

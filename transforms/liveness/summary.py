@@ -8,6 +8,7 @@ import time
 
 import apache_beam as beam
 
+from transforms.errors import BooksUnbalanced
 from transforms.io.sinks import join_path, write_json
 from transforms.liveness.verdicts import ALIVE, BASELINE_STATUSES, CHANGED, DEAD, VERDICTS
 
@@ -18,6 +19,8 @@ __all__ = [
     "RefreshTotals",
     "url_stats",
     "build_refresh_summary",
+    "refresh_books",
+    "check_refresh_books",
     "SummarizeRefresh",
 ]
 
@@ -170,9 +173,48 @@ def build_refresh_summary(
     }
 
 
+def refresh_books(rows_in, merged, written):
+    """The refresh's books: snapshot rows read = status rows written + rows merged into another
+    row of their key (a key in several snapshots, or twice in one).
+
+    Args:
+        rows_in: [(snapshot, rows read)].
+        merged: rows merged, counted while keys were merged.
+        written: the status files; their rows are counted from the Parquet footers.
+    Returns:
+        {"snapshots": [{"path", "rows"}], "rows_in", "merged", "rows_out", "balanced"}.
+    """
+    from transforms.io.table_record import footer_rows  # noqa: PLC0415 (pyarrow, only here)
+
+    per_snapshot = collections.Counter()
+    for label, n in rows_in:
+        per_snapshot[label] += n
+    total_in = sum(per_snapshot.values())
+    rows_out = sum(footer_rows(sorted(written)).values())
+    return {
+        "snapshots": [{"path": label, "rows": n} for label, n in sorted(per_snapshot.items())],
+        "rows_in": total_in,
+        "merged": merged,
+        "rows_out": rows_out,
+        "balanced": total_in == rows_out + merged,
+    }
+
+
+def check_refresh_books(books):
+    """Raises BooksUnbalanced unless the books balance (refresh_books)."""
+    if not books["balanced"]:
+        raise BooksUnbalanced(
+            f"the books do not balance: {books['rows_in']} snapshot rows read"
+            f" ({', '.join(s['path'] for s in books['snapshots'])}), {books['rows_out']} status rows"
+            f" written + {books['merged']} merged into another row of their key"
+        )
+    return books
+
+
 class SummarizeRefresh(beam.PTransform):
     """Status rows (+ checked URLs, host records, detected placeholders) -> REFRESH_OUT/summary.json,
-    written once the status files are final."""
+    written once the status files are final. With "rows_in" and "merged" (ReadSnapshots' books)
+    the books go in the summary and are checked once it is written (BooksUnbalanced, exit 1)."""
 
     def __init__(self, out_dir, night, previous, started_at, top_hosts=100, options=None):
         super().__init__()
@@ -190,12 +232,24 @@ class SummarizeRefresh(beam.PTransform):
         path = join_path(self._out_dir, "summary.json")
         night, previous, started_at, options = self._night, self._previous, self._started_at, self._options
 
-        def write(_, totals, top, host_count, urls, placeholders, frequent, written):
+        books = {}
+        if "rows_in" in inputs:
+            books = {
+                "rows_in": beam.pvalue.AsList(inputs["rows_in"]),
+                "merged": beam.pvalue.AsSingleton(inputs["merged"]),
+            }
+
+        def write(_, totals, top, host_count, urls, placeholders, frequent, written, **counts):
             summary = build_refresh_summary(
                 totals, top, host_count, urls, placeholders, frequent, night, previous, started_at, time.time(), options
             )
             summary["written"] = sorted(f.split("/")[-1] for f in written)
-            return write_json(path, summary)
+            if counts:
+                summary["books"] = refresh_books(counts["rows_in"], counts["merged"], written)
+            write_json(path, summary)
+            if counts:
+                check_refresh_books(summary["books"])
+            return path
 
         return (
             rows.pipeline
@@ -210,5 +264,6 @@ class SummarizeRefresh(beam.PTransform):
                 placeholders=beam.pvalue.AsList(placeholders),
                 frequent=beam.pvalue.AsSingleton(frequent),
                 written=beam.pvalue.AsList(written),
+                **books,
             )
         )

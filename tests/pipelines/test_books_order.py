@@ -1,0 +1,278 @@
+"""The jobs' own books, end to end with the real runner (docs/integrity.md): a failed books check
+leaves the previous table whole, the refresh balances its books, and a reader compares OUT/images
+with the table its writer recorded in summary.json.
+"""
+
+import io
+import json
+import os
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import dedup, export, ingest, refresh
+from pipelines.demo.sample_site import Reply, jpeg
+from tests.conftest import local_options
+from tests.dedup_helpers import row
+from transforms import schema
+from transforms.clustering import table_dedup
+from transforms.errors import BadInput
+from transforms.io import table as table_module
+from transforms.io import table_record
+from transforms.liveness import checks
+
+LOOPBACK = "127.0.0.1/32"
+
+
+def _serve_cc3m(web, count, prefix="p"):
+    """`count` distinct JPEGs served at /<prefix><n>.jpg; returns a CC3M manifest of them."""
+    lines = []
+    for n in range(count):
+        web.routes[f"/{prefix}{n}.jpg"] = Reply(200, jpeg(hash((prefix, n)) % 10_000), {"Content-Type": "image/jpeg"})
+        lines.append(f"photo {n}\t{web.url(f'/{prefix}{n}.jpg')}\n")
+    return "".join(lines)
+
+
+def _ingest(out, manifest, *extra, **options):
+    args = local_options(
+        manifest=f"cc3m={manifest}",
+        output=out,
+        **{"allow-network": LOOPBACK, "no-progress": True, "no-report": True, "retries": 0, **options},
+    )
+    return ingest.main(args + list(extra))
+
+
+def _write_out(root, rows, name="part-0.parquet"):
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    table = pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
+    pq.write_table(table, os.path.join(root, "images", name))
+
+
+def _snapshot(directory):
+    """{file name: bytes} of a folder."""
+    return {name: open(os.path.join(directory, name), "rb").read() for name in sorted(os.listdir(directory))}
+
+
+def _one_line(capsys, job):
+    # Beam's own warnings (WriteToText replacing clusters-*) may come too: the job's line is one
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"{job}: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _rows(n, prefix="cc3m"):
+    return [
+        row(f"{prefix}:{i}", prefix, url=f"http://127.0.0.2/{prefix}/{i}.jpg", phash=f"{i * 7919:016x}")
+        for i in range(n)
+    ]
+
+
+def _lose_first_copied_row(monkeypatch):
+    """The table copy drops one row of each file: a bug the books must catch."""
+    batches = table_dedup._batches
+
+    def lossy(path, columns):
+        for number, (first, batch) in enumerate(batches(path, columns)):
+            yield (first, batch.slice(1)) if columns is None and number == 0 else (first, batch)
+
+    monkeypatch.setattr(table_dedup, "_batches", lossy)
+
+
+# --- C: the previous table is retired only once the books balance -------------------------------
+
+
+def test_dedup_with_unbalanced_books_leaves_out3s_previous_table_whole(tmp_path, capsys, monkeypatch):
+    out, out3 = str(tmp_path / "out"), str(tmp_path / "out3")
+    _write_out(out, _rows(5))
+    assert dedup.main(local_options(input=out, output=out3)) == 0
+    before = _snapshot(os.path.join(out3, "images"))
+    recorded = json.load(open(os.path.join(out3, "summary.json")))["table"]
+    assert recorded == {"files": {name: 5 for name in before}, "rows": 5}
+    capsys.readouterr()
+
+    _lose_first_copied_row(monkeypatch)
+    assert dedup.main(local_options(input=out, output=out3)) == 1
+    line = _one_line(capsys, "dedup")
+    assert "the books do not balance: 5 rows read" in line and "4 rows written" in line, line
+    # the previous table is whole: the same files, the same bytes, and nothing of the failed run
+    assert _snapshot(os.path.join(out3, "images")) == before
+    summary = json.load(open(os.path.join(out3, "summary.json")))
+    assert summary["books"]["balanced"] is False
+    assert summary["table"] == recorded  # what OUT3/images still holds
+
+
+def test_ingest_with_unbalanced_books_leaves_outs_previous_table_whole(web, tmp_path, capsys, monkeypatch):
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_serve_cc3m(web, 6))
+    out = str(tmp_path / "out")
+    assert _ingest(out, manifest) == 0
+    before = _snapshot(os.path.join(out, "images"))
+    recorded = json.load(open(os.path.join(out, "summary.json")))["table"]
+    assert recorded["rows"] == 6 and sorted(recorded["files"]) == sorted(before)
+    capsys.readouterr()
+
+    original = table_module.WriteShardsDoFn.process
+
+    def lose_one(self, row):
+        if row["key"] != "cc3m:4":
+            yield from original(self, row)
+
+    monkeypatch.setattr(table_module.WriteShardsDoFn, "process", lose_one)
+    assert _ingest(out, manifest) == 1
+    assert "6 records read, 5 rows written" in _one_line(capsys, "ingest")
+    assert _snapshot(os.path.join(out, "images")) == before
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["books"]["balanced"] is False and summary["table"] == recorded
+
+
+# --- B: the refresh's own books -------------------------------------------------------------------
+
+
+def _two_snapshots(web, tmp_path):
+    """Two ingests of one manifest: every key in both snapshots (the refresh merges them)."""
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_serve_cc3m(web, 6))
+    snapshots = [str(tmp_path / "out-a"), str(tmp_path / "out-b")]
+    for out in snapshots:
+        assert _ingest(out, manifest) == 0
+    return snapshots
+
+
+def _refresh(snapshots, output):
+    return refresh.main(
+        local_options(snapshot=snapshots, output=output, **{"allow-network": LOOPBACK, "retries": 0, "timeout": 5})
+    )
+
+
+def test_refresh_books_balance_with_keys_merged_across_snapshots(web, tmp_path, capsys):
+    snapshots = _two_snapshots(web, tmp_path)
+    output = str(tmp_path / "refresh")
+    assert _refresh(snapshots, output) == 0
+    books = json.load(open(os.path.join(output, "summary.json")))["books"]
+    assert books == {
+        "snapshots": [{"path": snapshots[0], "rows": 6}, {"path": snapshots[1], "rows": 6}],
+        "rows_in": 12,
+        "merged": 6,
+        "rows_out": 6,
+        "balanced": True,
+    }
+
+
+def test_refresh_fails_when_a_status_row_is_lost(web, tmp_path, capsys, monkeypatch):
+    snapshots = _two_snapshots(web, tmp_path)
+    judged = checks._judge_joined
+
+    def lose_one(item, detected, params):
+        return [] if item[0] == "cc3m:4" else judged(item, detected, params)
+
+    monkeypatch.setattr(checks, "_judge_joined", lose_one)
+    output = str(tmp_path / "refresh")
+    capsys.readouterr()
+    assert _refresh(snapshots, output) == 1
+    line = _one_line(capsys, "refresh")
+    assert "the books do not balance: 12 snapshot rows read" in line and "5 status rows written" in line, line
+    assert json.load(open(os.path.join(output, "summary.json")))["books"]["balanced"] is False
+
+
+# --- A: a reader compares OUT/images with the table its writer recorded -------------------------
+
+
+def _ingested(web, tmp_path, count=6):
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_serve_cc3m(web, count))
+    out = str(tmp_path / "out")
+    assert _ingest(out, manifest) == 0
+    return out, manifest
+
+
+def _copy_a_part(out):
+    images = os.path.join(out, "images")
+    first = sorted(os.listdir(images))[0]
+    copy = first.replace(".parquet", " (copy).parquet")
+    shutil.copy(os.path.join(images, first), os.path.join(images, copy))
+    return copy
+
+
+def test_a_part_copied_into_out_images_is_refused_by_every_reader(web, tmp_path, capsys):
+    out, _ = _ingested(web, tmp_path)
+    copy = _copy_a_part(out)
+    capsys.readouterr()
+    exp, out3, fresh = tmp_path / "exp", tmp_path / "out3", tmp_path / "refresh"
+    assert export.main(local_options(input=out, output=str(exp), format="webdataset")) == 2
+    line = _one_line(capsys, "export")
+    assert f"not written by it: {copy}" in line and "summary.json" in line, line
+    assert not exp.exists()
+    assert dedup.main(local_options(input=out, output=str(out3))) == 2
+    assert f"not written by it: {copy}" in _one_line(capsys, "dedup")
+    assert not os.path.exists(os.path.join(out3, "images"))
+    assert _refresh([out], str(fresh)) == 2
+    assert f"not written by it: {copy}" in _one_line(capsys, "refresh")
+    assert not os.path.exists(os.path.join(fresh, "status"))
+
+
+def test_a_part_removed_or_replaced_is_refused(web, tmp_path, capsys):
+    out, _ = _ingested(web, tmp_path)
+    images = os.path.join(out, "images")
+    (name,) = os.listdir(images)
+    table = pq.read_table(os.path.join(images, name))
+    pq.write_table(table.slice(0, 4), os.path.join(images, name))  # two rows lost
+    capsys.readouterr()
+    assert export.main(local_options(input=out, output=str(tmp_path / "exp"), format="webdataset")) == 2
+    assert f"other row counts: {name} (6 recorded, 4 found)" in _one_line(capsys, "export")
+    os.rename(os.path.join(images, name), os.path.join(images, "part-renamed.parquet"))
+    assert dedup.main(local_options(input=out, output=str(tmp_path / "out3"))) == 2
+    line = _one_line(capsys, "dedup")
+    assert f"missing: {name}" in line and "not written by it: part-renamed.parquet" in line, line
+
+
+def test_an_output_of_an_older_version_is_still_read(web, tmp_path, capsys):
+    out, _ = _ingested(web, tmp_path)
+    path = os.path.join(out, "summary.json")
+    summary = json.load(open(path))
+    del summary["table"]
+    json.dump(summary, open(path, "w"))
+    capsys.readouterr()
+    assert export.main(local_options(input=out, output=str(tmp_path / "exp"), format="webdataset")) == 0
+    err = capsys.readouterr().err
+    assert "records no table files (an older version wrote it)" in err, err
+
+
+def test_resume_reads_only_the_recorded_table(web, tmp_path, capsys):
+    out, manifest = _ingested(web, tmp_path)
+    copy = _copy_a_part(out)  # e.g. a part a run killed before its summary left behind
+    capsys.readouterr()
+    assert _ingest(out, manifest, resume=True) == 0
+    assert copy in capsys.readouterr().err  # said, not read
+    images = os.path.join(out, "images")
+    assert copy not in os.listdir(images)  # retired with the previous table
+    rows = pq.read_table([os.path.join(images, n) for n in os.listdir(images)]).to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted({r["key"] for r in rows}) and len(rows) == 6
+    recorded = json.load(open(os.path.join(out, "summary.json")))["table"]
+    assert recorded["rows"] == 6 and sorted(recorded["files"]) == sorted(os.listdir(images))
+    # a recorded file gone: --resume refuses (its rows would be fetched again as new, or lost)
+    os.rename(os.path.join(images, sorted(os.listdir(images))[0]), os.path.join(images, "part-other.parquet"))
+    assert _ingest(out, manifest, resume=True) == 2
+    assert "missing: " in _one_line(capsys, "ingest")
+
+
+def test_gs_readers_compare_with_the_record(gcs_emulator):
+    bucket = gcs_emulator.bucket("books-record")
+    rows = [schema.to_parquet_record(r) for r in _rows(5)]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema.IMAGE_SCHEMA), buffer)
+    bucket.blob("out/images/part-0.parquet").upload_from_string(buffer.getvalue())
+    record = {"job": "ingest", "table": {"files": {"part-0.parquet": 5}, "rows": 5}}
+    bucket.blob("out/summary.json").upload_from_string(json.dumps(record))
+    root = "gs://books-record/out"
+    files = table_module.list_table_files(root)
+    assert table_record.check_recorded_table("--input", root, files) == files
+    bucket.blob("out/images/part-0 (copy).parquet").upload_from_string(buffer.getvalue())
+    with pytest.raises(BadInput, match=r"not written by it: part-0 \(copy\)\.parquet"):
+        table_record.check_recorded_table("--input", root, table_module.list_table_files(root))
+    record["table"]["files"]["part-0 (copy).parquet"] = 4
+    bucket.blob("out/summary.json").upload_from_string(json.dumps(record))
+    with pytest.raises(BadInput, match=r"other row counts: part-0 \(copy\)\.parquet \(4 recorded, 5 found\)"):
+        table_record.check_recorded_table("--input", root, table_module.list_table_files(root))
