@@ -87,3 +87,16 @@ def test_an_open_images_quote_left_open_is_bad_input_not_records_swallowed(web, 
     line = _one_line(capsys)
     assert str(manifest) in line and "quote" in line
     assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_an_open_images_list_without_its_header_is_bad_input_not_a_record_lost(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "images.csv"
+    # No header line: the first record was read as the header (lost behind exit 0) and the other
+    # two became invalid_url rows, "header has no OriginalURL column".
+    manifest.write_text("".join(f"{n:016x},{url},title {n}\n" for n, url in enumerate(urls)))
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"openimages={manifest}") == 2
+    line = _one_line(capsys)
+    assert str(manifest) in line and "OriginalURL" in line and "unexpected" not in line
+    assert not os.path.exists(os.path.join(out, "images"))

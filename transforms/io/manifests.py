@@ -160,6 +160,13 @@ def _openimages_rows(reader, source, key_prefix):
     if header is None:
         return
     columns = {name.strip(): i for i, name in enumerate(header)}
+    if "OriginalURL" not in columns:
+        # Why not a row per record: without the header, its first record was taken for it and
+        # would be lost, and every other record has no URL to fetch; the user gave another file.
+        raise BadInput(
+            f"manifest {source}: first line {','.join(header)[:120]!r} has no OriginalURL column;"
+            " an Open Images image list starts with its header (ImageID,...,OriginalURL,...)"
+        )
     next_line = reader.line_num + 1
     for record in reader:
         number, next_line = next_line, reader.line_num + 1
@@ -184,9 +191,7 @@ def _openimages_rows(reader, source, key_prefix):
         original_md5 = _none_if_blank(fields.get("OriginalMD5"))
         if original_md5:
             row["expected_md5"] = md5_hex(original_md5)
-        if "OriginalURL" not in columns:
-            schema.fail(row, schema.INVALID_URL, "header has no OriginalURL column")
-        elif len(record) != len(header):
+        if len(record) != len(header):
             schema.fail(row, schema.INVALID_URL, f"malformed record: {len(record)} fields, header has {len(header)}")
         elif not image_id:
             schema.fail(row, schema.INVALID_URL, "record has no ImageID")
