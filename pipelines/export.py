@@ -30,7 +30,7 @@ from transforms.export.shard_writer import AssignShards, publish_shard, shard_re
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.manifests import normalise_path
-from transforms.io.sinks import join_path, read_json, write_json
+from transforms.io.sinks import delete_tree, join_path, read_json, write_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
 from transforms.io.table_record import check_recorded_table
 
@@ -258,16 +258,23 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
     }
 
 
-def _write_summary(_, config, started_at, rows_read, skipped_counts, shards):
+def _check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_dir):
+    """The count of shards written, once the books balance (rows read = exported + skipped); else
+    removes this run's unpublished shards (`tmp_dir`) and raises BooksUnbalanced: EXP stays as it was."""
     summary = summarize(config, started_at, rows_read, skipped_counts, shards)
-    path = write_json(join_path(config.output, "summary.json"), summary)
     if not summary["books_balanced"]:
+        delete_tree(tmp_dir)
         raise BooksUnbalanced(
             f"books do not balance: {summary['rows_read']} rows read,"
-            f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped"
-            f" ({path})"
+            f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped;"
+            f" {config.output} is left as it was"
         )
-    return path
+    return len(shards)
+
+
+def _write_summary(_, config, started_at, rows_read, skipped_counts, shards):
+    summary = summarize(config, started_at, rows_read, skipped_counts, shards)
+    return write_json(join_path(config.output, "summary.json"), summary)
 
 
 def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_temporaries=()):
@@ -288,10 +295,23 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
         # why: blobs are read and resized where the shard is written: image bytes never cross a shuffle
         | "WriteShards" >> beam.ParDo(writer)
     )
-    # why: no shard reaches its final name before every shard is written, so an interrupted run
-    # leaves EXP as the earlier export left it (not a mix of two exports)
-    count = written | "CountWritten" >> beam.combiners.Count.Globally()
-    shards = written | "PublishShards" >> beam.Map(publish_shard, written=beam.pvalue.AsSingleton(count))
+    # why: no shard reaches its final name before every shard is written and the books balance,
+    # so an interrupted or failed run leaves EXP as the earlier export left it (not a mix of two)
+    balanced = (
+        pipeline
+        | "BooksOnce" >> beam.Create([None])
+        | "CheckBooks"
+        >> beam.Map(
+            _check_books,
+            config=config,
+            started_at=started_at,
+            rows_read=beam.pvalue.AsSingleton(rows_read),
+            skipped_counts=beam.pvalue.AsList(skipped),
+            shards=beam.pvalue.AsList(written),
+            tmp_dir=tmp_dir,
+        )
+    )
+    shards = written | "PublishShards" >> beam.Map(publish_shard, written=beam.pvalue.AsSingleton(balanced))
     # why: attempts of failed bundles, and runs killed earlier, leave orphans in temporary directories only
     _ = shards | "DropTemporary" >> RemoveDirectory(tmp_dir, *stale_temporaries)
     # why: an earlier export's shards would otherwise mix with this one's
@@ -299,7 +319,7 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
     return (
         pipeline
         | "Once" >> beam.Create([None])
-        # why: written last, from every count; fails the job when the books do not balance
+        # why: written last, from every count (the books balanced before the shards were published)
         | "WriteSummary"
         >> beam.Map(
             _write_summary,
