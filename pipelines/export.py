@@ -22,19 +22,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.launch import job_runner
-from transforms.errors import BadInput, BooksUnbalanced
-from transforms.export import selection
+from transforms.errors import BadInput
+from transforms.export import export_books, selection
 from transforms.export.hf_parquet_shards import HfParquetShardDoFn
 from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
-from transforms.export.shard_writer import AssignShards, publish_shard, shard_records_in_order
+from transforms.export.shard_writer import AssignShards, publish_shard
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.manifests import normalise_path
-from transforms.io.sinks import delete_tree, join_path, read_json, write_json
+from transforms.io.sinks import join_path, read_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
 from transforms.io.table_record import check_recorded_table
 
-__all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run", "summarize"]
+__all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run"]
 
 FORMATS = {"webdataset": WebDatasetShardDoFn, "hf-parquet": HfParquetShardDoFn}
 DEFAULT_SHARD_SIZE = 10_000  # img2dataset's number_sample_per_shard
@@ -221,62 +221,6 @@ class _Select(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.SKIPPED, reason)
 
 
-def summarize(config, started_at, rows_read, skipped_counts, shards):
-    """summary.json's content; the books: rows read = exported + skipped by every reason."""
-    shards = shard_records_in_order(shards)
-    skipped = selection.count_reasons(skipped_counts)
-    skipped[selection.UNREADABLE_BLOB] += sum(s["unreadable_blob"] for s in shards)
-    exported = sum(s["samples"] for s in shards)
-    elapsed = max(time.time() - started_at, 1e-9)
-    resize = config.resize
-    return {
-        "job": "export",
-        "input": config.input,
-        "output": config.output,
-        "format": config.export_format,
-        "include": config.include,
-        "resize": {
-            "size": resize.size,
-            "mode": resize.mode,
-            "upscale": resize.upscale,
-            "encode_format": resize.encode_format if resize.resizes else None,
-            "encode_quality": resize.quality if resize.resizes else None,
-        },
-        "shard_size": config.shard_size,
-        "rows_read": rows_read,
-        "exported": exported,
-        "skipped": skipped,
-        "books_balanced": rows_read == exported + sum(skipped.values()),
-        "shards": [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for s in shards],
-        "shard_count": len(shards),
-        "bytes": sum(s["bytes"] for s in shards),
-        "timings": {
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
-            "wall_seconds": round(elapsed, 3),
-            "images_per_second": round(exported / elapsed, 2),
-        },
-    }
-
-
-def _check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_dir):
-    """The count of shards written, once the books balance (rows read = exported + skipped); else
-    removes this run's unpublished shards (`tmp_dir`) and raises BooksUnbalanced: EXP stays as it was."""
-    summary = summarize(config, started_at, rows_read, skipped_counts, shards)
-    if not summary["books_balanced"]:
-        delete_tree(tmp_dir)
-        raise BooksUnbalanced(
-            f"books do not balance: {summary['rows_read']} rows read,"
-            f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped;"
-            f" {config.output} is left as it was"
-        )
-    return len(shards)
-
-
-def _write_summary(_, config, started_at, rows_read, skipped_counts, shards):
-    summary = summarize(config, started_at, rows_read, skipped_counts, shards)
-    return write_json(join_path(config.output, "summary.json"), summary)
-
-
 def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_temporaries=()):
     """The export graph on `pipeline`; returns the PCollection of summary.json's path."""
     tmp_dir = temporary_dir(config.output, run_id)
@@ -302,7 +246,7 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
         | "BooksOnce" >> beam.Create([None])
         | "CheckBooks"
         >> beam.Map(
-            _check_books,
+            export_books.check_books,
             config=config,
             started_at=started_at,
             rows_read=beam.pvalue.AsSingleton(rows_read),
@@ -322,7 +266,7 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
         # why: written last, from every count (the books balanced before the shards were published)
         | "WriteSummary"
         >> beam.Map(
-            _write_summary,
+            export_books.write_summary,
             config=config,
             started_at=started_at,
             rows_read=beam.pvalue.AsSingleton(rows_read),
