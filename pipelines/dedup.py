@@ -138,7 +138,7 @@ def dedup_books(rows_in, written, replaced, inputs):
     }
 
 
-def check_dedup_books(_, books, written=(), previous=()):
+def check_dedup_books(_, books, written=(), previous=(), output="OUT3"):
     """Raises BooksUnbalanced unless rows in = rows out + replaced, once this run's table files
     (`written`) are removed again: OUT3/images keeps the `previous` files, whole."""
     if not books["balanced"]:
@@ -146,7 +146,7 @@ def check_dedup_books(_, books, written=(), previous=()):
         raise BooksUnbalanced(
             f"the books do not balance: {books['rows_in']} rows read from"
             f" {', '.join(i['path'] for i in books['inputs'])}, {books['rows_out']} rows written"
-            f" to {books.get('output', 'OUT3')} + {books['replaced']} replaced"
+            f" to {output} + {books['replaced']} replaced; {output} keeps its previous table"
         )
     return books
 
@@ -270,6 +270,7 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
         books=beam.pvalue.AsSingleton(books),
         written=beam.pvalue.AsList(written_paths),
         previous=previous_files,
+        output=out,
     )
     # why: the previous table and clusters go only once the books balance (docs/integrity.md)
     _ = written_paths | "RetirePrevious" >> RetireFiles(previous_files, after=checked)

@@ -22,19 +22,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.launch import job_runner
-from transforms.errors import BadInput, BooksUnbalanced
-from transforms.export import selection
+from transforms.errors import BadInput
+from transforms.export import export_books, selection
 from transforms.export.hf_parquet_shards import HfParquetShardDoFn
 from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
-from transforms.export.shard_writer import AssignShards, publish_shard, shard_records_in_order
+from transforms.export.shard_writer import AssignShards, publish_shard
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.manifests import normalise_path
-from transforms.io.sinks import join_path, read_json, write_json
+from transforms.io.sinks import join_path, read_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
 from transforms.io.table_record import check_recorded_table
 
-__all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run", "summarize"]
+__all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run"]
 
 FORMATS = {"webdataset": WebDatasetShardDoFn, "hf-parquet": HfParquetShardDoFn}
 DEFAULT_SHARD_SIZE = 10_000  # img2dataset's number_sample_per_shard
@@ -221,55 +221,6 @@ class _Select(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.SKIPPED, reason)
 
 
-def summarize(config, started_at, rows_read, skipped_counts, shards):
-    """summary.json's content; the books: rows read = exported + skipped by every reason."""
-    shards = shard_records_in_order(shards)
-    skipped = selection.count_reasons(skipped_counts)
-    skipped[selection.UNREADABLE_BLOB] += sum(s["unreadable_blob"] for s in shards)
-    exported = sum(s["samples"] for s in shards)
-    elapsed = max(time.time() - started_at, 1e-9)
-    resize = config.resize
-    return {
-        "job": "export",
-        "input": config.input,
-        "output": config.output,
-        "format": config.export_format,
-        "include": config.include,
-        "resize": {
-            "size": resize.size,
-            "mode": resize.mode,
-            "upscale": resize.upscale,
-            "encode_format": resize.encode_format if resize.resizes else None,
-            "encode_quality": resize.quality if resize.resizes else None,
-        },
-        "shard_size": config.shard_size,
-        "rows_read": rows_read,
-        "exported": exported,
-        "skipped": skipped,
-        "books_balanced": rows_read == exported + sum(skipped.values()),
-        "shards": [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for s in shards],
-        "shard_count": len(shards),
-        "bytes": sum(s["bytes"] for s in shards),
-        "timings": {
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
-            "wall_seconds": round(elapsed, 3),
-            "images_per_second": round(exported / elapsed, 2),
-        },
-    }
-
-
-def _write_summary(_, config, started_at, rows_read, skipped_counts, shards):
-    summary = summarize(config, started_at, rows_read, skipped_counts, shards)
-    path = write_json(join_path(config.output, "summary.json"), summary)
-    if not summary["books_balanced"]:
-        raise BooksUnbalanced(
-            f"books do not balance: {summary['rows_read']} rows read,"
-            f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped"
-            f" ({path})"
-        )
-    return path
-
-
 def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_temporaries=()):
     """The export graph on `pipeline`; returns the PCollection of summary.json's path."""
     tmp_dir = temporary_dir(config.output, run_id)
@@ -288,10 +239,23 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
         # why: blobs are read and resized where the shard is written: image bytes never cross a shuffle
         | "WriteShards" >> beam.ParDo(writer)
     )
-    # why: no shard reaches its final name before every shard is written, so an interrupted run
-    # leaves EXP as the earlier export left it (not a mix of two exports)
-    count = written | "CountWritten" >> beam.combiners.Count.Globally()
-    shards = written | "PublishShards" >> beam.Map(publish_shard, written=beam.pvalue.AsSingleton(count))
+    # why: no shard reaches its final name before every shard is written and the books balance,
+    # so an interrupted or failed run leaves EXP as the earlier export left it (not a mix of two)
+    balanced = (
+        pipeline
+        | "BooksOnce" >> beam.Create([None])
+        | "CheckBooks"
+        >> beam.Map(
+            export_books.check_books,
+            config=config,
+            started_at=started_at,
+            rows_read=beam.pvalue.AsSingleton(rows_read),
+            skipped_counts=beam.pvalue.AsList(skipped),
+            shards=beam.pvalue.AsList(written),
+            tmp_dir=tmp_dir,
+        )
+    )
+    shards = written | "PublishShards" >> beam.Map(publish_shard, written=beam.pvalue.AsSingleton(balanced))
     # why: attempts of failed bundles, and runs killed earlier, leave orphans in temporary directories only
     _ = shards | "DropTemporary" >> RemoveDirectory(tmp_dir, *stale_temporaries)
     # why: an earlier export's shards would otherwise mix with this one's
@@ -299,10 +263,10 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
     return (
         pipeline
         | "Once" >> beam.Create([None])
-        # why: written last, from every count; fails the job when the books do not balance
+        # why: written last, from every count (the books balanced before the shards were published)
         | "WriteSummary"
         >> beam.Map(
-            _write_summary,
+            export_books.write_summary,
             config=config,
             started_at=started_at,
             rows_read=beam.pvalue.AsSingleton(rows_read),

@@ -96,7 +96,7 @@ def test_dedup_with_unbalanced_books_leaves_out3s_previous_table_whole(tmp_path,
     _lose_first_copied_row(monkeypatch)
     assert dedup.main(local_options(input=out, output=out3)) == 1
     line = _one_line(capsys, "dedup")
-    assert "the books do not balance: 5 rows read" in line and "4 rows written" in line, line
+    assert "the books do not balance: 5 rows read" in line and f"4 rows written to {out3} " in line, line
     # the previous table is whole: the same files, the same bytes, and nothing of the failed run
     assert _snapshot(os.path.join(out3, "images")) == before
     summary = json.load(open(os.path.join(out3, "summary.json")))

@@ -320,9 +320,28 @@ def test_bad_input_from_the_command_line(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
-def test_a_lost_row_fails_the_books_with_exit_1(ingested, tmp_path, capsys, monkeypatch):
-    """The job counts rows read apart from its selection: a row lost on the way is exit 1, one line."""
+def _exp_files(directory):
+    """{relative path: bytes} of every file under EXP but its lease."""
+    found = {}
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            if name != "_LEASE":
+                with open(path, "rb") as handle:
+                    found[os.path.relpath(path, directory)] = handle.read()
+    return found
+
+
+def test_a_lost_row_fails_the_books_with_exit_1_and_leaves_the_earlier_export_whole(
+    ingested, tmp_path, capsys, monkeypatch
+):
+    """The job counts rows read apart from its selection: a row lost on the way is exit 1, one line,
+    and it is found before any shard is published: EXP keeps the earlier export, byte for byte."""
     out, rows, _ = ingested
+    exp = tmp_path / "exp"
+    assert export.main(local_options(input=out, output=str(exp), format="webdataset", **{"shard-size": 2})) == 0
+    earlier = _exp_files(exp)
+    capsys.readouterr()
     process = export._Select.process
 
     def lossy(self, row):
@@ -331,13 +350,13 @@ def test_a_lost_row_fails_the_books_with_exit_1(ingested, tmp_path, capsys, monk
         return process(self, row)
 
     monkeypatch.setattr(export._Select, "process", lossy)
-    status = export.main(local_options(input=out, output=str(tmp_path / "exp"), format="webdataset"))
+    # another shard size: every shard of this run would replace or retire one of the earlier export's
+    status = export.main(local_options(input=out, output=str(exp), format="webdataset", **{"shard-size": 3}))
     err = capsys.readouterr().err
     assert status == 1
     lines = [line for line in err.splitlines() if line.startswith("export: ")]
     assert len(lines) == 1 and "books do not balance" in lines[0] and f"{len(rows)} rows read" in lines[0], err
-    summary = json.load(open(tmp_path / "exp" / "summary.json"))
-    assert summary["books_balanced"] is False and summary["rows_read"] == len(rows)
+    assert _exp_files(exp) == earlier  # shards, summary.json: nothing replaced, nothing left behind
 
 
 def test_template_parameters_reach_the_job():

@@ -172,6 +172,18 @@ def test_first_night_the_ingest_fetch_counts_as_the_night_before():
     assert nights(entry(), [failed(schema.HTTP_ERROR, 404)]) == [(U, 1, False)]
 
 
+def test_the_reason_of_a_key_dead_at_ingest_names_the_ingest_not_an_earlier_night():
+    was_invalid = entry(schema.INVALID_URL, url="notaurl")
+    tonight = failed(schema.INVALID_URL)
+    first = verdicts.judge(was_invalid, tonight, None, {}, DEFAULTS)
+    assert first["status"] == D and "at its ingest fetch too" in first["reason"], first["reason"]
+    assert "earlier night" not in first["reason"]
+    second = verdicts.judge(
+        was_invalid, tonight, first, {}, dataclasses.replace(DEFAULTS, night=NIGHT + datetime.timedelta(days=1))
+    )
+    assert second["status"] == D and "dead since an earlier night" in second["reason"], second["reason"]
+
+
 # ---- ImageNet files: a look-up that fails is not a missing file -----------------------------------------------
 
 

@@ -510,7 +510,8 @@ def judge(entry: dict, check: dict, previous: dict | None, detected: dict, param
         after = params.dead_after if obs["failure"] == GONE else params.host_dead_after
         reason += f" (failed {consecutive} night(s) in a row{since}; dead after {after})"
     elif failed and verdict == DEAD and before == DEAD:
-        reason += " (dead since an earlier night, still failing)"
+        # why two texts: on a key's first night the "night before" is its ingest fetch, not a night
+        reason += " (dead since an earlier night, still failing)" if previous else " (dead at its ingest fetch too)"
     elif failed and verdict == DEAD and obs["failure"] == TRANSIENT:
         reason += f" (failed {consecutive} nights in a row{since}; dead after {params.unreachable_dead_after})"
     dead_since = None

@@ -1,0 +1,73 @@
+"""The export's books and EXP/summary.json: rows read = exported + skipped by every reason.
+
+Public functions (each the body of one step of pipelines.export's graph):
+- `summarize(config, ...)`: summary.json's content, from the counts and the written shards' records.
+- `check_books(_, config, ...)`: the count of shards written once the books balance; else removes
+  the run's unpublished shards and raises BooksUnbalanced, before any shard is published.
+- `write_summary(_, config, ...)`: writes EXP/summary.json, last; returns its path.
+"""
+
+import time
+
+from transforms.errors import BooksUnbalanced
+from transforms.export import selection
+from transforms.export.shard_writer import shard_records_in_order
+from transforms.io.sinks import delete_tree, join_path, write_json
+
+__all__ = ["check_books", "summarize", "write_summary"]
+
+
+def summarize(config, started_at, rows_read, skipped_counts, shards):
+    """summary.json's content; the books: rows read = exported + skipped by every reason."""
+    shards = shard_records_in_order(shards)
+    skipped = selection.count_reasons(skipped_counts)
+    skipped[selection.UNREADABLE_BLOB] += sum(s["unreadable_blob"] for s in shards)
+    exported = sum(s["samples"] for s in shards)
+    elapsed = max(time.time() - started_at, 1e-9)
+    resize = config.resize
+    return {
+        "job": "export",
+        "input": config.input,
+        "output": config.output,
+        "format": config.export_format,
+        "include": config.include,
+        "resize": {
+            "size": resize.size,
+            "mode": resize.mode,
+            "upscale": resize.upscale,
+            "encode_format": resize.encode_format if resize.resizes else None,
+            "encode_quality": resize.quality if resize.resizes else None,
+        },
+        "shard_size": config.shard_size,
+        "rows_read": rows_read,
+        "exported": exported,
+        "skipped": skipped,
+        "books_balanced": rows_read == exported + sum(skipped.values()),
+        "shards": [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for s in shards],
+        "shard_count": len(shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "timings": {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+            "wall_seconds": round(elapsed, 3),
+            "images_per_second": round(exported / elapsed, 2),
+        },
+    }
+
+
+def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_dir):
+    """The count of shards written, once the books balance (rows read = exported + skipped); else
+    removes this run's unpublished shards (`tmp_dir`) and raises BooksUnbalanced: EXP stays as it was."""
+    summary = summarize(config, started_at, rows_read, skipped_counts, shards)
+    if not summary["books_balanced"]:
+        delete_tree(tmp_dir)
+        raise BooksUnbalanced(
+            f"books do not balance: {summary['rows_read']} rows read,"
+            f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped;"
+            f" {config.output} is left as it was"
+        )
+    return len(shards)
+
+
+def write_summary(_, config, started_at, rows_read, skipped_counts, shards):
+    summary = summarize(config, started_at, rows_read, skipped_counts, shards)
+    return write_json(join_path(config.output, "summary.json"), summary)
