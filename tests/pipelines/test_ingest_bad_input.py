@@ -2,6 +2,7 @@
 row with a status; never an "unexpected" exit 1 and never a record lost behind exit 0
 (docs/ingest.md, "What can go wrong"; docs/integrity.md)."""
 
+import json
 import os
 
 import pyarrow.parquet as pq
@@ -87,3 +88,27 @@ def test_an_open_images_quote_left_open_is_bad_input_not_records_swallowed(web, 
     line = _one_line(capsys)
     assert str(manifest) in line and "quote" in line
     assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_a_json_array_followed_by_a_record_is_bad_input_not_a_record_lost(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "zero.json"
+    # The array reader skipped every top-level value that is not an array: key 2 was lost, exit 0.
+    manifest.write_text(
+        f'[{{"ImageKey": "1", "ImageUrl": "{urls[0]}"}}]\n{{"ImageKey": "2", "ImageUrl": "{urls[1]}"}}\n'
+    )
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={manifest}") == 2
+    line = _one_line(capsys)
+    assert str(manifest) in line and "not an array" in line and "unexpected" not in line
+    assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_json_arrays_in_a_row_are_all_read(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "zero.json"
+    records = [json.dumps({"ImageKey": str(n), "ImageUrl": url, "Title": "a]\n[b"}) for n, url in enumerate(urls)]
+    manifest.write_text(f"[{records[0]}, {records[1]}]\n[{records[2]}]")
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={manifest}") == 0, capsys.readouterr().err
+    assert sorted((r["key"], r["status"]) for r in _rows(out)) == [("zero:0", "ok"), ("zero:1", "ok"), ("zero:2", "ok")]
