@@ -317,6 +317,42 @@ def test_kill_9_leaves_a_stale_lease_that_the_next_resume_breaks(web, tmp_path):
     assert all(r["status"] == schema.OK for r in rows)
 
 
+def _interrupt_when_fetching(web, process, path):
+    """SIGINT once `process` has asked for `path`; returns its stderr lines."""
+    try:
+        deadline = time.monotonic() + 120
+        while web.hits.get(path, 0) < 1:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"{path} was never fetched"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr
+    return stderr.strip().splitlines()
+
+
+def test_ctrl_c_on_a_first_run_advises_a_command_that_works(web, tmp_path, capsys):
+    # Before: "rerun with --resume to continue", and that --resume was refused (no table to resume).
+    urls = _serve(web, 3)
+    web.routes["/slow.jpg"] = Reply(200, jpeg(78), {"Content-Type": "image/jpeg"}, delay=60)
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls + [web.url("/slow.jpg")]))
+    out = str(tmp_path / "out")
+    command = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
+    (line,) = _interrupt_when_fetching(web, _start_ingest([*command, "--no-report", "--timeout", "90"]), "/slow.jpg")
+    assert line.startswith("ingest: interrupted") and "--resume" not in line and "the same command" in line
+    # --resume, after a Ctrl-C or a kill -9 of a first run, says which command works
+    assert _ingest(out, f"cc3m={manifest}", "--resume") == 2
+    assert "no table to resume" in (refused := _one_line(capsys)) and "without --resume" in refused
+    web.routes["/slow.jpg"] = Reply(200, jpeg(78), {"Content-Type": "image/jpeg"})
+    assert _ingest(out, f"cc3m={manifest}") == 0  # the same command
+    _assert_whole(out, 4)
+
+
 def test_a_live_lease_is_taken_only_with_force_unlock(tmp_path):
     out = str(tmp_path / "out")
     with lease_module.output_lease(out, "first"):
