@@ -396,6 +396,17 @@ def check_remote_inputs(options, opts):
     )
 
 
+def input_patterns(opts):
+    """{how the user gave it: [paths or globs]} of every manifest and side file."""
+    patterns = {f"--manifest {kind}={pattern}": [pattern] for kind, pattern in parse_manifest_args(opts.manifest)}
+    for flag in ("cc12m_hashes", "openimages_classes", "cc3m_labels", "long_captions", "imagenet_synsets"):
+        if getattr(opts, flag):
+            patterns["--" + flag.replace("_", "-")] = [getattr(opts, flag)]
+    if opts.openimages_labels:
+        patterns["--openimages-labels"] = list(opts.openimages_labels)
+    return patterns
+
+
 def check_inputs(opts):
     """What can be checked before the pipeline starts: the manifests and side files exist and are
     files, the option values make sense, OUT can be written (each a one-line BadInput or
@@ -449,6 +460,8 @@ def run(argv=None):
         job_runner.leased_output(options, opts.output, "ingest", opts.force_unlock, clear=remove_stale_leftovers),
         scratch.scratch_directory(SCRATCH_PREFIX) if remote_spill else contextlib.nullcontext() as scratch_dir,
     ):
+        if not opts.demo:  # the demo's inputs are temporary files of its own
+            preflight.check_not_inside_output(opts.output, input_patterns(opts))
         with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
             with progress_line.LiveProgress(
                 parse_manifest_args(opts.manifest),

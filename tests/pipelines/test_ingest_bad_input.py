@@ -112,3 +112,41 @@ def test_json_arrays_in_a_row_are_all_read(web, tmp_path, capsys):
     out = str(tmp_path / "out")
     assert _ingest(out, f"zero={manifest}") == 0, capsys.readouterr().err
     assert sorted((r["key"], r["status"]) for r in _rows(out)) == [("zero:0", "ok"), ("zero:1", "ok"), ("zero:2", "ok")]
+
+
+def test_an_output_inside_a_manifest_glob_is_refused_not_read_as_manifest_lines(web, tmp_path, capsys):
+    urls = _serve(web, 2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "cc3m.tsv").write_text("".join(f"photo\t{url}\n" for url in urls))
+    out = str(inputs / "out")
+    # Before: a first run read its own OUT/_LEASE as a manifest, a second one its blobs, Parquet
+    # files and summary.json too (hundreds of invalid_url rows), exit 0.
+    assert _ingest(out, f"cc3m={inputs}/**") == 2
+    line = _one_line(capsys)
+    assert f"{out}/_LEASE" in line and "inside --output" in line and "unexpected" not in line
+    assert not os.path.exists(os.path.join(out, "images"))
+    assert _ingest(out, f"cc3m={inputs}/*.tsv") == 0, capsys.readouterr().err  # beside OUT: fine
+    capsys.readouterr()
+    table = sorted(os.listdir(os.path.join(out, "images")))
+    for glob in (f"{inputs}/**", f"{inputs}/out/../**/*.parquet"):
+        assert _ingest(out, f"cc3m={glob}") == 2
+        assert "inside --output" in _one_line(capsys)
+    os.symlink(out, tmp_path / "link")
+    for labels in (f"{inputs}/*/summary.json", f"{tmp_path}/link/summary.json"):  # a side file inside OUT
+        assert _ingest(out, f"cc3m={inputs}/*.tsv", **{"cc3m-labels": labels}) == 2
+        assert "--cc3m-labels" in (line := _one_line(capsys)) and "summary.json lies inside --output" in line
+    assert _ingest(str(tmp_path / "link"), f"cc3m={inputs}/**") == 2  # OUT spelt through a symlink
+    assert "inside --output" in _one_line(capsys)
+    assert sorted(os.listdir(os.path.join(out, "images"))) == table  # the refusals left the table
+
+
+def test_a_gs_output_inside_a_manifest_glob_is_refused(web, gcs_emulator, tmp_path, capsys):
+    urls = _serve(web, 1)
+    bucket = gcs_emulator.bucket("out-in-glob")
+    bucket.blob("in/cc3m.tsv").upload_from_string(f"photo\t{urls[0]}\n")
+    out = "gs://out-in-glob/in/out"
+    assert _ingest(out, "cc3m=gs://out-in-glob/in/**") == 2
+    line = _one_line(capsys)
+    assert f"{out}/_LEASE" in line and "inside --output" in line
+    assert bucket.get_blob("in/out/_LEASE") is None
