@@ -4,12 +4,15 @@ row with a status; never an "unexpected" exit 1 and never a record lost behind e
 
 import json
 import os
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
+from tests.paths import REPO
 from transforms.io import table as table_module
 
 
@@ -150,3 +153,32 @@ def test_a_gs_output_inside_a_manifest_glob_is_refused(web, gcs_emulator, tmp_pa
     line = _one_line(capsys)
     assert f"{out}/_LEASE" in line and "inside --output" in line
     assert bucket.get_blob("in/out/_LEASE") is None
+
+
+def test_a_json_array_nested_thousands_deep_is_an_invalid_row_in_bounded_memory(web, tmp_path):
+    urls = _serve(web, 1)
+    manifest = tmp_path / "zero.json"
+    # Before: ijson keeps the path of every open level ("item.item..."), memory the square of the
+    # depth: 30,000 `[` in 60 KB took 2.3 GB, 100,000 a MemoryError or the OOM killer.
+    deep = "[" * 30_000 + "]" * 30_000
+    manifest.write_text(f'[{{"ImageKey": "1", "ImageUrl": "{urls[0]}"}}, {deep}]')
+    out = str(tmp_path / "out")
+    args = ["--manifest", f"zero={manifest}", "--output", out, "--allow-network", "127.0.0.1/32"]
+    with open(tmp_path / "stderr", "w+b") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.ingest", *args, "--no-progress", "--no-report", "--retries", "0"],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=REPO),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(process.pid, 0)  # the peak memory of this one process
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read().decode()
+    assert process.returncode == 0, stderr
+    assert usage.ru_maxrss < 1_200_000, f"peak memory {usage.ru_maxrss // 1024} MB"  # KiB
+    rows = {r["status"]: r for r in _rows(out)}
+    assert sorted(rows) == ["invalid_url", "ok"] and rows["ok"]["key"] == "zero:1"
+    assert rows["invalid_url"]["key"] == f"zero:{manifest}#1-"
+    assert "nested deeper than" in rows["invalid_url"]["error"]

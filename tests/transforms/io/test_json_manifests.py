@@ -346,3 +346,14 @@ def test_zero_array_followed_by_a_value_that_is_not_an_array_is_bad_input(after)
     data = f'[{{"ImageKey": "1", "ImageUrl": "http://a/1", "Title": "a] b"}}]\n{after}\n'.encode()
     with pytest.raises(BadInput, match=r"manifest z\.json: .* not an array .* record 1;"):
         _zero_keys(data)
+
+
+def test_zero_array_nesting_is_bounded_and_wide_records_still_read():
+    deep_objects = b'[{"ImageKey": "1", "ImageUrl": "http://a/1"}, ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"]"
+    assert _zero_keys(deep_objects) == [("zero:1", None), ("zero:z.json#1-", "invalid_url")]
+    # thousands of brackets that are not deep: lists of objects, `[` inside text
+    keywords = [{"k": k} for k in range(5000)]
+    wide = [
+        {"ImageKey": str(n), "ImageUrl": f"http://a/{n}", "Keywords": keywords, "Title": "[" * 600} for n in range(3)
+    ]
+    assert _zero_keys(json.dumps(wide).encode()) == [("zero:0", None), ("zero:1", None), ("zero:2", None)]
