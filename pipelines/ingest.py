@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.demo import sample_site
-from pipelines.launch import job_runner, preflight, scratch
+from pipelines.launch import console, job_runner, preflight, scratch
 from pipelines.report import progress_line
 from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates, slim_row
@@ -151,6 +151,8 @@ JOB = job_runner.Job(
     "OUT/blobs/, OUT/duplicates/, OUT/summary.json, OUT/report.html.",
     interrupted="OUT keeps its last finished table; rerun with --resume to continue",
 )
+# Ctrl-C on an OUT with no finished table: --resume would be refused there (nothing to resume)
+FIRST_RUN_INTERRUPTED = "OUT has no finished table yet; rerun the same command to start again"
 
 
 def parse_manifest_args(values):
@@ -184,7 +186,10 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
     previous_files = list_table_files(out)  # replaced by this run's, once the books balance
     if opts.resume and not previous_files:
-        raise BadInput(f"--resume: no table to resume in {join_path(out, 'images')}")
+        raise BadInput(
+            f"--resume: no table to resume in {join_path(out, 'images')} (no run has finished there"
+            " yet, say the first was interrupted): run the same command without --resume"
+        )
     previous_record = recorded_table(out, strict=False)[1]
     previous_duplicates = list_duplicates_files(out)
     read = read_manifest_rows(pipeline, opts, spread_rows)
@@ -423,6 +428,17 @@ def check_remote_inputs(options, opts):
     )
 
 
+def input_patterns(opts):
+    """{how the user gave it: [paths or globs]} of every manifest and side file."""
+    patterns = {f"--manifest {kind}={pattern}": [pattern] for kind, pattern in parse_manifest_args(opts.manifest)}
+    for flag in ("cc12m_hashes", "openimages_classes", "cc3m_labels", "long_captions", "imagenet_synsets"):
+        if getattr(opts, flag):
+            patterns["--" + flag.replace("_", "-")] = [getattr(opts, flag)]
+    if opts.openimages_labels:
+        patterns["--openimages-labels"] = list(opts.openimages_labels)
+    return patterns
+
+
 def check_inputs(opts):
     """What can be checked before the pipeline starts: the manifests and side files exist and are
     files, the option values make sense, OUT can be written (each a one-line BadInput or
@@ -467,10 +483,17 @@ def run(argv=None):
     # Why: one writer per OUT (the lease, held until the table, summary and report are written);
     # with a remote OUT, the spill in a local scratch directory that goes however the run ends.
     remote_spill = one_process and "://" in opts.output
+    first_run = not opts.resume and not list_table_files(opts.output)
     with (
+        # installed before the scratch directory, whose Ctrl-C handler chains to it
+        console.stop_on_interrupt(f"{JOB.name}: interrupted; {FIRST_RUN_INTERRUPTED}")
+        if first_run
+        else contextlib.nullcontext(),
         job_runner.leased_output(options, opts.output, "ingest", opts.force_unlock, clear=remove_stale_leftovers),
         scratch.scratch_directory(SCRATCH_PREFIX) if remote_spill else contextlib.nullcontext() as scratch_dir,
     ):
+        if not opts.demo:  # the demo's inputs are temporary files of its own
+            preflight.check_not_inside_output(opts.output, input_patterns(opts))
         with demo_inputs(opts) if opts.demo else contextlib.nullcontext():
             with progress_line.LiveProgress(
                 parse_manifest_args(opts.manifest),

@@ -11,11 +11,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pipelines.launch import failures
 
-__all__ = ["quiet_errors", "quiet_local_logs", "stop_on_interrupt"]
+__all__ = ["cleanup_on_interrupt", "quiet_errors", "quiet_local_logs", "stop_on_interrupt"]
 
 
 def quiet_local_logs():
@@ -82,6 +82,39 @@ def stop_on_interrupt(line: str) -> Iterator[None]:
         os._exit(failures.INTERRUPTED)
 
     previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def cleanup_on_interrupt(cleanup: Callable[[], object], seconds: float = 1.5) -> Iterator[None]:
+    """Ctrl-C (SIGINT) runs `cleanup` first, for at most `seconds`, then the handler installed before
+    (stop_on_interrupt's, which ends the process with os._exit, past every finally block).
+
+    `cleanup` runs in a daemon thread, so a storage call that hangs (or a lock the interrupted main
+    thread holds) cannot hold up the exit past `seconds`; its errors are ignored: it is best effort,
+    and what it leaves the next run clears. Only the main thread can install a handler; elsewhere
+    this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def quietly():
+        with contextlib.suppress(Exception):
+            cleanup()
+
+    def cleanup_then(signum, frame):
+        worker = threading.Thread(target=quietly, name="interrupt-cleanup", daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, cleanup_then)
     try:
         yield
     finally:

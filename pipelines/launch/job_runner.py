@@ -211,12 +211,16 @@ def leased_output(
     if builds_template_only(options):
         yield
         return
-    from transforms.io.lease import output_lease
+    from transforms.io.lease import output_lease, release_lease
 
-    with output_lease(out, job, force_unlock=force_unlock):
-        if clear is not None and waits_for_job(options):
-            clear(out)
-        yield
+    with output_lease(out, job, force_unlock=force_unlock) as holder:
+        # Why: Ctrl-C ends the process at once (os._exit), past the lease's own release; left behind
+        # on gs:// (no PID to check there), it refused every rerun until it expired, 15 minutes on.
+        interrupted = console.cleanup_on_interrupt(lambda: release_lease(out, holder)) if holder else None
+        with interrupted or contextlib.nullcontext():
+            if clear is not None and waits_for_job(options):
+                clear(out)
+            yield
 
 
 # ---- the job entry point --------------------------------------------------------------------------

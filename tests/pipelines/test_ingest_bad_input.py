@@ -2,13 +2,17 @@
 row with a status; never an "unexpected" exit 1 and never a record lost behind exit 0
 (docs/ingest.md, "What can go wrong"; docs/integrity.md)."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
+from tests.paths import REPO
 from transforms.io import table as table_module
 
 
@@ -100,3 +104,94 @@ def test_an_open_images_list_without_its_header_is_bad_input_not_a_record_lost(w
     line = _one_line(capsys)
     assert str(manifest) in line and "OriginalURL" in line and "unexpected" not in line
     assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_a_json_array_followed_by_a_record_is_bad_input_not_a_record_lost(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "zero.json"
+    # The array reader skipped every top-level value that is not an array: key 2 was lost, exit 0.
+    manifest.write_text(
+        f'[{{"ImageKey": "1", "ImageUrl": "{urls[0]}"}}]\n{{"ImageKey": "2", "ImageUrl": "{urls[1]}"}}\n'
+    )
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={manifest}") == 2
+    line = _one_line(capsys)
+    assert str(manifest) in line and "not an array" in line and "unexpected" not in line
+    assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_json_arrays_in_a_row_are_all_read(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "zero.json"
+    records = [json.dumps({"ImageKey": str(n), "ImageUrl": url, "Title": "a]\n[b"}) for n, url in enumerate(urls)]
+    manifest.write_text(f"[{records[0]}, {records[1]}]\n[{records[2]}]")
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={manifest}") == 0, capsys.readouterr().err
+    assert sorted((r["key"], r["status"]) for r in _rows(out)) == [("zero:0", "ok"), ("zero:1", "ok"), ("zero:2", "ok")]
+
+
+def test_an_output_inside_a_manifest_glob_is_refused_not_read_as_manifest_lines(web, tmp_path, capsys):
+    urls = _serve(web, 2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "cc3m.tsv").write_text("".join(f"photo\t{url}\n" for url in urls))
+    out = str(inputs / "out")
+    # Before: a first run read its own OUT/_LEASE as a manifest, a second one its blobs, Parquet
+    # files and summary.json too (hundreds of invalid_url rows), exit 0.
+    assert _ingest(out, f"cc3m={inputs}/**") == 2
+    line = _one_line(capsys)
+    assert f"{out}/_LEASE" in line and "inside --output" in line and "unexpected" not in line
+    assert not os.path.exists(os.path.join(out, "images"))
+    assert _ingest(out, f"cc3m={inputs}/*.tsv") == 0, capsys.readouterr().err  # beside OUT: fine
+    capsys.readouterr()
+    table = sorted(os.listdir(os.path.join(out, "images")))
+    for glob in (f"{inputs}/**", f"{inputs}/out/../**/*.parquet"):
+        assert _ingest(out, f"cc3m={glob}") == 2
+        assert "inside --output" in _one_line(capsys)
+    os.symlink(out, tmp_path / "link")
+    for labels in (f"{inputs}/*/summary.json", f"{tmp_path}/link/summary.json"):  # a side file inside OUT
+        assert _ingest(out, f"cc3m={inputs}/*.tsv", **{"cc3m-labels": labels}) == 2
+        assert "--cc3m-labels" in (line := _one_line(capsys)) and "summary.json lies inside --output" in line
+    assert _ingest(str(tmp_path / "link"), f"cc3m={inputs}/**") == 2  # OUT spelt through a symlink
+    assert "inside --output" in _one_line(capsys)
+    assert sorted(os.listdir(os.path.join(out, "images"))) == table  # the refusals left the table
+
+
+def test_a_gs_output_inside_a_manifest_glob_is_refused(web, gcs_emulator, tmp_path, capsys):
+    urls = _serve(web, 1)
+    bucket = gcs_emulator.bucket("out-in-glob")
+    bucket.blob("in/cc3m.tsv").upload_from_string(f"photo\t{urls[0]}\n")
+    out = "gs://out-in-glob/in/out"
+    assert _ingest(out, "cc3m=gs://out-in-glob/in/**") == 2
+    line = _one_line(capsys)
+    assert f"{out}/_LEASE" in line and "inside --output" in line
+    assert bucket.get_blob("in/out/_LEASE") is None
+
+
+def test_a_json_array_nested_thousands_deep_is_an_invalid_row_in_bounded_memory(web, tmp_path):
+    urls = _serve(web, 1)
+    manifest = tmp_path / "zero.json"
+    # Before: ijson keeps the path of every open level ("item.item..."), memory the square of the
+    # depth: 30,000 `[` in 60 KB took 2.3 GB, 100,000 a MemoryError or the OOM killer.
+    deep = "[" * 30_000 + "]" * 30_000
+    manifest.write_text(f'[{{"ImageKey": "1", "ImageUrl": "{urls[0]}"}}, {deep}]')
+    out = str(tmp_path / "out")
+    args = ["--manifest", f"zero={manifest}", "--output", out, "--allow-network", "127.0.0.1/32"]
+    with open(tmp_path / "stderr", "w+b") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.ingest", *args, "--no-progress", "--no-report", "--retries", "0"],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=REPO),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(process.pid, 0)  # the peak memory of this one process
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read().decode()
+    assert process.returncode == 0, stderr
+    assert usage.ru_maxrss < 1_200_000, f"peak memory {usage.ru_maxrss // 1024} MB"  # KiB
+    rows = {r["status"]: r for r in _rows(out)}
+    assert sorted(rows) == ["invalid_url", "ok"] and rows["ok"]["key"] == "zero:1"
+    assert rows["invalid_url"]["key"] == f"zero:{manifest}#1-"
+    assert "nested deeper than" in rows["invalid_url"]["error"]

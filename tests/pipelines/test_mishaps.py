@@ -317,6 +317,102 @@ def test_kill_9_leaves_a_stale_lease_that_the_next_resume_breaks(web, tmp_path):
     assert all(r["status"] == schema.OK for r in rows)
 
 
+def _interrupt_when_fetching(web, process, path):
+    """SIGINT once `process` has asked for `path`; returns its stderr lines."""
+    try:
+        deadline = time.monotonic() + 120
+        while web.hits.get(path, 0) < 1:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"{path} was never fetched"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert elapsed < 2.5, f"took {elapsed:.1f}s to stop"
+    return stderr.strip().splitlines()
+
+
+def test_a_cleanup_on_ctrl_c_that_hangs_does_not_hold_the_exit():
+    script = (
+        "import os, signal, time\n"
+        "from pipelines.launch import console\n"
+        "with console.stop_on_interrupt('job: interrupted'):\n"
+        "    with console.cleanup_on_interrupt(lambda: time.sleep(60)):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True
+    )
+    assert (done.returncode, done.stderr) == (130, "job: interrupted\n")
+    assert time.monotonic() - started < 10  # the cleanup's 1.5 s and Python's start, not 60 s
+
+
+def test_ctrl_c_on_a_first_run_advises_a_command_that_works(web, tmp_path, capsys):
+    # Before: "rerun with --resume to continue", and that --resume was refused (no table to resume).
+    urls = _serve(web, 3)
+    web.routes["/slow.jpg"] = Reply(200, jpeg(78), {"Content-Type": "image/jpeg"}, delay=60)
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls + [web.url("/slow.jpg")]))
+    out = str(tmp_path / "out")
+    command = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
+    (line,) = _interrupt_when_fetching(web, _start_ingest([*command, "--no-report", "--timeout", "90"]), "/slow.jpg")
+    assert line.startswith("ingest: interrupted") and "--resume" not in line and "the same command" in line
+    # --resume, after a Ctrl-C or a kill -9 of a first run, says which command works
+    assert _ingest(out, f"cc3m={manifest}", "--resume") == 2
+    assert "no table to resume" in (refused := _one_line(capsys)) and "without --resume" in refused
+    web.routes["/slow.jpg"] = Reply(200, jpeg(78), {"Content-Type": "image/jpeg"})
+    assert _ingest(out, f"cc3m={manifest}") == 0  # the same command
+    _assert_whole(out, 4)
+
+
+# what `python -m pipelines.ingest` does, with the emulator's anonymous credentials (an in-process
+# patch that a subprocess needs too: else google.auth looks for a metadata server for ~25 s)
+_INGEST_WITH_EMULATOR = (
+    "import sys\n"
+    "from deploy.offline import anonymous_credentials\n"
+    "from pipelines import ingest\n"
+    "with anonymous_credentials():\n"
+    "    sys.exit(ingest.main(sys.argv[1:]))\n"
+)
+
+
+def test_ctrl_c_releases_the_lease_of_a_gs_output(web, gcs_emulator, tmp_path):
+    # Before: the Ctrl-C handler exited at once and left gs://.../_LEASE, which refused every
+    # rerun for up to 15 minutes (no PID to check on gs://) unless --force-unlock.
+    gcs_emulator.bucket("ctrl-c-lease")
+    out = "gs://ctrl-c-lease/out"
+    urls = _serve(web, 2)
+    web.routes["/slow.jpg"] = Reply(200, jpeg(79), {"Content-Type": "image/jpeg"}, delay=60)
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls + [web.url("/slow.jpg")]))
+    command = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", _INGEST_WITH_EMULATOR, *command, "--no-report", "--timeout", "90"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    bucket = gcs_emulator.client().bucket("ctrl-c-lease")
+    started = time.monotonic()
+    (line,) = _interrupt_when_fetching(web, process, "/slow.jpg")
+    assert line.startswith("ingest: interrupted")
+    assert bucket.get_blob("out/_LEASE") is None, "the lease was left behind"
+    web.routes["/slow.jpg"] = Reply(200, jpeg(79), {"Content-Type": "image/jpeg"})
+    assert _ingest(out, f"cc3m={manifest}") == 0  # not refused: nobody holds OUT
+    assert time.monotonic() - started < 300
+
+
 def test_a_live_lease_is_taken_only_with_force_unlock(tmp_path):
     out = str(tmp_path / "out")
     with lease_module.output_lease(out, "first"):

@@ -22,7 +22,7 @@ import uuid
 
 from transforms.errors import BadInput, EnvironmentFailure
 
-__all__ = ["DEFAULT_TTL_SECONDS", "LEASE_NAME", "Holder", "lease_path", "output_lease"]
+__all__ = ["DEFAULT_TTL_SECONDS", "LEASE_NAME", "Holder", "lease_path", "output_lease", "release_lease"]
 
 LEASE_NAME = "_LEASE"
 DEFAULT_TTL_SECONDS = 15 * 60  # gs:// only: renewed every 5 minutes while the run lives
@@ -204,6 +204,15 @@ class _GcsLease:
             return
         with contextlib.suppress(self._exceptions.PreconditionFailed, self._exceptions.NotFound):
             existing.delete(if_generation_match=existing.generation)
+
+
+def release_lease(out: str, holder: Holder) -> None:
+    """Removes `out`'s lease if `holder` still holds it, as output_lease does on the way out.
+
+    For a process that ends past output_lease's `finally` (the Ctrl-C handler's os._exit).
+    """
+    lease = _GcsLease(out) if out.startswith("gs://") else _LocalLease(out)
+    lease.release(holder)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.paths import FIXTURES
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.io import json_manifests, labels, manifests, readers
 
 
@@ -325,3 +326,34 @@ def test_synset_names_match_labels_module():
         "goldfish, Carassius auratus",
         None,
     ]
+
+
+def _zero_keys(data: bytes):
+    return [(r["key"], r["status"]) for r in json_manifests.parse_zero(io.BytesIO(data), "z.json")]
+
+
+@pytest.mark.parametrize("shift", range(-3, 4))
+def test_zero_arrays_in_a_row_all_read_wherever_a_read_ends(shift):
+    # the second array starts around the end of ijson's first 64 KiB read
+    pad = 65536 - len('[{"ImageKey": "1", "ImageUrl": "http://a/1.jpg", "Title": ""}]') + shift
+    first = json.dumps({"ImageKey": "1", "ImageUrl": "http://a/1.jpg", "Title": "x" * pad})
+    data = f'[{first}]\n[{{"ImageKey": "2", "ImageUrl": "http://a/2.jpg", "Title": "] [b"}}]  '.encode()
+    assert _zero_keys(data) == [("zero:1", None), ("zero:2", None)]
+
+
+@pytest.mark.parametrize("after", ['{"ImageKey": "2", "ImageUrl": "http://a/2"}', "7", ', [{"ImageKey": "2"}]', "]"])
+def test_zero_array_followed_by_a_value_that_is_not_an_array_is_bad_input(after):
+    data = f'[{{"ImageKey": "1", "ImageUrl": "http://a/1", "Title": "a] b"}}]\n{after}\n'.encode()
+    with pytest.raises(BadInput, match=r"manifest z\.json: .* not an array .* record 1;"):
+        _zero_keys(data)
+
+
+def test_zero_array_nesting_is_bounded_and_wide_records_still_read():
+    deep_objects = b'[{"ImageKey": "1", "ImageUrl": "http://a/1"}, ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"]"
+    assert _zero_keys(deep_objects) == [("zero:1", None), ("zero:z.json#1-", "invalid_url")]
+    # thousands of brackets that are not deep: lists of objects, `[` inside text
+    keywords = [{"k": k} for k in range(5000)]
+    wide = [
+        {"ImageKey": str(n), "ImageUrl": f"http://a/{n}", "Keywords": keywords, "Title": "[" * 600} for n in range(3)
+    ]
+    assert _zero_keys(json.dumps(wide).encode()) == [("zero:0", None), ("zero:1", None), ("zero:2", None)]
