@@ -241,7 +241,7 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
     )
     # why: no shard reaches its final name before every shard is written and the books balance,
     # so an interrupted or failed run leaves EXP as the earlier export left it (not a mix of two)
-    balanced = (
+    summary = (
         pipeline
         | "BooksOnce" >> beam.Create([None])
         | "CheckBooks"
@@ -255,24 +255,14 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
             tmp_dir=tmp_dir,
         )
     )
-    shards = written | "PublishShards" >> beam.Map(publish_shard, written=beam.pvalue.AsSingleton(balanced))
+    shards = written | "PublishShards" >> beam.Map(publish_shard, books=beam.pvalue.AsSingleton(summary))
     # why: attempts of failed bundles, and runs killed earlier, leave orphans in temporary directories only
     _ = shards | "DropTemporary" >> RemoveDirectory(tmp_dir, *stale_temporaries)
     # why: an earlier export's shards would otherwise mix with this one's
     _ = shards | "ShardPaths" >> beam.Map(lambda record: record["path"]) | "RetireStale" >> RetireFiles(stale)
-    return (
-        pipeline
-        | "Once" >> beam.Create([None])
-        # why: written last, from every count (the books balanced before the shards were published)
-        | "WriteSummary"
-        >> beam.Map(
-            export_books.write_summary,
-            config=config,
-            started_at=started_at,
-            rows_read=beam.pvalue.AsSingleton(rows_read),
-            skipped_counts=beam.pvalue.AsList(skipped),
-            shards=beam.pvalue.AsList(shards),
-        )
+    # why: written last, once every shard is published
+    return summary | "WriteSummary" >> beam.Map(
+        export_books.write_summary, config=config, published=beam.pvalue.AsList(shards)
     )
 
 

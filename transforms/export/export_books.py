@@ -2,9 +2,9 @@
 
 Public functions (each the body of one step of pipelines.export's graph):
 - `summarize(config, ...)`: summary.json's content, from the counts and the written shards' records.
-- `check_books(_, config, ...)`: the count of shards written once the books balance; else removes
-  the run's unpublished shards and raises BooksUnbalanced, before any shard is published.
-- `write_summary(_, config, ...)`: writes EXP/summary.json, last; returns its path.
+- `check_books(_, config, ...)`: summary.json's content once the books balance; else removes the
+  run's unpublished shards and raises BooksUnbalanced, before any shard is published.
+- `write_summary(summary, config)`: writes EXP/summary.json, last; returns its path.
 """
 
 import time
@@ -55,8 +55,8 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
 
 
 def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_dir):
-    """The count of shards written, once the books balance (rows read = exported + skipped); else
-    removes this run's unpublished shards (`tmp_dir`) and raises BooksUnbalanced: EXP stays as it was."""
+    """summary.json's content once the books balance (rows read = exported + skipped); else removes
+    this run's unpublished shards (`tmp_dir`) and raises BooksUnbalanced: EXP stays as it was."""
     summary = summarize(config, started_at, rows_read, skipped_counts, shards)
     if not summary["books_balanced"]:
         delete_tree(tmp_dir)
@@ -65,9 +65,9 @@ def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_di
             f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped;"
             f" {config.output} is left as it was"
         )
-    return len(shards)
+    return summary
 
 
-def write_summary(_, config, started_at, rows_read, skipped_counts, shards):
-    summary = summarize(config, started_at, rows_read, skipped_counts, shards)
+def write_summary(summary, config, published=()):
+    """Writes EXP/summary.json (`published`, the shards renamed into place, only orders it)."""
     return write_json(join_path(config.output, "summary.json"), summary)

@@ -251,11 +251,11 @@ class ShardWriterDoFn(beam.DoFn):
         raise NotImplementedError
 
 
-def publish_shard(record: dict, written: int | None = None) -> dict:
+def publish_shard(record: dict, books: dict | None = None) -> dict:
     """Renames a shard written by ShardWriterDoFn from its temporary name onto its final one.
 
-    Run once every shard is written and the job's books balance (`written`, their count as a side
-    input, only orders it): why, an export interrupted while writing, or whose books fail, leaves
+    Run once every shard is written and the job's books balance (`books`, the checked books as a
+    side input, only orders it): why, an export interrupted while writing, or whose books fail, leaves
     EXP as the earlier export left it, never its shards half replaced (a mix of two exports, the
     rows between them doubled or lost). Idempotent: a retried rename finds its shard in place.
 
