@@ -41,6 +41,16 @@ def _rows(out):
     return pq.read_table(table_module.list_table_files(out)).to_pylist()
 
 
+def _refused(tmp_path, capsys, manifest_arg, *needles):
+    """The ingest of `manifest_arg` is bad input: exit 2, one line holding every needle (never the
+    runner's "unexpected <Error> ... (rerun with --debug ...)"), and no table written."""
+    out = str(tmp_path / "out")
+    assert _ingest(out, manifest_arg) == 2
+    line = _one_line(capsys)
+    assert all(needle in line for needle in needles) and "rerun with --debug" not in line, line
+    assert not os.path.exists(os.path.join(out, "images"))
+
+
 def test_a_long_captions_file_without_image_path_is_bad_input_naming_it(web, tmp_path, capsys):
     urls = _serve(web, 2)
     manifest = tmp_path / "cc12m.tsv"
@@ -73,11 +83,7 @@ def test_an_open_images_field_past_the_csv_limit_is_bad_input_naming_file_and_li
     # 16 MiB once the long-captions reader has raised it in this process (it is process-wide)
     filler = "x" * ((1 << 24) + 1)
     manifest.write_text(f'ImageID,OriginalURL,Title\na1,{urls[0]},"{filler}"\nb2,{urls[1]},t\n')
-    out = str(tmp_path / "out")
-    assert _ingest(out, f"openimages={manifest}") == 2
-    line = _one_line(capsys)
-    assert str(manifest) in line and "line 2" in line and "unexpected" not in line
-    assert not os.path.exists(os.path.join(out, "images"))
+    _refused(tmp_path, capsys, f"openimages={manifest}", str(manifest), "line 2")
 
 
 def test_an_open_images_quote_left_open_is_bad_input_not_records_swallowed(web, tmp_path, capsys):
@@ -86,11 +92,7 @@ def test_an_open_images_quote_left_open_is_bad_input_not_records_swallowed(web, 
     # The quote opened in a1's Title is never closed: read leniently, b2 and c3 became part of
     # that title and the run ended with exit 0 and one row for three records.
     manifest.write_text(f'ImageID,OriginalURL,Title\na1,{urls[0]},"open\nb2,{urls[1]},t\nc3,{urls[2]},t\n')
-    out = str(tmp_path / "out")
-    assert _ingest(out, f"openimages={manifest}") == 2
-    line = _one_line(capsys)
-    assert str(manifest) in line and "quote" in line
-    assert not os.path.exists(os.path.join(out, "images"))
+    _refused(tmp_path, capsys, f"openimages={manifest}", str(manifest), "quote")
 
 
 def test_an_open_images_list_without_its_header_is_bad_input_not_a_record_lost(web, tmp_path, capsys):
@@ -99,11 +101,7 @@ def test_an_open_images_list_without_its_header_is_bad_input_not_a_record_lost(w
     # No header line: the first record was read as the header (lost behind exit 0) and the other
     # two became invalid_url rows, "header has no OriginalURL column".
     manifest.write_text("".join(f"{n:016x},{url},title {n}\n" for n, url in enumerate(urls)))
-    out = str(tmp_path / "out")
-    assert _ingest(out, f"openimages={manifest}") == 2
-    line = _one_line(capsys)
-    assert str(manifest) in line and "OriginalURL" in line and "unexpected" not in line
-    assert not os.path.exists(os.path.join(out, "images"))
+    _refused(tmp_path, capsys, f"openimages={manifest}", str(manifest), "OriginalURL")
 
 
 def test_a_json_array_followed_by_a_record_is_bad_input_not_a_record_lost(web, tmp_path, capsys):
@@ -113,11 +111,7 @@ def test_a_json_array_followed_by_a_record_is_bad_input_not_a_record_lost(web, t
     manifest.write_text(
         f'[{{"ImageKey": "1", "ImageUrl": "{urls[0]}"}}]\n{{"ImageKey": "2", "ImageUrl": "{urls[1]}"}}\n'
     )
-    out = str(tmp_path / "out")
-    assert _ingest(out, f"zero={manifest}") == 2
-    line = _one_line(capsys)
-    assert str(manifest) in line and "not an array" in line and "unexpected" not in line
-    assert not os.path.exists(os.path.join(out, "images"))
+    _refused(tmp_path, capsys, f"zero={manifest}", str(manifest), "not an array")
 
 
 def test_json_arrays_in_a_row_are_all_read(web, tmp_path, capsys):
