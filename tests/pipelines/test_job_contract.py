@@ -29,35 +29,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.demo.sample_site import Reply, jpeg
 from pipelines.launch import failures
+from tests.job_process import NOBODY, job
 from tests.paths import REPO
 from transforms import schema
 from transforms.errors import BadInput, BooksUnbalanced
 
 JPEG = {"Content-Type": "image/jpeg"}
-NOBODY = 65534
-
-
-def job(name, *args, env=None, timeout=240, as_nobody=False):
-    """Runs `python -m pipelines.<name> args` from the repository; the finished process."""
-    environment = {k: v for k, v in os.environ.items() if k != "BEAM_IMAGES_DEBUG"}
-    environment.update(PYTHONPATH=REPO, **(env or {}))
-    preexec = None
-    if as_nobody:
-        environment["HOME"] = tempfile.gettempdir()
-
-        def preexec():
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-
-    return subprocess.run(
-        [sys.executable, "-m", f"pipelines.{name}", *map(str, args)],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=preexec,
-    )
 
 
 def assert_one_line(done, status, *fragments):

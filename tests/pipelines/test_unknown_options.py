@@ -11,33 +11,18 @@ written, no lease) and with Beam options of several option classes (accepted, th
 import concurrent.futures
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from pipelines import dedup, export, ingest, refresh
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
-from tests.paths import REPO
+from tests.job_process import job
 from transforms.errors import BadInput
 
 pytestmark = pytest.mark.timeout(300)
 
 JPEG = {"Content-Type": "image/jpeg"}
 NET = ["--allow-network", "127.0.0.1/32"]
-
-
-def job(name, *args):
-    environment = {k: v for k, v in os.environ.items() if k != "BEAM_IMAGES_DEBUG"}
-    environment["PYTHONPATH"] = REPO
-    return subprocess.run(
-        [sys.executable, "-m", f"pipelines.{name}", *map(str, args)],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
 
 
 def beam_options(tmp):
