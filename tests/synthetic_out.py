@@ -1,5 +1,9 @@
-"""A synthetic ingest output (summary.json + one Parquet file) for report tests, made in memory."""
+"""Synthetic ingest outputs, made in memory: for report tests (make_rows, write_out), and a table of
+fetched pictures as ingest would have written it (fetched_ok_row, write_snapshot_table) for refresh
+tests that need no ingest run."""
 
+import datetime
+import hashlib
 import json
 import os
 import random
@@ -8,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms import schema
+from transforms.image_checks import inspect_image
 
 DATASETS = ("cc3m", "cc12m", "openimages", "zero")
 FAILURES = (schema.HTTP_ERROR, schema.TIMEOUT, schema.CONNECTION_ERROR, schema.NOT_IMAGE, schema.DECODE_ERROR)
@@ -76,3 +81,36 @@ def write_out(out, rows, with_metrics=True):
     with open(os.path.join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle)
     return summary
+
+
+def fetched_ok_row(key, url, body, caption="a caption", **fields):
+    """The `ok` row ingest writes for a picture fetched from `url` with these bytes (hashes, size,
+    format), fetched on 2030-01-01 unless `fields` say otherwise."""
+    check = inspect_image(body)
+    row = schema.new_row(
+        "cc3m",
+        key,
+        url,
+        caption,
+        status=schema.OK,
+        http_status=200,
+        sha256=hashlib.sha256(body).hexdigest(),
+        phash=check.phash,
+        dhash=check.dhash,
+        width=check.width,
+        height=check.height,
+        format="JPEG",
+        content_type="image/jpeg",
+        size_bytes=len(body),
+        fetched_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc),
+    )
+    row.update(fields)
+    return row
+
+
+def write_snapshot_table(directory, rows):
+    """DIRECTORY/images/part-0.parquet of `rows` (no summary.json: read as an older output); returns DIRECTORY."""
+    os.makedirs(os.path.join(directory, "images"))
+    table = pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
+    pq.write_table(table, os.path.join(directory, "images", "part-0.parquet"))
+    return directory

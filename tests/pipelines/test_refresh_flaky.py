@@ -8,22 +8,18 @@ Measured (printed with -s, written to REFRESH_OUT/flaky-figures.json): dead verd
 """
 
 import datetime
-import hashlib
 import json
 import os
 import random
 import threading
 
-import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
-from transforms import schema
-from transforms.image_checks import inspect_image
+from tests.synthetic_out import fetched_ok_row, write_snapshot_table
 from transforms.liveness import verdicts
 
 URLS = 300
@@ -75,36 +71,13 @@ class FlakyWeb:
 
 def write_snapshot(directory, web, bodies):
     """An ingest table of URLS live rows (as ingest writes it), without running an ingest."""
-    rows = []
-    fetched_at = datetime.datetime(2030, 1, 1, tzinfo=UTC)
-    for n, body in enumerate(bodies):
-        check = inspect_image(body)
-        rows.append(
-            schema.to_parquet_record(
-                schema.new_row(
-                    "cc3m",
-                    f"cc3m:{n + 1}",
-                    web.url(f"/p/{n}.jpg"),
-                    f"caption {n}",
-                    status=schema.OK,
-                    http_status=200,
-                    sha256=hashlib.sha256(body).hexdigest(),
-                    phash=check.phash,
-                    dhash=check.dhash,
-                    width=check.width,
-                    height=check.height,
-                    format="JPEG",
-                    content_type="image/jpeg",
-                    size_bytes=len(body),
-                    etag=f'"v{n}"' if n % 2 == 0 else None,
-                    fetched_at=fetched_at,
-                )
-            )
+    rows = [
+        fetched_ok_row(
+            f"cc3m:{n + 1}", web.url(f"/p/{n}.jpg"), body, f"caption {n}", etag=f'"v{n}"' if n % 2 == 0 else None
         )
-    os.makedirs(os.path.join(directory, "images"))
-    pq.write_table(
-        pa.Table.from_pylist(rows, schema=schema.IMAGE_SCHEMA), os.path.join(directory, "images", "part-0.parquet")
-    )
+        for n, body in enumerate(bodies)
+    ]
+    write_snapshot_table(directory, rows)
 
 
 def figures(out):

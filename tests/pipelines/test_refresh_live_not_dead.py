@@ -6,19 +6,14 @@ loopback web, real snapshots, the real job over several nights with one --histor
   lines): the old URL's history is not the new URL's.
 """
 
-import datetime
-import hashlib
 import os
 
-import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
-from transforms import schema
-from transforms.image_checks import inspect_image
+from tests.synthetic_out import fetched_ok_row, write_snapshot_table
 from transforms.liveness import verdicts
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -26,35 +21,7 @@ JPEG = {"Content-Type": "image/jpeg"}
 
 def write_snapshot(directory, rows):
     """An ingest table (as ingest writes it) of `rows`: [(key, url, body)], every row ok, no validator."""
-    records = []
-    for key, url, body in rows:
-        check = inspect_image(body)
-        records.append(
-            schema.to_parquet_record(
-                schema.new_row(
-                    "cc3m",
-                    key,
-                    url,
-                    "a caption",
-                    status=schema.OK,
-                    http_status=200,
-                    sha256=hashlib.sha256(body).hexdigest(),
-                    phash=check.phash,
-                    dhash=check.dhash,
-                    width=check.width,
-                    height=check.height,
-                    format="JPEG",
-                    content_type="image/jpeg",
-                    size_bytes=len(body),
-                    fetched_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc),
-                )
-            )
-        )
-    os.makedirs(os.path.join(directory, "images"))
-    pq.write_table(
-        pa.Table.from_pylist(records, schema=schema.IMAGE_SCHEMA), os.path.join(directory, "images", "part-0.parquet")
-    )
-    return directory
+    return write_snapshot_table(directory, [fetched_ok_row(key, url, body) for key, url, body in rows])
 
 
 def night(tmp_path, snapshot, date):
