@@ -1,0 +1,34 @@
+"""`job(name, *args)`: a job run as `python -m pipelines.<name>` from the repository, the way a user
+starts it, for the tests of exit statuses and one-line messages."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from tests.paths import REPO
+
+NOBODY = 65534  # the uid/gid of a run without write permission anywhere (as_nobody)
+
+
+def job(name, *args, env=None, timeout=240, as_nobody=False):
+    """Runs `python -m pipelines.<name> args` from the repository; the finished process."""
+    environment = {k: v for k, v in os.environ.items() if k != "BEAM_IMAGES_DEBUG"}
+    environment.update(PYTHONPATH=REPO, **(env or {}))
+    preexec = None
+    if as_nobody:
+        environment["HOME"] = tempfile.gettempdir()
+
+        def preexec():
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+
+    return subprocess.run(
+        [sys.executable, "-m", f"pipelines.{name}", *map(str, args)],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec,
+    )
