@@ -33,6 +33,7 @@ from transforms.clustering.clusters import WriteDuplicates
 from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
 from transforms.errors import BadInput, BooksUnbalanced
+from transforms.io.manifests import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
 from transforms.io.table_record import RECORD, check_recorded_table, recorded_table, roll_back, table_record
@@ -299,14 +300,13 @@ def check_inputs(opts):
         # why: a file copied into OUT/images would double its rows in OUT3 (docs/integrity.md)
         check_recorded_table("--input", root, files)
     DedupSettings.from_options(opts)
-    norm = lambda path: path.rstrip("/") if "://" in path else os.path.abspath(path)  # noqa: E731
-    if norm(opts.output) in {norm(root) for root in opts.input}:
+    if path_identity(opts.output) in {path_identity(root) for root in opts.input}:
         raise BadInput(f"--output {opts.output} is one of the inputs: the dedup job never writes over an input")
     # Why: one table read twice makes every row the newer version of itself, so every row would be
     # replaced and none written (an empty table over OUT3's). Symlinks resolved, as the ingest does.
     seen: dict[str, str] = {}
     for root in opts.input:
-        identity = norm(root) if "://" in root else os.path.realpath(root)
+        identity = path_identity(root)
         if identity in seen:
             raise BadInput(f"--input {root} is given twice (also as {seen[identity]}): give each ingest output once")
         seen[identity] = root

@@ -11,7 +11,6 @@ export into EXP are removed once this run's are final. Paths may be local or gs:
 """
 
 import dataclasses
-import os
 import re
 import sys
 import time
@@ -29,7 +28,7 @@ from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
 from transforms.export.shard_writer import AssignShards, publish_shard
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
-from transforms.io.manifests import normalise_path
+from transforms.io.manifests import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
 from transforms.io.table_record import check_recorded_table
@@ -162,17 +161,10 @@ def export_config(opts: ExportOptions) -> ExportConfig:
     return ExportConfig(opts.input, opts.output, opts.format, opts.include, opts.shard_size, resize)
 
 
-def _identity(path: str) -> str:
-    """One spelling per directory: `out`, `./out/`, `/abs/out/.` and a symlink to it are one."""
-    if "://" in path:
-        return normalise_path(path.rstrip("/"))
-    return os.path.realpath(path)
-
-
 def _check_output_apart(input_dir: str, output_dir: str) -> None:
     """EXP is neither OUT nor inside OUT/images. Why: EXP/summary.json would replace OUT's own, and
     hf-parquet shards in OUT/images would become rows of the table every later job reads."""
-    out, exp = _identity(input_dir), _identity(output_dir)
+    out, exp = path_identity(input_dir), path_identity(output_dir)
     images = join_path(out, "images")
     if exp == out or exp == images or exp.startswith(images + "/"):
         raise BadInput(f"--output {output_dir} must not be the --input directory {input_dir} nor inside its images/")

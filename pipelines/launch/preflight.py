@@ -11,12 +11,12 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import os
-import posixpath
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
 from transforms.errors import BadInput, EnvironmentFailure
+from transforms.io.manifests import path_identity
 
 __all__ = ["check_input_file", "check_input_files", "check_not_inside_output", "check_output_dir", "check_table"]
 
@@ -92,15 +92,6 @@ def check_input_file(flag: str, path: str | None, directory: bool = False) -> No
     check_input_files(flag, path)
 
 
-def _resolved(path: str) -> str:
-    """One spelling of a path: symlinks, `..` and `//` resolved (locally), or `.`, `..`, `//` (gs://)."""
-    if not _remote(path):
-        return os.path.realpath(path)
-    scheme, rest = path.split("://", 1)
-    bucket, _, name = rest.partition("/")
-    return f"{scheme}://{bucket}/{posixpath.normpath('/' + name).lstrip('/')}".rstrip("/")
-
-
 def check_not_inside_output(out: str, inputs: dict[str, list[str]]) -> None:
     """No input file lies inside the output directory: a glob over OUT's parent reads the job's own
     lease, blobs, Parquet files and summary as input lines (rows of garbage behind exit 0).
@@ -111,11 +102,11 @@ def check_not_inside_output(out: str, inputs: dict[str, list[str]]) -> None:
         out: the output directory, local or gs://.
         inputs: {how the user gave it ("--manifest cc3m=/in/**"): its paths or globs}.
     """
-    root = _resolved(out)
+    root = path_identity(out)
     for flag, patterns in inputs.items():
         for pattern in patterns:
             for path in _matches(pattern):
-                if _resolved(path).startswith(root + "/"):
+                if path_identity(path).startswith(root + "/"):
                     raise BadInput(
                         f"{flag}: {path} lies inside --output {out}: the job would read its own output;"
                         " narrow the path or write the output elsewhere"

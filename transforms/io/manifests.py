@@ -50,6 +50,8 @@ __all__ = [
     "ReadManifests",
     "ReadImageNetCaptions",
     "ReadZero",
+    "normalise_path",
+    "path_identity",
 ]
 
 
@@ -306,9 +308,13 @@ def normalise_path(path):
     return os.path.abspath(path)
 
 
-def _identity(path):
-    """Two paths of one file have one identity: symlinks resolved locally."""
-    return path if "://" in path else os.path.realpath(path)
+def path_identity(path: str) -> str:
+    """One spelling per file or folder, for telling whether two paths name one: locally absolute
+    with symlinks, `..` and `//` resolved (`out`, `./out/`, a link to it are one); on gs:// the
+    object name's `//`, `.` and `..` resolved, without a trailing slash."""
+    if "://" in path:
+        return normalise_path(path).rstrip("/")
+    return os.path.realpath(path)
 
 
 def file_labels(paths):
@@ -351,8 +357,8 @@ def expand_manifests(manifests, parsers):
         if not matched:
             raise BadInput(f"no file matches {kind}={pattern}")
         for path in matched:
-            if (kind, _identity(path)) not in seen:
-                seen.add((kind, _identity(path)))
+            if (kind, path_identity(path)) not in seen:
+                seen.add((kind, path_identity(path)))
                 files.append((kind, path))
     per_kind = {}
     for kind, path in files:
