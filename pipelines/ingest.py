@@ -448,12 +448,10 @@ def check_inputs(opts):
     if not opts.manifest and not opts.demo and not opts.resume:
         raise BadInput("give at least one --manifest KIND=PATH, --resume, or --demo")
     if not opts.demo:  # --demo writes its own files
-        for kind, pattern in parse_manifest_args(opts.manifest):
-            preflight.check_input_files(f"--manifest {kind}={pattern}", pattern)
-        for flag in ("cc12m_hashes", "openimages_classes", "cc3m_labels", "long_captions", "imagenet_synsets"):
-            preflight.check_input_file("--" + flag.replace("_", "-"), getattr(opts, flag))
-        for path in opts.openimages_labels:
-            preflight.check_input_file("--openimages-labels", path)
+        for flag, patterns in input_patterns(opts).items():
+            for pattern in patterns:  # a manifest may be a glob; a side file is one file
+                check = preflight.check_input_files if flag.startswith("--manifest") else preflight.check_input_file
+                check(flag, pattern)
         preflight.check_input_file("--imagenet-root", opts.imagenet_root, directory=True)
     if opts.retry_status:
         parse_retry_statuses(opts.retry_status)
