@@ -240,7 +240,7 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection. `read_history`: a
     history.ReadHistory built (and so checked) before the outputs were prepared."""
     out = opts.output
-    read = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots, with_books=True)
+    read = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
     entries = read["entries"]
     checked = entries | "CheckUrls" >> checks.CheckUrls(FetchConfig.from_options(opts), params)
     found = checked | "FindPlaceholders" >> checks.FindPlaceholders(params)

@@ -213,7 +213,7 @@ def test_snapshots_written_before_a_column_existed_are_read(tmp_path):
     columns = checks.snapshot_columns(pattern)
     assert "etag" not in columns and "is_placeholder" not in columns and "last_modified" in columns
     with BeamPipeline(runner="FnApiRunner") as p:
-        entries = p | checks.ReadSnapshots([("old", pattern)])
+        entries = (p | checks.ReadSnapshots([("old", pattern)]))["entries"]
         assert_that(
             entries | beam.Map(lambda e: (e["key"], e["etag"], e["is_placeholder"], e["sha256"])),
             equal_to([("cc3m:1", None, False, sha256)]),

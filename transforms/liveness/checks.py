@@ -96,17 +96,15 @@ def snapshot_columns(pattern: str) -> list[str]:
 
 
 class ReadSnapshots(beam.PTransform):
-    """Snapshot Parquet files -> one entry per key (a key in several snapshots: see entry_rank).
-
-    with_books: {"entries", "rows_in": (label, rows read) per snapshot, "merged": rows that were
-    another row's key (summed while merging, apart from the read count)}, the refresh's books.
+    """Snapshot Parquet files -> {"entries": one entry per key (a key in several snapshots: see
+    entry_rank), and the refresh's books: "rows_in": (label, rows read) per snapshot, "merged": rows
+    that were another row's key (summed while merging, apart from the read count)}.
     """
 
-    def __init__(self, patterns, with_books=False):
+    def __init__(self, patterns):
         super().__init__()
         # [(label, file pattern, columns)]; columns None: looked up in the files (snapshot_columns)
         self._patterns = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in patterns]
-        self._with_books = with_books
 
     def expand(self, pbegin):
         parts, counts = [], []
@@ -128,11 +126,8 @@ class ReadSnapshots(beam.PTransform):
             | "ByKey" >> beam.Map(lambda e: (e["key"], (e, 1)))
             | "OnePerKey" >> beam.CombinePerKey(_best_counted)
         )
-        entries = merged | "Entry" >> beam.Map(lambda kv: kv[1][0])
-        if not self._with_books:
-            return entries
         return {
-            "entries": entries,
+            "entries": merged | "Entry" >> beam.Map(lambda kv: kv[1][0]),
             "rows_in": counts | "AllCounts" >> beam.Flatten(),
             "merged": merged | "Merged" >> beam.Map(lambda kv: kv[1][1] - 1) | "SumMerged" >> beam.CombineGlobally(sum),
         }
