@@ -36,7 +36,14 @@ from transforms.errors import BadInput, BooksUnbalanced
 from transforms.io.manifests import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
-from transforms.io.table_record import RECORD, check_recorded_table, recorded_table, roll_back, table_record
+from transforms.io.table_record import (
+    RECORD,
+    check_recorded_table,
+    footer_rows,
+    recorded_table,
+    roll_back,
+    table_record,
+)
 
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
@@ -177,12 +184,9 @@ def table_rows(inputs):
     Returns:
         The sum of the files' row counts.
     """
-    rows = 0
-    for root in inputs:
-        for path in list_table_files(root):
-            with FileSystems.open(path) as handle:
-                rows += pq.ParquetFile(handle).metadata.num_rows
-    return rows
+    paths = [path for root in inputs for path in list_table_files(root)]
+    counts = footer_rows(paths)
+    return sum(counts[path] for path in paths)
 
 
 SPILL_PREFIX = "dedup-spill-"
