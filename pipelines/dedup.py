@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner, preflight, scratch
+from pipelines.report import run_resources
 from transforms.clustering.clusters import WriteDuplicates
 from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
@@ -327,6 +328,9 @@ def summary_lines(out):
     print(f"  images:     {join_path(out, 'images')}/*.parquet")
     print(f"  duplicates: {join_path(out, 'duplicates')}/")
     print(f"  summary:    {join_path(out, 'summary.json')}")
+    cost = run_resources.cost_line(summary)
+    if cost:
+        print(f"  cost:       {cost}")
 
 
 def run(argv=None):

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.demo import sample_site
 from pipelines.launch import console, job_runner, preflight, scratch
-from pipelines.report import progress_line
+from pipelines.report import progress_line, run_resources
 from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates, slim_row
 from transforms.clustering.dedup_settings import DedupSettings
@@ -512,6 +512,9 @@ def report(out):
     print(f"  images:  {join_path(out, 'images')}/*.parquet")
     print(f"  blobs:   {join_path(out, 'blobs')}/ ({summary['duplicates'].get('blobs', 0)} distinct images)")
     print(f"  summary: {join_path(out, 'summary.json')}")
+    cost = run_resources.cost_line(summary)
+    if cost:
+        print(f"  cost:    {cost}")
     if FileSystems.exists(join_path(out, "report.html")):
         print(f"  report:  {join_path(out, 'report.html')}")
     print()

@@ -24,6 +24,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipelines.launch import arguments, console, failures
 from pipelines.launch.cached_options import CachedViewOptions
+from pipelines.report import run_resources
 from transforms.errors import BadInput
 
 BEAM_OPTIONS_POINTER = (
@@ -318,6 +319,8 @@ class Job:
         Returns:
             The PipelineResult (not finished when the launcher did not wait).
         """
+        # Why here: the run's cost (OUT/summary.json "resources") counts from the graph's construction.
+        started = run_resources.ResourceClock.now()
         pipeline = beam.Pipeline(options=options.view_as(CachedViewOptions))
         build(pipeline)
         try:
@@ -329,6 +332,8 @@ class Job:
             from pipelines.report import run_metrics  # pipelines.report imports matplotlib: only when used
 
             run_metrics.record_run_metrics(result, output)
+            if is_local(options):  # a Dataflow driver's own CPU time says nothing of the job's
+                run_resources.record_run_resources(started, output)
             if html_report:
                 from pipelines.report.html_report import try_write_report
 

@@ -1,4 +1,5 @@
 """What a run tells a person: `progress_line` (live, local runs), `run_metrics` (Beam metrics into
-summary.json) and `html_report` (OUT/report.html; `python -m pipelines.report OUT`)."""
+summary.json), `run_resources` (what a local run cost: CPU, memory, per row) and `html_report`
+(OUT/report.html; `python -m pipelines.report OUT`)."""
 
-__all__ = ["html_report", "progress_line", "run_metrics"]
+__all__ = ["html_report", "progress_line", "run_metrics", "run_resources"]

@@ -801,6 +801,9 @@ def render_html(summary, stats, out, top_hosts=20, clusters=None):
     ]
     if fetched_bytes is not None:
         cards.append(("bytes fetched", human_bytes(fetched_bytes)))
+    resources = summary.get("resources") or {}  # local runs only (pipelines/report/run_resources.py)
+    if "cpu_ms_per_row" in resources:
+        cards.append(("CPU a row", f"{resources['cpu_ms_per_row']:,.2f} ms"))
     card_html = "".join(
         f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>' for k, v in cards
     )
