@@ -1,12 +1,16 @@
 """The table a job wrote, as it records it in OUT/summary.json, and the check every reader makes.
 
-The ingest and the dedup job record their table under "table": {"files": {name: rows}, "rows": n},
-one entry per file of OUT/images, counted while the files were written. A job that reads an OUT
-(export --input, dedup --input, refresh --snapshot, ingest --resume) first compares OUT/images
-with that record: a file added or copied in (`part-1 (copy).parquet` doubles its rows), one
-removed, or one whose row count differs (from the Parquet footers only: no data page is read)
-is bad input, one line naming the files, before anything is written. Outputs of versions that
-recorded no table are read as found, with a warning.
+The ingest and the dedup job record their table under "table": {"files": {name: rows}, "rows": n,
+"fingerprints": {name: {"bytes": size, "footer_sha256": hex}}}, one entry per file of OUT/images,
+rows counted while the files were written, size and footer read back once they were. A job that
+reads an OUT (export --input, dedup --input, refresh --snapshot, ingest --resume) first compares
+OUT/images with that record: a file added or copied in (`part-1 (copy).parquet` doubles its rows),
+one removed, one whose row count differs, or one replaced by another file of the same name and
+row count (its byte size or the sha256 of its Parquet footer differs: the footer holds the row
+groups' sizes, offsets and column statistics) is bad input, one line naming the files, before
+anything is written. Only footers are read, no data page. Records without "fingerprints" (older
+versions) are checked by names and row counts; outputs of versions that recorded no table are
+read as found, with a warning.
 
 When a job's books do not balance, the files it wrote are removed again (`roll_back`) and its
 summary keeps the record of the table OUT/images still holds: the previous one.
@@ -15,17 +19,27 @@ summary keeps the record of the table OUT/images still holds: the previous one.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import sys
 from collections.abc import Iterable
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput
 from transforms.io.sinks import join_path
 
-__all__ = ["RECORD", "check_recorded_table", "footer_rows", "recorded_table", "roll_back", "table_record"]
+__all__ = [
+    "RECORD",
+    "check_recorded_table",
+    "footer_facts",
+    "footer_rows",
+    "recorded_table",
+    "roll_back",
+    "table_record",
+]
 
 RECORD = "table"  # the summary.json entry
 _NAMED = 3  # files named per kind of difference in the one line
@@ -36,9 +50,21 @@ def _name(path: str) -> str:
 
 
 def table_record(written: Iterable[dict]) -> dict:
-    """{"files": {name: rows}, "rows": total} of the files a job wrote ({"path", "rows"} each)."""
+    """{"files": {name: rows}, "rows": total, "fingerprints": {name: {"bytes", "footer_sha256"}}}
+    of the files a job wrote ({"path", "rows"} each; the fingerprints are read from the files)."""
+    written = list(written)
     files = {_name(part["path"]): int(part["rows"]) for part in written}
-    return {"files": dict(sorted(files.items())), "rows": sum(files.values())}
+    facts = footer_facts([part["path"] for part in written])
+    fingerprints = {_name(path): _fingerprint(fact) for path, fact in facts.items()}
+    return {
+        "files": dict(sorted(files.items())),
+        "rows": sum(files.values()),
+        "fingerprints": dict(sorted(fingerprints.items())),
+    }
+
+
+def _fingerprint(fact: dict) -> dict:
+    return {"bytes": fact["bytes"], "footer_sha256": fact["footer_sha256"]}
 
 
 def recorded_table(root: str, strict: bool = True) -> tuple[str | None, dict | None]:
@@ -68,16 +94,34 @@ def recorded_table(root: str, strict: bool = True) -> tuple[str | None, dict | N
     return summary.get("job"), record if isinstance(record, dict) and isinstance(record.get("files"), dict) else None
 
 
-def footer_rows(paths: list[str]) -> dict[str, int]:
-    """{path: rows} from each file's Parquet footer (a few KB a file, read 16 at a time)."""
+def _footer_fact(path: str) -> dict:
+    """{"rows", "bytes", "footer_sha256"} of one Parquet file, from its end only: the footer
+    (length and magic in the last 8 bytes, the serialised metadata before them)."""
     import pyarrow.parquet as pq  # noqa: PLC0415 (only readers need it)
 
-    def rows(path: str) -> int:
-        with FileSystems.open(path) as handle:
-            return pq.ParquetFile(handle).metadata.num_rows
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        rows = pq.ParquetFile(handle).metadata.num_rows
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(size - 8)
+        length = int.from_bytes(handle.read(8)[:4], "little")
+        handle.seek(size - 8 - length)
+        footer = handle.read(length)
+    return {"rows": rows, "bytes": size, "footer_sha256": hashlib.sha256(footer).hexdigest()}
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(zip(paths, pool.map(rows, paths), strict=True))
+
+def footer_facts(paths: list[str]) -> dict[str, dict]:
+    """{path: {"rows", "bytes", "footer_sha256"}} from each file's Parquet footer (a few KB a
+    file, read 16 at a time)."""
+    if not paths:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        return dict(zip(paths, pool.map(_footer_fact, paths), strict=True))
+
+
+def footer_rows(paths: list[str]) -> dict[str, int]:
+    """{path: rows} from each file's Parquet footer (a few KB a file, read 16 at a time)."""
+    return {path: fact["rows"] for path, fact in footer_facts(paths).items()}
 
 
 def _listed(names: list[str]) -> str:
@@ -97,7 +141,8 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
     Returns:
         The files to read: `files`, less the unrecorded ones with ignore_unrecorded.
     Raises:
-        BadInput: a file added, missing, or holding another row count than recorded.
+        BadInput: a file added, missing, holding another row count than recorded, or (a record
+            with fingerprints) another file: another byte size or Parquet footer.
     """
     job, record = recorded_table(root)
     if record is None:
@@ -114,12 +159,13 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
     added = sorted(set(found) - set(recorded))
     missing = sorted(set(recorded) - set(found))
     common = [found[name] for name in sorted(set(found) & set(recorded))]
-    counted = footer_rows(common)
+    facts = footer_facts(common)
     differ = [
-        f"{_name(path)} ({recorded[_name(path)]} recorded, {rows} found)"
-        for path, rows in counted.items()
-        if rows != recorded[_name(path)]
+        f"{_name(path)} ({recorded[_name(path)]} recorded, {fact['rows']} found)"
+        for path, fact in facts.items()
+        if fact["rows"] != recorded[_name(path)]
     ]
+    replaced = _replaced(record, facts)
     problems = []
     if added and not ignore_unrecorded:
         problems.append(f"not written by it: {_listed(added)}")
@@ -127,12 +173,33 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
         problems.append(f"missing: {_listed(missing)}")
     if differ:
         problems.append(f"other row counts: {_listed(differ)}")
+    if replaced:
+        problems.append(f"replaced by another file: {_listed(replaced)}")
     if problems:
         raise BadInput(
             f"{flag} {root}: images/ is not the table {job or 'its job'} wrote (summary.json):"
             f" {'; '.join(problems)}; restore images/ as it was, or re-run the job that wrote {root}"
         )
     return [path for path in files if _name(path) in recorded]
+
+
+def _replaced(record: dict, facts: dict[str, dict]) -> list[str]:
+    """Files of as many rows as recorded whose size or footer differs from the record's
+    fingerprints (none in a record without them: an older version wrote it)."""
+    fingerprints = record.get("fingerprints")
+    if not isinstance(fingerprints, dict):
+        return []
+    replaced = []
+    for path, fact in facts.items():
+        name = _name(path)
+        recorded = fingerprints.get(name)
+        if not isinstance(recorded, dict) or fact["rows"] != record["files"][name]:
+            continue
+        if recorded.get("bytes") != fact["bytes"]:
+            replaced.append(f"{name} ({recorded.get('bytes')} bytes recorded, {fact['bytes']} found)")
+        elif recorded.get("footer_sha256") != fact["footer_sha256"]:
+            replaced.append(f"{name} (as many bytes, another Parquet footer)")
+    return replaced
 
 
 def roll_back(written: Iterable[str], keep: Iterable[str]) -> None:
