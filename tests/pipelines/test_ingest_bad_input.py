@@ -189,3 +189,39 @@ def test_a_json_array_nested_thousands_deep_is_an_invalid_row_in_bounded_memory(
     assert sorted(rows) == ["invalid_url", "ok"] and rows["ok"]["key"] == "zero:1"
     assert rows["invalid_url"]["key"] == f"zero:{manifest}#1-"
     assert "nested deeper than" in rows["invalid_url"]["error"]
+
+
+def test_tsv_manifests_with_bare_cr_line_ends_give_a_row_per_line(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    # Old Mac line ends ("\r" only): the whole file was one line, one row (a giant caption), exit 0.
+    cc3m, cc12m = tmp_path / "cc3m.tsv", tmp_path / "cc12m.tsv"
+    cc3m.write_bytes("".join(f"photo {n}\t{url}\r" for n, url in enumerate(urls)).encode())
+    # cc12m: a blank line, and no end after the last line
+    cc12m.write_bytes(f"{urls[0]}\tphoto 0\r\r{urls[1]}\tphoto 1\r{urls[2]}\tphoto 2".encode())
+    out = str(tmp_path / "out")
+    assert _ingest(out, [f"cc3m={cc3m}", f"cc12m={cc12m}"]) == 0, capsys.readouterr().err
+    rows = sorted((r["key"], r["caption"], r["url"], r["status"]) for r in _rows(out))
+    assert rows == [
+        ("cc12m:1", "photo 0", urls[0], "ok"),
+        ("cc12m:3", "photo 1", urls[1], "ok"),
+        ("cc12m:4", "photo 2", urls[2], "ok"),
+        *((f"cc3m:{n + 1}", f"photo {n}", url, "ok") for n, url in enumerate(urls)),
+    ]
+
+
+def test_a_tsv_manifest_with_lf_line_ends_keeps_a_stray_cr_inside_its_caption(web, tmp_path, capsys):
+    urls = _serve(web, 2)
+    manifest = tmp_path / "cc12m.tsv"
+    manifest.write_bytes(f"{urls[0]}\tfirst\rhalf\n{urls[1]}\tsecond\r\n".encode())
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc12m={manifest}") == 0, capsys.readouterr().err
+    assert sorted((r["key"], r["caption"]) for r in _rows(out)) == [("cc12m:1", "first\rhalf"), ("cc12m:2", "second")]
+
+
+def test_an_empty_compressed_manifest_is_bad_input_naming_it(web, tmp_path, capsys):
+    # A 0-byte .gz (a download that never started) is no gzip stream at all: it was read as an
+    # empty dataset, exit 0. A plain empty manifest stays an empty dataset (docs/integrity.md).
+    for suffix in ("gz", "bz2", "xz", "zst"):
+        manifest = tmp_path / f"cc3m.tsv.{suffix}"
+        manifest.write_bytes(b"")
+        _refused(tmp_path, capsys, f"cc3m={manifest}", f"manifest {manifest}", "truncated or corrupt", "empty")
