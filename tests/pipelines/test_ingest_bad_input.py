@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
-from tests.paths import REPO
+from tests.paths import FIXTURES, REPO
 from transforms.io import table as table_module
 
 
@@ -225,3 +225,68 @@ def test_an_empty_compressed_manifest_is_bad_input_naming_it(web, tmp_path, caps
         manifest = tmp_path / f"cc3m.tsv.{suffix}"
         manifest.write_bytes(b"")
         _refused(tmp_path, capsys, f"cc3m={manifest}", f"manifest {manifest}", "truncated or corrupt", "empty")
+
+
+def test_a_side_file_of_the_wrong_kind_is_bad_input_naming_option_and_file(web, tmp_path, capsys):
+    urls = _serve(web, 1)
+    files = {
+        "cc3m.tsv": f"a photo\t{urls[0]}\n",
+        "cc12m.tsv": f"{urls[0]}\ta photo\n",
+        "images.csv": f"ImageID,Subset,OriginalURL,Title\n0006400c1c224e19,train,{urls[0]},t\n",
+        "labels.csv": "ImageID,Source,LabelName,Confidence\n0006400c1c224e19,machine,/m/07j7r,0.9\n",
+        "synsets.txt": "n01440764 tench, Tinca tinca\n",
+        "captions.json": '[{"filename": "n01440764_1.JPEG", "wnid": "n01440764", "title": "t"}]\n',
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    manifest = f"cc3m={tmp_path / 'cc3m.tsv'}"
+    # Before: each ran with exit 0, the rows without their labels, names or hashes.
+    for option, wrong in [
+        ("cc3m-labels", "cc3m.tsv"),  # the manifest given as its labels
+        ("cc3m-labels", "labels.csv"),
+        ("cc12m-hashes", "cc12m.tsv"),
+        ("cc12m-hashes", "cc3m.tsv"),
+        ("openimages-labels", "images.csv"),
+        ("openimages-labels", "cc3m.tsv"),
+        ("openimages-classes", "images.csv"),
+        ("openimages-classes", "labels.csv"),
+        ("openimages-classes", "synsets.txt"),
+        ("imagenet-synsets", "captions.json"),
+        ("imagenet-synsets", "labels.csv"),
+    ]:
+        path = str(tmp_path / wrong)
+        out = str(tmp_path / "out")
+        assert _ingest(out, manifest, **{option: path}) == 2, (option, wrong, capsys.readouterr().err)
+        line = _one_line(capsys)
+        assert f"--{option} {path}: not " in line and "unexpected" not in line, line
+        assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_side_files_of_the_right_kind_pass_the_kind_check(tmp_path):
+    from transforms.io import side_files  # noqa: PLC0415
+
+    sample = os.path.join(REPO, "pipelines", "demo", "sample")
+    hashes = tmp_path / "hashes.tsv"
+    hashes.write_text(f"http://a/1.jpg\t{'ab' * 32}\t{'cd' * 16}\nhttp://a/2.jpg\t\t0Sad+xMj2ttXM1U8meEJ0A==\n")
+    given = {
+        "--cc12m-hashes": [str(hashes)],
+        "--cc3m-labels": ["cc3m_labels.tsv", f"{sample}/cc3m-labels.tsv"],
+        "--openimages-classes": [
+            "openimages_v1_dict.csv",
+            "openimages_class-descriptions.csv",
+            "oidv7-class-descriptions.csv",
+            f"{sample}/openimages-class-descriptions.csv",
+        ],
+        "--openimages-labels": [
+            "openimages_labels_machine.csv",
+            "openimages_labels_human.csv",
+            "openimages_labels_old.csv",
+            "machine_ann_2016_08_labels.csv",
+            "human_ann_2016_08_labels.csv",
+            f"{sample}/*-labels*.csv",
+        ],
+        "--imagenet-synsets": ["LOC_synset_mapping.txt", f"{sample}/LOC_synset_mapping.txt"],
+    }
+    for flag, paths in given.items():
+        for path in paths:
+            side_files.check_side_file(flag, os.path.join(FIXTURES, path))
