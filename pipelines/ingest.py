@@ -23,6 +23,7 @@ from transforms.clustering.dedup_settings import DedupSettings
 from transforms.errors import BadInput
 from transforms.fetch.client import FetchConfig, FetchImages
 from transforms.hashing import HashImages
+from transforms.io import side_files
 from transforms.io.books import BalanceBooks, check_books
 from transforms.io.checksums import HASH_CONFLICT_RULE, AttachExpectedHashes
 from transforms.io.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
@@ -452,6 +453,7 @@ def check_inputs(opts):
             for pattern in patterns:  # a manifest may be a glob; a side file is one file
                 check = preflight.check_input_files if flag.startswith("--manifest") else preflight.check_input_file
                 check(flag, pattern)
+                side_files.check_side_file(flag, pattern, opts.output)  # of the kind the option reads
         preflight.check_input_file("--imagenet-root", opts.imagenet_root, directory=True)
     if opts.retry_status:
         parse_retry_statuses(opts.retry_status)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
-from tests.paths import REPO
+from tests.paths import FIXTURES, REPO
 from transforms.io import table as table_module
 
 
@@ -189,3 +189,104 @@ def test_a_json_array_nested_thousands_deep_is_an_invalid_row_in_bounded_memory(
     assert sorted(rows) == ["invalid_url", "ok"] and rows["ok"]["key"] == "zero:1"
     assert rows["invalid_url"]["key"] == f"zero:{manifest}#1-"
     assert "nested deeper than" in rows["invalid_url"]["error"]
+
+
+def test_tsv_manifests_with_bare_cr_line_ends_give_a_row_per_line(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    # Old Mac line ends ("\r" only): the whole file was one line, one row (a giant caption), exit 0.
+    cc3m, cc12m = tmp_path / "cc3m.tsv", tmp_path / "cc12m.tsv"
+    cc3m.write_bytes("".join(f"photo {n}\t{url}\r" for n, url in enumerate(urls)).encode())
+    # cc12m: a blank line, and no end after the last line
+    cc12m.write_bytes(f"{urls[0]}\tphoto 0\r\r{urls[1]}\tphoto 1\r{urls[2]}\tphoto 2".encode())
+    out = str(tmp_path / "out")
+    assert _ingest(out, [f"cc3m={cc3m}", f"cc12m={cc12m}"]) == 0, capsys.readouterr().err
+    rows = sorted((r["key"], r["caption"], r["url"], r["status"]) for r in _rows(out))
+    assert rows == [
+        ("cc12m:1", "photo 0", urls[0], "ok"),
+        ("cc12m:3", "photo 1", urls[1], "ok"),
+        ("cc12m:4", "photo 2", urls[2], "ok"),
+        *((f"cc3m:{n + 1}", f"photo {n}", url, "ok") for n, url in enumerate(urls)),
+    ]
+
+
+def test_a_tsv_manifest_with_lf_line_ends_keeps_a_stray_cr_inside_its_caption(web, tmp_path, capsys):
+    urls = _serve(web, 2)
+    manifest = tmp_path / "cc12m.tsv"
+    manifest.write_bytes(f"{urls[0]}\tfirst\rhalf\n{urls[1]}\tsecond\r\n".encode())
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc12m={manifest}") == 0, capsys.readouterr().err
+    assert sorted((r["key"], r["caption"]) for r in _rows(out)) == [("cc12m:1", "first\rhalf"), ("cc12m:2", "second")]
+
+
+def test_an_empty_compressed_manifest_is_bad_input_naming_it(web, tmp_path, capsys):
+    # A 0-byte .gz (a download that never started) is no gzip stream at all: it was read as an
+    # empty dataset, exit 0. A plain empty manifest stays an empty dataset (docs/integrity.md).
+    for suffix in ("gz", "bz2", "xz", "zst"):
+        manifest = tmp_path / f"cc3m.tsv.{suffix}"
+        manifest.write_bytes(b"")
+        _refused(tmp_path, capsys, f"cc3m={manifest}", f"manifest {manifest}", "truncated or corrupt", "empty")
+
+
+def test_a_side_file_of_the_wrong_kind_is_bad_input_naming_option_and_file(web, tmp_path, capsys):
+    urls = _serve(web, 1)
+    files = {
+        "cc3m.tsv": f"a photo\t{urls[0]}\n",
+        "cc12m.tsv": f"{urls[0]}\ta photo\n",
+        "images.csv": f"ImageID,Subset,OriginalURL,Title\n0006400c1c224e19,train,{urls[0]},t\n",
+        "labels.csv": "ImageID,Source,LabelName,Confidence\n0006400c1c224e19,machine,/m/07j7r,0.9\n",
+        "synsets.txt": "n01440764 tench, Tinca tinca\n",
+        "captions.json": '[{"filename": "n01440764_1.JPEG", "wnid": "n01440764", "title": "t"}]\n',
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    manifest = f"cc3m={tmp_path / 'cc3m.tsv'}"
+    # Before: each ran with exit 0, the rows without their labels, names or hashes.
+    for option, wrong in [
+        ("cc3m-labels", "cc3m.tsv"),  # the manifest given as its labels
+        ("cc3m-labels", "labels.csv"),
+        ("cc12m-hashes", "cc12m.tsv"),
+        ("cc12m-hashes", "cc3m.tsv"),
+        ("openimages-labels", "images.csv"),
+        ("openimages-labels", "cc3m.tsv"),
+        ("openimages-classes", "images.csv"),
+        ("openimages-classes", "labels.csv"),
+        ("openimages-classes", "synsets.txt"),
+        ("imagenet-synsets", "captions.json"),
+        ("imagenet-synsets", "labels.csv"),
+    ]:
+        path = str(tmp_path / wrong)
+        out = str(tmp_path / "out")
+        assert _ingest(out, manifest, **{option: path}) == 2, (option, wrong, capsys.readouterr().err)
+        line = _one_line(capsys)
+        assert f"--{option} {path}: not " in line and "unexpected" not in line, line
+        assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_side_files_of_the_right_kind_pass_the_kind_check(tmp_path):
+    from transforms.io import side_files  # noqa: PLC0415
+
+    sample = os.path.join(REPO, "pipelines", "demo", "sample")
+    hashes = tmp_path / "hashes.tsv"
+    hashes.write_text(f"http://a/1.jpg\t{'ab' * 32}\t{'cd' * 16}\nhttp://a/2.jpg\t\t0Sad+xMj2ttXM1U8meEJ0A==\n")
+    given = {
+        "--cc12m-hashes": [str(hashes)],
+        "--cc3m-labels": ["cc3m_labels.tsv", f"{sample}/cc3m-labels.tsv"],
+        "--openimages-classes": [
+            "openimages_v1_dict.csv",
+            "openimages_class-descriptions.csv",
+            "oidv7-class-descriptions.csv",
+            f"{sample}/openimages-class-descriptions.csv",
+        ],
+        "--openimages-labels": [
+            "openimages_labels_machine.csv",
+            "openimages_labels_human.csv",
+            "openimages_labels_old.csv",
+            "machine_ann_2016_08_labels.csv",
+            "human_ann_2016_08_labels.csv",
+            f"{sample}/*-labels*.csv",
+        ],
+        "--imagenet-synsets": ["LOC_synset_mapping.txt", f"{sample}/LOC_synset_mapping.txt"],
+    }
+    for flag, paths in given.items():
+        for path in paths:
+            side_files.check_side_file(flag, os.path.join(FIXTURES, path))

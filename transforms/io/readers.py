@@ -155,6 +155,7 @@ class CheckedDecompressor:
         self._raw = raw
         self._stream = _DECOMPRESSORS[compression](raw)
         self._failure = None  # raised on the read after the one that returned the last good bytes
+        self._started = False  # bytes came out of the stream
 
     def read(self, size=-1):
         """Up to `size` bytes; every byte decompressed before a failure is returned first."""
@@ -172,10 +173,20 @@ class CheckedDecompressor:
                 self._failure = exc
                 break
             if not piece:
+                if not self._started and not pieces:
+                    self._check_not_empty()
                 break
+            self._started = True
             pieces.append(piece)
             got += len(piece)
         return b"".join(pieces)
+
+    def _check_not_empty(self):
+        """A 0-byte file is no compressed stream (gzip and zstd would read it as empty data): a
+        download that never started. A stream of empty data (`gzip < /dev/null`) is not 0 bytes."""
+        tell = getattr(self._raw, "tell", None)
+        if tell is not None and tell() == 0:
+            raise CompressedInputError(self._path, "cut short: the file is empty (0 bytes), no compressed stream")
 
     def _checked(self, read, size):
         try:

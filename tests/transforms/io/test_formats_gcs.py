@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.paths import FIXTURES
 from transforms import schema
-from transforms.io import labels, manifests
+from transforms.io import labels, manifests, readers
 
 BUCKET = "formats-test"
 
@@ -107,3 +107,12 @@ def test_json_manifests_from_gcs(gcs):
             ),
             label="imagenet",
         )
+
+
+def test_an_empty_gz_on_gcs_is_refused_and_a_gzip_of_no_data_is_empty(gcs_emulator):
+    bucket = gcs_emulator.bucket(BUCKET)
+    bucket.blob("empty/zero-bytes.tsv.gz").upload_from_string(b"")
+    bucket.blob("empty/no-data.tsv.gz").upload_from_string(gzip.compress(b""))
+    with pytest.raises(readers.CompressedInputError, match="empty"):
+        readers.open_path(f"gs://{BUCKET}/empty/zero-bytes.tsv.gz").read()
+    assert readers.open_path(f"gs://{BUCKET}/empty/no-data.tsv.gz").read() == b""

@@ -1,0 +1,136 @@
+"""Is a side file of the kind its option names? Checked on its first lines before the pipeline starts.
+
+The side-file readers skip what they cannot read (a bad line is counted, the row keeps no label),
+so a file of another kind given to an option (the CC3M manifest as `--cc3m-labels`, the Open
+Images image list as `--openimages-classes`) ran with exit 0 and rows without their labels, class
+names or hashes. `check_side_file(flag, path)` reads the first lines of every file `path` matches
+and raises BadInput naming the option and the file when none of them is a line of its kind. A few
+odd lines among good ones pass (the readers count those); `--long-captions` checks its header in
+its reader (labels.parse_long_captions).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable
+
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.errors import BadInput
+from transforms.io import labels
+from transforms.io.checksums import parse_hash_list
+from transforms.io.manifests import path_identity
+from transforms.io.readers import open_stream
+
+__all__ = ["SIDE_FILE_KINDS", "check_side_file", "head_lines"]
+
+_HEAD_BYTES = 1 << 20
+_HEAD_LINES = 20
+_WNID = re.compile(r"n\d{8}")
+_IMAGE_ID = re.compile(r"[0-9a-fA-F]{16}")
+
+
+def head_lines(path: str, count: int = _HEAD_LINES) -> list[str]:
+    """The first `count` non-blank lines of a file (decompressed), at most its first MiB."""
+    with open_stream(path) as binary:
+        head = binary.read(_HEAD_BYTES)
+    lines = head.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
+    if len(head) == _HEAD_BYTES and len(lines) > 1:
+        lines.pop()  # cut at the MiB
+    return [line for line in lines if line.strip()][:count]
+
+
+def _hash_line(line: str) -> bool | None:
+    return next(parse_hash_list([line.encode("utf-8")])) is not None
+
+
+def _cc3m_labels_line(line: str) -> bool | None:
+    if line.count("\t") < 2:
+        return False  # a manifest line: caption TAB url
+    try:
+        labels.parse_cc3m_labels_line(line)
+    except labels.LabelListMismatch:
+        return True  # its kind, one bad line: the reader counts it
+    except ValueError:
+        return False
+    return True
+
+
+def _openimages_labels_line(line: str) -> bool | None:
+    fields = next(csv.reader([line]), [])
+    if fields and fields[0].lstrip("\ufeff").strip().lower() == "imageid":
+        return None  # a header, of a label file or not: its records decide
+    if len(fields) == 1:
+        return bool(_IMAGE_ID.fullmatch(fields[0].strip()))  # wide form, an image without labels
+    try:
+        return bool(labels.parse_openimages_label_line(line))
+    except (ValueError, csv.Error):
+        return False
+
+
+def _class_line_ok(line: str) -> bool:
+    fields = next(csv.reader([line]), [])
+    return len(fields) >= 2 and fields[0].lstrip("\ufeff").strip().startswith("/")
+
+
+def _synset_line(line: str) -> bool | None:
+    return bool(_WNID.fullmatch(line.strip().partition(" ")[0]))
+
+
+# option -> (what its file is, the line of that kind, one line judge: True of its kind, False not,
+# None a header that says nothing)
+SIDE_FILE_KINDS: dict[str, tuple[str, str, Callable[[str], bool | None]]] = {
+    "--cc12m-hashes": ("a CC12M hash list", "url<TAB>sha256<TAB>md5, hex or base64", _hash_line),
+    "--cc3m-labels": (
+        "a CC3M Image Labels TSV",
+        "caption<TAB>url<TAB>labels<TAB>MIDs<TAB>confidences",
+        _cc3m_labels_line,
+    ),
+    "--openimages-labels": (
+        "an Open Images image-level labels CSV",
+        "ImageID,Source,LabelName,Confidence or ImageID,confidence:/m/...",
+        _openimages_labels_line,
+    ),
+    "--openimages-classes": ("an Open Images class-names CSV", "/m/...,name", _class_line_ok),
+    "--imagenet-synsets": ("a LOC_synset_mapping.txt", "n01440764 tench, Tinca tinca", _synset_line),
+}
+
+
+def _judge(flag: str, lines: list[str]) -> list[bool | None]:
+    judge = SIDE_FILE_KINDS[flag][2]
+    verdicts = [judge(line) for line in lines]
+    if flag == "--openimages-classes" and verdicts and _class_header(lines[0]):
+        verdicts[0] = None
+    return verdicts
+
+
+def _class_header(line: str) -> bool:
+    """The V6/V7 header, LabelName,DisplayName (the V6 boxable file: id,name)."""
+    fields = [f.lstrip("\ufeff").strip().lower() for f in next(csv.reader([line]), [])]
+    return fields in (["labelname", "displayname"], ["id", "name"])
+
+
+def check_side_file(flag: str, pattern: str | None, output: str | None = None) -> None:
+    """BadInput when a file `pattern` matches has lines but none of the first 20 is of the kind
+    `flag` reads (an empty file, or a header alone, passes: it holds nothing to lose).
+
+    output: files inside it are left to preflight.check_not_inside_output, whose line says more.
+    """
+    if not pattern or flag not in SIDE_FILE_KINDS:
+        return
+    kind, form, _ = SIDE_FILE_KINDS[flag]
+    inside = path_identity(output) + "/" if output else None
+    for result in FileSystems.match([pattern]):
+        for metadata in result.metadata_list:
+            if inside and path_identity(metadata.path).startswith(inside):
+                continue
+            lines = head_lines(metadata.path)
+            verdicts = _judge(flag, lines)
+            if True in verdicts or False not in verdicts:
+                continue
+            bad = lines[verdicts.index(False)]
+            raise BadInput(
+                f"{flag} {metadata.path}: not {kind}: none of its first {len(lines)} lines reads as {form}"
+                f" (the first: {bad[:120]!r}); is it the file of another option?"
+            )
