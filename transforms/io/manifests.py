@@ -55,15 +55,15 @@ __all__ = [
 ]
 
 
-_SNIFF = 1 << 20  # how much of a file decides its line ends
+_SNIFF = 1 << 20  # at most this much of a file decides its line ends (peek gives one buffer: >= 8 KiB)
 
 
 def _lines(binary):
     """(1-based line number, text) with the newline removed; bad UTF-8 is replaced, not fatal.
 
     Lines end in LF or CRLF; a CR elsewhere is part of the text (a stray CR in a caption). A file
-    with no LF in its first MiB but a CR (classic Mac OS line ends) is split on CR, LF and CRLF:
-    read on LF, its every line was one row, a caption holding the whole file.
+    with no LF at its start (what the reader's buffer holds, 8 KiB or more) but a CR (classic Mac
+    OS line ends) is split on CR, LF and CRLF: read on LF, it was one row, one caption.
     """
     head = binary.peek(_SNIFF)[:_SNIFF] if hasattr(binary, "peek") else b""
     lines = _cr_lines(binary) if b"\r" in head and b"\n" not in head else binary
