@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.launch import job_runner
+from pipelines.report import run_resources
 from transforms.errors import BadInput
 from transforms.export import export_books, selection
 from transforms.export.hf_parquet_shards import HfParquetShardDoFn
@@ -328,6 +329,7 @@ def report(summary):
         f"  shards:  {summary['shard_count']} ({size:.1f} MB)\n"
         f"  summary: {join_path(summary['output'], 'summary.json')}\n"
         f"  load:    {load_hint(summary)}\n"
+        + (f"  cost:    {cost}\n" if (cost := run_resources.cost_line(summary)) else "")
     )
 
 

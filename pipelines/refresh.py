@@ -16,6 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner, preflight
+from pipelines.report import run_resources
 from transforms.fetch.client import FetchConfig
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table_record import check_recorded_table
@@ -346,7 +347,11 @@ def report(out):
         f"  success rate {'-' if rate is None else f'{rate:.1%}'}, link rot per month"
         f" {'- (under a day since ingest)' if per_month is None else f'{per_month:.2%}'}"
     )
-    print(f"  status:  {join_path(out, 'status')}/*.parquet\n  summary: {join_path(out, 'summary.json')}\n")
+    print(f"  status:  {join_path(out, 'status')}/*.parquet\n  summary: {join_path(out, 'summary.json')}")
+    cost = run_resources.cost_line(summary)
+    if cost:
+        print(f"  cost:    {cost}")
+    print()
     print(job_runner.format_status_table(summary["counts"], verdicts.VERDICTS))
 
 

@@ -51,7 +51,8 @@ def resources_section(start: ResourceClock, summary: dict[str, Any]) -> dict[str
 
     Args:
         start: the reading taken when the job started.
-        summary: the job's summary.json content ("rows" and "status_totals" are used when present).
+        summary: the job's summary.json content ("rows", or the export's "rows_read", and
+            "status_totals" are used when present).
     Returns:
         {"cpu_seconds", "job_process_cpu_seconds", "worker_processes_cpu_seconds",
         "wall_seconds", "job_process_peak_rss_mib", and, when the summary counts rows,
@@ -71,7 +72,7 @@ def resources_section(start: ResourceClock, summary: dict[str, Any]) -> dict[str
         # is left out: a child forked from a large parent reports the parent's size until its exec.
         "job_process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    rows = summary.get("rows")
+    rows = summary.get("rows", summary.get("rows_read"))  # the export counts the rows it read
     if isinstance(rows, int) and rows > 0:
         section["cpu_ms_per_row"] = round(1000 * cpu / rows, 3)
     ok = (summary.get("status_totals") or {}).get(schema.OK)

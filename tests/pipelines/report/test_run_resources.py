@@ -74,3 +74,17 @@ def test_an_ingest_records_its_cost_and_the_os_agrees(tmp_path):
     assert f"cost:    {section['cpu_seconds']:.1f} CPU s" in proc.stdout
     assert section["cpu_seconds"] <= tree + 0.05
     assert section["cpu_seconds"] >= 0.25 * tree  # more than a sliver of the run, less than all of it
+    # The export of that table counts its cost by the rows it read.
+    exported = subprocess.run(
+        [sys.executable, "-m", "pipelines.export", "--input", str(out), "--output", str(tmp_path / "exp"), "--format", "webdataset"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert exported.returncode == 0, exported.stderr
+    export_summary = json.loads((tmp_path / "exp" / "summary.json").read_text())
+    cost = export_summary["resources"]
+    assert cost["cpu_ms_per_row"] == round(1000 * cost["cpu_seconds"] / export_summary["rows_read"], 3)
+    assert f"cost:    {cost['cpu_seconds']:.1f} CPU s" in exported.stdout
