@@ -76,7 +76,17 @@ def test_an_ingest_records_its_cost_and_the_os_agrees(tmp_path):
     assert section["cpu_seconds"] >= 0.25 * tree  # more than a sliver of the run, less than all of it
     # The export of that table counts its cost by the rows it read.
     exported = subprocess.run(
-        [sys.executable, "-m", "pipelines.export", "--input", str(out), "--output", str(tmp_path / "exp"), "--format", "webdataset"],
+        [
+            sys.executable,
+            "-m",
+            "pipelines.export",
+            "--input",
+            str(out),
+            "--output",
+            str(tmp_path / "exp"),
+            "--format",
+            "webdataset",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
