@@ -69,7 +69,9 @@ def stage_sample_inputs(job, emulator, bucket=OFFLINE_BUCKET):
         if uri in tables:  # an ingest output: the job reads its Parquet schema while building the graph
             gcs_bucket.blob(f"{name}/images/part-0.parquet").upload_from_string(_sample_table())
         else:
-            gcs_bucket.blob(name).upload_from_string(b"placeholder: opened only at run time\n")
+            # Empty: the launcher checks a side file's first lines are of its kind
+            # (transforms/io/side_files.py), and an empty file holds nothing to judge.
+            gcs_bucket.blob(name).upload_from_string(b"")
     return parameters
 
 
