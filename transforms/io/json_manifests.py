@@ -50,6 +50,7 @@ from transforms import schema
 from transforms.errors import BadInput
 from transforms.io import readers
 from transforms.io.labels import IMAGENET
+from transforms.io.text_forms import cr_line_ends
 
 IMAGENET_CAPTIONS = "imagenet_captions"
 ZERO = "zero"
@@ -122,8 +123,10 @@ def iter_json_records(
     if first == "[":
         yield from _array_records(stream, source)
         return
-    # LF only: a stray CR inside a record must not split it
-    for line_no, line in enumerate(readers.text_stream(stream, newline="\n"), start=1):
+    # LF only: a stray CR inside a record must not split it; CR too in a file with CR line ends
+    # only (classic Mac OS), which read on LF was one line, one invalid row
+    newline = "" if cr_line_ends(stream) else "\n"
+    for line_no, line in enumerate(readers.text_stream(stream, newline=newline), start=1):
         if not line.strip():
             continue
         try:

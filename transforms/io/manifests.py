@@ -33,6 +33,7 @@ from transforms import schema
 from transforms.errors import BadInput
 from transforms.io import json_manifests, labels
 from transforms.io.readers import CompressedInputError, open_stream
+from transforms.io.text_forms import split_lines
 
 __all__ = [
     "parse_cc3m",
@@ -55,34 +56,15 @@ __all__ = [
 ]
 
 
-_SNIFF = 1 << 20  # at most this much of a file decides its line ends (peek gives one buffer: >= 8 KiB)
-
-
 def _lines(binary):
     """(1-based line number, text) with the newline removed; bad UTF-8 is replaced, not fatal.
 
-    Lines end in LF or CRLF; a CR elsewhere is part of the text (a stray CR in a caption). A file
-    with no LF at its start (what the reader's buffer holds, 8 KiB or more) but a CR (classic Mac
-    OS line ends) is split on CR, LF and CRLF: read on LF, it was one row, one caption.
+    Split on LF and CRLF, or on CR too in a file with CR line ends only (text_forms.split_lines).
     """
-    head = binary.peek(_SNIFF)[:_SNIFF] if hasattr(binary, "peek") else b""
-    lines = _cr_lines(binary) if b"\r" in head and b"\n" not in head else binary
-    for number, raw in enumerate(lines, start=1):
+    for number, raw in enumerate(split_lines(binary), start=1):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first caption or URL
         yield number, raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
-
-
-def _cr_lines(binary):
-    """Lines of a binary stream split on CR, LF and CRLF (bytes.splitlines), line ends kept."""
-    rest = b""
-    while chunk := binary.read(_SNIFF):
-        lines = (rest + chunk).splitlines(keepends=True)
-        # the last piece may go on in the next chunk, or be a CR whose LF comes next
-        rest = lines.pop() if not lines[-1].endswith(b"\n") else b""
-        yield from lines
-    if rest:
-        yield rest
 
 
 def _none_if_blank(text):

@@ -45,6 +45,7 @@ __all__ = [
     "ParseFiles",
 ]
 from transforms.errors import BadInput
+from transforms.io.text_forms import UTF16_BOMS, Utf16AsUtf8, cr_line_ends, split_lines
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
 
@@ -226,8 +227,12 @@ def open_path(path):
 
 
 def binary_stream(fileobj: Any, prefix: bytes = b"") -> io.BufferedReader:
-    """A buffered binary stream over `fileobj` (binary or text file-like)."""
-    return io.BufferedReader(RawReader(fileobj, prefix), buffer_size=_CHUNK)
+    """A buffered binary stream over `fileobj` (binary or text file-like); UTF-16 text (its
+    byte-order mark says so) comes out as UTF-8 (text_forms.Utf16AsUtf8)."""
+    stream: io.BufferedReader = io.BufferedReader(RawReader(fileobj, prefix), buffer_size=_CHUNK)
+    if stream.peek(2)[:2] in UTF16_BOMS:
+        return io.BufferedReader(Utf16AsUtf8(stream), buffer_size=_CHUNK)
+    return stream
 
 
 @contextlib.contextmanager
@@ -278,8 +283,14 @@ class CheckedFile:
         return open_path(self.metadata.path)
 
 
-def _is_compressed(metadata: Any) -> bool:
-    return CompressionTypes.detect_compression_type(metadata.path) in _DECOMPRESSORS
+def _read_whole(metadata: Any) -> bool:
+    """Whether a file's lines need `_CheckedLinesFn`: Beam's text reader would read a compressed
+    one quietly to a cut, decode UTF-16 as UTF-8, and split lines on LF only."""
+    if CompressionTypes.detect_compression_type(metadata.path) in _DECOMPRESSORS:
+        return True
+    with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        stream = io.BufferedReader(RawReader(raw), buffer_size=_CHUNK)
+        return stream.peek(2)[:2] in UTF16_BOMS or cr_line_ends(stream)
 
 
 class OpenFiles(beam.PTransform):
@@ -300,7 +311,8 @@ class OpenFiles(beam.PTransform):
 
 
 class _CheckedLinesFn(beam.DoFn):
-    """Lines of one compressed file, read whole and to its end-of-stream marker."""
+    """Lines of one file read whole: compressed (to its end-of-stream marker), UTF-16, or with CR
+    line ends only."""
 
     def __init__(self, with_filename: bool) -> None:
         self._with_filename = with_filename
@@ -308,7 +320,7 @@ class _CheckedLinesFn(beam.DoFn):
     def process(self, metadata):
         path = metadata.path
         with open_stream(path) as binary:
-            for raw in binary:
+            for raw in split_lines(binary):
                 line = raw.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
                 yield (path, line) if self._with_filename else line
 
@@ -318,7 +330,7 @@ class ReadLines(beam.PTransform):
 
     Plain files go through ReadAllFromText, which splits big files across workers (for
     one-record-a-line formats only); compressed files cannot be split anyway, so one worker reads
-    each whole, to its end-of-stream marker.
+    each whole, to its end-of-stream marker, and so are UTF-16 files and files with CR line ends.
     """
 
     def __init__(self, paths: str | Sequence[str], with_filename: bool = False) -> None:
@@ -328,14 +340,15 @@ class ReadLines(beam.PTransform):
 
     def expand(self, pbegin):
         files = pbegin | "Patterns" >> beam.Create(self._patterns) | "Match" >> fileio.MatchAll()
-        # Why the split: a cut .gz must fail the job, and ReadAllFromText would read it quietly.
-        plain, compressed = files | "ByCompression" >> beam.Partition(lambda m, _: int(_is_compressed(m)), 2)
+        # Why the split: a cut .gz must fail the job, and ReadAllFromText would read it quietly;
+        # nor does it read UTF-16 or CR line ends (text_forms).
+        plain, whole = files | "ByCompression" >> beam.Partition(lambda m, _: int(_read_whole(m)), 2)
         plain_lines = (
             plain
             | "PlainPaths" >> beam.Map(lambda metadata: metadata.path)
             | "ReadPlain" >> beam.io.ReadAllFromText(with_filename=self._with_filename)
         )
-        compressed_lines = compressed | "ReadCompressed" >> beam.ParDo(_CheckedLinesFn(self._with_filename))
+        compressed_lines = whole | "ReadCompressed" >> beam.ParDo(_CheckedLinesFn(self._with_filename))
         return (plain_lines, compressed_lines) | "Lines" >> beam.Flatten()
 
 
