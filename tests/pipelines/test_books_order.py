@@ -12,18 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import dedup, export, ingest, refresh
+from pipelines import dedup, export, ingest
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
 from tests.dedup_helpers import row
+from tests.table_readers import LOOPBACK, assert_readers_refuse, one_line, run_refresh
 from transforms import schema
 from transforms.clustering import table_dedup
 from transforms.errors import BadInput
 from transforms.io import table as table_module
 from transforms.io import table_record
 from transforms.liveness import checks
-
-LOOPBACK = "127.0.0.1/32"
 
 
 def _serve_cc3m(web, count, prefix="p"):
@@ -53,14 +52,6 @@ def _write_out(root, rows, name="part-0.parquet"):
 def _snapshot(directory):
     """{file name: bytes} of a folder."""
     return {name: open(os.path.join(directory, name), "rb").read() for name in sorted(os.listdir(directory))}
-
-
-def _one_line(capsys, job):
-    # Beam's own warnings (WriteToText replacing clusters-*) may come too: the job's line is one
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith(f"{job}: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def _rows(n, prefix="cc3m"):
@@ -96,7 +87,7 @@ def test_dedup_with_unbalanced_books_leaves_out3s_previous_table_whole(tmp_path,
 
     _lose_first_copied_row(monkeypatch)
     assert dedup.main(local_options(input=out, output=out3)) == 1
-    line = _one_line(capsys, "dedup")
+    line = one_line(capsys, "dedup")
     assert "the books do not balance: 5 rows read" in line and f"4 rows written to {out3} " in line, line
     # the previous table is whole: the same files, the same bytes, and nothing of the failed run
     assert _snapshot(os.path.join(out3, "images")) == before
@@ -123,7 +114,7 @@ def test_ingest_with_unbalanced_books_leaves_outs_previous_table_whole(web, tmp_
 
     monkeypatch.setattr(table_module.WriteShardsDoFn, "process", lose_one)
     assert _ingest(out, manifest) == 1
-    assert "6 records read, 5 rows written" in _one_line(capsys, "ingest")
+    assert "6 records read, 5 rows written" in one_line(capsys, "ingest")
     assert _snapshot(os.path.join(out, "images")) == before
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["books"]["balanced"] is False and summary["table"] == recorded
@@ -142,16 +133,10 @@ def _two_snapshots(web, tmp_path):
     return snapshots
 
 
-def _refresh(snapshots, output):
-    return refresh.main(
-        local_options(snapshot=snapshots, output=output, **{"allow-network": LOOPBACK, "retries": 0, "timeout": 5})
-    )
-
-
 def test_refresh_books_balance_with_keys_merged_across_snapshots(web, tmp_path, capsys):
     snapshots = _two_snapshots(web, tmp_path)
     output = str(tmp_path / "refresh")
-    assert _refresh(snapshots, output) == 0
+    assert run_refresh(snapshots, output) == 0
     books = json.load(open(os.path.join(output, "summary.json")))["books"]
     assert books == {
         "snapshots": [{"path": snapshots[0], "rows": 6}, {"path": snapshots[1], "rows": 6}],
@@ -172,8 +157,8 @@ def test_refresh_fails_when_a_status_row_is_lost(web, tmp_path, capsys, monkeypa
     monkeypatch.setattr(checks, "_judge_joined", lose_one)
     output = str(tmp_path / "refresh")
     capsys.readouterr()
-    assert _refresh(snapshots, output) == 1
-    line = _one_line(capsys, "refresh")
+    assert run_refresh(snapshots, output) == 1
+    line = one_line(capsys, "refresh")
     assert "the books do not balance: 12 snapshot rows read" in line and "5 status rows written" in line, line
     assert json.load(open(os.path.join(output, "summary.json")))["books"]["balanced"] is False
 
@@ -200,18 +185,7 @@ def _copy_a_part(out):
 def test_a_part_copied_into_out_images_is_refused_by_every_reader(web, tmp_path, capsys):
     out, _ = _ingested(web, tmp_path)
     copy = _copy_a_part(out)
-    capsys.readouterr()
-    exp, out3, fresh = tmp_path / "exp", tmp_path / "out3", tmp_path / "refresh"
-    assert export.main(local_options(input=out, output=str(exp), format="webdataset")) == 2
-    line = _one_line(capsys, "export")
-    assert f"not written by it: {copy}" in line and "summary.json" in line, line
-    assert not exp.exists()
-    assert dedup.main(local_options(input=out, output=str(out3))) == 2
-    assert f"not written by it: {copy}" in _one_line(capsys, "dedup")
-    assert not os.path.exists(os.path.join(out3, "images"))
-    assert _refresh([out], str(fresh)) == 2
-    assert f"not written by it: {copy}" in _one_line(capsys, "refresh")
-    assert not os.path.exists(os.path.join(fresh, "status"))
+    assert_readers_refuse(out, tmp_path, capsys, f"not written by it: {copy}")
 
 
 def test_a_part_removed_or_replaced_is_refused(web, tmp_path, capsys):
@@ -222,10 +196,10 @@ def test_a_part_removed_or_replaced_is_refused(web, tmp_path, capsys):
     pq.write_table(table.slice(0, 4), os.path.join(images, name))  # two rows lost
     capsys.readouterr()
     assert export.main(local_options(input=out, output=str(tmp_path / "exp"), format="webdataset")) == 2
-    assert f"other row counts: {name} (6 recorded, 4 found)" in _one_line(capsys, "export")
+    assert f"other row counts: {name} (6 recorded, 4 found)" in one_line(capsys, "export")
     os.rename(os.path.join(images, name), os.path.join(images, "part-renamed.parquet"))
     assert dedup.main(local_options(input=out, output=str(tmp_path / "out3"))) == 2
-    line = _one_line(capsys, "dedup")
+    line = one_line(capsys, "dedup")
     assert f"missing: {name}" in line and "not written by it: part-renamed.parquet" in line, line
 
 
@@ -256,7 +230,7 @@ def test_resume_reads_only_the_recorded_table(web, tmp_path, capsys):
     # a recorded file gone: --resume refuses (its rows would be fetched again as new, or lost)
     os.rename(os.path.join(images, sorted(os.listdir(images))[0]), os.path.join(images, "part-other.parquet"))
     assert _ingest(out, manifest, resume=True) == 2
-    assert "missing: " in _one_line(capsys, "ingest")
+    assert "missing: " in one_line(capsys, "ingest")
 
 
 def test_gs_readers_compare_with_the_record(gcs_emulator):

@@ -15,14 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import dedup, export, ingest, refresh
+from pipelines import dedup, export, ingest
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
+from tests.table_readers import LOOPBACK, assert_readers_refuse, one_line
 from transforms.errors import BadInput
 from transforms.io import table as table_module
 from transforms.io import table_record
-
-LOOPBACK = "127.0.0.1/32"
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,13 +45,6 @@ def _ingest(out, manifest, *extra, **options):
     return ingest.main(args + list(extra))
 
 
-def _one_line(capsys, job):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith(f"{job}: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def _only_part(out):
     (name,) = os.listdir(os.path.join(out, "images"))
     return os.path.join(out, "images", name)
@@ -68,22 +60,9 @@ def test_a_part_replaced_by_another_outputs_part_with_as_many_rows_is_refused(we
     shutil.copy(_only_part(out_b), part)  # an operator's copy from another output folder
     capsys.readouterr()
 
-    exp, out3, fresh = tmp_path / "exp", tmp_path / "out3", tmp_path / "refresh"
-    assert export.main(local_options(input=out_a, output=str(exp), format="webdataset")) == 2
-    line = _one_line(capsys, "export")
-    assert f"replaced by another file: {name}" in line and "summary.json" in line, line
-    assert not exp.exists()
-    assert dedup.main(local_options(input=out_a, output=str(out3))) == 2
-    assert f"replaced by another file: {name}" in _one_line(capsys, "dedup")
-    assert not os.path.exists(os.path.join(out3, "images"))
-    refreshed = refresh.main(
-        local_options(snapshot=[out_a], output=str(fresh), **{"allow-network": LOOPBACK, "retries": 0, "timeout": 5})
-    )
-    assert refreshed == 2
-    assert f"replaced by another file: {name}" in _one_line(capsys, "refresh")
-    assert not os.path.exists(os.path.join(fresh, "status"))
+    assert_readers_refuse(out_a, tmp_path, capsys, f"replaced by another file: {name}")
     assert _ingest(out_a, manifest_a, resume=True) == 2
-    assert f"replaced by another file: {name}" in _one_line(capsys, "ingest")
+    assert f"replaced by another file: {name}" in one_line(capsys, "ingest")
     assert os.listdir(os.path.join(out_a, "images")) == [name]  # nothing written, nothing retired
 
 
@@ -123,7 +102,7 @@ def test_a_part_replaced_on_gs_is_refused(web, gcs_emulator, tmp_path, monkeypat
     assert len(table_module.list_table_files(out)) == 1
     capsys.readouterr()
     assert export.main(local_options(input=out, output=str(tmp_path / "exp"), format="webdataset")) == 2
-    line = _one_line(capsys, "export")
+    line = one_line(capsys, "export")
     assert f"replaced by another file: {name.rsplit('/', 1)[-1]}" in line, line
 
 

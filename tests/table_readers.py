@@ -1,0 +1,45 @@
+"""What every reader of an ingest's table must do with a table that is not the one recorded.
+
+`one_line(capsys, job)`: the job's single stderr line (no traceback). `assert_readers_refuse`:
+export --input, dedup --input and refresh --snapshot of OUT each exit 2 with one line holding a
+given fragment, and write nothing.
+"""
+
+import os
+
+from pipelines import dedup, export, refresh
+from tests.conftest import local_options
+
+LOOPBACK = "127.0.0.1/32"
+
+
+def one_line(capsys, job):
+    """The one line `job` wrote to stderr; Beam's own warnings (WriteToText replacing clusters-*)
+    may come too, never a traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"{job}: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def run_refresh(snapshots, output):
+    return refresh.main(
+        local_options(snapshot=snapshots, output=output, **{"allow-network": LOOPBACK, "retries": 0, "timeout": 5})
+    )
+
+
+def assert_readers_refuse(out, where, capsys, fragment):
+    """export, dedup and refresh of `out` (outputs under `where`): exit 2, one line with
+    `fragment` (the export's names summary.json too), nothing written."""
+    capsys.readouterr()
+    exp, out3, fresh = where / "exp", where / "out3", where / "refresh"
+    assert export.main(local_options(input=out, output=str(exp), format="webdataset")) == 2
+    line = one_line(capsys, "export")
+    assert fragment in line and "summary.json" in line, line
+    assert not exp.exists()
+    assert dedup.main(local_options(input=out, output=str(out3))) == 2
+    assert fragment in one_line(capsys, "dedup")
+    assert not os.path.exists(os.path.join(out3, "images"))
+    assert run_refresh([out], str(fresh)) == 2
+    assert fragment in one_line(capsys, "refresh")
+    assert not os.path.exists(os.path.join(fresh, "status"))
