@@ -174,3 +174,29 @@ cp -a "$DISK/out3" "$T/after"
     assert not (after / "_LEASE").exists()
     assert (after / "summary.json").read_bytes() == (tmp_path / "first" / "summary.json").read_bytes()
     assert keys_of(after) == first  # (the ingest's test above reruns after freeing the space)
+
+
+def test_a_disk_full_before_the_run_leaves_no_lease(tmp_path):
+    """The lease is the first thing a job writes: with no room for it, exit 1, and no empty _LEASE
+    that refuses the rerun as an "unreadable lease" until --force-unlock."""
+    take = (
+        '"$PY" -c "import sys; from transforms.io.lease import output_lease\n'
+        "with output_lease(sys.argv[1], 'ingest'): print('held')\" \"$DISK/out\""
+    )
+    in_small_disk(
+        tmp_path,
+        "64k",
+        f"""
+mkdir "$DISK/out"
+dd if=/dev/zero of="$DISK/filler" bs=4k 2>/dev/null
+{take} >"$T/full.out" 2>"$T/full.err"; echo $? >"$T/full.rc"
+ls -A "$DISK/out" >"$T/full.ls"
+rm "$DISK/filler"
+{take} >"$T/freed.out" 2>"$T/freed.err"; echo $? >"$T/freed.rc"
+""",
+    )
+    status, stderr = outcome(tmp_path, "full")
+    assert status == 1 and "No space left on device" in stderr, stderr[-3000:]
+    assert (tmp_path / "full.ls").read_text().split() == []
+    status, stderr = outcome(tmp_path, "freed")
+    assert status == 0 and (tmp_path / "freed.out").read_text().strip() == "held", stderr[-3000:]
