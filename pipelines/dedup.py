@@ -16,7 +16,6 @@ asks for N worker processes.
 """
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
 from transforms.errors import BadInput, BooksUnbalanced
 from transforms.io.manifests import path_identity
-from transforms.io.sinks import join_path, read_json
+from transforms.io.sinks import join_path, read_json, write_json
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
 from transforms.io.table_record import (
     RECORD,
@@ -89,12 +88,20 @@ JOB = job_runner.Job(
 
 
 class _WriteJson(beam.DoFn):
-    def __init__(self, path):
-        self._path = path
+    """OUT3/summary.json, whole or not at all (write_json); `previous`: the table files OUT3 held."""
 
-    def process(self, document):
-        with FileSystems.create(self._path, mime_type="application/json") as f:
-            f.write(json.dumps(document, indent=2, sort_keys=False, default=str).encode("utf-8"))
+    def __init__(self, path, previous=()):
+        self._path = path
+        self._previous = list(previous)
+
+    def process(self, document, written=()):
+        try:
+            write_json(self._path, document, sort_keys=False)
+        except Exception:
+            # Why: unwritten (a full disk), OUT3's summary.json still records the previous table, so
+            # this run's files go again, as after unbalanced books; else every reader refused OUT3.
+            roll_back(written, keep=self._previous)
+            raise
         yield self._path
 
 
@@ -269,7 +276,10 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
             written=beam.pvalue.AsList(written),
             previous=previous_record,
         )
-        | "WriteSummary" >> beam.ParDo(_WriteJson(FileSystems.join(out, "summary.json")))
+        | "WriteSummary"
+        >> beam.ParDo(
+            _WriteJson(FileSystems.join(out, "summary.json"), previous_files), written=beam.pvalue.AsList(written_paths)
+        )
     )
     checked = summary | "CheckBooks" >> beam.Map(
         check_dedup_books,

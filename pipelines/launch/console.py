@@ -22,6 +22,9 @@ def quiet_local_logs():
     """The local job service relays every worker warning (unparsed job options and the like)."""
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # Why: Beam's text sink (OUT/duplicates/clusters-*-of-*.jsonl) warns on every rerun ("Deleting 1
+    # existing files", "No shards found to finalize"): a second stderr line beside a failed run's one.
+    logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
 
 
 class _OneLineLogs(logging.Formatter):

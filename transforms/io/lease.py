@@ -106,8 +106,15 @@ class _LocalLease:
                 continue
             except PermissionError as exc:
                 raise EnvironmentFailure(f"cannot write in {self.out}: {exc.strerror}") from None
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(holder.to_json())
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(holder.to_json())
+            except BaseException:
+                # Why: an empty lease left by a write that failed (a full disk) read as a live
+                # "unreadable lease" and refused every rerun until --force-unlock.
+                with contextlib.suppress(OSError):
+                    os.remove(self.path)
+                raise
             return
         raise EnvironmentFailure(f"cannot take the lease {self.path}: it keeps changing")
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 import apache_beam as beam
@@ -260,10 +261,29 @@ def build_summary(
     }
 
 
-def write_json(path: str, payload: Any) -> str:
-    """Writes `payload` as indented JSON to a local or gs:// path; returns the path."""
-    with FileSystems.create(path) as handle:
-        handle.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode("utf-8"))
+def write_json(path: str, payload: Any, sort_keys: bool = True) -> str:
+    """Writes `payload` as indented JSON to a local or gs:// path, whole or not at all; returns the path.
+
+    A gs:// object appears only once its upload is complete; a local file is written under a
+    temporary name beside `path` and renamed onto it (removed again when the write fails).
+    Why: written in place, a full disk left OUT/summary.json empty, and with it the record of the
+    table OUT/images still held (every later reader refused OUT: "not a readable summary").
+    """
+    data = json.dumps(payload, indent=2, sort_keys=sort_keys, default=str).encode("utf-8")
+    if "://" in path:
+        with FileSystems.create(path, mime_type="application/json") as handle:
+            handle.write(data)
+        return path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
     return path
 
 
@@ -279,8 +299,8 @@ class WriteSummary(beam.PTransform):
     def __init__(self, out_dir, started_at, job, options_snapshot=None, check=None, on_failed_check=None):
         """check: called with the summary once it is written (e.g. books.check_books, which raises
         when the books do not balance, failing the run with summary.json in place).
-        on_failed_check: called with the "written" list before a failed check's error goes on
-        (e.g. removing the files this run wrote, table_record.roll_back)."""
+        on_failed_check: called with the "written" list before a failed check's error, or a failed
+        write of summary.json, goes on (e.g. removing the files this run wrote, table_record.roll_back)."""
         super().__init__()
         self._out_dir = out_dir
         self._started_at = started_at
@@ -301,14 +321,16 @@ class WriteSummary(beam.PTransform):
         def write(_, counts, written, **extras):
             extras = {name: extras[f"extra_{name}"] for name in names}
             summary = build_summary(counts, extras, started_at, job, options)
-            write_json(path, summary)
-            if check is not None:
-                try:
+            try:
+                # Why inside: a summary that cannot be written (a full disk) leaves the previous
+                # one, which records the previous table; this run's files must go as after a failed check.
+                write_json(path, summary)
+                if check is not None:
                     check(summary)
-                except Exception:
-                    if on_failed_check is not None:
-                        on_failed_check(written)
-                    raise
+            except Exception:
+                if on_failed_check is not None:
+                    on_failed_check(written)
+                raise
             return path
 
         return (

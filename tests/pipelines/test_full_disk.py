@@ -1,0 +1,202 @@
+"""A full disk for real: OUT on a small tmpfs, mounted in a private mount namespace
+(`unshare -rm`: nothing leaks out; root or user namespaces needed, else the tests skip).
+
+A second run into an OUT that holds a good first run, with the disk filled while it writes: exit 1,
+one line naming no space left and OUT, the first run's table and summary.json whole and readable
+by the next job (the table record checks out), the lease released, and a rerun after freeing the
+space gives every row. Also a disk full before the run starts: the lease is not left behind.
+
+The disk is filled by FILLER, a process in the same namespace that waits for the second run's
+first finished table file in OUT/images (the run is then ~0.7 s from writing summary.json) and
+keeps appending to a file until killed, taking each page the run frees.
+"""
+
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.demo.sample_site import Reply, jpeg
+from tests.paths import REPO
+from transforms.io.table import list_table_files
+from transforms.io.table_record import check_recorded_table
+
+JPEG = {"Content-Type": "image/jpeg"}
+
+FILLER = """
+import errno, os, sys, time
+out, filler = sys.argv[1], sys.argv[2]
+images = os.path.join(out, "images")
+before = set(os.listdir(images))
+while not any(n.endswith(".parquet") and n not in before for n in os.listdir(images)):
+    time.sleep(0.002)
+fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+while True:
+    try:
+        os.write(fd, bytes(4096))
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        time.sleep(0.0005)
+"""
+
+
+def _namespaces_allowed():
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not _namespaces_allowed(), reason="`unshare -rm true` fails here: no private mount namespace to mount a tmpfs in"
+)
+
+
+def in_small_disk(tmp_path, size, steps):
+    """Runs the shell `steps` in a private mount namespace with a tmpfs of `size` at $DISK;
+    $RUN NAME MODULE ARGS... runs `python -m MODULE ARGS` from the repository, its exit status,
+    stdout and stderr kept in tmp_path/NAME.{rc,out,err}; $PY is this Python."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (tmp_path / "filler.py").write_text(FILLER)
+    script = f"""
+set -u
+mount -t tmpfs -o size={size} tmpfs "$DISK" || exit 97
+run() {{ name=$1; shift; timeout 120 "$PY" -m "$@" >"$T/$name.out" 2>"$T/$name.err"; echo $? >"$T/$name.rc"; }}
+RUN=run
+{steps}
+"""
+    env = dict(os.environ, PYTHONPATH=REPO, DISK=str(disk), T=str(tmp_path), PY=sys.executable)
+    env.pop("BEAM_IMAGES_DEBUG", None)
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return disk
+
+
+def outcome(tmp_path, name):
+    """(exit status, stderr) of the step NAME."""
+    return int((tmp_path / f"{name}.rc").read_text()), (tmp_path / f"{name}.err").read_text()
+
+
+def assert_one_line(status, stderr, expected, *fragments):
+    lines = stderr.strip().splitlines()
+    assert status == expected, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr[-3000:]
+    for fragment in fragments:
+        assert str(fragment) in lines[0], lines[0]
+
+
+def keys_of(out):
+    """The keys of OUT's table, after the check every reader makes (table_record)."""
+    files = check_recorded_table("--input", str(out), list_table_files(str(out)))
+    return sorted(ds.dataset(files, format="parquet").to_table().column("key").to_pylist())
+
+
+def test_disk_full_in_a_second_ingest_keeps_the_first_table(web, tmp_path):
+    lines = []
+    for n in range(5):
+        web.routes[f"/p{n}.jpg"] = Reply(200, jpeg(n, size=(160, 120)), JPEG)
+        lines.append(f"photo {n}\t{web.url(f'/p{n}.jpg')}")
+    (tmp_path / "cc3m.tsv").write_text("\n".join(lines) + "\n")
+    ingest = (
+        f'pipelines.ingest --manifest cc3m={tmp_path}/cc3m.tsv --output "$DISK/out" '
+        "--allow-network 127.0.0.1/32 --no-progress --no-report"
+    )
+    disk = in_small_disk(
+        tmp_path,
+        "4m",
+        f"""
+$RUN first {ingest}
+cp -a "$DISK/out" "$T/first"
+"$PY" "$T/filler.py" "$DISK/out" "$DISK/filler" & FILLING=$!
+$RUN second {ingest}
+kill $FILLING; wait $FILLING
+cp -a "$DISK/out" "$T/after"
+rm "$DISK/filler"
+$RUN rerun {ingest}
+cp -a "$DISK/out" "$T/rerun"
+""",
+    )
+    assert outcome(tmp_path, "first")[0] == 0, outcome(tmp_path, "first")[1][-3000:]
+    first = keys_of(tmp_path / "first")
+    assert len(first) == 5
+
+    assert_one_line(*outcome(tmp_path, "second"), 1, "no space left on device", disk / "out")
+    after = tmp_path / "after"
+    assert not (after / "_LEASE").exists()
+    assert (after / "summary.json").read_bytes() == (tmp_path / "first" / "summary.json").read_bytes()
+    assert sorted(os.listdir(after / "images")) == sorted(os.listdir(tmp_path / "first" / "images"))
+    assert keys_of(after) == first  # what export, dedup and refresh would read
+
+    status, stderr = outcome(tmp_path, "rerun")
+    assert status == 0, stderr[-3000:]
+    assert keys_of(tmp_path / "rerun") == first
+    assert set(ds.dataset(str(tmp_path / "rerun" / "images")).to_table().column("status").to_pylist()) == {"ok"}
+
+
+def test_disk_full_in_a_second_dedup_keeps_the_first_table(tmp_path):
+    from tests.dedup_helpers import row  # noqa: PLC0415
+    from transforms import schema  # noqa: PLC0415
+
+    rows = [row(f"cc3m:{n}", phash=f"{n:016x}", dhash=f"{n:016x}") for n in range(40)]
+    (tmp_path / "in" / "images").mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA),
+        tmp_path / "in" / "images" / "part-0.parquet",
+    )
+    dedup = f'pipelines.dedup --input {tmp_path}/in --output "$DISK/out3"'
+    disk = in_small_disk(
+        tmp_path,
+        "2m",
+        f"""
+$RUN first {dedup}
+cp -a "$DISK/out3" "$T/first"
+"$PY" "$T/filler.py" "$DISK/out3" "$DISK/filler" & FILLING=$!
+$RUN second {dedup}
+kill $FILLING; wait $FILLING
+cp -a "$DISK/out3" "$T/after"
+""",
+    )
+    assert outcome(tmp_path, "first")[0] == 0, outcome(tmp_path, "first")[1][-3000:]
+    first = keys_of(tmp_path / "first")
+    assert len(first) == 40
+
+    assert_one_line(*outcome(tmp_path, "second"), 1, "no space left on device", disk / "out3")
+    after = tmp_path / "after"
+    assert not (after / "_LEASE").exists()
+    assert (after / "summary.json").read_bytes() == (tmp_path / "first" / "summary.json").read_bytes()
+    assert keys_of(after) == first  # (the ingest's test above reruns after freeing the space)
+
+
+def test_a_disk_full_before_the_run_leaves_no_lease(tmp_path):
+    """The lease is the first thing a job writes: with no room for it, exit 1, and no empty _LEASE
+    that refuses the rerun as an "unreadable lease" until --force-unlock."""
+    take = (
+        '"$PY" -c "import sys; from transforms.io.lease import output_lease\n'
+        "with output_lease(sys.argv[1], 'ingest'): print('held')\" \"$DISK/out\""
+    )
+    in_small_disk(
+        tmp_path,
+        "64k",
+        f"""
+mkdir "$DISK/out"
+dd if=/dev/zero of="$DISK/filler" bs=4k 2>/dev/null
+{take} >"$T/full.out" 2>"$T/full.err"; echo $? >"$T/full.rc"
+ls -A "$DISK/out" >"$T/full.ls"
+rm "$DISK/filler"
+{take} >"$T/freed.out" 2>"$T/freed.err"; echo $? >"$T/freed.rc"
+""",
+    )
+    status, stderr = outcome(tmp_path, "full")
+    assert status == 1 and "No space left on device" in stderr, stderr[-3000:]
+    assert (tmp_path / "full.ls").read_text().split() == []
+    status, stderr = outcome(tmp_path, "freed")
+    assert status == 0 and (tmp_path / "freed.out").read_text().strip() == "held", stderr[-3000:]
