@@ -249,14 +249,16 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
         )
     )
     shards = written | "PublishShards" >> beam.Map(publish_shard, books=beam.pvalue.AsSingleton(summary))
-    # why: attempts of failed bundles, and runs killed earlier, leave orphans in temporary directories only
-    _ = shards | "DropTemporary" >> RemoveDirectory(tmp_dir, *stale_temporaries)
     # why: an earlier export's shards would otherwise mix with this one's
     _ = shards | "ShardPaths" >> beam.Map(lambda record: record["path"]) | "RetireStale" >> RetireFiles(stale)
-    # why: written last, once every shard is published
-    return summary | "WriteSummary" >> beam.Map(
-        export_books.write_summary, config=config, published=beam.pvalue.AsList(shards)
+    # why: moved into place last, once every shard is published (check_books wrote it aside)
+    summary_path = summary | "WriteSummary" >> beam.Map(
+        export_books.write_summary, config=config, tmp_dir=tmp_dir, published=beam.pvalue.AsList(shards)
     )
+    # why: attempts of failed bundles, and runs killed earlier, leave orphans in temporary directories
+    # only; removed once the summary is out of this run's
+    _ = summary_path | "DropTemporary" >> RemoveDirectory(tmp_dir, *stale_temporaries)
+    return summary_path
 
 
 def _settle_user_agent(options):

@@ -1,6 +1,7 @@
 """Export mishaps of a tired operator: EXP spelt as OUT another way or put inside OUT/images, an
 export interrupted while an earlier export's shards are in EXP."""
 
+import errno
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from pipelines import export
 from tests.conftest import local_options
 from tests.paths import REPO
 from transforms import schema
+from transforms.export import export_books
 from transforms.io.sinks import blob_uri
 
 pytestmark = pytest.mark.timeout(180)
@@ -157,3 +159,27 @@ def test_an_export_killed_midway_leaves_the_earlier_export_whole_and_a_rerun_com
         summary = json.load(handle)
     assert summary["exported"] == 12 and summary["resize"]["size"] == 32 and summary["books_balanced"]
     assert sorted(os.listdir(exp)) == [f"{n:05d}.tar" for n in range(12)] + ["summary.json"]
+
+
+def test_a_summary_that_cannot_be_written_leaves_the_earlier_export_whole(tmp_path, capsys, monkeypatch):
+    """A full disk when EXP/summary.json is written: before, this run's shards were already in
+    place under the earlier export's summary. Now the summary is written aside before any shard
+    is published: exit 1, one line, EXP as the earlier export left it, no temporary folder left."""
+    out, exp = str(tmp_path / "out"), str(tmp_path / "exp")
+    write_out(out, 12)
+    assert export.main(local_options(input=out, output=exp, format="webdataset", **{"shard-size": 5})) == 0
+    before = _files(exp)
+    written = export_books.write_json
+
+    def disk_full_for_summaries(path, payload, **kwargs):
+        if path.endswith("summary.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return written(path, payload, **kwargs)
+
+    monkeypatch.setattr(export_books, "write_json", disk_full_for_summaries)
+    capsys.readouterr()
+    assert export.main(local_options(input=out, output=exp, format="webdataset", **{"shard-size": 4})) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no space left on device" in lines[0], lines
+    assert _files(exp) == before
+    assert sorted(name for name in os.listdir(exp) if name.startswith("_tmp")) == []

@@ -2,12 +2,16 @@
 
 Public functions (each the body of one step of pipelines.export's graph):
 - `summarize(config, ...)`: summary.json's content, from the counts and the written shards' records.
-- `check_books(_, config, ...)`: summary.json's content once the books balance; else removes the
-  run's unpublished shards and raises BooksUnbalanced, before any shard is published.
-- `write_summary(summary, config)`: writes EXP/summary.json, last; returns its path.
+- `check_books(_, config, ...)`: summary.json's content once the books balance, written aside in
+  the run's temporary folder; else removes the run's unpublished shards and raises
+  BooksUnbalanced, before any shard is published.
+- `write_summary(summary, config, tmp_dir)`: moves that summary onto EXP/summary.json, last;
+  returns its path.
 """
 
 import time
+
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BooksUnbalanced
 from transforms.export import selection
@@ -55,8 +59,9 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
 
 
 def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_dir):
-    """summary.json's content once the books balance (rows read = exported + skipped); else removes
-    this run's unpublished shards (`tmp_dir`) and raises BooksUnbalanced: EXP stays as it was."""
+    """summary.json's content once the books balance (rows read = exported + skipped), written aside
+    in `tmp_dir`; else, or when it cannot be written, removes this run's unpublished shards
+    (`tmp_dir`) and raises: EXP stays as it was."""
     summary = summarize(config, started_at, rows_read, skipped_counts, shards)
     if not summary["books_balanced"]:
         delete_tree(tmp_dir)
@@ -65,9 +70,19 @@ def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_di
             f" {summary['exported']} exported + {sum(summary['skipped'].values())} skipped;"
             f" {config.output} is left as it was"
         )
+    # Why aside and now: written after the shards were published, a full disk left EXP with this
+    # run's shards under the earlier export's summary. Failing here, nothing is published yet.
+    try:
+        write_json(join_path(tmp_dir, "summary.json"), summary)
+    except BaseException:
+        delete_tree(tmp_dir)
+        raise
     return summary
 
 
-def write_summary(summary, config, published=()):
-    """Writes EXP/summary.json (`published`, the shards renamed into place, only orders it)."""
-    return write_json(join_path(config.output, "summary.json"), summary)
+def write_summary(summary, config, tmp_dir, published=()):
+    """Moves the summary check_books wrote aside in `tmp_dir` onto EXP/summary.json (`published`,
+    the shards renamed into place, only orders it); returns its path."""
+    final = join_path(config.output, "summary.json")
+    FileSystems.rename([join_path(tmp_dir, "summary.json")], [final])
+    return final
