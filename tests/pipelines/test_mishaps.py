@@ -311,8 +311,13 @@ def test_kill_9_leaves_a_stale_lease_that_the_next_resume_breaks(web, tmp_path):
     with open(os.path.join(out, lease_module.LEASE_NAME), encoding="utf-8") as handle:
         assert json.load(handle)["pid"] == resumed.pid  # left behind by the killed run
 
+    # a kill -9 while summary.json was being written aside (sinks.write_json) leaves its temporary
+    aside = os.path.join(out, "summary.json.tmp-0123abcd")
+    with open(aside, "w", encoding="utf-8") as handle:
+        handle.write('{"job": ')
     web.routes["/flaky.jpg"] = Reply(200, jpeg(77), {"Content-Type": "image/jpeg"})
     assert _ingest(out, f"cc3m={manifest}", "--resume") == 0
+    assert not os.path.exists(aside)
     rows = _assert_whole(out, 11)
     assert all(r["status"] == schema.OK for r in rows)
 

@@ -83,6 +83,7 @@ STALE_PATTERNS = (
     "images/*.tmp-*",  # a part file cut short while being finalised
     "images/beam-temp-*/**",  # Beam's own temporaries (earlier dedup versions)
     "duplicates/beam-temp-*/**",
+    "summary.json.tmp-*",  # a summary being written aside (sinks.write_json) when the run was killed
 )
 
 
