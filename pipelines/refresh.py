@@ -232,6 +232,9 @@ def prepare_outputs(out, history_dir, night):
     as one night)."""
     for part in ("status", "hosts"):
         history.delete_matching(join_path(out, part, "*"))
+        # a failed run's unfinished files (table.WriteTableFiles writes them aside): readers skip
+        # "_" folders, but they would stay there for good
+        history.delete_matching(join_path(out, part, "_tmp-*/**"))
     history.delete_matching(join_path(out, "summary.json"))
     if history_dir:
         history.clear_night(history_dir, night)

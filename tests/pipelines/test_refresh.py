@@ -964,3 +964,14 @@ def test_night_in_the_output_path_gives_each_night_its_folder(world):
     dated = os.path.join(world["tmp"], "dated", "2030-01-05")
     assert os.path.exists(os.path.join(dated, "summary.json"))
     assert read_status(dated)  # one row per snapshot key, under the night's own folder
+
+
+def test_a_failed_nights_unfinished_files_are_removed_by_the_next(world):
+    out, _ = world["night"]("stale-temporaries")
+    unfinished = os.path.join(out, "status", "_tmp-0123abcd", "part-00000.parquet")
+    os.makedirs(os.path.dirname(unfinished))
+    with open(unfinished, "wb") as handle:
+        handle.write(b"PAR1 cut short")
+    world["night"]("stale-temporaries")
+    assert not os.path.exists(unfinished)
+    assert len(read_status(out)) == len(EXPECTED)
