@@ -100,6 +100,21 @@ def keys_of(out):
     return sorted(ds.dataset(files, format="parquet").to_table().column("key").to_pylist())
 
 
+def assert_the_first_run_kept(tmp_path, out, rows):
+    """The first run (copied to T/first) made `rows` keys; the second, out of space, exited 1 with
+    one line naming `out`, released the lease and left summary.json and the keys of T/after as
+    the first run wrote them (what export, dedup and refresh would read). Returns those keys."""
+    assert outcome(tmp_path, "first")[0] == 0, outcome(tmp_path, "first")[1][-3000:]
+    first = keys_of(tmp_path / "first")
+    assert len(first) == rows
+    assert_one_line(*outcome(tmp_path, "second"), 1, "no space left on device", out)
+    after = tmp_path / "after"
+    assert not (after / "_LEASE").exists()
+    assert (after / "summary.json").read_bytes() == (tmp_path / "first" / "summary.json").read_bytes()
+    assert keys_of(after) == first
+    return first
+
+
 def test_disk_full_in_a_second_ingest_keeps_the_first_table(web, tmp_path):
     lines = []
     for n in range(5):
@@ -125,16 +140,9 @@ $RUN rerun {ingest}
 cp -a "$DISK/out" "$T/rerun"
 """,
     )
-    assert outcome(tmp_path, "first")[0] == 0, outcome(tmp_path, "first")[1][-3000:]
-    first = keys_of(tmp_path / "first")
-    assert len(first) == 5
-
-    assert_one_line(*outcome(tmp_path, "second"), 1, "no space left on device", disk / "out")
+    first = assert_the_first_run_kept(tmp_path, disk / "out", rows=5)
     after = tmp_path / "after"
-    assert not (after / "_LEASE").exists()
-    assert (after / "summary.json").read_bytes() == (tmp_path / "first" / "summary.json").read_bytes()
     assert sorted(os.listdir(after / "images")) == sorted(os.listdir(tmp_path / "first" / "images"))
-    assert keys_of(after) == first  # what export, dedup and refresh would read
 
     status, stderr = outcome(tmp_path, "rerun")
     assert status == 0, stderr[-3000:]
@@ -165,15 +173,7 @@ kill $FILLING; wait $FILLING
 cp -a "$DISK/out3" "$T/after"
 """,
     )
-    assert outcome(tmp_path, "first")[0] == 0, outcome(tmp_path, "first")[1][-3000:]
-    first = keys_of(tmp_path / "first")
-    assert len(first) == 40
-
-    assert_one_line(*outcome(tmp_path, "second"), 1, "no space left on device", disk / "out3")
-    after = tmp_path / "after"
-    assert not (after / "_LEASE").exists()
-    assert (after / "summary.json").read_bytes() == (tmp_path / "first" / "summary.json").read_bytes()
-    assert keys_of(after) == first  # (the ingest's test above reruns after freeing the space)
+    assert_the_first_run_kept(tmp_path, disk / "out3", rows=40)  # the ingest's test above reruns too
 
 
 def test_a_disk_full_before_the_run_leaves_no_lease(tmp_path):
