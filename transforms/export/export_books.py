@@ -11,12 +11,10 @@ Public functions (each the body of one step of pipelines.export's graph):
 
 import time
 
-from apache_beam.io.filesystems import FileSystems
-
 from transforms.errors import BooksUnbalanced
 from transforms.export import selection
 from transforms.export.shard_writer import shard_records_in_order
-from transforms.io.sinks import delete_tree, join_path, write_json
+from transforms.io.sinks import delete_tree, join_path, publish_file, write_json
 
 __all__ = ["check_books", "summarize", "write_summary"]
 
@@ -82,7 +80,6 @@ def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_di
 
 def write_summary(summary, config, tmp_dir, published=()):
     """Moves the summary check_books wrote aside in `tmp_dir` onto EXP/summary.json (`published`,
-    the shards renamed into place, only orders it); returns its path."""
-    final = join_path(config.output, "summary.json")
-    FileSystems.rename([join_path(tmp_dir, "summary.json")], [final])
-    return final
+    the shards renamed into place, only orders it); returns its path. A retried step finds it
+    there already, as a retried shard's does."""
+    return publish_file(join_path(tmp_dir, "summary.json"), join_path(config.output, "summary.json"))

@@ -29,7 +29,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, export_image
-from transforms.io.sinks import blob_uri, join_path
+from transforms.io.sinks import blob_uri, join_path, publish_file
 
 __all__ = ["AssignShards", "ShardWriterDoFn", "publish_shard", "read_blob", "sample_key", "shard_name"]
 
@@ -262,11 +262,7 @@ def publish_shard(record: dict, books: dict | None = None) -> dict:
     Returns:
         The record without its temporary name.
     """
-    temporary, final = record["temporary"], record["path"]
-    if FileSystems.exists(temporary):
-        FileSystems.rename([temporary], [final])
-    elif not FileSystems.exists(final):
-        raise OSError(f"shard {temporary} vanished before it reached {final}")
+    publish_file(record["temporary"], record["path"])
     return {name: value for name, value in record.items() if name != "temporary"}
 
 

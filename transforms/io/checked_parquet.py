@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.errors import BadInput
-from transforms.io.sinks import delete_tree, join_path
+from transforms.io.sinks import delete_tree, join_path, publish_file
 
 __all__ = [
     "DamagedTable",
@@ -218,10 +218,7 @@ def _publish(temporary: list[str], directory: str, prefix: str, temp_dir: str, a
     count = len(temporary)
     finals = [FileSystems.join(directory, f"{prefix}-{i:05d}-of-{count:05d}.parquet") for i in range(count)]
     for source, target in zip(temporary, finals, strict=True):
-        if FileSystems.exists(source):
-            FileSystems.rename([source], [target])
-        elif not FileSystems.exists(target):
-            raise OSError(f"{source} vanished before it was renamed to {target}")
+        publish_file(source, target)
     delete_tree(temp_dir)  # what is left there: files of failed bundle attempts, never published
     return finals
 

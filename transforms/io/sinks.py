@@ -5,7 +5,8 @@ Public transforms (rows are `schema.Row` dicts):
 - `StoreBlobs()`: rows with `_body` -> the same rows without it, `ok` bodies stored under OUT/blobs/.
 - `CountBlobs(shards)`: rows -> one `int`, the distinct blobs they point at.
 - `StatusCounts()`: rows -> one `{dataset: {status: n}}` dict.
-- `delete_tree(directory)`, `join_path`, `read_json`, `write_json`: path helpers, local or gs://.
+- `delete_tree(directory)`, `join_path`, `read_json`, `write_json`, `publish_file`: path helpers,
+  local or gs://.
 - `WriteSummary(out_dir, started_at, job, options)`: {"counts", "written", extras...} -> the path of
   OUT/summary.json, once written.
 """
@@ -40,6 +41,7 @@ __all__ = [
     "build_summary",
     "write_json",
     "read_json",
+    "publish_file",
     "WriteSummary",
 ]
 
@@ -285,6 +287,21 @@ def write_json(path: str, payload: Any, sort_keys: bool = True) -> str:
             os.remove(temporary)
         raise
     return path
+
+
+def publish_file(temporary: str, final: str) -> str:
+    """Renames a file written aside onto its final name; a retried step finds it there already.
+
+    Raises:
+        OSError: neither name exists (the file written aside was removed before it was published).
+    Returns:
+        `final`.
+    """
+    if FileSystems.exists(temporary):
+        FileSystems.rename([temporary], [final])
+    elif not FileSystems.exists(final):
+        raise OSError(f"{temporary} vanished before it reached {final}")
+    return final
 
 
 def read_json(path: str) -> Any:
