@@ -45,7 +45,7 @@ __all__ = [
     "ParseFiles",
 ]
 from transforms.errors import BadInput
-from transforms.io.text_forms import UTF16_BOMS, Utf16AsUtf8, cr_line_ends, split_lines
+from transforms.io.text_forms import Utf16AsUtf8, cr_line_ends, split_lines, starts_utf16
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
 
@@ -230,7 +230,7 @@ def binary_stream(fileobj: Any, prefix: bytes = b"") -> io.BufferedReader:
     """A buffered binary stream over `fileobj` (binary or text file-like); UTF-16 text (its
     byte-order mark says so) comes out as UTF-8 (text_forms.Utf16AsUtf8)."""
     stream: io.BufferedReader = io.BufferedReader(RawReader(fileobj, prefix), buffer_size=_CHUNK)
-    if stream.peek(2)[:2] in UTF16_BOMS:
+    if starts_utf16(stream):
         return io.BufferedReader(Utf16AsUtf8(stream), buffer_size=_CHUNK)
     return stream
 
@@ -290,7 +290,7 @@ def _read_whole(metadata: Any) -> bool:
         return True
     with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
         stream = io.BufferedReader(RawReader(raw), buffer_size=_CHUNK)
-        return stream.peek(2)[:2] in UTF16_BOMS or cr_line_ends(stream)
+        return starts_utf16(stream) or cr_line_ends(stream)
 
 
 class OpenFiles(beam.PTransform):

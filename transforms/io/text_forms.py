@@ -20,10 +20,10 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["SNIFF", "UTF16_BOMS", "Utf16AsUtf8", "cr_line_ends", "split_lines"]
+__all__ = ["SNIFF", "Utf16AsUtf8", "cr_line_ends", "split_lines", "starts_utf16"]
 
 SNIFF = 1 << 20  # at most this much of a file decides its line ends (peek gives one buffer: >= 8 KiB)
-UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 class Utf16AsUtf8(io.RawIOBase):
@@ -59,6 +59,11 @@ class Utf16AsUtf8(io.RawIOBase):
                 self._source.close()
             finally:
                 super().close()
+
+
+def starts_utf16(binary: Any) -> bool:
+    """Whether a buffered binary stream starts with a UTF-16 byte-order mark (LE or BE)."""
+    return binary.peek(2)[:2] in _UTF16_BOMS
 
 
 def cr_line_ends(binary: Any) -> bool:
