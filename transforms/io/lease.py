@@ -1,11 +1,16 @@
 """One writer per output directory: a run holds a lease on OUT while it writes there.
 
 Locally the lease is OUT/_LEASE, created with O_CREAT|O_EXCL (one creator wins, atomically) and
-holding the holder's PID, host, job and start time. A lease whose PID is gone on this same host
-is stale (a run killed with kill -9) and is broken by the next run. On gs:// the lease is the
-object OUT/_LEASE, created with a does-not-exist precondition (if_generation_match=0) and an
-expiry time: a lease past its expiry is stale (its holder stopped renewing it). A holder renews
-it every `ttl / 3` seconds from a daemon thread.
+holding the holder's PID, host, machine (boot and PID namespace), job and start time. On gs://
+the lease is the object OUT/_LEASE, created with a does-not-exist precondition
+(if_generation_match=0) and an expiry time, which its holder renews every `ttl / 3` seconds from a
+daemon thread.
+
+A lease is stale, and the next run breaks it, when its holder is seen dead from here: same host,
+same boot and PID namespace, PID gone (a run killed with kill -9), local and gs:// alike; locally
+also a lease of the same host from another boot or an older version whose PID is gone. On gs://
+a lease past its expiry is stale too (a holder elsewhere stopped renewing it). A holder in another
+PID namespace of this boot (another container with the same host name) is never judged dead.
 
 A second run refuses at once with BadInput (exit 2), naming the holder; `--force-unlock` removes
 a lease that is known to be dead (say a run on another machine that crashed). docs/integrity.md.
@@ -38,6 +43,7 @@ class Holder:
     job: str
     started_at: float
     expires_at: float = 0.0  # gs:// leases only; 0: no expiry (local leases, judged by the PID)
+    machine: str = ""  # "<boot id>/<PID namespace>" (_this_machine); "" in leases of older versions
 
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at))
@@ -57,6 +63,37 @@ class Holder:
 
 def lease_path(out: str) -> str:
     return f"{out.rstrip('/')}/{LEASE_NAME}"
+
+
+def _this_machine() -> str:
+    """`<boot id>/<PID namespace inode>`: where a PID means one process ("" off Linux).
+
+    Why both: containers share the host's boot id but not its PIDs, and a host name can be the
+    same in two containers; after a restart the boot id changes and every earlier PID is dead.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
+def _dead_from_here(current: Holder, holder: Holder, remote: bool) -> bool:
+    """Whether `current` (a lease found) is a run that `holder` (this run) sees has ended.
+
+    Only a PID of this very boot and PID namespace is judged on gs://: two machines (or
+    containers) of one host name share a bucket easily, and each other's PIDs mean nothing. A
+    local OUT keeps the earlier rule for leases of another boot or an older version (same host,
+    PID gone), so a lease left before a restart is still broken.
+    """
+    if current.host != holder.host:
+        return False  # another machine: its PIDs mean nothing here
+    boot, _, namespace = current.machine.partition("/")
+    this_boot, _, this_namespace = holder.machine.partition("/")
+    if boot and boot == this_boot:
+        return namespace == this_namespace and not _pid_alive(current.pid)
+    return not remote and not _pid_alive(current.pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -99,8 +136,7 @@ class _LocalLease:
                 current = self._read()
                 if current is None:
                     continue  # released meanwhile
-                stale = current.host == holder.host and not _pid_alive(current.pid)
-                if not (force or stale):
+                if not (force or _dead_from_here(current, holder, remote=False)):
                     raise _refusal(self.out, current) from None
                 self._break(current)
                 continue
@@ -176,7 +212,10 @@ class _GcsLease:
             existing = self._bucket.get_blob(self._blob_name)
             if existing is not None:
                 current = Holder.from_json(existing.download_as_bytes())
-                if not force and current.expires_at > time.time():
+                # Why the PID check here too: a local run writing to gs:// and killed with
+                # kill -9 blocked every rerun from the same machine until its lease expired.
+                live = current.expires_at > time.time() and not _dead_from_here(current, holder, remote=True)
+                if not force and live:
                     raise _refusal(self.out, current)
                 try:  # expired (or forced): remove exactly that generation
                     existing.delete(if_generation_match=existing.generation)
@@ -251,6 +290,7 @@ def output_lease(out: str, job: str, force_unlock: bool = False, ttl_seconds: fl
         job=job,
         started_at=now,
         expires_at=now + ttl_seconds if remote else 0.0,
+        machine=_this_machine(),
     )
     try:
         lease = _GcsLease(out) if remote else _LocalLease(out)

@@ -1,0 +1,120 @@
+"""Whose lease is stale: a holder seen dead from here is broken at once, on gs:// too; a holder
+this process cannot see (another PID namespace) never is (transforms/io/lease.py)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.paths import REPO
+from transforms.io import lease as lease_module
+
+# Takes the lease on argv[1] and holds it until killed: a run that a kill -9 ends mid-way.
+_HOLD_THE_LEASE = (
+    "import sys, time\n"
+    "from deploy.offline import anonymous_credentials\n"
+    "from transforms.io.lease import output_lease\n"
+    "with anonymous_credentials(), output_lease(sys.argv[1], 'ingest'):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(300)\n"
+)
+
+
+def _dead_pid() -> int:
+    """A PID that surely ran on this machine and has ended."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+def _this_machine() -> tuple[str, int]:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+        return handle.read().strip(), os.stat("/proc/self/ns/pid").st_ino
+
+
+def _leave_lease(out, pid, machine):
+    """OUT/_LEASE as a run of `machine` ("" = an older version's lease) would have left it."""
+    os.makedirs(out)
+    holder = {"token": "t", "pid": pid, "host": socket.gethostname(), "job": "ingest", "started_at": time.time()}
+    if machine:
+        holder["machine"] = machine
+    with open(os.path.join(out, lease_module.LEASE_NAME), "w", encoding="utf-8") as handle:
+        json.dump(holder, handle)
+
+
+def test_a_gs_lease_of_a_run_killed_on_this_machine_is_taken_at_once(gcs_emulator):
+    # Before: the killed run's lease refused every rerun for 15 minutes (its expiry) unless
+    # --force-unlock, although its PID was visibly gone on the same machine.
+    gcs_emulator.bucket("killed-lease")
+    out = "gs://killed-lease/out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_LEASE, out],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ValueError, match=f"being written by ingest \\(pid {holder.pid} on "):
+            with lease_module.output_lease(out, "rerun"):
+                pass  # alive: refused
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    blob = gcs_emulator.client().bucket("killed-lease").get_blob("out/_LEASE")
+    assert json.loads(blob.download_as_bytes())["expires_at"] > time.time() + 60  # not expired
+    with lease_module.output_lease(out, "rerun") as rerun:
+        assert rerun.job == "rerun"
+
+
+def test_a_lease_from_another_pid_namespace_is_never_judged_dead(tmp_path):
+    # Two containers with one host name (docker --hostname) writing one volume: the other one's
+    # PIDs are not visible here. Before: its live run's lease was broken as "PID gone".
+    boot, namespace = _this_machine()
+    out = str(tmp_path / "out")
+    _leave_lease(out, _dead_pid(), f"{boot}/{namespace + 1}")
+    with pytest.raises(ValueError, match="being written by ingest"):
+        with lease_module.output_lease(out, "rerun"):
+            pass
+    with lease_module.output_lease(out, "rerun", force_unlock=True) as rerun:
+        assert rerun.job == "rerun"
+
+
+def test_a_gs_lease_of_another_machine_of_the_same_name_waits_for_its_expiry(gcs_emulator, tmp_path):
+    # Two machines named alike share a bucket easily: the other one's PIDs mean nothing here, so
+    # its lease is judged by its expiry alone. Locally such a lease (another boot: most likely this
+    # machine before a restart) is still broken when its PID is gone here, as before.
+    _boot, namespace = _this_machine()
+    gcs_emulator.bucket("other-machine")
+    lease = dict(token="t", pid=_dead_pid(), host=socket.gethostname(), job="ingest", started_at=time.time())
+    lease.update(expires_at=time.time() + 600, machine=f"another-boot/{namespace}")
+    blob = gcs_emulator.client().bucket("other-machine").blob("out/_LEASE")
+    blob.upload_from_string(json.dumps(lease))
+    with pytest.raises(ValueError, match="being written by ingest"):
+        with lease_module.output_lease("gs://other-machine/out", "rerun"):
+            pass
+    out = str(tmp_path / "out")
+    _leave_lease(out, lease["pid"], lease["machine"])
+    with lease_module.output_lease(out, "rerun") as rerun:
+        assert rerun.job == "rerun"
+
+
+@pytest.mark.parametrize("machine", ["", "same"], ids=["older-version-lease", "this-machine"])
+def test_a_lease_whose_pid_is_gone_here_is_stale_and_a_live_one_is_not(tmp_path, machine):
+    boot, namespace = _this_machine()
+    machine = machine and f"{boot}/{namespace}"
+    dead, alive = str(tmp_path / "dead"), str(tmp_path / "alive")
+    _leave_lease(dead, _dead_pid(), machine)
+    _leave_lease(alive, os.getpid(), machine)
+    with lease_module.output_lease(dead, "rerun") as rerun:
+        assert rerun.job == "rerun"
+    with pytest.raises(ValueError, match="being written by ingest"):
+        with lease_module.output_lease(alive, "rerun"):
+            pass
