@@ -20,6 +20,7 @@ from pipelines import dedup, ingest, refresh
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
 from tests.paths import REPO
+from tests.table_readers import assert_readers_refuse
 from transforms import schema
 from transforms.io import lease as lease_module
 from transforms.io import table as table_module
@@ -320,6 +321,35 @@ def test_kill_9_leaves_a_stale_lease_that_the_next_resume_breaks(web, tmp_path):
     assert not os.path.exists(aside)
     rows = _assert_whole(out, 11)
     assert all(r["status"] == schema.OK for r in rows)
+
+
+def test_a_first_run_killed_while_publishing_its_table_is_refused_by_every_reader(web, tmp_path, capsys):
+    """kill -9 of a first ingest once its first part is in images/ and before summary.json: before,
+    export, dedup and refresh read the parts found there (with two workers, one of two: half the
+    rows) and exited 0. OUT has no summary.json to check them against; its _LEASE says a run was
+    writing it. Now every reader refuses in one line; the same command run again completes."""
+    urls = _serve(web, 40)
+    (tmp_path / "in").mkdir()
+    manifest = tmp_path / "in" / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls))
+    out = str(tmp_path / "out")
+    args = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
+    running = _start_ingest([*args, "--no-report"])
+    try:
+        deadline = time.monotonic() + 120
+        while not table_module.list_table_files(out):  # images/*.parquet: published parts, not *.tmp-*
+            assert running.poll() is None, running.communicate()
+            assert time.monotonic() < deadline, "no part was published"
+            time.sleep(0.005)
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.communicate()
+    # the moment aimed at: a part published, the summary that records the table not yet written
+    assert table_module.list_table_files(out) and not os.path.exists(os.path.join(out, "summary.json"))
+    assert_readers_refuse(out, tmp_path, capsys, "no summary.json")
+
+    assert _ingest(out, f"cc3m={manifest}") == 0
+    _assert_whole(out, 40)
 
 
 def _interrupt_when_fetching(web, process, path):

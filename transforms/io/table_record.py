@@ -29,6 +29,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput
+from transforms.io.lease import Holder, lease_path
 from transforms.io.sinks import join_path
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "footer_facts",
     "footer_rows",
     "recorded_table",
+    "refuse_unfinished",
     "roll_back",
     "table_record",
 ]
@@ -142,9 +144,12 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
         The files to read: `files`, less the unrecorded ones with ignore_unrecorded.
     Raises:
         BadInput: a file added, missing, holding another row count than recorded, or (a record
-            with fingerprints) another file: another byte size or Parquet footer.
+            with fingerprints) another file: another byte size or Parquet footer; or ROOT has no
+            summary.json while a run's lease is on it (refuse_unfinished).
     """
     job, record = recorded_table(root)
+    if job is None and not ignore_unrecorded:  # the --resume run holds ROOT's lease itself
+        refuse_unfinished(flag, root)
     if record is None:
         if job is not None:
             print(
@@ -181,6 +186,25 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
             f" {'; '.join(problems)}; restore images/ as it was, or re-run the job that wrote {root}"
         )
     return [path for path in files if _name(path) in recorded]
+
+
+def refuse_unfinished(flag: str, root: str) -> None:
+    """BadInput when ROOT, which has no summary.json, holds a run's lease (ROOT/_LEASE).
+
+    Why: a first run publishes its parts into images/ one by one and records them in summary.json
+    last; killed (or read) in between, images/ holds some of its parts and nothing to check them
+    against, and readers took them for the whole table, exit 0. The lease, left by a killed run
+    until the next one, tells that table from one written by hand or by an old version.
+    """
+    path = lease_path(root)
+    if not FileSystems.exists(path):
+        return
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        holder = Holder.from_json(handle.read())
+    raise BadInput(
+        f"{flag} {root}: its table is unfinished: no summary.json, and {holder.describe()} holds {path}"
+        f" (still writing, or killed before the end): wait for it to end, or rerun it"
+    )
 
 
 def _replaced(record: dict, facts: dict[str, dict]) -> list[str]:
