@@ -177,7 +177,7 @@ JOB = job_runner.Job(
     options=ExportOptions,
     description="An ingest or dedup output as training-ready shards: EXP/*.tar (WebDataset) or EXP/*.parquet "
     "(Hugging Face), resized and deduplicated, and EXP/summary.json.",
-    interrupted="EXP keeps its previous shards; rerun the same command",
+    interrupted="EXP keeps its previous export (no summary.json: it was publishing); rerun the same command",
 )
 
 
@@ -248,7 +248,11 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
             tmp_dir=tmp_dir,
         )
     )
-    shards = written | "PublishShards" >> beam.Map(publish_shard, books=beam.pvalue.AsSingleton(summary))
+    # why: a publish cut between two renames must not leave the earlier summary over a mix of shards
+    withdrawn = summary | "WithdrawEarlierSummary" >> beam.Map(
+        export_books.withdraw_summary, config=config, tmp_dir=tmp_dir
+    )
+    shards = written | "PublishShards" >> beam.Map(publish_shard, books=beam.pvalue.AsSingleton(withdrawn))
     # why: an earlier export's shards would otherwise mix with this one's
     _ = shards | "ShardPaths" >> beam.Map(lambda record: record["path"]) | "RetireStale" >> RetireFiles(stale)
     # why: moved into place last, once every shard is published (check_books wrote it aside)

@@ -183,3 +183,24 @@ def test_a_summary_that_cannot_be_written_leaves_the_earlier_export_whole(tmp_pa
     assert len(lines) == 1 and "no space left on device" in lines[0], lines
     assert _files(exp) == before
     assert sorted(name for name in os.listdir(exp) if name.startswith("_tmp")) == []
+
+
+def test_a_publish_cut_between_two_shards_leaves_no_summary_over_the_mix(tmp_path):
+    """The shards are renamed into place one by one (on Dataflow by several workers); a run cut
+    between two renames leaves new and earlier shards side by side. Before, the earlier export's
+    summary.json still stood over that mix, vouching for it. Now it is moved aside before the first
+    rename: EXP has no summary.json (an unfinished export), and a rerun completes. The cut: one
+    final name is taken by a folder, so that shard's rename fails."""
+    out, exp = str(tmp_path / "out"), str(tmp_path / "exp")
+    write_out(out, 12)
+    assert export.main(local_options(input=out, output=exp, format="webdataset", **{"shard-size": 12})) == 0
+    assert sorted(os.listdir(exp)) == ["00000.tar", "summary.json"]
+    os.makedirs(os.path.join(exp, "00002.tar"))  # the third of this run's four shards cannot be renamed
+    argv = local_options(input=out, output=exp, format="webdataset", **{"shard-size": 3})
+    assert export.main(argv) == 1
+    assert "summary.json" not in os.listdir(exp)
+    os.rmdir(os.path.join(exp, "00002.tar"))
+    assert export.main(argv) == 0
+    with open(os.path.join(exp, "summary.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["shard_count"] == 4
+    assert sorted(os.listdir(exp)) == [f"{n:05d}.tar" for n in range(4)] + ["summary.json"]

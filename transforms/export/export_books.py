@@ -5,11 +5,15 @@ Public functions (each the body of one step of pipelines.export's graph):
 - `check_books(_, config, ...)`: summary.json's content once the books balance, written aside in
   the run's temporary folder; else removes the run's unpublished shards and raises
   BooksUnbalanced, before any shard is published.
+- `withdraw_summary(books, config, tmp_dir)`: moves an earlier export's EXP/summary.json aside
+  before the first shard is published.
 - `write_summary(summary, config, tmp_dir)`: moves that summary onto EXP/summary.json, last;
   returns its path.
 """
 
 import time
+
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BooksUnbalanced
 from transforms.export import selection
@@ -76,6 +80,22 @@ def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_di
         delete_tree(tmp_dir)
         raise
     return summary
+
+
+def withdraw_summary(books, config, tmp_dir):
+    """Moves an earlier export's EXP/summary.json aside into `tmp_dir` before any shard is
+    published; returns `books` (the checked books, passed on to order the publish after this).
+
+    Why: the shards are renamed into place one by one (on Dataflow by several workers). A run cut
+    between two renames (kill -9, a worker lost, storage failing) leaves old and new shards side
+    by side; the earlier summary would then vouch for a mix of two exports. Without it, an EXP with
+    shards and no summary.json is an unfinished export, as everywhere in this project. Idempotent:
+    a retried step finds nothing left to move.
+    """
+    earlier = join_path(config.output, "summary.json")
+    if FileSystems.exists(earlier):
+        FileSystems.rename([earlier], [join_path(tmp_dir, "summary.earlier.json")])
+    return books
 
 
 def write_summary(summary, config, tmp_dir, published=()):
