@@ -3,6 +3,7 @@ and encodings"): a file with classic Mac OS line ends (CR only) or saved as UTF-
 text") gives the same rows, keys, line numbers and labels as its UTF-8, LF twin, never one row or
 garbage captions behind exit 0."""
 
+import codecs
 import gzip
 import json
 
@@ -92,3 +93,61 @@ def test_a_cp1252_manifest_keeps_every_row_with_its_bad_bytes_replaced(web, tmp_
     assert _ingest(out, f"cc12m={manifest}") == 0, capsys.readouterr().err
     rows = sorted((r["key"], r["caption"], r["status"]) for r in _rows(out))
     assert rows == [(f"cc12m:{n + 1}", f"caf\ufffd \ufffd{n}\ufffd", "ok") for n in range(2)]
+
+
+def test_utf16_without_a_byte_order_mark_and_utf32_manifests_read_as_their_utf8_twins(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    # Read as UTF-8, every row was invalid, its URL and caption NUL-riddled, and a UTF-16-LE or
+    # UTF-32-LE file gave one more row (the NULs after its last LF), exit 0.
+    encodings = {
+        "cc3m": ("utf-16-le", b""),
+        "cc12m": ("utf-16-be", b""),
+        "zero": ("utf-32-le", codecs.BOM_UTF32_LE),  # its mark starts as UTF-16-LE's does
+        "imagenet_captions": ("utf-32-be", codecs.BOM_UTF32_BE),
+    }
+    texts = {
+        "cc3m": "".join(f"café {n}\t{url}\n" for n, url in enumerate(urls)),
+        "cc12m": "".join(f"{url}\t“{n}” 中文\n" for n, url in enumerate(urls)),
+        "zero": "".join(_zero_record(n, url) + "\n" for n, url in enumerate(urls)),
+        "imagenet_captions": json.dumps({"filename": "f.JPEG", "wnid": "n01440764", "title": "鱼"}) + "\n",
+    }
+    manifests = []
+    for kind, (encoding, bom) in encodings.items():
+        (tmp_path / kind).mkdir()
+        path = tmp_path / kind / "a.txt"
+        path.write_bytes(bom + texts[kind].encode(encoding))
+        manifests.append(f"{kind}={tmp_path / kind / '*.txt'}")
+    # UTF-32 without a mark, and a second cc3m file: keys then name the file
+    (tmp_path / "cc3m" / "b.txt").write_bytes(texts["cc3m"].encode("utf-32-be"))
+    out = str(tmp_path / "out")
+    assert _ingest(out, manifests) == 0, capsys.readouterr().err
+    rows = sorted((r["key"], r["source_line"], r["url"], r["caption"], r["status"]) for r in _rows(out))
+    assert rows == [
+        *((f"cc12m:{n + 1}", n + 1, url, f"“{n}” 中文", "ok") for n, url in enumerate(urls)),
+        *((f"cc3m:{f}:{n + 1}", n + 1, u, f"café {n}", "ok") for f in ("a.txt", "b.txt") for n, u in enumerate(urls)),
+        ("imagenet_captions:f.JPEG", 1, None, "鱼", "invalid_url"),  # no --imagenet-root
+        *((f"zero:{n}", n + 1, url, f"photo {n}", "ok") for n, url in enumerate(urls)),
+    ]
+
+
+def test_line_ends_that_change_partway_give_a_row_per_line(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    # Files joined with `cat`, one with LF line ends and one with CR only: read on LF, the CR
+    # part was one line, one row with the last URL and the rest in its caption, exit 0.
+    lf = [f"lf {n}\t{url}\n" for n, url in enumerate(urls)]
+    cr = [f"cr {n}\t{url}\r" for n, url in enumerate(urls)]
+    cc3m, cc12m, zero = tmp_path / "cc3m.tsv", tmp_path / "cc12m.tsv", tmp_path / "zero.jsonl"
+    cc3m.write_bytes("".join(lf + cr + lf[:1]).encode())
+    cc12m.write_bytes(("".join(f"{url}\tcr {n}\r" for n, url in enumerate(urls)) + f"{urls[0]}\tlf\r\n").encode())
+    zero.write_bytes("".join(_zero_record(n, url) + ("\n" if n else "\r") for n, url in enumerate(urls)).encode())
+    out = str(tmp_path / "out")
+    assert _ingest(out, [f"cc3m={cc3m}", f"cc12m={cc12m}", f"zero={zero}"]) == 0, capsys.readouterr().err
+    rows = sorted((r["key"], r["source_line"], r["url"], r["caption"]) for r in _rows(out))
+    assert rows == [
+        *((f"cc12m:{n + 1}", n + 1, url, f"cr {n}") for n, url in enumerate(urls)),
+        ("cc12m:4", 4, urls[0], "lf"),
+        *((f"cc3m:{n + 1}", n + 1, url, f"lf {n}") for n, url in enumerate(urls)),
+        *((f"cc3m:{n + 4}", n + 4, url, f"cr {n}") for n, url in enumerate(urls)),
+        ("cc3m:7", 7, urls[0], "lf 0"),
+        *((f"zero:{n}", n + 1, url, f"photo {n}") for n, url in enumerate(urls)),
+    ]

@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.errors import BadInput
 from transforms.io.manifests import md5_hex, sha256_hex
 from transforms.io.readers import open_stream
-from transforms.io.text_forms import split_lines
+from transforms.io.text_forms import split_lines, tsv_record
 
 __all__ = ["parse_hash_list", "ReadHashFile", "AttachExpectedHashes"]
 
@@ -48,7 +48,7 @@ class ReadHashFile(beam.DoFn):
 
     def process(self, path):
         with open_stream(path) as binary:
-            for entry in parse_hash_list(split_lines(binary)):  # CR line ends too
+            for entry in parse_hash_list(split_lines(binary, tsv_record)):  # CR line ends too
                 if entry is None:
                     self._malformed.inc()
                 else:

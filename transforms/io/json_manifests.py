@@ -50,7 +50,7 @@ from transforms import schema
 from transforms.errors import BadInput
 from transforms.io import readers
 from transforms.io.labels import IMAGENET
-from transforms.io.text_forms import cr_line_ends
+from transforms.io.text_forms import json_record, split_lines
 
 IMAGENET_CAPTIONS = "imagenet_captions"
 ZERO = "zero"
@@ -124,9 +124,9 @@ def iter_json_records(
         yield from _array_records(stream, source)
         return
     # LF only: a stray CR inside a record must not split it; CR too in a file with CR line ends
-    # only (classic Mac OS), which read on LF was one line, one invalid row
-    newline = "" if cr_line_ends(stream) else "\n"
-    for line_no, line in enumerate(readers.text_stream(stream, newline=newline), start=1):
+    # only (classic Mac OS) or where CRs part records, which read on LF were one invalid row
+    for line_no, raw in enumerate(split_lines(stream, json_record), start=1):
+        line = raw.decode("utf-8", errors="replace")
         if not line.strip():
             continue
         try:

@@ -33,7 +33,7 @@ from transforms import schema
 from transforms.errors import BadInput
 from transforms.io import json_manifests, labels
 from transforms.io.readers import CompressedInputError, open_stream
-from transforms.io.text_forms import split_lines
+from transforms.io.text_forms import split_lines, tsv_record
 
 __all__ = [
     "parse_cc3m",
@@ -59,9 +59,10 @@ __all__ = [
 def _lines(binary):
     """(1-based line number, text) with the newline removed; bad UTF-8 is replaced, not fatal.
 
-    Split on LF and CRLF, or on CR too in a file with CR line ends only (text_forms.split_lines).
+    Split on LF and CRLF, or on CR too in a file with CR line ends only or where CRs part TSV
+    records (text_forms.split_lines).
     """
-    for number, raw in enumerate(split_lines(binary), start=1):
+    for number, raw in enumerate(split_lines(binary, tsv_record), start=1):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first caption or URL
         yield number, raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")

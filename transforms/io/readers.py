@@ -45,7 +45,7 @@ __all__ = [
     "ParseFiles",
 ]
 from transforms.errors import BadInput
-from transforms.io.text_forms import Utf16AsUtf8, cr_line_ends, split_lines, starts_utf16
+from transforms.io.text_forms import AsUtf8, cr_line_ends, split_lines, text_encoding
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
 
@@ -227,11 +227,12 @@ def open_path(path):
 
 
 def binary_stream(fileobj: Any, prefix: bytes = b"") -> io.BufferedReader:
-    """A buffered binary stream over `fileobj` (binary or text file-like); UTF-16 text (its
-    byte-order mark says so) comes out as UTF-8 (text_forms.Utf16AsUtf8)."""
+    """A buffered binary stream over `fileobj` (binary or text file-like); UTF-16 and UTF-32 text
+    (text_forms.text_encoding) comes out as UTF-8 (text_forms.AsUtf8)."""
     stream: io.BufferedReader = io.BufferedReader(RawReader(fileobj, prefix), buffer_size=_CHUNK)
-    if starts_utf16(stream):
-        return io.BufferedReader(Utf16AsUtf8(stream), buffer_size=_CHUNK)
+    encoding = text_encoding(stream)
+    if encoding is not None:
+        return io.BufferedReader(AsUtf8(stream, encoding), buffer_size=_CHUNK)
     return stream
 
 
@@ -285,12 +286,12 @@ class CheckedFile:
 
 def _read_whole(metadata: Any) -> bool:
     """Whether a file's lines need `_CheckedLinesFn`: Beam's text reader would read a compressed
-    one quietly to a cut, decode UTF-16 as UTF-8, and split lines on LF only."""
+    one quietly to a cut, decode UTF-16 and UTF-32 as UTF-8, and split lines on LF only."""
     if CompressionTypes.detect_compression_type(metadata.path) in _DECOMPRESSORS:
         return True
     with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
         stream = io.BufferedReader(RawReader(raw), buffer_size=_CHUNK)
-        return starts_utf16(stream) or cr_line_ends(stream)
+        return text_encoding(stream) is not None or cr_line_ends(stream)
 
 
 class OpenFiles(beam.PTransform):
@@ -311,8 +312,8 @@ class OpenFiles(beam.PTransform):
 
 
 class _CheckedLinesFn(beam.DoFn):
-    """Lines of one file read whole: compressed (to its end-of-stream marker), UTF-16, or with CR
-    line ends only."""
+    """Lines of one file read whole: compressed (to its end-of-stream marker), UTF-16 or UTF-32,
+    or with CR line ends only."""
 
     def __init__(self, with_filename: bool) -> None:
         self._with_filename = with_filename
@@ -330,7 +331,8 @@ class ReadLines(beam.PTransform):
 
     Plain files go through ReadAllFromText, which splits big files across workers (for
     one-record-a-line formats only); compressed files cannot be split anyway, so one worker reads
-    each whole, to its end-of-stream marker, and so are UTF-16 files and files with CR line ends.
+    each whole, to its end-of-stream marker, and so are UTF-16 and UTF-32 files and files with CR
+    line ends.
     """
 
     def __init__(self, paths: str | Sequence[str], with_filename: bool = False) -> None:
@@ -341,7 +343,7 @@ class ReadLines(beam.PTransform):
     def expand(self, pbegin):
         files = pbegin | "Patterns" >> beam.Create(self._patterns) | "Match" >> fileio.MatchAll()
         # Why the split: a cut .gz must fail the job, and ReadAllFromText would read it quietly;
-        # nor does it read UTF-16 or CR line ends (text_forms).
+        # nor does it read UTF-16, UTF-32 or CR line ends (text_forms).
         plain, whole = files | "ByCompression" >> beam.Partition(lambda m, _: int(_read_whole(m)), 2)
         plain_lines = (
             plain

@@ -3,40 +3,63 @@
 Every reader of a text input (transforms/io/readers.py `binary_stream`, and through it the
 manifest parsers and side-file readers) sees UTF-8 bytes split the same way:
 
-- A file that starts with a UTF-16 byte-order mark (a spreadsheet's "Unicode text", LE or BE) is
-  decoded as UTF-16 and handed on as UTF-8, streamed (`Utf16AsUtf8`): read as UTF-8, its every
-  URL and caption was NUL-riddled garbage, every row invalid. Other files are not decoded here:
-  their bad UTF-8 (a cp1252 caption) is replaced by U+FFFD where they are decoded, never fatal.
+- A file in UTF-16 or UTF-32 (a spreadsheet's "Unicode text", an export tool's "UTF-16LE") is
+  decoded and handed on as UTF-8, streamed (`AsUtf8`): read as UTF-8, its every URL and caption
+  was NUL-riddled garbage, every row invalid. `text_encoding` tells it by its byte-order mark, or
+  without one by the NULs of its first bytes, which a manifest's first line (ASCII URLs, JSON
+  keys, headers) sets in every other byte (UTF-16) or three bytes of four (UTF-32). Other files
+  are not decoded here: their bad UTF-8 (a cp1252 caption) is replaced by U+FFFD where they are
+  decoded, never fatal.
 - Lines end in LF or CRLF, and a CR elsewhere is part of the text (a stray CR in a caption or in
   a JSON string). A file with no LF at its start (what the reader's buffer holds, 8 KiB or more)
   but a CR (classic Mac OS line ends) is split on CR, LF and CRLF (`split_lines`): read on LF, its
-  every line was one, a single row or label line.
+  every line was one, a single row or label line. Line ends that change partway (files with LF
+  and CR line ends joined by `cat`) are told line by line: a line read on LF whose CRs part two
+  or more records (`tsv_record`, `json_record`) is split on them too.
 """
 
 from __future__ import annotations
 
 import codecs
 import io
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["SNIFF", "Utf16AsUtf8", "cr_line_ends", "split_lines", "starts_utf16"]
+__all__ = ["SNIFF", "AsUtf8", "cr_line_ends", "json_record", "split_lines", "text_encoding", "tsv_record"]
 
 SNIFF = 1 << 20  # at most this much of a file decides its line ends (peek gives one buffer: >= 8 KiB)
-_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# Marks in the order they must be tried: UTF-32-LE's starts with UTF-16-LE's
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_HEAD = 512  # bytes whose NULs tell UTF-16 and UTF-32 without a mark
+# (encoding, code unit size, byte positions in a unit that ASCII text leaves 0)
+_NUL_PATTERNS = (
+    ("utf-32-le", 4, (1, 2, 3)),
+    ("utf-32-be", 4, (0, 1, 2)),
+    ("utf-16-le", 2, (1,)),
+    ("utf-16-be", 2, (0,)),
+)
+# A unit's other bytes are 0 only for a character like U+4E00 or a NUL: rare in a manifest's head
+_ZERO_SHARE, _NONZERO_SHARE = 0.5, 0.9
 
 
-class Utf16AsUtf8(io.RawIOBase):
-    """UTF-8 bytes of a binary stream of UTF-16 text that starts with its byte-order mark.
+class AsUtf8(io.RawIOBase):
+    """UTF-8 bytes of a binary stream of UTF-16 or UTF-32 text, decoded as it is read.
 
-    The mark decides the byte order and is dropped; bytes that are not UTF-16 (an odd last byte,
-    a lone surrogate) become U+FFFD, as bad UTF-8 does elsewhere.
+    A byte-order mark is dropped ("utf-16", "utf-32" take the byte order from it); bytes that are
+    not text of the encoding (an odd last byte, a lone surrogate) become U+FFFD, as bad UTF-8
+    does elsewhere.
     """
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, encoding: str) -> None:
         super().__init__()
         self._source = source
-        self._decoder = codecs.getincrementaldecoder("utf-16")(errors="replace")
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
         self._pending = b""
         self._ended = False
 
@@ -61,9 +84,32 @@ class Utf16AsUtf8(io.RawIOBase):
                 super().close()
 
 
-def starts_utf16(binary: Any) -> bool:
-    """Whether a buffered binary stream starts with a UTF-16 byte-order mark (LE or BE)."""
-    return binary.peek(2)[:2] in _UTF16_BOMS
+def text_encoding(binary: Any) -> str | None:
+    """The UTF-16 or UTF-32 encoding a buffered binary stream's first bytes show, else None.
+
+    Args:
+        binary: a stream with peek(), at the file's start.
+
+    Returns:
+        "utf-16" or "utf-32" (a byte-order mark), "utf-16-le", "utf-16-be", "utf-32-le" or
+        "utf-32-be" (no mark: the NUL pattern of the first bytes), or None for UTF-8 or anything
+        else, which is read as UTF-8.
+    """
+    head = binary.peek(_HEAD)[:_HEAD]
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding
+    for encoding, size, zero_at in _NUL_PATTERNS:
+        units = len(head) // size
+        if units < 2:
+            continue
+        # Why shares, not all: a non-ASCII character (a CJK title) fills a unit's usual zeros
+        zero = [head[i : units * size : size].count(0) / units for i in range(size)]
+        if all(zero[i] >= _ZERO_SHARE for i in zero_at) and all(
+            zero[i] <= 1 - _NONZERO_SHARE for i in range(size) if i not in zero_at
+        ):
+            return encoding
+    return None
 
 
 def cr_line_ends(binary: Any) -> bool:
@@ -72,10 +118,63 @@ def cr_line_ends(binary: Any) -> bool:
     return b"\r" in head and b"\n" not in head
 
 
-def split_lines(binary: Any) -> Iterator[bytes]:
-    """Lines of a buffered binary stream, line ends kept: split on LF, or in a file with CR line
-    ends only (`cr_line_ends`) on CR, LF and CRLF."""
-    return _cr_lines(binary) if cr_line_ends(binary) else iter(binary)
+def tsv_record(piece: bytes) -> bool:
+    """Whether a piece of a line looks like a whole record of a TSV manifest or side file: a TAB
+    and a URL (CC3M, CC12M, their labels and hashes all hold one)."""
+    return b"\t" in piece and b"://" in piece
+
+
+def json_record(piece: bytes) -> bool:
+    """Whether a piece of a line looks like a whole JSON-lines record: one object."""
+    piece = piece.strip()
+    return piece.startswith(b"{") and piece.endswith(b"}")
+
+
+def split_lines(binary: Any, record: Callable[[bytes], bool] | None = None) -> Iterator[bytes]:
+    """Lines of a buffered binary stream, line ends kept.
+
+    Args:
+        binary: the stream, at its start.
+        record: whether a piece of a line is a whole record of the file's format; given, a line
+            read on LF that CRs part into two or more records is split on them (line ends that
+            change partway), and other CRs stay in the text.
+
+    Returns:
+        The lines: split on LF, or in a file with CR line ends only (`cr_line_ends`) on CR, LF
+        and CRLF.
+    """
+    if cr_line_ends(binary):
+        return _cr_lines(binary)
+    if record is None:
+        return iter(binary)
+    # Why blocks chained: lines handed on in C, not resumed through a generator one by one
+    return itertools.chain.from_iterable(_lf_blocks(binary, record))
+
+
+def _lf_blocks(binary, record):
+    """Iterables of lines split on LF, and on the CRs inside a line that part records (split_lines)."""
+    parts = []  # a line longer than a read, in pieces (joined once: no quadratic copying)
+    while chunk := binary.read(SNIFF):
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:
+            parts.append(chunk)
+            continue
+        block = b"".join([*parts, chunk[:cut]]) if parts else chunk[:cut]
+        parts = [chunk[cut:]] if cut < len(chunk) else []
+        # Why whole blocks: a block whose every CR ends a CRLF (the common file: none at all) is
+        # split on LF in C (BytesIO's lines), as fast as the reader's own lines
+        if b"\r" not in block or block.count(b"\r") == block.count(b"\r\n"):
+            yield io.BytesIO(block)
+        else:
+            yield [piece for line in block[:-1].split(b"\n") for piece in _parted(line + b"\n", record)]
+    if parts:
+        yield _parted(b"".join(parts), record)
+
+
+def _parted(line, record):
+    """A line read on LF as it is, or its pieces if its CRs part two or more records."""
+    pieces = line.splitlines(keepends=True)
+    return pieces if len(pieces) > 1 and sum(map(record, pieces)) >= 2 else (line,)
 
 
 def _cr_lines(binary):
