@@ -10,6 +10,7 @@ snapshot. docs/refresh.md has the verdict rules and every option.
 import os
 import sys
 import time
+import uuid
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -19,13 +20,14 @@ from pipelines.launch import job_runner, preflight
 from pipelines.report import run_resources
 from transforms.fetch.client import FetchConfig
 from transforms.io.sinks import join_path, read_json
+from transforms.io.table import RemoveDirectory
 from transforms.io.table_record import check_recorded_table
-from transforms.liveness import checks, history, summary, verdicts
+from transforms.liveness import checks, history, night_output, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
 # 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
 # recognise one picture served again.
-__all__ = ["JOB", "RefreshOptions", "build_pipeline", "main", "prepare_outputs", "resolve", "run"]
+__all__ = ["JOB", "RefreshOptions", "build_pipeline", "main", "resolve", "run"]
 
 REFRESH_SAME_PICTURE_MAX_DISTANCE = verdicts.DEFAULT_MAX_DISTANCE
 REFRESH_PLACEHOLDER_MIN_URLS = verdicts.DEFAULT_PLACEHOLDER_MIN_URLS
@@ -144,7 +146,7 @@ JOB = job_runner.Job(
     options=RefreshOptions,
     description="Re-check every URL of an ingest snapshot: one verdict per key for the night "
     "(REFRESH_OUT/status/, hosts/, summary.json; HISTORY/<night>/ with --history).",
-    interrupted="rerun the same command (a night's re-run replaces that night)",
+    interrupted="REFRESH_OUT keeps its previous night; rerun the same command",
 )
 
 
@@ -226,24 +228,11 @@ def resolve(opts):
     return snapshots, params
 
 
-def prepare_outputs(out, history_dir, night):
-    """Re-running a night replaces its files rather than adding shards next to the old ones. Any
-    error listing or deleting raises EnvironmentFailure (old shards beside new ones would be read
-    as one night)."""
-    for part in ("status", "hosts"):
-        history.delete_matching(join_path(out, part, "*"))
-        # a failed run's unfinished files (table.WriteTableFiles writes them aside): readers skip
-        # "_" folders, but they would stay there for good
-        history.delete_matching(join_path(out, part, "_tmp-*/**"))
-    history.delete_matching(join_path(out, "summary.json"))
-    if history_dir:
-        history.clear_night(history_dir, night)
-
-
-def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=None):
+def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=None, run_id=None):
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection. `read_history`: a
-    history.ReadHistory built (and so checked) before the outputs were prepared."""
-    out = opts.output
+    history.ReadHistory built (and so checked) before the run started. `run_id` names the run's
+    folder aside (REFRESH_OUT/_tmp-<run>) and its files (default: a new one)."""
+    target = night_output.RefreshOutput(opts.output, run_id or uuid.uuid4().hex[:12])
     read = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
     entries = read["entries"]
     checked = entries | "CheckUrls" >> checks.CheckUrls(FetchConfig.from_options(opts), params)
@@ -252,12 +241,11 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
     read_history = read_history or history.ReadHistory(opts.history, params.night)
     previous = pipeline | "ReadHistory" >> read_history
     rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> checks.Judge(params)
-    written = rows | "WriteStatus" >> checks.WriteStatusTable(join_path(out, "status"))
+    # why aside: the previous night's verdicts stay in REFRESH_OUT until this night's books balance
+    written = rows | "WriteStatus" >> checks.WriteStatusTable(target.aside("status"), target.prefix)
     hosts = rows | "Hosts" >> checks.HostTable()
-    _ = hosts | "WriteHosts" >> checks.WriteHostTable(join_path(out, "hosts"))
-    if opts.history:
-        _ = rows | "WriteHistory" >> history.WriteHistory(opts.history, params.night)
-    _ = {
+    host_files = hosts | "WriteHosts" >> checks.WriteHostTable(target.aside("hosts"), target.prefix)
+    books = {
         "rows": rows,
         "checked": checked,
         "hosts": hosts,
@@ -268,8 +256,19 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
         "rows_in": read["rows_in"],
         "merged": read["merged"],
     } | "WriteSummary" >> summary.SummarizeRefresh(
-        out, params.night, read_history.previous, started_at, opts.summary_hosts, _options_snapshot(opts, params)
+        target.aside(),
+        params.night,
+        read_history.previous,
+        started_at,
+        opts.summary_hosts,
+        _options_snapshot(opts, params),
     )
+    if opts.history:
+        _ = rows | "WriteHistory" >> history.WriteHistory(opts.history, params.night, target.run_id, after=books)
+    published = {"status": written, "hosts": host_files, "summary": books} | "Publish" >> night_output.PublishOutput(
+        target
+    )
+    _ = published | "DropTemporary" >> RemoveDirectory(target.aside())
     return rows
 
 
@@ -319,17 +318,29 @@ def run(argv=None):
         print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
         return None
     started_at = time.time()
-    # The history is listed and checked before anything is deleted: a storage error stops here.
+    # The history is listed and checked before anything is written: a storage error stops here.
     read_history = history.ReadHistory(opts.history, params.night)
+    run_id = uuid.uuid4().hex[:12]
     # Why: one writer per REFRESH_OUT (docs/integrity.md), held until the summary is written.
-    with job_runner.leased_output(options, opts.output, "refresh", opts.force_unlock):
-        prepare_outputs(opts.output, opts.history, params.night)
-        return JOB.execute(
-            options,
-            lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at, read_history),
-            opts.output,
-            summary=report,
-        )
+    with job_runner.leased_output(
+        options,
+        opts.output,
+        "refresh",
+        opts.force_unlock,
+        clear=lambda out: night_output.sweep_leftovers(out, opts.history, params.night),
+    ):
+        try:
+            return JOB.execute(
+                options,
+                lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at, read_history, run_id),
+                opts.output,
+                summary=report,
+            )
+        except Exception:
+            # Why: REFRESH_OUT and the history night are as the previous run left them; only this
+            # run's files aside remain (Ctrl-C and kill -9 leave them to the next run's sweep).
+            night_output.remove_run_temporaries(opts.output, opts.history, params.night, run_id)
+            raise
 
 
 def report(out):

@@ -7,10 +7,12 @@ by the next job (the table record checks out), the lease released, and a rerun a
 space gives every row. Also a disk full before the run starts: the lease is not left behind.
 
 The disk is filled by FILLER, a process in the same namespace that waits for the second run's
-first finished table file in OUT/images (the run is then ~0.7 s from writing summary.json) and
-keeps appending to a file until killed, taking each page the run frees.
+first finished table file in OUT/images (the run is then ~0.7 s from writing summary.json; for the
+refresh, its first Parquet file anywhere under REFRESH_OUT) and keeps appending to a file until
+killed, taking each page the run frees.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -30,9 +32,11 @@ JPEG = {"Content-Type": "image/jpeg"}
 FILLER = """
 import errno, os, sys, time
 out, filler = sys.argv[1], sys.argv[2]
-images = os.path.join(out, "images")
-before = set(os.listdir(images))
-while not any(n.endswith(".parquet") and n not in before for n in os.listdir(images)):
+watched = os.path.join(out, sys.argv[3] if len(sys.argv) > 3 else "images")
+def parts():
+    return {os.path.join(d, n) for d, _, names in os.walk(watched) for n in names if n.endswith(".parquet")}
+before = parts()
+while not parts() - before:
     time.sleep(0.002)
 fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 while True:
@@ -200,3 +204,68 @@ rm "$DISK/filler"
     assert (tmp_path / "full.ls").read_text().split() == []
     status, stderr = outcome(tmp_path, "freed")
     assert status == 0 and (tmp_path / "freed.out").read_text().strip() == "held", stderr[-3000:]
+
+
+def tree_digest(root):
+    """{relative path: sha256} of every file under `root`."""
+    import hashlib  # noqa: PLC0415
+
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_disk_full_in_a_refresh_rerun_keeps_the_first_night(web, tmp_path):
+    """The same night again into the same REFRESH_OUT and HISTORY, the disk filled while it writes:
+    exit 1 in one line, REFRESH_OUT and the complete history night byte for byte as the first run
+    left them, nothing aside left; the rerun after freeing space replaces both. Before, the rerun
+    cleared REFRESH_OUT and the night first: the verdicts the data team deletes rows on were gone."""
+    from pipelines import ingest  # noqa: PLC0415
+    from tests.conftest import local_options  # noqa: PLC0415
+
+    lines = []
+    for n in range(5):
+        web.routes[f"/p{n}.jpg"] = Reply(200, jpeg(n, size=(160, 120)), JPEG)
+        lines.append(f"photo {n}\t{web.url(f'/p{n}.jpg')}")
+    (tmp_path / "cc3m.tsv").write_text("\n".join(lines) + "\n")
+    snapshot = tmp_path / "snapshot"
+    ingest.run(
+        local_options(manifest=f"cc3m={tmp_path}/cc3m.tsv", output=str(snapshot), **{"allow-network": "127.0.0.1/32"})
+    )
+    refresh = (
+        f'pipelines.refresh --snapshot {snapshot} --output "$DISK/refresh" --history "$DISK/history"'
+        " --night 2030-03-01 --allow-network 127.0.0.1/32"
+    )
+    disk = in_small_disk(
+        tmp_path,
+        "4m",
+        f"""
+$RUN first {refresh}
+cp -a "$DISK/refresh" "$T/first"; cp -a "$DISK/history" "$T/first-history"
+"$PY" "$T/filler.py" "$DISK/refresh" "$DISK/filler" . & FILLING=$!
+$RUN second {refresh}
+kill $FILLING; wait $FILLING
+cp -a "$DISK/refresh" "$T/after"; cp -a "$DISK/history" "$T/after-history"
+rm "$DISK/filler"
+$RUN rerun {refresh}
+cp -a "$DISK/refresh" "$T/rerun"; cp -a "$DISK/history" "$T/rerun-history"
+""",
+    )
+    assert outcome(tmp_path, "first")[0] == 0, outcome(tmp_path, "first")[1][-3000:]
+    first = tree_digest(tmp_path / "first")
+    assert "summary.json" in first and len(ds.dataset(str(tmp_path / "first" / "status")).to_table()) == 5
+    assert_one_line(*outcome(tmp_path, "second"), 1, "no space left on device")
+    assert tree_digest(tmp_path / "after") == first  # no _LEASE, no _tmp-* left either
+    assert tree_digest(tmp_path / "after-history") == tree_digest(tmp_path / "first-history")
+
+    status, stderr = outcome(tmp_path, "rerun")
+    assert status == 0, stderr[-3000:]
+    rerun = tmp_path / "rerun"
+    assert len(ds.dataset(str(rerun / "status")).to_table()) == 5
+    assert not set(tree_digest(rerun)) & (set(first) - {"summary.json"})  # the first night's files retired
+    night = tmp_path / "rerun-history" / "2030-03-01"
+    marker = json.loads((night / "_COMPLETE").read_text())
+    assert sorted(os.listdir(night)) == sorted(["_COMPLETE", *marker["files"]]) and marker["rows"] == 5
+    assert disk.exists()

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -635,7 +636,7 @@ def test_a_damaged_history_night_fails_the_next_refresh_in_one_line(web, tmp_pat
     assert night(1, "refresh1") == 0
     [status_part] = [str(p) for p in (tmp_path / "refresh1" / "status").glob("part-*.parquet")]
     [night_part] = [str(p) for p in (tmp_path / "history" / "2030-01-01").glob("part-*.parquet")]
-    assert os.path.basename(night_part) == "part-00000-of-00001.parquet"
+    assert re.fullmatch(r"part-[0-9a-f]{12}-00000-of-00001\.parquet", os.path.basename(night_part)), night_part
     assert not [p for p in os.listdir(tmp_path / "refresh1" / "status") if not p.endswith(".parquet")]
     for part in (status_part, night_part):
         _flip_last_page_byte(part, "status")  # small files: the middle of a chunk may be a page header

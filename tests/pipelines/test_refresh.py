@@ -22,6 +22,7 @@ from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, encode, jpeg, picture, placeholder_png
 from tests.conftest import local_options
 from transforms import schema
+from transforms.errors import BooksUnbalanced
 from transforms.fetch import address_policy
 from transforms.fetch.client import FetchConfig, Fetcher, FetchResult
 from transforms.image_checks import inspect_image
@@ -511,9 +512,18 @@ def test_history_is_one_directory_per_night_and_only_complete_nights_are_read(tm
             rows | beam.MapTuple(lambda key, row: (key, row["status"], row["night"])),
             equal_to([("cc3m:1", verdicts.UNREACHABLE, nights[1]), ("cc3m:2", verdicts.ALIVE, nights[1])]),
         )
-    liveness_history.clear_night(history, nights[1])
-    assert os.listdir(os.path.join(history, "2030-01-02")) == []
-    assert liveness_history.complete_nights(history) == nights[:1]
+    # a night written again replaces its files: the marker lists only the new ones, the old are gone
+    before = sorted(os.listdir(os.path.join(history, "2030-01-02")))
+    with BeamPipeline(runner="FnApiRunner") as p:
+        _ = (
+            p
+            | beam.Create([history_row("cc3m:1", nights[1], verdicts.DEAD)])
+            | liveness_history.WriteHistory(history, nights[1])
+        )
+    after = sorted(os.listdir(os.path.join(history, "2030-01-02")))
+    marker = json.load(open(os.path.join(history, "2030-01-02", "_COMPLETE")))
+    assert after == ["_COMPLETE", *marker["files"]] and not set(after) & (set(before) - {"_COMPLETE"})
+    assert marker["rows"] == 1 and liveness_history.complete_nights(history) == nights[:2]
 
 
 # ---- end to end: ingest, change the web, three nights ----------------------------------------------------
@@ -952,8 +962,20 @@ def test_snapshot_output_and_history_on_gcs(gcs, web, tmp_path):
     ]
     summary = json.loads(FileSystems.open(f"gs://{GCS_BUCKET}/r2/summary.json").read())
     assert summary["previous_night"] == "2030-02-01" and summary["newly_dead"] == 2
+
+    # the same night again, its books failing: r2 and the night's history objects stay as they were
+    def objects():
+        mine = ("r2/", "history/2030-02-02/")
+        return {b.name: b.md5_hash for b in gcs.client.list_blobs(GCS_BUCKET) if b.name.startswith(mine)}
+
+    kept = objects()
+    with mock.patch("transforms.liveness.summary.check_refresh_books", side_effect=BooksUnbalanced("forced")):
+        with pytest.raises(BooksUnbalanced):
+            night("2030-02-02", "r2")
+    assert objects() == kept
     # the same night again into the same places: replaced, not added to
     assert night("2030-02-02", "r2") == {k: dict(r, checked_at=mock.ANY) for k, r in second.items()}
+    assert not [name for name in objects() if "_tmp-" in name or name in kept and name.endswith(".parquet")]
     night_files = FileSystems.match([f"gs://{GCS_BUCKET}/history/2030-02-02/*.parquet"])[0].metadata_list
     assert sum(pq.read_table(FileSystems.open(m.path)).num_rows for m in night_files) == 3
     assert gcs.get_blob("snap/images/part-0.parquet").md5_hash == snapshot_blob
@@ -975,3 +997,32 @@ def test_a_failed_nights_unfinished_files_are_removed_by_the_next(world):
     world["night"]("stale-temporaries")
     assert not os.path.exists(unfinished)
     assert len(read_status(out)) == len(EXPECTED)
+
+
+def test_a_rerun_whose_books_fail_leaves_the_previous_night_whole(world):
+    """The data team deletes rows on REFRESH_OUT's verdicts: a rerun of the night that fails (here
+    its books) must leave REFRESH_OUT and the complete history night of the first run byte for byte,
+    and no files aside. Before, the rerun cleared both first and left them empty."""
+    history = str(world["tmp"] / "history-rerun")
+    night_dir = os.path.join(history, "2030-05-01")
+    out, _ = world["night"]("rerun-books", "2030-05-01", history)
+    first, first_night = tree_digest(out), tree_digest(night_dir)
+    assert len(read_status(out)) == len(EXPECTED) and "_COMPLETE" in first_night
+
+    unbalanced = BooksUnbalanced("the books do not balance: forced by the test")
+    with mock.patch.object(summary, "check_refresh_books", side_effect=unbalanced):
+        with pytest.raises(BooksUnbalanced, match="forced by the test"):
+            world["night"]("rerun-books", "2030-05-01", history)
+    assert tree_digest(out) == first and tree_digest(night_dir) == first_night
+    assert not glob.glob(os.path.join(out, "**", "_tmp-*"), recursive=True)
+    assert not glob.glob(os.path.join(night_dir, "_tmp-*"))
+
+    # a rerun that balances replaces both: only its own files, the first run's retired
+    world["night"]("rerun-books", "2030-05-01", history)
+    assert len(read_status(out)) == len(EXPECTED)
+    marker = json.load(open(os.path.join(night_dir, "_COMPLETE")))
+    assert sorted(os.listdir(night_dir)) == sorted(["_COMPLETE", *marker["files"]])
+    assert not set(tree_digest(out)) & (set(first) - {"summary.json"})
+    assert json.load(open(os.path.join(out, "summary.json")))["written"] == sorted(
+        os.listdir(os.path.join(out, "status"))
+    )

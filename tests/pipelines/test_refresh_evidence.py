@@ -17,7 +17,7 @@ from transforms import schema
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.image_checks import inspect_image
 from transforms.liveness import history as liveness_history
-from transforms.liveness import plans, verdicts
+from transforms.liveness import night_output, plans, verdicts
 
 NIGHT = datetime.date(2030, 3, 1)
 DEFAULTS = verdicts.RefreshParams(night=NIGHT)
@@ -351,23 +351,28 @@ def test_the_job_stops_in_one_line_before_deleting_anything(tmp_path, capsys):
     assert "Traceback" not in err and (out / "status" / "part-old.parquet").exists()  # nothing deleted
 
 
-def test_output_preparation_errors_fail_the_run(tmp_path):
+def test_sweeping_what_killed_runs_left_fails_the_run_on_storage_errors(tmp_path):
+    """A killed run's files aside (REFRESH_OUT/_tmp-*, HISTORY/<night>/_tmp-*) are removed by the
+    next run, any error failing it; the outputs themselves are never touched there."""
     out = tmp_path / "out"
     (out / "status").mkdir(parents=True)
     (out / "status" / "part-old.parquet").write_bytes(b"last run")
-    with mock.patch.object(FileSystems, "delete", side_effect=OSError("permission denied")):
-        with pytest.raises(EnvironmentFailure, match=r"cannot clear .*status.*permission denied"):
-            refresh_job.prepare_outputs(str(out), None, NIGHT)
-    with mock.patch.object(FileSystems, "delete"):  # a delete that 'succeeds' but leaves the file
-        with pytest.raises(EnvironmentFailure, match=r"part-old.parquet is still there"):
-            refresh_job.prepare_outputs(str(out), None, NIGHT)
+    (out / "_tmp-killed" / "status").mkdir(parents=True)
+    (out / "_tmp-killed" / "status" / "part-killed-00000-of-00001.parquet").write_bytes(b"cut short")
     history = str(tmp_path / "history")
-    write_night(history, NIGHT)
-    with mock.patch.object(FileSystems, "exists", side_effect=OSError("timeout")):
-        with pytest.raises(EnvironmentFailure, match=r"cannot remove .*2030-03-01/_COMPLETE"):
-            liveness_history.clear_night(history, NIGHT)
-    refresh_job.prepare_outputs(str(out), history, NIGHT)  # and when storage works, it clears
-    assert not os.listdir(out / "status") and not os.listdir(os.path.join(history, NIGHT.isoformat()))
+    night = write_night(history, NIGHT)
+    os.makedirs(os.path.join(night, "_tmp-killed"))
+    with open(os.path.join(night, "_tmp-killed", "part-killed-00000-of-00001.parquet"), "wb") as handle:
+        handle.write(b"cut short")
+    with mock.patch.object(FileSystems, "delete", side_effect=OSError("permission denied")):
+        with pytest.raises(EnvironmentFailure, match=r"cannot clear .*_tmp-.*permission denied"):
+            night_output.sweep_leftovers(str(out), history, NIGHT)
+    with mock.patch.object(FileSystems, "delete"):  # a delete that 'succeeds' but leaves the file
+        with pytest.raises(EnvironmentFailure, match=r"part-killed-00000-of-00001.parquet is still there"):
+            night_output.sweep_leftovers(str(out), history, NIGHT)
+    night_output.sweep_leftovers(str(out), history, NIGHT)  # and when storage works, it sweeps
+    assert sorted(os.listdir(out)) == ["status"] and os.listdir(out / "status") == ["part-old.parquet"]
+    assert sorted(os.listdir(night)) == ["_COMPLETE", "part-0.parquet"]
 
 
 def test_a_16_bit_photo_is_judged_alive_not_a_blank_placeholder():

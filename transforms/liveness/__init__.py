@@ -5,6 +5,7 @@
 - `checks`: the Beam stages: ReadSnapshots, CheckUrls, FindPlaceholders, Judge, the table writers.
 - `history`: reading the previous nights and writing tonight's, never losing one silently.
 - `summary`: REFRESH_OUT/summary.json.
+- `night_output`: REFRESH_OUT written aside, put into place once the night's books balance.
 """
 
-__all__ = ["checks", "history", "plans", "summary", "verdicts"]
+__all__ = ["checks", "history", "night_output", "plans", "summary", "verdicts"]

@@ -283,11 +283,12 @@ def _judge_joined(item, detected, params):
 
 
 class WriteStatusTable(beam.PTransform):
-    """Status rows -> <directory>/part-*.parquet; returns the written file names."""
+    """Status rows -> <directory>/<prefix>-NNNNN-of-MMMMM.parquet; returns the written file names."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, prefix="part"):
         super().__init__()
         self._directory = directory
+        self._prefix = prefix
 
     def expand(self, rows):
         return (
@@ -295,7 +296,7 @@ class WriteStatusTable(beam.PTransform):
             | "Columns" >> beam.Map(lambda row: {name: row.get(name) for name in schema.REFRESH_COLUMNS})
             # why not Beam's WriteToParquet: it cannot store page checksums, and the next night's
             # streaks are read back from these files (a flipped byte would read as another status)
-            | "Parquet" >> WriteTableFiles(self._directory, schema.REFRESH_SCHEMA)
+            | "Parquet" >> WriteTableFiles(self._directory, schema.REFRESH_SCHEMA, self._prefix)
         )
 
 
@@ -337,11 +338,12 @@ HOST_SCHEMA = pa.schema(
 
 
 class WriteHostTable(beam.PTransform):
-    """Host records -> <directory>/part-*.parquet (the by-host figures, all hosts)."""
+    """Host records -> <directory>/<prefix>-NNNNN-of-MMMMM.parquet (the by-host figures, all hosts)."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, prefix="part"):
         super().__init__()
         self._directory = directory
+        self._prefix = prefix
 
     def expand(self, records):
-        return records | "Parquet" >> WriteTableFiles(self._directory, HOST_SCHEMA)
+        return records | "Parquet" >> WriteTableFiles(self._directory, HOST_SCHEMA, self._prefix)

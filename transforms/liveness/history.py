@@ -4,6 +4,7 @@ A night reads the latest complete night before it and writes only its own direct
 
 import datetime
 import json
+import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -11,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.checked_parquet import DamagedTable, ReadTableRecords
-from transforms.io.sinks import join_path, write_json
+from transforms.io.sinks import delete_tree, join_path, publish_file, read_json, write_json
 from transforms.liveness.checks import WriteStatusTable
 
 __all__ = [
@@ -21,7 +22,8 @@ __all__ = [
     "complete_nights",
     "night_files",
     "previous_night",
-    "clear_night",
+    "night_aside",
+    "publish_night",
     "delete_matching",
     "ReadHistory",
     "WriteHistory",
@@ -34,6 +36,23 @@ COMPLETE_MARKER = "_COMPLETE"
 
 def night_dir(history, night):
     return join_path(history, night.isoformat())
+
+
+def night_aside(history: str, night: datetime.date, run_id: str) -> str:
+    """HISTORY/<night>/_tmp-<run>: where a run writes its night until the books balance.
+
+    Why inside the night: a rename needs the same filesystem, and the history may be on another
+    than REFRESH_OUT. Readers never see it: the night is read from the files its _COMPLETE marker
+    lists, and pyarrow skips "_" folders. A killed run's folder is removed by the next run of the night.
+
+    Args:
+        history: the --history directory.
+        night: the night being written.
+        run_id: this run's id.
+    Returns:
+        the folder's path.
+    """
+    return join_path(night_dir(history, night), f"_tmp-{run_id}")
 
 
 def complete_nights(history: str) -> list[datetime.date]:
@@ -147,25 +166,6 @@ def night_files(history: str, night: datetime.date) -> list[str]:
     return paths
 
 
-def clear_night(history: str, night: datetime.date) -> None:
-    """Before a night is (re)written: its marker first (readers skip it from then on), then its files.
-
-    Args:
-        history: the --history directory.
-        night: the night about to be written.
-    Raises:
-        EnvironmentFailure: something could not be removed (old shards would sit beside new ones).
-    """
-    directory = night_dir(history, night)
-    marker = join_path(directory, COMPLETE_MARKER)
-    try:
-        if FileSystems.exists(marker):
-            FileSystems.delete([marker])
-    except Exception as exc:
-        raise EnvironmentFailure(f"cannot remove {marker} before re-writing the night: {_short(exc)}") from None
-    delete_matching(join_path(directory, "*"))
-
-
 def delete_matching(pattern: str) -> None:
     """Deletes the files matching `pattern` and checks they are gone.
 
@@ -218,31 +218,84 @@ class ReadHistory(beam.PTransform):
         )
 
 
-class WriteHistory(beam.PTransform):
-    """Status rows -> HISTORY/<night>/part-*.parquet, then HISTORY/<night>/_COMPLETE once the files
-    are final. Append-only across nights: only this night's directory is written (cleared first by
-    clear_night at construction, so a re-run replaces the night instead of adding to it)."""
+ASIDE_MARKER = "marker.json"  # not _COMPLETE: a gs:// match of HISTORY/*/_COMPLETE crosses "/"
 
-    def __init__(self, history, night):
+
+def publish_night(history: str, night: datetime.date, run_id: str, files: list[str]) -> list[str]:
+    """Puts a night written aside (night_aside) into place; the night stays complete throughout.
+
+    The new files go beside the current ones (run-distinct names: the current marker still lists
+    only its own), then the new marker replaces the old one in one rename (the switch), and only
+    then are the files no marker lists removed. A run that stops before the switch leaves the old
+    night as it was (plus unlisted files, which readers never read); a retried step finds the files
+    and the marker moved already.
+
+    Args:
+        history: the --history directory.
+        night: the night.
+        run_id: the run that wrote the night aside.
+        files: the night's Parquet files in its aside folder.
+    Returns:
+        the night's files in their place.
+    Raises:
+        EnvironmentFailure: the marker in place does not list this run's files (another run moved
+            its own there): nothing is removed.
+    """
+    directory, aside = night_dir(history, night), night_aside(history, night, run_id)
+    names = sorted(f.rstrip("/").split("/")[-1] for f in files)
+    for name in names:
+        publish_file(join_path(aside, name), join_path(directory, name))
+    marker = join_path(directory, COMPLETE_MARKER)
+    publish_file(join_path(aside, ASIDE_MARKER), marker)
+    if read_json(marker).get("files") != names:
+        raise EnvironmentFailure(f"{marker} does not list the files this run wrote: another run wrote the night")
+    keep = set(names) | {COMPLETE_MARKER}
+    stale = [m.path for m in FileSystems.match([join_path(directory, "*")])[0].metadata_list]
+    stale = [path for path in stale if path.rstrip("/").split("/")[-1] not in keep]
+    if stale:
+        FileSystems.delete(stale)
+    delete_tree(aside)
+    return [join_path(directory, name) for name in names]
+
+
+class WriteHistory(beam.PTransform):
+    """Status rows -> HISTORY/<night>/part-<run>-*.parquet and its _COMPLETE marker, listing them.
+
+    Written aside first (night_aside, with the marker), put into place by publish_night once every
+    element of `after` (e.g. the refresh's books, checked) exists: a run that fails before leaves a
+    complete night of an earlier run as it was. Append-only across nights: only this night's
+    directory is written. Returns the night's files once in place.
+    """
+
+    def __init__(self, history, night, run_id=None, after=None):
         super().__init__()
         self._history = history
         self._night = night
+        self._run_id = run_id or uuid.uuid4().hex[:12]
+        self._after = after
 
     def expand(self, rows):
-        directory = night_dir(self._history, self._night)
-        written = rows | "NightFiles" >> WriteStatusTable(directory)
+        history, night, run_id = self._history, self._night, self._run_id
+        aside = night_aside(history, night, run_id)
+        written = rows | "NightFiles" >> WriteStatusTable(aside, f"part-{run_id}")
         count = rows | "CountRows" >> beam.combiners.Count.Globally()
-        marker = join_path(directory, COMPLETE_MARKER)
-        night = self._night.isoformat()
-        return (
+        marker = join_path(aside, ASIDE_MARKER)
+        marked = (
             rows.pipeline
             | "Once" >> beam.Create([None])
             | "Marker"
             >> beam.Map(
                 lambda _, files, n: write_json(
-                    marker, {"night": night, "rows": n, "files": sorted(f.split("/")[-1] for f in files)}
+                    marker,
+                    {"night": night.isoformat(), "rows": n, "files": sorted(f.split("/")[-1] for f in files)},
                 ),
                 files=beam.pvalue.AsList(written),
                 n=beam.pvalue.AsSingleton(count),
             )
+        )
+        gate = {} if self._after is None else {"after": beam.pvalue.AsList(self._after)}
+        return marked | "Publish" >> beam.FlatMap(
+            lambda _, files, after=(): publish_night(history, night, run_id, files),
+            files=beam.pvalue.AsList(written),
+            **gate,
         )

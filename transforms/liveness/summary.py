@@ -212,9 +212,10 @@ def check_refresh_books(books):
 
 
 class SummarizeRefresh(beam.PTransform):
-    """Status rows (+ checked URLs, host records, detected placeholders) -> REFRESH_OUT/summary.json,
-    written once the status files are final. With "rows_in" and "merged" (ReadSnapshots' books)
-    the books go in the summary and are checked once it is written (BooksUnbalanced, exit 1)."""
+    """Status rows (+ checked URLs, host records, detected placeholders) -> `out_dir`/summary.json
+    (the run's folder aside: night_output.PublishOutput puts it into place), written once the status
+    files are final. With "rows_in" and "merged" (ReadSnapshots' books) the books go in the summary
+    and are checked once it is written (BooksUnbalanced, exit 1): its path comes out only if they balance."""
 
     def __init__(self, out_dir, night, previous, started_at, top_hosts=100, options=None):
         super().__init__()
