@@ -67,7 +67,10 @@ def join_path(base: str, *parts: str) -> str:
 def delete_tree(directory: str) -> None:
     """Deletes `directory` and what is under it, local or gs:// (on GCS a "directory" is only a
     name prefix: what is under it is deleted, then, locally, the folder itself)."""
-    files = [m.path for r in FileSystems.match([join_path(directory, "*")]) for m in r.metadata_list]
+    # Why "**" on object stores: there "*" stops at "/", and deeper objects (a run's blob
+    # temporaries, history files) were left behind for good; locally each folder goes whole.
+    pattern = "**" if "://" in directory else "*"
+    files = [m.path for r in FileSystems.match([join_path(directory, pattern)]) for m in r.metadata_list]
     if files:
         FileSystems.delete(files)
     if FileSystems.exists(directory):

@@ -3,7 +3,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.io.sinks import CountBlobs, publish_file
+from transforms.io.sinks import CountBlobs, delete_tree, publish_file
 
 
 def test_count_blobs_counts_each_distinct_blob_once_across_shards_and_batches():
@@ -32,3 +32,24 @@ def test_publish_file_renames_once_and_a_retry_finds_it_in_place(tmp_path):
     final.unlink()
     with pytest.raises(OSError, match="vanished before it reached"):
         publish_file(str(aside), str(final))
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_delete_tree_deletes_every_level_under_the_folder_and_nothing_beside_it(tmp_path, where, request):
+    # Before, on gs:// only the folder's direct objects went ("*" stops at "/" there): a failed
+    # run's nested temporaries (blobs/, history night files) stayed for good.
+    names = ["d/a.txt", "d/sub/b.txt", "d/sub/deeper/c.txt", "keep/x", "d-sibling/y"]
+    if where == "gs":
+        emulator = request.getfixturevalue("gcs_emulator")
+        bucket = emulator.bucket("delete-tree")
+        for name in names:
+            bucket.blob(name).upload_from_string(b"1")
+        delete_tree("gs://delete-tree/d")
+        left = sorted(blob.name for blob in emulator.client().list_blobs("delete-tree"))
+    else:
+        for name in names:
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_bytes(b"1")
+        delete_tree(str(tmp_path / "d"))
+        left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["d-sibling/y", "keep/x"]
