@@ -68,7 +68,7 @@ class AsUtf8(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while not self._pending and not self._ended:
-            chunk = self._source.read(SNIFF)
+            chunk = self._source.read1(SNIFF)  # one raw read: a .gz cut keeps what came before
             self._ended = not chunk
             self._pending = self._decoder.decode(chunk, final=self._ended).encode("utf-8")
         n = min(len(buffer), len(self._pending))
@@ -154,7 +154,9 @@ def split_lines(binary: Any, record: Callable[[bytes], bool] | None = None) -> I
 def _lf_blocks(binary, record):
     """Iterables of lines split on LF, and on the CRs inside a line that part records (split_lines)."""
     parts = []  # a line longer than a read, in pieces (joined once: no quadratic copying)
-    while chunk := binary.read(SNIFF):
+    # Why read1, one raw read at a time: read(n) loops raw reads and drops what it gathered when
+    # one raises (a .gz cut short): --accept-truncated then kept none of the records before the cut.
+    while chunk := binary.read1(SNIFF):
         cut = chunk.rfind(b"\n") + 1
         if not cut:
             parts.append(chunk)
@@ -180,7 +182,7 @@ def _parted(line, record):
 def _cr_lines(binary):
     """Lines of a binary stream split on CR, LF and CRLF (bytes.splitlines), line ends kept."""
     rest = b""
-    while chunk := binary.read(SNIFF):
+    while chunk := binary.read1(SNIFF):  # one raw read at a time, as in _lf_blocks
         lines = (rest + chunk).splitlines(keepends=True)
         # the last piece may go on in the next chunk, or be a CR whose LF comes next
         rest = lines.pop() if not lines[-1].endswith(b"\n") else b""
