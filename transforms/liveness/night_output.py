@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import EnvironmentFailure
-from transforms.io.sinks import join_path, publish_file, read_json
+from transforms.io.sinks import delete_tree, join_path, publish_file, read_json
 from transforms.liveness import history
 
 __all__ = [
@@ -169,9 +169,7 @@ def remove_run_temporaries(out: str, history_dir: str | None, night: datetime.da
         folders.append(history.night_aside(history_dir, night, run_id))
     for folder in folders:
         with contextlib.suppress(Exception):
-            history.delete_matching(join_path(folder, "**"))  # "*" stops at "/" on gs://
-        if "://" not in folder:
-            shutil.rmtree(folder, ignore_errors=True)
+            delete_tree(folder)
     if history_dir and "://" not in history_dir:
         with contextlib.suppress(OSError):  # a night this run created, empty again
             os.rmdir(history.night_dir(history_dir, night))
