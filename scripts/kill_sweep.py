@@ -2,8 +2,11 @@
 checked after each kill (docs/integrity.md: never a lost or doubled row, a killed run never
 destroys the previous good output, the next run completes).
 
-    PYTHONPATH=$PWD .venv/bin/python scripts/kill_sweep.py [--points N] [--only ingest1,ingest2,dedup,export]
-        [--work DIR] [--images N] [--delay S]
+    PYTHONPATH=$PWD .venv/bin/python scripts/kill_sweep.py [--points N]
+        [--only ingest1,ingest2,dedup,export,refresh] [--work DIR] [--images N] [--delay S]
+
+The refresh's part (a rerun of a night, and the next night, over REFRESH_OUT and --history) is in
+kill_sweep_refresh.py.
 
 Prints one line per kill point and a table at the end; exit 1 if any point broke the invariant.
 Not a test: minutes long. Serves generated JPEGs on 127.0.0.1 only.
@@ -57,8 +60,13 @@ def write_manifest(path: str, urls: list[str]) -> str:
     return path
 
 
-def start(job: str, args: list[str]) -> subprocess.Popen:
+def start(job: str, args: list[str], pause: float = 0) -> subprocess.Popen:
+    """`pause`: seconds after each publish step (kill_sweep_pause/sitecustomize.py), 0 for none."""
     env = dict(os.environ, PYTHONPATH=REPO)
+    if pause:
+        env.update(
+            PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'scripts', 'kill_sweep_pause')}", KILL_SWEEP_PAUSE=str(pause)
+        )
     env.pop("BEAM_IMAGES_DEBUG", None)
     return subprocess.Popen(
         [sys.executable, "-m", f"pipelines.{job}", *args],
@@ -97,10 +105,10 @@ def kill_after(job: str, args: list[str], delay: float) -> bool:
         raise AssertionError(f"processes of the killed group still alive after 10 s: {left}") from None
 
 
-def kill_when(job: str, args: list[str], ready) -> bool:
+def kill_when(job: str, args: list[str], ready, pause: float = 0) -> bool:
     """Starts the job, SIGKILLs its process group as soon as `ready()` (polled every 2 ms) is true;
-    False if the job ended first."""
-    process = start(job, args)
+    False if the job ended first. `pause`: see start()."""
+    process = start(job, args, pause)
     deadline = time.monotonic() + 300
     while process.poll() is None and not ready():
         assert time.monotonic() < deadline
@@ -336,8 +344,8 @@ class Context:
     pass
 
 
-def prepare(ctx, count):
-    """References: uninterrupted runs, timed."""
+def prepare_ingest(ctx, count):
+    """The ingest references (A, and B: A plus new rows and the 404s), timed."""
     ctx.manifest_a = write_manifest(os.path.join(ctx.work, "a", "cc3m.tsv"), ctx.urls[: count - count // 10])
     ctx.manifest_b = write_manifest(os.path.join(ctx.work, "b", "cc3m.tsv"), ctx.urls)
     ctx.out_a, ctx.out_b = os.path.join(ctx.work, "ref-a"), os.path.join(ctx.work, "ref-b")
@@ -348,10 +356,14 @@ def prepare(ctx, count):
     started = time.monotonic()
     assert run("ingest", ["--manifest", f"cc3m={ctx.manifest_b}", "--output", ctx.out_b, *NET])[0] == 0
     ctx.t_ingest_b = time.monotonic() - started
+    ctx.ref_a, ctx.ref_b = fingerprint(table_rows(ctx.out_a)), fingerprint(table_rows(ctx.out_b))
+
+
+def prepare(ctx):
+    """The other references: uninterrupted runs, timed."""
     # B over a copy of A: the second-run reference (a table replaced)
     shutil.copytree(ctx.out_a, ctx.out_c, symlinks=True)
     assert run("ingest", ["--manifest", f"cc3m={ctx.manifest_b}", "--output", ctx.out_c, *NET])[0] == 0
-    ctx.ref_a, ctx.ref_b = fingerprint(table_rows(ctx.out_a)), fingerprint(table_rows(ctx.out_b))
     assert fingerprint(table_rows(ctx.out_c)) == ctx.ref_b, "a second run's table differs from a first run's"
     ctx.out3_first = os.path.join(ctx.work, "ref-d1")
     assert run("dedup", ["--input", ctx.out_a, "--output", ctx.out3_first])[0] == 0
@@ -385,7 +397,7 @@ def prepare(ctx, count):
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--points", type=int, default=12)
-    parser.add_argument("--only", default="ingest1,ingest2,dedup,export")
+    parser.add_argument("--only", default="ingest1,ingest2,dedup,export,refresh")
     parser.add_argument("--work", default=None)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--delay", type=float, default=0.02, help="seconds the server waits before each image")
@@ -396,9 +408,13 @@ def main() -> int:
     results = []
     with SampleWebServer() as server:
         ctx.urls = serve(server, options.images, options.delay)
-        prepare(ctx, options.images)
+        prepare_ingest(ctx, options.images)
+        if set(options.only.split(",")) - {"refresh"}:
+            prepare(ctx)
         sweeps = {"ingest1": sweep_ingest_first, "ingest2": sweep_ingest_second, "dedup": sweep_dedup}
-        sweeps["export"] = sweep_export
+        from kill_sweep_refresh import sweep_refresh  # noqa: PLC0415 (it imports this module's helpers)
+
+        sweeps.update(export=sweep_export, refresh=sweep_refresh)
         for name in options.only.split(","):
             results += sweeps[name](ctx, options.points)
     print("\njob | kill at s | killed | state after kill | reader | rerun | --resume")
