@@ -263,11 +263,14 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
         opts.summary_hosts,
         _options_snapshot(opts, params),
     )
+    night = {}
     if opts.history:
-        _ = rows | "WriteHistory" >> history.WriteHistory(opts.history, params.night, target.run_id, after=books)
-    published = {"status": written, "hosts": host_files, "summary": books} | "Publish" >> night_output.PublishOutput(
-        target
-    )
+        # why first: REFRESH_OUT, what the data team acts on, never gets ahead of the history
+        night["night"] = rows | "WriteHistory" >> history.WriteHistory(
+            opts.history, params.night, target.run_id, after=books
+        )
+    parts = {"status": written, "hosts": host_files, "summary": books, **night}
+    published = parts | "Publish" >> night_output.PublishOutput(target)
     _ = published | "DropTemporary" >> RemoveDirectory(target.aside())
     return rows
 

@@ -1026,3 +1026,17 @@ def test_a_rerun_whose_books_fail_leaves_the_previous_night_whole(world):
     assert json.load(open(os.path.join(out, "summary.json")))["written"] == sorted(
         os.listdir(os.path.join(out, "status"))
     )
+
+
+def test_a_night_whose_history_cannot_be_published_leaves_refresh_out_on_the_previous_night(world):
+    """REFRESH_OUT is put in place after the history night, never before: a run stopped between the
+    two left REFRESH_OUT on a night the history lacked (the next night's streaks skipped it; the kill
+    sweep's finding). Here the history night's marker cannot be moved into place (its name is taken
+    by a folder): the run fails and REFRESH_OUT stays on the first night, byte for byte."""
+    history = str(world["tmp"] / "history-order")
+    out, _ = world["night"]("out-order", "2030-06-01", history)
+    first = tree_digest(out)
+    os.makedirs(os.path.join(history, "2030-06-02", "_COMPLETE", "in-the-way"))
+    with pytest.raises(OSError, match="_COMPLETE"):  # storage failed: the job's exit 1
+        world["night"]("out-order", "2030-06-02", history)
+    assert tree_digest(out) == first

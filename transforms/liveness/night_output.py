@@ -7,7 +7,8 @@ Public surface:
 
 - `RefreshOutput(out, run_id)`: where a run writes aside (`aside(...)`) and its file prefix.
 - `PublishOutput(target)`: {"status", "hosts", "summary"} (file paths; the summary's once the books
-  balanced) -> REFRESH_OUT/summary.json, once the files are in place and the old ones retired.
+  balanced), and "night" (the history night, once published, if any) -> REFRESH_OUT/summary.json,
+  once the files are in place and the old ones retired.
 - `sweep_leftovers(out, history, night)`: what killed runs left aside, removed (under the lease).
 - `remove_run_temporaries(out, history, night, run_id)`: a failed run's own, removed (best effort).
 """
@@ -124,10 +125,15 @@ class PublishOutput(beam.PTransform):
 
     def expand(self, inputs):
         target = self._target
+        # Why after the history night (when there is one): a run cut between the two publishes
+        # then leaves REFRESH_OUT on the previous night, never ahead of the history the next
+        # night's streaks are counted from.
+        gate = {"night": beam.pvalue.AsList(inputs["night"])} if "night" in inputs else {}
         return inputs["summary"] | "Publish" >> beam.Map(
-            lambda summary, status, hosts: publish_output(target, status, hosts, summary),
+            lambda summary, status, hosts, night=(): publish_output(target, status, hosts, summary),
             status=beam.pvalue.AsList(inputs["status"]),
             hosts=beam.pvalue.AsList(inputs["hosts"]),
+            **gate,
         )
 
 
