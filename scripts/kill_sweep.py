@@ -236,39 +236,33 @@ def kill(job: str, args: list[str], out: str, point) -> bool:
     return kill_after(job, args, point)
 
 
-def sweep_ingest_first(ctx, points):
+def sweep_ingest(ctx, points, second=False):
+    """A first ingest into an empty OUT, or (second) a run of manifest B over A's good table."""
     results = []
-    args = lambda out: ["--manifest", f"cc3m={ctx.manifest_a}", "--output", out, *NET]  # noqa: E731
-    for i, delay in enumerate(kill_points(ctx.t_ingest * 1.05, points)):
-        out = os.path.join(ctx.work, f"i1-{i}")
+    manifest, seconds, reference = (
+        (ctx.manifest_b, ctx.t_ingest_b, ctx.ref_b)
+        if second
+        else (
+            ctx.manifest_a,
+            ctx.t_ingest,
+            ctx.ref_a,
+        )
+    )
+    args = lambda out: ["--manifest", f"cc3m={manifest}", "--output", out, *NET]  # noqa: E731
+    for i, delay in enumerate(kill_points(seconds * 1.05, points)):
+        out = os.path.join(ctx.work, f"i{2 if second else 1}-{i}")
+        if second:
+            shutil.copytree(ctx.out_a, out, symlinks=True)
         killed = kill("ingest", args(out), out, delay)
-        state = table_state(out, ctx.ref_a)
-        reader = reader_export(out, ctx.work) if state != "none" else "-"
+        state = table_state(out, ctx.ref_a, ctx.ref_b) if second else table_state(out, ctx.ref_a)
+        reader = reader_export(out, ctx.work) if second or state != "none" else "-"
         resume = "-"
-        if list_table_files(out):
+        if second or list_table_files(out):
             copy = out + "-resume"
             shutil.copytree(out, copy, symlinks=True)
-            resume = check_final(copy, *run("ingest", args(copy) + ["--resume"]), ctx.ref_a)
-        rerun = check_final(out, *run("ingest", args(out)), ctx.ref_a)
-        results.append(("ingest first", delay, killed, state, reader, rerun, resume))
-        print(results[-1], flush=True)
-    return results
-
-
-def sweep_ingest_second(ctx, points):
-    results = []
-    args = lambda out: ["--manifest", f"cc3m={ctx.manifest_b}", "--output", out, *NET]  # noqa: E731
-    for i, delay in enumerate(kill_points(ctx.t_ingest_b * 1.05, points)):
-        out = os.path.join(ctx.work, f"i2-{i}")
-        shutil.copytree(ctx.out_a, out, symlinks=True)
-        killed = kill("ingest", args(out), out, delay)
-        state = table_state(out, ctx.ref_a, ctx.ref_b)
-        reader = reader_export(out, ctx.work)
-        copy = out + "-resume"
-        shutil.copytree(out, copy, symlinks=True)
-        resume = check_final(copy, *run("ingest", args(copy) + ["--resume"]), ctx.ref_b)
-        rerun = check_final(out, *run("ingest", args(out)), ctx.ref_b)
-        results.append(("ingest second", delay, killed, state, reader, rerun, resume))
+            resume = check_final(copy, *run("ingest", args(copy) + ["--resume"]), reference)
+        rerun = check_final(out, *run("ingest", args(out)), reference)
+        results.append((f"ingest {'second' if second else 'first'}", delay, killed, state, reader, rerun, resume))
         print(results[-1], flush=True)
     return results
 
@@ -411,7 +405,11 @@ def main() -> int:
         prepare_ingest(ctx, options.images)
         if set(options.only.split(",")) - {"refresh"}:
             prepare(ctx)
-        sweeps = {"ingest1": sweep_ingest_first, "ingest2": sweep_ingest_second, "dedup": sweep_dedup}
+        sweeps = {
+            "ingest1": sweep_ingest,
+            "ingest2": lambda ctx, points: sweep_ingest(ctx, points, second=True),
+            "dedup": sweep_dedup,
+        }
         from kill_sweep_refresh import sweep_refresh  # noqa: PLC0415 (it imports this module's helpers)
 
         sweeps.update(export=sweep_export, refresh=sweep_refresh)
