@@ -24,6 +24,8 @@ __all__ = [
     "previous_night",
     "night_aside",
     "publish_night",
+    "file_name",
+    "retire_unlisted",
     "delete_matching",
     "ReadHistory",
     "WriteHistory",
@@ -218,6 +220,30 @@ class ReadHistory(beam.PTransform):
         )
 
 
+def file_name(path: str) -> str:
+    """The last part of a local or gs:// path."""
+    return path.rstrip("/").split("/")[-1]
+
+
+def retire_unlisted(directory: str, keep: set[str]) -> None:
+    """Deletes what `directory` holds besides `keep` (names): an earlier run's files, once this
+    run's are in place and named by its summary or marker (night_output.publish_output, publish_night).
+
+    Raises:
+        EnvironmentFailure: the listing or a delete failed (this run's files stay in place).
+    """
+    try:
+        stale = [m.path for m in FileSystems.match([join_path(directory, "*")])[0].metadata_list]
+        stale = [path for path in stale if file_name(path) not in keep]
+        if stale:
+            FileSystems.delete(stale)
+    except Exception as exc:
+        raise EnvironmentFailure(
+            f"cannot remove an earlier run's files from {directory} ({_short(exc)}); this run's are in"
+            " place and named by its summary or marker: rerun to remove them"
+        ) from None
+
+
 ASIDE_MARKER = "marker.json"  # not _COMPLETE: a gs:// match of HISTORY/*/_COMPLETE crosses "/"
 
 
@@ -242,18 +268,14 @@ def publish_night(history: str, night: datetime.date, run_id: str, files: list[s
             its own there): nothing is removed.
     """
     directory, aside = night_dir(history, night), night_aside(history, night, run_id)
-    names = sorted(f.rstrip("/").split("/")[-1] for f in files)
+    names = sorted(file_name(f) for f in files)
     for name in names:
         publish_file(join_path(aside, name), join_path(directory, name))
     marker = join_path(directory, COMPLETE_MARKER)
     publish_file(join_path(aside, ASIDE_MARKER), marker)
     if read_json(marker).get("files") != names:
         raise EnvironmentFailure(f"{marker} does not list the files this run wrote: another run wrote the night")
-    keep = set(names) | {COMPLETE_MARKER}
-    stale = [m.path for m in FileSystems.match([join_path(directory, "*")])[0].metadata_list]
-    stale = [path for path in stale if path.rstrip("/").split("/")[-1] not in keep]
-    if stale:
-        FileSystems.delete(stale)
+    retire_unlisted(directory, set(names) | {COMPLETE_MARKER})
     delete_tree(aside)
     return [join_path(directory, name) for name in names]
 

@@ -21,7 +21,6 @@ import os
 import shutil
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import EnvironmentFailure
 from transforms.io.sinks import delete_tree, join_path, publish_file, read_json
@@ -61,24 +60,6 @@ class RefreshOutput:
         return f"part-{self.run_id}"
 
 
-def _name(path: str) -> str:
-    return path.rstrip("/").split("/")[-1]
-
-
-def _retire(directory: str, keep: set[str]) -> None:
-    """Deletes what `directory` holds besides `keep` (names): the previous night's files."""
-    try:
-        stale = [m.path for m in FileSystems.match([join_path(directory, "*")])[0].metadata_list]
-        stale = [path for path in stale if _name(path) not in keep]
-        if stale:
-            FileSystems.delete(stale)
-    except Exception as exc:
-        raise EnvironmentFailure(
-            f"cannot remove the previous night's files from {directory} ({exc}); this night's are in"
-            " place (summary.json names them): rerun to remove them"
-        ) from None
-
-
 def publish_output(target: RefreshOutput, status: list[str], hosts: list[str], summary: str) -> str:
     """Moves a night written aside into REFRESH_OUT, then retires the previous night's files.
 
@@ -99,7 +80,7 @@ def publish_output(target: RefreshOutput, status: list[str], hosts: list[str], s
     """
     names = {}
     for part, files in (("status", status), ("hosts", hosts)):
-        names[part] = sorted(_name(f) for f in files)
+        names[part] = sorted(history.file_name(f) for f in files)
         if "://" not in target.out:  # a local rename needs the folder; object stores have none
             os.makedirs(join_path(target.out, part), exist_ok=True)
         for name in names[part]:
@@ -110,7 +91,7 @@ def publish_output(target: RefreshOutput, status: list[str], hosts: list[str], s
     if read_json(final).get("written") != names["status"]:
         raise EnvironmentFailure(f"{final} does not name the status files this run wrote: another run wrote there")
     for part in OUTPUT_PARTS:
-        _retire(join_path(target.out, part), set(names[part]))
+        history.retire_unlisted(join_path(target.out, part), set(names[part]))
     return final
 
 
