@@ -31,6 +31,7 @@ from transforms.clustering.spill import split_by
 
 __all__ = [
     "join_path",
+    "file_name",
     "delete_tree",
     "blob_uri",
     "StoreBlobDoFn",
@@ -62,6 +63,11 @@ _EXTENSIONS = {
 def join_path(base: str, *parts: str) -> str:
     """`base`/`parts` for local paths and gs:// alike (a trailing slash on `base` is harmless)."""
     return FileSystems.join(base.rstrip("/"), *parts)
+
+
+def file_name(path: str) -> str:
+    """The last part of a local or gs:// path."""
+    return path.rstrip("/").split("/")[-1]
 
 
 def delete_tree(directory: str) -> None:

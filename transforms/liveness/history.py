@@ -12,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.checked_parquet import DamagedTable, ReadTableRecords
-from transforms.io.sinks import delete_tree, join_path, publish_file, read_json, write_json
+from transforms.io.sinks import delete_tree, file_name, join_path, publish_file, read_json, write_json
 from transforms.liveness.checks import WriteStatusTable
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "previous_night",
     "night_aside",
     "publish_night",
-    "file_name",
     "retire_unlisted",
     "delete_matching",
     "ReadHistory",
@@ -138,8 +137,7 @@ def night_files(history: str, night: datetime.date) -> list[str]:
         ) from None
     try:
         present = {
-            m.path.rstrip("/").split("/")[-1]: m.path
-            for m in FileSystems.match([join_path(directory, "*.parquet")])[0].metadata_list
+            file_name(m.path): m.path for m in FileSystems.match([join_path(directory, "*.parquet")])[0].metadata_list
         }
     except Exception as exc:
         raise EnvironmentFailure(f"cannot list the history night {directory}: {_short(exc)}") from None
@@ -218,11 +216,6 @@ class ReadHistory(beam.PTransform):
             | "ReadNight" >> ReadTableRecords(self._files, HISTORY_COLUMNS)
             | "ByKey" >> beam.Map(lambda row: (row["key"], row))
         )
-
-
-def file_name(path: str) -> str:
-    """The last part of a local or gs:// path."""
-    return path.rstrip("/").split("/")[-1]
 
 
 def retire_unlisted(directory: str, keep: set[str]) -> None:
@@ -309,7 +302,7 @@ class WriteHistory(beam.PTransform):
             >> beam.Map(
                 lambda _, files, n: write_json(
                     marker,
-                    {"night": night.isoformat(), "rows": n, "files": sorted(f.split("/")[-1] for f in files)},
+                    {"night": night.isoformat(), "rows": n, "files": sorted(file_name(f) for f in files)},
                 ),
                 files=beam.pvalue.AsList(written),
                 n=beam.pvalue.AsSingleton(count),

@@ -23,7 +23,7 @@ import shutil
 import apache_beam as beam
 
 from transforms.errors import EnvironmentFailure
-from transforms.io.sinks import delete_tree, join_path, publish_file, read_json
+from transforms.io.sinks import delete_tree, file_name, join_path, publish_file, read_json
 from transforms.liveness import history
 
 __all__ = [
@@ -80,7 +80,7 @@ def publish_output(target: RefreshOutput, status: list[str], hosts: list[str], s
     """
     names = {}
     for part, files in (("status", status), ("hosts", hosts)):
-        names[part] = sorted(history.file_name(f) for f in files)
+        names[part] = sorted(file_name(f) for f in files)
         if "://" not in target.out:  # a local rename needs the folder; object stores have none
             os.makedirs(join_path(target.out, part), exist_ok=True)
         for name in names[part]:

@@ -9,7 +9,7 @@ import time
 import apache_beam as beam
 
 from transforms.errors import BooksUnbalanced
-from transforms.io.sinks import join_path, write_json
+from transforms.io.sinks import file_name, join_path, write_json
 from transforms.liveness.verdicts import ALIVE, BASELINE_STATUSES, CHANGED, DEAD, VERDICTS
 
 __all__ = [
@@ -244,7 +244,7 @@ class SummarizeRefresh(beam.PTransform):
             summary = build_refresh_summary(
                 totals, top, host_count, urls, placeholders, frequent, night, previous, started_at, time.time(), options
             )
-            summary["written"] = sorted(f.split("/")[-1] for f in written)
+            summary["written"] = sorted(file_name(f) for f in written)
             if counts:
                 summary["books"] = refresh_books(counts["rows_in"], counts["merged"], written)
             write_json(path, summary)
