@@ -11,8 +11,9 @@ least squares for CPU (user+sys of each whole process tree) and wall time.
     .venv/bin/python bench/fixed_and_marginal.py --fit bench/work-fit/run-*.json   # refit only
 
 Each size gets its own work directory (bench/work-<count>/, the corpus built once), and every
-run_bench result is kept as bench/work-fit/run-<count>-<rep>.json. Run it under the bench lock
-on a quiet machine (run_bench reports other CPU %); needs the img2dataset venv of `make bench`.
+run_bench result is kept as bench/work-fit/run-<count>-<rep>.json (--results DIR keeps another
+set). Run it under the bench lock on a quiet machine (run_bench reports other CPU %); needs the
+img2dataset venv of `make bench`.
 """
 
 from __future__ import annotations
@@ -80,9 +81,8 @@ def fit(paths):
     return {"fitted": fitted, "ratios": ratios, "points": points}
 
 
-def measure(counts, repeat, extra):
+def measure(counts, repeat, extra, out_dir):
     """Runs run_bench.py at each count, `repeat` times, sizes alternated; returns the JSON paths."""
-    out_dir = os.path.join(HERE, "work-fit")
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for rep in range(1, repeat + 1):
@@ -113,8 +113,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--fit", nargs="+", metavar="JSON", help="fit these run_bench results; run nothing")
     ap.add_argument("--json", help="write the fit here too")
+    ap.add_argument("--results", default=os.path.join(HERE, "work-fit"), help="where run_bench results are kept")
     args, extra = ap.parse_known_args(argv)  # anything else goes to run_bench.py
-    paths = args.fit or measure([int(c) for c in args.counts.split(",")], args.repeat, extra)
+    paths = args.fit or measure([int(c) for c in args.counts.split(",")], args.repeat, extra, args.results)
     result = fit(sorted(p for pattern in paths for p in glob.glob(pattern)))
     if args.json:
         with open(args.json, "w") as handle:
