@@ -1,9 +1,10 @@
 import apache_beam as beam
 import pytest
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.io.sinks import CountBlobs, delete_tree, publish_file
+from transforms.io.sinks import CountBlobs, delete_tree, join_path, publish_file
 
 
 def test_count_blobs_counts_each_distinct_blob_once_across_shards_and_batches():
@@ -14,6 +15,23 @@ def test_count_blobs_counts_each_distinct_blob_once_across_shards_and_batches():
     with TestPipeline() as p:
         count = p | beam.Create(rows, reshuffle=True) | CountBlobs()
         assert_that(count, equal_to([3000]))
+
+
+@pytest.mark.parametrize(
+    ("base", "parts", "joined"),
+    [
+        ("/out", ("blobs", "ab", "cd.jpg"), "/out/blobs/ab/cd.jpg"),
+        ("/out/", ("summary.json",), "/out/summary.json"),
+        ("out", ("images",), "out/images"),
+        ("/", ("x",), "/x"),
+        ("gs://bucket/out/", ("blobs", "ab"), "gs://bucket/out/blobs/ab"),
+    ],
+)
+def test_join_path_joins_local_and_gs_paths_alike(base, parts, joined):
+    # Local paths take os.path.join (Beam's scheme lookup cost ~0.1 ms a blob); gs:// stays Beam's.
+    assert join_path(base, *parts) == joined
+    if "://" in base:
+        assert joined == FileSystems.join(base.rstrip("/"), *parts)
 
 
 def test_count_blobs_of_nothing_is_zero():
