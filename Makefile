@@ -12,7 +12,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import apache_beam, PIL, imagehash, pyarrow, aiohttp, ijson, matplotlib, pytest, ruff, mypy"
+	$(PY) -c "import apache_beam, PIL, imagehash, pyarrow, aiohttp, ijson, matplotlib, pytest, xdist, ruff, mypy"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,8 +32,10 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check $(LINT_PATHS) tests bench
 	$(PY) -m mypy $(LINT_PATHS)
 
+# One pytest worker per core (pytest-xdist): the suite is ~150 real pipeline runs of a few seconds,
+# each busy on about one core. A test file stays on one worker, so its module fixtures run once.
 test: $(STAMP) chromium lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) demo-out deploy/build

@@ -28,6 +28,8 @@ setuptools.setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            # `make test` runs the suite on every core, one test file per worker (-n auto --dist loadfile)
+            "pytest-xdist>=3.5",
             "gcp-storage-emulator>=2024.8",
             # `make lint` (configured in pyproject.toml): style, format and types.
             "ruff>=0.6",
