@@ -375,6 +375,62 @@ def test_sweeping_what_killed_runs_left_fails_the_run_on_storage_errors(tmp_path
     assert sorted(os.listdir(night)) == ["_COMPLETE", "part-0.parquet"]
 
 
+def _night_files(directory, run, urls, shards):
+    """REFRESH_OUT-style Parquet files of one run: `urls` spread over `shards` files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(directory, exist_ok=True)
+    for i in range(shards):
+        table = pa.table({"url": urls[i::shards], "night": [run] * len(urls[i::shards])})
+        pq.write_table(table, os.path.join(directory, f"part-{run}-{i:05d}-of-{shards:05d}.parquet"))
+
+
+def _glob_rows(out):
+    import pyarrow.parquet as pq
+
+    return sorted(r["url"] for r in pq.read_table(str(out / "status")).to_pylist())
+
+
+@pytest.mark.parametrize("switched", [False, True], ids=["killed-before-the-summary", "killed-after-it"])
+def test_the_next_run_settles_a_publish_killed_half_way_to_one_row_per_url(tmp_path, switched):
+    """A run killed during publish_output leaves the old and the new night's files side by side in
+    status/ and hosts/ (the move is renames, one per file): a reader globbing status/*.parquet (the
+    contract's way) reads every URL twice. The next run's sweep, under the lease and before it
+    writes, keeps only the run summary.json names; with no summary to go by it touches nothing."""
+    out = tmp_path / "out"
+    urls = [f"http://x/{i}.jpg" for i in range(6)]
+    for run in ("0ld0ld0ld0ld", "cut0cut0cut0"):
+        _night_files(out / "status", run, urls, 2)
+        _night_files(out / "hosts", run, ["x"], 1)
+    in_place = "cut0cut0cut0" if switched else "0ld0ld0ld0ld"
+    written = [f"part-{in_place}-{i:05d}-of-00002.parquet" for i in range(2)]
+    (out / "summary.json").write_text(json.dumps({"written": written}))
+    assert _glob_rows(out) == sorted(urls * 2)  # the doubled rows a kill mid-publish leaves
+
+    night_output.sweep_leftovers(str(out), None, NIGHT)
+
+    assert _glob_rows(out) == sorted(urls)
+    assert sorted(os.listdir(out / "status")) == written
+    assert os.listdir(out / "hosts") == [f"part-{in_place}-00000-of-00001.parquet"]
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [None, "{not json", {"written": []}, {"written": ["part-00000-of-00001.parquet"]}, {"other": 1}],
+    ids=["no-summary", "unreadable", "nothing-written", "names-without-a-run", "no-written"],
+)
+def test_settling_a_publish_touches_nothing_without_a_summary_naming_one_run(tmp_path, summary):
+    out = tmp_path / "out"
+    for run in ("0ld0ld0ld0ld", "cut0cut0cut0"):
+        _night_files(out / "status", run, ["http://x/a.jpg"], 1)
+    if summary is not None:
+        (out / "summary.json").write_text(summary if isinstance(summary, str) else json.dumps(summary))
+    before = sorted(os.listdir(out / "status"))
+    night_output.settle_publish(str(out))
+    assert sorted(os.listdir(out / "status")) == before and len(before) == 2
+
+
 def test_a_16_bit_photo_is_judged_alive_not_a_blank_placeholder():
     """The issue's first case: a 16-bit greyscale photo used to hash as the blank picture, be
     flagged a placeholder and be judged dead at its live URL."""

@@ -9,7 +9,9 @@ Public surface:
 - `PublishOutput(target)`: {"status", "hosts", "summary"} (file paths; the summary's once the books
   balanced), and "night" (the history night, once published, if any) -> REFRESH_OUT/summary.json,
   once the files are in place and the old ones retired.
-- `sweep_leftovers(out, history, night)`: what killed runs left aside, removed (under the lease).
+- `sweep_leftovers(out, history, night)`: what killed runs left aside, removed, and a publish cut
+  short settled (under the lease).
+- `settle_publish(out)`: REFRESH_OUT's status/ and hosts/ back to the files summary.json's run wrote.
 - `remove_run_temporaries(out, history, night, run_id)`: a failed run's own, removed (best effort).
 """
 
@@ -18,9 +20,11 @@ import dataclasses
 import datetime
 import glob
 import os
+import re
 import shutil
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import EnvironmentFailure
 from transforms.io.sinks import delete_tree, file_name, join_path, publish_file, read_json
@@ -32,6 +36,7 @@ __all__ = [
     "publish_output",
     "PublishOutput",
     "sweep_leftovers",
+    "settle_publish",
     "remove_run_temporaries",
 ]
 
@@ -42,6 +47,8 @@ OUTPUT_PARTS = ("status", "hosts")
 _OUT_LEFTOVERS: tuple[str, ...] = ("_tmp-*/**", "status/_tmp-*/**", "hosts/_tmp-*/**", "summary.json.tmp-*")
 # Under HISTORY/<night>: runs' aside folders; a marker being written when the run was killed.
 _NIGHT_LEFTOVERS: tuple[str, ...] = ("_tmp-*/**", f"{history.COMPLETE_MARKER}.tmp-*")
+# A night's file in REFRESH_OUT/status/ or hosts/: RefreshOutput.prefix, then its shard number.
+_NIGHT_FILE = re.compile(r"^part-(?P<run>[^/]+)-\d{5}-of-\d{5}\.parquet$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +147,41 @@ def sweep_leftovers(out: str, history_dir: str | None, night: datetime.date) -> 
                 os.path.join(directory, "*", "_tmp-*")
             ):
                 shutil.rmtree(folder, ignore_errors=True)
+    settle_publish(out)
+
+
+def settle_publish(out: str) -> None:
+    """Removes from REFRESH_OUT/status/ and hosts/ the files of any run but the one summary.json
+    names: what a run killed during publish_output (between its first move and the retirement of
+    the previous night's files) leaves beside the night in place. Until then a reader globbing
+    status/*.parquet reads both nights' rows; after it, one row per URL again.
+
+    Nothing is removed unless summary.json is readable and its "written" names only files of one
+    run (part-<run>-NNNNN-of-MMMMM.parquet): without a summary to go by, the files stay as found.
+
+    Args:
+        out: REFRESH_OUT.
+    Raises:
+        EnvironmentFailure: a listing or a delete failed.
+    """
+    try:
+        written = read_json(join_path(out, "summary.json")).get("written")
+    except Exception:  # no summary (a first run), or one this run will replace: nothing to go by
+        return
+    matches = [_NIGHT_FILE.match(name) for name in written] if isinstance(written, list) and written else []
+    runs = {m.group("run") for m in matches if m}
+    if not matches or not all(matches) or len(runs) != 1:
+        return
+    (run,) = runs
+    for part in OUTPUT_PARTS:
+        directory = join_path(out, part)
+        try:
+            present = [file_name(m.path) for m in FileSystems.match([join_path(directory, "*")])[0].metadata_list]
+        except Exception:  # no such folder: nothing to settle
+            continue
+        keep = {name for name in present if name.startswith(f"part-{run}-")}
+        if keep != set(present):
+            history.retire_unlisted(directory, keep)
 
 
 def remove_run_temporaries(out: str, history_dir: str | None, night: datetime.date, run_id: str) -> None:
