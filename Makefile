@@ -34,8 +34,9 @@ lint: $(STAMP)
 
 # One pytest worker per core (pytest-xdist): the suite is ~150 real pipeline runs of a few seconds,
 # each busy on about one core. A test file stays on one worker, so its module fixtures run once.
+# At most 4 workers: each runs pipelines of ~0.5 GB with their own hash worker processes.
 test: $(STAMP) chromium lint
-	$(PY) -m pytest -q -n auto --dist loadfile tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) demo-out deploy/build
