@@ -417,8 +417,16 @@ def test_the_next_run_settles_a_publish_killed_half_way_to_one_row_per_url(tmp_p
 
 @pytest.mark.parametrize(
     "summary",
-    [None, "{not json", {"written": []}, {"written": ["part-00000-of-00001.parquet"]}, {"other": 1}],
-    ids=["no-summary", "unreadable", "nothing-written", "names-without-a-run", "no-written"],
+    [
+        None,
+        "{not json",
+        {"written": []},
+        {"written": ["part-00000-of-00001.parquet"]},
+        {"other": 1},
+        {"written": [7]},
+        ["part-0ld0ld0ld0ld-00000-of-00001.parquet"],
+    ],
+    ids=["no-summary", "unreadable", "nothing-written", "names-without-a-run", "no-written", "not-names", "not-a-dict"],
 )
 def test_settling_a_publish_touches_nothing_without_a_summary_naming_one_run(tmp_path, summary):
     out = tmp_path / "out"

@@ -162,24 +162,25 @@ def settle_publish(out: str) -> None:
     Args:
         out: REFRESH_OUT.
     Raises:
-        EnvironmentFailure: a listing or a delete failed.
+        EnvironmentFailure: a delete failed (a folder that cannot be listed is left as found).
     """
     try:
         written = read_json(join_path(out, "summary.json")).get("written")
     except Exception:  # no summary (a first run), or one this run will replace: nothing to go by
         return
-    matches = [_NIGHT_FILE.match(name) for name in written] if isinstance(written, list) and written else []
+    names = written if isinstance(written, list) else []
+    matches = [_NIGHT_FILE.match(name) if isinstance(name, str) else None for name in names]
     runs = {m.group("run") for m in matches if m}
     if not matches or not all(matches) or len(runs) != 1:
         return
-    (run,) = runs
+    prefix = RefreshOutput(out, runs.pop()).prefix + "-"
     for part in OUTPUT_PARTS:
         directory = join_path(out, part)
         try:
             present = [file_name(m.path) for m in FileSystems.match([join_path(directory, "*")])[0].metadata_list]
         except Exception:  # no such folder: nothing to settle
             continue
-        keep = {name for name in present if name.startswith(f"part-{run}-")}
+        keep = {name for name in present if name.startswith(prefix)}
         if keep != set(present):
             history.retire_unlisted(directory, keep)
 
