@@ -126,8 +126,10 @@ class PublishOutput(beam.PTransform):
 
 
 def sweep_leftovers(out: str, history_dir: str | None, night: datetime.date) -> None:
-    """Removes what killed runs left aside in REFRESH_OUT and in tonight's history night. Call it
-    holding REFRESH_OUT's lease, before the run writes. The outputs themselves are not touched.
+    """Removes what killed runs left aside in REFRESH_OUT and in tonight's history night, then
+    settles a publish cut short (settle_publish: only files of a run summary.json does not name
+    leave status/ and hosts/; the night in place is not touched). Call it holding REFRESH_OUT's
+    lease, before the run writes.
 
     Args:
         out: REFRESH_OUT.
