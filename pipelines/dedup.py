@@ -31,7 +31,8 @@ from pipelines.launch import job_runner, preflight, scratch
 from pipelines.report import run_resources
 from transforms.clustering.clusters import WriteDuplicates
 from transforms.clustering.dedup_settings import DedupSettings
-from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables, NewestRows
+from transforms.clustering.key_versions import NewestRows
+from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables
 from transforms.errors import BadInput, BooksUnbalanced
 from transforms.io.manifests import path_identity
 from transforms.io.sinks import join_path, read_json, write_json
@@ -235,10 +236,10 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     previous_record = recorded_table(out, strict=False)[1]
     previous_duplicates = list_duplicates_files(out)
     files = pipeline | "ListTables" >> ListTables(opts.input)
-    # why: one row per key (newest fetched_at wins), decided on 40-byte key records, not rows;
+    # why: one row per key (newest fetched_at wins), decided on 48-byte key records, not rows;
     # a local run groups its per-row records through files (the local runner holds a shuffle in
     # memory), Dataflow's shuffle is on disk already
-    newest = files | "Newest" >> NewestRows(None if spill is None else os.path.join(spill, "newest"))
+    newest = files | "Newest" >> NewestRows(opts.input, None if spill is None else os.path.join(spill, "newest"))
     dedup = DedupSettings.from_options(opts).transform(
         one_process=job_runner.one_local_process(pipeline.options), spill_dir=spill, expected_rows=expected_rows
     )

@@ -63,13 +63,13 @@ def _rows(n, prefix="cc3m"):
 
 def _lose_first_copied_row(monkeypatch):
     """The table copy drops one row of each file: a bug the books must catch."""
-    batches = table_dedup._batches
+    batches = table_dedup.file_batches
 
     def lossy(path, columns):
         for number, (first, batch) in enumerate(batches(path, columns)):
             yield (first, batch.slice(1)) if columns is None and number == 0 else (first, batch)
 
-    monkeypatch.setattr(table_dedup, "_batches", lossy)
+    monkeypatch.setattr(table_dedup, "file_batches", lossy)
 
 
 # --- C: the previous table is retired only once the books balance -------------------------------

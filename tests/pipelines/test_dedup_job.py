@@ -350,3 +350,33 @@ def test_one_input_given_twice_is_refused_and_out3_keeps_its_table(tmp_path, cap
         assert "given twice" in err and "Traceback" not in err, err
         assert sorted(os.listdir(os.path.join(out3, "images"))) == before
     _check(out3)
+
+
+def test_slices_of_one_manifest_ingested_apart_are_refused_not_replaced(tmp_path, capsys):
+    """CC3M keys are line numbers: a researcher who ingests lines 1-3 and lines 4-6 of a manifest
+    as two slices gets cc3m:1..3 in both. Deduplicating the two took each of the second slice's
+    rows for a newer version of the first's: 3 distinct images dropped as "replaced", exit 0. A
+    key whose rows have different URLs is another record, not a version: exit 2, one line,
+    OUT3 keeps its table. A re-fetch (same key, same URL) is still a newer version."""
+    inputs = _inputs(tmp_path)
+    out3 = str(tmp_path / "out3")
+    job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3, "--runner", "FnApiRunner"])
+    before = sorted(os.listdir(os.path.join(out3, "images")))
+    first = [_stamp(row(f"cc3m:{i}", "cc3m", url=f"http://a.example/slice1/{i}.jpg"), 1) for i in (1, 2, 3)]
+    second = [_stamp(row(f"cc3m:{i}", "cc3m", url=f"http://a.example/slice2/{i}.jpg"), 2) for i in (1, 2, 3)]
+    second[0]["url"] = first[0]["url"]  # cc3m:1 re-fetched: a version; cc3m:2 and 3 collide
+    _write_out(str(tmp_path / "slice1"), first)
+    _write_out(str(tmp_path / "slice2"), second)
+    argv = ["--input", str(tmp_path / "slice1"), "--input", str(tmp_path / "slice2"), "--output", out3]
+    assert job.main([*argv, "--runner", "FnApiRunner"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "hold 2 keys" in err and "different URLs" in err and str(tmp_path / "slice2") in err, err
+    assert sorted(os.listdir(os.path.join(out3, "images"))) == before
+    _check(out3)
+
+    second[1]["url"], second[2]["url"] = first[1]["url"], first[2]["url"]  # re-fetches of the same rows
+    _write_out(str(tmp_path / "slice2"), second)
+    job.run([*argv, "--runner", "FnApiRunner"])
+    rows = pq.read_table(glob.glob(os.path.join(out3, "images", "*.parquet"))).to_pylist()
+    assert sorted((r["key"], r["caption"]) for r in rows) == [(f"cc3m:{i}", "seen on day 2") for i in (1, 2, 3)]

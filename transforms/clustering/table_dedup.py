@@ -2,10 +2,8 @@
 shuffle, and a key kept by several inputs is resolved on small fixed-size records.
 
 Three passes over the files, each one file at a time:
-  1. keys: per row a 40-byte record (key digest, fetched_at, input index, file id, row number),
-     grouped by key digest (through `spill.GroupRecords`, on disk in local runs); a key held by
-     several rows keeps the newest (see `newest_order`), the others are listed per file as rows
-     to skip (`skip`: (file id, row numbers)), a few bytes per replaced row;
+  1. keys (`key_versions.NewestRows`): which rows a newer version of their key replaces, listed
+     per file as rows to skip (`skip`: (file id, row numbers)), a few bytes per replaced row;
   2. slim: the dedup columns of the kept rows -> `Dedup.find_components` (its own compact records);
   3. rows: every kept row, read again, meets its component (a side input as small as the
      duplicates); rows alone get their cluster columns at once, rows of clusters go to the
@@ -25,23 +23,18 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.clustering.clusters import MEMBER_FIELDS, Dedup, _place, slim_row
 from transforms.clustering.freed_memory import release_freed_memory
-from transforms.clustering.spill import GroupRecords, split_by
 from transforms.errors import BadInput
 
 __all__ = [
     "CopyTables",
     "DedupTables",
     "ListTables",
-    "NewestRows",
     "copy_table_file",
+    "file_batches",
     "file_id",
-    "newest_order",
     "slim_columns",
 ]
 
-KEY_RECORD = np.dtype([("key", "S16"), ("stamp", "<i8"), ("input", "<i4"), ("file", "<i8"), ("row", "<u4")])
-KEY_SHARDS = 256
-NO_STAMP = np.iinfo(np.int64).min  # a row without fetched_at counts as the oldest
 SLIM_COLUMNS = ["key", "url", "sha256", "phash", "dhash"]
 READ_BATCH = 4096
 
@@ -56,20 +49,6 @@ def file_id(path: str) -> int:
         The id, an int below 2**63.
     """
     return int.from_bytes(hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-
-
-def newest_order(records: np.ndarray) -> np.ndarray:
-    """Indices sorting key records by key, then from oldest to newest version.
-
-    Newest: the latest fetched_at (none counts as oldest), then the input listed last, then the
-    larger file id and row number (any fixed rule: one input should not hold a key twice).
-
-    Args:
-        records: KEY_RECORD array.
-    Returns:
-        The sorting indices (the last of each key's run is the row kept).
-    """
-    return np.lexsort((records["row"], records["file"], records["input"], records["stamp"], records["key"]))
 
 
 class _ListFiles(beam.DoFn):
@@ -113,9 +92,14 @@ def _open_parquet(path):
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
 
 
-def _batches(path, columns):
-    """(first row number, record batch) of `columns` of one file (all of them if None); a
-    missing column other than REQUIRED_COLUMNS comes as nulls of its IMAGE_SCHEMA type."""
+def file_batches(path: str, columns: list[str] | None) -> typing.Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row number, record batch) of `columns` of one table file (all of them if None); a
+    missing column other than REQUIRED_COLUMNS comes as nulls of its IMAGE_SCHEMA type.
+
+    Args:
+        path: the Parquet file (local or gs://), read in READ_BATCH-row batches.
+        columns: the columns to read, in this order; None: every column of the file.
+    """
     from transforms import schema
     from transforms.io.checked_parquet import table_batches
 
@@ -129,6 +113,7 @@ def _batches(path, columns):
     first = 0
     for batch in table_batches(path, present, batch_size=READ_BATCH, parquet=parquet):
         if missing:
+            assert columns is not None and present is not None  # what is missing was asked for
             arrays = [
                 batch.column(present.index(c))
                 if c in present
@@ -138,100 +123,6 @@ def _batches(path, columns):
             batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
         yield first, batch
         first += batch.num_rows
-
-
-@beam.typehints.with_output_types(tuple[int, typing.Any])
-class _KeyRecords(beam.DoFn):
-    """(input index, path) -> (key shard, KEY_RECORD array) for every row of the file; tagged
-    `rows_in`: (input index, rows read) per batch, the books' "in" side."""
-
-    ROWS_IN = "rows_in"
-
-    def process(self, element):
-        index, path = element
-        fid = np.int64(file_id(path))
-        for first, batch in _batches(path, ["key", "fetched_at"]):
-            n = batch.num_rows
-            yield beam.pvalue.TaggedOutput(self.ROWS_IN, (index, n))
-            records = np.empty(n, dtype=KEY_RECORD)
-            records["key"] = [
-                hashlib.blake2b(str(k).encode("utf-8"), digest_size=16).digest() for k in batch.column(0).to_pylist()
-            ]
-            stamps = batch.column(1).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-            records["stamp"] = stamps.fill_null(NO_STAMP).to_numpy(zero_copy_only=False)
-            records["input"], records["file"] = index, fid
-            records["row"] = np.arange(first, first + n, dtype=np.uint32)
-            shard = np.ascontiguousarray(records["key"]).view(np.uint8).reshape(-1, 16)[:, 0]
-            for s, idx in split_by(shard.astype(np.int64) % KEY_SHARDS):
-                yield s, records[idx]
-
-
-@beam.typehints.with_output_types(tuple[int, typing.Any])
-class _Newest(beam.DoFn):
-    """(key shard, [KEY_RECORD arrays]) -> (file id, row numbers to skip); tagged `replaced`:
-    how many rows of the shard lost to a newer version of their key; tagged `repeated`: how many
-    keys of the shard some input holds more than once.
-
-    Only versions from different inputs replace each other: the input of a key's newest version
-    keeps all its rows of that key (an output of an earlier ingest whose keys collided holds
-    distinct records under one key), the other inputs' rows of it are replaced.
-    """
-
-    REPLACED = "replaced"
-    REPEATED = "repeated"
-
-    def process(self, element):
-        _shard, parts = element
-        records = np.concatenate(list(parts))
-        if not len(records):
-            return
-        records = records[newest_order(records)]
-        keys = records["key"]
-        starts = np.ones(len(records), dtype=bool)
-        starts[1:] = keys[1:] != keys[:-1]
-        run = np.cumsum(starts) - 1  # each record's key run
-        ends = np.append(np.flatnonzero(starts)[1:], len(records)) - 1  # the newest of each run
-        inputs = records["input"].astype(np.int64)
-        older = inputs != inputs[ends][run]  # not of the winning input: replaced
-        pairs, counts = np.unique(run * (int(inputs.max()) + 1) + inputs, return_counts=True)
-        repeated = len(np.unique(pairs[counts > 1] // (int(inputs.max()) + 1)))
-        if repeated:
-            yield beam.pvalue.TaggedOutput(self.REPEATED, repeated)
-        losers = records[older]
-        if len(losers):
-            beam.metrics.Metrics.counter("dedup", "replaced_rows").inc(len(losers))
-            yield beam.pvalue.TaggedOutput(self.REPLACED, len(losers))
-            for fid, idx in split_by(losers["file"]):
-                yield fid, np.sort(losers["row"][idx])
-
-
-class NewestRows(beam.PTransform):
-    """(input index, path) of table files -> {"skip": (file id, row numbers) of the rows a newer
-    version of their key replaces, "replaced": per-shard counts of those rows (sum them),
-    "repeated": per-shard counts of keys an input holds twice (sum them), "rows_in": (input
-    index, rows read) per batch (sum per input)}.
-
-    spill_dir: local directory the key records are grouped through (local runs); None: the
-    runner's GroupByKey.
-    """
-
-    def __init__(self, spill_dir=None):
-        super().__init__()
-        self._spill_dir = spill_dir
-
-    def expand(self, files):
-        keyed = files | "KeyRecords" >> beam.ParDo(_KeyRecords()).with_outputs(_KeyRecords.ROWS_IN, main="records")
-        newest = (
-            keyed.records
-            | "GroupKeys" >> GroupRecords(self._spill_dir, dtype_of=lambda _key: KEY_RECORD)
-            | "Newest" >> beam.ParDo(_Newest()).with_outputs(_Newest.REPLACED, _Newest.REPEATED, main="skip")
-        )
-        return {
-            "skip": newest.skip,
-            "replaced": newest[_Newest.REPLACED],
-            "repeated": newest[_Newest.REPEATED],
-            "rows_in": keyed[_KeyRecords.ROWS_IN],
-        }
 
 
 def _skipped(path, skip):
@@ -244,7 +135,7 @@ def _skipped(path, skip):
 def _kept_rows(path, columns, skip):
     """Rows (dicts) of one file, minus the replaced ones."""
     skipped = _skipped(path, skip)
-    for first, batch in _batches(path, columns):
+    for first, batch in file_batches(path, columns):
         for i, row in enumerate(batch.to_pylist(), start=first):
             if skipped is None or i not in skipped:
                 yield row
@@ -353,7 +244,7 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
     copied = 0
     with FileSystems.create(temporary) as handle:
         with table_writer(handle, schema.IMAGE_SCHEMA) as writer:
-            for first, batch in _batches(path, None):
+            for first, batch in file_batches(path, None):
                 if skipped:
                     keep = np.array([i not in skipped for i in range(first, first + batch.num_rows)], dtype=bool)
                     batch = batch.filter(pa.array(keep))

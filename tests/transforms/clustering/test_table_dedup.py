@@ -14,12 +14,8 @@ import pytest
 from pipelines import dedup as job
 from tests.dedup_helpers import row
 from transforms import schema
-from transforms.clustering.table_dedup import (
-    KEY_RECORD,
-    NO_STAMP,
-    _ListFiles,
-    newest_order,
-)
+from transforms.clustering.key_versions import KEY_RECORD, NO_STAMP, newest_order
+from transforms.clustering.table_dedup import _ListFiles
 from transforms.errors import BadInput
 
 UTC = datetime.timezone.utc
@@ -28,7 +24,7 @@ UTC = datetime.timezone.utc
 def _records(rows):
     out = np.zeros(len(rows), dtype=KEY_RECORD)
     for i, (key, stamp, index, fid, number) in enumerate(rows):
-        out[i] = (key, stamp, index, fid, number)
+        out[i] = (key, stamp, index, fid, number, b"")
     return out
 
 
@@ -74,18 +70,39 @@ def _day(r, day):
 
 
 def test_job_replaced_rows_take_no_part_in_clusters_and_every_column_is_kept(tmp_path):
-    """k:1's January version shares a URL with k:2; its March version does not. If the replaced
-    version reached the graph, k:2 would be clustered with k:1."""
+    """k:1's January version shares a URL with k:2; its March version does not (an ImageID names
+    its record whatever its URL: key_collisions). If the replaced version reached the graph, k:2
+    would be clustered with k:1."""
     ph = "0f0f0f0f0f0f0f0f"
     old = [
-        _day(row("cc3m:1", url="http://x.example/shared.jpg", phash=ph, dhash="1234123412341234"), 1),
-        _day(row("cc3m:2", url="http://x.example/shared.jpg", phash="ffff0000ffff0000", dhash="0101010101010101"), 1),
-        _day(row("cc3m:3", phash="00ff00ff00ff00ff", dhash="7777777777777777"), 1),
+        _day(
+            row("openimages:1", "openimages", url="http://x.example/shared.jpg", phash=ph, dhash="1234123412341234"), 1
+        ),
+        _day(
+            row(
+                "openimages:2",
+                "openimages",
+                url="http://x.example/shared.jpg",
+                phash="ffff0000ffff0000",
+                dhash="0101010101010101",
+            ),
+            1,
+        ),
+        _day(row("openimages:3", "openimages", phash="00ff00ff00ff00ff", dhash="7777777777777777"), 1),
     ]
     for r in old:
         r["caption"] = "january"
     new = [
-        _day(row("cc3m:1", url="http://x.example/moved.jpg", phash="aaaaaaaaaaaaaaaa", dhash="5555555555555555"), 3),
+        _day(
+            row(
+                "openimages:1",
+                "openimages",
+                url="http://x.example/moved.jpg",
+                phash="aaaaaaaaaaaaaaaa",
+                dhash="5555555555555555",
+            ),
+            3,
+        ),
         _day(row("cc12m:9", url="http://y.example/9.jpg", phash="00ff00ff00ff00fe", dhash="7777777777777777"), 3),
     ]
     new[0]["caption"] = "march"
@@ -99,14 +116,14 @@ def test_job_replaced_rows_take_no_part_in_clusters_and_every_column_is_kept(tmp
     table = pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet")))
     assert table.schema.equals(schema.IMAGE_SCHEMA)
     rows = {r["key"]: r for r in table.to_pylist()}
-    assert sorted(rows) == ["cc12m:9", "cc3m:1", "cc3m:2", "cc3m:3"]
-    assert rows["cc3m:1"]["caption"] == "march"
-    assert rows["cc3m:1"]["cluster_id"] is None and rows["cc3m:2"]["cluster_id"] is None
-    assert rows["cc3m:2"]["is_canonical"] is True and rows["cc3m:2"]["is_placeholder"] is False
+    assert sorted(rows) == ["cc12m:9", "openimages:1", "openimages:2", "openimages:3"]
+    assert rows["openimages:1"]["caption"] == "march"
+    assert rows["openimages:1"]["cluster_id"] is None and rows["openimages:2"]["cluster_id"] is None
+    assert rows["openimages:2"]["is_canonical"] is True and rows["openimages:2"]["is_placeholder"] is False
     # near pair across the two inputs, one of them from the file without some columns
-    assert rows["cc3m:3"]["cluster_id"] is not None
-    assert rows["cc3m:3"]["cluster_id"] == rows["cc12m:9"]["cluster_id"]
-    assert rows["cc3m:3"]["license"] is None and rows["cc3m:3"]["caption"] == "january"
+    assert rows["openimages:3"]["cluster_id"] is not None
+    assert rows["openimages:3"]["cluster_id"] == rows["cc12m:9"]["cluster_id"]
+    assert rows["openimages:3"]["license"] is None and rows["openimages:3"]["caption"] == "january"
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["rows"] == 4 and summary["replaced_rows"] == 1 and summary["clusters"] == 1
     # a second run into the same OUT replaces the table rather than adding to it
@@ -118,17 +135,17 @@ def test_job_replaced_rows_take_no_part_in_clusters_and_every_column_is_kept(tmp
 
 
 def test_job_keeps_every_row_of_a_key_an_input_holds_twice_and_its_books_balance(tmp_path, capsys):
-    """Only versions from other inputs replace a row: in1 holds cc3m:1 twice (both kept, it has
-    the newest version) and cc3m:2 twice (both replaced by in2's newer one)."""
+    """Only versions from other inputs replace a row: in1 holds openimages:1 twice (both kept, it has
+    the newest version) and openimages:2 twice (both replaced by in2's newer one)."""
     in1 = [
-        _day(row("cc3m:1", url="http://x.example/1a.jpg", phash="0000000000000001"), 5),
-        _day(row("cc3m:1", url="http://x.example/1b.jpg", phash="1000000000000000"), 5),
-        _day(row("cc3m:2", url="http://x.example/2a.jpg", phash="00000000ffffffff"), 1),
-        _day(row("cc3m:2", url="http://x.example/2b.jpg", phash="ffffffff00000000"), 1),
+        _day(row("openimages:1", "openimages", url="http://x.example/1a.jpg", phash="0000000000000001"), 5),
+        _day(row("openimages:1", "openimages", url="http://x.example/1b.jpg", phash="1000000000000000"), 5),
+        _day(row("openimages:2", "openimages", url="http://x.example/2a.jpg", phash="00000000ffffffff"), 1),
+        _day(row("openimages:2", "openimages", url="http://x.example/2b.jpg", phash="ffffffff00000000"), 1),
     ]
     in2 = [
-        _day(row("cc3m:1", url="http://x.example/1c.jpg", phash="0f0f0f0f00000000"), 2),
-        _day(row("cc3m:2", url="http://x.example/2c.jpg", phash="00000000f0f0f0f0"), 3),
+        _day(row("openimages:1", "openimages", url="http://x.example/1c.jpg", phash="0f0f0f0f00000000"), 2),
+        _day(row("openimages:2", "openimages", url="http://x.example/2c.jpg", phash="00000000f0f0f0f0"), 3),
     ]
     _write(str(tmp_path / "in1"), in1)
     _write(str(tmp_path / "in2"), in2)
@@ -138,9 +155,9 @@ def test_job_keeps_every_row_of_a_key_an_input_holds_twice_and_its_books_balance
     )
     table = pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet"))).to_pylist()
     assert sorted((r["key"], r["url"]) for r in table) == [
-        ("cc3m:1", "http://x.example/1a.jpg"),
-        ("cc3m:1", "http://x.example/1b.jpg"),
-        ("cc3m:2", "http://x.example/2c.jpg"),
+        ("openimages:1", "http://x.example/1a.jpg"),
+        ("openimages:1", "http://x.example/1b.jpg"),
+        ("openimages:2", "http://x.example/2c.jpg"),
     ]
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["replaced_rows"] == 3
