@@ -10,6 +10,7 @@ import pytest
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
+from tests.table_readers import one_line
 from transforms import schema
 from transforms.io import sinks
 
@@ -149,3 +150,41 @@ def test_rerun_without_resume_replaces_the_table(web, manifest, tmp_path):
 def test_resume_without_a_table_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no table to resume"):
         run(None, str(tmp_path / "empty"), "--resume")
+
+
+def test_resume_with_the_next_slice_of_a_manifest_is_refused(web, manifest, tmp_path, capsys):
+    """CC3M keys are line numbers: `--resume` given the next slice of a manifest (or an edited
+    copy) found every key settled and carried OUT's rows: the table said "11 rows, ok" with the
+    first slice's images, none of the new URLs fetched, exit 0. A line whose URL is not the one
+    OUT fetched is another record: exit 2, one line, OUT as it was."""
+    out = str(tmp_path / "out")
+    run(manifest, out)
+    before = rows_of(out)
+    capsys.readouterr()
+    web.routes["/other.jpg"] = Reply(200, jpeg(30), JPEG)
+    lines = manifest.read_text().splitlines()
+    lines[1] = f"another photo\t{web.url('/other.jpg')}"
+    edited = tmp_path / "next.tsv"
+    edited.write_text("\n".join(lines) + "\n")
+    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "timeout": 1.0})
+    assert ingest.main([*args, f"--manifest=cc3m={edited}", "--resume"]) == 2
+    line = one_line(capsys, "ingest")
+    assert "cc3m:2" in line and "/ok1.jpg" in line and "/other.jpg" in line, line
+    assert rows_of(out) == before
+    assert web.hits.get("/other.jpg", 0) == 0
+
+
+def test_resume_fetches_an_id_keyed_row_whose_url_moved():
+    """An ImageID names its record whatever its URL: a manifest that moved it gets the new URL
+    fetched, not the old URL's outcome carried."""
+    from transforms.io.resume import _Choose
+
+    old = schema.new_row("openimages", "openimages:abc", "http://old.example/a.jpg", status=schema.OK)
+    new = schema.new_row("openimages", "openimages:abc", "http://new.example/a.jpg")
+    same = dict(new, url=old["url"])
+    choose = _Choose(frozenset({schema.TIMEOUT}))
+    choose.setup()
+    moved = list(choose.process(("openimages:abc", {"new": [new], "old": [dict(old)]})))
+    assert [(o.tag, o.value["url"]) for o in moved] == [(_Choose.FETCH, "http://new.example/a.jpg")]
+    kept = list(choose.process(("openimages:abc", {"new": [same], "old": [dict(old)]})))
+    assert [r["url"] for r in kept] == ["http://old.example/a.jpg"]  # carried, not a tagged output

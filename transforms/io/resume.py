@@ -9,6 +9,8 @@ from __future__ import annotations
 import apache_beam as beam
 
 from transforms import schema
+from transforms.errors import BadInput
+from transforms.io.manifests import LINE_KEYED
 
 __all__ = ["FETCH_OUTCOME_COLUMNS", "reset_for_refetch", "parse_retry_statuses", "MergeWithPrevious"]
 
@@ -83,6 +85,9 @@ class _Choose(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(self.FETCH, new)
             return
         old = olds[0] if olds else None
+        if old is not None and new is not None and old.get("url") != new.get("url"):
+            yield from self._moved(old, new)
+            return
         if old is not None and new is None:
             # Why: a row no manifest lists any more is kept; the books count it as read from OUT.
             yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
@@ -98,6 +103,24 @@ class _Choose(beam.DoFn):
             self._refetched.inc()
             yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
 
+    def _moved(self, old, new):
+        """A key whose URL in the manifests is not the one OUT fetched."""
+        if new.get("dataset") in LINE_KEYED:
+            # A line number names a record only within its manifest: these manifests are not the
+            # ones OUT was made from (the next slice of a manifest, an edited copy). Carrying the
+            # old row would give this line another URL's image; fetching the new one would drop a
+            # record OUT holds under the same key.
+            where = f"{new.get('source_file') or 'the manifest'} line {new.get('source_line')}"
+            raise BadInput(
+                f"--resume: OUT holds {new['key']} fetched from {old.get('url')}, but {where} gives"
+                f" {new.get('url')}: OUT was ingested from other manifests (CC3M and CC12M keys are line"
+                " numbers). Resume with the manifests OUT was made from, or ingest these into a new --output"
+            )
+        # An ID names its record whatever its URL: the manifest moved it, so OUT's fetch of the old
+        # URL says nothing of the new one.
+        self._refetched.inc()
+        yield beam.pvalue.TaggedOutput(self.FETCH, new)
+
     def _keep(self, old):
         yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
         if old["status"] not in self._retry:
@@ -112,7 +135,9 @@ class MergeWithPrevious(beam.PTransform):
     """Manifest rows + a previous run's rows -> {"carry": settled rows, "fetch": rows to fetch}.
 
     By key: a previous row whose status is not retried is carried as it is; otherwise the
-    manifest's row (or the previous row, reset) is fetched again. Previous rows the manifests no
+    manifest's row (or the previous row, reset) is fetched again. A key the manifests give
+    another URL is fetched again when its dataset is keyed by ID, and refused (BadInput) when it
+    is keyed by line number: those manifests are not the ones OUT was made from. Previous rows the manifests no
     longer list are kept: a resume never loses rows; "kept" has the source_file of each (the
     books count them as rows read from OUT).
     """
