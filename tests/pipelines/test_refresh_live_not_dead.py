@@ -14,6 +14,7 @@ from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.synthetic_out import fetched_ok_row, write_snapshot_table
+from tests.table_readers import one_line
 from transforms.liveness import verdicts
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -85,3 +86,34 @@ def test_a_key_whose_url_changed_does_not_inherit_the_old_urls_history(tmp_path)
     assert row["status"] == verdicts.UNREACHABLE, row["reason"]
     assert row["consecutive_failures"] == 1 and row["previous_status"] is None and not row["newly_dead"]
     assert tonight["cc3m:2"]["status"] == verdicts.ALIVE and tonight["cc3m:2"]["previous_nights"] == 2
+
+
+def test_two_slices_of_a_manifest_in_one_night_are_refused_not_merged(tmp_path, capsys):
+    """Two outputs of slices of one manifest ingested apart both hold cc3m:1, cc3m:2 (line
+    numbers). Given together, the night merged each key to one row: 2 of the 4 URLs got no
+    verdict (no status row, so never deleted, never reported), exit 0. The same URL under one key
+    in two snapshots (a re-ingest) is still one row."""
+    with SampleWebServer() as web:
+        for name in ("a1", "a2", "b1", "b2"):
+            web.routes[f"/{name}.jpg"] = Reply(200, jpeg(len(name) + ord(name[0]) + int(name[1])), JPEG)
+        first = write_snapshot(
+            str(tmp_path / "slice-a"),
+            [("cc3m:1", web.url("/a1.jpg"), jpeg(99)), ("cc3m:2", web.url("/a2.jpg"), jpeg(98))],
+        )
+        second = write_snapshot(
+            str(tmp_path / "slice-b"),
+            [("cc3m:1", web.url("/a1.jpg"), jpeg(99)), ("cc3m:2", web.url("/b2.jpg"), jpeg(97))],
+        )
+        args = {"snapshot": [first, second], "output": str(tmp_path / "night"), "allow-network": "127.0.0.1/32"}
+        capsys.readouterr()
+        assert refresh_job.main(local_options(**args, timeout=5, retries=0)) == 2
+        line = one_line(capsys, "refresh")
+        assert "cc3m:2" in line and "/a2.jpg" in line and "/b2.jpg" in line, line
+        assert not os.path.exists(os.path.join(str(tmp_path / "night"), "status"))
+        assert web.hits.get("/b2.jpg", 0) == 0
+        # the same URL twice (a re-ingest of slice a): one row, no refusal
+        again = write_snapshot(str(tmp_path / "slice-a-again"), [("cc3m:2", web.url("/a2.jpg"), jpeg(98))])
+        args["snapshot"] = [first, again]
+        assert refresh_job.main(local_options(**args, timeout=5, retries=0)) == 0
+    rows = ds.dataset(os.path.join(str(tmp_path / "night"), "status"), format="parquet").to_table().to_pylist()
+    assert sorted(r["key"] for r in rows) == ["cc3m:1", "cc3m:2"]

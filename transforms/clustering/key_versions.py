@@ -140,7 +140,8 @@ def _refuse_collisions(_, collided, inputs):
         f" of different URLs{f' (and {more} more keys between other inputs)' if more else ''}: those are"
         " different records, not two versions of one. CC3M and CC12M keys are manifest line numbers, so"
         " two slices of a manifest ingested apart share keys: ingest the slices in one run"
-        " (--manifest cc3m=part-a.tsv --manifest cc3m=part-b.tsv keys each row by its file), then dedup that"
+        " (--manifest cc3m=part-a.tsv --manifest cc3m=part-b.tsv keys each row by its file), then dedup that;"
+        " if one is a re-ingest of an edited manifest, dedup it without the older output"
     )
 
 

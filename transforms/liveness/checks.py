@@ -11,8 +11,10 @@ from apache_beam.utils import shared
 
 from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
+from transforms.errors import BadInput
 from transforms.fetch.client import Fetcher
 from transforms.io.checked_parquet import ReadTableRecords, WriteTableFiles
+from transforms.io.manifests import LINE_KEYED
 from transforms.liveness.plans import check_file, finish_check, new_check, plan_check, run_plan
 from transforms.liveness.verdicts import (
     ALIVE,
@@ -136,7 +138,23 @@ class ReadSnapshots(beam.PTransform):
 def _best_counted(pairs):
     """(entry, rows) pairs of one key -> (the best entry, rows summed)."""
     pairs = list(pairs)
+    _refuse_other_records([entry for entry, _ in pairs])
     return best_entry(entry for entry, _ in pairs), sum(n for _, n in pairs)
+
+
+def _refuse_other_records(entries):
+    """A CC3M/CC12M key is a manifest line number: in two snapshots with two URLs it names two
+    records (slices of one manifest ingested apart), and merging them would leave one URL of the
+    night without a verdict. An ID-keyed record may have moved: its latest URL is checked."""
+    first = entries[0]
+    for other in entries[1:]:
+        if other["url"] != first["url"] and other["snapshot"] != first["snapshot"] and first["dataset"] in LINE_KEYED:
+            raise BadInput(
+                f"--snapshot {first['snapshot']} and --snapshot {other['snapshot']} both hold {first['key']}, for"
+                f" {first['url']} and {other['url']}: CC3M and CC12M keys are manifest line numbers, so these are"
+                " slices of a manifest ingested apart, and one URL would get no verdict. Refresh each snapshot"
+                " into its own --output, or ingest the slices in one run"
+            )
 
 
 class CheckUrlsDoFn(BoundedFuturesDoFn):
