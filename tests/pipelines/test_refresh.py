@@ -328,6 +328,11 @@ def test_plans_are_cheap_first():
         (FetchResult(schema.HTTP_ERROR, http_status=503), True),
         (FetchResult(schema.TIMEOUT), True),
         (FetchResult(schema.OPTED_OUT, http_status=200), True),
+        (FetchResult(schema.CONNECTION_ERROR), False),  # hung up on the HEAD: the GET may be served
+        (FetchResult(schema.CONNECTION_ERROR, unconnectable=True), True),
+        (FetchResult(schema.CONNECTION_ERROR, unconnectable=True, refused=True), True),
+        (FetchResult(schema.CONNECTION_ERROR, unconnectable=True, name_not_found=True), True),
+        (FetchResult(schema.CONNECTION_ERROR, skipped=True), True),  # the host is short-circuited
     ],
 )
 def test_head_settles_only_failures_that_are_no_evidence(result, settles):

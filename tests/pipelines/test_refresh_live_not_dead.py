@@ -2,6 +2,7 @@
 loopback web, real snapshots, the real job over several nights with one --history.
 
 - a server that answers 404 to HEAD but serves the picture to GET;
+- a server that drops the connection on HEAD (no answer) but serves the picture to GET;
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
   lines): the old URL's history is not the new URL's.
 """
@@ -49,6 +50,18 @@ def test_a_404_to_head_alone_is_no_evidence_when_get_serves_the_picture(tmp_path
         nights = [night(tmp_path, snapshot, d)["cc3m:1"] for d in ("2030-02-01", "2030-02-02", "2030-02-03")]
     assert [r["status"] for r in nights] == [verdicts.ALIVE] * 3, [r["reason"] for r in nights]
     assert all(r["method"] == verdicts.HEAD_GET and r["http_status"] == 200 for r in nights)
+
+
+def test_a_head_dropped_without_an_answer_is_no_verdict_when_get_serves_the_picture(tmp_path):
+    body = jpeg(12)
+    with SampleWebServer() as web:
+        # servers (and their firewalls) that hang up on HEAD: a reset, no status line
+        web.routes["/photo.jpg"] = lambda method, headers, n: (
+            Reply(reset=True) if method == "HEAD" else Reply(200, body, JPEG)
+        )
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
+        row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
+    assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.HEAD_GET, 200), row["reason"]
 
 
 def test_a_url_that_is_really_gone_is_still_dead_after_the_get_confirms_it(tmp_path):

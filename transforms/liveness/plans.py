@@ -98,9 +98,10 @@ def plan_check(url: str, entries: list, params) -> dict:
 
 def head_settles(head):
     """True when a HEAD answer is enough: the URL is failing. A 2xx, a refused HEAD (405/501), another
-    4xx (servers that mishandle HEAD) or a 404/410/451 needs the GET: a 'gone' answer is evidence
-    that makes a URL dead, and servers whose handlers only know GET answer HEAD with their 404 page
-    while GET serves the picture, so only the GET's answer is taken as evidence."""
+    4xx (servers that mishandle HEAD), a connection dropped without an answer, or a 404/410/451 needs
+    the GET: a 'gone' answer is evidence that makes a URL dead, and servers whose handlers only know
+    GET answer HEAD with their 404 page while GET serves the picture, so only the GET's answer is
+    taken as evidence."""
     if head.status == schema.OK:
         return False
     if head.status == schema.HTTP_ERROR:
@@ -108,7 +109,14 @@ def head_settles(head):
         if code in HEAD_REFUSED:
             return False
         return code >= 500 or code == 429 or 300 <= code < 400
-    return True  # timeout, connection failure, blocked, invalid redirect, opted out
+    if head.status == schema.CONNECTION_ERROR and not (
+        head.unconnectable or head.refused or head.name_not_found or head.skipped
+    ):
+        # why: the host took the connection and hung up on the HEAD (a reset, no status line), as
+        # servers and firewalls that drop HEAD do while GET serves the picture: settled here, a
+        # live URL would be unreachable every night, then dead after --unreachable-dead-after
+        return False
+    return True  # timeout, no connection, blocked, invalid redirect, opted out
 
 
 async def run_plan(fetcher, plan):
