@@ -315,6 +315,7 @@ def run(argv=None):
         files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
         if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
             check_recorded_table("--snapshot", root, files)
+            preflight.check_ingest_networks("--snapshot", root, opts.allow_network)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
     if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):

@@ -3,6 +3,8 @@ loopback web, real snapshots, the real job over several nights with one --histor
 
 - a server that answers 404 to HEAD but serves the picture to GET;
 - a server that drops the connection on HEAD (no answer) but serves the picture to GET;
+- a refresh run without the --allow-network its snapshot was ingested with: every URL there is
+  refused by the address policy, which is a 'gone' answer (dead on the second such night);
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
   lines): the old URL's history is not the new URL's.
 """
@@ -11,6 +13,7 @@ import os
 
 import pyarrow.dataset as ds
 
+from pipelines import ingest as ingest_job
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
@@ -98,3 +101,32 @@ def test_a_key_whose_url_changed_does_not_inherit_the_old_urls_history(tmp_path)
     assert row["status"] == verdicts.UNREACHABLE, row["reason"]
     assert row["consecutive_failures"] == 1 and row["previous_status"] is None and not row["newly_dead"]
     assert tonight["cc3m:2"]["status"] == verdicts.ALIVE and tonight["cc3m:2"]["previous_nights"] == 2
+
+
+def test_a_refresh_without_the_ingests_allow_network_stops_before_judging_its_urls(tmp_path, capsys):
+    body = jpeg(13)
+    with SampleWebServer() as web:
+        web.routes["/photo.jpg"] = Reply(200, body, JPEG)
+        manifest = tmp_path / "cc3m.tsv"
+        manifest.write_text(f"a photo\t{web.url('/photo.jpg')}\n")
+        out = str(tmp_path / "out")
+        network = {"allow-network": "127.0.0.1/32", "no-report": True}
+        assert ingest_job.main(local_options(manifest=f"cc3m={manifest}", output=out, **network)) == 0
+        capsys.readouterr()
+
+        def refresh(output, *network):
+            args = {"snapshot": out, "output": str(tmp_path / output), "night": "2030-02-01"}
+            if network:
+                args["allow-network"] = list(network)
+            return refresh_job.main(local_options(**args))
+
+        # a tired operator's nightly command without the flag: each night every URL was refused by
+        # the address policy ('gone'), and on the second such night all were dead
+        assert refresh("forgot") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--allow-network 127.0.0.1/32" in err and "Traceback" not in err, err
+        assert not os.path.exists(tmp_path / "forgot" / "status")
+        # a wider network covers the ingest's
+        assert refresh("wider", "127.0.0.0/8") == 0
+    [row] = ds.dataset(str(tmp_path / "wider" / "status"), format="parquet").to_table().to_pylist()
+    assert row["status"] == verdicts.ALIVE, row["reason"]
