@@ -107,6 +107,12 @@ BAD_INPUT = {
         2,
         ["--concurrency must be above 0"],
     ),
+    "ingest-not-a-network": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--allow-network", "10.0.0.0/33"],
+        2,
+        ["--allow-network", "'10.0.0.0/33'"],
+    ),
     "ingest-negative-hash-processes": (
         "ingest",
         ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--hash-processes", "-1"],
@@ -199,6 +205,12 @@ BAD_INPUT = {
         ["--snapshot", "{t}/keyonly", "--output", "{t}/r"],
         2,
         ["{t}/keyonly/images/part-0.parquet", "url, status"],
+    ),
+    "refresh-not-a-network": (
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--allow-network", "loopback"],
+        2,
+        ["--allow-network", "'loopback'"],
     ),
     "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
 }
