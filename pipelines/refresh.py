@@ -209,6 +209,13 @@ def resolve(opts):
         snapshots.append((root, pattern, columns))
     if opts.history and _norm(opts.history) == _norm(opts.output):
         raise ValueError("--history and --output must be different directories")
+    if opts.history and _inside(opts.output, opts.history):
+        # why: HISTORY holds one folder per night (--output H/{night} is that night's own folder,
+        # whose publish then removed this run's files: "vanished", exit 1, every night)
+        raise ValueError(
+            f"--output {opts.output} is inside --history {opts.history}: give each its own folder"
+            " (e.g. --output R/{night} --history R/history)"
+        )
     for name in ("dead_after", "host_dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
         if getattr(opts, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")

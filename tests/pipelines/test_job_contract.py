@@ -212,6 +212,12 @@ BAD_INPUT = {
         2,
         ["--allow-network", "'loopback'"],
     ),
+    "refresh-output-inside-history": (  # --output H/{night}: each run failed "vanished", exit 1
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/h/{{night}}", "--history", "{t}/h", "--night", "2030-01-01"],
+        2,
+        ["--output {t}/h/2030-01-01", "inside --history {t}/h"],
+    ),
     "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
 }
 
