@@ -24,6 +24,7 @@ __all__ = [
     "check_input_files",
     "check_not_inside_output",
     "check_output_dir",
+    "check_output_of",
     "check_table",
 ]
 
@@ -241,3 +242,23 @@ def check_ingest_networks(flag: str, root: str, allowed: list[str]) -> None:
                 f" allow: its URLs there would be refused and judged gone (dead after --dead-after"
                 f" nights); pass --allow-network {value} as the ingest did"
             )
+
+
+def check_output_of(out: str, job: str, flag: str = "--output") -> None:
+    """Refuses (BadInput) an output directory holding another job's output (its summary.json names
+    that job): the run would put its own summary.json in place of that one (an ingest OUT given as a
+    refresh's --output lost its summary, table record and counts, behind exit 0).
+
+    Args:
+        out: the output directory, local or gs://.
+        job: this job's name, as its summary.json records it ("refresh").
+        flag: the option naming `out`, for the message.
+    """
+    from transforms.io.table_record import recorded_table  # noqa: PLC0415
+
+    other, _record = recorded_table(out, strict=False)
+    if other and other != job:
+        raise BadInput(
+            f"{flag} {out} holds the output of a {other} run (its summary.json): a {job} would replace"
+            f" it; give the {job} a folder of its own"
+        )

@@ -65,6 +65,8 @@ def inputs(tmp_path_factory):
     write_table(root / "keyonly" / "images" / "part-0.parquet", ["key"])
     write_table(root / "table" / "images" / "part-0.parquet", ["key", "dataset", "url", "status"])
     (root / "empty-out").mkdir()
+    write_table(root / "ingested" / "images" / "part-0.parquet", ["key", "dataset", "url", "status"])
+    (root / "ingested" / "summary.json").write_text('{"job": "ingest", "rows": 1}')
     return root
 
 
@@ -218,6 +220,12 @@ BAD_INPUT = {
         2,
         ["--output {t}/h/2030-01-01", "inside --history {t}/h"],
     ),
+    "refresh-output-is-an-ingest-output": (  # its summary.json was replaced by the refresh's, exit 0
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/ingested"],
+        2,
+        ["--output {t}/ingested", "ingest"],
+    ),
     "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
 }
 
@@ -267,6 +275,8 @@ def test_nothing_is_written_for_bad_input(inputs, capsys):
         run_main(name, [a.format(t=inputs) for a in args], capsys)
     # The checks run before anything is created: no OUT for a run that was refused over its inputs.
     assert not (inputs / "o").exists() and not (inputs / "o3").exists() and not (inputs / "r").exists()
+    assert (inputs / "ingested" / "summary.json").read_text() == '{"job": "ingest", "rows": 1}'
+    assert sorted(os.listdir(inputs / "ingested")) == ["images", "summary.json"]
 
 
 HELP = [
