@@ -339,6 +339,37 @@ def test_head_settles_only_failures_that_are_no_evidence(result, settles):
     assert plans.head_settles(result) is settles
 
 
+@pytest.mark.parametrize(
+    "code, settles",
+    [
+        (200, True),
+        (304, True),
+        (404, True),
+        (410, True),
+        (429, True),
+        (503, True),
+        (412, False),
+        (400, False),
+        (403, False),
+    ],
+)
+def test_a_conditional_request_turned_down_is_followed_by_a_plain_get(code, settles):
+    status = schema.OK if code in (200, 304) else schema.HTTP_ERROR
+    assert plans.conditional_settles(FetchResult(status, http_status=code)) is settles
+
+
+def test_a_304_to_the_plain_get_after_a_turned_down_conditional_vouches_for_nothing():
+    snap = entry(etag='"a"')
+    plan = plans.plan_check(snap["url"], [snap], PARAMS)
+    steps = [
+        ("GET", FetchResult(schema.HTTP_ERROR, "HTTP 412", 412, attempts=1)),
+        ("GET", FetchResult(schema.OK, http_status=304, attempts=1)),
+    ]
+    check = plans.finish_check(plan, steps)
+    assert (check["method"], check["requests"], check["not_modified"]) == (verdicts.CONDITIONAL, 2, False)
+    assert judge(snap, check)["status"] == verdicts.UNREACHABLE
+
+
 def test_placeholder_votes_come_only_from_urls_whose_picture_was_replaced():
     replaced = got(placeholder_png(), final_url="http://example.com/gone.png")
     snap = entry(body=jpeg(1))

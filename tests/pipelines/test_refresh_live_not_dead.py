@@ -3,6 +3,7 @@ loopback web, real snapshots, the real job over several nights with one --histor
 
 - a server that answers 404 to HEAD but serves the picture to GET;
 - a server that drops the connection on HEAD (no answer) but serves the picture to GET;
+- a server that turns the conditional request down (412, 400) but serves the picture to a plain GET;
 - a refresh run without the --allow-network its snapshot was ingested with: every URL there is
   refused by the address policy, which is a 'gone' answer (dead on the second such night);
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
@@ -12,6 +13,7 @@ loopback web, real snapshots, the real job over several nights with one --histor
 import os
 
 import pyarrow.dataset as ds
+import pytest
 
 from pipelines import ingest as ingest_job
 from pipelines import refresh as refresh_job
@@ -65,6 +67,22 @@ def test_a_head_dropped_without_an_answer_is_no_verdict_when_get_serves_the_pict
         snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
         row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
     assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.HEAD_GET, 200), row["reason"]
+
+
+@pytest.mark.parametrize("refusal", [412, 400])
+def test_a_conditional_request_turned_down_is_no_verdict_when_a_plain_get_serves_the_picture(tmp_path, refusal):
+    body = jpeg(14)
+    with SampleWebServer() as web:
+        # servers and caches that answer If-None-Match with an error instead of 304 or 200
+        web.routes["/photo.jpg"] = lambda method, headers, n: (
+            Reply(refusal) if headers.get("If-None-Match") else Reply(200, body, JPEG)
+        )
+        snapshot = write_snapshot_table(
+            str(tmp_path / "snapshot"), [fetched_ok_row("cc3m:1", web.url("/photo.jpg"), body, etag='"v1"')]
+        )
+        row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
+    assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.CONDITIONAL, 200), row
+    assert row["requests"] == 2
 
 
 def test_a_url_that_is_really_gone_is_still_dead_after_the_get_confirms_it(tmp_path):
