@@ -230,6 +230,10 @@ def test_soft_404_and_unreadable_pictures():
     assert row["status"] == verdicts.DEAD and "soft 404" in row["error"] and "text/html" in row["error"]
     truncated = got(jpeg(1, (600, 400))[:3000])
     assert judge(entry(), truncated)["status"] == verdicts.UNREACHABLE
+    # an empty 200 (a cache or origin in a bad state) says nothing: no page saying "not found"
+    for content_type in (None, "text/html", "image/jpeg"):
+        empty = judge(entry(), got(b"", content_type=content_type))
+        assert (empty["status"], empty["failure"]) == (verdicts.UNREACHABLE, verdicts.TRANSIENT), empty["reason"]
 
 
 def test_rows_invalid_or_blocked_at_ingest_are_dead_without_a_request():

@@ -15,6 +15,7 @@ stages), `history` (one directory per night) and `summary` (summary.json).
 
 import dataclasses
 import datetime
+import hashlib
 import re
 import urllib.parse
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "GET",
     "FILE",
     "GONE_HTTP_STATUSES",
+    "EMPTY_SHA256",
     "HEAD_REFUSED",
     "BASELINE_STATUSES",
     "NOT_RECHECKED",
@@ -100,6 +102,7 @@ GET = "get"
 FILE = "file"  # a file row (ImageNet): looked up through Beam's filesystems
 
 GONE_HTTP_STATUSES = frozenset({404, 410, 451})
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # a 2xx with no body: tells nothing about the picture
 HEAD_REFUSED = frozenset({405, 501})
 BASELINE_STATUSES = frozenset({schema.OK, schema.HASH_MISMATCH})  # rows whose picture was hashed
 NOT_RECHECKED = frozenset({schema.INVALID_URL, schema.BLOCKED})
@@ -409,6 +412,8 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         if not phash and has_undecodable_baseline(entry):
             return unchecked(sha256, how)
     else:
+        if check.get("sha256") == EMPTY_SHA256:  # no page saying "not found": a cache or origin in a bad state
+            return failed(TRANSIENT, f"empty answer: HTTP {check.get('http_status')} with no body")
         if (
             check.get("image_status") != schema.OK
             and check.get("image_like")
