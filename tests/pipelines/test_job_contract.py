@@ -226,6 +226,18 @@ BAD_INPUT = {
         2,
         ["--output {t}/ingested", "ingest"],
     ),
+    "refresh-history-is-a-file": (  # was "unexpected RuntimeError: NotADirectoryError", exit 1
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--history", "{t}/m.tsv"],
+        2,
+        ["--history {t}/m.tsv", "file, not a directory"],
+    ),
+    "refresh-max-distance-out-of-range": (  # -1 called every re-encoded picture changed, behind exit 0
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--max-distance", "-1"],
+        2,
+        ["--max-distance", "between 0 and 64", "-1"],
+    ),
     "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
 }
 
