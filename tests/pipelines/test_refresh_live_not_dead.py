@@ -6,6 +6,7 @@ loopback web, real snapshots, the real job over several nights with one --histor
 - a server that turns the conditional request down (412, 400) but serves the picture to a plain GET;
 - a refresh run without the --allow-network its snapshot was ingested with: every URL there is
   refused by the address policy, which is a 'gone' answer (dead on the second such night);
+- a snapshot table whose rows have no key: all were merged into one row, "balanced" behind exit 0;
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
   lines): the old URL's history is not the new URL's.
 """
@@ -148,3 +149,14 @@ def test_a_refresh_without_the_ingests_allow_network_stops_before_judging_its_ur
         assert refresh("wider", "127.0.0.0/8") == 0
     [row] = ds.dataset(str(tmp_path / "wider" / "status"), format="parquet").to_table().to_pylist()
     assert row["status"] == verdicts.ALIVE, row["reason"]
+
+
+def test_snapshot_rows_without_a_key_are_bad_input_not_merged_into_one(tmp_path, capsys):
+    rows = [fetched_ok_row(None, f"http://127.0.0.1:9/{n}.jpg", jpeg(20 + n)) for n in range(3)]
+    snapshot = write_snapshot_table(str(tmp_path / "snapshot"), rows)
+    out = tmp_path / "refresh"
+    args = {"snapshot": snapshot, "output": str(out), "night": "2030-02-01", "allow-network": "127.0.0.1/32"}
+    assert refresh_job.main(local_options(**args)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("refresh:")]
+    assert len(err) == 1 and "no key" in err[0] and "Traceback" not in err[0], err
+    assert not (out / "status").exists() and not (out / "summary.json").exists()
