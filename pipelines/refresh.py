@@ -322,11 +322,12 @@ def run(argv=None):
         },
     )
     snapshots, params = resolve(opts)
-    for root, pattern, _columns in snapshots:  # every footer, not only the first file's
+    for root, pattern, columns in snapshots:  # every footer, not only the first file's
         files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
         if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
             check_recorded_table("--snapshot", root, files)
-            preflight.check_ingest_networks("--snapshot", root, opts.allow_network)
+            if snapshots_hold_rows([(root, pattern, columns)]):  # URLs to check need the ingest's networks
+                preflight.check_ingest_networks("--snapshot", root, opts.allow_network)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
     preflight.check_output_of(opts.output, "refresh")

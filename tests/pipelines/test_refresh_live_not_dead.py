@@ -144,7 +144,7 @@ def test_a_refresh_without_the_ingests_allow_network_stops_before_judging_its_ur
         assert refresh("forgot") == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--allow-network 127.0.0.1/32" in err and "Traceback" not in err, err
-        assert not os.path.exists(tmp_path / "forgot" / "status")
+        assert not os.path.exists(tmp_path / "forgot")  # stopped before anything was created
         # a wider network covers the ingest's
         assert refresh("wider", "127.0.0.0/8") == 0
     [row] = ds.dataset(str(tmp_path / "wider" / "status"), format="parquet").to_table().to_pylist()

@@ -137,7 +137,7 @@ class ReadSnapshots(beam.PTransform):
 def _keyed_entry(row, label, order):
     """snapshot_entry(), refusing a row without a key (BadInput: exit 2): rows are merged by key, so
     keyless rows became one status row, the others counted as "merged" in books that balanced."""
-    if not row.get("key"):
+    if row.get("key") is None or row.get("key") == "":
         raise BadInput(f"--snapshot {label}: a row has no key (url {row.get('url')!r}): not an ingest table")
     return snapshot_entry(row, label, order)
 
