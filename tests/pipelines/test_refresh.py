@@ -185,6 +185,23 @@ def test_a_photo_url_named_like_a_placeholder_is_not_one_unless_redirected_there
     assert judge(entry(url=url, body=jpeg(1)), got(jpeg(1), final_url=url))["status"] == verdicts.ALIVE
 
 
+@pytest.mark.parametrize(
+    "url, final_url, placeholder",
+    [
+        ("http://example.com/a.jpg", "http://example.com/static/no-image.png", True),
+        ("http://example.com/a.jpg", "http://example.com/img/photo_unavailable.png", True),
+        ("http://example.com/a.jpg", "http://example.com/img/default-placeholder.jpg", True),
+        # the photo's own file name elsewhere: http -> https, a CDN host
+        ("http://example.com/no-image.png", "https://cdn.example.com/no-image.png", False),
+        # a slug with the word inside another word
+        ("http://example.com/p/1", "http://example.com/p/1/piano-image.jpg", False),
+        ("http://example.com/p/2", "http://example.com/p/2/casino_photo.jpg", False),
+    ],
+)
+def test_a_redirect_is_a_placeholder_by_its_file_name_only_when_named_so(url, final_url, placeholder):
+    assert (verdicts.known_url_placeholder(final_url, url) is not None) is placeholder
+
+
 def test_the_known_list_holds_the_bundled_samples_placeholder():
     assert inspect_image(placeholder_png()).phash in {p.phash for p in verdicts.KNOWN_PLACEHOLDERS}
 

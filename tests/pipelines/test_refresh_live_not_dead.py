@@ -6,6 +6,9 @@ loopback web, real snapshots, the real job over several nights with one --histor
 - a server that turns the conditional request down (412, 400) but serves the picture to a plain GET;
 - a refresh run without the --allow-network its snapshot was ingested with: every URL there is
   refused by the address policy, which is a 'gone' answer (dead on the second such night);
+- a photo redirected to its own file name elsewhere (http -> https, a CDN host) or to a slug that
+  merely contains a placeholder word ("piano-image.jpg", "casino_photo.jpg"): the same picture,
+  judged a placeholder by its name;
 - a snapshot table whose rows have no key: all were merged into one row, "balanced" behind exit 0;
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
   lines): the old URL's history is not the new URL's.
@@ -84,6 +87,25 @@ def test_a_conditional_request_turned_down_is_no_verdict_when_a_plain_get_serves
         row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
     assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.CONDITIONAL, 200), row
     assert row["requests"] == 2
+
+
+def test_a_photo_redirected_to_a_name_that_merely_contains_a_placeholder_word_is_alive(tmp_path):
+    pictures = {"/pics/piano-image.jpg": jpeg(15), "/photo/123": jpeg(16), "/p/2": jpeg(17)}
+    with SampleWebServer() as web:
+        # the photo's own file name on another path (a CDN), and slugs that contain "no-image",
+        # "no_photo" inside a word
+        targets = {"/pics/piano-image.jpg": "/cdn/pics/piano-image.jpg", "/photo/123": "/photo/123/casino_photo.jpg"}
+        targets["/p/2"] = "/p/2/volcano-image.png"
+        for path, target in targets.items():
+            web.routes[path] = Reply(301, b"", {"Location": target})
+            web.routes[target] = Reply(200, pictures[path], JPEG)
+        snapshot = write_snapshot(
+            str(tmp_path / "snapshot"), [(f"cc3m:{n}", web.url(p), b) for n, (p, b) in enumerate(pictures.items())]
+        )
+        nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
+    for rows in nights:
+        assert {r["status"] for r in rows.values()} == {verdicts.ALIVE}, [r["reason"] for r in rows.values()]
+        assert not any(r["placeholder"] for r in rows.values())
 
 
 def test_a_url_that_is_really_gone_is_still_dead_after_the_get_confirms_it(tmp_path):

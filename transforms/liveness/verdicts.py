@@ -123,8 +123,11 @@ KNOWN_PLACEHOLDER_URLS = (
 
 # Any host: a redirect whose target file is named like a placeholder ("photo_unavailable.png",
 # "no-image.gif", "placeholder.jpg", ...). Only after a redirect: a photo's own URL may say anything.
+# The word starts the file name or follows a "-", "_" or ".": inside a word it is a photo's slug
+# ("piano-image.jpg", "casino_photo.jpg"), which a redirect to the photo's own page gives.
 PLACEHOLDER_FILE_NAME = re.compile(
-    r"(?:unavailable|placeholder|no[-_]?image|no[-_]?photo|not[-_]?found|removed)[^/]*\.(?:png|jpe?g|gif|webp)$",
+    r"(?:^|/|[^/]*[-_.])(?:unavailable|placeholder|no[-_]?image|no[-_]?photo|not[-_]?found|removed)"
+    r"[^/]*\.(?:png|jpe?g|gif|webp)$",
     re.IGNORECASE,
 )
 
@@ -312,9 +315,18 @@ def known_url_placeholder(final_url, url=None):
         if (host == suffix or host.endswith("." + suffix)) and pattern.search(parts.path):
             return f"the {what} picture"
     redirected = url is not None and (final_url or "").strip() != (url or "").strip()
-    if redirected and PLACEHOLDER_FILE_NAME.search(parts.path):
+    name = parts.path.rsplit("/", 1)[-1]
+    # why: a redirect to the URL's own file name (http -> https, a CDN host) is the photo's own name
+    if redirected and PLACEHOLDER_FILE_NAME.search("/" + name) and name != _file_name(url):
         return "a picture named like a placeholder"
     return None
+
+
+def _file_name(url):
+    try:
+        return urllib.parse.urlsplit((url or "").strip()).path.rsplit("/", 1)[-1]
+    except ValueError:
+        return None
 
 
 def placeholder_reason(sha256, phash, final_url, detected, params, url=None):
