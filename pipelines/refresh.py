@@ -209,6 +209,17 @@ def resolve(opts):
         snapshots.append((root, pattern, columns))
     if opts.history and _norm(opts.history) == _norm(opts.output):
         raise ValueError("--history and --output must be different directories")
+    if opts.history and "://" not in opts.history and os.path.isfile(opts.history):
+        raise ValueError(f"--history {opts.history} is an existing file, not a directory")
+    if opts.max_distance is not None and not 0 <= opts.max_distance <= 64:
+        raise ValueError(f"--max-distance must be between 0 and 64 (pHash bits), got {opts.max_distance}")
+    if opts.history and _inside(opts.output, opts.history):
+        # why: HISTORY holds one folder per night (--output H/{night} is that night's own folder,
+        # whose publish then removed this run's files: "vanished", exit 1, every night)
+        raise ValueError(
+            f"--output {opts.output} is inside --history {opts.history}: give each its own folder"
+            " (e.g. --output R/{night} --history R/history)"
+        )
     for name in ("dead_after", "host_dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
         if getattr(opts, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")
@@ -311,12 +322,15 @@ def run(argv=None):
         },
     )
     snapshots, params = resolve(opts)
-    for root, pattern, _columns in snapshots:  # every footer, not only the first file's
+    for root, pattern, columns in snapshots:  # every footer, not only the first file's
         files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
         if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
             check_recorded_table("--snapshot", root, files)
+            if snapshots_hold_rows([(root, pattern, columns)]):  # URLs to check need the ingest's networks
+                preflight.check_ingest_networks("--snapshot", root, opts.allow_network)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
+    preflight.check_output_of(opts.output, "refresh")
     if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):
         print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
         return None

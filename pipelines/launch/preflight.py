@@ -18,7 +18,15 @@ from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.manifests import path_identity
 
-__all__ = ["check_input_file", "check_input_files", "check_not_inside_output", "check_output_dir", "check_table"]
+__all__ = [
+    "check_ingest_networks",
+    "check_input_file",
+    "check_input_files",
+    "check_not_inside_output",
+    "check_output_dir",
+    "check_output_of",
+    "check_table",
+]
 
 GLOB_CHARS = "*?["
 
@@ -190,3 +198,67 @@ def check_table(flag: str, root: str, required: tuple[str, ...], pattern: str | 
                 f" not an ingest images/ table"
             )
     return files
+
+
+def check_ingest_networks(flag: str, root: str, allowed: list[str]) -> None:
+    """Refuses (BadInput) a run whose --allow-network lacks a network the ingest of ROOT allowed
+    (its summary.json's options): every URL of ROOT there would be refused by the address policy,
+    which the refresh takes as a 'gone' answer, so a command missing the flag would call the live
+    URLs of those networks dead after --dead-after nights. A ROOT without a readable summary.json
+    (an older layout, files named by a glob) is not checked.
+
+    Args:
+        flag: the option naming ROOT ("--snapshot").
+        root: an ingest output.
+        allowed: this run's --allow-network values.
+    """
+    import ipaddress  # noqa: PLC0415 (only the refresh needs it)
+    import json  # noqa: PLC0415
+
+    path = FileSystems.join(root, "summary.json")
+    try:
+        with FileSystems.open(path) as handle:
+            summary = json.loads(handle.read().decode("utf-8"))
+    except Exception:  # noqa: BLE001 (absent or unreadable: the table checks report what matters)
+        return
+    options = summary.get("options") if isinstance(summary, dict) else None
+    ingest = options.get("allow_network") if isinstance(options, dict) else None
+    if not isinstance(ingest, list):
+        return
+    ours = []
+    for value in allowed:
+        try:
+            ours.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            continue  # FetchConfig.from_options names the malformed value
+    for value in ingest:
+        try:
+            network = ipaddress.ip_network(str(value), strict=False)
+        except ValueError:
+            continue
+        if not any(network.version == n.version and network.subnet_of(n) for n in ours):  # type: ignore[arg-type]
+            raise BadInput(
+                f"{flag} {root} was ingested with --allow-network {value}, which this run does not"
+                f" allow: its URLs there would be refused and judged gone (dead after --dead-after"
+                f" nights); pass --allow-network {value} as the ingest did"
+            )
+
+
+def check_output_of(out: str, job: str, flag: str = "--output") -> None:
+    """Refuses (BadInput) an output directory holding another job's output (its summary.json names
+    that job): the run would put its own summary.json in place of that one (an ingest OUT given as a
+    refresh's --output lost its summary, table record and counts, behind exit 0).
+
+    Args:
+        out: the output directory, local or gs://.
+        job: this job's name, as its summary.json records it ("refresh").
+        flag: the option naming `out`, for the message.
+    """
+    from transforms.io.table_record import recorded_table  # noqa: PLC0415
+
+    other, _record = recorded_table(out, strict=False)
+    if other and other != job:
+        raise BadInput(
+            f"{flag} {out} holds the output of a {other} run (its summary.json): a {job} would replace"
+            f" it; give the {job} a folder of its own"
+        )

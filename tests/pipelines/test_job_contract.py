@@ -65,6 +65,8 @@ def inputs(tmp_path_factory):
     write_table(root / "keyonly" / "images" / "part-0.parquet", ["key"])
     write_table(root / "table" / "images" / "part-0.parquet", ["key", "dataset", "url", "status"])
     (root / "empty-out").mkdir()
+    write_table(root / "ingested" / "images" / "part-0.parquet", ["key", "dataset", "url", "status"])
+    (root / "ingested" / "summary.json").write_text('{"job": "ingest", "rows": 1}')
     return root
 
 
@@ -106,6 +108,12 @@ BAD_INPUT = {
         ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--concurrency", "0"],
         2,
         ["--concurrency must be above 0"],
+    ),
+    "ingest-not-a-network": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--allow-network", "10.0.0.0/33"],
+        2,
+        ["--allow-network", "'10.0.0.0/33'"],
     ),
     "ingest-negative-hash-processes": (
         "ingest",
@@ -200,6 +208,36 @@ BAD_INPUT = {
         2,
         ["{t}/keyonly/images/part-0.parquet", "url, status"],
     ),
+    "refresh-not-a-network": (
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--allow-network", "loopback"],
+        2,
+        ["--allow-network", "'loopback'"],
+    ),
+    "refresh-output-inside-history": (  # --output H/{night}: each run failed "vanished", exit 1
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/h/{{night}}", "--history", "{t}/h", "--night", "2030-01-01"],
+        2,
+        ["--output {t}/h/2030-01-01", "inside --history {t}/h"],
+    ),
+    "refresh-output-is-an-ingest-output": (  # its summary.json was replaced by the refresh's, exit 0
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/ingested"],
+        2,
+        ["--output {t}/ingested", "ingest"],
+    ),
+    "refresh-history-is-a-file": (  # was "unexpected RuntimeError: NotADirectoryError", exit 1
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--history", "{t}/m.tsv"],
+        2,
+        ["--history {t}/m.tsv", "file, not a directory"],
+    ),
+    "refresh-max-distance-out-of-range": (  # -1 called every re-encoded picture changed, behind exit 0
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--max-distance", "-1"],
+        2,
+        ["--max-distance", "between 0 and 64", "-1"],
+    ),
     "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
 }
 
@@ -249,6 +287,8 @@ def test_nothing_is_written_for_bad_input(inputs, capsys):
         run_main(name, [a.format(t=inputs) for a in args], capsys)
     # The checks run before anything is created: no OUT for a run that was refused over its inputs.
     assert not (inputs / "o").exists() and not (inputs / "o3").exists() and not (inputs / "r").exists()
+    assert (inputs / "ingested" / "summary.json").read_text() == '{"job": "ingest", "rows": 1}'
+    assert sorted(os.listdir(inputs / "ingested")) == ["images", "summary.json"]
 
 
 HELP = [

@@ -185,6 +185,23 @@ def test_a_photo_url_named_like_a_placeholder_is_not_one_unless_redirected_there
     assert judge(entry(url=url, body=jpeg(1)), got(jpeg(1), final_url=url))["status"] == verdicts.ALIVE
 
 
+@pytest.mark.parametrize(
+    "url, final_url, placeholder",
+    [
+        ("http://example.com/a.jpg", "http://example.com/static/no-image.png", True),
+        ("http://example.com/a.jpg", "http://example.com/img/photo_unavailable.png", True),
+        ("http://example.com/a.jpg", "http://example.com/img/default-placeholder.jpg", True),
+        # the photo's own file name elsewhere: http -> https, a CDN host
+        ("http://example.com/no-image.png", "https://cdn.example.com/no-image.png", False),
+        # a slug with the word inside another word
+        ("http://example.com/p/1", "http://example.com/p/1/piano-image.jpg", False),
+        ("http://example.com/p/2", "http://example.com/p/2/casino_photo.jpg", False),
+    ],
+)
+def test_a_redirect_is_a_placeholder_by_its_file_name_only_when_named_so(url, final_url, placeholder):
+    assert (verdicts.known_url_placeholder(final_url, url) is not None) is placeholder
+
+
 def test_the_known_list_holds_the_bundled_samples_placeholder():
     assert inspect_image(placeholder_png()).phash in {p.phash for p in verdicts.KNOWN_PLACEHOLDERS}
 
@@ -230,6 +247,10 @@ def test_soft_404_and_unreadable_pictures():
     assert row["status"] == verdicts.DEAD and "soft 404" in row["error"] and "text/html" in row["error"]
     truncated = got(jpeg(1, (600, 400))[:3000])
     assert judge(entry(), truncated)["status"] == verdicts.UNREACHABLE
+    # an empty 200 (a cache or origin in a bad state) says nothing: no page saying "not found"
+    for content_type in (None, "text/html", "image/jpeg"):
+        empty = judge(entry(), got(b"", content_type=content_type))
+        assert (empty["status"], empty["failure"]) == (verdicts.UNREACHABLE, verdicts.TRANSIENT), empty["reason"]
 
 
 def test_rows_invalid_or_blocked_at_ingest_are_dead_without_a_request():
@@ -328,10 +349,46 @@ def test_plans_are_cheap_first():
         (FetchResult(schema.HTTP_ERROR, http_status=503), True),
         (FetchResult(schema.TIMEOUT), True),
         (FetchResult(schema.OPTED_OUT, http_status=200), True),
+        (FetchResult(schema.CONNECTION_ERROR), False),  # hung up on the HEAD: the GET may be served
+        (FetchResult(schema.CONNECTION_ERROR, unconnectable=True), True),
+        (FetchResult(schema.CONNECTION_ERROR, unconnectable=True, refused=True), True),
+        (FetchResult(schema.CONNECTION_ERROR, unconnectable=True, name_not_found=True), True),
+        (FetchResult(schema.CONNECTION_ERROR, skipped=True), True),  # the host is short-circuited
     ],
 )
 def test_head_settles_only_failures_that_are_no_evidence(result, settles):
     assert plans.head_settles(result) is settles
+
+
+@pytest.mark.parametrize(
+    "code, settles",
+    [
+        (200, True),
+        (304, True),
+        (404, True),
+        (410, True),
+        (429, True),
+        (503, True),
+        (412, False),
+        (400, False),
+        (403, False),
+    ],
+)
+def test_a_conditional_request_turned_down_is_followed_by_a_plain_get(code, settles):
+    status = schema.OK if code in (200, 304) else schema.HTTP_ERROR
+    assert plans.conditional_settles(FetchResult(status, http_status=code)) is settles
+
+
+def test_a_304_to_the_plain_get_after_a_turned_down_conditional_vouches_for_nothing():
+    snap = entry(etag='"a"')
+    plan = plans.plan_check(snap["url"], [snap], PARAMS)
+    steps = [
+        ("GET", FetchResult(schema.HTTP_ERROR, "HTTP 412", 412, attempts=1)),
+        ("GET", FetchResult(schema.OK, http_status=304, attempts=1)),
+    ]
+    check = plans.finish_check(plan, steps)
+    assert (check["method"], check["requests"], check["not_modified"]) == (verdicts.CONDITIONAL, 2, False)
+    assert judge(snap, check)["status"] == verdicts.UNREACHABLE
 
 
 def test_placeholder_votes_come_only_from_urls_whose_picture_was_replaced():

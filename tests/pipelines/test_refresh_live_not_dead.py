@@ -2,6 +2,15 @@
 loopback web, real snapshots, the real job over several nights with one --history.
 
 - a server that answers 404 to HEAD but serves the picture to GET;
+- a server that drops the connection on HEAD (no answer) but serves the picture to GET;
+- a server that turns the conditional request down (412, 400) but serves the picture to a plain GET;
+- a refresh run without the --allow-network its snapshot was ingested with: every URL there is
+  refused by the address policy, which is a 'gone' answer (dead on the second such night);
+- a photo redirected to its own file name elsewhere (http -> https, a CDN host) or to a slug that
+  merely contains a placeholder word ("piano-image.jpg", "casino_photo.jpg"): the same picture,
+  judged a placeholder by its name;
+- a snapshot table whose rows have no key: all were merged into one row, "balanced" behind exit 0;
+- two slices of one manifest ingested apart, given as two --snapshots: one URL of each key merged away;
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
   lines): the old URL's history is not the new URL's.
 """
@@ -9,7 +18,9 @@ loopback web, real snapshots, the real job over several nights with one --histor
 import os
 
 import pyarrow.dataset as ds
+import pytest
 
+from pipelines import ingest as ingest_job
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
@@ -50,6 +61,53 @@ def test_a_404_to_head_alone_is_no_evidence_when_get_serves_the_picture(tmp_path
         nights = [night(tmp_path, snapshot, d)["cc3m:1"] for d in ("2030-02-01", "2030-02-02", "2030-02-03")]
     assert [r["status"] for r in nights] == [verdicts.ALIVE] * 3, [r["reason"] for r in nights]
     assert all(r["method"] == verdicts.HEAD_GET and r["http_status"] == 200 for r in nights)
+
+
+def test_a_head_dropped_without_an_answer_is_no_verdict_when_get_serves_the_picture(tmp_path):
+    body = jpeg(12)
+    with SampleWebServer() as web:
+        # servers (and their firewalls) that hang up on HEAD: a reset, no status line
+        web.routes["/photo.jpg"] = lambda method, headers, n: (
+            Reply(reset=True) if method == "HEAD" else Reply(200, body, JPEG)
+        )
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
+        row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
+    assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.HEAD_GET, 200), row["reason"]
+
+
+@pytest.mark.parametrize("refusal", [412, 400])
+def test_a_conditional_request_turned_down_is_no_verdict_when_a_plain_get_serves_the_picture(tmp_path, refusal):
+    body = jpeg(14)
+    with SampleWebServer() as web:
+        # servers and caches that answer If-None-Match with an error instead of 304 or 200
+        web.routes["/photo.jpg"] = lambda method, headers, n: (
+            Reply(refusal) if headers.get("If-None-Match") else Reply(200, body, JPEG)
+        )
+        snapshot = write_snapshot_table(
+            str(tmp_path / "snapshot"), [fetched_ok_row("cc3m:1", web.url("/photo.jpg"), body, etag='"v1"')]
+        )
+        row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
+    assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.CONDITIONAL, 200), row
+    assert row["requests"] == 2
+
+
+def test_a_photo_redirected_to_a_name_that_merely_contains_a_placeholder_word_is_alive(tmp_path):
+    pictures = {"/pics/piano-image.jpg": jpeg(15), "/photo/123": jpeg(16), "/p/2": jpeg(17)}
+    with SampleWebServer() as web:
+        # the photo's own file name on another path (a CDN), and slugs that contain "no-image",
+        # "no_photo" inside a word
+        targets = {"/pics/piano-image.jpg": "/cdn/pics/piano-image.jpg", "/photo/123": "/photo/123/casino_photo.jpg"}
+        targets["/p/2"] = "/p/2/volcano-image.png"
+        for path, target in targets.items():
+            web.routes[path] = Reply(301, b"", {"Location": target})
+            web.routes[target] = Reply(200, pictures[path], JPEG)
+        snapshot = write_snapshot(
+            str(tmp_path / "snapshot"), [(f"cc3m:{n}", web.url(p), b) for n, (p, b) in enumerate(pictures.items())]
+        )
+        nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
+    for rows in nights:
+        assert {r["status"] for r in rows.values()} == {verdicts.ALIVE}, [r["reason"] for r in rows.values()]
+        assert not any(r["placeholder"] for r in rows.values())
 
 
 def test_a_url_that_is_really_gone_is_still_dead_after_the_get_confirms_it(tmp_path):
@@ -117,3 +175,43 @@ def test_two_slices_of_a_manifest_in_one_night_are_refused_not_merged(tmp_path, 
         assert refresh_job.main(local_options(**args, timeout=5, retries=0)) == 0
     rows = ds.dataset(os.path.join(str(tmp_path / "night"), "status"), format="parquet").to_table().to_pylist()
     assert sorted(r["key"] for r in rows) == ["cc3m:1", "cc3m:2"]
+
+
+def test_a_refresh_without_the_ingests_allow_network_stops_before_judging_its_urls(tmp_path, capsys):
+    body = jpeg(13)
+    with SampleWebServer() as web:
+        web.routes["/photo.jpg"] = Reply(200, body, JPEG)
+        manifest = tmp_path / "cc3m.tsv"
+        manifest.write_text(f"a photo\t{web.url('/photo.jpg')}\n")
+        out = str(tmp_path / "out")
+        network = {"allow-network": "127.0.0.1/32", "no-report": True}
+        assert ingest_job.main(local_options(manifest=f"cc3m={manifest}", output=out, **network)) == 0
+        capsys.readouterr()
+
+        def refresh(output, *network):
+            args = {"snapshot": out, "output": str(tmp_path / output), "night": "2030-02-01"}
+            if network:
+                args["allow-network"] = list(network)
+            return refresh_job.main(local_options(**args))
+
+        # a tired operator's nightly command without the flag: each night every URL was refused by
+        # the address policy ('gone'), and on the second such night all were dead
+        assert refresh("forgot") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--allow-network 127.0.0.1/32" in err and "Traceback" not in err, err
+        assert not os.path.exists(tmp_path / "forgot")  # stopped before anything was created
+        # a wider network covers the ingest's
+        assert refresh("wider", "127.0.0.0/8") == 0
+    [row] = ds.dataset(str(tmp_path / "wider" / "status"), format="parquet").to_table().to_pylist()
+    assert row["status"] == verdicts.ALIVE, row["reason"]
+
+
+def test_snapshot_rows_without_a_key_are_bad_input_not_merged_into_one(tmp_path, capsys):
+    rows = [fetched_ok_row(None, f"http://127.0.0.1:9/{n}.jpg", jpeg(20 + n)) for n in range(3)]
+    snapshot = write_snapshot_table(str(tmp_path / "snapshot"), rows)
+    out = tmp_path / "refresh"
+    args = {"snapshot": snapshot, "output": str(out), "night": "2030-02-01", "allow-network": "127.0.0.1/32"}
+    assert refresh_job.main(local_options(**args)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("refresh:")]
+    assert len(err) == 1 and "no key" in err[0] and "Traceback" not in err[0], err
+    assert not (out / "status").exists() and not (out / "summary.json").exists()

@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import email.utils
 import errno
+import ipaddress
 import socket
 import threading
 import time
@@ -188,6 +189,15 @@ class FetchConfig:
             if value is None or value < 0 or (positive and value == 0):
                 flag = "--" + name.replace("_", "-")
                 raise BadInput(f"{flag} must be {'above' if positive else 'at least'} 0, got {value}")
+        for network in opts.allow_network:
+            # why here: AddressPolicy parses them in each worker's Fetcher, where a typo failed the
+            # running job as an "unexpected ValueError" (exit 1) after its output was created
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise BadInput(
+                    f"--allow-network takes a network (10.0.0.0/8, 127.0.0.1/32, fd00::/8), got {network!r}"
+                ) from None
         return cls(
             timeout=opts.timeout,
             max_bytes=opts.max_bytes,

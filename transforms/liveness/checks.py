@@ -114,7 +114,7 @@ class ReadSnapshots(beam.PTransform):
             part = (
                 pbegin
                 | f"Read{order}" >> ReadTableRecords(pattern, columns=columns or snapshot_columns(pattern))
-                | f"Entries{order}" >> beam.Map(snapshot_entry, label, order)
+                | f"Entries{order}" >> beam.Map(_keyed_entry, label, order)
             )
             parts.append(part)
             counts.append(
@@ -133,6 +133,14 @@ class ReadSnapshots(beam.PTransform):
             "rows_in": counts | "AllCounts" >> beam.Flatten(),
             "merged": merged | "Merged" >> beam.Map(lambda kv: kv[1][1] - 1) | "SumMerged" >> beam.CombineGlobally(sum),
         }
+
+
+def _keyed_entry(row, label, order):
+    """snapshot_entry(), refusing a row without a key (BadInput: exit 2): rows are merged by key, so
+    keyless rows became one status row, the others counted as "merged" in books that balanced."""
+    if row.get("key") is None or row.get("key") == "":
+        raise BadInput(f"--snapshot {label}: a row has no key (url {row.get('url')!r}): not an ingest table")
+    return snapshot_entry(row, label, order)
 
 
 def _best_counted(pairs):

@@ -17,6 +17,7 @@ from transforms.liveness.verdicts import (
     EPOCH,
     FILE,
     GET,
+    GONE_HTTP_STATUSES,
     HEAD,
     HEAD_GET,
     HEAD_REFUSED,
@@ -35,6 +36,7 @@ __all__ = [
     "looks_like_image",
     "plan_check",
     "head_settles",
+    "conditional_settles",
     "run_plan",
     "new_check",
     "finish_check",
@@ -98,9 +100,10 @@ def plan_check(url: str, entries: list, params) -> dict:
 
 def head_settles(head):
     """True when a HEAD answer is enough: the URL is failing. A 2xx, a refused HEAD (405/501), another
-    4xx (servers that mishandle HEAD) or a 404/410/451 needs the GET: a 'gone' answer is evidence
-    that makes a URL dead, and servers whose handlers only know GET answer HEAD with their 404 page
-    while GET serves the picture, so only the GET's answer is taken as evidence."""
+    4xx (servers that mishandle HEAD), a connection dropped without an answer, or a 404/410/451 needs
+    the GET: a 'gone' answer is evidence that makes a URL dead, and servers whose handlers only know
+    GET answer HEAD with their 404 page while GET serves the picture, so only the GET's answer is
+    taken as evidence."""
     if head.status == schema.OK:
         return False
     if head.status == schema.HTTP_ERROR:
@@ -108,14 +111,35 @@ def head_settles(head):
         if code in HEAD_REFUSED:
             return False
         return code >= 500 or code == 429 or 300 <= code < 400
-    return True  # timeout, connection failure, blocked, invalid redirect, opted out
+    if head.status == schema.CONNECTION_ERROR and not (
+        head.unconnectable or head.refused or head.name_not_found or head.skipped
+    ):
+        # why: the host took the connection and hung up on the HEAD (a reset, no status line), as
+        # servers and firewalls that drop HEAD do while GET serves the picture: settled here, a
+        # live URL would be unreachable every night, then dead after --unreachable-dead-after
+        return False
+    return True  # timeout, no connection, blocked, invalid redirect, opted out
+
+
+def conditional_settles(answer) -> bool:
+    """True when the conditional GET's answer is the night's. A 4xx other than 404/410/451 and 429
+    (412 Precondition Failed, a 400 for the If-* headers, ...) may turn down the validators rather
+    than the picture: then a plain GET, or a live URL whose server mishandles them would be
+    unreachable every night, then dead after --unreachable-dead-after."""
+    code = answer.http_status or 0
+    if answer.status != schema.HTTP_ERROR or not 400 <= code < 500:
+        return True
+    return code in GONE_HTTP_STATUSES or code == 429
 
 
 async def run_plan(fetcher, plan):
     """The requests of one plan, in order, on the fetcher's loop. Returns [(method, FetchResult)]."""
     url = plan["url"]
     if plan["method"] == CONDITIONAL:
-        return [("GET", await fetcher.fetch(url, "GET", plan["headers"]))]
+        steps = [("GET", await fetcher.fetch(url, "GET", plan["headers"]))]
+        if not conditional_settles(steps[0][1]):
+            steps.append(("GET", await fetcher.fetch(url, "GET")))
+        return steps
     steps = []
     if plan["method"] == HEAD:
         head = await fetcher.fetch(url, "HEAD")
@@ -221,7 +245,8 @@ def finish_check(plan: dict, steps: list, max_pixels: int = DEFAULT_MAX_PIXELS) 
     )
     if last.status == schema.OK:
         if last.http_status == 304:
-            check["not_modified"] = plan["method"] == CONDITIONAL
+            # only the conditional request itself may answer "not modified", not the plain GET after it
+            check["not_modified"] = plan["method"] == CONDITIONAL and len(steps) == 1
             if not check["not_modified"]:  # a 304 we did not ask for cannot vouch for anything
                 check.update(status=schema.HTTP_ERROR, error="HTTP 304 to an unconditional request")
         elif methods[-1] == "GET":

@@ -15,6 +15,7 @@ stages), `history` (one directory per night) and `summary` (summary.json).
 
 import dataclasses
 import datetime
+import hashlib
 import re
 import urllib.parse
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "GET",
     "FILE",
     "GONE_HTTP_STATUSES",
+    "EMPTY_SHA256",
     "HEAD_REFUSED",
     "BASELINE_STATUSES",
     "NOT_RECHECKED",
@@ -100,6 +102,7 @@ GET = "get"
 FILE = "file"  # a file row (ImageNet): looked up through Beam's filesystems
 
 GONE_HTTP_STATUSES = frozenset({404, 410, 451})
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # a 2xx with no body: tells nothing about the picture
 HEAD_REFUSED = frozenset({405, 501})
 BASELINE_STATUSES = frozenset({schema.OK, schema.HASH_MISMATCH})  # rows whose picture was hashed
 NOT_RECHECKED = frozenset({schema.INVALID_URL, schema.BLOCKED})
@@ -120,8 +123,11 @@ KNOWN_PLACEHOLDER_URLS = (
 
 # Any host: a redirect whose target file is named like a placeholder ("photo_unavailable.png",
 # "no-image.gif", "placeholder.jpg", ...). Only after a redirect: a photo's own URL may say anything.
+# The word starts the file name or follows a "-", "_" or ".": inside a word it is a photo's slug
+# ("piano-image.jpg", "casino_photo.jpg"), which a redirect to the photo's own page gives.
 PLACEHOLDER_FILE_NAME = re.compile(
-    r"(?:unavailable|placeholder|no[-_]?image|no[-_]?photo|not[-_]?found|removed)[^/]*\.(?:png|jpe?g|gif|webp)$",
+    r"(?:^|/|[^/]*[-_.])(?:unavailable|placeholder|no[-_]?image|no[-_]?photo|not[-_]?found|removed)"
+    r"[^/]*\.(?:png|jpe?g|gif|webp)$",
     re.IGNORECASE,
 )
 
@@ -309,9 +315,18 @@ def known_url_placeholder(final_url, url=None):
         if (host == suffix or host.endswith("." + suffix)) and pattern.search(parts.path):
             return f"the {what} picture"
     redirected = url is not None and (final_url or "").strip() != (url or "").strip()
-    if redirected and PLACEHOLDER_FILE_NAME.search(parts.path):
+    name = parts.path.rsplit("/", 1)[-1]
+    # why: a redirect to the URL's own file name (http -> https, a CDN host) is the photo's own name
+    if redirected and PLACEHOLDER_FILE_NAME.search("/" + name) and name != _file_name(url):
         return "a picture named like a placeholder"
     return None
+
+
+def _file_name(url):
+    try:
+        return urllib.parse.urlsplit((url or "").strip()).path.rsplit("/", 1)[-1]
+    except ValueError:
+        return None
 
 
 def placeholder_reason(sha256, phash, final_url, detected, params, url=None):
@@ -409,6 +424,8 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         if not phash and has_undecodable_baseline(entry):
             return unchecked(sha256, how)
     else:
+        if check.get("sha256") == EMPTY_SHA256:  # no page saying "not found": a cache or origin in a bad state
+            return failed(TRANSIENT, f"empty answer: HTTP {check.get('http_status')} with no body")
         if (
             check.get("image_status") != schema.OK
             and check.get("image_like")
