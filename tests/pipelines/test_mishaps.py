@@ -225,8 +225,8 @@ def test_same_named_files_in_three_folders_keep_every_row_and_a_file_named_twice
 # --- one writer per OUT ------------------------------------------------------------------------
 
 
-def _start_ingest(args):
-    env = dict(os.environ, PYTHONPATH=REPO)
+def _start_ingest(args, **env_vars):
+    env = dict(os.environ, **{"PYTHONPATH": REPO, **env_vars})
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.ingest", *args],
         cwd=REPO,
@@ -349,6 +349,41 @@ def test_a_first_run_killed_while_publishing_its_table_is_refused_by_every_reade
         os.killpg(running.pid, signal.SIGKILL)
         running.communicate()
     # the moment aimed at: a part published, the summary that records the table not yet written
+    assert table_module.list_table_files(out) and not os.path.exists(os.path.join(out, "summary.json"))
+    assert_readers_refuse(out, tmp_path, capsys, "no summary.json")
+
+    assert _ingest(out, f"cc3m={manifest}") == 0
+    _assert_whole(out, 40)
+
+
+def test_a_first_run_interrupted_while_publishing_its_table_is_refused_by_every_reader(web, tmp_path, capsys):
+    """Ctrl-C of a first ingest once its first part is in images/ and before summary.json: the moment
+    of the kill -9 above, but Ctrl-C released OUT's lease on its way out, so nothing marked the table
+    unfinished, and export, dedup and refresh read the parts found with exit 0 (25,000 rows in two
+    parts of 20,000 and 5,000: 5,000 rows lost downstream). Now the lease stays on such an OUT;
+    the same command run again takes it over and completes."""
+    urls = _serve(web, 40)
+    (tmp_path / "in").mkdir()
+    manifest = tmp_path / "in" / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls))
+    out = str(tmp_path / "out")
+    args = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
+    # the kill sweep's pause after each published rename: the Ctrl-C lands before summary.json
+    pause = os.path.join(REPO, "scripts", "kill_sweep_pause")
+    running = _start_ingest([*args, "--no-report"], PYTHONPATH=f"{pause}:{REPO}", KILL_SWEEP_PAUSE="5")
+    try:
+        deadline = time.monotonic() + 120
+        while not table_module.list_table_files(out):
+            assert running.poll() is None, running.communicate()
+            assert time.monotonic() < deadline, "no part was published"
+            time.sleep(0.005)
+        running.send_signal(signal.SIGINT)
+        _, stderr = running.communicate(timeout=30)
+    finally:
+        if running.poll() is None:
+            os.killpg(running.pid, signal.SIGKILL)
+            running.wait()
+    assert running.returncode == 130, stderr
     assert table_module.list_table_files(out) and not os.path.exists(os.path.join(out, "summary.json"))
     assert_readers_refuse(out, tmp_path, capsys, "no summary.json")
 

@@ -40,6 +40,7 @@ __all__ = [
     "recorded_table",
     "refuse_unfinished",
     "roll_back",
+    "unfinished_table",
     "table_record",
 ]
 
@@ -205,6 +206,15 @@ def refuse_unfinished(flag: str, root: str) -> None:
         f"{flag} {root}: its table is unfinished: no summary.json, and {holder.describe()} holds {path}"
         f" (still writing, or killed before the end): wait for it to end, or rerun it"
     )
+
+
+def unfinished_table(root: str) -> bool:
+    """True when ROOT/images holds Parquet files and ROOT has no summary.json: a run stopped between
+    publishing its parts and recording them (Ctrl-C or a failure of a first run); what
+    refuse_unfinished refuses while that run's lease is on ROOT."""
+    from transforms.io.table import list_table_files  # noqa: PLC0415 (table imports Beam transforms)
+
+    return bool(list_table_files(root)) and not FileSystems.exists(join_path(root, "summary.json"))
 
 
 def _replaced(record: dict, facts: dict[str, dict]) -> list[str]:
