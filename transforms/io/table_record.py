@@ -103,7 +103,12 @@ def _footer_fact(path: str) -> dict:
     import pyarrow.parquet as pq  # noqa: PLC0415 (only readers need it)
 
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        rows = pq.ParquetFile(handle).metadata.num_rows
+        try:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+        except ValueError as exc:  # ArrowInvalid: emptied, cut short, not Parquet; pyarrow names no file
+            raise BadInput(
+                f"{path} is not a readable Parquet file ({exc}); restore it, or re-run the job that wrote it"
+            ) from None
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
         handle.seek(size - 8)
