@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from pipelines.launch import arguments, console, failures
+from pipelines.launch import arguments, console, failures, preflight
 from pipelines.launch.cached_options import CachedViewOptions
 from pipelines.report import run_resources
 from transforms.errors import BadInput
@@ -202,6 +202,7 @@ def leased_output(
     left) runs under the lease, and only when this driver waits for its job: a launcher that returns
     at once cannot know that no job it started earlier still writes there. A run that ends (Ctrl-C,
     a failure) with parts in OUT/images and no summary.json leaves its lease, as a killed run does.
+    An output directory that holds another job's output is refused (preflight.check_output_of_job).
 
     Args:
         options: the job's pipeline options.
@@ -233,6 +234,8 @@ def leased_output(
 
         interrupted = console.cleanup_on_interrupt(release_unless_unfinished) if holder else None
         with interrupted or contextlib.nullcontext():
+            # under the lease: no run of that other job writes it meanwhile
+            preflight.check_output_of_job(out, job)
             if clear is not None and waits:
                 clear(out)
             yield

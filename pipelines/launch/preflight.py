@@ -17,8 +17,16 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.manifests import path_identity
+from transforms.io.table_record import recorded_table
 
-__all__ = ["check_input_file", "check_input_files", "check_not_inside_output", "check_output_dir", "check_table"]
+__all__ = [
+    "check_input_file",
+    "check_input_files",
+    "check_not_inside_output",
+    "check_output_dir",
+    "check_output_of_job",
+    "check_table",
+]
 
 GLOB_CHARS = "*?["
 
@@ -134,6 +142,25 @@ def check_output_dir(path: str | None, flag: str = "--output") -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         code = errno.EROFS if _read_only(path) else errno.EACCES
         raise EnvironmentFailure(f"{flag}: {ENVIRONMENT_ERRNOS[code]}: {path}")
+
+
+def check_output_of_job(path: str, job: str, flag: str = "--output") -> None:
+    """BadInput when the output directory holds another job's output: its summary.json names
+    another job.
+
+    Why: a job writes its summary.json, and its table or shards, into its output directory; given
+    another job's output by mistake (dedup's --input and --output swapped, an export or a refresh
+    into an ingest's OUT, an ingest into an export), it replaced that table, or that summary.json
+    with its books and table record (every later reader then read the table unchecked), exit 0.
+    A summary.json that cannot be read or names no job is left to the run, as before.
+    """
+    other = recorded_table(path, strict=False)[0]
+    if isinstance(other, str) and other != job:
+        article = "an" if other[:1] in "aeiou" else "a"
+        raise BadInput(
+            f"{flag} {path} holds {article} {other} output (its summary.json says so): the {job} would"
+            f" replace it; give another folder"
+        )
 
 
 def _read_only(path: str) -> bool:

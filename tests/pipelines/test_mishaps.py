@@ -17,7 +17,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import dedup, ingest, refresh
+from pipelines import dedup, export, ingest, refresh
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
 from tests.paths import REPO
@@ -807,6 +807,46 @@ def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
         capsys.readouterr()
         assert refresh.main(local_options(snapshot=str(out), output=refresh_out)) == 2
         assert f"{refresh_out} is being written by refresh" in _one_line(capsys)
+
+
+def _files_of(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as handle:
+                found[os.path.relpath(os.path.join(root, name), folder)] = handle.read()
+    return found
+
+
+def test_an_output_of_another_job_is_refused_as_output(web, tmp_path, capsys):
+    """A tired operator's mix-ups: `dedup --input A --output B` meant `--input A --input B`, an
+    export or a refresh into an ingest output, an ingest into an export. Before, each ran, exit 0:
+    the dedup replaced B's table with A's rows, the export's and the refresh's summary.json replaced
+    B's (its books and table record: every later reader of B read it unchecked). Now: exit 2, one
+    line naming the folder and the job whose output it holds, B as it was."""
+    manifest_a, manifest_b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    manifest_a.write_text(_cc3m_lines(_serve(web, 3, prefix="a")))
+    manifest_b.write_text(_cc3m_lines(_serve(web, 3, prefix="b")))
+    a, b, exp = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "exp")
+    assert _ingest(a, f"cc3m={manifest_a}") == 0
+    assert _ingest(b, f"cc3m={manifest_b}") == 0
+    before = _files_of(b)
+    capsys.readouterr()
+
+    assert dedup.main(local_options(input=a, output=b)) == 2
+    assert f"--output {b} holds an ingest output" in _one_line(capsys)
+    assert export.main(local_options(input=a, output=b, format="webdataset")) == 2
+    assert f"--output {b} holds an ingest output" in _one_line(capsys)
+    assert refresh.main(local_options(snapshot=a, output=b, **{"allow-network": LOOPBACK})) == 2
+    assert f"--output {b} holds an ingest output" in _one_line(capsys)
+    assert _files_of(b) == before
+
+    assert export.main(local_options(input=a, output=exp, format="webdataset")) == 0
+    capsys.readouterr()
+    assert _ingest(exp, f"cc3m={manifest_b}") == 2
+    assert f"--output {exp} holds an export output" in _one_line(capsys)
+    assert _ingest(b, f"cc3m={manifest_b}") == 0  # its own job's rerun is not refused
 
 
 def pa_table(rows):
