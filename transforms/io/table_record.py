@@ -157,6 +157,7 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
     if job is None and not ignore_unrecorded:  # the --resume run holds ROOT's lease itself
         refuse_unfinished(flag, root)
     if record is None:
+        _refuse_copies(flag, root, files)  # first: a refusal is the one line
         if job is not None:
             print(
                 f"{job}: warning: {root}/summary.json records no table files (an older version wrote it):"
@@ -192,6 +193,27 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
             f" {'; '.join(problems)}; restore images/ as it was, or re-run the job that wrote {root}"
         )
     return [path for path in files if _name(path) in recorded]
+
+
+def _refuse_copies(flag: str, root: str, files: list[str]) -> None:
+    """BadInput when two files of ROOT/images, with rows, have one size and one Parquet footer.
+
+    Why: with no table recorded (summary.json deleted, emptied, or of an older version), a part
+    copied into images/ (`part-1 (copy).parquet`) was read as more rows, exit 0. Parts of other
+    rows differ in their footers (column statistics: smallest and largest key, URL, sha256; sizes
+    and offsets); 0-row files (one empty table's part each) add no row.
+    """
+    same: dict[tuple, list[str]] = {}
+    for path, fact in footer_facts(files).items():
+        if fact["rows"]:
+            same.setdefault((fact["bytes"], fact["footer_sha256"]), []).append(_name(path))
+    twice = [" = ".join(sorted(names)) for names in same.values() if len(names) > 1]
+    if twice:
+        raise BadInput(
+            f"{flag} {root}: images/ holds one file twice, and summary.json records no table to tell the"
+            f" table's from the copy: {_listed(sorted(twice))} (as many bytes, one Parquet footer); remove"
+            f" the copy, or re-run the job that wrote {root}"
+        )
 
 
 def refuse_unfinished(flag: str, root: str) -> None:
