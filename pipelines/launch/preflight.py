@@ -26,6 +26,7 @@ __all__ = [
     "check_output_dir",
     "check_output_of_job",
     "check_table",
+    "refuse_pattern_characters",
 ]
 
 GLOB_CHARS = "*?["
@@ -130,6 +131,7 @@ def check_output_dir(path: str | None, flag: str = "--output") -> None:
     """
     if not path:
         raise BadInput(f"{flag} is required")
+    refuse_pattern_characters(flag, path)
     if _remote(path):
         return
     if os.path.exists(path) and not os.path.isdir(path):
@@ -142,6 +144,21 @@ def check_output_dir(path: str | None, flag: str = "--output") -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         code = errno.EROFS if _read_only(path) else errno.EACCES
         raise EnvironmentFailure(f"{flag}: {ENVIRONMENT_ERRNOS[code]}: {path}")
+
+
+def refuse_pattern_characters(flag: str, path: str) -> None:
+    """BadInput when an output directory's path holds * ? [ or ].
+
+    Why: the jobs find their own files in it through Beam's FileSystems.match, which reads those
+    characters as a pattern: in `out [v2]`, every job failed deep in its run ('unexpected
+    BeamIOError: Delete operation failed', 'IndexError'), exit 1, leaving its temporaries there.
+    """
+    found = [c for c in "*?[]" if c in path]
+    if found:
+        raise BadInput(
+            f"{flag} {path}: {' '.join(found)} in an output path would be read as a pattern when the job"
+            " lists its own files there; give a folder name without * ? [ ]"
+        )
 
 
 def check_output_of_job(path: str, job: str, flag: str = "--output") -> None:
