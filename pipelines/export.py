@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipelines.launch import job_runner
+from pipelines.launch import job_runner, preflight
 from pipelines.report import run_resources
 from transforms.errors import BadInput
 from transforms.export import export_books, selection
@@ -147,6 +147,7 @@ def export_config(opts: ExportOptions) -> ExportConfig:
         raise BadInput(f"{' and '.join(missing)} required")
     if opts.shard_size is None or opts.shard_size < 1:
         raise BadInput(f"--shard-size must be >= 1, got {opts.shard_size}")
+    preflight.refuse_pattern_characters("--output", opts.output)
     _check_output_apart(opts.input, opts.output)
     mode = opts.resize_mode or ("keep_ratio" if opts.resize is not None else "no")
     try:

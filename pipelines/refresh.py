@@ -330,7 +330,6 @@ def run(argv=None):
                 preflight.check_ingest_networks("--snapshot", root, opts.allow_network)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
-    preflight.check_output_of(opts.output, "refresh")
     if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):
         print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
         return None

@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from pipelines.launch import arguments, console, failures
+from pipelines.launch import arguments, console, failures, preflight
 from pipelines.launch.cached_options import CachedViewOptions
 from pipelines.report import run_resources
 from transforms.errors import BadInput
@@ -200,7 +200,9 @@ def leased_output(
 
     A template build writes nothing and takes no lease. `clear(out)` (what failed or interrupted runs
     left) runs under the lease, and only when this driver waits for its job: a launcher that returns
-    at once cannot know that no job it started earlier still writes there.
+    at once cannot know that no job it started earlier still writes there. A run that ends (Ctrl-C,
+    a failure) with parts in OUT/images and no summary.json leaves its lease, as a killed run does.
+    An output directory that holds another job's output is refused (preflight.check_output_of_job).
 
     Args:
         options: the job's pipeline options.
@@ -213,13 +215,28 @@ def leased_output(
         yield
         return
     from transforms.io.lease import output_lease, release_lease
+    from transforms.io.table_record import unfinished_table
 
-    with output_lease(out, job, force_unlock=force_unlock) as holder:
+    def unfinished() -> bool:
+        # Why: a run stopped between publishing its table's parts and writing summary.json (Ctrl-C,
+        # a failure) left parts nothing records; released, its lease no longer told readers the
+        # table is unfinished (they read part of it, exit 0). Left, like a killed run's, it does;
+        # the next run takes it over (its holder is gone).
+        return waits and unfinished_table(out)
+
+    waits = waits_for_job(options)
+    with output_lease(out, job, force_unlock=force_unlock, keep=unfinished) as holder:
         # Why: Ctrl-C ends the process at once (os._exit), past the lease's own release; left behind
         # on gs:// (no PID to check there), it refused every rerun until it expired, 15 minutes on.
-        interrupted = console.cleanup_on_interrupt(lambda: release_lease(out, holder)) if holder else None
+        def release_unless_unfinished() -> None:
+            if not unfinished():
+                release_lease(out, holder)
+
+        interrupted = console.cleanup_on_interrupt(release_unless_unfinished) if holder else None
         with interrupted or contextlib.nullcontext():
-            if clear is not None and waits_for_job(options):
+            # under the lease: no run of that other job writes it meanwhile
+            preflight.check_output_of_job(out, job)
+            if clear is not None and waits:
                 clear(out)
             yield
 

@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.manifests import path_identity
+from transforms.io.table_record import recorded_table
 
 __all__ = [
     "check_ingest_networks",
@@ -24,8 +25,9 @@ __all__ = [
     "check_input_files",
     "check_not_inside_output",
     "check_output_dir",
-    "check_output_of",
+    "check_output_of_job",
     "check_table",
+    "refuse_pattern_characters",
 ]
 
 GLOB_CHARS = "*?["
@@ -130,6 +132,7 @@ def check_output_dir(path: str | None, flag: str = "--output") -> None:
     """
     if not path:
         raise BadInput(f"{flag} is required")
+    refuse_pattern_characters(flag, path)
     if _remote(path):
         return
     if os.path.exists(path) and not os.path.isdir(path):
@@ -142,6 +145,40 @@ def check_output_dir(path: str | None, flag: str = "--output") -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         code = errno.EROFS if _read_only(path) else errno.EACCES
         raise EnvironmentFailure(f"{flag}: {ENVIRONMENT_ERRNOS[code]}: {path}")
+
+
+def refuse_pattern_characters(flag: str, path: str) -> None:
+    """BadInput when an output directory's path holds * ? [ or ].
+
+    Why: the jobs find their own files in it through Beam's FileSystems.match, which reads those
+    characters as a pattern: in `out [v2]`, every job failed deep in its run ('unexpected
+    BeamIOError: Delete operation failed', 'IndexError'), exit 1, leaving its temporaries there.
+    """
+    found = [c for c in "*?[]" if c in path]
+    if found:
+        raise BadInput(
+            f"{flag} {path}: {' '.join(found)} in an output path would be read as a pattern when the job"
+            " lists its own files there; give a folder name without * ? [ ]"
+        )
+
+
+def check_output_of_job(path: str, job: str, flag: str = "--output") -> None:
+    """BadInput when the output directory holds another job's output: its summary.json names
+    another job.
+
+    Why: a job writes its summary.json, and its table or shards, into its output directory; given
+    another job's output by mistake (dedup's --input and --output swapped, an export or a refresh
+    into an ingest's OUT, an ingest into an export), it replaced that table, or that summary.json
+    with its books and table record (every later reader then read the table unchecked), exit 0.
+    A summary.json that cannot be read or names no job is left to the run, as before.
+    """
+    other = recorded_table(path, strict=False)[0]
+    if isinstance(other, str) and other != job:
+        article = "an" if other[:1] in "aeiou" else "a"
+        raise BadInput(
+            f"{flag} {path} holds {article} {other} output (its summary.json says so): the {job} would"
+            f" replace it; give another folder"
+        )
 
 
 def _read_only(path: str) -> bool:
@@ -242,23 +279,3 @@ def check_ingest_networks(flag: str, root: str, allowed: list[str]) -> None:
                 f" allow: its URLs there would be refused and judged gone (dead after --dead-after"
                 f" nights); pass --allow-network {value} as the ingest did"
             )
-
-
-def check_output_of(out: str, job: str, flag: str = "--output") -> None:
-    """Refuses (BadInput) an output directory holding another job's output (its summary.json names
-    that job): the run would put its own summary.json in place of that one (an ingest OUT given as a
-    refresh's --output lost its summary, table record and counts, behind exit 0).
-
-    Args:
-        out: the output directory, local or gs://.
-        job: this job's name, as its summary.json records it ("refresh").
-        flag: the option naming `out`, for the message.
-    """
-    from transforms.io.table_record import recorded_table  # noqa: PLC0415
-
-    other, _record = recorded_table(out, strict=False)
-    if other and other != job:
-        raise BadInput(
-            f"{flag} {out} holds the output of a {other} run (its summary.json): a {job} would replace"
-            f" it; give the {job} a folder of its own"
-        )

@@ -217,6 +217,26 @@ def test_an_output_of_an_older_version_is_still_read(web, tmp_path, capsys):
     assert "records no table files (an older version wrote it)" in err, err
 
 
+@pytest.mark.parametrize("summary", ["deleted", "emptied", "no table"])
+def test_a_copied_part_is_refused_even_without_the_record(web, tmp_path, capsys, summary):
+    """summary.json deleted, emptied to {} or without its "table", then a part copied into images/:
+    with nothing recorded to compare with, every reader read the copy too, exit 0 (the export
+    wrote each row twice, --resume kept both copies and fetched the row a third time). A file whose
+    size and Parquet footer are another's is that file twice, whatever the summary says: refused."""
+    out, manifest = _ingested(web, tmp_path)
+    path = os.path.join(out, "summary.json")
+    if summary == "deleted":
+        os.remove(path)
+    else:
+        content = json.load(open(path))
+        json.dump({} if summary == "emptied" else {k: v for k, v in content.items() if k != "table"}, open(path, "w"))
+    copy = _copy_a_part(out)
+    assert_readers_refuse(out, tmp_path, capsys, "(as many bytes, one Parquet footer)")
+    assert _ingest(out, manifest, resume=True) == 2
+    line = one_line(capsys, "ingest")
+    assert copy in line and "(as many bytes, one Parquet footer)" in line, line
+
+
 def test_resume_reads_only_the_recorded_table(web, tmp_path, capsys):
     out, manifest = _ingested(web, tmp_path)
     copy = _copy_a_part(out)  # e.g. a part a run killed before its summary left behind

@@ -239,6 +239,31 @@ BAD_INPUT = {
         ["--max-distance", "between 0 and 64", "-1"],
     ),
     "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
+    # a folder name Beam's FileSystems.match reads as a pattern: every job failed in its run, exit 1
+    "ingest-output-with-brackets": (
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o [v2]"],
+        2,
+        ["--output {t}/o [v2]", "[ ]", "read as a pattern"],
+    ),
+    "dedup-output-with-a-star": (
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3*"],
+        2,
+        ["--output {t}/o3*", "read as a pattern"],
+    ),
+    "refresh-output-with-brackets": (
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r [v2]"],
+        2,
+        ["--output {t}/r [v2]", "read as a pattern"],
+    ),
+    "export-output-with-brackets": (
+        "export",
+        ["--input", "{t}/table", "--output", "{t}/e [v2]", "--format", "webdataset"],
+        2,
+        ["--output {t}/e [v2]", "read as a pattern"],
+    ),
 }
 
 
@@ -289,6 +314,7 @@ def test_nothing_is_written_for_bad_input(inputs, capsys):
     assert not (inputs / "o").exists() and not (inputs / "o3").exists() and not (inputs / "r").exists()
     assert (inputs / "ingested" / "summary.json").read_text() == '{"job": "ingest", "rows": 1}'
     assert sorted(os.listdir(inputs / "ingested")) == ["images", "summary.json"]
+    assert not [name for name in os.listdir(inputs) if any(c in name for c in "*?[]")]
 
 
 HELP = [

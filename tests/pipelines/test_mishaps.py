@@ -17,7 +17,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import dedup, ingest, refresh
+from pipelines import dedup, export, ingest, refresh
 from pipelines.demo.sample_site import Reply, jpeg
 from tests.conftest import local_options
 from tests.paths import REPO
@@ -225,8 +225,8 @@ def test_same_named_files_in_three_folders_keep_every_row_and_a_file_named_twice
 # --- one writer per OUT ------------------------------------------------------------------------
 
 
-def _start_ingest(args):
-    env = dict(os.environ, PYTHONPATH=REPO)
+def _start_ingest(args, **env_vars):
+    env = dict(os.environ, **{"PYTHONPATH": REPO, **env_vars})
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.ingest", *args],
         cwd=REPO,
@@ -349,6 +349,41 @@ def test_a_first_run_killed_while_publishing_its_table_is_refused_by_every_reade
         os.killpg(running.pid, signal.SIGKILL)
         running.communicate()
     # the moment aimed at: a part published, the summary that records the table not yet written
+    assert table_module.list_table_files(out) and not os.path.exists(os.path.join(out, "summary.json"))
+    assert_readers_refuse(out, tmp_path, capsys, "no summary.json")
+
+    assert _ingest(out, f"cc3m={manifest}") == 0
+    _assert_whole(out, 40)
+
+
+def test_a_first_run_interrupted_while_publishing_its_table_is_refused_by_every_reader(web, tmp_path, capsys):
+    """Ctrl-C of a first ingest once its first part is in images/ and before summary.json: the moment
+    of the kill -9 above, but Ctrl-C released OUT's lease on its way out, so nothing marked the table
+    unfinished, and export, dedup and refresh read the parts found with exit 0 (25,000 rows in two
+    parts of 20,000 and 5,000: 5,000 rows lost downstream). Now the lease stays on such an OUT;
+    the same command run again takes it over and completes."""
+    urls = _serve(web, 40)
+    (tmp_path / "in").mkdir()
+    manifest = tmp_path / "in" / "cc3m.tsv"
+    manifest.write_text(_cc3m_lines(urls))
+    out = str(tmp_path / "out")
+    args = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
+    # the kill sweep's pause after each published rename: the Ctrl-C lands before summary.json
+    pause = os.path.join(REPO, "scripts", "kill_sweep_pause")
+    running = _start_ingest([*args, "--no-report"], PYTHONPATH=f"{pause}:{REPO}", KILL_SWEEP_PAUSE="5")
+    try:
+        deadline = time.monotonic() + 120
+        while not table_module.list_table_files(out):
+            assert running.poll() is None, running.communicate()
+            assert time.monotonic() < deadline, "no part was published"
+            time.sleep(0.005)
+        running.send_signal(signal.SIGINT)
+        _, stderr = running.communicate(timeout=30)
+    finally:
+        if running.poll() is None:
+            os.killpg(running.pid, signal.SIGKILL)
+            running.wait()
+    assert running.returncode == 130, stderr
     assert table_module.list_table_files(out) and not os.path.exists(os.path.join(out, "summary.json"))
     assert_readers_refuse(out, tmp_path, capsys, "no summary.json")
 
@@ -772,6 +807,46 @@ def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
         capsys.readouterr()
         assert refresh.main(local_options(snapshot=str(out), output=refresh_out)) == 2
         assert f"{refresh_out} is being written by refresh" in _one_line(capsys)
+
+
+def _files_of(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as handle:
+                found[os.path.relpath(os.path.join(root, name), folder)] = handle.read()
+    return found
+
+
+def test_an_output_of_another_job_is_refused_as_output(web, tmp_path, capsys):
+    """A tired operator's mix-ups: `dedup --input A --output B` meant `--input A --input B`, an
+    export or a refresh into an ingest output, an ingest into an export. Before, each ran, exit 0:
+    the dedup replaced B's table with A's rows, the export's and the refresh's summary.json replaced
+    B's (its books and table record: every later reader of B read it unchecked). Now: exit 2, one
+    line naming the folder and the job whose output it holds, B as it was."""
+    manifest_a, manifest_b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    manifest_a.write_text(_cc3m_lines(_serve(web, 3, prefix="a")))
+    manifest_b.write_text(_cc3m_lines(_serve(web, 3, prefix="b")))
+    a, b, exp = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "exp")
+    assert _ingest(a, f"cc3m={manifest_a}") == 0
+    assert _ingest(b, f"cc3m={manifest_b}") == 0
+    before = _files_of(b)
+    capsys.readouterr()
+
+    assert dedup.main(local_options(input=a, output=b)) == 2
+    assert f"--output {b} holds an ingest output" in _one_line(capsys)
+    assert export.main(local_options(input=a, output=b, format="webdataset")) == 2
+    assert f"--output {b} holds an ingest output" in _one_line(capsys)
+    assert refresh.main(local_options(snapshot=a, output=b, **{"allow-network": LOOPBACK})) == 2
+    assert f"--output {b} holds an ingest output" in _one_line(capsys)
+    assert _files_of(b) == before
+
+    assert export.main(local_options(input=a, output=exp, format="webdataset")) == 0
+    capsys.readouterr()
+    assert _ingest(exp, f"cc3m={manifest_b}") == 2
+    assert f"--output {exp} holds an export output" in _one_line(capsys)
+    assert _ingest(b, f"cc3m={manifest_b}") == 0  # its own job's rerun is not refused
 
 
 def pa_table(rows):

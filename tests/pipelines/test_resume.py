@@ -188,3 +188,21 @@ def test_resume_fetches_an_id_keyed_row_whose_url_moved():
     assert [(o.tag, o.value["url"]) for o in moved] == [(_Choose.FETCH, "http://new.example/a.jpg")]
     kept = list(choose.process(("openimages:abc", {"new": [same], "old": [dict(old)]})))
     assert [r["url"] for r in kept] == ["http://old.example/a.jpg"]  # carried, not a tagged output
+
+
+@pytest.mark.parametrize("size", [0, 1000], ids=["emptied", "cut"])
+def test_resume_on_a_cut_table_file_names_it_in_one_line(web, manifest, tmp_path, capsys, size):
+    """A part of OUT/images emptied or cut short (a copy interrupted, a full disk): --resume is
+    exit 2 with one line naming the file, as export, dedup and refresh say it. Before, the line
+    was pyarrow's alone (`ingest: Parquet magic bytes not found in footer. ...`), no file named."""
+    out = str(tmp_path / "out")
+    run(manifest, out)
+    (part,) = glob.glob(os.path.join(out, "images", "*.parquet"))
+    with open(part, "r+b") as handle:
+        handle.truncate(size)
+    capsys.readouterr()
+    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "no-progress": True, "no-report": True})
+    assert ingest.main([*args, f"--manifest=cc3m={manifest}", "--resume"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ingest: "), lines
+    assert part in lines[0] and "not a readable Parquet file" in lines[0], lines[0]

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from transforms.errors import BadInput, EnvironmentFailure
 
@@ -262,14 +263,22 @@ def release_lease(out: str, holder: Holder) -> None:
 
 
 @contextlib.contextmanager
-def output_lease(out: str, job: str, force_unlock: bool = False, ttl_seconds: float = DEFAULT_TTL_SECONDS):
-    """Holds the lease on `out` for the `with` block; released on the way out, failure included.
+def output_lease(
+    out: str,
+    job: str,
+    force_unlock: bool = False,
+    ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    keep: Callable[[], bool] | None = None,
+):
+    """Holds the lease on `out` for the `with` block; released on the way out, failure included,
+    unless `keep()` says true then (the lease is left as a killed run's is; an error in it releases).
 
     Args:
         out: the output directory, local or gs:// (created if missing, locally).
         job: the job's name, shown to a run refused by this lease.
         force_unlock: take the lease even if another run seems to hold it.
         ttl_seconds: gs:// only: how long the lease lives without renewal.
+        keep: asked on the way out whether the lease must stay on `out`.
 
     Returns:
         A context manager yielding the Holder.
@@ -318,4 +327,13 @@ def output_lease(out: str, job: str, force_unlock: bool = False, ttl_seconds: fl
         stop.set()
         if renewer is not None:
             renewer.join(timeout=5)
-        lease.release(holder)
+        if not _asked(keep):
+            lease.release(holder)
+
+
+def _asked(keep: Callable[[], bool] | None) -> bool:
+    """keep(); False without one, or when it fails (the lease is then released as before)."""
+    try:
+        return keep is not None and bool(keep())
+    except Exception:  # noqa: BLE001 (storage unreachable: release, as without `keep`)
+        return False

@@ -40,6 +40,7 @@ __all__ = [
     "recorded_table",
     "refuse_unfinished",
     "roll_back",
+    "unfinished_table",
     "table_record",
 ]
 
@@ -102,7 +103,12 @@ def _footer_fact(path: str) -> dict:
     import pyarrow.parquet as pq  # noqa: PLC0415 (only readers need it)
 
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        rows = pq.ParquetFile(handle).metadata.num_rows
+        try:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+        except ValueError as exc:  # ArrowInvalid: emptied, cut short, not Parquet; pyarrow names no file
+            raise BadInput(
+                f"{path} is not a readable Parquet file ({exc}); restore it, or re-run the job that wrote it"
+            ) from None
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
         handle.seek(size - 8)
@@ -151,6 +157,7 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
     if job is None and not ignore_unrecorded:  # the --resume run holds ROOT's lease itself
         refuse_unfinished(flag, root)
     if record is None:
+        _refuse_copies(flag, root, files)  # first: a refusal is the one line
         if job is not None:
             print(
                 f"{job}: warning: {root}/summary.json records no table files (an older version wrote it):"
@@ -188,6 +195,27 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
     return [path for path in files if _name(path) in recorded]
 
 
+def _refuse_copies(flag: str, root: str, files: list[str]) -> None:
+    """BadInput when two files of ROOT/images, with rows, have one size and one Parquet footer.
+
+    Why: with no table recorded (summary.json deleted, emptied, or of an older version), a part
+    copied into images/ (`part-1 (copy).parquet`) was read as more rows, exit 0. Parts of other
+    rows differ in their footers (column statistics: smallest and largest key, URL, sha256; sizes
+    and offsets); 0-row files (one empty table's part each) add no row.
+    """
+    same: dict[tuple, list[str]] = {}
+    for path, fact in footer_facts(files).items():
+        if fact["rows"]:
+            same.setdefault((fact["bytes"], fact["footer_sha256"]), []).append(_name(path))
+    twice = [" = ".join(sorted(names)) for names in same.values() if len(names) > 1]
+    if twice:
+        raise BadInput(
+            f"{flag} {root}: images/ holds one file twice, and summary.json records no table to tell the"
+            f" table's from the copy: {_listed(sorted(twice))} (as many bytes, one Parquet footer); remove"
+            f" the copy, or re-run the job that wrote {root}"
+        )
+
+
 def refuse_unfinished(flag: str, root: str) -> None:
     """BadInput when ROOT, which has no summary.json, holds a run's lease (ROOT/_LEASE).
 
@@ -205,6 +233,15 @@ def refuse_unfinished(flag: str, root: str) -> None:
         f"{flag} {root}: its table is unfinished: no summary.json, and {holder.describe()} holds {path}"
         f" (still writing, or killed before the end): wait for it to end, or rerun it"
     )
+
+
+def unfinished_table(root: str) -> bool:
+    """True when ROOT/images holds Parquet files and ROOT has no summary.json: a run stopped between
+    publishing its parts and recording them (Ctrl-C or a failure of a first run); what
+    refuse_unfinished refuses while that run's lease is on ROOT."""
+    from transforms.io.table import list_table_files  # noqa: PLC0415 (table imports Beam transforms)
+
+    return bool(list_table_files(root)) and not FileSystems.exists(join_path(root, "summary.json"))
 
 
 def _replaced(record: dict, facts: dict[str, dict]) -> list[str]:
