@@ -27,7 +27,7 @@ from transforms.io import side_files
 from transforms.io.books import BalanceBooks, check_books
 from transforms.io.checksums import HASH_CONFLICT_RULE, AttachExpectedHashes
 from transforms.io.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
-from transforms.io.manifests import ManifestParsers, ReadManifests
+from transforms.io.manifests import LINE_KEYED, ManifestParsers, ReadManifests
 from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
 from transforms.io.sinks import (
     CountBlobs,
@@ -201,6 +201,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
         merged = rows | "MergePrevious" >> MergeWithPrevious(
             pipeline | "PreviousRun" >> ReadImageTable(resumed_files(out, previous_files)),
             parse_retry_statuses(opts.retry_status),
+            read["key_prefixes"],
         )
         rows, carried, kept = merged["fetch"], merged["carry"], merged["kept"]
     fetched = (
@@ -323,19 +324,23 @@ def read_manifest_rows(pipeline, opts, spread_rows=True):
 
     Returns:
         {"rows", "records" ({"path", "records"} per manifest file), "truncated" (cut compressed
-        files kept with --accept-truncated)}, and "hash_conflicts" (URLs) with --cc12m-hashes.
+        files kept with --accept-truncated), "key_prefixes" ({path: key prefix} of the CC3M and
+        CC12M files)}, and "hash_conflicts" (URLs) with --cc12m-hashes.
     """
     manifests = parse_manifest_args(opts.manifest)
     if not manifests:
         return {
-            name: pipeline | f"NoManifests{name.title()}" >> beam.Create([])
-            for name in ("rows", "records", "truncated")
+            **{
+                name: pipeline | f"NoManifests{name.title()}" >> beam.Create([])
+                for name in ("rows", "records", "truncated")
+            },
+            "key_prefixes": {},
         }
     synsets = load_synsets(opts.imagenet_synsets) if opts.imagenet_synsets else None
     parsers = ManifestParsers(opts.imagenet_root, synsets)
-    read = pipeline | "ReadManifests" >> ReadManifests(
-        manifests, parsers, spread_rows, accept_truncated=opts.accept_truncated, with_books=True
-    )
+    reader = ReadManifests(manifests, parsers, spread_rows, accept_truncated=opts.accept_truncated, with_books=True)
+    read = pipeline | "ReadManifests" >> reader
+    read["key_prefixes"] = {path: prefix for kind, path, prefix, _label in reader.files if kind in LINE_KEYED}
     rows = read["rows"]
     # Joins run on the small pre-fetch rows: no image bytes cross their shuffles.
     if opts.cc12m_hashes:

@@ -182,7 +182,7 @@ def test_resume_fetches_an_id_keyed_row_whose_url_moved():
     old = schema.new_row("openimages", "openimages:abc", "http://old.example/a.jpg", status=schema.OK)
     new = schema.new_row("openimages", "openimages:abc", "http://new.example/a.jpg")
     same = dict(new, url=old["url"])
-    choose = _Choose(frozenset({schema.TIMEOUT}))
+    choose = _Choose(frozenset({schema.TIMEOUT}), {})
     choose.setup()
     moved = list(choose.process(("openimages:abc", {"new": [new], "old": [dict(old)]})))
     assert [(o.tag, o.value["url"]) for o in moved] == [(_Choose.FETCH, "http://new.example/a.jpg")]
@@ -206,3 +206,24 @@ def test_resume_on_a_cut_table_file_names_it_in_one_line(web, manifest, tmp_path
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("ingest: "), lines
     assert part in lines[0] and "not a readable Parquet file" in lines[0], lines[0]
+
+
+def test_resume_with_a_slice_added_is_refused_not_stored_twice(web, manifest, tmp_path, capsys):
+    """One CC3M file keys its rows `cc3m:<line>`; two files key them `cc3m:<file>:<line>`. A
+    `--resume` given the first slice again plus the next one found none of OUT's keys, kept OUT's
+    11 rows (a resume never drops one) and fetched the slice's 11 lines again under the new keys:
+    every row twice, books balanced, exit 0. Now exit 2, one line; the same manifests still resume."""
+    out = str(tmp_path / "out")
+    run(manifest, out)
+    before = rows_of(out)
+    capsys.readouterr()
+    web.routes["/next.jpg"] = Reply(200, jpeg(31), JPEG)
+    following = tmp_path / "next.tsv"
+    following.write_text(f"next photo\t{web.url('/next.jpg')}\n")
+    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "timeout": 1.0})
+    assert ingest.main([*args, f"--manifest=cc3m={manifest}", f"--manifest=cc3m={following}", "--resume"]) == 2
+    line = one_line(capsys, "ingest")
+    assert "cc3m:cc3m.tsv:" in line and str(manifest) in line and "twice" in line, line
+    assert rows_of(out) == before
+    assert ingest.main([*args, f"--manifest=cc3m={manifest}", "--resume"]) == 0
+    assert set(rows_of(out)) == set(before)

@@ -63,8 +63,9 @@ class _Choose(beam.DoFn):
     FETCH = "fetch"
     KEPT = "kept"
 
-    def __init__(self, retry_statuses):
+    def __init__(self, retry_statuses, key_prefixes):
         self._retry = retry_statuses
+        self._prefixes = key_prefixes
 
     def setup(self):
         self._carried = beam.metrics.Metrics.counter("resume", "carried")
@@ -89,6 +90,7 @@ class _Choose(beam.DoFn):
             yield from self._moved(old, new)
             return
         if old is not None and new is None:
+            self._check_key_scheme(old)
             # Why: a row no manifest lists any more is kept; the books count it as read from OUT.
             yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
         if old is not None and old["status"] not in self._retry:
@@ -102,6 +104,23 @@ class _Choose(beam.DoFn):
         else:
             self._refetched.inc()
             yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
+
+    def _check_key_scheme(self, old):
+        """A CC3M/CC12M row of a file this run reads, whose line this run keys otherwise: a file added
+        to a single-file run (`cc3m:7` becomes `cc3m:a.tsv:7`), or a folder added that moves the
+        files' common folder. Keeping it (no manifest lists its key) while its line is fetched again
+        under the new key stored every row of the file twice, books balanced, exit 0."""
+        prefix = self._prefixes.get(old.get("source_file"))
+        if prefix is None or old.get("dataset") not in LINE_KEYED or old.get("source_line") is None:
+            return
+        now = f"{prefix}{old['source_line']}"
+        if now != old["key"]:
+            raise BadInput(
+                f"--resume: OUT holds {old['key']} for {old['source_file']} line {old['source_line']}, which"
+                f" these manifests key {now} (CC3M and CC12M keys name the file once a dataset has several):"
+                " every row of that file would be stored twice. Resume with the manifests OUT was made from,"
+                " or ingest them all into a new --output"
+            )
 
     def _moved(self, old, new):
         """A key whose URL in the manifests is not the one OUT fetched."""
@@ -137,21 +156,27 @@ class MergeWithPrevious(beam.PTransform):
     By key: a previous row whose status is not retried is carried as it is; otherwise the
     manifest's row (or the previous row, reset) is fetched again. A key the manifests give
     another URL is fetched again when its dataset is keyed by ID, and refused (BadInput) when it
-    is keyed by line number: those manifests are not the ones OUT was made from. Previous rows the manifests no
+    is keyed by line number: those manifests are not the ones OUT was made from; so is a line-keyed
+    row of a file these manifests read but key otherwise (key_prefixes: {path: key prefix} of this
+    run's CC3M and CC12M files). Previous rows the manifests no
     longer list are kept: a resume never loses rows; "kept" has the source_file of each (the
     books count them as rows read from OUT).
     """
 
-    def __init__(self, previous: beam.PCollection, retry_statuses: frozenset[str]) -> None:
+    def __init__(
+        self, previous: beam.PCollection, retry_statuses: frozenset[str], key_prefixes: dict[str, str] | None = None
+    ) -> None:
         super().__init__()
         self._previous = previous
         self._retry = retry_statuses
+        self._prefixes = dict(key_prefixes or {})
 
     def expand(self, new_rows):
         keyed = lambda label, rows: rows | label >> beam.Map(lambda row: (row["key"], row))  # noqa: E731
         chosen = (
             {"new": keyed("KeyNew", new_rows), "old": keyed("KeyOld", self._previous)}
             | "ByKey" >> beam.CoGroupByKey()
-            | "Choose" >> beam.ParDo(_Choose(self._retry)).with_outputs(_Choose.FETCH, _Choose.KEPT, main="carry")
+            | "Choose"
+            >> beam.ParDo(_Choose(self._retry, self._prefixes)).with_outputs(_Choose.FETCH, _Choose.KEPT, main="carry")
         )
         return {"carry": chosen.carry, "fetch": chosen[_Choose.FETCH], "kept": chosen[_Choose.KEPT]}
