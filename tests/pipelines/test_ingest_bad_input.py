@@ -290,3 +290,45 @@ def test_side_files_of_the_right_kind_pass_the_kind_check(tmp_path):
     for flag, paths in given.items():
         for path in paths:
             side_files.check_side_file(flag, os.path.join(FIXTURES, path))
+
+
+DREAMLIP_HEADER = "Image Path,raw_caption,shortIB_captions,longIB_captions,shortSV_captions,longSV_captions\n"
+
+
+def test_a_long_captions_quote_left_open_is_bad_input_naming_file_and_line(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text("".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)))
+    captions = tmp_path / "long.csv"
+    # Read leniently, the quote opened in b1's raw caption ran to the end of the file: the later
+    # records became its caption and their rows lost their long captions, exit 0.
+    records = [f"{url},raw {n},s,l,s,l\n" for n, url in enumerate(urls)]
+    records[1] = records[1].replace(",raw", ',"raw')
+    captions.write_text(DREAMLIP_HEADER + "".join(records))
+    # Past the csv module's field limit the same mistake was "unexpected Error", exit 1.
+    big = tmp_path / "long_big.csv"
+    big.write_text(DREAMLIP_HEADER + f'{urls[0]},"raw\n' + "x" * (1 << 24) + "\n")
+    for path in (captions, big):
+        out = str(tmp_path / "out")
+        assert _ingest(out, f"cc3m={manifest}", **{"long-captions": str(path)}) == 2
+        line = _one_line(capsys)
+        assert f"--long-captions {path}: unreadable CSV at line" in line and "quote" in line, line
+        assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_an_open_images_class_names_quote_left_open_is_bad_input_naming_the_file(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "images.csv"
+    manifest.write_text("ImageID,OriginalURL\n" + "".join(f"{n:016x},{url}\n" for n, url in enumerate(urls)))
+    labels = tmp_path / "labels.csv"
+    lines = "".join(f"{n:016x},machine,/m/0{n},0.9\n" for n in range(3))
+    labels.write_text("ImageID,Source,LabelName,Confidence\n" + lines)
+    classes = tmp_path / "classes.csv"
+    # Read leniently, /m/01's name was 'One, open\n/m/02,Two' and /m/02 had none, exit 0.
+    classes.write_text('/m/00,Zero\n/m/01,"One, open\n/m/02,Two\n')
+    out = str(tmp_path / "out")
+    options = {"openimages-labels": str(labels), "openimages-classes": str(classes)}
+    assert _ingest(out, f"openimages={manifest}", **options) == 2
+    line = _one_line(capsys)
+    assert f"--openimages-classes {classes}: unreadable CSV at line" in line and "quote" in line, line
+    assert not os.path.exists(os.path.join(out, "images"))
