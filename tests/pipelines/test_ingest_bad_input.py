@@ -2,6 +2,8 @@
 row with a status; never an "unexpected" exit 1 and never a record lost behind exit 0
 (docs/ingest.md, "What can go wrong"; docs/integrity.md)."""
 
+import bz2
+import gzip
 import json
 import os
 import subprocess
@@ -332,3 +334,29 @@ def test_an_open_images_class_names_quote_left_open_is_bad_input_naming_the_file
     line = _one_line(capsys)
     assert f"--openimages-classes {classes}: unreadable CSV at line" in line and "quote" in line, line
     assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_a_compressed_file_not_named_so_or_compressed_twice_is_bad_input_naming_it(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    tsv = "".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)).encode()
+    zero = "".join(json.dumps({"ImageKey": str(n), "ImageUrl": url}) + "\n" for n, url in enumerate(urls)).encode()
+    # Before: each was read as text, a few rows of binary garbage (invalid_url) for the 3 records,
+    # exit 0 (a download saved without its .gz, or gzipped again by the server's Content-Encoding).
+    cases = {
+        "cc3m.tsv": (gzip.compress(tsv), "gzip", "name it"),
+        "cc3m-twice.tsv.gz": (gzip.compress(gzip.compress(tsv)), "gzip", "compressed twice"),
+        "zero.jsonl": (bz2.compress(zero), "bzip2", "name it"),
+    }
+    for name, (data, what, advice) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        kind = name.split(".")[0].split("-")[0]
+        _refused(tmp_path, capsys, f"{kind}={tmp_path / name}", str(tmp_path / name), what, advice)
+    good = tmp_path / "good.tsv"
+    good.write_bytes(tsv)
+    for option, name in (("cc3m-labels", "labels.tsv"), ("long-captions", "long.csv")):
+        side = tmp_path / name
+        side.write_bytes(gzip.compress(b"whatever\n"))
+        out = str(tmp_path / "out")
+        assert _ingest(out, f"cc3m={good}", **{option: str(side)}) == 2
+        line = _one_line(capsys)
+        assert f"--{option} {side}: " in line and "gzip" in line and "name it" in line, line

@@ -45,7 +45,7 @@ __all__ = [
     "ParseFiles",
 ]
 from transforms.errors import BadInput
-from transforms.io.text_forms import AsUtf8, cr_line_ends, split_lines, text_encoding
+from transforms.io.text_forms import AsUtf8, compressed_text, cr_line_ends, split_lines, text_encoding
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
 
@@ -237,9 +237,14 @@ def binary_stream(fileobj: Any, prefix: bytes = b"") -> io.BufferedReader:
 
 
 @contextlib.contextmanager
-def open_stream(path: str) -> Iterator[io.BufferedReader]:
-    """`path` as an ordinary iterable, buffered binary stream, closed on exit."""
+def open_stream(path: str, flag: str = "") -> Iterator[io.BufferedReader]:
+    """`path` as an ordinary iterable, buffered binary stream, closed on exit; compressed data
+    inside (text_forms.compressed_text) is BadInput, its line starting with `flag` and the path."""
     with binary_stream(open_path(path)) as stream:
+        named = CompressionTypes.detect_compression_type(path) in _DECOMPRESSORS
+        problem = compressed_text(stream.peek(16)[:16], path, named)
+        if problem:
+            raise BadInput(f"{flag} {path}: {problem}" if flag else f"{path}: {problem}")
         yield stream
 
 

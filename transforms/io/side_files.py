@@ -6,7 +6,8 @@ Images image list as `--openimages-classes`) ran with exit 0 and rows without th
 names or hashes. `check_side_file(flag, path)` reads the first lines of every file `path` matches
 and raises BadInput naming the option and the file when none of them is a line of its kind. A few
 odd lines among good ones pass (the readers count those); `--long-captions` checks its header in
-its reader (labels.parse_long_captions).
+its reader (labels.parse_long_captions). Every side file, `--long-captions` included, is refused
+when its text is compressed data (a compressed file not named so: readers.refuse_compressed_text).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ _WNID = re.compile(r"n\d{8}")
 _IMAGE_ID = re.compile(r"[0-9a-fA-F]{16}")
 
 
-def head_lines(path: str, count: int = _HEAD_LINES) -> list[str]:
-    """The first `count` non-blank lines of a file (decompressed), at most its first MiB."""
-    with open_stream(path) as binary:
+def head_lines(path: str, count: int = _HEAD_LINES, flag: str = "") -> list[str]:
+    """The first `count` non-blank lines of a file (decompressed), at most its first MiB; compressed
+    data inside (a compressed file not named so) is BadInput starting with `flag` (open_stream)."""
+    with open_stream(path, flag) as binary:
         head = binary.read(_HEAD_BYTES)
     lines = head.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
     if len(head) == _HEAD_BYTES and len(lines) > 1:
@@ -113,19 +115,22 @@ def _class_header(line: str) -> bool:
 
 def check_side_file(flag: str, pattern: str | None, output: str | None = None) -> None:
     """BadInput when a file `pattern` matches has lines but none of the first 20 is of the kind
-    `flag` reads (an empty file, or a header alone, passes: it holds nothing to lose).
+    `flag` reads (an empty file, or a header alone, passes: it holds nothing to lose), or whose
+    text is compressed data (any side-file option).
 
     output: files inside it are left to preflight.check_not_inside_output, whose line says more.
     """
-    if not pattern or flag not in SIDE_FILE_KINDS:
-        return
-    kind, form, _ = SIDE_FILE_KINDS[flag]
+    if not pattern or flag.startswith("--manifest"):
+        return  # a manifest's kind is its parser's business, and so is compressed data in it
     inside = path_identity(output) + "/" if output else None
     for result in FileSystems.match([pattern]):
         for metadata in result.metadata_list:
             if inside and path_identity(metadata.path).startswith(inside):
                 continue
-            lines = head_lines(metadata.path)
+            lines = head_lines(metadata.path, flag=flag)  # every side file: not compressed data
+            if flag not in SIDE_FILE_KINDS:
+                continue
+            kind, form, _ = SIDE_FILE_KINDS[flag]
             verdicts = _judge(flag, lines)
             if True in verdicts or False not in verdicts:
                 continue
