@@ -360,3 +360,23 @@ def test_a_compressed_file_not_named_so_or_compressed_twice_is_bad_input_naming_
         assert _ingest(out, f"cc3m={good}", **{option: str(side)}) == 2
         line = _one_line(capsys)
         assert f"--{option} {side}: " in line and "gzip" in line and "name it" in line, line
+
+
+def test_a_plain_file_named_gz_is_bad_input_saying_so_even_with_accept_truncated(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    tsv = "".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)).encode()
+    # Before: "compressed file is truncated or corrupt before its first line ...; --accept-truncated
+    # ingests the 0 records read before it", and with --accept-truncated 0 rows of 3, exit 0.
+    for name, data, needle in (("cc3m.tsv.gz", tsv, "not gzip"), ("cc3m.tsv.bz2", gzip.compress(tsv), "gzip data")):
+        manifest = tmp_path / name
+        manifest.write_bytes(data)
+        for accept in (False, True):
+            out = str(tmp_path / "out")
+            assert _ingest(out, f"cc3m={manifest}", **({"accept-truncated": True} if accept else {})) == 2
+            line = _one_line(capsys)
+            assert str(manifest) in line and needle in line and "--accept-truncated" not in line, line
+            assert not os.path.exists(os.path.join(out, "images"))
+    labels = tmp_path / "labels.tsv.gz"
+    labels.write_bytes(b"caption\thttp://127.0.0.1/a.jpg\tdog\t/m/0bt9lr\t1\n")
+    assert _ingest(str(tmp_path / "out"), f"cc3m={tmp_path / 'cc3m.tsv.gz'}", **{"cc3m-labels": str(labels)}) == 2
+    assert f"{labels}: the file is not gzip data" in (line := _one_line(capsys)), line
