@@ -378,5 +378,22 @@ def test_a_plain_file_named_gz_is_bad_input_saying_so_even_with_accept_truncated
             assert not os.path.exists(os.path.join(out, "images"))
     labels = tmp_path / "labels.tsv.gz"
     labels.write_bytes(b"caption\thttp://127.0.0.1/a.jpg\tdog\t/m/0bt9lr\t1\n")
-    assert _ingest(str(tmp_path / "out"), f"cc3m={tmp_path / 'cc3m.tsv.gz'}", **{"cc3m-labels": str(labels)}) == 2
+    (tmp_path / "good.tsv").write_bytes(tsv)
+    assert _ingest(str(tmp_path / "out"), f"cc3m={tmp_path / 'good.tsv'}", **{"cc3m-labels": str(labels)}) == 2
     assert f"{labels}: the file is not gzip data" in (line := _one_line(capsys)), line
+
+
+def test_cc3m_and_cc12m_manifests_given_as_each_other_are_bad_input_naming_the_kind(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    cc3m, cc12m = tmp_path / "cc3m.tsv", tmp_path / "cc12m.tsv"
+    cc3m.write_text("".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)))
+    cc12m.write_text("".join(f"{url}\tphoto {n}\n" for n, url in enumerate(urls)))
+    # Before: every row invalid_url ("no scheme"), its caption in the url column, exit 0.
+    _refused(tmp_path, capsys, f"cc12m={cc3m}", str(cc3m), "not a CC12M manifest", "--manifest cc3m=")
+    _refused(tmp_path, capsys, f"cc3m={cc12m}", str(cc12m), "not a CC3M manifest", "--manifest cc12m=")
+    # one line of its kind among others passes: the rows tell the rest
+    mixed = tmp_path / "mixed.tsv"
+    mixed.write_text(cc3m.read_text() + f"{urls[0]}\tphoto\n")
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc12m={mixed}") == 0, capsys.readouterr().err
+    assert sorted(r["status"] for r in _rows(out)) == ["invalid_url"] * 3 + ["ok"]
