@@ -56,10 +56,14 @@ def check_input_files(flag: str, pattern: str) -> list[str]:
         The matched paths, sorted.
     """
     if not _remote(pattern) and not _is_glob(pattern):
+        try:
+            os.stat(pattern)
+        except (FileNotFoundError, NotADirectoryError):
+            raise BadInput(f"{flag}: no file matches {pattern} (no such file)") from None
+        except OSError as exc:  # a folder on the way that cannot be searched: the file may well be there
+            raise BadInput(f"{flag}: cannot read {pattern} ({exc.strerror or exc})") from None
         if os.path.isdir(pattern):
             raise BadInput(f"{flag}: {pattern} is a directory, not a file")
-        if not os.path.exists(pattern):
-            raise BadInput(f"{flag}: no file matches {pattern} (no such file)")
     matched = _matches(pattern)
     if not matched:
         raise BadInput(f"{flag}: no file matches {pattern}")
