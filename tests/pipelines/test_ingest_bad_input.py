@@ -397,3 +397,22 @@ def test_cc3m_and_cc12m_manifests_given_as_each_other_are_bad_input_naming_the_k
     out = str(tmp_path / "out")
     assert _ingest(out, f"cc12m={mixed}") == 0, capsys.readouterr().err
     assert sorted(r["status"] for r in _rows(out)) == ["invalid_url"] * 3 + ["ok"]
+
+
+def test_a_manifest_that_is_a_pipe_is_bad_input_not_read_empty(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    # What `--manifest cc3m=<(zcat cc3m.tsv.gz)` gives: /dev/fd/63, a pipe its writer has closed.
+    read_end, write_end = os.pipe()
+    os.write(write_end, "".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)).encode())
+    os.close(write_end)
+    pipe = f"/dev/fd/{read_end}"
+    out = str(tmp_path / "out")
+    try:
+        # Before: the checks before the pipeline read the pipe's bytes and the pipeline found
+        # nothing left: 0 rows for 3 records, exit 0 (a manifest is read more than once).
+        assert _ingest(out, f"cc3m={pipe}") == 2
+    finally:
+        os.close(read_end)
+    line = _one_line(capsys)
+    assert pipe in line and "not a regular file" in line, line
+    assert not os.path.exists(os.path.join(out, "images"))
