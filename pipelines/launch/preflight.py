@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import os
+import stat
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -66,10 +67,14 @@ def check_input_files(flag: str, pattern: str) -> list[str]:
         The matched paths, sorted.
     """
     if not _remote(pattern) and not _is_glob(pattern):
-        if os.path.isdir(pattern):
+        try:
+            mode = os.stat(pattern).st_mode  # follows symlinks, as the readers do
+        except (FileNotFoundError, NotADirectoryError):
+            raise BadInput(f"{flag}: no file matches {pattern} (no such file)") from None
+        except OSError as exc:  # a folder on the way that cannot be searched: the file may well be there
+            raise BadInput(f"{flag}: cannot read {pattern} ({exc.strerror or exc})") from None
+        if stat.S_ISDIR(mode):
             raise BadInput(f"{flag}: {pattern} is a directory, not a file")
-        if not os.path.exists(pattern):
-            raise BadInput(f"{flag}: no file matches {pattern} (no such file)")
     matched = _matches(pattern)
     if not matched:
         raise BadInput(f"{flag}: no file matches {pattern}")
@@ -77,6 +82,18 @@ def check_input_files(flag: str, pattern: str) -> list[str]:
         if not _remote(path):
             if os.path.isdir(path):
                 raise BadInput(f"{flag}: {path} is a directory, not a file")
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError as exc:
+                raise BadInput(f"{flag}: cannot read {path} ({exc.strerror or exc})") from None
+            if not regular:
+                # Why: the job reads an input more than once (the checks here, the parse, repeated
+                # keys' second pass); a pipe (`<(zcat m.gz)`, /dev/stdin) gave its bytes to the
+                # first read and the parse found nothing: 0 rows, exit 0. A FIFO would block.
+                raise BadInput(
+                    f"{flag}: {path} is not a regular file (a pipe, socket or device); the job reads"
+                    " its inputs more than once: save it to a file and give that"
+                )
             try:
                 with open(path, "rb") as handle:
                     handle.read(1)

@@ -2,6 +2,8 @@
 row with a status; never an "unexpected" exit 1 and never a record lost behind exit 0
 (docs/ingest.md, "What can go wrong"; docs/integrity.md)."""
 
+import bz2
+import gzip
 import json
 import os
 import subprocess
@@ -290,3 +292,127 @@ def test_side_files_of_the_right_kind_pass_the_kind_check(tmp_path):
     for flag, paths in given.items():
         for path in paths:
             side_files.check_side_file(flag, os.path.join(FIXTURES, path))
+
+
+DREAMLIP_HEADER = "Image Path,raw_caption,shortIB_captions,longIB_captions,shortSV_captions,longSV_captions\n"
+
+
+def test_a_long_captions_quote_left_open_is_bad_input_naming_file_and_line(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text("".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)))
+    captions = tmp_path / "long.csv"
+    # Read leniently, the quote opened in b1's raw caption ran to the end of the file: the later
+    # records became its caption and their rows lost their long captions, exit 0.
+    records = [f"{url},raw {n},s,l,s,l\n" for n, url in enumerate(urls)]
+    records[1] = records[1].replace(",raw", ',"raw')
+    captions.write_text(DREAMLIP_HEADER + "".join(records))
+    # Past the csv module's field limit the same mistake was "unexpected Error", exit 1.
+    big = tmp_path / "long_big.csv"
+    big.write_text(DREAMLIP_HEADER + f'{urls[0]},"raw\n' + "x" * (1 << 24) + "\n")
+    for path in (captions, big):
+        out = str(tmp_path / "out")
+        assert _ingest(out, f"cc3m={manifest}", **{"long-captions": str(path)}) == 2
+        line = _one_line(capsys)
+        assert f"--long-captions {path}: unreadable CSV at line" in line and "quote" in line, line
+        assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_an_open_images_class_names_quote_left_open_is_bad_input_naming_the_file(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    manifest = tmp_path / "images.csv"
+    manifest.write_text("ImageID,OriginalURL\n" + "".join(f"{n:016x},{url}\n" for n, url in enumerate(urls)))
+    labels = tmp_path / "labels.csv"
+    lines = "".join(f"{n:016x},machine,/m/0{n},0.9\n" for n in range(3))
+    labels.write_text("ImageID,Source,LabelName,Confidence\n" + lines)
+    classes = tmp_path / "classes.csv"
+    # Read leniently, /m/01's name was 'One, open\n/m/02,Two' and /m/02 had none, exit 0.
+    classes.write_text('/m/00,Zero\n/m/01,"One, open\n/m/02,Two\n')
+    out = str(tmp_path / "out")
+    options = {"openimages-labels": str(labels), "openimages-classes": str(classes)}
+    assert _ingest(out, f"openimages={manifest}", **options) == 2
+    line = _one_line(capsys)
+    assert f"--openimages-classes {classes}: unreadable CSV at line" in line and "quote" in line, line
+    assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_a_compressed_file_not_named_so_or_compressed_twice_is_bad_input_naming_it(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    tsv = "".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)).encode()
+    zero = "".join(json.dumps({"ImageKey": str(n), "ImageUrl": url}) + "\n" for n, url in enumerate(urls)).encode()
+    # Before: each was read as text, a few rows of binary garbage (invalid_url) for the 3 records,
+    # exit 0 (a download saved without its .gz, or gzipped again by the server's Content-Encoding).
+    cases = {
+        "cc3m.tsv": (gzip.compress(tsv), "gzip", "name it"),
+        "cc3m-twice.tsv.gz": (gzip.compress(gzip.compress(tsv)), "gzip", "compressed twice"),
+        "zero.jsonl": (bz2.compress(zero), "bzip2", "name it"),
+    }
+    for name, (data, what, advice) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        kind = name.split(".")[0].split("-")[0]
+        _refused(tmp_path, capsys, f"{kind}={tmp_path / name}", str(tmp_path / name), what, advice)
+    good = tmp_path / "good.tsv"
+    good.write_bytes(tsv)
+    for option, name in (("cc3m-labels", "labels.tsv"), ("long-captions", "long.csv")):
+        side = tmp_path / name
+        side.write_bytes(gzip.compress(b"whatever\n"))
+        out = str(tmp_path / "out")
+        assert _ingest(out, f"cc3m={good}", **{option: str(side)}) == 2
+        line = _one_line(capsys)
+        assert f"--{option} {side}: " in line and "gzip" in line and "name it" in line, line
+
+
+def test_a_plain_file_named_gz_is_bad_input_saying_so_even_with_accept_truncated(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    tsv = "".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)).encode()
+    # Before: "compressed file is truncated or corrupt before its first line ...; --accept-truncated
+    # ingests the 0 records read before it", and with --accept-truncated 0 rows of 3, exit 0.
+    for name, data, needle in (("cc3m.tsv.gz", tsv, "not gzip"), ("cc3m.tsv.bz2", gzip.compress(tsv), "gzip data")):
+        manifest = tmp_path / name
+        manifest.write_bytes(data)
+        for accept in (False, True):
+            out = str(tmp_path / "out")
+            assert _ingest(out, f"cc3m={manifest}", **({"accept-truncated": True} if accept else {})) == 2
+            line = _one_line(capsys)
+            assert str(manifest) in line and needle in line and "--accept-truncated" not in line, line
+            assert not os.path.exists(os.path.join(out, "images"))
+    labels = tmp_path / "labels.tsv.gz"
+    labels.write_bytes(b"caption\thttp://127.0.0.1/a.jpg\tdog\t/m/0bt9lr\t1\n")
+    (tmp_path / "good.tsv").write_bytes(tsv)
+    assert _ingest(str(tmp_path / "out"), f"cc3m={tmp_path / 'good.tsv'}", **{"cc3m-labels": str(labels)}) == 2
+    assert f"{labels}: the file is not gzip data" in (line := _one_line(capsys)), line
+
+
+def test_cc3m_and_cc12m_manifests_given_as_each_other_are_bad_input_naming_the_kind(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    cc3m, cc12m = tmp_path / "cc3m.tsv", tmp_path / "cc12m.tsv"
+    cc3m.write_text("".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)))
+    cc12m.write_text("".join(f"{url}\tphoto {n}\n" for n, url in enumerate(urls)))
+    # Before: every row invalid_url ("no scheme"), its caption in the url column, exit 0.
+    _refused(tmp_path, capsys, f"cc12m={cc3m}", str(cc3m), "not a CC12M manifest", "--manifest cc3m=")
+    _refused(tmp_path, capsys, f"cc3m={cc12m}", str(cc12m), "not a CC3M manifest", "--manifest cc12m=")
+    # one line of its kind among others passes: the rows tell the rest
+    mixed = tmp_path / "mixed.tsv"
+    mixed.write_text(cc3m.read_text() + f"{urls[0]}\tphoto\n")
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"cc12m={mixed}") == 0, capsys.readouterr().err
+    assert sorted(r["status"] for r in _rows(out)) == ["invalid_url"] * 3 + ["ok"]
+
+
+def test_a_manifest_that_is_a_pipe_is_bad_input_not_read_empty(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    # What `--manifest cc3m=<(zcat cc3m.tsv.gz)` gives: /dev/fd/63, a pipe its writer has closed.
+    read_end, write_end = os.pipe()
+    os.write(write_end, "".join(f"photo {n}\t{url}\n" for n, url in enumerate(urls)).encode())
+    os.close(write_end)
+    pipe = f"/dev/fd/{read_end}"
+    out = str(tmp_path / "out")
+    try:
+        # Before: the checks before the pipeline read the pipe's bytes and the pipeline found
+        # nothing left: 0 rows for 3 records, exit 0 (a manifest is read more than once).
+        assert _ingest(out, f"cc3m={pipe}") == 2
+    finally:
+        os.close(read_end)
+    line = _one_line(capsys)
+    assert pipe in line and "not a regular file" in line, line
+    assert not os.path.exists(os.path.join(out, "images"))

@@ -476,6 +476,35 @@ def test_unreadable_manifest_is_exit_2(world_dir):
     assert_one_line(done, 2, "cannot read", manifest)
 
 
+def test_a_manifest_in_a_folder_that_cannot_be_searched_is_exit_2_cannot_read_not_no_such_file(world_dir):
+    folder = os.path.join(world_dir, "locked")
+    os.mkdir(folder)
+    manifest = os.path.join(folder, "m.tsv")
+    with open(manifest, "w") as handle:
+        handle.write("hello\thttp://127.0.0.2/x.jpg\n")
+    args = ["--manifest", f"cc3m={manifest}", "--output", os.path.join(world_dir, "out")]
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o000)
+        done = job("ingest", *args)
+    else:
+        # Root searches any folder; in a user namespace of its own it is refused one owned by an
+        # unmapped user, as any other user is.
+        os.chown(folder, 12345, 12345)
+        os.chmod(folder, 0o000)
+        command = ["unshare", "-r", sys.executable, "-m", "pipelines.ingest", *args]
+        env = {k: v for k, v in os.environ.items() if k != "BEAM_IMAGES_DEBUG"}
+        try:
+            done = subprocess.run(
+                command, cwd=REPO, env=dict(env, PYTHONPATH=REPO), capture_output=True, text=True, timeout=240
+            )
+        except OSError:
+            pytest.skip("root, and no unshare here")
+        if "unshare:" in done.stderr:
+            pytest.skip(f"root, and no user namespace here ({done.stderr.strip()})")
+    # Before: "no file matches PATH (no such file)", of a file that is there.
+    assert_one_line(done, 2, "cannot read", manifest, "Permission denied")
+
+
 def test_full_disk_is_exit_1_naming_the_output(web, tmp_path):
     lines = []
     for n in range(8):

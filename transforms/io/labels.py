@@ -149,14 +149,17 @@ def parse_class_descriptions(fileobj: Any) -> Iterator[tuple[str, str]]:
         yield mid, name
 
 
-def read_class_descriptions(fileobj: Any) -> Iterator[tuple[str, str, str]]:
-    """(form, mid, name) triples: like parse_class_descriptions, with the detected file form."""
+def read_class_descriptions(fileobj: Any, source: str = "") -> Iterator[tuple[str, str, str]]:
+    """(form, mid, name) triples: like parse_class_descriptions, with the detected file form.
+
+    A quote left open (or a field past the csv module's limit) is BadInput naming `source`.
+    """
     text = readers.text_stream(fileobj)
     first_line = text.readline()
     if not first_line:
         return
     # Re-read the first line with the csv module (it may be quoted); the rest streams on.
-    records = csv.reader(_chain_first(first_line, text))
+    records = _strict_records(_chain_first(first_line, text), "--openimages-classes", source)
     first = next(records, None)
     form = class_file_form(first, first_line)
     if form != FORM_HEADER and first:
@@ -167,6 +170,24 @@ def read_class_descriptions(fileobj: Any) -> Iterator[tuple[str, str, str]]:
         pair = _class_pair(record)
         if pair:
             yield (form,) + pair
+
+
+def _strict_records(lines: Iterable[str], flag: str, source: str) -> Iterator[list[str]]:
+    """CSV records of a side file; a quote left open is BadInput naming the file and line.
+
+    Why strict: read leniently, a quote left open runs its field on to the end of the file, so the
+    records after it become one name or caption and their rows lose theirs behind exit 0; past the
+    csv module's field limit the same mistake was an "unexpected" exit 1.
+    """
+    reader = csv.reader(lines, strict=True)
+    try:
+        yield from reader
+    except csv.Error as exc:
+        where = f"{flag} {source}: " if source else f"{flag}: "
+        raise BadInput(
+            f"{where}unreadable CSV at line {reader.line_num} ({exc});"
+            " a quote left open before it runs a field on over the following lines"
+        ) from None
 
 
 def _chain_first(first_line, rest):
@@ -190,7 +211,7 @@ class _ParseClassFileFn(beam.DoFn):
 
     def process(self, readable_file):
         form = None
-        for row_form, mid, name in read_class_descriptions(readable_file.open()):
+        for row_form, mid, name in read_class_descriptions(readable_file.open(), readable_file.metadata.path):
             form = row_form  # the last row's, logged below
             self.classes.inc()
             yield (mid, name)
@@ -540,7 +561,7 @@ def parse_long_captions(fileobj: Any, source: str = "") -> Iterator[tuple[str, d
     header name (case and spaces ignored); a file without an `Image Path` column is rejected with
     BadInput (exit 2) naming `source`, the file's path: the user gave the wrong file.
     """
-    records = csv.reader(readers.text_stream(fileobj))
+    records = _strict_records(readers.text_stream(fileobj), "--long-captions", source)
     header = next(records, None)
     if header is None:
         return

@@ -275,7 +275,7 @@ class ParseManifestFile(beam.DoFn):
         parse = self._parsers[kind]
         records, last_line = 0, 0
         try:
-            with open_stream(path) as binary:
+            with open_stream(path, "manifest") as binary:
                 for ordinal, row in enumerate(parse(binary, path, key_prefix), start=1):
                     row["_ordinal"] = ordinal
                     if repeated:

@@ -45,7 +45,8 @@ __all__ = [
     "ParseFiles",
 ]
 from transforms.errors import BadInput
-from transforms.io.text_forms import AsUtf8, cr_line_ends, split_lines, text_encoding
+from transforms.io import text_forms
+from transforms.io.text_forms import AsUtf8, compressed_text, cr_line_ends, split_lines, text_encoding
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
 
@@ -170,7 +171,7 @@ class CheckedDecompressor:
                 piece = self._checked(read_piece, min(self._PIECE, size - got))
             except CompressedInputError as exc:
                 if not pieces:
-                    raise
+                    raise (exc if self._started else self._as_named(exc)) from None
                 self._failure = exc
                 break
             if not piece:
@@ -181,6 +182,13 @@ class CheckedDecompressor:
             pieces.append(piece)
             got += len(piece)
         return b"".join(pieces)
+
+    def _as_named(self, exc):
+        """A file not starting as its name's compression (a plain file named .gz) is not cut short:
+        BadInput saying so, which --accept-truncated does not take for a cut (text_forms)."""
+        with FileSystems.open(self._path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            problem = text_forms.misnamed_compression(raw.read(16), self._path)
+        return BadInput(f"{self._path}: {problem}") if problem else exc
 
     def _check_not_empty(self):
         """A 0-byte file is no compressed stream (gzip and zstd would read it as empty data): a
@@ -237,9 +245,14 @@ def binary_stream(fileobj: Any, prefix: bytes = b"") -> io.BufferedReader:
 
 
 @contextlib.contextmanager
-def open_stream(path: str) -> Iterator[io.BufferedReader]:
-    """`path` as an ordinary iterable, buffered binary stream, closed on exit."""
+def open_stream(path: str, flag: str = "") -> Iterator[io.BufferedReader]:
+    """`path` as an ordinary iterable, buffered binary stream, closed on exit; compressed data
+    inside (text_forms.compressed_text) is BadInput, its line starting with `flag` and the path."""
     with binary_stream(open_path(path)) as stream:
+        named = CompressionTypes.detect_compression_type(path) in _DECOMPRESSORS
+        problem = compressed_text(stream.peek(16)[:16], path, named)
+        if problem:
+            raise BadInput(f"{flag} {path}: {problem}" if flag else f"{path}: {problem}")
         yield stream
 
 

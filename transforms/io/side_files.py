@@ -6,7 +6,8 @@ Images image list as `--openimages-classes`) ran with exit 0 and rows without th
 names or hashes. `check_side_file(flag, path)` reads the first lines of every file `path` matches
 and raises BadInput naming the option and the file when none of them is a line of its kind. A few
 odd lines among good ones pass (the readers count those); `--long-captions` checks its header in
-its reader (labels.parse_long_captions).
+its reader (labels.parse_long_captions). Every side file, `--long-captions` included, is refused
+when its text is compressed data (a compressed file not named so: readers.refuse_compressed_text).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from transforms.errors import BadInput
 from transforms.io import labels
 from transforms.io.checksums import parse_hash_list
 from transforms.io.manifests import path_identity
-from transforms.io.readers import open_stream
+from transforms.io.readers import CompressedInputError, open_stream
 
 __all__ = ["SIDE_FILE_KINDS", "check_side_file", "head_lines"]
 
@@ -31,9 +32,10 @@ _WNID = re.compile(r"n\d{8}")
 _IMAGE_ID = re.compile(r"[0-9a-fA-F]{16}")
 
 
-def head_lines(path: str, count: int = _HEAD_LINES) -> list[str]:
-    """The first `count` non-blank lines of a file (decompressed), at most its first MiB."""
-    with open_stream(path) as binary:
+def head_lines(path: str, count: int = _HEAD_LINES, flag: str = "") -> list[str]:
+    """The first `count` non-blank lines of a file (decompressed), at most its first MiB; compressed
+    data inside (a compressed file not named so) is BadInput starting with `flag` (open_stream)."""
+    with open_stream(path, flag) as binary:
         head = binary.read(_HEAD_BYTES)
     lines = head.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
     if len(head) == _HEAD_BYTES and len(lines) > 1:
@@ -111,21 +113,61 @@ def _class_header(line: str) -> bool:
     return fields in (["labelname", "displayname"], ["id", "name"])
 
 
+_URL = re.compile(r"\s*https?://", re.IGNORECASE)
+# The two TSV manifest kinds, which differ only in column order: (what it is, its line, its URL field)
+_TSV_MANIFESTS: dict[str, tuple[str, str, Callable[[str], str]]] = {
+    "cc3m": ("a CC3M manifest", "caption<TAB>url", lambda line: line.rpartition("\t")[2]),
+    "cc12m": ("a CC12M manifest", "url<TAB>caption", lambda line: line.partition("\t")[0]),
+}
+
+
+def _check_tsv_manifest(flag: str, kind: str, path: str) -> None:
+    """BadInput when none of the first lines of a CC3M or CC12M manifest has a URL where its kind
+    puts it, and some have one where the other kind does: the two kinds swapped. Read as given,
+    every row was invalid_url with its caption in the url column, exit 0."""
+    other = "cc12m" if kind == "cc3m" else "cc3m"
+    try:
+        lines = head_lines(path, flag=flag)
+    except CompressedInputError:
+        return  # cut short: the parser says where, or keeps what comes before (--accept-truncated)
+    if any(_URL.match(_TSV_MANIFESTS[kind][2](line)) for line in lines):
+        return
+    if any(_URL.match(_TSV_MANIFESTS[other][2](line)) for line in lines):
+        what, form, _ = _TSV_MANIFESTS[kind]
+        raise BadInput(
+            f"{flag}: {path} is not {what} ({form}): none of its first {len(lines)} lines has its URL"
+            f" there, and they read as {_TSV_MANIFESTS[other][0]} ({_TSV_MANIFESTS[other][1]}; the first:"
+            f" {lines[0][:120]!r}); give it as --manifest {other}=..."
+        )
+
+
 def check_side_file(flag: str, pattern: str | None, output: str | None = None) -> None:
     """BadInput when a file `pattern` matches has lines but none of the first 20 is of the kind
-    `flag` reads (an empty file, or a header alone, passes: it holds nothing to lose).
+    `flag` reads (an empty file, or a header alone, passes: it holds nothing to lose), or whose
+    text is compressed data (any side-file option).
+
+    A manifest (flag `--manifest KIND=PATTERN`) is checked only when it is CC3M or CC12M, on its
+    first file, for the other kind's column order (_check_tsv_manifest); its parser does the rest.
 
     output: files inside it are left to preflight.check_not_inside_output, whose line says more.
     """
-    if not pattern or flag not in SIDE_FILE_KINDS:
+    if not pattern:
         return
-    kind, form, _ = SIDE_FILE_KINDS[flag]
     inside = path_identity(output) + "/" if output else None
+    if flag.startswith("--manifest "):
+        kind = flag.removeprefix("--manifest ").partition("=")[0]
+        first = next((m.path for r in FileSystems.match([pattern]) for m in r.metadata_list), None)
+        if kind in _TSV_MANIFESTS and first and not (inside and path_identity(first).startswith(inside)):
+            _check_tsv_manifest(flag, kind, first)
+        return
     for result in FileSystems.match([pattern]):
         for metadata in result.metadata_list:
             if inside and path_identity(metadata.path).startswith(inside):
                 continue
-            lines = head_lines(metadata.path)
+            lines = head_lines(metadata.path, flag=flag)  # every side file: not compressed data
+            if flag not in SIDE_FILE_KINDS:
+                continue
+            kind, form, _ = SIDE_FILE_KINDS[flag]
             verdicts = _judge(flag, lines)
             if True in verdicts or False not in verdicts:
                 continue

@@ -26,7 +26,78 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["SNIFF", "AsUtf8", "cr_line_ends", "json_record", "split_lines", "text_encoding", "tsv_record"]
+__all__ = [
+    "SNIFF",
+    "AsUtf8",
+    "compressed_text",
+    "misnamed_compression",
+    "cr_line_ends",
+    "json_record",
+    "split_lines",
+    "text_encoding",
+    "tsv_record",
+]
+
+# The first bytes of each compressed format the readers decompress: (magic, its name, its suffix).
+_MAGICS = (
+    (b"\x1f\x8b\x08", "gzip", ".gz"),
+    (b"BZh", "bzip2", ".bz2"),  # then a level digit and a block or end-of-stream magic (below)
+    (b"\xfd7zXZ\x00", "xz", ".xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
+)
+
+
+def _compression(head: bytes) -> tuple[str, str] | None:
+    """(format, suffix) of the compressed stream `head` starts, None for anything else."""
+    for magic, name, suffix in _MAGICS:
+        if head.startswith(magic):
+            if name == "bzip2" and not (head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90")):
+                continue
+            return name, suffix
+    return None
+
+
+def misnamed_compression(head: bytes, path: str) -> str | None:
+    """What is wrong when a file named compressed (`path`) whose decompression failed at once does
+    not start as its name says (`head`: its first bytes); None when it does (it is corrupt).
+
+    Why: a plain file named .gz (or a bzip2 file named .gz) was "truncated or corrupt before its
+    first line", and --accept-truncated ingested 0 of its records, exit 0.
+    """
+    named = next(((n, s) for _, n, s in _MAGICS if path.lower().endswith(s)), None)
+    found = _compression(head)
+    if named is None or found == named or not head:  # an empty file: cut short, said elsewhere
+        return None
+    if found is None:
+        return (
+            f"the file is not {named[0]} data although its name ends in {named[1]} (it starts with"
+            f" {head[:12]!r}); if it is plain text, name it without {named[1]}"
+        )
+    return f"the file is {found[0]} data although its name ends in {named[1]}; name it to end in {found[1]}"
+
+
+def compressed_text(head: bytes, path: str, named_compressed: bool) -> str | None:
+    """What is wrong when `head`, the first bytes of a text input at `path` (decompressed by its
+    name when `named_compressed`), are a compressed stream's; None when they are not.
+
+    Why: compression is told by the name, so a .gz saved without its suffix, or a file compressed
+    twice (gzipped again by a server's Content-Encoding), was read as text: a few rows of binary
+    garbage (invalid_url) for all its records, exit 0.
+    """
+    found = _compression(head)
+    if found is not None:
+        name, suffix = found
+        if named_compressed:
+            return (
+                f"the file is compressed twice (decompressed once, it is {name} data again);"
+                " decompress it once more and give that file"
+            )
+        return (
+            f"the file is {name}-compressed but its name does not end in {suffix};"
+            f" name it {path.rsplit('/', 1)[-1]}{suffix} to have it read decompressed"
+        )
+    return None
+
 
 SNIFF = 1 << 20  # at most this much of a file decides its line ends (peek gives one buffer: >= 8 KiB)
 # Marks in the order they must be tried: UTF-32-LE's starts with UTF-16-LE's
