@@ -327,17 +327,26 @@ def test_kill_9_leaves_a_stale_lease_that_the_next_resume_breaks(web, tmp_path):
     assert all(r["status"] == schema.OK for r in rows)
 
 
-def test_a_first_run_killed_while_publishing_its_table_is_refused_by_every_reader(web, tmp_path, capsys):
-    """kill -9 of a first ingest once its first part is in images/ and before summary.json: before,
-    export, dedup and refresh read the parts found there (with two workers, one of two: half the
-    rows) and exited 0. OUT has no summary.json to check them against; its _LEASE says a run was
-    writing it. Now every reader refuses in one line; the same command run again completes."""
+def _first_run_of_forty(web, tmp_path):
+    """A 40-line CC3M manifest served on loopback: (manifest, OUT, the ingest's arguments)."""
     urls = _serve(web, 40)
     (tmp_path / "in").mkdir()
     manifest = tmp_path / "in" / "cc3m.tsv"
     manifest.write_text(_cc3m_lines(urls))
     out = str(tmp_path / "out")
-    args = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
+    return (
+        manifest,
+        out,
+        ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"],
+    )
+
+
+def test_a_first_run_killed_while_publishing_its_table_is_refused_by_every_reader(web, tmp_path, capsys):
+    """kill -9 of a first ingest once its first part is in images/ and before summary.json: before,
+    export, dedup and refresh read the parts found there (with two workers, one of two: half the
+    rows) and exited 0. OUT has no summary.json to check them against; its _LEASE says a run was
+    writing it. Now every reader refuses in one line; the same command run again completes."""
+    manifest, out, args = _first_run_of_forty(web, tmp_path)
     running = _start_ingest([*args, "--no-report"])
     try:
         deadline = time.monotonic() + 120
@@ -362,12 +371,7 @@ def test_a_first_run_interrupted_while_publishing_its_table_is_refused_by_every_
     unfinished, and export, dedup and refresh read the parts found with exit 0 (25,000 rows in two
     parts of 20,000 and 5,000: 5,000 rows lost downstream). Now the lease stays on such an OUT;
     the same command run again takes it over and completes."""
-    urls = _serve(web, 40)
-    (tmp_path / "in").mkdir()
-    manifest = tmp_path / "in" / "cc3m.tsv"
-    manifest.write_text(_cc3m_lines(urls))
-    out = str(tmp_path / "out")
-    args = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
+    manifest, out, args = _first_run_of_forty(web, tmp_path)
     # the kill sweep's pause after each published rename: the Ctrl-C lands before summary.json
     pause = os.path.join(REPO, "scripts", "kill_sweep_pause")
     running = _start_ingest([*args, "--no-report"], PYTHONPATH=f"{pause}:{REPO}", KILL_SWEEP_PAUSE="5")
