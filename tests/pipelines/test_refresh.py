@@ -347,6 +347,7 @@ def test_plans_are_cheap_first():
         (FetchResult(schema.HTTP_ERROR, http_status=410), False),
         (FetchResult(schema.HTTP_ERROR, http_status=429), True),
         (FetchResult(schema.HTTP_ERROR, http_status=503), True),
+        (FetchResult(schema.HTTP_ERROR, http_status=500), False),  # a handler failing on HEAD: GET tells
         (FetchResult(schema.TIMEOUT), True),
         (FetchResult(schema.OPTED_OUT, http_status=200), True),
         (FetchResult(schema.CONNECTION_ERROR), False),  # hung up on the HEAD: the GET may be served
@@ -708,7 +709,7 @@ EXPECTED = {
     "cc3m:2": (verdicts.ALIVE, verdicts.HEAD_GET),
     "cc3m:3": (verdicts.DEAD, verdicts.HEAD_GET),  # a 404/410 to HEAD is confirmed by the GET
     "cc3m:4": (verdicts.DEAD, verdicts.HEAD_GET),
-    "cc3m:5": (verdicts.UNREACHABLE, verdicts.HEAD),
+    "cc3m:5": (verdicts.UNREACHABLE, verdicts.HEAD_GET),  # a 500 to HEAD: the GET tells (a 500 too)
     "cc3m:6": (verdicts.UNREACHABLE, verdicts.HEAD),
     "cc3m:7": (verdicts.CHANGED, verdicts.HEAD_GET),
     "cc3m:8": (verdicts.CHANGED, verdicts.CONDITIONAL),

@@ -3,6 +3,7 @@ loopback web, real snapshots, the real job over several nights with one --histor
 
 - a server that answers 404 to HEAD but serves the picture to GET;
 - a server that drops the connection on HEAD (no answer) but serves the picture to GET;
+- a server whose HEAD fails with a 500 (a handler written for GET only) but serves GET;
 - a server that turns the conditional request down (412, 400) but serves the picture to a plain GET;
 - a refresh run without the --allow-network its snapshot was ingested with: every URL there is
   refused by the address policy, which is a 'gone' answer (dead on the second such night);
@@ -69,6 +70,19 @@ def test_a_head_dropped_without_an_answer_is_no_verdict_when_get_serves_the_pict
         # servers (and their firewalls) that hang up on HEAD: a reset, no status line
         web.routes["/photo.jpg"] = lambda method, headers, n: (
             Reply(reset=True) if method == "HEAD" else Reply(200, body, JPEG)
+        )
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
+        row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
+    assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.HEAD_GET, 200), row["reason"]
+
+
+def test_a_500_to_head_alone_is_no_verdict_when_get_serves_the_picture(tmp_path):
+    body = jpeg(13)
+    with SampleWebServer() as web:
+        # frameworks that route GET only and fail on anything else: HEAD is a 500, GET the picture.
+        # Settled by the HEAD, such a URL was unreachable every night, then dead after 30.
+        web.routes["/photo.jpg"] = lambda method, headers, n: (
+            Reply(500, b"oops") if method == "HEAD" else Reply(200, body, JPEG)
         )
         snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
         row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]

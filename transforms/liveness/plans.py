@@ -110,7 +110,10 @@ def head_settles(head):
         code = head.http_status or 0
         if code in HEAD_REFUSED:
             return False
-        return code >= 500 or code == 429 or 300 <= code < 400
+        # why: a 500 to HEAD is the handler failing on a method it was not written for (frameworks
+        # that route GET only) as often as the host failing: the GET tells which; a 502-504 or a
+        # 429 is about the host, and a second request would only add to its load
+        return (code > 500) or code == 429 or 300 <= code < 400
     if head.status == schema.CONNECTION_ERROR and not (
         head.unconnectable or head.refused or head.name_not_found or head.skipped
     ):
