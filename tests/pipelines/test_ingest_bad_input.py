@@ -399,6 +399,15 @@ def test_cc3m_and_cc12m_manifests_given_as_each_other_are_bad_input_naming_the_k
     assert sorted(r["status"] for r in _rows(out)) == ["invalid_url"] * 3 + ["ok"]
 
 
+def test_zero_and_imagenet_captions_manifests_given_as_each_other_are_bad_input_naming_the_kind(tmp_path, capsys):
+    zero, captions = os.path.join(FIXTURES, "zero.jsonl"), os.path.join(FIXTURES, "imagenet_captions.json")
+    # Before: every row invalid_url ("missing filename" / "missing ImageKey"), exit 0.
+    _refused(tmp_path, capsys, f"imagenet_captions={zero}", zero, "not an ImageNet-Captions file", "--manifest zero=")
+    _refused(
+        tmp_path, capsys, f"zero={captions}", captions, "not a Zero (CCMB) manifest", "--manifest imagenet_captions="
+    )
+
+
 def test_a_manifest_that_is_a_pipe_is_bad_input_not_read_empty(web, tmp_path, capsys):
     urls = _serve(web, 3)
     # What `--manifest cc3m=<(zcat cc3m.tsv.gz)` gives: /dev/fd/63, a pipe its writer has closed.

@@ -141,13 +141,41 @@ def _check_tsv_manifest(flag: str, kind: str, path: str) -> None:
         )
 
 
+# The JSON manifests, told apart by their field names: what each is, and the fields only it has.
+_JSON_MANIFESTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "zero": ("a Zero (CCMB) manifest", ('"ImageKey"', '"ImageUrl"')),
+    "imagenet_captions": ("an ImageNet-Captions file", ('"filename"', '"wnid"')),
+}
+
+
+def _check_json_manifest(flag: str, kind: str, path: str) -> None:
+    """BadInput when the first lines of a Zero or ImageNet-Captions manifest hold none of its
+    kind's fields and some of the other kind's: the two kinds swapped. Read as given, every row
+    was invalid_url ("missing ImageKey", "missing filename"), exit 0."""
+    other = "imagenet_captions" if kind == "zero" else "zero"
+    try:
+        text = "\n".join(head_lines(path, flag=flag))
+    except CompressedInputError:
+        return  # cut short: the parser says where
+    if any(field in text for field in _JSON_MANIFESTS[kind][1]):
+        return
+    if any(field in text for field in _JSON_MANIFESTS[other][1]):
+        raise BadInput(
+            f"{flag}: {path} is not {_JSON_MANIFESTS[kind][0]}: its first lines have none of its fields"
+            f" ({', '.join(_JSON_MANIFESTS[kind][1])}) and read as {_JSON_MANIFESTS[other][0]}"
+            f" ({', '.join(_JSON_MANIFESTS[other][1])}); give it as --manifest {other}=..."
+        )
+
+
 def check_side_file(flag: str, pattern: str | None, output: str | None = None) -> None:
     """BadInput when a file `pattern` matches has lines but none of the first 20 is of the kind
     `flag` reads (an empty file, or a header alone, passes: it holds nothing to lose), or whose
     text is compressed data (any side-file option).
 
-    A manifest (flag `--manifest KIND=PATTERN`) is checked only when it is CC3M or CC12M, on its
-    first file, for the other kind's column order (_check_tsv_manifest); its parser does the rest.
+    A manifest (flag `--manifest KIND=PATTERN`) is checked on its first file only, and only for
+    the kind it is most often taken for: CC3M and CC12M for each other's column order
+    (_check_tsv_manifest), Zero and ImageNet-Captions for each other's fields
+    (_check_json_manifest); its parser does the rest.
 
     output: files inside it are left to preflight.check_not_inside_output, whose line says more.
     """
@@ -157,8 +185,12 @@ def check_side_file(flag: str, pattern: str | None, output: str | None = None) -
     if flag.startswith("--manifest "):
         kind = flag.removeprefix("--manifest ").partition("=")[0]
         first = next((m.path for r in FileSystems.match([pattern]) for m in r.metadata_list), None)
-        if kind in _TSV_MANIFESTS and first and not (inside and path_identity(first).startswith(inside)):
+        if not first or (inside and path_identity(first).startswith(inside)):
+            return
+        if kind in _TSV_MANIFESTS:
             _check_tsv_manifest(flag, kind, first)
+        elif kind in _JSON_MANIFESTS:
+            _check_json_manifest(flag, kind, first)
         return
     for result in FileSystems.match([pattern]):
         for metadata in result.metadata_list:
