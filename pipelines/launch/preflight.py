@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.manifests import path_identity
+from transforms.io.sinks import read_json
 from transforms.io.table_record import recorded_table
 
 __all__ = [
@@ -267,12 +268,9 @@ def check_ingest_networks(flag: str, root: str, allowed: list[str]) -> None:
         allowed: this run's --allow-network values.
     """
     import ipaddress  # noqa: PLC0415 (only the refresh needs it)
-    import json  # noqa: PLC0415
 
-    path = FileSystems.join(root, "summary.json")
     try:
-        with FileSystems.open(path) as handle:
-            summary = json.loads(handle.read().decode("utf-8"))
+        summary = read_json(FileSystems.join(root, "summary.json"))
     except Exception:  # noqa: BLE001 (absent or unreadable: the table checks report what matters)
         return
     options = summary.get("options") if isinstance(summary, dict) else None
