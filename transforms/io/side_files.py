@@ -114,57 +114,45 @@ def _class_header(line: str) -> bool:
 
 
 _URL = re.compile(r"\s*https?://", re.IGNORECASE)
-# The two TSV manifest kinds, which differ only in column order: (what it is, its line, its URL field)
-_TSV_MANIFESTS: dict[str, tuple[str, str, Callable[[str], str]]] = {
-    "cc3m": ("a CC3M manifest", "caption<TAB>url", lambda line: line.rpartition("\t")[2]),
-    "cc12m": ("a CC12M manifest", "url<TAB>caption", lambda line: line.partition("\t")[0]),
+
+
+def _url_at(field: Callable[[str], str]) -> Callable[[list[str]], bool]:
+    """Whether some line has a URL in the field `field` picks."""
+    return lambda lines: any(_URL.match(field(line)) for line in lines)
+
+
+def _holds(*names: str) -> Callable[[list[str]], bool]:
+    """Whether some line holds one of these JSON field names."""
+    return lambda lines: any(f'"{name}"' in line for line in lines for name in names)
+
+
+# Manifest kinds taken for one another: what each is, what tells it, that test on its first lines,
+# and the kind it is taken for. CC3M and CC12M differ only in column order; Zero and
+# ImageNet-Captions are both JSON.
+_MANIFEST_SIGNS: dict[str, tuple[str, str, Callable[[list[str]], bool], str]] = {
+    "cc3m": ("a CC3M manifest", "caption<TAB>url", _url_at(lambda line: line.rpartition("\t")[2]), "cc12m"),
+    "cc12m": ("a CC12M manifest", "url<TAB>caption", _url_at(lambda line: line.partition("\t")[0]), "cc3m"),
+    "zero": ("a Zero (CCMB) manifest", '"ImageKey", "ImageUrl"', _holds("ImageKey", "ImageUrl"), "imagenet_captions"),
+    "imagenet_captions": ("an ImageNet-Captions file", '"filename", "wnid"', _holds("filename", "wnid"), "zero"),
 }
 
 
-def _check_tsv_manifest(flag: str, kind: str, path: str) -> None:
-    """BadInput when none of the first lines of a CC3M or CC12M manifest has a URL where its kind
-    puts it, and some have one where the other kind does: the two kinds swapped. Read as given,
-    every row was invalid_url with its caption in the url column, exit 0."""
-    other = "cc12m" if kind == "cc3m" else "cc3m"
+def _check_manifest_kind(flag: str, kind: str, path: str) -> None:
+    """BadInput when none of the first lines of a manifest reads as its kind and some read as the
+    kind it is taken for (_MANIFEST_SIGNS): the two swapped. Read as given, every row was
+    invalid_url (a caption in the url column, "missing ImageKey", "missing filename"), exit 0."""
+    what, sign, reads_as, other = _MANIFEST_SIGNS[kind]
     try:
         lines = head_lines(path, flag=flag)
     except CompressedInputError:
         return  # cut short: the parser says where, or keeps what comes before (--accept-truncated)
-    if any(_URL.match(_TSV_MANIFESTS[kind][2](line)) for line in lines):
+    if reads_as(lines) or not _MANIFEST_SIGNS[other][2](lines):
         return
-    if any(_URL.match(_TSV_MANIFESTS[other][2](line)) for line in lines):
-        what, form, _ = _TSV_MANIFESTS[kind]
-        raise BadInput(
-            f"{flag}: {path} is not {what} ({form}): none of its first {len(lines)} lines has its URL"
-            f" there, and they read as {_TSV_MANIFESTS[other][0]} ({_TSV_MANIFESTS[other][1]}; the first:"
-            f" {lines[0][:120]!r}); give it as --manifest {other}=..."
-        )
-
-
-# The JSON manifests, told apart by their field names: what each is, and the fields only it has.
-_JSON_MANIFESTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "zero": ("a Zero (CCMB) manifest", ('"ImageKey"', '"ImageUrl"')),
-    "imagenet_captions": ("an ImageNet-Captions file", ('"filename"', '"wnid"')),
-}
-
-
-def _check_json_manifest(flag: str, kind: str, path: str) -> None:
-    """BadInput when the first lines of a Zero or ImageNet-Captions manifest hold none of its
-    kind's fields and some of the other kind's: the two kinds swapped. Read as given, every row
-    was invalid_url ("missing ImageKey", "missing filename"), exit 0."""
-    other = "imagenet_captions" if kind == "zero" else "zero"
-    try:
-        text = "\n".join(head_lines(path, flag=flag))
-    except CompressedInputError:
-        return  # cut short: the parser says where
-    if any(field in text for field in _JSON_MANIFESTS[kind][1]):
-        return
-    if any(field in text for field in _JSON_MANIFESTS[other][1]):
-        raise BadInput(
-            f"{flag}: {path} is not {_JSON_MANIFESTS[kind][0]}: its first lines have none of its fields"
-            f" ({', '.join(_JSON_MANIFESTS[kind][1])}) and read as {_JSON_MANIFESTS[other][0]}"
-            f" ({', '.join(_JSON_MANIFESTS[other][1])}); give it as --manifest {other}=..."
-        )
+    raise BadInput(
+        f"{flag}: {path} is not {what} ({sign}): none of its first {len(lines)} lines reads so, and they read"
+        f" as {_MANIFEST_SIGNS[other][0]} ({_MANIFEST_SIGNS[other][1]}; the first: {lines[0][:120]!r});"
+        f" give it as --manifest {other}=..."
+    )
 
 
 def check_side_file(flag: str, pattern: str | None, output: str | None = None) -> None:
@@ -173,9 +161,8 @@ def check_side_file(flag: str, pattern: str | None, output: str | None = None) -
     text is compressed data (any side-file option).
 
     A manifest (flag `--manifest KIND=PATTERN`) is checked on its first file only, and only for
-    the kind it is most often taken for: CC3M and CC12M for each other's column order
-    (_check_tsv_manifest), Zero and ImageNet-Captions for each other's fields
-    (_check_json_manifest); its parser does the rest.
+    the kind it is taken for (_MANIFEST_SIGNS: CC3M and CC12M, Zero and ImageNet-Captions); its
+    parser does the rest.
 
     output: files inside it are left to preflight.check_not_inside_output, whose line says more.
     """
@@ -187,10 +174,8 @@ def check_side_file(flag: str, pattern: str | None, output: str | None = None) -
         first = next((m.path for r in FileSystems.match([pattern]) for m in r.metadata_list), None)
         if not first or (inside and path_identity(first).startswith(inside)):
             return
-        if kind in _TSV_MANIFESTS:
-            _check_tsv_manifest(flag, kind, first)
-        elif kind in _JSON_MANIFESTS:
-            _check_json_manifest(flag, kind, first)
+        if kind in _MANIFEST_SIGNS:
+            _check_manifest_kind(flag, kind, first)
         return
     for result in FileSystems.match([pattern]):
         for metadata in result.metadata_list:
