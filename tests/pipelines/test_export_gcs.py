@@ -76,7 +76,8 @@ def test_export_reads_and_writes_gs(gcs_emulator, tmp_path):
     assert names == ["exp/00000.tar", "exp/00001.tar", "exp/summary.json"]  # nothing temporary left
     summary = json.loads(bucket.blob("exp/summary.json").download_as_bytes())
     assert summary["rows_read"] == 5 and summary["exported"] == 3
-    assert summary["skipped"] == {"not_ok": 1, "placeholder": 0, "non_canonical": 1, "unreadable_blob": 0}
+    skipped = {"not_ok": 1, "placeholder": 0, "non_canonical": 1, "unreadable_blob": 0, "too_large": 0}
+    assert summary["skipped"] == skipped
     import webdataset as wds
 
     samples = []

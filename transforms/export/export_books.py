@@ -27,7 +27,9 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
     """summary.json's content; the books: rows read = exported + skipped by every reason."""
     shards = shard_records_in_order(shards)
     skipped = selection.count_reasons(skipped_counts)
-    skipped[selection.UNREADABLE_BLOB] += sum(s["unreadable_blob"] for s in shards)
+    # why: these two are found where the shard is written, the other reasons by the selection
+    for reason in (selection.UNREADABLE_BLOB, selection.TOO_LARGE):
+        skipped[reason] += sum(s.get(reason, 0) for s in shards)
     exported = sum(s["samples"] for s in shards)
     elapsed = max(time.time() - started_at, 1e-9)
     resize = config.resize

@@ -28,6 +28,7 @@ __all__ = [
     "RESIZE_MODES",
     "ResizeConfig",
     "ResizeError",
+    "TooLargeError",
     "export_image",
     "target_geometry",
 ]
@@ -40,10 +41,18 @@ _PIL_FORMAT = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 _DEFAULT_QUALITY = {"jpg": 95, "webp": 95, "png": 6}
 _QUALITY_RANGE = {"jpg": (1, 100), "webp": (1, 100), "png": (0, 9)}
 BORDER_COLOR = (255, 255, 255)  # img2dataset pads with white
+# The longest side each encoder writes (libwebp: 16383; JPEG's header field: 65535 less its MCU
+# padding, libjpeg refuses over 65500); PNG's 2**31 - 1 is never met under the pixel limit.
+_MAX_SIDE = {"jpg": 65_500, "webp": 16_383, "png": 2**31 - 1}
 
 
 class ResizeError(ValueError):
-    """The image cannot be exported: not decodable, or larger than the pixel limit."""
+    """The image cannot be exported: not decodable, or too large (TooLargeError)."""
+
+
+class TooLargeError(ResizeError):
+    """A picture that decodes but is too large to export: over the pixel limit, or its exported
+    sides over what the encode format can hold (a 20000 x 100 panorama in WebP)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,13 +157,15 @@ def export_image(data: bytes, config: ResizeConfig, extension: str = "jpg") -> E
         ExportedImage; with mode "no" `data` itself, unread beyond its header.
 
     Raises:
-        ResizeError: the bytes are not a decodable image, or it has more than config.max_pixels.
+        TooLargeError: it has more than config.max_pixels, or its exported sides are over the encode
+            format's limit.
+        ResizeError: the bytes are not a decodable image.
     """
     try:
         image: Image.Image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > config.max_pixels:
-            raise ResizeError(f"{width}x{height} pixels is over the limit of {config.max_pixels}")
+            raise TooLargeError(f"{width}x{height} pixels is over the limit of {config.max_pixels}")
         if not config.resizes:
             return ExportedImage(data, extension, width, height, width, height)
         # why: re-encoding drops the EXIF, so its orientation is applied here or the picture is
@@ -163,6 +174,13 @@ def export_image(data: bytes, config: ResizeConfig, extension: str = "jpg") -> E
         if orientation in SWAPS_AXES:
             width, height = height, width
         scaled, final = target_geometry(width, height, config)
+        # why: checked before the decode, as the encoder would only fail after it; such a picture
+        # is no lost or corrupt blob and is counted apart (too_large)
+        if max(final) > _MAX_SIDE[config.encode_format]:
+            raise TooLargeError(
+                f"{final[0]}x{final[1]} exported is over {config.encode_format}'s"
+                f" {_MAX_SIDE[config.encode_format]} pixels a side"
+            )
         if scaled is not None and image.format == "JPEG":
             stored = scaled[::-1] if orientation in SWAPS_AXES else scaled
             image.draft("RGB", stored)  # DCT scaling: decodes at 1/2, 1/4 or 1/8 when that is still >= scaled
@@ -174,7 +192,9 @@ def export_image(data: bytes, config: ResizeConfig, extension: str = "jpg") -> E
         image.save(buffer, _PIL_FORMAT[config.encode_format], **_encode_params(config))
     except ResizeError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:  # over Pillow's own limit, raised by open or load
+        raise TooLargeError(str(exc)) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ResizeError(f"not a decodable image: {exc}") from exc
     return ExportedImage(buffer.getvalue(), config.encode_format, image.width, image.height, width, height)
 

@@ -3,7 +3,8 @@
 `--include canonical` (the default): status ok, not a placeholder, and from each duplicate cluster
 the canonical row only; rows in no cluster are kept. `--include all`: every ok, non-placeholder row.
 A selected row whose blob cannot be read (missing, or bytes that are not the row's sha256 or not an
-image) is skipped later, by the shard writer, as `unreadable_blob`.
+image) is skipped later, by the shard writer, as `unreadable_blob`; one whose picture is too large to
+export (over the pixel limit, or resized sides over the encode format's) as `too_large`.
 """
 
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ __all__ = [
     "PLACEHOLDER",
     "REQUIRED_COLUMNS",
     "SKIP_REASONS",
+    "TOO_LARGE",
     "UNREADABLE_BLOB",
     "check_table_files",
     "count_reasons",
@@ -37,7 +39,8 @@ NOT_OK = "not_ok"
 PLACEHOLDER = "placeholder"
 NON_CANONICAL = "non_canonical"
 UNREADABLE_BLOB = "unreadable_blob"
-SKIP_REASONS = (NOT_OK, PLACEHOLDER, NON_CANONICAL, UNREADABLE_BLOB)
+TOO_LARGE = "too_large"
+SKIP_REASONS = (NOT_OK, PLACEHOLDER, NON_CANONICAL, UNREADABLE_BLOB, TOO_LARGE)
 
 # Columns an input table must have to be exported (is_placeholder is optional: tables written
 # before placeholders were flagged have none, and their rows count as not placeholders).

@@ -28,7 +28,8 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, export_image
+from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, TooLargeError, export_image
+from transforms.export.selection import TOO_LARGE, UNREADABLE_BLOB
 from transforms.io.sinks import blob_uri, join_path, publish_file
 
 __all__ = ["AssignShards", "ShardWriterDoFn", "publish_shard", "read_blob", "sample_key", "shard_name"]
@@ -137,7 +138,7 @@ class ShardWriterDoFn(beam.DoFn):
 
     Subclasses write the format: `extension`, `open_shard(handle)`, `write_sample(writer, key,
     record, image)` and `close_shard(writer)`. The record yielded:
-    {"name", "path", "samples", "bytes", "unreadable_blob", "first_index", "last_index"}.
+    {"name", "path", "samples", "bytes", "unreadable_blob", "too_large", "first_index", "last_index"}.
     """
 
     extension = "bin"
@@ -164,7 +165,8 @@ class ShardWriterDoFn(beam.DoFn):
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="export")
         self._window = 4 * threads
         self._samples = beam.metrics.Metrics.counter("export", "samples")
-        self._unreadable = beam.metrics.Metrics.counter("export", "unreadable_blob")
+        self._unreadable = beam.metrics.Metrics.counter("export", UNREADABLE_BLOB)
+        self._too_large = beam.metrics.Metrics.counter("export", TOO_LARGE)
         self._bytes = beam.metrics.Metrics.counter("export", "bytes")
 
     def teardown(self):
@@ -176,19 +178,21 @@ class ShardWriterDoFn(beam.DoFn):
         name = shard_name(shard, self.extension)
         final = join_path(self._output_dir, name)
         temporary = join_path(self._tmp_dir, f"{name}-{uuid.uuid4().hex}")
-        samples = unreadable = 0
+        samples = 0
+        skipped = dict.fromkeys((UNREADABLE_BLOB, TOO_LARGE), 0)
         with FileSystems.create(temporary, compression_type="uncompressed") as handle:
             writer = self.open_shard(handle)
             for index, record, image in self._prepared(items):
-                if image is None:
-                    unreadable += 1
+                if isinstance(image, str):  # a skip reason
+                    skipped[image] += 1
                     continue
                 self.write_sample(writer, sample_key(index), record, image)
                 samples += 1
             self.close_shard(writer)
         size = FileSystems.match([temporary])[0].metadata_list[0].size_in_bytes
         self._samples.inc(samples)
-        self._unreadable.inc(unreadable)
+        self._unreadable.inc(skipped[UNREADABLE_BLOB])
+        self._too_large.inc(skipped[TOO_LARGE])
         self._bytes.inc(size)
         yield {
             "name": name,
@@ -196,13 +200,13 @@ class ShardWriterDoFn(beam.DoFn):
             "temporary": temporary,  # renamed onto `path` by publish_shard, once every shard is written
             "samples": samples,
             "bytes": size,
-            "unreadable_blob": unreadable,
+            **skipped,  # unreadable_blob, too_large
             "first_index": items[0][0] if items else None,
             "last_index": items[-1][0] if items else None,
         }
 
-    def _prepared(self, items: list[tuple[int, dict]]) -> Iterator[tuple[int, dict, ExportedImage | None]]:
-        window: collections.deque[tuple[int, dict, concurrent.futures.Future[ExportedImage | None]]]
+    def _prepared(self, items: list[tuple[int, dict]]) -> Iterator[tuple[int, dict, ExportedImage | str]]:
+        window: collections.deque[tuple[int, dict, concurrent.futures.Future[ExportedImage | str]]]
         window = collections.deque()
         for index, record in items:
             window.append((index, record, self._pool.submit(self._prepare, record)))
@@ -213,8 +217,9 @@ class ShardWriterDoFn(beam.DoFn):
             index_, record_, future = window.popleft()
             yield index_, record_, future.result()
 
-    def _prepare(self, record: dict) -> ExportedImage | None:
-        """The exported image of one record, None when its blob is unreadable (logged)."""
+    def _prepare(self, record: dict) -> ExportedImage | str:
+        """The exported image of one record, else why it is skipped (logged): UNREADABLE_BLOB (the
+        blob is missing, not the row's bytes or not an image) or TOO_LARGE (see TooLargeError)."""
         uri = record.get("blob")
         try:
             if not uri:
@@ -223,9 +228,12 @@ class ShardWriterDoFn(beam.DoFn):
             if record.get("sha256") and hashlib.sha256(data).hexdigest() != record["sha256"]:
                 raise ResizeError("the blob's bytes are not the row's sha256")
             return export_image(data, self._resize, original_extension(record))
+        except TooLargeError as exc:
+            _LOG.warning("export: %s skipped, too large to export: %s", record.get("key"), exc)
+            return TOO_LARGE
         except (OSError, ResizeError) as exc:
             _LOG.warning("export: %s skipped, blob %s unreadable: %s", record.get("key"), uri, exc)
-            return None
+            return UNREADABLE_BLOB
 
     def _read(self, uri: str, record: dict) -> bytes:
         try:

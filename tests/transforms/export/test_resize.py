@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipelines.demo.sample_site import encode, jpeg, picture, pixel_bomb_png
-from transforms.export.resize import ResizeConfig, ResizeError, export_image, target_geometry
+from transforms.export.resize import ResizeConfig, ResizeError, TooLargeError, export_image, target_geometry
 
 
 def decoded(exported):
@@ -88,8 +88,17 @@ def test_undecodable_images_raise(data):
 
 
 def test_pixel_limit():
-    with pytest.raises(ResizeError, match="over the limit"):
+    with pytest.raises(TooLargeError, match="over the limit"):
         export_image(pixel_bomb_png(5000, 5000), ResizeConfig(size=100, mode="keep_ratio", max_pixels=10_000_000))
+
+
+def test_sides_over_the_encode_format_limit_are_too_large_not_undecodable():
+    """A 20000 x 100 panorama at keep_ratio 96 is 19200 x 96: JPEG holds it, WebP (16383) does not."""
+    wide = encode(picture(3, (2000, 100)).resize((20000, 100)), "JPEG")
+    assert export_image(wide, ResizeConfig(size=96, mode="keep_ratio")).width == 19200
+    with pytest.raises(TooLargeError, match="over webp's 16383 pixels a side"):
+        export_image(wide, ResizeConfig(size=96, mode="keep_ratio", encode_format="webp"))
+    assert export_image(wide, ResizeConfig(size=96, mode="center_crop", encode_format="webp")).width == 96
 
 
 @pytest.mark.parametrize(

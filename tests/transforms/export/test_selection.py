@@ -59,6 +59,7 @@ def test_count_reasons_lists_every_reason_in_order():
         "placeholder": 2,
         "non_canonical": 0,
         "unreadable_blob": 0,
+        "too_large": 0,
     }
 
 
