@@ -13,7 +13,7 @@ from PIL import Image
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, SampleWebServer, encode, picture
 from tests.conftest import local_options
-from tests.pipelines.test_export import read_table, read_webdataset, run_export
+from tests.pipelines.test_export import read_hf, read_table, read_webdataset, run_export
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -120,3 +120,22 @@ def test_resized_pictures_decode_at_their_size_or_are_skipped_as_too_large(odd, 
         assert (meta["original_width"], meta["original_height"]) == (row["width"], row["height"])
     exif = next(s for s in samples if s["json"]["caption"] == "exif6.jpg")
     assert exif["json"]["original_width"] < exif["json"]["original_height"]  # upright: 200 x 300
+
+
+def test_original_bytes_carry_an_extension_that_names_them(odd, tmp_path, monkeypatch):
+    """No resize: each sample's extension is one its format is known by, so that webdataset's
+    decode("pil") decodes it (before: a PPM or TGA went out as `.bin` and came back as bytes)."""
+    out, rows = odd
+    exp, summary = run_export(tmp_path, out, "webdataset")
+    assert summary["exported"] == len(rows)
+    for extension, data in _raw_images(exp).values():
+        assert extension in _extensions_of(_format_of(data)), (extension, _format_of(data))
+    for sample in read_webdataset(exp):
+        image = sample[_image_extension(sample)]
+        assert isinstance(image, Image.Image), (sample["json"]["caption"], _image_extension(sample))
+    exp_hf, _ = run_export(tmp_path, out, "hf-parquet", name="exp-hf")
+    dataset = read_hf(exp_hf, tmp_path, monkeypatch)
+    assert len(dataset) == len(rows)
+    for record in dataset.cast_column("image", type(dataset.features["image"])(decode=False)):
+        extension = record["image"]["path"].rsplit(".", 1)[1]
+        assert extension in _extensions_of(_format_of(record["image"]["bytes"]))

@@ -27,27 +27,27 @@ from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from PIL import Image
 
 from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, TooLargeError, export_image
 from transforms.export.selection import TOO_LARGE, UNREADABLE_BLOB
 from transforms.io.sinks import blob_uri, join_path, publish_file
 
-__all__ = ["AssignShards", "ShardWriterDoFn", "publish_shard", "read_blob", "sample_key", "shard_name"]
+__all__ = [
+    "AssignShards",
+    "ShardWriterDoFn",
+    "original_extension",
+    "publish_shard",
+    "read_blob",
+    "sample_key",
+    "shard_name",
+]
 
 _LOG = logging.getLogger(__name__)
 
-# Original format (the table's `format`, Pillow's name) -> extension of an untouched export.
-_EXTENSIONS = {
-    "JPEG": "jpg",
-    "MPO": "jpg",
-    "PNG": "png",
-    "WEBP": "webp",
-    "GIF": "gif",
-    "BMP": "bmp",
-    "TIFF": "tiff",
-    "ICO": "ico",
-    "AVIF": "avif",
-}
+# Original formats whose bytes go out under another extension than Pillow's own name for them:
+# why: readers pick a decoder by extension, and webdataset's knows jpg, not mpo.
+_EXTENSION_OF_FORMAT = {"JPEG": "jpg", "MPO": "jpg"}
 
 
 def sample_key(index: int) -> str:
@@ -125,10 +125,24 @@ def read_blob(uri: str) -> bytes:
 
 
 def original_extension(record: dict) -> str:
-    """File extension of a row's original bytes: from its format, else from its blob's name."""
-    ext = _EXTENSIONS.get(record.get("format") or "")
-    if ext:
-        return ext
+    """File extension of a row's original bytes, one its format is known by.
+
+    Args:
+        record: an export record, with the table's `format` (Pillow's name) and `blob`.
+
+    Returns:
+        jpg for JPEG and MPO; else the format's own name if Pillow registers it as an extension of
+        that format (png, gif, webp, bmp, tiff, ppm, tga, ...), else the first one Pillow registers
+        (jp2 for JPEG2000); for a format Pillow does not know, its blob's extension.
+    """
+    fmt = record.get("format") or ""
+    if fmt in _EXTENSION_OF_FORMAT:
+        return _EXTENSION_OF_FORMAT[fmt]
+    # why: readers pick a decoder by the extension (webdataset's decode("pil") leaves a ".bin" as
+    # bytes), and the blob's name is "bin" for every format ingest's blob names do not list
+    registered = [ext.lstrip(".") for ext, name in Image.registered_extensions().items() if fmt and name == fmt]
+    if registered:
+        return fmt.lower() if fmt.lower() in registered else registered[0]
     name = posixpath.basename(record.get("blob") or "")
     return name.rsplit(".", 1)[-1].lower() if "." in name else "bin"
 

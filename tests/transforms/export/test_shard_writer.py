@@ -13,7 +13,7 @@ import pytest
 from pipelines.demo.sample_site import jpeg
 from transforms.export.hf_parquet_shards import HF_SCHEMA, HfParquetShardDoFn
 from transforms.export.resize import ResizeConfig
-from transforms.export.shard_writer import AssignShards, publish_shard, sample_key
+from transforms.export.shard_writer import AssignShards, original_extension, publish_shard, sample_key
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 
 
@@ -161,3 +161,20 @@ def test_a_moved_output_is_read_from_its_own_blobs(tmp_path, blobs):
     dofn = WebDatasetShardDoFn(str(tmp_path / "exp2"), str(tmp_path / "exp2" / "_tmp"), ResizeConfig(), threads=1)
     (record,) = write_shard(dofn, [(0, moved)])
     assert record["samples"] == 0 and record["unreadable_blob"] == 1
+
+
+@pytest.mark.parametrize(
+    "fmt, blob, extension",
+    [
+        ("JPEG", "x.jpg", "jpg"),
+        ("MPO", "x.jpg", "jpg"),
+        ("TIFF", "x.tif", "tiff"),
+        ("PPM", "x.bin", "ppm"),  # before: bin, which webdataset's decode("pil") leaves as bytes
+        ("TGA", "x.bin", "tga"),
+        ("JPEG2000", "x.bin", "jp2"),
+        ("NOT-A-PILLOW-FORMAT", "x.heic", "heic"),  # a format Pillow does not know: the blob's name
+        (None, "x.png", "png"),
+    ],
+)
+def test_original_extension_names_the_format(fmt, blob, extension):
+    assert original_extension({"format": fmt, "blob": f"/out/blobs/ab/cd/{blob}"}) == extension
