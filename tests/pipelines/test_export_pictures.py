@@ -139,3 +139,24 @@ def test_original_bytes_carry_an_extension_that_names_them(odd, tmp_path, monkey
     for record in dataset.cast_column("image", type(dataset.features["image"])(decode=False)):
         extension = record["image"]["path"].rsplit(".", 1)[1]
         assert extension in _extensions_of(_format_of(record["image"]["bytes"]))
+
+
+def test_original_bytes_sizes_are_what_each_reader_decodes(odd, tmp_path, monkeypatch):
+    """No resize keeps a JPEG's EXIF orientation in its bytes. The `datasets` Image feature applies
+    it (a 300 x 200 JPEG of orientation 6 decodes 200 x 300), webdataset's decode("pil") does not:
+    each format's width and height are the size its reader decodes (before: hf-parquet's columns
+    said 300 x 200 under a 200 x 300 picture)."""
+    out, rows = odd
+    exp, _ = run_export(tmp_path, out, "hf-parquet")
+    dataset = read_hf(exp, tmp_path, monkeypatch)
+    assert len(dataset) == len(rows)
+    for record in dataset:
+        assert record["image"].size == (record["width"], record["height"]), record["caption"]
+        row = rows[record["caption"]]
+        assert (record["original_width"], record["original_height"]) == (row["width"], row["height"])
+    exif = next(record for record in dataset if record["caption"] == "exif6.jpg")
+    assert exif["image"].size == (200, 300)
+    exp_wds, _ = run_export(tmp_path, out, "webdataset", name="exp-wds")
+    for sample in read_webdataset(exp_wds):
+        meta = sample["json"]
+        assert sample[_image_extension(sample)].size == (meta["width"], meta["height"]), meta["caption"]

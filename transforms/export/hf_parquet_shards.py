@@ -65,6 +65,9 @@ class HfParquetShardDoFn(ShardWriterDoFn):
 
     def write_sample(self, writer, key: str, record: dict, image: ExportedImage):
         row = sample_metadata(key, record, image)
+        # why: the datasets Image feature applies an EXIF orientation left in original bytes on
+        # decode (webdataset's decode("pil") does not): the sizes are those of the picture it gives
+        row["width"], row["height"] = image.displayed_size
         row["image"] = {"bytes": image.data, "path": f"{key}.{image.extension}"}
         writer["rows"].append(row)
         if len(writer["rows"]) >= ROW_GROUP_ROWS:

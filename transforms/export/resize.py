@@ -100,7 +100,9 @@ class ResizeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportedImage:
-    """One image as exported: its bytes, file extension and size, and the original's size."""
+    """One image as exported: its bytes, file extension and size as stored, the original's size as
+    displayed (EXIF orientation applied: the table's width and height), and `orientation`, the EXIF
+    orientation left in the bytes (None when re-encoded: the pixels are then upright)."""
 
     data: bytes
     extension: str
@@ -108,6 +110,13 @@ class ExportedImage:
     height: int
     original_width: int
     original_height: int
+    orientation: int | None = None
+
+    @property
+    def displayed_size(self) -> tuple[int, int]:
+        """(width, height) once `orientation` is applied, as a reader that applies it decodes."""
+        swapped = self.orientation in SWAPS_AXES
+        return (self.height, self.width) if swapped else (self.width, self.height)
 
 
 def _scaled(width: int, height: int, side: int, by_smaller: bool) -> tuple[int, int]:
@@ -166,11 +175,14 @@ def export_image(data: bytes, config: ResizeConfig, extension: str = "jpg") -> E
         width, height = image.size
         if width * height > config.max_pixels:
             raise TooLargeError(f"{width}x{height} pixels is over the limit of {config.max_pixels}")
+        orientation = exif_orientation(image)
         if not config.resizes:
-            return ExportedImage(data, extension, width, height, width, height)
+            # why: the bytes keep their EXIF; readers differ in applying it (the datasets Image
+            # feature does, webdataset's decode("pil") does not), so both sizes are told
+            shown = (height, width) if orientation in SWAPS_AXES else (width, height)
+            return ExportedImage(data, extension, width, height, *shown, orientation=orientation)
         # why: re-encoding drops the EXIF, so its orientation is applied here or the picture is
         # exported sideways; sizes are then as displayed, as the table's width and height are
-        orientation = exif_orientation(image)
         if orientation in SWAPS_AXES:
             width, height = height, width
         scaled, final = target_geometry(width, height, config)

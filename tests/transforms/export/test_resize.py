@@ -143,6 +143,20 @@ def test_exif_orientation_is_applied_before_resizing(mode, final):
         assert red > 200 and blue < 60, image.getpixel((5, 5))  # the red corner is still top-left
 
 
+def test_original_bytes_keep_their_orientation_and_tell_both_sizes():
+    """No resize: the bytes are untouched, EXIF included; the sizes as stored (what webdataset's
+    decode("pil") gives) and as displayed (what the datasets Image feature gives, the table's)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(_upright_with_red_top_left().transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes())
+    out = export_image(data, ResizeConfig())
+    assert out.data == data and out.orientation == 6
+    assert (out.width, out.height) == decoded(out).size == (400, 200)
+    assert out.displayed_size == (out.original_width, out.original_height) == (200, 400)
+    plain = export_image(jpeg(1, (300, 200)), ResizeConfig())
+    assert plain.orientation is None and plain.displayed_size == (300, 200) == (plain.width, plain.height)
+
+
 def test_16_bit_pixels_are_scaled_to_8_bits_not_clipped():
     """A 16-bit greyscale PNG (a scan, a medical or astronomy image): Pillow's convert("RGB") clips
     at 255, so a 0-65535 gradient came out all white; ingest scales it (image_checks.to_viewable)."""
