@@ -10,7 +10,7 @@ import tarfile
 import pytest
 from PIL import Image
 
-from pipelines import ingest
+from pipelines import export, ingest
 from pipelines.demo.sample_site import Reply, SampleWebServer, encode, picture
 from tests.conftest import local_options
 from tests.pipelines.test_export import read_hf, read_table, read_webdataset, run_export
@@ -160,3 +160,26 @@ def test_original_bytes_sizes_are_what_each_reader_decodes(odd, tmp_path, monkey
     for sample in read_webdataset(exp_wds):
         meta = sample["json"]
         assert sample[_image_extension(sample)].size == (meta["width"], meta["height"]), meta["caption"]
+
+
+def test_square_modes_over_the_pixel_limit_are_refused_before_anything_runs(odd, tmp_path, capsys):
+    """--resize 14000 --resize-mode border makes every picture 14000 x 14000, 196M pixels: over what
+    Pillow (the readers' decoder) opens, DecompressionBombError. Before: exit 0, and the readers
+    failed on the first sample. Now: exit 2, one line, nothing written."""
+    out, _ = odd
+    exp = tmp_path / "exp"
+    argv = ["--runner=FnApiRunner", f"--input={out}", f"--output={exp}", "--format=webdataset", "--resize=14000"]
+    assert export.main([*argv, "--resize-mode=border"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pixel limit" in lines[0], lines
+    assert not exp.exists()
+
+
+def test_upscaled_pictures_over_the_pixel_limit_are_skipped_as_too_large(odd, tmp_path):
+    """keep_ratio --upscale 12000: a 300 x 200 picture would be 18000 x 12000 (216M pixels), which
+    the readers refuse to decode; each is counted as too_large, before any is decoded."""
+    out, rows = odd
+    exp, summary = run_export(tmp_path, out, "webdataset", "--resize=12000", "--upscale")
+    assert summary["exported"] == len(_raw_images(exp)) == 0  # before: 7 samples no reader decodes
+    assert summary["skipped"]["too_large"] == len(rows)
+    assert summary["rows_read"] == summary["exported"] + sum(summary["skipped"].values())

@@ -64,7 +64,8 @@ class ResizeConfig:
     encode_format: jpg, webp or png (ignored with mode "no": the original bytes are kept).
     encode_quality: 1-100 for jpg and webp, the compression level 0-9 for png; None for the default.
     upscale: also enlarge images smaller than N (img2dataset's default; off here).
-    max_pixels: larger images are refused as decompression bombs.
+    max_pixels: larger images are refused as decompression bombs, and no exported image is larger
+        (Pillow's own limit: a reader's decode fails over it).
     """
 
     size: int | None = None
@@ -83,6 +84,13 @@ class ResizeConfig:
             raise ValueError("--resize-mode no keeps the original bytes: give no --resize N with it")
         if self.mode != "no" and (self.size is None or self.size < 1):
             raise ValueError(f"--resize-mode {self.mode} needs --resize N with N >= 1, got {self.size}")
+        if self.mode in ("center_crop", "border") and self.size is not None and self.size**2 > self.max_pixels:
+            # why: every picture bigger than N (every one with --upscale) would come out N x N,
+            # more pixels than Pillow, the readers' decoder, opens
+            raise ValueError(
+                f"--resize {self.size} --resize-mode {self.mode} makes {self.size}x{self.size} pictures,"
+                f" over the pixel limit of {self.max_pixels} that readers decode"
+            )
         low, high = _QUALITY_RANGE[self.encode_format]
         if self.encode_quality is not None and not low <= self.encode_quality <= high:
             raise ValueError(
@@ -193,6 +201,8 @@ def export_image(data: bytes, config: ResizeConfig, extension: str = "jpg") -> E
                 f"{final[0]}x{final[1]} exported is over {config.encode_format}'s"
                 f" {_MAX_SIDE[config.encode_format]} pixels a side"
             )
+        if final[0] * final[1] > config.max_pixels:  # why: readers' Pillow would refuse to decode it
+            raise TooLargeError(f"{final[0]}x{final[1]} exported is over the limit of {config.max_pixels} pixels")
         if scaled is not None and image.format == "JPEG":
             stored = scaled[::-1] if orientation in SWAPS_AXES else scaled
             image.draft("RGB", stored)  # DCT scaling: decodes at 1/2, 1/4 or 1/8 when that is still >= scaled

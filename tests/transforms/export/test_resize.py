@@ -101,6 +101,18 @@ def test_sides_over_the_encode_format_limit_are_too_large_not_undecodable():
     assert export_image(wide, ResizeConfig(size=96, mode="center_crop", encode_format="webp")).width == 96
 
 
+def test_exported_pictures_stay_under_the_pixel_limit_readers_decode():
+    """No exported picture has more pixels than max_pixels (Pillow's DecompressionBombError limit):
+    a square mode whose N x N is over it is refused up front, an upscale over it is TooLargeError."""
+    with pytest.raises(ValueError, match="over the pixel limit"):
+        ResizeConfig(size=14000, mode="border")
+    assert ResizeConfig(size=14000, mode="keep_ratio").size == 14000  # its sizes depend on the picture
+    small = jpeg(2, (300, 200))
+    with pytest.raises(TooLargeError, match="18000x12000 exported is over the limit"):
+        export_image(small, ResizeConfig(size=12000, mode="keep_ratio", upscale=True))
+    assert decoded(export_image(small, ResizeConfig(size=400, mode="keep_ratio", upscale=True))).size == (600, 400)
+
+
 @pytest.mark.parametrize(
     "kwargs, says",
     [
