@@ -583,6 +583,9 @@ def test_an_empty_manifest_is_an_empty_dataset_for_ingest_dedup_and_refresh(tmp_
         "rows_out": 0,
         "balanced": True,
         "truncated": [],
+        "distinct_keys": 0,
+        "doubled_keys": 0,
+        "doubled": [],
     }
 
     out3 = str(tmp_path / "out3")
@@ -797,6 +800,44 @@ def test_a_lost_row_fails_the_run_with_the_books_in_one_line(web, tmp_path, caps
     line = _one_line(capsys)
     assert f"the books do not balance: {manifest}: 6 records read, 5 rows written" in line
     assert not _summary(out)["books"]["balanced"]
+
+
+def _zero_lines(records):
+    return "".join(
+        json.dumps({"ImageKey": key, "ImageUrl": url, "Title": f"t{n}"}) + "\n" for n, (key, url) in enumerate(records)
+    )
+
+
+def test_a_doubled_key_fails_the_run_naming_the_key_and_keeps_the_previous_table(web, tmp_path, capsys, monkeypatch):
+    """Rows in = rows out held with two rows of one key (nothing counted distinct keys): exit 0,
+    and dedup, refresh and --resume then lost or merged one. The books now count the keys."""
+    urls = _serve(web, 4, prefix="z")
+    manifest = tmp_path / "zero.jsonl"
+    manifest.write_text(_zero_lines([("k1", urls[0]), ("k2", urls[1]), ("k1", urls[2]), ("k3", urls[3])]))
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={manifest}") == 0
+    _assert_whole(out, 4)
+    books = _summary(out)["books"]
+    assert (books["distinct_keys"], books["doubled_keys"], books["doubled"]) == (4, 0, [])
+    images = os.path.join(out, "images")
+    before = {name: open(os.path.join(images, name), "rb").read() for name in os.listdir(images)}
+    capsys.readouterr()
+
+    from transforms.io import manifests
+
+    # a bug that doubles a key: the repeated ImageKey's later record keeps the plain key
+    monkeypatch.setattr(manifests, "_rename_repeat", lambda row, *args: row)
+    assert _ingest(out, f"zero={manifest}") == 1
+    line = _one_line(capsys)
+    assert (
+        f"the books do not balance: key zero:k1 is held by 2 rows ({manifest} line 1; {manifest} line 3);"
+        " 1 doubled key, 4 rows written with 3 distinct keys" in line
+    ), line
+    books = _summary(out)["books"]
+    assert not books["balanced"] and books["rows_in"] == books["rows_out"] == 4
+    assert books["doubled"] == [{"key": "zero:k1", "rows": 2, "where": [f"{manifest} line 1", f"{manifest} line 3"]}]
+    # as any run whose books fail: its parts are removed, the previous table stays whole
+    assert {name: open(os.path.join(images, name), "rb").read() for name in os.listdir(images)} == before
 
 
 def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
