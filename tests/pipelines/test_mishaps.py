@@ -840,6 +840,20 @@ def test_a_doubled_key_fails_the_run_naming_the_key_and_keeps_the_previous_table
     assert {name: open(os.path.join(images, name), "rb").read() for name in os.listdir(images)} == before
 
 
+def test_a_native_key_that_reads_as_a_rename_keeps_every_key_distinct(web, tmp_path):
+    """Zero z.jsonl repeats ImageKey 1 (its line 2 renamed zero:1@z.jsonl:2) and a.jsonl has the
+    ImageKey `1@z.jsonl:2` itself: before, two rows held zero:1@z.jsonl:2, exit 0."""
+    urls = _serve(web, 3, prefix="r")
+    (tmp_path / "a.jsonl").write_text(_zero_lines([("1@z.jsonl:2", urls[0])]))
+    (tmp_path / "z.jsonl").write_text(_zero_lines([("1", urls[1]), ("1", urls[2])]))
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={tmp_path}/*.jsonl") == 0
+    rows = {r["key"]: r["url"] for r in _assert_whole(out, 3)}
+    # the native ImageKey keeps its key; the rename that met it takes #2
+    assert rows == {"zero:1@z.jsonl:2": urls[0], "zero:1": urls[1], "zero:1@z.jsonl:2#2": urls[2]}
+    assert _summary(out)["books"]["distinct_keys"] == 3
+
+
 def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
     out = tmp_path / "out"
     (out / "images").mkdir(parents=True)
