@@ -914,12 +914,12 @@ def pa_table(rows):
     return pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
 
 
-def test_resume_keeps_every_row_of_an_old_output_whose_keys_collided():
-    import apache_beam as beam
-    from apache_beam.testing.util import assert_that, equal_to
-
-    from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
-
+def test_resume_refuses_an_old_output_that_holds_a_key_twice(tmp_path, capsys):
+    """An output of an earlier version whose keys collided (two folders' part-0.tsv both keyed
+    cc3m:part-0.tsv:1). Before, --resume kept both old rows and fetched the record anew: the key
+    three times in the table, exit 0. Now refused before a fetch, exit 2, OUT as it was."""
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
     old = [
         schema.new_row(
             "cc3m",
@@ -930,29 +930,19 @@ def test_resume_keeps_every_row_of_an_old_output_whose_keys_collided():
         )
         for year in (2024, 2025)
     ]
-    new = [
-        schema.new_row(
-            "cc3m", "cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg", source_file="/in/2024/part-0.tsv"
-        ),
-        schema.new_row("cc3m", "cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg", source_file="/in/x/part-0.tsv"),
-    ]
-    with beam.Pipeline("FnApiRunner") as pipeline:
-        merged = (pipeline | "New" >> beam.Create(new)) | MergeWithPrevious(
-            pipeline | "Old" >> beam.Create(old), parse_retry_statuses(None)
-        )
-        assert_that(
-            merged["carry"] | "CarriedUrls" >> beam.Map(lambda r: r["url"]),
-            equal_to(["http://127.0.0.2/2024.jpg", "http://127.0.0.2/2025.jpg"]),
-            label="Carried",
-        )
-        assert_that(
-            merged["fetch"] | "FetchedKeys" >> beam.Map(lambda r: (r["key"], r["url"])),
-            equal_to(
-                [
-                    ("cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg"),
-                    ("cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg"),
-                ]
-            ),
-            label="Fetched",
-        )
-        assert_that(merged["kept"], equal_to(["/in/2024/part-0.tsv", "/in/2025/part-0.tsv"]), label="Kept")
+    pq.write_table(pa_table(old), out / "images" / "part-0.parquet")
+    before = (out / "images" / "part-0.parquet").read_bytes()
+    manifest = tmp_path / "part-0.tsv"
+    manifest.write_text("photo\thttp://127.0.0.2/2024.jpg\n")
+    # two files of one folder: keys cc3m:part-0.tsv:1 and cc3m:x.tsv:1
+    (tmp_path / "x.tsv").write_text("photo\thttp://127.0.0.2/x.jpg\n")
+    assert _ingest(str(out), [f"cc3m={manifest}", f"cc3m={tmp_path / 'x.tsv'}"], "--resume") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (
+        "ingest: --resume: OUT holds cc3m:part-0.tsv:1 2 times (/in/2024/part-0.tsv, /in/2025/part-0.tsv):"
+        " an output of an earlier version whose keys collided; which record each row is cannot be told."
+        " Ingest the manifests into a new --output"
+    ), line
+    assert (
+        os.listdir(out / "images") == ["part-0.parquet"] and (out / "images" / "part-0.parquet").read_bytes() == before
+    )
