@@ -241,7 +241,7 @@ class _KeyShard(beam.DoFn):
     picture (main output), `placeholder` (vertex, cluster id) of placeholder pictures, `several` vertex of
     a picture with several rows (a cluster even without any other match).
     Exact shards: `exact` (key digest, [vertices]) for a URL or sha256 shared by several vertices.
-    Row key shards: `row_keys` (distinct digests, doubled digests) (row_keys.count_row_keys).
+    Row key shards: `row_keys` (distinct, doubled, the first doubled digests) (row_keys.count_row_keys).
     """
 
     PLACEHOLDER = "placeholder"

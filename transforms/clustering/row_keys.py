@@ -10,7 +10,7 @@ the key; a chance collision of two keys' digests (odds ~1e-13 among 1e8 keys) is
 by the text and counts as two keys.
 
 - `row_key_digests(keys)`: the digest records of a batch of keys, and their shards.
-- `count_row_keys(records)`: one shard's (distinct digests, digests held by several rows).
+- `count_row_keys(records)`: one shard's (distinct digests, doubled digests, the first few of them).
 - `KeyBooks(counts, files)`: the shards' counts and the written part files -> one dict for the
   books (`books.balance(keys=...)`).
 """
@@ -49,16 +49,20 @@ def row_key_digests(keys: Iterable[str | None], shards: int) -> tuple[np.ndarray
     return records, first.astype(np.int64) % shards
 
 
-def count_row_keys(records: np.ndarray) -> tuple[int, list[bytes]]:
-    """One shard's digests -> (how many distinct, the digests held by more than one row).
+def count_row_keys(records: np.ndarray) -> tuple[int, int, list[bytes]]:
+    """One shard's digests -> (how many distinct, how many held by several rows, the first
+    KEYS_LISTED of those).
 
     Args:
         records: ROW_KEY_RECORD array of the shard.
     Returns:
-        (distinct count, doubled digests as bytes).
+        (distinct count, doubled count, the smallest doubled digests as bytes).
     """
-    distinct, counts = np.unique(records, return_counts=True)
-    return len(distinct), [bytes(d).ljust(ROW_KEY_RECORD.itemsize, b"\x00") for d in distinct[counts > 1].tolist()]
+    distinct, counts = np.unique(records, return_counts=True)  # sorted: the first are the smallest
+    doubled = distinct[counts > 1]
+    # why only a few: a bug doubling every row must not make millions of digests a side input
+    listed = [bytes(d).ljust(ROW_KEY_RECORD.itemsize, b"\x00") for d in doubled[:KEYS_LISTED].tolist()]
+    return len(distinct), len(doubled), listed
 
 
 def _rows_of_digests(path: str, doubled: list[bytes]) -> Iterator[tuple[str | None, str]]:
@@ -75,24 +79,30 @@ def _rows_of_digests(path: str, doubled: list[bytes]) -> Iterator[tuple[str | No
                 yield row["key"], f"{row['source_file'] or '(no source file)'}" + (f" line {line}" if line else "")
 
 
-def _key_books(counts: list[tuple[int, list[bytes]]], found: list[tuple[str | None, str]]) -> dict:
-    """The shards' counts and the rows of doubled digests -> {"distinct", "doubled_keys", "doubled"}."""
-    distinct = sum(n for n, _ in counts)
+def _key_books(counts: list[tuple[int, int, list[bytes]]], found: list[tuple[str | None, str]]) -> dict:
+    """The shards' counts and the rows of listed doubled digests -> {"distinct", "doubled_keys", "doubled"}."""
+    distinct = sum(n for n, _, _ in counts)
+    doubled_keys = sum(n for _, n, _ in counts)
     where = collections.defaultdict(list)
     for key, place in found:
         where[key].append(place)
-    texts = collections.Counter(_digest(key) for key in where)
-    distinct += sum(n - 1 for n in texts.values())  # a digest shared by two keys: two keys
-    doubled = sorted((key, sorted(places)) for key, places in where.items() if len(places) > 1)
+    doubled = sorted(
+        ((key, sorted(places)) for key, places in where.items() if len(places) > 1), key=lambda item: item[0] or ""
+    )
+    doubled_digests = {_digest(key) for key, _ in doubled}
+    for digest, keys in collections.Counter(_digest(key) for key in where).items():
+        if keys > 1:  # a digest shared by several keys by chance: that many keys
+            distinct += keys - 1
+            doubled_keys -= digest not in doubled_digests
     return {
         "distinct": distinct,
-        "doubled_keys": len(doubled),
+        "doubled_keys": doubled_keys,
         "doubled": [{"key": key, "rows": len(places), "where": places[:3]} for key, places in doubled[:KEYS_LISTED]],
     }
 
 
 class KeyBooks(beam.PTransform):
-    """The shards' (distinct, doubled digests) -> one dict: {"distinct": keys, "doubled_keys": n,
+    """The shards' (distinct, doubled, listed doubled digests) -> one dict: {"distinct": keys, "doubled_keys": n,
     "doubled": [{"key", "rows", "where": ["file line N", ...]}, ...] (the first KEYS_LISTED)}.
 
     Args:
@@ -104,7 +114,7 @@ class KeyBooks(beam.PTransform):
         self._files = files
 
     def expand(self, counts):
-        doubled = counts | "DoubledDigests" >> beam.FlatMap(lambda count: count[1])
+        doubled = counts | "DoubledDigests" >> beam.FlatMap(lambda count: count[2])
         found = self._files | "RowsOfDoubled" >> beam.FlatMap(_rows_of_digests, doubled=beam.pvalue.AsList(doubled))
         return (
             counts.pipeline
