@@ -20,6 +20,7 @@ from pipelines.report import progress_line, run_resources
 from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates, slim_row
 from transforms.clustering.dedup_settings import DedupSettings
+from transforms.clustering.row_keys import KeyBooks
 from transforms.errors import BadInput
 from transforms.fetch.client import FetchConfig, FetchImages
 from transforms.hashing import HashImages
@@ -232,7 +233,13 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     table = shards | "WriteImages" >> FinalizeTable(out, run_id, clusters, with_counts=True)
     written = table["files"]
     # Why: the books (records read per manifest file = rows written) are checked by the job itself.
-    books_inputs = {"records": read["records"], "written": table["counts"], "truncated": read["truncated"]}
+    # ... and so are the keys: as many distinct as rows written (CONTRACT.md: unique across the run).
+    books_inputs = {
+        "records": read["records"],
+        "written": table["counts"],
+        "truncated": read["truncated"],
+        "keys": deduped["row_keys"] | "KeyBooks" >> KeyBooks(written),
+    }
     if kept is not None:
         books_inputs["kept"] = kept
     books = books_inputs | "Books" >> BalanceBooks()

@@ -583,6 +583,9 @@ def test_an_empty_manifest_is_an_empty_dataset_for_ingest_dedup_and_refresh(tmp_
         "rows_out": 0,
         "balanced": True,
         "truncated": [],
+        "distinct_keys": 0,
+        "doubled_keys": 0,
+        "doubled": [],
     }
 
     out3 = str(tmp_path / "out3")
@@ -799,6 +802,58 @@ def test_a_lost_row_fails_the_run_with_the_books_in_one_line(web, tmp_path, caps
     assert not _summary(out)["books"]["balanced"]
 
 
+def _zero_lines(records):
+    return "".join(
+        json.dumps({"ImageKey": key, "ImageUrl": url, "Title": f"t{n}"}) + "\n" for n, (key, url) in enumerate(records)
+    )
+
+
+def test_a_doubled_key_fails_the_run_naming_the_key_and_keeps_the_previous_table(web, tmp_path, capsys, monkeypatch):
+    """Rows in = rows out held with two rows of one key (nothing counted distinct keys): exit 0,
+    and dedup, refresh and --resume then lost or merged one. The books now count the keys."""
+    urls = _serve(web, 4, prefix="z")
+    manifest = tmp_path / "zero.jsonl"
+    manifest.write_text(_zero_lines([("k1", urls[0]), ("k2", urls[1]), ("k1", urls[2]), ("k3", urls[3])]))
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={manifest}") == 0
+    _assert_whole(out, 4)
+    books = _summary(out)["books"]
+    assert (books["distinct_keys"], books["doubled_keys"], books["doubled"]) == (4, 0, [])
+    images = os.path.join(out, "images")
+    before = {name: open(os.path.join(images, name), "rb").read() for name in os.listdir(images)}
+    capsys.readouterr()
+
+    from transforms.io import manifests
+
+    # a bug that doubles a key: the repeated ImageKey's later record keeps the plain key
+    monkeypatch.setattr(manifests, "_rename_repeat", lambda row, *args: row)
+    assert _ingest(out, f"zero={manifest}") == 1
+    line = _one_line(capsys)
+    assert (
+        f"the books do not balance: key zero:k1 is held by 2 rows ({manifest} line 1; {manifest} line 3);"
+        " 1 doubled key, 4 rows written with 3 distinct keys" in line
+    ), line
+    books = _summary(out)["books"]
+    assert not books["balanced"] and books["rows_in"] == books["rows_out"] == 4
+    assert books["doubled"] == [{"key": "zero:k1", "rows": 2, "where": [f"{manifest} line 1", f"{manifest} line 3"]}]
+    # as any run whose books fail: its parts are removed, the previous table stays whole
+    assert {name: open(os.path.join(images, name), "rb").read() for name in os.listdir(images)} == before
+
+
+def test_a_native_key_that_reads_as_a_rename_keeps_every_key_distinct(web, tmp_path):
+    """Zero z.jsonl repeats ImageKey 1 (its line 2 renamed zero:1@z.jsonl:2) and a.jsonl has the
+    ImageKey `1@z.jsonl:2` itself: before, two rows held zero:1@z.jsonl:2, exit 0."""
+    urls = _serve(web, 3, prefix="r")
+    (tmp_path / "a.jsonl").write_text(_zero_lines([("1@z.jsonl:2", urls[0])]))
+    (tmp_path / "z.jsonl").write_text(_zero_lines([("1", urls[1]), ("1", urls[2])]))
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={tmp_path}/*.jsonl") == 0
+    rows = {r["key"]: r["url"] for r in _assert_whole(out, 3)}
+    # the native ImageKey keeps its key; the rename that met it takes #2
+    assert rows == {"zero:1@z.jsonl:2": urls[0], "zero:1": urls[1], "zero:1@z.jsonl:2#2": urls[2]}
+    assert _summary(out)["books"]["distinct_keys"] == 3
+
+
 def test_dedup_and_refresh_refuse_an_output_another_run_holds(tmp_path, capsys):
     out = tmp_path / "out"
     (out / "images").mkdir(parents=True)
@@ -859,12 +914,12 @@ def pa_table(rows):
     return pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA)
 
 
-def test_resume_keeps_every_row_of_an_old_output_whose_keys_collided():
-    import apache_beam as beam
-    from apache_beam.testing.util import assert_that, equal_to
-
-    from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
-
+def test_resume_refuses_an_old_output_that_holds_a_key_twice(tmp_path, capsys):
+    """An output of an earlier version whose keys collided (two folders' part-0.tsv both keyed
+    cc3m:part-0.tsv:1). Before, --resume kept both old rows and fetched the record anew: the key
+    three times in the table, exit 0. Now refused before a fetch, exit 2, OUT as it was."""
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
     old = [
         schema.new_row(
             "cc3m",
@@ -875,29 +930,19 @@ def test_resume_keeps_every_row_of_an_old_output_whose_keys_collided():
         )
         for year in (2024, 2025)
     ]
-    new = [
-        schema.new_row(
-            "cc3m", "cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg", source_file="/in/2024/part-0.tsv"
-        ),
-        schema.new_row("cc3m", "cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg", source_file="/in/x/part-0.tsv"),
-    ]
-    with beam.Pipeline("FnApiRunner") as pipeline:
-        merged = (pipeline | "New" >> beam.Create(new)) | MergeWithPrevious(
-            pipeline | "Old" >> beam.Create(old), parse_retry_statuses(None)
-        )
-        assert_that(
-            merged["carry"] | "CarriedUrls" >> beam.Map(lambda r: r["url"]),
-            equal_to(["http://127.0.0.2/2024.jpg", "http://127.0.0.2/2025.jpg"]),
-            label="Carried",
-        )
-        assert_that(
-            merged["fetch"] | "FetchedKeys" >> beam.Map(lambda r: (r["key"], r["url"])),
-            equal_to(
-                [
-                    ("cc3m:2024/part-0.tsv:1", "http://127.0.0.2/2024.jpg"),
-                    ("cc3m:part-0.tsv:1", "http://127.0.0.2/x.jpg"),
-                ]
-            ),
-            label="Fetched",
-        )
-        assert_that(merged["kept"], equal_to(["/in/2024/part-0.tsv", "/in/2025/part-0.tsv"]), label="Kept")
+    pq.write_table(pa_table(old), out / "images" / "part-0.parquet")
+    before = (out / "images" / "part-0.parquet").read_bytes()
+    manifest = tmp_path / "part-0.tsv"
+    manifest.write_text("photo\thttp://127.0.0.2/2024.jpg\n")
+    # two files of one folder: keys cc3m:part-0.tsv:1 and cc3m:x.tsv:1
+    (tmp_path / "x.tsv").write_text("photo\thttp://127.0.0.2/x.jpg\n")
+    assert _ingest(str(out), [f"cc3m={manifest}", f"cc3m={tmp_path / 'x.tsv'}"], "--resume") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (
+        "ingest: --resume: OUT holds cc3m:part-0.tsv:1 2 times (/in/2024/part-0.tsv, /in/2025/part-0.tsv):"
+        " an output of an earlier version whose keys collided; which record each row is cannot be told."
+        " Ingest the manifests into a new --output"
+    ), line
+    assert (
+        os.listdir(out / "images") == ["part-0.parquet"] and (out / "images" / "part-0.parquet").read_bytes() == before
+    )

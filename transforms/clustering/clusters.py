@@ -30,7 +30,8 @@ Canonical row of a cluster (deterministic): status "ok" first, then a row withou
 then the earliest dataset in `dataset_priority` (unknown datasets last), then the smallest key.
 cluster_id: first 16 hex digits of sha1(smallest member key) for real clusters, of
 sha1("placeholder:" + pHash + dHash) for placeholders; the same input always gives the same ids.
-Keys must be unique in the input (the standalone job enforces it).
+Keys must be unique in the input (the standalone job enforces it; DedupShards counts the ingest's
+distinct keys for its books, row_keys.py).
 
 Public transforms (rows are `schema.Row` dicts):
 
@@ -61,6 +62,7 @@ from transforms import schema
 from transforms.clustering.components import ConnectedComponents
 from transforms.clustering.near_search import DEFAULT_VIEW_MAX_DISTANCE, VIEW_SPACES, NearDuplicatePairs, ViewPairs
 from transforms.clustering.placeholders import known_placeholder_hashes
+from transforms.clustering.row_keys import ROW_KEY_RECORD, count_row_keys, row_key_digests
 from transforms.clustering.spill import GroupEncoded, GroupRecords, split_by
 from transforms.clustering.urls import normalize_url
 from transforms.io.table import RemoveDirectory
@@ -176,7 +178,7 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads (phash, dhash
 
 
 def _key_record_dtype(key):
-    return _PICTURE_RECORD if key[0] == "p" else _EXACT_RECORD
+    return {"p": _PICTURE_RECORD, "r": ROW_KEY_RECORD}.get(key[0], _EXACT_RECORD)
 
 
 def _vertex_parts(vertex):
@@ -197,13 +199,18 @@ def _by_shard(kind, records, shards):
 
 @beam.typehints.with_output_types(tuple[tuple[str, int], typing.Any])
 class _KeyRecords(beam.DoFn):
-    """A batch of slim rows -> (("p", shard), picture records), (("x", shard), exact-key records)."""
+    """A batch of slim rows -> (("p", shard), picture records), (("x", shard), exact-key records),
+    and with row_keys (("r", shard), row key digests) for the ingest's distinct-keys check."""
 
-    def __init__(self, known_hashes, shards=KEY_SHARDS):
+    def __init__(self, known_hashes, shards=KEY_SHARDS, row_keys=False):
         self._known = frozenset(known_hashes)
         self._shards = shards
+        self._row_keys = row_keys
 
     def process(self, batch):
+        if self._row_keys:
+            # why here: the digests ride the shuffle the key records take anyway (row_keys.py)
+            yield from _by_shard("r", *row_key_digests([slim["key"] for slim in batch], self._shards))
         pictures, exact = [], []
         for slim in batch:
             kind, a, b = _vertex_parts(slim["vertex"])
@@ -234,11 +241,13 @@ class _KeyShard(beam.DoFn):
     picture (main output), `placeholder` (vertex, cluster id) of placeholder pictures, `several` vertex of
     a picture with several rows (a cluster even without any other match).
     Exact shards: `exact` (key digest, [vertices]) for a URL or sha256 shared by several vertices.
+    Row key shards: `row_keys` (distinct, doubled, the first doubled digests) (row_keys.count_row_keys).
     """
 
     PLACEHOLDER = "placeholder"
     SEVERAL = "several"
     EXACT = "exact"
+    ROW_KEYS = "row_keys"
 
     def __init__(self, min_urls, known_hashes):
         self._min_urls = min_urls
@@ -255,6 +264,8 @@ class _KeyShard(beam.DoFn):
         records = np.concatenate(list(parts))
         if kind == "p":
             yield from self._pictures(records)
+        elif kind == "r":
+            yield beam.pvalue.TaggedOutput(self.ROW_KEYS, count_row_keys(records))
         else:
             yield from self._exact(records)
         if self._node_count >= self.NODE_BATCH:
@@ -704,6 +715,10 @@ class Dedup(beam.PTransform):
         views confirms, as dhash_max_distance says).
     """
 
+    # why a class flag: only the ingest (DedupShards) checks its keys; the dedup job's inputs may hold
+    # a key twice (older outputs) and it checks its keys in its own first pass (key_versions.py)
+    CHECKS_ROW_KEYS = False
+
     def __init__(
         self,
         max_distance: int = DEFAULT_MAX_DISTANCE,
@@ -801,11 +816,11 @@ class Dedup(beam.PTransform):
         shards = (
             slim
             | "BatchKeys" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
-            | "KeyRecords" >> beam.ParDo(_KeyRecords(self._known))
+            | "KeyRecords" >> beam.ParDo(_KeyRecords(self._known, row_keys=self.CHECKS_ROW_KEYS))
             | "GroupKeyShards" >> GroupRecords(self._spill("keys"), dtype_of=_key_record_dtype)
             | "KeyShards"
             >> beam.ParDo(_KeyShard(self._min_urls, self._known)).with_outputs(
-                _KeyShard.PLACEHOLDER, _KeyShard.SEVERAL, _KeyShard.EXACT, main="nodes"
+                _KeyShard.PLACEHOLDER, _KeyShard.SEVERAL, _KeyShard.EXACT, _KeyShard.ROW_KEYS, main="nodes"
             )
         )
         placeholder_groups = shards[_KeyShard.PLACEHOLDER]
@@ -843,7 +858,12 @@ class Dedup(beam.PTransform):
         )
         if self._spill_dir is not None:  # every reader of the search's records is upstream of this
             _ = components | "DropSpill" >> RemoveDirectory(*(self._spill(name) for name in _SEARCH_SPILLS))
-        return {"components": components, "near_pairs": near_pairs, "view_pairs": view_pairs}
+        return {
+            "components": components,
+            "near_pairs": near_pairs,
+            "view_pairs": view_pairs,
+            "row_keys": shards[_KeyShard.ROW_KEYS],
+        }
 
     def cluster(self, members):
         """(component, row) -> {"rows": member rows with cluster columns, "clusters": records}."""
@@ -892,8 +912,11 @@ class DedupShards(Dedup):
 
     Input {"slim": slim_row() of every row, "shards": paths of the shards holding the rows}.
     Output {"rows": the rows of clusters only, with their cluster columns (rows not listed are
-    alone: cluster_id None, is_canonical True, is_placeholder False), "clusters", "stats"}.
+    alone: cluster_id None, is_canonical True, is_placeholder False), "clusters", "stats",
+    "row_keys": each key shard's (distinct keys, doubled key digests), for row_keys.KeyBooks}.
     """
+
+    CHECKS_ROW_KEYS = True
 
     def expand(self, inputs):
         found = self.find_components(inputs["slim"])
@@ -902,7 +925,12 @@ class DedupShards(Dedup):
         )
         clustered = self.cluster(members)
         stats = self.stats(clustered["clusters"], inputs["slim"], found["near_pairs"], found["view_pairs"])
-        return {"rows": clustered["rows"], "clusters": clustered["clusters"], "stats": stats}
+        return {
+            "rows": clustered["rows"],
+            "clusters": clustered["clusters"],
+            "stats": stats,
+            "row_keys": found["row_keys"],
+        }
 
 
 # the view columns a placeholder group's rows go without (phash_trim: the canonical policy reads it)

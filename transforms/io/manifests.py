@@ -9,7 +9,8 @@ Public transforms (rows are `schema.Row` dicts):
 - `ReadManifests([(kind, pattern)], parsers, spread_rows)`: PBegin -> one row per manifest record.
 - `ReadImageNetCaptions(pattern, imagenet_root, synsets_path)`, `ReadZero(pattern)`: PBegin -> rows
   of one JSON dataset, through ReadManifests.
-- `RepeatedKeys(parsers)`: `(kind, path, key prefix)` -> `(key, (file, ordinal))` of keys that repeat.
+- `RepeatedKeys(parsers)`: `(kind, path, key prefix)` -> `(key, (file, ordinal))` of keys that repeat
+  (and with_taken, the native keys that read like a rename of one).
 - `ParseManifestFile(parsers)` (DoFn): `(kind, path, key prefix)` -> rows of that file, streamed.
 """
 
@@ -269,17 +270,19 @@ class ParseManifestFile(beam.DoFn):
         self._rows = beam.metrics.Metrics.counter("manifest", "rows")
         self._malformed = beam.metrics.Metrics.counter("manifest", "malformed")
 
-    def process(self, spec, repeated=None):
-        """repeated: RepeatedKeys as a dict, to rename later occurrences of a key while parsing."""
+    def process(self, spec, repeated=None, taken=()):
+        """repeated: RepeatedKeys as a dict, to rename later occurrences of a key while parsing;
+        taken: RepeatedKeys' TAKEN output, native keys a rename must not become."""
         kind, path, key_prefix, label = spec
         parse = self._parsers[kind]
         records, last_line = 0, 0
+        taken = frozenset(taken)
         try:
             with open_stream(path, "manifest") as binary:
                 for ordinal, row in enumerate(parse(binary, path, key_prefix), start=1):
                     row["_ordinal"] = ordinal
                     if repeated:
-                        _rename_repeat(row, repeated, label)
+                        _rename_repeat(row, repeated, label, taken)
                     if self._counted:
                         self._rows.inc()
                         if row.get("status"):
@@ -401,33 +404,75 @@ class RepeatedKeys(beam.PTransform):
     deterministic across runs (`_rename_repeat`). This is a pass of its own over the files of
     ID-keyed datasets, so that only keys and positions cross a shuffle and the rows themselves
     stream from the file into the fetch (the local runner holds what crosses a shuffle in memory).
+
+    with_taken: return {"repeated": the above, TAKEN: native keys of the form `<repeated key>@...`}.
+    A native ID may itself read like a rename (an ImageKey `1@z.jsonl:2` beside ImageKey `1`
+    repeated at z.jsonl line 2): the rename must not take it (`_rename_repeat`). Only keys holding
+    an `@` after a repeated key cross that join, a handful in real manifests.
     """
 
-    def __init__(self, parsers, accept_truncated=False):
+    TAKEN = "taken"
+
+    def __init__(self, parsers, accept_truncated=False, with_taken=False):
         super().__init__()
         self._parsers = parsers
         self._accept_truncated = accept_truncated
+        self._with_taken = with_taken
 
     def expand(self, files):
-        return (
+        positions = (
             files
             | "IdKeyedFiles" >> beam.Filter(lambda spec: spec[0] not in LINE_KEYED)
             | "Keys"
             >> beam.ParDo(ParseManifestFile(self._parsers, counted=False, accept_truncated=self._accept_truncated))
             | "Positions" >> beam.Map(lambda row: (row["key"], (_position(row), 1)))
+        )
+        repeated = (
+            positions
             | "FirstAndCount" >> beam.CombinePerKey(_first_and_count)
             | "Repeated" >> beam.Filter(lambda item: item[1][1] > 1)
             | "FirstOnly" >> beam.Map(lambda item: (item[0], item[1][0]))
         )
+        if not self._with_taken:
+            return repeated
+        taken = (
+            {
+                "native": positions | "RenameBases" >> beam.FlatMap(_rename_bases),
+                "repeated": repeated | "RepeatedMark" >> beam.MapTuple(lambda key, _first: (key, True)),
+            }
+            | "JoinBases" >> beam.CoGroupByKey()
+            | "Taken" >> beam.FlatMap(lambda item: item[1]["native"] if item[1]["repeated"] else [])
+            | "OnceEach" >> beam.Distinct()
+        )
+        return {"repeated": repeated, self.TAKEN: taken}
 
 
-def _rename_repeat(row, first, label):
-    """label: the file's label (file_labels), unambiguous among the run's files of the dataset."""
+def _rename_bases(item):
+    """(base, native key) for each `@` of a native key: the repeated key it may read as a rename of."""
+    key = item[0]
+    start = key.find("@")
+    while start > 0:
+        yield key[:start], key
+        start = key.find("@", start + 1)
+
+
+def _rename_repeat(row, first, label, taken=frozenset()):
+    """label: the file's label (file_labels), unambiguous among the run's files of the dataset.
+
+    taken: native keys of the run that read like renames (RepeatedKeys.TAKEN). A rename that
+    meets one gets `#2`, `#3`, ...: the native record keeps its ID, and no rename ends so (a
+    line or `#ordinal` follows the last `:` of every rename), so the result is unique.
+    """
     key = row["key"]
     if key in first and _position(row) != tuple(first[key]):
         _file, ordinal = _position(row)
         where = row.get("source_line") or f"#{ordinal}"  # records of a JSON array have no line
-        row["key"] = f"{key}@{label}:{where}"
+        renamed = candidate = f"{key}@{label}:{where}"
+        number = 1
+        while candidate in taken:
+            number += 1
+            candidate = f"{renamed}#{number}"
+        row["key"] = candidate
     return row
 
 
@@ -456,12 +501,13 @@ class ReadManifests(beam.PTransform):
 
     def expand(self, pbegin):
         files = pbegin | "ManifestFiles" >> beam.Create(self._files) | "SpreadFiles" >> beam.Reshuffle()
-        repeated = files | "RepeatedKeys" >> RepeatedKeys(self._parsers, self._accept_truncated)
+        repeated = files | "RepeatedKeys" >> RepeatedKeys(self._parsers, self._accept_truncated, with_taken=True)
         # The parse itself takes the side input: a step of its own after the parse would make
         # the runner hold every parsed row until the side input is ready.
         parsed = files | "ParseRecords" >> beam.ParDo(
             ParseManifestFile(self._parsers, accept_truncated=self._accept_truncated),
-            repeated=beam.pvalue.AsDict(repeated),
+            repeated=beam.pvalue.AsDict(repeated["repeated"]),
+            taken=beam.pvalue.AsList(repeated[RepeatedKeys.TAKEN]),
         ).with_outputs(ParseManifestFile.RECORDS, ParseManifestFile.TRUNCATED, main="rows")
         rows = parsed.rows
         if self._spread_rows:

@@ -73,18 +73,19 @@ class _Choose(beam.DoFn):
         self._new = beam.metrics.Metrics.counter("resume", "new")
 
     def process(self, item):
-        _key, grouped = item
+        key, grouped = item
         new = next(iter(grouped["new"]), None)
         olds = list(grouped["old"])
         if len(olds) > 1:
-            # An output of an earlier version whose keys collided: which old row a record matches
-            # is unknown, so every old row is kept as it is (none is lost), the record fetched anew.
-            for old in olds:
-                yield from self._keep(old)
-            if new is not None:
-                self._new.inc()
-                yield beam.pvalue.TaggedOutput(self.FETCH, new)
-            return
+            # Why refused: an output of an earlier version whose keys collided. Which old row a
+            # record matches is unknown; keeping them all (as before) wrote the key two or three
+            # times behind exit 0, and the books now count distinct keys (row_keys.py).
+            where = sorted(f"{o.get('source_file') or '?'}" for o in olds)
+            raise BadInput(
+                f"--resume: OUT holds {key} {len(olds)} times ({', '.join(where[:3])}): an output of an"
+                " earlier version whose keys collided; which record each row is cannot be told."
+                " Ingest the manifests into a new --output"
+            )
         old = olds[0] if olds else None
         if old is not None and new is not None and old.get("url") != new.get("url"):
             yield from self._moved(old, new)
@@ -140,15 +141,6 @@ class _Choose(beam.DoFn):
         self._refetched.inc()
         yield beam.pvalue.TaggedOutput(self.FETCH, new)
 
-    def _keep(self, old):
-        yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
-        if old["status"] not in self._retry:
-            self._carried.inc()
-            yield old
-        else:
-            self._refetched.inc()
-            yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
-
 
 class MergeWithPrevious(beam.PTransform):
     """Manifest rows + a previous run's rows -> {"carry": settled rows, "fetch": rows to fetch}.
@@ -158,7 +150,7 @@ class MergeWithPrevious(beam.PTransform):
     another URL is fetched again when its dataset is keyed by ID, and refused (BadInput) when it
     is keyed by line number: those manifests are not the ones OUT was made from; so is a line-keyed
     row of a file these manifests read but key otherwise (key_prefixes: {path: key prefix} of this
-    run's CC3M and CC12M files). Previous rows the manifests no
+    run's CC3M and CC12M files), and a key OUT holds twice. Previous rows the manifests no
     longer list are kept: a resume never loses rows; "kept" has the source_file of each (the
     books count them as rows read from OUT).
     """

@@ -164,6 +164,54 @@ def test_repeated_keys_inside_a_json_array_are_made_unique(tmp_path):
         )
 
 
+@pytest.mark.parametrize("spread_rows", [True, False], ids=["spread", "streamed"])
+def test_a_rename_never_takes_a_native_key_that_reads_like_it(tmp_path, spread_rows):
+    """A repeat's later record is renamed `id@file:line`; a native ID that reads so keeps it, and
+    the rename takes `#2` (before: two rows of one key, in Zero, ImageNet-Captions, Open Images)."""
+    (tmp_path / "a.jsonl").write_text(
+        '{"ImageKey": "1@z.jsonl:2", "ImageUrl": "http://a/1.jpg"}\n'
+        '{"ImageKey": "1@z.jsonl:2#2", "ImageUrl": "http://a/2.jpg"}\n'
+    )
+    (tmp_path / "z.jsonl").write_text(
+        '{"ImageKey": "1", "ImageUrl": "http://z/1.jpg"}\n{"ImageKey": 1, "ImageUrl": "http://z/2.jpg"}\n'
+    )
+    (tmp_path / "captions.json").write_text(
+        '[{"filename": "x.JPEG", "wnid": "n1"}, {"filename": "x.JPEG", "wnid": "n2"},'
+        ' {"filename": "x.JPEG@captions.json:#2", "wnid": "n3"}]'
+    )
+    (tmp_path / "ids.csv").write_text(
+        "ImageID,OriginalURL\naa,http://o/1.jpg\naa@ids.csv:4,http://o/2.jpg\naa,http://o/3.jpg\n"
+    )
+    with TestPipeline(runner="FnApiRunner") as p:
+        rows = p | ReadManifests(
+            [
+                ("zero", str(tmp_path / "*.jsonl")),
+                ("imagenet_captions", str(tmp_path / "captions.json")),
+                ("openimages", str(tmp_path / "ids.csv")),
+            ],
+            ManifestParsers(str(tmp_path)),
+            spread_rows,
+        )
+        assert_that(
+            rows
+            | beam.Map(lambda r: (r["key"], r["url"] if r["dataset"] != "imagenet_captions" else r["labels"][0]["id"])),
+            equal_to(
+                [
+                    ("zero:1@z.jsonl:2", "http://a/1.jpg"),
+                    ("zero:1@z.jsonl:2#2", "http://a/2.jpg"),
+                    ("zero:1", "http://z/1.jpg"),
+                    ("zero:1@z.jsonl:2#3", "http://z/2.jpg"),
+                    ("imagenet_captions:x.JPEG", "n1"),
+                    ("imagenet_captions:x.JPEG@captions.json:#2#2", "n2"),
+                    ("imagenet_captions:x.JPEG@captions.json:#2", "n3"),
+                    ("openimages:aa", "http://o/1.jpg"),
+                    ("openimages:aa@ids.csv:4", "http://o/2.jpg"),
+                    ("openimages:aa@ids.csv:4#2", "http://o/3.jpg"),
+                ]
+            ),
+        )
+
+
 def test_file_labels_name_each_file_unambiguously():
     from transforms.io.manifests import file_labels, normalise_path
 
