@@ -69,8 +69,8 @@ class RefreshOptions(PipelineOptions):
             type=int,
             default=verdicts.DEFAULT_DEAD_AFTER,
             metavar="N",
-            help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
-            " 451, placeholder, soft 404), before it is dead; unreachable until then"
+            help="'gone' answers (404, 410, 451, placeholder, soft 404) within a URL's failure"
+            " streak, tonight's one of them, before it is dead; unreachable until then"
             f" (default {verdicts.DEFAULT_DEAD_AFTER}; the ingest fetch counts as the night"
             " before the first)",
         )
@@ -79,7 +79,7 @@ class RefreshOptions(PipelineOptions):
             type=int,
             default=verdicts.DEFAULT_HOST_DEAD_AFTER,
             metavar="N",
-            help="the same for 'no such host name' and 'connection refused' answers"
+            help="the same for 'no such host name' and 'connection refused' answers ('gone' ones count too)"
             f" (default {verdicts.DEFAULT_HOST_DEAD_AFTER})",
         )
         rules.add_argument(

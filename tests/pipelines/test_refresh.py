@@ -291,14 +291,14 @@ def test_dead_needs_dead_after_failed_nights_in_a_row():
         row = judge(snap, check, previous, None, params)
         seen.append((row["status"], row["consecutive_failures"], row["newly_dead"]))
         previous = row
-    # a 500 then 404s: the streak counts every failed night, the verdict waits for a 'gone' answer
+    # a 500 then 404s: the streak counts every failed night, the verdict waits for 3 'gone' answers
     assert seen == [
         (verdicts.UNREACHABLE, 1, False),
         (verdicts.UNREACHABLE, 2, False),
-        (verdicts.DEAD, 3, True),
-        (verdicts.DEAD, 4, False),
+        (verdicts.UNREACHABLE, 3, False),
+        (verdicts.DEAD, 4, True),
     ]
-    assert previous["dead_since"] == NIGHT + datetime.timedelta(days=2)
+    assert previous["dead_since"] == NIGHT + datetime.timedelta(days=3) and previous["gone_failures"] == 3
     assert "dead after 3" in judge(snap, failed(schema.HTTP_ERROR, 404), None, None, params)["error"]
 
 

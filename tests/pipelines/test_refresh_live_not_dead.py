@@ -13,12 +13,18 @@ loopback web, real snapshots, the real job over several nights with one --histor
 - a snapshot table whose rows have no key: all were merged into one row, "balanced" behind exit 0;
 - two slices of one manifest ingested apart, given as two --snapshots: one URL of each key merged away;
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
-  lines): the old URL's history is not the new URL's.
+  lines): the old URL's history is not the new URL's;
+- a failure streak of transient nights ending in one 404: the 500 counted as evidence, one 404 was
+  enough (also read from a history written before the gone/evidence counters).
 """
 
+import datetime
+import json
 import os
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import ingest as ingest_job
@@ -27,6 +33,7 @@ from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.synthetic_out import fetched_ok_row, write_snapshot_table
 from tests.table_readers import one_line
+from transforms import schema
 from transforms.liveness import verdicts
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -37,7 +44,7 @@ def write_snapshot(directory, rows):
     return write_snapshot_table(directory, [fetched_ok_row(key, url, body) for key, url, body in rows])
 
 
-def night(tmp_path, snapshot, date):
+def night(tmp_path, snapshot, date, **extra):
     out = str(tmp_path / f"refresh-{date}")
     args = {
         "snapshot": snapshot,
@@ -47,6 +54,7 @@ def night(tmp_path, snapshot, date):
         "allow-network": "127.0.0.1/32",
         "timeout": 5,
         "retries": 0,
+        **extra,
     }
     refresh_job.run(local_options(**args))
     rows = ds.dataset(os.path.join(out, "status"), format="parquet").to_table().to_pylist()
@@ -229,3 +237,42 @@ def test_snapshot_rows_without_a_key_are_bad_input_not_merged_into_one(tmp_path,
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("refresh:")]
     assert len(err) == 1 and "no key" in err[0] and "Traceback" not in err[0], err
     assert not (out / "status").exists() and not (out / "summary.json").exists()
+
+
+def test_transient_nights_ending_in_one_404_are_not_dead(tmp_path):
+    body = jpeg(18)
+    answers = {"night": 0}
+    with SampleWebServer() as web:
+        # night 1 the server fails (500), nights 2 and 3 it answers 404: one 'gone' answer on
+        # night 2 is not proof (a deploy that briefly breaks a path), two are
+        web.routes["/photo.jpg"] = lambda method, headers, n: Reply(500) if answers["night"] == 0 else Reply(404)
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
+        nights = []
+        for n, date in enumerate(("2030-02-01", "2030-02-02", "2030-02-03")):
+            answers["night"] = n
+            nights.append(night(tmp_path, snapshot, date)["cc3m:1"])
+    assert [r["status"] for r in nights] == [verdicts.UNREACHABLE, verdicts.UNREACHABLE, verdicts.DEAD], [
+        r["reason"] for r in nights
+    ]
+    assert [(r["consecutive_failures"], r["gone_failures"]) for r in nights] == [(1, 0), (2, 1), (3, 2)]
+    assert "1 'gone' answer(s) in 2 failed night(s)" in nights[1]["reason"]
+
+
+@pytest.mark.parametrize("failure, verdict", [("gone", verdicts.DEAD), ("transient", verdicts.UNREACHABLE)])
+def test_a_history_without_the_answer_counters_is_read_and_counts_its_nights_answer(tmp_path, failure, verdict):
+    with SampleWebServer() as web:
+        url = web.url("/photo.jpg")
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", url, jpeg(19))])
+        # a night written before gone_failures/evidence_failures existed: one failed night
+        old = [n for n in schema.REFRESH_FIELDS if n[0] not in ("gone_failures", "evidence_failures")]
+        row = {n: None for n, _ in old} | {"key": "cc3m:1", "url": url, "status": verdicts.UNREACHABLE}
+        row |= {"night": datetime.date(2030, 1, 31), "failure": failure, "consecutive_failures": 1}
+        directory = tmp_path / "history" / "2030-01-31"
+        directory.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([row], schema=pa.schema(old)), str(directory / "part-0.parquet"))
+        (directory / "_COMPLETE").write_text(
+            json.dumps({"night": "2030-01-31", "rows": 1, "files": ["part-0.parquet"]})
+        )
+        tonight = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]  # a 404 (no route)
+    assert (tonight["status"], tonight["previous_status"]) == (verdict, verdicts.UNREACHABLE), tonight["reason"]
+    assert tonight["consecutive_failures"] == 2 and tonight["gone_failures"] == (2 if failure == "gone" else 1)
