@@ -348,7 +348,9 @@ def test_plans_are_cheap_first():
         (FetchResult(schema.HTTP_ERROR, http_status=429), True),
         (FetchResult(schema.HTTP_ERROR, http_status=503), True),
         (FetchResult(schema.HTTP_ERROR, http_status=500), False),  # a handler failing on HEAD: GET tells
-        (FetchResult(schema.TIMEOUT), True),
+        (FetchResult(schema.TIMEOUT), False),  # a HEAD never answered: the GET may be served
+        (FetchResult(schema.TIMEOUT, unconnectable=True), True),  # no connection in time: the host
+        (FetchResult(schema.TIMEOUT, skipped=True), True),
         (FetchResult(schema.OPTED_OUT, http_status=200), True),
         (FetchResult(schema.CONNECTION_ERROR), False),  # hung up on the HEAD: the GET may be served
         (FetchResult(schema.CONNECTION_ERROR, unconnectable=True), True),

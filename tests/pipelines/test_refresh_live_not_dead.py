@@ -14,6 +14,7 @@ loopback web, real snapshots, the real job over several nights with one --histor
 - two slices of one manifest ingested apart, given as two --snapshots: one URL of each key merged away;
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
   lines): the old URL's history is not the new URL's;
+- a server that never answers HEAD (the request times out) but serves the picture to GET;
 - a failure streak of transient nights ending in one 404: the 500 counted as evidence, one 404 was
   enough (also read from a history written before the gone/evidence counters).
 """
@@ -95,6 +96,24 @@ def test_a_500_to_head_alone_is_no_verdict_when_get_serves_the_picture(tmp_path)
         snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
         row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
     assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.HEAD_GET, 200), row["reason"]
+
+
+def test_a_head_that_times_out_is_no_verdict_when_get_serves_the_picture(tmp_path):
+    body = jpeg(20)
+    with SampleWebServer() as web:
+        # servers (and proxies) that never answer HEAD: the request times out, GET is served.
+        # Settled by the HEAD, such a URL was unreachable every night, then dead after
+        # --unreachable-dead-after nights (2 here)
+        web.routes["/photo.jpg"] = lambda method, headers, n: (
+            Reply(200, b"", JPEG, delay=3) if method == "HEAD" else Reply(200, body, JPEG)
+        )
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
+        nights = [
+            night(tmp_path, snapshot, d, timeout=1, **{"unreachable-dead-after": 2})["cc3m:1"]
+            for d in ("2030-02-01", "2030-02-02")
+        ]
+    assert [r["status"] for r in nights] == [verdicts.ALIVE] * 2, [r["reason"] for r in nights]
+    assert all((r["method"], r["requests"], r["http_status"]) == (verdicts.HEAD_GET, 2, 200) for r in nights)
 
 
 @pytest.mark.parametrize("refusal", [412, 400])
