@@ -22,7 +22,7 @@ from transforms.fetch.client import FetchConfig
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
 from transforms.io.table_record import check_recorded_table
-from transforms.liveness import checks, history, night_output, summary, verdicts
+from transforms.liveness import checks, history, host_outages, night_output, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
 # 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
@@ -251,7 +251,9 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
     placeholders = found["placeholders"]
     read_history = read_history or history.ReadHistory(opts.history, params.night)
     previous = pipeline | "ReadHistory" >> read_history
-    rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> checks.Judge(params)
+    outages = checked | "FindHostOutages" >> host_outages.FindHostOutages()
+    judged = {"checked": checked, "previous": previous, "placeholders": placeholders, "outages": outages}
+    rows = judged | "Judge" >> checks.Judge(params)
     # why aside: the previous night's verdicts stay in REFRESH_OUT until this night's books balance
     written = rows | "WriteStatus" >> checks.WriteStatusTable(target.aside("status"), target.prefix)
     hosts = rows | "Hosts" >> checks.HostTable()

@@ -15,6 +15,8 @@ loopback web, real snapshots, the real job over several nights with one --histor
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
   lines): the old URL's history is not the new URL's;
 - a server that never answers HEAD (the request times out) but serves the picture to GET;
+- a host serving one maintenance page (HTML, in place or through a redirect) for most of its URLs:
+  every URL a soft 404, 'gone', all dead on the second night;
 - a failure streak of transient nights ending in one 404: the 500 counted as evidence, one 404 was
   enough (also read from a history written before the gone/evidence counters).
 """
@@ -295,3 +297,48 @@ def test_a_history_without_the_answer_counters_is_read_and_counts_its_nights_ans
         tonight = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]  # a 404 (no route)
     assert (tonight["status"], tonight["previous_status"]) == (verdict, verdicts.UNREACHABLE), tonight["reason"]
     assert tonight["consecutive_failures"] == 2 and tonight["gone_failures"] == (2 if failure == "gone" else 1)
+
+
+MAINTENANCE = b"<html><body>Down for maintenance, back soon</body></html>"
+
+
+def test_one_page_for_most_urls_of_a_host_is_an_outage_not_each_url_gone(tmp_path):
+    pictures = {f"/p/{n}.jpg": jpeg(30 + n) for n in range(8)}
+    html = {"Content-Type": "text/html"}
+    with SampleWebServer() as web:
+        # 6 of the host's 8 URLs get its maintenance page: 3 in place, 3 through a redirect
+        for n, path in enumerate(pictures):
+            if n < 3:
+                web.routes[path] = Reply(200, MAINTENANCE, html)
+            elif n < 6:
+                web.routes[path] = Reply(302, b"", {"Location": "/maintenance"})
+            else:
+                web.routes[path] = Reply(200, pictures[path], JPEG)
+        web.routes["/maintenance"] = Reply(200, MAINTENANCE, html)
+        rows = [(f"cc3m:{n}", web.url(path), body) for n, (path, body) in enumerate(pictures.items())]
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), rows)
+        nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
+    for rows in nights:
+        down = [rows[f"cc3m:{n}"] for n in range(6)]
+        assert {(r["status"], r["failure"]) for r in down} == {(verdicts.UNREACHABLE, verdicts.NO_HOST)}, [
+            r["reason"] for r in down
+        ]
+        assert all("host outage" in r["reason"] and "6 of its 8 URLs" in r["reason"] for r in down)
+        assert {rows[f"cc3m:{n}"]["status"] for n in (6, 7)} == {verdicts.ALIVE}
+    assert nights[1]["cc3m:0"]["evidence_failures"] == 2 and nights[1]["cc3m:0"]["gone_failures"] == 0
+
+
+def test_a_soft_404_page_on_a_few_urls_of_a_host_is_still_gone(tmp_path):
+    pictures = {f"/p/{n}.jpg": jpeg(40 + n) for n in range(8)}
+    with SampleWebServer() as web:
+        # 4 URLs (under the 5 an outage needs) get the same page: evidence about each URL
+        for n, path in enumerate(pictures):
+            page = n < 4
+            web.routes[path] = (
+                Reply(200, MAINTENANCE, {"Content-Type": "text/html"}) if page else Reply(200, pictures[path], JPEG)
+            )
+        rows = [(f"cc3m:{n}", web.url(path), body) for n, (path, body) in enumerate(pictures.items())]
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), rows)
+        nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
+    assert [nights[1][f"cc3m:{n}"]["status"] for n in range(8)] == [verdicts.DEAD] * 4 + [verdicts.ALIVE] * 4
+    assert {nights[0][f"cc3m:{n}"]["failure"] for n in range(4)} == {verdicts.GONE}

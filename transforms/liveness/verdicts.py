@@ -75,6 +75,7 @@ __all__ = [
     "placeholder_reason",
     "same_picture",
     "placeholder_votes",
+    "soft_404_page",
     "observe",
     "streak_after",
     "verdict_of",
@@ -371,7 +372,23 @@ def placeholder_votes(entries, check, params):
     return []
 
 
-def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> dict:
+def soft_404_page(check: dict) -> str | None:
+    """The sha256 of the page a check got instead of a picture (a soft 404: a 2xx with a body that is
+    neither an image by Content-Type nor by its first bytes), or None.
+
+    Args:
+        check: tonight's check of a URL.
+    Returns:
+        the body's sha256, or None when the check is no soft 404.
+    """
+    if check.get("status") != schema.OK or check.get("not_modified") or check.get("sha256") == EMPTY_SHA256:
+        return None
+    if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
+        return check.get("sha256")
+    return None
+
+
+def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, outages: dict | None = None) -> dict:
     """What tonight's check says about one key, before the history rules.
 
     Args:
@@ -379,6 +396,8 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         check: tonight's check of its URL (plans.finish_check(), plans.check_file()).
         detected: {sha256: n} of the many-URLs placeholder rule.
         params: the night's settings.
+        outages: {(host, page sha256): (URLs served it, URLs of the host checked)} of the hosts
+            that served one page to most of their URLs tonight (host_outages.FindHostOutages).
     Returns:
         {"kind": "same" | "new" | "unchecked" | "changed" | "failed", "failure", "reason", "sha256",
         "phash", "bytes_changed", "phash_distance", "placeholder", "picture_unchecked"}.
@@ -436,7 +455,17 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         ):  # an SVG, a HEIC...: not the same HTML page
             return unchecked(check["sha256"], "same bytes as the snapshot")
         if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
-            return failed(GONE, f"soft 404: serves {check.get('content_type') or 'no Content-Type'}, not an image")
+            served = check.get("content_type") or "no Content-Type"
+            outage = (outages or {}).get((entry.get("host"), check.get("sha256")))
+            if outage:
+                # why: one page for most URLs of a host is the host down (maintenance, parking),
+                # not each URL gone: evidence about the host (--host-dead-after), not 'gone'
+                return failed(
+                    NO_HOST,
+                    f"host outage: serves one same page ({served}) to {outage[0]} of its {outage[1]}"
+                    " URLs checked tonight",
+                )
+            return failed(GONE, f"soft 404: serves {served}, not an image")
         if check.get("image_status") != schema.OK:  # a format we cannot decode, or a broken picture
             return failed(
                 TRANSIENT,
@@ -542,7 +571,14 @@ def verdict_of(
     return UNREACHABLE
 
 
-def judge(entry: dict, check: dict, previous: dict | None, detected: dict, params: RefreshParams) -> dict:
+def judge(
+    entry: dict,
+    check: dict,
+    previous: dict | None,
+    detected: dict,
+    params: RefreshParams,
+    outages: dict | None = None,
+) -> dict:
     """One status row: a snapshot key, tonight's check of its URL, and its latest history row.
 
     Args:
@@ -552,10 +588,11 @@ def judge(entry: dict, check: dict, previous: dict | None, detected: dict, param
             the night before: ingest_night()).
         detected: {sha256: n} of the many-URLs placeholder rule.
         params: the night's settings.
+        outages: observe()'s host outages.
     Returns:
         the row, with the columns of schema.REFRESH_SCHEMA.
     """
-    obs = observe(entry, check, detected, params)
+    obs = observe(entry, check, detected, params, outages)
     failed = obs["kind"] == "failed"
     previous_status = (previous or {}).get("status")
     # No history row: the ingest fetch is the night before (docs/refresh.md, "The first night").
