@@ -60,8 +60,8 @@ class RefreshOptions(PipelineOptions):
         output.add_argument(
             "--night",
             metavar="YYYY-MM-DD",
-            help="the night the verdicts are for (default: today, UTC); re-running a night"
-            " replaces that night's history entry",
+            help="the night the verdicts are for (default: today, UTC; at most tomorrow);"
+            " re-running a night replaces that night's history entry",
         )
         rules = parser.add_argument_group("verdicts", "when a URL is dead, changed or a placeholder")
         rules.add_argument(

@@ -430,6 +430,11 @@ def test_option_values_are_checked(tmp_path):
     with pytest.raises(ValueError):
         verdicts.parse_night("01/02/2030")
     assert verdicts.parse_night("2030-02-01") == datetime.date(2030, 2, 1)
+    today = datetime.date(2030, 3, 1)
+    assert verdicts.parse_night("2030-03-02", today) == datetime.date(2030, 3, 2)  # tomorrow: a schedule east of UTC
+    assert verdicts.parse_night(None, today) == today
+    with pytest.raises(ValueError, match=r"--night 2030-03-03 is more than a day after today \(2030-03-01, UTC\)"):
+        verdicts.parse_night("2030-03-03", today)
     assert refresh_job.snapshot_pattern("gs://b/out/") == ("gs://b/out", "gs://b/out/images/*.parquet")
     assert refresh_job.snapshot_pattern("gs://b/out/images/*.parquet") == (
         "gs://b/out/images",

@@ -54,6 +54,7 @@ __all__ = [
     "PLACEHOLDER_FILE_NAME",
     "RefreshParams",
     "parse_placeholder",
+    "utc_today",
     "parse_night",
     "host_of",
     "is_http",
@@ -158,13 +159,36 @@ def parse_placeholder(value):
     raise ValueError(f"--placeholder takes a sha256 (64 hex digits) or a pHash (16 hex digits), got {value!r}")
 
 
-def parse_night(value):
+def utc_today() -> datetime.date:
+    """Today's date in UTC: the default --night, and the latest night but one a run may judge."""
+    return datetime.datetime.now(datetime.timezone.utc).date()
+
+
+def parse_night(value: str | None, today: datetime.date | None = None) -> datetime.date:
+    """--night YYYY-MM-DD (default: today, UTC), at most a day after today.
+
+    Args:
+        value: the --night value, or None.
+        today: today's date (default: utc_today()).
+    Returns:
+        the night.
+    Raises:
+        ValueError: not a date, or more than a day after today: a night not yet come sorts after
+            every real night of --history (why one day: a schedule east of UTC may name tomorrow).
+    """
+    today = today or utc_today()
     if value is None:
-        return datetime.datetime.now(datetime.timezone.utc).date()
+        return today
     try:
-        return datetime.date.fromisoformat(str(value).strip())
+        night = datetime.date.fromisoformat(str(value).strip())
     except ValueError:
         raise ValueError(f"--night takes YYYY-MM-DD, got {value!r}") from None
+    if night > today + datetime.timedelta(days=1):
+        raise ValueError(
+            f"--night {night.isoformat()} is more than a day after today ({today.isoformat()}, UTC): give the"
+            " night being judged (default: today)"
+        )
+    return night
 
 
 # ---- snapshot entries -----------------------------------------------------------------------------
