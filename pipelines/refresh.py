@@ -264,6 +264,7 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
         "hosts": hosts,
         "placeholders": placeholders,
         "frequent": found["frequent"],
+        "outages": outages,
         "written": written,
         # the books: snapshot rows read = status rows written + rows merged by key (checked there)
         "rows_in": read["rows_in"],

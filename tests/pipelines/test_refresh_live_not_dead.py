@@ -22,6 +22,7 @@ loopback web, real snapshots, the real job over several nights with one --histor
 """
 
 import datetime
+import hashlib
 import json
 import os
 
@@ -326,6 +327,10 @@ def test_one_page_for_most_urls_of_a_host_is_an_outage_not_each_url_gone(tmp_pat
         assert all("host outage" in r["reason"] and "6 of its 8 URLs" in r["reason"] for r in down)
         assert {rows[f"cc3m:{n}"]["status"] for n in (6, 7)} == {verdicts.ALIVE}
     assert nights[1]["cc3m:0"]["evidence_failures"] == 2 and nights[1]["cc3m:0"]["gone_failures"] == 0
+    summary = json.loads((tmp_path / "refresh-2030-02-02" / "summary.json").read_text())
+    assert summary["host_outages"] == [
+        {"host": "127.0.0.1", "page_sha256": hashlib.sha256(MAINTENANCE).hexdigest(), "urls": 6, "urls_checked": 8}
+    ]
 
 
 def test_a_soft_404_page_on_a_few_urls_of_a_host_is_still_gone(tmp_path):
@@ -342,3 +347,4 @@ def test_a_soft_404_page_on_a_few_urls_of_a_host_is_still_gone(tmp_path):
         nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
     assert [nights[1][f"cc3m:{n}"]["status"] for n in range(8)] == [verdicts.DEAD] * 4 + [verdicts.ALIVE] * 4
     assert {nights[0][f"cc3m:{n}"]["failure"] for n in range(4)} == {verdicts.GONE}
+    assert json.loads((tmp_path / "refresh-2030-02-02" / "summary.json").read_text())["host_outages"] == []
