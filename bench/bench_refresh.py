@@ -75,7 +75,7 @@ def build(web, n, snapshot_dir, pictures=50):
                     phash=phash,
                     etag=f'"e{i}"' if kind == "etag" else None,
                     size_bytes=len(bodies[i % pictures]),
-                    fetched_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc),
+                    fetched_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
                 )
             )
         )
@@ -103,7 +103,7 @@ def main():
             + [
                 f"--snapshot={args.workdir}/snapshot",
                 f"--output={out}",
-                "--night=2030-02-01",
+                "--night=2026-02-01",
                 "--allow-network=127.0.0.1/32",
                 "--per-host=64",
                 "--host-failure-limit=1000000",

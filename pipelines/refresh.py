@@ -22,7 +22,7 @@ from transforms.fetch.client import FetchConfig
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
 from transforms.io.table_record import check_recorded_table
-from transforms.liveness import checks, history, night_output, summary, verdicts
+from transforms.liveness import checks, history, host_outages, night_output, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
 # 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
@@ -60,8 +60,8 @@ class RefreshOptions(PipelineOptions):
         output.add_argument(
             "--night",
             metavar="YYYY-MM-DD",
-            help="the night the verdicts are for (default: today, UTC); re-running a night"
-            " replaces that night's history entry",
+            help="the night the verdicts are for (default: today, UTC; at most tomorrow);"
+            " re-running a night replaces that night's history entry",
         )
         rules = parser.add_argument_group("verdicts", "when a URL is dead, changed or a placeholder")
         rules.add_argument(
@@ -69,8 +69,8 @@ class RefreshOptions(PipelineOptions):
             type=int,
             default=verdicts.DEFAULT_DEAD_AFTER,
             metavar="N",
-            help="nights in a row a URL must fail, the last one with a 'gone' answer (404, 410,"
-            " 451, placeholder, soft 404), before it is dead; unreachable until then"
+            help="'gone' answers (404, 410, 451, placeholder, soft 404) within a URL's failure"
+            " streak, tonight's one of them, before it is dead; unreachable until then"
             f" (default {verdicts.DEFAULT_DEAD_AFTER}; the ingest fetch counts as the night"
             " before the first)",
         )
@@ -79,7 +79,7 @@ class RefreshOptions(PipelineOptions):
             type=int,
             default=verdicts.DEFAULT_HOST_DEAD_AFTER,
             metavar="N",
-            help="the same for 'no such host name' and 'connection refused' answers"
+            help="the same for 'no such host name' and 'connection refused' answers ('gone' ones count too)"
             f" (default {verdicts.DEFAULT_HOST_DEAD_AFTER})",
         )
         rules.add_argument(
@@ -251,7 +251,9 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
     placeholders = found["placeholders"]
     read_history = read_history or history.ReadHistory(opts.history, params.night)
     previous = pipeline | "ReadHistory" >> read_history
-    rows = {"checked": checked, "previous": previous, "placeholders": placeholders} | "Judge" >> checks.Judge(params)
+    outages = checked | "FindHostOutages" >> host_outages.FindHostOutages()
+    judged = {"checked": checked, "previous": previous, "placeholders": placeholders, "outages": outages}
+    rows = judged | "Judge" >> checks.Judge(params)
     # why aside: the previous night's verdicts stay in REFRESH_OUT until this night's books balance
     written = rows | "WriteStatus" >> checks.WriteStatusTable(target.aside("status"), target.prefix)
     hosts = rows | "Hosts" >> checks.HostTable()
@@ -262,6 +264,7 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
         "hosts": hosts,
         "placeholders": placeholders,
         "frequent": found["frequent"],
+        "outages": outages,
         "written": written,
         # the books: snapshot rows read = status rows written + rows merged by key (checked there)
         "rows_in": read["rows_in"],

@@ -1,6 +1,8 @@
 """Shared fixtures: a real loopback web server and helpers to run pipelines locally."""
 
+import datetime
 import os
+from unittest import mock
 
 import pytest
 
@@ -8,6 +10,11 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 
 from pipelines.demo.sample_site import SampleWebServer  # noqa: E402
 from tests.gcs_emulator import gcs_emulator  # noqa: E402,F401  (a fixture for every test module)
+from transforms.liveness import verdicts  # noqa: E402
+
+# The tests' refresh nights are in 2030 (synthetic snapshots are fetched 2030-01-01, and three nights
+# must follow a real ingest by days); a refresh refuses a --night more than a day after today.
+TESTS_TODAY = datetime.date(2031, 1, 1)
 
 
 def pytest_configure(config):
@@ -49,3 +56,11 @@ def local_options(**extra):
         else:
             args.append(f"--{name}={value}")
     return args
+
+
+@pytest.fixture(autouse=True)
+def refresh_today():
+    """Today is TESTS_TODAY for refresh runs in this process (a `python -m` subprocess keeps the
+    real date: tests/pipelines/test_job_contract.py runs a night after tomorrow there)."""
+    with mock.patch.object(verdicts, "utc_today", return_value=TESTS_TODAY):
+        yield TESTS_TODAY

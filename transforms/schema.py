@@ -212,13 +212,15 @@ REFRESH_FIELDS = [
     ("reason", pa.string()),  # why, for every verdict
     ("method", pa.string()),  # none, conditional, head, head+get, get, file
     ("requests", pa.int32()),  # HTTP requests made for the URL tonight, retries included
-    ("failure", pa.string()),  # gone, transient, unfetchable; null when the check succeeded
+    ("failure", pa.string()),  # gone, no_host, transient, unfetchable; null when the check succeeded
     ("bytes_changed", pa.bool_()),  # alive with other bytes (re-encoded, resized)
     ("phash_distance", pa.int32()),  # to the snapshot's pHash, when both are known
     ("placeholder", pa.bool_()),  # tonight's picture is a known or detected placeholder
     ("final_url", pa.string()),  # after redirects
     ("picture_unchecked", pa.bool_()),  # alive on unchanged bytes of a picture we cannot decode (SVG, HEIC)
     ("consecutive_failures", pa.int32()),  # nights in a row (tonight included) the check failed
+    ("gone_failures", pa.int32()),  # of those nights, the ones whose answer was 'gone' (404, soft 404, ...)
+    ("evidence_failures", pa.int32()),  # of those nights, the ones whose answer was 'gone' or 'no_host'
     ("previous_nights", pa.int32()),  # earlier nights of the history with a verdict for this key
     ("previous_status", pa.string()),  # verdict of the latest earlier night, null without history
     ("newly_dead", pa.bool_()),

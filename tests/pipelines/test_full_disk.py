@@ -236,7 +236,7 @@ def test_disk_full_in_a_refresh_rerun_keeps_the_first_night(web, tmp_path):
     )
     refresh = (
         f'pipelines.refresh --snapshot {snapshot} --output "$DISK/refresh" --history "$DISK/history"'
-        " --night 2030-03-01 --allow-network 127.0.0.1/32"
+        " --night 2026-03-01 --allow-network 127.0.0.1/32"
     )
     disk = in_small_disk(
         tmp_path,
@@ -265,7 +265,7 @@ cp -a "$DISK/refresh" "$T/rerun"; cp -a "$DISK/history" "$T/rerun-history"
     rerun = tmp_path / "rerun"
     assert len(ds.dataset(str(rerun / "status")).to_table()) == 5
     assert not set(tree_digest(rerun)) & (set(first) - {"summary.json"})  # the first night's files retired
-    night = tmp_path / "rerun-history" / "2030-03-01"
+    night = tmp_path / "rerun-history" / "2026-03-01"
     marker = json.loads((night / "_COMPLETE").read_text())
     assert sorted(os.listdir(night)) == sorted(["_COMPLETE", *marker["files"]]) and marker["rows"] == 5
     assert disk.exists()

@@ -220,6 +220,12 @@ BAD_INPUT = {
         2,
         ["--output {t}/h/2030-01-01", "inside --history {t}/h"],
     ),
+    "refresh-night-in-the-future": (  # sorted after every real night of the history, exit 0
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--history", "{t}/h", "--night", "2099-01-01"],
+        2,
+        ["--night 2099-01-01 is more than a day after today"],
+    ),
     "refresh-output-is-an-ingest-output": (  # its summary.json was replaced by the refresh's, exit 0
         "refresh",
         ["--snapshot", "{t}/table", "--output", "{t}/ingested"],
@@ -269,7 +275,12 @@ BAD_INPUT = {
 
 # A case per job also runs as `python -m` (the imports take seconds of CPU each: the rest call the
 # same main() in this process, which is all `python -m pipelines.<job>` does after its imports).
-AS_SUBPROCESS = ("ingest-missing-manifest", "dedup-corrupt-parquet", "refresh-missing-columns")
+AS_SUBPROCESS = (
+    "ingest-missing-manifest",
+    "dedup-corrupt-parquet",
+    "refresh-missing-columns",
+    "refresh-night-in-the-future",  # with the real date (the tests' refresh_today is in this process)
+)
 
 
 def run_main(name, args, capsys):

@@ -291,14 +291,14 @@ def test_dead_needs_dead_after_failed_nights_in_a_row():
         row = judge(snap, check, previous, None, params)
         seen.append((row["status"], row["consecutive_failures"], row["newly_dead"]))
         previous = row
-    # a 500 then 404s: the streak counts every failed night, the verdict waits for a 'gone' answer
+    # a 500 then 404s: the streak counts every failed night, the verdict waits for 3 'gone' answers
     assert seen == [
         (verdicts.UNREACHABLE, 1, False),
         (verdicts.UNREACHABLE, 2, False),
-        (verdicts.DEAD, 3, True),
-        (verdicts.DEAD, 4, False),
+        (verdicts.UNREACHABLE, 3, False),
+        (verdicts.DEAD, 4, True),
     ]
-    assert previous["dead_since"] == NIGHT + datetime.timedelta(days=2)
+    assert previous["dead_since"] == NIGHT + datetime.timedelta(days=3) and previous["gone_failures"] == 3
     assert "dead after 3" in judge(snap, failed(schema.HTTP_ERROR, 404), None, None, params)["error"]
 
 
@@ -348,7 +348,9 @@ def test_plans_are_cheap_first():
         (FetchResult(schema.HTTP_ERROR, http_status=429), True),
         (FetchResult(schema.HTTP_ERROR, http_status=503), True),
         (FetchResult(schema.HTTP_ERROR, http_status=500), False),  # a handler failing on HEAD: GET tells
-        (FetchResult(schema.TIMEOUT), True),
+        (FetchResult(schema.TIMEOUT), False),  # a HEAD never answered: the GET may be served
+        (FetchResult(schema.TIMEOUT, unconnectable=True), True),  # no connection in time: the host
+        (FetchResult(schema.TIMEOUT, skipped=True), True),
         (FetchResult(schema.OPTED_OUT, http_status=200), True),
         (FetchResult(schema.CONNECTION_ERROR), False),  # hung up on the HEAD: the GET may be served
         (FetchResult(schema.CONNECTION_ERROR, unconnectable=True), True),
@@ -428,6 +430,11 @@ def test_option_values_are_checked(tmp_path):
     with pytest.raises(ValueError):
         verdicts.parse_night("01/02/2030")
     assert verdicts.parse_night("2030-02-01") == datetime.date(2030, 2, 1)
+    today = datetime.date(2030, 3, 1)
+    assert verdicts.parse_night("2030-03-02", today) == datetime.date(2030, 3, 2)  # tomorrow: a schedule east of UTC
+    assert verdicts.parse_night(None, today) == today
+    with pytest.raises(ValueError, match=r"--night 2030-03-03 is more than a day after today \(2030-03-01, UTC\)"):
+        verdicts.parse_night("2030-03-03", today)
     assert refresh_job.snapshot_pattern("gs://b/out/") == ("gs://b/out", "gs://b/out/images/*.parquet")
     assert refresh_job.snapshot_pattern("gs://b/out/images/*.parquet") == (
         "gs://b/out/images",
@@ -710,7 +717,7 @@ EXPECTED = {
     "cc3m:3": (verdicts.DEAD, verdicts.HEAD_GET),  # a 404/410 to HEAD is confirmed by the GET
     "cc3m:4": (verdicts.DEAD, verdicts.HEAD_GET),
     "cc3m:5": (verdicts.UNREACHABLE, verdicts.HEAD_GET),  # a 500 to HEAD: the GET tells (a 500 too)
-    "cc3m:6": (verdicts.UNREACHABLE, verdicts.HEAD),
+    "cc3m:6": (verdicts.UNREACHABLE, verdicts.HEAD_GET),  # a HEAD that times out: the GET tells (slow too)
     "cc3m:7": (verdicts.CHANGED, verdicts.HEAD_GET),
     "cc3m:8": (verdicts.CHANGED, verdicts.CONDITIONAL),
     "cc3m:9": (verdicts.ALIVE, verdicts.HEAD_GET),

@@ -95,6 +95,22 @@ def test_dns_gone_and_refused_need_more_nights_than_a_404(flags):
     assert seen == [(U, 1, False), (U, 2, False), (U, 3, False), (D, 4, True), (D, 5, False)]
 
 
+def test_evidence_is_counted_in_answers_not_in_failed_nights():
+    timeout, gone = failed(schema.TIMEOUT), failed(schema.HTTP_ERROR, 404)
+    refused = failed(schema.CONNECTION_ERROR, refused=True)
+    # transient nights then one 'gone' answer: one answer is not proof (--dead-after 2)
+    assert nights(entry(), [timeout, gone, gone]) == [(U, 1, False), (U, 2, False), (D, 3, True)]
+    # three timeouts then a refusal: one 'no_host' answer of the 4 --host-dead-after needs
+    seen = nights(entry(), [timeout] * 3 + [refused] * 4)
+    assert seen[3:] == [(U, 4, False), (U, 5, False), (U, 6, False), (D, 7, True)]
+    # 404s count as 'no_host' evidence too; a transient night between two 404s keeps the count
+    assert nights(entry(), [gone, refused, refused, refused])[-1] == (D, 4, True)
+    assert nights(entry(), [gone, timeout, gone]) == [(U, 1, False), (U, 2, False), (D, 3, True)]
+    # the ingest fetch's 404 is one 'gone' answer; a transient failure at ingest is none
+    assert nights(entry(schema.HTTP_ERROR, http_status=404), [gone])[0] == (D, 2, True)
+    assert nights(entry(schema.TIMEOUT), [gone, gone]) == [(U, 2, False), (D, 3, True)]
+
+
 @pytest.mark.parametrize(
     "check",
     [
@@ -250,7 +266,7 @@ def test_history_read_errors_fail_instead_of_starting_over(tmp_path):
     history = str(tmp_path / "history")
     assert liveness_history.previous_night(history, NIGHT) is None  # no history yet: the first night
     directory = write_night(history, NIGHT - datetime.timedelta(days=1))
-    assert liveness_history.night_files(history, NIGHT - datetime.timedelta(days=1))
+    assert liveness_history.night_files(history, NIGHT - datetime.timedelta(days=1))[0]
 
     with mock.patch.object(FileSystems, "match", side_effect=OSError("503 backend error")):
         with pytest.raises(EnvironmentFailure, match=r"cannot list the history .*history.*503 backend error"):

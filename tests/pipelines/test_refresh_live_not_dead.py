@@ -13,12 +13,22 @@ loopback web, real snapshots, the real job over several nights with one --histor
 - a snapshot table whose rows have no key: all were merged into one row, "balanced" behind exit 0;
 - two slices of one manifest ingested apart, given as two --snapshots: one URL of each key merged away;
 - a key whose URL changed between two snapshots (a re-ingested, edited manifest renumbers its
-  lines): the old URL's history is not the new URL's.
+  lines): the old URL's history is not the new URL's;
+- a server that never answers HEAD (the request times out) but serves the picture to GET;
+- a host serving one maintenance page (HTML, in place or through a redirect) for most of its URLs:
+  every URL a soft 404, 'gone', all dead on the second night;
+- a failure streak of transient nights ending in one 404: the 500 counted as evidence, one 404 was
+  enough (also read from a history written before the gone/evidence counters).
 """
 
+import datetime
+import hashlib
+import json
 import os
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import ingest as ingest_job
@@ -27,6 +37,7 @@ from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.synthetic_out import fetched_ok_row, write_snapshot_table
 from tests.table_readers import one_line
+from transforms import schema
 from transforms.liveness import verdicts
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -37,7 +48,7 @@ def write_snapshot(directory, rows):
     return write_snapshot_table(directory, [fetched_ok_row(key, url, body) for key, url, body in rows])
 
 
-def night(tmp_path, snapshot, date):
+def night(tmp_path, snapshot, date, **extra):
     out = str(tmp_path / f"refresh-{date}")
     args = {
         "snapshot": snapshot,
@@ -47,6 +58,7 @@ def night(tmp_path, snapshot, date):
         "allow-network": "127.0.0.1/32",
         "timeout": 5,
         "retries": 0,
+        **extra,
     }
     refresh_job.run(local_options(**args))
     rows = ds.dataset(os.path.join(out, "status"), format="parquet").to_table().to_pylist()
@@ -87,6 +99,24 @@ def test_a_500_to_head_alone_is_no_verdict_when_get_serves_the_picture(tmp_path)
         snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
         row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
     assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.HEAD_GET, 200), row["reason"]
+
+
+def test_a_head_that_times_out_is_no_verdict_when_get_serves_the_picture(tmp_path):
+    body = jpeg(20)
+    with SampleWebServer() as web:
+        # servers (and proxies) that never answer HEAD: the request times out, GET is served.
+        # Settled by the HEAD, such a URL was unreachable every night, then dead after
+        # --unreachable-dead-after nights (2 here)
+        web.routes["/photo.jpg"] = lambda method, headers, n: (
+            Reply(200, b"", JPEG, delay=3) if method == "HEAD" else Reply(200, body, JPEG)
+        )
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
+        nights = [
+            night(tmp_path, snapshot, d, timeout=1, **{"unreachable-dead-after": 2})["cc3m:1"]
+            for d in ("2030-02-01", "2030-02-02")
+        ]
+    assert [r["status"] for r in nights] == [verdicts.ALIVE] * 2, [r["reason"] for r in nights]
+    assert all((r["method"], r["requests"], r["http_status"]) == (verdicts.HEAD_GET, 2, 200) for r in nights)
 
 
 @pytest.mark.parametrize("refusal", [412, 400])
@@ -229,3 +259,92 @@ def test_snapshot_rows_without_a_key_are_bad_input_not_merged_into_one(tmp_path,
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("refresh:")]
     assert len(err) == 1 and "no key" in err[0] and "Traceback" not in err[0], err
     assert not (out / "status").exists() and not (out / "summary.json").exists()
+
+
+def test_transient_nights_ending_in_one_404_are_not_dead(tmp_path):
+    body = jpeg(18)
+    answers = {"night": 0}
+    with SampleWebServer() as web:
+        # night 1 the server fails (500), nights 2 and 3 it answers 404: one 'gone' answer on
+        # night 2 is not proof (a deploy that briefly breaks a path), two are
+        web.routes["/photo.jpg"] = lambda method, headers, n: Reply(500) if answers["night"] == 0 else Reply(404)
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
+        nights = []
+        for n, date in enumerate(("2030-02-01", "2030-02-02", "2030-02-03")):
+            answers["night"] = n
+            nights.append(night(tmp_path, snapshot, date)["cc3m:1"])
+    assert [r["status"] for r in nights] == [verdicts.UNREACHABLE, verdicts.UNREACHABLE, verdicts.DEAD], [
+        r["reason"] for r in nights
+    ]
+    assert [(r["consecutive_failures"], r["gone_failures"]) for r in nights] == [(1, 0), (2, 1), (3, 2)]
+    assert "1 'gone' answer(s) in 2 failed night(s)" in nights[1]["reason"]
+
+
+@pytest.mark.parametrize("failure, verdict", [("gone", verdicts.DEAD), ("transient", verdicts.UNREACHABLE)])
+def test_a_history_without_the_answer_counters_is_read_and_counts_its_nights_answer(tmp_path, failure, verdict):
+    with SampleWebServer() as web:
+        url = web.url("/photo.jpg")
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", url, jpeg(19))])
+        # a night written before gone_failures/evidence_failures existed: one failed night
+        old = [n for n in schema.REFRESH_FIELDS if n[0] not in ("gone_failures", "evidence_failures")]
+        row = {n: None for n, _ in old} | {"key": "cc3m:1", "url": url, "status": verdicts.UNREACHABLE}
+        row |= {"night": datetime.date(2030, 1, 31), "failure": failure, "consecutive_failures": 1}
+        directory = tmp_path / "history" / "2030-01-31"
+        directory.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([row], schema=pa.schema(old)), str(directory / "part-0.parquet"))
+        (directory / "_COMPLETE").write_text(
+            json.dumps({"night": "2030-01-31", "rows": 1, "files": ["part-0.parquet"]})
+        )
+        tonight = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]  # a 404 (no route)
+    assert (tonight["status"], tonight["previous_status"]) == (verdict, verdicts.UNREACHABLE), tonight["reason"]
+    assert tonight["consecutive_failures"] == 2 and tonight["gone_failures"] == (2 if failure == "gone" else 1)
+
+
+MAINTENANCE = b"<html><body>Down for maintenance, back soon</body></html>"
+
+
+def test_one_page_for_most_urls_of_a_host_is_an_outage_not_each_url_gone(tmp_path):
+    pictures = {f"/p/{n}.jpg": jpeg(30 + n) for n in range(8)}
+    html = {"Content-Type": "text/html"}
+    with SampleWebServer() as web:
+        # 6 of the host's 8 URLs get its maintenance page: 3 in place, 3 through a redirect
+        for n, path in enumerate(pictures):
+            if n < 3:
+                web.routes[path] = Reply(200, MAINTENANCE, html)
+            elif n < 6:
+                web.routes[path] = Reply(302, b"", {"Location": "/maintenance"})
+            else:
+                web.routes[path] = Reply(200, pictures[path], JPEG)
+        web.routes["/maintenance"] = Reply(200, MAINTENANCE, html)
+        rows = [(f"cc3m:{n}", web.url(path), body) for n, (path, body) in enumerate(pictures.items())]
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), rows)
+        nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
+    for rows in nights:
+        down = [rows[f"cc3m:{n}"] for n in range(6)]
+        assert {(r["status"], r["failure"]) for r in down} == {(verdicts.UNREACHABLE, verdicts.NO_HOST)}, [
+            r["reason"] for r in down
+        ]
+        assert all("host outage" in r["reason"] and "6 of its 8 URLs" in r["reason"] for r in down)
+        assert {rows[f"cc3m:{n}"]["status"] for n in (6, 7)} == {verdicts.ALIVE}
+    assert nights[1]["cc3m:0"]["evidence_failures"] == 2 and nights[1]["cc3m:0"]["gone_failures"] == 0
+    summary = json.loads((tmp_path / "refresh-2030-02-02" / "summary.json").read_text())
+    assert summary["host_outages"] == [
+        {"host": "127.0.0.1", "page_sha256": hashlib.sha256(MAINTENANCE).hexdigest(), "urls": 6, "urls_checked": 8}
+    ]
+
+
+def test_a_soft_404_page_on_a_few_urls_of_a_host_is_still_gone(tmp_path):
+    pictures = {f"/p/{n}.jpg": jpeg(40 + n) for n in range(8)}
+    with SampleWebServer() as web:
+        # 4 URLs (under the 5 an outage needs) get the same page: evidence about each URL
+        for n, path in enumerate(pictures):
+            page = n < 4
+            web.routes[path] = (
+                Reply(200, MAINTENANCE, {"Content-Type": "text/html"}) if page else Reply(200, pictures[path], JPEG)
+            )
+        rows = [(f"cc3m:{n}", web.url(path), body) for n, (path, body) in enumerate(pictures.items())]
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), rows)
+        nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
+    assert [nights[1][f"cc3m:{n}"]["status"] for n in range(8)] == [verdicts.DEAD] * 4 + [verdicts.ALIVE] * 4
+    assert {nights[0][f"cc3m:{n}"]["failure"] for n in range(4)} == {verdicts.GONE}
+    assert json.loads((tmp_path / "refresh-2030-02-02" / "summary.json").read_text())["host_outages"] == []

@@ -278,7 +278,8 @@ class FindPlaceholders(beam.PTransform):
 
 
 class Judge(beam.PTransform):
-    """Checked URLs + last night's history rows (key, row) -> one status row per key."""
+    """Checked URLs + last night's history rows (key, row) + placeholders + host outages (optional)
+    -> one status row per key."""
 
     def __init__(self, params):
         super().__init__()
@@ -286,6 +287,7 @@ class Judge(beam.PTransform):
 
     def expand(self, inputs):
         checked, previous, placeholders = inputs["checked"], inputs["previous"], inputs["placeholders"]
+        outages = inputs["outages"] if "outages" in inputs else checked.pipeline | "NoOutages" >> beam.Create([])
         params = self._params
         per_key = checked | "PerKey" >> beam.FlatMap(
             lambda item: [(e["key"], (e, item["check"])) for e in item["entries"]]
@@ -293,11 +295,14 @@ class Judge(beam.PTransform):
         return (
             {"now": per_key, "previous": previous}
             | "WithHistory" >> beam.CoGroupByKey()
-            | "Verdicts" >> beam.FlatMap(_judge_joined, beam.pvalue.AsDict(placeholders), params)
+            | "Verdicts"
+            >> beam.FlatMap(
+                _judge_joined, beam.pvalue.AsDict(placeholders), params, outages=beam.pvalue.AsDict(outages)
+            )
         )
 
 
-def _judge_joined(item, detected, params):
+def _judge_joined(item, detected, params, outages=None):
     _key, grouped = item
     previous = next(iter(grouped["previous"]), None)
     for entry, check in grouped["now"]:
@@ -305,7 +310,7 @@ def _judge_joined(item, detected, params):
         # lines (cc3m:7 is another URL now). Another URL's streak or dead verdict is no evidence
         # about this one: its first night here, judged from its own ingest fetch.
         same_url = previous is not None and (previous.get("url") or "").strip() == (entry.get("url") or "").strip()
-        yield judge(entry, check, previous if same_url else None, detected, params)
+        yield judge(entry, check, previous if same_url else None, detected, params, outages)
 
 
 class WriteStatusTable(beam.PTransform):

@@ -17,6 +17,7 @@ from transforms.liveness.checks import WriteStatusTable
 
 __all__ = [
     "HISTORY_COLUMNS",
+    "STREAK_COLUMNS",
     "COMPLETE_MARKER",
     "night_dir",
     "complete_nights",
@@ -32,6 +33,9 @@ __all__ = [
 
 
 HISTORY_COLUMNS = ["key", "url", "night", "status", "consecutive_failures", "previous_nights", "dead_since"]
+# Read when every file of the night has them: a history written before they existed is still read
+# (verdicts.streak_after then counts the night's own failure kind as the streak's only evidence).
+STREAK_COLUMNS = ["failure", "gone_failures", "evidence_failures"]
 COMPLETE_MARKER = "_COMPLETE"
 
 
@@ -98,7 +102,7 @@ def previous_night(history: str, night: datetime.date) -> datetime.date | None:
     return earlier[-1] if earlier else None
 
 
-def night_files(history: str, night: datetime.date) -> list[str]:
+def night_files(history: str, night: datetime.date) -> tuple[list[str], list[str]]:
     """The Parquet files of a complete night, checked before the job starts: the ones its _COMPLETE
     marker lists must all be there and readable, with the history columns.
 
@@ -111,7 +115,8 @@ def night_files(history: str, night: datetime.date) -> list[str]:
         history: the --history directory.
         night: a complete night (complete_nights()).
     Returns:
-        the files' paths, sorted.
+        (the files' paths, sorted; the columns to read: HISTORY_COLUMNS and the STREAK_COLUMNS
+        that every file holds).
     Raises:
         BadInput: the night is damaged: a marker that does not list files, a listed file missing,
             a footer that does not read (DamagedTable), a file without the history columns.
@@ -150,6 +155,7 @@ def night_files(history: str, night: datetime.date) -> list[str]:
             + f"; {repair}"
         )
     paths = sorted(present[name] for name in listed)
+    optional = set(STREAK_COLUMNS)
     for path in paths:
         try:
             handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
@@ -163,7 +169,8 @@ def night_files(history: str, night: datetime.date) -> list[str]:
         absent = [c for c in HISTORY_COLUMNS if c not in names]
         if absent:
             raise BadInput(f"the history file {path} has no {', '.join(absent)} column: not a history night; {repair}")
-    return paths
+        optional &= names
+    return paths, HISTORY_COLUMNS + [c for c in STREAK_COLUMNS if c in optional]
 
 
 def delete_matching(pattern: str) -> None:
@@ -204,7 +211,7 @@ class ReadHistory(beam.PTransform):
         self._history = history
         self._night = night
         self.previous = previous_night(history, night) if history else None
-        self._files = night_files(history, self.previous) if self.previous else []
+        self._files, self._columns = night_files(history, self.previous) if self.previous else ([], [])
 
     def expand(self, pbegin):
         if self.previous is None:
@@ -213,7 +220,7 @@ class ReadHistory(beam.PTransform):
             pbegin
             # why: exactly the files the night's marker lists, not whatever else sits in the
             # folder; pages verified (a damaged page would read as other streaks, other statuses)
-            | "ReadNight" >> ReadTableRecords(self._files, HISTORY_COLUMNS)
+            | "ReadNight" >> ReadTableRecords(self._files, self._columns)
             | "ByKey" >> beam.Map(lambda row: (row["key"], row))
         )
 

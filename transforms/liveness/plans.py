@@ -100,7 +100,8 @@ def plan_check(url: str, entries: list, params) -> dict:
 
 def head_settles(head):
     """True when a HEAD answer is enough: the URL is failing. A 2xx, a refused HEAD (405/501), another
-    4xx (servers that mishandle HEAD), a connection dropped without an answer, or a 404/410/451 needs
+    4xx (servers that mishandle HEAD), a connection dropped or a HEAD left without an answer (a
+    timeout, the connection made), or a 404/410/451 needs
     the GET: a 'gone' answer is evidence that makes a URL dead, and servers whose handlers only know
     GET answer HEAD with their 404 page while GET serves the picture, so only the GET's answer is
     taken as evidence."""
@@ -121,7 +122,12 @@ def head_settles(head):
         # servers and firewalls that drop HEAD do while GET serves the picture: settled here, a
         # live URL would be unreachable every night, then dead after --unreachable-dead-after
         return False
-    return True  # timeout, no connection, blocked, invalid redirect, opted out
+    if head.status == schema.TIMEOUT and not (head.unconnectable or head.skipped):
+        # why: the host took the connection and never answered the HEAD (servers and proxies that
+        # ignore HEAD) while GET serves the picture; the GET has its own --timeout. A connect
+        # that timed out is about the host (it feeds the breaker): no second request then
+        return False
+    return True  # no connection (also in time), blocked, invalid redirect, opted out
 
 
 def conditional_settles(answer) -> bool:

@@ -239,12 +239,20 @@ class SummarizeRefresh(beam.PTransform):
                 "rows_in": beam.pvalue.AsList(inputs["rows_in"]),
                 "merged": beam.pvalue.AsSingleton(inputs["merged"]),
             }
+        if "outages" in inputs:  # host_outages.FindHostOutages: ((host, page), (URLs, URLs checked))
+            books["outages"] = beam.pvalue.AsList(inputs["outages"])
 
         def write(_, totals, top, host_count, urls, placeholders, frequent, written, **counts):
             summary = build_refresh_summary(
                 totals, top, host_count, urls, placeholders, frequent, night, previous, started_at, time.time(), options
             )
             summary["written"] = sorted(file_name(f) for f in written)
+            outages = counts.pop("outages", None)
+            if outages is not None:
+                summary["host_outages"] = [
+                    {"host": host, "page_sha256": page, "urls": n, "urls_checked": checked}
+                    for (host, page), (n, checked) in sorted(outages)
+                ]
             if counts:
                 summary["books"] = refresh_books(counts["rows_in"], counts["merged"], written)
             write_json(path, summary)

@@ -54,6 +54,7 @@ __all__ = [
     "PLACEHOLDER_FILE_NAME",
     "RefreshParams",
     "parse_placeholder",
+    "utc_today",
     "parse_night",
     "host_of",
     "is_http",
@@ -75,7 +76,9 @@ __all__ = [
     "placeholder_reason",
     "same_picture",
     "placeholder_votes",
+    "soft_404_page",
     "observe",
+    "streak_after",
     "verdict_of",
     "judge",
 ]
@@ -156,13 +159,36 @@ def parse_placeholder(value):
     raise ValueError(f"--placeholder takes a sha256 (64 hex digits) or a pHash (16 hex digits), got {value!r}")
 
 
-def parse_night(value):
+def utc_today() -> datetime.date:
+    """Today's date in UTC: the default --night, and the latest night but one a run may judge."""
+    return datetime.datetime.now(datetime.timezone.utc).date()
+
+
+def parse_night(value: str | None, today: datetime.date | None = None) -> datetime.date:
+    """--night YYYY-MM-DD (default: today, UTC), at most a day after today.
+
+    Args:
+        value: the --night value, or None.
+        today: today's date (default: utc_today()).
+    Returns:
+        the night.
+    Raises:
+        ValueError: not a date, or more than a day after today: a night not yet come sorts after
+            every real night of --history (why one day: a schedule east of UTC may name tomorrow).
+    """
+    today = today or utc_today()
     if value is None:
-        return datetime.datetime.now(datetime.timezone.utc).date()
+        return today
     try:
-        return datetime.date.fromisoformat(str(value).strip())
+        night = datetime.date.fromisoformat(str(value).strip())
     except ValueError:
         raise ValueError(f"--night takes YYYY-MM-DD, got {value!r}") from None
+    if night > today + datetime.timedelta(days=1):
+        raise ValueError(
+            f"--night {night.isoformat()} is more than a day after today ({today.isoformat()}, UTC): give the"
+            " night being judged (default: today)"
+        )
+    return night
 
 
 # ---- snapshot entries -----------------------------------------------------------------------------
@@ -264,12 +290,13 @@ def ingest_night(entry: dict, params: RefreshParams) -> dict:
         entry: the key's snapshot entry (snapshot_entry()).
         params: the night's RefreshParams (the same --dead-after applies to the ingest fetch).
     Returns:
-        {"status": verdict, "consecutive_failures": 0 or 1}, a stand-in for a history row.
+        {"status": verdict, "consecutive_failures", "gone_failures", "evidence_failures": 0 or 1},
+        a stand-in for a history row.
     """
     failure = ingest_failure(entry)
-    if failure is None:
-        return {"status": ALIVE, "consecutive_failures": 0}
-    return {"status": verdict_of("failed", failure, 1, params), "consecutive_failures": 1}
+    streak = streak_after(None, failure)
+    status = ALIVE if failure is None else verdict_of("failed", failure, streak, params)
+    return {"status": status, **streak}
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------
@@ -369,7 +396,23 @@ def placeholder_votes(entries, check, params):
     return []
 
 
-def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> dict:
+def soft_404_page(check: dict) -> str | None:
+    """The sha256 of the page a check got instead of a picture (a soft 404: a 2xx with a body that is
+    neither an image by Content-Type nor by its first bytes), or None.
+
+    Args:
+        check: tonight's check of a URL.
+    Returns:
+        the body's sha256, or None when the check is no soft 404.
+    """
+    if check.get("status") != schema.OK or check.get("not_modified") or check.get("sha256") == EMPTY_SHA256:
+        return None
+    if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
+        return check.get("sha256")
+    return None
+
+
+def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, outages: dict | None = None) -> dict:
     """What tonight's check says about one key, before the history rules.
 
     Args:
@@ -377,6 +420,8 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         check: tonight's check of its URL (plans.finish_check(), plans.check_file()).
         detected: {sha256: n} of the many-URLs placeholder rule.
         params: the night's settings.
+        outages: {(host, page sha256): (URLs served it, URLs of the host checked)} of the hosts
+            that served one page to most of their URLs tonight (host_outages.FindHostOutages).
     Returns:
         {"kind": "same" | "new" | "unchecked" | "changed" | "failed", "failure", "reason", "sha256",
         "phash", "bytes_changed", "phash_distance", "placeholder", "picture_unchecked"}.
@@ -434,7 +479,17 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
         ):  # an SVG, a HEIC...: not the same HTML page
             return unchecked(check["sha256"], "same bytes as the snapshot")
         if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
-            return failed(GONE, f"soft 404: serves {check.get('content_type') or 'no Content-Type'}, not an image")
+            served = check.get("content_type") or "no Content-Type"
+            outage = (outages or {}).get((entry.get("host"), check.get("sha256")))
+            if outage:
+                # why: one page for most URLs of a host is the host down (maintenance, parking),
+                # not each URL gone: evidence about the host (--host-dead-after), not 'gone'
+                return failed(
+                    NO_HOST,
+                    f"host outage: serves one same page ({served}) to {outage[0]} of its {outage[1]}"
+                    " URLs checked tonight",
+                )
+            return failed(GONE, f"soft 404: serves {served}, not an image")
         if check.get("image_status") != schema.OK:  # a format we cannot decode, or a broken picture
             return failed(
                 TRANSIENT,
@@ -470,8 +525,46 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams) -> 
     return obs
 
 
+def _streak_counts(row: dict) -> tuple[int, int, int]:
+    """(consecutive, gone, evidence) failures of a history row (or ingest_night()'s stand-in).
+
+    A history written before the gone/evidence counters existed has only the streak and the
+    night's failure kind: tonight's answer is then the one known 'gone' or 'no_host' answer of
+    the streak. why: a lower bound: a URL then waits at most a night longer, never dies sooner.
+    """
+    consecutive = row.get("consecutive_failures") or 0
+    gone, evidence = row.get("gone_failures"), row.get("evidence_failures")
+    if gone is None or evidence is None:
+        failure = row.get("failure") if consecutive else None
+        gone = int(failure == GONE)
+        evidence = int(failure in (GONE, NO_HOST))
+    return consecutive, gone, evidence
+
+
+def streak_after(before: dict | None, failure: str | None) -> dict:
+    """The failure streak tonight: the night before's counts plus tonight's answer, all reset by a
+    success.
+
+    Args:
+        before: the night before's row (a history row or ingest_night()'s stand-in); None: no
+            night before (the ingest fetch judged as a night).
+        failure: tonight's failure kind, None when the check succeeded.
+    Returns:
+        {"consecutive_failures": failed nights in a row, "gone_failures": of those, the 'gone'
+        answers, "evidence_failures": the 'gone' and 'no_host' answers}, tonight included.
+    """
+    if failure is None:
+        return {"consecutive_failures": 0, "gone_failures": 0, "evidence_failures": 0}
+    consecutive, gone, evidence = _streak_counts(before or {})
+    return {
+        "consecutive_failures": consecutive + 1,
+        "gone_failures": gone + int(failure == GONE),
+        "evidence_failures": evidence + int(failure in (GONE, NO_HOST)),
+    }
+
+
 def verdict_of(
-    kind: str, failure: str | None, consecutive_failures: int, params: RefreshParams, previous_status: str | None = None
+    kind: str, failure: str | None, streak: dict, params: RefreshParams, previous_status: str | None = None
 ) -> str:
     """The night's verdict from the observation, the failure streak (tonight included) and the
     night before's verdict: a dead URL stays dead while it keeps failing, whatever the failure.
@@ -479,7 +572,7 @@ def verdict_of(
     Args:
         kind: observe()'s kind: "same", "new", "unchecked", "changed" or "failed".
         failure: the failure kind (GONE, NO_HOST, TRANSIENT, UNFETCHABLE) when failed.
-        consecutive_failures: failed nights in a row, tonight included.
+        streak: streak_after()'s counts, tonight included.
         params: --dead-after, --host-dead-after, --unreachable-dead-after.
         previous_status: the verdict of the night before (ingest_night() on a first night).
     Returns:
@@ -491,16 +584,25 @@ def verdict_of(
         return CHANGED
     if failure == UNFETCHABLE or previous_status == DEAD:
         return DEAD
-    if failure == GONE and consecutive_failures >= max(params.dead_after, 1):
+    # why the answers, not the failed nights: a 500 then one 404 is one 'gone' answer, and a
+    # single 404 is not proof (docs/refresh.md, "Why these defaults")
+    if failure == GONE and streak["gone_failures"] >= max(params.dead_after, 1):
         return DEAD
-    if failure == NO_HOST and consecutive_failures >= max(params.host_dead_after, 1):
+    if failure == NO_HOST and streak["evidence_failures"] >= max(params.host_dead_after, 1):
         return DEAD
-    if params.unreachable_dead_after and consecutive_failures >= params.unreachable_dead_after:
+    if params.unreachable_dead_after and streak["consecutive_failures"] >= params.unreachable_dead_after:
         return DEAD
     return UNREACHABLE
 
 
-def judge(entry: dict, check: dict, previous: dict | None, detected: dict, params: RefreshParams) -> dict:
+def judge(
+    entry: dict,
+    check: dict,
+    previous: dict | None,
+    detected: dict,
+    params: RefreshParams,
+    outages: dict | None = None,
+) -> dict:
     """One status row: a snapshot key, tonight's check of its URL, and its latest history row.
 
     Args:
@@ -510,22 +612,30 @@ def judge(entry: dict, check: dict, previous: dict | None, detected: dict, param
             the night before: ingest_night()).
         detected: {sha256: n} of the many-URLs placeholder rule.
         params: the night's settings.
+        outages: observe()'s host outages.
     Returns:
         the row, with the columns of schema.REFRESH_SCHEMA.
     """
-    obs = observe(entry, check, detected, params)
+    obs = observe(entry, check, detected, params, outages)
     failed = obs["kind"] == "failed"
     previous_status = (previous or {}).get("status")
     # No history row: the ingest fetch is the night before (docs/refresh.md, "The first night").
     before_row = previous if previous is not None else ingest_night(entry, params)
     before = before_row.get("status")
-    consecutive = (before_row.get("consecutive_failures") or 0) + 1 if failed else 0
-    verdict = verdict_of(obs["kind"], obs["failure"], consecutive, params, before)
+    streak = streak_after(before_row, obs["failure"] if failed else None)
+    consecutive = streak["consecutive_failures"]
+    verdict = verdict_of(obs["kind"], obs["failure"], streak, params, before)
     reason = obs["reason"]
     since = "" if previous is not None or consecutive <= 1 else ", the ingest fetch included"
     if failed and verdict == UNREACHABLE and obs["failure"] in (GONE, NO_HOST):
-        after = params.dead_after if obs["failure"] == GONE else params.host_dead_after
-        reason += f" (failed {consecutive} night(s) in a row{since}; dead after {after})"
+        if obs["failure"] == GONE:
+            answers, after, what = streak["gone_failures"], params.dead_after, "'gone'"
+        else:
+            answers, after, what = streak["evidence_failures"], params.host_dead_after, "'gone' or 'no_host'"
+        reason += (
+            f" ({answers} {what} answer(s) in {consecutive} failed night(s) in a row{since};"
+            f" dead after {after} such answers)"
+        )
     elif failed and verdict == DEAD and before == DEAD:
         # why two texts: on a key's first night the "night before" is its ingest fetch, not a night
         reason += " (dead since an earlier night, still failing)" if previous else " (dead at its ingest fetch too)"
@@ -556,7 +666,7 @@ def judge(entry: dict, check: dict, previous: dict | None, detected: dict, param
         "placeholder": obs["placeholder"],
         "final_url": check.get("final_url"),
         "picture_unchecked": obs["picture_unchecked"],
-        "consecutive_failures": consecutive,
+        **streak,
         "previous_nights": ((previous.get("previous_nights") or 0) + 1) if previous else 0,
         "previous_status": previous_status,
         "newly_dead": verdict == DEAD and before != DEAD,
