@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import job_runner, preflight
 from pipelines.report import run_resources
 from transforms.fetch.client import FetchConfig
+from transforms.io.manifests import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
 from transforms.io.table_record import check_recorded_table
@@ -119,6 +120,12 @@ class RefreshOptions(PipelineOptions):
             f" {REFRESH_PLACEHOLDER_MIN_URLS} in the refresh)",
         )
         rules.add_argument(
+            "--accept-dark-night",
+            action="store_true",
+            help="record the night even when most hosts that served pictures before serve none"
+            " (by default such a night is refused, exit 1: the run's network, not the web, failed)",
+        )
+        rules.add_argument(
             "--no-head",
             action="store_true",
             help="GET at once where the snapshot recorded no ETag/Last-Modified, instead of HEAD first",
@@ -177,14 +184,8 @@ def snapshot_pattern(value):
     return value.rstrip("/"), join_path(value, "images", "*.parquet")
 
 
-def _norm(path):
-    if "://" in path:
-        return path.rstrip("/")
-    return os.path.abspath(path)
-
-
 def _inside(path, root):
-    path, root = _norm(path), _norm(root)
+    path, root = path_identity(path), path_identity(root)
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -207,7 +208,7 @@ def resolve(opts):
         except ValueError as exc:
             raise ValueError(f"--snapshot {root}: {exc}") from None
         snapshots.append((root, pattern, columns))
-    if opts.history and _norm(opts.history) == _norm(opts.output):
+    if opts.history and path_identity(opts.history) == path_identity(opts.output):
         raise ValueError("--history and --output must be different directories")
     if opts.history and "://" not in opts.history and os.path.isfile(opts.history):
         raise ValueError(f"--history {opts.history} is an existing file, not a directory")
@@ -276,6 +277,7 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
         started_at,
         opts.summary_hosts,
         _options_snapshot(opts, params),
+        opts.accept_dark_night,
     )
     night = {}
     if opts.history:
@@ -306,6 +308,7 @@ def _options_snapshot(opts, params):
         "per_host",
         "max_rate",
         "allow_network",
+        "accept_dark_night",
     )
     snapshot = {name: getattr(opts, name, None) for name in keep}
     snapshot.update(night=params.night.isoformat(), max_distance=params.max_distance)

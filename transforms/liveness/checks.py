@@ -15,6 +15,7 @@ from transforms.errors import BadInput
 from transforms.fetch.client import Fetcher
 from transforms.io.checked_parquet import ReadTableRecords, WriteTableFiles
 from transforms.io.manifests import LINE_KEYED
+from transforms.liveness.dark_night import had_picture
 from transforms.liveness.plans import check_file, finish_check, new_check, plan_check, run_plan
 from transforms.liveness.verdicts import (
     ALIVE,
@@ -332,13 +333,17 @@ class WriteStatusTable(beam.PTransform):
 
 
 def host_counts(row):
-    return row["host"] or "(no host)", tuple(int(row["status"] == v) for v in VERDICTS)
+    """(host, (one count per verdict..., rows with a picture the night before)) of a status row."""
+    verdicts = tuple(int(row["status"] == v) for v in VERDICTS)
+    return row["host"] or "(no host)", (*verdicts, int(had_picture(row)))
 
 
 def host_record(host, counts):
-    record = {"host": host, "rows": sum(counts)}
-    record.update(zip(VERDICTS, counts, strict=True))
+    *verdicts, pictures_before = counts
+    record = {"host": host, "rows": sum(verdicts)}
+    record.update(zip(VERDICTS, verdicts, strict=True))
     record["success_rate"] = round(record[ALIVE] / record["rows"], 6) if record["rows"] else None
+    record["pictures_before"] = pictures_before  # why: dark_night.py counts the hosts that served
     return record
 
 
@@ -346,7 +351,7 @@ def _sum_tuples(tuples):
     total = None
     for t in tuples:
         total = t if total is None else tuple(a + b for a, b in zip(total, t, strict=True))
-    return total or (0,) * len(VERDICTS)
+    return total or (0,) * (len(VERDICTS) + 1)
 
 
 class HostTable(beam.PTransform):
@@ -364,7 +369,7 @@ class HostTable(beam.PTransform):
 HOST_SCHEMA = pa.schema(
     [("host", pa.string()), ("rows", pa.int64())]
     + [(v, pa.int64()) for v in VERDICTS]
-    + [("success_rate", pa.float64())]
+    + [("success_rate", pa.float64()), ("pictures_before", pa.int64())]
 )
 
 

@@ -10,6 +10,7 @@ import apache_beam as beam
 
 from transforms.errors import BooksUnbalanced
 from transforms.io.sinks import file_name, join_path, write_json
+from transforms.liveness.dark_night import DarkNightCounts, check_dark_night, dark_night_record
 from transforms.liveness.verdicts import ALIVE, BASELINE_STATUSES, CHANGED, DEAD, VERDICTS
 
 __all__ = [
@@ -217,10 +218,11 @@ class SummarizeRefresh(beam.PTransform):
     files are final. With "rows_in" and "merged" (ReadSnapshots' books) the books go in the summary
     and are checked once it is written (BooksUnbalanced, exit 1): its path comes out only if they balance."""
 
-    def __init__(self, out_dir, night, previous, started_at, top_hosts=100, options=None):
+    def __init__(self, out_dir, night, previous, started_at, top_hosts=100, options=None, accept_dark_night=False):
         super().__init__()
         self._out_dir, self._night, self._previous = out_dir, night, previous
         self._started_at, self._top_hosts, self._options = started_at, top_hosts, options
+        self._accept_dark_night = accept_dark_night
 
     def expand(self, inputs):
         rows, checked, hosts = inputs["rows"], inputs["checked"], inputs["hosts"]
@@ -230,6 +232,9 @@ class SummarizeRefresh(beam.PTransform):
         # Only the top hosts reach the single summary writer: there can be hundreds of thousands.
         top = hosts | "TopHosts" >> beam.combiners.Top.Of(self._top_hosts, key=lambda h: (h["rows"], h["host"]))
         host_count = hosts | "CountHosts" >> beam.combiners.Count.Globally()
+        # why here: the night is refused where its books are, before anything is published
+        dark = hosts | "DarkNight" >> beam.CombineGlobally(DarkNightCounts())
+        accept_dark_night = self._accept_dark_night
         path = join_path(self._out_dir, "summary.json")
         night, previous, started_at, options = self._night, self._previous, self._started_at, self._options
 
@@ -242,10 +247,11 @@ class SummarizeRefresh(beam.PTransform):
         if "outages" in inputs:  # host_outages.FindHostOutages: ((host, page), (URLs, URLs checked))
             books["outages"] = beam.pvalue.AsList(inputs["outages"])
 
-        def write(_, totals, top, host_count, urls, placeholders, frequent, written, **counts):
+        def write(_, totals, top, host_count, urls, placeholders, frequent, written, dark, **counts):
             summary = build_refresh_summary(
                 totals, top, host_count, urls, placeholders, frequent, night, previous, started_at, time.time(), options
             )
+            summary["dark_night"] = dark_night_record(dark, accept_dark_night)
             summary["written"] = sorted(file_name(f) for f in written)
             outages = counts.pop("outages", None)
             if outages is not None:
@@ -258,6 +264,7 @@ class SummarizeRefresh(beam.PTransform):
             write_json(path, summary)
             if counts:
                 check_refresh_books(summary["books"])
+            check_dark_night(summary["dark_night"])
             return path
 
         return (
@@ -273,6 +280,7 @@ class SummarizeRefresh(beam.PTransform):
                 placeholders=beam.pvalue.AsList(placeholders),
                 frequent=beam.pvalue.AsSingleton(frequent),
                 written=beam.pvalue.AsList(written),
+                dark=beam.pvalue.AsSingleton(dark),
                 **books,
             )
         )
