@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -316,8 +317,18 @@ def output_lease(
             current = holder
             while not stop.wait(ttl_seconds / 3):
                 current = dataclasses.replace(current, expires_at=time.time() + ttl_seconds)
-                if not lease.renew(current):
-                    return
+                try:
+                    if not lease.renew(current):
+                        return
+                except Exception as exc:  # noqa: BLE001 (storage unreachable: tried again)
+                    # why: a failure ended this thread (a traceback on stderr) and the lease then
+                    # expired under a live run: the next run took it over, two writers on OUT.
+                    print(
+                        f"{job}: warning: could not renew the lease {lease_path(out)}"
+                        f" ({type(exc).__name__}: {exc}); trying again in {ttl_seconds / 3:g} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
         renewer = threading.Thread(target=renew, name="lease-renewal", daemon=True)
         renewer.start()

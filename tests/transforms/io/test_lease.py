@@ -118,3 +118,32 @@ def test_a_lease_whose_pid_is_gone_here_is_stale_and_a_live_one_is_not(tmp_path,
     with pytest.raises(ValueError, match="being written by ingest"):
         with lease_module.output_lease(alive, "rerun"):
             pass
+
+
+def test_a_gs_lease_renewal_that_fails_is_tried_again_and_the_lease_stays_held(gcs_emulator, monkeypatch, capsys):
+    # Before: one renewal failing (GCS unreachable past the client's own retries) ended the
+    # renewal thread with a traceback on stderr; the lease then expired while the run still wrote,
+    # and a second run (a scheduler's retry) took it over: two writers on one OUT.
+    from google.api_core.exceptions import ServiceUnavailable
+
+    gcs_emulator.bucket("renew-fails")
+    out = "gs://renew-fails/out"
+    failed = []
+    renew = lease_module._GcsLease.renew
+
+    def fails_once(self, holder):
+        if not failed:
+            failed.append(holder)
+            raise ServiceUnavailable("storage unreachable")
+        return renew(self, holder)
+
+    monkeypatch.setattr(lease_module._GcsLease, "renew", fails_once)
+    with lease_module.output_lease(out, "ingest", ttl_seconds=1.5):
+        time.sleep(3)  # renewed every 0.5 s; unrenewed, the lease expired at 1.5 s
+        with pytest.raises(ValueError, match="being written by ingest"):
+            with lease_module.output_lease(out, "second"):
+                pass
+    assert failed
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "could not renew the lease" in err, err
+    assert gcs_emulator.client().bucket("renew-fails").get_blob("out/_LEASE") is None  # released
