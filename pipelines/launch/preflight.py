@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.manifests import path_identity
-from transforms.io.sinks import read_json
+from transforms.io.sinks import matched_files, read_json
 from transforms.io.table_record import recorded_table
 
 __all__ = [
@@ -47,7 +47,7 @@ def _matches(pattern: str) -> list[str]:
     """The paths `pattern` matches (none: an empty list). A listing that fails (storage unreachable,
     no credentials, permission) is the environment's failure, not "no file": EnvironmentFailure."""
     try:
-        results = FileSystems.match([pattern])
+        return matched_files(pattern)
     except Exception as exc:  # noqa: BLE001 (Beam wraps each path's failure in one BeamIOError)
         details = getattr(exc, "exception_details", None) or {}
         cause = next((e for e in details.values() if isinstance(e, BaseException)), exc)
@@ -55,7 +55,6 @@ def _matches(pattern: str) -> list[str]:
         raise EnvironmentFailure(
             f"storage unreachable: cannot list {pattern} ({type(cause).__name__}: {what})"
         ) from exc
-    return sorted(m.path for r in results for m in r.metadata_list)
 
 
 def check_input_files(flag: str, pattern: str) -> list[str]:
