@@ -147,3 +147,22 @@ def test_a_gs_lease_renewal_that_fails_is_tried_again_and_the_lease_stays_held(g
     err = capsys.readouterr().err
     assert "Traceback" not in err and "could not renew the lease" in err, err
     assert gcs_emulator.client().bucket("renew-fails").get_blob("out/_LEASE") is None  # released
+
+
+def test_a_lease_is_kept_when_whether_to_keep_it_cannot_be_told(tmp_path):
+    # keep() asks whether OUT holds an unfinished table (parts, no summary.json); it fails when the
+    # storage does, at the end of a run that failed because the storage did. Before, the lease was
+    # then released: a flaky store answering the release left a half-published first table
+    # unmarked, and export, dedup and refresh read its parts, exit 0. Now it is kept, as a killed
+    # run's is (the next run here takes it over at once; readers of a finished table ignore it).
+    out = str(tmp_path / "out")
+
+    def cannot_tell() -> bool:
+        raise OSError("storage unreachable")
+
+    with lease_module.output_lease(out, "ingest", keep=cannot_tell):
+        pass
+    assert os.path.exists(os.path.join(out, lease_module.LEASE_NAME))
+    with lease_module.output_lease(out, "rerun", force_unlock=True, keep=lambda: False):  # this process holds it
+        pass
+    assert not os.path.exists(os.path.join(out, lease_module.LEASE_NAME))
