@@ -202,6 +202,9 @@ def resolve(opts):
         for name, path in (("--output", opts.output), ("--history", opts.history)):
             if path and (_inside(path, root) or _inside(root, path)):
                 raise ValueError(f"{name} {path} overlaps the snapshot {root}: a refresh never writes there")
+        # why: a snapshot in a bucket that does not exist is the user's mistake (exit 2, one line);
+        # its listing failed in snapshot_columns as Beam's BeamIOError, exit 1
+        preflight.list_matches(pattern, named=f"--snapshot {root}")
         try:
             columns = checks.snapshot_columns(pattern)
         except ValueError as exc:

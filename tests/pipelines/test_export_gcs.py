@@ -116,3 +116,14 @@ def test_a_blob_missing_on_gs_is_skipped_and_a_moved_out_is_read_where_it_is(gcs
     summary = json.loads(bucket.blob("exp/summary.json").download_as_bytes())
     assert summary["rows_read"] == 5 and summary["exported"] == 2
     assert summary["skipped"]["unreadable_blob"] == 1
+
+
+def test_an_export_into_a_bucket_that_does_not_exist_is_bad_input(gcs_emulator, capsys):
+    """A typo in --output's bucket: exit 2, one line naming the bucket. Before: exit 1, 'cannot take
+    the lease gs://.../_LEASE: NotFound: 404 POST ...', as if the storage had failed."""
+    from tests.table_readers import one_line
+
+    _table_on_gs(gcs_emulator.bucket("export-typo"))
+    argv = local_options(input="gs://export-typo/out", output="gs://no-such-bucket-y/exp", format="webdataset")
+    assert export.main(argv) == 2
+    assert "gs://no-such-bucket-y/exp: no bucket no-such-bucket-y" in one_line(capsys, "export")

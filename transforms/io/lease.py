@@ -308,6 +308,13 @@ def output_lease(
     except (BadInput, EnvironmentFailure):
         raise
     except Exception as exc:  # storage unreachable, no credentials: one line, exit 1
+        if remote and type(exc).__name__ == "NotFound":
+            # why: GCS answers 404 to creating an object only in a bucket that does not exist: a typo
+            # in --output's bucket is the user's mistake (it was exit 1, "cannot take the lease").
+            bucket = out[len("gs://") :].split("/", 1)[0]
+            raise BadInput(
+                f"{out}: no bucket {bucket} (or none this account can see); check the bucket's name"
+            ) from None
         raise EnvironmentFailure(f"cannot take the lease {lease_path(out)}: {type(exc).__name__}: {exc}") from None
     stop = threading.Event()
     renewer = None
