@@ -8,6 +8,7 @@ snapshot. docs/refresh.md has the verdict rules and every option.
 """
 
 import os
+import re
 import sys
 import time
 import uuid
@@ -122,8 +123,7 @@ class RefreshOptions(PipelineOptions):
         rules.add_argument(
             "--accept-dark-night",
             action="store_true",
-            help="record the night even when most hosts that served pictures before serve none"
-            " (by default such a night is refused, exit 1: the run's network, not the web, failed)",
+            help="record a night on which most hosts that served pictures serve none (default: exit 1)",
         )
         rules.add_argument(
             "--no-head",
@@ -175,11 +175,7 @@ def snapshot_pattern(value):
     """--snapshot value -> (root directory, Parquet file pattern)."""
     value = value.strip()
     if value.endswith(".parquet") or any(c in value for c in "*?["):
-        prefix = value
-        for i, char in enumerate(value):
-            if char in "*?[":
-                prefix = value[:i]
-                break
+        prefix = re.split(r"[*?[]", value, maxsplit=1)[0]  # what comes before the first glob character
         return prefix.rsplit("/", 1)[0] or prefix, value
     return value.rstrip("/"), join_path(value, "images", "*.parquet")
 
@@ -203,6 +199,8 @@ def resolve(opts):
         for name, path in (("--output", opts.output), ("--history", opts.history)):
             if path and (_inside(path, root) or _inside(root, path)):
                 raise ValueError(f"{name} {path} overlaps the snapshot {root}: a refresh never writes there")
+        # why: a bucket that does not exist is the user's mistake (exit 2), not BeamIOError's exit 1
+        preflight.list_matches(pattern, named=f"--snapshot {root}")
         try:
             columns = checks.snapshot_columns(pattern)
         except ValueError as exc:

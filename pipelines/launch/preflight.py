@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.manifests import path_identity
-from transforms.io.sinks import read_json
+from transforms.io.sinks import matched_files, read_json
 from transforms.io.table_record import recorded_table
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "check_output_dir",
     "check_output_of_job",
     "check_table",
+    "list_matches",
     "refuse_pattern_characters",
 ]
 
@@ -43,19 +44,70 @@ def _is_glob(path: str) -> bool:
     return any(c in path for c in GLOB_CHARS)
 
 
-def _matches(pattern: str) -> list[str]:
+def _matches(pattern: str, named: str = "") -> list[str]:
     """The paths `pattern` matches (none: an empty list). A listing that fails (storage unreachable,
-    no credentials, permission) is the environment's failure, not "no file": EnvironmentFailure."""
+    no credentials, permission) is the environment's failure, not "no file": EnvironmentFailure;
+    a gs:// bucket that does not exist is BadInput (`named`: how the user gave the path)."""
     try:
-        results = FileSystems.match([pattern])
+        return matched_files(pattern)
     except Exception as exc:  # noqa: BLE001 (Beam wraps each path's failure in one BeamIOError)
-        details = getattr(exc, "exception_details", None) or {}
-        cause = next((e for e in details.values() if isinstance(e, BaseException)), exc)
+        cause = _innermost(exc)
+        if _remote(pattern) and type(cause).__name__ == "NotFound":
+            # why: GCS answers 404 to listing a bucket that does not exist (a missing folder lists
+            # empty): a typo in the bucket's name was exit 1, "storage unreachable".
+            raise BadInput(f"{named or pattern}: {_no_bucket(pattern)}") from None
         what = one_line(str(cause)) or type(cause).__name__
         raise EnvironmentFailure(
             f"storage unreachable: cannot list {pattern} ({type(cause).__name__}: {what})"
         ) from exc
-    return sorted(m.path for r in results for m in r.metadata_list)
+
+
+def list_matches(pattern: str, named: str = "") -> list[str]:
+    """The paths a path or glob matches, sorted; checked as every input's listing is.
+
+    Args:
+        pattern: a path or glob, local or gs://.
+        named: how the user gave it ("--snapshot gs://b/out"), for the message.
+
+    Returns:
+        The matched paths ([] for none).
+
+    Raises:
+        BadInput: a gs:// bucket that does not exist.
+        EnvironmentFailure: the listing failed (storage unreachable, no credentials).
+    """
+    return _matches(pattern, named)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The failure inside Beam's BeamIOErrors (each wraps its paths' failures in exception_details)."""
+    for _ in range(5):
+        details = getattr(exc, "exception_details", None) or {}
+        inner = next((e for e in details.values() if isinstance(e, BaseException)), None)
+        if inner is None:
+            return exc
+        exc = inner
+    return exc
+
+
+def _no_bucket(path: str) -> str:
+    bucket = path.split("://", 1)[1].split("/", 1)[0]
+    return f"no bucket {bucket} (or none this account can see); check the bucket's name"
+
+
+def _check_bucket(flag: str, path: str) -> None:
+    """BadInput when a gs:// output's bucket does not exist; anything else (no permission to look
+    buckets up, storage unreachable) is left to the job's own first write."""
+    if not path.startswith("gs://"):
+        return
+    try:
+        import google.cloud.storage as storage  # noqa: PLC0415 (only for gs:// outputs)
+
+        found = storage.Client().lookup_bucket(path[len("gs://") :].split("/", 1)[0])
+    except Exception:  # noqa: BLE001 (403 without storage.buckets.get: the write will tell)
+        return
+    if found is None:
+        raise BadInput(f"{flag} {path}: {_no_bucket(path)}")
 
 
 def check_input_files(flag: str, pattern: str) -> list[str]:
@@ -152,6 +204,7 @@ def check_output_dir(path: str | None, flag: str = "--output") -> None:
         raise BadInput(f"{flag} is required")
     refuse_pattern_characters(flag, path)
     if _remote(path):
+        _check_bucket(flag, path)
         return
     if os.path.exists(path) and not os.path.isdir(path):
         raise BadInput(f"{flag} {path} is an existing file, not a directory")
@@ -231,7 +284,7 @@ def check_table(flag: str, root: str, required: tuple[str, ...], pattern: str | 
         if not os.path.isdir(root) and not root.endswith(".parquet"):
             raise BadInput(f"{flag} {root} is a file, not an ingest output directory")
     pattern = pattern or FileSystems.join(root, "images", "*.parquet")
-    files = _matches(pattern)
+    files = _matches(pattern, named=f"{flag} {root}")
     if not files:
         raise BadInput(f"{flag} {root} is not an ingest output: no files match {pattern}")
 

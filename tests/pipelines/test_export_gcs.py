@@ -18,14 +18,16 @@ BUCKET = "export-e2e"
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_export_reads_and_writes_gs(gcs_emulator, tmp_path):
-    bucket = gcs_emulator.bucket(BUCKET)
+def _table_on_gs(bucket, written_at="out"):
+    """gs://BUCKET/out: four ok rows (blobs in out/blobs/, the rows naming them under `written_at`,
+    where the table was first written) and one http_error row, in images/part-0.parquet."""
     rows = []
     for n in range(4):
         body = jpeg(n, (300, 200))
         sha = hashlib.sha256(body).hexdigest()
-        uri = f"gs://{BUCKET}/out/blobs/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
-        bucket.blob(uri[len(f"gs://{BUCKET}/") :]).upload_from_string(body)
+        stored = f"out/blobs/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
+        bucket.blob(stored).upload_from_string(body)
+        uri = f"gs://{bucket.name}/{written_at}/blobs/{sha[:2]}/{sha[2:4]}/{sha}.jpg"
         rows.append(
             schema.new_row(
                 "cc3m",
@@ -61,6 +63,12 @@ def test_export_reads_and_writes_gs(gcs_emulator, tmp_path):
         pa.Table.from_pylist([schema.to_parquet_record(r) for r in rows], schema=schema.IMAGE_SCHEMA), buffer
     )
     bucket.blob("out/images/part-0.parquet").upload_from_string(buffer.getvalue())
+    return rows
+
+
+def test_export_reads_and_writes_gs(gcs_emulator, tmp_path):
+    bucket = gcs_emulator.bucket(BUCKET)
+    _table_on_gs(bucket)
 
     export.run(
         local_options(
@@ -87,3 +95,36 @@ def test_export_reads_and_writes_gs(gcs_emulator, tmp_path):
         samples += list(wds.WebDataset(str(local), shardshuffle=False).decode("pil"))
     assert sorted(s["json"]["key"] for s in samples) == ["cc3m:1", "cc3m:2", "cc3m:3"]
     assert all(s["jpg"].size == (100, 100) and s["json"]["original_width"] == 300 for s in samples)
+
+
+def test_a_blob_missing_on_gs_is_skipped_and_a_moved_out_is_read_where_it_is(gcs_emulator, capsys):
+    """OUT on gs:// copied from gs://B/old (its rows name blobs there, gone) and one blob deleted:
+    as locally, the moved blobs are read from OUT/blobs/ and the missing one is skipped as
+    unreadable_blob, exit 0. Before, gcsio's NotFound is no OSError: every gs:// blob not where its
+    row says failed the export, exit 1 ("unexpected NotFound", and a traceback of the tar stream)."""
+    bucket = gcs_emulator.bucket("export-missing-blob")
+    rows = _table_on_gs(bucket, written_at="old")
+    missing = rows[0]["sha256"]
+    bucket.blob(f"out/blobs/{missing[:2]}/{missing[2:4]}/{missing}.jpg").delete()
+
+    status = export.main(
+        local_options(input="gs://export-missing-blob/out", output="gs://export-missing-blob/exp", format="webdataset")
+    )
+
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "Traceback" not in err
+    summary = json.loads(bucket.blob("exp/summary.json").download_as_bytes())
+    assert summary["rows_read"] == 5 and summary["exported"] == 2
+    assert summary["skipped"]["unreadable_blob"] == 1
+
+
+def test_an_export_into_a_bucket_that_does_not_exist_is_bad_input(gcs_emulator, capsys):
+    """A typo in --output's bucket: exit 2, one line naming the bucket. Before: exit 1, 'cannot take
+    the lease gs://.../_LEASE: NotFound: 404 POST ...', as if the storage had failed."""
+    from tests.table_readers import one_line
+
+    _table_on_gs(gcs_emulator.bucket("export-typo"))
+    argv = local_options(input="gs://export-typo/out", output="gs://no-such-bucket-y/exp", format="webdataset")
+    assert export.main(argv) == 2
+    assert "gs://no-such-bucket-y/exp: no bucket no-such-bucket-y" in one_line(capsys, "export")

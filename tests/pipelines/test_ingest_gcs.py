@@ -92,3 +92,28 @@ def test_a_failed_ingest_to_gs_leaves_no_local_spill(web, gcs_emulator, tmp_path
         )
     assert spilled  # there was something to remove
     assert not list(scratch.iterdir())
+
+
+def test_a_folder_placeholder_in_a_gs_manifest_glob_is_no_manifest(web, gcs_emulator, tmp_path, monkeypatch):
+    """`in/`, the empty object the Cloud Console's "Create folder" leaves, matches `in/*`: it was taken
+    for a manifest file and read (its name normalised to `in`, no such object): exit 1. Now it is no
+    file: exit 0, the keys (cc12m:1, not cc12m:m.tsv:1) and books of the one manifest."""
+    _scratch(tmp_path, monkeypatch)
+    bucket = gcs_emulator.bucket("folder-placeholder")
+    bucket.blob("in/").upload_from_string(b"")
+    for n in range(2):
+        web.routes[f"/h{n}.jpg"] = Reply(200, jpeg(40 + n), {"Content-Type": "image/jpeg"})
+    bucket.blob("in/m.tsv").upload_from_string("".join(f"{web.url(f'/h{n}.jpg')}\tphoto {n}\n" for n in range(2)))
+    status = ingest.main(
+        local_options(
+            manifest="cc12m=gs://folder-placeholder/in/*",
+            output="gs://folder-placeholder/out",
+            **{"allow-network": "127.0.0.1/32", "no-progress": True, "no-report": True},
+        )
+    )
+    assert status == 0
+    summary = json.loads(bucket.blob("out/summary.json").download_as_bytes())
+    assert [entry["path"] for entry in summary["books"]["files"]] == ["gs://folder-placeholder/in/m.tsv"]
+    names = [b.name for b in bucket.list_blobs(prefix="out/images/") if b.name.endswith(".parquet")]
+    keys = [r["key"] for n in names for r in pq.read_table(io.BytesIO(bucket.blob(n).download_as_bytes())).to_pylist()]
+    assert sorted(keys) == ["cc12m:1", "cc12m:2"]

@@ -101,3 +101,21 @@ def test_dedup_refuses_a_local_input():
 )
 def test_is_shared_path(path, shared):
     assert job_runner.is_shared_path(path) is shared
+
+
+def test_a_bucket_that_does_not_exist_is_bad_input_in_one_line(gcs_emulator, tmp_path, capsys):
+    """A typo in a bucket's name is the user's mistake: exit 2, one line naming the bucket. Before:
+    exit 1, as if the storage had failed ('storage unreachable: cannot list ...', or for the
+    ingest's --output 'unexpected BeamIOError: Match operation failed ...')."""
+    from tests.table_readers import one_line
+
+    manifest = tmp_path / "cc3m.tsv"
+    manifest.write_text("photo\thttp://127.0.0.1:9/a.jpg\n")
+    argv = [f"--manifest=cc3m={manifest}", "--output=gs://no-such-bucket-x/out", "--no-progress"]
+    assert ingest.main(argv) == 2
+    assert "no bucket no-such-bucket-x" in one_line(capsys, "ingest")
+    gcs_emulator.bucket("bucket-there")
+    assert dedup.main(["--input=gs://no-such-bucket-x/out", "--output=gs://bucket-there/out3"]) == 2
+    assert "--input gs://no-such-bucket-x/out: no bucket no-such-bucket-x" in one_line(capsys, "dedup")
+    assert refresh.main(["--snapshot=gs://no-such-bucket-x/out", "--output=gs://bucket-there/night"]) == 2
+    assert "no bucket no-such-bucket-x" in one_line(capsys, "refresh")

@@ -17,6 +17,7 @@ never all in memory.
 
 import collections
 import concurrent.futures
+import errno
 import hashlib
 import logging
 import math
@@ -116,12 +117,33 @@ class AssignShards(beam.PTransform):
 
 
 def read_blob(uri: str) -> bytes:
-    """The bytes at `uri`: a local path (read directly, cheaper than Beam's wrappers) or gs://."""
+    """The bytes at `uri`: a local path (read directly, cheaper than Beam's wrappers) or gs://.
+
+    Args:
+        uri: a local path or a URI Beam's FileSystems open.
+
+    Returns:
+        The object's bytes.
+
+    Raises:
+        FileNotFoundError: no such file or gs:// object.
+    """
     if "://" not in uri:
         with open(uri, "rb") as handle:
             return handle.read()
-    with FileSystems.open(uri, compression_type="uncompressed") as handle:
-        return handle.read()
+    if not uri.startswith("gs://"):
+        with FileSystems.open(uri, compression_type="uncompressed") as handle:
+            return handle.read()
+    from google.api_core.exceptions import NotFound  # noqa: PLC0415 (only for gs:// blobs)
+
+    try:
+        with FileSystems.open(uri, compression_type="uncompressed") as handle:
+            return handle.read()
+    except NotFound:
+        # why: gcsio raises google's NotFound, no OSError: a gs:// blob missing (deleted, or OUT
+        # copied elsewhere) failed the whole export (exit 1) where a local one is skipped or
+        # found under OUT/blobs/.
+        raise FileNotFoundError(errno.ENOENT, "no such object", uri) from None
 
 
 def original_extension(record: dict) -> str:

@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput
 from transforms.io.manifests import md5_hex, sha256_hex
 from transforms.io.readers import open_stream
+from transforms.io.sinks import matched_files
 from transforms.io.text_forms import split_lines, tsv_record
 
 __all__ = ["parse_hash_list", "ReadHashFile", "AttachExpectedHashes"]
@@ -72,7 +72,7 @@ class AttachExpectedHashes(beam.PTransform):
 
     def __init__(self, hash_list_pattern, dataset="cc12m", with_conflicts=False):
         super().__init__()
-        self._paths = sorted(m.path for r in FileSystems.match([hash_list_pattern]) for m in r.metadata_list)
+        self._paths = matched_files(hash_list_pattern)
         if not self._paths:
             raise BadInput(f"no file matches --cc12m-hashes {hash_list_pattern}")
         self._dataset = dataset

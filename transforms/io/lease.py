@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -271,7 +272,7 @@ def output_lease(
     keep: Callable[[], bool] | None = None,
 ):
     """Holds the lease on `out` for the `with` block; released on the way out, failure included,
-    unless `keep()` says true then (the lease is left as a killed run's is; an error in it releases).
+    unless `keep()` says true then, or fails (the lease is left as a killed run's is).
 
     Args:
         out: the output directory, local or gs:// (created if missing, locally).
@@ -307,6 +308,13 @@ def output_lease(
     except (BadInput, EnvironmentFailure):
         raise
     except Exception as exc:  # storage unreachable, no credentials: one line, exit 1
+        if remote and type(exc).__name__ == "NotFound":
+            # why: GCS answers 404 to creating an object only in a bucket that does not exist: a typo
+            # in --output's bucket is the user's mistake (it was exit 1, "cannot take the lease").
+            bucket = out[len("gs://") :].split("/", 1)[0]
+            raise BadInput(
+                f"{out}: no bucket {bucket} (or none this account can see); check the bucket's name"
+            ) from None
         raise EnvironmentFailure(f"cannot take the lease {lease_path(out)}: {type(exc).__name__}: {exc}") from None
     stop = threading.Event()
     renewer = None
@@ -316,8 +324,18 @@ def output_lease(
             current = holder
             while not stop.wait(ttl_seconds / 3):
                 current = dataclasses.replace(current, expires_at=time.time() + ttl_seconds)
-                if not lease.renew(current):
-                    return
+                try:
+                    if not lease.renew(current):
+                        return
+                except Exception as exc:  # noqa: BLE001 (storage unreachable: tried again)
+                    # why: a failure ended this thread (a traceback on stderr) and the lease then
+                    # expired under a live run: the next run took it over, two writers on OUT.
+                    print(
+                        f"{job}: warning: could not renew the lease {lease_path(out)}"
+                        f" ({type(exc).__name__}: {exc}); trying again in {ttl_seconds / 3:g} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
         renewer = threading.Thread(target=renew, name="lease-renewal", daemon=True)
         renewer.start()
@@ -332,8 +350,10 @@ def output_lease(
 
 
 def _asked(keep: Callable[[], bool] | None) -> bool:
-    """keep(); False without one, or when it fails (the lease is then released as before)."""
+    """keep(); False without one, True when it fails (the lease is then kept, as a killed run's is)."""
     try:
         return keep is not None and bool(keep())
-    except Exception:  # noqa: BLE001 (storage unreachable: release, as without `keep`)
-        return False
+    except Exception:  # noqa: BLE001 (storage unreachable)
+        # why: released, a half-published first table was left unmarked whenever the release got
+        # through where keep() had not (a flaky store): its readers read part of it, exit 0.
+        return True

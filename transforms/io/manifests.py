@@ -28,12 +28,12 @@ from collections.abc import Iterator, Sequence
 from typing import IO
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
 from transforms.errors import BadInput
 from transforms.io import json_manifests, labels
 from transforms.io.readers import CompressedInputError, open_stream
+from transforms.io.sinks import matched_files
 from transforms.io.text_forms import split_lines, tsv_record
 
 __all__ = [
@@ -359,9 +359,7 @@ def expand_manifests(manifests, parsers):
     for kind, pattern in manifests:
         if kind not in parsers:
             raise BadInput(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
-        matched = sorted(
-            normalise_path(m.path) for result in FileSystems.match([pattern]) for m in result.metadata_list
-        )
+        matched = sorted(normalise_path(path) for path in matched_files(pattern))
         if not matched:
             raise BadInput(f"no file matches {kind}={pattern}")
         for path in matched:

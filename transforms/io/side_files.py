@@ -16,13 +16,12 @@ import csv
 import re
 from collections.abc import Callable
 
-from apache_beam.io.filesystems import FileSystems
-
 from transforms.errors import BadInput
 from transforms.io import labels
 from transforms.io.checksums import parse_hash_list
 from transforms.io.manifests import path_identity
 from transforms.io.readers import CompressedInputError, open_stream
+from transforms.io.sinks import matched_files
 
 __all__ = ["SIDE_FILE_KINDS", "check_side_file", "head_lines"]
 
@@ -171,25 +170,24 @@ def check_side_file(flag: str, pattern: str | None, output: str | None = None) -
     inside = path_identity(output) + "/" if output else None
     if flag.startswith("--manifest "):
         kind = flag.removeprefix("--manifest ").partition("=")[0]
-        first = next((m.path for r in FileSystems.match([pattern]) for m in r.metadata_list), None)
+        first = next(iter(matched_files(pattern)), None)
         if not first or (inside and path_identity(first).startswith(inside)):
             return
         if kind in _MANIFEST_SIGNS:
             _check_manifest_kind(flag, kind, first)
         return
-    for result in FileSystems.match([pattern]):
-        for metadata in result.metadata_list:
-            if inside and path_identity(metadata.path).startswith(inside):
-                continue
-            lines = head_lines(metadata.path, flag=flag)  # every side file: not compressed data
-            if flag not in SIDE_FILE_KINDS:
-                continue
-            kind, form, _ = SIDE_FILE_KINDS[flag]
-            verdicts = _judge(flag, lines)
-            if True in verdicts or False not in verdicts:
-                continue
-            bad = lines[verdicts.index(False)]
-            raise BadInput(
-                f"{flag} {metadata.path}: not {kind}: none of its first {len(lines)} lines reads as {form}"
-                f" (the first: {bad[:120]!r}); is it the file of another option?"
-            )
+    for path in matched_files(pattern):
+        if inside and path_identity(path).startswith(inside):
+            continue
+        lines = head_lines(path, flag=flag)  # every side file: not compressed data
+        if flag not in SIDE_FILE_KINDS:
+            continue
+        kind, form, _ = SIDE_FILE_KINDS[flag]
+        verdicts = _judge(flag, lines)
+        if True in verdicts or False not in verdicts:
+            continue
+        bad = lines[verdicts.index(False)]
+        raise BadInput(
+            f"{flag} {path}: not {kind}: none of its first {len(lines)} lines reads as {form}"
+            f" (the first: {bad[:120]!r}); is it the file of another option?"
+        )

@@ -118,3 +118,51 @@ def test_a_lease_whose_pid_is_gone_here_is_stale_and_a_live_one_is_not(tmp_path,
     with pytest.raises(ValueError, match="being written by ingest"):
         with lease_module.output_lease(alive, "rerun"):
             pass
+
+
+def test_a_gs_lease_renewal_that_fails_is_tried_again_and_the_lease_stays_held(gcs_emulator, monkeypatch, capsys):
+    # Before: one renewal failing (GCS unreachable past the client's own retries) ended the
+    # renewal thread with a traceback on stderr; the lease then expired while the run still wrote,
+    # and a second run (a scheduler's retry) took it over: two writers on one OUT.
+    from google.api_core.exceptions import ServiceUnavailable
+
+    gcs_emulator.bucket("renew-fails")
+    out = "gs://renew-fails/out"
+    failed = []
+    renew = lease_module._GcsLease.renew
+
+    def fails_once(self, holder):
+        if not failed:
+            failed.append(holder)
+            raise ServiceUnavailable("storage unreachable")
+        return renew(self, holder)
+
+    monkeypatch.setattr(lease_module._GcsLease, "renew", fails_once)
+    with lease_module.output_lease(out, "ingest", ttl_seconds=1.5):
+        time.sleep(3)  # renewed every 0.5 s; unrenewed, the lease expired at 1.5 s
+        with pytest.raises(ValueError, match="being written by ingest"):
+            with lease_module.output_lease(out, "second"):
+                pass
+    assert failed
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "could not renew the lease" in err, err
+    assert gcs_emulator.client().bucket("renew-fails").get_blob("out/_LEASE") is None  # released
+
+
+def test_a_lease_is_kept_when_whether_to_keep_it_cannot_be_told(tmp_path):
+    # keep() asks whether OUT holds an unfinished table (parts, no summary.json); it fails when the
+    # storage does, at the end of a run that failed because the storage did. Before, the lease was
+    # then released: a flaky store answering the release left a half-published first table
+    # unmarked, and export, dedup and refresh read its parts, exit 0. Now it is kept, as a killed
+    # run's is (the next run here takes it over at once; readers of a finished table ignore it).
+    out = str(tmp_path / "out")
+
+    def cannot_tell() -> bool:
+        raise OSError("storage unreachable")
+
+    with lease_module.output_lease(out, "ingest", keep=cannot_tell):
+        pass
+    assert os.path.exists(os.path.join(out, lease_module.LEASE_NAME))
+    with lease_module.output_lease(out, "rerun", force_unlock=True, keep=lambda: False):  # this process holds it
+        pass
+    assert not os.path.exists(os.path.join(out, lease_module.LEASE_NAME))
