@@ -151,8 +151,8 @@ def test_refresh_fails_when_a_status_row_is_lost(web, tmp_path, capsys, monkeypa
     snapshots = _two_snapshots(web, tmp_path)
     judged = checks._judge_joined
 
-    def lose_one(item, detected, params):
-        return [] if item[0] == "cc3m:4" else judged(item, detected, params)
+    def lose_one(item, detected, params, **more):
+        return [] if item[0] == "cc3m:4" else judged(item, detected, params, **more)
 
     monkeypatch.setattr(checks, "_judge_joined", lose_one)
     output = str(tmp_path / "refresh")
