@@ -91,12 +91,15 @@ JOB = job_runner.Job(
 class _WriteJson(beam.DoFn):
     """OUT3/summary.json, whole or not at all (write_json); `previous`: the table files OUT3 held."""
 
-    def __init__(self, path, previous=()):
+    def __init__(self, path, previous=(), guard=None):
         self._path = path
         self._previous = list(previous)
+        self._guard = guard
 
     def process(self, document, written=()):
         try:
+            if self._guard is not None:  # why: taken over, this run's summary would replace the holder's
+                self._guard.confirm()
             write_json(self._path, document, sort_keys=False)
         except Exception:
             # Why: unwritten (a full disk), OUT3's summary.json still records the previous table, so
@@ -219,7 +222,7 @@ def spill_directory(options):
         yield path
 
 
-def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None):
+def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None, guard=None):
     """The job's graph on `pipeline`; returns the DedupTables outputs.
 
     Rows stream from the input files in passes (transforms.clustering.table_dedup): no full row
@@ -228,6 +231,7 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     whole), and the files OUT3 held at launch are deleted only after.
     spill: a local run's spill directory (spill_directory; its owner removes it), None remote.
     expected_rows: the rows to be read (table_rows), for the near search's shard count.
+    guard: the lease's LeaseGuard (leased_output), confirmed before each publish step.
     """
     out = opts.output
     # why: unique per run, so no file of this run can carry a name of the table it replaces
@@ -247,7 +251,7 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     result = {"files": files, "skip": newest["skip"]} | "Dedup" >> DedupTables(dedup, rows=False)
     # why: the table is copied file by file in Arrow batches with the cluster columns set (Beam's
     # WriteToParquet takes a side input, so a local run buffers its whole input in memory)
-    written = files | "WriteImages" >> CopyTables(out, run_id, newest["skip"], result["cluster_columns"])
+    written = files | "WriteImages" >> CopyTables(out, run_id, newest["skip"], result["cluster_columns"], guard)
     written_paths = written | "WrittenPaths" >> beam.Map(lambda w: w["path"])
     duplicates_files = result["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
     replaced = newest["replaced"] | "CountReplaced" >> beam.CombineGlobally(sum)
@@ -279,7 +283,8 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
         )
         | "WriteSummary"
         >> beam.ParDo(
-            _WriteJson(FileSystems.join(out, "summary.json"), previous_files), written=beam.pvalue.AsList(written_paths)
+            _WriteJson(FileSystems.join(out, "summary.json"), previous_files, guard),
+            written=beam.pvalue.AsList(written_paths),
         )
     )
     checked = summary | "CheckBooks" >> beam.Map(
@@ -290,8 +295,8 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
         output=out,
     )
     # why: the previous table and clusters go only once the books balance (docs/integrity.md)
-    _ = written_paths | "RetirePrevious" >> RetireFiles(previous_files, after=checked)
-    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates, after=checked)
+    _ = written_paths | "RetirePrevious" >> RetireFiles(previous_files, after=checked, guard=guard)
+    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates, after=checked, guard=guard)
     return result
 
 
@@ -362,12 +367,16 @@ def run(argv=None):
         pa.set_memory_pool(pa.system_memory_pool())
     # Why: one writer per OUT3; stale leftovers of failed runs are removed under the lease.
     with (
-        job_runner.leased_output(options, opts.output, "dedup", opts.force_unlock, clear=remove_stale_leftovers),
+        job_runner.leased_output(
+            options, opts.output, "dedup", opts.force_unlock, clear=remove_stale_leftovers
+        ) as guard,
         spill_directory(options) as spill,
     ):
         return JOB.execute(
             options,
-            lambda pipeline: build(pipeline, opts, warnings=warnings, spill=spill, expected_rows=expected_rows),
+            lambda pipeline: build(
+                pipeline, opts, warnings=warnings, spill=spill, expected_rows=expected_rows, guard=guard
+            ),
             opts.output,
             summary=summary_lines,
         )

@@ -215,8 +215,9 @@ class _Select(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.SKIPPED, reason)
 
 
-def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_temporaries=()):
-    """The export graph on `pipeline`; returns the PCollection of summary.json's path."""
+def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_temporaries=(), guard=None):
+    """The export graph on `pipeline`; returns the PCollection of summary.json's path. `guard`: the
+    lease's LeaseGuard (leased_output), confirmed before each publish step."""
     tmp_dir = temporary_dir(config.output, run_id)
     writer = FORMATS[config.export_format](config.output, tmp_dir, config.resize, input_dir=config.input)
     # why: the whole table, one row per manifest row; columns an older table lacks get defaults
@@ -251,14 +252,24 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
     )
     # why: a publish cut between two renames must not leave the earlier summary over a mix of shards
     withdrawn = summary | "WithdrawEarlierSummary" >> beam.Map(
-        export_books.withdraw_summary, config=config, tmp_dir=tmp_dir
+        export_books.withdraw_summary, config=config, tmp_dir=tmp_dir, guard=guard
     )
-    shards = written | "PublishShards" >> beam.Map(publish_shard, books=beam.pvalue.AsSingleton(withdrawn))
+    shards = written | "PublishShards" >> beam.Map(
+        publish_shard, books=beam.pvalue.AsSingleton(withdrawn), guard=guard, tmp_dir=tmp_dir
+    )
     # why: an earlier export's shards would otherwise mix with this one's
-    _ = shards | "ShardPaths" >> beam.Map(lambda record: record["path"]) | "RetireStale" >> RetireFiles(stale)
+    _ = (
+        shards
+        | "ShardPaths" >> beam.Map(lambda record: record["path"])
+        | "RetireStale" >> RetireFiles(stale, guard=guard)
+    )
     # why: moved into place last, once every shard is published (check_books wrote it aside)
     summary_path = summary | "WriteSummary" >> beam.Map(
-        export_books.write_summary, config=config, tmp_dir=tmp_dir, published=beam.pvalue.AsList(shards)
+        export_books.write_summary,
+        config=config,
+        tmp_dir=tmp_dir,
+        published=beam.pvalue.AsList(shards),
+        guard=guard,
     )
     # why: attempts of failed bundles, and runs killed earlier, leave orphans in temporary directories
     # only; removed once the summary is out of this run's
@@ -290,7 +301,7 @@ def run(argv=None):
     files = check_recorded_table("--input", config.input, files)
     started_at = time.time()
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
-    with job_runner.leased_output(options, config.output, "export", opts.force_unlock):
+    with job_runner.leased_output(options, config.output, "export", opts.force_unlock) as guard:
         return JOB.execute(
             options,
             lambda pipeline: build_pipeline(
@@ -301,6 +312,7 @@ def run(argv=None):
                 started_at,
                 uuid.uuid4().hex[:12],
                 stale_temporaries(config.output),
+                guard,
             ),
             config.output,
             summary=print_report,

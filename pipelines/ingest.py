@@ -174,7 +174,7 @@ def parse_manifest_args(values):
 fetch_config = FetchConfig.from_options  # kept importable from here
 
 
-def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=False, scratch_dir=None):
+def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=False, scratch_dir=None, guard=None):
     """Adds the ingest graph to `pipeline`; returns the rows PCollection (without cluster columns).
 
     one_process: a local run in this one process (job_runner.one_local_process). The manifest rows
@@ -182,6 +182,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     near search is not sharded, and dedup's keys are grouped through local files rather than in
     the runner's memory (transforms.clustering.spill).
     scratch_dir: a local directory for those files when OUT is remote (scratch.scratch_directory).
+    guard: the lease's LeaseGuard (leased_output), confirmed before each publish step.
     """
     spread_rows = not one_process
     out = opts.output
@@ -230,7 +231,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     )
     clusters = deduped["rows"] | "ClusterColumns" >> beam.FlatMap(cluster_columns)
     duplicates_files = deduped["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
-    table = shards | "WriteImages" >> FinalizeTable(out, run_id, clusters, with_counts=True)
+    table = shards | "WriteImages" >> FinalizeTable(out, run_id, clusters, with_counts=True, guard=guard)
     written = table["files"]
     # Why: the books (records read per manifest file = rows written) are checked by the job itself.
     # ... and so are the keys: as many distinct as rows written (CONTRACT.md: unique across the run).
@@ -285,11 +286,12 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
         _options_snapshot(opts),
         check=check_books,
         on_failed_check=lambda files: roll_back(files, keep=previous_files),
+        guard=guard,
     )
     # Why: the previous table goes only once the books balance; a re-run with another shard count
     # must not leave the old clusters-* files beside the new.
-    _ = written | "RetirePrevious" >> RetireFiles(previous_files, after=checked)
-    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates, after=checked)
+    _ = written | "RetirePrevious" >> RetireFiles(previous_files, after=checked, guard=guard)
+    _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates, after=checked, guard=guard)
     return fetched
 
 
@@ -501,7 +503,9 @@ def run(argv=None):
         console.stop_on_interrupt(f"{JOB.name}: interrupted; {FIRST_RUN_INTERRUPTED}")
         if first_run
         else contextlib.nullcontext(),
-        job_runner.leased_output(options, opts.output, "ingest", opts.force_unlock, clear=remove_stale_leftovers),
+        job_runner.leased_output(
+            options, opts.output, "ingest", opts.force_unlock, clear=remove_stale_leftovers
+        ) as guard,
         scratch.scratch_directory(SCRATCH_PREFIX) if remote_spill else contextlib.nullcontext() as scratch_dir,
     ):
         if not opts.demo:  # the demo's inputs are temporary files of its own
@@ -514,7 +518,7 @@ def run(argv=None):
             ) as live:
 
                 def build(pipeline):
-                    build_pipeline(pipeline, opts, started_at, live.directory, one_process, scratch_dir)
+                    build_pipeline(pipeline, opts, started_at, live.directory, one_process, scratch_dir, guard)
                     live.start()
 
                 return JOB.execute(options, build, opts.output, summary=report, html_report=opts.html_report)

@@ -238,11 +238,12 @@ def resolve(opts):
     return snapshots, params
 
 
-def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=None, run_id=None):
+def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=None, run_id=None, guard=None):
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection. `read_history`: a
     history.ReadHistory built (and so checked) before the run started. `run_id` names the run's
-    folder aside (REFRESH_OUT/_tmp-<run>) and its files (default: a new one)."""
-    target = night_output.RefreshOutput(opts.output, run_id or uuid.uuid4().hex[:12])
+    folder aside (REFRESH_OUT/_tmp-<run>) and its files (default: a new one). `guard`: the lease's
+    LeaseGuard, confirmed before each publish step."""
+    target = night_output.RefreshOutput(opts.output, run_id or uuid.uuid4().hex[:12], guard)
     read = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
     entries = read["entries"]
     checked = entries | "CheckUrls" >> checks.CheckUrls(FetchConfig.from_options(opts), params)
@@ -348,11 +349,11 @@ def run(argv=None):
         "refresh",
         opts.force_unlock,
         clear=lambda out: night_output.sweep_leftovers(out, opts.history, params.night),
-    ):
+    ) as guard:
         try:
             return JOB.execute(
                 options,
-                lambda pipeline: build_pipeline(pipeline, opts, snapshots, params, started_at, read_history, run_id),
+                lambda p: build_pipeline(p, opts, snapshots, params, started_at, read_history, run_id, guard),
                 opts.output,
                 summary=report,
             )

@@ -26,6 +26,7 @@ from pipelines.launch import arguments, console, failures, preflight
 from pipelines.launch.cached_options import CachedViewOptions
 from pipelines.report import run_resources
 from transforms.errors import BadInput
+from transforms.io.lease_guard import LeaseGuard, guarded
 
 BEAM_OPTIONS_POINTER = (
     "Beam pipeline options (--runner, --project, --region, --temp_location, --direct_num_workers, ...)\n"
@@ -195,14 +196,15 @@ def leased_output(
     job: str,
     force_unlock: bool = False,
     clear: Callable[[str], object] | None = None,
-) -> Iterator[None]:
-    """One writer per output directory (docs/integrity.md): holds OUT's lease while the job writes.
+) -> Iterator[LeaseGuard]:
+    """One writer per output directory (docs/integrity.md): holds OUT's lease while the job writes;
+    yields the LeaseGuard its publish steps confirm the lease with (a no-op one without a lease).
 
     A template build writes nothing and takes no lease. `clear(out)` (what failed or interrupted runs
     left) runs under the lease, and only when this driver waits for its job: a launcher that returns
     at once cannot know that no job it started earlier still writes there. A run that ends (Ctrl-C,
-    a failure) with parts in OUT/images and no summary.json leaves its lease, as a killed run does.
-    An output directory that holds another job's output is refused (preflight.check_output_of_job).
+    a failure) with parts in OUT/images and no summary.json leaves its lease, as a killed run does;
+    one that fails having lost its lease says so. Another job's OUT is refused (preflight).
 
     Args:
         options: the job's pipeline options.
@@ -212,7 +214,7 @@ def leased_output(
         clear: removes stale leftovers of earlier runs from `out`.
     """
     if builds_template_only(options):
-        yield
+        yield LeaseGuard()
         return
     from transforms.io.lease import output_lease, release_lease
     from transforms.io.table_record import unfinished_table
@@ -238,7 +240,9 @@ def leased_output(
             preflight.check_output_of_job(out, job)
             if clear is not None and waits:
                 clear(out)
-            yield
+            # why: a launcher that does not wait has released the lease when its job publishes
+            with guarded(out, holder.token if holder and waits else "") as guard:
+                yield guard
 
 
 # ---- the job entry point --------------------------------------------------------------------------

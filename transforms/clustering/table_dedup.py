@@ -216,7 +216,7 @@ class DedupTables(beam.PTransform):
         return out
 
 
-def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=READ_BATCH):
+def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=READ_BATCH, guard=None):
     """One input file -> OUT/images/part-<run>-<file id>.parquet: its kept rows, every column
     of IMAGE_SCHEMA (missing ones null), cluster columns from `assignments`.
 
@@ -229,6 +229,7 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
         assignments: key -> (cluster_id, is_canonical, is_placeholder) of clustered rows.
         images_dir: OUT/images.
         run_id: names this run's files.
+        guard: a LeaseGuard confirmed before the rename (lost: this run's parts in images/ go).
     Returns:
         {"path": the file written, "rows": rows copied}.
     """
@@ -258,6 +259,8 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
                 table = pa.Table.from_arrays(columns, schema=schema.IMAGE_SCHEMA)
                 writer.write_table(_with_cluster_columns(table, assignments))
                 copied += table.num_rows
+    if guard is not None:  # why: a run taken over published its parts among the new holder's
+        guard.confirm([temporary, FileSystems.join(images_dir, f"part-{run_id}-*.parquet")])
     FileSystems.rename([temporary], [target])
     beam.metrics.Metrics.counter("table", "rows_written").inc(copied)
     return {"path": target, "rows": copied}
@@ -270,8 +273,9 @@ class CopyTables(beam.PTransform):
     skip: NewestRows' skip lists; cluster_columns: DedupTables' cluster_columns.
     """
 
-    def __init__(self, out_dir: str, run_id: str, skip, cluster_columns):
+    def __init__(self, out_dir: str, run_id: str, skip, cluster_columns, guard=None):
         super().__init__()
+        self._guard = guard
         self._images_dir = FileSystems.join(out_dir, "images")
         self._run_id = run_id
         self._skip = skip
@@ -284,4 +288,5 @@ class CopyTables(beam.PTransform):
             assignments=beam.pvalue.AsDict(self._columns),
             images_dir=self._images_dir,
             run_id=self._run_id,
+            guard=self._guard,
         )

@@ -18,7 +18,8 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.errors import BooksUnbalanced
 from transforms.export import selection
 from transforms.export.shard_writer import shard_records_in_order
-from transforms.io.sinks import delete_tree, join_path, publish_file, write_json
+from transforms.io.lease_guard import publish_held
+from transforms.io.sinks import delete_tree, join_path, write_json
 
 __all__ = ["check_books", "summarize", "write_summary"]
 
@@ -84,7 +85,7 @@ def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_di
     return summary
 
 
-def withdraw_summary(books, config, tmp_dir):
+def withdraw_summary(books, config, tmp_dir, guard=None):
     """Moves an earlier export's EXP/summary.json aside into `tmp_dir` before any shard is
     published; returns `books` (the checked books, passed on to order the publish after this).
 
@@ -92,16 +93,20 @@ def withdraw_summary(books, config, tmp_dir):
     between two renames (kill -9, a worker lost, storage failing) leaves old and new shards side
     by side; the earlier summary would then vouch for a mix of two exports. Without it, an EXP with
     shards and no summary.json is an unfinished export, as everywhere in this project. Idempotent:
-    a retried step finds nothing left to move.
+    a retried step finds nothing left to move. `guard` (a LeaseGuard) confirms the lease first: a
+    run taken over moves nothing (it would take the new holder's summary away).
     """
+    if guard is not None:
+        guard.confirm([tmp_dir + "/"])
     earlier = join_path(config.output, "summary.json")
     if FileSystems.exists(earlier):
         FileSystems.rename([earlier], [join_path(tmp_dir, "summary.earlier.json")])
     return books
 
 
-def write_summary(summary, config, tmp_dir, published=()):
+def write_summary(summary, config, tmp_dir, published=(), guard=None):
     """Moves the summary check_books wrote aside in `tmp_dir` onto EXP/summary.json (`published`,
     the shards renamed into place, only orders it); returns its path. A retried step finds it
-    there already, as a retried shard's does."""
-    return publish_file(join_path(tmp_dir, "summary.json"), join_path(config.output, "summary.json"))
+    there already, as a retried shard's does. `guard`: confirmed first (lease_guard.publish_held)."""
+    final = join_path(config.output, "summary.json")
+    return publish_held(guard, join_path(tmp_dir, "summary.json"), final, [tmp_dir + "/"])

@@ -32,7 +32,8 @@ from PIL import Image
 
 from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, TooLargeError, export_image
 from transforms.export.selection import TOO_LARGE, UNREADABLE_BLOB
-from transforms.io.sinks import blob_uri, join_path, publish_file
+from transforms.io.lease_guard import LeaseGuard, publish_held
+from transforms.io.sinks import blob_uri, join_path
 
 __all__ = [
     "AssignShards",
@@ -295,7 +296,7 @@ class ShardWriterDoFn(beam.DoFn):
         raise NotImplementedError
 
 
-def publish_shard(record: dict, books: dict | None = None) -> dict:
+def publish_shard(record: dict, books: dict | None = None, guard: LeaseGuard | None = None, tmp_dir: str = "") -> dict:
     """Renames a shard written by ShardWriterDoFn from its temporary name onto its final one.
 
     Run once every shard is written and the job's books balance (`books`, the checked books as a
@@ -303,10 +304,12 @@ def publish_shard(record: dict, books: dict | None = None) -> dict:
     EXP as the earlier export left it, never its shards half replaced (a mix of two exports, the
     rows between them doubled or lost). Idempotent: a retried rename finds its shard in place.
 
+    `guard` (a LeaseGuard) confirms the lease first: lost, the run's folder aside (`tmp_dir`) goes.
+
     Returns:
         The record without its temporary name.
     """
-    publish_file(record["temporary"], record["path"])
+    publish_held(guard, record["temporary"], record["path"], [tmp_dir + "/"] if tmp_dir else [])
     return {name: value for name, value in record.items() if name != "temporary"}
 
 

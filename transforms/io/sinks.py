@@ -346,11 +346,12 @@ def read_json(path: str) -> Any:
 class WriteSummary(beam.PTransform):
     """OUT/summary.json, written once the tables it describes are finalised."""
 
-    def __init__(self, out_dir, started_at, job, options_snapshot=None, check=None, on_failed_check=None):
+    def __init__(self, out_dir, started_at, job, options_snapshot=None, check=None, on_failed_check=None, guard=None):
         """check: called with the summary once it is written (e.g. books.check_books, which raises
         when the books do not balance, failing the run with summary.json in place).
         on_failed_check: called with the "written" list before a failed check's error, or a failed
-        write of summary.json, goes on (e.g. removing the files this run wrote, table_record.roll_back)."""
+        write of summary.json, goes on (e.g. removing the files this run wrote, table_record.roll_back).
+        guard: a LeaseGuard confirmed before summary.json is written (lost: as a failed check)."""
         super().__init__()
         self._out_dir = out_dir
         self._started_at = started_at
@@ -358,13 +359,14 @@ class WriteSummary(beam.PTransform):
         self._options = options_snapshot or {}
         self._check = check
         self._on_failed_check = on_failed_check
+        self._guard = guard
 
     def expand(self, inputs):
         """inputs: "counts" (StatusCounts), "written" (file names to wait for), and any other
         name -> a one-element PCollection, placed in the summary under that name."""
         path = join_path(self._out_dir, "summary.json")
         started_at, job, options, check = self._started_at, self._job, self._options, self._check
-        on_failed_check = self._on_failed_check
+        on_failed_check, guard = self._on_failed_check, self._guard
         names = sorted(name for name in inputs if name not in ("counts", "written"))
         side = {f"extra_{name}": beam.pvalue.AsSingleton(inputs[name]) for name in names}
 
@@ -372,6 +374,8 @@ class WriteSummary(beam.PTransform):
             extras = {name: extras[f"extra_{name}"] for name in names}
             summary = build_summary(counts, extras, started_at, job, options)
             try:
+                if guard is not None:
+                    guard.confirm()
                 # Why inside: a summary that cannot be written (a full disk) leaves the previous
                 # one, which records the previous table; this run's files must go as after a failed check.
                 write_json(path, summary)

@@ -151,11 +151,12 @@ def final_name(images_dir: str, run_id: str, shard_path: str) -> str:
     return join_path(images_dir, f"{PART_PREFIX}-{run_id}-{digest}.parquet")
 
 
-def finalize_shard(shard_path, assignments, images_dir, run_id, batch_rows=5000):
+def finalize_shard(shard_path, assignments, images_dir, run_id, batch_rows=5000, guard=None):
     """Copies a shard to OUT/images with the cluster columns from `assignments` (key -> tuple;
     None: the shard's own cluster columns are kept).
 
-    Streamed in batches of `batch_rows`: memory holds one batch, not the shard.
+    Streamed in batches of `batch_rows`: memory holds one batch, not the shard. `guard` (a
+    LeaseGuard) confirms the lease before the rename; lost, this run's parts in images/ go.
 
     Returns:
         {"path": the final file, "rows": rows written, "per_file": {source_file: rows}}; the
@@ -173,15 +174,20 @@ def finalize_shard(shard_path, assignments, images_dir, run_id, batch_rows=5000)
                 writer.write_table(table)
                 for entry in pc.value_counts(table.column("source_file")).to_pylist():
                     per_file[entry["values"] or ""] += entry["counts"]
+    if guard is not None:  # why: a run taken over published its parts among the new holder's
+        mine = [temporary, join_path(images_dir, f"{PART_PREFIX}-{run_id}-*.parquet")]
+        guard.confirm([*mine, temporary_dir(os.path.dirname(images_dir.rstrip("/")), run_id) + "/"])
     FileSystems.rename([temporary], [target])
     return {"path": target, "rows": sum(per_file.values()), "per_file": dict(per_file)}
 
 
-def write_empty_part(images_dir, run_id, finalized):
+def write_empty_part(images_dir, run_id, finalized, guard=None):
     """OUT/images/part-<run>-empty.parquet, zero rows, full schema, when no shard was finalised:
     an empty manifest is an empty dataset that readers (dedup, refresh, export) accept."""
     if finalized:
         return []
+    if guard is not None:
+        guard.confirm()
     target = join_path(images_dir, f"{PART_PREFIX}-{run_id}-empty.parquet")
     with FileSystems.create(target) as handle:
         with table_writer(handle, schema.IMAGE_SCHEMA) as writer:
@@ -226,8 +232,9 @@ class FinalizeTable(beam.PTransform):
     not listed get (None, True, False). None: the rows already carry their cluster columns.
     """
 
-    def __init__(self, out_dir, run_id, clusters, with_counts=False):
+    def __init__(self, out_dir, run_id, clusters, with_counts=False, guard=None):
         super().__init__()
+        self._guard = guard
         self._out_dir = out_dir
         self._run_id = run_id
         self._clusters = clusters
@@ -240,7 +247,9 @@ class FinalizeTable(beam.PTransform):
             shards
             | "SpreadShards" >> beam.Reshuffle()
             | "Finalize"
-            >> beam.Map(finalize_shard, assignments=assignments, images_dir=images_dir, run_id=self._run_id)
+            >> beam.Map(
+                finalize_shard, assignments=assignments, images_dir=images_dir, run_id=self._run_id, guard=self._guard
+            )
         )
         # Why: zero rows must still leave a table with the full schema, not a missing folder.
         empty = (
@@ -248,9 +257,10 @@ class FinalizeTable(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "EmptyTable"
             >> beam.FlatMap(
-                lambda _, done, run_id: write_empty_part(images_dir, run_id, done),
+                lambda _, done, run_id, guard: write_empty_part(images_dir, run_id, done, guard),
                 done=beam.pvalue.AsList(finalized),
                 run_id=self._run_id,
+                guard=self._guard,
             )
         )
         counts = (finalized, empty) | "AllParts" >> beam.Flatten()
@@ -285,23 +295,28 @@ class RetireFiles(beam.PTransform):
 
     after: a PCollection that must be complete first, e.g. the books' check: a run whose books
     fail never gets this far, so the previous files stay (docs/integrity.md).
+    guard: a LeaseGuard confirmed before each deletion (a run taken over deletes nothing).
     """
 
-    def __init__(self, stale: Iterable[str], after=None) -> None:
+    def __init__(self, stale: Iterable[str], after=None, guard=None) -> None:
         super().__init__()
         self._stale = list(stale)
         self._after = after
+        self._guard = guard
 
     def expand(self, written):
         gate = {} if self._after is None else {"after": beam.pvalue.AsList(self._after)}
         return (
             written.pipeline
             | "Stale" >> beam.Create(self._stale)
-            | "Delete" >> beam.Map(_delete_unless_written, written=beam.pvalue.AsList(written), **gate)
+            | "Delete"
+            >> beam.Map(_delete_unless_written, written=beam.pvalue.AsList(written), guard=self._guard, **gate)
         )
 
 
-def _delete_unless_written(path, written, after=()):
+def _delete_unless_written(path, written, after=(), guard=None):
+    if guard is not None:
+        guard.confirm()
     if path not in set(written) and FileSystems.exists(path):
         FileSystems.delete([path])
     return path

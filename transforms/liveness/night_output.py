@@ -27,7 +27,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import EnvironmentFailure
-from transforms.io.sinks import delete_tree, file_name, join_path, publish_file, read_json
+from transforms.io.lease_guard import LeaseGuard, publish_held
+from transforms.io.sinks import delete_tree, file_name, join_path, read_json
 from transforms.liveness import history
 
 __all__ = [
@@ -54,10 +55,12 @@ _NIGHT_FILE = re.compile(r"^part-(?P<run>[^/]+)-\d{5}-of-\d{5}\.parquet$")
 @dataclasses.dataclass(frozen=True)
 class RefreshOutput:
     """One run's REFRESH_OUT: `out` itself, and `aside(...)`, REFRESH_OUT/_tmp-<run>/..., where its
-    files wait for the books. `prefix` names its Parquet files: another run's never share a name."""
+    files wait for the books. `prefix` names its Parquet files: another run's never share a name.
+    `guard`: the lease's LeaseGuard, confirmed before each publish step (None: nothing to check)."""
 
     out: str
     run_id: str
+    guard: LeaseGuard | None = None
 
     def aside(self, *parts: str) -> str:
         return join_path(self.out, f"_tmp-{self.run_id}", *parts)
@@ -90,13 +93,19 @@ def publish_output(target: RefreshOutput, status: list[str], hosts: list[str], s
         names[part] = sorted(file_name(f) for f in files)
         if "://" not in target.out:  # a local rename needs the folder; object stores have none
             os.makedirs(join_path(target.out, part), exist_ok=True)
+    # why: taken over, this run's files go (aside and any moved already); the holder's stay
+    mine = [join_path(target.out, part, name) for part in OUTPUT_PARTS for name in names[part]]
+    mine.append(target.aside() + "/")
+    for part in OUTPUT_PARTS:
         for name in names[part]:
-            publish_file(target.aside(part, name), join_path(target.out, part, name))
+            publish_held(target.guard, target.aside(part, name), join_path(target.out, part, name), mine)
     final = join_path(target.out, "summary.json")
-    publish_file(summary, final)
+    publish_held(target.guard, summary, final, mine)
     # Why: on a retry, an existing summary.json is taken for this run's; retire only if it is.
     if read_json(final).get("written") != names["status"]:
         raise EnvironmentFailure(f"{final} does not name the status files this run wrote: another run wrote there")
+    if target.guard is not None:
+        target.guard.confirm()  # why: the previous night's files may be the new holder's now
     for part in OUTPUT_PARTS:
         history.retire_unlisted(join_path(target.out, part), set(names[part]))
     return final

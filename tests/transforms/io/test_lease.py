@@ -166,3 +166,44 @@ def test_a_lease_is_kept_when_whether_to_keep_it_cannot_be_told(tmp_path):
     with lease_module.output_lease(out, "rerun", force_unlock=True, keep=lambda: False):  # this process holds it
         pass
     assert not os.path.exists(os.path.join(out, lease_module.LEASE_NAME))
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_a_guard_goes_on_while_its_run_holds_the_lease_and_stops_it_once_taken_over(tmp_path, request, where):
+    # A run taken over (--force-unlock elsewhere) used to publish its table over the new holder's;
+    # LeaseGuard.confirm, before each publish step, now stops it and removes only its own files.
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.errors import EnvironmentFailure
+    from transforms.io.lease_guard import LeaseGuard, guarded
+
+    if where == "gs":
+        request.getfixturevalue("gcs_emulator").bucket("guarded")
+        out = "gs://guarded/out"
+    else:
+        out = str(tmp_path / "out")
+    mine, theirs = f"{out}/images/part-a-1.parquet", f"{out}/images/part-b-1.parquet"
+    for path in (mine, theirs):
+        with FileSystems.create(path) as handle:
+            handle.write(b"rows")
+    with lease_module.output_lease(out, "ingest") as first:
+        guard = LeaseGuard(out, first.token)
+        guard.confirm([mine])  # held: nothing happens
+        assert FileSystems.exists(mine)
+        with lease_module.output_lease(out, "ingest", force_unlock=True) as second:
+            with pytest.raises(EnvironmentFailure, match=f"{out} was taken over by another run") as lost:
+                guard.confirm([f"{out}/images/part-a-*.parquet"])
+            assert f"(ingest, pid {second.pid}, host {second.host}, started " in str(lost.value)
+            assert "this run's table is not published" in str(lost.value)
+            assert not FileSystems.exists(mine) and FileSystems.exists(theirs)
+            # a run that fails once taken over (on what the new holder swept) says so
+            with pytest.raises(EnvironmentFailure, match="was taken over"):
+                with guarded(out, first.token):
+                    raise FileNotFoundError("the run's temporaries vanished")
+            with pytest.raises(FileNotFoundError):  # the holder's own failures stay as they are
+                with guarded(out, second.token):
+                    raise FileNotFoundError("something else")
+    # no lease at all (removed by hand, or the new holder ended): lost as well
+    with pytest.raises(EnvironmentFailure, match="lost its lease while this run ran"):
+        LeaseGuard(out, first.token).confirm()
+    LeaseGuard(out, "").confirm()  # no lease taken (a template build, a launcher that does not wait)
