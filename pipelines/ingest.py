@@ -8,6 +8,7 @@ import contextlib
 import sys
 import tempfile
 import time
+import uuid
 
 import apache_beam as beam
 import pyarrow
@@ -186,7 +187,8 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
     """
     spread_rows = not one_process
     out = opts.output
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started_at))
+    # why the random part: two runs of one second (a --force-unlock takeover) must not share part names
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(started_at))}-{uuid.uuid4().hex[:6]}"
     previous_files = list_table_files(out)  # replaced by this run's, once the books balance
     if opts.resume and not previous_files:
         raise BadInput(
