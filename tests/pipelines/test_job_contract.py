@@ -189,6 +189,61 @@ BAD_INPUT = {
         2,
         ["--view-max-distance", "65"],
     ),
+    # Dedup values that passed the range checks but wrecked the run (docs/duplicates.md, "Option values"):
+    "dedup-distance-64": (  # was "max_distance must be in [0, 64)" from the near search, no flag named
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--max-distance", "64"],
+        2,
+        ["--max-distance must be between 0 and 12, got 64", "match by chance"],
+    ),
+    "dedup-distance-too-wide": (  # was exit 0: with -1 below, one cluster of all 35 demo pictures
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--max-distance", "40", "--dhash-max-distance", "-1"],
+        2,
+        ["--max-distance must be between 0 and 12, got 40"],
+    ),
+    "dedup-view-distance-too-wide": (  # 64 did not finish 54 demo rows in 150 s
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--view-max-distance", "9"],
+        2,
+        ["--view-max-distance must be between 0 and 8, got 9"],
+    ),
+    "dedup-dhash-distance-out-of-range": (  # 100 was accepted: no confirmation at all
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--dhash-max-distance", "100"],
+        2,
+        ["--dhash-max-distance must be between 0 and 64, or -1", "100"],
+    ),
+    "ingest-placeholder-min-urls-1": (  # every picture a placeholder: export skipped them all, exit 0
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--placeholder-min-urls", "1"],
+        2,
+        ["--placeholder-min-urls must be 0 (the rule off) or at least 3, got 1"],
+    ),
+    "dedup-cc-rounds-too-many": (  # 200 was "unexpected RecursionError", exit 1
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--cc-rounds", "200"],
+        2,
+        ["--cc-rounds must be between 0 and 30, got 200"],
+    ),
+    "dedup-shard-bits-too-many": (  # 16: each query copied to 137 shards a band, x12 the shuffle
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--shard-bits", "16"],
+        2,
+        ["--shard-bits must be between 0 and 8, got 16"],
+    ),
+    "dedup-priority-typo": (  # cc3n was ignored: CC3M ranked last instead of first, exit 0
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--dataset-priority", "cc3n,cc12m"],
+        2,
+        ["--dataset-priority", "unknown dataset cc3n", "cc3m"],
+    ),
+    "ingest-empty-views": (  # --views "" (an unset variable) silently turned every view off
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--views="],
+        2,
+        ["--views names no view", "none"],
+    ),
     "dedup-no-output": ("dedup", ["--input", "{t}/table"], 2, ["--output"]),
     "refresh-not-an-ingest-output": (
         "refresh",
