@@ -109,6 +109,24 @@ BAD_INPUT = {
         2,
         ["--concurrency must be above 0"],
     ),
+    "ingest-too-many-retries": (  # the backoff doubles: --retries 100 waited ~2^99 s on a 503, no end
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--retries", "100"],
+        2,
+        ["--retries must be at most 10, got 100", "min for one URL"],
+    ),
+    "ingest-timeout-nan": (  # nan passed "above 0": every row a timeout, exit 0
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--timeout", "nan"],
+        2,
+        ["--timeout must be a finite number, got nan"],
+    ),
+    "refresh-timeout-infinite": (  # inf: no deadline, one silent server held the night forever
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--timeout", "inf"],
+        2,
+        ["--timeout must be a finite number, got inf"],
+    ),
     "ingest-not-a-network": (
         "ingest",
         ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--allow-network", "10.0.0.0/33"],
