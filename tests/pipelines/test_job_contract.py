@@ -343,6 +343,12 @@ BAD_INPUT = {
         2,
         ["--output {t}/e [v2]", "read as a pattern"],
     ),
+    "export-upscale-over-the-pixel-limit": (  # every picture at least N x N: all skipped too_large, exit 0
+        "export",
+        ["--input", "{t}/table", "--output", "{t}/e", "--format", "webdataset", "--resize", "100000", "--upscale"],
+        2,
+        ["--resize 100000 --resize-mode keep_ratio --upscale", "pixel limit"],
+    ),
 }
 
 
