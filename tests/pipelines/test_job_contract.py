@@ -343,6 +343,12 @@ BAD_INPUT = {
         2,
         ["--output {t}/e [v2]", "read as a pattern"],
     ),
+    "export-huge-shard-size": (  # one shard of every row: sorted in one worker's memory, nothing in parallel
+        "export",
+        ["--input", "{t}/table", "--output", "{t}/e", "--format", "webdataset", "--shard-size", "1000000000000"],
+        2,
+        ["--shard-size must be between 1 and 100000, got 1000000000000"],
+    ),
     "export-upscale-over-the-pixel-limit": (  # every picture at least N x N: all skipped too_large, exit 0
         "export",
         ["--input", "{t}/table", "--output", "{t}/e", "--format", "webdataset", "--resize", "100000", "--upscale"],
