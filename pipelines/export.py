@@ -38,6 +38,10 @@ __all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "
 
 FORMATS = {"webdataset": WebDatasetShardDoFn, "hf-parquet": HfParquetShardDoFn}
 DEFAULT_SHARD_SIZE = 10_000  # img2dataset's number_sample_per_shard
+# why: a shard's records are sorted in memory and its pictures read, resized and written by one
+# worker: --shard-size 10**12 made one shard of every row (12M rows: ~12 GB of records on one
+# worker, nothing in parallel, one ~1 TB tar)
+MAX_SHARD_SIZE = 100_000
 _SHARD_FILE = re.compile(r"^[0-9]{5,}\.(?:tar|parquet)$")
 
 
@@ -93,7 +97,7 @@ class ExportOptions(PipelineOptions):
             type=int,
             default=DEFAULT_SHARD_SIZE,
             metavar="ROWS",
-            help="samples per shard (the last shard holds the rest)",
+            help=f"samples per shard, 1-{MAX_SHARD_SIZE} (the last shard holds the rest; default {DEFAULT_SHARD_SIZE})",
         )
         parser.add_argument(
             "--encode-format",
@@ -145,8 +149,11 @@ def export_config(opts: ExportOptions) -> ExportConfig:
     ]
     if missing:
         raise BadInput(f"{' and '.join(missing)} required")
-    if opts.shard_size is None or opts.shard_size < 1:
-        raise BadInput(f"--shard-size must be >= 1, got {opts.shard_size}")
+    if opts.shard_size is None or not 1 <= opts.shard_size <= MAX_SHARD_SIZE:
+        raise BadInput(
+            f"--shard-size must be between 1 and {MAX_SHARD_SIZE}, got {opts.shard_size}: one worker sorts,"
+            " reads and writes a whole shard, so a larger one holds its records in memory and runs alone"
+        )
     preflight.refuse_pattern_characters("--output", opts.output)
     _check_output_apart(opts.input, opts.output)
     mode = opts.resize_mode or ("keep_ratio" if opts.resize is not None else "no")

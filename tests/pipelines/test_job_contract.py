@@ -109,6 +109,24 @@ BAD_INPUT = {
         2,
         ["--concurrency must be above 0"],
     ),
+    "ingest-too-many-retries": (  # the backoff doubles: --retries 100 waited ~2^99 s on a 503, no end
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--retries", "100"],
+        2,
+        ["--retries must be at most 10, got 100", "min for one URL"],
+    ),
+    "ingest-timeout-nan": (  # nan passed "above 0": every row a timeout, exit 0
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--timeout", "nan"],
+        2,
+        ["--timeout must be a finite number, got nan"],
+    ),
+    "refresh-timeout-infinite": (  # inf: no deadline, one silent server held the night forever
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--timeout", "inf"],
+        2,
+        ["--timeout must be a finite number, got inf"],
+    ),
     "ingest-not-a-network": (
         "ingest",
         ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--allow-network", "10.0.0.0/33"],
@@ -188,6 +206,61 @@ BAD_INPUT = {
         ["--input", "{t}/table", "--output", "{t}/o3", "--view-max-distance", "65"],
         2,
         ["--view-max-distance", "65"],
+    ),
+    # Dedup values that passed the range checks but wrecked the run (docs/duplicates.md, "Option values"):
+    "dedup-distance-64": (  # was "max_distance must be in [0, 64)" from the near search, no flag named
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--max-distance", "64"],
+        2,
+        ["--max-distance must be between 0 and 12, got 64", "match by chance"],
+    ),
+    "dedup-distance-too-wide": (  # was exit 0: with -1 below, one cluster of all 35 demo pictures
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--max-distance", "40", "--dhash-max-distance", "-1"],
+        2,
+        ["--max-distance must be between 0 and 12, got 40"],
+    ),
+    "dedup-view-distance-too-wide": (  # 64 did not finish 54 demo rows in 150 s
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--view-max-distance", "9"],
+        2,
+        ["--view-max-distance must be between 0 and 8, got 9"],
+    ),
+    "dedup-dhash-distance-out-of-range": (  # 100 was accepted: no confirmation at all
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--dhash-max-distance", "100"],
+        2,
+        ["--dhash-max-distance must be between 0 and 64, or -1", "100"],
+    ),
+    "ingest-placeholder-min-urls-1": (  # every picture a placeholder: export skipped them all, exit 0
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--placeholder-min-urls", "1"],
+        2,
+        ["--placeholder-min-urls must be 0 (the rule off) or at least 3, got 1"],
+    ),
+    "dedup-cc-rounds-too-many": (  # 200 was "unexpected RecursionError", exit 1
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--cc-rounds", "200"],
+        2,
+        ["--cc-rounds must be between 0 and 30, got 200"],
+    ),
+    "dedup-shard-bits-too-many": (  # 16: each query copied to 137 shards a band, x12 the shuffle
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--shard-bits", "16"],
+        2,
+        ["--shard-bits must be between 0 and 8, got 16"],
+    ),
+    "dedup-priority-typo": (  # cc3n was ignored: CC3M ranked last instead of first, exit 0
+        "dedup",
+        ["--input", "{t}/table", "--output", "{t}/o3", "--dataset-priority", "cc3n,cc12m"],
+        2,
+        ["--dataset-priority", "unknown dataset cc3n", "cc3m"],
+    ),
+    "ingest-empty-views": (  # --views "" (an unset variable) silently turned every view off
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--views="],
+        2,
+        ["--views names no view", "none"],
     ),
     "dedup-no-output": ("dedup", ["--input", "{t}/table"], 2, ["--output"]),
     "refresh-not-an-ingest-output": (
@@ -269,6 +342,18 @@ BAD_INPUT = {
         ["--input", "{t}/table", "--output", "{t}/e [v2]", "--format", "webdataset"],
         2,
         ["--output {t}/e [v2]", "read as a pattern"],
+    ),
+    "export-huge-shard-size": (  # one shard of every row: sorted in one worker's memory, nothing in parallel
+        "export",
+        ["--input", "{t}/table", "--output", "{t}/e", "--format", "webdataset", "--shard-size", "1000000000000"],
+        2,
+        ["--shard-size must be between 1 and 100000, got 1000000000000"],
+    ),
+    "export-upscale-over-the-pixel-limit": (  # every picture at least N x N: all skipped too_large, exit 0
+        "export",
+        ["--input", "{t}/table", "--output", "{t}/e", "--format", "webdataset", "--resize", "100000", "--upscale"],
+        2,
+        ["--resize 100000 --resize-mode keep_ratio --upscale", "pixel limit"],
     ),
 }
 

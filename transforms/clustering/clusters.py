@@ -297,7 +297,8 @@ class _KeyShard(beam.DoFn):
             | np.isin(phash, self._known)
             | ((dhash != 0) & np.isin(dhash, self._known))
         )
-        placeholder = known | (urls >= self._min_urls)
+        # why: 0 turns the many-URLs rule off (as the refresh's option does), not every picture a placeholder
+        placeholder = known | ((urls >= self._min_urls) & (self._min_urls > 0))
         for p, d in zip(phash[placeholder].tolist(), dhash[placeholder].tolist(), strict=True):
             _counter("placeholder_groups").inc()
             vertex = _vertex_of_ints(p, d)

@@ -84,11 +84,14 @@ class ResizeConfig:
             raise ValueError("--resize-mode no keeps the original bytes: give no --resize N with it")
         if self.mode != "no" and (self.size is None or self.size < 1):
             raise ValueError(f"--resize-mode {self.mode} needs --resize N with N >= 1, got {self.size}")
-        if self.mode in ("center_crop", "border") and self.size is not None and self.size**2 > self.max_pixels:
-            # why: every picture bigger than N (every one with --upscale) would come out N x N,
-            # more pixels than Pillow, the readers' decoder, opens
+        # why: every picture bigger than N (every one with --upscale) would come out N x N, more
+        # pixels than Pillow, the readers' decoder, opens; keep_ratio with --upscale makes every
+        # picture at least N x N (--resize 100000 --upscale: all 27 demo pictures skipped, exit 0)
+        squares = self.mode in ("center_crop", "border") or (self.mode == "keep_ratio" and self.upscale)
+        if squares and self.size is not None and self.size**2 > self.max_pixels:
             raise ValueError(
-                f"--resize {self.size} --resize-mode {self.mode} makes {self.size}x{self.size} pictures,"
+                f"--resize {self.size} --resize-mode {self.mode}{' --upscale' if self.upscale else ''} makes"
+                f" {'' if self.mode != 'keep_ratio' else 'at least '}{self.size}x{self.size} pictures,"
                 f" over the pixel limit of {self.max_pixels} that readers decode"
             )
         low, high = _QUALITY_RANGE[self.encode_format]

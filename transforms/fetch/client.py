@@ -21,6 +21,7 @@ import datetime
 import email.utils
 import errno
 import ipaddress
+import math
 import socket
 import threading
 import time
@@ -44,6 +45,7 @@ from transforms.image_checks import DEFAULT_MAX_PIXELS
 __all__ = [
     "REDIRECT_STATUSES",
     "RETRY_STATUSES",
+    "MAX_RETRIES",
     "OPT_OUT_DIRECTIVES",
     "DEFAULT_USER_AGENT",
     "user_agent",
@@ -61,6 +63,7 @@ __all__ = [
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRIES = 10  # --retries: the backoff doubles each attempt, 10 retries wait 8.5 min in all
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (image dataset research crawler)"
 
@@ -130,7 +133,12 @@ class FetchConfig:
             help=f"larger images are refused as decompression bombs (default {DEFAULT_MAX_PIXELS})",
         )
         add("--max-redirects", type=int, default=5, help="default 5")
-        add("--retries", type=int, default=2, help="extra attempts after 429 or 5xx (default 2)")
+        add(
+            "--retries",
+            type=int,
+            default=2,
+            help=f"extra attempts after 429 or 5xx, 0-{MAX_RETRIES}, the wait doubling from 0.5 s (default 2)",
+        )
         add(
             "--max-retry-after",
             type=float,
@@ -186,9 +194,20 @@ class FetchConfig:
         ):
             value = getattr(opts, name)
             positive = name in ("timeout", "max_bytes", "concurrency", "per_host", "max_pixels")
+            flag = "--" + name.replace("_", "-")
+            # why: nan passes every comparison (--timeout nan timed out every row, exit 0), inf is no
+            # deadline at all (one silent server holds the run forever)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise BadInput(f"{flag} must be a finite number, got {value}")
             if value is None or value < 0 or (positive and value == 0):
-                flag = "--" + name.replace("_", "-")
                 raise BadInput(f"{flag} must be {'above' if positive else 'at least'} 0, got {value}")
+        if opts.retries > MAX_RETRIES:
+            # why: the backoff doubles from 0.5 s, so --retries 100 waited ~2^99 s on a URL answering 503
+            raise BadInput(
+                f"--retries must be at most {MAX_RETRIES}, got {opts.retries}: the wait doubles from"
+                f" {cls.backoff:g} s each retry ({MAX_RETRIES} retries already wait"
+                f" {cls.backoff * (2**MAX_RETRIES - 1) / 60:.1f} min for one URL)"
+            )
         for network in opts.allow_network:
             # why here: AddressPolicy parses them in each worker's Fetcher, where a typo failed the
             # running job as an "unexpected ValueError" (exit 1) after its output was created

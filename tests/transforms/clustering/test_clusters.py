@@ -252,6 +252,25 @@ def test_known_placeholder_hash_option(tmp_path):
     assert stats["placeholder_rows"] == 2 and stats["clusters"] == 0
 
 
+def test_placeholder_min_urls_zero_turns_the_rule_off(tmp_path):
+    """--placeholder-min-urls 0: no picture is a placeholder for its URL count (the rule is off,
+    as the refresh's option of the same name), while the built-in list still applies. Before, 0
+    made every picture, one URL or sixty, a placeholder: export skipped them all, exit 0."""
+    rows = [
+        row(f"cc3m:{i}", url=f"http://a.example/{i}", phash="1111111111111111", dhash="2222222222222222")
+        for i in range(60)
+    ]
+    rows.append(row("cc12m:alone", "cc12m", phash="3333333333333333", dhash="4444444444444444"))
+    rows += [row(f"cc12m:blank{i}", "cc12m", phash="0000000000000000", dhash="0000000000000000") for i in range(2)]
+    rows_out, clusters, stats, _ = run_dedup(rows, tmp_path, placeholder_min_urls=0)
+    check_invariants(rows, rows_out, clusters)
+    by_key = {r["key"]: r for r in rows_out}
+    assert not any(by_key[f"cc3m:{i}"]["is_placeholder"] for i in range(60))
+    assert not by_key["cc12m:alone"]["is_placeholder"] and by_key["cc12m:alone"]["cluster_id"] is None
+    assert by_key["cc12m:blank0"]["is_placeholder"]  # on the built-in list
+    assert stats["placeholder_rows"] == 2 and stats["clusters"] == 1 and stats["duplicated_rows"] == 60
+
+
 def test_canonical_policy(tmp_path):
     ph, dh = "0123456789abcdef", "fedcba9876543210"
     rows = [

@@ -107,6 +107,8 @@ def test_exported_pictures_stay_under_the_pixel_limit_readers_decode():
     with pytest.raises(ValueError, match="over the pixel limit"):
         ResizeConfig(size=14000, mode="border")
     assert ResizeConfig(size=14000, mode="keep_ratio").size == 14000  # its sizes depend on the picture
+    with pytest.raises(ValueError, match="at least 14000x14000 pictures, over the pixel limit"):
+        ResizeConfig(size=14000, mode="keep_ratio", upscale=True)  # every picture at least N x N
     small = jpeg(2, (300, 200))
     with pytest.raises(TooLargeError, match="18000x12000 exported is over the limit"):
         export_image(small, ResizeConfig(size=12000, mode="keep_ratio", upscale=True))
