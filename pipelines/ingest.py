@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 DEMO_TIMEOUT = 3.0
+MAX_HASH_PROCESSES = 64  # per Beam worker process; each holds ~75 MB and all start at once
 
 
 class IngestOptions(PipelineOptions):
@@ -105,7 +106,7 @@ class IngestOptions(PipelineOptions):
             default=None,
             metavar="N",
             help="worker processes that decode and hash the images, per Beam worker process"
-            " (default: one per core; 0: threads inside the Beam worker, slower)",
+            f" (default: one per core; 0: threads inside the Beam worker, slower; at most {MAX_HASH_PROCESSES})",
         )
         output.add_argument(
             "--resume",
@@ -477,6 +478,9 @@ def check_inputs(opts):
         raise BadInput(f"--progress-interval must be above 0, got {opts.progress_interval}")
     if opts.hash_processes is not None and opts.hash_processes < 0:
         raise BadInput(f"--hash-processes must be at least 0, got {opts.hash_processes}")
+    if opts.hash_processes is not None and opts.hash_processes > MAX_HASH_PROCESSES:
+        # why: the pool starts them all at once, ~75 MB each: 1000 would exhaust a worker's memory
+        raise BadInput(f"--hash-processes must be at most {MAX_HASH_PROCESSES}, got {opts.hash_processes}")
     FetchConfig.from_options(opts)
     DedupSettings.from_options(opts)
     preflight.check_output_dir(opts.output)

@@ -210,8 +210,8 @@ def resolve(opts):
         raise ValueError("--history and --output must be different directories")
     if opts.history and "://" not in opts.history and os.path.isfile(opts.history):
         raise ValueError(f"--history {opts.history} is an existing file, not a directory")
-    if opts.max_distance is not None and not 0 <= opts.max_distance <= 64:
-        raise ValueError(f"--max-distance must be between 0 and 64 (pHash bits), got {opts.max_distance}")
+    if opts.max_distance is not None and not 0 <= opts.max_distance <= verdicts.MAX_SAME_PICTURE_DISTANCE:
+        raise ValueError(verdicts.too_wide(opts.max_distance))
     if opts.history and _inside(opts.output, opts.history):
         # why: HISTORY holds one folder per night (--output H/{night} is that night's own folder,
         # whose publish then removed this run's files: "vanished", exit 1, every night)

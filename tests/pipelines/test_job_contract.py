@@ -121,6 +121,18 @@ BAD_INPUT = {
         2,
         ["--timeout must be a finite number, got nan"],
     ),
+    "refresh-max-distance-too-wide": (  # 64: every picture at a URL the snapshot's, a replaced photo alive
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--max-distance", "13"],
+        2,
+        ["--max-distance must be between 0 and 12, got 13", "alive, never changed"],
+    ),
+    "ingest-too-many-hash-processes": (  # 1000 processes started at once: out of memory
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--hash-processes", "1000"],
+        2,
+        ["--hash-processes must be at most 64, got 1000"],
+    ),
     "refresh-timeout-infinite": (  # inf: no deadline, one silent server held the night forever
         "refresh",
         ["--snapshot", "{t}/table", "--output", "{t}/r", "--timeout", "inf"],
@@ -315,7 +327,7 @@ BAD_INPUT = {
         "refresh",
         ["--snapshot", "{t}/table", "--output", "{t}/r", "--max-distance", "-1"],
         2,
-        ["--max-distance", "between 0 and 64", "-1"],
+        ["--max-distance", "between 0 and 12", "-1"],
     ),
     "refresh-no-output": ("refresh", ["--snapshot", "{t}/table"], 2, ["--output"]),
     # a folder name Beam's FileSystems.match reads as a pattern: every job failed in its run, exit 1

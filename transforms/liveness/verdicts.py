@@ -27,6 +27,8 @@ from transforms.clustering.placeholders import KNOWN_PLACEHOLDERS
 from transforms.image_checks import DEFAULT_MAX_PIXELS
 
 __all__ = [
+    "MAX_SAME_PICTURE_DISTANCE",
+    "too_wide",
     "ALIVE",
     "CHANGED",
     "UNREACHABLE",
@@ -110,6 +112,25 @@ HEAD_REFUSED = frozenset({405, 501})
 BASELINE_STATUSES = frozenset({schema.OK, schema.HASH_MISMATCH})  # rows whose picture was hashed
 NOT_RECHECKED = frozenset({schema.INVALID_URL, schema.BLOCKED})
 DEFAULT_MAX_DISTANCE = 6  # same picture at or under this pHash distance (docs/refresh.md)
+# why a cap: wider, different pictures pass as the snapshot's (a replaced photo "alive", never
+# "changed"); 12 is also the dedup job's widest near-duplicate distance
+MAX_SAME_PICTURE_DISTANCE = 12
+
+
+def too_wide(max_distance: int) -> str:
+    """The one line refusing a --max-distance out of 0..MAX_SAME_PICTURE_DISTANCE.
+
+    Args:
+        max_distance: the value given.
+    Returns:
+        The message.
+    """
+    return (
+        f"--max-distance must be between 0 and {MAX_SAME_PICTURE_DISTANCE}, got {max_distance}: wider, a"
+        " different picture at the URL passes as the snapshot's (alive, never changed)"
+    )
+
+
 DEFAULT_DEAD_AFTER = 2  # nights of 'gone' answers (docs/refresh.md, "Why these defaults")
 DEFAULT_HOST_DEAD_AFTER = 4  # nights of 'no such name' / 'connection refused'
 DEFAULT_UNREACHABLE_DEAD_AFTER = 30
