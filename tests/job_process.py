@@ -1,5 +1,6 @@
 """`job(name, *args)`: a job run as `python -m pipelines.<name>` from the repository, the way a user
-starts it, for the tests of exit statuses and one-line messages."""
+starts it, for the tests of exit statuses and one-line messages; `start(*argv)`: the same started in
+a session of its own, for tests that signal it or run two at once."""
 
 import os
 import subprocess
@@ -31,4 +32,18 @@ def job(name, *args, env=None, timeout=240, as_nobody=False):
         text=True,
         timeout=timeout,
         preexec_fn=preexec,
+    )
+
+
+def start(*argv, env=None, stdout=subprocess.PIPE):
+    """Starts `python argv...` from the repository in a session of its own (its process group can be
+    signalled without the test's); returns the Popen, its stderr a pipe of text."""
+    return subprocess.Popen(
+        [sys.executable, *map(str, argv)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, **(env or {})},  # env may set PYTHONPATH itself
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )

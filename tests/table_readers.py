@@ -22,6 +22,23 @@ def one_line(capsys, job):
     return lines[0]
 
 
+def night_options(tmp_path, snapshot, date, **extra):
+    """(Beam options of the refresh of night `date` into tmp_path/refresh-<date> with the history
+    tmp_path/history, loopback allowed, one try a URL; `extra` adds or overrides), REFRESH_OUT)."""
+    out = str(tmp_path / f"refresh-{date}")
+    args = {
+        "snapshot": snapshot,
+        "output": out,
+        "history": str(tmp_path / "history"),
+        "night": date,
+        "allow-network": LOOPBACK,
+        "timeout": 5,
+        "retries": 0,
+        **extra,
+    }
+    return local_options(**args), out
+
+
 def run_refresh(snapshots, output):
     return refresh.main(
         local_options(snapshot=snapshots, output=output, **{"allow-network": LOOPBACK, "retries": 0, "timeout": 5})

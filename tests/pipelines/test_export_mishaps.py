@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pyarrow as pa
@@ -17,8 +16,8 @@ import pytest
 from PIL import Image
 
 from pipelines import export
+from tests import job_process
 from tests.conftest import local_options
-from tests.paths import REPO
 from transforms import schema
 from transforms.export import export_books
 from transforms.io.sinks import blob_uri
@@ -131,15 +130,7 @@ def test_an_export_killed_midway_leaves_the_earlier_export_whole_and_a_rerun_com
     os.remove(blob)
     os.mkfifo(blob)
     argv = ["--input", out, "--output", exp, "--format", "webdataset", "--shard-size", "1", "--resize", "32"]
-    running = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.export", "--runner=FnApiRunner", *argv],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=REPO),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    running = job_process.start("-m", "pipelines.export", "--runner=FnApiRunner", *argv, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not (_being_read(blob) and _shards_done(exp, before) == 12):

@@ -133,6 +133,18 @@ BAD_INPUT = {
         2,
         ["--hash-processes must be at most 64, got 1000"],
     ),
+    "ingest-timeout-in-milliseconds": (  # 30000 s: a silent server held its URL 8 hours
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--timeout", "30000"],
+        2,
+        ["--timeout must be at most 3600 seconds, got 30000"],
+    ),
+    "refresh-host-cooldown-too-long": (
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--host-cooldown", "864000"],
+        2,
+        ["--host-cooldown must be at most 86400 seconds, got 864000"],
+    ),
     "refresh-timeout-infinite": (  # inf: no deadline, one silent server held the night forever
         "refresh",
         ["--snapshot", "{t}/table", "--output", "{t}/r", "--timeout", "inf"],

@@ -8,8 +8,6 @@ held both runs' rows under one run's summary.json (readers then refused it, or r
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,8 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import dedup, export, ingest
 from pipelines.demo.sample_site import Reply, jpeg
+from tests import job_process
 from tests.conftest import local_options
-from tests.paths import REPO
 from tests.table_readers import one_line, run_refresh
 from transforms.io import lease as lease_module
 from transforms.io.sinks import join_path, read_json
@@ -57,15 +55,7 @@ def _gated(web, prefix, count, gate):
 
 def _start_ingest(manifest, out, *extra):
     command = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
-    return subprocess.Popen(
-        [sys.executable, "-c", _INGEST, *command, "--no-report", "--retries", "0", *extra],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=REPO),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return job_process.start("-c", _INGEST, *command, "--no-report", "--retries", "0", *extra)
 
 
 def _wait_for_hit(web, path, process):

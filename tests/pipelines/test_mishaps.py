@@ -19,6 +19,7 @@ import pytest
 
 from pipelines import dedup, export, ingest, refresh
 from pipelines.demo.sample_site import Reply, jpeg
+from tests import job_process
 from tests.conftest import local_options
 from tests.paths import REPO
 from tests.table_readers import assert_readers_refuse
@@ -226,16 +227,7 @@ def test_same_named_files_in_three_folders_keep_every_row_and_a_file_named_twice
 
 
 def _start_ingest(args, **env_vars):
-    env = dict(os.environ, **{"PYTHONPATH": REPO, **env_vars})
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.ingest", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return job_process.start("-m", "pipelines.ingest", *args, env=env_vars)
 
 
 def _wait_for(path, process, seconds=120):
@@ -472,15 +464,7 @@ def test_ctrl_c_releases_the_lease_of_a_gs_output(web, gcs_emulator, tmp_path):
     manifest = tmp_path / "cc3m.tsv"
     manifest.write_text(_cc3m_lines(urls + [web.url("/slow.jpg")]))
     command = ["--manifest", f"cc3m={manifest}", "--output", out, "--allow-network", LOOPBACK, "--no-progress"]
-    process = subprocess.Popen(
-        [sys.executable, "-c", _INGEST_WITH_EMULATOR, *command, "--no-report", "--timeout", "90"],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=REPO),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = job_process.start("-c", _INGEST_WITH_EMULATOR, *command, "--no-report", "--timeout", "90")
     bucket = gcs_emulator.client().bucket("ctrl-c-lease")
     started = time.monotonic()
     (line,) = _interrupt_when_fetching(web, process, "/slow.jpg")

@@ -12,9 +12,8 @@ import pyarrow.dataset as ds
 
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
-from tests.conftest import local_options
 from tests.synthetic_out import fetched_ok_row, write_snapshot_table
-from tests.table_readers import one_line
+from tests.table_readers import night_options, one_line
 from transforms.liveness import dark_night, verdicts
 
 HOSTS = 40  # why 40: the second night has 20 hosts that served, DARK_NIGHT_MIN_HOSTS
@@ -34,19 +33,11 @@ def web_of_hosts(stack, tmp_path):
 
 def night(tmp_path, snapshot, date, **extra):
     """The refresh of `date` (exit status, REFRESH_OUT) with the loopback hosts allowed."""
-    out = str(tmp_path / f"refresh-{date}")
-    args = {
-        "snapshot": snapshot,
-        "output": out,
-        "history": str(tmp_path / "history"),
-        "night": date,
-        "allow-network": "127.0.0.0/26",
-        "timeout": 5,
-        "retries": 0,
-        "host-dead-after": 1,  # why: the strictest setting, where one recorded dark night kills every URL
-        **extra,
-    }
-    return refresh_job.main(local_options(**args)), out
+    # why --host-dead-after 1: the strictest setting, where one recorded dark night kills every URL
+    options, out = night_options(
+        tmp_path, snapshot, date, **{"allow-network": "127.0.0.0/26", "host-dead-after": 1, **extra}
+    )
+    return refresh_job.main(options), out
 
 
 def verdicts_of(out):

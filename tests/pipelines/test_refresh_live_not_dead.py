@@ -36,7 +36,7 @@ from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.synthetic_out import fetched_ok_row, write_snapshot_table
-from tests.table_readers import one_line
+from tests.table_readers import night_options, one_line
 from transforms import schema
 from transforms.liveness import verdicts
 
@@ -49,18 +49,8 @@ def write_snapshot(directory, rows):
 
 
 def night(tmp_path, snapshot, date, **extra):
-    out = str(tmp_path / f"refresh-{date}")
-    args = {
-        "snapshot": snapshot,
-        "output": out,
-        "history": str(tmp_path / "history"),
-        "night": date,
-        "allow-network": "127.0.0.1/32",
-        "timeout": 5,
-        "retries": 0,
-        **extra,
-    }
-    refresh_job.run(local_options(**args))
+    options, out = night_options(tmp_path, snapshot, date, **extra)
+    refresh_job.run(options)
     rows = ds.dataset(os.path.join(out, "status"), format="parquet").to_table().to_pylist()
     return {r["key"]: r for r in rows}
 

@@ -46,6 +46,7 @@ __all__ = [
     "REDIRECT_STATUSES",
     "RETRY_STATUSES",
     "MAX_RETRIES",
+    "MAX_SECONDS",
     "OPT_OUT_DIRECTIVES",
     "DEFAULT_USER_AGENT",
     "user_agent",
@@ -64,6 +65,8 @@ __all__ = [
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRIES = 10  # --retries: the backoff doubles each attempt, 10 retries wait 8.5 min in all
+# The longest waits that can be meant, in seconds (a larger value is milliseconds taken for seconds).
+MAX_SECONDS = {"timeout": 3600, "max_retry_after": 3600, "host_cooldown": 86400}
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (image dataset research crawler)"
 
@@ -201,6 +204,10 @@ class FetchConfig:
                 raise BadInput(f"{flag} must be a finite number, got {value}")
             if value is None or value < 0 or (positive and value == 0):
                 raise BadInput(f"{flag} must be {'above' if positive else 'at least'} 0, got {value}")
+        for name, most in MAX_SECONDS.items():
+            if getattr(opts, name) > most:
+                # why: seconds, not milliseconds (--timeout 30000 held a silent server's URL 8 hours)
+                raise BadInput(f"--{name.replace('_', '-')} must be at most {most} seconds, got {getattr(opts, name)}")
         if opts.retries > MAX_RETRIES:
             # why: the backoff doubles from 0.5 s, so --retries 100 waited ~2^99 s on a URL answering 503
             raise BadInput(
