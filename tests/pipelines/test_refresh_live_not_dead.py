@@ -66,26 +66,20 @@ def test_a_404_to_head_alone_is_no_evidence_when_get_serves_the_picture(tmp_path
     assert all(r["method"] == verdicts.HEAD_GET and r["http_status"] == 200 for r in nights)
 
 
-def test_a_head_dropped_without_an_answer_is_no_verdict_when_get_serves_the_picture(tmp_path):
-    body = jpeg(12)
-    with SampleWebServer() as web:
+@pytest.mark.parametrize(
+    "head_reply",
+    [
         # servers (and their firewalls) that hang up on HEAD: a reset, no status line
-        web.routes["/photo.jpg"] = lambda method, headers, n: (
-            Reply(reset=True) if method == "HEAD" else Reply(200, body, JPEG)
-        )
-        snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
-        row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
-    assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.HEAD_GET, 200), row["reason"]
-
-
-def test_a_500_to_head_alone_is_no_verdict_when_get_serves_the_picture(tmp_path):
-    body = jpeg(13)
-    with SampleWebServer() as web:
+        pytest.param(Reply(reset=True), id="dropped-without-an-answer"),
         # frameworks that route GET only and fail on anything else: HEAD is a 500, GET the picture.
         # Settled by the HEAD, such a URL was unreachable every night, then dead after 30.
-        web.routes["/photo.jpg"] = lambda method, headers, n: (
-            Reply(500, b"oops") if method == "HEAD" else Reply(200, body, JPEG)
-        )
+        pytest.param(Reply(500, b"oops"), id="a-500"),
+    ],
+)
+def test_a_head_failing_alone_is_no_verdict_when_get_serves_the_picture(tmp_path, head_reply):
+    body = jpeg(12)
+    with SampleWebServer() as web:
+        web.routes["/photo.jpg"] = lambda method, headers, n: head_reply if method == "HEAD" else Reply(200, body, JPEG)
         snapshot = write_snapshot(str(tmp_path / "snapshot"), [("cc3m:1", web.url("/photo.jpg"), body)])
         row = night(tmp_path, snapshot, "2030-02-01")["cc3m:1"]
     assert (row["status"], row["method"], row["http_status"]) == (verdicts.ALIVE, verdicts.HEAD_GET, 200), row["reason"]
