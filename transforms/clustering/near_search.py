@@ -77,6 +77,10 @@ ROUTED_RECORD = np.dtype([("owner", "?"), ("phash", "<u8"), ("dhash", "<u8")])
 OWNERS_PER_GROUP = 1 << 20
 QUERY_CHUNK = 1 << 18
 
+# A shard's dense lookup table (owner_index) has 2^low_bits slots: built only where the owners number
+# at least 1/2^8 of them (16K owners at 22 bits, a 1M-row run's shards hold ~125K).
+_DENSE_TABLE_SLOTS_PER_OWNER_BITS = 8
+
 # Relative cost of checking one candidate pair vs one sorted-table lookup (measured roughly:
 # a vectorised xor+popcount is ~20x cheaper than a searchsorted probe).
 _PAIR_COST = 0.05
@@ -266,10 +270,14 @@ class BandPlan:
         o_low = self.band(o_perm, j) & low_mask
         order = np.argsort(o_low, kind="stable")
         o_p, o_d, o_has, o_perm, o_low = (a[order] for a in (o_p, o_d, o_has, o_perm, o_low))
-        if low_bits <= 24:
+        if low_bits <= 24 and len(o_low) << _DENSE_TABLE_SLOTS_PER_OWNER_BITS >= 1 << low_bits:
             # Dense offsets table (CSR): lookup of a low value is two array reads, ~7x faster
             # than a binary search. 2^low_bits + 1 int32 entries (16 MiB at 22 bits), built in
-            # place from the owners' distinct values, so no table-sized temporary.
+            # place from the owners' distinct values, so no table-sized temporary. Why not for a
+            # few owners: building the table costs ~10 ms whatever their count, and a small
+            # shard's queries are as few (each query is a copy of some shard's owner), so a
+            # binary search over a short array costs less than the table; a small run has ~50
+            # such shards, each paying it.
             values, counts = np.unique(o_low, return_counts=True)
             starts = np.zeros((1 << low_bits) + 1, dtype=np.int32 if len(o_low) < 2**31 else np.int64)
             starts[values.astype(np.intp) + 1] = counts

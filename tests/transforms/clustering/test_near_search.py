@@ -89,7 +89,11 @@ def _search(nodes, plan, dmax):
         (5, 2, 0, None),
     ],
 )
-def test_search_equals_brute_force(k, bands, shard_bits, dmax):
+@pytest.mark.parametrize("lookup", ["dense-table", "binary-search"])
+def test_search_equals_brute_force(k, bands, shard_bits, dmax, lookup, monkeypatch):
+    # why both: a shard's owners are looked up in a dense table only when they are many (a 1M-row
+    # run), by binary search when few (1200 hashes here); the two must find the same pairs.
+    monkeypatch.setattr(near_search, "_DENSE_TABLE_SLOTS_PER_OWNER_BITS", 64 if lookup == "dense-table" else 0)
     nodes = _dense_hashes(1200, seed=k)
     plan = BandPlan(k, bands=bands, shard_bits=shard_bits)
     found = _search(nodes, plan, dmax)
