@@ -24,6 +24,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipelines.launch import arguments, console, failures, preflight
 from pipelines.launch.cached_options import CachedViewOptions
+from pipelines.launch.dofn_specs_memo import memoised_dofn_specs
 from pipelines.report import run_resources
 from transforms.errors import BadInput
 from transforms.io.lease_guard import LeaseGuard, guarded
@@ -342,13 +343,14 @@ class Job:
         """
         # Why here: the run's cost (OUT/summary.json "resources") counts from the graph's construction.
         started = run_resources.ResourceClock.now()
-        pipeline = beam.Pipeline(options=options.view_as(CachedViewOptions))
-        build(pipeline)
-        try:
-            result = wait_for(pipeline.run(), options)
-        except Exception as exc:
-            failures.mark_pipeline_failure(exc)
-            raise
+        with memoised_dofn_specs():  # Beam inspects every DoFn ~8 times a run (dofn_specs_memo.py)
+            pipeline = beam.Pipeline(options=options.view_as(CachedViewOptions))
+            build(pipeline)
+            try:
+                result = wait_for(pipeline.run(), options)
+            except Exception as exc:
+                failures.mark_pipeline_failure(exc)
+                raise
         if job_done(result) and output is not None:
             from pipelines.report import run_metrics  # pipelines.report imports matplotlib: only when used
 
