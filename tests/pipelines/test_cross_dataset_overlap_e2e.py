@@ -218,27 +218,37 @@ def test_dataset_priority_decides_the_tie(runs):
     assert summary(out)["config"]["dataset_priority"][:2] == ["cc3m", "cc12m"]
 
 
+def check_duplicate_figures(stats, rows):
+    """summary.json's duplicate figures against the rows, counted here."""
+    clusters = collections.defaultdict(list)
+    for r in rows:
+        if r["cluster_id"] is not None and not r["is_placeholder"]:
+            clusters[r["cluster_id"]].append(r["dataset"])
+    across = [c for c in clusters.values() if {"cc3m", "cc12m"} <= set(c)]
+    within = [c for c in clusters.values() if c.count("cc12m") > 1]
+    assert stats["rows"] == len(rows) and stats["clusters"] == len(clusters)
+    assert stats["duplicated_rows"] == sum(map(len, clusters.values()))
+    assert stats["redundant_rows"] == stats["duplicated_rows"] - stats["clusters"]
+    assert stats["placeholder_groups"] == 1 and stats["placeholder_rows"] == len(PLACEHOLDER)
+    assert stats["placeholder_rows_by_dataset"] == {"cc3m": 2, "cc12m": 3}
+    assert stats["across_datasets"] == {"cc3m|cc12m": {"clusters": len(across), "rows": sum(map(len, across))}}
+    assert stats["within_dataset"] == {
+        "cc12m": {"clusters": len(within), "rows": sum(c.count("cc12m") for c in within)}
+    }
+    return len(clusters)
+
+
 def test_summary_and_printed_line_agree_with_the_tables(runs):
     tmp = runs["tmp"]
+    one = summary(str(tmp / "one"))
+    assert one["books"]["rows_in"] == one["books"]["rows_out"] == one["rows"] == 12 + 17
+    assert check_duplicate_figures(one["duplicates"], read_rows(str(tmp / "one"))) == len(GROUPS)
     for out, printed in (("d1", runs["printed"]["again"]), ("reversed", runs["printed"]["reversed"])):
         rows, stats = read_rows(str(tmp / out)), summary(str(tmp / out))
-        clusters = collections.defaultdict(list)
-        for r in rows:
-            if r["cluster_id"] is not None and not r["is_placeholder"]:
-                clusters[r["cluster_id"]].append(r["dataset"])
-        across = [c for c in clusters.values() if {"cc3m", "cc12m"} <= set(c)]
-        within = [c for c in clusters.values() if c.count("cc12m") > 1]
-        assert stats["rows"] == stats["books"]["rows_in"] == stats["books"]["rows_out"] == len(rows)
-        assert stats["clusters"] == len(clusters) == len(GROUPS) + len(runs["planted"])
-        assert stats["duplicated_rows"] == sum(map(len, clusters.values()))
-        assert stats["redundant_rows"] == stats["duplicated_rows"] - stats["clusters"]
-        assert stats["placeholder_groups"] == 1 and stats["placeholder_rows"] == len(PLACEHOLDER)
-        assert stats["placeholder_rows_by_dataset"] == {"cc3m": 2, "cc12m": 3}
-        assert stats["across_datasets"] == {"cc3m|cc12m": {"clusters": len(across), "rows": sum(map(len, across))}}
-        assert stats["within_dataset"] == {
-            "cc12m": {"clusters": len(within), "rows": sum(c.count("cc12m") for c in within)}
-        }
-        assert f"dedup: {len(rows)} rows, {len(clusters)} clusters, 0 rows replaced" in printed
+        assert stats["books"]["rows_in"] == stats["books"]["rows_out"] == len(rows)
+        clusters = check_duplicate_figures(stats, rows)
+        assert clusters == len(GROUPS) + len(runs["planted"])
+        assert f"dedup: {len(rows)} rows, {clusters} clusters, 0 rows replaced" in printed
 
 
 def test_export_keeps_one_copy_of_each_cluster(runs):
