@@ -30,27 +30,34 @@ __all__ = ["memoised_dofn_specs"]
 _Specs = tuple[set[userstate.StateSpec], set[userstate.TimerSpec]]
 
 
-def _memo_key(dofn: DoFn) -> Hashable:
+def _hook_names(cls: type) -> tuple[str, ...]:
+    """The `_inspect_<method>` hooks of a DoFn class: Beam asks them instead of the method."""
+    return tuple(name for name in dir(cls) if name.startswith("_inspect_"))
+
+
+def _memo_key(dofn: DoFn, hook_names: tuple[str, ...]) -> Hashable:
     """What Beam's answer for `dofn` depends on: its class; the bound methods its instance holds
     (inspected in place of the class's, by identity); and what each `_inspect_<method>` hook answers
     for the method it stands for (Beam's `CallableWrapperDoFn`, behind `beam.Map`, inspects the
     function it wraps: argument names and default values, the values by identity)."""
-    cls = type(dofn)
     held = tuple(sorted((name, id(value)) for name, value in vars(dofn).items() if isinstance(value, types.MethodType)))
     hooks = []
-    for name in dir(cls):
-        if name.startswith("_inspect_"):
-            args, defaults = getattr(dofn, name)()
-            hooks.append((name, tuple(args), tuple(id(value) for value in defaults)))
-    return cls, held, tuple(hooks)
+    for name in hook_names:
+        args, defaults = getattr(dofn, name)()
+        hooks.append((name, tuple(args), tuple(id(value) for value in defaults)))
+    return type(dofn), held, tuple(hooks)
 
 
 def _memoised(compute: Callable[[DoFn], _Specs]) -> Callable[[DoFn], _Specs]:
     answers: dict[Hashable, tuple[frozenset[userstate.StateSpec], frozenset[userstate.TimerSpec]]] = {}
     kept_alive: list[object] = []  # why: keys hold id()s; the objects behind them must outlive the memo
+    hook_names: dict[type, tuple[str, ...]] = {}
 
     def get_dofn_specs(dofn: DoFn) -> _Specs:
-        key = _memo_key(dofn)
+        cls = type(dofn)
+        if cls not in hook_names:
+            hook_names[cls] = _hook_names(cls)
+        key = _memo_key(dofn, hook_names[cls])
         if key not in answers:
             computed_state, computed_timers = compute(dofn)
             answers[key] = frozenset(computed_state), frozenset(computed_timers)
