@@ -40,6 +40,7 @@ from transforms import schema
 from transforms.bounded_futures import BoundedFuturesDoFn
 from transforms.errors import BadInput
 from transforms.fetch.address_policy import AddressPolicy, BlockedAddressError, GuardedResolver, legacy_ipv4
+from transforms.fetch.open_files import ShortagePatience, is_local_shortage, raise_open_files_limit
 from transforms.image_checks import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -260,6 +261,7 @@ class FetchResult:
     unconnectable: bool = False  # no connection could be made at all (for the host's breaker)
     name_not_found: bool = False  # DNS says the host name does not exist (not a temporary failure)
     refused: bool = False  # the host actively refused the TCP connection (ECONNREFUSED)
+    local_shortage: bool = False  # this machine had no descriptor to give (open_files.py): not the URL's
 
     def retryable(self):
         return self.status == schema.HTTP_ERROR and self.http_status in RETRY_STATUSES
@@ -392,6 +394,7 @@ class Fetcher:
 
     def __init__(self, config: FetchConfig) -> None:
         self.config = config
+        raise_open_files_limit()  # why: --concurrency sockets per worker thread; see open_files.py
         self._policy = AddressPolicy(config.allow_networks)
         self._agent_token = config.user_agent.split("/", 1)[0].strip().lower()
         self._loop = asyncio.new_event_loop()
@@ -483,8 +486,12 @@ class Fetcher:
         started = time.monotonic()
         gate = self._gate(url)
         attempt = 0
+        patience = ShortagePatience(self.config.concurrency)
         while True:
             result = await self._polite_attempt(gate, url, method, headers)
+            if result.local_shortage:  # why: no request left this machine; the URL has no answer yet
+                await asyncio.sleep(patience.next_wait(result.error))
+                continue
             if result.skipped:
                 break
             attempt += 1
@@ -517,7 +524,8 @@ class Fetcher:
                 await gate.wait_turn()
                 await self._rate.wait()
                 result = await self._deadline_attempt(url, method, headers)
-                gate.record(result, asyncio.get_running_loop().time())
+                if not result.local_shortage:  # why: says nothing of the host, and a success resets its breaker
+                    gate.record(result, asyncio.get_running_loop().time())
                 return result
 
     async def _deadline_attempt(self, url, method, headers):
@@ -598,6 +606,8 @@ class Fetcher:
             except aiohttp.InvalidURL as exc:
                 return FetchResult(schema.INVALID_URL, f"invalid URL: {_short(exc)}", last_status, final_url=current)
             except aiohttp.ClientConnectorError as exc:
+                if is_local_shortage(exc.os_error):
+                    return _local_shortage(exc.os_error, last_status, current)
                 return FetchResult(
                     schema.CONNECTION_ERROR,
                     f"cannot connect: {_short(exc.os_error)}",
@@ -627,6 +637,8 @@ class Fetcher:
                     schema.CONNECTION_ERROR, f"invalid HTTP response: {_short(exc)}", last_status, final_url=current
                 )
             except (aiohttp.ClientError, OSError) as exc:
+                if is_local_shortage(exc):
+                    return _local_shortage(exc, last_status, current)
                 return FetchResult(
                     schema.CONNECTION_ERROR, f"{type(exc).__name__}: {_short(exc)}", last_status, final_url=current
                 )
@@ -696,6 +708,12 @@ def _shut_down(loop, thread, session, file_pool):
 # getaddrinfo's answers for a name that does not exist (NXDOMAIN, or no address records), as opposed
 # to EAI_AGAIN and friends, which say the lookup itself failed and may work later.
 _NAME_GONE_ERRNOS = frozenset(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name))
+
+
+def _local_shortage(error, last_status, url):
+    return FetchResult(
+        schema.CONNECTION_ERROR, f"no descriptor: {_short(error)}", last_status, final_url=url, local_shortage=True
+    )
 
 
 def _refused(error):
