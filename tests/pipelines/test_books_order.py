@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import dedup, export, ingest
-from pipelines.demo.sample_site import Reply, jpeg
+from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.dedup_helpers import row
 from tests.table_readers import LOOPBACK, assert_readers_refuse, one_line, run_refresh
@@ -41,6 +41,30 @@ def _ingest(out, manifest, *extra, **options):
         **{"allow-network": LOOPBACK, "no-progress": True, "no-report": True, "retries": 0, **options},
     )
     return ingest.main(args + list(extra))
+
+
+@pytest.fixture(scope="module")
+def six_ingested(tmp_path_factory):
+    """(the web, a CC3M manifest of 6 pictures on it, OUT of their ingest): one ingest for the
+    module, read-only (a test copies OUT with `six_out` before changing it; the web stays up: the
+    table names its URLs)."""
+    # why: nine tests each ingested these 6 URLs (~4 s a run) only to start from a whole table
+    folder = tmp_path_factory.mktemp("six")
+    with SampleWebServer() as web:
+        manifest = folder / "cc3m.tsv"
+        manifest.write_text(_serve_cc3m(web, 6))
+        out = str(folder / "out")
+        assert _ingest(out, manifest) == 0
+        yield web, manifest, out
+
+
+@pytest.fixture
+def six_out(six_ingested, tmp_path):
+    """(this test's copy of six_ingested's OUT, its manifest)."""
+    _, manifest, out = six_ingested
+    copy = str(tmp_path / "out")
+    shutil.copytree(out, copy)
+    return copy, manifest
 
 
 def _write_out(root, rows, name="part-0.parquet"):
@@ -96,11 +120,8 @@ def test_dedup_with_unbalanced_books_leaves_out3s_previous_table_whole(tmp_path,
     assert summary["table"] == recorded  # what OUT3/images still holds
 
 
-def test_ingest_with_unbalanced_books_leaves_outs_previous_table_whole(web, tmp_path, capsys, monkeypatch):
-    manifest = tmp_path / "cc3m.tsv"
-    manifest.write_text(_serve_cc3m(web, 6))
-    out = str(tmp_path / "out")
-    assert _ingest(out, manifest) == 0
+def test_ingest_with_unbalanced_books_leaves_outs_previous_table_whole(six_out, capsys, monkeypatch):
+    out, manifest = six_out
     before = _snapshot(os.path.join(out, "images"))
     recorded = json.load(open(os.path.join(out, "summary.json")))["table"]
     assert recorded["rows"] == 6 and sorted(recorded["files"]) == sorted(before)
@@ -123,18 +144,18 @@ def test_ingest_with_unbalanced_books_leaves_outs_previous_table_whole(web, tmp_
 # --- B: the refresh's own books -------------------------------------------------------------------
 
 
-def _two_snapshots(web, tmp_path):
-    """Two ingests of one manifest: every key in both snapshots (the refresh merges them)."""
-    manifest = tmp_path / "cc3m.tsv"
-    manifest.write_text(_serve_cc3m(web, 6))
+def _two_snapshots(six_ingested, tmp_path):
+    """Two snapshots of one ingest (the module's OUT and a copy): every key in both (the refresh
+    merges them). The refresh only reads them."""
+    _, _, out = six_ingested
     snapshots = [str(tmp_path / "out-a"), str(tmp_path / "out-b")]
-    for out in snapshots:
-        assert _ingest(out, manifest) == 0
+    for copy in snapshots:
+        shutil.copytree(out, copy)
     return snapshots
 
 
-def test_refresh_books_balance_with_keys_merged_across_snapshots(web, tmp_path, capsys):
-    snapshots = _two_snapshots(web, tmp_path)
+def test_refresh_books_balance_with_keys_merged_across_snapshots(six_ingested, tmp_path, capsys):
+    snapshots = _two_snapshots(six_ingested, tmp_path)
     output = str(tmp_path / "refresh")
     assert run_refresh(snapshots, output) == 0
     books = json.load(open(os.path.join(output, "summary.json")))["books"]
@@ -147,8 +168,8 @@ def test_refresh_books_balance_with_keys_merged_across_snapshots(web, tmp_path, 
     }
 
 
-def test_refresh_fails_when_a_status_row_is_lost(web, tmp_path, capsys, monkeypatch):
-    snapshots = _two_snapshots(web, tmp_path)
+def test_refresh_fails_when_a_status_row_is_lost(six_ingested, tmp_path, capsys, monkeypatch):
+    snapshots = _two_snapshots(six_ingested, tmp_path)
     judged = checks._judge_joined
 
     def lose_one(item, detected, params, **more):
@@ -168,14 +189,6 @@ def test_refresh_fails_when_a_status_row_is_lost(web, tmp_path, capsys, monkeypa
 # --- A: a reader compares OUT/images with the table its writer recorded -------------------------
 
 
-def _ingested(web, tmp_path, count=6):
-    manifest = tmp_path / "cc3m.tsv"
-    manifest.write_text(_serve_cc3m(web, count))
-    out = str(tmp_path / "out")
-    assert _ingest(out, manifest) == 0
-    return out, manifest
-
-
 def _copy_a_part(out):
     images = os.path.join(out, "images")
     first = sorted(os.listdir(images))[0]
@@ -184,14 +197,14 @@ def _copy_a_part(out):
     return copy
 
 
-def test_a_part_copied_into_out_images_is_refused_by_every_reader(web, tmp_path, capsys):
-    out, _ = _ingested(web, tmp_path)
+def test_a_part_copied_into_out_images_is_refused_by_every_reader(six_out, tmp_path, capsys):
+    out, _ = six_out
     copy = _copy_a_part(out)
     assert_readers_refuse(out, tmp_path, capsys, f"not written by it: {copy}")
 
 
-def test_a_part_removed_or_replaced_is_refused(web, tmp_path, capsys):
-    out, _ = _ingested(web, tmp_path)
+def test_a_part_removed_or_replaced_is_refused(six_out, tmp_path, capsys):
+    out, _ = six_out
     images = os.path.join(out, "images")
     (name,) = os.listdir(images)
     table = pq.read_table(os.path.join(images, name))
@@ -205,8 +218,8 @@ def test_a_part_removed_or_replaced_is_refused(web, tmp_path, capsys):
     assert f"missing: {name}" in line and "not written by it: part-renamed.parquet" in line, line
 
 
-def test_an_output_of_an_older_version_is_still_read(web, tmp_path, capsys):
-    out, _ = _ingested(web, tmp_path)
+def test_an_output_of_an_older_version_is_still_read(six_out, tmp_path, capsys):
+    out, _ = six_out
     path = os.path.join(out, "summary.json")
     summary = json.load(open(path))
     del summary["table"]
@@ -218,12 +231,12 @@ def test_an_output_of_an_older_version_is_still_read(web, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("summary", ["deleted", "emptied", "no table"])
-def test_a_copied_part_is_refused_even_without_the_record(web, tmp_path, capsys, summary):
+def test_a_copied_part_is_refused_even_without_the_record(six_out, tmp_path, capsys, summary):
     """summary.json deleted, emptied to {} or without its "table", then a part copied into images/:
     with nothing recorded to compare with, every reader read the copy too, exit 0 (the export
     wrote each row twice, --resume kept both copies and fetched the row a third time). A file whose
     size and Parquet footer are another's is that file twice, whatever the summary says: refused."""
-    out, manifest = _ingested(web, tmp_path)
+    out, manifest = six_out
     path = os.path.join(out, "summary.json")
     if summary == "deleted":
         os.remove(path)
@@ -237,8 +250,8 @@ def test_a_copied_part_is_refused_even_without_the_record(web, tmp_path, capsys,
     assert copy in line and "(as many bytes, one Parquet footer)" in line, line
 
 
-def test_resume_reads_only_the_recorded_table(web, tmp_path, capsys):
-    out, manifest = _ingested(web, tmp_path)
+def test_resume_reads_only_the_recorded_table(six_out, capsys):
+    out, manifest = six_out
     copy = _copy_a_part(out)  # e.g. a part a run killed before its summary left behind
     capsys.readouterr()
     assert _ingest(out, manifest, resume=True) == 0

@@ -4,11 +4,13 @@ import datetime
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipelines import dedup as job
 from tests.dedup_helpers import row
@@ -85,10 +87,28 @@ def _check(out3):
     assert summary["within_dataset"] == {"cc12m": {"clusters": 1, "rows": 2}}
 
 
-def test_job_end_to_end(tmp_path):
-    inputs = _inputs(tmp_path)
-    out3 = str(tmp_path / "out3")
+@pytest.fixture(scope="module")
+def deduped(tmp_path_factory):
+    """(the two inputs of _inputs, OUT3 of their dedup): one run for the module, read-only (a test
+    copies OUT3 with _out3_copy before a job writes to it)."""
+    # why: three tests ran this same dedup (~3 s) before what each checks
+    folder = tmp_path_factory.mktemp("deduped")
+    inputs = _inputs(folder)
+    out3 = str(folder / "out3")
     job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3, "--runner", "FnApiRunner"])
+    return inputs, out3
+
+
+def _out3_copy(deduped, tmp_path):
+    """(the inputs, this test's copy of the module's OUT3)."""
+    inputs, out3 = deduped
+    copy = str(tmp_path / "out3")
+    shutil.copytree(out3, copy)
+    return inputs, copy
+
+
+def test_job_end_to_end(deduped):
+    inputs, out3 = deduped
     _check(out3)
     assert job.table_rows(inputs) == 6  # from the footers: the near search's shards follow it
     summary = json.load(open(os.path.join(out3, "summary.json")))
@@ -334,13 +354,11 @@ def test_job_matches_through_picture_views(tmp_path):
         assert summary["view_pairs"] == ({"mirror": 1} if joined else {})
 
 
-def test_one_input_given_twice_is_refused_and_out3_keeps_its_table(tmp_path, capsys):
+def test_one_input_given_twice_is_refused_and_out3_keeps_its_table(deduped, tmp_path, capsys):
     """`--input out1 --input out1/` (a tired operator's repeated line, a symlink): every row would be
     its own newer version and be replaced; the run wrote an empty table over OUT3's, then failed
     its books (exit 1). It is the user's mistake: exit 2, one line, nothing touched."""
-    inputs = _inputs(tmp_path)
-    out3 = str(tmp_path / "out3")
-    job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3, "--runner", "FnApiRunner"])
+    inputs, out3 = _out3_copy(deduped, tmp_path)
     before = sorted(os.listdir(os.path.join(out3, "images")))
     os.symlink(inputs[0], str(tmp_path / "link"))
     for again in (inputs[0] + "/", str(tmp_path / "link")):
@@ -352,15 +370,13 @@ def test_one_input_given_twice_is_refused_and_out3_keeps_its_table(tmp_path, cap
     _check(out3)
 
 
-def test_slices_of_one_manifest_ingested_apart_are_refused_not_replaced(tmp_path, capsys):
+def test_slices_of_one_manifest_ingested_apart_are_refused_not_replaced(deduped, tmp_path, capsys):
     """CC3M keys are line numbers: a researcher who ingests lines 1-3 and lines 4-6 of a manifest
     as two slices gets cc3m:1..3 in both. Deduplicating the two took each of the second slice's
     rows for a newer version of the first's: 3 distinct images dropped as "replaced", exit 0. A
     key whose rows have different URLs is another record, not a version: exit 2, one line,
     OUT3 keeps its table. A re-fetch (same key, same URL) is still a newer version."""
-    inputs = _inputs(tmp_path)
-    out3 = str(tmp_path / "out3")
-    job.run(["--input", inputs[0], "--input", inputs[1], "--output", out3, "--runner", "FnApiRunner"])
+    _, out3 = _out3_copy(deduped, tmp_path)
     before = sorted(os.listdir(os.path.join(out3, "images")))
     first = [_stamp(row(f"cc3m:{i}", "cc3m", url=f"http://a.example/slice1/{i}.jpg"), 1) for i in (1, 2, 3)]
     second = [_stamp(row(f"cc3m:{i}", "cc3m", url=f"http://a.example/slice2/{i}.jpg"), 2) for i in (1, 2, 3)]

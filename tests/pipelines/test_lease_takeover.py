@@ -15,7 +15,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import dedup, export, ingest
-from pipelines.demo.sample_site import Reply, jpeg
+from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests import job_process
 from tests.conftest import local_options
 from tests.table_readers import one_line, run_refresh
@@ -180,20 +180,24 @@ def _snapshot(directory):
     return found
 
 
-@pytest.fixture
-def ingested(web, tmp_path):
-    """An ingest's OUT of 6 pictures served on loopback."""
-    lines = []
-    for n in range(6):
-        web.routes[f"/p{n}.jpg"] = Reply(200, jpeg(500 + n), {"Content-Type": "image/jpeg"})
-        lines.append(f"p {n}\t{web.url(f'/p{n}.jpg')}\n")
-    (tmp_path / "m.tsv").write_text("".join(lines))
-    out = str(tmp_path / "out")
-    args = local_options(
-        manifest=f"cc3m={tmp_path / 'm.tsv'}", output=out, **{"allow-network": LOOPBACK, "no-progress": True}
-    )
-    assert ingest.main([*args, "--no-report"]) == 0
-    return out
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    """An ingest's OUT of 6 pictures served on loopback, once for the module: the tests below only
+    read it (their jobs' --input or --snapshot). The web stays up: the refresh fetches its URLs."""
+    # why module-scoped: three tests each ran this ingest (~4 s) for the same input
+    tmp_path = tmp_path_factory.mktemp("ingested")
+    with SampleWebServer() as web:
+        lines = []
+        for n in range(6):
+            web.routes[f"/p{n}.jpg"] = Reply(200, jpeg(500 + n), {"Content-Type": "image/jpeg"})
+            lines.append(f"p {n}\t{web.url(f'/p{n}.jpg')}\n")
+        (tmp_path / "m.tsv").write_text("".join(lines))
+        out = str(tmp_path / "out")
+        args = local_options(
+            manifest=f"cc3m={tmp_path / 'm.tsv'}", output=out, **{"allow-network": LOOPBACK, "no-progress": True}
+        )
+        assert ingest.main([*args, "--no-report"]) == 0
+        yield out
 
 
 def _assert_taken_over(capsys, job, output, before):

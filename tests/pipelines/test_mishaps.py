@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import dedup, export, ingest, refresh
-from pipelines.demo.sample_site import Reply, jpeg
+from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests import job_process
 from tests.conftest import local_options
 from tests.paths import REPO
@@ -85,6 +86,27 @@ def _ingest(out, manifests, *extra, **options):
         **{"allow-network": LOOPBACK, "no-progress": True, "no-report": True, "retries": 0, **options},
     )
     return ingest.main(args + list(extra))
+
+
+@pytest.fixture(scope="module")
+def forty_ingested(tmp_path_factory):
+    """(a CC3M manifest of 40 pictures on a loopback web, OUT of their ingest): one ingest for the
+    module, read-only (a test copies OUT before a job runs on it: `_copy_of`). The web stays up:
+    the table names its URLs."""
+    # why: three tests each ingested 40 URLs (or 3 and 3) only to start from a whole ingest output
+    folder = tmp_path_factory.mktemp("forty")
+    with SampleWebServer() as web:
+        manifest = folder / "cc3m.tsv"
+        manifest.write_text(_cc3m_lines(_serve(web, 40, prefix="forty")))
+        out = str(folder / "out")
+        assert _ingest(out, f"cc3m={manifest}") == 0
+        yield manifest, out
+
+
+def _copy_of(forty_ingested, where):
+    """A copy of forty_ingested's OUT at `where` (a str); returns it."""
+    shutil.copytree(forty_ingested[1], where)
+    return where
 
 
 def _one_line(capsys):
@@ -609,14 +631,10 @@ def _flip_last_page_byte(path, column):
     open(path, "wb").write(bytes(data))
 
 
-def test_a_damaged_page_in_a_table_fails_dedup_export_and_refresh_in_one_line(web, tmp_path, capsys):
+def test_a_damaged_page_in_a_table_fails_dedup_export_and_refresh_in_one_line(forty_ingested, tmp_path, capsys):
     from pipelines import export
 
-    urls = _serve(web, 40)
-    manifest = tmp_path / "cc3m.tsv"
-    manifest.write_text(_cc3m_lines(urls))
-    out = str(tmp_path / "out")
-    assert _ingest(out, f"cc3m={manifest}") == 0
+    manifest, out = forty_ingested[0], _copy_of(forty_ingested, str(tmp_path / "out"))
     [part] = table_module.list_table_files(out)
     before = pq.read_table(part).column("sha256").to_pylist()
     _flip_bytes_in_column(part, "sha256")
@@ -639,16 +657,13 @@ def test_a_damaged_page_in_a_table_fails_dedup_export_and_refresh_in_one_line(we
         assert part in line and "damaged Parquet file" in line, (job, line)
 
 
-def test_a_damaged_history_night_fails_the_next_refresh_in_one_line(web, tmp_path, capsys):
+def test_a_damaged_history_night_fails_the_next_refresh_in_one_line(forty_ingested, tmp_path, capsys):
     """The history is what turns failures into "dead" (--dead-after nights in a row): a flipped
     byte in a night's page must not read as other statuses or streaks. The refresh's own tables
     (status, hosts, history) carry page checksums, and the next night verifies them."""
     from transforms.io.checked_parquet import DamagedTable, table_batches
 
-    urls = _serve(web, 40)
-    manifest = tmp_path / "cc3m.tsv"
-    manifest.write_text(_cc3m_lines(urls))
-    out, history = str(tmp_path / "out"), str(tmp_path / "history")
+    out, history = _copy_of(forty_ingested, str(tmp_path / "out")), str(tmp_path / "history")
 
     def night(day, output):
         return refresh.main(
@@ -661,7 +676,6 @@ def test_a_damaged_history_night_fails_the_next_refresh_in_one_line(web, tmp_pat
             )
         )
 
-    assert _ingest(out, f"cc3m={manifest}") == 0
     assert night(1, "refresh1") == 0
     [status_part] = [str(p) for p in (tmp_path / "refresh1" / "status").glob("part-*.parquet")]
     [night_part] = [str(p) for p in (tmp_path / "history" / "2030-01-01").glob("part-*.parquet")]
@@ -862,18 +876,16 @@ def _files_of(folder):
     return found
 
 
-def test_an_output_of_another_job_is_refused_as_output(web, tmp_path, capsys):
+def test_an_output_of_another_job_is_refused_as_output(forty_ingested, tmp_path, capsys):
     """A tired operator's mix-ups: `dedup --input A --output B` meant `--input A --input B`, an
     export or a refresh into an ingest output, an ingest into an export. Before, each ran, exit 0:
     the dedup replaced B's table with A's rows, the export's and the refresh's summary.json replaced
     B's (its books and table record: every later reader of B read it unchecked). Now: exit 2, one
     line naming the folder and the job whose output it holds, B as it was."""
-    manifest_a, manifest_b = tmp_path / "a.tsv", tmp_path / "b.tsv"
-    manifest_a.write_text(_cc3m_lines(_serve(web, 3, prefix="a")))
-    manifest_b.write_text(_cc3m_lines(_serve(web, 3, prefix="b")))
-    a, b, exp = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "exp")
-    assert _ingest(a, f"cc3m={manifest_a}") == 0
-    assert _ingest(b, f"cc3m={manifest_b}") == 0
+    # A and B: two ingest outputs, each a copy of the module's (the refusals read B's summary.json)
+    manifest_b = forty_ingested[0]
+    a, b = _copy_of(forty_ingested, str(tmp_path / "a")), _copy_of(forty_ingested, str(tmp_path / "b"))
+    exp = str(tmp_path / "exp")
     before = _files_of(b)
     capsys.readouterr()
 

@@ -922,10 +922,8 @@ def test_three_nights_with_history(world):
     dead = sum(1 for r in third.values() if r["ingest_status"] == schema.OK and r["status"] == verdicts.DEAD)
     assert (rot["alive_at_ingest"], rot["dead_now"]) == (alive_at_ingest, dead)
     assert rot["per_month"] == pytest.approx(dead / alive_at_ingest / rot["mean_months"], rel=1e-3)
-
-
-def test_the_snapshot_is_never_touched(world):
-    world["night"]("touch-check", "2030-04-01", str(world["tmp"] / "history-2"))
+    # why here: the snapshot is never touched, byte for byte after four nights with a history (its
+    # own test ran a fifth night for this one line)
     assert tree_digest(world["snapshot"]) == world["before"]
 
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import dedup, export, ingest
-from pipelines.demo.sample_site import Reply, jpeg
+from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.table_readers import LOOPBACK, assert_readers_refuse, one_line
 from transforms.errors import BadInput
@@ -45,15 +45,31 @@ def _ingest(out, manifest, *extra, **options):
     return ingest.main(args + list(extra))
 
 
+@pytest.fixture(scope="module")
+def two_ingested(tmp_path_factory):
+    """{"a": (manifest, OUT), "b": (manifest, OUT)}: two ingests of 6 other pictures each, once for
+    the module, read-only (a test copies an OUT before it changes it). The web stays up: the tables
+    name its URLs."""
+    # why: the local tests ingested three such manifests (~4 s a run) only to start from whole tables
+    folder = tmp_path_factory.mktemp("record")
+    with SampleWebServer() as web:
+        outs = {}
+        for prefix in ("a", "b"):
+            manifest, out = _manifest(web, folder, prefix), str(folder / f"out-{prefix}")
+            assert _ingest(out, manifest) == 0
+            outs[prefix] = (manifest, out)
+        yield outs
+
+
 def _only_part(out):
     (name,) = os.listdir(os.path.join(out, "images"))
     return os.path.join(out, "images", name)
 
 
-def test_a_part_replaced_by_another_outputs_part_with_as_many_rows_is_refused(web, tmp_path, capsys):
-    manifest_a, manifest_b = _manifest(web, tmp_path, "a"), _manifest(web, tmp_path, "b")
-    out_a, out_b = str(tmp_path / "out-a"), str(tmp_path / "out-b")
-    assert _ingest(out_a, manifest_a) == 0 and _ingest(out_b, manifest_b) == 0
+def test_a_part_replaced_by_another_outputs_part_with_as_many_rows_is_refused(two_ingested, tmp_path, capsys):
+    (manifest_a, fixture_a), (_, out_b) = two_ingested["a"], two_ingested["b"]
+    out_a = str(tmp_path / "out-a")
+    shutil.copytree(fixture_a, out_a)  # this test replaces its part; out_b is only read
     part = _only_part(out_a)
     name = os.path.basename(part)
     assert pq.read_metadata(_only_part(out_b)).num_rows == pq.read_metadata(part).num_rows == 6
@@ -66,9 +82,9 @@ def test_a_part_replaced_by_another_outputs_part_with_as_many_rows_is_refused(we
     assert os.listdir(os.path.join(out_a, "images")) == [name]  # nothing written, nothing retired
 
 
-def test_a_dedup_output_records_its_files_and_an_older_record_is_read_as_before(web, tmp_path, capsys):
+def test_a_dedup_output_records_its_files_and_an_older_record_is_read_as_before(two_ingested, tmp_path, capsys):
     out, out3 = str(tmp_path / "out"), str(tmp_path / "out3")
-    assert _ingest(out, _manifest(web, tmp_path, "c")) == 0
+    shutil.copytree(two_ingested["a"][1], out)
     assert dedup.main(local_options(input=out, output=out3)) == 0
     for root in (out, out3):
         record = json.load(open(os.path.join(root, "summary.json")))["table"]
