@@ -1,9 +1,14 @@
 """Exact and near-duplicate clustering of image rows, across datasets (issue 3).
 
 How rows are matched (each a graph edge; clusters are connected components):
-  * exact URL: same `normalize_url(url)` (any status: failed rows still dedup by URL);
-    rows with a pHash take part in the picture matches below whatever their status (the
-    status only matters to the canonical choice);
+  * exact URL: same `normalize_url(url)` (any status: failed rows still dedup by URL), as
+    evidence of one picture only where no picture contradicts it: two DIFFERENT pictures
+    (vertices) at one URL are not linked by it (a site changed the picture between two
+    ingests, or serves another one on each fetch); the URL's failed rows then join its smallest
+    picture vertex only (all of them would re-join the pictures through a failed row), and a
+    re-encode at one URL still meets its original through the sha256 or near match. Such URLs
+    are counted in stats (`urls_with_several_pictures`). Rows with a pHash take part in the
+    picture matches below whatever their status (the status only matters to the canonical choice);
   * exact bytes: same sha256;
   * same picture: same pHash and dHash. Rows with one (phash, dhash) are ONE vertex of the
     graph, so thousands of rows with one hash cost one vertex, never a quadratic bucket;
@@ -335,10 +340,30 @@ class _KeyShard(beam.DoFn):
 # --- step 2: exact URL / sha256 groups: stars ---------------------------------------------
 
 
+_SEVERAL_PICTURES = "several_pictures"
+
+
 def _star_edges(element, placeholders):
-    """All distinct vertices of one URL or sha256 linked to the smallest: a star, not a clique."""
-    _group, vertices = element
+    """The edges of one URL or sha256 group: its distinct vertices linked to the smallest (a star,
+    not a clique); but for a URL group of several pictures, its row vertices (failed rows) linked
+    to the smallest picture only, the pictures not to each other (tagged output `several_pictures`:
+    the group's digest, once).
+
+    Args:
+        element: (key digest: b"u..." for a normalised URL, b"s..." for a sha256, [vertices]).
+        placeholders: vertex -> cluster id of the placeholder pictures (they match nothing).
+
+    Returns:
+        (vertex, hub) edges, and the URL's digest as `several_pictures` where its pictures differ.
+    """
+    group, vertices = element
     distinct = {v for v in vertices if v not in placeholders}
+    pictures = {v for v in distinct if v.startswith("p")}
+    if bytes(group)[:1] == b"u" and len(pictures) > 1:
+        # why: a URL is evidence of one picture only where no picture contradicts it; two pictures
+        # fetched from one URL are two pictures (a re-encode meets its original by sha256 or near)
+        yield beam.pvalue.TaggedOutput(_SEVERAL_PICTURES, bytes(group))
+        distinct = (distinct - pictures) | {min(pictures)}
     if len(distinct) > 1:
         hub = min(distinct)
         for v in distinct:
@@ -461,8 +486,10 @@ class _Cluster(beam.DoFn):
         if member["sha256"] and member["sha256"] == canonical["sha256"]:
             return "sha256"
         if member["_nurl"] is not None and member["_nurl"] == canonical["_nurl"]:
-            return "url"
-        if member["_vertex"] == canonical["_vertex"] and member["_vertex"].startswith("p"):
+            # why: two different pictures at one URL are not joined by it (_star_edges): say how they met
+            if not (_is_picture(member) and _is_picture(canonical) and member["_vertex"] != canonical["_vertex"]):
+                return "url"
+        if member["_vertex"] == canonical["_vertex"] and _is_picture(member):
             return "phash"
         distance = member["distance"]
         if distance is not None and distance <= self._max_distance:
@@ -502,6 +529,10 @@ class _Cluster(beam.DoFn):
                 if dd is None or self._dhash_max is None or dd <= self._dhash_max:
                     return view, distance, dd
         return None
+
+
+def _is_picture(member):
+    return member["_vertex"].startswith("p")
 
 
 def _lower(value):
@@ -610,6 +641,7 @@ def _finish_stats(stats, config):
         "across_datasets": {},
         "near_pairs": 0,
         "view_pairs": {},
+        "urls_with_several_pictures": 0,
         "placeholder_groups": 0,
         "placeholder_rows": 0,
         "placeholder_rows_by_dataset": {},
@@ -808,12 +840,14 @@ class Dedup(beam.PTransform):
         ).with_outputs(_SINGLE, main="members")
         clustered = self.cluster(placed.members)
         out_rows = (placed[_SINGLE], clustered["rows"]) | "AllRows" >> beam.Flatten()
-        stats = self.stats(clustered["clusters"], slim, found["near_pairs"], found["view_pairs"])
+        stats = self.stats(clustered["clusters"], slim, found)
         return {"rows": out_rows, "clusters": clustered["clusters"], "stats": stats}
 
     def find_components(self, slim):
         """Slim rows -> {"components": (vertex, (rank, component)) for every vertex in a cluster,
-        "near_pairs": the near search's pairs}. Vertices not listed are alone."""
+        "near_pairs": the near search's pairs, "view_pairs": the view search's (None without views),
+        "row_keys": the key shards' counts, "several_pictures": the digest of each URL that held
+        several pictures}. Vertices not listed are alone."""
         shards = (
             slim
             | "BatchKeys" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
@@ -826,7 +860,10 @@ class Dedup(beam.PTransform):
         )
         placeholder_groups = shards[_KeyShard.PLACEHOLDER]
         placeholders = beam.pvalue.AsDict(placeholder_groups)
-        exact_edges = shards[_KeyShard.EXACT] | "StarEdges" >> beam.FlatMap(_star_edges, placeholders=placeholders)
+        exact = shards[_KeyShard.EXACT] | "StarEdges" >> beam.FlatMap(
+            _star_edges, placeholders=placeholders
+        ).with_outputs(_SEVERAL_PICTURES, main="edges")
+        exact_edges = exact.edges
         near_pairs = shards.nodes | "NearSearch" >> self._near
         near_edges = near_pairs | "NearEdges" >> beam.Map(_near_edge)
         edges = [exact_edges, near_edges]
@@ -864,6 +901,7 @@ class Dedup(beam.PTransform):
             "near_pairs": near_pairs,
             "view_pairs": view_pairs,
             "row_keys": shards[_KeyShard.ROW_KEYS],
+            "several_pictures": exact[_SEVERAL_PICTURES],
         }
 
     def cluster(self, members):
@@ -888,19 +926,33 @@ class Dedup(beam.PTransform):
             )
         return {"rows": clustered.rows, "clusters": clustered[_Cluster.CLUSTERS]}
 
-    def stats(self, clusters, slim, near_pairs, view_pairs=None):
-        """Cluster records, slim rows, near pairs (and view pairs) -> one summary dict (duplicates figures)."""
-        partials = (
+    def stats(self, clusters: Any, slim: Any, found: dict[str, Any]) -> Any:
+        """One summary dict (duplicates figures) of a run.
+
+        Args:
+            clusters: the cluster records (`cluster`'s "clusters").
+            slim: the slim rows.
+            found: what `find_components` returned (its near and view pairs, and the URLs of
+                several pictures).
+
+        Returns:
+            A PCollection of one dict for summary.json's "duplicates".
+        """
+        near_pairs, view_pairs = found["near_pairs"], found["view_pairs"]
+        partials = [
             clusters | "ClusterStats" >> beam.Map(_cluster_stats),
             slim | "CountRows" >> beam.combiners.Count.Globally() | "RowsStat" >> beam.Map(lambda n: {"rows": n}),
             near_pairs
             | "CountNear" >> beam.combiners.Count.Globally()
             | "NearStat" >> beam.Map(lambda n: {"near_pairs": n}),
-        )
+            found["several_pictures"]
+            | "CountSeveralPictures" >> beam.combiners.Count.Globally()
+            | "SeveralPicturesStat" >> beam.Map(lambda n: {"urls_with_several_pictures": n}),
+        ]
         if view_pairs is not None:
-            partials += (view_pairs | "CountViewPairs" >> beam.Map(lambda p: {"view_pairs": {p[4]: 1}}),)
+            partials.append(view_pairs | "CountViewPairs" >> beam.Map(lambda p: {"view_pairs": {p[4]: 1}}))
         return (
-            partials
+            tuple(partials)
             | "AllStats" >> beam.Flatten()
             | "SumStats" >> beam.CombineGlobally(SumNestedCounts())
             | "FinishStats" >> beam.Map(_finish_stats, self.config())
@@ -925,7 +977,7 @@ class DedupShards(Dedup):
             _shard_members, components=beam.pvalue.AsDict(found["components"])
         )
         clustered = self.cluster(members)
-        stats = self.stats(clustered["clusters"], inputs["slim"], found["near_pairs"], found["view_pairs"])
+        stats = self.stats(clustered["clusters"], inputs["slim"], found)
         return {
             "rows": clustered["rows"],
             "clusters": clustered["clusters"],

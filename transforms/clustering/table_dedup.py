@@ -206,7 +206,7 @@ class DedupTables(beam.PTransform):
         ).with_output_types(tuple[str, typing.Any])
         clustered = self._dedup.cluster(members)
         columns = clustered["rows"] | "ClusterColumns" >> beam.Map(_cluster_columns)
-        stats = self._dedup.stats(clustered["clusters"], slim, found["near_pairs"], found["view_pairs"])
+        stats = self._dedup.stats(clustered["clusters"], slim, found)
         out = {"cluster_columns": columns, "clusters": clustered["clusters"], "stats": stats}
         if self._rows:
             # why: pass 4, every kept row once with its columns: one stage, so rows stream on

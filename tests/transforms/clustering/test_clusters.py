@@ -437,3 +437,62 @@ def test_placeholders_match_nothing_through_views(tmp_path):
     assert cid["cc3m:real"] is None
     assert cid["zero:ph0"] == cid["zero:ph1"] == cid["zero:ph2"] != cid["cc3m:copy"]
     assert stats["view_pairs"] == {"mirror": 1}
+
+
+def test_star_edges_do_not_join_different_pictures_of_one_url():
+    """A URL group: different pictures are not linked by the URL, its failed rows (row vertices)
+    join the smallest picture only; with one picture or none, and a sha256 group: a star as before."""
+    from transforms.clustering.clusters import _digest, _star_edges
+
+    url, sha = _digest(b"u", "http://a.example/x.jpg"), _digest(b"s", "f00d")
+    pa, pb, pc = "p" + "1" * 32, "p" + "2" * 32, "p" + "3" * 16  # pc: a flat picture, no dHash
+    ka, kb = "k" + "a" * 32, "k" + "b" * 32
+
+    def edges(group, vertices, placeholders=()):
+        out = list(_star_edges((group, vertices), {p: "x" for p in placeholders}))
+        return sorted(e for e in out if isinstance(e, tuple)), [e.value for e in out if not isinstance(e, tuple)]
+
+    # the hub of a star is its smallest vertex; a row vertex ("k") sorts before a picture ("p")
+    assert edges(url, [pb, pa, pc, ka, kb, ka]) == (sorted([(kb, ka), (pa, ka)]), [url])  # pb, pc apart
+    assert edges(url, [pb, pa]) == ([], [url])  # two pictures, nothing else: no edge at all
+    assert edges(url, [pa, ka, kb]) == (sorted([(kb, ka), (pa, ka)]), [])  # one picture: a star
+    assert edges(url, [ka, kb]) == ([(kb, ka)], [])  # failed rows only
+    assert edges(url, [pa, pb, ka], placeholders=[pa]) == ([(pb, ka)], [])  # a placeholder matches nothing
+    assert edges(sha, [pb, pa, pc]) == (sorted([(pb, pa), (pc, pa)]), [])  # one sha256: one picture's bytes
+
+
+@pytest.mark.parametrize("through", ["rows", "shards"])
+def test_url_serving_several_pictures(tmp_path, through):
+    """Two different pictures fetched from one URL (the site changed it between two ingests) stay
+    apart; the URL's failed rows join its smallest picture; a re-encode at one URL (pHash 2 bits
+    off) still clusters, as near; summary counts the URLs of several pictures (Dedup and
+    DedupShards alike)."""
+    rng = random.Random(31)
+    changed, reencoded = "http://changed.example/a.jpg", "http://re.example/b.jpg"
+    pictures = sorted((random_hash(rng), random_hash(rng)) for _ in range(3))
+    rows = [
+        row("cc3m:c1", url=changed, phash=pictures[0][0], dhash=pictures[0][1]),
+        row("cc12m:c1", "cc12m", url=changed, phash=pictures[1][0], dhash=pictures[1][1]),
+        row("zero:c1", "zero", url=changed, phash=pictures[2][0], dhash=pictures[2][1]),
+        row("zero:f1", "zero", url=changed, status="timeout"),
+        row("zero:f2", "zero", url="HTTP://CHANGED.example/a.jpg", status="http_error"),
+    ]
+    ph, dh = random_hash(rng), random_hash(rng)
+    rows += [
+        row("cc3m:r1", url=reencoded, phash=ph, dhash=dh),
+        row("cc12m:r1", "cc12m", url=reencoded, phash=at_distance(ph, 2, rng), dhash=at_distance(dh, 1, rng)),
+    ]
+    rows += [row(f"cc3m:alone{i}", phash=random_hash(rng), dhash=random_hash(rng)) for i in range(20)]
+    if through == "rows":
+        rows_out, clusters, stats, _ = run_dedup(rows, tmp_path)
+        check_invariants(rows, rows_out, clusters)
+    else:
+        rows_out, clusters, stats, _, _ = run_dedup_shards(rows, tmp_path)
+    cid = {r["key"]: r["cluster_id"] for r in rows_out}
+    assert cid["cc3m:c1"] == cid["zero:f1"] == cid["zero:f2"] is not None  # the smallest picture
+    assert cid.get("cc12m:c1") is None and cid.get("zero:c1") is None  # alone: not duplicates
+    assert cid["cc3m:r1"] == cid["cc12m:r1"] is not None
+    match = {m["key"]: m["match"] for c in clusters for m in c["members"]}
+    assert {match["zero:f1"], match["zero:f2"]} == {"url"}
+    assert {match["cc3m:r1"], match["cc12m:r1"]} == {"canonical", "near"}
+    assert len(clusters) == 2 and stats["urls_with_several_pictures"] == 2
