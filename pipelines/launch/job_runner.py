@@ -23,8 +23,8 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipelines.launch import arguments, console, failures, preflight
+from pipelines.launch.beam_introspection_memo import memoised_beam_introspection
 from pipelines.launch.cached_options import CachedViewOptions
-from pipelines.launch.dofn_specs_memo import memoised_dofn_specs
 from pipelines.report import run_resources
 from transforms.errors import BadInput
 from transforms.io.lease_guard import LeaseGuard, guarded
@@ -343,7 +343,7 @@ class Job:
         """
         # Why here: the run's cost (OUT/summary.json "resources") counts from the graph's construction.
         started = run_resources.ResourceClock.now()
-        with memoised_dofn_specs():  # Beam inspects every DoFn ~8 times a run (dofn_specs_memo.py)
+        with memoised_beam_introspection():  # Beam inspects each DoFn ~8 times a run (the module)
             pipeline = beam.Pipeline(options=options.view_as(CachedViewOptions))
             build(pipeline)
             try:

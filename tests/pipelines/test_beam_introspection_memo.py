@@ -1,14 +1,16 @@
-"""The run-scoped memo of Beam's DoFn state/timer introspection (pipelines/launch/dofn_specs_memo.py):
-Beam's own answer for every DoFn, whatever was asked before it; gone after the run."""
+"""The run-scoped memos of Beam's introspection (pipelines/launch/beam_introspection_memo.py): Beam's
+own answer for every DoFn and every function, whatever was asked before it; gone after the run."""
+
+import functools
 
 import apache_beam as beam
 from apache_beam.coders import VarIntCoder
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms import userstate
+from apache_beam.transforms import core, userstate
 from apache_beam.transforms.core import CallableWrapperDoFn
 from apache_beam.typehints.typecheck import AbstractDoFnWrapper
 
-from pipelines.launch.dofn_specs_memo import memoised_dofn_specs
+from pipelines.launch.beam_introspection_memo import memoised_beam_introspection
 from tests.conftest import local_options
 
 SEEN = beam.DoFn.StateParam(userstate.BagStateSpec("seen", VarIntCoder()))
@@ -58,27 +60,55 @@ def test_every_dofn_gets_beams_own_answer_whatever_was_asked_before_it():
         ([], []),
         (["seen"], []),
     ]
-    with memoised_dofn_specs():
+    with memoised_beam_introspection():
         assert _answers(dofns) == expected
         assert _answers(dofns[::-1]) == expected[::-1]
 
 
-def test_the_memo_lasts_one_block_and_nested_blocks_put_beams_function_back():
-    beams_own = userstate.get_dofn_specs
-    outer, inner = memoised_dofn_specs(), memoised_dofn_specs()
+def _arguments(callables):
+    return [core.get_function_args_defaults(c) for c in callables]
+
+
+def test_every_function_gets_beams_own_arguments_and_fresh_lists():
+    first, second = _Holder(), _Holder()
+    callables = [
+        _Holder.process,  # the function, then bound: one function, two answers (with and without self)
+        first.process,
+        second.process,  # one function, two instances: one answer
+        lambda element, n=3: element,
+        functools.partial(_plain_fn, element=1),  # not memoised: the partial's signature is its own
+        functools.partial(_plain_fn),
+    ]
+    expected = _arguments(callables)
+    assert expected[:2] == [(["self", "element", "seen"], [OTHER]), (["element", "seen"], [OTHER])]
+    assert expected[4] != expected[5]
+    with memoised_beam_introspection():
+        assert _arguments(callables) == expected
+        args, _defaults = core.get_function_args_defaults(first.process)
+        args.append("changed by a caller")
+        assert _arguments(callables[::-1]) == expected[::-1]
+
+
+def test_the_memos_last_one_block_and_nested_blocks_put_beams_functions_back():
+    beams_own = userstate.get_dofn_specs, core.get_function_args_defaults
+
+    def installed():
+        return userstate.get_dofn_specs, core.get_function_args_defaults
+
+    outer, inner = memoised_beam_introspection(), memoised_beam_introspection()
     outer.__enter__()
     inner.__enter__()
     outer.__exit__(None, None, None)  # two runs in threads of one process end out of order
-    assert userstate.get_dofn_specs is not beams_own
+    assert all(now is not own for now, own in zip(installed(), beams_own, strict=True))
     inner.__exit__(None, None, None)
-    assert userstate.get_dofn_specs is beams_own
-    with memoised_dofn_specs():
-        assert userstate.get_dofn_specs is not beams_own
-    assert userstate.get_dofn_specs is beams_own
+    assert installed() == beams_own
+    with memoised_beam_introspection():
+        assert all(now is not own for now, own in zip(installed(), beams_own, strict=True))
+    assert installed() == beams_own
 
 
 def test_a_stateful_dofn_keeps_its_state_in_a_run_under_the_memo():
-    with memoised_dofn_specs():
+    with memoised_beam_introspection():
         with beam.Pipeline(argv=local_options()) as pipeline:
             counts = (
                 pipeline
