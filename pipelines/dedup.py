@@ -34,7 +34,7 @@ from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.key_versions import NewestRows
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables
 from transforms.errors import BadInput, BooksUnbalanced
-from transforms.io.manifests import path_identity
+from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json, write_json
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
 from transforms.io.table_record import (

@@ -29,7 +29,7 @@ from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
 from transforms.export.shard_writer import AssignShards, publish_shard
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
-from transforms.io.manifests import path_identity
+from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
 from transforms.io.table_record import check_recorded_table

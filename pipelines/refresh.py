@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import job_runner, preflight
 from pipelines.report import run_resources
 from transforms.fetch.client import FetchConfig
-from transforms.io.manifests import path_identity
+from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
 from transforms.io.table_record import check_recorded_table

@@ -17,8 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
 from transforms.errors import BadInput, EnvironmentFailure
-from transforms.io.manifests import path_identity
-from transforms.io.sinks import matched_files, read_json
+from transforms.io.file_matches import matched_files, path_identity
+from transforms.io.sinks import read_json
 from transforms.io.table_record import recorded_table
 
 __all__ = [

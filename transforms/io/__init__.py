@@ -1,5 +1,6 @@
 """Reading the inputs and writing the outputs of a run.
 
+- `file_matches`: which files a path or glob names, each once; `MatchFiles`, `path_identity`.
 - `readers`: local, gs:// and .gz files as streams; `OpenFiles`, `ReadLines`, `ParseFiles`.
 - `manifests`, `json_manifests`: one streaming parser per manifest format; `ReadManifests`.
 - `labels`, `checksums`: dataset side files joined onto rows before the fetch.
@@ -11,6 +12,7 @@
 __all__ = [
     "books",
     "checksums",
+    "file_matches",
     "json_manifests",
     "labels",
     "lease",

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 
 from transforms.errors import BadInput
+from transforms.io.file_matches import matched_files
 from transforms.io.manifests import md5_hex, sha256_hex
 from transforms.io.readers import open_stream
-from transforms.io.sinks import matched_files
 from transforms.io.text_forms import split_lines, tsv_record
 
 __all__ = ["parse_hash_list", "ReadHashFile", "AttachExpectedHashes"]

@@ -32,8 +32,8 @@ import apache_beam as beam
 from transforms import schema
 from transforms.errors import BadInput
 from transforms.io import json_manifests, labels
+from transforms.io.file_matches import matched_files, normalise_path, path_identity
 from transforms.io.readers import CompressedInputError, open_stream
-from transforms.io.sinks import matched_files
 from transforms.io.text_forms import split_lines, tsv_record
 
 __all__ = [
@@ -52,8 +52,6 @@ __all__ = [
     "ReadManifests",
     "ReadImageNetCaptions",
     "ReadZero",
-    "normalise_path",
-    "path_identity",
 ]
 
 
@@ -303,26 +301,6 @@ class ParseManifestFile(beam.DoFn):
                 )
         if self._counted:
             yield beam.pvalue.TaggedOutput(self.RECORDS, {"path": path, "records": records})
-
-
-def normalise_path(path):
-    """One spelling per file: absolute and normalised locally (`a/../a/x` -> `/cwd/a/x`);
-    `//`, `.` and `..` resolved in a gs:// object name."""
-    if "://" in path:
-        scheme, rest = path.split("://", 1)
-        bucket, _, name = rest.partition("/")
-        name = posixpath.normpath("/" + name).lstrip("/")
-        return f"{scheme}://{bucket}/{name}"
-    return os.path.abspath(path)
-
-
-def path_identity(path: str) -> str:
-    """One spelling per file or folder, for telling whether two paths name one: locally absolute
-    with symlinks, `..` and `//` resolved (`out`, `./out/`, a link to it are one); on gs:// the
-    object name's `//`, `.` and `..` resolved, without a trailing slash."""
-    if "://" in path:
-        return normalise_path(path).rstrip("/")
-    return os.path.realpath(path)
 
 
 def file_labels(paths):

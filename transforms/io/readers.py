@@ -6,7 +6,7 @@ csv module and ijson can stream from it record by record, never loading a whole 
 
 Public transforms (a "paths" argument is one path/glob or a list of them):
 
-- `OpenFiles(paths)`: PBegin -> `CheckedFile` per matched file (`.metadata`, `.open()`).
+- `OpenFiles(paths)`: PBegin -> `CheckedFile` per matched file, each once (file_matches.MatchFiles).
 - `ReadLines(paths, with_filename)`: PBegin -> `str` lines, or `(filename, line)` tuples.
 
 Every compressed input is read to its end-of-stream marker: a .gz, .bz2, .xz or .zst cut short
@@ -46,6 +46,7 @@ __all__ = [
 ]
 from transforms.errors import BadInput
 from transforms.io import text_forms
+from transforms.io.file_matches import MatchFiles
 from transforms.io.text_forms import AsUtf8, compressed_text, cr_line_ends, split_lines, text_encoding
 
 _CHUNK = 1 << 20  # 1 MiB reads: few round trips to GCS, little memory
@@ -317,8 +318,7 @@ class OpenFiles(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll()
+            | "Match" >> MatchFiles(self._patterns)
             | "Open" >> fileio.ReadMatches()
             | "Checked" >> beam.Map(CheckedFile)
         )
@@ -354,7 +354,7 @@ class ReadLines(beam.PTransform):
         self._with_filename = with_filename
 
     def expand(self, pbegin):
-        files = pbegin | "Patterns" >> beam.Create(self._patterns) | "Match" >> fileio.MatchAll()
+        files = pbegin | "Match" >> MatchFiles(self._patterns)
         # Why the split: a cut .gz must fail the job, and ReadAllFromText would read it quietly;
         # nor does it read UTF-16, UTF-32 or CR line ends (text_forms).
         plain, whole = files | "ByCompression" >> beam.Partition(lambda m, _: int(_read_whole(m)), 2)

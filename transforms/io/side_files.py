@@ -19,9 +19,8 @@ from collections.abc import Callable
 from transforms.errors import BadInput
 from transforms.io import labels
 from transforms.io.checksums import parse_hash_list
-from transforms.io.manifests import path_identity
+from transforms.io.file_matches import matched_files, path_identity
 from transforms.io.readers import CompressedInputError, open_stream
-from transforms.io.sinks import matched_files
 
 __all__ = ["SIDE_FILE_KINDS", "check_side_file", "head_lines"]
 

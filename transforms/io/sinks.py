@@ -32,7 +32,6 @@ from transforms.clustering.spill import split_by
 __all__ = [
     "join_path",
     "file_name",
-    "matched_files",
     "delete_tree",
     "blob_uri",
     "StoreBlobDoFn",
@@ -73,25 +72,6 @@ def join_path(base: str, *parts: str) -> str:
 def file_name(path: str) -> str:
     """The last part of a local or gs:// path."""
     return path.rstrip("/").split("/")[-1]
-
-
-def matched_files(pattern: str) -> list[str]:
-    """The files a path or glob (local or gs://) matches, sorted, without gs:// folder placeholders.
-
-    Args:
-        pattern: a path or a glob.
-
-    Returns:
-        The matched paths; [] when none.
-    """
-    # why: `in/`, the empty object the Cloud Console's "Create folder" leaves, matches `in/*`; taken
-    # for a manifest it failed the ingest (its name normalised to `in`: no such object, exit 1).
-    return sorted(
-        m.path
-        for result in FileSystems.match([pattern])
-        for m in result.metadata_list
-        if not ("://" in m.path and m.path.endswith("/"))
-    )
 
 
 def delete_tree(directory: str) -> None:

@@ -213,7 +213,8 @@ def test_a_rename_never_takes_a_native_key_that_reads_like_it(tmp_path, spread_r
 
 
 def test_file_labels_name_each_file_unambiguously():
-    from transforms.io.manifests import file_labels, normalise_path
+    from transforms.io.file_matches import normalise_path
+    from transforms.io.manifests import file_labels
 
     assert file_labels(["/d/2024/part-0.tsv"]) == {"/d/2024/part-0.tsv": "part-0.tsv"}
     assert file_labels(["/d/a.tsv", "/d/b.tsv"]) == {"/d/a.tsv": "a.tsv", "/d/b.tsv": "b.tsv"}
