@@ -2,10 +2,15 @@
 
 `one_line(capsys, job)`: the job's single stderr line (no traceback). `assert_readers_refuse`:
 export --input, dedup --input and refresh --snapshot of OUT each exit 2 with one line holding a
-given fragment, and write nothing.
+given fragment, and write nothing. `read_rows(out)`, `read_records(out)`, `summary(out)`: a local
+OUT's table rows, its duplicate cluster records and its summary.json.
 """
 
+import glob
+import json
 import os
+
+import pyarrow.parquet as pq
 
 from pipelines import dedup, export, refresh
 from tests.conftest import local_options
@@ -60,3 +65,20 @@ def assert_readers_refuse(out, where, capsys, fragment):
     assert run_refresh([out], str(fresh)) == 2
     assert fragment in one_line(capsys, "refresh")
     assert not os.path.exists(os.path.join(fresh, "status"))
+
+
+def read_rows(out):
+    """Every row of a local OUT's table (images/*.parquet), as dicts."""
+    return pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet"))).to_pylist()
+
+
+def read_records(out):
+    """Every cluster record of a local OUT (duplicates/clusters-*.jsonl)."""
+    paths = glob.glob(os.path.join(out, "duplicates", "clusters-*.jsonl"))
+    return [json.loads(line) for path in paths for line in open(path) if line.strip()]
+
+
+def summary(out):
+    """A local OUT's summary.json."""
+    with open(os.path.join(out, "summary.json")) as handle:
+        return json.load(handle)

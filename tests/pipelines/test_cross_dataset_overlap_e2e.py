@@ -21,13 +21,13 @@ import json
 import os
 import random
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines import dedup, export, ingest
 from pipelines.demo.sample_site import Reply, SampleWebServer, encode, picture
 from tests.dedup_helpers import at_distance, random_hash, row
 from tests.synthetic_out import write_out
+from tests.table_readers import read_records, read_rows, summary
 
 JPEG = {"Content-Type": "image/jpeg"}
 PLANTED_DISTANCES = list(range(9)) * 2 + [8] * 16  # 34 pairs, half of them at the guarantee's edge
@@ -136,20 +136,6 @@ def runs(tmp_path_factory):
     to_webdataset = ["--input", str(tmp / "d1"), "--output", str(tmp / "exp"), "--format", "webdataset"]
     assert export.main([*to_webdataset, *RUNNER]) == 0
     return {"tmp": tmp, "planted": planted, "first": first, "printed": printed}
-
-
-def read_rows(out):
-    return pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet"))).to_pylist()
-
-
-def read_records(out):
-    paths = glob.glob(os.path.join(out, "duplicates", "clusters-*.jsonl"))
-    return [json.loads(line) for path in paths for line in open(path) if line.strip()]
-
-
-def summary(out):
-    with open(os.path.join(out, "summary.json")) as handle:
-        return json.load(handle)
 
 
 def check_clusters(rows, records, groups, canonical):

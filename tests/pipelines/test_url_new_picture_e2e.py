@@ -15,11 +15,11 @@ import io
 import json
 import os
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines import dedup, export, ingest
 from pipelines.demo.sample_site import Reply, SampleWebServer, encode, picture
+from tests.table_readers import read_records, read_rows, summary
 
 JPEG = {"Content-Type": "image/jpeg"}
 RUNNER = ["--runner", "FnApiRunner"]
@@ -47,20 +47,6 @@ def second_routes():
 
 def key(dataset, name):
     return f"{dataset}:{PATHS.index(name) + 1}"
-
-
-def read_rows(out):
-    return pq.read_table(glob.glob(os.path.join(out, "images", "*.parquet"))).to_pylist()
-
-
-def read_records(out):
-    paths = glob.glob(os.path.join(out, "duplicates", "clusters-*.jsonl"))
-    return [json.loads(line) for path in paths for line in open(path) if line.strip()]
-
-
-def summary(out):
-    with open(os.path.join(out, "summary.json")) as handle:
-        return json.load(handle)
 
 
 @pytest.fixture(scope="module")
