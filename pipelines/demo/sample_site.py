@@ -75,6 +75,7 @@ class SampleWebServer:
         self.requests: list[tuple] = []  # (method, path, headers, monotonic start time)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0  # TCP connections accepted: fewer than requests when clients keep them alive
         self._lock = threading.Lock()
         handler = _make_handler(self)
         self._server = _Server((host, port), handler)
@@ -133,6 +134,11 @@ def _make_handler(server):
 
         def log_message(self, *args):
             pass
+
+        def setup(self):
+            with server._lock:
+                server.connections += 1
+            super().setup()
 
         def do_HEAD(self):
             self._answer(head=True)

@@ -1,7 +1,8 @@
 """Fetching image bytes over HTTP(S), safely and concurrently, as a Beam stage.
 
-`Fetcher` owns one asyncio loop in a background thread and one aiohttp session: a bounded pool of
-concurrent requests per DoFn instance, so a worker's CPU stays busy decoding and hashing while the
+`Fetcher` owns one asyncio loop in a background thread and two aiohttp sessions (one keeps a
+connection open for a request to the same host already waiting, one closes it after the answer):
+a bounded pool of concurrent requests per DoFn instance, so a worker's CPU stays busy decoding and hashing while the
 network waits. `FetchImages` feeds it from a DoFn and emits rows as their fetches complete.
 
 Public transforms (rows are `schema.Row` dicts):
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import email.utils
@@ -27,7 +29,7 @@ import threading
 import time
 import typing
 import weakref
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -70,6 +72,10 @@ MAX_RETRIES = 10  # --retries: the backoff doubles each attempt, 10 retries wait
 MAX_SECONDS = {"timeout": 3600, "max_retry_after": 3600, "host_cooldown": 86400}
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 DEFAULT_USER_AGENT = "beam-image-datasets/0.1 (image dataset research crawler)"
+# Seconds an idle kept-alive connection may wait for its next request (aiohttp's default is 15):
+# one is only kept for a request already waiting (HostGate.keep_alive), which takes it within
+# milliseconds unless paced; a longer wait is not worth a socket held open on the server.
+IDLE_KEEPALIVE_S = 2.0
 
 
 def user_agent(contact: str | None = None, base: str = DEFAULT_USER_AGENT) -> str:
@@ -313,12 +319,18 @@ class HostGate:
       `cooldown` seconds (doubling while it keeps failing), instead of each burning a whole
       deadline; then requests go through again, and one more failure closes it for twice as
       long. A host that accepts connections is never short-circuited, however slow some of its
-      answers: a slow URL costs only itself.
+      answers: a slow URL costs only itself;
+    - keep-alive only for a request already waiting (see `keep_alive`), so that idle sockets stay
+      few however many hosts a run touches.
     """
 
     def __init__(self, config: FetchConfig) -> None:
         self._config = config
         self.slots = asyncio.Semaphore(config.per_host)
+        self.waiting = 0  # requests to this host waiting for one of its slots
+        self.kept = 0  # requests in flight on the keep-alive session
+        self.idle = 0  # connections those left open, not taken again yet (as far as we can tell)
+        self._idle_at = 0.0  # loop time the last one was left open
         self._pacer = Pacer()
         self.failures = 0
         self._open_until = 0.0
@@ -345,6 +357,67 @@ class HostGate:
 
     async def wait_turn(self):
         await self._pacer.wait()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, fetcher_slots: asyncio.Semaphore) -> AsyncIterator[None]:
+        """Holds one of this host's slots, then one of the fetcher's. The request counts in
+        `waiting` while it waits for the host's slot: it then starts only once a request to this
+        host ends, so a connection kept open for it (keep_alive) is free by then.
+
+        # why this order: a request waiting for the fetcher's slot may start while the host's
+        # requests are all in flight, open a new connection, and leave the one kept for it idle.
+
+        Args:
+            fetcher_slots: the Fetcher's semaphore of --concurrency requests in flight.
+        """
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            async with fetcher_slots:
+                yield
+        finally:
+            self.slots.release()
+
+    def keep_alive(self, now: float) -> bool:
+        """Whether the request starting now goes on the keep-alive session: to take a connection an
+        earlier request left open, or to leave its own open for a request already waiting (one
+        each). Else it goes on the session that closes its connection after the answer.
+
+        # why: aiohttp's pool keeps every finished connection for its keepalive_timeout, outside the
+        # connector's `limit` (in-use only): 320 URLs on 40 hosts held 320 sockets at --concurrency
+        # 64. Now a connection is left open only for a request to its host that is waiting for the
+        # host's slot, which it gets as that connection's request ends.
+
+        Args:
+            now: the loop's time.
+        Returns:
+            True for the keep-alive session; the request counts in `kept` until `attempt_ended`.
+        """
+        if now - self._idle_at > IDLE_KEEPALIVE_S:
+            self.idle = 0  # the pool has closed them by now
+        reuse = self.idle > 0
+        self.idle -= reuse
+        keep = reuse or self.waiting > self.kept + self.idle
+        self.kept += keep
+        return keep
+
+    def attempt_ended(self, kept: bool, result: FetchResult | None, now: float) -> None:
+        """Counts the connection a keep-alive request left open (an answer came: it was not broken).
+
+        Args:
+            kept: what keep_alive said for this request.
+            result: its outcome (None if it was cancelled).
+            now: the loop's time.
+        """
+        if not kept:
+            return
+        self.kept -= 1
+        if result is not None and result.http_status is not None and result.status != schema.TIMEOUT:
+            self.idle += 1
+            self._idle_at = now
 
     def record(self, result: FetchResult, now: float) -> None:
         """Adjusts the host's pace and circuit breaker to one attempt's outcome."""
@@ -400,21 +473,35 @@ class Fetcher:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fetcher", daemon=True)
         self._thread.start()
-        self._session = self._run(self._open_session())
+        self._sessions = self._run(self._open_sessions())
         self._file_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
         # Shared per process (see FetchDoFn): closed when the last DoFn lets go of it.
-        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._session, self._file_pool)
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._sessions, self._file_pool)
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _open_session(self):
+    async def _open_sessions(self):
+        """(the session that keeps connections open, the one that closes each after its answer).
+
+        # why two: a request no other one waits for (HostGate.keep_alive) goes through a force_close
+        # connector, which closes the connection on our side whatever the server answers; a
+        # "Connection: close" request header alone left it pooled when the server closed without
+        # saying so, and the next request on it failed with "Server disconnected".
+        """
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._hosts = {}
         self._rate = Pacer.per_second(self.config.max_rate)
+        return self._open_session(force_close=False), self._open_session(force_close=True)
+
+    def _open_session(self, force_close):
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self._policy),
+            # in use only (the idle ones are bounded by HostGate.keep_alive); with both sessions
+            # together, self._slots holds the requests in flight to --concurrency
             limit=self.config.concurrency,
+            force_close=force_close,
+            keepalive_timeout=None if force_close else IDLE_KEEPALIVE_S,
             ttl_dns_cache=300,
         )
         # trust_env=False: a proxy from the environment would bypass the address policy.
@@ -513,26 +600,31 @@ class Fetcher:
         return result
 
     async def _polite_attempt(self, gate, url, method, headers):
-        async with self._slots:
-            if gate is None:
-                return await self._deadline_attempt(url, method, headers)
-            async with gate.slots:
-                # Checked once a slot is ours: the failures may have piled up while we queued.
-                skipped = gate.short_circuit(asyncio.get_running_loop().time())
-                if skipped:
-                    return skipped
-                await gate.wait_turn()
-                await self._rate.wait()
-                result = await self._deadline_attempt(url, method, headers)
-                if not result.local_shortage:  # why: says nothing of the host, and a success resets its breaker
-                    gate.record(result, asyncio.get_running_loop().time())
-                return result
+        if gate is None:
+            async with self._slots:
+                return await self._deadline_attempt(url, method, headers, self._sessions[0])
+        async with gate.turn(self._slots):
+            # Checked once a slot is ours: the failures may have piled up while we queued.
+            skipped = gate.short_circuit(asyncio.get_running_loop().time())
+            if skipped:
+                return skipped
+            await gate.wait_turn()
+            await self._rate.wait()
+            keep = gate.keep_alive(asyncio.get_running_loop().time())
+            result = None
+            try:
+                result = await self._deadline_attempt(url, method, headers, self._sessions[not keep])
+            finally:
+                gate.attempt_ended(keep, result, asyncio.get_running_loop().time())
+            if not result.local_shortage:  # why: says nothing of the host, and a success resets its breaker
+                gate.record(result, asyncio.get_running_loop().time())
+            return result
 
-    async def _deadline_attempt(self, url, method, headers):
+    async def _deadline_attempt(self, url, method, headers, session):
         seen = {}  # the status line, once it arrived: a timeout in the body still records it
         try:
             async with asyncio.timeout(self.config.timeout):
-                return await self._attempt(url, method, headers, seen)
+                return await self._attempt(url, method, headers, session, seen)
         except TimeoutError:
             return FetchResult(
                 schema.TIMEOUT,
@@ -543,7 +635,7 @@ class Fetcher:
         except Exception as exc:  # the last line of defence: a row, never a crash
             return FetchResult(schema.CONNECTION_ERROR, f"unexpected error: {_short(exc)}")
 
-    async def _attempt(self, url, method, headers, seen=None):
+    async def _attempt(self, url, method, headers, session, seen=None):
         seen = {} if seen is None else seen
         current = url
         last_status = None
@@ -568,7 +660,7 @@ class Fetcher:
             if refusal:
                 return FetchResult(schema.BLOCKED, refusal, last_status, final_url=current)
             try:
-                async with self._session.request(method, target, headers=headers, allow_redirects=False) as response:
+                async with session.request(method, target, headers=headers, allow_redirects=False) as response:
                     last_status = response.status
                     seen.update(status=response.status, url=current)
                     if response.status in REDIRECT_STATUSES:
@@ -690,14 +782,15 @@ def _is_conditional(headers):
     return bool(names & {"if-none-match", "if-modified-since"})
 
 
-def _shut_down(loop, thread, session, file_pool):
+def _shut_down(loop, thread, sessions, file_pool):
     if loop.is_closed():
         return
     if threading.current_thread() is not thread:
-        try:
-            asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=10)
-        except Exception:  # best effort: the process may be exiting
-            pass
+        for session in sessions:
+            try:
+                asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=10)
+            except Exception:  # best effort: the process may be exiting
+                pass
     loop.call_soon_threadsafe(loop.stop)
     if threading.current_thread() is not thread:
         thread.join(timeout=10)
