@@ -2,7 +2,7 @@
 
 `Fetcher` owns one asyncio loop in a background thread and two aiohttp sessions (one keeps a
 connection open for a request to the same host already waiting, one closes it after the answer):
-a bounded pool of concurrent requests per DoFn instance, so a worker's CPU stays busy decoding and hashing while the
+a bounded pool of concurrent requests per worker process, so its CPU stays busy decoding and hashing while the
 network waits. `FetchImages` feeds it from a DoFn and emits rows as their fetches complete.
 
 Public transforms (rows are `schema.Row` dicts):
@@ -95,7 +95,7 @@ class FetchConfig:
     retries: int = 2  # extra attempts for 429 and 5xx
     backoff: float = 0.5  # first retry delay; doubles each attempt
     max_retry_after: float = 10.0  # a longer Retry-After is not waited for: the row fails
-    concurrency: int = 64  # requests in flight per DoFn instance
+    concurrency: int = 64  # requests in flight per worker process (its DoFn instances share one Fetcher)
     per_host: int = 8  # requests in flight per host
     max_rate: float = 0.0  # requests started per second per worker process; 0 = unlimited
     host_failure_limit: int = 10  # consecutive failures to connect before a host is skipped
@@ -155,7 +155,7 @@ class FetchConfig:
             default=10.0,
             help="longest Retry-After honoured in seconds; longer makes the row fail (default 10)",
         )
-        add("--concurrency", type=int, default=64, help="requests in flight per worker thread (default 64)")
+        add("--concurrency", type=int, default=64, help="requests in flight per worker process (default 64)")
         add("--per-host", type=int, default=8, help="requests in flight per host per worker process (default 8)")
         add(
             "--max-rate",
@@ -467,7 +467,7 @@ class Fetcher:
 
     def __init__(self, config: FetchConfig) -> None:
         self.config = config
-        raise_open_files_limit()  # why: --concurrency sockets per worker thread; see open_files.py
+        raise_open_files_limit()  # why: --concurrency sockets per worker process; see open_files.py
         self._policy = AddressPolicy(config.allow_networks)
         self._agent_token = config.user_agent.split("/", 1)[0].strip().lower()
         self._loop = asyncio.new_event_loop()

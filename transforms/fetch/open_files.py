@@ -1,7 +1,7 @@
 """The fetcher's own shortage of sockets, told apart from a URL's failure.
 
 A worker that runs out of file descriptors (`ulimit -n`: 1024 by default on many systems, against
-`--concurrency` sockets a worker thread plus blob files and pipes) cannot open a socket: the OS
+`--concurrency` sockets a worker process plus blob files and pipes) cannot open a socket: the OS
 says EMFILE/ENFILE/ENOBUFS before any packet leaves. Recorded as the URL's `connection_error`,
 that made live URLs fail by the dozen with exit 0 (65 of 120 at a 150-descriptor limit), counted
 against their host's breaker, and in the refresh as evidence against them.
@@ -81,7 +81,7 @@ class ShortagePatience:
             raise EnvironmentFailure(
                 f"too many open files: the fetcher waited {self._waited:.0f}s for a free descriptor"
                 f" ({error}); the limit is {soft} (ulimit -n) with --concurrency {self._concurrency}"
-                " requests in flight a worker thread: lower --concurrency or raise the limit"
+                " requests in flight a worker process: lower --concurrency or raise the limit"
             )
         wait = self._next
         self._waited += wait
