@@ -321,8 +321,17 @@ def check_inputs(opts):
         # why: a file copied into OUT/images would double its rows in OUT3 (docs/integrity.md)
         check_recorded_table("--input", root, files)
     DedupSettings.from_options(opts)
-    if path_identity(opts.output) in {path_identity(root) for root in opts.input}:
-        raise BadInput(f"--output {opts.output} is one of the inputs: the dedup job never writes over an input")
+    for root in opts.input:
+        # why: an OUT3 inside an input (IN/images/x, the helper's `--output B12/images`) is a second
+        # table under the input's folder, which a reader of the folder (pyarrow, pandas) reads too;
+        # an input inside OUT3 is in the folder the job publishes into
+        if preflight.is_inside(opts.output, root) or preflight.is_inside(root, opts.output):
+            what = (
+                "is one of the inputs"
+                if path_identity(opts.output) == path_identity(root)
+                else f"overlaps the input {root}"
+            )
+            raise BadInput(f"--output {opts.output} {what}: the dedup job never writes over or inside an input")
     # Why: one table read twice makes every row the newer version of itself, so every row would be
     # replaced and none written (an empty table over OUT3's). Symlinks resolved, as the ingest does.
     seen: dict[str, str] = {}

@@ -180,11 +180,6 @@ def snapshot_pattern(value):
     return value.rstrip("/"), join_path(value, "images", "*.parquet")
 
 
-def _inside(path, root):
-    path, root = path_identity(path), path_identity(root)
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def resolve(opts):
     """Checked settings from the options: (snapshots [(root, pattern, columns)], RefreshParams)."""
     if not opts.output:
@@ -197,7 +192,7 @@ def resolve(opts):
     snapshots = []
     for root, pattern in (snapshot_pattern(v) for v in opts.snapshot):
         for name, path in (("--output", opts.output), ("--history", opts.history)):
-            if path and (_inside(path, root) or _inside(root, path)):
+            if path and (preflight.is_inside(path, root) or preflight.is_inside(root, path)):
                 raise ValueError(f"{name} {path} overlaps the snapshot {root}: a refresh never writes there")
         # why: a bucket that does not exist is the user's mistake (exit 2), not BeamIOError's exit 1
         preflight.list_matches(pattern, named=f"--snapshot {root}")
@@ -212,7 +207,7 @@ def resolve(opts):
         raise ValueError(f"--history {opts.history} is an existing file, not a directory")
     if opts.max_distance is not None and not 0 <= opts.max_distance <= verdicts.MAX_SAME_PICTURE_DISTANCE:
         raise ValueError(verdicts.too_wide(opts.max_distance))
-    if opts.history and _inside(opts.output, opts.history):
+    if opts.history and preflight.is_inside(opts.output, opts.history):
         # why: HISTORY holds one folder per night (--output H/{night} is that night's own folder,
         # whose publish then removed this run's files: "vanished", exit 1, every night)
         raise ValueError(

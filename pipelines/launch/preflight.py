@@ -29,6 +29,7 @@ __all__ = [
     "check_output_dir",
     "check_output_of_job",
     "check_table",
+    "is_inside",
     "list_matches",
     "refuse_pattern_characters",
 ]
@@ -170,6 +171,20 @@ def check_input_file(flag: str, path: str | None, directory: bool = False) -> No
             raise BadInput(f"{flag}: {path} is not a directory")
         return
     check_input_files(flag, path)
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Whether `path` is `root` or lies under it (symlinks, `..` and `//` resolved; local or gs://).
+
+    Args:
+        path: a file or folder.
+        root: a folder.
+
+    Returns:
+        True when one names `root` or something under it.
+    """
+    path, root = path_identity(path), path_identity(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def check_not_inside_output(out: str, inputs: dict[str, list[str]]) -> None:

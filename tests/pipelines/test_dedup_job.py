@@ -370,6 +370,25 @@ def test_one_input_given_twice_is_refused_and_out3_keeps_its_table(deduped, tmp_
     _check(out3)
 
 
+def test_an_output_inside_an_input_or_around_one_is_refused(deduped, tmp_path, capsys):
+    """`--output IN/images` was accepted: OUT3's table written inside an input's table folder,
+    which pyarrow or pandas reading IN/images then read with IN's own rows (each row twice). Now
+    OUT3 inside an input, or an input inside OUT3, is exit 2, one line, nothing written."""
+    copies = [shutil.copytree(path, str(tmp_path / f"in{n}")) for n, path in enumerate(deduped[0])]
+    before = {path: sorted(os.listdir(os.path.join(path, "images"))) for path in copies}
+    for out3, inputs in (
+        (os.path.join(copies[1], "images"), copies),
+        (os.path.join(copies[0], "dedup"), copies),
+        (str(tmp_path), copies),  # both inputs lie inside OUT3
+    ):
+        argv = [a for path in inputs for a in ("--input", path)] + ["--output", out3]
+        assert job.main([*argv, "--runner", "FnApiRunner"]) == 2, out3
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and "overlaps the input" in err[0], err
+    assert {path: sorted(os.listdir(os.path.join(path, "images"))) for path in copies} == before
+    assert not os.path.exists(os.path.join(copies[0], "dedup"))
+
+
 def test_slices_of_one_manifest_ingested_apart_are_refused_not_replaced(deduped, tmp_path, capsys):
     """CC3M keys are line numbers: a researcher who ingests lines 1-3 and lines 4-6 of a manifest
     as two slices gets cc3m:1..3 in both. Deduplicating the two took each of the second slice's
