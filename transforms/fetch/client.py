@@ -474,6 +474,7 @@ class Fetcher:
         self._thread = threading.Thread(target=self._loop.run_forever, name="fetcher", daemon=True)
         self._thread.start()
         self._sessions = self._run(self._open_sessions())
+        self._keep_alive_session, self._closing_session = self._sessions
         self._file_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
         # Shared per process (see FetchDoFn): closed when the last DoFn lets go of it.
         self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._sessions, self._file_pool)
@@ -602,7 +603,7 @@ class Fetcher:
     async def _polite_attempt(self, gate, url, method, headers):
         if gate is None:
             async with self._slots:
-                return await self._deadline_attempt(url, method, headers, self._sessions[0])
+                return await self._deadline_attempt(url, method, headers, self._keep_alive_session)
         async with gate.turn(self._slots):
             # Checked once a slot is ours: the failures may have piled up while we queued.
             skipped = gate.short_circuit(asyncio.get_running_loop().time())
@@ -613,7 +614,8 @@ class Fetcher:
             keep = gate.keep_alive(asyncio.get_running_loop().time())
             result = None
             try:
-                result = await self._deadline_attempt(url, method, headers, self._sessions[not keep])
+                session = self._keep_alive_session if keep else self._closing_session
+                result = await self._deadline_attempt(url, method, headers, session)
             finally:
                 gate.attempt_ended(keep, result, asyncio.get_running_loop().time())
             if not result.local_shortage:  # why: says nothing of the host, and a success resets its breaker
