@@ -173,9 +173,8 @@ def export_config(opts: ExportOptions) -> ExportConfig:
 def _check_output_apart(input_dir: str, output_dir: str) -> None:
     """EXP is neither OUT nor inside OUT/images. Why: EXP/summary.json would replace OUT's own, and
     hf-parquet shards in OUT/images would become rows of the table every later job reads."""
-    out, exp = path_identity(input_dir), path_identity(output_dir)
-    images = join_path(out, "images")
-    if exp == out or exp == images or exp.startswith(images + "/"):
+    out = path_identity(input_dir)
+    if path_identity(output_dir) == out or preflight.is_inside(output_dir, join_path(out, "images")):
         raise BadInput(f"--output {output_dir} must not be the --input directory {input_dir} nor inside its images/")
 
 

@@ -473,11 +473,11 @@ class Fetcher:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fetcher", daemon=True)
         self._thread.start()
-        self._sessions = self._run(self._open_sessions())
-        self._keep_alive_session, self._closing_session = self._sessions
+        self._keep_alive_session, self._closing_session = self._run(self._open_sessions())
         self._file_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
         # Shared per process (see FetchDoFn): closed when the last DoFn lets go of it.
-        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._sessions, self._file_pool)
+        sessions = (self._keep_alive_session, self._closing_session)
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, sessions, self._file_pool)
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
