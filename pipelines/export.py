@@ -22,8 +22,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.launch import job_runner, preflight
 from pipelines.report import run_resources
+from transforms.clustering.clusters import DEFAULT_DATASET_PRIORITY
 from transforms.errors import BadInput
-from transforms.export import export_books, selection
+from transforms.export import cluster_fallback, export_books, selection
 from transforms.export.hf_parquet_shards import HfParquetShardDoFn
 from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
 from transforms.export.shard_writer import AssignShards, publish_shard
@@ -124,6 +125,8 @@ class ExportConfig:
     include: str
     shard_size: int
     resize: ResizeConfig
+    # the order dedup chose each cluster's canonical row by (OUT/summary.json), the fallbacks' order
+    dataset_priority: tuple[str, ...] = DEFAULT_DATASET_PRIORITY
 
 
 def export_config(opts: ExportOptions) -> ExportConfig:
@@ -206,16 +209,21 @@ def stale_temporaries(output):
 
 
 class _Select(beam.DoFn):
-    """Row -> its export record, or its skip reason on the "skipped" output."""
+    """Row -> its export record, or its skip reason on the "skipped" output, or (a row of a
+    cluster, with --include canonical) (cluster_id, member) on the "clustered" output."""
 
     SKIPPED = "skipped"
+    CLUSTERED = "clustered"
 
-    def __init__(self, include):
+    def __init__(self, include, dataset_priority=DEFAULT_DATASET_PRIORITY):
         self._include = include
+        self._priority = tuple(dataset_priority)
 
     def process(self, row):
         reason = selection.skip_reason(row, self._include)
-        if reason is None:
+        if cluster_fallback.groups_by_cluster(row, reason, self._include):
+            yield beam.pvalue.TaggedOutput(self.CLUSTERED, cluster_fallback.cluster_member(row, self._priority))
+        elif reason is None:
             yield selection.export_record(row)
         else:
             yield beam.pvalue.TaggedOutput(self.SKIPPED, reason)
@@ -229,13 +237,25 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
     # why: the whole table, one row per manifest row; columns an older table lacks get defaults
     rows = pipeline | "ReadTable" >> ReadImageTable(files)
     # why: every row gets a verdict (selected or a skip reason), so that the books can balance
-    judged = rows | "Select" >> beam.ParDo(_Select(config.include)).with_outputs(_Select.SKIPPED, main="selected")
+    judged = rows | "Select" >> beam.ParDo(_Select(config.include, config.dataset_priority)).with_outputs(
+        _Select.SKIPPED, _Select.CLUSTERED, main="selected"
+    )
+    selected, skip_reasons = judged.selected, judged[_Select.SKIPPED]
+    if config.include == "canonical":
+        # why: a cluster's members meet in one place, so that one can stand in for a canonical row
+        # whose blob is unreadable (cluster_fallback); rows in no cluster do not cross this shuffle
+        clusters = judged[_Select.CLUSTERED] | "Clusters" >> cluster_fallback.ClusterRecords()
+        selected = (selected, clusters["records"]) | "WithClusters" >> beam.Flatten()
+        skip_reasons = (
+            skip_reasons,
+            clusters[cluster_fallback.ClusterRecords.SKIPPED],
+        ) | "AllSkipped" >> beam.Flatten()
     # why: rows read, counted apart from the selection, is the left side of the books
     rows_read = rows | "CountRead" >> beam.combiners.Count.Globally()
-    skipped = judged[_Select.SKIPPED] | "CountSkipped" >> beam.combiners.Count.PerElement()
+    skipped = skip_reasons | "CountSkipped" >> beam.combiners.Count.PerElement()
     # why: deterministic shards (same input, same shards and sample keys), exact sizes
     written = (
-        judged.selected
+        selected
         | "AssignShards" >> AssignShards(config.shard_size)
         # why: blobs are read and resized where the shard is written: image bytes never cross a shuffle
         | "WriteShards" >> beam.ParDo(writer)
@@ -305,6 +325,7 @@ def run(argv=None):
     files = selection.check_table_files(config.input)
     # why: a file copied into OUT/images would double its rows in the shards (and their keys)
     files = check_recorded_table("--input", config.input, files)
+    config = dataclasses.replace(config, dataset_priority=cluster_fallback.recorded_dataset_priority(config.input))
     started_at = time.time()
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
     with job_runner.leased_output(options, config.output, "export", opts.force_unlock) as guard:
@@ -348,8 +369,10 @@ def report(summary):
     """A few lines for the terminal: the books, the shards, how to load them."""
     skipped = ", ".join(f"{reason} {n}" for reason, n in summary["skipped"].items() if n) or "none"
     size = summary["bytes"] / 1e6
+    # why: summaries written before the count have no fallback_members
+    through = f", {n} through a fallback member" if (n := summary.get(cluster_fallback.FALLBACK_MEMBERS)) else ""
     return (
-        f"\nexport: {summary['rows_read']} rows read, {summary['exported']} exported ({summary['format']}),"
+        f"\nexport: {summary['rows_read']} rows read, {summary['exported']} exported ({summary['format']}{through}),"
         f" skipped: {skipped}; {summary['timings']['wall_seconds']:.1f}s -> {summary['output']}\n"
         f"  shards:  {summary['shard_count']} ({size:.1f} MB)\n"
         f"  summary: {join_path(summary['output'], 'summary.json')}\n"

@@ -128,3 +128,34 @@ def test_an_export_into_a_bucket_that_does_not_exist_is_bad_input(gcs_emulator, 
     argv = local_options(input="gs://export-typo/out", output="gs://no-such-bucket-y/exp", format="webdataset")
     assert export.main(argv) == 2
     assert "gs://no-such-bucket-y/exp: no bucket no-such-bucket-y" in one_line(capsys, "export")
+
+
+def test_a_cluster_whose_canonical_blob_is_missing_on_gs_is_exported_through_its_member(gcs_emulator, tmp_path):
+    """Cluster c1 (cc3m:3 canonical, cc3m:4 a member with its own blob) with cc3m:3's blob deleted:
+    cc3m:4 is exported in its place (fallback_members 1), the books exact. Before: neither was
+    exported (unreadable_blob 1, non_canonical 1, 2 exported)."""
+    bucket = gcs_emulator.bucket("export-fallback")
+    rows = _table_on_gs(bucket)
+    canonical = rows[2]["sha256"]
+    bucket.blob(f"out/blobs/{canonical[:2]}/{canonical[2:4]}/{canonical}.jpg").delete()
+
+    export.run(local_options(input="gs://export-fallback/out", output="gs://export-fallback/exp", format="webdataset"))
+
+    summary = json.loads(bucket.blob("exp/summary.json").download_as_bytes())
+    assert summary["rows_read"] == 5 and summary["exported"] == 3 and summary["fallback_members"] == 1
+    assert summary["skipped"] == {
+        "not_ok": 1,
+        "placeholder": 0,
+        "non_canonical": 0,
+        "unreadable_blob": 1,
+        "too_large": 0,
+    }
+    import webdataset as wds
+
+    local = tmp_path / "00000.tar"
+    local.write_bytes(bucket.blob("exp/00000.tar").download_as_bytes())
+    assert sorted(s["json"]["key"] for s in wds.WebDataset(str(local), shardshuffle=False).decode("pil")) == [
+        "cc3m:1",
+        "cc3m:2",
+        "cc3m:4",
+    ]

@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BooksUnbalanced
 from transforms.export import selection
+from transforms.export.cluster_fallback import FALLBACK_MEMBERS
 from transforms.export.shard_writer import shard_records_in_order
 from transforms.io.lease_guard import publish_held
 from transforms.io.sinks import delete_tree, join_path, write_json
@@ -28,8 +29,9 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
     """summary.json's content; the books: rows read = exported + skipped by every reason."""
     shards = shard_records_in_order(shards)
     skipped = selection.count_reasons(skipped_counts)
-    # why: these two are found where the shard is written, the other reasons by the selection
-    for reason in (selection.UNREADABLE_BLOB, selection.TOO_LARGE):
+    # why: these are found where the shard is written (non_canonical: the fallback members a
+    # cluster's record carried there, cluster_fallback), the other reasons by the selection
+    for reason in (selection.UNREADABLE_BLOB, selection.TOO_LARGE, selection.NON_CANONICAL):
         skipped[reason] += sum(s.get(reason, 0) for s in shards)
     exported = sum(s["samples"] for s in shards)
     elapsed = max(time.time() - started_at, 1e-9)
@@ -51,6 +53,7 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
         "rows_read": rows_read,
         "exported": exported,
         "skipped": skipped,
+        FALLBACK_MEMBERS: sum(s.get(FALLBACK_MEMBERS, 0) for s in shards),
         "books_balanced": rows_read == exported + sum(skipped.values()),
         "shards": [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for s in shards],
         "shard_count": len(shards),

@@ -30,8 +30,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
+from transforms.export.cluster_fallback import FALLBACK_MEMBERS, FALLBACKS
 from transforms.export.resize import ExportedImage, ResizeConfig, ResizeError, TooLargeError, export_image
-from transforms.export.selection import TOO_LARGE, UNREADABLE_BLOB
+from transforms.export.selection import NON_CANONICAL, TOO_LARGE, UNREADABLE_BLOB
 from transforms.io.lease_guard import LeaseGuard, publish_held
 from transforms.io.sinks import blob_uri, join_path
 
@@ -50,6 +51,9 @@ _LOG = logging.getLogger(__name__)
 # Original formats whose bytes go out under another extension than Pillow's own name for them:
 # why: readers pick a decoder by extension, and webdataset's knows jpg, not mpo.
 _EXTENSION_OF_FORMAT = {"JPEG": "jpg", "MPO": "jpg"}
+
+# (the record exported or skipped, its image or skip reason, counts of the rows it carried along)
+_Prepared = tuple[dict, ExportedImage | str, dict[str, int]]
 
 
 def sample_key(index: int) -> str:
@@ -174,8 +178,10 @@ class ShardWriterDoFn(beam.DoFn):
     """(shard, items) -> a shard file in EXP and its record for summary.json.
 
     Subclasses write the format: `extension`, `open_shard(handle)`, `write_sample(writer, key,
-    record, image)` and `close_shard(writer)`. The record yielded:
-    {"name", "path", "samples", "bytes", "unreadable_blob", "too_large", "first_index", "last_index"}.
+    record, image)` and `close_shard(writer)`. The record yielded: {"name", "path", "samples",
+    "bytes", "unreadable_blob", "too_large", "non_canonical", "fallback_members", "first_index",
+    "last_index"}. A record with FALLBACKS (a cluster's canonical row, transforms.export.cluster_fallback)
+    whose blob is unreadable is exported through the first of them that can be read.
     """
 
     extension = "bin"
@@ -204,6 +210,7 @@ class ShardWriterDoFn(beam.DoFn):
         self._samples = beam.metrics.Metrics.counter("export", "samples")
         self._unreadable = beam.metrics.Metrics.counter("export", UNREADABLE_BLOB)
         self._too_large = beam.metrics.Metrics.counter("export", TOO_LARGE)
+        self._fallbacks = beam.metrics.Metrics.counter("export", FALLBACK_MEMBERS)
         self._bytes = beam.metrics.Metrics.counter("export", "bytes")
 
     def teardown(self):
@@ -216,20 +223,24 @@ class ShardWriterDoFn(beam.DoFn):
         final = join_path(self._output_dir, name)
         temporary = join_path(self._tmp_dir, f"{name}-{uuid.uuid4().hex}")
         samples = 0
-        skipped = dict.fromkeys((UNREADABLE_BLOB, TOO_LARGE), 0)
+        # why: a record carries its cluster's fallback members, each counted here once
+        counts = dict.fromkeys((UNREADABLE_BLOB, TOO_LARGE, NON_CANONICAL, FALLBACK_MEMBERS), 0)
         with FileSystems.create(temporary, compression_type="uncompressed") as handle:
             writer = self.open_shard(handle)
-            for index, record, image in self._prepared(items):
+            for index, (record, image, carried) in self._prepared(items):
+                for counted, count in carried.items():
+                    counts[counted] += count
                 if isinstance(image, str):  # a skip reason
-                    skipped[image] += 1
+                    counts[image] += 1
                     continue
                 self.write_sample(writer, sample_key(index), record, image)
                 samples += 1
             self.close_shard(writer)
         size = FileSystems.match([temporary])[0].metadata_list[0].size_in_bytes
         self._samples.inc(samples)
-        self._unreadable.inc(skipped[UNREADABLE_BLOB])
-        self._too_large.inc(skipped[TOO_LARGE])
+        self._unreadable.inc(counts[UNREADABLE_BLOB])
+        self._too_large.inc(counts[TOO_LARGE])
+        self._fallbacks.inc(counts[FALLBACK_MEMBERS])
         self._bytes.inc(size)
         yield {
             "name": name,
@@ -237,27 +248,50 @@ class ShardWriterDoFn(beam.DoFn):
             "temporary": temporary,  # renamed onto `path` by publish_shard, once every shard is written
             "samples": samples,
             "bytes": size,
-            **skipped,  # unreadable_blob, too_large
+            **counts,  # unreadable_blob, too_large, non_canonical, fallback_members
             "first_index": items[0][0] if items else None,
             "last_index": items[-1][0] if items else None,
         }
 
-    def _prepared(self, items: list[tuple[int, dict]]) -> Iterator[tuple[int, dict, ExportedImage | str]]:
-        window: collections.deque[tuple[int, dict, concurrent.futures.Future[ExportedImage | str]]]
-        window = collections.deque()
+    def _prepared(self, items: list[tuple[int, dict]]) -> Iterator[tuple[int, _Prepared]]:
+        window: collections.deque[tuple[int, concurrent.futures.Future[_Prepared]]] = collections.deque()
         for index, record in items:
-            window.append((index, record, self._pool.submit(self._prepare, record)))
+            window.append((index, self._pool.submit(self._prepare_cluster, record)))
             if len(window) >= self._window:
-                index_, record_, future = window.popleft()
-                yield index_, record_, future.result()
+                index_, future = window.popleft()
+                yield index_, future.result()
         while window:
-            index_, record_, future = window.popleft()
-            yield index_, record_, future.result()
+            index_, future = window.popleft()
+            yield index_, future.result()
 
-    def _prepare(self, record: dict) -> ExportedImage | str:
+    def _prepare_cluster(self, record: dict) -> _Prepared:
+        """(the record exported or skipped, its image or skip reason, counts of the rows carried
+        along: the record's FALLBACKS). Its fallbacks are tried in order only when its own blob is
+        unreadable: the first that can be read is exported in its place (the record then counts
+        as unreadable_blob), every other one counts as non_canonical."""
+        members = record.get(FALLBACKS) or ()
+        image = self._prepare(record)
+        if image != UNREADABLE_BLOB or not members:
+            return record, image, {NON_CANONICAL: len(members)}
+        for member in members:
+            found = self._prepare(member, instead_of=record)
+            if not isinstance(found, str):
+                _LOG.warning(
+                    "export: cluster %s: canonical %s unreadable, exported %s in its place",
+                    record.get("cluster_id"),
+                    record.get("key"),
+                    member.get("key"),
+                )
+                carried = {UNREADABLE_BLOB: 1, NON_CANONICAL: len(members) - 1, FALLBACK_MEMBERS: 1}
+                return member, found, carried
+        return record, image, {NON_CANONICAL: len(members)}
+
+    def _prepare(self, record: dict, instead_of: dict | None = None) -> ExportedImage | str:
         """The exported image of one record, else why it is skipped (logged): UNREADABLE_BLOB (the
-        blob is missing, not the row's bytes or not an image) or TOO_LARGE (see TooLargeError)."""
+        blob is missing, not the row's bytes or not an image) or TOO_LARGE (see TooLargeError).
+        `instead_of`: the canonical record `record` would stand in for (said in the log)."""
         uri = record.get("blob")
+        what = record.get("key") if instead_of is None else f"{record.get('key')} (for {instead_of.get('key')})"
         try:
             if not uri:
                 raise ResizeError("the row has no blob")
@@ -266,10 +300,10 @@ class ShardWriterDoFn(beam.DoFn):
                 raise ResizeError("the blob's bytes are not the row's sha256")
             return export_image(data, self._resize, original_extension(record))
         except TooLargeError as exc:
-            _LOG.warning("export: %s skipped, too large to export: %s", record.get("key"), exc)
+            _LOG.warning("export: %s skipped, too large to export: %s", what, exc)
             return TOO_LARGE
         except (OSError, ResizeError) as exc:
-            _LOG.warning("export: %s skipped, blob %s unreadable: %s", record.get("key"), uri, exc)
+            _LOG.warning("export: %s skipped, blob %s unreadable: %s", what, uri, exc)
             return UNREADABLE_BLOB
 
     def _read(self, uri: str, record: dict) -> bytes:
