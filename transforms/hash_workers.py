@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import importlib
 import itertools
 import os
 import pickle
@@ -263,6 +264,9 @@ def serve(tasks: BinaryIO, answers: BinaryIO) -> None:
         tasks: the binary stream tasks arrive on (stdin).
         answers: the binary stream answers go to (stdout).
     """
+    # why before READY: image_checks loads scipy at its first hash; a broken install must end the
+    # worker before it is ready (the environment's failure), not fail the first body it is given
+    importlib.import_module("scipy.fftpack")
     _write_frame(answers, (_READY, True, os.getpid()))
     while True:
         task = _read_frame(tasks)

@@ -19,7 +19,6 @@ import warnings
 
 import imagehash
 import numpy
-import scipy.fftpack
 from PIL import Image, UnidentifiedImageError
 
 from transforms import schema
@@ -300,6 +299,11 @@ def _hashes(thumbnails):
     call chain per hash."""
     if not thumbnails:
         return []
+    # why here: scipy's import is ~0.25 s that the ingest's Beam process, which hashes nothing when
+    # hash worker processes do (the default), would pay at every start; the workers load it before
+    # they say they are ready (hash_workers.serve)
+    import scipy.fftpack
+
     p32 = numpy.stack([t[0] for t in thumbnails])
     low = scipy.fftpack.dct(scipy.fftpack.dct(p32, axis=1), axis=2)[:, :8, :8].reshape(len(thumbnails), 64)
     ordered = numpy.sort(low, axis=1)

@@ -15,6 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.demo.sample_site import encode, jpeg, picture, pixel_bomb_png
+from tests.paths import REPO
 from transforms import schema
 from transforms.errors import EnvironmentFailure
 from transforms.hash_workers import HashWorkers
@@ -186,3 +187,36 @@ def test_ctrl_c_while_the_workers_start_prints_nothing_from_them():
     assert run.returncode == 0, run.stderr
     assert run.stdout.decode().split() == [schema.NOT_IMAGE]
     assert b"KeyboardInterrupt" not in run.stderr and b"Traceback" not in run.stderr, run.stderr.decode()
+
+
+def test_the_beam_process_leaves_scipy_to_the_workers():
+    """scipy (the pHash's DCT) costs ~0.25 s to import; the ingest's Beam process hashes nothing when
+    the workers do, so a job's start does not pay for it (image_checks imports it at first use)."""
+    probe = "import sys, pipelines.ingest, pipelines.refresh; print(sorted(m for m in sys.modules if 'scipy' in m))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_a_worker_without_scipy_fails_the_job_before_any_body_is_blamed(tmp_path, monkeypatch):
+    """scipy is imported lazily by image_checks, but a worker loads it before it says it is ready: a
+    broken install is the environment's failure (exit 1), not a decode_error on the first body."""
+    (tmp_path / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            import sys
+            class NoScipy:
+                def find_spec(self, name, path=None, target=None):
+                    if name.split(".")[0] == "scipy":
+                        raise ImportError("scipy is broken here")
+            sys.meta_path.insert(0, NoScipy())
+            """
+        )
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    pool = HashWorkers(1, DEFAULT_MAX_PIXELS, True, ())
+    try:
+        answer = pool.submit(fetched(0, jpeg(0)))
+        with pytest.raises(EnvironmentFailure, match="before it was ready"):
+            answer.result(timeout=60)
+    finally:
+        pool.close()
