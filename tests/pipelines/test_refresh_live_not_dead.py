@@ -317,6 +317,58 @@ def test_one_page_for_most_urls_of_a_host_is_an_outage_not_each_url_gone(tmp_pat
     ]
 
 
+def bot_wall(method, headers, count):
+    """A bot wall's 200 page, its incident id and time new on every answer (Incapsula, Akamai style)."""
+    incident = f"{808000450231937862 + count}-{hashlib.sha256(repr(headers).encode()).hexdigest()[:12]}"
+    body = (
+        "<html><head><title>Request unsuccessful</title></head><body>Request unsuccessful. Incapsula"
+        f" incident ID: {incident} at {datetime.datetime.now().isoformat()}</body></html>"
+    )
+    return Reply(200, body.encode(), {"Content-Type": "text/html"})
+
+
+def removed_photo_page(title):
+    return Reply(200, f"<html><body>The photo '{title}' was removed by its owner</body></html>".encode(), HTML)
+
+
+HTML = {"Content-Type": "text/html"}
+TITLES = ("sunset over the bay", "red kite", "old mill", "harbour at dawn", "snowy pass", "market day")
+
+
+@pytest.mark.parametrize("pages", ["bot wall, an id on every answer", "each photo's own removed page"])
+def test_a_page_that_differs_only_in_ids_is_one_page_of_an_outage_but_pages_in_words_are_gone(tmp_path, pages):
+    """A bot wall or maintenance page carrying a request id or a time (a new one on every answer)
+    is one page of the host: its 6 URLs of 8 are a host outage, not 6 soft 404s dead on the second
+    night. Before, pages were compared byte for byte, and these live URLs were dead. Pages that
+    differ in words (each removed photo's own page) stay evidence about each URL."""
+    pictures = {f"/p/{n}.jpg": jpeg(50 + n) for n in range(8)}
+    with SampleWebServer() as web:
+        for n, path in enumerate(pictures):
+            if n >= 6:
+                web.routes[path] = Reply(200, pictures[path], JPEG)
+            elif pages.startswith("bot wall"):
+                web.routes[path] = bot_wall
+            else:
+                web.routes[path] = removed_photo_page(TITLES[n])
+        rows = [(f"cc3m:{n}", web.url(path), body) for n, (path, body) in enumerate(pictures.items())]
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), rows)
+        nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
+    summary = json.loads((tmp_path / "refresh-2030-02-02" / "summary.json").read_text())
+    assert {nights[1][f"cc3m:{n}"]["status"] for n in (6, 7)} == {verdicts.ALIVE}
+    down = [nights[1][f"cc3m:{n}"] for n in range(6)]
+    if pages.startswith("bot wall"):
+        assert {(r["status"], r["failure"]) for r in down} == {(verdicts.UNREACHABLE, verdicts.NO_HOST)}, [
+            r["reason"] for r in down
+        ]
+        assert all("host outage" in r["reason"] and "6 of its 8 URLs" in r["reason"] for r in down)
+        [outage] = summary["host_outages"]
+        assert (outage["host"], outage["urls"], outage["urls_checked"]) == ("127.0.0.1", 6, 8)
+        assert len(outage["page_sha256"]) == 64
+    else:
+        assert [r["status"] for r in down] == [verdicts.DEAD] * 6, [r["reason"] for r in down]
+        assert summary["host_outages"] == []
+
+
 def test_a_soft_404_page_on_a_few_urls_of_a_host_is_still_gone(tmp_path):
     pictures = {f"/p/{n}.jpg": jpeg(40 + n) for n in range(8)}
     with SampleWebServer() as web:

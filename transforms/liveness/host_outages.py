@@ -1,35 +1,64 @@
 """Host outages: one host answering most of its URLs tonight with one same page that is not a
 picture (a maintenance or parking page, served in place or through a redirect).
 
+"One same page" is the same text up to numbers and ids (`page_shape`): maintenance, parking and
+bot-wall pages commonly carry a request or incident id, a timestamp or a nonce that differs on
+every answer ("Incapsula incident ID: 808000450231937862-...", "Ray ID: 7d3f..."); compared byte
+for byte, each would be a page of its own, each URL a soft 404 `gone`, and every live URL of the
+host `dead` on the second such night.
+
 Such soft 404s are an outage of the host, not evidence about each URL: `verdicts.observe` counts
 them as `no_host` answers (--host-dead-after) instead of `gone` (--dead-after), so a host down
 for maintenance two nights running no longer has every URL `dead` at once (docs/refresh.md,
 "Host outages").
 """
 
+import hashlib
+import re
+
 import apache_beam as beam
 
 from transforms.liveness.verdicts import FILE, NOT_CHECKED, soft_404_page
 
-__all__ = ["HOST_OUTAGE_MIN_URLS", "outage_vote", "is_outage", "FindHostOutages"]
+__all__ = ["HOST_OUTAGE_MIN_URLS", "outage_vote", "is_outage", "page_shape", "FindHostOutages"]
 
 HOST_OUTAGE_MIN_URLS = 5  # URLs of one host with the same page, at least, and most of its URLs
+# A token holding a digit (an id, a number, a date, a nonce, a hex digest): blanked by page_shape.
+_TOKEN_WITH_DIGIT = re.compile(rb"[A-Za-z0-9+/=_.:-]*[0-9][A-Za-z0-9+/=_.:-]*")
+_SPACES = re.compile(rb"\s+")
 
 
-def outage_vote(item: dict) -> list[tuple[str, str | None]]:
-    """One checked URL's vote: [(host, the soft-404 page's sha256 or None)]; [] for URLs that made
-    no request tonight (invalid at ingest, files) or have no host.
+def page_shape(body: bytes) -> str:
+    """A page's text up to numbers and ids: the sha256 of its bytes with every token that holds a
+    digit blanked and runs of white space made one.
+
+    Two answers of one maintenance page that differ only in a request id or a timestamp get one
+    shape; pages that differ in words (each photo's own "not found" page, with its title) do not.
+
+    Args:
+        body: the page's bytes.
+    Returns:
+        A hex sha256.
+    """
+    text = _SPACES.sub(b" ", _TOKEN_WITH_DIGIT.sub(b"#", body)).strip()
+    return hashlib.sha256(text).hexdigest()
+
+
+def outage_vote(item: dict) -> list[tuple[str, tuple[str, str] | None]]:
+    """One checked URL's vote: [(host, (the soft-404 page's shape, its sha256) or None)]; [] for URLs
+    that made no request tonight (invalid at ingest, files) or have no host.
 
     Args:
         item: CheckUrls' {"url", "entries", "check"}.
     Returns:
-        [] or [(host, sha256 or None)].
+        [] or [(host, (page shape, sha256) or None)].
     """
     check = item["check"]
     host = next((e.get("host") for e in item["entries"] if e.get("host")), None)
     if host is None or check["method"] in (NOT_CHECKED, FILE):
         return []
-    return [(host, soft_404_page(check))]
+    shape = soft_404_page(check)
+    return [(host, None if shape is None else (shape, check.get("sha256")))]
 
 
 def is_outage(same_page: int, checked: int, minimum: int = HOST_OUTAGE_MIN_URLS) -> bool:
@@ -46,37 +75,50 @@ def is_outage(same_page: int, checked: int, minimum: int = HOST_OUTAGE_MIN_URLS)
 
 
 class _PageCounts(beam.CombineFn):
-    """A host's votes -> (URLs checked, {page sha256: URLs served it}); combined, never one list per host."""
+    """A host's votes -> (URLs checked, {page shape: (URLs served it, the smallest sha256 of its
+    answers)}); combined, never one list per host."""
 
     def create_accumulator(self):
         return 0, {}
 
-    def add_input(self, accumulator, page):
+    def add_input(self, accumulator, vote):
         checked, counts = accumulator
-        if page is not None:
-            counts[page] = counts.get(page, 0) + 1
+        if vote is not None:
+            _count(counts, vote[0], 1, vote[1])
         return checked + 1, counts
 
     def merge_accumulators(self, accumulators):
         checked, counts = 0, {}
         for n, more in accumulators:
             checked += n
-            for page, k in more.items():
-                counts[page] = counts.get(page, 0) + k
+            for shape, (k, sha256) in more.items():
+                _count(counts, shape, k, sha256)
         return checked, counts
 
     def extract_output(self, accumulator):
         return accumulator
 
 
+def _count(counts, shape, n, sha256):
+    before = counts.get(shape)
+    if before is None:
+        counts[shape] = (n, sha256)
+    else:  # why the smallest: one sha256 to name the page by, whatever order the answers came in
+        named = [digest for digest in (before[1], sha256) if digest]
+        counts[shape] = (before[0] + n, min(named) if named else None)
+
+
 def _outages(host_counts):
     host, (checked, counts) = host_counts
-    return [((host, page), (n, checked)) for page, n in sorted(counts.items()) if is_outage(n, checked)]
+    return [
+        ((host, shape), (n, checked, sha256)) for shape, (n, sha256) in sorted(counts.items()) if is_outage(n, checked)
+    ]
 
 
 class FindHostOutages(beam.PTransform):
-    """Checked URLs -> ((host, page sha256), (URLs served that page, URLs of the host checked)) for
-    each host that served one same non-picture page to most of its URLs tonight (is_outage)."""
+    """Checked URLs -> ((host, page shape), (URLs served that page, URLs of the host checked, the
+    smallest sha256 of those answers)) for each host that served one same non-picture page (up to
+    numbers and ids: page_shape) to most of its URLs tonight (is_outage)."""
 
     def expand(self, checked):
         return (

@@ -12,6 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
 from transforms.image_checks import DEFAULT_MAX_PIXELS, inspect_image
+from transforms.liveness.host_outages import page_shape
 from transforms.liveness.verdicts import (
     CONDITIONAL,
     EPOCH,
@@ -198,6 +199,8 @@ def _picture(check, body, max_pixels):
         phash=image.phash,
         image_like=image.status != schema.NOT_IMAGE or looks_like_image(check.get("content_type"), body),
     )
+    if not check["image_like"]:  # why: a soft 404's page, compared across the host's URLs (host_outages)
+        check["page_shape"] = page_shape(body)
     return check
 
 
@@ -217,6 +220,7 @@ def new_check(plan, method=None):
         "validated_sha256": plan.get("validated_sha256"),
         "validated_phash": plan.get("validated_phash"),
         "sha256": None,
+        "page_shape": None,
         "phash": None,
         "image_status": None,
         "image_error": None,

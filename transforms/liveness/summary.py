@@ -244,7 +244,7 @@ class SummarizeRefresh(beam.PTransform):
                 "rows_in": beam.pvalue.AsList(inputs["rows_in"]),
                 "merged": beam.pvalue.AsSingleton(inputs["merged"]),
             }
-        if "outages" in inputs:  # host_outages.FindHostOutages: ((host, page), (URLs, URLs checked))
+        if "outages" in inputs:  # host_outages.FindHostOutages: ((host, shape), (URLs, URLs checked, sha256))
             books["outages"] = beam.pvalue.AsList(inputs["outages"])
 
         def write(_, totals, top, host_count, urls, placeholders, frequent, written, dark, **counts):
@@ -256,8 +256,8 @@ class SummarizeRefresh(beam.PTransform):
             outages = counts.pop("outages", None)
             if outages is not None:
                 summary["host_outages"] = [
-                    {"host": host, "page_sha256": page, "urls": n, "urls_checked": checked}
-                    for (host, page), (n, checked) in sorted(outages)
+                    {"host": host, "page_sha256": sha256, "urls": n, "urls_checked": checked}
+                    for (host, _), (n, checked, sha256) in sorted(outages)
                 ]
             if counts:
                 summary["books"] = refresh_books(counts["rows_in"], counts["merged"], written)

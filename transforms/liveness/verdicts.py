@@ -418,18 +418,19 @@ def placeholder_votes(entries, check, params):
 
 
 def soft_404_page(check: dict) -> str | None:
-    """The sha256 of the page a check got instead of a picture (a soft 404: a 2xx with a body that is
+    """The shape of the page a check got instead of a picture (a soft 404: a 2xx with a body that is
     neither an image by Content-Type nor by its first bytes), or None.
 
     Args:
         check: tonight's check of a URL.
     Returns:
-        the body's sha256, or None when the check is no soft 404.
+        the page's shape (host_outages.page_shape: its text up to numbers and ids), or its sha256
+        for a check made without one; None when the check is no soft 404.
     """
     if check.get("status") != schema.OK or check.get("not_modified") or check.get("sha256") == EMPTY_SHA256:
         return None
     if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
-        return check.get("sha256")
+        return check.get("page_shape") or check.get("sha256")
     return None
 
 
@@ -441,8 +442,8 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
         check: tonight's check of its URL (plans.finish_check(), plans.check_file()).
         detected: {sha256: n} of the many-URLs placeholder rule.
         params: the night's settings.
-        outages: {(host, page sha256): (URLs served it, URLs of the host checked)} of the hosts
-            that served one page to most of their URLs tonight (host_outages.FindHostOutages).
+        outages: {(host, page shape): (URLs served it, URLs of the host checked, a sha256 of it)}
+            of the hosts that served one page to most of their URLs tonight (host_outages.FindHostOutages).
     Returns:
         {"kind": "same" | "new" | "unchecked" | "changed" | "failed", "failure", "reason", "sha256",
         "phash", "bytes_changed", "phash_distance", "placeholder", "picture_unchecked"}.
@@ -501,7 +502,7 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
             return unchecked(check["sha256"], "same bytes as the snapshot")
         if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
             served = check.get("content_type") or "no Content-Type"
-            outage = (outages or {}).get((entry.get("host"), check.get("sha256")))
+            outage = (outages or {}).get((entry.get("host"), soft_404_page(check)))
             if outage:
                 # why: one page for most URLs of a host is the host down (maintenance, parking),
                 # not each URL gone: evidence about the host (--host-dead-after), not 'gone'
