@@ -211,7 +211,8 @@ JOB_PARAMS = {
             GCS,
             "GCS_WRITE_FOLDER",
             required=True,
-            help="Export folder (gs://): gets 00000.tar, ... or 00000.parquet, ... and summary.json",
+            help="Export folder (gs://): gets 00000.tar, ... or 00000.parquet, ... (NAME/00000.tar, ... per"
+            " split) and summary.json",
             sample="gs://{bucket}/export",
         ),
         "format": Param(
@@ -231,6 +232,13 @@ JOB_PARAMS = {
         "resize_mode": Param("Resize mode", r"^(?:keep_ratio|center_crop|border|no)$", sample="center_crop"),
         "include": Param("Rows included", r"^(?:canonical|all)$"),
         "encode_format": Param("Encoding of resized images", r"^(?:jpg|webp|png)$"),
+        "split": Param(
+            "Held-out splits",
+            listed(r"[a-z0-9][-_a-z0-9]*=[0-9]+(?:\.[0-9]+)?(?:[eE]-?[0-9]+)?"),
+            help="NAME=FRACTION, comma-separated, fractions summing to 1 (e.g. train=0.98,validation=0.02):"
+            " EXP/NAME/00000.tar, ... per split; a duplicate cluster's members all fall in one split",
+        ),
+        "split_seed": Param("Split seed", INT, "NUMBER"),
     },
 }
 

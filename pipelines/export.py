@@ -3,10 +3,12 @@
     python -m pipelines.export --input OUT --output EXP --format webdataset|hf-parquet [--resize N]
         [--resize-mode keep_ratio|center_crop|border|no] [--include canonical|all] [--shard-size ROWS]
         [--encode-format jpg|webp|png] [--encode-quality Q] [--upscale]
+        [--split NAME=FRACTION,NAME=FRACTION... [--split-seed S]]
 
-Writes EXP/00000.tar, ... (WebDataset) or EXP/00000.parquet, ... (Hugging Face Parquet) and
-EXP/summary.json (rows read, exported, skipped by reason, the shards). Shards from an earlier
-export into EXP are removed once this run's are final. Paths may be local or gs://. Exit status:
+Writes EXP/00000.tar, ... (WebDataset) or EXP/00000.parquet, ... (Hugging Face Parquet), with
+--split EXP/NAME/00000.tar, ... per split, and EXP/summary.json (rows read, exported, skipped by
+reason, the shards). Shards from an earlier export into EXP (of any layout) are removed once this
+run's are final. Paths may be local or gs://. Exit status:
 0 done; 2 bad input or options (one line); 1 the books do not balance or the environment failed.
 """
 
@@ -21,21 +23,21 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.launch import job_runner, preflight
-from pipelines.report import run_resources
+from pipelines.report.export_lines import load_hint, print_report, report
 from transforms.clustering.clusters import DEFAULT_DATASET_PRIORITY
 from transforms.errors import BadInput
-from transforms.export import cluster_fallback, export_books, selection
+from transforms.export import cluster_fallback, export_books, selection, splits
 from transforms.export.hf_parquet_shards import HfParquetShardDoFn
 from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
 from transforms.export.shard_writer import AssignShards, publish_shard
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.file_matches import path_identity
-from transforms.io.sinks import join_path, read_json
+from transforms.io.sinks import join_path
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
 from transforms.io.table_record import check_recorded_table
 
-__all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run"]
+__all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "load_hint", "main", "report", "run"]
 
 FORMATS = {"webdataset": WebDatasetShardDoFn, "hf-parquet": HfParquetShardDoFn}
 DEFAULT_SHARD_SIZE = 10_000  # img2dataset's number_sample_per_shard
@@ -113,6 +115,20 @@ class ExportOptions(PipelineOptions):
             metavar="Q",
             help="1-100 for jpg and webp (default 95), compression level 0-9 for png (default 6)",
         )
+        parser.add_argument(
+            "--split",
+            default=None,
+            metavar="NAME=FRACTION,...",
+            help="held-out splits, e.g. train=0.98,validation=0.02: EXP/NAME/ each; a duplicate cluster's"
+            " members all fall in one split",
+        )
+        parser.add_argument(
+            "--split-seed",
+            type=int,
+            default=0,
+            metavar="S",
+            help="seed of the split assignment (default 0); the same seed gives the same splits",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +143,9 @@ class ExportConfig:
     resize: ResizeConfig
     # the order dedup chose each cluster's canonical row by (OUT/summary.json), the fallbacks' order
     dataset_priority: tuple[str, ...] = DEFAULT_DATASET_PRIORITY
+    # --split: ((name, fraction), ...); () writes one set of shards, EXP/00000.tar, ...
+    splits: tuple[tuple[str, float], ...] = ()
+    split_seed: int = 0
 
 
 def export_config(opts: ExportOptions) -> ExportConfig:
@@ -170,7 +189,17 @@ def export_config(opts: ExportOptions) -> ExportConfig:
         )
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
-    return ExportConfig(opts.input, opts.output, opts.format, opts.include, opts.shard_size, resize)
+    chosen = splits.parse_splits(opts.split) if opts.split is not None else ()
+    return ExportConfig(
+        opts.input,
+        opts.output,
+        opts.format,
+        opts.include,
+        opts.shard_size,
+        resize,
+        splits=chosen,
+        split_seed=opts.split_seed,
+    )
 
 
 def _check_output_apart(input_dir: str, output_dir: str) -> None:
@@ -192,12 +221,20 @@ JOB = job_runner.Job(
 
 
 def stale_shards(output):
-    """Shard files already in EXP (an earlier export): removed once this run's shards are final."""
-    try:
-        found = FileSystems.match([join_path(output, "*")])[0].metadata_list
-    except Exception:  # noqa: BLE001 (no EXP yet)
-        return []
-    return sorted(m.path for m in found if _SHARD_FILE.match(m.path.rstrip("/").rsplit("/", 1)[-1]))
+    """Shard files already in EXP (an earlier export): EXP/NNNNN.tar and, of an export with --split,
+    EXP/NAME/NNNNN.tar; removed once this run's shards are final. Why both, whatever this run's
+    layout: a reader's glob (EXP/*.tar, EXP/**/*.tar) would mix an earlier layout's shards in."""
+    stale = []
+    for pattern, in_split in (("*", False), ("*/*", True)):
+        try:
+            found = FileSystems.match([join_path(output, pattern)])[0].metadata_list
+        except Exception:  # noqa: BLE001 (no EXP yet)
+            continue
+        for path in (m.path.rstrip("/") for m in found):
+            folder, name = path.rsplit("/", 1)
+            if _SHARD_FILE.match(name) and (not in_split or splits.SPLIT_NAME.match(folder.rsplit("/", 1)[-1])):
+                stale.append(path)
+    return sorted(stale)
 
 
 def stale_temporaries(output):
@@ -253,10 +290,16 @@ def build_pipeline(pipeline, config, files, stale, started_at, run_id, stale_tem
     # why: rows read, counted apart from the selection, is the left side of the books
     rows_read = rows | "CountRead" >> beam.combiners.Count.Globally()
     skipped = skip_reasons | "CountSkipped" >> beam.combiners.Count.PerElement()
-    # why: deterministic shards (same input, same shards and sample keys), exact sizes
+    # why: deterministic shards (same input, same shards and sample keys), exact sizes; with
+    # --split, each split on its own, a cluster's members all in one split (no leak)
+    assign = (
+        splits.SplitShards(config.splits, config.split_seed, config.shard_size)
+        if config.splits
+        else AssignShards(config.shard_size)
+    )
     written = (
         selected
-        | "AssignShards" >> AssignShards(config.shard_size)
+        | "AssignShards" >> assign
         # why: blobs are read and resized where the shard is written: image bytes never cross a shuffle
         | "WriteShards" >> beam.ParDo(writer)
     )
@@ -344,41 +387,6 @@ def run(argv=None):
             config.output,
             summary=print_report,
         )
-
-
-def print_report(output):
-    """Prints the closing summary of a local run from EXP/summary.json."""
-    print(report(read_json(join_path(output, "summary.json"))))
-
-
-def load_hint(summary):
-    """How to read the export back, for the report and docs/export.md."""
-    out = summary["output"]
-    names = [s["name"] for s in summary["shards"]]
-    if not names:
-        return "nothing to load: no row was exported"
-    if summary["format"] == "webdataset":
-        pattern = join_path(
-            out, names[0] if len(names) == 1 else f"{{{names[0].split('.')[0]}..{names[-1].split('.')[0]}}}.tar"
-        )
-        return f'import webdataset as wds; ds = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")'
-    return f'import datasets; ds = datasets.load_dataset("parquet", data_files="{join_path(out, "*.parquet")}")'
-
-
-def report(summary):
-    """A few lines for the terminal: the books, the shards, how to load them."""
-    skipped = ", ".join(f"{reason} {n}" for reason, n in summary["skipped"].items() if n) or "none"
-    size = summary["bytes"] / 1e6
-    # why: summaries written before the count have no fallback_members
-    through = f", {n} through a fallback member" if (n := summary.get(cluster_fallback.FALLBACK_MEMBERS)) else ""
-    return (
-        f"\nexport: {summary['rows_read']} rows read, {summary['exported']} exported ({summary['format']}{through}),"
-        f" skipped: {skipped}; {summary['timings']['wall_seconds']:.1f}s -> {summary['output']}\n"
-        f"  shards:  {summary['shard_count']} ({size:.1f} MB)\n"
-        f"  summary: {join_path(summary['output'], 'summary.json')}\n"
-        f"  load:    {load_hint(summary)}\n"
-        + (f"  cost:    {cost}\n" if (cost := run_resources.cost_line(summary)) else "")
-    )
 
 
 def main(argv=None) -> int:

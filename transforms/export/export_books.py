@@ -58,12 +58,31 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
         "shards": [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for s in shards],
         "shard_count": len(shards),
         "bytes": sum(s["bytes"] for s in shards),
+        **_split_books(config, shards),
         "timings": {
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
             "wall_seconds": round(elapsed, 3),
             "images_per_second": round(exported / elapsed, 2),
         },
     }
+
+
+def _split_books(config, shards):
+    """summary.json's "split_seed", "split_fractions" and "splits" ({NAME: exported, shard_count,
+    bytes, shards}) of a run with --split; nothing without it (the summary as before)."""
+    if not config.splits:
+        return {}
+    splits = {}
+    for name, fraction in config.splits:
+        mine = [s for s in shards if s.get("split") == name]
+        splits[name] = {
+            "fraction": fraction,
+            "exported": sum(s["samples"] for s in mine),
+            "shard_count": len(mine),
+            "bytes": sum(s["bytes"] for s in mine),
+            "shards": [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for s in mine],
+        }
+    return {"split_seed": config.split_seed, "split_fractions": dict(config.splits), "splits": splits}
 
 
 def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_dir):

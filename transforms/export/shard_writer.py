@@ -178,7 +178,8 @@ class ShardWriterDoFn(beam.DoFn):
     """(shard, items) -> a shard file in EXP and its record for summary.json.
 
     Subclasses write the format: `extension`, `open_shard(handle)`, `write_sample(writer, key,
-    record, image)` and `close_shard(writer)`. The record yielded: {"name", "path", "samples",
+    record, image)` and `close_shard(writer)`. `shard` is a number, or (split name, number) for
+    EXP/NAME/<number>. The record yielded: {"name" (relative to EXP), "split", "path", "samples",
     "bytes", "unreadable_blob", "too_large", "non_canonical", "fallback_members", "first_index",
     "last_index"}. A record with FALLBACKS (a cluster's canonical row, transforms.export.cluster_fallback)
     whose blob is unreadable is exported through the first of them that can be read.
@@ -218,10 +219,12 @@ class ShardWriterDoFn(beam.DoFn):
 
     def process(self, element):
         shard, items = element
+        # why: a split's shards (splits.SplitShards) are keyed (split name, number), EXP/NAME/00000.tar
+        split, number = shard if isinstance(shard, tuple) else (None, shard)
         items = sorted(items, key=lambda item: item[0])
-        name = shard_name(shard, self.extension)
+        name = shard_name(number, self.extension) if split is None else f"{split}/{shard_name(number, self.extension)}"
         final = join_path(self._output_dir, name)
-        temporary = join_path(self._tmp_dir, f"{name}-{uuid.uuid4().hex}")
+        temporary = join_path(self._tmp_dir, f"{name.replace('/', '-')}-{uuid.uuid4().hex}")
         samples = 0
         # why: a record carries its cluster's fallback members, each counted here once
         counts = dict.fromkeys((UNREADABLE_BLOB, TOO_LARGE, NON_CANONICAL, FALLBACK_MEMBERS), 0)
@@ -243,7 +246,8 @@ class ShardWriterDoFn(beam.DoFn):
         self._fallbacks.inc(counts[FALLBACK_MEMBERS])
         self._bytes.inc(size)
         yield {
-            "name": name,
+            "name": name,  # relative to EXP
+            "split": split,
             "path": final,
             "temporary": temporary,  # renamed onto `path` by publish_shard, once every shard is written
             "samples": samples,
@@ -343,6 +347,8 @@ def publish_shard(record: dict, books: dict | None = None, guard: LeaseGuard | N
     Returns:
         The record without its temporary name.
     """
+    if "://" not in record["path"]:  # why: a local rename needs a split's folder; object stores have none
+        os.makedirs(os.path.dirname(record["path"]), exist_ok=True)
     publish_held(guard, record["temporary"], record["path"], [tmp_dir + "/"] if tmp_dir else [])
     return {name: value for name, value in record.items() if name != "temporary"}
 
