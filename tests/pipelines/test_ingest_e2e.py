@@ -15,6 +15,7 @@ import pytest
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, encode, jpeg, picture, pixel_bomb_png
 from tests.conftest import local_options
+from tests.pipelines.test_progress_e2e import FINAL
 from transforms import schema
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -254,6 +255,12 @@ def test_demo_command_runs_on_the_default_local_runner(tmp_path):
     assert "dataset" in done.stdout and "total" in done.stdout
     summary = json.loads((out / "summary.json").read_text())
     rendered = (out / "summary.json").read_text()
+    # why here: a final progress line, plain lines and the report were a second demo run of their
+    # own (test_progress_e2e.py); the same command, so this run checks them too
+    final = FINAL.search(done.stderr)
+    assert final and int(final.group(1)) == summary["rows"], done.stderr[-3000:]
+    assert "\r" not in done.stderr  # not a terminal: plain lines only
+    assert (out / "report.html").exists() and "report:" in done.stdout
     assert summary["rows"] == sum(sum(v.values()) for v in summary["counts"].values())
     statuses = summary["status_totals"]
     assert set(statuses) == set(schema.STATUSES), rendered  # the sample shows every status
