@@ -75,5 +75,5 @@ def test_no_progress_and_no_report(tmp_path, capfd):
         assert json.load(handle)["metrics"]["counters"]["rows"] == {"invalid_url": 1}
 
 
-# The demo command's final progress line, plain lines and report are checked on the one demo run of
-# tests/pipelines/test_ingest_e2e.py::test_demo_command_runs_on_the_default_local_runner (FINAL).
+# The demo command's final progress line, plain lines and report are checked on the suite's one demo
+# run (FINAL): tests/pipelines/test_ingest_e2e.py's check_demo_command_output.
