@@ -5,6 +5,7 @@ import functools
 import types
 
 import apache_beam as beam
+import pytest
 from apache_beam.coders import VarIntCoder
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import core, userstate
@@ -13,6 +14,9 @@ from apache_beam.typehints.typecheck import AbstractDoFnWrapper
 
 from pipelines.launch.beam_introspection_memo import _memoised_specs, _replaced, memoised_beam_introspection
 from tests.conftest import local_options
+
+# why: the suite's autouse memo (tests/conftest.py) would stand between these tests and Beam's functions
+pytestmark = pytest.mark.beam_unmemoised
 
 SEEN = beam.DoFn.StateParam(userstate.BagStateSpec("seen", VarIntCoder()))
 OTHER = beam.DoFn.StateParam(userstate.BagStateSpec("other", VarIntCoder()))

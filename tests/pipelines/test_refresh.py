@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import socket
 from unittest import mock
 
@@ -20,7 +21,7 @@ from PIL import Image
 from pipelines import ingest
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, encode, jpeg, picture, placeholder_png
-from tests.conftest import local_options
+from tests.conftest import TESTS_TODAY, local_options
 from transforms import schema
 from transforms.errors import BooksUnbalanced
 from transforms.fetch import address_policy
@@ -1051,8 +1052,28 @@ def test_night_in_the_output_path_gives_each_night_its_folder(world):
     assert read_status(dated)  # one row per snapshot key, under the night's own folder
 
 
-def test_a_failed_nights_unfinished_files_are_removed_by_the_next(world):
-    out, _ = world["night"]("stale-temporaries")
+@pytest.fixture(scope="module")
+def first_night(world):
+    """One night, 2030-05-01, with its history: the starting point of the reruns below. Read-only:
+    a test works on its own copy (copy_of_first_night)."""
+    history = str(world["tmp"] / "first-night-history")
+    # why: the autouse refresh_today (tests/conftest.py) is per test; a module fixture runs outside it
+    with mock.patch.object(verdicts, "utc_today", return_value=TESTS_TODAY):
+        out, _ = world["night"]("first-night", "2030-05-01", history)
+    return out, history
+
+
+def copy_of_first_night(world, first_night, output, history_name):
+    """first_night's REFRESH_OUT and HISTORY copied to `output` and `history_name` under the
+    world's folder (where world["night"] writes); returns their paths."""
+    out, history = str(world["tmp"] / output), str(world["tmp"] / history_name)
+    shutil.copytree(first_night[0], out)
+    shutil.copytree(first_night[1], history)
+    return out, history
+
+
+def test_a_failed_nights_unfinished_files_are_removed_by_the_next(world, first_night):
+    out, _ = copy_of_first_night(world, first_night, "stale-temporaries", "history-stale")
     unfinished = os.path.join(out, "status", "_tmp-0123abcd", "part-00000.parquet")
     os.makedirs(os.path.dirname(unfinished))
     with open(unfinished, "wb") as handle:
@@ -1062,13 +1083,12 @@ def test_a_failed_nights_unfinished_files_are_removed_by_the_next(world):
     assert len(read_status(out)) == len(EXPECTED)
 
 
-def test_a_rerun_whose_books_fail_leaves_the_previous_night_whole(world):
+def test_a_rerun_whose_books_fail_leaves_the_previous_night_whole(world, first_night):
     """The data team deletes rows on REFRESH_OUT's verdicts: a rerun of the night that fails (here
     its books) must leave REFRESH_OUT and the complete history night of the first run byte for byte,
     and no files aside. Before, the rerun cleared both first and left them empty."""
-    history = str(world["tmp"] / "history-rerun")
+    out, history = copy_of_first_night(world, first_night, "rerun-books", "history-rerun")
     night_dir = os.path.join(history, "2030-05-01")
-    out, _ = world["night"]("rerun-books", "2030-05-01", history)
     first, first_night = tree_digest(out), tree_digest(night_dir)
     assert len(read_status(out)) == len(EXPECTED) and "_COMPLETE" in first_night
 
@@ -1091,15 +1111,14 @@ def test_a_rerun_whose_books_fail_leaves_the_previous_night_whole(world):
     )
 
 
-def test_a_night_whose_history_cannot_be_published_leaves_refresh_out_on_the_previous_night(world):
+def test_a_night_whose_history_cannot_be_published_leaves_refresh_out_on_the_previous_night(world, first_night):
     """REFRESH_OUT is put in place after the history night, never before: a run stopped between the
     two left REFRESH_OUT on a night the history lacked (the next night's streaks skipped it; the kill
     sweep's finding). Here the history night's marker cannot be moved into place (its name is taken
     by a folder): the run fails and REFRESH_OUT stays on the first night, byte for byte."""
-    history = str(world["tmp"] / "history-order")
-    out, _ = world["night"]("out-order", "2030-06-01", history)
+    out, history = copy_of_first_night(world, first_night, "out-order", "history-order")
     first = tree_digest(out)
-    os.makedirs(os.path.join(history, "2030-06-02", "_COMPLETE", "in-the-way"))
+    os.makedirs(os.path.join(history, "2030-05-02", "_COMPLETE", "in-the-way"))
     with pytest.raises(OSError, match="_COMPLETE"):  # storage failed: the job's exit 1
-        world["night"]("out-order", "2030-06-02", history)
+        world["night"]("out-order", "2030-05-02", history)
     assert tree_digest(out) == first

@@ -10,6 +10,7 @@ import time
 
 from pipelines.report import run_resources
 from tests.paths import REPO
+from tests.pipelines.test_ingest_e2e import check_demo_command_output
 
 _BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
 
@@ -60,6 +61,7 @@ def test_an_ingest_records_its_cost_and_the_os_agrees(tmp_path):
     wall = time.monotonic() - wall
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert proc.returncode == 0, proc.stderr
+    check_demo_command_output(proc, out)  # the demo's own checks: the suite's one demo run
     # The job process and every process it waited for, as the kernel booked them.
     tree = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     summary = json.loads((out / "summary.json").read_text())

@@ -272,23 +272,31 @@ def test_placeholder_min_urls_zero_turns_the_rule_off(tmp_path):
 
 
 def test_canonical_policy(tmp_path):
-    ph, dh = "0123456789abcdef", "fedcba9876543210"
-    rows = [
-        row("cc3m:9", "cc3m", url="http://x.example/1", status="timeout"),  # failed: never first
-        row("cc3m:1", "cc3m", url="http://x.example/1", phash=ph, dhash=dh, width=300, height=300),
-        row("cc12m:1", "cc12m", phash=ph, dhash=dh, width=300, height=300),
-        row("cc12m:0", "cc12m", phash=ph, dhash=dh, width=300, height=300),
-        row("zero:1", "zero", phash=ph, dhash=dh, width=299, height=300),
-    ]
-    _, clusters, _, _ = run_dedup(rows, tmp_path / "a")
-    assert clusters[0]["canonical_key"] == "cc12m:0"  # area tie, cc12m before cc3m, then key
-    _, clusters, _, _ = run_dedup(rows, tmp_path / "b", dataset_priority=("cc3m", "cc12m"))
-    assert clusters[0]["canonical_key"] == "cc3m:1"
-    rows[4]["width"] = 301
-    _, clusters, _, _ = run_dedup(rows, tmp_path / "c")
-    assert clusters[0]["canonical_key"] == "zero:1"  # largest area beats dataset priority
-    # the id depends on membership only, not on which row is canonical
-    assert clusters[0]["cluster_id"] == __import__("hashlib").sha1(b"cc12m:0").hexdigest()[:16]
+    def cluster(suffix, ph, dh, zero_width):
+        """Five rows of one picture: a tie on area but for zero's row `zero_width` wide."""
+        url = f"http://x.example/{suffix or 1}"
+        return [
+            row(f"cc3m:9{suffix}", "cc3m", url=url, status="timeout"),  # failed: never first
+            row(f"cc3m:1{suffix}", "cc3m", url=url, phash=ph, dhash=dh, width=300, height=300),
+            row(f"cc12m:1{suffix}", "cc12m", phash=ph, dhash=dh, width=300, height=300),
+            row(f"cc12m:0{suffix}", "cc12m", phash=ph, dhash=dh, width=300, height=300),
+            row(f"zero:1{suffix}", "zero", phash=ph, dhash=dh, width=zero_width, height=300),
+        ]
+
+    tie = cluster("", "0123456789abcdef", "fedcba9876543210", 299)
+    # why one run for both default-policy clusters: independent pictures, URLs and keys (a run each
+    # before); the bitwise complements are 64 bits from the tie's hashes
+    wider = cluster("c", "fedcba9876543210", "0123456789abcdef", 301)
+    _, clusters, _, _ = run_dedup(tie + wider, tmp_path / "a")
+    by_canonical = {c["canonical_key"]: c for c in clusters}
+    assert sorted(by_canonical) == ["cc12m:0", "zero:1c"]
+    # area tie: cc12m before cc3m, then key; the largest area beats dataset priority
+    _, by_priority, _, _ = run_dedup(tie, tmp_path / "b", dataset_priority=("cc3m", "cc12m"))
+    assert [c["canonical_key"] for c in by_priority] == ["cc3m:1"]
+    # the id depends on membership only (the smallest key), not on which row is canonical
+    sha1 = __import__("hashlib").sha1
+    assert by_canonical["cc12m:0"]["cluster_id"] == by_priority[0]["cluster_id"] == sha1(b"cc12m:0").hexdigest()[:16]
+    assert by_canonical["zero:1c"]["cluster_id"] == sha1(b"cc12m:0c").hexdigest()[:16]
 
 
 def test_canonical_sort_key_unknown_dataset_and_missing_size():
@@ -317,11 +325,10 @@ def test_normalize_url(url, expected):
     assert normalize_url(url) == expected
 
 
-@pytest.mark.parametrize("spill", [False, True], ids=["runner-shuffle", "spilled-to-files"])
-def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path, spill):
-    """The ingest's DedupShards (slim rows in, members re-read from Parquet shards) finds the
-    same clusters, cluster columns and stats as Dedup on the full rows; also with its keys and
-    routed hashes grouped through spill files (a local run), which are gone afterwards."""
+@pytest.fixture(scope="module")
+def shard_case(tmp_path_factory):
+    """The rows of the shard comparison and Dedup's run on them: one run for both parametrisations
+    of the test below (the same rows each; read-only)."""
     rng = random.Random(9)
     rows = [
         row(
@@ -350,7 +357,15 @@ def test_dedup_from_table_shards_agrees_with_dedup_of_rows(tmp_path, spill):
             row(f"zero:n{t}", "zero", phash=at_distance(ph, 4, rng), dhash=at_distance(dh, 3, rng)),
         ]
     rows += [row(f"cc3m:alone{i}", phash=random_hash(rng), dhash=random_hash(rng)) for i in range(40)]
-    rows_all, clusters, stats, _ = run_dedup(rows, tmp_path / "rows")
+    return rows, run_dedup(rows, tmp_path_factory.mktemp("shard-case-rows"))
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["runner-shuffle", "spilled-to-files"])
+def test_dedup_from_table_shards_agrees_with_dedup_of_rows(shard_case, tmp_path, spill):
+    """The ingest's DedupShards (slim rows in, members re-read from Parquet shards) finds the
+    same clusters, cluster columns and stats as Dedup on the full rows; also with its keys and
+    routed hashes grouped through spill files (a local run), which are gone afterwards."""
+    rows, (rows_all, clusters, stats, _) = shard_case
     spill_dir = str(tmp_path / "spill") if spill else None
     rows_clustered, clusters_s, stats_s, counters, shards = run_dedup_shards(
         rows, tmp_path / "shards", shard_rows=7, spill_dir=spill_dir
