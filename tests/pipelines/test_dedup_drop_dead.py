@@ -200,3 +200,21 @@ def test_drop_dead_into_an_input_is_refused(world, capsys):
     args = ["--input", world["table"], "--output", world["table"], "--drop-dead", world["refresh"]]
     assert dedup.main([*args, "--runner", "FnApiRunner"]) == 2
     assert "is one of the inputs" in capsys.readouterr().err
+
+
+def test_books_that_do_not_balance_publish_nothing(world, tmp_path, capsys):
+    """A dead row counted but not left out (here: one more counted): exit 1, one line, and OUT3
+    holds no table, no dead_blobs.txt, nothing aside."""
+    real = dedup.dedup_books
+
+    def miscounted(rows_in, written, replaced, inputs, dropped_dead=None):
+        return real(rows_in, written, replaced, inputs, dropped_dead=dropped_dead + 1)
+
+    out3 = str(tmp_path / "out3")
+    args = ["--input", world["table"], "--output", out3, "--drop-dead", world["refresh"], "--runner", "FnApiRunner"]
+    with mock.patch.object(dedup, "dedup_books", miscounted):
+        assert dedup.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "books do not balance" in err[0] and "4 dropped as dead" in err[0]
+    assert not glob.glob(os.path.join(out3, "images", "*.parquet"))
+    assert not glob.glob(os.path.join(out3, "dead_blobs*"))
