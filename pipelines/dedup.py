@@ -1,6 +1,7 @@
 """Re-cluster one or more ingest outputs together (shared CONTRACT.md):
 
     python -m pipelines.dedup --input OUT [--input OUT2 ...] --output OUT3 [--max-distance K]
+        [--drop-dead REFRESH_OUT]
 
 Reads OUT*/images/*.parquet, writes OUT3/images/*.parquet (every input row, with cluster_id,
 is_canonical and is_placeholder set anew), OUT3/duplicates/clusters-*.jsonl and OUT3/summary.json.
@@ -9,6 +10,8 @@ is kept (rows without fetched_at count as oldest; a tie goes to the input listed
 summary.json reports how many rows were replaced ("replaced_rows"). Paths may be local or gs://.
 OUT3's images/ and duplicates/ are replaced two-phase, the books (rows in = rows out + replaced)
 are checked, and OUT3 is leased while the job writes (docs/integrity.md).
+--drop-dead REFRESH_OUT leaves out the rows a refresh night calls dead (same key and URL), clusters
+the rest anew and lists in OUT3/dead_blobs.txt the blobs only they referenced (docs/refresh.md).
 Without --runner the job runs locally in this one process (pipelines.launch.job_runner
 .apply_local_defaults): one process needs x0.4 the memory and x0.6 the CPU of two worker
 processes (docs/performance.md); `--direct_running_mode=multi_processing --direct_num_workers=N`
@@ -30,21 +33,25 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import job_runner, preflight, scratch
 from pipelines.report import run_resources
 from transforms.clustering.clusters import WriteDuplicates
+from transforms.clustering.dead_rows import COUNT_KINDS, DROPPED, DropDead, files_after
+from transforms.clustering.dedup_books import (
+    DEAD_BLOBS,
+    WriteDedupSummary,
+    check_dedup_books,
+    dedup_books,
+    dedup_summary,
+    publish_dead_blobs,
+    write_dead_blobs,
+)
 from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.key_versions import NewestRows
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables
-from transforms.errors import BadInput, BooksUnbalanced
+from transforms.errors import BadInput
 from transforms.io.file_matches import path_identity
-from transforms.io.sinks import join_path, read_json, write_json
+from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
-from transforms.io.table_record import (
-    RECORD,
-    check_recorded_table,
-    footer_rows,
-    recorded_table,
-    roll_back,
-    table_record,
-)
+from transforms.io.table_record import check_recorded_table, footer_rows, recorded_table
+from transforms.liveness.night_reader import read_published_night
 
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
 REQUIRED_COLUMNS = ("key", "dataset", "url", "status")
@@ -76,6 +83,14 @@ class DedupOptions(PipelineOptions):
             action="store_true",
             help="take OUT3's lease even though another run seems to hold it (only when that run is known to be dead)",
         )
+        job_runner.add_argument_once(
+            inputs,
+            "--drop-dead",
+            default=None,
+            metavar="REFRESH_OUT",
+            help="a refresh night's output: leave out the rows it calls dead (same key and URL), re-cluster the"
+            " rest, and list in OUT3/dead_blobs.txt the blobs only dropped rows referenced (docs/refresh.md)",
+        )
         DedupSettings.add_arguments(parser)
 
 
@@ -86,89 +101,6 @@ JOB = job_runner.Job(
     description="Re-cluster one or more ingest outputs together: OUT3/images/*.parquet (every input row, "
     "cluster columns set anew), OUT3/duplicates/, OUT3/summary.json.",
 )
-
-
-class _WriteJson(beam.DoFn):
-    """OUT3/summary.json, whole or not at all (write_json); `previous`: the table files OUT3 held."""
-
-    def __init__(self, path, previous=(), guard=None):
-        self._path = path
-        self._previous = list(previous)
-        self._guard = guard
-
-    def process(self, document, written=()):
-        try:
-            if self._guard is not None:  # why: taken over, this run's summary would replace the holder's
-                self._guard.confirm()
-            write_json(self._path, document, sort_keys=False)
-        except Exception:
-            # Why: unwritten (a full disk), OUT3's summary.json still records the previous table, so
-            # this run's files go again, as after unbalanced books; else every reader refused OUT3.
-            roll_back(written, keep=self._previous)
-            raise
-        yield self._path
-
-
-def _summary(stats, replaced, inputs, output, books, repeated=0, warnings=(), written=(), previous=None):
-    """summary.json; "table" records the files OUT3/images holds (table_record): this run's once
-    the books balance, else the previous table's, which a failed run leaves in place."""
-    warnings = list(warnings)
-    if repeated:
-        warnings.append(
-            f"{repeated} keys occur more than once within one input (an ingest output whose keys"
-            " collided): all their rows are kept"
-        )
-    return dict(
-        {
-            "job": "dedup",
-            "inputs": inputs,
-            "output": output,
-            "replaced_rows": replaced,
-            "books": books,
-            RECORD: table_record(written) if books["balanced"] else previous,
-            "warnings": warnings,
-        },
-        **stats,
-    )
-
-
-def dedup_books(rows_in, written, replaced, inputs):
-    """Rows read per input against rows written + rows replaced by a newer version of their key.
-
-    Args:
-        rows_in: [(input index, rows read)] (an index may come several times: summed).
-        written: CopyTables' counts, [{"path", "rows"}], one per file written.
-        replaced: rows replaced.
-        inputs: the --input values, in order.
-
-    Returns:
-        {"inputs": [{"path", "rows"}], "rows_in", "rows_out", "replaced", "balanced"}.
-    """
-    per_input = {}
-    for index, rows in rows_in:
-        per_input[index] = per_input.get(index, 0) + rows
-    total_in = sum(per_input.values())
-    rows_out = sum(part["rows"] for part in written)
-    return {
-        "inputs": [{"path": path, "rows": per_input.get(i, 0)} for i, path in enumerate(inputs)],
-        "rows_in": total_in,
-        "rows_out": rows_out,
-        "replaced": replaced,
-        "balanced": total_in == rows_out + replaced,
-    }
-
-
-def check_dedup_books(_, books, written=(), previous=(), output="OUT3"):
-    """Raises BooksUnbalanced unless rows in = rows out + replaced, once this run's table files
-    (`written`) are removed again: OUT3/images keeps the `previous` files, whole."""
-    if not books["balanced"]:
-        roll_back(written, keep=previous)
-        raise BooksUnbalanced(
-            f"the books do not balance: {books['rows_in']} rows read from"
-            f" {', '.join(i['path'] for i in books['inputs'])}, {books['rows_out']} rows written"
-            f" to {output} + {books['replaced']} replaced; {output} keeps its previous table"
-        )
-    return books
 
 
 def phash_warnings(inputs):
@@ -222,7 +154,7 @@ def spill_directory(options):
         yield path
 
 
-def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None, guard=None):
+def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None, guard=None, night=None):
     """The job's graph on `pipeline`; returns the DedupTables outputs.
 
     Rows stream from the input files in passes (transforms.clustering.table_dedup): no full row
@@ -232,6 +164,7 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     spill: a local run's spill directory (spill_directory; its owner removes it), None remote.
     expected_rows: the rows to be read (table_rows), for the near search's shard count.
     guard: the lease's LeaseGuard (leased_output), confirmed before each publish step.
+    night: with --drop-dead, the night_reader.PublishedNight whose dead rows are left out.
     """
     out = opts.output
     # why: unique per run, so no file of this run can carry a name of the table it replaces
@@ -244,34 +177,72 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     # a local run groups its per-row records through files (the local runner holds a shuffle in
     # memory), Dataflow's shuffle is on disk already
     newest = files | "Newest" >> NewestRows(opts.input, None if spill is None else os.path.join(spill, "newest"))
+    skip = newest["skip"]
+    if night is not None:
+        dead_spill = None if spill is None else os.path.join(spill, "dead")
+        dead = {"files": files, "skip": skip} | "DropDead" >> DropDead(night.status_files, dead_spill)
+        # why: a dead row is left out like a replaced one: every pass skips it, so clusters are
+        # found anew among the rows kept and a cluster's canonical row is elected among them
+        skip = (skip, dead["skip"]) | "AllSkips" >> beam.Flatten()
+        files = files_after(dead["skip"], files, "DropDead")
     dedup = DedupSettings.from_options(opts).transform(
         one_process=job_runner.one_local_process(pipeline.options), spill_dir=spill, expected_rows=expected_rows
     )
     # why: rows stream from the files; only clustered rows cross a shuffle
-    result = {"files": files, "skip": newest["skip"]} | "Dedup" >> DedupTables(dedup, rows=False)
+    result = {"files": files, "skip": skip} | "Dedup" >> DedupTables(dedup, rows=False)
     # why: the table is copied file by file in Arrow batches with the cluster columns set (Beam's
     # WriteToParquet takes a side input, so a local run buffers its whole input in memory)
-    written = files | "WriteImages" >> CopyTables(out, run_id, newest["skip"], result["cluster_columns"], guard)
+    written = files | "WriteImages" >> CopyTables(out, run_id, skip, result["cluster_columns"], guard)
     written_paths = written | "WrittenPaths" >> beam.Map(lambda w: w["path"])
     duplicates_files = result["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
     replaced = newest["replaced"] | "CountReplaced" >> beam.CombineGlobally(sum)
     repeated = newest["repeated"] | "CountRepeated" >> beam.CombineGlobally(sum)
+    dropped, rolled_back = {}, written_paths
+    if night is not None:
+        counts = beam.pvalue.AsDict(dead["counts"])
+        dropped["dropped_dead"] = beam.pvalue.AsSingleton(
+            pipeline | "Dead" >> beam.Create([None]) | "DroppedDead" >> beam.Map(lambda _, c: c.get(DROPPED, 0), counts)
+        )
+        blobs_aside = dead["dead_blobs"] | "WriteDeadBlobs" >> beam.Map(
+            lambda uris: write_dead_blobs(out, run_id, uris)
+        )
+        # why: a run whose books fail removes its dead_blobs.txt aside with its table files
+        rolled_back = (written_paths, blobs_aside | "AsidePath" >> beam.Map(lambda b: b["path"])) | beam.Flatten()
     books = (
         pipeline
         | "Once" >> beam.Create([None])
         | "Books"
         >> beam.Map(
-            lambda _, rows_in, written, replaced: dedup_books(rows_in, written, replaced, list(opts.input)),
+            lambda _, rows_in, written, replaced, **d: dedup_books(rows_in, written, replaced, list(opts.input), **d),
             rows_in=beam.pvalue.AsList(newest["rows_in"] | "RowsPerInput" >> beam.CombinePerKey(sum)),
             written=beam.pvalue.AsList(written),
             replaced=beam.pvalue.AsSingleton(replaced),
+            **dropped,
         )
     )
+    applied = {}
+    if night is not None:
+        applied["drop_dead"] = beam.pvalue.AsSingleton(
+            blobs_aside
+            | "DropDeadRecord"
+            >> beam.Map(
+                lambda blobs, counts: {
+                    "night": {
+                        "refresh_out": night.refresh_out,
+                        "night": night.night,
+                        "status_files": len(night.status_files),
+                    },
+                    "counts": {kind: counts.get(kind, 0) for kind in COUNT_KINDS},
+                    "dead_blobs": blobs,
+                },
+                counts,
+            )
+        )
     summary = (
         result["stats"]
         | "Summary"
         >> beam.Map(
-            _summary,
+            dedup_summary,
             replaced=beam.pvalue.AsSingleton(replaced),
             inputs=list(opts.input),
             output=out,
@@ -280,22 +251,28 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
             warnings=list(warnings),
             written=beam.pvalue.AsList(written),
             previous=previous_record,
+            **applied,
         )
         | "WriteSummary"
         >> beam.ParDo(
-            _WriteJson(FileSystems.join(out, "summary.json"), previous_files, guard),
-            written=beam.pvalue.AsList(written_paths),
+            WriteDedupSummary(FileSystems.join(out, "summary.json"), previous_files, guard),
+            written=beam.pvalue.AsList(rolled_back),
         )
     )
     checked = summary | "CheckBooks" >> beam.Map(
         check_dedup_books,
         books=beam.pvalue.AsSingleton(books),
-        written=beam.pvalue.AsList(written_paths),
+        written=beam.pvalue.AsList(rolled_back),
         previous=previous_files,
         output=out,
     )
+    stale = list(previous_files)
+    if night is not None:
+        _ = blobs_aside | "PublishDeadBlobs" >> beam.Map(publish_dead_blobs, out, beam.pvalue.AsList(checked))
+    elif FileSystems.exists(join_path(out, DEAD_BLOBS)):
+        stale.append(join_path(out, DEAD_BLOBS))  # why: it lists the dead blobs of a table this run replaces
     # why: the previous table and clusters go only once the books balance (docs/integrity.md)
-    _ = written_paths | "RetirePrevious" >> RetireFiles(previous_files, after=checked, guard=guard)
+    _ = written_paths | "RetirePrevious" >> RetireFiles(stale, after=checked, guard=guard)
     _ = duplicates_files | "RetireDuplicates" >> RetireFiles(previous_duplicates, after=checked, guard=guard)
     return result
 
@@ -340,6 +317,11 @@ def check_inputs(opts):
         if identity in seen:
             raise BadInput(f"--input {root} is given twice (also as {seen[identity]}): give each ingest output once")
         seen[identity] = root
+    # why: OUT3's summary.json would replace the night's, whose "written" names its verdicts
+    if opts.drop_dead and (
+        preflight.is_inside(opts.output, opts.drop_dead) or preflight.is_inside(opts.drop_dead, opts.output)
+    ):
+        raise BadInput(f"--output {opts.output} overlaps --drop-dead {opts.drop_dead}: give OUT3 a folder of its own")
     preflight.check_output_dir(opts.output)
 
 
@@ -352,6 +334,13 @@ def summary_lines(out):
     )
     print(f"  images:     {join_path(out, 'images')}/*.parquet")
     print(f"  duplicates: {join_path(out, 'duplicates')}/")
+    if "drop_dead" in summary:
+        dead = summary["drop_dead"]
+        print(
+            f"  dead:       {dead.get('dropped_dead')} rows left out as dead on {dead.get('night')}"
+            f" ({dead.get('kept_other_url')} kept: another URL now, {dead.get('kept_no_verdict')} kept: no verdict);"
+            f" {summary.get('blobs_only_dead')} blobs only they used: {join_path(out, DEAD_BLOBS)}"
+        )
     print(f"  summary:    {join_path(out, 'summary.json')}")
     cost = run_resources.cost_line(summary)
     if cost:
@@ -362,8 +351,11 @@ def run(argv=None):
     """The dedup job: parses argv, checks the inputs, runs and waits; returns the PipelineResult."""
     options, opts = JOB.parse(argv)
     # A remote runner's workers cannot open this machine's files: refused before anything is read.
-    job_runner.require_shared_paths(options, {"--input": opts.input, "--output": opts.output})
+    shared = {"--input": opts.input, "--output": opts.output, "--drop-dead": opts.drop_dead}
+    job_runner.require_shared_paths(options, shared)
     check_inputs(opts)
+    # why before the lease: a REFRESH_OUT that cannot be trusted is refused before OUT3 is touched
+    night = read_published_night("--drop-dead", opts.drop_dead) if opts.drop_dead else None
     warnings = phash_warnings(opts.input)
     for warning in warnings:
         print(f"dedup: warning: {warning}", file=sys.stderr)
@@ -384,7 +376,7 @@ def run(argv=None):
         return JOB.execute(
             options,
             lambda pipeline: build(
-                pipeline, opts, warnings=warnings, spill=spill, expected_rows=expected_rows, guard=guard
+                pipeline, opts, warnings=warnings, spill=spill, expected_rows=expected_rows, guard=guard, night=night
             ),
             opts.output,
             summary=summary_lines,

@@ -33,7 +33,18 @@ from transforms.clustering.table_dedup import file_batches, file_id
 from transforms.errors import BadInput
 from transforms.io.manifests import LINE_KEYED
 
-__all__ = ["COLLIDED", "KEY_RECORD", "KeyCollision", "NewestRows", "newest_order", "replaced_elsewhere", "url_digests"]
+__all__ = [
+    "COLLIDED",
+    "KEY_RECORD",
+    "KEY_SHARDS",
+    "KeyCollision",
+    "NewestRows",
+    "key_digest",
+    "newest_order",
+    "replaced_elsewhere",
+    "url_digest",
+    "url_digests",
+]
 
 COLLIDED = "collided"
 KEY_RECORD = np.dtype(
@@ -68,12 +79,31 @@ def url_digests(urls: list[str | None], datasets: list[str | None]) -> list[byte
     Returns:
         One value per row, for KEY_RECORD's "url" field.
     """
-    return [
-        hashlib.blake2b(b"\x00" if u is None else b"\x01" + u.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        if d in LINE_KEYED
-        else b""
-        for u, d in zip(urls, datasets, strict=True)
-    ]
+    return [url_digest(u) if d in LINE_KEYED else b"" for u, d in zip(urls, datasets, strict=True)]
+
+
+def url_digest(url: str | None) -> bytes:
+    """8 bytes naming a URL as written (None and "" apart).
+
+    Args:
+        url: the URL, or None.
+    Returns:
+        The digest.
+    """
+    return hashlib.blake2b(
+        b"\x00" if url is None else b"\x01" + url.encode("utf-8", "surrogatepass"), digest_size=8
+    ).digest()
+
+
+def key_digest(key: str) -> bytes:
+    """16 bytes naming a key (the key records' "key").
+
+    Args:
+        key: the row's key.
+    Returns:
+        The digest.
+    """
+    return hashlib.blake2b(str(key).encode("utf-8"), digest_size=16).digest()
 
 
 def replaced_elsewhere(run, inputs, older, urls):
@@ -159,9 +189,7 @@ class _KeyRecords(beam.DoFn):
             n = batch.num_rows
             yield beam.pvalue.TaggedOutput(self.ROWS_IN, (index, n))
             records = np.empty(n, dtype=KEY_RECORD)
-            records["key"] = [
-                hashlib.blake2b(str(k).encode("utf-8"), digest_size=16).digest() for k in batch.column(0).to_pylist()
-            ]
+            records["key"] = [key_digest(k) for k in batch.column(0).to_pylist()]
             stamps = batch.column(1).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
             records["stamp"] = stamps.fill_null(NO_STAMP).to_numpy(zero_copy_only=False)
             records["input"], records["file"] = index, fid

@@ -32,6 +32,7 @@ __all__ = [
     "copy_table_file",
     "file_batches",
     "file_id",
+    "skipped_rows",
     "slim_columns",
 ]
 
@@ -125,7 +126,15 @@ def file_batches(path: str, columns: list[str] | None) -> typing.Iterator[tuple[
         first += batch.num_rows
 
 
-def _skipped(path, skip):
+def skipped_rows(path: str, skip) -> frozenset | None:
+    """The row numbers of one file that the skip lists name.
+
+    Args:
+        path: the table file.
+        skip: the skip lists as a side input (beam.pvalue.AsMultiMap: file id -> row arrays).
+    Returns:
+        The rows, or None when the file has none to skip.
+    """
     rows = list(skip[file_id(path)])  # a MultiMap: empty for a file with nothing to skip
     if not rows:
         return None
@@ -134,7 +143,7 @@ def _skipped(path, skip):
 
 def _kept_rows(path, columns, skip):
     """Rows (dicts) of one file, minus the replaced ones."""
-    skipped = _skipped(path, skip)
+    skipped = skipped_rows(path, skip)
     for first, batch in file_batches(path, columns):
         for i, row in enumerate(batch.to_pylist(), start=first):
             if skipped is None or i not in skipped:
@@ -239,7 +248,7 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
 
     _index, path = element
     release_freed_memory()  # why: the searches' freed temporaries would be this copy's floor
-    skipped = _skipped(path, skip)
+    skipped = skipped_rows(path, skip)
     target = FileSystems.join(images_dir, f"part-{run_id}-{file_id(path):016x}.parquet")
     temporary = f"{target}.tmp-{uuid.uuid4().hex}"
     copied = 0

@@ -84,6 +84,7 @@ STALE_PATTERNS = (
     "images/beam-temp-*/**",  # Beam's own temporaries (earlier dedup versions)
     "duplicates/beam-temp-*/**",
     "summary.json.tmp-*",  # a summary being written aside (sinks.write_json) when the run was killed
+    "dead_blobs.txt.tmp-*",  # the dedup job's --drop-dead list, written aside, of a run that failed or was killed
 )
 
 
