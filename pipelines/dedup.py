@@ -30,16 +30,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import job_runner, preflight, scratch
 from pipelines.report import run_resources
 from transforms.clustering.clusters import WriteDuplicates
+from transforms.clustering.dedup_books import check_dedup_books, dedup_books
 from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.key_versions import NewestRows
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables
-from transforms.errors import BadInput, BooksUnbalanced
+from transforms.errors import BadInput
 from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json, write_json
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
 from transforms.io.table_record import (
     RECORD,
-    check_recorded_table,
+    checked_table,
     footer_rows,
     recorded_table,
     roll_back,
@@ -132,45 +133,6 @@ def _summary(stats, replaced, inputs, output, books, repeated=0, warnings=(), wr
     )
 
 
-def dedup_books(rows_in, written, replaced, inputs):
-    """Rows read per input against rows written + rows replaced by a newer version of their key.
-
-    Args:
-        rows_in: [(input index, rows read)] (an index may come several times: summed).
-        written: CopyTables' counts, [{"path", "rows"}], one per file written.
-        replaced: rows replaced.
-        inputs: the --input values, in order.
-
-    Returns:
-        {"inputs": [{"path", "rows"}], "rows_in", "rows_out", "replaced", "balanced"}.
-    """
-    per_input = {}
-    for index, rows in rows_in:
-        per_input[index] = per_input.get(index, 0) + rows
-    total_in = sum(per_input.values())
-    rows_out = sum(part["rows"] for part in written)
-    return {
-        "inputs": [{"path": path, "rows": per_input.get(i, 0)} for i, path in enumerate(inputs)],
-        "rows_in": total_in,
-        "rows_out": rows_out,
-        "replaced": replaced,
-        "balanced": total_in == rows_out + replaced,
-    }
-
-
-def check_dedup_books(_, books, written=(), previous=(), output="OUT3"):
-    """Raises BooksUnbalanced unless rows in = rows out + replaced, once this run's table files
-    (`written`) are removed again: OUT3/images keeps the `previous` files, whole."""
-    if not books["balanced"]:
-        roll_back(written, keep=previous)
-        raise BooksUnbalanced(
-            f"the books do not balance: {books['rows_in']} rows read from"
-            f" {', '.join(i['path'] for i in books['inputs'])}, {books['rows_out']} rows written"
-            f" to {output} + {books['replaced']} replaced; {output} keeps its previous table"
-        )
-    return books
-
-
 def phash_warnings(inputs):
     """One warning per input whose table has no phash column (near duplicates cannot be found)."""
     warnings = []
@@ -222,7 +184,7 @@ def spill_directory(options):
         yield path
 
 
-def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None, guard=None):
+def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None, guard=None, tables=None):
     """The job's graph on `pipeline`; returns the DedupTables outputs.
 
     Rows stream from the input files in passes (transforms.clustering.table_dedup): no full row
@@ -232,6 +194,7 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     spill: a local run's spill directory (spill_directory; its owner removes it), None remote.
     expected_rows: the rows to be read (table_rows), for the near search's shard count.
     guard: the lease's LeaseGuard (leased_output), confirmed before each publish step.
+    tables: check_inputs' [(files, which table)] per input: those files are read; None: listed.
     """
     out = opts.output
     # why: unique per run, so no file of this run can carry a name of the table it replaces
@@ -239,7 +202,7 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     previous_files = list_table_files(out)
     previous_record = recorded_table(out, strict=False)[1]
     previous_duplicates = list_duplicates_files(out)
-    files = pipeline | "ListTables" >> ListTables(opts.input)
+    files = pipeline | "ListTables" >> ListTables(opts.input, tables and [paths for paths, _ in tables])
     # why: one row per key (newest fetched_at wins), decided on 48-byte key records, not rows;
     # a local run groups its per-row records through files (the local runner holds a shuffle in
     # memory), Dataflow's shuffle is on disk already
@@ -261,7 +224,9 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
         | "Once" >> beam.Create([None])
         | "Books"
         >> beam.Map(
-            lambda _, rows_in, written, replaced: dedup_books(rows_in, written, replaced, list(opts.input)),
+            lambda _, rows_in, written, replaced: dedup_books(
+                rows_in, written, replaced, list(opts.input), tables and [table for _, table in tables]
+            ),
             rows_in=beam.pvalue.AsList(newest["rows_in"] | "RowsPerInput" >> beam.CombinePerKey(sum)),
             written=beam.pvalue.AsList(written),
             replaced=beam.pvalue.AsSingleton(replaced),
@@ -313,13 +278,15 @@ def pipeline_options(argv):
 
 def check_inputs(opts):
     """Before the pipeline: every --input is an ingest output whose Parquet footers read and hold
-    the REQUIRED_COLUMNS; OUT3 can be written and is none of the inputs."""
+    the REQUIRED_COLUMNS; OUT3 can be written and is none of the inputs. Returns [(the files to
+    read, which table they are)] per input (table_record.checked_table)."""
     if not opts.input or not opts.output:
         raise BadInput("--input OUT (repeatable) and --output OUT3 are required")
+    tables = []
     for root in opts.input:
         files = preflight.check_table("--input", root, REQUIRED_COLUMNS)
         # why: a file copied into OUT/images would double its rows in OUT3 (docs/integrity.md)
-        check_recorded_table("--input", root, files)
+        tables.append(checked_table("--input", root, files))
     DedupSettings.from_options(opts)
     for root in opts.input:
         # why: an OUT3 inside an input (IN/images/x, the helper's `--output B12/images`) is a second
@@ -341,6 +308,7 @@ def check_inputs(opts):
             raise BadInput(f"--input {root} is given twice (also as {seen[identity]}): give each ingest output once")
         seen[identity] = root
     preflight.check_output_dir(opts.output)
+    return tables
 
 
 def summary_lines(out):
@@ -363,7 +331,7 @@ def run(argv=None):
     options, opts = JOB.parse(argv)
     # A remote runner's workers cannot open this machine's files: refused before anything is read.
     job_runner.require_shared_paths(options, {"--input": opts.input, "--output": opts.output})
-    check_inputs(opts)
+    tables = check_inputs(opts)
     warnings = phash_warnings(opts.input)
     for warning in warnings:
         print(f"dedup: warning: {warning}", file=sys.stderr)
@@ -384,7 +352,7 @@ def run(argv=None):
         return JOB.execute(
             options,
             lambda pipeline: build(
-                pipeline, opts, warnings=warnings, spill=spill, expected_rows=expected_rows, guard=guard
+                pipeline, opts, warnings=warnings, spill=spill, expected_rows=expected_rows, guard=guard, tables=tables
             ),
             opts.output,
             summary=summary_lines,

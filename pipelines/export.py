@@ -33,7 +33,7 @@ from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
-from transforms.io.table_record import check_recorded_table
+from transforms.io.table_record import checked_table
 
 __all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "main", "run"]
 
@@ -127,6 +127,8 @@ class ExportConfig:
     resize: ResizeConfig
     # the order dedup chose each cluster's canonical row by (OUT/summary.json), the fallbacks' order
     dataset_priority: tuple[str, ...] = DEFAULT_DATASET_PRIORITY
+    # which table of --input is read (table_record.checked_table), for summary.json and the books
+    input_table: dict = dataclasses.field(default_factory=dict)
 
 
 def export_config(opts: ExportOptions) -> ExportConfig:
@@ -324,8 +326,12 @@ def run(argv=None):
     job_runner.require_shared_paths(options, {"--input": config.input, "--output": config.output})
     files = selection.check_table_files(config.input)
     # why: a file copied into OUT/images would double its rows in the shards (and their keys)
-    files = check_recorded_table("--input", config.input, files)
-    config = dataclasses.replace(config, dataset_priority=cluster_fallback.recorded_dataset_priority(config.input))
+    files, input_table = checked_table("--input", config.input, files)
+    config = dataclasses.replace(
+        config,
+        dataset_priority=cluster_fallback.recorded_dataset_priority(config.input),
+        input_table=input_table,
+    )
     started_at = time.time()
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
     with job_runner.leased_output(options, config.output, "export", opts.force_unlock) as guard:
