@@ -241,6 +241,15 @@ def _dedup(out, out3):
     return dedup.main(local_options(input=out, output=str(out3)))
 
 
+def test_dedup_order1_table_replaced_after_the_check_fails_in_one_line(out, tmp_path, monkeypatch, capsys):
+    out, writer = out
+    _after_check(monkeypatch, dedup, writer.all)
+    assert _dedup(out, tmp_path / "out3") == 1
+    line = one_line(capsys, "dedup")
+    assert REMOVED in line and "rerun" in line, line
+    assert not os.path.exists(tmp_path / "out3" / "summary.json")
+
+
 def test_dedup_order1_new_parts_after_the_check_read_the_old_table_whole(out, tmp_path, monkeypatch, capsys):
     out, writer = out
     _after_check(monkeypatch, dedup, writer.parts)
