@@ -31,7 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner, preflight, scratch
-from pipelines.report import run_resources
+from pipelines.report.dedup_lines import print_dedup_lines
 from transforms.clustering.clusters import WriteDuplicates
 from transforms.clustering.dead_rows import COUNT_KINDS, DROPPED, DropDead, files_after
 from transforms.clustering.dedup_books import (
@@ -48,9 +48,9 @@ from transforms.clustering.key_versions import NewestRows
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables
 from transforms.errors import BadInput
 from transforms.io.file_matches import path_identity
-from transforms.io.sinks import join_path, read_json
+from transforms.io.sinks import join_path
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
-from transforms.io.table_record import check_recorded_table, footer_rows, recorded_table
+from transforms.io.table_record import checked_table, footer_rows, recorded_table
 from transforms.liveness.night_reader import read_published_night
 
 # Columns every input row needs: the grouping key, and what the canonical choice reads.
@@ -154,7 +154,9 @@ def spill_directory(options):
         yield path
 
 
-def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None, guard=None, night=None):
+def build(
+    pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=None, guard=None, night=None, tables=None
+):
     """The job's graph on `pipeline`; returns the DedupTables outputs.
 
     Rows stream from the input files in passes (transforms.clustering.table_dedup): no full row
@@ -165,6 +167,7 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     expected_rows: the rows to be read (table_rows), for the near search's shard count.
     guard: the lease's LeaseGuard (leased_output), confirmed before each publish step.
     night: with --drop-dead, the night_reader.PublishedNight whose dead rows are left out.
+    tables: check_inputs' [(files, which table)] per input: those files are read; None: listed.
     """
     out = opts.output
     # why: unique per run, so no file of this run can carry a name of the table it replaces
@@ -172,7 +175,7 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
     previous_files = list_table_files(out)
     previous_record = recorded_table(out, strict=False)[1]
     previous_duplicates = list_duplicates_files(out)
-    files = pipeline | "ListTables" >> ListTables(opts.input)
+    files = pipeline | "ListTables" >> ListTables(opts.input, tables and [paths for paths, _ in tables])
     # why: one row per key (newest fetched_at wins), decided on 48-byte key records, not rows;
     # a local run groups its per-row records through files (the local runner holds a shuffle in
     # memory), Dataflow's shuffle is on disk already
@@ -213,7 +216,9 @@ def build(pipeline, opts, run_id=None, warnings=(), spill=None, expected_rows=No
         | "Once" >> beam.Create([None])
         | "Books"
         >> beam.Map(
-            lambda _, rows_in, written, replaced, **d: dedup_books(rows_in, written, replaced, list(opts.input), **d),
+            lambda _, rows_in, written, replaced, **d: dedup_books(
+                rows_in, written, replaced, list(opts.input), tables=tables and [table for _, table in tables], **d
+            ),
             rows_in=beam.pvalue.AsList(newest["rows_in"] | "RowsPerInput" >> beam.CombinePerKey(sum)),
             written=beam.pvalue.AsList(written),
             replaced=beam.pvalue.AsSingleton(replaced),
@@ -290,13 +295,15 @@ def pipeline_options(argv):
 
 def check_inputs(opts):
     """Before the pipeline: every --input is an ingest output whose Parquet footers read and hold
-    the REQUIRED_COLUMNS; OUT3 can be written and is none of the inputs."""
+    the REQUIRED_COLUMNS; OUT3 can be written and is none of the inputs. Returns [(the files to
+    read, which table they are)] per input (table_record.checked_table)."""
     if not opts.input or not opts.output:
         raise BadInput("--input OUT (repeatable) and --output OUT3 are required")
+    tables = []
     for root in opts.input:
         files = preflight.check_table("--input", root, REQUIRED_COLUMNS)
         # why: a file copied into OUT/images would double its rows in OUT3 (docs/integrity.md)
-        check_recorded_table("--input", root, files)
+        tables.append(checked_table("--input", root, files))
     DedupSettings.from_options(opts)
     for root in opts.input:
         # why: an OUT3 inside an input (IN/images/x, the helper's `--output B12/images`) is a second
@@ -323,28 +330,7 @@ def check_inputs(opts):
     ):
         raise BadInput(f"--output {opts.output} overlaps --drop-dead {opts.drop_dead}: give OUT3 a folder of its own")
     preflight.check_output_dir(opts.output)
-
-
-def summary_lines(out):
-    """Prints the closing summary of a local run from OUT3/summary.json."""
-    summary = read_json(join_path(out, "summary.json"))
-    print(
-        f"\ndedup: {summary.get('rows', '?')} rows, {summary.get('clusters', '?')} clusters,"
-        f" {summary.get('replaced_rows', 0)} rows replaced by a newer version -> {out}"
-    )
-    print(f"  images:     {join_path(out, 'images')}/*.parquet")
-    print(f"  duplicates: {join_path(out, 'duplicates')}/")
-    if "drop_dead" in summary:
-        dead = summary["drop_dead"]
-        print(
-            f"  dead:       {dead.get('dropped_dead')} rows left out as dead on {dead.get('night')}"
-            f" ({dead.get('kept_other_url')} kept: another URL now, {dead.get('kept_no_verdict')} kept: no verdict);"
-            f" {summary.get('blobs_only_dead')} blobs only they used: {join_path(out, DEAD_BLOBS)}"
-        )
-    print(f"  summary:    {join_path(out, 'summary.json')}")
-    cost = run_resources.cost_line(summary)
-    if cost:
-        print(f"  cost:       {cost}")
+    return tables
 
 
 def run(argv=None):
@@ -353,7 +339,7 @@ def run(argv=None):
     # A remote runner's workers cannot open this machine's files: refused before anything is read.
     shared = {"--input": opts.input, "--output": opts.output, "--drop-dead": opts.drop_dead}
     job_runner.require_shared_paths(options, shared)
-    check_inputs(opts)
+    tables = check_inputs(opts)
     # why before the lease: a REFRESH_OUT that cannot be trusted is refused before OUT3 is touched
     night = read_published_night("--drop-dead", opts.drop_dead) if opts.drop_dead else None
     warnings = phash_warnings(opts.input)
@@ -376,10 +362,17 @@ def run(argv=None):
         return JOB.execute(
             options,
             lambda pipeline: build(
-                pipeline, opts, warnings=warnings, spill=spill, expected_rows=expected_rows, guard=guard, night=night
+                pipeline,
+                opts,
+                warnings=warnings,
+                spill=spill,
+                expected_rows=expected_rows,
+                guard=guard,
+                night=night,
+                tables=tables,
             ),
             opts.output,
-            summary=summary_lines,
+            summary=print_dedup_lines,
         )
 
 

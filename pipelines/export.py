@@ -13,13 +13,11 @@ run's are final. Paths may be local or gs://. Exit status:
 """
 
 import dataclasses
-import re
 import sys
 import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipelines.launch import job_runner, preflight
@@ -35,7 +33,7 @@ from transforms.fetch.client import DEFAULT_USER_AGENT
 from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
-from transforms.io.table_record import check_recorded_table
+from transforms.io.table_record import checked_table
 
 __all__ = ["ExportConfig", "ExportOptions", "build_pipeline", "export_config", "load_hint", "main", "report", "run"]
 
@@ -45,7 +43,6 @@ DEFAULT_SHARD_SIZE = 10_000  # img2dataset's number_sample_per_shard
 # worker: --shard-size 10**12 made one shard of every row (12M rows: ~12 GB of records on one
 # worker, nothing in parallel, one ~1 TB tar)
 MAX_SHARD_SIZE = 100_000
-_SHARD_FILE = re.compile(r"^[0-9]{5,}\.(?:tar|parquet)$")
 
 
 class ExportOptions(PipelineOptions):
@@ -146,6 +143,8 @@ class ExportConfig:
     # --split: ((name, fraction), ...); () writes one set of shards, EXP/00000.tar, ...
     splits: tuple[tuple[str, float], ...] = ()
     split_seed: int = 0
+    # which table of --input is read (table_record.checked_table), for summary.json and the books
+    input_table: dict = dataclasses.field(default_factory=dict)
 
 
 def export_config(opts: ExportOptions) -> ExportConfig:
@@ -218,23 +217,6 @@ JOB = job_runner.Job(
     "(Hugging Face), resized and deduplicated, and EXP/summary.json.",
     interrupted="EXP keeps its previous export (no summary.json: it was publishing); rerun the same command",
 )
-
-
-def stale_shards(output):
-    """Shard files already in EXP (an earlier export): EXP/NNNNN.tar and, of an export with --split,
-    EXP/NAME/NNNNN.tar; removed once this run's shards are final. Why both, whatever this run's
-    layout: a reader's glob (EXP/*.tar, EXP/**/*.tar) would mix an earlier layout's shards in."""
-    stale = []
-    for pattern, in_split in (("*", False), ("*/*", True)):
-        try:
-            found = FileSystems.match([join_path(output, pattern)])[0].metadata_list
-        except Exception:  # noqa: BLE001 (no EXP yet)
-            continue
-        for path in (m.path.rstrip("/") for m in found):
-            folder, name = path.rsplit("/", 1)
-            if _SHARD_FILE.match(name) and (not in_split or splits.SPLIT_NAME.match(folder.rsplit("/", 1)[-1])):
-                stale.append(path)
-    return sorted(stale)
 
 
 def stale_temporaries(output):
@@ -367,8 +349,12 @@ def run(argv=None):
     job_runner.require_shared_paths(options, {"--input": config.input, "--output": config.output})
     files = selection.check_table_files(config.input)
     # why: a file copied into OUT/images would double its rows in the shards (and their keys)
-    files = check_recorded_table("--input", config.input, files)
-    config = dataclasses.replace(config, dataset_priority=cluster_fallback.recorded_dataset_priority(config.input))
+    files, input_table = checked_table("--input", config.input, files)
+    config = dataclasses.replace(
+        config,
+        dataset_priority=cluster_fallback.recorded_dataset_priority(config.input),
+        input_table=input_table,
+    )
     started_at = time.time()
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
     with job_runner.leased_output(options, config.output, "export", opts.force_unlock) as guard:
@@ -378,7 +364,7 @@ def run(argv=None):
                 pipeline,
                 config,
                 files,
-                stale_shards(config.output),
+                splits.earlier_shards(config.output),
                 started_at,
                 uuid.uuid4().hex[:12],
                 stale_temporaries(config.output),

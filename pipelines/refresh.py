@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -23,7 +22,7 @@ from transforms.fetch.client import FetchConfig
 from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
-from transforms.io.table_record import check_recorded_table
+from transforms.io.table_record import checked_table, footer_rows
 from transforms.liveness import checks, history, host_outages, night_output, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
@@ -160,14 +159,13 @@ JOB = job_runner.Job(
 def snapshots_hold_rows(snapshots):
     """False when every snapshot table is empty (an empty manifest's ingest): nothing to check.
 
-    Reads Parquet footers only, and stops at the first file holding a row.
+    Reads Parquet footers only, and stops at the first snapshot holding a row. An OUT's files are a list.
     """
     for _root, pattern, _columns in snapshots:
-        for match in FileSystems.match([pattern]):
-            for meta in match.metadata_list:
-                with FileSystems.open(meta.path) as handle:
-                    if pq.ParquetFile(handle).metadata.num_rows:
-                        return True
+        matched = [] if isinstance(pattern, list) else FileSystems.match([pattern])[0].metadata_list
+        # why footer_rows: a file retired since the check is one line (exit 1), not FileNotFoundError
+        if any(footer_rows(pattern if isinstance(pattern, list) else [meta.path for meta in matched]).values()):
+            return True
     return False
 
 
@@ -233,11 +231,13 @@ def resolve(opts):
     return snapshots, params
 
 
-def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=None, run_id=None, guard=None):
+def build_pipeline(
+    pipeline, opts, snapshots, params, started_at, read_history=None, run_id=None, guard=None, tables=None
+):
     """Adds the refresh graph to `pipeline`; returns the status rows PCollection. `read_history`: a
     history.ReadHistory built (and so checked) before the run started. `run_id` names the run's
     folder aside (REFRESH_OUT/_tmp-<run>) and its files (default: a new one). `guard`: the lease's
-    LeaseGuard, confirmed before each publish step."""
+    LeaseGuard, confirmed before each publish step. `tables`: {OUT: the table read, checked_table}."""
     target = night_output.RefreshOutput(opts.output, run_id or uuid.uuid4().hex[:12], guard)
     read = pipeline | "ReadSnapshots" >> checks.ReadSnapshots(snapshots)
     entries = read["entries"]
@@ -272,6 +272,7 @@ def build_pipeline(pipeline, opts, snapshots, params, started_at, read_history=N
         opts.summary_hosts,
         _options_snapshot(opts, params),
         opts.accept_dark_night,
+        tables,
     )
     night = {}
     if opts.history:
@@ -322,11 +323,14 @@ def run(argv=None):
         },
     )
     snapshots, params = resolve(opts)
-    for root, pattern, columns in snapshots:  # every footer, not only the first file's
+    tables = {}
+    for order, (root, pattern, columns) in enumerate(snapshots):  # every footer, not only the first file's
         files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
         if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
-            check_recorded_table("--snapshot", root, files)
-            if snapshots_hold_rows([(root, pattern, columns)]):  # URLs to check need the ingest's networks
+            files, tables[root] = checked_table("--snapshot", root, files)
+            # why the files, not the glob: an ingest rerun publishing meanwhile made it read two tables, exit 0
+            snapshots[order] = (root, files, columns)
+            if snapshots_hold_rows([(root, files, columns)]):  # URLs to check need the ingest's networks
                 preflight.check_ingest_networks("--snapshot", root, opts.allow_network)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
@@ -348,7 +352,7 @@ def run(argv=None):
         try:
             return JOB.execute(
                 options,
-                lambda p: build_pipeline(p, opts, snapshots, params, started_at, read_history, run_id, guard),
+                lambda p: build_pipeline(p, opts, snapshots, params, started_at, read_history, run_id, guard, tables),
                 opts.output,
                 summary=report,
             )

@@ -8,9 +8,11 @@ Raise these anywhere below a job, in the driver or inside a DoFn; the job runner
   * `EnvironmentFailure` (exit 1): the machine or the storage failed, such as a full disk,
     permission denied or unreachable storage. The message names the path.
   * `BooksUnbalanced` (exit 1): the job's own count of rows in and rows out disagrees.
+  * `InputChanged` (exit 1): an input changed while the job read it (another job rewrote its
+    table meanwhile); a rerun once that job is done reads it whole.
 """
 
-__all__ = ["BadInput", "BooksUnbalanced", "EnvironmentFailure", "JobFailure"]
+__all__ = ["BadInput", "BooksUnbalanced", "EnvironmentFailure", "InputChanged", "JobFailure", "removed_while_read"]
 
 
 class JobFailure(Exception):
@@ -35,3 +37,22 @@ class BooksUnbalanced(JobFailure):
     """Rows in != rows out, counted by the job itself: exit 1."""
 
     exit_status = 1
+
+
+class InputChanged(JobFailure):
+    """An input was changed by another job while this one read it: exit 1 (rerun once it is done)."""
+
+    exit_status = 1
+
+
+def removed_while_read(path: str) -> InputChanged:
+    """The one line for a table file that vanished between the job's listing and its read.
+
+    Args:
+        path: the file, as the job listed it.
+    Returns:
+        The InputChanged to raise.
+    """
+    return InputChanged(
+        f"{path} was removed while this job read it (another job is rewriting that table?); rerun once it is done"
+    )

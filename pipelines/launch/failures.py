@@ -42,7 +42,9 @@ ENVIRONMENT_ERRNOS = {
 }
 STORAGE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT}
 # Wrapped text: "transforms.errors.BadInput: message" / "PermissionError: [Errno 13] Permission denied: '/x'"
-_JOB_FAILURE_LINE = re.compile(r"^transforms\.errors\.(BadInput|EnvironmentFailure|BooksUnbalanced): (.+)$", re.M)
+_JOB_FAILURE_LINE = re.compile(
+    r"^transforms\.errors\.(BadInput|EnvironmentFailure|BooksUnbalanced|InputChanged): (.+)$", re.M
+)
 _OS_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*Error): \[Errno (\d+)\] ([^\n]*)$", re.M)
 _WHILE_RUNNING = re.compile(r" \[while running '[^']*'\]")
 _STORAGE_TYPES = (
@@ -55,7 +57,7 @@ _STORAGE_TYPES = (
     "MaxRetryError",
     "NewConnectionError",
 )
-_EXIT_STATUS = {"BadInput": 2, "EnvironmentFailure": 1, "BooksUnbalanced": 1}
+_EXIT_STATUS = {"BadInput": 2, "EnvironmentFailure": 1, "BooksUnbalanced": 1, "InputChanged": 1}
 
 
 def mark_pipeline_failure(exc: BaseException) -> None:

@@ -159,6 +159,9 @@ def test_refresh_books_balance_with_keys_merged_across_snapshots(six_ingested, t
     output = str(tmp_path / "refresh")
     assert run_refresh(snapshots, output) == 0
     books = json.load(open(os.path.join(output, "summary.json")))["books"]
+    # which table of each snapshot was read: two copies of one table, one digest
+    tables = [snapshot.pop("table") for snapshot in books["snapshots"]]
+    assert [table["rows"] for table in tables] == [6, 6] and tables[0]["table_sha256"] == tables[1]["table_sha256"]
     assert books == {
         "snapshots": [{"path": snapshots[0], "rows": 6}, {"path": snapshots[1], "rows": 6}],
         "rows_in": 12,

@@ -207,8 +207,8 @@ def test_books_that_do_not_balance_publish_nothing(world, tmp_path, capsys):
     holds no table, no dead_blobs.txt, nothing aside."""
     real = dedup.dedup_books
 
-    def miscounted(rows_in, written, replaced, inputs, dropped_dead=None):
-        return real(rows_in, written, replaced, inputs, dropped_dead=dropped_dead + 1)
+    def miscounted(rows_in, written, replaced, inputs, dropped_dead=None, tables=None):
+        return real(rows_in, written, replaced, inputs, dropped_dead=dropped_dead + 1, tables=tables)
 
     out3 = str(tmp_path / "out3")
     args = ["--input", world["table"], "--output", out3, "--drop-dead", world["refresh"], "--runner", "FnApiRunner"]

@@ -1,9 +1,10 @@
 """The dedup job's books and summary.json (docs/integrity.md, "The books"): rows read = rows
 written + rows replaced by a newer version of their key (+ rows left out as dead, with
---drop-dead), checked by the job; OUT3/summary.json written whole; OUT3/dead_blobs.txt written
-aside and put in place once the books balance.
+--drop-dead), and each input's rows read = the rows of the table its check found before the run
+(table_record.checked_table), checked by the job; OUT3/summary.json written whole;
+OUT3/dead_blobs.txt written aside and put in place once the books balance.
 
-- `dedup_books(rows_in, written, replaced, inputs, dropped_dead)`: the books.
+- `dedup_books(rows_in, written, replaced, inputs, dropped_dead, tables)`: the books.
 - `check_dedup_books(_, books, written, previous, output)`: BooksUnbalanced (this run's files go).
 - `dedup_summary(...)`: the summary document; `WriteDedupSummary`: writes it.
 - `write_dead_blobs(out, run_id, uris)`, `publish_dead_blobs(...)`: OUT3/dead_blobs.txt.
@@ -95,9 +96,9 @@ def dedup_summary(
     )
 
 
-def dedup_books(rows_in, written, replaced, inputs, dropped_dead=None):
+def dedup_books(rows_in, written, replaced, inputs, dropped_dead=None, tables=None):
     """Rows read per input against rows written + rows replaced by a newer version of their key
-    (+ rows left out as dead).
+    (+ rows left out as dead), and against the rows of each input's table as checked before the run.
 
     Args:
         rows_in: [(input index, rows read)] (an index may come several times: summed).
@@ -105,24 +106,28 @@ def dedup_books(rows_in, written, replaced, inputs, dropped_dead=None):
         replaced: rows replaced.
         inputs: the --input values, in order.
         dropped_dead: with --drop-dead, the rows left out as dead; None without.
+        tables: which table of each input was read (table_record.checked_table), in order; None: unknown.
 
     Returns:
-        {"inputs": [{"path", "rows"}], "rows_in", "rows_out", "replaced"[, "dropped_dead"], "balanced"}.
+        {"inputs": [{"path", "rows", "table"?}], "rows_in", "rows_out", "replaced"[, "dropped_dead"],
+        "balanced"}.
     """
     per_input = {}
     for index, rows in rows_in:
         per_input[index] = per_input.get(index, 0) + rows
     total_in = sum(per_input.values())
     rows_out = sum(part["rows"] for part in written)
-    books = {
-        "inputs": [{"path": path, "rows": per_input.get(i, 0)} for i, path in enumerate(inputs)],
-        "rows_in": total_in,
-        "rows_out": rows_out,
-        "replaced": replaced,
-    }
+    read = [{"path": path, "rows": per_input.get(i, 0)} for i, path in enumerate(inputs)]
+    for entry, table in zip(read, tables or [], strict=False):
+        entry["table"] = table
+    books = {"inputs": read, "rows_in": total_in, "rows_out": rows_out, "replaced": replaced}
     if dropped_dead is not None:
         books["dropped_dead"] = dropped_dead
-    books["balanced"] = total_in == rows_out + replaced + (dropped_dead or 0)
+    # why the tables: an input read short (a file lost between the check and the read) would
+    # balance as fewer rows in
+    books["balanced"] = total_in == rows_out + replaced + (dropped_dead or 0) and all(
+        e["rows"] == e["table"]["rows"] for e in read if "table" in e
+    )
     return books
 
 
@@ -132,10 +137,15 @@ def check_dedup_books(_, books, written=(), previous=(), output="OUT3"):
     if not books["balanced"]:
         roll_back(written, keep=previous)
         dropped = f" + {books['dropped_dead']} dropped as dead" if "dropped_dead" in books else ""
+        short = "".join(
+            f"; {i['path']}: {i['rows']} rows read of its table's {i['table']['rows']}"
+            for i in books["inputs"]
+            if "table" in i and i["rows"] != i["table"]["rows"]
+        )
         raise BooksUnbalanced(
             f"the books do not balance: {books['rows_in']} rows read from"
             f" {', '.join(i['path'] for i in books['inputs'])}, {books['rows_out']} rows written"
-            f" to {output} + {books['replaced']} replaced{dropped}; {output} keeps its previous table"
+            f" to {output} + {books['replaced']} replaced{dropped}{short}; {output} keeps its previous table"
         )
     return books
 

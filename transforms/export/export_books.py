@@ -51,6 +51,9 @@ def summarize(config, started_at, rows_read, skipped_counts, shards):
         },
         "shard_size": config.shard_size,
         "rows_read": rows_read,
+        # which table of --input was read (table_record.checked_table): the old or the new one
+        # when another job rewrote it meanwhile
+        "input_table": config.input_table,
         "exported": exported,
         "skipped": skipped,
         FALLBACK_MEMBERS: sum(s.get(FALLBACK_MEMBERS, 0) for s in shards),
@@ -90,6 +93,14 @@ def check_books(_, config, started_at, rows_read, skipped_counts, shards, tmp_di
     in `tmp_dir`; else, or when it cannot be written, removes this run's unpublished shards
     (`tmp_dir`) and raises: EXP stays as it was."""
     summary = summarize(config, started_at, rows_read, skipped_counts, shards)
+    table_rows = (config.input_table or {}).get("rows")
+    if table_rows is not None and rows_read != table_rows:
+        # why: rows the read lost (a part matched as no file) balanced the books as 0 read, exit 0
+        delete_tree(tmp_dir)
+        raise BooksUnbalanced(
+            f"books do not balance: {rows_read} rows read of the {table_rows} rows of {config.input}'s"
+            f" table; {config.output} is left as it was"
+        )
     if not summary["books_balanced"]:
         delete_tree(tmp_dir)
         raise BooksUnbalanced(

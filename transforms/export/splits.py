@@ -9,7 +9,8 @@ A cluster's fallback members (cluster_fallback) travel inside the canonical's re
 same split, by construction.
 
 Each split is sharded on its own (`SplitShards`: AssignShards per split), into EXP/NAME/00000.tar,
-..., with sample keys 0..n-1 within the split.
+..., with sample keys 0..n-1 within the split. `earlier_shards(EXP)`: the shards of an earlier
+export in either layout, retired once this run's are final.
 """
 
 import hashlib
@@ -18,16 +19,19 @@ import re
 from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput
 from transforms.export.shard_writer import AssignShards
+from transforms.io.sinks import join_path
 
-__all__ = ["SPLIT_NAME", "SplitShards", "parse_splits", "split_of", "split_group"]
+__all__ = ["SPLIT_NAME", "SplitShards", "earlier_shards", "parse_splits", "split_of", "split_group"]
 
 # why a leading letter or digit: EXP/_tmp-<run>/ is the run's temporary folder (a split of that
 # name would be taken for a killed run's and removed), and a name is a folder a glob names
 SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SUM_TOLERANCE = 1e-9
+_SHARD_FILE = re.compile(r"^[0-9]{5,}\.(?:tar|parquet)$")  # a shard's name, whatever the format
 
 Splits = tuple[tuple[str, float], ...]
 
@@ -133,3 +137,20 @@ class SplitShards(beam.PTransform):
             for part, (name, _) in zip(parts, self._splits, strict=True)
         ]
         return sharded | "AllSplits" >> beam.Flatten()
+
+
+def earlier_shards(output: str) -> list[str]:
+    """Shard files already in EXP (an earlier export): EXP/NNNNN.tar and, of an export with --split,
+    EXP/NAME/NNNNN.tar; removed once this run's shards are final. Why both, whatever this run's
+    layout: a reader's glob (EXP/*.tar, EXP/**/*.tar) would mix an earlier layout's shards in."""
+    stale = []
+    for pattern, in_split in (("*", False), ("*/*", True)):
+        try:
+            found = FileSystems.match([join_path(output, pattern)])[0].metadata_list
+        except Exception:  # noqa: BLE001 (no EXP yet)
+            continue
+        for path in (m.path.rstrip("/") for m in found):
+            folder, name = path.rsplit("/", 1)
+            if _SHARD_FILE.match(name) and (not in_split or SPLIT_NAME.match(folder.rsplit("/", 1)[-1])):
+                stale.append(path)
+    return sorted(stale)

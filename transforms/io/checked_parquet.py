@@ -29,12 +29,11 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.errors import BadInput
+from transforms.errors import BadInput, removed_while_read
 from transforms.io.sinks import delete_tree, join_path, publish_file
 
 __all__ = [
@@ -71,12 +70,28 @@ def open_table_file(path: str) -> pq.ParquetFile:
     Raises:
         DamagedTable: the file is not Parquet, or its footer is damaged.
     """
-    handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception:
+        _refuse_vanished(path)
+        raise
     try:
         return pq.ParquetFile(handle, page_checksum_verification=True)
     except Exception as error:  # pyarrow raises ArrowInvalid / OSError, with no common base
         handle.close()
+        _refuse_vanished(path)
         raise DamagedTable(path, f"unreadable footer: {error}") from error
+
+
+def _refuse_vanished(path: str) -> None:
+    """InputChanged when `path`, which failed to open or read, no longer exists.
+
+    Why: the files of a table are listed and checked before the pipeline reads them; a job that
+    rewrote the table meanwhile (an ingest rerun retiring its previous parts) made the read fail
+    as "unexpected FileNotFoundError", or on gs:// as a damaged file (exit 2, "restore it").
+    """
+    if not FileSystems.exists(path):
+        raise removed_while_read(path) from None
 
 
 def table_batches(
@@ -102,6 +117,7 @@ def table_batches(
         except StopIteration:
             return
         except (OSError, pa.ArrowException) as error:
+            _refuse_vanished(path)  # why: an object store fails a read of an object deleted meanwhile
             raise DamagedTable(path, str(error)) from error
         yield batch
 
@@ -109,6 +125,19 @@ def table_batches(
 def _records(path: str, columns: Sequence[str] | None) -> Iterator[dict]:
     for batch in table_batches(path, columns):
         yield from batch.to_pylist()
+
+
+def _matched_paths(pattern: str) -> Iterator[str]:
+    """The files a glob matches (none is no error), or a plain path as it is.
+
+    Why not fileio.MatchAll: it matched a plain path that no longer existed (a part retired by an
+    ingest rerun after the reader's check) as no file at all: the export read 0 of its rows, exit 0.
+    A plain path is opened as given, and a missing one fails the job (open_table_file).
+    """
+    if not any(character in pattern for character in "*?["):
+        yield pattern
+        return
+    yield from sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
 
 
 class ReadTableRecords(beam.PTransform):
@@ -128,8 +157,7 @@ class ReadTableRecords(beam.PTransform):
         return (
             pbegin
             | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll()
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Match" >> beam.FlatMap(_matched_paths)
             # why: each file is one element; the reshuffle lets several workers read files at once
             | "Spread" >> beam.Reshuffle()
             | "Records" >> beam.FlatMap(_records, columns)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from transforms.errors import BadInput, EnvironmentFailure
 
-__all__ = ["DEFAULT_TTL_SECONDS", "LEASE_NAME", "Holder", "lease_path", "output_lease", "release_lease"]
+__all__ = ["DEFAULT_TTL_SECONDS", "LEASE_NAME", "Holder", "lease_path", "output_lease", "release_lease", "seen_alive"]
 
 LEASE_NAME = "_LEASE"
 DEFAULT_TTL_SECONDS = 15 * 60  # gs:// only: renewed every 5 minutes while the run lives
@@ -96,6 +96,21 @@ def _dead_from_here(current: Holder, holder: Holder, remote: bool) -> bool:
     if boot and boot == this_boot:
         return namespace == this_namespace and not _pid_alive(current.pid)
     return not remote and not _pid_alive(current.pid)
+
+
+def seen_alive(holder: Holder, remote: bool) -> bool:
+    """Whether the run a lease names may still run, as a run taking the lease would judge it.
+
+    Args:
+        holder: who the lease names.
+        remote: the lease is on gs:// (it expires; PIDs are judged on this machine only).
+    Returns:
+        False for a lease a new writer would break as stale (expired, or its PID gone here).
+    """
+    if remote and holder.expires_at <= time.time():
+        return False
+    here = Holder(token="", pid=os.getpid(), host=socket.gethostname(), job="", started_at=0.0, machine=_this_machine())
+    return not _dead_from_here(holder, here, remote)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -28,18 +28,20 @@ from collections.abc import Iterable
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.errors import BadInput
-from transforms.io.lease import Holder, lease_path
+from transforms.errors import BadInput, InputChanged, removed_while_read
+from transforms.io.lease import Holder, lease_path, seen_alive
 from transforms.io.sinks import join_path
 
 __all__ = [
     "RECORD",
     "check_recorded_table",
+    "checked_table",
     "footer_facts",
     "footer_rows",
     "recorded_table",
     "refuse_unfinished",
     "roll_back",
+    "table_digest",
     "unfinished_table",
     "table_record",
 ]
@@ -102,7 +104,13 @@ def _footer_fact(path: str) -> dict:
     (length and magic in the last 8 bytes, the serialised metadata before them)."""
     import pyarrow.parquet as pq  # noqa: PLC0415 (only readers need it)
 
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    try:
+        handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception:
+        if not FileSystems.exists(path):  # why: listed, then retired by a writer of the table
+            raise removed_while_read(path) from None
+        raise
+    with handle:
         try:
             rows = pq.ParquetFile(handle).metadata.num_rows
         except ValueError as exc:  # ArrowInvalid: emptied, cut short, not Parquet; pyarrow names no file
@@ -138,6 +146,11 @@ def _listed(names: list[str]) -> str:
 
 
 def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecorded: bool = False) -> list[str]:
+    """The files of `checked_table(flag, root, files, ignore_unrecorded)`, without the identity."""
+    return checked_table(flag, root, files, ignore_unrecorded)[0]
+
+
+def checked_table(flag: str, root: str, files: list[str], ignore_unrecorded: bool = False) -> tuple[list[str], dict]:
     """Compares ROOT/images (`files`, as listed) with the table recorded in ROOT/summary.json.
 
     Args:
@@ -147,17 +160,21 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
         ignore_unrecorded: files not in the record are left out instead of refused (the ingest's
             --resume: its own OUT, where they are a killed run's parts, retired with the table).
     Returns:
-        The files to read: `files`, less the unrecorded ones with ignore_unrecorded.
+        (the files to read: `files`, less the unrecorded ones with ignore_unrecorded; which table
+        they are: {"path": root, "written_by", "files", "rows", "table_sha256": table_digest}, for
+        the reader's summary.json).
     Raises:
         BadInput: a file added, missing, holding another row count than recorded, or (a record
             with fingerprints) another file: another byte size or Parquet footer; or ROOT has no
             summary.json while a run's lease is on it (refuse_unfinished).
+        InputChanged: such a difference while a live run holds ROOT's lease (it is publishing a
+            new table), or a file removed between the listing and the check.
     """
     job, record = recorded_table(root)
     if job is None and not ignore_unrecorded:  # the --resume run holds ROOT's lease itself
         refuse_unfinished(flag, root)
     if record is None:
-        _refuse_copies(flag, root, files)  # first: a refusal is the one line
+        facts = _refuse_copies(flag, root, files)  # first: a refusal is the one line
         if job is not None:
             print(
                 f"{job}: warning: {root}/summary.json records no table files (an older version wrote it):"
@@ -165,7 +182,11 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
                 file=sys.stderr,
                 flush=True,
             )
-        return files
+        found_record = {
+            "files": {_name(path): fact["rows"] for path, fact in facts.items()},
+            "fingerprints": {_name(path): _fingerprint(fact) for path, fact in facts.items()},
+        }
+        return files, _identity(root, job, found_record)
     recorded = record["files"]
     found = {_name(path): path for path in files}
     added = sorted(set(found) - set(recorded))
@@ -188,15 +209,59 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
     if replaced:
         problems.append(f"replaced by another file: {_listed(replaced)}")
     if problems:
+        writer = None if ignore_unrecorded else _live_writer(root)  # --resume: ROOT's writer itself
+        if writer is not None:
+            # why: a rerun publishes its parts, then summary.json, then retires the previous parts:
+            # in between images/ holds two tables, and "restore images/" would have the operator
+            # delete the parts of a run at work
+            raise InputChanged(
+                f"{flag} {root}: its table is being rewritten by {writer.describe()} (images/ holds parts"
+                f" of two tables: {'; '.join(problems)}); rerun once it is done"
+            )
         raise BadInput(
             f"{flag} {root}: images/ is not the table {job or 'its job'} wrote (summary.json):"
             f" {'; '.join(problems)}; restore images/ as it was, or re-run the job that wrote {root}"
         )
-    return [path for path in files if _name(path) in recorded]
+    return [path for path in files if _name(path) in recorded], _identity(root, job, record)
 
 
-def _refuse_copies(flag: str, root: str, files: list[str]) -> None:
-    """BadInput when two files of ROOT/images, with rows, have one size and one Parquet footer.
+def table_digest(record: dict) -> str:
+    """SHA-256 of a table record's files, row counts and fingerprints: one table, one digest.
+
+    Args:
+        record: a summary.json "table" ({"files", "fingerprints"}), or one made of the files found.
+    Returns:
+        The digest, hex.
+    """
+    payload = {"files": record.get("files") or {}, "fingerprints": record.get("fingerprints") or {}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _identity(root: str, job: str | None, record: dict) -> dict:
+    """Which table a reader read: the reader's summary.json says it (the old or the new one)."""
+    return {
+        "path": root,
+        "written_by": job,
+        "files": len(record["files"]),
+        "rows": sum(record["files"].values()),
+        "table_sha256": table_digest(record),
+    }
+
+
+def _live_writer(root: str) -> Holder | None:
+    """The run holding ROOT's lease, unless a new writer would break it as stale; None without one."""
+    path = lease_path(root)
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            holder = Holder.from_json(handle.read())
+    except Exception:  # noqa: BLE001 (released meanwhile; storage that fails: the refusal stands)
+        return None
+    return holder if seen_alive(holder, remote=root.startswith("gs://")) else None
+
+
+def _refuse_copies(flag: str, root: str, files: list[str]) -> dict[str, dict]:
+    """BadInput when two files of ROOT/images, with rows, have one size and one Parquet footer;
+    else the files' footer_facts.
 
     Why: with no table recorded (summary.json deleted, emptied, or of an older version), a part
     copied into images/ (`part-1 (copy).parquet`) was read as more rows, exit 0. Parts of other
@@ -204,7 +269,8 @@ def _refuse_copies(flag: str, root: str, files: list[str]) -> None:
     and offsets); 0-row files (one empty table's part each) add no row.
     """
     same: dict[tuple, list[str]] = {}
-    for path, fact in footer_facts(files).items():
+    facts = footer_facts(files)
+    for path, fact in facts.items():
         if fact["rows"]:
             same.setdefault((fact["bytes"], fact["footer_sha256"]), []).append(_name(path))
     twice = [" = ".join(sorted(names)) for names in same.values() if len(names) > 1]
@@ -214,6 +280,7 @@ def _refuse_copies(flag: str, root: str, files: list[str]) -> None:
             f" table's from the copy: {_listed(sorted(twice))} (as many bytes, one Parquet footer); remove"
             f" the copy, or re-run the job that wrote {root}"
         )
+    return facts
 
 
 def refuse_unfinished(flag: str, root: str) -> None:

@@ -174,16 +174,18 @@ def build_refresh_summary(
     }
 
 
-def refresh_books(rows_in, merged, written):
+def refresh_books(rows_in, merged, written, tables=None):
     """The refresh's books: snapshot rows read = status rows written + rows merged into another
-    row of their key (a key in several snapshots, or twice in one).
+    row of their key (a key in several snapshots, or twice in one); and each OUT's rows read = the
+    rows of the table checked before the run (`tables`).
 
     Args:
         rows_in: [(snapshot, rows read)].
         merged: rows merged, counted while keys were merged.
         written: the status files; their rows are counted from the Parquet footers.
+        tables: {snapshot: which table was read (table_record.checked_table)}, for OUTs.
     Returns:
-        {"snapshots": [{"path", "rows"}], "rows_in", "merged", "rows_out", "balanced"}.
+        {"snapshots": [{"path", "rows", "table"?}], "rows_in", "merged", "rows_out", "balanced"}.
     """
     from transforms.io.table_record import footer_rows  # noqa: PLC0415 (pyarrow, only here)
 
@@ -192,12 +194,19 @@ def refresh_books(rows_in, merged, written):
         per_snapshot[label] += n
     total_in = sum(per_snapshot.values())
     rows_out = sum(footer_rows(sorted(written)).values())
+    tables = tables or {}
+    snapshots = [
+        {"path": label, "rows": n, **({"table": tables[label]} if label in tables else {})}
+        for label, n in sorted(per_snapshot.items())
+    ]
+    # why: a table read short (a part lost between the check and the read) balanced as fewer rows in
+    whole = all(s["rows"] == s["table"]["rows"] for s in snapshots if "table" in s)
     return {
-        "snapshots": [{"path": label, "rows": n} for label, n in sorted(per_snapshot.items())],
+        "snapshots": snapshots,
         "rows_in": total_in,
         "merged": merged,
         "rows_out": rows_out,
-        "balanced": total_in == rows_out + merged,
+        "balanced": total_in == rows_out + merged and whole,
     }
 
 
@@ -208,6 +217,11 @@ def check_refresh_books(books):
             f"the books do not balance: {books['rows_in']} snapshot rows read"
             f" ({', '.join(s['path'] for s in books['snapshots'])}), {books['rows_out']} status rows"
             f" written + {books['merged']} merged into another row of their key"
+            + "".join(
+                f"; {s['path']}: {s['rows']} rows read of its table's {s['table']['rows']}"
+                for s in books["snapshots"]
+                if "table" in s and s["rows"] != s["table"]["rows"]
+            )
         )
     return books
 
@@ -218,8 +232,11 @@ class SummarizeRefresh(beam.PTransform):
     files are final. With "rows_in" and "merged" (ReadSnapshots' books) the books go in the summary
     and are checked once it is written (BooksUnbalanced, exit 1): its path comes out only if they balance."""
 
-    def __init__(self, out_dir, night, previous, started_at, top_hosts=100, options=None, accept_dark_night=False):
+    def __init__(
+        self, out_dir, night, previous, started_at, top_hosts=100, options=None, accept_dark_night=False, tables=None
+    ):
         super().__init__()
+        self._tables = dict(tables or {})  # {snapshot: the table checked before the run}
         self._out_dir, self._night, self._previous = out_dir, night, previous
         self._started_at, self._top_hosts, self._options = started_at, top_hosts, options
         self._accept_dark_night = accept_dark_night
@@ -237,6 +254,7 @@ class SummarizeRefresh(beam.PTransform):
         accept_dark_night = self._accept_dark_night
         path = join_path(self._out_dir, "summary.json")
         night, previous, started_at, options = self._night, self._previous, self._started_at, self._options
+        tables = self._tables
 
         books = {}
         if "rows_in" in inputs:
@@ -260,7 +278,7 @@ class SummarizeRefresh(beam.PTransform):
                     for (host, _), (n, checked, sha256) in sorted(outages)
                 ]
             if counts:
-                summary["books"] = refresh_books(counts["rows_in"], counts["merged"], written)
+                summary["books"] = refresh_books(counts["rows_in"], counts["merged"], written, tables)
             write_json(path, summary)
             if counts:
                 check_refresh_books(summary["books"])

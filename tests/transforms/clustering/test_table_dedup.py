@@ -161,6 +161,9 @@ def test_job_keeps_every_row_of_a_key_an_input_holds_twice_and_its_books_balance
     ]
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["replaced_rows"] == 3
+    # which table of each input was read (files without a summary.json: written by no job)
+    tables = [read.pop("table") for read in summary["books"]["inputs"]]
+    assert [(table["rows"], table["written_by"]) for table in tables] == [(4, None), (2, None)]
     assert summary["books"]["inputs"] == [
         {"path": str(tmp_path / "in1"), "rows": 4},
         {"path": str(tmp_path / "in2"), "rows": 2},
