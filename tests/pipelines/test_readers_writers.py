@@ -11,6 +11,7 @@ line and exit 1 (the input changed while it was read: rerun); never a mix, behin
 """
 
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -175,6 +176,27 @@ def test_export_order3_writer_finished_while_reading_fails_in_one_line(out, tmp_
     assert REMOVED in line and writer.old_parts[0] in line, line
     assert not (tmp_path / "exp" / "summary.json").exists()
     assert sorted(os.listdir(os.path.join(out, "images"))) == writer.new_parts  # the writer unharmed
+
+
+def test_export_order1_summary_rewritten_with_another_priority_after_the_check_fails(
+    out, tmp_path, monkeypatch, capsys
+):
+    """The fallback order (dataset priority) comes from OUT/summary.json: one rewritten between the
+    check and that read (a rerun with --dataset-priority) would order the old table's clusters by
+    the new run's priority. Before: exit 0 with it."""
+    out, _ = out
+    path = os.path.join(out, "summary.json")
+
+    def rewrite_priority():
+        document = json.loads(open(path).read())
+        document["duplicates"]["config"]["dataset_priority"] = ["zero", "cc3m"]
+        open(path, "w").write(json.dumps(document))
+
+    _after_check(monkeypatch, export, rewrite_priority)
+    assert _export(out, tmp_path / "exp") == 1
+    line = one_line(capsys, "export")
+    assert "summary.json changed while it was read" in line and "rerun" in line, line
+    assert not (tmp_path / "exp").exists()
 
 
 def test_export_after_the_writer_reads_the_new_table_and_says_so(out, tmp_path, capsys):
