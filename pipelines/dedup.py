@@ -26,7 +26,6 @@ import uuid
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -47,6 +46,7 @@ from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.key_versions import NewestRows
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables
 from transforms.errors import BadInput
+from transforms.io.checked_parquet import open_table_file
 from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path
 from transforms.io.table import RetireFiles, list_duplicates_files, list_table_files, remove_stale_leftovers
@@ -103,15 +103,22 @@ JOB = job_runner.Job(
 )
 
 
-def phash_warnings(inputs):
-    """One warning per input whose table has no phash column (near duplicates cannot be found)."""
+def phash_warnings(inputs, files_per_input):
+    """One warning per input whose table has no phash column (near duplicates cannot be found).
+
+    Args:
+        inputs: the --input values.
+        files_per_input: the files check_inputs checked, per input (not listed again: another
+            run may be rewriting an input, docs/integrity.md).
+    Returns:
+        The warning lines.
+    """
     warnings = []
-    for root in inputs:
-        files = list_table_files(root)
+    for root, files in zip(inputs, files_per_input, strict=True):
         if not files:
             continue
-        with FileSystems.open(files[0]) as handle:
-            names = pq.ParquetFile(handle).schema_arrow.names
+        with open_table_file(files[0]) as table:  # why: a file removed meanwhile is one line (InputChanged)
+            names = table.schema_arrow.names
         if "phash" not in names:
             warnings.append(
                 f"{root}: the table has no phash column: its rows are matched by URL and sha256"
@@ -120,15 +127,15 @@ def phash_warnings(inputs):
     return warnings
 
 
-def table_rows(inputs):
+def table_rows(files_per_input):
     """The rows of the inputs' tables, from their Parquet footers (no data page is read).
 
     Args:
-        inputs: the --input values (ingest outputs).
+        files_per_input: the files check_inputs checked, per input.
     Returns:
         The sum of the files' row counts.
     """
-    paths = [path for root in inputs for path in list_table_files(root)]
+    paths = [path for files in files_per_input for path in files]
     counts = footer_rows(paths)
     return sum(counts[path] for path in paths)
 
@@ -342,13 +349,14 @@ def run(argv=None):
     tables = check_inputs(opts)
     # why before the lease: a REFRESH_OUT that cannot be trusted is refused before OUT3 is touched
     night = read_published_night("--drop-dead", opts.drop_dead) if opts.drop_dead else None
-    warnings = phash_warnings(opts.input)
+    files_per_input = [files for files, _ in tables]
+    warnings = phash_warnings(opts.input, files_per_input)
     for warning in warnings:
         print(f"dedup: warning: {warning}", file=sys.stderr)
     expected_rows = None
     if job_runner.one_local_process(options):
         # why: the near search's shards are sized from the rows (memory flat in the row count)
-        expected_rows = table_rows(opts.input)
+        expected_rows = table_rows(files_per_input)
         # Arrow's default pool keeps the pages of freed buffers (see the ingest's run()); on
         # Dataflow the workers' own defaults stay.
         pa.set_memory_pool(pa.system_memory_pool())

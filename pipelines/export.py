@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from pipelines.launch import job_runner, preflight
 from pipelines.report.export_lines import load_hint, print_report, report
 from transforms.clustering.clusters import DEFAULT_DATASET_PRIORITY
-from transforms.errors import BadInput
+from transforms.errors import BadInput, InputChanged
 from transforms.export import cluster_fallback, export_books, selection, splits
 from transforms.export.hf_parquet_shards import HfParquetShardDoFn
 from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
@@ -349,12 +349,13 @@ def run(argv=None):
     job_runner.require_shared_paths(options, {"--input": config.input, "--output": config.output})
     files = selection.check_table_files(config.input)
     # why: a file copied into OUT/images would double its rows in the shards (and their keys)
+    # why read around the check: the priority must be that of the table checked, not of a table
+    # another run published into OUT meanwhile (docs/integrity.md)
+    priority = cluster_fallback.recorded_dataset_priority(config.input)
     files, input_table = checked_table("--input", config.input, files)
-    config = dataclasses.replace(
-        config,
-        dataset_priority=cluster_fallback.recorded_dataset_priority(config.input),
-        input_table=input_table,
-    )
+    if cluster_fallback.recorded_dataset_priority(config.input) != priority:
+        raise InputChanged(f"--input {config.input}: its summary.json changed while it was read; rerun once it is done")
+    config = dataclasses.replace(config, dataset_priority=priority, input_table=input_table)
     started_at = time.time()
     # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
     with job_runner.leased_output(options, config.output, "export", opts.force_unlock) as guard:

@@ -11,8 +11,11 @@ line and exit 1 (the input changed while it was read: rerun); never a mix, behin
 """
 
 import functools
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -175,6 +178,27 @@ def test_export_order3_writer_finished_while_reading_fails_in_one_line(out, tmp_
     assert REMOVED in line and writer.old_parts[0] in line, line
     assert not (tmp_path / "exp" / "summary.json").exists()
     assert sorted(os.listdir(os.path.join(out, "images"))) == writer.new_parts  # the writer unharmed
+
+
+def test_export_order1_summary_rewritten_with_another_priority_after_the_check_fails(
+    out, tmp_path, monkeypatch, capsys
+):
+    """The fallback order (dataset priority) comes from OUT/summary.json: one rewritten between the
+    check and that read (a rerun with --dataset-priority) would order the old table's clusters by
+    the new run's priority. Before: exit 0 with it."""
+    out, _ = out
+    path = os.path.join(out, "summary.json")
+
+    def rewrite_priority():
+        document = json.loads(open(path).read())
+        document["duplicates"]["config"]["dataset_priority"] = ["zero", "cc3m"]
+        open(path, "w").write(json.dumps(document))
+
+    _after_check(monkeypatch, export, rewrite_priority)
+    assert _export(out, tmp_path / "exp") == 1
+    line = one_line(capsys, "export")
+    assert "summary.json changed while it was read" in line and "rerun" in line, line
+    assert not (tmp_path / "exp").exists()
 
 
 def test_export_after_the_writer_reads_the_new_table_and_says_so(out, tmp_path, capsys):
@@ -341,9 +365,6 @@ def test_every_readers_books_fail_a_read_short_of_the_checked_table(tmp_path):
 
 
 def test_a_half_published_table_of_a_killed_writer_stays_bad_input(tables, tmp_path, capsys):
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     out = str(tmp_path / "out")
     shutil.copytree(tables["old"], out)
     Writer(out, tables["new"]).parts()
@@ -357,3 +378,27 @@ def test_a_half_published_table_of_a_killed_writer_stays_bad_input(tables, tmp_p
     assert _export(out, tmp_path / "exp") == 2
     line = one_line(capsys, "export")
     assert "not written by it" in line and REWRITTEN not in line, line
+
+
+@pytest.mark.parametrize("writer", ["alive", "killed"])
+def test_a_first_table_still_being_published_is_exit_1_and_a_killed_ones_exit_2(tables, tmp_path, capsys, writer):
+    """A first run publishes its parts, then summary.json: a reader between the two finds parts and
+    no summary. Its writer alive, nothing is wrong with the input (exit 1: rerun once it is done);
+    killed, the table is unfinished (exit 2: rerun the writer). Before, both were exit 2."""
+    out = str(tmp_path / "out")
+    shutil.copytree(tables["old"], out)
+    os.remove(os.path.join(out, "summary.json"))
+    if writer == "killed":
+        killed = (
+            "import os, sys; from transforms.io.lease import output_lease\n"
+            "with output_lease(sys.argv[1], 'ingest'): os._exit(9)"
+        )
+        assert subprocess.run([sys.executable, "-c", killed, out], check=False).returncode == 9
+        assert _export(out, tmp_path / "exp") == 2
+        assert "its table is unfinished" in one_line(capsys, "export")
+        return
+    with output_lease(out, "ingest"):
+        assert _export(out, tmp_path / "exp") == 1
+    line = one_line(capsys, "export")
+    assert "its first table is being written by ingest" in line and "rerun once it is done" in line, line
+    assert not (tmp_path / "exp").exists()

@@ -284,7 +284,8 @@ def _refuse_copies(flag: str, root: str, files: list[str]) -> dict[str, dict]:
 
 
 def refuse_unfinished(flag: str, root: str) -> None:
-    """BadInput when ROOT, which has no summary.json, holds a run's lease (ROOT/_LEASE).
+    """BadInput when ROOT, which has no summary.json, holds a killed run's lease (ROOT/_LEASE);
+    InputChanged (exit 1) while that run is alive: its first table is being published.
 
     Why: a first run publishes its parts into images/ one by one and records them in summary.json
     last; killed (or read) in between, images/ holds some of its parts and nothing to check them
@@ -296,9 +297,15 @@ def refuse_unfinished(flag: str, root: str) -> None:
         return
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         holder = Holder.from_json(handle.read())
+    if seen_alive(holder, remote=root.startswith("gs://")):
+        # why exit 1, not 2: nothing is wrong with the input or the command; it is being written
+        raise InputChanged(
+            f"{flag} {root}: its first table is being written by {holder.describe()} (no summary.json"
+            " yet); rerun once it is done"
+        )
     raise BadInput(
         f"{flag} {root}: its table is unfinished: no summary.json, and {holder.describe()} holds {path}"
-        f" (still writing, or killed before the end): wait for it to end, or rerun it"
+        f" (killed before the end): rerun it"
     )
 
 
