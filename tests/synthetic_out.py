@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from transforms import schema
 from transforms.image_checks import inspect_image
+from transforms.io.sinks import blob_uri
 
 DATASETS = ("cc3m", "cc12m", "openimages", "zero")
 FAILURES = (schema.HTTP_ERROR, schema.TIMEOUT, schema.CONNECTION_ERROR, schema.NOT_IMAGE, schema.DECODE_ERROR)
@@ -106,6 +107,16 @@ def fetched_ok_row(key, url, body, caption="a caption", **fields):
     )
     row.update(fields)
     return row
+
+
+def row_with_blob(out, dataset, key, body):
+    """fetched_ok_row for `body` at http://a.example/KEY.jpg, its blob stored under OUT/blobs as
+    ingest stores it (content-addressed), for tests that export or drop rows."""
+    blob = blob_uri(out, hashlib.sha256(body).hexdigest(), "JPEG")
+    os.makedirs(os.path.dirname(blob), exist_ok=True)
+    with open(blob, "wb") as handle:
+        handle.write(body)
+    return fetched_ok_row(key, f"http://a.example/{key}.jpg", body, dataset=dataset, blob=blob, is_placeholder=False)
 
 
 def write_snapshot_table(directory, rows):

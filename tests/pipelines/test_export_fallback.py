@@ -13,11 +13,10 @@ import pytest
 from pipelines import export
 from pipelines.demo.sample_site import encode, jpeg, picture
 from tests.conftest import local_options
-from tests.synthetic_out import fetched_ok_row, write_snapshot_table
+from tests.synthetic_out import row_with_blob, write_snapshot_table
 from transforms import schema
 from transforms.clustering.clusters import DEFAULT_DATASET_PRIORITY, canonical_sort_key
 from transforms.export import cluster_fallback
-from transforms.io.sinks import blob_uri
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,29 +27,20 @@ NEXT = "openimages:5"
 LAST = "cc12m:1"
 
 
-def _row(out, dataset, key, body):
-    sha = hashlib.sha256(body).hexdigest()
-    blob = blob_uri(out, sha, "JPEG")
-    os.makedirs(os.path.dirname(blob), exist_ok=True)
-    with open(blob, "wb") as handle:
-        handle.write(body)
-    return fetched_ok_row(key, f"http://a.example/{key}.jpg", body, dataset=dataset, blob=blob, is_placeholder=False)
-
-
 def _near_cluster(out):
     """A near cluster of 3 different files: the picture, two smaller re-encodes of one size."""
     scene = picture(3, (320, 240))
     return [
-        _row(out, "openimages", CANONICAL, jpeg(3, (320, 240))),
-        _row(out, "cc12m", LAST, encode(scene.resize((200, 150)), "JPEG", quality=70)),
-        _row(out, "openimages", NEXT, encode(scene.resize((200, 150)), "JPEG", quality=80)),
+        row_with_blob(out, "openimages", CANONICAL, jpeg(3, (320, 240))),
+        row_with_blob(out, "cc12m", LAST, encode(scene.resize((200, 150)), "JPEG", quality=70)),
+        row_with_blob(out, "openimages", NEXT, encode(scene.resize((200, 150)), "JPEG", quality=80)),
     ]
 
 
 def _exact_cluster(out):
     """An exact cluster: three rows of one picture, sharing one content-addressed blob."""
     body = jpeg(5, (300, 200))
-    return [_row(out, "cc3m", f"cc3m:{n}", body) for n in (7, 8, 9)]
+    return [row_with_blob(out, "cc3m", f"cc3m:{n}", body) for n in (7, 8, 9)]
 
 
 def write_out(out, cluster):
@@ -59,7 +49,7 @@ def write_out(out, cluster):
     members.sort(key=canonical_sort_key)
     for position, row in enumerate(members):
         row.update(cluster_id="c0ffee", is_canonical=position == 0)
-    alone = _row(out, "cc3m", "cc3m:1", jpeg(7, (250, 250)))
+    alone = row_with_blob(out, "cc3m", "cc3m:1", jpeg(7, (250, 250)))
     alone.update(cluster_id=None, is_canonical=True)
     failed = schema.new_row("cc3m", "cc3m:2", "http://a.example/dead.jpg", "dead", status=schema.HTTP_ERROR)
     write_snapshot_table(out, [*members, alone, failed])

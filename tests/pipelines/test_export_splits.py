@@ -5,7 +5,6 @@ for a reader's glob. Real pipeline and files, read back with the real `webdatase
 
 import collections
 import glob
-import hashlib
 import json
 import os
 
@@ -14,24 +13,14 @@ import pytest
 from pipelines import export
 from pipelines.demo.sample_site import encode, jpeg, picture
 from tests.conftest import local_options
-from tests.synthetic_out import fetched_ok_row, write_snapshot_table
+from tests.synthetic_out import row_with_blob, write_snapshot_table
 from transforms import schema
 from transforms.clustering.clusters import canonical_sort_key
-from transforms.io.sinks import blob_uri
 
 pytestmark = pytest.mark.timeout(300)
 
 SPLIT = "train=0.5,validation=0.5"
 NEAR, EXACT, ALONE = 8, 4, 16  # clusters of 3 near copies, clusters of 3 exact copies, rows in no cluster
-
-
-def _row(out, dataset, key, body):
-    sha = hashlib.sha256(body).hexdigest()
-    blob = blob_uri(out, sha, "JPEG")
-    os.makedirs(os.path.dirname(blob), exist_ok=True)
-    with open(blob, "wb") as handle:
-        handle.write(body)
-    return fetched_ok_row(key, f"http://a.example/{key}.jpg", body, dataset=dataset, blob=blob, is_placeholder=False)
 
 
 def write_out(out):
@@ -43,20 +32,20 @@ def write_out(out):
         if n < NEAR:
             scene = picture(100 + n, (160, 120))
             members = [
-                _row(out, "cc3m", f"cc3m:n{n}", jpeg(100 + n, (160, 120))),
-                _row(out, "cc12m", f"cc12m:n{n}a", encode(scene.resize((120, 90)), "JPEG", quality=70)),
-                _row(out, "cc12m", f"cc12m:n{n}b", encode(scene.resize((120, 90)), "JPEG", quality=85)),
+                row_with_blob(out, "cc3m", f"cc3m:n{n}", jpeg(100 + n, (160, 120))),
+                row_with_blob(out, "cc12m", f"cc12m:n{n}a", encode(scene.resize((120, 90)), "JPEG", quality=70)),
+                row_with_blob(out, "cc12m", f"cc12m:n{n}b", encode(scene.resize((120, 90)), "JPEG", quality=85)),
             ]
         else:
             body = jpeg(200 + n, (100, 80))
-            members = [_row(out, "cc3m", f"cc3m:e{n}{m}", body) for m in range(3)]
+            members = [row_with_blob(out, "cc3m", f"cc3m:e{n}{m}", body) for m in range(3)]
         members.sort(key=canonical_sort_key)
         for position, row in enumerate(members):
             row.update(cluster_id=f"c{n:03d}", is_canonical=position == 0)
         clusters[f"c{n:03d}"] = [row["key"] for row in members]
         rows += members
     for n in range(ALONE):
-        row = _row(out, "cc3m", f"cc3m:a{n:02d}", jpeg(300 + n, (90, 70)))
+        row = row_with_blob(out, "cc3m", f"cc3m:a{n:02d}", jpeg(300 + n, (90, 70)))
         row.update(cluster_id=None, is_canonical=True)
         rows.append(row)
     rows.append(schema.new_row("cc3m", "cc3m:dead", "http://a.example/dead.jpg", "dead", status=schema.HTTP_ERROR))
