@@ -109,6 +109,30 @@ def test_a_near_cluster_whose_canonical_blob_is_unreadable_is_exported_through_t
     assert "2 exported (webdataset, 1 through a fallback member)" in printed.out
 
 
+def _panorama_cluster(out):
+    """A cluster whose canonical row (the largest area) is a 7400 x 100 panorama: at --resize 224
+    --upscale as webp it would be 16576 px wide, over WebP's 16383; its member fits."""
+    return [
+        row_with_blob(out, "cc3m", "cc3m:5", jpeg(9, (7400, 100))),
+        row_with_blob(out, "cc12m", "cc12m:6", jpeg(9, (320, 240))),
+    ]
+
+
+def test_a_cluster_whose_canonical_picture_is_too_large_to_export_is_exported_through_its_member(tmp_path):
+    """Before, only an unreadable blob had a fallback: a canonical too large for the export's size
+    or format left its cluster out (`too_large`), though a member could be exported."""
+    out = str(tmp_path / "out")
+    members = write_out(out, _panorama_cluster)
+    assert members[0]["key"] == "cc3m:5"  # the canonical row: the panorama
+
+    options = ("--resize=224", "--resize-mode=keep_ratio", "--upscale", "--encode-format=webp")
+    summary, samples = run_export(tmp_path, out, *options)
+
+    assert sorted(samples) == ["cc12m:6", "cc3m:1"]
+    assert summary["skipped"]["too_large"] == 1 and summary["skipped"]["non_canonical"] == 0
+    assert summary["fallback_members"] == 1
+
+
 def test_a_cluster_whose_every_blob_is_missing_is_skipped_without_a_fallback(tmp_path):
     out = str(tmp_path / "out")
     members = write_out(out, _near_cluster)

@@ -270,23 +270,25 @@ class ShardWriterDoFn(beam.DoFn):
 
     def _prepare_cluster(self, record: dict) -> _Prepared:
         """(the record exported or skipped, its image or skip reason, counts of the rows carried
-        along: the record's FALLBACKS). Its fallbacks are tried in order only when its own blob is
-        unreadable: the first that can be read is exported in its place (the record then counts
-        as unreadable_blob), every other one counts as non_canonical."""
+        along: the record's FALLBACKS). Its fallbacks are tried in order only when it cannot be
+        exported itself (its blob unreadable, or its picture too large for the export's size or
+        format): the first that can is exported in its place (the record then counts as
+        unreadable_blob or too_large), every other one counts as non_canonical."""
         members = record.get(FALLBACKS) or ()
         image = self._prepare(record)
-        if image != UNREADABLE_BLOB or not members:
+        if not isinstance(image, str) or not members:
             return record, image, {NON_CANONICAL: len(members)}
         for member in members:
             found = self._prepare(member, instead_of=record)
             if not isinstance(found, str):
                 _LOG.warning(
-                    "export: cluster %s: canonical %s unreadable, exported %s in its place",
+                    "export: cluster %s: canonical %s %s, exported %s in its place",
                     record.get("cluster_id"),
                     record.get("key"),
+                    "too large" if image == TOO_LARGE else "unreadable",
                     member.get("key"),
                 )
-                carried = {UNREADABLE_BLOB: 1, NON_CANONICAL: len(members) - 1, FALLBACK_MEMBERS: 1}
+                carried = {image: 1, NON_CANONICAL: len(members) - 1, FALLBACK_MEMBERS: 1}
                 return member, found, carried
         return record, image, {NON_CANONICAL: len(members)}
 
