@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 from unittest import mock
 
 import pyarrow.parquet as pq
@@ -218,3 +219,23 @@ def test_books_that_do_not_balance_publish_nothing(world, tmp_path, capsys):
     assert len(err) == 1 and "books do not balance" in err[0] and "4 dropped as dead" in err[0]
     assert not glob.glob(os.path.join(out3, "images", "*.parquet"))
     assert not glob.glob(os.path.join(out3, "dead_blobs*"))
+
+
+def test_drop_dead_reads_and_writes_gs(world, dropped, gcs_emulator, tmp_path, monkeypatch):
+    """The inputs, the refresh night and OUT3 on gs:// (the GCS emulator): the same rows dropped and
+    the same dead_blobs.txt as the local run (the blobs stay where the rows name them)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the local spill of a gs:// run
+    bucket = gcs_emulator.bucket("drop-dead")
+    for name in ("table", "cc12m", "refresh"):
+        for root, _, files in os.walk(world[name]):
+            for file in files:
+                relative = os.path.relpath(os.path.join(root, file), world[name])
+                bucket.blob(f"{name}/{relative}").upload_from_filename(os.path.join(root, file))
+    args = ["--input", "gs://drop-dead/table", "--input", "gs://drop-dead/cc12m", "--output", "gs://drop-dead/out3"]
+    assert dedup.main([*args, "--drop-dead", "gs://drop-dead/refresh", "--runner", "FnApiRunner"]) == 0
+    local_out3, local_summary = dropped
+    with open(os.path.join(local_out3, "dead_blobs.txt")) as handle:
+        assert bucket.blob("out3/dead_blobs.txt").download_as_text() == handle.read()
+    summary = json.loads(bucket.blob("out3/summary.json").download_as_text())
+    assert summary["books"]["balanced"] and summary["blobs_only_dead"] == local_summary["blobs_only_dead"]
+    assert summary["drop_dead"]["dropped_dead"] == local_summary["drop_dead"]["dropped_dead"] == 3
