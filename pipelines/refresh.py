@@ -23,7 +23,7 @@ from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
 from transforms.io.table_record import checked_table, footer_rows
-from transforms.liveness import checks, history, host_outages, night_output, summary, verdicts
+from transforms.liveness import checks, history, host_outages, night_output, refresh_settings, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
 # 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
@@ -212,15 +212,13 @@ def resolve(opts):
             f"--output {opts.output} is inside --history {opts.history}: give each its own folder"
             " (e.g. --output R/{night} --history R/history)"
         )
-    for name in ("dead_after", "host_dead_after", "unreachable_dead_after", "placeholder_min_urls", "summary_hosts"):
-        if getattr(opts, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    refresh_settings.check_rule_numbers(opts)
     extra = [verdicts.parse_placeholder(v) for v in opts.placeholder]
     params = verdicts.RefreshParams(
         night=verdicts.parse_night(opts.night),
         max_distance=REFRESH_SAME_PICTURE_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
-        dead_after=max(opts.dead_after, 1),
-        host_dead_after=max(opts.host_dead_after, 1),
+        dead_after=opts.dead_after,
+        host_dead_after=opts.host_dead_after,
         unreachable_dead_after=opts.unreachable_dead_after,
         placeholder_min_urls=opts.placeholder_min_urls,
         placeholder_sha256=frozenset(h for kind, h in extra if kind == "sha256"),
@@ -323,15 +321,17 @@ def run(argv=None):
         },
     )
     snapshots, params = resolve(opts)
-    tables = {}
+    tables, read = {}, []
     for order, (root, pattern, columns) in enumerate(snapshots):  # every footer, not only the first file's
         files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
+        read.append((root, files))
         if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
             files, tables[root] = checked_table("--snapshot", root, files)
             # why the files, not the glob: an ingest rerun publishing meanwhile made it read two tables, exit 0
             snapshots[order] = (root, files, columns)
             if snapshots_hold_rows([(root, files, columns)]):  # URLs to check need the ingest's networks
                 preflight.check_ingest_networks("--snapshot", root, opts.allow_network)
+    refresh_settings.check_night_after_snapshots(params.night, read)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
     if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):

@@ -10,6 +10,7 @@ exception (in this process and in a worker process).
 
 import concurrent.futures
 import contextlib
+import datetime
 import errno
 import importlib
 import os
@@ -65,6 +66,10 @@ def inputs(tmp_path_factory):
     (root / "corrupt" / "images" / "part-0.parquet").write_bytes(b"PAR1 this is not a parquet file")
     write_table(root / "keyonly" / "images" / "part-0.parquet", ["key"])
     write_table(root / "table" / "images" / "part-0.parquet", ["key", "dataset", "url", "status"])
+    fetched = {c: pa.array(["x"], pa.string()) for c in ("key", "dataset", "url", "status")}
+    fetched["fetched_at"] = pa.array([datetime.datetime(2026, 11, 20, 23, 30)], pa.timestamp("us", tz="UTC"))
+    (root / "fetched" / "images").mkdir(parents=True)
+    pq.write_table(pa.table(fetched), root / "fetched" / "images" / "part-0.parquet")
     (root / "empty-out").mkdir()
     write_table(root / "ingested" / "images" / "part-0.parquet", ["key", "dataset", "url", "status"])
     (root / "ingested" / "summary.json").write_text('{"job": "ingest", "rows": 1}')
@@ -323,6 +328,30 @@ BAD_INPUT = {
         ["--snapshot", "{t}/table", "--output", "{t}/r", "--history", "{t}/h", "--night", "2099-01-01"],
         2,
         ["--night 2099-01-01 is more than a day after today"],
+    ),
+    "refresh-dead-after-0": (  # was run as 1 while summary.json recorded 0, exit 0
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--dead-after", "0"],
+        2,
+        ["--dead-after must be at least 1"],
+    ),
+    "refresh-host-dead-after-0": (
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--host-dead-after", "0"],
+        2,
+        ["--host-dead-after must be at least 1"],
+    ),
+    "refresh-placeholder-min-urls-1": (  # every URL redirected to another picture a placeholder: dead
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--placeholder-min-urls", "1"],
+        2,
+        ["--placeholder-min-urls must be 0 (the rule off) or at least 2"],
+    ),
+    "refresh-night-before-the-snapshot": (  # judged before its rows were fetched: 19 dead of the demo, exit 0
+        "refresh",
+        ["--snapshot", "{t}/fetched", "--output", "{t}/r", "--night", "2026-11-01"],
+        2,
+        ["--night 2026-11-01 is before --snapshot {t}/fetched was fetched", "2026-11-20"],
     ),
     "refresh-output-is-an-ingest-output": (  # its summary.json was replaced by the refresh's, exit 0
         "refresh",

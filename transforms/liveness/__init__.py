@@ -6,6 +6,7 @@
 - `history`: reading the previous nights and writing tonight's, never losing one silently.
 - `summary`: REFRESH_OUT/summary.json.
 - `night_output`: REFRESH_OUT written aside, put into place once the night's books balance.
+- `refresh_settings`: the settings refused rather than repaired (rule numbers, a night before its snapshot).
 """
 
-__all__ = ["checks", "history", "night_output", "plans", "summary", "verdicts"]
+__all__ = ["checks", "history", "night_output", "plans", "refresh_settings", "summary", "verdicts"]

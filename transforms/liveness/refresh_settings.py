@@ -1,0 +1,93 @@
+"""The refresh's settings that can only be refused, not repaired: the numbers of the verdict rules,
+and a night judged before its snapshot existed (docs/refresh.md, "Verdicts").
+
+A data team deletes what the refresh calls dead, so a setting that cannot mean what it says is one
+line and exit 2 before anything is fetched, never a quiet substitute:
+
+- `check_rule_numbers(opts)`: --dead-after and --host-dead-after at least 1 (0 was run as 1 while
+  summary.json recorded 0), --placeholder-min-urls 0 or at least 2 (1 made every URL redirected to
+  another picture a placeholder, so `dead`), no negative count.
+- `check_night_after_snapshots(night, snapshots)`: the night is not before the first row of a
+  snapshot was fetched (the ingest fetch counts as the night before a key's first; judged earlier,
+  a failed fetch made a URL dead on a night it was not yet known).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+__all__ = ["check_night_after_snapshots", "check_rule_numbers", "first_fetch_date"]
+
+_AT_LEAST_ONE = ("dead_after", "host_dead_after")
+_NOT_NEGATIVE = ("unreachable_dead_after", "placeholder_min_urls", "summary_hosts")
+
+
+def check_rule_numbers(opts: Any) -> None:
+    """Raises ValueError (the job's exit 2) for a verdict rule's number that cannot mean what it says.
+
+    Args:
+        opts: the refresh's parsed options.
+    """
+    for name in _AT_LEAST_ONE + _NOT_NEGATIVE:
+        if getattr(opts, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    for name in _AT_LEAST_ONE:
+        if getattr(opts, name) == 0:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be at least 1 (the answers of that kind a URL needs before it"
+                " is dead, tonight's one of them)"
+            )
+    if opts.placeholder_min_urls == 1:
+        raise ValueError(
+            "--placeholder-min-urls must be 0 (the rule off) or at least 2: one URL redirected to another"
+            " picture is a moved or changed picture, not a placeholder (and a placeholder is dead)"
+        )
+
+
+def first_fetch_date(files: Sequence[str]) -> datetime.date | None:
+    """The UTC date of the earliest `fetched_at` in the files, from their Parquet footers' column
+    statistics (no data page read); None when no file has them.
+
+    Args:
+        files: a snapshot's table files.
+    Returns:
+        The date, or None.
+    """
+    earliest = None
+    for path in files:
+        with FileSystems.open(path) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+        if "fetched_at" not in names:
+            continue
+        column = names.index("fetched_at")
+        for group in range(metadata.num_row_groups):
+            stats = metadata.row_group(group).column(column).statistics
+            if stats is not None and stats.has_min_max and isinstance(stats.min, datetime.datetime):
+                earliest = stats.min if earliest is None else min(earliest, stats.min)
+    if earliest is None:
+        return None
+    if earliest.tzinfo is not None:
+        earliest = earliest.astimezone(datetime.timezone.utc)
+    return earliest.date()
+
+
+def check_night_after_snapshots(night: datetime.date, snapshots: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Raises ValueError (exit 2) when `night` is before the day a snapshot's first row was fetched.
+
+    Args:
+        night: the --night.
+        snapshots: [(the --snapshot, its table files)].
+    """
+    for root, files in snapshots:
+        first = first_fetch_date(files)
+        if first is not None and night < first:
+            raise ValueError(
+                f"--night {night.isoformat()} is before --snapshot {root} was fetched (its first row on"
+                f" {first.isoformat()}): a night is judged after its snapshot; give a later --night"
+            )
