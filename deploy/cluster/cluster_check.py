@@ -20,6 +20,7 @@ RUN/cluster-report.json): per job its launch, cluster and local seconds and the 
 import argparse
 import collections
 import dataclasses
+import datetime
 import importlib.util
 import io
 import json
@@ -38,7 +39,19 @@ BUCKET = "cluster-check"
 DEMO_TIMEOUT = 10.0  # the demo's slow route answers after this + 1 s; every other route at once (loaded machines)
 LAST_REPORT = CACHE_DIR / "cluster-report.json"  # the last run's, printed by `make cluster-test`
 VOLATILE = re.compile(r"(_at|_ms|_seconds|seconds|elapsed)$")
-NIGHTS = ("2026-01-01", "2026-01-02")
+
+
+def refresh_nights(today: datetime.date | None = None) -> tuple[str, str]:
+    """The two refresh nights: today and tomorrow (UTC). Why not fixed dates: the refresh refuses a
+    night before its snapshot was fetched (the ingest of this run), and one more than a day ahead.
+
+    Args:
+        today: today's UTC date (default: now).
+    Returns:
+        (first night, second night) as YYYY-MM-DD.
+    """
+    today = today or datetime.datetime.now(datetime.timezone.utc).date()
+    return today.isoformat(), (today + datetime.timedelta(days=1)).isoformat()
 
 
 @dataclasses.dataclass
@@ -382,7 +395,7 @@ def run_all(run_dir: pathlib.Path, jobs=("ingest", "dedup", "refresh", "export")
             if "refresh" in jobs:
                 run = runs["refresh"] = JobRun("refresh")
                 base = {"snapshot": snapshot, "allow_network": "127.0.0.1/32", "timeout": str(DEMO_TIMEOUT)}
-                for n, night in enumerate(NIGHTS, 1):
+                for n, night in enumerate(refresh_nights(), 1):
                     if n == 2:
                         night_two_routes(server)
                     for kind, how in (("cluster", launcher.on_cluster), ("local", launcher.locally)):

@@ -12,6 +12,7 @@ refresh, its first Parquet file anywhere under REFRESH_OUT) and keeps appending 
 killed, taking each page the run frees.
 """
 
+import datetime
 import json
 import os
 import subprocess
@@ -242,11 +243,13 @@ def test_disk_full_in_a_refresh_rerun_keeps_the_first_night(web, tmp_path):
     ingest.run(
         local_options(manifest=f"cc3m={tmp_path}/cc3m.tsv", output=str(snapshot), **{"allow-network": "127.0.0.1/32"})
     )
-    night = {"night": "2026-03-01", "allow-network": "127.0.0.1/32"}
+    # why today (UTC, after the ingest): a night before the snapshot was fetched is refused
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    night = {"night": today, "allow-network": "127.0.0.1/32"}
     first_run_in_process(refresh, tmp_path, snapshot=str(snapshot), history=str(tmp_path / "first-history"), **night)
     command = (
         f'pipelines.refresh --snapshot {snapshot} --output "$DISK/refresh" --history "$DISK/history"'
-        " --night 2026-03-01 --allow-network 127.0.0.1/32"
+        f" --night {today} --allow-network 127.0.0.1/32"
     )
     disk = in_small_disk(
         tmp_path,
@@ -273,7 +276,7 @@ cp -a "$DISK/refresh" "$T/rerun"; cp -a "$DISK/history" "$T/rerun-history"
     rerun = tmp_path / "rerun"
     assert len(ds.dataset(str(rerun / "status")).to_table()) == 5
     assert not set(tree_digest(rerun)) & (set(first) - {"summary.json"})  # the first night's files retired
-    night = tmp_path / "rerun-history" / "2026-03-01"
+    night = tmp_path / "rerun-history" / today
     marker = json.loads((night / "_COMPLETE").read_text())
     assert sorted(os.listdir(night)) == sorted(["_COMPLETE", *marker["files"]]) and marker["rows"] == 5
     assert disk.exists()
