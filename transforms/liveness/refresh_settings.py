@@ -14,6 +14,7 @@ line and exit 2 before anything is fetched, never a quiet substitute:
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 from collections.abc import Sequence
 from typing import Any
@@ -49,29 +50,39 @@ def check_rule_numbers(opts: Any) -> None:
         )
 
 
+def _earliest_fetch(path: str) -> datetime.datetime | None:
+    """The smallest `fetched_at` of one file, from its footer's column statistics."""
+    with FileSystems.open(path) as handle:
+        metadata = pq.ParquetFile(handle).metadata
+    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+    if "fetched_at" not in names:
+        return None
+    column = names.index("fetched_at")
+    found = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is not None and stats.has_min_max and isinstance(stats.min, datetime.datetime):
+            found.append(stats.min)
+    return min(found) if found else None
+
+
 def first_fetch_date(files: Sequence[str]) -> datetime.date | None:
     """The UTC date of the earliest `fetched_at` in the files, from their Parquet footers' column
-    statistics (no data page read); None when no file has them.
+    statistics (no data page read; 16 footers at a time, as table_record.footer_facts reads them:
+    a 12M-row snapshot on gs:// is hundreds of files); None when no file has them.
 
     Args:
         files: a snapshot's table files.
     Returns:
         The date, or None.
     """
-    earliest = None
-    for path in files:
-        with FileSystems.open(path) as handle:
-            metadata = pq.ParquetFile(handle).metadata
-        names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
-        if "fetched_at" not in names:
-            continue
-        column = names.index("fetched_at")
-        for group in range(metadata.num_row_groups):
-            stats = metadata.row_group(group).column(column).statistics
-            if stats is not None and stats.has_min_max and isinstance(stats.min, datetime.datetime):
-                earliest = stats.min if earliest is None else min(earliest, stats.min)
-    if earliest is None:
+    if not files:
         return None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        found = [when for when in pool.map(_earliest_fetch, files) if when is not None]
+    if not found:
+        return None
+    earliest = min(found)
     if earliest.tzinfo is not None:
         earliest = earliest.astimezone(datetime.timezone.utc)
     return earliest.date()
