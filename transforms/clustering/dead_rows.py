@@ -20,7 +20,7 @@ import typing
 import apache_beam as beam
 import numpy as np
 
-from transforms.clustering.key_versions import KEY_SHARDS, key_digest, url_digest
+from transforms.clustering.key_versions import key_digest, key_shards, url_digest
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.clustering.table_dedup import file_batches, file_id, skipped_rows
 
@@ -38,12 +38,6 @@ VERDICT_ROWS = "verdict_rows"
 DEAD_VERDICTS = "dead_verdicts"
 COUNT_KINDS = (DROPPED, KEPT_NOT_DEAD, KEPT_OTHER_URL, KEPT_NO_VERDICT, VERDICT_ROWS, DEAD_VERDICTS)
 DEAD = "dead"
-
-
-def _shards(records):
-    shard = np.ascontiguousarray(records["key"]).view(np.uint8).reshape(-1, 16)[:, 0]
-    for s, idx in split_by(shard.astype(np.int64) % KEY_SHARDS):
-        yield s, records[idx]
 
 
 @beam.typehints.with_output_types(tuple[int, typing.Any])
@@ -66,7 +60,7 @@ class _TableRecords(beam.DoFn):
             # why: no blob (a failed fetch) is the empty digest, which no URI's digest is
             records["blob"] = [url_digest(blobs[i]) if blobs[i] else b"" for i in picked]
             records["source"], records["file"], records["row"] = TABLE, fid, rows[keep]
-            yield from _shards(records)
+            yield from key_shards(records)
 
 
 @beam.typehints.with_output_types(tuple[int, typing.Any])
@@ -88,7 +82,7 @@ class _VerdictRecords(beam.DoFn):
             records["source"] = VERDICT
             yield beam.pvalue.TaggedOutput(self.COUNTS, (VERDICT_ROWS, batch.num_rows))
             yield beam.pvalue.TaggedOutput(self.COUNTS, (DEAD_VERDICTS, int(records["dead"].sum())))
-            yield from _shards(records)
+            yield from key_shards(records)
 
 
 @beam.typehints.with_output_types(tuple[int, typing.Any])

@@ -37,6 +37,7 @@ __all__ = [
     "COLLIDED",
     "KEY_RECORD",
     "KEY_SHARDS",
+    "key_shards",
     "KeyCollision",
     "NewestRows",
     "key_digest",
@@ -104,6 +105,20 @@ def key_digest(key: str) -> bytes:
         The digest.
     """
     return hashlib.blake2b(str(key).encode("utf-8"), digest_size=16).digest()
+
+
+def key_shards(records: np.ndarray) -> typing.Iterator[tuple[int, np.ndarray]]:
+    """(key shard, the records of that shard) of records whose "key" is a key_digest: the first
+    byte of the digest, modulo KEY_SHARDS, so that every record of one key meets in one shard.
+
+    Args:
+        records: a structured array with a 16-byte "key" field.
+    Returns:
+        An iterator of (shard, records).
+    """
+    shard = np.ascontiguousarray(records["key"]).view(np.uint8).reshape(-1, 16)[:, 0]
+    for s, idx in split_by(shard.astype(np.int64) % KEY_SHARDS):
+        yield s, records[idx]
 
 
 def replaced_elsewhere(run, inputs, older, urls):
@@ -195,9 +210,7 @@ class _KeyRecords(beam.DoFn):
             records["input"], records["file"] = index, fid
             records["row"] = np.arange(first, first + n, dtype=np.uint32)
             records["url"] = url_digests(batch.column(2).to_pylist(), batch.column(3).to_pylist())
-            shard = np.ascontiguousarray(records["key"]).view(np.uint8).reshape(-1, 16)[:, 0]
-            for s, idx in split_by(shard.astype(np.int64) % KEY_SHARDS):
-                yield s, records[idx]
+            yield from key_shards(records)
 
 
 @beam.typehints.with_output_types(tuple[int, typing.Any])
