@@ -248,9 +248,13 @@ def _to_8_bits(image):
     return Image.fromarray(numpy.clip(numpy.rint(scaled), 0, 255).astype(numpy.uint8), "L")
 
 
-def picture_views(gray, views=DEFAULT_VIEWS, plain=None):
-    """The (pHash, dHash) of each view of a decoded picture (see VIEWS), bit for bit what
-    imagehash.phash / imagehash.dhash give on the view's picture.
+def picture_views(
+    gray: Image.Image, views: tuple = DEFAULT_VIEWS, plain: tuple | None = None
+) -> dict[str, tuple[str, str]]:
+    """The (pHash, dHash) of each view of a decoded picture (see VIEWS). The mirror view's are bit
+    for bit imagehash.phash / imagehash.dhash of the flipped picture, and so are the trim and crop
+    views' pHashes on the cut picture; their dHashes and the centre view's hashes come from cheaper
+    thumbnails (_view_thumbnails), a few bits from imagehash's.
 
     Args:
         gray: the decoded picture, best already in mode "L" (converted otherwise).
@@ -277,7 +281,7 @@ def picture_views(gray, views=DEFAULT_VIEWS, plain=None):
             picture = trim_borders(gray) if view == "trim" else centre_crop(gray, _CROP_KEEP[view])
             if picture is None:
                 continue
-            thumbs = _thumbnails(picture)
+            thumbs = _view_thumbnails(picture, _CENTRE_REDUCING_GAP if view == "centre" else None)
         names.append(view)
         thumbnails.append(thumbs)
     return dict(zip(names, _hashes(thumbnails), strict=True))
@@ -291,6 +295,24 @@ def _thumbnails(picture):
     if picture.mode != "L":
         picture = picture.convert("L")
     return numpy.asarray(picture.resize((32, 32), _LANCZOS)), numpy.asarray(picture.resize((9, 8), _LANCZOS))
+
+
+# why: a LANCZOS resize costs ~6 multiplications per source pixel whatever the thumbnail's size,
+# so each cut view's pair cost as much as the plain pair. The 9x8 dHash thumbnail of a cut view is
+# taken from its 32x32 (its dHash only confirms a match within --dhash-max-distance, 16 bits). The
+# trim and crop views' 32x32 stay imagehash's bit for bit: they are compared with the plain pHash
+# of a copy decoded at the same scale, often 0 bits away (a letterboxed copy's trim view is the
+# original's draft), and a box reduction cost them that (6 bits on test_view_duplicates_e2e). The
+# centre view meets only other centres, cut and reduced the same way: its 32x32 comes from a box
+# reduction to >= 2x (Pillow's reducing_gap). Recall and cost: docs/performance.md (2026-12-02).
+_CENTRE_REDUCING_GAP = 2.0
+
+
+def _view_thumbnails(picture: Image.Image, reducing_gap: float | None = None) -> tuple:
+    """The thumbnails of a cut view ("L"), as arrays: 32x32 for pHash (LANCZOS, after a box
+    reduction to >= reducing_gap x 32 when one is given), 9x8 for dHash from that 32x32."""
+    p32 = picture.resize((32, 32), _LANCZOS, reducing_gap=reducing_gap)
+    return numpy.asarray(p32), numpy.asarray(p32.resize((9, 8), _LANCZOS))
 
 
 def _hashes(thumbnails):
