@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import job_runner, preflight
@@ -22,7 +21,7 @@ from transforms.fetch.client import FetchConfig
 from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
-from transforms.io.table_record import checked_table, footer_rows
+from transforms.io.table_record import checked_table, footer_facts
 from transforms.liveness import checks, history, host_outages, night_output, refresh_settings, summary, verdicts
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
@@ -154,19 +153,6 @@ JOB = job_runner.Job(
     "(REFRESH_OUT/status/, hosts/, summary.json; HISTORY/<night>/ with --history).",
     interrupted="REFRESH_OUT keeps its previous night; rerun the same command",
 )
-
-
-def snapshots_hold_rows(snapshots):
-    """False when every snapshot table is empty (an empty manifest's ingest): nothing to check.
-
-    Reads Parquet footers only, and stops at the first snapshot holding a row. An OUT's files are a list.
-    """
-    for _root, pattern, _columns in snapshots:
-        matched = [] if isinstance(pattern, list) else FileSystems.match([pattern])[0].metadata_list
-        # why footer_rows: a file retired since the check is one line (exit 1), not FileNotFoundError
-        if any(footer_rows(pattern if isinstance(pattern, list) else [meta.path for meta in matched]).values()):
-            return True
-    return False
 
 
 def snapshot_pattern(value):
@@ -324,17 +310,20 @@ def run(argv=None):
     tables, read = {}, []
     for order, (root, pattern, columns) in enumerate(snapshots):  # every footer, not only the first file's
         files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
-        read.append((root, files))
+        # why once: the table check, the rows and the night check all read footers, each a request on gs://
+        facts = footer_facts(files)
         if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
-            files, tables[root] = checked_table("--snapshot", root, files)
+            files, tables[root] = checked_table("--snapshot", root, files, facts=facts)
             # why the files, not the glob: an ingest rerun publishing meanwhile made it read two tables, exit 0
             snapshots[order] = (root, files, columns)
-            if snapshots_hold_rows([(root, files, columns)]):  # URLs to check need the ingest's networks
+            if any(facts[path]["rows"] for path in files):  # URLs to check need the ingest's networks
                 preflight.check_ingest_networks("--snapshot", root, opts.allow_network)
+        read.append((root, [facts[path] for path in files]))
     refresh_settings.check_night_after_snapshots(params.night, read)
     FetchConfig.from_options(opts)
     preflight.check_output_dir(opts.output)
-    if not job_runner.builds_template_only(options) and not snapshots_hold_rows(snapshots):
+    holds_rows = any(fact["rows"] for _root, facts in read for fact in facts)
+    if not job_runner.builds_template_only(options) and not holds_rows:
         print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")
         return None
     started_at = time.time()

@@ -20,10 +20,10 @@ HOSTS = 40  # why 40: the second night has 20 hosts that served, DARK_NIGHT_MIN_
 JPEG = {"Content-Type": "image/jpeg"}
 
 
-def web_of_hosts(stack, tmp_path):
-    """One server a host on 127.0.0.1..HOSTS, each serving its picture; the snapshot of their URLs."""
+def web_of_hosts(stack, tmp_path, hosts=HOSTS):
+    """One server a host on 127.0.0.1..hosts, each serving its picture; the snapshot of their URLs."""
     servers, rows = [], []
-    for n in range(1, HOSTS + 1):
+    for n in range(1, hosts + 1):
         body = jpeg(n)
         server = stack.enter_context(SampleWebServer({"/p.jpg": Reply(200, body, JPEG)}, host=f"127.0.0.{n}"))
         servers.append(server)
@@ -78,11 +78,35 @@ def test_a_night_when_no_host_answers_is_refused_and_a_half_dark_night_is_record
     assert summary["dark_night"]["dark"] and summary["dark_night"]["accepted"]
 
 
-def test_dark_takes_most_of_enough_hosts():
+def test_a_night_when_none_of_a_few_hosts_answers_is_refused(tmp_path, capsys):
+    # why 5 hosts: a researcher's slice of a manifest, under DARK_NIGHT_MIN_HOSTS; before, the
+    # run's broken network was recorded (exit 0) and every live URL was `dead` with --host-dead-after 1
+    few = 5
+    with contextlib.ExitStack() as stack:
+        servers, snapshot = web_of_hosts(stack, tmp_path, few)
+        status, out = night(tmp_path, snapshot, "2030-03-01")
+        assert status == 0
+        assert verdicts_of(out) == [verdicts.ALIVE] * few
+        for server in servers:
+            server.stop()  # every connection refused: the run's own network
+        capsys.readouterr()
+        status, out = night(tmp_path, snapshot, "2030-03-02")
+        line = one_line(capsys, "refresh")
+        assert status == 1, line
+        assert f"only 0 of the {few} hosts that served pictures the night before" in line
+        assert not os.path.exists(os.path.join(out, "status")) or not os.listdir(os.path.join(out, "status"))
+        assert sorted(os.listdir(tmp_path / "history")) == ["2030-03-01"]
+
+
+def test_dark_takes_most_of_enough_hosts_or_all_of_a_few():
     record = dark_night.dark_night_record
     assert record((24, 12), False)["dark"] is False  # half still serve
     assert record((24, 11), False)["dark"] is True
-    assert record((19, 0), False)["dark"] is False  # too few hosts to tell the network from the web
+    assert record((19, 1), False)["dark"] is False  # too few hosts to tell a few deaths from the network
+    assert record((19, 0), False)["dark"] is True  # but none of them serving is the network
+    assert record((2, 0), False)["dark"] is True
+    assert record((1, 0), False)["dark"] is False  # one host that died looks the same as the network
+    assert record((0, 0), False)["dark"] is False
     assert record((20, 0), False)["dark"] is True
     dark_night.check_dark_night(record((20, 0), True))  # accepted: no refusal
 

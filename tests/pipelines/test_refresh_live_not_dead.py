@@ -17,6 +17,9 @@ loopback web, real snapshots, the real job over several nights with one --histor
 - a server that never answers HEAD (the request times out) but serves the picture to GET;
 - a host serving one maintenance page (HTML, in place or through a redirect) for most of its URLs:
   every URL a soft 404, 'gone', all dead on the second night;
+- a host sending most of its URLs to one consent (or login) page that names the photo each came
+  from: a page of its own for each URL, each a soft 404, all dead on the second night;
+- a host answering 404 to every path for two nights (a deploy gone wrong): all its URLs dead at once;
 - a failure streak of transient nights ending in one 404: the 500 counted as evidence, one 404 was
   enough (also read from a history written before the gone/evidence counters).
 """
@@ -367,6 +370,64 @@ def test_a_page_that_differs_only_in_ids_is_one_page_of_an_outage_but_pages_in_w
     else:
         assert [r["status"] for r in down] == [verdicts.DEAD] * 6, [r["reason"] for r in down]
         assert summary["host_outages"] == []
+
+
+def consent_wall(method, headers, count):
+    """A consent wall's 200 page naming the page the visitor came from (its words: no id to blank)."""
+    body = f"<html><body>Before you continue to '{TITLES[count % len(TITLES)]}': we use cookies</body></html>"
+    return Reply(200, body.encode(), HTML)
+
+
+def test_a_redirect_of_most_urls_of_a_host_to_one_consent_page_is_an_outage(tmp_path):
+    """A host that sends 6 of its 8 URLs to its consent page (GDPR walls, a login page), the page
+    naming the photo each came from: one page of the host by its address, a host outage, not 6 soft
+    404s in words. Before, each answer was a page of its own and the 6 live URLs were dead on the
+    second night."""
+    pictures = {f"/p/{n}.jpg": jpeg(60 + n) for n in range(8)}
+    with SampleWebServer() as web:
+        for n, path in enumerate(pictures):
+            if n < 6:
+                web.routes[path] = Reply(302, b"", {"Location": f"/consent?continue={path}&session={n}"})
+            else:
+                web.routes[path] = Reply(200, pictures[path], JPEG)
+        web.routes["/consent"] = consent_wall
+        rows = [(f"cc3m:{n}", web.url(path), body) for n, (path, body) in enumerate(pictures.items())]
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), rows)
+        nights = [night(tmp_path, snapshot, d) for d in ("2030-02-01", "2030-02-02")]
+    down = [nights[1][f"cc3m:{n}"] for n in range(6)]
+    assert {(r["status"], r["failure"]) for r in down} == {(verdicts.UNREACHABLE, verdicts.NO_HOST)}, [
+        r["reason"] for r in down
+    ]
+    assert all("host outage" in r["reason"] and "6 of its 8 URLs" in r["reason"] for r in down)
+    assert {nights[1][f"cc3m:{n}"]["status"] for n in (6, 7)} == {verdicts.ALIVE}
+    [outage] = json.loads((tmp_path / "refresh-2030-02-02" / "summary.json").read_text())["host_outages"]
+    assert (outage["host"], outage["urls"], outage["urls_checked"]) == ("127.0.0.1", 6, 8)
+
+
+def test_a_404_to_most_urls_of_a_host_is_an_outage_but_to_a_few_it_is_gone(tmp_path):
+    """Host A answers 404 to all its 8 URLs two nights running (a deploy that broke every path):
+    an outage of the host (--host-dead-after), not 8 URLs gone. Before, all 8 live URLs were dead on
+    the second night. Host B answers 404 to 3 of its 8 URLs: evidence about each, dead."""
+    with SampleWebServer(host="127.0.0.1") as host_a, SampleWebServer(host="127.0.0.2") as host_b:
+        rows = []
+        for n in range(8):
+            rows.append((f"cc3m:{n}", host_a.url(f"/a/{n}.jpg"), jpeg(70 + n)))  # no route: 404
+            body = jpeg(80 + n)
+            if n >= 3:
+                host_b.routes[f"/b/{n}.jpg"] = Reply(200, body, JPEG)
+            rows.append((f"cc3m:{10 + n}", host_b.url(f"/b/{n}.jpg"), body))
+        snapshot = write_snapshot(str(tmp_path / "snapshot"), rows)
+        nights = [
+            night(tmp_path, snapshot, d, **{"allow-network": "127.0.0.0/30"}) for d in ("2030-02-01", "2030-02-02")
+        ]
+    down = [nights[1][f"cc3m:{n}"] for n in range(8)]
+    assert {(r["status"], r["failure"]) for r in down} == {(verdicts.UNREACHABLE, verdicts.NO_HOST)}, [
+        r["reason"] for r in down
+    ]
+    assert all("host outage" in r["reason"] and "8 of its 8 URLs" in r["reason"] for r in down)
+    assert [nights[1][f"cc3m:{10 + n}"]["status"] for n in range(8)] == [verdicts.DEAD] * 3 + [verdicts.ALIVE] * 5
+    [outage] = json.loads((tmp_path / "refresh-2030-02-02" / "summary.json").read_text())["host_outages"]
+    assert (outage["host"], outage["urls"], outage["urls_checked"]) == ("127.0.0.1", 8, 8)
 
 
 def test_a_soft_404_page_on_a_few_urls_of_a_host_is_still_gone(tmp_path):

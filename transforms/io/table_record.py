@@ -19,6 +19,7 @@ summary keeps the record of the table OUT/images still holds: the previous one.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import hashlib
 import json
 import os
@@ -99,9 +100,23 @@ def recorded_table(root: str, strict: bool = True) -> tuple[str | None, dict | N
     return summary.get("job"), record if isinstance(record, dict) and isinstance(record.get("files"), dict) else None
 
 
+def _first_fetched_at(metadata) -> datetime.datetime | None:
+    """The smallest `fetched_at` of a file, from its footer's column statistics (None without them)."""
+    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+    if "fetched_at" not in names:
+        return None
+    column = names.index("fetched_at")
+    found = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is not None and stats.has_min_max and isinstance(stats.min, datetime.datetime):
+            found.append(stats.min)
+    return min(found) if found else None
+
+
 def _footer_fact(path: str) -> dict:
-    """{"rows", "bytes", "footer_sha256"} of one Parquet file, from its end only: the footer
-    (length and magic in the last 8 bytes, the serialised metadata before them)."""
+    """{"rows", "bytes", "footer_sha256", "first_fetched_at"} of one Parquet file, from its end
+    only: the footer (length and magic in the last 8 bytes, the serialised metadata before them)."""
     import pyarrow.parquet as pq  # noqa: PLC0415 (only readers need it)
 
     try:
@@ -112,7 +127,8 @@ def _footer_fact(path: str) -> dict:
         raise
     with handle:
         try:
-            rows = pq.ParquetFile(handle).metadata.num_rows
+            metadata = pq.ParquetFile(handle).metadata
+            rows = metadata.num_rows
         except ValueError as exc:  # ArrowInvalid: emptied, cut short, not Parquet; pyarrow names no file
             raise BadInput(
                 f"{path} is not a readable Parquet file ({exc}); restore it, or re-run the job that wrote it"
@@ -123,12 +139,17 @@ def _footer_fact(path: str) -> dict:
         length = int.from_bytes(handle.read(8)[:4], "little")
         handle.seek(size - 8 - length)
         footer = handle.read(length)
-    return {"rows": rows, "bytes": size, "footer_sha256": hashlib.sha256(footer).hexdigest()}
+    return {
+        "rows": rows,
+        "bytes": size,
+        "footer_sha256": hashlib.sha256(footer).hexdigest(),
+        "first_fetched_at": _first_fetched_at(metadata),
+    }
 
 
 def footer_facts(paths: list[str]) -> dict[str, dict]:
-    """{path: {"rows", "bytes", "footer_sha256"}} from each file's Parquet footer (a few KB a
-    file, read 16 at a time)."""
+    """{path: {"rows", "bytes", "footer_sha256", "first_fetched_at"}} from each file's Parquet
+    footer (a few KB a file, read 16 at a time)."""
     if not paths:
         return {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
@@ -150,7 +171,9 @@ def check_recorded_table(flag: str, root: str, files: list[str], ignore_unrecord
     return checked_table(flag, root, files, ignore_unrecorded)[0]
 
 
-def checked_table(flag: str, root: str, files: list[str], ignore_unrecorded: bool = False) -> tuple[list[str], dict]:
+def checked_table(
+    flag: str, root: str, files: list[str], ignore_unrecorded: bool = False, facts: dict[str, dict] | None = None
+) -> tuple[list[str], dict]:
     """Compares ROOT/images (`files`, as listed) with the table recorded in ROOT/summary.json.
 
     Args:
@@ -159,6 +182,8 @@ def checked_table(flag: str, root: str, files: list[str], ignore_unrecorded: boo
         files: the Parquet files of ROOT/images.
         ignore_unrecorded: files not in the record are left out instead of refused (the ingest's
             --resume: its own OUT, where they are a killed run's parts, retired with the table).
+        facts: footer_facts(files), when the caller read them already (the refresh: each footer a
+            request on gs://, hundreds a snapshot); read here otherwise.
     Returns:
         (the files to read: `files`, less the unrecorded ones with ignore_unrecorded; which table
         they are: {"path": root, "written_by", "files", "rows", "table_sha256": table_digest}, for
@@ -174,7 +199,7 @@ def checked_table(flag: str, root: str, files: list[str], ignore_unrecorded: boo
     if job is None and not ignore_unrecorded:  # the --resume run holds ROOT's lease itself
         refuse_unfinished(flag, root)
     if record is None:
-        facts = _refuse_copies(flag, root, files)  # first: a refusal is the one line
+        facts = _refuse_copies(flag, root, files, facts)  # first: a refusal is the one line
         if job is not None:
             print(
                 f"{job}: warning: {root}/summary.json records no table files (an older version wrote it):"
@@ -192,7 +217,7 @@ def checked_table(flag: str, root: str, files: list[str], ignore_unrecorded: boo
     added = sorted(set(found) - set(recorded))
     missing = sorted(set(recorded) - set(found))
     common = [found[name] for name in sorted(set(found) & set(recorded))]
-    facts = footer_facts(common)
+    facts = {path: facts[path] for path in common} if facts is not None else footer_facts(common)
     differ = [
         f"{_name(path)} ({recorded[_name(path)]} recorded, {fact['rows']} found)"
         for path, fact in facts.items()
@@ -259,7 +284,7 @@ def _live_writer(root: str) -> Holder | None:
     return holder if seen_alive(holder, remote=root.startswith("gs://")) else None
 
 
-def _refuse_copies(flag: str, root: str, files: list[str]) -> dict[str, dict]:
+def _refuse_copies(flag: str, root: str, files: list[str], facts: dict[str, dict] | None = None) -> dict[str, dict]:
     """BadInput when two files of ROOT/images, with rows, have one size and one Parquet footer;
     else the files' footer_facts.
 
@@ -269,7 +294,7 @@ def _refuse_copies(flag: str, root: str, files: list[str]) -> dict[str, dict]:
     and offsets); 0-row files (one empty table's part each) add no row.
     """
     same: dict[tuple, list[str]] = {}
-    facts = footer_facts(files)
+    facts = footer_facts(files) if facts is None else facts
     for path, fact in facts.items():
         if fact["rows"]:
             same.setdefault((fact["bytes"], fact["footer_sha256"]), []).append(_name(path))

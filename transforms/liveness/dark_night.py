@@ -1,4 +1,5 @@
-"""Dark nights: a night on which most hosts that served pictures before serve none.
+"""Dark nights: a night on which most hosts that served pictures before serve none (of at least 20
+such hosts), or none of them does (of at least 2).
 
 Real hosts die a few at a time; when most of them fail on one night, the web did not die, the
 run's own network did (a VPC resolver that answers "no such name" for public names, a firewall
@@ -23,6 +24,7 @@ from transforms.liveness.verdicts import ALIVE, BASELINE_STATUSES, CHANGED
 __all__ = [
     "DARK_NIGHT_MIN_HOSTS",
     "DARK_NIGHT_MIN_SERVING",
+    "DARK_NIGHT_NONE_SERVING_MIN_HOSTS",
     "DarkNight",
     "DarkNightCounts",
     "check_dark_night",
@@ -30,11 +32,15 @@ __all__ = [
     "had_picture",
 ]
 
-# why 20 hosts: under that, a run's network and a few real deaths cannot be told apart by counting
-# (a snapshot of one host that died is a real dark night); CC3M alone spans ~50,000 hosts.
+# why 20 hosts: under that, a run's network and a few real deaths cannot be told apart by "fewer
+# than half serve" (2 of a snapshot's 3 hosts may really die); CC3M alone spans ~50,000 hosts.
 DARK_NIGHT_MIN_HOSTS = 20
 # why a half: on a real night a few hosts in a thousand stop serving; a broken network takes all
 DARK_NIGHT_MIN_SERVING = 0.5
+# why 2: a researcher's slice of a manifest has 2-19 hosts, and a broken network takes them all at
+# once, which independent hosts hardly ever do on one night; one host that died cannot be told from
+# the network by counting, so a one-host snapshot gets no check.
+DARK_NIGHT_NONE_SERVING_MIN_HOSTS = 2
 
 
 class DarkNight(EnvironmentFailure):
@@ -86,10 +92,14 @@ def dark_night_record(counts: tuple[int, int], accept: bool) -> dict:
         counts: DarkNightCounts' (hosts with a picture before, of them serving tonight).
         accept: --accept-dark-night.
     Returns:
-        {"hosts_with_pictures_before", "hosts_serving_tonight", "dark", "accepted"}.
+        {"hosts_with_pictures_before", "hosts_serving_tonight", "dark", "accepted"}: dark when at
+        least DARK_NIGHT_MIN_HOSTS hosts had a picture and fewer than half of them serve one, or at
+        least DARK_NIGHT_NONE_SERVING_MIN_HOSTS had one and none serves.
     """
     before, serving = counts
-    dark = before >= DARK_NIGHT_MIN_HOSTS and serving < before * DARK_NIGHT_MIN_SERVING
+    most_dark = before >= DARK_NIGHT_MIN_HOSTS and serving < before * DARK_NIGHT_MIN_SERVING
+    all_dark = before >= DARK_NIGHT_NONE_SERVING_MIN_HOSTS and serving == 0
+    dark = most_dark or all_dark
     return {"hosts_with_pictures_before": before, "hosts_serving_tonight": serving, "dark": dark, "accepted": accept}
 
 

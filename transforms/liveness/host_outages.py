@@ -1,11 +1,19 @@
 """Host outages: one host answering most of its URLs tonight with one same page that is not a
-picture (a maintenance or parking page, served in place or through a redirect).
+picture (a maintenance or parking page, served in place or through a redirect; a consent page).
 
 "One same page" is the same text up to numbers and ids (`page_shape`): maintenance, parking and
 bot-wall pages commonly carry a request or incident id, a timestamp or a nonce that differs on
 every answer ("Incapsula incident ID: 808000450231937862-...", "Ray ID: 7d3f..."); compared byte
 for byte, each would be a page of its own, each URL a soft 404 `gone`, and every live URL of the
 host `dead` on the second such night.
+
+A host answering 404 (410, 451) to most of its URLs at once (a deploy that broke every path, a
+misrouted virtual host) is counted the same way, the status its page (`verdicts.gone_answer_page`).
+
+A host may also send most of its URLs through a redirect to one page that names where each came
+from (a consent wall, a login page: "Before you continue to <the photo's page>"): pages in words,
+but one page by its address (`redirect_page`: the target without its query), so that too is one
+page of the host.
 
 Such soft 404s are an outage of the host, not evidence about each URL: `verdicts.observe` counts
 them as `no_host` answers (--host-dead-after) instead of `gone` (--dead-after), so a host down
@@ -15,17 +23,27 @@ for maintenance two nights running no longer has every URL `dead` at once (docs/
 
 import hashlib
 import re
+import urllib.parse
 
 import apache_beam as beam
 
-from transforms.liveness.verdicts import FILE, NOT_CHECKED, soft_404_page
+from transforms.liveness.verdicts import FILE, NOT_CHECKED, gone_answer_page, soft_404_page
 
-__all__ = ["HOST_OUTAGE_MIN_URLS", "outage_vote", "is_outage", "page_shape", "FindHostOutages"]
+__all__ = [
+    "HOST_OUTAGE_MIN_URLS",
+    "REDIRECT_PAGE",
+    "outage_vote",
+    "is_outage",
+    "page_shape",
+    "redirect_page",
+    "FindHostOutages",
+]
 
 HOST_OUTAGE_MIN_URLS = 5  # URLs of one host with the same page, at least, and most of its URLs
 # A token holding a digit (an id, a number, a date, a nonce, a hex digest): blanked by page_shape.
 _TOKEN_WITH_DIGIT = re.compile(rb"[A-Za-z0-9+/=_.:-]*[0-9][A-Za-z0-9+/=_.:-]*")
 _SPACES = re.compile(rb"\s+")
+REDIRECT_PAGE = "redirect:"  # starts redirect_page's names, which page shapes (hex) never do
 
 
 def page_shape(body: bytes) -> str:
@@ -44,21 +62,48 @@ def page_shape(body: bytes) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def outage_vote(item: dict) -> list[tuple[str, tuple[str, str] | None]]:
-    """One checked URL's vote: [(host, (the soft-404 page's shape, its sha256) or None)]; [] for URLs
-    that made no request tonight (invalid at ingest, files) or have no host.
+def redirect_page(url: str, final_url: str | None) -> str | None:
+    """The page a redirect of `url` ended on, by its address: REDIRECT_PAGE + scheme://host/path,
+    without query or fragment (a consent or login page names the URL each visitor came from there);
+    None when there was no redirect.
+
+    Args:
+        url: the URL requested.
+        final_url: where its redirects ended.
+    Returns:
+        The page's name, or None.
+    """
+    if not final_url or final_url.strip() == (url or "").strip():
+        return None
+    try:
+        parts = urllib.parse.urlsplit(final_url.strip())
+    except ValueError:
+        return None
+    return f"{REDIRECT_PAGE}{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path}"
+
+
+def outage_vote(item: dict) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    """One checked URL's vote: [(host, [(the soft-404 page's shape, its sha256), and (its
+    redirect_page, the sha256) after a redirect])], the list empty for no soft 404; [] for URLs that
+    made no request tonight (invalid at ingest, files) or have no host.
 
     Args:
         item: CheckUrls' {"url", "entries", "check"}.
     Returns:
-        [] or [(host, (page shape, sha256) or None)].
+        [] or [(host, [(page name, sha256), ...])].
     """
     check = item["check"]
     host = next((e.get("host") for e in item["entries"] if e.get("host")), None)
     if host is None or check["method"] in (NOT_CHECKED, FILE):
         return []
+    answer = gone_answer_page(check)
+    if answer is not None:  # why: a 404 to every path of a host (a deploy) is one answer of the host
+        return [(host, [(answer, None)])]
     shape = soft_404_page(check)
-    return [(host, None if shape is None else (shape, check.get("sha256")))]
+    if shape is None:
+        return [(host, [])]
+    names = [shape] + ([check["redirect_page"]] if check.get("redirect_page") else [])
+    return [(host, [(name, check.get("sha256")) for name in names])]
 
 
 def is_outage(same_page: int, checked: int, minimum: int = HOST_OUTAGE_MIN_URLS) -> bool:
@@ -83,8 +128,8 @@ class _PageCounts(beam.CombineFn):
 
     def add_input(self, accumulator, vote):
         checked, counts = accumulator
-        if vote is not None:
-            _count(counts, vote[0], 1, vote[1])
+        for name, sha256 in vote:
+            _count(counts, name, 1, sha256)
         return checked + 1, counts
 
     def merge_accumulators(self, accumulators):
@@ -110,13 +155,17 @@ def _count(counts, shape, n, sha256):
 
 def _outages(host_counts):
     host, (checked, counts) = host_counts
-    return [
-        ((host, shape), (n, checked, sha256)) for shape, (n, sha256) in sorted(counts.items()) if is_outage(n, checked)
+    found = [
+        ((host, name), (n, checked, sha256)) for name, (n, sha256) in sorted(counts.items()) if is_outage(n, checked)
     ]
+    shapes = [outage for outage in found if not outage[0][1].startswith(REDIRECT_PAGE)]
+    # why: one outage a host in summary.json; a redirect's page counts only where the shapes
+    # (pages naming each URL) found none
+    return shapes or found
 
 
 class FindHostOutages(beam.PTransform):
-    """Checked URLs -> ((host, page shape), (URLs served that page, URLs of the host checked, the
+    """Checked URLs -> ((host, page shape or redirect_page), (URLs served that page, URLs of the host checked, the
     smallest sha256 of those answers)) for each host that served one same non-picture page (up to
     numbers and ids: page_shape) to most of its URLs tonight (is_outage)."""
 

@@ -12,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
 from transforms.image_checks import DEFAULT_MAX_PIXELS, inspect_image
-from transforms.liveness.host_outages import page_shape
+from transforms.liveness.host_outages import page_shape, redirect_page
 from transforms.liveness.verdicts import (
     CONDITIONAL,
     EPOCH,
@@ -221,6 +221,7 @@ def new_check(plan, method=None):
         "validated_phash": plan.get("validated_phash"),
         "sha256": None,
         "page_shape": None,
+        "redirect_page": None,
         "phash": None,
         "image_status": None,
         "image_error": None,
@@ -264,6 +265,8 @@ def finish_check(plan: dict, steps: list, max_pixels: int = DEFAULT_MAX_PIXELS) 
                 check.update(status=schema.HTTP_ERROR, error="HTTP 304 to an unconditional request")
         elif methods[-1] == "GET":
             _picture(check, last.body or b"", max_pixels)
+            if check["page_shape"]:  # why: a consent or login page names each URL, one page by its address
+                check["redirect_page"] = redirect_page(plan["url"], check["final_url"])
     return check
 
 

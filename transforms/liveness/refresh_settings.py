@@ -14,13 +14,9 @@ line and exit 2 before anything is fetched, never a quiet substitute:
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
-
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 __all__ = ["check_night_after_snapshots", "check_rule_numbers", "first_fetch_date"]
 
@@ -50,36 +46,17 @@ def check_rule_numbers(opts: Any) -> None:
         )
 
 
-def _earliest_fetch(path: str) -> datetime.datetime | None:
-    """The smallest `fetched_at` of one file, from its footer's column statistics."""
-    with FileSystems.open(path) as handle:
-        metadata = pq.ParquetFile(handle).metadata
-    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
-    if "fetched_at" not in names:
-        return None
-    column = names.index("fetched_at")
-    found = []
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(column).statistics
-        if stats is not None and stats.has_min_max and isinstance(stats.min, datetime.datetime):
-            found.append(stats.min)
-    return min(found) if found else None
-
-
-def first_fetch_date(files: Sequence[str]) -> datetime.date | None:
-    """The UTC date of the earliest `fetched_at` in the files, from their Parquet footers' column
-    statistics (no data page read; 16 footers at a time, as table_record.footer_facts reads them:
-    a 12M-row snapshot on gs:// is hundreds of files); None when no file has them.
+def first_fetch_date(facts: Iterable[dict]) -> datetime.date | None:
+    """The UTC date of the earliest `fetched_at` of a snapshot's files, from their footers' column
+    statistics (table_record.footer_facts' "first_fetched_at": read once at start-up, with the
+    table's other footer facts); None when no file has them.
 
     Args:
-        files: a snapshot's table files.
+        facts: the footer facts of a snapshot's table files.
     Returns:
         The date, or None.
     """
-    if not files:
-        return None
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-        found = [when for when in pool.map(_earliest_fetch, files) if when is not None]
+    found = [fact["first_fetched_at"] for fact in facts if fact.get("first_fetched_at") is not None]
     if not found:
         return None
     earliest = min(found)
@@ -88,15 +65,15 @@ def first_fetch_date(files: Sequence[str]) -> datetime.date | None:
     return earliest.date()
 
 
-def check_night_after_snapshots(night: datetime.date, snapshots: Sequence[tuple[str, Sequence[str]]]) -> None:
+def check_night_after_snapshots(night: datetime.date, snapshots: Sequence[tuple[str, Iterable[dict]]]) -> None:
     """Raises ValueError (exit 2) when `night` is before the day a snapshot's first row was fetched.
 
     Args:
         night: the --night.
-        snapshots: [(the --snapshot, its table files)].
+        snapshots: [(the --snapshot, the footer facts of its table files)].
     """
-    for root, files in snapshots:
-        first = first_fetch_date(files)
+    for root, facts in snapshots:
+        first = first_fetch_date(facts)
         if first is not None and night < first:
             raise ValueError(
                 f"--night {night.isoformat()} is before --snapshot {root} was fetched (its first row on"

@@ -79,6 +79,7 @@ __all__ = [
     "same_picture",
     "placeholder_votes",
     "soft_404_page",
+    "gone_answer_page",
     "observe",
     "streak_after",
     "verdict_of",
@@ -434,6 +435,19 @@ def soft_404_page(check: dict) -> str | None:
     return None
 
 
+def gone_answer_page(check: dict) -> str | None:
+    """The name a 404/410/451 answer is counted under among a host's pages ("http:404"), or None.
+
+    Args:
+        check: tonight's check of a URL.
+    Returns:
+        "http:<status>" for a 'gone' HTTP answer, else None.
+    """
+    if check.get("status") == schema.HTTP_ERROR and check.get("http_status") in GONE_HTTP_STATUSES:
+        return f"http:{check['http_status']}"
+    return None
+
+
 def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, outages: dict | None = None) -> dict:
     """What tonight's check says about one key, before the history rules.
 
@@ -442,7 +456,7 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
         check: tonight's check of its URL (plans.finish_check(), plans.check_file()).
         detected: {sha256: n} of the many-URLs placeholder rule.
         params: the night's settings.
-        outages: {(host, page shape): (URLs served it, URLs of the host checked, a sha256 of it)}
+        outages: {(host, page shape or redirect page): (URLs served it, URLs of the host checked, a sha256 of it)}
             of the hosts that served one page to most of their URLs tonight (host_outages.FindHostOutages).
     Returns:
         {"kind": "same" | "new" | "unchecked" | "changed" | "failed", "failure", "reason", "sha256",
@@ -481,6 +495,15 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
         kind = classify_failure(
             check["status"], check.get("http_status"), bool(check.get("name_not_found")), bool(check.get("refused"))
         )
+        outage = (outages or {}).get((entry.get("host"), gone_answer_page(check)))
+        if kind == GONE and outage:
+            # why: a host answering 404 to most of its URLs at once is the host (a deploy that broke
+            # every path, a misrouted vhost), not each picture gone: --host-dead-after, not --dead-after
+            return failed(
+                NO_HOST,
+                f"host outage: answers HTTP {check.get('http_status')} to {outage[0]} of its {outage[1]}"
+                " URLs checked tonight",
+            )
         return failed(kind, check.get("error") or check["status"])
     if check["not_modified"]:
         sha256, phash = (
@@ -502,7 +525,9 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
             return unchecked(check["sha256"], "same bytes as the snapshot")
         if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
             served = check.get("content_type") or "no Content-Type"
-            outage = (outages or {}).get((entry.get("host"), soft_404_page(check)))
+            outage = (outages or {}).get((entry.get("host"), soft_404_page(check))) or (outages or {}).get(
+                (entry.get("host"), check.get("redirect_page"))
+            )
             if outage:
                 # why: one page for most URLs of a host is the host down (maintenance, parking),
                 # not each URL gone: evidence about the host (--host-dead-after), not 'gone'
