@@ -25,6 +25,7 @@ import numpy as np
 from transforms.clustering.key_versions import NO_STAMP, key_digest, key_shards, stamps, url_digest
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.clustering.table_dedup import file_batches, file_id, skipped_rows
+from transforms.io.sinks import file_name
 
 __all__ = ["COUNT_KINDS", "DEAD_RECORD", "DropDead", "dead_only_blobs", "files_after"]
 
@@ -80,7 +81,7 @@ class _TableRecords(beam.DoFn):
             records["key"] = [key_digest(keys[i]) for i in picked]
             records["url"] = [url_digest(urls[i]) for i in picked]
             # why: no blob (a failed fetch) is the empty digest, which no URI's digest is
-            records["blob"] = [url_digest(blobs[i]) if blobs[i] else b"" for i in picked]
+            records["blob"] = [url_digest(file_name(blobs[i])) if blobs[i] else b"" for i in picked]
             records["source"], records["file"], records["row"] = TABLE, fid, rows[keep]
             records["at"] = stamps(batch.column(3), NO_STAMP)[keep]
             yield from key_shards(records)
@@ -157,8 +158,9 @@ class _Match(beam.DoFn):
 
 
 def _blob_refs(element, replaced, dropped, dead_digests):
-    """(DEAD, uri) for each dropped row's blob, (kept, uri) for each kept row's blob that a
-    dropped row also has (by digest): one file's part of dead_only_blobs."""
+    """(DEAD, uri) for each dropped row's blob, (kept, uri) for each kept row's blob whose content
+    address a dropped row's blob also has (by digest of the file name): one file's part of
+    dead_only_blobs."""
     _index, path = element
     if not dead_digests:
         return
@@ -169,12 +171,18 @@ def _blob_refs(element, replaced, dropped, dead_digests):
                 continue
             if row in gone:
                 yield DEAD, blob
-            elif url_digest(blob) in dead_digests:
+            elif url_digest(file_name(blob)) in dead_digests:
                 yield "kept", blob
 
 
 def dead_only_blobs(refs: typing.Iterable[tuple[str, str]]) -> list[str]:
     """The blob URIs that dropped rows reference and no kept row does, sorted.
+
+    A blob is known by its content address, the file name `<sha256>.<ext>`, not by its whole URI:
+    one file has several spellings (an OUT ingested with a relative --output and resumed with its
+    absolute path: `OUT/blobs/..` and `/data/OUT/blobs/..`), and listing one spelling deleted the
+    picture of a kept row naming the other. So a dropped row's blob is left off the list when a
+    kept row has a blob of the same name anywhere (another input's copy of the picture included).
 
     Args:
         refs: (DEAD or "kept", blob URI) pairs (_blob_refs).
@@ -184,8 +192,11 @@ def dead_only_blobs(refs: typing.Iterable[tuple[str, str]]) -> list[str]:
     dead: set[str] = set()
     kept: set[str] = set()
     for kind, uri in refs:
-        (dead if kind == DEAD else kept).add(uri)
-    return sorted(dead - kept)
+        if kind == DEAD:
+            dead.add(uri)
+        else:
+            kept.add(file_name(uri))
+    return sorted(uri for uri in dead if file_name(uri) not in kept)
 
 
 def files_after(gate: beam.PCollection, files: beam.PCollection, label: str) -> beam.PCollection:
