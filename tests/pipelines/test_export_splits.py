@@ -232,6 +232,22 @@ def test_a_rerun_in_another_layout_leaves_only_its_own_shards(table, tmp_path, e
     assert len(keys) == len(set(keys)) == summary["exported"]
 
 
+def test_an_export_nested_in_exp_keeps_its_shards(table, tmp_path):
+    """EXP/v1 is an export of its own (`--output EXP/v1`, its summary.json beside its shards), not a
+    split of an earlier export into EXP. Before: an export into EXP deleted EXP/v1/NNNNN.tar (exit
+    0), leaving EXP/v1/summary.json vouching for shards that were gone."""
+    out, _ = table
+    exp = tmp_path / "exp"
+    inner = run_export(exp / "v1", out)
+    kept = {name: (exp / "v1" / name).read_bytes() for name in _shards(exp / "v1")}
+    assert sorted(kept) == sorted(s["name"] for s in inner["shards"])
+    run_export(exp, out, "--split=train=0.5,validation=0.5")
+    assert {name: (exp / "v1" / name).read_bytes() for name in _shards(exp / "v1")} == kept
+    run_export(exp, out)  # and a rerun without --split retires EXP's own split shards only
+    assert {name: (exp / "v1" / name).read_bytes() for name in _shards(exp / "v1")} == kept
+    assert not glob.glob(os.path.join(exp, "train", "*.tar"))
+
+
 def test_a_rerun_with_the_same_split_keeps_its_shards_byte_for_byte(table, tmp_path):
     out, _ = table
     exp = tmp_path / "exp"

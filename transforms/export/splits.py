@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput
 from transforms.export.shard_writer import AssignShards
-from transforms.io.sinks import join_path
+from transforms.io.sinks import file_name, join_path
 
 __all__ = ["SPLIT_NAME", "SplitShards", "earlier_shards", "parse_splits", "split_of", "split_group"]
 
@@ -142,15 +142,31 @@ class SplitShards(beam.PTransform):
 def earlier_shards(output: str) -> list[str]:
     """Shard files already in EXP (an earlier export): EXP/NNNNN.tar and, of an export with --split,
     EXP/NAME/NNNNN.tar; removed once this run's shards are final. Why both, whatever this run's
-    layout: a reader's glob (EXP/*.tar, EXP/**/*.tar) would mix an earlier layout's shards in."""
-    stale = []
-    for pattern, in_split in (("*", False), ("*/*", True)):
-        try:
-            found = FileSystems.match([join_path(output, pattern)])[0].metadata_list
-        except Exception:  # noqa: BLE001 (no EXP yet)
-            continue
-        for path in (m.path.rstrip("/") for m in found):
-            folder, name = path.rsplit("/", 1)
-            if _SHARD_FILE.match(name) and (not in_split or SPLIT_NAME.match(folder.rsplit("/", 1)[-1])):
-                stale.append(path)
+    layout: a reader's glob (EXP/*.tar, EXP/**/*.tar) would mix an earlier layout's shards in.
+
+    Args:
+        output: EXP.
+    Returns:
+        The paths, sorted. A folder holding anything but shards (summary.json, a lease, _tmp-*) is
+        another export nested in EXP (`--output EXP/v1`), not a split: its shards are not listed.
+    """
+    stale = [path for path in _entries(join_path(output, "*")) if _SHARD_FILE.match(file_name(path))]
+    in_folders: dict[str, list[str]] = {}
+    for path in _entries(join_path(output, "*", "*")):
+        folder, name = path.rsplit("/", 1)
+        in_folders.setdefault(folder, []).append(name)
+    for folder, names in in_folders.items():
+        # why shards alone: a split folder holds nothing else; before, an export into EXP deleted
+        # EXP/v1/NNNNN.tar of an export of its own, whose summary.json then vouched for none
+        if SPLIT_NAME.match(file_name(folder)) and all(_SHARD_FILE.match(name) for name in names):
+            stale += [f"{folder}/{name}" for name in names]
     return sorted(stale)
+
+
+def _entries(pattern: str) -> list[str]:
+    """What `pattern` matches (files, and local folders), without a trailing slash; [] if nothing."""
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # noqa: BLE001 (no EXP yet)
+        return []
+    return [m.path.rstrip("/") for m in found]
