@@ -202,6 +202,17 @@ def test_a_seed_that_is_not_a_number_is_one_line_exit_2(table, tmp_path, capsys)
     assert status == 2 and len(lines) == 1 and "--split-seed" in lines[0], lines
 
 
+def test_a_seed_without_split_is_one_line_exit_2(table, tmp_path, capsys):
+    """`--split-seed 7` alone asks for a seeded split and gets none. Before: exit 0, one set of
+    shards EXP/00000.tar, ... and no split, the seed silently ignored."""
+    out, _ = table
+    args = local_options(input=out, output=str(tmp_path / "exp"), format="webdataset")
+    status = export.main(args + ["--split-seed=7"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and "--split-seed 7 without --split" in lines[0], lines
+    assert not (tmp_path / "exp").exists()
+
+
 def _shards(exp):
     return sorted(os.path.relpath(p, exp) for p in glob.glob(os.path.join(exp, "**", "*.tar"), recursive=True))
 
@@ -220,9 +231,10 @@ def test_a_rerun_in_another_layout_leaves_only_its_own_shards(table, tmp_path, e
     EXP/NNNNN.tar or EXP/NAME/NNNNN.tar are retired once the new ones are published."""
     out, _ = table
     exp = tmp_path / "exp"
-    run_export(exp, out, *earlier, "--split-seed=1")
+    seed = ["--split-seed=1"]
+    run_export(exp, out, *earlier, *(seed if earlier else []))
     before = _shards(exp)
-    summary = run_export(exp, out, *later, "--split-seed=1")
+    summary = run_export(exp, out, *later, *(seed if later else []))
     after = _shards(exp)
     assert after == sorted(s["name"] for s in summary["shards"]) and set(before) - set(after)
     import webdataset as wds
