@@ -255,6 +255,7 @@ def test_an_export_nested_in_exp_keeps_its_shards(table, tmp_path):
     assert sorted(kept) == sorted(s["name"] for s in inner["shards"])
     run_export(exp, out, "--split=train=0.5,validation=0.5")
     assert {name: (exp / "v1" / name).read_bytes() for name in _shards(exp / "v1")} == kept
+    (exp / "train" / "notes.txt").write_text("a stray file does not make a split an export")
     run_export(exp, out)  # and a rerun without --split retires EXP's own split shards only
     assert {name: (exp / "v1" / name).read_bytes() for name in _shards(exp / "v1")} == kept
     assert not glob.glob(os.path.join(exp, "train", "*.tar"))

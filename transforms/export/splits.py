@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput
 from transforms.export.shard_writer import AssignShards
+from transforms.io.lease import LEASE_NAME
 from transforms.io.sinks import file_name, join_path
 
 __all__ = ["SPLIT_NAME", "SplitShards", "earlier_shards", "parse_splits", "split_of", "split_group"]
@@ -32,6 +33,7 @@ __all__ = ["SPLIT_NAME", "SplitShards", "earlier_shards", "parse_splits", "split
 SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SUM_TOLERANCE = 1e-9
 _SHARD_FILE = re.compile(r"^[0-9]{5,}\.(?:tar|parquet)$")  # a shard's name, whatever the format
+_EXPORT_FILES = ("summary.json", LEASE_NAME)  # an export's own files beside its shards
 
 Splits = tuple[tuple[str, float], ...]
 
@@ -147,8 +149,8 @@ def earlier_shards(output: str) -> list[str]:
     Args:
         output: EXP.
     Returns:
-        The paths, sorted. A folder holding anything but shards (summary.json, a lease, _tmp-*) is
-        another export nested in EXP (`--output EXP/v1`), not a split: its shards are not listed.
+        The paths, sorted. A folder holding an export's own files (summary.json, a lease, _tmp-*)
+        is another export nested in EXP (`--output EXP/v1`), not a split: its shards are not listed.
     """
     stale = [path for path in _entries(join_path(output, "*")) if _SHARD_FILE.match(file_name(path))]
     in_folders: dict[str, list[str]] = {}
@@ -156,10 +158,11 @@ def earlier_shards(output: str) -> list[str]:
         folder, name = path.rsplit("/", 1)
         in_folders.setdefault(folder, []).append(name)
     for folder, names in in_folders.items():
-        # why shards alone: a split folder holds nothing else; before, an export into EXP deleted
-        # EXP/v1/NNNNN.tar of an export of its own, whose summary.json then vouched for none
-        if SPLIT_NAME.match(file_name(folder)) and all(_SHARD_FILE.match(name) for name in names):
-            stale += [f"{folder}/{name}" for name in names]
+        # why: a split folder never holds these; before, an export into EXP deleted EXP/v1/NNNNN.tar
+        # of an export of its own, whose summary.json then vouched for none
+        nested_export = any(name in _EXPORT_FILES or name.startswith("_tmp-") for name in names)
+        if SPLIT_NAME.match(file_name(folder)) and not nested_export:
+            stale += [f"{folder}/{name}" for name in names if _SHARD_FILE.match(name)]
     return sorted(stale)
 
 
