@@ -353,6 +353,7 @@ def run(argv=None):
     config = export_config(opts)
     # A remote runner's workers cannot open this machine's files: refused before anything runs.
     job_runner.require_shared_paths(options, {"--input": config.input, "--output": config.output})
+    splits.check_split_folders(config.output, config.splits)
     files = selection.check_table_files(config.input)
     # why: a file copied into OUT/images would double its rows in the shards (and their keys)
     # why read around the check: the priority must be that of the table checked, not of a table

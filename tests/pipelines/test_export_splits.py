@@ -261,6 +261,21 @@ def test_an_export_nested_in_exp_keeps_its_shards(table, tmp_path):
     assert not glob.glob(os.path.join(exp, "train", "*.tar"))
 
 
+def test_a_split_named_as_an_export_nested_in_exp_is_one_line_exit_2(table, tmp_path, capsys):
+    """EXP/train is an export of its own (`--output EXP/train`). Before: `--output EXP --split
+    train=...,validation=...` renamed its shards onto EXP/train/NNNNN.tar, exit 0, and
+    EXP/train/summary.json vouched for shards it had not written."""
+    out, _ = table
+    exp = tmp_path / "exp"
+    run_export(exp / "train", out)
+    kept = {name: (exp / "train" / name).read_bytes() for name in _shards(exp / "train")}
+    capsys.readouterr()
+    status = export.main(local_options(input=out, output=str(exp), format="webdataset", split=SPLIT))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and "is an export of its own" in lines[0], lines
+    assert {name: (exp / "train" / name).read_bytes() for name in _shards(exp / "train")} == kept
+
+
 def test_a_rerun_with_the_same_split_keeps_its_shards_byte_for_byte(table, tmp_path):
     out, _ = table
     exp = tmp_path / "exp"

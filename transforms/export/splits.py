@@ -26,7 +26,15 @@ from transforms.export.shard_writer import AssignShards
 from transforms.io.lease import LEASE_NAME
 from transforms.io.sinks import file_name, join_path
 
-__all__ = ["SPLIT_NAME", "SplitShards", "earlier_shards", "parse_splits", "split_of", "split_group"]
+__all__ = [
+    "SPLIT_NAME",
+    "SplitShards",
+    "check_split_folders",
+    "earlier_shards",
+    "parse_splits",
+    "split_of",
+    "split_group",
+]
 
 # why a leading letter or digit: EXP/_tmp-<run>/ is the run's temporary folder (a split of that
 # name would be taken for a killed run's and removed), and a name is a folder a glob names
@@ -164,6 +172,25 @@ def earlier_shards(output: str) -> list[str]:
         if SPLIT_NAME.match(file_name(folder)) and not nested_export:
             stale += [f"{folder}/{name}" for name in names if _SHARD_FILE.match(name)]
     return sorted(stale)
+
+
+def check_split_folders(output: str, splits: Splits) -> None:
+    """Refuses a split whose folder EXP/NAME is an export of its own (`--output EXP/NAME`).
+
+    Args:
+        output: EXP.
+        splits: parse_splits' result.
+    Raises:
+        BadInput: one line. Why: the split's shards would be renamed onto that export's, and its
+            summary.json would vouch for shards it did not write (before: exit 0).
+    """
+    for name, _ in splits:
+        for marker in _EXPORT_FILES:
+            if FileSystems.exists(join_path(output, name, marker)):
+                raise BadInput(
+                    f"--split {name}: {join_path(output, name)} is an export of its own ({marker}):"
+                    " give another split name or another --output"
+                )
 
 
 def _entries(pattern: str) -> list[str]:
