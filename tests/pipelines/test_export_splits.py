@@ -355,3 +355,20 @@ def test_nothing_to_export_with_splits_is_an_empty_export_with_balanced_books(tm
     assert summary["exported"] == 0 and summary["rows_read"] == len(rows) == summary["skipped"]["not_ok"] > 0
     assert {name: split["shard_count"] for name, split in summary["splits"].items()} == {"train": 0, "validation": 0}
     assert export.load_hint(summary).startswith("nothing to load")
+
+
+def test_the_printed_load_lines_are_python_whatever_the_split_names():
+    """Split names may hold `-` or start with a digit (`val-1`, `2024`). Before: the job printed
+    `val-1 = wds.WebDataset(...)`, which Python refuses (a user copies these lines)."""
+    import ast
+
+    def summary(fmt, names):
+        shards = [{"name": f"{n}/00000.{'tar' if fmt == 'webdataset' else 'parquet'}"} for n in names]
+        splits = {n: {"shards": [s]} for n, s in zip(names, shards, strict=True)}
+        return {"output": "/exp", "format": fmt, "shards": shards, "splits": splits}
+
+    names = ["train", "val-1", "2024", "class"]
+    for fmt in ("webdataset", "hf-parquet"):
+        hint = export.load_hint(summary(fmt, names))
+        ast.parse("\n".join(line.strip() for line in hint.splitlines()))
+        assert all(f"{name}/" in hint for name in names)
