@@ -122,9 +122,9 @@ class ExportOptions(PipelineOptions):
         parser.add_argument(
             "--split-seed",
             type=int,
-            default=0,
+            default=None,
             metavar="S",
-            help="seed of the split assignment (default 0); the same seed gives the same splits",
+            help="with --split: seed of the split assignment (default 0); the same seed gives the same splits",
         )
 
 
@@ -189,6 +189,12 @@ def export_config(opts: ExportOptions) -> ExportConfig:
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     chosen = splits.parse_splits(opts.split) if opts.split is not None else ()
+    # why: a seed alone asks for a split the run would not make (before: exit 0, no split)
+    if opts.split_seed is not None and not chosen:
+        raise BadInput(
+            f"--split-seed {opts.split_seed} without --split: give the splits too"
+            " (e.g. --split train=0.98,validation=0.02)"
+        )
     return ExportConfig(
         opts.input,
         opts.output,
@@ -197,7 +203,7 @@ def export_config(opts: ExportOptions) -> ExportConfig:
         opts.shard_size,
         resize,
         splits=chosen,
-        split_seed=opts.split_seed,
+        split_seed=opts.split_seed or 0,
     )
 
 
@@ -347,6 +353,7 @@ def run(argv=None):
     config = export_config(opts)
     # A remote runner's workers cannot open this machine's files: refused before anything runs.
     job_runner.require_shared_paths(options, {"--input": config.input, "--output": config.output})
+    splits.check_split_folders(config.output, config.splits)
     files = selection.check_table_files(config.input)
     # why: a file copied into OUT/images would double its rows in the shards (and their keys)
     # why read around the check: the priority must be that of the table checked, not of a table

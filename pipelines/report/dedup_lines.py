@@ -26,7 +26,8 @@ def print_dedup_lines(out: str) -> None:
         dead = summary["drop_dead"]
         print(
             f"  dead:       {dead.get('dropped_dead')} rows left out as dead on {dead.get('night')}"
-            f" ({dead.get('kept_other_url')} kept: another URL now, {dead.get('kept_no_verdict')} kept: no verdict);"
+            f" ({dead.get('kept_other_url')} kept: another URL now, {dead.get('kept_no_verdict')} kept: no verdict,"
+            f" {dead.get('kept_fetched_after_verdict', 0)} kept: fetched after the night's check);"
             f" {summary.get('blobs_only_dead')} blobs only they used: {join_path(out, DEAD_BLOBS)}"
         )
     print(f"  summary:    {join_path(out, 'summary.json')}")

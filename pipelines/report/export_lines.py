@@ -1,6 +1,8 @@
 """The export's closing lines (pipelines.export): the books, the shards (per split with --split) and
 how to load them with `webdataset` and `datasets`, from EXP/summary.json (docs/export.md)."""
 
+import keyword
+
 from pipelines.report import run_resources
 from transforms.export.cluster_fallback import FALLBACK_MEMBERS
 from transforms.io.sinks import join_path, read_json
@@ -27,6 +29,14 @@ def _webdataset_pattern(out: str, names: list[str]) -> str:
     return join_path(out, f"{folder}/{braces}" if folder else braces)
 
 
+def _variable(split: str) -> str:
+    """A Python name for a split's dataset in the printed lines: the split's own name when it is
+    one (`train`), else `split_` and the name with `-` as `_` (`val-1`, `2024`, `class`)."""
+    if split.isidentifier() and not keyword.iskeyword(split):
+        return split
+    return "split_" + split.replace("-", "_")
+
+
 def load_hint(summary: dict) -> str:
     """How to read the export back, for the report and docs/export.md.
 
@@ -47,9 +57,9 @@ def load_hint(summary: dict) -> str:
             pattern = _webdataset_pattern(out, names)
             return f'import webdataset as wds; ds = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")'
         return "import webdataset as wds\n" + "\n".join(
-            f'           {name} = wds.WebDataset("{_webdataset_pattern(out, [s["name"] for s in split["shards"]])}",'
+            f'           {_variable(name)} = wds.WebDataset("{_webdataset_pattern(out, shards)}",'
             ' shardshuffle=False).decode("pil")'
-            for name, split in splits.items()
+            for name, shards in ((n, [s["name"] for s in split["shards"]]) for n, split in splits.items())
         )
     if not splits:
         files = f'"{join_path(out, "*.parquet")}"'

@@ -159,3 +159,21 @@ def test_a_cluster_whose_canonical_blob_is_missing_on_gs_is_exported_through_its
         "cc3m:2",
         "cc3m:4",
     ]
+
+
+def test_on_gs_a_rerun_retires_split_shards_and_spares_a_nested_export(gcs_emulator, capsys):
+    """gs:// (where `*` stops at `/`): exp/v1 an export of its own, exp exported with --split then
+    without; the split shards go, exp/v1's stay, and a split named v1 is refused (exit 2)."""
+    bucket = gcs_emulator.bucket("export-layouts")
+    _table_on_gs(bucket)
+    base = {"input": "gs://export-layouts/out", "format": "webdataset", "include": "all", "shard-size": 1}
+    assert export.main(local_options(output="gs://export-layouts/exp/v1", **base)) == 0
+    nested = sorted(b.name for b in gcs_emulator.client().list_blobs("export-layouts", prefix="exp/v1/"))
+    assert len(nested) == 5  # 4 shards and summary.json
+    assert export.main(local_options(output="gs://export-layouts/exp", split="a=0.5,b=0.5", **base)) == 0
+    assert export.main(local_options(output="gs://export-layouts/exp", **base)) == 0
+    names = sorted(b.name for b in gcs_emulator.client().list_blobs("export-layouts", prefix="exp/"))
+    assert names == sorted([*nested, "exp/summary.json", *(f"exp/{n:05d}.tar" for n in range(4))])
+    capsys.readouterr()
+    assert export.main(local_options(output="gs://export-layouts/exp", split="v1=0.5,b=0.5", **base)) == 2
+    assert "is an export of its own" in capsys.readouterr().err

@@ -202,6 +202,17 @@ def test_a_seed_that_is_not_a_number_is_one_line_exit_2(table, tmp_path, capsys)
     assert status == 2 and len(lines) == 1 and "--split-seed" in lines[0], lines
 
 
+def test_a_seed_without_split_is_one_line_exit_2(table, tmp_path, capsys):
+    """`--split-seed 7` alone asks for a seeded split and gets none. Before: exit 0, one set of
+    shards EXP/00000.tar, ... and no split, the seed silently ignored."""
+    out, _ = table
+    args = local_options(input=out, output=str(tmp_path / "exp"), format="webdataset")
+    status = export.main(args + ["--split-seed=7"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and "--split-seed 7 without --split" in lines[0], lines
+    assert not (tmp_path / "exp").exists()
+
+
 def _shards(exp):
     return sorted(os.path.relpath(p, exp) for p in glob.glob(os.path.join(exp, "**", "*.tar"), recursive=True))
 
@@ -220,9 +231,10 @@ def test_a_rerun_in_another_layout_leaves_only_its_own_shards(table, tmp_path, e
     EXP/NNNNN.tar or EXP/NAME/NNNNN.tar are retired once the new ones are published."""
     out, _ = table
     exp = tmp_path / "exp"
-    run_export(exp, out, *earlier, "--split-seed=1")
+    seed = ["--split-seed=1"]
+    run_export(exp, out, *earlier, *(seed if earlier else []))
     before = _shards(exp)
-    summary = run_export(exp, out, *later, "--split-seed=1")
+    summary = run_export(exp, out, *later, *(seed if later else []))
     after = _shards(exp)
     assert after == sorted(s["name"] for s in summary["shards"]) and set(before) - set(after)
     import webdataset as wds
@@ -230,6 +242,38 @@ def test_a_rerun_in_another_layout_leaves_only_its_own_shards(table, tmp_path, e
     samples = list(wds.WebDataset([os.path.join(exp, s) for s in after], shardshuffle=False))
     keys = [json.loads(s["json"])["key"] for s in samples]
     assert len(keys) == len(set(keys)) == summary["exported"]
+
+
+def test_an_export_nested_in_exp_keeps_its_shards(table, tmp_path):
+    """EXP/v1 is an export of its own (`--output EXP/v1`, its summary.json beside its shards), not a
+    split of an earlier export into EXP. Before: an export into EXP deleted EXP/v1/NNNNN.tar (exit
+    0), leaving EXP/v1/summary.json vouching for shards that were gone."""
+    out, _ = table
+    exp = tmp_path / "exp"
+    inner = run_export(exp / "v1", out)
+    kept = {name: (exp / "v1" / name).read_bytes() for name in _shards(exp / "v1")}
+    assert sorted(kept) == sorted(s["name"] for s in inner["shards"])
+    run_export(exp, out, "--split=train=0.5,validation=0.5")
+    assert {name: (exp / "v1" / name).read_bytes() for name in _shards(exp / "v1")} == kept
+    (exp / "train" / "notes.txt").write_text("a stray file does not make a split an export")
+    run_export(exp, out)  # and a rerun without --split retires EXP's own split shards only
+    assert {name: (exp / "v1" / name).read_bytes() for name in _shards(exp / "v1")} == kept
+    assert not glob.glob(os.path.join(exp, "train", "*.tar"))
+
+
+def test_a_split_named_as_an_export_nested_in_exp_is_one_line_exit_2(table, tmp_path, capsys):
+    """EXP/train is an export of its own (`--output EXP/train`). Before: `--output EXP --split
+    train=...,validation=...` renamed its shards onto EXP/train/NNNNN.tar, exit 0, and
+    EXP/train/summary.json vouched for shards it had not written."""
+    out, _ = table
+    exp = tmp_path / "exp"
+    run_export(exp / "train", out)
+    kept = {name: (exp / "train" / name).read_bytes() for name in _shards(exp / "train")}
+    capsys.readouterr()
+    status = export.main(local_options(input=out, output=str(exp), format="webdataset", split=SPLIT))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and "is an export of its own" in lines[0], lines
+    assert {name: (exp / "train" / name).read_bytes() for name in _shards(exp / "train")} == kept
 
 
 def test_a_rerun_with_the_same_split_keeps_its_shards_byte_for_byte(table, tmp_path):
@@ -311,3 +355,20 @@ def test_nothing_to_export_with_splits_is_an_empty_export_with_balanced_books(tm
     assert summary["exported"] == 0 and summary["rows_read"] == len(rows) == summary["skipped"]["not_ok"] > 0
     assert {name: split["shard_count"] for name, split in summary["splits"].items()} == {"train": 0, "validation": 0}
     assert export.load_hint(summary).startswith("nothing to load")
+
+
+def test_the_printed_load_lines_are_python_whatever_the_split_names():
+    """Split names may hold `-` or start with a digit (`val-1`, `2024`). Before: the job printed
+    `val-1 = wds.WebDataset(...)`, which Python refuses (a user copies these lines)."""
+    import ast
+
+    def summary(fmt, names):
+        shards = [{"name": f"{n}/00000.{'tar' if fmt == 'webdataset' else 'parquet'}"} for n in names]
+        splits = {n: {"shards": [s]} for n, s in zip(names, shards, strict=True)}
+        return {"output": "/exp", "format": fmt, "shards": shards, "splits": splits}
+
+    names = ["train", "val-1", "2024", "class"]
+    for fmt in ("webdataset", "hf-parquet"):
+        hint = export.load_hint(summary(fmt, names))
+        ast.parse("\n".join(line.strip() for line in hint.splitlines()))
+        assert all(f"{name}/" in hint for name in names)

@@ -1,11 +1,13 @@
 """The dedup job's `--drop-dead REFRESH_OUT`: the rows a refresh night calls `dead`, left out of
 OUT3, and the blobs only they referenced (docs/refresh.md, "Deleting what the refresh calls dead").
 
-A row is dropped only when the night holds a `dead` verdict for its key AND its URL: a key whose
-URL changed since the night's snapshot names another record (kept), a key the night did not
-check has no verdict (kept). Matched on fixed-size records grouped by key digest (through files in
-local runs, like `key_versions.NewestRows`): no full row crosses a shuffle, and the verdicts are
-never held in memory whole.
+A row is dropped only when the night holds a `dead` verdict for its key AND its URL, checked after
+the row was fetched: a key whose URL changed since the night's snapshot names another record
+(kept), a key the night did not check has no verdict (kept), a row fetched after the night's check
+(a later ingest, the URL back up) is a record the night never judged (kept). Matched on
+fixed-size records grouped by key digest (through files in local runs, like
+`key_versions.NewestRows`): no full row crosses a shuffle, and the verdicts are never held in
+memory whole.
 
 - `DropDead(status_files, spill_dir)`: {"files", "skip"} -> {"skip": the dropped rows as skip
   lists, "counts": (kind, rows), "dead_blobs": one sorted list of blob URIs}.
@@ -20,23 +22,44 @@ import typing
 import apache_beam as beam
 import numpy as np
 
-from transforms.clustering.key_versions import key_digest, key_shards, url_digest
+from transforms.clustering.key_versions import NO_STAMP, key_digest, key_shards, stamps, url_digest
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.clustering.table_dedup import file_batches, file_id, skipped_rows
+from transforms.io.sinks import file_name
 
 __all__ = ["COUNT_KINDS", "DEAD_RECORD", "DropDead", "dead_only_blobs", "files_after"]
 
 DEAD_RECORD = np.dtype(
-    [("key", "S16"), ("url", "S8"), ("source", "u1"), ("dead", "u1"), ("file", "<i8"), ("row", "<u4"), ("blob", "S8")]
+    [
+        ("key", "S16"),
+        ("url", "S8"),
+        ("source", "u1"),
+        ("dead", "u1"),
+        ("file", "<i8"),
+        ("row", "<u4"),
+        ("blob", "S8"),
+        ("at", "<i8"),  # a table row's fetched_at, a verdict's checked_at (microseconds, UTC)
+    ]
 )
+# why the newest for a verdict without checked_at: no row counts as fetched after it (as before)
+NO_CHECK = np.iinfo(np.int64).max
 TABLE, VERDICT = 0, 1
 DROPPED = "dropped_dead"
 KEPT_NOT_DEAD = "kept_verdict_not_dead"
 KEPT_OTHER_URL = "kept_other_url"
 KEPT_NO_VERDICT = "kept_no_verdict"
+KEPT_FETCHED_AFTER = "kept_fetched_after_verdict"
 VERDICT_ROWS = "verdict_rows"
 DEAD_VERDICTS = "dead_verdicts"
-COUNT_KINDS = (DROPPED, KEPT_NOT_DEAD, KEPT_OTHER_URL, KEPT_NO_VERDICT, VERDICT_ROWS, DEAD_VERDICTS)
+COUNT_KINDS = (
+    DROPPED,
+    KEPT_NOT_DEAD,
+    KEPT_OTHER_URL,
+    KEPT_NO_VERDICT,
+    KEPT_FETCHED_AFTER,
+    VERDICT_ROWS,
+    DEAD_VERDICTS,
+)
 DEAD = "dead"
 
 
@@ -49,7 +72,7 @@ class _TableRecords(beam.DoFn):
         _index, path = element
         fid = np.int64(file_id(path))
         skipped = skipped_rows(path, skip)
-        for first, batch in file_batches(path, ["key", "url", "blob"]):
+        for first, batch in file_batches(path, ["key", "url", "blob", "fetched_at"]):
             keys, urls, blobs = (batch.column(i).to_pylist() for i in range(3))
             rows = np.arange(first, first + batch.num_rows, dtype=np.uint32)
             keep = np.ones(batch.num_rows, dtype=bool) if skipped is None else ~np.isin(rows, list(skipped))
@@ -58,8 +81,9 @@ class _TableRecords(beam.DoFn):
             records["key"] = [key_digest(keys[i]) for i in picked]
             records["url"] = [url_digest(urls[i]) for i in picked]
             # why: no blob (a failed fetch) is the empty digest, which no URI's digest is
-            records["blob"] = [url_digest(blobs[i]) if blobs[i] else b"" for i in picked]
+            records["blob"] = [url_digest(file_name(blobs[i])) if blobs[i] else b"" for i in picked]
             records["source"], records["file"], records["row"] = TABLE, fid, rows[keep]
+            records["at"] = stamps(batch.column(3), NO_STAMP)[keep]
             yield from key_shards(records)
 
 
@@ -73,13 +97,14 @@ class _VerdictRecords(beam.DoFn):
     def process(self, path):
         from transforms.io.checked_parquet import table_batches  # noqa: PLC0415 (as file_batches does)
 
-        for batch in table_batches(path, ["key", "url", "status"]):
+        for batch in table_batches(path, ["key", "url", "status", "checked_at"]):
             keys, urls, statuses = (batch.column(i).to_pylist() for i in range(3))
             records = np.zeros(batch.num_rows, dtype=DEAD_RECORD)
             records["key"] = [key_digest(k) for k in keys]
             records["url"] = [url_digest(u) for u in urls]
             records["dead"] = [s == DEAD for s in statuses]
             records["source"] = VERDICT
+            records["at"] = stamps(batch.column(3), NO_CHECK)
             yield beam.pvalue.TaggedOutput(self.COUNTS, (VERDICT_ROWS, batch.num_rows))
             yield beam.pvalue.TaggedOutput(self.COUNTS, (DEAD_VERDICTS, int(records["dead"].sum())))
             yield from key_shards(records)
@@ -98,24 +123,29 @@ class _Match(beam.DoFn):
         records = np.concatenate(list(parts))
         verdicts = records[records["source"] == VERDICT]
         table = records[records["source"] == TABLE]
-        verdict_of: dict[bytes, list[tuple[bytes, bool]]] = {}
-        columns = (verdicts["key"].tolist(), verdicts["url"].tolist(), verdicts["dead"].tolist())
-        for key, url, dead in zip(*columns, strict=True):
-            verdict_of.setdefault(key, []).append((url, bool(dead)))
+        verdict_of: dict[bytes, list[tuple[bytes, bool, int]]] = {}
+        columns = (verdicts[field].tolist() for field in ("key", "url", "dead", "at"))
+        for key, url, dead, checked_at in zip(*columns, strict=True):
+            verdict_of.setdefault(key, []).append((url, bool(dead), checked_at))
         counts: collections.Counter = collections.Counter()
         dropped = np.zeros(len(table), dtype=bool)
-        for i, (key, url) in enumerate(zip(table["key"].tolist(), table["url"].tolist(), strict=True)):
+        rows = zip(table["key"].tolist(), table["url"].tolist(), table["at"].tolist(), strict=True)
+        for i, (key, url, fetched_at) in enumerate(rows):
             of_key = verdict_of.get(key)
-            same_url = [dead for other, dead in of_key or () if other == url]
+            same_url = [(dead, checked_at) for other, dead, checked_at in of_key or () if other == url]
             if not of_key:
                 counts[KEPT_NO_VERDICT] += 1
             elif not same_url:
                 counts[KEPT_OTHER_URL] += 1  # why: the key names another record now (its URL changed)
-            elif any(same_url):
+            elif not any(dead for dead, _ in same_url):
+                counts[KEPT_NOT_DEAD] += 1
+            elif all(fetched_at > checked_at for dead, checked_at in same_url if dead):
+                # why: fetched after the night checked it (a later ingest, the URL back up): the night
+                # judged an earlier fetch, not this record, whose blob a dead_blobs.txt would delete
+                counts[KEPT_FETCHED_AFTER] += 1
+            else:
                 dropped[i] = True
                 counts[DROPPED] += 1
-            else:
-                counts[KEPT_NOT_DEAD] += 1
         for kind, n in counts.items():
             yield beam.pvalue.TaggedOutput(self.COUNTS, (kind, n))
         gone = table[dropped]
@@ -128,8 +158,9 @@ class _Match(beam.DoFn):
 
 
 def _blob_refs(element, replaced, dropped, dead_digests):
-    """(DEAD, uri) for each dropped row's blob, (kept, uri) for each kept row's blob that a
-    dropped row also has (by digest): one file's part of dead_only_blobs."""
+    """(DEAD, uri) for each dropped row's blob, (kept, uri) for each kept row's blob whose content
+    address a dropped row's blob also has (by digest of the file name): one file's part of
+    dead_only_blobs."""
     _index, path = element
     if not dead_digests:
         return
@@ -140,12 +171,18 @@ def _blob_refs(element, replaced, dropped, dead_digests):
                 continue
             if row in gone:
                 yield DEAD, blob
-            elif url_digest(blob) in dead_digests:
+            elif url_digest(file_name(blob)) in dead_digests:
                 yield "kept", blob
 
 
 def dead_only_blobs(refs: typing.Iterable[tuple[str, str]]) -> list[str]:
     """The blob URIs that dropped rows reference and no kept row does, sorted.
+
+    A blob is known by its content address, the file name `<sha256>.<ext>`, not by its whole URI:
+    one file has several spellings (an OUT ingested with a relative --output and resumed with its
+    absolute path: `OUT/blobs/..` and `/data/OUT/blobs/..`), and listing one spelling deleted the
+    picture of a kept row naming the other. So a dropped row's blob is left off the list when a
+    kept row has a blob of the same name anywhere (another input's copy of the picture included).
 
     Args:
         refs: (DEAD or "kept", blob URI) pairs (_blob_refs).
@@ -155,8 +192,11 @@ def dead_only_blobs(refs: typing.Iterable[tuple[str, str]]) -> list[str]:
     dead: set[str] = set()
     kept: set[str] = set()
     for kind, uri in refs:
-        (dead if kind == DEAD else kept).add(uri)
-    return sorted(dead - kept)
+        if kind == DEAD:
+            dead.add(uri)
+        else:
+            kept.add(file_name(uri))
+    return sorted(uri for uri in dead if file_name(uri) not in kept)
 
 
 def files_after(gate: beam.PCollection, files: beam.PCollection, label: str) -> beam.PCollection:

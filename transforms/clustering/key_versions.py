@@ -43,6 +43,7 @@ __all__ = [
     "key_digest",
     "newest_order",
     "replaced_elsewhere",
+    "stamps",
     "url_digest",
     "url_digests",
 ]
@@ -53,6 +54,19 @@ KEY_RECORD = np.dtype(
 )
 KEY_SHARDS = 256
 NO_STAMP = np.iinfo(np.int64).min  # a row without fetched_at counts as the oldest
+
+
+def stamps(column: pa.Array, missing: int = NO_STAMP) -> np.ndarray:
+    """A timestamp column as int64 microseconds since the epoch (UTC).
+
+    Args:
+        column: a timestamp (or null) column of a record batch.
+        missing: what a null becomes (default NO_STAMP: the oldest).
+    Returns:
+        One int64 per row.
+    """
+    micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return micros.fill_null(missing).to_numpy(zero_copy_only=False)
 
 
 def newest_order(records: np.ndarray) -> np.ndarray:
@@ -205,8 +219,7 @@ class _KeyRecords(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.ROWS_IN, (index, n))
             records = np.empty(n, dtype=KEY_RECORD)
             records["key"] = [key_digest(k) for k in batch.column(0).to_pylist()]
-            stamps = batch.column(1).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-            records["stamp"] = stamps.fill_null(NO_STAMP).to_numpy(zero_copy_only=False)
+            records["stamp"] = stamps(batch.column(1))
             records["input"], records["file"] = index, fid
             records["row"] = np.arange(first, first + n, dtype=np.uint32)
             records["url"] = url_digests(batch.column(2).to_pylist(), batch.column(3).to_pylist())

@@ -23,15 +23,25 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import BadInput
 from transforms.export.shard_writer import AssignShards
-from transforms.io.sinks import join_path
+from transforms.io.lease import LEASE_NAME
+from transforms.io.sinks import file_name, join_path
 
-__all__ = ["SPLIT_NAME", "SplitShards", "earlier_shards", "parse_splits", "split_of", "split_group"]
+__all__ = [
+    "SPLIT_NAME",
+    "SplitShards",
+    "check_split_folders",
+    "earlier_shards",
+    "parse_splits",
+    "split_of",
+    "split_group",
+]
 
 # why a leading letter or digit: EXP/_tmp-<run>/ is the run's temporary folder (a split of that
 # name would be taken for a killed run's and removed), and a name is a folder a glob names
 SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SUM_TOLERANCE = 1e-9
 _SHARD_FILE = re.compile(r"^[0-9]{5,}\.(?:tar|parquet)$")  # a shard's name, whatever the format
+_EXPORT_FILES = ("summary.json", LEASE_NAME)  # an export's own files beside its shards
 
 Splits = tuple[tuple[str, float], ...]
 
@@ -142,15 +152,51 @@ class SplitShards(beam.PTransform):
 def earlier_shards(output: str) -> list[str]:
     """Shard files already in EXP (an earlier export): EXP/NNNNN.tar and, of an export with --split,
     EXP/NAME/NNNNN.tar; removed once this run's shards are final. Why both, whatever this run's
-    layout: a reader's glob (EXP/*.tar, EXP/**/*.tar) would mix an earlier layout's shards in."""
-    stale = []
-    for pattern, in_split in (("*", False), ("*/*", True)):
-        try:
-            found = FileSystems.match([join_path(output, pattern)])[0].metadata_list
-        except Exception:  # noqa: BLE001 (no EXP yet)
-            continue
-        for path in (m.path.rstrip("/") for m in found):
-            folder, name = path.rsplit("/", 1)
-            if _SHARD_FILE.match(name) and (not in_split or SPLIT_NAME.match(folder.rsplit("/", 1)[-1])):
-                stale.append(path)
+    layout: a reader's glob (EXP/*.tar, EXP/**/*.tar) would mix an earlier layout's shards in.
+
+    Args:
+        output: EXP.
+    Returns:
+        The paths, sorted. A folder holding an export's own files (summary.json, a lease, _tmp-*)
+        is another export nested in EXP (`--output EXP/v1`), not a split: its shards are not listed.
+    """
+    stale = [path for path in _entries(join_path(output, "*")) if _SHARD_FILE.match(file_name(path))]
+    in_folders: dict[str, list[str]] = {}
+    for path in _entries(join_path(output, "*", "*")):
+        folder, name = path.rsplit("/", 1)
+        in_folders.setdefault(folder, []).append(name)
+    for folder, names in in_folders.items():
+        # why: a split folder never holds these; before, an export into EXP deleted EXP/v1/NNNNN.tar
+        # of an export of its own, whose summary.json then vouched for none
+        nested_export = any(name in _EXPORT_FILES or name.startswith("_tmp-") for name in names)
+        if SPLIT_NAME.match(file_name(folder)) and not nested_export:
+            stale += [f"{folder}/{name}" for name in names if _SHARD_FILE.match(name)]
     return sorted(stale)
+
+
+def check_split_folders(output: str, splits: Splits) -> None:
+    """Refuses a split whose folder EXP/NAME is an export of its own (`--output EXP/NAME`).
+
+    Args:
+        output: EXP.
+        splits: parse_splits' result.
+    Raises:
+        BadInput: one line. Why: the split's shards would be renamed onto that export's, and its
+            summary.json would vouch for shards it did not write (before: exit 0).
+    """
+    for name, _ in splits:
+        for marker in _EXPORT_FILES:
+            if FileSystems.exists(join_path(output, name, marker)):
+                raise BadInput(
+                    f"--split {name}: {join_path(output, name)} is an export of its own ({marker}):"
+                    " give another split name or another --output"
+                )
+
+
+def _entries(pattern: str) -> list[str]:
+    """What `pattern` matches (files, and local folders), without a trailing slash; [] if nothing."""
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # noqa: BLE001 (no EXP yet)
+        return []
+    return [m.path.rstrip("/") for m in found]

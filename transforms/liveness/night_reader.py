@@ -13,6 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.errors import BadInput
 from transforms.io.lease import lease_path
 from transforms.io.sinks import join_path, read_json
+from transforms.io.table_record import footer_rows
 
 __all__ = ["PublishedNight", "read_published_night"]
 
@@ -36,7 +37,9 @@ def read_published_night(flag: str, refresh_out: str) -> PublishedNight:
 
     Refused: no readable summary.json (a first run unfinished, not a REFRESH_OUT), a summary of
     another job, books absent or unbalanced, no "written" list, a listed status file missing (a
-    publish cut short), or a lease on REFRESH_OUT (a refresh writing there now, or killed).
+    publish cut short), status files whose footers hold another row count than the books' rows_out
+    (a file replaced or rewritten since), or a lease on REFRESH_OUT (a refresh writing there now, or
+    killed).
 
     Args:
         flag: the option naming it, for the message ("--drop-dead").
@@ -80,4 +83,12 @@ def read_published_night(flag: str, refresh_out: str) -> PublishedNight:
             f"{where}: {len(missing)} status file(s) its summary.json names are missing ({missing[0]}):"
             " a run cut short while it published; rerun the night"
         )
-    return PublishedNight(refresh_out, str(summary.get("night")), files, int(books.get("rows_out") or 0))
+    counted = books.get("rows_out")
+    held = sum(footer_rows(list(files)).values())
+    # why: a verdict lost from a file keeps its row as "no verdict", one added may drop a live row
+    if held != counted:
+        raise BadInput(
+            f"{where}: its status files hold {held} rows, {counted} counted by its summary.json's books:"
+            " not the night it published; rerun the night"
+        )
+    return PublishedNight(refresh_out, str(summary.get("night")), files, held)
