@@ -36,6 +36,7 @@ from transforms.io.sinks import (
     StatusCounts,
     StoreBlobs,
     WriteSummary,
+    absolute_uri,
     assign_blob_uri,
     join_path,
     read_json,
@@ -215,7 +216,10 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
         | "Hash"
         >> HashImages(opts.max_pixels, views=DedupSettings.from_options(opts).views, processes=opts.hash_processes)
         | "Progress" >> RecordProgress(progress_dir)
-        | "BlobUri" >> beam.Map(assign_blob_uri, out)
+        # why absolute: a blob URI is read from other working directories (export, refresh, an
+        # operator's `xargs rm < dead_blobs.txt`); `--output OUT` typed relative once meant
+        # another OUT's file, or none, from anywhere else
+        | "BlobUri" >> beam.Map(assign_blob_uri, absolute_uri(out))
         | "StoreBlobs" >> StoreBlobs(temporary_dir(out, run_id))
     )
     if carried is not None:

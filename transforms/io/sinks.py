@@ -5,7 +5,7 @@ Public transforms (rows are `schema.Row` dicts):
 - `StoreBlobs()`: rows with `_body` -> the same rows without it, `ok` bodies stored under OUT/blobs/.
 - `CountBlobs(shards)`: rows -> one `int`, the distinct blobs they point at.
 - `StatusCounts()`: rows -> one `{dataset: {status: n}}` dict.
-- `delete_tree(directory)`, `join_path`, `read_json`, `write_json`, `publish_file`: path helpers,
+- `delete_tree(directory)`, `join_path`, `absolute_uri`, `read_json`, `write_json`, `publish_file`: path helpers,
   local or gs://.
 - `WriteSummary(out_dir, started_at, job, options)`: {"counts", "written", extras...} -> the path of
   OUT/summary.json, once written.
@@ -30,6 +30,7 @@ from transforms import schema
 from transforms.clustering.spill import split_by
 
 __all__ = [
+    "absolute_uri",
     "join_path",
     "file_name",
     "delete_tree",
@@ -67,6 +68,17 @@ def join_path(base: str, *parts: str) -> str:
         # classes on every call, ~0.1 ms a blob's temporary name (py-spy --gil, issue 16).
         return os.path.join(base.rstrip("/") or "/", *parts)
     return FileSystems.join(base.rstrip("/"), *parts)
+
+
+def absolute_uri(path: str) -> str:
+    """`path` made absolute when local (against the working directory); gs:// and other URIs as they are.
+
+    Args:
+        path: a local path, relative or absolute, or a URI with a scheme.
+    Returns:
+        The same place, spelt so that it means the same from any working directory.
+    """
+    return path if "://" in path else os.path.abspath(path)
 
 
 def file_name(path: str) -> str:
