@@ -11,6 +11,7 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 from pipelines.demo.sample_site import SampleWebServer  # noqa: E402
 from pipelines.launch.beam_introspection_memo import memoised_beam_introspection  # noqa: E402
 from tests.gcs_emulator import gcs_emulator  # noqa: E402,F401  (a fixture for every test module)
+from transforms import hashing  # noqa: E402
 from transforms.liveness import verdicts  # noqa: E402
 
 # The tests' refresh nights are in 2030 (synthetic snapshots are fetched 2030-01-01, and three nights
@@ -68,6 +69,17 @@ def refresh_today():
     real date: tests/pipelines/test_job_contract.py runs a night after tomorrow there)."""
     with mock.patch.object(verdicts, "utc_today", return_value=TESTS_TODAY):
         yield TESTS_TODAY
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_hash_process():
+    """An ingest run in this process starts one hash worker process, not one per core: the suite
+    runs a pytest worker per core already, and each hash worker costs ~0.6 CPU s to start (Python,
+    Pillow, scipy), ~0.7 of a 5-row ingest's ~3.8 CPU s for the second. The workers stay real
+    processes; pools of two are tested by name (tests/transforms/test_hash_workers.py), and a
+    `python -m` run keeps the job's default. Session-wide: the module fixtures' ingests too."""
+    with mock.patch.object(hashing, "default_processes", return_value=1):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,18 @@ from transforms.bounded_futures import BoundedFuturesDoFn
 from transforms.hash_workers import HashWorkers
 from transforms.image_checks import DEFAULT_MAX_PIXELS, DEFAULT_VIEWS, verify_and_hash
 
-__all__ = ["HashDoFn", "HashImages"]
+__all__ = ["HashDoFn", "HashImages", "default_processes"]
+
+
+def default_processes() -> int:
+    """How many hash worker processes a HashDoFn starts when it is not told: one per core.
+
+    Returns:
+        os.cpu_count(), or 2 when it is unknown.
+    """
+    # why a function: the test suite runs two pytest workers on two cores and replaces it with 1
+    # (tests/conftest.py): each worker process costs ~0.6 CPU s to start, every ingest paid two
+    return os.cpu_count() or 2
 
 
 class HashDoFn(BoundedFuturesDoFn):
@@ -41,7 +52,7 @@ class HashDoFn(BoundedFuturesDoFn):
         super().__init__(max_pending=64)
         self._max_pixels = max_pixels
         self._draft = draft
-        self._processes = (os.cpu_count() or 2) if processes is None else processes
+        self._processes = default_processes() if processes is None else processes
         self._views = tuple(views)
         self._shared = shared.Shared()
 

@@ -19,7 +19,7 @@ from tests.paths import REPO
 from transforms import schema
 from transforms.errors import EnvironmentFailure
 from transforms.hash_workers import HashWorkers
-from transforms.hashing import HashImages
+from transforms.hashing import HashDoFn, HashImages
 from transforms.image_checks import DEFAULT_MAX_PIXELS, VIEWS, verify_and_hash
 
 KILLER = b"\xff\xd8\xff kill the worker that reads this"
@@ -65,6 +65,16 @@ def test_the_beam_stage_gives_the_same_rows_with_processes_or_threads(processes)
     with TestPipeline() as p:
         out = p | beam.Create(rows) | HashImages(processes=processes) | beam.Map(without_body)
         assert_that(out, equal_to(want))
+
+
+def test_a_hash_stage_left_to_its_default_starts_one_process_in_the_suite_and_one_per_core_as_a_job():
+    # why: tests/conftest.py's one_hash_process keeps the suite's in-process ingests to one worker
+    # each (~0.6 CPU s less a run); a `python -m` job keeps one per core
+    assert HashDoFn()._processes == 1 and HashDoFn(processes=2)._processes == 2
+    code = "import os; from transforms.hashing import default_processes; print(default_processes(), os.cpu_count())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    default, cores = done.stdout.split()
+    assert default == cores
 
 
 @pytest.fixture
