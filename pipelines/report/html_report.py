@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from matplotlib import rc_context
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator, PercentFormatter
 
 from pipelines.report.progress_line import human_bytes
 from transforms import schema
@@ -322,6 +322,21 @@ def _trimmed(edges, series):
     return edges[lo : hi + 1], [s[lo:hi] for s in series]
 
 
+class _UnitLogFormatter(LogFormatter):
+    """Labels a log axis's minor ticks where matplotlib's default would, in the axis's own units.
+
+    Why: the default writes those labels as mathtext ("2x10^5" beside a major "100 s": raw
+    milliseconds, in another notation), and parsing mathtext was half of a small run's report.
+    """
+
+    def __init__(self, label: Callable[..., str]) -> None:
+        super().__init__(base=10.0, labelOnlyBase=False)
+        self._label = label
+
+    def __call__(self, x, pos=None):
+        return self._label(x) if super().__call__(x, pos) else ""
+
+
 def plot_stacked_histogram(
     edges: np.ndarray, layers: list[tuple[str, str, np.ndarray]], xlabel: str, formatter: Callable[..., str]
 ) -> str | None:
@@ -349,6 +364,7 @@ def plot_stacked_histogram(
         bottom += counts
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(FuncFormatter(formatter))
+    axes.xaxis.set_minor_formatter(_UnitLogFormatter(formatter))
     axes.set_xlabel(xlabel)
     axes.set_ylabel("rows")
     axes.yaxis.get_major_locator().set_params(integer=True)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 
+import numpy
 import pytest
 from PIL import Image
 
@@ -195,3 +196,15 @@ def test_report_renders_in_headless_chromium(synthetic, tmp_path):
 def test_a_failing_report_does_not_fail_the_job(tmp_path, capsys):
     assert html_report.try_write_report(str(tmp_path / "no-summary-here")) is None
     assert "python -m pipelines.report" in capsys.readouterr().err
+
+
+def test_log_axes_label_their_minor_ticks_in_the_axis_units():
+    """A run whose fetch times span less than a decade: matplotlib's default labels the minor ticks
+    of a log axis in mathtext of the raw unit ("2x10^5", milliseconds, beside a major "100 s"), and
+    parsing it was half of a small run's report. They read "200 s" now, in plain text."""
+    latency = {schema.OK: numpy.zeros(len(html_report.LATENCY_EDGES) - 1)}
+    latency[schema.OK][20:23] = [1, 3, 1]
+    svg = base64.b64decode(html_report.plot_latency(latency)).decode()
+    labels = re.findall(r"<!-- (.*?) -->", svg)
+    assert "200 s" in labels and "100 s" in labels, labels
+    assert not any("mathdefault" in label or "times" in label for label in labels), labels
