@@ -268,3 +268,28 @@ def test_resume_with_a_slice_added_is_refused_not_stored_twice(first_run, first_
     assert rows_of(out) == before
     assert ingest.main([*args, f"--manifest=cc3m={manifest}", "--resume"]) == 0
     assert set(rows_of(out)) == set(before)
+
+
+def test_a_carried_row_takes_this_runs_caption_and_labels(first_run, first_out, tmp_path):
+    """A resume with a caption corrected (same line, same URL) and a --cc3m-labels file added
+    carried OUT's rows as they were: line 1 kept its old caption, line 2 no labels, while the rows
+    fetched again got the new text (a table of two versions, exit 0). A carried row keeps its fetch
+    and takes its text from this run's manifests."""
+    web, manifest, out = first_run.web, first_run.manifest, first_out
+    before = rows_of(out)
+    hits_before = dict(web.hits)
+    lines = manifest.read_text().splitlines()
+    lines[0] = f"photo 0, caption corrected\t{web.url('/ok0.jpg')}"
+    edited = tmp_path / "corrected.tsv"
+    edited.write_text("\n".join(lines) + "\n")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text(f"photo 1\t{web.url('/ok1.jpg')}\tdog\t/m/0bt9lr\t0.75\n")
+    run(edited, out, "--resume", f"--cc3m-labels={labels}")
+    after = rows_of(out)
+    assert set(after) == set(before)
+    assert after["cc3m:1"]["caption"] == "photo 0, caption corrected"
+    assert [(label["id"], label["name"]) for label in after["cc3m:2"]["labels"]] == [("/m/0bt9lr", "dog")]
+    assert after["cc3m:3"]["caption"] == "photo 2" and not after["cc3m:3"]["labels"]
+    for key in ("cc3m:1", "cc3m:2"):  # still carried: the fetch is OUT's
+        assert after[key]["fetched_at"] == before[key]["fetched_at"] and after[key]["sha256"] == before[key]["sha256"]
+    assert hits_since(web, hits_before, "/ok0.jpg") == hits_since(web, hits_before, "/ok1.jpg") == 0

@@ -12,7 +12,13 @@ from transforms import schema
 from transforms.errors import BadInput
 from transforms.io.manifests import LINE_KEYED
 
-__all__ = ["FETCH_OUTCOME_COLUMNS", "reset_for_refetch", "parse_retry_statuses", "MergeWithPrevious"]
+__all__ = [
+    "FETCH_OUTCOME_COLUMNS",
+    "DESCRIPTION_COLUMNS",
+    "reset_for_refetch",
+    "parse_retry_statuses",
+    "MergeWithPrevious",
+]
 
 # Everything a fetch decides; reset before a row is fetched again. Manifest and join columns stay.
 FETCH_OUTCOME_COLUMNS = (
@@ -37,6 +43,28 @@ FETCH_OUTCOME_COLUMNS = (
     "last_modified",
     "fetch_ms",
     "attempts",
+)
+
+# What this run's manifests and side files (--cc3m-labels, --openimages-labels, --long-captions)
+# say about a row's picture; a carried row takes them from this run's record of its key.
+# why: a resume with a caption corrected or a labels file added kept OUT's old caption and labels
+# on the carried rows only: the table mixed two versions of the text behind exit 0.
+DESCRIPTION_COLUMNS = (
+    "caption",
+    "labels",
+    "negative_labels",
+    "long_captions",
+    "title",
+    "description",
+    "tags",
+    "keywords",
+    "page_url",
+    "query",
+    "license",
+    "author",
+    "rotation",
+    "source_file",
+    "source_line",
 )
 
 
@@ -96,8 +124,8 @@ class _Choose(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
         if old is not None and old["status"] not in self._retry:
             self._carried.inc()
-            if new is not None:  # the record's place in this run's manifests
-                old["source_file"], old["source_line"] = new.get("source_file"), new.get("source_line")
+            if new is not None:  # the record's text and place as this run's manifests give them
+                old.update({name: new.get(name) for name in DESCRIPTION_COLUMNS})
             yield old
         elif new is not None:
             (self._refetched if old is not None else self._new).inc()
@@ -145,7 +173,8 @@ class _Choose(beam.DoFn):
 class MergeWithPrevious(beam.PTransform):
     """Manifest rows + a previous run's rows -> {"carry": settled rows, "fetch": rows to fetch}.
 
-    By key: a previous row whose status is not retried is carried as it is; otherwise the
+    By key: a previous row whose status is not retried is carried with its fetch outcome and this
+    run's text (DESCRIPTION_COLUMNS: caption, labels, ... as the manifests give them); otherwise the
     manifest's row (or the previous row, reset) is fetched again. A key the manifests give
     another URL is fetched again when its dataset is keyed by ID, and refused (BadInput) when it
     is keyed by line number: those manifests are not the ones OUT was made from; so is a line-keyed
