@@ -417,3 +417,38 @@ def test_slices_of_one_manifest_ingested_apart_are_refused_not_replaced(deduped,
     job.run([*argv, "--runner", "FnApiRunner"])
     rows = pq.read_table(glob.glob(os.path.join(out3, "images", "*.parquet"))).to_pylist()
     assert sorted((r["key"], r["caption"]) for r in rows) == [(f"cc3m:{i}", "seen on day 2") for i in (1, 2, 3)]
+
+
+def test_a_newer_failed_fetch_does_not_replace_a_picture(tmp_path):
+    """A re-ingest in which a URL hit a 503, a timeout or a 404 held the newest version of its key:
+    dedup of the two outputs kept that failure and dropped the picture the first ingest held, and
+    the export lost it, exit 0. A version with a picture wins now, the newest of those; a key
+    without one keeps its newest failure. Whether a URL is dead is the refresh's call."""
+    first = [
+        _stamp(row("cc3m:1", "cc3m", url="http://a.example/1.jpg", phash="0f0f0f0f0f0f0f0f", dhash="1"), 1),
+        _stamp(row("cc3m:2", "cc3m", url="http://a.example/2.jpg", phash="f0f0f0f0f0f0f0f0", dhash="2"), 1),
+        _stamp(row("oi:x", "openimages", url="http://a.example/x.jpg", phash="00ff00ff00ff00ff", dhash="3"), 1),
+        _stamp(row("cc3m:3", "cc3m", url="http://a.example/3.jpg", status="timeout"), 1),
+    ]
+    second = [
+        _stamp(row("cc3m:1", "cc3m", url="http://a.example/1.jpg", status="http_error"), 9),
+        _stamp(row("cc3m:2", "cc3m", url="http://a.example/2.jpg", status="timeout"), 9),
+        _stamp(row("oi:x", "openimages", url="http://b.example/x.jpg", phash="ff00ff00ff00ff00", dhash="4"), 9),
+        _stamp(row("cc3m:3", "cc3m", url="http://a.example/3.jpg", status="http_error"), 9),
+    ]
+    _write_out(str(tmp_path / "jan"), first)
+    _write_out(str(tmp_path / "feb"), second)
+    out3 = str(tmp_path / "out3")
+    argv = ["--input", str(tmp_path / "jan"), "--input", str(tmp_path / "feb"), "--output", out3]
+    assert job.main([*argv, "--runner", "FnApiRunner"]) == 0
+    rows = {r["key"]: r for r in pq.read_table(glob.glob(os.path.join(out3, "images", "*.parquet"))).to_pylist()}
+    kept = {key: (r["status"], r["fetched_at"].day, r["url"]) for key, r in rows.items()}
+    assert kept == {
+        "cc3m:1": ("ok", 1, "http://a.example/1.jpg"),  # the picture, not the newer 404
+        "cc3m:2": ("ok", 1, "http://a.example/2.jpg"),  # the picture, not the newer timeout
+        "oi:x": ("ok", 9, "http://b.example/x.jpg"),  # two pictures: the newer (it moved)
+        "cc3m:3": ("http_error", 9, "http://a.example/3.jpg"),  # no picture: the newest
+    }
+    with open(os.path.join(out3, "summary.json")) as handle:
+        summary = json.load(handle)
+    assert summary["rows"] == 4 and summary["replaced_rows"] == 4

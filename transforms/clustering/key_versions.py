@@ -1,8 +1,9 @@
 """Which version of each key the standalone dedup job keeps: its first pass over the tables.
 
-Per row a 48-byte record (key digest, fetched_at, input index, file id, row number, URL digest),
-grouped by key digest (through `spill.GroupRecords`, on disk in local runs); a key held by
-several inputs keeps the newest (`newest_order`), the others are listed per file as rows to skip.
+Per row a 49-byte record (key digest, fetched_at, input index, file id, row number, URL digest,
+whether the row holds a picture), grouped by key digest (through `spill.GroupRecords`, on disk in
+local runs); a key held by several inputs keeps its newest version with a picture, else its newest
+(`newest_order`), the others are listed per file as rows to skip.
 
 A version is the same record fetched again: it has the same URL. CC3M and CC12M keys are
 manifest line numbers, so two slices of one manifest ingested apart (the first lines, then the
@@ -28,6 +29,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from transforms import schema
 from transforms.clustering.spill import GroupRecords, split_by
 from transforms.clustering.table_dedup import file_batches, file_id
 from transforms.errors import BadInput
@@ -50,7 +52,7 @@ __all__ = [
 
 COLLIDED = "collided"
 KEY_RECORD = np.dtype(
-    [("key", "S16"), ("stamp", "<i8"), ("input", "<i4"), ("file", "<i8"), ("row", "<u4"), ("url", "S8")]
+    [("key", "S16"), ("stamp", "<i8"), ("input", "<i4"), ("file", "<i8"), ("row", "<u4"), ("url", "S8"), ("ok", "u1")]
 )
 KEY_SHARDS = 256
 NO_STAMP = np.iinfo(np.int64).min  # a row without fetched_at counts as the oldest
@@ -72,15 +74,21 @@ def stamps(column: pa.Array, missing: int = NO_STAMP) -> np.ndarray:
 def newest_order(records: np.ndarray) -> np.ndarray:
     """Indices sorting key records by key, then from oldest to newest version.
 
-    Newest: the latest fetched_at (none counts as oldest), then the input listed last, then the
-    larger file id and row number (any fixed rule: one input should not hold a key twice).
+    Kept: a version with a picture (status ok) before one without, then the latest fetched_at (none
+    counts as oldest), then the input listed last, then the larger file id and row number (any
+    fixed rule: one input should not hold a key twice). Why a picture first: a re-ingest whose
+    fetch of a URL hit a 503, a timeout or a 404 replaced the picture an earlier ingest holds,
+    and the dataset lost it behind exit 0; whether a URL is dead is the refresh's call
+    (dedup --drop-dead), on its own evidence.
 
     Args:
         records: KEY_RECORD array.
     Returns:
         The sorting indices (the last of each key's run is the row kept).
     """
-    return np.lexsort((records["row"], records["file"], records["input"], records["stamp"], records["key"]))
+    return np.lexsort(
+        (records["row"], records["file"], records["input"], records["stamp"], records["ok"], records["key"])
+    )
 
 
 def url_digests(urls: list[str | None], datasets: list[str | None]) -> list[bytes]:
@@ -214,7 +222,7 @@ class _KeyRecords(beam.DoFn):
     def process(self, element):
         index, path = element
         fid = np.int64(file_id(path))
-        for first, batch in file_batches(path, ["key", "fetched_at", "url", "dataset"]):
+        for first, batch in file_batches(path, ["key", "fetched_at", "url", "dataset", "status"]):
             n = batch.num_rows
             yield beam.pvalue.TaggedOutput(self.ROWS_IN, (index, n))
             records = np.empty(n, dtype=KEY_RECORD)
@@ -223,6 +231,7 @@ class _KeyRecords(beam.DoFn):
             records["input"], records["file"] = index, fid
             records["row"] = np.arange(first, first + n, dtype=np.uint32)
             records["url"] = url_digests(batch.column(2).to_pylist(), batch.column(3).to_pylist())
+            records["ok"] = [status == schema.OK for status in batch.column(4).to_pylist()]
             yield from key_shards(records)
 
 

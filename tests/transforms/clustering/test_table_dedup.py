@@ -24,7 +24,7 @@ UTC = datetime.timezone.utc
 def _records(rows):
     out = np.zeros(len(rows), dtype=KEY_RECORD)
     for i, (key, stamp, index, fid, number) in enumerate(rows):
-        out[i] = (key, stamp, index, fid, number, b"")
+        out[i] = (key, stamp, index, fid, number, b"", 0)
     return out
 
 
