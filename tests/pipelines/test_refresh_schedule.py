@@ -5,9 +5,14 @@ from unittest import mock
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.filesystems import FileSystems
 
 from pipelines import refresh as refresh_job
 from tests.conftest import local_options
+from transforms.errors import EnvironmentFailure
+from transforms.io.sinks import join_path, write_json
+from transforms.liveness import history as liveness_history
 from transforms.liveness import verdicts
 
 UTC = datetime.timezone.utc
@@ -39,3 +44,58 @@ def test_a_run_started_at_midnight_names_one_night_for_its_folder_and_its_verdic
     with mock.patch.object(verdicts, "utc_today", side_effect=[before, after, after, after]):
         _snapshots, params = refresh_job.resolve(opts)
     assert opts.output == str(tmp_path / "refresh" / params.night.isoformat())
+
+
+def night_written_aside(history, night, run_id):
+    """What WriteHistory leaves aside for publish_night: one Parquet file and the marker listing it."""
+    name = f"part-{run_id}-00000-of-00001.parquet"
+    aside = join_path(liveness_history.night_aside(history, night, run_id))
+    row = {column: [None] for column in liveness_history.HISTORY_COLUMNS} | {"key": [f"cc3m:{run_id}"]}
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(row), sink)
+    with FileSystems.create(join_path(aside, name)) as handle:
+        handle.write(sink.getvalue().to_pybytes())
+    write_json(
+        join_path(aside, liveness_history.ASIDE_MARKER), {"night": night.isoformat(), "rows": 1, "files": [name]}
+    )
+    return [join_path(aside, name)]
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_two_runs_publishing_one_night_at_once_never_both_exit_0_on_a_damaged_night(where, tmp_path, request):
+    # why: two runs of one night on one --history (a scheduler's retry while the first job still
+    # runs: a Flex Template launcher holds no lease while its job publishes; a run by hand with its
+    # own --output) publish at once. Run A, switching its marker while B's files were moved in but
+    # B's marker not yet, removed B's files as "unlisted"; B's marker then listed files gone: both
+    # exit 0, and every later night refused the damaged night (exit 2) until it was run again.
+    if where == "gs":
+        request.getfixturevalue("gcs_emulator").bucket("two-runs-one-night")
+        history = "gs://two-runs-one-night/history"
+    else:
+        history = str(tmp_path / "history")
+    night = datetime.date(2030, 3, 1)
+    files = {run: night_written_aside(history, night, run) for run in ("runa", "runb")}
+    publish_file = liveness_history.publish_file
+    outcome = {}
+
+    def interleaved(source, target):
+        if source.endswith(f"_tmp-runb/{liveness_history.ASIDE_MARKER}") and "runa" not in outcome:
+            # B's files are in place, its marker not yet: A publishes all of its night now
+            try:
+                outcome["runa"] = liveness_history.publish_night(history, night, "runa", files["runa"])
+            except EnvironmentFailure as exc:
+                outcome["runa"] = exc
+        return publish_file(source, target)
+
+    with mock.patch.object(liveness_history, "publish_file", side_effect=interleaved):
+        try:
+            outcome["runb"] = liveness_history.publish_night(history, night, "runb", files["runb"])
+        except EnvironmentFailure as exc:
+            outcome["runb"] = exc
+    failed = [run for run, result in outcome.items() if isinstance(result, EnvironmentFailure)]
+    listed, _columns = liveness_history.night_files(history, night)  # damaged: BadInput
+    assert len(listed) == 1
+    with FileSystems.open(listed[0]) as handle:
+        assert pq.read_table(pa.BufferReader(handle.read())).num_rows == 1
+    # the run whose night is not the one in place may say so (exit 1); at most one exits 0 on a night not its own
+    assert len(failed) <= 1
