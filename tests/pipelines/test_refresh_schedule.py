@@ -8,7 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines import ingest
 from pipelines import refresh as refresh_job
+from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from transforms.errors import EnvironmentFailure
 from transforms.io.sinks import join_path, write_json
@@ -16,6 +18,8 @@ from transforms.liveness import history as liveness_history
 from transforms.liveness import verdicts
 
 UTC = datetime.timezone.utc
+JPEG = {"Content-Type": "image/jpeg"}
+NET = {"allow-network": "127.0.0.1/32", "timeout": 10.0, "retries": 0}
 
 
 def tiny_snapshot(root):
@@ -99,3 +103,37 @@ def test_two_runs_publishing_one_night_at_once_never_both_exit_0_on_a_damaged_ni
         assert pq.read_table(pa.BufferReader(handle.read())).num_rows == 1
     # the run whose night is not the one in place may say so (exit 1); at most one exits 0 on a night not its own
     assert len(failed) <= 1
+
+
+def test_an_ingest_fetched_on_the_nights_own_date_is_not_a_night_before(tmp_path):
+    # why: the ingest fetch stands in for the night before a key's first night, so a URL 404 at an
+    # ingest and 404 again at a refresh of the same date (deploy/airflow: "02:00 UTC, after the
+    # day's ingest runs") had its two 'gone' answers minutes apart: dead on its first night with
+    # --dead-after 2, which promises two nights
+    web = SampleWebServer(
+        {"/gone.jpg": Reply(404, b"no", {"Content-Type": "text/plain"}), "/live.jpg": Reply(200, jpeg(1), JPEG)}
+    ).start()
+    try:
+        manifest = tmp_path / "m.tsv"
+        manifest.write_text(f"a\t{web.url('/gone.jpg')}\nb\t{web.url('/live.jpg')}\n")
+        ingest.run(local_options(manifest=f"cc3m={manifest}", output=str(tmp_path / "out"), **NET))
+        fetched = pq.read_table(tmp_path / "out" / "images").column("fetched_at")[0].as_py()
+        ingest_date = fetched.astimezone(UTC).date()
+        verdict = {}
+        for night in (ingest_date, ingest_date + datetime.timedelta(days=1)):
+            out = tmp_path / "refresh" / night.isoformat()
+            refresh_job.run(
+                local_options(
+                    snapshot=str(tmp_path / "out"),
+                    output=str(out),
+                    history=str(tmp_path / "history"),
+                    night=night.isoformat(),
+                    **NET,
+                )
+            )
+            rows = pq.read_table(out / "status").to_pylist()
+            verdict[night] = {row["url"].rsplit("/", 1)[-1]: row["status"] for row in rows}
+    finally:
+        web.stop()
+    assert verdict[ingest_date] == {"gone.jpg": "unreachable", "live.jpg": "alive"}  # one night: one 404
+    assert verdict[ingest_date + datetime.timedelta(days=1)]["gone.jpg"] == "dead"  # the second night's 404
