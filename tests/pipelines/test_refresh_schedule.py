@@ -1,6 +1,8 @@
 """Refresh under a scheduler: the night a run is for, and two runs of one history night at once."""
 
 import datetime
+import os
+import time
 from unittest import mock
 
 import pyarrow as pa
@@ -13,7 +15,7 @@ from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from transforms.errors import EnvironmentFailure
-from transforms.io.sinks import join_path, write_json
+from transforms.io.sinks import file_name, join_path, write_json
 from transforms.liveness import history as liveness_history
 from transforms.liveness import verdicts
 
@@ -137,3 +139,20 @@ def test_an_ingest_fetched_on_the_nights_own_date_is_not_a_night_before(tmp_path
         web.stop()
     assert verdict[ingest_date] == {"gone.jpg": "unreachable", "live.jpg": "alive"}  # one night: one 404
     assert verdict[ingest_date + datetime.timedelta(days=1)]["gone.jpg"] == "dead"  # the second night's 404
+
+
+def test_a_killed_runs_files_moved_in_long_ago_are_retired_by_the_next_run_of_the_night(tmp_path):
+    # why: a run killed during its move left files in the night beside its aside folder, which no
+    # sweep removes where the launcher does not wait; sparing them as "publishing" kept them forever
+    history, night = str(tmp_path / "history"), datetime.date(2030, 3, 1)
+    killed = night_written_aside(history, night, "killed")
+    directory = liveness_history.night_dir(history, night)
+    moved = join_path(directory, "part-killed-00000-of-00001.parquet")
+    FileSystems.rename([killed[0]], [moved])
+    long_ago = time.time() - liveness_history.PUBLISHING_WITHIN_SECONDS - 60
+    os.utime(
+        join_path(liveness_history.night_aside(history, night, "killed"), liveness_history.ASIDE_MARKER),
+        (long_ago, long_ago),
+    )
+    placed = liveness_history.publish_night(history, night, "rerun", night_written_aside(history, night, "rerun"))
+    assert sorted(os.listdir(directory)) == sorted(["_COMPLETE", "_tmp-killed", *(file_name(p) for p in placed)])

@@ -4,6 +4,7 @@ A night reads the latest complete night before it and writes only its own direct
 
 import datetime
 import json
+import time
 import uuid
 from collections.abc import Callable
 
@@ -308,11 +309,20 @@ def _listed_by(marker: str) -> list[str]:
         return []
 
 
+PUBLISHING_WITHIN_SECONDS = 6 * 3600  # why: a run's aside marker is written just before it publishes
+
+
 def _runs_aside(directory: str) -> set[str]:
-    """The runs with files aside in a night's folder (HISTORY/<night>/_tmp-<run>/...): publishing now,
-    or killed (whose folder the next run of the night sweeps, under REFRESH_OUT's lease)."""
+    """The runs with files written aside lately in a night's folder (HISTORY/<night>/_tmp-<run>/...):
+    publishing now, or killed lately. Why lately: a killed run's folder stays where no run of the
+    night sweeps it (a launcher that does not wait), and its files moved in must go some day."""
     found = FileSystems.match([join_path(directory, "_tmp-*", "*")])[0].metadata_list
-    return {m.path.rstrip("/").split("/")[-2].removeprefix("_tmp-") for m in found}
+    since = time.time() - PUBLISHING_WITHIN_SECONDS
+    return {
+        m.path.rstrip("/").split("/")[-2].removeprefix("_tmp-")
+        for m in found
+        if not m.last_updated_in_seconds or m.last_updated_in_seconds >= since
+    }
 
 
 def _run_of(name: str) -> str:
