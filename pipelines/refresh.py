@@ -170,7 +170,10 @@ def resolve(opts):
         raise ValueError("--output is required")
     # "{night}" in --output names each night's folder, so one fixed schedule (Cloud Scheduler posts
     # the same body every night) still gives every night its own output.
-    opts.output = opts.output.replace("{night}", verdicts.parse_night(opts.night).isoformat())
+    # why once: read twice, the clock could pass UTC midnight between the folder and the verdicts
+    # (night D+1 written into the folder of D, which the next night's run then replaced)
+    night = verdicts.parse_night(opts.night)
+    opts.output = opts.output.replace("{night}", night.isoformat())
     if not opts.snapshot:
         raise ValueError("give at least one --snapshot OUT (an ingest output)")
     snapshots = []
@@ -201,7 +204,7 @@ def resolve(opts):
     refresh_settings.check_rule_numbers(opts)
     extra = [verdicts.parse_placeholder(v) for v in opts.placeholder]
     params = verdicts.RefreshParams(
-        night=verdicts.parse_night(opts.night),
+        night=night,
         max_distance=REFRESH_SAME_PICTURE_MAX_DISTANCE if opts.max_distance is None else opts.max_distance,
         dead_after=opts.dead_after,
         host_dead_after=opts.host_dead_after,

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from airflow import DAG
 from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
+from airflow.timetables.trigger import CronTriggerTimetable
 
 LAUNCH_FILE = pathlib.Path(__file__).with_name("nightly_refresh_launch.json")
 SCHEDULE = "0 2 * * *"  # 02:00 UTC, after the day's ingest runs
@@ -45,7 +46,10 @@ def nightly_body(body):
 
 with DAG(
     dag_id="beam_images_nightly_refresh",
-    schedule=SCHEDULE,
+    # why a trigger timetable: with a cron string, Airflow 2 gives a run its data interval's start as
+    # {{ ds }}, the day before it runs: the 02:00 run judged yesterday's night, which a --night before
+    # that day's ingest refuses (exit 2); this makes {{ ds }} the run's own UTC date on Airflow 2.4+ and 3
+    schedule=CronTriggerTimetable(SCHEDULE, timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -4,7 +4,9 @@ A night reads the latest complete night before it and writes only its own direct
 
 import datetime
 import json
+import time
 import uuid
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -225,16 +227,20 @@ class ReadHistory(beam.PTransform):
         )
 
 
-def retire_unlisted(directory: str, keep: set[str]) -> None:
+def retire_unlisted(directory: str, keep: set[str], spare: Callable[[str], bool] | None = None) -> None:
     """Deletes what `directory` holds besides `keep` (names): an earlier run's files, once this
     run's are in place and named by its summary or marker (night_output.publish_output, publish_night).
 
+    Args:
+        directory: the folder.
+        keep: the names to keep.
+        spare: also keeps a name for which it returns true (publish_night: a run publishing now).
     Raises:
         EnvironmentFailure: the listing or a delete failed (this run's files stay in place).
     """
     try:
         stale = [m.path for m in FileSystems.match([join_path(directory, "*")])[0].metadata_list]
-        stale = [path for path in stale if file_name(path) not in keep]
+        stale = [path for path in stale if file_name(path) not in keep and not (spare and spare(file_name(path)))]
         if stale:
             FileSystems.delete(stale)
     except Exception as exc:
@@ -269,15 +275,59 @@ def publish_night(history: str, night: datetime.date, run_id: str, files: list[s
     """
     directory, aside = night_dir(history, night), night_aside(history, night, run_id)
     names = sorted(file_name(f) for f in files)
+    marker = join_path(directory, COMPLETE_MARKER)
+    replaced = set(_listed_by(marker))
     for name in names:
         publish_file(join_path(aside, name), join_path(directory, name))
-    marker = join_path(directory, COMPLETE_MARKER)
     publish_file(join_path(aside, ASIDE_MARKER), marker)
     if read_json(marker).get("files") != names:
         raise EnvironmentFailure(f"{marker} does not list the files this run wrote: another run wrote the night")
-    retire_unlisted(directory, set(names) | {COMPLETE_MARKER})
+    # why spare: another run of this night may be publishing now (a scheduler's retry, a run by hand:
+    # no lease covers HISTORY); its files, moved in before its marker, were removed as unlisted and
+    # its marker then listed files gone, both runs exit 0 on a damaged night
+    publishing = _runs_aside(directory) - {run_id}
+    retire_unlisted(
+        directory,
+        set(names) | {COMPLETE_MARKER},
+        spare=lambda name: name not in replaced and _run_of(name) in publishing,
+    )
+    gone = [name for name in names if not FileSystems.exists(join_path(directory, name))]
+    if gone:
+        raise EnvironmentFailure(
+            f"{join_path(directory, gone[0])} was removed while this run published the night: another run"
+            f" of {night.isoformat()} published at once; run the night again"
+        )
     delete_tree(aside)
     return [join_path(directory, name) for name in names]
+
+
+def _listed_by(marker: str) -> list[str]:
+    """The files a night's marker lists; none when it has no marker yet (or one that does not read)."""
+    try:
+        return list(read_json(marker).get("files") or [])
+    except Exception:  # noqa: BLE001 (no marker: the night's first run; a damaged one lists nothing)
+        return []
+
+
+PUBLISHING_WITHIN_SECONDS = 6 * 3600  # why: a run's aside marker is written just before it publishes
+
+
+def _runs_aside(directory: str) -> set[str]:
+    """The runs with files written aside lately in a night's folder (HISTORY/<night>/_tmp-<run>/...):
+    publishing now, or killed lately. Why lately: a killed run's folder stays where no run of the
+    night sweeps it (a launcher that does not wait), and its files moved in must go some day."""
+    found = FileSystems.match([join_path(directory, "_tmp-*", "*")])[0].metadata_list
+    since = time.time() - PUBLISHING_WITHIN_SECONDS
+    return {
+        m.path.rstrip("/").split("/")[-2].removeprefix("_tmp-")
+        for m in found
+        if not m.last_updated_in_seconds or m.last_updated_in_seconds >= since
+    }
+
+
+def _run_of(name: str) -> str:
+    """The run id in a night file's name (part-<run>-NNNNN-of-MMMMM.parquet)."""
+    return name.split("-")[1] if name.startswith("part-") and name.count("-") >= 2 else ""
 
 
 class WriteHistory(beam.PTransform):

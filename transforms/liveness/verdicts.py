@@ -316,9 +316,30 @@ def ingest_night(entry: dict, params: RefreshParams) -> dict:
         a stand-in for a history row.
     """
     failure = ingest_failure(entry)
+    if failure != UNFETCHABLE and fetched_on_or_after(entry.get("fetched_at"), params.night):
+        # why: fetched on the night's own date (an ingest and a refresh scheduled the same day), the
+        # ingest's answer and tonight's are one night's: counted as two, a URL 404 at both, minutes
+        # apart, was dead on its first night with --dead-after 2, which promises two nights
+        failure = None
     streak = streak_after(None, failure)
     status = ALIVE if failure is None else verdict_of("failed", failure, streak, params)
     return {"status": status, **streak}
+
+
+def fetched_on_or_after(fetched_at: datetime.datetime | None, night: datetime.date) -> bool:
+    """Whether an ingest fetch's UTC date is `night` or later (then it is no night before `night`).
+
+    Args:
+        fetched_at: the snapshot row's fetched_at (naive: UTC), or None (unknown: an earlier night).
+        night: the night judged.
+    Returns:
+        True when fetched on that date or after.
+    """
+    if fetched_at is None:
+        return False
+    if fetched_at.tzinfo is not None:
+        fetched_at = fetched_at.astimezone(datetime.timezone.utc)
+    return fetched_at.date() >= night
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------
