@@ -63,6 +63,15 @@ def local_options(**extra):
     return args
 
 
+def local_or_gs(where, tmp_path, request, bucket, folder):
+    """A folder for a test run both ways: `tmp_path/folder`, or `gs://bucket/folder` on the GCS
+    emulator (the bucket made) when `where` is "gs"."""
+    if where == "gs":
+        request.getfixturevalue("gcs_emulator").bucket(bucket)
+        return f"gs://{bucket}/{folder}"
+    return str(tmp_path / folder)
+
+
 @pytest.fixture(autouse=True)
 def refresh_today():
     """Today is TESTS_TODAY for refresh runs in this process (a `python -m` subprocess keeps the

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import dedup, export, ingest
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests import job_process
-from tests.conftest import local_options
+from tests.conftest import local_options, local_or_gs
 from tests.table_readers import one_line, run_refresh
 from transforms.io import lease as lease_module
 from transforms.io.sinks import join_path, read_json
@@ -90,11 +90,7 @@ def _rows_of(out):
 def test_an_ingest_taken_over_with_force_unlock_publishes_nothing_and_the_new_holder_writes_a_whole_table(
     web, tmp_path, request, where
 ):
-    if where == "gs":
-        request.getfixturevalue("gcs_emulator").bucket("taken-over")
-        out = "gs://taken-over/out"
-    else:
-        out = str(tmp_path / "out")
+    out = local_or_gs(where, tmp_path, request, "taken-over", "out")
     first_gate, second_gate = threading.Event(), threading.Event()
     (tmp_path / "a.tsv").write_text(_gated(web, "a", 3, first_gate))
     (tmp_path / "b.tsv").write_text(_gated(web, "b", 4, second_gate))

@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import ingest
 from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
-from tests.conftest import local_options
+from tests.conftest import local_options, local_or_gs
 from transforms.errors import EnvironmentFailure
 from transforms.io.sinks import file_name, join_path, write_json
 from transforms.liveness import history as liveness_history
@@ -74,11 +74,7 @@ def test_two_runs_publishing_one_night_at_once_never_both_exit_0_on_a_damaged_ni
     # own --output) publish at once. Run A, switching its marker while B's files were moved in but
     # B's marker not yet, removed B's files as "unlisted"; B's marker then listed files gone: both
     # exit 0, and every later night refused the damaged night (exit 2) until it was run again.
-    if where == "gs":
-        request.getfixturevalue("gcs_emulator").bucket("two-runs-one-night")
-        history = "gs://two-runs-one-night/history"
-    else:
-        history = str(tmp_path / "history")
+    history = local_or_gs(where, tmp_path, request, "two-runs-one-night", "history")
     night = datetime.date(2030, 3, 1)
     files = {run: night_written_aside(history, night, run) for run in ("runa", "runb")}
     publish_file = liveness_history.publish_file

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.conftest import local_or_gs
 from tests.paths import REPO
 from transforms.io import lease as lease_module
 
@@ -177,11 +178,7 @@ def test_a_guard_goes_on_while_its_run_holds_the_lease_and_stops_it_once_taken_o
     from transforms.errors import EnvironmentFailure
     from transforms.io.lease_guard import LeaseGuard, guarded
 
-    if where == "gs":
-        request.getfixturevalue("gcs_emulator").bucket("guarded")
-        out = "gs://guarded/out"
-    else:
-        out = str(tmp_path / "out")
+    out = local_or_gs(where, tmp_path, request, "guarded", "out")
     mine, theirs = f"{out}/images/part-a-1.parquet", f"{out}/images/part-b-1.parquet"
     for path in (mine, theirs):
         with FileSystems.create(path) as handle:
