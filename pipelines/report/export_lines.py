@@ -56,10 +56,12 @@ def load_hint(summary: dict) -> str:
         if not splits:
             pattern = _webdataset_pattern(out, names)
             return f'import webdataset as wds; ds = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")'
+        patterns = {
+            name: _webdataset_pattern(out, [s["name"] for s in split["shards"]]) for name, split in splits.items()
+        }
         return "import webdataset as wds\n" + "\n".join(
-            f'           {_variable(name)} = wds.WebDataset("{_webdataset_pattern(out, shards)}",'
-            ' shardshuffle=False).decode("pil")'
-            for name, shards in ((n, [s["name"] for s in split["shards"]]) for n, split in splits.items())
+            f'           {_variable(name)} = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")'
+            for name, pattern in patterns.items()
         )
     if not splits:
         files = f'"{join_path(out, "*.parquet")}"'

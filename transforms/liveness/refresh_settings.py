@@ -18,6 +18,8 @@ import datetime
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from transforms.liveness.verdicts import utc_date
+
 __all__ = ["check_night_after_snapshots", "check_rule_numbers", "first_fetch_date"]
 
 _AT_LEAST_ONE = ("dead_after", "host_dead_after")
@@ -59,10 +61,7 @@ def first_fetch_date(facts: Iterable[dict]) -> datetime.date | None:
     found = [fact["first_fetched_at"] for fact in facts if fact.get("first_fetched_at") is not None]
     if not found:
         return None
-    earliest = min(found)
-    if earliest.tzinfo is not None:
-        earliest = earliest.astimezone(datetime.timezone.utc)
-    return earliest.date()
+    return utc_date(min(found))
 
 
 def check_night_after_snapshots(night: datetime.date, snapshots: Sequence[tuple[str, Iterable[dict]]]) -> None:

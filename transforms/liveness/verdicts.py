@@ -68,6 +68,7 @@ __all__ = [
     "url_group",
     "ingest_failure",
     "ingest_night",
+    "fetched_on_or_after",
     "claims_image",
     "has_undecodable_baseline",
     "NO_HOST",
@@ -80,6 +81,7 @@ __all__ = [
     "placeholder_votes",
     "soft_404_page",
     "gone_answer_page",
+    "utc_date",
     "observe",
     "streak_after",
     "verdict_of",
@@ -335,11 +337,18 @@ def fetched_on_or_after(fetched_at: datetime.datetime | None, night: datetime.da
     Returns:
         True when fetched on that date or after.
     """
-    if fetched_at is None:
-        return False
-    if fetched_at.tzinfo is not None:
-        fetched_at = fetched_at.astimezone(datetime.timezone.utc)
-    return fetched_at.date() >= night
+    return fetched_at is not None and utc_date(fetched_at) >= night
+
+
+def utc_date(when: datetime.datetime) -> datetime.date:
+    """The UTC date of a timestamp read from a table (naive: already UTC).
+
+    Args:
+        when: a `fetched_at` or another table timestamp.
+    Returns:
+        Its date in UTC.
+    """
+    return (when.astimezone(datetime.timezone.utc) if when.tzinfo is not None else when).date()
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------
@@ -494,6 +503,7 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
         "placeholder": False,
         "picture_unchecked": False,
     }
+    outage_pages = outages or {}
 
     def failed(kind, reason):
         obs.update(kind="failed", failure=kind, reason=reason)
@@ -516,7 +526,7 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
         kind = classify_failure(
             check["status"], check.get("http_status"), bool(check.get("name_not_found")), bool(check.get("refused"))
         )
-        outage = (outages or {}).get((entry.get("host"), gone_answer_page(check)))
+        outage = outage_pages.get((entry.get("host"), gone_answer_page(check)))
         if kind == GONE and outage:
             # why: a host answering 404 to most of its URLs at once is the host (a deploy that broke
             # every path, a misrouted vhost), not each picture gone: --host-dead-after, not --dead-after
@@ -546,7 +556,7 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
             return unchecked(check["sha256"], "same bytes as the snapshot")
         if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
             served = check.get("content_type") or "no Content-Type"
-            outage = (outages or {}).get((entry.get("host"), soft_404_page(check))) or (outages or {}).get(
+            outage = outage_pages.get((entry.get("host"), soft_404_page(check))) or outage_pages.get(
                 (entry.get("host"), check.get("redirect_page"))
             )
             if outage:
