@@ -1,5 +1,5 @@
 """Export mishaps of a tired operator: EXP spelt as OUT another way or put inside OUT/images, an
-export interrupted while an earlier export's shards are in EXP."""
+export interrupted while an earlier export's shards are in EXP, blobs it may not read."""
 
 import errno
 import hashlib
@@ -18,6 +18,7 @@ from PIL import Image
 from pipelines import export
 from tests import job_process
 from tests.conftest import local_options
+from tests.pipelines.test_job_contract import assert_one_line
 from transforms import schema
 from transforms.export import export_books
 from transforms.io.sinks import blob_uri
@@ -195,3 +196,32 @@ def test_a_publish_cut_between_two_shards_leaves_no_summary_over_the_mix(tmp_pat
     with open(os.path.join(exp, "summary.json"), encoding="utf-8") as handle:
         assert json.load(handle)["shard_count"] == 4
     assert sorted(os.listdir(exp)) == [f"{n:05d}.tar" for n in range(4)] + ["summary.json"]
+
+
+@pytest.mark.parametrize("export_format", ["webdataset", "hf-parquet"])
+def test_a_blob_the_export_may_not_read_fails_it_and_leaves_the_earlier_export_whole(tmp_path, export_format):
+    """A blob there but refused (permission denied: blobs/ copied from another user, a mount's
+    permissions) is the environment failing, not a lost picture. Before, each such row was
+    skipped as `unreadable_blob` and the export published the rest over the earlier one, exit 0
+    (5 of 6 rows; with blobs/ itself unreadable, 0 of 27 and an empty shard). Now exit 1, one line
+    naming the blob, EXP as the earlier export left it; once readable again a rerun exports all."""
+    out, exp = str(tmp_path / "out"), str(tmp_path / "exp")
+    rows = write_out(out, 6)
+    argv = ["--input", out, "--output", exp, "--format", export_format, "--shard-size", "2"]
+    assert export.main(["--runner=FnApiRunner", *argv]) == 0
+    before = _files(exp)
+    refused = rows[3]["blob"]
+    os.chmod(refused, 0o000)
+    try:
+        if not job_process.file_modes_bind(refused):
+            pytest.skip("root here cannot be made to obey file modes (no capability to drop)")
+        done = job_process.job("export", "--runner=FnApiRunner", *argv, obey_file_modes=True)
+    finally:
+        os.chmod(refused, 0o644)
+    assert_one_line(done, 1, "permission denied", refused)
+    assert _files(exp) == before
+    assert export.main(["--runner=FnApiRunner", *argv]) == 0
+    with open(os.path.join(exp, "summary.json"), encoding="utf-8") as handle:
+        summary = json.load(handle)
+    assert summary["exported"] == 6 and summary["skipped"]["unreadable_blob"] == 0
+    assert not [name for name in os.listdir(exp) if name.startswith("_tmp-")]

@@ -17,6 +17,7 @@ never all in memory.
 
 import collections
 import concurrent.futures
+import contextlib
 import errno
 import hashlib
 import logging
@@ -47,6 +48,10 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
+
+# OSErrors of a blob that is not there: the row is skipped (`unreadable_blob`); any other OSError of a
+# read is the environment failing (permission, I/O error, storage unreachable) and fails the export.
+_BLOB_ABSENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 # Original formats whose bytes go out under another extension than Pillow's own name for them:
 # why: readers pick a decoder by extension, and webdataset's knows jpg, not mpo.
@@ -230,14 +235,22 @@ class ShardWriterDoFn(beam.DoFn):
         counts = dict.fromkeys((UNREADABLE_BLOB, TOO_LARGE, NON_CANONICAL, FALLBACK_MEMBERS), 0)
         with FileSystems.create(temporary, compression_type="uncompressed") as handle:
             writer = self.open_shard(handle)
-            for index, (record, image, carried) in self._prepared(items):
-                for counted, count in carried.items():
-                    counts[counted] += count
-                if isinstance(image, str):  # a skip reason
-                    counts[image] += 1
-                    continue
-                self.write_sample(writer, sample_key(index), record, image)
-                samples += 1
+            try:
+                for index, (record, image, carried) in self._prepared(items):
+                    for counted, count in carried.items():
+                        counts[counted] += count
+                    if isinstance(image, str):  # a skip reason
+                        counts[image] += 1
+                        continue
+                    self.write_sample(writer, sample_key(index), record, image)
+                    samples += 1
+            except Exception:
+                # why: a writer left open (a tar stream, a ParquetWriter) is closed by the garbage
+                # collector at the process's exit, onto the closed file: a traceback after the
+                # job's one line. Closed here, into a temporary that is never published.
+                with contextlib.suppress(Exception):
+                    self.close_shard(writer)
+                raise
             self.close_shard(writer)
         size = FileSystems.match([temporary])[0].metadata_list[0].size_in_bytes
         self._samples.inc(samples)
@@ -308,7 +321,11 @@ class ShardWriterDoFn(beam.DoFn):
         except TooLargeError as exc:
             _LOG.warning("export: %s skipped, too large to export: %s", what, exc)
             return TOO_LARGE
-        except (OSError, ResizeError) as exc:
+        except (*_BLOB_ABSENT, ResizeError) as exc:
+            # why: only a blob that is not there (or not the row's picture) is the row's own loss; a
+            # blob the environment will not hand over (permission, I/O error, storage unreachable)
+            # propagates and fails the export, exit 1: skipped, every row of an unreadable blobs/
+            # was `unreadable_blob` and an empty export replaced the earlier one with exit 0.
             _LOG.warning("export: %s skipped, blob %s unreadable: %s", what, uri, exc)
             return UNREADABLE_BLOB
 
@@ -316,6 +333,8 @@ class ShardWriterDoFn(beam.DoFn):
         try:
             return read_blob(uri)
         except OSError:
+            # why: any failure at the recorded path may be an OUT copied or moved away from it (the
+            # old place gone or another user's); the copy's own blobs/ decides
             moved = (
                 self._input_dir
                 and record.get("sha256")
