@@ -30,6 +30,7 @@ from transforms.export.resize import ENCODE_FORMATS, RESIZE_MODES, ResizeConfig
 from transforms.export.shard_writer import AssignShards, publish_shard
 from transforms.export.webdataset_shards import WebDatasetShardDoFn
 from transforms.fetch.client import DEFAULT_USER_AGENT
+from transforms.io import table
 from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path
 from transforms.io.table import ReadImageTable, RemoveDirectory, RetireFiles, list_orphan_shards, temporary_dir
@@ -364,8 +365,10 @@ def run(argv=None):
         raise InputChanged(f"--input {config.input}: its summary.json changed while it was read; rerun once it is done")
     config = dataclasses.replace(config, dataset_priority=priority, input_table=input_table)
     started_at = time.time()
-    # Why: one writer per EXP (docs/integrity.md), held until the summary is written.
-    with job_runner.leased_output(options, config.output, "export", opts.force_unlock) as guard:
+    # Why: one writer per EXP (docs/integrity.md), held until the summary is written; failed runs'
+    # temporaries are cleared under it first (left to the end, a full disk's half shard failed reruns).
+    lease = job_runner.leased_output(options, config.output, "export", opts.force_unlock, table.remove_stale_leftovers)
+    with lease as guard:
         return JOB.execute(
             options,
             lambda pipeline: build_pipeline(

@@ -280,3 +280,35 @@ cp -a "$DISK/refresh" "$T/rerun"; cp -a "$DISK/history" "$T/rerun-history"
     marker = json.loads((night / "_COMPLETE").read_text())
     assert sorted(os.listdir(night)) == sorted(["_COMPLETE", *marker["files"]]) and marker["rows"] == 5
     assert disk.exists()
+
+
+def test_an_export_that_filled_the_disk_leaves_room_for_its_rerun(tmp_path):
+    """An export out of space fails (exit 1, one line) with its shard half written in
+    EXP/_tmp-<run>/. Before, only a run that got to its end removed such folders: the rerun, with
+    the other files freed, found the disk still taken by the failed run's shard and failed the same
+    way, every time, until the folder was deleted by hand. Now each export clears them first,
+    holding the lease: the rerun exports every row, and no temporary folder is left."""
+    from tests.pipelines.test_export_mishaps import write_out  # noqa: PLC0415
+
+    write_out(str(tmp_path / "out"), 200)  # one shard of 200 samples: 0.7 MB of tar, on a 1 MB disk
+    command = f'pipelines.export --input {tmp_path}/out --output "$DISK/exp" --format webdataset --shard-size 200'
+    disk = in_small_disk(
+        tmp_path,
+        "1m",
+        f"""
+dd if=/dev/zero of="$DISK/filler" bs=4k count=150 2>/dev/null
+$RUN full {command}
+ls -A "$DISK/exp" >"$T/full.ls"
+rm "$DISK/filler"
+$RUN rerun {command}
+ls -A "$DISK/exp" >"$T/rerun.ls"
+cp "$DISK/exp/summary.json" "$T/rerun.json" || true
+""",
+    )
+    assert_one_line(*outcome(tmp_path, "full"), 1, "no space left on device", disk / "exp")
+    assert [name for name in (tmp_path / "full.ls").read_text().split() if not name.startswith("_tmp-")] == []
+    status, stderr = outcome(tmp_path, "rerun")
+    assert status == 0, stderr[-3000:]
+    assert (tmp_path / "rerun.ls").read_text().split() == ["00000.tar", "summary.json"]
+    summary = json.loads((tmp_path / "rerun.json").read_text())
+    assert summary["exported"] == 200 and summary["books_balanced"]
