@@ -307,6 +307,8 @@ def check_table(flag: str, root: str, required: tuple[str, ...], pattern: str | 
         try:
             return path, _columns(path), ""
         except Exception as exc:  # noqa: BLE001 (any unreadable footer is the same mistake)
+            if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+                raise  # why: permission, I/O error: the environment failing (exit 1), not a damaged file
             return path, None, one_line(str(exc)) or type(exc).__name__
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:

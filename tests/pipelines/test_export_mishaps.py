@@ -225,3 +225,23 @@ def test_a_blob_the_export_may_not_read_fails_it_and_leaves_the_earlier_export_w
         summary = json.load(handle)
     assert summary["exported"] == 6 and summary["skipped"]["unreadable_blob"] == 0
     assert not [name for name in os.listdir(exp) if name.startswith("_tmp-")]
+
+
+@pytest.mark.parametrize("job", ["export", "dedup"])
+def test_a_table_file_the_job_may_not_read_is_exit_1_permission_denied(tmp_path, job):
+    """A part of OUT/images that is there but refused (chmod 000, another user's file) is the
+    environment failing (CONTRACT: permission is exit 1), as the refresh already said. Before, the
+    export and dedup footer checks called it `not a readable Parquet file (... Permission denied)`,
+    exit 2, as if the file were damaged (the next message a reader meets says to restore it)."""
+    out = str(tmp_path / "out")
+    write_out(out, 3)
+    part = os.path.join(out, "images", "part-0.parquet")
+    os.chmod(part, 0o000)
+    try:
+        if not job_process.file_modes_bind(part):
+            pytest.skip("root here cannot be made to obey file modes (no capability to drop)")
+        options = ["--format", "webdataset"] if job == "export" else []
+        done = job_process.job(job, "--input", out, "--output", tmp_path / "result", *options, obey_file_modes=True)
+    finally:
+        os.chmod(part, 0o644)
+    assert_one_line(done, 1, "permission denied", part)

@@ -138,6 +138,8 @@ def missing_columns(path: str, required: Sequence[str]) -> list[str]:
     try:
         with FileSystems.open(path) as handle:
             names = set(pq.ParquetFile(handle).schema_arrow.names)
+    except PermissionError:
+        raise  # why: a file refused is the environment failing (exit 1, the job's line), not a damaged one
     except Exception as exc:  # noqa: BLE001 (pyarrow raises several types for a corrupt file)
         raise BadInput(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     return [name for name in required if name not in names]
