@@ -22,7 +22,7 @@ from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
 from transforms.io.table_record import checked_table, footer_facts
-from transforms.liveness import checks, history, host_outages, night_output, refresh_settings, summary, verdicts
+from transforms.liveness import checks, history, host_outages, night_output, refresh_settings, summary, verdicts, walls
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
 # 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
@@ -234,7 +234,14 @@ def build_pipeline(
     read_history = read_history or history.ReadHistory(opts.history, params.night)
     previous = pipeline | "ReadHistory" >> read_history
     outages = checked | "FindHostOutages" >> host_outages.FindHostOutages()
-    judged = {"checked": checked, "previous": previous, "placeholders": placeholders, "outages": outages}
+    shared_pages = checked | "FindWalls" >> walls.FindWalls()
+    judged = {
+        "checked": checked,
+        "previous": previous,
+        "placeholders": placeholders,
+        "outages": outages,
+        "walls": shared_pages,
+    }
     rows = judged | "Judge" >> checks.Judge(params)
     # why aside: the previous night's verdicts stay in REFRESH_OUT until this night's books balance
     written = rows | "WriteStatus" >> checks.WriteStatusTable(target.aside("status"), target.prefix)
@@ -247,6 +254,7 @@ def build_pipeline(
         "placeholders": placeholders,
         "frequent": found["frequent"],
         "outages": outages,
+        "walls": shared_pages,
         "written": written,
         # the books: snapshot rows read = status rows written + rows merged by key (checked there)
         "rows_in": read["rows_in"],

@@ -39,7 +39,8 @@ from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.synthetic_out import fetched_ok_row, write_snapshot_table
-from tests.table_readers import night_options, one_line
+from tests.table_readers import night_status as night
+from tests.table_readers import one_line
 from transforms import schema
 from transforms.liveness import verdicts
 
@@ -49,13 +50,6 @@ JPEG = {"Content-Type": "image/jpeg"}
 def write_snapshot(directory, rows):
     """An ingest table (as ingest writes it) of `rows`: [(key, url, body)], every row ok, no validator."""
     return write_snapshot_table(directory, [fetched_ok_row(key, url, body) for key, url, body in rows])
-
-
-def night(tmp_path, snapshot, date, **extra):
-    options, out = night_options(tmp_path, snapshot, date, **extra)
-    refresh_job.run(options)
-    rows = ds.dataset(os.path.join(out, "status"), format="parquet").to_table().to_pylist()
-    return {r["key"]: r for r in rows}
 
 
 def test_a_404_to_head_alone_is_no_evidence_when_get_serves_the_picture(tmp_path):
