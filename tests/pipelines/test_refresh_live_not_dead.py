@@ -164,7 +164,8 @@ def test_a_key_whose_url_changed_does_not_inherit_the_old_urls_history(tmp_path)
             [("cc3m:1", web.url("/live.jpg"), live), ("cc3m:2", web.url("/other.jpg"), other)],
         )
         web.routes["/live.jpg"] = Reply(503, b"busy", {"Retry-After": "0"})
-        tonight = night(tmp_path, second, "2030-02-03")
+        # why --snapshot-replaced: the history's nights checked snapshot-1 (history_identity)
+        tonight = night(tmp_path, second, "2030-02-03", **{"snapshot-replaced": True})
     row = tonight["cc3m:1"]
     assert row["status"] == verdicts.UNREACHABLE, row["reason"]
     assert row["consecutive_failures"] == 1 and row["previous_status"] is None and not row["newly_dead"]
