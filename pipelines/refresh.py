@@ -22,7 +22,8 @@ from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path, read_json
 from transforms.io.table import RemoveDirectory
 from transforms.io.table_record import checked_table, footer_facts
-from transforms.liveness import checks, history, host_outages, night_output, refresh_settings, summary, verdicts
+from transforms.liveness import checks, history, host_outages, night_output, refresh_settings, summary, verdicts, walls
+from transforms.liveness.history_identity import check_history_snapshots, snapshot_identities
 
 # The refresh's own thresholds: not the dedup job's (DEDUP_MAX_DISTANCE 8, DEDUP_PLACEHOLDER_MIN_URLS
 # 50 in transforms/clustering/dedup_settings.py), which group different pictures, where these
@@ -62,6 +63,12 @@ class RefreshOptions(PipelineOptions):
             metavar="YYYY-MM-DD",
             help="the night the verdicts are for (default: today, UTC; at most tomorrow);"
             " re-running a night replaces that night's history entry",
+        )
+        output.add_argument(
+            "--snapshot-replaced",
+            action="store_true",
+            help="the --snapshot differs from the one --history's last night checked on purpose (moved, a slice"
+            " added); by default refused (exit 2)",
         )
         rules = parser.add_argument_group("verdicts", "when a URL is dead, changed or a placeholder")
         rules.add_argument(
@@ -234,7 +241,8 @@ def build_pipeline(
     read_history = read_history or history.ReadHistory(opts.history, params.night)
     previous = pipeline | "ReadHistory" >> read_history
     outages = checked | "FindHostOutages" >> host_outages.FindHostOutages()
-    judged = {"checked": checked, "previous": previous, "placeholders": placeholders, "outages": outages}
+    shared_pages = checked | "FindWalls" >> walls.FindWalls()
+    judged = dict(checked=checked, previous=previous, placeholders=placeholders, outages=outages, walls=shared_pages)
     rows = judged | "Judge" >> checks.Judge(params)
     # why aside: the previous night's verdicts stay in REFRESH_OUT until this night's books balance
     written = rows | "WriteStatus" >> checks.WriteStatusTable(target.aside("status"), target.prefix)
@@ -247,6 +255,7 @@ def build_pipeline(
         "placeholders": placeholders,
         "frequent": found["frequent"],
         "outages": outages,
+        "walls": shared_pages,
         "written": written,
         # the books: snapshot rows read = status rows written + rows merged by key (checked there)
         "rows_in": read["rows_in"],
@@ -257,7 +266,7 @@ def build_pipeline(
         read_history.previous,
         started_at,
         opts.summary_hosts,
-        _options_snapshot(opts, params),
+        refresh_settings.options_record(opts, params),
         opts.accept_dark_night,
         tables,
     )
@@ -265,36 +274,12 @@ def build_pipeline(
     if opts.history:
         # why first: REFRESH_OUT, what the data team acts on, never gets ahead of the history
         night["night"] = rows | "WriteHistory" >> history.WriteHistory(
-            opts.history, params.night, target.run_id, after=books
+            opts.history, params.night, target.run_id, books, snapshot_identities(root for root, _, _ in snapshots)
         )
     parts = {"status": written, "hosts": host_files, "summary": books, **night}
     published = parts | "Publish" >> night_output.PublishOutput(target)
     _ = published | "DropTemporary" >> RemoveDirectory(target.aside())
     return rows
-
-
-def _options_snapshot(opts, params):
-    keep = (
-        "snapshot",
-        "history",
-        "dead_after",
-        "host_dead_after",
-        "unreachable_dead_after",
-        "placeholder",
-        "placeholder_min_urls",
-        "no_head",
-        "timeout",
-        "max_bytes",
-        "retries",
-        "concurrency",
-        "per_host",
-        "max_rate",
-        "allow_network",
-        "accept_dark_night",
-    )
-    snapshot = {name: getattr(opts, name, None) for name in keep}
-    snapshot.update(night=params.night.isoformat(), max_distance=params.max_distance)
-    return snapshot
 
 
 def run(argv=None):
@@ -332,6 +317,8 @@ def run(argv=None):
     started_at = time.time()
     # The history is listed and checked before anything is written: a storage error stops here.
     read_history = history.ReadHistory(opts.history, params.night)
+    identities = snapshot_identities(root for root, _, _ in snapshots)
+    check_history_snapshots(opts.history, read_history.previous, identities, opts.snapshot_replaced)
     run_id = uuid.uuid4().hex[:12]
     # Why: one writer per REFRESH_OUT (docs/integrity.md), held until the summary is written.
     with job_runner.leased_output(

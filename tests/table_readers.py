@@ -44,6 +44,16 @@ def night_options(tmp_path, snapshot, date, **extra):
     return local_options(**args), out
 
 
+def night_status(tmp_path, snapshot, date, **extra):
+    """Runs the refresh of night `date` (night_options) and returns its status rows by key."""
+    import pyarrow.dataset as ds  # noqa: PLC0415 (only the refresh tests read status tables)
+
+    options, out = night_options(tmp_path, snapshot, date, **extra)
+    refresh.run(options)
+    rows = ds.dataset(os.path.join(out, "status"), format="parquet").to_table().to_pylist()
+    return {r["key"]: r for r in rows}
+
+
 def run_refresh(snapshots, output):
     return refresh.main(
         local_options(snapshot=snapshots, output=output, **{"allow-network": LOOPBACK, "retries": 0, "timeout": 5})

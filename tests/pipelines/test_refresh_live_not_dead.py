@@ -39,7 +39,8 @@ from pipelines import refresh as refresh_job
 from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.synthetic_out import fetched_ok_row, write_snapshot_table
-from tests.table_readers import night_options, one_line
+from tests.table_readers import night_status as night
+from tests.table_readers import one_line
 from transforms import schema
 from transforms.liveness import verdicts
 
@@ -49,13 +50,6 @@ JPEG = {"Content-Type": "image/jpeg"}
 def write_snapshot(directory, rows):
     """An ingest table (as ingest writes it) of `rows`: [(key, url, body)], every row ok, no validator."""
     return write_snapshot_table(directory, [fetched_ok_row(key, url, body) for key, url, body in rows])
-
-
-def night(tmp_path, snapshot, date, **extra):
-    options, out = night_options(tmp_path, snapshot, date, **extra)
-    refresh_job.run(options)
-    rows = ds.dataset(os.path.join(out, "status"), format="parquet").to_table().to_pylist()
-    return {r["key"]: r for r in rows}
 
 
 def test_a_404_to_head_alone_is_no_evidence_when_get_serves_the_picture(tmp_path):
@@ -170,7 +164,8 @@ def test_a_key_whose_url_changed_does_not_inherit_the_old_urls_history(tmp_path)
             [("cc3m:1", web.url("/live.jpg"), live), ("cc3m:2", web.url("/other.jpg"), other)],
         )
         web.routes["/live.jpg"] = Reply(503, b"busy", {"Retry-After": "0"})
-        tonight = night(tmp_path, second, "2030-02-03")
+        # why --snapshot-replaced: the history's nights checked snapshot-1 (history_identity)
+        tonight = night(tmp_path, second, "2030-02-03", **{"snapshot-replaced": True})
     row = tonight["cc3m:1"]
     assert row["status"] == verdicts.UNREACHABLE, row["reason"]
     assert row["consecutive_failures"] == 1 and row["previous_status"] is None and not row["newly_dead"]

@@ -279,8 +279,8 @@ class FindPlaceholders(beam.PTransform):
 
 
 class Judge(beam.PTransform):
-    """Checked URLs + last night's history rows (key, row) + placeholders + host outages (optional)
-    -> one status row per key."""
+    """Checked URLs + last night's history rows (key, row) + placeholders + host outages and walls
+    (optional) -> one status row per key."""
 
     def __init__(self, params):
         super().__init__()
@@ -289,6 +289,7 @@ class Judge(beam.PTransform):
     def expand(self, inputs):
         checked, previous, placeholders = inputs["checked"], inputs["previous"], inputs["placeholders"]
         outages = inputs["outages"] if "outages" in inputs else checked.pipeline | "NoOutages" >> beam.Create([])
+        walls = inputs["walls"] if "walls" in inputs else checked.pipeline | "NoWalls" >> beam.Create([])
         params = self._params
         per_key = checked | "PerKey" >> beam.FlatMap(
             lambda item: [(e["key"], (e, item["check"])) for e in item["entries"]]
@@ -298,12 +299,16 @@ class Judge(beam.PTransform):
             | "WithHistory" >> beam.CoGroupByKey()
             | "Verdicts"
             >> beam.FlatMap(
-                _judge_joined, beam.pvalue.AsDict(placeholders), params, outages=beam.pvalue.AsDict(outages)
+                _judge_joined,
+                beam.pvalue.AsDict(placeholders),
+                params,
+                outages=beam.pvalue.AsDict(outages),
+                walls=beam.pvalue.AsDict(walls),
             )
         )
 
 
-def _judge_joined(item, detected, params, outages=None):
+def _judge_joined(item, detected, params, outages=None, walls=None):
     _key, grouped = item
     previous = next(iter(grouped["previous"]), None)
     for entry, check in grouped["now"]:
@@ -311,7 +316,7 @@ def _judge_joined(item, detected, params, outages=None):
         # lines (cc3m:7 is another URL now). Another URL's streak or dead verdict is no evidence
         # about this one: its first night here, judged from its own ingest fetch.
         same_url = previous is not None and (previous.get("url") or "").strip() == (entry.get("url") or "").strip()
-        yield judge(entry, check, previous if same_url else None, detected, params, outages)
+        yield judge(entry, check, previous if same_url else None, detected, params, outages, walls)
 
 
 class WriteStatusTable(beam.PTransform):

@@ -339,15 +339,16 @@ class WriteHistory(beam.PTransform):
     directory is written. Returns the night's files once in place.
     """
 
-    def __init__(self, history, night, run_id=None, after=None):
+    def __init__(self, history, night, run_id=None, after=None, snapshots=None):
         super().__init__()
+        self._snapshots = list(snapshots or [])  # history_identity: which snapshots the night checked
         self._history = history
         self._night = night
         self._run_id = run_id or uuid.uuid4().hex[:12]
         self._after = after
 
     def expand(self, rows):
-        history, night, run_id = self._history, self._night, self._run_id
+        history, night, run_id, snapshots = self._history, self._night, self._run_id, self._snapshots
         aside = night_aside(history, night, run_id)
         written = rows | "NightFiles" >> WriteStatusTable(aside, f"part-{run_id}")
         count = rows | "CountRows" >> beam.combiners.Count.Globally()
@@ -359,7 +360,12 @@ class WriteHistory(beam.PTransform):
             >> beam.Map(
                 lambda _, files, n: write_json(
                     marker,
-                    {"night": night.isoformat(), "rows": n, "files": sorted(file_name(f) for f in files)},
+                    {
+                        "night": night.isoformat(),
+                        "rows": n,
+                        "files": sorted(file_name(f) for f in files),
+                        **({"snapshots": snapshots} if snapshots else {}),
+                    },
                 ),
                 files=beam.pvalue.AsList(written),
                 n=beam.pvalue.AsSingleton(count),

@@ -24,6 +24,7 @@ for maintenance two nights running no longer has every URL `dead` at once (docs/
 import hashlib
 import re
 import urllib.parse
+from collections.abc import Iterable
 
 import apache_beam as beam
 
@@ -46,18 +47,25 @@ _SPACES = re.compile(rb"\s+")
 REDIRECT_PAGE = "redirect:"  # starts redirect_page's names, which page shapes (hex) never do
 
 
-def page_shape(body: bytes) -> str:
-    """A page's text up to numbers and ids: the sha256 of its bytes with every token that holds a
-    digit blanked and runs of white space made one.
+def page_shape(body: bytes, hosts: Iterable[str | None] = ()) -> str:
+    """A page's text up to numbers, ids and the site's name: the sha256 of its bytes with the host
+    names asked for blanked (with and without "www."), then every token that holds a digit, and runs
+    of white space made one.
 
     Two answers of one maintenance page that differ only in a request id or a timestamp get one
-    shape; pages that differ in words (each photo's own "not found" page, with its title) do not.
+    shape, and so do one CDN's challenge pages naming the site each stands in front of ("alpha.test
+    needs to review the security of your connection": walls.py); pages that differ in words (each
+    photo's own "not found" page, with its title) do not.
 
     Args:
         body: the page's bytes.
+        hosts: the host names the page may name (the URL's, and where its redirects ended).
     Returns:
         A hex sha256.
     """
+    for host in sorted({name.removeprefix("www.") for name in hosts if name}, key=len, reverse=True):
+        # why: the longest first, so a name inside another (b.test in a.b.test) blanks no part of it
+        body = re.sub(rb"(?:www\.)?" + re.escape(host.encode()), b"#", body, flags=re.IGNORECASE)
     text = _SPACES.sub(b" ", _TOKEN_WITH_DIGIT.sub(b"#", body)).strip()
     return hashlib.sha256(text).hexdigest()
 

@@ -27,6 +27,7 @@ from transforms.liveness.verdicts import (
     claims_image,
     has_baseline,
     has_undecodable_baseline,
+    host_of,
     is_http,
 )
 
@@ -190,7 +191,7 @@ def looks_like_image(content_type: str | None, body: bytes | None) -> bool:
     return text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text)
 
 
-def _picture(check, body, max_pixels):
+def _picture(check, body, max_pixels, hosts=()):
     check["sha256"] = hashlib.sha256(body).hexdigest()
     image = inspect_image(body, max_pixels)
     check.update(
@@ -200,7 +201,7 @@ def _picture(check, body, max_pixels):
         image_like=image.status != schema.NOT_IMAGE or looks_like_image(check.get("content_type"), body),
     )
     if not check["image_like"]:  # why: a soft 404's page, compared across the host's URLs (host_outages)
-        check["page_shape"] = page_shape(body)
+        check["page_shape"] = page_shape(body, hosts)
     return check
 
 
@@ -264,7 +265,8 @@ def finish_check(plan: dict, steps: list, max_pixels: int = DEFAULT_MAX_PIXELS) 
             if not check["not_modified"]:  # a 304 we did not ask for cannot vouch for anything
                 check.update(status=schema.HTTP_ERROR, error="HTTP 304 to an unconditional request")
         elif methods[-1] == "GET":
-            _picture(check, last.body or b"", max_pixels)
+            # why the hosts: a CDN's wall page names the site asked for (walls.py)
+            _picture(check, last.body or b"", max_pixels, (host_of(plan["url"]), host_of(last.final_url)))
             if check["page_shape"]:  # why: a consent or login page names each URL, one page by its address
                 check["redirect_page"] = redirect_page(plan["url"], check["final_url"])
     return check

@@ -10,6 +10,8 @@ line and exit 2 before anything is fetched, never a quiet substitute:
 - `check_night_after_snapshots(night, snapshots)`: the night is not before the first row of a
   snapshot was fetched (the ingest fetch counts as the night before a key's first; judged earlier,
   a failed fetch made a URL dead on a night it was not yet known).
+
+`options_record(opts, params)` is what summary.json records of them ("options").
 """
 
 from __future__ import annotations
@@ -20,9 +22,35 @@ from typing import Any
 
 from transforms.liveness.verdicts import utc_date
 
-__all__ = ["check_night_after_snapshots", "check_rule_numbers", "first_fetch_date"]
+__all__ = [
+    "RECORDED_OPTIONS",
+    "check_night_after_snapshots",
+    "check_rule_numbers",
+    "first_fetch_date",
+    "options_record",
+]
 
 _AT_LEAST_ONE = ("dead_after", "host_dead_after")
+# The options summary.json records under "options" (with the night and the --max-distance applied).
+RECORDED_OPTIONS = (
+    "snapshot",
+    "history",
+    "snapshot_replaced",
+    "dead_after",
+    "host_dead_after",
+    "unreachable_dead_after",
+    "placeholder",
+    "placeholder_min_urls",
+    "no_head",
+    "timeout",
+    "max_bytes",
+    "retries",
+    "concurrency",
+    "per_host",
+    "max_rate",
+    "allow_network",
+    "accept_dark_night",
+)
 _NOT_NEGATIVE = ("unreachable_dead_after", "placeholder_min_urls", "summary_hosts")
 
 
@@ -78,3 +106,17 @@ def check_night_after_snapshots(night: datetime.date, snapshots: Sequence[tuple[
                 f"--night {night.isoformat()} is before --snapshot {root} was fetched (its first row on"
                 f" {first.isoformat()}): a night is judged after its snapshot; give a later --night"
             )
+
+
+def options_record(opts: Any, params: Any) -> dict:
+    """The night's options as summary.json records them ("options").
+
+    Args:
+        opts: the refresh's parsed options.
+        params: the night's verdicts.RefreshParams (the night, the --max-distance applied).
+    Returns:
+        {option: value} of RECORDED_OPTIONS, with "night" and "max_distance".
+    """
+    record = {name: getattr(opts, name, None) for name in RECORDED_OPTIONS}
+    record.update(night=params.night.isoformat(), max_distance=params.max_distance)
+    return record

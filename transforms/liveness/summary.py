@@ -11,7 +11,7 @@ import apache_beam as beam
 from transforms.errors import BooksUnbalanced
 from transforms.io.sinks import file_name, join_path, write_json
 from transforms.liveness.dark_night import DarkNightCounts, check_dark_night, dark_night_record
-from transforms.liveness.verdicts import ALIVE, BASELINE_STATUSES, CHANGED, DEAD, VERDICTS
+from transforms.liveness.verdicts import ALIVE, BASELINE_STATUSES, CHANGED, DEAD, VERDICTS, WALL_REASON
 
 __all__ = [
     "DAYS_PER_MONTH",
@@ -71,6 +71,7 @@ class RefreshTotals(beam.CombineFn):
         flags["bytes_changed"] += row["status"] == ALIVE and bool(row["bytes_changed"])
         flags["placeholder"] += bool(row["placeholder"])
         flags["picture_unchecked"] += bool(row.get("picture_unchecked"))
+        flags["wall"] += (row.get("reason") or "").startswith(WALL_REASON)
         acc["methods"][row["method"]] += 1
         if row.get("ingest_status") in BASELINE_STATUSES:
             rot = acc["rot"].setdefault(row["dataset"], [0, 0, 0.0])
@@ -152,6 +153,7 @@ def build_refresh_summary(
         "bytes_changed": flags.get("bytes_changed", 0),
         "placeholder_rows": flags.get("placeholder", 0),
         "picture_unchecked": flags.get("picture_unchecked", 0),
+        "wall_rows": flags.get("wall", 0),
         "methods": dict(sorted(totals["methods"].items())),
         "urls": dict(sorted(urls.items())),
         "success_rate": dict(rates(verdict_totals), by_dataset={d: rates(per) for d, per in sorted(counts.items())}),
@@ -264,6 +266,8 @@ class SummarizeRefresh(beam.PTransform):
             }
         if "outages" in inputs:  # host_outages.FindHostOutages: ((host, shape), (URLs, URLs checked, sha256))
             books["outages"] = beam.pvalue.AsList(inputs["outages"])
+        if "walls" in inputs:  # walls.FindWalls: (page name, (hosts, URLs, sha256))
+            books["walls"] = beam.pvalue.AsList(inputs["walls"])
 
         def write(_, totals, top, host_count, urls, placeholders, frequent, written, dark, **counts):
             summary = build_refresh_summary(
@@ -276,6 +280,12 @@ class SummarizeRefresh(beam.PTransform):
                 summary["host_outages"] = [
                     {"host": host, "page_sha256": sha256, "urls": n, "urls_checked": checked}
                     for (host, _), (n, checked, sha256) in sorted(outages)
+                ]
+            walls = counts.pop("walls", None)
+            if walls is not None:
+                summary["walls"] = [
+                    {"page_sha256": sha256, "hosts": hosts, "urls": urls}
+                    for _, (hosts, urls, sha256) in sorted(walls, key=lambda page: (-page[1][0], page[0]))
                 ]
             if counts:
                 summary["books"] = refresh_books(counts["rows_in"], counts["merged"], written, tables)

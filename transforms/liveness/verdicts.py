@@ -81,6 +81,7 @@ __all__ = [
     "placeholder_votes",
     "soft_404_page",
     "gone_answer_page",
+    "WALL_REASON",
     "utc_date",
     "observe",
     "streak_after",
@@ -478,7 +479,17 @@ def gone_answer_page(check: dict) -> str | None:
     return None
 
 
-def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, outages: dict | None = None) -> dict:
+WALL_REASON = "wall: "  # starts the reason of a soft 404 that several hosts served tonight (walls.py)
+
+
+def observe(
+    entry: dict,
+    check: dict,
+    detected: dict,
+    params: RefreshParams,
+    outages: dict | None = None,
+    walls: dict | None = None,
+) -> dict:
     """What tonight's check says about one key, before the history rules.
 
     Args:
@@ -488,6 +499,8 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
         params: the night's settings.
         outages: {(host, page shape or redirect page): (URLs served it, URLs of the host checked, a sha256 of it)}
             of the hosts that served one page to most of their URLs tonight (host_outages.FindHostOutages).
+        walls: {page shape or redirect page: (hosts that served it, URLs, a sha256 of it)} of the
+            pages several hosts served tonight in place of pictures (walls.FindWalls).
     Returns:
         {"kind": "same" | "new" | "unchecked" | "changed" | "failed", "failure", "reason", "sha256",
         "phash", "bytes_changed", "phash_distance", "placeholder", "picture_unchecked"}.
@@ -556,6 +569,15 @@ def observe(entry: dict, check: dict, detected: dict, params: RefreshParams, out
             return unchecked(check["sha256"], "same bytes as the snapshot")
         if check.get("image_status") == schema.NOT_IMAGE and not check.get("image_like"):
             served = check.get("content_type") or "no Content-Type"
+            wall = (walls or {}).get(soft_404_page(check)) or (walls or {}).get(check.get("redirect_page"))
+            if wall:
+                # why before the host outage: a page that several hosts serve is not theirs (a CDN's
+                # bot challenge, a consent wall): it tells nothing about the picture nor the host
+                return failed(
+                    TRANSIENT,
+                    f"{WALL_REASON}the same page ({served}) served tonight by {wall[0]} hosts in place of"
+                    " pictures (a bot, consent or CDN wall), not the picture's removal",
+                )
             outage = outage_pages.get((entry.get("host"), soft_404_page(check))) or outage_pages.get(
                 (entry.get("host"), check.get("redirect_page"))
             )
@@ -680,6 +702,7 @@ def judge(
     detected: dict,
     params: RefreshParams,
     outages: dict | None = None,
+    walls: dict | None = None,
 ) -> dict:
     """One status row: a snapshot key, tonight's check of its URL, and its latest history row.
 
@@ -691,10 +714,11 @@ def judge(
         detected: {sha256: n} of the many-URLs placeholder rule.
         params: the night's settings.
         outages: observe()'s host outages.
+        walls: observe()'s walls.
     Returns:
         the row, with the columns of schema.REFRESH_SCHEMA.
     """
-    obs = observe(entry, check, detected, params, outages)
+    obs = observe(entry, check, detected, params, outages, walls)
     failed = obs["kind"] == "failed"
     previous_status = (previous or {}).get("status")
     # No history row: the ingest fetch is the night before (docs/refresh.md, "The first night").
