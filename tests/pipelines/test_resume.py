@@ -293,3 +293,36 @@ def test_a_carried_row_takes_this_runs_caption_and_labels(first_run, first_out, 
     for key in ("cc3m:1", "cc3m:2"):  # still carried: the fetch is OUT's
         assert after[key]["fetched_at"] == before[key]["fetched_at"] and after[key]["sha256"] == before[key]["sha256"]
     assert hits_since(web, hits_before, "/ok0.jpg") == hits_since(web, hits_before, "/ok1.jpg") == 0
+
+
+def test_a_carried_row_is_fetched_again_when_the_hash_list_changed(web, tmp_path):
+    """A resume given another CC12M hash list (here the same path, rewritten) carried OUT's rows with
+    the old list's expected hash and verdict: cc12m:1 stayed `ok` under a list that says its image
+    is another, while the rows fetched again were checked against the new list (a table of two hash
+    lists, exit 0). A carried row whose expected hashes changed is fetched again, and its verdict
+    is the new list's; a row whose expected hashes did not change stays carried."""
+    bodies = {n: jpeg(n) for n in range(3)}
+    for n, body in bodies.items():
+        web.routes[f"/ok{n}.jpg"] = Reply(200, body, JPEG)
+    manifest = tmp_path / "cc12m.tsv"
+    manifest.write_text("".join(f"{web.url(f'/ok{n}.jpg')}\tphoto {n}\n" for n in range(3)))
+    hashes = tmp_path / "hashes.tsv"
+    hashes.write_text(f"{web.url('/ok0.jpg')}\t{hashlib.sha256(bodies[0]).hexdigest()}\n")
+    out = str(tmp_path / "out")
+    args = [f"--manifest=cc12m={manifest}", f"--cc12m-hashes={hashes}"]
+    run(None, out, *args)
+    before = rows_of(out)
+    assert before["cc12m:1"]["status"] == schema.OK
+    hits_before = dict(web.hits)
+    wrong = "ab" * 32
+    hashes.write_text(
+        f"{web.url('/ok0.jpg')}\t{wrong}\n{web.url('/ok1.jpg')}\t{hashlib.sha256(bodies[1]).hexdigest()}\n"
+    )
+    run(None, out, *args, "--resume")
+    after = rows_of(out)
+    assert after["cc12m:1"]["status"] == schema.HASH_MISMATCH and after["cc12m:1"]["expected_sha256"] == wrong
+    assert after["cc12m:2"]["status"] == schema.OK
+    assert after["cc12m:2"]["expected_sha256"] == hashlib.sha256(bodies[1]).hexdigest()
+    assert after["cc12m:3"]["fetched_at"] == before["cc12m:3"]["fetched_at"]  # its expected hashes: none, as before
+    assert hits_since(web, hits_before, "/ok2.jpg") == 0
+    assert sinks.read_json(os.path.join(out, "summary.json"))["resume"] == {"carried": 1, "fetched": 2}

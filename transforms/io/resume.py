@@ -15,6 +15,7 @@ from transforms.io.manifests import LINE_KEYED
 __all__ = [
     "FETCH_OUTCOME_COLUMNS",
     "DESCRIPTION_COLUMNS",
+    "EXPECTED_HASH_COLUMNS",
     "reset_for_refetch",
     "parse_retry_statuses",
     "MergeWithPrevious",
@@ -66,6 +67,13 @@ DESCRIPTION_COLUMNS = (
     "source_file",
     "source_line",
 )
+
+# What this run's --cc12m-hashes (and an Open Images manifest's OriginalMD5) expect of a row's
+# bytes: the fetch's verdict (ok or hash_mismatch) depends on them.
+# why: a resume with another hash list (or the same path rewritten) carried OUT's rows with the old
+# list's expected hash and verdict, while the rows fetched again were checked against the new one:
+# one table of two hash lists behind exit 0.
+EXPECTED_HASH_COLUMNS = ("expected_sha256", "expected_md5")
 
 
 def reset_for_refetch(row: schema.Row) -> schema.Row:
@@ -122,10 +130,10 @@ class _Choose(beam.DoFn):
             self._check_key_scheme(old)
             # Why: a row no manifest lists any more is kept; the books count it as read from OUT.
             yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
-        if old is not None and old["status"] not in self._retry:
+        if old is not None and old["status"] not in self._retry and not self._hashes_changed(old, new):
             self._carried.inc()
             if new is not None:  # the record's text and place as this run's manifests give them
-                old.update({name: new.get(name) for name in DESCRIPTION_COLUMNS})
+                old.update({name: new.get(name) for name in DESCRIPTION_COLUMNS + EXPECTED_HASH_COLUMNS})
             yield old
         elif new is not None:
             (self._refetched if old is not None else self._new).inc()
@@ -133,6 +141,17 @@ class _Choose(beam.DoFn):
         else:
             self._refetched.inc()
             yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
+
+    @staticmethod
+    def _hashes_changed(old, new):
+        """This run expects other bytes of a row OUT hashed than OUT's run did: its verdict (ok or
+        hash_mismatch) is the fetch's to settle again. A row OUT holds no bytes of (a 404) just takes
+        the new expected hashes; a row no manifest lists any more keeps its own."""
+        return (
+            new is not None
+            and old.get("sha256") is not None
+            and any(old.get(name) != new.get(name) for name in EXPECTED_HASH_COLUMNS)
+        )
 
     def _check_key_scheme(self, old):
         """A CC3M/CC12M row of a file this run reads, whose line this run keys otherwise: a file added
@@ -174,7 +193,8 @@ class MergeWithPrevious(beam.PTransform):
     """Manifest rows + a previous run's rows -> {"carry": settled rows, "fetch": rows to fetch}.
 
     By key: a previous row whose status is not retried is carried with its fetch outcome and this
-    run's text (DESCRIPTION_COLUMNS: caption, labels, ... as the manifests give them); otherwise the
+    run's text (DESCRIPTION_COLUMNS: caption, labels, ... as the manifests give them); otherwise, or
+    when this run expects other bytes of it (EXPECTED_HASH_COLUMNS: another hash list), the
     manifest's row (or the previous row, reset) is fetched again. A key the manifests give
     another URL is fetched again when its dataset is keyed by ID, and refused (BadInput) when it
     is keyed by line number: those manifests are not the ones OUT was made from; so is a line-keyed
