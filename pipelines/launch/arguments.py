@@ -15,8 +15,12 @@ Spelling rules, the same as Beam's parser (argparse, allow_abbrev=False):
 - `--flag value` and `--flag=value`; a value starting with `-` only as `--flag=-value`;
 - no abbreviations (`--max-dist` is not `--max-distance`): Beam's own parser would drop an
   abbreviation silently, and an abbreviation changes meaning when a new option begins the same;
-- an option given twice: the last value wins (`append` options such as --manifest, --experiments
-  keep every value), as argparse and Beam do; wrappers rely on it to override a default.
+- a single-value option of the job's own given twice with two values (`--output A ... --output B`,
+  `--max-distance 4 --max-distance 8`: a long command line edited in a scheduler) is a usage error
+  naming both; argparse and Beam kept the last silently, exit 0, the first OUT unwritten. The same
+  value twice passes (`--max-distance 5 --max-distance=05`), and `append` options (--manifest,
+  --input, --allow-network, ...) keep every value. Beam's own options keep Beam's rule, the last
+  wins: launchers (deploy/, Dataflow's) compose them, and none decides which rows are written.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.errors import BadInput
 
-__all__ = ["beam_option_classes", "check_known", "unknown_argument"]
+__all__ = ["beam_option_classes", "check_known", "refuse_two_values", "unknown_argument"]
 
 
 def beam_option_classes() -> list[type[PipelineOptions]]:
@@ -63,15 +67,43 @@ def unknown_argument(extras: list[str], known: list[str]) -> str:
     return f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else "")
 
 
+_GIVEN = "_values_given_on_the_command_line"  # a namespace attribute: {dest: value} of one parse
+
+
+class _StoreOnce(argparse._StoreAction):  # pylint: disable=protected-access
+    """A single-value option that refuses a second, different value (argparse keeps the last)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        # why on the namespace: one parse's values, gone with it (no state on the parser or module)
+        given = vars(namespace).setdefault(_GIVEN, {})
+        if self.dest in given and given[self.dest] != values:
+            raise argparse.ArgumentError(self, f"given twice, {given[self.dest]!r} and then {values!r}: give it once")
+        given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
+def refuse_two_values(parser: argparse.ArgumentParser) -> None:
+    """Makes every plain single-value option of `parser` refuse a second, different value.
+
+    Args:
+        parser: the job's own options (Beam's are added after: they keep the last value).
+    """
+    for action in parser._actions:  # noqa: SLF001
+        if type(action) is argparse._StoreAction:  # pylint: disable=protected-access  # not append, flags
+            action.__class__ = _StoreOnce
+
+
 def check_known(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Parses `argv` with the job's own parser plus Beam's options; raises BadInput for a malformed
-    value (through the parser's error()) or for the first argument neither knows.
+    value (through the parser's error()), a single-value option of the job's given two values, or
+    the first argument neither parser knows.
 
     Args:
         parser: the job's own options (error() raising BadInput, allow_abbrev=False); Beam's
             options are added to it here.
         argv: the command line without the program name.
     """
+    refuse_two_values(parser)
     for cls in beam_option_classes():
         cls._add_argparse_args(parser)  # type: ignore[arg-type]  # pylint: disable=protected-access
     _, extras = parser.parse_known_args(argv)
