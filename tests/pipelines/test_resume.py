@@ -14,6 +14,7 @@ from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.table_readers import one_line
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.io import sinks
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -95,7 +96,8 @@ def hits_since(web, before, path):
 
 
 def run(manifest, out, *extra, **options):
-    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "timeout": 1.0, "retries": 2}, **options)
+    # why merged: a job refuses a single-value option given twice (pipelines/launch/arguments.py)
+    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "timeout": 1.0, "retries": 2, **options})
     if manifest:
         args.append(f"--manifest=cc3m={manifest}")
     ingest.run(args + list(extra))
@@ -164,7 +166,7 @@ def test_a_crash_mid_bundle_then_a_rerun_gives_every_row_once(web, manifest, tmp
     monkeypatch.setattr(sinks.StoreBlobDoFn, "_store", real_store)
     # the retry: same command, with a timeout a loaded machine keeps (CI beside a long job once
     # timed out, at 1 s, rows whose blobs the crashed run had stored, leaving them unreferenced)
-    run(manifest, out, "--timeout=10")
+    run(manifest, out, timeout=10)
     rows = rows_of(out)
     assert len(rows) == 11
     ok = {r["blob"] for r in rows.values() if r["status"] == schema.OK}
@@ -326,3 +328,44 @@ def test_a_carried_row_is_fetched_again_when_the_hash_list_changed(web, tmp_path
     assert after["cc12m:3"]["fetched_at"] == before["cc12m:3"]["fetched_at"]  # its expected hashes: none, as before
     assert hits_since(web, hits_before, "/ok2.jpg") == 0
     assert sinks.read_json(os.path.join(out, "summary.json"))["resume"] == {"carried": 1, "fetched": 2}
+
+
+@pytest.mark.parametrize("option", ["max-bytes", "max-pixels"])
+def test_a_carried_row_past_this_runs_size_limit_is_fetched_again(first_run, first_out, option):
+    """A resume with a lower --max-bytes or --max-pixels carried OUT's `ok` rows past the new limit
+    as `ok` (exit 0), while a row fetched again past it was too_large / decode_error: one table of two
+    limits. Such a row is fetched again, so the new limit decides it; rows within it stay carried."""
+    out = first_out
+    before = rows_of(out)
+    ok = {key: row for key, row in before.items() if row["status"] == schema.OK}
+    if option == "max-bytes":
+        limit = sorted(row["size_bytes"] for row in ok.values())[len(ok) // 2]  # half the rows past it
+        past = {key for key, row in ok.items() if row["size_bytes"] > limit}
+    else:
+        limit = 320 * 240 - 1  # every picture is 320x240
+        past = set(ok)
+    assert 0 < len(past) <= len(ok)
+    run(first_run.manifest, out, "--resume", **{option: limit})
+    after = rows_of(out)
+    assert set(after) == set(before)
+    failed = schema.TOO_LARGE if option == "max-bytes" else schema.DECODE_ERROR
+    for key in ok:
+        if key in past:
+            assert after[key]["status"] == failed and after[key]["fetched_at"] != before[key]["fetched_at"], key
+        else:
+            assert after[key]["status"] == schema.OK and after[key]["fetched_at"] == before[key]["fetched_at"], key
+
+
+def test_a_resume_with_other_views_is_refused(first_run, first_out):
+    """`--views none` first, then `--resume` with the default views (or the reverse): exit 0, the
+    carried rows without the views' hashes and the rows fetched again with them, so dedup matched
+    through the views on some rows only. Refused before anything is fetched or written."""
+    before = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(first_out, "**"), recursive=True)}
+    with pytest.raises(BadInput) as refused:
+        run(first_run.manifest, first_out, "--resume", views="mirror")
+    assert str(refused.value) == (
+        "--resume: OUT's rows were hashed with --views mirror,trim,crop,centre, this run's would be with"
+        " --views mirror: the rows carried would keep OUT's view hashes and the rows fetched get the"
+        " others. Resume with --views mirror,trim,crop,centre, or ingest into a new --output"
+    )
+    assert {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(first_out, "**"), recursive=True)} == before
