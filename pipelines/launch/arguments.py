@@ -20,7 +20,9 @@ Spelling rules, the same as Beam's parser (argparse, allow_abbrev=False):
   naming both; argparse and Beam kept the last silently, exit 0, the first OUT unwritten. The same
   value twice passes (`--max-distance 5 --max-distance=05`), and `append` options (--manifest,
   --input, --allow-network, ...) keep every value. Beam's own options keep Beam's rule, the last
-  wins: launchers (deploy/, Dataflow's) compose them, and none decides which rows are written.
+  wins: launchers (deploy/, Dataflow's) compose them, and none decides which rows are written;
+- an empty value of the job's own options (`--cc12m-hashes ""`, `--history=`: a shell variable
+  unset) is a usage error: every job read it as the option left out, exit 0.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.errors import BadInput
 
-__all__ = ["beam_option_classes", "check_known", "refuse_two_values", "unknown_argument"]
+__all__ = ["beam_option_classes", "check_known", "guard_values", "unknown_argument"]
 
 
 def beam_option_classes() -> list[type[PipelineOptions]]:
@@ -70,10 +72,23 @@ def unknown_argument(extras: list[str], known: list[str]) -> str:
 _GIVEN = "_values_given_on_the_command_line"  # a namespace attribute: {dest: value} of one parse
 
 
+def _refuse_empty(action: argparse.Action, values: object) -> None:
+    """An empty text value (`--cc12m-hashes "$HASHES"`, the variable unset) is no value.
+
+    why: every job read "" as the option left out: the ingest ran without its hash list, the refresh
+    without its history, dedup without --drop-dead, exit 0 each.
+    """
+    if isinstance(values, str) and not values.strip():
+        flag = action.option_strings[-1]
+        raise argparse.ArgumentError(action, f"an empty value (a shell variable unset?): give one, or leave {flag} out")
+
+
 class _StoreOnce(argparse._StoreAction):  # pylint: disable=protected-access
-    """A single-value option that refuses a second, different value (argparse keeps the last)."""
+    """A single-value option that refuses an empty value and a second, different value (argparse
+    keeps the last)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
+        _refuse_empty(self, values)
         # why on the namespace: one parse's values, gone with it (no state on the parser or module)
         given = vars(namespace).setdefault(_GIVEN, {})
         if self.dest in given and given[self.dest] != values:
@@ -82,28 +97,38 @@ class _StoreOnce(argparse._StoreAction):  # pylint: disable=protected-access
         super().__call__(parser, namespace, values, option_string)
 
 
-def refuse_two_values(parser: argparse.ArgumentParser) -> None:
-    """Makes every plain single-value option of `parser` refuse a second, different value.
+class _AppendNonEmpty(argparse._AppendAction):  # pylint: disable=protected-access
+    """A repeatable option that refuses an empty value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _refuse_empty(self, values)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def guard_values(parser: argparse.ArgumentParser) -> None:
+    """Makes the value-taking options of `parser` refuse an empty value, and its single-value ones
+    a second, different value.
 
     Args:
-        parser: the job's own options (Beam's are added after: they keep the last value).
+        parser: the job's own options (Beam's are added after: they keep Beam's rules).
     """
+    guarded = {argparse._StoreAction: _StoreOnce, argparse._AppendAction: _AppendNonEmpty}  # noqa: SLF001
     for action in parser._actions:  # noqa: SLF001
-        if type(action) is argparse._StoreAction:  # pylint: disable=protected-access  # not append, flags
-            action.__class__ = _StoreOnce
+        if type(action) in guarded:  # exactly: not flags, not a custom action
+            action.__class__ = guarded[type(action)]
 
 
 def check_known(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Parses `argv` with the job's own parser plus Beam's options; raises BadInput for a malformed
-    value (through the parser's error()), a single-value option of the job's given two values, or
-    the first argument neither parser knows.
+    value (through the parser's error()), an empty value of the job's own options, a single-value
+    option of the job's given two values, or the first argument neither parser knows.
 
     Args:
         parser: the job's own options (error() raising BadInput, allow_abbrev=False); Beam's
             options are added to it here.
         argv: the command line without the program name.
     """
-    refuse_two_values(parser)
+    guard_values(parser)
     for cls in beam_option_classes():
         cls._add_argparse_args(parser)  # type: ignore[arg-type]  # pylint: disable=protected-access
     _, extras = parser.parse_known_args(argv)

@@ -182,6 +182,30 @@ def test_a_single_value_option_given_twice_with_two_values_is_refused(name):
         assert str(failure.value) == f"argument {flag}: given twice, {first!r} and then {second!r}: give it once"
 
 
+# job -> (a command line it accepts, options of its own that take a text value)
+EMPTY = {
+    "ingest": (TWICE["ingest"][0], ["--cc12m-hashes", "--cc3m-labels", "--openimages-labels", "--retry-status"]),
+    "dedup": (BASE, ["--drop-dead", "--dataset-priority"]),
+    "refresh": (TWICE["refresh"][0], ["--history"]),
+    "export": (TWICE["export"][0], ["--split"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY))
+def test_an_empty_value_is_refused(name):
+    """`--cc12m-hashes "$HASHES"` with the variable unset ran without the hash list (no hash_mismatch
+    verdict), `--history ""` a nightly refresh without its history, `--drop-dead ""` dedup keeping the
+    dead rows, `--split ""` an export without its split: exit 0 each, the option silently off."""
+    base, flags = EMPTY[name]
+    for flag in flags:
+        for argv in ([flag, ""], [f"{flag}="], [f"{flag}=  "]):
+            with pytest.raises(BadInput) as failure:
+                JOBS[name].JOB.parse(base + argv)
+            assert str(failure.value) == (
+                f"argument {flag}: an empty value (a shell variable unset?): give one, or leave {flag} out"
+            ), argv
+
+
 def test_an_option_given_twice_with_one_value_passes_and_repeatables_keep_all():
     _, opts = dedup.JOB.parse(BASE + ["--max-distance", "5", "--max-distance=05"])  # one value, two spellings
     assert opts.max_distance == 5
