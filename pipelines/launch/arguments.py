@@ -22,7 +22,8 @@ Spelling rules, the same as Beam's parser (argparse, allow_abbrev=False):
   --input, --allow-network, ...) keep every value. Beam's own options keep Beam's rule, the last
   wins: launchers (deploy/, Dataflow's) compose them, and none decides which rows are written;
 - an empty value of the job's own options (`--cc12m-hashes ""`, `--history=`: a shell variable
-  unset) is a usage error: every job read it as the option left out, exit 0.
+  unset) is a usage error: every job read it as the option left out, exit 0; so is a value that
+  begins with ~ (`--output=~/out`: not expanded after `=`, it named a folder `~` here).
 """
 
 from __future__ import annotations
@@ -72,15 +73,26 @@ def unknown_argument(extras: list[str], known: list[str]) -> str:
 _GIVEN = "_values_given_on_the_command_line"  # a namespace attribute: {dest: value} of one parse
 
 
-def _refuse_empty(action: argparse.Action, values: object) -> None:
-    """An empty text value (`--cc12m-hashes "$HASHES"`, the variable unset) is no value.
+def _refuse_unusable(action: argparse.Action, values: object) -> None:
+    """An empty text value (`--cc12m-hashes "$HASHES"`, the variable unset) is no value; one that
+    begins with ~ (`--output=~/out`) is a path the shell did not expand.
 
     why: every job read "" as the option left out: the ingest ran without its hash list, the refresh
-    without its history, dedup without --drop-dead, exit 0 each.
+    without its history, dedup without --drop-dead, exit 0 each. And `~` is expanded only at a word's
+    start: `--output=~/out` wrote into a folder named `~` in the working directory, exit 0.
     """
-    if isinstance(values, str) and not values.strip():
-        flag = action.option_strings[-1]
+    if not isinstance(values, str):
+        return
+    flag = action.option_strings[-1]
+    if not values.strip():
         raise argparse.ArgumentError(action, f"an empty value (a shell variable unset?): give one, or leave {flag} out")
+    if values.startswith("~"):
+        home = "$HOME" + values[1:] if values[1:2] in ("", "/") else "a full path"
+        raise argparse.ArgumentError(
+            action,
+            f"{values!r} begins with ~, which the shell expands only at the start of a word"
+            f" (not after {flag}=): give it as {home}",
+        )
 
 
 class _StoreOnce(argparse._StoreAction):  # pylint: disable=protected-access
@@ -88,7 +100,7 @@ class _StoreOnce(argparse._StoreAction):  # pylint: disable=protected-access
     keeps the last)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        _refuse_empty(self, values)
+        _refuse_unusable(self, values)
         # why on the namespace: one parse's values, gone with it (no state on the parser or module)
         given = vars(namespace).setdefault(_GIVEN, {})
         if self.dest in given and given[self.dest] != values:
@@ -101,7 +113,7 @@ class _AppendNonEmpty(argparse._AppendAction):  # pylint: disable=protected-acce
     """A repeatable option that refuses an empty value."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        _refuse_empty(self, values)
+        _refuse_unusable(self, values)
         super().__call__(parser, namespace, values, option_string)
 
 

@@ -206,6 +206,21 @@ def test_an_empty_value_is_refused(name):
             ), argv
 
 
+def test_a_path_beginning_with_a_tilde_is_refused():
+    """`--output=~/out` (the shell expands ~ only at a word's start, not after `=`): the ingest wrote
+    into a folder named `~` in the working directory, exit 0, its summary naming `~/out`; a refresh
+    `--history=~/h` started another history in each working directory it ran from."""
+    with pytest.raises(BadInput) as failure:
+        dedup.JOB.parse(["--input", "in", "--output=~/out3"])
+    assert str(failure.value) == (
+        "argument --output: '~/out3' begins with ~, which the shell expands only at the start of a word"
+        " (not after --output=): give it as $HOME/out3"
+    )
+    with pytest.raises(BadInput) as failure:
+        refresh.JOB.parse(["--snapshot", "s", "--output", "o", "--history=~night/h"])
+    assert str(failure.value).startswith("argument --history: '~night/h' begins with ~")
+
+
 def test_an_option_given_twice_with_one_value_passes_and_repeatables_keep_all():
     _, opts = dedup.JOB.parse(BASE + ["--max-distance", "5", "--max-distance=05"])  # one value, two spellings
     assert opts.max_distance == 5
