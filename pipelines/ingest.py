@@ -30,7 +30,7 @@ from transforms.io.books import BalanceBooks, check_books
 from transforms.io.checksums import HASH_CONFLICT_RULE, AttachExpectedHashes
 from transforms.io.labels import JoinCC3MLabels, JoinLongCaptions, JoinOpenImagesLabels, load_synsets
 from transforms.io.manifests import LINE_KEYED, ManifestParsers, ReadManifests
-from transforms.io.resume import MergeWithPrevious, parse_retry_statuses
+from transforms.io.resume import MergeWithPrevious, SizeLimits, parse_retry_statuses
 from transforms.io.sinks import (
     CountBlobs,
     StatusCounts,
@@ -208,6 +208,7 @@ def build_pipeline(pipeline, opts, started_at, progress_dir=None, one_process=Fa
             pipeline | "PreviousRun" >> ReadImageTable(resumed_files(out, previous_files)),
             parse_retry_statuses(opts.retry_status),
             read["key_prefixes"],
+            SizeLimits(opts.max_bytes, opts.max_pixels),
         )
         rows, carried, kept = merged["fetch"], merged["carry"], merged["kept"]
     fetched = (
@@ -391,7 +392,8 @@ def _options_snapshot(opts):
         "retry_status",
         "accept_truncated",
     )
-    return {name: getattr(opts, name, None) for name in keep}
+    # why the views as parsed: a --resume compares them with this run's (preflight.check_resumed_views)
+    return {name: getattr(opts, name, None) for name in keep} | {"views": list(DedupSettings.from_options(opts).views)}
 
 
 @contextlib.contextmanager
@@ -486,8 +488,10 @@ def check_inputs(opts):
         # why: the pool starts them all at once, ~75 MB each: 1000 would exhaust a worker's memory
         raise BadInput(f"--hash-processes must be at most {MAX_HASH_PROCESSES}, got {opts.hash_processes}")
     FetchConfig.from_options(opts)
-    DedupSettings.from_options(opts)
+    views = DedupSettings.from_options(opts).views
     preflight.check_output_dir(opts.output)
+    if opts.resume:
+        preflight.check_resumed_views(opts.output, views)
 
 
 def run(argv=None):

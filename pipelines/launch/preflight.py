@@ -325,6 +325,44 @@ def check_table(flag: str, root: str, required: tuple[str, ...], pattern: str | 
     return files
 
 
+def recorded_options(root: str) -> dict:
+    """The options ROOT's writer recorded in its summary.json ({} without a readable one: an older
+    layout, files named by a glob; the table checks report what matters there).
+
+    Args:
+        root: a job's output directory.
+    Returns:
+        summary.json's "options", or {}.
+    """
+    try:
+        summary = read_json(FileSystems.join(root, "summary.json"))
+    except Exception:  # noqa: BLE001 (absent or unreadable)
+        return {}
+    options = summary.get("options") if isinstance(summary, dict) else None
+    return options if isinstance(options, dict) else {}
+
+
+def check_resumed_views(root: str, views: tuple[str, ...]) -> None:
+    """Refuses (BadInput) a --resume whose picture views are not those OUT's rows were hashed with:
+    the carried rows keep OUT's view hashes (a view not computed there is null) while the rows
+    fetched get this run's, so dedup matches through a view on some rows only. An OUT whose
+    summary.json records no views (written before they were recorded) is not checked.
+
+    Args:
+        root: the OUT resumed.
+        views: this run's views (DedupSettings.views).
+    """
+    recorded = recorded_options(root).get("views")
+    if not isinstance(recorded, list) or tuple(recorded) == tuple(views):
+        return
+    spelt = lambda names: ",".join(names) or "none"  # noqa: E731
+    raise BadInput(
+        f"--resume: OUT's rows were hashed with --views {spelt(recorded)}, this run's would be with"
+        f" --views {spelt(views)}: the rows carried would keep OUT's view hashes and the rows fetched"
+        f" get the others. Resume with --views {spelt(recorded)}, or ingest into a new --output"
+    )
+
+
 def check_ingest_networks(flag: str, root: str, allowed: list[str]) -> None:
     """Refuses (BadInput) a run whose --allow-network lacks a network the ingest of ROOT allowed
     (its summary.json's options): every URL of ROOT there would be refused by the address policy,
@@ -339,12 +377,7 @@ def check_ingest_networks(flag: str, root: str, allowed: list[str]) -> None:
     """
     import ipaddress  # noqa: PLC0415 (only the refresh needs it)
 
-    try:
-        summary = read_json(FileSystems.join(root, "summary.json"))
-    except Exception:  # noqa: BLE001 (absent or unreadable: the table checks report what matters)
-        return
-    options = summary.get("options") if isinstance(summary, dict) else None
-    ingest = options.get("allow_network") if isinstance(options, dict) else None
+    ingest = recorded_options(root).get("allow_network")
     if not isinstance(ingest, list):
         return
     ours = []

@@ -290,7 +290,19 @@ BAD_INPUT = {
         "ingest",
         ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--views="],
         2,
-        ["--views names no view", "none"],
+        ["argument --views: an empty value", "leave --views out"],  # pipelines/launch/arguments.py
+    ),
+    "ingest-empty-hash-list": (  # --cc12m-hashes "$HASHES" unset: ingested without the list, exit 0
+        "ingest",
+        ["--manifest", "cc3m={t}/m.tsv", "--output", "{t}/o", "--cc12m-hashes", ""],
+        2,
+        ["argument --cc12m-hashes: an empty value", "leave --cc12m-hashes out"],
+    ),
+    "refresh-empty-history": (  # --history= : a night judged without the earlier nights, exit 0
+        "refresh",
+        ["--snapshot", "{t}/table", "--output", "{t}/r", "--history="],
+        2,
+        ["argument --history: an empty value"],
     ),
     "dedup-no-output": ("dedup", ["--input", "{t}/table"], 2, ["--output"]),
     "refresh-not-an-ingest-output": (
@@ -419,6 +431,7 @@ AS_SUBPROCESS = (
     "dedup-corrupt-parquet",
     "refresh-missing-columns",
     "refresh-night-in-the-future",  # with the real date (the tests' refresh_today is in this process)
+    "ingest-empty-hash-list",  # the empty value as a shell passes it
 )
 
 

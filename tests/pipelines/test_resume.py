@@ -14,6 +14,7 @@ from pipelines.demo.sample_site import Reply, SampleWebServer, jpeg
 from tests.conftest import local_options
 from tests.table_readers import one_line
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.io import sinks
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -95,7 +96,8 @@ def hits_since(web, before, path):
 
 
 def run(manifest, out, *extra, **options):
-    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "timeout": 1.0, "retries": 2}, **options)
+    # why merged: a job refuses a single-value option given twice (pipelines/launch/arguments.py)
+    args = local_options(output=out, **{"allow-network": "127.0.0.1/32", "timeout": 1.0, "retries": 2, **options})
     if manifest:
         args.append(f"--manifest=cc3m={manifest}")
     ingest.run(args + list(extra))
@@ -164,7 +166,7 @@ def test_a_crash_mid_bundle_then_a_rerun_gives_every_row_once(web, manifest, tmp
     monkeypatch.setattr(sinks.StoreBlobDoFn, "_store", real_store)
     # the retry: same command, with a timeout a loaded machine keeps (CI beside a long job once
     # timed out, at 1 s, rows whose blobs the crashed run had stored, leaving them unreferenced)
-    run(manifest, out, "--timeout=10")
+    run(manifest, out, timeout=10)
     rows = rows_of(out)
     assert len(rows) == 11
     ok = {r["blob"] for r in rows.values() if r["status"] == schema.OK}
@@ -293,3 +295,77 @@ def test_a_carried_row_takes_this_runs_caption_and_labels(first_run, first_out, 
     for key in ("cc3m:1", "cc3m:2"):  # still carried: the fetch is OUT's
         assert after[key]["fetched_at"] == before[key]["fetched_at"] and after[key]["sha256"] == before[key]["sha256"]
     assert hits_since(web, hits_before, "/ok0.jpg") == hits_since(web, hits_before, "/ok1.jpg") == 0
+
+
+def test_a_carried_row_is_fetched_again_when_the_hash_list_changed(web, tmp_path):
+    """A resume given another CC12M hash list (here the same path, rewritten) carried OUT's rows with
+    the old list's expected hash and verdict: cc12m:1 stayed `ok` under a list that says its image
+    is another, while the rows fetched again were checked against the new list (a table of two hash
+    lists, exit 0). A carried row whose expected hashes changed is fetched again, and its verdict
+    is the new list's; a row whose expected hashes did not change stays carried."""
+    bodies = {n: jpeg(n) for n in range(3)}
+    for n, body in bodies.items():
+        web.routes[f"/ok{n}.jpg"] = Reply(200, body, JPEG)
+    manifest = tmp_path / "cc12m.tsv"
+    manifest.write_text("".join(f"{web.url(f'/ok{n}.jpg')}\tphoto {n}\n" for n in range(3)))
+    hashes = tmp_path / "hashes.tsv"
+    hashes.write_text(f"{web.url('/ok0.jpg')}\t{hashlib.sha256(bodies[0]).hexdigest()}\n")
+    out = str(tmp_path / "out")
+    args = [f"--manifest=cc12m={manifest}", f"--cc12m-hashes={hashes}"]
+    run(None, out, *args)
+    before = rows_of(out)
+    assert before["cc12m:1"]["status"] == schema.OK
+    hits_before = dict(web.hits)
+    wrong = "ab" * 32
+    hashes.write_text(
+        f"{web.url('/ok0.jpg')}\t{wrong}\n{web.url('/ok1.jpg')}\t{hashlib.sha256(bodies[1]).hexdigest()}\n"
+    )
+    run(None, out, *args, "--resume")
+    after = rows_of(out)
+    assert after["cc12m:1"]["status"] == schema.HASH_MISMATCH and after["cc12m:1"]["expected_sha256"] == wrong
+    assert after["cc12m:2"]["status"] == schema.OK
+    assert after["cc12m:2"]["expected_sha256"] == hashlib.sha256(bodies[1]).hexdigest()
+    assert after["cc12m:3"]["fetched_at"] == before["cc12m:3"]["fetched_at"]  # its expected hashes: none, as before
+    assert hits_since(web, hits_before, "/ok2.jpg") == 0
+    assert sinks.read_json(os.path.join(out, "summary.json"))["resume"] == {"carried": 1, "fetched": 2}
+
+
+@pytest.mark.parametrize("option", ["max-bytes", "max-pixels"])
+def test_a_carried_row_past_this_runs_size_limit_is_fetched_again(first_run, first_out, option):
+    """A resume with a lower --max-bytes or --max-pixels carried OUT's `ok` rows past the new limit
+    as `ok` (exit 0), while a row fetched again past it was too_large / decode_error: one table of two
+    limits. Such a row is fetched again, so the new limit decides it; rows within it stay carried."""
+    out = first_out
+    before = rows_of(out)
+    ok = {key: row for key, row in before.items() if row["status"] == schema.OK}
+    if option == "max-bytes":
+        limit = sorted(row["size_bytes"] for row in ok.values())[len(ok) // 2]  # half the rows past it
+        past = {key for key, row in ok.items() if row["size_bytes"] > limit}
+    else:
+        limit = 320 * 240 - 1  # every picture is 320x240
+        past = set(ok)
+    assert 0 < len(past) <= len(ok)
+    run(first_run.manifest, out, "--resume", **{option: limit})
+    after = rows_of(out)
+    assert set(after) == set(before)
+    failed = schema.TOO_LARGE if option == "max-bytes" else schema.DECODE_ERROR
+    for key in ok:
+        if key in past:
+            assert after[key]["status"] == failed and after[key]["fetched_at"] != before[key]["fetched_at"], key
+        else:
+            assert after[key]["status"] == schema.OK and after[key]["fetched_at"] == before[key]["fetched_at"], key
+
+
+def test_a_resume_with_other_views_is_refused(first_run, first_out):
+    """`--views none` first, then `--resume` with the default views (or the reverse): exit 0, the
+    carried rows without the views' hashes and the rows fetched again with them, so dedup matched
+    through the views on some rows only. Refused before anything is fetched or written."""
+    before = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(first_out, "**"), recursive=True)}
+    with pytest.raises(BadInput) as refused:
+        run(first_run.manifest, first_out, "--resume", views="mirror")
+    assert str(refused.value) == (
+        "--resume: OUT's rows were hashed with --views mirror,trim,crop,centre, this run's would be with"
+        " --views mirror: the rows carried would keep OUT's view hashes and the rows fetched get the"
+        " others. Resume with --views mirror,trim,crop,centre, or ingest into a new --output"
+    )
+    assert {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(first_out, "**"), recursive=True)} == before

@@ -161,12 +161,89 @@ def test_a_value_that_looks_like_an_option():
     assert (opts.dataset_priority, opts.max_distance) == ("--odd", -1)
 
 
-def test_an_option_given_twice_keeps_the_last_and_repeatables_keep_all():
-    options, opts = dedup.JOB.parse(BASE + ["--max-distance", "3", "--max-distance=5", "--experiments=a"])
+# job -> (a command line it accepts, a single-value option of its own, two values for it as parsed)
+TWICE = {
+    "ingest": (["--manifest", "cc3m=m.tsv", "--output", "o"], "--output", "o", "elsewhere"),
+    "dedup": (BASE, "--max-distance", 4, 8),
+    "refresh": (["--snapshot", "s", "--output", "o"], "--dead-after", 2, 5),
+    "export": (["--input", "i", "--output", "o"], "--format", "webdataset", "hf-parquet"),
+}
+JOBS = {"ingest": ingest, "dedup": dedup, "refresh": refresh, "export": export}
+
+
+@pytest.mark.parametrize("name", sorted(TWICE))
+def test_a_single_value_option_given_twice_with_two_values_is_refused(name):
+    """`--output A ... --output B` (a long command line edited in a scheduler) ran with the last value,
+    exit 0: the first OUT silently not written, or dedup at another distance than the one read first."""
+    base, flag, first, second = TWICE[name]
+    for argv in ([flag, str(first), flag, str(second)], [f"{flag}={first}", f"{flag}={second}"]):
+        with pytest.raises(BadInput) as failure:
+            JOBS[name].JOB.parse(base + argv)
+        assert str(failure.value) == f"argument {flag}: given twice, {first!r} and then {second!r}: give it once"
+
+
+# job -> (a command line it accepts, options of its own that take a text value)
+EMPTY = {
+    "ingest": (TWICE["ingest"][0], ["--cc12m-hashes", "--cc3m-labels", "--openimages-labels", "--retry-status"]),
+    "dedup": (BASE, ["--drop-dead", "--dataset-priority"]),
+    "refresh": (TWICE["refresh"][0], ["--history"]),
+    "export": (TWICE["export"][0], ["--split"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY))
+def test_an_empty_value_is_refused(name):
+    """`--cc12m-hashes "$HASHES"` with the variable unset ran without the hash list (no hash_mismatch
+    verdict), `--history ""` a nightly refresh without its history, `--drop-dead ""` dedup keeping the
+    dead rows, `--split ""` an export without its split: exit 0 each, the option silently off."""
+    base, flags = EMPTY[name]
+    for flag in flags:
+        for argv in ([flag, ""], [f"{flag}="], [f"{flag}=  "]):
+            with pytest.raises(BadInput) as failure:
+                JOBS[name].JOB.parse(base + argv)
+            assert str(failure.value) == (
+                f"argument {flag}: an empty value (a shell variable unset?): give one, or leave {flag} out"
+            ), argv
+
+
+def test_a_path_beginning_with_a_tilde_is_refused():
+    """`--output=~/out` (the shell expands ~ only at a word's start, not after `=`): the ingest wrote
+    into a folder named `~` in the working directory, exit 0, its summary naming `~/out`; a refresh
+    `--history=~/h` started another history in each working directory it ran from."""
+    with pytest.raises(BadInput) as failure:
+        dedup.JOB.parse(["--input", "in", "--output=~/out3"])
+    assert str(failure.value) == (
+        "argument --output: '~/out3' begins with ~, which the shell expands only at the start of a word"
+        " (not after --output=): give it as $HOME/out3"
+    )
+    with pytest.raises(BadInput) as failure:
+        refresh.JOB.parse(["--snapshot", "s", "--output", "o", "--history=~night/h"])
+    assert str(failure.value).startswith("argument --history: '~night/h' begins with ~")
+
+
+def test_an_option_given_twice_with_one_value_passes_and_repeatables_keep_all():
+    _, opts = dedup.JOB.parse(BASE + ["--max-distance", "5", "--max-distance=05"])  # one value, two spellings
     assert opts.max_distance == 5
-    assert options.get_all_options()["experiments"] == ["a"]
     _, opts = dedup.JOB.parse(["--input", "a", "--input=b", "--output", "o"])
     assert opts.input == ["a", "b"]
+    _, opts = ingest.JOB.parse(["--manifest=cc3m=a", "--manifest=cc3m=b", "--output", "o", *NET, *NET])
+    assert opts.manifest == ["cc3m=a", "cc3m=b"]
+    # Beam's own options keep Beam's rule (the last wins; `append` ones keep all): launchers add theirs
+    options, _ = dedup.JOB.parse(BASE + ["--experiments=a", "--experiments=b", "--region=x", "--region=y"])
+    assert options.get_all_options()["experiments"] == ["a", "b"]
+    assert options.get_all_options()["region"] == "y"
+
+
+def test_an_output_given_twice_writes_nothing_anywhere(world):
+    """End to end, as the operator runs it: exit 2, one line, neither OUT written, no lease."""
+    tmp, out, _ = world
+    first, second = tmp / "twice-a", tmp / "twice-b"
+    done = job("dedup", "--input", out, "--output", first, "--output", second)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        f"dedup: argument --output: given twice, {str(first)!r} and then {str(second)!r}: give it once"
+    ]
+    assert not first.exists() and not second.exists()
 
 
 @pytest.mark.parametrize("parse", [ingest.JOB.parse, dedup.JOB.parse, refresh.JOB.parse, export.JOB.parse])

@@ -6,6 +6,8 @@ Public transform: `MergeWithPrevious(previous, retry_statuses)`: manifest rows (
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 
 from transforms import schema
@@ -15,6 +17,8 @@ from transforms.io.manifests import LINE_KEYED
 __all__ = [
     "FETCH_OUTCOME_COLUMNS",
     "DESCRIPTION_COLUMNS",
+    "EXPECTED_HASH_COLUMNS",
+    "SizeLimits",
     "reset_for_refetch",
     "parse_retry_statuses",
     "MergeWithPrevious",
@@ -67,6 +71,46 @@ DESCRIPTION_COLUMNS = (
     "source_line",
 )
 
+# What this run's --cc12m-hashes (and an Open Images manifest's OriginalMD5) expect of a row's
+# bytes: the fetch's verdict (ok or hash_mismatch) depends on them.
+# why: a resume with another hash list (or the same path rewritten) carried OUT's rows with the old
+# list's expected hash and verdict, while the rows fetched again were checked against the new one:
+# one table of two hash lists behind exit 0.
+EXPECTED_HASH_COLUMNS = ("expected_sha256", "expected_md5")
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeLimits:
+    """This run's --max-bytes and --max-pixels (None: no limit): an `ok` row OUT holds past either
+    is fetched again, so this run's limit decides it (too_large, decode_error).
+
+    why: a resume with a lower limit carried OUT's rows past it as `ok` while a row fetched again
+    past it failed: one table of two limits behind exit 0.
+    """
+
+    max_bytes: int | None = None
+    max_pixels: int | None = None
+
+    def exceeded_by(self, row: schema.Row) -> bool:
+        """An `ok` row whose size in bytes or pixels is past a limit.
+
+        Args:
+            row: a row of OUT's table.
+        Returns:
+            True when this run's fetch would not store it as `ok`.
+        """
+        if row.get("status") != schema.OK:
+            return False
+        size, width, height = row.get("size_bytes"), row.get("stored_width"), row.get("stored_height")
+        if width is None or height is None:  # tables written before stored_* existed
+            width, height = row.get("width"), row.get("height")
+        return (self.max_bytes is not None and size is not None and size > self.max_bytes) or (
+            self.max_pixels is not None
+            and width is not None
+            and height is not None
+            and width * height > self.max_pixels
+        )
+
 
 def reset_for_refetch(row: schema.Row) -> schema.Row:
     """A copy of `row` with every fetch outcome cleared, ready to be fetched again."""
@@ -91,9 +135,10 @@ class _Choose(beam.DoFn):
     FETCH = "fetch"
     KEPT = "kept"
 
-    def __init__(self, retry_statuses, key_prefixes):
+    def __init__(self, retry_statuses, key_prefixes, limits=None):
         self._retry = retry_statuses
         self._prefixes = key_prefixes
+        self._limits = limits or SizeLimits()
 
     def setup(self):
         self._carried = beam.metrics.Metrics.counter("resume", "carried")
@@ -122,10 +167,10 @@ class _Choose(beam.DoFn):
             self._check_key_scheme(old)
             # Why: a row no manifest lists any more is kept; the books count it as read from OUT.
             yield beam.pvalue.TaggedOutput(self.KEPT, old.get("source_file") or "")
-        if old is not None and old["status"] not in self._retry:
+        if old is not None and old["status"] not in self._retry and not self._verdict_changes(old, new):
             self._carried.inc()
             if new is not None:  # the record's text and place as this run's manifests give them
-                old.update({name: new.get(name) for name in DESCRIPTION_COLUMNS})
+                old.update({name: new.get(name) for name in DESCRIPTION_COLUMNS + EXPECTED_HASH_COLUMNS})
             yield old
         elif new is not None:
             (self._refetched if old is not None else self._new).inc()
@@ -133,6 +178,18 @@ class _Choose(beam.DoFn):
         else:
             self._refetched.inc()
             yield beam.pvalue.TaggedOutput(self.FETCH, reset_for_refetch(old))
+
+    def _verdict_changes(self, old, new):
+        """This run's fetch could settle a row of OUT otherwise: it expects other bytes of a row OUT
+        hashed (another hash list: ok or hash_mismatch), or the row is `ok` past this run's size
+        limits. A row OUT holds no bytes of (a 404) just takes the new expected hashes; a row no
+        manifest lists any more keeps its own."""
+        if new is None:
+            return False
+        hashed = old.get("sha256") is not None
+        return (hashed and any(old.get(name) != new.get(name) for name in EXPECTED_HASH_COLUMNS)) or (
+            self._limits.exceeded_by(old)
+        )
 
     def _check_key_scheme(self, old):
         """A CC3M/CC12M row of a file this run reads, whose line this run keys otherwise: a file added
@@ -174,8 +231,10 @@ class MergeWithPrevious(beam.PTransform):
     """Manifest rows + a previous run's rows -> {"carry": settled rows, "fetch": rows to fetch}.
 
     By key: a previous row whose status is not retried is carried with its fetch outcome and this
-    run's text (DESCRIPTION_COLUMNS: caption, labels, ... as the manifests give them); otherwise the
-    manifest's row (or the previous row, reset) is fetched again. A key the manifests give
+    run's text (DESCRIPTION_COLUMNS: caption, labels, ... as the manifests give them); otherwise, or
+    when this run expects other bytes of it (EXPECTED_HASH_COLUMNS: another hash list) or it is
+    `ok` past this run's `limits` (SizeLimits), the manifest's row (or the previous row, reset) is
+    fetched again. A key the manifests give
     another URL is fetched again when its dataset is keyed by ID, and refused (BadInput) when it
     is keyed by line number: those manifests are not the ones OUT was made from; so is a line-keyed
     row of a file these manifests read but key otherwise (key_prefixes: {path: key prefix} of this
@@ -185,12 +244,17 @@ class MergeWithPrevious(beam.PTransform):
     """
 
     def __init__(
-        self, previous: beam.PCollection, retry_statuses: frozenset[str], key_prefixes: dict[str, str] | None = None
+        self,
+        previous: beam.PCollection,
+        retry_statuses: frozenset[str],
+        key_prefixes: dict[str, str] | None = None,
+        limits: SizeLimits | None = None,
     ) -> None:
         super().__init__()
         self._previous = previous
         self._retry = retry_statuses
         self._prefixes = dict(key_prefixes or {})
+        self._limits = limits or SizeLimits()
 
     def expand(self, new_rows):
         keyed = lambda label, rows: rows | label >> beam.Map(lambda row: (row["key"], row))  # noqa: E731
@@ -198,6 +262,8 @@ class MergeWithPrevious(beam.PTransform):
             {"new": keyed("KeyNew", new_rows), "old": keyed("KeyOld", self._previous)}
             | "ByKey" >> beam.CoGroupByKey()
             | "Choose"
-            >> beam.ParDo(_Choose(self._retry, self._prefixes)).with_outputs(_Choose.FETCH, _Choose.KEPT, main="carry")
+            >> beam.ParDo(_Choose(self._retry, self._prefixes, self._limits)).with_outputs(
+                _Choose.FETCH, _Choose.KEPT, main="carry"
+            )
         )
         return {"carry": chosen.carry, "fetch": chosen[_Choose.FETCH], "kept": chosen[_Choose.KEPT]}
