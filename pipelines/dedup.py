@@ -29,7 +29,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner, preflight, scratch
+from pipelines.launch import job_runner, output_checks, preflight, scratch
 from pipelines.report.dedup_lines import print_dedup_lines
 from transforms.clustering.clusters import WriteDuplicates
 from transforms.clustering.dead_rows import COUNT_KINDS, DROPPED, DropDead, files_after
@@ -336,7 +336,7 @@ def check_inputs(opts):
         preflight.is_inside(opts.output, opts.drop_dead) or preflight.is_inside(opts.drop_dead, opts.output)
     ):
         raise BadInput(f"--output {opts.output} overlaps --drop-dead {opts.drop_dead}: give OUT3 a folder of its own")
-    preflight.check_output_dir(opts.output)
+    output_checks.check_output_dir(opts.output)
     return tables
 
 

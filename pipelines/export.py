@@ -20,7 +20,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipelines.launch import job_runner, preflight
+from pipelines.launch import job_runner, output_checks, preflight
 from pipelines.report.export_lines import load_hint, print_report, report
 from transforms.clustering.clusters import DEFAULT_DATASET_PRIORITY
 from transforms.errors import BadInput, InputChanged
@@ -176,7 +176,7 @@ def export_config(opts: ExportOptions) -> ExportConfig:
             f"--shard-size must be between 1 and {MAX_SHARD_SIZE}, got {opts.shard_size}: one worker sorts,"
             " reads and writes a whole shard, so a larger one holds its records in memory and runs alone"
         )
-    preflight.refuse_pattern_characters("--output", opts.output)
+    output_checks.refuse_pattern_characters("--output", opts.output)
     _check_output_apart(opts.input, opts.output)
     mode = opts.resize_mode or ("keep_ratio" if opts.resize is not None else "no")
     try:

@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.demo import sample_site
-from pipelines.launch import console, job_runner, preflight, scratch
+from pipelines.launch import console, job_runner, output_checks, preflight, scratch
 from pipelines.report import progress_line, run_resources
 from transforms import schema
 from transforms.clustering.clusters import WriteDuplicates, slim_row
@@ -489,7 +489,7 @@ def check_inputs(opts):
         raise BadInput(f"--hash-processes must be at most {MAX_HASH_PROCESSES}, got {opts.hash_processes}")
     FetchConfig.from_options(opts)
     views = DedupSettings.from_options(opts).views
-    preflight.check_output_dir(opts.output)
+    output_checks.check_output_dir(opts.output)
     if opts.resume:
         preflight.check_resumed_views(opts.output, views)
 

@@ -15,7 +15,7 @@ import uuid
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import job_runner, preflight
+from pipelines.launch import job_runner, output_checks, preflight
 from pipelines.report import run_resources
 from transforms.fetch.client import FetchConfig
 from transforms.io.file_matches import path_identity
@@ -309,7 +309,7 @@ def run(argv=None):
         read.append((root, [facts[path] for path in files]))
     refresh_settings.check_night_after_snapshots(params.night, read)
     FetchConfig.from_options(opts)
-    preflight.check_output_dir(opts.output)
+    output_checks.check_output_dir(opts.output)
     holds_rows = any(fact["rows"] for _root, facts in read for fact in facts)
     if not job_runner.builds_template_only(options) and not holds_rows:
         print(f"refresh: nothing to check: {', '.join(root for root, _, _ in snapshots)} holds no rows")

@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from pipelines.launch import arguments, console, failures, preflight
+from pipelines.launch import arguments, console, failures, output_checks
 from pipelines.launch.beam_introspection_memo import memoised_beam_introspection
 from pipelines.launch.cached_options import CachedViewOptions
 from pipelines.report import run_resources
@@ -238,7 +238,7 @@ def leased_output(
         interrupted = console.cleanup_on_interrupt(release_unless_unfinished) if holder else None
         with interrupted or contextlib.nullcontext():
             # under the lease: no run of that other job writes it meanwhile
-            preflight.check_output_of_job(out, job)
+            output_checks.check_output_of_job(out, job)
             if clear is not None and waits:
                 clear(out)
             # why: a launcher that does not wait has released the lease when its job publishes

@@ -1,5 +1,6 @@
-"""Checks a job makes before its pipeline starts: what is cheap to check here (paths, Parquet
-footers and schemas) fails in one line naming the file, instead of deep inside the runner.
+"""Checks a job makes of its inputs before its pipeline starts: what is cheap to check here (paths,
+Parquet footers and schemas) fails in one line naming the file, instead of deep inside the runner.
+Its output folder's checks: pipelines.launch.output_checks.
 
 Each check raises transforms.errors.BadInput (exit 2: the user's input) or EnvironmentFailure
 (exit 1: permission, read-only file system, full disk). Paths may be local or gs://; remote paths
@@ -9,29 +10,25 @@ are checked through Beam's FileSystems (existence, footers), local ones with os 
 from __future__ import annotations
 
 import concurrent.futures
-import errno
 import os
 import stat
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.launch.failures import ENVIRONMENT_ERRNOS, one_line
+from pipelines.launch.output_checks import no_bucket
 from transforms.errors import BadInput, EnvironmentFailure
 from transforms.io.file_matches import matched_files, path_identity
 from transforms.io.sinks import read_json
-from transforms.io.table_record import recorded_table
 
 __all__ = [
     "check_ingest_networks",
     "check_input_file",
     "check_input_files",
     "check_not_inside_output",
-    "check_output_dir",
-    "check_output_of_job",
     "check_table",
     "is_inside",
     "list_matches",
-    "refuse_pattern_characters",
 ]
 
 GLOB_CHARS = "*?["
@@ -56,7 +53,7 @@ def _matches(pattern: str, named: str = "") -> list[str]:
         if _remote(pattern) and type(cause).__name__ == "NotFound":
             # why: GCS answers 404 to listing a bucket that does not exist (a missing folder lists
             # empty): a typo in the bucket's name was exit 1, "storage unreachable".
-            raise BadInput(f"{named or pattern}: {_no_bucket(pattern)}") from None
+            raise BadInput(f"{named or pattern}: {no_bucket(pattern)}") from None
         what = one_line(str(cause)) or type(cause).__name__
         raise EnvironmentFailure(
             f"storage unreachable: cannot list {pattern} ({type(cause).__name__}: {what})"
@@ -91,26 +88,6 @@ def _innermost(exc: BaseException) -> BaseException:
     return exc
 
 
-def _no_bucket(path: str) -> str:
-    bucket = path.split("://", 1)[1].split("/", 1)[0]
-    return f"no bucket {bucket} (or none this account can see); check the bucket's name"
-
-
-def _check_bucket(flag: str, path: str) -> None:
-    """BadInput when a gs:// output's bucket does not exist; anything else (no permission to look
-    buckets up, storage unreachable) is left to the job's own first write."""
-    if not path.startswith("gs://"):
-        return
-    try:
-        import google.cloud.storage as storage  # noqa: PLC0415 (only for gs:// outputs)
-
-        found = storage.Client().lookup_bucket(path[len("gs://") :].split("/", 1)[0])
-    except Exception:  # noqa: BLE001 (403 without storage.buckets.get: the write will tell)
-        return
-    if found is None:
-        raise BadInput(f"{flag} {path}: {_no_bucket(path)}")
-
-
 def check_input_files(flag: str, pattern: str) -> list[str]:
     """The files `pattern` (a path or a glob, local or gs://) names; each must be a readable file.
 
@@ -126,7 +103,7 @@ def check_input_files(flag: str, pattern: str) -> list[str]:
         except (FileNotFoundError, NotADirectoryError):
             raise BadInput(f"{flag}: no file matches {pattern} (no such file)") from None
         except OSError as exc:  # a folder on the way that cannot be searched: the file may well be there
-            raise BadInput(f"{flag}: cannot read {pattern} ({exc.strerror or exc})") from None
+            raise _unreadable(flag, pattern, exc) from None
         if stat.S_ISDIR(mode):
             raise BadInput(f"{flag}: {pattern} is a directory, not a file")
     matched = _matches(pattern)
@@ -139,7 +116,7 @@ def check_input_files(flag: str, pattern: str) -> list[str]:
             try:
                 regular = stat.S_ISREG(os.stat(path).st_mode)
             except OSError as exc:
-                raise BadInput(f"{flag}: cannot read {path} ({exc.strerror or exc})") from None
+                raise _unreadable(flag, path, exc) from None
             if not regular:
                 # Why: the job reads an input more than once (the checks here, the parse, repeated
                 # keys' second pass); a pipe (`<(zcat m.gz)`, /dev/stdin) gave its bytes to the
@@ -152,8 +129,16 @@ def check_input_files(flag: str, pattern: str) -> list[str]:
                 with open(path, "rb") as handle:
                     handle.read(1)
             except OSError as exc:
-                raise BadInput(f"{flag}: cannot read {path} ({exc.strerror or exc})") from None
+                raise _unreadable(flag, path, exc) from None
     return matched
+
+
+def _unreadable(flag: str, path: str, exc: OSError) -> BadInput | EnvironmentFailure:
+    """The failure of an input that is there but cannot be read: a file or folder refused
+    (permission) or an I/O error is the environment failing, exit 1 (CONTRACT.md, as the tables'
+    readers say it); anything else (a name too long, a loop of links) is the path given, exit 2."""
+    line = f"{flag}: cannot read {path} ({exc.strerror or exc})"
+    return EnvironmentFailure(line) if exc.errno in ENVIRONMENT_ERRNOS else BadInput(line)
 
 
 def check_input_file(flag: str, path: str | None, directory: bool = False) -> None:
@@ -169,6 +154,15 @@ def check_input_file(flag: str, path: str | None, directory: bool = False) -> No
     if directory:
         if not _remote(path) and not os.path.isdir(path):
             raise BadInput(f"{flag}: {path} is not a directory")
+        if not _remote(path):
+            # why: a folder that may not be searched made every image under it a row error, exit 0.
+            # A name looked up in it needs the search right only (a 0711 folder still serves files).
+            try:
+                os.stat(os.path.join(path, ".search-right-probe"))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise _unreadable(flag, path, exc) from None
         return
     check_input_files(flag, path)
 
@@ -206,72 +200,6 @@ def check_not_inside_output(out: str, inputs: dict[str, list[str]]) -> None:
                         f"{flag}: {path} lies inside --output {out}: the job would read its own output;"
                         " narrow the path or write the output elsewhere"
                     )
-
-
-def check_output_dir(path: str | None, flag: str = "--output") -> None:
-    """The output directory can be written: not an existing file; created if missing (locally).
-
-    Args:
-        path: the output directory, local or gs:// (remote ones are not probed here).
-        flag: the option's name, for the message.
-    """
-    if not path:
-        raise BadInput(f"{flag} is required")
-    refuse_pattern_characters(flag, path)
-    if _remote(path):
-        _check_bucket(flag, path)
-        return
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise BadInput(f"{flag} {path} is an existing file, not a directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        code = exc.errno if exc.errno in ENVIRONMENT_ERRNOS else errno.EACCES
-        raise EnvironmentFailure(f"{flag}: {ENVIRONMENT_ERRNOS[code]}: {exc.filename or path}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        code = errno.EROFS if _read_only(path) else errno.EACCES
-        raise EnvironmentFailure(f"{flag}: {ENVIRONMENT_ERRNOS[code]}: {path}")
-
-
-def refuse_pattern_characters(flag: str, path: str) -> None:
-    """BadInput when an output directory's path holds * ? [ or ].
-
-    Why: the jobs find their own files in it through Beam's FileSystems.match, which reads those
-    characters as a pattern: in `out [v2]`, every job failed deep in its run ('unexpected
-    BeamIOError: Delete operation failed', 'IndexError'), exit 1, leaving its temporaries there.
-    """
-    found = [c for c in "*?[]" if c in path]
-    if found:
-        raise BadInput(
-            f"{flag} {path}: {' '.join(found)} in an output path would be read as a pattern when the job"
-            " lists its own files there; give a folder name without * ? [ ]"
-        )
-
-
-def check_output_of_job(path: str, job: str, flag: str = "--output") -> None:
-    """BadInput when the output directory holds another job's output: its summary.json names
-    another job.
-
-    Why: a job writes its summary.json, and its table or shards, into its output directory; given
-    another job's output by mistake (dedup's --input and --output swapped, an export or a refresh
-    into an ingest's OUT, an ingest into an export), it replaced that table, or that summary.json
-    with its books and table record (every later reader then read the table unchecked), exit 0.
-    A summary.json that cannot be read or names no job is left to the run, as before.
-    """
-    other = recorded_table(path, strict=False)[0]
-    if isinstance(other, str) and other != job:
-        article = "an" if other[:1] in "aeiou" else "a"
-        raise BadInput(
-            f"{flag} {path} holds {article} {other} output (its summary.json says so): the {job} would"
-            f" replace it; give another folder"
-        )
-
-
-def _read_only(path: str) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 def _columns(path: str) -> list[str]:

@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import errno
 import importlib
+import json
 import os
 import random
 import signal
@@ -31,6 +32,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, jpeg
 from pipelines.launch import failures
+from tests import job_process
 from tests.job_process import NOBODY, job
 from tests.paths import REPO
 from transforms import schema
@@ -621,7 +623,9 @@ def test_forbidden_output_is_exit_1_naming_the_path(world_dir):
     assert_one_line(done, 1, "operation not permitted", output)
 
 
-def test_unreadable_manifest_is_exit_2(world_dir):
+def test_unreadable_manifest_is_exit_1_the_environment(world_dir):
+    """A manifest that is there but refused is the environment failing (CONTRACT: permission is
+    exit 1), as the tables' readers say it; it was exit 2, a usage error."""
     if os.geteuid() == 0 and not nobody_can_run_python():
         pytest.skip("root reads any file, and this Python cannot run as another user here")
     manifest = os.path.join(world_dir, "m.tsv")
@@ -636,10 +640,10 @@ def test_unreadable_manifest_is_exit_2(world_dir):
         os.path.join(world_dir, "out"),
         as_nobody=os.geteuid() == 0,
     )
-    assert_one_line(done, 2, "cannot read", manifest)
+    assert_one_line(done, 1, "cannot read", manifest)
 
 
-def test_a_manifest_in_a_folder_that_cannot_be_searched_is_exit_2_cannot_read_not_no_such_file(world_dir):
+def test_a_manifest_in_a_folder_that_cannot_be_searched_is_exit_1_cannot_read_not_no_such_file(world_dir):
     folder = os.path.join(world_dir, "locked")
     os.mkdir(folder)
     manifest = os.path.join(folder, "m.tsv")
@@ -664,8 +668,36 @@ def test_a_manifest_in_a_folder_that_cannot_be_searched_is_exit_2_cannot_read_no
             pytest.skip("root, and no unshare here")
         if "unshare:" in done.stderr:
             pytest.skip(f"root, and no user namespace here ({done.stderr.strip()})")
-    # Before: "no file matches PATH (no such file)", of a file that is there.
-    assert_one_line(done, 2, "cannot read", manifest, "Permission denied")
+    # Before: "no file matches PATH (no such file)", of a file that is there; then exit 2.
+    assert_one_line(done, 1, "cannot read", manifest, "Permission denied")
+
+
+def test_an_imagenet_root_that_cannot_be_searched_is_exit_1_not_a_row_error_each(tmp_path):
+    """Before: every ImageNet-Captions row under a refused --imagenet-root was `connection_error`
+    ("cannot read ... Permission denied"), exit 0: a whole dataset of row errors for one chmod."""
+    root = tmp_path / "train"
+    (root / "n01440764").mkdir(parents=True)
+    (root / "n01440764" / "f.JPEG").write_bytes(jpeg(1))
+    manifest = tmp_path / "imagenet_captions.json"
+    manifest.write_text(json.dumps({"filename": "f.JPEG", "wnid": "n01440764", "title": "fish"}) + "\n")
+    os.chmod(root, 0o000)
+    try:
+        if not job_process.file_modes_bind(str(root / "n01440764")):
+            pytest.skip("root here cannot be made to obey file modes (no capability to drop)")
+        done = job(
+            "ingest",
+            "--manifest",
+            f"imagenet_captions={manifest}",
+            "--imagenet-root",
+            root,
+            "--output",
+            tmp_path / "out",
+            obey_file_modes=True,
+        )
+    finally:
+        os.chmod(root, 0o755)
+    assert_one_line(done, 1, "--imagenet-root", "cannot read", str(root), "Permission denied")
+    assert not (tmp_path / "out" / "images").exists()
 
 
 def test_full_disk_is_exit_1_naming_the_output(web, tmp_path):
