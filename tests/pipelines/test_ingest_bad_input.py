@@ -425,3 +425,14 @@ def test_a_manifest_that_is_a_pipe_is_bad_input_not_read_empty(web, tmp_path, ca
     line = _one_line(capsys)
     assert pipe in line and "not a regular file" in line, line
     assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_one_file_matched_under_two_kinds_is_bad_input_naming_it(web, tmp_path, capsys):
+    # Before: `zero=DIR/*` read the CC12M file as JSON lines too: 2 ok + 2 invalid_url rows, exit 0.
+    urls = _serve(web, 2)
+    (tmp_path / "in").mkdir()
+    manifest = tmp_path / "in" / "m.tsv"
+    manifest.write_text("".join(f"{url}\tcaption\n" for url in urls))
+    (tmp_path / "in" / "z.jsonl").write_text(json.dumps({"ImageKey": "k", "ImageUrl": urls[0]}) + "\n")
+    both = [f"zero={tmp_path / 'in' / '*'}", f"cc12m={manifest}"]
+    _refused(tmp_path, capsys, both, str(manifest), "--manifest zero=", "--manifest cc12m=", "one kind")

@@ -333,7 +333,7 @@ def expand_manifests(manifests, parsers):
     symlink) is read once. Line-numbered keys name the file by its label (file_labels) once a
     dataset has several files, so files of the same name in different folders never share a key.
     """
-    files, seen = [], set()
+    files, first_match = [], {}  # path identity -> the (kind, pattern) that matched it first
     for kind, pattern in manifests:
         if kind not in parsers:
             raise BadInput(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
@@ -341,9 +341,19 @@ def expand_manifests(manifests, parsers):
         if not matched:
             raise BadInput(f"no file matches {kind}={pattern}")
         for path in matched:
-            if (kind, path_identity(path)) not in seen:
-                seen.add((kind, path_identity(path)))
+            identity = path_identity(path)
+            if identity not in first_match:
+                first_match[identity] = (kind, pattern)
                 files.append((kind, path))
+            elif first_match[identity][0] != kind:
+                # why: a file is a manifest of one kind; read as each, its every line gave two rows
+                # (one of them invalid_url garbage), exit 0: `zero=/in/*` beside `cc12m=/in/m.tsv`
+                first_kind, first_pattern = first_match[identity]
+                raise BadInput(
+                    f"{path} is matched by --manifest {first_kind}={first_pattern} and by --manifest"
+                    f" {kind}={pattern}: a file is a manifest of one kind; narrow the patterns so that"
+                    " each file is given once"
+                )
     per_kind = {}
     for kind, path in files:
         per_kind.setdefault(kind, []).append(path)

@@ -9,9 +9,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.paths import FIXTURES
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.io.manifests import (
     ManifestParsers,
     ReadManifests,
+    expand_manifests,
     md5_hex,
     parse_cc3m,
     parse_cc12m,
@@ -228,3 +230,17 @@ def test_file_labels_name_each_file_unambiguously():
         "gs://b/m/2025/p.tsv": "2025/p.tsv",
     }
     assert normalise_path("gs://b/m//a/../a/./p.tsv") == "gs://b/m/a/p.tsv"
+
+
+def test_one_file_matched_under_two_kinds_is_refused(tmp_path):
+    # A file is a manifest of one kind. Matched by `zero=/in/*` and `cc12m=/in/m.tsv` (or given as
+    # both), it was read once as each: its 2 lines gave 2 good rows and 2 invalid ones, exit 0.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "m.tsv").write_text("http://a/1.jpg\tone\nhttp://a/2.jpg\ttwo\n")
+    (tmp_path / "z.jsonl").write_text('{"ImageKey": "k", "ImageUrl": "http://a/3.jpg"}\n')
+    both = [("zero", str(tmp_path / "*")), ("cc12m", str(tmp_path / "sub" / ".." / "m.tsv"))]
+    with pytest.raises(BadInput, match=r"m\.tsv is matched by --manifest zero=.* and by --manifest cc12m="):
+        ReadManifests(both)
+    assert [f[:2] for f in expand_manifests([("cc12m", str(tmp_path / "m.tsv"))] * 2, ManifestParsers())] == [
+        ("cc12m", str(tmp_path / "m.tsv"))
+    ]  # the same kind twice: read once, as before
