@@ -24,6 +24,7 @@ import io
 import math
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Sequence
 from typing import IO
 
@@ -72,12 +73,36 @@ def _none_if_blank(text):
     return text or None
 
 
+# A URL at the start of a TSV field (CC3M: a record's URL run into the next record's caption), or
+# one glued to the end of the text before it (CC12M: a caption run into the next record's URL)
+_URL_STARTS_FIELD = re.compile(r"^\s*https?://", re.IGNORECASE)
+_URL_ENDS_FIELD = re.compile(r"(?:^|\S)https?://\S*\s*$", re.IGNORECASE)
+_RUN_TOGETHER = (
+    "malformed line: two records run together (a line that lost its newline: files joined by cat"
+    " where one did not end in a newline?); split it in two"
+)
+
+
+def _runs_together(line: str, url_in_field: re.Pattern) -> bool:
+    """Whether a TSV manifest line holds two records: a field between its first and last holds
+    the next record's URL where the run-together form puts it (`url_in_field`).
+
+    Why: `cat a.tsv b.tsv` with no newline at a.tsv's end joins two records on one line; split on
+    one TAB, it was an ok row of one URL with the other record in its caption, exit 0.
+    """
+    if line.count("\t") < 2:  # the common line: one TAB, nothing to look at
+        return False
+    return any(url_in_field.search(field) for field in line.split("\t")[1:-1])
+
+
 def parse_cc3m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[schema.Row]:
     """CC3M TSV: caption TAB url, no header. Split on the LAST tab: captions may hold anything."""
     for number, line in _lines(binary):
         if not line.strip():
             continue
         key = f"{key_prefix}{number}"
+        # why rstrip: an empty column after the URL (a spreadsheet's export) left the URL empty
+        line = line.rstrip(" \t")
         caption, sep, url = line.rpartition("\t")
         row = schema.new_row(
             "cc3m",
@@ -90,6 +115,8 @@ def parse_cc3m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[sche
         if not sep:
             schema.fail(row, schema.INVALID_URL, "malformed line: expected caption<TAB>url")
             row["caption"] = _none_if_blank(line)
+        elif _runs_together(line, _URL_STARTS_FIELD):
+            schema.fail(row, schema.INVALID_URL, _RUN_TOGETHER)
         yield row
 
 
@@ -98,6 +125,8 @@ def parse_cc12m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[sch
     for number, line in _lines(binary):
         if not line.strip():
             continue
+        # why lstrip: an empty column before the URL (a spreadsheet's export) left the URL empty
+        line = line.lstrip(" \t")
         url, sep, caption = line.partition("\t")
         row = schema.new_row(
             "cc12m",
@@ -109,6 +138,8 @@ def parse_cc12m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[sch
         )
         if not sep:
             schema.fail(row, schema.INVALID_URL, "malformed line: expected url<TAB>caption")
+        elif _runs_together(line, _URL_ENDS_FIELD):
+            schema.fail(row, schema.INVALID_URL, _RUN_TOGETHER)
         yield row
 
 

@@ -244,3 +244,29 @@ def test_one_file_matched_under_two_kinds_is_refused(tmp_path):
     assert [f[:2] for f in expand_manifests([("cc12m", str(tmp_path / "m.tsv"))] * 2, ManifestParsers())] == [
         ("cc12m", str(tmp_path / "m.tsv"))
     ]  # the same kind twice: read once, as before
+
+
+def test_two_tsv_records_run_together_on_one_line_are_an_invalid_row():
+    # `cat a.tsv b.tsv` where a.tsv's last line had no newline: a's last record and b's first
+    # share a line. Before, the line was one ok row of one of the two URLs, the other record's URL
+    # inside its caption, exit 0: a record lost without a word.
+    cc3m = parse(parse_cc3m, "cap a\thttp://a/1.jpgcap b\thttp://b/1.jpg\nsee\tthis\thttp://a/2.jpg\n", "cc3m:")
+    cc12m_text = "http://a/1.jpg\tcap ahttp://b/1.jpg\tcap b\nhttp://a/2.jpg\tsee http://x.org\tz\n"
+    cc12m = parse(parse_cc12m, cc12m_text, "c:")
+    for rows in (cc3m, cc12m):
+        assert [r["status"] for r in rows] == [schema.INVALID_URL, None]
+        assert "two records run together" in rows[0]["error"] and "newline" in rows[0]["error"]
+    assert (cc3m[0]["url"], cc3m[0]["caption"]) == ("http://b/1.jpg", "cap a\thttp://a/1.jpgcap b")
+    assert (cc12m[0]["url"], cc12m[0]["caption"]) == ("http://a/1.jpg", "cap ahttp://b/1.jpg\tcap b")
+    # a TAB inside a caption, or a URL in a CC12M caption after a space, is no second record
+    assert cc3m[1]["caption"] == "see\tthis" and cc12m[1]["caption"] == "see http://x.org\tz"
+
+
+def test_an_empty_column_beside_the_url_leaves_the_url_whole():
+    # A TAB after a CC3M URL or before a CC12M one (an extra empty column): before, the URL read
+    # as "" and the row was invalid_url ("empty URL"), the URL in its caption.
+    cc3m = parse(parse_cc3m, "a cat\thttp://a/1.jpg\t\r\nno url\t\n", "cc3m:")
+    cc12m = parse(parse_cc12m, "\thttp://a/1.jpg\ta cat\n\t\tno url\n", "cc12m:")
+    for rows in (cc3m, cc12m):
+        assert [(r["url"], r["caption"], r["status"]) for r in rows[:1]] == [("http://a/1.jpg", "a cat", None)]
+        assert rows[1]["status"] == schema.INVALID_URL and "two records" not in rows[1]["error"]
