@@ -192,11 +192,19 @@ def parse_openimages(binary: IO[bytes], source: str, key_prefix: str) -> Iterato
         ) from None
 
 
+_OPENIMAGES_HEADER_NAMES = frozenset({"ImageID", "OriginalURL"})  # a record holding both is a header
+
+
+def _openimages_columns(header):
+    """{column name: index} of an Open Images header; a byte-order mark (a joined file's) dropped."""
+    return {name.lstrip("\ufeff").strip(): i for i, name in enumerate(header)}
+
+
 def _openimages_rows(reader, source, key_prefix):
     header = next(reader, None)
     if header is None:
         return
-    columns = {name.strip(): i for i, name in enumerate(header)}
+    columns = _openimages_columns(header)
     if "OriginalURL" not in columns:
         # Why not a row per record: without the header, its first record was taken for it and
         # would be lost, and every other record has no URL to fetch; the user gave another file.
@@ -208,6 +216,12 @@ def _openimages_rows(reader, source, key_prefix):
     for record in reader:
         number, next_line = next_line, reader.line_num + 1
         if not any(field.strip() for field in record):
+            continue
+        if _OPENIMAGES_HEADER_NAMES <= _openimages_columns(record).keys():
+            # why: lists joined by `cat` (train, validation, test; V3 without Rotation) repeat their
+            # header: it was a row (openimages:ImageID) and a new column set made the records after
+            # it invalid; it is no record, and the records after it are read by their own header
+            header, columns = record, _openimages_columns(record)
             continue
         fields = {name: record[i] if i < len(record) else None for name, i in columns.items()}
         image_id = _none_if_blank(fields.get("ImageID"))

@@ -270,3 +270,22 @@ def test_an_empty_column_beside_the_url_leaves_the_url_whole():
     for rows in (cc3m, cc12m):
         assert [(r["url"], r["caption"], r["status"]) for r in rows[:1]] == [("http://a/1.jpg", "a cat", None)]
         assert rows[1]["status"] == schema.INVALID_URL and "two records" not in rows[1]["error"]
+
+
+def test_openimages_lists_joined_by_cat_read_each_header_as_one():
+    # `cat train-images.csv validation-images.csv test-images-v3.csv`: a header inside the file,
+    # of the same or another column set (V3's has no Rotation), starting with its own BOM.
+    # Before: each inner header was a row (openimages:ImageID, openimages:ImageID@f:4) and the
+    # records after the V3 header were invalid ("11 fields, header has 12"), exit 0.
+    v4 = "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,OriginalSize,OriginalMD5"
+    text = (
+        f"{v4},Thumbnail300KURL,Rotation\n000026e7ee790996,train,http://a/1.jpg,,,,,,1,,,90\n"
+        f"\ufeff{v4},Thumbnail300KURL,Rotation\r\n000062a39995e348,validation,http://a/2.jpg,,,,,,1,,,0\r\n"
+        f"{v4},Thumbnail300KURL\n000c4d66ce89aa69,test,http://a/3.jpg,,,,,,1,,\n"
+    )
+    rows = parse(parse_openimages, text, "openimages:")
+    assert [(r["key"], r["url"], r["rotation"], r["status"], r["source_line"]) for r in rows] == [
+        ("openimages:000026e7ee790996", "http://a/1.jpg", 90.0, None, 2),
+        ("openimages:000062a39995e348", "http://a/2.jpg", 0.0, None, 4),
+        ("openimages:000c4d66ce89aa69", "http://a/3.jpg", None, None, 6),
+    ]
