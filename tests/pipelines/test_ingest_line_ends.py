@@ -172,3 +172,16 @@ def test_files_joined_without_a_last_newline_give_an_invalid_row_not_a_lost_reco
         ("cc3m:2", urls[2], "invalid_url", joined),
         ("cc3m:3", urls[3], "ok", ""),
     ]
+
+
+def test_a_cp1252_json_array_keeps_every_record_with_its_bad_bytes_replaced(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    # Before: yajl stopped at the first byte that is not UTF-8: 1 ok row, then one invalid row
+    # "not JSON after 1 records" for the 2 records left, exit 0.
+    records = [{"ImageKey": str(n), "ImageUrl": url, "Title": f"café {n}"} for n, url in enumerate(urls)]
+    manifest = tmp_path / "zero.json"
+    manifest.write_bytes(json.dumps(records, ensure_ascii=False).encode("cp1252"))
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={manifest}") == 0, capsys.readouterr().err
+    rows = sorted((r["key"], r["caption"], r["status"]) for r in _rows(out))
+    assert rows == [(f"zero:{n}", f"caf\ufffd {n}", "ok") for n in range(3)]
