@@ -425,3 +425,33 @@ def test_a_manifest_that_is_a_pipe_is_bad_input_not_read_empty(web, tmp_path, ca
     line = _one_line(capsys)
     assert pipe in line and "not a regular file" in line, line
     assert not os.path.exists(os.path.join(out, "images"))
+
+
+def test_one_file_matched_under_two_kinds_is_bad_input_naming_it(web, tmp_path, capsys):
+    # Before: `zero=DIR/*` read the CC12M file as JSON lines too: 2 ok + 2 invalid_url rows, exit 0.
+    urls = _serve(web, 2)
+    (tmp_path / "in").mkdir()
+    manifest = tmp_path / "in" / "m.tsv"
+    manifest.write_text("".join(f"{url}\tcaption\n" for url in urls))
+    (tmp_path / "in" / "z.jsonl").write_text(json.dumps({"ImageKey": "k", "ImageUrl": urls[0]}) + "\n")
+    both = [f"zero={tmp_path / 'in' / '*'}", f"cc12m={manifest}"]
+    _refused(tmp_path, capsys, both, str(manifest), "--manifest zero=", "--manifest cc12m=", "one kind")
+
+
+def test_openimages_lists_joined_by_cat_give_a_row_per_record(web, tmp_path, capsys):
+    # `cat train.csv test-v3.csv`: before, the inner header was a row (openimages:ImageID,
+    # invalid_url) and the V3 record after it invalid ("11 fields, header has 12"): 3 rows for 2
+    # records, 1 ok, exit 0.
+    urls = _serve(web, 2)
+    v3 = "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,OriginalSize,OriginalMD5,"
+    manifest = tmp_path / "all.csv"
+    manifest.write_text(
+        f"{v3}Thumbnail300KURL,Rotation\n000026e7ee790996,train,{urls[0]},,,,,,1,,,90\n"
+        f"{v3}Thumbnail300KURL\n000c4d66ce89aa69,test,{urls[1]},,,,,,1,,\n"
+    )
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"openimages={manifest}") == 0, capsys.readouterr().err
+    assert sorted((r["key"], r["url"], r["status"]) for r in _rows(out)) == [
+        ("openimages:000026e7ee790996", urls[0], "ok"),
+        ("openimages:000c4d66ce89aa69", urls[1], "ok"),
+    ]

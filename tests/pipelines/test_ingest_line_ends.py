@@ -151,3 +151,37 @@ def test_line_ends_that_change_partway_give_a_row_per_line(web, tmp_path, capsys
         ("cc3m:7", 7, urls[0], "lf 0"),
         *((f"zero:{n}", n + 1, url, f"photo {n}") for n, url in enumerate(urls)),
     ]
+
+
+def test_files_joined_without_a_last_newline_give_an_invalid_row_not_a_lost_record(web, tmp_path, capsys):
+    urls = _serve(web, 4)
+    # `cat a.tsv b.tsv > m.tsv`, a.tsv without a newline at its end: a's last record and b's first
+    # share line 2. Before: one ok row of one of the two URLs, the other inside its caption, exit 0.
+    cc3m, cc12m = tmp_path / "cc3m.tsv", tmp_path / "cc12m.tsv"
+    cc3m.write_text(f"a\t{urls[0]}\nb\t{urls[1]}" + f"c\t{urls[2]}\nd\t{urls[3]}\t\n")  # and an empty last column
+    cc12m.write_text(f"{urls[0]}\ta\n{urls[1]}\tb" + f"{urls[2]}\tc\n\t{urls[3]}\td\n")  # and an empty first column
+    out = str(tmp_path / "out")
+    assert _ingest(out, [f"cc3m={cc3m}", f"cc12m={cc12m}"]) == 0, capsys.readouterr().err
+    rows = sorted((r["key"], r["url"], r["status"], (r["error"] or "")[:39]) for r in _rows(out))
+    joined = "malformed line: two records run togethe"
+    assert rows == [
+        ("cc12m:1", urls[0], "ok", ""),
+        ("cc12m:2", urls[1], "invalid_url", joined),
+        ("cc12m:3", urls[3], "ok", ""),
+        ("cc3m:1", urls[0], "ok", ""),
+        ("cc3m:2", urls[2], "invalid_url", joined),
+        ("cc3m:3", urls[3], "ok", ""),
+    ]
+
+
+def test_a_cp1252_json_array_keeps_every_record_with_its_bad_bytes_replaced(web, tmp_path, capsys):
+    urls = _serve(web, 3)
+    # Before: yajl stopped at the first byte that is not UTF-8: 1 ok row, then one invalid row
+    # "not JSON after 1 records" for the 2 records left, exit 0.
+    records = [{"ImageKey": str(n), "ImageUrl": url, "Title": f"café {n}"} for n, url in enumerate(urls)]
+    manifest = tmp_path / "zero.json"
+    manifest.write_bytes(json.dumps(records, ensure_ascii=False).encode("cp1252"))
+    out = str(tmp_path / "out")
+    assert _ingest(out, f"zero={manifest}") == 0, capsys.readouterr().err
+    rows = sorted((r["key"], r["caption"], r["status"]) for r in _rows(out))
+    assert rows == [(f"zero:{n}", f"caf\ufffd {n}", "ok") for n in range(3)]

@@ -5,7 +5,8 @@ that yield rows made by schema.new_row, streaming: the 463K-object imagenet_capt
 goes through ijson item by item, never json.load. A malformed record becomes a row with status
 invalid_url and an `error`, never an exception and never a lost record. A file that stops being
 JSON part-way (truncated, corrupt) yields one invalid row saying where reading stopped, since
-nothing after that point can be delimited. Both accept either form of file: a first non-blank
+nothing after that point can be delimited; bytes that are not UTF-8 are no such point:
+they become U+FFFD, in both forms. Both accept either form of file: a first non-blank
 character `[` means one (or several) JSON arrays, streamed by ijson; anything else is read as
 one record a line (JSONL; blank lines skipped; a line that is not JSON is one invalid row).
 An array file in which a top-level value that is not an array follows an array (a record
@@ -50,7 +51,7 @@ from transforms import schema
 from transforms.errors import BadInput
 from transforms.io import readers
 from transforms.io.labels import IMAGENET
-from transforms.io.text_forms import json_record, split_lines
+from transforms.io.text_forms import AsUtf8, json_record, split_lines
 
 IMAGENET_CAPTIONS = "imagenet_captions"
 ZERO = "zero"
@@ -121,7 +122,10 @@ def iter_json_records(
     """
     first, stream = readers.sniff(fileobj)
     if first == "[":
-        yield from _array_records(stream, source)
+        # why AsUtf8: yajl stops at a byte that is not UTF-8 (a cp1252 title), and every record
+        # after it was lost to one invalid row, exit 0; decoded with replacement, as JSON lines
+        # are, the byte becomes U+FFFD (one raw read per read: a .gz cut keeps what came before)
+        yield from _array_records(AsUtf8(stream, "utf-8"), source)
         return
     # LF only: a stray CR inside a record must not split it; CR too in a file with CR line ends
     # only (classic Mac OS) or where CRs part records, which read on LF were one invalid row

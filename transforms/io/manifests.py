@@ -24,6 +24,7 @@ import io
 import math
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Sequence
 from typing import IO
 
@@ -72,12 +73,36 @@ def _none_if_blank(text):
     return text or None
 
 
+# A URL at the start of a TSV field (CC3M: a record's URL run into the next record's caption), or
+# one glued to the end of the text before it (CC12M: a caption run into the next record's URL)
+_URL_STARTS_FIELD = re.compile(r"^\s*https?://", re.IGNORECASE)
+_URL_ENDS_FIELD = re.compile(r"(?:^|\S)https?://\S*\s*$", re.IGNORECASE)
+_RUN_TOGETHER = (
+    "malformed line: two records run together (a line that lost its newline: files joined by cat"
+    " where one did not end in a newline?); split it in two"
+)
+
+
+def _runs_together(line: str, url_in_field: re.Pattern) -> bool:
+    """Whether a TSV manifest line holds two records: a field between its first and last holds
+    the next record's URL where the run-together form puts it (`url_in_field`).
+
+    Why: `cat a.tsv b.tsv` with no newline at a.tsv's end joins two records on one line; split on
+    one TAB, it was an ok row of one URL with the other record in its caption, exit 0.
+    """
+    if line.count("\t") < 2:  # the common line: one TAB, nothing to look at
+        return False
+    return any(url_in_field.search(field) for field in line.split("\t")[1:-1])
+
+
 def parse_cc3m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[schema.Row]:
     """CC3M TSV: caption TAB url, no header. Split on the LAST tab: captions may hold anything."""
     for number, line in _lines(binary):
         if not line.strip():
             continue
         key = f"{key_prefix}{number}"
+        # why rstrip: an empty column after the URL (a spreadsheet's export) left the URL empty
+        line = line.rstrip(" \t")
         caption, sep, url = line.rpartition("\t")
         row = schema.new_row(
             "cc3m",
@@ -90,6 +115,8 @@ def parse_cc3m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[sche
         if not sep:
             schema.fail(row, schema.INVALID_URL, "malformed line: expected caption<TAB>url")
             row["caption"] = _none_if_blank(line)
+        elif _runs_together(line, _URL_STARTS_FIELD):
+            schema.fail(row, schema.INVALID_URL, _RUN_TOGETHER)
         yield row
 
 
@@ -98,6 +125,8 @@ def parse_cc12m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[sch
     for number, line in _lines(binary):
         if not line.strip():
             continue
+        # why lstrip: an empty column before the URL (a spreadsheet's export) left the URL empty
+        line = line.lstrip(" \t")
         url, sep, caption = line.partition("\t")
         row = schema.new_row(
             "cc12m",
@@ -109,6 +138,8 @@ def parse_cc12m(binary: IO[bytes], source: str, key_prefix: str) -> Iterator[sch
         )
         if not sep:
             schema.fail(row, schema.INVALID_URL, "malformed line: expected url<TAB>caption")
+        elif _runs_together(line, _URL_ENDS_FIELD):
+            schema.fail(row, schema.INVALID_URL, _RUN_TOGETHER)
         yield row
 
 
@@ -161,11 +192,19 @@ def parse_openimages(binary: IO[bytes], source: str, key_prefix: str) -> Iterato
         ) from None
 
 
+_OPENIMAGES_HEADER_NAMES = frozenset({"ImageID", "OriginalURL"})  # a record holding both is a header
+
+
+def _openimages_columns(header):
+    """{column name: index} of an Open Images header; a byte-order mark (a joined file's) dropped."""
+    return {name.lstrip("\ufeff").strip(): i for i, name in enumerate(header)}
+
+
 def _openimages_rows(reader, source, key_prefix):
     header = next(reader, None)
     if header is None:
         return
-    columns = {name.strip(): i for i, name in enumerate(header)}
+    columns = _openimages_columns(header)
     if "OriginalURL" not in columns:
         # Why not a row per record: without the header, its first record was taken for it and
         # would be lost, and every other record has no URL to fetch; the user gave another file.
@@ -177,6 +216,12 @@ def _openimages_rows(reader, source, key_prefix):
     for record in reader:
         number, next_line = next_line, reader.line_num + 1
         if not any(field.strip() for field in record):
+            continue
+        if _OPENIMAGES_HEADER_NAMES <= _openimages_columns(record).keys():
+            # why: lists joined by `cat` (train, validation, test; V3 without Rotation) repeat their
+            # header: it was a row (openimages:ImageID) and a new column set made the records after
+            # it invalid; it is no record, and the records after it are read by their own header
+            header, columns = record, _openimages_columns(record)
             continue
         fields = {name: record[i] if i < len(record) else None for name, i in columns.items()}
         image_id = _none_if_blank(fields.get("ImageID"))
@@ -333,7 +378,7 @@ def expand_manifests(manifests, parsers):
     symlink) is read once. Line-numbered keys name the file by its label (file_labels) once a
     dataset has several files, so files of the same name in different folders never share a key.
     """
-    files, seen = [], set()
+    files, first_match = [], {}  # path identity -> the (kind, pattern) that matched it first
     for kind, pattern in manifests:
         if kind not in parsers:
             raise BadInput(f"unknown manifest kind {kind!r}; expected one of {', '.join(sorted(parsers.parsers))}")
@@ -341,9 +386,19 @@ def expand_manifests(manifests, parsers):
         if not matched:
             raise BadInput(f"no file matches {kind}={pattern}")
         for path in matched:
-            if (kind, path_identity(path)) not in seen:
-                seen.add((kind, path_identity(path)))
+            identity = path_identity(path)
+            if identity not in first_match:
+                first_match[identity] = (kind, pattern)
                 files.append((kind, path))
+            elif first_match[identity][0] != kind:
+                # why: a file is a manifest of one kind; read as each, its every line gave two rows
+                # (one of them invalid_url garbage), exit 0: `zero=/in/*` beside `cc12m=/in/m.tsv`
+                first_kind, first_pattern = first_match[identity]
+                raise BadInput(
+                    f"{path} is matched by --manifest {first_kind}={first_pattern} and by --manifest"
+                    f" {kind}={pattern}: a file is a manifest of one kind; narrow the patterns so that"
+                    " each file is given once"
+                )
     per_kind = {}
     for kind, path in files:
         per_kind.setdefault(kind, []).append(path)

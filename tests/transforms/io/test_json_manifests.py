@@ -250,6 +250,28 @@ def test_zero_array_truncated_keeps_what_was_read(tmp_path):
     ]
 
 
+def test_bytes_that_are_not_utf8_in_a_json_array_are_replaced_not_the_end_of_the_file(tmp_path):
+    # A cp1252 title inside a JSON array (ImageNet-Captions is one array of 463K records): before,
+    # yajl stopped there, "not JSON after 1 records: invalid bytes in UTF8 string", and every
+    # record after it was lost to that one invalid row, exit 0. JSON lines replace such bytes.
+    records = [{"ImageKey": f"k{n}", "ImageUrl": f"http://a/{n}.jpg", "Title": f"caf\u00e9 {n}"} for n in range(3)]
+    text = json.dumps(records, ensure_ascii=False).encode("cp1252")
+    for name, data in (("zero.json", text), ("zero.jsonl", b"\n".join(json.dumps(r).encode() for r in records))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        rows = zero_rows(str(path))
+        assert [(r["key"], r["status"]) for r in rows] == [(f"zero:k{n}", None) for n in range(3)], name
+    assert [r["caption"] for r in zero_rows(str(tmp_path / "zero.json"))] == [f"caf\ufffd {n}" for n in range(3)]
+    imagenet = tmp_path / "imagenet_captions.json"
+    imagenet.write_bytes(b'[{"filename": "a.JPEG", "wnid": "n01440764", "title": "\xe9"}, {"filename": "b.JPEG"}]')
+    with readers.open_path(str(imagenet)) as f:
+        rows = list(json_manifests.parse_imagenet_captions(f, "i", "/root"))
+    assert [(r["key"], r["title"]) for r in rows] == [
+        ("imagenet_captions:a.JPEG", "\ufffd"),
+        ("imagenet_captions:b.JPEG", None),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Beam wrappers
 

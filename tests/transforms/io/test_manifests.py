@@ -9,9 +9,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.paths import FIXTURES
 from transforms import schema
+from transforms.errors import BadInput
 from transforms.io.manifests import (
     ManifestParsers,
     ReadManifests,
+    expand_manifests,
     md5_hex,
     parse_cc3m,
     parse_cc12m,
@@ -228,3 +230,62 @@ def test_file_labels_name_each_file_unambiguously():
         "gs://b/m/2025/p.tsv": "2025/p.tsv",
     }
     assert normalise_path("gs://b/m//a/../a/./p.tsv") == "gs://b/m/a/p.tsv"
+
+
+def test_one_file_matched_under_two_kinds_is_refused(tmp_path):
+    # A file is a manifest of one kind. Matched by `zero=/in/*` and `cc12m=/in/m.tsv` (or given as
+    # both), it was read once as each: its 2 lines gave 2 good rows and 2 invalid ones, exit 0.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "m.tsv").write_text("http://a/1.jpg\tone\nhttp://a/2.jpg\ttwo\n")
+    (tmp_path / "z.jsonl").write_text('{"ImageKey": "k", "ImageUrl": "http://a/3.jpg"}\n')
+    both = [("zero", str(tmp_path / "*")), ("cc12m", str(tmp_path / "sub" / ".." / "m.tsv"))]
+    with pytest.raises(BadInput, match=r"m\.tsv is matched by --manifest zero=.* and by --manifest cc12m="):
+        ReadManifests(both)
+    assert [f[:2] for f in expand_manifests([("cc12m", str(tmp_path / "m.tsv"))] * 2, ManifestParsers())] == [
+        ("cc12m", str(tmp_path / "m.tsv"))
+    ]  # the same kind twice: read once, as before
+
+
+def test_two_tsv_records_run_together_on_one_line_are_an_invalid_row():
+    # `cat a.tsv b.tsv` where a.tsv's last line had no newline: a's last record and b's first
+    # share a line. Before, the line was one ok row of one of the two URLs, the other record's URL
+    # inside its caption, exit 0: a record lost without a word.
+    cc3m = parse(parse_cc3m, "cap a\thttp://a/1.jpgcap b\thttp://b/1.jpg\nsee\tthis\thttp://a/2.jpg\n", "cc3m:")
+    cc12m_text = "http://a/1.jpg\tcap ahttp://b/1.jpg\tcap b\nhttp://a/2.jpg\tsee http://x.org\tz\n"
+    cc12m = parse(parse_cc12m, cc12m_text, "c:")
+    for rows in (cc3m, cc12m):
+        assert [r["status"] for r in rows] == [schema.INVALID_URL, None]
+        assert "two records run together" in rows[0]["error"] and "newline" in rows[0]["error"]
+    assert (cc3m[0]["url"], cc3m[0]["caption"]) == ("http://b/1.jpg", "cap a\thttp://a/1.jpgcap b")
+    assert (cc12m[0]["url"], cc12m[0]["caption"]) == ("http://a/1.jpg", "cap ahttp://b/1.jpg\tcap b")
+    # a TAB inside a caption, or a URL in a CC12M caption after a space, is no second record
+    assert cc3m[1]["caption"] == "see\tthis" and cc12m[1]["caption"] == "see http://x.org\tz"
+
+
+def test_an_empty_column_beside_the_url_leaves_the_url_whole():
+    # A TAB after a CC3M URL or before a CC12M one (an extra empty column): before, the URL read
+    # as "" and the row was invalid_url ("empty URL"), the URL in its caption.
+    cc3m = parse(parse_cc3m, "a cat\thttp://a/1.jpg\t\r\nno url\t\n", "cc3m:")
+    cc12m = parse(parse_cc12m, "\thttp://a/1.jpg\ta cat\n\t\tno url\n", "cc12m:")
+    for rows in (cc3m, cc12m):
+        assert [(r["url"], r["caption"], r["status"]) for r in rows[:1]] == [("http://a/1.jpg", "a cat", None)]
+        assert rows[1]["status"] == schema.INVALID_URL and "two records" not in rows[1]["error"]
+
+
+def test_openimages_lists_joined_by_cat_read_each_header_as_one():
+    # `cat train-images.csv validation-images.csv test-images-v3.csv`: a header inside the file,
+    # of the same or another column set (V3's has no Rotation), starting with its own BOM.
+    # Before: each inner header was a row (openimages:ImageID, openimages:ImageID@f:4) and the
+    # records after the V3 header were invalid ("11 fields, header has 12"), exit 0.
+    v4 = "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,OriginalSize,OriginalMD5"
+    text = (
+        f"{v4},Thumbnail300KURL,Rotation\n000026e7ee790996,train,http://a/1.jpg,,,,,,1,,,90\n"
+        f"\ufeff{v4},Thumbnail300KURL,Rotation\r\n000062a39995e348,validation,http://a/2.jpg,,,,,,1,,,0\r\n"
+        f"{v4},Thumbnail300KURL\n000c4d66ce89aa69,test,http://a/3.jpg,,,,,,1,,\n"
+    )
+    rows = parse(parse_openimages, text, "openimages:")
+    assert [(r["key"], r["url"], r["rotation"], r["status"], r["source_line"]) for r in rows] == [
+        ("openimages:000026e7ee790996", "http://a/1.jpg", 90.0, None, 2),
+        ("openimages:000062a39995e348", "http://a/2.jpg", 0.0, None, 4),
+        ("openimages:000c4d66ce89aa69", "http://a/3.jpg", None, None, 6),
+    ]
