@@ -46,6 +46,7 @@ from transforms.clustering.dedup_settings import DedupSettings
 from transforms.clustering.key_versions import NewestRows
 from transforms.clustering.table_dedup import CopyTables, DedupTables, ListTables
 from transforms.errors import BadInput
+from transforms.io.blob_homes import blob_homes
 from transforms.io.checked_parquet import open_table_file
 from transforms.io.file_matches import path_identity
 from transforms.io.sinks import join_path
@@ -188,9 +189,11 @@ def build(
     # memory), Dataflow's shuffle is on disk already
     newest = files | "Newest" >> NewestRows(opts.input, None if spill is None else os.path.join(spill, "newest"))
     skip = newest["skip"]
+    # why: an ingest output's rows name its blobs where it was written (moved since; relative before)
+    homes = blob_homes(opts.input, tables)
     if night is not None:
         dead_spill = None if spill is None else os.path.join(spill, "dead")
-        dead = {"files": files, "skip": skip} | "DropDead" >> DropDead(night.status_files, dead_spill)
+        dead = {"files": files, "skip": skip} | "DropDead" >> DropDead(night.status_files, dead_spill, homes)
         # why: a dead row is left out like a replaced one: every pass skips it, so clusters are
         # found anew among the rows kept and a cluster's canonical row is elected among them
         skip = (skip, dead["skip"]) | "AllSkips" >> beam.Flatten()
@@ -202,7 +205,7 @@ def build(
     result = {"files": files, "skip": skip} | "Dedup" >> DedupTables(dedup, rows=False)
     # why: the table is copied file by file in Arrow batches with the cluster columns set (Beam's
     # WriteToParquet takes a side input, so a local run buffers its whole input in memory)
-    written = files | "WriteImages" >> CopyTables(out, run_id, skip, result["cluster_columns"], guard)
+    written = files | "WriteImages" >> CopyTables(out, run_id, skip, result["cluster_columns"], guard, homes)
     written_paths = written | "WrittenPaths" >> beam.Map(lambda w: w["path"])
     duplicates_files = result["clusters"] | "WriteDuplicates" >> WriteDuplicates(out)
     replaced = newest["replaced"] | "CountReplaced" >> beam.CombineGlobally(sum)

@@ -300,6 +300,7 @@ def run(argv=None):
         files = preflight.check_table("--snapshot", root, checks.REQUIRED_SNAPSHOT_COLUMNS, pattern)
         # why once: the table check, the rows and the night check all read footers, each a request on gs://
         facts = footer_facts(files)
+        refresh_settings.refuse_verdict_tables(root, facts)
         if pattern == snapshot_pattern(root)[1]:  # an OUT, not files named by the user: its whole table
             files, tables[root] = checked_table("--snapshot", root, files, facts=facts)
             # why the files, not the glob: an ingest rerun publishing meanwhile made it read two tables, exit 0

@@ -227,7 +227,8 @@ def test_books_that_do_not_balance_publish_nothing(world, tmp_path, capsys):
 
 def test_drop_dead_reads_and_writes_gs(world, dropped, gcs_emulator, tmp_path, monkeypatch):
     """The inputs, the refresh night and OUT3 on gs:// (the GCS emulator): the same rows dropped and
-    the same dead_blobs.txt as the local run (the blobs stay where the rows name them)."""
+    the same dead_blobs.txt as the local run, naming the blobs of the copy in the bucket (the rows
+    copied there name the local files: before, dead_blobs.txt listed those, the local table's)."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the local spill of a gs:// run
     bucket = gcs_emulator.bucket("drop-dead")
     for name in ("table", "cc12m", "refresh"):
@@ -239,7 +240,38 @@ def test_drop_dead_reads_and_writes_gs(world, dropped, gcs_emulator, tmp_path, m
     assert dedup.main([*args, "--drop-dead", "gs://drop-dead/refresh", "--runner", "FnApiRunner"]) == 0
     local_out3, local_summary = dropped
     with open(os.path.join(local_out3, "dead_blobs.txt")) as handle:
-        assert bucket.blob("out3/dead_blobs.txt").download_as_text() == handle.read()
+        local_list = handle.read()
+    listed = bucket.blob("out3/dead_blobs.txt").download_as_text()
+    assert listed == local_list.replace(world["table"] + "/", "gs://drop-dead/table/")
+    assert all(bucket.blob(uri.removeprefix("gs://drop-dead/")).exists() for uri in listed.split())
     summary = json.loads(bucket.blob("out3/summary.json").download_as_text())
     assert summary["books"]["balanced"] and summary["blobs_only_dead"] == local_summary["blobs_only_dead"]
     assert summary["drop_dead"]["dropped_dead"] == local_summary["drop_dead"]["dropped_dead"] == 3
+
+
+def test_dead_blobs_of_a_copied_input_are_the_copys(world, dropped, tmp_path):
+    """`cp -r table copy`, then the dedup job on the copy: the copy's rows still name the original's
+    blobs. Before: OUT3 and dead_blobs.txt named the original's files (`xargs rm` deleted the
+    pictures of the table that was copied, still in use), exit 0. Now both name the copy's blobs/."""
+    copy = str(tmp_path / "copy")
+    shutil.copytree(world["table"], copy)
+    out3 = str(tmp_path / "out3")
+    args = ["--input", copy, "--input", world["cc12m"], "--output", out3, "--drop-dead", world["refresh"]]
+    assert dedup.main([*args, "--runner", "FnApiRunner"]) == 0
+    with open(os.path.join(out3, "dead_blobs.txt")) as handle:
+        listed = handle.read().splitlines()
+    original = os.path.join(world["table"], "blobs") + "/"
+    expected = dropped[0]
+    with open(os.path.join(expected, "dead_blobs.txt")) as handle:
+        assert listed == sorted(
+            line.replace(original, os.path.join(copy, "blobs") + "/") for line in handle.read().splitlines()
+        )
+    assert listed and all(
+        line.startswith(os.path.join(copy, "blobs") + "/") and os.path.isfile(line) for line in listed
+    )
+    rows = _rows(out3)
+    assert all(
+        r["blob"].startswith(os.path.join(copy, "blobs") + "/")
+        for k, r in rows.items()
+        if r["blob"] and k.startswith("cc3m")
+    )

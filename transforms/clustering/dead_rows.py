@@ -157,16 +157,21 @@ class _Match(beam.DoFn):
             yield fid, np.sort(gone["row"][idx])
 
 
-def _blob_refs(element, replaced, dropped, dead_digests):
+def _blob_refs(element, replaced, dropped, dead_digests, blob_roots=None):
     """(DEAD, uri) for each dropped row's blob, (kept, uri) for each kept row's blob whose content
     address a dropped row's blob also has (by digest of the file name): one file's part of
-    dead_only_blobs."""
-    _index, path = element
+    dead_only_blobs. An ingest output's blobs (blob_roots) are named under its own blobs/, as OUT3
+    names them (blob_homes): a copied OUT's rows name the original's, which are not this table's."""
+    from transforms.io.blob_homes import rooted_blobs
+
+    index, path = element
     if not dead_digests:
         return
+    home = (blob_roots or {}).get(index)
     skipped, gone = skipped_rows(path, replaced) or frozenset(), skipped_rows(path, dropped) or frozenset()
     for first, batch in file_batches(path, ["blob"]):
-        for row, blob in enumerate(batch.column(0).to_pylist(), start=first):
+        column = batch.column(0) if home is None else rooted_blobs(batch.column(0), home)
+        for row, blob in enumerate(column.to_pylist(), start=first):
             if not blob or row in skipped:
                 continue
             if row in gone:
@@ -227,10 +232,14 @@ class DropDead(beam.PTransform):
 
     status_files: the night's status files (night_reader.PublishedNight.status_files).
     spill_dir: local directory the records are grouped through (local runs); None: GroupByKey.
+    blob_roots: blob_homes.blob_homes of the inputs (whose dead blobs are named under their blobs/).
     """
 
-    def __init__(self, status_files: typing.Sequence[str], spill_dir: str | None = None) -> None:
+    def __init__(
+        self, status_files: typing.Sequence[str], spill_dir: str | None = None, blob_roots: dict | None = None
+    ) -> None:
         super().__init__()
+        self._blob_roots = dict(blob_roots or {})
         self._status_files = list(status_files)
         self._spill_dir = spill_dir
 
@@ -263,6 +272,7 @@ class DropDead(beam.PTransform):
             replaced=replaced,
             dropped=beam.pvalue.AsMultiMap(matched.skip),
             dead_digests=beam.pvalue.AsSingleton(digests),
+            blob_roots=self._blob_roots,
         )
         dead_blobs = refs | "RefList" >> beam.combiners.ToList() | "DeadOnly" >> beam.Map(dead_only_blobs)
         return {"skip": matched.skip, "counts": counts, "dead_blobs": dead_blobs}

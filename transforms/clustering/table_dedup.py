@@ -232,7 +232,7 @@ class DedupTables(beam.PTransform):
         return out
 
 
-def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=READ_BATCH, guard=None):
+def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=READ_BATCH, guard=None, blob_roots=None):
     """One input file -> OUT/images/part-<run>-<file id>.parquet: its kept rows, every column
     of IMAGE_SCHEMA (missing ones null), cluster columns from `assignments`.
 
@@ -246,14 +246,18 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
         images_dir: OUT/images.
         run_id: names this run's files.
         guard: a LeaseGuard confirmed before the rename (lost: this run's parts in images/ go).
+        blob_roots: {input index: OUT} of the ingest outputs, whose rows' blobs are re-pointed to
+            OUT/blobs/ (blob_homes.rooted_blobs: an OUT moved, or an older version's relative URIs).
     Returns:
         {"path": the file written, "rows": rows copied}.
     """
     from transforms import schema
+    from transforms.io.blob_homes import rooted_blobs
     from transforms.io.checked_parquet import table_writer
     from transforms.io.table import _with_cluster_columns
 
-    _index, path = element
+    index, path = element
+    home = (blob_roots or {}).get(index)
     release_freed_memory()  # why: the searches' freed temporaries would be this copy's floor
     skipped = skipped_rows(path, skip)
     target = FileSystems.join(images_dir, f"part-{run_id}-{file_id(path):016x}.parquet")
@@ -273,6 +277,9 @@ def copy_table_file(element, skip, assignments, images_dir, run_id, batch_rows=R
                     for f in schema.IMAGE_SCHEMA
                 ]
                 table = pa.Table.from_arrays(columns, schema=schema.IMAGE_SCHEMA)
+                if home is not None:
+                    blob = schema.IMAGE_COLUMNS.index("blob")
+                    table = table.set_column(blob, "blob", rooted_blobs(table.column(blob), home))
                 writer.write_table(_with_cluster_columns(table, assignments))
                 copied += table.num_rows
     if guard is not None:  # why: a run taken over published its parts among the new holder's
@@ -286,11 +293,13 @@ class CopyTables(beam.PTransform):
     """(input index, path) of the input files -> {"path", "rows"} of each file written to
     OUT/images (see copy_table_file): the dedup job's output table, copied file by file.
 
-    skip: NewestRows' skip lists; cluster_columns: DedupTables' cluster_columns.
+    skip: NewestRows' skip lists; cluster_columns: DedupTables' cluster_columns; blob_roots:
+    blob_homes.blob_homes of the inputs.
     """
 
-    def __init__(self, out_dir: str, run_id: str, skip, cluster_columns, guard=None):
+    def __init__(self, out_dir: str, run_id: str, skip, cluster_columns, guard=None, blob_roots=None):
         super().__init__()
+        self._blob_roots = dict(blob_roots or {})
         self._guard = guard
         self._images_dir = FileSystems.join(out_dir, "images")
         self._run_id = run_id
@@ -305,4 +314,5 @@ class CopyTables(beam.PTransform):
             images_dir=self._images_dir,
             run_id=self._run_id,
             guard=self._guard,
+            blob_roots=self._blob_roots,
         )

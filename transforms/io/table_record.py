@@ -115,8 +115,8 @@ def _first_fetched_at(metadata) -> datetime.datetime | None:
 
 
 def _footer_fact(path: str) -> dict:
-    """{"rows", "bytes", "footer_sha256", "first_fetched_at"} of one Parquet file, from its end
-    only: the footer (length and magic in the last 8 bytes, the serialised metadata before them)."""
+    """{"rows", "bytes", "footer_sha256", "first_fetched_at", "columns"} of one Parquet file, from its
+    end only: the footer (length and magic in the last 8 bytes, the serialised metadata before them)."""
     import pyarrow.parquet as pq  # noqa: PLC0415 (only readers need it)
 
     try:
@@ -144,11 +144,12 @@ def _footer_fact(path: str) -> dict:
         "bytes": size,
         "footer_sha256": hashlib.sha256(footer).hexdigest(),
         "first_fetched_at": _first_fetched_at(metadata),
+        "columns": tuple(metadata.schema.to_arrow_schema().names),
     }
 
 
 def footer_facts(paths: list[str]) -> dict[str, dict]:
-    """{path: {"rows", "bytes", "footer_sha256", "first_fetched_at"}} from each file's Parquet
+    """{path: {"rows", "bytes", "footer_sha256", "first_fetched_at", "columns"}} from each file's Parquet
     footer (a few KB a file, read 16 at a time)."""
     if not paths:
         return {}

@@ -10,6 +10,8 @@ line and exit 2 before anything is fetched, never a quiet substitute:
 - `check_night_after_snapshots(night, snapshots)`: the night is not before the first row of a
   snapshot was fetched (the ingest fetch counts as the night before a key's first; judged earlier,
   a failed fetch made a URL dead on a night it was not yet known).
+- `refuse_verdict_tables(root, facts)`: no snapshot file is a refresh's own table (`status/`, a
+  history night): its `status` is a night's verdict, which the night would take for an ingest's.
 
 `options_record(opts, params)` is what summary.json records of them ("options").
 """
@@ -17,7 +19,7 @@ line and exit 2 before anything is fetched, never a quiet substitute:
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from transforms.liveness.verdicts import utc_date
@@ -28,7 +30,12 @@ __all__ = [
     "check_rule_numbers",
     "first_fetch_date",
     "options_record",
+    "refuse_verdict_tables",
 ]
+
+# why: columns only a refresh's own tables (REFRESH_OUT/status/, a --history night) hold; an ingest
+# or dedup table has none of them
+_VERDICT_TABLE_COLUMNS = ("night", "checked_at", "ingest_status")
 
 _AT_LEAST_ONE = ("dead_after", "host_dead_after")
 # The options summary.json records under "options" (with the night and the --max-distance applied).
@@ -105,6 +112,27 @@ def check_night_after_snapshots(night: datetime.date, snapshots: Sequence[tuple[
             raise ValueError(
                 f"--night {night.isoformat()} is before --snapshot {root} was fetched (its first row on"
                 f" {first.isoformat()}): a night is judged after its snapshot; give a later --night"
+            )
+
+
+def refuse_verdict_tables(root: str, facts: Mapping[str, dict]) -> None:
+    """Raises ValueError (exit 2) when a file of a snapshot is a refresh's own table.
+
+    Why: `--snapshot 'REFRESH_OUT/status/*.parquet'` holds the key, url and status columns a
+    snapshot needs, so it was read as an ingest table: its verdicts (alive, dead, unreachable) taken
+    for ingest statuses, every picture "none to compare with", the rows dead at ingest re-checked
+    and recorded `unreachable` with `ingest_status` `dead`, exit 0.
+
+    Args:
+        root: the --snapshot as given.
+        facts: {path: table_record.footer_facts' facts} of its files ("columns": their top-level columns).
+    """
+    for path, fact in facts.items():
+        if all(name in fact.get("columns", ()) for name in _VERDICT_TABLE_COLUMNS):
+            raise ValueError(
+                f"--snapshot {root}: {path} is a refresh's table (its status is a night's verdict: alive,"
+                " changed, unreachable, dead), not an ingest images/ table; give the output the refresh"
+                " checked (--snapshot OUT, an ingest or dedup output)"
             )
 
 
