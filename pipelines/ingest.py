@@ -514,7 +514,7 @@ def run(argv=None):
     first_run = not opts.resume and not list_table_files(opts.output)
     with (
         # installed before the scratch directory, whose Ctrl-C handler chains to it
-        console.stop_on_interrupt(f"{JOB.name}: interrupted; {FIRST_RUN_INTERRUPTED}")
+        console.stop_on_interrupt(*console.stop_lines(JOB.name, FIRST_RUN_INTERRUPTED))
         if first_run
         else contextlib.nullcontext(),
         job_runner.leased_output(

@@ -1,6 +1,6 @@
 """How a job talks to the terminal: log records as one line each, no tracebacks from the local
-runner's worker processes, and Ctrl-C as one line and exit 130 (docs/ingest.md, "What can go
-wrong"). Used by `job_runner.Job.main`; `--debug` turns all of it off.
+runner's worker processes, and Ctrl-C as one line and exit 130, SIGTERM as one line and exit 143
+(docs/ingest.md, "What can go wrong"). Used by `job_runner.Job.main`; `--debug` turns all of it off.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ from collections.abc import Callable, Iterator
 
 from pipelines.launch import failures
 
-__all__ = ["cleanup_on_interrupt", "quiet_errors", "quiet_local_logs", "stop_on_interrupt"]
+__all__ = [
+    "STOP_SIGNALS",
+    "cleanup_on_interrupt",
+    "ignore_further_stops",
+    "pass_on",
+    "quiet_errors",
+    "quiet_local_logs",
+    "stop_lines",
+    "stop_on_interrupt",
+]
 
 
 def quiet_local_logs():
@@ -61,45 +70,109 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+# Ctrl-C, and the stop a scheduler sends (Airflow's timeout, a pod's eviction, systemd, GNU timeout)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_further_stops() -> None:
+    """From now on SIGINT and SIGTERM do nothing: the process is already on its way out, and a second
+    signal (a scheduler's repeated SIGTERM, Ctrl-C pressed twice) must not cut its clean-up short nor
+    print a second line. Only the main thread may call it."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def pass_on(previous: object, signum: int, frame: object) -> None:
+    """Hands a stop signal to the handler installed before: calls it, or does what the default does
+    (KeyboardInterrupt for SIGINT, the default action for SIGTERM); nothing when it was ignored.
+
+    Args:
+        previous: what signal.signal returned when the current handler was installed.
+        signum: the signal received.
+        frame: the interrupted frame.
+    """
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def stop_lines(job: str, advice: str) -> tuple[str, str]:
+    """The lines stop_on_interrupt prints for a job: (Ctrl-C's, SIGTERM's).
+
+    Args:
+        job: the job's name ("ingest").
+        advice: what OUT holds now and which command to run ("rerun the same command to start again").
+    Returns:
+        ("<job>: interrupted; <advice>", "<job>: stopped (SIGTERM); <advice>").
+    """
+    return f"{job}: interrupted; {advice}", f"{job}: stopped (SIGTERM); {advice}"
+
+
 @contextlib.contextmanager
-def stop_on_interrupt(line: str) -> Iterator[None]:
-    """Ctrl-C (SIGINT) stops the job at once: `line` on stderr, the local runner's worker processes
-    killed, exit status 130. The runner's threads (fetch loop, thread pools, gRPC) would otherwise
-    keep the process alive and print their tracebacks; OUT stays as two-phase writes leave it
-    (the last finished table in place, this run's temporary files to be cleared by the next run).
-    Only the main thread can install a handler; elsewhere this does nothing."""
+def stop_on_interrupt(line: str, stopped_line: str | None = None) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM stop the job at once: one line on stderr (`line` for Ctrl-C,
+    `stopped_line` for SIGTERM, `line` again when None), the local runner's worker processes
+    killed, exit status 130 (SIGINT) or 143 (SIGTERM). The runner's threads (fetch loop, thread
+    pools, gRPC) would otherwise keep the process alive and print their tracebacks; OUT stays as
+    two-phase writes leave it (the last finished table in place, this run's temporary files to be
+    cleared by the next run). Handlers installed later (cleanup_on_interrupt, the scratch directory)
+    do their clean-up first and then call this one. Only the main thread can install a handler;
+    elsewhere this does nothing.
+
+    Args:
+        line: the line printed on Ctrl-C ("<job>: interrupted; ...").
+        stopped_line: the line printed on SIGTERM ("<job>: stopped (SIGTERM); ...").
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    lines = {signal.SIGINT: line, signal.SIGTERM: stopped_line or line}
+    statuses = {signal.SIGINT: failures.INTERRUPTED, signal.SIGTERM: failures.STOPPED}
 
-    def stop(_signum, _frame):
+    def stop(signum, _frame):
+        ignore_further_stops()
         try:
             sys.stdout.flush()
             fd = sys.stderr.fileno()  # the terminal, also while quiet_errors keeps fd 2 from workers
         except Exception:  # noqa: BLE001 (exiting anyway)
             fd = 2
-        os.write(fd, (line + "\n").encode())
+        os.write(fd, (lines[signum] + "\n").encode())
+        # why: a SIGTERM reaches this process alone (kill, Kubernetes, systemd), not its group as
+        # Ctrl-C does: the runner's workers and the ingest's hash workers end here, not later
         for pid in _descendants(os.getpid()):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        os._exit(failures.INTERRUPTED)
+        os._exit(statuses[signum])
 
-    previous = signal.signal(signal.SIGINT, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
 def cleanup_on_interrupt(cleanup: Callable[[], object], seconds: float = 1.5) -> Iterator[None]:
-    """Ctrl-C (SIGINT) runs `cleanup` first, for at most `seconds`, then the handler installed before
-    (stop_on_interrupt's, which ends the process with os._exit, past every finally block).
+    """Ctrl-C (SIGINT) or SIGTERM runs `cleanup` first, for at most `seconds`, then the handler
+    installed before (stop_on_interrupt's, which ends the process with os._exit, past every finally
+    block). Further stop signals meanwhile are ignored: a second SIGTERM does not cut `cleanup` short.
 
     `cleanup` runs in a daemon thread, so a storage call that hangs (or a lock the interrupted main
     thread holds) cannot hold up the exit past `seconds`; its errors are ignored: it is best effort,
     and what it leaves the next run clears. Only the main thread can install a handler; elsewhere
-    this does nothing."""
+    this does nothing.
+
+    Args:
+        cleanup: what to do before the process ends (release OUT's lease).
+        seconds: how long the exit waits for it at most.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -109,19 +182,18 @@ def cleanup_on_interrupt(cleanup: Callable[[], object], seconds: float = 1.5) ->
             cleanup()
 
     def cleanup_then(signum, frame):
+        ignore_further_stops()
         worker = threading.Thread(target=quietly, name="interrupt-cleanup", daemon=True)
         worker.start()
         worker.join(seconds)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
+        pass_on(previous[signum], signum, frame)
 
-    previous = signal.signal(signal.SIGINT, cleanup_then)
+    previous = {signum: signal.signal(signum, cleanup_then) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

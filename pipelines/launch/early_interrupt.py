@@ -1,5 +1,6 @@
 """Ctrl-C while `python -m pipelines.<job>` is still importing (Beam's imports take seconds): one
-line and exit 130 instead of a KeyboardInterrupt traceback. Installed by pipelines/__init__.py only
+line and exit 130 instead of a KeyboardInterrupt traceback; SIGTERM then: one line and exit 143
+(before: no line, killed by the signal). Installed by pipelines/__init__.py only
 when Python runs a job module with -m; the job's own handler (console.stop_on_interrupt)
 replaces it once the job starts."""
 
@@ -11,13 +12,21 @@ __all__ = ["install"]
 
 
 def install() -> None:
-    """Sets a SIGINT handler that prints "<job>: interrupted while starting" and exits 130."""
+    """Sets SIGINT and SIGTERM handlers that print "<job>: interrupted while starting" (SIGTERM:
+    "<job>: stopped (SIGTERM) while starting") and exit 130 (SIGTERM: 143)."""
     argv = getattr(sys, "orig_argv", [])
     module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else "pipelines"
-    line = f"{module.rsplit('.', 1)[-1]}: interrupted while starting\n".encode()
+    job = module.rsplit(".", 1)[-1]
+    # why: nothing is written yet (no lease, no temporaries): the line and the shell's status only
+    endings = {
+        signal.SIGINT: (f"{job}: interrupted while starting\n".encode(), 130),
+        signal.SIGTERM: (f"{job}: stopped (SIGTERM) while starting\n".encode(), 143),
+    }
 
-    def stop(_signum, _frame):
+    def stop(signum, _frame):
+        line, status = endings[signum]
         os.write(2, line)
-        os._exit(130)
+        os._exit(status)
 
-    signal.signal(signal.SIGINT, stop)
+    for signum in endings:
+        signal.signal(signum, stop)

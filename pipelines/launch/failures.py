@@ -24,9 +24,10 @@ from collections.abc import Iterator
 
 from transforms.errors import JobFailure
 
-__all__ = ["INTERRUPTED", "PIPELINE_NOTE", "describe", "mark_pipeline_failure"]
+__all__ = ["INTERRUPTED", "PIPELINE_NOTE", "STOPPED", "describe", "mark_pipeline_failure"]
 
 INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
+STOPPED = 143  # the shell's status for a process stopped by SIGTERM (128 + 15): a scheduler's stop
 PIPELINE_NOTE = "(raised while the pipeline ran)"
 
 # errno -> what the one line says; each is the environment's failure, not the user's input.

@@ -201,11 +201,11 @@ def leased_output(
     """One writer per output directory (docs/integrity.md): holds OUT's lease while the job writes;
     yields the LeaseGuard its publish steps confirm the lease with (a no-op one without a lease).
 
-    A template build writes nothing and takes no lease. `clear(out)` (what failed or interrupted runs
-    left) runs under the lease, and only when this driver waits for its job: a launcher that returns
-    at once cannot know that no job it started earlier still writes there. A run that ends (Ctrl-C,
-    a failure) with parts in OUT/images and no summary.json leaves its lease, as a killed run does;
-    one that fails having lost its lease says so. Another job's OUT is refused (preflight).
+    A template build takes no lease. `clear(out)` (what failed or interrupted runs left) runs under
+    the lease, only when this driver waits for its job (a launcher that returns at once cannot know
+    that no job it started still writes there). Ctrl-C and SIGTERM release the lease, but a run that
+    ends with parts in OUT/images and no summary.json leaves it, as a killed run does; one that fails
+    having lost its lease says so. Another job's OUT is refused (output_checks).
 
     Args:
         options: the job's pipeline options.
@@ -228,22 +228,22 @@ def leased_output(
         return waits and unfinished_table(out)
 
     waits = waits_for_job(options)
-    with output_lease(out, job, force_unlock=force_unlock, keep=unfinished) as holder:
-        # Why: Ctrl-C ends the process at once (os._exit), past the lease's own release; left behind
-        # on gs:// (no PID to check there), it refused every rerun until it expired, 15 minutes on.
-        def release_unless_unfinished() -> None:
-            if not unfinished():
-                release_lease(out, holder)
+    taken: list = []  # the Holder, known before the lease is created (output_lease's `taking`)
 
-        interrupted = console.cleanup_on_interrupt(release_unless_unfinished) if holder else None
-        with interrupted or contextlib.nullcontext():
-            # under the lease: no run of that other job writes it meanwhile
-            output_checks.check_output_of_job(out, job)
-            if clear is not None and waits:
-                clear(out)
-            # why: a launcher that does not wait has released the lease when its job publishes
-            with guarded(out, holder.token if holder and waits else "") as guard:
-                yield guard
+    def release_unless_unfinished() -> None:  # why: Ctrl-C/SIGTERM exit past the lease's release
+        if taken and not unfinished():  # (on gs:// it refused reruns until it expired, 15 min)
+            release_lease(out, taken[0])
+
+    with (
+        console.cleanup_on_interrupt(release_unless_unfinished),
+        output_lease(out, job, force_unlock=force_unlock, keep=unfinished, taking=taken.append) as holder,
+    ):
+        output_checks.check_output_of_job(out, job)  # under the lease: no run of that other job writes it
+        if clear is not None and waits:
+            clear(out)
+        # why: a launcher that does not wait has released the lease when its job publishes
+        with guarded(out, holder.token if holder and waits else "") as guard:
+            yield guard
 
 
 # ---- the job entry point --------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class Job:
     name: the job's name, first word of every line it prints on failure ("ingest: ...").
     options: the job's PipelineOptions subclass (its _add_argparse_args adds the option groups).
     description: the first line of --help.
-    interrupted: what the Ctrl-C line says after "<name>: interrupted; ".
+    interrupted: what the Ctrl-C (SIGTERM) line says after "<name>: interrupted (stopped (SIGTERM)); ".
     usage: the first line of --help (the command with its required options).
     """
 
@@ -367,8 +367,8 @@ class Job:
 
     def main(self, run: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
         """The job's command: --help, then run(argv) with every failure mapped to one line on stderr
-        ("<job>: <what>") and an exit status: 0 done, 2 bad input or usage, 1 environment or books,
-        130 interrupted. --debug (or BEAM_IMAGES_DEBUG=1) re-raises with the full traceback.
+        ("<job>: <what>") and an exit status: 0 done, 2 bad input or usage, 1 environment or books, 130
+        interrupted (Ctrl-C), 143 stopped (SIGTERM). --debug (or BEAM_IMAGES_DEBUG=1) re-raises with the traceback.
 
         Args:
             run: the job's run(argv).
@@ -384,7 +384,7 @@ class Job:
             return 0
         console.quiet_local_logs()
         with (
-            console.stop_on_interrupt(f"{self.name}: interrupted; {self.interrupted}"),
+            console.stop_on_interrupt(*console.stop_lines(self.name, self.interrupted)),
             contextlib.nullcontext() if debug else console.quiet_errors(),
         ):
             try:

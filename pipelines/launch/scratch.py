@@ -21,6 +21,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from pipelines.launch import console
+
 __all__ = ["remove_stale", "scratch_directory"]
 
 
@@ -54,20 +56,14 @@ def scratch_directory(prefix: str) -> Iterator[str]:
     handlers: dict[int, Any] = {}
 
     def remove_then(signum, frame):
+        console.ignore_further_stops()  # why: a second SIGTERM must not cut the removal short
         shutil.rmtree(path, ignore_errors=True)
-        previous = handlers[signum]
-        if callable(previous):
-            previous(signum, frame)
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        else:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        console.pass_on(handlers[signum], signum, frame)
 
     # why: the interrupt handler (console.stop_on_interrupt) ends the process with os._exit,
     # past every finally: the directory goes first. Only the main thread can set handlers.
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in console.STOP_SIGNALS:
             handlers[signum] = signal.signal(signum, remove_then)
     try:
         yield path

@@ -285,6 +285,7 @@ def output_lease(
     force_unlock: bool = False,
     ttl_seconds: float = DEFAULT_TTL_SECONDS,
     keep: Callable[[], bool] | None = None,
+    taking: Callable[[Holder], None] | None = None,
 ):
     """Holds the lease on `out` for the `with` block; released on the way out, failure included,
     unless `keep()` says true then, or fails (the lease is left as a killed run's is).
@@ -295,6 +296,8 @@ def output_lease(
         force_unlock: take the lease even if another run seems to hold it.
         ttl_seconds: gs:// only: how long the lease lives without renewal.
         keep: asked on the way out whether the lease must stay on `out`.
+        taking: told the Holder before the lease is created, so that a stop signal's handler can
+            release it (release_lease checks the token: a no-op if it was not created).
 
     Returns:
         A context manager yielding the Holder.
@@ -317,6 +320,8 @@ def output_lease(
         expires_at=now + ttl_seconds if remote else 0.0,
         machine=_this_machine(),
     )
+    if taking is not None:
+        taking(holder)
     try:
         lease = _GcsLease(out) if remote else _LocalLease(out)
         lease.acquire(holder, force_unlock)
