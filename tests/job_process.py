@@ -1,7 +1,8 @@
 """`job(name, *args)`: a job run as `python -m pipelines.<name>` from the repository, the way a user
 starts it, for the tests of exit statuses and one-line messages; `start(*argv)`: the same started in
 a session of its own, for tests that signal it or run two at once; `file_modes_bind(...)`: whether
-such a run can be made to obey file modes (chmod 000) although the tests run as root."""
+such a run can be made to obey file modes (chmod 000) although the tests run as root;
+`left_running(pids)`: which of a stopped job's worker processes still run."""
 
 import ctypes
 import os
@@ -74,3 +75,16 @@ def start(*argv, env=None, stdout=subprocess.PIPE):
         text=True,
         start_new_session=True,
     )
+
+
+def left_running(pids):
+    """The processes of `pids` still running (a zombie left to the container's init is not)."""
+
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+                return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    return [pid for pid in pids if running(pid)]

@@ -18,6 +18,7 @@ from pipelines.launch import failures
 __all__ = [
     "STOP_SIGNALS",
     "cleanup_on_interrupt",
+    "descendants",
     "ignore_further_stops",
     "pass_on",
     "quiet_errors",
@@ -52,7 +53,7 @@ class _DropBeamErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and record.name.startswith("apache_beam"))
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid` (the local runner's worker processes and theirs), from /proc."""
     found: list[int] = []
     try:
@@ -66,7 +67,7 @@ def _descendants(pid: int) -> list[int]:
         except OSError:
             continue
         for child in children:
-            found += [child] + _descendants(child)
+            found += [child] + descendants(child)
     return found
 
 
@@ -145,7 +146,7 @@ def stop_on_interrupt(line: str, stopped_line: str | None = None) -> Iterator[No
         os.write(fd, (lines[signum] + "\n").encode())
         # why: a SIGTERM reaches this process alone (kill, Kubernetes, systemd), not its group as
         # Ctrl-C does: the runner's workers and the ingest's hash workers end here, not later
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         os._exit(statuses[signum])
@@ -159,8 +160,12 @@ def stop_on_interrupt(line: str, stopped_line: str | None = None) -> Iterator[No
 
 
 @contextlib.contextmanager
-def cleanup_on_interrupt(cleanup: Callable[[], object], seconds: float = 1.5) -> Iterator[None]:
-    """Ctrl-C (SIGINT) or SIGTERM runs `cleanup` first, for at most `seconds`, then the handler
+def cleanup_on_interrupt(
+    cleanup: Callable[[], object], seconds: float = 1.5, stopped_seconds: float = 10.0
+) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM runs `cleanup` first, for at most `seconds` (`stopped_seconds`
+    for SIGTERM: a scheduler's stop comes with a grace period, 30 s in Kubernetes, and a gs:// lease
+    left behind refuses its retry for 15 minutes; a person at Ctrl-C wants the prompt), then the handler
     installed before (stop_on_interrupt's, which ends the process with os._exit, past every finally
     block). Further stop signals meanwhile are ignored: a second SIGTERM does not cut `cleanup` short.
 
@@ -171,7 +176,8 @@ def cleanup_on_interrupt(cleanup: Callable[[], object], seconds: float = 1.5) ->
 
     Args:
         cleanup: what to do before the process ends (release OUT's lease).
-        seconds: how long the exit waits for it at most.
+        seconds: how long the exit waits for it at most after Ctrl-C.
+        stopped_seconds: the same after SIGTERM.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -185,7 +191,7 @@ def cleanup_on_interrupt(cleanup: Callable[[], object], seconds: float = 1.5) ->
         ignore_further_stops()
         worker = threading.Thread(target=quietly, name="interrupt-cleanup", daemon=True)
         worker.start()
-        worker.join(seconds)
+        worker.join(stopped_seconds if signum == signal.SIGTERM else seconds)
         pass_on(previous[signum], signum, frame)
 
     previous = {signum: signal.signal(signum, cleanup_then) for signum in STOP_SIGNALS}

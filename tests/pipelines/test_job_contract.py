@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import ingest
 from pipelines.demo.sample_site import Reply, jpeg
-from pipelines.launch import failures
+from pipelines.launch import console, failures
 from tests import job_process
 from tests.job_process import NOBODY, job
 from tests.paths import REPO
@@ -743,23 +743,6 @@ def test_full_disk_in_a_worker_process_is_one_line_too(tmp_path):
 # ---- Ctrl-C -------------------------------------------------------------------------------------
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _descendants(pid):
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as handle:
-            for child in map(int, handle.read().split()):
-                found += [child] + _descendants(child)
-    return found
-
-
 def keys_of(out):
     return sorted(ds.dataset(os.path.join(out, "images"), format="parquet").to_table().column("key").to_pylist())
 
@@ -808,7 +791,7 @@ def test_ctrl_c_stops_at_once_with_one_line_and_resume_completes(web, tmp_path):
             time.sleep(0.1)
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert web.hits.get("/later.jpg", 0) >= 2, "the resume never fetched /later.jpg"
-        children = _descendants(process.pid)
+        children = console.descendants(process.pid)
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
@@ -822,7 +805,7 @@ def test_ctrl_c_stops_at_once_with_one_line_and_resume_completes(web, tmp_path):
     (line,) = stderr.strip().splitlines()
     assert line.startswith("ingest: interrupted") and "--resume" in line
     time.sleep(0.5)
-    assert [pid for pid in children if _alive(pid)] == []
+    assert job_process.left_running(children) == []
     assert keys_of(out) == first  # the last finished table is still whole
 
     web.routes["/later.jpg"] = Reply(200, jpeg(9), JPEG)

@@ -17,34 +17,13 @@ import time
 import pytest
 
 from pipelines.demo.sample_site import Reply, jpeg
+from pipelines.launch import console
 from tests import job_process
 from tests.paths import REPO
 from tests.pipelines.test_mishaps import LOOPBACK, _assert_whole, _cc3m_lines, _ingest, _serve
 from transforms.io import lease as lease_module
 
 NET = ["--allow-network", LOOPBACK]
-
-
-def _alive(pid):
-    """Whether `pid` runs (a zombie left to the container's init does not)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _descendants(pid):
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as handle:
-                children = [int(c) for c in handle.read().split()]
-        except OSError:
-            continue
-        for child in children:
-            found += [child] + _descendants(child)
-    return found
 
 
 def _sigterm_when(process, ready, seconds=120):
@@ -56,7 +35,7 @@ def _sigterm_when(process, ready, seconds=120):
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "the job never got to the moment"
             time.sleep(0.01)
-        children = _descendants(process.pid)
+        children = console.descendants(process.pid)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -71,7 +50,7 @@ def _assert_stopped(process, lines, children, job):
     (line,) = lines
     assert line.startswith(f"{job}: stopped (SIGTERM); "), line
     time.sleep(0.5)
-    assert [pid for pid in children if _alive(pid)] == [], "worker processes left running"
+    assert job_process.left_running(children) == [], "worker processes left running"
 
 
 def test_sigterm_mid_ingest_is_one_line_exit_143_and_the_same_command_runs_at_once(web, tmp_path):
