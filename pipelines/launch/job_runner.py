@@ -231,8 +231,8 @@ def leased_output(
     taken: list = []  # the Holder, known before the lease is created (output_lease's `taking`)
 
     def release_unless_unfinished() -> None:  # why: Ctrl-C/SIGTERM exit past the lease's release
-        if taken:  # (on gs:// it refused reruns until it expired, 15 min); `unfinished`, without Beam
-            release_lease(out, taken[0], keep_if_unfinished=waits)
+        if taken and not unfinished():  # (on gs:// it refused reruns until it expired, 15 min)
+            release_lease(out, taken[0])
 
     with (
         console.cleanup_on_interrupt(release_unless_unfinished),

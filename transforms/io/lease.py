@@ -18,7 +18,6 @@ a lease that is known to be dead (say a run on another machine that crashed). do
 
 import contextlib
 import dataclasses
-import glob
 import json
 import os
 import socket
@@ -138,10 +137,6 @@ class _LocalLease:
         self.out = out
         self.path = lease_path(out)
 
-    def unfinished_table(self) -> bool:
-        parts = glob.glob(os.path.join(glob.escape(self.out), "images", "*.parquet"))
-        return bool(parts) and not os.path.exists(os.path.join(self.out, "summary.json"))
-
     def acquire(self, holder: Holder, force: bool) -> None:
         try:
             os.makedirs(self.out, exist_ok=True)
@@ -229,11 +224,6 @@ class _GcsLease:
         self._bucket = storage.Client().bucket(bucket)
         self._generation = None
 
-    def unfinished_table(self) -> bool:
-        root = self._blob_name[: -len(LEASE_NAME)]  # "prefix/", or "" at the bucket's root
-        parts = self._bucket.list_blobs(prefix=f"{root}images/", delimiter="/")
-        return any(p.name.endswith(".parquet") for p in parts) and not self._bucket.get_blob(f"{root}summary.json")
-
     def acquire(self, holder: Holder, force: bool) -> None:
         for _ in range(3):
             existing = self._bucket.get_blob(self._blob_name)
@@ -279,18 +269,13 @@ class _GcsLease:
             existing.delete(if_generation_match=existing.generation)
 
 
-def release_lease(out: str, holder: Holder, keep_if_unfinished: bool = False) -> None:
+def release_lease(out: str, holder: Holder) -> None:
     """Removes `out`'s lease if `holder` still holds it, as output_lease does on the way out.
 
     For a process that ends past output_lease's `finally` (the stop signals' handler's os._exit).
-    keep_if_unfinished: leave it when OUT/images holds parts and OUT no summary.json (the rule of
-    table_record.unfinished_table), read through the storage client or os. why not Beam's
-    FileSystems: a stop signal may have interrupted the main thread holding its credentials lock;
-    the release then waited out its time and left the lease (15 minutes of refused retries).
     """
     lease = _GcsLease(out) if out.startswith("gs://") else _LocalLease(out)
-    if not (keep_if_unfinished and lease.unfinished_table()):
-        lease.release(holder)
+    lease.release(holder)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -338,10 +339,23 @@ def refuse_unfinished(flag: str, root: str) -> None:
 def unfinished_table(root: str) -> bool:
     """True when ROOT/images holds Parquet files and ROOT has no summary.json: a run stopped between
     publishing its parts and recording them (Ctrl-C or a failure of a first run); what
-    refuse_unfinished refuses while that run's lease is on ROOT."""
-    from transforms.io.table import list_table_files  # noqa: PLC0415 (table imports Beam transforms)
+    refuse_unfinished refuses while that run's lease is on ROOT.
 
-    return bool(list_table_files(root)) and not FileSystems.exists(join_path(root, "summary.json"))
+    Read through os or the storage client, not Beam's FileSystems. why: the stop signals' handler asks
+    too, before it releases the lease, and may have interrupted the main thread holding Beam's
+    credentials lock: the release then waited out its time and left a gs:// lease (15 minutes of
+    refused retries). Only local and gs:// outputs hold leases.
+    """
+    if not root.startswith("gs://"):
+        parts = glob.glob(os.path.join(glob.escape(root), "images", "*.parquet"))
+        return bool(parts) and not os.path.exists(os.path.join(root, "summary.json"))
+    import google.cloud.storage as storage  # noqa: PLC0415 (only for gs:// outputs)
+
+    bucket_name, _, prefix = root[len("gs://") :].partition("/")
+    prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    bucket = storage.Client().bucket(bucket_name)
+    parts = bucket.list_blobs(prefix=f"{prefix}images/", delimiter="/")
+    return any(p.name.endswith(".parquet") for p in parts) and bucket.get_blob(f"{prefix}summary.json") is None
 
 
 def _replaced(record: dict, facts: dict[str, dict]) -> list[str]:

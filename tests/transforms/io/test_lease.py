@@ -204,3 +204,30 @@ def test_a_guard_goes_on_while_its_run_holds_the_lease_and_stops_it_once_taken_o
     with pytest.raises(EnvironmentFailure, match="lost its lease while this run ran"):
         LeaseGuard(out, first.token).confirm()
     LeaseGuard(out, "").confirm()  # no lease taken (a template build, a launcher that does not wait)
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_an_unfinished_table_is_told_without_beam(where, tmp_path, request):
+    """table_record.unfinished_table, which the stop signals' handler asks before it releases the
+    lease, reads through os or the storage client: parts in images/ and no summary.json."""
+    from transforms.io import table_record  # noqa: PLC0415
+
+    out = local_or_gs(where, tmp_path, request, "unfinished-table", "out")
+
+    def put(name):
+        if out.startswith("gs://"):
+            bucket, _, prefix = out[len("gs://") :].partition("/")
+            request.getfixturevalue("gcs_emulator").client().bucket(bucket).blob(f"{prefix}/{name}").upload_from_string(
+                b"x"
+            )
+        else:
+            os.makedirs(os.path.dirname(os.path.join(out, name)), exist_ok=True)
+            with open(os.path.join(out, name), "wb") as handle:
+                handle.write(b"x")
+
+    put("images/deeper/part-9.parquet")  # not a part of the table: only images/*.parquet are
+    assert not table_record.unfinished_table(out)
+    put("images/part-0.parquet")
+    assert table_record.unfinished_table(out)
+    put("summary.json")
+    assert not table_record.unfinished_table(out)
